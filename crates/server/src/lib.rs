@@ -1,1 +1,23 @@
+//! Warren's AMQP 0-9-1 server: the only crate that touches sockets.
+//!
+//! # Layout
+//! - [`config`]: settings and their defaults (RabbitMQ's where it has one).
+//! - [`listener`]: accept loop, graceful shutdown.
+//! - [`connection`]: one task per connection: handshake, frames in, heartbeats, close.
+//! - [`channel`]: the channel state machine: translates methods into broker operations.
+//! - [`delivery`]: the consumer side: per-channel delivery state (tags, unacked, prefetch)
+//!   and the [`broker::ConsumerSink`] that writes deliveries into a connection's outbox.
+//! - [`outbox`]: a connection's outgoing byte buffer and the writer task that drains it,
+//!   so that many frames go out in one syscall.
 
+pub mod channel;
+pub mod config;
+pub mod connection;
+pub mod delivery;
+pub mod listener;
+pub mod outbox;
+pub mod state;
+
+pub use config::Config;
+pub use listener::{bind_listeners, serve};
+pub use state::ServerState;

@@ -10,6 +10,7 @@
 //!   allocating the rest.
 //! - [`error`]: [`WireError`], which always carries the AMQP reply code to close with.
 
+mod codec;
 pub mod error;
 pub mod frame;
 pub mod method;

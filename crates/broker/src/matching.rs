@@ -1,0 +1,721 @@
+//! Routing matchers for topic and headers exchanges, with RabbitMQ's semantics.
+//!
+//! - [`topic_matches`]: one pattern against one routing key (a linear-time DP over words).
+//! - [`TopicIndex`]: a trie of topic binding patterns, walked as an NFA, so routing cost
+//!   depends on the key and the branches that match, not on how many bindings exist.
+//! - [`headers_match`] / [`validate_x_match`]: the headers exchange.
+//!
+//! Sources are RabbitMQ's own modules and suites; each rule below names the one it follows.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+
+use wire::{FieldTable, FieldValue};
+
+// ---------------------------------------------------------------------------------------
+// Topic
+// ---------------------------------------------------------------------------------------
+
+/// The words of a routing key or binding key, split the way RabbitMQ splits both
+/// (`rabbit_db_topic_exchange:split_topic_key_binary/1`): the empty key has *no* words,
+/// any other key is split on every `.` and empty words are kept (`"a..b"` is
+/// `["a", "", "b"]`, `"."` is `["", ""]`).
+fn words(key: &str) -> impl Iterator<Item = &str> {
+    (!key.is_empty())
+        .then(|| key.split('.'))
+        .into_iter()
+        .flatten()
+}
+
+/// Whether a topic binding `pattern` matches `routing_key`, as RabbitMQ's topic exchange
+/// decides it: words are split as in [`words`]; `*` matches exactly one word (an empty
+/// word counts), `#` matches zero or more words, any other word matches itself only.
+///
+/// Runs in O(pattern words × key words) time and O(pattern words) space, so patterns such
+/// as `#.#.#.#.x` cannot make it exponential the way naive backtracking would be.
+pub fn topic_matches(pattern: &str, routing_key: &str) -> bool {
+    // A pattern without wildcards matches exactly one word list, and splitting is
+    // injective (only "" has no words), so plain string equality decides it.
+    if !words(pattern).any(is_wildcard) {
+        return pattern == routing_key;
+    }
+    let pat: Vec<&str> = words(pattern).collect();
+    let m = pat.len();
+    // live[j]: the first j pattern words can match the key words consumed so far.
+    let mut live = vec![false; m + 1];
+    let mut next = vec![false; m + 1];
+    live[0] = true;
+    hash_closure(&pat, &mut live);
+    for word in words(routing_key) {
+        next.fill(false);
+        let mut any = false;
+        for (j, p) in pat.iter().enumerate() {
+            if !live[j] {
+                continue;
+            }
+            if *p == "#" {
+                // `#` swallows this word and may swallow more.
+                next[j] = true;
+                any = true;
+            } else if *p == "*" || *p == word {
+                next[j + 1] = true;
+                any = true;
+            }
+        }
+        if !any {
+            return false;
+        }
+        hash_closure(&pat, &mut next);
+        std::mem::swap(&mut live, &mut next);
+    }
+    live[m]
+}
+
+fn is_wildcard(word: &str) -> bool {
+    word == "*" || word == "#"
+}
+
+/// A `#` may also match zero words: whoever stands before it also stands after it.
+/// One forward pass suffices because this only ever moves rightwards.
+fn hash_closure(pat: &[&str], live: &mut [bool]) {
+    for (j, p) in pat.iter().enumerate() {
+        if live[j] && *p == "#" {
+            live[j + 1] = true;
+        }
+    }
+}
+
+/// The limit RabbitMQ's newest topic exchange puts on `#` words per binding key
+/// (`?MAX_HASH_WILDCARDS` in `rabbit_exchange_type_topic`, main branch; released 4.x
+/// versions have no limit). [`TopicIndex`] does not need it: it stays linear anyway.
+pub const MAX_HASH_WILDCARDS: usize = 2;
+
+/// RabbitMQ main's `rabbit_exchange_type_topic:validate_binding/2`: refuses a binding key
+/// with more than [`MAX_HASH_WILDCARDS`] `#` words. The error is the text RabbitMQ sends
+/// (as PRECONDITION_FAILED, like every `binding_invalid`). Not called by this module:
+/// whether Warren enforces the newer limit is the caller's choice.
+pub fn validate_topic_binding_key(key: &str) -> Result<(), String> {
+    let n = words(key).filter(|w| *w == "#").count();
+    if n > MAX_HASH_WILDCARDS {
+        return Err(format!(
+            "Topic binding key '{key}' uses {n} '#' wildcards, at most {MAX_HASH_WILDCARDS} are allowed"
+        ));
+    }
+    Ok(())
+}
+
+const ROOT: usize = 0;
+
+/// A trie of topic binding patterns, each leading to values `T` (destinations).
+///
+/// It is a multiset, like the bindings it indexes: inserting the same `(pattern, value)`
+/// twice needs two removals (two bindings with different arguments may share both).
+/// [`TopicIndex::matches`] still reports each matching value once.
+///
+/// Routing simulates the trie as an NFA over the key's words, keeping the set of live
+/// nodes (deduplicated), so a key costs O(words × live nodes): independent of the number
+/// of bindings and never exponential in the number of `#` words.
+#[derive(Clone)]
+pub struct TopicIndex<T> {
+    /// Node arena; `ROOT` is never freed. Freed slots are reused via `free`.
+    nodes: Vec<Node<T>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+#[derive(Clone)]
+struct Node<T> {
+    /// Children by literal word.
+    words: HashMap<Box<str>, usize>,
+    star: Option<usize>,
+    hash: Option<usize>,
+    /// Reached through a `#` edge: it may swallow any number of further words.
+    is_hash: bool,
+    /// Values bound at exactly this pattern, each distinct, with its binding count.
+    values: Vec<(T, usize)>,
+}
+
+impl<T> Node<T> {
+    fn new(is_hash: bool) -> Self {
+        Node {
+            words: HashMap::new(),
+            star: None,
+            hash: None,
+            is_hash,
+            values: Vec::new(),
+        }
+    }
+
+    fn is_unused(&self) -> bool {
+        self.values.is_empty()
+            && self.words.is_empty()
+            && self.star.is_none()
+            && self.hash.is_none()
+    }
+}
+
+impl<T> Default for TopicIndex<T> {
+    fn default() -> Self {
+        TopicIndex {
+            nodes: vec![Node::new(false)],
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for TopicIndex<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicIndex")
+            .field("bindings", &self.len)
+            .field("nodes", &(self.nodes.len() - self.free.len()))
+            .finish()
+    }
+}
+
+impl<T: Clone + Eq> TopicIndex<T> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of (pattern, value) entries, counting repeats.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds one binding of `value` at `pattern`.
+    pub fn insert(&mut self, pattern: &str, value: T) {
+        let mut n = ROOT;
+        for word in words(pattern) {
+            n = match self.child(n, word) {
+                Some(c) => c,
+                None => {
+                    let c = self.alloc(word == "#");
+                    self.link(n, word, c);
+                    c
+                }
+            };
+        }
+        let values = &mut self.nodes[n].values;
+        match values.iter_mut().find(|(v, _)| *v == value) {
+            Some((_, count)) => *count += 1,
+            None => values.push((value, 1)),
+        }
+        self.len += 1;
+    }
+
+    /// Removes one binding of `value` at `pattern`; false if there was none. Nodes left
+    /// with neither values nor children are freed, so churn does not grow the trie.
+    pub fn remove(&mut self, pattern: &str, value: &T) -> bool {
+        // (parent, word leading from it) for each step, to prune upwards afterwards.
+        let mut path: Vec<(usize, &str)> = Vec::new();
+        let mut n = ROOT;
+        for word in words(pattern) {
+            let Some(c) = self.child(n, word) else {
+                return false;
+            };
+            path.push((n, word));
+            n = c;
+        }
+        let values = &mut self.nodes[n].values;
+        let Some(i) = values.iter().position(|(v, _)| v == value) else {
+            return false;
+        };
+        values[i].1 -= 1;
+        if values[i].1 == 0 {
+            values.swap_remove(i);
+        }
+        self.len -= 1;
+        while let Some((parent, word)) = path.pop() {
+            if !self.nodes[n].is_unused() {
+                break;
+            }
+            self.unlink(parent, word);
+            self.nodes[n] = Node::new(false);
+            self.free.push(n);
+            n = parent;
+        }
+        true
+    }
+
+    /// Appends to `out` every value bound at a pattern matching `routing_key`, each once.
+    /// Deduplication is against what this call appends, not what `out` already held.
+    pub fn matches(&self, routing_key: &str, out: &mut Vec<T>) {
+        self.matches_counting(routing_key, out);
+    }
+
+    /// [`Self::matches`], returning how many NFA states were visited (for tests that
+    /// check routing cost does not grow with the number of bindings).
+    fn matches_counting(&self, routing_key: &str, out: &mut Vec<T>) -> usize {
+        let mut live = NodeSet::default();
+        let mut next = NodeSet::default();
+        self.enter(ROOT, &mut live);
+        let mut visited = 0;
+        for word in words(routing_key) {
+            next.clear();
+            for &n in &live.list {
+                let node = &self.nodes[n];
+                if node.is_hash {
+                    self.enter(n, &mut next);
+                }
+                if let Some(&c) = node.words.get(word) {
+                    self.enter(c, &mut next);
+                }
+                if let Some(c) = node.star {
+                    self.enter(c, &mut next);
+                }
+            }
+            visited += live.list.len();
+            std::mem::swap(&mut live, &mut next);
+            if live.list.is_empty() {
+                return visited;
+            }
+        }
+        visited += live.list.len();
+        let start = out.len();
+        for &n in &live.list {
+            let values = &self.nodes[n].values;
+            if out.len() == start {
+                // Values within one node are distinct: nothing to compare with yet.
+                out.extend(values.iter().map(|(v, _)| v.clone()));
+            } else {
+                // T is only Eq (destinations compare by identity), so a linear check;
+                // it is reached only when several matching patterns carry values.
+                for (v, _) in values {
+                    if !out[start..].contains(v) {
+                        out.push(v.clone());
+                    }
+                }
+            }
+        }
+        visited
+    }
+
+    fn child(&self, n: usize, word: &str) -> Option<usize> {
+        let node = &self.nodes[n];
+        match word {
+            "*" => node.star,
+            "#" => node.hash,
+            w => node.words.get(w).copied(),
+        }
+    }
+
+    fn link(&mut self, n: usize, word: &str, c: usize) {
+        let node = &mut self.nodes[n];
+        match word {
+            "*" => node.star = Some(c),
+            "#" => node.hash = Some(c),
+            w => {
+                node.words.insert(w.into(), c);
+            }
+        }
+    }
+
+    fn unlink(&mut self, n: usize, word: &str) {
+        let node = &mut self.nodes[n];
+        match word {
+            "*" => node.star = None,
+            "#" => node.hash = None,
+            w => {
+                node.words.remove(w);
+            }
+        }
+    }
+
+    fn alloc(&mut self, is_hash: bool) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.nodes[i].is_hash = is_hash;
+                i
+            }
+            None => {
+                self.nodes.push(Node::new(is_hash));
+                self.nodes.len() - 1
+            }
+        }
+    }
+
+    /// Makes `n` live, and with it the chain of `#` children below it, since a `#` may
+    /// match zero words.
+    fn enter(&self, mut n: usize, set: &mut NodeSet) {
+        while set.insert(n) {
+            match self.nodes[n].hash {
+                Some(h) => n = h,
+                None => break,
+            }
+        }
+    }
+}
+
+/// The live node set of the NFA: a list, deduplicated by linear search while small (the
+/// usual case) and by a hash set once it grows.
+#[derive(Default)]
+struct NodeSet {
+    list: Vec<usize>,
+    seen: HashSet<usize>,
+}
+
+impl NodeSet {
+    const SMALL: usize = 16;
+
+    fn insert(&mut self, n: usize) -> bool {
+        if self.list.len() < Self::SMALL {
+            if self.list.contains(&n) {
+                return false;
+            }
+        } else {
+            if self.seen.is_empty() {
+                self.seen.extend(self.list.iter().copied());
+            }
+            if !self.seen.insert(n) {
+                return false;
+            }
+        }
+        self.list.push(n);
+        true
+    }
+
+    fn clear(&mut self) {
+        self.list.clear();
+        self.seen.clear();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Headers
+// ---------------------------------------------------------------------------------------
+
+/// A headers binding's `x-match` mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XMatch {
+    All,
+    Any,
+    AllWithX,
+    AnyWithX,
+}
+
+impl XMatch {
+    /// The mode of a binding, as `rabbit_exchange_type_headers:route/3` reads it: the first
+    /// `x-match` entry, if it is a long string naming a mode; anything else (absent, another
+    /// type, an unknown word) means `all`.
+    pub fn of(binding_args: &FieldTable) -> XMatch {
+        match binding_args.get("x-match") {
+            Some(FieldValue::LongStr(s)) => match &s[..] {
+                b"any" => XMatch::Any,
+                b"all-with-x" => XMatch::AllWithX,
+                b"any-with-x" => XMatch::AnyWithX,
+                _ => XMatch::All,
+            },
+            _ => XMatch::All,
+        }
+    }
+
+    fn is_any(self) -> bool {
+        matches!(self, XMatch::Any | XMatch::AnyWithX)
+    }
+
+    fn with_x(self) -> bool {
+        matches!(self, XMatch::AllWithX | XMatch::AnyWithX)
+    }
+}
+
+/// Whether a message with `headers` matches a headers-exchange binding with
+/// `binding_args`, following RabbitMQ 4.x's `rabbit_exchange_type_headers` together with
+/// `mc_amqpl:routing_headers/2`:
+///
+/// - The message's headers become a map, the *last* entry winning for a repeated key.
+///   A `timestamp` header is converted to milliseconds (`routing_value/2` multiplies it by
+///   1000); binding values are not converted, so a timestamp argument only equals a
+///   header worth 1000 times as much (or 0).
+/// - `x-match` itself is never matched; other arguments whose key starts with `x-` are
+///   skipped unless the mode is `all-with-x` / `any-with-x`.
+/// - A `void` argument matches when the header is present, whatever its value.
+/// - Any other argument matches when the header's value is the same Erlang term
+///   (`=:=`): the field *type* is dropped, so integers of any width compare by value
+///   (`I32(1)` equals `I64(1)`), and a long string equals a byte array with the same bytes;
+///   but an integer never equals a float (`1 =/= 1.0`). Tables and arrays compare
+///   structurally with their element types, and an empty table equals an empty array.
+/// - `all` (and `all-with-x`) needs every considered argument to match, so with none it
+///   matches every message; `any` needs one, so with none it matches nothing.
+pub fn headers_match(binding_args: &FieldTable, headers: Option<&FieldTable>) -> bool {
+    let mode = XMatch::of(binding_args);
+    let any = mode.is_any();
+    for (key, bound) in binding_args.iter() {
+        if key == "x-match" || (!mode.with_x() && key.starts_with("x-")) {
+            continue;
+        }
+        let header = headers
+            .and_then(|h| h.0.iter().rev().find(|(k, _)| k == key))
+            .map(|(_, v)| v);
+        let hit = match (bound, header) {
+            (_, None) => false,
+            (FieldValue::Void, Some(_)) => true,
+            (bound, Some(header)) => routing_term(bound, false) == routing_term(header, true),
+        };
+        if hit == any {
+            return any;
+        }
+    }
+    !any
+}
+
+/// Checks a headers binding's `x-match` as `rabbit_exchange_type_headers:validate_binding/2`
+/// does. The error is RabbitMQ's text, which it sends as `PRECONDITION_FAILED - <text>`
+/// (verified against RabbitMQ 4.x: `Invalid x-match field value <<"bogus">>; expected all,
+/// any, all-with-x, or any-with-x`). Values are printed as Erlang's `~tp` would.
+pub fn validate_x_match(binding_args: &FieldTable) -> Result<(), String> {
+    match binding_args.get("x-match") {
+        None => Ok(()),
+        Some(FieldValue::LongStr(s)) => match &s[..] {
+            b"all" | b"any" | b"all-with-x" | b"any-with-x" => Ok(()),
+            other => Err(format!(
+                "Invalid x-match field value {}; expected all, any, all-with-x, or any-with-x",
+                erl_binary(other)
+            )),
+        },
+        Some(v) => Err(format!(
+            "Invalid x-match field type {} (value {}); expected longstr",
+            type_atom(v),
+            erl_term(v)
+        )),
+    }
+}
+
+/// A field value as the Erlang term RabbitMQ holds for it, for `=:=` comparison.
+#[derive(Debug)]
+enum Term<'a> {
+    Int(i128),
+    /// Bits of the f64 (Erlang reads an `f` field into a double). OTP 27's `=:=` tells
+    /// 0.0 from -0.0, as bit equality does; NaN cannot reach Erlang at all.
+    Float(u64),
+    Bin(&'a [u8]),
+    Bool(bool),
+    Decimal(u8, u32),
+    Table(&'a FieldTable),
+    Array(&'a [FieldValue]),
+    Undefined,
+}
+
+impl PartialEq for Term<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        use Term::*;
+        match (self, other) {
+            (Int(a), Int(b)) => a == b,
+            (Float(a), Float(b)) => a == b,
+            (Bin(a), Bin(b)) => a == b,
+            (Bool(a), Bool(b)) => a == b,
+            (Decimal(s, v), Decimal(t, w)) => s == t && v == w,
+            (Undefined, Undefined) => true,
+            // Tables are lists of {Key, Type, Value}, arrays lists of {Type, Value}.
+            (Table(a), Table(b)) => {
+                a.0.len() == b.0.len()
+                    && a.0
+                        .iter()
+                        .zip(&b.0)
+                        .all(|((ka, va), (kb, vb))| ka == kb && typed_eq(va, vb))
+            }
+            (Array(a), Array(b)) => {
+                a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| typed_eq(x, y))
+            }
+            // Both are Erlang lists, so the empty ones are the same term, [].
+            (Table(t), Array(a)) | (Array(a), Table(t)) => t.0.is_empty() && a.is_empty(),
+            _ => false,
+        }
+    }
+}
+
+/// Equality of values nested in a table or array, where the type atom is part of the term.
+fn typed_eq(a: &FieldValue, b: &FieldValue) -> bool {
+    type_atom(a) == type_atom(b) && term(a) == term(b)
+}
+
+/// The term routing compares: a top-level header timestamp is in milliseconds
+/// (`mc_amqpl:routing_value(timestamp, V) -> V * 1000`).
+fn routing_term(v: &FieldValue, is_header: bool) -> Term<'_> {
+    match v {
+        FieldValue::Timestamp(t) if is_header => Term::Int(i128::from(*t) * 1000),
+        v => term(v),
+    }
+}
+
+fn term(v: &FieldValue) -> Term<'_> {
+    match v {
+        FieldValue::Bool(b) => Term::Bool(*b),
+        FieldValue::I8(i) => Term::Int((*i).into()),
+        FieldValue::U8(i) => Term::Int((*i).into()),
+        FieldValue::I16(i) => Term::Int((*i).into()),
+        FieldValue::U16(i) => Term::Int((*i).into()),
+        FieldValue::I32(i) => Term::Int((*i).into()),
+        FieldValue::U32(i) => Term::Int((*i).into()),
+        FieldValue::I64(i) => Term::Int((*i).into()),
+        // rabbit_binary_parser reads `L` as a *signed* 64-bit long, like `l`.
+        FieldValue::U64(u) => Term::Int(i128::from(*u as i64)),
+        FieldValue::F32(f) => Term::Float(f64::from(*f).to_bits()),
+        FieldValue::F64(f) => Term::Float(f.to_bits()),
+        FieldValue::Decimal(s, v) => Term::Decimal(*s, *v),
+        FieldValue::LongStr(b) | FieldValue::ByteArray(b) => Term::Bin(b),
+        FieldValue::Array(a) => Term::Array(a),
+        FieldValue::Timestamp(t) => Term::Int((*t).into()),
+        FieldValue::Table(t) => Term::Table(t),
+        FieldValue::Void => Term::Undefined,
+    }
+}
+
+/// RabbitMQ's type atom for a field value (`rabbit_binary_parser`).
+fn type_atom(v: &FieldValue) -> &'static str {
+    match v {
+        FieldValue::Bool(_) => "bool",
+        FieldValue::I8(_) => "byte",
+        FieldValue::U8(_) => "unsignedbyte",
+        FieldValue::I16(_) => "short",
+        FieldValue::U16(_) => "unsignedshort",
+        FieldValue::I32(_) => "signedint",
+        FieldValue::U32(_) => "unsignedint",
+        FieldValue::I64(_) | FieldValue::U64(_) => "long",
+        FieldValue::F32(_) => "float",
+        FieldValue::F64(_) => "double",
+        FieldValue::Decimal(..) => "decimal",
+        FieldValue::LongStr(_) => "longstr",
+        FieldValue::Array(_) => "array",
+        FieldValue::Timestamp(_) => "timestamp",
+        FieldValue::Table(_) => "table",
+        FieldValue::Void => "void",
+        FieldValue::ByteArray(_) => "binary",
+    }
+}
+
+/// A value's Erlang term as `~tp` prints it, on one line (Erlang would wrap terms longer
+/// than 80 columns; x-match values that long are not worth mimicking).
+fn erl_term(v: &FieldValue) -> String {
+    match term(v) {
+        Term::Int(i) => i.to_string(),
+        Term::Float(bits) => erl_float(f64::from_bits(bits)),
+        Term::Bin(b) => erl_binary(b),
+        Term::Bool(b) => b.to_string(),
+        Term::Decimal(s, v) => format!("{{{s},{v}}}"),
+        Term::Undefined => "undefined".to_owned(),
+        Term::Table(t) => {
+            let items: Vec<String> = t
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{{{},{},{}}}",
+                        erl_binary(k.as_bytes()),
+                        type_atom(v),
+                        erl_term(v)
+                    )
+                })
+                .collect();
+            format!("[{}]", items.join(","))
+        }
+        Term::Array(a) => {
+            let items: Vec<String> = a
+                .iter()
+                .map(|v| format!("{{{},{}}}", type_atom(v), erl_term(v)))
+                .collect();
+            format!("[{}]", items.join(","))
+        }
+    }
+}
+
+/// A binary as `~tp` prints it: `<<"text">>` when every byte is printable ASCII (or one of
+/// the escapable controls), `<<"text"/utf8>>` for printable non-ASCII UTF-8, and the byte
+/// list `<<0,1,2>>` otherwise (so the empty binary is `<<>>`).
+fn erl_binary(b: &[u8]) -> String {
+    let escape = |c: char| -> Option<&'static str> {
+        Some(match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            '\u{b}' => "\\v",
+            '\u{8}' => "\\b",
+            '\u{c}' => "\\f",
+            '\u{1b}' => "\\e",
+            _ => return None,
+        })
+    };
+    let printable = |c: char| {
+        escape(c).is_some() || (' '..='~').contains(&c) || (!c.is_ascii() && !c.is_control())
+    };
+    match std::str::from_utf8(b) {
+        Ok(s) if !s.is_empty() && s.chars().all(printable) => {
+            let mut out = String::from("<<\"");
+            for c in s.chars() {
+                match escape(c) {
+                    Some(e) => out.push_str(e),
+                    None => out.push(c),
+                }
+            }
+            out.push('"');
+            if !s.is_ascii() {
+                out.push_str("/utf8");
+            }
+            out.push_str(">>");
+            out
+        }
+        _ => {
+            let mut out = String::from("<<");
+            for (i, byte) in b.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{byte}");
+            }
+            out.push_str(">>");
+            out
+        }
+    }
+}
+
+/// A float as Erlang prints it (`io_lib_format:fwrite_g/1`): the shortest round-tripping
+/// digits, in plain notation when that is no longer than scientific and |f| < 2^53,
+/// otherwise scientific; always with a `.` (`1.0`, `0.001`, `1.0e-4`, `1.0e4`).
+fn erl_float(f: f64) -> String {
+    if f == 0.0 {
+        return if f.is_sign_negative() { "-0.0" } else { "0.0" }.to_owned();
+    }
+    if !f.is_finite() {
+        // Unreachable from the wire as Erlang reads it; keep something readable.
+        return f.to_string();
+    }
+    // Rust's `{:e}` gives the shortest round-tripping digits too: "d.ddde±x".
+    let sci = format!("{:e}", f.abs());
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i64 = exp.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let len = digits.len() as i64;
+    let place = exp - (len - 1);
+    let exp_text = exp.to_string();
+    let exp_cost = exp_text.len() as i64 + 2;
+    let scientific = || match digits.split_at(1) {
+        (first, "") => format!("{first}.0e{exp_text}"),
+        (first, rest) => format!("{first}.{rest}e{exp_text}"),
+    };
+    let body = if place < 0 {
+        if exp >= 0 {
+            let (int, frac) = digits.split_at((len + place) as usize);
+            format!("{int}.{frac}")
+        } else if 2 - place - len <= exp_cost {
+            format!("0.{}{digits}", "0".repeat((-place - len) as usize))
+        } else {
+            scientific()
+        }
+    } else {
+        let dot = i64::from(len == 1);
+        if exp_cost + dot >= place + 2 && f.abs() < 9_007_199_254_740_992.0 {
+            format!("{digits}{}.0", "0".repeat(place as usize))
+        } else {
+            scientific()
+        }
+    };
+    if f < 0.0 { format!("-{body}") } else { body }
+}
+
+#[cfg(test)]
+mod tests;

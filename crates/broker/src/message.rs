@@ -1,0 +1,36 @@
+//! A published message as the broker keeps it: the routing facts plus the raw property
+//! bytes and body exactly as the publisher sent them (never re-encoded).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+#[derive(Debug)]
+pub struct Message {
+    /// Exchange the message was published to (reported in deliver/get-ok/return).
+    pub exchange: String,
+    pub routing_key: String,
+    /// Raw content-header properties (flags + fields), forwarded byte-for-byte.
+    pub properties: Bytes,
+    pub body: Bytes,
+    /// delivery_mode == 2.
+    pub persistent: bool,
+    pub priority: u8,
+}
+
+impl Message {
+    pub fn body_size(&self) -> u64 {
+        self.body.len() as u64
+    }
+}
+
+/// A message in one queue. Cloning is cheap: the message itself is shared by every queue
+/// it was routed to.
+#[derive(Debug, Clone)]
+pub struct QueuedMessage {
+    pub msg: Arc<Message>,
+    /// Position in the queue, increasing with publish order; requeued messages go back to
+    /// their position.
+    pub seq: u64,
+    pub redelivered: bool,
+}

@@ -1,0 +1,333 @@
+//! A virtual host: its exchanges and queues, and the operations of exchange.*, queue.*
+//! and basic.publish routing, with RabbitMQ's checks and error texts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use wire::FieldTable;
+
+use crate::ConnectionId;
+use crate::error::AmqpError;
+use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeOptions};
+use crate::queue::{Consumer, Queue, QueueOptions};
+
+/// Exchanges every vhost has (RabbitMQ's predeclared set).
+const PREDECLARED: [(&str, ExchangeKind); 6] = [
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+    ("amq.rabbitmq.trace", ExchangeKind::Topic),
+];
+
+/// Longest exchange-to-exchange chain followed when routing one message; a guard against
+/// pathological topologies (cycles are already cut by the visited set).
+const ROUTE_HOPS_MAX: usize = 64;
+
+pub struct VHost {
+    pub name: String,
+    exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
+    queues: RwLock<HashMap<String, Arc<Queue>>>,
+}
+
+/// The outcome of queue.delete and friends, for the caller to act on outside locks.
+pub struct Deleted {
+    pub message_count: u32,
+    /// Consumers to notify with basic.cancel.
+    pub consumers: Vec<Consumer>,
+}
+
+impl VHost {
+    pub fn new(name: &str) -> Arc<VHost> {
+        let vh = VHost { name: name.to_owned(), exchanges: RwLock::new(HashMap::new()), queues: RwLock::new(HashMap::new()) };
+        {
+            let mut ex = vh.exchanges.write();
+            let opts = |kind| ExchangeOptions { kind, durable: true, auto_delete: false, internal: false, arguments: FieldTable::new() };
+            ex.insert(String::new(), Exchange::new(name, String::new(), opts(ExchangeKind::Direct)));
+            for (n, kind) in PREDECLARED {
+                let mut o = opts(kind);
+                o.internal = n == "amq.rabbitmq.trace";
+                ex.insert(n.to_owned(), Exchange::new(name, n.to_owned(), o));
+            }
+        }
+        Arc::new(vh)
+    }
+
+    fn no_exchange(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no exchange '{name}' in vhost '{}'", self.name))
+    }
+
+    fn no_queue(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no queue '{name}' in vhost '{}'", self.name))
+    }
+
+    pub fn exchange(&self, name: &str) -> Result<Arc<Exchange>, AmqpError> {
+        self.exchanges.read().get(name).cloned().ok_or_else(|| self.no_exchange(name))
+    }
+
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.read().values().cloned().collect()
+    }
+
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.queues.read().values().cloned().collect()
+    }
+
+    /// Look up a queue for use by `conn`: 404 if missing, 405 if another connection owns it.
+    pub fn queue(&self, name: &str, conn: ConnectionId) -> Result<Arc<Queue>, AmqpError> {
+        let q = self.queues.read().get(name).cloned().ok_or_else(|| self.no_queue(name))?;
+        check_exclusive(&q, conn)?;
+        Ok(q)
+    }
+
+    pub fn declare_exchange(&self, name: &str, passive: bool, opts: ExchangeOptions) -> Result<Arc<Exchange>, AmqpError> {
+        if passive {
+            return self.exchange(name);
+        }
+        if name.starts_with("amq.") {
+            // RabbitMQ allows an equivalent redeclare of a predeclared exchange.
+            if let Some(e) = self.exchanges.read().get(name) {
+                if e.check_equivalent(&opts).is_ok() {
+                    return Ok(e.clone());
+                }
+            }
+            return Err(AmqpError::access_refused(format!("exchange name '{name}' contains reserved prefix 'amq.*'")));
+        }
+        let mut ex = self.exchanges.write();
+        if let Some(e) = ex.get(name) {
+            e.check_equivalent(&opts)?;
+            return Ok(e.clone());
+        }
+        let e = Exchange::new(&self.name, name.to_owned(), opts);
+        ex.insert(name.to_owned(), e.clone());
+        Ok(e)
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
+        if name.is_empty() || name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!("operation not permitted on exchange '{name}' in vhost '{}'", self.name)));
+        }
+        let mut ex = self.exchanges.write();
+        let Some(e) = ex.get(name).cloned() else {
+            // RabbitMQ 3.x+ treats deleting a missing exchange as success.
+            return Ok(());
+        };
+        let dest = Destination::Exchange(e.clone());
+        let used_as_dest = ex.values().any(|x| x.bindings().iter().any(|b| b.destination == dest));
+        if if_unused && (e.binding_count() > 0 || used_as_dest) {
+            return Err(AmqpError::precondition_failed(format!("exchange '{name}' in vhost '{}' in use", self.name)));
+        }
+        ex.remove(name);
+        for other in ex.values() {
+            other.unbind_destination(&dest);
+        }
+        Ok(())
+    }
+
+    /// queue.declare. `name` may be empty (server-named). Returns the queue and whether it was created.
+    pub fn declare_queue(&self, name: &str, passive: bool, opts: QueueOptions, conn: ConnectionId) -> Result<(Arc<Queue>, bool), AmqpError> {
+        if passive {
+            if name.is_empty() {
+                return Err(self.no_queue(name));
+            }
+            return Ok((self.queue(name, conn)?, false));
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!("queue name '{name}' contains reserved prefix 'amq.*'")));
+        }
+        let mut qs = self.queues.write();
+        let name = if name.is_empty() { generate_name("amq.gen-", |n| qs.contains_key(n)) } else { name.to_owned() };
+        if let Some(q) = qs.get(&name) {
+            check_exclusive(q, conn)?;
+            if opts.exclusive != q.options.exclusive {
+                return Err(exclusive_locked(q));
+            }
+            q.check_equivalent(&opts)?;
+            return Ok((q.clone(), false));
+        }
+        let owner = opts.exclusive.then_some(conn);
+        let q = Queue::new(&self.name, name.clone(), opts, owner);
+        qs.insert(name, q.clone());
+        Ok((q, true))
+    }
+
+    /// queue.delete. A missing queue is not an error (RabbitMQ answers delete-ok with 0).
+    pub fn delete_queue(&self, name: &str, if_unused: bool, if_empty: bool, conn: ConnectionId) -> Result<Deleted, AmqpError> {
+        let q = match self.queue(name, conn) {
+            Ok(q) => q,
+            Err(e) if e.code == wire::reply::NOT_FOUND => return Ok(Deleted { message_count: 0, consumers: Vec::new() }),
+            Err(e) => return Err(e),
+        };
+        let stats = q.stats();
+        if if_unused && stats.consumers > 0 {
+            return Err(AmqpError::precondition_failed(format!("queue '{name}' in vhost '{}' in use", self.name)));
+        }
+        if if_empty && stats.messages_ready > 0 {
+            return Err(AmqpError::precondition_failed(format!("queue '{name}' in vhost '{}' is not empty", self.name)));
+        }
+        Ok(self.remove_queue(&q))
+    }
+
+    /// Remove a queue unconditionally (exclusive owner gone, auto-delete, queue.delete).
+    pub fn remove_queue(&self, q: &Arc<Queue>) -> Deleted {
+        {
+            let mut qs = self.queues.write();
+            match qs.get(&q.name) {
+                Some(x) if Arc::ptr_eq(x, q) => {
+                    qs.remove(&q.name);
+                }
+                _ => {}
+            }
+        }
+        let dest = Destination::Queue(q.clone());
+        let mut emptied = Vec::new();
+        for e in self.exchanges() {
+            if e.unbind_destination(&dest) > 0 && e.options.auto_delete && e.binding_count() == 0 {
+                emptied.push(e);
+            }
+        }
+        for e in emptied {
+            self.auto_delete_exchange(&e);
+        }
+        let (message_count, consumers) = q.mark_deleted();
+        Deleted { message_count, consumers }
+    }
+
+    fn auto_delete_exchange(&self, e: &Arc<Exchange>) {
+        let mut ex = self.exchanges.write();
+        if matches!(ex.get(&e.name), Some(x) if Arc::ptr_eq(x, e)) && e.binding_count() == 0 {
+            ex.remove(&e.name);
+            let dest = Destination::Exchange(e.clone());
+            for other in ex.values() {
+                other.unbind_destination(&dest);
+            }
+        }
+    }
+
+    /// Every exclusive queue owned by a closing connection.
+    pub fn queues_owned_by(&self, conn: ConnectionId) -> Vec<Arc<Queue>> {
+        self.queues.read().values().filter(|q| q.owner == Some(conn)).cloned().collect()
+    }
+
+    pub fn bind_queue(&self, queue: &str, exchange: &str, routing_key: &str, arguments: FieldTable, conn: ConnectionId) -> Result<(), AmqpError> {
+        if exchange.is_empty() {
+            return Err(AmqpError::access_refused(format!("operation not permitted on the default exchange")));
+        }
+        let q = self.queue(queue, conn)?;
+        let e = self.exchange(exchange)?;
+        validate_binding(&e, &arguments)?;
+        e.bind(Binding { destination: Destination::Queue(q), routing_key: routing_key.to_owned(), arguments });
+        Ok(())
+    }
+
+    pub fn unbind_queue(&self, queue: &str, exchange: &str, routing_key: &str, arguments: FieldTable, conn: ConnectionId) -> Result<(), AmqpError> {
+        if exchange.is_empty() {
+            return Err(AmqpError::access_refused(format!("operation not permitted on the default exchange")));
+        }
+        let q = self.queue(queue, conn)?;
+        let e = self.exchange(exchange)?;
+        // RabbitMQ: unbinding a binding that does not exist succeeds.
+        e.unbind(&Binding { destination: Destination::Queue(q), routing_key: routing_key.to_owned(), arguments });
+        if e.options.auto_delete && e.binding_count() == 0 {
+            self.auto_delete_exchange(&e);
+        }
+        Ok(())
+    }
+
+    pub fn bind_exchange(&self, destination: &str, source: &str, routing_key: &str, arguments: FieldTable) -> Result<(), AmqpError> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(AmqpError::access_refused(format!("operation not permitted on the default exchange")));
+        }
+        let d = self.exchange(destination)?;
+        let s = self.exchange(source)?;
+        validate_binding(&s, &arguments)?;
+        s.bind(Binding { destination: Destination::Exchange(d), routing_key: routing_key.to_owned(), arguments });
+        Ok(())
+    }
+
+    pub fn unbind_exchange(&self, destination: &str, source: &str, routing_key: &str, arguments: FieldTable) -> Result<(), AmqpError> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(AmqpError::access_refused(format!("operation not permitted on the default exchange")));
+        }
+        let d = self.exchange(destination)?;
+        let s = self.exchange(source)?;
+        s.unbind(&Binding { destination: Destination::Exchange(d), routing_key: routing_key.to_owned(), arguments });
+        if s.options.auto_delete && s.binding_count() == 0 {
+            self.auto_delete_exchange(&s);
+        }
+        Ok(())
+    }
+
+    /// The queues a message published to `exchange` reaches, each once, following
+    /// exchange-to-exchange bindings (cycles are cut). `exchange` must exist.
+    pub fn route(&self, exchange: &Arc<Exchange>, routing_key: &str, headers: &mut dyn FnMut() -> Option<FieldTable>, out: &mut Vec<Arc<Queue>>) {
+        if exchange.name.is_empty() {
+            if let Some(q) = self.queues.read().get(routing_key) {
+                out.push(q.clone());
+            }
+            return;
+        }
+        let mut visited: Vec<*const Exchange> = vec![Arc::as_ptr(exchange)];
+        let mut pending = vec![exchange.clone()];
+        let mut dests = Vec::new();
+        while let Some(e) = pending.pop() {
+            dests.clear();
+            e.route(routing_key, headers, &mut dests);
+            for d in dests.drain(..) {
+                match d {
+                    Destination::Queue(q) => {
+                        if !out.iter().any(|x| Arc::ptr_eq(x, &q)) {
+                            out.push(q);
+                        }
+                    }
+                    Destination::Exchange(x) => {
+                        let p = Arc::as_ptr(&x);
+                        if !visited.contains(&p) && visited.len() < ROUTE_HOPS_MAX {
+                            visited.push(p);
+                            pending.push(x);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_exclusive(q: &Queue, conn: ConnectionId) -> Result<(), AmqpError> {
+    match q.owner {
+        Some(owner) if owner != conn => Err(exclusive_locked(q)),
+        _ => Ok(()),
+    }
+}
+
+fn exclusive_locked(q: &Queue) -> AmqpError {
+    AmqpError::resource_locked(format!(
+        "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+        q.name, q.vhost
+    ))
+}
+
+fn validate_binding(e: &Exchange, arguments: &FieldTable) -> Result<(), AmqpError> {
+    if e.kind() == ExchangeKind::Headers {
+        crate::matching::validate_x_match(arguments).map_err(AmqpError::precondition_failed)?;
+    }
+    Ok(())
+}
+
+/// A server-generated name: prefix + 22 URL-safe base64 characters, as RabbitMQ's
+/// `amq.gen-…` names look.
+pub fn generate_name(prefix: &str, taken: impl Fn(&str) -> bool) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    loop {
+        let mut s = String::with_capacity(prefix.len() + 22);
+        s.push_str(prefix);
+        for _ in 0..22 {
+            s.push(char::from(ALPHABET[fastrand::usize(..ALPHABET.len())]));
+        }
+        if !taken(&s) {
+            return s;
+        }
+    }
+}

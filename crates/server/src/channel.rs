@@ -1,0 +1,563 @@
+//! The channel state machine: one AMQP channel's methods, translated into broker calls.
+//! Owned by its connection's task; only the delivery state ([`ChannelShared`]) is shared.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use broker::exchange::ExchangeOptions;
+use broker::queue::{Consumer, QueueOptions, next_consumer_id};
+use broker::vhost::{Deleted, generate_name};
+use broker::{AmqpError, ExchangeKind, Message, Queue, VHost};
+use bytes::{Bytes, BytesMut};
+use wire::{Method, frame};
+
+use crate::delivery::{ChannelShared, ConsumerHandle, Unacked};
+
+/// What a channel needs from its connection.
+pub struct ConnCtx {
+    pub conn_id: u64,
+    pub vhost: Arc<VHost>,
+    /// The client advertised consumer_cancel_notify.
+    pub cancel_notify: bool,
+    pub max_message_size_bytes: u64,
+    pub user: String,
+}
+
+/// A basic.publish whose content is still arriving.
+struct PendingPublish {
+    exchange: String,
+    routing_key: String,
+    mandatory: bool,
+    /// (body_size, raw properties) once the content header arrived.
+    header: Option<(u64, Bytes)>,
+    parts: Vec<Bytes>,
+    received: u64,
+}
+
+/// Work deferred by a transaction until tx.commit.
+enum TxOp {
+    Publish { exchange: String, msg: Arc<Message>, mandatory: bool },
+    Settle { entries: Vec<Unacked>, requeue: Option<bool> },
+}
+
+pub struct Channel {
+    pub shared: Arc<ChannelShared>,
+    /// The server sent channel.close and waits for close-ok; other frames are dropped.
+    pub closing: bool,
+    pending: Option<PendingPublish>,
+    consumers: HashMap<String, Arc<ConsumerHandle>>,
+    /// basic.qos global=false: prefetch given to consumers started from now on.
+    consumer_prefetch: u32,
+    /// Publisher confirms: next sequence number to assign, and the highest one not yet
+    /// acknowledged to the client (sent as one multiple ack per read batch).
+    confirm: Option<Confirms>,
+    tx: Option<Vec<TxOp>>,
+    /// The last queue declared on this channel, which an empty queue name refers to.
+    last_queue: Option<String>,
+}
+
+#[derive(Default)]
+struct Confirms {
+    next_seq: u64,
+    acked_upto: u64,
+    pending_upto: u64,
+}
+
+/// The publish side of a full content frame set, once assembled.
+pub enum ContentProgress {
+    NeedMore,
+    Complete,
+}
+
+fn unexpected(text: &str) -> AmqpError {
+    AmqpError::new(wire::reply::UNEXPECTED_FRAME, text)
+}
+
+impl Channel {
+    pub fn new(shared: Arc<ChannelShared>) -> Channel {
+        Channel {
+            shared,
+            closing: false,
+            pending: None,
+            consumers: HashMap::new(),
+            consumer_prefetch: 0,
+            confirm: None,
+            tx: None,
+            last_queue: None,
+        }
+    }
+
+    pub fn id(&self) -> u16 {
+        self.shared.id
+    }
+
+    pub fn expecting_content(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    fn send(&self, method: &Method) {
+        let id = self.shared.id;
+        self.shared.outbox.write_with(|out| frame::encode_method(out, id, method));
+    }
+
+    fn queue_name(&self, name: &str) -> Result<String, AmqpError> {
+        if !name.is_empty() {
+            return Ok(name.to_owned());
+        }
+        self.last_queue.clone().ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+    }
+
+    /// Handle a method on this (open) channel. Errors carry the reply code; the caller
+    /// closes the channel or the connection according to it.
+    pub fn handle(&mut self, ctx: &ConnCtx, method: Method) -> Result<(), AmqpError> {
+        let vh = &ctx.vhost;
+        match method {
+            Method::AccessRequest { .. } => self.send(&Method::AccessRequestOk { ticket: 1 }),
+            Method::ChannelFlow { active } => {
+                self.shared.state.lock().flow_active = active;
+                self.send(&Method::ChannelFlowOk { active });
+                if active {
+                    self.redispatch();
+                }
+            }
+            Method::ExchangeDeclare { exchange, kind, passive, durable, auto_delete, internal, nowait, arguments, .. } => {
+                let kind = if passive {
+                    ExchangeKind::Direct
+                } else {
+                    ExchangeKind::parse(&kind).ok_or_else(|| AmqpError::command_invalid(format!("unknown exchange type '{kind}'")))?
+                };
+                if !passive && exchange.is_empty() {
+                    return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+                }
+                vh.declare_exchange(&exchange, passive, ExchangeOptions { kind, durable, auto_delete, internal, arguments })?;
+                if !nowait {
+                    self.send(&Method::ExchangeDeclareOk);
+                }
+            }
+            Method::ExchangeDelete { exchange, if_unused, nowait, .. } => {
+                vh.delete_exchange(&exchange, if_unused)?;
+                if !nowait {
+                    self.send(&Method::ExchangeDeleteOk);
+                }
+            }
+            Method::ExchangeBind { destination, source, routing_key, nowait, arguments, .. } => {
+                vh.bind_exchange(&destination, &source, &routing_key, arguments)?;
+                if !nowait {
+                    self.send(&Method::ExchangeBindOk);
+                }
+            }
+            Method::ExchangeUnbind { destination, source, routing_key, nowait, arguments, .. } => {
+                vh.unbind_exchange(&destination, &source, &routing_key, arguments)?;
+                if !nowait {
+                    self.send(&Method::ExchangeUnbindOk);
+                }
+            }
+            Method::QueueDeclare { queue, passive, durable, exclusive, auto_delete, nowait, arguments, .. } => {
+                let opts = QueueOptions { durable, exclusive, auto_delete, arguments };
+                let (q, _created) = vh.declare_queue(&queue, passive, opts, ctx.conn_id)?;
+                let stats = q.stats();
+                self.last_queue = Some(q.name.clone());
+                if !nowait {
+                    self.send(&Method::QueueDeclareOk {
+                        queue: q.name.clone(),
+                        message_count: stats.messages_ready as u32,
+                        consumer_count: stats.consumers,
+                    });
+                }
+            }
+            Method::QueueBind { queue, exchange, routing_key, nowait, arguments, .. } => {
+                let queue = self.queue_name(&queue)?;
+                // RabbitMQ: an empty routing key with an empty queue name means the queue's name.
+                vh.bind_queue(&queue, &exchange, &routing_key, arguments, ctx.conn_id)?;
+                if !nowait {
+                    self.send(&Method::QueueBindOk);
+                }
+            }
+            Method::QueueUnbind { queue, exchange, routing_key, arguments, .. } => {
+                let queue = self.queue_name(&queue)?;
+                vh.unbind_queue(&queue, &exchange, &routing_key, arguments, ctx.conn_id)?;
+                self.send(&Method::QueueUnbindOk);
+            }
+            Method::QueuePurge { queue, nowait, .. } => {
+                let q = vh.queue(&self.queue_name(&queue)?, ctx.conn_id)?;
+                let n = q.purge();
+                if !nowait {
+                    self.send(&Method::QueuePurgeOk { message_count: n as u32 });
+                }
+            }
+            Method::QueueDelete { queue, if_unused, if_empty, nowait, .. } => {
+                let name = self.queue_name(&queue)?;
+                let deleted = vh.delete_queue(&name, if_unused, if_empty, ctx.conn_id)?;
+                let n = deleted.message_count;
+                notify_deleted(deleted);
+                if !nowait {
+                    self.send(&Method::QueueDeleteOk { message_count: n });
+                }
+            }
+            Method::BasicQos { prefetch_size, prefetch_count, global } => {
+                if prefetch_size != 0 {
+                    return Err(AmqpError::not_implemented(format!("prefetch_size!=0 ({prefetch_size})")));
+                }
+                if global {
+                    self.shared.state.lock().global_prefetch = prefetch_count.into();
+                    self.redispatch();
+                } else {
+                    self.consumer_prefetch = prefetch_count.into();
+                }
+                self.send(&Method::BasicQosOk);
+            }
+            Method::BasicConsume { queue, consumer_tag, no_ack, exclusive, nowait, .. } => {
+                self.consume(ctx, &queue, consumer_tag, no_ack, exclusive, nowait)?;
+            }
+            Method::BasicCancel { consumer_tag, nowait } => {
+                self.cancel(ctx, &consumer_tag);
+                if !nowait {
+                    self.send(&Method::BasicCancelOk { consumer_tag });
+                }
+            }
+            Method::BasicPublish { exchange, routing_key, mandatory, immediate, .. } => {
+                if immediate {
+                    return Err(AmqpError::not_implemented("immediate=true"));
+                }
+                self.pending = Some(PendingPublish { exchange, routing_key, mandatory, header: None, parts: Vec::new(), received: 0 });
+            }
+            Method::BasicGet { queue, no_ack, .. } => self.get(ctx, &queue, no_ack)?,
+            Method::BasicAck { delivery_tag, multiple } => {
+                let entries = self.take_unacked(delivery_tag, multiple)?;
+                self.settle_or_defer(entries, None);
+            }
+            Method::BasicReject { delivery_tag, requeue } => {
+                let entries = self.take_unacked(delivery_tag, false)?;
+                self.settle_or_defer(entries, Some(requeue));
+            }
+            Method::BasicNack { delivery_tag, multiple, requeue } => {
+                let entries = self.take_unacked(delivery_tag, multiple)?;
+                self.settle_or_defer(entries, Some(requeue));
+            }
+            Method::BasicRecover { requeue } | Method::BasicRecoverAsync { requeue } => {
+                if !requeue {
+                    return Err(AmqpError::not_implemented("requeue=false"));
+                }
+                let entries = self.take_unacked(0, true)?;
+                settle(entries, Some(true));
+                if matches!(method, Method::BasicRecover { .. }) {
+                    self.send(&Method::BasicRecoverOk);
+                }
+            }
+            Method::ConfirmSelect { nowait } => {
+                if self.tx.is_some() {
+                    return Err(AmqpError::precondition_failed("cannot switch from tx to confirm mode"));
+                }
+                if self.confirm.is_none() {
+                    self.confirm = Some(Confirms { next_seq: 1, ..Confirms::default() });
+                }
+                if !nowait {
+                    self.send(&Method::ConfirmSelectOk);
+                }
+            }
+            Method::TxSelect => {
+                if self.confirm.is_some() {
+                    return Err(AmqpError::precondition_failed("cannot switch from confirm to tx mode"));
+                }
+                if self.tx.is_none() {
+                    self.tx = Some(Vec::new());
+                }
+                self.send(&Method::TxSelectOk);
+            }
+            Method::TxCommit => {
+                let ops = std::mem::take(self.tx.as_mut().ok_or_else(|| AmqpError::precondition_failed("channel is not transactional"))?);
+                for op in ops {
+                    match op {
+                        TxOp::Publish { exchange, msg, mandatory } => self.route(ctx, &exchange, msg, mandatory)?,
+                        TxOp::Settle { entries, requeue } => settle(entries, requeue),
+                    }
+                }
+                self.redispatch();
+                self.send(&Method::TxCommitOk);
+            }
+            Method::TxRollback => {
+                let ops = std::mem::take(self.tx.as_mut().ok_or_else(|| AmqpError::precondition_failed("channel is not transactional"))?);
+                // Acks in a rolled-back transaction are forgotten: the messages stay
+                // unacknowledged under their original tags.
+                let mut st = self.shared.state.lock();
+                for op in ops {
+                    if let TxOp::Settle { entries, .. } = op {
+                        for e in entries {
+                            if let Some(c) = &e.consumer {
+                                c.unacked.fetch_add(1, Ordering::Relaxed);
+                            }
+                            let tag = e.tag;
+                            st.unacked.insert(tag, e);
+                        }
+                    }
+                }
+                drop(st);
+                self.send(&Method::TxRollbackOk);
+            }
+            other => {
+                return Err(AmqpError::command_invalid(format!("unexpected method {} on a channel", other.name())));
+            }
+        }
+        Ok(())
+    }
+
+    fn consume(&mut self, ctx: &ConnCtx, queue: &str, tag: String, no_ack: bool, exclusive: bool, nowait: bool) -> Result<(), AmqpError> {
+        let q = ctx.vhost.queue(&self.queue_name(queue)?, ctx.conn_id)?;
+        self.consumers.retain(|_, c| !c.cancelled.load(Ordering::Relaxed));
+        let tag = if tag.is_empty() {
+            generate_name("amq.ctag-", |t| self.consumers.contains_key(t))
+        } else if self.consumers.contains_key(&tag) {
+            return Err(AmqpError::not_allowed(format!("attempt to reuse consumer tag '{tag}'")));
+        } else {
+            tag
+        };
+        let handle = ConsumerHandle::new(next_consumer_id(), tag.clone(), self.shared.clone(), q.clone(), no_ack, self.consumer_prefetch, ctx.cancel_notify);
+        let consumer = Consumer { id: handle.id, tag: tag.clone(), exclusive, sink: handle.clone() };
+        let ok = Method::BasicConsumeOk { consumer_tag: tag.clone() };
+        let id = self.shared.id;
+        let outbox = self.shared.outbox.clone();
+        // consume-ok must reach the client before the first delivery: it is written while
+        // the queue is locked, before the queue dispatches to the new consumer.
+        q.add_consumer(consumer, || {
+            if !nowait {
+                outbox.write_with(|out| frame::encode_method(out, id, &ok));
+            }
+        })?;
+        self.consumers.insert(tag, handle);
+        Ok(())
+    }
+
+    fn cancel(&mut self, ctx: &ConnCtx, tag: &str) {
+        let Some(c) = self.consumers.remove(tag) else { return };
+        if c.queue.remove_consumer(c.id) {
+            notify_deleted(ctx.vhost.remove_queue(&c.queue));
+        }
+    }
+
+    fn get(&mut self, ctx: &ConnCtx, queue: &str, no_ack: bool) -> Result<(), AmqpError> {
+        let q = ctx.vhost.queue(&self.queue_name(queue)?, ctx.conn_id)?;
+        let id = self.shared.id;
+        match q.get(no_ack) {
+            Some((m, remaining)) => {
+                let tag = self.shared.record_get(&q, &m, no_ack);
+                let frame_max = self.shared.outbox.frame_max();
+                let msg = &m.msg;
+                self.shared.outbox.write_with(|out| {
+                    frame::encode_basic_get_ok(out, id, tag, m.redelivered, &msg.exchange, &msg.routing_key, remaining);
+                    frame::encode_header(out, id, wire::class::BASIC, msg.body_size(), &msg.properties);
+                    frame::encode_body(out, id, &msg.body, frame_max);
+                });
+            }
+            None => self.send(&Method::BasicGetEmpty { cluster_id: String::new() }),
+        }
+        Ok(())
+    }
+
+    /// Remove the deliveries an ack/nack/reject names. Tag 0 with `multiple` means all.
+    fn take_unacked(&mut self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, AmqpError> {
+        let mut st = self.shared.state.lock();
+        let unknown = || AmqpError::precondition_failed(format!("unknown delivery tag {tag}"));
+        let taken: Vec<Unacked> = if multiple {
+            if tag != 0 && !st.unacked.contains_key(&tag) {
+                return Err(unknown());
+            }
+            let keep = if tag == 0 { std::collections::BTreeMap::new() } else { st.unacked.split_off(&(tag + 1)) };
+            std::mem::replace(&mut st.unacked, keep).into_values().collect()
+        } else {
+            vec![st.unacked.remove(&tag).ok_or_else(unknown)?]
+        };
+        for e in &taken {
+            if let Some(c) = &e.consumer {
+                c.unacked.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        Ok(taken)
+    }
+
+    fn settle_or_defer(&mut self, entries: Vec<Unacked>, requeue: Option<bool>) {
+        match &mut self.tx {
+            Some(ops) => ops.push(TxOp::Settle { entries, requeue }),
+            None => {
+                settle(entries, requeue);
+                self.redispatch();
+            }
+        }
+    }
+
+    /// Credit was freed or limits changed: let the queues of this channel's consumers
+    /// deliver again.
+    fn redispatch(&self) {
+        for c in self.consumers.values() {
+            c.queue.dispatch();
+        }
+    }
+
+    /// A content header frame for this channel.
+    pub fn content_header(&mut self, ctx: &ConnCtx, class_id: u16, body_size: u64, properties: Bytes) -> Result<ContentProgress, AmqpError> {
+        let Some(p) = self.pending.as_mut() else {
+            return Err(unexpected("expected method frame, got non method frame instead"));
+        };
+        if p.header.is_some() {
+            return Err(unexpected("expected content body, got non content body frame instead"));
+        }
+        if class_id != wire::class::BASIC {
+            return Err(AmqpError::new(wire::reply::FRAME_ERROR, format!("content header for class {class_id}, expected 60")));
+        }
+        if body_size > ctx.max_message_size_bytes {
+            self.pending = None;
+            return Err(AmqpError::precondition_failed(format!(
+                "message size {body_size} is larger than configured max size {}",
+                ctx.max_message_size_bytes
+            )));
+        }
+        p.header = Some((body_size, properties));
+        if body_size == 0 {
+            return Ok(ContentProgress::Complete);
+        }
+        Ok(ContentProgress::NeedMore)
+    }
+
+    /// A body frame for this channel.
+    pub fn content_body(&mut self, payload: Bytes) -> Result<ContentProgress, AmqpError> {
+        let Some(p) = self.pending.as_mut() else {
+            return Err(unexpected("expected method frame, got non method frame instead"));
+        };
+        let Some((size, _)) = &p.header else {
+            return Err(unexpected("expected content header for class 60, got non content header frame instead"));
+        };
+        p.received += payload.len() as u64;
+        if p.received > *size {
+            return Err(AmqpError::new(wire::reply::FRAME_ERROR, format!("body of {} bytes exceeds declared size {size}", p.received)));
+        }
+        p.parts.push(payload);
+        if p.received == *size {
+            return Ok(ContentProgress::Complete);
+        }
+        Ok(ContentProgress::NeedMore)
+    }
+
+    /// The method frame arrived while content was expected.
+    pub fn content_interrupted(&self) -> AmqpError {
+        match self.pending.as_ref().and_then(|p| p.header.as_ref()) {
+            None => unexpected("expected content header for class 60, got non content header frame instead"),
+            Some(_) => unexpected("expected content body, got non content body frame instead"),
+        }
+    }
+
+    /// The pending publish is complete: build the message and route it.
+    pub fn finish_publish(&mut self, ctx: &ConnCtx) -> Result<(), AmqpError> {
+        let Some(p) = self.pending.take() else { return Ok(()) };
+        let Some((_, properties)) = p.header else { return Ok(()) };
+        let body = match p.parts.len() {
+            0 => Bytes::new(),
+            1 => p.parts.into_iter().next().unwrap_or_default(),
+            _ => {
+                let mut b = BytesMut::with_capacity(p.received as usize);
+                for part in &p.parts {
+                    b.extend_from_slice(part);
+                }
+                b.freeze()
+            }
+        };
+        let summary = wire::properties::summarize(&properties).map_err(|e| AmqpError::new(e.code, e.text))?;
+        let exchange = ctx.vhost.exchange(&p.exchange)?;
+        if exchange.options.internal {
+            return Err(AmqpError::access_refused(format!("cannot publish to internal exchange '{}' in vhost '{}'", p.exchange, ctx.vhost.name)));
+        }
+        let msg = Arc::new(Message {
+            exchange: p.exchange.clone(),
+            routing_key: p.routing_key,
+            properties,
+            body,
+            persistent: summary.delivery_mode == Some(2),
+            priority: summary.priority.unwrap_or(0),
+        });
+        if let Some(ops) = &mut self.tx {
+            ops.push(TxOp::Publish { exchange: p.exchange, msg, mandatory: p.mandatory });
+            return Ok(());
+        }
+        self.route(ctx, &p.exchange, msg, p.mandatory)?;
+        if let Some(c) = &mut self.confirm {
+            c.pending_upto = c.next_seq;
+            c.next_seq += 1;
+        }
+        Ok(())
+    }
+
+    fn route(&mut self, ctx: &ConnCtx, exchange: &str, msg: Arc<Message>, mandatory: bool) -> Result<(), AmqpError> {
+        let ex = ctx.vhost.exchange(exchange)?;
+        let mut queues: Vec<Arc<Queue>> = Vec::new();
+        let props = msg.properties.clone();
+        let mut headers = || wire::properties::headers_of(&props).ok().flatten();
+        ctx.vhost.route(&ex, &msg.routing_key, &mut headers, &mut queues);
+        let mut routed = false;
+        for q in &queues {
+            routed |= q.publish(msg.clone());
+        }
+        if !routed && mandatory {
+            let id = self.shared.id;
+            let frame_max = self.shared.outbox.frame_max();
+            self.shared.outbox.write_with(|out| {
+                frame::encode_basic_return(out, id, wire::reply::NO_ROUTE, "NO_ROUTE", &msg.exchange, &msg.routing_key);
+                frame::encode_header(out, id, wire::class::BASIC, msg.body_size(), &msg.properties);
+                frame::encode_body(out, id, &msg.body, frame_max);
+            });
+        }
+        Ok(())
+    }
+
+    /// Send one basic.ack (multiple) covering every publish confirmed since the last call.
+    pub fn flush_confirms(&mut self) {
+        let Some(c) = &mut self.confirm else { return };
+        if c.pending_upto <= c.acked_upto {
+            return;
+        }
+        let multiple = c.pending_upto - c.acked_upto > 1;
+        let tag = c.pending_upto;
+        c.acked_upto = tag;
+        self.send(&Method::BasicAck { delivery_tag: tag, multiple });
+    }
+
+    /// The channel is going away (closed by either side, or its connection died): stop
+    /// deliveries, cancel consumers, and requeue everything unacknowledged.
+    pub fn shutdown(&mut self, ctx: &ConnCtx) {
+        self.pending = None;
+        let entries = {
+            let mut st = self.shared.state.lock();
+            st.closed = true;
+            std::mem::take(&mut st.unacked)
+        };
+        for c in std::mem::take(&mut self.consumers).into_values() {
+            if c.queue.remove_consumer(c.id) {
+                notify_deleted(ctx.vhost.remove_queue(&c.queue));
+            }
+        }
+        settle(entries.into_values().collect(), Some(true));
+    }
+}
+
+/// Ack (requeue None), requeue (Some(true)) or drop (Some(false)) deliveries, grouped by
+/// queue so each queue is locked once.
+fn settle(entries: Vec<Unacked>, requeue: Option<bool>) {
+    let mut by_queue: Vec<(Arc<Queue>, Vec<broker::QueuedMessage>)> = Vec::new();
+    for e in entries {
+        match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &e.queue)) {
+            Some((_, v)) => v.push(e.msg),
+            None => by_queue.push((e.queue, vec![e.msg])),
+        }
+    }
+    for (q, msgs) in by_queue {
+        match requeue {
+            Some(true) => q.requeue(msgs),
+            _ => q.ack(&msgs),
+        }
+    }
+}
+
+/// Tell the consumers of a deleted queue (basic.cancel, when the client supports it).
+pub fn notify_deleted(d: Deleted) {
+    for c in d.consumers {
+        c.sink.cancelled_by_broker();
+    }
+}

@@ -1,0 +1,38 @@
+//! Server settings. Defaults are RabbitMQ's, so clients see what they expect.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest frame we accept and offer in connection.tune, framing included (RabbitMQ: 131072).
+    pub frame_max: u32,
+    /// Highest channel number offered in connection.tune (RabbitMQ: 2047).
+    pub channel_max: u16,
+    /// Heartbeat interval offered in connection.tune, in seconds (RabbitMQ: 60).
+    pub heartbeat_secs: u16,
+    /// Largest message body accepted (RabbitMQ 4.x: 16 MiB).
+    pub max_message_size_bytes: u64,
+    /// Time a new connection has to complete the handshake (RabbitMQ: 10 s).
+    pub handshake_timeout: Duration,
+    /// Users allowed to log in only from a loopback address (RabbitMQ: [guest]).
+    pub loopback_users: Vec<String>,
+    /// Outgoing bytes buffered per connection before deliveries to it pause.
+    pub outbox_high_water_bytes: usize,
+    pub data_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat_secs: 60,
+            max_message_size_bytes: 16 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            loopback_users: vec!["guest".to_owned()],
+            outbox_high_water_bytes: 1024 * 1024,
+            data_dir: PathBuf::from("./warren-data"),
+        }
+    }
+}

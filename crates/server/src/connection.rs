@@ -1,0 +1,562 @@
+//! One client connection: protocol header, handshake (start/tune/open), the frame loop,
+//! heartbeats, and closing (by either side, by error, or at server shutdown).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use broker::AmqpError;
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+use wire::{FieldTable, FieldValue, Frame, Method, frame, reply};
+
+use crate::channel::{Channel, ConnCtx, ContentProgress, notify_deleted};
+use crate::delivery::ChannelShared;
+use crate::outbox::Outbox;
+use crate::state::ServerState;
+
+/// How long we wait for connection.close-ok after sending connection.close.
+const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Read buffer growth step.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    StartOk,
+    TuneOk,
+    Open,
+    Running,
+    /// We sent connection.close; waiting for close-ok until the deadline.
+    Closing(Instant),
+}
+
+/// A connection-level error with the method it happened in.
+struct HardError {
+    err: AmqpError,
+    class_id: u16,
+    method_id: u16,
+}
+
+impl HardError {
+    fn new(err: AmqpError) -> Self {
+        HardError { err, class_id: 0, method_id: 0 }
+    }
+    fn at(err: AmqpError, ids: (u16, u16)) -> Self {
+        HardError { err, class_id: ids.0, method_id: ids.1 }
+    }
+}
+
+struct Conn {
+    id: u64,
+    peer: SocketAddr,
+    state: Arc<ServerState>,
+    outbox: Arc<Outbox>,
+    phase: Phase,
+    /// Frame size limit for incoming frames, framing included.
+    frame_max: u32,
+    channel_max: u16,
+    heartbeat_secs: u16,
+    client_caps: FieldTable,
+    user: String,
+    ctx: Option<ConnCtx>,
+    channels: HashMap<u16, Channel>,
+    /// Channels that published in the current read batch (confirms to flush).
+    confirm_dirty: Vec<u16>,
+    /// The socket should close once the outbox is flushed.
+    finished: bool,
+}
+
+/// Serve one accepted TCP connection until it closes.
+pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
+    let id = state.next_connection_id();
+    let _ = stream.set_nodelay(true);
+    let (mut rd, wr) = stream.into_split();
+    let outbox = Outbox::new(state.config.outbox_high_water_bytes, state.config.frame_max);
+    let writer = tokio::spawn(outbox.clone().run_writer(wr));
+    debug!(conn = id, %peer, "accepting AMQP connection");
+    let mut conn = Conn {
+        id,
+        peer,
+        frame_max: state.config.frame_max,
+        channel_max: state.config.channel_max,
+        heartbeat_secs: 0,
+        state,
+        outbox: outbox.clone(),
+        phase: Phase::StartOk,
+        client_caps: FieldTable::new(),
+        user: String::new(),
+        ctx: None,
+        channels: HashMap::new(),
+        confirm_dirty: Vec::new(),
+        finished: false,
+    };
+    let reason = conn.run(&mut rd).await;
+    conn.teardown();
+    outbox.close();
+    if tokio::time::timeout(Duration::from_secs(5), writer).await.is_err() {
+        debug!(conn = id, "writer did not finish flushing in time");
+    }
+    if conn.ctx.is_some() {
+        info!(conn = id, %peer, user = %conn.user, "closing AMQP connection: {reason}");
+    } else {
+        debug!(conn = id, %peer, "connection closed before handshake completed: {reason}");
+    }
+}
+
+impl Conn {
+    fn send(&self, channel: u16, m: &Method) {
+        self.outbox.write_with(|out| frame::encode_method(out, channel, m));
+    }
+
+    async fn run(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf) -> String {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        let handshake_deadline = Instant::now() + self.state.config.handshake_timeout;
+        // Protocol header.
+        while buf.len() < 8 {
+            let left = handshake_deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, rd.read_buf(&mut buf)).await {
+                Err(_) => return "handshake timeout".into(),
+                Ok(Ok(0)) => return "client closed before sending the protocol header".into(),
+                Ok(Err(e)) => return format!("read error: {e}"),
+                Ok(Ok(_)) => {}
+            }
+        }
+        if buf[..8] != wire::PROTOCOL_HEADER {
+            warn!(conn = self.id, peer = %self.peer, header = ?&buf[..8], "bad protocol header, replying with AMQP 0-9-1's");
+            self.outbox.write_with(|out| out.extend_from_slice(&wire::PROTOCOL_HEADER));
+            return "protocol header mismatch".into();
+        }
+        buf.advance(8);
+        self.send_start();
+
+        let mut shutdown = self.state.shutdown.clone();
+        let mut last_read = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Decode and handle every whole frame buffered.
+            loop {
+                match wire::decode_frame(&mut buf, self.frame_max) {
+                    Ok(Some(f)) => {
+                        if let Err(e) = self.on_frame(f) {
+                            self.begin_close(e);
+                        }
+                        if self.finished {
+                            return "closed".into();
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(conn = self.id, peer = %self.peer, code = e.code, "frame error: {e}");
+                        let err = HardError { err: AmqpError::new(e.code, e.text.clone()), class_id: e.class_id, method_id: e.method_id };
+                        self.begin_close(err);
+                        // The stream cannot be parsed past a framing error: stop reading.
+                        return format!("{e}");
+                    }
+                }
+            }
+            self.flush_confirms();
+            if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
+                buf.reserve(READ_CHUNK_BYTES);
+            }
+            tokio::select! {
+                r = rd.read_buf(&mut buf) => match r {
+                    Ok(0) => return "client closed the socket".into(),
+                    Ok(_) => last_read = Instant::now(),
+                    Err(e) => return format!("read error: {e}"),
+                },
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    match self.phase {
+                        Phase::Closing(deadline) if now >= deadline => return "no close-ok in time".into(),
+                        Phase::StartOk | Phase::TuneOk | Phase::Open if now >= handshake_deadline => {
+                            warn!(conn = self.id, peer = %self.peer, "handshake timeout");
+                            return "handshake timeout".into();
+                        }
+                        _ => {}
+                    }
+                    if self.heartbeat_secs > 0 {
+                        let hb = Duration::from_secs(self.heartbeat_secs.into());
+                        if now.duration_since(last_read) > hb * 2 {
+                            warn!(conn = self.id, peer = %self.peer, "missed heartbeats from client, timeout: {}s", self.heartbeat_secs);
+                            return "missed heartbeats".into();
+                        }
+                        if now.duration_since(self.outbox.last_write()) >= hb / 2 {
+                            self.outbox.write_with(frame::encode_heartbeat);
+                        }
+                    }
+                },
+                r = shutdown.changed() => {
+                    if r.is_err() || *shutdown.borrow() {
+                        if !matches!(self.phase, Phase::Closing(_)) {
+                            self.begin_close(HardError::new(AmqpError::new(reply::CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'")));
+                        }
+                        // Do not wait for close-ok forever at shutdown.
+                        self.phase = Phase::Closing(Instant::now() + Duration::from_secs(1));
+                        shutdown = tokio::sync::watch::channel(true).1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_start(&self) {
+        let mut caps = FieldTable::new();
+        for cap in [
+            "publisher_confirms",
+            "exchange_exchange_bindings",
+            "basic.nack",
+            "consumer_cancel_notify",
+            "connection.blocked",
+            "consumer_priorities",
+            "authentication_failure_close",
+            "per_consumer_qos",
+            "direct_reply_to",
+        ] {
+            caps.insert(cap, FieldValue::Bool(true));
+        }
+        let s = |v: &str| FieldValue::LongStr(bytes::Bytes::copy_from_slice(v.as_bytes()));
+        let mut props = FieldTable::new();
+        props.insert("capabilities", FieldValue::Table(caps));
+        props.insert("cluster_name", s("warren@localhost"));
+        props.insert("copyright", s("Copyright (c) the Warren authors"));
+        props.insert("information", s("Warren: an AMQP 0-9-1 broker compatible with RabbitMQ clients"));
+        props.insert("platform", s("Rust"));
+        props.insert("product", s("Warren"));
+        props.insert("version", s(env!("CARGO_PKG_VERSION")));
+        self.send(
+            0,
+            &Method::ConnectionStart {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: props,
+                mechanisms: b"PLAIN AMQPLAIN".to_vec(),
+                locales: b"en_US".to_vec(),
+            },
+        );
+    }
+
+    fn client_has(&self, cap: &str) -> bool {
+        matches!(self.client_caps.get(cap), Some(FieldValue::Bool(true)))
+    }
+
+    /// Send connection.close and wait for close-ok (frames other than close/close-ok are
+    /// ignored meanwhile). Channels are torn down at once.
+    fn begin_close(&mut self, e: HardError) {
+        if matches!(self.phase, Phase::Closing(_)) {
+            return;
+        }
+        if e.err.code != reply::CONNECTION_FORCED {
+            warn!(conn = self.id, peer = %self.peer, code = e.err.code, "closing connection: {}", e.err.reply_text());
+        } else {
+            info!(conn = self.id, peer = %self.peer, "closing connection: {}", e.err.reply_text());
+        }
+        self.teardown();
+        self.send(0, &Method::ConnectionClose { reply_code: e.err.code, reply_text: e.err.reply_text(), class_id: e.class_id, method_id: e.method_id });
+        self.phase = Phase::Closing(Instant::now() + CLOSE_OK_TIMEOUT);
+    }
+
+    fn on_frame(&mut self, f: Frame) -> Result<(), HardError> {
+        if let Phase::Closing(_) = self.phase {
+            match f {
+                Frame::Method { channel: 0, method: Method::ConnectionCloseOk } => self.finished = true,
+                Frame::Method { channel: 0, method: Method::ConnectionClose { .. } } => {
+                    self.send(0, &Method::ConnectionCloseOk);
+                    self.finished = true;
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+        match f {
+            Frame::Heartbeat { channel } => {
+                if channel != 0 {
+                    return Err(HardError::new(AmqpError::new(reply::FRAME_ERROR, format!("heartbeat frame on channel {channel}"))));
+                }
+                Ok(())
+            }
+            Frame::Method { channel: 0, method } => self.on_connection_method(method),
+            Frame::Method { channel, method } => {
+                if self.phase != Phase::Running {
+                    return Err(HardError::at(AmqpError::new(reply::CHANNEL_ERROR, "channel methods before connection.open-ok"), method.ids()));
+                }
+                self.on_channel_method(channel, method)
+            }
+            Frame::Header { channel, class_id, body_size, properties } => {
+                let done = {
+                    let (ch, ctx) = self.channel_for_content(channel)?;
+                    let Some(ch) = ch else { return Ok(()) };
+                    ch.content_header(ctx, class_id, body_size, properties)
+                };
+                self.after_content(channel, done)
+            }
+            Frame::Body { channel, payload } => {
+                let done = {
+                    let (ch, _) = self.channel_for_content(channel)?;
+                    let Some(ch) = ch else { return Ok(()) };
+                    ch.content_body(payload)
+                };
+                self.after_content(channel, done)
+            }
+        }
+    }
+
+    /// The open channel a content frame belongs to; None if it is closing (frame dropped).
+    fn channel_for_content(&mut self, channel: u16) -> Result<(Option<&mut Channel>, &ConnCtx), HardError> {
+        let unexpected = || HardError::new(AmqpError::new(reply::UNEXPECTED_FRAME, format!("content frame on channel {channel}, which expects a method")));
+        let Some(ctx) = self.ctx.as_ref() else { return Err(unexpected()) };
+        match self.channels.get_mut(&channel) {
+            None => Err(unexpected()),
+            Some(ch) if ch.closing => Ok((None, ctx)),
+            Some(ch) => Ok((Some(ch), ctx)),
+        }
+    }
+
+    fn after_content(&mut self, channel: u16, progress: Result<ContentProgress, AmqpError>) -> Result<(), HardError> {
+        let publish = (wire::class::BASIC, 40);
+        let result = match progress {
+            Ok(ContentProgress::NeedMore) => return Ok(()),
+            Ok(ContentProgress::Complete) => {
+                let Some(ctx) = self.ctx.as_ref() else { return Ok(()) };
+                let Some(ch) = self.channels.get_mut(&channel) else { return Ok(()) };
+                let r = ch.finish_publish(ctx);
+                if !self.confirm_dirty.contains(&channel) {
+                    self.confirm_dirty.push(channel);
+                }
+                r
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_hard() => Err(HardError::at(e, publish)),
+            Err(e) => {
+                self.close_channel(channel, e, publish);
+                Ok(())
+            }
+        }
+    }
+
+    fn flush_confirms(&mut self) {
+        for id in std::mem::take(&mut self.confirm_dirty) {
+            if let Some(ch) = self.channels.get_mut(&id) {
+                ch.flush_confirms();
+            }
+        }
+    }
+
+    /// Close a channel with a soft error: tear it down and wait for close-ok.
+    fn close_channel(&mut self, channel: u16, e: AmqpError, ids: (u16, u16)) {
+        warn!(conn = self.id, channel, code = e.code, "channel error: {}", e.reply_text());
+        let Some(ch) = self.channels.get_mut(&channel) else { return };
+        if let Some(ctx) = self.ctx.as_ref() {
+            ch.shutdown(ctx);
+        }
+        ch.closing = true;
+        self.send(channel, &Method::ChannelClose { reply_code: e.code, reply_text: e.reply_text(), class_id: ids.0, method_id: ids.1 });
+    }
+
+    fn on_channel_method(&mut self, channel: u16, method: Method) -> Result<(), HardError> {
+        let ids = method.ids();
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return match method {
+                Method::ChannelOpen { .. } => self.open_channel(channel),
+                _ => Err(HardError::at(AmqpError::new(reply::CHANNEL_ERROR, format!("expected 'channel.open' on channel {channel}")), ids)),
+            };
+        };
+        if ch.closing {
+            match method {
+                Method::ChannelCloseOk => {
+                    self.channels.remove(&channel);
+                }
+                Method::ChannelClose { .. } => {
+                    self.send(channel, &Method::ChannelCloseOk);
+                    self.channels.remove(&channel);
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+        if ch.expecting_content() {
+            return Err(HardError::at(ch.content_interrupted(), ids));
+        }
+        match method {
+            Method::ChannelOpen { .. } => Err(HardError::at(AmqpError::new(reply::CHANNEL_ERROR, "second 'channel.open' seen"), ids)),
+            Method::ChannelClose { reply_code, reply_text, .. } => {
+                debug!(conn = self.id, channel, reply_code, %reply_text, "client closed channel");
+                if let Some(ctx) = self.ctx.as_ref() {
+                    ch.shutdown(ctx);
+                }
+                self.channels.remove(&channel);
+                self.send(channel, &Method::ChannelCloseOk);
+                Ok(())
+            }
+            // A close-ok for a close we never sent: ignore, as RabbitMQ does.
+            Method::ChannelCloseOk => Ok(()),
+            method => {
+                let Some(ctx) = self.ctx.as_ref() else { return Ok(()) };
+                match ch.handle(ctx, method) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.is_hard() => Err(HardError::at(e, ids)),
+                    Err(e) => {
+                        self.close_channel(channel, e, ids);
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    fn open_channel(&mut self, channel: u16) -> Result<(), HardError> {
+        let ids = (wire::class::CHANNEL, 10);
+        if self.channel_max != 0 && (channel > self.channel_max || self.channels.len() >= usize::from(self.channel_max)) {
+            return Err(HardError::at(
+                AmqpError::not_allowed(format!(
+                    "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                    self.channels.len(),
+                    self.channel_max
+                )),
+                ids,
+            ));
+        }
+        let shared = ChannelShared::new(channel, self.outbox.clone());
+        self.channels.insert(channel, Channel::new(shared));
+        self.send(channel, &Method::ChannelOpenOk { channel_id: Vec::new() });
+        Ok(())
+    }
+
+    fn on_connection_method(&mut self, method: Method) -> Result<(), HardError> {
+        let ids = method.ids();
+        match (self.phase, method) {
+            (Phase::StartOk, Method::ConnectionStartOk { client_properties, mechanism, response, .. }) => {
+                if let Some(FieldValue::Table(caps)) = client_properties.get("capabilities") {
+                    self.client_caps = caps.clone();
+                }
+                self.authenticate(&mechanism, &response).map_err(|e| HardError::at(e, ids))?;
+                let cfg = &self.state.config;
+                self.send(0, &Method::ConnectionTune { channel_max: cfg.channel_max, frame_max: cfg.frame_max, heartbeat: cfg.heartbeat_secs });
+                self.phase = Phase::TuneOk;
+                Ok(())
+            }
+            (Phase::TuneOk, Method::ConnectionTuneOk { channel_max, frame_max, heartbeat }) => {
+                let cfg = &self.state.config;
+                negotiated("frame_max", wire::FRAME_MIN_SIZE_BYTES, cfg.frame_max, frame_max).map_err(|e| HardError::at(e, ids))?;
+                negotiated("channel_max", 1, cfg.channel_max.into(), channel_max.into()).map_err(|e| HardError::at(e, ids))?;
+                self.frame_max = frame_max;
+                self.outbox.set_frame_max(frame_max);
+                self.channel_max = channel_max;
+                self.heartbeat_secs = heartbeat;
+                self.phase = Phase::Open;
+                Ok(())
+            }
+            (Phase::Open, Method::ConnectionOpen { virtual_host, .. }) => {
+                let Some(vhost) = self.state.vhost(&virtual_host) else {
+                    return Err(HardError::at(AmqpError::not_allowed(format!("vhost {virtual_host} not found")), ids));
+                };
+                self.ctx = Some(ConnCtx {
+                    conn_id: self.id,
+                    vhost,
+                    cancel_notify: self.client_has("consumer_cancel_notify"),
+                    max_message_size_bytes: self.state.config.max_message_size_bytes,
+                    user: self.user.clone(),
+                });
+                self.send(0, &Method::ConnectionOpenOk { known_hosts: String::new() });
+                self.phase = Phase::Running;
+                info!(conn = self.id, peer = %self.peer, user = %self.user, vhost = %virtual_host, "connection opened");
+                Ok(())
+            }
+            (_, Method::ConnectionClose { reply_code, reply_text, .. }) => {
+                debug!(conn = self.id, reply_code, %reply_text, "client closed connection");
+                self.teardown();
+                self.send(0, &Method::ConnectionCloseOk);
+                self.finished = true;
+                Ok(())
+            }
+            (Phase::Running, Method::ConnectionUpdateSecret { .. }) => {
+                // PLAIN credentials carry no expiring secret; accept and acknowledge.
+                self.send(0, &Method::ConnectionUpdateSecretOk);
+                Ok(())
+            }
+            // Clients may send blocked/unblocked? Only servers do; tolerate silently.
+            (Phase::Running, Method::ConnectionBlocked { .. } | Method::ConnectionUnblocked) => Ok(()),
+            (phase, m) => Err(HardError::at(AmqpError::command_invalid(format!("unexpected method {} in connection state {phase:?}", m.name())), ids)),
+        }
+    }
+
+    fn authenticate(&mut self, mechanism: &str, response: &[u8]) -> Result<(), AmqpError> {
+        let (user, password) = match mechanism {
+            "PLAIN" => {
+                // authzid \0 authcid \0 password
+                let mut parts = response.split(|b| *b == 0);
+                let _authzid = parts.next();
+                let user = parts.next().unwrap_or_default();
+                let pass = parts.next().unwrap_or_default();
+                (String::from_utf8_lossy(user).into_owned(), String::from_utf8_lossy(pass).into_owned())
+            }
+            "AMQPLAIN" => {
+                // A field table without its length prefix.
+                let mut with_len = (response.len() as u32).to_be_bytes().to_vec();
+                with_len.extend_from_slice(response);
+                let table = wire::types::decode_table(&with_len).map(|(t, _)| t).unwrap_or_default();
+                let get = |k: &str| table.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+                (get("LOGIN"), get("PASSWORD"))
+            }
+            other => return Err(AmqpError::command_invalid(format!("unknown authentication mechanism '{other}'"))),
+        };
+        let loopback_only = self.state.config.loopback_users.iter().any(|u| *u == user);
+        let refused = if !self.state.check_password(&user, &password) {
+            Some(format!("invalid credentials for user '{user}'"))
+        } else if loopback_only && !self.peer.ip().is_loopback() && !is_mapped_loopback(self.peer.ip()) {
+            Some(format!("user '{user}' can only connect via localhost"))
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            warn!(conn = self.id, peer = %self.peer, mechanism, "authentication failed: {why}");
+            let text = format!("Login was refused using authentication mechanism {mechanism}. For details see the broker logfile.");
+            if !self.client_has("authentication_failure_close") {
+                // Older clients expect the socket to just close.
+                self.finished = true;
+                self.phase = Phase::Closing(Instant::now());
+                return Ok(());
+            }
+            return Err(AmqpError::access_refused(text));
+        }
+        self.user = user;
+        Ok(())
+    }
+
+    /// Release everything the connection holds: channels (unacked messages are requeued),
+    /// consumers, and its exclusive queues. Idempotent.
+    fn teardown(&mut self) {
+        let Some(ctx) = self.ctx.as_ref() else { return };
+        for (_, mut ch) in self.channels.drain() {
+            ch.shutdown(ctx);
+        }
+        for q in ctx.vhost.queues_owned_by(self.id) {
+            notify_deleted(ctx.vhost.remove_queue(&q));
+        }
+    }
+}
+
+fn is_mapped_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        std::net::IpAddr::V4(_) => false,
+    }
+}
+
+/// RabbitMQ's tune-ok validation: a client value below the minimum, or above the server's
+/// (0 meaning "no limit" on either side), is refused with NOT_ALLOWED.
+fn negotiated(field: &str, min: u32, server: u32, client: u32) -> Result<(), AmqpError> {
+    if client != 0 && client < min {
+        return Err(AmqpError::not_allowed(format!("negotiated {field} = {client} is lower than the minimum allowed value ({min})")));
+    }
+    if server != 0 && (client == 0 || client > server) {
+        return Err(AmqpError::not_allowed(format!("negotiated {field} = {client} is higher than the maximum allowed value ({server})")));
+    }
+    Ok(())
+}

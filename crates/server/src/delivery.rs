@@ -1,0 +1,147 @@
+//! The consumer side of a channel: delivery tags, unacked messages and prefetch limits,
+//! shared between the connection's task (acks, qos, close) and whichever task a queue
+//! dispatches on (deliveries). The lock here is taken *after* a queue's lock, never before.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+
+use broker::{ConsumerSink, Queue, QueuedMessage};
+use parking_lot::Mutex;
+use wire::frame;
+
+use crate::outbox::Outbox;
+
+/// One unacknowledged delivery.
+pub struct Unacked {
+    pub tag: u64,
+    pub queue: Arc<Queue>,
+    pub msg: QueuedMessage,
+    /// The consumer it went to; None for basic.get.
+    pub consumer: Option<Arc<ConsumerHandle>>,
+}
+
+pub struct DeliveryState {
+    next_tag: u64,
+    /// Ordered by delivery tag, which is how `multiple` acks and requeues walk them.
+    pub unacked: BTreeMap<u64, Unacked>,
+    /// basic.qos global=true: limit for the whole channel, 0 = unlimited.
+    pub global_prefetch: u32,
+    /// channel.flow from the client.
+    pub flow_active: bool,
+    /// The channel is closing: refuse further deliveries.
+    pub closed: bool,
+}
+
+pub struct ChannelShared {
+    pub id: u16,
+    pub outbox: Arc<Outbox>,
+    pub state: Mutex<DeliveryState>,
+}
+
+impl ChannelShared {
+    pub fn new(id: u16, outbox: Arc<Outbox>) -> Arc<ChannelShared> {
+        Arc::new(ChannelShared {
+            id,
+            outbox,
+            state: Mutex::new(DeliveryState { next_tag: 1, unacked: BTreeMap::new(), global_prefetch: 0, flow_active: true, closed: false }),
+        })
+    }
+
+    /// Record a basic.get delivery (acked later) and return its tag.
+    pub fn record_get(&self, queue: &Arc<Queue>, m: &QueuedMessage, no_ack: bool) -> u64 {
+        let mut st = self.state.lock();
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        if !no_ack {
+            st.unacked.insert(tag, Unacked { tag, queue: queue.clone(), msg: m.clone(), consumer: None });
+        }
+        tag
+    }
+}
+
+pub struct ConsumerHandle {
+    pub id: u64,
+    pub tag: String,
+    pub channel: Arc<ChannelShared>,
+    pub queue: Arc<Queue>,
+    pub no_ack: bool,
+    /// basic.qos global=false in force when the consumer started, 0 = unlimited.
+    pub prefetch: u32,
+    /// This consumer's unacked deliveries; changed only under the channel's state lock.
+    pub unacked: AtomicU32,
+    /// Whether the client advertised consumer_cancel_notify.
+    pub cancel_notify: bool,
+    /// Set when the broker cancelled the consumer (queue deleted).
+    pub cancelled: AtomicBool,
+    /// Weak self-reference, so deliveries can point back at their consumer.
+    me: Weak<ConsumerHandle>,
+}
+
+impl ConsumerHandle {
+    pub fn new(id: u64, tag: String, channel: Arc<ChannelShared>, queue: Arc<Queue>, no_ack: bool, prefetch: u32, cancel_notify: bool) -> Arc<ConsumerHandle> {
+        Arc::new_cyclic(|me| ConsumerHandle {
+            id,
+            tag,
+            channel,
+            queue,
+            no_ack,
+            prefetch,
+            unacked: AtomicU32::new(0),
+            cancel_notify,
+            cancelled: AtomicBool::new(false),
+            me: me.clone(),
+        })
+    }
+}
+
+impl ConsumerSink for ConsumerHandle {
+    fn try_deliver(&self, queue: &Arc<Queue>, m: QueuedMessage) -> Result<(), QueuedMessage> {
+        let ch = &self.channel;
+        let outbox = &ch.outbox;
+        let mut st = ch.state.lock();
+        if st.closed || !st.flow_active || self.cancelled.load(Ordering::Relaxed) {
+            return Err(m);
+        }
+        if !self.no_ack {
+            let mine = self.unacked.load(Ordering::Relaxed);
+            if self.prefetch != 0 && mine >= self.prefetch {
+                return Err(m);
+            }
+            if st.global_prefetch != 0 && st.unacked.len() as u32 >= st.global_prefetch {
+                return Err(m);
+            }
+        }
+        if outbox.is_full() {
+            outbox.add_starved(queue);
+            return Err(m);
+        }
+        let tag = st.next_tag;
+        st.next_tag += 1;
+        let frame_max = outbox.frame_max();
+        let msg = &m.msg;
+        outbox.write_with(|out| {
+            frame::encode_basic_deliver(out, ch.id, &self.tag, tag, m.redelivered, &msg.exchange, &msg.routing_key);
+            frame::encode_header(out, ch.id, wire::class::BASIC, msg.body_size(), &msg.properties);
+            frame::encode_body(out, ch.id, &msg.body, frame_max);
+        });
+        if !self.no_ack {
+            self.unacked.fetch_add(1, Ordering::Relaxed);
+            st.unacked.insert(tag, Unacked { tag, queue: queue.clone(), msg: m, consumer: self.me.upgrade() });
+        }
+        Ok(())
+    }
+
+    fn no_ack(&self) -> bool {
+        self.no_ack
+    }
+
+    fn cancelled_by_broker(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+        if self.cancel_notify {
+            let ch = self.channel.id;
+            let method = wire::Method::BasicCancel { consumer_tag: self.tag.clone(), nowait: true };
+            self.channel.outbox.write_with(|out| frame::encode_method(out, ch, &method));
+        }
+    }
+}

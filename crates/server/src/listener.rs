@@ -1,0 +1,88 @@
+//! Accept loop and graceful shutdown.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::connection::serve_connection;
+use crate::state::ServerState;
+
+/// Bind the AMQP port. With no address: all IPv4 interfaces and, where the host has
+/// IPv6, all IPv6 interfaces (a separate v6-only socket, as RabbitMQ does).
+pub fn bind_listeners(bind: Option<IpAddr>, port: u16) -> std::io::Result<Vec<TcpListener>> {
+    let addrs: Vec<(IpAddr, bool)> = match bind {
+        Some(ip) => vec![(ip, true)],
+        None => vec![(IpAddr::V4(Ipv4Addr::UNSPECIFIED), true), (IpAddr::V6(Ipv6Addr::UNSPECIFIED), false)],
+    };
+    let mut out = Vec::new();
+    for (ip, required) in addrs {
+        match bind_one(SocketAddr::new(ip, port)) {
+            Ok(l) => out.push(l),
+            Err(e) if !required => warn!("not listening on {ip}: {e}"),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    TcpListener::from_std(sock.into())
+}
+
+/// Accept connections on every listener until `state.shutdown` flips, then let
+/// connections close (320 CONNECTION_FORCED) and wait for them briefly.
+pub async fn serve(listeners: Vec<TcpListener>, state: Arc<ServerState>) {
+    let mut conns = JoinSet::new();
+    let mut accepts = JoinSet::new();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    for l in listeners {
+        if let Ok(a) = l.local_addr() {
+            info!("AMQP listener on {a}");
+        }
+        let tx = tx.clone();
+        let mut shutdown = state.shutdown.clone();
+        accepts.spawn(async move {
+            loop {
+                tokio::select! {
+                    r = l.accept() => match r {
+                        Ok(s) => { if tx.send(s).await.is_err() { return; } }
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            warn!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    },
+                    _ = shutdown.changed() => return,
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            s = rx.recv() => match s {
+                Some((stream, peer)) => { conns.spawn(serve_connection(stream, peer, state.clone())); }
+                None => break,
+            },
+            _ = shutdown.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    info!("shutting down: closing {} connections", conns.len());
+    let _ = tokio::time::timeout(Duration::from_secs(5), async { while conns.join_next().await.is_some() {} }).await;
+    accepts.abort_all();
+}

@@ -1,0 +1,69 @@
+//! `warren`: run the broker.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use server::{Config, ServerState};
+use tracing::info;
+
+#[derive(Parser, Debug)]
+#[command(name = "warren", version, about = "Warren: an AMQP 0-9-1 message broker compatible with RabbitMQ clients")]
+struct Args {
+    /// AMQP port to listen on.
+    #[arg(long, default_value_t = 5672)]
+    amqp_port: u16,
+    /// Address to listen on (default: all interfaces, IPv4 and IPv6).
+    #[arg(long)]
+    bind: Option<IpAddr>,
+    /// Directory for durable data.
+    #[arg(long, default_value = "./warren-data")]
+    data_dir: PathBuf,
+    /// Heartbeat interval offered to clients, in seconds (0 disables).
+    #[arg(long, default_value_t = 60)]
+    heartbeat: u16,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = args.threads {
+        rt.worker_threads(n);
+    }
+    let rt = rt.build()?;
+    rt.block_on(async move {
+        std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+        let config = Config { heartbeat_secs: args.heartbeat, data_dir: args.data_dir.clone(), ..Config::default() };
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let state = ServerState::new(config, rx);
+        let listeners = server::bind_listeners(args.bind, args.amqp_port).with_context(|| format!("binding AMQP port {}", args.amqp_port))?;
+        info!(data_dir = %args.data_dir.display(), "Warren {} starting", env!("CARGO_PKG_VERSION"));
+        let serving = tokio::spawn(server::serve(listeners, state));
+        wait_for_signal().await;
+        info!("signal received, shutting down");
+        let _ = tx.send(true);
+        let _ = serving.await;
+        info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
