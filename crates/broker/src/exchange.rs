@@ -166,7 +166,8 @@ impl Exchange {
     /// Remove every binding leading to `dest`; returns how many were removed.
     pub fn unbind_destination(&self, dest: &Destination) -> usize {
         let mut bs = self.bindings.write();
-        let (gone, kept): (Vec<Binding>, Vec<Binding>) = std::mem::take(&mut bs.all).into_iter().partition(|b| b.destination == *dest);
+        let (gone, kept): (Vec<Binding>, Vec<Binding>) =
+            std::mem::take(&mut bs.all).into_iter().partition(|b| b.destination == *dest);
         bs.all = kept;
         for b in &gone {
             self.unindex(&mut bs, b);
@@ -184,7 +185,12 @@ impl Exchange {
 
     /// Destinations matched by a message with this routing key and headers.
     /// `headers` is only consulted by headers exchanges, hence lazy.
-    pub fn route(&self, routing_key: &str, headers: &mut dyn FnMut() -> Option<FieldTable>, out: &mut Vec<Destination>) {
+    pub fn route(
+        &self,
+        routing_key: &str,
+        headers: &mut dyn FnMut() -> Option<FieldTable>,
+        out: &mut Vec<Destination>,
+    ) {
         let bs = self.bindings.read();
         match self.options.kind {
             ExchangeKind::Direct => {
@@ -239,7 +245,13 @@ fn same_binding(a: &Binding, b: &Binding) -> bool {
 /// RabbitMQ compares the arguments it understands (the `x-` ones and
 /// `alternate-exchange`) on redeclare; numeric values compare by value across integer
 /// types. Unknown arguments are not compared.
-pub(crate) fn check_arguments_equivalent(what: &str, name: &str, vhost: &str, received: &FieldTable, current: &FieldTable) -> Result<(), AmqpError> {
+pub(crate) fn check_arguments_equivalent(
+    what: &str,
+    name: &str,
+    vhost: &str,
+    received: &FieldTable,
+    current: &FieldTable,
+) -> Result<(), AmqpError> {
     let compared = |k: &str| k.starts_with("x-") || k == "alternate-exchange";
     let keys = received.iter().map(|(k, _)| k).chain(current.iter().map(|(k, _)| k)).filter(|k| compared(k));
     for k in keys {

@@ -21,15 +21,13 @@ use wire::{FieldTable, FieldValue};
 /// any other key is split on every `.` and empty words are kept (`"a..b"` is
 /// `["a", "", "b"]`, `"."` is `["", ""]`).
 fn words(key: &str) -> impl Iterator<Item = &str> {
-    (!key.is_empty())
-        .then(|| key.split('.'))
-        .into_iter()
-        .flatten()
+    (!key.is_empty()).then(|| key.split('.')).into_iter().flatten()
 }
 
 /// Whether a topic binding `pattern` matches `routing_key`, as RabbitMQ's topic exchange
-/// decides it: words are split as in [`words`]; `*` matches exactly one word (an empty
-/// word counts), `#` matches zero or more words, any other word matches itself only.
+/// decides it. Both are split into words on every `.`, keeping empty words (`"a..b"` has
+/// three), except that the empty string has no words at all. `*` matches exactly one word
+/// (an empty word counts), `#` matches zero or more words, any other word only itself.
 ///
 /// Runs in O(pattern words × key words) time and O(pattern words) space, so patterns such
 /// as `#.#.#.#.x` cannot make it exponential the way naive backtracking would be.
@@ -137,30 +135,17 @@ struct Node<T> {
 
 impl<T> Node<T> {
     fn new(is_hash: bool) -> Self {
-        Node {
-            words: HashMap::new(),
-            star: None,
-            hash: None,
-            is_hash,
-            values: Vec::new(),
-        }
+        Node { words: HashMap::new(), star: None, hash: None, is_hash, values: Vec::new() }
     }
 
     fn is_unused(&self) -> bool {
-        self.values.is_empty()
-            && self.words.is_empty()
-            && self.star.is_none()
-            && self.hash.is_none()
+        self.values.is_empty() && self.words.is_empty() && self.star.is_none() && self.hash.is_none()
     }
 }
 
 impl<T> Default for TopicIndex<T> {
     fn default() -> Self {
-        TopicIndex {
-            nodes: vec![Node::new(false)],
-            free: Vec::new(),
-            len: 0,
-        }
+        TopicIndex { nodes: vec![Node::new(false)], free: Vec::new(), len: 0 }
     }
 }
 
@@ -448,9 +433,7 @@ pub fn headers_match(binding_args: &FieldTable, headers: Option<&FieldTable>) ->
         if key == "x-match" || (!mode.with_x() && key.starts_with("x-")) {
             continue;
         }
-        let header = headers
-            .and_then(|h| h.0.iter().rev().find(|(k, _)| k == key))
-            .map(|(_, v)| v);
+        let header = headers.and_then(|h| h.0.iter().rev().find(|(k, _)| k == key)).map(|(_, v)| v);
         let hit = match (bound, header) {
             (_, None) => false,
             (FieldValue::Void, Some(_)) => true,
@@ -477,11 +460,9 @@ pub fn validate_x_match(binding_args: &FieldTable) -> Result<(), String> {
                 erl_binary(other)
             )),
         },
-        Some(v) => Err(format!(
-            "Invalid x-match field type {} (value {}); expected longstr",
-            type_atom(v),
-            erl_term(v)
-        )),
+        Some(v) => {
+            Err(format!("Invalid x-match field type {} (value {}); expected longstr", type_atom(v), erl_term(v)))
+        }
     }
 }
 
@@ -512,15 +493,9 @@ impl PartialEq for Term<'_> {
             (Undefined, Undefined) => true,
             // Tables are lists of {Key, Type, Value}, arrays lists of {Type, Value}.
             (Table(a), Table(b)) => {
-                a.0.len() == b.0.len()
-                    && a.0
-                        .iter()
-                        .zip(&b.0)
-                        .all(|((ka, va), (kb, vb))| ka == kb && typed_eq(va, vb))
+                a.0.len() == b.0.len() && a.0.iter().zip(&b.0).all(|((ka, va), (kb, vb))| ka == kb && typed_eq(va, vb))
             }
-            (Array(a), Array(b)) => {
-                a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| typed_eq(x, y))
-            }
+            (Array(a), Array(b)) => a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| typed_eq(x, y)),
             // Both are Erlang lists, so the empty ones are the same term, [].
             (Table(t), Array(a)) | (Array(a), Table(t)) => t.0.is_empty() && a.is_empty(),
             _ => false,
@@ -601,22 +576,12 @@ fn erl_term(v: &FieldValue) -> String {
         Term::Table(t) => {
             let items: Vec<String> = t
                 .iter()
-                .map(|(k, v)| {
-                    format!(
-                        "{{{},{},{}}}",
-                        erl_binary(k.as_bytes()),
-                        type_atom(v),
-                        erl_term(v)
-                    )
-                })
+                .map(|(k, v)| format!("{{{},{},{}}}", erl_binary(k.as_bytes()), type_atom(v), erl_term(v)))
                 .collect();
             format!("[{}]", items.join(","))
         }
         Term::Array(a) => {
-            let items: Vec<String> = a
-                .iter()
-                .map(|v| format!("{{{},{}}}", type_atom(v), erl_term(v)))
-                .collect();
+            let items: Vec<String> = a.iter().map(|v| format!("{{{},{}}}", type_atom(v), erl_term(v))).collect();
             format!("[{}]", items.join(","))
         }
     }
@@ -640,9 +605,7 @@ fn erl_binary(b: &[u8]) -> String {
             _ => return None,
         })
     };
-    let printable = |c: char| {
-        escape(c).is_some() || (' '..='~').contains(&c) || (!c.is_ascii() && !c.is_control())
-    };
+    let printable = |c: char| escape(c).is_some() || (' '..='~').contains(&c) || (!c.is_ascii() && !c.is_control());
     match std::str::from_utf8(b) {
         Ok(s) if !s.is_empty() && s.chars().all(printable) => {
             let mut out = String::from("<<\"");

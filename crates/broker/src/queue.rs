@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use wire::FieldTable;
 
+use crate::ConnectionId;
 use crate::error::AmqpError;
 use crate::message::{Message, QueuedMessage};
 use crate::store::{MemoryStore, MessageStore};
-use crate::ConnectionId;
 
 /// Where a queue hands its messages. Implemented by the server for each basic.consume.
 ///
@@ -213,7 +213,10 @@ impl Queue {
             return Err(AmqpError::not_found(format!("no queue '{}' in vhost '{}'", self.name, self.vhost)));
         }
         if st.consumers.iter().any(|c| c.exclusive) || (consumer.exclusive && !st.consumers.is_empty()) {
-            return Err(AmqpError::access_refused(format!("queue '{}' in vhost '{}' in exclusive use", self.name, self.vhost)));
+            return Err(AmqpError::access_refused(format!(
+                "queue '{}' in vhost '{}' in exclusive use",
+                self.name, self.vhost
+            )));
         }
         st.consumers.push(consumer);
         registered();

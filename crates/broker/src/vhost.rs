@@ -41,10 +41,20 @@ pub struct Deleted {
 
 impl VHost {
     pub fn new(name: &str) -> Arc<VHost> {
-        let vh = VHost { name: name.to_owned(), exchanges: RwLock::new(HashMap::new()), queues: RwLock::new(HashMap::new()) };
+        let vh = VHost {
+            name: name.to_owned(),
+            exchanges: RwLock::new(HashMap::new()),
+            queues: RwLock::new(HashMap::new()),
+        };
         {
             let mut ex = vh.exchanges.write();
-            let opts = |kind| ExchangeOptions { kind, durable: true, auto_delete: false, internal: false, arguments: FieldTable::new() };
+            let opts = |kind| ExchangeOptions {
+                kind,
+                durable: true,
+                auto_delete: false,
+                internal: false,
+                arguments: FieldTable::new(),
+            };
             ex.insert(String::new(), Exchange::new(name, String::new(), opts(ExchangeKind::Direct)));
             for (n, kind) in PREDECLARED {
                 let mut o = opts(kind);
@@ -82,16 +92,21 @@ impl VHost {
         Ok(q)
     }
 
-    pub fn declare_exchange(&self, name: &str, passive: bool, opts: ExchangeOptions) -> Result<Arc<Exchange>, AmqpError> {
+    pub fn declare_exchange(
+        &self,
+        name: &str,
+        passive: bool,
+        opts: ExchangeOptions,
+    ) -> Result<Arc<Exchange>, AmqpError> {
         if passive {
             return self.exchange(name);
         }
         if name.starts_with("amq.") {
             // RabbitMQ allows an equivalent redeclare of a predeclared exchange.
-            if let Some(e) = self.exchanges.read().get(name) {
-                if e.check_equivalent(&opts).is_ok() {
-                    return Ok(e.clone());
-                }
+            if let Some(e) = self.exchanges.read().get(name)
+                && e.check_equivalent(&opts).is_ok()
+            {
+                return Ok(e.clone());
             }
             return Err(AmqpError::access_refused(format!("exchange name '{name}' contains reserved prefix 'amq.*'")));
         }
@@ -107,7 +122,10 @@ impl VHost {
 
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
         if name.is_empty() || name.starts_with("amq.") {
-            return Err(AmqpError::access_refused(format!("operation not permitted on exchange '{name}' in vhost '{}'", self.name)));
+            return Err(AmqpError::access_refused(format!(
+                "operation not permitted on exchange '{name}' in vhost '{}'",
+                self.name
+            )));
         }
         let mut ex = self.exchanges.write();
         let Some(e) = ex.get(name).cloned() else {
@@ -127,7 +145,13 @@ impl VHost {
     }
 
     /// queue.declare. `name` may be empty (server-named). Returns the queue and whether it was created.
-    pub fn declare_queue(&self, name: &str, passive: bool, opts: QueueOptions, conn: ConnectionId) -> Result<(Arc<Queue>, bool), AmqpError> {
+    pub fn declare_queue(
+        &self,
+        name: &str,
+        passive: bool,
+        opts: QueueOptions,
+        conn: ConnectionId,
+    ) -> Result<(Arc<Queue>, bool), AmqpError> {
         if passive {
             if name.is_empty() {
                 return Err(self.no_queue(name));
@@ -154,10 +178,18 @@ impl VHost {
     }
 
     /// queue.delete. A missing queue is not an error (RabbitMQ answers delete-ok with 0).
-    pub fn delete_queue(&self, name: &str, if_unused: bool, if_empty: bool, conn: ConnectionId) -> Result<Deleted, AmqpError> {
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn: ConnectionId,
+    ) -> Result<Deleted, AmqpError> {
         let q = match self.queue(name, conn) {
             Ok(q) => q,
-            Err(e) if e.code == wire::reply::NOT_FOUND => return Ok(Deleted { message_count: 0, consumers: Vec::new() }),
+            Err(e) if e.code == wire::reply::NOT_FOUND => {
+                return Ok(Deleted { message_count: 0, consumers: Vec::new() });
+            }
             Err(e) => return Err(e),
         };
         let stats = q.stats();
@@ -165,7 +197,10 @@ impl VHost {
             return Err(AmqpError::precondition_failed(format!("queue '{name}' in vhost '{}' in use", self.name)));
         }
         if if_empty && stats.messages_ready > 0 {
-            return Err(AmqpError::precondition_failed(format!("queue '{name}' in vhost '{}' is not empty", self.name)));
+            return Err(AmqpError::precondition_failed(format!(
+                "queue '{name}' in vhost '{}' is not empty",
+                self.name
+            )));
         }
         Ok(self.remove_queue(&q))
     }
@@ -211,9 +246,16 @@ impl VHost {
         self.queues.read().values().filter(|q| q.owner == Some(conn)).cloned().collect()
     }
 
-    pub fn bind_queue(&self, queue: &str, exchange: &str, routing_key: &str, arguments: FieldTable, conn: ConnectionId) -> Result<(), AmqpError> {
+    pub fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+        conn: ConnectionId,
+    ) -> Result<(), AmqpError> {
         if exchange.is_empty() {
-            return Err(AmqpError::access_refused(format!("operation not permitted on the default exchange")));
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
         let q = self.queue(queue, conn)?;
         let e = self.exchange(exchange)?;
@@ -222,9 +264,16 @@ impl VHost {
         Ok(())
     }
 
-    pub fn unbind_queue(&self, queue: &str, exchange: &str, routing_key: &str, arguments: FieldTable, conn: ConnectionId) -> Result<(), AmqpError> {
+    pub fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+        conn: ConnectionId,
+    ) -> Result<(), AmqpError> {
         if exchange.is_empty() {
-            return Err(AmqpError::access_refused(format!("operation not permitted on the default exchange")));
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
         let q = self.queue(queue, conn)?;
         let e = self.exchange(exchange)?;
@@ -236,9 +285,15 @@ impl VHost {
         Ok(())
     }
 
-    pub fn bind_exchange(&self, destination: &str, source: &str, routing_key: &str, arguments: FieldTable) -> Result<(), AmqpError> {
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
         if destination.is_empty() || source.is_empty() {
-            return Err(AmqpError::access_refused(format!("operation not permitted on the default exchange")));
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
         let d = self.exchange(destination)?;
         let s = self.exchange(source)?;
@@ -247,9 +302,15 @@ impl VHost {
         Ok(())
     }
 
-    pub fn unbind_exchange(&self, destination: &str, source: &str, routing_key: &str, arguments: FieldTable) -> Result<(), AmqpError> {
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
         if destination.is_empty() || source.is_empty() {
-            return Err(AmqpError::access_refused(format!("operation not permitted on the default exchange")));
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
         let d = self.exchange(destination)?;
         let s = self.exchange(source)?;
@@ -262,7 +323,13 @@ impl VHost {
 
     /// The queues a message published to `exchange` reaches, each once, following
     /// exchange-to-exchange bindings (cycles are cut). `exchange` must exist.
-    pub fn route(&self, exchange: &Arc<Exchange>, routing_key: &str, headers: &mut dyn FnMut() -> Option<FieldTable>, out: &mut Vec<Arc<Queue>>) {
+    pub fn route(
+        &self,
+        exchange: &Arc<Exchange>,
+        routing_key: &str,
+        headers: &mut dyn FnMut() -> Option<FieldTable>,
+        out: &mut Vec<Arc<Queue>>,
+    ) {
         if exchange.name.is_empty() {
             if let Some(q) = self.queues.read().get(routing_key) {
                 out.push(q.clone());

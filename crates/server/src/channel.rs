@@ -121,16 +121,31 @@ impl Channel {
                     self.redispatch();
                 }
             }
-            Method::ExchangeDeclare { exchange, kind, passive, durable, auto_delete, internal, nowait, arguments, .. } => {
+            Method::ExchangeDeclare {
+                exchange,
+                kind,
+                passive,
+                durable,
+                auto_delete,
+                internal,
+                nowait,
+                arguments,
+                ..
+            } => {
                 let kind = if passive {
                     ExchangeKind::Direct
                 } else {
-                    ExchangeKind::parse(&kind).ok_or_else(|| AmqpError::command_invalid(format!("unknown exchange type '{kind}'")))?
+                    ExchangeKind::parse(&kind)
+                        .ok_or_else(|| AmqpError::command_invalid(format!("unknown exchange type '{kind}'")))?
                 };
                 if !passive && exchange.is_empty() {
                     return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
                 }
-                vh.declare_exchange(&exchange, passive, ExchangeOptions { kind, durable, auto_delete, internal, arguments })?;
+                vh.declare_exchange(
+                    &exchange,
+                    passive,
+                    ExchangeOptions { kind, durable, auto_delete, internal, arguments },
+                )?;
                 if !nowait {
                     self.send(&Method::ExchangeDeclareOk);
                 }
@@ -220,7 +235,14 @@ impl Channel {
                 if immediate {
                     return Err(AmqpError::not_implemented("immediate=true"));
                 }
-                self.pending = Some(PendingPublish { exchange, routing_key, mandatory, header: None, parts: Vec::new(), received: 0 });
+                self.pending = Some(PendingPublish {
+                    exchange,
+                    routing_key,
+                    mandatory,
+                    header: None,
+                    parts: Vec::new(),
+                    received: 0,
+                });
             }
             Method::BasicGet { queue, no_ack, .. } => self.get(ctx, &queue, no_ack)?,
             Method::BasicAck { delivery_tag, multiple } => {
@@ -266,7 +288,9 @@ impl Channel {
                 self.send(&Method::TxSelectOk);
             }
             Method::TxCommit => {
-                let ops = std::mem::take(self.tx.as_mut().ok_or_else(|| AmqpError::precondition_failed("channel is not transactional"))?);
+                let ops = std::mem::take(
+                    self.tx.as_mut().ok_or_else(|| AmqpError::precondition_failed("channel is not transactional"))?,
+                );
                 for op in ops {
                     match op {
                         TxOp::Publish { exchange, msg, mandatory } => self.route(ctx, &exchange, msg, mandatory)?,
@@ -277,7 +301,9 @@ impl Channel {
                 self.send(&Method::TxCommitOk);
             }
             Method::TxRollback => {
-                let ops = std::mem::take(self.tx.as_mut().ok_or_else(|| AmqpError::precondition_failed("channel is not transactional"))?);
+                let ops = std::mem::take(
+                    self.tx.as_mut().ok_or_else(|| AmqpError::precondition_failed("channel is not transactional"))?,
+                );
                 // Acks in a rolled-back transaction are forgotten: the messages stay
                 // unacknowledged under their original tags.
                 let mut st = self.shared.state.lock();
@@ -302,7 +328,15 @@ impl Channel {
         Ok(())
     }
 
-    fn consume(&mut self, ctx: &ConnCtx, queue: &str, tag: String, no_ack: bool, exclusive: bool, nowait: bool) -> Result<(), AmqpError> {
+    fn consume(
+        &mut self,
+        ctx: &ConnCtx,
+        queue: &str,
+        tag: String,
+        no_ack: bool,
+        exclusive: bool,
+        nowait: bool,
+    ) -> Result<(), AmqpError> {
         let q = ctx.vhost.queue(&self.queue_name(queue)?, ctx.conn_id)?;
         self.consumers.retain(|_, c| !c.cancelled.load(Ordering::Relaxed));
         let tag = if tag.is_empty() {
@@ -312,7 +346,15 @@ impl Channel {
         } else {
             tag
         };
-        let handle = ConsumerHandle::new(next_consumer_id(), tag.clone(), self.shared.clone(), q.clone(), no_ack, self.consumer_prefetch, ctx.cancel_notify);
+        let handle = ConsumerHandle::new(
+            next_consumer_id(),
+            tag.clone(),
+            self.shared.clone(),
+            q.clone(),
+            no_ack,
+            self.consumer_prefetch,
+            ctx.cancel_notify,
+        );
         let consumer = Consumer { id: handle.id, tag: tag.clone(), exclusive, sink: handle.clone() };
         let ok = Method::BasicConsumeOk { consumer_tag: tag.clone() };
         let id = self.shared.id;
@@ -394,7 +436,13 @@ impl Channel {
     }
 
     /// A content header frame for this channel.
-    pub fn content_header(&mut self, ctx: &ConnCtx, class_id: u16, body_size: u64, properties: Bytes) -> Result<ContentProgress, AmqpError> {
+    pub fn content_header(
+        &mut self,
+        ctx: &ConnCtx,
+        class_id: u16,
+        body_size: u64,
+        properties: Bytes,
+    ) -> Result<ContentProgress, AmqpError> {
         let Some(p) = self.pending.as_mut() else {
             return Err(unexpected("expected method frame, got non method frame instead"));
         };
@@ -402,7 +450,10 @@ impl Channel {
             return Err(unexpected("expected content body, got non content body frame instead"));
         }
         if class_id != wire::class::BASIC {
-            return Err(AmqpError::new(wire::reply::FRAME_ERROR, format!("content header for class {class_id}, expected 60")));
+            return Err(AmqpError::new(
+                wire::reply::FRAME_ERROR,
+                format!("content header for class {class_id}, expected 60"),
+            ));
         }
         if body_size > ctx.max_message_size_bytes {
             self.pending = None;
@@ -428,7 +479,10 @@ impl Channel {
         };
         p.received += payload.len() as u64;
         if p.received > *size {
-            return Err(AmqpError::new(wire::reply::FRAME_ERROR, format!("body of {} bytes exceeds declared size {size}", p.received)));
+            return Err(AmqpError::new(
+                wire::reply::FRAME_ERROR,
+                format!("body of {} bytes exceeds declared size {size}", p.received),
+            ));
         }
         p.parts.push(payload);
         if p.received == *size {
@@ -463,7 +517,10 @@ impl Channel {
         let summary = wire::properties::summarize(&properties).map_err(|e| AmqpError::new(e.code, e.text))?;
         let exchange = ctx.vhost.exchange(&p.exchange)?;
         if exchange.options.internal {
-            return Err(AmqpError::access_refused(format!("cannot publish to internal exchange '{}' in vhost '{}'", p.exchange, ctx.vhost.name)));
+            return Err(AmqpError::access_refused(format!(
+                "cannot publish to internal exchange '{}' in vhost '{}'",
+                p.exchange, ctx.vhost.name
+            )));
         }
         let msg = Arc::new(Message {
             exchange: p.exchange.clone(),

@@ -151,7 +151,11 @@ impl Conn {
                     Ok(None) => break,
                     Err(e) => {
                         warn!(conn = self.id, peer = %self.peer, code = e.code, "frame error: {e}");
-                        let err = HardError { err: AmqpError::new(e.code, e.text.clone()), class_id: e.class_id, method_id: e.method_id };
+                        let err = HardError {
+                            err: AmqpError::new(e.code, e.text.clone()),
+                            class_id: e.class_id,
+                            method_id: e.method_id,
+                        };
                         self.begin_close(err);
                         // The stream cannot be parsed past a framing error: stop reading.
                         return format!("{e}");
@@ -255,7 +259,15 @@ impl Conn {
             info!(conn = self.id, peer = %self.peer, "closing connection: {}", e.err.reply_text());
         }
         self.teardown();
-        self.send(0, &Method::ConnectionClose { reply_code: e.err.code, reply_text: e.err.reply_text(), class_id: e.class_id, method_id: e.method_id });
+        self.send(
+            0,
+            &Method::ConnectionClose {
+                reply_code: e.err.code,
+                reply_text: e.err.reply_text(),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            },
+        );
         self.phase = Phase::Closing(Instant::now() + CLOSE_OK_TIMEOUT);
     }
 
@@ -274,14 +286,20 @@ impl Conn {
         match f {
             Frame::Heartbeat { channel } => {
                 if channel != 0 {
-                    return Err(HardError::new(AmqpError::new(reply::FRAME_ERROR, format!("heartbeat frame on channel {channel}"))));
+                    return Err(HardError::new(AmqpError::new(
+                        reply::FRAME_ERROR,
+                        format!("heartbeat frame on channel {channel}"),
+                    )));
                 }
                 Ok(())
             }
             Frame::Method { channel: 0, method } => self.on_connection_method(method),
             Frame::Method { channel, method } => {
                 if self.phase != Phase::Running {
-                    return Err(HardError::at(AmqpError::new(reply::CHANNEL_ERROR, "channel methods before connection.open-ok"), method.ids()));
+                    return Err(HardError::at(
+                        AmqpError::new(reply::CHANNEL_ERROR, "channel methods before connection.open-ok"),
+                        method.ids(),
+                    ));
                 }
                 self.on_channel_method(channel, method)
             }
@@ -306,7 +324,12 @@ impl Conn {
 
     /// The open channel a content frame belongs to; None if it is closing (frame dropped).
     fn channel_for_content(&mut self, channel: u16) -> Result<(Option<&mut Channel>, &ConnCtx), HardError> {
-        let unexpected = || HardError::new(AmqpError::new(reply::UNEXPECTED_FRAME, format!("content frame on channel {channel}, which expects a method")));
+        let unexpected = || {
+            HardError::new(AmqpError::new(
+                reply::UNEXPECTED_FRAME,
+                format!("content frame on channel {channel}, which expects a method"),
+            ))
+        };
         let Some(ctx) = self.ctx.as_ref() else { return Err(unexpected()) };
         match self.channels.get_mut(&channel) {
             None => Err(unexpected()),
@@ -356,7 +379,10 @@ impl Conn {
             ch.shutdown(ctx);
         }
         ch.closing = true;
-        self.send(channel, &Method::ChannelClose { reply_code: e.code, reply_text: e.reply_text(), class_id: ids.0, method_id: ids.1 });
+        self.send(
+            channel,
+            &Method::ChannelClose { reply_code: e.code, reply_text: e.reply_text(), class_id: ids.0, method_id: ids.1 },
+        );
     }
 
     fn on_channel_method(&mut self, channel: u16, method: Method) -> Result<(), HardError> {
@@ -364,7 +390,10 @@ impl Conn {
         let Some(ch) = self.channels.get_mut(&channel) else {
             return match method {
                 Method::ChannelOpen { .. } => self.open_channel(channel),
-                _ => Err(HardError::at(AmqpError::new(reply::CHANNEL_ERROR, format!("expected 'channel.open' on channel {channel}")), ids)),
+                _ => Err(HardError::at(
+                    AmqpError::new(reply::CHANNEL_ERROR, format!("expected 'channel.open' on channel {channel}")),
+                    ids,
+                )),
             };
         };
         if ch.closing {
@@ -384,7 +413,9 @@ impl Conn {
             return Err(HardError::at(ch.content_interrupted(), ids));
         }
         match method {
-            Method::ChannelOpen { .. } => Err(HardError::at(AmqpError::new(reply::CHANNEL_ERROR, "second 'channel.open' seen"), ids)),
+            Method::ChannelOpen { .. } => {
+                Err(HardError::at(AmqpError::new(reply::CHANNEL_ERROR, "second 'channel.open' seen"), ids))
+            }
             Method::ChannelClose { reply_code, reply_text, .. } => {
                 debug!(conn = self.id, channel, reply_code, %reply_text, "client closed channel");
                 if let Some(ctx) = self.ctx.as_ref() {
@@ -412,7 +443,8 @@ impl Conn {
 
     fn open_channel(&mut self, channel: u16) -> Result<(), HardError> {
         let ids = (wire::class::CHANNEL, 10);
-        if self.channel_max != 0 && (channel > self.channel_max || self.channels.len() >= usize::from(self.channel_max)) {
+        if self.channel_max != 0 && (channel > self.channel_max || self.channels.len() >= usize::from(self.channel_max))
+        {
             return Err(HardError::at(
                 AmqpError::not_allowed(format!(
                     "number of channels opened ({}) has reached the negotiated channel_max ({})",
@@ -437,14 +469,23 @@ impl Conn {
                 }
                 self.authenticate(&mechanism, &response).map_err(|e| HardError::at(e, ids))?;
                 let cfg = &self.state.config;
-                self.send(0, &Method::ConnectionTune { channel_max: cfg.channel_max, frame_max: cfg.frame_max, heartbeat: cfg.heartbeat_secs });
+                self.send(
+                    0,
+                    &Method::ConnectionTune {
+                        channel_max: cfg.channel_max,
+                        frame_max: cfg.frame_max,
+                        heartbeat: cfg.heartbeat_secs,
+                    },
+                );
                 self.phase = Phase::TuneOk;
                 Ok(())
             }
             (Phase::TuneOk, Method::ConnectionTuneOk { channel_max, frame_max, heartbeat }) => {
                 let cfg = &self.state.config;
-                negotiated("frame_max", wire::FRAME_MIN_SIZE_BYTES, cfg.frame_max, frame_max).map_err(|e| HardError::at(e, ids))?;
-                negotiated("channel_max", 1, cfg.channel_max.into(), channel_max.into()).map_err(|e| HardError::at(e, ids))?;
+                negotiated("frame_max", wire::FRAME_MIN_SIZE_BYTES, cfg.frame_max, frame_max)
+                    .map_err(|e| HardError::at(e, ids))?;
+                negotiated("channel_max", 1, cfg.channel_max.into(), channel_max.into())
+                    .map_err(|e| HardError::at(e, ids))?;
                 self.frame_max = frame_max;
                 self.outbox.set_frame_max(frame_max);
                 self.channel_max = channel_max;
@@ -482,7 +523,10 @@ impl Conn {
             }
             // Clients may send blocked/unblocked? Only servers do; tolerate silently.
             (Phase::Running, Method::ConnectionBlocked { .. } | Method::ConnectionUnblocked) => Ok(()),
-            (phase, m) => Err(HardError::at(AmqpError::command_invalid(format!("unexpected method {} in connection state {phase:?}", m.name())), ids)),
+            (phase, m) => Err(HardError::at(
+                AmqpError::command_invalid(format!("unexpected method {} in connection state {phase:?}", m.name())),
+                ids,
+            )),
         }
     }
 
@@ -506,7 +550,7 @@ impl Conn {
             }
             other => return Err(AmqpError::command_invalid(format!("unknown authentication mechanism '{other}'"))),
         };
-        let loopback_only = self.state.config.loopback_users.iter().any(|u| *u == user);
+        let loopback_only = self.state.config.loopback_users.contains(&user);
         let refused = if !self.state.check_password(&user, &password) {
             Some(format!("invalid credentials for user '{user}'"))
         } else if loopback_only && !self.peer.ip().is_loopback() && !is_mapped_loopback(self.peer.ip()) {
@@ -516,7 +560,9 @@ impl Conn {
         };
         if let Some(why) = refused {
             warn!(conn = self.id, peer = %self.peer, mechanism, "authentication failed: {why}");
-            let text = format!("Login was refused using authentication mechanism {mechanism}. For details see the broker logfile.");
+            let text = format!(
+                "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+            );
             if !self.client_has("authentication_failure_close") {
                 // Older clients expect the socket to just close.
                 self.finished = true;
@@ -553,10 +599,14 @@ fn is_mapped_loopback(ip: std::net::IpAddr) -> bool {
 /// (0 meaning "no limit" on either side), is refused with NOT_ALLOWED.
 fn negotiated(field: &str, min: u32, server: u32, client: u32) -> Result<(), AmqpError> {
     if client != 0 && client < min {
-        return Err(AmqpError::not_allowed(format!("negotiated {field} = {client} is lower than the minimum allowed value ({min})")));
+        return Err(AmqpError::not_allowed(format!(
+            "negotiated {field} = {client} is lower than the minimum allowed value ({min})"
+        )));
     }
     if server != 0 && (client == 0 || client > server) {
-        return Err(AmqpError::not_allowed(format!("negotiated {field} = {client} is higher than the maximum allowed value ({server})")));
+        return Err(AmqpError::not_allowed(format!(
+            "negotiated {field} = {client} is higher than the maximum allowed value ({server})"
+        )));
     }
     Ok(())
 }

@@ -44,7 +44,13 @@ impl ChannelShared {
         Arc::new(ChannelShared {
             id,
             outbox,
-            state: Mutex::new(DeliveryState { next_tag: 1, unacked: BTreeMap::new(), global_prefetch: 0, flow_active: true, closed: false }),
+            state: Mutex::new(DeliveryState {
+                next_tag: 1,
+                unacked: BTreeMap::new(),
+                global_prefetch: 0,
+                flow_active: true,
+                closed: false,
+            }),
         })
     }
 
@@ -79,7 +85,15 @@ pub struct ConsumerHandle {
 }
 
 impl ConsumerHandle {
-    pub fn new(id: u64, tag: String, channel: Arc<ChannelShared>, queue: Arc<Queue>, no_ack: bool, prefetch: u32, cancel_notify: bool) -> Arc<ConsumerHandle> {
+    pub fn new(
+        id: u64,
+        tag: String,
+        channel: Arc<ChannelShared>,
+        queue: Arc<Queue>,
+        no_ack: bool,
+        prefetch: u32,
+        cancel_notify: bool,
+    ) -> Arc<ConsumerHandle> {
         Arc::new_cyclic(|me| ConsumerHandle {
             id,
             tag,

@@ -42,11 +42,13 @@ fn main() -> anyhow::Result<()> {
     }
     let rt = rt.build()?;
     rt.block_on(async move {
-        std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
         let config = Config { heartbeat_secs: args.heartbeat, data_dir: args.data_dir.clone(), ..Config::default() };
         let (tx, rx) = tokio::sync::watch::channel(false);
         let state = ServerState::new(config, rx);
-        let listeners = server::bind_listeners(args.bind, args.amqp_port).with_context(|| format!("binding AMQP port {}", args.amqp_port))?;
+        let listeners = server::bind_listeners(args.bind, args.amqp_port)
+            .with_context(|| format!("binding AMQP port {}", args.amqp_port))?;
         info!(data_dir = %args.data_dir.display(), "Warren {} starting", env!("CARGO_PKG_VERSION"));
         let serving = tokio::spawn(server::serve(listeners, state));
         wait_for_signal().await;

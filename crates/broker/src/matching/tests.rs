@@ -7,12 +7,7 @@ fn s(v: &str) -> FieldValue {
 }
 
 fn table(entries: &[(&str, FieldValue)]) -> FieldTable {
-    FieldTable(
-        entries
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-    )
+    FieldTable(entries.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
 }
 
 /// Sorted values a TopicIndex routes `key` to.
@@ -204,11 +199,7 @@ fn sorted(v: &[&'static str]) -> Vec<&'static str> {
 }
 
 fn linear(bindings: &[(&str, &'static str)], key: &str) -> Vec<&'static str> {
-    let hits: Vec<&'static str> = bindings
-        .iter()
-        .filter(|(p, _)| topic_matches(p, key))
-        .map(|(_, q)| *q)
-        .collect();
+    let hits: Vec<&'static str> = bindings.iter().filter(|(p, _)| topic_matches(p, key)).map(|(_, q)| *q).collect();
     sorted(&hits)
 }
 
@@ -221,11 +212,7 @@ fn routing_suite_topic1() {
     assert_eq!(index.len(), ROUTING_SUITE_BINDINGS.len());
     for (key, expected) in ROUTING_SUITE_EXPECT {
         assert_eq!(route(&index, key), sorted(expected), "index, key {key:?}");
-        assert_eq!(
-            linear(ROUTING_SUITE_BINDINGS, key),
-            sorted(expected),
-            "topic_matches, key {key:?}"
-        );
+        assert_eq!(linear(ROUTING_SUITE_BINDINGS, key), sorted(expected), "topic_matches, key {key:?}");
     }
 
     let mut kept = ROUTING_SUITE_BINDINGS.to_vec();
@@ -236,11 +223,7 @@ fn routing_suite_topic1() {
     assert_eq!(index.len(), kept.len());
     for (key, expected) in ROUTING_SUITE_EXPECT_AFTER_REMOVAL {
         assert_eq!(route(&index, key), sorted(expected), "index, key {key:?}");
-        assert_eq!(
-            linear(&kept, key),
-            sorted(expected),
-            "topic_matches, key {key:?}"
-        );
+        assert_eq!(linear(&kept, key), sorted(expected), "topic_matches, key {key:?}");
     }
 }
 
@@ -248,19 +231,10 @@ fn routing_suite_topic1() {
 /// _overlapping_filters, _deep_hierarchy, _all_wildcards, _alternating_wildcards, _unicode.
 #[test]
 fn db_topic_exchange_suite_cases() {
-    type Case = (
-        &'static [(&'static str, &'static str)],
-        &'static [(&'static str, &'static [&'static str])],
-    );
+    type Case = (&'static [(&'static str, &'static str)], &'static [(&'static str, &'static [&'static str])]);
     let cases: &[Case] = &[
         (
-            &[
-                ("foo.*", "star"),
-                ("foo.#", "hash"),
-                ("foo.bar", "exact"),
-                ("foo.*.baz", "deep"),
-                ("#", "all"),
-            ],
+            &[("foo.*", "star"), ("foo.#", "hash"), ("foo.bar", "exact"), ("foo.*.baz", "deep"), ("#", "all")],
             &[
                 ("foo.bar", &["all", "exact", "hash", "star"]),
                 ("foo.bar.baz", &["all", "deep", "hash"]),
@@ -270,12 +244,7 @@ fn db_topic_exchange_suite_cases() {
             ],
         ),
         (
-            &[
-                ("#.c", "q1"),
-                ("#.b.c", "q2"),
-                ("a.#.d", "q3"),
-                ("#.*.#", "q4"),
-            ],
+            &[("#.c", "q1"), ("#.b.c", "q2"), ("a.#.d", "q3"), ("#.*.#", "q4")],
             &[
                 ("a.b.c", &["q1", "q2", "q4"]),
                 ("c", &["q1", "q4"]),
@@ -297,36 +266,18 @@ fn db_topic_exchange_suite_cases() {
                 ("a.*.#", "q7"),
                 ("*.b.c", "q8"),
             ],
-            &[
-                ("a.b.c", &["q2", "q3", "q4", "q6", "q7", "q8"]),
-                ("a.b", &["q1", "q2", "q7"]),
-            ],
+            &[("a.b.c", &["q2", "q3", "q4", "q6", "q7", "q8"]), ("a.b", &["q1", "q2", "q7"])],
         ),
         (
             &[
                 ("#", "all"),
-                (
-                    "a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q.r.s.t.u.v.w.x.y.z.#",
-                    "prefix",
-                ),
-                (
-                    "a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q.r.s.t.u.v.w.x.y.z.*",
-                    "prefix-star",
-                ),
-                (
-                    "*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.#",
-                    "wild",
-                ),
-                (
-                    "a.*.c.*.e.*.g.*.i.*.k.*.m.*.o.*.q.*.s.*.u.*.w.*.y.*.#",
-                    "alt",
-                ),
+                ("a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q.r.s.t.u.v.w.x.y.z.#", "prefix"),
+                ("a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q.r.s.t.u.v.w.x.y.z.*", "prefix-star"),
+                ("*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.#", "wild"),
+                ("a.*.c.*.e.*.g.*.i.*.k.*.m.*.o.*.q.*.s.*.u.*.w.*.y.*.#", "alt"),
             ],
             &[
-                (
-                    "a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q.r.s.t.u.v.w.x.y.z",
-                    &["all", "alt", "prefix", "wild"],
-                ),
+                ("a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q.r.s.t.u.v.w.x.y.z", &["all", "alt", "prefix", "wild"]),
                 (
                     "a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q.r.s.t.u.v.w.x.y.z.1",
                     &["all", "alt", "prefix", "prefix-star", "wild"],
@@ -356,11 +307,7 @@ fn db_topic_exchange_suite_cases() {
         }
         for (key, expected) in *expectations {
             assert_eq!(route(&index, key), sorted(expected), "index, key {key:?}");
-            assert_eq!(
-                linear(bindings, key),
-                sorted(expected),
-                "topic_matches, key {key:?}"
-            );
+            assert_eq!(linear(bindings, key), sorted(expected), "topic_matches, key {key:?}");
         }
     }
 }
@@ -482,11 +429,7 @@ fn index_prunes_nodes_and_reuses_them() {
         assert!(index.remove(p, &i));
     }
     assert!(index.is_empty());
-    assert_eq!(
-        index.nodes.len() - index.free.len(),
-        1,
-        "only the root is left"
-    );
+    assert_eq!(index.nodes.len() - index.free.len(), 1, "only the root is left");
     assert!(index.nodes[ROOT].is_unused());
     for (i, p) in patterns.iter().enumerate() {
         index.insert(p, i);
@@ -499,10 +442,7 @@ fn index_prunes_nodes_and_reuses_them() {
 
 // ---- topic property tests ---------------------------------------------------------------
 
-fn key_strategy(
-    alphabet: &'static [&'static str],
-    max_words: usize,
-) -> impl Strategy<Value = String> {
+fn key_strategy(alphabet: &'static [&'static str], max_words: usize) -> impl Strategy<Value = String> {
     prop::collection::vec(prop::sample::select(alphabet), 0..=max_words).prop_map(|w| w.join("."))
 }
 
@@ -596,10 +536,7 @@ fn headers_without_arguments() {
     assert!(headers_match(&xm("all", &[]), Some(&none)));
     assert!(headers_match(&xm("all", &[("x-ignored", s("v"))]), None));
     assert!(!headers_match(&xm("any", &[]), Some(&some)));
-    assert!(!headers_match(
-        &xm("any", &[("x-ignored", s("v"))]),
-        Some(&some)
-    ));
+    assert!(!headers_match(&xm("any", &[("x-ignored", s("v"))]), Some(&some)));
     assert!(headers_match(&xm("all-with-x", &[]), None));
     assert!(!headers_match(&xm("any-with-x", &[]), None));
 }
@@ -632,22 +569,13 @@ fn headers_x_arguments() {
     assert!(headers_match(&xm("all", &args), Some(&without_x)));
     assert!(headers_match(&xm("all-with-x", &args), Some(&with_x)));
     assert!(!headers_match(&xm("all-with-x", &args), Some(&without_x)));
-    assert!(headers_match(
-        &xm("any-with-x", &[("x-k", s("v"))]),
-        Some(&with_x)
-    ));
-    assert!(!headers_match(
-        &xm("any", &[("x-k", s("v"))]),
-        Some(&with_x)
-    ));
+    assert!(headers_match(&xm("any-with-x", &[("x-k", s("v"))]), Some(&with_x)));
+    assert!(!headers_match(&xm("any", &[("x-k", s("v"))]), Some(&with_x)));
     // x-match itself is never compared, even in -with-x modes.
     let header_x_match = table(&[("x-match", s("other"))]);
     assert!(headers_match(&xm("all-with-x", &[]), Some(&header_x_match)));
     // The prefix is case-sensitive bytes.
-    assert!(!headers_match(
-        &xm("all", &[("X-k", s("v"))]),
-        Some(&without_x)
-    ));
+    assert!(!headers_match(&xm("all", &[("X-k", s("v"))]), Some(&without_x)));
 }
 
 // match({K, void, _}, M) -> maps:is_key(K, M).
@@ -655,21 +583,12 @@ fn headers_x_arguments() {
 fn headers_void_means_present() {
     let args = table(&[("k", FieldValue::Void)]);
     assert!(headers_match(&args, Some(&table(&[("k", s("anything"))]))));
-    assert!(headers_match(
-        &args,
-        Some(&table(&[("k", FieldValue::Void)]))
-    ));
-    assert!(headers_match(
-        &args,
-        Some(&table(&[("k", FieldValue::Table(FieldTable::new()))]))
-    ));
+    assert!(headers_match(&args, Some(&table(&[("k", FieldValue::Void)]))));
+    assert!(headers_match(&args, Some(&table(&[("k", FieldValue::Table(FieldTable::new()))]))));
     assert!(!headers_match(&args, Some(&table(&[("other", s("v"))]))));
     assert!(!headers_match(&args, None));
     // A void header only satisfies a void argument.
-    assert!(!headers_match(
-        &table(&[("k", s(""))]),
-        Some(&table(&[("k", FieldValue::Void)]))
-    ));
+    assert!(!headers_match(&table(&[("k", s(""))]), Some(&table(&[("k", FieldValue::Void)]))));
 }
 
 fn eq_routing(bound: FieldValue, header: FieldValue) -> bool {
@@ -741,25 +660,16 @@ fn headers_tables_and_arrays() {
     assert!(eq_routing(t(I32(1)), t(I32(1))));
     assert!(!eq_routing(t(I32(1)), t(I64(1))));
     assert!(eq_routing(t(I64(-1)), t(U64(u64::MAX))));
-    assert!(!eq_routing(
-        t(s("a")),
-        t(ByteArray(Bytes::from_static(b"a")))
-    ));
+    assert!(!eq_routing(t(s("a")), t(ByteArray(Bytes::from_static(b"a")))));
     assert!(!eq_routing(t(I32(1)), Table(table(&[("m", I32(1))]))));
     // A nested timestamp is not converted.
     assert!(eq_routing(t(Timestamp(5)), t(Timestamp(5))));
-    assert!(eq_routing(
-        Array(vec![I8(1), s("x")]),
-        Array(vec![I8(1), s("x")])
-    ));
+    assert!(eq_routing(Array(vec![I8(1), s("x")]), Array(vec![I8(1), s("x")])));
     assert!(!eq_routing(Array(vec![I8(1)]), Array(vec![U8(1)])));
     assert!(!eq_routing(Array(vec![I8(1)]), Array(vec![I8(1), I8(1)])));
     assert!(eq_routing(Array(vec![]), Table(FieldTable::new())));
     assert!(eq_routing(Table(FieldTable::new()), Array(vec![])));
-    assert!(!eq_routing(
-        Array(vec![I8(1)]),
-        Table(table(&[("a", I8(1))]))
-    ));
+    assert!(!eq_routing(Array(vec![I8(1)]), Table(table(&[("a", I8(1))]))));
 }
 
 // routing_headers folds Acc#{Key => Value} over the headers: the last repeat wins.
@@ -767,29 +677,15 @@ fn headers_tables_and_arrays() {
 #[test]
 fn headers_repeated_keys() {
     let args = table(&[("k", s("2"))]);
-    assert!(headers_match(
-        &args,
-        Some(&table(&[("k", s("1")), ("k", s("2"))]))
-    ));
-    assert!(!headers_match(
-        &args,
-        Some(&table(&[("k", s("2")), ("k", s("1"))]))
-    ));
-    let first_any = table(&[
-        ("x-match", s("any")),
-        ("x-match", s("all")),
-        ("a", s("1")),
-        ("b", s("2")),
-    ]);
+    assert!(headers_match(&args, Some(&table(&[("k", s("1")), ("k", s("2"))]))));
+    assert!(!headers_match(&args, Some(&table(&[("k", s("2")), ("k", s("1"))]))));
+    let first_any = table(&[("x-match", s("any")), ("x-match", s("all")), ("a", s("1")), ("b", s("2"))]);
     assert_eq!(XMatch::of(&first_any), XMatch::Any);
     assert!(headers_match(&first_any, Some(&table(&[("a", s("1"))]))));
     // Repeated binding arguments must all hold under all.
     let both = table(&[("k", s("1")), ("k", s("2"))]);
     assert!(!headers_match(&both, Some(&table(&[("k", s("1"))]))));
-    assert!(headers_match(
-        &xm("any", &[("k", s("1")), ("k", s("2"))]),
-        Some(&table(&[("k", s("2"))]))
-    ));
+    assert!(headers_match(&xm("any", &[("k", s("1")), ("k", s("2"))]), Some(&table(&[("k", s("2"))]))));
 }
 
 // route/3 treats anything but the three other longstr modes as all (validation refuses
@@ -825,30 +721,15 @@ fn validate_x_match_texts() {
         Err("Invalid x-match field type byte (value 1); expected longstr".to_owned())
     );
     let err = |v: FieldValue| validate_x_match(&table(&[("x-match", v)])).unwrap_err();
-    assert_eq!(
-        err(Bool(true)),
-        "Invalid x-match field type bool (value true); expected longstr"
-    );
-    assert_eq!(
-        err(Void),
-        "Invalid x-match field type void (value undefined); expected longstr"
-    );
-    assert_eq!(
-        err(U64(u64::MAX)),
-        "Invalid x-match field type long (value -1); expected longstr"
-    );
+    assert_eq!(err(Bool(true)), "Invalid x-match field type bool (value true); expected longstr");
+    assert_eq!(err(Void), "Invalid x-match field type void (value undefined); expected longstr");
+    assert_eq!(err(U64(u64::MAX)), "Invalid x-match field type long (value -1); expected longstr");
     assert_eq!(
         err(ByteArray(Bytes::from_static(b"any"))),
         "Invalid x-match field type binary (value <<\"any\">>); expected longstr"
     );
-    assert_eq!(
-        err(Decimal(2, 5)),
-        "Invalid x-match field type decimal (value {2,5}); expected longstr"
-    );
-    assert_eq!(
-        err(F64(1.5)),
-        "Invalid x-match field type double (value 1.5); expected longstr"
-    );
+    assert_eq!(err(Decimal(2, 5)), "Invalid x-match field type decimal (value {2,5}); expected longstr");
+    assert_eq!(err(F64(1.5)), "Invalid x-match field type double (value 1.5); expected longstr");
     assert_eq!(
         err(Table(table(&[("k", s("v")), ("n", I32(1))]))),
         "Invalid x-match field type table (value [{<<\"k\">>,longstr,<<\"v\">>},{<<\"n\">>,signedint,1}]); \
