@@ -39,6 +39,15 @@ pub struct Deleted {
     pub consumers: Vec<Consumer>,
 }
 
+impl std::fmt::Debug for Deleted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deleted")
+            .field("message_count", &self.message_count)
+            .field("consumers", &self.consumers.len())
+            .finish()
+    }
+}
+
 impl VHost {
     pub fn new(name: &str) -> Arc<VHost> {
         let vh = VHost {
