@@ -5,17 +5,32 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::codec::{put_u16, put_u32, put_u64};
 use crate::method::{put_deliver_args, put_get_ok_args, put_return_args};
 use crate::reply::{FRAME_ERROR, UNEXPECTED_FRAME};
-use crate::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_OVERHEAD_BYTES, Method, WireError};
+use crate::{
+    FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_OVERHEAD_BYTES, Method, WireError,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
-    Method { channel: u16, method: Method },
+    Method {
+        channel: u16,
+        method: Method,
+    },
     /// Content header. `properties` are the raw property bytes (flags + fields), kept
     /// verbatim so the broker can forward them byte-for-byte.
-    Header { channel: u16, class_id: u16, body_size: u64, properties: Bytes },
+    Header {
+        channel: u16,
+        class_id: u16,
+        body_size: u64,
+        properties: Bytes,
+    },
     /// Body frame payload, split off the read buffer without copying.
-    Body { channel: u16, payload: Bytes },
-    Heartbeat { channel: u16 },
+    Body {
+        channel: u16,
+        payload: Bytes,
+    },
+    Heartbeat {
+        channel: u16,
+    },
 }
 
 /// How far past frame_max a frame may go before it is refused, as RabbitMQ allows:
@@ -55,7 +70,9 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
     let kind = header[0];
     let channel = u16::from_be_bytes([header[1], header[2]]);
     let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]);
-    if frame_max != 0 && u64::from(size) + FRAME_OVERHEAD_BYTES as u64 > u64::from(frame_max) + u64::from(FRAME_SIZE_FUDGE_BYTES) {
+    if frame_max != 0
+        && u64::from(size) + FRAME_OVERHEAD_BYTES as u64 > u64::from(frame_max) + u64::from(FRAME_SIZE_FUDGE_BYTES)
+    {
         return Err(WireError::frame(format!(
             "type {kind}, channel {channel}: frame size {} exceeds frame_max {frame_max}",
             u64::from(size) + FRAME_OVERHEAD_BYTES as u64
@@ -65,12 +82,16 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
         return Err(WireError::frame(format!("type {kind}, channel {channel}: unknown frame type")));
     }
     if kind == FRAME_HEARTBEAT && size != 0 {
-        return Err(WireError::frame(format!("type {kind}, channel {channel}: heartbeat frame with a {size}-byte payload")));
+        return Err(WireError::frame(format!(
+            "type {kind}, channel {channel}: heartbeat frame with a {size}-byte payload"
+        )));
     }
-    let Ok(size) = usize::try_from(size) else {
-        return Err(WireError::frame(format!("type {kind}, channel {channel}: frame size {size} too large for this platform")));
+    // Only a 32-bit target can fail this (a 4 GiB frame with frame_max 0).
+    let Some(total) = usize::try_from(size).ok().and_then(|size| size.checked_add(FRAME_OVERHEAD_BYTES)) else {
+        return Err(WireError::frame(format!(
+            "type {kind}, channel {channel}: frame size {size} too large for this platform"
+        )));
     };
-    let total = FRAME_HEADER_BYTES + size + 1;
     if buf.len() < total {
         // Not reserving here on purpose: with frame_max 0 a hostile size would make us
         // allocate up to 4 GiB before a single payload byte arrived.
@@ -111,19 +132,31 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
 /// `payload` = class_id(2) weight(2) body_size(8) properties.
 fn decode_content_header(channel: u16, mut payload: Bytes) -> Result<Frame, WireError> {
     let Some(fixed) = payload.get(..12) else {
-        return Err(WireError::frame(format!("type 2, channel {channel}: content header payload of {} byte(s) is too short", payload.len())));
+        return Err(WireError::frame(format!(
+            "type 2, channel {channel}: content header payload of {} byte(s) is too short",
+            payload.len()
+        )));
     };
     let class_id = u16::from_be_bytes([fixed[0], fixed[1]]);
     let weight = u16::from_be_bytes([fixed[2], fixed[3]]);
-    let body_size = u64::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7], fixed[8], fixed[9], fixed[10], fixed[11]]);
+    let body_size =
+        u64::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7], fixed[8], fixed[9], fixed[10], fixed[11]]);
     if weight != 0 {
         // rabbit_command_assembler only accepts weight 0; anything else falls through
         // to its unexpected_frame clause.
-        return Err(WireError::new(UNEXPECTED_FRAME, format!("content header for class {class_id} with non-zero weight {weight}")).with_method(class_id, 0));
+        return Err(WireError::new(
+            UNEXPECTED_FRAME,
+            format!("content header for class {class_id} with non-zero weight {weight}"),
+        )
+        .with_method(class_id, 0));
     }
     if payload.len() < 14 {
         // Not even a property flags word.
-        return Err(WireError::new(FRAME_ERROR, format!("type 2, channel {channel}: content header has no property flags")).with_method(class_id, 0));
+        return Err(WireError::new(
+            FRAME_ERROR,
+            format!("type 2, channel {channel}: content header has no property flags"),
+        )
+        .with_method(class_id, 0));
     }
     payload.advance(12);
     Ok(Frame::Header { channel, class_id, body_size, properties: payload })
@@ -200,7 +233,15 @@ pub fn encode_heartbeat(out: &mut Vec<u8>) {
 }
 
 /// Hot path: a basic.deliver method frame without building a [`Method`].
-pub fn encode_basic_deliver(out: &mut Vec<u8>, channel: u16, consumer_tag: &str, delivery_tag: u64, redelivered: bool, exchange: &str, routing_key: &str) {
+pub fn encode_basic_deliver(
+    out: &mut Vec<u8>,
+    channel: u16,
+    consumer_tag: &str,
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &str,
+    routing_key: &str,
+) {
     // 8 framing + 4 ids + 8 tag + 1 bits + 3 length octets.
     out.reserve(24 + consumer_tag.len() + exchange.len() + routing_key.len());
     let start = begin_frame(out, FRAME_METHOD, channel);
@@ -211,7 +252,15 @@ pub fn encode_basic_deliver(out: &mut Vec<u8>, channel: u16, consumer_tag: &str,
 }
 
 /// Hot path: basic.get-ok.
-pub fn encode_basic_get_ok(out: &mut Vec<u8>, channel: u16, delivery_tag: u64, redelivered: bool, exchange: &str, routing_key: &str, message_count: u32) {
+pub fn encode_basic_get_ok(
+    out: &mut Vec<u8>,
+    channel: u16,
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &str,
+    routing_key: &str,
+    message_count: u32,
+) {
     out.reserve(27 + exchange.len() + routing_key.len());
     let start = begin_frame(out, FRAME_METHOD, channel);
     put_u16(out, crate::class::BASIC);
@@ -221,7 +270,14 @@ pub fn encode_basic_get_ok(out: &mut Vec<u8>, channel: u16, delivery_tag: u64, r
 }
 
 /// Hot path: basic.return.
-pub fn encode_basic_return(out: &mut Vec<u8>, channel: u16, reply_code: u16, reply_text: &str, exchange: &str, routing_key: &str) {
+pub fn encode_basic_return(
+    out: &mut Vec<u8>,
+    channel: u16,
+    reply_code: u16,
+    reply_text: &str,
+    exchange: &str,
+    routing_key: &str,
+) {
     out.reserve(17 + reply_text.len() + exchange.len() + routing_key.len());
     let start = begin_frame(out, FRAME_METHOD, channel);
     put_u16(out, crate::class::BASIC);

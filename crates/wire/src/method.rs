@@ -14,78 +14,273 @@ use crate::types::{FieldTable, encode_table, read_table};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Method {
     // connection (10)
-    ConnectionStart { version_major: u8, version_minor: u8, server_properties: FieldTable, mechanisms: Vec<u8>, locales: Vec<u8> },
-    ConnectionStartOk { client_properties: FieldTable, mechanism: String, response: Vec<u8>, locale: String },
-    ConnectionSecure { challenge: Vec<u8> },
-    ConnectionSecureOk { response: Vec<u8> },
-    ConnectionTune { channel_max: u16, frame_max: u32, heartbeat: u16 },
-    ConnectionTuneOk { channel_max: u16, frame_max: u32, heartbeat: u16 },
-    ConnectionOpen { virtual_host: String, capabilities: String, insist: bool },
-    ConnectionOpenOk { known_hosts: String },
-    ConnectionClose { reply_code: u16, reply_text: String, class_id: u16, method_id: u16 },
+    ConnectionStart {
+        version_major: u8,
+        version_minor: u8,
+        server_properties: FieldTable,
+        mechanisms: Vec<u8>,
+        locales: Vec<u8>,
+    },
+    ConnectionStartOk {
+        client_properties: FieldTable,
+        mechanism: String,
+        response: Vec<u8>,
+        locale: String,
+    },
+    ConnectionSecure {
+        challenge: Vec<u8>,
+    },
+    ConnectionSecureOk {
+        response: Vec<u8>,
+    },
+    ConnectionTune {
+        channel_max: u16,
+        frame_max: u32,
+        heartbeat: u16,
+    },
+    ConnectionTuneOk {
+        channel_max: u16,
+        frame_max: u32,
+        heartbeat: u16,
+    },
+    ConnectionOpen {
+        virtual_host: String,
+        capabilities: String,
+        insist: bool,
+    },
+    ConnectionOpenOk {
+        known_hosts: String,
+    },
+    ConnectionClose {
+        reply_code: u16,
+        reply_text: String,
+        class_id: u16,
+        method_id: u16,
+    },
     ConnectionCloseOk,
-    ConnectionBlocked { reason: String },
+    ConnectionBlocked {
+        reason: String,
+    },
     ConnectionUnblocked,
-    ConnectionUpdateSecret { new_secret: Vec<u8>, reason: String },
+    ConnectionUpdateSecret {
+        new_secret: Vec<u8>,
+        reason: String,
+    },
     ConnectionUpdateSecretOk,
 
     // channel (20)
-    ChannelOpen { out_of_band: String },
-    ChannelOpenOk { channel_id: Vec<u8> },
-    ChannelFlow { active: bool },
-    ChannelFlowOk { active: bool },
-    ChannelClose { reply_code: u16, reply_text: String, class_id: u16, method_id: u16 },
+    ChannelOpen {
+        out_of_band: String,
+    },
+    ChannelOpenOk {
+        channel_id: Vec<u8>,
+    },
+    ChannelFlow {
+        active: bool,
+    },
+    ChannelFlowOk {
+        active: bool,
+    },
+    ChannelClose {
+        reply_code: u16,
+        reply_text: String,
+        class_id: u16,
+        method_id: u16,
+    },
     ChannelCloseOk,
 
     // access (30), deprecated but still in the spec
-    AccessRequest { realm: String, exclusive: bool, passive: bool, active: bool, write: bool, read: bool },
-    AccessRequestOk { ticket: u16 },
+    AccessRequest {
+        realm: String,
+        exclusive: bool,
+        passive: bool,
+        active: bool,
+        write: bool,
+        read: bool,
+    },
+    AccessRequestOk {
+        ticket: u16,
+    },
 
     // exchange (40)
-    ExchangeDeclare { ticket: u16, exchange: String, kind: String, passive: bool, durable: bool, auto_delete: bool, internal: bool, nowait: bool, arguments: FieldTable },
+    ExchangeDeclare {
+        ticket: u16,
+        exchange: String,
+        kind: String,
+        passive: bool,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        nowait: bool,
+        arguments: FieldTable,
+    },
     ExchangeDeclareOk,
-    ExchangeDelete { ticket: u16, exchange: String, if_unused: bool, nowait: bool },
+    ExchangeDelete {
+        ticket: u16,
+        exchange: String,
+        if_unused: bool,
+        nowait: bool,
+    },
     ExchangeDeleteOk,
-    ExchangeBind { ticket: u16, destination: String, source: String, routing_key: String, nowait: bool, arguments: FieldTable },
+    ExchangeBind {
+        ticket: u16,
+        destination: String,
+        source: String,
+        routing_key: String,
+        nowait: bool,
+        arguments: FieldTable,
+    },
     ExchangeBindOk,
-    ExchangeUnbind { ticket: u16, destination: String, source: String, routing_key: String, nowait: bool, arguments: FieldTable },
+    ExchangeUnbind {
+        ticket: u16,
+        destination: String,
+        source: String,
+        routing_key: String,
+        nowait: bool,
+        arguments: FieldTable,
+    },
     /// Method id 51, not 41 (RabbitMQ's spec file).
     ExchangeUnbindOk,
 
     // queue (50)
-    QueueDeclare { ticket: u16, queue: String, passive: bool, durable: bool, exclusive: bool, auto_delete: bool, nowait: bool, arguments: FieldTable },
-    QueueDeclareOk { queue: String, message_count: u32, consumer_count: u32 },
-    QueueBind { ticket: u16, queue: String, exchange: String, routing_key: String, nowait: bool, arguments: FieldTable },
+    QueueDeclare {
+        ticket: u16,
+        queue: String,
+        passive: bool,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        nowait: bool,
+        arguments: FieldTable,
+    },
+    QueueDeclareOk {
+        queue: String,
+        message_count: u32,
+        consumer_count: u32,
+    },
+    QueueBind {
+        ticket: u16,
+        queue: String,
+        exchange: String,
+        routing_key: String,
+        nowait: bool,
+        arguments: FieldTable,
+    },
     QueueBindOk,
-    QueuePurge { ticket: u16, queue: String, nowait: bool },
-    QueuePurgeOk { message_count: u32 },
-    QueueDelete { ticket: u16, queue: String, if_unused: bool, if_empty: bool, nowait: bool },
-    QueueDeleteOk { message_count: u32 },
-    QueueUnbind { ticket: u16, queue: String, exchange: String, routing_key: String, arguments: FieldTable },
+    QueuePurge {
+        ticket: u16,
+        queue: String,
+        nowait: bool,
+    },
+    QueuePurgeOk {
+        message_count: u32,
+    },
+    QueueDelete {
+        ticket: u16,
+        queue: String,
+        if_unused: bool,
+        if_empty: bool,
+        nowait: bool,
+    },
+    QueueDeleteOk {
+        message_count: u32,
+    },
+    QueueUnbind {
+        ticket: u16,
+        queue: String,
+        exchange: String,
+        routing_key: String,
+        arguments: FieldTable,
+    },
     QueueUnbindOk,
 
     // basic (60)
-    BasicQos { prefetch_size: u32, prefetch_count: u16, global: bool },
+    BasicQos {
+        prefetch_size: u32,
+        prefetch_count: u16,
+        global: bool,
+    },
     BasicQosOk,
-    BasicConsume { ticket: u16, queue: String, consumer_tag: String, no_local: bool, no_ack: bool, exclusive: bool, nowait: bool, arguments: FieldTable },
-    BasicConsumeOk { consumer_tag: String },
-    BasicCancel { consumer_tag: String, nowait: bool },
-    BasicCancelOk { consumer_tag: String },
-    BasicPublish { ticket: u16, exchange: String, routing_key: String, mandatory: bool, immediate: bool },
-    BasicReturn { reply_code: u16, reply_text: String, exchange: String, routing_key: String },
-    BasicDeliver { consumer_tag: String, delivery_tag: u64, redelivered: bool, exchange: String, routing_key: String },
-    BasicGet { ticket: u16, queue: String, no_ack: bool },
-    BasicGetOk { delivery_tag: u64, redelivered: bool, exchange: String, routing_key: String, message_count: u32 },
-    BasicGetEmpty { cluster_id: String },
-    BasicAck { delivery_tag: u64, multiple: bool },
-    BasicReject { delivery_tag: u64, requeue: bool },
-    BasicRecoverAsync { requeue: bool },
-    BasicRecover { requeue: bool },
+    BasicConsume {
+        ticket: u16,
+        queue: String,
+        consumer_tag: String,
+        no_local: bool,
+        no_ack: bool,
+        exclusive: bool,
+        nowait: bool,
+        arguments: FieldTable,
+    },
+    BasicConsumeOk {
+        consumer_tag: String,
+    },
+    BasicCancel {
+        consumer_tag: String,
+        nowait: bool,
+    },
+    BasicCancelOk {
+        consumer_tag: String,
+    },
+    BasicPublish {
+        ticket: u16,
+        exchange: String,
+        routing_key: String,
+        mandatory: bool,
+        immediate: bool,
+    },
+    BasicReturn {
+        reply_code: u16,
+        reply_text: String,
+        exchange: String,
+        routing_key: String,
+    },
+    BasicDeliver {
+        consumer_tag: String,
+        delivery_tag: u64,
+        redelivered: bool,
+        exchange: String,
+        routing_key: String,
+    },
+    BasicGet {
+        ticket: u16,
+        queue: String,
+        no_ack: bool,
+    },
+    BasicGetOk {
+        delivery_tag: u64,
+        redelivered: bool,
+        exchange: String,
+        routing_key: String,
+        message_count: u32,
+    },
+    BasicGetEmpty {
+        cluster_id: String,
+    },
+    BasicAck {
+        delivery_tag: u64,
+        multiple: bool,
+    },
+    BasicReject {
+        delivery_tag: u64,
+        requeue: bool,
+    },
+    BasicRecoverAsync {
+        requeue: bool,
+    },
+    BasicRecover {
+        requeue: bool,
+    },
     BasicRecoverOk,
-    BasicNack { delivery_tag: u64, multiple: bool, requeue: bool },
+    BasicNack {
+        delivery_tag: u64,
+        multiple: bool,
+        requeue: bool,
+    },
 
     // confirm (85)
-    ConfirmSelect { nowait: bool },
+    ConfirmSelect {
+        nowait: bool,
+    },
     ConfirmSelectOk,
 
     // tx (90)
@@ -96,7 +291,6 @@ pub enum Method {
     TxRollback,
     TxRollbackOk,
 }
-
 
 /// Reply code for a method frame whose (class id, method id) is not one of the methods
 /// above (e.g. RabbitMQ's legacy basic.credit 60/200, or garbage).
@@ -270,7 +464,13 @@ impl Method {
     /// Whether a content header and body follow this method (basic.publish, deliver,
     /// get-ok, return).
     pub fn has_content(&self) -> bool {
-        matches!(self, Method::BasicPublish { .. } | Method::BasicReturn { .. } | Method::BasicDeliver { .. } | Method::BasicGetOk { .. })
+        matches!(
+            self,
+            Method::BasicPublish { .. }
+                | Method::BasicReturn { .. }
+                | Method::BasicDeliver { .. }
+                | Method::BasicGetOk { .. }
+        )
     }
 
     /// RabbitMQ's dotted name, e.g. "queue.declare", for error texts and logs.
@@ -339,7 +539,8 @@ impl Method {
             }
             ConnectionSecure { challenge } => put_longstr(out, challenge),
             ConnectionSecureOk { response } => put_longstr(out, response),
-            ConnectionTune { channel_max, frame_max, heartbeat } | ConnectionTuneOk { channel_max, frame_max, heartbeat } => {
+            ConnectionTune { channel_max, frame_max, heartbeat }
+            | ConnectionTuneOk { channel_max, frame_max, heartbeat } => {
                 put_u16(out, *channel_max);
                 put_u32(out, *frame_max);
                 put_u16(out, *heartbeat);
@@ -350,7 +551,8 @@ impl Method {
                 put_u8(out, bits(&[*insist]));
             }
             ConnectionOpenOk { known_hosts } => put_shortstr(out, known_hosts),
-            ConnectionClose { reply_code, reply_text, class_id, method_id } | ChannelClose { reply_code, reply_text, class_id, method_id } => {
+            ConnectionClose { reply_code, reply_text, class_id, method_id }
+            | ChannelClose { reply_code, reply_text, class_id, method_id } => {
                 put_u16(out, *reply_code);
                 put_shortstr(out, reply_text);
                 put_u16(out, *class_id);
@@ -479,9 +681,25 @@ impl Method {
                 put_u8(out, bits(&[*multiple, *requeue]));
             }
             ConfirmSelect { nowait } => put_u8(out, bits(&[*nowait])),
-            ConnectionCloseOk | ConnectionUnblocked | ConnectionUpdateSecretOk | ChannelCloseOk | ExchangeDeclareOk | ExchangeDeleteOk
-            | ExchangeBindOk | ExchangeUnbindOk | QueueBindOk | QueueUnbindOk | BasicQosOk | BasicRecoverOk | ConfirmSelectOk | TxSelect
-            | TxSelectOk | TxCommit | TxCommitOk | TxRollback | TxRollbackOk => {}
+            ConnectionCloseOk
+            | ConnectionUnblocked
+            | ConnectionUpdateSecretOk
+            | ChannelCloseOk
+            | ExchangeDeclareOk
+            | ExchangeDeleteOk
+            | ExchangeBindOk
+            | ExchangeUnbindOk
+            | QueueBindOk
+            | QueueUnbindOk
+            | BasicQosOk
+            | BasicRecoverOk
+            | ConfirmSelectOk
+            | TxSelect
+            | TxSelectOk
+            | TxCommit
+            | TxCommitOk
+            | TxRollback
+            | TxRollbackOk => {}
         }
     }
 
@@ -497,19 +715,28 @@ impl Method {
     pub fn decode_payload(payload: &[u8]) -> Result<Method, WireError> {
         let mut r = Reader::new(payload, BAD_ARGUMENTS_REPLY_CODE);
         let (Ok(class_id), Ok(method_id)) = (r.u16(), r.u16()) else {
-            return Err(WireError::frame(format!("method frame payload of {} byte(s) is too short for class and method ids", payload.len())));
+            return Err(WireError::frame(format!(
+                "method frame payload of {} byte(s) is too short for class and method ids",
+                payload.len()
+            )));
         };
         let Some(name) = method_name(class_id, method_id) else {
-            return Err(WireError::new(UNKNOWN_METHOD_REPLY_CODE, format!("unknown method: class id {class_id}, method id {method_id}"))
-                .with_method(class_id, method_id));
+            return Err(WireError::new(
+                UNKNOWN_METHOD_REPLY_CODE,
+                format!("unknown method: class id {class_id}, method id {method_id}"),
+            )
+            .with_method(class_id, method_id));
         };
         let method = decode_args(class_id, method_id, &mut r).map_err(|e| {
             let text = format!("cannot decode {name} arguments: {}", e.text);
             WireError::new(e.code, text).with_method(class_id, method_id)
         })?;
         if !r.is_empty() {
-            return Err(WireError::new(BAD_ARGUMENTS_REPLY_CODE, format!("cannot decode {name} arguments: {} trailing byte(s)", r.remaining()))
-                .with_method(class_id, method_id));
+            return Err(WireError::new(
+                BAD_ARGUMENTS_REPLY_CODE,
+                format!("cannot decode {name} arguments: {} trailing byte(s)", r.remaining()),
+            )
+            .with_method(class_id, method_id));
         }
         Ok(method)
     }
@@ -517,7 +744,14 @@ impl Method {
 
 /// basic.deliver arguments; shared with the hot-path frame encoder.
 #[inline]
-pub(crate) fn put_deliver_args(out: &mut Vec<u8>, consumer_tag: &str, delivery_tag: u64, redelivered: bool, exchange: &str, routing_key: &str) {
+pub(crate) fn put_deliver_args(
+    out: &mut Vec<u8>,
+    consumer_tag: &str,
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &str,
+    routing_key: &str,
+) {
     put_shortstr(out, consumer_tag);
     put_u64(out, delivery_tag);
     put_u8(out, u8::from(redelivered));
@@ -527,7 +761,14 @@ pub(crate) fn put_deliver_args(out: &mut Vec<u8>, consumer_tag: &str, delivery_t
 
 /// basic.get-ok arguments; shared with the hot-path frame encoder.
 #[inline]
-pub(crate) fn put_get_ok_args(out: &mut Vec<u8>, delivery_tag: u64, redelivered: bool, exchange: &str, routing_key: &str, message_count: u32) {
+pub(crate) fn put_get_ok_args(
+    out: &mut Vec<u8>,
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &str,
+    routing_key: &str,
+    message_count: u32,
+) {
     put_u64(out, delivery_tag);
     put_u8(out, u8::from(redelivered));
     put_shortstr(out, exchange);
@@ -558,7 +799,13 @@ fn decode_args(class_id: u16, method_id: u16, r: &mut Reader<'_>) -> Result<Meth
         read_table(r, 1)
     }
     Ok(match (class_id, method_id) {
-        (10, 10) => ConnectionStart { version_major: r.u8()?, version_minor: r.u8()?, server_properties: t(r)?, mechanisms: l(r)?, locales: l(r)? },
+        (10, 10) => ConnectionStart {
+            version_major: r.u8()?,
+            version_minor: r.u8()?,
+            server_properties: t(r)?,
+            mechanisms: l(r)?,
+            locales: l(r)?,
+        },
         (10, 11) => ConnectionStartOk { client_properties: t(r)?, mechanism: s(r)?, response: l(r)?, locale: s(r)? },
         (10, 20) => ConnectionSecure { challenge: l(r)? },
         (10, 21) => ConnectionSecureOk { response: l(r)? },
@@ -566,7 +813,9 @@ fn decode_args(class_id: u16, method_id: u16, r: &mut Reader<'_>) -> Result<Meth
         (10, 31) => ConnectionTuneOk { channel_max: r.u16()?, frame_max: r.u32()?, heartbeat: r.u16()? },
         (10, 40) => ConnectionOpen { virtual_host: s(r)?, capabilities: s(r)?, insist: bit(r.u8()?, 0) },
         (10, 41) => ConnectionOpenOk { known_hosts: s(r)? },
-        (10, 50) => ConnectionClose { reply_code: r.u16()?, reply_text: s(r)?, class_id: r.u16()?, method_id: r.u16()? },
+        (10, 50) => {
+            ConnectionClose { reply_code: r.u16()?, reply_text: s(r)?, class_id: r.u16()?, method_id: r.u16()? }
+        }
         (10, 51) => ConnectionCloseOk,
         (10, 60) => ConnectionBlocked { reason: s(r)? },
         (10, 61) => ConnectionUnblocked,
@@ -581,7 +830,14 @@ fn decode_args(class_id: u16, method_id: u16, r: &mut Reader<'_>) -> Result<Meth
         (30, 10) => {
             let realm = s(r)?;
             let b = r.u8()?;
-            AccessRequest { realm, exclusive: bit(b, 0), passive: bit(b, 1), active: bit(b, 2), write: bit(b, 3), read: bit(b, 4) }
+            AccessRequest {
+                realm,
+                exclusive: bit(b, 0),
+                passive: bit(b, 1),
+                active: bit(b, 2),
+                write: bit(b, 3),
+                read: bit(b, 4),
+            }
         }
         (30, 11) => AccessRequestOk { ticket: r.u16()? },
         (40, 10) => {
@@ -590,7 +846,17 @@ fn decode_args(class_id: u16, method_id: u16, r: &mut Reader<'_>) -> Result<Meth
             let kind = s(r)?;
             let b = r.u8()?;
             let arguments = t(r)?;
-            ExchangeDeclare { ticket, exchange, kind, passive: bit(b, 0), durable: bit(b, 1), auto_delete: bit(b, 2), internal: bit(b, 3), nowait: bit(b, 4), arguments }
+            ExchangeDeclare {
+                ticket,
+                exchange,
+                kind,
+                passive: bit(b, 0),
+                durable: bit(b, 1),
+                auto_delete: bit(b, 2),
+                internal: bit(b, 3),
+                nowait: bit(b, 4),
+                arguments,
+            }
         }
         (40, 11) => ExchangeDeclareOk,
         (40, 20) => {
@@ -600,19 +866,49 @@ fn decode_args(class_id: u16, method_id: u16, r: &mut Reader<'_>) -> Result<Meth
             ExchangeDelete { ticket, exchange, if_unused: bit(b, 0), nowait: bit(b, 1) }
         }
         (40, 21) => ExchangeDeleteOk,
-        (40, 30) => ExchangeBind { ticket: r.u16()?, destination: s(r)?, source: s(r)?, routing_key: s(r)?, nowait: bit(r.u8()?, 0), arguments: t(r)? },
+        (40, 30) => ExchangeBind {
+            ticket: r.u16()?,
+            destination: s(r)?,
+            source: s(r)?,
+            routing_key: s(r)?,
+            nowait: bit(r.u8()?, 0),
+            arguments: t(r)?,
+        },
         (40, 31) => ExchangeBindOk,
-        (40, 40) => ExchangeUnbind { ticket: r.u16()?, destination: s(r)?, source: s(r)?, routing_key: s(r)?, nowait: bit(r.u8()?, 0), arguments: t(r)? },
+        (40, 40) => ExchangeUnbind {
+            ticket: r.u16()?,
+            destination: s(r)?,
+            source: s(r)?,
+            routing_key: s(r)?,
+            nowait: bit(r.u8()?, 0),
+            arguments: t(r)?,
+        },
         (40, 51) => ExchangeUnbindOk,
         (50, 10) => {
             let ticket = r.u16()?;
             let queue = s(r)?;
             let b = r.u8()?;
             let arguments = t(r)?;
-            QueueDeclare { ticket, queue, passive: bit(b, 0), durable: bit(b, 1), exclusive: bit(b, 2), auto_delete: bit(b, 3), nowait: bit(b, 4), arguments }
+            QueueDeclare {
+                ticket,
+                queue,
+                passive: bit(b, 0),
+                durable: bit(b, 1),
+                exclusive: bit(b, 2),
+                auto_delete: bit(b, 3),
+                nowait: bit(b, 4),
+                arguments,
+            }
         }
         (50, 11) => QueueDeclareOk { queue: s(r)?, message_count: r.u32()?, consumer_count: r.u32()? },
-        (50, 20) => QueueBind { ticket: r.u16()?, queue: s(r)?, exchange: s(r)?, routing_key: s(r)?, nowait: bit(r.u8()?, 0), arguments: t(r)? },
+        (50, 20) => QueueBind {
+            ticket: r.u16()?,
+            queue: s(r)?,
+            exchange: s(r)?,
+            routing_key: s(r)?,
+            nowait: bit(r.u8()?, 0),
+            arguments: t(r)?,
+        },
         (50, 21) => QueueBindOk,
         (50, 30) => QueuePurge { ticket: r.u16()?, queue: s(r)?, nowait: bit(r.u8()?, 0) },
         (50, 31) => QueuePurgeOk { message_count: r.u32()? },
@@ -623,7 +919,9 @@ fn decode_args(class_id: u16, method_id: u16, r: &mut Reader<'_>) -> Result<Meth
             QueueDelete { ticket, queue, if_unused: bit(b, 0), if_empty: bit(b, 1), nowait: bit(b, 2) }
         }
         (50, 41) => QueueDeleteOk { message_count: r.u32()? },
-        (50, 50) => QueueUnbind { ticket: r.u16()?, queue: s(r)?, exchange: s(r)?, routing_key: s(r)?, arguments: t(r)? },
+        (50, 50) => {
+            QueueUnbind { ticket: r.u16()?, queue: s(r)?, exchange: s(r)?, routing_key: s(r)?, arguments: t(r)? }
+        }
         (50, 51) => QueueUnbindOk,
         (60, 10) => BasicQos { prefetch_size: r.u32()?, prefetch_count: r.u16()?, global: bit(r.u8()?, 0) },
         (60, 11) => BasicQosOk,
@@ -633,7 +931,16 @@ fn decode_args(class_id: u16, method_id: u16, r: &mut Reader<'_>) -> Result<Meth
             let consumer_tag = s(r)?;
             let b = r.u8()?;
             let arguments = t(r)?;
-            BasicConsume { ticket, queue, consumer_tag, no_local: bit(b, 0), no_ack: bit(b, 1), exclusive: bit(b, 2), nowait: bit(b, 3), arguments }
+            BasicConsume {
+                ticket,
+                queue,
+                consumer_tag,
+                no_local: bit(b, 0),
+                no_ack: bit(b, 1),
+                exclusive: bit(b, 2),
+                nowait: bit(b, 3),
+                arguments,
+            }
         }
         (60, 21) => BasicConsumeOk { consumer_tag: s(r)? },
         (60, 30) => BasicCancel { consumer_tag: s(r)?, nowait: bit(r.u8()?, 0) },
@@ -647,9 +954,21 @@ fn decode_args(class_id: u16, method_id: u16, r: &mut Reader<'_>) -> Result<Meth
             BasicPublish { ticket, exchange, routing_key, mandatory: bit(b, 0), immediate: bit(b, 1) }
         }
         (60, 50) => BasicReturn { reply_code: r.u16()?, reply_text: s(r)?, exchange: s(r)?, routing_key: s(r)? },
-        (60, 60) => BasicDeliver { consumer_tag: s(r)?, delivery_tag: r.u64()?, redelivered: bit(r.u8()?, 0), exchange: s(r)?, routing_key: s(r)? },
+        (60, 60) => BasicDeliver {
+            consumer_tag: s(r)?,
+            delivery_tag: r.u64()?,
+            redelivered: bit(r.u8()?, 0),
+            exchange: s(r)?,
+            routing_key: s(r)?,
+        },
         (60, 70) => BasicGet { ticket: r.u16()?, queue: s(r)?, no_ack: bit(r.u8()?, 0) },
-        (60, 71) => BasicGetOk { delivery_tag: r.u64()?, redelivered: bit(r.u8()?, 0), exchange: s(r)?, routing_key: s(r)?, message_count: r.u32()? },
+        (60, 71) => BasicGetOk {
+            delivery_tag: r.u64()?,
+            redelivered: bit(r.u8()?, 0),
+            exchange: s(r)?,
+            routing_key: s(r)?,
+            message_count: r.u32()?,
+        },
         (60, 72) => BasicGetEmpty { cluster_id: s(r)? },
         (60, 80) => BasicAck { delivery_tag: r.u64()?, multiple: bit(r.u8()?, 0) },
         (60, 90) => BasicReject { delivery_tag: r.u64()?, requeue: bit(r.u8()?, 0) },

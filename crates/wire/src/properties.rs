@@ -80,11 +80,7 @@ fn props_reader(raw: &[u8]) -> Reader<'_> {
 }
 
 fn trailing(r: &Reader<'_>) -> Result<(), WireError> {
-    if r.is_empty() {
-        Ok(())
-    } else {
-        Err(r.err(format!("{} trailing byte(s) after basic properties", r.remaining())))
-    }
+    if r.is_empty() { Ok(()) } else { Err(r.err(format!("{} trailing byte(s) after basic properties", r.remaining()))) }
 }
 
 impl BasicProperties {

@@ -5,7 +5,9 @@
 use bytes::Bytes;
 
 use crate::WireError;
-use crate::codec::{Reader, put_longstr, put_u8, put_u16, put_u32, put_u64, patch_len32, reserve_len32, shortstr_prefix};
+use crate::codec::{
+    Reader, patch_len32, put_longstr, put_u8, put_u16, put_u32, put_u64, reserve_len32, shortstr_prefix,
+};
 use crate::reply::SYNTAX_ERROR;
 
 /// One typed value of a field table or array. The variant names the RabbitMQ tag it
@@ -106,7 +108,6 @@ impl FieldValue {
         }
     }
 }
-
 
 // ---------------------------------------------------------------------------------------
 // Codec

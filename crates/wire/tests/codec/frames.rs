@@ -1,7 +1,10 @@
 //! Frame encoding and decoding: content frames, body splitting, hot-path encoders.
 
 use bytes::{Bytes, BytesMut};
-use wire::frame::{Frame, decode_frame, encode_basic_deliver, encode_basic_get_ok, encode_basic_return, encode_body, encode_content, encode_header, encode_heartbeat, max_body_payload};
+use wire::frame::{
+    Frame, decode_frame, encode_basic_deliver, encode_basic_get_ok, encode_basic_return, encode_body, encode_content,
+    encode_header, encode_heartbeat, max_body_payload,
+};
 use wire::{BasicProperties, Method};
 
 use crate::{decode_one, method_frame};
@@ -41,14 +44,19 @@ fn empty_body_has_no_frame() {
 
 #[test]
 fn content_frames_are_zero_copy_slices_of_the_read_buffer() {
-    let props = BasicProperties { content_type: Some("text/plain".into()), delivery_mode: Some(2), ..Default::default() };
+    let props =
+        BasicProperties { content_type: Some("text/plain".into()), delivery_mode: Some(2), ..Default::default() };
     let raw = props.to_raw();
     let mut out = Vec::new();
     encode_content(&mut out, 5, &raw, b"hello world", 4096);
     let mut buf = BytesMut::from(&out[..]);
     let base = buf.as_ptr() as usize;
 
-    let Some(Frame::Header { channel: 5, class_id: 60, body_size: 11, properties }) = decode_frame(&mut buf, 4096).unwrap() else { panic!("header") };
+    let Some(Frame::Header { channel: 5, class_id: 60, body_size: 11, properties }) =
+        decode_frame(&mut buf, 4096).unwrap()
+    else {
+        panic!("header")
+    };
     assert_eq!(&properties[..], &raw[..]);
     // The properties point into the original allocation (7 header + 12 fixed bytes in).
     assert_eq!(properties.as_ptr() as usize, base + 7 + 12);
@@ -71,7 +79,10 @@ fn several_frames_in_one_buffer_decode_in_order() {
     let mut buf = BytesMut::from(&out[..]);
     assert_eq!(decode_frame(&mut buf, 4096), Ok(Some(Frame::Method { channel: 1, method: Method::BasicQosOk })));
     assert_eq!(decode_frame(&mut buf, 4096), Ok(Some(Frame::Heartbeat { channel: 0 })));
-    assert_eq!(decode_frame(&mut buf, 4096), Ok(Some(Frame::Header { channel: 1, class_id: 60, body_size: 0, properties: Bytes::from_static(&[0, 0]) })));
+    assert_eq!(
+        decode_frame(&mut buf, 4096),
+        Ok(Some(Frame::Header { channel: 1, class_id: 60, body_size: 0, properties: Bytes::from_static(&[0, 0]) }))
+    );
     assert_eq!(decode_frame(&mut buf, 4096), Ok(Some(Frame::Method { channel: 2, method: Method::TxCommit })));
     assert_eq!(decode_frame(&mut buf, 4096), Ok(None));
     assert_eq!(&buf[..], &[1, 0]);
@@ -81,15 +92,50 @@ fn several_frames_in_one_buffer_decode_in_order() {
 fn hot_path_encoders_match_the_generic_encoder() {
     let mut out = Vec::new();
     encode_basic_deliver(&mut out, 9, "ctag", 77, true, "ex", "rk");
-    assert_eq!(out, method_frame(9, &Method::BasicDeliver { consumer_tag: "ctag".into(), delivery_tag: 77, redelivered: true, exchange: "ex".into(), routing_key: "rk".into() }));
+    assert_eq!(
+        out,
+        method_frame(
+            9,
+            &Method::BasicDeliver {
+                consumer_tag: "ctag".into(),
+                delivery_tag: 77,
+                redelivered: true,
+                exchange: "ex".into(),
+                routing_key: "rk".into()
+            }
+        )
+    );
 
     let mut out = Vec::new();
     encode_basic_get_ok(&mut out, 9, 78, false, "", "q", 5);
-    assert_eq!(out, method_frame(9, &Method::BasicGetOk { delivery_tag: 78, redelivered: false, exchange: String::new(), routing_key: "q".into(), message_count: 5 }));
+    assert_eq!(
+        out,
+        method_frame(
+            9,
+            &Method::BasicGetOk {
+                delivery_tag: 78,
+                redelivered: false,
+                exchange: String::new(),
+                routing_key: "q".into(),
+                message_count: 5
+            }
+        )
+    );
 
     let mut out = Vec::new();
     encode_basic_return(&mut out, 9, 312, "NO_ROUTE", "amq.direct", "nowhere");
-    assert_eq!(out, method_frame(9, &Method::BasicReturn { reply_code: 312, reply_text: "NO_ROUTE".into(), exchange: "amq.direct".into(), routing_key: "nowhere".into() }));
+    assert_eq!(
+        out,
+        method_frame(
+            9,
+            &Method::BasicReturn {
+                reply_code: 312,
+                reply_text: "NO_ROUTE".into(),
+                exchange: "amq.direct".into(),
+                routing_key: "nowhere".into()
+            }
+        )
+    );
 }
 
 #[test]

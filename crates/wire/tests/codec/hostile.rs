@@ -12,7 +12,8 @@ use crate::{all_methods, decode_one, method_frame, raw_method_frame, sample_tabl
 /// A stream of valid frames of every kind.
 fn valid_stream() -> Vec<Vec<u8>> {
     let mut frames: Vec<Vec<u8>> = all_methods().iter().map(|m| method_frame(1, m)).collect();
-    let props = BasicProperties { headers: Some(sample_table()), delivery_mode: Some(2), ..Default::default() }.to_raw();
+    let props =
+        BasicProperties { headers: Some(sample_table()), delivery_mode: Some(2), ..Default::default() }.to_raw();
     let mut content = Vec::new();
     encode_content(&mut content, 1, &props, &[7u8; 5000], 4096);
     frames.push(content);

@@ -43,7 +43,15 @@ fn full_properties_round_trip() {
     let p = full();
     let raw = p.to_raw();
     assert_eq!(BasicProperties::decode(&raw), Ok(p.clone()));
-    assert_eq!(summarize(&raw), Ok(PropertiesSummary { delivery_mode: Some(2), priority: Some(9), expiration: Some("60000".into()), has_headers: true }));
+    assert_eq!(
+        summarize(&raw),
+        Ok(PropertiesSummary {
+            delivery_mode: Some(2),
+            priority: Some(9),
+            expiration: Some("60000".into()),
+            has_headers: true
+        })
+    );
     assert_eq!(headers_of(&raw), Ok(Some(sample_table())));
 }
 
@@ -61,7 +69,10 @@ fn empty_headers_table_is_not_absent_headers() {
 #[test]
 fn continuation_words_are_accepted_when_they_add_no_property() {
     // delivery-mode + continuation bit, then an empty second flags word.
-    assert_eq!(BasicProperties::decode(&[0x10, 0x01, 0x00, 0x00, 2]), Ok(BasicProperties { delivery_mode: Some(2), ..Default::default() }));
+    assert_eq!(
+        BasicProperties::decode(&[0x10, 0x01, 0x00, 0x00, 2]),
+        Ok(BasicProperties { delivery_mode: Some(2), ..Default::default() })
+    );
     assert_eq!(summarize(&[0x10, 0x01, 0x00, 0x00, 2]).unwrap().delivery_mode, Some(2));
     // A continuation word that sets property bits names properties basic doesn't have.
     assert_eq!(BasicProperties::decode(&[0x00, 0x01, 0x80, 0x00]).unwrap_err().code, FRAME_ERROR);
@@ -91,7 +102,13 @@ fn malformed_properties_are_rejected() {
 fn headers_of_skips_the_fields_before_headers() {
     let mut h = FieldTable::new();
     h.insert("x-match", FieldValue::LongStr(Bytes::from_static(b"any")));
-    let p = BasicProperties { content_type: Some("t".into()), content_encoding: Some("e".into()), headers: Some(h.clone()), app_id: Some("a".into()), ..Default::default() };
+    let p = BasicProperties {
+        content_type: Some("t".into()),
+        content_encoding: Some("e".into()),
+        headers: Some(h.clone()),
+        app_id: Some("a".into()),
+        ..Default::default()
+    };
     assert_eq!(headers_of(&p.to_raw()), Ok(Some(h)));
 }
 

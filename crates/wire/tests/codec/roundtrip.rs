@@ -29,7 +29,11 @@ fn examples_cover_every_known_method_once() {
     let methods = all_methods();
     let ids: HashSet<_> = methods.iter().map(Method::ids).collect();
     assert_eq!(ids.len(), methods.len(), "duplicate example");
-    let known: HashSet<_> = (0..=u16::MAX).step_by(5).flat_map(|c| (0..=255u16).map(move |m| (c, m))).filter(|&(c, m)| method_name(c, m).is_some()).collect();
+    let known: HashSet<_> = (0..=u16::MAX)
+        .step_by(5)
+        .flat_map(|c| (0..=255u16).map(move |m| (c, m)))
+        .filter(|&(c, m)| method_name(c, m).is_some())
+        .collect();
     assert_eq!(ids, known);
     assert_eq!(known.len(), 66);
     for m in &methods {
@@ -42,7 +46,13 @@ fn examples_cover_every_known_method_once() {
 fn names_and_ids_follow_rabbitmq() {
     assert_eq!(Method::ExchangeUnbindOk.ids(), (40, 51));
     assert_eq!(Method::ExchangeUnbindOk.name(), "exchange.unbind-ok");
-    let publish = Method::BasicPublish { ticket: 0, exchange: String::new(), routing_key: String::new(), mandatory: false, immediate: false };
+    let publish = Method::BasicPublish {
+        ticket: 0,
+        exchange: String::new(),
+        routing_key: String::new(),
+        mandatory: false,
+        immediate: false,
+    };
     assert_eq!(publish.name(), "basic.publish");
     assert_eq!(Method::BasicRecoverAsync { requeue: true }.name(), "basic.recover-async");
     assert_eq!(Method::ConnectionUpdateSecretOk.ids(), (10, 71));
@@ -51,7 +61,16 @@ fn names_and_ids_follow_rabbitmq() {
 
 #[test]
 fn bits_are_packed_into_one_octet_in_declaration_order() {
-    let m = Method::QueueDeclare { ticket: 0, queue: "q".into(), passive: true, durable: false, exclusive: true, auto_delete: false, nowait: true, arguments: Default::default() };
+    let m = Method::QueueDeclare {
+        ticket: 0,
+        queue: "q".into(),
+        passive: true,
+        durable: false,
+        exclusive: true,
+        auto_delete: false,
+        nowait: true,
+        arguments: Default::default(),
+    };
     let mut p = Vec::new();
     m.encode_payload(&mut p);
     // ids(4) ticket(2) "q"(2) bits(1) table(4)
@@ -76,13 +95,55 @@ fn reserved_bits_are_ignored_on_decode() {
 fn synchronous_requests_follow_rabbitmq() {
     use Method::*;
     assert!(BasicQos { prefetch_size: 0, prefetch_count: 1, global: false }.is_synchronous_request());
-    assert!(QueueDeclare { ticket: 0, queue: String::new(), passive: false, durable: false, exclusive: false, auto_delete: false, nowait: false, arguments: Default::default() }.is_synchronous_request());
-    assert!(!QueueDeclare { ticket: 0, queue: String::new(), passive: false, durable: false, exclusive: false, auto_delete: false, nowait: true, arguments: Default::default() }.is_synchronous_request());
+    assert!(
+        QueueDeclare {
+            ticket: 0,
+            queue: String::new(),
+            passive: false,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: Default::default()
+        }
+        .is_synchronous_request()
+    );
+    assert!(
+        !QueueDeclare {
+            ticket: 0,
+            queue: String::new(),
+            passive: false,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            nowait: true,
+            arguments: Default::default()
+        }
+        .is_synchronous_request()
+    );
     assert!(TxCommit.is_synchronous_request());
     assert!(!BasicAck { delivery_tag: 1, multiple: false }.is_synchronous_request());
-    assert!(!BasicPublish { ticket: 0, exchange: String::new(), routing_key: String::new(), mandatory: false, immediate: false }.is_synchronous_request());
+    assert!(
+        !BasicPublish {
+            ticket: 0,
+            exchange: String::new(),
+            routing_key: String::new(),
+            mandatory: false,
+            immediate: false
+        }
+        .is_synchronous_request()
+    );
     assert!(!TxCommitOk.is_synchronous_request());
-    assert!(QueueUnbind { ticket: 0, queue: String::new(), exchange: String::new(), routing_key: String::new(), arguments: Default::default() }.is_synchronous_request());
+    assert!(
+        QueueUnbind {
+            ticket: 0,
+            queue: String::new(),
+            exchange: String::new(),
+            routing_key: String::new(),
+            arguments: Default::default()
+        }
+        .is_synchronous_request()
+    );
 }
 
 #[test]

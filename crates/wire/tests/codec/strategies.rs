@@ -75,22 +75,29 @@ pub fn properties() -> impl Strategy<Value = BasicProperties> {
         proptest::option::of(shortstr()),
         proptest::option::of(shortstr()),
     );
-    let others = (proptest::option::of(field_table()), proptest::option::of(any::<u8>()), proptest::option::of(any::<u8>()), proptest::option::of(any::<u64>()));
-    (strings, others).prop_map(|((ct, ce, cid, rt, exp, mid, kind, uid, app, cluster), (headers, dm, prio, ts))| BasicProperties {
-        content_type: ct,
-        content_encoding: ce,
-        headers,
-        delivery_mode: dm,
-        priority: prio,
-        correlation_id: cid,
-        reply_to: rt,
-        expiration: exp,
-        message_id: mid,
-        timestamp: ts,
-        kind,
-        user_id: uid,
-        app_id: app,
-        cluster_id: cluster,
+    let others = (
+        proptest::option::of(field_table()),
+        proptest::option::of(any::<u8>()),
+        proptest::option::of(any::<u8>()),
+        proptest::option::of(any::<u64>()),
+    );
+    (strings, others).prop_map(|((ct, ce, cid, rt, exp, mid, kind, uid, app, cluster), (headers, dm, prio, ts))| {
+        BasicProperties {
+            content_type: ct,
+            content_encoding: ce,
+            headers,
+            delivery_mode: dm,
+            priority: prio,
+            correlation_id: cid,
+            reply_to: rt,
+            expiration: exp,
+            message_id: mid,
+            timestamp: ts,
+            kind,
+            user_id: uid,
+            app_id: app,
+            cluster_id: cluster,
+        }
     })
 }
 
@@ -102,15 +109,42 @@ pub fn method() -> impl Strategy<Value = Method> {
     let t = field_table;
     let b = any::<bool>;
     let connection = prop_oneof![
-        (any::<u8>(), any::<u8>(), t(), l(), l()).prop_map(|(version_major, version_minor, server_properties, mechanisms, locales)| ConnectionStart { version_major, version_minor, server_properties, mechanisms, locales }),
-        (t(), s(), l(), s()).prop_map(|(client_properties, mechanism, response, locale)| ConnectionStartOk { client_properties, mechanism, response, locale }),
+        (any::<u8>(), any::<u8>(), t(), l(), l()).prop_map(
+            |(version_major, version_minor, server_properties, mechanisms, locales)| ConnectionStart {
+                version_major,
+                version_minor,
+                server_properties,
+                mechanisms,
+                locales
+            }
+        ),
+        (t(), s(), l(), s()).prop_map(|(client_properties, mechanism, response, locale)| ConnectionStartOk {
+            client_properties,
+            mechanism,
+            response,
+            locale
+        }),
         l().prop_map(|challenge| ConnectionSecure { challenge }),
         l().prop_map(|response| ConnectionSecureOk { response }),
-        (any::<u16>(), any::<u32>(), any::<u16>()).prop_map(|(channel_max, frame_max, heartbeat)| ConnectionTune { channel_max, frame_max, heartbeat }),
-        (any::<u16>(), any::<u32>(), any::<u16>()).prop_map(|(channel_max, frame_max, heartbeat)| ConnectionTuneOk { channel_max, frame_max, heartbeat }),
-        (s(), s(), b()).prop_map(|(virtual_host, capabilities, insist)| ConnectionOpen { virtual_host, capabilities, insist }),
+        (any::<u16>(), any::<u32>(), any::<u16>()).prop_map(|(channel_max, frame_max, heartbeat)| ConnectionTune {
+            channel_max,
+            frame_max,
+            heartbeat
+        }),
+        (any::<u16>(), any::<u32>(), any::<u16>()).prop_map(|(channel_max, frame_max, heartbeat)| ConnectionTuneOk {
+            channel_max,
+            frame_max,
+            heartbeat
+        }),
+        (s(), s(), b()).prop_map(|(virtual_host, capabilities, insist)| ConnectionOpen {
+            virtual_host,
+            capabilities,
+            insist
+        }),
         s().prop_map(|known_hosts| ConnectionOpenOk { known_hosts }),
-        (any::<u16>(), s(), any::<u16>(), any::<u16>()).prop_map(|(reply_code, reply_text, class_id, method_id)| ConnectionClose { reply_code, reply_text, class_id, method_id }),
+        (any::<u16>(), s(), any::<u16>(), any::<u16>()).prop_map(|(reply_code, reply_text, class_id, method_id)| {
+            ConnectionClose { reply_code, reply_text, class_id, method_id }
+        }),
         Just(ConnectionCloseOk),
         s().prop_map(|reason| ConnectionBlocked { reason }),
         Just(ConnectionUnblocked),
@@ -122,80 +156,170 @@ pub fn method() -> impl Strategy<Value = Method> {
         l().prop_map(|channel_id| ChannelOpenOk { channel_id }),
         b().prop_map(|active| ChannelFlow { active }),
         b().prop_map(|active| ChannelFlowOk { active }),
-        (any::<u16>(), s(), any::<u16>(), any::<u16>()).prop_map(|(reply_code, reply_text, class_id, method_id)| ChannelClose { reply_code, reply_text, class_id, method_id }),
+        (any::<u16>(), s(), any::<u16>(), any::<u16>()).prop_map(|(reply_code, reply_text, class_id, method_id)| {
+            ChannelClose { reply_code, reply_text, class_id, method_id }
+        }),
         Just(ChannelCloseOk),
-        (s(), b(), b(), b(), b(), b()).prop_map(|(realm, exclusive, passive, active, write, read)| AccessRequest { realm, exclusive, passive, active, write, read }),
+        (s(), b(), b(), b(), b(), b()).prop_map(|(realm, exclusive, passive, active, write, read)| AccessRequest {
+            realm,
+            exclusive,
+            passive,
+            active,
+            write,
+            read
+        }),
         any::<u16>().prop_map(|ticket| AccessRequestOk { ticket }),
     ];
     let exchange = prop_oneof![
-        (any::<u16>(), s(), s(), (b(), b(), b(), b(), b()), t()).prop_map(|(ticket, exchange, kind, (passive, durable, auto_delete, internal, nowait), arguments)| ExchangeDeclare {
+        (any::<u16>(), s(), s(), (b(), b(), b(), b(), b()), t()).prop_map(
+            |(ticket, exchange, kind, (passive, durable, auto_delete, internal, nowait), arguments)| ExchangeDeclare {
+                ticket,
+                exchange,
+                kind,
+                passive,
+                durable,
+                auto_delete,
+                internal,
+                nowait,
+                arguments
+            }
+        ),
+        Just(ExchangeDeclareOk),
+        (any::<u16>(), s(), b(), b()).prop_map(|(ticket, exchange, if_unused, nowait)| ExchangeDelete {
             ticket,
             exchange,
-            kind,
-            passive,
-            durable,
-            auto_delete,
-            internal,
-            nowait,
-            arguments
+            if_unused,
+            nowait
         }),
-        Just(ExchangeDeclareOk),
-        (any::<u16>(), s(), b(), b()).prop_map(|(ticket, exchange, if_unused, nowait)| ExchangeDelete { ticket, exchange, if_unused, nowait }),
         Just(ExchangeDeleteOk),
-        (any::<u16>(), s(), s(), s(), b(), t()).prop_map(|(ticket, destination, source, routing_key, nowait, arguments)| ExchangeBind { ticket, destination, source, routing_key, nowait, arguments }),
+        (any::<u16>(), s(), s(), s(), b(), t()).prop_map(
+            |(ticket, destination, source, routing_key, nowait, arguments)| ExchangeBind {
+                ticket,
+                destination,
+                source,
+                routing_key,
+                nowait,
+                arguments
+            }
+        ),
         Just(ExchangeBindOk),
-        (any::<u16>(), s(), s(), s(), b(), t()).prop_map(|(ticket, destination, source, routing_key, nowait, arguments)| ExchangeUnbind { ticket, destination, source, routing_key, nowait, arguments }),
+        (any::<u16>(), s(), s(), s(), b(), t()).prop_map(
+            |(ticket, destination, source, routing_key, nowait, arguments)| ExchangeUnbind {
+                ticket,
+                destination,
+                source,
+                routing_key,
+                nowait,
+                arguments
+            }
+        ),
         Just(ExchangeUnbindOk),
     ];
     let queue = prop_oneof![
-        (any::<u16>(), s(), (b(), b(), b(), b(), b()), t()).prop_map(|(ticket, queue, (passive, durable, exclusive, auto_delete, nowait), arguments)| QueueDeclare {
-            ticket,
+        (any::<u16>(), s(), (b(), b(), b(), b(), b()), t()).prop_map(
+            |(ticket, queue, (passive, durable, exclusive, auto_delete, nowait), arguments)| QueueDeclare {
+                ticket,
+                queue,
+                passive,
+                durable,
+                exclusive,
+                auto_delete,
+                nowait,
+                arguments
+            }
+        ),
+        (s(), any::<u32>(), any::<u32>()).prop_map(|(queue, message_count, consumer_count)| QueueDeclareOk {
             queue,
-            passive,
-            durable,
-            exclusive,
-            auto_delete,
-            nowait,
-            arguments
+            message_count,
+            consumer_count
         }),
-        (s(), any::<u32>(), any::<u32>()).prop_map(|(queue, message_count, consumer_count)| QueueDeclareOk { queue, message_count, consumer_count }),
-        (any::<u16>(), s(), s(), s(), b(), t()).prop_map(|(ticket, queue, exchange, routing_key, nowait, arguments)| QueueBind { ticket, queue, exchange, routing_key, nowait, arguments }),
+        (any::<u16>(), s(), s(), s(), b(), t()).prop_map(
+            |(ticket, queue, exchange, routing_key, nowait, arguments)| QueueBind {
+                ticket,
+                queue,
+                exchange,
+                routing_key,
+                nowait,
+                arguments
+            }
+        ),
         Just(QueueBindOk),
         (any::<u16>(), s(), b()).prop_map(|(ticket, queue, nowait)| QueuePurge { ticket, queue, nowait }),
         any::<u32>().prop_map(|message_count| QueuePurgeOk { message_count }),
-        (any::<u16>(), s(), b(), b(), b()).prop_map(|(ticket, queue, if_unused, if_empty, nowait)| QueueDelete { ticket, queue, if_unused, if_empty, nowait }),
+        (any::<u16>(), s(), b(), b(), b()).prop_map(|(ticket, queue, if_unused, if_empty, nowait)| QueueDelete {
+            ticket,
+            queue,
+            if_unused,
+            if_empty,
+            nowait
+        }),
         any::<u32>().prop_map(|message_count| QueueDeleteOk { message_count }),
-        (any::<u16>(), s(), s(), s(), t()).prop_map(|(ticket, queue, exchange, routing_key, arguments)| QueueUnbind { ticket, queue, exchange, routing_key, arguments }),
+        (any::<u16>(), s(), s(), s(), t()).prop_map(|(ticket, queue, exchange, routing_key, arguments)| {
+            QueueUnbind { ticket, queue, exchange, routing_key, arguments }
+        }),
         Just(QueueUnbindOk),
     ];
     let basic = prop_oneof![
-        (any::<u32>(), any::<u16>(), b()).prop_map(|(prefetch_size, prefetch_count, global)| BasicQos { prefetch_size, prefetch_count, global }),
-        Just(BasicQosOk),
-        (any::<u16>(), s(), s(), (b(), b(), b(), b()), t()).prop_map(|(ticket, queue, consumer_tag, (no_local, no_ack, exclusive, nowait), arguments)| BasicConsume {
-            ticket,
-            queue,
-            consumer_tag,
-            no_local,
-            no_ack,
-            exclusive,
-            nowait,
-            arguments
+        (any::<u32>(), any::<u16>(), b()).prop_map(|(prefetch_size, prefetch_count, global)| BasicQos {
+            prefetch_size,
+            prefetch_count,
+            global
         }),
+        Just(BasicQosOk),
+        (any::<u16>(), s(), s(), (b(), b(), b(), b()), t()).prop_map(
+            |(ticket, queue, consumer_tag, (no_local, no_ack, exclusive, nowait), arguments)| BasicConsume {
+                ticket,
+                queue,
+                consumer_tag,
+                no_local,
+                no_ack,
+                exclusive,
+                nowait,
+                arguments
+            }
+        ),
         s().prop_map(|consumer_tag| BasicConsumeOk { consumer_tag }),
         (s(), b()).prop_map(|(consumer_tag, nowait)| BasicCancel { consumer_tag, nowait }),
         s().prop_map(|consumer_tag| BasicCancelOk { consumer_tag }),
-        (any::<u16>(), s(), s(), b(), b()).prop_map(|(ticket, exchange, routing_key, mandatory, immediate)| BasicPublish { ticket, exchange, routing_key, mandatory, immediate }),
-        (any::<u16>(), s(), s(), s()).prop_map(|(reply_code, reply_text, exchange, routing_key)| BasicReturn { reply_code, reply_text, exchange, routing_key }),
-        (s(), any::<u64>(), b(), s(), s()).prop_map(|(consumer_tag, delivery_tag, redelivered, exchange, routing_key)| BasicDeliver { consumer_tag, delivery_tag, redelivered, exchange, routing_key }),
+        (any::<u16>(), s(), s(), b(), b()).prop_map(|(ticket, exchange, routing_key, mandatory, immediate)| {
+            BasicPublish { ticket, exchange, routing_key, mandatory, immediate }
+        }),
+        (any::<u16>(), s(), s(), s()).prop_map(|(reply_code, reply_text, exchange, routing_key)| BasicReturn {
+            reply_code,
+            reply_text,
+            exchange,
+            routing_key
+        }),
+        (s(), any::<u64>(), b(), s(), s()).prop_map(
+            |(consumer_tag, delivery_tag, redelivered, exchange, routing_key)| BasicDeliver {
+                consumer_tag,
+                delivery_tag,
+                redelivered,
+                exchange,
+                routing_key
+            }
+        ),
         (any::<u16>(), s(), b()).prop_map(|(ticket, queue, no_ack)| BasicGet { ticket, queue, no_ack }),
-        (any::<u64>(), b(), s(), s(), any::<u32>()).prop_map(|(delivery_tag, redelivered, exchange, routing_key, message_count)| BasicGetOk { delivery_tag, redelivered, exchange, routing_key, message_count }),
+        (any::<u64>(), b(), s(), s(), any::<u32>()).prop_map(
+            |(delivery_tag, redelivered, exchange, routing_key, message_count)| BasicGetOk {
+                delivery_tag,
+                redelivered,
+                exchange,
+                routing_key,
+                message_count
+            }
+        ),
         s().prop_map(|cluster_id| BasicGetEmpty { cluster_id }),
         (any::<u64>(), b()).prop_map(|(delivery_tag, multiple)| BasicAck { delivery_tag, multiple }),
         (any::<u64>(), b()).prop_map(|(delivery_tag, requeue)| BasicReject { delivery_tag, requeue }),
         b().prop_map(|requeue| BasicRecoverAsync { requeue }),
         b().prop_map(|requeue| BasicRecover { requeue }),
         Just(BasicRecoverOk),
-        (any::<u64>(), b(), b()).prop_map(|(delivery_tag, multiple, requeue)| BasicNack { delivery_tag, multiple, requeue }),
+        (any::<u64>(), b(), b()).prop_map(|(delivery_tag, multiple, requeue)| BasicNack {
+            delivery_tag,
+            multiple,
+            requeue
+        }),
     ];
     let rest = prop_oneof![
         b().prop_map(|nowait| ConfirmSelect { nowait }),

@@ -3,7 +3,9 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use wire::reply::SYNTAX_ERROR;
-use wire::types::{MAX_NESTING_DEPTH, decode_array, decode_table, decode_value, encode_array, encode_table, encode_value, skip_table};
+use wire::types::{
+    MAX_NESTING_DEPTH, decode_array, decode_table, decode_value, encode_array, encode_table, encode_value, skip_table,
+};
 use wire::{FieldTable, FieldValue};
 
 use crate::{sample_table, strategies};
