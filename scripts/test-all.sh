@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The one command that runs every check: formatting, clippy, Rust tests and
+# the Python (pika) interop suite. Used by .ci/run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+START=$(date +%s)
+section() {
+    printf '\n==================== %s ====================\n' "$*"
+    SECTION_START=$(date +%s)
+}
+section_done() {
+    printf -- '---- done in %ss\n' "$(( $(date +%s) - SECTION_START ))"
+}
+trap 'rc=$?; printf "\n==> test-all FAILED (exit %s) after %ss\n" "$rc" "$(( $(date +%s) - START ))"' ERR
+
+section "cargo fmt --check"
+cargo fmt --all -- --check
+section_done
+
+section "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+section_done
+
+if command -v cargo-nextest >/dev/null 2>&1; then
+    section "cargo nextest run"
+    cargo nextest run --workspace --no-tests=pass
+    section_done
+    section "cargo test --doc"
+    cargo test --doc --workspace
+    section_done
+else
+    section "cargo test"
+    cargo test --workspace
+    section_done
+fi
+
+section "python interop tests (pika)"
+scripts/test-python.sh
+section_done
+
+printf '\n==> test-all passed in %ss\n' "$(( $(date +%s) - START ))"

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Run the pika interop suite (tests/python) against a freshly built warren.
+#
+#   scripts/test-python.sh [extra pytest args...]
+#
+# Environment:
+#   WARREN_BIN     broker binary to test (default: target/debug/warren, built here)
+#   WARREN_NO_BUILD=1  skip `cargo build` (use an existing WARREN_BIN)
+#   PYTHON         interpreter used to create the venv (default: python3)
+#   AMQP_TEST_PORT test an already running broker on that port instead of
+#                  spawning warren (e.g. RabbitMQ, to check the tests themselves);
+#                  implies WARREN_NO_BUILD=1
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+VENV="$ROOT/.venv"
+REQ="$ROOT/tests/python/requirements.txt"
+PYTHON="${PYTHON:-python3}"
+
+# 1. virtualenv (idempotent)
+if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    echo "==> creating virtualenv at .venv"
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+
+# 2. requirements, only when requirements.txt changed since the last install
+STAMP="$VENV/.requirements.sha256"
+want="$(sha256sum "$REQ" | cut -d' ' -f1)"
+have="$(cat "$STAMP" 2>/dev/null || true)"
+if [[ "$want" != "$have" ]]; then
+    echo "==> installing tests/python/requirements.txt into .venv"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQ"
+    echo "$want" > "$STAMP"
+fi
+
+# 3. broker
+export WARREN_BIN="${WARREN_BIN:-$ROOT/target/debug/warren}"
+if [[ -n "${AMQP_TEST_PORT:-}" ]]; then
+    echo "==> using the broker already listening on port $AMQP_TEST_PORT (no warren build)"
+else
+    if [[ "${WARREN_NO_BUILD:-0}" != "1" ]]; then
+        echo "==> cargo build -p server --bin warren"
+        cargo build -p server --bin warren
+    fi
+    if [[ ! -x "$WARREN_BIN" ]]; then
+        echo "error: broker binary not found at $WARREN_BIN" >&2
+        exit 1
+    fi
+fi
+
+# 4. tests (the whole suite unless test paths were given)
+targets=(tests/python)
+for arg in "$@"; do
+    if [[ "$arg" != -* && -e "${arg%%::*}" ]]; then
+        targets=()
+        break
+    fi
+done
+echo "==> pytest ${targets[*]:-} $* (WARREN_BIN=$WARREN_BIN)"
+exec "$VENV/bin/python" -m pytest "${targets[@]}" -p no:cacheprovider "$@"
