@@ -163,8 +163,8 @@ impl Exchange {
         }
     }
 
-    /// Remove every binding leading to `dest`; returns how many were removed.
-    pub fn unbind_destination(&self, dest: &Destination) -> usize {
+    /// Remove every binding leading to `dest`; returns them.
+    pub fn unbind_destination(&self, dest: &Destination) -> Vec<Binding> {
         let mut bs = self.bindings.write();
         let (gone, kept): (Vec<Binding>, Vec<Binding>) =
             std::mem::take(&mut bs.all).into_iter().partition(|b| b.destination == *dest);
@@ -172,7 +172,11 @@ impl Exchange {
         for b in &gone {
             self.unindex(&mut bs, b);
         }
-        gone.len()
+        gone
+    }
+
+    pub fn has_binding(&self, b: &Binding) -> bool {
+        self.bindings.read().all.iter().any(|x| same_binding(x, b))
     }
 
     pub fn binding_count(&self) -> usize {

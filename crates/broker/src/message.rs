@@ -33,4 +33,14 @@ pub struct QueuedMessage {
     /// their position.
     pub seq: u64,
     pub redelivered: bool,
+    /// Where the store wrote it, if it did (a persistent message in a durable queue, or
+    /// a message paged out of RAM).
+    pub disk: Option<DiskPos>,
+}
+
+/// A record's place in a queue's segment files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DiskPos {
+    pub segment: u32,
+    pub offset: u32,
 }

@@ -83,16 +83,28 @@ impl std::fmt::Debug for Queue {
 
 impl Queue {
     pub fn new(vhost: &str, name: String, options: QueueOptions, owner: Option<ConnectionId>) -> Arc<Queue> {
+        Self::with_store(vhost, name, options, owner, Box::new(MemoryStore::new()))
+    }
+
+    /// A queue over a given store (a recovered one, or a disk store).
+    pub fn with_store(
+        vhost: &str,
+        name: String,
+        options: QueueOptions,
+        owner: Option<ConnectionId>,
+        store: Box<dyn MessageStore>,
+    ) -> Arc<Queue> {
+        let next_seq = store.last_seq().map_or(0, |s| s + 1);
         Arc::new(Queue {
             name,
             vhost: vhost.to_owned(),
             options,
             owner,
             state: Mutex::new(QueueState {
-                store: Box::new(MemoryStore::new()),
+                store,
                 consumers: Vec::new(),
                 cursor: 0,
-                next_seq: 0,
+                next_seq,
                 unacked: 0,
                 deleted: false,
             }),
@@ -114,19 +126,20 @@ impl Queue {
     }
 
     /// Enqueue a routed message and deliver what consumers can take.
-    /// Returns false if the queue was deleted meanwhile (the message was not enqueued).
-    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> bool {
+    /// Returns None if the queue was deleted meanwhile (the message was not enqueued),
+    /// else the commit epoch to wait for before confirming (0: nothing to wait for).
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Option<u64> {
         let mut st = self.state.lock();
         if st.deleted {
-            return false;
+            return None;
         }
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.store.push(QueuedMessage { msg, seq, redelivered: false });
+        let epoch = st.store.push(QueuedMessage { msg, seq, redelivered: false, disk: None });
         if !st.consumers.is_empty() {
             self.dispatch_locked(&mut st);
         }
-        true
+        Some(epoch)
     }
 
     /// Try to deliver ready messages to consumers (after credit was freed).
@@ -157,6 +170,9 @@ impl Queue {
             let Some((idx, no_ack)) = taken else { return };
             st.cursor = (idx + 1) % n;
             let delivered = st.store.pop();
+            if let Some(d) = &delivered {
+                st.store.delivered(d);
+            }
             if no_ack {
                 if let Some(d) = &delivered {
                     st.store.ack(d);
@@ -172,6 +188,7 @@ impl Queue {
     pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueuedMessage, u32)> {
         let mut st = self.state.lock();
         let m = st.store.pop()?;
+        st.store.delivered(&m);
         if no_ack {
             st.store.ack(&m);
         } else {
@@ -246,10 +263,11 @@ impl Queue {
 
     /// Mark deleted and drop messages; returns the ready count and the consumers, which
     /// the caller notifies (outside the lock) with basic.cancel.
-    pub(crate) fn mark_deleted(&self) -> (u32, Vec<Consumer>) {
+    pub fn mark_deleted(&self) -> (u32, Vec<Consumer>) {
         let mut st = self.state.lock();
         st.deleted = true;
-        let n = st.store.purge() as u32;
+        let n = st.store.len() as u32;
+        st.store.destroy();
         (n, std::mem::take(&mut st.consumers))
     }
 

@@ -8,9 +8,12 @@ use crate::message::QueuedMessage;
 
 pub trait MessageStore: Send {
     /// Append a newly published message (its seq is greater than every seq seen before).
-    fn push(&mut self, m: QueuedMessage);
-    /// The next message to deliver, without removing it.
-    fn peek(&self) -> Option<&QueuedMessage>;
+    /// Returns the commit epoch the caller must see fsynced before confirming the
+    /// publish, or 0 if nothing needs to reach the disk.
+    fn push(&mut self, m: QueuedMessage) -> u64;
+    /// The next message to deliver, without removing it. (`&mut`: a disk store may have to
+    /// read it in.)
+    fn peek(&mut self) -> Option<&QueuedMessage>;
     /// Remove and return the next message to deliver.
     fn pop(&mut self) -> Option<QueuedMessage>;
     /// Put a delivered-but-unacked message back at its original position (by seq).
@@ -26,6 +29,15 @@ pub trait MessageStore: Send {
     fn bytes(&self) -> u64;
     /// Drop every ready message; returns how many were dropped.
     fn purge(&mut self) -> usize;
+    /// A message was handed to a consumer (the store may remember this, so that after a
+    /// restart it comes back with redelivered=true).
+    fn delivered(&mut self, _m: &QueuedMessage) {}
+    /// The highest seq this store has seen (recovered stores continue numbering after it).
+    fn last_seq(&self) -> Option<u64> {
+        None
+    }
+    /// The queue was deleted: release everything, including files.
+    fn destroy(&mut self) {}
 }
 
 /// Ready messages in RAM. Invariant: every seq in `requeued` is smaller than every seq in
@@ -45,12 +57,13 @@ impl MemoryStore {
 }
 
 impl MessageStore for MemoryStore {
-    fn push(&mut self, m: QueuedMessage) {
+    fn push(&mut self, m: QueuedMessage) -> u64 {
         self.bytes += m.msg.body_size();
         self.fifo.push_back(m);
+        0
     }
 
-    fn peek(&self) -> Option<&QueuedMessage> {
+    fn peek(&mut self) -> Option<&QueuedMessage> {
         match self.requeued.first_key_value() {
             Some((_, m)) => Some(m),
             None => self.fifo.front(),

@@ -11,6 +11,7 @@ use crate::ConnectionId;
 use crate::error::AmqpError;
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeOptions};
 use crate::queue::{Consumer, Queue, QueueOptions};
+use crate::store::{MemoryStore, MessageStore};
 
 /// Exchanges every vhost has (RabbitMQ's predeclared set).
 const PREDECLARED: [(&str, ExchangeKind); 6] = [
@@ -30,6 +31,38 @@ pub struct VHost {
     pub name: String,
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
+    persistence: Arc<dyn Persistence>,
+}
+
+/// Where queues keep their messages and where durable topology is recorded. The vhost
+/// calls it for every change; implementations decide what is durable (RabbitMQ: durable
+/// exchanges, durable non-exclusive queues, bindings whose both ends are durable).
+/// A `*_declared`/`binding_added` call returns only once the change is on disk: the
+/// client's declare-ok follows it.
+pub trait Persistence: Send + Sync {
+    fn queue_store(&self, vhost: &str, queue: &str, options: &QueueOptions) -> Box<dyn MessageStore>;
+    fn exchange_declared(&self, _e: &Exchange) -> Result<(), AmqpError> {
+        Ok(())
+    }
+    fn exchange_deleted(&self, _e: &Exchange) {}
+    fn queue_declared(&self, _q: &Queue) -> Result<(), AmqpError> {
+        Ok(())
+    }
+    fn queue_deleted(&self, _q: &Queue) {}
+    fn binding_added(&self, _source: &Exchange, _b: &Binding) -> Result<(), AmqpError> {
+        Ok(())
+    }
+    fn binding_removed(&self, _source: &Exchange, _b: &Binding) {}
+}
+
+/// Everything in RAM, nothing recorded.
+#[derive(Debug, Default)]
+pub struct InMemory;
+
+impl Persistence for InMemory {
+    fn queue_store(&self, _vhost: &str, _queue: &str, _options: &QueueOptions) -> Box<dyn MessageStore> {
+        Box::new(MemoryStore::new())
+    }
 }
 
 /// The outcome of queue.delete and friends, for the caller to act on outside locks.
@@ -49,11 +82,17 @@ impl std::fmt::Debug for Deleted {
 }
 
 impl VHost {
+    /// A vhost that keeps everything in RAM.
     pub fn new(name: &str) -> Arc<VHost> {
+        Self::with_persistence(name, Arc::new(InMemory))
+    }
+
+    pub fn with_persistence(name: &str, persistence: Arc<dyn Persistence>) -> Arc<VHost> {
         let vh = VHost {
             name: name.to_owned(),
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
+            persistence,
         };
         {
             let mut ex = vh.exchanges.write();
@@ -125,6 +164,7 @@ impl VHost {
             return Ok(e.clone());
         }
         let e = Exchange::new(&self.name, name.to_owned(), opts);
+        self.persistence.exchange_declared(&e)?;
         ex.insert(name.to_owned(), e.clone());
         Ok(e)
     }
@@ -148,8 +188,9 @@ impl VHost {
         }
         ex.remove(name);
         for other in ex.values() {
-            other.unbind_destination(&dest);
+            self.unbind_all(other, &dest);
         }
+        self.persistence.exchange_deleted(&e);
         Ok(())
     }
 
@@ -181,7 +222,12 @@ impl VHost {
             return Ok((q.clone(), false));
         }
         let owner = opts.exclusive.then_some(conn);
-        let q = Queue::new(&self.name, name.clone(), opts, owner);
+        let store = self.persistence.queue_store(&self.name, &name, &opts);
+        let q = Queue::with_store(&self.name, name.clone(), opts, owner, store);
+        if let Err(e) = self.persistence.queue_declared(&q) {
+            q.mark_deleted();
+            return Err(e);
+        }
         qs.insert(name, q.clone());
         Ok((q, true))
     }
@@ -228,13 +274,14 @@ impl VHost {
         let dest = Destination::Queue(q.clone());
         let mut emptied = Vec::new();
         for e in self.exchanges() {
-            if e.unbind_destination(&dest) > 0 && e.options.auto_delete && e.binding_count() == 0 {
+            if self.unbind_all(&e, &dest) > 0 && e.options.auto_delete && e.binding_count() == 0 {
                 emptied.push(e);
             }
         }
         for e in emptied {
             self.auto_delete_exchange(&e);
         }
+        self.persistence.queue_deleted(q);
         let (message_count, consumers) = q.mark_deleted();
         Deleted { message_count, consumers }
     }
@@ -245,9 +292,19 @@ impl VHost {
             ex.remove(&e.name);
             let dest = Destination::Exchange(e.clone());
             for other in ex.values() {
-                other.unbind_destination(&dest);
+                self.unbind_all(other, &dest);
             }
+            self.persistence.exchange_deleted(e);
         }
+    }
+
+    /// Remove every binding of `source` leading to `dest`, recording the removals.
+    fn unbind_all(&self, source: &Exchange, dest: &Destination) -> usize {
+        let gone = source.unbind_destination(dest);
+        for b in &gone {
+            self.persistence.binding_removed(source, b);
+        }
+        gone.len()
     }
 
     /// Every exclusive queue owned by a closing connection.
@@ -269,8 +326,28 @@ impl VHost {
         let q = self.queue(queue, conn)?;
         let e = self.exchange(exchange)?;
         validate_binding(&e, &arguments)?;
-        e.bind(Binding { destination: Destination::Queue(q), routing_key: routing_key.to_owned(), arguments });
+        self.add_binding(
+            &e,
+            Binding { destination: Destination::Queue(q), routing_key: routing_key.to_owned(), arguments },
+        )
+    }
+
+    fn add_binding(&self, source: &Exchange, b: Binding) -> Result<(), AmqpError> {
+        if source.has_binding(&b) {
+            return Ok(());
+        }
+        self.persistence.binding_added(source, &b)?;
+        source.bind(b);
         Ok(())
+    }
+
+    fn remove_binding(&self, source: &Arc<Exchange>, b: &Binding) {
+        if source.unbind(b) {
+            self.persistence.binding_removed(source, b);
+        }
+        if source.options.auto_delete && source.binding_count() == 0 {
+            self.auto_delete_exchange(source);
+        }
     }
 
     pub fn unbind_queue(
@@ -287,10 +364,10 @@ impl VHost {
         let q = self.queue(queue, conn)?;
         let e = self.exchange(exchange)?;
         // RabbitMQ: unbinding a binding that does not exist succeeds.
-        e.unbind(&Binding { destination: Destination::Queue(q), routing_key: routing_key.to_owned(), arguments });
-        if e.options.auto_delete && e.binding_count() == 0 {
-            self.auto_delete_exchange(&e);
-        }
+        self.remove_binding(
+            &e,
+            &Binding { destination: Destination::Queue(q), routing_key: routing_key.to_owned(), arguments },
+        );
         Ok(())
     }
 
@@ -307,8 +384,10 @@ impl VHost {
         let d = self.exchange(destination)?;
         let s = self.exchange(source)?;
         validate_binding(&s, &arguments)?;
-        s.bind(Binding { destination: Destination::Exchange(d), routing_key: routing_key.to_owned(), arguments });
-        Ok(())
+        self.add_binding(
+            &s,
+            Binding { destination: Destination::Exchange(d), routing_key: routing_key.to_owned(), arguments },
+        )
     }
 
     pub fn unbind_exchange(
@@ -323,10 +402,10 @@ impl VHost {
         }
         let d = self.exchange(destination)?;
         let s = self.exchange(source)?;
-        s.unbind(&Binding { destination: Destination::Exchange(d), routing_key: routing_key.to_owned(), arguments });
-        if s.options.auto_delete && s.binding_count() == 0 {
-            self.auto_delete_exchange(&s);
-        }
+        self.remove_binding(
+            &s,
+            &Binding { destination: Destination::Exchange(d), routing_key: routing_key.to_owned(), arguments },
+        );
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! The channel state machine: one AMQP channel's methods, translated into broker calls.
 //! Owned by its connection's task; only the delivery state ([`ChannelShared`]) is shared.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -22,6 +22,8 @@ pub struct ConnCtx {
     pub cancel_notify: bool,
     pub max_message_size_bytes: u64,
     pub user: String,
+    /// The fsynced commit epoch.
+    pub durable: tokio::sync::watch::Receiver<u64>,
 }
 
 /// A basic.publish whose content is still arriving.
@@ -53,6 +55,8 @@ pub struct Channel {
     /// acknowledged to the client (sent as one multiple ack per read batch).
     confirm: Option<Confirms>,
     tx: Option<Vec<TxOp>>,
+    /// tx.commit-ok is due once this commit epoch is durable.
+    commit_waiting: Option<u64>,
     /// The last queue declared on this channel, which an empty queue name refers to.
     last_queue: Option<String>,
 }
@@ -61,7 +65,8 @@ pub struct Channel {
 struct Confirms {
     next_seq: u64,
     acked_upto: u64,
-    pending_upto: u64,
+    /// (publish seq, commit epoch it waits for), in publish order.
+    waiting: VecDeque<(u64, u64)>,
 }
 
 /// The publish side of a full content frame set, once assembled.
@@ -84,6 +89,7 @@ impl Channel {
             consumer_prefetch: 0,
             confirm: None,
             tx: None,
+            commit_waiting: None,
             last_queue: None,
         }
     }
@@ -291,14 +297,22 @@ impl Channel {
                 let ops = std::mem::take(
                     self.tx.as_mut().ok_or_else(|| AmqpError::precondition_failed("channel is not transactional"))?,
                 );
+                let mut epoch = 0;
                 for op in ops {
                     match op {
-                        TxOp::Publish { exchange, msg, mandatory } => self.route(ctx, &exchange, msg, mandatory)?,
+                        TxOp::Publish { exchange, msg, mandatory } => {
+                            epoch = epoch.max(self.route(ctx, &exchange, msg, mandatory)?);
+                        }
                         TxOp::Settle { entries, requeue } => settle(entries, requeue),
                     }
                 }
                 self.redispatch();
-                self.send(&Method::TxCommitOk);
+                // commit-ok only once the committed messages are on disk.
+                if epoch > *ctx.durable.borrow() {
+                    self.commit_waiting = Some(epoch);
+                } else {
+                    self.send(&Method::TxCommitOk);
+                }
             }
             Method::TxRollback => {
                 let ops = std::mem::take(
@@ -534,23 +548,29 @@ impl Channel {
             ops.push(TxOp::Publish { exchange: p.exchange, msg, mandatory: p.mandatory });
             return Ok(());
         }
-        self.route(ctx, &p.exchange, msg, p.mandatory)?;
+        let epoch = self.route(ctx, &p.exchange, msg, p.mandatory)?;
         if let Some(c) = &mut self.confirm {
-            c.pending_upto = c.next_seq;
+            c.waiting.push_back((c.next_seq, epoch));
             c.next_seq += 1;
         }
         Ok(())
     }
 
-    fn route(&mut self, ctx: &ConnCtx, exchange: &str, msg: Arc<Message>, mandatory: bool) -> Result<(), AmqpError> {
+    /// Route and enqueue; returns the commit epoch that makes the message durable in
+    /// every queue it reached (0 if none needs the disk).
+    fn route(&mut self, ctx: &ConnCtx, exchange: &str, msg: Arc<Message>, mandatory: bool) -> Result<u64, AmqpError> {
         let ex = ctx.vhost.exchange(exchange)?;
         let mut queues: Vec<Arc<Queue>> = Vec::new();
         let props = msg.properties.clone();
         let mut headers = || wire::properties::headers_of(&props).ok().flatten();
         ctx.vhost.route(&ex, &msg.routing_key, &mut headers, &mut queues);
         let mut routed = false;
+        let mut epoch = 0;
         for q in &queues {
-            routed |= q.publish(msg.clone());
+            if let Some(e) = q.publish(msg.clone()) {
+                routed = true;
+                epoch = epoch.max(e);
+            }
         }
         if !routed && mandatory {
             let id = self.shared.id;
@@ -561,19 +581,36 @@ impl Channel {
                 frame::encode_body(out, id, &msg.body, frame_max);
             });
         }
-        Ok(())
+        Ok(epoch)
     }
 
-    /// Send one basic.ack (multiple) covering every publish confirmed since the last call.
-    pub fn flush_confirms(&mut self) {
+    /// Send what `durable` (the fsynced commit epoch) allows: one basic.ack (multiple)
+    /// covering every publish confirmed since the last call, and a pending tx.commit-ok.
+    pub fn flush_confirms(&mut self, durable: u64) {
+        if self.commit_waiting.is_some_and(|e| e <= durable) {
+            self.commit_waiting = None;
+            self.send(&Method::TxCommitOk);
+        }
         let Some(c) = &mut self.confirm else { return };
-        if c.pending_upto <= c.acked_upto {
+        let mut upto = c.acked_upto;
+        while let Some(&(seq, epoch)) = c.waiting.front() {
+            if epoch > durable {
+                break;
+            }
+            upto = seq;
+            c.waiting.pop_front();
+        }
+        if upto <= c.acked_upto {
             return;
         }
-        let multiple = c.pending_upto - c.acked_upto > 1;
-        let tag = c.pending_upto;
-        c.acked_upto = tag;
-        self.send(&Method::BasicAck { delivery_tag: tag, multiple });
+        let multiple = upto - c.acked_upto > 1;
+        c.acked_upto = upto;
+        self.send(&Method::BasicAck { delivery_tag: upto, multiple });
+    }
+
+    /// Confirms or a commit-ok wait for the disk.
+    pub fn waits_for_disk(&self) -> bool {
+        self.commit_waiting.is_some() || self.confirm.as_ref().is_some_and(|c| !c.waiting.is_empty())
     }
 
     /// The channel is going away (closed by either side, or its connection died): stop

@@ -20,6 +20,8 @@ pub struct Config {
     /// Outgoing bytes buffered per connection before deliveries to it pause.
     pub outbox_high_water_bytes: usize,
     pub data_dir: PathBuf,
+    /// Bytes of ready messages a queue keeps in RAM before paging the rest to disk.
+    pub queue_ram_budget_bytes: u64,
 }
 
 impl Default for Config {
@@ -33,6 +35,7 @@ impl Default for Config {
             loopback_users: vec!["guest".to_owned()],
             outbox_high_water_bytes: 1024 * 1024,
             data_dir: PathBuf::from("./warren-data"),
+            queue_ram_budget_bytes: 8 * 1024 * 1024,
         }
     }
 }

@@ -133,6 +133,8 @@ impl Conn {
         self.send_start();
 
         let mut shutdown = self.state.shutdown.clone();
+        let mut durable = self.state.durable_epoch.clone();
+        let mut store_gone = false;
         let mut last_read = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -193,6 +195,11 @@ impl Conn {
                         }
                     }
                 },
+                r = durable.changed(), if !self.confirm_dirty.is_empty() && !store_gone => {
+                    // An error means the store stopped (shutdown): nothing more will
+                    // become durable, so stop waiting for it.
+                    store_gone = r.is_err();
+                }
                 r = shutdown.changed() => {
                     if r.is_err() || *shutdown.borrow() {
                         if !matches!(self.phase, Phase::Closing(_)) {
@@ -363,12 +370,20 @@ impl Conn {
         }
     }
 
+    /// Send confirms the disk allows; channels still waiting stay in `confirm_dirty`.
     fn flush_confirms(&mut self) {
-        for id in std::mem::take(&mut self.confirm_dirty) {
-            if let Some(ch) = self.channels.get_mut(&id) {
-                ch.flush_confirms();
-            }
+        if self.confirm_dirty.is_empty() {
+            return;
         }
+        let durable = *self.state.durable_epoch.borrow();
+        let channels = &mut self.channels;
+        self.confirm_dirty.retain(|id| match channels.get_mut(id) {
+            Some(ch) => {
+                ch.flush_confirms(durable);
+                ch.waits_for_disk()
+            }
+            None => false,
+        });
     }
 
     /// Close a channel with a soft error: tear it down and wait for close-ok.
@@ -430,7 +445,12 @@ impl Conn {
             method => {
                 let Some(ctx) = self.ctx.as_ref() else { return Ok(()) };
                 match ch.handle(ctx, method) {
-                    Ok(()) => Ok(()),
+                    Ok(()) => {
+                        if ch.waits_for_disk() && !self.confirm_dirty.contains(&channel) {
+                            self.confirm_dirty.push(channel);
+                        }
+                        Ok(())
+                    }
                     Err(e) if e.is_hard() => Err(HardError::at(e, ids)),
                     Err(e) => {
                         self.close_channel(channel, e, ids);
@@ -503,6 +523,7 @@ impl Conn {
                     cancel_notify: self.client_has("consumer_cancel_notify"),
                     max_message_size_bytes: self.state.config.max_message_size_bytes,
                     user: self.user.clone(),
+                    durable: self.state.durable_epoch.clone(),
                 });
                 self.send(0, &Method::ConnectionOpenOk { known_hosts: String::new() });
                 self.phase = Phase::Running;

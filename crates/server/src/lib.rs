@@ -16,6 +16,7 @@ pub mod connection;
 pub mod delivery;
 pub mod listener;
 pub mod outbox;
+pub mod persist;
 pub mod state;
 
 pub use config::Config;

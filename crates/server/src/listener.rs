@@ -85,4 +85,6 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<ServerState>) {
     info!("shutting down: closing {} connections", conns.len());
     let _ = tokio::time::timeout(Duration::from_secs(5), async { while conns.join_next().await.is_some() {} }).await;
     accepts.abort_all();
+    let st = state.clone();
+    let _ = tokio::task::spawn_blocking(move || st.sync_and_stop_store()).await;
 }

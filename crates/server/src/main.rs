@@ -46,7 +46,8 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
         let config = Config { heartbeat_secs: args.heartbeat, data_dir: args.data_dir.clone(), ..Config::default() };
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let state = ServerState::new(config, rx);
+        let state =
+            ServerState::open(config, rx).with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
         let listeners = server::bind_listeners(args.bind, args.amqp_port)
             .with_context(|| format!("binding AMQP port {}", args.amqp_port))?;
         info!(data_dir = %args.data_dir.display(), "Warren {} starting", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,450 @@
+//! Disk persistence for the broker core: implements [`broker::vhost::Persistence`] over
+//! the `store` crate. Layout of the data directory (see docs/storage.md):
+//!
+//! - `definitions.log`: durable exchanges, queues and bindings.
+//! - `queues/<hash>/`: one durable queue's segment files.
+//! - `transient/<n>/`: paging files of non-durable queues; wiped at start.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use broker::exchange::{Binding, Destination, ExchangeOptions};
+use broker::queue::QueueOptions;
+use broker::store::{MemoryStore, MessageStore};
+use broker::vhost::Persistence;
+use broker::{AmqpError, Exchange, ExchangeKind, Queue, VHost};
+use parking_lot::Mutex;
+use store::definitions::DefinitionsLog;
+use store::{DiskQueueStore, StoreConfig, Syncer};
+use tracing::{error, info, warn};
+use wire::FieldTable;
+
+pub struct DiskPersistence {
+    data_dir: PathBuf,
+    syncer: Arc<Syncer>,
+    store_cfg: StoreConfig,
+    log: Mutex<DefinitionsLog>,
+    /// Set while definitions are being replayed into the vhosts at start.
+    replaying: AtomicBool,
+    next_transient: AtomicU64,
+}
+
+/// One definitions record.
+#[derive(Debug, Clone, PartialEq)]
+enum Def {
+    Exchange { vhost: String, name: String, kind: String, auto_delete: bool, internal: bool, args: FieldTable },
+    ExchangeDeleted { vhost: String, name: String },
+    Queue { vhost: String, name: String, auto_delete: bool, args: FieldTable },
+    QueueDeleted { vhost: String, name: String },
+    Binding { vhost: String, source: String, to_queue: bool, destination: String, key: String, args: FieldTable },
+    Unbinding { vhost: String, source: String, to_queue: bool, destination: String, key: String, args: FieldTable },
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let (a, b) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1)?.first().copied()
+    }
+    fn str(&mut self) -> Option<String> {
+        let n = u16::from_le_bytes(self.take(2)?.try_into().ok()?) as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+    fn table(&mut self) -> Option<FieldTable> {
+        let (t, n) = wire::types::decode_table(self.0).ok()?;
+        self.take(n)?;
+        Some(t)
+    }
+}
+
+impl Def {
+    fn encode(&self) -> Vec<u8> {
+        let mut o = Vec::new();
+        match self {
+            Def::Exchange { vhost, name, kind, auto_delete, internal, args } => {
+                o.push(1);
+                put_str(&mut o, vhost);
+                put_str(&mut o, name);
+                put_str(&mut o, kind);
+                o.push(u8::from(*auto_delete) | (u8::from(*internal) << 1));
+                wire::types::encode_table(args, &mut o);
+            }
+            Def::ExchangeDeleted { vhost, name } => {
+                o.push(2);
+                put_str(&mut o, vhost);
+                put_str(&mut o, name);
+            }
+            Def::Queue { vhost, name, auto_delete, args } => {
+                o.push(3);
+                put_str(&mut o, vhost);
+                put_str(&mut o, name);
+                o.push(u8::from(*auto_delete));
+                wire::types::encode_table(args, &mut o);
+            }
+            Def::QueueDeleted { vhost, name } => {
+                o.push(4);
+                put_str(&mut o, vhost);
+                put_str(&mut o, name);
+            }
+            Def::Binding { vhost, source, to_queue, destination, key, args }
+            | Def::Unbinding { vhost, source, to_queue, destination, key, args } => {
+                o.push(if matches!(self, Def::Binding { .. }) { 5 } else { 6 });
+                put_str(&mut o, vhost);
+                put_str(&mut o, source);
+                o.push(u8::from(*to_queue));
+                put_str(&mut o, destination);
+                put_str(&mut o, key);
+                wire::types::encode_table(args, &mut o);
+            }
+        }
+        o
+    }
+
+    fn decode(b: &[u8]) -> Option<Def> {
+        let mut r = Reader(b);
+        Some(match r.u8()? {
+            1 => {
+                let (vhost, name, kind) = (r.str()?, r.str()?, r.str()?);
+                let flags = r.u8()?;
+                Def::Exchange {
+                    vhost,
+                    name,
+                    kind,
+                    auto_delete: flags & 1 != 0,
+                    internal: flags & 2 != 0,
+                    args: r.table()?,
+                }
+            }
+            2 => Def::ExchangeDeleted { vhost: r.str()?, name: r.str()? },
+            3 => {
+                let (vhost, name) = (r.str()?, r.str()?);
+                let auto_delete = r.u8()? != 0;
+                Def::Queue { vhost, name, auto_delete, args: r.table()? }
+            }
+            4 => Def::QueueDeleted { vhost: r.str()?, name: r.str()? },
+            t @ (5 | 6) => {
+                let (vhost, source) = (r.str()?, r.str()?);
+                let to_queue = r.u8()? != 0;
+                let (destination, key, args) = (r.str()?, r.str()?, r.table()?);
+                if t == 5 {
+                    Def::Binding { vhost, source, to_queue, destination, key, args }
+                } else {
+                    Def::Unbinding { vhost, source, to_queue, destination, key, args }
+                }
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// Replay records into the live set: declarations minus later deletions (a deleted queue
+/// or exchange takes its bindings with it).
+fn compact(records: &[Def]) -> Vec<Def> {
+    let mut live: Vec<Def> = Vec::new();
+    for d in records {
+        match d {
+            Def::Exchange { vhost, name, .. } => {
+                live.retain(|x| !matches!(x, Def::Exchange { vhost: v, name: n, .. } if v == vhost && n == name));
+                live.push(d.clone());
+            }
+            Def::Queue { vhost, name, .. } => {
+                live.retain(|x| !matches!(x, Def::Queue { vhost: v, name: n, .. } if v == vhost && n == name));
+                live.push(d.clone());
+            }
+            Def::Binding { .. } => {
+                if !live.contains(d) {
+                    live.push(d.clone());
+                }
+            }
+            Def::ExchangeDeleted { vhost, name } => live.retain(|x| match x {
+                Def::Exchange { vhost: v, name: n, .. } => !(v == vhost && n == name),
+                Def::Binding { vhost: v, source, to_queue, destination, .. } => {
+                    !(v == vhost && (source == name || (!to_queue && destination == name)))
+                }
+                _ => true,
+            }),
+            Def::QueueDeleted { vhost, name } => live.retain(|x| match x {
+                Def::Queue { vhost: v, name: n, .. } => !(v == vhost && n == name),
+                Def::Binding { vhost: v, to_queue: true, destination, .. } => !(v == vhost && destination == name),
+                _ => true,
+            }),
+            Def::Unbinding { vhost, source, to_queue, destination, key, args } => {
+                let b = Def::Binding {
+                    vhost: vhost.clone(),
+                    source: source.clone(),
+                    to_queue: *to_queue,
+                    destination: destination.clone(),
+                    key: key.clone(),
+                    args: args.clone(),
+                };
+                live.retain(|x| *x != b);
+            }
+        }
+    }
+    live
+}
+
+/// A queue's directory name: FNV-1a 64 of vhost and name (names may hold any bytes and be
+/// up to 255 long, so they cannot be file names themselves).
+pub fn queue_dir_name(vhost: &str, name: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in vhost.as_bytes().iter().chain([0u8].iter()).chain(name.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn queue_is_durable(o: &QueueOptions) -> bool {
+    o.durable && !o.exclusive
+}
+
+fn destination_is_durable(d: &Destination) -> bool {
+    match d {
+        Destination::Queue(q) => queue_is_durable(&q.options),
+        Destination::Exchange(e) => e.options.durable,
+    }
+}
+
+impl DiskPersistence {
+    /// Open the data directory: wipe transient files, compact the definitions log.
+    /// Returns the persistence and the definitions to replay with [`Self::recover_into`].
+    pub fn open(
+        data_dir: &Path,
+        store_cfg: StoreConfig,
+        on_durable: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<(Arc<DiskPersistence>, Recovery), store::Error> {
+        std::fs::create_dir_all(data_dir.join("queues"))?;
+        let transient = data_dir.join("transient");
+        if transient.exists() {
+            std::fs::remove_dir_all(&transient)?;
+        }
+        std::fs::create_dir_all(&transient)?;
+        let mut live = Vec::new();
+        let log = DefinitionsLog::open(&data_dir.join("definitions.log"), |records| {
+            let defs: Vec<Def> = records
+                .iter()
+                .filter_map(|r| {
+                    let d = Def::decode(r);
+                    if d.is_none() {
+                        warn!("skipping an undecodable definitions record");
+                    }
+                    d
+                })
+                .collect();
+            live = compact(&defs);
+            live.iter().map(Def::encode).collect()
+        })?;
+        // Queue directories no definition refers to (deleted queues whose directory
+        // removal was cut short) are removed.
+        let keep: Vec<String> = live
+            .iter()
+            .filter_map(|d| match d {
+                Def::Queue { vhost, name, .. } => Some(queue_dir_name(vhost, name)),
+                _ => None,
+            })
+            .collect();
+        for entry in std::fs::read_dir(data_dir.join("queues"))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name) {
+                warn!("removing orphaned queue directory {name}");
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let syncer = Syncer::start(on_durable);
+        let p = Arc::new(DiskPersistence {
+            data_dir: data_dir.to_owned(),
+            syncer,
+            store_cfg,
+            log: Mutex::new(log),
+            replaying: AtomicBool::new(false),
+            next_transient: AtomicU64::new(0),
+        });
+        Ok((p, Recovery { defs: live }))
+    }
+
+    pub fn syncer(&self) -> &Arc<Syncer> {
+        &self.syncer
+    }
+
+    fn append(&self, d: &Def) -> Result<(), AmqpError> {
+        if self.replaying.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.log.lock().append(&d.encode()).map_err(|e| {
+            error!("writing the definitions log: {e}");
+            AmqpError::new(wire::reply::INTERNAL_ERROR, format!("cannot persist definition: {e}"))
+        })
+    }
+
+    fn binding_def(&self, source: &Exchange, b: &Binding, added: bool) -> Def {
+        let (vhost, source, to_queue) = (source.vhost.clone(), source.name.clone(), b.destination.is_queue());
+        let (destination, key, args) = (b.destination.name().to_owned(), b.routing_key.clone(), b.arguments.clone());
+        if added {
+            Def::Binding { vhost, source, to_queue, destination, key, args }
+        } else {
+            Def::Unbinding { vhost, source, to_queue, destination, key, args }
+        }
+    }
+
+    /// Declare the recovered definitions in their vhosts (queues recover their messages).
+    pub fn recover_into(&self, rec: Recovery, vhost_of: impl Fn(&str) -> Option<Arc<VHost>>) {
+        self.replaying.store(true, Ordering::Relaxed);
+        let (mut exchanges, mut queues, mut bindings) = (0, 0, 0);
+        for d in rec.defs {
+            let r = match d {
+                Def::Exchange { vhost, name, kind, auto_delete, internal, args } => {
+                    let Some(vh) = vhost_of(&vhost) else { continue };
+                    let Some(kind) = ExchangeKind::parse(&kind) else { continue };
+                    exchanges += 1;
+                    let opts = ExchangeOptions { kind, durable: true, auto_delete, internal, arguments: args };
+                    vh.declare_exchange(&name, false, opts).map(|_| ())
+                }
+                Def::Queue { vhost, name, auto_delete, args } => {
+                    let Some(vh) = vhost_of(&vhost) else { continue };
+                    queues += 1;
+                    let opts = QueueOptions { durable: true, exclusive: false, auto_delete, arguments: args };
+                    vh.declare_queue(&name, false, opts, 0).map(|_| ())
+                }
+                Def::Binding { vhost, source, to_queue, destination, key, args } => {
+                    let Some(vh) = vhost_of(&vhost) else { continue };
+                    bindings += 1;
+                    if to_queue {
+                        vh.bind_queue(&destination, &source, &key, args, 0)
+                    } else {
+                        vh.bind_exchange(&destination, &source, &key, args)
+                    }
+                }
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                error!("recovering a definition: {e}");
+            }
+        }
+        self.replaying.store(false, Ordering::Relaxed);
+        info!(exchanges, queues, bindings, "recovered durable definitions");
+    }
+}
+
+/// Definitions read at start, to replay once the vhosts exist.
+pub struct Recovery {
+    defs: Vec<Def>,
+}
+
+impl Persistence for DiskPersistence {
+    fn queue_store(&self, vhost: &str, queue: &str, options: &QueueOptions) -> Box<dyn MessageStore> {
+        let durable = queue_is_durable(options);
+        let dir = if durable {
+            self.data_dir.join("queues").join(queue_dir_name(vhost, queue))
+        } else {
+            let n = self.next_transient.fetch_add(1, Ordering::Relaxed);
+            self.data_dir.join("transient").join(n.to_string())
+        };
+        match DiskQueueStore::open(&dir, durable, self.syncer.clone(), &self.store_cfg) {
+            Ok(s) => Box::new(s),
+            Err(e) => {
+                // Keep serving from RAM rather than refuse the queue; the log says why.
+                error!("opening the store of queue '{queue}' in {}: {e}; keeping it in RAM only", dir.display());
+                Box::new(MemoryStore::new())
+            }
+        }
+    }
+
+    fn exchange_declared(&self, e: &Exchange) -> Result<(), AmqpError> {
+        if !e.options.durable {
+            return Ok(());
+        }
+        self.append(&Def::Exchange {
+            vhost: e.vhost.clone(),
+            name: e.name.clone(),
+            kind: e.options.kind.as_str().to_owned(),
+            auto_delete: e.options.auto_delete,
+            internal: e.options.internal,
+            args: e.options.arguments.clone(),
+        })
+    }
+
+    fn exchange_deleted(&self, e: &Exchange) {
+        if e.options.durable {
+            let _ = self.append(&Def::ExchangeDeleted { vhost: e.vhost.clone(), name: e.name.clone() });
+        }
+    }
+
+    fn queue_declared(&self, q: &Queue) -> Result<(), AmqpError> {
+        if !queue_is_durable(&q.options) {
+            return Ok(());
+        }
+        self.append(&Def::Queue {
+            vhost: q.vhost.clone(),
+            name: q.name.clone(),
+            auto_delete: q.options.auto_delete,
+            args: q.options.arguments.clone(),
+        })
+    }
+
+    fn queue_deleted(&self, q: &Queue) {
+        if queue_is_durable(&q.options) {
+            let _ = self.append(&Def::QueueDeleted { vhost: q.vhost.clone(), name: q.name.clone() });
+        }
+    }
+
+    fn binding_added(&self, source: &Exchange, b: &Binding) -> Result<(), AmqpError> {
+        if !(source.options.durable && destination_is_durable(&b.destination)) || source.name.is_empty() {
+            return Ok(());
+        }
+        self.append(&self.binding_def(source, b, true))
+    }
+
+    fn binding_removed(&self, source: &Exchange, b: &Binding) {
+        if source.options.durable && destination_is_durable(&b.destination) {
+            let _ = self.append(&self.binding_def(source, b, false));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defs_roundtrip_and_compact() {
+        let mut args = FieldTable::new();
+        args.insert("x-message-ttl", wire::FieldValue::I32(5));
+        let q = Def::Queue { vhost: "/".into(), name: "q".into(), auto_delete: false, args: args.clone() };
+        let e = Def::Exchange {
+            vhost: "/".into(),
+            name: "e".into(),
+            kind: "topic".into(),
+            auto_delete: true,
+            internal: false,
+            args: FieldTable::new(),
+        };
+        let b = Def::Binding {
+            vhost: "/".into(),
+            source: "e".into(),
+            to_queue: true,
+            destination: "q".into(),
+            key: "a.#".into(),
+            args,
+        };
+        for d in [&q, &e, &b] {
+            assert_eq!(Def::decode(&d.encode()).as_ref(), Some(d));
+        }
+        assert_eq!(compact(&[q.clone(), e.clone(), b.clone()]), vec![q.clone(), e.clone(), b.clone()]);
+        let qd = Def::QueueDeleted { vhost: "/".into(), name: "q".into() };
+        assert_eq!(compact(&[q.clone(), e.clone(), b.clone(), qd]), vec![e.clone()]);
+        let ed = Def::ExchangeDeleted { vhost: "/".into(), name: "e".into() };
+        assert_eq!(compact(&[q.clone(), e, b, ed]), vec![q]);
+    }
+}

@@ -1,0 +1,284 @@
+//! [`DiskQueueStore`]: a queue's ready messages with only the head of the queue in RAM.
+//!
+//! Ready messages, in delivery order, are: `requeued` (back from consumers, by seq), then
+//! `mem` (a contiguous run kept in RAM), then the records on disk from `disk_next` on.
+//! New messages go to `mem` while nothing is waiting on disk and `mem` is under its
+//! budget; otherwise they are written and left on disk, and `mem` is refilled from disk as
+//! it drains. Persistent messages in a durable queue are always written (and fsynced
+//! before their publish is confirmed), whether or not they also stay in RAM.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+
+use broker::message::DiskPos;
+use broker::store::MessageStore;
+use broker::{Message, QueuedMessage};
+use bytes::Bytes;
+use tracing::error;
+
+use crate::Error;
+use crate::segments::{QueueFiles, Recovered};
+use crate::syncer::Syncer;
+
+const FLAG_PERSISTENT: u8 = 1;
+/// RAM a message costs beyond its bytes (Arc, struct, queue slot), for budgeting.
+const MESSAGE_OVERHEAD_BYTES: u64 = 160;
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Bytes of ready messages a queue keeps in RAM before paging to disk.
+    pub queue_ram_budget_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { queue_ram_budget_bytes: 8 * 1024 * 1024 }
+    }
+}
+
+pub struct DiskQueueStore {
+    files: Arc<QueueFiles>,
+    /// Persistent messages are written and fsynced (a durable queue).
+    durable: bool,
+    budget: u64,
+    requeued: BTreeMap<u64, QueuedMessage>,
+    mem: VecDeque<QueuedMessage>,
+    mem_cost: u64,
+    disk_next: Option<DiskPos>,
+    disk_count: u64,
+    ready_bytes: u64,
+    last_seq: Option<u64>,
+    /// From recovery: records up to here were delivered before the restart.
+    delivered_before: Option<DiskPos>,
+    /// From recovery: transient records before here belong to the previous run.
+    recovered_end: Option<DiskPos>,
+}
+
+fn cost(m: &Message) -> u64 {
+    (m.body.len() + m.properties.len() + m.exchange.len() + m.routing_key.len()) as u64 + MESSAGE_OVERHEAD_BYTES
+}
+
+/// The seq stored in a message record's payload.
+pub fn payload_seq(p: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(p.get(1..9)?.try_into().ok()?))
+}
+
+fn encode_payload(out: &mut Vec<u8>, seq: u64, m: &Message) {
+    out.push(if m.persistent { FLAG_PERSISTENT } else { 0 });
+    out.extend_from_slice(&seq.to_le_bytes());
+    // Names are short strings on the wire: at most 255 bytes.
+    let ex = &m.exchange.as_bytes()[..m.exchange.len().min(255)];
+    out.push(ex.len() as u8);
+    out.extend_from_slice(ex);
+    let rk = &m.routing_key.as_bytes()[..m.routing_key.len().min(255)];
+    out.push(rk.len() as u8);
+    out.extend_from_slice(rk);
+    out.extend_from_slice(&(m.properties.len() as u32).to_le_bytes());
+    out.extend_from_slice(&m.properties);
+    out.extend_from_slice(&m.body);
+}
+
+fn decode_payload(p: &[u8]) -> Option<(u64, Message)> {
+    let flags = *p.first()?;
+    let seq = payload_seq(p)?;
+    let mut at = 9;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let s = p.get(at..at + n)?;
+        at += n;
+        Some(s)
+    };
+    let exlen = *take(1)?.first()? as usize;
+    let exchange = String::from_utf8_lossy(take(exlen)?).into_owned();
+    let rklen = *take(1)?.first()? as usize;
+    let routing_key = String::from_utf8_lossy(take(rklen)?).into_owned();
+    let plen = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+    let properties = Bytes::copy_from_slice(take(plen)?);
+    let body = Bytes::copy_from_slice(p.get(at..)?);
+    let summary = wire::properties::summarize(&properties).ok();
+    let priority = summary.and_then(|s| s.priority).unwrap_or(0);
+    Some((seq, Message { exchange, routing_key, properties, body, persistent: flags & FLAG_PERSISTENT != 0, priority }))
+}
+
+impl DiskQueueStore {
+    /// Open the store in `dir`, recovering what is there. `durable` queues fsync
+    /// persistent messages; others use the files only to page out of RAM (their directory
+    /// should be empty at open).
+    pub fn open(dir: &Path, durable: bool, syncer: Arc<Syncer>, cfg: &StoreConfig) -> Result<DiskQueueStore, Error> {
+        let (files, rec): (_, Recovered) = QueueFiles::open(dir, durable, syncer)?;
+        Ok(DiskQueueStore {
+            files,
+            durable,
+            budget: cfg.queue_ram_budget_bytes,
+            requeued: BTreeMap::new(),
+            mem: VecDeque::new(),
+            mem_cost: 0,
+            disk_next: rec.first,
+            disk_count: rec.records.saturating_sub(rec.acked),
+            ready_bytes: 0,
+            last_seq: rec.last_seq,
+            delivered_before: rec.delivered,
+            recovered_end: rec.end,
+        })
+    }
+
+    fn write(&mut self, m: &QueuedMessage, wait: bool) -> Option<(DiskPos, u64)> {
+        match self.files.append(m.seq, wait, |out| encode_payload(out, m.seq, &m.msg)) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                error!("appending to {}: {e}", self.files.dir().display());
+                None
+            }
+        }
+    }
+
+    /// Move messages from disk into `mem` until it holds about half its budget.
+    fn refill(&mut self) {
+        while self.mem.is_empty() {
+            let Some(from) = self.disk_next else { return };
+            let (records, next) = match self.files.read(from, (self.budget / 2).max(64 * 1024) as usize) {
+                Ok(r) => r,
+                Err(e) => {
+                    error!("reading {}: {e}; messages after {from:?} are skipped", self.files.dir().display());
+                    (Vec::new(), None)
+                }
+            };
+            self.disk_next = next;
+            for r in records {
+                if r.acked {
+                    continue;
+                }
+                let Some((seq, msg)) = decode_payload(&r.payload) else {
+                    error!("{}: undecodable message record at {:?}, skipped", self.files.dir().display(), r.pos);
+                    continue;
+                };
+                let from_previous_run = self.recovered_end.is_some_and(|end| r.pos < end);
+                if from_previous_run && !msg.persistent {
+                    // A transient message paged out before the restart: gone, by contract.
+                    self.files.ack(r.pos);
+                    self.disk_count = self.disk_count.saturating_sub(1);
+                    continue;
+                }
+                let redelivered = from_previous_run && self.delivered_before.is_some_and(|d| r.pos <= d);
+                self.disk_count = self.disk_count.saturating_sub(1);
+                let msg = Arc::new(msg);
+                self.mem_cost += cost(&msg);
+                self.mem.push_back(QueuedMessage { msg, seq, redelivered, disk: Some(r.pos) });
+            }
+            if self.disk_next.is_none() {
+                self.disk_count = 0;
+            }
+        }
+    }
+}
+
+impl MessageStore for DiskQueueStore {
+    fn push(&mut self, mut m: QueuedMessage) -> u64 {
+        self.last_seq = Some(m.seq);
+        self.ready_bytes += m.msg.body_size();
+        let mut epoch = 0;
+        if self.durable
+            && m.msg.persistent
+            && let Some((pos, e)) = self.write(&m, true)
+        {
+            m.disk = Some(pos);
+            epoch = e;
+        }
+        let c = cost(&m.msg);
+        if self.disk_next.is_none() && self.mem_cost + c <= self.budget {
+            self.mem_cost += c;
+            self.mem.push_back(m);
+            return epoch;
+        }
+        // Page out: the message lives on disk only.
+        let pos = match m.disk {
+            Some(p) => Some(p),
+            None => self.write(&m, false).map(|(p, _)| p),
+        };
+        match pos {
+            Some(p) => {
+                self.disk_next.get_or_insert(p);
+                self.disk_count += 1;
+            }
+            None => {
+                // The disk refused: keep it in RAM rather than lose it.
+                self.mem_cost += c;
+                self.mem.push_back(m);
+            }
+        }
+        epoch
+    }
+
+    fn peek(&mut self) -> Option<&QueuedMessage> {
+        if self.requeued.is_empty() && self.mem.is_empty() {
+            self.refill();
+        }
+        match self.requeued.first_key_value() {
+            Some((_, m)) => Some(m),
+            None => self.mem.front(),
+        }
+    }
+
+    fn pop(&mut self) -> Option<QueuedMessage> {
+        if self.requeued.is_empty() && self.mem.is_empty() {
+            self.refill();
+        }
+        let m = match self.requeued.pop_first() {
+            Some((_, m)) => m,
+            None => {
+                let m = self.mem.pop_front()?;
+                self.mem_cost = self.mem_cost.saturating_sub(cost(&m.msg));
+                m
+            }
+        };
+        self.ready_bytes = self.ready_bytes.saturating_sub(m.msg.body_size());
+        Some(m)
+    }
+
+    fn requeue(&mut self, m: QueuedMessage) {
+        self.ready_bytes += m.msg.body_size();
+        self.requeued.insert(m.seq, m);
+    }
+
+    fn ack(&mut self, m: &QueuedMessage) {
+        if let Some(pos) = m.disk {
+            self.files.ack(pos);
+        }
+    }
+
+    fn delivered(&mut self, m: &QueuedMessage) {
+        if let (true, Some(pos)) = (self.durable, m.disk) {
+            self.files.delivered(pos);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.requeued.len() + self.mem.len() + self.disk_count as usize
+    }
+
+    fn bytes(&self) -> u64 {
+        self.ready_bytes
+    }
+
+    fn purge(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(m) = self.pop() {
+            self.ack(&m);
+            n += 1;
+        }
+        self.ready_bytes = 0;
+        n
+    }
+
+    fn last_seq(&self) -> Option<u64> {
+        self.last_seq
+    }
+
+    fn destroy(&mut self) {
+        self.requeued.clear();
+        self.mem.clear();
+        self.disk_next = None;
+        self.disk_count = 0;
+        self.files.destroy();
+    }
+}

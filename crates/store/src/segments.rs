@@ -1,0 +1,559 @@
+//! One queue's files, in its own directory:
+//!
+//! - `NNNNNNNNNN.seg`: append-only message records ([`crate::record`] framing), at most
+//!   [`SEGMENT_MAX_BYTES`] each (a record bigger than that gets a segment of its own).
+//! - `NNNNNNNNNN.acks`: offsets of acknowledged records of that segment, 8 bytes each
+//!   (offset u32 LE + crc32c of those 4 bytes).
+//! - `NNNNNNNNNN.meta`: written when a segment is sealed: its record count and length, so
+//!   recovery need not scan it.
+//! - `delivered`: the highest position handed to a consumer (for redelivered flags after a
+//!   restart).
+//!
+//! A segment whose records are all acknowledged is deleted with its acks and meta.
+//! Bytes are appended to an in-memory buffer and written by the syncer's round (or
+//! earlier, when a reader needs them); the syncer fsyncs them when the queue is durable.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use broker::message::DiskPos;
+use parking_lot::Mutex;
+use tracing::{error, warn};
+
+use crate::Error;
+use crate::record::{self, Decoded};
+use crate::syncer::{SyncTarget, Syncer};
+
+/// Segment size before rolling to a new file.
+pub const SEGMENT_MAX_BYTES: u64 = 8 * 1024 * 1024;
+/// How much a reader asks for at once.
+const READ_CHUNK_BYTES: usize = 256 * 1024;
+const ACK_ENTRY_BYTES: usize = 8;
+
+pub struct QueueFiles {
+    dir: PathBuf,
+    /// fsync on commit (durable queue); otherwise the files only page RAM out.
+    fsync: bool,
+    syncer: Arc<Syncer>,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    segments: BTreeMap<u32, Segment>,
+    write_seg: u32,
+    /// Bytes of `write_seg` not yet written to its file.
+    pending: Vec<u8>,
+    /// Registered with the syncer and not yet flushed.
+    dirty: bool,
+    /// Files were created or removed since the last directory fsync.
+    dir_dirty: bool,
+    delivered: Option<DiskPos>,
+    delivered_dirty: bool,
+    delivered_file: Option<Arc<File>>,
+    destroyed: bool,
+}
+
+struct Segment {
+    file: Arc<File>,
+    /// Bytes in the file (for `write_seg`, `pending` follows).
+    written: u64,
+    count: u32,
+    acked: u32,
+    /// Offsets acknowledged before the last restart, skipped when reading.
+    recovered_acks: HashSet<u32>,
+    ack_file: Option<Arc<File>>,
+    ack_written: u64,
+    ack_pending: Vec<u8>,
+    /// No more appends; its meta file is due (`meta_written` false) or done.
+    sealed: bool,
+    meta_written: bool,
+    last_seq: Option<u64>,
+}
+
+/// What recovery found.
+#[derive(Debug, Default, Clone)]
+pub struct Recovered {
+    pub records: u64,
+    pub acked: u64,
+    pub last_seq: Option<u64>,
+    pub delivered: Option<DiskPos>,
+    /// Position just past the last recovered record.
+    pub end: Option<DiskPos>,
+    pub first: Option<DiskPos>,
+}
+
+/// One record read back.
+pub struct ReadRecord {
+    pub pos: DiskPos,
+    pub payload: Vec<u8>,
+    /// Acknowledged before a restart: skip it.
+    pub acked: bool,
+}
+
+fn seg_path(dir: &Path, id: u32, ext: &str) -> PathBuf {
+    dir.join(format!("{id:010}.{ext}"))
+}
+
+fn open_rw(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)
+}
+
+impl QueueFiles {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Open (creating or recovering) the files in `dir`.
+    pub fn open(dir: &Path, fsync: bool, syncer: Arc<Syncer>) -> Result<(Arc<QueueFiles>, Recovered), Error> {
+        fs::create_dir_all(dir)?;
+        let mut ids: Vec<u32> = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(id) = name.strip_suffix(".seg").and_then(|n| n.parse().ok()) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        let mut rec = Recovered::default();
+        let mut segments = BTreeMap::new();
+        let last = ids.last().copied();
+        for id in ids {
+            let seg = recover_segment(dir, id, Some(id) == last)?;
+            rec.records += u64::from(seg.count);
+            rec.acked += u64::from(seg.acked);
+            if seg.last_seq.is_some() {
+                rec.last_seq = seg.last_seq;
+            }
+            if seg.count > 0 && seg.acked >= seg.count {
+                // Fully acknowledged but not yet removed when we stopped.
+                remove_segment_files(dir, id);
+                continue;
+            }
+            if rec.first.is_none() && seg.count > 0 {
+                rec.first = Some(DiskPos { segment: id, offset: 0 });
+            }
+            rec.end = Some(DiskPos { segment: id, offset: seg.written as u32 });
+            segments.insert(id, seg);
+        }
+        rec.delivered = read_delivered(dir);
+        let write_seg = segments.keys().next_back().map_or(0, |id| id + 1);
+        let files = Arc::new(QueueFiles {
+            dir: dir.to_owned(),
+            fsync,
+            syncer,
+            inner: Mutex::new(Inner {
+                segments,
+                write_seg,
+                pending: Vec::new(),
+                dirty: false,
+                dir_dirty: false,
+                delivered: rec.delivered,
+                delivered_dirty: false,
+                delivered_file: None,
+                destroyed: false,
+            }),
+        });
+        {
+            let mut inner = files.inner.lock();
+            for seg in inner.segments.values_mut() {
+                seg.sealed = true;
+            }
+            inner.new_segment(dir, write_seg)?;
+        }
+        Ok((files, rec))
+    }
+
+    /// Append a record whose payload `f` writes. Returns its position and the commit epoch
+    /// that makes it durable (meaningful when `wait` is set).
+    pub fn append(
+        self: &Arc<Self>,
+        seq: u64,
+        wait: bool,
+        f: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(DiskPos, u64), Error> {
+        let mut inner = self.inner.lock();
+        let seg_len = inner.write_len();
+        if seg_len >= SEGMENT_MAX_BYTES {
+            let next = inner.write_seg + 1;
+            inner.seal_write_segment(&self.dir)?;
+            inner.new_segment(&self.dir, next)?;
+        }
+        let offset = inner.write_len();
+        let Ok(offset) = u32::try_from(offset) else {
+            return Err(Error::Corrupt { file: self.dir.clone(), offset, reason: "segment offset overflow".into() });
+        };
+        record::encode_with(&mut inner.pending, f);
+        let id = inner.write_seg;
+        if let Some(seg) = inner.segments.get_mut(&id) {
+            seg.count += 1;
+            seg.last_seq = Some(seq);
+        }
+        let epoch = self.mark_dirty(&mut inner, wait);
+        Ok((DiskPos { segment: id, offset }, epoch))
+    }
+
+    fn mark_dirty(self: &Arc<Self>, inner: &mut Inner, wait: bool) -> u64 {
+        let newly = !inner.dirty;
+        inner.dirty = true;
+        self.syncer.register(self, newly, wait && self.fsync)
+    }
+
+    /// A record was acknowledged. Deletes its segment once every record in it is.
+    pub fn ack(self: &Arc<Self>, pos: DiskPos) {
+        let mut inner = self.inner.lock();
+        let Some(seg) = inner.segments.get_mut(&pos.segment) else { return };
+        seg.acked += 1;
+        if seg.sealed && seg.acked >= seg.count {
+            inner.segments.remove(&pos.segment);
+            remove_segment_files(&self.dir, pos.segment);
+            inner.dir_dirty = true;
+            self.mark_dirty(&mut inner, false);
+            return;
+        }
+        seg.ack_pending.extend_from_slice(&pos.offset.to_le_bytes());
+        seg.ack_pending.extend_from_slice(&crc32c::crc32c(&pos.offset.to_le_bytes()).to_le_bytes());
+        self.mark_dirty(&mut inner, false);
+    }
+
+    /// Remember that everything up to `pos` was handed to consumers.
+    pub fn delivered(self: &Arc<Self>, pos: DiskPos) {
+        let mut inner = self.inner.lock();
+        if inner.delivered.is_some_and(|d| d >= pos) {
+            return;
+        }
+        inner.delivered = Some(pos);
+        inner.delivered_dirty = true;
+        self.mark_dirty(&mut inner, false);
+    }
+
+    /// Read records starting at `from`, up to about `max_bytes` of payload. Returns them
+    /// and the position after the last one (None at the end of the data).
+    pub fn read(&self, from: DiskPos, max_bytes: usize) -> Result<(Vec<ReadRecord>, Option<DiskPos>), Error> {
+        let mut inner = self.inner.lock();
+        let mut out = Vec::new();
+        let mut pos = Some(from);
+        let mut got = 0usize;
+        while let Some(p) = pos {
+            if got >= max_bytes {
+                break;
+            }
+            // Move past segments that are gone or exhausted.
+            let Some((&id, seg)) = inner.segments.range(p.segment..).next() else {
+                pos = None;
+                break;
+            };
+            let offset = if id == p.segment { u64::from(p.offset) } else { 0 };
+            let seg_len = if id == inner.write_seg { seg.written + inner.pending.len() as u64 } else { seg.written };
+            if offset >= seg_len {
+                pos = if id == inner.write_seg { None } else { Some(DiskPos { segment: id + 1, offset: 0 }) };
+                if pos.is_none() {
+                    break;
+                }
+                continue;
+            }
+            if id == inner.write_seg && offset + (READ_CHUNK_BYTES as u64) > seg.written && !inner.pending.is_empty() {
+                // The bytes are still in the append buffer: write them out first.
+                inner.write_pending()?;
+            }
+            let seg = &inner.segments[&id];
+            let want = (seg_len - offset).min(READ_CHUNK_BYTES.max(max_bytes - got) as u64) as usize;
+            let mut buf = vec![0u8; want];
+            seg.file.read_exact_at(&mut buf, offset)?;
+            let mut at = 0usize;
+            loop {
+                match record::decode(&buf[at..]) {
+                    Decoded::Record(payload, n) => {
+                        let off = (offset + at as u64) as u32;
+                        out.push(ReadRecord {
+                            pos: DiskPos { segment: id, offset: off },
+                            payload: payload.to_vec(),
+                            acked: seg.recovered_acks.contains(&off),
+                        });
+                        got += payload.len();
+                        at += n;
+                        if got >= max_bytes {
+                            break;
+                        }
+                    }
+                    Decoded::Incomplete if at == 0 => {
+                        // One record larger than the chunk: read exactly it.
+                        let mut hdr = [0u8; record::HEADER_BYTES];
+                        seg.file.read_exact_at(&mut hdr, offset)?;
+                        let len = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as usize;
+                        let total = record::HEADER_BYTES + len;
+                        if offset + total as u64 > seg_len {
+                            return Err(corrupt(&self.dir, id, offset, "record runs past the end of its segment"));
+                        }
+                        buf = vec![0u8; total];
+                        seg.file.read_exact_at(&mut buf, offset)?;
+                        continue;
+                    }
+                    Decoded::Incomplete => break,
+                    Decoded::Corrupt(why) => {
+                        let e = corrupt(&self.dir, id, offset + at as u64, why);
+                        error!("{e}; skipping the rest of the segment");
+                        at = (seg_len - offset) as usize;
+                        break;
+                    }
+                }
+            }
+            pos = Some(DiskPos { segment: id, offset: (offset + at as u64) as u32 });
+        }
+        Ok((out, pos))
+    }
+
+    /// Write buffered bytes (records, acks, the delivered mark, sealed metas) and add the
+    /// files that need an fsync to `to_sync`. Called by the syncer.
+    pub(crate) fn flush(&self, to_sync: &mut Vec<SyncTarget>) -> Result<(), Error> {
+        let mut inner = self.inner.lock();
+        inner.dirty = false;
+        if inner.destroyed {
+            return Ok(());
+        }
+        let wrote_data = !inner.pending.is_empty();
+        inner.write_pending()?;
+        let write_seg = inner.write_seg;
+        let dir = self.dir.clone();
+        for (&id, seg) in inner.segments.iter_mut() {
+            if !seg.ack_pending.is_empty() {
+                let f = match &seg.ack_file {
+                    Some(f) => f.clone(),
+                    None => {
+                        let f = Arc::new(open_rw(&seg_path(&dir, id, "acks"))?);
+                        seg.ack_file = Some(f.clone());
+                        f
+                    }
+                };
+                f.write_all_at(&seg.ack_pending, seg.ack_written)?;
+                seg.ack_written += seg.ack_pending.len() as u64;
+                seg.ack_pending.clear();
+            }
+            if seg.sealed && !seg.meta_written {
+                write_meta(&dir, id, seg)?;
+                seg.meta_written = true;
+                if self.fsync {
+                    to_sync.push(SyncTarget::File(seg.file.clone()));
+                }
+            }
+            if id == write_seg && wrote_data && self.fsync {
+                to_sync.push(SyncTarget::File(seg.file.clone()));
+            }
+        }
+        if inner.delivered_dirty {
+            inner.delivered_dirty = false;
+            if let Some(d) = inner.delivered {
+                let f = match &inner.delivered_file {
+                    Some(f) => f.clone(),
+                    None => {
+                        let f = Arc::new(open_rw(&dir.join("delivered"))?);
+                        inner.delivered_file = Some(f.clone());
+                        f
+                    }
+                };
+                let mut b = Vec::with_capacity(16);
+                record::encode_with(&mut b, |o| {
+                    o.extend_from_slice(&d.segment.to_le_bytes());
+                    o.extend_from_slice(&d.offset.to_le_bytes());
+                });
+                f.write_all_at(&b, 0)?;
+            }
+        }
+        if inner.dir_dirty && self.fsync {
+            inner.dir_dirty = false;
+            to_sync.push(SyncTarget::Dir(dir));
+        }
+        Ok(())
+    }
+
+    /// The queue is gone: delete its directory.
+    pub fn destroy(&self) {
+        let mut inner = self.inner.lock();
+        inner.destroyed = true;
+        inner.segments.clear();
+        inner.pending.clear();
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            warn!("removing {}: {e}", self.dir.display());
+        }
+    }
+}
+
+impl Inner {
+    fn write_len(&self) -> u64 {
+        self.segments.get(&self.write_seg).map_or(0, |s| s.written) + self.pending.len() as u64
+    }
+
+    fn write_pending(&mut self) -> Result<(), Error> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let Some(seg) = self.segments.get_mut(&self.write_seg) else { return Ok(()) };
+        seg.file.write_all_at(&self.pending, seg.written)?;
+        seg.written += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn seal_write_segment(&mut self, _dir: &Path) -> Result<(), Error> {
+        self.write_pending()?;
+        if let Some(seg) = self.segments.get_mut(&self.write_seg) {
+            seg.sealed = true;
+        }
+        Ok(())
+    }
+
+    fn new_segment(&mut self, dir: &Path, id: u32) -> Result<(), Error> {
+        let file = Arc::new(open_rw(&seg_path(dir, id, "seg"))?);
+        self.segments.insert(
+            id,
+            Segment {
+                file,
+                written: 0,
+                count: 0,
+                acked: 0,
+                recovered_acks: HashSet::new(),
+                ack_file: None,
+                ack_written: 0,
+                ack_pending: Vec::new(),
+                sealed: false,
+                meta_written: false,
+                last_seq: None,
+            },
+        );
+        self.write_seg = id;
+        self.dir_dirty = true;
+        Ok(())
+    }
+}
+
+fn corrupt(dir: &Path, id: u32, offset: u64, why: &str) -> Error {
+    Error::Corrupt { file: seg_path(dir, id, "seg"), offset, reason: why.to_owned() }
+}
+
+fn remove_segment_files(dir: &Path, id: u32) {
+    for ext in ["seg", "acks", "meta"] {
+        let _ = fs::remove_file(seg_path(dir, id, ext));
+    }
+}
+
+fn write_meta(dir: &Path, id: u32, seg: &Segment) -> Result<(), Error> {
+    let mut b = Vec::new();
+    record::encode_with(&mut b, |o| {
+        o.extend_from_slice(&seg.count.to_le_bytes());
+        o.extend_from_slice(&seg.written.to_le_bytes());
+        o.extend_from_slice(&seg.last_seq.unwrap_or(u64::MAX).to_le_bytes());
+    });
+    fs::write(seg_path(dir, id, "meta"), b)?;
+    Ok(())
+}
+
+fn read_meta(dir: &Path, id: u32) -> Option<(u32, u64, Option<u64>)> {
+    let b = fs::read(seg_path(dir, id, "meta")).ok()?;
+    let Decoded::Record(p, _) = record::decode(&b) else { return None };
+    let count = u32::from_le_bytes(p.get(0..4)?.try_into().ok()?);
+    let len = u64::from_le_bytes(p.get(4..12)?.try_into().ok()?);
+    let last = u64::from_le_bytes(p.get(12..20)?.try_into().ok()?);
+    Some((count, len, (last != u64::MAX).then_some(last)))
+}
+
+fn read_delivered(dir: &Path) -> Option<DiskPos> {
+    let b = fs::read(dir.join("delivered")).ok()?;
+    let Decoded::Record(p, _) = record::decode(&b) else { return None };
+    Some(DiskPos {
+        segment: u32::from_le_bytes(p.get(0..4)?.try_into().ok()?),
+        offset: u32::from_le_bytes(p.get(4..8)?.try_into().ok()?),
+    })
+}
+
+/// Rebuild one segment's state. A sealed segment with a matching meta file is not read;
+/// otherwise its records are scanned, and the last segment's torn tail is cut off.
+fn recover_segment(dir: &Path, id: u32, is_last: bool) -> Result<Segment, Error> {
+    let path = seg_path(dir, id, "seg");
+    let file = open_rw(&path)?;
+    let file_len = file.metadata()?.len();
+    let (count, written, last_seq) = match read_meta(dir, id) {
+        Some((count, len, last)) if len == file_len && !is_last => (count, len, last),
+        _ => scan_segment(&file, &path, file_len, is_last)?,
+    };
+    let mut recovered_acks = HashSet::new();
+    let mut ack_written = 0;
+    if let Ok(b) = fs::read(seg_path(dir, id, "acks")) {
+        for (i, chunk) in b.chunks(ACK_ENTRY_BYTES).enumerate() {
+            if chunk.len() < ACK_ENTRY_BYTES {
+                warn!(
+                    "{}: torn ack entry at offset {} ignored",
+                    seg_path(dir, id, "acks").display(),
+                    i * ACK_ENTRY_BYTES
+                );
+                break;
+            }
+            let off = [chunk[0], chunk[1], chunk[2], chunk[3]];
+            let crc = u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
+            if crc32c::crc32c(&off) != crc {
+                // A damaged ack can only cause a redelivery, never a loss: skip it.
+                error!(
+                    "{}: corrupt ack entry at offset {} ignored",
+                    seg_path(dir, id, "acks").display(),
+                    i * ACK_ENTRY_BYTES
+                );
+                continue;
+            }
+            recovered_acks.insert(u32::from_le_bytes(off));
+            ack_written = ((i + 1) * ACK_ENTRY_BYTES) as u64;
+        }
+    }
+    let acked = recovered_acks.len() as u32;
+    let ack_file = if ack_written > 0 { Some(Arc::new(open_rw(&seg_path(dir, id, "acks"))?)) } else { None };
+    Ok(Segment {
+        file: Arc::new(file),
+        written,
+        count,
+        acked,
+        recovered_acks,
+        ack_file,
+        ack_written,
+        ack_pending: Vec::new(),
+        sealed: true,
+        meta_written: !is_last,
+        last_seq,
+    })
+}
+
+/// Walk a segment's records: (count, valid length, last seq). In the last segment, an
+/// invalid record and everything after it is a torn write: cut it off. In a sealed one it
+/// is damage: report file and offset and keep the valid prefix.
+fn scan_segment(file: &File, path: &Path, file_len: u64, is_last: bool) -> Result<(u32, u64, Option<u64>), Error> {
+    let mut buf = vec![0u8; file_len as usize];
+    file.read_exact_at(&mut buf, 0)?;
+    let mut at = 0usize;
+    let mut count = 0u32;
+    let mut last_seq = None;
+    while at < buf.len() {
+        match record::decode(&buf[at..]) {
+            Decoded::Record(payload, n) => {
+                count += 1;
+                if let Some(seq) = crate::disk_queue::payload_seq(payload) {
+                    last_seq = Some(seq);
+                }
+                at += n;
+            }
+            Decoded::Incomplete | Decoded::Corrupt(_) => {
+                let why = match record::decode(&buf[at..]) {
+                    Decoded::Corrupt(w) => w,
+                    _ => "incomplete record",
+                };
+                if is_last {
+                    warn!("{}: {why} at offset {at}: cutting the torn tail ({} bytes)", path.display(), buf.len() - at);
+                    file.set_len(at as u64)?;
+                } else {
+                    error!("{}: {why} at offset {at}: the rest of this segment is unreadable", path.display());
+                }
+                break;
+            }
+        }
+    }
+    Ok((count, at as u64, last_seq))
+}

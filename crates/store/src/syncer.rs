@@ -1,0 +1,174 @@
+//! Group commit. Appends register the queue files they dirtied and get the number of the
+//! commit round ("epoch") that will make them durable. One thread runs rounds: it takes
+//! every dirty file set, writes their buffered bytes, fsyncs them, then publishes the
+//! epoch as durable. Everything that arrived while one round ran goes into the next, so a
+//! lone publisher waits for one fsync while a thousand in flight share one.
+//!
+//! Correctness of the epoch hand-off: a registration reads the open epoch under the same
+//! lock the syncer takes to close it, and the bytes were appended before registering.
+//! So every append registered with epoch ≤ E was either taken into round E (its files
+//! were in the dirty list) or flushed by an earlier round that was still running when it
+//! registered (its files were marked dirty) — in both cases fsynced before E is
+//! published. A round may run with nothing to flush only to publish such an epoch.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+use tracing::{debug, error};
+
+use crate::segments::QueueFiles;
+
+type DurableCallback = Box<dyn Fn(u64) + Send + Sync>;
+
+pub struct Syncer {
+    state: Mutex<State>,
+    /// Wakes the commit thread.
+    cv: Condvar,
+    /// Wakes `sync_all` callers after a round.
+    done: Condvar,
+    durable_epoch: AtomicU64,
+    on_durable: DurableCallback,
+    /// An fsync failed: durability can no longer be promised (see docs/storage.md).
+    poisoned: AtomicBool,
+}
+
+struct State {
+    open_epoch: u64,
+    max_requested: u64,
+    dirty: Vec<Weak<QueueFiles>>,
+    stop: bool,
+    rounds: u64,
+}
+
+impl Syncer {
+    /// Start the commit thread. `on_durable(epoch)` runs on it after each round.
+    pub fn start(on_durable: impl Fn(u64) + Send + Sync + 'static) -> Arc<Syncer> {
+        let s = Arc::new(Syncer {
+            state: Mutex::new(State { open_epoch: 1, max_requested: 0, dirty: Vec::new(), stop: false, rounds: 0 }),
+            cv: Condvar::new(),
+            done: Condvar::new(),
+            durable_epoch: AtomicU64::new(0),
+            on_durable: Box::new(on_durable),
+            poisoned: AtomicBool::new(false),
+        });
+        let me = s.clone();
+        std::thread::Builder::new()
+            .name("warren-syncer".into())
+            .spawn(move || me.run())
+            .expect("spawning the syncer thread");
+        s
+    }
+
+    pub fn durable_epoch(&self) -> u64 {
+        self.durable_epoch.load(Ordering::Acquire)
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Relaxed)
+    }
+
+    /// Called with `files`' lock held, after appending. `newly_dirty` says whether the
+    /// files were clean before (then they join the dirty list). Returns the epoch that
+    /// makes the append durable.
+    pub(crate) fn register(&self, files: &Arc<QueueFiles>, newly_dirty: bool, wait: bool) -> u64 {
+        let mut st = self.state.lock();
+        if newly_dirty {
+            st.dirty.push(Arc::downgrade(files));
+        }
+        let e = st.open_epoch;
+        if wait {
+            st.max_requested = st.max_requested.max(e);
+        }
+        drop(st);
+        self.cv.notify_one();
+        e
+    }
+
+    /// Block until every append registered so far is durable.
+    pub fn sync_all(&self) {
+        let target = {
+            let mut st = self.state.lock();
+            let e = st.open_epoch;
+            st.max_requested = st.max_requested.max(e);
+            e
+        };
+        self.cv.notify_one();
+        let mut st = self.state.lock();
+        while self.durable_epoch() < target && !st.stop && !self.is_poisoned() {
+            self.done.wait_for(&mut st, std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Flush everything and stop the thread.
+    pub fn shutdown(&self) {
+        self.sync_all();
+        self.state.lock().stop = true;
+        self.cv.notify_all();
+        self.done.notify_all();
+    }
+
+    pub fn rounds(&self) -> u64 {
+        self.state.lock().rounds
+    }
+
+    fn run(self: Arc<Self>) {
+        let mut to_sync = Vec::new();
+        loop {
+            let (epoch, batch) = {
+                let mut st = self.state.lock();
+                while st.dirty.is_empty() && st.max_requested <= self.durable_epoch() && !st.stop {
+                    self.cv.wait(&mut st);
+                }
+                if st.stop && st.dirty.is_empty() {
+                    return;
+                }
+                let e = st.open_epoch;
+                st.open_epoch += 1;
+                st.rounds += 1;
+                (e, std::mem::take(&mut st.dirty))
+            };
+            let started = Instant::now();
+            to_sync.clear();
+            for files in batch.iter().filter_map(Weak::upgrade) {
+                if let Err(e) = files.flush(&mut to_sync) {
+                    error!("writing queue files in {}: {e}", files.dir().display());
+                    self.poisoned.store(true, Ordering::Relaxed);
+                }
+            }
+            for f in &to_sync {
+                if let Err(e) = f.sync() {
+                    // After a failed fsync the kernel may have dropped the dirty pages:
+                    // retrying cannot prove anything. Stop confirming (poisoned).
+                    error!("fsync failed, no further publishes will be confirmed: {e}");
+                    self.poisoned.store(true, Ordering::Relaxed);
+                }
+            }
+            if self.is_poisoned() {
+                continue;
+            }
+            self.durable_epoch.store(epoch, Ordering::Release);
+            debug!(epoch, files = to_sync.len(), micros = started.elapsed().as_micros() as u64, "commit round");
+            (self.on_durable)(epoch);
+            self.done.notify_all();
+        }
+    }
+}
+
+/// Something the syncer must fsync after writing.
+pub(crate) enum SyncTarget {
+    /// fdatasync a data file.
+    File(Arc<std::fs::File>),
+    /// fsync a directory (new or removed files).
+    Dir(std::path::PathBuf),
+}
+
+impl SyncTarget {
+    fn sync(&self) -> std::io::Result<()> {
+        match self {
+            SyncTarget::File(f) => f.sync_data(),
+            SyncTarget::Dir(d) => std::fs::File::open(d)?.sync_all(),
+        }
+    }
+}
