@@ -29,6 +29,8 @@ use crate::syncer::{SyncTarget, Syncer};
 
 /// Segment size before rolling to a new file.
 pub const SEGMENT_MAX_BYTES: u64 = 8 * 1024 * 1024;
+/// A fully acknowledged write segment at least this big is replaced by a fresh one.
+const DRAINED_ROLL_MIN_BYTES: u64 = 1024 * 1024;
 /// How much a reader asks for at once.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 const ACK_ENTRY_BYTES: usize = 8;
@@ -205,8 +207,26 @@ impl QueueFiles {
     /// A record was acknowledged. Deletes its segment once every record in it is.
     pub fn ack(self: &Arc<Self>, pos: DiskPos) {
         let mut inner = self.inner.lock();
+        let write_seg = inner.write_seg;
+        let write_len = inner.write_len();
         let Some(seg) = inner.segments.get_mut(&pos.segment) else { return };
         seg.acked += 1;
+        if pos.segment == write_seg && seg.acked >= seg.count && write_len >= DRAINED_ROLL_MIN_BYTES {
+            // The queue drained its newest segment: start a fresh one so this one can go,
+            // and a drained queue gives its disk space back.
+            let next = write_seg + 1;
+            if inner.seal_write_segment(&self.dir).is_ok() && inner.new_segment(&self.dir, next).is_ok() {
+                inner.segments.remove(&pos.segment);
+                remove_segment_files(&self.dir, pos.segment);
+                self.mark_dirty(&mut inner, false);
+                return;
+            }
+            let Some(seg) = inner.segments.get_mut(&pos.segment) else { return };
+            seg.ack_pending.extend_from_slice(&pos.offset.to_le_bytes());
+            seg.ack_pending.extend_from_slice(&crc32c::crc32c(&pos.offset.to_le_bytes()).to_le_bytes());
+            self.mark_dirty(&mut inner, false);
+            return;
+        }
         if seg.sealed && seg.acked >= seg.count {
             inner.segments.remove(&pos.segment);
             remove_segment_files(&self.dir, pos.segment);
