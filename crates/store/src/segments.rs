@@ -50,6 +50,8 @@ struct Inner {
     pending: Vec<u8>,
     /// Registered with the syncer and not yet flushed.
     dirty: bool,
+    /// The commit round that will flush this queue's buffered bytes (valid while dirty).
+    flush_epoch: u64,
     /// Files were created or removed since the last directory fsync.
     dir_dirty: bool,
     delivered: Option<DiskPos>,
@@ -152,6 +154,7 @@ impl QueueFiles {
                 write_seg,
                 pending: Vec::new(),
                 dirty: false,
+                flush_epoch: 0,
                 dir_dirty: false,
                 delivered: rec.delivered,
                 delivered_dirty: false,
@@ -198,10 +201,16 @@ impl QueueFiles {
         Ok((DiskPos { segment: id, offset }, epoch))
     }
 
+    /// Make sure the next commit round writes (and, for a durable queue, fsyncs) what was
+    /// just buffered; returns that round's epoch. Only the first change after a flush
+    /// touches the syncer: later ones ride on the round already due, so the publish path
+    /// takes no global lock per message.
     fn mark_dirty(self: &Arc<Self>, inner: &mut Inner, wait: bool) -> u64 {
-        let newly = !inner.dirty;
-        inner.dirty = true;
-        self.syncer.register(self, newly, wait && self.fsync)
+        if !inner.dirty {
+            inner.dirty = true;
+            inner.flush_epoch = self.syncer.register(self);
+        }
+        if wait && self.fsync { inner.flush_epoch } else { 0 }
     }
 
     /// A record was acknowledged. Deletes its segment once every record in it is.

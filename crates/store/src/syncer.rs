@@ -4,12 +4,12 @@
 //! epoch as durable. Everything that arrived while one round ran goes into the next, so a
 //! lone publisher waits for one fsync while a thousand in flight share one.
 //!
-//! Correctness of the epoch hand-off: a registration reads the open epoch under the same
-//! lock the syncer takes to close it, and the bytes were appended before registering.
-//! So every append registered with epoch ≤ E was either taken into round E (its files
-//! were in the dirty list) or flushed by an earlier round that was still running when it
-//! registered (its files were marked dirty) — in both cases fsynced before E is
-//! published. A round may run with nothing to flush only to publish such an epoch.
+//! Correctness of the epoch hand-off: a queue's files register when they go from clean to
+//! dirty, reading the open epoch E under the same lock the syncer holds while it closes E
+//! and takes the dirty list — so those files are in round E's list. Later appends to the
+//! same files (under their own lock) reuse E until round E flushes them, which it does
+//! under that lock after the appends. So every byte reported with epoch E is written and
+//! fsynced before E is published.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -69,18 +69,12 @@ impl Syncer {
         self.poisoned.load(Ordering::Relaxed)
     }
 
-    /// Called with `files`' lock held, after appending. `newly_dirty` says whether the
-    /// files were clean before (then they join the dirty list). Returns the epoch that
-    /// makes the append durable.
-    pub(crate) fn register(&self, files: &Arc<QueueFiles>, newly_dirty: bool, wait: bool) -> u64 {
+    /// Called with `files`' lock held, when they go from clean to dirty. Returns the
+    /// epoch of the round that will flush them.
+    pub(crate) fn register(&self, files: &Arc<QueueFiles>) -> u64 {
         let mut st = self.state.lock();
-        if newly_dirty {
-            st.dirty.push(Arc::downgrade(files));
-        }
+        st.dirty.push(Arc::downgrade(files));
         let e = st.open_epoch;
-        if wait {
-            st.max_requested = st.max_requested.max(e);
-        }
         drop(st);
         self.cv.notify_one();
         e
