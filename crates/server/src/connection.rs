@@ -135,10 +135,26 @@ impl Conn {
         let mut shutdown = self.state.shutdown.clone();
         let mut durable = self.state.durable_epoch.clone();
         let mut store_gone = false;
+        let mut shutdown_seen = false;
         let mut last_read = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick_period = Duration::from_millis(250);
+        let mut tick = tokio::time::interval(tick_period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Tick fast while a deadline is near (handshake, closing), slowly once running:
+            // idle connections must cost (almost) nothing.
+            let want = match self.phase {
+                Phase::Running if self.heartbeat_secs > 0 => {
+                    Duration::from_millis(u64::from(self.heartbeat_secs) * 250)
+                }
+                Phase::Running => Duration::from_secs(10),
+                _ => Duration::from_millis(250),
+            };
+            if want != tick_period {
+                tick_period = want;
+                tick = tokio::time::interval_at(tokio::time::Instant::now() + want, want);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
             // Decode and handle every whole frame buffered.
             loop {
                 match wire::decode_frame(&mut buf, self.frame_max) {
@@ -200,14 +216,14 @@ impl Conn {
                     // become durable, so stop waiting for it.
                     store_gone = r.is_err();
                 }
-                r = shutdown.changed() => {
+                r = shutdown.changed(), if !shutdown_seen => {
                     if r.is_err() || *shutdown.borrow() {
+                        shutdown_seen = true;
                         if !matches!(self.phase, Phase::Closing(_)) {
                             self.begin_close(HardError::new(AmqpError::new(reply::CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'")));
                         }
-                        // Do not wait for close-ok forever at shutdown.
-                        self.phase = Phase::Closing(Instant::now() + Duration::from_secs(1));
-                        shutdown = tokio::sync::watch::channel(true).1;
+                        // Do not wait for close-ok long at shutdown.
+                        self.phase = Phase::Closing(Instant::now() + Duration::from_millis(500));
                     }
                 }
             }
