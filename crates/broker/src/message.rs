@@ -33,6 +33,11 @@ pub struct QueuedMessage {
     /// their position.
     pub seq: u64,
     pub redelivered: bool,
+    /// When it expires in this queue (per-queue TTL or the message's expiration), in ms
+    /// since the Unix epoch; 0 = never.
+    pub expires_at_ms: u64,
+    /// Deliveries so far (for x-delivery-limit); kept in RAM only.
+    pub delivery_count: u32,
     /// Where the store wrote it, if it did (a persistent message in a durable queue, or
     /// a message paged out of RAM).
     pub disk: Option<DiskPos>,

@@ -135,7 +135,14 @@ impl Queue {
         }
         let seq = st.next_seq;
         st.next_seq += 1;
-        let epoch = st.store.push(QueuedMessage { msg, seq, redelivered: false, disk: None });
+        let epoch = st.store.push(QueuedMessage {
+            msg,
+            seq,
+            redelivered: false,
+            expires_at_ms: 0,
+            delivery_count: 0,
+            disk: None,
+        });
         if !st.consumers.is_empty() {
             self.dispatch_locked(&mut st);
         }

@@ -59,14 +59,19 @@ fn cost(m: &Message) -> u64 {
     (m.body.len() + m.properties.len() + m.exchange.len() + m.routing_key.len()) as u64 + MESSAGE_OVERHEAD_BYTES
 }
 
+// Message record payload, format v1 (docs/storage.md):
+// flags u8 | seq u64 | expires_at_ms u64 | exchange u8+bytes | routing key u8+bytes |
+// properties u32+bytes | body.
+
 /// The seq stored in a message record's payload.
 pub fn payload_seq(p: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(p.get(1..9)?.try_into().ok()?))
 }
 
-fn encode_payload(out: &mut Vec<u8>, seq: u64, m: &Message) {
+fn encode_payload(out: &mut Vec<u8>, seq: u64, expires_at_ms: u64, m: &Message) {
     out.push(if m.persistent { FLAG_PERSISTENT } else { 0 });
     out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&expires_at_ms.to_le_bytes());
     // Names are short strings on the wire: at most 255 bytes.
     let ex = &m.exchange.as_bytes()[..m.exchange.len().min(255)];
     out.push(ex.len() as u8);
@@ -79,10 +84,11 @@ fn encode_payload(out: &mut Vec<u8>, seq: u64, m: &Message) {
     out.extend_from_slice(&m.body);
 }
 
-fn decode_payload(p: &[u8]) -> Option<(u64, Message)> {
+fn decode_payload(p: &[u8]) -> Option<(u64, u64, Message)> {
     let flags = *p.first()?;
     let seq = payload_seq(p)?;
-    let mut at = 9;
+    let expires_at_ms = u64::from_le_bytes(p.get(9..17)?.try_into().ok()?);
+    let mut at = 17;
     let mut take = |n: usize| -> Option<&[u8]> {
         let s = p.get(at..at + n)?;
         at += n;
@@ -97,7 +103,11 @@ fn decode_payload(p: &[u8]) -> Option<(u64, Message)> {
     let body = Bytes::copy_from_slice(p.get(at..)?);
     let summary = wire::properties::summarize(&properties).ok();
     let priority = summary.and_then(|s| s.priority).unwrap_or(0);
-    Some((seq, Message { exchange, routing_key, properties, body, persistent: flags & FLAG_PERSISTENT != 0, priority }))
+    Some((
+        seq,
+        expires_at_ms,
+        Message { exchange, routing_key, properties, body, persistent: flags & FLAG_PERSISTENT != 0, priority },
+    ))
 }
 
 impl DiskQueueStore {
@@ -123,7 +133,7 @@ impl DiskQueueStore {
     }
 
     fn write(&mut self, m: &QueuedMessage, wait: bool) -> Option<(DiskPos, u64)> {
-        match self.files.append(m.seq, wait, |out| encode_payload(out, m.seq, &m.msg)) {
+        match self.files.append(m.seq, wait, |out| encode_payload(out, m.seq, m.expires_at_ms, &m.msg)) {
             Ok(r) => Some(r),
             Err(e) => {
                 error!("appending to {}: {e}", self.files.dir().display());
@@ -148,7 +158,7 @@ impl DiskQueueStore {
                 if r.acked {
                     continue;
                 }
-                let Some((seq, msg)) = decode_payload(&r.payload) else {
+                let Some((seq, expires_at_ms, msg)) = decode_payload(&r.payload) else {
                     error!("{}: undecodable message record at {:?}, skipped", self.files.dir().display(), r.pos);
                     continue;
                 };
@@ -163,7 +173,14 @@ impl DiskQueueStore {
                 self.disk_count = self.disk_count.saturating_sub(1);
                 let msg = Arc::new(msg);
                 self.mem_cost += cost(&msg);
-                self.mem.push_back(QueuedMessage { msg, seq, redelivered, disk: Some(r.pos) });
+                self.mem.push_back(QueuedMessage {
+                    msg,
+                    seq,
+                    redelivered,
+                    expires_at_ms,
+                    delivery_count: u32::from(redelivered),
+                    disk: Some(r.pos),
+                });
             }
             if self.disk_next.is_none() {
                 self.disk_count = 0;
