@@ -11,6 +11,9 @@
 //! Lock order (never acquire leftwards while holding something to the right):
 //! `VHost` maps → `Exchange` bindings → `Queue` state → consumer sink (channel) state.
 
+pub mod args;
+pub mod clock;
+pub mod dead_letter;
 pub mod error;
 pub mod exchange;
 pub mod matching;

@@ -16,6 +16,8 @@ pub struct Message {
     /// delivery_mode == 2.
     pub persistent: bool,
     pub priority: u8,
+    /// The `expiration` property, parsed (ms).
+    pub expiration_ms: Option<u64>,
 }
 
 impl Message {

@@ -1,15 +1,21 @@
-//! A queue: its ready messages (behind [`MessageStore`]), its consumers, and dispatch.
+//! A queue: its ready messages (behind [`MessageStore`]), its consumers, dispatch, and the
+//! RabbitMQ queue features that act on messages: TTL, length limits, delivery limits and
+//! dead-lettering, consumer priorities and single active consumer.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 use wire::FieldTable;
 
 use crate::ConnectionId;
+use crate::args::{Overflow, QueueArgs};
+use crate::clock::{Clock, SystemClock};
+use crate::dead_letter::Reason;
 use crate::error::AmqpError;
 use crate::message::{Message, QueuedMessage};
 use crate::store::{MemoryStore, MessageStore};
+use crate::vhost::VHost;
 
 /// Where a queue hands its messages. Implemented by the server for each basic.consume.
 ///
@@ -35,6 +41,8 @@ pub struct Consumer {
     pub id: u64,
     pub tag: String,
     pub exclusive: bool,
+    /// x-priority: consumers of higher priority get messages first.
+    pub priority: i32,
     pub sink: Arc<dyn ConsumerSink>,
 }
 
@@ -50,20 +58,28 @@ pub struct Queue {
     pub name: String,
     pub vhost: String,
     pub options: QueueOptions,
+    pub args: QueueArgs,
     /// The connection that declared an exclusive queue.
     pub owner: Option<ConnectionId>,
+    clock: Arc<dyn Clock>,
+    /// For dead-lettering (routing through the vhost's exchanges).
+    vhost_ref: Weak<VHost>,
     state: Mutex<QueueState>,
 }
 
 struct QueueState {
     store: Box<dyn MessageStore>,
+    /// Sorted by priority, highest first; registration order within a priority.
     consumers: Vec<Consumer>,
-    /// Round-robin position: the consumer tried first on the next delivery.
+    /// Round-robin position: the consumer tried first on the next delivery (within the
+    /// highest priority group that has credit).
     cursor: usize,
     next_seq: u64,
     /// Delivered to a consumer that must still ack.
     unacked: u64,
     deleted: bool,
+    /// Last time the queue was used (consumer added, get, redeclare), for x-expires.
+    last_used_ms: u64,
 }
 
 /// Counts for queue.declare-ok and management.
@@ -75,6 +91,21 @@ pub struct QueueStats {
     pub ready_bytes: u64,
 }
 
+/// What became of a published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// Enqueued; confirm once this commit epoch is durable (0: at once).
+    Enqueued(u64),
+    /// Refused by x-overflow=reject-publish(-dlx): nack a confirming publisher.
+    Rejected,
+    /// The queue was deleted meanwhile.
+    Deleted,
+}
+
+/// Dead letters collected under the lock, routed after it is released (routing takes other
+/// queues' locks).
+type Letters = Vec<(QueuedMessage, Reason)>;
+
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queue").field("name", &self.name).field("vhost", &self.vhost).finish()
@@ -82,24 +113,33 @@ impl std::fmt::Debug for Queue {
 }
 
 impl Queue {
+    /// A standalone in-memory queue on the system clock (tests, pseudo-queues).
     pub fn new(vhost: &str, name: String, options: QueueOptions, owner: Option<ConnectionId>) -> Arc<Queue> {
-        Self::with_store(vhost, name, options, owner, Box::new(MemoryStore::new()))
+        let args = QueueArgs::parse(&options.arguments, &name, vhost).unwrap_or_default();
+        Self::build(vhost, name, options, args, owner, Box::new(MemoryStore::new()), Arc::new(SystemClock), Weak::new())
     }
 
-    /// A queue over a given store (a recovered one, or a disk store).
-    pub fn with_store(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn build(
         vhost: &str,
         name: String,
         options: QueueOptions,
+        args: QueueArgs,
         owner: Option<ConnectionId>,
         store: Box<dyn MessageStore>,
+        clock: Arc<dyn Clock>,
+        vhost_ref: Weak<VHost>,
     ) -> Arc<Queue> {
         let next_seq = store.last_seq().map_or(0, |s| s + 1);
+        let now = clock.now_ms();
         Arc::new(Queue {
             name,
             vhost: vhost.to_owned(),
             options,
+            args,
             owner,
+            clock,
+            vhost_ref,
             state: Mutex::new(QueueState {
                 store,
                 consumers: Vec::new(),
@@ -107,6 +147,7 @@ impl Queue {
                 next_seq,
                 unacked: 0,
                 deleted: false,
+                last_used_ms: now,
             }),
         })
     }
@@ -125,67 +166,152 @@ impl Queue {
         self.state.lock().deleted
     }
 
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Mark the queue used (redeclare), resetting its x-expires timer.
+    pub fn touch(&self) {
+        self.state.lock().last_used_ms = self.clock.now_ms();
+    }
+
+    /// When the message expires in this queue: the earlier of the queue's x-message-ttl
+    /// and the message's own expiration (ms; validated by the publisher's channel).
+    fn expiry_for(&self, msg: &Message, now: u64) -> u64 {
+        let per_queue = self.args.message_ttl_ms.map(|t| now.saturating_add(t));
+        let per_message = msg.expiration_ms.map(|t| now.saturating_add(t));
+        match (per_queue, per_message) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => 0,
+        }
+    }
+
+    fn over_limit(&self, st: &QueueState, extra_msgs: u64, extra_bytes: u64) -> bool {
+        self.args.max_length.is_some_and(|max| st.store.len() as u64 + extra_msgs > max)
+            || self.args.max_length_bytes.is_some_and(|max| st.store.bytes() + extra_bytes > max)
+    }
+
     /// Enqueue a routed message and deliver what consumers can take.
-    /// Returns None if the queue was deleted meanwhile (the message was not enqueued),
-    /// else the commit epoch to wait for before confirming (0: nothing to wait for).
-    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Option<u64> {
-        let mut st = self.state.lock();
-        if st.deleted {
-            return None;
-        }
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        let epoch = st.store.push(QueuedMessage {
-            msg,
-            seq,
-            redelivered: false,
-            expires_at_ms: 0,
-            delivery_count: 0,
-            disk: None,
-        });
-        if !st.consumers.is_empty() {
-            self.dispatch_locked(&mut st);
-        }
-        Some(epoch)
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> PublishOutcome {
+        let now = self.clock.now_ms();
+        let mut letters = Letters::new();
+        let outcome = {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return PublishOutcome::Deleted;
+            }
+            self.expire_head(&mut st, now, &mut letters);
+            let size = msg.body_size();
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            let m = QueuedMessage {
+                expires_at_ms: self.expiry_for(&msg, now),
+                msg,
+                seq,
+                redelivered: false,
+                delivery_count: 0,
+                disk: None,
+            };
+            if self.args.overflow != Overflow::DropHead && self.over_limit(&st, 1, size) {
+                if self.args.overflow == Overflow::RejectPublishDlx {
+                    letters.push((m, Reason::MaxLen));
+                }
+                PublishOutcome::Rejected
+            } else {
+                let epoch = st.store.push(m);
+                while self.over_limit(&st, 0, 0) {
+                    let Some(head) = st.store.pop() else { break };
+                    st.store.ack(&head);
+                    letters.push((head, Reason::MaxLen));
+                }
+                if !st.consumers.is_empty() {
+                    self.dispatch_locked(&mut st, now, &mut letters);
+                }
+                PublishOutcome::Enqueued(epoch)
+            }
+        };
+        self.dead_letter(letters);
+        outcome
     }
 
     /// Try to deliver ready messages to consumers (after credit was freed).
     pub fn dispatch(self: &Arc<Self>) {
-        let mut st = self.state.lock();
-        self.dispatch_locked(&mut st);
+        let now = self.clock.now_ms();
+        let mut letters = Letters::new();
+        {
+            let mut st = self.state.lock();
+            self.dispatch_locked(&mut st, now, &mut letters);
+        }
+        self.dead_letter(letters);
     }
 
-    fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
-        while let Some(next) = st.store.peek() {
+    /// Drop (dead-letter) expired messages at the head of the queue. RabbitMQ expires
+    /// messages when they reach the head; so do we.
+    fn expire_head(&self, st: &mut QueueState, now: u64, letters: &mut Letters) {
+        while let Some(m) = st.store.peek() {
+            if m.expires_at_ms == 0 || m.expires_at_ms >= now {
+                return;
+            }
+            let Some(m) = st.store.pop() else { return };
+            st.store.ack(&m);
+            letters.push((m, Reason::Expired));
+        }
+    }
+
+    /// The consumers that may receive now: the active one under single-active-consumer,
+    /// else all, highest priority group first.
+    fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState, now: u64, letters: &mut Letters) {
+        loop {
+            self.expire_head(st, now, letters);
             let n = st.consumers.len();
             if n == 0 {
                 return;
             }
+            let Some(next) = st.store.peek() else { return };
             let mut m = next.clone();
+            m.delivery_count += 1;
+            let mut held = Some(m);
             let mut taken = None;
-            for i in 0..n {
-                let idx = (st.cursor + i) % n;
-                let c = &st.consumers[idx];
-                match c.sink.try_deliver(self, m) {
-                    Ok(()) => {
-                        taken = Some((idx, c.sink.no_ack()));
-                        break;
+            if self.args.single_active_consumer {
+                let c = &st.consumers[0];
+                if let Some(m) = held.take()
+                    && c.sink.try_deliver(self, m).is_ok()
+                {
+                    taken = Some((0, c.sink.no_ack()));
+                }
+            } else {
+                // Walk priority groups from the highest; round-robin inside a group.
+                let mut start = 0;
+                while start < n && taken.is_none() {
+                    let prio = st.consumers[start].priority;
+                    let end = start + st.consumers[start..].iter().take_while(|c| c.priority == prio).count();
+                    let len = end - start;
+                    let first = if st.cursor >= start && st.cursor < end { st.cursor - start } else { 0 };
+                    for i in 0..len {
+                        let idx = start + (first + i) % len;
+                        let c = &st.consumers[idx];
+                        let Some(m) = held.take() else { break };
+                        match c.sink.try_deliver(self, m) {
+                            Ok(()) => {
+                                taken = Some((idx, c.sink.no_ack()));
+                                break;
+                            }
+                            Err(back) => held = Some(back),
+                        }
                     }
-                    Err(back) => m = back,
+                    start = end;
                 }
             }
             let Some((idx, no_ack)) = taken else { return };
-            st.cursor = (idx + 1) % n;
-            let delivered = st.store.pop();
-            if let Some(d) = &delivered {
-                st.store.delivered(d);
-            }
-            if no_ack {
-                if let Some(d) = &delivered {
-                    st.store.ack(d);
+            st.cursor = idx + 1;
+            if let Some(d) = st.store.pop() {
+                st.store.delivered(&d);
+                if no_ack {
+                    st.store.ack(&d);
+                } else {
+                    st.unacked += 1;
                 }
-            } else {
-                st.unacked += 1;
             }
         }
     }
@@ -193,15 +319,26 @@ impl Queue {
     /// basic.get: take the next message. `no_ack` acknowledges it at once.
     /// Returns the message and how many remain ready.
     pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueuedMessage, u32)> {
-        let mut st = self.state.lock();
-        let m = st.store.pop()?;
-        st.store.delivered(&m);
-        if no_ack {
-            st.store.ack(&m);
-        } else {
-            st.unacked += 1;
-        }
-        Some((m, st.store.len() as u32))
+        let now = self.clock.now_ms();
+        let mut letters = Letters::new();
+        let got = {
+            let mut st = self.state.lock();
+            st.last_used_ms = now;
+            self.expire_head(&mut st, now, &mut letters);
+            st.store.pop().map(|mut m| {
+                m.delivery_count += 1;
+                st.store.delivered(&m);
+                if no_ack {
+                    st.store.ack(&m);
+                } else {
+                    st.unacked += 1;
+                }
+                let remaining = st.store.len() as u32;
+                (m, remaining)
+            })
+        };
+        self.dead_letter(letters);
+        got
     }
 
     /// Messages acknowledged by their consumer.
@@ -213,51 +350,89 @@ impl Queue {
         st.unacked = st.unacked.saturating_sub(msgs.len() as u64);
     }
 
+    /// Messages rejected (or nacked) without requeue: dead-lettered if configured.
+    pub fn reject(self: &Arc<Self>, msgs: Vec<QueuedMessage>) {
+        self.ack(&msgs);
+        self.dead_letter(msgs.into_iter().map(|m| (m, Reason::Rejected)).collect());
+    }
+
     /// Return unacked messages to the queue at their original positions, marked redelivered,
-    /// then deliver what consumers can take.
+    /// then deliver what consumers can take. Messages past x-delivery-limit are
+    /// dead-lettered instead.
     pub fn requeue(self: &Arc<Self>, msgs: Vec<QueuedMessage>) {
-        let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(msgs.len() as u64);
-        if st.deleted {
-            return;
+        let now = self.clock.now_ms();
+        let mut letters = Letters::new();
+        {
+            let mut st = self.state.lock();
+            st.unacked = st.unacked.saturating_sub(msgs.len() as u64);
+            if st.deleted {
+                return;
+            }
+            for mut m in msgs {
+                if self.args.delivery_limit.is_some_and(|limit| u64::from(m.delivery_count) > limit) {
+                    st.store.ack(&m);
+                    letters.push((m, Reason::DeliveryLimit));
+                    continue;
+                }
+                m.redelivered = true;
+                st.store.requeue(m);
+            }
+            self.dispatch_locked(&mut st, now, &mut letters);
         }
-        for mut m in msgs {
-            m.redelivered = true;
-            st.store.requeue(m);
-        }
-        self.dispatch_locked(&mut st);
+        self.dead_letter(letters);
     }
 
     /// Register a consumer and deliver what it can take. `registered` runs under the
     /// queue's lock once the consumer is accepted and before any delivery to it (the
     /// server writes basic.consume-ok there, so it precedes the first basic.deliver).
     pub fn add_consumer(self: &Arc<Self>, consumer: Consumer, registered: impl FnOnce()) -> Result<(), AmqpError> {
-        let mut st = self.state.lock();
-        if st.deleted {
-            return Err(AmqpError::not_found(format!("no queue '{}' in vhost '{}'", self.name, self.vhost)));
+        let now = self.clock.now_ms();
+        let mut letters = Letters::new();
+        {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return Err(AmqpError::not_found(format!("no queue '{}' in vhost '{}'", self.name, self.vhost)));
+            }
+            if st.consumers.iter().any(|c| c.exclusive) || (consumer.exclusive && !st.consumers.is_empty()) {
+                return Err(AmqpError::access_refused(format!(
+                    "queue '{}' in vhost '{}' in exclusive use",
+                    self.name, self.vhost
+                )));
+            }
+            st.last_used_ms = now;
+            let at = st.consumers.iter().position(|c| c.priority < consumer.priority).unwrap_or(st.consumers.len());
+            st.consumers.insert(at, consumer);
+            if at < st.cursor {
+                st.cursor += 1;
+            }
+            registered();
+            self.dispatch_locked(&mut st, now, &mut letters);
         }
-        if st.consumers.iter().any(|c| c.exclusive) || (consumer.exclusive && !st.consumers.is_empty()) {
-            return Err(AmqpError::access_refused(format!(
-                "queue '{}' in vhost '{}' in exclusive use",
-                self.name, self.vhost
-            )));
-        }
-        st.consumers.push(consumer);
-        registered();
-        self.dispatch_locked(&mut st);
+        self.dead_letter(letters);
         Ok(())
     }
 
     /// Remove a consumer. Returns true if the queue is auto-delete and this was its last
     /// consumer: the caller then deletes the queue from its vhost.
-    pub fn remove_consumer(&self, consumer_id: u64) -> bool {
+    pub fn remove_consumer(self: &Arc<Self>, consumer_id: u64) -> bool {
         let mut st = self.state.lock();
         let before = st.consumers.len();
-        st.consumers.retain(|c| c.id != consumer_id);
+        let Some(at) = st.consumers.iter().position(|c| c.id == consumer_id) else { return false };
+        st.consumers.remove(at);
+        if at < st.cursor {
+            st.cursor -= 1;
+        }
         if st.cursor >= st.consumers.len() {
             st.cursor = 0;
         }
-        before != st.consumers.len() && st.consumers.is_empty() && self.options.auto_delete && !st.deleted
+        st.last_used_ms = self.clock.now_ms();
+        let last = before == 1 && self.options.auto_delete && !st.deleted;
+        if !last && at == 0 && self.args.single_active_consumer {
+            // A new single active consumer takes over: give it what is waiting.
+            drop(st);
+            self.dispatch();
+        }
+        last
     }
 
     pub fn consumer_count(&self) -> usize {
@@ -268,6 +443,26 @@ impl Queue {
         self.state.lock().store.purge()
     }
 
+    /// Expire messages at the head and report whether the queue itself expired
+    /// (x-expires: unused — no consumers, no get, no redeclare — for that long).
+    /// Called periodically by the server.
+    pub fn tick(self: &Arc<Self>) -> bool {
+        let now = self.clock.now_ms();
+        let mut letters = Letters::new();
+        let expired = {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return false;
+            }
+            self.expire_head(&mut st, now, &mut letters);
+            self.args
+                .expires_ms
+                .is_some_and(|ttl| st.consumers.is_empty() && now.saturating_sub(st.last_used_ms) >= ttl)
+        };
+        self.dead_letter(letters);
+        expired
+    }
+
     /// Mark deleted and drop messages; returns the ready count and the consumers, which
     /// the caller notifies (outside the lock) with basic.cancel.
     pub fn mark_deleted(&self) -> (u32, Vec<Consumer>) {
@@ -276,6 +471,15 @@ impl Queue {
         let n = st.store.len() as u32;
         st.store.destroy();
         (n, std::mem::take(&mut st.consumers))
+    }
+
+    fn dead_letter(self: &Arc<Self>, letters: Letters) {
+        if letters.is_empty() || self.args.dead_letter_exchange.is_none() {
+            return;
+        }
+        if let Some(vh) = self.vhost_ref.upgrade() {
+            vh.dead_letter(self, letters);
+        }
     }
 
     /// The RabbitMQ-style check for redeclaring with other flags or arguments.

@@ -112,3 +112,79 @@ impl MessageStore for MemoryStore {
         n
     }
 }
+
+/// x-max-priority: one store per priority level, highest served first. A message's level
+/// is its priority capped at the maximum (RabbitMQ treats higher values as the maximum).
+pub struct PriorityStore {
+    levels: Vec<Box<dyn MessageStore>>,
+}
+
+impl PriorityStore {
+    /// `levels[p]` holds priority p; there must be at least one.
+    pub fn new(levels: Vec<Box<dyn MessageStore>>) -> PriorityStore {
+        assert!(!levels.is_empty(), "a priority store needs a level");
+        PriorityStore { levels }
+    }
+
+    fn level_of(&self, m: &QueuedMessage) -> usize {
+        usize::from(m.msg.priority).min(self.levels.len() - 1)
+    }
+
+    fn top(&mut self) -> Option<&mut Box<dyn MessageStore>> {
+        self.levels.iter_mut().rev().find(|l| !l.is_empty())
+    }
+}
+
+impl MessageStore for PriorityStore {
+    fn push(&mut self, m: QueuedMessage) -> u64 {
+        let l = self.level_of(&m);
+        self.levels[l].push(m)
+    }
+
+    fn peek(&mut self) -> Option<&QueuedMessage> {
+        // Find the level first: a disk level reports its length without reading.
+        let i = self.levels.iter().rposition(|l| !l.is_empty())?;
+        self.levels[i].peek()
+    }
+
+    fn pop(&mut self) -> Option<QueuedMessage> {
+        self.top()?.pop()
+    }
+
+    fn requeue(&mut self, m: QueuedMessage) {
+        let l = self.level_of(&m);
+        self.levels[l].requeue(m);
+    }
+
+    fn ack(&mut self, m: &QueuedMessage) {
+        let l = self.level_of(m);
+        self.levels[l].ack(m);
+    }
+
+    fn len(&self) -> usize {
+        self.levels.iter().map(|l| l.len()).sum()
+    }
+
+    fn bytes(&self) -> u64 {
+        self.levels.iter().map(|l| l.bytes()).sum()
+    }
+
+    fn purge(&mut self) -> usize {
+        self.levels.iter_mut().map(|l| l.purge()).sum()
+    }
+
+    fn delivered(&mut self, m: &QueuedMessage) {
+        let l = self.level_of(m);
+        self.levels[l].delivered(m);
+    }
+
+    fn last_seq(&self) -> Option<u64> {
+        self.levels.iter().filter_map(|l| l.last_seq()).max()
+    }
+
+    fn destroy(&mut self) {
+        for l in &mut self.levels {
+            l.destroy();
+        }
+    }
+}

@@ -2,16 +2,20 @@
 //! and basic.publish routing, with RabbitMQ's checks and error texts.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use parking_lot::RwLock;
 use wire::FieldTable;
 
 use crate::ConnectionId;
+use crate::args::QueueArgs;
+use crate::clock::{Clock, SystemClock};
+use crate::dead_letter::{self, Reason};
 use crate::error::AmqpError;
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeOptions};
+use crate::message::QueuedMessage;
 use crate::queue::{Consumer, Queue, QueueOptions};
-use crate::store::{MemoryStore, MessageStore};
+use crate::store::{MemoryStore, MessageStore, PriorityStore};
 
 /// Exchanges every vhost has (RabbitMQ's predeclared set).
 const PREDECLARED: [(&str, ExchangeKind); 6] = [
@@ -32,6 +36,8 @@ pub struct VHost {
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
     persistence: Arc<dyn Persistence>,
+    clock: Arc<dyn Clock>,
+    me: Weak<VHost>,
 }
 
 /// Where queues keep their messages and where durable topology is recorded. The vhost
@@ -60,8 +66,13 @@ pub trait Persistence: Send + Sync {
 pub struct InMemory;
 
 impl Persistence for InMemory {
-    fn queue_store(&self, _vhost: &str, _queue: &str, _options: &QueueOptions) -> Box<dyn MessageStore> {
-        Box::new(MemoryStore::new())
+    fn queue_store(&self, vhost: &str, queue: &str, options: &QueueOptions) -> Box<dyn MessageStore> {
+        match QueueArgs::parse(&options.arguments, queue, vhost).ok().and_then(|a| a.max_priority) {
+            Some(max) => Box::new(PriorityStore::new(
+                (0..=max).map(|_| Box::new(MemoryStore::new()) as Box<dyn MessageStore>).collect(),
+            )),
+            None => Box::new(MemoryStore::new()),
+        }
     }
 }
 
@@ -88,11 +99,21 @@ impl VHost {
     }
 
     pub fn with_persistence(name: &str, persistence: Arc<dyn Persistence>) -> Arc<VHost> {
+        Self::with_clock(name, persistence, Arc::new(SystemClock))
+    }
+
+    pub fn with_clock(name: &str, persistence: Arc<dyn Persistence>, clock: Arc<dyn Clock>) -> Arc<VHost> {
+        Arc::new_cyclic(|me| Self::build(name, persistence, clock, me.clone()))
+    }
+
+    fn build(name: &str, persistence: Arc<dyn Persistence>, clock: Arc<dyn Clock>, me: Weak<VHost>) -> VHost {
         let vh = VHost {
             name: name.to_owned(),
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
             persistence,
+            clock,
+            me,
         };
         {
             let mut ex = vh.exchanges.write();
@@ -110,7 +131,7 @@ impl VHost {
                 ex.insert(n.to_owned(), Exchange::new(name, n.to_owned(), o));
             }
         }
-        Arc::new(vh)
+        vh
     }
 
     fn no_exchange(&self, name: &str) -> AmqpError {
@@ -219,11 +240,13 @@ impl VHost {
                 return Err(exclusive_locked(q));
             }
             q.check_equivalent(&opts)?;
+            q.touch();
             return Ok((q.clone(), false));
         }
+        let args = QueueArgs::parse(&opts.arguments, &name, &self.name)?;
         let owner = opts.exclusive.then_some(conn);
         let store = self.persistence.queue_store(&self.name, &name, &opts);
-        let q = Queue::with_store(&self.name, name.clone(), opts, owner, store);
+        let q = Queue::build(&self.name, name.clone(), opts, args, owner, store, self.clock.clone(), self.me.clone());
         if let Err(e) = self.persistence.queue_declared(&q) {
             q.mark_deleted();
             return Err(e);
@@ -409,6 +432,42 @@ impl VHost {
         Ok(())
     }
 
+    /// Republish messages that died in `q` to its dead-letter exchange (the caller checked
+    /// that it has one). A missing DLX drops them, as in RabbitMQ; so does a cycle.
+    pub(crate) fn dead_letter(&self, q: &Arc<Queue>, letters: Vec<(QueuedMessage, Reason)>) {
+        let Some(dlx_name) = q.args.dead_letter_exchange.as_deref() else { return };
+        let Ok(dlx) = self.exchange(dlx_name) else { return };
+        let now = self.clock.now_ms();
+        let mut targets = Vec::new();
+        for (m, reason) in letters {
+            let msg =
+                dead_letter::rewrite(&m.msg, &q.name, reason, now, dlx_name, q.args.dead_letter_routing_key.as_deref());
+            let props = wire::BasicProperties::decode(&msg.properties).unwrap_or_default();
+            targets.clear();
+            let headers = props.headers.clone();
+            let mut h = || headers.clone();
+            self.route(&dlx, &msg.routing_key, &mut h, &mut targets);
+            let msg = Arc::new(msg);
+            for t in &targets {
+                if dead_letter::is_cycle(&props, &t.name) && reason != Reason::Rejected {
+                    continue;
+                }
+                t.publish(msg.clone());
+            }
+        }
+    }
+
+    /// Periodic work: expire messages at queue heads, delete queues unused past x-expires.
+    pub fn tick(&self) -> Vec<Deleted> {
+        let mut deleted = Vec::new();
+        for q in self.queues() {
+            if q.tick() {
+                deleted.push(self.remove_queue(&q));
+            }
+        }
+        deleted
+    }
+
     /// The queues a message published to `exchange` reaches, each once, following
     /// exchange-to-exchange bindings (cycles are cut). `exchange` must exist.
     pub fn route(
@@ -430,6 +489,13 @@ impl VHost {
         while let Some(e) = pending.pop() {
             dests.clear();
             e.route(routing_key, headers, &mut dests);
+            if dests.is_empty()
+                && let Some(ae) = e.options.arguments.get("alternate-exchange").and_then(wire::FieldValue::as_str)
+                && let Ok(ae) = self.exchange(ae)
+            {
+                // alternate-exchange: what this exchange cannot route goes there.
+                dests.push(Destination::Exchange(ae));
+            }
             for d in dests.drain(..) {
                 match d {
                     Destination::Queue(q) => {

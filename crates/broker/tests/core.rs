@@ -59,6 +59,7 @@ fn msg(body: &str) -> Arc<Message> {
         body: Bytes::copy_from_slice(body.as_bytes()),
         persistent: false,
         priority: 0,
+        expiration_ms: None,
     })
 }
 
@@ -68,7 +69,8 @@ fn opts() -> QueueOptions {
 
 fn consume(q: &Arc<Queue>, sink: &Arc<Sink>) -> u64 {
     let id = next_consumer_id();
-    q.add_consumer(Consumer { id, tag: format!("c{id}"), exclusive: false, sink: sink.clone() }, || {}).unwrap();
+    q.add_consumer(Consumer { id, tag: format!("c{id}"), exclusive: false, priority: 0, sink: sink.clone() }, || {})
+        .unwrap();
     id
 }
 
@@ -142,9 +144,15 @@ fn requeued_messages_keep_their_place_and_are_redelivered() {
 fn exclusive_consumer_conflicts() {
     let q = Queue::new("/", "q".into(), opts(), None);
     let a = Sink::new(1);
-    q.add_consumer(Consumer { id: next_consumer_id(), tag: "a".into(), exclusive: true, sink: a.clone() }, || {})
-        .unwrap();
-    let err = q.add_consumer(Consumer { id: next_consumer_id(), tag: "b".into(), exclusive: false, sink: a }, || {});
+    q.add_consumer(
+        Consumer { id: next_consumer_id(), tag: "a".into(), exclusive: true, priority: 0, sink: a.clone() },
+        || {},
+    )
+    .unwrap();
+    let err = q.add_consumer(
+        Consumer { id: next_consumer_id(), tag: "b".into(), exclusive: false, priority: 0, sink: a },
+        || {},
+    );
     assert_eq!(err.unwrap_err().code, 403);
 }
 
@@ -303,7 +311,7 @@ fn deleting_a_queue_cancels_its_consumers() {
     q.publish(msg("m"));
     let d = vh.delete_queue("q", false, false, 1).unwrap();
     assert_eq!(d.consumers.len(), 1);
-    assert!(q.publish(msg("late")).is_none(), "a deleted queue takes no messages");
+    assert_eq!(q.publish(msg("late")), broker::queue::PublishOutcome::Deleted, "a deleted queue takes no messages");
     assert_eq!(vh.delete_queue("q", false, false, 1).unwrap().message_count, 0);
 }
 

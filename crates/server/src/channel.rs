@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use broker::exchange::ExchangeOptions;
-use broker::queue::{Consumer, QueueOptions, next_consumer_id};
+use broker::queue::{Consumer, PublishOutcome, QueueOptions, next_consumer_id};
 use broker::vhost::{Deleted, generate_name};
 use broker::{AmqpError, ExchangeKind, Message, Queue, VHost};
 use bytes::{Bytes, BytesMut};
@@ -61,12 +61,21 @@ pub struct Channel {
     last_queue: Option<String>,
 }
 
+/// The fate of one publish, for its confirm.
+#[derive(Debug, Clone, Copy, Default)]
+struct Routed {
+    /// Commit epoch that makes it durable (0: nothing to wait for).
+    epoch: u64,
+    /// A queue refused it (x-overflow=reject-publish): nack.
+    rejected: bool,
+}
+
 #[derive(Default)]
 struct Confirms {
     next_seq: u64,
     acked_upto: u64,
-    /// (publish seq, commit epoch it waits for), in publish order.
-    waiting: VecDeque<(u64, u64)>,
+    /// (publish seq, its fate), in publish order.
+    waiting: VecDeque<(u64, Routed)>,
 }
 
 /// The publish side of a full content frame set, once assembled.
@@ -228,8 +237,8 @@ impl Channel {
                 }
                 self.send(&Method::BasicQosOk);
             }
-            Method::BasicConsume { queue, consumer_tag, no_ack, exclusive, nowait, .. } => {
-                self.consume(ctx, &queue, consumer_tag, no_ack, exclusive, nowait)?;
+            Method::BasicConsume { queue, consumer_tag, no_ack, exclusive, nowait, arguments, .. } => {
+                self.consume(ctx, &queue, consumer_tag, no_ack, exclusive, nowait, &arguments)?;
             }
             Method::BasicCancel { consumer_tag, nowait } => {
                 self.cancel(ctx, &consumer_tag);
@@ -301,7 +310,7 @@ impl Channel {
                 for op in ops {
                     match op {
                         TxOp::Publish { exchange, msg, mandatory } => {
-                            epoch = epoch.max(self.route(ctx, &exchange, msg, mandatory)?);
+                            epoch = epoch.max(self.route(ctx, &exchange, msg, mandatory)?.epoch);
                         }
                         TxOp::Settle { entries, requeue } => settle(entries, requeue),
                     }
@@ -342,6 +351,7 @@ impl Channel {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn consume(
         &mut self,
         ctx: &ConnCtx,
@@ -350,8 +360,10 @@ impl Channel {
         no_ack: bool,
         exclusive: bool,
         nowait: bool,
+        arguments: &wire::FieldTable,
     ) -> Result<(), AmqpError> {
         let q = ctx.vhost.queue(&self.queue_name(queue)?, ctx.conn_id)?;
+        let cargs = broker::args::ConsumerArgs::parse(arguments, &q.name, &ctx.vhost.name)?;
         self.consumers.retain(|_, c| !c.cancelled.load(Ordering::Relaxed));
         let tag = if tag.is_empty() {
             generate_name("amq.ctag-", |t| self.consumers.contains_key(t))
@@ -369,7 +381,8 @@ impl Channel {
             self.consumer_prefetch,
             ctx.cancel_notify,
         );
-        let consumer = Consumer { id: handle.id, tag: tag.clone(), exclusive, sink: handle.clone() };
+        let consumer =
+            Consumer { id: handle.id, tag: tag.clone(), exclusive, priority: cargs.priority, sink: handle.clone() };
         let ok = Method::BasicConsumeOk { consumer_tag: tag.clone() };
         let id = self.shared.id;
         let outbox = self.shared.outbox.clone();
@@ -529,6 +542,13 @@ impl Channel {
             }
         };
         let summary = wire::properties::summarize(&properties).map_err(|e| AmqpError::new(e.code, e.text))?;
+        let expiration_ms = match &summary.expiration {
+            None => None,
+            // RabbitMQ: a string of a non-negative integer of milliseconds.
+            Some(e) => Some(e.parse::<u64>().map_err(|_| {
+                AmqpError::precondition_failed(format!("invalid expiration '{e}': {{error,no_integer}}"))
+            })?),
+        };
         let exchange = ctx.vhost.exchange(&p.exchange)?;
         if exchange.options.internal {
             return Err(AmqpError::access_refused(format!(
@@ -543,33 +563,48 @@ impl Channel {
             body,
             persistent: summary.delivery_mode == Some(2),
             priority: summary.priority.unwrap_or(0),
+            expiration_ms,
         });
         if let Some(ops) = &mut self.tx {
             ops.push(TxOp::Publish { exchange: p.exchange, msg, mandatory: p.mandatory });
             return Ok(());
         }
-        let epoch = self.route(ctx, &p.exchange, msg, p.mandatory)?;
+        let routed = self.route(ctx, &p.exchange, msg, p.mandatory)?;
         if let Some(c) = &mut self.confirm {
-            c.waiting.push_back((c.next_seq, epoch));
+            c.waiting.push_back((c.next_seq, routed));
             c.next_seq += 1;
         }
         Ok(())
     }
 
-    /// Route and enqueue; returns the commit epoch that makes the message durable in
-    /// every queue it reached (0 if none needs the disk).
-    fn route(&mut self, ctx: &ConnCtx, exchange: &str, msg: Arc<Message>, mandatory: bool) -> Result<u64, AmqpError> {
+    /// Route and enqueue; returns whether a queue refused it, and the commit epoch that
+    /// makes it durable in every queue it reached (0 if none needs the disk).
+    fn route(
+        &mut self,
+        ctx: &ConnCtx,
+        exchange: &str,
+        msg: Arc<Message>,
+        mandatory: bool,
+    ) -> Result<Routed, AmqpError> {
         let ex = ctx.vhost.exchange(exchange)?;
         let mut queues: Vec<Arc<Queue>> = Vec::new();
         let props = msg.properties.clone();
         let mut headers = || wire::properties::headers_of(&props).ok().flatten();
         ctx.vhost.route(&ex, &msg.routing_key, &mut headers, &mut queues);
         let mut routed = false;
-        let mut epoch = 0;
+        let mut out = Routed::default();
         for q in &queues {
-            if let Some(e) = q.publish(msg.clone()) {
-                routed = true;
-                epoch = epoch.max(e);
+            match q.publish(msg.clone()) {
+                PublishOutcome::Enqueued(e) => {
+                    routed = true;
+                    out.epoch = out.epoch.max(e);
+                }
+                PublishOutcome::Rejected => {
+                    // x-overflow=reject-publish: the publisher gets a nack, not a return.
+                    routed = true;
+                    out.rejected = true;
+                }
+                PublishOutcome::Deleted => {}
             }
         }
         if !routed && mandatory {
@@ -581,7 +616,7 @@ impl Channel {
                 frame::encode_body(out, id, &msg.body, frame_max);
             });
         }
-        Ok(epoch)
+        Ok(out)
     }
 
     /// Send what `durable` (the fsynced commit epoch) allows: one basic.ack (multiple)
@@ -592,20 +627,33 @@ impl Channel {
             self.send(&Method::TxCommitOk);
         }
         let Some(c) = &mut self.confirm else { return };
+        let mut frames = Vec::new();
+        // Runs of acks collapse into one `multiple` ack; a nack goes out on its own, after
+        // the acks before it.
         let mut upto = c.acked_upto;
-        while let Some(&(seq, epoch)) = c.waiting.front() {
-            if epoch > durable {
+        while let Some(&(seq, r)) = c.waiting.front() {
+            if r.epoch > durable {
                 break;
             }
-            upto = seq;
             c.waiting.pop_front();
+            if r.rejected {
+                if upto > c.acked_upto {
+                    frames.push(Method::BasicAck { delivery_tag: upto, multiple: upto - c.acked_upto > 1 });
+                }
+                frames.push(Method::BasicNack { delivery_tag: seq, multiple: false, requeue: false });
+                c.acked_upto = seq;
+                upto = seq;
+            } else {
+                upto = seq;
+            }
         }
-        if upto <= c.acked_upto {
-            return;
+        if upto > c.acked_upto {
+            frames.push(Method::BasicAck { delivery_tag: upto, multiple: upto - c.acked_upto > 1 });
+            c.acked_upto = upto;
         }
-        let multiple = upto - c.acked_upto > 1;
-        c.acked_upto = upto;
-        self.send(&Method::BasicAck { delivery_tag: upto, multiple });
+        for f in &frames {
+            self.send(f);
+        }
     }
 
     /// Confirms or a commit-ok wait for the disk.
@@ -644,7 +692,8 @@ fn settle(entries: Vec<Unacked>, requeue: Option<bool>) {
     for (q, msgs) in by_queue {
         match requeue {
             Some(true) => q.requeue(msgs),
-            _ => q.ack(&msgs),
+            Some(false) => q.reject(msgs),
+            None => q.ack(&msgs),
         }
     }
 }

@@ -9,6 +9,9 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::connection::serve_connection;
+
+/// How often TTLs and queue expiry are checked (RabbitMQ-like resolution).
+const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(100);
 use crate::state::ServerState;
 
 /// Bind the AMQP port. With no address: all IPv4 interfaces and, where the host has
@@ -71,6 +74,7 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<ServerState>) {
         });
     }
     drop(tx);
+    accepts.spawn(housekeeping(state.clone()));
     let mut shutdown = state.shutdown.clone();
     loop {
         tokio::select! {
@@ -87,4 +91,23 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<ServerState>) {
     accepts.abort_all();
     let st = state.clone();
     let _ = tokio::task::spawn_blocking(move || st.sync_and_stop_store()).await;
+}
+
+/// Periodic broker work: message TTL at queue heads, x-expires queue deletion.
+async fn housekeeping(state: Arc<ServerState>) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                for vh in state.vhosts() {
+                    for d in vh.tick() {
+                        crate::channel::notify_deleted(d);
+                    }
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
 }

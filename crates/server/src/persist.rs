@@ -274,6 +274,17 @@ impl DiskPersistence {
         Ok((p, Recovery { defs: live }))
     }
 
+    fn open_store(&self, dir: &Path, durable: bool, queue: &str) -> Box<dyn MessageStore> {
+        match DiskQueueStore::open(dir, durable, self.syncer.clone(), &self.store_cfg) {
+            Ok(s) => Box::new(s),
+            Err(e) => {
+                // Keep serving from RAM rather than refuse the queue; the log says why.
+                error!("opening the store of queue '{queue}' in {}: {e}; keeping it in RAM only", dir.display());
+                Box::new(MemoryStore::new())
+            }
+        }
+    }
+
     pub fn syncer(&self) -> &Arc<Syncer> {
         &self.syncer
     }
@@ -351,14 +362,14 @@ impl Persistence for DiskPersistence {
             let n = self.next_transient.fetch_add(1, Ordering::Relaxed);
             self.data_dir.join("transient").join(n.to_string())
         };
-        match DiskQueueStore::open(&dir, durable, self.syncer.clone(), &self.store_cfg) {
-            Ok(s) => Box::new(s),
-            Err(e) => {
-                // Keep serving from RAM rather than refuse the queue; the log says why.
-                error!("opening the store of queue '{queue}' in {}: {e}; keeping it in RAM only", dir.display());
-                Box::new(MemoryStore::new())
-            }
+        let max_priority =
+            broker::args::QueueArgs::parse(&options.arguments, queue, vhost).ok().and_then(|a| a.max_priority);
+        if let Some(max) = max_priority {
+            // One store per priority level, in p0 … pN.
+            let levels = (0..=max).map(|p| self.open_store(&dir.join(format!("p{p}")), durable, queue)).collect();
+            return Box::new(broker::store::PriorityStore::new(levels));
         }
+        self.open_store(&dir, durable, queue)
     }
 
     fn exchange_declared(&self, e: &Exchange) -> Result<(), AmqpError> {

@@ -84,6 +84,10 @@ impl ServerState {
         self.users.read().get(user).is_some_and(|p| p == password)
     }
 
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        self.vhosts.read().values().cloned().collect()
+    }
+
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         self.vhosts.read().get(name).cloned()
     }

@@ -106,7 +106,15 @@ fn decode_payload(p: &[u8]) -> Option<(u64, u64, Message)> {
     Some((
         seq,
         expires_at_ms,
-        Message { exchange, routing_key, properties, body, persistent: flags & FLAG_PERSISTENT != 0, priority },
+        Message {
+            exchange,
+            routing_key,
+            properties,
+            body,
+            persistent: flags & FLAG_PERSISTENT != 0,
+            priority,
+            expiration_ms: None,
+        },
     ))
 }
 

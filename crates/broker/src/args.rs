@@ -1,0 +1,220 @@
+//! Queue and consumer arguments (RabbitMQ's `x-` arguments), parsed and validated once at
+//! declare. Errors are 406 PRECONDITION_FAILED naming the argument, as RabbitMQ words them:
+//! "invalid arg 'x-max-length' for queue 'q' in vhost '/': {value_negative,-1}".
+
+use wire::{FieldTable, FieldValue};
+
+use crate::error::AmqpError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    #[default]
+    DropHead,
+    RejectPublish,
+    RejectPublishDlx,
+}
+
+/// The arguments of a queue that change its behaviour.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct QueueArgs {
+    /// x-message-ttl, ms.
+    pub message_ttl_ms: Option<u64>,
+    /// x-expires, ms: the queue is deleted after this long unused.
+    pub expires_ms: Option<u64>,
+    pub dead_letter_exchange: Option<String>,
+    pub dead_letter_routing_key: Option<String>,
+    pub max_length: Option<u64>,
+    pub max_length_bytes: Option<u64>,
+    pub overflow: Overflow,
+    pub max_priority: Option<u8>,
+    pub single_active_consumer: bool,
+    pub delivery_limit: Option<u64>,
+    /// x-consumer-timeout, ms.
+    pub consumer_timeout_ms: Option<u64>,
+    /// x-queue-type: "classic" (default) or "quorum" (a durable queue until clustering).
+    pub queue_type: QueueType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
+}
+
+fn type_name(v: &FieldValue) -> &'static str {
+    match v {
+        FieldValue::Bool(_) => "bool",
+        FieldValue::I8(_) => "byte",
+        FieldValue::U8(_) => "unsignedbyte",
+        FieldValue::I16(_) => "short",
+        FieldValue::U16(_) => "unsignedshort",
+        FieldValue::I32(_) => "signedint",
+        FieldValue::U32(_) => "unsignedint",
+        FieldValue::I64(_) | FieldValue::U64(_) => "long",
+        FieldValue::F32(_) => "float",
+        FieldValue::F64(_) => "double",
+        FieldValue::Decimal(..) => "decimal",
+        FieldValue::LongStr(_) => "longstr",
+        FieldValue::Array(_) => "array",
+        FieldValue::Timestamp(_) => "timestamp",
+        FieldValue::Table(_) => "table",
+        FieldValue::Void => "void",
+        FieldValue::ByteArray(_) => "bytes",
+    }
+}
+
+struct Ctx<'a> {
+    what: &'a str,
+    name: &'a str,
+    vhost: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, arg: &str, reason: String) -> AmqpError {
+        AmqpError::precondition_failed(format!(
+            "invalid arg '{arg}' for {} '{}' in vhost '{}': {reason}",
+            self.what, self.name, self.vhost
+        ))
+    }
+
+    fn int(&self, args: &FieldTable, arg: &str) -> Result<Option<i64>, AmqpError> {
+        match args.get(arg) {
+            None => Ok(None),
+            Some(v) => match v.as_i64() {
+                Some(i) => Ok(Some(i)),
+                None => Err(self.err(arg, format!("{{unacceptable_type,{}}}", type_name(v)))),
+            },
+        }
+    }
+
+    fn non_neg(&self, args: &FieldTable, arg: &str) -> Result<Option<u64>, AmqpError> {
+        match self.int(args, arg)? {
+            Some(i) if i < 0 => Err(self.err(arg, format!("{{value_negative,{i}}}"))),
+            Some(i) => Ok(Some(i as u64)),
+            None => Ok(None),
+        }
+    }
+
+    fn positive(&self, args: &FieldTable, arg: &str) -> Result<Option<u64>, AmqpError> {
+        match self.int(args, arg)? {
+            Some(i) if i <= 0 => Err(self.err(arg, format!("{{value_zero_or_less,{i}}}"))),
+            Some(i) => Ok(Some(i as u64)),
+            None => Ok(None),
+        }
+    }
+
+    fn string(&self, args: &FieldTable, arg: &str) -> Result<Option<String>, AmqpError> {
+        match args.get(arg) {
+            None => Ok(None),
+            Some(FieldValue::LongStr(b)) => Ok(Some(String::from_utf8_lossy(b).into_owned())),
+            Some(v) => Err(self.err(arg, format!("{{unacceptable_type,{}}}", type_name(v)))),
+        }
+    }
+}
+
+impl QueueArgs {
+    pub fn parse(args: &FieldTable, queue: &str, vhost: &str) -> Result<QueueArgs, AmqpError> {
+        let c = Ctx { what: "queue", name: queue, vhost };
+        let overflow = match c.string(args, "x-overflow")?.as_deref() {
+            None | Some("drop-head") => Overflow::DropHead,
+            Some("reject-publish") => Overflow::RejectPublish,
+            Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
+            Some(other) => return Err(c.err("x-overflow", format!("{{unacceptable_value,<<\"{other}\">>}}"))),
+        };
+        let max_priority = match c.int(args, "x-max-priority")? {
+            None => None,
+            Some(p) if p < 0 => return Err(c.err("x-max-priority", format!("{{value_negative,{p}}}"))),
+            Some(p) if p > 255 => return Err(c.err("x-max-priority", format!("{{value_too_large,{p},255}}"))),
+            Some(p) => Some(p as u8),
+        };
+        let single_active_consumer = match args.get("x-single-active-consumer") {
+            None => false,
+            Some(FieldValue::Bool(b)) => *b,
+            Some(v) => return Err(c.err("x-single-active-consumer", format!("{{unacceptable_type,{}}}", type_name(v)))),
+        };
+        let queue_type = match c.string(args, "x-queue-type")?.as_deref() {
+            None | Some("classic") => QueueType::Classic,
+            Some("quorum") => QueueType::Quorum,
+            Some(other) => {
+                return Err(c.err("x-queue-type", format!("{{unacceptable_value,<<\"{other}\">>}}")));
+            }
+        };
+        Ok(QueueArgs {
+            message_ttl_ms: c.non_neg(args, "x-message-ttl")?,
+            expires_ms: c.positive(args, "x-expires")?,
+            dead_letter_exchange: c.string(args, "x-dead-letter-exchange")?,
+            dead_letter_routing_key: c.string(args, "x-dead-letter-routing-key")?,
+            max_length: c.non_neg(args, "x-max-length")?,
+            max_length_bytes: c.non_neg(args, "x-max-length-bytes")?,
+            overflow,
+            max_priority,
+            single_active_consumer,
+            delivery_limit: c.non_neg(args, "x-delivery-limit")?,
+            consumer_timeout_ms: c.positive(args, "x-consumer-timeout")?,
+            queue_type,
+        })
+    }
+}
+
+/// basic.consume arguments.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConsumerArgs {
+    /// x-priority: higher first.
+    pub priority: i32,
+}
+
+impl ConsumerArgs {
+    pub fn parse(args: &FieldTable, queue: &str, vhost: &str) -> Result<ConsumerArgs, AmqpError> {
+        let c = Ctx { what: "queue", name: queue, vhost };
+        let priority = match c.int(args, "x-priority")? {
+            None => 0,
+            Some(p) => i32::try_from(p).map_err(|_| c.err("x-priority", format!("{{value_out_of_range,{p}}}")))?,
+        };
+        Ok(ConsumerArgs { priority })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn t(pairs: &[(&str, FieldValue)]) -> FieldTable {
+        let mut f = FieldTable::new();
+        for (k, v) in pairs {
+            f.insert(*k, v.clone());
+        }
+        f
+    }
+
+    #[test]
+    fn parses_and_rejects() {
+        let a = QueueArgs::parse(
+            &t(&[
+                ("x-message-ttl", FieldValue::I32(1000)),
+                ("x-overflow", FieldValue::LongStr(Bytes::from_static(b"reject-publish"))),
+                ("x-max-priority", FieldValue::U8(10)),
+                ("x-queue-type", FieldValue::LongStr(Bytes::from_static(b"quorum"))),
+            ]),
+            "q",
+            "/",
+        )
+        .unwrap();
+        assert_eq!(a.message_ttl_ms, Some(1000));
+        assert_eq!(a.overflow, Overflow::RejectPublish);
+        assert_eq!(a.max_priority, Some(10));
+        assert_eq!(a.queue_type, QueueType::Quorum);
+        let e = QueueArgs::parse(&t(&[("x-max-length", FieldValue::I32(-1))]), "q", "/").unwrap_err();
+        assert_eq!(e.code, 406);
+        assert_eq!(e.text, "invalid arg 'x-max-length' for queue 'q' in vhost '/': {value_negative,-1}");
+        let e = QueueArgs::parse(&t(&[("x-message-ttl", FieldValue::LongStr(Bytes::from_static(b"x")))]), "q", "/");
+        assert!(e.unwrap_err().text.contains("{unacceptable_type,longstr}"));
+        assert!(QueueArgs::parse(&t(&[("x-max-priority", FieldValue::I32(256))]), "q", "/").is_err());
+        assert!(QueueArgs::parse(&t(&[("x-expires", FieldValue::I32(0))]), "q", "/").is_err());
+        assert!(
+            QueueArgs::parse(&t(&[("x-queue-type", FieldValue::LongStr(Bytes::from_static(b"stream")))]), "q", "/")
+                .is_err()
+        );
+    }
+}
