@@ -8,7 +8,7 @@ use parking_lot::RwLock;
 use wire::FieldTable;
 
 use crate::ConnectionId;
-use crate::args::QueueArgs;
+use crate::args::{QueueArgs, QueueType};
 use crate::clock::{Clock, SystemClock};
 use crate::dead_letter::{self, Reason};
 use crate::error::AmqpError;
@@ -26,6 +26,9 @@ const PREDECLARED: [(&str, ExchangeKind); 6] = [
     ("amq.match", ExchangeKind::Headers),
     ("amq.rabbitmq.trace", ExchangeKind::Topic),
 ];
+
+/// RabbitMQ 4.x's default x-delivery-limit for quorum queues.
+const QUORUM_DELIVERY_LIMIT: u64 = 20;
 
 /// Longest exchange-to-exchange chain followed when routing one message; a guard against
 /// pathological topologies (cycles are already cut by the visited set).
@@ -243,7 +246,20 @@ impl VHost {
             q.touch();
             return Ok((q.clone(), false));
         }
-        let args = QueueArgs::parse(&opts.arguments, &name, &self.name)?;
+        let mut args = QueueArgs::parse(&opts.arguments, &name, &self.name)?;
+        if args.queue_type == QueueType::Quorum {
+            // Quorum queues are always durable, never exclusive or auto-delete (RabbitMQ
+            // refuses those), and since RabbitMQ 4.0 have a delivery limit of 20.
+            for (bad, prop) in [(!opts.durable, "non-durable"), (opts.exclusive, "exclusive"), (opts.auto_delete, "auto-delete")] {
+                if bad {
+                    return Err(AmqpError::precondition_failed(format!(
+                        "invalid property '{prop}' for queue '{name}' in vhost '{}'",
+                        self.name
+                    )));
+                }
+            }
+            args.delivery_limit.get_or_insert(QUORUM_DELIVERY_LIMIT);
+        }
         let owner = opts.exclusive.then_some(conn);
         let store = self.persistence.queue_store(&self.name, &name, &opts);
         let q = Queue::build(&self.name, name.clone(), opts, args, owner, store, self.clock.clone(), self.me.clone());

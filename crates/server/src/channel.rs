@@ -24,7 +24,11 @@ pub struct ConnCtx {
     pub user: String,
     /// The fsynced commit epoch.
     pub durable: tokio::sync::watch::Receiver<u64>,
+    pub server: Arc<crate::state::ServerState>,
 }
+
+/// The pseudo-queue of RabbitMQ's direct reply-to.
+pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// A basic.publish whose content is still arriving.
 struct PendingPublish {
@@ -59,6 +63,9 @@ pub struct Channel {
     commit_waiting: Option<u64>,
     /// The last queue declared on this channel, which an empty queue name refers to.
     last_queue: Option<String>,
+    /// Direct reply-to: this channel's token and pseudo-queue, once it consumes from
+    /// `amq.rabbitmq.reply-to`.
+    reply_to: Option<(String, Arc<Queue>)>,
 }
 
 /// The fate of one publish, for its confirm.
@@ -100,6 +107,7 @@ impl Channel {
             tx: None,
             commit_waiting: None,
             last_queue: None,
+            reply_to: None,
         }
     }
 
@@ -362,7 +370,7 @@ impl Channel {
         nowait: bool,
         arguments: &wire::FieldTable,
     ) -> Result<(), AmqpError> {
-        let q = ctx.vhost.queue(&self.queue_name(queue)?, ctx.conn_id)?;
+        let q = if queue == REPLY_TO { self.reply_queue(ctx, no_ack)? } else { ctx.vhost.queue(&self.queue_name(queue)?, ctx.conn_id)? };
         let cargs = broker::args::ConsumerArgs::parse(arguments, &q.name, &ctx.vhost.name)?;
         self.consumers.retain(|_, c| !c.cancelled.load(Ordering::Relaxed));
         let tag = if tag.is_empty() {
@@ -395,6 +403,24 @@ impl Channel {
         })?;
         self.consumers.insert(tag, handle);
         Ok(())
+    }
+
+    /// Direct reply-to: the channel's pseudo-queue, created on the first consume. As in
+    /// RabbitMQ, the consumer must be no-ack and there is one per channel.
+    fn reply_queue(&mut self, ctx: &ConnCtx, no_ack: bool) -> Result<Arc<Queue>, AmqpError> {
+        if !no_ack {
+            return Err(AmqpError::precondition_failed("reply consumer cannot acknowledge"));
+        }
+        if self.reply_to.is_some() {
+            return Err(AmqpError::precondition_failed("reply consumer already set"));
+        }
+        let mut reg = ctx.server.reply_to.lock();
+        let token = generate_name("", |t| reg.contains_key(t));
+        let opts = QueueOptions { durable: false, exclusive: true, auto_delete: false, arguments: wire::FieldTable::new() };
+        let q = Queue::new(&ctx.vhost.name, REPLY_TO.to_owned(), opts, Some(ctx.conn_id));
+        reg.insert(token.clone(), Arc::downgrade(&q));
+        self.reply_to = Some((token, q.clone()));
+        Ok(q)
     }
 
     fn cancel(&mut self, ctx: &ConnCtx, tag: &str) {
@@ -549,6 +575,7 @@ impl Channel {
                 AmqpError::precondition_failed(format!("invalid expiration '{e}': {{error,no_integer}}"))
             })?),
         };
+        let properties = if summary.reply_to_direct { self.rewrite_reply_to(&properties)? } else { properties };
         let exchange = ctx.vhost.exchange(&p.exchange)?;
         if exchange.options.internal {
             return Err(AmqpError::access_refused(format!(
@@ -577,6 +604,19 @@ impl Channel {
         Ok(())
     }
 
+    /// A request published with reply_to=amq.rabbitmq.reply-to: point the reply at this
+    /// channel's pseudo-queue.
+    fn rewrite_reply_to(&self, raw: &Bytes) -> Result<Bytes, AmqpError> {
+        let Some((token, _)) = &self.reply_to else {
+            return Err(AmqpError::precondition_failed("fast reply consumer does not exist"));
+        };
+        let mut props = wire::BasicProperties::decode(raw).map_err(|e| AmqpError::new(e.code, e.text))?;
+        props.reply_to = Some(format!("{REPLY_TO}.{token}"));
+        let mut out = Vec::with_capacity(raw.len() + 32);
+        props.encode(&mut out);
+        Ok(Bytes::from(out))
+    }
+
     /// Route and enqueue; returns whether a queue refused it, and the commit epoch that
     /// makes it durable in every queue it reached (0 if none needs the disk).
     fn route(
@@ -590,7 +630,15 @@ impl Channel {
         let mut queues: Vec<Arc<Queue>> = Vec::new();
         let props = msg.properties.clone();
         let mut headers = || wire::properties::headers_of(&props).ok().flatten();
-        ctx.vhost.route(&ex, &msg.routing_key, &mut headers, &mut queues);
+        match msg.routing_key.strip_prefix(REPLY_TO).and_then(|t| t.strip_prefix('.')) {
+            // A reply to a direct reply-to requester (default exchange only).
+            Some(token) if ex.name.is_empty() => {
+                if let Some(q) = ctx.server.reply_to.lock().get(token).and_then(std::sync::Weak::upgrade) {
+                    queues.push(q);
+                }
+            }
+            _ => ctx.vhost.route(&ex, &msg.routing_key, &mut headers, &mut queues),
+        }
         let mut routed = false;
         let mut out = Routed::default();
         for q in &queues {
@@ -665,6 +713,10 @@ impl Channel {
     /// deliveries, cancel consumers, and requeue everything unacknowledged.
     pub fn shutdown(&mut self, ctx: &ConnCtx) {
         self.pending = None;
+        if let Some((token, q)) = self.reply_to.take() {
+            ctx.server.reply_to.lock().remove(&token);
+            q.mark_deleted();
+        }
         let entries = {
             let mut st = self.shared.state.lock();
             st.closed = true;

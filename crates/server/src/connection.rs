@@ -540,6 +540,7 @@ impl Conn {
                     max_message_size_bytes: self.state.config.max_message_size_bytes,
                     user: self.user.clone(),
                     durable: self.state.durable_epoch.clone(),
+                    server: self.state.clone(),
                 });
                 self.send(0, &Method::ConnectionOpenOk { known_hosts: String::new() });
                 self.phase = Phase::Running;

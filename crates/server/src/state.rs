@@ -1,11 +1,11 @@
 //! What all connections share: config, users, vhosts, and the shutdown signal.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use broker::VHost;
-use parking_lot::RwLock;
+use broker::{Queue, VHost};
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
 use broker::vhost::Persistence;
@@ -25,6 +25,8 @@ pub struct ServerState {
     /// The highest commit epoch known fsynced (publisher confirms wait on it).
     pub durable_epoch: watch::Receiver<u64>,
     pub persistence: Option<Arc<DiskPersistence>>,
+    /// Direct reply-to: token → the requesting channel's pseudo-queue.
+    pub reply_to: Mutex<HashMap<String, Weak<Queue>>>,
 }
 
 impl ServerState {
@@ -66,6 +68,7 @@ impl ServerState {
             shutdown,
             durable_epoch,
             persistence,
+            reply_to: Mutex::new(HashMap::new()),
         })
     }
 

@@ -35,6 +35,9 @@ pub struct PropertiesSummary {
     pub priority: Option<u8>,
     pub expiration: Option<String>,
     pub has_headers: bool,
+    /// reply_to is exactly `amq.rabbitmq.reply-to` (RabbitMQ's direct reply-to), which
+    /// the broker rewrites.
+    pub reply_to_direct: bool,
 }
 
 // Property flag bits of the first flags word, in wire order.
@@ -228,7 +231,7 @@ pub fn summarize(raw: &[u8]) -> Result<PropertiesSummary, WireError> {
         r.shortstr()?;
     }
     if has(REPLY_TO) {
-        r.shortstr()?;
+        summary.reply_to_direct = r.shortstr()? == "amq.rabbitmq.reply-to";
     }
     if has(EXPIRATION) {
         summary.expiration = Some(r.shortstr()?.to_owned());
