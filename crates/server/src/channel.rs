@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use broker::exchange::ExchangeOptions;
 use broker::queue::{Consumer, PublishOutcome, QueueOptions, next_consumer_id};
@@ -66,6 +67,9 @@ pub struct Channel {
     /// Direct reply-to: this channel's token and pseudo-queue, once it consumes from
     /// `amq.rabbitmq.reply-to`.
     reply_to: Option<(String, Arc<Queue>)>,
+    /// Delivery tags requeued by a consumer timeout: a late ack for them is ignored
+    /// rather than closing the channel for an unknown tag.
+    timed_out_tags: std::collections::HashSet<u64>,
 }
 
 /// The fate of one publish, for its confirm.
@@ -108,6 +112,7 @@ impl Channel {
             commit_waiting: None,
             last_queue: None,
             reply_to: None,
+            timed_out_tags: std::collections::HashSet::new(),
         }
     }
 
@@ -388,6 +393,7 @@ impl Channel {
             no_ack,
             self.consumer_prefetch,
             ctx.cancel_notify,
+            q.args.consumer_timeout_ms.map(Duration::from_millis).or(ctx.server.config.consumer_timeout),
         );
         let consumer =
             Consumer { id: handle.id, tag: tag.clone(), exclusive, priority: cargs.priority, sink: handle.clone() };
@@ -451,6 +457,9 @@ impl Channel {
 
     /// Remove the deliveries an ack/nack/reject names. Tag 0 with `multiple` means all.
     fn take_unacked(&mut self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, AmqpError> {
+        if !multiple && self.timed_out_tags.remove(&tag) {
+            return Ok(Vec::new());
+        }
         let mut st = self.shared.state.lock();
         let unknown = || AmqpError::precondition_failed(format!("unknown delivery tag {tag}"));
         let taken: Vec<Unacked> = if multiple {
@@ -478,6 +487,60 @@ impl Channel {
                 self.redispatch();
             }
         }
+    }
+
+    /// Consumer timeout: cancel every consumer holding a delivery unacked for longer than
+    /// its timeout and requeue its deliveries. Clients with consumer_cancel_notify get
+    /// basic.cancel and keep the channel; others get RabbitMQ's channel error.
+    pub fn check_consumer_timeouts(&mut self, ctx: &ConnCtx, now: Instant) -> Result<(), AmqpError> {
+        let timed_out: Vec<Arc<ConsumerHandle>> = {
+            let st = self.shared.state.lock();
+            self.consumers
+                .values()
+                .filter(|c| {
+                    c.timeout.is_some_and(|t| {
+                        st.unacked.values().any(|u| {
+                            u.consumer.as_ref().is_some_and(|uc| uc.id == c.id) && now.duration_since(u.delivered_at) > t
+                        })
+                    })
+                })
+                .cloned()
+                .collect()
+        };
+        for c in timed_out {
+            let timeout_ms = c.timeout.map_or(0, |t| t.as_millis());
+            if !c.cancel_notify {
+                return Err(AmqpError::precondition_failed(format!(
+                    "delivery acknowledgement on channel {} timed out. Timeout value used: {timeout_ms} ms. This timeout value can be configured, see consumers doc guide to learn more",
+                    self.shared.id
+                )));
+            }
+            tracing::warn!(channel = self.shared.id, consumer = %c.tag, timeout_ms, "consumer timeout: cancelling the consumer and requeueing its deliveries");
+            let entries: Vec<Unacked> = {
+                let mut st = self.shared.state.lock();
+                let tags: Vec<u64> = st
+                    .unacked
+                    .iter()
+                    .filter(|(_, u)| u.consumer.as_ref().is_some_and(|uc| uc.id == c.id))
+                    .map(|(t, _)| *t)
+                    .collect();
+                tags.iter().filter_map(|t| st.unacked.remove(t)).collect()
+            };
+            self.timed_out_tags.extend(entries.iter().map(|e| e.tag));
+            c.unacked.store(0, Ordering::Relaxed);
+            self.consumers.remove(&c.tag);
+            c.cancelled.store(true, Ordering::Relaxed);
+            if c.queue.remove_consumer(c.id) {
+                notify_deleted(ctx.vhost.remove_queue(&c.queue));
+            }
+            self.send(&Method::BasicCancel { consumer_tag: c.tag.clone(), nowait: true });
+            settle(entries, Some(true));
+        }
+        Ok(())
+    }
+
+    pub fn has_consumer_timeouts(&self) -> bool {
+        self.consumers.values().any(|c| c.timeout.is_some())
     }
 
     /// Credit was freed or limits changed: let the queues of this channel's consumers

@@ -22,6 +22,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Bytes of ready messages a queue keeps in RAM before paging the rest to disk.
     pub queue_ram_budget_bytes: u64,
+    /// Consumer timeout for every queue without x-consumer-timeout. Off by default:
+    /// RabbitMQ's 30-minute default kills channels that hold long or delayed tasks.
+    pub consumer_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -36,6 +39,7 @@ impl Default for Config {
             outbox_high_water_bytes: 1024 * 1024,
             data_dir: PathBuf::from("./warren-data"),
             queue_ram_budget_bytes: 8 * 1024 * 1024,
+            consumer_timeout: None,
         }
     }
 }

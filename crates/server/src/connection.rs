@@ -141,20 +141,6 @@ impl Conn {
         let mut tick = tokio::time::interval(tick_period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // Tick fast while a deadline is near (handshake, closing), slowly once running:
-            // idle connections must cost (almost) nothing.
-            let want = match self.phase {
-                Phase::Running if self.heartbeat_secs > 0 => {
-                    Duration::from_millis(u64::from(self.heartbeat_secs) * 250)
-                }
-                Phase::Running => Duration::from_secs(10),
-                _ => Duration::from_millis(250),
-            };
-            if want != tick_period {
-                tick_period = want;
-                tick = tokio::time::interval_at(tokio::time::Instant::now() + want, want);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            }
             // Decode and handle every whole frame buffered.
             loop {
                 match wire::decode_frame(&mut buf, self.frame_max) {
@@ -180,6 +166,23 @@ impl Conn {
                     }
                 }
             }
+            // Tick fast while a deadline is near (handshake, closing), slowly once running:
+            // idle connections must cost (almost) nothing.
+            let want = match self.phase {
+                Phase::Running if self.channels.values().any(Channel::has_consumer_timeouts) => {
+                    Duration::from_millis(250)
+                }
+                Phase::Running if self.heartbeat_secs > 0 => {
+                    Duration::from_millis(u64::from(self.heartbeat_secs) * 250)
+                }
+                Phase::Running => Duration::from_secs(10),
+                _ => Duration::from_millis(250),
+            };
+            if want != tick_period {
+                tick_period = want;
+                tick = tokio::time::interval_at(tokio::time::Instant::now() + want, want);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
             self.flush_confirms();
             if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
                 buf.reserve(READ_CHUNK_BYTES);
@@ -200,6 +203,7 @@ impl Conn {
                         }
                         _ => {}
                     }
+                    self.check_consumer_timeouts();
                     if self.heartbeat_secs > 0 {
                         let hb = Duration::from_secs(self.heartbeat_secs.into());
                         if now.duration_since(last_read) > hb * 2 {
@@ -400,6 +404,23 @@ impl Conn {
             }
             None => false,
         });
+    }
+
+    fn check_consumer_timeouts(&mut self) {
+        let Some(ctx) = self.ctx.as_ref() else { return };
+        let now = Instant::now();
+        let mut failed = Vec::new();
+        for (id, ch) in self.channels.iter_mut() {
+            if ch.closing || !ch.has_consumer_timeouts() {
+                continue;
+            }
+            if let Err(e) = ch.check_consumer_timeouts(ctx, now) {
+                failed.push((*id, e));
+            }
+        }
+        for (id, e) in failed {
+            self.close_channel(id, e, (wire::class::BASIC, 80));
+        }
     }
 
     /// Close a channel with a soft error: tear it down and wait for close-ok.

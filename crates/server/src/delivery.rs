@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use broker::{ConsumerSink, Queue, QueuedMessage};
 use parking_lot::Mutex;
@@ -15,6 +16,8 @@ use crate::outbox::Outbox;
 /// One unacknowledged delivery.
 pub struct Unacked {
     pub tag: u64,
+    /// When it was delivered (consumer timeout).
+    pub delivered_at: Instant,
     pub queue: Arc<Queue>,
     pub msg: QueuedMessage,
     /// The consumer it went to; None for basic.get.
@@ -60,7 +63,7 @@ impl ChannelShared {
         let tag = st.next_tag;
         st.next_tag += 1;
         if !no_ack {
-            st.unacked.insert(tag, Unacked { tag, queue: queue.clone(), msg: m.clone(), consumer: None });
+            st.unacked.insert(tag, Unacked { tag, delivered_at: Instant::now(), queue: queue.clone(), msg: m.clone(), consumer: None });
         }
         tag
     }
@@ -78,13 +81,16 @@ pub struct ConsumerHandle {
     pub unacked: AtomicU32,
     /// Whether the client advertised consumer_cancel_notify.
     pub cancel_notify: bool,
-    /// Set when the broker cancelled the consumer (queue deleted).
+    /// Set when the broker cancelled the consumer (queue deleted, consumer timeout).
     pub cancelled: AtomicBool,
+    /// Consumer timeout (x-consumer-timeout or the server's setting); None = never.
+    pub timeout: Option<Duration>,
     /// Weak self-reference, so deliveries can point back at their consumer.
     me: Weak<ConsumerHandle>,
 }
 
 impl ConsumerHandle {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: u64,
         tag: String,
@@ -93,6 +99,7 @@ impl ConsumerHandle {
         no_ack: bool,
         prefetch: u32,
         cancel_notify: bool,
+        timeout: Option<Duration>,
     ) -> Arc<ConsumerHandle> {
         Arc::new_cyclic(|me| ConsumerHandle {
             id,
@@ -104,6 +111,7 @@ impl ConsumerHandle {
             unacked: AtomicU32::new(0),
             cancel_notify,
             cancelled: AtomicBool::new(false),
+            timeout,
             me: me.clone(),
         })
     }
@@ -141,7 +149,7 @@ impl ConsumerSink for ConsumerHandle {
         });
         if !self.no_ack {
             self.unacked.fetch_add(1, Ordering::Relaxed);
-            st.unacked.insert(tag, Unacked { tag, queue: queue.clone(), msg: m, consumer: self.me.upgrade() });
+            st.unacked.insert(tag, Unacked { tag, delivered_at: Instant::now(), queue: queue.clone(), msg: m, consumer: self.me.upgrade() });
         }
         Ok(())
     }

@@ -23,6 +23,10 @@ struct Args {
     /// Heartbeat interval offered to clients, in seconds (0 disables).
     #[arg(long, default_value_t = 60)]
     heartbeat: u16,
+    /// Consumer timeout in ms for queues without x-consumer-timeout (default: off).
+    /// A consumer holding a delivery longer is cancelled and its messages requeued.
+    #[arg(long)]
+    consumer_timeout: Option<u64>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -44,7 +48,12 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-        let config = Config { heartbeat_secs: args.heartbeat, data_dir: args.data_dir.clone(), ..Config::default() };
+        let config = Config {
+            heartbeat_secs: args.heartbeat,
+            data_dir: args.data_dir.clone(),
+            consumer_timeout: args.consumer_timeout.map(std::time::Duration::from_millis),
+            ..Config::default()
+        };
         let (tx, rx) = tokio::sync::watch::channel(false);
         let state =
             ServerState::open(config, rx).with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
