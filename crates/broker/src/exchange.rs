@@ -40,6 +40,33 @@ impl ExchangeKind {
     }
 }
 
+/// The type name of the delayed-message exchange (RabbitMQ's plugin).
+pub const DELAYED_TYPE: &str = "x-delayed-message";
+
+/// Parse a declared exchange type: (routing kind, delayed). Unknown types are 503
+/// COMMAND_INVALID, a connection error, as in RabbitMQ.
+pub fn parse_type(declared: &str, arguments: &FieldTable) -> Result<(ExchangeKind, bool), AmqpError> {
+    if declared == DELAYED_TYPE {
+        let inner = arguments.get("x-delayed-type").and_then(FieldValue::as_str).and_then(ExchangeKind::parse);
+        return match inner {
+            Some(k) => Ok((k, true)),
+            None => Err(AmqpError::precondition_failed(
+                "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+            )),
+        };
+    }
+    ExchangeKind::parse(declared)
+        .map(|k| (k, false))
+        .ok_or_else(|| AmqpError::command_invalid(format!("unknown exchange type '{declared}'")))
+}
+
+impl ExchangeOptions {
+    /// The type as declared ("x-delayed-message" for delayed exchanges).
+    pub fn type_name(&self) -> &'static str {
+        if self.delayed { "x-delayed-message" } else { self.kind.as_str() }
+    }
+}
+
 /// Where a binding leads.
 #[derive(Clone, Debug)]
 pub enum Destination {
@@ -79,7 +106,11 @@ pub struct Binding {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExchangeOptions {
+    /// How bindings route. For an `x-delayed-message` exchange, its x-delayed-type.
     pub kind: ExchangeKind,
+    /// Declared as `x-delayed-message` (RabbitMQ's delayed-message plugin): messages with
+    /// an `x-delay` header are held that many ms before being routed.
+    pub delayed: bool,
     pub durable: bool,
     pub auto_delete: bool,
     pub internal: bool,
@@ -226,8 +257,8 @@ impl Exchange {
                 self.name, self.vhost
             ))
         };
-        if o.kind != mine.kind {
-            return Err(ineq("type", o.kind.as_str(), mine.kind.as_str()));
+        if o.kind != mine.kind || o.delayed != mine.delayed {
+            return Err(ineq("type", o.type_name(), mine.type_name()));
         }
         if o.durable != mine.durable {
             return Err(ineq("durable", &o.durable.to_string(), &mine.durable.to_string()));

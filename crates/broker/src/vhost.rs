@@ -122,6 +122,7 @@ impl VHost {
             let mut ex = vh.exchanges.write();
             let opts = |kind| ExchangeOptions {
                 kind,
+                delayed: false,
                 durable: true,
                 auto_delete: false,
                 internal: false,
@@ -250,7 +251,9 @@ impl VHost {
         if args.queue_type == QueueType::Quorum {
             // Quorum queues are always durable, never exclusive or auto-delete (RabbitMQ
             // refuses those), and since RabbitMQ 4.0 have a delivery limit of 20.
-            for (bad, prop) in [(!opts.durable, "non-durable"), (opts.exclusive, "exclusive"), (opts.auto_delete, "auto-delete")] {
+            for (bad, prop) in
+                [(!opts.durable, "non-durable"), (opts.exclusive, "exclusive"), (opts.auto_delete, "auto-delete")]
+            {
                 if bad {
                     return Err(AmqpError::precondition_failed(format!(
                         "invalid property '{prop}' for queue '{name}' in vhost '{}'",

@@ -201,7 +201,14 @@ proptest! {
 }
 
 fn exchange_opts(kind: ExchangeKind) -> ExchangeOptions {
-    ExchangeOptions { kind, durable: false, auto_delete: false, internal: false, arguments: FieldTable::new() }
+    ExchangeOptions {
+        kind,
+        delayed: false,
+        durable: false,
+        auto_delete: false,
+        internal: false,
+        arguments: FieldTable::new(),
+    }
 }
 
 fn routed(vh: &VHost, exchange: &str, key: &str, headers: Option<FieldTable>) -> Vec<String> {

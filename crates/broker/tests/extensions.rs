@@ -71,6 +71,7 @@ fn setup() -> (Arc<VHost>, Arc<ManualClock>) {
         false,
         ExchangeOptions {
             kind: ExchangeKind::Fanout,
+            delayed: false,
             durable: false,
             auto_delete: false,
             internal: false,

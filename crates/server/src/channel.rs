@@ -160,11 +160,10 @@ impl Channel {
                 arguments,
                 ..
             } => {
-                let kind = if passive {
-                    ExchangeKind::Direct
+                let (kind, delayed) = if passive {
+                    (ExchangeKind::Direct, false)
                 } else {
-                    ExchangeKind::parse(&kind)
-                        .ok_or_else(|| AmqpError::command_invalid(format!("unknown exchange type '{kind}'")))?
+                    broker::exchange::parse_type(&kind, &arguments)?
                 };
                 if !passive && exchange.is_empty() {
                     return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
@@ -172,7 +171,7 @@ impl Channel {
                 vh.declare_exchange(
                     &exchange,
                     passive,
-                    ExchangeOptions { kind, durable, auto_delete, internal, arguments },
+                    ExchangeOptions { kind, delayed, durable, auto_delete, internal, arguments },
                 )?;
                 if !nowait {
                     self.send(&Method::ExchangeDeclareOk);
@@ -375,7 +374,11 @@ impl Channel {
         nowait: bool,
         arguments: &wire::FieldTable,
     ) -> Result<(), AmqpError> {
-        let q = if queue == REPLY_TO { self.reply_queue(ctx, no_ack)? } else { ctx.vhost.queue(&self.queue_name(queue)?, ctx.conn_id)? };
+        let q = if queue == REPLY_TO {
+            self.reply_queue(ctx, no_ack)?
+        } else {
+            ctx.vhost.queue(&self.queue_name(queue)?, ctx.conn_id)?
+        };
         let cargs = broker::args::ConsumerArgs::parse(arguments, &q.name, &ctx.vhost.name)?;
         self.consumers.retain(|_, c| !c.cancelled.load(Ordering::Relaxed));
         let tag = if tag.is_empty() {
@@ -422,7 +425,8 @@ impl Channel {
         }
         let mut reg = ctx.server.reply_to.lock();
         let token = generate_name("", |t| reg.contains_key(t));
-        let opts = QueueOptions { durable: false, exclusive: true, auto_delete: false, arguments: wire::FieldTable::new() };
+        let opts =
+            QueueOptions { durable: false, exclusive: true, auto_delete: false, arguments: wire::FieldTable::new() };
         let q = Queue::new(&ctx.vhost.name, REPLY_TO.to_owned(), opts, Some(ctx.conn_id));
         reg.insert(token.clone(), Arc::downgrade(&q));
         self.reply_to = Some((token, q.clone()));
@@ -500,7 +504,8 @@ impl Channel {
                 .filter(|c| {
                     c.timeout.is_some_and(|t| {
                         st.unacked.values().any(|u| {
-                            u.consumer.as_ref().is_some_and(|uc| uc.id == c.id) && now.duration_since(u.delivered_at) > t
+                            u.consumer.as_ref().is_some_and(|uc| uc.id == c.id)
+                                && now.duration_since(u.delivered_at) > t
                         })
                     })
                 })
@@ -699,6 +704,17 @@ impl Channel {
                 if let Some(q) = ctx.server.reply_to.lock().get(token).and_then(std::sync::Weak::upgrade) {
                     queues.push(q);
                 }
+            }
+            _ if ex.options.delayed => {
+                // x-delayed-message: hold it for x-delay ms, then route (by the exchange's
+                // x-delayed-type). Like RabbitMQ's plugin, no basic.return for it later.
+                let delay = headers().and_then(|h| h.get("x-delay").and_then(wire::FieldValue::as_i64)).unwrap_or(0);
+                if delay > 0 {
+                    let due = broker::clock::Clock::now_ms(&broker::clock::SystemClock).saturating_add(delay as u64);
+                    ctx.server.delay(&ctx.vhost, &ex, msg, due);
+                    return Ok(Routed::default());
+                }
+                ctx.vhost.route(&ex, &msg.routing_key, &mut headers, &mut queues);
             }
             _ => ctx.vhost.route(&ex, &msg.routing_key, &mut headers, &mut queues),
         }

@@ -63,7 +63,10 @@ impl ChannelShared {
         let tag = st.next_tag;
         st.next_tag += 1;
         if !no_ack {
-            st.unacked.insert(tag, Unacked { tag, delivered_at: Instant::now(), queue: queue.clone(), msg: m.clone(), consumer: None });
+            st.unacked.insert(
+                tag,
+                Unacked { tag, delivered_at: Instant::now(), queue: queue.clone(), msg: m.clone(), consumer: None },
+            );
         }
         tag
     }
@@ -149,7 +152,16 @@ impl ConsumerSink for ConsumerHandle {
         });
         if !self.no_ack {
             self.unacked.fetch_add(1, Ordering::Relaxed);
-            st.unacked.insert(tag, Unacked { tag, delivered_at: Instant::now(), queue: queue.clone(), msg: m, consumer: self.me.upgrade() });
+            st.unacked.insert(
+                tag,
+                Unacked {
+                    tag,
+                    delivered_at: Instant::now(),
+                    queue: queue.clone(),
+                    msg: m,
+                    consumer: self.me.upgrade(),
+                },
+            );
         }
         Ok(())
     }

@@ -101,6 +101,7 @@ async fn housekeeping(state: Arc<ServerState>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                state.fire_delayed(broker::clock::Clock::now_ms(&broker::clock::SystemClock));
                 for vh in state.vhosts() {
                     for d in vh.tick() {
                         crate::channel::notify_deleted(d);

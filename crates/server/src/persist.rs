@@ -13,7 +13,7 @@ use broker::exchange::{Binding, Destination, ExchangeOptions};
 use broker::queue::QueueOptions;
 use broker::store::{MemoryStore, MessageStore};
 use broker::vhost::Persistence;
-use broker::{AmqpError, Exchange, ExchangeKind, Queue, VHost};
+use broker::{AmqpError, Exchange, Queue, VHost};
 use parking_lot::Mutex;
 use store::definitions::DefinitionsLog;
 use store::{DiskQueueStore, StoreConfig, Syncer};
@@ -317,9 +317,9 @@ impl DiskPersistence {
             let r = match d {
                 Def::Exchange { vhost, name, kind, auto_delete, internal, args } => {
                     let Some(vh) = vhost_of(&vhost) else { continue };
-                    let Some(kind) = ExchangeKind::parse(&kind) else { continue };
+                    let Ok((kind, delayed)) = broker::exchange::parse_type(&kind, &args) else { continue };
                     exchanges += 1;
-                    let opts = ExchangeOptions { kind, durable: true, auto_delete, internal, arguments: args };
+                    let opts = ExchangeOptions { kind, delayed, durable: true, auto_delete, internal, arguments: args };
                     vh.declare_exchange(&name, false, opts).map(|_| ())
                 }
                 Def::Queue { vhost, name, auto_delete, args } => {
@@ -379,7 +379,7 @@ impl Persistence for DiskPersistence {
         self.append(&Def::Exchange {
             vhost: e.vhost.clone(),
             name: e.name.clone(),
-            kind: e.options.kind.as_str().to_owned(),
+            kind: e.options.type_name().to_owned(),
             auto_delete: e.options.auto_delete,
             internal: e.options.internal,
             args: e.options.arguments.clone(),

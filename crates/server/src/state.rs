@@ -1,10 +1,13 @@
 //! What all connections share: config, users, vhosts, and the shutdown signal.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
-use broker::{Queue, VHost};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use broker::{Exchange, Message, Queue, VHost};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
@@ -27,6 +30,35 @@ pub struct ServerState {
     pub persistence: Option<Arc<DiskPersistence>>,
     /// Direct reply-to: token → the requesting channel's pseudo-queue.
     pub reply_to: Mutex<HashMap<String, Weak<Queue>>>,
+    /// Messages held by x-delayed-message exchanges until they are due.
+    delayed: Mutex<BinaryHeap<Reverse<Delayed>>>,
+    delayed_seq: AtomicU64,
+}
+
+/// A message waiting in a delayed-message exchange. Ordered by due time, then arrival.
+pub struct Delayed {
+    due_ms: u64,
+    seq: u64,
+    vhost: Arc<VHost>,
+    exchange: Arc<Exchange>,
+    msg: Arc<Message>,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, o: &Self) -> bool {
+        (self.due_ms, self.seq) == (o.due_ms, o.seq)
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.due_ms, self.seq).cmp(&(o.due_ms, o.seq))
+    }
 }
 
 impl ServerState {
@@ -69,6 +101,8 @@ impl ServerState {
             durable_epoch,
             persistence,
             reply_to: Mutex::new(HashMap::new()),
+            delayed: Mutex::new(BinaryHeap::new()),
+            delayed_seq: AtomicU64::new(0),
         })
     }
 
@@ -85,6 +119,45 @@ impl ServerState {
 
     pub fn check_password(&self, user: &str, password: &str) -> bool {
         self.users.read().get(user).is_some_and(|p| p == password)
+    }
+
+    /// Hold `msg` in a delayed-message exchange until `due_ms`.
+    pub fn delay(&self, vhost: &Arc<VHost>, exchange: &Arc<Exchange>, msg: Arc<Message>, due_ms: u64) {
+        let seq = self.delayed_seq.fetch_add(1, Ordering::Relaxed);
+        self.delayed.lock().push(Reverse(Delayed {
+            due_ms,
+            seq,
+            vhost: vhost.clone(),
+            exchange: exchange.clone(),
+            msg,
+        }));
+    }
+
+    /// Route every delayed message that is due (exchanges deleted meanwhile drop theirs).
+    pub fn fire_delayed(&self, now_ms: u64) {
+        loop {
+            let d = {
+                let mut heap = self.delayed.lock();
+                match heap.peek() {
+                    Some(Reverse(d)) if d.due_ms <= now_ms => heap.pop().map(|Reverse(d)| d),
+                    _ => None,
+                }
+            };
+            let Some(d) = d else { return };
+            if d.vhost.exchange(&d.exchange.name).is_ok_and(|e| Arc::ptr_eq(&e, &d.exchange)) {
+                let mut queues = Vec::new();
+                let props = d.msg.properties.clone();
+                let mut headers = || wire::properties::headers_of(&props).ok().flatten();
+                d.vhost.route(&d.exchange, &d.msg.routing_key, &mut headers, &mut queues);
+                for q in queues {
+                    q.publish(d.msg.clone());
+                }
+            }
+        }
+    }
+
+    pub fn delayed_count(&self) -> usize {
+        self.delayed.lock().len()
     }
 
     pub fn vhosts(&self) -> Vec<Arc<VHost>> {
