@@ -286,6 +286,7 @@ fn alternate_exchange_takes_unroutable_messages() {
             false,
             ExchangeOptions {
                 kind: ExchangeKind::Direct,
+                delayed: false,
                 durable: false,
                 auto_delete: false,
                 internal: false,
