@@ -341,5 +341,9 @@ fn invalid_arguments_are_406_naming_the_argument() {
     assert!(e.text.contains("'x-message-ttl'"), "{}", e.text);
     let e = vh.declare_queue("q", false, opts(&[("x-overflow", s("explode"))]), 1).unwrap_err();
     assert!(e.text.contains("'x-overflow'"), "{}", e.text);
-    assert!(vh.declare_queue("q", false, opts(&[("x-queue-type", s("quorum"))]), 1).is_ok());
+    let e = vh.declare_queue("q", false, opts(&[("x-queue-type", s("quorum"))]), 1).unwrap_err();
+    assert!(e.text.contains("'non-durable'"), "quorum queues are durable: {}", e.text);
+    let durable = QueueOptions { durable: true, ..opts(&[("x-queue-type", s("quorum"))]) };
+    let (q, _) = vh.declare_queue("qq", false, durable, 1).unwrap();
+    assert_eq!(q.args.delivery_limit, Some(20), "RabbitMQ 4.x default delivery limit");
 }
