@@ -25,6 +25,12 @@ pub struct Config {
     /// Consumer timeout for every queue without x-consumer-timeout. Off by default:
     /// RabbitMQ's 30-minute default kills channels that hold long or delayed tasks.
     pub consumer_timeout: Option<Duration>,
+    /// Memory alarm threshold (bytes of RSS); None = 0.6 of the machine's RAM, as
+    /// RabbitMQ's vm_memory_high_watermark.
+    pub memory_high_watermark_bytes: Option<u64>,
+    /// Disk alarm: raised when free space under the data dir drops below this
+    /// (RabbitMQ's disk_free_limit: 50 MB).
+    pub disk_free_limit_bytes: u64,
 }
 
 impl Default for Config {
@@ -40,6 +46,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./warren-data"),
             queue_ram_budget_bytes: 8 * 1024 * 1024,
             consumer_timeout: None,
+            memory_high_watermark_bytes: None,
+            disk_free_limit_bytes: 50_000_000,
         }
     }
 }

@@ -67,6 +67,10 @@ struct Conn {
     confirm_dirty: Vec<u16>,
     /// The socket should close once the outbox is flushed.
     finished: bool,
+    /// The client has published: resource alarms block this connection.
+    published: bool,
+    /// Blocked by a resource alarm (and connection.blocked sent, if the client supports it).
+    blocked: bool,
 }
 
 /// Serve one accepted TCP connection until it closes.
@@ -92,6 +96,8 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<Se
         channels: HashMap::new(),
         confirm_dirty: Vec::new(),
         finished: false,
+        published: false,
+        blocked: false,
     };
     let reason = conn.run(&mut rd).await;
     conn.teardown();
@@ -136,6 +142,7 @@ impl Conn {
         let mut durable = self.state.durable_epoch.clone();
         let mut store_gone = false;
         let mut shutdown_seen = false;
+        let mut alarms = self.state.alarms.clone();
         let mut last_read = Instant::now();
         let mut tick_period = Duration::from_millis(250);
         let mut tick = tokio::time::interval(tick_period);
@@ -184,11 +191,17 @@ impl Conn {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             }
             self.flush_confirms();
+            self.update_blocked();
+            if self.blocked {
+                // Not reading is how a blocked publisher is paused; it is not silence.
+                last_read = Instant::now();
+            }
             if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
                 buf.reserve(READ_CHUNK_BYTES);
             }
             tokio::select! {
-                r = rd.read_buf(&mut buf) => match r {
+                _ = alarms.changed(), if self.published => {}
+                r = rd.read_buf(&mut buf), if !self.blocked => match r {
                     Ok(0) => return "client closed the socket".into(),
                     Ok(_) => last_read = Instant::now(),
                     Err(e) => return format!("read error: {e}"),
@@ -406,6 +419,26 @@ impl Conn {
         });
     }
 
+    /// Block (stop reading) a publishing connection while a resource alarm is on, telling
+    /// clients that advertise connection.blocked; unblock when it clears.
+    fn update_blocked(&mut self) {
+        let alarms = *self.state.alarms.borrow();
+        let block = alarms.any() && self.published && self.phase == Phase::Running;
+        if block == self.blocked {
+            return;
+        }
+        self.blocked = block;
+        info!(conn = self.id, peer = %self.peer, blocked = block, "publishing connection {}", if block { "blocked by a resource alarm" } else { "unblocked" });
+        if self.client_has("connection.blocked") {
+            let m = if block {
+                Method::ConnectionBlocked { reason: alarms.reason().to_owned() }
+            } else {
+                Method::ConnectionUnblocked
+            };
+            self.send(0, &m);
+        }
+    }
+
     fn check_consumer_timeouts(&mut self) {
         let Some(ctx) = self.ctx.as_ref() else { return };
         let now = Instant::now();
@@ -439,6 +472,9 @@ impl Conn {
 
     fn on_channel_method(&mut self, channel: u16, method: Method) -> Result<(), HardError> {
         let ids = method.ids();
+        if matches!(method, Method::BasicPublish { .. }) {
+            self.published = true;
+        }
         let Some(ch) = self.channels.get_mut(&channel) else {
             return match method {
                 Method::ChannelOpen { .. } => self.open_channel(channel),

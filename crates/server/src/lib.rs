@@ -10,6 +10,7 @@
 //! - [`outbox`]: a connection's outgoing byte buffer and the writer task that drains it,
 //!   so that many frames go out in one syscall.
 
+pub mod alarms;
 pub mod channel;
 pub mod config;
 pub mod connection;

@@ -12,6 +12,8 @@ use crate::connection::serve_connection;
 
 /// How often TTLs and queue expiry are checked (RabbitMQ-like resolution).
 const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(100);
+/// Memory and disk are measured once a second.
+const RESOURCE_CHECK_EVERY_TICKS: u64 = 10;
 use crate::state::ServerState;
 
 /// Bind the AMQP port. With no address: all IPv4 interfaces and, where the host has
@@ -98,9 +100,14 @@ async fn housekeeping(state: Arc<ServerState>) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = state.shutdown.clone();
+    let mut n: u64 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                n += 1;
+                if n % RESOURCE_CHECK_EVERY_TICKS == 1 {
+                    state.check_resources();
+                }
                 state.fire_delayed(broker::clock::Clock::now_ms(&broker::clock::SystemClock));
                 for vh in state.vhosts() {
                     for d in vh.tick() {

@@ -27,6 +27,15 @@ struct Args {
     /// A consumer holding a delivery longer is cancelled and its messages requeued.
     #[arg(long)]
     consumer_timeout: Option<u64>,
+    /// Memory alarm threshold in bytes of RSS (default: 0.6 of the machine's RAM).
+    #[arg(long)]
+    memory_high_watermark: Option<u64>,
+    /// Disk alarm: free bytes under the data dir below this block publishers (default 50 MB).
+    #[arg(long, default_value_t = 50_000_000)]
+    disk_free_limit: u64,
+    /// Bytes of ready messages each queue keeps in RAM before paging to disk.
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    queue_ram_budget: u64,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -52,6 +61,9 @@ fn main() -> anyhow::Result<()> {
             heartbeat_secs: args.heartbeat,
             data_dir: args.data_dir.clone(),
             consumer_timeout: args.consumer_timeout.map(std::time::Duration::from_millis),
+            memory_high_watermark_bytes: args.memory_high_watermark,
+            disk_free_limit_bytes: args.disk_free_limit,
+            queue_ram_budget_bytes: args.queue_ram_budget,
             ..Config::default()
         };
         let (tx, rx) = tokio::sync::watch::channel(false);

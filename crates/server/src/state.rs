@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use broker::vhost::Persistence;
 use store::StoreConfig;
 
+use crate::alarms::Alarms;
 use crate::config::Config;
 use crate::persist::DiskPersistence;
 
@@ -33,6 +34,9 @@ pub struct ServerState {
     /// Messages held by x-delayed-message exchanges until they are due.
     delayed: Mutex<BinaryHeap<Reverse<Delayed>>>,
     delayed_seq: AtomicU64,
+    /// Resource alarms in force; publishing connections block while any is on.
+    alarms_tx: watch::Sender<Alarms>,
+    pub alarms: watch::Receiver<Alarms>,
 }
 
 /// A message waiting in a delayed-message exchange. Ordered by due time, then arrival.
@@ -92,6 +96,7 @@ impl ServerState {
         users.insert("guest".to_owned(), "guest".to_owned());
         let mut vhosts = HashMap::new();
         vhosts.insert("/".to_owned(), VHost::with_persistence("/", vhost_persistence));
+        let (alarms_tx, alarms) = watch::channel(Alarms::default());
         Arc::new(ServerState {
             config,
             users: RwLock::new(users),
@@ -103,6 +108,8 @@ impl ServerState {
             reply_to: Mutex::new(HashMap::new()),
             delayed: Mutex::new(BinaryHeap::new()),
             delayed_seq: AtomicU64::new(0),
+            alarms_tx,
+            alarms,
         })
     }
 
@@ -158,6 +165,33 @@ impl ServerState {
 
     pub fn delayed_count(&self) -> usize {
         self.delayed.lock().len()
+    }
+
+    /// Set the alarms (the monitor does; tests may too). Logs changes.
+    pub fn set_alarms(&self, a: Alarms) {
+        self.alarms_tx.send_if_modified(|cur| {
+            if *cur == a {
+                return false;
+            }
+            if a.memory != cur.memory {
+                tracing::warn!(on = a.memory, "memory resource alarm");
+            }
+            if a.disk != cur.disk {
+                tracing::warn!(on = a.disk, "disk resource alarm");
+            }
+            *cur = a;
+            true
+        });
+    }
+
+    /// Measure memory and disk against the limits and set the alarms.
+    pub fn check_resources(&self) {
+        let cfg = &self.config;
+        let watermark =
+            cfg.memory_high_watermark_bytes.or_else(|| crate::alarms::total_memory_bytes().map(|t| t / 10 * 6));
+        let memory = matches!((crate::alarms::rss_bytes(), watermark), (Some(r), Some(w)) if r > w);
+        let disk = crate::alarms::disk_free_bytes(&cfg.data_dir).is_some_and(|f| f < cfg.disk_free_limit_bytes);
+        self.set_alarms(Alarms { memory, disk });
     }
 
     pub fn vhosts(&self) -> Vec<Arc<VHost>> {

@@ -1,0 +1,63 @@
+//! Resource alarms, as RabbitMQ's: when the broker's memory use passes its high
+//! watermark, or free disk space under the data directory drops below its limit, every
+//! connection that publishes is blocked (connection.blocked to clients that advertise it,
+//! then its socket is not read) while consumers keep draining. Cleared when back under.
+
+use std::path::Path;
+
+/// Which alarms are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Alarms {
+    pub memory: bool,
+    pub disk: bool,
+}
+
+impl Alarms {
+    pub fn any(self) -> bool {
+        self.memory || self.disk
+    }
+
+    /// RabbitMQ's connection.blocked reason text.
+    pub fn reason(self) -> &'static str {
+        match (self.memory, self.disk) {
+            (true, true) => "low on memory & disk",
+            (true, false) => "low on memory",
+            _ => "low on disk",
+        }
+    }
+}
+
+/// Resident set size of this process, from /proc (bytes).
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Total RAM of the machine (bytes), from /proc/meminfo.
+pub fn total_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Free bytes available to us on the filesystem holding `dir`.
+pub fn disk_free_bytes(dir: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(st.blocks_available() * st.fragment_size())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_proc_and_statvfs() {
+        assert!(rss_bytes().unwrap() > 0);
+        assert!(total_memory_bytes().unwrap() > rss_bytes().unwrap());
+        assert!(disk_free_bytes(Path::new(".")).is_some());
+        assert_eq!(Alarms { memory: true, disk: false }.reason(), "low on memory");
+    }
+}
