@@ -49,7 +49,8 @@ fn full_properties_round_trip() {
             delivery_mode: Some(2),
             priority: Some(9),
             expiration: Some("60000".into()),
-            has_headers: true
+            has_headers: true,
+            reply_to_direct: true,
         })
     );
     assert_eq!(headers_of(&raw), Ok(Some(sample_table())));
@@ -118,7 +119,7 @@ proptest! {
         let raw = p.to_raw();
         prop_assert_eq!(BasicProperties::decode(&raw), Ok(p.clone()));
         let summary = summarize(&raw).expect("summarizes");
-        prop_assert_eq!(summary, PropertiesSummary { delivery_mode: p.delivery_mode, priority: p.priority, expiration: p.expiration.clone(), has_headers: p.headers.is_some() });
+        prop_assert_eq!(summary, PropertiesSummary { delivery_mode: p.delivery_mode, priority: p.priority, expiration: p.expiration.clone(), has_headers: p.headers.is_some(), reply_to_direct: p.reply_to.as_deref() == Some("amq.rabbitmq.reply-to") });
         prop_assert_eq!(headers_of(&raw), Ok(p.headers.clone()));
     }
 
