@@ -571,10 +571,7 @@ impl Channel {
             return Err(unexpected("expected content body, got non content body frame instead"));
         }
         if class_id != wire::class::BASIC {
-            return Err(AmqpError::new(
-                wire::reply::FRAME_ERROR,
-                format!("content header for class {class_id}, expected 60"),
-            ));
+            return Err(unexpected(&format!("expected content header for class 60, got one for class {class_id}")));
         }
         if body_size > ctx.max_message_size_bytes {
             self.pending = None;

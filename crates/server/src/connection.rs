@@ -23,6 +23,18 @@ const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Read buffer growth step.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::StartOk => "starting",
+            Phase::TuneOk => "tuning",
+            Phase::Open => "opening",
+            Phase::Running => "running",
+            Phase::Closing(_) => "closing",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     StartOk,
@@ -84,7 +96,8 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<Se
     let mut conn = Conn {
         id,
         peer,
-        frame_max: state.config.frame_max,
+        // Until tune-ok, frames are limited to the spec's minimum, as in RabbitMQ.
+        frame_max: wire::FRAME_MIN_SIZE_BYTES,
         channel_max: state.config.channel_max,
         heartbeat_secs: 0,
         state,
@@ -337,7 +350,7 @@ impl Conn {
             Frame::Method { channel, method } => {
                 if self.phase != Phase::Running {
                     return Err(HardError::at(
-                        AmqpError::new(reply::CHANNEL_ERROR, "channel methods before connection.open-ok"),
+                        AmqpError::new(reply::UNEXPECTED_FRAME, "channel methods before connection.open-ok"),
                         method.ids(),
                     ));
                 }
@@ -561,6 +574,10 @@ impl Conn {
                     self.client_caps = caps.clone();
                 }
                 self.authenticate(&mechanism, &response).map_err(|e| HardError::at(e, ids))?;
+                if self.finished {
+                    // Refused, and the client wants no close method: just hang up.
+                    return Ok(());
+                }
                 let cfg = &self.state.config;
                 self.send(
                     0,
@@ -618,10 +635,13 @@ impl Conn {
             }
             // Clients may send blocked/unblocked? Only servers do; tolerate silently.
             (Phase::Running, Method::ConnectionBlocked { .. } | Method::ConnectionUnblocked) => Ok(()),
-            (phase, m) => Err(HardError::at(
-                AmqpError::command_invalid(format!("unexpected method {} in connection state {phase:?}", m.name())),
-                ids,
-            )),
+            // RabbitMQ: 504 once running ("unexpected method in connection state running"),
+            // 503 during the handshake.
+            (phase, m) => {
+                let code = if phase == Phase::Running { reply::CHANNEL_ERROR } else { reply::COMMAND_INVALID };
+                let text = format!("unexpected method {} in connection state {}", m.name(), phase.name());
+                Err(HardError::at(AmqpError::new(code, text), ids))
+            }
         }
     }
 
