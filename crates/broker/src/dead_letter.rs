@@ -86,8 +86,8 @@ pub fn rewrite(
         Some(i) => {
             let mut d = ds.remove(i);
             let count = d.get("count").and_then(FieldValue::as_i64).unwrap_or(0) + 1;
+            // RabbitMQ keeps `time` of the entry's first death; only `count` moves.
             d.insert("count", FieldValue::I64(count));
-            d.insert("time", time);
             d
         }
         None => {

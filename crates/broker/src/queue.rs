@@ -393,7 +393,11 @@ impl Queue {
             if st.deleted {
                 return Err(AmqpError::not_found(format!("no queue '{}' in vhost '{}'", self.name, self.vhost)));
             }
-            if st.consumers.iter().any(|c| c.exclusive) || (consumer.exclusive && !st.consumers.is_empty()) {
+            // An exclusive consumer shuts others out, and single-active-consumer queues take
+            // no exclusive consumers at all (RabbitMQ answers 403 to both).
+            if st.consumers.iter().any(|c| c.exclusive)
+                || (consumer.exclusive && (!st.consumers.is_empty() || self.args.single_active_consumer))
+            {
                 return Err(AmqpError::access_refused(format!(
                     "queue '{}' in vhost '{}' in exclusive use",
                     self.name, self.vhost

@@ -175,10 +175,10 @@ impl VHost {
             return self.exchange(name);
         }
         if name.starts_with("amq.") {
-            // RabbitMQ allows an equivalent redeclare of a predeclared exchange.
-            if let Some(e) = self.exchanges.read().get(name)
-                && e.check_equivalent(&opts).is_ok()
-            {
+            // An existing amq.* exchange may be redeclared equivalently; a different
+            // declaration is 406 as for any exchange. Only creating one is refused.
+            if let Some(e) = self.exchanges.read().get(name) {
+                e.check_equivalent(&opts)?;
                 return Ok(e.clone());
             }
             return Err(AmqpError::access_refused(format!("exchange name '{name}' contains reserved prefix 'amq.*'")));

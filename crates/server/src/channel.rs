@@ -143,11 +143,11 @@ impl Channel {
         match method {
             Method::AccessRequest { .. } => self.send(&Method::AccessRequestOk { ticket: 1 }),
             Method::ChannelFlow { active } => {
-                self.shared.state.lock().flow_active = active;
-                self.send(&Method::ChannelFlowOk { active });
-                if active {
-                    self.redispatch();
+                // RabbitMQ (3.3+) refuses client-initiated flow=false; consumers use QoS.
+                if !active {
+                    return Err(AmqpError::not_implemented("active=false"));
                 }
+                self.send(&Method::ChannelFlowOk { active });
             }
             Method::ExchangeDeclare {
                 exchange,
@@ -289,10 +289,12 @@ impl Channel {
                     return Err(AmqpError::not_implemented("requeue=false"));
                 }
                 let entries = self.take_unacked(0, true)?;
-                settle(entries, Some(true));
+                // recover-ok before the redeliveries: clients (lapin) drop deliveries
+                // buffered before it.
                 if matches!(method, Method::BasicRecover { .. }) {
                     self.send(&Method::BasicRecoverOk);
                 }
+                settle(entries, Some(true));
             }
             Method::ConfirmSelect { nowait } => {
                 if self.tx.is_some() {
@@ -793,17 +795,23 @@ impl Channel {
             ctx.server.reply_to.lock().remove(&token);
             q.mark_deleted();
         }
-        let entries = {
+        let mut entries: Vec<Unacked> = {
             let mut st = self.shared.state.lock();
             st.closed = true;
-            std::mem::take(&mut st.unacked)
+            std::mem::take(&mut st.unacked).into_values().collect()
         };
+        // Acks of an uncommitted transaction never happened: those messages return too.
+        for op in self.tx.take().unwrap_or_default() {
+            if let TxOp::Settle { entries: e, .. } = op {
+                entries.extend(e);
+            }
+        }
         for c in std::mem::take(&mut self.consumers).into_values() {
             if c.queue.remove_consumer(c.id) {
                 notify_deleted(ctx.vhost.remove_queue(&c.queue));
             }
         }
-        settle(entries.into_values().collect(), Some(true));
+        settle(entries, Some(true));
     }
 }
 

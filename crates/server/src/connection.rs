@@ -20,6 +20,8 @@ use crate::state::ServerState;
 
 /// How long we wait for connection.close-ok after sending connection.close.
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long we keep the socket open after close-ok for the client to close it.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Read buffer growth step.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -625,7 +627,9 @@ impl Conn {
                 debug!(conn = self.id, reply_code, %reply_text, "client closed connection");
                 self.teardown();
                 self.send(0, &Method::ConnectionCloseOk);
-                self.finished = true;
+                // Like RabbitMQ, leave closing the socket to the client (which may still be
+                // reading close-ok), within a short grace period.
+                self.phase = Phase::Closing(Instant::now() + CLOSE_LINGER);
                 Ok(())
             }
             (Phase::Running, Method::ConnectionUpdateSecret { .. }) => {

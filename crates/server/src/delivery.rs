@@ -30,8 +30,6 @@ pub struct DeliveryState {
     pub unacked: BTreeMap<u64, Unacked>,
     /// basic.qos global=true: limit for the whole channel, 0 = unlimited.
     pub global_prefetch: u32,
-    /// channel.flow from the client.
-    pub flow_active: bool,
     /// The channel is closing: refuse further deliveries.
     pub closed: bool,
 }
@@ -51,7 +49,6 @@ impl ChannelShared {
                 next_tag: 1,
                 unacked: BTreeMap::new(),
                 global_prefetch: 0,
-                flow_active: true,
                 closed: false,
             }),
         })
@@ -125,7 +122,7 @@ impl ConsumerSink for ConsumerHandle {
         let ch = &self.channel;
         let outbox = &ch.outbox;
         let mut st = ch.state.lock();
-        if st.closed || !st.flow_active || self.cancelled.load(Ordering::Relaxed) {
+        if st.closed || self.cancelled.load(Ordering::Relaxed) {
             return Err(m);
         }
         if !self.no_ack {

@@ -63,6 +63,11 @@ fn cost(m: &Message) -> u64 {
 // flags u8 | seq u64 | expires_at_ms u64 | exchange u8+bytes | routing key u8+bytes |
 // properties u32+bytes | body.
 
+/// Whether a message record's payload is of a persistent message.
+pub fn payload_is_persistent(p: &[u8]) -> bool {
+    p.first().is_some_and(|f| f & FLAG_PERSISTENT != 0)
+}
+
 /// The seq stored in a message record's payload.
 pub fn payload_seq(p: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(p.get(1..9)?.try_into().ok()?))
@@ -141,7 +146,10 @@ impl DiskQueueStore {
     }
 
     fn write(&mut self, m: &QueuedMessage, wait: bool) -> Option<(DiskPos, u64)> {
-        match self.files.append(m.seq, wait, |out| encode_payload(out, m.seq, m.expires_at_ms, &m.msg)) {
+        match self
+            .files
+            .append(m.seq, m.msg.persistent, wait, |out| encode_payload(out, m.seq, m.expires_at_ms, &m.msg))
+        {
             Ok(r) => Some(r),
             Err(e) => {
                 error!("appending to {}: {e}", self.files.dir().display());
@@ -172,9 +180,9 @@ impl DiskQueueStore {
                 };
                 let from_previous_run = self.recovered_end.is_some_and(|end| r.pos < end);
                 if from_previous_run && !msg.persistent {
-                    // A transient message paged out before the restart: gone, by contract.
-                    self.files.ack(r.pos);
-                    self.disk_count = self.disk_count.saturating_sub(1);
+                    // A transient message paged out before the restart: gone, by contract
+                    // (and never counted in `disk_count`, which counts persistent records).
+                    self.files.ack(r.pos, false);
                     continue;
                 }
                 let redelivered = from_previous_run && self.delivered_before.is_some_and(|d| r.pos <= d);
@@ -267,7 +275,7 @@ impl MessageStore for DiskQueueStore {
 
     fn ack(&mut self, m: &QueuedMessage) {
         if let Some(pos) = m.disk {
-            self.files.ack(pos);
+            self.files.ack(pos, m.msg.persistent);
         }
     }
 
@@ -305,5 +313,63 @@ impl MessageStore for DiskQueueStore {
         self.disk_next = None;
         self.disk_count = 0;
         self.files.destroy();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(i: u64, size: usize) -> Arc<Message> {
+        let mut body = vec![(i % 251) as u8; size];
+        body[..8].copy_from_slice(&i.to_le_bytes());
+        Arc::new(Message {
+            exchange: String::new(),
+            routing_key: "q".into(),
+            properties: Bytes::from_static(&[0, 0]),
+            body: Bytes::from(body),
+            persistent: false,
+            priority: 0,
+            expiration_ms: None,
+        })
+    }
+
+    /// Regression: a transient queue past its RAM budget lost messages when a refill read
+    /// reached bytes still in the append buffer ("failed to fill whole buffer").
+    #[test]
+    fn paged_messages_come_back_in_order_while_publishing_continues() {
+        let dir = tempfile::tempdir().unwrap();
+        let syncer = Syncer::start(|_| {});
+        let cfg = StoreConfig { queue_ram_budget_bytes: 256 * 1024 };
+        let mut s = DiskQueueStore::open(dir.path(), false, syncer, &cfg).unwrap();
+        let (mut next_in, mut next_out) = (0u64, 0u64);
+        for round in 0..200u64 {
+            for _ in 0..(5 + round % 7) {
+                let m = msg(next_in, if next_in % 3 == 0 { 64 * 1024 } else { 100 });
+                s.push(QueuedMessage {
+                    msg: m,
+                    seq: next_in,
+                    redelivered: false,
+                    expires_at_ms: 0,
+                    delivery_count: 0,
+                    disk: None,
+                });
+                next_in += 1;
+            }
+            for _ in 0..(4 + round % 5) {
+                let Some(m) = s.pop() else { break };
+                assert_eq!(m.seq, next_out);
+                assert_eq!(u64::from_le_bytes(m.msg.body[..8].try_into().unwrap()), next_out);
+                s.ack(&m);
+                next_out += 1;
+            }
+        }
+        while let Some(m) = s.pop() {
+            assert_eq!(m.seq, next_out);
+            s.ack(&m);
+            next_out += 1;
+        }
+        assert_eq!(next_out, next_in);
+        assert_eq!(s.len(), 0);
     }
 }

@@ -13,7 +13,7 @@
 //! Bytes are appended to an in-memory buffer and written by the syncer's round (or
 //! earlier, when a reader needs them); the syncer fsyncs them when the queue is durable.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -34,6 +34,7 @@ const DRAINED_ROLL_MIN_BYTES: u64 = 1024 * 1024;
 /// How much a reader asks for at once.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 const ACK_ENTRY_BYTES: usize = 8;
+const ACK_TRANSIENT_BIT: u32 = 1 << 31;
 
 pub struct QueueFiles {
     dir: PathBuf,
@@ -66,6 +67,10 @@ struct Segment {
     written: u64,
     count: u32,
     acked: u32,
+    /// Records of persistent messages, and how many of those are acknowledged: what a
+    /// restart brings back is exactly the difference.
+    persistent: u32,
+    acked_persistent: u32,
     /// Offsets acknowledged before the last restart, skipped when reading.
     recovered_acks: HashSet<u32>,
     ack_file: Option<Arc<File>>,
@@ -127,8 +132,8 @@ impl QueueFiles {
         let last = ids.last().copied();
         for id in ids {
             let seg = recover_segment(dir, id, Some(id) == last)?;
-            rec.records += u64::from(seg.count);
-            rec.acked += u64::from(seg.acked);
+            rec.records += u64::from(seg.persistent);
+            rec.acked += u64::from(seg.acked_persistent);
             if seg.last_seq.is_some() {
                 rec.last_seq = seg.last_seq;
             }
@@ -177,6 +182,7 @@ impl QueueFiles {
     pub fn append(
         self: &Arc<Self>,
         seq: u64,
+        persistent: bool,
         wait: bool,
         f: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(DiskPos, u64), Error> {
@@ -195,6 +201,7 @@ impl QueueFiles {
         let id = inner.write_seg;
         if let Some(seg) = inner.segments.get_mut(&id) {
             seg.count += 1;
+            seg.persistent += u32::from(persistent);
             seg.last_seq = Some(seq);
         }
         let epoch = self.mark_dirty(&mut inner, wait);
@@ -214,12 +221,15 @@ impl QueueFiles {
     }
 
     /// A record was acknowledged. Deletes its segment once every record in it is.
-    pub fn ack(self: &Arc<Self>, pos: DiskPos) {
+    pub fn ack(self: &Arc<Self>, pos: DiskPos, persistent: bool) {
         let mut inner = self.inner.lock();
         let write_seg = inner.write_seg;
         let write_len = inner.write_len();
         let Some(seg) = inner.segments.get_mut(&pos.segment) else { return };
         seg.acked += 1;
+        seg.acked_persistent += u32::from(persistent);
+        // The ack entry's top bit marks a transient record (offsets stay below 2^31).
+        let entry = if persistent { pos.offset } else { pos.offset | ACK_TRANSIENT_BIT };
         if pos.segment == write_seg && seg.acked >= seg.count && write_len >= DRAINED_ROLL_MIN_BYTES {
             // The queue drained its newest segment: start a fresh one so this one can go,
             // and a drained queue gives its disk space back.
@@ -231,8 +241,8 @@ impl QueueFiles {
                 return;
             }
             let Some(seg) = inner.segments.get_mut(&pos.segment) else { return };
-            seg.ack_pending.extend_from_slice(&pos.offset.to_le_bytes());
-            seg.ack_pending.extend_from_slice(&crc32c::crc32c(&pos.offset.to_le_bytes()).to_le_bytes());
+            seg.ack_pending.extend_from_slice(&entry.to_le_bytes());
+            seg.ack_pending.extend_from_slice(&crc32c::crc32c(&entry.to_le_bytes()).to_le_bytes());
             self.mark_dirty(&mut inner, false);
             return;
         }
@@ -243,8 +253,8 @@ impl QueueFiles {
             self.mark_dirty(&mut inner, false);
             return;
         }
-        seg.ack_pending.extend_from_slice(&pos.offset.to_le_bytes());
-        seg.ack_pending.extend_from_slice(&crc32c::crc32c(&pos.offset.to_le_bytes()).to_le_bytes());
+        seg.ack_pending.extend_from_slice(&entry.to_le_bytes());
+        seg.ack_pending.extend_from_slice(&crc32c::crc32c(&entry.to_le_bytes()).to_le_bytes());
         self.mark_dirty(&mut inner, false);
     }
 
@@ -284,12 +294,13 @@ impl QueueFiles {
                 }
                 continue;
             }
-            if id == inner.write_seg && offset + (READ_CHUNK_BYTES as u64) > seg.written && !inner.pending.is_empty() {
-                // The bytes are still in the append buffer: write them out first.
+            let want = (seg_len - offset).min(READ_CHUNK_BYTES.max(max_bytes - got) as u64) as usize;
+            if id == inner.write_seg && !inner.pending.is_empty() {
+                // Reading the segment still being appended: its newest bytes may be in the
+                // append buffer, so write them out first (records are read from the file).
                 inner.write_pending()?;
             }
             let seg = &inner.segments[&id];
-            let want = (seg_len - offset).min(READ_CHUNK_BYTES.max(max_bytes - got) as u64) as usize;
             let mut buf = vec![0u8; want];
             seg.file.read_exact_at(&mut buf, offset)?;
             let mut at = 0usize;
@@ -315,7 +326,11 @@ impl QueueFiles {
                         let len = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as usize;
                         let total = record::HEADER_BYTES + len;
                         if offset + total as u64 > seg_len {
-                            return Err(corrupt(&self.dir, id, offset, "record runs past the end of its segment"));
+                            // A damaged length: report it, keep what was read before it.
+                            let e = corrupt(&self.dir, id, offset, "record runs past the end of its segment");
+                            error!("{e}; skipping the rest of the segment");
+                            at = (seg_len - offset) as usize;
+                            break;
                         }
                         buf = vec![0u8; total];
                         seg.file.read_exact_at(&mut buf, offset)?;
@@ -443,6 +458,8 @@ impl Inner {
                 written: 0,
                 count: 0,
                 acked: 0,
+                persistent: 0,
+                acked_persistent: 0,
                 recovered_acks: HashSet::new(),
                 ack_file: None,
                 ack_written: 0,
@@ -474,18 +491,22 @@ fn write_meta(dir: &Path, id: u32, seg: &Segment) -> Result<(), Error> {
         o.extend_from_slice(&seg.count.to_le_bytes());
         o.extend_from_slice(&seg.written.to_le_bytes());
         o.extend_from_slice(&seg.last_seq.unwrap_or(u64::MAX).to_le_bytes());
+        o.extend_from_slice(&seg.persistent.to_le_bytes());
     });
     fs::write(seg_path(dir, id, "meta"), b)?;
     Ok(())
 }
 
-fn read_meta(dir: &Path, id: u32) -> Option<(u32, u64, Option<u64>)> {
+/// (count, length, last seq, persistent count). A meta file of another layout reads as
+/// absent, and the segment is scanned instead.
+fn read_meta(dir: &Path, id: u32) -> Option<(u32, u64, Option<u64>, u32)> {
     let b = fs::read(seg_path(dir, id, "meta")).ok()?;
     let Decoded::Record(p, _) = record::decode(&b) else { return None };
     let count = u32::from_le_bytes(p.get(0..4)?.try_into().ok()?);
     let len = u64::from_le_bytes(p.get(4..12)?.try_into().ok()?);
     let last = u64::from_le_bytes(p.get(12..20)?.try_into().ok()?);
-    Some((count, len, (last != u64::MAX).then_some(last)))
+    let persistent = u32::from_le_bytes(p.get(20..24)?.try_into().ok()?);
+    Some((count, len, (last != u64::MAX).then_some(last), persistent))
 }
 
 fn read_delivered(dir: &Path) -> Option<DiskPos> {
@@ -503,67 +524,87 @@ fn recover_segment(dir: &Path, id: u32, is_last: bool) -> Result<Segment, Error>
     let path = seg_path(dir, id, "seg");
     let file = open_rw(&path)?;
     let file_len = file.metadata()?.len();
-    let (count, written, last_seq) = match read_meta(dir, id) {
-        Some((count, len, last)) if len == file_len && !is_last => (count, len, last),
+    let scan = match read_meta(dir, id) {
+        Some((count, len, last_seq, persistent)) if len == file_len && !is_last => {
+            Scan { count, len, last_seq, persistent, offsets: None }
+        }
         _ => scan_segment(&file, &path, file_len, is_last)?,
     };
-    let mut recovered_acks = HashSet::new();
+    // offset → whether the acknowledged record was persistent.
+    let mut acks: HashMap<u32, bool> = HashMap::new();
     let mut ack_written = 0;
-    if let Ok(b) = fs::read(seg_path(dir, id, "acks")) {
+    let ack_path = seg_path(dir, id, "acks");
+    if let Ok(b) = fs::read(&ack_path) {
         for (i, chunk) in b.chunks(ACK_ENTRY_BYTES).enumerate() {
             if chunk.len() < ACK_ENTRY_BYTES {
-                warn!(
-                    "{}: torn ack entry at offset {} ignored",
-                    seg_path(dir, id, "acks").display(),
-                    i * ACK_ENTRY_BYTES
-                );
+                warn!("{}: torn ack entry at offset {} ignored", ack_path.display(), i * ACK_ENTRY_BYTES);
                 break;
             }
             let off = [chunk[0], chunk[1], chunk[2], chunk[3]];
             let crc = u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
             if crc32c::crc32c(&off) != crc {
                 // A damaged ack can only cause a redelivery, never a loss: skip it.
-                error!(
-                    "{}: corrupt ack entry at offset {} ignored",
-                    seg_path(dir, id, "acks").display(),
-                    i * ACK_ENTRY_BYTES
-                );
+                error!("{}: corrupt ack entry at offset {} ignored", ack_path.display(), i * ACK_ENTRY_BYTES);
                 continue;
             }
-            recovered_acks.insert(u32::from_le_bytes(off));
+            let entry = u32::from_le_bytes(off);
+            acks.insert(entry & !ACK_TRANSIENT_BIT, entry & ACK_TRANSIENT_BIT == 0);
             ack_written = ((i + 1) * ACK_ENTRY_BYTES) as u64;
         }
     }
-    let acked = recovered_acks.len() as u32;
-    let ack_file = if ack_written > 0 { Some(Arc::new(open_rw(&seg_path(dir, id, "acks"))?)) } else { None };
+    // Acks of records that are not there (cut off as a torn tail) acknowledge nothing.
+    match &scan.offsets {
+        Some(offsets) => acks.retain(|off, _| offsets.contains(off)),
+        None => acks.retain(|off, _| u64::from(*off) < scan.len),
+    }
+    let acked = acks.len() as u32;
+    let acked_persistent = acks.values().filter(|p| **p).count() as u32;
+    let ack_file = if ack_written > 0 { Some(Arc::new(open_rw(&ack_path)?)) } else { None };
     Ok(Segment {
         file: Arc::new(file),
-        written,
-        count,
+        written: scan.len,
+        count: scan.count,
         acked,
-        recovered_acks,
+        persistent: scan.persistent,
+        acked_persistent,
+        recovered_acks: acks.into_keys().collect(),
         ack_file,
         ack_written,
         ack_pending: Vec::new(),
         sealed: true,
-        meta_written: !is_last,
-        last_seq,
+        meta_written: !is_last && scan.offsets.is_none(),
+        last_seq: scan.last_seq,
     })
 }
 
-/// Walk a segment's records: (count, valid length, last seq). In the last segment, an
+/// What recovery learned of a segment.
+struct Scan {
+    count: u32,
+    /// Valid length in bytes.
+    len: u64,
+    last_seq: Option<u64>,
+    persistent: u32,
+    /// Record offsets, when the segment was scanned (not taken from its meta).
+    offsets: Option<HashSet<u32>>,
+}
+
+/// Walk a segment's records: (count, valid length, last seq, persistent count). In the last segment, an
 /// invalid record and everything after it is a torn write: cut it off. In a sealed one it
 /// is damage: report file and offset and keep the valid prefix.
-fn scan_segment(file: &File, path: &Path, file_len: u64, is_last: bool) -> Result<(u32, u64, Option<u64>), Error> {
+fn scan_segment(file: &File, path: &Path, file_len: u64, is_last: bool) -> Result<Scan, Error> {
     let mut buf = vec![0u8; file_len as usize];
     file.read_exact_at(&mut buf, 0)?;
     let mut at = 0usize;
     let mut count = 0u32;
+    let mut persistent = 0u32;
     let mut last_seq = None;
+    let mut offsets = HashSet::new();
     while at < buf.len() {
         match record::decode(&buf[at..]) {
             Decoded::Record(payload, n) => {
                 count += 1;
+                offsets.insert(at as u32);
+                persistent += u32::from(crate::disk_queue::payload_is_persistent(payload));
                 if let Some(seq) = crate::disk_queue::payload_seq(payload) {
                     last_seq = Some(seq);
                 }
@@ -584,5 +625,5 @@ fn scan_segment(file: &File, path: &Path, file_len: u64, is_last: bool) -> Resul
             }
         }
     }
-    Ok((count, at as u64, last_seq))
+    Ok(Scan { count, len: at as u64, last_seq, persistent, offsets: Some(offsets) })
 }
