@@ -228,6 +228,9 @@ impl Queue {
                 if !st.consumers.is_empty() {
                     self.dispatch_locked(&mut st, now, &mut letters);
                 }
+                // A publisher re-locks at once for its next message: hand the lock to a
+                // waiting consumer (ack, dispatch) instead of barging ahead of it.
+                parking_lot::MutexGuard::unlock_fair(st);
                 PublishOutcome::Enqueued(epoch)
             }
         };

@@ -22,6 +22,8 @@ use crate::state::ServerState;
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long we keep the socket open after close-ok for the client to close it.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Frames handled in one read batch after which the task yields to others.
+const YIELD_AFTER_FRAMES: usize = 256;
 /// Read buffer growth step.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -164,9 +166,11 @@ impl Conn {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Decode and handle every whole frame buffered.
+            let mut handled = 0usize;
             loop {
                 match wire::decode_frame(&mut buf, self.frame_max) {
                     Ok(Some(f)) => {
+                        handled += 1;
                         if let Err(e) = self.on_frame(f) {
                             self.begin_close(e);
                         }
@@ -206,6 +210,12 @@ impl Conn {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             }
             self.flush_confirms();
+            if handled >= YIELD_AFTER_FRAMES {
+                // A flooding publisher always finds its socket readable, so it would keep
+                // this worker thread for tokio's whole budget (~100 reads): let the
+                // connections that consume and ack run in between.
+                tokio::task::yield_now().await;
+            }
             self.update_blocked();
             if self.blocked {
                 // Not reading is how a blocked publisher is paused; it is not silence.
