@@ -552,9 +552,16 @@ fn recover_segment(dir: &Path, id: u32, is_last: bool) -> Result<Segment, Error>
             ack_written = ((i + 1) * ACK_ENTRY_BYTES) as u64;
         }
     }
-    // Acks of records that are not there (cut off as a torn tail) acknowledge nothing.
     match &scan.offsets {
-        Some(offsets) => acks.retain(|off, _| offsets.contains(off)),
+        Some(records) => {
+            // Acks of records that are not there (cut off as a torn tail) acknowledge
+            // nothing; and a scanned record says itself whether it is persistent (format-v1
+            // ack entries have no transient bit).
+            acks.retain(|off, _| records.contains_key(off));
+            for (off, persistent) in acks.iter_mut() {
+                *persistent = records.get(off).copied().unwrap_or(*persistent);
+            }
+        }
         None => acks.retain(|off, _| u64::from(*off) < scan.len),
     }
     let acked = acks.len() as u32;
@@ -584,8 +591,9 @@ struct Scan {
     len: u64,
     last_seq: Option<u64>,
     persistent: u32,
-    /// Record offsets, when the segment was scanned (not taken from its meta).
-    offsets: Option<HashSet<u32>>,
+    /// Record offsets and whether each is persistent, when the segment was scanned (not
+    /// taken from its meta).
+    offsets: Option<HashMap<u32, bool>>,
 }
 
 /// Walk a segment's records: (count, valid length, last seq, persistent count). In the last segment, an
@@ -598,13 +606,14 @@ fn scan_segment(file: &File, path: &Path, file_len: u64, is_last: bool) -> Resul
     let mut count = 0u32;
     let mut persistent = 0u32;
     let mut last_seq = None;
-    let mut offsets = HashSet::new();
+    let mut offsets = HashMap::new();
     while at < buf.len() {
         match record::decode(&buf[at..]) {
             Decoded::Record(payload, n) => {
                 count += 1;
-                offsets.insert(at as u32);
-                persistent += u32::from(crate::disk_queue::payload_is_persistent(payload));
+                let is_persistent = crate::disk_queue::payload_is_persistent(payload);
+                offsets.insert(at as u32, is_persistent);
+                persistent += u32::from(is_persistent);
                 if let Some(seq) = crate::disk_queue::payload_seq(payload) {
                     last_seq = Some(seq);
                 }

@@ -269,7 +269,6 @@ fn traffic(name: &str) -> Vec<u8> {
     m(1, Method::BasicAck { delivery_tag: 1, multiple: false });
     m(1, Method::BasicNack { delivery_tag: 2, multiple: true, requeue: true });
     m(1, Method::BasicReject { delivery_tag: 3, requeue: false });
-    m(1, Method::ChannelFlow { active: false });
     m(1, Method::ChannelFlow { active: true });
     m(1, Method::BasicRecover { requeue: true });
     m(1, Method::BasicCancel { consumer_tag: "c1".into(), nowait: false });
