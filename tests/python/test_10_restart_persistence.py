@@ -130,3 +130,38 @@ def test_transient_entities_and_messages_do_not_survive_restart(fresh_broker_fac
         assert body == b"persistent in durable queue"
     finally:
         conn2.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("graceful", [True, False], ids=["sigterm", "sigkill"])
+def test_delayed_persistent_messages_survive_restart(fresh_broker_factory, names, graceful):
+    """A confirmed persistent message held by a durable x-delayed-message exchange is
+    delivered after a restart, once due (RabbitMQ's plugin keeps delays on disk too)."""
+    q, x = names.queue("delayed_target"), names.exchange("delayed_x")
+    first = fresh_broker_factory()
+    conn, ch = open_channel(first)
+    ch.exchange_declare(exchange=x, exchange_type="x-delayed-message", durable=True,
+                        arguments={"x-delayed-type": "direct"})
+    ch.queue_declare(queue=q, durable=True)
+    ch.queue_bind(queue=q, exchange=x, routing_key="k")
+    ch.confirm_delivery()
+    ch.basic_publish(exchange=x, routing_key="k", body=b"held",
+                     properties=pika.BasicProperties(delivery_mode=2, headers={"x-delay": 1500}))
+    ch.basic_publish(exchange=x, routing_key="k", body=b"transient, lost",
+                     properties=pika.BasicProperties(headers={"x-delay": 1500}))
+    assert message_count(ch, q) == 0, "delivered before its delay"
+    rc = first.stop(graceful=graceful)
+    if graceful:
+        assert rc == 0, first.log_tail(50)
+
+    second = fresh_broker_factory()
+    conn2, ch2 = open_channel(second)
+    try:
+        pump(conn2, lambda: message_count(ch2, q) >= 1, 10)
+        method, props, body = ch2.basic_get(queue=q, auto_ack=True)
+        assert body == b"held"
+        assert props.headers.get("x-delay") == 1500
+        conn2.process_data_events(time_limit=0.5)
+        assert message_count(ch2, q) == 0, "the transient delayed message must not come back"
+    finally:
+        conn2.close()

@@ -710,8 +710,8 @@ impl Channel {
                 let delay = headers().and_then(|h| h.get("x-delay").and_then(wire::FieldValue::as_i64)).unwrap_or(0);
                 if delay > 0 {
                     let due = broker::clock::Clock::now_ms(&broker::clock::SystemClock).saturating_add(delay as u64);
-                    ctx.server.delay(&ctx.vhost, &ex, msg, due);
-                    return Ok(Routed::default());
+                    let epoch = ctx.server.delay(&ctx.vhost, &ex, msg, due);
+                    return Ok(Routed { epoch, rejected: false });
                 }
                 ctx.vhost.route(&ex, &msg.routing_key, &mut headers, &mut queues);
             }

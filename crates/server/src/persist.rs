@@ -5,6 +5,7 @@
 //! - `queues/<hash>/`: one durable queue's segment files.
 //! - `transient/<n>/`: paging files of non-durable queues; wiped at start.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,6 +17,7 @@ use broker::vhost::Persistence;
 use broker::{AmqpError, Exchange, Queue, VHost};
 use parking_lot::Mutex;
 use store::definitions::DefinitionsLog;
+use store::delayed::{DelayedLog, Held};
 use store::{DiskQueueStore, StoreConfig, Syncer};
 use tracing::{error, info, warn};
 use wire::FieldTable;
@@ -28,6 +30,8 @@ pub struct DiskPersistence {
     /// Set while definitions are being replayed into the vhosts at start.
     replaying: AtomicBool,
     next_transient: AtomicU64,
+    /// Open logs of durable delayed-message exchanges, by directory name.
+    delayed_logs: Mutex<HashMap<String, Arc<DelayedLog>>>,
 }
 
 /// One definitions record.
@@ -270,6 +274,7 @@ impl DiskPersistence {
             log: Mutex::new(log),
             replaying: AtomicBool::new(false),
             next_transient: AtomicU64::new(0),
+            delayed_logs: Mutex::new(HashMap::new()),
         });
         Ok((p, Recovery { defs: live }))
     }
@@ -281,6 +286,43 @@ impl DiskPersistence {
                 // Keep serving from RAM rather than refuse the queue; the log says why.
                 error!("opening the store of queue '{queue}' in {}: {e}; keeping it in RAM only", dir.display());
                 Box::new(MemoryStore::new())
+            }
+        }
+    }
+
+    /// The log of a durable delayed-message exchange, opened on first use. Also returns
+    /// the messages it held when it was opened (non-empty only at the first open after a
+    /// restart).
+    pub fn delayed_log(&self, vhost: &str, exchange: &str) -> Option<(Arc<DelayedLog>, Vec<Held>)> {
+        let name = queue_dir_name(vhost, exchange);
+        let mut logs = self.delayed_logs.lock();
+        if let Some(l) = logs.get(&name) {
+            return Some((l.clone(), Vec::new()));
+        }
+        match DelayedLog::open(&self.data_dir.join("delayed").join(&name), self.syncer.clone()) {
+            Ok((log, held)) => {
+                let log = Arc::new(log);
+                logs.insert(name, log.clone());
+                Some((log, held))
+            }
+            Err(e) => {
+                error!(
+                    "opening the delayed-message log of exchange '{exchange}': {e}; its delays are kept in RAM only"
+                );
+                None
+            }
+        }
+    }
+
+    /// Remove delayed-message logs that no durable delayed exchange owns any more.
+    pub fn remove_orphaned_delayed_logs(&self, live: &[(String, String)]) {
+        let keep: Vec<String> = live.iter().map(|(v, e)| queue_dir_name(v, e)).collect();
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join("delayed")) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name) {
+                warn!("removing orphaned delayed-message log {name}");
+                let _ = std::fs::remove_dir_all(entry.path());
             }
         }
     }
@@ -389,6 +431,15 @@ impl Persistence for DiskPersistence {
     fn exchange_deleted(&self, e: &Exchange) {
         if e.options.durable {
             let _ = self.append(&Def::ExchangeDeleted { vhost: e.vhost.clone(), name: e.name.clone() });
+        }
+        if e.options.delayed {
+            let name = queue_dir_name(&e.vhost, &e.name);
+            match self.delayed_logs.lock().remove(&name) {
+                Some(log) => log.destroy(),
+                None => {
+                    let _ = std::fs::remove_dir_all(self.data_dir.join("delayed").join(name));
+                }
+            }
         }
     }
 

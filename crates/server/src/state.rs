@@ -7,8 +7,10 @@ use std::sync::{Arc, Weak};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use broker::message::DiskPos;
 use broker::{Exchange, Message, Queue, VHost};
 use parking_lot::{Mutex, RwLock};
+use store::delayed::DelayedLog;
 use tokio::sync::watch;
 
 use broker::vhost::Persistence;
@@ -46,6 +48,8 @@ pub struct Delayed {
     vhost: Arc<VHost>,
     exchange: Arc<Exchange>,
     msg: Arc<Message>,
+    /// Where a persistent message of a durable exchange is logged (acked once routed).
+    logged: Option<(Arc<DelayedLog>, DiskPos)>,
 }
 
 impl PartialEq for Delayed {
@@ -82,6 +86,7 @@ impl ServerState {
         })?;
         let state = Self::build(config, shutdown, durable_epoch, Some(p.clone()), p.clone());
         p.recover_into(recovery, |name| state.vhost(name));
+        state.recover_delayed(&p);
         Ok(state)
     }
 
@@ -128,16 +133,58 @@ impl ServerState {
         self.users.read().get(user).is_some_and(|p| p == password)
     }
 
-    /// Hold `msg` in a delayed-message exchange until `due_ms`.
-    pub fn delay(&self, vhost: &Arc<VHost>, exchange: &Arc<Exchange>, msg: Arc<Message>, due_ms: u64) {
+    /// Hold `msg` in a delayed-message exchange until `due_ms`. A persistent message in a
+    /// durable exchange is logged first; returns the commit epoch to confirm after.
+    pub fn delay(&self, vhost: &Arc<VHost>, exchange: &Arc<Exchange>, msg: Arc<Message>, due_ms: u64) -> u64 {
         let seq = self.delayed_seq.fetch_add(1, Ordering::Relaxed);
-        self.delayed.lock().push(Reverse(Delayed {
-            due_ms,
-            seq,
-            vhost: vhost.clone(),
-            exchange: exchange.clone(),
-            msg,
-        }));
+        let mut epoch = 0;
+        let mut logged = None;
+        if exchange.options.durable
+            && msg.persistent
+            && let Some(p) = &self.persistence
+            && let Some((log, _)) = p.delayed_log(&vhost.name, &exchange.name)
+        {
+            match log.append(seq, due_ms, &msg) {
+                Ok((pos, e)) => {
+                    epoch = e;
+                    logged = Some((log, pos));
+                }
+                Err(e) => tracing::error!("logging a delayed message of exchange '{}': {e}", exchange.name),
+            }
+        }
+        let d = Delayed { due_ms, seq, vhost: vhost.clone(), exchange: exchange.clone(), msg, logged };
+        self.delayed.lock().push(Reverse(d));
+        epoch
+    }
+
+    /// At start: schedule again what durable delayed exchanges held, and drop the logs of
+    /// exchanges that are gone.
+    fn recover_delayed(&self, p: &DiskPersistence) {
+        let mut live = Vec::new();
+        let mut n = 0usize;
+        for vh in self.vhosts() {
+            for ex in vh.exchanges().into_iter().filter(|e| e.options.delayed && e.options.durable) {
+                live.push((vh.name.clone(), ex.name.clone()));
+                let Some((log, held)) = p.delayed_log(&vh.name, &ex.name) else { continue };
+                for h in held {
+                    n += 1;
+                    self.delayed_seq.fetch_max(h.seq + 1, Ordering::Relaxed);
+                    let d = Delayed {
+                        due_ms: h.due_ms,
+                        seq: h.seq,
+                        vhost: vh.clone(),
+                        exchange: ex.clone(),
+                        msg: Arc::new(h.msg),
+                        logged: Some((log.clone(), h.pos)),
+                    };
+                    self.delayed.lock().push(Reverse(d));
+                }
+            }
+        }
+        p.remove_orphaned_delayed_logs(&live);
+        if n > 0 {
+            tracing::info!(messages = n, "recovered delayed messages");
+        }
     }
 
     /// Route every delayed message that is due (exchanges deleted meanwhile drop theirs).
@@ -159,6 +206,9 @@ impl ServerState {
                 for q in queues {
                     q.publish(d.msg.clone());
                 }
+            }
+            if let Some((log, pos)) = &d.logged {
+                log.ack(*pos);
             }
         }
     }

@@ -73,7 +73,7 @@ pub fn payload_seq(p: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(p.get(1..9)?.try_into().ok()?))
 }
 
-fn encode_payload(out: &mut Vec<u8>, seq: u64, expires_at_ms: u64, m: &Message) {
+pub(crate) fn encode_payload(out: &mut Vec<u8>, seq: u64, expires_at_ms: u64, m: &Message) {
     out.push(if m.persistent { FLAG_PERSISTENT } else { 0 });
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&expires_at_ms.to_le_bytes());
@@ -89,7 +89,7 @@ fn encode_payload(out: &mut Vec<u8>, seq: u64, expires_at_ms: u64, m: &Message) 
     out.extend_from_slice(&m.body);
 }
 
-fn decode_payload(p: &[u8]) -> Option<(u64, u64, Message)> {
+pub(crate) fn decode_payload(p: &[u8]) -> Option<(u64, u64, Message)> {
     let flags = *p.first()?;
     let seq = payload_seq(p)?;
     let expires_at_ms = u64::from_le_bytes(p.get(9..17)?.try_into().ok()?);

@@ -10,6 +10,7 @@
 //! - [`definitions`]: the log of durable exchanges, queues and bindings.
 
 pub mod definitions;
+pub mod delayed;
 pub mod disk_queue;
 pub mod record;
 pub mod segments;
