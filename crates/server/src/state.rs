@@ -39,6 +39,7 @@ pub struct ServerState {
     /// Resource alarms in force; publishing connections block while any is on.
     alarms_tx: watch::Sender<Alarms>,
     pub alarms: watch::Receiver<Alarms>,
+    forced_alarms: Mutex<Alarms>,
 }
 
 /// A message waiting in a delayed-message exchange. Ordered by due time, then arrival.
@@ -115,6 +116,7 @@ impl ServerState {
             delayed_seq: AtomicU64::new(0),
             alarms_tx,
             alarms,
+            forced_alarms: Mutex::new(Alarms::default()),
         })
     }
 
@@ -217,8 +219,15 @@ impl ServerState {
         self.delayed.lock().len()
     }
 
-    /// Set the alarms (the monitor does; tests may too). Logs changes.
-    pub fn set_alarms(&self, a: Alarms) {
+    /// Force alarms on regardless of measurements (tests, operators); `Alarms::default()`
+    /// lifts the forcing. Takes effect at once.
+    pub fn force_alarms(&self, a: Alarms) {
+        *self.forced_alarms.lock() = a;
+        self.check_resources();
+    }
+
+    /// Set the alarms (the monitor does). Logs changes.
+    fn set_alarms(&self, a: Alarms) {
         self.alarms_tx.send_if_modified(|cur| {
             if *cur == a {
                 return false;
@@ -241,7 +250,8 @@ impl ServerState {
             cfg.memory_high_watermark_bytes.or_else(|| crate::alarms::total_memory_bytes().map(|t| t / 10 * 6));
         let memory = matches!((crate::alarms::rss_bytes(), watermark), (Some(r), Some(w)) if r > w);
         let disk = crate::alarms::disk_free_bytes(&cfg.data_dir).is_some_and(|f| f < cfg.disk_free_limit_bytes);
-        self.set_alarms(Alarms { memory, disk });
+        let forced = *self.forced_alarms.lock();
+        self.set_alarms(Alarms { memory: memory || forced.memory, disk: disk || forced.disk });
     }
 
     pub fn vhosts(&self) -> Vec<Arc<VHost>> {

@@ -781,3 +781,62 @@ async fn delayed_message_exchange_routes_after_x_delay() {
     let waited = start.elapsed();
     assert!(waited >= Duration::from_millis(280), "delivered after {waited:?}, before its x-delay");
 }
+
+/// Resource alarms (connection-blocked.md): while an alarm is on, a connection that
+/// publishes gets connection.blocked and is not read, so its confirms stop; a consumer
+/// connection keeps draining; when the alarm clears, connection.unblocked and the held
+/// publish goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_alarm_blocks_publishers_and_not_consumers() {
+    let server = TestServer::start().await;
+    let (pconn, pch) = open(&server).await;
+    let (_cconn, cch) = open(&server).await;
+    let q = "alarmed";
+    declare_args(&pch, q, &[]).await;
+    confirm_select(&pch).await;
+    assert_eq!(publish_confirm(&pch, q, b"before", BasicProperties::default()).await, Confirmation::Ack(None));
+
+    server.state.force_alarms(server::alarms::Alarms { memory: true, disk: false });
+    // The alarm blocks the connection (it has published): this publish waits unread.
+    let held =
+        w!(pch.basic_publish("".into(), q.into(), BasicPublishOptions::default(), b"held", BasicProperties::default()))
+            .expect("publish");
+    let deadline = Instant::now() + WAIT;
+    while !pconn.status().blocked() {
+        assert!(Instant::now() < deadline, "no connection.blocked within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A consumer-only connection keeps working while publishers are blocked.
+    let m = get_next(&cch, q).await;
+    assert_eq!(m.delivery.data, b"before");
+    // lapin itself holds publishes while blocked: send the next one from a task.
+    let pch2 = pch.clone();
+    let second = tokio::spawn(async move {
+        let c = pch2
+            .basic_publish(
+                "".into(),
+                "alarmed".into(),
+                BasicPublishOptions::default(),
+                b"later",
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish");
+        c.await.expect("confirm")
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The blocked connection is not read: neither publish reached the queue.
+    assert!(w!(cch.basic_get(q.into(), BasicGetOptions { no_ack: true })).expect("basic.get").is_none());
+    assert!(pconn.status().blocked());
+
+    server.state.force_alarms(server::alarms::Alarms::default());
+    assert_eq!(w!(held).expect("confirm"), Confirmation::Ack(None));
+    assert_eq!(w!(second).expect("join"), Confirmation::Ack(None));
+    assert_eq!(get_next(&cch, q).await.delivery.data, b"held");
+    assert_eq!(get_next(&cch, q).await.delivery.data, b"later");
+    let deadline = Instant::now() + WAIT;
+    while pconn.status().blocked() {
+        assert!(Instant::now() < deadline, "no connection.unblocked within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
