@@ -221,8 +221,16 @@ impl Conn {
                 // Not reading is how a blocked publisher is paused; it is not silence.
                 last_read = Instant::now();
             }
-            if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
-                buf.reserve(READ_CHUNK_BYTES);
+            // Room for the frame being received, whole (a big body frame then arrives in
+            // one buffer without regrowing it read by read), or for a read chunk.
+            let pending_frame = match buf.get(3..7) {
+                Some(b) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize + wire::FRAME_OVERHEAD_BYTES,
+                None => 0,
+            };
+            let want_room =
+                pending_frame.min(self.frame_max as usize + wire::FRAME_OVERHEAD_BYTES).saturating_sub(buf.len());
+            if buf.capacity() - buf.len() < want_room.max(READ_CHUNK_BYTES / 4) {
+                buf.reserve(want_room.max(READ_CHUNK_BYTES));
             }
             tokio::select! {
                 _ = alarms.changed(), if self.published => {}
