@@ -2,7 +2,7 @@
 //! RabbitMQ queue features that act on messages: TTL, length limits, delivery limits and
 //! dead-lettering, consumer priorities and single active consumer.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
@@ -62,6 +62,8 @@ pub struct Queue {
     /// The connection that declared an exclusive queue.
     pub owner: Option<ConnectionId>,
     clock: Arc<dyn Clock>,
+    /// Some message with its own expiration was ever published here.
+    may_expire: AtomicBool,
     /// For dead-lettering (routing through the vhost's exchanges).
     vhost_ref: Weak<VHost>,
     state: Mutex<QueueState>,
@@ -131,6 +133,8 @@ impl Queue {
         vhost_ref: Weak<VHost>,
     ) -> Arc<Queue> {
         let next_seq = store.last_seq().map_or(0, |s| s + 1);
+        // Recovered messages may carry expiry times.
+        let may_expire = !store.is_empty();
         let now = clock.now_ms();
         Arc::new(Queue {
             name,
@@ -139,6 +143,7 @@ impl Queue {
             args,
             owner,
             clock,
+            may_expire: AtomicBool::new(may_expire),
             vhost_ref,
             state: Mutex::new(QueueState {
                 store,
@@ -170,6 +175,20 @@ impl Queue {
         self.clock.now_ms()
     }
 
+    /// The time, when anything in this queue can depend on it (TTLs, expiring messages,
+    /// x-expires); else 0, which expires nothing. Saves a clock read per message on the
+    /// hot path of queues that never expire anything.
+    fn time_if_needed(&self) -> u64 {
+        if self.args.message_ttl_ms.is_some()
+            || self.args.expires_ms.is_some()
+            || self.may_expire.load(Ordering::Relaxed)
+        {
+            self.clock.now_ms()
+        } else {
+            0
+        }
+    }
+
     /// Mark the queue used (redeclare), resetting its x-expires timer.
     pub fn touch(&self) {
         self.state.lock().last_used_ms = self.clock.now_ms();
@@ -194,7 +213,10 @@ impl Queue {
 
     /// Enqueue a routed message and deliver what consumers can take.
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> PublishOutcome {
-        let now = self.clock.now_ms();
+        if msg.expiration_ms.is_some() {
+            self.may_expire.store(true, Ordering::Relaxed);
+        }
+        let now = self.time_if_needed();
         let mut letters = Letters::new();
         let outcome = {
             let mut st = self.state.lock();
@@ -240,7 +262,7 @@ impl Queue {
 
     /// Try to deliver ready messages to consumers (after credit was freed).
     pub fn dispatch(self: &Arc<Self>) {
-        let now = self.clock.now_ms();
+        let now = self.time_if_needed();
         let mut letters = Letters::new();
         {
             let mut st = self.state.lock();
@@ -322,7 +344,7 @@ impl Queue {
     /// basic.get: take the next message. `no_ack` acknowledges it at once.
     /// Returns the message and how many remain ready.
     pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueuedMessage, u32)> {
-        let now = self.clock.now_ms();
+        let now = self.time_if_needed();
         let mut letters = Letters::new();
         let got = {
             let mut st = self.state.lock();
@@ -363,7 +385,7 @@ impl Queue {
     /// then deliver what consumers can take. Messages past x-delivery-limit are
     /// dead-lettered instead.
     pub fn requeue(self: &Arc<Self>, msgs: Vec<QueuedMessage>) {
-        let now = self.clock.now_ms();
+        let now = self.time_if_needed();
         let mut letters = Letters::new();
         {
             let mut st = self.state.lock();

@@ -2,6 +2,7 @@
 //! and basic.publish routing, with RabbitMQ's checks and error texts.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::RwLock;
@@ -41,6 +42,9 @@ pub struct VHost {
     persistence: Arc<dyn Persistence>,
     clock: Arc<dyn Clock>,
     me: Weak<VHost>,
+    /// Bumped by every change of exchanges, queues or bindings: routes cached by a
+    /// publisher stay valid while it is unchanged.
+    generation: AtomicU64,
 }
 
 /// Where queues keep their messages and where durable topology is recorded. The vhost
@@ -117,6 +121,7 @@ impl VHost {
             persistence,
             clock,
             me,
+            generation: AtomicU64::new(0),
         };
         {
             let mut ex = vh.exchanges.write();
@@ -136,6 +141,15 @@ impl VHost {
             }
         }
         vh
+    }
+
+    /// The topology generation (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     fn no_exchange(&self, name: &str) -> AmqpError {
@@ -191,6 +205,7 @@ impl VHost {
         let e = Exchange::new(&self.name, name.to_owned(), opts);
         self.persistence.exchange_declared(&e)?;
         ex.insert(name.to_owned(), e.clone());
+        self.changed();
         Ok(e)
     }
 
@@ -212,6 +227,7 @@ impl VHost {
             return Err(AmqpError::precondition_failed(format!("exchange '{name}' in vhost '{}' in use", self.name)));
         }
         ex.remove(name);
+        self.changed();
         for other in ex.values() {
             self.unbind_all(other, &dest);
         }
@@ -271,6 +287,7 @@ impl VHost {
             return Err(e);
         }
         qs.insert(name, q.clone());
+        self.changed();
         Ok((q, true))
     }
 
@@ -309,6 +326,7 @@ impl VHost {
             match qs.get(&q.name) {
                 Some(x) if Arc::ptr_eq(x, q) => {
                     qs.remove(&q.name);
+                    self.changed();
                 }
                 _ => {}
             }
@@ -332,6 +350,7 @@ impl VHost {
         let mut ex = self.exchanges.write();
         if matches!(ex.get(&e.name), Some(x) if Arc::ptr_eq(x, e)) && e.binding_count() == 0 {
             ex.remove(&e.name);
+            self.changed();
             let dest = Destination::Exchange(e.clone());
             for other in ex.values() {
                 self.unbind_all(other, &dest);
@@ -343,6 +362,9 @@ impl VHost {
     /// Remove every binding of `source` leading to `dest`, recording the removals.
     fn unbind_all(&self, source: &Exchange, dest: &Destination) -> usize {
         let gone = source.unbind_destination(dest);
+        if !gone.is_empty() {
+            self.changed();
+        }
         for b in &gone {
             self.persistence.binding_removed(source, b);
         }
@@ -380,11 +402,13 @@ impl VHost {
         }
         self.persistence.binding_added(source, &b)?;
         source.bind(b);
+        self.changed();
         Ok(())
     }
 
     fn remove_binding(&self, source: &Arc<Exchange>, b: &Binding) {
         if source.unbind(b) {
+            self.changed();
             self.persistence.binding_removed(source, b);
         }
         if source.options.auto_delete && source.binding_count() == 0 {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use broker::exchange::ExchangeOptions;
 use broker::queue::{Consumer, PublishOutcome, QueueOptions, next_consumer_id};
 use broker::vhost::{Deleted, generate_name};
-use broker::{AmqpError, ExchangeKind, Message, Queue, VHost};
+use broker::{AmqpError, Exchange, ExchangeKind, Message, Queue, VHost};
 use bytes::{Bytes, BytesMut};
 use wire::{Method, frame};
 
@@ -70,6 +70,17 @@ pub struct Channel {
     /// Delivery tags requeued by a consumer timeout: a late ack for them is ignored
     /// rather than closing the channel for an unknown tag.
     timed_out_tags: std::collections::HashSet<u64>,
+    route_cache: Option<RouteCache>,
+}
+
+/// The last route a channel computed, valid while the vhost's topology generation is
+/// unchanged.
+struct RouteCache {
+    generation: u64,
+    exchange: Arc<Exchange>,
+    /// None when only the exchange lookup is cached.
+    routing_key: Option<String>,
+    queues: Vec<Arc<Queue>>,
 }
 
 /// The fate of one publish, for its confirm.
@@ -113,6 +124,7 @@ impl Channel {
             last_queue: None,
             reply_to: None,
             timed_out_tags: std::collections::HashSet::new(),
+            route_cache: None,
         }
     }
 
@@ -507,7 +519,7 @@ impl Channel {
                     c.timeout.is_some_and(|t| {
                         st.unacked.values().any(|u| {
                             u.consumer.as_ref().is_some_and(|uc| uc.id == c.id)
-                                && now.duration_since(u.delivered_at) > t
+                                && u.delivered_at.is_some_and(|at| now.duration_since(at) > t)
                         })
                     })
                 })
@@ -643,7 +655,7 @@ impl Channel {
             })?),
         };
         let properties = if summary.reply_to_direct { self.rewrite_reply_to(&properties)? } else { properties };
-        let exchange = ctx.vhost.exchange(&p.exchange)?;
+        let exchange = self.exchange_for_publish(ctx, &p.exchange)?;
         if exchange.options.internal {
             return Err(AmqpError::access_refused(format!(
                 "cannot publish to internal exchange '{}' in vhost '{}'",
@@ -663,7 +675,7 @@ impl Channel {
             ops.push(TxOp::Publish { exchange: p.exchange, msg, mandatory: p.mandatory });
             return Ok(());
         }
-        let routed = self.route(ctx, &p.exchange, msg, p.mandatory)?;
+        let routed = self.route_via(ctx, &exchange, msg, p.mandatory)?;
         if let Some(c) = &mut self.confirm {
             c.waiting.push_back((c.next_seq, routed));
             c.next_seq += 1;
@@ -694,6 +706,32 @@ impl Channel {
         mandatory: bool,
     ) -> Result<Routed, AmqpError> {
         let ex = ctx.vhost.exchange(exchange)?;
+        self.route_via(ctx, &ex, msg, mandatory)
+    }
+
+    /// The exchange a publish names, from the channel's cache while the topology is
+    /// unchanged (publishers mostly repeat one exchange).
+    fn exchange_for_publish(&mut self, ctx: &ConnCtx, name: &str) -> Result<Arc<Exchange>, AmqpError> {
+        let generation = ctx.vhost.generation();
+        if let Some(c) = &self.route_cache
+            && c.generation == generation
+            && c.exchange.name == name
+        {
+            return Ok(c.exchange.clone());
+        }
+        let ex = ctx.vhost.exchange(name)?;
+        self.route_cache = Some(RouteCache { generation, exchange: ex.clone(), routing_key: None, queues: Vec::new() });
+        Ok(ex)
+    }
+
+    fn route_via(
+        &mut self,
+        ctx: &ConnCtx,
+        ex: &Arc<Exchange>,
+        msg: Arc<Message>,
+        mandatory: bool,
+    ) -> Result<Routed, AmqpError> {
+        let ex = ex.clone();
         let mut queues: Vec<Arc<Queue>> = Vec::new();
         let props = msg.properties.clone();
         let mut headers = || wire::properties::headers_of(&props).ok().flatten();
@@ -715,7 +753,31 @@ impl Channel {
                 }
                 ctx.vhost.route(&ex, &msg.routing_key, &mut headers, &mut queues);
             }
-            _ => ctx.vhost.route(&ex, &msg.routing_key, &mut headers, &mut queues),
+            // Headers exchanges route by content: never cached.
+            _ if ex.kind() == ExchangeKind::Headers => {
+                ctx.vhost.route(&ex, &msg.routing_key, &mut headers, &mut queues)
+            }
+            _ => {
+                let generation = ctx.vhost.generation();
+                match &mut self.route_cache {
+                    Some(c)
+                        if c.generation == generation
+                            && Arc::ptr_eq(&c.exchange, &ex)
+                            && c.routing_key.as_deref() == Some(msg.routing_key.as_str()) =>
+                    {
+                        queues.extend(c.queues.iter().cloned());
+                    }
+                    _ => {
+                        ctx.vhost.route(&ex, &msg.routing_key, &mut headers, &mut queues);
+                        self.route_cache = Some(RouteCache {
+                            generation,
+                            exchange: ex.clone(),
+                            routing_key: Some(msg.routing_key.clone()),
+                            queues: queues.clone(),
+                        });
+                    }
+                }
+            }
         }
         let mut routed = false;
         let mut out = Routed::default();

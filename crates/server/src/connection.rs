@@ -49,6 +49,28 @@ enum Phase {
     Closing(Instant),
 }
 
+/// Channel numbers are small integers chosen by the client: they need no SipHash (looked up
+/// for every frame).
+type ChannelIdHash = std::hash::BuildHasherDefault<ChannelIdHasher>;
+
+#[derive(Default)]
+struct ChannelIdHasher(u64);
+
+impl std::hash::Hasher for ChannelIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u16(&mut self, n: u16) {
+        // Spread over the high bits too: hashbrown takes its tag from the top 7 bits.
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// A connection-level error with the method it happened in.
 struct HardError {
     err: AmqpError,
@@ -78,7 +100,7 @@ struct Conn {
     client_caps: FieldTable,
     user: String,
     ctx: Option<ConnCtx>,
-    channels: HashMap<u16, Channel>,
+    channels: HashMap<u16, Channel, ChannelIdHash>,
     /// Channels that published in the current read batch (confirms to flush).
     confirm_dirty: Vec<u16>,
     /// The socket should close once the outbox is flushed.
@@ -110,7 +132,7 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<Se
         client_caps: FieldTable::new(),
         user: String::new(),
         ctx: None,
-        channels: HashMap::new(),
+        channels: HashMap::default(),
         confirm_dirty: Vec::new(),
         finished: false,
         published: false,

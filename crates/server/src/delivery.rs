@@ -16,8 +16,8 @@ use crate::outbox::Outbox;
 /// One unacknowledged delivery.
 pub struct Unacked {
     pub tag: u64,
-    /// When it was delivered (consumer timeout).
-    pub delivered_at: Instant,
+    /// When it was delivered, if its consumer has a timeout (the clock is read only then).
+    pub delivered_at: Option<Instant>,
     pub queue: Arc<Queue>,
     pub msg: QueuedMessage,
     /// The consumer it went to; None for basic.get.
@@ -60,10 +60,8 @@ impl ChannelShared {
         let tag = st.next_tag;
         st.next_tag += 1;
         if !no_ack {
-            st.unacked.insert(
-                tag,
-                Unacked { tag, delivered_at: Instant::now(), queue: queue.clone(), msg: m.clone(), consumer: None },
-            );
+            st.unacked
+                .insert(tag, Unacked { tag, delivered_at: None, queue: queue.clone(), msg: m.clone(), consumer: None });
         }
         tag
     }
@@ -153,7 +151,7 @@ impl ConsumerSink for ConsumerHandle {
                 tag,
                 Unacked {
                     tag,
-                    delivered_at: Instant::now(),
+                    delivered_at: self.timeout.map(|_| Instant::now()),
                     queue: queue.clone(),
                     msg: m,
                     consumer: self.me.upgrade(),
