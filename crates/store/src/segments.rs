@@ -115,11 +115,16 @@ impl QueueFiles {
         &self.dir
     }
 
-    /// Open (creating or recovering) the files in `dir`.
+    /// Open (recovering) the files in `dir`. Nothing is created until the first append: a
+    /// queue that never writes (most transient ones) costs no files.
     pub fn open(dir: &Path, fsync: bool, syncer: Arc<Syncer>) -> Result<(Arc<QueueFiles>, Recovered), Error> {
-        fs::create_dir_all(dir)?;
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => Some(e),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
         let mut ids: Vec<u32> = Vec::new();
-        for entry in fs::read_dir(dir)? {
+        for entry in entries.into_iter().flatten() {
             let name = entry?.file_name();
             let name = name.to_string_lossy();
             if let Some(id) = name.strip_suffix(".seg").and_then(|n| n.parse().ok()) {
@@ -172,7 +177,6 @@ impl QueueFiles {
             for seg in inner.segments.values_mut() {
                 seg.sealed = true;
             }
-            inner.new_segment(dir, write_seg)?;
         }
         Ok((files, rec))
     }
@@ -187,8 +191,11 @@ impl QueueFiles {
         f: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(DiskPos, u64), Error> {
         let mut inner = self.inner.lock();
-        let seg_len = inner.write_len();
-        if seg_len >= SEGMENT_MAX_BYTES {
+        if !inner.segments.contains_key(&inner.write_seg) {
+            fs::create_dir_all(&self.dir)?;
+            let id = inner.write_seg;
+            inner.new_segment(&self.dir, id)?;
+        } else if inner.write_len() >= SEGMENT_MAX_BYTES {
             let next = inner.write_seg + 1;
             inner.seal_write_segment(&self.dir)?;
             inner.new_segment(&self.dir, next)?;
@@ -234,7 +241,9 @@ impl QueueFiles {
             // The queue drained its newest segment: start a fresh one so this one can go,
             // and a drained queue gives its disk space back.
             let next = write_seg + 1;
-            if inner.seal_write_segment(&self.dir).is_ok() && inner.new_segment(&self.dir, next).is_ok() {
+            if inner.seal_write_segment(&self.dir).is_ok() {
+                // The next append creates segment `next`.
+                inner.write_seg = next;
                 inner.segments.remove(&pos.segment);
                 remove_segment_files(&self.dir, pos.segment);
                 self.mark_dirty(&mut inner, false);
@@ -419,8 +428,9 @@ impl QueueFiles {
         inner.destroyed = true;
         inner.segments.clear();
         inner.pending.clear();
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
-            warn!("removing {}: {e}", self.dir.display());
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => warn!("removing {}: {e}", self.dir.display()),
+            _ => {}
         }
     }
 }
