@@ -42,28 +42,6 @@ pub enum QueueType {
     Quorum,
 }
 
-fn type_name(v: &FieldValue) -> &'static str {
-    match v {
-        FieldValue::Bool(_) => "bool",
-        FieldValue::I8(_) => "byte",
-        FieldValue::U8(_) => "unsignedbyte",
-        FieldValue::I16(_) => "short",
-        FieldValue::U16(_) => "unsignedshort",
-        FieldValue::I32(_) => "signedint",
-        FieldValue::U32(_) => "unsignedint",
-        FieldValue::I64(_) | FieldValue::U64(_) => "long",
-        FieldValue::F32(_) => "float",
-        FieldValue::F64(_) => "double",
-        FieldValue::Decimal(..) => "decimal",
-        FieldValue::LongStr(_) => "longstr",
-        FieldValue::Array(_) => "array",
-        FieldValue::Timestamp(_) => "timestamp",
-        FieldValue::Table(_) => "table",
-        FieldValue::Void => "void",
-        FieldValue::ByteArray(_) => "bytes",
-    }
-}
-
 struct Ctx<'a> {
     what: &'a str,
     name: &'a str,
@@ -83,7 +61,7 @@ impl Ctx<'_> {
             None => Ok(None),
             Some(v) => match v.as_i64() {
                 Some(i) => Ok(Some(i)),
-                None => Err(self.err(arg, format!("{{unacceptable_type,{}}}", type_name(v)))),
+                None => Err(self.err(arg, format!("{{unacceptable_type,{}}}", v.type_name()))),
             },
         }
     }
@@ -108,7 +86,7 @@ impl Ctx<'_> {
         match args.get(arg) {
             None => Ok(None),
             Some(FieldValue::LongStr(b)) => Ok(Some(String::from_utf8_lossy(b).into_owned())),
-            Some(v) => Err(self.err(arg, format!("{{unacceptable_type,{}}}", type_name(v)))),
+            Some(v) => Err(self.err(arg, format!("{{unacceptable_type,{}}}", v.type_name()))),
         }
     }
 }
@@ -131,7 +109,9 @@ impl QueueArgs {
         let single_active_consumer = match args.get("x-single-active-consumer") {
             None => false,
             Some(FieldValue::Bool(b)) => *b,
-            Some(v) => return Err(c.err("x-single-active-consumer", format!("{{unacceptable_type,{}}}", type_name(v)))),
+            Some(v) => {
+                return Err(c.err("x-single-active-consumer", format!("{{unacceptable_type,{}}}", v.type_name())));
+            }
         };
         let queue_type = match c.string(args, "x-queue-type")?.as_deref() {
             None | Some("classic") => QueueType::Classic,

@@ -317,22 +317,9 @@ fn describe(v: Option<&FieldValue>) -> String {
     match v {
         None => "none".to_owned(),
         Some(v) => match (v.as_i64(), v.as_str()) {
-            (Some(i), _) => format!("the value '{i}' of type '{}'", type_name(v)),
+            (Some(i), _) => format!("the value '{i}' of type '{}'", v.type_name()),
             (_, Some(s)) => format!("the value '{s}' of type 'longstr'"),
             _ => format!("the value '{v:?}'"),
         },
-    }
-}
-
-fn type_name(v: &FieldValue) -> &'static str {
-    match v {
-        FieldValue::I8(_) => "byte",
-        FieldValue::U8(_) => "unsignedbyte",
-        FieldValue::I16(_) => "short",
-        FieldValue::U16(_) => "unsignedshort",
-        FieldValue::I32(_) => "signedint",
-        FieldValue::U32(_) => "unsignedint",
-        FieldValue::I64(_) | FieldValue::U64(_) => "long",
-        _ => "other",
     }
 }

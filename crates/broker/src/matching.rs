@@ -461,7 +461,7 @@ pub fn validate_x_match(binding_args: &FieldTable) -> Result<(), String> {
             )),
         },
         Some(v) => {
-            Err(format!("Invalid x-match field type {} (value {}); expected longstr", type_atom(v), erl_term(v)))
+            Err(format!("Invalid x-match field type {} (value {}); expected longstr", v.type_name(), erl_term(v)))
         }
     }
 }
@@ -505,7 +505,7 @@ impl PartialEq for Term<'_> {
 
 /// Equality of values nested in a table or array, where the type atom is part of the term.
 fn typed_eq(a: &FieldValue, b: &FieldValue) -> bool {
-    type_atom(a) == type_atom(b) && term(a) == term(b)
+    a.type_name() == b.type_name() && term(a) == term(b)
 }
 
 /// The term routing compares: a top-level header timestamp is in milliseconds
@@ -540,29 +540,6 @@ fn term(v: &FieldValue) -> Term<'_> {
     }
 }
 
-/// RabbitMQ's type atom for a field value (`rabbit_binary_parser`).
-fn type_atom(v: &FieldValue) -> &'static str {
-    match v {
-        FieldValue::Bool(_) => "bool",
-        FieldValue::I8(_) => "byte",
-        FieldValue::U8(_) => "unsignedbyte",
-        FieldValue::I16(_) => "short",
-        FieldValue::U16(_) => "unsignedshort",
-        FieldValue::I32(_) => "signedint",
-        FieldValue::U32(_) => "unsignedint",
-        FieldValue::I64(_) | FieldValue::U64(_) => "long",
-        FieldValue::F32(_) => "float",
-        FieldValue::F64(_) => "double",
-        FieldValue::Decimal(..) => "decimal",
-        FieldValue::LongStr(_) => "longstr",
-        FieldValue::Array(_) => "array",
-        FieldValue::Timestamp(_) => "timestamp",
-        FieldValue::Table(_) => "table",
-        FieldValue::Void => "void",
-        FieldValue::ByteArray(_) => "binary",
-    }
-}
-
 /// A value's Erlang term as `~tp` prints it, on one line (Erlang would wrap terms longer
 /// than 80 columns; x-match values that long are not worth mimicking).
 fn erl_term(v: &FieldValue) -> String {
@@ -576,12 +553,12 @@ fn erl_term(v: &FieldValue) -> String {
         Term::Table(t) => {
             let items: Vec<String> = t
                 .iter()
-                .map(|(k, v)| format!("{{{},{},{}}}", erl_binary(k.as_bytes()), type_atom(v), erl_term(v)))
+                .map(|(k, v)| format!("{{{},{},{}}}", erl_binary(k.as_bytes()), v.type_name(), erl_term(v)))
                 .collect();
             format!("[{}]", items.join(","))
         }
         Term::Array(a) => {
-            let items: Vec<String> = a.iter().map(|v| format!("{{{},{}}}", type_atom(v), erl_term(v))).collect();
+            let items: Vec<String> = a.iter().map(|v| format!("{{{},{}}}", v.type_name(), erl_term(v))).collect();
             format!("[{}]", items.join(","))
         }
     }

@@ -100,6 +100,30 @@ impl FieldValue {
         }
     }
 
+    /// RabbitMQ's name for the value's type (the atoms of rabbit_binary_parser), as its
+    /// error texts print them: "signedint", "longstr", "binary"...
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            FieldValue::Bool(_) => "bool",
+            FieldValue::I8(_) => "byte",
+            FieldValue::U8(_) => "unsignedbyte",
+            FieldValue::I16(_) => "short",
+            FieldValue::U16(_) => "unsignedshort",
+            FieldValue::I32(_) => "signedint",
+            FieldValue::U32(_) => "unsignedint",
+            FieldValue::I64(_) | FieldValue::U64(_) => "long",
+            FieldValue::F32(_) => "float",
+            FieldValue::F64(_) => "double",
+            FieldValue::Decimal(..) => "decimal",
+            FieldValue::LongStr(_) => "longstr",
+            FieldValue::Array(_) => "array",
+            FieldValue::Timestamp(_) => "timestamp",
+            FieldValue::Table(_) => "table",
+            FieldValue::Void => "void",
+            FieldValue::ByteArray(_) => "binary",
+        }
+    }
+
     /// A long string's bytes as UTF-8, if it is one.
     pub fn as_str(&self) -> Option<&str> {
         match self {
