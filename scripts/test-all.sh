@@ -37,6 +37,10 @@ else
     section_done
 fi
 
+section "benchmarks compile (cargo bench --no-run; not timed in CI)"
+cargo bench --workspace --no-run
+section_done
+
 section "python interop tests (pika)"
 scripts/test-python.sh
 section_done
