@@ -24,8 +24,10 @@ const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Frames handled in one read batch after which the task yields to others.
 const YIELD_AFTER_FRAMES: usize = 256;
-/// Read buffer growth step.
+/// Read buffer growth step under load, and the first one (the handshake's frames are
+/// small: at most frame_min until tune-ok).
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+const READ_INITIAL_BYTES: usize = 2 * 1024;
 
 impl Phase {
     fn name(self) -> &'static str {
@@ -157,7 +159,10 @@ impl Conn {
     }
 
     async fn run(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf) -> String {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        // Start small and grow with traffic: an idle connection holds a few KiB, a busy one
+        // reads READ_CHUNK_BYTES at a time.
+        let mut read_chunk = READ_INITIAL_BYTES;
+        let mut buf = BytesMut::with_capacity(read_chunk);
         let handshake_deadline = Instant::now() + self.state.config.handshake_timeout;
         // Protocol header.
         while buf.len() < 8 {
@@ -251,14 +256,19 @@ impl Conn {
             };
             let want_room =
                 pending_frame.min(self.frame_max as usize + wire::FRAME_OVERHEAD_BYTES).saturating_sub(buf.len());
-            if buf.capacity() - buf.len() < want_room.max(READ_CHUNK_BYTES / 4) {
-                buf.reserve(want_room.max(READ_CHUNK_BYTES));
+            if buf.capacity() - buf.len() < want_room.max(read_chunk / 4) {
+                buf.reserve(want_room.max(read_chunk));
             }
             tokio::select! {
                 _ = alarms.changed(), if self.published => {}
                 r = rd.read_buf(&mut buf), if !self.blocked => match r {
                     Ok(0) => return "client closed the socket".into(),
-                    Ok(_) => last_read = Instant::now(),
+                    Ok(n) => {
+                        last_read = Instant::now();
+                        if n >= read_chunk / 2 {
+                            read_chunk = (read_chunk * 2).min(READ_CHUNK_BYTES);
+                        }
+                    }
                     Err(e) => return format!("read error: {e}"),
                 },
                 _ = tick.tick() => {

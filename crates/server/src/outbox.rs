@@ -31,7 +31,7 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(high_water_bytes: usize, frame_max: u32) -> Arc<Outbox> {
         Arc::new(Outbox {
-            buf: Mutex::new(Vec::with_capacity(4096)),
+            buf: Mutex::new(Vec::new()),
             pending: AtomicUsize::new(0),
             notify: Notify::new(),
             closing: AtomicBool::new(false),
@@ -94,7 +94,8 @@ impl Outbox {
     /// The writer task body: drain until closed. Returns when the buffer is flushed after
     /// close, or on a write error.
     pub async fn run_writer<W: AsyncWrite + Unpin>(self: Arc<Self>, mut sock: W) -> std::io::Result<()> {
-        let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+        // Empty until there is something to write: idle connections hold no buffer.
+        let mut out: Vec<u8> = Vec::new();
         loop {
             {
                 let mut b = self.buf.lock();
@@ -120,7 +121,7 @@ impl Outbox {
             *self.last_write.lock() = Instant::now();
             // Keep a moderately sized buffer for reuse; drop huge ones.
             if out.capacity() > 4 * 1024 * 1024 {
-                out = Vec::with_capacity(64 * 1024);
+                out = Vec::new();
             } else {
                 out.clear();
             }
