@@ -38,7 +38,9 @@ struct PendingPublish {
     mandatory: bool,
     /// (body_size, raw properties) once the content header arrived.
     header: Option<(u64, Bytes)>,
-    parts: Vec<Bytes>,
+    /// Body frames: the first one (usually the only one) and any more.
+    first: Option<Bytes>,
+    more: Vec<Bytes>,
     received: u64,
 }
 
@@ -279,7 +281,8 @@ impl Channel {
                     routing_key,
                     mandatory,
                     header: None,
-                    parts: Vec::new(),
+                    first: None,
+                    more: Vec::new(),
                     received: 0,
                 });
             }
@@ -362,8 +365,7 @@ impl Channel {
                             if let Some(c) = &e.consumer {
                                 c.unacked.fetch_add(1, Ordering::Relaxed);
                             }
-                            let tag = e.tag;
-                            st.unacked.insert(tag, e);
+                            st.unacked.insert(e);
                         }
                     }
                 }
@@ -481,13 +483,15 @@ impl Channel {
         let mut st = self.shared.state.lock();
         let unknown = || AmqpError::precondition_failed(format!("unknown delivery tag {tag}"));
         let taken: Vec<Unacked> = if multiple {
-            if tag != 0 && !st.unacked.contains_key(&tag) {
+            if tag == 0 {
+                st.unacked.take_all()
+            } else if st.unacked.contains(tag) {
+                st.unacked.take_upto(tag)
+            } else {
                 return Err(unknown());
             }
-            let keep = if tag == 0 { std::collections::BTreeMap::new() } else { st.unacked.split_off(&(tag + 1)) };
-            std::mem::replace(&mut st.unacked, keep).into_values().collect()
         } else {
-            vec![st.unacked.remove(&tag).ok_or_else(unknown)?]
+            vec![st.unacked.remove(tag).ok_or_else(unknown)?]
         };
         for e in &taken {
             if let Some(c) = &e.consumer {
@@ -517,7 +521,7 @@ impl Channel {
                 .values()
                 .filter(|c| {
                     c.timeout.is_some_and(|t| {
-                        st.unacked.values().any(|u| {
+                        st.unacked.iter().any(|u| {
                             u.consumer.as_ref().is_some_and(|uc| uc.id == c.id)
                                 && u.delivered_at.is_some_and(|at| now.duration_since(at) > t)
                         })
@@ -537,13 +541,7 @@ impl Channel {
             tracing::warn!(channel = self.shared.id, consumer = %c.tag, timeout_ms, "consumer timeout: cancelling the consumer and requeueing its deliveries");
             let entries: Vec<Unacked> = {
                 let mut st = self.shared.state.lock();
-                let tags: Vec<u64> = st
-                    .unacked
-                    .iter()
-                    .filter(|(_, u)| u.consumer.as_ref().is_some_and(|uc| uc.id == c.id))
-                    .map(|(t, _)| *t)
-                    .collect();
-                tags.iter().filter_map(|t| st.unacked.remove(t)).collect()
+                st.unacked.take_where(|u| u.consumer.as_ref().is_some_and(|uc| uc.id == c.id))
             };
             self.timed_out_tags.extend(entries.iter().map(|e| e.tag));
             c.unacked.store(0, Ordering::Relaxed);
@@ -616,7 +614,11 @@ impl Channel {
                 format!("body of {} bytes exceeds declared size {size}", p.received),
             ));
         }
-        p.parts.push(payload);
+        if p.first.is_none() {
+            p.first = Some(payload);
+        } else {
+            p.more.push(payload);
+        }
         if p.received == *size {
             return Ok(ContentProgress::Complete);
         }
@@ -635,12 +637,14 @@ impl Channel {
     pub fn finish_publish(&mut self, ctx: &ConnCtx) -> Result<(), AmqpError> {
         let Some(p) = self.pending.take() else { return Ok(()) };
         let Some((_, properties)) = p.header else { return Ok(()) };
-        let body = match p.parts.len() {
-            0 => Bytes::new(),
-            1 => p.parts.into_iter().next().unwrap_or_default(),
-            _ => {
+        let body = match (p.first, p.more.is_empty()) {
+            (None, _) => Bytes::new(),
+            // One body frame: the body is a slice of the read buffer, no copy.
+            (Some(first), true) => first,
+            (Some(first), false) => {
                 let mut b = BytesMut::with_capacity(p.received as usize);
-                for part in &p.parts {
+                b.extend_from_slice(&first);
+                for part in &p.more {
                     b.extend_from_slice(part);
                 }
                 b.freeze()
@@ -733,8 +737,9 @@ impl Channel {
     ) -> Result<Routed, AmqpError> {
         let ex = ex.clone();
         let mut queues: Vec<Arc<Queue>> = Vec::new();
-        let props = msg.properties.clone();
-        let mut headers = || wire::properties::headers_of(&props).ok().flatten();
+        let mut from_cache = false;
+        let props = &msg.properties;
+        let mut headers = || wire::properties::headers_of(props).ok().flatten();
         match msg.routing_key.strip_prefix(REPLY_TO).and_then(|t| t.strip_prefix('.')) {
             // A reply to a direct reply-to requester (default exchange only).
             Some(token) if ex.name.is_empty() => {
@@ -765,7 +770,7 @@ impl Channel {
                             && Arc::ptr_eq(&c.exchange, &ex)
                             && c.routing_key.as_deref() == Some(msg.routing_key.as_str()) =>
                     {
-                        queues.extend(c.queues.iter().cloned());
+                        from_cache = true;
                     }
                     _ => {
                         ctx.vhost.route(&ex, &msg.routing_key, &mut headers, &mut queues);
@@ -779,9 +784,14 @@ impl Channel {
                 }
             }
         }
+        // The hot path (a repeated route) publishes from the cache without copying it.
+        let targets: &[Arc<Queue>] = match &self.route_cache {
+            Some(c) if from_cache => &c.queues,
+            _ => &queues,
+        };
         let mut routed = false;
         let mut out = Routed::default();
-        for q in &queues {
+        for q in targets {
             match q.publish(msg.clone()) {
                 PublishOutcome::Enqueued(e) => {
                     routed = true;
@@ -860,7 +870,7 @@ impl Channel {
         let mut entries: Vec<Unacked> = {
             let mut st = self.shared.state.lock();
             st.closed = true;
-            std::mem::take(&mut st.unacked).into_values().collect()
+            st.unacked.take_all()
         };
         // Acks of an uncommitted transaction never happened: those messages return too.
         for op in self.tx.take().unwrap_or_default() {

@@ -2,7 +2,7 @@
 //! shared between the connection's task (acks, qos, close) and whichever task a queue
 //! dispatches on (deliveries). The lock here is taken *after* a queue's lock, never before.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -24,10 +24,70 @@ pub struct Unacked {
     pub consumer: Option<Arc<ConsumerHandle>>,
 }
 
+/// A channel's unacknowledged deliveries, ordered by delivery tag. Tags are handed out in
+/// increasing order and mostly acknowledged in order, so a deque kept sorted does every
+/// common operation at its ends (a B-tree allocated a node per few deliveries).
+#[derive(Default)]
+pub struct UnackedMap {
+    q: VecDeque<Unacked>,
+}
+
+impl UnackedMap {
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    /// Add a delivery (in tag order; an older tag, from a rolled-back transaction, is put
+    /// back in its place).
+    pub fn insert(&mut self, u: Unacked) {
+        match self.q.back() {
+            Some(last) if last.tag > u.tag => {
+                let at = self.q.partition_point(|x| x.tag < u.tag);
+                self.q.insert(at, u);
+            }
+            _ => self.q.push_back(u),
+        }
+    }
+
+    pub fn contains(&self, tag: u64) -> bool {
+        self.q.binary_search_by_key(&tag, |u| u.tag).is_ok()
+    }
+
+    pub fn remove(&mut self, tag: u64) -> Option<Unacked> {
+        let i = self.q.binary_search_by_key(&tag, |u| u.tag).ok()?;
+        self.q.remove(i)
+    }
+
+    /// Every delivery with a tag up to `tag`.
+    pub fn take_upto(&mut self, tag: u64) -> Vec<Unacked> {
+        let n = self.q.partition_point(|u| u.tag <= tag);
+        self.q.drain(..n).collect()
+    }
+
+    pub fn take_all(&mut self) -> Vec<Unacked> {
+        self.q.drain(..).collect()
+    }
+
+    /// Remove and return the deliveries `f` selects.
+    pub fn take_where(&mut self, mut f: impl FnMut(&Unacked) -> bool) -> Vec<Unacked> {
+        let (taken, kept): (Vec<Unacked>, Vec<Unacked>) = self.q.drain(..).partition(|u| f(u));
+        self.q = kept.into();
+        taken
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Unacked> {
+        self.q.iter()
+    }
+}
+
 pub struct DeliveryState {
     next_tag: u64,
     /// Ordered by delivery tag, which is how `multiple` acks and requeues walk them.
-    pub unacked: BTreeMap<u64, Unacked>,
+    pub unacked: UnackedMap,
     /// basic.qos global=true: limit for the whole channel, 0 = unlimited.
     pub global_prefetch: u32,
     /// The channel is closing: refuse further deliveries.
@@ -47,7 +107,7 @@ impl ChannelShared {
             outbox,
             state: Mutex::new(DeliveryState {
                 next_tag: 1,
-                unacked: BTreeMap::new(),
+                unacked: UnackedMap::default(),
                 global_prefetch: 0,
                 closed: false,
             }),
@@ -60,8 +120,13 @@ impl ChannelShared {
         let tag = st.next_tag;
         st.next_tag += 1;
         if !no_ack {
-            st.unacked
-                .insert(tag, Unacked { tag, delivered_at: None, queue: queue.clone(), msg: m.clone(), consumer: None });
+            st.unacked.insert(Unacked {
+                tag,
+                delivered_at: None,
+                queue: queue.clone(),
+                msg: m.clone(),
+                consumer: None,
+            });
         }
         tag
     }
@@ -147,16 +212,13 @@ impl ConsumerSink for ConsumerHandle {
         });
         if !self.no_ack {
             self.unacked.fetch_add(1, Ordering::Relaxed);
-            st.unacked.insert(
+            st.unacked.insert(Unacked {
                 tag,
-                Unacked {
-                    tag,
-                    delivered_at: self.timeout.map(|_| Instant::now()),
-                    queue: queue.clone(),
-                    msg: m,
-                    consumer: self.me.upgrade(),
-                },
-            );
+                delivered_at: self.timeout.map(|_| Instant::now()),
+                queue: queue.clone(),
+                msg: m,
+                consumer: self.me.upgrade(),
+            });
         }
         Ok(())
     }
