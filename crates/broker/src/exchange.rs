@@ -206,6 +206,11 @@ impl Exchange {
         gone
     }
 
+    /// Whether some binding of this exchange leads to `dest`.
+    pub fn leads_to(&self, dest: &Destination) -> bool {
+        self.bindings.read().all.iter().any(|b| b.destination == *dest)
+    }
+
     pub fn has_binding(&self, b: &Binding) -> bool {
         self.bindings.read().all.iter().any(|x| same_binding(x, b))
     }

@@ -167,10 +167,6 @@ impl Queue {
         }
     }
 
-    pub fn is_deleted(&self) -> bool {
-        self.state.lock().deleted
-    }
-
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }

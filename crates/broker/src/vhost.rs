@@ -222,8 +222,7 @@ impl VHost {
             return Ok(());
         };
         let dest = Destination::Exchange(e.clone());
-        let used_as_dest = ex.values().any(|x| x.bindings().iter().any(|b| b.destination == dest));
-        if if_unused && (e.binding_count() > 0 || used_as_dest) {
+        if if_unused && (e.binding_count() > 0 || ex.values().any(|x| x.leads_to(&dest))) {
             return Err(AmqpError::precondition_failed(format!("exchange '{name}' in vhost '{}' in use", self.name)));
         }
         ex.remove(name);

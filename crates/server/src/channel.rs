@@ -22,7 +22,6 @@ pub struct ConnCtx {
     /// The client advertised consumer_cancel_notify.
     pub cancel_notify: bool,
     pub max_message_size_bytes: u64,
-    pub user: String,
     /// The fsynced commit epoch.
     pub durable: tokio::sync::watch::Receiver<u64>,
     pub server: Arc<crate::state::ServerState>,

@@ -664,7 +664,6 @@ impl Conn {
                     vhost,
                     cancel_notify: self.client_has("consumer_cancel_notify"),
                     max_message_size_bytes: self.state.config.max_message_size_bytes,
-                    user: self.user.clone(),
                     durable: self.state.durable_epoch.clone(),
                     server: self.state.clone(),
                 });

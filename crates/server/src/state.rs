@@ -215,10 +215,6 @@ impl ServerState {
         }
     }
 
-    pub fn delayed_count(&self) -> usize {
-        self.delayed.lock().len()
-    }
-
     /// Force alarms on regardless of measurements (tests, operators); `Alarms::default()`
     /// lifts the forcing. Takes effect at once.
     pub fn force_alarms(&self, a: Alarms) {

@@ -5,7 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tracing::warn;
 
@@ -13,7 +13,6 @@ use crate::Error;
 use crate::record::{self, Decoded};
 
 pub struct DefinitionsLog {
-    path: PathBuf,
     file: File,
 }
 
@@ -42,7 +41,7 @@ impl DefinitionsLog {
             File::open(dir)?.sync_all()?;
         }
         let file = OpenOptions::new().append(true).open(path)?;
-        Ok(DefinitionsLog { path: path.to_owned(), file })
+        Ok(DefinitionsLog { file })
     }
 
     /// Append one record and fsync it.
@@ -52,10 +51,6 @@ impl DefinitionsLog {
         self.file.write_all(&buf)?;
         self.file.sync_data()?;
         Ok(())
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -39,14 +39,13 @@ struct State {
     max_requested: u64,
     dirty: Vec<Weak<QueueFiles>>,
     stop: bool,
-    rounds: u64,
 }
 
 impl Syncer {
     /// Start the commit thread. `on_durable(epoch)` runs on it after each round.
     pub fn start(on_durable: impl Fn(u64) + Send + Sync + 'static) -> Arc<Syncer> {
         let s = Arc::new(Syncer {
-            state: Mutex::new(State { open_epoch: 1, max_requested: 0, dirty: Vec::new(), stop: false, rounds: 0 }),
+            state: Mutex::new(State { open_epoch: 1, max_requested: 0, dirty: Vec::new(), stop: false }),
             cv: Condvar::new(),
             done: Condvar::new(),
             durable_epoch: AtomicU64::new(0),
@@ -103,10 +102,6 @@ impl Syncer {
         self.done.notify_all();
     }
 
-    pub fn rounds(&self) -> u64 {
-        self.state.lock().rounds
-    }
-
     fn run(self: Arc<Self>) {
         let mut to_sync = Vec::new();
         loop {
@@ -120,7 +115,6 @@ impl Syncer {
                 }
                 let e = st.open_epoch;
                 st.open_epoch += 1;
-                st.rounds += 1;
                 (e, std::mem::take(&mut st.dirty))
             };
             let started = Instant::now();
