@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 use wire::FieldTable;
@@ -28,6 +29,11 @@ pub trait ConsumerSink: Send + Sync {
     fn no_ack(&self) -> bool;
     /// The queue was deleted under the consumer: tell the client (basic.cancel).
     fn cancelled_by_broker(&self);
+    /// The consumer has credit but its connection's write buffer is full: it takes
+    /// messages as fast as its socket drains.
+    fn write_blocked(&self) -> bool {
+        false
+    }
 }
 
 /// Global, process-unique consumer ids (used to cancel a consumer on its queue).
@@ -66,6 +72,12 @@ pub struct Queue {
     may_expire: AtomicBool,
     /// For dead-lettering (routing through the vhost's exchanges).
     vhost_ref: Weak<VHost>,
+    /// See [`Queue::in_flow`]; recomputed whenever dispatch stops.
+    flow: AtomicBool,
+    /// Messages handed to consumers so far (a progress counter for flow control).
+    deliveries: AtomicU64,
+    /// Publishers paused by flow, woken when it clears.
+    flow_waiters: Mutex<Vec<Waker>>,
     state: Mutex<QueueState>,
 }
 
@@ -145,6 +157,9 @@ impl Queue {
             clock,
             may_expire: AtomicBool::new(may_expire),
             vhost_ref,
+            flow: AtomicBool::new(false),
+            deliveries: AtomicU64::new(0),
+            flow_waiters: Mutex::new(Vec::new()),
             state: Mutex::new(QueueState {
                 store,
                 consumers: Vec::new(),
@@ -256,6 +271,19 @@ impl Queue {
         outcome
     }
 
+    /// RabbitMQ's "flow" state, for this queue: its ready backlog is near its store's RAM
+    /// budget while its consumers are limited only by their sockets. A publisher routing
+    /// here should pause briefly (while [`Queue::deliveries`] advances) instead of making
+    /// the queue page to disk messages that consumers would have taken a moment later.
+    pub fn in_flow(&self) -> bool {
+        self.flow.load(Ordering::Relaxed)
+    }
+
+    /// Messages handed to consumers since the queue was created.
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries.load(Ordering::Relaxed)
+    }
+
     /// Try to deliver ready messages to consumers (after credit was freed).
     pub fn dispatch(self: &Arc<Self>) {
         let now = self.time_if_needed();
@@ -283,13 +311,46 @@ impl Queue {
     /// The consumers that may receive now: the active one under single-active-consumer,
     /// else all, highest priority group first.
     fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState, now: u64, letters: &mut Letters) {
+        let stalled = self.deliver_ready(st, now, letters);
+        let flow = stalled && st.store.near_ram_budget() && st.consumers.iter().any(|c| c.sink.write_blocked());
+        if flow != self.flow.load(Ordering::Relaxed) {
+            self.set_flow(flow);
+        }
+    }
+
+    fn set_flow(&self, flow: bool) {
+        self.flow.store(flow, Ordering::Relaxed);
+        if !flow {
+            for w in std::mem::take(&mut *self.flow_waiters.lock()) {
+                w.wake();
+            }
+        }
+    }
+
+    /// Ready once the queue is out of flow; otherwise the task is woken when it leaves it.
+    pub fn poll_flow_cleared(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.in_flow() {
+            return Poll::Ready(());
+        }
+        {
+            let mut w = self.flow_waiters.lock();
+            if !w.iter().any(|x| x.will_wake(cx.waker())) {
+                w.push(cx.waker().clone());
+            }
+        }
+        // Flow may have cleared before the waker was registered.
+        if self.in_flow() { Poll::Pending } else { Poll::Ready(()) }
+    }
+
+    /// Deliver until the queue is empty (false) or no consumer takes the next message (true).
+    fn deliver_ready(self: &Arc<Self>, st: &mut QueueState, now: u64, letters: &mut Letters) -> bool {
         loop {
             self.expire_head(st, now, letters);
             let n = st.consumers.len();
             if n == 0 {
-                return;
+                return false;
             }
-            let Some(next) = st.store.peek() else { return };
+            let Some(next) = st.store.peek() else { return false };
             let mut m = next.clone();
             m.delivery_count += 1;
             let mut held = Some(m);
@@ -324,8 +385,9 @@ impl Queue {
                     start = end;
                 }
             }
-            let Some((idx, no_ack)) = taken else { return };
+            let Some((idx, no_ack)) = taken else { return true };
             st.cursor = idx + 1;
+            self.deliveries.fetch_add(1, Ordering::Relaxed);
             if let Some(d) = st.store.pop() {
                 st.store.delivered(&d);
                 if no_ack {
@@ -444,6 +506,9 @@ impl Queue {
         let before = st.consumers.len();
         let Some(at) = st.consumers.iter().position(|c| c.id == consumer_id) else { return false };
         st.consumers.remove(at);
+        if st.consumers.is_empty() && self.in_flow() {
+            self.set_flow(false);
+        }
         if at < st.cursor {
             st.cursor -= 1;
         }

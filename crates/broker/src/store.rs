@@ -38,6 +38,12 @@ pub trait MessageStore: Send {
     }
     /// The queue was deleted: release everything, including files.
     fn destroy(&mut self) {}
+    /// The ready backlog is about to spill (or spills) out of RAM: a store that pages to
+    /// disk reports this so publishers can be slowed while consumers drain (see
+    /// [`crate::Queue::in_flow`]). A RAM-only store never pages.
+    fn near_ram_budget(&self) -> bool {
+        false
+    }
 }
 
 /// Ready messages in RAM. Invariant: every seq in `requeued` is smaller than every seq in
@@ -186,5 +192,9 @@ impl MessageStore for PriorityStore {
         for l in &mut self.levels {
             l.destroy();
         }
+    }
+
+    fn near_ram_budget(&self) -> bool {
+        self.levels.iter().any(|l| l.near_ram_budget())
     }
 }

@@ -22,7 +22,7 @@ use crate::uri::AmqpUri;
 
 /// Bytes asked of the kernel per read. Large, so one read carries many deliveries or
 /// confirms and the per-syscall cost is spread thin.
-const READ_CHUNK_BYTES: usize = 256 * 1024;
+const READ_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// frame_max we use when the broker offers 0 ("no limit"): RabbitMQ's default.
 const FALLBACK_FRAME_MAX: u32 = 131_072;

@@ -20,7 +20,7 @@ use crate::run::Ctx;
 
 /// Bytes of frames per write. Big enough to amortise the syscall, small enough that a
 /// batch does not sit in the socket for long before the broker sees the first message.
-const BATCH_BYTES: usize = 128 * 1024;
+const BATCH_BYTES: usize = 1024 * 1024;
 /// Cap on messages per batch for tiny bodies (keeps per-batch timestamps meaningful).
 const MAX_BATCH_MESSAGES: usize = 2048;
 /// How long a producer that sent all its -C messages waits for their confirms.

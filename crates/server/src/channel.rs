@@ -25,6 +25,9 @@ pub struct ConnCtx {
     /// The fsynced commit epoch.
     pub durable: tokio::sync::watch::Receiver<u64>,
     pub server: Arc<crate::state::ServerState>,
+    /// A queue this connection published to that asked publishers to pause (flow); the
+    /// connection takes it before its next read.
+    pub flow: std::cell::Cell<Option<Arc<Queue>>>,
 }
 
 /// The pseudo-queue of RabbitMQ's direct reply-to.
@@ -461,12 +464,10 @@ impl Channel {
         match q.get(no_ack) {
             Some((m, remaining)) => {
                 let tag = self.shared.record_get(&q, &m, no_ack);
-                let frame_max = self.shared.outbox.frame_max();
                 let msg = &m.msg;
-                self.shared.outbox.write_with(|out| {
+                self.shared.outbox.write_content(id, &msg.body, |out| {
                     frame::encode_basic_get_ok(out, id, tag, m.redelivered, &msg.exchange, &msg.routing_key, remaining);
                     frame::encode_header(out, id, wire::class::BASIC, msg.body_size(), &msg.properties);
-                    frame::encode_body(out, id, &msg.body, frame_max);
                 });
             }
             None => self.send(&Method::BasicGetEmpty { cluster_id: String::new() }),
@@ -795,6 +796,9 @@ impl Channel {
                 PublishOutcome::Enqueued(e) => {
                     routed = true;
                     out.epoch = out.epoch.max(e);
+                    if q.in_flow() {
+                        ctx.flow.set(Some(q.clone()));
+                    }
                 }
                 PublishOutcome::Rejected => {
                     // x-overflow=reject-publish: the publisher gets a nack, not a return.
@@ -806,11 +810,9 @@ impl Channel {
         }
         if !routed && mandatory {
             let id = self.shared.id;
-            let frame_max = self.shared.outbox.frame_max();
-            self.shared.outbox.write_with(|out| {
+            self.shared.outbox.write_content(id, &msg.body, |out| {
                 frame::encode_basic_return(out, id, wire::reply::NO_ROUTE, "NO_ROUTE", &msg.exchange, &msg.routing_key);
                 frame::encode_header(out, id, wire::class::BASIC, msg.body_size(), &msg.properties);
-                frame::encode_body(out, id, &msg.body, frame_max);
             });
         }
         Ok(out)

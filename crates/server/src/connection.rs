@@ -28,6 +28,19 @@ const YIELD_AFTER_FRAMES: usize = 256;
 /// small: at most frame_min until tune-ok).
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 const READ_INITIAL_BYTES: usize = 2 * 1024;
+/// Read size once frames of at least [`LARGE_FRAME_BYTES`] arrive: with big messages the
+/// cost is per read (syscall, wake-up), so read many at once. Bodies are slices of the read
+/// buffer, so small messages keep to [`READ_CHUNK_BYTES`] (less memory pinned per body).
+const READ_CHUNK_LARGE_BYTES: usize = 1024 * 1024;
+const LARGE_FRAME_BYTES: usize = 16 * 1024;
+/// Flow control: while a queue this connection publishes to is in flow (see
+/// `broker::Queue::in_flow`), stop reading until it clears, as long as the queue's
+/// consumers take something every FLOW_PROGRESS_WINDOW, at most FLOW_MAX_PAUSE in a row.
+/// After a pause that saw no progress (e.g. the consumer is this very connection and its
+/// client is blocked writing), flow is ignored for FLOW_QUIET_AFTER_STALL.
+const FLOW_PROGRESS_WINDOW: Duration = Duration::from_millis(5);
+const FLOW_MAX_PAUSE: Duration = Duration::from_millis(50);
+const FLOW_QUIET_AFTER_STALL: Duration = Duration::from_millis(100);
 
 impl Phase {
     fn name(self) -> &'static str {
@@ -113,6 +126,23 @@ struct Conn {
     blocked: bool,
 }
 
+/// A publisher's pause for a queue in flow: RabbitMQ's credit flow throttles a publisher
+/// to what its queues absorb; here the pause lasts while the queue stays in flow and its
+/// consumers keep taking messages. Returns false if it ended for lack of progress.
+async fn flow_pause(q: &broker::Queue) -> bool {
+    let start = Instant::now();
+    loop {
+        let seen = q.deliveries();
+        let cleared = std::future::poll_fn(|cx| q.poll_flow_cleared(cx));
+        if tokio::time::timeout(FLOW_PROGRESS_WINDOW, cleared).await.is_ok() || start.elapsed() >= FLOW_MAX_PAUSE {
+            return true;
+        }
+        if q.deliveries() == seen {
+            return false;
+        }
+    }
+}
+
 /// Serve one accepted TCP connection until it closes.
 pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
     let id = state.next_connection_id();
@@ -162,6 +192,8 @@ impl Conn {
         // Start small and grow with traffic: an idle connection holds a few KiB, a busy one
         // reads READ_CHUNK_BYTES at a time.
         let mut read_chunk = READ_INITIAL_BYTES;
+        let mut read_chunk_max = READ_CHUNK_BYTES;
+        let mut flow_quiet_until = Instant::now();
         let mut buf = BytesMut::with_capacity(read_chunk);
         let handshake_deadline = Instant::now() + self.state.config.handshake_timeout;
         // Protocol header.
@@ -254,10 +286,20 @@ impl Conn {
                 Some(b) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize + wire::FRAME_OVERHEAD_BYTES,
                 None => 0,
             };
+            if pending_frame >= LARGE_FRAME_BYTES {
+                read_chunk_max = READ_CHUNK_LARGE_BYTES;
+            }
             let want_room =
                 pending_frame.min(self.frame_max as usize + wire::FRAME_OVERHEAD_BYTES).saturating_sub(buf.len());
             if buf.capacity() - buf.len() < want_room.max(read_chunk / 4) {
                 buf.reserve(want_room.max(read_chunk));
+            }
+            if let Some(q) = self.ctx.as_ref().and_then(|c| c.flow.take())
+                && Instant::now() >= flow_quiet_until
+                && !flow_pause(&q).await
+            {
+                debug!(conn = self.id, queue = %q.name, "flow: consumers made no progress, not pausing for a while");
+                flow_quiet_until = Instant::now() + FLOW_QUIET_AFTER_STALL;
             }
             tokio::select! {
                 _ = alarms.changed(), if self.published => {}
@@ -266,7 +308,7 @@ impl Conn {
                     Ok(n) => {
                         last_read = Instant::now();
                         if n >= read_chunk / 2 {
-                            read_chunk = (read_chunk * 2).min(READ_CHUNK_BYTES);
+                            read_chunk = (read_chunk * 2).min(read_chunk_max);
                         }
                     }
                     Err(e) => return format!("read error: {e}"),
@@ -666,6 +708,7 @@ impl Conn {
                     max_message_size_bytes: self.state.config.max_message_size_bytes,
                     durable: self.state.durable_epoch.clone(),
                     server: self.state.clone(),
+                    flow: std::cell::Cell::new(None),
                 });
                 self.send(0, &Method::ConnectionOpenOk { known_hosts: String::new() });
                 self.phase = Phase::Running;

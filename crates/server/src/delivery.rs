@@ -203,12 +203,10 @@ impl ConsumerSink for ConsumerHandle {
         }
         let tag = st.next_tag;
         st.next_tag += 1;
-        let frame_max = outbox.frame_max();
         let msg = &m.msg;
-        outbox.write_with(|out| {
+        outbox.write_content(ch.id, &msg.body, |out| {
             frame::encode_basic_deliver(out, ch.id, &self.tag, tag, m.redelivered, &msg.exchange, &msg.routing_key);
             frame::encode_header(out, ch.id, wire::class::BASIC, msg.body_size(), &msg.properties);
-            frame::encode_body(out, ch.id, &msg.body, frame_max);
         });
         if !self.no_ack {
             self.unacked.fetch_add(1, Ordering::Relaxed);
@@ -225,6 +223,10 @@ impl ConsumerSink for ConsumerHandle {
 
     fn no_ack(&self) -> bool {
         self.no_ack
+    }
+
+    fn write_blocked(&self) -> bool {
+        self.channel.outbox.is_full()
     }
 
     fn cancelled_by_broker(&self) {

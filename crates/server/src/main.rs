@@ -8,6 +8,13 @@ use clap::Parser;
 use server::{Config, ServerState};
 use tracing::info;
 
+/// mimalloc instead of the system allocator: with large messages the read buffers (up to
+/// 1 MiB, freed when the last message sliced from them is acked) churn quickly, and
+/// glibc returned their pages to the kernel (madvise) only to fault them back in on the
+/// next allocation, about a fifth of the broker's CPU time at 64 KiB messages.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "warren", version, about = "Warren: an AMQP 0-9-1 message broker compatible with RabbitMQ clients")]
 struct Args {

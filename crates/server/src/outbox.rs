@@ -1,18 +1,88 @@
 //! A connection's outgoing bytes. Any task may append encoded frames (a publisher's task
 //! delivering to this connection's consumers, the connection's own task answering
-//! methods); one writer task drains the buffer with a single write per batch.
+//! methods); one writer task drains the buffer with a single (vectored) write per batch.
+//! Large message bodies are not copied in: the buffer holds a reference to the publisher's
+//! bytes and the writer sends them from there.
 
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use broker::Queue;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
+/// Bodies at least this big are sent by reference; smaller ones are copied (a copy is
+/// cheaper than an extra I/O vector and keeps small frames contiguous).
+const SHARE_BODY_MIN_BYTES: usize = 8 * 1024;
+/// I/O vectors per write call (well under Linux's IOV_MAX of 1024).
+const WRITE_MAX_SLICES: usize = 64;
+
+/// Frames waiting to be written: encoded bytes, with shared body payloads spliced in.
+#[derive(Default)]
+pub struct OutBuf {
+    bytes: Vec<u8>,
+    /// (offset in `bytes` the payload goes before, payload), in offset order.
+    shared: Vec<(usize, Bytes)>,
+}
+
+impl OutBuf {
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.shared.is_empty()
+    }
+
+    /// The stream in order, as slices.
+    fn slices(&self) -> Vec<&[u8]> {
+        let mut out = Vec::with_capacity(2 * self.shared.len() + 1);
+        let mut at = 0;
+        for (offset, payload) in &self.shared {
+            if *offset > at {
+                out.push(&self.bytes[at..*offset]);
+            }
+            out.push(&payload[..]);
+            at = *offset;
+        }
+        if at < self.bytes.len() {
+            out.push(&self.bytes[at..]);
+        }
+        out
+    }
+}
+
+/// Write every slice, in order, with as few calls as the socket allows.
+async fn write_slices<W: AsyncWrite + Unpin>(sock: &mut W, slices: &[&[u8]]) -> std::io::Result<()> {
+    let (mut i, mut skip) = (0, 0);
+    while i < slices.len() {
+        let iov: Vec<IoSlice<'_>> = slices[i..]
+            .iter()
+            .take(WRITE_MAX_SLICES)
+            .enumerate()
+            .map(|(k, s)| IoSlice::new(if k == 0 { &s[skip..] } else { s }))
+            .collect();
+        let mut n = sock.write_vectored(&iov).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && i < slices.len() {
+            let left = slices[i].len() - skip;
+            if n >= left {
+                n -= left;
+                i += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub struct Outbox {
-    buf: Mutex<Vec<u8>>,
+    buf: Mutex<OutBuf>,
     /// Bytes in `buf`, readable without the lock (for back-pressure checks).
     pending: AtomicUsize,
     notify: Notify,
@@ -31,7 +101,7 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(high_water_bytes: usize, frame_max: u32) -> Arc<Outbox> {
         Arc::new(Outbox {
-            buf: Mutex::new(Vec::new()),
+            buf: Mutex::new(OutBuf::default()),
             pending: AtomicUsize::new(0),
             notify: Notify::new(),
             closing: AtomicBool::new(false),
@@ -54,9 +124,33 @@ impl Outbox {
     pub fn write_with(&self, f: impl FnOnce(&mut Vec<u8>)) {
         {
             let mut b = self.buf.lock();
-            let before = b.len();
-            f(&mut b);
-            self.pending.fetch_add(b.len() - before, Ordering::Relaxed);
+            let before = b.bytes.len();
+            f(&mut b.bytes);
+            self.pending.fetch_add(b.bytes.len() - before, Ordering::Relaxed);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Append a message: `head` writes its method and content header frames, then the body
+    /// follows in body frames for the negotiated frame_max (large bodies by reference).
+    pub fn write_content(&self, channel: u16, body: &Bytes, head: impl FnOnce(&mut Vec<u8>)) {
+        let frame_max = self.frame_max();
+        {
+            let mut guard = self.buf.lock();
+            let b = &mut *guard;
+            let before = b.bytes.len();
+            head(&mut b.bytes);
+            if body.len() >= SHARE_BODY_MIN_BYTES {
+                for (frame_head, range) in wire::frame::body_frames(body.len(), channel, frame_max) {
+                    b.bytes.extend_from_slice(&frame_head);
+                    b.shared.push((b.bytes.len(), body.slice(range)));
+                    b.bytes.push(wire::FRAME_END);
+                }
+            } else {
+                wire::frame::encode_body(&mut b.bytes, channel, body, frame_max);
+            }
+            let shared = if body.len() >= SHARE_BODY_MIN_BYTES { body.len() } else { 0 };
+            self.pending.fetch_add(b.bytes.len() - before + shared, Ordering::Relaxed);
         }
         self.notify.notify_one();
     }
@@ -95,7 +189,7 @@ impl Outbox {
     /// close, or on a write error.
     pub async fn run_writer<W: AsyncWrite + Unpin>(self: Arc<Self>, mut sock: W) -> std::io::Result<()> {
         // Empty until there is something to write: idle connections hold no buffer.
-        let mut out: Vec<u8> = Vec::new();
+        let mut out = OutBuf::default();
         loop {
             {
                 let mut b = self.buf.lock();
@@ -117,13 +211,19 @@ impl Outbox {
                 self.notify.notified().await;
                 continue;
             }
-            sock.write_all(&out).await?;
+            if out.shared.is_empty() {
+                sock.write_all(&out.bytes).await?;
+            } else {
+                write_slices(&mut sock, &out.slices()).await?;
+                // Release the publishers' buffers now, not when this batch is reused.
+                out.shared.clear();
+            }
             *self.last_write.lock() = Instant::now();
             // Keep a moderately sized buffer for reuse; drop huge ones.
-            if out.capacity() > 4 * 1024 * 1024 {
-                out = Vec::new();
+            if out.bytes.capacity() > 4 * 1024 * 1024 {
+                out = OutBuf::default();
             } else {
-                out.clear();
+                out.bytes.clear();
             }
             let starved = std::mem::take(&mut *self.starved.lock());
             for q in starved {

@@ -293,6 +293,12 @@ impl MessageStore for DiskQueueStore {
         self.ready_bytes
     }
 
+    /// Half the budget: publishers get paused (flow) before anything is paged out, so a
+    /// queue whose consumers keep up on average never writes transient messages.
+    fn near_ram_budget(&self) -> bool {
+        self.disk_next.is_some() || self.mem_cost >= self.budget / 2
+    }
+
     fn purge(&mut self) -> usize {
         let mut n = 0;
         while let Some(m) = self.pop() {

@@ -222,6 +222,26 @@ pub fn encode_body(out: &mut Vec<u8>, channel: u16, body: &[u8], frame_max: u32)
     }
 }
 
+/// Split `body_len` bytes of body into frames for `frame_max` like [`encode_body`], but
+/// leave each payload to the caller: `head` is the 7-byte frame header to write before
+/// payload `range`, and [`crate::FRAME_END`] must follow it. For writers that send large
+/// payloads by reference instead of copying them.
+pub fn body_frames(
+    body_len: usize,
+    channel: u16,
+    frame_max: u32,
+) -> impl Iterator<Item = ([u8; 7], std::ops::Range<usize>)> {
+    let chunk = max_body_payload(frame_max);
+    let [c0, c1] = channel.to_be_bytes();
+    (0..body_len.div_ceil(chunk)).map(move |i| {
+        let start = i * chunk;
+        let end = (start + chunk).min(body_len);
+        // A piece is at most `chunk` <= u32::MAX bytes.
+        let [l0, l1, l2, l3] = ((end - start) as u32).to_be_bytes();
+        ([FRAME_BODY, c0, c1, l0, l1, l2, l3], start..end)
+    })
+}
+
 /// Append a content header frame for class basic (60) followed by the body frames.
 pub fn encode_content(out: &mut Vec<u8>, channel: u16, properties: &[u8], body: &[u8], frame_max: u32) {
     encode_header(out, channel, crate::class::BASIC, body.len() as u64, properties);

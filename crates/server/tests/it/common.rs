@@ -32,7 +32,12 @@ impl TestServer {
     /// otherwise default settings. Stop it with [`TestServer::stop`] before starting
     /// another one on the same directory.
     pub async fn start_persistent(dir: &std::path::Path) -> TestServer {
-        let config = Config { data_dir: dir.to_owned(), ..Config::default() };
+        Self::start_persistent_with(Config { data_dir: dir.to_owned(), ..Config::default() }).await
+    }
+
+    /// Like [`TestServer::start_persistent`], over `config.data_dir` with `config`.
+    pub async fn start_persistent_with(config: Config) -> TestServer {
+        let dir = config.data_dir.clone();
         let (tx, rx) = watch::channel(false);
         let state = ServerState::open(config, rx)
             .unwrap_or_else(|e| panic!("opening the data directory {}: {e}", dir.display()));

@@ -13,7 +13,7 @@
 mod auth;
 mod framing;
 mod fuzz;
-mod raw;
+pub mod raw;
 mod scale;
 mod states;
 mod timing;

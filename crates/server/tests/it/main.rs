@@ -4,5 +4,6 @@
 mod common;
 mod durability;
 mod extensions;
+mod flow;
 mod hostile;
 mod interop;

@@ -2,8 +2,8 @@
 
 use bytes::{Bytes, BytesMut};
 use wire::frame::{
-    Frame, decode_frame, encode_basic_deliver, encode_basic_get_ok, encode_basic_return, encode_body, encode_content,
-    encode_header, encode_heartbeat, max_body_payload,
+    Frame, body_frames, decode_frame, encode_basic_deliver, encode_basic_get_ok, encode_basic_return, encode_body,
+    encode_content, encode_header, encode_heartbeat, max_body_payload,
 };
 use wire::{BasicProperties, Method};
 
@@ -33,6 +33,26 @@ fn body_of_300_kib_is_split_within_frame_max() {
     let mut out = Vec::new();
     encode_body(&mut out, 1, &body, 0);
     assert_eq!(out.len(), body.len() + 8);
+}
+
+#[test]
+fn body_frames_by_reference_match_encode_body_byte_for_byte() {
+    // A writer that sends payloads by reference (frame head, payload slice, frame end)
+    // must put the same bytes on the wire as encode_body.
+    for len in [0usize, 1, 8, 4087, 4088, 4089, 65_536, 300 * 1024] {
+        let body: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        for frame_max in [0u32, 9, 4096, 10_000, 131_072] {
+            let mut expected = Vec::new();
+            encode_body(&mut expected, 513, &body, frame_max);
+            let mut got = Vec::new();
+            for (head, range) in body_frames(len, 513, frame_max) {
+                got.extend_from_slice(&head);
+                got.extend_from_slice(&body[range]);
+                got.push(wire::FRAME_END);
+            }
+            assert_eq!(got, expected, "{len}-byte body, frame_max {frame_max}");
+        }
+    }
 }
 
 #[test]
