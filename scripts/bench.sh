@@ -3,12 +3,17 @@
 # figures against each broker in turn (never both at once, a fresh broker per workload),
 # then writes docs/benchmarks.md and docs/benchmarks.png.
 #
-#   scripts/bench.sh                 # the whole run (~10-15 min on 2 cores)
+#   scripts/bench.sh                 # the whole run (~15 min on 2 cores)
 #   scripts/bench.sh --duration 30   # longer timed workloads (default 10 s)
+#   scripts/bench.sh --repeat 5      # more runs of each timed workload (default 3)
 #   scripts/bench.sh --big           # also 10M persistent 1 KiB messages into Warren (~10 GB of disk)
 #
 # Options:
 #   --duration S        seconds per timed workload (default 10)
+#   --repeat N          run each timed workload (transient, persistent, multi, large, fanout,
+#                       latency) N times, each on a fresh broker, and report the median run by
+#                       its key metric; with an even number of usable runs the lower of the two
+#                       middle values (default 3; single runs vary by 20-30 % on a shared VM)
 #   --big               add the 10,000,000-message store figure (Warren; needs >= 25 GB free)
 #   --connections N     idle connections to hold (default 10000)
 #   --store-messages N  messages in the durable-store test (default 1000000)
@@ -28,8 +33,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOL="$ROOT/scripts/bench/amqp_tool.py"
 REPORT="$ROOT/scripts/bench/report.py"
+MEDIAN="$ROOT/scripts/bench/median.py"
 
 DURATION=10
+REPEAT=3
 BIG=0
 CONNECTIONS=10000
 STORE_N=1000000
@@ -43,6 +50,7 @@ DOCS=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION="$2"; shift 2 ;;
+        --repeat) REPEAT="$2"; shift 2 ;;
         --big) BIG=1; shift ;;
         --connections) CONNECTIONS="$2"; shift 2 ;;
         --store-messages) STORE_N="$2"; shift 2 ;;
@@ -53,7 +61,8 @@ while [ $# -gt 0 ]; do
         --results) RES="$2"; shift 2 ;;
         --report-only) REPORT_ONLY="$2"; shift 2 ;;
         --no-docs) DOCS=0; shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        # the header comment, up to the first line that is not one (so it follows edits)
+        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -62,6 +71,7 @@ log() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf 'bench.sh: %s\n' "$*" >&2; exit 1; }
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
 has_broker() { [[ ",$BROKERS," == *",$1,"* ]]; }
+[[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || die "--repeat needs a positive integer, not '$REPEAT'"
 
 # ------------------------------------------------------------------ python + matplotlib
 VENV=""
@@ -146,6 +156,7 @@ echo '[].' > "$WORK/enabled_plugins"
 
 cat > "$RES/meta.env" <<EOF
 DURATION=$DURATION
+REPEAT=$REPEAT
 CONNECTIONS=$CONNECTIONS
 STORE_N=$STORE_N
 BIG=$BIG
@@ -293,40 +304,50 @@ print(f"    published {d['publish_rate']:,.0f}/s  confirmed {d['confirm_rate']:,
 EOF
 }
 
+# timed BROKER ID METRIC ARGS...: a timed workload $REPEAT times, each on a fresh broker, into
+# ID.1.json ... ID.N.json; then median.py copies the median run by METRIC (a dotted JSON path)
+# to ID.json, the file the report reads, and lists every run's METRIC in ID.runs.json. One run
+# on this kind of machine can be 20-30 % off (a noisy neighbour, a slow start); the median
+# of a few is far steadier, and is still one real run whose other figures belong together.
+timed() {
+    local b="$1" id="$2" metric="$3"; shift 3
+    local dir="$RES/$b" i
+    # A reused --results directory must not leave an earlier ID.json (or more runs than now)
+    # behind: if every run fails there is no ID.json, and the report says "not measured".
+    rm -f "$dir/$id".{json,cmd,err,runs.json} "$dir/$id".[0-9]*.{json,cmd,err}
+    for i in $(seq 1 "$REPEAT"); do
+        [ "$REPEAT" = 1 ] || log "$b / $id: run $i of $REPEAT"
+        start_fresh "$b" "$id"
+        perf "$b" "$id.$i" "$@"
+        stop_broker
+    done
+    cp "$dir/$id.1.cmd" "$dir/$id.cmd"   # the same for every run; the report prints it
+    "$PY" "$MEDIAN" "$dir" "$id" "$metric" "$REPEAT" || log "$b / $id: no usable run of $REPEAT"
+}
+
 # ------------------------------------------------------------------ the matrix
 D="$DURATION"
 run_matrix() {
     local b="$1"
     mkdir -p "$RES/$b"
+    # Key metric per workload: the figure the Results table compares.
     if want transient; then
-        start_fresh "$b" transient
-        perf "$b" transient -z "$D" -x 1 -y 1 -s 16 -q 1000 -A 100
-        stop_broker
+        timed "$b" transient consume_rate -z "$D" -x 1 -y 1 -s 16 -q 1000 -A 100
     fi
     if want persistent; then
-        start_fresh "$b" persistent
-        perf "$b" persistent -z "$D" -x 1 -y 1 -s 16 -p --durable-queue -c 1000 -q 1000 -A 100
-        stop_broker
+        timed "$b" persistent confirm_rate -z "$D" -x 1 -y 1 -s 16 -p --durable-queue -c 1000 -q 1000 -A 100
     fi
     if want multi; then
-        start_fresh "$b" multi
-        perf "$b" multi -z "$D" -x 4 -y 4 -Q 4 -s 16 -q 1000 -A 100
-        stop_broker
+        timed "$b" multi consume_rate -z "$D" -x 4 -y 4 -Q 4 -s 16 -q 1000 -A 100
     fi
     if want large; then
-        start_fresh "$b" large
-        perf "$b" large -z "$D" -x 1 -y 1 -s 65536 -q 1000 -A 100
-        stop_broker
+        timed "$b" large consume_bytes_per_s -z "$D" -x 1 -y 1 -s 65536 -q 1000 -A 100
     fi
     if want fanout; then
-        start_fresh "$b" fanout
-        perf "$b" fanout -z "$D" -x 1 -y 10 --exchange perf.fanout --exchange-type fanout --fanout-queues 10 -s 16 -q 1000 -A 100
-        stop_broker
+        timed "$b" fanout consume_rate -z "$D" -x 1 -y 10 --exchange perf.fanout --exchange-type fanout --fanout-queues 10 -s 16 -q 1000 -A 100
     fi
     if want latency; then
-        start_fresh "$b" latency
-        perf "$b" latency -z "$D" -x 1 -y 1 -s 16 -r 5000 --latency -q 1000 -A 100
-        stop_broker
+        timed "$b" latency latency_us.p99 -z "$D" -x 1 -y 1 -s 16 -r 5000 --latency -q 1000 -A 100
     fi
     if want rss; then
         start_fresh "$b" rss
