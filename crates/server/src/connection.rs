@@ -33,6 +33,9 @@ const READ_INITIAL_BYTES: usize = 2 * 1024;
 /// buffer, so small messages keep to [`READ_CHUNK_BYTES`] (less memory pinned per body).
 const READ_CHUNK_LARGE_BYTES: usize = 1024 * 1024;
 const LARGE_FRAME_BYTES: usize = 16 * 1024;
+/// Read rounds in a row without a large frame pending after which a connection goes back
+/// to [`READ_CHUNK_BYTES`] (its traffic turned to small messages).
+const LARGE_FRAMES_GONE_AFTER_READS: u32 = 64;
 /// Flow control: while a queue this connection publishes to is in flow (see
 /// `broker::Queue::in_flow`), stop reading until it clears, as long as the queue's
 /// consumers take something every FLOW_PROGRESS_WINDOW, at most FLOW_MAX_PAUSE in a row.
@@ -193,6 +196,7 @@ impl Conn {
         // reads READ_CHUNK_BYTES at a time.
         let mut read_chunk = READ_INITIAL_BYTES;
         let mut read_chunk_max = READ_CHUNK_BYTES;
+        let mut reads_without_large_frame = 0u32;
         let mut flow_quiet_until = Instant::now();
         let mut buf = BytesMut::with_capacity(read_chunk);
         let handshake_deadline = Instant::now() + self.state.config.handshake_timeout;
@@ -288,6 +292,13 @@ impl Conn {
             };
             if pending_frame >= LARGE_FRAME_BYTES {
                 read_chunk_max = READ_CHUNK_LARGE_BYTES;
+                reads_without_large_frame = 0;
+            } else if read_chunk_max > READ_CHUNK_BYTES {
+                reads_without_large_frame += 1;
+                if reads_without_large_frame > LARGE_FRAMES_GONE_AFTER_READS {
+                    read_chunk_max = READ_CHUNK_BYTES;
+                    read_chunk = read_chunk.min(READ_CHUNK_BYTES);
+                }
             }
             let want_room =
                 pending_frame.min(self.frame_max as usize + wire::FRAME_OVERHEAD_BYTES).saturating_sub(buf.len());

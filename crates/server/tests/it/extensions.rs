@@ -797,10 +797,32 @@ async fn resource_alarm_blocks_publishers_and_not_consumers() {
     assert_eq!(publish_confirm(&pch, q, b"before", BasicProperties::default()).await, Confirmation::Ack(None));
 
     server.state.force_alarms(server::alarms::Alarms { memory: true, disk: false });
-    // The alarm blocks the connection (it has published): this publish waits unread.
-    let held =
-        w!(pch.basic_publish("".into(), q.into(), BasicPublishOptions::default(), b"held", BasicProperties::default()))
-            .expect("publish");
+    // The alarm blocks the connection (it has published). Two more publishes, from a task:
+    // whichever of them lapin sends before it sees connection.blocked waits unread on the
+    // server, and lapin itself holds the rest while blocked (so awaiting basic_publish here
+    // could wait for the unblock: a race with the broker's prompt connection.blocked).
+    let pch2 = pch.clone();
+    let publishes = tokio::spawn(async move {
+        let mut confirms = Vec::new();
+        for body in [&b"held"[..], b"later"] {
+            confirms.push(
+                pch2.basic_publish(
+                    "".into(),
+                    "alarmed".into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    BasicProperties::default(),
+                )
+                .await
+                .expect("publish"),
+            );
+        }
+        let mut out = Vec::new();
+        for c in confirms {
+            out.push(c.await.expect("confirm"));
+        }
+        out
+    });
     let deadline = Instant::now() + WAIT;
     while !pconn.status().blocked() {
         assert!(Instant::now() < deadline, "no connection.blocked within {WAIT:?}");
@@ -809,29 +831,13 @@ async fn resource_alarm_blocks_publishers_and_not_consumers() {
     // A consumer-only connection keeps working while publishers are blocked.
     let m = get_next(&cch, q).await;
     assert_eq!(m.delivery.data, b"before");
-    // lapin itself holds publishes while blocked: send the next one from a task.
-    let pch2 = pch.clone();
-    let second = tokio::spawn(async move {
-        let c = pch2
-            .basic_publish(
-                "".into(),
-                "alarmed".into(),
-                BasicPublishOptions::default(),
-                b"later",
-                BasicProperties::default(),
-            )
-            .await
-            .expect("publish");
-        c.await.expect("confirm")
-    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The blocked connection is not read: neither publish reached the queue.
     assert!(w!(cch.basic_get(q.into(), BasicGetOptions { no_ack: true })).expect("basic.get").is_none());
     assert!(pconn.status().blocked());
 
     server.state.force_alarms(server::alarms::Alarms::default());
-    assert_eq!(w!(held).expect("confirm"), Confirmation::Ack(None));
-    assert_eq!(w!(second).expect("join"), Confirmation::Ack(None));
+    assert_eq!(w!(publishes).expect("join"), vec![Confirmation::Ack(None), Confirmation::Ack(None)]);
     assert_eq!(get_next(&cch, q).await.delivery.data, b"held");
     assert_eq!(get_next(&cch, q).await.delivery.data, b"later");
     let deadline = Instant::now() + WAIT;
