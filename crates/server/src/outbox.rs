@@ -140,7 +140,8 @@ impl Outbox {
             let b = &mut *guard;
             let before = b.bytes.len();
             head(&mut b.bytes);
-            if body.len() >= SHARE_BODY_MIN_BYTES {
+            let by_reference = body.len() >= SHARE_BODY_MIN_BYTES;
+            if by_reference {
                 for (frame_head, range) in wire::frame::body_frames(body.len(), channel, frame_max) {
                     b.bytes.extend_from_slice(&frame_head);
                     b.shared.push((b.bytes.len(), body.slice(range)));
@@ -149,7 +150,7 @@ impl Outbox {
             } else {
                 wire::frame::encode_body(&mut b.bytes, channel, body, frame_max);
             }
-            let shared = if body.len() >= SHARE_BODY_MIN_BYTES { body.len() } else { 0 };
+            let shared = if by_reference { body.len() } else { 0 };
             self.pending.fetch_add(b.bytes.len() - before + shared, Ordering::Relaxed);
         }
         self.notify.notify_one();

@@ -27,6 +27,21 @@ fn message() -> Arc<Message> {
     })
 }
 
+/// Push `n` copies of `msg` with the next seqs.
+fn push_batch(store: &mut DiskQueueStore, msg: &Arc<Message>, seq: &mut u64, n: u64) {
+    for _ in 0..n {
+        *seq += 1;
+        store.push(QueuedMessage {
+            msg: msg.clone(),
+            seq: *seq,
+            redelivered: false,
+            expires_at_ms: 0,
+            delivery_count: 0,
+            disk: None,
+        });
+    }
+}
+
 fn append(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let syncer = Syncer::start(|_| {});
@@ -42,17 +57,7 @@ fn append(c: &mut Criterion) {
                 let mut timed = Duration::ZERO;
                 for _ in 0..iters {
                     let t = Instant::now();
-                    for _ in 0..batch {
-                        seq += 1;
-                        store.push(QueuedMessage {
-                            msg: msg.clone(),
-                            seq,
-                            redelivered: false,
-                            expires_at_ms: 0,
-                            delivery_count: 0,
-                            disk: None,
-                        });
-                    }
+                    push_batch(&mut store, &msg, &mut seq, batch);
                     syncer.sync_all();
                     timed += t.elapsed();
                     while let Some(m) = store.pop() {
@@ -68,17 +73,7 @@ fn append(c: &mut Criterion) {
             let mut timed = Duration::ZERO;
             for _ in 0..iters {
                 let t = Instant::now();
-                for _ in 0..1000 {
-                    seq += 1;
-                    store.push(QueuedMessage {
-                        msg: msg.clone(),
-                        seq,
-                        redelivered: false,
-                        expires_at_ms: 0,
-                        delivery_count: 0,
-                        disk: None,
-                    });
-                }
+                push_batch(&mut store, &msg, &mut seq, 1000);
                 timed += t.elapsed();
                 syncer.sync_all();
                 while let Some(m) = store.pop() {

@@ -209,15 +209,11 @@ pub fn max_body_payload(frame_max: u32) -> usize {
 /// Append body frames for `body`, split so no frame exceeds `frame_max` bytes (framing
 /// included). An empty body produces no body frame.
 pub fn encode_body(out: &mut Vec<u8>, channel: u16, body: &[u8], frame_max: u32) {
-    let chunk = max_body_payload(frame_max);
-    let frames = body.len().div_ceil(chunk);
+    let frames = body.len().div_ceil(max_body_payload(frame_max));
     out.reserve(body.len() + frames * FRAME_OVERHEAD_BYTES);
-    for piece in body.chunks(chunk) {
-        out.push(FRAME_BODY);
-        put_u16(out, channel);
-        // chunk <= u32::MAX, so the cast is lossless.
-        put_u32(out, piece.len() as u32);
-        out.extend_from_slice(piece);
+    for (head, range) in body_frames(body.len(), channel, frame_max) {
+        out.extend_from_slice(&head);
+        out.extend_from_slice(&body[range]);
         out.push(FRAME_END);
     }
 }
