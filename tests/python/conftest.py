@@ -325,6 +325,9 @@ def pytest_runtest_makereport(item, call):
         extra = getattr(item, "_extra_brokers", [])
         if extra:  # processes of one test share a log file
             rep.sections.append(("this test's own broker log (last 60 lines)", extra[-1].log_tail(60)))
+        describe_programs = getattr(item, "_describe_programs", None)  # test_13_tutorials.py
+        if describe_programs is not None:
+            rep.sections.append(("output of the example programs", describe_programs()))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
