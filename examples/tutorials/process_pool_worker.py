@@ -46,8 +46,8 @@ def main():
 
     def done(delivery_tag, body, pid):
         """Runs in the connection's thread."""
-        print(f"{now()} [x] Finished {body!r} in process {pid}")
         channel.basic_ack(delivery_tag=delivery_tag)
+        print(f"{now()} [x] Finished {body!r} in process {pid}")
 
     def callback(ch, method, properties, body):
         print(f"{now()} [x] Received {body!r}")

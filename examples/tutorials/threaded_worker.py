@@ -34,8 +34,8 @@ channel.basic_qos(prefetch_count=CONCURRENCY)
 
 def done(delivery_tag, body):
     """Runs in the connection's thread, which alone may use the channel."""
-    print(f"{now()} [x] Finished {body!r}")
     channel.basic_ack(delivery_tag=delivery_tag)
+    print(f"{now()} [x] Finished {body!r}")
 
 
 def work(delivery_tag, body):
