@@ -373,7 +373,7 @@ def test_publish_subscribe_fanout(tut):
     quiet()
     assert r1.lines()[1:] == r2.lines()[1:] == expected + [" [x] b'error: late'"], f"{r1.describe()}\n{r2.describe()}"
     assert r3.lines()[1:] == [" [x] b'error: late'"], r3.describe()
-    # exclusive queues are deleted with their connection
+    # queue_declare(queue="") gets a broker-made name, as the tutorial says (amq.gen-...)
     conn, ch = tut.channel()
     names = {ch.queue_declare(queue="", exclusive=True).method.queue for _ in range(2)}
     assert all(n.startswith("amq.gen-") for n in names), names
