@@ -35,7 +35,8 @@ EXAMPLES = {
     "send.py": "test_hello_world",
     "receive.py": "test_hello_world",
     "new_task.py": "test_work_queue_round_robin, test_fair_dispatch, test_durable_queue_survives_restart",
-    "worker.py": "test_work_queue_round_robin, test_kill_9_worker_task_is_redelivered",
+    "worker.py": "test_work_queue_round_robin, test_kill_9_worker_task_is_redelivered, "
+                 "test_plain_worker_handles_one_task_at_a_time",
     "fair_worker.py": "test_fair_dispatch",
     "queue_stats.py": "test_kill_9_worker_task_is_redelivered, test_durable_queue_survives_restart",
     "emit_log.py": "test_publish_subscribe_fanout",
@@ -451,6 +452,20 @@ def test_rpc(tut):
 
 
 # --------------------------------------------------------------------------- 7. concurrency
+
+@pytest.mark.timeout(60)
+def test_plain_worker_handles_one_task_at_a_time(tut):
+    """The premise of the concurrency chapter: start_consuming() runs one callback at a
+    time, so worker.py works through queued tasks strictly one after the other."""
+    tasks = [f"task-{i}." for i in range(3)]
+    tut.run_parallel("new_task.py", [[t] for t in tasks])
+    w = tut.start("worker.py", SECONDS_PER_DOT=0.3)
+    w.wait_count(r"\[x\] Done", 3)
+    steps = [l.split("]")[1].split()[0] for l in w.lines()[1:]]
+    assert steps == ["Received", "Done"] * 3, w.describe()
+    timed = [t for t, l in w.timed if "[x]" in l]
+    assert timed[-1] - timed[0] >= 0.85, f"3 tasks of 0.3 s took {timed[-1] - timed[0]:.2f}s: not one at a time"
+
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("script", ["threaded_worker.py", "process_pool_worker.py", "gevent_worker.py"])
