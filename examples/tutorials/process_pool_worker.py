@@ -27,7 +27,7 @@ def init_process():
 
 
 def work(body):
-    """Runs in a pool process: gets the body, returns a result."""
+    """Runs in a pool process: gets the body, returns a result (here: its pid)."""
     time.sleep(body.count(b".") * SECONDS_PER_DOT)
     return os.getpid()
 
