@@ -108,8 +108,11 @@ pub struct QueueStats {
 /// What became of a published message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishOutcome {
-    /// Enqueued; confirm once this commit epoch is durable (0: at once).
-    Enqueued(u64),
+    /// Enqueued; confirm once it is durable.
+    Enqueued(crate::store::Durability),
+    /// The queue's store could not take it (e.g. a write failed): it was not enqueued, and
+    /// a confirming publisher gets a nack.
+    Failed,
     /// Refused by x-overflow=reject-publish(-dlx): nack a confirming publisher.
     Rejected,
     /// The queue was deleted meanwhile.
@@ -252,23 +255,33 @@ impl Queue {
                 }
                 PublishOutcome::Rejected
             } else {
-                let epoch = st.store.push(m);
-                while self.over_limit(&st, 0, 0) {
-                    let Some(head) = st.store.pop() else { break };
-                    st.store.ack(&head);
-                    letters.push((head, Reason::MaxLen));
+                // The store logs why it failed; the publisher hears a nack.
+                match st.store.push(m) {
+                    Ok(durability) => {
+                        self.after_push(st, now, &mut letters);
+                        PublishOutcome::Enqueued(durability)
+                    }
+                    Err(_) => PublishOutcome::Failed,
                 }
-                if !st.consumers.is_empty() {
-                    self.dispatch_locked(&mut st, now, &mut letters);
-                }
-                // A publisher re-locks at once for its next message: hand the lock to a
-                // waiting consumer (ack, dispatch) instead of barging ahead of it.
-                parking_lot::MutexGuard::unlock_fair(st);
-                PublishOutcome::Enqueued(epoch)
             }
         };
         self.dead_letter(letters);
         outcome
+    }
+
+    /// Enforce the length limits and deliver, after a push.
+    fn after_push(self: &Arc<Self>, mut st: parking_lot::MutexGuard<'_, QueueState>, now: u64, letters: &mut Letters) {
+        while self.over_limit(&st, 0, 0) {
+            let Some(head) = st.store.pop() else { break };
+            st.store.ack(&head);
+            letters.push((head, Reason::MaxLen));
+        }
+        if !st.consumers.is_empty() {
+            self.dispatch_locked(&mut st, now, letters);
+        }
+        // A publisher re-locks at once for its next message: hand the lock to a waiting
+        // consumer (ack, dispatch) instead of barging ahead of it.
+        parking_lot::MutexGuard::unlock_fair(st);
     }
 
     /// RabbitMQ's "flow" state, for this queue: its ready backlog is near its store's RAM

@@ -6,11 +6,68 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::message::QueuedMessage;
 
+/// When a stored message is safe: the promise a publisher confirm (or tx.commit-ok) waits
+/// on. A type rather than a bare commit number so that "no wait" is a deliberate value,
+/// never what an error path falls back to. Ordered: `Now` < `AfterCommit(1)` < … so the
+/// wait for a message routed to several queues is the largest of theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[must_use]
+pub enum Durability {
+    /// Nothing has to reach the disk (a transient message, or a non-durable queue).
+    #[default]
+    Now,
+    /// Safe once the group-commit round with this number has fsynced.
+    AfterCommit(u64),
+}
+
+/// Where the group commit stands, as a confirming channel sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitState {
+    /// Every round up to this one is fsynced.
+    pub durable_round: u64,
+    /// A write or fsync failed: no later round will ever be durable (the kernel may have
+    /// dropped the dirty pages, so retrying proves nothing).
+    pub failed: bool,
+}
+
+/// What a confirm waiting on a [`Durability`] may say now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Still waiting for the disk.
+    Pending,
+    /// On disk (or never needed it): ack.
+    Durable,
+    /// Will never be on disk: nack.
+    Failed,
+}
+
+impl Durability {
+    pub fn settled(self, c: CommitState) -> Settled {
+        match self {
+            Durability::Now => Settled::Durable,
+            Durability::AfterCommit(r) if r <= c.durable_round => Settled::Durable,
+            Durability::AfterCommit(_) if c.failed => Settled::Failed,
+            Durability::AfterCommit(_) => Settled::Pending,
+        }
+    }
+}
+
+/// A store could not take a message (it was not enqueued): the publish must be refused
+/// (nack), never confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreFailed(pub String);
+
+impl std::fmt::Display for StoreFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 pub trait MessageStore: Send {
     /// Append a newly published message (its seq is greater than every seq seen before).
-    /// Returns the commit epoch the caller must see fsynced before confirming the
-    /// publish, or 0 if nothing needs to reach the disk.
-    fn push(&mut self, m: QueuedMessage) -> u64;
+    /// Returns when the message is safe (see [`Durability`]); on `Err` the message was not
+    /// stored and its publisher must get a nack.
+    fn push(&mut self, m: QueuedMessage) -> Result<Durability, StoreFailed>;
     /// The next message to deliver, without removing it. (`&mut`: a disk store may have to
     /// read it in.)
     fn peek(&mut self) -> Option<&QueuedMessage>;
@@ -63,10 +120,10 @@ impl MemoryStore {
 }
 
 impl MessageStore for MemoryStore {
-    fn push(&mut self, m: QueuedMessage) -> u64 {
+    fn push(&mut self, m: QueuedMessage) -> Result<Durability, StoreFailed> {
         self.bytes += m.msg.body_size();
         self.fifo.push_back(m);
-        0
+        Ok(Durability::Now)
     }
 
     fn peek(&mut self) -> Option<&QueuedMessage> {
@@ -142,7 +199,7 @@ impl PriorityStore {
 }
 
 impl MessageStore for PriorityStore {
-    fn push(&mut self, m: QueuedMessage) -> u64 {
+    fn push(&mut self, m: QueuedMessage) -> Result<Durability, StoreFailed> {
         let l = self.level_of(&m);
         self.levels[l].push(m)
     }

@@ -53,7 +53,10 @@ pub struct VHost {
 /// A `*_declared`/`binding_added` call returns only once the change is on disk: the
 /// client's declare-ok follows it.
 pub trait Persistence: Send + Sync {
-    fn queue_store(&self, vhost: &str, queue: &str, options: &QueueOptions) -> Box<dyn MessageStore>;
+    /// The store for a new queue. A durable queue whose files cannot be opened is an
+    /// error (the declare fails), never a store that quietly keeps it in RAM.
+    fn queue_store(&self, vhost: &str, queue: &str, options: &QueueOptions)
+    -> Result<Box<dyn MessageStore>, AmqpError>;
     fn exchange_declared(&self, _e: &Exchange) -> Result<(), AmqpError> {
         Ok(())
     }
@@ -73,13 +76,18 @@ pub trait Persistence: Send + Sync {
 pub struct InMemory;
 
 impl Persistence for InMemory {
-    fn queue_store(&self, vhost: &str, queue: &str, options: &QueueOptions) -> Box<dyn MessageStore> {
-        match QueueArgs::parse(&options.arguments, queue, vhost).ok().and_then(|a| a.max_priority) {
+    fn queue_store(
+        &self,
+        vhost: &str,
+        queue: &str,
+        options: &QueueOptions,
+    ) -> Result<Box<dyn MessageStore>, AmqpError> {
+        Ok(match QueueArgs::parse(&options.arguments, queue, vhost).ok().and_then(|a| a.max_priority) {
             Some(max) => Box::new(PriorityStore::new(
                 (0..=max).map(|_| Box::new(MemoryStore::new()) as Box<dyn MessageStore>).collect(),
             )),
             None => Box::new(MemoryStore::new()),
-        }
+        })
     }
 }
 
@@ -279,7 +287,7 @@ impl VHost {
             args.delivery_limit.get_or_insert(QUORUM_DELIVERY_LIMIT);
         }
         let owner = opts.exclusive.then_some(conn);
-        let store = self.persistence.queue_store(&self.name, &name, &opts);
+        let store = self.persistence.queue_store(&self.name, &name, &opts)?;
         let q = Queue::build(&self.name, name.clone(), opts, args, owner, store, self.clock.clone(), self.me.clone());
         if let Err(e) = self.persistence.queue_declared(&q) {
             q.mark_deleted();

@@ -21,7 +21,7 @@ struct SmallStore {
 }
 
 impl MessageStore for SmallStore {
-    fn push(&mut self, m: QueuedMessage) -> u64 {
+    fn push(&mut self, m: QueuedMessage) -> Result<broker::store::Durability, broker::store::StoreFailed> {
         self.inner.push(m)
     }
     fn peek(&mut self) -> Option<&QueuedMessage> {
@@ -53,8 +53,13 @@ impl MessageStore for SmallStore {
 struct Small(usize);
 
 impl Persistence for Small {
-    fn queue_store(&self, _vhost: &str, _queue: &str, _options: &QueueOptions) -> Box<dyn MessageStore> {
-        Box::new(SmallStore { inner: MemoryStore::new(), limit: self.0 })
+    fn queue_store(
+        &self,
+        _vhost: &str,
+        _queue: &str,
+        _options: &QueueOptions,
+    ) -> Result<Box<dyn MessageStore>, broker::AmqpError> {
+        Ok(Box::new(SmallStore { inner: MemoryStore::new(), limit: self.0 }))
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use broker::exchange::ExchangeOptions;
 use broker::queue::{Consumer, PublishOutcome, QueueOptions, next_consumer_id};
+use broker::store::{CommitState, Durability, Settled};
 use broker::vhost::{Deleted, generate_name};
 use broker::{AmqpError, Exchange, ExchangeKind, Message, Queue, VHost};
 use bytes::{Bytes, BytesMut};
@@ -22,8 +23,8 @@ pub struct ConnCtx {
     /// The client advertised consumer_cancel_notify.
     pub cancel_notify: bool,
     pub max_message_size_bytes: u64,
-    /// The fsynced commit epoch.
-    pub durable: tokio::sync::watch::Receiver<u64>,
+    /// Where the group commit stands.
+    pub durable: tokio::sync::watch::Receiver<CommitState>,
     pub server: Arc<crate::state::ServerState>,
     /// A queue this connection published to that asked publishers to pause (flow); the
     /// connection takes it before its next read.
@@ -64,8 +65,8 @@ pub struct Channel {
     /// acknowledged to the client (sent as one multiple ack per read batch).
     confirm: Option<Confirms>,
     tx: Option<Vec<TxOp>>,
-    /// tx.commit-ok is due once this commit epoch is durable.
-    commit_waiting: Option<u64>,
+    /// tx.commit-ok is due once this is durable.
+    commit_waiting: Option<Durability>,
     /// The last queue declared on this channel, which an empty queue name refers to.
     last_queue: Option<String>,
     /// Direct reply-to: this channel's token and pseudo-queue, once it consumes from
@@ -90,10 +91,12 @@ struct RouteCache {
 /// The fate of one publish, for its confirm.
 #[derive(Debug, Clone, Copy, Default)]
 struct Routed {
-    /// Commit epoch that makes it durable (0: nothing to wait for).
-    epoch: u64,
+    /// When it is durable in every queue it reached.
+    durability: Durability,
     /// A queue refused it (x-overflow=reject-publish): nack.
     rejected: bool,
+    /// A queue's store could not take it (a write failed): nack; fails a tx.commit.
+    failed: bool,
 }
 
 #[derive(Default)]
@@ -108,6 +111,12 @@ struct Confirms {
 pub enum ContentProgress {
     NeedMore,
     Complete,
+}
+
+/// tx.commit's messages will never be on disk: RabbitMQ closes the channel with 541
+/// INTERNAL_ERROR when a commit fails.
+fn commit_failed() -> AmqpError {
+    AmqpError::new(wire::reply::INTERNAL_ERROR, "tx.commit failed: the message store cannot write to disk")
 }
 
 fn unexpected(text: &str) -> AmqpError {
@@ -337,21 +346,27 @@ impl Channel {
                 let ops = std::mem::take(
                     self.tx.as_mut().ok_or_else(|| AmqpError::precondition_failed("channel is not transactional"))?,
                 );
-                let mut epoch = 0;
+                let mut durability = Durability::Now;
+                let mut failed = false;
                 for op in ops {
                     match op {
                         TxOp::Publish { exchange, msg, mandatory } => {
-                            epoch = epoch.max(self.route(ctx, &exchange, msg, mandatory)?.epoch);
+                            let r = self.route(ctx, &exchange, msg, mandatory)?;
+                            durability = durability.max(r.durability);
+                            failed |= r.failed;
                         }
                         TxOp::Settle { entries, requeue } => settle(entries, requeue),
                     }
                 }
                 self.redispatch();
                 // commit-ok only once the committed messages are on disk.
-                if epoch > *ctx.durable.borrow() {
-                    self.commit_waiting = Some(epoch);
-                } else {
-                    self.send(&Method::TxCommitOk);
+                if failed {
+                    return Err(commit_failed());
+                }
+                match durability.settled(*ctx.durable.borrow()) {
+                    Settled::Durable => self.send(&Method::TxCommitOk),
+                    Settled::Pending => self.commit_waiting = Some(durability),
+                    Settled::Failed => return Err(commit_failed()),
                 }
             }
             Method::TxRollback => {
@@ -753,8 +768,10 @@ impl Channel {
                 let delay = headers().and_then(|h| h.get("x-delay").and_then(wire::FieldValue::as_i64)).unwrap_or(0);
                 if delay > 0 {
                     let due = broker::clock::Clock::now_ms(&broker::clock::SystemClock).saturating_add(delay as u64);
-                    let epoch = ctx.server.delay(&ctx.vhost, &ex, msg, due);
-                    return Ok(Routed { epoch, rejected: false });
+                    return Ok(match ctx.server.delay(&ctx.vhost, &ex, msg, due) {
+                        Ok(durability) => Routed { durability, ..Routed::default() },
+                        Err(_) => Routed { failed: true, ..Routed::default() },
+                    });
                 }
                 ctx.vhost.route(&ex, &msg.routing_key, &mut headers, &mut queues);
             }
@@ -793,9 +810,9 @@ impl Channel {
         let mut out = Routed::default();
         for q in targets {
             match q.publish(msg.clone()) {
-                PublishOutcome::Enqueued(e) => {
+                PublishOutcome::Enqueued(d) => {
                     routed = true;
-                    out.epoch = out.epoch.max(e);
+                    out.durability = out.durability.max(d);
                     if q.in_flow() {
                         ctx.flow.set(Some(q.clone()));
                     }
@@ -804,6 +821,11 @@ impl Channel {
                     // x-overflow=reject-publish: the publisher gets a nack, not a return.
                     routed = true;
                     out.rejected = true;
+                }
+                PublishOutcome::Failed => {
+                    // The queue's store could not take it (logged there): nack.
+                    routed = true;
+                    out.failed = true;
                 }
                 PublishOutcome::Deleted => {}
             }
@@ -818,24 +840,37 @@ impl Channel {
         Ok(out)
     }
 
-    /// Send what `durable` (the fsynced commit epoch) allows: one basic.ack (multiple)
-    /// covering every publish confirmed since the last call, and a pending tx.commit-ok.
-    pub fn flush_confirms(&mut self, durable: u64) {
-        if self.commit_waiting.is_some_and(|e| e <= durable) {
-            self.commit_waiting = None;
-            self.send(&Method::TxCommitOk);
+    /// Send what the group commit allows: one basic.ack (multiple) covering every
+    /// publish confirmed since the last call, nacks for publishes the disk failed, and a
+    /// pending tx.commit-ok. Returns an error to close the channel with when a commit the
+    /// client waits on failed.
+    pub fn flush_confirms(&mut self, commit: CommitState) -> Result<(), AmqpError> {
+        if let Some(d) = self.commit_waiting {
+            match d.settled(commit) {
+                Settled::Durable => {
+                    self.commit_waiting = None;
+                    self.send(&Method::TxCommitOk);
+                }
+                Settled::Pending => {}
+                Settled::Failed => {
+                    self.commit_waiting = None;
+                    return Err(commit_failed());
+                }
+            }
         }
-        let Some(c) = &mut self.confirm else { return };
+        let Some(c) = &mut self.confirm else { return Ok(()) };
         let mut frames = Vec::new();
         // Runs of acks collapse into one `multiple` ack; a nack goes out on its own, after
         // the acks before it.
         let mut upto = c.acked_upto;
         while let Some(&(seq, r)) = c.waiting.front() {
-            if r.epoch > durable {
-                break;
-            }
+            let nack = match r.durability.settled(commit) {
+                Settled::Pending => break,
+                Settled::Durable => r.rejected || r.failed,
+                Settled::Failed => true,
+            };
             c.waiting.pop_front();
-            if r.rejected {
+            if nack {
                 if upto > c.acked_upto {
                     frames.push(Method::BasicAck { delivery_tag: upto, multiple: upto - c.acked_upto > 1 });
                 }
@@ -853,6 +888,7 @@ impl Channel {
         for f in &frames {
             self.send(f);
         }
+        Ok(())
     }
 
     /// Confirms or a commit-ok wait for the disk.

@@ -219,7 +219,7 @@ impl Conn {
         self.send_start();
 
         let mut shutdown = self.state.shutdown.clone();
-        let mut durable = self.state.durable_epoch.clone();
+        let mut durable = self.state.commit.clone();
         let mut store_gone = false;
         let mut shutdown_seen = false;
         let mut alarms = self.state.alarms.clone();
@@ -526,15 +526,22 @@ impl Conn {
         if self.confirm_dirty.is_empty() {
             return;
         }
-        let durable = *self.state.durable_epoch.borrow();
+        let commit = *self.state.commit.borrow();
         let channels = &mut self.channels;
+        let mut failed = None;
         self.confirm_dirty.retain(|id| match channels.get_mut(id) {
             Some(ch) => {
-                ch.flush_confirms(durable);
+                if let Err(e) = ch.flush_confirms(commit) {
+                    failed = Some(e);
+                }
                 ch.waits_for_disk()
             }
             None => false,
         });
+        if let Some(e) = failed {
+            // A tx.commit the client waits on can never complete (541: connection level).
+            self.begin_close(HardError::at(e, (wire::class::TX, 20)));
+        }
     }
 
     /// Block (stop reading) a publishing connection while a resource alarm is on, telling
@@ -717,7 +724,7 @@ impl Conn {
                     vhost,
                     cancel_notify: self.client_has("consumer_cancel_notify"),
                     max_message_size_bytes: self.state.config.max_message_size_bytes,
-                    durable: self.state.durable_epoch.clone(),
+                    durable: self.state.commit.clone(),
                     server: self.state.clone(),
                     flow: std::cell::Cell::new(None),
                 });

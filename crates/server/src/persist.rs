@@ -5,14 +5,14 @@
 //! - `queues/<hash>/`: one durable queue's segment files.
 //! - `transient/<n>/`: paging files of non-durable queues; wiped at start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use broker::exchange::{Binding, Destination, ExchangeOptions};
 use broker::queue::QueueOptions;
-use broker::store::{MemoryStore, MessageStore};
+use broker::store::MessageStore;
 use broker::vhost::Persistence;
 use broker::{AmqpError, Exchange, Queue, VHost};
 use parking_lot::Mutex;
@@ -32,6 +32,10 @@ pub struct DiskPersistence {
     next_transient: AtomicU64,
     /// Open logs of durable delayed-message exchanges, by directory name.
     delayed_logs: Mutex<HashMap<String, Arc<DelayedLog>>>,
+    /// From recovery: the definitions log was damaged (delete nothing unaccounted for).
+    definitions_damaged: bool,
+    /// From recovery: directory names of exchanges whose last record is a deletion.
+    deleted_exchange_dirs: HashSet<String>,
 }
 
 /// One definitions record.
@@ -199,6 +203,37 @@ fn compact(records: &[Def]) -> Vec<Def> {
     live
 }
 
+/// Whether `name` has the form of [`queue_dir_name`] (16 lowercase hex digits).
+fn is_queue_dir_name(name: &str) -> bool {
+    name.len() == 16 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Move `path` (a queue's or a delayed log's directory that no definition accounts for)
+/// under `quarantine/<kind>/` in the data dir, where an operator can inspect it. Never
+/// deletes it.
+fn quarantine(data_dir: &Path, path: &Path, kind: &str) -> std::io::Result<()> {
+    let to_dir = data_dir.join("quarantine").join(kind);
+    std::fs::create_dir_all(&to_dir)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut to = to_dir.join(&name);
+    let mut n = 1;
+    while to.exists() {
+        to = to_dir.join(format!("{name}.{n}"));
+        n += 1;
+    }
+    std::fs::rename(path, &to)?;
+    if let Ok(d) = std::fs::File::open(data_dir) {
+        let _ = d.sync_all();
+    }
+    error!(
+        "{} holds data that no definition accounts for (a damaged definitions log?): moved to {}; \
+         nothing was deleted",
+        path.display(),
+        to.display()
+    );
+    Ok(())
+}
+
 /// A queue's directory name: FNV-1a 64 of vhost and name (names may hold any bytes and be
 /// up to 255 long, so they cannot be file names themselves).
 pub fn queue_dir_name(vhost: &str, name: &str) -> String {
@@ -227,15 +262,23 @@ impl DiskPersistence {
     pub fn open(
         data_dir: &Path,
         store_cfg: StoreConfig,
-        on_durable: impl Fn(u64) + Send + Sync + 'static,
+        on_commit: impl Fn(broker::store::CommitState) + Send + Sync + 'static,
     ) -> Result<(Arc<DiskPersistence>, Recovery), store::Error> {
         std::fs::create_dir_all(data_dir.join("queues"))?;
+        // Paging files of the previous run's transient queues (numbered directories):
+        // gone by contract. Anything else there is not ours and stays.
         let transient = data_dir.join("transient");
-        if transient.exists() {
-            std::fs::remove_dir_all(&transient)?;
-        }
         std::fs::create_dir_all(&transient)?;
+        for entry in std::fs::read_dir(&transient)? {
+            let entry = entry?;
+            if entry.file_name().to_str().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
         let mut live = Vec::new();
+        // Queue directories whose queue's last record is a deletion: provably deleted.
+        let mut deleted_dirs: HashMap<String, bool> = HashMap::new();
+        let mut deleted_dirs_ex: HashMap<String, bool> = HashMap::new();
         let log = DefinitionsLog::open(&data_dir.join("definitions.log"), |records| {
             let defs: Vec<Def> = records
                 .iter()
@@ -247,26 +290,50 @@ impl DiskPersistence {
                     d
                 })
                 .collect();
+            for d in &defs {
+                match d {
+                    Def::Queue { vhost, name, .. } => deleted_dirs.insert(queue_dir_name(vhost, name), false),
+                    Def::QueueDeleted { vhost, name } => deleted_dirs.insert(queue_dir_name(vhost, name), true),
+                    Def::Exchange { vhost, name, .. } => deleted_dirs_ex.insert(queue_dir_name(vhost, name), false),
+                    Def::ExchangeDeleted { vhost, name } => deleted_dirs_ex.insert(queue_dir_name(vhost, name), true),
+                    _ => None,
+                };
+            }
             live = compact(&defs);
             live.iter().map(Def::encode).collect()
         })?;
-        // Queue directories no definition refers to (deleted queues whose directory
-        // removal was cut short) are removed.
-        let keep: Vec<String> = live
+        let keep: HashSet<String> = live
             .iter()
             .filter_map(|d| match d {
                 Def::Queue { vhost, name, .. } => Some(queue_dir_name(vhost, name)),
                 _ => None,
             })
             .collect();
-        for entry in std::fs::read_dir(data_dir.join("queues"))?.flatten() {
+        // A directory no live definition names is removed only when the log proves its
+        // queue was deleted (the removal was cut short by a stop). Anything else — a queue
+        // whose definition was lost to damage, or a directory we cannot account for — is
+        // moved aside for an operator, never deleted.
+        let damaged = log.was_damaged();
+        for entry in std::fs::read_dir(data_dir.join("queues"))? {
+            let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !keep.contains(&name) {
-                warn!("removing orphaned queue directory {name}");
-                let _ = std::fs::remove_dir_all(entry.path());
+            if keep.contains(&name) {
+                continue;
             }
+            if !is_queue_dir_name(&name) {
+                warn!("{}: not a queue directory Warren created; left alone", entry.path().display());
+                continue;
+            }
+            if !damaged && deleted_dirs.get(&name) == Some(&true) {
+                info!("removing the files of deleted queue directory {name}");
+                if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                    warn!("removing {}: {e}", entry.path().display());
+                }
+                continue;
+            }
+            quarantine(data_dir, &entry.path(), "queues")?;
         }
-        let syncer = Syncer::start(on_durable);
+        let syncer = Syncer::start(on_commit);
         let p = Arc::new(DiskPersistence {
             data_dir: data_dir.to_owned(),
             syncer,
@@ -275,54 +342,78 @@ impl DiskPersistence {
             replaying: AtomicBool::new(false),
             next_transient: AtomicU64::new(0),
             delayed_logs: Mutex::new(HashMap::new()),
+            definitions_damaged: damaged,
+            deleted_exchange_dirs: deleted_dirs_ex.into_iter().filter_map(|(k, gone)| gone.then_some(k)).collect(),
         });
         Ok((p, Recovery { defs: live }))
     }
 
-    fn open_store(&self, dir: &Path, durable: bool, queue: &str) -> Box<dyn MessageStore> {
+    /// Open a queue's store. If its files cannot be opened the queue cannot exist: a
+    /// durable queue kept in RAM would lose every message it confirmed at the next restart
+    /// (and a transient one could not page, so its RAM would be unbounded).
+    fn open_store(
+        &self,
+        dir: &Path,
+        durable: bool,
+        vhost: &str,
+        queue: &str,
+    ) -> Result<Box<dyn MessageStore>, AmqpError> {
         match DiskQueueStore::open(dir, durable, self.syncer.clone(), &self.store_cfg) {
-            Ok(s) => Box::new(s),
+            Ok(s) => Ok(Box::new(s)),
             Err(e) => {
-                // Keep serving from RAM rather than refuse the queue; the log says why.
-                error!("opening the store of queue '{queue}' in {}: {e}; keeping it in RAM only", dir.display());
-                Box::new(MemoryStore::new())
+                error!(
+                    "queue '{queue}' in vhost '{vhost}' is unavailable: opening its store in {}: {e}",
+                    dir.display()
+                );
+                Err(AmqpError::new(
+                    wire::reply::INTERNAL_ERROR,
+                    format!("cannot open the store of queue '{queue}' in vhost '{vhost}': {e}"),
+                ))
             }
         }
     }
 
     /// The log of a durable delayed-message exchange, opened on first use. Also returns
     /// the messages it held when it was opened (non-empty only at the first open after a
-    /// restart).
-    pub fn delayed_log(&self, vhost: &str, exchange: &str) -> Option<(Arc<DelayedLog>, Vec<Held>)> {
+    /// restart). If it cannot be opened, persistent delayed publishes to the exchange are
+    /// refused (nack) until it can: never held in RAM only.
+    pub fn delayed_log(&self, vhost: &str, exchange: &str) -> Result<(Arc<DelayedLog>, Vec<Held>), store::Error> {
         let name = queue_dir_name(vhost, exchange);
         let mut logs = self.delayed_logs.lock();
         if let Some(l) = logs.get(&name) {
-            return Some((l.clone(), Vec::new()));
+            return Ok((l.clone(), Vec::new()));
         }
         match DelayedLog::open(&self.data_dir.join("delayed").join(&name), self.syncer.clone()) {
             Ok((log, held)) => {
                 let log = Arc::new(log);
                 logs.insert(name, log.clone());
-                Some((log, held))
+                Ok((log, held))
             }
             Err(e) => {
-                error!(
-                    "opening the delayed-message log of exchange '{exchange}': {e}; its delays are kept in RAM only"
-                );
-                None
+                error!("opening the delayed-message log of exchange '{exchange}' in vhost '{vhost}': {e}");
+                Err(e)
             }
         }
     }
 
-    /// Remove delayed-message logs that no durable delayed exchange owns any more.
+    /// Delayed-message logs that no durable delayed exchange owns any more: removed when
+    /// the definitions log proves their exchange was deleted (as for queues), otherwise
+    /// quarantined.
     pub fn remove_orphaned_delayed_logs(&self, live: &[(String, String)]) {
-        let keep: Vec<String> = live.iter().map(|(v, e)| queue_dir_name(v, e)).collect();
+        let keep: HashSet<String> = live.iter().map(|(v, e)| queue_dir_name(v, e)).collect();
         let Ok(entries) = std::fs::read_dir(self.data_dir.join("delayed")) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !keep.contains(&name) {
-                warn!("removing orphaned delayed-message log {name}");
+            if keep.contains(&name) {
+                continue;
+            }
+            if !is_queue_dir_name(&name) {
+                warn!("{}: not a delayed-message log Warren created; left alone", entry.path().display());
+            } else if !self.definitions_damaged && self.deleted_exchange_dirs.contains(&name) {
+                info!("removing the delayed-message log of deleted exchange directory {name}");
                 let _ = std::fs::remove_dir_all(entry.path());
+            } else if let Err(e) = quarantine(&self.data_dir, &entry.path(), "delayed") {
+                error!("moving {} to quarantine: {e}; left where it is", entry.path().display());
             }
         }
     }
@@ -396,7 +487,12 @@ pub struct Recovery {
 }
 
 impl Persistence for DiskPersistence {
-    fn queue_store(&self, vhost: &str, queue: &str, options: &QueueOptions) -> Box<dyn MessageStore> {
+    fn queue_store(
+        &self,
+        vhost: &str,
+        queue: &str,
+        options: &QueueOptions,
+    ) -> Result<Box<dyn MessageStore>, AmqpError> {
         let durable = queue_is_durable(options);
         let dir = if durable {
             self.data_dir.join("queues").join(queue_dir_name(vhost, queue))
@@ -408,10 +504,12 @@ impl Persistence for DiskPersistence {
             broker::args::QueueArgs::parse(&options.arguments, queue, vhost).ok().and_then(|a| a.max_priority);
         if let Some(max) = max_priority {
             // One store per priority level, in p0 … pN.
-            let levels = (0..=max).map(|p| self.open_store(&dir.join(format!("p{p}")), durable, queue)).collect();
-            return Box::new(broker::store::PriorityStore::new(levels));
+            let levels = (0..=max)
+                .map(|p| self.open_store(&dir.join(format!("p{p}")), durable, vhost, queue))
+                .collect::<Result<_, _>>()?;
+            return Ok(Box::new(broker::store::PriorityStore::new(levels)));
         }
-        self.open_store(&dir, durable, queue)
+        self.open_store(&dir, durable, vhost, queue)
     }
 
     fn exchange_declared(&self, e: &Exchange) -> Result<(), AmqpError> {

@@ -13,6 +13,7 @@ use parking_lot::{Mutex, RwLock};
 use store::delayed::DelayedLog;
 use tokio::sync::watch;
 
+use broker::store::{CommitState, Durability, StoreFailed};
 use broker::vhost::Persistence;
 use store::StoreConfig;
 
@@ -28,8 +29,8 @@ pub struct ServerState {
     next_connection_id: AtomicU64,
     /// Flips to true when the server shuts down; connections close with 320.
     pub shutdown: watch::Receiver<bool>,
-    /// The highest commit epoch known fsynced (publisher confirms wait on it).
-    pub durable_epoch: watch::Receiver<u64>,
+    /// Where the group commit stands (publisher confirms wait on it).
+    pub commit: watch::Receiver<CommitState>,
     pub persistence: Option<Arc<DiskPersistence>>,
     /// Direct reply-to: token → the requesting channel's pseudo-queue.
     pub reply_to: Mutex<HashMap<String, Weak<Queue>>>,
@@ -73,19 +74,19 @@ impl Ord for Delayed {
 impl ServerState {
     /// A server that keeps everything in RAM (nothing survives it).
     pub fn new(config: Config, shutdown: watch::Receiver<bool>) -> Arc<ServerState> {
-        let (_tx, durable_epoch) = watch::channel(0);
-        Self::build(config, shutdown, durable_epoch, None, Arc::new(broker::vhost::InMemory))
+        let (_tx, commit) = watch::channel(CommitState::default());
+        Self::build(config, shutdown, commit, None, Arc::new(broker::vhost::InMemory))
     }
 
     /// A server over `config.data_dir`: recovers durable definitions and messages, and
     /// persists from then on.
     pub fn open(config: Config, shutdown: watch::Receiver<bool>) -> Result<Arc<ServerState>, store::Error> {
-        let (tx, durable_epoch) = watch::channel(0u64);
+        let (tx, commit) = watch::channel(CommitState::default());
         let store_cfg = StoreConfig { queue_ram_budget_bytes: config.queue_ram_budget_bytes };
-        let (p, recovery) = DiskPersistence::open(&config.data_dir, store_cfg, move |e| {
-            tx.send_replace(e);
+        let (p, recovery) = DiskPersistence::open(&config.data_dir, store_cfg, move |c| {
+            tx.send_replace(c);
         })?;
-        let state = Self::build(config, shutdown, durable_epoch, Some(p.clone()), p.clone());
+        let state = Self::build(config, shutdown, commit, Some(p.clone()), p.clone());
         p.recover_into(recovery, |name| state.vhost(name));
         state.recover_delayed(&p);
         Ok(state)
@@ -94,7 +95,7 @@ impl ServerState {
     fn build(
         config: Config,
         shutdown: watch::Receiver<bool>,
-        durable_epoch: watch::Receiver<u64>,
+        commit: watch::Receiver<CommitState>,
         persistence: Option<Arc<DiskPersistence>>,
         vhost_persistence: Arc<dyn Persistence>,
     ) -> Arc<ServerState> {
@@ -109,7 +110,7 @@ impl ServerState {
             vhosts: RwLock::new(vhosts),
             next_connection_id: AtomicU64::new(1),
             shutdown,
-            durable_epoch,
+            commit,
             persistence,
             reply_to: Mutex::new(HashMap::new()),
             delayed: Mutex::new(BinaryHeap::new()),
@@ -136,27 +137,33 @@ impl ServerState {
     }
 
     /// Hold `msg` in a delayed-message exchange until `due_ms`. A persistent message in a
-    /// durable exchange is logged first; returns the commit epoch to confirm after.
-    pub fn delay(&self, vhost: &Arc<VHost>, exchange: &Arc<Exchange>, msg: Arc<Message>, due_ms: u64) -> u64 {
+    /// durable exchange is logged first; returns when it is durable. If it cannot be
+    /// logged it is not held either: the publisher gets a nack, never a confirm.
+    pub fn delay(
+        &self,
+        vhost: &Arc<VHost>,
+        exchange: &Arc<Exchange>,
+        msg: Arc<Message>,
+        due_ms: u64,
+    ) -> Result<Durability, StoreFailed> {
         let seq = self.delayed_seq.fetch_add(1, Ordering::Relaxed);
-        let mut epoch = 0;
+        let mut durability = Durability::Now;
         let mut logged = None;
         if exchange.options.durable
             && msg.persistent
             && let Some(p) = &self.persistence
-            && let Some((log, _)) = p.delayed_log(&vhost.name, &exchange.name)
         {
-            match log.append(seq, due_ms, &msg) {
-                Ok((pos, e)) => {
-                    epoch = e;
-                    logged = Some((log, pos));
-                }
-                Err(e) => tracing::error!("logging a delayed message of exchange '{}': {e}", exchange.name),
-            }
+            let log = p.delayed_log(&vhost.name, &exchange.name).map_err(|e| StoreFailed(e.to_string()))?.0;
+            let (pos, d) = log.append(seq, due_ms, &msg).map_err(|e| {
+                tracing::error!("logging a delayed message of exchange '{}': {e}", exchange.name);
+                StoreFailed(format!("cannot log the delayed message: {e}"))
+            })?;
+            durability = d;
+            logged = Some((log, pos));
         }
         let d = Delayed { due_ms, seq, vhost: vhost.clone(), exchange: exchange.clone(), msg, logged };
         self.delayed.lock().push(Reverse(d));
-        epoch
+        Ok(durability)
     }
 
     /// At start: schedule again what durable delayed exchanges held, and drop the logs of
@@ -167,7 +174,7 @@ impl ServerState {
         for vh in self.vhosts() {
             for ex in vh.exchanges().into_iter().filter(|e| e.options.delayed && e.options.durable) {
                 live.push((vh.name.clone(), ex.name.clone()));
-                let Some((log, held)) = p.delayed_log(&vh.name, &ex.name) else { continue };
+                let Ok((log, held)) = p.delayed_log(&vh.name, &ex.name) else { continue };
                 for h in held {
                     n += 1;
                     self.delayed_seq.fetch_max(h.seq + 1, Ordering::Relaxed);

@@ -31,14 +31,16 @@ fn message() -> Arc<Message> {
 fn push_batch(store: &mut DiskQueueStore, msg: &Arc<Message>, seq: &mut u64, n: u64) {
     for _ in 0..n {
         *seq += 1;
-        store.push(QueuedMessage {
-            msg: msg.clone(),
-            seq: *seq,
-            redelivered: false,
-            expires_at_ms: 0,
-            delivery_count: 0,
-            disk: None,
-        });
+        let _ = store
+            .push(QueuedMessage {
+                msg: msg.clone(),
+                seq: *seq,
+                redelivered: false,
+                expires_at_ms: 0,
+                delivery_count: 0,
+                disk: None,
+            })
+            .expect("push");
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use broker::Message;
 use broker::message::DiskPos;
+use broker::store::Durability;
 
 use crate::Error;
 use crate::disk_queue::{decode_payload, encode_payload};
@@ -47,8 +48,8 @@ impl DelayedLog {
         Ok((DelayedLog { files }, held))
     }
 
-    /// Record a held message; returns its position and the commit epoch that makes it durable.
-    pub fn append(&self, seq: u64, due_ms: u64, msg: &Message) -> Result<(DiskPos, u64), Error> {
+    /// Record a held message; returns its position and when it is durable.
+    pub fn append(&self, seq: u64, due_ms: u64, msg: &Message) -> Result<(DiskPos, Durability), Error> {
         self.files.append(seq, true, true, |out| encode_payload(out, seq, due_ms, msg))
     }
 

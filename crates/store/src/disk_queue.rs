@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use broker::message::DiskPos;
-use broker::store::MessageStore;
+use broker::store::{Durability, MessageStore, StoreFailed};
 use broker::{Message, QueuedMessage};
 use bytes::Bytes;
 use tracing::error;
@@ -145,17 +145,15 @@ impl DiskQueueStore {
         })
     }
 
-    fn write(&mut self, m: &QueuedMessage, wait: bool) -> Option<(DiskPos, u64)> {
-        match self
-            .files
+    /// Append `m`'s record. `wait`: the caller will wait for it to be fsynced (a
+    /// persistent message in a durable queue).
+    fn write(&mut self, m: &QueuedMessage, wait: bool) -> Result<(DiskPos, Durability), StoreFailed> {
+        self.files
             .append(m.seq, m.msg.persistent, wait, |out| encode_payload(out, m.seq, m.expires_at_ms, &m.msg))
-        {
-            Ok(r) => Some(r),
-            Err(e) => {
+            .map_err(|e| {
                 error!("appending to {}: {e}", self.files.dir().display());
-                None
-            }
-        }
+                StoreFailed(format!("cannot write queue files: {e}"))
+            })
     }
 
     /// Move messages from disk into `mem` until it holds about half its budget.
@@ -206,40 +204,33 @@ impl DiskQueueStore {
 }
 
 impl MessageStore for DiskQueueStore {
-    fn push(&mut self, mut m: QueuedMessage) -> u64 {
+    fn push(&mut self, mut m: QueuedMessage) -> Result<Durability, StoreFailed> {
+        let mut durability = Durability::Now;
+        if self.durable && m.msg.persistent {
+            // A persistent message in a durable queue must reach the disk before its
+            // confirm: if the write fails, the publish fails (nack), it is not kept in RAM.
+            let (pos, d) = self.write(&m, true)?;
+            m.disk = Some(pos);
+            durability = d;
+        }
         self.last_seq = Some(m.seq);
         self.ready_bytes += m.msg.body_size();
-        let mut epoch = 0;
-        if self.durable
-            && m.msg.persistent
-            && let Some((pos, e)) = self.write(&m, true)
-        {
-            m.disk = Some(pos);
-            epoch = e;
-        }
         let c = cost(&m.msg);
         if self.disk_next.is_none() && self.mem_cost + c <= self.budget {
             self.mem_cost += c;
             self.mem.push_back(m);
-            return epoch;
+            return Ok(durability);
         }
-        // Page out: the message lives on disk only.
-        let pos = match m.disk {
-            Some(p) => Some(p),
-            None => self.write(&m, false).map(|(p, _)| p),
+        // Page out: the message lives on disk only. If that write fails the publish fails
+        // too: keeping it in RAM would break the budget, and put it ahead of older
+        // messages already on disk.
+        let p = match m.disk {
+            Some(p) => p,
+            None => self.write(&m, false)?.0,
         };
-        match pos {
-            Some(p) => {
-                self.disk_next.get_or_insert(p);
-                self.disk_count += 1;
-            }
-            None => {
-                // The disk refused: keep it in RAM rather than lose it.
-                self.mem_cost += c;
-                self.mem.push_back(m);
-            }
-        }
-        epoch
+        self.disk_next.get_or_insert(p);
+        self.disk_count += 1;
+        Ok(durability)
     }
 
     fn peek(&mut self) -> Option<&QueuedMessage> {
@@ -352,14 +343,16 @@ mod tests {
         for round in 0..200u64 {
             for _ in 0..(5 + round % 7) {
                 let m = msg(next_in, if next_in % 3 == 0 { 64 * 1024 } else { 100 });
-                s.push(QueuedMessage {
-                    msg: m,
-                    seq: next_in,
-                    redelivered: false,
-                    expires_at_ms: 0,
-                    delivery_count: 0,
-                    disk: None,
-                });
+                let _ = s
+                    .push(QueuedMessage {
+                        msg: m,
+                        seq: next_in,
+                        redelivered: false,
+                        expires_at_ms: 0,
+                        delivery_count: 0,
+                        disk: None,
+                    })
+                    .expect("push");
                 next_in += 1;
             }
             for _ in 0..(4 + round % 5) {

@@ -30,6 +30,9 @@ pub enum Error {
         offset: u64,
         reason: String,
     },
+    /// An earlier write or fsync failed; the store takes no more writes it would have to
+    /// confirm (see docs/reliability.md).
+    Poisoned,
 }
 
 impl std::fmt::Display for Error {
@@ -39,6 +42,7 @@ impl std::fmt::Display for Error {
             Error::Corrupt { file, offset, reason } => {
                 write!(f, "corrupt record in {} at offset {offset}: {reason}", file.display())
             }
+            Error::Poisoned => f.write_str("an earlier write or fsync failed; the store refuses new writes"),
         }
     }
 }

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use broker::message::DiskPos;
+use broker::store::Durability;
 use parking_lot::Mutex;
 use tracing::{error, warn};
 
@@ -181,15 +182,20 @@ impl QueueFiles {
         Ok((files, rec))
     }
 
-    /// Append a record whose payload `f` writes. Returns its position and the commit epoch
-    /// that makes it durable (meaningful when `wait` is set).
+    /// Append a record whose payload `f` writes. Returns its position and when it is
+    /// durable: after a commit round if `wait` is set and these files are fsynced, else
+    /// `Now` (the caller does not need it on disk). Fails, writing nothing, once the
+    /// syncer has failed: nothing appended after that could ever be confirmed.
     pub fn append(
         self: &Arc<Self>,
         seq: u64,
         persistent: bool,
         wait: bool,
         f: impl FnOnce(&mut Vec<u8>),
-    ) -> Result<(DiskPos, u64), Error> {
+    ) -> Result<(DiskPos, Durability), Error> {
+        if self.syncer.is_poisoned() {
+            return Err(Error::Poisoned);
+        }
         let mut inner = self.inner.lock();
         if !inner.segments.contains_key(&inner.write_seg) {
             fs::create_dir_all(&self.dir)?;
@@ -211,20 +217,20 @@ impl QueueFiles {
             seg.persistent += u32::from(persistent);
             seg.last_seq = Some(seq);
         }
-        let epoch = self.mark_dirty(&mut inner, wait);
-        Ok((DiskPos { segment: id, offset }, epoch))
+        self.mark_dirty(&mut inner);
+        let durability = if wait && self.fsync { Durability::AfterCommit(inner.flush_epoch) } else { Durability::Now };
+        Ok((DiskPos { segment: id, offset }, durability))
     }
 
     /// Make sure the next commit round writes (and, for a durable queue, fsyncs) what was
-    /// just buffered; returns that round's epoch. Only the first change after a flush
+    /// just buffered (its round is `flush_epoch`). Only the first change after a flush
     /// touches the syncer: later ones ride on the round already due, so the publish path
     /// takes no global lock per message.
-    fn mark_dirty(self: &Arc<Self>, inner: &mut Inner, wait: bool) -> u64 {
+    fn mark_dirty(self: &Arc<Self>, inner: &mut Inner) {
         if !inner.dirty {
             inner.dirty = true;
             inner.flush_epoch = self.syncer.register(self);
         }
-        if wait && self.fsync { inner.flush_epoch } else { 0 }
     }
 
     /// A record was acknowledged. Deletes its segment once every record in it is.
@@ -246,25 +252,25 @@ impl QueueFiles {
                 inner.write_seg = next;
                 inner.segments.remove(&pos.segment);
                 remove_segment_files(&self.dir, pos.segment);
-                self.mark_dirty(&mut inner, false);
+                self.mark_dirty(&mut inner);
                 return;
             }
             let Some(seg) = inner.segments.get_mut(&pos.segment) else { return };
             seg.ack_pending.extend_from_slice(&entry.to_le_bytes());
             seg.ack_pending.extend_from_slice(&crc32c::crc32c(&entry.to_le_bytes()).to_le_bytes());
-            self.mark_dirty(&mut inner, false);
+            self.mark_dirty(&mut inner);
             return;
         }
         if seg.sealed && seg.acked >= seg.count {
             inner.segments.remove(&pos.segment);
             remove_segment_files(&self.dir, pos.segment);
             inner.dir_dirty = true;
-            self.mark_dirty(&mut inner, false);
+            self.mark_dirty(&mut inner);
             return;
         }
         seg.ack_pending.extend_from_slice(&entry.to_le_bytes());
         seg.ack_pending.extend_from_slice(&crc32c::crc32c(&entry.to_le_bytes()).to_le_bytes());
-        self.mark_dirty(&mut inner, false);
+        self.mark_dirty(&mut inner);
     }
 
     /// Remember that everything up to `pos` was handed to consumers.
@@ -275,7 +281,7 @@ impl QueueFiles {
         }
         inner.delivered = Some(pos);
         inner.delivered_dirty = true;
-        self.mark_dirty(&mut inner, false);
+        self.mark_dirty(&mut inner);
     }
 
     /// Read records starting at `from`, up to about `max_bytes` of payload. Returns them

@@ -15,12 +15,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
+use broker::store::CommitState;
 use parking_lot::{Condvar, Mutex};
 use tracing::{debug, error};
 
 use crate::segments::QueueFiles;
 
-type DurableCallback = Box<dyn Fn(u64) + Send + Sync>;
+type DurableCallback = Box<dyn Fn(CommitState) + Send + Sync>;
 
 pub struct Syncer {
     state: Mutex<State>,
@@ -32,6 +33,8 @@ pub struct Syncer {
     on_durable: DurableCallback,
     /// An fsync failed: durability can no longer be promised (see docs/storage.md).
     poisoned: AtomicBool,
+    /// Fault injection: the next round fails as if an fsync had.
+    fail_next_round: AtomicBool,
 }
 
 struct State {
@@ -42,15 +45,17 @@ struct State {
 }
 
 impl Syncer {
-    /// Start the commit thread. `on_durable(epoch)` runs on it after each round.
-    pub fn start(on_durable: impl Fn(u64) + Send + Sync + 'static) -> Arc<Syncer> {
+    /// Start the commit thread. `on_commit(state)` runs on it after each round, and once
+    /// more with `failed` set when a write or fsync fails.
+    pub fn start(on_commit: impl Fn(CommitState) + Send + Sync + 'static) -> Arc<Syncer> {
         let s = Arc::new(Syncer {
             state: Mutex::new(State { open_epoch: 1, max_requested: 0, dirty: Vec::new(), stop: false }),
             cv: Condvar::new(),
             done: Condvar::new(),
             durable_epoch: AtomicU64::new(0),
-            on_durable: Box::new(on_durable),
+            on_durable: Box::new(on_commit),
             poisoned: AtomicBool::new(false),
+            fail_next_round: AtomicBool::new(false),
         });
         let me = s.clone();
         std::thread::Builder::new()
@@ -66,6 +71,17 @@ impl Syncer {
 
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::Relaxed)
+    }
+
+    /// Fault injection for tests and failure drills: the next commit round fails as an
+    /// fsync failure would (the store is poisoned; waiting confirms become nacks).
+    pub fn inject_fsync_failure(&self) {
+        self.fail_next_round.store(true, Ordering::Relaxed);
+        {
+            let mut st = self.state.lock();
+            st.max_requested = st.max_requested.max(st.open_epoch);
+        }
+        self.cv.notify_one();
     }
 
     /// Called with `files`' lock held, when they go from clean to dirty. Returns the
@@ -104,6 +120,7 @@ impl Syncer {
 
     fn run(self: Arc<Self>) {
         let mut to_sync = Vec::new();
+        let mut told_failure = false;
         loop {
             let (epoch, batch) = {
                 let mut st = self.state.lock();
@@ -133,12 +150,23 @@ impl Syncer {
                     self.poisoned.store(true, Ordering::Relaxed);
                 }
             }
+            if self.fail_next_round.swap(false, Ordering::Relaxed) {
+                error!("fsync failed (injected), no further publishes will be confirmed");
+                self.poisoned.store(true, Ordering::Relaxed);
+            }
             if self.is_poisoned() {
+                if !told_failure {
+                    // Everyone waiting on this or a later round hears "never": publishers
+                    // get nacks instead of confirms that stop without a word.
+                    told_failure = true;
+                    (self.on_durable)(CommitState { durable_round: self.durable_epoch(), failed: true });
+                }
+                self.done.notify_all();
                 continue;
             }
             self.durable_epoch.store(epoch, Ordering::Release);
             debug!(epoch, files = to_sync.len(), micros = started.elapsed().as_micros() as u64, "commit round");
-            (self.on_durable)(epoch);
+            (self.on_durable)(CommitState { durable_round: epoch, failed: false });
             self.done.notify_all();
         }
     }

@@ -22,7 +22,7 @@ impl TestSyncer {
     }
 
     /// With `on_durable` run on the commit thread after each round.
-    pub fn with_callback(on_durable: impl Fn(u64) + Send + Sync + 'static) -> TestSyncer {
+    pub fn with_callback(on_durable: impl Fn(broker::store::CommitState) + Send + Sync + 'static) -> TestSyncer {
         TestSyncer(Syncer::start(on_durable))
     }
 
@@ -229,7 +229,7 @@ impl SmallQueue {
         let syncer = TestSyncer::start();
         let mut s = open(&dir, &syncer);
         for i in 0..SMALL_COUNT {
-            s.push(queued(i + 1, small_message(i)));
+            let _ = s.push(queued(i + 1, small_message(i))).expect("push");
         }
         let mut popped = Vec::new();
         for _ in 0..SMALL_DELIVERED {

@@ -196,7 +196,7 @@ fn write_fixture(out: &Path) {
     {
         let mut s = open_with(&dir, true, &syncer, cfg.clone());
         for m in v1_messages() {
-            s.push(queued(m.seq, to_message(&m)));
+            let _ = s.push(queued(m.seq, to_message(&m))).expect("push");
         }
         for seq in 1..=RUN1_DELIVERED {
             let m = s.pop().expect("pop");
@@ -219,7 +219,7 @@ fn write_fixture(out: &Path) {
             }
         }
         for m in run2_messages() {
-            s.push(queued(m.seq, to_message(&m)));
+            let _ = s.push(queued(m.seq, to_message(&m))).expect("push");
         }
         syncer.sync_all();
     }
@@ -274,7 +274,7 @@ fn every_fixture_version_opens_with_the_exact_messages() {
                 s.delivered(m);
                 s.ack(m);
             }
-            s.push(queued(13, small_message(13)));
+            let _ = s.push(queued(13, small_message(13))).expect("push");
             syncer.sync_all();
         }
         let mut s = open(&dir, &syncer);

@@ -149,7 +149,7 @@ impl SealedQueue {
         let syncer = TestSyncer::start();
         let mut s = open(&dir, &syncer);
         for i in 0..SEALED_LAST {
-            s.push(queued(i + 1, sealed_message(i)));
+            let _ = s.push(queued(i + 1, sealed_message(i))).expect("push");
         }
         for i in 0..=BIG_INDEX {
             let m = s.pop().expect("pop");

@@ -29,7 +29,7 @@ fn ten_thousand_messages_through_a_4k_budget() {
     // A non-durable queue: the files only page messages out of RAM.
     let mut s = open_with(&dir, false, &syncer, TINY);
     for i in 0..N {
-        s.push(queued(i + 1, message(i, false, small_len(i))));
+        let _ = s.push(queued(i + 1, message(i, false, small_len(i)))).expect("push");
     }
     assert_eq!(s.len(), N as usize);
     // Paged-out bytes are buffered until the next commit round writes them.
@@ -59,7 +59,7 @@ fn interleave(cfg: StoreConfig, rounds: u64, len: impl Fn(u64) -> usize) {
     let mut expect = 0u64;
     for round in 0..rounds {
         for _ in 0..3 {
-            s.push(queued(next + 1, message(next, false, len(next))));
+            let _ = s.push(queued(next + 1, message(next, false, len(next)))).expect("push");
             next += 1;
         }
         let a = s.pop().expect("pop");
@@ -102,7 +102,7 @@ fn ten_thousand_persistent_messages_over_budget_survive_a_restart() {
     {
         let mut s = open_with(&dir, true, &syncer, TINY);
         for i in 0..N {
-            s.push(queued(i + 1, message(i, true, small_len(i))));
+            let _ = s.push(queued(i + 1, message(i, true, small_len(i)))).expect("push");
         }
         // Half of them consumed and acknowledged before the stop.
         for i in 0..N / 2 {
@@ -159,7 +159,7 @@ fn segments_are_deleted_once_drained() {
     {
         let mut s = open(&dir, &syncer);
         for i in 0..BIG_COUNT {
-            s.push(queued(i + 1, message(i, true, BIG)));
+            let _ = s.push(queued(i + 1, message(i, true, BIG))).expect("push");
         }
         syncer.sync_all();
         let segs = listing(&dir).iter().filter(|(n, _)| n.ends_with(".seg")).count();
@@ -186,7 +186,7 @@ fn segments_drained_while_being_written_are_deleted() {
     {
         let mut s = open(&dir, &syncer);
         for i in 0..BIG_COUNT {
-            s.push(queued(i + 1, message(i, true, BIG)));
+            let _ = s.push(queued(i + 1, message(i, true, BIG))).expect("push");
             let m = s.pop().expect("pop");
             assert_eq!(m.seq, i + 1);
             s.delivered(&m);
@@ -244,14 +244,14 @@ fn reads_reaching_into_the_append_buffer() {
         let _open = Opener(gate.clone());
         let mut s = open_with(&tmp.path().join("q"), false, &syncer, cfg.clone());
         for i in 0..written_first {
-            s.push(queued(i + 1, message(i, false, BIG)));
+            let _ = s.push(queued(i + 1, message(i, false, BIG))).expect("push");
         }
         syncer.sync_all();
         // Stall the commit thread: close the gate and make it run a round (for another
         // queue); it then waits in the callback.
         gate.closed.store(true, Ordering::Release);
         let mut other = open_with(&tmp.path().join("other"), false, &syncer, StoreConfig { queue_ram_budget_bytes: 0 });
-        other.push(queued(1, message(0, false, 10)));
+        let _ = other.push(queued(1, message(0, false, 10))).expect("push");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !gate.stalled.load(Ordering::Acquire) {
             assert!(Instant::now() < deadline, "{ctx}: the commit thread did not stall");
@@ -259,7 +259,7 @@ fn reads_reaching_into_the_append_buffer() {
         }
         let total = written_first + 12;
         for i in written_first..total {
-            s.push(queued(i + 1, message(i, false, BIG)));
+            let _ = s.push(queued(i + 1, message(i, false, BIG))).expect("push");
         }
         let got = pop_all(&mut s);
         gate.closed.store(false, Ordering::Release);

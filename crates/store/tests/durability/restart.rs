@@ -29,7 +29,7 @@ fn persistent_messages_come_back_in_order_with_their_flags() {
         assert_eq!(s.len(), 0);
         assert_eq!(s.last_seq(), None);
         for i in 0..N {
-            s.push(queued(i + 1, message(i, is_persistent(i), body_len(i))));
+            let _ = s.push(queued(i + 1, message(i, is_persistent(i), body_len(i)))).expect("push");
         }
         assert_eq!(s.len(), N as usize);
         for i in 0..20 {
@@ -60,7 +60,7 @@ fn persistent_messages_come_back_in_order_with_their_flags() {
             s.ack(m);
         }
         for i in N..N + 3 {
-            s.push(queued(i + 1, message(i, true, body_len(i))));
+            let _ = s.push(queued(i + 1, message(i, true, body_len(i)))).expect("push");
         }
         syncer.sync_all();
     }
@@ -104,7 +104,7 @@ fn transient_messages_paged_to_disk_do_not_come_back() {
     {
         let mut s = open_with(&dir, true, &syncer, cfg.clone());
         for i in 0..N {
-            s.push(queued(i + 1, message(i, i % 2 == 0, 100)));
+            let _ = s.push(queued(i + 1, message(i, i % 2 == 0, 100))).expect("push");
         }
         syncer.sync_all();
     }
@@ -133,7 +133,7 @@ fn requeued_messages_come_back_at_their_place() {
     {
         let mut s = open(&dir, &syncer);
         for i in 0..10 {
-            s.push(queued(i + 1, message(i, true, 20)));
+            let _ = s.push(queued(i + 1, message(i, true, 20))).expect("push");
         }
         let a = s.pop().expect("pop");
         let b = s.pop().expect("pop");

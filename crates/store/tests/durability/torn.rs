@@ -36,7 +36,7 @@ fn segment_cut_at_every_byte() {
             }
             if near_boundary(&q.bounds, len) || len % 13 == 0 {
                 // The queue goes on: a new message lands after the recovered ones.
-                s.push(queued(SMALL_COUNT + 1, small_message(SMALL_COUNT)));
+                let _ = s.push(queued(SMALL_COUNT + 1, small_message(SMALL_COUNT))).expect("push");
                 syncer.sync_all();
                 drop(s);
                 let mut s = open(&dir, &syncer);
@@ -149,4 +149,65 @@ fn definitions_log_cut_at_every_byte() {
             }
         });
     }
+}
+
+/// Damage is not a torn tail: one damaged record anywhere costs that record only, every
+/// readable record before and after it is kept, and the original file is saved for an
+/// operator before the compacted log replaces it.
+#[test]
+fn definitions_log_damage_costs_only_the_damaged_record() {
+    let tmp = scratch_dir();
+    let path = tmp.path().join("definitions.log");
+    let records = definition_records();
+    {
+        let mut log = DefinitionsLog::open(&path, |r| r).expect("open a new log");
+        for r in &records {
+            log.append(r).expect("append");
+        }
+    }
+    let bytes = fs::read(&path).expect("read the log");
+    let bounds = record_bounds(&bytes);
+    for (i, &(start, end)) in bounds.iter().enumerate() {
+        let mut want = records.clone();
+        want.remove(i);
+        for at in start..end {
+            let ctx = format!("record {i} ({start}..{end}) flipped at byte {at}");
+            in_ctx(&ctx, || {
+                let mut damaged = bytes.clone();
+                damaged[at] ^= 0x40;
+                let parsed = definitions::read_records(&path, &damaged);
+                assert_eq!(parsed.records, want, "{ctx}: every other record is kept");
+                // The last record's length made larger reads as a torn write: the two
+                // cannot be told apart, and either way nothing readable is lost.
+                let last_len_field = i == bounds.len() - 1 && at < start + 4;
+                if !last_len_field {
+                    assert!(parsed.damaged_bytes > 0, "{ctx}: reported as damage, not as a torn tail");
+                }
+            });
+        }
+    }
+    // Through open: the records handed to compaction, the saved original, the flag.
+    let (start, _) = bounds[4];
+    let mut damaged = bytes.clone();
+    damaged[start + 9] ^= 0x01;
+    fs::write(&path, &damaged).expect("write the damaged log");
+    let mut want = records.clone();
+    want.remove(4);
+    let log = DefinitionsLog::open(&path, |r| {
+        assert_eq!(r, want, "records handed to compaction");
+        r
+    })
+    .expect("open the damaged log");
+    assert!(log.was_damaged());
+    drop(log);
+    let saved: Vec<_> = fs::read_dir(tmp.path())
+        .expect("list")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("definitions.log.damaged-"))
+        .collect();
+    assert_eq!(saved.len(), 1, "the original is saved beside the log");
+    assert_eq!(fs::read(saved[0].path()).expect("read the saved copy"), damaged, "byte for byte");
+    assert_eq!(definitions::parse(&path, &fs::read(&path).expect("read")), want, "the compacted log");
+    // A clean log after that is not damaged.
+    assert!(!DefinitionsLog::open(&path, |r| r).expect("reopen").was_damaged());
 }
