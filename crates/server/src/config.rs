@@ -31,6 +31,10 @@ pub struct Config {
     /// Disk alarm: raised when free space under the data dir drops below this
     /// (RabbitMQ's disk_free_limit: 50 MB).
     pub disk_free_limit_bytes: u64,
+    /// File descriptors kept free for queue files when admitting connections: a new
+    /// connection is refused (closed at once) when fewer than this would remain under
+    /// RLIMIT_NOFILE. Capped at a quarter of the limit.
+    pub fd_reserve_count: u64,
 }
 
 impl Default for Config {
@@ -48,6 +52,7 @@ impl Default for Config {
             consumer_timeout: None,
             memory_high_watermark_bytes: None,
             disk_free_limit_bytes: 50_000_000,
+            fd_reserve_count: 256,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod delivery;
+pub mod fds;
 pub mod listener;
 pub mod outbox;
 pub mod persist;

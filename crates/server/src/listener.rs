@@ -81,7 +81,15 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<ServerState>) {
     loop {
         tokio::select! {
             s = rx.recv() => match s {
-                Some((stream, peer)) => { conns.spawn(serve_connection(stream, peer, state.clone())); }
+                Some((stream, peer)) => {
+                    // Short of descriptors: refuse the connection, keep the rest for the
+                    // queue files and the clients already here.
+                    if state.fds.admit() {
+                        conns.spawn(serve_connection(stream, peer, state.clone()));
+                    } else {
+                        drop(stream);
+                    }
+                }
                 None => break,
             },
             _ = shutdown.changed() => break,

@@ -43,6 +43,10 @@ struct Args {
     /// Bytes of ready messages each queue keeps in RAM before paging to disk.
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
     queue_ram_budget: u64,
+    /// File descriptors kept free for queue files: new connections are refused when
+    /// fewer would remain under the open-file limit (capped at a quarter of the limit).
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    fd_reserve: u64,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -55,6 +59,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let nofile = server::fds::raise_nofile_limit();
+    info!(limit = nofile, "open-file limit");
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Some(n) = args.threads {
@@ -71,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             memory_high_watermark_bytes: args.memory_high_watermark,
             disk_free_limit_bytes: args.disk_free_limit,
             queue_ram_budget_bytes: args.queue_ram_budget,
+            fd_reserve_count: args.fd_reserve,
             ..Config::default()
         };
         let (tx, rx) = tokio::sync::watch::channel(false);

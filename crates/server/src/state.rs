@@ -41,6 +41,8 @@ pub struct ServerState {
     alarms_tx: watch::Sender<Alarms>,
     pub alarms: watch::Receiver<Alarms>,
     forced_alarms: Mutex<Alarms>,
+    /// Admission of new connections against the file-descriptor limit.
+    pub fds: crate::fds::FdBudget,
 }
 
 /// A message waiting in a delayed-message exchange. Ordered by due time, then arrival.
@@ -104,6 +106,7 @@ impl ServerState {
         let mut vhosts = HashMap::new();
         vhosts.insert("/".to_owned(), VHost::with_persistence("/", vhost_persistence));
         let (alarms_tx, alarms) = watch::channel(Alarms::default());
+        let fds = crate::fds::FdBudget::new(crate::fds::nofile_limit(), config.fd_reserve_count);
         Arc::new(ServerState {
             config,
             users: RwLock::new(users),
@@ -115,6 +118,7 @@ impl ServerState {
             reply_to: Mutex::new(HashMap::new()),
             delayed: Mutex::new(BinaryHeap::new()),
             delayed_seq: AtomicU64::new(0),
+            fds,
             alarms_tx,
             alarms,
             forced_alarms: Mutex::new(Alarms::default()),
@@ -248,6 +252,7 @@ impl ServerState {
 
     /// Measure memory and disk against the limits and set the alarms.
     pub fn check_resources(&self) {
+        self.fds.recount();
         let cfg = &self.config;
         let watermark =
             cfg.memory_high_watermark_bytes.or_else(|| crate::alarms::total_memory_bytes().map(|t| t / 10 * 6));

@@ -121,13 +121,21 @@ impl Syncer {
     fn run(self: Arc<Self>) {
         let mut to_sync = Vec::new();
         let mut told_failure = false;
+        // Directories whose fsync could not even be opened (EMFILE), carried to the next
+        // round; and how many rounds in a row that happened.
+        let mut retry: Vec<SyncTarget> = Vec::new();
+        let mut retry_rounds = 0u32;
         loop {
             let (epoch, batch) = {
                 let mut st = self.state.lock();
-                while st.dirty.is_empty() && st.max_requested <= self.durable_epoch() && !st.stop {
+                if !retry.is_empty() {
+                    // Give the process a moment to free descriptors.
+                    self.cv.wait_for(&mut st, OPEN_RETRY_PAUSE);
+                }
+                while st.dirty.is_empty() && retry.is_empty() && st.max_requested <= self.durable_epoch() && !st.stop {
                     self.cv.wait(&mut st);
                 }
-                if st.stop && st.dirty.is_empty() {
+                if st.stop && st.dirty.is_empty() && retry.is_empty() {
                     return;
                 }
                 let e = st.open_epoch;
@@ -136,25 +144,48 @@ impl Syncer {
             };
             let started = Instant::now();
             to_sync.clear();
+            to_sync.append(&mut retry);
             for files in batch.iter().filter_map(Weak::upgrade) {
                 if let Err(e) = files.flush(&mut to_sync) {
                     error!("writing queue files in {}: {e}", files.dir().display());
                     self.poisoned.store(true, Ordering::Relaxed);
                 }
             }
-            for f in &to_sync {
-                if let Err(e) = f.sync() {
-                    // After a failed fsync the kernel may have dropped the dirty pages:
-                    // retrying cannot prove anything. Stop confirming (poisoned).
-                    error!("fsync failed, no further publishes will be confirmed: {e}");
-                    self.poisoned.store(true, Ordering::Relaxed);
+            let synced = to_sync.len();
+            for f in to_sync.drain(..) {
+                match f.sync() {
+                    Ok(()) => {}
+                    Err(SyncError::Open(e)) => {
+                        // Nothing was lost (the directory could not be opened to fsync
+                        // it, e.g. out of descriptors): this round is not durable yet.
+                        debug!("opening a directory to fsync it: {e}; retrying");
+                        retry.push(f);
+                    }
+                    Err(SyncError::Sync(e)) => {
+                        // After a failed fsync the kernel may have dropped the dirty pages:
+                        // retrying cannot prove anything. Stop confirming (poisoned).
+                        error!("fsync failed, no further publishes will be confirmed: {e}");
+                        self.poisoned.store(true, Ordering::Relaxed);
+                    }
                 }
             }
             if self.fail_next_round.swap(false, Ordering::Relaxed) {
                 error!("fsync failed (injected), no further publishes will be confirmed");
                 self.poisoned.store(true, Ordering::Relaxed);
             }
+            if retry.is_empty() {
+                retry_rounds = 0;
+            } else {
+                retry_rounds += 1;
+                if retry_rounds > OPEN_RETRY_ROUNDS_MAX {
+                    error!(
+                        "could not open directories to fsync them for {retry_rounds} rounds; no further publishes will be confirmed"
+                    );
+                    self.poisoned.store(true, Ordering::Relaxed);
+                }
+            }
             if self.is_poisoned() {
+                retry.clear();
                 if !told_failure {
                     // Everyone waiting on this or a later round hears "never": publishers
                     // get nacks instead of confirms that stop without a word.
@@ -164,12 +195,30 @@ impl Syncer {
                 self.done.notify_all();
                 continue;
             }
+            if !retry.is_empty() {
+                // Not durable yet: a later round that gets the retries through publishes an
+                // epoch covering this one.
+                continue;
+            }
             self.durable_epoch.store(epoch, Ordering::Release);
-            debug!(epoch, files = to_sync.len(), micros = started.elapsed().as_micros() as u64, "commit round");
+            debug!(epoch, files = synced, micros = started.elapsed().as_micros() as u64, "commit round");
             (self.on_durable)(CommitState { durable_round: epoch, failed: false });
             self.done.notify_all();
         }
     }
+}
+
+/// Pause before a round that retries directory fsyncs whose open failed.
+const OPEN_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+/// Rounds in a row a directory may fail to open for its fsync before the store gives up
+/// (poisoned: nacks): about 5 s of [`OPEN_RETRY_PAUSE`].
+const OPEN_RETRY_ROUNDS_MAX: u32 = 250;
+
+enum SyncError {
+    /// The file or directory could not be opened: nothing is known lost; retry.
+    Open(std::io::Error),
+    /// fsync itself failed: the dirty pages may be gone.
+    Sync(std::io::Error),
 }
 
 /// Something the syncer must fsync after writing.
@@ -181,10 +230,15 @@ pub(crate) enum SyncTarget {
 }
 
 impl SyncTarget {
-    fn sync(&self) -> std::io::Result<()> {
+    fn sync(&self) -> Result<(), SyncError> {
         match self {
-            SyncTarget::File(f) => f.sync_data(),
-            SyncTarget::Dir(d) => std::fs::File::open(d)?.sync_all(),
+            SyncTarget::File(f) => f.sync_data().map_err(SyncError::Sync),
+            SyncTarget::Dir(d) => match std::fs::File::open(d) {
+                Ok(f) => f.sync_all().map_err(SyncError::Sync),
+                // Deleted meanwhile (its queue was): nothing left to make durable.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(SyncError::Open(e)),
+            },
         }
     }
 }

@@ -217,3 +217,148 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The real `warren` binary under a low open-file limit (`prlimit`): a child process,
+/// killed on drop.
+struct LimitedBroker {
+    child: std::process::Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl LimitedBroker {
+    /// Start warren on `data_dir`, with `nofile` as its soft and hard descriptor limit
+    /// (None: unlimited as inherited), and wait until it accepts connections.
+    fn start(data_dir: &Path, nofile: Option<u64>, extra: &[&str]) -> LimitedBroker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let log = data_dir.with_extension(format!("{port}.log"));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let bin = env!("CARGO_BIN_EXE_warren");
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = std::process::Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin);
+                c
+            }
+            None => std::process::Command::new(bin),
+        };
+        cmd.args(["--amqp-port", &port.to_string(), "--bind", "127.0.0.1", "--heartbeat", "0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("WARREN_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr);
+        let child = cmd.spawn().expect("spawning warren under prlimit");
+        let b = LimitedBroker { child, port, log };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "warren did not start:\n{}", b.log());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        b
+    }
+
+    fn uri(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=0", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for LimitedBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Descriptor exhaustion never produces a confirm for bytes that are not on disk. The
+/// issue's case: under `prlimit --nofile=128`, 130 idle connections (none logs in), then
+/// persistent publishes into a durable queue — before the fix the segment file could not
+/// be opened, the append fell back to "confirm now", and the acked messages were gone
+/// after a restart. Now connections past the descriptor budget are refused, the store
+/// keeps its reserve, and every acked message survives kill -9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_cannot_exhaust_descriptors_the_store_needs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let mut acked = 0;
+    {
+        let broker = LimitedBroker::start(&data, Some(128), &[]);
+        let conn = connect_uri(&broker.uri()).await;
+        let ch = confirm_channel(&conn).await;
+        let idle: Vec<std::net::TcpStream> =
+            (0..130).filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", broker.port)).ok()).collect();
+        // The broker closes the connections it refuses: reading them gives EOF at once.
+        let refused = idle
+            .iter()
+            .filter(|s| {
+                use std::io::Read;
+                s.set_read_timeout(Some(std::time::Duration::from_millis(50))).expect("timeout");
+                // An accepted connection waits for our protocol header: the read times out.
+                match (&**s).read(&mut [0u8; 8]) {
+                    Ok(n) => n == 0,
+                    Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                }
+            })
+            .count();
+        assert!(refused > 0, "no connection was refused\n{}", broker.log());
+        declare_queue(&ch, "fd.q", durable(), FieldTable::default()).await;
+        for i in 0..20 {
+            match publish(&ch, "fd.q", &format!("m{i}"), persistent("x")).await {
+                Confirmation::Ack(_) => acked += 1,
+                Confirmation::Nack(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(acked, 20, "the store kept its descriptors\n{}", broker.log());
+        drop(idle);
+        drop(broker); // kill -9
+    }
+    let broker = LimitedBroker::start(&data, None, &[]);
+    let conn = connect_uri(&broker.uri()).await;
+    assert_eq!(queue_count(&conn, "fd.q").await, Ok(acked), "{}", broker.log());
+}
+
+/// When the queues' own files exhaust the descriptors (one segment file per durable
+/// queue), what cannot be stored is refused — a declare fails with 541, or a publish is
+/// nacked — and never acked: after kill -9 every acked message is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_files_exhausting_descriptors_never_confirm_what_is_not_on_disk() {
+    const QUEUES: usize = 220;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    {
+        let broker = LimitedBroker::start(&data, Some(160), &["--fd-reserve", "8"]);
+        let conn = connect_uri(&broker.uri()).await;
+        let ch = confirm_channel(&conn).await;
+        for i in 0..QUEUES {
+            let q = format!("fd.{i}");
+            if let Err(e) = w!(ch.queue_declare(q.as_str().into(), durable(), FieldTable::default())) {
+                // 541 closes the connection; a new one would be refused now (the
+                // descriptors are gone), which is the point.
+                assert_eq!(reply_code(&e), Some(541), "declaring {q}: {e}");
+                refused += 1;
+                break;
+            }
+            match publish(&ch, &q, &q, persistent("x")).await {
+                Confirmation::Ack(_) => acked.push(q),
+                Confirmation::Nack(_) => refused += 1,
+                other => panic!("{q}: {other:?}"),
+            }
+        }
+        assert!(refused > 0, "the descriptor limit was never reached\n{}", broker.log());
+        assert!(!acked.is_empty(), "nothing was acked\n{}", broker.log());
+        drop(broker); // kill -9
+    }
+    let broker = LimitedBroker::start(&data, None, &[]);
+    let conn = connect_uri(&broker.uri()).await;
+    for q in &acked {
+        assert_eq!(queue_count(&conn, q).await, Ok(1), "{q} was acked\n{}", broker.log());
+    }
+}
