@@ -183,7 +183,8 @@ impl DiskQueueStore {
                     self.files.ack(r.pos, false);
                     continue;
                 }
-                let redelivered = from_previous_run && self.delivered_before.is_some_and(|d| r.pos <= d);
+                let redelivered =
+                    from_previous_run && (r.delivery_count > 0 || self.delivered_before.is_some_and(|d| r.pos <= d));
                 self.disk_count = self.disk_count.saturating_sub(1);
                 let msg = Arc::new(msg);
                 self.mem_cost += cost(&msg);
@@ -192,7 +193,7 @@ impl DiskQueueStore {
                     seq,
                     redelivered,
                     expires_at_ms,
-                    delivery_count: u32::from(redelivered),
+                    delivery_count: r.delivery_count.max(u32::from(redelivered)),
                     disk: Some(r.pos),
                 });
             }
@@ -260,6 +261,10 @@ impl MessageStore for DiskQueueStore {
     }
 
     fn requeue(&mut self, m: QueuedMessage) {
+        if let (true, true, Some(pos)) = (self.durable, m.msg.persistent, m.disk) {
+            // x-delivery-limit counts survive a restart in durable queues.
+            self.files.set_delivery_count(pos, m.delivery_count);
+        }
         self.ready_bytes += m.msg.body_size();
         self.requeued.insert(m.seq, m);
     }

@@ -36,6 +36,8 @@ const DRAINED_ROLL_MIN_BYTES: u64 = 1024 * 1024;
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 const ACK_ENTRY_BYTES: usize = 8;
 const ACK_TRANSIENT_BIT: u32 = 1 << 31;
+/// A delivery-count entry: record offset u32 | count u32 | crc32c of those 8 bytes.
+const COUNT_ENTRY_BYTES: usize = 12;
 
 pub struct QueueFiles {
     dir: PathBuf,
@@ -77,6 +79,13 @@ struct Segment {
     ack_file: Option<Arc<File>>,
     ack_written: u64,
     ack_pending: Vec<u8>,
+    /// x-delivery-limit: delivery counts of requeued records (offset → count, the last
+    /// entry wins), as read at recovery; and the `.counts` file they are appended to.
+    /// Like acks they are not fsynced: a lost entry can only make a count lower.
+    recovered_counts: HashMap<u32, u32>,
+    count_file: Option<Arc<File>>,
+    count_written: u64,
+    count_pending: Vec<u8>,
     /// No more appends; its meta file is due (`meta_written` false) or done.
     sealed: bool,
     meta_written: bool,
@@ -101,6 +110,8 @@ pub struct ReadRecord {
     pub payload: Vec<u8>,
     /// Acknowledged before a restart: skip it.
     pub acked: bool,
+    /// Its delivery count when it was last requeued before a restart (0: none recorded).
+    pub delivery_count: u32,
 }
 
 fn seg_path(dir: &Path, id: u32, ext: &str) -> PathBuf {
@@ -273,6 +284,19 @@ impl QueueFiles {
         self.mark_dirty(&mut inner);
     }
 
+    /// Record the delivery count of a requeued record (x-delivery-limit), so that it
+    /// survives a restart. Written with the next commit round, not fsynced.
+    pub fn set_delivery_count(self: &Arc<Self>, pos: DiskPos, count: u32) {
+        let mut inner = self.inner.lock();
+        let Some(seg) = inner.segments.get_mut(&pos.segment) else { return };
+        let mut e = [0u8; 8];
+        e[..4].copy_from_slice(&pos.offset.to_le_bytes());
+        e[4..].copy_from_slice(&count.to_le_bytes());
+        seg.count_pending.extend_from_slice(&e);
+        seg.count_pending.extend_from_slice(&crc32c::crc32c(&e).to_le_bytes());
+        self.mark_dirty(&mut inner);
+    }
+
     /// Remember that everything up to `pos` was handed to consumers.
     pub fn delivered(self: &Arc<Self>, pos: DiskPos) {
         let mut inner = self.inner.lock();
@@ -327,6 +351,7 @@ impl QueueFiles {
                             pos: DiskPos { segment: id, offset: off },
                             payload: payload.to_vec(),
                             acked: seg.recovered_acks.contains(&off),
+                            delivery_count: seg.recovered_counts.get(&off).copied().unwrap_or(0),
                         });
                         got += payload.len();
                         at += n;
@@ -390,6 +415,19 @@ impl QueueFiles {
                 f.write_all_at(&seg.ack_pending, seg.ack_written)?;
                 seg.ack_written += seg.ack_pending.len() as u64;
                 seg.ack_pending.clear();
+            }
+            if !seg.count_pending.is_empty() {
+                let f = match &seg.count_file {
+                    Some(f) => f.clone(),
+                    None => {
+                        let f = Arc::new(open_rw(&seg_path(&dir, id, "counts"))?);
+                        seg.count_file = Some(f.clone());
+                        f
+                    }
+                };
+                f.write_all_at(&seg.count_pending, seg.count_written)?;
+                seg.count_written += seg.count_pending.len() as u64;
+                seg.count_pending.clear();
             }
             if seg.sealed && !seg.meta_written {
                 write_meta(&dir, id, seg)?;
@@ -480,6 +518,10 @@ impl Inner {
                 ack_file: None,
                 ack_written: 0,
                 ack_pending: Vec::new(),
+                recovered_counts: HashMap::new(),
+                count_file: None,
+                count_written: 0,
+                count_pending: Vec::new(),
                 sealed: false,
                 meta_written: false,
                 last_seq: None,
@@ -496,9 +538,33 @@ fn corrupt(dir: &Path, id: u32, offset: u64, why: &str) -> Error {
 }
 
 fn remove_segment_files(dir: &Path, id: u32) {
-    for ext in ["seg", "acks", "meta"] {
+    // The segment file goes last: recovery finds segments by their `.seg` file, so a stop
+    // halfway leaves a segment without its acks (its acked messages come back: at least
+    // once) — never acks or counts without their segment, which a new segment with the
+    // same id would inherit.
+    for ext in ["counts", "acks", "meta", "seg"] {
         let _ = fs::remove_file(seg_path(dir, id, ext));
     }
+}
+
+/// A segment's `.counts` file: offset → the last delivery count recorded, and the bytes
+/// of whole entries (appends continue there). A torn or damaged entry ends the read: a
+/// lost count is only ever lower, never a lost message.
+fn read_counts(path: &Path) -> (HashMap<u32, u32>, u64) {
+    let mut out = HashMap::new();
+    let Ok(b) = fs::read(path) else { return (out, 0) };
+    let mut written = 0u64;
+    for c in b.chunks(COUNT_ENTRY_BYTES) {
+        let crc_ok =
+            c.len() == COUNT_ENTRY_BYTES && crc32c::crc32c(&c[..8]).to_le_bytes() == [c[8], c[9], c[10], c[11]];
+        if !crc_ok {
+            warn!("{}: damaged or torn delivery-count entry at {written}; the rest is ignored", path.display());
+            break;
+        }
+        out.insert(u32::from_le_bytes([c[0], c[1], c[2], c[3]]), u32::from_le_bytes([c[4], c[5], c[6], c[7]]));
+        written += COUNT_ENTRY_BYTES as u64;
+    }
+    (out, written)
 }
 
 fn write_meta(dir: &Path, id: u32, seg: &Segment) -> Result<(), Error> {
@@ -580,6 +646,8 @@ fn recover_segment(dir: &Path, id: u32, is_last: bool) -> Result<Segment, Error>
         }
         None => acks.retain(|off, _| u64::from(*off) < scan.len),
     }
+    let (recovered_counts, count_written) = read_counts(&seg_path(dir, id, "counts"));
+    let count_file = if count_written > 0 { Some(Arc::new(open_rw(&seg_path(dir, id, "counts"))?)) } else { None };
     let acked = acks.len() as u32;
     let acked_persistent = acks.values().filter(|p| **p).count() as u32;
     let ack_file = if ack_written > 0 { Some(Arc::new(open_rw(&ack_path)?)) } else { None };
@@ -594,6 +662,10 @@ fn recover_segment(dir: &Path, id: u32, is_last: bool) -> Result<Segment, Error>
         ack_file,
         ack_written,
         ack_pending: Vec::new(),
+        recovered_counts,
+        count_file,
+        count_written,
+        count_pending: Vec::new(),
         sealed: true,
         meta_written: !is_last && scan.offsets.is_none(),
         last_seq: scan.last_seq,

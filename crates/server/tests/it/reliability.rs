@@ -362,3 +362,40 @@ async fn queue_files_exhausting_descriptors_never_confirm_what_is_not_on_disk() 
         assert_eq!(queue_count(&conn, q).await, Ok(1), "{q} was acked\n{}", broker.log());
     }
 }
+
+/// x-delivery-limit counts survive a restart in durable queues (they restarted at 0):
+/// with a limit of 3, three requeues before the restart and one after dead-letter the
+/// message; before the fix it went round again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_limit_counts_survive_a_restart() {
+    use lapin::options::{BasicGetOptions, BasicNackOptions};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut args = FieldTable::default();
+    args.insert("x-delivery-limit".into(), lapin::types::AMQPValue::LongInt(3));
+    args.insert("x-dead-letter-exchange".into(), lapin::types::AMQPValue::LongString("".into()));
+    args.insert("x-dead-letter-routing-key".into(), lapin::types::AMQPValue::LongString("limit.dlq".into()));
+    async fn get_and_requeue(ch: &lapin::Channel) {
+        let m = w!(ch.basic_get("limit.q".into(), BasicGetOptions::default())).expect("get").expect("a message");
+        w!(m.delivery.nack(BasicNackOptions { requeue: true, ..Default::default() })).expect("nack");
+    }
+    {
+        let server = TestServer::start_persistent(tmp.path()).await;
+        let (conn, _) = open(&server).await;
+        let ch = confirm_channel(&conn).await;
+        declare_queue(&ch, "limit.dlq", durable(), FieldTable::default()).await;
+        declare_queue(&ch, "limit.q", durable(), args.clone()).await;
+        publish_confirmed(&ch, "", "limit.q", "task", persistent("1")).await;
+        for _ in 0..3 {
+            get_and_requeue(&ch).await;
+        }
+        assert_eq!(queue_count(&conn, "limit.q").await, Ok(1));
+        let _ = w!(conn.close(200, "OK".into()));
+        server.stop().await;
+    }
+    let server = TestServer::start_persistent(tmp.path()).await;
+    let (conn, ch) = open(&server).await;
+    get_and_requeue(&ch).await;
+    assert_eq!(queue_count(&conn, "limit.q").await, Ok(0), "the fourth delivery is past the limit");
+    assert_eq!(queue_count(&conn, "limit.dlq").await, Ok(1), "dead-lettered");
+    server.stop().await;
+}

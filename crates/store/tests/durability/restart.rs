@@ -150,3 +150,41 @@ fn requeued_messages_come_back_at_their_place() {
         assert_message(m, m.seq, &message(m.seq - 1, true, 20), m.seq == 2, "after restart");
     }
 }
+
+/// x-delivery-limit counts of requeued persistent messages survive a restart (they used
+/// to restart at 0, or 1 for a message delivered before the stop); transient messages
+/// and messages never requeued start from what the delivered mark says.
+#[test]
+fn delivery_counts_of_requeued_messages_survive_a_restart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("q");
+    let syncer = TestSyncer::start();
+    {
+        let mut s = open(&dir, &syncer);
+        for i in 0..4 {
+            let _ = s.push(queued(i + 1, message(i, true, 10))).expect("push");
+        }
+        // Message 0 is delivered and requeued three times, message 1 once; message 2 is
+        // delivered and held (the stop requeues it without a count); 3 never delivered.
+        for count in 1..=3u32 {
+            let mut m = s.pop().expect("pop");
+            assert_eq!(m.seq, 1);
+            m.delivery_count = count;
+            s.delivered(&m);
+            s.requeue(m);
+        }
+        let _first = s.pop().expect("pop 0");
+        let mut m = s.pop().expect("pop 1");
+        m.delivery_count = 1;
+        s.delivered(&m);
+        s.requeue(m);
+        let _second = s.pop().expect("pop 1 again");
+        let held = s.pop().expect("pop 2");
+        assert_eq!(held.seq, 3);
+        s.delivered(&held);
+        syncer.sync_all();
+    }
+    let mut s = open(&dir, &syncer);
+    let got: Vec<(u64, u32, bool)> = pop_all(&mut s).iter().map(|m| (m.seq, m.delivery_count, m.redelivered)).collect();
+    assert_eq!(got, [(1, 3, true), (2, 1, true), (3, 1, true), (4, 0, false)]);
+}
