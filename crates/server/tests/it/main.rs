@@ -7,3 +7,4 @@ mod extensions;
 mod flow;
 mod hostile;
 mod interop;
+mod memory;
