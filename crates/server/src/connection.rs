@@ -147,8 +147,10 @@ struct Conn {
     published: bool,
     /// Blocked by a resource alarm (and connection.blocked sent, if the client supports it).
     blocked: bool,
-    /// Not reading because the outbox is over `outbox_max_bytes` (logged once per pause).
+    /// Not reading because the outbox is over `outbox_max_bytes`.
     outbox_paused: bool,
+    /// How many times that happened.
+    outbox_pauses: u64,
 }
 
 /// A publisher's pause for a queue in flow: RabbitMQ's credit flow throttles a publisher
@@ -196,6 +198,7 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<Se
         published: false,
         blocked: false,
         outbox_paused: false,
+        outbox_pauses: 0,
     };
     let reason = conn.run(&mut rd).await;
     conn.teardown();
@@ -295,7 +298,19 @@ impl Conn {
             self.update_blocked();
             let paused = self.outbox_over_limit();
             if paused && !self.outbox_paused {
-                warn!(conn = self.id, peer = %self.peer, limit = self.state.config.outbox_max_bytes, "client does not read its replies: not reading its requests until it does (outbox_max_bytes)");
+                // A warning the first time; a slow reader may go over the limit often.
+                let limit = self.state.config.outbox_max_bytes;
+                if self.outbox_pauses == 0 {
+                    warn!(conn = self.id, peer = %self.peer, limit, "client does not read its replies: not reading its requests until it does (outbox_max_bytes)");
+                } else {
+                    debug!(
+                        conn = self.id,
+                        limit,
+                        pauses = self.outbox_pauses,
+                        "outbox over outbox_max_bytes again: not reading"
+                    );
+                }
+                self.outbox_pauses += 1;
             }
             self.outbox_paused = paused;
             let want = match self.phase {
