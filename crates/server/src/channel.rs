@@ -41,16 +41,45 @@ struct PendingPublish {
     mandatory: bool,
     /// (body_size, raw properties) once the content header arrived.
     header: Option<(u64, Bytes)>,
-    /// Body frames: the first one (usually the only one) and any more.
+    /// The first body frame (usually the only one), kept as a slice of the read buffer.
     first: Option<Bytes>,
-    more: Vec<Bytes>,
+    /// A body that arrives in several frames is copied into one buffer as its frames
+    /// arrive, so memory follows the body size whatever the frame sizes (a 16 MiB body in
+    /// one-byte frames would otherwise pin a read-buffer slice and a handle per byte).
+    assembled: Option<BytesMut>,
     received: u64,
+    /// Body frames without payload seen for this content (see [`MAX_EMPTY_BODY_FRAMES`]).
+    empty_frames: u32,
 }
+
+/// Empty body frames accepted per content. They carry nothing, so no client needs more
+/// than a few (RabbitMQ accepts them); without a bound a client could send them forever
+/// while the content never completes.
+pub(crate) const MAX_EMPTY_BODY_FRAMES: u32 = 16;
 
 /// Work deferred by a transaction until tx.commit.
 enum TxOp {
-    Publish { exchange: String, msg: Arc<Message>, mandatory: bool },
-    Settle { entries: Vec<Unacked>, requeue: Option<bool> },
+    /// Routed when published (as RabbitMQ does: the exchange and bindings of that moment
+    /// count), delivered at commit, so a commit cannot fail on topology changed since.
+    Publish {
+        route: Route,
+        msg: Arc<Message>,
+        mandatory: bool,
+    },
+    Settle {
+        entries: Vec<Unacked>,
+        requeue: Option<bool>,
+    },
+}
+
+/// Where a publish goes, decided by routing it.
+enum Route {
+    /// An x-delayed-message exchange holds it for `delay_ms`, then routes it.
+    Delayed { exchange: Arc<Exchange>, delay_ms: u64 },
+    /// These queues (none: unroutable).
+    Queues(Vec<Arc<Queue>>),
+    /// The queues of the channel's route cache (the hot path: no copy of the list).
+    Cached,
 }
 
 pub struct Channel {
@@ -165,6 +194,18 @@ impl Channel {
     /// closes the channel or the connection according to it.
     pub fn handle(&mut self, ctx: &ConnCtx, method: Method) -> Result<(), AmqpError> {
         let vh = &ctx.vhost;
+        match &method {
+            Method::ExchangeDeclare { arguments, .. }
+            | Method::ExchangeBind { arguments, .. }
+            | Method::ExchangeUnbind { arguments, .. }
+            | Method::QueueDeclare { arguments, .. }
+            | Method::QueueBind { arguments, .. }
+            | Method::QueueUnbind { arguments, .. }
+            | Method::BasicConsume { arguments, .. } => {
+                check_arguments_size(arguments, ctx.server.config.max_arguments_table_bytes)?;
+            }
+            _ => {}
+        }
         match method {
             Method::AccessRequest { .. } => self.send(&Method::AccessRequestOk { ticket: 1 }),
             Method::ChannelFlow { active } => {
@@ -278,10 +319,8 @@ impl Channel {
                 self.consume(ctx, &queue, consumer_tag, no_ack, exclusive, nowait, &arguments)?;
             }
             Method::BasicCancel { consumer_tag, nowait } => {
-                self.cancel(ctx, &consumer_tag);
-                if !nowait {
-                    self.send(&Method::BasicCancelOk { consumer_tag });
-                }
+                let ok = (!nowait).then(|| Method::BasicCancelOk { consumer_tag: consumer_tag.clone() });
+                self.cancel(ctx, &consumer_tag, ok);
             }
             Method::BasicPublish { exchange, routing_key, mandatory, immediate, .. } => {
                 if immediate {
@@ -293,8 +332,9 @@ impl Channel {
                     mandatory,
                     header: None,
                     first: None,
-                    more: Vec::new(),
+                    assembled: None,
                     received: 0,
+                    empty_frames: 0,
                 });
             }
             Method::BasicGet { queue, no_ack, .. } => self.get(ctx, &queue, no_ack)?,
@@ -346,12 +386,14 @@ impl Channel {
                 let ops = std::mem::take(
                     self.tx.as_mut().ok_or_else(|| AmqpError::precondition_failed("channel is not transactional"))?,
                 );
+                // Every operation is applied, in order (publishes were routed when they
+                // arrived), so no ack is lost half-way through.
                 let mut durability = Durability::Now;
                 let mut failed = false;
                 for op in ops {
                     match op {
-                        TxOp::Publish { exchange, msg, mandatory } => {
-                            let r = self.route(ctx, &exchange, msg, mandatory)?;
+                        TxOp::Publish { route, msg, mandatory } => {
+                            let r = self.deliver(ctx, &route, msg, mandatory);
                             durability = durability.max(r.durability);
                             failed |= r.failed;
                         }
@@ -466,8 +508,27 @@ impl Channel {
         Ok(q)
     }
 
-    fn cancel(&mut self, ctx: &ConnCtx, tag: &str) {
-        let Some(c) = self.consumers.remove(tag) else { return };
+    /// The client cancels a consumer; `ok` is the cancel-ok to send, if any.
+    fn cancel(&mut self, ctx: &ConnCtx, tag: &str, ok: Option<Method>) {
+        let Some(c) = self.consumers.remove(tag) else {
+            if let Some(ok) = &ok {
+                self.send(ok);
+            }
+            return;
+        };
+        // Marked cancelled, and cancel-ok queued, under the channel's lock: a queue deleted
+        // on another task at the same moment then either finds the mark and stays silent,
+        // or sends its basic.cancel before this cancel-ok, never after it (RabbitMQ's
+        // channel only cancels consumers it still has; a client that already got
+        // cancel-ok treats a later basic.cancel as an error).
+        {
+            let _st = self.shared.state.lock();
+            c.cancelled.store(true, Ordering::Relaxed);
+            if let Some(ok) = &ok {
+                let id = self.shared.id;
+                self.shared.outbox.write_with(|out| frame::encode_method(out, id, ok));
+            }
+        }
         if c.queue.remove_consumer(c.id) {
             notify_deleted(ctx.vhost.remove_queue(&c.queue));
         }
@@ -622,6 +683,16 @@ impl Channel {
         let Some((size, _)) = &p.header else {
             return Err(unexpected("expected content header for class 60, got non content header frame instead"));
         };
+        if payload.is_empty() {
+            p.empty_frames += 1;
+            if p.empty_frames > MAX_EMPTY_BODY_FRAMES {
+                return Err(AmqpError::new(
+                    wire::reply::FRAME_ERROR,
+                    format!("more than {MAX_EMPTY_BODY_FRAMES} empty body frames for one message"),
+                ));
+            }
+            return Ok(ContentProgress::NeedMore);
+        }
         p.received += payload.len() as u64;
         if p.received > *size {
             return Err(AmqpError::new(
@@ -629,10 +700,18 @@ impl Channel {
                 format!("body of {} bytes exceeds declared size {size}", p.received),
             ));
         }
-        if p.first.is_none() {
-            p.first = Some(payload);
-        } else {
-            p.more.push(payload);
+        match (&mut p.assembled, &p.first) {
+            (Some(b), _) => b.extend_from_slice(&payload),
+            (None, None) => p.first = Some(payload),
+            (None, Some(first)) => {
+                // Grown as bytes arrive, not reserved from the declared size: a header
+                // alone must not make us allocate 16 MiB.
+                let mut b = BytesMut::with_capacity(first.len() + payload.len());
+                b.extend_from_slice(first);
+                b.extend_from_slice(&payload);
+                p.first = None;
+                p.assembled = Some(b);
+            }
         }
         if p.received == *size {
             return Ok(ContentProgress::Complete);
@@ -652,18 +731,11 @@ impl Channel {
     pub fn finish_publish(&mut self, ctx: &ConnCtx) -> Result<(), AmqpError> {
         let Some(p) = self.pending.take() else { return Ok(()) };
         let Some((_, properties)) = p.header else { return Ok(()) };
-        let body = match (p.first, p.more.is_empty()) {
-            (None, _) => Bytes::new(),
+        let body = match (p.assembled, p.first) {
+            (Some(b), _) => b.freeze(),
             // One body frame: the body is a slice of the read buffer, no copy.
-            (Some(first), true) => first,
-            (Some(first), false) => {
-                let mut b = BytesMut::with_capacity(p.received as usize);
-                b.extend_from_slice(&first);
-                for part in &p.more {
-                    b.extend_from_slice(part);
-                }
-                b.freeze()
-            }
+            (None, Some(first)) => first,
+            (None, None) => Bytes::new(),
         };
         let summary = wire::properties::summarize(&properties).map_err(|e| AmqpError::new(e.code, e.text))?;
         let expiration_ms = match &summary.expiration {
@@ -690,11 +762,18 @@ impl Channel {
             priority: summary.priority.unwrap_or(0),
             expiration_ms,
         });
-        if let Some(ops) = &mut self.tx {
-            ops.push(TxOp::Publish { exchange: p.exchange, msg, mandatory: p.mandatory });
+        let route = self.resolve(ctx, &exchange, &msg);
+        if self.tx.is_some() {
+            let route = match route {
+                Route::Cached => Route::Queues(self.route_cache.as_ref().map(|c| c.queues.clone()).unwrap_or_default()),
+                r => r,
+            };
+            if let Some(ops) = &mut self.tx {
+                ops.push(TxOp::Publish { route, msg, mandatory: p.mandatory });
+            }
             return Ok(());
         }
-        let routed = self.route_via(ctx, &exchange, msg, p.mandatory)?;
+        let routed = self.deliver(ctx, &route, msg, p.mandatory);
         if let Some(c) = &mut self.confirm {
             c.waiting.push_back((c.next_seq, routed));
             c.next_seq += 1;
@@ -715,19 +794,6 @@ impl Channel {
         Ok(Bytes::from(out))
     }
 
-    /// Route and enqueue; returns whether a queue refused it, and the commit epoch that
-    /// makes it durable in every queue it reached (0 if none needs the disk).
-    fn route(
-        &mut self,
-        ctx: &ConnCtx,
-        exchange: &str,
-        msg: Arc<Message>,
-        mandatory: bool,
-    ) -> Result<Routed, AmqpError> {
-        let ex = ctx.vhost.exchange(exchange)?;
-        self.route_via(ctx, &ex, msg, mandatory)
-    }
-
     /// The exchange a publish names, from the channel's cache while the topology is
     /// unchanged (publishers mostly repeat one exchange).
     fn exchange_for_publish(&mut self, ctx: &ConnCtx, name: &str) -> Result<Arc<Exchange>, AmqpError> {
@@ -743,16 +809,9 @@ impl Channel {
         Ok(ex)
     }
 
-    fn route_via(
-        &mut self,
-        ctx: &ConnCtx,
-        ex: &Arc<Exchange>,
-        msg: Arc<Message>,
-        mandatory: bool,
-    ) -> Result<Routed, AmqpError> {
-        let ex = ex.clone();
+    /// Route a publish: the queues it goes to (or the delayed exchange that holds it).
+    fn resolve(&mut self, ctx: &ConnCtx, ex: &Arc<Exchange>, msg: &Message) -> Route {
         let mut queues: Vec<Arc<Queue>> = Vec::new();
-        let mut from_cache = false;
         let props = &msg.properties;
         let mut headers = || wire::properties::headers_of(props).ok().flatten();
         match msg.routing_key.strip_prefix(REPLY_TO).and_then(|t| t.strip_prefix('.')) {
@@ -761,50 +820,59 @@ impl Channel {
                 if let Some(q) = ctx.server.reply_to.lock().get(token).and_then(std::sync::Weak::upgrade) {
                     queues.push(q);
                 }
+                Route::Queues(queues)
             }
             _ if ex.options.delayed => {
                 // x-delayed-message: hold it for x-delay ms, then route (by the exchange's
                 // x-delayed-type). Like RabbitMQ's plugin, no basic.return for it later.
                 let delay = headers().and_then(|h| h.get("x-delay").and_then(wire::FieldValue::as_i64)).unwrap_or(0);
                 if delay > 0 {
-                    let due = broker::clock::Clock::now_ms(&broker::clock::SystemClock).saturating_add(delay as u64);
-                    return Ok(match ctx.server.delay(&ctx.vhost, &ex, msg, due) {
-                        Ok(durability) => Routed { durability, ..Routed::default() },
-                        Err(_) => Routed { failed: true, ..Routed::default() },
-                    });
+                    return Route::Delayed { exchange: ex.clone(), delay_ms: delay as u64 };
                 }
-                ctx.vhost.route(&ex, &msg.routing_key, &mut headers, &mut queues);
+                ctx.vhost.route(ex, &msg.routing_key, &mut headers, &mut queues);
+                Route::Queues(queues)
             }
             // Headers exchanges route by content: never cached.
             _ if ex.kind() == ExchangeKind::Headers => {
-                ctx.vhost.route(&ex, &msg.routing_key, &mut headers, &mut queues)
+                ctx.vhost.route(ex, &msg.routing_key, &mut headers, &mut queues);
+                Route::Queues(queues)
             }
             _ => {
                 let generation = ctx.vhost.generation();
-                match &mut self.route_cache {
+                match &self.route_cache {
                     Some(c)
                         if c.generation == generation
-                            && Arc::ptr_eq(&c.exchange, &ex)
-                            && c.routing_key.as_deref() == Some(msg.routing_key.as_str()) =>
-                    {
-                        from_cache = true;
-                    }
+                            && Arc::ptr_eq(&c.exchange, ex)
+                            && c.routing_key.as_deref() == Some(msg.routing_key.as_str()) => {}
                     _ => {
-                        ctx.vhost.route(&ex, &msg.routing_key, &mut headers, &mut queues);
+                        ctx.vhost.route(ex, &msg.routing_key, &mut headers, &mut queues);
                         self.route_cache = Some(RouteCache {
                             generation,
                             exchange: ex.clone(),
                             routing_key: Some(msg.routing_key.clone()),
-                            queues: queues.clone(),
+                            queues,
                         });
                     }
                 }
+                Route::Cached
             }
         }
-        // The hot path (a repeated route) publishes from the cache without copying it.
-        let targets: &[Arc<Queue>] = match &self.route_cache {
-            Some(c) if from_cache => &c.queues,
-            _ => &queues,
+    }
+
+    /// Enqueue a routed publish (queues deleted since it was routed are skipped); returns
+    /// whether a queue refused it or failed to store it, and when it is durable in every
+    /// queue it reached.
+    fn deliver(&self, ctx: &ConnCtx, route: &Route, msg: Arc<Message>, mandatory: bool) -> Routed {
+        let targets: &[Arc<Queue>] = match route {
+            Route::Delayed { exchange, delay_ms } => {
+                let due = broker::clock::Clock::now_ms(&broker::clock::SystemClock).saturating_add(*delay_ms);
+                return match ctx.server.delay(&ctx.vhost, exchange, msg, due) {
+                    Ok(durability) => Routed { durability, ..Routed::default() },
+                    Err(_) => Routed { failed: true, ..Routed::default() },
+                };
+            }
+            Route::Queues(queues) => queues,
+            Route::Cached => self.route_cache.as_ref().map_or(&[], |c| &c.queues[..]),
         };
         let mut routed = false;
         let mut out = Routed::default();
@@ -837,7 +905,7 @@ impl Channel {
                 frame::encode_header(out, id, wire::class::BASIC, msg.body_size(), &msg.properties);
             });
         }
-        Ok(out)
+        out
     }
 
     /// Send what the group commit allows: one basic.ack (multiple) covering every
@@ -916,12 +984,33 @@ impl Channel {
             }
         }
         for c in std::mem::take(&mut self.consumers).into_values() {
+            c.cancelled.store(true, Ordering::Relaxed);
             if c.queue.remove_consumer(c.id) {
                 notify_deleted(ctx.vhost.remove_queue(&c.queue));
             }
         }
         settle(entries, Some(true));
     }
+}
+
+/// Refuse an argument table whose encoded size is over `limit` bytes: declared entities
+/// and bindings keep their arguments for their lifetime (decoded, several times the wire
+/// size), so one client could otherwise fill memory with a few hundred declares.
+fn check_arguments_size(args: &wire::FieldTable, limit: usize) -> Result<(), AmqpError> {
+    if args.is_empty() {
+        return Ok(());
+    }
+    let mut encoded = Vec::new();
+    wire::types::encode_table(args, &mut encoded);
+    // Without the table's own 4-byte length.
+    let size = encoded.len().saturating_sub(4);
+    if size > limit {
+        tracing::warn!(size, limit, "refused an arguments table over max_arguments_table_bytes");
+        return Err(AmqpError::precondition_failed(format!(
+            "arguments table of {size} bytes is larger than the limit of {limit} bytes (max_arguments_table_bytes)"
+        )));
+    }
+    Ok(())
 }
 
 /// Ack (requeue None), requeue (Some(true)) or drop (Some(false)) deliveries, grouped by

@@ -19,6 +19,17 @@ pub struct Config {
     pub loopback_users: Vec<String>,
     /// Outgoing bytes buffered per connection before deliveries to it pause.
     pub outbox_high_water_bytes: usize,
+    /// Outgoing bytes buffered per connection (replies of every kind, deliveries, and the
+    /// batch being written) above which the server stops reading that client's requests
+    /// until the client reads its replies. Above outbox_high_water_bytes plus the largest
+    /// message, so deliveries alone never pause a connection's reading.
+    pub outbox_max_bytes: usize,
+    /// Largest argument table (encoded bytes) accepted by a declare, bind, unbind or
+    /// consume; larger ones are refused with 406 PRECONDITION_FAILED.
+    pub max_arguments_table_bytes: usize,
+    /// Connections the node accepts at once (RabbitMQ's connection_max); None = no limit,
+    /// as RabbitMQ's default. connection.open beyond it gets 530 NOT_ALLOWED.
+    pub connection_max: Option<usize>,
     pub data_dir: PathBuf,
     /// Bytes of ready messages a queue keeps in RAM before paging the rest to disk.
     pub queue_ram_budget_bytes: u64,
@@ -47,6 +58,9 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             loopback_users: vec!["guest".to_owned()],
             outbox_high_water_bytes: 1024 * 1024,
+            outbox_max_bytes: 32 * 1024 * 1024,
+            max_arguments_table_bytes: 64 * 1024,
+            connection_max: None,
             data_dir: PathBuf::from("./warren-data"),
             queue_ram_budget_bytes: 8 * 1024 * 1024,
             consumer_timeout: None,

@@ -44,6 +44,26 @@ const LARGE_FRAMES_GONE_AFTER_READS: u32 = 64;
 const FLOW_PROGRESS_WINDOW: Duration = Duration::from_millis(5);
 const FLOW_MAX_PAUSE: Duration = Duration::from_millis(50);
 const FLOW_QUIET_AFTER_STALL: Duration = Duration::from_millis(100);
+/// How often a connection that is not reading its socket (blocked by an alarm, or its
+/// client not reading replies) checks whether the client has gone.
+const SOCKET_CHECK_WHILE_NOT_READING: Duration = Duration::from_millis(200);
+
+/// Whether the peer closed or reset the socket, without reading from it: unread requests
+/// may sit in front of the FIN, so a read would not see it; poll reports it (POLLRDHUP is
+/// set once the FIN has arrived, POLLHUP/POLLERR after a reset).
+fn socket_closed(rd: &tokio::net::tcp::OwnedReadHalf) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    // nix has no name for Linux's POLLRDHUP.
+    let rdhup = PollFlags::from_bits_retain(nix::libc::POLLRDHUP);
+    let sock: &TcpStream = rd.as_ref();
+    let mut fds = [PollFd::new(sock.as_fd(), rdhup)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        // revents() is None when a flag nix does not know is set: POLLRDHUP.
+        Ok(n) if n > 0 => fds[0].revents().is_none_or(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+        _ => false,
+    }
+}
 
 impl Phase {
     fn name(self) -> &'static str {
@@ -127,6 +147,10 @@ struct Conn {
     published: bool,
     /// Blocked by a resource alarm (and connection.blocked sent, if the client supports it).
     blocked: bool,
+    /// Not reading because the outbox is over `outbox_max_bytes`.
+    outbox_paused: bool,
+    /// How many times that happened.
+    outbox_pauses: u64,
 }
 
 /// A publisher's pause for a queue in flow: RabbitMQ's credit flow throttles a publisher
@@ -149,6 +173,7 @@ async fn flow_pause(q: &broker::Queue) -> bool {
 /// Serve one accepted TCP connection until it closes.
 pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
     let id = state.next_connection_id();
+    let _counted = state.connection_opened();
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = stream.into_split();
     let outbox = Outbox::new(state.config.outbox_high_water_bytes, state.config.frame_max);
@@ -172,6 +197,8 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<Se
         finished: false,
         published: false,
         blocked: false,
+        outbox_paused: false,
+        outbox_pauses: 0,
     };
     let reason = conn.run(&mut rd).await;
     conn.teardown();
@@ -189,6 +216,12 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<Se
 impl Conn {
     fn send(&self, channel: u16, m: &Method) {
         self.outbox.write_with(|out| frame::encode_method(out, channel, m));
+    }
+
+    /// The client has more unsent replies than `outbox_max_bytes`: stop handling its
+    /// requests (only while running: the handshake and closing exchange little).
+    fn outbox_over_limit(&self) -> bool {
+        self.phase == Phase::Running && self.outbox.unsent_bytes() >= self.state.config.outbox_max_bytes
     }
 
     async fn run(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf) -> String {
@@ -231,6 +264,11 @@ impl Conn {
             // Decode and handle every whole frame buffered.
             let mut handled = 0usize;
             loop {
+                if self.outbox_over_limit() {
+                    // The client does not read its replies: leave its requests unread
+                    // (in `buf` and in the socket) until the writer drains.
+                    break;
+                }
                 match wire::decode_frame(&mut buf, self.frame_max) {
                     Ok(Some(f)) => {
                         handled += 1;
@@ -257,7 +295,27 @@ impl Conn {
             }
             // Tick fast while a deadline is near (handshake, closing), slowly once running:
             // idle connections must cost (almost) nothing.
+            self.update_blocked();
+            let paused = self.outbox_over_limit();
+            if paused && !self.outbox_paused {
+                // A warning the first time; a slow reader may go over the limit often.
+                let limit = self.state.config.outbox_max_bytes;
+                if self.outbox_pauses == 0 {
+                    warn!(conn = self.id, peer = %self.peer, limit, "client does not read its replies: not reading its requests until it does (outbox_max_bytes)");
+                } else {
+                    debug!(
+                        conn = self.id,
+                        limit,
+                        pauses = self.outbox_pauses,
+                        "outbox over outbox_max_bytes again: not reading"
+                    );
+                }
+                self.outbox_pauses += 1;
+            }
+            self.outbox_paused = paused;
             let want = match self.phase {
+                // Not reading: a closed socket is only seen by checking it.
+                Phase::Running if self.blocked || paused => SOCKET_CHECK_WHILE_NOT_READING,
                 Phase::Running if self.channels.values().any(Channel::has_consumer_timeouts) => {
                     Duration::from_millis(250)
                 }
@@ -279,9 +337,9 @@ impl Conn {
                 // connections that consume and ack run in between.
                 tokio::task::yield_now().await;
             }
-            self.update_blocked();
-            if self.blocked {
-                // Not reading is how a blocked publisher is paused; it is not silence.
+            if self.blocked || paused {
+                // Not reading is how a blocked publisher (or a client that does not read
+                // its replies) is paused; it is not silence.
                 last_read = Instant::now();
             }
             // Room for the frame being received, whole (a big body frame then arrives in
@@ -314,7 +372,8 @@ impl Conn {
             }
             tokio::select! {
                 _ = alarms.changed(), if self.published => {}
-                r = rd.read_buf(&mut buf), if !self.blocked => match r {
+                _ = self.outbox.drained(), if paused => {}
+                r = rd.read_buf(&mut buf), if !self.blocked && !paused => match r {
                     Ok(0) => return "client closed the socket".into(),
                     Ok(n) => {
                         last_read = Instant::now();
@@ -333,6 +392,9 @@ impl Conn {
                             return "handshake timeout".into();
                         }
                         _ => {}
+                    }
+                    if (self.blocked || paused) && socket_closed(rd) {
+                        return "client closed the socket while not being read".into();
                     }
                     self.check_consumer_timeouts();
                     if self.heartbeat_secs > 0 {
@@ -610,14 +672,16 @@ impl Conn {
             };
         };
         if ch.closing {
+            // We sent channel.close: as RabbitMQ's channel in its closing state, answer a
+            // crossing channel.close with close-ok but keep waiting for the client's
+            // close-ok (it is on its way, as an answer to our close), and drop all else.
+            // Forgetting the channel at the client's close would make that close-ok a
+            // frame on an unknown channel, a connection error.
             match method {
                 Method::ChannelCloseOk => {
                     self.channels.remove(&channel);
                 }
-                Method::ChannelClose { .. } => {
-                    self.send(channel, &Method::ChannelCloseOk);
-                    self.channels.remove(&channel);
-                }
+                Method::ChannelClose { .. } => self.send(channel, &Method::ChannelCloseOk),
                 _ => {}
             }
             return Ok(());
@@ -716,6 +780,17 @@ impl Conn {
                 Ok(())
             }
             (Phase::Open, Method::ConnectionOpen { virtual_host, .. }) => {
+                // RabbitMQ checks connection_max here, counting every open socket
+                // (this one included).
+                if let Some(max) = self.state.config.connection_max
+                    && self.state.connection_count() > max
+                {
+                    warn!(conn = self.id, peer = %self.peer, connection_max = max, "connection refused: connection_max reached");
+                    return Err(HardError::at(
+                        AmqpError::not_allowed(format!("connection refused: node connection limit ({max}) is reached")),
+                        ids,
+                    ));
+                }
                 let Some(vhost) = self.state.vhost(&virtual_host) else {
                     return Err(HardError::at(AmqpError::not_allowed(format!("vhost {virtual_host} not found")), ids));
                 };
@@ -761,14 +836,13 @@ impl Conn {
 
     fn authenticate(&mut self, mechanism: &str, response: &[u8]) -> Result<(), AmqpError> {
         let (user, password) = match mechanism {
-            "PLAIN" => {
-                // authzid \0 authcid \0 password
-                let mut parts = response.split(|b| *b == 0);
-                let _authzid = parts.next();
-                let user = parts.next().unwrap_or_default();
-                let pass = parts.next().unwrap_or_default();
-                (String::from_utf8_lossy(user).into_owned(), String::from_utf8_lossy(pass).into_owned())
-            }
+            "PLAIN" => match plain_credentials(response) {
+                Some((user, pass)) => {
+                    (String::from_utf8_lossy(user).into_owned(), String::from_utf8_lossy(pass).into_owned())
+                }
+                // Refused before looking at the credentials: no user can match.
+                None => return self.refuse_login(mechanism, "invalid PLAIN response".into()),
+            },
             "AMQPLAIN" => {
                 // A field table without its length prefix.
                 let mut with_len = (response.len() as u32).to_be_bytes().to_vec();
@@ -788,20 +862,26 @@ impl Conn {
             None
         };
         if let Some(why) = refused {
-            warn!(conn = self.id, peer = %self.peer, mechanism, "authentication failed: {why}");
-            let text = format!(
-                "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
-            );
-            if !self.client_has("authentication_failure_close") {
-                // Older clients expect the socket to just close.
-                self.finished = true;
-                self.phase = Phase::Closing(Instant::now());
-                return Ok(());
-            }
-            return Err(AmqpError::access_refused(text));
+            return self.refuse_login(mechanism, why);
         }
         self.user = user;
         Ok(())
+    }
+
+    /// A failed login: 403 with RabbitMQ's text to clients that advertise
+    /// authentication_failure_close, the socket just closed for the others.
+    fn refuse_login(&mut self, mechanism: &str, why: String) -> Result<(), AmqpError> {
+        warn!(conn = self.id, peer = %self.peer, mechanism, "authentication failed: {why}");
+        let text = format!(
+            "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+        );
+        if !self.client_has("authentication_failure_close") {
+            // Older clients expect the socket to just close.
+            self.finished = true;
+            self.phase = Phase::Closing(Instant::now());
+            return Ok(());
+        }
+        Err(AmqpError::access_refused(text))
     }
 
     /// Release everything the connection holds: channels (unacked messages are requeued),
@@ -815,6 +895,21 @@ impl Conn {
             notify_deleted(ctx.vhost.remove_queue(&q));
         }
     }
+}
+
+/// A SASL PLAIN response as RabbitMQ's rabbit_auth_mechanism_plain reads it: an empty
+/// authzid, NUL, the user, NUL, the password, and nothing after it. A non-empty authzid
+/// (acting as someone else) or trailing fields are refused. (RabbitMQ answers those with
+/// a syntax error and a silent close after 3 s; Warren refuses them like bad credentials,
+/// which clients report more clearly.)
+fn plain_credentials(response: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = response.strip_prefix(&[0u8])?;
+    let nul = rest.iter().position(|b| *b == 0)?;
+    let (user, pass) = (&rest[..nul], &rest[nul + 1..]);
+    if pass.contains(&0) {
+        return None;
+    }
+    Some((user, pass))
 }
 
 fn is_mapped_loopback(ip: std::net::IpAddr) -> bool {

@@ -144,7 +144,8 @@ pub struct ConsumerHandle {
     pub unacked: AtomicU32,
     /// Whether the client advertised consumer_cancel_notify.
     pub cancel_notify: bool,
-    /// Set when the broker cancelled the consumer (queue deleted, consumer timeout).
+    /// Set when the consumer is cancelled, by the client or the broker (queue deleted,
+    /// consumer timeout); changed under the channel's state lock.
     pub cancelled: AtomicBool,
     /// Consumer timeout (x-consumer-timeout or the server's setting); None = never.
     pub timeout: Option<Duration>,
@@ -230,7 +231,12 @@ impl ConsumerSink for ConsumerHandle {
     }
 
     fn cancelled_by_broker(&self) {
-        self.cancelled.store(true, Ordering::Relaxed);
+        // Under the channel's lock, as the client's cancel marks it (see Channel::cancel):
+        // a consumer the client already cancelled gets no basic.cancel.
+        let _st = self.channel.state.lock();
+        if self.cancelled.swap(true, Ordering::Relaxed) {
+            return;
+        }
         if self.cancel_notify {
             let ch = self.channel.id;
             let method = wire::Method::BasicCancel { consumer_tag: self.tag.clone(), nowait: true };

@@ -47,6 +47,23 @@ struct Args {
     /// fewer would remain under the open-file limit (capped at a quarter of the limit).
     #[arg(long, default_value_t = 256, value_name = "N")]
     fd_reserve: u64,
+    /// Connections accepted at once; connection.open beyond it is refused with 530
+    /// (default: no limit, as RabbitMQ).
+    #[arg(long)]
+    connection_max: Option<usize>,
+    /// Highest channel number (and channel count) offered to clients in connection.tune.
+    #[arg(long, default_value_t = 2047)]
+    channel_max: u16,
+    /// Largest argument table (bytes) of a declare, bind or consume; larger ones get 406.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_arguments_table_bytes: usize,
+    /// Largest message body accepted, in bytes (larger ones get 406).
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    max_message_size_bytes: u64,
+    /// Bytes waiting to be sent to one client above which the server stops reading its
+    /// requests until it reads its replies.
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    outbox_max_bytes: usize,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -78,6 +95,11 @@ fn main() -> anyhow::Result<()> {
             disk_free_limit_bytes: args.disk_free_limit,
             queue_ram_budget_bytes: args.queue_ram_budget,
             fd_reserve_count: args.fd_reserve,
+            connection_max: args.connection_max,
+            channel_max: args.channel_max,
+            max_arguments_table_bytes: args.max_arguments_table_bytes,
+            max_message_size_bytes: args.max_message_size_bytes,
+            outbox_max_bytes: args.outbox_max_bytes,
             ..Config::default()
         };
         let (tx, rx) = tokio::sync::watch::channel(false);

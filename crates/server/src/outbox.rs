@@ -85,7 +85,14 @@ pub struct Outbox {
     buf: Mutex<OutBuf>,
     /// Bytes in `buf`, readable without the lock (for back-pressure checks).
     pending: AtomicUsize,
+    /// Bytes of the batch the writer took out of `buf` and is sending.
+    in_flight: AtomicUsize,
     notify: Notify,
+    /// Woken whenever the writer finished a batch (or stopped): a connection that paused
+    /// reading because its client does not read waits for it.
+    drained: Notify,
+    /// The writer stopped (write error or closed): nothing will drain any more.
+    writer_gone: AtomicBool,
     /// Set when the connection is finished: the writer flushes what is left and stops.
     closing: AtomicBool,
     /// Last time bytes went to the socket, for outgoing heartbeats.
@@ -103,7 +110,10 @@ impl Outbox {
         Arc::new(Outbox {
             buf: Mutex::new(OutBuf::default()),
             pending: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
             notify: Notify::new(),
+            drained: Notify::new(),
+            writer_gone: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             last_write: Mutex::new(Instant::now()),
             starved: Mutex::new(Vec::new()),
@@ -161,6 +171,21 @@ impl Outbox {
         self.pending.load(Ordering::Relaxed) >= self.high_water_bytes
     }
 
+    /// Bytes waiting for the client: buffered plus being written (0 once the writer has
+    /// stopped, as they will never drain).
+    pub fn unsent_bytes(&self) -> usize {
+        if self.writer_gone.load(Ordering::Acquire) {
+            return 0;
+        }
+        self.pending.load(Ordering::Relaxed) + self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Wait until the writer finishes its current batch (returns at once if it finished
+    /// one since the last call).
+    pub async fn drained(&self) {
+        self.drained.notified().await;
+    }
+
     pub fn add_starved(&self, q: &Arc<Queue>) {
         let mut s = self.starved.lock();
         if !s.iter().any(|x| Arc::ptr_eq(x, q)) {
@@ -188,14 +213,23 @@ impl Outbox {
 
     /// The writer task body: drain until closed. Returns when the buffer is flushed after
     /// close, or on a write error.
-    pub async fn run_writer<W: AsyncWrite + Unpin>(self: Arc<Self>, mut sock: W) -> std::io::Result<()> {
+    pub async fn run_writer<W: AsyncWrite + Unpin>(self: Arc<Self>, sock: W) -> std::io::Result<()> {
+        let r = self.clone().write_loop(sock).await;
+        self.writer_gone.store(true, Ordering::Release);
+        self.in_flight.store(0, Ordering::Relaxed);
+        self.drained.notify_one();
+        r
+    }
+
+    async fn write_loop<W: AsyncWrite + Unpin>(self: Arc<Self>, mut sock: W) -> std::io::Result<()> {
         // Empty until there is something to write: idle connections hold no buffer.
         let mut out = OutBuf::default();
         loop {
             {
                 let mut b = self.buf.lock();
                 std::mem::swap(&mut *b, &mut out);
-                self.pending.store(0, Ordering::Relaxed);
+                let n = self.pending.swap(0, Ordering::Relaxed);
+                self.in_flight.store(n, Ordering::Relaxed);
             }
             if out.is_empty() {
                 let starved = std::mem::take(&mut *self.starved.lock());
@@ -220,6 +254,8 @@ impl Outbox {
                 out.shared.clear();
             }
             *self.last_write.lock() = Instant::now();
+            self.in_flight.store(0, Ordering::Relaxed);
+            self.drained.notify_one();
             // Keep a moderately sized buffer for reuse; drop huge ones.
             if out.bytes.capacity() > 4 * 1024 * 1024 {
                 out = OutBuf::default();

@@ -1,7 +1,7 @@
 //! What all connections share: config, users, vhosts, and the shutdown signal.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use std::cmp::Reverse;
@@ -27,6 +27,8 @@ pub struct ServerState {
     users: RwLock<HashMap<String, String>>,
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     next_connection_id: AtomicU64,
+    /// Client connections open now (accepted sockets, logged in or not).
+    connections: AtomicUsize,
     /// Flips to true when the server shuts down; connections close with 320.
     pub shutdown: watch::Receiver<bool>,
     /// Where the group commit stands (publisher confirms wait on it).
@@ -43,6 +45,15 @@ pub struct ServerState {
     forced_alarms: Mutex<Alarms>,
     /// Admission of new connections against the file-descriptor limit.
     pub fds: crate::fds::FdBudget,
+}
+
+/// One open connection in [`ServerState::connection_count`].
+pub(crate) struct ConnectionCount(Arc<ServerState>);
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A message waiting in a delayed-message exchange. Ordered by due time, then arrival.
@@ -112,6 +123,7 @@ impl ServerState {
             users: RwLock::new(users),
             vhosts: RwLock::new(vhosts),
             next_connection_id: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
             shutdown,
             commit,
             persistence,
@@ -134,6 +146,17 @@ impl ServerState {
 
     pub fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Count a connection as open until the guard is dropped.
+    pub(crate) fn connection_opened(self: &Arc<Self>) -> ConnectionCount {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionCount(self.clone())
+    }
+
+    /// Client connections open now, from accept to socket close.
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     pub fn check_password(&self, user: &str, password: &str) -> bool {

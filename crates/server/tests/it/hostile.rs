@@ -8,11 +8,14 @@
 //! - [`timing`]: handshake timeout, heartbeat timeout.
 //! - [`scale`]: thousands of channels, hundreds of connections, negotiated limits.
 //! - [`auth`]: PLAIN, AMQPLAIN, refused logins.
+//! - [`limits`]: what one connection may hold: content frames, unread replies, blocked
+//!   clients that leave.
 //! - [`fuzz`]: random and mutated input.
 
 mod auth;
 mod framing;
 mod fuzz;
+mod limits;
 pub mod raw;
 mod scale;
 mod states;

@@ -7,4 +7,5 @@ mod extensions;
 mod flow;
 mod hostile;
 mod interop;
+mod memory;
 mod reliability;

@@ -107,3 +107,33 @@ async fn refused_client_cannot_continue_the_handshake() {
     c.expect_eof().await;
     assert_healthy(&server).await;
 }
+
+/// PLAIN as RabbitMQ's rabbit_auth_mechanism_plain reads it: `\0user\0password` and
+/// nothing else. A non-empty authzid (asking to act as another identity) or fields after
+/// the password are refused, with the same 403 and text as bad credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_refuses_an_authzid_and_trailing_fields() {
+    let server = server().await;
+    let cases: [&[u8]; 5] = [
+        b"guest\0guest\0guest",
+        b"admin\0guest\0guest",
+        b"\0guest\0guest\0",
+        b"\0guest\0guest\0extra",
+        b"\0guest\0guest\0guest\0guest",
+    ];
+    for response in cases {
+        let mut c = Raw::start(server.addr).await;
+        c.start_ok("PLAIN", response.to_vec(), true).await;
+        let close = c.expect_connection_close().await;
+        assert_eq!(close.code, reply::ACCESS_REFUSED, "{response:?}: {close:?}");
+        assert_eq!(
+            close.text,
+            "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile.",
+            "{response:?}"
+        );
+    }
+    // The plain form still logs in.
+    let c = Raw::open(server.addr).await;
+    c.close().await;
+    assert_healthy(&server).await;
+}

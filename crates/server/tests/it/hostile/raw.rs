@@ -61,6 +61,12 @@ impl Raw {
             .expect("write failed");
     }
 
+    /// Write bytes without a time limit (the caller bounds the wait: a server that stops
+    /// reading makes this wait for ever).
+    pub async fn send_unbounded(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write failed");
+    }
+
     /// Write bytes the server may refuse to read (it may have closed already).
     pub async fn try_send(&mut self, bytes: &[u8]) -> bool {
         matches!(tokio::time::timeout(WAIT, self.stream.write_all(bytes)).await, Ok(Ok(())))

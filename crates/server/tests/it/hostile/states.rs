@@ -240,3 +240,112 @@ async fn heartbeat_on_a_nonzero_channel_is_a_frame_error() {
     assert_eq!(close.code, reply::FRAME_ERROR, "{close:?}");
     assert_healthy(&server).await;
 }
+
+/// amqp091-go's TestChannelExceptionWithCloseIssue43: the server closes channel 1 (404)
+/// while the client's own channel.close for it is on the wire. As RabbitMQ, the server
+/// answers the crossing close with close-ok, takes the client's close-ok (its answer to
+/// the server's close) as the end of the channel, and the connection and its other
+/// channels carry on. (Warren used to forget the channel at the client's close and then
+/// close the connection with 504 at the close-ok.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossed_channel_close_completes_and_other_channels_carry_on() {
+    let server = server().await;
+    let mut c = Raw::open_channel1(server.addr).await;
+    c.open_channel(2).await;
+    let q = unique("crossed");
+    c.declare_queue(2, &q, true).await;
+    // A 404 on channel 1 and the client's close of it, in one write: they cross.
+    let mut bytes = method_frame(1, &queue_declare("no-such-queue", true, false));
+    bytes.extend(method_frame(
+        1,
+        &Method::ChannelClose { reply_code: 200, reply_text: "bye".into(), class_id: 0, method_id: 0 },
+    ));
+    // Frames on a closing channel other than close/close-ok are dropped.
+    bytes.extend(method_frame(1, &Method::BasicQos { prefetch_size: 0, prefetch_count: 1, global: false }));
+    c.send(&bytes).await;
+    let Method::ChannelClose { reply_code, .. } = c.expect(1, (20, 40)).await else { unreachable!() };
+    assert_eq!(reply_code, reply::NOT_FOUND);
+    c.expect(1, (20, 41)).await;
+    // The client answers the server's close.
+    c.send_method(1, &Method::ChannelCloseOk).await;
+    // Channel 2 is untouched and channel 1 can be opened again.
+    c.publish(2, &q, b"after the crossed close").await;
+    assert_eq!(c.get(2, &q).await.as_deref(), Some(&b"after the crossed close"[..]));
+    c.open_channel(1).await;
+    c.declare_queue(1, &q, true).await;
+    c.close().await;
+    assert_healthy(&server).await;
+}
+
+/// A consumer the client has cancelled never gets a server basic.cancel, even when its
+/// queue is deleted (from another connection) while the client's basic.cancel is being
+/// handled: the client has cancel-ok and raises on a basic.cancel for a tag it no longer
+/// knows (kombu's test_ack_from_another_thread, ConsumerCancelled). A server cancel may
+/// only come before the cancel-ok, never after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_server_cancel_after_the_clients_cancel_ok() {
+    const CONSUMERS: usize = 200;
+    let server = server().await;
+    for round in 0..10 {
+        let mut a = Raw::open_channel1(server.addr).await;
+        let mut b = Raw::open_channel1(server.addr).await;
+        let q = unique("stale-cancel");
+        a.declare_queue(1, &q, false).await;
+        let mut consume = Vec::new();
+        for i in 0..CONSUMERS {
+            consume.extend(method_frame(1, &basic_consume(&q, &format!("c{i}"))));
+        }
+        a.send(&consume).await;
+        for _ in 0..CONSUMERS {
+            a.expect(1, (60, 21)).await;
+        }
+        // Cancelled last-first: the queue deletion notifies its consumers first-first, so
+        // the two meet in the middle.
+        let mut cancels = Vec::new();
+        for i in (0..CONSUMERS).rev() {
+            cancels.extend(method_frame(1, &Method::BasicCancel { consumer_tag: format!("c{i}"), nowait: false }));
+        }
+        let delete = method_frame(
+            1,
+            &Method::QueueDelete { ticket: 0, queue: q.clone(), if_unused: false, if_empty: false, nowait: false },
+        );
+        // The delete and the cancels race on two connections.
+        b.send(&delete).await;
+        a.send(&cancels).await;
+        b.expect(1, (50, 41)).await;
+        let mut ok = std::collections::HashSet::new();
+        while ok.len() < CONSUMERS {
+            match a.method().await {
+                (1, Method::BasicCancelOk { consumer_tag }) => {
+                    ok.insert(consumer_tag);
+                }
+                (1, Method::BasicCancel { consumer_tag, .. }) => {
+                    assert!(
+                        !ok.contains(&consumer_tag),
+                        "round {round}: basic.cancel for {consumer_tag} after its cancel-ok"
+                    );
+                }
+                other => panic!("round {round}: unexpected {other:?}"),
+            }
+        }
+        // Nothing more may follow for the cancelled consumers.
+        a.send_method(1, &Method::BasicQos { prefetch_size: 0, prefetch_count: 0, global: false }).await;
+        a.expect(1, (60, 11)).await;
+        // (A clean close waits out the server's linger: just hang up.)
+        drop((a, b));
+    }
+    assert_healthy(&server).await;
+}
+
+fn basic_consume(queue: &str, tag: &str) -> Method {
+    Method::BasicConsume {
+        ticket: 0,
+        queue: queue.to_owned(),
+        consumer_tag: tag.to_owned(),
+        no_local: false,
+        no_ack: false,
+        exclusive: false,
+        nowait: false,
+        arguments: wire::FieldTable::new(),
+    }
+}

@@ -242,3 +242,22 @@ async fn graceful_shutdown_closes_connections_with_320() {
         Some(Ok(d)) => panic!("unexpected delivery {d:?}"),
     }
 }
+
+/// connection_max: as RabbitMQ, connection.open beyond the limit is refused with 530
+/// NOT_ALLOWED ("connection refused: node connection limit (N) is reached"); once a
+/// connection closes, a new one is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_max_refuses_connections_beyond_it_with_530() {
+    let server = TestServer::start_with(Config { connection_max: Some(2), ..Config::default() }).await;
+    let a = connect(&server).await;
+    let b = connect(&server).await;
+    let e = w!(Connection::connect(&server.uri(), ConnectionProperties::default())).expect_err("a third connection");
+    assert_code(&e, 530);
+    let (_, text) = reply(&e).expect("reply");
+    assert!(text.contains("node connection limit (2) is reached"), "{text}");
+    assert_connection_usable(&a).await;
+    w!(b.close(200, "bye".into())).expect("close");
+    wait_until("the closed connection is no longer counted", || server.state.connection_count() < 2).await;
+    let c = connect(&server).await;
+    assert_connection_usable(&c).await;
+}

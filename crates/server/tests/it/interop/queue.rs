@@ -287,3 +287,41 @@ async fn deleting_a_queue_cancels_its_consumers() {
     declare(&ch, "").await;
     assert_connection_usable(&conn).await;
 }
+
+/// max_arguments_table_bytes: a declare, bind or consume whose argument table is larger
+/// is refused with 406 on the channel, naming the limit; tables up to it are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argument_tables_over_the_limit_are_406() {
+    use lapin::types::{AMQPValue, LongString};
+    let server =
+        TestServer::start_with(server::Config { max_arguments_table_bytes: 1024, ..server::Config::default() }).await;
+    let conn = connect(&server).await;
+    let table = |n: usize| {
+        let mut t = FieldTable::default();
+        t.insert("x-filler".into(), AMQPValue::LongString(LongString::from(vec![b'x'; n])));
+        t
+    };
+    // 1 + 8 + 1 + 4 + 1000 bytes: under the limit.
+    let ch = channel(&conn).await;
+    w!(ch.queue_declare("args-ok".into(), QueueDeclareOptions::default(), table(1000))).expect("small table");
+
+    let ch = channel(&conn).await;
+    let r = w!(ch.queue_declare("args-big".into(), QueueDeclareOptions::default(), table(2000)));
+    let e = r.as_ref().expect_err("a table over the limit");
+    assert!(reply(e).is_some_and(|(_, t)| t.contains("max_arguments_table_bytes")), "{e}");
+    assert_channel_error(&conn, &ch, r, 406).await;
+
+    let ch = channel(&conn).await;
+    let r =
+        w!(ch.queue_bind("args-ok".into(), "amq.headers".into(), "".into(), QueueBindOptions::default(), table(4000)));
+    assert_channel_error(&conn, &ch, r, 406).await;
+
+    let ch = channel(&conn).await;
+    let r = w!(ch.exchange_declare("args-ex".into(), lapin::ExchangeKind::Direct, Default::default(), table(4000)));
+    assert_channel_error(&conn, &ch, r, 406).await;
+
+    let ch = channel(&conn).await;
+    let r = w!(ch.basic_consume("args-ok".into(), "".into(), BasicConsumeOptions::default(), table(4000)));
+    assert_channel_error(&conn, &ch, r, 406).await;
+    assert_eq!(counts(&conn, "args-ok").await, (0, 0), "nothing was bound or consumed");
+}

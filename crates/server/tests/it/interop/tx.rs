@@ -121,3 +121,53 @@ async fn tx_and_confirm_modes_exclude_each_other() {
     let r = w!(ch.tx_select());
     assert_channel_error(&conn, &ch, r, 406).await;
 }
+
+/// A commit whose publish names an exchange deleted since it was published still applies
+/// every operation: RabbitMQ routes a transactional publish when it arrives and delivers
+/// it at commit, so the commit succeeds, the message reaches the queue bound at publish
+/// time, and the acks in the same transaction take effect (they used to be dropped with
+/// the rest of the commit: the messages were neither acked nor requeued).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_applies_every_operation_when_an_exchange_was_deleted_meanwhile() {
+    use lapin::options::{ExchangeDeleteOptions, QueueBindOptions};
+    let server = TestServer::start().await;
+    let (conn, ch) = open(&server).await;
+    let src = declare(&ch, "").await;
+    let dst = declare(&ch, "").await;
+    w!(ch.exchange_declare("tx-gone".into(), lapin::ExchangeKind::Direct, Default::default(), FieldTable::default()))
+        .expect("exchange.declare");
+    w!(ch.queue_bind(
+        dst.as_str().into(),
+        "tx-gone".into(),
+        "k".into(),
+        QueueBindOptions::default(),
+        FieldTable::default()
+    ))
+    .expect("queue.bind");
+    publish(&ch, "", &src, b"m1").await;
+    publish(&ch, "", &src, b"m2").await;
+
+    let t = channel(&conn).await;
+    w!(t.tx_select()).expect("tx.select");
+    let m1 = get(&t, &src).await.expect("m1");
+    publish(&t, "tx-gone", "k", b"routed before the delete").await;
+    w!(t.basic_ack(m1.delivery_tag, BasicAckOptions::default())).expect("ack in tx");
+    let m2 = get(&t, &src).await.expect("m2");
+    w!(t.basic_nack(m2.delivery_tag, BasicNackOptions { multiple: false, requeue: true })).expect("nack in tx");
+    w!(ch.exchange_delete("tx-gone".into(), ExchangeDeleteOptions::default())).expect("exchange.delete");
+
+    w!(t.tx_commit()).expect("tx.commit after the exchange was deleted");
+    assert!(t.status().connected(), "the transactional channel stays open");
+    assert_eq!(get_all(&ch, &dst).await, ["routed before the delete"]);
+    // m1 acked, m2 requeued: nothing left unacknowledged on the channel.
+    let left: Vec<(String, bool)> = {
+        let mut v = Vec::new();
+        while let Some(m) = get(&ch, &src).await {
+            v.push((body(&m).to_owned(), m.redelivered));
+        }
+        v
+    };
+    assert_eq!(left, [("m2".to_owned(), true)]);
+    w!(t.close(200, "OK".into())).expect("close");
+    assert_eq!(counts(&conn, &src).await.0, 0, "closing the channel requeued nothing: m1 was acked");
+}

@@ -1,0 +1,141 @@
+//! Memory one connection can make the broker hold, measured as the resident set size of a
+//! real `warren` process (a child process, so the other tests of this binary do not move
+//! the figure). Each attack used to grow the broker by hundreds of MiB or more.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wire::Method;
+
+use crate::hostile::raw::*;
+
+/// A `warren` child process on a free port, killed on drop.
+struct Broker {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start(extra: &[&str]) -> Broker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().unwrap().port();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+                .args(["--amqp-port", &port.to_string(), "--bind", "127.0.0.1", "--heartbeat", "0", "--data-dir"])
+                .arg(dir.path())
+                .args(extra)
+                .env("WARREN_LOG", "error")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawning warren");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Broker { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), _dir: dir };
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break; // the port was taken meanwhile: another one
+                }
+                assert!(Instant::now() < deadline, "warren did not start listening");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        panic!("warren failed to start five times");
+    }
+
+    /// Resident set size in MiB.
+    fn rss_mib(&self) -> u64 {
+        rss_kib(&Path::new("/proc").join(self.child.id().to_string()).join("status")) / 1024
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rss_kib(status: &Path) -> u64 {
+    let s = std::fs::read_to_string(status).expect("reading /proc/<pid>/status");
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS value")
+}
+
+/// A body sent as one-byte frames costs about its size, not a handle and a pinned read
+/// buffer per byte (it was ~40 bytes of memory per body byte).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_in_one_byte_frames_costs_about_its_size() {
+    const BODY: usize = 4 * 1024 * 1024;
+    let broker = Broker::start(&[]);
+    let mut c = Raw::open_channel1(broker.addr).await;
+    c.declare_queue(1, "one-byte", true).await;
+    let before = broker.rss_mib();
+    let mut head = method_frame(1, &publish_method("one-byte"));
+    head.extend(header_frame(1, BODY as u64, &NO_PROPS));
+    c.send(&head).await;
+    let chunk: Vec<u8> = (0..64 * 1024).flat_map(|_| body_frame(1, b"x")).collect();
+    let mut peak = before;
+    for _ in 0..BODY / (64 * 1024) {
+        c.send(&chunk).await;
+        peak = peak.max(broker.rss_mib());
+    }
+    // The last frame is in the socket: give the broker time to take it in.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    peak = peak.max(broker.rss_mib());
+    let grown = peak.saturating_sub(before);
+    eprintln!("RSS {before} MiB -> peak {peak} MiB for a {} MiB body in one-byte frames", BODY >> 20);
+    assert!(grown < 48, "a {} MiB body in one-byte frames grew the broker by {grown} MiB", BODY >> 20);
+    let got = c.get(1, "one-byte").await.expect("the message");
+    assert!(got.len() == BODY && got.iter().all(|b| *b == b'x'));
+    c.close().await;
+}
+
+/// A client that pipelines requests and never reads the replies: the broker stops reading
+/// it once outbox_max_bytes (default 32 MiB) of replies wait, so its memory stays bounded
+/// (it used to buffer every reply: +1.6 GB for 2 GiB of requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_keeps_the_broker_bounded() {
+    let broker = Broker::start(&[]);
+    let mut c = Raw::open_channel1(broker.addr).await;
+    c.declare_queue(1, "never-reads", true).await;
+    // A 4000-byte message fetched and requeued over and over: ~60 bytes of requests for
+    // each 4 KiB reply.
+    c.publish(1, "never-reads", &[7u8; 4000]).await;
+    let before = broker.rss_mib();
+    let mut peak = before;
+    let mut tag = 0u64;
+    let stalled = loop {
+        let mut pairs = Vec::new();
+        for _ in 0..1000 {
+            tag += 1;
+            pairs.extend(method_frame(1, &Method::BasicGet { ticket: 0, queue: "never-reads".into(), no_ack: false }));
+            pairs.extend(method_frame(1, &Method::BasicReject { delivery_tag: tag, requeue: true }));
+        }
+        let sent = tokio::time::timeout(Duration::from_secs(2), c.send_unbounded(&pairs)).await;
+        peak = peak.max(broker.rss_mib());
+        if sent.is_err() {
+            break true;
+        }
+        // Stop before hurting the machine: a broker still reading is caught by now.
+        if peak - before > 400 {
+            break false;
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    peak = peak.max(broker.rss_mib());
+    eprintln!("RSS {before} MiB -> peak {peak} MiB; the broker stopped reading: {stalled}");
+    assert!(stalled, "the broker kept reading a client that does not read (RSS {before} -> {peak} MiB)");
+    assert!(peak - before < 160, "a client that never reads grew the broker by {} MiB", peak - before);
+    // Others are still served.
+    let mut other = Raw::open_channel1(broker.addr).await;
+    other.declare_queue(1, "other", true).await;
+    other.publish(1, "other", b"still served").await;
+    assert_eq!(other.get(1, "other").await.as_deref(), Some(&b"still served"[..]));
+    other.close().await;
+}
