@@ -24,6 +24,23 @@ impl Message {
     pub fn body_size(&self) -> u64 {
         self.body.len() as u64
     }
+
+    /// A copy whose body and properties have buffers of their own. A body that arrived in
+    /// one frame is a slice of its connection's read buffer (64 KiB, or 1 MiB with large
+    /// frames) and keeps all of it alive: fine for a message delivered at once, not for
+    /// one that waits in a backlog, where ten bytes could pin a megabyte that no memory
+    /// accounting sees.
+    pub fn detached(&self) -> Message {
+        Message {
+            exchange: self.exchange.clone(),
+            routing_key: self.routing_key.clone(),
+            properties: Bytes::copy_from_slice(&self.properties),
+            body: Bytes::copy_from_slice(&self.body),
+            persistent: self.persistent,
+            priority: self.priority,
+            expiration_ms: self.expiration_ms,
+        }
+    }
 }
 
 /// A message in one queue. Cloning is cheap: the message itself is shared by every queue
@@ -38,7 +55,8 @@ pub struct QueuedMessage {
     /// When it expires in this queue (per-queue TTL or the message's expiration), in ms
     /// since the Unix epoch; 0 = never.
     pub expires_at_ms: u64,
-    /// Deliveries so far (for x-delivery-limit); kept in RAM only.
+    /// Deliveries so far (for x-delivery-limit). Durable queues record it for persistent
+    /// messages when they are requeued, so it survives a restart.
     pub delivery_count: u32,
     /// Where the store wrote it, if it did (a persistent message in a durable queue, or
     /// a message paged out of RAM).

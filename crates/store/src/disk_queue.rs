@@ -218,6 +218,13 @@ impl MessageStore for DiskQueueStore {
         self.ready_bytes += m.msg.body_size();
         let c = cost(&m.msg);
         if self.disk_next.is_none() && self.mem_cost + c <= self.budget {
+            if !self.mem.is_empty() {
+                // It waits behind others: give it buffers of its own rather than pin its
+                // publisher's read buffer (see `Message::detached`), so the RAM budget and
+                // x-max-length-bytes see what it really costs. (The queue's head is taken
+                // at once when consumers keep up, so they never pay for this copy.)
+                m.msg = Arc::new(m.msg.detached());
+            }
             self.mem_cost += c;
             self.mem.push_back(m);
             return Ok(durability);

@@ -139,3 +139,31 @@ async fn a_client_that_never_reads_keeps_the_broker_bounded() {
     assert_eq!(other.get(1, "other").await.as_deref(), Some(&b"still served"[..]));
     other.close().await;
 }
+
+/// Small messages waiting in a queue do not pin their publisher's read buffers: 300 ten-byte
+/// messages, each published between two 1 MiB unroutable ones (so each lands in a different
+/// 1 MiB read buffer), used to hold ~300 MiB that the queue's accounting saw as 3 KB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_small_messages_do_not_pin_read_buffers() {
+    const ROUNDS: usize = 300;
+    let broker = Broker::start(&[]);
+    let mut c = Raw::open_channel1(broker.addr).await;
+    c.declare_queue(1, "small-backlog", true).await;
+    let big = vec![0u8; 1024 * 1024];
+    let before = broker.rss_mib();
+    for i in 0..ROUNDS {
+        c.publish(1, "nowhere", &big).await;
+        c.publish(1, "small-backlog", format!("small {i:04}").as_bytes()).await;
+    }
+    // Everything is in: a basic.get answers after every publish before it.
+    let first = c.get(1, "small-backlog").await.expect("the first message");
+    assert_eq!(first, b"small 0000");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = broker.rss_mib();
+    eprintln!("RSS {before} MiB -> {after} MiB holding {} small messages", ROUNDS - 1);
+    assert!(after.saturating_sub(before) < 64, "{ROUNDS} queued ten-byte messages hold {} MiB", after - before);
+    for i in 1..ROUNDS {
+        assert_eq!(c.get(1, "small-backlog").await.expect("a message"), format!("small {i:04}").as_bytes());
+    }
+    c.close().await;
+}
