@@ -45,6 +45,8 @@ pub struct ServerState {
     forced_alarms: Mutex<Alarms>,
     /// Admission of new connections against the file-descriptor limit.
     pub fds: crate::fds::FdBudget,
+    /// The measured memory alarm (before forced alarms), for its hysteresis.
+    memory_over: std::sync::atomic::AtomicBool,
 }
 
 /// One open connection in [`ServerState::connection_count`].
@@ -131,6 +133,7 @@ impl ServerState {
             delayed: Mutex::new(BinaryHeap::new()),
             delayed_seq: AtomicU64::new(0),
             fds,
+            memory_over: std::sync::atomic::AtomicBool::new(false),
             alarms_tx,
             alarms,
             forced_alarms: Mutex::new(Alarms::default()),
@@ -279,7 +282,15 @@ impl ServerState {
         let cfg = &self.config;
         let watermark =
             cfg.memory_high_watermark_bytes.or_else(|| crate::alarms::total_memory_bytes().map(|t| t / 10 * 6));
-        let memory = matches!((crate::alarms::rss_bytes(), watermark), (Some(r), Some(w)) if r > w);
+        // Hysteresis: on above the watermark, off only below 90 % of it, so a node
+        // hovering at the line does not flap publishers between blocked and unblocked.
+        let was_on = self.memory_over.load(Ordering::Relaxed);
+        let memory = match (crate::alarms::rss_bytes(), watermark) {
+            (Some(r), Some(w)) if was_on => r > w / 10 * 9,
+            (Some(r), Some(w)) => r > w,
+            _ => false,
+        };
+        self.memory_over.store(memory, Ordering::Relaxed);
         let disk = crate::alarms::disk_free_bytes(&cfg.data_dir).is_some_and(|f| f < cfg.disk_free_limit_bytes);
         let forced = *self.forced_alarms.lock();
         self.set_alarms(Alarms { memory: memory || forced.memory, disk: disk || forced.disk });

@@ -399,3 +399,80 @@ async fn delivery_limit_counts_survive_a_restart() {
     assert_eq!(queue_count(&conn, "limit.dlq").await, Ok(1), "dead-lettered");
     server.stop().await;
 }
+
+/// Resident set size of a process, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024)
+}
+
+/// The memory alarm clears once memory drops, always: messages held unacknowledged by a
+/// consumer push the broker over its watermark and publishers are blocked; once they are
+/// gone (consumer closed, queue purged) the freed memory goes back to the system and the
+/// alarm clears (below 90 % of the watermark: no flapping), unblocking the publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_alarm_clears_once_memory_is_freed() {
+    use lapin::options::{BasicConsumeOptions, QueuePurgeOptions};
+    const WATERMARK_MIB: u64 = 96;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let watermark = (WATERMARK_MIB << 20).to_string();
+    let broker = LimitedBroker::start(&data, None, &["--memory-high-watermark", &watermark]);
+    let pid = broker.child.id();
+    let pconn = connect_uri(&broker.uri()).await;
+    let pch = channel(&pconn).await;
+    declare_queue(&pch, "mem.q", QueueDeclareOptions::default(), FieldTable::default()).await;
+    let cconn = connect_uri(&broker.uri()).await;
+    let cch = channel(&cconn).await;
+    // A consumer that never acks: every delivery stays in the broker's unacked map.
+    let _consumer =
+        w!(cch.basic_consume("mem.q".into(), "hog".into(), BasicConsumeOptions::default(), FieldTable::default()))
+            .expect("consume");
+    let body = vec![7u8; 1 << 20];
+    let publisher = tokio::spawn(async move {
+        for _ in 0..400 {
+            let r = pch
+                .basic_publish("".into(), "mem.q".into(), BasicPublishOptions::default(), &body, transient("m"))
+                .await;
+            if r.is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !pconn.status().blocked() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no connection.blocked (broker RSS {} MiB)\n{}",
+            rss_mib(pid),
+            broker.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let peak = rss_mib(pid);
+    assert!(peak > WATERMARK_MIB, "blocked at {peak} MiB");
+    // Free it: the consumer goes (its deliveries are requeued), then the queue is purged
+    // from a connection that never published (not blocked).
+    let _ = w!(cconn.close(200, "OK".into()));
+    let admin = connect_uri(&broker.uri()).await;
+    let ach = channel(&admin).await;
+    w!(ach.queue_purge("mem.q".into(), QueuePurgeOptions::default())).expect("purge");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while pconn.status().blocked() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the alarm never cleared (RSS {peak} -> {} MiB)\n{}",
+            rss_mib(pid),
+            broker.log()
+        );
+        // What the unblocked publisher sends meanwhile lands in the queue: keep it empty.
+        let _ = w!(ach.queue_purge("mem.q".into(), QueuePurgeOptions::default()));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    eprintln!("memory alarm: blocked at {peak} MiB, cleared at {} MiB", rss_mib(pid));
+    publisher.abort();
+}
