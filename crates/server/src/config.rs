@@ -46,6 +46,9 @@ pub struct Config {
     /// connection is refused (closed at once) when fewer than this would remain under
     /// RLIMIT_NOFILE. Capped at a quarter of the limit.
     pub fd_reserve_count: u64,
+    /// Queue files (segments, acks, …) the store keeps open at most, shared by all queues;
+    /// others are opened on demand (least recently used closed first).
+    pub store_open_files_max: usize,
 }
 
 impl Default for Config {
@@ -67,6 +70,7 @@ impl Default for Config {
             memory_high_watermark_bytes: None,
             disk_free_limit_bytes: 50_000_000,
             fd_reserve_count: 256,
+            store_open_files_max: 1024,
         }
     }
 }

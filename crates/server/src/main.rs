@@ -47,6 +47,10 @@ struct Args {
     /// fewer would remain under the open-file limit (capped at a quarter of the limit).
     #[arg(long, default_value_t = 256, value_name = "N")]
     fd_reserve: u64,
+    /// Queue files the store keeps open at most (others are opened on demand); capped at a
+    /// quarter of the open-file limit.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    store_open_files_max: usize,
     /// Connections accepted at once; connection.open beyond it is refused with 530
     /// (default: no limit, as RabbitMQ).
     #[arg(long)]
@@ -95,6 +99,8 @@ fn main() -> anyhow::Result<()> {
             disk_free_limit_bytes: args.disk_free_limit,
             queue_ram_budget_bytes: args.queue_ram_budget,
             fd_reserve_count: args.fd_reserve,
+            // At most a quarter of the descriptors: connections keep at least half.
+            store_open_files_max: args.store_open_files_max.min(usize::try_from(nofile / 4).unwrap_or(usize::MAX)),
             connection_max: args.connection_max,
             channel_max: args.channel_max,
             max_arguments_table_bytes: args.max_arguments_table_bytes,

@@ -262,6 +262,7 @@ impl DiskPersistence {
     pub fn open(
         data_dir: &Path,
         store_cfg: StoreConfig,
+        open_files_max: usize,
         on_commit: impl Fn(broker::store::CommitState) + Send + Sync + 'static,
     ) -> Result<(Arc<DiskPersistence>, Recovery), store::Error> {
         std::fs::create_dir_all(data_dir.join("queues"))?;
@@ -333,7 +334,7 @@ impl DiskPersistence {
             }
             quarantine(data_dir, &entry.path(), "queues")?;
         }
-        let syncer = Syncer::start(on_commit);
+        let syncer = Syncer::start_with(on_commit, open_files_max);
         let p = Arc::new(DiskPersistence {
             data_dir: data_dir.to_owned(),
             syncer,

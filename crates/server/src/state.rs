@@ -98,9 +98,10 @@ impl ServerState {
     pub fn open(config: Config, shutdown: watch::Receiver<bool>) -> Result<Arc<ServerState>, store::Error> {
         let (tx, commit) = watch::channel(CommitState::default());
         let store_cfg = StoreConfig { queue_ram_budget_bytes: config.queue_ram_budget_bytes };
-        let (p, recovery) = DiskPersistence::open(&config.data_dir, store_cfg, move |c| {
-            tx.send_replace(c);
-        })?;
+        let (p, recovery) =
+            DiskPersistence::open(&config.data_dir, store_cfg, config.store_open_files_max, move |c| {
+                tx.send_replace(c);
+            })?;
         let state = Self::build(config, shutdown, commit, Some(p.clone()), p.clone());
         p.recover_into(recovery, |name| state.vhost(name));
         state.recover_delayed(&p);

@@ -7,11 +7,13 @@
 //!   files, holding only the head of the queue in RAM.
 //! - [`syncer`]: the group-commit thread: one fsync round serves every append that came
 //!   in meanwhile, across all queues and connections.
+//! - [`file_cache`]: the bounded set of open files every queue shares.
 //! - [`definitions`]: the log of durable exchanges, queues and bindings.
 
 pub mod definitions;
 pub mod delayed;
 pub mod disk_queue;
+pub mod file_cache;
 pub mod record;
 pub mod segments;
 pub mod syncer;

@@ -14,7 +14,7 @@
 //! earlier, when a reader needs them); the syncer fsyncs them when the queue is durable.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 use tracing::{error, warn};
 
 use crate::Error;
+use crate::file_cache::FileCache;
 use crate::record::{self, Decoded};
 use crate::syncer::{SyncTarget, Syncer};
 
@@ -44,6 +45,9 @@ pub struct QueueFiles {
     /// fsync on commit (durable queue); otherwise the files only page RAM out.
     fsync: bool,
     syncer: Arc<Syncer>,
+    /// The store's open files (bounded, shared by every queue): files are opened on
+    /// demand, not held per segment.
+    cache: Arc<FileCache>,
     inner: Mutex<Inner>,
 }
 
@@ -58,14 +62,15 @@ struct Inner {
     flush_epoch: u64,
     /// Files were created or removed since the last directory fsync.
     dir_dirty: bool,
+    /// Segment files written since the last commit round, held (so the cache keeps them
+    /// open) until that round fsyncs them through the descriptor that wrote them.
+    unsynced: Vec<Arc<File>>,
     delivered: Option<DiskPos>,
     delivered_dirty: bool,
-    delivered_file: Option<Arc<File>>,
     destroyed: bool,
 }
 
 struct Segment {
-    file: Arc<File>,
     /// Bytes in the file (for `write_seg`, `pending` follows).
     written: u64,
     count: u32,
@@ -76,14 +81,12 @@ struct Segment {
     acked_persistent: u32,
     /// Offsets acknowledged before the last restart, skipped when reading.
     recovered_acks: HashSet<u32>,
-    ack_file: Option<Arc<File>>,
     ack_written: u64,
     ack_pending: Vec<u8>,
     /// x-delivery-limit: delivery counts of requeued records (offset → count, the last
     /// entry wins), as read at recovery; and the `.counts` file they are appended to.
     /// Like acks they are not fsynced: a lost entry can only make a count lower.
     recovered_counts: HashMap<u32, u32>,
-    count_file: Option<Arc<File>>,
     count_written: u64,
     count_pending: Vec<u8>,
     /// No more appends; its meta file is due (`meta_written` false) or done.
@@ -118,10 +121,6 @@ fn seg_path(dir: &Path, id: u32, ext: &str) -> PathBuf {
     dir.join(format!("{id:010}.{ext}"))
 }
 
-fn open_rw(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)
-}
-
 impl QueueFiles {
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -130,6 +129,7 @@ impl QueueFiles {
     /// Open (recovering) the files in `dir`. Nothing is created until the first append: a
     /// queue that never writes (most transient ones) costs no files.
     pub fn open(dir: &Path, fsync: bool, syncer: Arc<Syncer>) -> Result<(Arc<QueueFiles>, Recovered), Error> {
+        let cache = syncer.file_cache().clone();
         let entries = match fs::read_dir(dir) {
             Ok(e) => Some(e),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -148,7 +148,7 @@ impl QueueFiles {
         let mut segments = BTreeMap::new();
         let last = ids.last().copied();
         for id in ids {
-            let seg = recover_segment(dir, id, Some(id) == last)?;
+            let seg = recover_segment(&cache, dir, id, Some(id) == last)?;
             rec.records += u64::from(seg.persistent);
             rec.acked += u64::from(seg.acked_persistent);
             if seg.last_seq.is_some() {
@@ -156,7 +156,7 @@ impl QueueFiles {
             }
             if seg.count > 0 && seg.acked >= seg.count {
                 // Fully acknowledged but not yet removed when we stopped.
-                remove_segment_files(dir, id);
+                remove_segment_files(&cache, dir, id);
                 continue;
             }
             if rec.first.is_none() && seg.count > 0 {
@@ -171,6 +171,7 @@ impl QueueFiles {
             dir: dir.to_owned(),
             fsync,
             syncer,
+            cache,
             inner: Mutex::new(Inner {
                 segments,
                 write_seg,
@@ -178,9 +179,9 @@ impl QueueFiles {
                 dirty: false,
                 flush_epoch: 0,
                 dir_dirty: false,
+                unsynced: Vec::new(),
                 delivered: rec.delivered,
                 delivered_dirty: false,
-                delivered_file: None,
                 destroyed: false,
             }),
         });
@@ -211,11 +212,11 @@ impl QueueFiles {
         if !inner.segments.contains_key(&inner.write_seg) {
             fs::create_dir_all(&self.dir)?;
             let id = inner.write_seg;
-            inner.new_segment(&self.dir, id)?;
+            inner.new_segment(&self.cache, &self.dir, id)?;
         } else if inner.write_len() >= SEGMENT_MAX_BYTES {
             let next = inner.write_seg + 1;
-            inner.seal_write_segment(&self.dir)?;
-            inner.new_segment(&self.dir, next)?;
+            inner.seal_write_segment(&self.cache, &self.dir)?;
+            inner.new_segment(&self.cache, &self.dir, next)?;
         }
         let offset = inner.write_len();
         let Ok(offset) = u32::try_from(offset) else {
@@ -258,11 +259,11 @@ impl QueueFiles {
             // The queue drained its newest segment: start a fresh one so this one can go,
             // and a drained queue gives its disk space back.
             let next = write_seg + 1;
-            if inner.seal_write_segment(&self.dir).is_ok() {
+            if inner.seal_write_segment(&self.cache, &self.dir).is_ok() {
                 // The next append creates segment `next`.
                 inner.write_seg = next;
                 inner.segments.remove(&pos.segment);
-                remove_segment_files(&self.dir, pos.segment);
+                remove_segment_files(&self.cache, &self.dir, pos.segment);
                 self.mark_dirty(&mut inner);
                 return;
             }
@@ -274,7 +275,7 @@ impl QueueFiles {
         }
         if seg.sealed && seg.acked >= seg.count {
             inner.segments.remove(&pos.segment);
-            remove_segment_files(&self.dir, pos.segment);
+            remove_segment_files(&self.cache, &self.dir, pos.segment);
             inner.dir_dirty = true;
             self.mark_dirty(&mut inner);
             return;
@@ -337,11 +338,12 @@ impl QueueFiles {
             if id == inner.write_seg && !inner.pending.is_empty() {
                 // Reading the segment still being appended: its newest bytes may be in the
                 // append buffer, so write them out first (records are read from the file).
-                inner.write_pending()?;
+                inner.write_pending(&self.cache, &self.dir)?;
             }
             let seg = &inner.segments[&id];
+            let file = self.cache.get(&seg_path(&self.dir, id, "seg"))?;
             let mut buf = vec![0u8; want];
-            seg.file.read_exact_at(&mut buf, offset)?;
+            file.read_exact_at(&mut buf, offset)?;
             let mut at = 0usize;
             loop {
                 match record::decode(&buf[at..]) {
@@ -362,7 +364,7 @@ impl QueueFiles {
                     Decoded::Incomplete if at == 0 => {
                         // One record larger than the chunk: read exactly it.
                         let mut hdr = [0u8; record::HEADER_BYTES];
-                        seg.file.read_exact_at(&mut hdr, offset)?;
+                        file.read_exact_at(&mut hdr, offset)?;
                         let len = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as usize;
                         let total = record::HEADER_BYTES + len;
                         if offset + total as u64 > seg_len {
@@ -373,7 +375,7 @@ impl QueueFiles {
                             break;
                         }
                         buf = vec![0u8; total];
-                        seg.file.read_exact_at(&mut buf, offset)?;
+                        file.read_exact_at(&mut buf, offset)?;
                         continue;
                     }
                     Decoded::Incomplete => break,
@@ -398,59 +400,38 @@ impl QueueFiles {
         if inner.destroyed {
             return Ok(());
         }
-        let wrote_data = !inner.pending.is_empty();
-        inner.write_pending()?;
-        let write_seg = inner.write_seg;
+        inner.write_pending(&self.cache, &self.dir)?;
+        // Every segment byte written since the last round (here, or earlier by a read or
+        // a roll) is fsynced through the descriptor that wrote it.
+        for f in std::mem::take(&mut inner.unsynced) {
+            if self.fsync {
+                to_sync.push(SyncTarget::File(f));
+            }
+        }
         let dir = self.dir.clone();
         for (&id, seg) in inner.segments.iter_mut() {
             if !seg.ack_pending.is_empty() {
-                let f = match &seg.ack_file {
-                    Some(f) => f.clone(),
-                    None => {
-                        let f = Arc::new(open_rw(&seg_path(&dir, id, "acks"))?);
-                        seg.ack_file = Some(f.clone());
-                        f
-                    }
-                };
+                let f = self.cache.get(&seg_path(&dir, id, "acks"))?;
                 f.write_all_at(&seg.ack_pending, seg.ack_written)?;
                 seg.ack_written += seg.ack_pending.len() as u64;
                 seg.ack_pending.clear();
             }
             if !seg.count_pending.is_empty() {
-                let f = match &seg.count_file {
-                    Some(f) => f.clone(),
-                    None => {
-                        let f = Arc::new(open_rw(&seg_path(&dir, id, "counts"))?);
-                        seg.count_file = Some(f.clone());
-                        f
-                    }
-                };
+                let f = self.cache.get(&seg_path(&dir, id, "counts"))?;
                 f.write_all_at(&seg.count_pending, seg.count_written)?;
                 seg.count_written += seg.count_pending.len() as u64;
                 seg.count_pending.clear();
             }
             if seg.sealed && !seg.meta_written {
+                // (The segment's data was fsynced in the round after it was written.)
                 write_meta(&dir, id, seg)?;
                 seg.meta_written = true;
-                if self.fsync {
-                    to_sync.push(SyncTarget::File(seg.file.clone()));
-                }
-            }
-            if id == write_seg && wrote_data && self.fsync {
-                to_sync.push(SyncTarget::File(seg.file.clone()));
             }
         }
         if inner.delivered_dirty {
             inner.delivered_dirty = false;
             if let Some(d) = inner.delivered {
-                let f = match &inner.delivered_file {
-                    Some(f) => f.clone(),
-                    None => {
-                        let f = Arc::new(open_rw(&dir.join("delivered"))?);
-                        inner.delivered_file = Some(f.clone());
-                        f
-                    }
-                };
+                let f = self.cache.get(&dir.join("delivered"))?;
                 let mut b = Vec::with_capacity(16);
                 record::encode_with(&mut b, |o| {
                     o.extend_from_slice(&d.segment.to_le_bytes());
@@ -472,10 +453,20 @@ impl QueueFiles {
         inner.destroyed = true;
         inner.segments.clear();
         inner.pending.clear();
+        inner.unsynced.clear();
+        self.cache.forget_dir(&self.dir);
         match fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => warn!("removing {}: {e}", self.dir.display()),
             _ => {}
         }
+    }
+}
+
+impl Drop for QueueFiles {
+    /// Close this queue's files: a queue object that is gone holds no descriptors, and a
+    /// later queue in the same directory opens its own.
+    fn drop(&mut self) {
+        self.cache.forget_dir(&self.dir);
     }
 }
 
@@ -484,42 +475,44 @@ impl Inner {
         self.segments.get(&self.write_seg).map_or(0, |s| s.written) + self.pending.len() as u64
     }
 
-    fn write_pending(&mut self) -> Result<(), Error> {
+    fn write_pending(&mut self, cache: &FileCache, dir: &Path) -> Result<(), Error> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let Some(seg) = self.segments.get_mut(&self.write_seg) else { return Ok(()) };
-        seg.file.write_all_at(&self.pending, seg.written)?;
+        let file = cache.get(&seg_path(dir, self.write_seg, "seg"))?;
+        file.write_all_at(&self.pending, seg.written)?;
         seg.written += self.pending.len() as u64;
         self.pending.clear();
+        if !self.unsynced.iter().any(|f| Arc::ptr_eq(f, &file)) {
+            self.unsynced.push(file);
+        }
         Ok(())
     }
 
-    fn seal_write_segment(&mut self, _dir: &Path) -> Result<(), Error> {
-        self.write_pending()?;
+    fn seal_write_segment(&mut self, cache: &FileCache, dir: &Path) -> Result<(), Error> {
+        self.write_pending(cache, dir)?;
         if let Some(seg) = self.segments.get_mut(&self.write_seg) {
             seg.sealed = true;
         }
         Ok(())
     }
 
-    fn new_segment(&mut self, dir: &Path, id: u32) -> Result<(), Error> {
-        let file = Arc::new(open_rw(&seg_path(dir, id, "seg"))?);
+    fn new_segment(&mut self, cache: &FileCache, dir: &Path, id: u32) -> Result<(), Error> {
+        // Create it now: an append must fail here (nack), not at the commit round.
+        cache.get(&seg_path(dir, id, "seg"))?;
         self.segments.insert(
             id,
             Segment {
-                file,
                 written: 0,
                 count: 0,
                 acked: 0,
                 persistent: 0,
                 acked_persistent: 0,
                 recovered_acks: HashSet::new(),
-                ack_file: None,
                 ack_written: 0,
                 ack_pending: Vec::new(),
                 recovered_counts: HashMap::new(),
-                count_file: None,
                 count_written: 0,
                 count_pending: Vec::new(),
                 sealed: false,
@@ -537,13 +530,15 @@ fn corrupt(dir: &Path, id: u32, offset: u64, why: &str) -> Error {
     Error::Corrupt { file: seg_path(dir, id, "seg"), offset, reason: why.to_owned() }
 }
 
-fn remove_segment_files(dir: &Path, id: u32) {
+fn remove_segment_files(cache: &FileCache, dir: &Path, id: u32) {
     // The segment file goes last: recovery finds segments by their `.seg` file, so a stop
     // halfway leaves a segment without its acks (its acked messages come back: at least
     // once) — never acks or counts without their segment, which a new segment with the
     // same id would inherit.
     for ext in ["counts", "acks", "meta", "seg"] {
-        let _ = fs::remove_file(seg_path(dir, id, ext));
+        let path = seg_path(dir, id, ext);
+        cache.forget(&path);
+        let _ = fs::remove_file(path);
     }
 }
 
@@ -602,9 +597,9 @@ fn read_delivered(dir: &Path) -> Option<DiskPos> {
 
 /// Rebuild one segment's state. A sealed segment with a matching meta file is not read;
 /// otherwise its records are scanned, and the last segment's torn tail is cut off.
-fn recover_segment(dir: &Path, id: u32, is_last: bool) -> Result<Segment, Error> {
+fn recover_segment(cache: &FileCache, dir: &Path, id: u32, is_last: bool) -> Result<Segment, Error> {
     let path = seg_path(dir, id, "seg");
-    let file = open_rw(&path)?;
+    let file = cache.get(&path)?;
     let file_len = file.metadata()?.len();
     let scan = match read_meta(dir, id) {
         Some((count, len, last_seq, persistent)) if len == file_len && !is_last => {
@@ -647,23 +642,18 @@ fn recover_segment(dir: &Path, id: u32, is_last: bool) -> Result<Segment, Error>
         None => acks.retain(|off, _| u64::from(*off) < scan.len),
     }
     let (recovered_counts, count_written) = read_counts(&seg_path(dir, id, "counts"));
-    let count_file = if count_written > 0 { Some(Arc::new(open_rw(&seg_path(dir, id, "counts"))?)) } else { None };
     let acked = acks.len() as u32;
     let acked_persistent = acks.values().filter(|p| **p).count() as u32;
-    let ack_file = if ack_written > 0 { Some(Arc::new(open_rw(&ack_path)?)) } else { None };
     Ok(Segment {
-        file: Arc::new(file),
         written: scan.len,
         count: scan.count,
         acked,
         persistent: scan.persistent,
         acked_persistent,
         recovered_acks: acks.into_keys().collect(),
-        ack_file,
         ack_written,
         ack_pending: Vec::new(),
         recovered_counts,
-        count_file,
         count_written,
         count_pending: Vec::new(),
         sealed: true,

@@ -16,6 +16,8 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use broker::store::CommitState;
+
+use crate::file_cache::{FileCache, OPEN_FILES_MAX_DEFAULT};
 use parking_lot::{Condvar, Mutex};
 use tracing::{debug, error};
 
@@ -35,6 +37,8 @@ pub struct Syncer {
     poisoned: AtomicBool,
     /// Fault injection: the next round fails as if an fsync had.
     fail_next_round: AtomicBool,
+    /// The open files of every queue this syncer commits for.
+    files: Arc<FileCache>,
 }
 
 struct State {
@@ -48,6 +52,11 @@ impl Syncer {
     /// Start the commit thread. `on_commit(state)` runs on it after each round, and once
     /// more with `failed` set when a write or fsync fails.
     pub fn start(on_commit: impl Fn(CommitState) + Send + Sync + 'static) -> Arc<Syncer> {
+        Self::start_with(on_commit, OPEN_FILES_MAX_DEFAULT)
+    }
+
+    /// [`Syncer::start`], keeping at most `open_files_max` queue files open.
+    pub fn start_with(on_commit: impl Fn(CommitState) + Send + Sync + 'static, open_files_max: usize) -> Arc<Syncer> {
         let s = Arc::new(Syncer {
             state: Mutex::new(State { open_epoch: 1, max_requested: 0, dirty: Vec::new(), stop: false }),
             cv: Condvar::new(),
@@ -56,6 +65,7 @@ impl Syncer {
             on_durable: Box::new(on_commit),
             poisoned: AtomicBool::new(false),
             fail_next_round: AtomicBool::new(false),
+            files: Arc::new(FileCache::new(open_files_max)),
         });
         let me = s.clone();
         std::thread::Builder::new()
@@ -67,6 +77,11 @@ impl Syncer {
 
     pub fn durable_epoch(&self) -> u64 {
         self.durable_epoch.load(Ordering::Acquire)
+    }
+
+    /// The open-file cache shared by the queues.
+    pub fn file_cache(&self) -> &Arc<FileCache> {
+        &self.files
     }
 
     pub fn is_poisoned(&self) -> bool {
