@@ -297,11 +297,13 @@ impl Channel {
             Method::QueueDelete { queue, if_unused, if_empty, nowait, .. } => {
                 let name = self.queue_name(&queue)?;
                 let deleted = vh.delete_queue(&name, if_unused, if_empty, ctx.conn_id)?;
-                let n = deleted.message_count;
-                notify_deleted(deleted);
+                // delete-ok first, then the server's basic.cancel to the queue's consumers
+                // (this channel's too), as RabbitMQ orders them: a client waiting for
+                // delete-ok (py-amqp) would take a cancel arriving first as an error.
                 if !nowait {
-                    self.send(&Method::QueueDeleteOk { message_count: n });
+                    self.send(&Method::QueueDeleteOk { message_count: deleted.message_count });
                 }
+                notify_deleted(deleted);
             }
             Method::BasicQos { prefetch_size, prefetch_count, global } => {
                 if prefetch_size != 0 {

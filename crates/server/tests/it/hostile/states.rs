@@ -337,6 +337,32 @@ async fn no_server_cancel_after_the_clients_cancel_ok() {
     assert_healthy(&server).await;
 }
 
+/// A client deleting a queue it consumes from gets queue.delete-ok before the server's
+/// basic.cancel for its consumer, as RabbitMQ orders them (py-amqp, waiting for delete-ok,
+/// raised a cancel that came first as ConsumerCancelled: kombu's
+/// `test_ack_from_another_thread`).
+#[tokio::test]
+async fn queue_delete_ok_comes_before_the_cancel_of_its_own_consumer() {
+    let server = server().await;
+    let mut a = Raw::open_channel1(server.addr).await;
+    let q = unique("delete-own");
+    a.declare_queue(1, &q, false).await;
+    a.send_method(1, &basic_consume(&q, "own")).await;
+    a.expect(1, (60, 21)).await;
+    a.send_method(
+        1,
+        &Method::QueueDelete { ticket: 0, queue: q.clone(), if_unused: false, if_empty: false, nowait: false },
+    )
+    .await;
+    assert!(matches!(a.method().await, (1, Method::QueueDeleteOk { .. })), "delete-ok first");
+    match a.method().await {
+        (1, Method::BasicCancel { consumer_tag, .. }) => assert_eq!(consumer_tag, "own"),
+        other => panic!("expected the server's basic.cancel, got {other:?}"),
+    }
+    drop(a);
+    assert_healthy(&server).await;
+}
+
 fn basic_consume(queue: &str, tag: &str) -> Method {
     Method::BasicConsume {
         ticket: 0,
