@@ -57,7 +57,9 @@ pub fn parse_type(declared: &str, arguments: &FieldTable) -> Result<(ExchangeKin
     }
     ExchangeKind::parse(declared)
         .map(|k| (k, false))
-        .ok_or_else(|| AmqpError::command_invalid(format!("unknown exchange type '{declared}'")))
+        // RabbitMQ 3.13+ (rabbit_exchange:check_type): 406 on the channel. (3.12 and older
+        // closed the connection with 503; pika 1.4's own suite expects the 406.)
+        .ok_or_else(|| AmqpError::precondition_failed(format!("unknown exchange type '{declared}'")))
 }
 
 impl ExchangeOptions {

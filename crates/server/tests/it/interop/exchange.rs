@@ -128,13 +128,12 @@ async fn reserved_and_default_exchange_names_are_403() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_exchange_type_is_503_on_the_connection() {
+async fn unknown_exchange_type_is_406_on_the_channel() {
     let server = TestServer::start().await;
     let (conn, ch) = open(&server).await;
     let r = declare_exchange(&ch, "x", ExchangeKind::Custom("x-no-such-type".into()), Default::default()).await;
-    assert_connection_error(&conn, r, 503).await;
-    // The server goes on serving other connections.
-    let conn = connect(&server).await;
+    assert_channel_error(&conn, &ch, r, 406).await;
+    // The connection goes on.
     assert_connection_usable(&conn).await;
 }
 
