@@ -4,6 +4,24 @@
 //! then its socket is not read) while consumers keep draining. Cleared when back under.
 
 use std::path::Path;
+use std::sync::OnceLock;
+
+/// How to make the allocator give freed memory back to the system, if the binary has one
+/// (the `warren` binary sets it for mimalloc; see its `release_free_memory`).
+static RELEASE_MEMORY: OnceLock<fn()> = OnceLock::new();
+
+/// Set once at start, by the binary that owns the global allocator.
+pub fn set_release_memory(f: fn()) {
+    let _ = RELEASE_MEMORY.set(f);
+}
+
+/// Ask the allocator to return freed memory now (while the memory alarm is on, so that it
+/// clears as soon as memory is really free).
+pub fn release_memory() {
+    if let Some(f) = RELEASE_MEMORY.get() {
+        f();
+    }
+}
 
 /// Which alarms are on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
