@@ -1,7 +1,7 @@
 //! A virtual host: its exchanges and queues, and the operations of exchange.*, queue.*
 //! and basic.publish routing, with RabbitMQ's checks and error texts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -528,6 +528,7 @@ impl VHost {
         let mut visited: Vec<*const Exchange> = vec![Arc::as_ptr(exchange)];
         let mut pending = vec![exchange.clone()];
         let mut dests = Vec::new();
+        let mut seen = HashSet::new();
         while let Some(e) = pending.pop() {
             dests.clear();
             e.route(routing_key, headers, &mut dests);
@@ -540,11 +541,7 @@ impl VHost {
             }
             for d in dests.drain(..) {
                 match d {
-                    Destination::Queue(q) => {
-                        if !out.iter().any(|x| Arc::ptr_eq(x, &q)) {
-                            out.push(q);
-                        }
-                    }
+                    Destination::Queue(q) => push_unique(out, &mut seen, q),
                     Destination::Exchange(x) => {
                         let p = Arc::as_ptr(&x);
                         if !visited.contains(&p) && visited.len() < ROUTE_HOPS_MAX {
@@ -555,6 +552,26 @@ impl VHost {
                 }
             }
         }
+    }
+}
+
+/// Routed queues up to this many are deduplicated by scanning `out`; beyond, by a set (a
+/// fanout to thousands of queues made the scan quadratic per message).
+const ROUTE_SCAN_MAX: usize = 32;
+
+/// Add `q` to `out` unless it is there. `seen` mirrors `out` once it outgrows a scan.
+fn push_unique(out: &mut Vec<Arc<Queue>>, seen: &mut HashSet<*const Queue>, q: Arc<Queue>) {
+    if out.len() < ROUTE_SCAN_MAX {
+        if !out.iter().any(|x| Arc::ptr_eq(x, &q)) {
+            out.push(q);
+        }
+        return;
+    }
+    if seen.is_empty() {
+        seen.extend(out.iter().map(Arc::as_ptr));
+    }
+    if seen.insert(Arc::as_ptr(&q)) {
+        out.push(q);
     }
 }
 
