@@ -478,7 +478,8 @@ impl Queue {
             }
             // An exclusive consumer shuts others out, and single-active-consumer queues take
             // no exclusive consumers at all (RabbitMQ answers 403 to both).
-            if st.consumers.iter().any(|c| c.exclusive)
+            // (An exclusive consumer is only ever the sole one, so the first tells.)
+            if st.consumers.first().is_some_and(|c| c.exclusive)
                 || (consumer.exclusive && (!st.consumers.is_empty() || self.args.single_active_consumer))
             {
                 return Err(AmqpError::access_refused(format!(
@@ -487,7 +488,8 @@ impl Queue {
                 )));
             }
             st.last_used_ms = now;
-            let at = st.consumers.iter().position(|c| c.priority < consumer.priority).unwrap_or(st.consumers.len());
+            // After every consumer of the same or a higher priority (the list is sorted).
+            let at = st.consumers.partition_point(|c| c.priority >= consumer.priority);
             st.consumers.insert(at, consumer);
             if at < st.cursor {
                 st.cursor += 1;

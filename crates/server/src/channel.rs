@@ -52,12 +52,17 @@ enum TxOp {
     Settle { entries: Vec<Unacked>, requeue: Option<bool> },
 }
 
+/// Below this many consumers a channel does not bother sweeping out cancelled ones.
+const CONSUMERS_SWEEP_MIN: usize = 64;
+
 pub struct Channel {
     pub shared: Arc<ChannelShared>,
     /// The server sent channel.close and waits for close-ok; other frames are dropped.
     pub closing: bool,
     pending: Option<PendingPublish>,
     consumers: HashMap<String, Arc<ConsumerHandle>>,
+    /// `consumers` is swept of broker-cancelled consumers when it reaches this size.
+    consumers_sweep_at: usize,
     /// basic.qos global=false: prefetch given to consumers started from now on.
     consumer_prefetch: u32,
     /// Publisher confirms: next sequence number to assign, and the highest one not yet
@@ -121,6 +126,7 @@ impl Channel {
             closing: false,
             pending: None,
             consumers: HashMap::new(),
+            consumers_sweep_at: CONSUMERS_SWEEP_MIN,
             consumer_prefetch: 0,
             confirm: None,
             tx: None,
@@ -398,7 +404,17 @@ impl Channel {
             ctx.vhost.queue(&self.queue_name(queue)?, ctx.conn_id)?
         };
         let cargs = broker::args::ConsumerArgs::parse(arguments, &q.name, &ctx.vhost.name)?;
-        self.consumers.retain(|_, c| !c.cancelled.load(Ordering::Relaxed));
+        // Consumers the broker cancelled (their queue was deleted) stay in the map until
+        // swept. Sweeping only once the map doubled keeps basic.consume O(1) amortized
+        // (a sweep per consume made 20,000 consumers on one channel quadratic); a
+        // cancelled consumer's own tag is free for reuse at once.
+        if self.consumers.len() >= self.consumers_sweep_at {
+            self.consumers.retain(|_, c| !c.cancelled.load(Ordering::Relaxed));
+            self.consumers_sweep_at = (self.consumers.len() * 2).max(CONSUMERS_SWEEP_MIN);
+        }
+        if self.consumers.get(&tag).is_some_and(|c| c.cancelled.load(Ordering::Relaxed)) {
+            self.consumers.remove(&tag);
+        }
         let tag = if tag.is_empty() {
             generate_name("amq.ctag-", |t| self.consumers.contains_key(t))
         } else if self.consumers.contains_key(&tag) {
