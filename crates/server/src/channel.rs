@@ -895,9 +895,14 @@ impl Channel {
                 entries.extend(e);
             }
         }
+        // Each queue's consumers are removed in one pass over its consumer list.
+        let mut by_queue: HashMap<*const Queue, (Arc<Queue>, Vec<u64>)> = HashMap::new();
         for c in std::mem::take(&mut self.consumers).into_values() {
-            if c.queue.remove_consumer(c.id) {
-                notify_deleted(ctx.vhost.remove_queue(&c.queue));
+            by_queue.entry(Arc::as_ptr(&c.queue)).or_insert_with(|| (c.queue.clone(), Vec::new())).1.push(c.id);
+        }
+        for (q, ids) in by_queue.into_values() {
+            if q.remove_consumers(&ids) {
+                notify_deleted(ctx.vhost.remove_queue(&q));
             }
         }
         settle(entries, Some(true));
@@ -908,10 +913,27 @@ impl Channel {
 /// queue so each queue is locked once.
 fn settle(entries: Vec<Unacked>, requeue: Option<bool>) {
     let mut by_queue: Vec<(Arc<Queue>, Vec<broker::QueuedMessage>)> = Vec::new();
+    // Queue → its position in `by_queue`, once there are too many queues to scan (a scan
+    // per entry was quadratic when a channel held deliveries from thousands of queues).
+    const SCAN_MAX: usize = 16;
+    let mut at: HashMap<*const Queue, usize> = HashMap::new();
     for e in entries {
-        match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &e.queue)) {
-            Some((_, v)) => v.push(e.msg),
-            None => by_queue.push((e.queue, vec![e.msg])),
+        let found = if by_queue.len() <= SCAN_MAX {
+            by_queue.iter().position(|(q, _)| Arc::ptr_eq(q, &e.queue))
+        } else {
+            if at.is_empty() {
+                at.extend(by_queue.iter().enumerate().map(|(i, (q, _))| (Arc::as_ptr(q), i)));
+            }
+            at.get(&Arc::as_ptr(&e.queue)).copied()
+        };
+        match found {
+            Some(i) => by_queue[i].1.push(e.msg),
+            None => {
+                if !at.is_empty() {
+                    at.insert(Arc::as_ptr(&e.queue), by_queue.len());
+                }
+                by_queue.push((e.queue, vec![e.msg]));
+            }
         }
     }
     for (q, msgs) in by_queue {
