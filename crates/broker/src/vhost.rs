@@ -39,6 +39,9 @@ pub struct VHost {
     pub name: String,
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
+    /// Exclusive queues by owning connection, kept with `queues` (under its write lock):
+    /// a closing connection finds its queues without scanning every queue of the vhost.
+    owned: parking_lot::Mutex<HashMap<ConnectionId, Vec<Arc<Queue>>>>,
     persistence: Arc<dyn Persistence>,
     clock: Arc<dyn Clock>,
     me: Weak<VHost>,
@@ -118,6 +121,7 @@ impl VHost {
             name: name.to_owned(),
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
+            owned: parking_lot::Mutex::new(HashMap::new()),
             persistence,
             clock,
             me,
@@ -286,6 +290,9 @@ impl VHost {
             return Err(e);
         }
         qs.insert(name, q.clone());
+        if let Some(c) = owner {
+            self.owned.lock().entry(c).or_default().push(q.clone());
+        }
         self.changed();
         Ok((q, true))
     }
@@ -325,6 +332,15 @@ impl VHost {
             match qs.get(&q.name) {
                 Some(x) if Arc::ptr_eq(x, q) => {
                     qs.remove(&q.name);
+                    if let Some(c) = q.owner {
+                        let mut owned = self.owned.lock();
+                        if let Some(v) = owned.get_mut(&c) {
+                            v.retain(|x| !Arc::ptr_eq(x, q));
+                            if v.is_empty() {
+                                owned.remove(&c);
+                            }
+                        }
+                    }
                     self.changed();
                 }
                 _ => {}
@@ -372,7 +388,7 @@ impl VHost {
 
     /// Every exclusive queue owned by a closing connection.
     pub fn queues_owned_by(&self, conn: ConnectionId) -> Vec<Arc<Queue>> {
-        self.queues.read().values().filter(|q| q.owner == Some(conn)).cloned().collect()
+        self.owned.lock().get(&conn).cloned().unwrap_or_default()
     }
 
     pub fn bind_queue(

@@ -166,6 +166,32 @@ fn auto_delete_reported_on_last_consumer() {
     assert!(q.remove_consumer(b));
 }
 
+/// A closing connection's exclusive queues, found through the per-connection index.
+#[test]
+fn exclusive_queues_by_owner() {
+    let vh = VHost::new("/");
+    let excl = QueueOptions { exclusive: true, ..opts() };
+    for (name, conn) in [("a", 1), ("b", 1), ("c", 2)] {
+        vh.declare_queue(name, false, excl.clone(), conn).unwrap();
+    }
+    vh.declare_queue("shared", false, opts(), 1).unwrap();
+    let names = |conn| {
+        let mut v: Vec<String> = vh.queues_owned_by(conn).iter().map(|q| q.name.clone()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(1), ["a", "b"]);
+    assert_eq!(names(2), ["c"]);
+    vh.delete_queue("a", false, false, 1).unwrap();
+    assert_eq!(names(1), ["b"]);
+    for q in vh.queues_owned_by(1) {
+        vh.remove_queue(&q);
+    }
+    assert!(names(1).is_empty());
+    assert_eq!(names(2), ["c"]);
+    assert!(vh.queue("shared", 1).is_ok());
+}
+
 /// A closing channel removes its consumers of one queue in one call: the others keep
 /// taking turns, and removing the rest reports the auto-delete queue's last consumer gone.
 #[test]

@@ -1,7 +1,8 @@
 //! Scale check of the topology paths (issue 9 item 5, issue 14): durable bindings created
 //! through the broker core over the real disk persistence, then recovered as a restart
 //! does; the same bindings in RAM (the core's own cost, without the definitions log's
-//! fsync per binding); and one publish through a headers binding with 26,000 keys.
+//! fsync per binding); one publish through a headers binding with 26,000 keys; and the
+//! exclusive-queue lookup a closing connection makes, among 100,000 queues.
 //!
 //! `cargo run --release -p server --example bindings_scale -- [bindings] [queues] [dir]`
 //!
@@ -56,6 +57,26 @@ fn main() {
     p.syncer().shutdown();
 
     headers_publish();
+    teardown_lookup(queues.max(100_000));
+}
+
+/// What every closing connection does first: find its exclusive queues, in a vhost holding
+/// `queues` queues (none of them its own, the usual case).
+fn teardown_lookup(queues: usize) {
+    let vh = VHost::new("/");
+    let q = QueueOptions { durable: false, exclusive: false, auto_delete: false, arguments: FieldTable::new() };
+    for i in 0..queues {
+        vh.declare_queue(&format!("q{i}"), false, q.clone(), 1).expect("declare queue");
+    }
+    let closes = 10_000u64;
+    let started = Instant::now();
+    let mut found = 0;
+    for conn in 0..closes {
+        found += vh.queues_owned_by(1_000 + conn).len();
+    }
+    assert_eq!(found, 0);
+    let per = started.elapsed() / closes as u32;
+    println!("find a closing connection's exclusive queues among {queues} queues: {:.1} µs", per.as_secs_f64() * 1e6);
 }
 
 /// Declare a durable topic exchange and `queues` durable queues, then bind; returns the
