@@ -491,7 +491,8 @@ impl Queue {
             }
             // An exclusive consumer shuts others out, and single-active-consumer queues take
             // no exclusive consumers at all (RabbitMQ answers 403 to both).
-            if st.consumers.iter().any(|c| c.exclusive)
+            // (An exclusive consumer is only ever the sole one, so the first tells.)
+            if st.consumers.first().is_some_and(|c| c.exclusive)
                 || (consumer.exclusive && (!st.consumers.is_empty() || self.args.single_active_consumer))
             {
                 return Err(AmqpError::access_refused(format!(
@@ -500,7 +501,8 @@ impl Queue {
                 )));
             }
             st.last_used_ms = now;
-            let at = st.consumers.iter().position(|c| c.priority < consumer.priority).unwrap_or(st.consumers.len());
+            // After every consumer of the same or a higher priority (the list is sorted).
+            let at = st.consumers.partition_point(|c| c.priority >= consumer.priority);
             st.consumers.insert(at, consumer);
             if at < st.cursor {
                 st.cursor += 1;
@@ -531,6 +533,48 @@ impl Queue {
         st.last_used_ms = self.clock.now_ms();
         let last = before == 1 && self.options.auto_delete && !st.deleted;
         if !last && at == 0 && self.args.single_active_consumer {
+            // A new single active consumer takes over: give it what is waiting.
+            drop(st);
+            self.dispatch();
+        }
+        last
+    }
+
+    /// Remove several consumers at once (a closing channel's): one pass over the list, where
+    /// one [`Queue::remove_consumer`] each made closing a channel with tens of thousands of
+    /// consumers quadratic. Returns true when it left an auto-delete queue without
+    /// consumers, as [`Queue::remove_consumer`] does.
+    pub fn remove_consumers(self: &Arc<Self>, ids: &[u64]) -> bool {
+        if let [id] = ids {
+            return self.remove_consumer(*id);
+        }
+        let ids: std::collections::HashSet<u64> = ids.iter().copied().collect();
+        let mut st = self.state.lock();
+        let before = st.consumers.len();
+        let head_removed = st.consumers.first().is_some_and(|c| ids.contains(&c.id));
+        let cursor = st.cursor;
+        let (mut at, mut removed_before_cursor) = (0, 0);
+        st.consumers.retain(|c| {
+            let gone = ids.contains(&c.id);
+            if gone && at < cursor {
+                removed_before_cursor += 1;
+            }
+            at += 1;
+            !gone
+        });
+        if st.consumers.len() == before {
+            return false;
+        }
+        st.cursor -= removed_before_cursor;
+        if st.cursor >= st.consumers.len() {
+            st.cursor = 0;
+        }
+        if st.consumers.is_empty() && self.in_flow() {
+            self.set_flow(false);
+        }
+        st.last_used_ms = self.clock.now_ms();
+        let last = st.consumers.is_empty() && self.options.auto_delete && !st.deleted;
+        if head_removed && !st.consumers.is_empty() && self.args.single_active_consumer {
             // A new single active consumer takes over: give it what is waiting.
             drop(st);
             self.dispatch();

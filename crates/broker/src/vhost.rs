@@ -1,7 +1,7 @@
 //! A virtual host: its exchanges and queues, and the operations of exchange.*, queue.*
 //! and basic.publish routing, with RabbitMQ's checks and error texts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -39,6 +39,9 @@ pub struct VHost {
     pub name: String,
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
+    /// Exclusive queues by owning connection, kept with `queues` (under its write lock):
+    /// a closing connection finds its queues without scanning every queue of the vhost.
+    owned: parking_lot::Mutex<HashMap<ConnectionId, Vec<Arc<Queue>>>>,
     persistence: Arc<dyn Persistence>,
     clock: Arc<dyn Clock>,
     me: Weak<VHost>,
@@ -126,6 +129,7 @@ impl VHost {
             name: name.to_owned(),
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
+            owned: parking_lot::Mutex::new(HashMap::new()),
             persistence,
             clock,
             me,
@@ -294,6 +298,9 @@ impl VHost {
             return Err(e);
         }
         qs.insert(name, q.clone());
+        if let Some(c) = owner {
+            self.owned.lock().entry(c).or_default().push(q.clone());
+        }
         self.changed();
         Ok((q, true))
     }
@@ -333,6 +340,15 @@ impl VHost {
             match qs.get(&q.name) {
                 Some(x) if Arc::ptr_eq(x, q) => {
                     qs.remove(&q.name);
+                    if let Some(c) = q.owner {
+                        let mut owned = self.owned.lock();
+                        if let Some(v) = owned.get_mut(&c) {
+                            v.retain(|x| !Arc::ptr_eq(x, q));
+                            if v.is_empty() {
+                                owned.remove(&c);
+                            }
+                        }
+                    }
                     self.changed();
                 }
                 _ => {}
@@ -380,7 +396,7 @@ impl VHost {
 
     /// Every exclusive queue owned by a closing connection.
     pub fn queues_owned_by(&self, conn: ConnectionId) -> Vec<Arc<Queue>> {
-        self.queues.read().values().filter(|q| q.owner == Some(conn)).cloned().collect()
+        self.owned.lock().get(&conn).cloned().unwrap_or_default()
     }
 
     pub fn bind_queue(
@@ -536,6 +552,7 @@ impl VHost {
         let mut visited: Vec<*const Exchange> = vec![Arc::as_ptr(exchange)];
         let mut pending = vec![exchange.clone()];
         let mut dests = Vec::new();
+        let mut seen = HashSet::new();
         while let Some(e) = pending.pop() {
             dests.clear();
             e.route(routing_key, headers, &mut dests);
@@ -548,11 +565,7 @@ impl VHost {
             }
             for d in dests.drain(..) {
                 match d {
-                    Destination::Queue(q) => {
-                        if !out.iter().any(|x| Arc::ptr_eq(x, &q)) {
-                            out.push(q);
-                        }
-                    }
+                    Destination::Queue(q) => push_unique(out, &mut seen, q),
                     Destination::Exchange(x) => {
                         let p = Arc::as_ptr(&x);
                         if !visited.contains(&p) && visited.len() < ROUTE_HOPS_MAX {
@@ -563,6 +576,26 @@ impl VHost {
                 }
             }
         }
+    }
+}
+
+/// Routed queues up to this many are deduplicated by scanning `out`; beyond, by a set (a
+/// fanout to thousands of queues made the scan quadratic per message).
+const ROUTE_SCAN_MAX: usize = 32;
+
+/// Add `q` to `out` unless it is there. `seen` mirrors `out` once it outgrows a scan.
+fn push_unique(out: &mut Vec<Arc<Queue>>, seen: &mut HashSet<*const Queue>, q: Arc<Queue>) {
+    if out.len() < ROUTE_SCAN_MAX {
+        if !out.iter().any(|x| Arc::ptr_eq(x, &q)) {
+            out.push(q);
+        }
+        return;
+    }
+    if seen.is_empty() {
+        seen.extend(out.iter().map(Arc::as_ptr));
+    }
+    if seen.insert(Arc::as_ptr(&q)) {
+        out.push(q);
     }
 }
 

@@ -166,6 +166,57 @@ fn auto_delete_reported_on_last_consumer() {
     assert!(q.remove_consumer(b));
 }
 
+/// A closing connection's exclusive queues, found through the per-connection index.
+#[test]
+fn exclusive_queues_by_owner() {
+    let vh = VHost::new("/");
+    let excl = QueueOptions { exclusive: true, ..opts() };
+    for (name, conn) in [("a", 1), ("b", 1), ("c", 2)] {
+        vh.declare_queue(name, false, excl.clone(), conn).unwrap();
+    }
+    vh.declare_queue("shared", false, opts(), 1).unwrap();
+    let names = |conn| {
+        let mut v: Vec<String> = vh.queues_owned_by(conn).iter().map(|q| q.name.clone()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(1), ["a", "b"]);
+    assert_eq!(names(2), ["c"]);
+    vh.delete_queue("a", false, false, 1).unwrap();
+    assert_eq!(names(1), ["b"]);
+    for q in vh.queues_owned_by(1) {
+        vh.remove_queue(&q);
+    }
+    assert!(names(1).is_empty());
+    assert_eq!(names(2), ["c"]);
+    assert!(vh.queue("shared", 1).is_ok());
+}
+
+/// A closing channel removes its consumers of one queue in one call: the others keep
+/// taking turns, and removing the rest reports the auto-delete queue's last consumer gone.
+#[test]
+fn consumers_removed_in_one_batch() {
+    let q = Queue::new("/", "q".into(), QueueOptions { auto_delete: true, ..opts() }, None);
+    let sinks: Vec<Arc<Sink>> = (0..6).map(|_| Sink::new(10)).collect();
+    let ids: Vec<u64> = sinks.iter().map(|s| consume(&q, s)).collect();
+    for i in 0..3 {
+        q.publish(msg(&format!("m{i}")));
+    }
+    // Consumers 0..3 got one each; the next turn is consumer 3's. Remove 0, 2 and 4.
+    assert!(!q.remove_consumers(&[ids[0], ids[2], ids[4]]));
+    assert_eq!(q.consumer_count(), 3);
+    for i in 3..6 {
+        q.publish(msg(&format!("m{i}")));
+    }
+    let got: Vec<Vec<String>> = sinks.iter().map(|s| s.bodies()).collect();
+    assert_eq!(got[1], ["m1", "m5"]);
+    assert_eq!(got[3], ["m3"]);
+    assert_eq!(got[5], ["m4"]);
+    assert!(!q.remove_consumers(&[ids[0], ids[2]]), "already gone");
+    assert!(q.remove_consumers(&[ids[1], ids[3], ids[5]]));
+    assert_eq!(q.consumer_count(), 0);
+}
+
 proptest! {
     /// Whatever mix of publish, get and requeue, the ready messages come out in
     /// publish order with requeued ones back at their original position.

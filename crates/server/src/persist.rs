@@ -157,50 +157,87 @@ impl Def {
 }
 
 /// Replay records into the live set: declarations minus later deletions (a deleted queue
-/// or exchange takes its bindings with it).
+/// or exchange takes its bindings with it). A redeclared exchange or queue moves to its
+/// latest declaration, so replay still declares both ends before each binding.
+///
+/// Linear in the records: each costs O(1) expected work, a deletion also O(the bindings it
+/// takes). (Scanning the live set per record took 47 s for 60k bindings.)
 fn compact(records: &[Def]) -> Vec<Def> {
-    let mut live: Vec<Def> = Vec::new();
+    // Live records in log order; a removed one leaves a hole.
+    let mut slots: Vec<Option<Def>> = Vec::with_capacity(records.len());
+    let mut exchanges: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut queues: HashMap<(&str, &str), usize> = HashMap::new();
+    // A binding's identity is its encoding (with the binding tag).
+    let mut bindings: HashMap<Vec<u8>, usize> = HashMap::new();
+    // (vhost, name) → slots of the bindings from that exchange, to that exchange, to that
+    // queue. Slots emptied since (unbound) are skipped when these are used.
+    let mut from_exchange: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+    let mut to_exchange: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+    let mut to_queue_slots: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+    let binding_key = |d: &Def| {
+        let mut k = d.encode();
+        k[0] = 5;
+        k
+    };
+    let drop_bindings = |slots: &mut Vec<Option<Def>>, bindings: &mut HashMap<Vec<u8>, usize>, list: Vec<usize>| {
+        for i in list {
+            if let Some(d) = slots[i].take() {
+                bindings.remove(&binding_key(&d));
+            }
+        }
+    };
     for d in records {
         match d {
             Def::Exchange { vhost, name, .. } => {
-                live.retain(|x| !matches!(x, Def::Exchange { vhost: v, name: n, .. } if v == vhost && n == name));
-                live.push(d.clone());
+                if let Some(i) = exchanges.insert((vhost.as_str(), name.as_str()), slots.len()) {
+                    slots[i] = None;
+                }
+                slots.push(Some(d.clone()));
             }
             Def::Queue { vhost, name, .. } => {
-                live.retain(|x| !matches!(x, Def::Queue { vhost: v, name: n, .. } if v == vhost && n == name));
-                live.push(d.clone());
+                if let Some(i) = queues.insert((vhost.as_str(), name.as_str()), slots.len()) {
+                    slots[i] = None;
+                }
+                slots.push(Some(d.clone()));
             }
-            Def::Binding { .. } => {
-                if !live.contains(d) {
-                    live.push(d.clone());
+            Def::Binding { vhost, source, to_queue, destination, .. } => {
+                let key = binding_key(d);
+                if bindings.contains_key(&key) {
+                    continue;
+                }
+                let i = slots.len();
+                bindings.insert(key, i);
+                from_exchange.entry((vhost.as_str(), source.as_str())).or_default().push(i);
+                let to = if *to_queue { &mut to_queue_slots } else { &mut to_exchange };
+                to.entry((vhost.as_str(), destination.as_str())).or_default().push(i);
+                slots.push(Some(d.clone()));
+            }
+            Def::ExchangeDeleted { vhost, name } => {
+                let id = (vhost.as_str(), name.as_str());
+                if let Some(i) = exchanges.remove(&id) {
+                    slots[i] = None;
+                }
+                for list in [from_exchange.remove(&id), to_exchange.remove(&id)].into_iter().flatten() {
+                    drop_bindings(&mut slots, &mut bindings, list);
                 }
             }
-            Def::ExchangeDeleted { vhost, name } => live.retain(|x| match x {
-                Def::Exchange { vhost: v, name: n, .. } => !(v == vhost && n == name),
-                Def::Binding { vhost: v, source, to_queue, destination, .. } => {
-                    !(v == vhost && (source == name || (!to_queue && destination == name)))
+            Def::QueueDeleted { vhost, name } => {
+                let id = (vhost.as_str(), name.as_str());
+                if let Some(i) = queues.remove(&id) {
+                    slots[i] = None;
                 }
-                _ => true,
-            }),
-            Def::QueueDeleted { vhost, name } => live.retain(|x| match x {
-                Def::Queue { vhost: v, name: n, .. } => !(v == vhost && n == name),
-                Def::Binding { vhost: v, to_queue: true, destination, .. } => !(v == vhost && destination == name),
-                _ => true,
-            }),
-            Def::Unbinding { vhost, source, to_queue, destination, key, args } => {
-                let b = Def::Binding {
-                    vhost: vhost.clone(),
-                    source: source.clone(),
-                    to_queue: *to_queue,
-                    destination: destination.clone(),
-                    key: key.clone(),
-                    args: args.clone(),
-                };
-                live.retain(|x| *x != b);
+                if let Some(list) = to_queue_slots.remove(&id) {
+                    drop_bindings(&mut slots, &mut bindings, list);
+                }
+            }
+            Def::Unbinding { .. } => {
+                if let Some(i) = bindings.remove(&binding_key(d)) {
+                    slots[i] = None;
+                }
             }
         }
     }
-    live
+    slots.into_iter().flatten().collect()
 }
 
 /// Whether `name` has the form of [`queue_dir_name`] (16 lowercase hex digits).
@@ -607,5 +644,154 @@ mod tests {
         assert_eq!(compact(&[q.clone(), e.clone(), b.clone(), qd]), vec![e.clone()]);
         let ed = Def::ExchangeDeleted { vhost: "/".into(), name: "e".into() };
         assert_eq!(compact(&[q.clone(), e, b, ed]), vec![q]);
+    }
+
+    /// The reference model: the live set kept as a list and filtered per record.
+    fn compact_reference(records: &[Def]) -> Vec<Def> {
+        let mut live: Vec<Def> = Vec::new();
+        for d in records {
+            match d {
+                Def::Exchange { vhost, name, .. } => {
+                    live.retain(|x| !matches!(x, Def::Exchange { vhost: v, name: n, .. } if v == vhost && n == name));
+                    live.push(d.clone());
+                }
+                Def::Queue { vhost, name, .. } => {
+                    live.retain(|x| !matches!(x, Def::Queue { vhost: v, name: n, .. } if v == vhost && n == name));
+                    live.push(d.clone());
+                }
+                Def::Binding { .. } => {
+                    if !live.contains(d) {
+                        live.push(d.clone());
+                    }
+                }
+                Def::ExchangeDeleted { vhost, name } => live.retain(|x| match x {
+                    Def::Exchange { vhost: v, name: n, .. } => !(v == vhost && n == name),
+                    Def::Binding { vhost: v, source, to_queue, destination, .. } => {
+                        !(v == vhost && (source == name || (!to_queue && destination == name)))
+                    }
+                    _ => true,
+                }),
+                Def::QueueDeleted { vhost, name } => live.retain(|x| match x {
+                    Def::Queue { vhost: v, name: n, .. } => !(v == vhost && n == name),
+                    Def::Binding { vhost: v, to_queue: true, destination, .. } => !(v == vhost && destination == name),
+                    _ => true,
+                }),
+                Def::Unbinding { vhost, source, to_queue, destination, key, args } => {
+                    let b = Def::Binding {
+                        vhost: vhost.clone(),
+                        source: source.clone(),
+                        to_queue: *to_queue,
+                        destination: destination.clone(),
+                        key: key.clone(),
+                        args: args.clone(),
+                    };
+                    live.retain(|x| *x != b);
+                }
+            }
+        }
+        live
+    }
+
+    /// Random logs over a few vhosts, names, keys and argument tables agree with the
+    /// reference, record for record and in order.
+    #[test]
+    fn compact_agrees_with_reference() {
+        // xorshift64: deterministic, and no dependency for one test.
+        struct Rng(u64);
+        impl Rng {
+            fn below(&mut self, n: u64) -> u64 {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                self.0 % n
+            }
+            fn bool(&mut self) -> bool {
+                self.below(2) == 1
+            }
+        }
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let pick = |rng: &mut Rng, from: &[&str]| from[rng.below(from.len() as u64) as usize].to_owned();
+        for round in 0..2_000 {
+            let len = rng.below(5 + round % 60) as usize;
+            let mut records = Vec::with_capacity(len);
+            for _ in 0..len {
+                let vhost = pick(&mut rng, &["/", "v"]);
+                let name = pick(&mut rng, &["a", "b", "c"]);
+                let mut args = FieldTable::new();
+                if rng.bool() {
+                    args.insert("x-k", wire::FieldValue::I32(rng.below(2) as i32));
+                }
+                let d = match rng.below(8) {
+                    0 => Def::Exchange {
+                        vhost,
+                        name,
+                        kind: "topic".into(),
+                        auto_delete: rng.bool(),
+                        internal: false,
+                        args,
+                    },
+                    1 => Def::Queue { vhost, name, auto_delete: rng.bool(), args },
+                    2 => Def::ExchangeDeleted { vhost, name },
+                    3 => Def::QueueDeleted { vhost, name },
+                    4 => Def::Unbinding {
+                        vhost,
+                        source: name,
+                        to_queue: rng.bool(),
+                        destination: pick(&mut rng, &["a", "b", "c"]),
+                        key: pick(&mut rng, &["k", "l"]),
+                        args,
+                    },
+                    _ => Def::Binding {
+                        vhost,
+                        source: name,
+                        to_queue: rng.bool(),
+                        destination: pick(&mut rng, &["a", "b", "c"]),
+                        key: pick(&mut rng, &["k", "l"]),
+                        args,
+                    },
+                };
+                records.push(d);
+            }
+            assert_eq!(compact(&records), compact_reference(&records), "{records:?}");
+        }
+    }
+
+    /// 100,000 bindings with deletions in between compact in well under a second (the
+    /// quadratic version took 47 s for 60,000).
+    #[test]
+    fn compact_is_linear() {
+        let mut records = vec![Def::Exchange {
+            vhost: "/".into(),
+            name: "e".into(),
+            kind: "topic".into(),
+            auto_delete: false,
+            internal: false,
+            args: FieldTable::new(),
+        }];
+        for q in 0..1_000 {
+            records.push(Def::Queue {
+                vhost: "/".into(),
+                name: format!("q{q}"),
+                auto_delete: false,
+                args: FieldTable::new(),
+            });
+        }
+        for i in 0..100_000 {
+            records.push(Def::Binding {
+                vhost: "/".into(),
+                source: "e".into(),
+                to_queue: true,
+                destination: format!("q{}", i % 1_000),
+                key: format!("k.{i}"),
+                args: FieldTable::new(),
+            });
+        }
+        for q in 0..500 {
+            records.push(Def::QueueDeleted { vhost: "/".into(), name: format!("q{q}") });
+        }
+        let started = std::time::Instant::now();
+        let live = compact(&records);
+        assert_eq!(live.len(), 1 + 500 + 50_000);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
     }
 }

@@ -302,12 +302,21 @@ impl MessageStore for DiskQueueStore {
         self.disk_next.is_some() || self.mem_cost >= self.budget / 2
     }
 
+    /// Drops the RAM parts and acknowledges the disk part without reading it back (it was
+    /// read, message by message, under the queue's lock).
     fn purge(&mut self) -> usize {
-        let mut n = 0;
-        while let Some(m) = self.pop() {
+        let n = self.len();
+        for m in std::mem::take(&mut self.requeued).into_values().chain(std::mem::take(&mut self.mem)) {
             self.ack(&m);
-            n += 1;
         }
+        self.mem_cost = 0;
+        if let Some(from) = self.disk_next.take()
+            && let Err(e) = self.files.purge_from(from)
+        {
+            // Not acknowledged on disk: the purged messages come back after a restart.
+            error!("purging {} from {from:?}: {e}", self.files.dir().display());
+        }
+        self.disk_count = 0;
         self.ready_bytes = 0;
         n
     }

@@ -248,6 +248,10 @@ impl QueueFiles {
     /// A record was acknowledged. Deletes its segment once every record in it is.
     pub fn ack(self: &Arc<Self>, pos: DiskPos, persistent: bool) {
         let mut inner = self.inner.lock();
+        self.ack_locked(&mut inner, pos, persistent);
+    }
+
+    fn ack_locked(self: &Arc<Self>, inner: &mut Inner, pos: DiskPos, persistent: bool) {
         let write_seg = inner.write_seg;
         let write_len = inner.write_len();
         let Some(seg) = inner.segments.get_mut(&pos.segment) else { return };
@@ -264,25 +268,25 @@ impl QueueFiles {
                 inner.write_seg = next;
                 inner.segments.remove(&pos.segment);
                 remove_segment_files(&self.cache, &self.dir, pos.segment);
-                self.mark_dirty(&mut inner);
+                self.mark_dirty(inner);
                 return;
             }
             let Some(seg) = inner.segments.get_mut(&pos.segment) else { return };
             seg.ack_pending.extend_from_slice(&entry.to_le_bytes());
             seg.ack_pending.extend_from_slice(&crc32c::crc32c(&entry.to_le_bytes()).to_le_bytes());
-            self.mark_dirty(&mut inner);
+            self.mark_dirty(inner);
             return;
         }
         if seg.sealed && seg.acked >= seg.count {
             inner.segments.remove(&pos.segment);
             remove_segment_files(&self.cache, &self.dir, pos.segment);
             inner.dir_dirty = true;
-            self.mark_dirty(&mut inner);
+            self.mark_dirty(inner);
             return;
         }
         seg.ack_pending.extend_from_slice(&entry.to_le_bytes());
         seg.ack_pending.extend_from_slice(&crc32c::crc32c(&entry.to_le_bytes()).to_le_bytes());
-        self.mark_dirty(&mut inner);
+        self.mark_dirty(inner);
     }
 
     /// Record the delivery count of a requeued record (x-delivery-limit), so that it
@@ -296,6 +300,59 @@ impl QueueFiles {
         seg.count_pending.extend_from_slice(&e);
         seg.count_pending.extend_from_slice(&crc32c::crc32c(&e).to_le_bytes());
         self.mark_dirty(&mut inner);
+    }
+
+    /// Acknowledge every record from `from` to the end of the data: the purge of a queue's
+    /// on-disk backlog (the caller guarantees nothing from `from` on was delivered). The
+    /// segments after `from`'s are deleted unread; only `from`'s own segment is walked from
+    /// `from` on to write acks for its records, so the cost is bounded by one segment
+    /// whatever the backlog. Returns how many records were acknowledged one by one.
+    pub fn purge_from(self: &Arc<Self>, from: DiskPos) -> Result<u64, Error> {
+        let mut inner = self.inner.lock();
+        if inner.destroyed {
+            return Ok(0);
+        }
+        let ids: Vec<u32> = inner.segments.range(from.segment..).map(|(&id, _)| id).collect();
+        let mut acked = 0;
+        for id in ids {
+            if id == from.segment && from.offset > 0 {
+                if id == inner.write_seg {
+                    inner.write_pending(&self.cache, &self.dir)?;
+                }
+                let mut records = Vec::new();
+                {
+                    let seg = &inner.segments[&id];
+                    let start = u64::from(from.offset).min(seg.written);
+                    let mut buf = vec![0u8; (seg.written - start) as usize];
+                    self.cache.get(&seg_path(&self.dir, id, "seg"))?.read_exact_at(&mut buf, start)?;
+                    let mut at = 0usize;
+                    // A damaged record ends the walk: `read` cannot reach past it either.
+                    while let Decoded::Record(payload, n) = record::decode(&buf[at..]) {
+                        let off = (start + at as u64) as u32;
+                        if !seg.recovered_acks.contains(&off) {
+                            records.push((off, crate::disk_queue::payload_is_persistent(payload)));
+                        }
+                        at += n;
+                    }
+                }
+                for (offset, persistent) in records {
+                    self.ack_locked(&mut inner, DiskPos { segment: id, offset }, persistent);
+                    acked += 1;
+                }
+                continue;
+            }
+            // Every record of this segment lies past `from`.
+            inner.segments.remove(&id);
+            remove_segment_files(&self.cache, &self.dir, id);
+            inner.dir_dirty = true;
+            if id == inner.write_seg {
+                // The next append starts a fresh segment.
+                inner.pending.clear();
+                inner.write_seg = id + 1;
+            }
+        }
+        self.mark_dirty(&mut inner);
+        Ok(acked)
     }
 
     /// Remember that everything up to `pos` was handed to consumers.

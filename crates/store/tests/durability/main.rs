@@ -15,5 +15,6 @@ mod common;
 mod fixture;
 mod flips;
 mod paging;
+mod purge;
 mod restart;
 mod torn;
