@@ -8,7 +8,7 @@ use parking_lot::RwLock;
 use wire::{FieldTable, FieldValue};
 
 use crate::error::AmqpError;
-use crate::matching::{HeaderIndex, TopicIndex, headers_match_indexed};
+use crate::matching::{HeaderIndex, Multiset, TopicIndex, headers_match_indexed};
 use crate::queue::Queue;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +87,12 @@ impl PartialEq for Destination {
 }
 impl Eq for Destination {}
 
+impl std::hash::Hash for Destination {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id().hash(state);
+    }
+}
+
 impl Destination {
     pub fn name(&self) -> &str {
         match self {
@@ -145,7 +151,7 @@ struct Bindings {
     /// Binding identity → its position in its destination's `keys`.
     index: HashMap<BindingKey, usize>,
     /// direct: routing key → destinations.
-    direct: HashMap<String, Vec<Destination>>,
+    direct: HashMap<String, Multiset<Destination>>,
     /// topic: pattern trie.
     topic: TopicIndex<Destination>,
 }
@@ -246,7 +252,7 @@ impl Exchange {
             return false;
         }
         match self.options.kind {
-            ExchangeKind::Direct => bs.direct.entry(b.routing_key.clone()).or_default().push(b.destination.clone()),
+            ExchangeKind::Direct => bs.direct.entry(b.routing_key.clone()).or_default().add(b.destination.clone()),
             ExchangeKind::Topic => bs.topic.insert(&b.routing_key, b.destination.clone()),
             ExchangeKind::Fanout | ExchangeKind::Headers => {}
         }
@@ -281,9 +287,7 @@ impl Exchange {
         match self.options.kind {
             ExchangeKind::Direct => {
                 if let Some(v) = bs.direct.get_mut(&removed.routing_key) {
-                    if let Some(i) = v.iter().position(|d| *d == removed.destination) {
-                        v.swap_remove(i);
-                    }
+                    v.remove_one(&removed.destination);
                     if v.is_empty() {
                         bs.direct.remove(&removed.routing_key);
                     }

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
+use std::hash::Hash;
 
 use wire::{FieldTable, FieldValue};
 
@@ -130,12 +131,12 @@ struct Node<T> {
     /// Reached through a `#` edge: it may swallow any number of further words.
     is_hash: bool,
     /// Values bound at exactly this pattern, each distinct, with its binding count.
-    values: Vec<(T, usize)>,
+    values: Multiset<T>,
 }
 
 impl<T> Node<T> {
     fn new(is_hash: bool) -> Self {
-        Node { words: HashMap::new(), star: None, hash: None, is_hash, values: Vec::new() }
+        Node { words: HashMap::new(), star: None, hash: None, is_hash, values: Multiset::default() }
     }
 
     fn is_unused(&self) -> bool {
@@ -158,7 +159,7 @@ impl<T> std::fmt::Debug for TopicIndex<T> {
     }
 }
 
-impl<T: Clone + Eq> TopicIndex<T> {
+impl<T: Clone + Eq + Hash> TopicIndex<T> {
     pub fn new() -> Self {
         Self::default()
     }
@@ -185,11 +186,7 @@ impl<T: Clone + Eq> TopicIndex<T> {
                 }
             };
         }
-        let values = &mut self.nodes[n].values;
-        match values.iter_mut().find(|(v, _)| *v == value) {
-            Some((_, count)) => *count += 1,
-            None => values.push((value, 1)),
-        }
+        self.nodes[n].values.add(value);
         self.len += 1;
     }
 
@@ -206,13 +203,8 @@ impl<T: Clone + Eq> TopicIndex<T> {
             path.push((n, word));
             n = c;
         }
-        let values = &mut self.nodes[n].values;
-        let Some(i) = values.iter().position(|(v, _)| v == value) else {
+        if !self.nodes[n].values.remove_one(value) {
             return false;
-        };
-        values[i].1 -= 1;
-        if values[i].1 == 0 {
-            values.swap_remove(i);
         }
         self.len -= 1;
         while let Some((parent, word)) = path.pop() {
@@ -262,18 +254,27 @@ impl<T: Clone + Eq> TopicIndex<T> {
         }
         visited += live.list.len();
         let start = out.len();
+        // What this call appended, once too many to scan (several matching patterns, each
+        // bound to many destinations).
+        let mut seen: HashSet<T> = HashSet::new();
         for &n in &live.list {
             let values = &self.nodes[n].values;
             if out.len() == start {
                 // Values within one node are distinct: nothing to compare with yet.
-                out.extend(values.iter().map(|(v, _)| v.clone()));
-            } else {
-                // T is only Eq (destinations compare by identity), so a linear check;
-                // it is reached only when several matching patterns carry values.
-                for (v, _) in values {
-                    if !out[start..].contains(v) {
-                        out.push(v.clone());
+                out.extend(values.iter().cloned());
+                continue;
+            }
+            for v in values.iter() {
+                let fresh = if seen.is_empty() && out.len() - start <= SCAN_MAX {
+                    !out[start..].contains(v)
+                } else {
+                    if seen.is_empty() {
+                        seen.extend(out[start..].iter().cloned());
                     }
+                    seen.insert(v.clone())
+                };
+                if fresh {
+                    out.push(v.clone());
                 }
             }
         }
@@ -333,6 +334,81 @@ impl<T: Clone + Eq> TopicIndex<T> {
                 None => break,
             }
         }
+    }
+}
+
+/// Up to this many values are searched by scanning; beyond, through a hash index.
+const SCAN_MAX: usize = 16;
+
+/// Distinct values with a count each (bindings sharing a destination and a pattern or key,
+/// with other arguments), searched by scanning while small and through a hash index once
+/// larger: thousands of queues bound with one pattern made every bind and unbind a scan.
+#[derive(Clone)]
+pub(crate) struct Multiset<T> {
+    items: Vec<(T, usize)>,
+    /// Value → position in `items`, once `items` outgrew a scan (boxed: one word in the
+    /// many trie nodes that never need it, where a bare map is six).
+    #[allow(clippy::box_collection)]
+    index: Option<Box<HashMap<T, usize>>>,
+}
+
+impl<T> Default for Multiset<T> {
+    fn default() -> Self {
+        Multiset { items: Vec::new(), index: None }
+    }
+}
+
+impl<T> Multiset<T> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+impl<T: Clone + Eq + Hash> Multiset<T> {
+    fn position(&self, v: &T) -> Option<usize> {
+        match &self.index {
+            None => self.items.iter().position(|(x, _)| x == v),
+            Some(index) => index.get(v).copied(),
+        }
+    }
+
+    /// Adds one occurrence of `v`.
+    pub(crate) fn add(&mut self, v: T) {
+        if let Some(i) = self.position(&v) {
+            self.items[i].1 += 1;
+            return;
+        }
+        if let Some(index) = &mut self.index {
+            index.insert(v.clone(), self.items.len());
+        }
+        self.items.push((v, 1));
+        if self.index.is_none() && self.items.len() > SCAN_MAX {
+            self.index = Some(Box::new(self.items.iter().enumerate().map(|(i, (x, _))| (x.clone(), i)).collect()));
+        }
+    }
+
+    /// Removes one occurrence of `v`; false if there was none. Order is not kept.
+    pub(crate) fn remove_one(&mut self, v: &T) -> bool {
+        let Some(i) = self.position(v) else { return false };
+        self.items[i].1 -= 1;
+        if self.items[i].1 == 0 {
+            self.items.swap_remove(i);
+            if let Some(index) = &mut self.index {
+                index.remove(v);
+                if let Some((moved, _)) = self.items.get(i) {
+                    index.insert(moved.clone(), i);
+                }
+            }
+            if self.items.is_empty() {
+                self.index = None;
+            }
+        }
+        true
+    }
+
+    /// Each distinct value once.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        self.items.iter().map(|(v, _)| v)
     }
 }
 

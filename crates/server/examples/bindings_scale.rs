@@ -2,7 +2,8 @@
 //! through the broker core over the real disk persistence, then recovered as a restart
 //! does; the same bindings in RAM (the core's own cost, without the definitions log's
 //! fsync per binding); one publish through a headers binding with 26,000 keys; and the
-//! exclusive-queue lookup a closing connection makes, among 100,000 queues.
+//! exclusive-queue lookup a closing connection makes, among 100,000 queues; and 50,000
+//! queues bound with one pattern (bind, route to all, delete).
 //!
 //! `cargo run --release -p server --example bindings_scale -- [bindings] [queues] [dir]`
 //!
@@ -58,6 +59,49 @@ fn main() {
 
     headers_publish();
     teardown_lookup(queues.max(100_000));
+    one_pattern_many_queues(FAN_QUEUES);
+}
+
+const FAN_QUEUES: usize = 50_000;
+
+/// Many queues bound with the same pattern (one event queue per worker, all `#`): bind
+/// them, route one message to all of them, delete them.
+fn one_pattern_many_queues(n: usize) {
+    let vh = VHost::new("/");
+    let ex = ExchangeOptions {
+        kind: ExchangeKind::Topic,
+        delayed: false,
+        durable: false,
+        auto_delete: false,
+        internal: false,
+        arguments: FieldTable::new(),
+    };
+    let e = vh.declare_exchange("events", false, ex).expect("declare exchange");
+    let q = QueueOptions { durable: false, exclusive: false, auto_delete: false, arguments: FieldTable::new() };
+    for i in 0..n {
+        vh.declare_queue(&format!("w{i}"), false, q.clone(), 1).expect("declare queue");
+    }
+    let started = Instant::now();
+    for i in 0..n {
+        vh.bind_queue(&format!("w{i}"), "events", "#", FieldTable::new(), 1).expect("bind");
+    }
+    let bind = started.elapsed();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    vh.route(&e, "worker.heartbeat", &mut || None, &mut out);
+    assert_eq!(out.len(), n);
+    let route = started.elapsed();
+    let started = Instant::now();
+    for i in 0..n {
+        vh.delete_queue(&format!("w{i}"), false, false, 1).expect("delete queue");
+    }
+    let delete = started.elapsed();
+    println!(
+        "{n} queues bound with '#': bind {:.3} s, route one message to all {:.3} ms, delete the queues {:.3} s",
+        bind.as_secs_f64(),
+        route.as_secs_f64() * 1e3,
+        delete.as_secs_f64()
+    );
 }
 
 /// What every closing connection does first: find its exclusive queues, in a vhost holding

@@ -11,7 +11,7 @@ fn table(entries: &[(&str, FieldValue)]) -> FieldTable {
 }
 
 /// Sorted values a TopicIndex routes `key` to.
-fn route<T: Clone + Eq + Ord>(index: &TopicIndex<T>, key: &str) -> Vec<T> {
+fn route<T: Clone + Eq + Ord + std::hash::Hash>(index: &TopicIndex<T>, key: &str) -> Vec<T> {
     let mut out = Vec::new();
     index.matches(key, &mut out);
     let n = out.len();
@@ -846,4 +846,64 @@ fn headers_match_is_linear_in_keys() {
     let started = std::time::Instant::now();
     assert!(headers_match(&args, Some(&headers)));
     assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+}
+
+// ---- multisets of destinations ---------------------------------------------------------
+
+proptest! {
+    // Adds and removals over up to 40 distinct values (past the scan limit, so the hash
+    // index is built, kept and used) agree with a map of counts; so do topic routes with
+    // many values at one pattern, deduplicated across patterns.
+    #[test]
+    fn multiset_agrees_with_counts(ops in prop::collection::vec((any::<bool>(), 0u32..40), 0..400)) {
+        let mut set: Multiset<u32> = Multiset::default();
+        let mut model: std::collections::BTreeMap<u32, usize> = std::collections::BTreeMap::new();
+        let mut index: TopicIndex<u32> = TopicIndex::new();
+        for (add, v) in ops {
+            let pattern = if v % 2 == 0 { "a.*" } else { "#" };
+            if add {
+                set.add(v);
+                index.insert(pattern, v);
+                *model.entry(v).or_default() += 1;
+            } else {
+                let had = model.get(&v).is_some_and(|c| *c > 0);
+                prop_assert_eq!(set.remove_one(&v), had);
+                prop_assert_eq!(index.remove(pattern, &v), had);
+                if had {
+                    let c = model.get_mut(&v).unwrap();
+                    *c -= 1;
+                    if *c == 0 {
+                        model.remove(&v);
+                    }
+                }
+            }
+            let mut got: Vec<u32> = set.iter().copied().collect();
+            got.sort_unstable();
+            prop_assert_eq!(&got, &model.keys().copied().collect::<Vec<_>>());
+            prop_assert_eq!(set.is_empty(), model.is_empty());
+            prop_assert_eq!(route(&index, "a.b"), model.keys().copied().collect::<Vec<_>>());
+        }
+    }
+}
+
+// 20,000 destinations on one pattern and 20,000 on another that matches the same keys:
+// binding, routing (deduplicated) and unbinding stay linear.
+#[test]
+fn many_values_at_one_pattern() {
+    const N: u32 = 20_000;
+    let mut index: TopicIndex<u32> = TopicIndex::new();
+    let started = std::time::Instant::now();
+    for v in 0..N {
+        index.insert("a.#", v);
+        index.insert("#.b", v + N / 2);
+    }
+    let mut out = Vec::new();
+    index.matches("a.b", &mut out);
+    assert_eq!(out.len(), (N + N / 2) as usize);
+    for v in 0..N {
+        assert!(index.remove("a.#", &v));
+        assert!(index.remove("#.b", &(v + N / 2)));
+    }
+    assert!(index.is_empty());
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
 }
