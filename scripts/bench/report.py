@@ -463,6 +463,9 @@ def main():
     md.append("Where Warren's time goes, and microbenchmarks of the codec, routing and store: "
               "[profiling.md](profiling.md).")
     md.append("")
+    md.append("Scale paths (100k bindings and their recovery, headers matching, purge, consumer "
+              "teardown), before and after making them linear: [benchmarks-scale.md](benchmarks-scale.md).")
+    md.append("")
     md.append("## Machine and versions")
     md.append("")
     md += machine(res, meta)
