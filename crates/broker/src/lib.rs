@@ -16,6 +16,7 @@ pub mod clock;
 pub mod dead_letter;
 pub mod error;
 pub mod exchange;
+pub mod limits;
 pub mod matching;
 pub mod message;
 pub mod queue;

@@ -14,6 +14,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::dead_letter::{self, Reason};
 use crate::error::AmqpError;
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeOptions};
+use crate::limits::NodeLimits;
 use crate::message::QueuedMessage;
 use crate::queue::{Consumer, Queue, QueueOptions};
 use crate::store::{MemoryStore, MessageStore, PriorityStore};
@@ -48,6 +49,8 @@ pub struct VHost {
     /// Bumped by every change of exchanges, queues or bindings: routes cached by a
     /// publisher stay valid while it is unchanged.
     generation: AtomicU64,
+    /// The node's bounds on queues, exchanges and bindings (shared by its vhosts).
+    node: Arc<NodeLimits>,
 }
 
 /// Where queues keep their messages and where durable topology is recorded. The vhost
@@ -121,10 +124,26 @@ impl VHost {
     }
 
     pub fn with_clock(name: &str, persistence: Arc<dyn Persistence>, clock: Arc<dyn Clock>) -> Arc<VHost> {
-        Arc::new_cyclic(|me| Self::build(name, persistence, clock, me.clone()))
+        Self::with_limits(name, persistence, clock, Arc::new(NodeLimits::unlimited()))
     }
 
-    fn build(name: &str, persistence: Arc<dyn Persistence>, clock: Arc<dyn Clock>, me: Weak<VHost>) -> VHost {
+    /// A vhost counting its queues, exchanges and bindings against the node's `node`.
+    pub fn with_limits(
+        name: &str,
+        persistence: Arc<dyn Persistence>,
+        clock: Arc<dyn Clock>,
+        node: Arc<NodeLimits>,
+    ) -> Arc<VHost> {
+        Arc::new_cyclic(|me| Self::build(name, persistence, clock, me.clone(), node))
+    }
+
+    fn build(
+        name: &str,
+        persistence: Arc<dyn Persistence>,
+        clock: Arc<dyn Clock>,
+        me: Weak<VHost>,
+        node: Arc<NodeLimits>,
+    ) -> VHost {
         let vh = VHost {
             name: name.to_owned(),
             exchanges: RwLock::new(HashMap::new()),
@@ -134,6 +153,7 @@ impl VHost {
             clock,
             me,
             generation: AtomicU64::new(0),
+            node,
         };
         {
             let mut ex = vh.exchanges.write();
@@ -214,8 +234,12 @@ impl VHost {
             e.check_equivalent(&opts)?;
             return Ok(e.clone());
         }
+        self.node.take_exchange(name)?;
         let e = Exchange::new(&self.name, name.to_owned(), opts);
-        self.persistence.exchange_declared(&e)?;
+        if let Err(err) = self.persistence.exchange_declared(&e) {
+            self.node.release_exchange();
+            return Err(err);
+        }
         ex.insert(name.to_owned(), e.clone());
         self.changed();
         Ok(e)
@@ -238,6 +262,9 @@ impl VHost {
             return Err(AmqpError::precondition_failed(format!("exchange '{name}' in vhost '{}' in use", self.name)));
         }
         ex.remove(name);
+        self.node.release_exchange();
+        // Its own bindings go with it.
+        self.node.release_bindings(e.binding_count());
         self.changed();
         for other in ex.values() {
             self.unbind_all(other, &dest);
@@ -291,9 +318,17 @@ impl VHost {
             args.delivery_limit.get_or_insert(QUORUM_DELIVERY_LIMIT);
         }
         let owner = opts.exclusive.then_some(conn);
-        let store = self.persistence.queue_store(&self.name, &name, &opts)?;
+        self.node.take_queue(&name)?;
+        let store = match self.persistence.queue_store(&self.name, &name, &opts) {
+            Ok(s) => s,
+            Err(e) => {
+                self.node.release_queue();
+                return Err(e);
+            }
+        };
         let q = Queue::build(&self.name, name.clone(), opts, args, owner, store, self.clock.clone(), self.me.clone());
         if let Err(e) = self.persistence.queue_declared(&q) {
+            self.node.release_queue();
             q.mark_deleted();
             return Err(e);
         }
@@ -340,6 +375,7 @@ impl VHost {
             match qs.get(&q.name) {
                 Some(x) if Arc::ptr_eq(x, q) => {
                     qs.remove(&q.name);
+                    self.node.release_queue();
                     if let Some(c) = q.owner {
                         let mut owned = self.owned.lock();
                         if let Some(v) = owned.get_mut(&c) {
@@ -373,6 +409,7 @@ impl VHost {
         let mut ex = self.exchanges.write();
         if matches!(ex.get(&e.name), Some(x) if Arc::ptr_eq(x, e)) && e.binding_count() == 0 {
             ex.remove(&e.name);
+            self.node.release_exchange();
             self.changed();
             let dest = Destination::Exchange(e.clone());
             for other in ex.values() {
@@ -386,6 +423,7 @@ impl VHost {
     fn unbind_all(&self, source: &Exchange, dest: &Destination) -> usize {
         let gone = source.unbind_destination(dest);
         if !gone.is_empty() {
+            self.node.release_bindings(gone.len());
             self.changed();
         }
         for b in &gone {
@@ -423,14 +461,22 @@ impl VHost {
         if source.has_binding(&b) {
             return Ok(());
         }
-        self.persistence.binding_added(source, &b)?;
-        source.bind(b);
+        self.node.take_binding()?;
+        if let Err(e) = self.persistence.binding_added(source, &b) {
+            self.node.release_bindings(1);
+            return Err(e);
+        }
+        if !source.bind(b) {
+            // Added meanwhile by another connection: counted once, by it.
+            self.node.release_bindings(1);
+        }
         self.changed();
         Ok(())
     }
 
     fn remove_binding(&self, source: &Arc<Exchange>, b: &Binding) {
         if source.unbind(b) {
+            self.node.release_bindings(1);
             self.changed();
             self.persistence.binding_removed(source, b);
         }

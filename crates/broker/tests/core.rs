@@ -384,3 +384,61 @@ fn delete_if_unused_and_if_empty() {
     assert_eq!(vh.delete_queue("q", true, false, 1).unwrap_err().code, 406);
     assert_eq!(vh.delete_queue("q", false, false, 1).unwrap().message_count, 1);
 }
+
+fn ex_opts(kind: ExchangeKind, auto_delete: bool) -> ExchangeOptions {
+    ExchangeOptions { kind, delayed: false, durable: false, auto_delete, internal: false, arguments: FieldTable::new() }
+}
+
+/// Node limits on queues, exchanges and bindings: reaching one is 406 with a clear text
+/// (RabbitMQ's for queues), and every way of removing something gives its unit back —
+/// queue.delete, exchange.delete (with its own bindings), unbind, a deleted queue's
+/// bindings, an auto-deleted exchange, an exclusive queue whose connection closed.
+#[test]
+fn node_limits_on_queues_exchanges_and_bindings_count_exactly() {
+    use broker::clock::SystemClock;
+    use broker::limits::{Limits, NodeLimits};
+    let node = Arc::new(NodeLimits::new(Limits { queue_max_count: 3, exchange_max_count: 2, binding_max_count: 4 }));
+    let vh = VHost::with_limits("/", Arc::new(broker::vhost::InMemory), Arc::new(SystemClock), node.clone());
+    for q in ["q1", "q2", "q3"] {
+        vh.declare_queue(q, false, opts(), 1).expect("under the queue limit");
+    }
+    let e = vh.declare_queue("q4", false, opts(), 1).expect_err("over the queue limit");
+    assert_eq!(e.code, 406);
+    assert_eq!(e.text, "cannot declare queue 'q4': queue limit in cluster (3) is reached");
+    // A redeclare of an existing queue is not a new one.
+    vh.declare_queue("q1", false, opts(), 1).expect("redeclare");
+    vh.declare_exchange("x1", false, ex_opts(ExchangeKind::Direct, false)).expect("exchange 1");
+    vh.declare_exchange("x2", false, ex_opts(ExchangeKind::Fanout, true)).expect("exchange 2");
+    let e = vh.declare_exchange("x3", false, ex_opts(ExchangeKind::Topic, false)).expect_err("over");
+    assert_eq!((e.code, e.text.as_str()), (406, "cannot declare exchange 'x3': exchange limit (2) is reached"));
+    vh.bind_queue("q1", "x1", "a", FieldTable::new(), 1).expect("binding 1");
+    vh.bind_queue("q2", "x1", "a", FieldTable::new(), 1).expect("binding 2");
+    vh.bind_queue("q1", "x1", "a", FieldTable::new(), 1).expect("the same binding again");
+    vh.bind_queue("q3", "x2", "", FieldTable::new(), 1).expect("binding 3");
+    vh.bind_exchange("x2", "x1", "b", FieldTable::new()).expect("binding 4");
+    let e = vh.bind_queue("q3", "x1", "c", FieldTable::new(), 1).expect_err("over the binding limit");
+    assert_eq!((e.code, e.text.as_str()), (406, "cannot bind: binding limit (4) is reached"));
+    assert_eq!(node.used(), (3, 2, 4));
+    // Unbind gives one back.
+    vh.unbind_queue("q2", "x1", "a", FieldTable::new(), 1).expect("unbind");
+    assert_eq!(node.used(), (3, 2, 3));
+    // Deleting q3 takes its binding from x2; that was x2's last binding, so the
+    // auto-delete x2 goes too, with the binding x1 → x2.
+    vh.delete_queue("q3", false, false, 1).expect("delete q3");
+    assert_eq!(node.used(), (2, 1, 1), "q3, its binding, x2 and the binding to x2 are gone");
+    // Deleting x1 takes its own bindings (to q1).
+    vh.delete_exchange("x1", false).expect("delete x1");
+    let queues = node.used().0;
+    assert_eq!(node.used(), (2, 0, 0), "x1 and its binding are gone");
+    // Exclusive queues of a closing connection.
+    vh.declare_queue("excl", false, QueueOptions { exclusive: true, ..opts() }, 7).expect("exclusive");
+    assert_eq!(node.used().0, queues + 1);
+    for q in vh.queues_owned_by(7) {
+        vh.remove_queue(&q);
+    }
+    assert_eq!(node.used().0, queues);
+    // Room again for what was refused.
+    vh.declare_queue("q4", false, opts(), 1).expect("room for q4 now");
+    vh.declare_exchange("x3", false, ex_opts(ExchangeKind::Topic, false)).expect("room for x3 now");
+    vh.bind_queue("q4", "x3", "c", FieldTable::new(), 1).expect("room for a binding");
+}

@@ -49,6 +49,13 @@ pub struct Config {
     /// Queue files (segments, acks, …) the store keeps open at most, shared by all queues;
     /// others are opened on demand (least recently used closed first).
     pub store_open_files_max: usize,
+    /// Queues, exchanges (beyond the predeclared ones) and bindings the node holds at most:
+    /// each costs memory for as long as it exists, and declares are not blocked by the
+    /// memory alarm. Reaching one is 406 on the channel (for queues with RabbitMQ's
+    /// `cluster_queue_limit` text).
+    pub queue_max_count: usize,
+    pub exchange_max_count: usize,
+    pub binding_max_count: usize,
 }
 
 impl Default for Config {
@@ -71,6 +78,9 @@ impl Default for Config {
             disk_free_limit_bytes: 50_000_000,
             fd_reserve_count: 256,
             store_open_files_max: 1024,
+            queue_max_count: 1_000_000,
+            exchange_max_count: 1_000_000,
+            binding_max_count: 5_000_000,
         }
     }
 }

@@ -51,6 +51,15 @@ struct Args {
     /// quarter of the open-file limit.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     store_open_files_max: usize,
+    /// Queues the node holds at most (RabbitMQ's cluster_queue_limit); 406 beyond.
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    queue_max: usize,
+    /// Exchanges the node holds at most (besides the predeclared ones); 406 beyond.
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    exchange_max: usize,
+    /// Bindings the node holds at most; 406 beyond.
+    #[arg(long, default_value_t = 5_000_000, value_name = "N")]
+    binding_max: usize,
     /// Connections accepted at once; connection.open beyond it is refused with 530
     /// (default: no limit, as RabbitMQ).
     #[arg(long)]
@@ -114,6 +123,9 @@ fn main() -> anyhow::Result<()> {
             disk_free_limit_bytes: args.disk_free_limit,
             queue_ram_budget_bytes: args.queue_ram_budget,
             fd_reserve_count: args.fd_reserve,
+            queue_max_count: args.queue_max,
+            exchange_max_count: args.exchange_max,
+            binding_max_count: args.binding_max,
             // At most a quarter of the descriptors: connections keep at least half.
             store_open_files_max: args.store_open_files_max.min(usize::try_from(nofile / 4).unwrap_or(usize::MAX)),
             connection_max: args.connection_max,

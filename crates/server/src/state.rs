@@ -118,7 +118,15 @@ impl ServerState {
         let mut users = HashMap::new();
         users.insert("guest".to_owned(), "guest".to_owned());
         let mut vhosts = HashMap::new();
-        vhosts.insert("/".to_owned(), VHost::with_persistence("/", vhost_persistence));
+        let node = Arc::new(broker::limits::NodeLimits::new(broker::limits::Limits {
+            queue_max_count: config.queue_max_count,
+            exchange_max_count: config.exchange_max_count,
+            binding_max_count: config.binding_max_count,
+        }));
+        vhosts.insert(
+            "/".to_owned(),
+            VHost::with_limits("/", vhost_persistence, Arc::new(broker::clock::SystemClock), node),
+        );
         let (alarms_tx, alarms) = watch::channel(Alarms::default());
         let fds = crate::fds::FdBudget::new(crate::fds::nofile_limit(), config.fd_reserve_count);
         Arc::new(ServerState {

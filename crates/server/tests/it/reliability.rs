@@ -448,3 +448,22 @@ async fn memory_alarm_clears_once_memory_is_freed() {
     eprintln!("memory alarm: blocked at {peak} MiB, cleared at {} MiB", rss_mib(pid));
     publisher.abort();
 }
+
+/// The node's queue limit (RabbitMQ's cluster_queue_limit): the declare past it is 406 on
+/// the channel with RabbitMQ's text, the connection carries on, and deleting a queue makes
+/// room. (Exchanges and bindings have the same kind of limit: broker core tests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_limit_refuses_the_declare_past_it_with_406() {
+    let server = TestServer::start_with(server::Config { queue_max_count: 2, ..server::Config::default() }).await;
+    let (conn, ch) = open(&server).await;
+    declare_queue(&ch, "lim.1", QueueDeclareOptions::default(), FieldTable::default()).await;
+    declare_queue(&ch, "lim.2", QueueDeclareOptions::default(), FieldTable::default()).await;
+    let e = w!(ch.queue_declare("lim.3".into(), QueueDeclareOptions::default(), FieldTable::default()))
+        .expect_err("a third queue");
+    assert_eq!(reply_code(&e), Some(406), "{e}");
+    assert!(e.to_string().contains("cannot declare queue 'lim.3': queue limit in cluster (2) is reached"), "{e}");
+    let ch = channel(&conn).await;
+    w!(ch.queue_delete("lim.1".into(), Default::default())).expect("delete");
+    declare_queue(&ch, "lim.3", QueueDeclareOptions::default(), FieldTable::default()).await;
+    server.stop().await;
+}
