@@ -45,6 +45,10 @@ section "python interop tests (pika)"
 scripts/test-python.sh
 section_done
 
+section "soak smoke (kill -9, disk alarm, non-reading client: scripts/soak.sh --smoke)"
+WARREN_BIN="${WARREN_BIN:-$ROOT/target/debug/warren}" scripts/soak.sh --smoke
+section_done
+
 section "client libraries' own suites: kombu, py-amqp (docs/client-suites.md)"
 scripts/client-suites.sh --registry-only
 section_done
