@@ -25,9 +25,13 @@ pub enum Durability {
 pub struct CommitState {
     /// Every round up to this one is fsynced.
     pub durable_round: u64,
-    /// A write or fsync failed: no later round will ever be durable (the kernel may have
+    /// An fsync failed: no later round will ever be durable (the kernel may have
     /// dropped the dirty pages, so retrying proves nothing).
     pub failed: bool,
+    /// Rounds up to this one could not be written in time (e.g. the disk is full): their
+    /// publishes are refused. The store keeps retrying, and later rounds are confirmed
+    /// once writes succeed again.
+    pub failed_through: u64,
 }
 
 /// What a confirm waiting on a [`Durability`] may say now.
@@ -46,7 +50,7 @@ impl Durability {
         match self {
             Durability::Now => Settled::Durable,
             Durability::AfterCommit(r) if r <= c.durable_round => Settled::Durable,
-            Durability::AfterCommit(_) if c.failed => Settled::Failed,
+            Durability::AfterCommit(r) if c.failed || r <= c.failed_through => Settled::Failed,
             Durability::AfterCommit(_) => Settled::Pending,
         }
     }

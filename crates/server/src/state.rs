@@ -45,8 +45,9 @@ pub struct ServerState {
     forced_alarms: Mutex<Alarms>,
     /// Admission of new connections against the file-descriptor limit.
     pub fds: crate::fds::FdBudget,
-    /// The measured memory alarm (before forced alarms), for its hysteresis.
+    /// The measured memory and disk alarms (before forced alarms), for their hysteresis.
     memory_over: std::sync::atomic::AtomicBool,
+    disk_under: std::sync::atomic::AtomicBool,
 }
 
 /// One open connection in [`ServerState::connection_count`].
@@ -143,6 +144,7 @@ impl ServerState {
             delayed_seq: AtomicU64::new(0),
             fds,
             memory_over: std::sync::atomic::AtomicBool::new(false),
+            disk_under: std::sync::atomic::AtomicBool::new(false),
             alarms_tx,
             alarms,
             forced_alarms: Mutex::new(Alarms::default()),
@@ -304,7 +306,13 @@ impl ServerState {
             _ => false,
         };
         self.memory_over.store(memory, Ordering::Relaxed);
-        let disk = crate::alarms::disk_free_bytes(&cfg.data_dir).is_some_and(|f| f < cfg.disk_free_limit_bytes);
+        // The disk alarm clears only with 10 % to spare over the limit: segment files come
+        // and go in 8 MiB steps, and the alarm should not flap with them.
+        let disk_was_on = self.disk_under.load(Ordering::Relaxed);
+        let limit = cfg.disk_free_limit_bytes;
+        let disk = crate::alarms::disk_free_bytes(&cfg.data_dir)
+            .is_some_and(|f| if disk_was_on { f < limit.saturating_add(limit / 10) } else { f < limit });
+        self.disk_under.store(disk, Ordering::Relaxed);
         let forced = *self.forced_alarms.lock();
         self.set_alarms(Alarms { memory: memory || forced.memory, disk: disk || forced.disk });
     }

@@ -19,7 +19,7 @@ use broker::store::CommitState;
 
 use crate::file_cache::{FileCache, OPEN_FILES_MAX_DEFAULT};
 use parking_lot::{Condvar, Mutex};
-use tracing::{debug, error};
+use tracing::{debug, error, info, warn};
 
 use crate::segments::QueueFiles;
 
@@ -37,6 +37,8 @@ pub struct Syncer {
     poisoned: AtomicBool,
     /// Fault injection: the next round fails as if an fsync had.
     fail_next_round: AtomicBool,
+    /// Rounds up to this one were refused because they could not be written in time.
+    failed_through: AtomicU64,
     /// The open files of every queue this syncer commits for.
     files: Arc<FileCache>,
 }
@@ -65,6 +67,7 @@ impl Syncer {
             on_durable: Box::new(on_commit),
             poisoned: AtomicBool::new(false),
             fail_next_round: AtomicBool::new(false),
+            failed_through: AtomicU64::new(0),
             files: Arc::new(FileCache::new(open_files_max)),
         });
         let me = s.clone();
@@ -120,7 +123,11 @@ impl Syncer {
         };
         self.cv.notify_one();
         let mut st = self.state.lock();
-        while self.durable_epoch() < target && !st.stop && !self.is_poisoned() {
+        while self.durable_epoch() < target
+            && self.failed_through.load(Ordering::Acquire) < target
+            && !st.stop
+            && !self.is_poisoned()
+        {
             self.done.wait_for(&mut st, std::time::Duration::from_millis(10));
         }
     }
@@ -137,15 +144,22 @@ impl Syncer {
         let mut to_sync = Vec::new();
         let mut told_failure = false;
         // Directories whose fsync could not even be opened (EMFILE), carried to the next
-        // round; and how many rounds in a row that happened.
+        // round; since when rounds have not completed (a write or such an open failed);
+        // the last round whose publishes were refused for it.
         let mut retry: Vec<SyncTarget> = Vec::new();
-        let mut retry_rounds = 0u32;
+        let mut stalled_since: Option<Instant> = None;
+        let mut failed_through = 0u64;
         loop {
             let (epoch, batch) = {
                 let mut st = self.state.lock();
-                if !retry.is_empty() {
-                    // Give the process a moment to free descriptors.
-                    self.cv.wait_for(&mut st, OPEN_RETRY_PAUSE);
+                if stalled_since.is_some() {
+                    if st.stop {
+                        // Shutting down with writes that cannot be made: what they held
+                        // was never confirmed.
+                        return;
+                    }
+                    // Give the system a moment (free space, free descriptors).
+                    self.cv.wait_for(&mut st, STALLED_RETRY_PAUSE);
                 }
                 while st.dirty.is_empty() && retry.is_empty() && st.max_requested <= self.durable_epoch() && !st.stop {
                     self.cv.wait(&mut st);
@@ -160,10 +174,17 @@ impl Syncer {
             let started = Instant::now();
             to_sync.clear();
             to_sync.append(&mut retry);
+            let mut write_failed = false;
             for files in batch.iter().filter_map(Weak::upgrade) {
                 if let Err(e) = files.flush(&mut to_sync) {
-                    error!("writing queue files in {}: {e}", files.dir().display());
-                    self.poisoned.store(true, Ordering::Relaxed);
+                    // Nothing is lost: the bytes stay buffered and the files are flushed
+                    // again next round (a full disk, out of descriptors). Only an fsync
+                    // failure is final.
+                    if stalled_since.is_none() {
+                        error!("writing queue files in {}: {e}; retrying", files.dir().display());
+                    }
+                    write_failed = true;
+                    self.state.lock().dirty.push(Arc::downgrade(&files));
                 }
             }
             let synced = to_sync.len();
@@ -188,46 +209,59 @@ impl Syncer {
                 error!("fsync failed (injected), no further publishes will be confirmed");
                 self.poisoned.store(true, Ordering::Relaxed);
             }
-            if retry.is_empty() {
-                retry_rounds = 0;
-            } else {
-                retry_rounds += 1;
-                if retry_rounds > OPEN_RETRY_ROUNDS_MAX {
-                    error!(
-                        "could not open directories to fsync them for {retry_rounds} rounds; no further publishes will be confirmed"
-                    );
-                    self.poisoned.store(true, Ordering::Relaxed);
-                }
-            }
             if self.is_poisoned() {
                 retry.clear();
                 if !told_failure {
                     // Everyone waiting on this or a later round hears "never": publishers
                     // get nacks instead of confirms that stop without a word.
                     told_failure = true;
-                    (self.on_durable)(CommitState { durable_round: self.durable_epoch(), failed: true });
+                    (self.on_durable)(CommitState {
+                        durable_round: self.durable_epoch(),
+                        failed: true,
+                        failed_through,
+                    });
                 }
                 self.done.notify_all();
                 continue;
             }
-            if !retry.is_empty() {
-                // Not durable yet: a later round that gets the retries through publishes an
-                // epoch covering this one.
+            if write_failed || !retry.is_empty() {
+                // Not durable yet: a later round that gets through publishes an epoch
+                // covering this one. Publishers are not kept waiting meanwhile: once this
+                // has lasted STALLED_NACK_AFTER, the rounds so far are refused (nacks).
+                let since = *stalled_since.get_or_insert(started);
+                if since.elapsed() >= STALLED_NACK_AFTER && failed_through < epoch {
+                    if failed_through == 0 || since.elapsed() < STALLED_NACK_AFTER + STALLED_RETRY_PAUSE * 2 {
+                        warn!(
+                            "queue files could not be written for {:?}: refusing publishes until they can",
+                            since.elapsed()
+                        );
+                    }
+                    failed_through = epoch;
+                    self.failed_through.store(epoch, Ordering::Release);
+                    (self.on_durable)(CommitState {
+                        durable_round: self.durable_epoch(),
+                        failed: false,
+                        failed_through,
+                    });
+                    self.done.notify_all();
+                }
                 continue;
+            }
+            if let Some(since) = stalled_since.take() {
+                info!("queue files written again after {:?}; confirming publishes again", since.elapsed());
             }
             self.durable_epoch.store(epoch, Ordering::Release);
             debug!(epoch, files = synced, micros = started.elapsed().as_micros() as u64, "commit round");
-            (self.on_durable)(CommitState { durable_round: epoch, failed: false });
+            (self.on_durable)(CommitState { durable_round: epoch, failed: false, failed_through });
             self.done.notify_all();
         }
     }
 }
 
-/// Pause before a round that retries directory fsyncs whose open failed.
-const OPEN_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
-/// Rounds in a row a directory may fail to open for its fsync before the store gives up
-/// (poisoned: nacks): about 5 s of [`OPEN_RETRY_PAUSE`].
-const OPEN_RETRY_ROUNDS_MAX: u32 = 250;
+/// Pause between rounds while writes keep failing (or directories cannot be opened).
+const STALLED_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long publishes wait on rounds that cannot be written before they are nacked.
+const STALLED_NACK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 enum SyncError {
     /// The file or directory could not be opened: nothing is known lost; retry.
