@@ -41,7 +41,7 @@
 # clients are cleaned up on any exit. Work dir: a new /tmp/warren-soak.XXXXXX (removed
 # when the run passes unless --keep): warren.log, the clients' ledgers (pub*.log,
 # con*.log) and error logs (*.err), rss.csv, summary.json. Figures of full runs:
-# docs/reliability-soak.md.
+# docs/reliability.md ("Soak and chaos run").
 #
 # Environment:
 #   WARREN_BIN        broker binary (default target/release/warren if present, else
