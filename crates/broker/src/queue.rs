@@ -602,6 +602,7 @@ impl Queue {
                 return false;
             }
             self.expire_head(&mut st, now, &mut letters);
+            st.store.tick();
             self.args
                 .expires_ms
                 .is_some_and(|ttl| st.consumers.is_empty() && now.saturating_sub(st.last_used_ms) >= ttl)

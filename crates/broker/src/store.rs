@@ -99,6 +99,8 @@ pub trait MessageStore: Send {
     }
     /// The queue was deleted: release everything, including files.
     fn destroy(&mut self) {}
+    /// Periodic upkeep (the housekeeping tick, every 100 ms).
+    fn tick(&mut self) {}
     /// The ready backlog is about to spill (or spills) out of RAM: a store that pages to
     /// disk reports this so publishers can be slowed while consumers drain (see
     /// [`crate::Queue::in_flow`]). A RAM-only store never pages.
@@ -257,5 +259,13 @@ impl MessageStore for PriorityStore {
 
     fn near_ram_budget(&self) -> bool {
         self.levels.iter().any(|l| l.near_ram_budget())
+    }
+
+    fn tick(&mut self) {
+        for l in &mut self.levels {
+            if !l.is_empty() {
+                l.tick();
+            }
+        }
     }
 }

@@ -15,8 +15,8 @@ pub fn set_release_memory(f: fn()) {
     let _ = RELEASE_MEMORY.set(f);
 }
 
-/// Ask the allocator to return freed memory now (while the memory alarm is on, so that it
-/// clears as soon as memory is really free).
+/// Ask the allocator to return freed memory now (the housekeeping does, once a second, so
+/// that RSS and the memory alarm follow what is really in use).
 pub fn release_memory() {
     if let Some(f) = RELEASE_MEMORY.get() {
         f();

@@ -296,10 +296,10 @@ impl ServerState {
         // Hysteresis: on above the watermark, off only below 90 % of it, so a node
         // hovering at the line does not flap publishers between blocked and unblocked.
         let was_on = self.memory_over.load(Ordering::Relaxed);
-        if was_on {
-            // What was freed since the alarm went on must show in RSS for it to clear.
-            crate::alarms::release_memory();
-        }
+        // Once a second, what was freed goes back to the system: RSS is what the alarm
+        // and the operator see, and the allocator would otherwise keep it while the broker
+        // is quiet (so an alarm could never clear).
+        crate::alarms::release_memory();
         let memory = match (crate::alarms::rss_bytes(), watermark) {
             (Some(r), Some(w)) if was_on => r > w / 10 * 9,
             (Some(r), Some(w)) => r > w,

@@ -53,6 +53,10 @@ pub struct DiskQueueStore {
     delivered_before: Option<DiskPos>,
     /// From recovery: transient records before here belong to the previous run.
     recovered_end: Option<DiskPos>,
+    /// Messages in `mem` with a seq below this have buffers of their own (see `tick`).
+    detached_below: u64,
+    /// Messages with a seq below this were already waiting at the previous tick.
+    waiting_below: u64,
 }
 
 fn cost(m: &Message) -> u64 {
@@ -142,6 +146,8 @@ impl DiskQueueStore {
             last_seq: rec.last_seq,
             delivered_before: rec.delivered,
             recovered_end: rec.end,
+            detached_below: 0,
+            waiting_below: 0,
         })
     }
 
@@ -218,13 +224,6 @@ impl MessageStore for DiskQueueStore {
         self.ready_bytes += m.msg.body_size();
         let c = cost(&m.msg);
         if self.disk_next.is_none() && self.mem_cost + c <= self.budget {
-            if !self.mem.is_empty() {
-                // It waits behind others: give it buffers of its own rather than pin its
-                // publisher's read buffer (see `Message::detached`), so the RAM budget and
-                // x-max-length-bytes see what it really costs. (The queue's head is taken
-                // at once when consumers keep up, so they never pay for this copy.)
-                m.msg = Arc::new(m.msg.detached());
-            }
             self.mem_cost += c;
             self.mem.push_back(m);
             return Ok(durability);
@@ -323,6 +322,27 @@ impl MessageStore for DiskQueueStore {
 
     fn last_seq(&self) -> Option<u64> {
         self.last_seq
+    }
+
+    /// Messages that were already waiting at the previous tick get buffers of their own.
+    /// A body that arrived in one frame is a slice of its publisher's read buffer (64 KiB
+    /// to 1 MiB) and keeps all of it alive (see `Message::detached`): harmless for a message
+    /// delivered at once, but a backlog of ten-byte messages could pin a megabyte each that
+    /// no budget sees. Copying only what outlived a tick keeps the copy off the path of
+    /// queues whose consumers keep up.
+    fn tick(&mut self) {
+        let waiting_below = self.waiting_below;
+        for m in self.mem.iter_mut().rev() {
+            if m.seq >= waiting_below {
+                continue; // arrived since the previous tick
+            }
+            if m.seq < self.detached_below {
+                break;
+            }
+            m.msg = Arc::new(m.msg.detached());
+        }
+        self.detached_below = self.detached_below.max(waiting_below);
+        self.waiting_below = self.last_seq.map_or(0, |s| s + 1);
     }
 
     fn destroy(&mut self) {
