@@ -55,9 +55,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-VENV="$ROOT/.venv"
-REQ="$ROOT/tests/python/requirements.txt"
-PYTHON="${PYTHON:-python3}"
 TMPFS_MB="${SOAK_TMPFS_MB:-160}"
 
 keep=0
@@ -68,20 +65,8 @@ for arg in "$@"; do
     esac
 done
 
-# 1. the same virtualenv as scripts/test-python.sh (idempotent, same stamp)
-if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
-    echo "==> creating virtualenv at .venv"
-    rm -rf "$VENV"
-    "$PYTHON" -m venv "$VENV"
-fi
-STAMP="$VENV/.requirements.sha256"
-want="$(sha256sum "$REQ" | cut -d' ' -f1)"
-have="$(cat "$STAMP" 2>/dev/null || true)"
-if [[ "$want" != "$have" ]]; then
-    echo "==> installing tests/python/requirements.txt into .venv"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQ"
-    echo "$want" > "$STAMP"
-fi
+# 1. the same virtualenv as scripts/test-python.sh (idempotent)
+source "$ROOT/scripts/venv.sh"
 
 if [[ "${help:-0}" == 1 ]]; then
     exec "$VENV/bin/python" scripts/soak.py --work - --mount - --warren-bin - --help

@@ -15,26 +15,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-VENV="$ROOT/.venv"
-REQ="$ROOT/tests/python/requirements.txt"
-PYTHON="${PYTHON:-python3}"
-
-# 1. virtualenv (idempotent)
-if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
-    echo "==> creating virtualenv at .venv"
-    rm -rf "$VENV"
-    "$PYTHON" -m venv "$VENV"
-fi
-
-# 2. requirements, only when requirements.txt changed since the last install
-STAMP="$VENV/.requirements.sha256"
-want="$(sha256sum "$REQ" | cut -d' ' -f1)"
-have="$(cat "$STAMP" 2>/dev/null || true)"
-if [[ "$want" != "$have" ]]; then
-    echo "==> installing tests/python/requirements.txt into .venv"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQ"
-    echo "$want" > "$STAMP"
-fi
+# 1-2. virtualenv with the requirements (idempotent)
+source "$ROOT/scripts/venv.sh"
 
 # 3. broker
 export WARREN_BIN="${WARREN_BIN:-$ROOT/target/debug/warren}"
