@@ -66,3 +66,78 @@ impl Drop for TestServer {
         let _ = self.shutdown.send(true);
     }
 }
+
+/// The real `warren` binary as a child process on a free 127.0.0.1 port (for what an
+/// in-process server cannot show: its RSS, descriptor limits, kill -9), killed on drop.
+/// Its stderr goes to a log file beside the data dir.
+pub struct WarrenProcess {
+    child: std::process::Child,
+    pub port: u16,
+    log: std::path::PathBuf,
+}
+
+impl WarrenProcess {
+    /// Start warren on `data_dir` with `extra` flags, under `prlimit --nofile=N:N` when
+    /// `nofile` is given, and wait until it accepts connections.
+    pub fn start(data_dir: &std::path::Path, nofile: Option<u64>, extra: &[&str]) -> WarrenProcess {
+        use std::time::{Duration, Instant};
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let log = data_dir.with_extension(format!("{port}.log"));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let bin = env!("CARGO_BIN_EXE_warren");
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = std::process::Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin);
+                c
+            }
+            None => std::process::Command::new(bin),
+        };
+        cmd.args(["--amqp-port", &port.to_string(), "--bind", "127.0.0.1", "--heartbeat", "0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("WARREN_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr);
+        let child = cmd.spawn().expect("spawning warren");
+        let w = WarrenProcess { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "warren did not start:\n{}", w.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        w
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn uri(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=0", self.port)
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Resident set size in MiB.
+    pub fn rss_mib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |kib| kib / 1024)
+    }
+}
+
+impl Drop for WarrenProcess {
+    /// kill -9.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

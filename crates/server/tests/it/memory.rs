@@ -3,17 +3,16 @@
 //! the figure). Each attack used to grow the broker by hundreds of MiB or more.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wire::Method;
 
+use crate::common::WarrenProcess;
 use crate::hostile::raw::*;
 
-/// A `warren` child process on a free port, killed on drop.
+/// A `warren` child process on a free port with a data dir of its own, killed on drop.
 struct Broker {
-    child: Child,
+    process: WarrenProcess,
     addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
@@ -21,50 +20,13 @@ struct Broker {
 impl Broker {
     fn start(extra: &[&str]) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir");
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().unwrap().port();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-                .args(["--amqp-port", &port.to_string(), "--bind", "127.0.0.1", "--heartbeat", "0", "--data-dir"])
-                .arg(dir.path())
-                .args(extra)
-                .env("WARREN_LOG", "error")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawning warren");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Broker { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), _dir: dir };
-                }
-                if child.try_wait().ok().flatten().is_some() {
-                    break; // the port was taken meanwhile: another one
-                }
-                assert!(Instant::now() < deadline, "warren did not start listening");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        panic!("warren failed to start five times");
+        let process = WarrenProcess::start(&dir.path().join("data"), None, extra);
+        Broker { addr: process.addr(), process, _dir: dir }
     }
 
-    /// Resident set size in MiB.
     fn rss_mib(&self) -> u64 {
-        rss_kib(&Path::new("/proc").join(self.child.id().to_string()).join("status")) / 1024
+        self.process.rss_mib()
     }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rss_kib(status: &Path) -> u64 {
-    let s = std::fs::read_to_string(status).expect("reading /proc/<pid>/status");
-    let line = s.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
-    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS value")
 }
 
 /// A body sent as one-byte frames costs about its size, not a handle and a pinned read

@@ -10,7 +10,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation};
 use server::persist::queue_dir_name;
 
-use crate::common::TestServer;
+use crate::common::{TestServer, WarrenProcess};
 use crate::durability::*;
 
 /// Await `$e` for at most [`WAIT`], panicking with the expression's text on timeout.
@@ -218,63 +218,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The real `warren` binary under a low open-file limit (`prlimit`): a child process,
-/// killed on drop.
-struct LimitedBroker {
-    child: std::process::Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl LimitedBroker {
-    /// Start warren on `data_dir`, with `nofile` as its soft and hard descriptor limit
-    /// (None: unlimited as inherited), and wait until it accepts connections.
-    fn start(data_dir: &Path, nofile: Option<u64>, extra: &[&str]) -> LimitedBroker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        let log = data_dir.with_extension(format!("{port}.log"));
-        let stderr = std::fs::File::create(&log).expect("log file");
-        let bin = env!("CARGO_BIN_EXE_warren");
-        let mut cmd = match nofile {
-            Some(n) => {
-                let mut c = std::process::Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin);
-                c
-            }
-            None => std::process::Command::new(bin),
-        };
-        cmd.args(["--amqp-port", &port.to_string(), "--bind", "127.0.0.1", "--heartbeat", "0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .env("WARREN_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(stderr);
-        let child = cmd.spawn().expect("spawning warren under prlimit");
-        let b = LimitedBroker { child, port, log };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "warren did not start:\n{}", b.log());
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        b
-    }
-
-    fn uri(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=0", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for LimitedBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Descriptor exhaustion never produces a confirm for bytes that are not on disk. The
 /// issue's case: under `prlimit --nofile=128`, 130 idle connections (none logs in), then
 /// persistent publishes into a durable queue — before the fix the segment file could not
@@ -287,7 +230,7 @@ async fn idle_connections_cannot_exhaust_descriptors_the_store_needs() {
     let data = tmp.path().join("data");
     let mut acked = 0;
     {
-        let broker = LimitedBroker::start(&data, Some(128), &[]);
+        let broker = WarrenProcess::start(&data, Some(128), &[]);
         let conn = connect_uri(&broker.uri()).await;
         let ch = confirm_channel(&conn).await;
         let idle: Vec<std::net::TcpStream> =
@@ -318,7 +261,7 @@ async fn idle_connections_cannot_exhaust_descriptors_the_store_needs() {
         drop(idle);
         drop(broker); // kill -9
     }
-    let broker = LimitedBroker::start(&data, None, &[]);
+    let broker = WarrenProcess::start(&data, None, &[]);
     let conn = connect_uri(&broker.uri()).await;
     assert_eq!(queue_count(&conn, "fd.q").await, Ok(acked), "{}", broker.log());
 }
@@ -337,7 +280,7 @@ async fn many_queues_and_priority_levels_share_a_bounded_set_of_descriptors() {
     let mut prio_args = FieldTable::default();
     prio_args.insert("x-max-priority".into(), lapin::types::AMQPValue::ShortShortUInt(255));
     {
-        let broker = LimitedBroker::start(&data, Some(160), &[]);
+        let broker = WarrenProcess::start(&data, Some(160), &[]);
         let conn = connect_uri(&broker.uri()).await;
         let ch = confirm_channel(&conn).await;
         for i in 0..QUEUES {
@@ -355,7 +298,7 @@ async fn many_queues_and_priority_levels_share_a_bounded_set_of_descriptors() {
         }
         drop(broker); // kill -9
     }
-    let broker = LimitedBroker::start(&data, Some(160), &[]);
+    let broker = WarrenProcess::start(&data, Some(160), &[]);
     let conn = connect_uri(&broker.uri()).await;
     for i in 0..QUEUES {
         assert_eq!(queue_count(&conn, &format!("fd.{i}")).await, Ok(1), "fd.{i}\n{}", broker.log());
@@ -364,16 +307,6 @@ async fn many_queues_and_priority_levels_share_a_bounded_set_of_descriptors() {
     let got: Vec<String> = get_all(&ch, "fd.prio").await.into_iter().map(|(b, _)| b).collect();
     let want: Vec<String> = (0..=255u8).rev().map(|p| p.to_string()).collect();
     assert_eq!(got, want, "highest priority first, every level");
-}
-
-/// Resident set size of a process, in MiB.
-fn rss_mib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(0, |kib| kib / 1024)
 }
 
 /// The memory alarm clears once memory drops, always: messages held unacknowledged by a
@@ -387,8 +320,7 @@ async fn memory_alarm_clears_once_memory_is_freed() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     let watermark = (WATERMARK_MIB << 20).to_string();
-    let broker = LimitedBroker::start(&data, None, &["--memory-high-watermark", &watermark]);
-    let pid = broker.child.id();
+    let broker = WarrenProcess::start(&data, None, &["--memory-high-watermark", &watermark]);
     let pconn = connect_uri(&broker.uri()).await;
     let pch = channel(&pconn).await;
     declare_queue(&pch, "mem.q", QueueDeclareOptions::default(), FieldTable::default()).await;
@@ -414,12 +346,12 @@ async fn memory_alarm_clears_once_memory_is_freed() {
         assert!(
             std::time::Instant::now() < deadline,
             "no connection.blocked (broker RSS {} MiB)\n{}",
-            rss_mib(pid),
+            broker.rss_mib(),
             broker.log()
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let peak = rss_mib(pid);
+    let peak = broker.rss_mib();
     assert!(peak > WATERMARK_MIB, "blocked at {peak} MiB");
     // Free it: the consumer goes (its deliveries are requeued), then the queue is purged
     // from a connection that never published (not blocked).
@@ -432,7 +364,7 @@ async fn memory_alarm_clears_once_memory_is_freed() {
         assert!(
             std::time::Instant::now() < deadline,
             "the alarm never cleared (RSS {peak} -> {} MiB, queue {:?})\n{}",
-            rss_mib(pid),
+            broker.rss_mib(),
             w!(channel(&admin).await.queue_declare(
                 "mem.q".into(),
                 QueueDeclareOptions { passive: true, ..Default::default() },
@@ -445,7 +377,7 @@ async fn memory_alarm_clears_once_memory_is_freed() {
         let _ = w!(ach.queue_purge("mem.q".into(), QueuePurgeOptions::default()));
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    eprintln!("memory alarm: blocked at {peak} MiB, cleared at {} MiB", rss_mib(pid));
+    eprintln!("memory alarm: blocked at {peak} MiB, cleared at {} MiB", broker.rss_mib());
     publisher.abort();
 }
 
