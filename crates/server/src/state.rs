@@ -1,7 +1,7 @@
 //! What all connections share: config, users, vhosts, and the shutdown signal.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use std::cmp::Reverse;
@@ -46,8 +46,8 @@ pub struct ServerState {
     /// Admission of new connections against the file-descriptor limit.
     pub fds: crate::fds::FdBudget,
     /// The measured memory and disk alarms (before forced alarms), for their hysteresis.
-    memory_over: std::sync::atomic::AtomicBool,
-    disk_under: std::sync::atomic::AtomicBool,
+    memory_over: AtomicBool,
+    disk_under: AtomicBool,
 }
 
 /// One open connection in [`ServerState::connection_count`].
@@ -143,8 +143,8 @@ impl ServerState {
             delayed: Mutex::new(BinaryHeap::new()),
             delayed_seq: AtomicU64::new(0),
             fds,
-            memory_over: std::sync::atomic::AtomicBool::new(false),
-            disk_under: std::sync::atomic::AtomicBool::new(false),
+            memory_over: AtomicBool::new(false),
+            disk_under: AtomicBool::new(false),
             alarms_tx,
             alarms,
             forced_alarms: Mutex::new(Alarms::default()),

@@ -91,6 +91,10 @@ impl Syncer {
         self.poisoned.load(Ordering::Relaxed)
     }
 
+    fn commit_state(&self, durable_round: u64, failed: bool) -> CommitState {
+        CommitState { durable_round, failed, failed_through: self.failed_through.load(Ordering::Acquire) }
+    }
+
     /// Fault injection for tests and failure drills: the next commit round fails as an
     /// fsync failure would (the store is poisoned; waiting confirms become nacks).
     pub fn inject_fsync_failure(&self) {
@@ -144,11 +148,11 @@ impl Syncer {
         let mut to_sync = Vec::new();
         let mut told_failure = false;
         // Directories whose fsync could not even be opened (EMFILE), carried to the next
-        // round; since when rounds have not completed (a write or such an open failed);
-        // the last round whose publishes were refused for it.
+        // round; since when rounds have not completed (a write or such an open failed),
+        // and whether this stall already refuses publishes.
         let mut retry: Vec<SyncTarget> = Vec::new();
         let mut stalled_since: Option<Instant> = None;
-        let mut failed_through = 0u64;
+        let mut refusing = false;
         loop {
             let (epoch, batch) = {
                 let mut st = self.state.lock();
@@ -215,11 +219,7 @@ impl Syncer {
                     // Everyone waiting on this or a later round hears "never": publishers
                     // get nacks instead of confirms that stop without a word.
                     told_failure = true;
-                    (self.on_durable)(CommitState {
-                        durable_round: self.durable_epoch(),
-                        failed: true,
-                        failed_through,
-                    });
+                    (self.on_durable)(self.commit_state(self.durable_epoch(), true));
                 }
                 self.done.notify_all();
                 continue;
@@ -229,30 +229,27 @@ impl Syncer {
                 // covering this one. Publishers are not kept waiting meanwhile: once this
                 // has lasted STALLED_NACK_AFTER, the rounds so far are refused (nacks).
                 let since = *stalled_since.get_or_insert(started);
-                if since.elapsed() >= STALLED_NACK_AFTER && failed_through < epoch {
-                    if failed_through == 0 || since.elapsed() < STALLED_NACK_AFTER + STALLED_RETRY_PAUSE * 2 {
+                if since.elapsed() >= STALLED_NACK_AFTER {
+                    if !refusing {
+                        refusing = true;
                         warn!(
                             "queue files could not be written for {:?}: refusing publishes until they can",
                             since.elapsed()
                         );
                     }
-                    failed_through = epoch;
                     self.failed_through.store(epoch, Ordering::Release);
-                    (self.on_durable)(CommitState {
-                        durable_round: self.durable_epoch(),
-                        failed: false,
-                        failed_through,
-                    });
+                    (self.on_durable)(self.commit_state(self.durable_epoch(), false));
                     self.done.notify_all();
                 }
                 continue;
             }
+            refusing = false;
             if let Some(since) = stalled_since.take() {
                 info!("queue files written again after {:?}; confirming publishes again", since.elapsed());
             }
             self.durable_epoch.store(epoch, Ordering::Release);
             debug!(epoch, files = synced, micros = started.elapsed().as_micros() as u64, "commit round");
-            (self.on_durable)(CommitState { durable_round: epoch, failed: false, failed_through });
+            (self.on_durable)(self.commit_state(epoch, false));
             self.done.notify_all();
         }
     }
