@@ -220,23 +220,25 @@ impl MessageStore for DiskQueueStore {
             m.disk = Some(pos);
             durability = d;
         }
-        self.last_seq = Some(m.seq);
-        self.ready_bytes += m.msg.body_size();
         let c = cost(&m.msg);
+        let (seq, size) = (m.seq, m.msg.body_size());
         if self.disk_next.is_none() && self.mem_cost + c <= self.budget {
             self.mem_cost += c;
             self.mem.push_back(m);
-            return Ok(durability);
+        } else {
+            // Page out: the message lives on disk only. If that write fails the publish
+            // fails too: keeping it in RAM would break the budget, and put it ahead of older
+            // messages already on disk.
+            let p = match m.disk {
+                Some(p) => p,
+                None => self.write(&m, false)?.0,
+            };
+            self.disk_next.get_or_insert(p);
+            self.disk_count += 1;
         }
-        // Page out: the message lives on disk only. If that write fails the publish fails
-        // too: keeping it in RAM would break the budget, and put it ahead of older
-        // messages already on disk.
-        let p = match m.disk {
-            Some(p) => p,
-            None => self.write(&m, false)?.0,
-        };
-        self.disk_next.get_or_insert(p);
-        self.disk_count += 1;
+        // Counted only once stored: a refused publish leaves no trace.
+        self.last_seq = Some(seq);
+        self.ready_bytes += size;
         Ok(durability)
     }
 
