@@ -25,7 +25,8 @@ pub struct QueueArgs {
     pub dead_letter_routing_key: Option<String>,
     pub max_length: Option<u64>,
     pub max_length_bytes: Option<u64>,
-    pub overflow: Overflow,
+    /// x-overflow; `None` (not given) behaves as drop-head, but a policy may still set it.
+    pub overflow: Option<Overflow>,
     pub max_priority: Option<u8>,
     pub single_active_consumer: bool,
     pub delivery_limit: Option<u64>,
@@ -95,9 +96,10 @@ impl QueueArgs {
     pub fn parse(args: &FieldTable, queue: &str, vhost: &str) -> Result<QueueArgs, AmqpError> {
         let c = Ctx { what: "queue", name: queue, vhost };
         let overflow = match c.string(args, "x-overflow")?.as_deref() {
-            None | Some("drop-head") => Overflow::DropHead,
-            Some("reject-publish") => Overflow::RejectPublish,
-            Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
+            None => None,
+            Some("drop-head") => Some(Overflow::DropHead),
+            Some("reject-publish") => Some(Overflow::RejectPublish),
+            Some("reject-publish-dlx") => Some(Overflow::RejectPublishDlx),
             Some(other) => return Err(c.err("x-overflow", format!("{{unacceptable_value,<<\"{other}\">>}}"))),
         };
         let max_priority = match c.int(args, "x-max-priority")? {
@@ -182,7 +184,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a.message_ttl_ms, Some(1000));
-        assert_eq!(a.overflow, Overflow::RejectPublish);
+        assert_eq!(a.overflow, Some(Overflow::RejectPublish));
         assert_eq!(a.max_priority, Some(10));
         assert_eq!(a.queue_type, QueueType::Quorum);
         let e = QueueArgs::parse(&t(&[("x-max-length", FieldValue::I32(-1))]), "q", "/").unwrap_err();

@@ -9,6 +9,7 @@ use wire::{FieldTable, FieldValue};
 
 use crate::error::AmqpError;
 use crate::matching::{HeaderIndex, Multiset, TopicIndex, headers_match_indexed};
+use crate::policy::Policy;
 use crate::queue::Queue;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +131,9 @@ pub struct Exchange {
     pub vhost: String,
     pub options: ExchangeOptions,
     bindings: RwLock<Bindings>,
+    /// The policy applied to this exchange (its `alternate-exchange` is the only key that
+    /// acts on exchanges). Read only for messages the bindings cannot route.
+    policy: parking_lot::Mutex<Option<Arc<Policy>>>,
 }
 
 impl std::fmt::Debug for Exchange {
@@ -236,7 +240,35 @@ impl Bindings {
 
 impl Exchange {
     pub fn new(vhost: &str, name: String, options: ExchangeOptions) -> Arc<Exchange> {
-        Arc::new(Exchange { name, vhost: vhost.to_owned(), options, bindings: RwLock::new(Bindings::default()) })
+        Arc::new(Exchange {
+            name,
+            vhost: vhost.to_owned(),
+            options,
+            bindings: RwLock::new(Bindings::default()),
+            policy: parking_lot::Mutex::new(None),
+        })
+    }
+
+    /// The name of the policy applied to this exchange.
+    pub fn policy_name(&self) -> Option<String> {
+        self.policy.lock().as_ref().map(|p| p.name.clone())
+    }
+
+    pub(crate) fn policy(&self) -> Option<Arc<Policy>> {
+        self.policy.lock().clone()
+    }
+
+    pub(crate) fn set_policy(&self, p: Option<Arc<Policy>>) {
+        *self.policy.lock() = p;
+    }
+
+    /// Where unroutable messages go: the `alternate-exchange` argument, else the policy's
+    /// (as in RabbitMQ, the argument wins).
+    pub fn alternate_exchange(&self) -> Option<String> {
+        match self.options.arguments.get("alternate-exchange").and_then(FieldValue::as_str) {
+            Some(ae) => Some(ae.to_owned()),
+            None => self.policy().and_then(|p| p.definition.alternate_exchange.clone()),
+        }
     }
 
     pub fn kind(&self) -> ExchangeKind {

@@ -19,6 +19,7 @@ pub mod exchange;
 pub mod limits;
 pub mod matching;
 pub mod message;
+pub mod policy;
 pub mod queue;
 pub mod store;
 pub mod vhost;

@@ -15,6 +15,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::dead_letter::Reason;
 use crate::error::AmqpError;
 use crate::message::{Message, QueuedMessage};
+use crate::policy::{self, Applied, PolicyDefinition};
 use crate::store::{MemoryStore, MessageStore};
 use crate::vhost::VHost;
 
@@ -64,7 +65,11 @@ pub struct Queue {
     pub name: String,
     pub vhost: String,
     pub options: QueueOptions,
-    pub args: QueueArgs,
+    /// The arguments as declared. What the queue acts on is its effective settings
+    /// ([`Queue::effective_args`]): these combined with the policies that apply, kept in
+    /// the queue state and recomputed when the vhost's policies change. Settings no policy
+    /// can change (max priority, single active consumer, type) are read from here.
+    pub declared_args: QueueArgs,
     /// The connection that declared an exclusive queue.
     pub owner: Option<ConnectionId>,
     clock: Arc<dyn Clock>,
@@ -94,6 +99,10 @@ struct QueueState {
     deleted: bool,
     /// Last time the queue was used (consumer added, get, redeclare), for x-expires.
     last_used_ms: u64,
+    /// `declared_args` combined with `applied`: read under this lock, which every path
+    /// that acts on a message already holds, so policies cost the hot path nothing.
+    eff: QueueArgs,
+    applied: Applied,
 }
 
 /// Counts for queue.declare-ok and management.
@@ -133,7 +142,17 @@ impl Queue {
     /// A standalone in-memory queue on the system clock (tests, pseudo-queues).
     pub fn new(vhost: &str, name: String, options: QueueOptions, owner: Option<ConnectionId>) -> Arc<Queue> {
         let args = QueueArgs::parse(&options.arguments, &name, vhost).unwrap_or_default();
-        Self::build(vhost, name, options, args, owner, Box::new(MemoryStore::new()), Arc::new(SystemClock), Weak::new())
+        Self::build(
+            vhost,
+            name,
+            options,
+            args,
+            Applied::default(),
+            owner,
+            Box::new(MemoryStore::new()),
+            Arc::new(SystemClock),
+            Weak::new(),
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -142,6 +161,7 @@ impl Queue {
         name: String,
         options: QueueOptions,
         args: QueueArgs,
+        applied: Applied,
         owner: Option<ConnectionId>,
         store: Box<dyn MessageStore>,
         clock: Arc<dyn Clock>,
@@ -151,11 +171,12 @@ impl Queue {
         // Recovered messages may carry expiry times.
         let may_expire = !store.is_empty();
         let now = clock.now_ms();
+        let eff = policy::effective(&args, def(&applied.policy), def(&applied.operator));
         Arc::new(Queue {
             name,
             vhost: vhost.to_owned(),
             options,
-            args,
+            declared_args: args,
             owner,
             clock,
             may_expire: AtomicBool::new(may_expire),
@@ -171,6 +192,8 @@ impl Queue {
                 unacked: 0,
                 deleted: false,
                 last_used_ms: now,
+                eff,
+                applied,
             }),
         })
     }
@@ -191,12 +214,10 @@ impl Queue {
 
     /// The time, when anything in this queue can depend on it (TTLs, expiring messages,
     /// x-expires); else 0, which expires nothing. Saves a clock read per message on the
-    /// hot path of queues that never expire anything.
-    fn time_if_needed(&self) -> u64 {
-        if self.args.message_ttl_ms.is_some()
-            || self.args.expires_ms.is_some()
-            || self.may_expire.load(Ordering::Relaxed)
-        {
+    /// hot path of queues that never expire anything. Read under the state lock, so a
+    /// TTL set by a policy a moment ago is seen.
+    fn time_if_needed(&self, st: &QueueState) -> u64 {
+        if st.eff.message_ttl_ms.is_some() || st.eff.expires_ms.is_some() || self.may_expire.load(Ordering::Relaxed) {
             self.clock.now_ms()
         } else {
             0
@@ -208,10 +229,11 @@ impl Queue {
         self.state.lock().last_used_ms = self.clock.now_ms();
     }
 
-    /// When the message expires in this queue: the earlier of the queue's x-message-ttl
-    /// and the message's own expiration (ms; validated by the publisher's channel).
-    fn expiry_for(&self, msg: &Message, now: u64) -> u64 {
-        let per_queue = self.args.message_ttl_ms.map(|t| now.saturating_add(t));
+    /// When the message expires in this queue: the earlier of the queue's message TTL
+    /// (`ttl_ms`, effective now) and the message's own expiration (ms; validated by the
+    /// publisher's channel).
+    fn expiry_for(msg: &Message, ttl_ms: Option<u64>, now: u64) -> u64 {
+        let per_queue = ttl_ms.map(|t| now.saturating_add(t));
         let per_message = msg.expiration_ms.map(|t| now.saturating_add(t));
         match (per_queue, per_message) {
             (Some(a), Some(b)) => a.min(b),
@@ -220,9 +242,9 @@ impl Queue {
         }
     }
 
-    fn over_limit(&self, st: &QueueState, extra_msgs: u64, extra_bytes: u64) -> bool {
-        self.args.max_length.is_some_and(|max| st.store.len() as u64 + extra_msgs > max)
-            || self.args.max_length_bytes.is_some_and(|max| st.store.bytes() + extra_bytes > max)
+    fn over_limit(st: &QueueState, extra_msgs: u64, extra_bytes: u64) -> bool {
+        st.eff.max_length.is_some_and(|max| st.store.len() as u64 + extra_msgs > max)
+            || st.eff.max_length_bytes.is_some_and(|max| st.store.bytes() + extra_bytes > max)
     }
 
     /// Enqueue a routed message and deliver what consumers can take.
@@ -230,27 +252,28 @@ impl Queue {
         if msg.expiration_ms.is_some() {
             self.may_expire.store(true, Ordering::Relaxed);
         }
-        let now = self.time_if_needed();
         let mut letters = Letters::new();
         let outcome = {
             let mut st = self.state.lock();
             if st.deleted {
                 return PublishOutcome::Deleted;
             }
+            let now = self.time_if_needed(&st);
             self.expire_head(&mut st, now, &mut letters);
             let size = msg.body_size();
             let seq = st.next_seq;
             st.next_seq += 1;
             let m = QueuedMessage {
-                expires_at_ms: self.expiry_for(&msg, now),
+                expires_at_ms: Self::expiry_for(&msg, st.eff.message_ttl_ms, now),
                 msg,
                 seq,
                 redelivered: false,
                 delivery_count: 0,
                 disk: None,
             };
-            if self.args.overflow != Overflow::DropHead && self.over_limit(&st, 1, size) {
-                if self.args.overflow == Overflow::RejectPublishDlx {
+            let overflow = st.eff.overflow.unwrap_or_default();
+            if overflow != Overflow::DropHead && Self::over_limit(&st, 1, size) {
+                if overflow == Overflow::RejectPublishDlx {
                     letters.push((m, Reason::MaxLen));
                 }
                 PublishOutcome::Rejected
@@ -271,11 +294,7 @@ impl Queue {
 
     /// Enforce the length limits and deliver, after a push.
     fn after_push(self: &Arc<Self>, mut st: parking_lot::MutexGuard<'_, QueueState>, now: u64, letters: &mut Letters) {
-        while self.over_limit(&st, 0, 0) {
-            let Some(head) = st.store.pop() else { break };
-            st.store.ack(&head);
-            letters.push((head, Reason::MaxLen));
-        }
+        Self::drop_over_limit(&mut st, letters);
         if !st.consumers.is_empty() {
             self.dispatch_locked(&mut st, now, letters);
         }
@@ -297,12 +316,22 @@ impl Queue {
         self.deliveries.load(Ordering::Relaxed)
     }
 
+    /// Drop (dead-letter, reason maxlen) messages from the head while the queue is over
+    /// its length limits.
+    fn drop_over_limit(st: &mut QueueState, letters: &mut Letters) {
+        while Self::over_limit(st, 0, 0) {
+            let Some(head) = st.store.pop() else { break };
+            st.store.ack(&head);
+            letters.push((head, Reason::MaxLen));
+        }
+    }
+
     /// Try to deliver ready messages to consumers (after credit was freed).
     pub fn dispatch(self: &Arc<Self>) {
-        let now = self.time_if_needed();
         let mut letters = Letters::new();
         {
             let mut st = self.state.lock();
+            let now = self.time_if_needed(&st);
             self.dispatch_locked(&mut st, now, &mut letters);
         }
         self.dead_letter(letters);
@@ -368,7 +397,7 @@ impl Queue {
             m.delivery_count += 1;
             let mut held = Some(m);
             let mut taken = None;
-            if self.args.single_active_consumer {
+            if self.declared_args.single_active_consumer {
                 let c = &st.consumers[0];
                 if let Some(m) = held.take()
                     && c.sink.try_deliver(self, m).is_ok()
@@ -415,11 +444,12 @@ impl Queue {
     /// basic.get: take the next message. `no_ack` acknowledges it at once.
     /// Returns the message and how many remain ready.
     pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueuedMessage, u32)> {
-        let now = self.time_if_needed();
         let mut letters = Letters::new();
         let got = {
             let mut st = self.state.lock();
-            st.last_used_ms = now;
+            let now = self.time_if_needed(&st);
+            // A get is a use of the queue (x-expires), whether or not TTLs need the time.
+            st.last_used_ms = if now == 0 { self.clock.now_ms() } else { now };
             self.expire_head(&mut st, now, &mut letters);
             st.store.pop().map(|mut m| {
                 m.delivery_count += 1;
@@ -456,7 +486,6 @@ impl Queue {
     /// then deliver what consumers can take. Messages past x-delivery-limit are
     /// dead-lettered instead.
     pub fn requeue(self: &Arc<Self>, msgs: Vec<QueuedMessage>) {
-        let now = self.time_if_needed();
         let mut letters = Letters::new();
         {
             let mut st = self.state.lock();
@@ -464,8 +493,9 @@ impl Queue {
             if st.deleted {
                 return;
             }
+            let now = self.time_if_needed(&st);
             for mut m in msgs {
-                if self.args.delivery_limit.is_some_and(|limit| u64::from(m.delivery_count) > limit) {
+                if st.eff.delivery_limit.is_some_and(|limit| u64::from(m.delivery_count) > limit) {
                     st.store.ack(&m);
                     letters.push((m, Reason::DeliveryLimit));
                     continue;
@@ -493,7 +523,7 @@ impl Queue {
             // no exclusive consumers at all (RabbitMQ answers 403 to both).
             // (An exclusive consumer is only ever the sole one, so the first tells.)
             if st.consumers.first().is_some_and(|c| c.exclusive)
-                || (consumer.exclusive && (!st.consumers.is_empty() || self.args.single_active_consumer))
+                || (consumer.exclusive && (!st.consumers.is_empty() || self.declared_args.single_active_consumer))
             {
                 return Err(AmqpError::access_refused(format!(
                     "queue '{}' in vhost '{}' in exclusive use",
@@ -532,7 +562,7 @@ impl Queue {
         }
         st.last_used_ms = self.clock.now_ms();
         let last = before == 1 && self.options.auto_delete && !st.deleted;
-        if !last && at == 0 && self.args.single_active_consumer {
+        if !last && at == 0 && self.declared_args.single_active_consumer {
             // A new single active consumer takes over: give it what is waiting.
             drop(st);
             self.dispatch();
@@ -574,7 +604,7 @@ impl Queue {
         }
         st.last_used_ms = self.clock.now_ms();
         let last = st.consumers.is_empty() && self.options.auto_delete && !st.deleted;
-        if head_removed && !st.consumers.is_empty() && self.args.single_active_consumer {
+        if head_removed && !st.consumers.is_empty() && self.declared_args.single_active_consumer {
             // A new single active consumer takes over: give it what is waiting.
             drop(st);
             self.dispatch();
@@ -603,7 +633,7 @@ impl Queue {
             }
             self.expire_head(&mut st, now, &mut letters);
             st.store.tick();
-            self.args
+            st.eff
                 .expires_ms
                 .is_some_and(|ttl| st.consumers.is_empty() && now.saturating_sub(st.last_used_ms) >= ttl)
         };
@@ -621,13 +651,83 @@ impl Queue {
         (n, std::mem::take(&mut st.consumers))
     }
 
+    /// Route `letters` to the dead-letter exchange effective now (RabbitMQ reads it when a
+    /// message dies, so a policy's DLX applies from the next death on).
     fn dead_letter(self: &Arc<Self>, letters: Letters) {
-        if letters.is_empty() || self.args.dead_letter_exchange.is_none() {
+        if letters.is_empty() {
             return;
         }
+        let (dlx, dlrk) = {
+            let st = self.state.lock();
+            let Some(dlx) = st.eff.dead_letter_exchange.clone() else { return };
+            (dlx, st.eff.dead_letter_routing_key.clone())
+        };
         if let Some(vh) = self.vhost_ref.upgrade() {
-            vh.dead_letter(self, letters);
+            vh.dead_letter(self, &dlx, dlrk.as_deref(), letters);
         }
+    }
+
+    /// The name of the policy applied to this queue.
+    pub fn policy_name(&self) -> Option<String> {
+        self.state.lock().applied.policy.as_ref().map(|p| p.name.clone())
+    }
+
+    /// The name of the operator policy applied to this queue.
+    pub fn operator_policy_name(&self) -> Option<String> {
+        self.state.lock().applied.operator.as_ref().map(|p| p.name.clone())
+    }
+
+    /// What the queue acts on now: its declared arguments combined with its policies.
+    pub fn effective_args(&self) -> QueueArgs {
+        self.state.lock().eff.clone()
+    }
+
+    /// The policy and operator policy definitions combined (management's
+    /// `effective_policy_definition`).
+    pub fn effective_policy_definition(&self) -> PolicyDefinition {
+        let st = self.state.lock();
+        PolicyDefinition::merged(def(&st.applied.policy), def(&st.applied.operator))
+    }
+
+    /// The consumer timeout effective now (ms), for a new consumer; `None`: the node's.
+    pub fn consumer_timeout_ms(&self) -> Option<u64> {
+        self.state.lock().eff.consumer_timeout_ms
+    }
+
+    /// Apply a (possibly unchanged) policy choice. Effects of a change, as in RabbitMQ's
+    /// classic queues:
+    /// - a lower max-length / max-length-bytes drops or dead-letters the excess from the
+    ///   head at once under drop-head; under reject-publish(-dlx) the excess stays and
+    ///   publishes are refused until the queue is below the limit (a publish over the
+    ///   limit would not drop anything either);
+    /// - message-ttl applies to messages enqueued from now on: like RabbitMQ, a message's
+    ///   expiry is fixed when it is enqueued, so messages already here keep theirs;
+    /// - a changed expires restarts the idle timer;
+    /// - dead-letter exchange and routing key, delivery limit and consumer timeout are read
+    ///   where they are used.
+    pub(crate) fn apply_policies(self: &Arc<Self>, applied: Applied) {
+        let mut letters = Letters::new();
+        {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return;
+            }
+            let eff = policy::effective(&self.declared_args, def(&applied.policy), def(&applied.operator));
+            st.applied = applied;
+            if eff == st.eff {
+                return;
+            }
+            let now = self.clock.now_ms();
+            if eff.expires_ms != st.eff.expires_ms {
+                st.last_used_ms = now;
+            }
+            st.eff = eff;
+            if st.eff.overflow.unwrap_or_default() == Overflow::DropHead {
+                Self::drop_over_limit(&mut st, &mut letters);
+            }
+            self.expire_head(&mut st, now, &mut letters);
+        }
+        self.dead_letter(letters);
     }
 
     /// The RabbitMQ-style check for redeclaring with other flags or arguments.
@@ -646,4 +746,8 @@ impl Queue {
         flag("auto_delete", o.auto_delete, mine.auto_delete)?;
         crate::exchange::check_arguments_equivalent("queue", &self.name, &self.vhost, &o.arguments, &mine.arguments)
     }
+}
+
+fn def(p: &Option<Arc<crate::policy::Policy>>) -> Option<&PolicyDefinition> {
+    p.as_deref().map(|p| &p.definition)
 }

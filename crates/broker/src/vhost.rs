@@ -16,6 +16,7 @@ use crate::error::AmqpError;
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeOptions};
 use crate::limits::NodeLimits;
 use crate::message::QueuedMessage;
+use crate::policy::{self, Policy, PolicySet};
 use crate::queue::{Consumer, Queue, QueueOptions};
 use crate::store::{MemoryStore, MessageStore, PriorityStore};
 
@@ -28,9 +29,6 @@ const PREDECLARED: [(&str, ExchangeKind); 6] = [
     ("amq.match", ExchangeKind::Headers),
     ("amq.rabbitmq.trace", ExchangeKind::Topic),
 ];
-
-/// RabbitMQ 4.x's default x-delivery-limit for quorum queues.
-const QUORUM_DELIVERY_LIMIT: u64 = 20;
 
 /// Longest exchange-to-exchange chain followed when routing one message; a guard against
 /// pathological topologies (cycles are already cut by the visited set).
@@ -51,6 +49,13 @@ pub struct VHost {
     generation: AtomicU64,
     /// The node's bounds on queues, exchanges and bindings (shared by its vhosts).
     node: Arc<NodeLimits>,
+    /// Policies and operator policies, replaced whole. Read at declare under the maps'
+    /// write lock (lock order: vhost maps → policies).
+    policies: RwLock<Arc<PolicySet>>,
+    /// Serialises [`VHost::set_policies`], so the last set stored is the last applied.
+    policy_writer: parking_lot::Mutex<()>,
+    /// The vhost limit `max-queues` (`u64::MAX`: none).
+    max_queues: AtomicU64,
 }
 
 /// Where queues keep their messages and where durable topology is recorded. The vhost
@@ -154,6 +159,9 @@ impl VHost {
             me,
             generation: AtomicU64::new(0),
             node,
+            policies: RwLock::new(Arc::new(PolicySet::default())),
+            policy_writer: parking_lot::Mutex::new(()),
+            max_queues: AtomicU64::new(u64::MAX),
         };
         {
             let mut ex = vh.exchanges.write();
@@ -236,6 +244,7 @@ impl VHost {
         }
         self.node.take_exchange(name)?;
         let e = Exchange::new(&self.name, name.to_owned(), opts);
+        e.set_policy(policy::select_for_exchange(&self.policies.read().policies, name));
         if let Err(err) = self.persistence.exchange_declared(&e) {
             self.node.release_exchange();
             return Err(err);
@@ -301,10 +310,10 @@ impl VHost {
             q.touch();
             return Ok((q.clone(), false));
         }
-        let mut args = QueueArgs::parse(&opts.arguments, &name, &self.name)?;
+        let args = QueueArgs::parse(&opts.arguments, &name, &self.name)?;
         if args.queue_type == QueueType::Quorum {
             // Quorum queues are always durable, never exclusive or auto-delete (RabbitMQ
-            // refuses those), and since RabbitMQ 4.0 have a delivery limit of 20.
+            // refuses those). (Their default delivery limit is in `policy::effective`.)
             for (bad, prop) in
                 [(!opts.durable, "non-durable"), (opts.exclusive, "exclusive"), (opts.auto_delete, "auto-delete")]
             {
@@ -315,7 +324,14 @@ impl VHost {
                     )));
                 }
             }
-            args.delivery_limit.get_or_insert(QUORUM_DELIVERY_LIMIT);
+        }
+        let max_queues = self.max_queues.load(Ordering::Acquire);
+        if qs.len() as u64 >= max_queues {
+            // RabbitMQ's text (rabbit_queue_type's queue_limit_error), 406 on the channel.
+            return Err(AmqpError::precondition_failed(format!(
+                "cannot declare queue '{name}': queue limit in vhost '{}' ({max_queues}) is reached",
+                self.name
+            )));
         }
         let owner = opts.exclusive.then_some(conn);
         self.node.take_queue(&name)?;
@@ -326,7 +342,18 @@ impl VHost {
                 return Err(e);
             }
         };
-        let q = Queue::build(&self.name, name.clone(), opts, args, owner, store, self.clock.clone(), self.me.clone());
+        let applied = self.policies.read().for_queue(&name, args.queue_type);
+        let q = Queue::build(
+            &self.name,
+            name.clone(),
+            opts,
+            args,
+            applied,
+            owner,
+            store,
+            self.clock.clone(),
+            self.me.clone(),
+        );
         if let Err(e) = self.persistence.queue_declared(&q) {
             self.node.release_queue();
             q.mark_deleted();
@@ -544,16 +571,21 @@ impl VHost {
         Ok(())
     }
 
-    /// Republish messages that died in `q` to its dead-letter exchange (the caller checked
-    /// that it has one). A missing DLX drops them, as in RabbitMQ; so does a cycle.
-    pub(crate) fn dead_letter(&self, q: &Arc<Queue>, letters: Vec<(QueuedMessage, Reason)>) {
-        let Some(dlx_name) = q.args.dead_letter_exchange.as_deref() else { return };
+    /// Republish messages that died in `q` to its dead-letter exchange `dlx_name`, with
+    /// `dlrk` (its effective dead-letter routing key). A missing DLX drops them, as in
+    /// RabbitMQ; so does a cycle.
+    pub(crate) fn dead_letter(
+        &self,
+        q: &Arc<Queue>,
+        dlx_name: &str,
+        dlrk: Option<&str>,
+        letters: Vec<(QueuedMessage, Reason)>,
+    ) {
         let Ok(dlx) = self.exchange(dlx_name) else { return };
         let now = self.clock.now_ms();
         let mut targets = Vec::new();
         for (m, reason) in letters {
-            let msg =
-                dead_letter::rewrite(&m.msg, &q.name, reason, now, dlx_name, q.args.dead_letter_routing_key.as_deref());
+            let msg = dead_letter::rewrite(&m.msg, &q.name, reason, now, dlx_name, dlrk);
             let props = wire::BasicProperties::decode(&msg.properties).unwrap_or_default();
             targets.clear();
             let headers = props.headers.clone();
@@ -567,6 +599,38 @@ impl VHost {
                 t.publish(msg.clone());
             }
         }
+    }
+
+    /// Replace the vhost's policies and operator policies and apply them to every existing
+    /// queue and exchange now (effects on queues: [`Queue::apply_policies`]); queues and
+    /// exchanges declared later get them at declare.
+    pub fn set_policies(&self, policies: Vec<Policy>, operator_policies: Vec<Policy>) {
+        let _serial = self.policy_writer.lock();
+        let set = Arc::new(PolicySet {
+            policies: policies.into_iter().map(Arc::new).collect(),
+            operator: operator_policies.into_iter().map(Arc::new).collect(),
+        });
+        // Stored before the objects are listed: a queue declared meanwhile either saw
+        // the new set or is in the list below.
+        *self.policies.write() = set.clone();
+        for q in self.queues() {
+            q.apply_policies(set.for_queue(&q.name, q.declared_args.queue_type));
+        }
+        for e in self.exchanges() {
+            if !e.name.is_empty() {
+                e.set_policy(policy::select_for_exchange(&set.policies, &e.name));
+            }
+        }
+    }
+
+    /// The vhost limit `max-queues` (`None`: unlimited). Queues beyond it are kept; only
+    /// new declarations are refused.
+    pub fn set_max_queues(&self, max: Option<u64>) {
+        self.max_queues.store(max.unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    pub fn max_queues(&self) -> Option<u64> {
+        Some(self.max_queues.load(Ordering::Acquire)).filter(|&m| m != u64::MAX)
     }
 
     /// Periodic work: expire messages at queue heads, delete queues unused past x-expires.
@@ -602,12 +666,20 @@ impl VHost {
         while let Some(e) = pending.pop() {
             dests.clear();
             e.route(routing_key, headers, &mut dests);
-            if dests.is_empty()
-                && let Some(ae) = e.options.arguments.get("alternate-exchange").and_then(wire::FieldValue::as_str)
-                && let Ok(ae) = self.exchange(ae)
-            {
-                // alternate-exchange: what this exchange cannot route goes there.
-                dests.push(Destination::Exchange(ae));
+            if dests.is_empty() {
+                // alternate-exchange: what this exchange cannot route goes there. The
+                // argument wins over a policy's; the policy is looked at (an Arc clone,
+                // no allocation) only for unroutable messages.
+                let by_arg = e.options.arguments.get("alternate-exchange").and_then(wire::FieldValue::as_str);
+                let ae = match by_arg {
+                    Some(name) => self.exchange(name).ok(),
+                    None => e
+                        .policy()
+                        .and_then(|p| p.definition.alternate_exchange.as_deref().and_then(|n| self.exchange(n).ok())),
+                };
+                if let Some(ae) = ae {
+                    dests.push(Destination::Exchange(ae));
+                }
             }
             for d in dests.drain(..) {
                 match d {

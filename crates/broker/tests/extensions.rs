@@ -345,5 +345,5 @@ fn invalid_arguments_are_406_naming_the_argument() {
     assert!(e.text.contains("'non-durable'"), "quorum queues are durable: {}", e.text);
     let durable = QueueOptions { durable: true, ..opts(&[("x-queue-type", s("quorum"))]) };
     let (q, _) = vh.declare_queue("qq", false, durable, 1).unwrap();
-    assert_eq!(q.args.delivery_limit, Some(20), "RabbitMQ 4.x default delivery limit");
+    assert_eq!(q.effective_args().delivery_limit, Some(20), "RabbitMQ 4.x default delivery limit");
 }

@@ -489,7 +489,7 @@ impl Channel {
             no_ack,
             self.consumer_prefetch,
             ctx.cancel_notify,
-            q.args.consumer_timeout_ms.map(Duration::from_millis).or(ctx.server.config.consumer_timeout),
+            q.consumer_timeout_ms().map(Duration::from_millis).or(ctx.server.config.consumer_timeout),
         );
         let consumer =
             Consumer { id: handle.id, tag: tag.clone(), exclusive, priority: cargs.priority, sink: handle.clone() };
