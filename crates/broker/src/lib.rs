@@ -10,6 +10,8 @@
 //!
 //! Lock order (never acquire leftwards while holding something to the right):
 //! `VHost` maps → `Exchange` bindings → `Queue` state → consumer sink (channel) state.
+//! The vhost's policy set is read under its maps (declare) and written under no other lock;
+//! an exchange's policy cell is a leaf, cloned out before anything else is locked.
 
 pub mod args;
 pub mod clock;

@@ -275,7 +275,10 @@ pub fn select_for_exchange(list: &[Arc<Policy>], name: &str) -> Option<Arc<Polic
 
 impl PolicySet {
     pub(crate) fn for_queue(&self, name: &str, t: QueueType) -> Applied {
-        Applied { policy: select_for_queue(&self.policies, name, t), operator: select_for_queue(&self.operator, name, t) }
+        Applied {
+            policy: select_for_queue(&self.policies, name, t),
+            operator: select_for_queue(&self.operator, name, t),
+        }
     }
 }
 

@@ -75,6 +75,9 @@ pub struct Queue {
     clock: Arc<dyn Clock>,
     /// Some message with its own expiration was ever published here.
     may_expire: AtomicBool,
+    /// The effective settings name a dead-letter exchange (mirrors `eff`, set under the
+    /// state lock): messages dropped by a queue without one cost no second lock.
+    has_dlx: AtomicBool,
     /// For dead-lettering (routing through the vhost's exchanges).
     vhost_ref: Weak<VHost>,
     /// See [`Queue::in_flow`]; recomputed whenever dispatch stops.
@@ -180,6 +183,7 @@ impl Queue {
             owner,
             clock,
             may_expire: AtomicBool::new(may_expire),
+            has_dlx: AtomicBool::new(eff.dead_letter_exchange.is_some()),
             vhost_ref,
             flow: AtomicBool::new(false),
             deliveries: AtomicU64::new(0),
@@ -633,9 +637,7 @@ impl Queue {
             }
             self.expire_head(&mut st, now, &mut letters);
             st.store.tick();
-            st.eff
-                .expires_ms
-                .is_some_and(|ttl| st.consumers.is_empty() && now.saturating_sub(st.last_used_ms) >= ttl)
+            st.eff.expires_ms.is_some_and(|ttl| st.consumers.is_empty() && now.saturating_sub(st.last_used_ms) >= ttl)
         };
         self.dead_letter(letters);
         expired
@@ -654,7 +656,7 @@ impl Queue {
     /// Route `letters` to the dead-letter exchange effective now (RabbitMQ reads it when a
     /// message dies, so a policy's DLX applies from the next death on).
     fn dead_letter(self: &Arc<Self>, letters: Letters) {
-        if letters.is_empty() {
+        if letters.is_empty() || !self.has_dlx.load(Ordering::Relaxed) {
             return;
         }
         let (dlx, dlrk) = {
@@ -721,6 +723,7 @@ impl Queue {
             if eff.expires_ms != st.eff.expires_ms {
                 st.last_used_ms = now;
             }
+            self.has_dlx.store(eff.dead_letter_exchange.is_some(), Ordering::Relaxed);
             st.eff = eff;
             if st.eff.overflow.unwrap_or_default() == Overflow::DropHead {
                 Self::drop_over_limit(&mut st, &mut letters);

@@ -96,10 +96,7 @@ fn selection_by_priority_apply_to_pattern_and_name() {
     let name = |p: Option<Arc<Policy>>| p.map(|p| p.name.clone());
     // Highest priority that fits the object's kind and type.
     assert_eq!(name(policy::select_for_queue(&list, "orders.eu", QueueType::Classic)).as_deref(), Some("high"));
-    assert_eq!(
-        name(policy::select_for_queue(&list, "orders.eu", QueueType::Quorum)).as_deref(),
-        Some("quorum-only")
-    );
+    assert_eq!(name(policy::select_for_queue(&list, "orders.eu", QueueType::Quorum)).as_deref(), Some("quorum-only"));
     assert_eq!(name(policy::select_for_exchange(&list, "orders.eu")).as_deref(), Some("ex-only"));
     // Unanchored: "orders" matches inside a name; "^orders" does not.
     assert_eq!(name(policy::select_for_queue(&list, "eu.orders", QueueType::Classic)).as_deref(), Some("high"));
@@ -196,10 +193,7 @@ fn lower_max_length_drops_excess_at_once_and_removal_restores() {
     for i in 0..10 {
         q.publish(msg(&i.to_string()));
     }
-    vh.set_policies(
-        vec![pol("cap", "^work$", ApplyTo::Queues, 0, &[("max-length", FieldValue::U8(4))])],
-        Vec::new(),
-    );
+    vh.set_policies(vec![pol("cap", "^work$", ApplyTo::Queues, 0, &[("max-length", FieldValue::U8(4))])], Vec::new());
     assert_eq!(q.policy_name().as_deref(), Some("cap"));
     assert_eq!(q.effective_args().max_length, Some(4));
     assert_eq!(q.stats().messages_ready, 4);
@@ -336,7 +330,10 @@ fn policy_delivery_limit_dead_letters_on_requeue() {
     let (vh, _) = setup();
     let (q, _) = vh.declare_queue("work", false, opts(&[("x-dead-letter-exchange", s("dlx"))]), 1).unwrap();
     q.publish(msg("a"));
-    vh.set_policies(Vec::new(), vec![pol("limit", "work", ApplyTo::Queues, 0, &[("delivery-limit", FieldValue::I32(1))])]);
+    vh.set_policies(
+        Vec::new(),
+        vec![pol("limit", "work", ApplyTo::Queues, 0, &[("delivery-limit", FieldValue::I32(1))])],
+    );
     let (m, _) = q.get(false).unwrap();
     q.requeue(vec![m]);
     let (m, _) = q.get(false).unwrap();
@@ -393,14 +390,21 @@ fn queue_declared_after_set_policies_gets_them() {
     assert_eq!(q.effective_args().message_ttl_ms, Some(60_000));
     // The declared arguments are kept as declared.
     assert_eq!(q.declared_args.max_length, None);
-    let quorum =
-        QueueOptions { durable: true, exclusive: false, auto_delete: false, arguments: table(&[("x-queue-type", s("quorum"))]) };
+    let quorum = QueueOptions {
+        durable: true,
+        exclusive: false,
+        auto_delete: false,
+        arguments: table(&[("x-queue-type", s("quorum"))]),
+    };
     let (qq, _) = vh.declare_queue("jobs.b", false, quorum, 1).unwrap();
     assert_eq!(qq.policy_name().as_deref(), Some("quorum"));
     assert_eq!(qq.effective_args().max_length, Some(5));
     assert_eq!(qq.effective_args().delivery_limit, Some(20));
     // consumer-timeout is read by the server when a consumer registers.
-    vh.set_policies(vec![pol("ct", "^jobs", ApplyTo::All, 0, &[("consumer-timeout", FieldValue::I32(1_000))])], Vec::new());
+    vh.set_policies(
+        vec![pol("ct", "^jobs", ApplyTo::All, 0, &[("consumer-timeout", FieldValue::I32(1_000))])],
+        Vec::new(),
+    );
     assert_eq!(q.consumer_timeout_ms(), Some(1_000));
 }
 
