@@ -346,7 +346,13 @@ impl UserDef {
             }
             _ => (self.password_hash.trim().to_owned(), self.hashing_algorithm.unwrap_or(default_alg)),
         };
-        User { name: self.name.clone(), password_hash, hashing_algorithm, tags: self.tags.clone(), limits: self.limits.clone() }
+        User {
+            name: self.name.clone(),
+            password_hash,
+            hashing_algorithm,
+            tags: self.tags.clone(),
+            limits: self.limits.clone(),
+        }
     }
 
     fn from_model(u: &User) -> UserDef {

@@ -94,7 +94,10 @@ impl Directory {
                 self.need_vhost(&t.vhost)?;
                 non_empty("topic permission exchange", &t.exchange)?;
                 let what = || {
-                    format!("topic permissions of user '{}' on exchange '{}' in vhost '{}'", t.user, t.exchange, t.vhost)
+                    format!(
+                        "topic permissions of user '{}' on exchange '{}' in vhost '{}'",
+                        t.user, t.exchange, t.vhost
+                    )
                 };
                 [&t.write, &t.read].into_iter().try_for_each(|re| regex_ok(re, what))
             }
@@ -254,7 +257,8 @@ impl Directory {
     pub fn grants(&self, user: &str, vhost: &str) -> Option<Grants> {
         let perm = self.permission(user, vhost)?;
         let from = (user.to_owned(), vhost.to_owned(), String::new());
-        let topics = self.topic_permissions.range(from..).map(|(_, t)| t).take_while(|t| t.user == user && t.vhost == vhost);
+        let topics =
+            self.topic_permissions.range(from..).map(|(_, t)| t).take_while(|t| t.user == user && t.vhost == vhost);
         Some(Grants::compile(perm, topics))
     }
 
@@ -336,11 +340,23 @@ mod tests {
     }
 
     fn perm(user: &str, vhost: &str, all: &str) -> Permission {
-        Permission { user: user.into(), vhost: vhost.into(), configure: all.into(), write: all.into(), read: all.into() }
+        Permission {
+            user: user.into(),
+            vhost: vhost.into(),
+            configure: all.into(),
+            write: all.into(),
+            read: all.into(),
+        }
     }
 
     fn topic(user: &str, vhost: &str, exchange: &str) -> TopicPermission {
-        TopicPermission { user: user.into(), vhost: vhost.into(), exchange: exchange.into(), write: "^a".into(), read: "^b".into() }
+        TopicPermission {
+            user: user.into(),
+            vhost: vhost.into(),
+            exchange: exchange.into(),
+            write: "^a".into(),
+            read: "^b".into(),
+        }
     }
 
     fn policy(vhost: &str, name: &str, def: serde_json::Value) -> Policy {
@@ -395,7 +411,10 @@ mod tests {
         let e = d.apply(Change::PutPermission(perm("bob", "nowhere", ".*"))).unwrap_err();
         assert_eq!(e, AccessError::NotFound("vhost 'nowhere' does not exist".into()));
         assert!(matches!(d.apply(Change::PutTopicPermission(topic("bob", "x", "e"))), Err(AccessError::NotFound(_))));
-        assert!(matches!(d.apply(Change::PutPolicy(policy("x", "p", json!({"max-length": 1})))), Err(AccessError::NotFound(_))));
+        assert!(matches!(
+            d.apply(Change::PutPolicy(policy("x", "p", json!({"max-length": 1})))),
+            Err(AccessError::NotFound(_))
+        ));
         assert!(matches!(
             d.apply(Change::SetUserLimits { user: "ghost".into(), limits: UserLimits::default() }),
             Err(AccessError::NotFound(_))
@@ -415,9 +434,11 @@ mod tests {
     fn malformed_values_are_invalid() {
         let mut d = populated();
         let before = d.all_changes();
-        let e = d.apply(Change::PutPermission(Permission { configure: "(".into(), ..perm("bob", "/", ".*") })).unwrap_err();
+        let e =
+            d.apply(Change::PutPermission(Permission { configure: "(".into(), ..perm("bob", "/", ".*") })).unwrap_err();
         assert!(matches!(&e, AccessError::Invalid(m) if m.contains("user 'bob'") && m.contains("'('")), "{e}");
-        let e = d.apply(Change::PutPolicy(Policy { pattern: "[".into(), ..policy("/", "p", json!({"max-length": 1})) }));
+        let e =
+            d.apply(Change::PutPolicy(Policy { pattern: "[".into(), ..policy("/", "p", json!({"max-length": 1})) }));
         assert!(matches!(e, Err(AccessError::Invalid(_))));
         let e = d.apply(Change::PutPolicy(policy("/", "p", json!({"max-length": "lots"}))));
         assert!(matches!(&e, Err(AccessError::Invalid(m)) if m.contains("policy 'p' in vhost '/'")), "{e:?}");
@@ -470,8 +491,11 @@ mod tests {
     #[test]
     fn all_changes_rebuild_an_equal_directory() {
         let mut d = populated();
-        d.apply(Change::SetVhostLimits { vhost: "v2".into(), limits: VhostLimits { max_connections: Some(1), max_queues: None } })
-            .unwrap();
+        d.apply(Change::SetVhostLimits {
+            vhost: "v2".into(),
+            limits: VhostLimits { max_connections: Some(1), max_queues: None },
+        })
+        .unwrap();
         let mut rebuilt = Directory::new();
         for c in d.all_changes() {
             rebuilt.apply(c).unwrap();

@@ -90,7 +90,6 @@ pub(crate) mod serde_table {
             other => Err(serde::de::Error::custom(format!("arguments must be an object, got {other}"))),
         }
     }
-
 }
 
 #[cfg(test)]

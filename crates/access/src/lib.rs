@@ -17,7 +17,5 @@ pub use authz::{Grants, Perm, Resource, TopicVars};
 pub use definitions::{BindingDef, Definitions, ExchangeDef, ImportPlan, QueueDef};
 pub use directory::{Change, Directory};
 pub use error::{AccessError, AuthFailure};
-pub use model::{
-    ApplyTo, HashingAlgorithm, Permission, Policy, TopicPermission, User, UserLimits, Vhost, VhostLimits,
-};
+pub use model::{ApplyTo, HashingAlgorithm, Permission, Policy, TopicPermission, User, UserLimits, Vhost, VhostLimits};
 pub use policy::validate_policy_definition;

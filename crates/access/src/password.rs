@@ -102,10 +102,9 @@ mod tests {
 
     #[test]
     fn rabbitmq_documented_foobarbaz_hashes_verify() {
-        for stored in [
-            "5ZbXJB3OWQlCzUNybwJ/XcL6ZqJA9zNQvXlwYnWQikQSP3lz",
-            "TBybOvomyVw6BqBU/fHCEpVhDO7fLdQ4kxZDUpt6hagCxV8I",
-        ] {
+        for stored in
+            ["5ZbXJB3OWQlCzUNybwJ/XcL6ZqJA9zNQvXlwYnWQikQSP3lz", "TBybOvomyVw6BqBU/fHCEpVhDO7fLdQ4kxZDUpt6hagCxV8I"]
+        {
             assert!(verify(HashingAlgorithm::Sha256, stored, "foobarbaz"), "{stored}");
             assert!(!verify(HashingAlgorithm::Sha256, stored, "foobarba"), "{stored}");
             // The same bytes read as another algorithm are the wrong length.
