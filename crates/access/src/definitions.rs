@@ -191,12 +191,12 @@ impl Definitions {
         }
         for p in &self.permissions {
             planner.push(Change::PutPermission(p.clone()), || {
-                format!("permission of user '{}' in vhost '{}'", p.user, p.vhost)
+                format!("permissions of user '{}' in vhost '{}'", p.user, p.vhost)
             })?;
         }
         for t in &self.topic_permissions {
             planner.push(Change::PutTopicPermission(t.clone()), || {
-                format!("topic permission of user '{}' on exchange '{}' in vhost '{}'", t.user, t.exchange, t.vhost)
+                format!("topic permissions of user '{}' on exchange '{}' in vhost '{}'", t.user, t.exchange, t.vhost)
             })?;
         }
         let mut operator_policies = Vec::new();
@@ -406,9 +406,11 @@ struct Planner {
 
 impl Planner {
     fn push(&mut self, c: Change, what: impl Fn() -> String) -> Result<(), AccessError> {
+        // Invalid errors from the directory already name the entry; a NotFound names only
+        // what is missing, so say which entry refers to it.
         self.scratch.apply(c.clone()).map_err(|e| match e {
             AccessError::NotFound(m) => AccessError::NotFound(format!("{}: {m}", what())),
-            AccessError::Invalid(m) => AccessError::Invalid(format!("{}: {m}", what())),
+            invalid => invalid,
         })?;
         self.changes.push(c);
         Ok(())

@@ -177,7 +177,7 @@ fn one_bad_regex_refuses_the_whole_file() {
     let err = defs.plan(&dir).unwrap_err();
     match &err {
         AccessError::Invalid(m) => {
-            assert!(m.contains("permission of user 'app' in vhost 'orders'"), "{m}");
+            assert!(m.starts_with("permissions of user 'app' in vhost 'orders': regular expression"), "{m}");
             assert!(m.contains("^app\\.("), "{m}");
         }
         other => panic!("expected Invalid, got {other:?}"),
@@ -240,4 +240,19 @@ fn missing_hashing_algorithm_follows_the_file_version() {
 fn malformed_json_is_an_invalid_error() {
     assert!(matches!(Definitions::parse(b"{\"users\": 3}"), Err(AccessError::Invalid(_))));
     assert!(matches!(Definitions::parse(b"not json"), Err(AccessError::Invalid(_))));
+}
+
+#[test]
+fn clear_text_passwords_are_hashed_on_import_and_never_exported() {
+    let file =
+        br#"{"users": [{"name": "dev", "password": "letmein", "tags": ["administrator"]}], "vhosts": [{"name": "/"}]}"#;
+    let defs = Definitions::parse(file).unwrap();
+    let mut dir = Directory::new();
+    for c in defs.plan(&dir).unwrap().changes {
+        dir.apply(c).unwrap();
+    }
+    let u = dir.authenticate("dev", "letmein").unwrap();
+    assert_eq!(u.hashing_algorithm, HashingAlgorithm::Sha256);
+    let exported = Definitions::export(&dir, vec![], vec![], vec![]).to_json_pretty();
+    assert!(!std::str::from_utf8(&exported).unwrap().contains("letmein"));
 }
