@@ -59,12 +59,14 @@ def warren_binary() -> Path:
 class BrokerProcess:
     """A warren process bound to 127.0.0.1 on a free port, logging to a file."""
 
-    def __init__(self, binary: Path, data_dir: Path, log_path: Path, port: Optional[int] = None):
+    def __init__(self, binary: Path, data_dir: Path, log_path: Path, port: Optional[int] = None,
+                 host: str = "127.0.0.1", extra_args: Optional[list[str]] = None):
         self.binary = binary
         self.data_dir = data_dir
         self.log_path = log_path
-        self.host = "127.0.0.1"
+        self.host = host
         self.port = port or find_free_port(self.host)
+        self.extra_args = list(extra_args or [])
         self.proc: Optional[subprocess.Popen] = None
         self._log_file = None
 
@@ -88,6 +90,7 @@ class BrokerProcess:
             "--amqp-port", str(self.port),
             "--bind", self.host,
             "--data-dir", str(self.data_dir),
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(
             cmd,

@@ -212,6 +212,10 @@ impl VHost {
         self.queues.read().values().cloned().collect()
     }
 
+    pub fn has_queue(&self, name: &str) -> bool {
+        self.queues.read().contains_key(name)
+    }
+
     /// Look up a queue for use by `conn`: 404 if missing, 405 if another connection owns it.
     pub fn queue(&self, name: &str, conn: ConnectionId) -> Result<Arc<Queue>, AmqpError> {
         let q = self.queues.read().get(name).cloned().ok_or_else(|| self.no_queue(name))?;
@@ -290,13 +294,35 @@ impl VHost {
         opts: QueueOptions,
         conn: ConnectionId,
     ) -> Result<(Arc<Queue>, bool), AmqpError> {
+        self.declare_queue_as(name, passive, false, opts, conn)
+    }
+
+    /// queue.declare of a server-named queue whose name the caller generated (with
+    /// [`generate_name`], `amq.gen-…`), e.g. to check permissions on it first.
+    pub fn declare_server_named_queue(
+        &self,
+        name: &str,
+        opts: QueueOptions,
+        conn: ConnectionId,
+    ) -> Result<(Arc<Queue>, bool), AmqpError> {
+        self.declare_queue_as(name, false, true, opts, conn)
+    }
+
+    fn declare_queue_as(
+        &self,
+        name: &str,
+        passive: bool,
+        server_named: bool,
+        opts: QueueOptions,
+        conn: ConnectionId,
+    ) -> Result<(Arc<Queue>, bool), AmqpError> {
         if passive {
             if name.is_empty() {
                 return Err(self.no_queue(name));
             }
             return Ok((self.queue(name, conn)?, false));
         }
-        if name.starts_with("amq.") {
+        if name.starts_with("amq.") && !server_named {
             return Err(AmqpError::access_refused(format!("queue name '{name}' contains reserved prefix 'amq.*'")));
         }
         let mut qs = self.queues.write();
@@ -631,6 +657,36 @@ impl VHost {
 
     pub fn max_queues(&self) -> Option<u64> {
         Some(self.max_queues.load(Ordering::Acquire)).filter(|&m| m != u64::MAX)
+    }
+
+    /// Delete the whole vhost's contents (the vhost itself is being deleted): every queue
+    /// with its messages and every exchange, recorded as deletions. Bindings go with their
+    /// ends (recovery drops a binding whose exchange or queue is deleted), so this is
+    /// linear in queues + exchanges + bindings rather than one unbind scan per queue.
+    pub fn delete_all(&self) -> Vec<Deleted> {
+        let queues: Vec<Arc<Queue>> = {
+            let mut qs = self.queues.write();
+            self.owned.lock().clear();
+            qs.drain().map(|(_, q)| q).collect()
+        };
+        let exchanges: Vec<Arc<Exchange>> = self.exchanges.write().drain().map(|(_, e)| e).collect();
+        self.changed();
+        for e in &exchanges {
+            self.node.release_bindings(e.binding_count());
+            if !e.name.is_empty() && !e.name.starts_with("amq.") {
+                self.node.release_exchange();
+                self.persistence.exchange_deleted(e);
+            }
+        }
+        queues
+            .iter()
+            .map(|q| {
+                self.node.release_queue();
+                self.persistence.queue_deleted(q);
+                let (message_count, consumers) = q.mark_deleted();
+                Deleted { message_count, consumers }
+            })
+            .collect()
     }
 
     /// Periodic work: expire messages at queue heads, delete queues unused past x-expires.

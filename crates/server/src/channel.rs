@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use access::authz::{Perm, Resource};
 use broker::exchange::ExchangeOptions;
 use broker::queue::{Consumer, PublishOutcome, QueueOptions, next_consumer_id};
 use broker::store::{CommitState, Durability, Settled};
@@ -29,6 +30,14 @@ pub struct ConnCtx {
     /// A queue this connection published to that asked publishers to pause (flow); the
     /// connection takes it before its next read.
     pub flow: std::cell::Cell<Option<Arc<Queue>>>,
+    /// The logged-in user's permissions in this vhost: every operation is checked here.
+    pub access: crate::auth::ConnAccess,
+}
+
+impl ConnCtx {
+    fn allow(&self, perm: Perm, res: Resource, name: &str) -> Result<(), AmqpError> {
+        self.access.check(&self.server, perm, res, name)
+    }
 }
 
 /// The pseudo-queue of RabbitMQ's direct reply-to.
@@ -189,6 +198,17 @@ impl Channel {
         self.shared.outbox.write_with(|out| frame::encode_method(out, id, method));
     }
 
+    /// queue.bind / queue.unbind: write on the queue, read on the exchange, and the topic
+    /// permission (read) on the binding key for a topic exchange.
+    fn check_bind(&self, ctx: &ConnCtx, queue: &str, exchange: &str, key: &str) -> Result<(), AmqpError> {
+        ctx.allow(Perm::Write, Resource::Queue, queue)?;
+        ctx.allow(Perm::Read, Resource::Exchange, exchange)?;
+        if ctx.vhost.exchange(exchange).is_ok_and(|e| e.options.kind == ExchangeKind::Topic) {
+            ctx.access.check_topic(&ctx.server, Perm::Read, exchange, key)?;
+        }
+        Ok(())
+    }
+
     fn queue_name(&self, name: &str) -> Result<String, AmqpError> {
         if !name.is_empty() {
             return Ok(name.to_owned());
@@ -240,6 +260,15 @@ impl Channel {
                 if !passive && exchange.is_empty() {
                     return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
                 }
+                if !passive {
+                    // RabbitMQ's table: configure on the exchange; with an alternate
+                    // exchange also write on it and read on this one. Passive: none.
+                    ctx.allow(Perm::Configure, Resource::Exchange, &exchange)?;
+                    if let Some(ae) = arguments.get("alternate-exchange").and_then(|v| v.as_str()) {
+                        ctx.allow(Perm::Write, Resource::Exchange, ae)?;
+                        ctx.allow(Perm::Read, Resource::Exchange, &exchange)?;
+                    }
+                }
                 vh.declare_exchange(
                     &exchange,
                     passive,
@@ -250,26 +279,48 @@ impl Channel {
                 }
             }
             Method::ExchangeDelete { exchange, if_unused, nowait, .. } => {
+                ctx.allow(Perm::Configure, Resource::Exchange, &exchange)?;
                 vh.delete_exchange(&exchange, if_unused)?;
                 if !nowait {
                     self.send(&Method::ExchangeDeleteOk);
                 }
             }
             Method::ExchangeBind { destination, source, routing_key, nowait, arguments, .. } => {
+                ctx.allow(Perm::Write, Resource::Exchange, &destination)?;
+                ctx.allow(Perm::Read, Resource::Exchange, &source)?;
                 vh.bind_exchange(&destination, &source, &routing_key, arguments)?;
                 if !nowait {
                     self.send(&Method::ExchangeBindOk);
                 }
             }
             Method::ExchangeUnbind { destination, source, routing_key, nowait, arguments, .. } => {
+                ctx.allow(Perm::Write, Resource::Exchange, &destination)?;
+                ctx.allow(Perm::Read, Resource::Exchange, &source)?;
                 vh.unbind_exchange(&destination, &source, &routing_key, arguments)?;
                 if !nowait {
                     self.send(&Method::ExchangeUnbindOk);
                 }
             }
             Method::QueueDeclare { queue, passive, durable, exclusive, auto_delete, nowait, arguments, .. } => {
+                // A server-named queue is named here, so that the check below sees the
+                // name it will have (as RabbitMQ checks configure on `amq.gen-…`).
+                let server_named = queue.is_empty() && !passive;
+                let queue = if server_named { generate_name("amq.gen-", |n| vh.has_queue(n)) } else { queue };
+                if !passive {
+                    // Configure on the queue; with a dead-letter exchange also write on
+                    // it and read on the queue. Passive: none.
+                    ctx.allow(Perm::Configure, Resource::Queue, &queue)?;
+                    if let Some(dlx) = arguments.get("x-dead-letter-exchange").and_then(|v| v.as_str()) {
+                        ctx.allow(Perm::Write, Resource::Exchange, dlx)?;
+                        ctx.allow(Perm::Read, Resource::Queue, &queue)?;
+                    }
+                }
                 let opts = QueueOptions { durable, exclusive, auto_delete, arguments };
-                let (q, _created) = vh.declare_queue(&queue, passive, opts, ctx.conn_id)?;
+                let (q, _created) = if server_named {
+                    vh.declare_server_named_queue(&queue, opts, ctx.conn_id)?
+                } else {
+                    vh.declare_queue(&queue, passive, opts, ctx.conn_id)?
+                };
                 let stats = q.stats();
                 self.last_queue = Some(q.name.clone());
                 if !nowait {
@@ -282,6 +333,7 @@ impl Channel {
             }
             Method::QueueBind { queue, exchange, routing_key, nowait, arguments, .. } => {
                 let queue = self.queue_name(&queue)?;
+                self.check_bind(ctx, &queue, &exchange, &routing_key)?;
                 // RabbitMQ: an empty routing key with an empty queue name means the queue's name.
                 vh.bind_queue(&queue, &exchange, &routing_key, arguments, ctx.conn_id)?;
                 if !nowait {
@@ -290,11 +342,14 @@ impl Channel {
             }
             Method::QueueUnbind { queue, exchange, routing_key, arguments, .. } => {
                 let queue = self.queue_name(&queue)?;
+                self.check_bind(ctx, &queue, &exchange, &routing_key)?;
                 vh.unbind_queue(&queue, &exchange, &routing_key, arguments, ctx.conn_id)?;
                 self.send(&Method::QueueUnbindOk);
             }
             Method::QueuePurge { queue, nowait, .. } => {
-                let q = vh.queue(&self.queue_name(&queue)?, ctx.conn_id)?;
+                let name = self.queue_name(&queue)?;
+                ctx.allow(Perm::Read, Resource::Queue, &name)?;
+                let q = vh.queue(&name, ctx.conn_id)?;
                 let n = q.purge();
                 if !nowait {
                     self.send(&Method::QueuePurgeOk { message_count: n as u32 });
@@ -302,6 +357,7 @@ impl Channel {
             }
             Method::QueueDelete { queue, if_unused, if_empty, nowait, .. } => {
                 let name = self.queue_name(&queue)?;
+                ctx.allow(Perm::Configure, Resource::Queue, &name)?;
                 let deleted = vh.delete_queue(&name, if_unused, if_empty, ctx.conn_id)?;
                 // delete-ok first, then the server's basic.cancel to the queue's consumers
                 // (this channel's too), as RabbitMQ orders them: a client waiting for
@@ -460,7 +516,9 @@ impl Channel {
         let q = if queue == REPLY_TO {
             self.reply_queue(ctx, no_ack)?
         } else {
-            ctx.vhost.queue(&self.queue_name(queue)?, ctx.conn_id)?
+            let name = self.queue_name(queue)?;
+            ctx.allow(Perm::Read, Resource::Queue, &name)?;
+            ctx.vhost.queue(&name, ctx.conn_id)?
         };
         let cargs = broker::args::ConsumerArgs::parse(arguments, &q.name, &ctx.vhost.name)?;
         // Consumers the broker cancelled (their queue was deleted) stay in the map until
@@ -553,7 +611,9 @@ impl Channel {
     }
 
     fn get(&mut self, ctx: &ConnCtx, queue: &str, no_ack: bool) -> Result<(), AmqpError> {
-        let q = ctx.vhost.queue(&self.queue_name(queue)?, ctx.conn_id)?;
+        let name = self.queue_name(queue)?;
+        ctx.allow(Perm::Read, Resource::Queue, &name)?;
+        let q = ctx.vhost.queue(&name, ctx.conn_id)?;
         let id = self.shared.id;
         match q.get(no_ack) {
             Some((m, remaining)) => {
@@ -764,7 +824,13 @@ impl Channel {
             })?),
         };
         let properties = if summary.reply_to_direct { self.rewrite_reply_to(&properties)? } else { properties };
+        // Write on the exchange before looking it up (403 before 404, as RabbitMQ), the
+        // topic permission once its type is known.
+        ctx.access.check_publish(&ctx.server, &p.exchange, false, &p.routing_key)?;
         let exchange = self.exchange_for_publish(ctx, &p.exchange)?;
+        if exchange.options.kind == ExchangeKind::Topic {
+            ctx.access.check_publish(&ctx.server, &p.exchange, true, &p.routing_key)?;
+        }
         if exchange.options.internal {
             return Err(AmqpError::access_refused(format!(
                 "cannot publish to internal exchange '{}' in vhost '{}'",

@@ -56,6 +56,16 @@ pub struct Config {
     pub queue_max_count: usize,
     pub exchange_max_count: usize,
     pub binding_max_count: usize,
+    /// The user and vhost a fresh node starts with (RabbitMQ's default_user,
+    /// default_pass, default_vhost, default_user_tags, default_permissions).
+    pub default_user: String,
+    pub default_pass: String,
+    pub default_vhost: String,
+    pub default_user_tags: Vec<String>,
+    /// configure, write, read.
+    pub default_permissions: [String; 3],
+    /// A RabbitMQ definitions file imported at every start (RabbitMQ's load_definitions).
+    pub load_definitions: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -78,6 +88,12 @@ impl Default for Config {
             disk_free_limit_bytes: 50_000_000,
             fd_reserve_count: 256,
             store_open_files_max: 1024,
+            default_user: "guest".to_owned(),
+            default_pass: "guest".to_owned(),
+            default_vhost: "/".to_owned(),
+            default_user_tags: vec!["administrator".to_owned()],
+            default_permissions: [".*".to_owned(), ".*".to_owned(), ".*".to_owned()],
+            load_definitions: None,
             queue_max_count: 1_000_000,
             exchange_max_count: 1_000_000,
             binding_max_count: 5_000_000,

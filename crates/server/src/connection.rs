@@ -137,7 +137,11 @@ struct Conn {
     heartbeat_secs: u16,
     client_caps: FieldTable,
     user: String,
+    /// The client's `connection_name` property (RabbitMQ's {client_id} in topic permissions).
+    client_id: Option<String>,
     ctx: Option<ConnCtx>,
+    /// Set at connection.open: this connection in the node's registry.
+    registered: Option<crate::registry::Registered>,
     channels: HashMap<u16, Channel, ChannelIdHash>,
     /// Channels that published in the current read batch (confirms to flush).
     confirm_dirty: Vec<u16>,
@@ -191,7 +195,9 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<Se
         phase: Phase::StartOk,
         client_caps: FieldTable::new(),
         user: String::new(),
+        client_id: None,
         ctx: None,
+        registered: None,
         channels: HashMap::default(),
         confirm_dirty: Vec::new(),
         finished: false,
@@ -413,6 +419,9 @@ impl Conn {
                     // become durable, so stop waiting for it.
                     store_gone = r.is_err();
                 }
+                (code, text) = Self::close_requested(&self.registered), if self.registered.is_some() && !matches!(self.phase, Phase::Closing(_)) => {
+                    self.begin_close(HardError::new(AmqpError::new(code, text)));
+                }
                 r = shutdown.changed(), if !shutdown_seen => {
                     if r.is_err() || *shutdown.borrow() {
                         shutdown_seen = true;
@@ -424,6 +433,14 @@ impl Conn {
                     }
                 }
             }
+        }
+    }
+
+    /// The node asked this connection to close (its vhost or user was deleted, ...).
+    async fn close_requested(r: &Option<crate::registry::Registered>) -> (u16, String) {
+        match r {
+            Some(r) => r.handle.close_requested().await,
+            None => std::future::pending().await,
         }
     }
 
@@ -679,7 +696,7 @@ impl Conn {
             // frame on an unknown channel, a connection error.
             match method {
                 Method::ChannelCloseOk => {
-                    self.channels.remove(&channel);
+                    self.forget_channel(channel);
                 }
                 Method::ChannelClose { .. } => self.send(channel, &Method::ChannelCloseOk),
                 _ => {}
@@ -698,7 +715,7 @@ impl Conn {
                 if let Some(ctx) = self.ctx.as_ref() {
                     ch.shutdown(ctx);
                 }
-                self.channels.remove(&channel);
+                self.forget_channel(channel);
                 self.send(channel, &Method::ChannelCloseOk);
                 Ok(())
             }
@@ -723,6 +740,15 @@ impl Conn {
         }
     }
 
+    /// A closed channel stops counting against its user's channel limit.
+    fn forget_channel(&mut self, channel: u16) {
+        if self.channels.remove(&channel).is_some()
+            && let Some(r) = &self.registered
+        {
+            self.state.registry.channel_closed(&r.handle);
+        }
+    }
+
     fn open_channel(&mut self, channel: u16) -> Result<(), HardError> {
         let ids = (wire::class::CHANNEL, 10);
         if self.channel_max != 0 && (channel > self.channel_max || self.channels.len() >= usize::from(self.channel_max))
@@ -735,6 +761,18 @@ impl Conn {
                 )),
                 ids,
             ));
+        }
+        if let Some(r) = &self.registered {
+            let max = self.state.with_access(|d| d.user(&self.user).and_then(|u| u.limits.max_channels));
+            if let Err(max) = self.state.registry.channel_opened(&r.handle, max) {
+                return Err(HardError::at(
+                    AmqpError::not_allowed(format!(
+                        "number of channels opened for user '{}' has reached the maximum allowed user limit of {max}",
+                        self.user
+                    )),
+                    ids,
+                ));
+            }
         }
         let shared = ChannelShared::new(channel, self.outbox.clone());
         self.channels.insert(channel, Channel::new(shared));
@@ -749,6 +787,7 @@ impl Conn {
                 if let Some(FieldValue::Table(caps)) = client_properties.get("capabilities") {
                     self.client_caps = caps.clone();
                 }
+                self.client_id = client_properties.get("connection_name").and_then(|v| v.as_str()).map(str::to_owned);
                 self.authenticate(&mechanism, &response).map_err(|e| HardError::at(e, ids))?;
                 if self.finished {
                     // Refused, and the client wants no close method: just hang up.
@@ -791,9 +830,7 @@ impl Conn {
                         ids,
                     ));
                 }
-                let Some(vhost) = self.state.vhost(&virtual_host) else {
-                    return Err(HardError::at(AmqpError::not_allowed(format!("vhost {virtual_host} not found")), ids));
-                };
+                let vhost = self.admit(&virtual_host).map_err(|e| HardError::at(e, ids))?;
                 self.ctx = Some(ConnCtx {
                     conn_id: self.id,
                     vhost,
@@ -802,6 +839,7 @@ impl Conn {
                     durable: self.state.commit.clone(),
                     server: self.state.clone(),
                     flow: std::cell::Cell::new(None),
+                    access: crate::auth::ConnAccess::new(&self.user, &virtual_host, self.client_id.clone()),
                 });
                 self.send(0, &Method::ConnectionOpenOk { known_hosts: String::new() });
                 self.phase = Phase::Running;
@@ -854,8 +892,8 @@ impl Conn {
             other => return Err(AmqpError::command_invalid(format!("unknown authentication mechanism '{other}'"))),
         };
         let loopback_only = self.state.config.loopback_users.contains(&user);
-        let refused = if !self.state.check_password(&user, &password) {
-            Some(format!("invalid credentials for user '{user}'"))
+        let refused = if let Err(why) = self.state.authenticate(&user, &password) {
+            Some(why)
         } else if loopback_only && !self.peer.ip().is_loopback() && !is_mapped_loopback(self.peer.ip()) {
             Some(format!("user '{user}' can only connect via localhost"))
         } else {
@@ -866,6 +904,49 @@ impl Conn {
         }
         self.user = user;
         Ok(())
+    }
+
+    /// connection.open's checks, in RabbitMQ's order: the vhost exists and is under its
+    /// connection limit, the user under theirs, and the user may use the vhost. The
+    /// connection is then registered (counted against both limits).
+    fn admit(&mut self, vhost: &str) -> Result<Arc<broker::VHost>, AmqpError> {
+        let (exists, vhost_max, user_max, permitted) = self.state.with_access(|d| {
+            let v = d.vhost(vhost);
+            (
+                v.is_some(),
+                v.and_then(|v| v.limits.max_connections),
+                d.user(&self.user).and_then(|u| u.limits.max_connections),
+                d.grants(&self.user, vhost).is_some(),
+            )
+        });
+        let broker_vhost = self.state.vhost(vhost);
+        let Some(broker_vhost) = broker_vhost.filter(|_| exists) else {
+            return Err(AmqpError::not_allowed(format!("vhost {vhost} not found")));
+        };
+        let refused = |why: String| {
+            warn!(conn = self.id, peer = %self.peer, user = %self.user, vhost, "connection refused: {why}");
+            AmqpError::not_allowed(why)
+        };
+        let user = self.user.clone();
+        let registered = self.state.registry.register(self.id, self.peer, &user, vhost, vhost_max, user_max);
+        let registered = match registered {
+            Ok(r) => r,
+            Err(crate::registry::Refused::VhostLimit(n)) => {
+                return Err(refused(format!(
+                    "access to vhost '{vhost}' refused for user '{user}': connection limit ({n}) is reached"
+                )));
+            }
+            Err(crate::registry::Refused::UserLimit(n)) => {
+                return Err(refused(format!(
+                    "connection refused for user '{user}': user connection limit ({n}) is reached"
+                )));
+            }
+        };
+        if !permitted {
+            return Err(refused(format!("access to vhost '{vhost}' refused for user '{user}'")));
+        }
+        self.registered = Some(registered);
+        Ok(broker_vhost)
     }
 
     /// A failed login: 403 with RabbitMQ's text to clients that advertise

@@ -10,7 +10,9 @@
 //! - [`outbox`]: a connection's outgoing byte buffer and the writer task that drains it,
 //!   so that many frames go out in one syscall.
 
+pub mod admin;
 pub mod alarms;
+pub mod auth;
 pub mod channel;
 pub mod config;
 pub mod connection;
@@ -19,8 +21,10 @@ pub mod fds;
 pub mod listener;
 pub mod outbox;
 pub mod persist;
+pub mod registry;
 pub mod state;
 
+pub use admin::{ChangeError, StartError};
 pub use config::Config;
 pub use listener::{bind_listeners, serve};
 pub use state::ServerState;

@@ -41,12 +41,48 @@ pub struct DiskPersistence {
 /// One definitions record.
 #[derive(Debug, Clone, PartialEq)]
 enum Def {
-    Exchange { vhost: String, name: String, kind: String, auto_delete: bool, internal: bool, args: FieldTable },
-    ExchangeDeleted { vhost: String, name: String },
-    Queue { vhost: String, name: String, auto_delete: bool, args: FieldTable },
-    QueueDeleted { vhost: String, name: String },
-    Binding { vhost: String, source: String, to_queue: bool, destination: String, key: String, args: FieldTable },
-    Unbinding { vhost: String, source: String, to_queue: bool, destination: String, key: String, args: FieldTable },
+    Exchange {
+        vhost: String,
+        name: String,
+        kind: String,
+        auto_delete: bool,
+        internal: bool,
+        args: FieldTable,
+    },
+    ExchangeDeleted {
+        vhost: String,
+        name: String,
+    },
+    Queue {
+        vhost: String,
+        name: String,
+        auto_delete: bool,
+        args: FieldTable,
+    },
+    QueueDeleted {
+        vhost: String,
+        name: String,
+    },
+    Binding {
+        vhost: String,
+        source: String,
+        to_queue: bool,
+        destination: String,
+        key: String,
+        args: FieldTable,
+    },
+    Unbinding {
+        vhost: String,
+        source: String,
+        to_queue: bool,
+        destination: String,
+        key: String,
+        args: FieldTable,
+    },
+    /// A change of users, vhosts, permissions, policies or limits: an
+    /// [`access::directory::Change`] as JSON (so the log's format does not follow the
+    /// access model's Rust layout).
+    Access(Vec<u8>),
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -115,6 +151,10 @@ impl Def {
                 put_str(&mut o, key);
                 wire::types::encode_table(args, &mut o);
             }
+            Def::Access(json) => {
+                o.push(7);
+                o.extend_from_slice(json);
+            }
         }
         o
     }
@@ -151,6 +191,7 @@ impl Def {
                     Def::Unbinding { vhost, source, to_queue, destination, key, args }
                 }
             }
+            7 => Def::Access(r.0.to_vec()),
             _ => return None,
         })
     }
@@ -235,6 +276,8 @@ fn compact(records: &[Def]) -> Vec<Def> {
                     slots[i] = None;
                 }
             }
+            // Access changes are replayed into a directory, not compacted here.
+            Def::Access(_) => {}
         }
     }
     slots.into_iter().flatten().collect()
@@ -314,20 +357,19 @@ impl DiskPersistence {
             }
         }
         let mut live = Vec::new();
+        let mut access = AccessRecovery::default();
         // Queue directories whose queue's last record is a deletion: provably deleted.
         let mut deleted_dirs: HashMap<String, bool> = HashMap::new();
         let mut deleted_dirs_ex: HashMap<String, bool> = HashMap::new();
         let log = DefinitionsLog::open(&data_dir.join("definitions.log"), |records| {
-            let defs: Vec<Def> = records
-                .iter()
-                .filter_map(|r| {
-                    let d = Def::decode(r);
-                    if d.is_none() {
-                        warn!("skipping an undecodable definitions record");
-                    }
-                    d
-                })
-                .collect();
+            let mut defs: Vec<Def> = Vec::with_capacity(records.len());
+            for r in &records {
+                match Def::decode(r) {
+                    Some(Def::Access(json)) => access.replay(&json),
+                    Some(d) => defs.push(d),
+                    None => warn!("skipping an undecodable definitions record"),
+                }
+            }
             for d in &defs {
                 match d {
                     Def::Queue { vhost, name, .. } => deleted_dirs.insert(queue_dir_name(vhost, name), false),
@@ -338,7 +380,23 @@ impl DiskPersistence {
                 };
             }
             live = compact(&defs);
-            live.iter().map(Def::encode).collect()
+            // The definitions of a vhost whose deletion was logged are gone with it (a stop
+            // may have cut the deletion short after the vhost's record): provably deleted.
+            live.retain(|d| {
+                let Some((vhost, queue)) = d.vhost_and_queue() else { return true };
+                if !access.deleted_vhosts.contains(vhost) {
+                    return true;
+                }
+                if let Some(q) = queue {
+                    deleted_dirs.insert(queue_dir_name(vhost, q), true);
+                }
+                false
+            });
+            // Users, vhosts, permissions, ... first: the topology after them needs its vhosts.
+            let mut out: Vec<Vec<u8>> =
+                access.directory.all_changes().iter().map(|c| Def::Access(access_json(c)).encode()).collect();
+            out.extend(live.iter().map(Def::encode));
+            out
         })?;
         let keep: HashSet<String> = live
             .iter()
@@ -383,7 +441,7 @@ impl DiskPersistence {
             definitions_damaged: damaged,
             deleted_exchange_dirs: deleted_dirs_ex.into_iter().filter_map(|(k, gone)| gone.then_some(k)).collect(),
         });
-        Ok((p, Recovery { defs: live }))
+        Ok((p, Recovery { defs: live, access: access.directory, access_seen: access.seen }))
     }
 
     /// Open a queue's store. If its files cannot be opened the queue cannot exist: a
@@ -470,6 +528,12 @@ impl DiskPersistence {
         })
     }
 
+    /// Record an access change (fsynced before it returns): applied to the directory only
+    /// once this succeeded, so the directory never holds what a restart would forget.
+    pub fn log_access(&self, c: &access::directory::Change) -> Result<(), store::Error> {
+        self.log.lock().append(&Def::Access(access_json(c)).encode())
+    }
+
     fn binding_def(&self, source: &Exchange, b: &Binding, added: bool) -> Def {
         let (vhost, source, to_queue) = (source.vhost.clone(), source.name.clone(), b.destination.is_queue());
         let (destination, key, args) = (b.destination.name().to_owned(), b.routing_key.clone(), b.arguments.clone());
@@ -522,6 +586,73 @@ impl DiskPersistence {
 /// Definitions read at start, to replay once the vhosts exist.
 pub struct Recovery {
     defs: Vec<Def>,
+    /// Users, vhosts, permissions, policies and limits.
+    pub access: access::directory::Directory,
+    /// Whether the log held any access record (false: a fresh data dir, or one from before
+    /// access control, to be seeded with the default user and vhost).
+    pub access_seen: bool,
+}
+
+impl Recovery {
+    /// The vhosts that recovered topology refers to.
+    pub fn topology_vhosts(&self) -> HashSet<String> {
+        self.defs.iter().filter_map(|d| d.vhost_and_queue().map(|(v, _)| v.to_owned())).collect()
+    }
+}
+
+/// Access changes read back from the log, applied in order.
+#[derive(Default)]
+struct AccessRecovery {
+    directory: access::directory::Directory,
+    /// Vhosts whose last record is a deletion.
+    deleted_vhosts: HashSet<String>,
+    seen: bool,
+}
+
+impl AccessRecovery {
+    fn replay(&mut self, json: &[u8]) {
+        self.seen = true;
+        let change: access::directory::Change = match serde_json::from_slice(json) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("skipping an unreadable access record in the definitions log: {e}");
+                return;
+            }
+        };
+        match &change {
+            access::directory::Change::DeleteVhost(v) => {
+                self.deleted_vhosts.insert(v.clone());
+            }
+            access::directory::Change::PutVhost(v) => {
+                self.deleted_vhosts.remove(&v.name);
+            }
+            _ => {}
+        }
+        if let Err(e) = self.directory.apply(change) {
+            // E.g. a permission whose user's record was lost to damage: one entry lost,
+            // never the rest.
+            error!("skipping an access record of the definitions log that no longer applies: {e}");
+        }
+    }
+}
+
+/// How an access change is written to the log.
+fn access_json(c: &access::directory::Change) -> Vec<u8> {
+    serde_json::to_vec(c).expect("access changes serialize")
+}
+
+impl Def {
+    /// The vhost a topology record belongs to, and the queue it declares or deletes.
+    fn vhost_and_queue(&self) -> Option<(&str, Option<&str>)> {
+        match self {
+            Def::Queue { vhost, name, .. } | Def::QueueDeleted { vhost, name } => Some((vhost, Some(name))),
+            Def::Exchange { vhost, .. }
+            | Def::ExchangeDeleted { vhost, .. }
+            | Def::Binding { vhost, .. }
+            | Def::Unbinding { vhost, .. } => Some((vhost, None)),
+            Def::Access(_) => None,
+        }
+    }
 }
 
 impl Persistence for DiskPersistence {
@@ -687,6 +818,7 @@ mod tests {
                     };
                     live.retain(|x| *x != b);
                 }
+                Def::Access(_) => {}
             }
         }
         live

@@ -17,15 +17,31 @@ use broker::store::{CommitState, Durability, StoreFailed};
 use broker::vhost::Persistence;
 use store::StoreConfig;
 
+use access::directory::{Change, Directory};
+use tracing::warn;
+
+use crate::admin::StartError;
 use crate::alarms::Alarms;
 use crate::config::Config;
 use crate::persist::DiskPersistence;
 
 pub struct ServerState {
     pub config: Config,
-    /// user → password. User management is a later issue; for now the built-in guest.
-    users: RwLock<HashMap<String, String>>,
-    vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    /// Users, vhosts, permissions, policies and limits. Changed only by
+    /// [`ServerState::change_access`].
+    pub(crate) access: RwLock<Directory>,
+    /// `access`'s version, readable without its lock: connections re-read their grants
+    /// when it moves.
+    pub(crate) access_version: AtomicU64,
+    /// Held while one access change is validated, logged and applied (log order is
+    /// apply order).
+    pub(crate) access_writer: Mutex<()>,
+    /// Logged-in connections (limits; closing those of a deleted vhost or user).
+    pub registry: Arc<crate::registry::Registry>,
+    pub(crate) vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    /// What new vhosts are built with.
+    pub(crate) vhost_persistence: Arc<dyn Persistence>,
+    pub(crate) node_limits: Arc<broker::limits::NodeLimits>,
     next_connection_id: AtomicU64,
     /// Client connections open now (accepted sockets, logged in or not).
     connections: AtomicUsize,
@@ -91,21 +107,40 @@ impl ServerState {
     /// A server that keeps everything in RAM (nothing survives it).
     pub fn new(config: Config, shutdown: watch::Receiver<bool>) -> Arc<ServerState> {
         let (_tx, commit) = watch::channel(CommitState::default());
-        Self::build(config, shutdown, commit, None, Arc::new(broker::vhost::InMemory))
+        let state =
+            Self::build(config, shutdown, commit, None, Arc::new(broker::vhost::InMemory), Directory::default());
+        state.seed_defaults().expect("the default user and vhost are valid");
+        state
     }
 
     /// A server over `config.data_dir`: recovers durable definitions and messages, and
     /// persists from then on.
-    pub fn open(config: Config, shutdown: watch::Receiver<bool>) -> Result<Arc<ServerState>, store::Error> {
+    pub fn open(config: Config, shutdown: watch::Receiver<bool>) -> Result<Arc<ServerState>, StartError> {
         let (tx, commit) = watch::channel(CommitState::default());
         let store_cfg = StoreConfig { queue_ram_budget_bytes: config.queue_ram_budget_bytes };
-        let (p, recovery) =
+        let (p, mut recovery) =
             DiskPersistence::open(&config.data_dir, store_cfg, config.store_open_files_max, move |c| {
                 tx.send_replace(c);
             })?;
-        let state = Self::build(config, shutdown, commit, Some(p.clone()), p.clone());
+        let directory = std::mem::take(&mut recovery.access);
+        let state = Self::build(config, shutdown, commit, Some(p.clone()), p.clone(), directory);
+        if !recovery.access_seen && state.config.load_definitions.is_none() {
+            // A fresh node (or one from before access control): RabbitMQ's default user
+            // and vhost. With load_definitions the file says who exists.
+            state.seed_defaults()?;
+        }
+        for v in recovery.topology_vhosts() {
+            if state.vhost(&v).is_none() {
+                // Its record was lost (damage): keep its queues and their messages.
+                warn!("vhost '{v}' has durable definitions but no vhost record: recreating it");
+                state.change_access(Change::PutVhost(access::model::Vhost::named(&v)))?;
+            }
+        }
         p.recover_into(recovery, |name| state.vhost(name));
         state.recover_delayed(&p);
+        if let Some(file) = state.config.load_definitions.clone() {
+            state.import_definitions_file(&file)?;
+        }
         Ok(state)
     }
 
@@ -115,25 +150,24 @@ impl ServerState {
         commit: watch::Receiver<CommitState>,
         persistence: Option<Arc<DiskPersistence>>,
         vhost_persistence: Arc<dyn Persistence>,
+        directory: Directory,
     ) -> Arc<ServerState> {
-        let mut users = HashMap::new();
-        users.insert("guest".to_owned(), "guest".to_owned());
-        let mut vhosts = HashMap::new();
         let node = Arc::new(broker::limits::NodeLimits::new(broker::limits::Limits {
             queue_max_count: config.queue_max_count,
             exchange_max_count: config.exchange_max_count,
             binding_max_count: config.binding_max_count,
         }));
-        vhosts.insert(
-            "/".to_owned(),
-            VHost::with_limits("/", vhost_persistence, Arc::new(broker::clock::SystemClock), node),
-        );
         let (alarms_tx, alarms) = watch::channel(Alarms::default());
         let fds = crate::fds::FdBudget::new(crate::fds::nofile_limit(), config.fd_reserve_count);
-        Arc::new(ServerState {
+        let state = Arc::new(ServerState {
             config,
-            users: RwLock::new(users),
-            vhosts: RwLock::new(vhosts),
+            access_version: AtomicU64::new(directory.version()),
+            access: RwLock::new(directory),
+            access_writer: Mutex::new(()),
+            registry: Arc::new(crate::registry::Registry::default()),
+            vhosts: RwLock::new(HashMap::new()),
+            vhost_persistence,
+            node_limits: node,
             next_connection_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             shutdown,
@@ -148,7 +182,12 @@ impl ServerState {
             alarms_tx,
             alarms,
             forced_alarms: Mutex::new(Alarms::default()),
-        })
+        });
+        let names: Vec<String> = state.access.read().vhosts().map(|v| v.name.clone()).collect();
+        for v in names {
+            state.vhost_created(&v);
+        }
+        state
     }
 
     /// Flush everything buffered to disk (at shutdown).
@@ -173,8 +212,12 @@ impl ServerState {
         self.connections.load(Ordering::Relaxed)
     }
 
-    pub fn check_password(&self, user: &str, password: &str) -> bool {
-        self.users.read().get(user).is_some_and(|p| p == password)
+    /// Check a login. Err: why it is refused (for the log; clients get one generic text).
+    pub fn authenticate(&self, user: &str, password: &str) -> Result<(), String> {
+        match self.access.read().authenticate(user, password) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("user '{user}': {e}")),
+        }
     }
 
     /// Hold `msg` in a delayed-message exchange until `due_ms`. A persistent message in a

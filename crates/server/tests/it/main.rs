@@ -1,6 +1,7 @@
 //! Integration tests over real TCP: lapin (a third-party client) as the interop oracle,
 //! and raw sockets for hostile input. One test binary (see ARCHITECTURE.md, "Testing").
 
+mod access;
 mod common;
 mod durability;
 mod extensions;

@@ -1,0 +1,378 @@
+//! Changing users, vhosts, permissions, policies and limits on a running node, and
+//! importing and exporting RabbitMQ's definitions JSON.
+//!
+//! Every change goes through [`ServerState::change_access`]: validated against the
+//! directory, logged (fsynced) to the definitions log, applied, and then carried out in
+//! the broker (a vhost created or deleted with its queues, connections of a deleted
+//! vhost or user closed, policies and limits re-applied). One writer at a time, so the
+//! log's order is the order changes were applied in.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use access::authz::Grants;
+use access::definitions::{BindingDef, Definitions, ExchangeDef, ImportPlan, QueueDef};
+use access::directory::{Change, Directory};
+use access::model::{HashingAlgorithm, Permission, User, UserLimits, Vhost};
+use broker::exchange::{ExchangeOptions, parse_type};
+use broker::policy::ApplyTo;
+use broker::queue::QueueOptions;
+use broker::{AmqpError, VHost};
+use tracing::{info, warn};
+
+use crate::channel::notify_deleted;
+use crate::state::ServerState;
+
+/// Why the node cannot start (its data dir cannot be opened, or a definitions file it was
+/// told to load is invalid).
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<store::Error> for StartError {
+    fn from(e: store::Error) -> Self {
+        StartError(e.to_string())
+    }
+}
+
+impl From<ChangeError> for StartError {
+    fn from(e: ChangeError) -> Self {
+        StartError(e.to_string())
+    }
+}
+
+/// Why an access change or an import was refused.
+#[derive(Debug)]
+pub enum ChangeError {
+    /// The change is invalid (unknown user or vhost, bad regex, ...): nothing changed.
+    Invalid(String),
+    /// It could not be written to disk: nothing changed.
+    Store(String),
+}
+
+impl std::fmt::Display for ChangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChangeError::Invalid(s) => f.write_str(s),
+            ChangeError::Store(s) => write!(f, "cannot record the change: {s}"),
+        }
+    }
+}
+
+impl std::error::Error for ChangeError {}
+
+impl ServerState {
+    pub fn access_version(&self) -> u64 {
+        self.access_version.load(Ordering::Acquire)
+    }
+
+    /// `user`'s compiled permissions in `vhost` (None: none granted).
+    pub fn grants(&self, user: &str, vhost: &str) -> Option<Grants> {
+        self.access.read().grants(user, vhost)
+    }
+
+    /// Read the directory (users, vhosts, ...).
+    pub fn with_access<R>(&self, f: impl FnOnce(&Directory) -> R) -> R {
+        f(&self.access.read())
+    }
+
+    /// Validate, log, apply and carry out one change.
+    pub fn change_access(&self, c: Change) -> Result<(), ChangeError> {
+        let _writer = self.access_writer.lock();
+        self.access.read().validate(&c).map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        if let Some(p) = &self.persistence {
+            p.log_access(&c).map_err(|e| ChangeError::Store(e.to_string()))?;
+        }
+        let version = {
+            let mut dir = self.access.write();
+            dir.apply(c.clone()).map_err(|e| ChangeError::Invalid(e.to_string()))?;
+            dir.version()
+        };
+        self.access_version.store(version, Ordering::Release);
+        self.carry_out(&c);
+        Ok(())
+    }
+
+    /// The broker side of an applied change.
+    fn carry_out(&self, c: &Change) {
+        match c {
+            Change::PutVhost(v) => {
+                self.vhost_created(&v.name);
+            }
+            Change::DeleteVhost(name) => {
+                let n = self.registry.close_where(
+                    |h| h.vhost == *name,
+                    wire::reply::CONNECTION_FORCED,
+                    &format!("vhost '{name}' is deleted"),
+                );
+                info!("deleting vhost '{name}' (closing {n} connections)");
+                let removed = self.vhosts.write().remove(name);
+                if let Some(vh) = removed {
+                    for d in vh.delete_all() {
+                        notify_deleted(d);
+                    }
+                }
+            }
+            Change::DeleteUser(name) => {
+                let n = self.registry.close_where(
+                    |h| h.user == *name,
+                    wire::reply::CONNECTION_FORCED,
+                    &format!("user '{name}' is deleted"),
+                );
+                info!("deleted user '{name}' (closed {n} connections)");
+            }
+            Change::PutPolicy(p) | Change::PutOperatorPolicy(p) => {
+                if let Some(d) = broker_policy(p).map(|b| b.definition)
+                    && !d.ignored.is_empty()
+                {
+                    info!(
+                        "policy '{}' in vhost '{}': {:?} accepted and ignored (no effect in Warren)",
+                        p.name, p.vhost, d.ignored
+                    );
+                }
+                if let Some(vh) = self.vhost(&p.vhost) {
+                    self.apply_vhost_settings(&vh);
+                }
+            }
+            Change::SetVhostLimits { vhost, .. }
+            | Change::DeletePolicy { vhost, .. }
+            | Change::DeleteOperatorPolicy { vhost, .. } => {
+                if let Some(vh) = self.vhost(vhost) {
+                    self.apply_vhost_settings(&vh);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Make sure the broker has vhost `name` (it is in the directory), with its settings.
+    pub(crate) fn vhost_created(&self, name: &str) -> Arc<VHost> {
+        let vh = {
+            let mut map = self.vhosts.write();
+            map.entry(name.to_owned())
+                .or_insert_with(|| {
+                    VHost::with_limits(
+                        name,
+                        self.vhost_persistence.clone(),
+                        Arc::new(broker::clock::SystemClock),
+                        self.node_limits.clone(),
+                    )
+                })
+                .clone()
+        };
+        self.apply_vhost_settings(&vh);
+        vh
+    }
+
+    /// Give a vhost its limits and policies as the directory has them now.
+    fn apply_vhost_settings(&self, vh: &VHost) {
+        let (policies, operator, max_queues) = self.with_access(|d| {
+            (
+                d.policies(&vh.name).filter_map(broker_policy).collect::<Vec<_>>(),
+                d.operator_policies(&vh.name).filter_map(broker_policy).collect::<Vec<_>>(),
+                d.vhost(&vh.name).and_then(|v| v.limits.max_queues),
+            )
+        });
+        vh.set_policies(policies, operator);
+        vh.set_max_queues(max_queues);
+    }
+
+    /// RabbitMQ's defaults for a fresh node: the default vhost, and the default user with
+    /// its tags and full permissions there (config `default_*`, environment
+    /// `RABBITMQ_DEFAULT_*`).
+    pub(crate) fn seed_defaults(&self) -> Result<(), ChangeError> {
+        let cfg = &self.config;
+        let vhost = cfg.default_vhost.clone();
+        if self.vhost(&vhost).is_none() {
+            self.change_access(Change::PutVhost(Vhost::named(&vhost)))?;
+        }
+        let user = cfg.default_user.clone();
+        info!("creating the default user '{user}' and vhost '{vhost}'");
+        self.change_access(Change::PutUser(User {
+            name: user.clone(),
+            password_hash: access::password::hash_password(HashingAlgorithm::Sha256, &cfg.default_pass),
+            hashing_algorithm: HashingAlgorithm::Sha256,
+            tags: cfg.default_user_tags.clone(),
+            limits: UserLimits::default(),
+        }))?;
+        let [configure, write, read] = cfg.default_permissions.clone();
+        self.change_access(Change::PutPermission(Permission { user, vhost, configure, write, read }))
+    }
+
+    /// Import a RabbitMQ definitions file (load_definitions at start).
+    pub fn import_definitions_file(&self, path: &Path) -> Result<(), StartError> {
+        let bytes = std::fs::read(path).map_err(|e| StartError(format!("reading {}: {e}", path.display())))?;
+        self.import_definitions(&bytes).map_err(|e| StartError(format!("importing {}: {e}", path.display())))?;
+        info!("imported definitions from {}", path.display());
+        Ok(())
+    }
+
+    /// Import RabbitMQ definitions JSON, all or nothing: everything is validated (users,
+    /// regexes, vhosts named, exchange types, queue arguments) before anything changes.
+    pub fn import_definitions(&self, json: &[u8]) -> Result<(), ChangeError> {
+        let defs = Definitions::parse(json).map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        let plan = self.with_access(|d| defs.plan(d)).map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        validate_topology(&plan)?;
+        for c in plan.changes {
+            self.change_access(c)?;
+        }
+        for e in plan.exchanges {
+            let vh =
+                self.vhost(&e.vhost).ok_or_else(|| ChangeError::Invalid(format!("vhost '{}' not found", e.vhost)))?;
+            let (kind, delayed) = parse_type(&e.r#type, &e.arguments).map_err(invalid)?;
+            let opts = ExchangeOptions {
+                kind,
+                delayed,
+                durable: e.durable,
+                auto_delete: e.auto_delete,
+                internal: e.internal,
+                arguments: e.arguments,
+            };
+            if let Err(err) = vh.declare_exchange(&e.name, false, opts) {
+                warn!("definitions import: exchange '{}' in vhost '{}': {err}", e.name, e.vhost);
+            }
+        }
+        for q in plan.queues {
+            let vh =
+                self.vhost(&q.vhost).ok_or_else(|| ChangeError::Invalid(format!("vhost '{}' not found", q.vhost)))?;
+            let mut arguments = q.arguments;
+            // RabbitMQ 3.13+ exports the type beside the arguments.
+            if let Some(t) = q.r#type.as_deref().filter(|t| *t != "classic")
+                && arguments.get("x-queue-type").is_none()
+            {
+                arguments
+                    .insert("x-queue-type", wire::FieldValue::LongStr(bytes::Bytes::copy_from_slice(t.as_bytes())));
+            }
+            let opts = QueueOptions { durable: q.durable, exclusive: false, auto_delete: q.auto_delete, arguments };
+            if let Err(err) = vh.declare_queue(&q.name, false, opts, 0) {
+                warn!("definitions import: queue '{}' in vhost '{}': {err}", q.name, q.vhost);
+            }
+        }
+        for b in plan.bindings {
+            let vh =
+                self.vhost(&b.vhost).ok_or_else(|| ChangeError::Invalid(format!("vhost '{}' not found", b.vhost)))?;
+            let r = if b.destination_type == "queue" {
+                vh.bind_queue(&b.destination, &b.source, &b.routing_key, b.arguments, 0)
+            } else {
+                vh.bind_exchange(&b.destination, &b.source, &b.routing_key, b.arguments)
+            };
+            if let Err(err) = r {
+                warn!(
+                    "definitions import: binding '{}' -> '{}' in vhost '{}': {err}",
+                    b.source, b.destination, b.vhost
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The node's definitions in RabbitMQ's JSON format (durable topology only, as
+    /// RabbitMQ exports).
+    pub fn export_definitions(&self) -> Definitions {
+        let (mut queues, mut exchanges, mut bindings) = (Vec::new(), Vec::new(), Vec::new());
+        let mut vhosts = self.vhosts();
+        vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+        for vh in vhosts {
+            let mut qs = vh.queues();
+            qs.sort_by(|a, b| a.name.cmp(&b.name));
+            for q in qs.iter().filter(|q| q.options.durable && !q.options.exclusive) {
+                queues.push(QueueDef {
+                    name: q.name.clone(),
+                    vhost: vh.name.clone(),
+                    durable: true,
+                    auto_delete: q.options.auto_delete,
+                    arguments: q.options.arguments.clone(),
+                    r#type: None,
+                });
+            }
+            let mut exs = vh.exchanges();
+            exs.sort_by(|a, b| a.name.cmp(&b.name));
+            for e in &exs {
+                let predeclared = e.name.is_empty() || e.name.starts_with("amq.");
+                if e.options.durable && !predeclared {
+                    exchanges.push(ExchangeDef {
+                        name: e.name.clone(),
+                        vhost: vh.name.clone(),
+                        r#type: e.options.type_name().to_owned(),
+                        durable: true,
+                        auto_delete: e.options.auto_delete,
+                        internal: e.options.internal,
+                        arguments: e.options.arguments.clone(),
+                    });
+                }
+                for b in e.bindings() {
+                    let durable = match &b.destination {
+                        broker::exchange::Destination::Queue(q) => q.options.durable && !q.options.exclusive,
+                        broker::exchange::Destination::Exchange(x) => x.options.durable,
+                    };
+                    if !(durable && e.options.durable) || e.name.is_empty() {
+                        continue;
+                    }
+                    bindings.push(BindingDef {
+                        source: e.name.clone(),
+                        vhost: vh.name.clone(),
+                        destination: b.destination.name().to_owned(),
+                        destination_type: if b.destination.is_queue() { "queue" } else { "exchange" }.to_owned(),
+                        routing_key: b.routing_key.clone(),
+                        arguments: b.arguments.clone(),
+                    });
+                }
+            }
+        }
+        self.with_access(|d| Definitions::export(d, queues, exchanges, bindings))
+    }
+}
+
+/// The broker's form of a stored policy. The directory validated it, so a failure here is
+/// a bug, logged and the policy left out rather than applied half.
+fn broker_policy(p: &access::model::Policy) -> Option<broker::policy::Policy> {
+    let convert = || -> Result<broker::policy::Policy, String> {
+        let table = access::json_args::json_to_table(&p.definition)?;
+        let definition = broker::policy::PolicyDefinition::from_table(&table)?;
+        let apply_to = match p.apply_to {
+            access::model::ApplyTo::Queues => ApplyTo::Queues,
+            access::model::ApplyTo::ClassicQueues => ApplyTo::ClassicQueues,
+            access::model::ApplyTo::QuorumQueues => ApplyTo::QuorumQueues,
+            access::model::ApplyTo::Streams => ApplyTo::Streams,
+            access::model::ApplyTo::Exchanges => ApplyTo::Exchanges,
+            access::model::ApplyTo::All => ApplyTo::All,
+        };
+        broker::policy::Policy::new(&p.name, &p.pattern, apply_to, p.priority, definition)
+    };
+    convert().map_err(|e| warn!("policy '{}' in vhost '{}' not applied: {e}", p.name, p.vhost)).ok()
+}
+
+fn invalid(e: AmqpError) -> ChangeError {
+    ChangeError::Invalid(e.reply_text())
+}
+
+/// The topology part of an import, checked before anything is applied.
+fn validate_topology(plan: &ImportPlan) -> Result<(), ChangeError> {
+    for e in &plan.exchanges {
+        parse_type(&e.r#type, &e.arguments).map_err(|err| {
+            ChangeError::Invalid(format!("exchange '{}' in vhost '{}': {}", e.name, e.vhost, err.reply_text()))
+        })?;
+    }
+    for q in &plan.queues {
+        broker::args::QueueArgs::parse(&q.arguments, &q.name, &q.vhost).map_err(|err| {
+            ChangeError::Invalid(format!("queue '{}' in vhost '{}': {}", q.name, q.vhost, err.reply_text()))
+        })?;
+    }
+    for b in &plan.bindings {
+        if b.destination_type != "queue" && b.destination_type != "exchange" {
+            return Err(ChangeError::Invalid(format!(
+                "binding from '{}' in vhost '{}': destination_type '{}' is neither queue nor exchange",
+                b.source, b.vhost, b.destination_type
+            )));
+        }
+    }
+    Ok(())
+}

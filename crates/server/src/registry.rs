@@ -1,0 +1,243 @@
+//! The logged-in connections of the node: who is connected where, so that per-vhost and
+//! per-user limits can be checked when a connection opens, and so that deleting a vhost
+//! or a user (or an operator, later through the management API) can close connections.
+//!
+//! Counts per vhost and per user are kept beside the map: a limit check at
+//! connection.open costs O(1), not a scan of every connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// One open (logged-in) connection, as the rest of the node sees it.
+pub struct ConnHandle {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub user: String,
+    pub vhost: String,
+    /// Channels open on this connection now (for the per-user channel limit).
+    channels: AtomicUsize,
+    /// Set when the node closes the connection: (reply code, text).
+    close: Mutex<Option<(u16, String)>>,
+    closed: Notify,
+}
+
+impl ConnHandle {
+    /// Ask the connection to close with `code`/`text` (it sends connection.close itself).
+    pub fn force_close(&self, code: u16, text: String) {
+        let mut c = self.close.lock();
+        if c.is_none() {
+            *c = Some((code, text));
+        }
+        drop(c);
+        self.closed.notify_one();
+    }
+
+    /// Resolves once [`Self::force_close`] was called, with its reply code and text.
+    pub async fn close_requested(&self) -> (u16, String) {
+        loop {
+            if let Some(c) = self.close.lock().clone() {
+                return c;
+            }
+            self.closed.notified().await;
+        }
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.channels.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a connection was not registered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The vhost's `max-connections` limit.
+    VhostLimit(u64),
+    /// The user's `max-connections` limit.
+    UserLimit(u64),
+}
+
+#[derive(Default)]
+struct Inner {
+    conns: HashMap<u64, Arc<ConnHandle>>,
+    per_vhost: HashMap<String, u64>,
+    per_user: HashMap<String, u64>,
+    /// Channels open per user, across their connections.
+    channels_per_user: HashMap<String, u64>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+}
+
+/// Keeps a connection registered until dropped.
+pub struct Registered {
+    registry: Arc<Registry>,
+    pub handle: Arc<ConnHandle>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.remove(&self.handle);
+    }
+}
+
+fn dec(map: &mut HashMap<String, u64>, key: &str, by: u64) {
+    if let Some(n) = map.get_mut(key) {
+        *n = n.saturating_sub(by);
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+impl Registry {
+    /// Register a connection to `vhost` as `user`, unless that would exceed the vhost's or
+    /// the user's connection limit (checked and counted under one lock, so two
+    /// connections racing for the last slot cannot both get it).
+    pub fn register(
+        self: &Arc<Self>,
+        id: u64,
+        peer: SocketAddr,
+        user: &str,
+        vhost: &str,
+        vhost_max: Option<u64>,
+        user_max: Option<u64>,
+    ) -> Result<Registered, Refused> {
+        let mut g = self.inner.lock();
+        if let Some(max) = vhost_max
+            && g.per_vhost.get(vhost).copied().unwrap_or(0) >= max
+        {
+            return Err(Refused::VhostLimit(max));
+        }
+        if let Some(max) = user_max
+            && g.per_user.get(user).copied().unwrap_or(0) >= max
+        {
+            return Err(Refused::UserLimit(max));
+        }
+        let handle = Arc::new(ConnHandle {
+            id,
+            peer,
+            user: user.to_owned(),
+            vhost: vhost.to_owned(),
+            channels: AtomicUsize::new(0),
+            close: Mutex::new(None),
+            closed: Notify::new(),
+        });
+        *g.per_vhost.entry(vhost.to_owned()).or_default() += 1;
+        *g.per_user.entry(user.to_owned()).or_default() += 1;
+        g.conns.insert(id, handle.clone());
+        Ok(Registered { registry: self.clone(), handle })
+    }
+
+    fn remove(&self, h: &ConnHandle) {
+        let mut g = self.inner.lock();
+        if g.conns.remove(&h.id).is_some() {
+            dec(&mut g.per_vhost, &h.vhost, 1);
+            dec(&mut g.per_user, &h.user, 1);
+            let open = h.channels.swap(0, Ordering::Relaxed) as u64;
+            dec(&mut g.channels_per_user, &h.user, open);
+        }
+    }
+
+    /// Count a channel opened on `h`, unless its user already has `user_max` open.
+    pub fn channel_opened(&self, h: &ConnHandle, user_max: Option<u64>) -> Result<(), u64> {
+        let mut g = self.inner.lock();
+        let n = g.channels_per_user.get(&h.user).copied().unwrap_or(0);
+        if let Some(max) = user_max
+            && n >= max
+        {
+            return Err(max);
+        }
+        *g.channels_per_user.entry(h.user.clone()).or_default() += 1;
+        h.channels.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn channel_closed(&self, h: &ConnHandle) {
+        let mut g = self.inner.lock();
+        // Only if still registered (removal already uncounted every channel).
+        if g.conns.contains_key(&h.id) && h.channels.load(Ordering::Relaxed) > 0 {
+            h.channels.fetch_sub(1, Ordering::Relaxed);
+            dec(&mut g.channels_per_user, &h.user, 1);
+        }
+    }
+
+    /// Every registered connection.
+    pub fn all(&self) -> Vec<Arc<ConnHandle>> {
+        self.inner.lock().conns.values().cloned().collect()
+    }
+
+    /// Ask every connection matching `pred` to close with `code`/`text`; returns how many.
+    pub fn close_where(&self, pred: impl Fn(&ConnHandle) -> bool, code: u16, text: &str) -> usize {
+        let targets: Vec<_> = self.inner.lock().conns.values().filter(|c| pred(c)).cloned().collect();
+        for c in &targets {
+            c.force_close(code, text.to_owned());
+        }
+        targets.len()
+    }
+
+    pub fn count_in_vhost(&self, vhost: &str) -> u64 {
+        self.inner.lock().per_vhost.get(vhost).copied().unwrap_or(0)
+    }
+
+    pub fn count_of_user(&self, user: &str) -> u64 {
+        self.inner.lock().per_user.get(user).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:1".parse().unwrap()
+    }
+
+    #[test]
+    fn limits_are_checked_and_released() {
+        let r = Arc::new(Registry::default());
+        let a = r.register(1, peer(), "u", "v", Some(2), Some(1)).unwrap();
+        assert_eq!(r.register(2, peer(), "u", "v", Some(2), Some(1)).err(), Some(Refused::UserLimit(1)));
+        let b = r.register(3, peer(), "w", "v", Some(2), None).unwrap();
+        assert_eq!(r.register(4, peer(), "x", "v", Some(2), None).err(), Some(Refused::VhostLimit(2)));
+        assert_eq!((r.count_in_vhost("v"), r.count_of_user("u")), (2, 1));
+        drop(a);
+        assert_eq!((r.count_in_vhost("v"), r.count_of_user("u")), (1, 0));
+        let _c = r.register(5, peer(), "u", "v", Some(2), Some(1)).unwrap();
+        drop(b);
+        assert_eq!(r.all().len(), 1);
+    }
+
+    #[test]
+    fn channels_count_per_user_across_connections() {
+        let r = Arc::new(Registry::default());
+        let a = r.register(1, peer(), "u", "v", None, None).unwrap();
+        let b = r.register(2, peer(), "u", "v", None, None).unwrap();
+        r.channel_opened(&a.handle, Some(2)).unwrap();
+        r.channel_opened(&b.handle, Some(2)).unwrap();
+        assert_eq!(r.channel_opened(&b.handle, Some(2)), Err(2));
+        r.channel_closed(&a.handle);
+        r.channel_opened(&b.handle, Some(2)).unwrap();
+        // A closing connection gives back all its channels (b had 2).
+        drop(b);
+        r.channel_opened(&a.handle, Some(2)).unwrap();
+        r.channel_opened(&a.handle, Some(2)).unwrap();
+        assert_eq!(a.handle.channel_count(), 2);
+        assert_eq!(r.channel_opened(&a.handle, Some(2)), Err(2));
+    }
+
+    #[tokio::test]
+    async fn force_close_wakes_the_connection() {
+        let r = Arc::new(Registry::default());
+        let a = r.register(1, peer(), "u", "v", None, None).unwrap();
+        let _b = r.register(2, peer(), "u", "w", None, None).unwrap();
+        assert_eq!(r.close_where(|c| c.vhost == "v", 320, "vhost 'v' is deleted"), 1);
+        assert_eq!(a.handle.close_requested().await, (320, "vhost 'v' is deleted".to_owned()));
+    }
+}
