@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: settings and their defaults (RabbitMQ's where it has one).
+//! - [`conf_file`]: `rabbitmq.conf`-syntax config files (`warren --config`).
+//! - [`tls`]: AMQPS (rustls): certificates, client verification, the handshake.
 //! - [`listener`]: accept loop, graceful shutdown.
 //! - [`connection`]: one task per connection: handshake, frames in, heartbeats, close.
 //! - [`channel`]: the channel state machine: translates methods into broker operations.
@@ -12,6 +14,7 @@
 
 pub mod alarms;
 pub mod channel;
+pub mod conf_file;
 pub mod config;
 pub mod connection;
 pub mod delivery;
@@ -20,7 +23,8 @@ pub mod listener;
 pub mod outbox;
 pub mod persist;
 pub mod state;
+pub mod tls;
 
 pub use config::Config;
-pub use listener::{bind_listeners, serve};
+pub use listener::{Listener, bind_all, bind_listeners, serve, serve_listeners};
 pub use state::ServerState;
