@@ -246,7 +246,19 @@ fn release_free_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors (a bad config file, an unusable certificate, a port in use…) are one line on
+/// stderr and exit status 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warren: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let FileSettings { mut config, threads, log } = settings(&args)?;
     // Certificates are checked before anything starts: a bad TLS setup is a startup error.

@@ -9,3 +9,4 @@ mod hostile;
 mod interop;
 mod memory;
 mod reliability;
+mod tls;
