@@ -59,8 +59,10 @@ def warren_binary() -> Path:
 class BrokerProcess:
     """A warren process bound to 127.0.0.1 on a free port, logging to a file."""
 
-    def __init__(self, binary: Path, data_dir: Path, log_path: Path, port: Optional[int] = None):
+    def __init__(self, binary: Path, data_dir: Path, log_path: Path, port: Optional[int] = None,
+                 extra_args: tuple[str, ...] = ()):
         self.binary = binary
+        self.extra_args = list(extra_args)
         self.data_dir = data_dir
         self.log_path = log_path
         self.host = "127.0.0.1"
@@ -88,6 +90,7 @@ class BrokerProcess:
             "--amqp-port", str(self.port),
             "--bind", self.host,
             "--data-dir", str(self.data_dir),
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(
             cmd,
