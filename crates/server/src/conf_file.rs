@@ -709,10 +709,11 @@ mod tests {
         assert_eq!(t.client_auth, ClientAuth::None);
         assert_eq!(t.versions, vec![TlsVersion::Tls13, TlsVersion::Tls12]);
         assert_eq!(t.handshake_timeout, TlsConfig::DEFAULT_HANDSHAKE_TIMEOUT);
-        let t = parse_ok(&format!("{base}ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = false\n"))
-            .config
-            .tls
-            .unwrap();
+        let t =
+            parse_ok(&format!("{base}ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = false\n"))
+                .config
+                .tls
+                .unwrap();
         assert_eq!(t.client_auth, ClientAuth::Optional);
 
         let e = parse_err("# tls\nlisteners.ssl.default = 5671\n");
@@ -740,7 +741,10 @@ mod tests {
              load_definitions = /etc/defs.json\n",
         );
         let c = s.config;
-        assert_eq!((c.default_user.as_str(), c.default_pass.as_str(), c.default_vhost.as_str()), ("admin", "pw", "prod"));
+        assert_eq!(
+            (c.default_user.as_str(), c.default_pass.as_str(), c.default_vhost.as_str()),
+            ("admin", "pw", "prod")
+        );
         assert_eq!(c.default_user_tags, vec!["monitoring".to_owned()]);
         assert_eq!(c.default_permissions.configure, "^$");
         assert_eq!(c.default_permissions.read, ".*");
@@ -774,7 +778,13 @@ mod tests {
         let s = parse_ok("log.level = warning\nlog.console = false\nlog.console.level = debug\nlog.file = false\n");
         assert_eq!(
             s.log,
-            LogSettings { level: Some("warn"), console: false, console_level: Some("debug"), file: None, file_level: None }
+            LogSettings {
+                level: Some("warn"),
+                console: false,
+                console_level: Some("debug"),
+                file: None,
+                file_level: None
+            }
         );
         let s = parse_ok("log.file = /var/log/warren.log\nlog.file.level = error\n");
         assert_eq!(s.log.file, Some(PathBuf::from("/var/log/warren.log")));

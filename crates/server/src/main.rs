@@ -157,10 +157,15 @@ impl Args {
 fn config_path(flag: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
     let path = match flag {
         Some(p) => p.to_owned(),
-        None => match ["WARREN_CONFIG_FILE", "RABBITMQ_CONFIG_FILE"].iter().find_map(|v| std::env::var_os(v)) {
-            Some(p) if !p.is_empty() => PathBuf::from(p),
-            _ => return Ok(None),
-        },
+        None => {
+            let set = ["WARREN_CONFIG_FILE", "RABBITMQ_CONFIG_FILE"]
+                .into_iter()
+                .find_map(|v| std::env::var_os(v).filter(|p| !p.is_empty()));
+            match set {
+                Some(p) => PathBuf::from(p),
+                None => return Ok(None),
+            }
+        }
     };
     if path.extension().is_some_and(|e| e == "config") {
         anyhow::bail!("{}: Erlang-term config files are not supported: use rabbitmq.conf syntax", path.display());
@@ -283,8 +288,8 @@ fn run() -> anyhow::Result<()> {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let state =
-            ServerState::open(config.clone(), rx).with_context(|| format!("opening data dir {}", data_dir.display()))?;
+        let state = ServerState::open(config.clone(), rx)
+            .with_context(|| format!("opening data dir {}", data_dir.display()))?;
         let mut listeners: Vec<Listener> = server::bind_all(&config.amqp_listeners)
             .with_context(|| format!("binding AMQP listeners {:?}", config.amqp_listeners))?
             .into_iter()

@@ -165,7 +165,8 @@ async fn round_trip(conn: &Connection, queue: &str) {
         .basic_consume(queue.into(), "c".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await
         .expect("consume");
-    let d = tokio::time::timeout(WAIT, consumer.next()).await.expect("delivery in time").expect("delivery").expect("ok");
+    let d =
+        tokio::time::timeout(WAIT, consumer.next()).await.expect("delivery in time").expect("delivery").expect("ok");
     assert_eq!(&d.data[..], b"over tls");
     d.ack(BasicAckOptions::default()).await.expect("ack");
 }
@@ -192,10 +193,7 @@ async fn required_client_certificate() {
     round_trip(&conn, "mtls-q").await;
     assert!(connect(&b, &c.pki.ca_pem, None).await.is_err(), "a client without a certificate got in");
     b.log_shows("TLS handshake failed").await;
-    assert!(
-        connect(&b, &c.pki.ca_pem, Some(&c.stranger)).await.is_err(),
-        "a certificate from another CA was accepted"
-    );
+    assert!(connect(&b, &c.pki.ca_pem, Some(&c.stranger)).await.is_err(), "a certificate from another CA was accepted");
     // The refused handshakes did not disturb the established connection.
     round_trip(&conn, "mtls-q2").await;
 }
@@ -222,7 +220,11 @@ async fn server_certificate_from_an_unknown_ca_is_refused_by_the_client() {
 }
 
 /// A bare rustls client limited to `version`, trusting the test CA.
-async fn handshake(b: &TlsBroker, ca_pem: &str, version: &'static rustls::SupportedProtocolVersion) -> std::io::Result<()> {
+async fn handshake(
+    b: &TlsBroker,
+    ca_pem: &str,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> std::io::Result<()> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
