@@ -760,7 +760,8 @@ mod tests {
         let s = parse_ok(
             "heartbeat = 0\nframe_max = 8192\nchannel_max = 100\nconnection_max = 500\n\
              max_message_size = 1048576\nhandshake_timeout = 3000\n\
-             management.tcp.port = 15000\nmanagement.tcp.ip = 127.0.0.1\nprometheus.tcp.port = 15001\n",
+             management.tcp.port = 15000\nmanagement.tcp.ip = 127.0.0.1\nprometheus.tcp.port = 15001\n\
+             prometheus.tcp.ip = ::1\n",
         );
         let c = s.config;
         assert_eq!((c.heartbeat_secs, c.frame_max, c.channel_max), (0, 8192, 100));
@@ -768,7 +769,7 @@ mod tests {
         assert_eq!(c.max_message_size_bytes, 1 << 20);
         assert_eq!(c.handshake_timeout, Duration::from_secs(3));
         assert_eq!((c.management_port, c.management_ip), (15000, Some(IpAddr::V4(Ipv4Addr::LOCALHOST))));
-        assert_eq!(c.prometheus_port, 15001);
+        assert_eq!((c.prometheus_port, c.prometheus_ip), (15001, Some("::1".parse().unwrap())));
         let c = parse_ok("connection_max = infinity\nchannel_max = 0\n").config;
         assert_eq!((c.connection_max, c.channel_max), (None, u16::MAX));
     }

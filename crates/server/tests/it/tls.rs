@@ -97,15 +97,21 @@ struct TlsBroker {
 }
 
 fn start(c: &Certs, ssl_options: &str) -> TlsBroker {
+    start_with(c, ssl_options, false)
+}
+
+/// With `by_flag`, the file names another AMQPS port and `--amqps-port` overrides it.
+fn start_with(c: &Certs, ssl_options: &str, by_flag: bool) -> TlsBroker {
     let dir = tempfile::tempdir().expect("tempdir");
     let tls_port = free_port();
+    let file_port = if by_flag { free_port() } else { tls_port };
     let conf = dir.path().join("warren.conf");
     let p = |f: &str| c.pki.path(f).display().to_string();
     std::fs::write(
         &conf,
         format!(
             "# AMQPS test broker\n\
-             listeners.ssl.default = {tls_port}\n\
+             listeners.ssl.default = {file_port}\n\
              ssl_options.cacertfile = {}\n\
              ssl_options.certfile   = {}\n\
              ssl_options.keyfile    = {}  # PKCS#8\n\
@@ -116,7 +122,12 @@ fn start(c: &Certs, ssl_options: &str) -> TlsBroker {
         ),
     )
     .expect("write config");
-    let process = WarrenProcess::start(&dir.path().join("data"), None, &["--config", conf.to_str().expect("utf-8")]);
+    let port_flag = tls_port.to_string();
+    let mut args = vec!["--config", conf.to_str().expect("utf-8")];
+    if by_flag {
+        args.extend(["--amqps-port", &port_flag]);
+    }
+    let process = WarrenProcess::start(&dir.path().join("data"), None, &args);
     TlsBroker { process, tls_port, _dir: dir }
 }
 
@@ -182,6 +193,15 @@ async fn amqps_publish_and_consume_without_client_certificates() {
     // The plain port still serves plain AMQP.
     let plain = Connection::connect(&b.process.uri(), ConnectionProperties::default()).await.expect("amqp");
     round_trip(&plain, "plain-q").await;
+}
+
+#[tokio::test]
+async fn amqps_port_flag_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = certs(dir.path());
+    let b = start_with(&c, "ssl_options.verify = verify_none", true);
+    let conn = connect(&b, &c.pki.ca_pem, None).await.expect("amqps on the flag's port");
+    round_trip(&conn, "flag-q").await;
 }
 
 #[tokio::test]
