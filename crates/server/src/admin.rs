@@ -203,7 +203,7 @@ impl ServerState {
             tags: cfg.default_user_tags.clone(),
             limits: UserLimits::default(),
         }))?;
-        let [configure, write, read] = cfg.default_permissions.clone();
+        let crate::config::Permissions { configure, write, read } = cfg.default_permissions.clone();
         self.change_access(Change::PutPermission(Permission { user, vhost, configure, write, read }))
     }
 

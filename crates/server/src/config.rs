@@ -1,7 +1,66 @@
 //! Server settings. Defaults are RabbitMQ's, so clients see what they expect.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// Where a listener binds: an address, or (None) every interface, IPv4 and IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr {
+    pub ip: Option<IpAddr>,
+    pub port: u16,
+}
+
+/// Whether AMQPS clients must present a certificate (RabbitMQ's `ssl_options.verify`
+/// and `ssl_options.fail_if_no_peer_cert`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `verify_none`: no client certificate is asked for.
+    None,
+    /// `verify_peer` with `fail_if_no_peer_cert = false`: a certificate, if sent, must be
+    /// signed by a CA in `cacertfile`; clients without one are let in.
+    Optional,
+    /// `verify_peer` with `fail_if_no_peer_cert = true`: a certificate signed by a CA in
+    /// `cacertfile` is required.
+    Required,
+}
+
+/// TLS protocol versions an AMQPS listener accepts (`ssl_options.versions.N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// AMQPS settings (RabbitMQ's `ssl_options.*`). Files are PEM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// The server's certificate chain, leaf first.
+    pub certfile: PathBuf,
+    /// The server's private key (PKCS#8, PKCS#1 or SEC1).
+    pub keyfile: PathBuf,
+    /// CAs that sign client certificates (needed for client verification).
+    pub cacertfile: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+    /// Accepted versions; RabbitMQ's default is TLS 1.3 and 1.2.
+    pub versions: Vec<TlsVersion>,
+    /// Time the TLS handshake may take (RabbitMQ's `ssl_handshake_timeout`: 5 s), before
+    /// `handshake_timeout` starts for the AMQP handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl TlsConfig {
+    /// RabbitMQ's `ssl_handshake_timeout` default.
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(5000);
+}
+
+/// The permissions the default user gets on the default vhost (regular expressions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -56,16 +115,28 @@ pub struct Config {
     pub queue_max_count: usize,
     pub exchange_max_count: usize,
     pub binding_max_count: usize,
-    /// The user and vhost a fresh node starts with (RabbitMQ's default_user,
-    /// default_pass, default_vhost, default_user_tags, default_permissions).
+    /// Plain AMQP listeners (RabbitMQ's `listeners.tcp.*`: port 5672 on every interface).
+    pub amqp_listeners: Vec<ListenAddr>,
+    /// AMQPS listeners (`listeners.ssl.*`: none by default); they need `tls`.
+    pub amqps_listeners: Vec<ListenAddr>,
+    /// AMQPS settings; None when no `ssl_options` were given.
+    pub tls: Option<TlsConfig>,
+    /// The user created on a fresh node (RabbitMQ: guest / guest, on vhost "/").
     pub default_user: String,
     pub default_pass: String,
     pub default_vhost: String,
+    /// Tags of the default user (RabbitMQ: administrator).
     pub default_user_tags: Vec<String>,
-    /// configure, write, read.
-    pub default_permissions: [String; 3],
-    /// A RabbitMQ definitions file imported at every start (RabbitMQ's load_definitions).
+    /// Permissions of the default user on the default vhost (RabbitMQ: ".*" for all three).
+    pub default_permissions: Permissions,
+    /// Definitions file (JSON export) imported at boot (RabbitMQ's `load_definitions`).
     pub load_definitions: Option<PathBuf>,
+    /// HTTP management API port and address (RabbitMQ: 15672 on every interface).
+    pub management_port: u16,
+    pub management_ip: Option<IpAddr>,
+    /// Prometheus metrics port and address (RabbitMQ: 15692 on every interface).
+    pub prometheus_port: u16,
+    pub prometheus_ip: Option<IpAddr>,
 }
 
 impl Default for Config {
@@ -88,15 +159,26 @@ impl Default for Config {
             disk_free_limit_bytes: 50_000_000,
             fd_reserve_count: 256,
             store_open_files_max: 1024,
+            queue_max_count: 1_000_000,
+            exchange_max_count: 1_000_000,
+            binding_max_count: 5_000_000,
+            amqp_listeners: vec![ListenAddr { ip: None, port: 5672 }],
+            amqps_listeners: Vec::new(),
+            tls: None,
             default_user: "guest".to_owned(),
             default_pass: "guest".to_owned(),
             default_vhost: "/".to_owned(),
             default_user_tags: vec!["administrator".to_owned()],
-            default_permissions: [".*".to_owned(), ".*".to_owned(), ".*".to_owned()],
+            default_permissions: Permissions {
+                configure: ".*".to_owned(),
+                write: ".*".to_owned(),
+                read: ".*".to_owned(),
+            },
             load_definitions: None,
-            queue_max_count: 1_000_000,
-            exchange_max_count: 1_000_000,
-            binding_max_count: 5_000_000,
+            management_port: 15672,
+            management_ip: None,
+            prometheus_port: 15692,
+            prometheus_ip: None,
         }
     }
 }

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use broker::AmqpError;
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 use tracing::{debug, info, warn};
 use wire::{FieldTable, FieldValue, Frame, Method, frame, reply};
 
@@ -51,17 +52,28 @@ const SOCKET_CHECK_WHILE_NOT_READING: Duration = Duration::from_millis(200);
 /// Whether the peer closed or reset the socket, without reading from it: unread requests
 /// may sit in front of the FIN, so a read would not see it; poll reports it (POLLRDHUP is
 /// set once the FIN has arrived, POLLHUP/POLLERR after a reset).
-fn socket_closed(rd: &tokio::net::tcp::OwnedReadHalf) -> bool {
+pub(crate) fn socket_closed(sock: &TcpStream) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd;
     // nix has no name for Linux's POLLRDHUP.
     let rdhup = PollFlags::from_bits_retain(nix::libc::POLLRDHUP);
-    let sock: &TcpStream = rd.as_ref();
     let mut fds = [PollFd::new(sock.as_fd(), rdhup)];
     match poll(&mut fds, PollTimeout::ZERO) {
         // revents() is None when a flag nix does not know is set: POLLRDHUP.
         Ok(n) if n > 0 => fds[0].revents().is_none_or(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
         _ => false,
+    }
+}
+
+/// The read side of a client's stream (plain TCP or TLS).
+pub(crate) trait ClientReader: AsyncRead + Unpin + Send {
+    /// Whether the peer closed or reset the connection, checked without reading.
+    fn peer_closed(&self) -> bool;
+}
+
+impl ClientReader for OwnedReadHalf {
+    fn peer_closed(&self) -> bool {
+        socket_closed(self.as_ref())
     }
 }
 
@@ -176,10 +188,20 @@ async fn flow_pause(q: &broker::Queue) -> bool {
 
 /// Serve one accepted TCP connection until it closes.
 pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
+    let _ = stream.set_nodelay(true);
+    // Owned halves: no lock between the reading task and the writer task.
+    let (rd, wr) = stream.into_split();
+    serve_stream(rd, wr, peer, state).await;
+}
+
+/// Serve one client's stream (plain, or TLS after its handshake) until it closes.
+pub(crate) async fn serve_stream<R, W>(mut rd: R, wr: W, peer: SocketAddr, state: Arc<ServerState>)
+where
+    R: ClientReader,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let id = state.next_connection_id();
     let _counted = state.connection_opened();
-    let _ = stream.set_nodelay(true);
-    let (mut rd, wr) = stream.into_split();
     let outbox = Outbox::new(state.config.outbox_high_water_bytes, state.config.frame_max);
     let writer = tokio::spawn(outbox.clone().run_writer(wr));
     debug!(conn = id, %peer, "accepting AMQP connection");
@@ -230,7 +252,7 @@ impl Conn {
         self.phase == Phase::Running && self.outbox.unsent_bytes() >= self.state.config.outbox_max_bytes
     }
 
-    async fn run(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf) -> String {
+    async fn run<R: ClientReader>(&mut self, rd: &mut R) -> String {
         // Start small and grow with traffic: an idle connection holds a few KiB, a busy one
         // reads READ_CHUNK_BYTES at a time.
         let mut read_chunk = READ_INITIAL_BYTES;
@@ -399,7 +421,7 @@ impl Conn {
                         }
                         _ => {}
                     }
-                    if (self.blocked || paused) && socket_closed(rd) {
+                    if (self.blocked || paused) && rd.peer_closed() {
                         return "client closed the socket while not being read".into();
                     }
                     self.check_consumer_timeouts();

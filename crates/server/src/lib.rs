@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: settings and their defaults (RabbitMQ's where it has one).
+//! - [`conf_file`]: `rabbitmq.conf`-syntax config files (`warren --config`).
+//! - [`tls`]: AMQPS (rustls): certificates, client verification, the handshake.
 //! - [`listener`]: accept loop, graceful shutdown.
 //! - [`connection`]: one task per connection: handshake, frames in, heartbeats, close.
 //! - [`channel`]: the channel state machine: translates methods into broker operations.
@@ -14,6 +16,7 @@ pub mod admin;
 pub mod alarms;
 pub mod auth;
 pub mod channel;
+pub mod conf_file;
 pub mod config;
 pub mod connection;
 pub mod delivery;
@@ -23,8 +26,9 @@ pub mod outbox;
 pub mod persist;
 pub mod registry;
 pub mod state;
+pub mod tls;
 
 pub use admin::{ChangeError, StartError};
 pub use config::Config;
-pub use listener::{bind_listeners, serve};
+pub use listener::{Listener, bind_all, bind_listeners, serve, serve_listeners};
 pub use state::ServerState;

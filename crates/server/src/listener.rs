@@ -8,7 +8,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::config::ListenAddr;
 use crate::connection::serve_connection;
+use crate::tls::{TlsAcceptor, serve_tls_connection};
 
 /// How often TTLs and queue expiry are checked (RabbitMQ-like resolution).
 const HOUSEKEEPING_PERIOD: Duration = Duration::from_millis(100);
@@ -34,6 +36,27 @@ pub fn bind_listeners(bind: Option<IpAddr>, port: u16) -> std::io::Result<Vec<Tc
     Ok(out)
 }
 
+/// Bind every address (see [`bind_listeners`] for an address without an IP).
+pub fn bind_all(addrs: &[ListenAddr]) -> std::io::Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for a in addrs {
+        out.extend(bind_listeners(a.ip, a.port)?);
+    }
+    Ok(out)
+}
+
+/// A bound socket and what it speaks: plain AMQP, or AMQPS with `tls`.
+pub struct Listener {
+    pub tcp: TcpListener,
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl Listener {
+    pub fn plain(tcp: TcpListener) -> Listener {
+        Listener { tcp, tls: None }
+    }
+}
+
 fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
@@ -47,15 +70,20 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(sock.into())
 }
 
+/// Serve plain AMQP on `listeners` (see [`serve_listeners`]).
+pub async fn serve(listeners: Vec<TcpListener>, state: Arc<ServerState>) {
+    serve_listeners(listeners.into_iter().map(Listener::plain).collect(), state).await;
+}
+
 /// Accept connections on every listener until `state.shutdown` flips, then let
 /// connections close (320 CONNECTION_FORCED) and wait for them briefly.
-pub async fn serve(listeners: Vec<TcpListener>, state: Arc<ServerState>) {
+pub async fn serve_listeners(listeners: Vec<Listener>, state: Arc<ServerState>) {
     let mut conns = JoinSet::new();
     let mut accepts = JoinSet::new();
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    for l in listeners {
+    for Listener { tcp: l, tls } in listeners {
         if let Ok(a) = l.local_addr() {
-            info!("AMQP listener on {a}");
+            info!("{} listener on {a}", if tls.is_some() { "AMQPS" } else { "AMQP" });
         }
         let tx = tx.clone();
         let mut shutdown = state.shutdown.clone();
@@ -63,7 +91,7 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<ServerState>) {
             loop {
                 tokio::select! {
                     r = l.accept() => match r {
-                        Ok(s) => { if tx.send(s).await.is_err() { return; } }
+                        Ok((s, peer)) => { if tx.send((s, peer, tls.clone())).await.is_err() { return; } }
                         Err(e) => {
                             // EMFILE and friends: back off instead of spinning.
                             warn!("accept failed: {e}");
@@ -81,13 +109,15 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<ServerState>) {
     loop {
         tokio::select! {
             s = rx.recv() => match s {
-                Some((stream, peer)) => {
+                Some((stream, peer, tls)) => {
                     // Short of descriptors: refuse the connection, keep the rest for the
                     // queue files and the clients already here.
-                    if state.fds.admit() {
-                        conns.spawn(serve_connection(stream, peer, state.clone()));
-                    } else {
+                    if !state.fds.admit() {
                         drop(stream);
+                    } else if let Some(tls) = tls {
+                        conns.spawn(serve_tls_connection(stream, peer, tls, state.clone()));
+                    } else {
+                        conns.spawn(serve_connection(stream, peer, state.clone()));
                     }
                 }
                 None => break,

@@ -1,11 +1,14 @@
 //! `warren`: run the broker.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
-use server::{Config, ServerState};
+use server::conf_file::{FileSettings, LogSettings};
+use server::config::ListenAddr;
+use server::tls::TlsAcceptor;
+use server::{Config, Listener, ServerState};
 use tracing::info;
 
 /// mimalloc instead of the system allocator: with large messages the read buffers (up to
@@ -15,21 +18,32 @@ use tracing::info;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Command-line flags. Those without a value here take it from the config file, else from
+/// the default in brackets (see docs/configuration.md); a flag given wins over the file.
 #[derive(Parser, Debug)]
 #[command(name = "warren", version, about = "Warren: an AMQP 0-9-1 message broker compatible with RabbitMQ clients")]
 struct Args {
-    /// AMQP port to listen on.
-    #[arg(long, default_value_t = 5672)]
-    amqp_port: u16,
-    /// Address to listen on (default: all interfaces, IPv4 and IPv6).
+    /// Config file in rabbitmq.conf syntax (default: $WARREN_CONFIG_FILE, else
+    /// $RABBITMQ_CONFIG_FILE, else none).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// AMQP port to listen on [default: 5672]; replaces the file's listeners.tcp.*.
+    #[arg(long)]
+    amqp_port: Option<u16>,
+    /// AMQPS (TLS) port to listen on [default: none]; replaces the file's listeners.ssl.*
+    /// (certificates come from the file's ssl_options).
+    #[arg(long)]
+    amqps_port: Option<u16>,
+    /// Address to listen on (default: all interfaces, IPv4 and IPv6); applies to every
+    /// AMQP and AMQPS listener.
     #[arg(long)]
     bind: Option<IpAddr>,
-    /// Directory for durable data.
-    #[arg(long, default_value = "./warren-data")]
-    data_dir: PathBuf,
-    /// Heartbeat interval offered to clients, in seconds (0 disables).
-    #[arg(long, default_value_t = 60)]
-    heartbeat: u16,
+    /// Directory for durable data [default: ./warren-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Heartbeat interval offered to clients, in seconds (0 disables) [default: 60].
+    #[arg(long)]
+    heartbeat: Option<u16>,
     /// Consumer timeout in ms for queues without x-consumer-timeout (default: off).
     /// A consumer holding a delivery longer is cancelled and its messages requeued.
     #[arg(long)]
@@ -37,49 +51,189 @@ struct Args {
     /// Memory alarm threshold in bytes of RSS (default: 0.6 of the machine's RAM).
     #[arg(long)]
     memory_high_watermark: Option<u64>,
-    /// Disk alarm: free bytes under the data dir below this block publishers (default 50 MB).
-    #[arg(long, default_value_t = 50_000_000)]
-    disk_free_limit: u64,
-    /// Bytes of ready messages each queue keeps in RAM before paging to disk.
-    #[arg(long, default_value_t = 8 * 1024 * 1024)]
-    queue_ram_budget: u64,
+    /// Disk alarm: free bytes under the data dir below this block publishers
+    /// [default: 50000000].
+    #[arg(long)]
+    disk_free_limit: Option<u64>,
+    /// Bytes of ready messages each queue keeps in RAM before paging to disk
+    /// [default: 8388608].
+    #[arg(long)]
+    queue_ram_budget: Option<u64>,
     /// File descriptors kept free for queue files: new connections are refused when
-    /// fewer would remain under the open-file limit (capped at a quarter of the limit).
-    #[arg(long, default_value_t = 256, value_name = "N")]
-    fd_reserve: u64,
+    /// fewer would remain under the open-file limit (capped at a quarter of the limit)
+    /// [default: 256].
+    #[arg(long, value_name = "N")]
+    fd_reserve: Option<u64>,
     /// Queue files the store keeps open at most (others are opened on demand); capped at a
-    /// quarter of the open-file limit.
-    #[arg(long, default_value_t = 1024, value_name = "N")]
-    store_open_files_max: usize,
-    /// Queues the node holds at most (RabbitMQ's cluster_queue_limit); 406 beyond.
-    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
-    queue_max: usize,
-    /// Exchanges the node holds at most (besides the predeclared ones); 406 beyond.
-    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
-    exchange_max: usize,
-    /// Bindings the node holds at most; 406 beyond.
-    #[arg(long, default_value_t = 5_000_000, value_name = "N")]
-    binding_max: usize,
+    /// quarter of the open-file limit [default: 1024].
+    #[arg(long, value_name = "N")]
+    store_open_files_max: Option<usize>,
+    /// Queues the node holds at most (RabbitMQ's cluster_queue_limit); 406 beyond
+    /// [default: 1000000].
+    #[arg(long, value_name = "N")]
+    queue_max: Option<usize>,
+    /// Exchanges the node holds at most (besides the predeclared ones); 406 beyond
+    /// [default: 1000000].
+    #[arg(long, value_name = "N")]
+    exchange_max: Option<usize>,
+    /// Bindings the node holds at most; 406 beyond [default: 5000000].
+    #[arg(long, value_name = "N")]
+    binding_max: Option<usize>,
     /// Connections accepted at once; connection.open beyond it is refused with 530
     /// (default: no limit, as RabbitMQ).
     #[arg(long)]
     connection_max: Option<usize>,
-    /// Highest channel number (and channel count) offered to clients in connection.tune.
-    #[arg(long, default_value_t = 2047)]
-    channel_max: u16,
-    /// Largest argument table (bytes) of a declare, bind or consume; larger ones get 406.
-    #[arg(long, default_value_t = 64 * 1024)]
-    max_arguments_table_bytes: usize,
-    /// Largest message body accepted, in bytes (larger ones get 406).
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
-    max_message_size_bytes: u64,
+    /// Highest channel number (and channel count) offered to clients in connection.tune
+    /// [default: 2047].
+    #[arg(long)]
+    channel_max: Option<u16>,
+    /// Largest argument table (bytes) of a declare, bind or consume; larger ones get 406
+    /// [default: 65536].
+    #[arg(long)]
+    max_arguments_table_bytes: Option<usize>,
+    /// Largest message body accepted, in bytes (larger ones get 406) [default: 16777216].
+    #[arg(long)]
+    max_message_size_bytes: Option<u64>,
     /// Bytes waiting to be sent to one client above which the server stops reading its
-    /// requests until it reads its replies.
-    #[arg(long, default_value_t = 32 * 1024 * 1024)]
-    outbox_max_bytes: usize,
+    /// requests until it reads its replies [default: 33554432].
+    #[arg(long)]
+    outbox_max_bytes: Option<usize>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+}
+
+impl Args {
+    /// Flags given on the command line override the file's (or default) settings.
+    fn apply(&self, c: &mut Config) -> anyhow::Result<()> {
+        fn set<T: Clone>(flag: &Option<T>, slot: &mut T) {
+            if let Some(v) = flag {
+                *slot = v.clone();
+            }
+        }
+        set(&self.data_dir, &mut c.data_dir);
+        set(&self.heartbeat, &mut c.heartbeat_secs);
+        set(&self.disk_free_limit, &mut c.disk_free_limit_bytes);
+        set(&self.queue_ram_budget, &mut c.queue_ram_budget_bytes);
+        set(&self.fd_reserve, &mut c.fd_reserve_count);
+        set(&self.store_open_files_max, &mut c.store_open_files_max);
+        set(&self.queue_max, &mut c.queue_max_count);
+        set(&self.exchange_max, &mut c.exchange_max_count);
+        set(&self.binding_max, &mut c.binding_max_count);
+        set(&self.channel_max, &mut c.channel_max);
+        set(&self.max_arguments_table_bytes, &mut c.max_arguments_table_bytes);
+        set(&self.max_message_size_bytes, &mut c.max_message_size_bytes);
+        set(&self.outbox_max_bytes, &mut c.outbox_max_bytes);
+        if let Some(ms) = self.consumer_timeout {
+            c.consumer_timeout = Some(std::time::Duration::from_millis(ms));
+        }
+        if self.memory_high_watermark.is_some() {
+            c.memory_high_watermark_bytes = self.memory_high_watermark;
+        }
+        if self.connection_max.is_some() {
+            c.connection_max = self.connection_max;
+        }
+        if let Some(port) = self.amqp_port {
+            c.amqp_listeners = vec![ListenAddr { ip: None, port }];
+        }
+        if let Some(port) = self.amqps_port {
+            anyhow::ensure!(
+                c.tls.is_some(),
+                "--amqps-port needs ssl_options.certfile and ssl_options.keyfile in the config file"
+            );
+            c.amqps_listeners = vec![ListenAddr { ip: None, port }];
+        }
+        if let Some(ip) = self.bind {
+            for l in c.amqp_listeners.iter_mut().chain(c.amqps_listeners.iter_mut()) {
+                l.ip = Some(ip);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The config file to read: --config, else $WARREN_CONFIG_FILE, else $RABBITMQ_CONFIG_FILE.
+/// As RabbitMQ, a path without an extension means the `.conf` file of that name.
+fn config_path(flag: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
+    let path = match flag {
+        Some(p) => p.to_owned(),
+        None => {
+            let set = ["WARREN_CONFIG_FILE", "RABBITMQ_CONFIG_FILE"]
+                .into_iter()
+                .find_map(|v| std::env::var_os(v).filter(|p| !p.is_empty()));
+            match set {
+                Some(p) => PathBuf::from(p),
+                None => return Ok(None),
+            }
+        }
+    };
+    if path.extension().is_some_and(|e| e == "config") {
+        anyhow::bail!("{}: Erlang-term config files are not supported: use rabbitmq.conf syntax", path.display());
+    }
+    if path.extension().is_none() && !path.exists() {
+        return Ok(Some(path.with_extension("conf")));
+    }
+    Ok(Some(path))
+}
+
+/// Settings: defaults, then the config file, then the environment, then the flags.
+fn settings(args: &Args) -> anyhow::Result<FileSettings> {
+    let mut s = match config_path(args.config.as_deref())? {
+        Some(path) => server::conf_file::load(&path, server::alarms::total_memory_bytes())?,
+        None => FileSettings { config: Config::default(), threads: None, log: LogSettings::default() },
+    };
+    let c = &mut s.config;
+    for (var, slot) in [
+        ("RABBITMQ_DEFAULT_USER", &mut c.default_user),
+        ("RABBITMQ_DEFAULT_PASS", &mut c.default_pass),
+        ("RABBITMQ_DEFAULT_VHOST", &mut c.default_vhost),
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            *slot = v;
+        }
+    }
+    args.apply(c)?;
+    if args.threads.is_some() {
+        s.threads = args.threads;
+    }
+    Ok(s)
+}
+
+/// Console (stderr) and file logging as `log.*` says; $WARREN_LOG, when set, overrides
+/// every level.
+fn init_logging(log: &LogSettings) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
+    let env = std::env::var("WARREN_LOG").ok();
+    let filter = |own: Option<&str>| {
+        env.as_deref()
+            .and_then(|e| EnvFilter::try_new(e).ok())
+            .unwrap_or_else(|| EnvFilter::new(own.or(log.level).unwrap_or("info")))
+    };
+    let console = log.console.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_filter(filter(log.console_level))
+    });
+    let file = match &log.file {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening log.file {}", path.display()))?;
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::sync::Mutex::new(f))
+                    .with_ansi(false)
+                    .with_filter(filter(log.file_level)),
+            )
+        }
+        None => None,
+    };
+    tracing_subscriber::registry().with(console).with(file).init();
+    Ok(())
 }
 
 /// Give freed memory back to the system now. mimalloc returns freed pages lazily (v3: a
@@ -97,52 +251,57 @@ fn release_free_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors (a bad config file, an unusable certificate, a port in use…) are one line on
+/// stderr and exit status 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warren: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
+    let FileSettings { mut config, threads, log } = settings(&args)?;
+    // Certificates are checked before anything starts: a bad TLS setup is a startup error.
+    let tls = config.tls.as_ref().map(TlsAcceptor::new).transpose()?;
+    anyhow::ensure!(
+        !config.amqp_listeners.is_empty() || !config.amqps_listeners.is_empty(),
+        "no listeners: listeners.tcp = none and no listeners.ssl"
+    );
     server::alarms::set_release_memory(release_free_memory);
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging(&log)?;
     let nofile = server::fds::raise_nofile_limit();
     info!(limit = nofile, "open-file limit");
+    // At most a quarter of the descriptors: connections keep at least half.
+    config.store_open_files_max = config.store_open_files_max.min(usize::try_from(nofile / 4).unwrap_or(usize::MAX));
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
-    if let Some(n) = args.threads {
+    if let Some(n) = threads {
         rt.worker_threads(n);
     }
     let rt = rt.build()?;
     rt.block_on(async move {
-        std::fs::create_dir_all(&args.data_dir)
-            .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-        let config = Config {
-            heartbeat_secs: args.heartbeat,
-            data_dir: args.data_dir.clone(),
-            consumer_timeout: args.consumer_timeout.map(std::time::Duration::from_millis),
-            memory_high_watermark_bytes: args.memory_high_watermark,
-            disk_free_limit_bytes: args.disk_free_limit,
-            queue_ram_budget_bytes: args.queue_ram_budget,
-            fd_reserve_count: args.fd_reserve,
-            queue_max_count: args.queue_max,
-            exchange_max_count: args.exchange_max,
-            binding_max_count: args.binding_max,
-            // At most a quarter of the descriptors: connections keep at least half.
-            store_open_files_max: args.store_open_files_max.min(usize::try_from(nofile / 4).unwrap_or(usize::MAX)),
-            connection_max: args.connection_max,
-            channel_max: args.channel_max,
-            max_arguments_table_bytes: args.max_arguments_table_bytes,
-            max_message_size_bytes: args.max_message_size_bytes,
-            outbox_max_bytes: args.outbox_max_bytes,
-            ..Config::default()
-        };
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let state =
-            ServerState::open(config, rx).with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
-        let listeners = server::bind_listeners(args.bind, args.amqp_port)
-            .with_context(|| format!("binding AMQP port {}", args.amqp_port))?;
-        info!(data_dir = %args.data_dir.display(), "Warren {} starting", env!("CARGO_PKG_VERSION"));
-        let serving = tokio::spawn(server::serve(listeners, state));
+        let state = ServerState::open(config.clone(), rx)
+            .with_context(|| format!("opening data dir {}", data_dir.display()))?;
+        let mut listeners: Vec<Listener> = server::bind_all(&config.amqp_listeners)
+            .with_context(|| format!("binding AMQP listeners {:?}", config.amqp_listeners))?
+            .into_iter()
+            .map(Listener::plain)
+            .collect();
+        if let Some(tls) = &tls {
+            let bound = server::bind_all(&config.amqps_listeners)
+                .with_context(|| format!("binding AMQPS listeners {:?}", config.amqps_listeners))?;
+            listeners.extend(bound.into_iter().map(|tcp| Listener { tcp, tls: Some(tls.clone()) }));
+        }
+        info!(data_dir = %data_dir.display(), "Warren {} starting", env!("CARGO_PKG_VERSION"));
+        let serving = tokio::spawn(server::serve_listeners(listeners, state));
         wait_for_signal().await;
         info!("signal received, shutting down");
         let _ = tx.send(true);

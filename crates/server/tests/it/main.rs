@@ -10,3 +10,4 @@ mod hostile;
 mod interop;
 mod memory;
 mod reliability;
+mod tls;
