@@ -216,7 +216,7 @@ impl ServerState {
     pub fn authenticate(&self, user: &str, password: &str) -> Result<(), String> {
         match self.access.read().authenticate(user, password) {
             Ok(_) => Ok(()),
-            Err(e) => Err(format!("user '{user}': {e}")),
+            Err(e) => Err(e.to_string()),
         }
     }
 
