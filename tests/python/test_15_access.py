@@ -61,12 +61,13 @@ def definitions() -> dict:
 
 
 class Node:
-    def __init__(self, host: str = "127.0.0.1"):
+    def __init__(self, host: str = "127.0.0.1", conf_lines: tuple[str, ...] = (), load: bool = True):
         self.dir = Path(tempfile.mkdtemp(prefix="warren-pytest-access-"))
         defs = self.dir / "definitions.json"
         defs.write_text(json.dumps(definitions()))
         conf = self.dir / "warren.conf"
-        conf.write_text(f"load_definitions = {defs}\n")
+        lines = [f"load_definitions = {defs}"] if load else []
+        conf.write_text("\n".join([*lines, *conf_lines]) + "\n")
         self.proc = BrokerProcess(warren_binary(), self.dir / "data", self.dir / "warren.log",
                                   host=host, extra_args=["--config", str(conf)])
 
@@ -148,6 +149,26 @@ def test_topic_permission_on_publish(node):
     conn.close()
 
 
+def test_default_user_from_rabbitmq_environment(monkeypatch, request):
+    """RABBITMQ_DEFAULT_USER/PASS/VHOST (container recipes) make a fresh node's user."""
+    if os.environ.get("AMQP_TEST_PORT"):
+        pytest.skip("needs to spawn its own broker")
+    monkeypatch.setenv("RABBITMQ_DEFAULT_USER", "admin")
+    monkeypatch.setenv("RABBITMQ_DEFAULT_PASS", "s3cret")
+    monkeypatch.setenv("RABBITMQ_DEFAULT_VHOST", "prod")
+    n = Node(load=False)
+    request.node._extra_brokers = [n.proc]
+    n.proc.start()
+    try:
+        conn = pika.BlockingConnection(n.params("admin", "s3cret", "prod"))
+        conn.channel().queue_declare("anything")
+        conn.close()
+        with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+            pika.BlockingConnection(n.params("guest", "guest", "/"))
+    finally:
+        n.close()
+
+
 def test_users_and_data_survive_restart(node):
     conn = pika.BlockingConnection(node.params("worker", "w0rker", "jobs"))
     ch = conn.channel()
@@ -176,6 +197,7 @@ CLIENT = textwrap.dedent("""
     except pika.exceptions.ProbableAuthenticationError as e:
         print("refused", e); sys.exit(0)
     ch = conn.channel()
+    ch.queue_declare("tasks", durable=True)
     ch.basic_publish("", "tasks", b"from-" + user.encode())
     print("ok", ch.basic_get("tasks", auto_ack=True)[2].decode())
     conn.close()
@@ -227,5 +249,16 @@ def test_remote_host_guest_refused_defined_user_accepted(netns, request):
         assert "can only connect via localhost" in n.proc.log_tail(50)
         # ...a defined user may connect from anywhere.
         assert client("worker", "w0rker", "jobs") == "ok from-worker"
+    finally:
+        n.close()
+    # loopback_users.guest = false (as RabbitMQ's Docker image sets it) lets guest in.
+    n = Node(host=host_ip, conf_lines=("loopback_users.guest = false",))
+    request.node._extra_brokers = [n.proc]
+    n.proc.start()
+    try:
+        r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CLIENT,
+                            host_ip, str(n.proc.port), "guest", "guest", "/"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and r.stdout.strip() == "ok from-guest", (r.stdout, r.stderr)
     finally:
         n.close()
