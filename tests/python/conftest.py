@@ -66,6 +66,8 @@ class BrokerProcess:
         self.log_path = log_path
         self.host = host
         self.port = port or find_free_port(self.host)
+        # The management API on a port of its own (parallel brokers must not share 15672).
+        self.mgmt_port = find_free_port(self.host)
         self.extra_args = list(extra_args or [])
         self.proc: Optional[subprocess.Popen] = None
         self._log_file = None
@@ -90,6 +92,7 @@ class BrokerProcess:
             "--amqp-port", str(self.port),
             "--bind", self.host,
             "--data-dir", str(self.data_dir),
+            "--management-port", str(self.mgmt_port),
             *self.extra_args,
         ]
         self.proc = subprocess.Popen(

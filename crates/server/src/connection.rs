@@ -140,6 +140,7 @@ impl HardError {
 struct Conn {
     id: u64,
     peer: SocketAddr,
+    endpoint: Endpoint,
     state: Arc<ServerState>,
     outbox: Arc<Outbox>,
     phase: Phase,
@@ -189,17 +190,27 @@ async fn flow_pause(q: &broker::Queue) -> bool {
 /// Serve one accepted TCP connection until it closes.
 pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok();
     // Owned halves: no lock between the reading task and the writer task.
     let (rd, wr) = stream.into_split();
-    serve_stream(rd, wr, peer, state).await;
+    serve_stream(rd, wr, Endpoint { peer, local, tls: false }, state).await;
+}
+
+/// Where a client connection comes from and arrives at.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Endpoint {
+    pub peer: SocketAddr,
+    pub local: Option<SocketAddr>,
+    pub tls: bool,
 }
 
 /// Serve one client's stream (plain, or TLS after its handshake) until it closes.
-pub(crate) async fn serve_stream<R, W>(mut rd: R, wr: W, peer: SocketAddr, state: Arc<ServerState>)
+pub(crate) async fn serve_stream<R, W>(mut rd: R, wr: W, endpoint: Endpoint, state: Arc<ServerState>)
 where
     R: ClientReader,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = endpoint.peer;
     let id = state.next_connection_id();
     let _counted = state.connection_opened();
     let outbox = Outbox::new(state.config.outbox_high_water_bytes, state.config.frame_max);
@@ -208,6 +219,7 @@ where
     let mut conn = Conn {
         id,
         peer,
+        endpoint,
         // Until tune-ok, frames are limited to the spec's minimum, as in RabbitMQ.
         frame_max: wire::FRAME_MIN_SIZE_BYTES,
         channel_max: state.config.channel_max,
@@ -950,7 +962,16 @@ impl Conn {
             AmqpError::not_allowed(why)
         };
         let user = self.user.clone();
-        let registered = self.state.registry.register(self.id, self.peer, &user, vhost, vhost_max, user_max);
+        let registered = self.state.registry.register(
+            crate::registry::Identity {
+                id: self.id,
+                endpoint: self.endpoint,
+                user: user.clone(),
+                vhost: vhost.to_owned(),
+            },
+            vhost_max,
+            user_max,
+        );
         let registered = match registered {
             Ok(r) => r,
             Err(crate::registry::Refused::VhostLimit(n)) => {

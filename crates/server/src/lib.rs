@@ -22,6 +22,7 @@ pub mod connection;
 pub mod delivery;
 pub mod fds;
 pub mod listener;
+pub mod mgmt_node;
 pub mod outbox;
 pub mod persist;
 pub mod registry;

@@ -35,9 +35,12 @@ struct Args {
     #[arg(long)]
     amqps_port: Option<u16>,
     /// Address to listen on (default: all interfaces, IPv4 and IPv6); applies to every
-    /// AMQP and AMQPS listener.
+    /// listener (AMQP, AMQPS, management).
     #[arg(long)]
     bind: Option<IpAddr>,
+    /// Management HTTP API port [default: 15672]; 0 turns the API off.
+    #[arg(long)]
+    management_port: Option<u16>,
     /// Directory for durable data [default: ./warren-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -147,7 +150,9 @@ impl Args {
             for l in c.amqp_listeners.iter_mut().chain(c.amqps_listeners.iter_mut()) {
                 l.ip = Some(ip);
             }
+            c.management_ip = Some(ip);
         }
+        set(&self.management_port, &mut c.management_port);
         Ok(())
     }
 }
@@ -300,15 +305,64 @@ fn run() -> anyhow::Result<()> {
                 .with_context(|| format!("binding AMQPS listeners {:?}", config.amqps_listeners))?;
             listeners.extend(bound.into_iter().map(|tcp| Listener { tcp, tls: Some(tls.clone()) }));
         }
+        let mut infos: Vec<mgmt::node::ListenerInfo> = listeners
+            .iter()
+            .filter_map(|l| {
+                let a = l.tcp.local_addr().ok()?;
+                let protocol = if l.tls.is_some() { "amqp/ssl" } else { "amqp" };
+                Some(mgmt::node::ListenerInfo {
+                    protocol: protocol.into(),
+                    ip_address: a.ip().to_string(),
+                    port: a.port(),
+                })
+            })
+            .collect();
+        // The management API (RabbitMQ's management plugin is on by default; port 0: off).
+        let management = if config.management_port != 0 {
+            let ip = config.management_ip.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+            let l = bind_http(ip, config.management_port)
+                .with_context(|| format!("binding the management API on port {}", config.management_port))?;
+            let a = l.local_addr()?;
+            info!("management API on http://{a}/api/");
+            infos.push(mgmt::node::ListenerInfo {
+                protocol: "http".into(),
+                ip_address: a.ip().to_string(),
+                port: a.port(),
+            });
+            let mut stop = tx.subscribe();
+            let node: std::sync::Arc<dyn mgmt::Node> = state.clone();
+            Some(tokio::spawn(mgmt::serve(l, node, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })))
+        } else {
+            None
+        };
+        state.set_listeners(infos);
         info!(data_dir = %data_dir.display(), "Warren {} starting", env!("CARGO_PKG_VERSION"));
         let serving = tokio::spawn(server::serve_listeners(listeners, state));
         wait_for_signal().await;
         info!("signal received, shutting down");
         let _ = tx.send(true);
         let _ = serving.await;
+        if let Some(m) = management {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), m).await;
+        }
         info!("stopped");
         anyhow::Ok(())
     })
+}
+
+/// An HTTP listener on `ip:port`; the unspecified IPv6 address also takes IPv4 (as the
+/// AMQP listeners do), falling back to IPv4 only where IPv6 is off.
+fn bind_http(ip: IpAddr, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    let std = match std::net::TcpListener::bind((ip, port)) {
+        Err(e) if ip == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) && e.kind() != std::io::ErrorKind::AddrInUse => {
+            std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port))?
+        }
+        r => r?,
+    };
+    std.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(std)
 }
 
 async fn wait_for_signal() {

@@ -13,12 +13,24 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+/// Who a connection is, given at registration.
+pub(crate) struct Identity {
+    pub id: u64,
+    pub endpoint: crate::connection::Endpoint,
+    pub user: String,
+    pub vhost: String,
+}
+
 /// One open (logged-in) connection, as the rest of the node sees it.
 pub struct ConnHandle {
     pub id: u64,
     pub peer: SocketAddr,
+    pub local: Option<SocketAddr>,
+    pub tls: bool,
     pub user: String,
     pub vhost: String,
+    /// When it logged in (ms since the Unix epoch).
+    pub connected_at_ms: u64,
     /// Channels open on this connection now (for the per-user channel limit).
     channels: AtomicUsize,
     /// Set when the node closes the connection: (reply code, text).
@@ -49,6 +61,14 @@ impl ConnHandle {
 
     pub fn channel_count(&self) -> usize {
         self.channels.load(Ordering::Relaxed)
+    }
+
+    /// RabbitMQ's connection name: "peer_ip:port -> local_ip:port".
+    pub fn name(&self) -> String {
+        match self.local {
+            Some(l) => format!("{} -> {}", self.peer, l),
+            None => self.peer.to_string(),
+        }
     }
 }
 
@@ -100,15 +120,13 @@ impl Registry {
     /// Register a connection to `vhost` as `user`, unless that would exceed the vhost's or
     /// the user's connection limit (checked and counted under one lock, so two
     /// connections racing for the last slot cannot both get it).
-    pub fn register(
+    pub(crate) fn register(
         self: &Arc<Self>,
-        id: u64,
-        peer: SocketAddr,
-        user: &str,
-        vhost: &str,
+        who: Identity,
         vhost_max: Option<u64>,
         user_max: Option<u64>,
     ) -> Result<Registered, Refused> {
+        let (user, vhost) = (who.user.as_str(), who.vhost.as_str());
         let mut g = self.inner.lock();
         if let Some(max) = vhost_max
             && g.per_vhost.get(vhost).copied().unwrap_or(0) >= max
@@ -120,18 +138,23 @@ impl Registry {
         {
             return Err(Refused::UserLimit(max));
         }
+        let connected_at_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let handle = Arc::new(ConnHandle {
-            id,
-            peer,
-            user: user.to_owned(),
-            vhost: vhost.to_owned(),
+            id: who.id,
+            peer: who.endpoint.peer,
+            local: who.endpoint.local,
+            tls: who.endpoint.tls,
+            user: who.user.clone(),
+            vhost: who.vhost.clone(),
+            connected_at_ms,
             channels: AtomicUsize::new(0),
             close: Mutex::new(None),
             closed: Notify::new(),
         });
         *g.per_vhost.entry(vhost.to_owned()).or_default() += 1;
         *g.per_user.entry(user.to_owned()).or_default() += 1;
-        g.conns.insert(id, handle.clone());
+        g.conns.insert(who.id, handle.clone());
         Ok(Registered { registry: self.clone(), handle })
     }
 
@@ -195,21 +218,22 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn peer() -> SocketAddr {
-        "127.0.0.1:1".parse().unwrap()
+    fn who(id: u64, user: &str, vhost: &str) -> Identity {
+        let endpoint = crate::connection::Endpoint { peer: "127.0.0.1:1".parse().unwrap(), local: None, tls: false };
+        Identity { id, endpoint, user: user.to_owned(), vhost: vhost.to_owned() }
     }
 
     #[test]
     fn limits_are_checked_and_released() {
         let r = Arc::new(Registry::default());
-        let a = r.register(1, peer(), "u", "v", Some(2), Some(1)).unwrap();
-        assert_eq!(r.register(2, peer(), "u", "v", Some(2), Some(1)).err(), Some(Refused::UserLimit(1)));
-        let b = r.register(3, peer(), "w", "v", Some(2), None).unwrap();
-        assert_eq!(r.register(4, peer(), "x", "v", Some(2), None).err(), Some(Refused::VhostLimit(2)));
+        let a = r.register(who(1, "u", "v"), Some(2), Some(1)).unwrap();
+        assert_eq!(r.register(who(2, "u", "v"), Some(2), Some(1)).err(), Some(Refused::UserLimit(1)));
+        let b = r.register(who(3, "w", "v"), Some(2), None).unwrap();
+        assert_eq!(r.register(who(4, "x", "v"), Some(2), None).err(), Some(Refused::VhostLimit(2)));
         assert_eq!((r.count_in_vhost("v"), r.count_of_user("u")), (2, 1));
         drop(a);
         assert_eq!((r.count_in_vhost("v"), r.count_of_user("u")), (1, 0));
-        let _c = r.register(5, peer(), "u", "v", Some(2), Some(1)).unwrap();
+        let _c = r.register(who(5, "u", "v"), Some(2), Some(1)).unwrap();
         drop(b);
         assert_eq!(r.all().len(), 1);
     }
@@ -217,8 +241,8 @@ mod tests {
     #[test]
     fn channels_count_per_user_across_connections() {
         let r = Arc::new(Registry::default());
-        let a = r.register(1, peer(), "u", "v", None, None).unwrap();
-        let b = r.register(2, peer(), "u", "v", None, None).unwrap();
+        let a = r.register(who(1, "u", "v"), None, None).unwrap();
+        let b = r.register(who(2, "u", "v"), None, None).unwrap();
         r.channel_opened(&a.handle, Some(2)).unwrap();
         r.channel_opened(&b.handle, Some(2)).unwrap();
         assert_eq!(r.channel_opened(&b.handle, Some(2)), Err(2));
@@ -235,8 +259,8 @@ mod tests {
     #[tokio::test]
     async fn force_close_wakes_the_connection() {
         let r = Arc::new(Registry::default());
-        let a = r.register(1, peer(), "u", "v", None, None).unwrap();
-        let _b = r.register(2, peer(), "u", "w", None, None).unwrap();
+        let a = r.register(who(1, "u", "v"), None, None).unwrap();
+        let _b = r.register(who(2, "u", "w"), None, None).unwrap();
         assert_eq!(r.close_where(|c| c.vhost == "v", 320, "vhost 'v' is deleted"), 1);
         assert_eq!(a.handle.close_requested().await, (320, "vhost 'v' is deleted".to_owned()));
     }

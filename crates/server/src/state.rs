@@ -42,6 +42,10 @@ pub struct ServerState {
     /// What new vhosts are built with.
     pub(crate) vhost_persistence: Arc<dyn Persistence>,
     pub(crate) node_limits: Arc<broker::limits::NodeLimits>,
+    /// When the node started (uptime).
+    pub(crate) started: std::time::Instant,
+    /// The node's listeners, as the management API lists them.
+    pub(crate) listeners: Mutex<Vec<mgmt::node::ListenerInfo>>,
     next_connection_id: AtomicU64,
     /// Client connections open now (accepted sockets, logged in or not).
     connections: AtomicUsize,
@@ -168,6 +172,8 @@ impl ServerState {
             vhosts: RwLock::new(HashMap::new()),
             vhost_persistence,
             node_limits: node,
+            started: std::time::Instant::now(),
+            listeners: Mutex::new(Vec::new()),
             next_connection_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             shutdown,

@@ -20,7 +20,7 @@ use tokio_rustls::server::TlsStream;
 use tracing::warn;
 
 use crate::config::{ClientAuth, TlsConfig, TlsVersion};
-use crate::connection::{ClientReader, serve_stream, socket_closed};
+use crate::connection::{ClientReader, Endpoint, serve_stream, socket_closed};
 use crate::state::ServerState;
 
 /// A TLS setting that cannot be used (unreadable file, no certificate, key not matching
@@ -119,6 +119,7 @@ pub(crate) async fn serve_tls_connection(
     state: Arc<ServerState>,
 ) {
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok();
     let tcp = Arc::new(stream);
     let accept = acceptor.inner.accept(TcpIo(tcp.clone()));
     let tls = match tokio::time::timeout(acceptor.handshake_timeout, accept).await {
@@ -133,7 +134,7 @@ pub(crate) async fn serve_tls_connection(
         }
     };
     let (rd, wr) = tokio::io::split(tls);
-    serve_stream(TlsReader { rd, tcp }, wr, peer, state).await;
+    serve_stream(TlsReader { rd, tcp }, wr, Endpoint { peer, local, tls: true }, state).await;
 }
 
 /// The read side of an AMQPS connection, with the socket kept at hand to check whether

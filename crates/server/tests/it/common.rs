@@ -8,6 +8,8 @@ use tokio::sync::watch;
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The management API's address, for servers started with [`TestServer::with_management`].
+    pub mgmt: Option<SocketAddr>,
     pub state: Arc<ServerState>,
     shutdown: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -25,7 +27,7 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let task = tokio::spawn(server::serve(vec![listener], state.clone()));
-        TestServer { addr, state, shutdown: tx, task: Some(task) }
+        TestServer { addr, mgmt: None, state, shutdown: tx, task: Some(task) }
     }
 
     /// Start a server over the data directory `dir` (recovering what is there), with
@@ -44,7 +46,24 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let task = tokio::spawn(server::serve(vec![listener], state.clone()));
-        TestServer { addr, state, shutdown: tx, task: Some(task) }
+        TestServer { addr, mgmt: None, state, shutdown: tx, task: Some(task) }
+    }
+
+    /// Also serve the management API (as the `warren` binary does) on a free port.
+    pub async fn with_management(mut self) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        self.mgmt = Some(listener.local_addr().expect("local addr"));
+        let node: Arc<dyn mgmt::Node> = self.state.clone();
+        let mut stop = self.shutdown.subscribe();
+        tokio::spawn(mgmt::serve(listener, node, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+        self
+    }
+
+    /// http://127.0.0.1:PORT/api (servers started with [`TestServer::with_management`]).
+    pub fn api(&self) -> String {
+        format!("http://{}/api", self.mgmt.expect("started with_management"))
     }
 
     /// amqp://guest:guest@127.0.0.1:PORT/%2f
@@ -93,7 +112,8 @@ impl WarrenProcess {
             }
             None => std::process::Command::new(bin),
         };
-        cmd.args(["--amqp-port", &port.to_string(), "--bind", "127.0.0.1", "--heartbeat", "0", "--data-dir"])
+        cmd.args(["--amqp-port", &port.to_string(), "--bind", "127.0.0.1", "--management-port", "0"]);
+        cmd.args(["--heartbeat", "0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("WARREN_LOG", "warn")

@@ -9,5 +9,6 @@ mod flow;
 mod hostile;
 mod interop;
 mod memory;
+mod mgmt;
 mod reliability;
 mod tls;

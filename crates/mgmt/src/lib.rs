@@ -1,0 +1,48 @@
+//! Warren's management HTTP API: RabbitMQ's `/api` paths, methods, JSON shapes and status
+//! codes (tools such as rabbitmqadmin, Flower, Terraform and Datadog deserialize them
+//! strictly), over a [`node::Node`] the server implements.
+//!
+//! # Layout
+//! - [`node`]: what the API needs from the node.
+//! - `auth`: basic auth on every `/api` route; the user tags' rights.
+//! - `error`: `{"error", "reason"}` replies.
+//! - `routes`: one module per group of endpoints.
+//!
+//! URL rules as RabbitMQ's: vhost and object names are percent-encoded path segments
+//! (`%2F` is the vhost `/`), a trailing slash is ignored (Flower asks for `/api/queues/`),
+//! and the reply is JSON whatever `Accept` says.
+
+pub mod node;
+
+mod auth;
+mod error;
+mod routes;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use tower::Layer;
+use tower_http::normalize_path::NormalizePathLayer;
+
+pub use auth::Caller;
+pub use error::{ApiError, ApiResult};
+pub use node::Node;
+
+/// The API's routes over `node`.
+pub fn router(node: Arc<dyn Node>) -> Router {
+    routes::router(node)
+}
+
+/// Serve the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: Arc<dyn Node>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // Trailing slashes are trimmed before routing (a layer on the Router itself would run
+    // after the route was chosen).
+    let app = NormalizePathLayer::trim_trailing_slash().layer(router(node));
+    axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(app)).with_graceful_shutdown(shutdown).await
+}

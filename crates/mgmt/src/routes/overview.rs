@@ -1,0 +1,173 @@
+//! `/api/overview`, `/api/nodes`, `/api/whoami`, `/api/cluster-name`, `/api/extensions`,
+//! and the probes.
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde_json::{Value, json};
+
+use super::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::node::NodeInfo;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/overview", get(overview))
+        .route("/api/whoami", get(whoami))
+        .route("/api/cluster-name", get(cluster_name))
+        .route("/api/extensions", get(|| async { Json(json!([])) }))
+        .route("/api/nodes", get(nodes))
+        .route("/api/nodes/{node}", get(node))
+}
+
+/// The RabbitMQ version Warren answers as (tools gate features on it).
+pub const RABBITMQ_VERSION: &str = access::definitions::RABBITMQ_COMPAT_VERSION;
+
+fn listeners(info: &NodeInfo) -> Vec<Value> {
+    info.listeners
+        .iter()
+        .map(|l| {
+            json!({"node": info.name, "protocol": l.protocol, "ip_address": l.ip_address, "port": l.port,
+                   "socket_opts": {}})
+        })
+        .collect()
+}
+
+async fn overview(State(node): State<AppState>, Extension(caller): Extension<Caller>) -> Json<Value> {
+    let info = node.info();
+    let vhosts = node.vhosts();
+    let (mut queues, mut exchanges, mut consumers) = (0usize, 0usize, 0u64);
+    let (mut ready, mut unacked) = (0u64, 0u64);
+    for vh in &vhosts {
+        exchanges += vh.exchanges().len();
+        for q in vh.queues() {
+            queues += 1;
+            let s = q.stats();
+            ready += s.messages_ready;
+            unacked += s.messages_unacked;
+            consumers += u64::from(s.consumers);
+        }
+    }
+    let conns = node.connections();
+    let channels: usize = conns.iter().map(|c| c.channels).sum();
+    let rate = json!({"rate": 0.0});
+    let exchange_types: Vec<Value> = ["direct", "fanout", "topic", "headers", "x-delayed-message"]
+        .iter()
+        .map(|t| json!({"name": t, "description": "", "enabled": true}))
+        .collect();
+    Json(json!({
+        "management_version": RABBITMQ_VERSION,
+        "rates_mode": "basic",
+        "sample_retention_policies": {"global": [600, 3600, 28800, 86400], "basic": [600, 3600], "detailed": [600]},
+        "exchange_types": exchange_types,
+        "product_version": info.product_version,
+        "product_name": "Warren",
+        "rabbitmq_version": RABBITMQ_VERSION,
+        "cluster_name": info.cluster_name,
+        "cluster_tags": {},
+        "node_tags": {},
+        "erlang_version": "none (Warren is written in Rust)",
+        "erlang_full_version": "none",
+        "crypto_lib_version": "rustls",
+        "disable_stats": false,
+        "default_queue_type": "classic",
+        "enable_queue_totals": true,
+        "is_op_policy_updating_enabled": true,
+        "message_stats": {},
+        "churn_rates": {},
+        "queue_totals": {
+            "messages": ready + unacked, "messages_details": rate,
+            "messages_ready": ready, "messages_ready_details": rate,
+            "messages_unacknowledged": unacked, "messages_unacknowledged_details": rate,
+        },
+        "object_totals": {
+            "connections": conns.len(), "channels": channels, "exchanges": exchanges,
+            "queues": queues, "consumers": consumers,
+        },
+        "statistics_db_event_queue": 0,
+        "node": info.name,
+        "listeners": if caller.is_monitor() { listeners(&info) } else { Vec::new() },
+        "contexts": [],
+    }))
+}
+
+async fn whoami(Extension(caller): Extension<Caller>) -> Json<Value> {
+    Json(json!({"name": caller.name(), "tags": caller.0.tags, "is_internal_user": true}))
+}
+
+async fn cluster_name(State(node): State<AppState>) -> Json<Value> {
+    Json(json!({"name": node.info().cluster_name}))
+}
+
+fn node_json(info: &NodeInfo) -> Value {
+    json!({
+        "name": info.name,
+        "type": "disc",
+        "running": true,
+        "being_drained": false,
+        "uptime": info.uptime_ms,
+        "os_pid": info.os_pid.to_string(),
+        "processors": info.processors,
+        "run_queue": 0,
+        "fd_used": info.fd_used,
+        "fd_total": info.fd_total,
+        "sockets_used": info.sockets_used,
+        "sockets_total": info.fd_total,
+        "proc_used": 0,
+        "proc_total": 0,
+        "mem_used": info.mem_used_bytes,
+        "mem_limit": info.mem_limit_bytes,
+        "mem_alarm": info.mem_alarm,
+        "disk_free": info.disk_free_bytes,
+        "disk_free_limit": info.disk_free_limit_bytes,
+        "disk_free_alarm": info.disk_free_alarm,
+        "partitions": [],
+        "rates_mode": "basic",
+        "enabled_plugins": ["rabbitmq_management", "rabbitmq_prometheus"],
+        "auth_mechanisms": [{"name": "PLAIN", "description": "SASL PLAIN", "enabled": true},
+                            {"name": "AMQPLAIN", "description": "QPid AMQPLAIN", "enabled": true}],
+        "exchange_types": [],
+        "contexts": [],
+        "log_files": [],
+        "config_files": info.config_files,
+        "db_dir": info.data_dir,
+        "net_ticktime": 60,
+        "cluster_links": [],
+    })
+}
+
+async fn nodes(State(node): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
+    caller.require_monitor()?;
+    Ok(Json(json!([node_json(&node.info())])))
+}
+
+async fn node(
+    State(node): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require_monitor()?;
+    let info = node.info();
+    if name != info.name {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(node_json(&info)))
+}
+
+/// Liveness: the HTTP side runs.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Readiness: no resource alarm is in force (publishers would be blocked).
+pub async fn readyz(State(node): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let info = node.info();
+    if info.mem_alarm || info.disk_free_alarm {
+        let mut e = ApiError::internal("resource alarm in effect");
+        e.status = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+        e.error = "failed".into();
+        return Err(e);
+    }
+    Ok(Json(json!({"status": "ok"})))
+}

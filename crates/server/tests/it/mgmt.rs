@@ -1,0 +1,44 @@
+//! The management HTTP API, with third-party clients as witnesses: the
+//! `rabbitmq_http_client` crate (what rabbitmqadmin v2 is built on) and plain HTTP.
+
+use rabbitmq_http_client::api::Client;
+
+use crate::common::TestServer;
+
+fn client(server: &TestServer) -> Client<String, &'static str, &'static str> {
+    Client::new(server.api(), "guest", "guest")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overview_deserializes_in_rabbitmq_http_client() {
+    let server = TestServer::start().await.with_management().await;
+    let o = client(&server).overview().await.expect("overview");
+    assert_eq!(o.node, server.state.node_name());
+    assert_eq!(o.object_totals.exchanges, 7, "the predeclared exchanges of /");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_and_errors_have_rabbitmq_shapes() {
+    let server = TestServer::start().await.with_management().await;
+    let http = reqwest::Client::new();
+    // No credentials, wrong password: 401 with RabbitMQ's body.
+    let r = http.get(format!("{}/overview", server.api())).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("www-authenticate").is_some());
+    let r = http.get(format!("{}/overview", server.api())).basic_auth("guest", Some("nope")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "not_authorized");
+    // An unknown path: RabbitMQ's 404 body, as JSON.
+    let r =
+        http.get(format!("{}/no-such-thing", server.api())).basic_auth("guest", Some("guest")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"error": "Object Not Found", "reason": "Not Found"}));
+    // A trailing slash is ignored.
+    let r = http.get(format!("{}/whoami/", server.api())).basic_auth("guest", Some("guest")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["name"], "guest");
+    assert_eq!(body["tags"], serde_json::json!(["administrator"]));
+}
