@@ -46,3 +46,15 @@ pub async fn serve(
     let app = NormalizePathLayer::trim_trailing_slash().layer(router(node));
     axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(app)).with_graceful_shutdown(shutdown).await
 }
+
+/// Serve the API on the node's Unix socket (for `warrenctl`): requests without
+/// credentials act as an administrator, so the socket's file mode is the access control.
+pub async fn serve_unix(
+    listener: tokio::net::UnixListener,
+    node: Arc<dyn Node>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = router(node).layer(axum::Extension(auth::LocalSocket));
+    let app = NormalizePathLayer::trim_trailing_slash().layer(router);
+    axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(app)).with_graceful_shutdown(shutdown).await
+}

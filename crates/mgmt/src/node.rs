@@ -93,4 +93,14 @@ pub trait Node: Send + Sync + 'static {
     fn connections(&self) -> Vec<ConnectionInfo>;
     /// Close the connection named `name` with 320 and `reason`; false if there is none.
     fn close_connection(&self, name: &str, reason: &str) -> bool;
+
+    // --- warrenctl: node settings without a RabbitMQ HTTP endpoint ------------------------
+    /// Set the memory alarm threshold (bytes of RSS) until the node restarts.
+    fn set_memory_high_watermark(&self, bytes: u64);
+    /// Set the disk alarm limit (free bytes) until the node restarts.
+    fn set_disk_free_limit(&self, bytes: u64);
+    /// The node's effective settings, for `warrenctl environment`.
+    fn environment(&self) -> serde_json::Value;
+    /// The machine's RAM (bytes), for relative thresholds.
+    fn total_memory_bytes(&self) -> Option<u64>;
 }

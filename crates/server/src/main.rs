@@ -338,6 +338,21 @@ fn run() -> anyhow::Result<()> {
             None
         };
         state.set_listeners(infos);
+        // warrenctl's way in: the API on a Unix socket in the data dir, mode 0660 (whoever
+        // may open it administers the node, as with lavinmqctl).
+        let sock_path = data_dir.join("warren.sock");
+        let _ = std::fs::remove_file(&sock_path);
+        let sock = tokio::net::UnixListener::bind(&sock_path)
+            .with_context(|| format!("binding the control socket {}", sock_path.display()))?;
+        std::fs::set_permissions(&sock_path, std::os::unix::fs::PermissionsExt::from_mode(0o660))
+            .with_context(|| format!("setting the mode of {}", sock_path.display()))?;
+        let control = {
+            let mut stop = tx.subscribe();
+            let node: std::sync::Arc<dyn mgmt::Node> = state.clone();
+            tokio::spawn(mgmt::serve_unix(sock, node, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }))
+        };
         info!(data_dir = %data_dir.display(), "Warren {} starting", env!("CARGO_PKG_VERSION"));
         let serving = tokio::spawn(server::serve_listeners(listeners, state));
         wait_for_signal().await;
@@ -347,6 +362,8 @@ fn run() -> anyhow::Result<()> {
         if let Some(m) = management {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), m).await;
         }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), control).await;
+        let _ = std::fs::remove_file(&sock_path);
         info!("stopped");
         anyhow::Ok(())
     })

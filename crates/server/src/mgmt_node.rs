@@ -40,7 +40,6 @@ impl ServerState {
 impl mgmt::Node for ServerState {
     fn info(&self) -> NodeInfo {
         let cfg = &self.config;
-        let total = crate::alarms::total_memory_bytes();
         let alarms = *self.alarms.borrow();
         let name = self.node_name();
         NodeInfo {
@@ -52,10 +51,10 @@ impl mgmt::Node for ServerState {
             processors: std::thread::available_parallelism().map_or(1, |n| n.get()),
             listeners: self.listeners.lock().clone(),
             mem_used_bytes: crate::alarms::rss_bytes().unwrap_or(0),
-            mem_limit_bytes: cfg.memory_high_watermark_bytes.or(total.map(|t| t / 10 * 6)).unwrap_or(0),
+            mem_limit_bytes: self.memory_watermark().unwrap_or(0),
             mem_alarm: alarms.memory,
             disk_free_bytes: crate::alarms::disk_free_bytes(&cfg.data_dir).unwrap_or(0),
-            disk_free_limit_bytes: cfg.disk_free_limit_bytes,
+            disk_free_limit_bytes: self.disk_free_limit(),
             disk_free_alarm: alarms.disk,
             fd_used: crate::fds::open_count().unwrap_or(0),
             fd_total: self.fds.limit(),
@@ -115,5 +114,48 @@ impl mgmt::Node for ServerState {
     fn close_connection(&self, name: &str, reason: &str) -> bool {
         let text = format!("Closed via management plugin: {reason}");
         self.registry.close_where(|c| c.name() == name, wire::reply::CONNECTION_FORCED, &text) > 0
+    }
+
+    // --- warrenctl ---------------------------------------------------------------------------
+    fn set_memory_high_watermark(&self, bytes: u64) {
+        tracing::info!(bytes, "memory high watermark set at runtime");
+        *self.memory_watermark_set.lock() = Some(bytes);
+        self.check_resources();
+    }
+
+    fn set_disk_free_limit(&self, bytes: u64) {
+        tracing::info!(bytes, "disk free limit set at runtime");
+        *self.disk_free_limit_set.lock() = Some(bytes);
+        self.check_resources();
+    }
+
+    fn environment(&self) -> serde_json::Value {
+        let c = &self.config;
+        serde_json::json!({
+            "data_dir": c.data_dir.display().to_string(),
+            "listeners": {"tcp": c.amqp_listeners.iter().map(|l| format!("{l:?}")).collect::<Vec<_>>(),
+                          "ssl": c.amqps_listeners.iter().map(|l| format!("{l:?}")).collect::<Vec<_>>()},
+            "management": {"port": c.management_port, "ip": c.management_ip.map(|i| i.to_string())},
+            "heartbeat": c.heartbeat_secs,
+            "frame_max": c.frame_max,
+            "channel_max": c.channel_max,
+            "connection_max": c.connection_max,
+            "max_message_size": c.max_message_size_bytes,
+            "consumer_timeout": c.consumer_timeout.map(|d| d.as_millis() as u64),
+            "vm_memory_high_watermark": {"absolute": self.memory_watermark()},
+            "disk_free_limit": {"absolute": self.disk_free_limit()},
+            "queue_ram_budget": c.queue_ram_budget_bytes,
+            "loopback_users": c.loopback_users,
+            "default_vhost": c.default_vhost,
+            "default_user": c.default_user,
+            "load_definitions": c.load_definitions.as_ref().map(|p| p.display().to_string()),
+            "queue_max": c.queue_max_count,
+            "exchange_max": c.exchange_max_count,
+            "binding_max": c.binding_max_count,
+        })
+    }
+
+    fn total_memory_bytes(&self) -> Option<u64> {
+        crate::alarms::total_memory_bytes()
     }
 }

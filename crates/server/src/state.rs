@@ -46,6 +46,10 @@ pub struct ServerState {
     pub(crate) started: std::time::Instant,
     /// The node's listeners, as the management API lists them.
     pub(crate) listeners: Mutex<Vec<mgmt::node::ListenerInfo>>,
+    /// Alarm thresholds set at runtime (`warrenctl set_vm_memory_high_watermark`,
+    /// `set_disk_free_limit`); they win over the config until the node restarts.
+    pub(crate) memory_watermark_set: Mutex<Option<u64>>,
+    pub(crate) disk_free_limit_set: Mutex<Option<u64>>,
     next_connection_id: AtomicU64,
     /// Client connections open now (accepted sockets, logged in or not).
     connections: AtomicUsize,
@@ -174,6 +178,8 @@ impl ServerState {
             node_limits: node,
             started: std::time::Instant::now(),
             listeners: Mutex::new(Vec::new()),
+            memory_watermark_set: Mutex::new(None),
+            disk_free_limit_set: Mutex::new(None),
             next_connection_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             shutdown,
@@ -336,12 +342,23 @@ impl ServerState {
         });
     }
 
+    /// The memory alarm threshold in force (bytes of RSS).
+    pub fn memory_watermark(&self) -> Option<u64> {
+        let set = *self.memory_watermark_set.lock();
+        set.or(self.config.memory_high_watermark_bytes)
+            .or_else(|| crate::alarms::total_memory_bytes().map(|t| t / 10 * 6))
+    }
+
+    /// The disk alarm limit in force (free bytes).
+    pub fn disk_free_limit(&self) -> u64 {
+        self.disk_free_limit_set.lock().unwrap_or(self.config.disk_free_limit_bytes)
+    }
+
     /// Measure memory and disk against the limits and set the alarms.
     pub fn check_resources(&self) {
         self.fds.recount();
         let cfg = &self.config;
-        let watermark =
-            cfg.memory_high_watermark_bytes.or_else(|| crate::alarms::total_memory_bytes().map(|t| t / 10 * 6));
+        let watermark = self.memory_watermark();
         // Hysteresis: on above the watermark, off only below 90 % of it, so a node
         // hovering at the line does not flap publishers between blocked and unblocked.
         let was_on = self.memory_over.load(Ordering::Relaxed);
@@ -358,7 +375,7 @@ impl ServerState {
         // The disk alarm clears only with 10 % to spare over the limit: segment files come
         // and go in 8 MiB steps, and the alarm should not flap with them.
         let disk_was_on = self.disk_under.load(Ordering::Relaxed);
-        let limit = cfg.disk_free_limit_bytes;
+        let limit = self.disk_free_limit();
         let disk = crate::alarms::disk_free_bytes(&cfg.data_dir)
             .is_some_and(|f| if disk_was_on { f < limit.saturating_add(limit / 10) } else { f < limit });
         self.disk_under.store(disk, Ordering::Relaxed);
