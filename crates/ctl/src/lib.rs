@@ -53,6 +53,22 @@ impl Invocation {
     }
 }
 
+/// Flags (options without a value) rabbitmqctl's verbs take.
+const FLAGS: &[&str] = &[
+    "--quiet",
+    "--silent",
+    "--no-table-headers",
+    "--pre-hashed-password",
+    "--if-empty",
+    "--if-unused",
+    "--force",
+    "--global",
+    "--online",
+    "--offline",
+    "--local",
+    "--skip-if-unchanged",
+];
+
 /// Options that take a value (the rest are flags).
 const VALUED: &[&str] = &[
     "--vhost",
@@ -114,6 +130,9 @@ pub fn parse(argv: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<In
         }
         .to_owned();
         if long.starts_with("--") {
+            if !VALUED.contains(&long.as_str()) && !FLAGS.contains(&long.as_str()) {
+                return Err(format!("unknown option {name}"));
+            }
             let value = if VALUED.contains(&long.as_str()) {
                 match inline {
                     Some(v) => Some(v),
