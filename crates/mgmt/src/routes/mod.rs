@@ -11,15 +11,17 @@ use crate::auth::require_user;
 use crate::error::ApiError;
 use crate::node::Node;
 
+mod access;
 mod overview;
 
 pub type AppState = Arc<dyn Node>;
 
 pub fn router(node: Arc<dyn Node>) -> Router {
     let api =
-        Router::new().merge(overview::routes()).route_layer(middleware::from_fn_with_state(node.clone(), require_user));
+        Router::new().merge(overview::routes()).merge(access::routes()).route_layer(middleware::from_fn_with_state(node.clone(), require_user));
     Router::new()
         .merge(api)
+        .merge(access::public_routes())
         // Unauthenticated liveness and readiness probes (for orchestrators).
         .route("/healthz", get(overview::healthz))
         .route("/readyz", get(overview::readyz))
