@@ -17,8 +17,10 @@ mod overview;
 pub type AppState = Arc<dyn Node>;
 
 pub fn router(node: Arc<dyn Node>) -> Router {
-    let api =
-        Router::new().merge(overview::routes()).merge(access::routes()).route_layer(middleware::from_fn_with_state(node.clone(), require_user));
+    let api = Router::new()
+        .merge(overview::routes())
+        .merge(access::routes())
+        .route_layer(middleware::from_fn_with_state(node.clone(), require_user));
     Router::new()
         .merge(api)
         .merge(access::public_routes())

@@ -79,10 +79,7 @@ async fn export_vhost(
     m.insert("original_vhost_name".into(), json!(vhost));
     m.insert("explanation".into(), json!(format!("Definitions of virtual host '{vhost}'")));
     let dqt = v.default_queue_type.clone().unwrap_or_else(|| "classic".into());
-    m.insert(
-        "metadata".into(),
-        json!({"description": v.description, "tags": v.tags, "default_queue_type": dqt}),
-    );
+    m.insert("metadata".into(), json!({"description": v.description, "tags": v.tags, "default_queue_type": dqt}));
     m.insert("description".into(), json!(v.description));
     m.insert("default_queue_type".into(), json!(dqt));
     m.insert("limits".into(), json!(v.limits));

@@ -153,10 +153,9 @@ async fn ready_to_serve_clients(State(node): State<AppState>) -> Response {
 async fn below_node_connection_limit(State(node): State<AppState>) -> Response {
     let connections = node.connections().len() as u64;
     match node.connection_max() {
-        Some(max) if connections >= max => failed(
-            "node connection limit is reached",
-            json!({"limit": max, "connections": connections}),
-        ),
+        Some(max) if connections >= max => {
+            failed("node connection limit is reached", json!({"limit": max, "connections": connections}))
+        }
         Some(max) => Json(json!({"status": "ok", "limit": max, "connections": connections})).into_response(),
         None => Json(json!({"status": "ok", "limit": "infinity", "connections": connections})).into_response(),
     }

@@ -13,11 +13,7 @@ mod users;
 
 /// The group's routes behind basic auth.
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .merge(users::routes())
-        .merge(policies::routes())
-        .merge(definitions::routes())
-        .merge(health::routes())
+    Router::new().merge(users::routes()).merge(policies::routes()).merge(definitions::routes()).merge(health::routes())
 }
 
 /// The health checks RabbitMQ answers without credentials (load balancers and

@@ -15,10 +15,10 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::routes::AppState;
 use super::users::{can_see_vhost, change, missing_key, parse_body, put_status, require_vhost_visible};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::routes::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -115,7 +115,11 @@ fn policy_json(p: &Policy) -> Value {
     })
 }
 
-async fn list_all(State(node): State<AppState>, Extension(caller): Extension<Caller>, kind: Kind) -> ApiResult<Json<Value>> {
+async fn list_all(
+    State(node): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    kind: Kind,
+) -> ApiResult<Json<Value>> {
     kind.require_list(&caller)?;
     let dir = node.directory();
     let mut out = Vec::new();

@@ -18,10 +18,10 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::routes::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
+use crate::routes::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
