@@ -510,3 +510,63 @@ async fn mgmt_access_http_policy_changes_a_live_queue() {
     assert_eq!(call(&server, "DELETE", "/policies/%2F/cap", "guest", None).await.0, 204);
     assert_eq!(q.policy_name(), None);
 }
+
+/// A self-signed certificate valid until `not_after` (year, month, day), written to
+/// `dir/name.pem`.
+fn certificate(dir: &std::path::Path, name: &str, not_after: (i32, u8, u8)) -> std::path::PathBuf {
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+    params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+    let cert = params.self_signed(&rcgen::KeyPair::generate().expect("key")).expect("sign");
+    let path = dir.join(format!("{name}.pem"));
+    std::fs::write(&path, cert.pem()).expect("write cert");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mgmt_access_certificate_expiration_check_reads_the_tls_listener_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let certfile = certificate(dir.path(), "server", (4000, 1, 1));
+    let cacertfile = certificate(dir.path(), "ca", (2001, 2, 3));
+    let tls = server::config::TlsConfig {
+        certfile,
+        keyfile: dir.path().join("unused.key"),
+        cacertfile: Some(cacertfile),
+        client_auth: server::config::ClientAuth::None,
+        versions: vec![server::config::TlsVersion::Tls13],
+        handshake_timeout: server::config::TlsConfig::DEFAULT_HANDSHAKE_TIMEOUT,
+    };
+    let server = TestServer::start_with(server::Config { tls: Some(tls), ..server::Config::default() })
+        .await
+        .with_management()
+        .await;
+    server.state.set_listeners(vec![ListenerInfo {
+        protocol: "amqp/ssl".into(),
+        ip_address: "127.0.0.1".into(),
+        port: 5671,
+    }]);
+    // The CA certificate expired in 2001: any window fails, naming it.
+    let (status, body) = call(&server, "GET", "/health/checks/certificate-expiration/1/days", "guest", None).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["reason"], "Certificates expiring");
+    let expired = &body["expired"][0];
+    assert_eq!((expired["protocol"].as_str(), expired["port"].as_u64()), (Some("amqp/ssl"), Some(5671)));
+    assert_eq!(expired["cacertfile_expires_on"], json!(["2001-02-03 0:00:00"]));
+    assert_eq!(expired["certfile_expires_on"], json!([]), "the server certificate is valid for centuries");
+    // Without the CA file, only the server certificate counts.
+    let mut tls = server.state.config.tls.clone().unwrap();
+    tls.cacertfile = None;
+    let server2 = TestServer::start_with(server::Config { tls: Some(tls), ..server::Config::default() })
+        .await
+        .with_management()
+        .await;
+    server2.state.set_listeners(vec![ListenerInfo {
+        protocol: "amqp/ssl".into(),
+        ip_address: "127.0.0.1".into(),
+        port: 5671,
+    }]);
+    let ok = call(&server2, "GET", "/health/checks/certificate-expiration/100/years", "guest", None).await;
+    assert_eq!(ok, (200, json!({"status": "ok"})));
+    let (status, body) = call(&server2, "GET", "/health/checks/certificate-expiration/3000/years", "guest", None).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["expired"][0]["certfile_expires_on"], json!(["4000-01-01 0:00:00"]));
+}
