@@ -61,6 +61,24 @@ pub struct NodeInfo {
     pub config_files: Vec<String>,
 }
 
+/// One certificate file of a TLS listener and when its certificates stop being valid.
+#[derive(Debug, Clone)]
+pub struct CertificateFile {
+    pub path: String,
+    /// Each certificate's `notAfter` in seconds since the Unix epoch, or why the file
+    /// could not be read (unreadable, no PEM certificate, not yet valid).
+    pub not_after: Result<Vec<i64>, String>,
+}
+
+/// The certificates a TLS listener presents and trusts.
+#[derive(Debug, Clone)]
+pub struct ListenerCertificates {
+    pub listener: ListenerInfo,
+    pub certfile: CertificateFile,
+    /// None when the listener has no CA file.
+    pub cacertfile: Option<CertificateFile>,
+}
+
 /// One logged-in client connection.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
@@ -103,4 +121,11 @@ pub trait Node: Send + Sync + 'static {
     fn environment(&self) -> serde_json::Value;
     /// The machine's RAM (bytes), for relative thresholds.
     fn total_memory_bytes(&self) -> Option<u64>;
+
+    // ---- group "access": users, vhosts, permissions, policies, limits, definitions, health ----
+
+    /// The node-wide connection limit (RabbitMQ's `connection_max`); None: unlimited.
+    fn connection_max(&self) -> Option<u64>;
+    /// The certificates of the node's TLS listeners (empty without TLS).
+    fn listener_certificates(&self) -> Vec<ListenerCertificates>;
 }

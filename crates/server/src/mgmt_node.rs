@@ -6,7 +6,7 @@ use access::definitions::Definitions;
 use access::directory::{Change, Directory};
 use access::model::User;
 use broker::VHost;
-use mgmt::node::{ConnectionInfo, ListenerInfo, NodeError, NodeInfo};
+use mgmt::node::{CertificateFile, ConnectionInfo, ListenerCertificates, ListenerInfo, NodeError, NodeInfo};
 
 use crate::admin::ChangeError;
 use crate::state::ServerState;
@@ -158,4 +158,66 @@ impl mgmt::Node for ServerState {
     fn total_memory_bytes(&self) -> Option<u64> {
         crate::alarms::total_memory_bytes()
     }
+
+    // ---- group "access" ----
+
+    fn connection_max(&self) -> Option<u64> {
+        self.access_connection_max()
+    }
+
+    fn listener_certificates(&self) -> Vec<ListenerCertificates> {
+        self.access_listener_certificates()
+    }
+}
+
+// ---- group "access": users, vhosts, permissions, policies, limits, definitions, health ----
+
+impl ServerState {
+    fn access_connection_max(&self) -> Option<u64> {
+        self.config.connection_max.map(|n| n as u64)
+    }
+
+    /// The AMQPS listeners with the certificate files they were started with.
+    fn access_listener_certificates(&self) -> Vec<ListenerCertificates> {
+        let Some(tls) = &self.config.tls else {
+            return Vec::new();
+        };
+        let listeners = self.listeners.lock().clone();
+        listeners
+            .into_iter()
+            .filter(|l| l.protocol == "amqp/ssl")
+            .map(|listener| ListenerCertificates {
+                listener,
+                certfile: certificate_file(&tls.certfile),
+                cacertfile: tls.cacertfile.as_deref().map(certificate_file),
+            })
+            .collect()
+    }
+}
+
+/// Read `path` for the certificate-expiration check: each certificate's `notAfter`, or
+/// RabbitMQ's reason for refusing the file.
+fn certificate_file(path: &std::path::Path) -> CertificateFile {
+    CertificateFile { path: path.display().to_string(), not_after: not_after_dates(path) }
+}
+
+fn not_after_dates(path: &std::path::Path) -> Result<Vec<i64>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let mut dates = Vec::new();
+    for pem in x509_parser::pem::Pem::iter_from_buffer(&bytes) {
+        let pem = pem.map_err(|e| format!("{}: {e}", path.display()))?;
+        if pem.label != "CERTIFICATE" {
+            return Err(format!("The certificate file provided contains a {} entry", pem.label));
+        }
+        let cert = pem.parse_x509().map_err(|e| format!("{}: {e}", path.display()))?;
+        if cert.validity().not_before.timestamp() > now {
+            return Err("Certificate is not yet valid".to_owned());
+        }
+        dates.push(cert.validity().not_after.timestamp());
+    }
+    if dates.is_empty() {
+        return Err("The certificate file provided does not contain any PEM entry.".to_owned());
+    }
+    Ok(dates)
 }

@@ -11,6 +11,7 @@ use crate::auth::require_user;
 use crate::error::ApiError;
 use crate::node::Node;
 
+mod access;
 mod ctl;
 mod overview;
 
@@ -20,9 +21,11 @@ pub fn router(node: Arc<dyn Node>) -> Router {
     let api = Router::new()
         .merge(overview::routes())
         .merge(ctl::routes())
+        .merge(access::routes())
         .route_layer(middleware::from_fn_with_state(node.clone(), require_user));
     Router::new()
         .merge(api)
+        .merge(access::public_routes())
         // Unauthenticated liveness and readiness probes (for orchestrators).
         .route("/healthz", get(overview::healthz))
         .route("/readyz", get(overview::readyz))

@@ -10,5 +10,6 @@ mod hostile;
 mod interop;
 mod memory;
 mod mgmt;
+mod mgmt_access;
 mod reliability;
 mod tls;
