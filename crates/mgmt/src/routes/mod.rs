@@ -11,13 +11,15 @@ use crate::auth::require_user;
 use crate::error::ApiError;
 use crate::node::Node;
 
+mod listing;
 mod overview;
+mod topology;
 
 pub type AppState = Arc<dyn Node>;
 
 pub fn router(node: Arc<dyn Node>) -> Router {
     let api =
-        Router::new().merge(overview::routes()).route_layer(middleware::from_fn_with_state(node.clone(), require_user));
+        Router::new().merge(overview::routes()).merge(topology::routes()).route_layer(middleware::from_fn_with_state(node.clone(), require_user));
     Router::new()
         .merge(api)
         // Unauthenticated liveness and readiness probes (for orchestrators).
