@@ -230,7 +230,7 @@ fn origin(m: &QueuedMessage) -> Option<(String, String)> {
 /// and routing key they died from (their first x-death entry) or to `target`, as publishes
 /// by the caller (read on the queue, write on each exchange). A message leaves the queue
 /// only once its publish is done (on disk where that is due); a message that cannot be
-/// moved stops the replay and goes back to the queue.
+/// moved (no origin, no permission, routed nowhere) stops the replay and goes back.
 async fn replay(
     State(node): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -261,9 +261,16 @@ async fn replay(
             return Err(amqp(e));
         }
         match node.publish(&vhost, &exchange, &key, m.msg.properties.clone(), m.msg.body.clone()).await {
-            Ok(_) => {
+            Ok(true) => {
                 q.ack(std::slice::from_ref(&m));
                 moved += 1;
+            }
+            Ok(false) => {
+                // Nothing took it: moving it would lose it.
+                put_back(&q, m);
+                return Err(ApiError::bad_request(format!(
+                    "moved {moved}; the next message routes nowhere from exchange '{exchange}' with routing key '{key}'"
+                )));
             }
             Err(e) => {
                 put_back(&q, m);
