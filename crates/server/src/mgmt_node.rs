@@ -5,10 +5,10 @@ use std::sync::Arc;
 use access::definitions::Definitions;
 use access::directory::{Change, Directory};
 use access::model::User;
+use broker::Message;
 use broker::VHost;
 use broker::queue::PublishOutcome;
 use broker::store::{Durability, Settled};
-use broker::Message;
 use bytes::Bytes;
 use mgmt::node::{BoxFuture, ConnectionInfo, ListenerInfo, NodeError, NodeInfo};
 
@@ -170,7 +170,9 @@ impl ServerState {
         let vh = ServerState::vhost(self, vhost).ok_or_else(not_found)?;
         let ex = vh.exchange(exchange).map_err(|_| not_found())?;
         if ex.options.internal {
-            return Err(NodeError::Invalid(format!("cannot publish to internal exchange '{exchange}' in vhost '{vhost}'")));
+            return Err(NodeError::Invalid(format!(
+                "cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"
+            )));
         }
         if body.len() as u64 > self.config.max_message_size_bytes {
             return Err(NodeError::Invalid(format!(

@@ -18,8 +18,10 @@ mod topology;
 pub type AppState = Arc<dyn Node>;
 
 pub fn router(node: Arc<dyn Node>) -> Router {
-    let api =
-        Router::new().merge(overview::routes()).merge(topology::routes()).route_layer(middleware::from_fn_with_state(node.clone(), require_user));
+    let api = Router::new()
+        .merge(overview::routes())
+        .merge(topology::routes())
+        .route_layer(middleware::from_fn_with_state(node.clone(), require_user));
     Router::new()
         .merge(api)
         // Unauthenticated liveness and readiness probes (for orchestrators).

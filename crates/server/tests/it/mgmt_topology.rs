@@ -17,7 +17,8 @@ fn client(server: &TestServer) -> Client<String, &'static str, &'static str> {
 }
 
 async fn call(server: &TestServer, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut r = reqwest::Client::new().request(method, format!("{}{path}", server.api())).basic_auth("guest", Some("guest"));
+    let mut r =
+        reqwest::Client::new().request(method, format!("{}{path}", server.api())).basic_auth("guest", Some("guest"));
     if let Some(b) = body {
         r = r.json(&b);
     }

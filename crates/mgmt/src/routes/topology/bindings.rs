@@ -143,10 +143,18 @@ fn list_between(node: AppState, caller: Caller, p: (String, String, String), to_
 }
 
 fn find_one(e: &Ends, props: &str) -> ApiResult<Binding> {
-    between(e).into_iter().find(|b| properties_key(&b.routing_key, &b.arguments) == props).ok_or_else(ApiError::not_found)
+    between(e)
+        .into_iter()
+        .find(|b| properties_key(&b.routing_key, &b.arguments) == props)
+        .ok_or_else(ApiError::not_found)
 }
 
-fn show_one(node: AppState, caller: Caller, p: (String, String, String, String), to_queue: bool) -> ApiResult<Json<Value>> {
+fn show_one(
+    node: AppState,
+    caller: Caller,
+    p: (String, String, String, String),
+    to_queue: bool,
+) -> ApiResult<Json<Value>> {
     let (vhost, source, dest, props) = p;
     let e = ends(&node, &caller, &vhost, &source, &dest, to_queue)?;
     let b = find_one(&e, &props)?;
@@ -172,7 +180,13 @@ struct BindBody {
 }
 
 /// POST: 201 with `Location` ending in the new binding's properties key.
-fn create(node: AppState, caller: Caller, p: (String, String, String), to_queue: bool, raw: &[u8]) -> ApiResult<Response> {
+fn create(
+    node: AppState,
+    caller: Caller,
+    p: (String, String, String),
+    to_queue: bool,
+    raw: &[u8],
+) -> ApiResult<Response> {
     let (vhost, source, dest) = p;
     let e = ends(&node, &caller, &vhost, &source, &dest, to_queue)?;
     let b: BindBody = body(raw)?;
@@ -198,15 +212,22 @@ fn create(node: AppState, caller: Caller, p: (String, String, String), to_queue:
     Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
 }
 
-fn remove(node: AppState, caller: Caller, p: (String, String, String, String), to_queue: bool) -> ApiResult<StatusCode> {
+fn remove(
+    node: AppState,
+    caller: Caller,
+    p: (String, String, String, String),
+    to_queue: bool,
+) -> ApiResult<StatusCode> {
     let (vhost, source, dest, props) = p;
     let e = ends(&node, &caller, &vhost, &source, &dest, to_queue)?;
     let b = find_one(&e, &props)?;
     require_bind(&e)?;
     match &e.dest {
-        Destination::Queue(q) => {
-            e.scope.vh.unbind_queue(&q.name, &e.source.name, &b.routing_key, b.arguments, API_CONNECTION).map_err(amqp)?
-        }
+        Destination::Queue(q) => e
+            .scope
+            .vh
+            .unbind_queue(&q.name, &e.source.name, &b.routing_key, b.arguments, API_CONNECTION)
+            .map_err(amqp)?,
         Destination::Exchange(x) => {
             e.scope.vh.unbind_exchange(&x.name, &e.source.name, &b.routing_key, b.arguments).map_err(amqp)?
         }
@@ -229,10 +250,20 @@ async fn one_q(State(n): State<AppState>, Extension(c): Extension<Caller>, Path(
 async fn one_e(State(n): State<AppState>, Extension(c): Extension<Caller>, Path(p): P4) -> ApiResult<Json<Value>> {
     show_one(n, c, p, false)
 }
-async fn create_q(State(n): State<AppState>, Extension(c): Extension<Caller>, Path(p): P3, raw: Bytes) -> ApiResult<Response> {
+async fn create_q(
+    State(n): State<AppState>,
+    Extension(c): Extension<Caller>,
+    Path(p): P3,
+    raw: Bytes,
+) -> ApiResult<Response> {
     create(n, c, p, true, &raw)
 }
-async fn create_e(State(n): State<AppState>, Extension(c): Extension<Caller>, Path(p): P3, raw: Bytes) -> ApiResult<Response> {
+async fn create_e(
+    State(n): State<AppState>,
+    Extension(c): Extension<Caller>,
+    Path(p): P3,
+    raw: Bytes,
+) -> ApiResult<Response> {
     create(n, c, p, false, &raw)
 }
 async fn delete_q(State(n): State<AppState>, Extension(c): Extension<Caller>, Path(p): P4) -> ApiResult<StatusCode> {

@@ -118,7 +118,14 @@ async fn declare(
     }
     let (kind, delayed) = broker::exchange::parse_type(&kind, &arguments).map_err(amqp)?;
     let existed = s.vh.exchange(name).is_ok();
-    let opts = ExchangeOptions { kind, delayed, durable: b.durable, auto_delete: b.auto_delete, internal: b.internal, arguments };
+    let opts = ExchangeOptions {
+        kind,
+        delayed,
+        durable: b.durable,
+        auto_delete: b.auto_delete,
+        internal: b.internal,
+        arguments,
+    };
     s.vh.declare_exchange(name, false, opts).map_err(amqp)?;
     Ok(if existed { StatusCode::NO_CONTENT } else { StatusCode::CREATED })
 }

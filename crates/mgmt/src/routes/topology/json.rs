@@ -86,8 +86,11 @@ pub(super) fn queue_json(q: &Queue, node: &str) -> Value {
     let messages = s.messages_ready + s.messages_unacked;
     let policy = q.policy_name();
     let op = q.operator_policy_name();
-    let effective =
-        if policy.is_some() || op.is_some() { policy_definition_json(&q.effective_policy_definition()) } else { json!({}) };
+    let effective = if policy.is_some() || op.is_some() {
+        policy_definition_json(&q.effective_policy_definition())
+    } else {
+        json!({})
+    };
     json!({
         "name": q.name,
         "vhost": q.vhost,
