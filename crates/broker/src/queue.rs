@@ -620,6 +620,18 @@ impl Queue {
         self.state.lock().consumers.len()
     }
 
+    /// Up to `count` ready messages from position `offset` on, in delivery order, left
+    /// exactly as they are: not taken, not marked delivered (management's peek).
+    pub fn peek(&self, offset: usize, count: usize) -> Vec<QueuedMessage> {
+        self.state.lock().store.peek_range(offset, count)
+    }
+
+    /// When the queue was last used (consumer added or removed, get, redeclare), in ms
+    /// since the Unix epoch: management's `idle_since`.
+    pub fn last_used_ms(&self) -> u64 {
+        self.state.lock().last_used_ms
+    }
+
     pub fn purge(&self) -> usize {
         self.state.lock().store.purge()
     }

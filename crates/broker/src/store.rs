@@ -77,6 +77,10 @@ pub trait MessageStore: Send {
     fn peek(&mut self) -> Option<&QueuedMessage>;
     /// Remove and return the next message to deliver.
     fn pop(&mut self) -> Option<QueuedMessage>;
+    /// Up to `count` ready messages from position `offset` on (0: the next to deliver), in
+    /// delivery order, without removing or changing any (management's peek). A store that
+    /// pages to disk reads the paged-out part without bringing it back into RAM.
+    fn peek_range(&mut self, offset: usize, count: usize) -> Vec<QueuedMessage>;
     /// Put a delivered-but-unacked message back at its original position (by seq).
     fn requeue(&mut self, m: QueuedMessage);
     /// A delivered message was acknowledged and leaves the queue for good.
@@ -146,6 +150,10 @@ impl MessageStore for MemoryStore {
         }?;
         self.bytes -= m.msg.body_size();
         Some(m)
+    }
+
+    fn peek_range(&mut self, offset: usize, count: usize) -> Vec<QueuedMessage> {
+        self.requeued.values().chain(self.fifo.iter()).skip(offset).take(count).cloned().collect()
     }
 
     fn requeue(&mut self, m: QueuedMessage) {
@@ -220,6 +228,24 @@ impl MessageStore for PriorityStore {
         self.top()?.pop()
     }
 
+    /// Highest level first, as delivered.
+    fn peek_range(&mut self, mut offset: usize, count: usize) -> Vec<QueuedMessage> {
+        let mut out = Vec::new();
+        for l in self.levels.iter_mut().rev() {
+            if out.len() >= count {
+                break;
+            }
+            let n = l.len();
+            if offset >= n {
+                offset -= n;
+                continue;
+            }
+            out.extend(l.peek_range(offset, count - out.len()));
+            offset = 0;
+        }
+        out
+    }
+
     fn requeue(&mut self, m: QueuedMessage) {
         let l = self.level_of(&m);
         self.levels[l].requeue(m);
@@ -267,5 +293,61 @@ impl MessageStore for PriorityStore {
                 l.tick();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::message::Message;
+
+    fn queued(seq: u64, priority: u8) -> QueuedMessage {
+        let msg = Arc::new(Message {
+            exchange: String::new(),
+            routing_key: "q".into(),
+            properties: Bytes::new(),
+            body: Bytes::from(seq.to_le_bytes().to_vec()),
+            persistent: false,
+            priority,
+            expiration_ms: None,
+        });
+        QueuedMessage { msg, seq, redelivered: false, expires_at_ms: 0, delivery_count: 0, disk: None }
+    }
+
+    fn seqs(v: &[QueuedMessage]) -> Vec<u64> {
+        v.iter().map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn memory_peek_range_follows_delivery_order_and_leaves_the_store_alone() {
+        let mut s = MemoryStore::new();
+        for i in 0..10 {
+            let _ = s.push(queued(i, 0)).unwrap();
+        }
+        let a = s.pop().unwrap();
+        let b = s.pop().unwrap();
+        s.requeue(b);
+        s.requeue(a);
+        assert_eq!(seqs(&s.peek_range(0, 3)), vec![0, 1, 2]);
+        assert_eq!(seqs(&s.peek_range(8, 5)), vec![8, 9]);
+        assert!(s.peek_range(10, 1).is_empty());
+        assert_eq!(s.len(), 10);
+        assert_eq!(s.pop().unwrap().seq, 0);
+    }
+
+    #[test]
+    fn priority_peek_range_starts_with_the_highest_level() {
+        let mut s = PriorityStore::new(vec![Box::new(MemoryStore::new()), Box::new(MemoryStore::new())]);
+        for i in 0..6 {
+            let _ = s.push(queued(i, (i % 2) as u8)).unwrap();
+        }
+        assert_eq!(seqs(&s.peek_range(0, 10)), vec![1, 3, 5, 0, 2, 4]);
+        assert_eq!(seqs(&s.peek_range(2, 3)), vec![5, 0, 2]);
+        assert_eq!(seqs(&s.peek_range(4, 3)), vec![2, 4]);
+        assert_eq!(s.len(), 6);
     }
 }

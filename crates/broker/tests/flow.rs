@@ -30,6 +30,9 @@ impl MessageStore for SmallStore {
     fn pop(&mut self) -> Option<QueuedMessage> {
         self.inner.pop()
     }
+    fn peek_range(&mut self, offset: usize, count: usize) -> Vec<QueuedMessage> {
+        self.inner.peek_range(offset, count)
+    }
     fn requeue(&mut self, m: QueuedMessage) {
         self.inner.requeue(m)
     }

@@ -15,15 +15,20 @@ use crate::node::Node;
 
 /// The logged-in user of a request.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Arc<User>);
+pub struct Caller {
+    pub user: Arc<User>,
+    /// Came through the node's Unix socket without credentials: the node's operator, with
+    /// every right (including every vhost's AMQP permissions).
+    pub local: bool,
+}
 
 impl Caller {
     fn has(&self, tag: &str) -> bool {
-        self.0.tags.iter().any(|t| t == tag)
+        self.user.tags.iter().any(|t| t == tag)
     }
 
     pub fn name(&self) -> &str {
-        &self.0.name
+        &self.user.name
     }
 
     pub fn is_admin(&self) -> bool {
@@ -87,7 +92,7 @@ pub async fn require_user(
             tags: vec!["administrator".into()],
             limits: Default::default(),
         };
-        req.extensions_mut().insert(Caller(Arc::new(local)));
+        req.extensions_mut().insert(Caller { user: Arc::new(local), local: true });
         return Ok(next.run(req).await);
     }
     let Some((user, password)) = basic_credentials(&req) else {
@@ -97,7 +102,7 @@ pub async fn require_user(
         tracing::warn!(user, "HTTP API login refused");
         return Err(ApiError::unauthorized("Not_Authorized"));
     };
-    let caller = Caller(Arc::new(u));
+    let caller = Caller { user: Arc::new(u), local: false };
     if !caller.is_management() {
         return Err(ApiError::forbidden("Not management user"));
     }

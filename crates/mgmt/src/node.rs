@@ -2,12 +2,15 @@
 //! touches the server's internals, so the HTTP side can be tested against a node built
 //! in the test and the server does not depend on HTTP types.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use access::definitions::Definitions;
 use access::directory::{Change, Directory};
 use access::model::User;
 use broker::VHost;
+use bytes::Bytes;
 
 /// Why the node refused a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,4 +131,29 @@ pub trait Node: Send + Sync + 'static {
     fn connection_max(&self) -> Option<u64>;
     /// The certificates of the node's TLS listeners (empty without TLS).
     fn listener_certificates(&self) -> Vec<ListenerCertificates>;
+
+    // ---- Topology group: queues, exchanges, bindings, publish/get, peek, replay ----
+
+    /// Publish as a channel does without `mandatory`: route from `exchange` (`""`: the
+    /// default exchange; delayed and alternate exchanges as on a channel), enqueue, and
+    /// for a persistent message reaching a durable queue return only once it is on disk.
+    /// `properties` are raw content-header properties, kept byte-for-byte. Ok(routed).
+    /// Permissions are checked by the caller; a missing vhost or exchange is NotFound; an
+    /// internal exchange, a queue refusing it (x-overflow) or a store failure is Invalid or
+    /// Failed.
+    fn publish(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        routing_key: &str,
+        properties: Bytes,
+        body: Bytes,
+    ) -> BoxFuture<'_, Result<bool, NodeError>>;
 }
+
+/// What async [`Node`] methods return (the trait is used as `dyn Node`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The connection id the HTTP API acts as in the broker. Connection ids start at 1, so no
+/// client's exclusive queue is ever this one's.
+pub const API_CONNECTION: broker::ConnectionId = 0;

@@ -5,8 +5,12 @@ use std::sync::Arc;
 use access::definitions::Definitions;
 use access::directory::{Change, Directory};
 use access::model::User;
+use broker::Message;
 use broker::VHost;
-use mgmt::node::{CertificateFile, ConnectionInfo, ListenerCertificates, ListenerInfo, NodeError, NodeInfo};
+use broker::queue::PublishOutcome;
+use broker::store::{Durability, Settled};
+use bytes::Bytes;
+use mgmt::node::{BoxFuture, CertificateFile, ConnectionInfo, ListenerCertificates, ListenerInfo, NodeError, NodeInfo};
 
 use crate::admin::ChangeError;
 use crate::state::ServerState;
@@ -159,6 +163,38 @@ impl mgmt::Node for ServerState {
         crate::alarms::total_memory_bytes()
     }
 
+    // ---- Topology group: queues, exchanges, bindings, publish/get, peek, replay ----
+
+    fn publish(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        routing_key: &str,
+        properties: Bytes,
+        body: Bytes,
+    ) -> BoxFuture<'_, Result<bool, NodeError>> {
+        let enqueued = self.publish_for_api(vhost, exchange, routing_key, properties, body);
+        let mut commit = self.commit.clone();
+        Box::pin(async move {
+            let (routed, durability) = enqueued?;
+            // As a confirm would: only once the commit round holding it has fsynced.
+            loop {
+                let state = *commit.borrow_and_update();
+                match durability.settled(state) {
+                    Settled::Durable => return Ok(routed),
+                    Settled::Failed => {
+                        return Err(NodeError::Failed("the message store cannot write to disk".to_owned()));
+                    }
+                    Settled::Pending => {
+                        if commit.changed().await.is_err() {
+                            return Err(NodeError::Failed("the node is stopping".to_owned()));
+                        }
+                    }
+                }
+            }
+        })
+    }
+
     // ---- group "access" ----
 
     fn connection_max(&self) -> Option<u64> {
@@ -220,4 +256,75 @@ fn not_after_dates(path: &std::path::Path) -> Result<Vec<i64>, String> {
         return Err("The certificate file provided does not contain any PEM entry.".to_owned());
     }
     Ok(dates)
+}
+
+impl ServerState {
+    /// The synchronous half of an HTTP publish, on a channel's rules: the message as
+    /// basic.publish builds it, routed (delayed exchanges hold it), enqueued in every
+    /// queue it reaches. Returns whether it was routed and when it is durable.
+    fn publish_for_api(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        routing_key: &str,
+        properties: Bytes,
+        body: Bytes,
+    ) -> Result<(bool, Durability), NodeError> {
+        let not_found = || NodeError::NotFound(format!("no exchange '{exchange}' in vhost '{vhost}'"));
+        let vh = ServerState::vhost(self, vhost).ok_or_else(not_found)?;
+        let ex = vh.exchange(exchange).map_err(|_| not_found())?;
+        if ex.options.internal {
+            return Err(NodeError::Invalid(format!(
+                "cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"
+            )));
+        }
+        if body.len() as u64 > self.config.max_message_size_bytes {
+            return Err(NodeError::Invalid(format!(
+                "message size {} is larger than configured max size {}",
+                body.len(),
+                self.config.max_message_size_bytes
+            )));
+        }
+        let summary = wire::properties::summarize(&properties).map_err(|e| NodeError::Invalid(e.text))?;
+        let expiration_ms = match &summary.expiration {
+            None => None,
+            Some(e) => Some(e.parse::<u64>().map_err(|_| NodeError::Invalid(format!("invalid expiration '{e}'")))?),
+        };
+        let msg = Arc::new(Message {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            properties,
+            body,
+            persistent: summary.delivery_mode == Some(2),
+            priority: summary.priority.unwrap_or(0),
+            expiration_ms,
+        });
+        let props = msg.properties.clone();
+        let mut headers = || wire::properties::headers_of(&props).ok().flatten();
+        if ex.options.delayed {
+            let delay = headers().and_then(|h| h.get("x-delay").and_then(wire::FieldValue::as_i64)).unwrap_or(0);
+            if delay > 0 {
+                let due = broker::clock::Clock::now_ms(&broker::clock::SystemClock).saturating_add(delay as u64);
+                let d = self.delay(&vh, &ex, msg, due).map_err(|e| NodeError::Failed(e.0))?;
+                return Ok((true, d));
+            }
+        }
+        let mut queues = Vec::new();
+        vh.route(&ex, routing_key, &mut headers, &mut queues);
+        let (mut routed, mut durability) = (false, Durability::Now);
+        for q in &queues {
+            match q.publish(msg.clone()) {
+                PublishOutcome::Enqueued(d) => {
+                    routed = true;
+                    durability = durability.max(d);
+                }
+                PublishOutcome::Rejected => return Err(NodeError::Invalid("rejected".to_owned())),
+                PublishOutcome::Failed => {
+                    return Err(NodeError::Failed("the message store cannot write to disk".to_owned()));
+                }
+                PublishOutcome::Deleted => {}
+            }
+        }
+        Ok((routed, durability))
+    }
 }

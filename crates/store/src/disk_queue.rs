@@ -24,6 +24,8 @@ use crate::syncer::Syncer;
 const FLAG_PERSISTENT: u8 = 1;
 /// RAM a message costs beyond its bytes (Arc, struct, queue slot), for budgeting.
 const MESSAGE_OVERHEAD_BYTES: u64 = 160;
+/// Bytes a peek reads from the queue's files per call into them.
+const PEEK_READ_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -268,6 +270,52 @@ impl MessageStore for DiskQueueStore {
         Some(m)
     }
 
+    /// RAM parts first, then the paged-out records, read from disk and decoded into
+    /// copies that nothing else keeps (the store's own position does not move).
+    fn peek_range(&mut self, offset: usize, count: usize) -> Vec<QueuedMessage> {
+        let mut out: Vec<QueuedMessage> =
+            self.requeued.values().chain(self.mem.iter()).skip(offset).take(count).cloned().collect();
+        let mut skip = offset.saturating_sub(self.requeued.len() + self.mem.len());
+        let mut from = self.disk_next;
+        while out.len() < count
+            && let Some(at) = from
+        {
+            let (records, next) = match self.files.read(at, PEEK_READ_BYTES) {
+                Ok(r) => r,
+                Err(e) => {
+                    error!("peeking into {} at {at:?}: {e}", self.files.dir().display());
+                    break;
+                }
+            };
+            from = next;
+            for r in records {
+                if r.acked || out.len() >= count {
+                    continue;
+                }
+                let Some((seq, expires_at_ms, msg)) = decode_payload(&r.payload) else { continue };
+                let from_previous_run = self.recovered_end.is_some_and(|end| r.pos < end);
+                if from_previous_run && !msg.persistent {
+                    continue; // dropped at the restart (see `refill`)
+                }
+                if skip > 0 {
+                    skip -= 1;
+                    continue;
+                }
+                let redelivered =
+                    from_previous_run && (r.delivery_count > 0 || self.delivered_before.is_some_and(|d| r.pos <= d));
+                out.push(QueuedMessage {
+                    msg: Arc::new(msg),
+                    seq,
+                    redelivered,
+                    expires_at_ms,
+                    delivery_count: r.delivery_count,
+                    disk: Some(r.pos),
+                });
+            }
+        }
+        out
+    }
+
     fn requeue(&mut self, m: QueuedMessage) {
         if let (true, true, Some(pos)) = (self.durable, m.msg.persistent, m.disk) {
             // x-delivery-limit counts survive a restart in durable queues.
@@ -413,5 +461,42 @@ mod tests {
         }
         assert_eq!(next_out, next_in);
         assert_eq!(s.len(), 0);
+    }
+
+    fn queued(i: u64, size: usize) -> QueuedMessage {
+        QueuedMessage { msg: msg(i, size), seq: i, redelivered: false, expires_at_ms: 0, delivery_count: 0, disk: None }
+    }
+
+    /// Peek sees RAM and paged-out messages in delivery order and changes nothing: the
+    /// same messages then pop in the same order.
+    #[test]
+    fn peek_range_reads_paged_messages_without_taking_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let syncer = Syncer::start(|_| {});
+        let cfg = StoreConfig { queue_ram_budget_bytes: 64 * 1024 };
+        let mut s = DiskQueueStore::open(dir.path(), false, syncer, &cfg).unwrap();
+        for i in 0..100u64 {
+            let _ = s.push(queued(i, 4096)).expect("push");
+        }
+        assert!(s.disk_next.is_some(), "the test needs messages paged out");
+        let (len, bytes) = (s.len(), s.bytes());
+        let all = s.peek_range(0, 1000);
+        assert_eq!(all.iter().map(|m| m.seq).collect::<Vec<_>>(), (0..100).collect::<Vec<_>>());
+        assert_eq!(u64::from_le_bytes(all[90].msg.body[..8].try_into().unwrap()), 90);
+        let mid = s.peek_range(40, 5);
+        assert_eq!(mid.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![40, 41, 42, 43, 44]);
+        assert!(s.peek_range(100, 5).is_empty());
+        assert_eq!((s.len(), s.bytes()), (len, bytes));
+        // A requeued message comes first, in the peek as in delivery.
+        let first = s.pop().unwrap();
+        s.requeue(first);
+        assert_eq!(s.peek_range(0, 2).iter().map(|m| m.seq).collect::<Vec<_>>(), vec![0, 1]);
+        for i in 0..100u64 {
+            let m = s.pop().unwrap();
+            assert_eq!(m.seq, i);
+            assert!(!m.redelivered);
+            s.ack(&m);
+        }
+        assert!(s.pop().is_none());
     }
 }

@@ -13,7 +13,9 @@ use crate::node::Node;
 
 mod access;
 mod ctl;
+mod listing;
 mod overview;
+mod topology;
 
 pub type AppState = Arc<dyn Node>;
 
@@ -22,6 +24,7 @@ pub fn router(node: Arc<dyn Node>) -> Router {
         .merge(overview::routes())
         .merge(ctl::routes())
         .merge(access::routes())
+        .merge(topology::routes())
         .route_layer(middleware::from_fn_with_state(node.clone(), require_user));
     Router::new()
         .merge(api)

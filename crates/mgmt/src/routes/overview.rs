@@ -93,7 +93,7 @@ async fn overview(State(node): State<AppState>, Extension(caller): Extension<Cal
 }
 
 async fn whoami(Extension(caller): Extension<Caller>) -> Json<Value> {
-    Json(json!({"name": caller.name(), "tags": caller.0.tags, "is_internal_user": true}))
+    Json(json!({"name": caller.name(), "tags": caller.user.tags, "is_internal_user": true}))
 }
 
 async fn cluster_name(State(node): State<AppState>) -> Json<Value> {

@@ -66,7 +66,10 @@ fn users_vhosts_and_permissions_as_rabbitmqctl_prints_them() {
     assert_eq!(o.code, 70);
     assert!(o.stderr.contains("User \"bob\" already exists"), "{}", o.stderr);
     ctl.ok(&["set_user_tags", "bob", "monitoring", "policymaker"]);
-    assert_eq!(ctl.ok(&["list_users"]), "Listing users ...\nuser\ttags\nbob\t[monitoring, policymaker]\nguest\t[administrator]\n");
+    assert_eq!(
+        ctl.ok(&["list_users"]),
+        "Listing users ...\nuser\ttags\nbob\t[monitoring, policymaker]\nguest\t[administrator]\n"
+    );
     assert_eq!(ctl.ok(&["-s", "list_users"]), "bob\t[monitoring, policymaker]\nguest\t[administrator]\n");
     let json: serde_json::Value = serde_json::from_str(&ctl.ok(&["list_users", "--formatter", "json"])).unwrap();
     assert_eq!(json[0], serde_json::json!({"user": "bob", "tags": ["monitoring", "policymaker"]}));
@@ -79,12 +82,29 @@ fn users_vhosts_and_permissions_as_rabbitmqctl_prints_them() {
     ctl.ok(&["add_vhost", "jobs"]);
     assert_eq!(ctl.ok(&["-q", "list_vhosts"]), "name\n/\njobs\n");
     ctl.ok(&["set_permissions", "-p", "jobs", "bob", "^bob\\.", ".*", ".*"]);
-    assert_eq!(ctl.ok(&["-q", "list_permissions", "-p", "jobs"]), "user\tconfigure\twrite\tread\nbob\t^bob\\.\t.*\t.*\n");
-    assert_eq!(ctl.ok(&["-q", "list_user_permissions", "bob"]), "vhost\tconfigure\twrite\tread\njobs\t^bob\\.\t.*\t.*\n");
+    assert_eq!(
+        ctl.ok(&["-q", "list_permissions", "-p", "jobs"]),
+        "user\tconfigure\twrite\tread\nbob\t^bob\\.\t.*\t.*\n"
+    );
+    assert_eq!(
+        ctl.ok(&["-q", "list_user_permissions", "bob"]),
+        "vhost\tconfigure\twrite\tread\njobs\t^bob\\.\t.*\t.*\n"
+    );
     ctl.ok(&["clear_permissions", "-p", "jobs", "bob"]);
     assert_eq!(ctl.ok(&["-q", "list_permissions", "-p", "jobs"]), "user\tconfigure\twrite\tread\n");
 
-    ctl.ok(&["set_policy", "-p", "jobs", "--priority", "3", "--apply-to", "queues", "cap", "^bob\\.", "{\"max-length\": 10}"]);
+    ctl.ok(&[
+        "set_policy",
+        "-p",
+        "jobs",
+        "--priority",
+        "3",
+        "--apply-to",
+        "queues",
+        "cap",
+        "^bob\\.",
+        "{\"max-length\": 10}",
+    ]);
     let p = ctl.ok(&["-q", "list_policies", "-p", "jobs"]);
     assert!(p.starts_with("vhost\tname\tpattern\tapply-to\tdefinition\tpriority\njobs\tcap\t^bob\\.\tqueues\t"), "{p}");
     ctl.ok(&["clear_policy", "-p", "jobs", "cap"]);
@@ -112,7 +132,10 @@ async fn queues_connections_and_thresholds() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(ctl.ok(&["-q", "list_queues"]), "name\tmessages\nwork\t3\n");
-    assert_eq!(ctl.ok(&["-q", "list_queues", "name", "messages_ready", "consumers"]), "name\tmessages_ready\tconsumers\nwork\t3\t0\n");
+    assert_eq!(
+        ctl.ok(&["-q", "list_queues", "name", "messages_ready", "consumers"]),
+        "name\tmessages_ready\tconsumers\nwork\t3\t0\n"
+    );
     ctl.ok(&["purge_queue", "work"]);
     assert_eq!(ctl.ok(&["-s", "list_queues"]), "work\t0\n");
 

@@ -3,6 +3,7 @@
 
 mod access;
 mod common;
+mod ctl;
 mod durability;
 mod extensions;
 mod flow;
@@ -11,5 +12,6 @@ mod interop;
 mod memory;
 mod mgmt;
 mod mgmt_access;
+mod mgmt_topology;
 mod reliability;
 mod tls;
