@@ -146,13 +146,16 @@ copy_tree() {
 
 WARREN_SRC_BIN="${WARREN_BIN:-$ROOT/target/debug/warren}"
 if [[ "${WARREN_NO_BUILD:-0}" != "1" && -z "${WARREN_BIN:-}" ]]; then
-    echo "==> cargo build -p server --bin warren"
-    cargo build -q -p server --bin warren
+    echo "==> cargo build -p server --bins"
+    cargo build -q -p server --bins
 fi
 [[ -x "$WARREN_SRC_BIN" ]] || { echo "error: no broker binary at $WARREN_SRC_BIN" >&2; exit 1; }
 # A private copy, so a rebuild during the run does not swap the binary.
 WARREN="$RUN/warren"
 cp "$WARREN_SRC_BIN" "$WARREN"
+# warrenctl, for the suites that shell out to rabbitmqctl (amqp091-go).
+WARRENCTL="$RUN/warrenctl"
+cp "$(dirname "$WARREN_SRC_BIN")/warrenctl" "$WARRENCTL" 2>/dev/null || true
 
 ensure_venv
 has_suite kombu && ensure_sdist kombu "$KOMBU_VERSION"
@@ -169,10 +172,11 @@ trap cleanup EXIT
 
 start_warren() { # start_warren SUITE_DIR
     PORT="$(free_port)"
+    MPORT="$(free_port)"
     WDATA="$(mktemp -d "${TMPDIR:-/tmp}/warren-client-suites.XXXXXX")"
-    echo "=== warren on 127.0.0.1:$PORT, data $WDATA" > "$1/warren.log"
-    WARREN_LOG="${WARREN_LOG:-info}" NO_COLOR=1 "$WARREN" --amqp-port "$PORT" --bind 127.0.0.1 --management-port 0 \
-        --data-dir "$WDATA/data" >> "$1/warren.log" 2>&1 &
+    echo "=== warren on 127.0.0.1:$PORT (management API on $MPORT), data $WDATA" > "$1/warren.log"
+    WARREN_LOG="${WARREN_LOG:-info}" NO_COLOR=1 "$WARREN" --amqp-port "$PORT" --bind 127.0.0.1 \
+        --management-port "$MPORT" --data-dir "$WDATA/data" >> "$1/warren.log" 2>&1 &
     WPID=$!
     local i
     for ((i = 0; i < 200; i++)); do
@@ -307,16 +311,18 @@ run_amqp091-go() {
         export GOPROXY=off
     fi
     # The recovery tests drop connections through the management HTTP API on
-    # localhost:15672, which Warren does not have: point them at a closed local
-    # port instead, so that nothing but this run's warren is contacted.
-    local closed
-    closed="$(free_port)"
+    # localhost:15672: point them at this run's warren's API port.
     if [[ -f internal/utils/http.go ]]; then
-        sed -i "s#http://localhost:15672/#http://127.0.0.1:$closed/#; s#\"http://localhost:\"+port#\"http://127.0.0.1:\"+port#" internal/utils/http.go
-        sed -i "s#utils.DropConnection(\(.*\), \"15672\")#utils.DropConnection(\1, \"$closed\")#" recovery_test.go
+        sed -i "s#http://localhost:15672/#http://127.0.0.1:$MPORT/#; s#\"http://localhost:\"+port#\"http://127.0.0.1:\"+port#" internal/utils/http.go
+        sed -i "s#utils.DropConnection(\(.*\), \"15672\")#utils.DropConnection(\1, \"$MPORT\")#" recovery_test.go
     fi
+    # Tests that need rabbitmqctl (set_vm_memory_high_watermark, to force
+    # connection.blocked) get warrenctl on this run's node.
+    local ctl="$RUN/rabbitmqctl"
+    printf '#!/bin/sh\nexec "%s" --data-dir "%s" "$@"\n' "$WARRENCTL" "$WDATA/data" > "$ctl"
+    chmod +x "$ctl"
     local rc=0
-    AMQP_URL="amqp://guest:guest@127.0.0.1:$PORT/" GOFLAGS=-mod=mod \
+    RABBITMQ_RABBITMQCTL_PATH="$ctl" AMQP_URL="amqp://guest:guest@127.0.0.1:$PORT/" GOFLAGS=-mod=mod \
         timeout -k 10 1800 go test -tags integration -json -count=1 -timeout 25m ./... \
         > "$SDIR/go-test.json" || rc=$?
     "$PYTHON" "$HERE/results.py" go-json "$SDIR/go-test.json" "$SDIR/results.tsv" "$SDIR/go-test.txt"
