@@ -171,7 +171,7 @@ start_warren() { # start_warren SUITE_DIR
     PORT="$(free_port)"
     WDATA="$(mktemp -d "${TMPDIR:-/tmp}/warren-client-suites.XXXXXX")"
     echo "=== warren on 127.0.0.1:$PORT, data $WDATA" > "$1/warren.log"
-    WARREN_LOG="${WARREN_LOG:-info}" NO_COLOR=1 "$WARREN" --amqp-port "$PORT" --bind 127.0.0.1 --management-port 0 \
+    WARREN_LOG="${WARREN_LOG:-info}" NO_COLOR=1 "$WARREN" --amqp-port "$PORT" --bind 127.0.0.1 --management-port 0 --prometheus-port 0 \
         --data-dir "$WDATA/data" >> "$1/warren.log" 2>&1 &
     WPID=$!
     local i

@@ -11,13 +11,16 @@ use crate::auth::require_user;
 use crate::error::ApiError;
 use crate::node::Node;
 
+mod conns;
 mod overview;
 
 pub type AppState = Arc<dyn Node>;
 
 pub fn router(node: Arc<dyn Node>) -> Router {
-    let api =
-        Router::new().merge(overview::routes()).route_layer(middleware::from_fn_with_state(node.clone(), require_user));
+    let api = Router::new()
+        .merge(overview::routes())
+        .merge(conns::routes())
+        .route_layer(middleware::from_fn_with_state(node.clone(), require_user));
     Router::new()
         .merge(api)
         // Unauthenticated liveness and readiness probes (for orchestrators).
