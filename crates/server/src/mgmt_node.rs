@@ -123,8 +123,8 @@ impl mgmt::Node for ServerState {
     }
 
     fn close_connection(&self, name: &str, reason: &str) -> bool {
-        let text = format!("Closed via management plugin: {reason}");
-        self.registry.close_where(|c| c.name() == name, wire::reply::CONNECTION_FORCED, &text) > 0
+        // The text is the operator's reason as given (X-Reason), as RabbitMQ sends it.
+        self.registry.close_where(|c| c.name() == name, wire::reply::CONNECTION_FORCED, reason) > 0
     }
 
     // ---- Group "stats": connections, channels, consumers, statistics ----

@@ -1,5 +1,5 @@
 //! Connections, channels and consumers: `/api/connections[/{name}[/channels]]`,
-//! `/api/connections/username/{u}`, `/api/vhosts/{v}/connections`, `/api/channels[/{name}]`,
+//! `/api/connections/username/{u}` (GET, DELETE), `/api/vhosts/{v}/connections`, `/api/channels[/{name}]`,
 //! `/api/vhosts/{v}/channels`, `/api/consumers[/{v}]`.
 //!
 //! Who sees what (RabbitMQ's rules): monitoring and administrator users see every
@@ -23,7 +23,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/connections", get(connections))
         .route("/api/connections/{name}", get(connection).delete(close_connection))
         .route("/api/connections/{name}/channels", get(connection_channels))
-        .route("/api/connections/username/{user}", axum::routing::delete(close_user_connections))
+        .route("/api/connections/username/{user}", get(user_connections).delete(close_user_connections))
         .route("/api/vhosts/{vhost}/connections", get(vhost_connections))
         .route("/api/channels", get(channels))
         .route("/api/channels/{name}", get(channel))
@@ -174,6 +174,25 @@ async fn close_connection(
         return Err(ApiError::not_found());
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `[{name, node, user, vhost}]` of one user's connections.
+async fn user_connections(
+    State(node): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(user): Path<String>,
+) -> ApiResult<Json<Value>> {
+    if !visible(&caller, &user) {
+        return Err(ApiError::forbidden("Not monitor user"));
+    }
+    let name = node.info().name;
+    let conns: Vec<Value> = node
+        .connections()
+        .into_iter()
+        .filter(|c| c.user == user)
+        .map(|c| json!({"name": c.name, "node": name, "user": c.user, "vhost": c.vhost}))
+        .collect();
+    Ok(Json(Value::Array(conns)))
 }
 
 async fn close_user_connections(

@@ -10,5 +10,6 @@ mod hostile;
 mod interop;
 mod memory;
 mod mgmt;
+mod mgmt_stats;
 mod reliability;
 mod tls;
