@@ -188,7 +188,9 @@ fn node_metrics(node: &dyn Node, x: &mut Exposition, endpoint: &str) {
 
     let t = node.node_counters();
     let m = &t.messages;
-    let counters: [(&str, &str, &[(&str, &str)], u64); 14] = [
+    /// (name suffix, help, labels, value).
+    type Global<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u64);
+    let counters: [Global; 14] = [
         ("received_total", "Total number of messages received from publishers", PROTOCOL, m.publish),
         (
             "received_confirm_total",
