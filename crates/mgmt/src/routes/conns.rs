@@ -6,7 +6,9 @@
 //! connection, channel and consumer; other management users only their own. Closing a
 //! connection needs administrator, or being its user.
 
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
@@ -30,6 +32,41 @@ pub fn routes() -> Router<AppState> {
         .route("/api/vhosts/{vhost}/channels", get(vhost_channels))
         .route("/api/consumers", get(consumers))
         .route("/api/consumers/{vhost}", get(vhost_consumers))
+}
+
+/// Largest `page_size` (RabbitMQ's).
+const PAGE_SIZE_MAX: usize = 500;
+const PAGE_SIZE_DEFAULT: usize = 100;
+
+/// RabbitMQ's list parameters: `name` keeps items whose name contains it (ignoring
+/// case); with `page` the reply is `{items, page, page_size, page_count, item_count,
+/// filtered_count, total_count}` instead of the array.
+fn paged(items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult<Json<Value>> {
+    let total = items.len();
+    let items: Vec<Value> = match q.get("name").filter(|n| !n.is_empty()) {
+        Some(n) => {
+            let n = n.to_lowercase();
+            items.into_iter().filter(|v| v["name"].as_str().is_some_and(|s| s.to_lowercase().contains(&n))).collect()
+        }
+        None => items,
+    };
+    let Some(page) = q.get("page") else { return Ok(Json(Value::Array(items))) };
+    let page: usize = page.parse().ok().filter(|&p| p >= 1).ok_or_else(|| ApiError::bad_request("invalid page"))?;
+    let size = match q.get("page_size") {
+        Some(s) => s.parse().ok().filter(|&s| (1..=PAGE_SIZE_MAX).contains(&s)),
+        None => Some(PAGE_SIZE_DEFAULT),
+    };
+    let size = size.ok_or_else(|| ApiError::bad_request(format!("page_size must be 1 to {PAGE_SIZE_MAX}")))?;
+    let filtered = items.len();
+    let page_count = filtered.div_ceil(size).max(1);
+    if page > page_count {
+        return Err(ApiError::bad_request("page out of range"));
+    }
+    let chunk: Vec<Value> = items.into_iter().skip((page - 1) * size).take(size).collect();
+    Ok(Json(json!({
+        "total_count": total, "item_count": chunk.len(), "filtered_count": filtered,
+        "page": page, "page_size": size, "page_count": page_count, "items": chunk,
+    })))
 }
 
 /// Whether the caller may see an object of `user`.
@@ -124,19 +161,24 @@ fn list_connections(node: &AppState, caller: &Caller, vhost: Option<&str>) -> Ve
     conns.iter().map(|c| connection_json(&name, node.rates(), c)).collect()
 }
 
-async fn connections(State(node): State<AppState>, Extension(caller): Extension<Caller>) -> Json<Value> {
-    Json(Value::Array(list_connections(&node, &caller, None)))
+async fn connections(
+    State(node): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    paged(list_connections(&node, &caller, None), &q)
 }
 
 async fn vhost_connections(
     State(node): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(vhost): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     if node.vhost(&vhost).is_none() {
         return Err(ApiError::not_found());
     }
-    Ok(Json(Value::Array(list_connections(&node, &caller, Some(&vhost)))))
+    paged(list_connections(&node, &caller, Some(&vhost)), &q)
 }
 
 fn find_connection(node: &AppState, caller: &Caller, name: &str) -> ApiResult<ConnectionInfo> {
@@ -219,19 +261,24 @@ fn list_channels(node: &AppState, caller: &Caller, keep: impl Fn(&ChannelInfo) -
     chans.iter().map(|c| channel_json(&name, node.rates(), c)).collect()
 }
 
-async fn channels(State(node): State<AppState>, Extension(caller): Extension<Caller>) -> Json<Value> {
-    Json(Value::Array(list_channels(&node, &caller, |_| true)))
+async fn channels(
+    State(node): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    paged(list_channels(&node, &caller, |_| true), &q)
 }
 
 async fn vhost_channels(
     State(node): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(vhost): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     if node.vhost(&vhost).is_none() {
         return Err(ApiError::not_found());
     }
-    Ok(Json(Value::Array(list_channels(&node, &caller, |c| c.vhost == vhost))))
+    paged(list_channels(&node, &caller, |c| c.vhost == vhost), &q)
 }
 
 async fn connection_channels(
@@ -286,4 +333,30 @@ async fn vhost_consumers(
         return Err(ApiError::not_found());
     }
     Ok(Json(Value::Array(list_consumers(&node, &caller, Some(&vhost)))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn items(n: usize) -> Vec<Value> {
+        (0..n).map(|i| json!({"name": format!("Conn-{i}")})).collect()
+    }
+
+    #[test]
+    fn lists_page_and_filter_as_rabbitmq() {
+        assert_eq!(paged(items(3), &q(&[])).unwrap().0.as_array().unwrap().len(), 3);
+        let p = paged(items(5), &q(&[("page", "2"), ("page_size", "2")])).unwrap().0;
+        assert_eq!((p["page_count"].as_u64(), p["item_count"].as_u64()), (Some(3), Some(2)));
+        assert_eq!(p["items"][0]["name"], "Conn-2");
+        let f = paged(items(12), &q(&[("name", "conn-1")])).unwrap().0;
+        assert_eq!(f.as_array().unwrap().len(), 3, "Conn-1, Conn-10, Conn-11");
+        assert!(paged(items(5), &q(&[("page", "4"), ("page_size", "2")])).is_err());
+        assert!(paged(items(5), &q(&[("page", "1"), ("page_size", "501")])).is_err());
+        assert!(paged(items(0), &q(&[("page", "1")])).is_ok(), "an empty list has one empty page");
+    }
 }
