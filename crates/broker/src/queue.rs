@@ -643,6 +643,15 @@ impl Queue {
         last
     }
 
+    /// Under single-active-consumer, the consumer receiving messages (the others wait);
+    /// None for other queues, where every consumer is active.
+    pub fn single_active_consumer_id(&self) -> Option<u64> {
+        if !self.declared_args.single_active_consumer {
+            return None;
+        }
+        self.state.lock().consumers.first().map(|c| c.id)
+    }
+
     pub fn consumer_count(&self) -> usize {
         self.state.lock().consumers.len()
     }

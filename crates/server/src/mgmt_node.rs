@@ -190,7 +190,8 @@ impl mgmt::Node for ServerState {
                     exclusive: m.exclusive,
                     arguments: table_json(&m.arguments),
                     consumer_timeout_ms: h.timeout.map_or(0, |t| t.as_millis() as u64),
-                    active: true,
+                    // A single-active-consumer queue's standby consumers wait.
+                    active: h.queue.single_active_consumer_id().is_none_or(|id| id == h.id),
                 });
             }
         }

@@ -433,3 +433,41 @@ fn the_exposition_parser_is_strict() {
     assert_eq!(s[0].1["b"], "q\"\n");
     assert_eq!(s[0].2, 2.5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_active_consumer_standbys_are_listed_as_waiting() {
+    let server = TestServer::start().await.with_management().await;
+    let conn = connect(&server, "sac").await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-single-active-consumer".into(), lapin::types::AMQPValue::Boolean(true));
+    ch.queue_declare("sac".into(), QueueDeclareOptions::default(), args).await.unwrap();
+    // (lapin cancels a consumer when its stream is dropped: keep them.)
+    let mut consumers = Vec::new();
+    for tag in ["first", "second"] {
+        let c = ch.basic_consume("sac".into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default());
+        consumers.push(c.await.unwrap());
+    }
+    let raw: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/consumers/%2F", server.api()))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let status: Vec<(&str, bool, &str)> = raw
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["consumer_tag"].as_str().unwrap(),
+                c["active"].as_bool().unwrap(),
+                c["activity_status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(status, vec![("first", true, "up"), ("second", false, "waiting")], "{raw}");
+}
