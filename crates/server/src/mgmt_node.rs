@@ -170,14 +170,20 @@ impl mgmt::Node for ServerState {
     fn consumers(&self) -> Vec<ConsumerInfo> {
         let mut out = Vec::new();
         for (conn, ch) in self.registry.channels() {
-            let meta = ch.meta.lock();
-            for (tag, m) in &meta.consumers {
-                let Some(h) = m.handle.upgrade() else { continue };
+            // Copied out first: the meta lock is a leaf, and the queue's lock is taken below.
+            let live: Vec<_> = {
+                let meta = ch.meta.lock();
+                meta.consumers
+                    .iter()
+                    .filter_map(|(tag, m)| Some((tag.clone(), m.handle.upgrade()?, m.exclusive, m.arguments.clone())))
+                    .collect()
+            };
+            for (tag, h, exclusive, arguments) in live {
                 if h.cancelled.load(Ordering::Relaxed) {
                     continue;
                 }
                 out.push(ConsumerInfo {
-                    tag: tag.clone(),
+                    tag,
                     queue: h.queue.name.clone(),
                     vhost: h.queue.vhost.clone(),
                     channel: ch.id,
@@ -187,8 +193,8 @@ impl mgmt::Node for ServerState {
                     user: conn.user.clone(),
                     ack_required: !h.no_ack,
                     prefetch_count: h.prefetch,
-                    exclusive: m.exclusive,
-                    arguments: table_json(&m.arguments),
+                    exclusive,
+                    arguments: table_json(&arguments),
                     consumer_timeout_ms: h.timeout.map_or(0, |t| t.as_millis() as u64),
                     // A single-active-consumer queue's standby consumers wait.
                     active: h.queue.single_active_consumer_id().is_none_or(|id| id == h.id),
