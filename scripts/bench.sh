@@ -177,7 +177,7 @@ DATA=""         # its data directory
 # broker_cmd BROKER: the command line that starts it on $DATA, into the array CMD
 broker_cmd() {
     if [ "$1" = warren ]; then
-        CMD=("$WARREN" --amqp-port "$WPORT" --bind 127.0.0.1 --management-port 0 --data-dir "$DATA/data")
+        CMD=("$WARREN" --amqp-port "$WPORT" --bind 127.0.0.1 --management-port 0 --prometheus-port 0 --data-dir "$DATA/data")
     else
         CMD=(env HOME="$RHOME"
             RABBITMQ_NODENAME=bench@localhost

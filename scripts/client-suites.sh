@@ -176,7 +176,7 @@ start_warren() { # start_warren SUITE_DIR
     WDATA="$(mktemp -d "${TMPDIR:-/tmp}/warren-client-suites.XXXXXX")"
     echo "=== warren on 127.0.0.1:$PORT (management API on $MPORT), data $WDATA" > "$1/warren.log"
     WARREN_LOG="${WARREN_LOG:-info}" NO_COLOR=1 "$WARREN" --amqp-port "$PORT" --bind 127.0.0.1 \
-        --management-port "$MPORT" --data-dir "$WDATA/data" >> "$1/warren.log" 2>&1 &
+        --management-port "$MPORT" --prometheus-port 0 --data-dir "$WDATA/data" >> "$1/warren.log" 2>&1 &
     WPID=$!
     local i
     for ((i = 0; i < 200; i++)); do

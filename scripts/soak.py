@@ -516,7 +516,7 @@ class Broker:
             env.setdefault("WARREN_LOG", "info")
             with self.lock:
                 self.proc = subprocess.Popen(
-                    [self.binary, "--amqp-port", str(self.port), "--bind", HOST, "--management-port", "0",
+                    [self.binary, "--amqp-port", str(self.port), "--bind", HOST, "--management-port", "0", "--prometheus-port", "0",
                      "--data-dir", str(self.data_dir),
                      "--disk-free-limit", str(self.disk_free_limit)],
                     stdin=subprocess.DEVNULL, stdout=f, stderr=f, env=env, start_new_session=True)

@@ -559,6 +559,13 @@ def main():
     md.append("- Raw results (JSON per run) are kept under `target/bench/<timestamp>/`; "
               "`scripts/bench.sh --report-only DIR` regenerates this page from them.")
     md.append("")
+    # Hand-written sections after the generated part (from "## Statistics overhead" on,
+    # measured with scripts/bench/ab_transient.sh) are kept as they are.
+    old = Path(a.md).read_text() if Path(a.md).exists() else ""
+    kept = old.find("\n## Statistics overhead")
+    if kept >= 0:
+        md.append(old[kept + 1:].rstrip("\n"))
+        md.append("")
     Path(a.md).write_text("\n".join(md) + "\n")
     chart(res, a.png)
 

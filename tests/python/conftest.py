@@ -93,6 +93,7 @@ class BrokerProcess:
             "--bind", self.host,
             "--data-dir", str(self.data_dir),
             "--management-port", str(self.mgmt_port),
+            "--prometheus-port", "0",
             *self.extra_args,
         ]
         self.proc = subprocess.Popen(

@@ -134,6 +134,8 @@ pub struct Exchange {
     /// The policy applied to this exchange (its `alternate-exchange` is the only key that
     /// acts on exchanges). Read only for messages the bindings cannot route.
     policy: parking_lot::Mutex<Option<Arc<Policy>>>,
+    /// Messages in and out (management statistics); the publishing channel records them.
+    pub counters: crate::counters::ExchangeCounters,
 }
 
 impl std::fmt::Debug for Exchange {
@@ -246,6 +248,7 @@ impl Exchange {
             options,
             bindings: RwLock::new(Bindings::default()),
             policy: parking_lot::Mutex::new(None),
+            counters: Default::default(),
         })
     }
 

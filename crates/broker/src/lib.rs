@@ -15,6 +15,7 @@
 
 pub mod args;
 pub mod clock;
+pub mod counters;
 pub mod dead_letter;
 pub mod error;
 pub mod exchange;

@@ -3,7 +3,7 @@
 //! exist, so each has a limit and a clear error when it is reached. Shared by every vhost
 //! of a node.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::AmqpError;
 
@@ -28,6 +28,9 @@ pub struct NodeLimits {
     queues: AtomicUsize,
     exchanges: AtomicUsize,
     bindings: AtomicUsize,
+    /// Queues created and deleted since the node started (RabbitMQ's churn rates).
+    queues_created: AtomicU64,
+    queues_deleted: AtomicU64,
 }
 
 /// Take one unit of `used` if that stays within `max`.
@@ -46,6 +49,8 @@ impl NodeLimits {
             queues: AtomicUsize::new(0),
             exchanges: AtomicUsize::new(0),
             bindings: AtomicUsize::new(0),
+            queues_created: AtomicU64::new(0),
+            queues_deleted: AtomicU64::new(0),
         }
     }
 
@@ -76,6 +81,19 @@ impl NodeLimits {
 
     pub(crate) fn release_queue(&self) {
         give_back(&self.queues, 1);
+    }
+
+    pub(crate) fn queue_created(&self) {
+        self.queues_created.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn queue_deleted(&self) {
+        self.queues_deleted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (queues created, queues deleted) since the node started.
+    pub fn queue_churn(&self) -> (u64, u64) {
+        (self.queues_created.load(Ordering::Relaxed), self.queues_deleted.load(Ordering::Relaxed))
     }
 
     pub(crate) fn take_exchange(&self, name: &str) -> Result<(), AmqpError> {

@@ -12,6 +12,7 @@ use wire::FieldTable;
 use crate::ConnectionId;
 use crate::args::{Overflow, QueueArgs};
 use crate::clock::{Clock, SystemClock};
+use crate::counters::{QueueCounters, bump_single_writer as bump};
 use crate::dead_letter::Reason;
 use crate::error::AmqpError;
 use crate::message::{Message, QueuedMessage};
@@ -86,6 +87,8 @@ pub struct Queue {
     deliveries: AtomicU64,
     /// Publishers paused by flow, woken when it clears.
     flow_waiters: Mutex<Vec<Waker>>,
+    /// Message counters (management statistics), changed under `state`'s lock.
+    pub counters: QueueCounters,
     state: Mutex<QueueState>,
 }
 
@@ -188,6 +191,7 @@ impl Queue {
             flow: AtomicBool::new(false),
             deliveries: AtomicU64::new(0),
             flow_waiters: Mutex::new(Vec::new()),
+            counters: QueueCounters::default(),
             state: Mutex::new(QueueState {
                 store,
                 consumers: Vec::new(),
@@ -285,6 +289,7 @@ impl Queue {
                 // The store logs why it failed; the publisher hears a nack.
                 match st.store.push(m) {
                     Ok(durability) => {
+                        bump(&self.counters.publish, 1);
                         self.after_push(st, now, &mut letters);
                         PublishOutcome::Enqueued(durability)
                     }
@@ -436,6 +441,11 @@ impl Queue {
             self.deliveries.fetch_add(1, Ordering::Relaxed);
             if let Some(d) = st.store.pop() {
                 st.store.delivered(&d);
+                let c = &self.counters;
+                bump(if no_ack { &c.deliver_no_ack } else { &c.deliver }, 1);
+                if d.redelivered {
+                    bump(&c.redeliver, 1);
+                }
                 if no_ack {
                     st.store.ack(&d);
                 } else {
@@ -455,9 +465,14 @@ impl Queue {
             // A get is a use of the queue (x-expires), whether or not TTLs need the time.
             st.last_used_ms = if now == 0 { self.clock.now_ms() } else { now };
             self.expire_head(&mut st, now, &mut letters);
-            st.store.pop().map(|mut m| {
+            let got = st.store.pop().map(|mut m| {
                 m.delivery_count += 1;
                 st.store.delivered(&m);
+                let c = &self.counters;
+                bump(if no_ack { &c.get_no_ack } else { &c.get }, 1);
+                if m.redelivered {
+                    bump(&c.redeliver, 1);
+                }
                 if no_ack {
                     st.store.ack(&m);
                 } else {
@@ -465,7 +480,11 @@ impl Queue {
                 }
                 let remaining = st.store.len() as u32;
                 (m, remaining)
-            })
+            });
+            if got.is_none() {
+                bump(&self.counters.get_empty, 1);
+            }
+            got
         };
         self.dead_letter(letters);
         got
@@ -473,16 +492,24 @@ impl Queue {
 
     /// Messages acknowledged by their consumer.
     pub fn ack(&self, msgs: &[QueuedMessage]) {
+        self.settle(msgs, true);
+    }
+
+    /// Messages settled for good: acked (counted as acks) or rejected.
+    fn settle(&self, msgs: &[QueuedMessage], acked: bool) {
         let mut st = self.state.lock();
         for m in msgs {
             st.store.ack(m);
         }
         st.unacked = st.unacked.saturating_sub(msgs.len() as u64);
+        if acked {
+            bump(&self.counters.ack, msgs.len() as u64);
+        }
     }
 
     /// Messages rejected (or nacked) without requeue: dead-lettered if configured.
     pub fn reject(self: &Arc<Self>, msgs: Vec<QueuedMessage>) {
-        self.ack(&msgs);
+        self.settle(&msgs, false);
         self.dead_letter(msgs.into_iter().map(|m| (m, Reason::Rejected)).collect());
     }
 
@@ -614,6 +641,15 @@ impl Queue {
             self.dispatch();
         }
         last
+    }
+
+    /// Under single-active-consumer, the consumer receiving messages (the others wait);
+    /// None for other queues, where every consumer is active.
+    pub fn single_active_consumer_id(&self) -> Option<u64> {
+        if !self.declared_args.single_active_consumer {
+            return None;
+        }
+        self.state.lock().consumers.first().map(|c| c.id)
     }
 
     pub fn consumer_count(&self) -> usize {

@@ -386,6 +386,7 @@ impl VHost {
             return Err(e);
         }
         qs.insert(name, q.clone());
+        self.node.queue_created();
         if let Some(c) = owner {
             self.owned.lock().entry(c).or_default().push(q.clone());
         }
@@ -429,6 +430,7 @@ impl VHost {
                 Some(x) if Arc::ptr_eq(x, q) => {
                     qs.remove(&q.name);
                     self.node.release_queue();
+                    self.node.queue_deleted();
                     if let Some(c) = q.owner {
                         let mut owned = self.owned.lock();
                         if let Some(v) = owned.get_mut(&c) {

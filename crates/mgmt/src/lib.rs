@@ -13,6 +13,8 @@
 //! and the reply is JSON whatever `Accept` says.
 
 pub mod node;
+pub mod prometheus;
+pub mod stats;
 
 mod auth;
 mod error;
@@ -43,8 +45,14 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // Trailing slashes are trimmed before routing (a layer on the Router itself would run
     // after the route was chosen).
-    let app = NormalizePathLayer::trim_trailing_slash().layer(router(node));
-    axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(app)).with_graceful_shutdown(shutdown).await
+    let app = NormalizePathLayer::trim_trailing_slash().layer(router(node.clone()));
+    // Rates exist while the API does: the sampler runs beside it.
+    let sampler = tokio::spawn(stats::run(node));
+    let served = axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(app))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    sampler.abort();
+    served
 }
 
 /// Serve the API on the node's Unix socket (for `warrenctl`): requests without

@@ -96,6 +96,182 @@ pub struct ConnectionInfo {
     pub connected_at_ms: u64,
     pub channels: usize,
     pub tls: bool,
+    // Group "stats" fields.
+    /// The client's connection.start-ok properties, as JSON.
+    pub client_properties: serde_json::Value,
+    pub auth_mechanism: String,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    /// Negotiated heartbeat (s).
+    pub timeout_s: u16,
+    /// Bytes read from and written to the socket.
+    pub recv_oct: u64,
+    pub send_oct: u64,
+    /// "running", or "blocked" while a resource alarm stops it reading.
+    pub state: String,
+}
+
+/// A channel's message counters (RabbitMQ's channel `message_stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelCounts {
+    pub publish: u64,
+    /// Publishes on channels in confirm mode.
+    pub publish_confirm: u64,
+    pub confirm: u64,
+    /// Publishes that reached at least one queue.
+    pub routed: u64,
+    pub return_unroutable: u64,
+    pub drop_unroutable: u64,
+    pub deliver: u64,
+    pub deliver_no_ack: u64,
+    pub get: u64,
+    pub get_no_ack: u64,
+    pub get_empty: u64,
+    pub redeliver: u64,
+    pub ack: u64,
+    /// Published body sizes: how many fell in each of [`MESSAGE_SIZE_BUCKETS`] (not
+    /// cumulative; larger ones only in `publish`), and their sum in bytes.
+    pub size_buckets: [u64; MESSAGE_SIZE_BUCKETS.len()],
+    pub size_sum: u64,
+}
+
+/// Upper bounds (bytes) of RabbitMQ's message size histogram (`rabbit_msg_size_metrics`).
+pub const MESSAGE_SIZE_BUCKETS: [u64; 8] =
+    [100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 50_000_000, 100_000_000];
+
+/// The bucket a body of `size` bytes counts in (None: above the last bound).
+#[inline]
+pub fn message_size_bucket(size: u64) -> Option<usize> {
+    MESSAGE_SIZE_BUCKETS.iter().position(|&b| size <= b)
+}
+
+impl ChannelCounts {
+    pub fn deliver_get(&self) -> u64 {
+        self.deliver + self.deliver_no_ack + self.get + self.get_no_ack
+    }
+
+    /// The counters in RabbitMQ's `message_stats` naming (`routed` and `publish_confirm`
+    /// are Prometheus-only and left out).
+    pub fn named(&self) -> [(&'static str, u64); 12] {
+        [
+            ("publish", self.publish),
+            ("confirm", self.confirm),
+            ("return_unroutable", self.return_unroutable),
+            ("drop_unroutable", self.drop_unroutable),
+            ("deliver", self.deliver),
+            ("deliver_no_ack", self.deliver_no_ack),
+            ("get", self.get),
+            ("get_no_ack", self.get_no_ack),
+            ("get_empty", self.get_empty),
+            ("deliver_get", self.deliver_get()),
+            ("redeliver", self.redeliver),
+            ("ack", self.ack),
+        ]
+    }
+
+    pub fn add(&mut self, o: &ChannelCounts) {
+        self.publish += o.publish;
+        self.publish_confirm += o.publish_confirm;
+        self.confirm += o.confirm;
+        self.routed += o.routed;
+        self.return_unroutable += o.return_unroutable;
+        self.drop_unroutable += o.drop_unroutable;
+        self.deliver += o.deliver;
+        self.deliver_no_ack += o.deliver_no_ack;
+        self.get += o.get;
+        self.get_no_ack += o.get_no_ack;
+        self.get_empty += o.get_empty;
+        self.redeliver += o.redeliver;
+        self.ack += o.ack;
+        for (a, b) in self.size_buckets.iter_mut().zip(o.size_buckets) {
+            *a += b;
+        }
+        self.size_sum += o.size_sum;
+    }
+}
+
+/// Objects created and closed since the node started (RabbitMQ's `churn_rates`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Churn {
+    pub connection_created: u64,
+    pub connection_closed: u64,
+    pub channel_created: u64,
+    pub channel_closed: u64,
+    pub queue_declared: u64,
+    pub queue_created: u64,
+    pub queue_deleted: u64,
+}
+
+impl Churn {
+    pub fn named(&self) -> [(&'static str, u64); 7] {
+        [
+            ("connection_created", self.connection_created),
+            ("connection_closed", self.connection_closed),
+            ("channel_created", self.channel_created),
+            ("channel_closed", self.channel_closed),
+            ("queue_declared", self.queue_declared),
+            ("queue_created", self.queue_created),
+            ("queue_deleted", self.queue_deleted),
+        ]
+    }
+}
+
+/// The node's counters since it started; never decrease (closed channels' counts stay).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeCounters {
+    pub messages: ChannelCounts,
+    pub churn: Churn,
+}
+
+/// One open channel.
+#[derive(Debug, Clone)]
+pub struct ChannelInfo {
+    pub number: u16,
+    /// Its connection's name.
+    pub connection: String,
+    pub peer_host: String,
+    pub peer_port: u16,
+    pub user: String,
+    pub vhost: String,
+    pub confirm: bool,
+    pub transactional: bool,
+    /// basic.qos global=false.
+    pub prefetch_count: u32,
+    /// basic.qos global=true.
+    pub global_prefetch_count: u32,
+    pub consumer_count: usize,
+    pub messages_unacknowledged: usize,
+    pub messages_unconfirmed: usize,
+    pub counts: ChannelCounts,
+}
+
+impl ChannelInfo {
+    /// RabbitMQ's channel name: "<connection name> (<number>)".
+    pub fn name(&self) -> String {
+        format!("{} ({})", self.connection, self.number)
+    }
+}
+
+/// One consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerInfo {
+    pub tag: String,
+    pub queue: String,
+    pub vhost: String,
+    pub channel: u16,
+    pub connection: String,
+    pub peer_host: String,
+    pub peer_port: u16,
+    pub user: String,
+    pub ack_required: bool,
+    pub prefetch_count: u32,
+    pub exclusive: bool,
+    /// basic.consume's arguments, as JSON.
+    pub arguments: serde_json::Value,
+    /// Effective consumer timeout (ms); 0 when none.
+    pub consumer_timeout_ms: u64,
+    /// Receives messages (false for a waiting single-active-consumer).
+    pub active: bool,
 }
 
 pub trait Node: Send + Sync + 'static {
@@ -149,6 +325,16 @@ pub trait Node: Send + Sync + 'static {
         properties: Bytes,
         body: Bytes,
     ) -> BoxFuture<'_, Result<bool, NodeError>>;
+
+    // ---- Group "stats": connections, channels, consumers, statistics ----
+    /// The rate store the sampler fills (see [`crate::stats`]).
+    fn rates(&self) -> &crate::stats::RateDb;
+    /// Every open channel of logged-in connections.
+    fn channels(&self) -> Vec<ChannelInfo>;
+    /// Every consumer of every channel.
+    fn consumers(&self) -> Vec<ConsumerInfo>;
+    /// Message totals and churn since the node started.
+    fn node_counters(&self) -> NodeCounters;
 }
 
 /// What async [`Node`] methods return (the trait is used as `dyn Node`).

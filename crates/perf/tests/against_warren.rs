@@ -47,7 +47,17 @@ fn start_broker() -> (Broker, u16) {
     let data_dir = std::env::temp_dir().join(format!("warren-perf-test-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&data_dir).expect("creating data dir");
     let child = Command::new(broker_binary())
-        .args(["--amqp-port", &port.to_string(), "--bind", "127.0.0.1", "--management-port", "0", "--data-dir"])
+        .args([
+            "--amqp-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--management-port",
+            "0",
+            "--prometheus-port",
+            "0",
+            "--data-dir",
+        ])
         .arg(&data_dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -15,7 +15,8 @@ use broker::{AmqpError, Exchange, ExchangeKind, Message, Queue, VHost};
 use bytes::{Bytes, BytesMut};
 use wire::{Method, frame};
 
-use crate::delivery::{ChannelShared, ConsumerHandle, Unacked};
+use crate::delivery::{ChannelShared, ConsumerHandle, ConsumerMeta, Unacked};
+use broker::counters::bump_single_writer as bump;
 
 /// What a channel needs from its connection.
 pub struct ConnCtx {
@@ -316,6 +317,9 @@ impl Channel {
                     }
                 }
                 let opts = QueueOptions { durable, exclusive, auto_delete, arguments };
+                if !passive {
+                    ctx.server.queue_declared.fetch_add(1, Ordering::Relaxed);
+                }
                 let (q, _created) = if server_named {
                     vh.declare_server_named_queue(&queue, opts, ctx.conn_id)?
                 } else {
@@ -376,6 +380,7 @@ impl Channel {
                     self.redispatch();
                 } else {
                     self.consumer_prefetch = prefetch_count.into();
+                    self.shared.meta.lock().prefetch = prefetch_count.into();
                 }
                 self.send(&Method::BasicQosOk);
             }
@@ -404,6 +409,7 @@ impl Channel {
             Method::BasicGet { queue, no_ack, .. } => self.get(ctx, &queue, no_ack)?,
             Method::BasicAck { delivery_tag, multiple } => {
                 let entries = self.take_unacked(delivery_tag, multiple)?;
+                bump(&self.shared.counters.ack, entries.len() as u64);
                 self.settle_or_defer(entries, None);
             }
             Method::BasicReject { delivery_tag, requeue } => {
@@ -432,6 +438,7 @@ impl Channel {
                 }
                 if self.confirm.is_none() {
                     self.confirm = Some(Confirms { next_seq: 1, ..Confirms::default() });
+                    self.shared.meta.lock().confirm = true;
                 }
                 if !nowait {
                     self.send(&Method::ConfirmSelectOk);
@@ -443,6 +450,7 @@ impl Channel {
                 }
                 if self.tx.is_none() {
                     self.tx = Some(Vec::new());
+                    self.shared.meta.lock().transactional = true;
                 }
                 self.send(&Method::TxSelectOk);
             }
@@ -561,6 +569,8 @@ impl Channel {
                 outbox.write_with(|out| frame::encode_method(out, id, &ok));
             }
         })?;
+        let meta = ConsumerMeta { handle: Arc::downgrade(&handle), exclusive, arguments: arguments.clone() };
+        self.shared.meta.lock().consumers.insert(tag.clone(), meta);
         self.consumers.insert(tag, handle);
         Ok(())
     }
@@ -592,6 +602,7 @@ impl Channel {
             }
             return;
         };
+        self.shared.meta.lock().consumers.remove(tag);
         // Marked cancelled, and cancel-ok queued, under the channel's lock: a queue deleted
         // on another task at the same moment then either finds the mark and stays silent,
         // or sends its basic.cancel before this cancel-ok, never after it (RabbitMQ's
@@ -624,7 +635,10 @@ impl Channel {
                     frame::encode_header(out, id, wire::class::BASIC, msg.body_size(), &msg.properties);
                 });
             }
-            None => self.send(&Method::BasicGetEmpty { cluster_id: String::new() }),
+            None => {
+                bump(&self.shared.counters.get_empty, 1);
+                self.send(&Method::BasicGetEmpty { cluster_id: String::new() });
+            }
         }
         Ok(())
     }
@@ -700,6 +714,7 @@ impl Channel {
             self.timed_out_tags.extend(entries.iter().map(|e| e.tag));
             c.unacked.store(0, Ordering::Relaxed);
             self.consumers.remove(&c.tag);
+            self.shared.meta.lock().consumers.remove(&c.tag);
             c.cancelled.store(true, Ordering::Relaxed);
             if c.queue.remove_consumer(c.id) {
                 notify_deleted(ctx.vhost.remove_queue(&c.queue));
@@ -847,6 +862,15 @@ impl Channel {
             expiration_ms,
         });
         let route = self.resolve(ctx, &exchange, &msg);
+        let fanout = match &route {
+            Route::Delayed { .. } => 0,
+            Route::Queues(q) => q.len(),
+            Route::Cached => self.route_cache.as_ref().map_or(0, |c| c.queues.len()),
+        };
+        exchange.counters.record(fanout as u64);
+        if self.confirm.is_some() {
+            bump(&self.shared.counters.publish_confirm, 1);
+        }
         if self.tx.is_some() {
             let route = match route {
                 Route::Cached => Route::Queues(self.route_cache.as_ref().map(|c| c.queues.clone()).unwrap_or_default()),
@@ -861,6 +885,7 @@ impl Channel {
         if let Some(c) = &mut self.confirm {
             c.waiting.push_back((c.next_seq, routed));
             c.next_seq += 1;
+            self.shared.counters.unconfirmed.store(c.waiting.len() as u64, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -947,8 +972,17 @@ impl Channel {
     /// whether a queue refused it or failed to store it, and when it is durable in every
     /// queue it reached.
     fn deliver(&self, ctx: &ConnCtx, route: &Route, msg: Arc<Message>, mandatory: bool) -> Routed {
+        let counters = &self.shared.counters;
+        bump(&counters.publish, 1);
+        let size = msg.body_size();
+        bump(&counters.size_sum, size);
+        if let Some(i) = mgmt::node::message_size_bucket(size) {
+            bump(&counters.size_buckets[i], 1);
+        }
         let targets: &[Arc<Queue>] = match route {
             Route::Delayed { exchange, delay_ms } => {
+                // Held by the exchange: it counts as routed now.
+                bump(&counters.routed, 1);
                 let due = broker::clock::Clock::now_ms(&broker::clock::SystemClock).saturating_add(*delay_ms);
                 return match ctx.server.delay(&ctx.vhost, exchange, msg, due) {
                     Ok(durability) => Routed { durability, ..Routed::default() },
@@ -981,6 +1015,13 @@ impl Channel {
                 }
                 PublishOutcome::Deleted => {}
             }
+        }
+        if routed {
+            bump(&counters.routed, 1);
+        } else if mandatory {
+            bump(&counters.return_unroutable, 1);
+        } else {
+            bump(&counters.drop_unroutable, 1);
         }
         if !routed && mandatory {
             let id = self.shared.id;
@@ -1037,6 +1078,10 @@ impl Channel {
             frames.push(Method::BasicAck { delivery_tag: upto, multiple: upto - c.acked_upto > 1 });
             c.acked_upto = upto;
         }
+        let counters = &self.shared.counters;
+        let settled = counters.unconfirmed.load(Ordering::Relaxed).saturating_sub(c.waiting.len() as u64);
+        bump(&counters.confirm, settled);
+        counters.unconfirmed.store(c.waiting.len() as u64, Ordering::Relaxed);
         for f in &frames {
             self.send(f);
         }
@@ -1067,6 +1112,7 @@ impl Channel {
                 entries.extend(e);
             }
         }
+        self.shared.meta.lock().consumers.clear();
         // Each queue's consumers are removed in one pass over its consumer list.
         let mut by_queue: HashMap<*const Queue, (Arc<Queue>, Vec<u64>)> = HashMap::new();
         for c in std::mem::take(&mut self.consumers).into_values() {

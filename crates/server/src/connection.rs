@@ -149,6 +149,9 @@ struct Conn {
     channel_max: u16,
     heartbeat_secs: u16,
     client_caps: FieldTable,
+    /// connection.start-ok's properties and mechanism, for the management API.
+    client_properties: FieldTable,
+    auth_mechanism: String,
     user: String,
     /// The client's `connection_name` property (RabbitMQ's {client_id} in topic permissions).
     client_id: Option<String>,
@@ -228,6 +231,8 @@ where
         outbox: outbox.clone(),
         phase: Phase::StartOk,
         client_caps: FieldTable::new(),
+        client_properties: FieldTable::new(),
+        auth_mechanism: String::new(),
         user: String::new(),
         client_id: None,
         ctx: None,
@@ -417,6 +422,7 @@ impl Conn {
                     Ok(0) => return "client closed the socket".into(),
                     Ok(n) => {
                         last_read = Instant::now();
+                        broker::counters::bump_single_writer(&self.outbox.recv_oct, n as u64);
                         if n >= read_chunk / 2 {
                             read_chunk = (read_chunk * 2).min(read_chunk_max);
                         }
@@ -666,6 +672,9 @@ impl Conn {
             return;
         }
         self.blocked = block;
+        if let Some(r) = &self.registered {
+            r.handle.blocked.store(block, std::sync::atomic::Ordering::Relaxed);
+        }
         info!(conn = self.id, peer = %self.peer, blocked = block, "publishing connection {}", if block { "blocked by a resource alarm" } else { "unblocked" });
         if self.client_has("connection.blocked") {
             let m = if block {
@@ -779,7 +788,7 @@ impl Conn {
         if self.channels.remove(&channel).is_some()
             && let Some(r) = &self.registered
         {
-            self.state.registry.channel_closed(&r.handle);
+            self.state.registry.channel_closed(&r.handle, channel);
         }
     }
 
@@ -809,6 +818,9 @@ impl Conn {
             }
         }
         let shared = ChannelShared::new(channel, self.outbox.clone());
+        if let Some(r) = &self.registered {
+            self.state.registry.channel_shown(&r.handle, shared.clone());
+        }
         self.channels.insert(channel, Channel::new(shared));
         self.send(channel, &Method::ChannelOpenOk { channel_id: Vec::new() });
         Ok(())
@@ -822,6 +834,8 @@ impl Conn {
                     self.client_caps = caps.clone();
                 }
                 self.client_id = client_properties.get("connection_name").and_then(|v| v.as_str()).map(str::to_owned);
+                self.auth_mechanism = mechanism.clone();
+                self.client_properties = client_properties;
                 self.authenticate(&mechanism, &response).map_err(|e| HardError::at(e, ids))?;
                 if self.finished {
                     // Refused, and the client wants no close method: just hang up.
@@ -968,6 +982,14 @@ impl Conn {
                 endpoint: self.endpoint,
                 user: user.clone(),
                 vhost: vhost.to_owned(),
+                details: crate::registry::ConnDetails {
+                    client_properties: self.client_properties.clone(),
+                    auth_mechanism: self.auth_mechanism.clone(),
+                    frame_max: self.frame_max,
+                    channel_max: self.channel_max,
+                    heartbeat_secs: self.heartbeat_secs,
+                    outbox: self.outbox.clone(),
+                },
             },
             vhost_max,
             user_max,

@@ -3,10 +3,11 @@
 //! dispatches on (deliveries). The lock here is taken *after* a queue's lock, never before.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use broker::counters::bump_single_writer as bump;
 use broker::{ConsumerSink, Queue, QueuedMessage};
 use parking_lot::Mutex;
 use wire::frame;
@@ -98,6 +99,75 @@ pub struct ChannelShared {
     pub id: u16,
     pub outbox: Arc<Outbox>,
     pub state: Mutex<DeliveryState>,
+    /// Message counters (management statistics and Prometheus).
+    pub counters: ChannelCounters,
+    /// What the management API shows of the channel; changed by rare methods only (qos,
+    /// confirm.select, tx.select, consume, cancel). A leaf lock: nothing is taken under it.
+    pub meta: Mutex<ChannelMeta>,
+}
+
+/// A channel's counters. Each has one writer at a time: the connection's task (publish,
+/// confirm, ack, get_empty, unconfirmed), or whoever holds the channel's state lock
+/// (deliveries and gets), so they are bumped with a plain load and store.
+#[derive(Default)]
+pub struct ChannelCounters {
+    pub publish: AtomicU64,
+    pub publish_confirm: AtomicU64,
+    pub confirm: AtomicU64,
+    pub routed: AtomicU64,
+    pub return_unroutable: AtomicU64,
+    pub drop_unroutable: AtomicU64,
+    pub deliver: AtomicU64,
+    pub deliver_no_ack: AtomicU64,
+    pub get: AtomicU64,
+    pub get_no_ack: AtomicU64,
+    pub get_empty: AtomicU64,
+    pub redeliver: AtomicU64,
+    pub ack: AtomicU64,
+    pub size_buckets: [AtomicU64; mgmt::node::MESSAGE_SIZE_BUCKETS.len()],
+    pub size_sum: AtomicU64,
+    /// Publishes waiting for their confirm now (a gauge).
+    pub unconfirmed: AtomicU64,
+}
+
+impl ChannelCounters {
+    pub fn snapshot(&self) -> mgmt::node::ChannelCounts {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        mgmt::node::ChannelCounts {
+            publish: l(&self.publish),
+            publish_confirm: l(&self.publish_confirm),
+            confirm: l(&self.confirm),
+            routed: l(&self.routed),
+            return_unroutable: l(&self.return_unroutable),
+            drop_unroutable: l(&self.drop_unroutable),
+            deliver: l(&self.deliver),
+            deliver_no_ack: l(&self.deliver_no_ack),
+            get: l(&self.get),
+            get_no_ack: l(&self.get_no_ack),
+            get_empty: l(&self.get_empty),
+            redeliver: l(&self.redeliver),
+            ack: l(&self.ack),
+            size_buckets: std::array::from_fn(|i| l(&self.size_buckets[i])),
+            size_sum: l(&self.size_sum),
+        }
+    }
+}
+
+/// A consumer as the management API lists it.
+pub struct ConsumerMeta {
+    pub handle: Weak<ConsumerHandle>,
+    pub exclusive: bool,
+    pub arguments: wire::FieldTable,
+}
+
+#[derive(Default)]
+pub struct ChannelMeta {
+    pub confirm: bool,
+    pub transactional: bool,
+    /// basic.qos global=false.
+    pub prefetch: u32,
+    /// By consumer tag.
+    pub consumers: std::collections::HashMap<String, ConsumerMeta>,
 }
 
 impl ChannelShared {
@@ -111,6 +181,8 @@ impl ChannelShared {
                 global_prefetch: 0,
                 closed: false,
             }),
+            counters: ChannelCounters::default(),
+            meta: Mutex::new(ChannelMeta::default()),
         })
     }
 
@@ -119,6 +191,11 @@ impl ChannelShared {
         let mut st = self.state.lock();
         let tag = st.next_tag;
         st.next_tag += 1;
+        let c = &self.counters;
+        bump(if no_ack { &c.get_no_ack } else { &c.get }, 1);
+        if m.redelivered {
+            bump(&c.redeliver, 1);
+        }
         if !no_ack {
             st.unacked.insert(Unacked {
                 tag,
@@ -209,6 +286,11 @@ impl ConsumerSink for ConsumerHandle {
             frame::encode_basic_deliver(out, ch.id, &self.tag, tag, m.redelivered, &msg.exchange, &msg.routing_key);
             frame::encode_header(out, ch.id, wire::class::BASIC, msg.body_size(), &msg.properties);
         });
+        let c = &ch.counters;
+        bump(if self.no_ack { &c.deliver_no_ack } else { &c.deliver }, 1);
+        if m.redelivered {
+            bump(&c.redeliver, 1);
+        }
         if !self.no_ack {
             self.unacked.fetch_add(1, Ordering::Relaxed);
             st.unacked.insert(Unacked {

@@ -41,6 +41,9 @@ struct Args {
     /// Management HTTP API port [default: 15672]; 0 turns the API off.
     #[arg(long)]
     management_port: Option<u16>,
+    /// Prometheus metrics port [default: 15692]; 0 turns the metrics off.
+    #[arg(long)]
+    prometheus_port: Option<u16>,
     /// Directory for durable data [default: ./warren-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -151,8 +154,10 @@ impl Args {
                 l.ip = Some(ip);
             }
             c.management_ip = Some(ip);
+            c.prometheus_ip = Some(ip);
         }
         set(&self.management_port, &mut c.management_port);
+        set(&self.prometheus_port, &mut c.prometheus_port);
         Ok(())
     }
 }
@@ -337,6 +342,26 @@ fn run() -> anyhow::Result<()> {
         } else {
             None
         };
+        // Prometheus metrics (rabbitmq_prometheus is on by default too; port 0: off).
+        let prometheus = if config.prometheus_port != 0 {
+            let ip = config.prometheus_ip.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+            let l = bind_http(ip, config.prometheus_port)
+                .with_context(|| format!("binding Prometheus metrics on port {}", config.prometheus_port))?;
+            let a = l.local_addr()?;
+            info!("Prometheus metrics on http://{a}/metrics");
+            infos.push(mgmt::node::ListenerInfo {
+                protocol: "http/prometheus".into(),
+                ip_address: a.ip().to_string(),
+                port: a.port(),
+            });
+            let mut stop = tx.subscribe();
+            let node: std::sync::Arc<dyn mgmt::Node> = state.clone();
+            Some(tokio::spawn(mgmt::prometheus::serve(l, node, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })))
+        } else {
+            None
+        };
         state.set_listeners(infos);
         // warrenctl's way in: the API on a Unix socket in the data dir, mode 0660 (whoever
         // may open it administers the node, as with lavinmqctl).
@@ -359,7 +384,7 @@ fn run() -> anyhow::Result<()> {
         info!("signal received, shutting down");
         let _ = tx.send(true);
         let _ = serving.await;
-        if let Some(m) = management {
+        for m in [management, prometheus].into_iter().flatten() {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), m).await;
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), control).await;

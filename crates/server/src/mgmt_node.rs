@@ -10,7 +10,11 @@ use broker::VHost;
 use broker::queue::PublishOutcome;
 use broker::store::{Durability, Settled};
 use bytes::Bytes;
-use mgmt::node::{BoxFuture, CertificateFile, ConnectionInfo, ListenerCertificates, ListenerInfo, NodeError, NodeInfo};
+use mgmt::node::{
+    BoxFuture, CertificateFile, ChannelInfo, ConnectionInfo, ConsumerInfo, ListenerCertificates, ListenerInfo,
+    NodeCounters, NodeError, NodeInfo,
+};
+use std::sync::atomic::Ordering;
 
 use crate::admin::ChangeError;
 use crate::state::ServerState;
@@ -101,6 +105,14 @@ impl mgmt::Node for ServerState {
             .all()
             .into_iter()
             .map(|c| ConnectionInfo {
+                client_properties: table_json(&c.details.client_properties),
+                auth_mechanism: c.details.auth_mechanism.clone(),
+                frame_max: c.details.frame_max,
+                channel_max: c.details.channel_max,
+                timeout_s: c.details.heartbeat_secs,
+                recv_oct: c.details.outbox.recv_oct.load(Ordering::Relaxed),
+                send_oct: c.details.outbox.send_oct.load(Ordering::Relaxed),
+                state: if c.blocked.load(Ordering::Relaxed) { "blocked" } else { "running" }.to_owned(),
                 name: c.name(),
                 user: c.user.clone(),
                 vhost: c.vhost.clone(),
@@ -116,8 +128,94 @@ impl mgmt::Node for ServerState {
     }
 
     fn close_connection(&self, name: &str, reason: &str) -> bool {
-        let text = format!("Closed via management plugin: {reason}");
-        self.registry.close_where(|c| c.name() == name, wire::reply::CONNECTION_FORCED, &text) > 0
+        // The text is the operator's reason as given (X-Reason), as RabbitMQ sends it.
+        self.registry.close_where(|c| c.name() == name, wire::reply::CONNECTION_FORCED, reason) > 0
+    }
+
+    // ---- Group "stats": connections, channels, consumers, statistics ----
+    fn rates(&self) -> &mgmt::stats::RateDb {
+        &self.rates
+    }
+
+    fn channels(&self) -> Vec<ChannelInfo> {
+        self.registry
+            .channels()
+            .into_iter()
+            .map(|(conn, ch)| {
+                let (unacked, global_prefetch) = {
+                    let st = ch.state.lock();
+                    (st.unacked.len(), st.global_prefetch)
+                };
+                let meta = ch.meta.lock();
+                let consumers = meta
+                    .consumers
+                    .values()
+                    .filter(|m| m.handle.upgrade().is_some_and(|h| !h.cancelled.load(Ordering::Relaxed)))
+                    .count();
+                ChannelInfo {
+                    number: ch.id,
+                    connection: conn.name(),
+                    peer_host: conn.peer.ip().to_string(),
+                    peer_port: conn.peer.port(),
+                    user: conn.user.clone(),
+                    vhost: conn.vhost.clone(),
+                    confirm: meta.confirm,
+                    transactional: meta.transactional,
+                    prefetch_count: meta.prefetch,
+                    global_prefetch_count: global_prefetch,
+                    consumer_count: consumers,
+                    messages_unacknowledged: unacked,
+                    messages_unconfirmed: ch.counters.unconfirmed.load(Ordering::Relaxed) as usize,
+                    counts: ch.counters.snapshot(),
+                }
+            })
+            .collect()
+    }
+
+    fn consumers(&self) -> Vec<ConsumerInfo> {
+        let mut out = Vec::new();
+        for (conn, ch) in self.registry.channels() {
+            // Copied out first: the meta lock is a leaf, and the queue's lock is taken below.
+            let live: Vec<_> = {
+                let meta = ch.meta.lock();
+                meta.consumers
+                    .iter()
+                    .filter_map(|(tag, m)| Some((tag.clone(), m.handle.upgrade()?, m.exclusive, m.arguments.clone())))
+                    .collect()
+            };
+            for (tag, h, exclusive, arguments) in live {
+                if h.cancelled.load(Ordering::Relaxed) {
+                    continue;
+                }
+                out.push(ConsumerInfo {
+                    tag,
+                    queue: h.queue.name.clone(),
+                    vhost: h.queue.vhost.clone(),
+                    channel: ch.id,
+                    connection: conn.name(),
+                    peer_host: conn.peer.ip().to_string(),
+                    peer_port: conn.peer.port(),
+                    user: conn.user.clone(),
+                    ack_required: !h.no_ack,
+                    prefetch_count: h.prefetch,
+                    exclusive,
+                    arguments: table_json(&arguments),
+                    consumer_timeout_ms: h.timeout.map_or(0, |t| t.as_millis() as u64),
+                    // A single-active-consumer queue's standby consumers wait.
+                    active: h.queue.single_active_consumer_id().is_none_or(|id| id == h.id),
+                });
+            }
+        }
+        out
+    }
+
+    fn node_counters(&self) -> NodeCounters {
+        let (messages, mut churn) = self.registry.totals();
+        let (created, deleted) = self.node_limits.queue_churn();
+        churn.queue_created = created;
+        churn.queue_deleted = deleted;
+        churn.queue_declared = self.queue_declared.load(Ordering::Relaxed);
+        NodeCounters { messages, churn }
     }
 
     // --- warrenctl ---------------------------------------------------------------------------
@@ -327,4 +425,9 @@ impl ServerState {
         }
         Ok((routed, durability))
     }
+}
+
+/// An AMQP field table as JSON (client properties, consumer arguments).
+fn table_json(t: &wire::FieldTable) -> serde_json::Value {
+    serde_json::Value::Object(access::json_args::table_to_json(t))
 }

@@ -6,7 +6,7 @@
 
 use std::io::IoSlice;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use broker::Queue;
@@ -103,6 +103,11 @@ pub struct Outbox {
     high_water_bytes: usize,
     /// Frame size negotiated with the client (framing included), for splitting bodies.
     frame_max: AtomicUsize,
+    /// Bytes read from the client (bumped by the connection's task) and written to it (by
+    /// the writer): the connection's `recv_oct` and `send_oct`. Here because both tasks
+    /// share the outbox.
+    pub recv_oct: AtomicU64,
+    pub send_oct: AtomicU64,
 }
 
 impl Outbox {
@@ -119,6 +124,8 @@ impl Outbox {
             starved: Mutex::new(Vec::new()),
             high_water_bytes,
             frame_max: AtomicUsize::new(frame_max as usize),
+            recv_oct: AtomicU64::new(0),
+            send_oct: AtomicU64::new(0),
         })
     }
 
@@ -225,12 +232,13 @@ impl Outbox {
         // Empty until there is something to write: idle connections hold no buffer.
         let mut out = OutBuf::default();
         loop {
-            {
+            let batch = {
                 let mut b = self.buf.lock();
                 std::mem::swap(&mut *b, &mut out);
                 let n = self.pending.swap(0, Ordering::Relaxed);
                 self.in_flight.store(n, Ordering::Relaxed);
-            }
+                n
+            };
             if out.is_empty() {
                 let starved = std::mem::take(&mut *self.starved.lock());
                 if !starved.is_empty() {
@@ -254,6 +262,7 @@ impl Outbox {
                 out.shared.clear();
             }
             *self.last_write.lock() = Instant::now();
+            broker::counters::bump_single_writer(&self.send_oct, batch as u64);
             self.in_flight.store(0, Ordering::Relaxed);
             self.drained.notify_one();
             // Keep a moderately sized buffer for reuse; drop huge ones.

@@ -8,10 +8,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use mgmt::node::{ChannelCounts, Churn};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+
+use crate::delivery::ChannelShared;
 
 /// Who a connection is, given at registration.
 pub(crate) struct Identity {
@@ -19,6 +22,21 @@ pub(crate) struct Identity {
     pub endpoint: crate::connection::Endpoint,
     pub user: String,
     pub vhost: String,
+    /// What the management API shows of it.
+    pub details: ConnDetails,
+}
+
+/// A connection's negotiated settings and client properties, for the management API.
+#[derive(Clone)]
+pub struct ConnDetails {
+    /// connection.start-ok's client properties.
+    pub client_properties: wire::FieldTable,
+    pub auth_mechanism: String,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat_secs: u16,
+    /// Its traffic counters (`recv_oct`, `send_oct`).
+    pub outbox: Arc<crate::outbox::Outbox>,
 }
 
 /// One open (logged-in) connection, as the rest of the node sees it.
@@ -33,6 +51,9 @@ pub struct ConnHandle {
     pub connected_at_ms: u64,
     /// Channels open on this connection now (for the per-user channel limit).
     channels: AtomicUsize,
+    pub details: ConnDetails,
+    /// Blocked by a resource alarm (not reading its socket).
+    pub blocked: AtomicBool,
     /// Set when the node closes the connection: (reply code, text).
     close: Mutex<Option<(u16, String)>>,
     closed: Notify,
@@ -84,6 +105,13 @@ pub enum Refused {
 #[derive(Default)]
 struct Inner {
     conns: HashMap<u64, Arc<ConnHandle>>,
+    /// Open channels of registered connections, by (connection id, channel number).
+    channel_views: HashMap<(u64, u16), Arc<ChannelShared>>,
+    /// Counters of channels closed since the node started: node totals are these plus the
+    /// open channels' (kept under this lock with `channel_views`, so a channel moving from
+    /// one to the other is never counted twice or missed and totals never go down).
+    retired: ChannelCounts,
+    churn: Churn,
     per_vhost: HashMap<String, u64>,
     per_user: HashMap<String, u64>,
     /// Channels open per user, across their connections.
@@ -104,6 +132,14 @@ pub struct Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         self.registry.remove(&self.handle);
+    }
+}
+
+impl Inner {
+    /// A closed channel's counters join the node's totals.
+    fn retire(&mut self, ch: &ChannelShared) {
+        self.retired.add(&ch.counters.snapshot());
+        self.churn.channel_closed += 1;
     }
 }
 
@@ -149,12 +185,15 @@ impl Registry {
             vhost: who.vhost.clone(),
             connected_at_ms,
             channels: AtomicUsize::new(0),
+            details: who.details,
+            blocked: AtomicBool::new(false),
             close: Mutex::new(None),
             closed: Notify::new(),
         });
         *g.per_vhost.entry(vhost.to_owned()).or_default() += 1;
         *g.per_user.entry(user.to_owned()).or_default() += 1;
         g.conns.insert(who.id, handle.clone());
+        g.churn.connection_created += 1;
         Ok(Registered { registry: self.clone(), handle })
     }
 
@@ -165,6 +204,13 @@ impl Registry {
             dec(&mut g.per_user, &h.user, 1);
             let open = h.channels.swap(0, Ordering::Relaxed) as u64;
             dec(&mut g.channels_per_user, &h.user, open);
+            g.churn.connection_closed += 1;
+            let gone: Vec<(u64, u16)> = g.channel_views.keys().filter(|k| k.0 == h.id).copied().collect();
+            for k in gone {
+                if let Some(ch) = g.channel_views.remove(&k) {
+                    g.retire(&ch);
+                }
+            }
         }
     }
 
@@ -182,13 +228,41 @@ impl Registry {
         Ok(())
     }
 
-    pub fn channel_closed(&self, h: &ConnHandle) {
+    /// Show an opened channel to the management API (and count it in the node's totals).
+    pub fn channel_shown(&self, h: &ConnHandle, ch: Arc<ChannelShared>) {
+        let mut g = self.inner.lock();
+        if g.conns.contains_key(&h.id) {
+            g.churn.channel_created += 1;
+            g.channel_views.insert((h.id, ch.id), ch);
+        }
+    }
+
+    pub fn channel_closed(&self, h: &ConnHandle, number: u16) {
         let mut g = self.inner.lock();
         // Only if still registered (removal already uncounted every channel).
         if g.conns.contains_key(&h.id) && h.channels.load(Ordering::Relaxed) > 0 {
             h.channels.fetch_sub(1, Ordering::Relaxed);
             dec(&mut g.channels_per_user, &h.user, 1);
         }
+        if let Some(ch) = g.channel_views.remove(&(h.id, number)) {
+            g.retire(&ch);
+        }
+    }
+
+    /// Every open channel with its connection.
+    pub fn channels(&self) -> Vec<(Arc<ConnHandle>, Arc<ChannelShared>)> {
+        let g = self.inner.lock();
+        g.channel_views.iter().filter_map(|(k, ch)| Some((g.conns.get(&k.0)?.clone(), ch.clone()))).collect()
+    }
+
+    /// Message totals (closed channels included) and churn since the node started.
+    pub fn totals(&self) -> (ChannelCounts, Churn) {
+        let g = self.inner.lock();
+        let mut t = g.retired;
+        for ch in g.channel_views.values() {
+            t.add(&ch.counters.snapshot());
+        }
+        (t, g.churn)
     }
 
     /// Every registered connection.
@@ -220,7 +294,18 @@ mod tests {
 
     fn who(id: u64, user: &str, vhost: &str) -> Identity {
         let endpoint = crate::connection::Endpoint { peer: "127.0.0.1:1".parse().unwrap(), local: None, tls: false };
-        Identity { id, endpoint, user: user.to_owned(), vhost: vhost.to_owned() }
+        Identity { id, endpoint, user: user.to_owned(), vhost: vhost.to_owned(), details: details() }
+    }
+
+    fn details() -> ConnDetails {
+        ConnDetails {
+            client_properties: wire::FieldTable::new(),
+            auth_mechanism: "PLAIN".into(),
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat_secs: 60,
+            outbox: crate::outbox::Outbox::new(1 << 20, 131_072),
+        }
     }
 
     #[test]
@@ -246,7 +331,7 @@ mod tests {
         r.channel_opened(&a.handle, Some(2)).unwrap();
         r.channel_opened(&b.handle, Some(2)).unwrap();
         assert_eq!(r.channel_opened(&b.handle, Some(2)), Err(2));
-        r.channel_closed(&a.handle);
+        r.channel_closed(&a.handle, 1);
         r.channel_opened(&b.handle, Some(2)).unwrap();
         // A closing connection gives back all its channels (b had 2).
         drop(b);
@@ -254,6 +339,29 @@ mod tests {
         r.channel_opened(&a.handle, Some(2)).unwrap();
         assert_eq!(a.handle.channel_count(), 2);
         assert_eq!(r.channel_opened(&a.handle, Some(2)), Err(2));
+    }
+
+    #[test]
+    fn totals_keep_closed_channels_counts() {
+        use broker::counters::bump_single_writer as bump;
+        let r = Arc::new(Registry::default());
+        let a = r.register(who(1, "u", "v"), None, None).unwrap();
+        let outbox = crate::outbox::Outbox::new(1 << 20, 131_072);
+        let (c1, c2) = (ChannelShared::new(1, outbox.clone()), ChannelShared::new(2, outbox));
+        r.channel_shown(&a.handle, c1.clone());
+        r.channel_shown(&a.handle, c2.clone());
+        bump(&c1.counters.publish, 5);
+        bump(&c2.counters.publish, 7);
+        assert_eq!(r.channels().len(), 2);
+        assert_eq!(r.totals().0.publish, 12);
+        r.channel_closed(&a.handle, 1);
+        assert_eq!(r.totals().0.publish, 12, "a closed channel's count stays in the totals");
+        drop(a);
+        let (t, churn) = r.totals();
+        assert_eq!(t.publish, 12);
+        assert!(r.channels().is_empty());
+        assert_eq!((churn.channel_created, churn.channel_closed), (2, 2));
+        assert_eq!((churn.connection_created, churn.connection_closed), (1, 1));
     }
 
     #[tokio::test]

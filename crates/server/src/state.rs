@@ -72,6 +72,10 @@ pub struct ServerState {
     /// The measured memory and disk alarms (before forced alarms), for their hysteresis.
     memory_over: AtomicBool,
     disk_under: AtomicBool,
+    /// queue.declare calls (not passive) since the node started (churn).
+    pub(crate) queue_declared: AtomicU64,
+    /// Message rates for the management API, filled by its sampler.
+    pub(crate) rates: mgmt::stats::RateDb,
 }
 
 /// One open connection in [`ServerState::connection_count`].
@@ -191,6 +195,8 @@ impl ServerState {
             fds,
             memory_over: AtomicBool::new(false),
             disk_under: AtomicBool::new(false),
+            queue_declared: AtomicU64::new(0),
+            rates: mgmt::stats::RateDb::default(),
             alarms_tx,
             alarms,
             forced_alarms: Mutex::new(Alarms::default()),

@@ -12,6 +12,7 @@ use crate::error::ApiError;
 use crate::node::Node;
 
 mod access;
+mod conns;
 mod ctl;
 mod listing;
 mod overview;
@@ -25,6 +26,7 @@ pub fn router(node: Arc<dyn Node>) -> Router {
         .merge(ctl::routes())
         .merge(access::routes())
         .merge(topology::routes())
+        .merge(conns::routes())
         .route_layer(middleware::from_fn_with_state(node.clone(), require_user));
     Router::new()
         .merge(api)

@@ -1,7 +1,9 @@
 //! `/api/overview`, `/api/nodes`, `/api/whoami`, `/api/cluster-name`, `/api/extensions`,
 //! and the probes.
 
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
@@ -10,6 +12,7 @@ use super::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::node::NodeInfo;
+use crate::stats;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -34,7 +37,11 @@ fn listeners(info: &NodeInfo) -> Vec<Value> {
         .collect()
 }
 
-async fn overview(State(node): State<AppState>, Extension(caller): Extension<Caller>) -> Json<Value> {
+async fn overview(
+    State(node): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Json<Value> {
     let info = node.info();
     let vhosts = node.vhosts();
     let (mut queues, mut exchanges, mut consumers) = (0usize, 0usize, 0u64);
@@ -51,7 +58,17 @@ async fn overview(State(node): State<AppState>, Extension(caller): Extension<Cal
     }
     let conns = node.connections();
     let channels: usize = conns.iter().map(|c| c.channels).sum();
-    let rate = json!({"rate": 0.0});
+    let msg_range =
+        stats::Range::parse(q.get("msg_rates_age").map(String::as_str), q.get("msg_rates_incr").map(String::as_str));
+    let lengths_range =
+        stats::Range::parse(q.get("lengths_age").map(String::as_str), q.get("lengths_incr").map(String::as_str));
+    let activity = stats::overview(
+        node.rates(),
+        &node.node_counters(),
+        [ready + unacked, ready, unacked],
+        msg_range,
+        lengths_range,
+    );
     let exchange_types: Vec<Value> = ["direct", "fanout", "topic", "headers", "x-delayed-message"]
         .iter()
         .map(|t| json!({"name": t, "description": "", "enabled": true}))
@@ -74,13 +91,9 @@ async fn overview(State(node): State<AppState>, Extension(caller): Extension<Cal
         "default_queue_type": "classic",
         "enable_queue_totals": true,
         "is_op_policy_updating_enabled": true,
-        "message_stats": {},
-        "churn_rates": {},
-        "queue_totals": {
-            "messages": ready + unacked, "messages_details": rate,
-            "messages_ready": ready, "messages_ready_details": rate,
-            "messages_unacknowledged": unacked, "messages_unacknowledged_details": rate,
-        },
+        "message_stats": activity.message_stats,
+        "churn_rates": activity.churn_rates,
+        "queue_totals": activity.queue_totals,
         "object_totals": {
             "connections": conns.len(), "channels": channels, "exchanges": exchanges,
             "queues": queues, "consumers": consumers,

@@ -112,7 +112,16 @@ impl WarrenProcess {
             }
             None => std::process::Command::new(bin),
         };
-        cmd.args(["--amqp-port", &port.to_string(), "--bind", "127.0.0.1", "--management-port", "0"]);
+        cmd.args([
+            "--amqp-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--management-port",
+            "0",
+            "--prometheus-port",
+            "0",
+        ]);
         cmd.args(["--heartbeat", "0", "--data-dir"])
             .arg(data_dir)
             .args(extra)

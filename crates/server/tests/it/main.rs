@@ -12,6 +12,7 @@ mod interop;
 mod memory;
 mod mgmt;
 mod mgmt_access;
+mod mgmt_stats;
 mod mgmt_topology;
 mod reliability;
 mod tls;

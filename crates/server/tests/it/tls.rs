@@ -306,7 +306,16 @@ fn run_to_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
         .args(args)
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .args(["--amqp-port", &free_port().to_string(), "--bind", "127.0.0.1", "--management-port", "0"])
+        .args([
+            "--amqp-port",
+            &free_port().to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--management-port",
+            "0",
+            "--prometheus-port",
+            "0",
+        ])
         .env("WARREN_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

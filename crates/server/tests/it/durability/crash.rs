@@ -46,7 +46,16 @@ impl Broker {
             let port = free_port();
             let stderr = File::options().create(true).append(true).open(log).expect("broker log file");
             let child = Command::new(env!("CARGO_BIN_EXE_warren"))
-                .args(["--amqp-port", &port.to_string(), "--bind", "127.0.0.1", "--management-port", "0"])
+                .args([
+                    "--amqp-port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--management-port",
+                    "0",
+                    "--prometheus-port",
+                    "0",
+                ])
                 .args(["--heartbeat", "0", "--data-dir"])
                 .arg(data_dir)
                 .env("WARREN_LOG", "warn")
