@@ -19,6 +19,7 @@ use super::{AppState, Scope, amqp, body, exchange_name, query_flag, visible_vhos
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::routes::listing::{Compare, ListQuery, Shape, respond};
+use crate::stats::RateDb;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -33,7 +34,7 @@ fn by_vhost_name(a: &Arc<Exchange>, b: &Arc<Exchange>) -> std::cmp::Ordering {
     (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name))
 }
 
-fn list(q: &HashMap<String, String>, vhosts: Vec<Arc<VHost>>) -> ApiResult<Json<Value>> {
+fn list(db: &RateDb, q: &HashMap<String, String>, vhosts: Vec<Arc<VHost>>) -> ApiResult<Json<Value>> {
     let query = ListQuery::parse(q)?;
     let items: Vec<Arc<Exchange>> = vhosts.iter().flat_map(|vh| vh.exchanges()).collect();
     let shape = Shape {
@@ -46,7 +47,7 @@ fn list(q: &HashMap<String, String>, vhosts: Vec<Arc<VHost>>) -> ApiResult<Json<
             }
         },
         default_order: by_vhost_name,
-        to_json: |e: &Arc<Exchange>| exchange_json(e),
+        to_json: |e: &Arc<Exchange>| exchange_json(e, db),
     };
     Ok(Json(respond(&query, items, shape)?))
 }
@@ -56,7 +57,7 @@ async fn list_all(
     Extension(caller): Extension<Caller>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    list(&q, visible_vhosts(node.as_ref(), &caller, None)?)
+    list(node.rates(), &q, visible_vhosts(node.as_ref(), &caller, None)?)
 }
 
 async fn list_vhost(
@@ -65,7 +66,7 @@ async fn list_vhost(
     Path(vhost): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    list(&q, visible_vhosts(node.as_ref(), &caller, Some(&vhost))?)
+    list(node.rates(), &q, visible_vhosts(node.as_ref(), &caller, Some(&vhost))?)
 }
 
 async fn show(
@@ -75,7 +76,7 @@ async fn show(
 ) -> ApiResult<Json<Value>> {
     let s = Scope::new(node.as_ref(), &caller, &vhost)?;
     let e = s.vh.exchange(exchange_name(&name)).map_err(amqp)?;
-    Ok(Json(exchange_json(&e)))
+    Ok(Json(exchange_json(&e, node.rates())))
 }
 
 #[derive(Deserialize)]

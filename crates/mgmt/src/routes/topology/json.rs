@@ -12,20 +12,10 @@ use serde_json::{Map, Value, json};
 use wire::{BasicProperties, FieldTable};
 
 use crate::error::{ApiError, ApiResult};
+use crate::stats::RateDb;
 
 fn rate() -> Value {
     json!({"rate": 0.0})
-}
-
-/// A queue's `message_stats`. Empty until per-object counters exist (the statistics
-/// group fills this in); RabbitMQ also omits counters a queue never had.
-pub(super) fn queue_message_stats(_q: &Queue) -> Value {
-    json!({})
-}
-
-/// An exchange's `message_stats` (see [`queue_message_stats`]).
-pub(super) fn exchange_message_stats(_e: &Exchange) -> Value {
-    json!({})
 }
 
 fn queue_type(t: QueueType) -> &'static str {
@@ -81,7 +71,7 @@ pub(super) fn rfc3339_ms(ms: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}+00:00")
 }
 
-pub(super) fn queue_json(q: &Queue, node: &str) -> Value {
+pub(super) fn queue_json(q: &Queue, node: &str, db: &RateDb) -> Value {
     let s = q.stats();
     let messages = s.messages_ready + s.messages_unacked;
     let policy = q.policy_name();
@@ -91,7 +81,7 @@ pub(super) fn queue_json(q: &Queue, node: &str) -> Value {
     } else {
         json!({})
     };
-    json!({
+    let mut j = json!({
         "name": q.name,
         "vhost": q.vhost,
         "type": queue_type(q.declared_args.queue_type),
@@ -124,11 +114,16 @@ pub(super) fn queue_json(q: &Queue, node: &str) -> Value {
         "head_message_timestamp": Value::Null,
         "idle_since": rfc3339_ms(q.last_used_ms()),
         "memory": s.ready_bytes,
-        "message_stats": queue_message_stats(q),
-    })
+        "message_stats": crate::stats::queue_message_stats(db, q, None),
+    });
+    if let Value::Object(m) = &mut j {
+        let lengths = [messages, s.messages_ready, s.messages_unacked];
+        m.extend(crate::stats::queue_length_details(db, &q.vhost, &q.name, lengths));
+    }
+    j
 }
 
-pub(super) fn exchange_json(e: &Exchange) -> Value {
+pub(super) fn exchange_json(e: &Exchange, db: &RateDb) -> Value {
     json!({
         "name": e.name,
         "vhost": e.vhost,
@@ -139,7 +134,7 @@ pub(super) fn exchange_json(e: &Exchange) -> Value {
         "arguments": table_to_json(&e.options.arguments),
         "policy": e.policy_name(),
         "user_who_performed_action": "",
-        "message_stats": exchange_message_stats(e),
+        "message_stats": crate::stats::exchange_message_stats(db, e, None),
     })
 }
 

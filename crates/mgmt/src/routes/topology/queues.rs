@@ -21,6 +21,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::node::API_CONNECTION;
 use crate::routes::listing::{Compare, ListQuery, Shape, respond};
+use crate::stats::RateDb;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -54,14 +55,14 @@ fn cheap_sort(k: &str) -> Option<Compare<Arc<Queue>>> {
     }
 }
 
-fn list(node: &str, q: &HashMap<String, String>, vhosts: Vec<Arc<VHost>>) -> ApiResult<Json<Value>> {
+fn list(node: &str, db: &RateDb, q: &HashMap<String, String>, vhosts: Vec<Arc<VHost>>) -> ApiResult<Json<Value>> {
     let query = ListQuery::parse(q)?;
     let items: Vec<Arc<Queue>> = vhosts.iter().flat_map(|vh| vh.queues()).collect();
     let shape = Shape {
         name: |q: &Arc<Queue>| q.name.as_str(),
         cheap_sort,
         default_order: by_vhost_name,
-        to_json: |q: &Arc<Queue>| queue_json(q, node),
+        to_json: |q: &Arc<Queue>| queue_json(q, node, db),
     };
     Ok(Json(respond(&query, items, shape)?))
 }
@@ -72,7 +73,7 @@ async fn list_all(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let vhosts = visible_vhosts(node.as_ref(), &caller, None)?;
-    list(&node.info().name, &q, vhosts)
+    list(&node.info().name, node.rates(), &q, vhosts)
 }
 
 async fn list_vhost(
@@ -82,7 +83,7 @@ async fn list_vhost(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let vhosts = visible_vhosts(node.as_ref(), &caller, Some(&vhost))?;
-    list(&node.info().name, &q, vhosts)
+    list(&node.info().name, node.rates(), &q, vhosts)
 }
 
 /// The queue `name` as the API sees it: exclusive queues of clients included.
@@ -102,7 +103,7 @@ async fn show(
 ) -> ApiResult<Json<Value>> {
     let s = Scope::new(node.as_ref(), &caller, &vhost)?;
     let q = find(&s.vh, &name)?;
-    Ok(Json(queue_json(&q, &node.info().name)))
+    Ok(Json(queue_json(&q, &node.info().name, node.rates())))
 }
 
 #[derive(Deserialize)]
