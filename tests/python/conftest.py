@@ -60,7 +60,7 @@ class BrokerProcess:
     """A warren process bound to 127.0.0.1 on a free port, logging to a file."""
 
     def __init__(self, binary: Path, data_dir: Path, log_path: Path, port: Optional[int] = None,
-                 host: str = "127.0.0.1", extra_args: Optional[list[str]] = None):
+                 host: str = "127.0.0.1", extra_args: Optional[list[str]] = None, prometheus: bool = False):
         self.binary = binary
         self.data_dir = data_dir
         self.log_path = log_path
@@ -68,6 +68,8 @@ class BrokerProcess:
         self.port = port or find_free_port(self.host)
         # The management API on a port of its own (parallel brokers must not share 15672).
         self.mgmt_port = find_free_port(self.host)
+        # Prometheus only where a test reads it (0: off).
+        self.prom_port = find_free_port(self.host) if prometheus else 0
         self.extra_args = list(extra_args or [])
         self.proc: Optional[subprocess.Popen] = None
         self._log_file = None
@@ -93,7 +95,7 @@ class BrokerProcess:
             "--bind", self.host,
             "--data-dir", str(self.data_dir),
             "--management-port", str(self.mgmt_port),
-            "--prometheus-port", "0",
+            "--prometheus-port", str(self.prom_port),
             *self.extra_args,
         ]
         self.proc = subprocess.Popen(

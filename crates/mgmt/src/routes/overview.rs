@@ -20,6 +20,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/whoami", get(whoami))
         .route("/api/cluster-name", get(cluster_name))
         .route("/api/extensions", get(|| async { Json(json!([])) }))
+        .route("/api/docs", get(docs))
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{node}", get(node))
 }
@@ -102,6 +103,16 @@ async fn overview(
         "node": info.name,
         "listeners": if caller.is_monitor() { listeners(&info) } else { Vec::new() },
         "contexts": [],
+    }))
+}
+
+/// What the API offers and where it differs from RabbitMQ: the docs shipped with the
+/// binary (docs/management.md and docs/metrics.md), as Markdown inside JSON.
+async fn docs() -> Json<Value> {
+    Json(json!({
+        "format": "markdown",
+        "management": include_str!("../../../../docs/management.md"),
+        "metrics": include_str!("../../../../docs/metrics.md"),
     }))
 }
 

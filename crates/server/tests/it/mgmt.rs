@@ -42,3 +42,23 @@ async fn auth_and_errors_have_rabbitmq_shapes() {
     assert_eq!(body["name"], "guest");
     assert_eq!(body["tags"], serde_json::json!(["administrator"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_docs_describe_every_group() {
+    let server = TestServer::start().await.with_management().await;
+    let r = reqwest::Client::new()
+        .get(format!("{}/docs", server.api()))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let text = body["management"].as_str().unwrap();
+    for section in
+        ["## Access and definitions", "## Queues, exchanges, bindings", "## Connections, channels, consumers"]
+    {
+        assert!(text.contains(section), "{section}");
+    }
+    assert!(body["metrics"].as_str().unwrap().contains("rabbitmq_identity_info"));
+}

@@ -328,6 +328,19 @@ async fn put_vhost(
         v.default_queue_type = Some(t);
     }
     change(&node, Change::PutVhost(v))?;
+    // As RabbitMQ's HTTP API: whoever creates a vhost gets full permissions in it (when
+    // they are a user of this node; the Unix socket's operator is not).
+    if existing.is_none() && !caller.local && node.directory().user(&caller.user.name).is_some() {
+        let all = ".*".to_owned();
+        let p = Permission {
+            user: caller.user.name.clone(),
+            vhost: name.clone(),
+            configure: all.clone(),
+            write: all.clone(),
+            read: all,
+        };
+        change(&node, Change::PutPermission(p))?;
+    }
     Ok(put_status(existing.is_some()))
 }
 

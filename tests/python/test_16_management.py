@@ -1,0 +1,149 @@
+"""The management HTTP API and Prometheus metrics with Python's tools as the witnesses:
+`requests` (what scripts use), Celery Flower's broker view (which reads `/api/queues/`),
+and prometheus_client's text parser.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pika
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import BrokerProcess, find_free_port, warren_binary
+
+
+@pytest.fixture
+def node(request):
+    if os.environ.get("AMQP_TEST_PORT"):
+        pytest.skip("needs to spawn its own broker")
+    d = Path(tempfile.mkdtemp(prefix="warren-pytest-mgmt-"))
+    p = BrokerProcess(warren_binary(), d / "data", d / "warren.log", prometheus=True)
+    request.node._extra_brokers = [p]
+    p.start()
+    yield p
+    p.stop()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def api(node: BrokerProcess, path: str) -> str:
+    return f"http://127.0.0.1:{node.mgmt_port}/api{path}"
+
+
+def amqp(node: BrokerProcess) -> pika.BlockingConnection:
+    return pika.BlockingConnection(pika.ConnectionParameters(host="127.0.0.1", port=node.port))
+
+
+def test_everyday_operations_with_requests(node):
+    auth = ("guest", "guest")
+    o = requests.get(api(node, "/overview"), auth=auth, timeout=5).json()
+    assert o["product_name"] == "Warren" and o["rabbitmq_version"]
+    # A user and a vhost over HTTP, then that user over AMQP.
+    assert requests.put(api(node, "/vhosts/jobs"), auth=auth, timeout=5).status_code == 201
+    # As RabbitMQ's API: the creator gets full permissions in the new vhost.
+    p = requests.get(api(node, "/permissions/jobs/guest"), auth=auth, timeout=5).json()
+    assert (p["configure"], p["write"], p["read"]) == (".*", ".*", ".*")
+    r = requests.put(api(node, "/users/ops"), json={"password": "pw", "tags": "monitoring"}, auth=auth, timeout=5)
+    assert r.status_code == 201
+    r = requests.put(api(node, "/permissions/jobs/ops"), json={"configure": ".*", "write": ".*", "read": ".*"},
+                     auth=auth, timeout=5)
+    assert r.status_code in (201, 204)
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        host="127.0.0.1", port=node.port, virtual_host="jobs", credentials=pika.PlainCredentials("ops", "pw")))
+    ch = conn.channel()
+    ch.queue_declare("reports", durable=True)
+    for i in range(5):
+        ch.basic_publish("", "reports", f"r{i}".encode())
+    conn.close()
+    q = requests.get(api(node, "/queues/jobs/reports"), auth=("ops", "pw"), timeout=5).json()
+    assert (q["name"], q["vhost"], q["messages"], q["durable"]) == ("reports", "jobs", 5, True)
+    # Wrong password: 401 with RabbitMQ's body; unknown queue: RabbitMQ's 404 body.
+    r = requests.get(api(node, "/overview"), auth=("ops", "nope"), timeout=5)
+    assert r.status_code == 401 and r.json()["error"] == "not_authorized"
+    r = requests.get(api(node, "/queues/jobs/nope"), auth=auth, timeout=5)
+    assert r.status_code == 404 and r.json() == {"error": "Object Not Found", "reason": "Not Found"}
+    # Purge and get, as the UI does them.
+    r = requests.post(api(node, "/queues/jobs/reports/get"), auth=auth, timeout=5,
+                      json={"count": 2, "ackmode": "ack_requeue_false", "encoding": "auto"})
+    assert r.status_code == 200, r.text
+    assert [m["payload"] for m in r.json()] == ["r0", "r1"]
+    assert requests.delete(api(node, "/queues/jobs/reports/contents"), auth=auth, timeout=5).status_code == 204
+    assert requests.get(api(node, "/queues/jobs/reports"), auth=auth, timeout=5).json()["messages"] == 0
+    # Definitions round trip.
+    defs = requests.get(api(node, "/definitions"), auth=auth, timeout=5).json()
+    assert any(u["name"] == "ops" for u in defs["users"])
+    assert requests.post(api(node, "/definitions"), json=defs, auth=auth, timeout=5).status_code in (200, 201, 204)
+
+
+def test_prometheus_text_parses_with_prometheus_client(node):
+    conn = amqp(node)
+    ch = conn.channel()
+    ch.queue_declare("prom.q")
+    ch.basic_publish("", "prom.q", b"x")
+    text = requests.get(f"http://127.0.0.1:{node.prom_port}/metrics", timeout=5).text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert "rabbitmq_identity_info" in families
+    # Dashboard 10991's core panels.
+    for name in ("rabbitmq_queue_messages_ready", "rabbitmq_connections", "rabbitmq_channels",
+                 "rabbitmq_queues", "rabbitmq_consumers"):
+        assert name in families, name
+    ready = sum(s.value for s in families["rabbitmq_queue_messages_ready"].samples)
+    assert ready >= 1
+    per_object = requests.get(f"http://127.0.0.1:{node.prom_port}/metrics/per-object", timeout=5).text
+    samples = [s for f in text_string_to_metric_families(per_object) for s in f.samples]
+    assert any(s.name == "rabbitmq_queue_messages_ready" and s.labels.get("queue") == "prom.q" for s in samples)
+    conn.close()
+
+
+def test_flower_broker_view_shows_queue_lengths(node, tmp_path):
+    """Celery Flower, pointed at Warren's API as at RabbitMQ's (`broker_api` with the
+    trailing slash), shows the default queue's length."""
+    conn = amqp(node)
+    ch = conn.channel()
+    ch.queue_declare("celery", durable=True)
+    for _ in range(3):
+        ch.basic_publish("", "celery", b"{}")
+    conn.close()
+    port = find_free_port()
+    broker = f"amqp://guest:guest@127.0.0.1:{node.port}//"
+    broker_api = f"http://guest:guest@127.0.0.1:{node.mgmt_port}/api/"
+    log = open(tmp_path / "flower.log", "wb")
+    flower = subprocess.Popen(
+        [sys.executable, "-m", "celery", "--broker", broker, "flower", f"--port={port}", "--address=127.0.0.1",
+         f"--broker_api={broker_api}", "--persistent=False"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path),
+        # Flower's own API answers without a login only when told to.
+        env={**os.environ, "FLOWER_UNAUTHENTICATED_API": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        lengths = None
+        while time.monotonic() < deadline:
+            try:
+                r = requests.get(f"http://127.0.0.1:{port}/api/queues/length", timeout=5)
+                if r.status_code == 200:
+                    lengths = r.json()
+                    if any(q.get("name") == "celery" and q.get("messages") == 3
+                           for q in lengths.get("active_queues", [])):
+                        break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        assert lengths is not None, (tmp_path / "flower.log").read_text()
+        celery = [q for q in lengths["active_queues"] if q.get("name") == "celery"]
+        assert celery and celery[0]["messages"] == 3, (lengths, (tmp_path / "flower.log").read_text()[-3000:])
+        assert celery[0]["messages_ready"] == 3 and celery[0]["messages_unacknowledged"] == 0
+    finally:
+        flower.terminate()
+        try:
+            flower.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            flower.kill()
+        log.close()
