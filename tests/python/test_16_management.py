@@ -147,3 +147,69 @@ def test_flower_broker_view_shows_queue_lengths(node, tmp_path):
         except subprocess.TimeoutExpired:
             flower.kill()
         log.close()
+
+
+def test_tags_pagination_rates_and_health_with_requests(node):
+    auth = ("guest", "guest")
+    # Tags decide what a user may do: monitoring reads everything, changes nothing; a user
+    # without a management tag cannot use the API at all (RabbitMQ's 401 bodies).
+    for user, tags in (("watcher", "monitoring"), ("plain", "")):
+        r = requests.put(api(node, f"/users/{user}"), json={"password": "pw", "tags": tags}, auth=auth, timeout=5)
+        assert r.status_code == 201
+    assert requests.get(api(node, "/overview"), auth=("watcher", "pw"), timeout=5).status_code == 200
+    assert requests.get(api(node, "/users"), auth=("watcher", "pw"), timeout=5).status_code == 401
+    r = requests.put(api(node, "/users/x"), json={"password": "pw", "tags": ""}, auth=("watcher", "pw"), timeout=5)
+    assert r.status_code == 401 and r.json() == {"error": "not_authorised", "reason": "Not administrator user"}
+    r = requests.get(api(node, "/overview"), auth=("plain", "pw"), timeout=5)
+    assert r.status_code == 401 and r.json()["reason"] == "Not management user"
+    # No credentials at all: 401 with a Basic challenge, JSON whatever Accept says.
+    r = requests.get(api(node, "/overview"), headers={"Accept": "text/html"}, timeout=5)
+    assert r.status_code == 401 and "Basic" in r.headers.get("WWW-Authenticate", "")
+    assert r.headers["Content-Type"].startswith("application/json")
+
+    # Pagination, sorting and name filters on 23 queues.
+    conn = amqp(node)
+    ch = conn.channel()
+    for i in range(23):
+        ch.queue_declare(f"page.{i:02}")
+    filt = {"page_size": 4, "sort": "name", "name": "page\\.1", "use_regex": "true"}
+    r = requests.get(api(node, "/queues/%2F"), params={"page": 3, **filt}, auth=auth, timeout=5).json()
+    assert (r["page"], r["page_size"], r["page_count"], r["filtered_count"], r["total_count"]) == (3, 4, 3, 10, 23)
+    assert r["item_count"] == 2 and [q["name"] for q in r["items"]] == ["page.18", "page.19"]
+    # Past the last page: RabbitMQ's 400.
+    r = requests.get(api(node, "/queues/%2F"), params={"page": 4, **filt}, auth=auth, timeout=5)
+    assert r.status_code == 400 and r.json()["error"] == "bad_request"
+    r = requests.get(api(node, "/queues/%2F"), params={"page": 1, "page_size": 5, "sort": "name",
+                                                       "sort_reverse": "true", "columns": "name,messages"},
+                     auth=auth, timeout=5).json()
+    assert [q["name"] for q in r["items"]] == ["page.22", "page.21", "page.20", "page.19", "page.18"]
+    assert set(r["items"][0]) == {"name", "messages"} and r["page_count"] == 5
+    r = requests.get(api(node, "/queues/%2F"), params={"page": 1, "page_size": 501}, auth=auth, timeout=5)
+    assert r.status_code == 400 and r.json()["error"] == "bad_request"
+
+    # Rates become non-zero while a publisher runs (the sampler ticks every 5 s).
+    ch.queue_declare("busy")
+    rate = 0.0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and rate <= 0:
+        for _ in range(200):
+            ch.basic_publish("", "busy", b"x")
+        conn.process_data_events(0)
+        q = requests.get(api(node, "/queues/%2F/busy"), auth=auth, timeout=5).json()
+        rate = q.get("message_stats", {}).get("publish_details", {}).get("rate", 0.0)
+        time.sleep(0.2)
+    assert rate > 0, q
+    o = requests.get(api(node, "/overview"), auth=auth, timeout=5).json()
+    assert o["message_stats"]["publish"] >= 200 and o["message_stats"]["publish_details"]["rate"] > 0
+    conn.close()
+
+    # Health: the unauthenticated probes and RabbitMQ's checks.
+    assert requests.get(f"http://127.0.0.1:{node.mgmt_port}/healthz", timeout=5).status_code == 200
+    assert requests.get(f"http://127.0.0.1:{node.mgmt_port}/readyz", timeout=5).status_code == 200
+    for check in ("alarms", "local-alarms", "virtual-hosts", "node-is-quorum-critical",
+                  f"port-listener/{node.port}", "protocol-listener/amqp"):
+        r = requests.get(api(node, f"/health/checks/{check}"), auth=auth, timeout=5)
+        assert r.status_code == 200 and r.json()["status"] == "ok", (check, r.text)
+    r = requests.get(api(node, "/health/checks/port-listener/1"), auth=auth, timeout=5)
+    assert r.status_code == 503 and r.json()["status"] == "failed"
+    assert requests.get(api(node, "/aliveness-test/%2F"), auth=auth, timeout=5).json() == {"status": "ok"}
