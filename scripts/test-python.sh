@@ -33,6 +33,12 @@ else
     fi
 fi
 
+# 3b. rabbitmqadmin v2, a witness for the management API (test_17; cargo install, cached)
+if [[ -z "${AMQP_TEST_PORT:-}" && -z "${RABBITMQADMIN:-}" ]]; then
+    RABBITMQADMIN="$("$ROOT/scripts/rabbitmqadmin.sh")"
+    export RABBITMQADMIN
+fi
+
 # 4. tests (the whole suite unless test paths were given)
 targets=(tests/python)
 for arg in "$@"; do
