@@ -316,6 +316,11 @@ run_amqp091-go() {
         sed -i "s#http://localhost:15672/#http://127.0.0.1:$MPORT/#; s#\"http://localhost:\"+port#\"http://127.0.0.1:\"+port#" internal/utils/http.go
         sed -i "s#utils.DropConnection(\(.*\), \"15672\")#utils.DropConnection(\1, \"$MPORT\")#" recovery_test.go
     fi
+    # Tests that check for product "RabbitMQ" before using its extensions (basic.recover
+    # requeue=false -> 540, per-queue TTL, basic.nack) run against Warren too. Without this
+    # they skip, and TestIntegrationRecoverNotImplemented and integrationRabbitMQ() leave
+    # their connection open, which fails the package's goleak check.
+    sed -i 's/product.(string) == "RabbitMQ"/(product.(string) == "RabbitMQ" || product.(string) == "Warren")/; s/ok \&\& server == "RabbitMQ"/ok \&\& (server == "RabbitMQ" || server == "Warren")/' integration_test.go
     # Tests that need rabbitmqctl (set_vm_memory_high_watermark, to force
     # connection.blocked) get warrenctl on this run's node.
     local ctl="$RUN/rabbitmqctl"

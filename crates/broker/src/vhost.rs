@@ -279,11 +279,25 @@ impl VHost {
         // Its own bindings go with it.
         self.node.release_bindings(e.binding_count());
         self.changed();
-        for other in ex.values() {
-            self.unbind_all(other, &dest);
-        }
+        let emptied = self.unbind_from_all(&ex, &dest);
         self.persistence.exchange_deleted(&e);
+        drop(ex);
+        for source in emptied {
+            self.auto_delete_exchange(&source);
+        }
         Ok(())
+    }
+
+    /// Remove every binding leading to `dest`; returns the auto-delete sources that this
+    /// left without bindings (RabbitMQ deletes them too, and so on up the chain).
+    fn unbind_from_all(&self, exchanges: &HashMap<String, Arc<Exchange>>, dest: &Destination) -> Vec<Arc<Exchange>> {
+        let mut emptied = Vec::new();
+        for other in exchanges.values() {
+            if self.unbind_all(other, dest) > 0 && other.options.auto_delete && other.binding_count() == 0 {
+                emptied.push(other.clone());
+            }
+        }
+        emptied
     }
 
     /// queue.declare. `name` may be empty (server-named). Returns the queue and whether it was created.
@@ -460,17 +474,20 @@ impl VHost {
         Deleted { message_count, consumers }
     }
 
+    /// Delete an auto-delete exchange that lost its last binding, then the auto-delete
+    /// exchanges upstream of it that this leaves without bindings.
     fn auto_delete_exchange(&self, e: &Arc<Exchange>) {
-        let mut ex = self.exchanges.write();
-        if matches!(ex.get(&e.name), Some(x) if Arc::ptr_eq(x, e)) && e.binding_count() == 0 {
-            ex.remove(&e.name);
-            self.node.release_exchange();
-            self.changed();
-            let dest = Destination::Exchange(e.clone());
-            for other in ex.values() {
-                self.unbind_all(other, &dest);
+        let mut pending = vec![e.clone()];
+        while let Some(e) = pending.pop() {
+            let mut ex = self.exchanges.write();
+            if matches!(ex.get(&e.name), Some(x) if Arc::ptr_eq(x, &e)) && e.binding_count() == 0 {
+                ex.remove(&e.name);
+                self.node.release_exchange();
+                self.changed();
+                let dest = Destination::Exchange(e.clone());
+                pending.extend(self.unbind_from_all(&ex, &dest));
+                self.persistence.exchange_deleted(&e);
             }
-            self.persistence.exchange_deleted(e);
         }
     }
 

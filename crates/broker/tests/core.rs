@@ -361,6 +361,32 @@ fn auto_delete_exchange_goes_with_last_binding() {
 }
 
 #[test]
+fn auto_delete_cascades_up_exchange_to_exchange_chains() {
+    // outer -> inner -> q, both exchanges auto-delete (amqp091-go's recovery test): the
+    // queue's deletion empties inner, whose deletion empties outer.
+    let vh = VHost::new("/");
+    let ad = |kind| ExchangeOptions { auto_delete: true, ..exchange_opts(kind) };
+    vh.declare_exchange("outer", false, ad(ExchangeKind::Fanout)).unwrap();
+    vh.declare_exchange("inner", false, ad(ExchangeKind::Direct)).unwrap();
+    vh.declare_exchange("keep", false, exchange_opts(ExchangeKind::Fanout)).unwrap();
+    vh.bind_exchange("inner", "outer", "", FieldTable::new()).unwrap();
+    vh.bind_exchange("inner", "keep", "", FieldTable::new()).unwrap();
+    vh.declare_queue("q", false, opts(), 1).unwrap();
+    vh.bind_queue("q", "inner", "k", FieldTable::new(), 1).unwrap();
+    vh.delete_queue("q", false, false, 1).unwrap();
+    for gone in ["inner", "outer"] {
+        assert_eq!(vh.exchange(gone).unwrap_err().code, 404, "{gone}");
+    }
+    assert!(vh.exchange("keep").is_ok(), "not auto-delete: stays, without its binding");
+    // exchange.delete of a destination empties its auto-delete sources too.
+    vh.declare_exchange("src", false, ad(ExchangeKind::Fanout)).unwrap();
+    vh.declare_exchange("dst", false, exchange_opts(ExchangeKind::Fanout)).unwrap();
+    vh.bind_exchange("dst", "src", "", FieldTable::new()).unwrap();
+    vh.delete_exchange("dst", false).unwrap();
+    assert_eq!(vh.exchange("src").unwrap_err().code, 404);
+}
+
+#[test]
 fn deleting_a_queue_cancels_its_consumers() {
     let vh = VHost::new("/");
     let (q, _) = vh.declare_queue("q", false, opts(), 1).unwrap();

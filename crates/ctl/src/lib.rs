@@ -87,6 +87,7 @@ const VALUED: &[&str] = &[
     "--default-queue-type",
     "--limit",
     "--format",
+    "--user",
 ];
 
 pub fn usage() -> String {

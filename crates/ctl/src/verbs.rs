@@ -400,8 +400,17 @@ pub fn run(inv: &Invocation, out: &mut dyn std::io::Write) -> R {
             }
         }
         "list_user_limits" => {
-            c.p.banner("Listing user limits ...");
-            let ls = c.get("/api/user-limits", "")?;
+            // `--user U`: that user's limits only (rabbitmqctl's form).
+            let ls = match inv.opt("--user") {
+                Some(u) => {
+                    c.p.banner(&format!("Listing limits for user \"{u}\" ..."));
+                    c.get(&format!("/api/user-limits/{}", seg(u)), &format!("User '{u}' does not exist"))?
+                }
+                None => {
+                    c.p.banner("Listing user limits ...");
+                    c.get("/api/user-limits", "")?
+                }
+            };
             let cols: Vec<(String, String)> = ["user", "limits"]
                 .iter()
                 .map(|s| (s.to_string(), if *s == "limits" { "value".into() } else { s.to_string() }))

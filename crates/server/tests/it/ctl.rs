@@ -184,3 +184,70 @@ fn installed_as_rabbitmqctl_it_behaves_the_same() {
     let o = Command::new(&link).args(["list_users"]).env("WARREN_DATA_DIR", d.path().join("nowhere")).output().unwrap();
     assert_eq!(o.status.code(), Some(69));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_listings_limits_and_node_verbs() {
+    let (_d, w, ctl) = start();
+    assert_eq!(ctl.ok(&["-q", "ping"]), "Ping succeeded\n");
+    // A consumer on a queue bound to an exchange.
+    let conn = Connection::connect(&w.uri(), ConnectionProperties::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        "logs".into(),
+        lapin::ExchangeKind::Topic,
+        lapin::options::ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare("errors".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+    ch.queue_bind("errors".into(), "logs".into(), "*.error".into(), Default::default(), FieldTable::default())
+        .await
+        .unwrap();
+    ch.basic_qos(7, Default::default()).await.unwrap();
+    let _consumer =
+        ch.basic_consume("errors".into(), "c1".into(), Default::default(), FieldTable::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let xs = ctl.ok(&["-q", "list_exchanges", "name", "type", "durable"]);
+    assert!(xs.starts_with("name\ttype\tdurable\n"), "{xs}");
+    assert!(xs.lines().any(|l| l == "logs\ttopic\tfalse"), "{xs}");
+    assert!(xs.lines().any(|l| l == "amq.direct\tdirect\ttrue"), "{xs}");
+    let bs = ctl.ok(&["-q", "list_bindings", "source_name", "destination_name", "routing_key"]);
+    assert!(bs.lines().any(|l| l == "logs\terrors\t*.error"), "{bs}");
+    assert!(bs.lines().any(|l| l == "\terrors\terrors"), "the default exchange's binding: {bs}");
+    let chans = ctl.ok(&["-q", "list_channels", "user", "number", "consumer_count", "prefetch_count"]);
+    assert_eq!(chans, "user\tnumber\tconsumer_count\tprefetch_count\nguest\t1\t1\t7\n");
+    let cons = ctl.ok(&["-q", "list_consumers", "queue_name", "consumer_tag", "ack_required", "prefetch_count"]);
+    assert_eq!(cons, "queue_name\tconsumer_tag\tack_required\tprefetch_count\nerrors\tc1\ttrue\t7\n");
+
+    // Topic permissions, operator policies, limits: set, then listed.
+    ctl.ok(&["add_user", "dan", "pw"]);
+    ctl.ok(&["set_topic_permissions", "dan", "logs", "^dan\\.", ".*"]);
+    let tp = ctl.ok(&["-q", "list_topic_permissions"]);
+    assert!(tp.lines().any(|l| l == "dan\tlogs\t^dan\\.\t.*"), "{tp}");
+    ctl.ok(&["set_operator_policy", "--apply-to", "queues", "cap", ".*", "{\"max-length\": 100}"]);
+    let op = ctl.ok(&["-q", "list_operator_policies"]);
+    assert!(op.lines().any(|l| l.starts_with("/\tcap\t.*\tqueues\t")), "{op}");
+    ctl.ok(&["set_vhost_limits", "{\"max-connections\": 50, \"max-queues\": 20}"]);
+    let vl = ctl.ok(&["-q", "list_vhost_limits"]);
+    assert!(vl.contains("\"max-connections\":50") && vl.contains("\"max-queues\":20"), "{vl}");
+    ctl.ok(&["set_user_limits", "dan", "{\"max-channels\": 3}"]);
+    let ul = ctl.ok(&["-q", "list_user_limits", "--user", "dan"]);
+    assert!(ul.contains("\"max-channels\":3"), "{ul}");
+
+    // Node settings.
+    ctl.ok(&["set_disk_free_limit", "1GB"]);
+    let env: serde_json::Value =
+        serde_json::from_str(&ctl.ok(&["-q", "environment", "--formatter", "json"])).expect("environment is JSON");
+    assert!(env.is_object(), "{env}");
+
+    // close_all_connections closes the lapin connection.
+    let out = ctl.ok(&["close_all_connections", "maintenance"]);
+    assert!(out.starts_with("Closing all connections in vhost / ..."), "{out}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while conn.status().connected() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!conn.status().connected());
+}
