@@ -6,6 +6,8 @@
 #
 #   scripts/bench/ab_transient.sh BASE_DIR NEW_DIR [REPS] [SECONDS]
 #
+# AB_BASE_MGMT=0: the base build predates the management API (no --management-port).
+#
 # BASE_DIR and NEW_DIR hold a `warren` binary each; NEW_DIR's `warren-perf` drives both.
 # Prints each build's consume rates (msg/s). Only 127.0.0.1 is used.
 set -euo pipefail
@@ -16,7 +18,7 @@ trap 'rm -rf "$OUT"' EXIT
 run() { # LABEL DIR EXTRA_FLAGS...
     local label="$1" dir="$2"; shift 2
     rm -rf "$OUT/data"; mkdir -p "$OUT/data"
-    "$dir/warren" --amqp-port "$PORT" --bind 127.0.0.1 --management-port "$MPORT" "$@" \
+    "$dir/warren" --amqp-port "$PORT" --bind 127.0.0.1 "$@" \
         --data-dir "$OUT/data" >"$OUT/$label.log" 2>&1 &
     local pid=$!
     for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
@@ -26,8 +28,8 @@ run() { # LABEL DIR EXTRA_FLAGS...
     kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 for _ in $(seq "$REPS"); do
-    run base "$BASE"
+    if [[ "${AB_BASE_MGMT:-1}" == 1 ]]; then run base "$BASE" --management-port "$MPORT"; else run base "$BASE"; fi
     # The statistics build serves Prometheus too: off here, as RabbitMQ's bench setups do.
-    run new "$NEW" --prometheus-port 0
+    run new "$NEW" --management-port "$MPORT" --prometheus-port 0
 done
 for l in base new; do echo "$l: $(tr '\n' ' ' <"$OUT/$l.txt")"; done
