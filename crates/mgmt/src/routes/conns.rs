@@ -15,6 +15,7 @@ use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::listing::{self, ListQuery, Shape};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::node::{ChannelInfo, ConnectionInfo, ConsumerInfo};
@@ -34,39 +35,18 @@ pub fn routes() -> Router<AppState> {
         .route("/api/consumers/{vhost}", get(vhost_consumers))
 }
 
-/// Largest `page_size` (RabbitMQ's).
-const PAGE_SIZE_MAX: usize = 500;
-const PAGE_SIZE_DEFAULT: usize = 100;
-
-/// RabbitMQ's list parameters: `name` keeps items whose name contains it (ignoring
-/// case); with `page` the reply is `{items, page, page_size, page_count, item_count,
-/// filtered_count, total_count}` instead of the array.
+/// RabbitMQ's list parameters (`name`, `use_regex`, `sort`, `sort_reverse`, `page`,
+/// `page_size`, `columns`: see [`listing`]) over items already in their default order
+/// (these lists are small next to queue lists: their JSON is built before sorting).
 fn paged(items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult<Json<Value>> {
-    let total = items.len();
-    let items: Vec<Value> = match q.get("name").filter(|n| !n.is_empty()) {
-        Some(n) => {
-            let n = n.to_lowercase();
-            items.into_iter().filter(|v| v["name"].as_str().is_some_and(|s| s.to_lowercase().contains(&n))).collect()
-        }
-        None => items,
+    let query = ListQuery::parse(q)?;
+    let shape = Shape {
+        name: |v: &Value| v["name"].as_str().unwrap_or_default(),
+        cheap_sort: |_: &str| None,
+        default_order: |_: &Value, _: &Value| std::cmp::Ordering::Equal,
+        to_json: |v: &Value| v.clone(),
     };
-    let Some(page) = q.get("page") else { return Ok(Json(Value::Array(items))) };
-    let page: usize = page.parse().ok().filter(|&p| p >= 1).ok_or_else(|| ApiError::bad_request("invalid page"))?;
-    let size = match q.get("page_size") {
-        Some(s) => s.parse().ok().filter(|&s| (1..=PAGE_SIZE_MAX).contains(&s)),
-        None => Some(PAGE_SIZE_DEFAULT),
-    };
-    let size = size.ok_or_else(|| ApiError::bad_request(format!("page_size must be 1 to {PAGE_SIZE_MAX}")))?;
-    let filtered = items.len();
-    let page_count = filtered.div_ceil(size).max(1);
-    if page > page_count {
-        return Err(ApiError::bad_request("page out of range"));
-    }
-    let chunk: Vec<Value> = items.into_iter().skip((page - 1) * size).take(size).collect();
-    Ok(Json(json!({
-        "total_count": total, "item_count": chunk.len(), "filtered_count": filtered,
-        "page": page, "page_size": size, "page_count": page_count, "items": chunk,
-    })))
+    Ok(Json(listing::respond(&query, items, shape)?))
 }
 
 /// Whether the caller may see an object of `user`.
@@ -358,5 +338,10 @@ mod tests {
         assert!(paged(items(5), &q(&[("page", "4"), ("page_size", "2")])).is_err());
         assert!(paged(items(5), &q(&[("page", "1"), ("page_size", "501")])).is_err());
         assert!(paged(items(0), &q(&[("page", "1")])).is_ok(), "an empty list has one empty page");
+        // Regex names, sort on any field, columns.
+        let r = paged(items(12), &q(&[("name", "^Conn-1[01]$"), ("use_regex", "true")])).unwrap().0;
+        assert_eq!(r.as_array().unwrap().len(), 2);
+        let s = paged(items(3), &q(&[("sort", "name"), ("sort_reverse", "true"), ("columns", "name")])).unwrap().0;
+        assert_eq!(s, json!([{"name": "Conn-2"}, {"name": "Conn-1"}, {"name": "Conn-0"}]));
     }
 }
