@@ -187,6 +187,15 @@ def test_tags_pagination_rates_and_health_with_requests(node):
     r = requests.get(api(node, "/queues/%2F"), params={"page": 1, "page_size": 501}, auth=auth, timeout=5)
     assert r.status_code == 400 and r.json()["error"] == "bad_request"
 
+    # A consumer that holds its one prefetch credit and never acks: the messages behind
+    # it wait, so the queue's consumer utilisation falls from 1.0 towards 0.
+    slow = amqp(node)
+    sch = slow.channel()
+    sch.queue_declare("slow")
+    sch.basic_qos(prefetch_count=1)
+    sch.basic_consume("slow", lambda *a: None, auto_ack=False)
+    for _ in range(5):
+        ch.basic_publish("", "slow", b"x")
     # Rates become non-zero while a publisher runs (the sampler ticks every 5 s).
     ch.queue_declare("busy")
     rate = 0.0
@@ -199,6 +208,14 @@ def test_tags_pagination_rates_and_health_with_requests(node):
         rate = q.get("message_stats", {}).get("publish_details", {}).get("rate", 0.0)
         time.sleep(0.2)
     assert rate > 0, q
+    deadline = time.monotonic() + 20
+    util = 1.0
+    while time.monotonic() < deadline and util > 0.5:
+        sq = requests.get(api(node, "/queues/%2F/slow"), auth=auth, timeout=5).json()
+        util = sq["consumer_utilisation"]
+        slow.process_data_events(0.2)
+    assert util <= 0.5 and sq["consumers"] == 1 and sq["messages_ready"] == 4, sq
+    slow.close()
     o = requests.get(api(node, "/overview"), auth=auth, timeout=5).json()
     assert o["message_stats"]["publish"] >= 200 and o["message_stats"]["publish_details"]["rate"] > 0
     conn.close()

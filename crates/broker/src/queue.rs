@@ -102,6 +102,11 @@ struct QueueState {
     next_seq: u64,
     /// Delivered to a consumer that must still ack.
     unacked: u64,
+    /// Since when ready messages wait while every consumer is out of credit (none while
+    /// the queue can deliver at once): consumer utilisation is the rest of the time.
+    stalled_since_ms: Option<u64>,
+    /// Milliseconds of stalls that have ended.
+    stalled_ms: u64,
     deleted: bool,
     /// Last time the queue was used (consumer added, get, redeclare), for x-expires.
     last_used_ms: u64,
@@ -118,6 +123,10 @@ pub struct QueueStats {
     pub messages_unacked: u64,
     pub consumers: u32,
     pub ready_bytes: u64,
+    /// Milliseconds, in total, that ready messages waited while every consumer was out of
+    /// credit (prefetch, flow, a full socket): the complement of RabbitMQ's consumer
+    /// utilisation, as a counter whose rate the statistics sampler turns into a fraction.
+    pub stalled_ms: u64,
 }
 
 /// What became of a published message.
@@ -198,6 +207,8 @@ impl Queue {
                 cursor: 0,
                 next_seq,
                 unacked: 0,
+                stalled_since_ms: None,
+                stalled_ms: 0,
                 deleted: false,
                 last_used_ms: now,
                 eff,
@@ -208,11 +219,13 @@ impl Queue {
 
     pub fn stats(&self) -> QueueStats {
         let st = self.state.lock();
+        let open = st.stalled_since_ms.map_or(0, |t| self.clock.now_ms().saturating_sub(t));
         QueueStats {
             messages_ready: st.store.len() as u64,
             messages_unacked: st.unacked,
             consumers: st.consumers.len() as u32,
             ready_bytes: st.store.bytes(),
+            stalled_ms: st.stalled_ms + open,
         }
     }
 
@@ -363,6 +376,15 @@ impl Queue {
     /// else all, highest priority group first.
     fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState, now: u64, letters: &mut Letters) {
         let stalled = self.deliver_ready(st, now, letters);
+        // The clock is read only when a stall starts or ends, not per message.
+        match (stalled, st.stalled_since_ms) {
+            (true, None) => st.stalled_since_ms = Some(self.clock.now_ms()),
+            (false, Some(t)) => {
+                st.stalled_ms += self.clock.now_ms().saturating_sub(t);
+                st.stalled_since_ms = None;
+            }
+            _ => {}
+        }
         let flow = stalled && st.store.near_ram_budget() && st.consumers.iter().any(|c| c.sink.write_blocked());
         if flow != self.flow.load(Ordering::Relaxed) {
             self.set_flow(flow);
@@ -669,7 +691,12 @@ impl Queue {
     }
 
     pub fn purge(&self) -> usize {
-        self.state.lock().store.purge()
+        let mut st = self.state.lock();
+        // Nothing is left waiting: a stall ends here.
+        if let Some(t) = st.stalled_since_ms.take() {
+            st.stalled_ms += self.clock.now_ms().saturating_sub(t);
+        }
+        st.store.purge()
     }
 
     /// Expire messages at the head and report whether the queue itself expired

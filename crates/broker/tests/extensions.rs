@@ -347,3 +347,33 @@ fn invalid_arguments_are_406_naming_the_argument() {
     let (q, _) = vh.declare_queue("qq", false, durable, 1).unwrap();
     assert_eq!(q.effective_args().delivery_limit, Some(20), "RabbitMQ 4.x default delivery limit");
 }
+
+#[test]
+fn stalled_time_counts_only_while_ready_messages_wait_for_credit() {
+    let (vh, clock) = setup();
+    let (q, _) = vh.declare_queue("work", false, opts(&[]), 1).unwrap();
+    let sink = Sink::new(1);
+    consume(&q, &sink, 0);
+    // One message, one credit: delivered at once, nothing waits.
+    q.publish(msg("a"));
+    clock.advance(50);
+    assert_eq!(q.stats().stalled_ms, 0);
+    // A second message finds the consumer out of credit: a stall starts.
+    q.publish(msg("b"));
+    clock.advance(300);
+    assert_eq!(q.stats().stalled_ms, 300, "an open stall counts up to now");
+    // Credit comes back: "b" goes out and the stall ends at 300 ms.
+    sink.credit.store(1, Ordering::Relaxed);
+    let first = sink.got.lock()[0].clone();
+    q.ack(&[first]);
+    q.dispatch();
+    clock.advance(1_000);
+    assert_eq!(q.stats().stalled_ms, 300);
+    assert_eq!(sink.bodies(), ["a", "b"]);
+    // A stall ended by a purge.
+    q.publish(msg("c"));
+    clock.advance(20);
+    q.purge();
+    clock.advance(500);
+    assert_eq!(q.stats().stalled_ms, 320);
+}

@@ -254,7 +254,7 @@ pub fn sample(node: &dyn Node, db: &RateDb, now_ms: u64) {
             ready += s.messages_ready;
             unacked += s.messages_unacked;
             let mut v: Vec<u64> = c.named().iter().map(|x| x.1).collect();
-            v.extend([s.messages_ready + s.messages_unacked, s.messages_ready, s.messages_unacked]);
+            v.extend([s.messages_ready + s.messages_unacked, s.messages_ready, s.messages_unacked, s.stalled_ms]);
             rows.push((queue_key(&vh.name, &q.name), v, OBJECT_SAMPLES));
         }
         for e in vh.exchanges() {
@@ -334,6 +334,18 @@ pub fn queue_length_details(db: &RateDb, vhost: &str, name: &str, lengths: [u64;
     })
 }
 
+/// RabbitMQ's consumer utilisation (also its `consumer_capacity`): the fraction of the
+/// last sampling interval in which the queue could hand a ready message to a consumer at
+/// once, from the rate of the queue's stalled milliseconds (the 13th value of its row).
+/// 1.0 until the queue has two samples; 0.0 without consumers.
+pub fn queue_utilisation(db: &RateDb, vhost: &str, name: &str, consumers: u32) -> f64 {
+    if consumers == 0 {
+        return 0.0;
+    }
+    let stalled_ms_per_s = db.with(|s| s.series(&queue_key(vhost, name)).map_or(0.0, |x| x.rate(12)));
+    (1.0 - stalled_ms_per_s / 1000.0).clamp(0.0, 1.0)
+}
+
 /// The activity parts of `/api/overview`.
 pub struct Overview {
     pub message_stats: Value,
@@ -398,6 +410,28 @@ mod tests {
         assert_eq!(s.series("q").unwrap().rate(1), 20.0);
         round(&mut s, 11_000, 50);
         assert_eq!(s.series("q").unwrap().rate(0), 0.0);
+    }
+
+    #[test]
+    fn utilisation_is_the_share_of_time_without_a_stall() {
+        let db = RateDb::default();
+        let key = queue_key("/", "q");
+        let row = |stalled: u64| {
+            let mut v = vec![0u64; 12];
+            v.push(stalled);
+            v
+        };
+        assert_eq!(queue_utilisation(&db, "/", "q", 1), 1.0, "no samples yet");
+        db.with_mut(|s| {
+            s.begin(0);
+            s.record(0, key.clone(), &row(0), 4);
+            s.end();
+            s.begin(5_000);
+            s.record(5_000, key.clone(), &row(1_250), 4);
+            s.end();
+        });
+        assert_eq!(queue_utilisation(&db, "/", "q", 2), 0.75, "stalled 1.25 s of 5 s");
+        assert_eq!(queue_utilisation(&db, "/", "q", 0), 0.0, "no consumers");
     }
 
     #[test]

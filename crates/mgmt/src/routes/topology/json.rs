@@ -76,6 +76,7 @@ pub(super) fn queue_json(q: &Queue, node: &str, db: &RateDb) -> Value {
     let messages = s.messages_ready + s.messages_unacked;
     let policy = q.policy_name();
     let op = q.operator_policy_name();
+    let utilisation = crate::stats::queue_utilisation(db, &q.vhost, &q.name, s.consumers);
     let effective = if policy.is_some() || op.is_some() {
         policy_definition_json(&q.effective_policy_definition())
     } else {
@@ -92,8 +93,8 @@ pub(super) fn queue_json(q: &Queue, node: &str, db: &RateDb) -> Value {
         "node": node,
         "state": if q.in_flow() { "flow" } else { "running" },
         "consumers": s.consumers,
-        "consumer_capacity": if s.consumers > 0 { 1.0 } else { 0.0 },
-        "consumer_utilisation": if s.consumers > 0 { 1.0 } else { 0.0 },
+        "consumer_capacity": utilisation,
+        "consumer_utilisation": utilisation,
         "exclusive_consumer_tag": Value::Null,
         "policy": policy,
         "operator_policy": op,
