@@ -102,6 +102,8 @@ struct QueueState {
     next_seq: u64,
     /// Delivered to a consumer that must still ack.
     unacked: u64,
+    /// Their body bytes.
+    unacked_bytes: u64,
     /// Since when ready messages wait while every consumer is out of credit (none while
     /// the queue can deliver at once): consumer utilisation is the rest of the time.
     stalled_since_ms: Option<u64>,
@@ -123,6 +125,8 @@ pub struct QueueStats {
     pub messages_unacked: u64,
     pub consumers: u32,
     pub ready_bytes: u64,
+    /// Body bytes of the messages delivered and not yet acked.
+    pub unacked_bytes: u64,
     /// Milliseconds, in total, that ready messages waited while every consumer was out of
     /// credit (prefetch, flow, a full socket): the complement of RabbitMQ's consumer
     /// utilisation, as a counter whose rate the statistics sampler turns into a fraction.
@@ -207,6 +211,7 @@ impl Queue {
                 cursor: 0,
                 next_seq,
                 unacked: 0,
+                unacked_bytes: 0,
                 stalled_since_ms: None,
                 stalled_ms: 0,
                 deleted: false,
@@ -225,6 +230,7 @@ impl Queue {
             messages_unacked: st.unacked,
             consumers: st.consumers.len() as u32,
             ready_bytes: st.store.bytes(),
+            unacked_bytes: st.unacked_bytes,
             stalled_ms: st.stalled_ms + open,
         }
     }
@@ -472,6 +478,7 @@ impl Queue {
                     st.store.ack(&d);
                 } else {
                     st.unacked += 1;
+                    st.unacked_bytes += d.msg.body_size();
                 }
             }
         }
@@ -499,6 +506,7 @@ impl Queue {
                     st.store.ack(&m);
                 } else {
                     st.unacked += 1;
+                    st.unacked_bytes += m.msg.body_size();
                 }
                 let remaining = st.store.len() as u32;
                 (m, remaining)
@@ -524,6 +532,7 @@ impl Queue {
             st.store.ack(m);
         }
         st.unacked = st.unacked.saturating_sub(msgs.len() as u64);
+        st.unacked_bytes = st.unacked_bytes.saturating_sub(msgs.iter().map(|m| m.msg.body_size()).sum());
         if acked {
             bump(&self.counters.ack, msgs.len() as u64);
         }
@@ -543,6 +552,7 @@ impl Queue {
         {
             let mut st = self.state.lock();
             st.unacked = st.unacked.saturating_sub(msgs.len() as u64);
+            st.unacked_bytes = st.unacked_bytes.saturating_sub(msgs.iter().map(|m| m.msg.body_size()).sum());
             if st.deleted {
                 return;
             }

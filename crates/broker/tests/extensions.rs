@@ -370,6 +370,7 @@ fn stalled_time_counts_only_while_ready_messages_wait_for_credit() {
     clock.advance(1_000);
     assert_eq!(q.stats().stalled_ms, 300);
     assert_eq!(sink.bodies(), ["a", "b"]);
+    assert_eq!((q.stats().messages_unacked, q.stats().unacked_bytes), (1, 1), "\"b\" is out, unacked");
     // A stall ended by a purge.
     q.publish(msg("c"));
     clock.advance(20);

@@ -294,7 +294,7 @@ pub fn per_object(node: &dyn Node) -> String {
         }
     }
     type Pick = fn(&broker::queue::QueueStats, &broker::counters::QueueCounts) -> u64;
-    let queue_families: [(&str, &str, &str, Pick); 8] = [
+    let queue_families: [(&str, &str, &str, Pick); 10] = [
         ("rabbitmq_queue_messages_ready", "gauge", "Messages ready to be delivered to consumers", |s, _| {
             s.messages_ready
         }),
@@ -308,6 +308,15 @@ pub fn per_object(node: &dyn Node) -> String {
             s.messages_ready + s.messages_unacked
         }),
         ("rabbitmq_queue_messages_ready_bytes", "gauge", "Size in bytes of ready messages", |s, _| s.ready_bytes),
+        (
+            "rabbitmq_queue_messages_unacked_bytes",
+            "gauge",
+            "Size in bytes of all the unacknowledged messages",
+            |s, _| s.unacked_bytes,
+        ),
+        ("rabbitmq_queue_messages_bytes", "gauge", "Size in bytes of ready and unacknowledged messages", |s, _| {
+            s.ready_bytes + s.unacked_bytes
+        }),
         ("rabbitmq_queue_consumers", "gauge", "Consumers on a queue", |s, _| u64::from(s.consumers)),
         (
             "rabbitmq_queue_messages_published_total",
