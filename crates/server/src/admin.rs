@@ -7,6 +7,7 @@
 //! vhost or user closed, policies and limits re-applied). One writer at a time, so the
 //! log's order is the order changes were applied in.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,7 +20,7 @@ use broker::exchange::{ExchangeOptions, parse_type};
 use broker::policy::ApplyTo;
 use broker::queue::QueueOptions;
 use broker::{AmqpError, VHost};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::channel::notify_deleted;
 use crate::state::ServerState;
@@ -87,6 +88,11 @@ impl ServerState {
     /// Validate, log, apply and carry out one change.
     pub fn change_access(&self, c: Change) -> Result<(), ChangeError> {
         let _writer = self.access_writer.lock();
+        self.change_access_locked(c)
+    }
+
+    /// [`Self::change_access`] for a caller that holds `access_writer`.
+    fn change_access_locked(&self, c: Change) -> Result<(), ChangeError> {
         self.access.read().validate(&c).map_err(|e| ChangeError::Invalid(e.to_string()))?;
         if let Some(p) = &self.persistence {
             p.log_access(&c).map_err(|e| ChangeError::Store(e.to_string()))?;
@@ -216,34 +222,70 @@ impl ServerState {
     }
 
     /// Import RabbitMQ definitions JSON, all or nothing: everything is validated (users,
-    /// regexes, vhosts named, exchange types, queue arguments) before anything changes.
+    /// regexes, vhosts named, exchange types, queue arguments, existing queues and
+    /// exchanges equivalent, both ends of every binding known) before anything changes;
+    /// then every change and durable declaration is written as one record of the
+    /// definitions log (one fsync: after a crash all of it is replayed or none), and only
+    /// then applied. Access changes from elsewhere wait until the import is done.
     pub fn import_definitions(&self, json: &[u8]) -> Result<(), ChangeError> {
         let defs = Definitions::parse(json).map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        let _writer = self.access_writer.lock();
         let plan = self.with_access(|d| defs.plan(d)).map_err(|e| ChangeError::Invalid(e.to_string()))?;
         validate_topology(&plan)?;
-        for c in plan.changes {
-            self.change_access(c)?;
+        let topology = self.import_topology(&plan)?;
+        if let Some(p) = &self.persistence {
+            let mut records: Vec<Vec<u8>> = plan.changes.iter().map(crate::persist::access_record).collect();
+            records.extend(topology.iter().filter_map(ImportOp::record));
+            p.log_batch(records).map_err(|e| ChangeError::Store(e.to_string()))?;
         }
-        for e in plan.exchanges {
-            let vh =
-                self.vhost(&e.vhost).ok_or_else(|| ChangeError::Invalid(format!("vhost '{}' not found", e.vhost)))?;
-            let (kind, delayed) = parse_type(&e.r#type, &e.arguments).map_err(invalid)?;
+        for w in &plan.warnings {
+            warn!("definitions import: {w}");
+        }
+        crate::persist::logged_by_batch(|| {
+            for c in plan.changes {
+                // Validated by the plan against this same directory (the writer lock is
+                // held): a refusal here would be a bug, and the batch already holds it.
+                if let Err(e) = self.change_access_locked(c) {
+                    error!("definitions import: an access change validated before failed: {e}");
+                }
+            }
+            for op in topology {
+                op.apply(self);
+            }
+        });
+        Ok(())
+    }
+
+    /// The import's exchanges, queues and bindings, checked against the node as it is:
+    /// an existing queue or exchange must be equivalent (RabbitMQ's 406 otherwise), and
+    /// each binding's ends must exist already or come with the import.
+    fn import_topology(&self, plan: &ImportPlan) -> Result<Vec<ImportOp>, ChangeError> {
+        let mut ops = Vec::new();
+        // (vhost, name) -> durable, for what the import declares.
+        let mut new_exchanges: HashMap<(&str, &str), bool> = HashMap::new();
+        let mut new_queues: HashMap<(&str, &str), bool> = HashMap::new();
+        let what = |kind: &str, name: &str, vhost: &str, e: AmqpError| {
+            ChangeError::Invalid(format!("{kind} '{name}' in vhost '{vhost}': {}", e.reply_text()))
+        };
+        for e in &plan.exchanges {
+            let (kind, delayed) =
+                parse_type(&e.r#type, &e.arguments).map_err(|x| what("exchange", &e.name, &e.vhost, x))?;
             let opts = ExchangeOptions {
                 kind,
                 delayed,
                 durable: e.durable,
                 auto_delete: e.auto_delete,
                 internal: e.internal,
-                arguments: e.arguments,
+                arguments: e.arguments.clone(),
             };
-            if let Err(err) = vh.declare_exchange(&e.name, false, opts) {
-                warn!("definitions import: exchange '{}' in vhost '{}': {err}", e.name, e.vhost);
+            if let Some(x) = self.vhost(&e.vhost).and_then(|vh| vh.exchange(&e.name).ok()) {
+                x.check_equivalent(&opts).map_err(|x| what("exchange", &e.name, &e.vhost, x))?;
             }
+            new_exchanges.insert((&e.vhost, &e.name), e.durable);
+            ops.push(ImportOp::Exchange { vhost: e.vhost.clone(), name: e.name.clone(), opts });
         }
-        for q in plan.queues {
-            let vh =
-                self.vhost(&q.vhost).ok_or_else(|| ChangeError::Invalid(format!("vhost '{}' not found", q.vhost)))?;
-            let mut arguments = q.arguments;
+        for q in &plan.queues {
+            let mut arguments = q.arguments.clone();
             // RabbitMQ 3.13+ exports the type beside the arguments.
             if let Some(t) = q.r#type.as_deref().filter(|t| *t != "classic")
                 && arguments.get("x-queue-type").is_none()
@@ -252,26 +294,44 @@ impl ServerState {
                     .insert("x-queue-type", wire::FieldValue::LongStr(bytes::Bytes::copy_from_slice(t.as_bytes())));
             }
             let opts = QueueOptions { durable: q.durable, exclusive: false, auto_delete: q.auto_delete, arguments };
-            if let Err(err) = vh.declare_queue(&q.name, false, opts, 0) {
-                warn!("definitions import: queue '{}' in vhost '{}': {err}", q.name, q.vhost);
+            if let Some(x) = self.vhost(&q.vhost).and_then(|vh| vh.queue(&q.name, 0).ok()) {
+                x.check_equivalent(&opts).map_err(|x| what("queue", &q.name, &q.vhost, x))?;
             }
+            new_queues.insert((&q.vhost, &q.name), q.durable);
+            ops.push(ImportOp::Queue { vhost: q.vhost.clone(), name: q.name.clone(), opts });
         }
-        for b in plan.bindings {
-            let vh =
-                self.vhost(&b.vhost).ok_or_else(|| ChangeError::Invalid(format!("vhost '{}' not found", b.vhost)))?;
-            let r = if b.destination_type == "queue" {
-                vh.bind_queue(&b.destination, &b.source, &b.routing_key, b.arguments, 0)
-            } else {
-                vh.bind_exchange(&b.destination, &b.source, &b.routing_key, b.arguments)
+        for b in &plan.bindings {
+            let vh = self.vhost(&b.vhost);
+            let exchange_durable = |name: &str| {
+                new_exchanges
+                    .get(&(b.vhost.as_str(), name))
+                    .copied()
+                    .or_else(|| vh.as_ref().and_then(|v| v.exchange(name).ok()).map(|x| x.options.durable))
             };
-            if let Err(err) = r {
-                warn!(
-                    "definitions import: binding '{}' -> '{}' in vhost '{}': {err}",
+            let to_queue = b.destination_type == "queue";
+            let missing = |kind: &str, name: &str| {
+                ChangeError::Invalid(format!(
+                    "binding '{}' -> '{}' in vhost '{}': no {kind} '{name}'",
                     b.source, b.destination, b.vhost
-                );
-            }
+                ))
+            };
+            let source_durable = exchange_durable(&b.source).ok_or_else(|| missing("exchange", &b.source))?;
+            let destination_durable = if to_queue {
+                new_queues
+                    .get(&(b.vhost.as_str(), b.destination.as_str()))
+                    .copied()
+                    .or_else(|| vh.as_ref().and_then(|v| v.queue(&b.destination, 0).ok()).map(|q| q.options.durable))
+                    .ok_or_else(|| missing("queue", &b.destination))?
+            } else {
+                exchange_durable(&b.destination).ok_or_else(|| missing("exchange", &b.destination))?
+            };
+            ops.push(ImportOp::Binding {
+                def: b.clone(),
+                to_queue,
+                both_durable: source_durable && destination_durable,
+            });
         }
-        Ok(())
+        Ok(ops)
     }
 
     /// The node's definitions in RabbitMQ's JSON format (durable topology only, as
@@ -350,8 +410,60 @@ fn broker_policy(p: &access::model::Policy) -> Option<broker::policy::Policy> {
     convert().map_err(|e| warn!("policy '{}' in vhost '{}' not applied: {e}", p.name, p.vhost)).ok()
 }
 
-fn invalid(e: AmqpError) -> ChangeError {
-    ChangeError::Invalid(e.reply_text())
+/// One declaration of a definitions import, checked and ready to apply.
+enum ImportOp {
+    Exchange { vhost: String, name: String, opts: ExchangeOptions },
+    Queue { vhost: String, name: String, opts: QueueOptions },
+    Binding { def: BindingDef, to_queue: bool, both_durable: bool },
+}
+
+impl ImportOp {
+    /// Its definitions-log record (None when it is not durable).
+    fn record(&self) -> Option<Vec<u8>> {
+        match self {
+            ImportOp::Exchange { vhost, name, opts } => crate::persist::exchange_record(vhost, name, opts),
+            ImportOp::Queue { vhost, name, opts } => crate::persist::queue_record(vhost, name, opts),
+            ImportOp::Binding { def: b, to_queue, both_durable } => crate::persist::binding_record(
+                &b.vhost,
+                &b.source,
+                *to_queue,
+                &b.destination,
+                &b.routing_key,
+                &b.arguments,
+                *both_durable,
+            ),
+        }
+    }
+
+    /// Declare it. Checked before, so a failure here is a resource limit or a store that
+    /// cannot open: logged (the node's limits, not the import, refused it).
+    fn apply(self, state: &ServerState) {
+        let (kind, name, vhost, r) = match self {
+            ImportOp::Exchange { vhost, name, opts } => {
+                let r = state.vhost(&vhost).map(|vh| vh.declare_exchange(&name, false, opts).map(|_| ()));
+                ("exchange", name, vhost, r)
+            }
+            ImportOp::Queue { vhost, name, opts } => {
+                let r = state.vhost(&vhost).map(|vh| vh.declare_queue(&name, false, opts, 0).map(|_| ()));
+                ("queue", name, vhost, r)
+            }
+            ImportOp::Binding { def: b, to_queue, .. } => {
+                let r = state.vhost(&b.vhost).map(|vh| {
+                    if to_queue {
+                        vh.bind_queue(&b.destination, &b.source, &b.routing_key, b.arguments, 0)
+                    } else {
+                        vh.bind_exchange(&b.destination, &b.source, &b.routing_key, b.arguments)
+                    }
+                });
+                ("binding to", b.destination, b.vhost, r)
+            }
+        };
+        match r {
+            Some(Ok(())) => {}
+            Some(Err(e)) => warn!("definitions import: {kind} '{name}' in vhost '{vhost}': {e}"),
+            None => warn!("definitions import: {kind} '{name}': vhost '{vhost}' is gone"),
+        }
+    }
 }
 
 /// The topology part of an import, checked before anything is applied.

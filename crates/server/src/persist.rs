@@ -83,6 +83,9 @@ enum Def {
     /// [`access::directory::Change`] as JSON (so the log's format does not follow the
     /// access model's Rust layout).
     Access(Vec<u8>),
+    /// Several records written as one (one checksum, one fsync): after a crash either all
+    /// of them are replayed or none. A definitions import is one batch. Never nested.
+    Batch(Vec<Vec<u8>>),
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -104,6 +107,9 @@ impl Reader<'_> {
     fn str(&mut self) -> Option<String> {
         let n = u16::from_le_bytes(self.take(2)?.try_into().ok()?) as usize;
         String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
     fn table(&mut self) -> Option<FieldTable> {
         let (t, n) = wire::types::decode_table(self.0).ok()?;
@@ -155,6 +161,14 @@ impl Def {
                 o.push(7);
                 o.extend_from_slice(json);
             }
+            Def::Batch(records) => {
+                o.push(8);
+                o.extend_from_slice(&(records.len() as u32).to_le_bytes());
+                for r in records {
+                    o.extend_from_slice(&(r.len() as u32).to_le_bytes());
+                    o.extend_from_slice(r);
+                }
+            }
         }
         o
     }
@@ -192,6 +206,23 @@ impl Def {
                 }
             }
             7 => Def::Access(r.0.to_vec()),
+            8 => {
+                let n = r.u32()?;
+                // Each record takes at least its 4-byte length: a count beyond that is damage.
+                if n as usize > r.0.len() / 4 {
+                    return None;
+                }
+                let mut records = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    let len = r.u32()? as usize;
+                    let rec = r.take(len)?;
+                    if rec.first() == Some(&8) {
+                        return None;
+                    }
+                    records.push(rec.to_vec());
+                }
+                Def::Batch(records)
+            }
             _ => return None,
         })
     }
@@ -277,7 +308,7 @@ fn compact(records: &[Def]) -> Vec<Def> {
                 }
             }
             // Access changes are replayed into a directory, not compacted here.
-            Def::Access(_) => {}
+            Def::Access(_) | Def::Batch(_) => {}
         }
     }
     slots.into_iter().flatten().collect()
@@ -363,10 +394,22 @@ impl DiskPersistence {
         let mut deleted_dirs_ex: HashMap<String, bool> = HashMap::new();
         let log = DefinitionsLog::open(&data_dir.join("definitions.log"), |records| {
             let mut defs: Vec<Def> = Vec::with_capacity(records.len());
+            let mut take = |d: Def| match d {
+                Def::Access(json) => access.replay(&json),
+                d => defs.push(d),
+            };
             for r in &records {
                 match Def::decode(r) {
-                    Some(Def::Access(json)) => access.replay(&json),
-                    Some(d) => defs.push(d),
+                    Some(Def::Batch(batch)) => {
+                        // Checked as a whole when read: its records are all there.
+                        for b in &batch {
+                            match Def::decode(b) {
+                                Some(d) => take(d),
+                                None => warn!("skipping an undecodable record of a definitions batch"),
+                            }
+                        }
+                    }
+                    Some(d) => take(d),
                     None => warn!("skipping an undecodable definitions record"),
                 }
             }
@@ -519,7 +562,7 @@ impl DiskPersistence {
     }
 
     fn append(&self, d: &Def) -> Result<(), AmqpError> {
-        if self.replaying.load(Ordering::Relaxed) {
+        if self.replaying.load(Ordering::Relaxed) || IN_BATCH.get() {
             return Ok(());
         }
         self.log.lock().append(&d.encode()).map_err(|e| {
@@ -531,7 +574,16 @@ impl DiskPersistence {
     /// Record an access change (fsynced before it returns): applied to the directory only
     /// once this succeeded, so the directory never holds what a restart would forget.
     pub fn log_access(&self, c: &access::directory::Change) -> Result<(), store::Error> {
+        if IN_BATCH.get() {
+            return Ok(());
+        }
         self.log.lock().append(&Def::Access(access_json(c)).encode())
+    }
+
+    /// Write `records` (from [`access_record`], [`exchange_record`], [`queue_record`],
+    /// [`binding_record`]) as one record, fsynced: replayed all together or not at all.
+    pub fn log_batch(&self, records: Vec<Vec<u8>>) -> Result<(), store::Error> {
+        self.log.lock().append(&Def::Batch(records).encode())
     }
 
     fn binding_def(&self, source: &Exchange, b: &Binding, added: bool) -> Def {
@@ -641,6 +693,84 @@ fn access_json(c: &access::directory::Change) -> Vec<u8> {
     serde_json::to_vec(c).expect("access changes serialize")
 }
 
+thread_local! {
+    /// This thread applies changes whose records a batch already holds
+    /// ([`DiskPersistence::log_batch`]): appends are skipped.
+    static IN_BATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` (on this thread) with its definitions appends skipped, because a batch written
+/// before it holds them.
+pub(crate) fn logged_by_batch<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            IN_BATCH.set(false);
+        }
+    }
+    IN_BATCH.set(true);
+    let _reset = Reset;
+    f()
+}
+
+/// The batch record of an access change.
+pub(crate) fn access_record(c: &access::directory::Change) -> Vec<u8> {
+    Def::Access(access_json(c)).encode()
+}
+
+/// The record of a declared exchange, as [`Persistence::exchange_declared`] writes it
+/// (None when it is not durable).
+pub(crate) fn exchange_record(vhost: &str, name: &str, o: &broker::exchange::ExchangeOptions) -> Option<Vec<u8>> {
+    o.durable.then(|| {
+        Def::Exchange {
+            vhost: vhost.to_owned(),
+            name: name.to_owned(),
+            kind: o.type_name().to_owned(),
+            auto_delete: o.auto_delete,
+            internal: o.internal,
+            args: o.arguments.clone(),
+        }
+        .encode()
+    })
+}
+
+/// The record of a declared queue, as [`Persistence::queue_declared`] writes it.
+pub(crate) fn queue_record(vhost: &str, name: &str, o: &QueueOptions) -> Option<Vec<u8>> {
+    queue_is_durable(o).then(|| {
+        Def::Queue {
+            vhost: vhost.to_owned(),
+            name: name.to_owned(),
+            auto_delete: o.auto_delete,
+            args: o.arguments.clone(),
+        }
+        .encode()
+    })
+}
+
+/// The record of a binding between durable ends (None otherwise, or from the default
+/// exchange), as [`Persistence::binding_added`] writes it.
+pub(crate) fn binding_record(
+    vhost: &str,
+    source: &str,
+    to_queue: bool,
+    destination: &str,
+    key: &str,
+    args: &FieldTable,
+    both_durable: bool,
+) -> Option<Vec<u8>> {
+    (both_durable && !source.is_empty()).then(|| {
+        Def::Binding {
+            vhost: vhost.to_owned(),
+            source: source.to_owned(),
+            to_queue,
+            destination: destination.to_owned(),
+            key: key.to_owned(),
+            args: args.clone(),
+        }
+        .encode()
+    })
+}
+
 impl Def {
     /// The vhost a topology record belongs to, and the queue it declares or deletes.
     fn vhost_and_queue(&self) -> Option<(&str, Option<&str>)> {
@@ -650,7 +780,7 @@ impl Def {
             | Def::ExchangeDeleted { vhost, .. }
             | Def::Binding { vhost, .. }
             | Def::Unbinding { vhost, .. } => Some((vhost, None)),
-            Def::Access(_) => None,
+            Def::Access(_) | Def::Batch(_) => None,
         }
     }
 }
@@ -746,6 +876,62 @@ impl Persistence for DiskPersistence {
 mod tests {
     use super::*;
 
+    fn open_log(dir: &Path) -> (Arc<DiskPersistence>, Recovery) {
+        DiskPersistence::open(dir, StoreConfig::default(), 64, |_| {}).unwrap()
+    }
+
+    fn queue_names(r: &Recovery) -> Vec<String> {
+        r.defs
+            .iter()
+            .filter_map(|d| match d {
+                Def::Queue { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A batch is replayed whole, or not at all when a crash cut it short.
+    #[test]
+    fn a_batch_is_replayed_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = QueueOptions { durable: true, exclusive: false, auto_delete: false, arguments: FieldTable::new() };
+        let vhost = access::directory::Change::PutVhost(access::model::Vhost::named("v"));
+        let (p, _) = open_log(dir.path());
+        p.log_batch(vec![
+            access_record(&vhost),
+            queue_record("v", "a", &opts).unwrap(),
+            queue_record("v", "b", &opts).unwrap(),
+        ])
+        .unwrap();
+        // Appends inside `logged_by_batch` are skipped on this thread only.
+        logged_by_batch(|| p.log_access(&access::directory::Change::DeleteVhost("v".into()))).unwrap();
+        drop(p);
+        let (_, r) = open_log(dir.path());
+        assert_eq!(queue_names(&r), ["a", "b"]);
+        assert!(r.access.vhost("v").is_some());
+
+        // A second batch whose last bytes never reached the disk: none of it comes back.
+        let (p, _) = open_log(dir.path());
+        p.log_batch(vec![queue_record("v", "c", &opts).unwrap(), queue_record("v", "d", &opts).unwrap()]).unwrap();
+        drop(p);
+        let log = dir.path().join("definitions.log");
+        let len = std::fs::metadata(&log).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(len - 3).unwrap();
+        let (_, r) = open_log(dir.path());
+        assert_eq!(queue_names(&r), ["a", "b"], "the cut batch is dropped whole");
+    }
+
+    #[test]
+    fn batches_round_trip_and_refuse_nesting_and_bad_counts() {
+        let a = Def::QueueDeleted { vhost: "/".into(), name: "x".into() }.encode();
+        let batch = Def::Batch(vec![a.clone(), Def::Access(b"{}".to_vec()).encode()]);
+        assert_eq!(Def::decode(&batch.encode()), Some(batch.clone()));
+        assert_eq!(Def::decode(&Def::Batch(vec![batch.encode()]).encode()), None, "no nesting");
+        let mut bad = Def::Batch(vec![a]).encode();
+        bad[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Def::decode(&bad), None);
+    }
+
     #[test]
     fn defs_roundtrip_and_compact() {
         let mut args = FieldTable::new();
@@ -818,7 +1004,7 @@ mod tests {
                     };
                     live.retain(|x| *x != b);
                 }
-                Def::Access(_) => {}
+                Def::Access(_) | Def::Batch(_) => {}
             }
         }
         live

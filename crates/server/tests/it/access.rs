@@ -513,3 +513,52 @@ async fn policies_change_live_queues() {
         "cannot declare queue 'pol.more': queue limit in vhost '/' (3) is reached",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_that_conflicts_with_the_node_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = node(dir.path()).await;
+    let (_c, ch) = open(&server, "alice", "test12", "app").await;
+    // alice.jobs exists (from the definitions file) as a durable queue without arguments.
+    let conflicting = serde_json::json!({
+        "users": [{"name": "zoe", "password_hash": "", "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}],
+        "vhosts": [{"name": "zoo"}],
+        "queues": [{"name": "alice.jobs", "vhost": "app", "durable": true, "auto_delete": false,
+                    "arguments": {"x-max-length": 5}}]
+    });
+    let err = server.state.import_definitions(conflicting.to_string().as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("inequivalent arg 'x-max-length'"), "{err}");
+    let missing_end = serde_json::json!({
+        "users": [{"name": "zoe", "password_hash": "", "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}],
+        "bindings": [{"source": "amq.direct", "vhost": "app", "destination": "nope", "destination_type": "queue",
+                      "routing_key": "k", "arguments": {}}]
+    });
+    let err = server.state.import_definitions(missing_end.to_string().as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("no queue 'nope'"), "{err}");
+    // Neither import left anything behind, in memory or on disk.
+    assert!(server.state.with_access(|d| d.user("zoe").is_none() && d.vhost("zoo").is_none()));
+    let q = server.state.vhost("app").unwrap().queue("alice.jobs", 0).unwrap();
+    assert_eq!(q.effective_args().max_length, Some(100), "still the queue it was");
+    drop(ch);
+    let data_dir = dir.path().join("data");
+    server.stop().await;
+    let server = TestServer::start_persistent_with(Config { data_dir, ..Config::default() }).await;
+    assert!(server.state.with_access(|d| d.user("zoe").is_none() && d.vhost("zoo").is_none()));
+    // A good import after them: all of it, also after a restart.
+    let good = serde_json::json!({
+        "vhosts": [{"name": "zoo"}],
+        "queues": [{"name": "animals", "vhost": "zoo", "durable": true, "auto_delete": false, "arguments": {}}],
+        "exchanges": [{"name": "feed", "vhost": "zoo", "type": "fanout", "durable": true, "auto_delete": false,
+                       "internal": false, "arguments": {}}],
+        "bindings": [{"source": "feed", "vhost": "zoo", "destination": "animals", "destination_type": "queue",
+                      "routing_key": "", "arguments": {}}]
+    });
+    server.state.import_definitions(good.to_string().as_bytes()).unwrap();
+    let data_dir = dir.path().join("data");
+    server.stop().await;
+    let server = TestServer::start_persistent_with(Config { data_dir, ..Config::default() }).await;
+    let vh = server.state.vhost("zoo").expect("vhost zoo");
+    assert!(vh.queue("animals", 0).is_ok());
+    let feed = vh.exchange("feed").expect("exchange feed");
+    assert_eq!(feed.binding_count(), 1);
+}
