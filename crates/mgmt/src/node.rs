@@ -276,6 +276,10 @@ pub struct ConsumerInfo {
 
 pub trait Node: Send + Sync + 'static {
     fn info(&self) -> NodeInfo;
+    /// Largest request body the API reads, in bytes (`management.http.max_body_size`).
+    fn http_max_body_bytes(&self) -> usize {
+        20 * 1024 * 1024
+    }
     /// A user who may log in with this password (None: refused).
     fn authenticate(&self, user: &str, password: &str) -> Option<User>;
     /// A copy of the users, vhosts, permissions, policies and limits.

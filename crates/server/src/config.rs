@@ -134,6 +134,9 @@ pub struct Config {
     /// HTTP management API port and address (RabbitMQ: 15672 on every interface).
     pub management_port: u16,
     pub management_ip: Option<IpAddr>,
+    /// Largest HTTP API request body, in bytes (RabbitMQ's `management.http.max_body_size`,
+    /// 20 MiB: a definitions file of about 200k queues).
+    pub management_http_max_body_bytes: u64,
     /// Prometheus metrics port and address (RabbitMQ: 15692 on every interface).
     pub prometheus_port: u16,
     pub prometheus_ip: Option<IpAddr>,
@@ -177,6 +180,7 @@ impl Default for Config {
             load_definitions: None,
             management_port: 15672,
             management_ip: None,
+            management_http_max_body_bytes: 20 * 1024 * 1024,
             prometheus_port: 15692,
             prometheus_ip: None,
         }

@@ -46,6 +46,10 @@ impl ServerState {
 }
 
 impl mgmt::Node for ServerState {
+    fn http_max_body_bytes(&self) -> usize {
+        usize::try_from(self.config.management_http_max_body_bytes).unwrap_or(usize::MAX)
+    }
+
     fn info(&self) -> NodeInfo {
         let cfg = &self.config;
         let alarms = *self.alarms.borrow();

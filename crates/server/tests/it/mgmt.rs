@@ -62,3 +62,21 @@ async fn api_docs_describe_every_group() {
     }
     assert!(body["metrics"].as_str().unwrap().contains("rabbitmq_identity_info"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_bounded_with_rabbitmqs_error() {
+    let server = TestServer::start().await.with_management().await;
+    // management.http.max_body_size: 20 MiB by default, as RabbitMQ.
+    let big = vec![b' '; 20 * 1024 * 1024 + 1];
+    let r = reqwest::Client::new()
+        .post(format!("{}/definitions", server.api()))
+        .basic_auth("guest", Some("guest"))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"error": "bad_request", "reason": "Exceeded HTTP request body size limit"}));
+}
