@@ -292,3 +292,20 @@ def test_rust_client_rust_worker(node, queue, workers):
     done = call("demo.fail", "--args", '["nope"]')
     assert done.returncode == 1
     assert done.stderr.strip().endswith("ValueError: nope"), done.stderr
+
+
+@pytest.mark.timeout(90)
+def test_worker_reconnects_after_a_broker_restart(node, queue, workers):
+    w = rust_worker(node, queue, 2)
+    workers.append(w)
+    node.stop()
+    # Down long enough for some failed connection attempts, with growing delays.
+    w.wait_for("reconnecting in", count=3)
+    node.start()
+    w.wait_for("worker ready", count=2, timeout=30)
+    app = Celery("pytest_tasks_reconnect", broker=broker_url(node), backend="rpc://")
+    app.conf.update(task_default_queue=queue, broker_connection_retry_on_startup=False)
+    try:
+        assert app.send_task("demo.add", (20, 22)).get(timeout=RESULT_TIMEOUT) == 42
+    finally:
+        app.close()

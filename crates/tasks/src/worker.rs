@@ -73,7 +73,7 @@ pub async fn run(
             Err(e) => {
                 // Jitter, so that many workers do not come back in lockstep.
                 let delay = backoff.mul_f64(0.5 + fastrand::f64());
-                warn!("broker connection lost ({e}); reconnecting in {:.1} s", delay.as_secs_f64());
+                warn!("no broker connection ({e}); reconnecting in {:.1} s", delay.as_secs_f64());
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.as_mut() => return Ok(()),
