@@ -265,6 +265,10 @@ def test_rust_client_python_worker(node, queue, tmp_path, workers):
     done = call("tasks.greet", "--args", '["ann"]', "--kwargs", '{"punctuation": "?"}')
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == '{"greeting":"hello ann?"}'
+    start = time.monotonic()
+    done = call("tasks.mul", "--args", "[2,21]", "--countdown", "1.5")
+    assert (done.returncode, done.stdout.strip()) == (0, "42"), done.stderr
+    assert time.monotonic() - start >= 1.5, "the Python worker got it when due"
     done = call("tasks.boom", "--args", '["the python task failed"]')
     assert done.returncode != 0
     assert "KeyError" in done.stderr and "the python task failed" in done.stderr, done.stderr
@@ -309,3 +313,31 @@ def test_worker_reconnects_after_a_broker_restart(node, queue, workers):
         assert app.send_task("demo.add", (20, 22)).get(timeout=RESULT_TIMEOUT) == 42
     finally:
         app.close()
+
+
+@pytest.mark.timeout(60)
+def test_countdown_from_python_is_held_by_the_delayed_exchange(node, queue, celery_client, workers):
+    w = rust_worker(node, queue, 2)
+    workers.append(w)
+    start = time.monotonic()
+    r = celery_client.send_task("demo.add", (1, 2), countdown=2)
+    now = celery_client.send_task("demo.add", (3, 4))
+    assert now.get(timeout=RESULT_TIMEOUT) == 7
+    assert time.monotonic() - start < 1.5, "a due task is not held up behind a delayed one"
+    assert r.get(timeout=RESULT_TIMEOUT) == 3
+    assert time.monotonic() - start >= 1.9
+    # The worker parked it in the broker rather than holding it.
+    w.wait_for("task delayed until its eta")
+
+
+@pytest.mark.timeout(60)
+def test_countdown_from_the_rust_client(node, queue, tmp_path, workers):
+    workers.append(rust_worker(node, queue))
+    start = time.monotonic()
+    done = subprocess.run([str(warren_tasks_binary()), "call", "demo.add", "--args", "[5, 5]", "--countdown", "1.5",
+                           "--queue", queue, "--wait", "20", "--broker", broker_url(node)],
+                          capture_output=True, text=True, timeout=40)
+    assert (done.returncode, done.stdout.strip()) == (0, "10"), done.stderr
+    assert time.monotonic() - start >= 1.5
+    # Held by the broker, not by the worker: it arrived when due.
+    assert "task delayed until its eta" not in workers[0].log()

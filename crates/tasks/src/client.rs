@@ -18,8 +18,9 @@ use crate::{Error, amqp};
 pub struct SendOptions {
     /// The queue to send to (declared as Celery declares it).
     pub queue: String,
-    /// Run no earlier than this many seconds from now (the `eta` header). Python workers
-    /// honour it; the Rust worker does not yet.
+    /// Run no earlier than this many seconds from now: the `eta` header (which Python and
+    /// Rust workers honour), and the message is held by the broker's `x-delayed-message`
+    /// exchange until then, so no worker holds it meanwhile.
     pub countdown: Option<f64>,
     /// Ask for the result on this client's reply queue; without it the task's result is
     /// not sent anywhere.
@@ -40,6 +41,8 @@ pub struct Client {
     /// Results that arrived while waiting for another task.
     early: HashMap<String, ResultMessage>,
     declared: Vec<String>,
+    /// Queues bound to the delayed exchange.
+    delayed: Vec<String>,
     origin: String,
 }
 
@@ -66,6 +69,7 @@ impl Client {
             replies,
             early: HashMap::new(),
             declared: Vec::new(),
+            delayed: Vec::new(),
             origin: crate::origin(),
         })
     }
@@ -87,20 +91,25 @@ impl Client {
         msg.origin = self.origin.clone();
         msg.reply_to = options.reply.then(|| self.reply_queue.clone());
         msg.ignore_result = !options.reply;
+        let mut exchange = "";
+        let mut delay_ms = None;
         if let Some(secs) = options.countdown {
-            let delay = Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO);
-            msg.eta = Some(isoformat_utc(SystemTime::now() + delay));
+            let eta = SystemTime::now() + Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO);
+            msg.eta = Some(isoformat_utc(eta));
+            delay_ms = crate::delay_until(eta);
         }
-        let raw = msg.encode();
-        self.ch
-            .basic_publish(
-                "".into(),
-                options.queue.as_str().into(),
-                BasicPublishOptions::default(),
-                &raw.body,
-                amqp::to_lapin(&raw),
-            )
-            .await?;
+        let mut raw = msg.encode();
+        if let Some(ms) = delay_ms {
+            if !self.delayed.contains(&options.queue) {
+                crate::declare_delayed(&self.ch, &options.queue).await?;
+                self.delayed.push(options.queue.clone());
+            }
+            exchange = crate::DELAYED_EXCHANGE;
+            raw.headers.insert("x-delay".to_owned(), ms.into());
+        }
+        let props = amqp::to_lapin(&raw);
+        let routing_key = options.queue.as_str().into();
+        self.ch.basic_publish(exchange.into(), routing_key, BasicPublishOptions::default(), &raw.body, props).await?;
         Ok(id)
     }
 

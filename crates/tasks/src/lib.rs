@@ -101,6 +101,44 @@ pub(crate) async fn declare_task_queue(ch: &lapin::Channel, name: &str) -> Resul
     Ok(())
 }
 
+/// The broker's `x-delayed-message` exchange that holds tasks until their `eta`. Every task
+/// queue is bound to it with its own name as the routing key.
+pub const DELAYED_EXCHANGE: &str = "warren.tasks.delayed";
+
+/// Declares [`DELAYED_EXCHANGE`] (durable, so persistent held tasks survive a broker restart)
+/// and binds `queue` to it.
+pub(crate) async fn declare_delayed(ch: &lapin::Channel, queue: &str) -> Result<(), lapin::Error> {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let mut args = FieldTable::default();
+    args.insert("x-delayed-type".into(), AMQPValue::LongString(LongString::from("direct")));
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    ch.exchange_declare(
+        DELAYED_EXCHANGE.into(),
+        lapin::ExchangeKind::Custom("x-delayed-message".to_owned()),
+        durable,
+        args,
+    )
+    .await?;
+    ch.queue_bind(
+        queue.into(),
+        DELAYED_EXCHANGE.into(),
+        queue.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The `x-delay` header (ms) for a task due at `eta`; `None` when it is due (or nearly).
+pub(crate) fn delay_until(eta: std::time::SystemTime) -> Option<u64> {
+    // Less than this early is not worth a round trip through the broker.
+    const DELAY_MIN: Duration = Duration::from_millis(20);
+    let d = eta.duration_since(std::time::SystemTime::now()).ok()?;
+    (d >= DELAY_MIN).then(|| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

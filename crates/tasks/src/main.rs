@@ -54,6 +54,9 @@ enum Command {
         /// Wait this many seconds for the result (without it, print the task id and exit).
         #[arg(long)]
         wait: Option<f64>,
+        /// Run the task no earlier than this many seconds from now (eta).
+        #[arg(long)]
+        countdown: Option<f64>,
     },
 }
 
@@ -88,14 +91,15 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Command::Call { name, broker, args, kwargs, queue, wait } => {
-                call(&name, &broker, &args, &kwargs, queue, wait).await
+            Command::Call { name, broker, args, kwargs, queue, wait, countdown } => {
+                let options = SendOptions { queue, countdown, reply: wait.is_some() };
+                call(&name, &broker, &args, &kwargs, options, wait).await
             }
         }
     })
 }
 
-async fn call(name: &str, broker: &str, args: &str, kwargs: &str, queue: String, wait: Option<f64>) -> ExitCode {
+async fn call(name: &str, broker: &str, args: &str, kwargs: &str, options: SendOptions, wait: Option<f64>) -> ExitCode {
     let args: Vec<Value> = match serde_json::from_str(args) {
         Ok(a) => a,
         Err(e) => return usage(format!("--args must be a JSON array: {e}")),
@@ -112,7 +116,6 @@ async fn call(name: &str, broker: &str, args: &str, kwargs: &str, queue: String,
         Ok(c) => c,
         Err(e) => return fail(format!("error: {e}")),
     };
-    let options = SendOptions { queue, countdown: None, reply: timeout.is_some() };
     let id = match client.send_task(name, args, kwargs, &options).await {
         Ok(id) => id,
         Err(e) => return fail(format!("error: {e}")),

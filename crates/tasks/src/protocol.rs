@@ -437,6 +437,51 @@ pub fn isoformat_utc(t: SystemTime) -> String {
     )
 }
 
+/// Reads the ISO 8601 times Celery writes (`eta`, `expires`): `YYYY-MM-DDTHH:MM:SS[.ffffff]`
+/// with `+HH:MM`/`-HH:MM`/`Z`, or no offset, which Celery's protocol reads as UTC.
+pub fn parse_isoformat(s: &str) -> Option<SystemTime> {
+    let num = |t: &str| -> Option<i64> {
+        if t.bytes().all(|b| b.is_ascii_digit()) && !t.is_empty() { t.parse().ok() } else { None }
+    };
+    let (date, rest) = s.split_once(['T', ' '])?;
+    let mut d = date.splitn(3, '-');
+    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    // The offset starts at the first '+', '-' or 'Z' after the time.
+    let (time, offset) = match rest.find(['+', '-', 'Z']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.splitn(3, ':');
+    let (hh, mm, ss) = (num(t.next()?)?, num(t.next()?)?, num(t.next()?)?);
+    let micros = if frac.is_empty() { 0 } else { num(&format!("{frac:0<6}")[..6])? };
+    let offset_secs = match offset {
+        "" | "Z" => 0,
+        o => {
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            let (oh, om) = o[1..].split_once(':').unwrap_or((&o[1..], "0"));
+            sign * (num(oh)? * 3600 + num(om)? * 60)
+        }
+    };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let secs = days_from_civil(y, m as u32, day as u32) * 86_400 + hh * 3600 + mm * 60 + ss - offset_secs;
+    let secs = u64::try_from(secs).ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros as u64))
+}
+
+/// (year, month, day) to days since 1970-01-01 (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
 /// (Howard Hinnant's `civil_from_days`).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {

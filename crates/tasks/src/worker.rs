@@ -5,6 +5,9 @@
 //!   consumer, and a semaphore across all queues of the worker;
 //! - a delivery is acked after its task finished, on success and on failure, and after its
 //!   result was published, so a crash loses nothing (the task may run twice);
+//! - a task whose `eta` is still ahead is handed to the broker's `x-delayed-message`
+//!   exchange (republished with `x-delay`, confirmed, then the original acked) instead of
+//!   being held by the worker; it comes back when due;
 //! - messages that are not tasks we can run (unknown name, not protocol v2, not JSON) are
 //!   rejected without requeue and logged; an unknown name also gets Celery's NotRegistered
 //!   failure as its result, as a Python worker stores it;
@@ -21,7 +24,8 @@ use std::time::Duration;
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
@@ -30,7 +34,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use crate::protocol::{ExceptionInfo, ResultMessage, TaskMessage, isoformat_utc};
+use crate::protocol::{ExceptionInfo, RawMessage, ResultMessage, TaskMessage, isoformat_utc, parse_isoformat};
 use crate::{Error, Registry, TaskError, amqp};
 
 #[derive(Clone, Debug)]
@@ -99,19 +103,23 @@ async fn session(
     *backoff = BACKOFF_MIN;
     let ch = conn.create_channel().await?;
     ch.basic_qos(config.concurrency, BasicQosOptions::default()).await?;
-    let (tx, mut rx) = mpsc::channel::<Result<Delivery, Error>>(usize::from(config.concurrency));
+    // Republished early tasks must be confirmed before their original is acked.
+    let delay_ch = conn.create_channel().await?;
+    delay_ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let (tx, mut rx) = mpsc::channel::<Result<(String, Delivery), Error>>(usize::from(config.concurrency));
     let mut tags = Vec::new();
     let mut forwarders = JoinSet::new();
     for q in &config.queues {
         crate::declare_task_queue(&ch, q).await?;
+        crate::declare_delayed(&ch, q).await?;
         let mut consumer = ch
             .basic_consume(q.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
         tags.push(consumer.tag());
-        let tx = tx.clone();
+        let (tx, queue) = (tx.clone(), q.clone());
         forwarders.spawn(async move {
             while let Some(d) = consumer.next().await {
-                if tx.send(d.map_err(Error::from)).await.is_err() {
+                if tx.send(d.map(|d| (queue.clone(), d)).map_err(Error::from)).await.is_err() {
                     return;
                 }
             }
@@ -128,11 +136,11 @@ async fn session(
         tokio::select! {
             _ = shutdown.as_mut() => break None,
             d = rx.recv() => match d {
-                Some(Ok(delivery)) => {
+                Some(Ok((queue, delivery))) => {
                     let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
-                    let (ch, registry) = (ch.clone(), Arc::clone(registry));
+                    let (ch, delay_ch, registry) = (ch.clone(), delay_ch.clone(), Arc::clone(registry));
                     running.spawn(async move {
-                        handle(&ch, &registry, delivery).await;
+                        handle(&ch, &delay_ch, &registry, &queue, delivery).await;
                         drop(slot);
                     });
                 }
@@ -165,7 +173,7 @@ async fn session(
     Ok(())
 }
 
-async fn handle(ch: &Channel, registry: &Registry, delivery: Delivery) {
+async fn handle(ch: &Channel, delay_ch: &Channel, registry: &Registry, queue: &str, delivery: Delivery) {
     let Delivery { delivery_tag, properties, data, acker, redelivered, .. } = delivery;
     let raw = amqp::from_lapin(&properties, data);
     let task = match TaskMessage::decode(&raw) {
@@ -187,6 +195,11 @@ async fn handle(ch: &Channel, registry: &Registry, delivery: Delivery) {
         reject(&acker).await;
         return;
     };
+    if let Some(delay_ms) = task.eta.as_deref().and_then(parse_isoformat).and_then(crate::delay_until) {
+        drop(fut);
+        hand_to_delayed_exchange(delay_ch, queue, &task, raw, delay_ms, &acker).await;
+        return;
+    }
     info!(task = task.task, id = task.id, redelivered, "task received");
     let started = std::time::Instant::now();
     // Run on its own task so that a panicking task is a failure, not a lost delivery.
@@ -210,6 +223,48 @@ async fn handle(ch: &Channel, registry: &Registry, delivery: Delivery) {
     }
     if let Err(e) = acker.ack(BasicAckOptions::default()).await {
         warn!(id = task.id, "ack failed (the broker will redeliver): {e}");
+    }
+}
+
+/// Parks an early task in the delayed exchange; acks the original only once the copy is
+/// confirmed, so the task exists at all times (twice for a moment, never zero times).
+async fn hand_to_delayed_exchange(
+    ch: &Channel,
+    queue: &str,
+    task: &TaskMessage,
+    mut raw: RawMessage,
+    delay_ms: u64,
+    acker: &lapin::Acker,
+) {
+    raw.headers.insert("x-delay".to_owned(), delay_ms.into());
+    let confirmed = async {
+        let confirm = ch
+            .basic_publish(
+                crate::DELAYED_EXCHANGE.into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &raw.body,
+                amqp::to_lapin(&raw),
+            )
+            .await?
+            .await?;
+        Ok::<bool, lapin::Error>(confirm.is_ack())
+    };
+    match confirmed.await {
+        Ok(true) => {
+            info!(task = task.task, id = task.id, eta = task.eta, delay_ms, "task delayed until its eta");
+            if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+                warn!(id = task.id, "ack failed (the broker will redeliver): {e}");
+            }
+        }
+        outcome => {
+            // Not parked: give it back (after a pause, so as not to spin on a failing broker).
+            warn!(id = task.id, "could not delay the task ({outcome:?}); requeueing it");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Err(e) = acker.nack(BasicNackOptions { requeue: true, multiple: false }).await {
+                warn!(id = task.id, "nack failed: {e}");
+            }
+        }
     }
 }
 

@@ -220,3 +220,24 @@ fn exception_messages_read_like_python_str() {
     assert_eq!(e(json!([])).message(), "");
     assert_eq!(e(json!([7])).message(), "7");
 }
+
+#[test]
+fn parses_the_times_celery_writes() {
+    let t = UNIX_EPOCH + Duration::from_micros(1_767_323_045_678_901);
+    assert_eq!(parse_isoformat("2026-01-02T03:04:05.678901+00:00"), Some(t));
+    assert_eq!(parse_isoformat("2026-01-02T03:04:05.678901"), Some(t), "naive is UTC");
+    assert_eq!(parse_isoformat("2026-01-02T03:04:05.678901Z"), Some(t));
+    assert_eq!(parse_isoformat("2026-01-02T05:04:05.678901+02:00"), Some(t));
+    assert_eq!(parse_isoformat("2026-01-01T22:34:05.678901-04:30"), Some(t));
+    assert_eq!(parse_isoformat("2026-01-02T03:04:05"), Some(t - Duration::from_micros(678_901)));
+    assert_eq!(parse_isoformat("2000-02-29T00:00:00+00:00"), Some(UNIX_EPOCH + Duration::from_secs(951_782_400)));
+    for bad in ["", "2026-01-02", "2026-13-02T00:00:00", "2026-01-02T25:00:00", "yesterday", "2026-01-02Tab:00:00"] {
+        assert_eq!(parse_isoformat(bad), None, "{bad}");
+    }
+    let now = SystemTime::now();
+    let back = parse_isoformat(&isoformat_utc(now)).expect("our own format");
+    assert_eq!(
+        back.duration_since(UNIX_EPOCH).unwrap().as_micros(),
+        now.duration_since(UNIX_EPOCH).unwrap().as_micros()
+    );
+}
