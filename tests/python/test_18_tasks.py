@@ -166,8 +166,8 @@ def test_python_client_rust_worker(node, queue, celery_client, workers):
     assert app.send_task("demo.flaky", ("k1", 2)).get(timeout=RESULT_TIMEOUT) == "ok after 2 retries"
 
     # ignore_result: the task runs, no result is published (the worker logs it).
-    app.send_task("demo.echo", ("quiet",), ignore_result=True)
-    workers[0].wait_for("demo.echo", count=3)
+    quiet = app.send_task("demo.echo", ("quiet",), ignore_result=True)
+    workers[0].wait_for(f'id="{quiet.id}"', count=2)  # received, succeeded
 
 
 def run_sleeps(app: Celery, n: int, seconds: float) -> float:
@@ -296,6 +296,37 @@ def test_rust_client_rust_worker(node, queue, workers):
     done = call("demo.fail", "--args", '["nope"]')
     assert done.returncode == 1
     assert done.stderr.strip().endswith("ValueError: nope"), done.stderr
+    # Nobody consumes this queue: the wait times out.
+    done = subprocess.run([str(warren_tasks_binary()), "call", "demo.add", "--args", "[1, 1]", "--queue", queue + ".idle",
+                           "--wait", "1", "--broker", broker_url(node)], capture_output=True, text=True, timeout=40)
+    assert done.returncode == 1 and "no result within 1.0 s" in done.stderr, done.stderr
+    assert done.stdout == ""
+    done = call("demo.add", "--args", "not json")
+    assert done.returncode == 2 and "--args must be a JSON array" in done.stderr, done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_one_worker_consumes_several_queues(node, queue, workers):
+    other = queue + ".b"
+    workers.append(rust_worker(node, f"{queue},{other}", 2))
+    for q, args, want in [(queue, "[1, 2]", "3"), (other, "[3, 4]", "7")]:
+        done = subprocess.run([str(warren_tasks_binary()), "call", "demo.add", "--args", args, "--queue", q,
+                               "--wait", "20", "--broker", broker_url(node)], capture_output=True, text=True, timeout=40)
+        assert (done.returncode, done.stdout.strip()) == (0, want), done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_grace_period_over_the_task_goes_back_to_the_queue(node, queue, celery_client, workers):
+    first = rust_worker(node, queue, 1, "--grace", "0.5")
+    workers.append(first)
+    r = celery_client.send_task("demo.sleep", (4,))
+    first.wait_for("task received")
+    start = time.monotonic()
+    assert first.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - start < 3.0, "the worker did not wait for the task past its grace period"
+    assert "grace period over" in first.log()
+    workers.append(rust_worker(node, queue, 1))
+    assert r.get(timeout=RESULT_TIMEOUT) == 4.0
 
 
 @pytest.mark.timeout(90)
