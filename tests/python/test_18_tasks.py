@@ -28,6 +28,13 @@ READY_TIMEOUT = 20.0
 RESULT_TIMEOUT = 20.0
 
 
+@pytest.fixture(autouse=True)
+def _tasks_binary():
+    if not warren_tasks_binary().exists():
+        pytest.fail(f"warren-tasks not found at {warren_tasks_binary()}; build it with "
+                    "`cargo build -p tasks --bin warren-tasks` or set WARREN_TASKS_BIN", pytrace=False)
+
+
 @pytest.fixture
 def node(request):
     if os.environ.get("AMQP_TEST_PORT"):
