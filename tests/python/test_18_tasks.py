@@ -340,11 +340,22 @@ def test_grace_period_over_the_task_goes_back_to_the_queue(node, queue, celery_c
 def test_worker_reconnects_after_a_broker_restart(node, queue, workers):
     w = rust_worker(node, queue, 2)
     workers.append(w)
+    # A task running when the connection drops: it was never acked, so the broker (durable
+    # queue, persistent message) delivers it again, and the worker drops its first run.
+    sent = subprocess.run([str(warren_tasks_binary()), "call", "demo.sleep", "--args", "[1.5]", "--queue", queue,
+                           "--broker", broker_url(node)], capture_output=True, text=True, timeout=40)
+    assert sent.returncode == 0, sent.stderr
+    task_id = sent.stdout.strip()
+    w.wait_for(f'id="{task_id}"')
     node.stop()
     # Down long enough for some failed connection attempts, with growing delays.
     w.wait_for("reconnecting in", count=3)
     node.start()
     w.wait_for("worker ready", count=2, timeout=30)
+    w.wait_for(f'id="{task_id}" redelivered=true')
+    w.wait_for("task succeeded", timeout=10)
+    time.sleep(1.0)
+    assert w.log(400).count("task succeeded") == 1, w.log()
     app = Celery("pytest_tasks_reconnect", broker=broker_url(node), backend="rpc://")
     app.conf.update(task_default_queue=queue, broker_connection_retry_on_startup=False)
     try:

@@ -202,8 +202,11 @@ async fn handle(ch: &Channel, delay_ch: &Channel, registry: &Registry, queue: &s
     }
     info!(task = task.task, id = task.id, redelivered, "task received");
     let started = std::time::Instant::now();
-    // Run on its own task so that a panicking task is a failure, not a lost delivery.
-    let outcome = match tokio::spawn(fut).await {
+    // Run on its own task so that a panicking task is a failure, not a lost delivery; the
+    // guard aborts it with us (grace period over, connection lost), so it never outlives
+    // its delivery and runs alongside its own redelivery.
+    let mut run = AbortOnDrop(tokio::spawn(fut));
+    let outcome = match (&mut run.0).await {
         Ok(outcome) => outcome,
         Err(e) => Err(TaskError::new("WorkerPanic", format!("task panicked: {e}"))),
     };
@@ -265,6 +268,14 @@ async fn hand_to_delayed_exchange(
                 warn!(id = task.id, "nack failed: {e}");
             }
         }
+    }
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
