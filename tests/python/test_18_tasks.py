@@ -193,10 +193,18 @@ def test_concurrency_is_bounded_by_c(node, queue, celery_client, workers):
     w.stop()
     workers.remove(w)
 
-    workers.append(rust_worker(node, queue, 2))
+    w = rust_worker(node, queue, 2)
+    workers.append(w)
     elapsed = run_sleeps(celery_client, 4, 1.0)
     assert elapsed >= 2.0, f"4 x sleep(1) with -c 2 took only {elapsed:.2f} s: more than 2 ran at once"
     assert elapsed < 4.0, f"4 x sleep(1) with -c 2 took {elapsed:.2f} s"
+    # From the worker's own log: never more than 2 between "received" and "succeeded".
+    w.wait_for("task succeeded", count=4)
+    running = most = 0
+    for line in w.log(400).splitlines():
+        running += ("task received" in line) - ("task succeeded" in line)
+        most = max(most, running)
+    assert most == 2, w.log()
 
 
 @pytest.mark.timeout(60)
