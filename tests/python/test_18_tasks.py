@@ -398,3 +398,29 @@ def test_countdown_from_the_rust_client(node, queue, tmp_path, workers):
     assert time.monotonic() - start >= 1.5
     # Held by the broker, not by the worker: it arrived when due.
     assert "task delayed until its eta" not in workers[0].log()
+
+
+@pytest.mark.timeout(60)
+def test_countdown_without_a_delayed_exchange_is_held_in_the_worker(node, queue, celery_client, workers):
+    # As on RabbitMQ without the delayed-message plugin: the exchange name is taken by a plain
+    # direct exchange, so declaring it as x-delayed-message fails (406) and both sides fall back.
+    import pika
+    conn = pika.BlockingConnection(pika.ConnectionParameters(host="127.0.0.1", port=node.port))
+    conn.channel().exchange_declare("warren.tasks.delayed", "direct", durable=True)
+    conn.close()
+    w = rust_worker(node, queue, 2)
+    workers.append(w)
+    assert "no delayed exchange" in w.log()
+    start = time.monotonic()
+    r = celery_client.send_task("demo.add", (1, 2), countdown=1.5)
+    assert r.get(timeout=RESULT_TIMEOUT) == 3
+    assert time.monotonic() - start >= 1.4
+    w.wait_for("task held until its eta")
+    start = time.monotonic()
+    done = subprocess.run([str(warren_tasks_binary()), "call", "demo.add", "--args", "[5, 5]", "--countdown", "1.5",
+                           "--queue", queue, "--wait", "20", "--broker", broker_url(node)],
+                          capture_output=True, text=True, timeout=40)
+    assert (done.returncode, done.stdout.strip()) == (0, "10"), done.stderr
+    assert "no delayed exchange" in done.stderr
+    assert time.monotonic() - start >= 1.4
+    w.wait_for("task held until its eta", count=2)

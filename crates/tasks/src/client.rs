@@ -43,6 +43,8 @@ pub struct Client {
     declared: Vec<String>,
     /// Queues bound to the delayed exchange.
     delayed: Vec<String>,
+    /// The broker refused the `x-delayed-message` exchange.
+    no_delayed_exchange: bool,
     origin: String,
 }
 
@@ -70,6 +72,7 @@ impl Client {
             early: HashMap::new(),
             declared: Vec::new(),
             delayed: Vec::new(),
+            no_delayed_exchange: false,
             origin: crate::origin(),
         })
     }
@@ -99,11 +102,9 @@ impl Client {
             delay_ms = crate::delay_until(eta);
         }
         let mut raw = msg.encode();
-        if let Some(ms) = delay_ms {
-            if !self.delayed.contains(&options.queue) {
-                crate::declare_delayed(&self.ch, &options.queue).await?;
-                self.delayed.push(options.queue.clone());
-            }
+        if let Some(ms) = delay_ms
+            && self.delayed_exchange_for(&options.queue).await?
+        {
             exchange = crate::DELAYED_EXCHANGE;
             raw.headers.insert("x-delay".to_owned(), ms.into());
         }
@@ -111,6 +112,32 @@ impl Client {
         let routing_key = options.queue.as_str().into();
         self.ch.basic_publish(exchange.into(), routing_key, BasicPublishOptions::default(), &raw.body, props).await?;
         Ok(id)
+    }
+
+    /// Whether `queue` is bound to the delayed exchange (declaring both once). Without the
+    /// exchange type, delayed tasks go straight to their queue with just the `eta` header,
+    /// and the worker holds them until due.
+    async fn delayed_exchange_for(&mut self, queue: &str) -> Result<bool, Error> {
+        if self.no_delayed_exchange {
+            return Ok(false);
+        }
+        if self.delayed.iter().any(|q| q == queue) {
+            return Ok(true);
+        }
+        // Its own channel: a refused declaration closes the channel it was made on.
+        let ch = self.conn.create_channel().await?;
+        match crate::declare_delayed(&ch, queue).await {
+            Ok(()) => {
+                let _ = ch.close(200, "declared".into()).await;
+                self.delayed.push(queue.to_owned());
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!("no delayed exchange ({e}); sending delayed tasks with their eta only");
+                self.no_delayed_exchange = true;
+                Ok(false)
+            }
+        }
     }
 
     /// Waits for the final result of `task_id` (SUCCESS, FAILURE or REVOKED); intermediate

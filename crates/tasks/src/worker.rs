@@ -7,7 +7,8 @@
 //!   result was published, so a crash loses nothing (the task may run twice);
 //! - a task whose `eta` is still ahead is handed to the broker's `x-delayed-message`
 //!   exchange (republished with `x-delay`, confirmed, then the original acked) instead of
-//!   being held by the worker; it comes back when due;
+//!   being held by the worker; it comes back when due (without that exchange type the
+//!   worker holds it, in one of its slots);
 //! - messages that are not tasks we can run (unknown name, not protocol v2, not JSON) are
 //!   rejected without requeue and logged; an unknown name also gets Celery's NotRegistered
 //!   failure as its result, as a Python worker stores it;
@@ -103,15 +104,14 @@ async fn session(
     *backoff = BACKOFF_MIN;
     let ch = conn.create_channel().await?;
     ch.basic_qos(config.concurrency, BasicQosOptions::default()).await?;
-    // Republished early tasks must be confirmed before their original is acked.
-    let delay_ch = conn.create_channel().await?;
-    delay_ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    for q in &config.queues {
+        crate::declare_task_queue(&ch, q).await?;
+    }
+    let delay_ch = delayed_channel(&conn, &config.queues).await?;
     let (tx, mut rx) = mpsc::channel::<Result<(String, Delivery), Error>>(usize::from(config.concurrency));
     let mut tags = Vec::new();
     let mut forwarders = JoinSet::new();
     for q in &config.queues {
-        crate::declare_task_queue(&ch, q).await?;
-        crate::declare_delayed(&ch, q).await?;
         let mut consumer = ch
             .basic_consume(q.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
@@ -173,7 +173,24 @@ async fn session(
     Ok(())
 }
 
-async fn handle(ch: &Channel, delay_ch: &Channel, registry: &Registry, queue: &str, delivery: Delivery) {
+/// A confirm-mode channel for parking early tasks in the delayed exchange (republished tasks
+/// must be confirmed before their original is acked), or `None` when the broker has no
+/// `x-delayed-message` exchange type (RabbitMQ without the plugin): early tasks are then
+/// held in the worker until due, as a Python worker holds them.
+async fn delayed_channel(conn: &Connection, queues: &[String]) -> Result<Option<Channel>, Error> {
+    // Its own channel: a refused declaration closes the channel it was made on.
+    let ch = conn.create_channel().await?;
+    for q in queues {
+        if let Err(e) = crate::declare_delayed(&ch, q).await {
+            warn!("no delayed exchange ({e}); tasks with a future eta are held in the worker until due");
+            return Ok(None);
+        }
+    }
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(Some(ch))
+}
+
+async fn handle(ch: &Channel, delay_ch: &Option<Channel>, registry: &Registry, queue: &str, delivery: Delivery) {
     let Delivery { delivery_tag, properties, data, acker, redelivered, .. } = delivery;
     let raw = amqp::from_lapin(&properties, data);
     let task = match TaskMessage::decode(&raw) {
@@ -196,9 +213,13 @@ async fn handle(ch: &Channel, delay_ch: &Channel, registry: &Registry, queue: &s
         return;
     };
     if let Some(delay_ms) = task.eta.as_deref().and_then(parse_isoformat).and_then(crate::delay_until) {
-        drop(fut);
-        hand_to_delayed_exchange(delay_ch, queue, &task, raw, delay_ms, &acker).await;
-        return;
+        if let Some(delay_ch) = delay_ch {
+            drop(fut);
+            hand_to_delayed_exchange(delay_ch, queue, &task, raw, delay_ms, &acker).await;
+            return;
+        }
+        info!(task = task.task, id = task.id, eta = task.eta, delay_ms, "task held until its eta");
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     }
     info!(task = task.task, id = task.id, redelivered, "task received");
     let started = std::time::Instant::now();
