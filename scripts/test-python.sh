@@ -5,6 +5,7 @@
 #
 # Environment:
 #   WARREN_BIN     broker binary to test (default: target/debug/warren, built here)
+#   WARREN_TASKS_BIN  the Rust Celery worker/client (default: target/debug/warren-tasks, built here)
 #   WARREN_NO_BUILD=1  skip `cargo build` (use an existing WARREN_BIN)
 #   PYTHON         interpreter used to create the venv (default: python3)
 #   AMQP_TEST_PORT test an already running broker on that port instead of
@@ -24,8 +25,8 @@ if [[ -n "${AMQP_TEST_PORT:-}" ]]; then
     echo "==> using the broker already listening on port $AMQP_TEST_PORT (no warren build)"
 else
     if [[ "${WARREN_NO_BUILD:-0}" != "1" ]]; then
-        echo "==> cargo build -p server --bin warren"
-        cargo build -p server --bin warren
+        echo "==> cargo build -p server --bin warren -p tasks --bin warren-tasks"
+        cargo build -p server --bin warren -p tasks --bin warren-tasks
     fi
     if [[ ! -x "$WARREN_BIN" ]]; then
         echo "error: broker binary not found at $WARREN_BIN" >&2

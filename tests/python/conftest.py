@@ -56,6 +56,15 @@ def warren_binary() -> Path:
     return path
 
 
+def warren_tasks_binary() -> Path:
+    """The Rust Celery worker/client (`warren-tasks`, crate `tasks`)."""
+    env = os.environ.get("WARREN_TASKS_BIN")
+    path = Path(env) if env else REPO_ROOT / "target" / "debug" / "warren-tasks"
+    if not path.is_absolute():
+        path = REPO_ROOT / path
+    return path
+
+
 class BrokerProcess:
     """A warren process bound to 127.0.0.1 on a free port, logging to a file."""
 

@@ -1,0 +1,165 @@
+//! `warren-tasks`: run a Rust Celery worker, or send one task from the command line.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Map, Value};
+use warren_tasks::client::{Client, SendOptions};
+use warren_tasks::worker::{self, WorkerConfig};
+use warren_tasks::{Registry, demo};
+
+const DEFAULT_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+#[derive(Parser)]
+#[command(name = "warren-tasks", about = "Celery protocol v2 tasks in Rust: worker and client")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume task queues and run the registered tasks.
+    Worker {
+        #[arg(long, default_value = DEFAULT_BROKER)]
+        broker: String,
+        /// Queues to consume, comma-separated.
+        #[arg(short = 'Q', long = "queues", value_delimiter = ',', default_value = "celery")]
+        queues: Vec<String>,
+        /// Tasks running at once (also the prefetch count).
+        #[arg(short = 'c', long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+        concurrency: u16,
+        /// Seconds running tasks get to finish after SIGINT/SIGTERM.
+        #[arg(long, default_value_t = 30.0)]
+        grace: f64,
+        /// Register the demo.* tasks.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Send one task; with --wait, print its result as JSON.
+    Call {
+        name: String,
+        #[arg(long, default_value = DEFAULT_BROKER)]
+        broker: String,
+        /// Positional arguments, a JSON array.
+        #[arg(long, default_value = "[]")]
+        args: String,
+        /// Keyword arguments, a JSON object.
+        #[arg(long, default_value = "{}")]
+        kwargs: String,
+        #[arg(long, default_value = "celery")]
+        queue: String,
+        /// Wait this many seconds for the result (without it, print the task id and exit).
+        #[arg(long)]
+        wait: Option<f64>,
+        /// Run the task no earlier than this many seconds from now (eta).
+        #[arg(long)]
+        countdown: Option<f64>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    rt.block_on(async move {
+        match cli.command {
+            Command::Worker { broker, queues, concurrency, grace, demo: with_demo } => {
+                let mut registry = Registry::new();
+                if with_demo {
+                    demo::register(&mut registry);
+                }
+                let config = WorkerConfig {
+                    broker,
+                    queues,
+                    concurrency,
+                    grace: Duration::try_from_secs_f64(grace).unwrap_or(Duration::ZERO),
+                };
+                match worker::run(config, Arc::new(registry), shutdown_signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Command::Call { name, broker, args, kwargs, queue, wait, countdown } => {
+                let options = SendOptions { queue, countdown, reply: wait.is_some() };
+                call(&name, &broker, &args, &kwargs, options, wait).await
+            }
+        }
+    })
+}
+
+async fn call(name: &str, broker: &str, args: &str, kwargs: &str, options: SendOptions, wait: Option<f64>) -> ExitCode {
+    let args: Vec<Value> = match serde_json::from_str(args) {
+        Ok(a) => a,
+        Err(e) => return usage(format!("--args must be a JSON array: {e}")),
+    };
+    let kwargs: Map<String, Value> = match serde_json::from_str(kwargs) {
+        Ok(k) => k,
+        Err(e) => return usage(format!("--kwargs must be a JSON object: {e}")),
+    };
+    let timeout = match wait.map(Duration::try_from_secs_f64).transpose() {
+        Ok(t) => t,
+        Err(e) => return usage(format!("--wait: {e}")),
+    };
+    let mut client = match Client::connect(broker).await {
+        Ok(c) => c,
+        Err(e) => return fail(format!("error: {e}")),
+    };
+    let id = match client.send_task(name, args, kwargs, &options).await {
+        Ok(id) => id,
+        Err(e) => return fail(format!("error: {e}")),
+    };
+    let Some(timeout) = timeout else {
+        println!("{id}");
+        return ExitCode::SUCCESS;
+    };
+    let result = match client.wait(&id, timeout).await {
+        Ok(r) => r,
+        Err(e) => return fail(format!("error: task {id}: {e}")),
+    };
+    let _ = client.close().await;
+    match (result.status.as_str(), result.exception()) {
+        ("SUCCESS", _) => {
+            println!("{}", result.result);
+            ExitCode::SUCCESS
+        }
+        (_, Some(exc)) => {
+            if let Some(tb) = &result.traceback {
+                eprint!("{tb}");
+            }
+            fail(format!("{}: {}", exc.exc_type, exc.message()))
+        }
+        (status, None) => fail(format!("task {id} ended {status}: {}", result.result)),
+    }
+}
+
+fn usage(msg: String) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(2)
+}
+
+fn fail(msg: String) -> ExitCode {
+    eprintln!("{msg}");
+    ExitCode::FAILURE
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown signal received");
+}

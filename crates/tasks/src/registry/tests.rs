@@ -1,0 +1,98 @@
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::*;
+
+fn kwargs(v: Value) -> Map<String, Value> {
+    v.as_object().expect("object").clone()
+}
+
+async fn call(r: &Registry, name: &str, args: Value, kw: Value) -> Result<Value, TaskError> {
+    let args = args.as_array().expect("array").clone();
+    r.call(name, args, kwargs(kw)).expect("registered").await
+}
+
+fn demo() -> Registry {
+    let mut r = Registry::new();
+    crate::demo::register(&mut r);
+    r
+}
+
+#[tokio::test]
+async fn tuples_take_positional_arguments() {
+    let mut r = Registry::new();
+    r.register("add", |(x, y): (i64, i64)| async move { Ok(x + y) });
+    assert_eq!(call(&r, "add", json!([2, 3]), json!({})).await, Ok(json!(5)));
+    let err = call(&r, "add", json!([2]), json!({})).await.expect_err("too few");
+    assert_eq!((err.exc_type.as_str(), err.exc_module.as_deref()), ("TypeError", Some("builtins")));
+    assert!(call(&r, "add", json!([1, "x"]), json!({})).await.is_err());
+    assert!(r.call("nope", vec![], Map::new()).is_none());
+}
+
+#[tokio::test]
+async fn structs_take_keyword_or_positional_arguments() {
+    #[derive(Deserialize)]
+    struct Greet {
+        name: String,
+        #[serde(default)]
+        shout: bool,
+    }
+    let mut r = Registry::new();
+    r.register("greet", |g: Greet| async move { Ok(if g.shout { g.name.to_uppercase() } else { g.name }) });
+    assert_eq!(call(&r, "greet", json!([]), json!({"name": "ann", "shout": true})).await, Ok(json!("ANN")));
+    assert_eq!(call(&r, "greet", json!(["bob", false]), json!({})).await, Ok(json!("bob")));
+    let err = call(&r, "greet", json!(["bob"]), json!({"shout": true})).await.expect_err("mixed");
+    assert_eq!(err.exc_type, "TypeError");
+}
+
+#[tokio::test]
+async fn named_parameters_mix_positional_and_keyword_like_python() {
+    let r = demo();
+    assert_eq!(call(&r, "demo.add", json!([2, 3]), json!({})).await, Ok(json!(5)));
+    assert_eq!(call(&r, "demo.add", json!([2]), json!({"y": 3})).await, Ok(json!(5)));
+    assert_eq!(call(&r, "demo.add", json!([]), json!({"y": 3, "x": 4})).await, Ok(json!(7)));
+    let err = call(&r, "demo.add", json!([1]), json!({"x": 3})).await.expect_err("twice");
+    assert!(err.message.contains("multiple values for argument 'x'"), "{err}");
+    let err = call(&r, "demo.add", json!([1, 2]), json!({"z": 3})).await.expect_err("unknown");
+    assert!(err.message.contains("unexpected keyword argument 'z'"), "{err}");
+    let err = call(&r, "demo.add", json!([1, 2, 3]), json!({})).await.expect_err("too many");
+    assert!(err.message.contains("takes 2 positional arguments but 3 were given"), "{err}");
+}
+
+#[tokio::test]
+async fn demo_tasks() {
+    let r = demo();
+    let nested = json!({"a": [1, {"b": null}], "c": "ü"});
+    assert_eq!(call(&r, "demo.echo", json!([nested.clone()]), json!({})).await, Ok(nested.clone()));
+    assert_eq!(call(&r, "demo.echo", json!([]), json!({"value": nested.clone()})).await, Ok(nested));
+    assert_eq!(call(&r, "demo.sleep", json!([0]), json!({})).await, Ok(json!(0.0)));
+    let err = call(&r, "demo.sleep", json!([-1]), json!({})).await.expect_err("negative");
+    assert_eq!(err.exc_type, "ValueError");
+    let err = call(&r, "demo.fail", json!(["it broke"]), json!({})).await.expect_err("fails");
+    assert_eq!(err, TaskError::builtin("ValueError", "it broke"));
+    assert_eq!(
+        err.to_exception_info(),
+        crate::protocol::ExceptionInfo {
+            exc_type: "ValueError".into(),
+            exc_message: json!(["it broke"]),
+            exc_module: Some("builtins".into())
+        }
+    );
+    for _ in 0..2 {
+        assert!(call(&r, "demo.flaky", json!(["registry-test", 2]), json!({})).await.is_err());
+    }
+    assert_eq!(call(&r, "demo.flaky", json!(["registry-test", 2]), json!({})).await, Ok(json!("ok after 2 retries")));
+    assert_eq!(r.names(), ["demo.add", "demo.echo", "demo.fail", "demo.flaky", "demo.sleep"]);
+}
+
+#[tokio::test]
+async fn results_that_are_not_json_are_type_errors() {
+    let mut r = Registry::new();
+    r.register("bad", |(): ()| async move {
+        let mut m = std::collections::HashMap::new();
+        m.insert((1, 2), 3);
+        Ok(m)
+    });
+    let err = call(&r, "bad", json!([]), json!({})).await.expect_err("not JSON");
+    assert_eq!(err.exc_type, "TypeError");
+}

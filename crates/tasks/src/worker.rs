@@ -1,0 +1,325 @@
+//! The worker: consumes task queues, runs each delivery on its own tokio task, acks late.
+//!
+//! Rules (Celery's `acks_late=True` semantics, which are what make a crash safe):
+//! - at most `concurrency` tasks run at once: `basic.qos(prefetch_count = concurrency)` per
+//!   consumer, and a semaphore across all queues of the worker;
+//! - a delivery is acked after its task finished, on success and on failure, and after its
+//!   result was published, so a crash loses nothing (the task may run twice);
+//! - a task whose `eta` is still ahead is handed to the broker's `x-delayed-message`
+//!   exchange (republished with `x-delay`, confirmed, then the original acked) instead of
+//!   being held by the worker; it comes back when due (without that exchange type the
+//!   worker holds it, in one of its slots);
+//! - messages that are not tasks we can run (unknown name, not protocol v2, not JSON) are
+//!   rejected without requeue and logged; an unknown name also gets Celery's NotRegistered
+//!   failure as its result, as a Python worker stores it;
+//! - on shutdown the consumers are cancelled, running tasks get `grace` to finish, then the
+//!   connection closes and the broker requeues whatever is still unacked;
+//! - a lost connection is retried with exponential backoff; its running tasks are dropped
+//!   (their deliveries are redelivered by the broker).
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::protocol::{ExceptionInfo, RawMessage, ResultMessage, TaskMessage, isoformat_utc, parse_isoformat};
+use crate::{Error, Registry, TaskError, amqp};
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// `amqp://user:pass@host:port/vhost`
+    pub broker: String,
+    pub queues: Vec<String>,
+    /// Tasks running at once (and the prefetch count).
+    pub concurrency: u16,
+    /// How long running tasks may take to finish after a shutdown signal.
+    pub grace: Duration,
+}
+
+impl WorkerConfig {
+    pub fn new(broker: &str) -> WorkerConfig {
+        WorkerConfig {
+            broker: broker.to_owned(),
+            queues: vec!["celery".to_owned()],
+            concurrency: 4,
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Runs until `shutdown` completes, reconnecting when the connection is lost.
+pub async fn run(
+    config: WorkerConfig,
+    registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    assert!(config.concurrency > 0, "concurrency must be at least 1");
+    let mut shutdown = pin!(shutdown);
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match session(&config, &registry, shutdown.as_mut(), &mut backoff).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                // Jitter, so that many workers do not come back in lockstep.
+                let delay = backoff.mul_f64(0.5 + fastrand::f64());
+                warn!("no broker connection ({e}); reconnecting in {:.1} s", delay.as_secs_f64());
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.as_mut() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// One connection's life. `Ok` after a graceful shutdown, `Err` when the connection or a
+/// consumer was lost.
+async fn session(
+    config: &WorkerConfig,
+    registry: &Arc<Registry>,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    backoff: &mut Duration,
+) -> Result<(), Error> {
+    let conn = tokio::select! {
+        c = Connection::connect(&config.broker, ConnectionProperties::default()) => c?,
+        _ = shutdown.as_mut() => return Ok(()),
+    };
+    *backoff = BACKOFF_MIN;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(config.concurrency, BasicQosOptions::default()).await?;
+    for q in &config.queues {
+        crate::declare_task_queue(&ch, q).await?;
+    }
+    let delay_ch = delayed_channel(&conn, &config.queues).await?;
+    let (tx, mut rx) = mpsc::channel::<Result<(String, Delivery), Error>>(usize::from(config.concurrency));
+    let mut tags = Vec::new();
+    let mut forwarders = JoinSet::new();
+    for q in &config.queues {
+        let mut consumer = ch
+            .basic_consume(q.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        tags.push(consumer.tag());
+        let (tx, queue) = (tx.clone(), q.clone());
+        forwarders.spawn(async move {
+            while let Some(d) = consumer.next().await {
+                if tx.send(d.map(|d| (queue.clone(), d)).map_err(Error::from)).await.is_err() {
+                    return;
+                }
+            }
+            // A cancelled consumer's stream ends; outside shutdown that is the broker's doing.
+            let _ = tx.send(Err(Error::Closed("consumer cancelled by the broker"))).await;
+        });
+    }
+    drop(tx);
+    info!(queues = ?config.queues, concurrency = config.concurrency, tasks = ?registry.names(), "worker ready");
+
+    let slots = Arc::new(Semaphore::new(usize::from(config.concurrency)));
+    let mut running = JoinSet::new();
+    let lost = loop {
+        tokio::select! {
+            _ = shutdown.as_mut() => break None,
+            d = rx.recv() => match d {
+                Some(Ok((queue, delivery))) => {
+                    let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
+                    let (ch, delay_ch, registry) = (ch.clone(), delay_ch.clone(), Arc::clone(registry));
+                    running.spawn(async move {
+                        handle(&ch, &delay_ch, &registry, &queue, delivery).await;
+                        drop(slot);
+                    });
+                }
+                Some(Err(e)) => break Some(e),
+                None => break Some(Error::Closed("consumers ended")),
+            },
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+        }
+    };
+    forwarders.abort_all();
+    if let Some(e) = lost {
+        running.abort_all();
+        return Err(e);
+    }
+
+    info!(running = running.len(), "shutting down: cancelling consumers");
+    for tag in tags {
+        if let Err(e) = ch.basic_cancel(tag, BasicCancelOptions::default()).await {
+            warn!("basic.cancel: {e}");
+        }
+    }
+    let drained = tokio::time::timeout(config.grace, async { while running.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        warn!(left = running.len(), "grace period over; unfinished tasks go back to the queue");
+        running.abort_all();
+    }
+    if let Err(e) = conn.close(200, "worker shutdown".into()).await {
+        warn!("connection.close: {e}");
+    }
+    Ok(())
+}
+
+/// A confirm-mode channel for parking early tasks in the delayed exchange (republished tasks
+/// must be confirmed before their original is acked), or `None` when the broker has no
+/// `x-delayed-message` exchange type (RabbitMQ without the plugin): early tasks are then
+/// held in the worker until due, as a Python worker holds them.
+async fn delayed_channel(conn: &Connection, queues: &[String]) -> Result<Option<Channel>, Error> {
+    // Its own channel: a refused declaration closes the channel it was made on.
+    let ch = conn.create_channel().await?;
+    for q in queues {
+        if let Err(e) = crate::declare_delayed(&ch, q).await {
+            warn!("no delayed exchange ({e}); tasks with a future eta are held in the worker until due");
+            return Ok(None);
+        }
+    }
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(Some(ch))
+}
+
+async fn handle(ch: &Channel, delay_ch: &Option<Channel>, registry: &Registry, queue: &str, delivery: Delivery) {
+    let Delivery { delivery_tag, properties, data, acker, redelivered, .. } = delivery;
+    let raw = amqp::from_lapin(&properties, data);
+    let task = match TaskMessage::decode(&raw) {
+        Ok(t) => t,
+        Err(e) => {
+            error!(delivery_tag, "rejecting a message that is not a task we can read: {e}");
+            reject(&acker).await;
+            return;
+        }
+    };
+    let Some(fut) = registry.call(&task.task, task.args.clone(), task.kwargs.clone()) else {
+        error!(task = task.task, id = task.id, "rejecting a task of unknown name (NotRegistered)");
+        let exc = ExceptionInfo {
+            exc_type: "NotRegistered".to_owned(),
+            exc_message: Value::Array(vec![Value::String(task.task.clone())]),
+            exc_module: Some("celery.exceptions".to_owned()),
+        };
+        publish_result(ch, &task, ResultMessage::failure(&task, &exc, None, now())).await;
+        reject(&acker).await;
+        return;
+    };
+    if let Some(delay_ms) = task.eta.as_deref().and_then(parse_isoformat).and_then(crate::delay_until) {
+        if let Some(delay_ch) = delay_ch {
+            drop(fut);
+            hand_to_delayed_exchange(delay_ch, queue, &task, raw, delay_ms, &acker).await;
+            return;
+        }
+        info!(task = task.task, id = task.id, eta = task.eta, delay_ms, "task held until its eta");
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    }
+    info!(task = task.task, id = task.id, redelivered, "task received");
+    let started = std::time::Instant::now();
+    // Run on its own task so that a panicking task is a failure, not a lost delivery; the
+    // guard aborts it with us (grace period over, connection lost), so it never outlives
+    // its delivery and runs alongside its own redelivery.
+    let mut run = AbortOnDrop(tokio::spawn(fut));
+    let outcome = match (&mut run.0).await {
+        Ok(outcome) => outcome,
+        Err(e) => Err(TaskError::new("WorkerPanic", format!("task panicked: {e}"))),
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let result = match outcome {
+        Ok(value) => {
+            info!(task = task.task, id = task.id, "task succeeded in {secs:.3} s");
+            ResultMessage::success(&task, value, now())
+        }
+        Err(e) => {
+            warn!(task = task.task, id = task.id, "task failed in {secs:.3} s: {e}");
+            ResultMessage::failure(&task, &e.to_exception_info(), None, now())
+        }
+    };
+    if !task.ignore_result {
+        publish_result(ch, &task, result).await;
+    }
+    if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+        warn!(id = task.id, "ack failed (the broker will redeliver): {e}");
+    }
+}
+
+/// Parks an early task in the delayed exchange; acks the original only once the copy is
+/// confirmed, so the task exists at all times (twice for a moment, never zero times).
+async fn hand_to_delayed_exchange(
+    ch: &Channel,
+    queue: &str,
+    task: &TaskMessage,
+    mut raw: RawMessage,
+    delay_ms: u64,
+    acker: &lapin::Acker,
+) {
+    raw.headers.insert("x-delay".to_owned(), delay_ms.into());
+    let confirmed = async {
+        let confirm = ch
+            .basic_publish(
+                crate::DELAYED_EXCHANGE.into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &raw.body,
+                amqp::to_lapin(&raw),
+            )
+            .await?
+            .await?;
+        Ok::<bool, lapin::Error>(confirm.is_ack())
+    };
+    match confirmed.await {
+        Ok(true) => {
+            info!(task = task.task, id = task.id, eta = task.eta, delay_ms, "task delayed until its eta");
+            if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+                warn!(id = task.id, "ack failed (the broker will redeliver): {e}");
+            }
+        }
+        outcome => {
+            // Not parked: give it back (after a pause, so as not to spin on a failing broker).
+            warn!(id = task.id, "could not delay the task ({outcome:?}); requeueing it");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Err(e) = acker.nack(BasicNackOptions { requeue: true, multiple: false }).await {
+                warn!(id = task.id, "nack failed: {e}");
+            }
+        }
+    }
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn publish_result(ch: &Channel, task: &TaskMessage, result: ResultMessage) {
+    let Some(reply_to) = task.reply_to.as_deref() else {
+        return;
+    };
+    let raw = result.encode();
+    // Celery's rpc backend publishes through the default exchange, routing key = reply_to.
+    let published = ch
+        .basic_publish("".into(), reply_to.into(), BasicPublishOptions::default(), &raw.body, amqp::to_lapin(&raw))
+        .await;
+    if let Err(e) = published {
+        warn!(id = task.id, reply_to, "result not published: {e}");
+    }
+}
+
+async fn reject(acker: &lapin::Acker) {
+    if let Err(e) = acker.reject(BasicRejectOptions { requeue: false }).await {
+        warn!("reject failed: {e}");
+    }
+}
+
+fn now() -> String {
+    isoformat_utc(std::time::SystemTime::now())
+}

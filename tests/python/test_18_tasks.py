@@ -1,0 +1,426 @@
+"""Rust workers and the Rust client (`warren-tasks`, crate `tasks`) with real Celery as the
+witness, over Warren: a Python Celery client (`rpc://` results) sends to the Rust worker,
+and the Rust client sends to a Python `celery worker`.
+
+Each test has a broker of its own (the kill -9 test leaves unacked deliveries behind).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from conftest import BrokerProcess, warren_binary, warren_tasks_binary
+
+READY_TIMEOUT = 20.0
+RESULT_TIMEOUT = 20.0
+
+
+@pytest.fixture(autouse=True)
+def _tasks_binary():
+    if not warren_tasks_binary().exists():
+        pytest.fail(f"warren-tasks not found at {warren_tasks_binary()}; build it with "
+                    "`cargo build -p tasks --bin warren-tasks` or set WARREN_TASKS_BIN", pytrace=False)
+
+
+@pytest.fixture
+def node(request):
+    if os.environ.get("AMQP_TEST_PORT"):
+        pytest.skip("needs to spawn its own broker")
+    d = Path(tempfile.mkdtemp(prefix="warren-pytest-tasks-"))
+    p = BrokerProcess(warren_binary(), d / "data", d / "warren.log")
+    request.node._extra_brokers = [p]
+    p.start()
+    yield p
+    p.stop()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def broker_url(node: BrokerProcess) -> str:
+    return f"amqp://guest:guest@127.0.0.1:{node.port}/%2f"
+
+
+class Process:
+    """A subprocess whose output (stdout and stderr) is collected by a thread."""
+
+    def __init__(self, cmd: list[str], ready_text: str, cwd: Path | None = None, env: dict | None = None):
+        self.cmd = cmd
+        self.ready_text = ready_text
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for(self, text: str, timeout: float = READY_TIMEOUT, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while sum(text in line for line in self.lines) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.proc.poll() is not None:
+                    raise AssertionError(f"no {text!r} from {self.cmd[:3]} (rc={self.proc.poll()}):\n{self.log()}")
+                self._cond.wait(timeout=min(0.1, remaining))
+
+    def wait_ready(self) -> None:
+        self.wait_for(self.ready_text)
+
+    def log(self, last: int = 80) -> str:
+        with self._cond:
+            return "\n".join(self.lines[-last:])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+        return self.proc.returncode
+
+
+def rust_worker(node: BrokerProcess, queue: str, concurrency: int = 4, *extra: str) -> Process:
+    env = dict(os.environ, RUST_LOG="info", NO_COLOR="1")
+    cmd = [str(warren_tasks_binary()), "worker", "--broker", broker_url(node), "-Q", queue, "-c", str(concurrency),
+           "--demo", *extra]
+    w = Process(cmd, "worker ready", env=env)
+    w.wait_ready()
+    return w
+
+
+@pytest.fixture
+def workers():
+    """Processes started by a test; stopped at its end. Their logs are printed, which pytest
+    shows only when the test failed."""
+    started: list[Process] = []
+    yield started
+    for w in started:
+        w.stop()
+        print(f"--- {' '.join(w.cmd[:2])} log ---\n{w.log()}")
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"pytest.tasks.{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def celery_client(node, queue):
+    app = Celery("pytest_tasks", broker=broker_url(node), backend="rpc://")
+    app.conf.update(task_default_queue=queue, broker_connection_retry_on_startup=False,
+                    broker_connection_max_retries=3)
+    yield app
+    app.close()
+
+
+@pytest.mark.timeout(60)
+def test_python_client_rust_worker(node, queue, celery_client, workers):
+    workers.append(rust_worker(node, queue))
+    app = celery_client
+    assert app.send_task("demo.add", (2, 3)).get(timeout=RESULT_TIMEOUT) == 5
+    nested = {"a": [1, 2.5, None, True, "ünï"], "b": {"c": {"d": []}}}
+    assert app.send_task("demo.echo", kwargs={"value": nested}).get(timeout=RESULT_TIMEOUT) == nested
+    assert app.send_task("demo.echo", ([1, {"x": None}],)).get(timeout=RESULT_TIMEOUT) == [1, {"x": None}]
+    # Mixed positional and keyword arguments, as in Python.
+    assert app.send_task("demo.add", (40,), {"y": 2}).get(timeout=RESULT_TIMEOUT) == 42
+    assert app.send_task("demo.sleep", (0.1,)).get(timeout=RESULT_TIMEOUT) == 0.1
+
+    # A failure comes back as the exception type the task chose (a Python builtin here),
+    # rebuilt by Celery from {"exc_type", "exc_message", "exc_module"}.
+    r = app.send_task("demo.fail", ("it broke on purpose",))
+    with pytest.raises(ValueError) as info:
+        r.get(timeout=RESULT_TIMEOUT)
+    assert type(info.value) is ValueError
+    assert str(info.value) == "it broke on purpose"
+    assert r.state == "FAILURE"
+
+    # Wrong arguments are a TypeError, as calling a Python function wrongly is.
+    with pytest.raises(TypeError):
+        app.send_task("demo.add", (1,)).get(timeout=RESULT_TIMEOUT)
+
+    # An unknown name is rejected (not requeued) and answered with Celery's NotRegistered.
+    from celery.exceptions import NotRegistered
+    with pytest.raises(NotRegistered):
+        app.send_task("demo.no_such_task", (1,)).get(timeout=RESULT_TIMEOUT)
+
+    # demo.flaky fails its first `failures` calls for a key (no retries yet).
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            app.send_task("demo.flaky", ("k1", 2)).get(timeout=RESULT_TIMEOUT)
+    assert app.send_task("demo.flaky", ("k1", 2)).get(timeout=RESULT_TIMEOUT) == "ok after 2 retries"
+
+    # ignore_result: the task runs, no result is published (the worker logs it).
+    quiet = app.send_task("demo.echo", ("quiet",), ignore_result=True)
+    workers[0].wait_for(f'id="{quiet.id}"', count=2)  # received, succeeded
+
+
+def run_sleeps(app: Celery, n: int, seconds: float) -> float:
+    start = time.monotonic()
+    results = [app.send_task("demo.sleep", (seconds,)) for _ in range(n)]
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in results] == [seconds] * n
+    return time.monotonic() - start
+
+
+@pytest.mark.timeout(60)
+def test_concurrency_is_bounded_by_c(node, queue, celery_client, workers):
+    w = rust_worker(node, queue, 4)
+    workers.append(w)
+    elapsed = run_sleeps(celery_client, 4, 1.0)
+    assert elapsed < 2.0, f"4 x sleep(1) with -c 4 took {elapsed:.2f} s"
+    w.stop()
+    workers.remove(w)
+
+    w = rust_worker(node, queue, 2)
+    workers.append(w)
+    elapsed = run_sleeps(celery_client, 4, 1.0)
+    assert elapsed >= 2.0, f"4 x sleep(1) with -c 2 took only {elapsed:.2f} s: more than 2 ran at once"
+    assert elapsed < 4.0, f"4 x sleep(1) with -c 2 took {elapsed:.2f} s"
+    # From the worker's own log: never more than 2 between "received" and "succeeded".
+    w.wait_for("task succeeded", count=4)
+    running = most = 0
+    for line in w.log(400).splitlines():
+        running += ("task received" in line) - ("task succeeded" in line)
+        most = max(most, running)
+    assert most == 2, w.log()
+
+
+@pytest.mark.timeout(60)
+def test_kill_9_during_a_task_another_worker_runs_it(node, queue, celery_client, workers):
+    first = rust_worker(node, queue, 1)
+    workers.append(first)
+    r = celery_client.send_task("demo.sleep", (3,))
+    first.wait_for("task received")
+    first.stop(signal.SIGKILL)
+    assert first.proc.returncode == -signal.SIGKILL
+    second = rust_worker(node, queue, 1)
+    workers.append(second)
+    assert r.get(timeout=RESULT_TIMEOUT) == 3.0
+    # The second worker got it as a redelivery of the unacked message.
+    second.wait_for("redelivered=true")
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_lets_running_tasks_finish(node, queue, celery_client, workers):
+    w = rust_worker(node, queue, 2)
+    workers.append(w)
+    r = celery_client.send_task("demo.sleep", (1.5,))
+    w.wait_for("task received")
+    start = time.monotonic()
+    assert w.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - start >= 1.0, "the worker waited for its running task"
+    assert r.get(timeout=RESULT_TIMEOUT) == 1.5
+
+
+PY_TASKS = '''
+import os
+from celery import Celery
+
+app = Celery("pyworker", broker=os.environ["TASKS_BROKER"], backend="rpc://")
+app.conf.update(task_default_queue=os.environ["TASKS_QUEUE"], broker_connection_retry_on_startup=False)
+
+
+@app.task(name="tasks.mul")
+def mul(x, y):
+    return x * y
+
+
+@app.task(name="tasks.boom")
+def boom(message):
+    raise KeyError(message)
+
+
+@app.task(name="tasks.greet")
+def greet(name, punctuation="!"):
+    return {"greeting": "hello " + name + punctuation}
+'''
+
+
+@pytest.mark.timeout(90)
+def test_rust_client_python_worker(node, queue, tmp_path, workers):
+    (tmp_path / "pyworker.py").write_text(textwrap.dedent(PY_TASKS))
+    env = dict(os.environ, TASKS_BROKER=f"amqp://guest:guest@127.0.0.1:{node.port}//", TASKS_QUEUE=queue,
+               PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", "celery", "-A", "pyworker", "worker", "-P", "threads", "-c", "2",
+           "--without-gossip", "--without-mingle", "--without-heartbeat", "-Q", queue, "--loglevel=INFO"]
+    py = Process(cmd, "ready.", cwd=tmp_path, env=env)
+    workers.append(py)
+    py.wait_ready()
+
+    def call(name: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(warren_tasks_binary()), "call", name, *args, "--queue", queue, "--wait", "20",
+                               "--broker", broker_url(node)], capture_output=True, text=True, timeout=40,
+                              env=dict(os.environ, RUST_LOG="warn"))
+
+    done = call("tasks.mul", "--args", "[3,4]")
+    assert (done.returncode, done.stdout.strip()) == (0, "12"), done.stderr
+    done = call("tasks.greet", "--args", '["ann"]', "--kwargs", '{"punctuation": "?"}')
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == '{"greeting":"hello ann?"}'
+    start = time.monotonic()
+    done = call("tasks.mul", "--args", "[2,21]", "--countdown", "1.5")
+    assert (done.returncode, done.stdout.strip()) == (0, "42"), done.stderr
+    assert time.monotonic() - start >= 1.5, "the Python worker got it when due"
+    done = call("tasks.boom", "--args", '["the python task failed"]')
+    assert done.returncode != 0
+    assert "KeyError" in done.stderr and "the python task failed" in done.stderr, done.stderr
+    assert done.stdout == ""
+
+    # Without --wait: the task id, and the task still runs.
+    sent = subprocess.run([str(warren_tasks_binary()), "call", "tasks.mul", "--args", "[5,6]", "--queue", queue,
+                           "--broker", broker_url(node)], capture_output=True, text=True, timeout=40)
+    assert sent.returncode == 0, sent.stderr
+    task_id = sent.stdout.strip()
+    assert len(task_id) == 36
+    py.wait_for(f"Task tasks.mul[{task_id}] succeeded")
+
+
+@pytest.mark.timeout(60)
+def test_rust_client_rust_worker(node, queue, workers):
+    workers.append(rust_worker(node, queue))
+
+    def call(name: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(warren_tasks_binary()), "call", name, *args, "--queue", queue, "--wait", "20",
+                               "--broker", broker_url(node)], capture_output=True, text=True, timeout=40)
+
+    done = call("demo.echo", "--kwargs", '{"value": {"k": [1, null]}}')
+    assert (done.returncode, done.stdout.strip()) == (0, '{"k":[1,null]}'), done.stderr
+    done = call("demo.fail", "--args", '["nope"]')
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith("ValueError: nope"), done.stderr
+    # Nobody consumes this queue: the wait times out.
+    done = subprocess.run([str(warren_tasks_binary()), "call", "demo.add", "--args", "[1, 1]", "--queue", queue + ".idle",
+                           "--wait", "1", "--broker", broker_url(node)], capture_output=True, text=True, timeout=40)
+    assert done.returncode == 1 and "no result within 1.0 s" in done.stderr, done.stderr
+    assert done.stdout == ""
+    done = call("demo.add", "--args", "not json")
+    assert done.returncode == 2 and "--args must be a JSON array" in done.stderr, done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_one_worker_consumes_several_queues(node, queue, workers):
+    other = queue + ".b"
+    workers.append(rust_worker(node, f"{queue},{other}", 2))
+    for q, args, want in [(queue, "[1, 2]", "3"), (other, "[3, 4]", "7")]:
+        done = subprocess.run([str(warren_tasks_binary()), "call", "demo.add", "--args", args, "--queue", q,
+                               "--wait", "20", "--broker", broker_url(node)], capture_output=True, text=True, timeout=40)
+        assert (done.returncode, done.stdout.strip()) == (0, want), done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_grace_period_over_the_task_goes_back_to_the_queue(node, queue, celery_client, workers):
+    first = rust_worker(node, queue, 1, "--grace", "0.5")
+    workers.append(first)
+    r = celery_client.send_task("demo.sleep", (4,))
+    first.wait_for("task received")
+    start = time.monotonic()
+    assert first.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - start < 3.0, "the worker did not wait for the task past its grace period"
+    assert "grace period over" in first.log()
+    workers.append(rust_worker(node, queue, 1))
+    assert r.get(timeout=RESULT_TIMEOUT) == 4.0
+
+
+@pytest.mark.timeout(90)
+def test_worker_reconnects_after_a_broker_restart(node, queue, workers):
+    w = rust_worker(node, queue, 2)
+    workers.append(w)
+    # A task running when the connection drops: it was never acked, so the broker (durable
+    # queue, persistent message) delivers it again, and the worker drops its first run.
+    sent = subprocess.run([str(warren_tasks_binary()), "call", "demo.sleep", "--args", "[1.5]", "--queue", queue,
+                           "--broker", broker_url(node)], capture_output=True, text=True, timeout=40)
+    assert sent.returncode == 0, sent.stderr
+    task_id = sent.stdout.strip()
+    w.wait_for(f'id="{task_id}"')
+    node.stop()
+    # Down long enough for some failed connection attempts, with growing delays.
+    w.wait_for("reconnecting in", count=3)
+    node.start()
+    w.wait_for("worker ready", count=2, timeout=30)
+    w.wait_for(f'id="{task_id}" redelivered=true')
+    w.wait_for("task succeeded", timeout=10)
+    time.sleep(1.0)
+    assert w.log(400).count("task succeeded") == 1, w.log()
+    app = Celery("pytest_tasks_reconnect", broker=broker_url(node), backend="rpc://")
+    app.conf.update(task_default_queue=queue, broker_connection_retry_on_startup=False)
+    try:
+        assert app.send_task("demo.add", (20, 22)).get(timeout=RESULT_TIMEOUT) == 42
+    finally:
+        app.close()
+
+
+@pytest.mark.timeout(60)
+def test_countdown_from_python_is_held_by_the_delayed_exchange(node, queue, celery_client, workers):
+    w = rust_worker(node, queue, 2)
+    workers.append(w)
+    start = time.monotonic()
+    r = celery_client.send_task("demo.add", (1, 2), countdown=2)
+    now = celery_client.send_task("demo.add", (3, 4))
+    assert now.get(timeout=RESULT_TIMEOUT) == 7
+    assert time.monotonic() - start < 1.5, "a due task is not held up behind a delayed one"
+    assert r.get(timeout=RESULT_TIMEOUT) == 3
+    assert time.monotonic() - start >= 1.9
+    # The worker parked it in the broker rather than holding it.
+    w.wait_for("task delayed until its eta")
+
+
+@pytest.mark.timeout(60)
+def test_countdown_from_the_rust_client(node, queue, tmp_path, workers):
+    workers.append(rust_worker(node, queue))
+    start = time.monotonic()
+    done = subprocess.run([str(warren_tasks_binary()), "call", "demo.add", "--args", "[5, 5]", "--countdown", "1.5",
+                           "--queue", queue, "--wait", "20", "--broker", broker_url(node)],
+                          capture_output=True, text=True, timeout=40)
+    assert (done.returncode, done.stdout.strip()) == (0, "10"), done.stderr
+    assert time.monotonic() - start >= 1.5
+    # Held by the broker, not by the worker: it arrived when due.
+    assert "task delayed until its eta" not in workers[0].log()
+
+
+@pytest.mark.timeout(60)
+def test_countdown_without_a_delayed_exchange_is_held_in_the_worker(node, queue, celery_client, workers):
+    # As on RabbitMQ without the delayed-message plugin: the exchange name is taken by a plain
+    # direct exchange, so declaring it as x-delayed-message fails (406) and both sides fall back.
+    import pika
+    conn = pika.BlockingConnection(pika.ConnectionParameters(host="127.0.0.1", port=node.port))
+    conn.channel().exchange_declare("warren.tasks.delayed", "direct", durable=True)
+    conn.close()
+    w = rust_worker(node, queue, 2)
+    workers.append(w)
+    assert "no delayed exchange" in w.log()
+    start = time.monotonic()
+    r = celery_client.send_task("demo.add", (1, 2), countdown=1.5)
+    assert r.get(timeout=RESULT_TIMEOUT) == 3
+    assert time.monotonic() - start >= 1.4
+    w.wait_for("task held until its eta")
+    start = time.monotonic()
+    done = subprocess.run([str(warren_tasks_binary()), "call", "demo.add", "--args", "[5, 5]", "--countdown", "1.5",
+                           "--queue", queue, "--wait", "20", "--broker", broker_url(node)],
+                          capture_output=True, text=True, timeout=40)
+    assert (done.returncode, done.stdout.strip()) == (0, "10"), done.stderr
+    assert "no delayed exchange" in done.stderr
+    assert time.monotonic() - start >= 1.4
+    w.wait_for("task held until its eta", count=2)
