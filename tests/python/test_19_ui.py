@@ -281,6 +281,28 @@ def test_publish_peek_unchanged_then_purge(node, driver, tmp_path):
     text_in(driver, "#q-total", "0")
 
 
+def test_dead_letters_peeked_and_replayed_to_their_origin(node, driver):
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", node.port))
+    ch = conn.channel()
+    ch.queue_declare("ui-dlq")
+    ch.queue_declare("ui-work", arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "ui-dlq"})
+    for i in range(2):
+        ch.basic_publish("", "ui-work", f"job-{i}".encode())
+    for _ in range(2):
+        method, _, _ = ch.basic_get("ui-work")
+        ch.basic_reject(method.delivery_tag, requeue=False)
+    logged_in(driver, node, hash_="#/queues/%2F/ui-dlq")
+    text_in(driver, "#q-ready", "2")
+    driver.find_element(By.ID, "peek-btn").click()
+    text_in(driver, "#messages", 'dead-lettered (rejected) from queue "ui-work"')
+    form = driver.find_element(By.ID, "replay-form")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    text_in(driver, "#toast", "2 message(s) replayed")
+    wait(driver, 10).until(lambda d: queue(node, "%2F", "ui-work")["messages"] == 2)
+    assert queue(node, "%2F", "ui-dlq")["messages"] == 0
+    conn.close()
+
+
 def test_admin_adds_user_and_permissions_then_amqp_login(node, driver, tmp_path):
     logged_in(driver, node, hash_="#/admin/users")
     form = visible(driver, "#add-user")
@@ -335,6 +357,32 @@ def test_definitions_import_through_upload(node, driver, tmp_path):
     go(driver, "#/exchanges/%2F/file-x")
     text_in(driver, "#bindings-source", "from-file")
     shot(driver, tmp_path, "exchange")
+
+
+def test_queue_list_pages_on_the_server_at_10000_queues(node, driver, tmp_path):
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", node.port))
+    ch = conn.channel()
+    for i in range(10_000):
+        ch.queue_declare(f"bulk-{i:05d}", auto_delete=False)
+    ch.basic_publish("", "bulk-04242", b"x")
+    conn.close()
+    logged_in(driver, node, hash_="#/queues")
+    text_in(driver, "#queues-info", "10,000 of 10,000 shown in 100 page(s)", timeout=30)
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#queues tbody tr")) == 100
+    # Sort by depth, descending: the one queue with a message comes first, on page 1.
+    click(driver, By.CSS_SELECTOR, '#queues th[data-sort="messages"]')
+    wait(driver, 10).until(lambda d: "sort=messages" in d.current_url)
+    click(driver, By.CSS_SELECTOR, '#queues th[data-sort="messages"]')
+    wait(driver, 10).until(lambda d: "sort_reverse=true" in d.current_url)
+    text_in(driver, "#queues tbody tr:first-child", "bulk-04242")
+    # A regex filter, server-side; the page's requests never ask for more than a page.
+    go(driver, "#/queues?name=%5Ebulk-0999&use_regex=true")
+    text_in(driver, "#queues-info", "10 of 10,000 shown in 1 page(s)")
+    sizes = driver.execute_script(
+        "return performance.getEntriesByType('resource').filter(e => e.name.includes('/api/queues'))"
+        ".map(e => [e.name, e.duration, e.encodedBodySize])")
+    assert sizes and all("page_size=100" in n for n, _, _ in sizes), sizes
+    assert max(b for _, _, b in sizes) < 500_000, sizes
 
 
 def test_monitoring_user_has_no_admin(node, driver):

@@ -164,7 +164,8 @@ function chart(title, series, fmt = L.fmtNum, id = null) {
   });
   root.append(g);
   const legend = h("div", { class: "legend" }, series.map((s, i) => {
-    const last = s.points.length ? s.points[s.points.length - 1].v : 0;
+    // The legend shows the API's current figure when given (samples lag by up to 5 s).
+    const last = s.now ?? (s.points.length ? s.points[s.points.length - 1].v : 0);
     return h("span", {}, h("i", { class: `s${i + 1}` }), `${s.label} `, h("b", { "data-series": s.label }, fmt(last)));
   }));
   return h("div", { class: "card", id }, h("h2", {}, title), root, legend);
@@ -269,12 +270,12 @@ async function pageOverview(ctx) {
       stat("version", `${o.product_name || "Warren"} ${o.product_version || ""}`),
     );
     const ms = o.message_stats || {};
-    const rateSeries = (key, label) => ({ label, points: seriesOf(`ov.${key}`, ms[`${key}_details`], true) });
+    const rateSeries = (key, label) => ({ label, points: seriesOf(`ov.${key}`, ms[`${key}_details`], true), now: rate(o, key) });
     charts.replaceChildren(
       chart("Message rates", [rateSeries("publish", "publish"), rateSeries("deliver_get", "deliver/get"), rateSeries("ack", "ack")], L.fmtRate, "chart-rates"),
       chart("Queued messages", [
-        { label: "ready", points: seriesOf("ov.ready", qt.messages_ready_details) },
-        { label: "unacked", points: seriesOf("ov.unacked", qt.messages_unacknowledged_details) },
+        { label: "ready", points: seriesOf("ov.ready", qt.messages_ready_details), now: qt.messages_ready || 0 },
+        { label: "unacked", points: seriesOf("ov.unacked", qt.messages_unacknowledged_details), now: qt.messages_unacknowledged || 0 },
       ], L.fmtNum, "chart-queued"),
     );
     nodes.replaceChildren(table([
