@@ -259,7 +259,7 @@ def test_publish_peek_unchanged_then_purge(node, driver, tmp_path):
     form = visible(driver, "#queue-publish")
     fill(form, "payload", "hello from the UI")
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    text_in(driver, "#toast", "routed")
+    text_in(driver, "#toast", "published and routed")
     wait(driver, 10).until(lambda d: queue(node, "%2F", "ui-peek")["messages"] == 1)
     for _ in range(2):  # peeking twice: still not redelivered, still there
         driver.find_element(By.ID, "peek-btn").click()
@@ -330,6 +330,69 @@ def test_admin_adds_user_and_permissions_then_amqp_login(node, driver, tmp_path)
     assert not driver.find_element(By.ID, "nav-admin").is_displayed()
 
 
+def test_admin_vhost_and_policy(node, driver):
+    logged_in(driver, node, hash_="#/admin/vhosts")
+    form = visible(driver, "#add-vhost")
+    fill(form, "name", "ui-vh")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    text_in(driver, "#vhosts", "ui-vh")
+    assert requests.get(api(node, "/vhosts/ui-vh"), auth=AUTH, timeout=5).status_code == 200
+    # The header's selector knows the new vhost.
+    wait(driver, 10).until(lambda d: "ui-vh" in [o.get_attribute("value") for o in
+                                                  d.find_elements(By.CSS_SELECTOR, "#vhost-select option")])
+    go(driver, "#/admin/policies")
+    form = visible(driver, "#add-policy")
+    Select(form.find_element(By.NAME, "vhost")).select_by_value("ui-vh")
+    fill(form, "name", "cap")
+    fill(form, "pattern", "^capped\\.")
+    Select(form.find_element(By.NAME, "apply-to")).select_by_value("queues")
+    fill(form, "definition", "max-length = 3\noverflow = reject-publish")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    text_in(driver, "#policies", "cap")
+    p = requests.get(api(node, "/policies/ui-vh/cap"), auth=AUTH, timeout=5).json()
+    assert p["pattern"] == "^capped\\." and p["apply-to"] == "queues"
+    assert p["definition"] == {"max-length": 3, "overflow": "reject-publish"}
+    # Delete the policy, then the vhost (each from its table).
+    driver.find_element(By.CSS_SELECTOR, "#policies tbody tr button").click()
+    wait(driver, 10).until(lambda d: requests.get(api(node, "/policies/ui-vh/cap"), auth=AUTH, timeout=5)
+                           .status_code == 404)
+    go(driver, "#/admin/vhosts")
+    visible(driver, "#vhosts")
+    row = [r for r in driver.find_elements(By.CSS_SELECTOR, "#vhosts tbody tr") if "ui-vh" in r.text][0]
+    row.find_element(By.TAG_NAME, "button").click()
+    accept_confirm(driver)
+    wait(driver, 10).until(lambda d: requests.get(api(node, "/vhosts/ui-vh"), auth=AUTH, timeout=5)
+                           .status_code == 404)
+
+
+def test_exchange_declare_bind_publish_delete(node, driver):
+    assert requests.put(api(node, "/queues/%2F/ui-xq"), json={"durable": False}, auth=AUTH,
+                        timeout=5).status_code == 201
+    logged_in(driver, node, hash_="#/exchanges")
+    form = visible(driver, "#add-exchange")
+    fill(form, "name", "ui-topic")
+    Select(form.find_element(By.NAME, "type")).select_by_value("topic")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(driver, 10).until(lambda d: "#/exchanges/%2F/ui-topic" in d.current_url)
+    form = visible(driver, "#xbind-form")
+    fill(form, "dest", "ui-xq")
+    fill(form, "routing_key", "jobs.#")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    text_in(driver, "#bindings-source", "jobs.#")
+    form = driver.find_element(By.ID, "exchange-publish")
+    fill(form, "routing_key", "jobs.eu")
+    fill(form, "payload", "via topic")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    text_in(driver, "#toast", "published and routed")
+    wait(driver, 10).until(lambda d: queue(node, "%2F", "ui-xq")["messages"] == 1)
+    driver.find_element(By.CSS_SELECTOR, "#bindings-source button").click()
+    text_in(driver, "#bindings-source", "Nothing here")
+    driver.find_element(By.XPATH, "//button[text()='Delete']").click()
+    accept_confirm(driver)
+    wait(driver, 10).until(lambda d: requests.get(api(node, "/exchanges/%2F/ui-topic"), auth=AUTH, timeout=5)
+                           .status_code == 404)
+
+
 def test_definitions_import_through_upload(node, driver, tmp_path):
     defs = {
         "queues": [{"name": "from-file", "vhost": "/", "durable": True, "auto_delete": False,
@@ -378,6 +441,12 @@ def test_queue_list_pages_on_the_server_at_10000_queues(node, driver, tmp_path):
     # A regex filter, server-side; the page's requests never ask for more than a page.
     go(driver, "#/queues?name=%5Ebulk-0999&use_regex=true")
     text_in(driver, "#queues-info", "10 of 10,000 shown in 1 page(s)")
+    # A bad regex is explained where the list would be; a page past the end goes back to page 1.
+    go(driver, "#/queues?name=%5B&use_regex=true")
+    text_in(driver, "#queues-info", "invalid name regex")
+    go(driver, "#/queues?page=999")
+    wait(driver, 10).until(lambda d: "page=999" not in d.current_url)
+    text_in(driver, "#queues-info", "10,000 of 10,000")
     sizes = driver.execute_script(
         "return performance.getEntriesByType('resource').filter(e => e.name.includes('/api/queues'))"
         ".map(e => [e.name, e.duration, e.encodedBodySize])")

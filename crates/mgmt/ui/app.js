@@ -326,8 +326,25 @@ function pagedList(ctx, { page, path, columns, id, defaultSort = "" }) {
   const onSort = (col) => { Object.assign(st, L.nextSort(st.sort, st.sortReverse, col)); st.page = 1; nav(); };
   const box = h("div", { class: "card" }, form, info, body, pager);
   const load = async () => {
-    const r = await GET(path() + L.listQuery(st));
+    let r;
+    try {
+      r = await GET(path() + L.listQuery(st));
+    } catch (e) {
+      if (!ctx.alive()) return;
+      // Objects went away while this page was open: back to the first page.
+      if (e.status === 400 && e.message === "page out of range" && st.page > 1) {
+        st.page = 1;
+        return nav();
+      }
+      // A bad regex, a refused vhost...: said where the list would be.
+      info.className = "error";
+      info.textContent = e.message;
+      body.replaceChildren();
+      pager.replaceChildren();
+      return;
+    }
     if (!ctx.alive()) return;
+    info.className = "muted";
     info.textContent = `${L.fmtNum(r.filtered_count)} of ${L.fmtNum(r.total_count)} shown in ${r.page_count} page(s)` +
       (st.name ? ` (filter "${st.name}")` : "");
     body.replaceChildren(table(columns, r.items, { sort: st, onSort, id }));
