@@ -70,10 +70,15 @@ def driver():
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
               "--allow-file-access-from-files", "--disable-gpu", "--no-first-run"):
         opts.add_argument(a)
+    downloads = Path(tempfile.mkdtemp(prefix="warren-ui-downloads-"))
+    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                           "download.prompt_for_download": False})
     d = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    d.downloads = downloads
     d.set_page_load_timeout(30)
     yield d
     d.quit()
+    shutil.rmtree(downloads, ignore_errors=True)
 
 
 def api(node: BrokerProcess, path: str) -> str:
@@ -420,6 +425,13 @@ def test_definitions_import_through_upload(node, driver, tmp_path):
     go(driver, "#/exchanges/%2F/file-x")
     text_in(driver, "#bindings-source", "from-file")
     shot(driver, tmp_path, "exchange")
+    # The export downloads a file holding what was imported.
+    go(driver, "#/admin/definitions")
+    visible(driver, "#export-definitions").click()
+    wait(driver, 15).until(lambda d: any(p.suffix == ".json" for p in d.downloads.iterdir()))
+    exported = json.loads(next(p for p in driver.downloads.iterdir() if p.suffix == ".json").read_text())
+    assert "from-file" in [q["name"] for q in exported["queues"]]
+    assert exported["rabbitmq_definition_format"] == "cluster"
 
 
 def test_queue_list_pages_on_the_server_at_10000_queues(node, driver, tmp_path):
@@ -452,6 +464,16 @@ def test_queue_list_pages_on_the_server_at_10000_queues(node, driver, tmp_path):
         ".map(e => [e.name, e.duration, e.encodedBodySize])")
     assert sizes and all("page_size=100" in n for n, _, _ in sizes), sizes
     assert max(b for _, _, b in sizes) < 500_000, sizes
+
+
+def test_user_without_permissions_is_told(node, driver):
+    assert requests.put(api(node, "/users/lonely"), json={"password": "pw", "tags": "management"}, auth=AUTH,
+                        timeout=5).status_code == 201
+    logged_in(driver, node, "lonely", "pw", "#/queues")
+    text_in(driver, "#no-vhosts", "no permissions in any virtual host")
+    driver.find_element(By.ID, "logout").click()
+    logged_in(driver, node, hash_="#/queues")
+    assert not driver.find_element(By.ID, "no-vhosts").is_displayed()
 
 
 def test_monitoring_user_has_no_admin(node, driver):

@@ -933,10 +933,12 @@ async function loadVhosts() {
     const vs = await GET("/api/vhosts");
     vhostNames = vs.map((v) => v.name);
   } catch {
-    vhostNames = ["/"];
+    vhostNames = [];
   }
   const sel = $("#vhost-select");
   sel.replaceChildren(h("option", { value: "" }, "All"), ...vhostNames.map((v) => h("option", { value: v, selected: v === vhost }, v)));
+  // A management user sees only the vhosts it holds permissions in: say so when there are none.
+  $("#no-vhosts").hidden = vhostNames.length > 0;
   if (vhost && !vhostNames.includes(vhost)) {
     vhost = "";
     sessionStorage.removeItem("warren.vhost");
@@ -947,6 +949,7 @@ function showLogin(message = "") {
   clearInterval(timer);
   generation += 1;
   $("#top").hidden = true;
+  $("#no-vhosts").hidden = true;
   $("#view").replaceChildren();
   $("#login").hidden = false;
   $("#login-pass").value = "";
