@@ -70,6 +70,7 @@ def driver():
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
               "--allow-file-access-from-files", "--disable-gpu", "--no-first-run"):
         opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     downloads = Path(tempfile.mkdtemp(prefix="warren-ui-downloads-"))
     opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                            "download.prompt_for_download": False})
@@ -77,8 +78,13 @@ def driver():
     d.downloads = downloads
     d.set_page_load_timeout(30)
     yield d
+    # No script error in any journey (the API's 4xx answers the tests provoke are logged by
+    # the browser as failed loads: those are expected).
+    errors = [e["message"] for e in d.get_log("browser")
+              if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
     d.quit()
     shutil.rmtree(downloads, ignore_errors=True)
+    assert not errors, errors
 
 
 def api(node: BrokerProcess, path: str) -> str:
@@ -189,10 +195,11 @@ def test_page_and_assets_are_served(node):
     assert r.status_code == 404 and r.json() == {"error": "Object Not Found", "reason": "Not Found"}
 
 
-def test_login_refusals_and_deep_link_reload(node, driver):
+def test_login_refusals_and_deep_link_reload(node, driver, tmp_path):
     # A wrong password is refused with a visible message.
     login(driver, node, "guest", "wrong")
     text_in(driver, "#login-error", "Login failed")
+    shot(driver, tmp_path, "login")
     assert not driver.find_element(By.ID, "top").is_displayed()
     # A user without a management tag is refused, and told why.
     assert requests.put(api(node, "/users/plain"), json={"password": "pw", "tags": ""}, auth=AUTH,
