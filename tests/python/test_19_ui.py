@@ -352,6 +352,17 @@ def test_admin_vhost_and_policy(node, driver):
     # The header's selector knows the new vhost.
     wait(driver, 10).until(lambda d: "ui-vh" in [o.get_attribute("value") for o in
                                                   d.find_elements(By.CSS_SELECTOR, "#vhost-select option")])
+    # The header's vhost selector filters the lists.
+    assert requests.put(api(node, "/queues/ui-vh/only-here"), json={}, auth=AUTH, timeout=5).status_code == 201
+    assert requests.put(api(node, "/queues/%2F/only-in-root"), json={}, auth=AUTH, timeout=5).status_code == 201
+    go(driver, "#/queues")
+    text_in(driver, "#queues", "only-in-root")
+    Select(driver.find_element(By.ID, "vhost-select")).select_by_value("ui-vh")
+    text_in(driver, "#queues-info", "1 of 1")
+    text_in(driver, "#queues", "only-here")
+    assert "only-in-root" not in js_text(driver, "#queues")
+    Select(driver.find_element(By.ID, "vhost-select")).select_by_value("")
+    text_in(driver, "#queues-info", "2 of 2")
     go(driver, "#/admin/policies")
     form = visible(driver, "#add-policy")
     Select(form.find_element(By.NAME, "vhost")).select_by_value("ui-vh")

@@ -1015,7 +1015,8 @@ function init() {
     else sessionStorage.removeItem("warren.vhost");
     const r = L.parseHash(location.hash);
     // A list restarts at its first page; an object page stays.
-    if (r.args.length === 0) go(r.page, [], { ...r.query, page: "" });
+    const next = L.buildHash(r.page, [], { ...r.query, page: "" });
+    if (r.args.length === 0 && next !== location.hash) location.hash = next;
     else render();
   });
   window.addEventListener("hashchange", () => { if (session.auth) render(); });
