@@ -7,6 +7,7 @@
 //! - `auth`: basic auth on every `/api` route; the user tags' rights.
 //! - `error`: `{"error", "reason"}` replies.
 //! - `routes`: one module per group of endpoints.
+//! - `ui`: the embedded web UI (`/`, `/ui/...`), files in `crates/mgmt/ui/`.
 //!
 //! URL rules as RabbitMQ's: vhost and object names are percent-encoded path segments
 //! (`%2F` is the vhost `/`), a trailing slash is ignored (Flower asks for `/api/queues/`),
@@ -19,6 +20,7 @@ pub mod stats;
 mod auth;
 mod error;
 mod routes;
+mod ui;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -39,6 +39,8 @@ pub fn router(node: Arc<dyn Node>) -> Router {
     Router::new()
         .merge(api)
         .merge(access::public_routes())
+        // The embedded web UI (`/`, `/ui/...`): static files, no credentials needed.
+        .merge(crate::ui::routes())
         // Unauthenticated liveness and readiness probes (for orchestrators).
         .route("/healthz", get(overview::healthz))
         .route("/readyz", get(overview::readyz))

@@ -80,3 +80,39 @@ async fn request_bodies_are_bounded_with_rabbitmqs_error() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body, serde_json::json!({"error": "bad_request", "reason": "Exceeded HTTP request body size limit"}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_ui_is_served_beside_a_json_api() {
+    let server = TestServer::start().await.with_management().await;
+    let root = server.api().trim_end_matches("/api").to_string();
+    let http = reqwest::Client::new();
+    // The page, without credentials (it asks for them and sends them to /api).
+    let r = http.get(format!("{root}/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(r.headers()["cache-control"], "no-cache");
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert!(r.text().await.unwrap().contains("<script type=\"module\" src=\"/ui/app.js\">"));
+    // Revalidation: same ETag, 304 without a body.
+    let r = http.get(format!("{root}/")).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(r.status(), 304);
+    for (path, ctype) in [
+        ("/ui/app.js", "text/javascript; charset=utf-8"),
+        ("/ui/lib.js", "text/javascript; charset=utf-8"),
+        ("/ui/style.css", "text/css; charset=utf-8"),
+        ("/ui/favicon.svg", "image/svg+xml"),
+    ] {
+        let r = http.get(format!("{root}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], ctype, "{path}");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
+    }
+    // Unknown UI files and API paths stay RabbitMQ's JSON 404.
+    for path in ["/ui/nope.js", "/ui/test.html", "/api/nonexistent"] {
+        let r = http.get(format!("{root}{path}")).basic_auth("guest", Some("guest")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"), "{path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body, serde_json::json!({"error": "Object Not Found", "reason": "Not Found"}));
+    }
+}

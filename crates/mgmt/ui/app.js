@@ -1,0 +1,1031 @@
+// Warren's web UI: a client of /api and nothing else. Pure helpers live in lib.js.
+import * as L from "./lib.js";
+
+const REFRESH_MS = 5000;
+const $ = (sel, root = document) => root.querySelector(sel);
+
+// ---------- session ----------
+
+const session = {
+  get auth() { return sessionStorage.getItem("warren.auth"); },
+  get user() { return sessionStorage.getItem("warren.user") || ""; },
+  get tags() { return L.tagList(sessionStorage.getItem("warren.tags") || ""); },
+  save(auth, user, tags) {
+    sessionStorage.setItem("warren.auth", auth);
+    sessionStorage.setItem("warren.user", user);
+    sessionStorage.setItem("warren.tags", L.tagList(tags).join(","));
+  },
+  clear() {
+    for (const k of ["warren.auth", "warren.user", "warren.tags"]) sessionStorage.removeItem(k);
+  },
+};
+
+let vhost = sessionStorage.getItem("warren.vhost") || "";
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && (body.reason || body.error)) || `HTTP ${status}`);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+/** One API call. `credentials: "omit"` keeps the browser from showing its own login box on a 401. */
+async function api(method, path, body, { auth = session.auth, headers = {} } = {}) {
+  const init = { method, credentials: "omit", headers: { Authorization: auth, ...headers } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = typeof body === "string" ? body : JSON.stringify(body);
+  }
+  const r = await fetch(path, init);
+  const text = await r.text();
+  let data = null;
+  if (text) {
+    try { data = JSON.parse(text); } catch { data = text; }
+  }
+  if (!r.ok) {
+    const e = new ApiError(r.status, data);
+    // Bad credentials (the password changed, the user was deleted): back to the login form.
+    if (r.status === 401 && data && data.error === "not_authorized" && auth === session.auth) {
+      session.clear();
+      showLogin("Your session ended: log in again.");
+    }
+    throw e;
+  }
+  return data;
+}
+const GET = (p) => api("GET", p);
+
+// ---------- DOM helpers ----------
+
+/** h("a", {href: "#"}, "text", child...) */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else if (v === true) el.setAttribute(k, "");
+    else el.setAttribute(k, v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+function toast(text, bad = false) {
+  const t = $("#toast");
+  t.textContent = text;
+  t.className = bad ? "bad" : "";
+  t.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { t.hidden = true; }, bad ? 8000 : 4000);
+}
+
+/** Run an action from a button or form; report success or the API's reason. */
+async function act(what, fn) {
+  try {
+    const r = await fn();
+    toast(what);
+    return r ?? true;
+  } catch (e) {
+    toast(`${what} failed: ${e.message}`, true);
+    return null;
+  }
+}
+
+function field(label, input) {
+  return h("label", {}, label, input);
+}
+function check(label, attrs = {}) {
+  return h("label", { class: "inline" }, h("input", { type: "checkbox", ...attrs }), label);
+}
+function formData(form) {
+  const o = {};
+  for (const el of form.elements) {
+    if (!el.name) continue;
+    o[el.name] = el.type === "checkbox" ? el.checked : el.value;
+  }
+  return o;
+}
+function vhostSelect(name = "vhost", selected = vhost) {
+  const s = h("select", { name });
+  for (const v of vhostNames) s.append(h("option", { value: v, selected: v === (selected || "/") }, v));
+  return s;
+}
+function table(columns, rows, { sort, onSort, id } = {}) {
+  const head = h("tr", {}, columns.map((c) => {
+    const cls = [c.num ? "num" : "", c.sort ? "sortable" : "", c.sort && sort && sort.sort === c.sort ? "sorted" : "",
+      c.sort && sort && sort.sort === c.sort && sort.sortReverse ? "rev" : ""].join(" ").trim();
+    return h("th", { class: cls, "data-sort": c.sort, onclick: c.sort && onSort ? () => onSort(c.sort) : null }, c.title);
+  }));
+  const body = h("tbody", {}, rows.length ? rows.map((r) => h("tr", { "data-name": r.name ?? null },
+    columns.map((c) => h("td", { class: (c.num ? "num " : "") + (c.wrap ? "wrap" : "") }, c.cell(r)))))
+    : h("tr", {}, h("td", { colspan: columns.length, class: "muted" }, "Nothing here.")));
+  return h("div", { class: "table-wrap" }, h("table", { id }, h("thead", {}, head), body));
+}
+function stat(label, value, id) {
+  return h("div", { class: "stat" }, h("b", { id }, value), h("span", {}, label));
+}
+function rate(o, key) {
+  const d = o && o.message_stats && o.message_stats[`${key}_details`];
+  return d ? d.rate : 0;
+}
+
+// ---------- charts: a small hand-written SVG line chart ----------
+
+const SVGNS = "http://www.w3.org/2000/svg";
+function svg(tag, attrs = {}) {
+  const el = document.createElementNS(SVGNS, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  return el;
+}
+/** series: [{label, points: [{t, v}]}]; fmt formats the axis and legend values. */
+function chart(title, series, fmt = L.fmtNum, id = null) {
+  const W = 600, H = 120, PAD = 40;
+  const all = series.flatMap((s) => s.points);
+  const now = Date.now();
+  const tMax = all.length ? Math.max(...all.map((p) => p.t)) : now;
+  const tMin = Math.min(tMax - 60000, ...(all.length ? all.map((p) => p.t) : [tMax - 60000]));
+  const vMax = L.niceMax(Math.max(0, ...all.map((p) => p.v)));
+  const root = svg("svg", { viewBox: `0 0 ${W + PAD} ${H + 14}`, class: "chart", preserveAspectRatio: "none", role: "img" });
+  root.setAttribute("aria-label", title);
+  const g = svg("g", { transform: `translate(${PAD},4)` });
+  g.append(svg("line", { x1: 0, y1: H, x2: W, y2: H, class: "axis" }), svg("line", { x1: 0, y1: 0, x2: W, y2: 0, class: "axis" }));
+  const top = svg("text", { x: -4, y: 8, "text-anchor": "end" });
+  top.textContent = fmt(vMax);
+  const bottom = svg("text", { x: -4, y: H, "text-anchor": "end" });
+  bottom.textContent = "0";
+  g.append(top, bottom);
+  series.forEach((s, i) => {
+    g.append(svg("path", { d: L.linePath(s.points, W, H, tMin, tMax, vMax), class: `s${i + 1}`, "vector-effect": "non-scaling-stroke" }));
+  });
+  root.append(g);
+  const legend = h("div", { class: "legend" }, series.map((s, i) => {
+    // The legend shows the API's current figure when given (samples lag by up to 5 s).
+    const last = s.now ?? (s.points.length ? s.points[s.points.length - 1].v : 0);
+    return h("span", {}, h("i", { class: `s${i + 1}` }), `${s.label} `, h("b", { "data-series": s.label }, fmt(last)));
+  }));
+  return h("div", { class: "card", id }, h("h2", {}, title), root, legend);
+}
+
+/** Series kept by the page between refreshes, for objects whose API reply has no samples. */
+const history = new Map();
+function track(key, value, t = Date.now()) {
+  const s = L.pushPoint(history.get(key) || [], t, value, 60);
+  history.set(key, s);
+  return s;
+}
+/** A series from the API's samples when present, else from the page's own history. */
+function seriesOf(key, details, rateFromCounter = false) {
+  if (details && Array.isArray(details.samples) && details.samples.length > 1) {
+    return rateFromCounter ? L.samplesToPoints(details.samples, true) : L.samplesToPoints(details.samples);
+  }
+  return track(key, details ? details.rate : 0);
+}
+
+// ---------- routing ----------
+
+let timer = null;
+let generation = 0;
+let vhostNames = ["/"];
+
+function go(page, args = [], query = {}) {
+  location.hash = L.buildHash(page, args, query);
+}
+
+const PAGES = {
+  overview: pageOverview,
+  queues: pageQueues,
+  exchanges: pageExchanges,
+  connections: pageConnections,
+  channels: pageChannels,
+  admin: pageAdmin,
+};
+
+async function render() {
+  clearInterval(timer);
+  timer = null;
+  const gen = ++generation;
+  const route = L.parseHash(location.hash);
+  for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.page === route.page);
+  const view = $("#view");
+  view.replaceChildren();
+  const page = PAGES[route.page];
+  if (!page) {
+    view.append(h("div", { class: "card notice" }, h("h1", {}, "Not found"), h("p", {}, "There is no such page. "), h("a", { href: "#/overview" }, "Overview")));
+    return;
+  }
+  if (!L.canSee(session.tags, route.page)) {
+    view.append(h("div", { class: "card notice", id: "not-authorised" }, h("h1", {}, "Not authorised"),
+      h("p", {}, `User ${session.user} (tags: ${session.tags.join(", ") || "none"}) may not see this page.`)));
+    return;
+  }
+  const ctx = {
+    route,
+    view,
+    alive: () => gen === generation,
+    every(fn) {
+      const tick = async () => {
+        if (gen !== generation) return;
+        try { await fn(); } catch (e) { if (gen === generation) toast(e.message, true); }
+      };
+      tick();
+      timer = setInterval(tick, REFRESH_MS);
+    },
+  };
+  try {
+    await page(ctx);
+  } catch (e) {
+    if (gen === generation) view.append(h("div", { class: "card error", id: "page-error" }, e.status === 404 ? "Not found." : e.message));
+  }
+}
+
+// ---------- overview ----------
+
+async function pageOverview(ctx) {
+  const counts = h("div", { class: "stats" });
+  const charts = h("div", { class: "grid" });
+  const nodes = h("div");
+  const listeners = h("div");
+  ctx.view.append(h("h1", {}, "Overview"), h("div", { class: "card" }, counts), charts,
+    h("h2", {}, "Node"), nodes, h("h2", {}, "Listeners"), listeners);
+  const q = "?msg_rates_age=60&msg_rates_incr=5&lengths_age=60&lengths_incr=5";
+  ctx.every(async () => {
+    const [o, ns] = await Promise.all([GET("/api/overview" + q), GET("/api/nodes").catch(() => [])]);
+    if (!ctx.alive()) return;
+    const ot = o.object_totals || {};
+    const qt = o.queue_totals || {};
+    counts.replaceChildren(
+      stat("connections", L.fmtNum(ot.connections), "count-connections"),
+      stat("channels", L.fmtNum(ot.channels), "count-channels"),
+      stat("exchanges", L.fmtNum(ot.exchanges), "count-exchanges"),
+      stat("queues", L.fmtNum(ot.queues), "count-queues"),
+      stat("consumers", L.fmtNum(ot.consumers), "count-consumers"),
+      stat("ready", L.fmtNum(qt.messages_ready || 0), "count-ready"),
+      stat("unacked", L.fmtNum(qt.messages_unacknowledged || 0), "count-unacked"),
+      stat("total", L.fmtNum(qt.messages || 0), "count-messages"),
+      stat("version", `${o.product_name || "Warren"} ${o.product_version || ""}`),
+    );
+    const ms = o.message_stats || {};
+    const rateSeries = (key, label) => ({ label, points: seriesOf(`ov.${key}`, ms[`${key}_details`], true), now: rate(o, key) });
+    charts.replaceChildren(
+      chart("Message rates", [rateSeries("publish", "publish"), rateSeries("deliver_get", "deliver/get"), rateSeries("ack", "ack")], L.fmtRate, "chart-rates"),
+      chart("Queued messages", [
+        { label: "ready", points: seriesOf("ov.ready", qt.messages_ready_details), now: qt.messages_ready || 0 },
+        { label: "unacked", points: seriesOf("ov.unacked", qt.messages_unacknowledged_details), now: qt.messages_unacknowledged || 0 },
+      ], L.fmtNum, "chart-queued"),
+    );
+    nodes.replaceChildren(table([
+      { title: "Name", cell: (n) => n.name },
+      { title: "Memory", cell: (n) => `${L.fmtBytes(n.mem_used)} of ${L.fmtBytes(n.mem_limit)}` },
+      { title: "Disk free", cell: (n) => `${L.fmtBytes(n.disk_free)} (limit ${L.fmtBytes(n.disk_free_limit)})` },
+      { title: "File descriptors", cell: (n) => `${L.fmtNum(n.fd_used)} of ${L.fmtNum(n.fd_total)}` },
+      { title: "Uptime", cell: (n) => L.fmtDuration((n.uptime || 0) / 1000) },
+      { title: "Alarms", cell: (n) => (n.mem_alarm || n.disk_free_alarm)
+        ? h("span", { class: "badge bad" }, [n.mem_alarm && "memory", n.disk_free_alarm && "disk"].filter(Boolean).join(", "))
+        : h("span", { class: "badge ok" }, "none") },
+    ], ns, { id: "nodes" }));
+    listeners.replaceChildren(table([
+      { title: "Protocol", cell: (l) => l.protocol },
+      { title: "Address", cell: (l) => l.ip_address },
+      { title: "Port", cell: (l) => l.port, num: true },
+    ], o.listeners || [], { id: "listeners" }));
+  });
+}
+
+// ---------- paged lists ----------
+
+/** A paged, sortable, filterable list whose state lives in the URL hash's query. */
+function pagedList(ctx, { page, path, columns, id, defaultSort = "" }) {
+  const q = ctx.route.query;
+  const st = {
+    page: Number(q.page) || 1,
+    pageSize: Number(q.page_size) || 100,
+    name: q.name || "",
+    useRegex: q.use_regex === "true",
+    sort: q.sort ?? defaultSort,
+    sortReverse: q.sort_reverse === "true",
+  };
+  const hashQuery = () => ({
+    page: st.page > 1 ? st.page : "", page_size: st.pageSize !== 100 ? st.pageSize : "", name: st.name,
+    use_regex: st.useRegex ? "true" : "", sort: st.sort, sort_reverse: st.sortReverse ? "true" : "",
+  });
+  const nav = () => go(page, ctx.route.args, hashQuery());
+  const filter = h("input", { type: "search", placeholder: "Filter by name", value: st.name, id: `${id}-filter` });
+  const regex = h("input", { type: "checkbox", checked: st.useRegex });
+  const size = h("select", {}, [20, 50, 100, 200, 500].map((n) => h("option", { value: n, selected: n === st.pageSize }, n)));
+  const form = h("form", { class: "row", onsubmit: (e) => { e.preventDefault(); st.name = filter.value; st.useRegex = regex.checked; st.page = 1; nav(); } },
+    filter, h("label", { class: "inline" }, regex, "regex"), h("label", { class: "inline" }, "page size", size), h("button", { type: "submit" }, "Filter"));
+  size.addEventListener("change", () => { st.pageSize = Number(size.value); st.page = 1; nav(); });
+  const info = h("div", { class: "muted", id: `${id}-info` });
+  const pager = h("div", { class: "pager" });
+  const body = h("div");
+  const onSort = (col) => { Object.assign(st, L.nextSort(st.sort, st.sortReverse, col)); st.page = 1; nav(); };
+  const box = h("div", { class: "card" }, form, info, body, pager);
+  const load = async () => {
+    let r;
+    try {
+      r = await GET(path() + L.listQuery(st));
+    } catch (e) {
+      if (!ctx.alive()) return;
+      // Objects went away while this page was open: back to the first page.
+      if (e.status === 400 && e.message === "page out of range" && st.page > 1) {
+        st.page = 1;
+        return nav();
+      }
+      // A bad regex, a refused vhost...: said where the list would be.
+      info.className = "error";
+      info.textContent = e.message;
+      body.replaceChildren();
+      pager.replaceChildren();
+      return;
+    }
+    if (!ctx.alive()) return;
+    info.className = "muted";
+    info.textContent = `${L.fmtNum(r.filtered_count)} of ${L.fmtNum(r.total_count)} shown in ${r.page_count} page(s)` +
+      (st.name ? ` (filter "${st.name}")` : "");
+    body.replaceChildren(table(columns, r.items, { sort: st, onSort, id }));
+    pager.replaceChildren(...(r.page_count > 1 ? L.pageLinks(r.page, r.page_count).map((p) => p === "…"
+      ? h("span", {}, "…")
+      : h("button", { type: "button", "aria-current": p === r.page ? "page" : null, onclick: () => { st.page = p; nav(); } }, p)) : []));
+  };
+  return { box, load };
+}
+
+function vhostPath(kind) {
+  return () => (vhost ? L.apiPath(kind, vhost) : `/api/${kind}`);
+}
+
+// ---------- queues ----------
+
+function queueLink(q) {
+  return h("a", { href: L.buildHash("queues", [q.vhost, q.name]) }, q.name);
+}
+function features(o) {
+  const f = [];
+  if (o.durable) f.push("D");
+  if (o.auto_delete) f.push("AD");
+  if (o.exclusive) f.push("excl");
+  for (const k of Object.keys(o.arguments || {})) f.push(k.replace(/^x-/, ""));
+  return f.join(" ");
+}
+
+async function pageQueues(ctx) {
+  if (ctx.route.args.length >= 2) return pageQueue(ctx, ctx.route.args[0], ctx.route.args[1]);
+  const list = pagedList(ctx, {
+    page: "queues", path: vhostPath("queues"), id: "queues", columns: [
+      { title: "Virtual host", cell: (q) => q.vhost },
+      { title: "Name", sort: "name", cell: queueLink },
+      { title: "Type", cell: (q) => q.type },
+      { title: "Features", cell: features },
+      { title: "Policy", cell: (q) => q.policy || "" },
+      { title: "State", cell: (q) => q.state },
+      { title: "Consumers", sort: "consumers", num: true, cell: (q) => L.fmtNum(q.consumers) },
+      { title: "Ready", sort: "messages_ready", num: true, cell: (q) => h("span", { class: "ready" }, L.fmtNum(q.messages_ready)) },
+      { title: "Unacked", sort: "messages_unacknowledged", num: true, cell: (q) => L.fmtNum(q.messages_unacknowledged) },
+      { title: "Total", sort: "messages", num: true, cell: (q) => h("span", { class: "total" }, L.fmtNum(q.messages)) },
+      { title: "Incoming", sort: "message_stats.publish_details.rate", num: true, cell: (q) => L.fmtRate(rate(q, "publish")) },
+      { title: "Deliver/get", num: true, cell: (q) => L.fmtRate(rate(q, "deliver_get")) },
+      { title: "Ack", num: true, cell: (q) => L.fmtRate(rate(q, "ack")) },
+    ],
+  });
+  ctx.view.append(h("h1", {}, "Queues"), list.box, addQueueForm());
+  ctx.every(list.load);
+}
+
+function argumentsBox(helpers) {
+  const ta = h("textarea", { name: "arguments", placeholder: "x-message-ttl = 60000", rows: 3, cols: 40 });
+  const help = h("div", { class: "helpers" }, "Add: ", helpers.map(([k, v]) => h("button", {
+    type: "button", onclick: () => { ta.value += (ta.value && !ta.value.endsWith("\n") ? "\n" : "") + `${k} = ${v}`; ta.focus(); },
+  }, k)));
+  return h("div", {}, field("Arguments (one key = value a line)", ta), help);
+}
+
+function addQueueForm() {
+  const form = h("form", { id: "add-queue", class: "card" });
+  form.append(h("h2", {}, "Add a queue"),
+    h("div", { class: "row" }, field("Virtual host", vhostSelect()), field("Name", h("input", { name: "name", required: true })),
+      check("durable", { name: "durable", checked: true }), check("auto-delete", { name: "auto_delete" })),
+    argumentsBox(L.QUEUE_ARGUMENT_HELPERS),
+    h("button", { type: "submit", class: "primary" }, "Add queue"));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const d = formData(form);
+    const a = L.parseArguments(d.arguments);
+    if (a.error) return toast(a.error, true);
+    const ok = await act(`Queue ${d.name} declared`, () => api("PUT", L.apiPath("queues", d.vhost, d.name), { durable: d.durable, auto_delete: d.auto_delete, arguments: a.args }));
+    if (ok) go("queues", [d.vhost, d.name]);
+  });
+  return form;
+}
+
+function messageView(m, i) {
+  const p = m.properties || {};
+  const origin = L.deadLetterOrigin(p.headers);
+  return h("div", { class: "msg", "data-index": i },
+    h("div", {}, h("b", {}, `#${i + 1} `), `exchange "${m.exchange}", routing key "${m.routing_key}", `,
+      h("span", { class: "redelivered" }, `redelivered: ${m.redelivered}`), `, ${L.fmtNum(m.payload_bytes)} bytes, `,
+      `${L.fmtNum(m.message_count)} left after it`),
+    origin ? h("div", { class: "muted" }, `dead-lettered (${origin.reason}) from queue "${origin.queue}" via exchange "${origin.exchange}" key "${origin.routing_key}"`) : null,
+    Object.keys(p).length ? h("pre", { class: "props" }, JSON.stringify(p, null, 2)) : null,
+    h("pre", { class: "payload" }, m.payload));
+}
+
+async function pageQueue(ctx, v, name) {
+  const base = L.apiPath("queues", v, name);
+  const figures = h("div", { class: "stats" });
+  const details = h("div");
+  const charts = h("div", { class: "grid" });
+  const consumers = h("div");
+  const bindings = h("div");
+  const messages = h("div", { id: "messages" });
+
+  const peekForm = h("form", { class: "row", id: "peek-form" },
+    field("Count", h("input", { name: "count", type: "number", value: 10, min: 1, max: 500 })),
+    field("From offset", h("input", { name: "offset", type: "number", value: 0, min: 0 })),
+    h("button", { type: "submit", class: "primary", id: "peek-btn" }, "Peek (leaves messages as they are)"));
+  peekForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const d = formData(peekForm);
+    const r = await act("Peeked", () => api("POST", `${base}/peek`, { count: Number(d.count), offset: Number(d.offset), encoding: "auto", truncate: 50000 }));
+    if (r) messages.replaceChildren(h("p", { class: "muted" }, `${r.length} message(s) peeked; none was changed.`), ...r.map(messageView));
+  });
+
+  const getForm = h("form", { class: "row", id: "get-form" },
+    field("Count", h("input", { name: "count", type: "number", value: 1, min: 1 })),
+    field("Ack mode", h("select", { name: "ackmode" },
+      h("option", { value: "ack_requeue_true" }, "Requeue (sets redelivered)"),
+      h("option", { value: "ack_requeue_false" }, "Ack (removes them)"),
+      h("option", { value: "reject_requeue_true" }, "Reject, requeue"),
+      h("option", { value: "reject_requeue_false" }, "Reject, no requeue (dead-letters)"))),
+    h("button", { type: "submit" }, "Get messages"));
+  getForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const d = formData(getForm);
+    const r = await act("Got messages", () => api("POST", `${base}/get`, { count: Number(d.count), ackmode: d.ackmode, encoding: "auto", truncate: 50000 }));
+    if (r) messages.replaceChildren(h("p", { class: "muted" }, `${r.length} message(s), ackmode ${d.ackmode}.`), ...r.map(messageView));
+  });
+
+  const pubForm = publishForm(v, "amq.default", name, "queue-publish");
+
+  const bindForm = h("form", { class: "row", id: "bind-form" },
+    field("From exchange", h("input", { name: "source", required: true })),
+    field("Routing key", h("input", { name: "routing_key" })),
+    field("Arguments", h("input", { name: "arguments", placeholder: "x-match = all" })),
+    h("button", { type: "submit" }, "Bind"));
+  bindForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const d = formData(bindForm);
+    const a = L.parseArguments(d.arguments.replace(/,\s*/g, "\n"));
+    if (a.error) return toast(a.error, true);
+    if (await act("Bound", () => api("POST", L.apiPath("bindings", v, "e", d.source, "q", name), { routing_key: d.routing_key, arguments: a.args }))) loadBindings();
+  });
+
+  const replayForm = h("form", { class: "row", id: "replay-form" },
+    field("Count", h("input", { name: "count", type: "number", value: 100, min: 1 })),
+    field("To exchange (empty: each message's x-death origin)", h("input", { name: "exchange" })),
+    field("Routing key", h("input", { name: "routing_key" })),
+    h("button", { type: "submit" }, "Replay dead letters"));
+  replayForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const d = formData(replayForm);
+    const body = { count: Number(d.count) };
+    if (d.exchange || d.routing_key) body.target = { exchange: d.exchange, routing_key: d.routing_key };
+    const r = await act("Replayed", () => api("POST", `${base}/replay`, body));
+    if (r) toast(`${r.moved} message(s) replayed`);
+  });
+
+  const purge = h("button", { type: "button", class: "danger", id: "purge-btn", onclick: async () => {
+    if (!confirm(`Purge every ready message of ${name}?`)) return;
+    await act(`Queue ${name} purged`, () => api("DELETE", `${base}/contents`));
+    load();
+  } }, "Purge");
+  const del = h("button", { type: "button", class: "danger", id: "delete-queue-btn", onclick: async () => {
+    if (!confirm(`Delete queue ${name}?`)) return;
+    if (await act(`Queue ${name} deleted`, () => api("DELETE", base))) go("queues");
+  } }, "Delete");
+
+  ctx.view.append(
+    h("h1", {}, "Queue ", h("span", { id: "queue-name" }, name), h("span", { class: "muted" }, ` in ${v}`)),
+    h("div", { class: "card" }, figures, details), charts,
+    h("div", { class: "card" }, h("h2", {}, "Messages"), peekForm, getForm, messages),
+    h("div", { class: "card" }, h("h2", {}, "Publish a message (default exchange, routing key = queue name)"), pubForm),
+    h("div", { class: "card" }, h("h2", {}, "Consumers"), consumers),
+    h("div", { class: "card" }, h("h2", {}, "Bindings"), bindings, bindForm),
+    h("div", { class: "card" }, h("h2", {}, "Dead letters"), replayForm),
+    h("div", { class: "card row" }, purge, del));
+
+  async function loadBindings() {
+    const bs = await GET(`${base}/bindings`);
+    bindings.replaceChildren(table([
+      { title: "From", cell: (b) => b.source || "(default exchange)" },
+      { title: "Routing key", cell: (b) => b.routing_key },
+      { title: "Arguments", cell: (b) => JSON.stringify(b.arguments || {}) },
+      { title: "", cell: (b) => b.source ? h("button", { type: "button", onclick: async () => {
+        if (await act("Unbound", () => api("DELETE", L.apiPath("bindings", v, "e", b.source, "q", name, b.properties_key)))) loadBindings();
+      } }, "Unbind") : "" },
+    ], bs, { id: "bindings" }));
+  }
+  async function load() {
+    const [q, cs] = await Promise.all([GET(base), GET(L.apiPath("consumers", v)).catch(() => [])]);
+    if (!ctx.alive()) return;
+    figures.replaceChildren(
+      stat("ready", L.fmtNum(q.messages_ready), "q-ready"),
+      stat("unacked", L.fmtNum(q.messages_unacknowledged), "q-unacked"),
+      stat("total", L.fmtNum(q.messages), "q-total"),
+      stat("consumers", L.fmtNum(q.consumers), "q-consumers"),
+      stat("incoming", L.fmtRate(rate(q, "publish")), "q-publish-rate"),
+      stat("deliver/get", L.fmtRate(rate(q, "deliver_get")), "q-deliver-rate"),
+      stat("ack", L.fmtRate(rate(q, "ack")), "q-ack-rate"),
+      stat("memory", L.fmtBytes(q.memory), "q-memory"));
+    details.replaceChildren(h("p", { class: "muted" },
+      `type ${q.type}, state ${q.state}, ${features(q) || "transient"}, policy ${q.policy || "none"}, ` +
+      `exclusive ${q.exclusive ? "yes" : "no"}, arguments ${JSON.stringify(q.arguments || {})}`));
+    const key = `q.${v}.${name}`;
+    charts.replaceChildren(
+      chart("Message rates", [
+        { label: "publish", points: track(`${key}.publish`, rate(q, "publish")) },
+        { label: "deliver/get", points: track(`${key}.deliver`, rate(q, "deliver_get")) },
+        { label: "ack", points: track(`${key}.ack`, rate(q, "ack")) },
+      ], L.fmtRate, "chart-queue-rates"),
+      chart("Queued messages", [
+        { label: "ready", points: track(`${key}.ready`, q.messages_ready) },
+        { label: "unacked", points: track(`${key}.unacked`, q.messages_unacknowledged) },
+      ], L.fmtNum, "chart-queue-depth"));
+    consumers.replaceChildren(table([
+      { title: "Tag", cell: (c) => c.consumer_tag },
+      { title: "Channel", cell: (c) => (c.channel_details || {}).name || "" },
+      { title: "Ack required", cell: (c) => String(c.ack_required) },
+      { title: "Prefetch", num: true, cell: (c) => c.prefetch_count },
+      { title: "Active", cell: (c) => String(c.active ?? true) },
+    ], cs.filter((c) => c.queue && c.queue.name === name)));
+  }
+  await load();
+  await loadBindings();
+  ctx.every(load);
+}
+
+function publishForm(v, exchange, routingKey, id) {
+  const form = h("form", { id },
+    h("div", { class: "row" },
+      field("Routing key", h("input", { name: "routing_key", value: routingKey })),
+      field("Delivery mode", h("select", { name: "delivery_mode" }, h("option", { value: "2" }, "2 persistent"), h("option", { value: "1" }, "1 transient"))),
+      field("Content type", h("input", { name: "content_type", placeholder: "application/json" })),
+      field("Headers (key = value, a line each)", h("textarea", { name: "headers", rows: 2 }))),
+    field("Payload", h("textarea", { name: "payload", rows: 4, cols: 60 })),
+    h("div", {}, h("button", { type: "submit", class: "primary" }, "Publish")));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const d = formData(form);
+    const hd = L.parseArguments(d.headers);
+    if (hd.error) return toast(hd.error, true);
+    const properties = { delivery_mode: Number(d.delivery_mode) };
+    if (d.content_type) properties.content_type = d.content_type;
+    if (Object.keys(hd.args).length) properties.headers = hd.args;
+    const r = await act("Published", () => api("POST", L.apiPath("exchanges", v, exchange, "publish"),
+      { properties, routing_key: d.routing_key, payload: d.payload, payload_encoding: "string" }));
+    if (r) toast(r.routed ? "Message published and routed" : "Message published but routed to no queue", !r.routed);
+  });
+  return form;
+}
+
+// ---------- exchanges ----------
+
+async function pageExchanges(ctx) {
+  if (ctx.route.args.length >= 2) return pageExchange(ctx, ctx.route.args[0], ctx.route.args[1]);
+  const list = pagedList(ctx, {
+    page: "exchanges", path: vhostPath("exchanges"), id: "exchanges", columns: [
+      { title: "Virtual host", cell: (x) => x.vhost },
+      { title: "Name", sort: "name", cell: (x) => h("a", { href: L.buildHash("exchanges", [x.vhost, x.name || "amq.default"]) }, x.name || "(AMQP default)") },
+      { title: "Type", sort: "type", cell: (x) => x.type },
+      { title: "Features", cell: (x) => features(x) + (x.internal ? " internal" : "") },
+      { title: "Policy", cell: (x) => x.policy || "" },
+      { title: "In", num: true, cell: (x) => L.fmtRate(rate(x, "publish_in")) },
+      { title: "Out", num: true, cell: (x) => L.fmtRate(rate(x, "publish_out")) },
+    ],
+  });
+  const types = (await GET("/api/overview").catch(() => ({}))).exchange_types || [{ name: "direct" }, { name: "fanout" }, { name: "topic" }, { name: "headers" }];
+  const form = h("form", { id: "add-exchange", class: "card" }, h("h2", {}, "Add an exchange"),
+    h("div", { class: "row" }, field("Virtual host", vhostSelect()), field("Name", h("input", { name: "name", required: true })),
+      field("Type", h("select", { name: "type" }, types.map((t) => h("option", { value: t.name }, t.name)))),
+      check("durable", { name: "durable", checked: true }), check("auto-delete", { name: "auto_delete" }), check("internal", { name: "internal" })),
+    argumentsBox([["alternate-exchange", ""]]),
+    h("button", { type: "submit", class: "primary" }, "Add exchange"));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const d = formData(form);
+    const a = L.parseArguments(d.arguments);
+    if (a.error) return toast(a.error, true);
+    if (await act(`Exchange ${d.name} declared`, () => api("PUT", L.apiPath("exchanges", d.vhost, d.name),
+      { type: d.type, durable: d.durable, auto_delete: d.auto_delete, internal: d.internal, arguments: a.args }))) go("exchanges", [d.vhost, d.name]);
+  });
+  ctx.view.append(h("h1", {}, "Exchanges"), list.box, form);
+  ctx.every(list.load);
+}
+
+async function pageExchange(ctx, v, name) {
+  const base = L.apiPath("exchanges", v, name);
+  const x = await GET(base);
+  const isDefault = name === "amq.default" || name === "";
+  const src = h("div");
+  const dst = h("div");
+  const bindForm = h("form", { class: "row", id: "xbind-form" },
+    field("To", h("select", { name: "kind" }, h("option", { value: "q" }, "queue"), h("option", { value: "e" }, "exchange"))),
+    field("Name", h("input", { name: "dest", required: true })),
+    field("Routing key", h("input", { name: "routing_key" })),
+    h("button", { type: "submit" }, "Bind"));
+  bindForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const d = formData(bindForm);
+    if (await act("Bound", () => api("POST", L.apiPath("bindings", v, "e", name, d.kind, d.dest), { routing_key: d.routing_key, arguments: {} }))) load();
+  });
+  const unbind = (b) => h("button", { type: "button", onclick: async () => {
+    const k = b.destination_type === "queue" ? "q" : "e";
+    if (await act("Unbound", () => api("DELETE", L.apiPath("bindings", v, "e", b.source, k, b.destination, b.properties_key)))) load();
+  } }, "Unbind");
+  const bcols = (other) => [
+    { title: other === "destination" ? "To" : "From", cell: (b) => `${b[other] || "(default)"} (${b[`${other}_type`] || "exchange"})` },
+    { title: "Routing key", cell: (b) => b.routing_key },
+    { title: "Arguments", cell: (b) => JSON.stringify(b.arguments || {}) },
+    { title: "", cell: (b) => (b.source ? unbind(b) : "") },
+  ];
+  async function load() {
+    const [s, d] = await Promise.all([GET(`${base}/bindings/source`), GET(`${base}/bindings/destination`)]);
+    src.replaceChildren(table(bcols("destination"), s, { id: "bindings-source" }));
+    dst.replaceChildren(table(bcols("source"), d, { id: "bindings-destination" }));
+  }
+  const del = h("button", { type: "button", class: "danger", onclick: async () => {
+    if (!confirm(`Delete exchange ${name}?`)) return;
+    if (await act(`Exchange ${name} deleted`, () => api("DELETE", base))) go("exchanges");
+  } }, "Delete");
+  ctx.view.append(h("h1", {}, "Exchange ", name, h("span", { class: "muted" }, ` in ${v}`)),
+    h("div", { class: "card" }, h("p", {}, `type ${x.type}, ${features(x) || "transient"}${x.internal ? ", internal" : ""}, policy ${x.policy || "none"}, arguments ${JSON.stringify(x.arguments || {})}`),
+      h("div", { class: "stats" }, stat("in", L.fmtRate(rate(x, "publish_in"))), stat("out", L.fmtRate(rate(x, "publish_out"))))),
+    h("div", { class: "card" }, h("h2", {}, "Bindings from this exchange"), src, isDefault ? null : bindForm),
+    h("div", { class: "card" }, h("h2", {}, "Bindings to this exchange"), dst),
+    h("div", { class: "card" }, h("h2", {}, "Publish a message"), publishForm(v, name, "", "exchange-publish")),
+    isDefault || name.startsWith("amq.") ? null : h("div", { class: "card" }, del));
+  await load();
+}
+
+// ---------- connections and channels ----------
+
+async function pageConnections(ctx) {
+  if (ctx.route.args.length >= 1) return pageConnection(ctx, ctx.route.args[0]);
+  const list = pagedList(ctx, {
+    page: "connections", path: () => (vhost ? L.apiPath("vhosts", vhost, "connections") : "/api/connections"), id: "connections", columns: [
+      { title: "Name", sort: "name", cell: (c) => h("a", { href: L.buildHash("connections", [c.name]) }, c.name) },
+      { title: "User", sort: "user", cell: (c) => c.user },
+      { title: "Virtual host", cell: (c) => c.vhost },
+      { title: "Client", cell: (c) => { const p = c.client_properties || {}; return [p.product, p.version].filter(Boolean).join(" "); } },
+      { title: "TLS", cell: (c) => (c.ssl ? "yes" : "") },
+      { title: "State", cell: (c) => c.state },
+      { title: "Channels", sort: "channels", num: true, cell: (c) => L.fmtNum(c.channels) },
+      { title: "From client", num: true, cell: (c) => L.fmtBytes((c.recv_oct_details || {}).rate || 0) + "/s" },
+      { title: "To client", num: true, cell: (c) => L.fmtBytes((c.send_oct_details || {}).rate || 0) + "/s" },
+    ],
+  });
+  ctx.view.append(h("h1", {}, "Connections"), list.box);
+  ctx.every(list.load);
+}
+
+async function pageConnection(ctx, name) {
+  const base = L.apiPath("connections", name);
+  const c = await GET(base);
+  const chans = h("div");
+  const reason = h("input", { name: "reason", value: "Closed via the Warren UI", size: 40, id: "close-reason" });
+  const close = h("form", { class: "row", id: "close-form" }, field("Reason (sent to the client)", reason),
+    h("button", { type: "submit", class: "danger" }, "Close connection"));
+  close.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    if (!confirm(`Close connection ${name}?`)) return;
+    if (await act("Connection closed", () => api("DELETE", base, undefined, { headers: { "X-Reason": reason.value } }))) go("connections");
+  });
+  ctx.view.append(h("h1", {}, "Connection ", name),
+    h("div", { class: "card" }, h("div", { class: "stats" },
+      stat("user", c.user), stat("vhost", c.vhost), stat("state", c.state), stat("protocol", c.protocol || ""),
+      stat("channels", L.fmtNum(c.channels)), stat("channel max", L.fmtNum(c.channel_max)), stat("frame max", L.fmtNum(c.frame_max)),
+      stat("heartbeat", `${c.timeout ?? ""}s`), stat("received", L.fmtBytes(c.recv_oct)), stat("sent", L.fmtBytes(c.send_oct)),
+      stat("peer", `${c.peer_host}:${c.peer_port}`), stat("TLS", c.ssl ? "yes" : "no"))),
+    h("div", { class: "card" }, h("h2", {}, "Client properties"), h("pre", { id: "client-properties" }, JSON.stringify(c.client_properties || {}, null, 2))),
+    h("div", { class: "card" }, h("h2", {}, "Channels"), chans),
+    h("div", { class: "card" }, close));
+  ctx.every(async () => {
+    const cs = await GET(`${base}/channels`);
+    if (ctx.alive()) chans.replaceChildren(channelTable(cs));
+  });
+}
+
+function channelTable(cs, opts) {
+  return table([
+    { title: "Channel", sort: "name", cell: (c) => c.name },
+    { title: "User", cell: (c) => c.user },
+    { title: "Virtual host", cell: (c) => c.vhost },
+    { title: "Mode", cell: (c) => [c.confirm && "confirm", c.transactional && "tx"].filter(Boolean).join(" ") },
+    { title: "Consumers", num: true, cell: (c) => L.fmtNum(c.consumer_count) },
+    { title: "Prefetch", num: true, cell: (c) => L.fmtNum(c.prefetch_count) },
+    { title: "Unacked", num: true, cell: (c) => L.fmtNum(c.messages_unacknowledged) },
+    { title: "Publish", num: true, cell: (c) => L.fmtRate(rate(c, "publish")) },
+    { title: "Deliver/get", num: true, cell: (c) => L.fmtRate(rate(c, "deliver_get")) },
+    { title: "Ack", num: true, cell: (c) => L.fmtRate(rate(c, "ack")) },
+  ], cs, opts);
+}
+
+async function pageChannels(ctx) {
+  const list = pagedList(ctx, {
+    page: "channels", path: () => (vhost ? L.apiPath("vhosts", vhost, "channels") : "/api/channels"), id: "channels",
+    columns: [
+      { title: "Channel", sort: "name", cell: (c) => h("a", { href: L.buildHash("connections", [(c.connection_details || {}).name || ""]) }, c.name) },
+      { title: "User", sort: "user", cell: (c) => c.user },
+      { title: "Virtual host", cell: (c) => c.vhost },
+      { title: "Mode", cell: (c) => [c.confirm && "confirm", c.transactional && "tx"].filter(Boolean).join(" ") },
+      { title: "Consumers", num: true, cell: (c) => L.fmtNum(c.consumer_count) },
+      { title: "Prefetch", num: true, cell: (c) => L.fmtNum(c.prefetch_count) },
+      { title: "Unacked", num: true, cell: (c) => L.fmtNum(c.messages_unacknowledged) },
+      { title: "Publish", num: true, cell: (c) => L.fmtRate(rate(c, "publish")) },
+      { title: "Deliver/get", num: true, cell: (c) => L.fmtRate(rate(c, "deliver_get")) },
+      { title: "Ack", num: true, cell: (c) => L.fmtRate(rate(c, "ack")) },
+    ],
+  });
+  ctx.view.append(h("h1", {}, "Channels"), list.box);
+  ctx.every(list.load);
+}
+
+// ---------- admin ----------
+
+const ADMIN_TABS = [["users", "Users"], ["vhosts", "Virtual hosts"], ["permissions", "Permissions"], ["policies", "Policies"], ["definitions", "Definitions"]];
+
+async function pageAdmin(ctx) {
+  const tab = ctx.route.args[0] || "users";
+  ctx.view.append(h("h1", {}, "Admin"), h("nav", { class: "tabs" }, ADMIN_TABS.map(([k, t]) =>
+    h("a", { href: L.buildHash("admin", [k]), class: k === tab ? "active" : "", id: `tab-${k}` }, t))));
+  const box = h("div", { class: "card" });
+  ctx.view.append(box);
+  const fn = { users: adminUsers, vhosts: adminVhosts, permissions: adminPermissions, policies: adminPolicies, definitions: adminDefinitions }[tab];
+  if (!fn) return box.append("No such tab.");
+  await fn(box, ctx);
+}
+
+async function adminUsers(box) {
+  const list = h("div");
+  const load = async () => {
+    const us = await GET("/api/users");
+    list.replaceChildren(table([
+      { title: "Name", cell: (u) => u.name },
+      { title: "Tags", cell: (u) => L.tagList(u.tags).join(", ") },
+      { title: "Password", cell: (u) => (u.password_hash ? "set" : "none") },
+      { title: "", cell: (u) => h("button", { type: "button", class: "danger", onclick: async () => {
+        if (!confirm(`Delete user ${u.name}?`)) return;
+        if (await act(`User ${u.name} deleted`, () => api("DELETE", L.apiPath("users", u.name)))) load();
+      } }, "Delete") },
+    ], us, { id: "users" }));
+  };
+  const form = h("form", { id: "add-user" }, h("h2", {}, "Add or update a user"),
+    h("div", { class: "row" }, field("Name", h("input", { name: "name", required: true })),
+      field("Password", h("input", { name: "password", type: "password", autocomplete: "new-password" })),
+      ...L.MANAGEMENT_TAGS.map((t) => check(t, { name: `tag-${t}` })),
+      field("Other tags", h("input", { name: "tags", placeholder: "comma-separated" })),
+      h("button", { type: "submit", class: "primary" }, "Save user")));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const d = formData(form);
+    const tags = L.MANAGEMENT_TAGS.filter((t) => d[`tag-${t}`]).concat(L.tagList(d.tags));
+    const body = { tags: tags.join(",") };
+    if (d.password) body.password = d.password;
+    if (await act(`User ${d.name} saved`, () => api("PUT", L.apiPath("users", d.name), body))) { form.reset(); load(); }
+  });
+  box.append(list, form);
+  await load();
+}
+
+async function adminVhosts(box) {
+  const list = h("div");
+  const load = async () => {
+    const vs = await GET("/api/vhosts");
+    list.replaceChildren(table([
+      { title: "Name", cell: (v) => v.name },
+      { title: "Description", cell: (v) => v.description || "" },
+      { title: "Messages", num: true, cell: (v) => L.fmtNum(v.messages || 0) },
+      { title: "", cell: (v) => h("button", { type: "button", class: "danger", onclick: async () => {
+        if (!confirm(`Delete vhost ${v.name} and everything in it?`)) return;
+        if (await act(`Vhost ${v.name} deleted`, () => api("DELETE", L.apiPath("vhosts", v.name)))) { load(); loadVhosts(); }
+      } }, "Delete") },
+    ], vs, { id: "vhosts" }));
+  };
+  const form = h("form", { id: "add-vhost", class: "row" }, field("Name", h("input", { name: "name", required: true })),
+    field("Description", h("input", { name: "description" })), h("button", { type: "submit", class: "primary" }, "Add vhost"));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const d = formData(form);
+    if (await act(`Vhost ${d.name} added`, () => api("PUT", L.apiPath("vhosts", d.name), { description: d.description }))) { form.reset(); load(); loadVhosts(); }
+  });
+  box.append(list, h("h2", {}, "Add a virtual host"), form);
+  await load();
+}
+
+async function adminPermissions(box) {
+  const list = h("div");
+  const users = await GET("/api/users");
+  const load = async () => {
+    const ps = await GET("/api/permissions");
+    list.replaceChildren(table([
+      { title: "User", cell: (p) => p.user },
+      { title: "Virtual host", cell: (p) => p.vhost },
+      { title: "Configure", cell: (p) => p.configure },
+      { title: "Write", cell: (p) => p.write },
+      { title: "Read", cell: (p) => p.read },
+      { title: "", cell: (p) => h("button", { type: "button", class: "danger", onclick: async () => {
+        if (await act("Permissions cleared", () => api("DELETE", L.apiPath("permissions", p.vhost, p.user)))) load();
+      } }, "Clear") },
+    ], ps, { id: "permissions" }));
+  };
+  const form = h("form", { id: "set-permissions", class: "row" },
+    field("User", h("select", { name: "user" }, users.map((u) => h("option", { value: u.name }, u.name)))),
+    field("Virtual host", vhostSelect()),
+    field("Configure", h("input", { name: "configure", value: ".*" })),
+    field("Write", h("input", { name: "write", value: ".*" })),
+    field("Read", h("input", { name: "read", value: ".*" })),
+    h("button", { type: "submit", class: "primary" }, "Set permissions"));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const d = formData(form);
+    if (await act(`Permissions of ${d.user} in ${d.vhost} set`, () => api("PUT", L.apiPath("permissions", d.vhost, d.user),
+      { configure: d.configure, write: d.write, read: d.read }))) load();
+  });
+  box.append(list, h("h2", {}, "Set permissions"), form);
+  await load();
+}
+
+async function adminPolicies(box) {
+  const list = h("div");
+  const load = async () => {
+    const ps = await GET("/api/policies");
+    list.replaceChildren(table([
+      { title: "Virtual host", cell: (p) => p.vhost },
+      { title: "Name", cell: (p) => p.name },
+      { title: "Pattern", cell: (p) => p.pattern },
+      { title: "Apply to", cell: (p) => p["apply-to"] },
+      { title: "Definition", wrap: true, cell: (p) => JSON.stringify(p.definition) },
+      { title: "Priority", num: true, cell: (p) => p.priority },
+      { title: "", cell: (p) => h("button", { type: "button", class: "danger", onclick: async () => {
+        if (await act(`Policy ${p.name} deleted`, () => api("DELETE", L.apiPath("policies", p.vhost, p.name)))) load();
+      } }, "Delete") },
+    ], ps, { id: "policies" }));
+  };
+  const form = h("form", { id: "add-policy" },
+    h("div", { class: "row" }, field("Virtual host", vhostSelect()), field("Name", h("input", { name: "name", required: true })),
+      field("Pattern", h("input", { name: "pattern", value: "^" })),
+      field("Apply to", h("select", { name: "apply-to" }, ["all", "queues", "exchanges", "classic_queues", "quorum_queues", "streams"].map((a) => h("option", { value: a }, a)))),
+      field("Priority", h("input", { name: "priority", type: "number", value: 0 }))),
+    field("Definition (key = value, a line each)", h("textarea", { name: "definition", rows: 3, cols: 50, placeholder: "max-length = 1000" })),
+    h("div", {}, h("button", { type: "submit", class: "primary" }, "Save policy")));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const d = formData(form);
+    const def = L.parseArguments(d.definition);
+    if (def.error) return toast(def.error, true);
+    if (await act(`Policy ${d.name} saved`, () => api("PUT", L.apiPath("policies", d.vhost, d.name),
+      { pattern: d.pattern, "apply-to": d["apply-to"], priority: Number(d.priority), definition: def.args }))) load();
+  });
+  box.append(list, h("h2", {}, "Add or update a policy"), form);
+  await load();
+}
+
+async function adminDefinitions(box) {
+  const exportBtn = h("button", { type: "button", id: "export-definitions", class: "primary", onclick: async () => {
+    const d = await act("Definitions exported", () => GET("/api/definitions"));
+    if (!d) return;
+    const url = URL.createObjectURL(new Blob([JSON.stringify(d, null, 2)], { type: "application/json" }));
+    const a = h("a", { href: url, download: `warren-definitions-${new Date().toISOString().slice(0, 10)}.json` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } }, "Download definitions");
+  const file = h("input", { type: "file", accept: ".json,application/json", id: "import-file" });
+  const result = h("p", { id: "import-result" });
+  const importBtn = h("button", { type: "button", id: "import-definitions", onclick: async () => {
+    const f = file.files[0];
+    if (!f) return toast("Choose a file first", true);
+    const text = await f.text();
+    try { JSON.parse(text); } catch (e) { result.className = "error"; result.textContent = `Not JSON: ${e.message}`; return; }
+    try {
+      await api("POST", "/api/definitions", text);
+      result.className = "ok";
+      result.textContent = `Imported ${f.name}.`;
+      loadVhosts();
+    } catch (e) {
+      result.className = "error";
+      result.textContent = `Import refused (nothing was changed): ${e.message}`;
+    }
+  } }, "Upload and import");
+  box.append(h("h2", {}, "Export"), h("p", { class: "muted" }, "Users, vhosts, permissions, policies, durable queues, exchanges and bindings, as RabbitMQ's format."), exportBtn,
+    h("h2", {}, "Import"), h("p", { class: "muted" }, "All or nothing: a bad file changes nothing."), h("div", { class: "row" }, file, importBtn), result);
+}
+
+// ---------- chrome: login, vhost selector, theme ----------
+
+async function loadVhosts() {
+  try {
+    const vs = await GET("/api/vhosts");
+    vhostNames = vs.map((v) => v.name);
+  } catch {
+    vhostNames = [];
+  }
+  const sel = $("#vhost-select");
+  sel.replaceChildren(h("option", { value: "" }, "All"), ...vhostNames.map((v) => h("option", { value: v, selected: v === vhost }, v)));
+  // A management user sees only the vhosts it holds permissions in: say so when there are none.
+  $("#no-vhosts").hidden = vhostNames.length > 0;
+  if (vhost && !vhostNames.includes(vhost)) {
+    vhost = "";
+    sessionStorage.removeItem("warren.vhost");
+  }
+}
+
+function showLogin(message = "") {
+  clearInterval(timer);
+  generation += 1;
+  $("#top").hidden = true;
+  $("#no-vhosts").hidden = true;
+  $("#view").replaceChildren();
+  $("#login").hidden = false;
+  $("#login-pass").value = "";
+  const err = $("#login-error");
+  err.textContent = message;
+  err.hidden = !message;
+  $("#login-user").focus();
+}
+
+async function startApp() {
+  $("#login").hidden = true;
+  $("#top").hidden = false;
+  $("#whoami").textContent = `${session.user} (${session.tags.join(", ")})`;
+  $("#nav-admin").hidden = !L.canSee(session.tags, "admin");
+  await loadVhosts();
+  render();
+}
+
+async function login(user, pass) {
+  const auth = L.basicAuth(user, pass);
+  let who;
+  try {
+    who = await api("GET", "/api/whoami", undefined, { auth });
+  } catch (e) {
+    // The API answers 401 both ways: "not_authorized" for bad credentials, "not_authorised"
+    // with "Not management user" for a user without a management tag.
+    if (e.status === 401 && e.body && e.body.error === "not_authorised") {
+      return showLogin(`User ${user} has no management tag (management, policymaker, monitoring or administrator): the UI is refused.`);
+    }
+    if (e.status === 401) return showLogin("Login failed: wrong username or password.");
+    return showLogin(`Login failed: ${e.message}`);
+  }
+  if (!L.canLogIn(who.tags)) {
+    return showLogin(`User ${who.name} has no management tag (management, policymaker, monitoring or administrator): the UI is refused.`);
+  }
+  session.save(auth, who.name, who.tags);
+  startApp();
+}
+
+function applyTheme(t) {
+  if (t) document.documentElement.dataset.theme = t;
+  else delete document.documentElement.dataset.theme;
+}
+
+function init() {
+  applyTheme(localStorage.getItem("warren.theme"));
+  $("#theme-toggle").addEventListener("click", () => {
+    const dark = document.documentElement.dataset.theme
+      ? document.documentElement.dataset.theme === "dark"
+      : matchMedia("(prefers-color-scheme: dark)").matches;
+    const t = dark ? "light" : "dark";
+    localStorage.setItem("warren.theme", t);
+    applyTheme(t);
+  });
+  $("#login-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    login($("#login-user").value, $("#login-pass").value);
+  });
+  $("#logout").addEventListener("click", () => { session.clear(); showLogin(); });
+  $("#vhost-select").addEventListener("change", (e) => {
+    vhost = e.target.value;
+    if (vhost) sessionStorage.setItem("warren.vhost", vhost);
+    else sessionStorage.removeItem("warren.vhost");
+    const r = L.parseHash(location.hash);
+    // A list restarts at its first page; an object page stays.
+    const next = L.buildHash(r.page, [], { ...r.query, page: "" });
+    if (r.args.length === 0 && next !== location.hash) location.hash = next;
+    else render();
+  });
+  window.addEventListener("hashchange", () => { if (session.auth) render(); });
+  if (session.auth) {
+    // Check the stored credentials still work (the user may have been deleted).
+    api("GET", "/api/whoami").then((who) => { session.save(session.auth, who.name, who.tags); startApp(); }, () => showLogin());
+  } else {
+    showLogin();
+  }
+}
+
+init();

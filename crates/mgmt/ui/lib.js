@@ -1,0 +1,279 @@
+// Pure helpers of the UI: formatting, query strings, hash routes, tag rules, argument
+// parsing. No DOM access here, so crates/mgmt/ui/test.html can test every function.
+
+/** 1234567 -> "1,234,567"; null/undefined -> "". */
+export function fmtNum(n) {
+  if (n === null || n === undefined || Number.isNaN(n)) return "";
+  return Math.round(n).toString().replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+}
+
+/** A rate in messages per second: "0.0/s", "3.5/s", "1,234/s". */
+export function fmtRate(r) {
+  if (r === null || r === undefined || Number.isNaN(r)) return "";
+  const a = Math.abs(r);
+  if (a >= 100) return fmtNum(r) + "/s";
+  return r.toFixed(1) + "/s";
+}
+
+/** Bytes with binary units: 0 B, 1023 B, 1.0 KiB, 12.3 MiB, 5.0 GiB. */
+export function fmtBytes(b) {
+  if (b === null || b === undefined || Number.isNaN(b)) return "";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+  let v = b;
+  let i = 0;
+  while (Math.abs(v) >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i += 1;
+  }
+  return i === 0 ? `${v} B` : `${v.toFixed(1)} ${units[i]}`;
+}
+
+/** Seconds as "3s", "5m 02s", "2h 05m", "3d 4h". */
+export function fmtDuration(s) {
+  if (s === null || s === undefined || Number.isNaN(s)) return "";
+  s = Math.floor(s);
+  const d = Math.floor(s / 86400);
+  const h = Math.floor((s % 86400) / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const sec = s % 60;
+  const p2 = (x) => String(x).padStart(2, "0");
+  if (d > 0) return `${d}d ${h}h`;
+  if (h > 0) return `${h}h ${p2(m)}m`;
+  if (m > 0) return `${m}m ${p2(sec)}s`;
+  return `${sec}s`;
+}
+
+/** One path segment, percent-encoded as the API wants ("/" -> "%2F"). */
+export function seg(s) {
+  return encodeURIComponent(s);
+}
+
+/** "/api" + segments, each encoded: apiPath("queues", "/", "a b") -> "/api/queues/%2F/a%20b". */
+export function apiPath(...segments) {
+  return "/api/" + segments.map(seg).join("/");
+}
+
+/** A query string from an object, skipping null/undefined/"" values; keys in order. */
+export function queryString(params) {
+  const parts = [];
+  for (const [k, v] of Object.entries(params)) {
+    if (v === null || v === undefined || v === "") continue;
+    parts.push(`${encodeURIComponent(k)}=${encodeURIComponent(String(v))}`);
+  }
+  return parts.length ? "?" + parts.join("&") : "";
+}
+
+/** The query of a paged list: page, page_size, name, use_regex, sort, sort_reverse. */
+export function listQuery({ page = 1, pageSize = 100, name = "", useRegex = false, sort = "", sortReverse = false } = {}) {
+  return queryString({
+    page: Math.max(1, page | 0),
+    page_size: Math.min(500, Math.max(1, pageSize | 0)),
+    name: name || "",
+    use_regex: name && useRegex ? "true" : "",
+    sort: sort || "",
+    sort_reverse: sort && sortReverse ? "true" : "",
+  });
+}
+
+/** Clicking a column header: same column flips the direction, another starts ascending. */
+export function nextSort(current, reverse, column) {
+  if (current === column) return { sort: column, sortReverse: !reverse };
+  return { sort: column, sortReverse: false };
+}
+
+/** The page numbers to offer around `page` of `count`: [1, "…", 4, 5, 6, "…", 20]. */
+export function pageLinks(page, count, around = 2) {
+  const out = [];
+  let last = 0;
+  for (let p = 1; p <= count; p += 1) {
+    if (p === 1 || p === count || Math.abs(p - page) <= around) {
+      if (p - last > 1) out.push("…");
+      out.push(p);
+      last = p;
+    }
+  }
+  return out;
+}
+
+/**
+ * A location hash as a route: "#/queues/%2F/q1?page=2" ->
+ * {page: "queues", args: ["/", "q1"], query: {page: "2"}}. An empty hash is the overview.
+ */
+export function parseHash(hash) {
+  let h = (hash || "").replace(/^#/, "");
+  let q = "";
+  const qi = h.indexOf("?");
+  if (qi >= 0) {
+    q = h.slice(qi + 1);
+    h = h.slice(0, qi);
+  }
+  const parts = h.split("/").filter((p) => p !== "");
+  let args;
+  try {
+    args = parts.slice(1).map((p) => decodeURIComponent(p));
+  } catch {
+    args = parts.slice(1);
+  }
+  const query = {};
+  for (const kv of q.split("&")) {
+    if (!kv) continue;
+    const i = kv.indexOf("=");
+    const k = i < 0 ? kv : kv.slice(0, i);
+    const v = i < 0 ? "" : kv.slice(i + 1);
+    try {
+      query[decodeURIComponent(k)] = decodeURIComponent(v.replace(/\+/g, " "));
+    } catch {
+      query[k] = v;
+    }
+  }
+  return { page: parts[0] || "overview", args, query };
+}
+
+/** The inverse of parseHash: buildHash("queues", ["/", "q1"], {page: 2}) -> "#/queues/%2F/q1?page=2". */
+export function buildHash(page, args = [], query = {}) {
+  return "#/" + [page, ...args.map(seg)].join("/") + queryString(query);
+}
+
+export const MANAGEMENT_TAGS = ["management", "policymaker", "monitoring", "administrator"];
+
+/** Tags as a list whatever the API gave (a list, or a comma-separated string). */
+export function tagList(tags) {
+  if (Array.isArray(tags)) return tags.filter((t) => t);
+  return String(tags || "")
+    .split(",")
+    .map((t) => t.trim())
+    .filter((t) => t);
+}
+
+/** May a user with these tags use the UI at all? */
+export function canLogIn(tags) {
+  return tagList(tags).some((t) => MANAGEMENT_TAGS.includes(t));
+}
+
+/** May a user with these tags see this page? Admin pages are for administrators. */
+export function canSee(tags, page) {
+  const t = tagList(tags);
+  if (!canLogIn(t)) return false;
+  if (page === "admin") return t.includes("administrator");
+  return true;
+}
+
+/**
+ * Queue/exchange arguments from text lines "key = value". Numbers, true/false and JSON
+ * values are typed; anything else is a string. Returns {args} or {error}.
+ */
+export function parseArguments(text) {
+  const args = {};
+  const lines = String(text || "").split("\n");
+  for (let i = 0; i < lines.length; i += 1) {
+    const line = lines[i].trim();
+    if (!line || line.startsWith("#")) continue;
+    const eq = line.indexOf("=");
+    if (eq <= 0) return { error: `line ${i + 1}: expected key = value` };
+    const key = line.slice(0, eq).trim();
+    const raw = line.slice(eq + 1).trim();
+    args[key] = typedValue(raw);
+  }
+  return { args };
+}
+
+/** "42" -> 42, "true" -> true, "[1]" -> [1], '"x"' -> "x", "abc" -> "abc". */
+export function typedValue(raw) {
+  if (/^-?\d+(\.\d+)?$/.test(raw)) return Number(raw);
+  if (raw === "true") return true;
+  if (raw === "false") return false;
+  if (/^[[{"]/.test(raw)) {
+    try {
+      return JSON.parse(raw);
+    } catch {
+      return raw;
+    }
+  }
+  return raw;
+}
+
+/** Common queue arguments offered as one-click helpers in the "add queue" form. */
+export const QUEUE_ARGUMENT_HELPERS = [
+  ["x-message-ttl", "60000"],
+  ["x-expires", "1800000"],
+  ["x-max-length", "10000"],
+  ["x-max-length-bytes", "1048576"],
+  ["x-overflow", "reject-publish"],
+  ["x-dead-letter-exchange", ""],
+  ["x-dead-letter-routing-key", ""],
+  ["x-max-priority", "10"],
+  ["x-queue-type", "classic"],
+  ["x-single-active-consumer", "true"],
+];
+
+/**
+ * Points of a chart from the API's `samples` ([{sample, timestamp}], newest first, as
+ * RabbitMQ): [{t, v}] oldest first. Counters (`rate: true`) become per-second rates
+ * between consecutive samples.
+ */
+export function samplesToPoints(samples, rate = false) {
+  if (!Array.isArray(samples)) return [];
+  const s = samples
+    .filter((p) => p && typeof p.timestamp === "number" && typeof p.sample === "number")
+    .slice()
+    .sort((a, b) => a.timestamp - b.timestamp);
+  if (!rate) return s.map((p) => ({ t: p.timestamp, v: p.sample }));
+  const out = [];
+  for (let i = 1; i < s.length; i += 1) {
+    const dt = (s[i].timestamp - s[i - 1].timestamp) / 1000;
+    if (dt <= 0) continue;
+    out.push({ t: s[i].timestamp, v: Math.max(0, (s[i].sample - s[i - 1].sample) / dt) });
+  }
+  return out;
+}
+
+/** Append a point to a series kept by the page, keeping the last `max` points. */
+export function pushPoint(series, t, v, max = 120) {
+  const out = series.concat([{ t, v: Number(v) || 0 }]);
+  return out.length > max ? out.slice(out.length - max) : out;
+}
+
+/** A "nice" upper bound for a chart's axis: 0 -> 1, 7 -> 10, 13 -> 20, 260 -> 500. */
+export function niceMax(v) {
+  if (!(v > 0)) return 1;
+  const p = Math.pow(10, Math.floor(Math.log10(v)));
+  for (const m of [1, 2, 5, 10]) {
+    if (v <= m * p) return m * p;
+  }
+  return 10 * p;
+}
+
+/** SVG path "M x y L x y ..." of points scaled to a width×height box. */
+export function linePath(points, width, height, tMin, tMax, vMax) {
+  if (!points.length) return "";
+  const dt = tMax - tMin || 1;
+  const vm = vMax || 1;
+  return points
+    .map((p, i) => {
+      const x = ((p.t - tMin) / dt) * width;
+      const y = height - (p.v / vm) * height;
+      return `${i ? "L" : "M"}${x.toFixed(1)} ${y.toFixed(1)}`;
+    })
+    .join(" ");
+}
+
+/** The Authorization header value of basic auth (UTF-8 safe). */
+export function basicAuth(user, pass) {
+  const bytes = new TextEncoder().encode(`${user}:${pass}`);
+  let bin = "";
+  for (const b of bytes) bin += String.fromCharCode(b);
+  return "Basic " + btoa(bin);
+}
+
+/** The origin of a dead-lettered message, from its x-death header: {exchange, routing_key} or null. */
+export function deadLetterOrigin(headers) {
+  const d = headers && Array.isArray(headers["x-death"]) ? headers["x-death"][0] : null;
+  if (!d) return null;
+  const keys = d["routing-keys"] || [];
+  return { exchange: d.exchange ?? "", routing_key: keys[0] ?? "", queue: d.queue ?? "", reason: d.reason ?? "" };
+}
+
+/** Escape text for HTML. */
+export function esc(s) {
+  return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}

@@ -1,0 +1,144 @@
+// Unit tests of lib.js, run by test.html in a browser.
+import * as L from "./lib.js";
+
+const tests = [];
+const test = (name, fn) => tests.push([name, fn]);
+function eq(actual, expected) {
+  const a = JSON.stringify(actual);
+  const e = JSON.stringify(expected);
+  if (a !== e) throw new Error(`expected ${e}, got ${a}`);
+}
+
+test("fmtNum groups thousands", () => {
+  eq(L.fmtNum(0), "0");
+  eq(L.fmtNum(999), "999");
+  eq(L.fmtNum(1234567), "1,234,567");
+  eq(L.fmtNum(-1000), "-1,000");
+  eq(L.fmtNum(2.6), "3");
+  eq(L.fmtNum(undefined), "");
+});
+test("fmtRate", () => {
+  eq(L.fmtRate(0), "0.0/s");
+  eq(L.fmtRate(3.45), "3.5/s");
+  eq(L.fmtRate(1234.4), "1,234/s");
+  eq(L.fmtRate(null), "");
+});
+test("fmtBytes uses binary units", () => {
+  eq(L.fmtBytes(0), "0 B");
+  eq(L.fmtBytes(1023), "1023 B");
+  eq(L.fmtBytes(1024), "1.0 KiB");
+  eq(L.fmtBytes(1536), "1.5 KiB");
+  eq(L.fmtBytes(5 * 1024 ** 3), "5.0 GiB");
+});
+test("fmtDuration", () => {
+  eq(L.fmtDuration(3), "3s");
+  eq(L.fmtDuration(302), "5m 02s");
+  eq(L.fmtDuration(7500), "2h 05m");
+  eq(L.fmtDuration(3 * 86400 + 4 * 3600), "3d 4h");
+});
+test("apiPath encodes vhost / and names", () => {
+  eq(L.apiPath("queues", "/", "a b"), "/api/queues/%2F/a%20b");
+  eq(L.apiPath("bindings", "v", "e", "x#1", "q", "q?"), "/api/bindings/v/e/x%231/q/q%3F");
+});
+test("queryString skips empty values", () => {
+  eq(L.queryString({ a: 1, b: "", c: null, d: "x y" }), "?a=1&d=x%20y");
+  eq(L.queryString({}), "");
+});
+test("listQuery builds the paged list query", () => {
+  eq(L.listQuery({}), "?page=1&page_size=100");
+  eq(L.listQuery({ page: 3, pageSize: 50, name: "^jobs\\.", useRegex: true, sort: "messages", sortReverse: true }),
+    "?page=3&page_size=50&name=%5Ejobs%5C.&use_regex=true&sort=messages&sort_reverse=true");
+  eq(L.listQuery({ pageSize: 10000 }), "?page=1&page_size=500");
+  eq(L.listQuery({ page: 0, useRegex: true, sortReverse: true }), "?page=1&page_size=100");
+});
+test("nextSort flips the same column, starts others ascending", () => {
+  eq(L.nextSort("name", false, "name"), { sort: "name", sortReverse: true });
+  eq(L.nextSort("name", true, "messages"), { sort: "messages", sortReverse: false });
+});
+test("pageLinks elides far pages", () => {
+  eq(L.pageLinks(1, 1), [1]);
+  eq(L.pageLinks(1, 3), [1, 2, 3]);
+  eq(L.pageLinks(10, 20), [1, "…", 8, 9, 10, 11, 12, "…", 20]);
+  eq(L.pageLinks(1, 20), [1, 2, 3, "…", 20]);
+});
+test("parseHash", () => {
+  eq(L.parseHash(""), { page: "overview", args: [], query: {} });
+  eq(L.parseHash("#/queues"), { page: "queues", args: [], query: {} });
+  eq(L.parseHash("#/queues/%2F/my%20queue"), { page: "queues", args: ["/", "my queue"], query: {} });
+  eq(L.parseHash("#/queues?page=2&name=a%26b&use_regex=true"), { page: "queues", args: [], query: { page: "2", name: "a&b", use_regex: "true" } });
+  eq(L.parseHash("#/admin/users/"), { page: "admin", args: ["users"], query: {} });
+  eq(L.parseHash("#/queues/%E0%A4%A").args, ["%E0%A4%A"]);
+});
+test("buildHash is parseHash's inverse", () => {
+  const h = L.buildHash("queues", ["/", "a/b c"], { page: 2, name: "x&y", sort: "" });
+  eq(h, "#/queues/%2F/a%2Fb%20c?page=2&name=x%26y");
+  eq(L.parseHash(h), { page: "queues", args: ["/", "a/b c"], query: { page: "2", name: "x&y" } });
+});
+test("tags decide login and admin", () => {
+  eq(L.tagList("administrator, monitoring"), ["administrator", "monitoring"]);
+  eq(L.tagList(["management"]), ["management"]);
+  eq(L.tagList(""), []);
+  eq(L.canLogIn([]), false);
+  eq(L.canLogIn(["impersonator"]), false);
+  eq(L.canLogIn(["monitoring"]), true);
+  eq(L.canSee(["administrator"], "admin"), true);
+  eq(L.canSee(["monitoring"], "admin"), false);
+  eq(L.canSee(["management"], "admin"), false);
+  eq(L.canSee(["management"], "queues"), true);
+  eq(L.canSee([], "queues"), false);
+});
+test("parseArguments types values", () => {
+  eq(L.parseArguments("x-message-ttl = 60000\nx-overflow = reject-publish\n\n# note\nx-single-active-consumer=true\nx-list = [1, \"a\"]"),
+    { args: { "x-message-ttl": 60000, "x-overflow": "reject-publish", "x-single-active-consumer": true, "x-list": [1, "a"] } });
+  eq(L.parseArguments(""), { args: {} });
+  eq(L.parseArguments("oops"), { error: "line 1: expected key = value" });
+  eq(L.typedValue('"42"'), "42");
+  eq(L.typedValue("-1.5"), -1.5);
+  eq(L.typedValue("{bad"), "{bad");
+});
+test("samplesToPoints sorts and derives rates", () => {
+  const s = [{ sample: 30, timestamp: 10000 }, { sample: 10, timestamp: 5000 }, { sample: 0, timestamp: 0 }];
+  eq(L.samplesToPoints(s), [{ t: 0, v: 0 }, { t: 5000, v: 10 }, { t: 10000, v: 30 }]);
+  eq(L.samplesToPoints(s, true), [{ t: 5000, v: 2 }, { t: 10000, v: 4 }]);
+  eq(L.samplesToPoints(undefined), []);
+});
+test("pushPoint keeps the last max points", () => {
+  let s = [];
+  for (let i = 0; i < 5; i += 1) s = L.pushPoint(s, i, i * 2, 3);
+  eq(s, [{ t: 2, v: 4 }, { t: 3, v: 6 }, { t: 4, v: 8 }]);
+});
+test("niceMax and linePath", () => {
+  eq([0, 0.3, 7, 10, 13, 260, 1000].map(L.niceMax), [1, 0.5, 10, 10, 20, 500, 1000]);
+  eq(L.linePath([{ t: 0, v: 0 }, { t: 10, v: 5 }], 100, 50, 0, 10, 10), "M0.0 50.0 L100.0 25.0");
+  eq(L.linePath([], 100, 50, 0, 10, 10), "");
+});
+test("basicAuth is UTF-8 base64", () => {
+  eq(L.basicAuth("guest", "guest"), "Basic Z3Vlc3Q6Z3Vlc3Q=");
+  eq(L.basicAuth("é", "x"), "Basic w6k6eA==");
+});
+test("deadLetterOrigin reads x-death[0]", () => {
+  eq(L.deadLetterOrigin({ "x-death": [{ exchange: "jobs", "routing-keys": ["a", "b"], queue: "q", reason: "rejected" }] }),
+    { exchange: "jobs", routing_key: "a", queue: "q", reason: "rejected" });
+  eq(L.deadLetterOrigin({}), null);
+  eq(L.deadLetterOrigin(undefined), null);
+});
+test("esc escapes HTML", () => {
+  eq(L.esc(`<a href="x">&'</a>`), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;");
+});
+
+const results = document.getElementById("results");
+let failed = 0;
+for (const [name, fn] of tests) {
+  const li = document.createElement("li");
+  try {
+    fn();
+    li.className = "pass";
+    li.textContent = `PASS ${name}`;
+  } catch (e) {
+    failed += 1;
+    li.className = "fail";
+    li.textContent = `FAIL ${name}: ${e.message}`;
+  }
+  results.append(li);
+}
+document.getElementById("summary").textContent = `${tests.length - failed} passed, ${failed} failed`;

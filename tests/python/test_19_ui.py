@@ -1,0 +1,548 @@
+"""The embedded web UI (crates/mgmt/ui), driven in a real headless Chromium.
+
+Debian's chromium and chromedriver are used as installed (.ci/run installs them): Selenium
+is given /usr/bin/chromedriver and SE_OFFLINE=true, so nothing is downloaded at run time.
+Screenshots of the main pages go to the test's tmp dir, or to UI_SCREENSHOT_DIR when set
+(scripts/ui-screenshots.sh uses that to regenerate docs/ui/*.png).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pika
+import pytest
+import requests
+
+from conftest import REPO_ROOT, BrokerProcess, warren_binary
+
+os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never download a driver or browser
+
+from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+AUTH = ("guest", "guest")
+UI_DIR = REPO_ROOT / "crates" / "mgmt" / "ui"
+
+
+@pytest.fixture
+def node(request):
+    if os.environ.get("AMQP_TEST_PORT"):
+        pytest.skip("needs to spawn its own broker")
+    d = Path(tempfile.mkdtemp(prefix="warren-pytest-ui-"))
+    p = BrokerProcess(warren_binary(), d / "data", d / "warren.log")
+    request.node._extra_brokers = [p]
+    p.start()
+    deadline = time.monotonic() + 15
+    while True:  # the management listener may come up just after the AMQP one
+        try:
+            if requests.get(api(p, "/whoami"), auth=AUTH, timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, "management API did not come up"
+        time.sleep(0.1)
+    yield p
+    p.stop()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def driver():
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromium-driver are not installed (.ci/run installs them)")
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
+              "--allow-file-access-from-files", "--disable-gpu", "--no-first-run"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    downloads = Path(tempfile.mkdtemp(prefix="warren-ui-downloads-"))
+    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                           "download.prompt_for_download": False})
+    d = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    d.downloads = downloads
+    d.set_page_load_timeout(30)
+    yield d
+    # No script error in any journey (the API's 4xx answers the tests provoke are logged by
+    # the browser as failed loads: those are expected).
+    errors = [e["message"] for e in d.get_log("browser")
+              if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
+    d.quit()
+    shutil.rmtree(downloads, ignore_errors=True)
+    assert not errors, errors
+
+
+def api(node: BrokerProcess, path: str) -> str:
+    return f"http://127.0.0.1:{node.mgmt_port}/api{path}"
+
+
+def ui(node: BrokerProcess, hash_: str = "") -> str:
+    return f"http://127.0.0.1:{node.mgmt_port}/{hash_}"
+
+
+def wait(driver, timeout: float = 15) -> WebDriverWait:
+    return WebDriverWait(driver, timeout, poll_frequency=0.1)
+
+
+def visible(driver, css: str, timeout: float = 15):
+    return wait(driver, timeout).until(EC.visibility_of_element_located((By.CSS_SELECTOR, css)))
+
+
+def text_in(driver, css: str, text: str, timeout: float = 15):
+    try:
+        wait(driver, timeout).until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, css), text))
+    except TimeoutException:
+        els = driver.find_elements(By.CSS_SELECTOR, css)
+        raise AssertionError(f"{css!r} never showed {text!r}; it shows {[e.text for e in els]!r}") from None
+
+
+def login(driver, node, user="guest", password="guest", hash_="#/overview"):
+    driver.get(ui(node, hash_))
+    visible(driver, "#login-user").clear()
+    driver.find_element(By.ID, "login-user").send_keys(user)
+    driver.find_element(By.ID, "login-pass").clear()
+    driver.find_element(By.ID, "login-pass").send_keys(password)
+    driver.find_element(By.ID, "login-btn").click()
+
+
+def logged_in(driver, node, user="guest", password="guest", hash_="#/overview"):
+    login(driver, node, user, password, hash_)
+    text_in(driver, "#whoami", user)
+
+
+def js_text(driver, css: str, attr: str = "") -> str:
+    """Read a node that the page re-renders every 5 s without a stale element reference."""
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]); if (!e) return null;"
+        "return arguments[1] ? e.getAttribute(arguments[1]) : e.textContent;", css, attr)
+
+
+def click(driver, by: str, sel: str, timeout: float = 15):
+    """Click an element of a list that is re-rendered every 5 s (retry on a stale reference)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            wait(driver, timeout).until(EC.element_to_be_clickable((by, sel))).click()
+            return
+        except StaleElementReferenceException:
+            if time.monotonic() > deadline:
+                raise
+
+
+def go(driver, hash_: str):
+    driver.execute_script("location.hash = arguments[0]", hash_)
+
+
+def fill(form, name: str, value: str):
+    el = form.find_element(By.NAME, name)
+    el.clear()
+    el.send_keys(value)
+
+
+def queue(node, vhost_enc: str, name: str) -> dict:
+    return requests.get(api(node, f"/queues/{vhost_enc}/{name}"), auth=AUTH, timeout=5).json()
+
+
+def accept_confirm(driver):
+    wait(driver, 5).until(EC.alert_is_present())
+    driver.switch_to.alert.accept()
+
+
+def shot(driver, tmp_path: Path, name: str):
+    """Save a screenshot into the tmp dir (and UI_SCREENSHOT_DIR when set)."""
+    time.sleep(0.3)  # let the last refresh paint
+    driver.save_screenshot(str(tmp_path / f"{name}.png"))
+    out = os.environ.get("UI_SCREENSHOT_DIR")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(out) / f"{name}.png"))
+
+
+def test_lib_unit_tests_pass_in_chromium(driver):
+    driver.get((UI_DIR / "test.html").as_uri())
+    wait(driver, 15).until(lambda d: d.find_element(By.ID, "summary").text != "running")
+    results = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#results li")]
+    failures = [r for r in results if not r.startswith("PASS")]
+    assert len(results) >= 15, results
+    assert not failures, failures
+    assert driver.find_element(By.ID, "summary").text.endswith(" 0 failed")
+
+
+def test_page_and_assets_are_served(node):
+    r = requests.get(ui(node), timeout=5)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert r.headers["cache-control"] == "no-cache" and r.headers["etag"]
+    assert requests.get(ui(node), headers={"If-None-Match": r.headers["etag"]}, timeout=5).status_code == 304
+    for path, ctype in [("ui/app.js", "text/javascript"), ("ui/lib.js", "text/javascript"), ("ui/style.css", "text/css")]:
+        r = requests.get(ui(node) + path, timeout=5)
+        assert r.status_code == 200 and r.headers["content-type"].startswith(ctype), path
+    r = requests.get(api(node, "/nonexistent"), auth=AUTH, timeout=5)
+    assert r.status_code == 404 and r.json() == {"error": "Object Not Found", "reason": "Not Found"}
+
+
+def test_login_refusals_and_deep_link_reload(node, driver, tmp_path):
+    # A wrong password is refused with a visible message.
+    login(driver, node, "guest", "wrong")
+    text_in(driver, "#login-error", "Login failed")
+    shot(driver, tmp_path, "login")
+    assert not driver.find_element(By.ID, "top").is_displayed()
+    # A user without a management tag is refused, and told why.
+    assert requests.put(api(node, "/users/plain"), json={"password": "pw", "tags": ""}, auth=AUTH,
+                        timeout=5).status_code in (201, 204)
+    login(driver, node, "plain", "pw")
+    text_in(driver, "#login-error", "no management tag")
+    # The administrator gets in and sees Admin; a deep link survives a reload.
+    logged_in(driver, node, hash_="#/queues")
+    assert driver.find_element(By.ID, "nav-admin").is_displayed()
+    visible(driver, "#queues")
+    driver.get(ui(node, "#/queues?name=nothing-matches"))
+    driver.refresh()
+    text_in(driver, "#queues-info", 'filter "nothing-matches"')
+    assert driver.find_element(By.ID, "queues-filter").get_attribute("value") == "nothing-matches"
+    go(driver, "#/no-such-page")
+    text_in(driver, "#view", "Not found")
+
+
+def test_amqp_queue_depth_and_live_rates(node, driver, tmp_path):
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", node.port))
+    ch = conn.channel()
+    ch.queue_declare("ui-depth", durable=True)
+    for i in range(3):
+        ch.basic_publish("", "ui-depth", f"m{i}".encode())
+    conn.close()
+    logged_in(driver, node, hash_="#/queues")
+    text_in(driver, '#queues tr[data-name="ui-depth"] .ready', "3")
+    text_in(driver, '#queues tr[data-name="ui-depth"] .total', "3")
+    click(driver, By.LINK_TEXT, "ui-depth")
+    text_in(driver, "#q-ready", "3")
+    assert "#/queues/%2F/ui-depth" in driver.current_url
+    before = js_text(driver, "#chart-queue-rates path", "d")
+    # A publisher runs: the incoming rate figure and the chart change.
+    stop = threading.Event()
+
+    def publish():
+        c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", node.port))
+        p = c.channel()
+        while not stop.is_set():
+            p.basic_publish("", "ui-depth", b"x")
+            time.sleep(0.005)
+        c.close()
+
+    t = threading.Thread(target=publish, daemon=True)
+    t.start()
+    try:
+        wait(driver, 40).until(lambda d: js_text(d, "#q-publish-rate") not in (None, "", "0.0/s"))
+        wait(driver, 15).until(
+            lambda d: js_text(d, "#chart-queue-rates path", "d") not in (None, before))
+        shot(driver, tmp_path, "queue")
+        go(driver, "#/overview")
+        try:
+            wait(driver, 20).until(
+                lambda d: js_text(d, '#chart-rates b[data-series="publish"]') not in (None, "", "0.0/s"))
+        except TimeoutException:
+            raise AssertionError(f"overview rates never moved: {js_text(driver, '#view')!r}") from None
+        text_in(driver, "#nodes", "none")  # no alarms
+        text_in(driver, "#listeners", "amqp")
+        shot(driver, tmp_path, "overview")
+    finally:
+        stop.set()
+        t.join(5)
+
+
+def test_publish_peek_unchanged_then_purge(node, driver, tmp_path):
+    assert requests.put(api(node, "/queues/%2F/ui-peek"), json={"durable": True}, auth=AUTH,
+                        timeout=5).status_code == 201
+    logged_in(driver, node, hash_="#/queues/%2F/ui-peek")
+    form = visible(driver, "#queue-publish")
+    fill(form, "payload", "hello from the UI")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    text_in(driver, "#toast", "published and routed")
+    wait(driver, 10).until(lambda d: queue(node, "%2F", "ui-peek")["messages"] == 1)
+    for _ in range(2):  # peeking twice: still not redelivered, still there
+        driver.find_element(By.ID, "peek-btn").click()
+        text_in(driver, "#messages .payload", "hello from the UI")
+        text_in(driver, "#messages .redelivered", "redelivered: false")
+        q = queue(node, "%2F", "ui-peek")
+        assert q["messages"] == 1 and q["messages_ready"] == 1
+    shot(driver, tmp_path, "queue-peek")
+    # A get with requeue marks it redelivered (to show the difference), peek shows that.
+    Select(driver.find_element(By.CSS_SELECTOR, "#get-form select[name=ackmode]")).select_by_value("ack_requeue_true")
+    driver.find_element(By.CSS_SELECTOR, "#get-form button").click()
+    text_in(driver, "#messages", "ackmode ack_requeue_true")
+    driver.find_element(By.ID, "peek-btn").click()
+    text_in(driver, "#messages .redelivered", "redelivered: true")
+    # Purge.
+    driver.find_element(By.ID, "purge-btn").click()
+    accept_confirm(driver)
+    wait(driver, 10).until(lambda d: queue(node, "%2F", "ui-peek")["messages"] == 0)
+    text_in(driver, "#q-total", "0")
+
+
+def test_dead_letters_peeked_and_replayed_to_their_origin(node, driver):
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", node.port))
+    ch = conn.channel()
+    ch.queue_declare("ui-dlq")
+    ch.queue_declare("ui-work", arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "ui-dlq"})
+    for i in range(2):
+        ch.basic_publish("", "ui-work", f"job-{i}".encode())
+    for _ in range(2):
+        method, _, _ = ch.basic_get("ui-work")
+        ch.basic_reject(method.delivery_tag, requeue=False)
+    logged_in(driver, node, hash_="#/queues/%2F/ui-dlq")
+    text_in(driver, "#q-ready", "2")
+    driver.find_element(By.ID, "peek-btn").click()
+    text_in(driver, "#messages", 'dead-lettered (rejected) from queue "ui-work"')
+    form = driver.find_element(By.ID, "replay-form")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    text_in(driver, "#toast", "2 message(s) replayed")
+    wait(driver, 10).until(lambda d: queue(node, "%2F", "ui-work")["messages"] == 2)
+    assert queue(node, "%2F", "ui-dlq")["messages"] == 0
+    conn.close()
+
+
+def test_admin_adds_user_and_permissions_then_amqp_login(node, driver, tmp_path):
+    logged_in(driver, node, hash_="#/admin/users")
+    form = visible(driver, "#add-user")
+    fill(form, "name", "ui-alice")
+    fill(form, "password", "s3cret")
+    form.find_element(By.NAME, "tag-management").click()
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    text_in(driver, "#users", "ui-alice")
+    shot(driver, tmp_path, "admin-users")
+    go(driver, "#/admin/permissions")
+    form = visible(driver, "#set-permissions")
+    Select(form.find_element(By.NAME, "user")).select_by_value("ui-alice")
+    Select(form.find_element(By.NAME, "vhost")).select_by_value("/")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    text_in(driver, "#permissions", "ui-alice")
+    perms = requests.get(api(node, "/users/ui-alice/permissions"), auth=AUTH, timeout=5).json()
+    assert perms == [{"user": "ui-alice", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}]
+    c = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", node.port, credentials=pika.PlainCredentials("ui-alice", "s3cret")))
+    c.channel().queue_declare("alice-q")
+    c.close()
+    # The new user logs in to the UI too, without Admin.
+    driver.find_element(By.ID, "logout").click()
+    logged_in(driver, node, "ui-alice", "s3cret", "#/queues")
+    assert not driver.find_element(By.ID, "nav-admin").is_displayed()
+
+
+def test_admin_vhost_and_policy(node, driver):
+    logged_in(driver, node, hash_="#/admin/vhosts")
+    form = visible(driver, "#add-vhost")
+    fill(form, "name", "ui-vh")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    text_in(driver, "#vhosts", "ui-vh")
+    assert requests.get(api(node, "/vhosts/ui-vh"), auth=AUTH, timeout=5).status_code == 200
+    # The header's selector knows the new vhost.
+    wait(driver, 10).until(lambda d: "ui-vh" in [o.get_attribute("value") for o in
+                                                  d.find_elements(By.CSS_SELECTOR, "#vhost-select option")])
+    # The header's vhost selector filters the lists.
+    assert requests.put(api(node, "/queues/ui-vh/only-here"), json={}, auth=AUTH, timeout=5).status_code == 201
+    assert requests.put(api(node, "/queues/%2F/only-in-root"), json={}, auth=AUTH, timeout=5).status_code == 201
+    go(driver, "#/queues")
+    text_in(driver, "#queues", "only-in-root")
+    Select(driver.find_element(By.ID, "vhost-select")).select_by_value("ui-vh")
+    text_in(driver, "#queues-info", "1 of 1")
+    text_in(driver, "#queues", "only-here")
+    assert "only-in-root" not in js_text(driver, "#queues")
+    Select(driver.find_element(By.ID, "vhost-select")).select_by_value("")
+    text_in(driver, "#queues-info", "2 of 2")
+    go(driver, "#/admin/policies")
+    form = visible(driver, "#add-policy")
+    Select(form.find_element(By.NAME, "vhost")).select_by_value("ui-vh")
+    fill(form, "name", "cap")
+    fill(form, "pattern", "^capped\\.")
+    Select(form.find_element(By.NAME, "apply-to")).select_by_value("queues")
+    fill(form, "definition", "max-length = 3\noverflow = reject-publish")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    text_in(driver, "#policies", "cap")
+    p = requests.get(api(node, "/policies/ui-vh/cap"), auth=AUTH, timeout=5).json()
+    assert p["pattern"] == "^capped\\." and p["apply-to"] == "queues"
+    assert p["definition"] == {"max-length": 3, "overflow": "reject-publish"}
+    # Delete the policy, then the vhost (each from its table).
+    driver.find_element(By.CSS_SELECTOR, "#policies tbody tr button").click()
+    wait(driver, 10).until(lambda d: requests.get(api(node, "/policies/ui-vh/cap"), auth=AUTH, timeout=5)
+                           .status_code == 404)
+    go(driver, "#/admin/vhosts")
+    visible(driver, "#vhosts")
+    row = [r for r in driver.find_elements(By.CSS_SELECTOR, "#vhosts tbody tr") if "ui-vh" in r.text][0]
+    row.find_element(By.TAG_NAME, "button").click()
+    accept_confirm(driver)
+    wait(driver, 10).until(lambda d: requests.get(api(node, "/vhosts/ui-vh"), auth=AUTH, timeout=5)
+                           .status_code == 404)
+
+
+def test_exchange_declare_bind_publish_delete(node, driver):
+    assert requests.put(api(node, "/queues/%2F/ui-xq"), json={"durable": False}, auth=AUTH,
+                        timeout=5).status_code == 201
+    logged_in(driver, node, hash_="#/exchanges")
+    form = visible(driver, "#add-exchange")
+    fill(form, "name", "ui-topic")
+    Select(form.find_element(By.NAME, "type")).select_by_value("topic")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(driver, 10).until(lambda d: "#/exchanges/%2F/ui-topic" in d.current_url)
+    form = visible(driver, "#xbind-form")
+    fill(form, "dest", "ui-xq")
+    fill(form, "routing_key", "jobs.#")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    text_in(driver, "#bindings-source", "jobs.#")
+    form = driver.find_element(By.ID, "exchange-publish")
+    fill(form, "routing_key", "jobs.eu")
+    fill(form, "payload", "via topic")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    text_in(driver, "#toast", "published and routed")
+    wait(driver, 10).until(lambda d: queue(node, "%2F", "ui-xq")["messages"] == 1)
+    driver.find_element(By.CSS_SELECTOR, "#bindings-source button").click()
+    text_in(driver, "#bindings-source", "Nothing here")
+    driver.find_element(By.XPATH, "//button[text()='Delete']").click()
+    accept_confirm(driver)
+    wait(driver, 10).until(lambda d: requests.get(api(node, "/exchanges/%2F/ui-topic"), auth=AUTH, timeout=5)
+                           .status_code == 404)
+
+
+def test_definitions_import_through_upload(node, driver, tmp_path):
+    defs = {
+        "queues": [{"name": "from-file", "vhost": "/", "durable": True, "auto_delete": False,
+                    "arguments": {"x-max-length": 5}}],
+        "exchanges": [{"name": "file-x", "vhost": "/", "type": "fanout", "durable": True,
+                       "auto_delete": False, "internal": False, "arguments": {}}],
+        "bindings": [{"source": "file-x", "vhost": "/", "destination": "from-file", "destination_type": "queue",
+                      "routing_key": "", "arguments": {}}],
+    }
+    f = tmp_path / "defs.json"
+    f.write_text(json.dumps(defs))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"queues": [{"name": "x", "vhost": "no-such-vhost", "durable": True}]}))
+    logged_in(driver, node, hash_="#/admin/definitions")
+    # A file the broker refuses: the reason is shown, nothing changes.
+    visible(driver, "#import-file").send_keys(str(bad))
+    driver.find_element(By.ID, "import-definitions").click()
+    text_in(driver, "#import-result", "refused")
+    driver.find_element(By.ID, "import-file").send_keys(str(f))
+    driver.find_element(By.ID, "import-definitions").click()
+    text_in(driver, "#import-result", "Imported defs.json")
+    go(driver, "#/queues")
+    text_in(driver, '#queues tr[data-name="from-file"]', "max-length")
+    shot(driver, tmp_path, "queues")
+    go(driver, "#/exchanges/%2F/file-x")
+    text_in(driver, "#bindings-source", "from-file")
+    shot(driver, tmp_path, "exchange")
+    # The export downloads a file holding what was imported.
+    go(driver, "#/admin/definitions")
+    visible(driver, "#export-definitions").click()
+    wait(driver, 15).until(lambda d: any(p.suffix == ".json" for p in d.downloads.iterdir()))
+    exported = json.loads(next(p for p in driver.downloads.iterdir() if p.suffix == ".json").read_text())
+    assert "from-file" in [q["name"] for q in exported["queues"]]
+    assert exported["rabbitmq_definition_format"] == "cluster"
+
+
+def test_queue_list_pages_on_the_server_at_10000_queues(node, driver, tmp_path):
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", node.port))
+    ch = conn.channel()
+    for i in range(10_000):
+        ch.queue_declare(f"bulk-{i:05d}", auto_delete=False)
+    ch.basic_publish("", "bulk-04242", b"x")
+    conn.close()
+    logged_in(driver, node, hash_="#/queues")
+    text_in(driver, "#queues-info", "10,000 of 10,000 shown in 100 page(s)", timeout=30)
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#queues tbody tr")) == 100
+    # Sort by depth, descending: the one queue with a message comes first, on page 1.
+    click(driver, By.CSS_SELECTOR, '#queues th[data-sort="messages"]')
+    wait(driver, 10).until(lambda d: "sort=messages" in d.current_url)
+    click(driver, By.CSS_SELECTOR, '#queues th[data-sort="messages"]')
+    wait(driver, 10).until(lambda d: "sort_reverse=true" in d.current_url)
+    text_in(driver, "#queues tbody tr:first-child", "bulk-04242")
+    # A regex filter, server-side; the page's requests never ask for more than a page.
+    go(driver, "#/queues?name=%5Ebulk-0999&use_regex=true")
+    text_in(driver, "#queues-info", "10 of 10,000 shown in 1 page(s)")
+    # A bad regex is explained where the list would be; a page past the end goes back to page 1.
+    go(driver, "#/queues?name=%5B&use_regex=true")
+    text_in(driver, "#queues-info", "invalid name regex")
+    go(driver, "#/queues?page=999")
+    wait(driver, 10).until(lambda d: "page=999" not in d.current_url)
+    text_in(driver, "#queues-info", "10,000 of 10,000")
+    sizes = driver.execute_script(
+        "return performance.getEntriesByType('resource').filter(e => e.name.includes('/api/queues'))"
+        ".map(e => [e.name, e.duration, e.encodedBodySize])")
+    assert sizes and all("page_size=100" in n for n, _, _ in sizes), sizes
+    assert max(b for _, _, b in sizes) < 500_000, sizes
+
+
+def test_user_without_permissions_is_told(node, driver):
+    assert requests.put(api(node, "/users/lonely"), json={"password": "pw", "tags": "management"}, auth=AUTH,
+                        timeout=5).status_code == 201
+    logged_in(driver, node, "lonely", "pw", "#/queues")
+    text_in(driver, "#no-vhosts", "no permissions in any virtual host")
+    driver.find_element(By.ID, "logout").click()
+    logged_in(driver, node, hash_="#/queues")
+    assert not driver.find_element(By.ID, "no-vhosts").is_displayed()
+
+
+def test_monitoring_user_has_no_admin(node, driver):
+    assert requests.put(api(node, "/users/watcher"), json={"password": "pw", "tags": "monitoring"}, auth=AUTH,
+                        timeout=5).status_code == 201
+    logged_in(driver, node, "watcher", "pw", "#/overview")
+    visible(driver, "#count-queues")
+    assert not driver.find_element(By.ID, "nav-admin").is_displayed()
+    go(driver, "#/admin/users")
+    text_in(driver, "#not-authorised", "Not authorised")
+    # The deep link itself, from a fresh load.
+    driver.get(ui(node, "#/admin/definitions"))
+    text_in(driver, "#not-authorised", "Not authorised")
+
+
+def test_close_connection_with_reason_and_screenshots(node, driver, tmp_path):
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", node.port, client_properties={"connection_name": "ui-client"}))
+    conn.channel()
+    logged_in(driver, node, hash_="#/connections")
+    click(driver, By.CSS_SELECTOR, "#connections a")
+    text_in(driver, "#client-properties", "ui-client")
+    shot(driver, tmp_path, "connection")
+    go(driver, "#/channels")
+    visible(driver, "#channels a")
+    shot(driver, tmp_path, "channels")
+    go(driver, "#/connections")
+    visible(driver, "#connections a")
+    shot(driver, tmp_path, "connections")
+    click(driver, By.CSS_SELECTOR, "#connections a")
+    reason = visible(driver, "#close-reason")
+    reason.clear()
+    reason.send_keys("maintenance window")
+    driver.find_element(By.CSS_SELECTOR, "#close-form button").click()
+    accept_confirm(driver)
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as e:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            conn.process_data_events(0.2)
+    assert e.value.reply_code == 320 and "maintenance window" in e.value.reply_text
+    # The dark theme, toggled (and kept in localStorage).
+    go(driver, "#/overview")
+    visible(driver, "#count-queues")
+    driver.find_element(By.ID, "theme-toggle").click()
+    theme = driver.execute_script("return document.documentElement.dataset.theme")
+    assert theme in ("dark", "light")
+    if theme == "light":
+        driver.find_element(By.ID, "theme-toggle").click()
+    assert driver.execute_script("return document.documentElement.dataset.theme") == "dark"
+    shot(driver, tmp_path, "overview-dark")
+    driver.find_element(By.ID, "theme-toggle").click()
+    go(driver, "#/admin/policies")
+    visible(driver, "#add-policy")
+    shot(driver, tmp_path, "admin-policies")
