@@ -215,6 +215,13 @@ def test_tags_pagination_rates_and_health_with_requests(node):
         util = sq["consumer_utilisation"]
         slow.process_data_events(0.2)
     assert util <= 0.5 and sq["consumers"] == 1 and sq["messages_ready"] == 4, sq
+    # The queue's own page: its consumers, and samples of its lengths and rates.
+    sq = requests.get(api(node, "/queues/%2F/slow"), auth=auth, timeout=5,
+                      params={"lengths_age": 60, "lengths_incr": 5, "msg_rates_age": 60, "msg_rates_incr": 5}).json()
+    assert [(c["queue"]["name"], c["prefetch_count"], c["ack_required"]) for c in sq["consumer_details"]] == \
+        [("slow", 1, True)], sq["consumer_details"]
+    assert sq["messages_ready_details"]["samples"] and sq["messages_ready_details"]["samples"][0]["sample"] == 4, sq
+    assert "samples" in sq["message_stats"]["publish_details"], sq["message_stats"]
     slow.close()
     o = requests.get(api(node, "/overview"), auth=auth, timeout=5).json()
     assert o["message_stats"]["publish"] >= 200 and o["message_stats"]["publish_details"]["rate"] > 0

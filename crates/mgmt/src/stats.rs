@@ -319,16 +319,26 @@ pub fn channel_message_stats(db: &RateDb, conn: &str, number: u16, counts: &Chan
 
 /// `messages`, `messages_ready`, `messages_unacknowledged` and their `_details` of a
 /// queue, rates from its series (the last three values of a queue's row).
-pub fn queue_length_details(db: &RateDb, vhost: &str, name: &str, lengths: [u64; 3]) -> Map<String, Value> {
+pub fn queue_length_details(
+    db: &RateDb,
+    vhost: &str,
+    name: &str,
+    lengths: [u64; 3],
+    range: Option<Range>,
+) -> Map<String, Value> {
     let names = ["messages", "messages_ready", "messages_unacknowledged"];
     db.with(|s| {
         let series = s.series(&queue_key(vhost, name));
         let mut m = Map::new();
         for (j, n) in names.iter().enumerate() {
             // Queue rows hold the 9 message counters, then the 3 lengths.
-            let rate = series.map_or(0.0, |x| x.rate(9 + j));
+            let details = match (series, range) {
+                (Some(x), Some(r)) => x.range_details(9 + j, r, now_ms()),
+                (Some(x), None) => json!({"rate": x.rate(9 + j)}),
+                (None, _) => json!({"rate": 0.0}),
+            };
             m.insert((*n).to_owned(), json!(lengths[j]));
-            m.insert(format!("{n}_details"), json!({"rate": rate}));
+            m.insert(format!("{n}_details"), details);
         }
         m
     })

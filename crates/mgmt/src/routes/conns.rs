@@ -289,6 +289,18 @@ async fn channel(
     Ok(Json(v))
 }
 
+/// The consumers of one queue the caller may see (a queue's `consumer_details`).
+pub(crate) fn queue_consumers(node: &AppState, caller: &Caller, vhost: &str, queue: &str) -> Vec<Value> {
+    let name = node.info().name;
+    let mut cs: Vec<ConsumerInfo> = node
+        .consumers()
+        .into_iter()
+        .filter(|c| visible(caller, &c.user) && c.vhost == vhost && c.queue == queue)
+        .collect();
+    cs.sort_by(|a, b| a.tag.cmp(&b.tag));
+    cs.iter().map(|c| consumer_json(&name, c)).collect()
+}
+
 fn list_consumers(node: &AppState, caller: &Caller, vhost: Option<&str>) -> Vec<Value> {
     let name = node.info().name;
     let mut cs: Vec<ConsumerInfo> = node

@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::node::Node;
 
 mod access;
-mod conns;
+pub(crate) mod conns;
 mod ctl;
 mod listing;
 mod overview;

@@ -72,6 +72,18 @@ pub(super) fn rfc3339_ms(ms: u64) -> String {
 }
 
 pub(super) fn queue_json(q: &Queue, node: &str, db: &RateDb) -> Value {
+    queue_json_ranged(q, node, db, None, None)
+}
+
+/// A queue's JSON with `samples` for the message rates and lengths over the ranges asked
+/// for (`msg_rates_age/_incr`, `lengths_age/_incr`), as the single-queue GET gives them.
+pub(super) fn queue_json_ranged(
+    q: &Queue,
+    node: &str,
+    db: &RateDb,
+    msg_range: Option<crate::stats::Range>,
+    lengths_range: Option<crate::stats::Range>,
+) -> Value {
     let s = q.stats();
     let messages = s.messages_ready + s.messages_unacked;
     let policy = q.policy_name();
@@ -115,11 +127,11 @@ pub(super) fn queue_json(q: &Queue, node: &str, db: &RateDb) -> Value {
         "head_message_timestamp": Value::Null,
         "idle_since": rfc3339_ms(q.last_used_ms()),
         "memory": s.ready_bytes,
-        "message_stats": crate::stats::queue_message_stats(db, q, None),
+        "message_stats": crate::stats::queue_message_stats(db, q, msg_range),
     });
     if let Value::Object(m) = &mut j {
         let lengths = [messages, s.messages_ready, s.messages_unacked];
-        m.extend(crate::stats::queue_length_details(db, &q.vhost, &q.name, lengths));
+        m.extend(crate::stats::queue_length_details(db, &q.vhost, &q.name, lengths, lengths_range));
     }
     j
 }

@@ -15,7 +15,7 @@ use broker::{Queue, VHost};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::json::{binding_json, default_binding, queue_json};
+use super::json::{binding_json, default_binding, queue_json, queue_json_ranged};
 use super::{AppState, Scope, amqp, body, query_flag, visible_vhosts};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -96,14 +96,28 @@ pub(super) fn find(vh: &VHost, name: &str) -> ApiResult<Arc<Queue>> {
     }
 }
 
+/// One queue, as RabbitMQ shows it on its page: with `consumer_details`, and `samples`
+/// of its rates and lengths when `msg_rates_age/_incr` and `lengths_age/_incr` ask.
 async fn show(
     State(node): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path((vhost, name)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let s = Scope::new(node.as_ref(), &caller, &vhost)?;
     let q = find(&s.vh, &name)?;
-    Ok(Json(queue_json(&q, &node.info().name, node.rates())))
+    let range = |age: &str, incr: &str| {
+        crate::stats::Range::parse(query.get(age).map(String::as_str), query.get(incr).map(String::as_str))
+    };
+    let mut v = queue_json_ranged(
+        &q,
+        &node.info().name,
+        node.rates(),
+        range("msg_rates_age", "msg_rates_incr"),
+        range("lengths_age", "lengths_incr"),
+    );
+    v["consumer_details"] = Value::Array(crate::routes::conns::queue_consumers(&node, &caller, &q.vhost, &q.name));
+    Ok(Json(v))
 }
 
 #[derive(Deserialize)]
