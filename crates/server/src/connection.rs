@@ -410,10 +410,15 @@ impl Conn {
             }
             if let Some(q) = self.ctx.as_ref().and_then(|c| c.flow.take())
                 && Instant::now() >= flow_quiet_until
-                && !flow_pause(&q).await
             {
-                debug!(conn = self.id, queue = %q.name, "flow: consumers made no progress, not pausing for a while");
-                flow_quiet_until = Instant::now() + FLOW_QUIET_AFTER_STALL;
+                let shown = self.registered.as_ref().map(|r| r.handle.clone());
+                shown.iter().for_each(|h| h.in_flow.store(true, std::sync::atomic::Ordering::Relaxed));
+                let progressed = flow_pause(&q).await;
+                shown.iter().for_each(|h| h.in_flow.store(false, std::sync::atomic::Ordering::Relaxed));
+                if !progressed {
+                    debug!(conn = self.id, queue = %q.name, "flow: consumers made no progress, not pausing for a while");
+                    flow_quiet_until = Instant::now() + FLOW_QUIET_AFTER_STALL;
+                }
             }
             tokio::select! {
                 _ = alarms.changed(), if self.published => {}

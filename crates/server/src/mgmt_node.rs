@@ -116,7 +116,14 @@ impl mgmt::Node for ServerState {
                 timeout_s: c.details.heartbeat_secs,
                 recv_oct: c.details.outbox.recv_oct.load(Ordering::Relaxed),
                 send_oct: c.details.outbox.send_oct.load(Ordering::Relaxed),
-                state: if c.blocked.load(Ordering::Relaxed) { "blocked" } else { "running" }.to_owned(),
+                state: if c.blocked.load(Ordering::Relaxed) {
+                    "blocked"
+                } else if c.in_flow.load(Ordering::Relaxed) {
+                    "flow"
+                } else {
+                    "running"
+                }
+                .to_owned(),
                 name: c.name(),
                 user: c.user.clone(),
                 vhost: c.vhost.clone(),

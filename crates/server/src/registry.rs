@@ -54,6 +54,8 @@ pub struct ConnHandle {
     pub details: ConnDetails,
     /// Blocked by a resource alarm (not reading its socket).
     pub blocked: AtomicBool,
+    /// Paused by a queue in flow (RabbitMQ's `flow` state), for the management API.
+    pub in_flow: AtomicBool,
     /// Set when the node closes the connection: (reply code, text).
     close: Mutex<Option<(u16, String)>>,
     closed: Notify,
@@ -187,6 +189,7 @@ impl Registry {
             channels: AtomicUsize::new(0),
             details: who.details,
             blocked: AtomicBool::new(false),
+            in_flow: AtomicBool::new(false),
             close: Mutex::new(None),
             closed: Notify::new(),
         });
