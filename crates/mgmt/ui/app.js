@@ -179,12 +179,15 @@ function track(key, value, t = Date.now()) {
   history.set(key, s);
   return s;
 }
-/** A series from the API's samples when present, else from the page's own history. */
-function seriesOf(key, details, rateFromCounter = false) {
+/**
+ * A series from the API's samples when present, else from the page's own history of
+ * `current` (the figure itself: a rate, or a length; not the length's rate of change).
+ */
+function seriesOf(key, details, rateFromCounter = false, current = undefined) {
   if (details && Array.isArray(details.samples) && details.samples.length > 1) {
     return rateFromCounter ? L.samplesToPoints(details.samples, true) : L.samplesToPoints(details.samples);
   }
-  return track(key, details ? details.rate : 0);
+  return track(key, current ?? (details ? details.rate : 0));
 }
 
 // ---------- routing ----------
@@ -271,12 +274,12 @@ async function pageOverview(ctx) {
       stat("version", `${o.product_name || "Warren"} ${o.product_version || ""}`),
     );
     const ms = o.message_stats || {};
-    const rateSeries = (key, label) => ({ label, points: seriesOf(`ov.${key}`, ms[`${key}_details`], true), now: rate(o, key) });
+    const rateSeries = (key, label) => ({ label, points: seriesOf(`ov.${key}`, ms[`${key}_details`], true, rate(o, key)), now: rate(o, key) });
     charts.replaceChildren(
       chart("Message rates", [rateSeries("publish", "publish"), rateSeries("deliver_get", "deliver/get"), rateSeries("ack", "ack")], L.fmtRate, "chart-rates"),
       chart("Queued messages", [
-        { label: "ready", points: seriesOf("ov.ready", qt.messages_ready_details), now: qt.messages_ready || 0 },
-        { label: "unacked", points: seriesOf("ov.unacked", qt.messages_unacknowledged_details), now: qt.messages_unacknowledged || 0 },
+        { label: "ready", points: seriesOf("ov.ready", qt.messages_ready_details, false, qt.messages_ready || 0), now: qt.messages_ready || 0 },
+        { label: "unacked", points: seriesOf("ov.unacked", qt.messages_unacknowledged_details, false, qt.messages_unacknowledged || 0), now: qt.messages_unacknowledged || 0 },
       ], L.fmtNum, "chart-queued"),
     );
     nodes.replaceChildren(table([
@@ -646,13 +649,13 @@ async function pageQueue(ctx, v, name) {
       `operator policy ${q.operator_policy || "none"}, exclusive ${q.exclusive ? "yes" : "no"}, arguments ${JSON.stringify(q.arguments || {})}`));
     const key = `q.${v}.${name}`;
     const ms = q.message_stats || {};
-    const rateSeries = (k, label) => ({ label, points: seriesOf(`${key}.${k}`, ms[`${k}_details`], true), now: rate(q, k) });
+    const rateSeries = (k, label) => ({ label, points: seriesOf(`${key}.${k}`, ms[`${k}_details`], true, rate(q, k)), now: rate(q, k) });
     charts.replaceChildren(
       chart("Message rates", [rateSeries("publish", "publish"), rateSeries("deliver_get", "deliver/get"), rateSeries("ack", "ack")],
         L.fmtRate, "chart-queue-rates"),
       chart("Queued messages", [
-        { label: "ready", points: seriesOf(`${key}.ready`, q.messages_ready_details), now: q.messages_ready },
-        { label: "unacked", points: seriesOf(`${key}.unacked`, q.messages_unacknowledged_details), now: q.messages_unacknowledged },
+        { label: "ready", points: seriesOf(`${key}.ready`, q.messages_ready_details, false, q.messages_ready || 0), now: q.messages_ready },
+        { label: "unacked", points: seriesOf(`${key}.unacked`, q.messages_unacknowledged_details, false, q.messages_unacknowledged || 0), now: q.messages_unacknowledged },
       ], L.fmtNum, "chart-queue-depth"));
     consumers.replaceChildren(table([
       { title: "Tag", cell: (c) => c.consumer_tag },
