@@ -546,3 +546,269 @@ def test_close_connection_with_reason_and_screenshots(node, driver, tmp_path):
     go(driver, "#/admin/policies")
     visible(driver, "#add-policy")
     shot(driver, tmp_path, "admin-policies")
+
+
+def put(node, path: str, body: dict) -> requests.Response:
+    r = requests.put(api(node, path), json=body, auth=AUTH, timeout=5)
+    assert r.status_code in (201, 204), (path, r.status_code, r.text)
+    return r
+
+
+def alert_text_accept(driver) -> str:
+    wait(driver, 5).until(EC.alert_is_present())
+    a = driver.switch_to.alert
+    text = a.text
+    a.accept()
+    return text
+
+
+def test_bulk_purge_and_bulk_delete_of_selected_queues(node, driver, tmp_path):
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", node.port))
+    ch = conn.channel()
+    for name in ("sel-1", "sel-2", "sel-3", "sel-keep"):
+        ch.queue_declare(name, durable=True)
+        for _ in range(2):
+            ch.basic_publish("", name, b"x")
+    conn.close()
+    logged_in(driver, node, hash_="#/queues?name=%5Esel-&use_regex=true")
+    text_in(driver, '#queues tr[data-name="sel-keep"] .total', "2")
+    for name in ("sel-1", "sel-2", "sel-3"):
+        click(driver, By.CSS_SELECTOR, f'#queues tr[data-name="{name}"] input.select-row')
+    text_in(driver, "#selected-count", "3 selected")
+    # The header box shows a partial selection (3 of the 4 shown).
+    assert driver.execute_script("return document.querySelector('#select-all').indeterminate")
+    shot(driver, tmp_path, "queues-bulk")
+    driver.find_element(By.ID, "bulk-purge").click()
+    assert alert_text_accept(driver) == "Purge 3 queues?"
+    wait(driver, 10).until(lambda d: all(queue(node, "%2F", n)["messages"] == 0 for n in ("sel-1", "sel-2", "sel-3")))
+    assert queue(node, "%2F", "sel-keep")["messages"] == 2
+    text_in(driver, "#toast", "Purge: 3 queues done")
+    # The selection survives the purge (and the list's refreshes): delete the same three.
+    text_in(driver, "#selected-count", "3 selected")
+    driver.find_element(By.ID, "bulk-delete").click()
+    assert alert_text_accept(driver) == "Delete 3 queues?"
+
+    def gone(_):
+        return all(requests.get(api(node, f"/queues/%2F/{n}"), auth=AUTH, timeout=5).status_code == 404
+                   for n in ("sel-1", "sel-2", "sel-3"))
+    wait(driver, 10).until(gone)
+    assert queue(node, "%2F", "sel-keep")["messages"] == 2
+    text_in(driver, "#selected-count", "0 selected")
+    text_in(driver, "#queues-info", "1 of")
+    # Select all (the header box), then dismissing the confirm changes nothing.
+    click(driver, By.ID, "select-all")
+    text_in(driver, "#selected-count", "1 selected")
+    driver.find_element(By.ID, "bulk-delete").click()
+    wait(driver, 5).until(EC.alert_is_present())
+    driver.switch_to.alert.dismiss()
+    time.sleep(0.5)
+    assert queue(node, "%2F", "sel-keep")["messages"] == 2
+
+
+def headers(driver, css="#queues thead th") -> list[str]:
+    return driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent.replace(/ [▲▼]$/, ''))", css)
+
+
+def test_column_picker_choice_survives_a_reload_per_user(node, driver):
+    put(node, "/queues/%2F/cols", {"durable": True})
+    put(node, "/users/other-admin", {"password": "pw", "tags": "administrator"})
+    put(node, "/permissions/%2F/other-admin", {"configure": ".*", "write": ".*", "read": ".*"})
+    logged_in(driver, node, hash_="#/queues")
+    visible(driver, '#queues tr[data-name="cols"]')
+    h = headers(driver)
+    assert "Ready" in h and "Incoming" in h and "Ready bytes" not in h, h
+    click(driver, By.ID, "col-message_bytes")
+    click(driver, By.ID, "col-rates")
+    wait(driver, 5).until(lambda d: "Ready bytes" in headers(d) and "Incoming" not in headers(d))
+    assert json.loads(driver.execute_script("return localStorage.getItem('warren.columns.queues.guest')")) == \
+        ["overview", "messages", "message_bytes"]
+    driver.refresh()
+    visible(driver, '#queues tr[data-name="cols"]')
+    h = headers(driver)
+    assert "Ready bytes" in h and "Total bytes" in h and "Incoming" not in h, h
+    assert driver.find_element(By.ID, "col-message_bytes").is_selected()
+    assert not driver.find_element(By.ID, "col-rates").is_selected()
+    # Another user on the same browser keeps the default columns.
+    driver.find_element(By.ID, "logout").click()
+    logged_in(driver, node, "other-admin", "pw", "#/queues")
+    visible(driver, '#queues tr[data-name="cols"]')
+    h = headers(driver)
+    assert "Incoming" in h and "Ready bytes" not in h, h
+
+
+def test_refresh_interval_selector(node, driver):
+    logged_in(driver, node, hash_="#/queues")
+    sel = Select(visible(driver, "#refresh-select"))
+    assert sel.first_selected_option.get_attribute("value") == "5"
+    assert [o.get_attribute("value") for o in sel.options] == ["0", "5", "10", "30"]
+    sel.select_by_value("0")
+    visible(driver, "#queues")
+    # Off: a queue declared now does not appear by itself.
+    put(node, "/queues/%2F/late", {})
+    time.sleep(6)
+    assert "late" not in js_text(driver, "#queues")
+    driver.refresh()
+    text_in(driver, "#queues", "late")
+    assert Select(visible(driver, "#refresh-select")).first_selected_option.get_attribute("value") == "0"
+    Select(driver.find_element(By.ID, "refresh-select")).select_by_value("5")
+
+
+def test_operator_policy_from_the_ui_caps_a_live_queue_and_is_explained(node, driver, tmp_path):
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", node.port))
+    ch = conn.channel()
+    ch.queue_declare("op-capped", durable=True)
+    # A user's policy asks for 10; the operator policy's 2 is stricter and wins.
+    put(node, "/policies/%2F/users-cap", {"pattern": "^op-", "apply-to": "queues", "definition": {"max-length": 10}})
+    logged_in(driver, node, hash_="#/admin/operator-policies")
+    form = visible(driver, "#add-operator-policy")
+    fill(form, "name", "ops-cap")
+    fill(form, "pattern", "^op-")
+    Select(form.find_element(By.NAME, "apply-to")).select_by_value("queues")
+    fill(form, "definition", "max-length = 2")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    text_in(driver, "#operator-policies", "ops-cap")
+    p = requests.get(api(node, "/operator-policies/%2F/ops-cap"), auth=AUTH, timeout=5).json()
+    assert p["definition"] == {"max-length": 2} and p["pattern"] == "^op-", p
+    wait(driver, 10).until(lambda d: queue(node, "%2F", "op-capped").get("operator_policy") == "ops-cap")
+    for i in range(5):
+        ch.basic_publish("", "op-capped", f"m{i}".encode())
+    conn.close()
+    wait(driver, 10).until(lambda d: queue(node, "%2F", "op-capped")["messages_ready"] == 2)
+    go(driver, "#/queues/%2F/op-capped")
+    text_in(driver, "#q-ready", "2")
+    text_in(driver, "#q-operator-policy", "ops-cap")
+    text_in(driver, "#q-policy", "users-cap")
+    text_in(driver, "#effective-definition", "max-length")
+    row = js_text(driver, "#effective-definition tbody tr")
+    assert "2" in row and "policy and operator policy" in row, row
+    shot(driver, tmp_path, "queue-policy")
+    # Deleted in the UI: gone from the API.
+    go(driver, "#/admin/operator-policies")
+    click(driver, By.CSS_SELECTOR, "#operator-policies tbody tr button")
+    wait(driver, 10).until(lambda d: requests.get(api(node, "/operator-policies/%2F/ops-cap"), auth=AUTH,
+                                                  timeout=5).status_code == 404)
+
+
+def test_vhost_max_queues_limit_from_the_ui_refuses_a_declare(node, driver, tmp_path):
+    put(node, "/vhosts/limited", {})
+    put(node, "/permissions/limited/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+    logged_in(driver, node, hash_="#/admin/limits")
+    form = visible(driver, "#set-vhost-limit")
+    Select(form.find_element(By.NAME, "vhost")).select_by_value("limited")
+    Select(form.find_element(By.NAME, "limit")).select_by_value("max-queues")
+    fill(form, "value", "1")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    text_in(driver, "#vhost-limits", "max-queues")
+    r = requests.get(api(node, "/vhost-limits/limited"), auth=AUTH, timeout=5).json()
+    assert r == [{"vhost": "limited", "value": {"max-queues": 1}}], r
+    shot(driver, tmp_path, "admin-limits")
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", node.port, virtual_host="limited"))
+    ch = conn.channel()
+    ch.queue_declare("first")
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.queue_declare("second")
+    assert e.value.reply_code == 406, e.value
+    # Cleared in the UI: the declare works.
+    row = [r for r in driver.find_elements(By.CSS_SELECTOR, "#vhost-limits tbody tr") if "limited" in r.text][0]
+    row.find_element(By.TAG_NAME, "button").click()
+    wait(driver, 10).until(lambda d: requests.get(api(node, "/vhost-limits/limited"), auth=AUTH, timeout=5).json() == [])
+    conn.channel().queue_declare("second")
+    conn.close()
+
+
+def test_user_max_connections_limit_from_the_ui(node, driver):
+    put(node, "/users/one-conn", {"password": "pw", "tags": ""})
+    put(node, "/permissions/%2F/one-conn", {"configure": ".*", "write": ".*", "read": ".*"})
+    logged_in(driver, node, hash_="#/admin/limits")
+    form = visible(driver, "#set-user-limit")
+    Select(form.find_element(By.NAME, "user")).select_by_value("one-conn")
+    Select(form.find_element(By.NAME, "limit")).select_by_value("max-connections")
+    fill(form, "value", "1")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    text_in(driver, "#user-limits", "one-conn")
+    creds = pika.PlainCredentials("one-conn", "pw")
+    params = pika.ConnectionParameters("127.0.0.1", node.port, credentials=creds, connection_attempts=1)
+    first = pika.BlockingConnection(params)
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        pika.BlockingConnection(params)
+    assert first.is_open
+    # The connections list sorts on the server by the clicked column.
+    go(driver, "#/connections")
+    visible(driver, "#connections a")
+    click(driver, By.CSS_SELECTOR, '#connections th[data-sort="user"]')
+    wait(driver, 10).until(lambda d: "sort=user" in d.current_url)
+    click(driver, By.CSS_SELECTOR, '#connections th[data-sort="user"]')
+    wait(driver, 10).until(lambda d: "sort_reverse=true" in d.current_url)
+    text_in(driver, "#connections tbody tr:first-child", "one-conn")
+    go(driver, "#/channels")
+    click(driver, By.CSS_SELECTOR, '#channels th[data-sort="prefetch_count"]')
+    wait(driver, 10).until(lambda d: "sort=prefetch_count" in d.current_url)
+    text_in(driver, "#channels-info", "of")
+    assert "error" not in (js_text(driver, "#channels-info", "class") or "")
+    first.close()
+
+
+def test_topic_permission_from_the_ui_refuses_a_publish(node, driver):
+    put(node, "/users/topical", {"password": "pw", "tags": ""})
+    put(node, "/permissions/%2F/topical", {"configure": ".*", "write": ".*", "read": ".*"})
+    logged_in(driver, node, hash_="#/admin/topic-permissions")
+    form = visible(driver, "#set-topic-permission")
+    Select(form.find_element(By.NAME, "user")).select_by_value("topical")
+    fill(form, "exchange", "amq.topic")
+    fill(form, "write", "^allowed\\.")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    text_in(driver, "#topic-permissions", "^allowed\\.")
+    r = requests.get(api(node, "/topic-permissions/%2F/topical"), auth=AUTH, timeout=5).json()
+    assert r == [{"user": "topical", "vhost": "/", "exchange": "amq.topic", "write": "^allowed\\.", "read": ".*"}], r
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", node.port,
+                                                             credentials=pika.PlainCredentials("topical", "pw")))
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("amq.topic", "allowed.one", b"ok")
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.basic_publish("amq.topic", "denied.one", b"no")
+    assert e.value.reply_code == 403, e.value
+    conn.close()
+    # A second exchange's entry survives clearing the first one's in the UI.
+    put(node, "/topic-permissions/%2F/topical", {"exchange": "other.topic", "write": ".*", "read": ".*"})
+    go(driver, "#/admin/users")
+    go(driver, "#/admin/topic-permissions")
+    text_in(driver, "#topic-permissions", "other.topic")
+    row = [r for r in driver.find_elements(By.CSS_SELECTOR, "#topic-permissions tbody tr") if "amq.topic" in r.text][0]
+    row.find_element(By.TAG_NAME, "button").click()
+    text_in(driver, "#toast", "cleared")
+
+    def exchanges():
+        r = requests.get(api(node, "/topic-permissions/%2F/topical"), auth=AUTH, timeout=5)
+        return [t["exchange"] for t in r.json()] if r.status_code == 200 else r.status_code
+    assert exchanges() == ["other.topic"], exchanges()
+    visible(driver, "#topic-permissions")
+    wait(driver, 10).until(lambda d: "amq.topic" not in js_text(d, "#topic-permissions"))
+
+
+def test_queue_page_charts_start_filled_from_the_api_samples(node, driver, tmp_path):
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", node.port))
+    ch = conn.channel()
+    ch.queue_declare("sampled", durable=True)
+    ch.basic_consume("sampled", lambda *a: None, auto_ack=False, consumer_tag="ui-consumer-tag")
+    q = "?msg_rates_age=60&msg_rates_incr=5&lengths_age=60&lengths_incr=5"
+    deadline = time.monotonic() + 30
+    while True:  # the broker samples every 5 s: wait until it holds 3 samples of the depth
+        ch.basic_publish("", "sampled", b"x")
+        conn.process_data_events(0.2)
+        d = requests.get(api(node, "/queues/%2F/sampled" + q), auth=AUTH, timeout=5).json()
+        if len(d.get("messages_unacknowledged_details", {}).get("samples", [])) >= 3:
+            break
+        assert time.monotonic() < deadline, d
+    logged_in(driver, node, hash_="#/queues/%2F/sampled")
+    # Right after opening (well before the page's own second refresh), each chart has a line
+    # of several points: "M x y L x y ...".
+    t0 = time.monotonic()
+    wait(driver, 3).until(lambda d: (js_text(d, "#chart-queue-depth path", "d") or "").count("L") >= 2)
+    wait(driver, 3).until(lambda d: (js_text(d, "#chart-queue-rates path", "d") or "").count("L") >= 1)
+    assert time.monotonic() - t0 < 4.5
+    # Consumers come from the queue's own consumer_details.
+    text_in(driver, "#consumers", "ui-consumer-tag")
+    shot(driver, tmp_path, "queue-charts")
+    conn.close()

@@ -1,7 +1,8 @@
 // Warren's web UI: a client of /api and nothing else. Pure helpers live in lib.js.
 import * as L from "./lib.js";
 
-const REFRESH_MS = 5000;
+/** Seconds between refreshes (0 = off), chosen in the header and kept in localStorage. */
+let refreshSec = L.parseRefresh(localStorage.getItem("warren.refresh"));
 const $ = (sel, root = document) => root.querySelector(sel);
 
 // ---------- session ----------
@@ -121,7 +122,7 @@ function table(columns, rows, { sort, onSort, id } = {}) {
       c.sort && sort && sort.sort === c.sort && sort.sortReverse ? "rev" : ""].join(" ").trim();
     return h("th", { class: cls, "data-sort": c.sort, onclick: c.sort && onSort ? () => onSort(c.sort) : null }, c.title);
   }));
-  const body = h("tbody", {}, rows.length ? rows.map((r) => h("tr", { "data-name": r.name ?? null },
+  const body = h("tbody", {}, rows.length ? rows.map((r) => h("tr", { "data-name": r.name ?? null, "data-vhost": r.vhost ?? null },
     columns.map((c) => h("td", { class: (c.num ? "num " : "") + (c.wrap ? "wrap" : "") }, c.cell(r)))))
     : h("tr", {}, h("td", { colspan: columns.length, class: "muted" }, "Nothing here.")));
   return h("div", { class: "table-wrap" }, h("table", { id }, h("thead", {}, head), body));
@@ -178,12 +179,15 @@ function track(key, value, t = Date.now()) {
   history.set(key, s);
   return s;
 }
-/** A series from the API's samples when present, else from the page's own history. */
-function seriesOf(key, details, rateFromCounter = false) {
+/**
+ * A series from the API's samples when present, else from the page's own history of
+ * `current` (the figure itself: a rate, or a length; not the length's rate of change).
+ */
+function seriesOf(key, details, rateFromCounter = false, current = undefined) {
   if (details && Array.isArray(details.samples) && details.samples.length > 1) {
     return rateFromCounter ? L.samplesToPoints(details.samples, true) : L.samplesToPoints(details.samples);
   }
-  return track(key, details ? details.rate : 0);
+  return track(key, current ?? (details ? details.rate : 0));
 }
 
 // ---------- routing ----------
@@ -233,7 +237,7 @@ async function render() {
         try { await fn(); } catch (e) { if (gen === generation) toast(e.message, true); }
       };
       tick();
-      timer = setInterval(tick, REFRESH_MS);
+      if (refreshSec > 0) timer = setInterval(tick, refreshSec * 1000);
     },
   };
   try {
@@ -270,12 +274,12 @@ async function pageOverview(ctx) {
       stat("version", `${o.product_name || "Warren"} ${o.product_version || ""}`),
     );
     const ms = o.message_stats || {};
-    const rateSeries = (key, label) => ({ label, points: seriesOf(`ov.${key}`, ms[`${key}_details`], true), now: rate(o, key) });
+    const rateSeries = (key, label) => ({ label, points: seriesOf(`ov.${key}`, ms[`${key}_details`], true, rate(o, key)), now: rate(o, key) });
     charts.replaceChildren(
       chart("Message rates", [rateSeries("publish", "publish"), rateSeries("deliver_get", "deliver/get"), rateSeries("ack", "ack")], L.fmtRate, "chart-rates"),
       chart("Queued messages", [
-        { label: "ready", points: seriesOf("ov.ready", qt.messages_ready_details), now: qt.messages_ready || 0 },
-        { label: "unacked", points: seriesOf("ov.unacked", qt.messages_unacknowledged_details), now: qt.messages_unacknowledged || 0 },
+        { label: "ready", points: seriesOf("ov.ready", qt.messages_ready_details, false, qt.messages_ready || 0), now: qt.messages_ready || 0 },
+        { label: "unacked", points: seriesOf("ov.unacked", qt.messages_unacknowledged_details, false, qt.messages_unacknowledged || 0), now: qt.messages_unacknowledged || 0 },
       ], L.fmtNum, "chart-queued"),
     );
     nodes.replaceChildren(table([
@@ -299,7 +303,7 @@ async function pageOverview(ctx) {
 // ---------- paged lists ----------
 
 /** A paged, sortable, filterable list whose state lives in the URL hash's query. */
-function pagedList(ctx, { page, path, columns, id, defaultSort = "" }) {
+function pagedList(ctx, { page, path, columns, id, defaultSort = "", toolbar = null, onItems = null }) {
   const q = ctx.route.query;
   const st = {
     page: Number(q.page) || 1,
@@ -324,7 +328,14 @@ function pagedList(ctx, { page, path, columns, id, defaultSort = "" }) {
   const pager = h("div", { class: "pager" });
   const body = h("div");
   const onSort = (col) => { Object.assign(st, L.nextSort(st.sort, st.sortReverse, col)); st.page = 1; nav(); };
-  const box = h("div", { class: "card" }, form, info, body, pager);
+  const box = h("div", { class: "card" }, form, toolbar, info, body, pager);
+  let last = null;
+  const draw = () => {
+    if (!last) return;
+    if (onItems) onItems(last.items);
+    const cols = typeof columns === "function" ? columns() : columns;
+    body.replaceChildren(table(cols, last.items, { sort: st, onSort, id }));
+  };
   const load = async () => {
     let r;
     try {
@@ -347,12 +358,13 @@ function pagedList(ctx, { page, path, columns, id, defaultSort = "" }) {
     info.className = "muted";
     info.textContent = `${L.fmtNum(r.filtered_count)} of ${L.fmtNum(r.total_count)} shown in ${r.page_count} page(s)` +
       (st.name ? ` (filter "${st.name}")` : "");
-    body.replaceChildren(table(columns, r.items, { sort: st, onSort, id }));
+    last = r;
+    draw();
     pager.replaceChildren(...(r.page_count > 1 ? L.pageLinks(r.page, r.page_count).map((p) => p === "…"
       ? h("span", {}, "…")
       : h("button", { type: "button", "aria-current": p === r.page ? "page" : null, onclick: () => { st.page = p; nav(); } }, p)) : []));
   };
-  return { box, load };
+  return { box, load, draw };
 }
 
 function vhostPath(kind) {
@@ -373,25 +385,88 @@ function features(o) {
   return f.join(" ");
 }
 
+const QUEUE_COLUMNS = [
+  { title: "Virtual host", sort: "vhost", cell: (q) => q.vhost },
+  { title: "Name", sort: "name", cell: queueLink },
+  { group: "overview", title: "Type", sort: "type", cell: (q) => q.type },
+  { group: "overview", title: "Features", cell: features },
+  { group: "overview", title: "Policy", sort: "policy", cell: (q) => [q.policy, q.operator_policy && `op: ${q.operator_policy}`].filter(Boolean).join(" ") },
+  { group: "overview", title: "State", sort: "state", cell: (q) => q.state },
+  { group: "overview", title: "Consumers", sort: "consumers", num: true, cell: (q) => L.fmtNum(q.consumers) },
+  { group: "messages", title: "Ready", sort: "messages_ready", num: true, cell: (q) => h("span", { class: "ready" }, L.fmtNum(q.messages_ready)) },
+  { group: "messages", title: "Unacked", sort: "messages_unacknowledged", num: true, cell: (q) => L.fmtNum(q.messages_unacknowledged) },
+  { group: "messages", title: "Total", sort: "messages", num: true, cell: (q) => h("span", { class: "total" }, L.fmtNum(q.messages)) },
+  { group: "message_bytes", title: "Ready bytes", sort: "message_bytes_ready", num: true, cell: (q) => h("span", { class: "bytes-ready" }, L.fmtBytes(q.message_bytes_ready ?? 0)) },
+  { group: "message_bytes", title: "Unacked bytes", sort: "message_bytes_unacknowledged", num: true, cell: (q) => L.fmtBytes(q.message_bytes_unacknowledged ?? 0) },
+  { group: "message_bytes", title: "Total bytes", sort: "message_bytes", num: true, cell: (q) => L.fmtBytes(q.message_bytes ?? 0) },
+  { group: "rates", title: "Incoming", sort: "message_stats.publish_details.rate", num: true, cell: (q) => L.fmtRate(rate(q, "publish")) },
+  { group: "rates", title: "Deliver/get", sort: "message_stats.deliver_get_details.rate", num: true, cell: (q) => L.fmtRate(rate(q, "deliver_get")) },
+  { group: "rates", title: "Ack", sort: "message_stats.ack_details.rate", num: true, cell: (q) => L.fmtRate(rate(q, "ack")) },
+];
+
 async function pageQueues(ctx) {
   if (ctx.route.args.length >= 2) return pageQueue(ctx, ctx.route.args[0], ctx.route.args[1]);
-  const list = pagedList(ctx, {
-    page: "queues", path: vhostPath("queues"), id: "queues", columns: [
-      { title: "Virtual host", cell: (q) => q.vhost },
-      { title: "Name", sort: "name", cell: queueLink },
-      { title: "Type", cell: (q) => q.type },
-      { title: "Features", cell: features },
-      { title: "Policy", cell: (q) => q.policy || "" },
-      { title: "State", cell: (q) => q.state },
-      { title: "Consumers", sort: "consumers", num: true, cell: (q) => L.fmtNum(q.consumers) },
-      { title: "Ready", sort: "messages_ready", num: true, cell: (q) => h("span", { class: "ready" }, L.fmtNum(q.messages_ready)) },
-      { title: "Unacked", sort: "messages_unacknowledged", num: true, cell: (q) => L.fmtNum(q.messages_unacknowledged) },
-      { title: "Total", sort: "messages", num: true, cell: (q) => h("span", { class: "total" }, L.fmtNum(q.messages)) },
-      { title: "Incoming", sort: "message_stats.publish_details.rate", num: true, cell: (q) => L.fmtRate(rate(q, "publish")) },
-      { title: "Deliver/get", num: true, cell: (q) => L.fmtRate(rate(q, "deliver_get")) },
-      { title: "Ack", num: true, cell: (q) => L.fmtRate(rate(q, "ack")) },
-    ],
-  });
+  // The column groups shown: each user's own choice, kept in localStorage.
+  const prefsKey = L.columnPrefsKey(session.user);
+  let groups = L.parseColumnChoice(localStorage.getItem(prefsKey));
+  // The bulk selection: keys of (vhost, name), kept across refreshes and pages.
+  let selection = [];
+  let shown = [];
+  const count = h("span", { id: "selected-count", class: "muted" });
+  const bulkPurge = h("button", { type: "button", class: "danger", id: "bulk-purge" }, "Purge selected");
+  const bulkDelete = h("button", { type: "button", class: "danger", id: "bulk-delete" }, "Delete selected");
+  const bulkClear = h("button", { type: "button", id: "bulk-clear" }, "Clear selection");
+  const updateBar = () => {
+    count.textContent = `${selection.length} selected`;
+    for (const b of [bulkPurge, bulkDelete, bulkClear]) b.disabled = selection.length === 0;
+  };
+  const picker = h("span", { class: "row", id: "column-picker" }, "Columns:", L.QUEUE_COLUMN_GROUPS.map(([k, t]) => {
+    const box = h("input", { type: "checkbox", id: `col-${k}`, checked: groups.includes(k) });
+    box.addEventListener("change", () => {
+      groups = L.toggleGroup(groups, k, box.checked);
+      localStorage.setItem(prefsKey, JSON.stringify(groups));
+      list.draw();
+    });
+    return h("label", { class: "inline" }, box, t);
+  }));
+  const toolbar = h("div", { class: "row toolbar" }, count, bulkPurge, bulkDelete, bulkClear, h("span", { class: "spacer" }), picker);
+  const keyOf = (q) => L.selectionKey(q.vhost, q.name);
+  const selectAll = () => {
+    const all = h("input", { type: "checkbox", id: "select-all", title: "Select every queue shown" });
+    const state = L.selectionState(selection, shown.map(keyOf));
+    all.checked = state === "all";
+    all.indeterminate = state === "some";
+    all.addEventListener("change", () => { selection = L.setSelected(selection, shown.map(keyOf), all.checked); list.draw(); updateBar(); });
+    return all;
+  };
+  const columns = () => [
+    { title: selectAll(), cell: (q) => {
+      const b = h("input", { type: "checkbox", class: "select-row", "data-key": keyOf(q), checked: selection.includes(keyOf(q)) });
+      b.addEventListener("change", () => { selection = L.setSelected(selection, [keyOf(q)], b.checked); list.draw(); updateBar(); });
+      return b;
+    } },
+    ...L.visibleColumns(QUEUE_COLUMNS, groups),
+  ];
+  const list = pagedList(ctx, { page: "queues", path: vhostPath("queues"), id: "queues", columns, toolbar, onItems: (items) => { shown = items; } });
+  const bulk = async (verb, method, suffix) => {
+    const n = selection.length;
+    if (!n || !confirm(L.bulkConfirmText(verb, n))) return;
+    const targets = selection.map(L.fromSelectionKey);
+    const results = await Promise.allSettled(targets.map((t) => api(method, L.apiPath("queues", t.vhost, t.name) + suffix)));
+    const failed = results.map((r, i) => [r, targets[i]]).filter(([r]) => r.status === "rejected");
+    if (failed.length) {
+      toast(`${verb}: ${n - failed.length} of ${n} done; failed: ` + failed.map(([r, t]) => `${t.name} (${r.reason.message})`).join(", "), true);
+    } else {
+      toast(`${verb}: ${n} queue${n === 1 ? "" : "s"} done`);
+    }
+    if (verb === "Delete") selection = selection.filter((k, i) => results[i].status === "rejected");
+    updateBar();
+    await list.load();
+  };
+  bulkPurge.addEventListener("click", () => bulk("Purge", "DELETE", "/contents"));
+  bulkDelete.addEventListener("click", () => bulk("Delete", "DELETE", ""));
+  bulkClear.addEventListener("click", () => { selection = []; updateBar(); list.draw(); });
+  updateBar();
   ctx.view.append(h("h1", {}, "Queues"), list.box, addQueueForm());
   ctx.every(list.load);
 }
@@ -442,6 +517,9 @@ async function pageQueue(ctx, v, name) {
   const consumers = h("div");
   const bindings = h("div");
   const messages = h("div", { id: "messages" });
+  const policyBox = h("div", { id: "effective-policy" });
+  // Definitions of the policy and operator policy in force, fetched when their names change.
+  const policyDefs = { key: null, policy: {}, op: {} };
 
   const peekForm = h("form", { class: "row", id: "peek-form" },
     field("Count", h("input", { name: "count", type: "number", value: 10, min: 1, max: 500 })),
@@ -511,6 +589,7 @@ async function pageQueue(ctx, v, name) {
   ctx.view.append(
     h("h1", {}, "Queue ", h("span", { id: "queue-name" }, name), h("span", { class: "muted" }, ` in ${v}`)),
     h("div", { class: "card" }, figures, details), charts,
+    h("div", { class: "card" }, h("h2", {}, "Effective policy"), policyBox),
     h("div", { class: "card" }, h("h2", {}, "Messages"), peekForm, getForm, messages),
     h("div", { class: "card" }, h("h2", {}, "Publish a message (default exchange, routing key = queue name)"), pubForm),
     h("div", { class: "card" }, h("h2", {}, "Consumers"), consumers),
@@ -529,8 +608,32 @@ async function pageQueue(ctx, v, name) {
       } }, "Unbind") : "" },
     ], bs, { id: "bindings" }));
   }
+  async function explain(q) {
+    const key = JSON.stringify([q.policy || null, q.operator_policy || null]);
+    if (policyDefs.key !== key) {
+      // Non-administrators may not read policies: the names and the effective definition still show.
+      const [p, o] = await Promise.all([
+        q.policy ? GET(L.apiPath("policies", v, q.policy)).catch(() => null) : null,
+        q.operator_policy ? GET(L.apiPath("operator-policies", v, q.operator_policy)).catch(() => null) : null,
+      ]);
+      Object.assign(policyDefs, { key, policy: (p && p.definition) || {}, op: (o && o.definition) || {} });
+    }
+    const e = L.explainPolicy(q, policyDefs.policy, policyDefs.op);
+    const own = (name, def) => (name ? `${name} ${JSON.stringify(def)}` : "none");
+    policyBox.replaceChildren(
+      h("p", {}, "Policy: ", h("b", { id: "q-policy" }, own(e.policy, policyDefs.policy))),
+      h("p", {}, "Operator policy: ", h("b", { id: "q-operator-policy" }, own(e.operatorPolicy, policyDefs.op))),
+      e.rows.length
+        ? table([
+          { title: "Key", cell: (r) => r.key },
+          { title: "Effective value", cell: (r) => JSON.stringify(r.value) },
+          { title: "From", cell: (r) => r.from === "both" ? "policy and operator policy (the stricter wins)" : r.from },
+        ], e.rows, { id: "effective-definition" })
+        : h("p", { class: "muted", id: "effective-definition" }, "No policy applies: the queue's own arguments rule."));
+  }
   async function load() {
-    const [q, cs] = await Promise.all([GET(base), GET(L.apiPath("consumers", v)).catch(() => [])]);
+    // The API's samples fill the charts at once (no waiting for the page's own refreshes).
+    const q = await GET(base + "?msg_rates_age=60&msg_rates_incr=5&lengths_age=60&lengths_incr=5");
     if (!ctx.alive()) return;
     figures.replaceChildren(
       stat("ready", L.fmtNum(q.messages_ready), "q-ready"),
@@ -543,25 +646,26 @@ async function pageQueue(ctx, v, name) {
       stat("memory", L.fmtBytes(q.memory), "q-memory"));
     details.replaceChildren(h("p", { class: "muted" },
       `type ${q.type}, state ${q.state}, ${features(q) || "transient"}, policy ${q.policy || "none"}, ` +
-      `exclusive ${q.exclusive ? "yes" : "no"}, arguments ${JSON.stringify(q.arguments || {})}`));
+      `operator policy ${q.operator_policy || "none"}, exclusive ${q.exclusive ? "yes" : "no"}, arguments ${JSON.stringify(q.arguments || {})}`));
     const key = `q.${v}.${name}`;
+    const ms = q.message_stats || {};
+    const rateSeries = (k, label) => ({ label, points: seriesOf(`${key}.${k}`, ms[`${k}_details`], true, rate(q, k)), now: rate(q, k) });
     charts.replaceChildren(
-      chart("Message rates", [
-        { label: "publish", points: track(`${key}.publish`, rate(q, "publish")) },
-        { label: "deliver/get", points: track(`${key}.deliver`, rate(q, "deliver_get")) },
-        { label: "ack", points: track(`${key}.ack`, rate(q, "ack")) },
-      ], L.fmtRate, "chart-queue-rates"),
+      chart("Message rates", [rateSeries("publish", "publish"), rateSeries("deliver_get", "deliver/get"), rateSeries("ack", "ack")],
+        L.fmtRate, "chart-queue-rates"),
       chart("Queued messages", [
-        { label: "ready", points: track(`${key}.ready`, q.messages_ready) },
-        { label: "unacked", points: track(`${key}.unacked`, q.messages_unacknowledged) },
+        { label: "ready", points: seriesOf(`${key}.ready`, q.messages_ready_details, false, q.messages_ready || 0), now: q.messages_ready },
+        { label: "unacked", points: seriesOf(`${key}.unacked`, q.messages_unacknowledged_details, false, q.messages_unacknowledged || 0), now: q.messages_unacknowledged },
       ], L.fmtNum, "chart-queue-depth"));
     consumers.replaceChildren(table([
       { title: "Tag", cell: (c) => c.consumer_tag },
       { title: "Channel", cell: (c) => (c.channel_details || {}).name || "" },
       { title: "Ack required", cell: (c) => String(c.ack_required) },
+      { title: "Exclusive", cell: (c) => String(c.exclusive ?? false) },
       { title: "Prefetch", num: true, cell: (c) => c.prefetch_count },
       { title: "Active", cell: (c) => String(c.active ?? true) },
-    ], cs.filter((c) => c.queue && c.queue.name === name)));
+    ], q.consumer_details || [], { id: "consumers" }));
+    await explain(q);
   }
   await load();
   await loadBindings();
@@ -679,13 +783,13 @@ async function pageConnections(ctx) {
     page: "connections", path: () => (vhost ? L.apiPath("vhosts", vhost, "connections") : "/api/connections"), id: "connections", columns: [
       { title: "Name", sort: "name", cell: (c) => h("a", { href: L.buildHash("connections", [c.name]) }, c.name) },
       { title: "User", sort: "user", cell: (c) => c.user },
-      { title: "Virtual host", cell: (c) => c.vhost },
-      { title: "Client", cell: (c) => { const p = c.client_properties || {}; return [p.product, p.version].filter(Boolean).join(" "); } },
-      { title: "TLS", cell: (c) => (c.ssl ? "yes" : "") },
-      { title: "State", cell: (c) => c.state },
+      { title: "Virtual host", sort: "vhost", cell: (c) => c.vhost },
+      { title: "Client", sort: "client_properties.product", cell: (c) => { const p = c.client_properties || {}; return [p.product, p.version].filter(Boolean).join(" "); } },
+      { title: "TLS", sort: "ssl", cell: (c) => (c.ssl ? "yes" : "") },
+      { title: "State", sort: "state", cell: (c) => c.state },
       { title: "Channels", sort: "channels", num: true, cell: (c) => L.fmtNum(c.channels) },
-      { title: "From client", num: true, cell: (c) => L.fmtBytes((c.recv_oct_details || {}).rate || 0) + "/s" },
-      { title: "To client", num: true, cell: (c) => L.fmtBytes((c.send_oct_details || {}).rate || 0) + "/s" },
+      { title: "From client", sort: "recv_oct_details.rate", num: true, cell: (c) => L.fmtBytes((c.recv_oct_details || {}).rate || 0) + "/s" },
+      { title: "To client", sort: "send_oct_details.rate", num: true, cell: (c) => L.fmtBytes((c.send_oct_details || {}).rate || 0) + "/s" },
     ],
   });
   ctx.view.append(h("h1", {}, "Connections"), list.box);
@@ -740,14 +844,14 @@ async function pageChannels(ctx) {
     columns: [
       { title: "Channel", sort: "name", cell: (c) => h("a", { href: L.buildHash("connections", [(c.connection_details || {}).name || ""]) }, c.name) },
       { title: "User", sort: "user", cell: (c) => c.user },
-      { title: "Virtual host", cell: (c) => c.vhost },
-      { title: "Mode", cell: (c) => [c.confirm && "confirm", c.transactional && "tx"].filter(Boolean).join(" ") },
-      { title: "Consumers", num: true, cell: (c) => L.fmtNum(c.consumer_count) },
-      { title: "Prefetch", num: true, cell: (c) => L.fmtNum(c.prefetch_count) },
-      { title: "Unacked", num: true, cell: (c) => L.fmtNum(c.messages_unacknowledged) },
-      { title: "Publish", num: true, cell: (c) => L.fmtRate(rate(c, "publish")) },
-      { title: "Deliver/get", num: true, cell: (c) => L.fmtRate(rate(c, "deliver_get")) },
-      { title: "Ack", num: true, cell: (c) => L.fmtRate(rate(c, "ack")) },
+      { title: "Virtual host", sort: "vhost", cell: (c) => c.vhost },
+      { title: "Mode", sort: "confirm", cell: (c) => [c.confirm && "confirm", c.transactional && "tx"].filter(Boolean).join(" ") },
+      { title: "Consumers", sort: "consumer_count", num: true, cell: (c) => L.fmtNum(c.consumer_count) },
+      { title: "Prefetch", sort: "prefetch_count", num: true, cell: (c) => L.fmtNum(c.prefetch_count) },
+      { title: "Unacked", sort: "messages_unacknowledged", num: true, cell: (c) => L.fmtNum(c.messages_unacknowledged) },
+      { title: "Publish", sort: "message_stats.publish_details.rate", num: true, cell: (c) => L.fmtRate(rate(c, "publish")) },
+      { title: "Deliver/get", sort: "message_stats.deliver_get_details.rate", num: true, cell: (c) => L.fmtRate(rate(c, "deliver_get")) },
+      { title: "Ack", sort: "message_stats.ack_details.rate", num: true, cell: (c) => L.fmtRate(rate(c, "ack")) },
     ],
   });
   ctx.view.append(h("h1", {}, "Channels"), list.box);
@@ -756,7 +860,8 @@ async function pageChannels(ctx) {
 
 // ---------- admin ----------
 
-const ADMIN_TABS = [["users", "Users"], ["vhosts", "Virtual hosts"], ["permissions", "Permissions"], ["policies", "Policies"], ["definitions", "Definitions"]];
+const ADMIN_TABS = [["users", "Users"], ["vhosts", "Virtual hosts"], ["permissions", "Permissions"], ["topic-permissions", "Topic permissions"],
+  ["policies", "Policies"], ["operator-policies", "Operator policies"], ["limits", "Limits"], ["definitions", "Definitions"]];
 
 async function pageAdmin(ctx) {
   const tab = ctx.route.args[0] || "users";
@@ -764,7 +869,9 @@ async function pageAdmin(ctx) {
     h("a", { href: L.buildHash("admin", [k]), class: k === tab ? "active" : "", id: `tab-${k}` }, t))));
   const box = h("div", { class: "card" });
   ctx.view.append(box);
-  const fn = { users: adminUsers, vhosts: adminVhosts, permissions: adminPermissions, policies: adminPolicies, definitions: adminDefinitions }[tab];
+  const fn = { users: adminUsers, vhosts: adminVhosts, permissions: adminPermissions, "topic-permissions": adminTopicPermissions,
+    policies: (b) => adminPolicies(b, "policies"), "operator-policies": (b) => adminPolicies(b, "operator-policies"),
+    limits: adminLimits, definitions: adminDefinitions }[tab];
   if (!fn) return box.append("No such tab.");
   await fn(box, ctx);
 }
@@ -859,10 +966,13 @@ async function adminPermissions(box) {
   await load();
 }
 
-async function adminPolicies(box) {
+/** Policies and operator policies: the same list and form on their own endpoints. */
+async function adminPolicies(box, kind) {
+  const op = kind === "operator-policies";
+  const what = op ? "Operator policy" : "Policy";
   const list = h("div");
   const load = async () => {
-    const ps = await GET("/api/policies");
+    const ps = await GET(`/api/${kind}`);
     list.replaceChildren(table([
       { title: "Virtual host", cell: (p) => p.vhost },
       { title: "Name", cell: (p) => p.name },
@@ -871,26 +981,116 @@ async function adminPolicies(box) {
       { title: "Definition", wrap: true, cell: (p) => JSON.stringify(p.definition) },
       { title: "Priority", num: true, cell: (p) => p.priority },
       { title: "", cell: (p) => h("button", { type: "button", class: "danger", onclick: async () => {
-        if (await act(`Policy ${p.name} deleted`, () => api("DELETE", L.apiPath("policies", p.vhost, p.name)))) load();
+        if (await act(`${what} ${p.name} deleted`, () => api("DELETE", L.apiPath(kind, p.vhost, p.name)))) load();
       } }, "Delete") },
-    ], ps, { id: "policies" }));
+    ], ps, { id: kind }));
   };
-  const form = h("form", { id: "add-policy" },
+  // Operator policies apply to queues only (as RabbitMQ), and cap what users' policies set.
+  const applyTo = op ? ["queues", "classic_queues", "quorum_queues", "streams"] : ["all", "queues", "exchanges", "classic_queues", "quorum_queues", "streams"];
+  const form = h("form", { id: op ? "add-operator-policy" : "add-policy" },
     h("div", { class: "row" }, field("Virtual host", vhostSelect()), field("Name", h("input", { name: "name", required: true })),
       field("Pattern", h("input", { name: "pattern", value: "^" })),
-      field("Apply to", h("select", { name: "apply-to" }, ["all", "queues", "exchanges", "classic_queues", "quorum_queues", "streams"].map((a) => h("option", { value: a }, a)))),
+      field("Apply to", h("select", { name: "apply-to" }, applyTo.map((a) => h("option", { value: a }, a)))),
       field("Priority", h("input", { name: "priority", type: "number", value: 0 }))),
     field("Definition (key = value, a line each)", h("textarea", { name: "definition", rows: 3, cols: 50, placeholder: "max-length = 1000" })),
-    h("div", {}, h("button", { type: "submit", class: "primary" }, "Save policy")));
+    h("div", {}, h("button", { type: "submit", class: "primary" }, `Save ${what.toLowerCase()}`)));
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     const d = formData(form);
     const def = L.parseArguments(d.definition);
     if (def.error) return toast(def.error, true);
-    if (await act(`Policy ${d.name} saved`, () => api("PUT", L.apiPath("policies", d.vhost, d.name),
+    if (await act(`${what} ${d.name} saved`, () => api("PUT", L.apiPath(kind, d.vhost, d.name),
       { pattern: d.pattern, "apply-to": d["apply-to"], priority: Number(d.priority), definition: def.args }))) load();
   });
-  box.append(list, h("h2", {}, "Add or update a policy"), form);
+  const note = op ? h("p", { class: "muted" }, "Operator policies are set by administrators and apply on top of users' policies: ",
+    "for max-length, max-length-bytes, message-ttl, expires and delivery-limit the lower value wins.") : null;
+  box.append(note, list, h("h2", {}, `Add or update ${op ? "an operator policy" : "a policy"}`), form);
+  await load();
+}
+
+async function adminTopicPermissions(box) {
+  const list = h("div");
+  const users = await GET("/api/users");
+  const load = async () => {
+    const ps = await GET("/api/topic-permissions");
+    list.replaceChildren(table([
+      { title: "User", cell: (p) => p.user },
+      { title: "Virtual host", cell: (p) => p.vhost },
+      { title: "Exchange", cell: (p) => p.exchange },
+      { title: "Write", cell: (p) => p.write },
+      { title: "Read", cell: (p) => p.read },
+      { title: "", cell: (p) => h("button", { type: "button", class: "danger", onclick: async () => {
+        // The API clears all of a user's topic permissions in a vhost at once: the other
+        // exchanges' entries are put back after.
+        const others = ps.filter((o) => o.user === p.user && o.vhost === p.vhost && o.exchange !== p.exchange);
+        const path = L.apiPath("topic-permissions", p.vhost, p.user);
+        if (await act(`Topic permission of ${p.user} on ${p.exchange} cleared`, async () => {
+          await api("DELETE", path);
+          for (const o of others) await api("PUT", path, { exchange: o.exchange, write: o.write, read: o.read });
+        })) load();
+      } }, "Clear") },
+    ], ps, { id: "topic-permissions" }));
+  };
+  const form = h("form", { id: "set-topic-permission", class: "row" },
+    field("User", h("select", { name: "user" }, users.map((u) => h("option", { value: u.name }, u.name)))),
+    field("Virtual host", vhostSelect()),
+    field("Exchange (topic)", h("input", { name: "exchange", value: "amq.topic", required: true })),
+    field("Write (routing key regex)", h("input", { name: "write", value: ".*" })),
+    field("Read (routing key regex)", h("input", { name: "read", value: ".*" })),
+    h("button", { type: "submit", class: "primary" }, "Set topic permission"));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const d = formData(form);
+    if (await act(`Topic permission of ${d.user} on ${d.exchange} set`, () => api("PUT", L.apiPath("topic-permissions", d.vhost, d.user),
+      { exchange: d.exchange, write: d.write, read: d.read }))) load();
+  });
+  box.append(h("p", { class: "muted" }, "Topic permissions restrict the routing keys a user may publish with (write) and bind with (read) on a topic exchange; ",
+    "{username}, {vhost} and {client_id} are expanded."), list, h("h2", {}, "Set a topic permission"), form);
+  await load();
+}
+
+async function adminLimits(box) {
+  const users = await GET("/api/users");
+  const vhostList = h("div");
+  const userList = h("div");
+  const clearBtn = (kind, owner, name) => h("button", { type: "button", class: "danger", onclick: async () => {
+    if (await act(`Limit ${name} of ${owner} cleared`, () => api("DELETE", L.apiPath(kind, owner, name)))) load();
+  } }, "Clear");
+  const load = async () => {
+    const [vl, ul] = await Promise.all([GET("/api/vhost-limits"), GET("/api/user-limits")]);
+    vhostList.replaceChildren(table([
+      { title: "Virtual host", cell: (r) => r.owner },
+      { title: "Limit", cell: (r) => r.name },
+      { title: "Value", num: true, cell: (r) => L.fmtNum(r.value) },
+      { title: "", cell: (r) => clearBtn("vhost-limits", r.owner, r.name) },
+    ], L.limitRows(vl, "vhost"), { id: "vhost-limits" }));
+    userList.replaceChildren(table([
+      { title: "User", cell: (r) => r.owner },
+      { title: "Limit", cell: (r) => r.name },
+      { title: "Value", num: true, cell: (r) => L.fmtNum(r.value) },
+      { title: "", cell: (r) => clearBtn("user-limits", r.owner, r.name) },
+    ], L.limitRows(ul, "user"), { id: "user-limits" }));
+  };
+  const limitForm = (id, kind, ownerField, names) => {
+    const form = h("form", { id, class: "row" }, ownerField,
+      field("Limit", h("select", { name: "limit" }, names.map((n) => h("option", { value: n }, n)))),
+      field("Value (-1 or empty: no limit)", h("input", { name: "value", size: 8 })),
+      h("button", { type: "submit", class: "primary" }, "Set limit"));
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const d = formData(form);
+      const owner = d.vhost ?? d.user;
+      const val = L.parseLimitValue(d.value);
+      if (val.error) return toast(val.error, true);
+      if (await act(`Limit ${d.limit} of ${owner} ${val.value < 0 ? "cleared" : `set to ${val.value}`}`,
+        () => api("PUT", L.apiPath(kind, owner, d.limit), { value: val.value }))) load();
+    });
+    return form;
+  };
+  box.append(h("h2", {}, "Virtual host limits"), vhostList,
+    limitForm("set-vhost-limit", "vhost-limits", field("Virtual host", vhostSelect()), L.VHOST_LIMITS),
+    h("h2", {}, "User limits"), userList,
+    limitForm("set-user-limit", "user-limits", field("User", h("select", { name: "user" }, users.map((u) => h("option", { value: u.name }, u.name)))), L.USER_LIMITS));
   await load();
 }
 
@@ -1007,6 +1207,13 @@ function init() {
   $("#login-form").addEventListener("submit", (e) => {
     e.preventDefault();
     login($("#login-user").value, $("#login-pass").value);
+  });
+  const rs = $("#refresh-select");
+  rs.replaceChildren(...L.REFRESH_CHOICES.map((n) => h("option", { value: n, selected: n === refreshSec }, n ? `${n} s` : "off")));
+  rs.addEventListener("change", () => {
+    refreshSec = L.parseRefresh(rs.value);
+    localStorage.setItem("warren.refresh", String(refreshSec));
+    render();
   });
   $("#logout").addEventListener("click", () => { session.clear(); showLogin(); });
   $("#vhost-select").addEventListener("change", (e) => {

@@ -277,3 +277,127 @@ export function deadLetterOrigin(headers) {
 export function esc(s) {
   return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
+
+// ---------- queue list: column groups, selection, refresh ----------
+
+/** The queue list's optional column groups (as RabbitMQ's column picker), keys in display order. */
+export const QUEUE_COLUMN_GROUPS = [
+  ["overview", "Overview"],
+  ["messages", "Messages"],
+  ["message_bytes", "Message bytes"],
+  ["rates", "Rates"],
+];
+export const DEFAULT_QUEUE_GROUPS = ["overview", "messages", "rates"];
+
+/** localStorage key of a user's column choice: one per username. */
+export function columnPrefsKey(user) {
+  return `warren.columns.queues.${user || ""}`;
+}
+
+/** A stored choice (JSON text or null) as a list of known groups; the default when unset or bad. */
+export function parseColumnChoice(text) {
+  if (text === null || text === undefined || text === "") return DEFAULT_QUEUE_GROUPS.slice();
+  let v;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    return DEFAULT_QUEUE_GROUPS.slice();
+  }
+  if (!Array.isArray(v)) return DEFAULT_QUEUE_GROUPS.slice();
+  const known = QUEUE_COLUMN_GROUPS.map(([k]) => k);
+  return known.filter((k) => v.includes(k));
+}
+
+/** Turn a group on or off, keeping the groups' display order. */
+export function toggleGroup(groups, group, on) {
+  const set = new Set(groups);
+  if (on) set.add(group);
+  else set.delete(group);
+  return QUEUE_COLUMN_GROUPS.map(([k]) => k).filter((k) => set.has(k));
+}
+
+/** Columns (objects with an optional `group`) shown for the chosen groups; ungrouped ones always. */
+export function visibleColumns(columns, groups) {
+  return columns.filter((c) => !c.group || groups.includes(c.group));
+}
+
+/** A queue's identity in a selection (vhost and name, unambiguous whatever they contain). */
+export function selectionKey(vhost, name) {
+  return JSON.stringify([vhost, name]);
+}
+export function fromSelectionKey(key) {
+  const [vhost, name] = JSON.parse(key);
+  return { vhost, name };
+}
+
+/** A new selection (array of keys) with `keys` turned on or off; order of first selection kept. */
+export function setSelected(selection, keys, on) {
+  const out = selection.filter((k) => on || !keys.includes(k));
+  if (on) for (const k of keys) if (!out.includes(k)) out.push(k);
+  return out;
+}
+
+/** The header checkbox: "all" when every shown row is selected, "some", or "none". */
+export function selectionState(selection, shownKeys) {
+  const n = shownKeys.filter((k) => selection.includes(k)).length;
+  if (n === 0) return "none";
+  return n === shownKeys.length ? "all" : "some";
+}
+
+/** The confirm text of a bulk action: "Purge 3 queues?" / "Delete 1 queue?". */
+export function bulkConfirmText(verb, count) {
+  return `${verb} ${count} queue${count === 1 ? "" : "s"}?`;
+}
+
+/** Refresh intervals offered, in seconds (0 = off); 5 s is the default. */
+export const REFRESH_CHOICES = [0, 5, 10, 30];
+export function parseRefresh(text) {
+  const n = Number(text);
+  return REFRESH_CHOICES.includes(n) && text !== null && text !== "" ? n : 5;
+}
+
+// ---------- limits ----------
+
+export const VHOST_LIMITS = ["max-connections", "max-queues"];
+export const USER_LIMITS = ["max-connections", "max-channels"];
+
+/** A limit typed in a form: a whole number ≥ 0, or -1 / "none" / "" for no limit. */
+export function parseLimitValue(text) {
+  const t = String(text ?? "").trim().toLowerCase();
+  if (t === "" || t === "none" || t === "-1") return { value: -1 };
+  if (!/^\d+$/.test(t)) return { error: `limit "${text}" is not a whole number (or -1 for no limit)` };
+  return { value: Number(t) };
+}
+
+/**
+ * The API's limits list ([{vhost|user, value: {name: N}}]) as rows
+ * [{owner, name, value}] sorted by owner then name; `ownerKey` is "vhost" or "user".
+ */
+export function limitRows(list, ownerKey) {
+  const rows = [];
+  for (const e of Array.isArray(list) ? list : []) {
+    for (const [name, value] of Object.entries((e && e.value) || {})) {
+      if (value === null || value === undefined) continue;
+      rows.push({ owner: e[ownerKey], name, value });
+    }
+  }
+  return rows.sort((a, b) => (a.owner < b.owner ? -1 : a.owner > b.owner ? 1 : a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+}
+
+// ---------- effective policy ----------
+
+/**
+ * Which policy and operator policy apply to a queue and the effective definition, each key
+ * with where it comes from: "policy", "operator policy", or "both" (the value is the
+ * effective one: for numeric limits the lower of the two, as RabbitMQ).
+ */
+export function explainPolicy(q, policyDef = {}, opDef = {}) {
+  const eff = (q && q.effective_policy_definition) || {};
+  const rows = Object.keys(eff).sort().map((k) => {
+    const inP = policyDef && Object.prototype.hasOwnProperty.call(policyDef, k);
+    const inO = opDef && Object.prototype.hasOwnProperty.call(opDef, k);
+    const from = inP && inO ? "both" : inO ? "operator policy" : inP ? "policy" : "";
+    return { key: k, value: eff[k], from };
+  });
+  return { policy: (q && q.policy) || null, operatorPolicy: (q && q.operator_policy) || null, rows };
+}

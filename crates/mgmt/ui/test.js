@@ -125,6 +125,63 @@ test("deadLetterOrigin reads x-death[0]", () => {
 test("esc escapes HTML", () => {
   eq(L.esc(`<a href="x">&'</a>`), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;");
 });
+test("column groups: stored choice, toggling, visible columns", () => {
+  eq(L.columnPrefsKey("alice"), "warren.columns.queues.alice");
+  eq(L.parseColumnChoice(null), ["overview", "messages", "rates"]);
+  eq(L.parseColumnChoice("not json"), ["overview", "messages", "rates"]);
+  eq(L.parseColumnChoice('{"a":1}'), ["overview", "messages", "rates"]);
+  eq(L.parseColumnChoice('["rates", "bogus", "message_bytes"]'), ["message_bytes", "rates"]);
+  eq(L.parseColumnChoice("[]"), []);
+  eq(L.toggleGroup(["rates"], "overview", true), ["overview", "rates"]);
+  eq(L.toggleGroup(["overview", "rates"], "rates", false), ["overview"]);
+  const cols = [{ title: "Name" }, { title: "Ready", group: "messages" }, { title: "Bytes", group: "message_bytes" }];
+  eq(L.visibleColumns(cols, ["messages"]).map((c) => c.title), ["Name", "Ready"]);
+});
+test("bulk selection state", () => {
+  const a = L.selectionKey("/", "a");
+  const b = L.selectionKey("v", "b,\"c");
+  eq(L.fromSelectionKey(b), { vhost: "v", name: 'b,"c' });
+  let s = L.setSelected([], [a], true);
+  eq(s, [a]);
+  s = L.setSelected(s, [a, b], true);
+  eq(s, [a, b]);
+  eq(L.selectionState(s, [a, b]), "all");
+  s = L.setSelected(s, [a], false);
+  eq(s, [b]);
+  eq(L.selectionState(s, [a, b]), "some");
+  eq(L.selectionState([], [a, b]), "none");
+  eq(L.selectionState([], []), "none");
+  eq(L.bulkConfirmText("Purge", 3), "Purge 3 queues?");
+  eq(L.bulkConfirmText("Delete", 1), "Delete 1 queue?");
+});
+test("refresh interval choice", () => {
+  eq(L.parseRefresh(null), 5);
+  eq(L.parseRefresh("0"), 0);
+  eq(L.parseRefresh("30"), 30);
+  eq(L.parseRefresh("7"), 5);
+  eq(L.parseRefresh(""), 5);
+});
+test("limits parsing and rows", () => {
+  eq(L.parseLimitValue("10"), { value: 10 });
+  eq(L.parseLimitValue(" 0 "), { value: 0 });
+  eq(L.parseLimitValue("-1"), { value: -1 });
+  eq(L.parseLimitValue("none"), { value: -1 });
+  eq(L.parseLimitValue(""), { value: -1 });
+  eq(L.parseLimitValue("1.5").error !== undefined, true);
+  eq(L.parseLimitValue("-3").error !== undefined, true);
+  eq(L.parseLimitValue("ten").error !== undefined, true);
+  eq(L.limitRows([{ vhost: "b", value: { "max-queues": 2, "max-connections": 5 } }, { vhost: "a", value: { "max-queues": 1 } }], "vhost"),
+    [{ owner: "a", name: "max-queues", value: 1 }, { owner: "b", name: "max-connections", value: 5 }, { owner: "b", name: "max-queues", value: 2 }]);
+  eq(L.limitRows([{ user: "u", value: { "max-channels": null } }], "user"), []);
+  eq(L.limitRows(undefined, "user"), []);
+});
+test("explainPolicy names each key's source", () => {
+  const q = { policy: "p", operator_policy: "op", effective_policy_definition: { "max-length": 2, "message-ttl": 1000, "x": 1 } };
+  eq(L.explainPolicy(q, { "max-length": 10, "message-ttl": 1000 }, { "max-length": 2 }), {
+    policy: "p", operatorPolicy: "op", rows: [
+      { key: "max-length", value: 2, from: "both" }, { key: "message-ttl", value: 1000, from: "policy" }, { key: "x", value: 1, from: "" }] });
+  eq(L.explainPolicy({}, {}, {}), { policy: null, operatorPolicy: null, rows: [] });
+});
 
 const results = document.getElementById("results");
 let failed = 0;
