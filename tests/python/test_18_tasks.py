@@ -166,11 +166,8 @@ def test_python_client_rust_worker(node, queue, celery_client, workers):
     with pytest.raises(NotRegistered):
         app.send_task("demo.no_such_task", (1,)).get(timeout=RESULT_TIMEOUT)
 
-    # demo.flaky fails its first `failures` calls for a key (no retries yet).
-    for _ in range(2):
-        with pytest.raises(RuntimeError):
-            app.send_task("demo.flaky", ("k1", 2)).get(timeout=RESULT_TIMEOUT)
-    assert app.send_task("demo.flaky", ("k1", 2)).get(timeout=RESULT_TIMEOUT) == "ok after 2 retries"
+    # demo.flaky fails its first `failures` calls for a key and is retried automatically.
+    assert app.send_task("demo.flaky", ("k1", 1)).get(timeout=RESULT_TIMEOUT) == "ok after 1 retries"
 
     # ignore_result: the task runs, no result is published (the worker logs it).
     quiet = app.send_task("demo.echo", ("quiet",), ignore_result=True)
@@ -252,6 +249,13 @@ def boom(message):
     raise KeyError(message)
 
 
+@app.task(name="tasks.retry_once", bind=True)
+def retry_once(self, value):
+    if self.request.retries < 1:
+        raise self.retry(countdown=1)
+    return {"value": value, "retries": self.request.retries}
+
+
 @app.task(name="tasks.greet")
 def greet(name, punctuation="!"):
     return {"greeting": "hello " + name + punctuation}
@@ -284,6 +288,12 @@ def test_rust_client_python_worker(node, queue, tmp_path, workers):
     done = call("tasks.mul", "--args", "[2,21]", "--countdown", "1.5")
     assert (done.returncode, done.stdout.strip()) == (0, "42"), done.stderr
     assert time.monotonic() - start >= 1.5, "the Python worker got it when due"
+    # A Python task that retries itself once (self.retry(countdown=1)): the client skips the
+    # RETRY state and gets the result of the second run.
+    start = time.monotonic()
+    done = call("tasks.retry_once", "--args", '["again"]')
+    assert (done.returncode, done.stdout.strip()) == (0, '{"retries":1,"value":"again"}'), done.stderr
+    assert time.monotonic() - start >= 1.0
     done = call("tasks.boom", "--args", '["the python task failed"]')
     assert done.returncode != 0
     assert "KeyError" in done.stderr and "the python task failed" in done.stderr, done.stderr
@@ -424,3 +434,65 @@ def test_countdown_without_a_delayed_exchange_is_held_in_the_worker(node, queue,
     assert "no delayed exchange" in done.stderr
     assert time.monotonic() - start >= 1.4
     w.wait_for("task held until its eta", count=2)
+
+
+@pytest.mark.timeout(60)
+def test_retries_wait_in_the_broker_not_in_a_worker_slot(node, queue, celery_client, workers):
+    w = rust_worker(node, queue, 1)
+    workers.append(w)
+    start = time.monotonic()
+    flaky = celery_client.send_task("demo.flaky", ("slot", 2))
+    w.wait_for("task retry in")
+    # The only slot (-c 1) is free while the retry waits its countdown (1 s).
+    other = celery_client.send_task("demo.add", (20, 22))
+    assert other.get(timeout=RESULT_TIMEOUT) == 42
+    assert time.monotonic() - start < 1.5, "a task ran while the retry waited"
+    assert flaky.get(timeout=RESULT_TIMEOUT) == "ok after 2 retries"
+    assert time.monotonic() - start >= 2.0, "two countdowns of 1 s"
+    assert flaky.state == "SUCCESS"
+    assert w.log(400).count("task retry in") == 2, w.log()
+    assert "task delayed until its eta" not in w.log(400), "retries come back from the broker when due"
+
+
+@pytest.mark.timeout(60)
+def test_exhausted_retries_fail_and_go_to_the_dead_letter_queue(node, queue, celery_client, workers):
+    import pika
+    workers.append(rust_worker(node, queue, 2))
+    start = time.monotonic()
+    r = celery_client.send_task("demo.flaky", ("dead", 10))
+    with pytest.raises(RuntimeError) as info:
+        r.get(timeout=RESULT_TIMEOUT)
+    assert str(info.value) == "flaky failure 4 of 10", "the first run and 3 retries (the maximum)"
+    assert time.monotonic() - start >= 3.0
+    assert r.state == "FAILURE"
+    conn = pika.BlockingConnection(pika.ConnectionParameters(host="127.0.0.1", port=node.port))
+    try:
+        ch = conn.channel()
+        method, props, body = ch.basic_get(queue + ".dead", auto_ack=True)
+        assert method is not None, "nothing in the dead-letter queue"
+        h = props.headers
+        assert h["id"] == r.id and h["task"] == "demo.flaky" and h["retries"] == 3
+        assert h["x-exception-type"] == "RuntimeError"
+        assert h["x-exception-message"] == "flaky failure 4 of 10"
+        assert "RuntimeError: flaky failure 4 of 10" in h["x-exception-traceback"]
+        assert h["x-original-queue"] == queue
+        import json
+        assert json.loads(body)[:2] == [["dead", 10], {}]
+        assert ch.basic_get(queue + ".dead", auto_ack=True)[0] is None, "dead-lettered once"
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(60)
+def test_expired_tasks_are_revoked_not_run(node, queue, celery_client, workers):
+    from datetime import datetime, timedelta, timezone
+    from celery.exceptions import TaskRevokedError
+    w = rust_worker(node, queue, 1)
+    workers.append(w)
+    # Already past: Celery sends it with AMQP expiration 0, delivered at once to the idle worker.
+    r = celery_client.send_task("demo.echo", ("late",), expires=datetime.now(timezone.utc) - timedelta(seconds=5))
+    with pytest.raises(TaskRevokedError):
+        r.get(timeout=RESULT_TIMEOUT)
+    assert r.state == "REVOKED"
+    w.wait_for("task expired")
+    assert "demo.echo" not in "".join(line for line in w.log(400).splitlines() if "task succeeded" in line)
