@@ -496,3 +496,55 @@ def test_expired_tasks_are_revoked_not_run(node, queue, celery_client, workers):
     assert r.state == "REVOKED"
     w.wait_for("task expired")
     assert "demo.echo" not in "".join(line for line in w.log(400).splitlines() if "task succeeded" in line)
+
+
+@pytest.mark.timeout(60)
+def test_a_task_expiring_while_queued_behind_a_slow_one(node, queue, celery_client, workers):
+    # Celery also sets the AMQP expiration (1 s here), so the broker drops the queued task
+    # before the worker sees it; a policy dead-letters it to `<queue>.expired`, which the
+    # worker consumes and reports REVOKED. Without the policy it would vanish (no result).
+    import base64
+    import json
+    import urllib.request
+    from celery.exceptions import TaskRevokedError
+    policy = {"pattern": f"^{queue}$", "apply-to": "queues",
+              "definition": {"dead-letter-exchange": "", "dead-letter-routing-key": f"{queue}.expired"}}
+    req = urllib.request.Request(f"http://127.0.0.1:{node.mgmt_port}/api/policies/%2f/tasks-expired",
+                                 data=json.dumps(policy).encode(), method="PUT",
+                                 headers={"content-type": "application/json",
+                                          "authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+    assert urllib.request.urlopen(req, timeout=10).status in (201, 204)
+    w = rust_worker(node, queue, 1)
+    workers.append(w)
+    slow = celery_client.send_task("demo.sleep", (2.5,))
+    w.wait_for("task received")
+    start = time.monotonic()
+    r = celery_client.send_task("demo.echo", ("queued",), expires=1)
+    with pytest.raises(TaskRevokedError):
+        r.get(timeout=RESULT_TIMEOUT)
+    assert r.state == "REVOKED"
+    assert time.monotonic() - start >= 1.0
+    assert slow.get(timeout=RESULT_TIMEOUT) == 2.5
+    w.wait_for("task expired in the broker")
+    assert "demo.echo" not in "".join(line for line in w.log(400).splitlines() if "task succeeded" in line)
+
+
+@pytest.mark.timeout(60)
+def test_time_limits_from_the_message(node, queue, celery_client, workers):
+    from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+    workers.append(rust_worker(node, queue, 2))
+    start = time.monotonic()
+    r = celery_client.send_task("demo.sleep", (5,), time_limit=1)
+    with pytest.raises(TimeLimitExceeded):
+        r.get(timeout=RESULT_TIMEOUT)
+    assert 0.9 <= time.monotonic() - start < 3.0
+    assert r.state == "FAILURE"
+    # demo.sleep observes the soft limit and raises SoftTimeLimitExceeded.
+    start = time.monotonic()
+    r = celery_client.send_task("demo.sleep", (5,), soft_time_limit=1)
+    with pytest.raises(SoftTimeLimitExceeded):
+        r.get(timeout=RESULT_TIMEOUT)
+    assert 0.9 <= time.monotonic() - start < 3.0
+    # Within its limits a task is not disturbed.
+    assert celery_client.send_task("demo.sleep", (0.2,), time_limit=5, soft_time_limit=3).get(
+        timeout=RESULT_TIMEOUT) == 0.2

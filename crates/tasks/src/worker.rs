@@ -115,19 +115,26 @@ async fn session(
     for q in &config.queues {
         let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
         confirm_ch.queue_declare(dead_letter_queue(q).as_str().into(), durable, FieldTable::default()).await?;
+        confirm_ch.queue_declare(expired_queue(q).as_str().into(), durable, FieldTable::default()).await?;
     }
-    let (tx, mut rx) = mpsc::channel::<Result<(String, Delivery), Error>>(usize::from(config.concurrency));
+    let (tx, mut rx) = mpsc::channel::<Result<(Source, Delivery), Error>>(usize::from(config.concurrency));
     let mut tags = Vec::new();
     let mut forwarders = JoinSet::new();
-    for q in &config.queues {
+    // Each task queue, and its `.expired` queue: where a policy dead-letters the tasks the
+    // broker dropped at their AMQP expiration, so that they are reported REVOKED too.
+    let consumed = config
+        .queues
+        .iter()
+        .flat_map(|q| [(q.clone(), Source::Tasks(q.clone())), (expired_queue(q), Source::Expired(q.clone()))]);
+    for (q, source) in consumed {
         let mut consumer = ch
             .basic_consume(q.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
         tags.push(consumer.tag());
-        let (tx, queue) = (tx.clone(), q.clone());
+        let tx = tx.clone();
         forwarders.spawn(async move {
             while let Some(d) = consumer.next().await {
-                if tx.send(d.map(|d| (queue.clone(), d)).map_err(Error::from)).await.is_err() {
+                if tx.send(d.map(|d| (source.clone(), d)).map_err(Error::from)).await.is_err() {
                     return;
                 }
             }
@@ -144,12 +151,15 @@ async fn session(
         tokio::select! {
             _ = shutdown.as_mut() => break None,
             d = rx.recv() => match d {
-                Some(Ok((queue, delivery))) => {
+                Some(Ok((source, delivery))) => {
                     let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
                     let chans = Channels { ch: ch.clone(), delay_ch: delay_ch.clone(), confirm_ch: confirm_ch.clone() };
                     let registry = Arc::clone(registry);
                     running.spawn(async move {
-                        handle(&chans, &registry, &queue, delivery).await;
+                        match source {
+                            Source::Tasks(queue) => handle(&chans, &registry, &queue, delivery).await,
+                            Source::Expired(queue) => dead_lettered(&chans, &queue, delivery).await,
+                        }
                         drop(slot);
                     });
                 }
@@ -205,6 +215,13 @@ pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dead")
 }
 
+/// Where the broker's dead-lettering of a task queue should send expired tasks (a policy:
+/// `dead-letter-exchange` `""`, `dead-letter-routing-key` `<queue>.expired`); the worker
+/// consumes it and reports them REVOKED.
+pub fn expired_queue(queue: &str) -> String {
+    format!("{queue}.expired")
+}
+
 struct Channels {
     ch: Channel,
     delay_ch: Option<Channel>,
@@ -239,15 +256,8 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
         // Celery's Request.revoked(): not run, REVOKED with TaskRevokedError('expired').
         drop(fut);
         info!(task = task.task, id = task.id, expires = task.expires, "task expired: revoked, not run");
-        let exc = ExceptionInfo {
-            exc_type: "TaskRevokedError".to_owned(),
-            exc_message: Value::Array(vec![Value::String("expired".to_owned())]),
-            exc_module: Some("celery.exceptions".to_owned()),
-        };
         if !task.ignore_result {
-            let mut result = ResultMessage::failure(&task, &exc, None, now());
-            result.status = "REVOKED".to_owned();
-            publish_result(ch, &task, result).await;
+            publish_result(ch, &task, revoked_result(&task)).await;
         }
         if let Err(e) = acker.ack(BasicAckOptions::default()).await {
             warn!(id = task.id, "ack failed (the broker will redeliver): {e}");
@@ -370,6 +380,63 @@ async fn hand_to_delayed_exchange(
             }
         }
     }
+}
+
+/// Which kind of queue a delivery came from (the task queue's name in both).
+#[derive(Clone, Debug)]
+enum Source {
+    Tasks(String),
+    Expired(String),
+}
+
+/// A task the broker dead-lettered to `<queue>.expired`: expired ones are reported REVOKED
+/// (as if the worker had seen them expire); anything else (a policy also dead-letters
+/// rejected messages) is moved to the dead-letter queue.
+async fn dead_lettered(chans: &Channels, task_queue: &str, delivery: Delivery) {
+    let Delivery { properties, data, acker, .. } = delivery;
+    let raw = amqp::from_lapin(&properties, data);
+    let reason = match raw.headers.get("x-death") {
+        Some(Value::Array(deaths)) => deaths.first().and_then(|d| d.get("reason")).and_then(Value::as_str),
+        _ => None,
+    }
+    .or_else(|| raw.headers.get("x-first-death-reason").and_then(Value::as_str))
+    .unwrap_or_default()
+    .to_owned();
+    match TaskMessage::decode(&raw) {
+        Ok(task) if reason == "expired" => {
+            info!(task = task.task, id = task.id, "task expired in the broker: revoked, not run");
+            if !task.ignore_result {
+                publish_result(&chans.ch, &task, revoked_result(&task)).await;
+            }
+        }
+        _ => {
+            warn!(reason, "a dead-lettered message that did not expire: moved to the dead-letter queue");
+            let dlq = dead_letter_queue(task_queue);
+            if !matches!(publish_confirmed(&chans.confirm_ch, "", &dlq, &raw).await, Ok(true)) {
+                warn!(dlq, "not confirmed; requeueing it");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Err(e) = acker.nack(BasicNackOptions { requeue: true, multiple: false }).await {
+                    warn!("nack failed: {e}");
+                }
+                return;
+            }
+        }
+    }
+    if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+        warn!("ack failed (the broker will redeliver): {e}");
+    }
+}
+
+/// Celery's `mark_as_revoked(reason='expired')`: REVOKED with `TaskRevokedError('expired')`.
+fn revoked_result(task: &TaskMessage) -> ResultMessage {
+    let exc = ExceptionInfo {
+        exc_type: "TaskRevokedError".to_owned(),
+        exc_message: Value::Array(vec![Value::String("expired".to_owned())]),
+        exc_module: Some("celery.exceptions".to_owned()),
+    };
+    let mut result = ResultMessage::failure(task, &exc, None, now());
+    result.status = "REVOKED".to_owned();
+    result
 }
 
 /// The message of a task's next try: same id, `retries` + 1, `eta` = now + `countdown`
