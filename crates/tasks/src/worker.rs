@@ -9,6 +9,15 @@
 //!   exchange (republished with `x-delay`, confirmed, then the original acked) instead of
 //!   being held by the worker; it comes back when due (without that exchange type the
 //!   worker holds it, in one of its slots);
+//! - a failed task that asks for a retry (its `RetryPolicy` or `TaskError::retry`) is
+//!   republished with the same id, `retries` + 1 and an `eta`, through the delayed exchange
+//!   (confirmed before the ack), and the caller gets a RETRY state; once its retries are spent
+//!   it fails and its message goes to `<queue>.dead` with the error in `x-exception-*` headers;
+//! - an expired task (`expires` passed) is not run: acked and answered REVOKED; tasks the
+//!   broker expired and dead-lettered to `<queue>.expired` (a policy) are answered the same;
+//! - time limits (`timelimit` header, else the task's options): the soft one is seen by the
+//!   task through its `TaskContext`; at the hard one the task is aborted and fails with
+//!   `TimeLimitExceeded`;
 //! - messages that are not tasks we can run (unknown name, not protocol v2, not JSON) are
 //!   rejected without requeue and logged; an unknown name also gets Celery's NotRegistered
 //!   failure as its result, as a Python worker stores it;
