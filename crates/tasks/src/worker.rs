@@ -44,6 +44,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::events::{Events, exception_repr};
 use crate::protocol::{ExceptionInfo, RawMessage, ResultMessage, TaskMessage, isoformat_utc, parse_isoformat};
 use crate::registry::TaskContext;
 use crate::{Error, Registry, TaskError, amqp};
@@ -57,6 +58,8 @@ pub struct WorkerConfig {
     pub concurrency: u16,
     /// How long running tasks may take to finish after a shutdown signal.
     pub grace: Duration,
+    /// Send Celery's monitoring events (`celery worker -E`).
+    pub events: bool,
 }
 
 impl WorkerConfig {
@@ -66,6 +69,7 @@ impl WorkerConfig {
             queues: vec!["celery".to_owned()],
             concurrency: 4,
             grace: Duration::from_secs(30),
+            events: false,
         }
     }
 }
@@ -126,6 +130,17 @@ async fn session(
         confirm_ch.queue_declare(dead_letter_queue(q).as_str().into(), durable, FieldTable::default()).await?;
         confirm_ch.queue_declare(expired_queue(q).as_str().into(), durable, FieldTable::default()).await?;
     }
+    let events = if config.events { Some(Arc::new(Events::new(&conn).await?)) } else { None };
+    let _heartbeat = events.as_ref().map(|ev| {
+        let ev = Arc::clone(ev);
+        AbortOnDrop(tokio::spawn(async move {
+            ev.worker("worker-online").await;
+            loop {
+                tokio::time::sleep(crate::events::HEARTBEAT).await;
+                ev.worker("worker-heartbeat").await;
+            }
+        }))
+    });
     let (tx, mut rx) = mpsc::channel::<Result<(Source, Delivery), Error>>(usize::from(config.concurrency));
     let mut tags = Vec::new();
     let mut forwarders = JoinSet::new();
@@ -162,7 +177,12 @@ async fn session(
             d = rx.recv() => match d {
                 Some(Ok((source, delivery))) => {
                     let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
-                    let chans = Channels { ch: ch.clone(), delay_ch: delay_ch.clone(), confirm_ch: confirm_ch.clone() };
+                    let chans = Channels {
+                        ch: ch.clone(),
+                        delay_ch: delay_ch.clone(),
+                        confirm_ch: confirm_ch.clone(),
+                        events: events.clone(),
+                    };
                     let registry = Arc::clone(registry);
                     running.spawn(async move {
                         match source {
@@ -194,6 +214,9 @@ async fn session(
     if drained.is_err() {
         warn!(left = running.len(), "grace period over; unfinished tasks go back to the queue");
         running.abort_all();
+    }
+    if let Some(ev) = &events {
+        ev.worker("worker-offline").await;
     }
     if let Err(e) = conn.close(200, "worker shutdown".into()).await {
         warn!("connection.close: {e}");
@@ -235,6 +258,15 @@ struct Channels {
     ch: Channel,
     delay_ch: Option<Channel>,
     confirm_ch: Channel,
+    events: Option<Arc<Events>>,
+}
+
+impl Channels {
+    async fn event(&self, event_type: &str, fields: Value) {
+        if let (Some(ev), Value::Object(fields)) = (&self.events, fields) {
+            ev.send(event_type, fields).await;
+        }
+    }
 }
 
 async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: Delivery) {
@@ -261,16 +293,7 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
         reject(&acker).await;
         return;
     };
-    if task.expires.as_deref().and_then(parse_isoformat).is_some_and(|t| t <= std::time::SystemTime::now()) {
-        // Celery's Request.revoked(): not run, REVOKED with TaskRevokedError('expired').
-        drop(fut);
-        info!(task = task.task, id = task.id, expires = task.expires, "task expired: revoked, not run");
-        if !task.ignore_result {
-            publish_result(ch, &task, revoked_result(&task)).await;
-        }
-        if let Err(e) = acker.ack(BasicAckOptions::default()).await {
-            warn!(id = task.id, "ack failed (the broker will redeliver): {e}");
-        }
+    if revoke_if_expired(chans, &task, &acker).await {
         return;
     }
     if let Some(delay_ms) = task.eta.as_deref().and_then(parse_isoformat).and_then(crate::delay_until) {
@@ -281,8 +304,21 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
         }
         info!(task = task.task, id = task.id, eta = task.eta, delay_ms, "task held until its eta");
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        if revoke_if_expired(chans, &task, &acker).await {
+            return;
+        }
     }
     info!(task = task.task, id = task.id, redelivered, "task received");
+    let received = serde_json::json!({
+        "uuid": task.id, "name": task.task, "args": task.argsrepr, "kwargs": task.kwargsrepr,
+        "root_id": task.root_id, "parent_id": task.parent_id, "retries": task.retries,
+        "eta": task.eta, "expires": task.expires,
+    });
+    chans.event("task-received", received).await;
+    chans.event("task-started", serde_json::json!({"uuid": task.id, "pid": std::process::id()})).await;
+    if let Some(ev) = &chans.events {
+        ev.task_started();
+    }
     let started = std::time::Instant::now();
     let options = registry.options(&task.task);
     let secs_opt = |s: Option<f64>| s.filter(|s| *s > 0.0).and_then(|s| Duration::try_from_secs_f64(s).ok());
@@ -311,10 +347,15 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
         }
     };
     drop(run);
+    if let Some(ev) = &chans.events {
+        ev.task_ended();
+    }
     let secs = started.elapsed().as_secs_f64();
     let result = match outcome {
         Ok(value) => {
             info!(task = task.task, id = task.id, "task succeeded in {secs:.3} s");
+            let done = serde_json::json!({"uuid": task.id, "result": value.to_string(), "runtime": secs});
+            chans.event("task-succeeded", done).await;
             ResultMessage::success(&task, value, now())
         }
         Err(e) => {
@@ -331,6 +372,9 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
                             .countdown(u32::try_from(task.retries).unwrap_or(0), fastrand::f64()),
                     };
                     if retry_later(chans, queue, &task, &e, countdown, &acker).await {
+                        let exception = exception_repr(&e.exc_type, &e.message);
+                        let retried = serde_json::json!({"uuid": task.id, "exception": exception, "traceback": ""});
+                        chans.event("task-retried", retried).await;
                         return;
                     }
                 } else {
@@ -338,6 +382,10 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
                     dead_letter(chans, queue, &task, raw_kept, &e).await;
                 }
             }
+            let exception = exception_repr(&e.exc_type, &e.message);
+            chans
+                .event("task-failed", serde_json::json!({"uuid": task.id, "exception": exception, "traceback": ""}))
+                .await;
             ResultMessage::failure(&task, &e.to_exception_info(), None, now())
         }
     };
@@ -434,6 +482,24 @@ async fn dead_lettered(chans: &Channels, task_queue: &str, delivery: Delivery) {
     if let Err(e) = acker.ack(BasicAckOptions::default()).await {
         warn!("ack failed (the broker will redeliver): {e}");
     }
+}
+
+/// Celery's `Request.revoked()` for an expired task: not run, acked, answered REVOKED.
+/// `true` when the task had expired.
+async fn revoke_if_expired(chans: &Channels, task: &TaskMessage, acker: &lapin::Acker) -> bool {
+    if task.expires.as_deref().and_then(parse_isoformat).is_none_or(|t| t > std::time::SystemTime::now()) {
+        return false;
+    }
+    info!(task = task.task, id = task.id, expires = task.expires, "task expired: revoked, not run");
+    if !task.ignore_result {
+        publish_result(&chans.ch, task, revoked_result(task)).await;
+    }
+    let revoked = serde_json::json!({"uuid": task.id, "terminated": false, "signum": null, "expired": true});
+    chans.event("task-revoked", revoked).await;
+    if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+        warn!(id = task.id, "ack failed (the broker will redeliver): {e}");
+    }
+    true
 }
 
 /// Celery's `mark_as_revoked(reason='expired')`: REVOKED with `TaskRevokedError('expired')`.
