@@ -548,3 +548,52 @@ def test_time_limits_from_the_message(node, queue, celery_client, workers):
     # Within its limits a task is not disturbed.
     assert celery_client.send_task("demo.sleep", (0.2,), time_limit=5, soft_time_limit=3).get(
         timeout=RESULT_TIMEOUT) == 0.2
+
+
+@pytest.mark.timeout(60)
+def test_events_are_what_celery_monitors_read(node, queue, celery_client, workers):
+    """`worker -E`: the events, fed to Celery's own event State (what Flower uses)."""
+    import json
+    import pika
+    from celery.events.state import State
+    conn = pika.BlockingConnection(pika.ConnectionParameters(host="127.0.0.1", port=node.port))
+    ch = conn.channel()
+    ch.exchange_declare("celeryev", "topic", durable=True)
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, "celeryev", "#")
+    w = rust_worker(node, queue, 2, "-E")
+    workers.append(w)
+    ok = celery_client.send_task("demo.add", (2, 3))
+    bad = celery_client.send_task("demo.fail", ("no",))
+    flaky = celery_client.send_task("demo.flaky", ("events", 1))
+    assert ok.get(timeout=RESULT_TIMEOUT) == 5
+    with pytest.raises(ValueError):
+        bad.get(timeout=RESULT_TIMEOUT)
+    assert flaky.get(timeout=RESULT_TIMEOUT) == "ok after 1 retries"
+    time.sleep(2.5)  # a heartbeat
+    events = []
+    while True:
+        method, props, body = ch.basic_get(q, auto_ack=True)
+        if method is None:
+            break
+        event = json.loads(body)
+        event["local_received"] = time.time()  # what Celery's EventReceiver adds on receipt
+        assert method.routing_key == event["type"].replace("-", "."), (method.routing_key, event)
+        events.append(event)
+    conn.close()
+    types = [e["type"] for e in events]
+    assert types[0] == "worker-online", types
+    assert "worker-heartbeat" in types
+    for t in ["task-received", "task-started", "task-succeeded", "task-failed", "task-retried"]:
+        assert t in types, types
+    state = State()
+    for e in events:
+        state.event(e)
+    hostname = events[0]["hostname"]
+    assert state.workers[hostname].alive
+    assert state.workers[hostname].sw_ident == "warren-tasks"
+    assert state.tasks[ok.id].state == "SUCCESS" and state.tasks[ok.id].name == "demo.add"
+    assert state.tasks[ok.id].result == "5"
+    assert state.tasks[bad.id].state == "FAILURE" and "ValueError" in state.tasks[bad.id].exception
+    assert state.tasks[flaky.id].state == "SUCCESS"
+    assert [e["type"] for e in events if e.get("uuid") == flaky.id].count("task-retried") == 1
