@@ -166,11 +166,8 @@ def test_python_client_rust_worker(node, queue, celery_client, workers):
     with pytest.raises(NotRegistered):
         app.send_task("demo.no_such_task", (1,)).get(timeout=RESULT_TIMEOUT)
 
-    # demo.flaky fails its first `failures` calls for a key (no retries yet).
-    for _ in range(2):
-        with pytest.raises(RuntimeError):
-            app.send_task("demo.flaky", ("k1", 2)).get(timeout=RESULT_TIMEOUT)
-    assert app.send_task("demo.flaky", ("k1", 2)).get(timeout=RESULT_TIMEOUT) == "ok after 2 retries"
+    # demo.flaky fails its first `failures` calls for a key and is retried automatically.
+    assert app.send_task("demo.flaky", ("k1", 1)).get(timeout=RESULT_TIMEOUT) == "ok after 1 retries"
 
     # ignore_result: the task runs, no result is published (the worker logs it).
     quiet = app.send_task("demo.echo", ("quiet",), ignore_result=True)
@@ -252,6 +249,13 @@ def boom(message):
     raise KeyError(message)
 
 
+@app.task(name="tasks.retry_once", bind=True)
+def retry_once(self, value):
+    if self.request.retries < 1:
+        raise self.retry(countdown=1)
+    return {"value": value, "retries": self.request.retries}
+
+
 @app.task(name="tasks.greet")
 def greet(name, punctuation="!"):
     return {"greeting": "hello " + name + punctuation}
@@ -284,6 +288,12 @@ def test_rust_client_python_worker(node, queue, tmp_path, workers):
     done = call("tasks.mul", "--args", "[2,21]", "--countdown", "1.5")
     assert (done.returncode, done.stdout.strip()) == (0, "42"), done.stderr
     assert time.monotonic() - start >= 1.5, "the Python worker got it when due"
+    # A Python task that retries itself once (self.retry(countdown=1)): the client skips the
+    # RETRY state and gets the result of the second run.
+    start = time.monotonic()
+    done = call("tasks.retry_once", "--args", '["again"]')
+    assert (done.returncode, done.stdout.strip()) == (0, '{"retries":1,"value":"again"}'), done.stderr
+    assert time.monotonic() - start >= 1.0
     done = call("tasks.boom", "--args", '["the python task failed"]')
     assert done.returncode != 0
     assert "KeyError" in done.stderr and "the python task failed" in done.stderr, done.stderr
@@ -424,3 +434,166 @@ def test_countdown_without_a_delayed_exchange_is_held_in_the_worker(node, queue,
     assert "no delayed exchange" in done.stderr
     assert time.monotonic() - start >= 1.4
     w.wait_for("task held until its eta", count=2)
+
+
+@pytest.mark.timeout(60)
+def test_retries_wait_in_the_broker_not_in_a_worker_slot(node, queue, celery_client, workers):
+    w = rust_worker(node, queue, 1)
+    workers.append(w)
+    start = time.monotonic()
+    flaky = celery_client.send_task("demo.flaky", ("slot", 2))
+    w.wait_for("task retry in")
+    # The only slot (-c 1) is free while the retry waits its countdown (1 s).
+    other = celery_client.send_task("demo.add", (20, 22))
+    assert other.get(timeout=RESULT_TIMEOUT) == 42
+    assert time.monotonic() - start < 1.5, "a task ran while the retry waited"
+    assert flaky.get(timeout=RESULT_TIMEOUT) == "ok after 2 retries"
+    assert time.monotonic() - start >= 2.0, "two countdowns of 1 s"
+    assert flaky.state == "SUCCESS"
+    assert w.log(400).count("task retry in") == 2, w.log()
+    assert "task delayed until its eta" not in w.log(400), "retries come back from the broker when due"
+
+
+@pytest.mark.timeout(60)
+def test_exhausted_retries_fail_and_go_to_the_dead_letter_queue(node, queue, celery_client, workers):
+    import pika
+    workers.append(rust_worker(node, queue, 2))
+    start = time.monotonic()
+    r = celery_client.send_task("demo.flaky", ("dead", 10))
+    with pytest.raises(RuntimeError) as info:
+        r.get(timeout=RESULT_TIMEOUT)
+    assert str(info.value) == "flaky failure 4 of 10", "the first run and 3 retries (the maximum)"
+    assert time.monotonic() - start >= 3.0
+    assert r.state == "FAILURE"
+    conn = pika.BlockingConnection(pika.ConnectionParameters(host="127.0.0.1", port=node.port))
+    try:
+        ch = conn.channel()
+        method, props, body = ch.basic_get(queue + ".dead", auto_ack=True)
+        assert method is not None, "nothing in the dead-letter queue"
+        h = props.headers
+        assert h["id"] == r.id and h["task"] == "demo.flaky" and h["retries"] == 3
+        assert h["x-exception-type"] == "RuntimeError"
+        assert h["x-exception-message"] == "flaky failure 4 of 10"
+        assert "RuntimeError: flaky failure 4 of 10" in h["x-exception-traceback"]
+        assert h["x-original-queue"] == queue
+        import json
+        assert json.loads(body)[:2] == [["dead", 10], {}]
+        assert ch.basic_get(queue + ".dead", auto_ack=True)[0] is None, "dead-lettered once"
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(60)
+def test_expired_tasks_are_revoked_not_run(node, queue, celery_client, workers):
+    from datetime import datetime, timedelta, timezone
+    from celery.exceptions import TaskRevokedError
+    w = rust_worker(node, queue, 1)
+    workers.append(w)
+    # Already past: Celery sends it with AMQP expiration 0, delivered at once to the idle worker.
+    r = celery_client.send_task("demo.echo", ("late",), expires=datetime.now(timezone.utc) - timedelta(seconds=5))
+    with pytest.raises(TaskRevokedError):
+        r.get(timeout=RESULT_TIMEOUT)
+    assert r.state == "REVOKED"
+    w.wait_for("task expired")
+    assert "demo.echo" not in "".join(line for line in w.log(400).splitlines() if "task succeeded" in line)
+
+
+@pytest.mark.timeout(60)
+def test_a_task_expiring_while_queued_behind_a_slow_one(node, queue, celery_client, workers):
+    # Celery also sets the AMQP expiration (1 s here), so the broker drops the queued task
+    # before the worker sees it; a policy dead-letters it to `<queue>.expired`, which the
+    # worker consumes and reports REVOKED. Without the policy it would vanish (no result).
+    import base64
+    import json
+    import urllib.request
+    from celery.exceptions import TaskRevokedError
+    policy = {"pattern": f"^{queue}$", "apply-to": "queues",
+              "definition": {"dead-letter-exchange": "", "dead-letter-routing-key": f"{queue}.expired"}}
+    req = urllib.request.Request(f"http://127.0.0.1:{node.mgmt_port}/api/policies/%2f/tasks-expired",
+                                 data=json.dumps(policy).encode(), method="PUT",
+                                 headers={"content-type": "application/json",
+                                          "authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+    assert urllib.request.urlopen(req, timeout=10).status in (201, 204)
+    w = rust_worker(node, queue, 1)
+    workers.append(w)
+    slow = celery_client.send_task("demo.sleep", (2.5,))
+    w.wait_for("task received")
+    start = time.monotonic()
+    r = celery_client.send_task("demo.echo", ("queued",), expires=1)
+    with pytest.raises(TaskRevokedError):
+        r.get(timeout=RESULT_TIMEOUT)
+    assert r.state == "REVOKED"
+    assert time.monotonic() - start >= 1.0
+    assert slow.get(timeout=RESULT_TIMEOUT) == 2.5
+    w.wait_for("task expired in the broker")
+    assert "demo.echo" not in "".join(line for line in w.log(400).splitlines() if "task succeeded" in line)
+
+
+@pytest.mark.timeout(60)
+def test_time_limits_from_the_message(node, queue, celery_client, workers):
+    from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+    workers.append(rust_worker(node, queue, 2))
+    start = time.monotonic()
+    r = celery_client.send_task("demo.sleep", (5,), time_limit=1)
+    with pytest.raises(TimeLimitExceeded):
+        r.get(timeout=RESULT_TIMEOUT)
+    assert 0.9 <= time.monotonic() - start < 3.0
+    assert r.state == "FAILURE"
+    # demo.sleep observes the soft limit and raises SoftTimeLimitExceeded.
+    start = time.monotonic()
+    r = celery_client.send_task("demo.sleep", (5,), soft_time_limit=1)
+    with pytest.raises(SoftTimeLimitExceeded):
+        r.get(timeout=RESULT_TIMEOUT)
+    assert 0.9 <= time.monotonic() - start < 3.0
+    # Within its limits a task is not disturbed.
+    assert celery_client.send_task("demo.sleep", (0.2,), time_limit=5, soft_time_limit=3).get(
+        timeout=RESULT_TIMEOUT) == 0.2
+
+
+@pytest.mark.timeout(60)
+def test_events_are_what_celery_monitors_read(node, queue, celery_client, workers):
+    """`worker -E`: the events, fed to Celery's own event State (what Flower uses)."""
+    import json
+    import pika
+    from celery.events.state import State
+    conn = pika.BlockingConnection(pika.ConnectionParameters(host="127.0.0.1", port=node.port))
+    ch = conn.channel()
+    ch.exchange_declare("celeryev", "topic", durable=True)
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, "celeryev", "#")
+    w = rust_worker(node, queue, 2, "-E")
+    workers.append(w)
+    ok = celery_client.send_task("demo.add", (2, 3))
+    bad = celery_client.send_task("demo.fail", ("no",))
+    flaky = celery_client.send_task("demo.flaky", ("events", 1))
+    assert ok.get(timeout=RESULT_TIMEOUT) == 5
+    with pytest.raises(ValueError):
+        bad.get(timeout=RESULT_TIMEOUT)
+    assert flaky.get(timeout=RESULT_TIMEOUT) == "ok after 1 retries"
+    time.sleep(2.5)  # a heartbeat
+    events = []
+    while True:
+        method, props, body = ch.basic_get(q, auto_ack=True)
+        if method is None:
+            break
+        event = json.loads(body)
+        event["local_received"] = time.time()  # what Celery's EventReceiver adds on receipt
+        assert method.routing_key == event["type"].replace("-", "."), (method.routing_key, event)
+        events.append(event)
+    conn.close()
+    types = [e["type"] for e in events]
+    assert types[0] == "worker-online", types
+    assert "worker-heartbeat" in types
+    for t in ["task-received", "task-started", "task-succeeded", "task-failed", "task-retried"]:
+        assert t in types, types
+    state = State()
+    for e in events:
+        state.event(e)
+    hostname = events[0]["hostname"]
+    assert state.workers[hostname].alive
+    assert state.workers[hostname].sw_ident == "warren-tasks"
+    assert state.tasks[ok.id].state == "SUCCESS" and state.tasks[ok.id].name == "demo.add"
+    assert state.tasks[ok.id].result == "5"
+    assert state.tasks[bad.id].state == "FAILURE" and "ValueError" in state.tasks[bad.id].exception
+    assert state.tasks[flaky.id].state == "SUCCESS"
+    assert [e["type"] for e in events if e.get("uuid") == flaky.id].count("task-retried") == 1

@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::registry::{RetryPolicy, TaskContext, TaskOptions};
 use crate::{Registry, TaskError};
+
+/// `demo.flaky` is retried at most this many times, 1 s apart.
+pub const FLAKY_MAX_RETRIES: u32 = 3;
 
 /// Calls of `demo.flaky` so far, per key. Process-wide: it models an external dependency
 /// that recovers, seen by this worker.
@@ -20,13 +24,21 @@ pub fn register(r: &mut Registry) {
     r.register_named("demo.sleep", &["seconds"], |(seconds,): (f64,)| async move {
         let d = Duration::try_from_secs_f64(seconds)
             .map_err(|e| TaskError::builtin("ValueError", format!("seconds: {e}")))?;
-        tokio::time::sleep(d).await;
-        Ok(seconds)
+        // Observes the soft time limit: raises SoftTimeLimitExceeded when it is reached first
+        // (what an uncaught soft limit does to a Python task).
+        let ctx = TaskContext::current();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Ok(seconds),
+            _ = async { match &ctx { Some(c) => c.soft_limit().await, None => std::future::pending().await } } => {
+                Err(TaskError::celery("SoftTimeLimitExceeded", format!("soft time limit exceeded after sleeping part of {seconds} s")))
+            }
+        }
     });
     r.register_named("demo.fail", &["message"], |(message,): (String,)| async move {
         Err::<Value, _>(TaskError::builtin("ValueError", message))
     });
-    // No retries yet: each failing call is a failed task; the caller sends it again.
+    // Retried automatically (1 s apart, at most FLAKY_MAX_RETRIES times): each failure is a
+    // retry through the delayed exchange; past the maximum it fails and is dead-lettered.
     r.register_named("demo.flaky", &["key", "failures"], |(key, failures): (String, u64)| async move {
         let n = {
             let mut calls = FLAKY_CALLS.lock().unwrap_or_else(|p| p.into_inner());
@@ -37,6 +49,20 @@ pub fn register(r: &mut Registry) {
         if n <= failures {
             return Err(TaskError::builtin("RuntimeError", format!("flaky failure {n} of {failures}")));
         }
-        Ok(format!("ok after {failures} retries"))
+        let retries = TaskContext::current().map_or(0, |c| c.retries);
+        Ok(format!("ok after {retries} retries"))
     });
+    r.configure(
+        "demo.flaky",
+        TaskOptions {
+            retry: Some(RetryPolicy {
+                max_retries: FLAKY_MAX_RETRIES,
+                backoff_base: Duration::from_secs(1),
+                backoff_max: Duration::from_secs(1),
+                jitter: false,
+                retry_on: vec!["RuntimeError".to_owned()],
+            }),
+            ..TaskOptions::default()
+        },
+    );
 }

@@ -9,6 +9,7 @@
 //! - [`worker`]: consumes queues with lapin, runs each delivery on its own tokio task, at
 //!   most `concurrency` at once, acks after the task finished (late ack), publishes results.
 //! - [`client`]: sends tasks and waits for their results on an exclusive reply queue.
+//! - [`events`]: Celery's monitoring events (`worker -E`) on the `celeryev` exchange.
 //! - [`demo`]: the `demo.*` tasks the binary registers with `--demo`.
 //! - `amqp`: lapin's header tables and properties to and from the protocol's JSON view.
 //!
@@ -17,6 +18,7 @@
 pub(crate) mod amqp;
 pub mod client;
 pub mod demo;
+pub mod events;
 pub mod protocol;
 pub mod registry;
 pub mod worker;

@@ -37,6 +37,9 @@ enum Command {
         /// Register the demo.* tasks.
         #[arg(long)]
         demo: bool,
+        /// Send Celery's monitoring events (celeryev: task-*, worker-heartbeat), for Flower.
+        #[arg(short = 'E', long = "events")]
+        events: bool,
     },
     /// Send one task; with --wait, print its result as JSON.
     Call {
@@ -73,7 +76,7 @@ fn main() -> ExitCode {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     rt.block_on(async move {
         match cli.command {
-            Command::Worker { broker, queues, concurrency, grace, demo: with_demo } => {
+            Command::Worker { broker, queues, concurrency, grace, demo: with_demo, events } => {
                 let mut registry = Registry::new();
                 if with_demo {
                     demo::register(&mut registry);
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
                     queues,
                     concurrency,
                     grace: Duration::try_from_secs_f64(grace).unwrap_or(Duration::ZERO),
+                    events,
                 };
                 match worker::run(config, Arc::new(registry), shutdown_signal()).await {
                     Ok(()) => ExitCode::SUCCESS,

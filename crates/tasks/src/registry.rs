@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -25,17 +26,44 @@ pub struct TaskError {
     pub exc_type: String,
     pub exc_module: Option<String>,
     pub message: String,
+    /// `Some` when the task asks to be retried ([`TaskError::retry`]): the countdown, or
+    /// `None` inside for the task's [`RetryPolicy`] backoff.
+    pub retry: Option<Option<Duration>>,
 }
 
 impl TaskError {
     /// An error of a type of our own (no Python module).
     pub fn new(exc_type: &str, message: impl Into<String>) -> TaskError {
-        TaskError { exc_type: exc_type.to_owned(), exc_module: None, message: message.into() }
+        TaskError { exc_type: exc_type.to_owned(), exc_module: None, message: message.into(), retry: None }
     }
 
     /// One of Python's built-in exceptions (`ValueError`, `TypeError`, ...).
     pub fn builtin(exc_type: &str, message: impl Into<String>) -> TaskError {
-        TaskError { exc_type: exc_type.to_owned(), exc_module: Some("builtins".to_owned()), message: message.into() }
+        TaskError {
+            exc_type: exc_type.to_owned(),
+            exc_module: Some("builtins".to_owned()),
+            message: message.into(),
+            retry: None,
+        }
+    }
+
+    /// Asks for this error to be retried (Celery's `self.retry(exc=..., countdown=...)`),
+    /// whatever the task's `retry_on` list says: after `countdown`, or after the backoff of
+    /// the task's [`RetryPolicy`] when `None`. Retries stop at the policy's `max_retries`
+    /// (3, Celery's default, without a policy); then the error is the task's failure.
+    pub fn retry(self, countdown: Option<Duration>) -> TaskError {
+        TaskError { retry: Some(countdown), ..self }
+    }
+
+    /// An error of one of Celery's own exception classes (`celery.exceptions`), such as
+    /// `SoftTimeLimitExceeded`, rebuilt as that class by a Python client.
+    pub fn celery(exc_type: &str, message: impl Into<String>) -> TaskError {
+        TaskError {
+            exc_type: exc_type.to_owned(),
+            exc_module: Some("celery.exceptions".to_owned()),
+            message: message.into(),
+            retry: None,
+        }
     }
 
     /// In the JSON form `prepare_exception` uses: the message is the exception's args.
@@ -56,6 +84,103 @@ impl std::fmt::Display for TaskError {
 
 impl std::error::Error for TaskError {}
 
+/// Automatic retries of a task (Celery's `autoretry_for`, `max_retries`, `retry_backoff`,
+/// `retry_backoff_max`, `retry_jitter`), registered with [`Registry::configure`].
+///
+/// The n-th retry (n = 0 for the first) waits `min(backoff_base * 2^n, backoff_max)`; with
+/// `jitter`, a uniformly random time between half of that and all of it (never longer than the
+/// bound, never shorter than half of it, so a retry is not immediate). The waiting is done by
+/// the broker (the delayed exchange), not in a worker slot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first run; when they are spent the error is the task's failure and
+    /// the message goes to the dead-letter queue.
+    pub max_retries: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub jitter: bool,
+    /// Exception type names that are retried; empty = every error.
+    pub retry_on: Vec<String>,
+}
+
+impl Default for RetryPolicy {
+    /// Celery's `max_retries` (3) and its `retry_backoff=True` curve: 1 s doubling, at most
+    /// 10 min (`retry_backoff_max`), with jitter.
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            max_retries: 3,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(600),
+            jitter: true,
+            retry_on: Vec::new(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Whether an error of this type is retried automatically.
+    pub fn retries(&self, exc_type: &str) -> bool {
+        self.retry_on.is_empty() || self.retry_on.iter().any(|t| t == exc_type)
+    }
+
+    /// The wait before retry number `retries + 1`; `random` is uniform in [0, 1).
+    pub fn countdown(&self, retries: u32, random: f64) -> Duration {
+        let factor = 2f64.powi(i32::try_from(retries.min(64)).unwrap_or(64));
+        let bound = self.backoff_base.mul_f64(factor.min(1e9)).min(self.backoff_max);
+        if self.jitter { bound.mul_f64(0.5 + 0.5 * random.clamp(0.0, 1.0)).min(bound) } else { bound }
+    }
+}
+
+/// What a task is registered with besides its function: retries and default time limits
+/// (a message's `timelimit` header overrides the limits).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskOptions {
+    pub retry: Option<RetryPolicy>,
+    /// Hard limit: the task is aborted and fails with `TimeLimitExceeded`.
+    pub time_limit: Option<Duration>,
+    /// Soft limit: [`TaskContext::is_soft_limit_reached`] turns true and
+    /// [`TaskContext::soft_limit`] completes; the task decides what to do.
+    pub soft_time_limit: Option<Duration>,
+}
+
+/// The running task's context, reachable from inside the task with [`TaskContext::current`]
+/// (a tokio task-local the worker sets, so task signatures do not change).
+#[derive(Clone, Debug)]
+pub struct TaskContext {
+    pub id: String,
+    /// How many times this task was retried before this run (the `retries` header).
+    pub retries: i64,
+    pub soft_deadline: Option<tokio::time::Instant>,
+}
+
+tokio::task_local! {
+    static CONTEXT: TaskContext;
+}
+
+impl TaskContext {
+    /// The context of the task being run, `None` outside a worker (e.g. a unit test).
+    pub fn current() -> Option<TaskContext> {
+        CONTEXT.try_with(Clone::clone).ok()
+    }
+
+    /// Runs `fut` with `self` as its context.
+    pub async fn scope<F: Future>(self, fut: F) -> F::Output {
+        CONTEXT.scope(self, fut).await
+    }
+
+    pub fn is_soft_limit_reached(&self) -> bool {
+        self.soft_deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+    }
+
+    /// Completes when the soft time limit is reached; never without one.
+    pub async fn soft_limit(&self) {
+        match self.soft_deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
 pub type TaskFuture = Pin<Box<dyn Future<Output = Result<Value, TaskError>> + Send>>;
 type Handler = Arc<dyn Fn(Vec<Value>, Map<String, Value>) -> TaskFuture + Send + Sync>;
 
@@ -63,6 +188,7 @@ type Handler = Arc<dyn Fn(Vec<Value>, Map<String, Value>) -> TaskFuture + Send +
 #[derive(Default, Clone)]
 pub struct Registry {
     tasks: HashMap<String, Handler>,
+    options: HashMap<String, TaskOptions>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -128,6 +254,16 @@ impl Registry {
             })
         });
         self.tasks.insert(name.to_owned(), handler);
+    }
+
+    /// Sets the retry policy and default time limits of the task `name`.
+    pub fn configure(&mut self, name: &str, options: TaskOptions) {
+        self.options.insert(name.to_owned(), options);
+    }
+
+    /// The options of `name` (defaults when none were configured).
+    pub fn options(&self, name: &str) -> TaskOptions {
+        self.options.get(name).cloned().unwrap_or_default()
     }
 
     pub fn contains(&self, name: &str) -> bool {

@@ -9,6 +9,15 @@
 //!   exchange (republished with `x-delay`, confirmed, then the original acked) instead of
 //!   being held by the worker; it comes back when due (without that exchange type the
 //!   worker holds it, in one of its slots);
+//! - a failed task that asks for a retry (its `RetryPolicy` or `TaskError::retry`) is
+//!   republished with the same id, `retries` + 1 and an `eta`, through the delayed exchange
+//!   (confirmed before the ack), and the caller gets a RETRY state; once its retries are spent
+//!   it fails and its message goes to `<queue>.dead` with the error in `x-exception-*` headers;
+//! - an expired task (`expires` passed) is not run: acked and answered REVOKED; tasks the
+//!   broker expired and dead-lettered to `<queue>.expired` (a policy) are answered the same;
+//! - time limits (`timelimit` header, else the task's options): the soft one is seen by the
+//!   task through its `TaskContext`; at the hard one the task is aborted and fails with
+//!   `TimeLimitExceeded`;
 //! - messages that are not tasks we can run (unknown name, not protocol v2, not JSON) are
 //!   rejected without requeue and logged; an unknown name also gets Celery's NotRegistered
 //!   failure as its result, as a Python worker stores it;
@@ -35,7 +44,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::events::{Events, exception_repr};
 use crate::protocol::{ExceptionInfo, RawMessage, ResultMessage, TaskMessage, isoformat_utc, parse_isoformat};
+use crate::registry::TaskContext;
 use crate::{Error, Registry, TaskError, amqp};
 
 #[derive(Clone, Debug)]
@@ -47,6 +58,8 @@ pub struct WorkerConfig {
     pub concurrency: u16,
     /// How long running tasks may take to finish after a shutdown signal.
     pub grace: Duration,
+    /// Send Celery's monitoring events (`celery worker -E`).
+    pub events: bool,
 }
 
 impl WorkerConfig {
@@ -56,6 +69,7 @@ impl WorkerConfig {
             queues: vec!["celery".to_owned()],
             concurrency: 4,
             grace: Duration::from_secs(30),
+            events: false,
         }
     }
 }
@@ -108,18 +122,43 @@ async fn session(
         crate::declare_task_queue(&ch, q).await?;
     }
     let delay_ch = delayed_channel(&conn, &config.queues).await?;
-    let (tx, mut rx) = mpsc::channel::<Result<(String, Delivery), Error>>(usize::from(config.concurrency));
+    // Retries and dead letters are republished in confirm mode before the original is acked.
+    let confirm_ch = conn.create_channel().await?;
+    confirm_ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    for q in &config.queues {
+        let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+        confirm_ch.queue_declare(dead_letter_queue(q).as_str().into(), durable, FieldTable::default()).await?;
+        confirm_ch.queue_declare(expired_queue(q).as_str().into(), durable, FieldTable::default()).await?;
+    }
+    let events = if config.events { Some(Arc::new(Events::new(&conn).await?)) } else { None };
+    let _heartbeat = events.as_ref().map(|ev| {
+        let ev = Arc::clone(ev);
+        AbortOnDrop(tokio::spawn(async move {
+            ev.worker("worker-online").await;
+            loop {
+                tokio::time::sleep(crate::events::HEARTBEAT).await;
+                ev.worker("worker-heartbeat").await;
+            }
+        }))
+    });
+    let (tx, mut rx) = mpsc::channel::<Result<(Source, Delivery), Error>>(usize::from(config.concurrency));
     let mut tags = Vec::new();
     let mut forwarders = JoinSet::new();
-    for q in &config.queues {
+    // Each task queue, and its `.expired` queue: where a policy dead-letters the tasks the
+    // broker dropped at their AMQP expiration, so that they are reported REVOKED too.
+    let consumed = config
+        .queues
+        .iter()
+        .flat_map(|q| [(q.clone(), Source::Tasks(q.clone())), (expired_queue(q), Source::Expired(q.clone()))]);
+    for (q, source) in consumed {
         let mut consumer = ch
             .basic_consume(q.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
         tags.push(consumer.tag());
-        let (tx, queue) = (tx.clone(), q.clone());
+        let tx = tx.clone();
         forwarders.spawn(async move {
             while let Some(d) = consumer.next().await {
-                if tx.send(d.map(|d| (queue.clone(), d)).map_err(Error::from)).await.is_err() {
+                if tx.send(d.map(|d| (source.clone(), d)).map_err(Error::from)).await.is_err() {
                     return;
                 }
             }
@@ -136,11 +175,20 @@ async fn session(
         tokio::select! {
             _ = shutdown.as_mut() => break None,
             d = rx.recv() => match d {
-                Some(Ok((queue, delivery))) => {
+                Some(Ok((source, delivery))) => {
                     let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
-                    let (ch, delay_ch, registry) = (ch.clone(), delay_ch.clone(), Arc::clone(registry));
+                    let chans = Channels {
+                        ch: ch.clone(),
+                        delay_ch: delay_ch.clone(),
+                        confirm_ch: confirm_ch.clone(),
+                        events: events.clone(),
+                    };
+                    let registry = Arc::clone(registry);
                     running.spawn(async move {
-                        handle(&ch, &delay_ch, &registry, &queue, delivery).await;
+                        match source {
+                            Source::Tasks(queue) => handle(&chans, &registry, &queue, delivery).await,
+                            Source::Expired(queue) => dead_lettered(&chans, &queue, delivery).await,
+                        }
                         drop(slot);
                     });
                 }
@@ -167,6 +215,9 @@ async fn session(
         warn!(left = running.len(), "grace period over; unfinished tasks go back to the queue");
         running.abort_all();
     }
+    if let Some(ev) = &events {
+        ev.worker("worker-offline").await;
+    }
     if let Err(e) = conn.close(200, "worker shutdown".into()).await {
         warn!("connection.close: {e}");
     }
@@ -190,9 +241,39 @@ async fn delayed_channel(conn: &Connection, queues: &[String]) -> Result<Option<
     Ok(Some(ch))
 }
 
-async fn handle(ch: &Channel, delay_ch: &Option<Channel>, registry: &Registry, queue: &str, delivery: Delivery) {
+/// The dead-letter queue of a task queue: tasks whose retries are spent, with the error in
+/// their `x-exception-*` headers.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dead")
+}
+
+/// Where the broker's dead-lettering of a task queue should send expired tasks (a policy:
+/// `dead-letter-exchange` `""`, `dead-letter-routing-key` `<queue>.expired`); the worker
+/// consumes it and reports them REVOKED.
+pub fn expired_queue(queue: &str) -> String {
+    format!("{queue}.expired")
+}
+
+struct Channels {
+    ch: Channel,
+    delay_ch: Option<Channel>,
+    confirm_ch: Channel,
+    events: Option<Arc<Events>>,
+}
+
+impl Channels {
+    async fn event(&self, event_type: &str, fields: Value) {
+        if let (Some(ev), Value::Object(fields)) = (&self.events, fields) {
+            ev.send(event_type, fields).await;
+        }
+    }
+}
+
+async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: Delivery) {
+    let (ch, delay_ch) = (&chans.ch, &chans.delay_ch);
     let Delivery { delivery_tag, properties, data, acker, redelivered, .. } = delivery;
     let raw = amqp::from_lapin(&properties, data);
+    let raw_kept = raw.clone();
     let task = match TaskMessage::decode(&raw) {
         Ok(t) => t,
         Err(e) => {
@@ -212,6 +293,9 @@ async fn handle(ch: &Channel, delay_ch: &Option<Channel>, registry: &Registry, q
         reject(&acker).await;
         return;
     };
+    if revoke_if_expired(chans, &task, &acker).await {
+        return;
+    }
     if let Some(delay_ms) = task.eta.as_deref().and_then(parse_isoformat).and_then(crate::delay_until) {
         if let Some(delay_ch) = delay_ch {
             drop(fut);
@@ -220,25 +304,88 @@ async fn handle(ch: &Channel, delay_ch: &Option<Channel>, registry: &Registry, q
         }
         info!(task = task.task, id = task.id, eta = task.eta, delay_ms, "task held until its eta");
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        if revoke_if_expired(chans, &task, &acker).await {
+            return;
+        }
     }
     info!(task = task.task, id = task.id, redelivered, "task received");
+    let received = serde_json::json!({
+        "uuid": task.id, "name": task.task, "args": task.argsrepr, "kwargs": task.kwargsrepr,
+        "root_id": task.root_id, "parent_id": task.parent_id, "retries": task.retries,
+        "eta": task.eta, "expires": task.expires,
+    });
+    chans.event("task-received", received).await;
+    chans.event("task-started", serde_json::json!({"uuid": task.id, "pid": std::process::id()})).await;
+    if let Some(ev) = &chans.events {
+        ev.task_started();
+    }
     let started = std::time::Instant::now();
-    // Run on its own task so that a panicking task is a failure, not a lost delivery; the
-    // guard aborts it with us (grace period over, connection lost), so it never outlives
-    // its delivery and runs alongside its own redelivery.
-    let mut run = AbortOnDrop(tokio::spawn(fut));
-    let outcome = match (&mut run.0).await {
-        Ok(outcome) => outcome,
-        Err(e) => Err(TaskError::new("WorkerPanic", format!("task panicked: {e}"))),
+    let options = registry.options(&task.task);
+    let secs_opt = |s: Option<f64>| s.filter(|s| *s > 0.0).and_then(|s| Duration::try_from_secs_f64(s).ok());
+    let hard = secs_opt(task.timelimit.0).or(options.time_limit);
+    let soft = secs_opt(task.timelimit.1).or(options.soft_time_limit);
+    let ctx = TaskContext {
+        id: task.id.clone(),
+        retries: task.retries,
+        soft_deadline: soft.map(|s| tokio::time::Instant::now() + s),
     };
+    // Run on its own task so that a panicking task is a failure, not a lost delivery; the
+    // guard aborts it with us (grace period over, connection lost, hard time limit), so it
+    // never outlives its delivery and runs alongside its own redelivery.
+    let mut run = AbortOnDrop(tokio::spawn(ctx.scope(fut)));
+    let joined = match hard {
+        Some(limit) => tokio::time::timeout(limit, &mut run.0).await.map_err(|_| limit),
+        None => Ok((&mut run.0).await),
+    };
+    let outcome = match joined {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => Err(TaskError::new("WorkerPanic", format!("task panicked: {e}"))),
+        Err(limit) => {
+            run.0.abort();
+            error!(task = task.task, id = task.id, "hard time limit ({:.1} s) exceeded", limit.as_secs_f64());
+            Err(TaskError::celery("TimeLimitExceeded", format!("{}", limit.as_secs_f64())))
+        }
+    };
+    drop(run);
+    if let Some(ev) = &chans.events {
+        ev.task_ended();
+    }
     let secs = started.elapsed().as_secs_f64();
     let result = match outcome {
         Ok(value) => {
             info!(task = task.task, id = task.id, "task succeeded in {secs:.3} s");
+            let done = serde_json::json!({"uuid": task.id, "result": value.to_string(), "runtime": secs});
+            chans.event("task-succeeded", done).await;
             ResultMessage::success(&task, value, now())
         }
         Err(e) => {
             warn!(task = task.task, id = task.id, "task failed in {secs:.3} s: {e}");
+            let policy = options.retry.clone();
+            let wanted = e.retry.is_some() || policy.as_ref().is_some_and(|p| p.retries(&e.exc_type));
+            if wanted && e.exc_type != "TimeLimitExceeded" {
+                let max = policy.as_ref().map_or(3, |p| p.max_retries);
+                if task.retries < i64::from(max) {
+                    let countdown = match e.retry {
+                        Some(Some(d)) => d,
+                        _ => policy
+                            .unwrap_or_default()
+                            .countdown(u32::try_from(task.retries).unwrap_or(0), fastrand::f64()),
+                    };
+                    if retry_later(chans, queue, &task, &e, countdown, &acker).await {
+                        let exception = exception_repr(&e.exc_type, &e.message);
+                        let retried = serde_json::json!({"uuid": task.id, "exception": exception, "traceback": ""});
+                        chans.event("task-retried", retried).await;
+                        return;
+                    }
+                } else {
+                    warn!(task = task.task, id = task.id, retries = task.retries, "retries exhausted: dead-lettered");
+                    dead_letter(chans, queue, &task, raw_kept, &e).await;
+                }
+            }
+            let exception = exception_repr(&e.exc_type, &e.message);
+            chans
+                .event("task-failed", serde_json::json!({"uuid": task.id, "exception": exception, "traceback": ""}))
+                .await;
             ResultMessage::failure(&task, &e.to_exception_info(), None, now())
         }
     };
@@ -292,6 +439,164 @@ async fn hand_to_delayed_exchange(
     }
 }
 
+/// Which kind of queue a delivery came from (the task queue's name in both).
+#[derive(Clone, Debug)]
+enum Source {
+    Tasks(String),
+    Expired(String),
+}
+
+/// A task the broker dead-lettered to `<queue>.expired`: expired ones are reported REVOKED
+/// (as if the worker had seen them expire); anything else (a policy also dead-letters
+/// rejected messages) is moved to the dead-letter queue.
+async fn dead_lettered(chans: &Channels, task_queue: &str, delivery: Delivery) {
+    let Delivery { properties, data, acker, .. } = delivery;
+    let raw = amqp::from_lapin(&properties, data);
+    let reason = match raw.headers.get("x-death") {
+        Some(Value::Array(deaths)) => deaths.first().and_then(|d| d.get("reason")).and_then(Value::as_str),
+        _ => None,
+    }
+    .or_else(|| raw.headers.get("x-first-death-reason").and_then(Value::as_str))
+    .unwrap_or_default()
+    .to_owned();
+    match TaskMessage::decode(&raw) {
+        Ok(task) if reason == "expired" => {
+            info!(task = task.task, id = task.id, "task expired in the broker: revoked, not run");
+            if !task.ignore_result {
+                publish_result(&chans.ch, &task, revoked_result(&task)).await;
+            }
+        }
+        _ => {
+            warn!(reason, "a dead-lettered message that did not expire: moved to the dead-letter queue");
+            let dlq = dead_letter_queue(task_queue);
+            if !matches!(publish_confirmed(&chans.confirm_ch, "", &dlq, &raw).await, Ok(true)) {
+                warn!(dlq, "not confirmed; requeueing it");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Err(e) = acker.nack(BasicNackOptions { requeue: true, multiple: false }).await {
+                    warn!("nack failed: {e}");
+                }
+                return;
+            }
+        }
+    }
+    if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+        warn!("ack failed (the broker will redeliver): {e}");
+    }
+}
+
+/// Celery's `Request.revoked()` for an expired task: not run, acked, answered REVOKED.
+/// `true` when the task had expired.
+async fn revoke_if_expired(chans: &Channels, task: &TaskMessage, acker: &lapin::Acker) -> bool {
+    if task.expires.as_deref().and_then(parse_isoformat).is_none_or(|t| t > std::time::SystemTime::now()) {
+        return false;
+    }
+    info!(task = task.task, id = task.id, expires = task.expires, "task expired: revoked, not run");
+    if !task.ignore_result {
+        publish_result(&chans.ch, task, revoked_result(task)).await;
+    }
+    let revoked = serde_json::json!({"uuid": task.id, "terminated": false, "signum": null, "expired": true});
+    chans.event("task-revoked", revoked).await;
+    if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+        warn!(id = task.id, "ack failed (the broker will redeliver): {e}");
+    }
+    true
+}
+
+/// Celery's `mark_as_revoked(reason='expired')`: REVOKED with `TaskRevokedError('expired')`.
+fn revoked_result(task: &TaskMessage) -> ResultMessage {
+    let exc = ExceptionInfo {
+        exc_type: "TaskRevokedError".to_owned(),
+        exc_message: Value::Array(vec![Value::String("expired".to_owned())]),
+        exc_module: Some("celery.exceptions".to_owned()),
+    };
+    let mut result = ResultMessage::failure(task, &exc, None, now());
+    result.status = "REVOKED".to_owned();
+    result
+}
+
+/// The message of a task's next try: same id, `retries` + 1, `eta` = now + `countdown`
+/// (what Celery's `Task.retry` sends), with `x-delay` for the delayed exchange.
+pub fn retry_message(task: &TaskMessage, countdown: Duration) -> RawMessage {
+    let mut next = task.clone();
+    next.retries += 1;
+    next.eta = Some(isoformat_utc(std::time::SystemTime::now() + countdown));
+    let mut raw = next.encode();
+    raw.headers.insert("x-delay".to_owned(), u64::try_from(countdown.as_millis()).unwrap_or(u64::MAX).into());
+    raw
+}
+
+/// The dead-lettered copy of a task: the original message with the error in its headers.
+pub fn dead_letter_message(queue: &str, task: &TaskMessage, mut raw: RawMessage, e: &TaskError) -> RawMessage {
+    let h = &mut raw.headers;
+    h.remove("x-delay");
+    h.insert("x-exception-type".to_owned(), e.exc_type.clone().into());
+    h.insert("x-exception-module".to_owned(), e.exc_module.clone().unwrap_or_default().into());
+    h.insert("x-exception-message".to_owned(), e.message.clone().into());
+    h.insert(
+        "x-exception-traceback".to_owned(),
+        format!("task {}[{}] failed after {} retries\n{e}", task.task, task.id, task.retries).into(),
+    );
+    h.insert("x-original-queue".to_owned(), queue.to_owned().into());
+    raw
+}
+
+async fn publish_confirmed(ch: &Channel, exchange: &str, key: &str, raw: &RawMessage) -> Result<bool, lapin::Error> {
+    let confirm = ch
+        .basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), &raw.body, amqp::to_lapin(raw))
+        .await?
+        .await?;
+    Ok(confirm.is_ack())
+}
+
+/// Republishes the task for its next try (through the delayed exchange, so no worker slot
+/// waits), reports RETRY to the caller, acks the original. `false` when the copy was not
+/// confirmed: the caller then treats the error as the task's failure.
+async fn retry_later(
+    chans: &Channels,
+    queue: &str,
+    task: &TaskMessage,
+    e: &TaskError,
+    countdown: Duration,
+    acker: &lapin::Acker,
+) -> bool {
+    let raw = retry_message(task, countdown);
+    let published = match &chans.delay_ch {
+        Some(delay_ch) => publish_confirmed(delay_ch, crate::DELAYED_EXCHANGE, queue, &raw).await,
+        // No delayed exchange: straight back to the queue with its eta (held by a worker).
+        None => publish_confirmed(&chans.confirm_ch, "", queue, &raw).await,
+    };
+    if !matches!(published, Ok(true)) {
+        warn!(id = task.id, "could not republish the retry ({published:?}); the task fails");
+        return false;
+    }
+    info!(
+        task = task.task,
+        id = task.id,
+        retries = task.retries + 1,
+        "task retry in {:.3} s: {e}",
+        countdown.as_secs_f64()
+    );
+    if !task.ignore_result {
+        let mut result = ResultMessage::failure(task, &e.to_exception_info(), None, now());
+        result.status = "RETRY".to_owned();
+        result.date_done = None;
+        publish_result(&chans.ch, task, result).await;
+    }
+    if let Err(err) = acker.ack(BasicAckOptions::default()).await {
+        warn!(id = task.id, "ack failed (the broker will redeliver): {err}");
+    }
+    true
+}
+
+async fn dead_letter(chans: &Channels, queue: &str, task: &TaskMessage, raw: RawMessage, e: &TaskError) {
+    let dlq = dead_letter_queue(queue);
+    let raw = dead_letter_message(queue, task, raw, e);
+    match publish_confirmed(&chans.confirm_ch, "", &dlq, &raw).await {
+        Ok(true) => {}
+        other => warn!(id = task.id, dlq, "dead letter not confirmed: {other:?}"),
+    }
+}
+
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
@@ -322,4 +627,66 @@ async fn reject(acker: &lapin::Acker) {
 
 fn now() -> String {
     isoformat_utc(std::time::SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use serde_json::{Map, json};
+
+    use super::*;
+
+    fn task() -> TaskMessage {
+        let mut t = TaskMessage::new("demo.flaky", "id-1", vec![json!("k"), json!(2)], Map::new());
+        t.reply_to = Some("reply.q".into());
+        t.retries = 1;
+        t.timelimit = (Some(10.0), Some(5.0));
+        t.expires = Some("2099-01-01T00:00:00+00:00".into());
+        t
+    }
+
+    #[test]
+    fn a_retry_is_the_same_task_with_retries_plus_one_and_an_eta() {
+        let t = task();
+        let before = SystemTime::now();
+        let raw = retry_message(&t, Duration::from_millis(1500));
+        assert_eq!(raw.headers["x-delay"], json!(1500));
+        assert_eq!(raw.headers["retries"], json!(2));
+        assert_eq!(raw.properties.correlation_id.as_deref(), Some("id-1"));
+        assert_eq!(raw.properties.reply_to.as_deref(), Some("reply.q"));
+        let next = TaskMessage::decode(&raw).expect("decodes");
+        assert_eq!((next.id.as_str(), next.task.as_str(), next.retries), ("id-1", "demo.flaky", 2));
+        assert_eq!(
+            (next.args.clone(), next.timelimit, next.expires.clone()),
+            (t.args.clone(), t.timelimit, t.expires.clone())
+        );
+        let eta = parse_isoformat(next.eta.as_deref().expect("eta")).expect("isoformat");
+        let ahead = eta.duration_since(before).expect("eta is ahead");
+        assert!(ahead >= Duration::from_millis(1499) && ahead < Duration::from_secs(3), "{ahead:?}");
+        // Everything else is the original message.
+        let mut same = next.clone();
+        same.retries = t.retries;
+        same.eta = None;
+        assert_eq!(same, t);
+    }
+
+    #[test]
+    fn a_dead_letter_carries_the_error_in_its_headers() {
+        let t = task();
+        let mut original = t.encode();
+        original.headers.insert("x-delay".into(), json!(1000));
+        let e = TaskError::builtin("RuntimeError", "flaky failure 4 of 9");
+        let raw = dead_letter_message("celery", &t, original.clone(), &e);
+        let h = &raw.headers;
+        assert_eq!(h["x-exception-type"], json!("RuntimeError"));
+        assert_eq!(h["x-exception-module"], json!("builtins"));
+        assert_eq!(h["x-exception-message"], json!("flaky failure 4 of 9"));
+        assert_eq!(h["x-original-queue"], json!("celery"));
+        let tb = h["x-exception-traceback"].as_str().expect("text");
+        assert!(tb.contains("RuntimeError: flaky failure 4 of 9") && tb.contains("id-1"), "{tb}");
+        assert!(!h.contains_key("x-delay"));
+        assert_eq!((raw.body.clone(), raw.properties.clone()), (original.body, original.properties));
+        assert_eq!(TaskMessage::decode(&raw).expect("still a task"), t);
+    }
 }
