@@ -23,6 +23,20 @@ mod topology;
 
 pub type AppState = Arc<dyn Node>;
 
+/// (year, month, day) of a day counted from 1970-01-01, in the proleptic Gregorian
+/// calendar (Howard Hinnant's civil-from-days: 400-year eras of 146,097 days).
+pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
 pub fn router(node: Arc<dyn Node>) -> Router {
     let body_max = node.http_max_body_bytes();
     let api = Router::new()

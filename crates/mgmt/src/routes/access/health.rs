@@ -177,17 +177,7 @@ fn expiration_window(within: &str, unit: &str) -> Result<i64, &'static str> {
 /// `YYYY-MM-DD H:MM:SS` (UTC), RabbitMQ's format for expiry dates.
 fn format_utc(unix: i64) -> String {
     let (days, secs) = (unix.div_euclid(DAY_SECONDS), unix.rem_euclid(DAY_SECONDS));
-    // Civil date from days since 1970-01-01 (the proleptic Gregorian calendar, in
-    // 400-year eras of 146097 days).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::routes::civil_from_days(days);
     format!("{year}-{month:02}-{day:02} {}:{:02}:{:02}", secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
