@@ -14,6 +14,7 @@ Environment variables:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -46,6 +47,24 @@ def port_accepts(host: str, port: int, timeout: float = 0.25) -> bool:
             return True
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def own_broker(request, prefix: str, **kwargs) -> Iterator["BrokerProcess"]:
+    """A broker of the test's own (a fresh data dir, free ports; `kwargs` go to
+    BrokerProcess), stopped and removed afterwards. Skips when AMQP_TEST_PORT points the
+    suite at an outside broker."""
+    if os.environ.get("AMQP_TEST_PORT"):
+        pytest.skip("needs to spawn its own broker")
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    p = BrokerProcess(warren_binary(), d / "data", d / "warren.log", **kwargs)
+    request.node._extra_brokers = [p]
+    p.start()
+    try:
+        yield p
+    finally:
+        p.stop()
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def warren_binary() -> Path:

@@ -6,10 +6,8 @@ and prometheus_client's text parser.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,20 +16,13 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import BrokerProcess, find_free_port, warren_binary
+from conftest import own_broker, BrokerProcess, find_free_port
 
 
 @pytest.fixture
 def node(request):
-    if os.environ.get("AMQP_TEST_PORT"):
-        pytest.skip("needs to spawn its own broker")
-    d = Path(tempfile.mkdtemp(prefix="warren-pytest-mgmt-"))
-    p = BrokerProcess(warren_binary(), d / "data", d / "warren.log", prometheus=True)
-    request.node._extra_brokers = [p]
-    p.start()
-    yield p
-    p.stop()
-    shutil.rmtree(d, ignore_errors=True)
+    with own_broker(request, "warren-pytest-mgmt-", prometheus=True) as p:
+        yield p
 
 
 def api(node: BrokerProcess, path: str) -> str:

@@ -7,29 +7,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pika
 import pytest
 import requests
 
-from conftest import BrokerProcess, warren_binary
+from conftest import own_broker, BrokerProcess
 
 
 @pytest.fixture
 def node(request):
-    if os.environ.get("AMQP_TEST_PORT"):
-        pytest.skip("needs to spawn its own broker")
-    d = Path(tempfile.mkdtemp(prefix="warren-pytest-rqa-"))
-    p = BrokerProcess(warren_binary(), d / "data", d / "warren.log")
-    request.node._extra_brokers = [p]
-    p.start()
-    yield p
-    p.stop()
-    shutil.rmtree(d, ignore_errors=True)
+    with own_broker(request, "warren-pytest-rqa-") as p:
+        yield p
 
 
 @pytest.fixture

@@ -8,11 +8,9 @@ Each test has a broker of its own (the kill -9 test leaves unacked deliveries be
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -22,7 +20,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from conftest import BrokerProcess, warren_binary, warren_tasks_binary
+from conftest import own_broker, BrokerProcess, warren_tasks_binary
 
 READY_TIMEOUT = 20.0
 RESULT_TIMEOUT = 20.0
@@ -37,15 +35,8 @@ def _tasks_binary():
 
 @pytest.fixture
 def node(request):
-    if os.environ.get("AMQP_TEST_PORT"):
-        pytest.skip("needs to spawn its own broker")
-    d = Path(tempfile.mkdtemp(prefix="warren-pytest-tasks-"))
-    p = BrokerProcess(warren_binary(), d / "data", d / "warren.log")
-    request.node._extra_brokers = [p]
-    p.start()
-    yield p
-    p.stop()
-    shutil.rmtree(d, ignore_errors=True)
+    with own_broker(request, "warren-pytest-tasks-") as p:
+        yield p
 
 
 def broker_url(node: BrokerProcess) -> str:

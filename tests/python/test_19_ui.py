@@ -20,7 +20,7 @@ import pika
 import pytest
 import requests
 
-from conftest import REPO_ROOT, BrokerProcess, warren_binary
+from conftest import own_broker, REPO_ROOT, BrokerProcess
 
 os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never download a driver or browser
 
@@ -39,24 +39,17 @@ UI_DIR = REPO_ROOT / "crates" / "mgmt" / "ui"
 
 @pytest.fixture
 def node(request):
-    if os.environ.get("AMQP_TEST_PORT"):
-        pytest.skip("needs to spawn its own broker")
-    d = Path(tempfile.mkdtemp(prefix="warren-pytest-ui-"))
-    p = BrokerProcess(warren_binary(), d / "data", d / "warren.log")
-    request.node._extra_brokers = [p]
-    p.start()
-    deadline = time.monotonic() + 15
-    while True:  # the management listener may come up just after the AMQP one
-        try:
-            if requests.get(api(p, "/whoami"), auth=AUTH, timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        assert time.monotonic() < deadline, "management API did not come up"
-        time.sleep(0.1)
-    yield p
-    p.stop()
-    shutil.rmtree(d, ignore_errors=True)
+    with own_broker(request, "warren-pytest-ui-") as p:
+        deadline = time.monotonic() + 15
+        while True:  # the management listener may come up just after the AMQP one
+            try:
+                if requests.get(api(p, "/whoami"), auth=AUTH, timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "management API did not come up"
+            time.sleep(0.1)
+        yield p
 
 
 @pytest.fixture
