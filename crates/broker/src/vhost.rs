@@ -559,14 +559,24 @@ impl VHost {
         if exchange.is_empty() {
             return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
-        let q = self.queue(queue, conn)?;
-        let e = self.exchange(exchange)?;
-        validate_binding(&e, &arguments)?;
-        let durable = e.options.durable && q.options.durable;
-        self.add_binding(
-            &e,
-            Binding { destination: Destination::Queue(q), routing_key: routing_key.to_owned(), arguments },
-        )?;
+        // Both ends are looked up and the binding added under the maps' read locks: a
+        // concurrent queue.delete or exchange.delete (write locks) comes wholly before
+        // (404 here) or after (it removes this binding too), never between, so no binding
+        // to a deleted queue is left behind or logged after its queue's deletion.
+        let durable = {
+            let ex = self.exchanges.read();
+            let qs = self.queues.read();
+            let q = qs.get(queue).cloned().ok_or_else(|| self.no_queue(queue))?;
+            check_exclusive(&q, conn)?;
+            let e = ex.get(exchange).cloned().ok_or_else(|| self.no_exchange(exchange))?;
+            validate_binding(&e, &arguments)?;
+            let durable = e.options.durable && q.options.durable;
+            self.add_binding(
+                &e,
+                Binding { destination: Destination::Queue(q), routing_key: routing_key.to_owned(), arguments },
+            )?;
+            durable
+        };
         if durable { self.persistence.settle() } else { Ok(()) }
     }
 
@@ -629,14 +639,19 @@ impl VHost {
         if destination.is_empty() || source.is_empty() {
             return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
-        let d = self.exchange(destination)?;
-        let s = self.exchange(source)?;
-        validate_binding(&s, &arguments)?;
-        let durable = s.options.durable && d.options.durable;
-        self.add_binding(
-            &s,
-            Binding { destination: Destination::Exchange(d), routing_key: routing_key.to_owned(), arguments },
-        )?;
+        // Under the exchange map's read lock, as in bind_queue.
+        let durable = {
+            let ex = self.exchanges.read();
+            let d = ex.get(destination).cloned().ok_or_else(|| self.no_exchange(destination))?;
+            let s = ex.get(source).cloned().ok_or_else(|| self.no_exchange(source))?;
+            validate_binding(&s, &arguments)?;
+            let durable = s.options.durable && d.options.durable;
+            self.add_binding(
+                &s,
+                Binding { destination: Destination::Exchange(d), routing_key: routing_key.to_owned(), arguments },
+            )?;
+            durable
+        };
         if durable { self.persistence.settle() } else { Ok(()) }
     }
 
