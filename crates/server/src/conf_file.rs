@@ -272,6 +272,9 @@ impl Draft {
                 c.memory_high_watermark_bytes = Some(of_total(total, parse_fraction(v)?));
             }
             ["vm_memory_high_watermark", "absolute"] => c.memory_high_watermark_bytes = Some(parse_bytes(v)?),
+            ["vm_memory_calculation_strategy"] => {
+                c.memory_strategy = crate::alarms::MemoryStrategy::parse(v).ok_or("expected allocated or rss")?
+            }
             ["disk_free_limit", "absolute"] => c.disk_free_limit_bytes = parse_bytes(v)?,
             ["disk_free_limit", "relative"] => {
                 // RabbitMQ's relative disk limit is a multiple of the machine's RAM.
