@@ -11,6 +11,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use serde_json::{Map, Value};
 
+use crate::canvas::{self, Signature};
 use crate::protocol::{ResultMessage, TaskMessage, is_ready_state, isoformat_utc};
 use crate::{Error, amqp};
 
@@ -31,6 +32,23 @@ impl Default for SendOptions {
     fn default() -> SendOptions {
         SendOptions { queue: "celery".to_owned(), countdown: None, reply: true }
     }
+}
+
+/// A group sent by [`Client::send_group`].
+#[derive(Clone, Debug)]
+pub struct GroupHandle {
+    pub group_id: String,
+    /// The tasks' ids, in the group's order.
+    pub ids: Vec<String>,
+}
+
+/// A chord sent by [`Client::send_chord`].
+#[derive(Clone, Debug)]
+pub struct ChordHandle {
+    pub group_id: String,
+    pub header_ids: Vec<String>,
+    /// The body's id: its result is the chord's result.
+    pub body_id: String,
 }
 
 pub struct Client {
@@ -85,33 +103,117 @@ impl Client {
         kwargs: Map<String, Value>,
         options: &SendOptions,
     ) -> Result<String, Error> {
-        if !self.declared.contains(&options.queue) {
-            crate::declare_task_queue(&self.ch, &options.queue).await?;
-            self.declared.push(options.queue.clone());
-        }
         let id = crate::new_task_id();
         let mut msg = TaskMessage::new(name, &id, args, kwargs);
-        msg.origin = self.origin.clone();
         msg.reply_to = options.reply.then(|| self.reply_queue.clone());
         msg.ignore_result = !options.reply;
+        self.publish_task(msg, &options.queue, options.countdown).await?;
+        Ok(id)
+    }
+
+    /// Publishes a task message to `queue` (declared as Celery declares it), through the
+    /// delayed exchange when `countdown` is set.
+    async fn publish_task(&mut self, mut msg: TaskMessage, queue: &str, countdown: Option<f64>) -> Result<(), Error> {
+        if !self.declared.iter().any(|q| q == queue) {
+            crate::declare_task_queue(&self.ch, queue).await?;
+            self.declared.push(queue.to_owned());
+        }
+        msg.origin = self.origin.clone();
         let mut exchange = "";
         let mut delay_ms = None;
-        if let Some(secs) = options.countdown {
+        if let Some(secs) = countdown {
             let eta = SystemTime::now() + Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO);
             msg.eta = Some(isoformat_utc(eta));
             delay_ms = crate::delay_until(eta);
         }
         let mut raw = msg.encode();
         if let Some(ms) = delay_ms
-            && self.delayed_exchange_for(&options.queue).await?
+            && self.delayed_exchange_for(queue).await?
         {
             exchange = crate::DELAYED_EXCHANGE;
             raw.headers.insert("x-delay".to_owned(), ms.into());
         }
         let props = amqp::to_lapin(&raw);
-        let routing_key = options.queue.as_str().into();
+        let routing_key = queue.into();
         self.ch.basic_publish(exchange.into(), routing_key, BasicPublishOptions::default(), &raw.body, props).await?;
-        Ok(id)
+        Ok(())
+    }
+
+    /// Sends a chain (Celery's `chain(a, b, c)`): each step gets the previous step's result
+    /// prepended to its arguments; a step's worker (Rust or Python) sends the next one. Steps
+    /// without a `queue` option go to `queue` (the option is written into them, since a
+    /// Python worker routes a signature by its options). Returns the ids of all the steps
+    /// (every step answers this client): the last one is the chain's result.
+    pub async fn send_chain(&mut self, steps: &[Signature], queue: &str) -> Result<Vec<String>, Error> {
+        let Some((msg, first_queue, ids)) = canvas::chain_messages(steps, Some(&self.reply_queue), queue) else {
+            return Ok(Vec::new());
+        };
+        self.publish_task(msg, &first_queue, None).await?;
+        Ok(ids)
+    }
+
+    /// Sends a group (Celery's `group(...)`): every task with the `group` header (a new
+    /// group id) and its `group_index`. Collect the results with [`Client::wait_group`].
+    pub async fn send_group(&mut self, tasks: &[Signature], queue: &str) -> Result<GroupHandle, Error> {
+        let group_id = crate::new_task_id();
+        let mut ids = Vec::with_capacity(tasks.len());
+        for (i, sig) in tasks.iter().enumerate() {
+            let sig = sig.clone().with_option("group_id", group_id.clone().into()).with_option("group_index", i.into());
+            let mut msg = sig.message(None, None, Vec::new());
+            msg.reply_to = Some(self.reply_queue.clone());
+            ids.push(msg.id.clone());
+            self.publish_task(msg, sig.queue().unwrap_or(queue), None).await?;
+        }
+        Ok(GroupHandle { group_id, ids })
+    }
+
+    /// The results of a group's tasks, in the group's order (each SUCCESS, FAILURE or
+    /// REVOKED), within `timeout` for all of them.
+    pub async fn wait_group(&mut self, group: &GroupHandle, timeout: Duration) -> Result<Vec<ResultMessage>, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut results = Vec::with_capacity(group.ids.len());
+        for id in &group.ids {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            results.push(self.wait(id, left).await.map_err(|e| match e {
+                Error::Timeout(_) => Error::Timeout(timeout),
+                e => e,
+            })?);
+        }
+        Ok(results)
+    }
+
+    /// Sends a chord: the header tasks as a group, each carrying the body (with the group id
+    /// and `chord_size`) in its embed's `chord`. The Rust worker that finishes the last
+    /// header task sends the body with the header results, in order, as its first argument
+    /// (see docs/tasks.md, "Chords": no polling task). The header tasks must run on Rust
+    /// workers. Wait for the body's id (`ChordHandle::body_id`) with [`Client::wait`]: a
+    /// failed header task fails it with `ChordError`.
+    pub async fn send_chord(
+        &mut self,
+        header: &[Signature],
+        body: &Signature,
+        queue: &str,
+    ) -> Result<ChordHandle, Error> {
+        let group_id = crate::new_task_id();
+        let body_id = body.task_id().map_or_else(crate::new_task_id, str::to_owned);
+        let mut body = body.clone();
+        if body.queue().is_none() {
+            body = body.with_queue(queue);
+        }
+        let body = canvas::chord_body(&body, &body_id, &group_id, header.len(), Some(&self.reply_queue));
+        let mut ids = Vec::with_capacity(header.len());
+        for (i, sig) in header.iter().enumerate() {
+            let sig = sig
+                .clone()
+                .with_option("group_id", group_id.clone().into())
+                .with_option("group_index", i.into())
+                .with_option("chord", body.to_json());
+            let mut msg = sig.message(None, None, Vec::new());
+            msg.reply_to = Some(self.reply_queue.clone());
+            ids.push(msg.id.clone());
+            self.publish_task(msg, sig.queue().unwrap_or(queue), None).await?;
+        }
+        Ok(ChordHandle { group_id, header_ids: ids, body_id })
     }
 
     /// Whether `queue` is bound to the delayed exchange (declaring both once). Without the

@@ -9,6 +9,8 @@
 //! - [`worker`]: consumes queues with lapin, runs each delivery on its own tokio task, at
 //!   most `concurrency` at once, acks after the task finished (late ack), publishes results.
 //! - [`client`]: sends tasks and waits for their results on an exclusive reply queue.
+//! - [`canvas`]: signatures, chains, link callbacks/errbacks, groups and the broker-native
+//!   chord (what the worker sends after a task, what the client sends for a canvas).
 //! - [`events`]: Celery's monitoring events (`worker -E`) on the `celeryev` exchange.
 //! - [`demo`]: the `demo.*` tasks the binary registers with `--demo`.
 //! - `amqp`: lapin's header tables and properties to and from the protocol's JSON view.
@@ -16,6 +18,7 @@
 //! See docs/tasks.md for what exists and what does not yet.
 
 pub(crate) mod amqp;
+pub mod canvas;
 pub mod client;
 pub mod demo;
 pub mod events;

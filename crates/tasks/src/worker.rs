@@ -44,6 +44,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::canvas::Canvas;
 use crate::events::{Events, exception_repr};
 use crate::protocol::{ExceptionInfo, RawMessage, ResultMessage, TaskMessage, isoformat_utc, parse_isoformat};
 use crate::registry::TaskContext;
@@ -130,6 +131,10 @@ async fn session(
         confirm_ch.queue_declare(dead_letter_queue(q).as_str().into(), durable, FieldTable::default()).await?;
         confirm_ch.queue_declare(expired_queue(q).as_str().into(), durable, FieldTable::default()).await?;
     }
+    // Canvas (chain, callbacks, errbacks, chord): its own confirm-mode channel.
+    let canvas_ch = conn.create_channel().await?;
+    canvas_ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let canvas = Arc::new(Canvas::new(canvas_ch));
     let events = if config.events { Some(Arc::new(Events::new(&conn).await?)) } else { None };
     let _heartbeat = events.as_ref().map(|ev| {
         let ev = Arc::clone(ev);
@@ -182,6 +187,7 @@ async fn session(
                         delay_ch: delay_ch.clone(),
                         confirm_ch: confirm_ch.clone(),
                         events: events.clone(),
+                        canvas: Arc::clone(&canvas),
                     };
                     let registry = Arc::clone(registry);
                     running.spawn(async move {
@@ -259,6 +265,7 @@ struct Channels {
     delay_ch: Option<Channel>,
     confirm_ch: Channel,
     events: Option<Arc<Events>>,
+    canvas: Arc<Canvas>,
 }
 
 impl Channels {
@@ -356,7 +363,12 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
             info!(task = task.task, id = task.id, "task succeeded in {secs:.3} s");
             let done = serde_json::json!({"uuid": task.id, "result": value.to_string(), "runtime": secs});
             chans.event("task-succeeded", done).await;
-            ResultMessage::success(&task, value, now())
+            let Some(children) = after_task(chans, queue, &task, Ok(&value), &acker).await else {
+                return;
+            };
+            let mut result = ResultMessage::success(&task, value, now());
+            result.children = children;
+            result
         }
         Err(e) => {
             warn!(task = task.task, id = task.id, "task failed in {secs:.3} s: {e}");
@@ -386,7 +398,11 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
             chans
                 .event("task-failed", serde_json::json!({"uuid": task.id, "exception": exception, "traceback": ""}))
                 .await;
-            ResultMessage::failure(&task, &e.to_exception_info(), None, now())
+            let exc = e.to_exception_info();
+            if after_task(chans, queue, &task, Err(&exc), &acker).await.is_none() {
+                return;
+            }
+            ResultMessage::failure(&task, &exc, None, now())
         }
     };
     if !task.ignore_result {
@@ -394,6 +410,29 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
     }
     if let Err(e) = acker.ack(BasicAckOptions::default()).await {
         warn!(id = task.id, "ack failed (the broker will redeliver): {e}");
+    }
+}
+
+/// The canvas hook (crate::canvas): callbacks, chain, errbacks, chord part. `None` when what
+/// had to be sent was not confirmed: the delivery is then requeued (the task runs again, as
+/// Celery redelivers a task whose callbacks could not be sent).
+async fn after_task(
+    chans: &Channels,
+    queue: &str,
+    task: &TaskMessage,
+    outcome: Result<&Value, &ExceptionInfo>,
+    acker: &lapin::Acker,
+) -> Option<Vec<Value>> {
+    match chans.canvas.after_task(queue, task, outcome).await {
+        Ok(children) => Some(children),
+        Err(e) => {
+            warn!(id = task.id, "canvas messages not sent ({e}); requeueing the task");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Err(e) = acker.nack(BasicNackOptions { requeue: true, multiple: false }).await {
+                warn!(id = task.id, "nack failed: {e}");
+            }
+            None
+        }
     }
 }
 
