@@ -127,6 +127,12 @@ def test_chain_python_client_rust_worker(node, queue, celery_client, workers):
     # Immutable steps (.si) do not get the previous result.
     r = chain(add(1, 1), app.signature("demo.add", (5, 5), immutable=True))()
     assert r.get(timeout=RESULT_TIMEOUT) == 10
+    # A step fails: the steps after it are not run, and fail with its error (Celery's
+    # _fail_chain), so waiting on the chain raises it.
+    r = chain(add(1, 1), app.signature("demo.fail", ("mid-chain",), immutable=True), add(100))()
+    with pytest.raises(ValueError, match="mid-chain"):
+        r.get(timeout=RESULT_TIMEOUT)
+    assert received(w, "demo.add") == 3 + 2 + 1, w.log()
 
 
 @pytest.mark.timeout(60)
@@ -194,6 +200,9 @@ def test_rust_client_rust_worker_chain_and_group(node, queue, workers):
     assert (done.returncode, done.stdout.strip()) == (0, "10"), done.stderr
     done = cli(node, "group", *(sig("demo.add", i, 1) for i in range(5)), "--queue", queue)
     assert (done.returncode, done.stdout.strip()) == (0, "[1,2,3,4,5]"), done.stderr
+    failing = json.dumps({"task": "demo.fail", "args": ["in a chain"], "immutable": True})
+    done = cli(node, "chain", sig("demo.add", 1, 2), failing, sig("demo.add", 3), "--queue", queue)
+    assert done.returncode == 1 and "ValueError: in a chain" in done.stderr, done.stderr
     done = cli(node, "group", sig("demo.add", 1, 1), sig("demo.fail", "in a group"), "--queue", queue)
     assert done.returncode == 1 and "ValueError: in a group" in done.stderr, done.stderr
 

@@ -12,7 +12,9 @@
 //! - **failure** (final, not a retry): every `errbacks` signature is sent with the failed
 //!   task's id as its first argument. That is what Celery 5 does for an errback task that the
 //!   worker does not have (`_call_task_errbacks`, "old-style": `(task_id,)`); the new-style
-//!   `(request, exc, traceback)` call only exists for a task of the same Python process;
+//!   `(request, exc, traceback)` call only exists for a task of the same Python process.
+//!   The steps of the chain that will not run get the same FAILURE as their result (Celery's
+//!   `_fail_chain`), so the caller of a chain sees the error;
 //! - **chord** (`embed.chord` = the body, with `chord_size`, and the `group` header): see
 //!   [`Canvas::chord_part`]. No `celery.chord_unlock` polling task is ever sent.
 //!
@@ -320,7 +322,8 @@ impl Canvas {
     ) -> Result<Vec<Value>, Error> {
         let children = match outcome {
             Ok(value) => self.after_success(queue, task, value).await?,
-            Err(_) => {
+            Err(exc) => {
+                self.fail_chain(task, exc).await?;
                 self.after_failure(queue, task).await?;
                 Vec::new()
             }
@@ -352,6 +355,21 @@ impl Canvas {
             children.push(child(&msg.id));
         }
         Ok(children)
+    }
+
+    /// After a final failure, the rest of the chain fails too (Celery's `_fail_chain`): each
+    /// step that has an id and a `reply_to` gets the same FAILURE, so a caller waiting on the
+    /// chain's last step gets the error instead of waiting forever.
+    async fn fail_chain(&self, task: &TaskMessage, exc: &ExceptionInfo) -> Result<(), Error> {
+        let chain = signatures(&task.embed.chain).map_err(bad_embed)?;
+        for sig in chain.iter().filter(|s| s.task_id().is_some()) {
+            let step = sig.message(None, Some(task), Vec::new());
+            if let Some(reply_to) = step.reply_to.as_deref() {
+                let date = crate::protocol::isoformat_utc(std::time::SystemTime::now());
+                self.publish("", reply_to, &ResultMessage::failure(&step, exc, None, date).encode()).await?;
+            }
+        }
+        Ok(())
     }
 
     /// After a final failure: the errbacks, each with the failed task's id as first argument.
