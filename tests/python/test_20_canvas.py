@@ -237,3 +237,36 @@ def test_chord_with_a_failing_header_does_not_run_its_body(node, queue, workers)
     assert "ChordError: Dependency" in done.stderr and "ValueError('header broke')" in done.stderr, done.stderr
     assert received(ws[0], "demo.sum") == 0
     assert chord_queues_left(node) == []
+
+
+@pytest.mark.timeout(90)
+def test_chord_counts_a_header_task_that_ran_twice_once(node, queue, celery_client, workers):
+    """A header task that runs twice (its worker crashed after publishing its chord token,
+    before its ack) publishes its result and its token twice. The worker whose token is
+    refused then sees a duplicate index and a missing one: it leaves the results in place,
+    and the missing task's own token (refused too) completes the chord with each index once.
+
+    The header messages are sent as our client sends them (Celery's `send_task` with
+    `chord=` the body carrying `chord_size`, `group_id`, `group_index`); the duplicate
+    delivery is the same message (same task id) sent twice."""
+    w = rust_worker(node, queue, 1)
+    workers.append(w)
+    app = celery_client
+    group_id, body_id = str(uuid.uuid4()), str(uuid.uuid4())
+    body = {"task": "demo.sum", "args": [], "kwargs": {}, "subtask_type": None, "immutable": False,
+            "options": {"task_id": body_id, "reply_to": app.thread_oid, "group_id": group_id, "queue": queue},
+            "chord_size": 3}
+
+    def header(i: int, task_id: str):
+        return app.send_task("demo.add", (i, 10), task_id=task_id, chord=body, group_id=group_id, group_index=i)
+
+    first = str(uuid.uuid4())
+    assert header(0, first).get(timeout=RESULT_TIMEOUT) == 10
+    assert header(0, first).get(timeout=RESULT_TIMEOUT) == 10  # the re-run
+    assert header(1, str(uuid.uuid4())).get(timeout=RESULT_TIMEOUT) == 11
+    w.wait_for("chord: a duplicate result")
+    assert received(w, "demo.sum") == 0
+    assert header(2, str(uuid.uuid4())).get(timeout=RESULT_TIMEOUT) == 12
+    assert app.AsyncResult(body_id).get(timeout=RESULT_TIMEOUT) == 33
+    assert received(w, "demo.sum") == 1
+    assert chord_queues_left(node) == []
