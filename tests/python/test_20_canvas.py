@@ -237,6 +237,11 @@ def test_chord_with_a_failing_header_does_not_run_its_body(node, queue, workers)
     assert "ChordError: Dependency" in done.stderr and "ValueError('header broke')" in done.stderr, done.stderr
     assert received(ws[0], "demo.sum") == 0
     assert chord_queues_left(node) == []
+    # An expired header task is not run but still counts, as a failure (TaskRevokedError).
+    expired = sig("demo.add", 2, 2, expires="2000-01-01T00:00:00+00:00")
+    done = cli(node, "chord", sig("demo.add", 1, 1), expired, "--body", sig("demo.sum"), "--queue", queue)
+    assert done.returncode == 1 and "TaskRevokedError('expired')" in done.stderr, done.stderr
+    assert received(ws[0], "demo.sum") == 0
 
 
 @pytest.mark.timeout(90)

@@ -52,7 +52,8 @@ pub struct Signature {
     #[serde(default)]
     pub kwargs: Map<String, Value>,
     /// `apply_async` options: `task_id`, `reply_to`, `queue`, `group_id`, `group_index`,
-    /// `priority`, `link`, `link_error`, `time_limit`, `soft_time_limit` are honoured.
+    /// `priority`, `link`, `link_error`, `time_limit`, `soft_time_limit`, `expires` (an ISO
+    /// 8601 time or seconds from now), `ignore_result` are honoured.
     #[serde(default)]
     pub options: Map<String, Value>,
     /// `null` for a task; `chain`, `group`, `chord` for nested canvases (not sent by us).
@@ -151,6 +152,14 @@ impl Signature {
         let secs = |k: &str| self.options.get(k).and_then(Value::as_f64);
         msg.timelimit = (secs("time_limit"), secs("soft_time_limit"));
         msg.ignore_result = self.options.get("ignore_result").and_then(Value::as_bool).unwrap_or(false);
+        msg.expires = match self.options.get("expires") {
+            Some(Value::String(at)) => Some(at.clone()),
+            Some(Value::Number(secs)) => secs
+                .as_f64()
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .map(|d| crate::protocol::isoformat_utc(std::time::SystemTime::now() + d)),
+            _ => None,
+        };
         let list = |k: &str| match self.options.get(k) {
             None | Some(Value::Null) => Value::Null,
             Some(Value::Array(a)) => Value::Array(a.clone()),

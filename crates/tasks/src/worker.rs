@@ -297,10 +297,14 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
             exc_module: Some("celery.exceptions".to_owned()),
         };
         publish_result(ch, &task, ResultMessage::failure(&task, &exc, None, now())).await;
+        // As a Python worker's mark_as_failure: errbacks, the rest of a chain, a chord part.
+        if let Err(e) = chans.canvas.after_task(queue, &task, Err(&exc)).await {
+            warn!(id = task.id, "canvas messages of an unknown task not sent: {e}");
+        }
         reject(&acker).await;
         return;
     };
-    if revoke_if_expired(chans, &task, &acker).await {
+    if revoke_if_expired(chans, queue, &task, &acker).await {
         return;
     }
     if let Some(delay_ms) = task.eta.as_deref().and_then(parse_isoformat).and_then(crate::delay_until) {
@@ -311,7 +315,7 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
         }
         info!(task = task.task, id = task.id, eta = task.eta, delay_ms, "task held until its eta");
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        if revoke_if_expired(chans, &task, &acker).await {
+        if revoke_if_expired(chans, queue, &task, &acker).await {
             return;
         }
     }
@@ -504,6 +508,7 @@ async fn dead_lettered(chans: &Channels, task_queue: &str, delivery: Delivery) {
             if !task.ignore_result {
                 publish_result(&chans.ch, &task, revoked_result(&task)).await;
             }
+            revoked_chord_part(chans, task_queue, &task).await;
         }
         _ => {
             warn!(reason, "a dead-lettered message that did not expire: moved to the dead-letter queue");
@@ -525,7 +530,7 @@ async fn dead_lettered(chans: &Channels, task_queue: &str, delivery: Delivery) {
 
 /// Celery's `Request.revoked()` for an expired task: not run, acked, answered REVOKED.
 /// `true` when the task had expired.
-async fn revoke_if_expired(chans: &Channels, task: &TaskMessage, acker: &lapin::Acker) -> bool {
+async fn revoke_if_expired(chans: &Channels, queue: &str, task: &TaskMessage, acker: &lapin::Acker) -> bool {
     if task.expires.as_deref().and_then(parse_isoformat).is_none_or(|t| t > std::time::SystemTime::now()) {
         return false;
     }
@@ -533,6 +538,7 @@ async fn revoke_if_expired(chans: &Channels, task: &TaskMessage, acker: &lapin::
     if !task.ignore_result {
         publish_result(&chans.ch, task, revoked_result(task)).await;
     }
+    revoked_chord_part(chans, queue, task).await;
     let revoked = serde_json::json!({"uuid": task.id, "terminated": false, "signum": null, "expired": true});
     chans.event("task-revoked", revoked).await;
     if let Err(e) = acker.ack(BasicAckOptions::default()).await {
@@ -541,14 +547,29 @@ async fn revoke_if_expired(chans: &Channels, task: &TaskMessage, acker: &lapin::
     true
 }
 
-/// Celery's `mark_as_revoked(reason='expired')`: REVOKED with `TaskRevokedError('expired')`.
-fn revoked_result(task: &TaskMessage) -> ResultMessage {
-    let exc = ExceptionInfo {
+fn revoked_exception() -> ExceptionInfo {
+    ExceptionInfo {
         exc_type: "TaskRevokedError".to_owned(),
         exc_message: Value::Array(vec![Value::String("expired".to_owned())]),
         exc_module: Some("celery.exceptions".to_owned()),
-    };
-    let mut result = ResultMessage::failure(task, &exc, None, now());
+    }
+}
+
+/// A revoked chord header task still counts in its chord, as a failure (Celery's
+/// `mark_as_revoked` calls `on_chord_part_return`), so that the chord ends.
+async fn revoked_chord_part(chans: &Channels, queue: &str, task: &TaskMessage) {
+    if task.embed.chord.is_null() {
+        return;
+    }
+    let exc = revoked_exception();
+    if let Err(e) = chans.canvas.chord_part(queue, task, Err(&exc)).await {
+        warn!(id = task.id, "chord part of a revoked task not sent: {e}");
+    }
+}
+
+/// Celery's `mark_as_revoked(reason='expired')`: REVOKED with `TaskRevokedError('expired')`.
+fn revoked_result(task: &TaskMessage) -> ResultMessage {
+    let mut result = ResultMessage::failure(task, &revoked_exception(), None, now());
     result.status = "REVOKED".to_owned();
     result
 }
