@@ -165,6 +165,19 @@ def test_link_and_link_error_to_a_python_worker(node, queue, py_queue, celery_cl
         app.send_task("demo.fail", ("x",), link=record).get(timeout=RESULT_TIMEOUT)
     time.sleep(1)
     assert sum("recorded" in line and "succeeded" in line for line in py_worker.lines) == 2, py_worker.log()
+    # Several callbacks: sent as a group, which is one GroupResult in `children`.
+    multi = app.send_task("demo.add", (2, 2), link=[record, record])
+    assert multi.get(timeout=RESULT_TIMEOUT) == 4
+    py_worker.wait_for("'recorded 4'", count=2)
+    (grouped,) = multi.children
+    assert len(grouped.results) == 2 and grouped.id not in (None, multi.id)
+    # chain(...).on_error(): the errback travels in every step's options; the step that
+    # fails (sent by the Rust worker, not by the caller) sends it.
+    r = chain(app.signature("demo.add", (1, 1)), app.signature("demo.fail", ("step 2",), immutable=True),
+              app.signature("demo.add", (3,))).on_error(record)()
+    with pytest.raises(ValueError, match="step 2"):
+        r.get(timeout=RESULT_TIMEOUT)
+    py_worker.wait_for(f"'recorded {r.parent.id}'")
 
 
 @pytest.mark.timeout(90)

@@ -5,7 +5,7 @@
 //! immutable}`. What a worker does with them (after Celery's `app/trace.py`):
 //!
 //! - **success**: every `callbacks` signature is sent with the result prepended to its args,
-//!   then the last signature of `chain` (Celery keeps the chain reversed and pops from the
+//!   (several as a group, as Celery sends them), then the last signature of `chain` (Celery keeps the chain reversed and pops from the
 //!   end) with the result prepended and the rest of the chain in its own embed; both with
 //!   `parent_id` = this task, `root_id` = this task's root. The ids sent become the result's
 //!   `children` (`[[id, null], null]`, `AsyncResult.as_tuple()`);
@@ -349,12 +349,21 @@ impl Canvas {
         value: &Value,
     ) -> Result<Vec<Value>, Error> {
         let mut children = Vec::new();
-        let callbacks = signatures(&task.embed.callbacks).map_err(bad_embed)?;
-        for sig in callbacks.iter().filter(|s| sendable(s)) {
+        let callbacks: Vec<Signature> =
+            signatures(&task.embed.callbacks).map_err(bad_embed)?.into_iter().filter(sendable).collect();
+        // One callback is sent as is; several as a group (as Celery does), one `children`
+        // entry for the group.
+        let (callbacks, group_id) = grouped(callbacks, callbacks_grouped);
+        let mut ids = Vec::new();
+        for sig in &callbacks {
             let msg = sig.message(Some(value.clone()), Some(task), Vec::new());
             self.send(&msg, sig.queue().unwrap_or(queue)).await?;
             info!(id = task.id, callback = msg.task, callback_id = msg.id, "link callback sent");
-            children.push(child(&msg.id));
+            ids.push(msg.id);
+        }
+        match group_id {
+            Some(g) => children.push(group_child(&g, &ids)),
+            None => children.extend(ids.iter().map(|id| child(id))),
         }
         let mut chain = signatures(&task.embed.chain).map_err(bad_embed)?;
         if let Some(next) = chain.pop() {
@@ -383,8 +392,11 @@ impl Canvas {
 
     /// After a final failure: the errbacks, each with the failed task's id as first argument.
     pub(crate) async fn after_failure(&self, queue: &str, task: &TaskMessage) -> Result<(), Error> {
-        let errbacks = signatures(&task.embed.errbacks).map_err(bad_embed)?;
-        for sig in errbacks.iter().filter(|s| sendable(s)) {
+        let errbacks: Vec<Signature> =
+            signatures(&task.embed.errbacks).map_err(bad_embed)?.into_iter().filter(sendable).collect();
+        // Celery sends old-style errbacks as a group, even just one.
+        let (errbacks, _) = grouped(errbacks, |_| true);
+        for sig in &errbacks {
             let msg = sig.message(Some(Value::String(task.id.clone())), Some(task), Vec::new());
             self.send(&msg, sig.queue().unwrap_or(queue)).await?;
             info!(id = task.id, errback = msg.task, errback_id = msg.id, "errback sent");
@@ -542,6 +554,31 @@ impl Canvas {
         }
         Ok(())
     }
+}
+
+fn callbacks_grouped(n: usize) -> bool {
+    n > 1
+}
+
+/// The signatures as the members of a new group (`group_id`, `group_index` options) when
+/// `as_group(len)`; with the group's id.
+pub fn grouped(sigs: Vec<Signature>, as_group: impl Fn(usize) -> bool) -> (Vec<Signature>, Option<String>) {
+    if sigs.is_empty() || !as_group(sigs.len()) {
+        return (sigs, None);
+    }
+    let group_id = crate::new_task_id();
+    let sigs = sigs
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| s.with_option("group_id", group_id.clone().into()).with_option("group_index", i.into()))
+        .collect();
+    (sigs, Some(group_id))
+}
+
+/// A `children` entry for a group: Celery's `GroupResult.as_tuple()`,
+/// `[[group_id, null], [[[id, null], null], ...]]`.
+pub fn group_child(group_id: &str, ids: &[String]) -> Value {
+    json!([[group_id, null], ids.iter().map(|id| child(id)).collect::<Vec<_>>()])
 }
 
 fn sendable(s: &Signature) -> bool {

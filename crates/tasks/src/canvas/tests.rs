@@ -209,16 +209,36 @@ fn children_are_celerys_result_tuples() {
     let raw = &golden("result_children")[0];
     let celery: Value = serde_json::from_slice(&raw.body).expect("json");
     let decoded = ResultMessage::decode(raw).expect("decodes");
-    assert_eq!(decoded.children, vec![child("55555555-5555-4555-8555-555555555555")]);
+    let group_ids =
+        ["77777777-7777-4777-8777-777777777777".to_owned(), "88888888-8888-4888-8888-888888888888".to_owned()];
+    let children = vec![
+        child("55555555-5555-4555-8555-555555555555"),
+        group_child("66666666-6666-4666-8666-666666666666", &group_ids),
+    ];
+    assert_eq!(decoded.children, children);
     let ours = ResultMessage {
         task_id: decoded.task_id.clone(),
         status: "SUCCESS".into(),
         result: json!(3),
         traceback: None,
-        children: vec![child("55555555-5555-4555-8555-555555555555")],
+        children,
         date_done: decoded.date_done.clone(),
         group_id: None,
         parent_id: None,
     };
     assert_eq!(serde_json::to_value(&ours).expect("json"), celery);
+}
+
+#[test]
+fn several_callbacks_and_errbacks_go_as_a_group() {
+    let sigs = vec![Signature::new("a", vec![]), Signature::new("b", vec![])];
+    let (same, none) = grouped(sigs.clone(), |n| n > 1);
+    assert!(none.is_some());
+    assert_eq!(same[1].options["group_index"], json!(1));
+    assert_eq!(same[0].options["group_id"], json!(none.clone().expect("a group")));
+    let m = same[1].message(None, None, Vec::new());
+    assert_eq!((m.group, m.group_index), (none, Some(1)));
+    let (one, no_group) = grouped(sigs[..1].to_vec(), |n| n > 1);
+    assert_eq!((one, no_group), (sigs[..1].to_vec(), None));
+    assert_eq!(grouped(Vec::new(), |_| true), (Vec::new(), None));
 }

@@ -164,8 +164,16 @@ def result_messages():
                      "body": dumps(meta)})
 
     result("result_success", "SUCCESS", 5)
-    # A chain step's result: the next step it sent, as `children` (AsyncResult.as_tuple()).
-    request.children = [app.AsyncResult("55555555-5555-4555-8555-555555555555")]
+    # A chain step's result: what it sent, as `children` (AsyncResult.as_tuple(),
+    # GroupResult.as_tuple()).
+    # Several link callbacks are sent as a group: one GroupResult child.
+    request.children = [
+        app.AsyncResult("55555555-5555-4555-8555-555555555555"),
+        app.GroupResult("66666666-6666-4666-8666-666666666666", [
+            app.AsyncResult("77777777-7777-4777-8777-777777777777"),
+            app.AsyncResult("88888888-8888-4888-8888-888888888888"),
+        ]),
+    ]
     backend.current_task_children = lambda request=None: [r.as_tuple() for r in request.children]
     result("result_children", "SUCCESS", 3)
     request.children = []
