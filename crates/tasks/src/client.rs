@@ -51,6 +51,75 @@ pub struct ChordHandle {
     pub body_id: String,
 }
 
+const DEFAULT_QUEUE: &str = "celery";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Chain,
+    Group,
+    Chord,
+}
+
+/// A chain, group or chord about to be sent ([`Client::chain`], [`Client::group`],
+/// [`Client::chord`]).
+pub struct CanvasBuilder<'a> {
+    client: &'a mut Client,
+    kind: Kind,
+    tasks: Vec<Signature>,
+    body: Option<Signature>,
+    queue: String,
+}
+
+impl<'a> CanvasBuilder<'a> {
+    /// The queue of the signatures without a `queue` option (default `celery`).
+    pub fn queue(mut self, queue: &str) -> CanvasBuilder<'a> {
+        self.queue = queue.to_owned();
+        self
+    }
+
+    pub async fn send(self) -> Result<SentCanvas<'a>, Error> {
+        let CanvasBuilder { client, kind, tasks, body, queue } = self;
+        let (ids, wait_for) = match (kind, body) {
+            (Kind::Chain, _) => {
+                let ids = client.send_chain(&tasks, &queue).await?;
+                let last = ids.last().cloned().into_iter().collect();
+                (ids, last)
+            }
+            (Kind::Group, _) => {
+                let g = client.send_group(&tasks, &queue).await?;
+                (g.ids.clone(), g.ids)
+            }
+            (Kind::Chord, Some(body)) => {
+                let c = client.send_chord(&tasks, &body, &queue).await?;
+                ([c.header_ids, vec![c.body_id.clone()]].concat(), vec![c.body_id])
+            }
+            (Kind::Chord, None) => unreachable!("a chord is built with its body"),
+        };
+        Ok(SentCanvas { client, kind, ids, wait_for })
+    }
+}
+
+/// A sent chain, group or chord.
+pub struct SentCanvas<'a> {
+    client: &'a mut Client,
+    kind: Kind,
+    /// Every task id sent or to be sent: a chain's steps, a group's tasks, a chord's header
+    /// tasks then its body.
+    pub ids: Vec<String>,
+    wait_for: Vec<String>,
+}
+
+impl SentCanvas<'_> {
+    /// The final results: one for a chain (its last step) or a chord (its body), one per
+    /// task in order for a group.
+    pub async fn get(self, timeout: Duration) -> Result<Vec<ResultMessage>, Error> {
+        let group = GroupHandle { group_id: String::new(), ids: self.wait_for };
+        let results = self.client.wait_group(&group, timeout).await?;
+        debug_assert!(self.kind == Kind::Group || results.len() <= 1);
+        Ok(results)
+    }
+}
+
 pub struct Client {
     conn: Connection,
     ch: Channel,
@@ -137,6 +206,30 @@ impl Client {
         let routing_key = queue.into();
         self.ch.basic_publish(exchange.into(), routing_key, BasicPublishOptions::default(), &raw.body, props).await?;
         Ok(())
+    }
+
+    /// A chain to send: `client.chain(steps).queue("q").send().await?.get(timeout).await?`
+    /// (the last step's result). See [`Client::send_chain`].
+    pub fn chain(&mut self, steps: Vec<Signature>) -> CanvasBuilder<'_> {
+        CanvasBuilder { client: self, kind: Kind::Chain, tasks: steps, body: None, queue: DEFAULT_QUEUE.to_owned() }
+    }
+
+    /// A group to send: `client.group(tasks).send().await?.get(timeout).await?` (the
+    /// results in order). See [`Client::send_group`].
+    pub fn group(&mut self, tasks: Vec<Signature>) -> CanvasBuilder<'_> {
+        CanvasBuilder { client: self, kind: Kind::Group, tasks, body: None, queue: DEFAULT_QUEUE.to_owned() }
+    }
+
+    /// A chord to send: `client.chord(header, body).send().await?.get(timeout).await?` (the
+    /// body's result). See [`Client::send_chord`].
+    pub fn chord(&mut self, header: Vec<Signature>, body: Signature) -> CanvasBuilder<'_> {
+        CanvasBuilder {
+            client: self,
+            kind: Kind::Chord,
+            tasks: header,
+            body: Some(body),
+            queue: DEFAULT_QUEUE.to_owned(),
+        }
     }
 
     /// Sends a chain (Celery's `chain(a, b, c)`): each step gets the previous step's result

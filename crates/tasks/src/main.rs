@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
 use warren_tasks::canvas::Signature;
-use warren_tasks::client::{Client, GroupHandle, SendOptions};
+use warren_tasks::client::{Client, SendOptions};
 use warren_tasks::worker::{self, WorkerConfig};
 use warren_tasks::{Registry, demo};
 
@@ -207,30 +207,23 @@ async fn canvas(kind: Canvas, sigs: &[String], body: Option<&str>, common: Canva
         Ok(c) => c,
         Err(e) => return fail(format!("error: {e}")),
     };
-    let q = common.queue.as_str();
-    let (ids, wait_for) = match (kind, body) {
-        (Canvas::Chain, _) => match client.send_chain(&sigs, q).await {
-            Ok(ids) => (ids.clone(), ids.last().cloned().into_iter().collect::<Vec<_>>()),
-            Err(e) => return fail(format!("error: {e}")),
-        },
-        (Canvas::Group, _) => match client.send_group(&sigs, q).await {
-            Ok(g) => (g.ids.clone(), g.ids),
-            Err(e) => return fail(format!("error: {e}")),
-        },
-        (Canvas::Chord, Some(body)) => match client.send_chord(&sigs, &body, q).await {
-            Ok(c) => ([c.header_ids, vec![c.body_id.clone()]].concat(), vec![c.body_id]),
-            Err(e) => return fail(format!("error: {e}")),
-        },
+    let builder = match (kind, body) {
+        (Canvas::Chain, _) => client.chain(sigs),
+        (Canvas::Group, _) => client.group(sigs),
+        (Canvas::Chord, Some(body)) => client.chord(sigs, body),
         (Canvas::Chord, None) => return usage("a chord needs --body".to_owned()),
     };
+    let sent = match builder.queue(&common.queue).send().await {
+        Ok(s) => s,
+        Err(e) => return fail(format!("error: {e}")),
+    };
     let Some(timeout) = timeout else {
-        for id in ids {
+        for id in &sent.ids {
             println!("{id}");
         }
         return ExitCode::SUCCESS;
     };
-    let group = GroupHandle { group_id: String::new(), ids: wait_for };
-    let results = match client.wait_group(&group, timeout).await {
+    let results = match sent.get(timeout).await {
         Ok(r) => r,
         Err(e) => return fail(format!("error: {e}")),
     };
