@@ -235,9 +235,17 @@ def test_chord_without_polling(node, queue, workers):
     assert sum("completing the chord" in line for w in ws for line in w.lines) == 1
     # The chord's queues are gone; only the task queue (and the worker's own) remain.
     assert chord_queues_left(node) == []
-    # A chord of one, and a body with arguments of its own after the results.
+    # A chord of one: its only header task is the last one.
     done = cli(node, "chord", sig("demo.add", 2, 3), "--body", sig("demo.echo"), "--queue", queue)
     assert (done.returncode, done.stdout.strip()) == (0, "[5]"), done.stderr
+    # A bigger one, finishing on both workers at once; the body's own arguments follow the
+    # list of results.
+    header = [sig("demo.add", i, 0) for i in range(200)]
+    done = cli(node, "chord", *header, "--body", sig("demo.add", 50), "--queue", queue)
+    assert done.returncode == 1 and "TypeError" in done.stderr, "demo.add(list, 50) is a TypeError"
+    done = cli(node, "chord", *header, "--body", sig("demo.sum"), "--queue", queue)
+    assert (done.returncode, done.stdout.strip()) == (0, str(sum(range(200)))), done.stderr
+    assert chord_queues_left(node) == []
 
 
 @pytest.mark.timeout(90)
