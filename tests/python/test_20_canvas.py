@@ -296,3 +296,33 @@ def test_chord_counts_a_header_task_that_ran_twice_once(node, queue, celery_clie
     assert app.AsyncResult(body_id).get(timeout=RESULT_TIMEOUT) == 33
     assert received(w, "demo.sum") == 1
     assert chord_queues_left(node) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_step_to_a_queue_declared_with_other_arguments(node, queue, celery_client, workers):
+    """The next step goes to a queue that exists with arguments Celery's declaration does
+    not have (x-max-priority here): the broker refuses the worker's declaration and closes
+    its canvas channel, and the worker still routes the step there, and goes on sending the
+    next steps of later tasks on a new channel."""
+    import pika
+
+    other = queue + ".prio"
+    conn = pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{node.port}/%2f"))
+    ch = conn.channel()
+    ch.queue_declare(other, durable=True, arguments={"x-max-priority": 10})
+    w = rust_worker(node, queue)
+    workers.append(w)
+    app = celery_client
+    first = chain(app.signature("demo.add", (1, 2)), app.signature("demo.add", (3,), queue=other))()
+    assert first.parent.get(timeout=RESULT_TIMEOUT) == 3
+    deadline = time.monotonic() + 10
+    while (got := ch.basic_get(other, auto_ack=True))[0] is None:
+        assert time.monotonic() < deadline, w.log()
+        time.sleep(0.1)
+    assert json.loads(got[2])[0] == [3, 3]
+    assert got[1].headers["task"] == "demo.add" and got[1].headers["parent_id"] == first.parent.id
+    conn.close()
+    r = chain(app.signature("demo.add", (1, 1)), app.signature("demo.add", (1,)))()
+    assert r.get(timeout=RESULT_TIMEOUT) == 3
+    assert any("could not declare the queue of a canvas task" in line for line in w.lines), w.log()
+    assert any("canvas channel closed by the broker" in line for line in w.lines), w.log()

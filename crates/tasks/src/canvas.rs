@@ -24,13 +24,15 @@
 //! worker requeue the parent (it runs again: at least once, as in Celery).
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::Channel;
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, Connection};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
@@ -281,22 +283,40 @@ pub fn chord_outcome(parts: &[ChordPart]) -> Result<Vec<Value>, ExceptionInfo> {
     Ok(sorted.into_iter().map(|p| p.result.clone()).collect())
 }
 
-/// The worker's side of the canvas: one confirm-mode channel per connection.
+/// The worker's side of the canvas: one confirm-mode channel per connection, reopened when
+/// the broker closed it (a refused declaration, say), so that one bad signature does not
+/// stop the canvas of every later task.
 pub(crate) struct Canvas {
-    ch: Channel,
+    conn: Arc<Connection>,
+    ch: Mutex<Channel>,
     declared: Mutex<HashSet<String>>,
 }
 
 impl Canvas {
-    pub(crate) fn new(ch: Channel) -> Canvas {
-        Canvas { ch, declared: Mutex::new(HashSet::new()) }
+    pub(crate) async fn new(conn: Arc<Connection>) -> Result<Canvas, Error> {
+        let ch = confirm_channel(&conn).await?;
+        Ok(Canvas { conn, ch: Mutex::new(ch), declared: Mutex::new(HashSet::new()) })
+    }
+
+    /// The channel, a new one if the broker closed the last.
+    async fn channel(&self) -> Result<Channel, Error> {
+        let mut ch = self.ch.lock().await;
+        if !ch.status().connected() {
+            warn!("canvas channel closed by the broker; opening another");
+            *ch = confirm_channel(&self.conn).await?;
+        }
+        Ok(ch.clone())
     }
 
     async fn send(&self, msg: &TaskMessage, queue: &str) -> Result<(), Error> {
         {
             let mut declared = self.declared.lock().await;
             if !declared.contains(queue) {
-                crate::declare_task_queue(&self.ch, queue).await?;
+                // Declared as Celery declares it. A refusal (the queue exists with other
+                // arguments) is not ours to fix: the message is still routed to it.
+                if let Err(e) = crate::declare_task_queue(&self.channel().await?, queue).await {
+                    warn!(queue, "could not declare the queue of a canvas task: {e}");
+                }
                 declared.insert(queue.to_owned());
             }
         }
@@ -314,7 +334,8 @@ impl Canvas {
 
     async fn publish_confirmed(&self, exchange: &str, key: &str, raw: &RawMessage) -> Result<bool, Error> {
         let confirm = self
-            .ch
+            .channel()
+            .await?
             .basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), &raw.body, amqp::to_lapin(raw))
             .await?
             .await?;
@@ -454,13 +475,14 @@ impl Canvas {
     }
 
     async fn declare_chord_queues(&self, results_q: &str, counter_q: &str, size: u64) -> Result<(), Error> {
+        let ch = self.channel().await?;
         let durable = QueueDeclareOptions { durable: true, ..Default::default() };
         let mut args = FieldTable::default();
         args.insert("x-expires".into(), AMQPValue::LongLongInt(CHORD_EXPIRES_MS));
-        self.ch.queue_declare(results_q.into(), durable, args.clone()).await?;
+        ch.queue_declare(results_q.into(), durable, args.clone()).await?;
         args.insert("x-max-length".into(), AMQPValue::LongLongInt(i64::try_from(size - 1).unwrap_or(i64::MAX)));
         args.insert("x-overflow".into(), AMQPValue::LongString(LongString::from("reject-publish")));
-        self.ch.queue_declare(counter_q.into(), durable, args).await?;
+        ch.queue_declare(counter_q.into(), durable, args).await?;
         Ok(())
     }
 
@@ -473,14 +495,13 @@ impl Canvas {
         size: u64,
     ) -> Result<(), Error> {
         let results_q = chord_results_queue(group_id);
+        let ch = self.channel().await?;
         let deadline = tokio::time::Instant::now() + CHORD_COLLECT_PATIENCE;
         let (parts, ackers) = loop {
             let mut by_index: BTreeMap<i64, ChordPart> = BTreeMap::new();
             let mut ackers = Vec::new();
             let mut duplicates = Vec::new();
-            while let Some(got) =
-                self.ch.basic_get(results_q.as_str().into(), BasicGetOptions { no_ack: false }).await?
-            {
+            while let Some(got) = ch.basic_get(results_q.as_str().into(), BasicGetOptions { no_ack: false }).await? {
                 let part: Option<ChordPart> = serde_json::from_slice(&got.delivery.data).ok();
                 match part {
                     Some(p) if (0..size as i64).contains(&p.index) && !by_index.contains_key(&p.index) => {
@@ -548,12 +569,18 @@ impl Canvas {
             a.ack(BasicAckOptions::default()).await?;
         }
         for q in [results_q, chord_counter_queue(group_id)] {
-            if let Err(e) = self.ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await {
+            if let Err(e) = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await {
                 warn!(q, "chord queue not deleted (it expires): {e}");
             }
         }
         Ok(())
     }
+}
+
+async fn confirm_channel(conn: &Connection) -> Result<Channel, Error> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(ch)
 }
 
 fn callbacks_grouped(n: usize) -> bool {

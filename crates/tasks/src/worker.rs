@@ -117,6 +117,7 @@ async fn session(
         _ = shutdown.as_mut() => return Ok(()),
     };
     *backoff = BACKOFF_MIN;
+    let conn = Arc::new(conn); // shared with the canvas, which reopens its channel
     let ch = conn.create_channel().await?;
     ch.basic_qos(config.concurrency, BasicQosOptions::default()).await?;
     for q in &config.queues {
@@ -132,9 +133,7 @@ async fn session(
         confirm_ch.queue_declare(expired_queue(q).as_str().into(), durable, FieldTable::default()).await?;
     }
     // Canvas (chain, callbacks, errbacks, chord): its own confirm-mode channel.
-    let canvas_ch = conn.create_channel().await?;
-    canvas_ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let canvas = Arc::new(Canvas::new(canvas_ch));
+    let canvas = Arc::new(Canvas::new(Arc::clone(&conn)).await?);
     let events = if config.events { Some(Arc::new(Events::new(&conn).await?)) } else { None };
     let _heartbeat = events.as_ref().map(|ev| {
         let ev = Arc::clone(ev);
