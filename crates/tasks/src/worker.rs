@@ -18,6 +18,10 @@
 //! - time limits (`timelimit` header, else the task's options): the soft one is seen by the
 //!   task through its `TaskContext`; at the hard one the task is aborted and fails with
 //!   `TimeLimitExceeded`;
+//! - after a task (success, or failure with no retry left) its canvas is sent, confirmed,
+//!   before its result: link callbacks and the chain's next step, or errbacks and the
+//!   chain's remaining steps failed; a chord part (see `crate::canvas`). Not confirmed: the
+//!   delivery is requeued;
 //! - messages that are not tasks we can run (unknown name, not protocol v2, not JSON) are
 //!   rejected without requeue and logged; an unknown name also gets Celery's NotRegistered
 //!   failure as its result, as a Python worker stores it;
