@@ -353,8 +353,7 @@ impl Canvas {
         let children = match outcome {
             Ok(value) => self.after_success(queue, task, value).await?,
             Err(exc) => {
-                self.fail_chain(task, exc).await?;
-                self.after_failure(queue, task).await?;
+                self.after_failure(queue, task, exc).await?;
                 Vec::new()
             }
         };
@@ -369,58 +368,23 @@ impl Canvas {
         task: &TaskMessage,
         value: &Value,
     ) -> Result<Vec<Value>, Error> {
-        let mut children = Vec::new();
-        let callbacks: Vec<Signature> =
-            signatures(&task.embed.callbacks).map_err(bad_embed)?.into_iter().filter(sendable).collect();
-        // One callback is sent as is; several as a group (as Celery does), one `children`
-        // entry for the group.
-        let (callbacks, group_id) = grouped(callbacks, callbacks_grouped);
-        let mut ids = Vec::new();
-        for sig in &callbacks {
-            let msg = sig.message(Some(value.clone()), Some(task), Vec::new());
-            self.send(&msg, sig.queue().unwrap_or(queue)).await?;
-            info!(id = task.id, callback = msg.task, callback_id = msg.id, "link callback sent");
-            ids.push(msg.id);
+        let plan = success_plan(queue, task, value).map_err(bad_embed)?;
+        for (msg, q) in &plan.sends {
+            self.send(msg, q).await?;
+            info!(id = task.id, sent = msg.task, sent_id = msg.id, queue = q, "canvas: task sent after success");
         }
-        match group_id {
-            Some(g) => children.push(group_child(&g, &ids)),
-            None => children.extend(ids.iter().map(|id| child(id))),
-        }
-        let mut chain = signatures(&task.embed.chain).map_err(bad_embed)?;
-        if let Some(next) = chain.pop() {
-            let msg = next.message(Some(value.clone()), Some(task), chain);
-            self.send(&msg, next.queue().unwrap_or(queue)).await?;
-            info!(id = task.id, next = msg.task, next_id = msg.id, "chain: next task sent");
-            children.push(child(&msg.id));
-        }
-        Ok(children)
+        Ok(plan.children)
     }
 
-    /// After a final failure, the rest of the chain fails too (Celery's `_fail_chain`): each
-    /// step that has an id and a `reply_to` gets the same FAILURE, so a caller waiting on the
-    /// chain's last step gets the error instead of waiting forever.
-    async fn fail_chain(&self, task: &TaskMessage, exc: &ExceptionInfo) -> Result<(), Error> {
-        let chain = signatures(&task.embed.chain).map_err(bad_embed)?;
-        for sig in chain.iter().filter(|s| s.task_id().is_some()) {
-            let step = sig.message(None, Some(task), Vec::new());
-            if let Some(reply_to) = step.reply_to.as_deref() {
-                let date = crate::protocol::isoformat_utc(std::time::SystemTime::now());
-                self.publish("", reply_to, &ResultMessage::failure(&step, exc, None, date).encode()).await?;
-            }
+    /// After a final failure: the rest of the chain fails, the errbacks are sent.
+    async fn after_failure(&self, queue: &str, task: &TaskMessage, exc: &ExceptionInfo) -> Result<(), Error> {
+        let plan = failure_plan(queue, task, exc).map_err(bad_embed)?;
+        for (reply_to, result) in &plan.results {
+            self.publish("", reply_to, &result.encode()).await?;
         }
-        Ok(())
-    }
-
-    /// After a final failure: the errbacks, each with the failed task's id as first argument.
-    pub(crate) async fn after_failure(&self, queue: &str, task: &TaskMessage) -> Result<(), Error> {
-        let errbacks: Vec<Signature> =
-            signatures(&task.embed.errbacks).map_err(bad_embed)?.into_iter().filter(sendable).collect();
-        // Celery sends old-style errbacks as a group, even just one.
-        let (errbacks, _) = grouped(errbacks, |_| true);
-        for sig in &errbacks {
-            let msg = sig.message(Some(Value::String(task.id.clone())), Some(task), Vec::new());
-            self.send(&msg, sig.queue().unwrap_or(queue)).await?;
-            info!(id = task.id, errback = msg.task, errback_id = msg.id, "errback sent");
+        for (msg, q) in &plan.sends {
+            self.send(msg, q).await?;
+            info!(id = task.id, errback = msg.task, errback_id = msg.id, queue = q, "canvas: errback sent");
         }
         Ok(())
     }
@@ -562,7 +526,7 @@ impl Canvas {
                     self.publish("", reply_to, &result).await?;
                 }
                 // The body's errbacks run, as Celery's chord_error_from_stack runs them.
-                self.after_failure(queue, &body_msg).await?;
+                self.after_failure(queue, &body_msg, &exc).await?;
             }
         }
         for a in ackers {
@@ -575,6 +539,65 @@ impl Canvas {
         }
         Ok(())
     }
+}
+
+/// What a worker sends after a task: task messages with their queues, and (after a failure)
+/// results for the steps that will not run, with their `reply_to`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub sends: Vec<(TaskMessage, String)>,
+    pub results: Vec<(String, ResultMessage)>,
+    /// The finished task's `children` (what was sent).
+    pub children: Vec<Value>,
+}
+
+/// After `task` (consumed from `queue`) returned `value`: its link callbacks with the value
+/// prepended (one as is, several as a group), then the chain's next step with the value
+/// prepended and the rest of the chain. Signatures go to their `queue` option, else to
+/// `queue`.
+pub fn success_plan(queue: &str, task: &TaskMessage, value: &Value) -> Result<Plan, String> {
+    let mut plan = Plan::default();
+    let callbacks: Vec<Signature> = signatures(&task.embed.callbacks)?.into_iter().filter(sendable).collect();
+    let (callbacks, group_id) = grouped(callbacks, callbacks_grouped);
+    let mut ids = Vec::new();
+    for sig in &callbacks {
+        let msg = sig.message(Some(value.clone()), Some(task), Vec::new());
+        ids.push(msg.id.clone());
+        plan.sends.push((msg, sig.queue().unwrap_or(queue).to_owned()));
+    }
+    match group_id {
+        Some(g) => plan.children.push(group_child(&g, &ids)),
+        None => plan.children.extend(ids.iter().map(|id| child(id))),
+    }
+    let mut chain = signatures(&task.embed.chain)?;
+    if let Some(next) = chain.pop() {
+        let msg = next.message(Some(value.clone()), Some(task), chain);
+        plan.children.push(child(&msg.id));
+        plan.sends.push((msg, next.queue().unwrap_or(queue).to_owned()));
+    }
+    Ok(plan)
+}
+
+/// After `task` failed for good with `exc`: every remaining chain step that has an id and a
+/// `reply_to` gets the same FAILURE (Celery's `_fail_chain`), and the errbacks are sent, as a
+/// group, with the failed task's id as their first argument.
+pub fn failure_plan(queue: &str, task: &TaskMessage, exc: &ExceptionInfo) -> Result<Plan, String> {
+    let mut plan = Plan::default();
+    for sig in signatures(&task.embed.chain)?.iter().filter(|s| s.task_id().is_some()) {
+        let step = sig.message(None, Some(task), Vec::new());
+        if let Some(reply_to) = step.reply_to.clone() {
+            let date = crate::protocol::isoformat_utc(std::time::SystemTime::now());
+            plan.results.push((reply_to, ResultMessage::failure(&step, exc, None, date)));
+        }
+    }
+    let errbacks: Vec<Signature> = signatures(&task.embed.errbacks)?.into_iter().filter(sendable).collect();
+    // Celery sends old-style errbacks as a group, even just one.
+    let (errbacks, _) = grouped(errbacks, |_| true);
+    for sig in &errbacks {
+        let msg = sig.message(Some(Value::String(task.id.clone())), Some(task), Vec::new());
+        plan.sends.push((msg, sig.queue().unwrap_or(queue).to_owned()));
+    }
+    Ok(plan)
 }
 
 async fn confirm_channel(conn: &Connection) -> Result<Channel, Error> {

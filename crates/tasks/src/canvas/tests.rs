@@ -242,3 +242,92 @@ fn several_callbacks_and_errbacks_go_as_a_group() {
     assert_eq!((one, no_group), (sigs[..1].to_vec(), None));
     assert_eq!(grouped(Vec::new(), |_| true), (Vec::new(), None));
 }
+
+#[test]
+fn after_a_chain_step_succeeds_the_worker_sends_the_next_one() {
+    let first = task("canvas_chain", 0);
+    let plan = success_plan("q1", &first, &json!(3)).expect("plan");
+    assert_eq!(plan.sends.len(), 1);
+    let (next, queue) = &plan.sends[0];
+    assert_eq!((next.id.clone(), next.args.clone(), queue.as_str()), (id(102), vec![json!(3), json!(3)], "q1"));
+    assert_eq!(plan.children, [child(&id(102))]);
+    assert!(plan.results.is_empty());
+    // The last step has nothing left to send.
+    let last_step =
+        success_plan("q1", &TaskMessage::decode(&next.encode()).expect("decodes"), &json!(6)).expect("plan").sends;
+    assert_eq!(
+        (last_step[0].0.id.clone(), last_step[0].1.as_str(), last_step[0].0.args.clone()),
+        (id(101), "other", vec![json!(6), json!(4)])
+    );
+    let done = TaskMessage::decode(&last_step[0].0.encode()).expect("decodes");
+    assert_eq!(success_plan("other", &done, &json!(10)).expect("plan"), Plan::default());
+}
+
+#[test]
+fn after_a_failure_the_rest_of_the_chain_fails_and_errbacks_are_sent() {
+    let first = task("canvas_chain", 0);
+    let exc = ExceptionInfo { exc_type: "ValueError".into(), exc_message: json!(["no"]), exc_module: None };
+    let plan = failure_plan("q1", &first, &exc).expect("plan");
+    assert!(plan.sends.is_empty() && plan.children.is_empty());
+    let failed: Vec<(&str, &str, &str)> =
+        plan.results.iter().map(|(r, m)| (r.as_str(), m.task_id.as_str(), m.status.as_str())).collect();
+    let (a, b) = (id(101), id(102));
+    assert_eq!(failed, [("golden-reply-queue", a.as_str(), "FAILURE"), ("golden-reply-queue", b.as_str(), "FAILURE")]);
+    assert_eq!(plan.results[0].1.exception(), Some(exc.clone()));
+
+    let linked = task("canvas_link", 0);
+    let plan = failure_plan("q1", &linked, &exc).expect("plan");
+    assert!(plan.results.is_empty());
+    let sent: Vec<(Vec<Value>, &str, Option<i64>)> =
+        plan.sends.iter().map(|(m, q)| (m.args.clone(), q.as_str(), m.group_index)).collect();
+    assert_eq!(sent, [(vec![json!(id(200))], "q1", Some(0)), (vec![json!(1)], "q1", Some(1))]);
+    assert!(plan.sends[0].0.group.is_some() && plan.sends[0].0.group == plan.sends[1].0.group);
+    // On success, the link (to its own queue) and no errback.
+    let plan = success_plan("q1", &linked, &json!(42)).expect("plan");
+    let sent: Vec<(&str, &str, Vec<Value>)> =
+        plan.sends.iter().map(|(m, q)| (m.task.as_str(), q.as_str(), m.args.clone())).collect();
+    assert_eq!(sent, [("demo.echo", "py", vec![json!(42)])]);
+    assert_eq!(plan.children, [child(&plan.sends[0].0.id)]);
+}
+
+#[test]
+fn several_links_are_one_group_child() {
+    let mut t = task("canvas_link", 0);
+    t.embed.callbacks = json!([Signature::new("a", vec![]).to_json(), Signature::new("b", vec![]).to_json()]);
+    let plan = success_plan("q1", &t, &json!(1)).expect("plan");
+    let group_id = plan.sends[0].0.group.clone().expect("a group");
+    let ids: Vec<String> = plan.sends.iter().map(|(m, _)| m.id.clone()).collect();
+    assert_eq!(plan.children, [group_child(&group_id, &ids)]);
+    // Nested canvases are not sent.
+    t.embed.callbacks = json!([{"task": "celery.group", "args": [], "kwargs": {}, "options": {},
+                                "subtask_type": "group", "immutable": false}]);
+    assert_eq!(success_plan("q1", &t, &json!(1)).expect("plan"), Plan::default());
+    t.embed.callbacks = json!("not a signature");
+    assert!(success_plan("q1", &t, &json!(1)).is_err());
+}
+
+#[test]
+fn signature_options_become_headers() {
+    let parent = task("canvas_link", 0);
+    let sig = Signature::new("demo.sleep", vec![json!(1)])
+        .with_option("time_limit", json!(10))
+        .with_option("soft_time_limit", json!(5.5))
+        .with_option("priority", json!(3))
+        .with_option("expires", json!("2099-01-01T00:00:00+00:00"))
+        .with_option("link", Signature::new("demo.echo", vec![]).to_json())
+        .with_option("link_error", json!([Signature::new("demo.echo", vec![]).to_json()]))
+        .immutable();
+    let m = sig.message(Some(json!("ignored: immutable")), Some(&parent), Vec::new());
+    assert_eq!(m.args, [json!(1)]);
+    assert_eq!(
+        (m.timelimit, m.priority, m.expires.as_deref()),
+        ((Some(10.0), Some(5.5)), Some(3), Some("2099-01-01T00:00:00+00:00"))
+    );
+    assert_eq!(
+        (signatures(&m.embed.callbacks).expect("cb").len(), signatures(&m.embed.errbacks).expect("eb").len()),
+        (1, 1)
+    );
+    let later = Signature::new("x", vec![]).with_option("expires", json!(60)).message(None, None, Vec::new());
+    let at = crate::protocol::parse_isoformat(later.expires.as_deref().expect("expires")).expect("iso");
+    assert!(at > std::time::SystemTime::now() + std::time::Duration::from_secs(50));
+}
