@@ -133,6 +133,8 @@ pub struct Client {
     /// The broker refused the `x-delayed-message` exchange.
     no_delayed_exchange: bool,
     origin: String,
+    /// For the delayed-exchange probe, which needs a connection of its own.
+    broker: String,
 }
 
 impl std::fmt::Debug for Client {
@@ -161,6 +163,7 @@ impl Client {
             delayed: Vec::new(),
             no_delayed_exchange: false,
             origin: crate::origin(),
+            broker: broker.to_owned(),
         })
     }
 
@@ -318,6 +321,11 @@ impl Client {
         }
         if self.delayed.iter().any(|q| q == queue) {
             return Ok(true);
+        }
+        if !crate::has_delayed_exchange(&self.broker).await? {
+            tracing::warn!("no delayed exchange (x-delayed-message); sending delayed tasks with their eta only");
+            self.no_delayed_exchange = true;
+            return Ok(false);
         }
         // Its own channel: a refused declaration closes the channel it was made on.
         let ch = self.conn.create_channel().await?;

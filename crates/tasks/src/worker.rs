@@ -127,7 +127,7 @@ async fn session(
     for q in &config.queues {
         crate::declare_task_queue(&ch, q).await?;
     }
-    let delay_ch = delayed_channel(&conn, &config.queues).await?;
+    let delay_ch = delayed_channel(&conn, &config.broker, &config.queues).await?;
     // Retries and dead letters are republished in confirm mode before the original is acked.
     let confirm_ch = conn.create_channel().await?;
     confirm_ch.confirm_select(ConfirmSelectOptions::default()).await?;
@@ -237,7 +237,11 @@ async fn session(
 /// must be confirmed before their original is acked), or `None` when the broker has no
 /// `x-delayed-message` exchange type (RabbitMQ without the plugin): early tasks are then
 /// held in the worker until due, as a Python worker holds them.
-async fn delayed_channel(conn: &Connection, queues: &[String]) -> Result<Option<Channel>, Error> {
+async fn delayed_channel(conn: &Connection, broker: &str, queues: &[String]) -> Result<Option<Channel>, Error> {
+    if !crate::has_delayed_exchange(broker).await? {
+        warn!("no delayed exchange (x-delayed-message); tasks with a future eta are held in the worker until due");
+        return Ok(None);
+    }
     // Its own channel: a refused declaration closes the channel it was made on.
     let ch = conn.create_channel().await?;
     for q in queues {
