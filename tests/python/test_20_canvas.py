@@ -127,12 +127,18 @@ def test_chain_python_client_rust_worker(node, queue, celery_client, workers):
     # Immutable steps (.si) do not get the previous result.
     r = chain(add(1, 1), app.signature("demo.add", (5, 5), immutable=True))()
     assert r.get(timeout=RESULT_TIMEOUT) == 10
+    # A step with a countdown waits in the broker's delayed exchange, not in the worker.
+    start = time.monotonic()
+    r = chain(add(1, 2), add(3).set(countdown=1.5))()
+    assert r.get(timeout=RESULT_TIMEOUT) == 6
+    assert time.monotonic() - start >= 1.4
+    w.wait_for("task delayed until its eta")
     # A step fails: the steps after it are not run, and fail with its error (Celery's
     # _fail_chain), so waiting on the chain raises it.
     r = chain(add(1, 1), app.signature("demo.fail", ("mid-chain",), immutable=True), add(100))()
     with pytest.raises(ValueError, match="mid-chain"):
         r.get(timeout=RESULT_TIMEOUT)
-    assert received(w, "demo.add") == 3 + 2 + 1, w.log()
+    assert received(w, "demo.add") == 3 + 2 + 2 + 1, w.log()
 
 
 @pytest.mark.timeout(60)

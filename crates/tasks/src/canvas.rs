@@ -55,7 +55,8 @@ pub struct Signature {
     pub kwargs: Map<String, Value>,
     /// `apply_async` options: `task_id`, `reply_to`, `queue`, `group_id`, `group_index`,
     /// `priority`, `link`, `link_error`, `time_limit`, `soft_time_limit`, `expires` (an ISO
-    /// 8601 time or seconds from now), `ignore_result` are honoured.
+    /// 8601 time or seconds from now), `eta` (ISO 8601), `countdown` (seconds),
+    /// `ignore_result` are honoured.
     #[serde(default)]
     pub options: Map<String, Value>,
     /// `null` for a task; `chain`, `group`, `chord` for nested canvases (not sent by us).
@@ -154,6 +155,16 @@ impl Signature {
         let secs = |k: &str| self.options.get(k).and_then(Value::as_f64);
         msg.timelimit = (secs("time_limit"), secs("soft_time_limit"));
         msg.ignore_result = self.options.get("ignore_result").and_then(Value::as_bool).unwrap_or(false);
+        // The eta header only: a Rust worker that gets it early parks it in the broker's
+        // delayed exchange, a Python worker holds it until due.
+        msg.eta = match (self.options.get("eta"), self.options.get("countdown")) {
+            (Some(Value::String(at)), _) => Some(at.clone()),
+            (_, Some(Value::Number(secs))) => secs
+                .as_f64()
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .map(|d| crate::protocol::isoformat_utc(std::time::SystemTime::now() + d)),
+            _ => None,
+        };
         msg.expires = match self.options.get("expires") {
             Some(Value::String(at)) => Some(at.clone()),
             Some(Value::Number(secs)) => secs

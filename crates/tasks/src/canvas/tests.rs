@@ -327,7 +327,14 @@ fn signature_options_become_headers() {
         (signatures(&m.embed.callbacks).expect("cb").len(), signatures(&m.embed.errbacks).expect("eb").len()),
         (1, 1)
     );
-    let later = Signature::new("x", vec![]).with_option("expires", json!(60)).message(None, None, Vec::new());
-    let at = crate::protocol::parse_isoformat(later.expires.as_deref().expect("expires")).expect("iso");
-    assert!(at > std::time::SystemTime::now() + std::time::Duration::from_secs(50));
+    let later = Signature::new("x", vec![])
+        .with_option("expires", json!(60))
+        .with_option("countdown", json!(30))
+        .message(None, None, Vec::new());
+    let at = |v: &Option<String>| crate::protocol::parse_isoformat(v.as_deref().expect("set")).expect("iso");
+    let now = std::time::SystemTime::now();
+    assert!(at(&later.expires) > now + std::time::Duration::from_secs(50));
+    assert!(at(&later.eta) > now + std::time::Duration::from_secs(20) && at(&later.eta) < at(&later.expires));
+    let eta = Signature::new("x", vec![]).with_option("eta", json!("2030-01-01T00:00:00+00:00"));
+    assert_eq!(eta.message(None, None, Vec::new()).eta.as_deref(), Some("2030-01-01T00:00:00+00:00"));
 }
