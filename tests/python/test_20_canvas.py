@@ -143,10 +143,23 @@ def test_chain_python_client_rust_worker(node, queue, celery_client, workers):
 
 @pytest.mark.timeout(60)
 def test_group_python_client_rust_worker(node, queue, celery_client, workers):
-    workers.append(rust_worker(node, queue))
+    w = rust_worker(node, queue)
+    workers.append(w)
     app = celery_client
     res = group(app.signature("demo.add", (i, i)) for i in range(10))()
     assert res.get(timeout=RESULT_TIMEOUT) == [2 * i for i in range(10)]
+    # A chain ending in a group: the Rust worker sends the group with the result.
+    add = lambda *a: app.signature("demo.add", a)  # noqa: E731
+    res = chain(add(1, 2), group(add(10), add(20), add(30)))()
+    assert res.get(timeout=RESULT_TIMEOUT) == [13, 23, 33]
+    # A group as a link: sent with the result, one GroupResult in the parent's children.
+    # (Link signatures carry no reply_to, so their results reach no caller, as in Celery.)
+    parent = app.send_task("demo.add", (2, 2), link=group(add(1), add(2)))
+    assert parent.get(timeout=RESULT_TIMEOUT) == 4
+    (linked,) = parent.children
+    for r in linked.results:
+        w.wait_for(f'id="{r.id}"')
+    assert received(w, "demo.add") == 10 + 1 + 3 + 1 + 2, w.log()
 
 
 @pytest.mark.timeout(90)

@@ -568,7 +568,12 @@ pub struct Plan {
 /// `queue`.
 pub fn success_plan(queue: &str, task: &TaskMessage, value: &Value) -> Result<Plan, String> {
     let mut plan = Plan::default();
-    let callbacks: Vec<Signature> = signatures(&task.embed.callbacks)?.into_iter().filter(sendable).collect();
+    let all = signatures(&task.embed.callbacks)?;
+    // Group callbacks are applied one by one, the plain ones together (Celery's trace.py).
+    for g in all.iter().filter(|s| is_group(s)) {
+        send_group(&mut plan, g, queue, task, value)?;
+    }
+    let callbacks: Vec<Signature> = all.into_iter().filter(|s| !is_group(s)).filter(sendable).collect();
     let (callbacks, group_id) = grouped(callbacks, callbacks_grouped);
     let mut ids = Vec::new();
     for sig in &callbacks {
@@ -582,6 +587,17 @@ pub fn success_plan(queue: &str, task: &TaskMessage, value: &Value) -> Result<Pl
     }
     let mut chain = signatures(&task.embed.chain)?;
     if let Some(next) = chain.pop() {
+        if is_group(&next) {
+            if !chain.is_empty() {
+                // group | more steps is a chord (Celery upgrades it), which needs a backend.
+                warn!(id = task.id, "a group followed by more chain steps is not supported; only the group is sent");
+            }
+            send_group(&mut plan, &next, queue, task, value)?;
+            return Ok(plan);
+        }
+        if !sendable(&next) {
+            return Ok(plan);
+        }
         let msg = next.message(Some(value.clone()), Some(task), chain);
         plan.children.push(child(&msg.id));
         plan.sends.push((msg, next.queue().unwrap_or(queue).to_owned()));
@@ -640,6 +656,31 @@ pub fn grouped(sigs: Vec<Signature>, as_group: impl Fn(usize) -> bool) -> (Vec<S
 /// `[[group_id, null], [[[id, null], null], ...]]`.
 pub fn group_child(group_id: &str, ids: &[String]) -> Value {
     json!([[group_id, null], ids.iter().map(|id| child(id)).collect::<Vec<_>>()])
+}
+
+fn is_group(s: &Signature) -> bool {
+    s.subtask_type.as_deref() == Some("group")
+}
+
+/// A `group` signature (a chain's next step, or a link) applied with the parent's result:
+/// its tasks (`kwargs.tasks`), each with the value prepended, the group's id (its
+/// `task_id` option, as Celery freezes it) and their index; one `children` entry.
+fn send_group(plan: &mut Plan, g: &Signature, queue: &str, task: &TaskMessage, value: &Value) -> Result<(), String> {
+    let members = signatures(g.kwargs.get("tasks").unwrap_or(&Value::Null))?;
+    let group_id = g.task_id().map_or_else(crate::new_task_id, str::to_owned);
+    let mut ids = Vec::with_capacity(members.len());
+    for (i, m) in members.into_iter().filter(sendable).enumerate() {
+        let mut m = m.with_option("group_id", group_id.clone().into());
+        if !m.options.contains_key("group_index") {
+            m = m.with_option("group_index", i.into());
+        }
+        let q = m.queue().or(g.queue()).unwrap_or(queue).to_owned();
+        let msg = m.message(Some(value.clone()), Some(task), Vec::new());
+        ids.push(msg.id.clone());
+        plan.sends.push((msg, q));
+    }
+    plan.children.push(group_child(&group_id, &ids));
+    Ok(())
 }
 
 fn sendable(s: &Signature) -> bool {

@@ -298,9 +298,9 @@ fn several_links_are_one_group_child() {
     let group_id = plan.sends[0].0.group.clone().expect("a group");
     let ids: Vec<String> = plan.sends.iter().map(|(m, _)| m.id.clone()).collect();
     assert_eq!(plan.children, [group_child(&group_id, &ids)]);
-    // Nested canvases are not sent.
-    t.embed.callbacks = json!([{"task": "celery.group", "args": [], "kwargs": {}, "options": {},
-                                "subtask_type": "group", "immutable": false}]);
+    // Nested canvases other than groups are not sent.
+    t.embed.callbacks = json!([{"task": "celery.chord", "args": [], "kwargs": {}, "options": {},
+                                "subtask_type": "chord", "immutable": false}]);
     assert_eq!(success_plan("q1", &t, &json!(1)).expect("plan"), Plan::default());
     t.embed.callbacks = json!("not a signature");
     assert!(success_plan("q1", &t, &json!(1)).is_err());
@@ -337,4 +337,35 @@ fn signature_options_become_headers() {
     assert!(at(&later.eta) > now + std::time::Duration::from_secs(20) && at(&later.eta) < at(&later.expires));
     let eta = Signature::new("x", vec![]).with_option("eta", json!("2030-01-01T00:00:00+00:00"));
     assert_eq!(eta.message(None, None, Vec::new()).eta.as_deref(), Some("2030-01-01T00:00:00+00:00"));
+}
+
+#[test]
+fn a_chain_ending_in_a_group_sends_the_group() {
+    // chain(add(1, 2), group(add(10), add(20))): after add(1, 2) = 3, both members get 3.
+    let first = task("canvas_chain_group", 0);
+    let plan = success_plan("q1", &first, &json!(3)).expect("plan");
+    type Sent<'a> = (Vec<Value>, Option<String>, Option<i64>, String, &'a str);
+    let sent: Vec<Sent> = plan
+        .sends
+        .iter()
+        .map(|(m, q)| (m.args.clone(), m.group.clone(), m.group_index, m.id.clone(), q.as_str()))
+        .collect();
+    let group_id = Some(id(503));
+    assert_eq!(
+        sent,
+        [
+            (vec![json!(3), json!(10)], group_id.clone(), Some(0), id(501), "q1"),
+            (vec![json!(3), json!(20)], group_id.clone(), Some(1), id(502), "q1"),
+        ]
+    );
+    assert!(plan.sends.iter().all(|(m, _)| m.reply_to.as_deref() == Some("golden-reply-queue")));
+    assert_eq!(plan.children, [group_child(&id(503), &[id(501), id(502)])]);
+    // The same group as a link.
+    let mut linked = task("canvas_link", 0);
+    linked.embed.callbacks = json!([first.embed.chain[0].clone()]);
+    let plan = success_plan("q1", &linked, &json!(1)).expect("plan");
+    assert_eq!(
+        plan.sends.iter().map(|(m, _)| m.args.clone()).collect::<Vec<_>>(),
+        [vec![json!(1), json!(10)], vec![json!(1), json!(20)]]
+    );
 }

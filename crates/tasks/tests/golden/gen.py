@@ -139,6 +139,10 @@ def canvas_messages():
     write("canvas_link", pin(read_message(app), oid, 200))
     group(add(i, i) for i in range(2))()
     write("canvas_group", pin([read_message(app), read_message(app)], oid, 300))
+    # A chain ending in a group: the group travels as one signature (subtask_type "group",
+    # its tasks in kwargs, ids frozen).
+    chain(add(1, 2), group(add(10), add(20)))()
+    write("canvas_chain_group", pin(read_message(app), oid, 500))
 
     chord_app = Celery("golden", broker="memory://", backend="cache+memory://")
     chord_app.conf.update(task_default_queue="celery")
