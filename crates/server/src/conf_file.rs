@@ -787,6 +787,11 @@ mod tests {
         assert_eq!((c.prometheus_port, c.prometheus_ip), (15001, Some("::1".parse().unwrap())));
         let c = parse_ok("connection_max = infinity\nchannel_max = 0\n").config;
         assert_eq!((c.connection_max, c.channel_max), (None, u16::MAX));
+        use crate::alarms::MemoryStrategy;
+        assert_eq!(Config::default().memory_strategy, MemoryStrategy::Rss);
+        let c = parse_ok("vm_memory_calculation_strategy = allocated\n").config;
+        assert_eq!(c.memory_strategy, MemoryStrategy::Allocated);
+        assert!(parse_err("vm_memory_calculation_strategy = erlang\n").to_string().contains("allocated or rss"));
     }
 
     #[test]

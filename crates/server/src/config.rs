@@ -99,7 +99,7 @@ pub struct Config {
     /// RabbitMQ's vm_memory_high_watermark.
     pub memory_high_watermark_bytes: Option<u64>,
     /// What the memory alarm compares with the watermark (RabbitMQ's
-    /// `vm_memory_calculation_strategy`): bytes allocated (default) or RSS.
+    /// `vm_memory_calculation_strategy`): RSS (default, as RabbitMQ) or bytes allocated.
     pub memory_strategy: crate::alarms::MemoryStrategy,
     /// Disk alarm: raised when free space under the data dir drops below this
     /// (RabbitMQ's disk_free_limit: 50 MB).
@@ -165,7 +165,7 @@ impl Default for Config {
             queue_ram_budget_bytes: 8 * 1024 * 1024,
             consumer_timeout: None,
             memory_high_watermark_bytes: None,
-            memory_strategy: crate::alarms::MemoryStrategy::Allocated,
+            memory_strategy: crate::alarms::MemoryStrategy::Rss,
             disk_free_limit_bytes: 50_000_000,
             fd_reserve_count: 256,
             store_open_files_max: 1024,

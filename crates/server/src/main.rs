@@ -16,9 +16,10 @@ use tracing::info;
 /// glibc returned their pages to the kernel (madvise) only to fault them back in on the
 /// next allocation, about a fifth of the broker's CPU time at 64 KiB messages.
 ///
-/// Wrapped to count the bytes handed out: the memory alarm's default strategy
-/// (`vm_memory_calculation_strategy = allocated`) compares what the broker really holds with
-/// the watermark, not RSS, which also holds pages the allocator keeps for reuse.
+/// Wrapped to count the bytes handed out: the memory breakdown's `allocated` total, and
+/// the memory alarm with `vm_memory_calculation_strategy = allocated`, which compares what
+/// the broker really holds with the watermark, not RSS (which also holds pages the
+/// allocator keeps for reuse).
 #[global_allocator]
 static GLOBAL: counting::Counting = counting::Counting;
 

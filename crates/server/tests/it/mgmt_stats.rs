@@ -526,7 +526,7 @@ async fn memory_breakdown_accounts_message_bodies() {
     let api = Client::new(server.api(), "guest", "guest");
     let node = server.state.node_name();
     let before = api.get_node_memory_footprint(&node).await.expect("memory").breakdown.expect("available");
-    assert_eq!(before.calculation_strategy, "allocated");
+    assert_eq!(before.calculation_strategy, "rss");
     assert!(before.total.rss > 0 && before.total.allocated > 0);
 
     let conn = connect(&server, "memory").await;
