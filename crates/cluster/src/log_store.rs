@@ -38,6 +38,11 @@ enum LogRecord {
     Truncate(u64),
     /// Entries up to and including this id are covered by a snapshot and removed.
     Purge(LogId),
+    /// Entries up to this id are known committed. Persisted (and fsynced) so that a leader
+    /// restarting in the same term — which openraft 0.9 allows without a new election or a
+    /// new no-op entry — applies them before it serves a read index; without it a restarted
+    /// leader could answer a linearizable read with state older than an acknowledged write.
+    Committed(LogId),
 }
 
 /// What recovery found, for tests and for the log line at startup.
@@ -52,6 +57,7 @@ pub struct Recovery {
 struct Mem {
     entries: BTreeMap<u64, Entry>,
     last_purged: Option<LogId>,
+    committed: Option<LogId>,
     vote: Option<Vote<NodeId>>,
 }
 
@@ -129,6 +135,9 @@ impl LogStore {
             if let Some(p) = mem.last_purged {
                 frame::encode(&mut buf, &serde_json::to_vec(&LogRecord::Purge(p)).map_err(std::io::Error::other)?);
             }
+            if let Some(c) = mem.committed {
+                frame::encode(&mut buf, &serde_json::to_vec(&LogRecord::Committed(c)).map_err(std::io::Error::other)?);
+            }
             let kept: Vec<Entry> = mem.entries.values().cloned().collect();
             if !kept.is_empty() {
                 frame::encode(&mut buf, &serde_json::to_vec(&LogRecord::Entries(kept)).map_err(std::io::Error::other)?);
@@ -174,6 +183,11 @@ fn replay(mem: &mut Mem, record: LogRecord) {
             mem.entries = mem.entries.split_off(&(upto.index + 1));
             if mem.last_purged.is_none_or(|p| p.index < upto.index) {
                 mem.last_purged = Some(upto);
+            }
+        }
+        LogRecord::Committed(c) => {
+            if mem.committed.is_none_or(|old| old.index < c.index) {
+                mem.committed = Some(c);
             }
         }
     }
@@ -249,6 +263,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
         Ok(self.mem.lock().expect("log mem lock").vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<NodeId>> {
+        let Some(c) = committed else { return Ok(()) };
+        self.write_record(&LogRecord::Committed(c)).await.map_err(write_err)?;
+        replay(&mut self.mem.lock().expect("log mem lock"), LogRecord::Committed(c));
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError<NodeId>> {
+        Ok(self.mem.lock().expect("log mem lock").committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
@@ -327,6 +352,7 @@ mod tests {
             s.purge(LogId::new(CommittedLeaderId::new(1, 1), 2)).await.unwrap();
             append(&mut s, vec![entry(2, 6, b"w")]).await;
             s.save_vote(&Vote::new(2, 7)).await.unwrap();
+            s.save_committed(Some(LogId::new(CommittedLeaderId::new(2, 1), 5))).await.unwrap();
         }
         let (mut s, r) = LogStore::open(dir.path()).unwrap();
         assert_eq!(r, Recovery { entries: 4, cut_bytes: 0 });
@@ -335,6 +361,7 @@ mod tests {
         assert_eq!(state.last_purged_log_id.unwrap().index, 2);
         assert_eq!(state.last_log_id.unwrap(), LogId::new(CommittedLeaderId::new(2, 1), 6));
         assert_eq!(s.read_vote().await.unwrap(), Some(Vote::new(2, 7)));
+        assert_eq!(s.read_committed().await.unwrap(), Some(LogId::new(CommittedLeaderId::new(2, 1), 5)));
         let got = s.try_get_log_entries(4..6).await.unwrap();
         assert_eq!(got.iter().map(|e| e.log_id.leader_id.term).collect::<Vec<_>>(), vec![2, 2]);
     }

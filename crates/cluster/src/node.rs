@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    CheckIsLeaderError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -239,6 +241,10 @@ impl ClusterNode {
         while tokio::time::Instant::now() < deadline {
             let leader = match local(&self.inner.raft, req.clone()).await {
                 Err(ClientFailure::NotLeader(leader)) => leader,
+                Err(ClientFailure::Retry(_)) => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
                 Ok(i) => return Ok(i),
                 Err(ClientFailure::Other(e)) => return Err(Error::Raft(e)),
             };
@@ -248,7 +254,8 @@ impl ClusterNode {
                 match self.inner.transport.call(&leader, Request::Client(req.clone()), left).await {
                     Ok(Response::Client(Ok(i))) => return Ok(i),
                     Ok(Response::Client(Err(ClientFailure::Other(e)))) => return Err(Error::Raft(e)),
-                    // The leader moved or is unreachable: ask again after a pause.
+                    // The leader moved, is unreachable, or could not reach a quorum this round:
+                    // ask again after a pause.
                     Ok(_) | Err(CallError::Unreachable(_)) | Err(CallError::Lost(_)) => {}
                 }
             }
@@ -292,6 +299,11 @@ async fn local(raft: &Raft, req: ClientRequest) -> Result<u64, ClientFailure> {
         }
         ClientRequest::ReadIndex => match raft.ensure_linearizable().await {
             Ok(read) => Ok(read.map_or(0, |l| l.index)),
+            // Heartbeats did not reach a quorum this round (peers restarting, a partition):
+            // the caller retries until its deadline rather than failing a read at once.
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                Err(ClientFailure::Retry(q.to_string()))
+            }
             Err(e) => Err(fail(e)),
         },
     }

@@ -68,6 +68,8 @@ pub enum ClientRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClientFailure {
     NotLeader(Option<String>),
+    /// A transient failure (e.g. the leader could not confirm its leadership this round).
+    Retry(String),
     Other(String),
 }
 
