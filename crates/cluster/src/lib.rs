@@ -55,8 +55,14 @@ pub enum Error {
     Timeout,
     /// An error reported by openraft or by the peer a request was forwarded to.
     Raft(String),
-    /// The node is shut down.
-    Stopped,
+    /// A command larger than `node::MAX_COMMAND_BYTES`.
+    CommandTooLarge {
+        bytes: usize,
+        max: usize,
+    },
+    /// A write was forwarded to the leader and the link failed before its answer: it may or
+    /// may not be committed. The caller decides whether retrying is safe (declares are).
+    Indeterminate(String),
 }
 
 impl std::fmt::Display for Error {
@@ -71,7 +77,8 @@ impl std::fmt::Display for Error {
             Error::NotLeader { leader: None } => write!(f, "not the leader; no leader is known"),
             Error::Timeout => write!(f, "no leader answered in time (no quorum?)"),
             Error::Raft(e) => write!(f, "raft: {e}"),
-            Error::Stopped => write!(f, "the cluster node is stopped"),
+            Error::CommandTooLarge { bytes, max } => write!(f, "command of {bytes} bytes exceeds {max}"),
+            Error::Indeterminate(e) => write!(f, "outcome unknown, the leader did not answer: {e}"),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! Writes (`propose`, `add_member`, `remove_member`) may be called on any node: a follower
 //! **forwards** them to the leader it knows and returns the leader's answer, retrying while an
 //! election is under way, until [`REQUEST_DEADLINE`]. [`Error::NotLeader`] is returned only
-//! when no leader became known before the deadline. Reads go through [`ClusterNode::read`],
+//! when no leader became known before the deadline. A forwarded write whose link fails after
+//! sending is not retried (it might apply twice): it returns [`Error::Indeterminate`]. Reads go through [`ClusterNode::read`],
 //! which gets a read index from the leader (which confirms its leadership with a quorum first)
 //! and waits until the local state machine has applied it — linearizable on any node.
 
@@ -31,6 +32,12 @@ use crate::{Error, NodeId, Raft, TypeConfig, node_id, parse_node_name};
 
 /// How long a client operation may wait for a leader (elections included).
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Largest command `propose` accepts. Definitions records are far smaller; the bound keeps
+/// an append batch ([`MAX_ENTRIES_PER_APPEND`] entries, JSON-encoded at up to 4 bytes per
+/// byte) well inside one transport frame (`frame::PAYLOAD_MAX_BYTES`, 64 MiB).
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+/// Entries per AppendEntries request: 64 × 64 KiB × 4 = 16 MiB of JSON at most.
+pub const MAX_ENTRIES_PER_APPEND: u64 = 64;
 /// Pause between attempts while no leader is known.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -112,6 +119,7 @@ impl ClusterNode {
             install_snapshot_timeout: 5_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
             max_in_snapshot_log_to_keep: 0,
+            max_payload_entries: MAX_ENTRIES_PER_APPEND,
             ..Config::default()
         }
         .validate()
@@ -162,6 +170,9 @@ impl ClusterNode {
     /// Replicate `cmd` to a majority and apply it; returns its log index. Forwarded to the
     /// leader when called on a follower.
     pub async fn propose(&self, cmd: Vec<u8>) -> Result<u64, Error> {
+        if cmd.len() > MAX_COMMAND_BYTES {
+            return Err(Error::CommandTooLarge { bytes: cmd.len(), max: MAX_COMMAND_BYTES });
+        }
         self.client(ClientRequest::Propose(cmd)).await
     }
 
@@ -254,6 +265,11 @@ impl ClusterNode {
                 match self.inner.transport.call(&leader, Request::Client(req.clone()), left).await {
                     Ok(Response::Client(Ok(i))) => return Ok(i),
                     Ok(Response::Client(Err(ClientFailure::Other(e)))) => return Err(Error::Raft(e)),
+                    // Sent but unanswered: a write may or may not have been committed, and
+                    // retrying could apply it twice. Reads are safe to retry.
+                    Err(CallError::Lost(e)) if !matches!(req, ClientRequest::ReadIndex) => {
+                        return Err(Error::Indeterminate(e));
+                    }
                     // The leader moved, is unreachable, or could not reach a quorum this round:
                     // ask again after a pause.
                     Ok(_) | Err(CallError::Unreachable(_)) | Err(CallError::Lost(_)) => {}

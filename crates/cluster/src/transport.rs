@@ -5,7 +5,7 @@
 //! connection per peer**, owned by a task that (re)connects on demand with exponential
 //! backoff; while a peer is in backoff, requests to it fail at once as unreachable, so
 //! openraft's own retry pacing applies instead of a queue growing. Queues are bounded
-//! ([`PEER_QUEUE_REQUESTS`], [`INBOUND_QUEUE_RESPONSES`]); a full queue is reported as
+//! ([`PEER_QUEUE_REQUESTS`], [`INBOUND_IN_FLIGHT_REQUESTS`]); a full queue is reported as
 //! unreachable rather than waited on. The first frame on a connection names the sender
 //! (`Hello`), which is how the test hook [`Transport::isolate`] drops traffic from a peer.
 
@@ -32,8 +32,9 @@ use crate::{NodeId, TypeConfig};
 
 /// Requests queued for one peer before further ones are refused.
 pub const PEER_QUEUE_REQUESTS: usize = 256;
-/// Responses queued for one inbound connection's writer.
-pub const INBOUND_QUEUE_RESPONSES: usize = 256;
+/// Requests from one inbound connection being served at once (and so responses queued for
+/// its writer). At the limit the connection is not read, so TCP pushes back on the peer.
+pub const INBOUND_IN_FLIGHT_REQUESTS: usize = 256;
 /// First reconnect delay after a failed connect; doubles up to [`BACKOFF_MAX`].
 pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -205,7 +206,8 @@ async fn serve_connection<H: Inbound>(transport: Arc<Transport>, stream: TcpStre
     else {
         return;
     };
-    let (tx, mut rx) = mpsc::channel::<Envelope<Response>>(INBOUND_QUEUE_RESPONSES);
+    let (tx, mut rx) = mpsc::channel::<Envelope<Response>>(INBOUND_IN_FLIGHT_REQUESTS);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(INBOUND_IN_FLIGHT_REQUESTS));
     let writer = tokio::spawn(async move {
         while let Some(env) = rx.recv().await {
             if write_frame(&mut wr, &env).await.is_err() {
@@ -217,11 +219,14 @@ async fn serve_connection<H: Inbound>(transport: Arc<Transport>, stream: TcpStre
         if transport.is_isolated(&from) {
             break;
         }
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
         let (tx, inbound, from) = (tx.clone(), inbound.clone(), from.clone());
         tokio::spawn(async move {
             let body = inbound.handle(from, env.body).await;
-            // A full queue means the peer stopped reading; it will time the request out.
-            let _ = tx.try_send(Envelope { id: env.id, body });
+            // Waits while the writer is behind; the permit is held meanwhile, so a slow
+            // peer stops our reads instead of growing a queue.
+            let _ = tx.send(Envelope { id: env.id, body }).await;
+            drop(permit);
         });
     }
     writer.abort();
@@ -328,5 +333,89 @@ async fn read_frame<T: DeserializeOwned>(rd: &mut (impl AsyncReadExt + Unpin), b
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Echo;
+
+    impl Inbound for Echo {
+        async fn handle(&self, _from: String, request: Request) -> Response {
+            match request {
+                Request::Client(ClientRequest::Propose(c)) => Response::Client(Ok(c.len() as u64)),
+                _ => Response::Client(Err(ClientFailure::Other("unexpected".into()))),
+            }
+        }
+    }
+
+    fn propose(n: usize) -> Request {
+        Request::Client(ClientRequest::Propose(vec![7; n]))
+    }
+
+    async fn eventually_ok(t: &Arc<Transport>, peer: &str) {
+        for _ in 0..200 {
+            if let Ok(Response::Client(Ok(5))) = t.call(peer, propose(5), Duration::from_secs(1)).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{peer} never answered");
+    }
+
+    #[tokio::test]
+    async fn unreachable_backoff_reconnect_and_isolation() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let peer = format!("b@127.0.0.1:{port}");
+        let a = Transport::new("a@127.0.0.1:1".into());
+        // Nobody listens: unreachable, and while in backoff the next call fails without dialing.
+        assert!(matches!(a.call(&peer, propose(5), Duration::from_secs(1)).await, Err(CallError::Unreachable(_))));
+        let start = std::time::Instant::now();
+        let r = a.call(&peer, propose(5), Duration::from_secs(1)).await;
+        assert!(matches!(r, Err(CallError::Unreachable(ref e)) if e.contains("backoff")), "{:?}", r.err());
+        assert!(start.elapsed() < BACKOFF_MIN);
+
+        // The peer comes up: the same connection owner reconnects after its backoff.
+        let b = Transport::new(peer.clone());
+        let _server = b.serve(TcpListener::bind(("127.0.0.1", port)).await.unwrap(), Arc::new(Echo));
+        eventually_ok(&a, &peer).await;
+
+        // Isolated on the sending side: refused at once.
+        a.isolate(&peer, true);
+        assert!(matches!(a.call(&peer, propose(5), Duration::from_secs(1)).await, Err(CallError::Unreachable(_))));
+        a.isolate(&peer, false);
+        eventually_ok(&a, &peer).await;
+
+        // Isolated on the receiving side: the request is dropped and the connection closed.
+        b.isolate("a@127.0.0.1:1", true);
+        assert!(a.call(&peer, propose(5), Duration::from_millis(500)).await.is_err());
+        b.isolate("a@127.0.0.1:1", false);
+        eventually_ok(&a, &peer).await;
+    }
+
+    #[tokio::test]
+    async fn a_frame_with_a_bad_checksum_closes_the_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let b = Transport::new(format!("b@{addr}"));
+        let _server = b.serve(listener, Arc::new(Echo));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        write_frame(&mut s, &Envelope { id: 0, body: Request::Hello { from: "raw@h:1".into() } }).await.unwrap();
+        // A good request is answered.
+        write_frame(&mut s, &Envelope { id: 1, body: propose(3) }).await.unwrap();
+        let mut buf = Vec::new();
+        let reply: Envelope<Response> = read_frame(&mut s, &mut buf).await.unwrap();
+        assert!(matches!(reply, Envelope { id: 1, body: Response::Client(Ok(3)) }));
+        // A damaged one closes the connection: the next read sees end of stream.
+        let mut bad = Vec::new();
+        frame::encode(&mut bad, &serde_json::to_vec(&Envelope { id: 2, body: propose(3) }).unwrap());
+        let last = bad.len() - 1;
+        bad[last] ^= 0x20;
+        s.write_all(&bad).await.unwrap();
+        let mut rest = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut rest)).await.unwrap().unwrap_or(0);
+        assert_eq!(n, 0, "the connection stayed open after a bad frame");
     }
 }
