@@ -146,12 +146,13 @@ impl ClusterNode {
         if raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))? {
             return Ok(());
         }
-        let Some(first) = config.cluster_nodes.iter().min() else { return Ok(()) };
-        if *first != config.name {
+        // A node not in the list (or with an empty list) is a joiner: it waits for
+        // `add_member`. It must never initialize, or it would found a second cluster.
+        if !config.cluster_nodes.contains(&config.name) {
             return Ok(());
         }
-        if !config.cluster_nodes.contains(&config.name) {
-            return Err(Error::BadNodeName(format!("{} is not in its own cluster_nodes list", config.name)));
+        if config.cluster_nodes.iter().min() != Some(&config.name) {
+            return Ok(());
         }
         let members: BTreeMap<NodeId, BasicNode> =
             config.cluster_nodes.iter().map(|n| (node_id(n), BasicNode::new(n))).collect();

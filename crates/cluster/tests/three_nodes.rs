@@ -262,6 +262,9 @@ fn isolated_minority_cannot_commit_and_heals_without_divergence() {
         tokio::time::timeout(Duration::from_secs(3), minority.node().propose(b"minority".to_vec())).await
     });
     assert!(!matches!(attempt, Ok(Ok(_))), "the isolated node committed: {attempt:?}");
+    // Nor does it answer a linearizable read: it cannot confirm its leadership.
+    let read = minority.on(async { tokio::time::timeout(Duration::from_secs(2), minority.node().read()).await });
+    assert!(!matches!(read, Ok(Ok(_))), "the isolated node served a linearizable read");
     assert_eq!(minority.node().local_state().last_applied, applied_before, "the isolated node applied something");
 
     // The majority elects a leader among itself and goes on.
