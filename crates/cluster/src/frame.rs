@@ -27,7 +27,7 @@ pub enum Decoded<'a> {
     Record(&'a [u8], usize),
     /// The buffer ends inside a record (or is empty).
     Incomplete,
-    /// The bytes are not a valid record; `extends_past_end` says whether the record's claimed
+    /// The bytes are not a valid record; `reaches_end` says whether the record's claimed
     /// length reaches the end of the buffer (a torn final write looks like that).
     Corrupt { reason: &'static str, reaches_end: bool },
 }

@@ -262,7 +262,15 @@ async fn peer_task(me: String, peer: String, mut rx: mpsc::Receiver<Outgoing>) {
         }
         let (wr, pending, _) = conn.as_mut().expect("connected above");
         let id = next_id.fetch_add(1, Ordering::Relaxed);
-        pending.lock().expect("pending lock").insert(id, out.reply);
+        {
+            let mut pending = pending.lock().expect("pending lock");
+            // Callers that timed out leave their entry behind until a response or the end of
+            // the connection; sweep them so a peer that never answers cannot grow the map.
+            if pending.len() >= PEER_QUEUE_REQUESTS {
+                pending.retain(|_, reply| !reply.is_closed());
+            }
+            pending.insert(id, out.reply);
+        }
         if write_frame(wr, &Envelope { id, body: out.request }).await.is_err() {
             // Dropping the pending map's senders tells every waiter the connection is gone.
             if let Some((_, pending, reader)) = conn.take() {
