@@ -105,6 +105,12 @@ impl LogStore {
             file.set_len(at as u64)?;
             file.sync_all()?;
         }
+        // A new `log` file (or data directory) must have its directory entry on disk before
+        // the first fdatasync of its contents counts: fdatasync does not cover the name.
+        File::open(dir)?.sync_all()?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)?.sync_all()?;
+        }
         recovery.entries = mem.entries.len();
         let store = LogStore {
             dir: Arc::new(dir.to_owned()),
