@@ -369,3 +369,91 @@ fn whole_cluster_killed_and_restarted_recovers_snapshot_and_log_from_disk() {
     let all: Vec<&TestNode> = nodes.iter().collect();
     assert_eq!(assert_converged(&all, 130, Duration::from_secs(10)), acked);
 }
+
+#[test]
+fn leader_killed_under_load_loses_no_acknowledged_proposal() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 200);
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let old = wait_leader(&nodes, Duration::from_secs(10));
+    let followers: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+
+    // Five proposers on each follower (forwarding to the leader) run through the kill.
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed_flag = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for &f in &followers {
+        for w in 0..5 {
+            let node = nodes[f].node().clone();
+            let stop = stop.clone();
+            let killed_flag = killed_flag.clone();
+            let acks = acks.clone();
+            let rt = nodes[f].rt.as_ref().unwrap();
+            workers.push((
+                f,
+                rt.spawn(async move {
+                    let (mut acked, mut failed, mut after_kill) = (Vec::new(), 0usize, 0usize);
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let c = cmd(&format!("load-{f}-{w}"), i);
+                        match node.propose(c.clone()).await {
+                            Ok(index) => {
+                                after_kill += usize::from(killed_flag.load(Ordering::Relaxed));
+                                acks.fetch_add(1, Ordering::Relaxed);
+                                acked.push((index, c));
+                            }
+                            // Indeterminate (lost with the leader) or timed out: not acknowledged.
+                            Err(_) => failed += 1,
+                        }
+                        i += 1;
+                    }
+                    (acked, failed, after_kill)
+                }),
+            ));
+        }
+    }
+    wait_until("100 acknowledged proposals before the kill", Duration::from_secs(10), || {
+        acks.load(Ordering::Relaxed) >= 100
+    });
+    killed_flag.store(true, Ordering::Relaxed);
+    nodes[old].kill();
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    let (mut failed, mut after_kill) = (0, 0);
+    for (f, handle) in workers {
+        let (a, e, k) = nodes[f].on(handle).unwrap();
+        acked.extend(a);
+        failed += e;
+        after_kill += k;
+    }
+    acked.sort();
+    eprintln!(
+        "{} acknowledged ({after_kill} after the kill), {failed} not; leader killed {:?} before the stop",
+        acked.len(),
+        killed.elapsed()
+    );
+    assert!(acked.len() - after_kill >= 100);
+    assert!(after_kill > 50, "the survivors did not go on after the kill");
+
+    // Every acknowledged proposal is in the state at its index, and nothing is applied twice.
+    let survivor = &nodes[followers[0]];
+    let state = survivor.on(survivor.node().read()).unwrap().commands;
+    let by_index: std::collections::HashMap<u64, &Vec<u8>> = state.iter().map(|(i, c)| (*i, c)).collect();
+    for (index, c) in &acked {
+        assert_eq!(by_index.get(index), Some(&c), "acknowledged proposal at {index} lost");
+    }
+    let mut seen = std::collections::HashSet::new();
+    assert!(state.iter().all(|(_, c)| seen.insert(c.clone())), "a proposal was applied twice");
+
+    // The old leader comes back and ends with the same state.
+    let dir = nodes[old].dir.clone();
+    nodes[old] = TestNode::restart(&names[old], &dir, &names, 200);
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    assert_eq!(assert_converged(&all, state.len(), Duration::from_secs(15)), state);
+}
