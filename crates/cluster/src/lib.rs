@@ -51,7 +51,8 @@ pub enum Error {
     NotLeader {
         leader: Option<String>,
     },
-    /// No leader answered within the request's deadline (no quorum, or an election).
+    /// No answer within the request's deadline (no quorum, or an election). A write that
+    /// timed out may still be committed later: like `Indeterminate`, its outcome is unknown.
     Timeout,
     /// An error reported by openraft or by the peer a request was forwarded to.
     Raft(String),

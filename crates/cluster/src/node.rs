@@ -251,7 +251,10 @@ impl ClusterNode {
         let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
         let mut last_leader = None;
         while tokio::time::Instant::now() < deadline {
-            let leader = match local(&self.inner.raft, req.clone()).await {
+            // A leader cut off from its quorum never finishes a write; the deadline bounds it.
+            let attempt = tokio::time::timeout_at(deadline, local(&self.inner.raft, req.clone())).await;
+            let Ok(attempt) = attempt else { return Err(Error::Timeout) };
+            let leader = match attempt {
                 Err(ClientFailure::NotLeader(leader)) => leader,
                 Err(ClientFailure::Retry(_)) => {
                     tokio::time::sleep(RETRY_PAUSE).await;
