@@ -588,3 +588,52 @@ def test_events_are_what_celery_monitors_read(node, queue, celery_client, worker
     assert state.tasks[bad.id].state == "FAILURE" and "ValueError" in state.tasks[bad.id].exception
     assert state.tasks[flaky.id].state == "SUCCESS"
     assert [e["type"] for e in events if e.get("uuid") == flaky.id].count("task-retried") == 1
+
+
+def put_policy(node: BrokerProcess, name: str, pattern: str, definition: dict) -> None:
+    import base64
+    import json
+    import urllib.request
+    policy = {"pattern": pattern, "apply-to": "queues", "definition": definition}
+    req = urllib.request.Request(f"http://127.0.0.1:{node.mgmt_port}/api/policies/%2f/{name}",
+                                 data=json.dumps(policy).encode(), method="PUT",
+                                 headers={"content-type": "application/json",
+                                          "authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+    assert urllib.request.urlopen(req, timeout=10).status in (201, 204)
+
+
+@pytest.mark.timeout(60)
+def test_a_long_task_extends_its_lease_past_the_consumer_timeout(node, queue, celery_client, workers):
+    # A 2 s consumer timeout on the task queue (a policy: Celery declares the queue without
+    # arguments); the task runs 5 s. The worker extends its lease every 0.5 s
+    # (amq.warren.lease), so the broker never cancels it: it runs once, acked once.
+    put_policy(node, "short-timeout", f"^{queue}$", {"consumer-timeout": 2000})
+    w = rust_worker(node, queue, 2, "--lease-interval", "0.5")
+    workers.append(w)
+    start = time.monotonic()
+    assert celery_client.send_task("demo.sleep", (5,)).get(timeout=RESULT_TIMEOUT) == 5.0
+    assert time.monotonic() - start >= 5.0
+    time.sleep(2.5)  # longer than the timeout: a cancel or a redelivery would show by now
+    log = w.log(400)
+    assert log.count("task received") == 1 and log.count("task succeeded") == 1, log
+    assert "consumer cancelled" not in log and "redelivered=true" not in log, log
+    assert "consumer timeout" not in node.log_path.read_text()
+    # The worker still consumes.
+    assert celery_client.send_task("demo.add", (1, 2)).get(timeout=RESULT_TIMEOUT) == 3
+
+
+@pytest.mark.timeout(60)
+def test_without_leases_the_consumer_timeout_cancels_and_the_worker_consumes_again(node, queue, celery_client,
+                                                                                     workers):
+    # The same 2 s timeout with lease extension off: Warren cancels the consumer at 2 s and
+    # requeues the task; the worker consumes again and the task runs a second time while its
+    # first run finishes (and answers). This is why long tasks need leases (or idempotence).
+    put_policy(node, "short-timeout", f"^{queue}$", {"consumer-timeout": 2000})
+    w = rust_worker(node, queue, 2, "--lease-interval", "0")
+    workers.append(w)
+    r = celery_client.send_task("demo.sleep", (3,))
+    w.wait_for("consumer cancelled by the broker; consuming again", timeout=15)
+    w.wait_for("redelivered=true", timeout=10)
+    assert r.get(timeout=RESULT_TIMEOUT) == 3.0
+    assert "consumer timeout" in node.log_path.read_text()
+    assert w.proc.poll() is None

@@ -10,6 +10,7 @@
 //!   most `concurrency` at once, acks after the task finished (late ack), publishes results.
 //! - [`client`]: sends tasks and waits for their results on an exclusive reply queue.
 //! - [`events`]: Celery's monitoring events (`worker -E`) on the `celeryev` exchange.
+//! - [`lease`]: Warren's lease extension, so long tasks outlive the consumer timeout.
 //! - [`demo`]: the `demo.*` tasks the binary registers with `--demo`.
 //! - `amqp`: lapin's header tables and properties to and from the protocol's JSON view.
 //!
@@ -19,6 +20,7 @@ pub(crate) mod amqp;
 pub mod client;
 pub mod demo;
 pub mod events;
+pub mod lease;
 pub mod protocol;
 pub mod registry;
 pub mod worker;

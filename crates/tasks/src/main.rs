@@ -40,6 +40,11 @@ enum Command {
         /// Send Celery's monitoring events (celeryev: task-*, worker-heartbeat), for Flower.
         #[arg(short = 'E', long = "events")]
         events: bool,
+        /// Seconds between lease extensions of a running task (Warren's amq.warren.lease),
+        /// so the broker's consumer timeout does not fire; keep it below half of that
+        /// timeout. 0: never extend.
+        #[arg(long, default_value_t = 60.0)]
+        lease_interval: f64,
     },
     /// Send one task; with --wait, print its result as JSON.
     Call {
@@ -76,7 +81,7 @@ fn main() -> ExitCode {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     rt.block_on(async move {
         match cli.command {
-            Command::Worker { broker, queues, concurrency, grace, demo: with_demo, events } => {
+            Command::Worker { broker, queues, concurrency, grace, demo: with_demo, events, lease_interval } => {
                 let mut registry = Registry::new();
                 if with_demo {
                     demo::register(&mut registry);
@@ -87,6 +92,7 @@ fn main() -> ExitCode {
                     concurrency,
                     grace: Duration::try_from_secs_f64(grace).unwrap_or(Duration::ZERO),
                     events,
+                    lease_interval: Duration::try_from_secs_f64(lease_interval).ok().filter(|d| !d.is_zero()),
                 };
                 match worker::run(config, Arc::new(registry), shutdown_signal()).await {
                     Ok(()) => ExitCode::SUCCESS,

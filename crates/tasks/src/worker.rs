@@ -60,6 +60,9 @@ pub struct WorkerConfig {
     pub grace: Duration,
     /// Send Celery's monitoring events (`celery worker -E`).
     pub events: bool,
+    /// Extend a running task's lease this often (Warren's `amq.warren.lease`), so that the
+    /// broker's consumer timeout never fires while it runs; `None`: never.
+    pub lease_interval: Option<Duration>,
 }
 
 impl WorkerConfig {
@@ -70,6 +73,7 @@ impl WorkerConfig {
             concurrency: 4,
             grace: Duration::from_secs(30),
             events: false,
+            lease_interval: Some(crate::lease::DEFAULT_LEASE_INTERVAL),
         }
     }
 }
@@ -131,6 +135,10 @@ async fn session(
         confirm_ch.queue_declare(expired_queue(q).as_str().into(), durable, FieldTable::default()).await?;
     }
     let events = if config.events { Some(Arc::new(Events::new(&conn).await?)) } else { None };
+    let lease = match config.lease_interval {
+        Some(every) if crate::lease::supported(&conn).await => Some(every),
+        _ => None,
+    };
     let _heartbeat = events.as_ref().map(|ev| {
         let ev = Arc::clone(ev);
         AbortOnDrop(tokio::spawn(async move {
@@ -150,20 +158,32 @@ async fn session(
         .queues
         .iter()
         .flat_map(|q| [(q.clone(), Source::Tasks(q.clone())), (expired_queue(q), Source::Expired(q.clone()))]);
-    for (q, source) in consumed {
-        let mut consumer = ch
-            .basic_consume(q.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await?;
+    for (i, (q, source)) in consumed.enumerate() {
+        // Our own tags, so that a consumer the broker cancelled comes back under its tag.
+        let tag = format!("warren-tasks.{}.{i}", std::process::id());
+        let mut consumer = consume(&ch, &q, &tag).await?;
         tags.push(consumer.tag());
-        let tx = tx.clone();
+        let (tx, ch) = (tx.clone(), ch.clone());
         forwarders.spawn(async move {
-            while let Some(d) = consumer.next().await {
-                if tx.send(d.map(|d| (source.clone(), d)).map_err(Error::from)).await.is_err() {
-                    return;
+            loop {
+                while let Some(d) = consumer.next().await {
+                    if tx.send(d.map(|d| (source.clone(), d)).map_err(Error::from)).await.is_err() {
+                        return;
+                    }
+                }
+                // The stream ended: outside shutdown (which stops the forwarders first) the
+                // broker cancelled the consumer, e.g. Warren's consumer timeout, which also
+                // requeued its unacked deliveries (their tasks, still running here, may run
+                // again elsewhere; their late acks are ignored). Consume again.
+                warn!(queue = q, "consumer cancelled by the broker; consuming again");
+                match consume(&ch, &q, &tag).await {
+                    Ok(c) => consumer = c,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
                 }
             }
-            // A cancelled consumer's stream ends; outside shutdown that is the broker's doing.
-            let _ = tx.send(Err(Error::Closed("consumer cancelled by the broker"))).await;
         });
     }
     drop(tx);
@@ -182,6 +202,7 @@ async fn session(
                         delay_ch: delay_ch.clone(),
                         confirm_ch: confirm_ch.clone(),
                         events: events.clone(),
+                        lease,
                     };
                     let registry = Arc::clone(registry);
                     running.spawn(async move {
@@ -224,6 +245,10 @@ async fn session(
     Ok(())
 }
 
+async fn consume(ch: &Channel, queue: &str, tag: &str) -> Result<lapin::Consumer, Error> {
+    Ok(ch.basic_consume(queue.into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default()).await?)
+}
+
 /// A confirm-mode channel for parking early tasks in the delayed exchange (republished tasks
 /// must be confirmed before their original is acked), or `None` when the broker has no
 /// `x-delayed-message` exchange type (RabbitMQ without the plugin): early tasks are then
@@ -259,6 +284,8 @@ struct Channels {
     delay_ch: Option<Channel>,
     confirm_ch: Channel,
     events: Option<Arc<Events>>,
+    /// How often running tasks extend their lease, when the broker supports it.
+    lease: Option<Duration>,
 }
 
 impl Channels {
@@ -333,10 +360,13 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
     // guard aborts it with us (grace period over, connection lost, hard time limit), so it
     // never outlives its delivery and runs alongside its own redelivery.
     let mut run = AbortOnDrop(tokio::spawn(ctx.scope(fut)));
-    let joined = match hard {
-        Some(limit) => tokio::time::timeout(limit, &mut run.0).await.map_err(|_| limit),
-        None => Ok((&mut run.0).await),
-    };
+    let joined = crate::lease::extending(ch, delivery_tag, chans.lease, async {
+        match hard {
+            Some(limit) => tokio::time::timeout(limit, &mut run.0).await.map_err(|_| limit),
+            None => Ok((&mut run.0).await),
+        }
+    })
+    .await;
     let outcome = match joined {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(e)) => Err(TaskError::new("WorkerPanic", format!("task panicked: {e}"))),
