@@ -637,3 +637,25 @@ def test_without_leases_the_consumer_timeout_cancels_and_the_worker_consumes_aga
     assert r.get(timeout=RESULT_TIMEOUT) == 3.0
     assert "consumer timeout" in node.log_path.read_text()
     assert w.proc.poll() is None
+
+
+@pytest.mark.timeout(90)
+def test_graceful_shutdown_loses_nothing_and_runs_nothing_twice(node, queue, celery_client, workers):
+    # 6 tasks, -c 2: SIGTERM while the first two run. They finish and are acked (the batched
+    # acks are sent before the connection closes); the four still queued were never
+    # delivered. A second worker runs those four: every task ran exactly once.
+    first = rust_worker(node, queue, 2)
+    workers.append(first)
+    results = [celery_client.send_task("demo.sleep", (1,)) for _ in range(6)]
+    first.wait_for("task received", count=2)
+    assert first.stop(signal.SIGTERM) == 0
+    ran_first = first.log(400).count("task succeeded")
+    assert ran_first == 2, first.log()
+    second = rust_worker(node, queue, 2)
+    workers.append(second)
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in results] == [1.0] * 6
+    time.sleep(1.0)
+    logs = first.log(400) + "\n" + second.log(400)
+    for r in results:
+        assert sum(f'id="{r.id}"' in line and "task succeeded" in line for line in logs.splitlines()) == 1, logs
+    assert "redelivered=true" not in second.log(400), second.log()

@@ -16,6 +16,7 @@
 //!
 //! See docs/tasks.md for what exists and what does not yet.
 
+mod acks;
 pub(crate) mod amqp;
 pub mod client;
 pub mod demo;

@@ -10,6 +10,11 @@ use warren_tasks::client::{Client, SendOptions};
 use warren_tasks::worker::{self, WorkerConfig};
 use warren_tasks::{Registry, demo};
 
+/// mimalloc: every delivery allocates its decoded headers, arguments and result (malloc
+/// and free were a quarter of the worker's CPU time on no-op tasks with glibc's allocator).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULT_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 #[derive(Parser)]
@@ -45,6 +50,11 @@ enum Command {
         /// timeout. 0: never extend.
         #[arg(long, default_value_t = 60.0)]
         lease_interval: f64,
+        /// Runtime threads for the tasks: 0 (default) runs them all on one thread, the
+        /// fastest for short I/O-bound tasks; N > 0, a multi-thread runtime of N threads, for
+        /// tasks that compute.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Send one task; with --wait, print its result as JSON.
     Call {
@@ -78,10 +88,21 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    // One thread by default (besides lapin's I/O thread): for short tasks, waking other
+    // runtime threads cost more than the tasks (a no-op task took half the CPU time on one
+    // thread that it took on the default multi-thread runtime, docs/benchmarks.md).
+    let threads = match &cli.command {
+        Command::Worker { threads, .. } => *threads,
+        Command::Call { .. } => 0,
+    };
+    let rt = match threads {
+        0 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    }
+    .expect("tokio runtime");
     rt.block_on(async move {
         match cli.command {
-            Command::Worker { broker, queues, concurrency, grace, demo: with_demo, events, lease_interval } => {
+            Command::Worker { broker, queues, concurrency, grace, demo: with_demo, events, lease_interval, .. } => {
                 let mut registry = Registry::new();
                 if with_demo {
                     demo::register(&mut registry);

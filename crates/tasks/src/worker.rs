@@ -125,7 +125,7 @@ async fn session(
     for q in &config.queues {
         crate::declare_task_queue(&ch, q).await?;
     }
-    let delay_ch = delayed_channel(&conn, &config.queues).await?;
+    let delay_ch = delayed_channel(&conn, &config.broker, &config.queues).await?;
     // Retries and dead letters are republished in confirm mode before the original is acked.
     let confirm_ch = conn.create_channel().await?;
     confirm_ch.confirm_select(ConfirmSelectOptions::default()).await?;
@@ -189,6 +189,8 @@ async fn session(
     drop(tx);
     info!(queues = ?config.queues, concurrency = config.concurrency, tasks = ?registry.names(), "worker ready");
 
+    let (acks, acks_task) = crate::acks::Acks::start(ch.clone());
+    let acks_task = AbortOnDrop(acks_task);
     let slots = Arc::new(Semaphore::new(usize::from(config.concurrency)));
     let mut running = JoinSet::new();
     let lost = loop {
@@ -196,6 +198,8 @@ async fn session(
             _ = shutdown.as_mut() => break None,
             d = rx.recv() => match d {
                 Some(Ok((source, delivery))) => {
+                    let tag = delivery.delivery_tag;
+                    acks.delivered(tag);
                     let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
                     let chans = Channels {
                         ch: ch.clone(),
@@ -203,6 +207,7 @@ async fn session(
                         confirm_ch: confirm_ch.clone(),
                         events: events.clone(),
                         lease,
+                        acks: Arc::clone(&acks),
                     };
                     let registry = Arc::clone(registry);
                     running.spawn(async move {
@@ -210,6 +215,7 @@ async fn session(
                             Source::Tasks(queue) => handle(&chans, &registry, &queue, delivery).await,
                             Source::Expired(queue) => dead_lettered(&chans, &queue, delivery).await,
                         }
+                        chans.acks.handled(tag);
                         drop(slot);
                     });
                 }
@@ -236,6 +242,9 @@ async fn session(
         warn!(left = running.len(), "grace period over; unfinished tasks go back to the queue");
         running.abort_all();
     }
+    // The acks of the tasks that finished (not of those aborted above: those go back).
+    let mut acks_task = acks_task;
+    acks.close(&mut acks_task.0).await;
     if let Some(ev) = &events {
         ev.worker("worker-offline").await;
     }
@@ -253,14 +262,30 @@ async fn consume(ch: &Channel, queue: &str, tag: &str) -> Result<lapin::Consumer
 /// must be confirmed before their original is acked), or `None` when the broker has no
 /// `x-delayed-message` exchange type (RabbitMQ without the plugin): early tasks are then
 /// held in the worker until due, as a Python worker holds them.
-async fn delayed_channel(conn: &Connection, queues: &[String]) -> Result<Option<Channel>, Error> {
-    // Its own channel: a refused declaration closes the channel it was made on.
+async fn delayed_channel(conn: &Connection, broker: &str, queues: &[String]) -> Result<Option<Channel>, Error> {
+    // RabbitMQ without the plugin refuses the exchange type with a *connection* error (503
+    // COMMAND_INVALID), which would take the worker's connection down at every attempt:
+    // ask on a connection of its own first.
+    let probe = Connection::connect(broker, ConnectionProperties::default()).await?;
+    let refused = async {
+        let ch = probe.create_channel().await?;
+        for q in queues {
+            crate::declare_delayed(&ch, q).await?;
+        }
+        Ok::<(), lapin::Error>(())
+    }
+    .await
+    .err();
+    if probe.status().connected() {
+        let _ = probe.close(200, "delayed exchange probe done".into()).await;
+    }
+    if let Some(e) = refused {
+        warn!("no delayed exchange ({e}); tasks with a future eta are held in the worker until due");
+        return Ok(None);
+    }
     let ch = conn.create_channel().await?;
     for q in queues {
-        if let Err(e) = crate::declare_delayed(&ch, q).await {
-            warn!("no delayed exchange ({e}); tasks with a future eta are held in the worker until due");
-            return Ok(None);
-        }
+        crate::declare_delayed(&ch, q).await?;
     }
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     Ok(Some(ch))
@@ -286,6 +311,8 @@ struct Channels {
     events: Option<Arc<Events>>,
     /// How often running tasks extend their lease, when the broker supports it.
     lease: Option<Duration>,
+    /// Late acks of finished tasks, batched.
+    acks: Arc<crate::acks::Acks>,
 }
 
 impl Channels {
@@ -300,7 +327,6 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
     let (ch, delay_ch) = (&chans.ch, &chans.delay_ch);
     let Delivery { delivery_tag, properties, data, acker, redelivered, .. } = delivery;
     let raw = amqp::from_lapin(&properties, data);
-    let raw_kept = raw.clone();
     let task = match TaskMessage::decode(&raw) {
         Ok(t) => t,
         Err(e) => {
@@ -409,7 +435,7 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
                     }
                 } else {
                     warn!(task = task.task, id = task.id, retries = task.retries, "retries exhausted: dead-lettered");
-                    dead_letter(chans, queue, &task, raw_kept, &e).await;
+                    dead_letter(chans, queue, &task, raw, &e).await;
                 }
             }
             let exception = exception_repr(&e.exc_type, &e.message);
@@ -422,9 +448,7 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
     if !task.ignore_result {
         publish_result(ch, &task, result).await;
     }
-    if let Err(e) = acker.ack(BasicAckOptions::default()).await {
-        warn!(id = task.id, "ack failed (the broker will redeliver): {e}");
-    }
+    chans.acks.finished(delivery_tag);
 }
 
 /// Parks an early task in the delayed exchange; acks the original only once the copy is
