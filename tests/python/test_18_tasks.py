@@ -637,6 +637,11 @@ def test_without_leases_the_consumer_timeout_cancels_and_the_worker_consumes_aga
     assert r.get(timeout=RESULT_TIMEOUT) == 3.0
     assert "consumer timeout" in node.log_path.read_text()
     assert w.proc.poll() is None
+    # The first run's late ack (a batched `multiple` ack naming the requeued tag) is ignored:
+    # the channel stays open, the worker never reconnects.
+    time.sleep(1.5)
+    assert "no broker connection" not in w.log(400) and "worker ready" in w.log(400), w.log(400)
+    assert w.log(400).count("worker ready") == 1, w.log(400)
 
 
 @pytest.mark.timeout(90)

@@ -671,6 +671,11 @@ impl Channel {
                 st.unacked.take_all()
             } else if st.unacked.contains(tag) {
                 st.unacked.take_upto(tag)
+            } else if self.timed_out_tags.remove(&tag) {
+                // Its delivery was requeued by the consumer timeout: a late `multiple` ack
+                // naming it acks the deliveries below it that are still unacked, as a
+                // single late ack of it is ignored.
+                st.unacked.take_upto(tag)
             } else {
                 return Err(unknown());
             }

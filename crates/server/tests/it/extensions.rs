@@ -759,6 +759,12 @@ async fn consumer_timeout_cancels_the_consumer_and_requeues() {
     let m = get_next(&slow_ch, "slow").await;
     assert_eq!(body(&m.delivery), "job");
     assert!(m.delivery.redelivered);
+    // A late ack of the requeued delivery is ignored, single or `multiple` (a client that
+    // batches its acks names the highest tag it finished): the channel stays open.
+    w!(slow_ch.basic_ack(1, BasicAckOptions { multiple: true })).expect("late multiple ack");
+    w!(m.delivery.acker.ack(BasicAckOptions::default())).expect("ack of the redelivery");
+    assert!(crate::interop::get(&slow_ch, "slow").await.is_none());
+    assert!(slow_ch.status().connected());
 }
 
 /// Warren's lease extension: a publish to `amq.warren.lease` with routing key = the
