@@ -272,7 +272,7 @@ async fn delayed_channel(conn: &Connection, broker: &str, queues: &[String]) -> 
         for q in queues {
             crate::declare_delayed(&ch, q).await?;
         }
-        Ok::<(), lapin::Error>(())
+        ch.close(200, "delayed exchange probe done".into()).await
     }
     .await
     .err();
