@@ -664,3 +664,82 @@ def test_graceful_shutdown_loses_nothing_and_runs_nothing_twice(node, queue, cel
     for r in results:
         assert sum(f'id="{r.id}"' in line and "task succeeded" in line for line in logs.splitlines()) == 1, logs
     assert "redelivered=true" not in second.log(400), second.log()
+
+
+def tutorial_worker(node: BrokerProcess) -> Process:
+    """docs/tasks.md's tutorial worker (crates/tasks/examples/work_queue.rs)."""
+    binary = warren_tasks_binary().parent / "examples" / "work_queue"
+    if not binary.exists():
+        pytest.fail(f"{binary} not found; build it with `cargo build -p tasks --example work_queue`", pytrace=False)
+    return Process([str(binary), broker_url(node)], "Waiting for messages", env=dict(os.environ, NO_COLOR="1"))
+
+
+def tutorial_call(node: BrokerProcess, message: str, *extra: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(warren_tasks_binary()), "call", "tutorial.work", "--args", f'["{message}"]', "--queue",
+                           "task_queue", "--broker", broker_url(node), *extra], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def received(w: Process) -> list[str]:
+    return [line.split("Received ", 1)[1].strip('"') for line in w.log(400).splitlines() if "Received" in line]
+
+
+def wait_done(a: Process, b: Process, n: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(w.log(400).count(" [x] Done") for w in (a, b)) < n:
+        assert time.monotonic() < deadline, f"{n} tasks not done:\n{a.log()}\n---\n{b.log()}"
+        time.sleep(0.1)
+
+
+@pytest.mark.timeout(150)
+def test_the_work_queue_tutorial_as_written(node, workers):
+    # docs/tasks.md "Tutorial: a work queue", steps 1-4, with the outputs the doc shows.
+    a, b = tutorial_worker(node), tutorial_worker(node)
+    workers.extend([a, b])
+    a.wait_ready()
+    b.wait_ready()
+    time.sleep(0.5)
+    # 1. Round-robin between two workers, prefetch 1.
+    for m in ["First message.", "Second message..", "Third message...", "Fourth message....", "Fifth message....."]:
+        tutorial_call(node, m)
+    wait_done(a, b, 5)
+    first, second = (a, b) if "First message." in received(a) else (b, a)
+    assert received(first) == ["First message.", "Third message...", "Fifth message....."], first.log()
+    assert received(second) == ["Second message..", "Fourth message...."], second.log()
+    # 2. Fair dispatch: the long task keeps one worker; the other does the four short ones.
+    tutorial_call(node, "A long task..........")
+    time.sleep(0.3)
+    for i in range(1, 5):
+        tutorial_call(node, f"Short task {i}.")
+    time.sleep(6)
+    long_w = a if "A long task.........." in received(a) else b
+    short_w = b if long_w is a else a
+    assert [m for m in received(long_w) if "task" in m] == ["A long task.........."], long_w.log()
+    assert [m for m in received(short_w) if "task" in m] == [f"Short task {i}." for i in range(1, 5)], short_w.log()
+    wait_done(a, b, 10)
+    # 3. kill -9 mid-task: the other worker runs it, the caller gets its result (6 dots).
+    n_a, n_b = len(received(a)), len(received(b))
+    caller = subprocess.Popen([str(warren_tasks_binary()), "call", "tutorial.work", "--args", '["Slow task......"]',
+                               "--queue", "task_queue", "--broker", broker_url(node), "--wait", "30"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while len(received(a)) == n_a and len(received(b)) == n_b:
+        assert time.monotonic() < deadline, "nobody received the slow task"
+        time.sleep(0.05)
+    victim, survivor = (a, b) if len(received(a)) > n_a else (b, a)
+    victim.stop(signal.SIGKILL)
+    out, err = caller.communicate(timeout=40)
+    assert (caller.returncode, out.strip()) == (0, "6"), err
+    assert received(survivor)[-1] == "Slow task......", survivor.log()
+    survivor.stop(signal.SIGINT)
+    # 4. Durability: a task sent while no worker runs survives a broker restart.
+    tutorial_call(node, "Survives a restart.")
+    node.stop()
+    node.start()
+    c = tutorial_worker(node)
+    workers.append(c)
+    c.wait_ready()
+    c.wait_for(" [x] Done", timeout=20)
+    assert received(c) == ["Survives a restart."], c.log()
