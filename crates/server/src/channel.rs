@@ -249,6 +249,17 @@ impl Channel {
             }
             _ => {}
         }
+        // A nowait declare/bind/delete answers nothing, so it need not wait for the disk.
+        let _nowait = match &method {
+            Method::ExchangeDeclare { nowait: true, .. }
+            | Method::ExchangeDelete { nowait: true, .. }
+            | Method::ExchangeBind { nowait: true, .. }
+            | Method::ExchangeUnbind { nowait: true, .. }
+            | Method::QueueDeclare { nowait: true, .. }
+            | Method::QueueBind { nowait: true, .. }
+            | Method::QueueDelete { nowait: true, .. } => Some(crate::persist::NoWait::enter()),
+            _ => None,
+        };
         match method {
             Method::AccessRequest { .. } => self.send(&Method::AccessRequestOk { ticket: 1 }),
             Method::ChannelFlow { active } => {

@@ -98,6 +98,9 @@ pub struct Config {
     /// Memory alarm threshold (bytes of RSS); None = 0.6 of the machine's RAM, as
     /// RabbitMQ's vm_memory_high_watermark.
     pub memory_high_watermark_bytes: Option<u64>,
+    /// What the memory alarm compares with the watermark (RabbitMQ's
+    /// `vm_memory_calculation_strategy`): RSS (default, as RabbitMQ) or bytes allocated.
+    pub memory_strategy: crate::alarms::MemoryStrategy,
     /// Disk alarm: raised when free space under the data dir drops below this
     /// (RabbitMQ's disk_free_limit: 50 MB).
     pub disk_free_limit_bytes: u64,
@@ -137,6 +140,9 @@ pub struct Config {
     /// Largest HTTP API request body, in bytes (RabbitMQ's `management.http.max_body_size`,
     /// 20 MiB: a definitions file of about 200k queues).
     pub management_http_max_body_bytes: u64,
+    /// Minutes of inactivity after which the web UI logs its user out (RabbitMQ's
+    /// `management.login_session_timeout`, 480: 8 hours).
+    pub management_login_session_timeout_min: u64,
     /// Prometheus metrics port and address (RabbitMQ: 15692 on every interface).
     pub prometheus_port: u16,
     pub prometheus_ip: Option<IpAddr>,
@@ -159,6 +165,7 @@ impl Default for Config {
             queue_ram_budget_bytes: 8 * 1024 * 1024,
             consumer_timeout: None,
             memory_high_watermark_bytes: None,
+            memory_strategy: crate::alarms::MemoryStrategy::Rss,
             disk_free_limit_bytes: 50_000_000,
             fd_reserve_count: 256,
             store_open_files_max: 1024,
@@ -181,6 +188,7 @@ impl Default for Config {
             management_port: 15672,
             management_ip: None,
             management_http_max_body_bytes: 20 * 1024 * 1024,
+            management_login_session_timeout_min: 480,
             prometheus_port: 15692,
             prometheus_ip: None,
         }

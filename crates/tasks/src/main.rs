@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
+use warren_tasks::canvas::Signature;
 use warren_tasks::client::{Client, SendOptions};
 use warren_tasks::worker::{self, WorkerConfig};
 use warren_tasks::{Registry, demo};
@@ -76,6 +77,44 @@ enum Command {
         #[arg(long)]
         countdown: Option<f64>,
     },
+    /// Send a chain: each SIG gets the previous result as its first argument; with --wait,
+    /// print the last one's result.
+    Chain {
+        /// Signatures as JSON: {"task": "demo.add", "args": [1, 2], "kwargs": {}, "options": {"queue": "q"}}
+        #[arg(required = true)]
+        sigs: Vec<String>,
+        #[command(flatten)]
+        common: CanvasArgs,
+    },
+    /// Send a group; with --wait, print the list of results in order.
+    Group {
+        #[arg(required = true)]
+        sigs: Vec<String>,
+        #[command(flatten)]
+        common: CanvasArgs,
+    },
+    /// Send a chord: the header SIGs run as a group, then --body gets their results (a list,
+    /// in order) as its first argument; with --wait, print the body's result.
+    Chord {
+        #[arg(required = true)]
+        sigs: Vec<String>,
+        #[arg(long)]
+        body: String,
+        #[command(flatten)]
+        common: CanvasArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct CanvasArgs {
+    #[arg(long, default_value = DEFAULT_BROKER)]
+    broker: String,
+    /// The queue of the signatures without a "queue" option.
+    #[arg(long, default_value = "celery")]
+    queue: String,
+    /// Wait this many seconds for the result (without it, print the task ids and exit).
+    #[arg(long)]
+    wait: Option<f64>,
 }
 
 fn main() -> ExitCode {
@@ -93,7 +132,7 @@ fn main() -> ExitCode {
     // thread that it took on the default multi-thread runtime, docs/benchmarks.md).
     let threads = match &cli.command {
         Command::Worker { threads, .. } => *threads,
-        Command::Call { .. } => 0,
+        _ => 0,
     };
     let rt = match threads {
         0 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
@@ -127,6 +166,9 @@ fn main() -> ExitCode {
                 let options = SendOptions { queue, countdown, reply: wait.is_some() };
                 call(&name, &broker, &args, &kwargs, options, wait).await
             }
+            Command::Chain { sigs, common } => canvas(Canvas::Chain, &sigs, None, common).await,
+            Command::Group { sigs, common } => canvas(Canvas::Group, &sigs, None, common).await,
+            Command::Chord { sigs, body, common } => canvas(Canvas::Chord, &sigs, Some(&body), common).await,
         }
     })
 }
@@ -161,6 +203,71 @@ async fn call(name: &str, broker: &str, args: &str, kwargs: &str, options: SendO
         Err(e) => return fail(format!("error: task {id}: {e}")),
     };
     let _ = client.close().await;
+    report(&result)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Canvas {
+    Chain,
+    Group,
+    Chord,
+}
+
+async fn canvas(kind: Canvas, sigs: &[String], body: Option<&str>, common: CanvasArgs) -> ExitCode {
+    let parse = |s: &str| -> Result<Signature, String> {
+        let v: Value = serde_json::from_str(s).map_err(|e| format!("a signature must be JSON: {e}: {s}"))?;
+        Signature::from_json(&v)
+    };
+    let sigs = match sigs.iter().map(|s| parse(s)).collect::<Result<Vec<_>, _>>() {
+        Ok(s) => s,
+        Err(e) => return usage(e),
+    };
+    let body = match body.map(parse).transpose() {
+        Ok(b) => b,
+        Err(e) => return usage(e),
+    };
+    let timeout = match common.wait.map(Duration::try_from_secs_f64).transpose() {
+        Ok(t) => t,
+        Err(e) => return usage(format!("--wait: {e}")),
+    };
+    let mut client = match Client::connect(&common.broker).await {
+        Ok(c) => c,
+        Err(e) => return fail(format!("error: {e}")),
+    };
+    let builder = match (kind, body) {
+        (Canvas::Chain, _) => client.chain(sigs),
+        (Canvas::Group, _) => client.group(sigs),
+        (Canvas::Chord, Some(body)) => client.chord(sigs, body),
+        (Canvas::Chord, None) => return usage("a chord needs --body".to_owned()),
+    };
+    let sent = match builder.queue(&common.queue).send().await {
+        Ok(s) => s,
+        Err(e) => return fail(format!("error: {e}")),
+    };
+    let Some(timeout) = timeout else {
+        for id in &sent.ids {
+            println!("{id}");
+        }
+        return ExitCode::SUCCESS;
+    };
+    let results = match sent.get(timeout).await {
+        Ok(r) => r,
+        Err(e) => return fail(format!("error: {e}")),
+    };
+    let _ = client.close().await;
+    if kind != Canvas::Group {
+        return report(&results[0]);
+    }
+    if let Some(failed) = results.iter().find(|r| r.status != "SUCCESS") {
+        return report(failed);
+    }
+    println!("{}", Value::Array(results.into_iter().map(|r| r.result).collect()));
+    ExitCode::SUCCESS
+}
+
+/// Prints a final result: the value as JSON on stdout (exit 0), or the error on stderr (1).
+fn report(result: &warren_tasks::protocol::ResultMessage) -> ExitCode {
+    let id = &result.task_id;
     match (result.status.as_str(), result.exception()) {
         ("SUCCESS", _) => {
             println!("{}", result.result);

@@ -18,6 +18,10 @@
 //! - time limits (`timelimit` header, else the task's options): the soft one is seen by the
 //!   task through its `TaskContext`; at the hard one the task is aborted and fails with
 //!   `TimeLimitExceeded`;
+//! - after a task (success, or failure with no retry left) its canvas is sent, confirmed,
+//!   before its result: link callbacks and the chain's next step, or errbacks and the
+//!   chain's remaining steps failed; a chord part (see `crate::canvas`). Not confirmed: the
+//!   delivery is requeued;
 //! - messages that are not tasks we can run (unknown name, not protocol v2, not JSON) are
 //!   rejected without requeue and logged; an unknown name also gets Celery's NotRegistered
 //!   failure as its result, as a Python worker stores it;
@@ -44,6 +48,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::canvas::Canvas;
 use crate::events::{Events, exception_repr};
 use crate::protocol::{ExceptionInfo, RawMessage, ResultMessage, TaskMessage, isoformat_utc, parse_isoformat};
 use crate::registry::TaskContext;
@@ -120,6 +125,7 @@ async fn session(
         _ = shutdown.as_mut() => return Ok(()),
     };
     *backoff = BACKOFF_MIN;
+    let conn = Arc::new(conn); // shared with the canvas, which reopens its channel
     let ch = conn.create_channel().await?;
     ch.basic_qos(config.concurrency, BasicQosOptions::default()).await?;
     for q in &config.queues {
@@ -134,6 +140,8 @@ async fn session(
         confirm_ch.queue_declare(dead_letter_queue(q).as_str().into(), durable, FieldTable::default()).await?;
         confirm_ch.queue_declare(expired_queue(q).as_str().into(), durable, FieldTable::default()).await?;
     }
+    // Canvas (chain, callbacks, errbacks, chord): its own confirm-mode channel.
+    let canvas = Arc::new(Canvas::new(Arc::clone(&conn)).await?);
     let events = if config.events { Some(Arc::new(Events::new(&conn).await?)) } else { None };
     let lease = match config.lease_interval {
         Some(every) if crate::lease::supported(&conn).await => Some(every),
@@ -206,6 +214,7 @@ async fn session(
                         delay_ch: delay_ch.clone(),
                         confirm_ch: confirm_ch.clone(),
                         events: events.clone(),
+                        canvas: Arc::clone(&canvas),
                         lease,
                         acks: Arc::clone(&acks),
                     };
@@ -263,24 +272,8 @@ async fn consume(ch: &Channel, queue: &str, tag: &str) -> Result<lapin::Consumer
 /// `x-delayed-message` exchange type (RabbitMQ without the plugin): early tasks are then
 /// held in the worker until due, as a Python worker holds them.
 async fn delayed_channel(conn: &Connection, broker: &str, queues: &[String]) -> Result<Option<Channel>, Error> {
-    // RabbitMQ without the plugin refuses the exchange type with a *connection* error (503
-    // COMMAND_INVALID), which would take the worker's connection down at every attempt:
-    // ask on a connection of its own first.
-    let probe = Connection::connect(broker, ConnectionProperties::default()).await?;
-    let refused = async {
-        let ch = probe.create_channel().await?;
-        for q in queues {
-            crate::declare_delayed(&ch, q).await?;
-        }
-        ch.close(200, "delayed exchange probe done".into()).await
-    }
-    .await
-    .err();
-    if probe.status().connected() {
-        let _ = probe.close(200, "delayed exchange probe done".into()).await;
-    }
-    if let Some(e) = refused {
-        warn!("no delayed exchange ({e}); tasks with a future eta are held in the worker until due");
+    if !crate::has_delayed_exchange(broker).await? {
+        warn!("no delayed exchange (x-delayed-message); tasks with a future eta are held in the worker until due");
         return Ok(None);
     }
     let ch = conn.create_channel().await?;
@@ -309,6 +302,7 @@ struct Channels {
     delay_ch: Option<Channel>,
     confirm_ch: Channel,
     events: Option<Arc<Events>>,
+    canvas: Arc<Canvas>,
     /// How often running tasks extend their lease, when the broker supports it.
     lease: Option<Duration>,
     /// Late acks of finished tasks, batched.
@@ -343,10 +337,14 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
             exc_module: Some("celery.exceptions".to_owned()),
         };
         publish_result(ch, &task, ResultMessage::failure(&task, &exc, None, now())).await;
+        // As a Python worker's mark_as_failure: errbacks, the rest of a chain, a chord part.
+        if let Err(e) = chans.canvas.after_task(queue, &task, Err(&exc)).await {
+            warn!(id = task.id, "canvas messages of an unknown task not sent: {e}");
+        }
         reject(&acker).await;
         return;
     };
-    if revoke_if_expired(chans, &task, &acker).await {
+    if revoke_if_expired(chans, queue, &task, &acker).await {
         return;
     }
     if let Some(delay_ms) = task.eta.as_deref().and_then(parse_isoformat).and_then(crate::delay_until) {
@@ -357,7 +355,7 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
         }
         info!(task = task.task, id = task.id, eta = task.eta, delay_ms, "task held until its eta");
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        if revoke_if_expired(chans, &task, &acker).await {
+        if revoke_if_expired(chans, queue, &task, &acker).await {
             return;
         }
     }
@@ -412,7 +410,12 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
             info!(task = task.task, id = task.id, "task succeeded in {secs:.3} s");
             let done = serde_json::json!({"uuid": task.id, "result": value.to_string(), "runtime": secs});
             chans.event("task-succeeded", done).await;
-            ResultMessage::success(&task, value, now())
+            let Some(children) = after_task(chans, queue, &task, Ok(&value), &acker).await else {
+                return;
+            };
+            let mut result = ResultMessage::success(&task, value, now());
+            result.children = children;
+            result
         }
         Err(e) => {
             warn!(task = task.task, id = task.id, "task failed in {secs:.3} s: {e}");
@@ -442,13 +445,40 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
             chans
                 .event("task-failed", serde_json::json!({"uuid": task.id, "exception": exception, "traceback": ""}))
                 .await;
-            ResultMessage::failure(&task, &e.to_exception_info(), None, now())
+            let exc = e.to_exception_info();
+            if after_task(chans, queue, &task, Err(&exc), &acker).await.is_none() {
+                return;
+            }
+            ResultMessage::failure(&task, &exc, None, now())
         }
     };
     if !task.ignore_result {
         publish_result(ch, &task, result).await;
     }
     chans.acks.finished(delivery_tag);
+}
+
+/// The canvas hook (crate::canvas): callbacks, chain, errbacks, chord part. `None` when what
+/// had to be sent was not confirmed: the delivery is then requeued (the task runs again, as
+/// Celery redelivers a task whose callbacks could not be sent).
+async fn after_task(
+    chans: &Channels,
+    queue: &str,
+    task: &TaskMessage,
+    outcome: Result<&Value, &ExceptionInfo>,
+    acker: &lapin::Acker,
+) -> Option<Vec<Value>> {
+    match chans.canvas.after_task(queue, task, outcome).await {
+        Ok(children) => Some(children),
+        Err(e) => {
+            warn!(id = task.id, "canvas messages not sent ({e}); requeueing the task");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Err(e) = acker.nack(BasicNackOptions { requeue: true, multiple: false }).await {
+                warn!(id = task.id, "nack failed: {e}");
+            }
+            None
+        }
+    }
 }
 
 /// Parks an early task in the delayed exchange; acks the original only once the copy is
@@ -519,6 +549,7 @@ async fn dead_lettered(chans: &Channels, task_queue: &str, delivery: Delivery) {
             if !task.ignore_result {
                 publish_result(&chans.ch, &task, revoked_result(&task)).await;
             }
+            revoked_chord_part(chans, task_queue, &task).await;
         }
         _ => {
             warn!(reason, "a dead-lettered message that did not expire: moved to the dead-letter queue");
@@ -540,7 +571,7 @@ async fn dead_lettered(chans: &Channels, task_queue: &str, delivery: Delivery) {
 
 /// Celery's `Request.revoked()` for an expired task: not run, acked, answered REVOKED.
 /// `true` when the task had expired.
-async fn revoke_if_expired(chans: &Channels, task: &TaskMessage, acker: &lapin::Acker) -> bool {
+async fn revoke_if_expired(chans: &Channels, queue: &str, task: &TaskMessage, acker: &lapin::Acker) -> bool {
     if task.expires.as_deref().and_then(parse_isoformat).is_none_or(|t| t > std::time::SystemTime::now()) {
         return false;
     }
@@ -548,6 +579,7 @@ async fn revoke_if_expired(chans: &Channels, task: &TaskMessage, acker: &lapin::
     if !task.ignore_result {
         publish_result(&chans.ch, task, revoked_result(task)).await;
     }
+    revoked_chord_part(chans, queue, task).await;
     let revoked = serde_json::json!({"uuid": task.id, "terminated": false, "signum": null, "expired": true});
     chans.event("task-revoked", revoked).await;
     if let Err(e) = acker.ack(BasicAckOptions::default()).await {
@@ -556,14 +588,29 @@ async fn revoke_if_expired(chans: &Channels, task: &TaskMessage, acker: &lapin::
     true
 }
 
-/// Celery's `mark_as_revoked(reason='expired')`: REVOKED with `TaskRevokedError('expired')`.
-fn revoked_result(task: &TaskMessage) -> ResultMessage {
-    let exc = ExceptionInfo {
+fn revoked_exception() -> ExceptionInfo {
+    ExceptionInfo {
         exc_type: "TaskRevokedError".to_owned(),
         exc_message: Value::Array(vec![Value::String("expired".to_owned())]),
         exc_module: Some("celery.exceptions".to_owned()),
-    };
-    let mut result = ResultMessage::failure(task, &exc, None, now());
+    }
+}
+
+/// A revoked chord header task still counts in its chord, as a failure (Celery's
+/// `mark_as_revoked` calls `on_chord_part_return`), so that the chord ends.
+async fn revoked_chord_part(chans: &Channels, queue: &str, task: &TaskMessage) {
+    if task.embed.chord.is_null() {
+        return;
+    }
+    let exc = revoked_exception();
+    if let Err(e) = chans.canvas.chord_part(queue, task, Err(&exc)).await {
+        warn!(id = task.id, "chord part of a revoked task not sent: {e}");
+    }
+}
+
+/// Celery's `mark_as_revoked(reason='expired')`: REVOKED with `TaskRevokedError('expired')`.
+fn revoked_result(task: &TaskMessage) -> ResultMessage {
+    let mut result = ResultMessage::failure(task, &revoked_exception(), None, now());
     result.status = "REVOKED".to_owned();
     result
 }

@@ -471,3 +471,96 @@ async fn single_active_consumer_standbys_are_listed_as_waiting() {
         .collect();
     assert_eq!(status, vec![("first", true, "up"), ("second", false, "waiting")], "{raw}");
 }
+
+/// The `state` of connections and channels as RabbitMQ names them: a resource alarm
+/// blocks a connection that has published (its channel stays `running`, as in RabbitMQ),
+/// and a connection paused by a queue in flow shows `flow` on itself and its channels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_and_channel_states_follow_alarms_and_flow() {
+    let server = TestServer::start().await.with_management().await;
+    let conn = connect(&server, "stateful").await;
+    let ch = conn.create_channel().await.unwrap();
+    declare(&ch, "states").await;
+    ch.basic_publish("".into(), "states".into(), BasicPublishOptions::default(), b"x", BasicProperties::default())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let states = || async {
+        let get =
+            |path: &'static str| http.get(format!("{}/{path}", server.api())).basic_auth("guest", Some("guest")).send();
+        let c: serde_json::Value = get("connections").await.unwrap().json().await.unwrap();
+        let h: serde_json::Value = get("channels").await.unwrap().json().await.unwrap();
+        (c[0]["state"].as_str().unwrap().to_owned(), h[0]["state"].as_str().unwrap().to_owned())
+    };
+    let until = |want: (&'static str, &'static str)| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = states().await;
+            if (got.0.as_str(), got.1.as_str()) == want {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "wanted {want:?}, still {got:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    until(("running", "running")).await;
+    // A memory alarm (the threshold below the node's RSS): the publishing connection blocks.
+    server.state.set_memory_high_watermark(1);
+    until(("blocked", "running")).await;
+    server.state.set_memory_high_watermark(1 << 50);
+    until(("running", "running")).await;
+    // The flag the connection sets while a queue in flow pauses it (at most 50 ms at a
+    // time in real use; held here so the lists can be read).
+    let handle = server.state.registry.all().into_iter().next().expect("the connection");
+    handle.in_flow.store(true, std::sync::atomic::Ordering::Relaxed);
+    until(("flow", "flow")).await;
+    handle.in_flow.store(false, std::sync::atomic::Ordering::Relaxed);
+    until(("running", "running")).await;
+}
+
+/// `GET /api/nodes/{node}/memory` in rabbitmq_http_client's (rabbitmqadmin's) shape: the
+/// message bodies a queue holds show as `binary` and leave it when the queue is purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_breakdown_accounts_message_bodies() {
+    let server = TestServer::start().await.with_management().await;
+    let api = Client::new(server.api(), "guest", "guest");
+    let node = server.state.node_name();
+    let before = api.get_node_memory_footprint(&node).await.expect("memory").breakdown.expect("available");
+    assert_eq!(before.calculation_strategy, "rss");
+    assert!(before.total.rss > 0 && before.total.allocated > 0);
+
+    let conn = connect(&server, "memory").await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare("mem".into(), QueueDeclareOptions::default(), FieldTable::default()).await.expect("declare");
+    let body = vec![7u8; 1 << 20];
+    for _ in 0..4 {
+        ch.basic_publish("".into(), "mem".into(), BasicPublishOptions::default(), &body, BasicProperties::default())
+            .await
+            .expect("publish");
+    }
+    // The publishes are asynchronous: wait for them to be queued.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.state.vhost("/").expect("vhost").queue("mem", 0).expect("queue").stats().messages_ready < 4 {
+        assert!(std::time::Instant::now() < deadline, "4 messages never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let full = api.get_node_memory_footprint(&node).await.expect("memory").breakdown.expect("available");
+    assert!(full.binary_heap >= 4 << 20, "binary {} < 4 MiB", full.binary_heap);
+    assert!(full.binary_heap <= before.binary_heap + (5 << 20), "binary {} counts too much", full.binary_heap);
+    // The same object with ?memory=true on the node.
+    let j: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/nodes/{node}?memory=true", server.api()))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .expect("node")
+        .json()
+        .await
+        .expect("json");
+    assert!(j["memory"]["binary"].as_u64() >= Some(4 << 20), "{j}");
+
+    ch.queue_purge("mem".into(), Default::default()).await.expect("purge");
+    let after = api.get_node_memory_footprint(&node).await.expect("memory").breakdown.expect("available");
+    assert!(after.binary_heap < 1 << 20, "binary {} after the purge", after.binary_heap);
+    conn.close(0, "done".into()).await.expect("close");
+}
