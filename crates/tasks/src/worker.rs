@@ -276,9 +276,13 @@ async fn delayed_channel(conn: &Connection, broker: &str, queues: &[String]) -> 
         warn!("no delayed exchange (x-delayed-message); tasks with a future eta are held in the worker until due");
         return Ok(None);
     }
+    // Its own channel: a refused declaration closes the channel it was made on.
     let ch = conn.create_channel().await?;
     for q in queues {
-        crate::declare_delayed(&ch, q).await?;
+        if let Err(e) = crate::declare_delayed(&ch, q).await {
+            warn!("no delayed exchange ({e}); tasks with a future eta are held in the worker until due");
+            return Ok(None);
+        }
     }
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     Ok(Some(ch))
