@@ -12,16 +12,19 @@
 //! - [`canvas`]: signatures, chains, link callbacks/errbacks, groups and the broker-native
 //!   chord (what the worker sends after a task, what the client sends for a canvas).
 //! - [`events`]: Celery's monitoring events (`worker -E`) on the `celeryev` exchange.
+//! - [`lease`]: Warren's lease extension, so long tasks outlive the consumer timeout.
 //! - [`demo`]: the `demo.*` tasks the binary registers with `--demo`.
 //! - `amqp`: lapin's header tables and properties to and from the protocol's JSON view.
 //!
 //! See docs/tasks.md for what exists and what does not yet.
 
+mod acks;
 pub(crate) mod amqp;
 pub mod canvas;
 pub mod client;
 pub mod demo;
 pub mod events;
+pub mod lease;
 pub mod protocol;
 pub mod registry;
 pub mod worker;

@@ -11,6 +11,11 @@ use warren_tasks::client::{Client, SendOptions};
 use warren_tasks::worker::{self, WorkerConfig};
 use warren_tasks::{Registry, demo};
 
+/// mimalloc: every delivery allocates its decoded headers, arguments and result (malloc
+/// and free were a quarter of the worker's CPU time on no-op tasks with glibc's allocator).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULT_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 #[derive(Parser)]
@@ -41,6 +46,16 @@ enum Command {
         /// Send Celery's monitoring events (celeryev: task-*, worker-heartbeat), for Flower.
         #[arg(short = 'E', long = "events")]
         events: bool,
+        /// Seconds between lease extensions of a running task (Warren's amq.warren.lease),
+        /// so the broker's consumer timeout does not fire; keep it below half of that
+        /// timeout. 0: never extend.
+        #[arg(long, default_value_t = 60.0)]
+        lease_interval: f64,
+        /// Runtime threads for the tasks: 0 (default) runs them all on one thread, the
+        /// fastest for short I/O-bound tasks; N > 0, a multi-thread runtime of N threads, for
+        /// tasks that compute.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Send one task; with --wait, print its result as JSON.
     Call {
@@ -112,10 +127,21 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    // One thread by default (besides lapin's I/O thread): for short tasks, waking other
+    // runtime threads cost more than the tasks (a no-op task took half the CPU time on one
+    // thread that it took on the default multi-thread runtime, docs/benchmarks.md).
+    let threads = match &cli.command {
+        Command::Worker { threads, .. } => *threads,
+        _ => 0,
+    };
+    let rt = match threads {
+        0 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    }
+    .expect("tokio runtime");
     rt.block_on(async move {
         match cli.command {
-            Command::Worker { broker, queues, concurrency, grace, demo: with_demo, events } => {
+            Command::Worker { broker, queues, concurrency, grace, demo: with_demo, events, lease_interval, .. } => {
                 let mut registry = Registry::new();
                 if with_demo {
                     demo::register(&mut registry);
@@ -126,6 +152,7 @@ fn main() -> ExitCode {
                     concurrency,
                     grace: Duration::try_from_secs_f64(grace).unwrap_or(Duration::ZERO),
                     events,
+                    lease_interval: Duration::try_from_secs_f64(lease_interval).ok().filter(|d| !d.is_zero()),
                 };
                 match worker::run(config, Arc::new(registry), shutdown_signal()).await {
                     Ok(()) => ExitCode::SUCCESS,

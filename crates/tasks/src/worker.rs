@@ -65,6 +65,9 @@ pub struct WorkerConfig {
     pub grace: Duration,
     /// Send Celery's monitoring events (`celery worker -E`).
     pub events: bool,
+    /// Extend a running task's lease this often (Warren's `amq.warren.lease`), so that the
+    /// broker's consumer timeout never fires while it runs; `None`: never.
+    pub lease_interval: Option<Duration>,
 }
 
 impl WorkerConfig {
@@ -75,6 +78,7 @@ impl WorkerConfig {
             concurrency: 4,
             grace: Duration::from_secs(30),
             events: false,
+            lease_interval: Some(crate::lease::DEFAULT_LEASE_INTERVAL),
         }
     }
 }
@@ -139,6 +143,10 @@ async fn session(
     // Canvas (chain, callbacks, errbacks, chord): its own confirm-mode channel.
     let canvas = Arc::new(Canvas::new(Arc::clone(&conn)).await?);
     let events = if config.events { Some(Arc::new(Events::new(&conn).await?)) } else { None };
+    let lease = match config.lease_interval {
+        Some(every) if crate::lease::supported(&conn).await => Some(every),
+        _ => None,
+    };
     let _heartbeat = events.as_ref().map(|ev| {
         let ev = Arc::clone(ev);
         AbortOnDrop(tokio::spawn(async move {
@@ -158,25 +166,39 @@ async fn session(
         .queues
         .iter()
         .flat_map(|q| [(q.clone(), Source::Tasks(q.clone())), (expired_queue(q), Source::Expired(q.clone()))]);
-    for (q, source) in consumed {
-        let mut consumer = ch
-            .basic_consume(q.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await?;
+    for (i, (q, source)) in consumed.enumerate() {
+        // Our own tags, so that a consumer the broker cancelled comes back under its tag.
+        let tag = format!("warren-tasks.{}.{i}", std::process::id());
+        let mut consumer = consume(&ch, &q, &tag).await?;
         tags.push(consumer.tag());
-        let tx = tx.clone();
+        let (tx, ch) = (tx.clone(), ch.clone());
         forwarders.spawn(async move {
-            while let Some(d) = consumer.next().await {
-                if tx.send(d.map(|d| (source.clone(), d)).map_err(Error::from)).await.is_err() {
-                    return;
+            loop {
+                while let Some(d) = consumer.next().await {
+                    if tx.send(d.map(|d| (source.clone(), d)).map_err(Error::from)).await.is_err() {
+                        return;
+                    }
+                }
+                // The stream ended: outside shutdown (which stops the forwarders first) the
+                // broker cancelled the consumer, e.g. Warren's consumer timeout, which also
+                // requeued its unacked deliveries (their tasks, still running here, may run
+                // again elsewhere; their late acks are ignored). Consume again.
+                warn!(queue = q, "consumer cancelled by the broker; consuming again");
+                match consume(&ch, &q, &tag).await {
+                    Ok(c) => consumer = c,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
                 }
             }
-            // A cancelled consumer's stream ends; outside shutdown that is the broker's doing.
-            let _ = tx.send(Err(Error::Closed("consumer cancelled by the broker"))).await;
         });
     }
     drop(tx);
     info!(queues = ?config.queues, concurrency = config.concurrency, tasks = ?registry.names(), "worker ready");
 
+    let (acks, acks_task) = crate::acks::Acks::start(ch.clone());
+    let acks_task = AbortOnDrop(acks_task);
     let slots = Arc::new(Semaphore::new(usize::from(config.concurrency)));
     let mut running = JoinSet::new();
     let lost = loop {
@@ -184,6 +206,8 @@ async fn session(
             _ = shutdown.as_mut() => break None,
             d = rx.recv() => match d {
                 Some(Ok((source, delivery))) => {
+                    let tag = delivery.delivery_tag;
+                    acks.delivered(tag);
                     let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
                     let chans = Channels {
                         ch: ch.clone(),
@@ -191,6 +215,8 @@ async fn session(
                         confirm_ch: confirm_ch.clone(),
                         events: events.clone(),
                         canvas: Arc::clone(&canvas),
+                        lease,
+                        acks: Arc::clone(&acks),
                     };
                     let registry = Arc::clone(registry);
                     running.spawn(async move {
@@ -198,6 +224,7 @@ async fn session(
                             Source::Tasks(queue) => handle(&chans, &registry, &queue, delivery).await,
                             Source::Expired(queue) => dead_lettered(&chans, &queue, delivery).await,
                         }
+                        chans.acks.handled(tag);
                         drop(slot);
                     });
                 }
@@ -224,6 +251,9 @@ async fn session(
         warn!(left = running.len(), "grace period over; unfinished tasks go back to the queue");
         running.abort_all();
     }
+    // The acks of the tasks that finished (not of those aborted above: those go back).
+    let mut acks_task = acks_task;
+    acks.close(&mut acks_task.0).await;
     if let Some(ev) = &events {
         ev.worker("worker-offline").await;
     }
@@ -231,6 +261,10 @@ async fn session(
         warn!("connection.close: {e}");
     }
     Ok(())
+}
+
+async fn consume(ch: &Channel, queue: &str, tag: &str) -> Result<lapin::Consumer, Error> {
+    Ok(ch.basic_consume(queue.into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default()).await?)
 }
 
 /// A confirm-mode channel for parking early tasks in the delayed exchange (republished tasks
@@ -273,6 +307,10 @@ struct Channels {
     confirm_ch: Channel,
     events: Option<Arc<Events>>,
     canvas: Arc<Canvas>,
+    /// How often running tasks extend their lease, when the broker supports it.
+    lease: Option<Duration>,
+    /// Late acks of finished tasks, batched.
+    acks: Arc<crate::acks::Acks>,
 }
 
 impl Channels {
@@ -287,7 +325,6 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
     let (ch, delay_ch) = (&chans.ch, &chans.delay_ch);
     let Delivery { delivery_tag, properties, data, acker, redelivered, .. } = delivery;
     let raw = amqp::from_lapin(&properties, data);
-    let raw_kept = raw.clone();
     let task = match TaskMessage::decode(&raw) {
         Ok(t) => t,
         Err(e) => {
@@ -351,10 +388,13 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
     // guard aborts it with us (grace period over, connection lost, hard time limit), so it
     // never outlives its delivery and runs alongside its own redelivery.
     let mut run = AbortOnDrop(tokio::spawn(ctx.scope(fut)));
-    let joined = match hard {
-        Some(limit) => tokio::time::timeout(limit, &mut run.0).await.map_err(|_| limit),
-        None => Ok((&mut run.0).await),
-    };
+    let joined = crate::lease::extending(ch, delivery_tag, chans.lease, async {
+        match hard {
+            Some(limit) => tokio::time::timeout(limit, &mut run.0).await.map_err(|_| limit),
+            None => Ok((&mut run.0).await),
+        }
+    })
+    .await;
     let outcome = match joined {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(e)) => Err(TaskError::new("WorkerPanic", format!("task panicked: {e}"))),
@@ -402,7 +442,7 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
                     }
                 } else {
                     warn!(task = task.task, id = task.id, retries = task.retries, "retries exhausted: dead-lettered");
-                    dead_letter(chans, queue, &task, raw_kept, &e).await;
+                    dead_letter(chans, queue, &task, raw, &e).await;
                 }
             }
             let exception = exception_repr(&e.exc_type, &e.message);
@@ -419,9 +459,7 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
     if !task.ignore_result {
         publish_result(ch, &task, result).await;
     }
-    if let Err(e) = acker.ack(BasicAckOptions::default()).await {
-        warn!(id = task.id, "ack failed (the broker will redeliver): {e}");
-    }
+    chans.acks.finished(delivery_tag);
 }
 
 /// The canvas hook (crate::canvas): callbacks, chain, errbacks, chord part. `None` when what
