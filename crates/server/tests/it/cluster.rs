@@ -242,3 +242,57 @@ fn a_bad_cluster_config_fails_start_with_file_and_line() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("n9@127.0.0.1 is not in cluster_formation.classic_config.nodes"), "{err}");
 }
+
+#[test]
+fn a_fourth_node_joins_with_join_cluster_and_leaves_with_forget_cluster_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = three_nodes(dir.path());
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    let mut all: Vec<String> = nodes.iter().map(|n| n.full.clone()).collect();
+    all.sort();
+    wait_for("three running nodes", Duration::from_secs(20), || agreed_status(&nodes, &[0, 1, 2], &all).map(|_| ()));
+
+    // The joiner: no node list, only its inter-node listener; its name adds that port.
+    let port = free_port();
+    let conf = dir.path().join("n4.conf");
+    std::fs::write(&conf, format!("warren.cluster_listen = 127.0.0.1:{port}\n")).unwrap();
+    let mut n4 = Node {
+        short: "n4@127.0.0.1".into(),
+        full: format!("n4@127.0.0.1:{port}"),
+        data: dir.path().join("n4"),
+        conf,
+        proc: None,
+    };
+    n4.start();
+    let alone = n4.status().expect("n4 answers");
+    assert_eq!(names(&alone["disk_nodes"]), Vec::<String>::new(), "a joiner is in no cluster yet: {alone}");
+
+    let (code, out, err) = nodes[1].ctl(&["join_cluster", &n4.full]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with(&format!("Adding node {} to the cluster of node {} ...", n4.full, nodes[1].full)), "{out}");
+    let mut four = all.clone();
+    four.push(n4.full.clone());
+    four.sort();
+    wait_for("four members, all running, on every node", Duration::from_secs(15), || {
+        for n in nodes.iter().chain(std::iter::once(&n4)) {
+            let s = n.status().ok_or("no answer")?;
+            if names(&s["disk_nodes"]) != four || names(&s["running_nodes"]) != four {
+                return Err(format!("{}: {s}", n.full));
+            }
+        }
+        Ok(())
+    });
+
+    let (code, out, err) = nodes[2].ctl(&["forget_cluster_node", &n4.full]);
+    assert_eq!(code, 0, "{out}{err}");
+    n4.kill();
+    wait_for("back to three", Duration::from_secs(15), || agreed_status(&nodes, &[0, 1, 2], &all).map(|_| ()));
+    // Forgetting a node that is not a member: rabbitmqctl's failure exit code.
+    let (code, _, err) = nodes[0].ctl(&["forget_cluster_node", "zz@127.0.0.1:1"]);
+    assert_eq!(code, 70, "{err}");
+    // A malformed name is the caller's error.
+    let (code, _, err) = nodes[0].ctl(&["join_cluster", "nonsense"]);
+    assert_eq!(code, 65, "{err}");
+}
