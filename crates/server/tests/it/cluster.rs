@@ -215,6 +215,17 @@ fn three_processes_form_a_cluster_and_survive_a_leader_kill() {
     wait_for("the restarted node running again", Duration::from_secs(20), || {
         agreed_status(&nodes, &[0, 1, 2], &all).map(|_| ())
     });
+
+    // SIGTERM stops a clustered node cleanly (Raft member included): exit 0, promptly; the
+    // other two carry on and show it not running.
+    let stop_at = Instant::now();
+    let code = nodes[li].proc.as_mut().unwrap().terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "SIGTERM: {}", nodes[li].proc.as_ref().unwrap().log());
+    eprintln!("clean stop took {:?}", stop_at.elapsed());
+    nodes[li].proc = None;
+    wait_for("two running after a clean stop", Duration::from_secs(15), || {
+        agreed_status(&nodes, &others, &survivors).map(|_| ())
+    });
     eprintln!("whole test took {:?}", started.elapsed());
 }
 
