@@ -307,3 +307,27 @@ fn a_fourth_node_joins_with_join_cluster_and_leaves_with_forget_cluster_node() {
     let (code, _, err) = nodes[0].ctl(&["join_cluster", "nonsense"]);
     assert_eq!(code, 65, "{err}");
 }
+
+#[test]
+fn a_node_without_clustering_is_a_cluster_of_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = Node {
+        short: String::new(),
+        full: String::new(),
+        data: dir.path().join("data"),
+        conf: PathBuf::new(),
+        proc: Some(WarrenProcess::start(&dir.path().join("data"), None, &[])),
+    };
+    let me = n.api("/api/overview")["node"].as_str().unwrap().to_owned();
+    assert!(me.starts_with("warren@") && !me.contains(':'), "{me}");
+    n.full = me.clone();
+    let s = n.status().expect("cluster_status");
+    assert_eq!(s["disk_nodes"], serde_json::json!([me]));
+    assert_eq!(s["running_nodes"], serde_json::json!([me]));
+    assert_eq!(s["cluster_name"], me.as_str());
+    assert_eq!(s["leader"], Value::Null);
+    let (code, _, err) = n.ctl(&["join_cluster", "n2@127.0.0.1:1"]);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("not clustered"), "{err}");
+    n.kill();
+}
