@@ -8,7 +8,8 @@
 //! - [`node`]: [`ClusterNode`], what the broker and `warrenctl` will call.
 //!
 //! The consensus algorithm is openraft's (0.9 line); this crate supplies storage, network
-//! and the node API around it. Nothing here is wired into the broker yet.
+//! and the node API around it. The broker starts a node when clustering is configured
+//! (`server::clustering`); nothing it holds is replicated through the group yet.
 
 pub mod frame;
 pub mod log_store;

@@ -38,6 +38,8 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 /// Entries per AppendEntries request: 64 × 64 KiB × 4 = 16 MiB of JSON at most.
 pub const MAX_ENTRIES_PER_APPEND: u64 = 64;
+/// How long [`ClusterNode::running_members`] waits for a peer's answer.
+pub const PING_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Pause between attempts while no leader is known.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -231,6 +233,32 @@ impl ClusterNode {
         m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())
     }
 
+    /// The members that answer a ping over the inter-node link within [`PING_TIMEOUT`],
+    /// this node included: RabbitMQ's "running nodes" as this node sees them. A peer that
+    /// restarted may show as not running for up to the transport's reconnect backoff (2 s).
+    pub async fn running_members(&self) -> Vec<String> {
+        let mut probes = tokio::task::JoinSet::new();
+        let mut running = Vec::new();
+        for m in self.members() {
+            if m == self.inner.name {
+                running.push(m);
+                continue;
+            }
+            let transport = self.inner.transport.clone();
+            probes.spawn(async move {
+                let up = matches!(transport.call(&m, Request::Ping, PING_TIMEOUT).await, Ok(Response::Client(Ok(_))));
+                (m, up)
+            });
+        }
+        while let Some(r) = probes.join_next().await {
+            if let Ok((m, true)) = r {
+                running.push(m);
+            }
+        }
+        running.sort();
+        running
+    }
+
     pub fn is_leader(&self) -> bool {
         self.inner.raft.metrics().borrow().state == ServerState::Leader
     }
@@ -342,6 +370,7 @@ impl Inbound for Handler {
             Request::Snapshot(r) => Response::Snapshot(self.raft.install_snapshot(r).await),
             // Forwarded requests are served here only; never forwarded again, so no loops.
             Request::Client(r) => Response::Client(local(&self.raft, r).await),
+            Request::Ping => Response::Client(Ok(0)),
             Request::Hello { .. } => Response::Client(Err(ClientFailure::Other("unexpected hello".into()))),
         }
     }

@@ -54,6 +54,8 @@ pub enum Request {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// A client operation forwarded by a follower to the node it believes is the leader.
     Client(ClientRequest),
+    /// Liveness probe (`ClusterNode::running_members`): answered with `Client(Ok(0))`.
+    Ping,
 }
 
 /// Operations a follower forwards to the leader.

@@ -160,6 +160,59 @@ pub fn run(inv: &Invocation, out: &mut dyn std::io::Write) -> R {
             c.p.banner(&format!("Status of node {} ...", o["node"].as_str().unwrap_or("")));
             c.p.json_value(&status);
         }
+        "cluster_status" => {
+            let o = c.get("/api/overview", "no overview")?;
+            let me = o["node"].as_str().unwrap_or("").to_owned();
+            let r = c.call("GET", "/api/warren/cluster", None)?;
+            // A node without clustering is a cluster of one, as RabbitMQ shows it.
+            let s = match r.status {
+                200 => r.json(),
+                404 => json!({"cluster_name": o["cluster_name"], "disk_nodes": [me], "running_nodes": [me],
+                              "leader": null}),
+                st => return Err(fail(EX_SOFTWARE, format!("the node answered {st}: {}", r.reason()))),
+            };
+            let status = json!({
+                "cluster_name": s["cluster_name"], "disk_nodes": s["disk_nodes"], "ram_nodes": [],
+                "running_nodes": s["running_nodes"], "leader": s["leader"], "alarms": [], "partitions": {},
+            });
+            c.p.banner(&format!("Cluster status of node {me} ..."));
+            if inv.json {
+                c.p.json_value(&status);
+            } else {
+                let list = |v: &Value| -> String {
+                    let items: Vec<&str> = v.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                    if items.is_empty() { "(none)".to_owned() } else { items.join("\n") }
+                };
+                let text = format!(
+                    "Basics\n\nCluster name: {}\n\nDisk Nodes\n\n{}\n\nRunning Nodes\n\n{}\n\n\
+                     Leader\n\n{}\n\nAlarms\n\n(none)\n\nNetwork Partitions\n\n(none)",
+                    s["cluster_name"].as_str().unwrap_or(""),
+                    list(&s["disk_nodes"]),
+                    list(&s["running_nodes"]),
+                    s["leader"].as_str().unwrap_or("(none)"),
+                );
+                c.p.raw(&text);
+            }
+        }
+        "join_cluster" | "forget_cluster_node" => {
+            let join = inv.verb == "join_cluster";
+            let shape = if join { "join_cluster <NAME@HOST:PORT>" } else { "forget_cluster_node <NAME@HOST:PORT>" };
+            let node = args(inv, 1, shape)?[0].clone();
+            let o = c.get("/api/overview", "no overview")?;
+            let me = o["node"].as_str().unwrap_or("");
+            if join {
+                c.p.banner(&format!("Adding node {node} to the cluster of node {me} ..."));
+            } else {
+                c.p.banner(&format!("Removing node {node} from the cluster"));
+            }
+            let method = if join { "PUT" } else { "DELETE" };
+            c.ok(
+                method,
+                &format!("/api/warren/cluster/nodes/{}", seg(&node)),
+                None,
+                &format!("{node} is not a member of the cluster"),
+            )?;
+        }
         "environment" => {
             let e = c.get("/api/warren/environment", "no environment")?;
             c.p.banner("Application environment of the node ...");

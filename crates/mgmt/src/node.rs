@@ -293,8 +293,31 @@ pub struct ConsumerInfo {
     pub active: bool,
 }
 
+/// The cluster as this node sees it (`GET /api/warren/cluster`, `warrenctl cluster_status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// This node's name, `NAME@HOST:PORT`.
+    pub node: String,
+    pub cluster_name: String,
+    /// Every member in the latest membership this node knows (RabbitMQ's disk nodes).
+    pub members: Vec<String>,
+    /// The members that answer over the inter-node link, this node included.
+    pub running: Vec<String>,
+    /// The Raft leader this node knows of.
+    pub leader: Option<String>,
+}
+
 pub trait Node: Send + Sync + 'static {
     fn info(&self) -> NodeInfo;
+    /// The cluster this node is a member of; None for a node without clustering.
+    fn cluster_status(&self) -> BoxFuture<'_, Option<ClusterStatus>> {
+        Box::pin(async { None })
+    }
+    /// Add (`join`) or remove a member of the cluster, named `NAME@HOST:PORT`.
+    fn cluster_change(&self, node: String, join: bool) -> BoxFuture<'_, Result<(), NodeError>> {
+        let _ = (node, join);
+        Box::pin(async { Err(NodeError::Invalid("this node is not clustered".into())) })
+    }
     /// Where the node's memory goes (`GET /api/nodes/{node}/memory`); None answers
     /// RabbitMQ's `"not_available"`.
     fn memory_breakdown(&self) -> Option<MemoryBreakdown> {

@@ -181,6 +181,8 @@ struct Draft {
     ssl: SslDraft,
     user_tags: Option<Vec<(String, bool)>>,
     loopback_users: Option<Vec<(String, bool)>>,
+    /// `cluster_formation.classic_config.nodes.N`, keyed by N, in file order.
+    cluster_nodes: Option<Vec<(String, String)>>,
 }
 
 #[derive(Default)]
@@ -217,6 +219,7 @@ impl Draft {
             ssl: SslDraft::default(),
             user_tags: None,
             loopback_users: None,
+            cluster_nodes: None,
         }
     }
 
@@ -311,6 +314,15 @@ impl Draft {
             ["log", "file"] => self.log.file = if v == "false" { None } else { Some(parse_path(v)) },
             ["log", "file", "level"] => self.log.file_level = Some(parse_level(v)?),
             ["warren", name] => self.set_warren(name, v)?,
+            ["cluster_name"] => c.cluster_name = Some(v.to_owned()),
+            ["cluster_formation", "peer_discovery_backend"] => match v {
+                "classic_config" | "rabbit_peer_discovery_classic_config" => {}
+                _ => return Err(format!("only classic_config is supported, got '{v}'")),
+            },
+            ["cluster_formation", "classic_config", "nodes", n] if n.bytes().all(|b| b.is_ascii_digit()) => {
+                let node = parse_cluster_node(v)?;
+                upsert(self.cluster_nodes.get_or_insert_with(Vec::new), n, node);
+            }
             _ => return Err("unknown key".into()),
         }
         Ok(())
@@ -358,6 +370,10 @@ impl Draft {
             "binding_max" => c.binding_max_count = parse_int(v)?,
             "max_arguments_table_bytes" => c.max_arguments_table_bytes = to_usize(parse_bytes(v)?)?,
             "outbox_max_bytes" => c.outbox_max_bytes = to_usize(parse_bytes(v)?)?,
+            "node_name" => c.node_name = Some(parse_node_name(v)?),
+            "cluster_listen" => {
+                c.cluster_listen = Some(v.parse().map_err(|_| format!("expected IP:PORT, got '{v}'"))?);
+            }
             "threads" => {
                 let n: usize = parse_int(v)?;
                 if n == 0 {
@@ -381,6 +397,12 @@ impl Draft {
         }
         if let Some(tags) = self.user_tags {
             c.default_user_tags = tags.into_iter().filter(|(_, on)| *on).map(|(t, _)| t).collect();
+        }
+        if let Some(nodes) = self.cluster_nodes {
+            let mut nodes: Vec<String> = nodes.into_iter().map(|(_, n)| n).collect();
+            nodes.sort();
+            nodes.dedup();
+            c.cluster_nodes = nodes;
         }
         if let Some(users) = self.loopback_users {
             c.loopback_users = users.into_iter().filter(|(_, on)| *on).map(|(u, _)| u).collect();
@@ -471,6 +493,23 @@ fn parse_listener(v: &str) -> Result<ListenAddr, String> {
     Ok(ListenAddr { ip: Some(parse_ip(ip)?), port: parse_port(port)? })
 }
 
+/// A node name, `NAME@HOST` or `NAME@HOST:PORT`.
+pub fn parse_node_name(v: &str) -> Result<String, String> {
+    match v.split_once('@') {
+        Some((name, host)) if !name.is_empty() && !host.is_empty() && !v.contains(char::is_whitespace) => {
+            Ok(v.to_owned())
+        }
+        _ => Err(format!("expected a node name NAME@HOST (or NAME@HOST:PORT), got '{v}'")),
+    }
+}
+
+/// A `classic_config` node: `NAME@HOST:PORT` (Warren needs each node's inter-node port).
+fn parse_cluster_node(v: &str) -> Result<String, String> {
+    cluster::parse_node_name(v)
+        .map_err(|_| format!("expected NAME@HOST:PORT (Warren needs the inter-node port of every node), got '{v}'"))?;
+    Ok(v.to_owned())
+}
+
 fn parse_path(v: &str) -> PathBuf {
     PathBuf::from(v)
 }
@@ -549,6 +588,51 @@ mod tests {
 
     fn parse_err(text: &str) -> ConfError {
         parse(text, "test.conf", &env, Some(16 * GIB)).expect_err("should be refused")
+    }
+
+    #[test]
+    fn cluster_formation_classic_config() {
+        let s = parse_ok(
+            "cluster_formation.peer_discovery_backend = classic_config\n\
+             cluster_formation.classic_config.nodes.1 = warren@node1:25672\n\
+             cluster_formation.classic_config.nodes.2 = warren@node2:25672\n\
+             cluster_formation.classic_config.nodes.3 = warren@10.0.0.3:25673\n\
+             cluster_formation.classic_config.nodes.2 = warren@node2:25672\n\
+             cluster_name = prod\n\
+             warren.node_name = warren@node1\n\
+             warren.cluster_listen = 0.0.0.0:25672\n",
+        );
+        let c = &s.config;
+        assert_eq!(c.cluster_nodes, vec!["warren@10.0.0.3:25673", "warren@node1:25672", "warren@node2:25672"]);
+        assert_eq!(c.cluster_name.as_deref(), Some("prod"));
+        assert_eq!(c.node_name.as_deref(), Some("warren@node1"));
+        assert_eq!(c.cluster_listen, Some("0.0.0.0:25672".parse().unwrap()));
+        let s = parse_ok("cluster_formation.peer_discovery_backend = rabbit_peer_discovery_classic_config\n");
+        assert!(s.config.cluster_nodes.is_empty());
+        assert!(Config::default().cluster_nodes.is_empty() && Config::default().node_name.is_none());
+    }
+
+    #[test]
+    fn bad_cluster_formation_values_name_file_and_line() {
+        let e = parse_err("heartbeat = 5\ncluster_formation.peer_discovery_backend = k8s\n");
+        assert_eq!((e.line, e.key.as_deref()), (2, Some("cluster_formation.peer_discovery_backend")));
+        assert!(
+            e.to_string().starts_with("test.conf:2: cluster_formation.peer_discovery_backend: only classic_config")
+        );
+        // RabbitMQ's form without a port: Warren needs the inter-node port.
+        let e = parse_err("cluster_formation.classic_config.nodes.1 = rabbit@node1\n");
+        assert_eq!((e.line, e.key.as_deref()), (1, Some("cluster_formation.classic_config.nodes.1")));
+        assert!(e.message.contains("NAME@HOST:PORT"), "{e}");
+        let e = parse_err("cluster_formation.classic_config.nodes.x = a@h:1\n");
+        assert_eq!(e.message, "unknown key");
+        let e = parse_err("cluster_formation.classic_config.nodes.1 = a@h:99999\n");
+        assert!(e.message.contains("NAME@HOST:PORT"), "{e}");
+        let e = parse_err("\nwarren.cluster_listen = node1:25672\n");
+        assert_eq!((e.line, e.key.as_deref()), (2, Some("warren.cluster_listen")));
+        let e = parse_err("warren.node_name = node1\n");
+        assert!(e.message.contains("NAME@HOST"), "{e}");
+        let e = parse_err("cluster_formation.node_cleanup.interval = 30\n");
+        assert_eq!(e.message, "unknown key");
     }
 
     #[test]

@@ -146,6 +146,19 @@ pub struct Config {
     /// Prometheus metrics port and address (RabbitMQ: 15692 on every interface).
     pub prometheus_port: u16,
     pub prometheus_ip: Option<IpAddr>,
+    /// The node's name (`--node-name`, `$WARREN_NODENAME`, `$RABBITMQ_NODENAME`,
+    /// `warren.node_name`); None: `warren@<hostname>`. In a cluster, `NAME@HOST` picks the
+    /// node's own entry in `cluster_nodes`, or it is the full `NAME@HOST:PORT`.
+    pub node_name: Option<String>,
+    /// RabbitMQ's `cluster_formation.classic_config.nodes.N`: `NAME@HOST:PORT` of every
+    /// initial member. Empty (and no `cluster_listen`): a single node, no clustering.
+    pub cluster_nodes: Vec<String>,
+    /// Where the inter-node (Raft) listener binds (`warren.cluster_listen`); None: the
+    /// address of the node's own `NAME@HOST:PORT`.
+    pub cluster_listen: Option<std::net::SocketAddr>,
+    /// RabbitMQ's `cluster_name`; None: the name of the first node of `cluster_nodes` (in
+    /// sort order, the one that forms the cluster), or the node's own name when alone.
+    pub cluster_name: Option<String>,
 }
 
 impl Default for Config {
@@ -191,6 +204,10 @@ impl Default for Config {
             management_login_session_timeout_min: 480,
             prometheus_port: 15692,
             prometheus_ip: None,
+            node_name: None,
+            cluster_nodes: Vec::new(),
+            cluster_listen: None,
+            cluster_name: None,
         }
     }
 }

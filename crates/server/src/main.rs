@@ -198,6 +198,15 @@ struct Args {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// The node's name, NAME@HOST or NAME@HOST:PORT (default: $WARREN_NODENAME, else
+    /// $RABBITMQ_NODENAME, else warren.node_name, else warren@<hostname>). In a cluster it
+    /// selects the node's own entry of cluster_formation.classic_config.nodes.
+    #[arg(long, value_name = "NAME@HOST[:PORT]")]
+    node_name: Option<String>,
+    /// Address the inter-node (cluster) listener binds, IP:PORT (default: the address of the
+    /// node's own NAME@HOST:PORT entry).
+    #[arg(long, value_name = "IP:PORT")]
+    cluster_listen: Option<std::net::SocketAddr>,
 }
 
 impl Args {
@@ -249,6 +258,12 @@ impl Args {
         }
         set(&self.management_port, &mut c.management_port);
         set(&self.prometheus_port, &mut c.prometheus_port);
+        if let Some(n) = &self.node_name {
+            c.node_name = Some(server::conf_file::parse_node_name(n).map_err(|e| anyhow::anyhow!("--node-name: {e}"))?);
+        }
+        if self.cluster_listen.is_some() {
+            c.cluster_listen = self.cluster_listen;
+        }
         Ok(())
     }
 }
@@ -292,6 +307,14 @@ fn settings(args: &Args) -> anyhow::Result<FileSettings> {
         if let Ok(v) = std::env::var(var) {
             *slot = v;
         }
+    }
+    // RabbitMQ's RABBITMQ_NODENAME may omit the host: `@<hostname>` is added, as it does.
+    if let Some((var, v)) = ["WARREN_NODENAME", "RABBITMQ_NODENAME"]
+        .into_iter()
+        .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()).map(|v| (var, v)))
+    {
+        let v = if v.contains('@') { v } else { format!("{v}@{}", server::clustering::hostname()) };
+        c.node_name = Some(server::conf_file::parse_node_name(&v).map_err(|e| anyhow::anyhow!("${var}: {e}"))?);
     }
     args.apply(c)?;
     if args.threads.is_some() {
@@ -373,6 +396,8 @@ fn run() -> anyhow::Result<()> {
         !config.amqp_listeners.is_empty() || !config.amqps_listeners.is_empty(),
         "no listeners: listeners.tcp = none and no listeners.ssl"
     );
+    let node_name = server::clustering::node_name(&config);
+    let cluster_plan = server::clustering::plan(&config, &node_name).map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
     server::alarms::set_release_memory(release_free_memory);
     server::alarms::set_allocated_bytes(counting::allocated_bytes);
     init_logging(&log)?;
@@ -392,6 +417,18 @@ fn run() -> anyhow::Result<()> {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let state = ServerState::open(config.clone(), rx)
             .with_context(|| format!("opening data dir {}", data_dir.display()))?;
+        // The node's Raft member (formation and status only: nothing is replicated yet).
+        let cluster_node = match &cluster_plan {
+            Some(plan) => {
+                let node = server::clustering::start(plan, &data_dir).await.map_err(anyhow::Error::msg)?;
+                info!(node = %plan.name, listen = %plan.listen, members = ?plan.nodes, "cluster node started");
+                let running =
+                    server::clustering::Running { node: node.clone(), cluster_name: plan.cluster_name.clone() };
+                let _ = state.cluster.set(running);
+                Some(node)
+            }
+            None => None,
+        };
         let mut listeners: Vec<Listener> = server::bind_all(&config.amqp_listeners)
             .with_context(|| format!("binding AMQP listeners {:?}", config.amqp_listeners))?
             .into_iter()
@@ -481,6 +518,9 @@ fn run() -> anyhow::Result<()> {
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), control).await;
         let _ = std::fs::remove_file(&sock_path);
+        if let Some(node) = cluster_node {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), node.shutdown()).await;
+        }
         info!("stopped");
         anyhow::Ok(())
     })

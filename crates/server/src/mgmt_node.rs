@@ -28,15 +28,14 @@ impl From<ChangeError> for NodeError {
     }
 }
 
-/// This host's name, for RabbitMQ-style node names (`warren@host`).
-fn hostname() -> String {
-    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".to_owned())
-}
-
 impl ServerState {
-    /// The node's name as the API and metrics show it.
+    /// The node's name as the API and metrics show it: in a cluster its `NAME@HOST:PORT`,
+    /// else the configured name or `warren@<hostname>`.
     pub fn node_name(&self) -> String {
-        format!("warren@{}", hostname())
+        match self.cluster.get() {
+            Some(c) => c.node.name().to_owned(),
+            None => crate::clustering::node_name(&self.config),
+        }
     }
 
     /// Listeners the node serves, for the API (set by the binary once it has bound them).
@@ -46,6 +45,31 @@ impl ServerState {
 }
 
 impl mgmt::Node for ServerState {
+    fn cluster_status(&self) -> BoxFuture<'_, Option<mgmt::node::ClusterStatus>> {
+        Box::pin(async move {
+            match self.cluster.get() {
+                Some(c) => Some(c.status().await),
+                None => None,
+            }
+        })
+    }
+
+    fn cluster_change(&self, node: String, join: bool) -> BoxFuture<'_, Result<(), NodeError>> {
+        Box::pin(async move {
+            let Some(c) = self.cluster.get() else {
+                return Err(NodeError::Invalid("this node is not clustered".into()));
+            };
+            if cluster::parse_node_name(&node).is_err() {
+                return Err(NodeError::Invalid(format!("{node} is not a node name NAME@HOST:PORT")));
+            }
+            if !join && !c.node.members().contains(&node) {
+                return Err(NodeError::NotFound(format!("{node} is not a member of the cluster")));
+            }
+            let r = if join { c.node.add_member(&node).await } else { c.node.remove_member(&node).await };
+            r.map(|_| ()).map_err(|e| NodeError::Failed(e.to_string()))
+        })
+    }
+
     fn http_max_body_bytes(&self) -> usize {
         usize::try_from(self.config.management_http_max_body_bytes).unwrap_or(usize::MAX)
     }
@@ -80,7 +104,7 @@ impl mgmt::Node for ServerState {
         let alarms = *self.alarms.borrow();
         let name = self.node_name();
         NodeInfo {
-            cluster_name: name.clone(),
+            cluster_name: self.cluster.get().map_or_else(|| name.clone(), |c| c.cluster_name.clone()),
             name,
             product_version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_ms: self.started.elapsed().as_millis() as u64,

@@ -46,6 +46,8 @@ pub struct ServerState {
     pub(crate) started: std::time::Instant,
     /// The node's listeners, as the management API lists them.
     pub(crate) listeners: Mutex<Vec<mgmt::node::ListenerInfo>>,
+    /// The node's Raft member when clustering is configured (set once by the binary).
+    pub cluster: std::sync::OnceLock<crate::clustering::Running>,
     /// Alarm thresholds set at runtime (`warrenctl set_vm_memory_high_watermark`,
     /// `set_disk_free_limit`); they win over the config until the node restarts.
     pub(crate) memory_watermark_set: Mutex<Option<u64>>,
@@ -182,6 +184,7 @@ impl ServerState {
             node_limits: node,
             started: std::time::Instant::now(),
             listeners: Mutex::new(Vec::new()),
+            cluster: std::sync::OnceLock::new(),
             memory_watermark_set: Mutex::new(None),
             disk_free_limit_set: Mutex::new(None),
             next_connection_id: AtomicU64::new(1),

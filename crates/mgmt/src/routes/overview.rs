@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
 
@@ -24,6 +24,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{node}", get(node))
         .route("/api/nodes/{node}/memory", get(node_memory))
+        .route("/api/warren/cluster", get(cluster_status))
+        .route("/api/warren/cluster/nodes/{node}", put(cluster_join).delete(cluster_forget))
 }
 
 /// The RabbitMQ version Warren answers as (tools gate features on it).
@@ -169,9 +171,65 @@ fn node_json(info: &NodeInfo) -> Value {
     })
 }
 
+/// `/api/nodes`: this node; in a cluster, also every other member with `running` as seen
+/// from here (their figures are not fetched: only name, type and running).
 async fn nodes(State(node): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
     caller.require_monitor()?;
-    Ok(Json(json!([node_json(&node.info())])))
+    let info = node.info();
+    let Some(status) = node.cluster_status().await else {
+        return Ok(Json(json!([node_json(&info)])));
+    };
+    let mut list = vec![node_json(&info)];
+    for m in status.members.iter().filter(|m| **m != info.name) {
+        list.push(json!({"name": m, "type": "disc", "running": status.running.contains(m)}));
+    }
+    list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Ok(Json(Value::Array(list)))
+}
+
+fn cluster_json(s: &crate::node::ClusterStatus) -> Value {
+    json!({
+        "node": s.node,
+        "cluster_name": s.cluster_name,
+        "disk_nodes": s.members,
+        "ram_nodes": [],
+        "running_nodes": s.running,
+        "leader": s.leader,
+    })
+}
+
+/// `GET /api/warren/cluster`: members, running members and leader as this node sees them
+/// (404 when the node is not clustered).
+async fn cluster_status(State(node): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
+    caller.require_monitor()?;
+    match node.cluster_status().await {
+        Some(s) => Ok(Json(cluster_json(&s))),
+        None => Err(ApiError::not_found()),
+    }
+}
+
+/// `PUT /api/warren/cluster/nodes/{NAME@HOST:PORT}`: add a running node to the cluster
+/// (`warrenctl join_cluster`).
+async fn cluster_join(
+    State(node): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<axum::http::StatusCode> {
+    caller.require_admin()?;
+    node.cluster_change(name, true).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/warren/cluster/nodes/{NAME@HOST:PORT}`: remove a member
+/// (`warrenctl forget_cluster_node`).
+async fn cluster_forget(
+    State(node): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<axum::http::StatusCode> {
+    caller.require_admin()?;
+    node.cluster_change(name, false).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 async fn node(
