@@ -716,13 +716,20 @@ impl Queue {
     /// (x-expires: unused — no consumers, no get, no redeclare — for that long).
     /// Called periodically by the server.
     pub fn tick(self: &Arc<Self>) -> bool {
-        let now = self.clock.now_ms();
         let mut letters = Letters::new();
         let expired = {
             let mut st = self.state.lock();
             if st.deleted {
                 return false;
             }
+            // The common case at scale: an empty queue without x-expires has nothing to
+            // expire and nothing to detach. Returning before the clock read and the
+            // store's peek keeps an idle node with 100,000 queues from spending a third of
+            // a core here (ten ticks a second).
+            if st.eff.expires_ms.is_none() && st.store.is_empty() {
+                return false;
+            }
+            let now = self.clock.now_ms();
             self.expire_head(&mut st, now, &mut letters);
             st.store.tick();
             st.eff.expires_ms.is_some_and(|ttl| st.consumers.is_empty() && now.saturating_sub(st.last_used_ms) >= ttl)
