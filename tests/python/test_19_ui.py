@@ -805,3 +805,262 @@ def test_queue_page_charts_start_filled_from_the_api_samples(node, driver, tmp_p
     text_in(driver, "#consumers", "ui-consumer-tag")
     shot(driver, tmp_path, "queue-charts")
     conn.close()
+
+
+# ---------------------------------------------------------------- third increment
+
+def wait_for_api(p: BrokerProcess):
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            if requests.get(api(p, "/whoami"), auth=AUTH, timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, "management API did not come up"
+        time.sleep(0.1)
+
+
+def api_requests(driver, fragment: str) -> list[str]:
+    """The URLs of the API calls the page made whose URL contains `fragment`."""
+    return driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes(arguments[0]))",
+        fragment)
+
+
+def test_consumers_page_with_links_filter_vhost_and_monitoring(node, driver, tmp_path):
+    put(node, "/vhosts/other", {})
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", node.port))
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=7)
+    ch.queue_declare("work-a")
+    ch.queue_declare("work-b")
+    ch.basic_consume("work-a", lambda *a: None, consumer_tag="ctag-manual")
+    ch2 = conn.channel()  # no prefetch on this one
+    ch2.basic_consume("work-b", lambda *a: None, auto_ack=True, exclusive=True, consumer_tag="ctag-auto",
+                      arguments={"x-priority": 5})
+    other = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", node.port, virtual_host="other"))
+    och = other.channel()
+    och.queue_declare("elsewhere")
+    och.basic_consume("elsewhere", lambda *a: None, consumer_tag="ctag-other")
+    put(node, "/users/watcher", {"password": "pw", "tags": "monitoring"})
+    try:
+        # A monitoring user has the Consumers page, with every consumer.
+        logged_in(driver, node, "watcher", "pw", "#/overview")
+        assert driver.find_element(By.ID, "nav-consumers").is_displayed()
+        click(driver, By.ID, "nav-consumers")
+        text_in(driver, "#consumers-info", "3 of 3 shown in 1 page(s)")
+        row = lambda tag: f'//table[@id="consumers"]//tr[.//span[@class="tag" and text()="{tag}"]]'  # noqa: E731
+        manual = wait(driver).until(EC.presence_of_element_located((By.XPATH, row("ctag-manual"))))
+        cells = [td.text for td in manual.find_elements(By.TAG_NAME, "td")]
+        # Queue, vhost, channel, tag, ack, exclusive, prefetch, active, arguments.
+        assert cells[0] == "work-a" and cells[1] == "/" and cells[2].endswith("(1)"), cells
+        assert cells[3:8] == ["ctag-manual", "manual", "no", "7", "up"], cells
+        auto = driver.find_element(By.XPATH, row("ctag-auto"))
+        cells = [td.text for td in auto.find_elements(By.TAG_NAME, "td")]
+        assert cells[4:7] == ["automatic", "yes", "0"] and '"x-priority":5' in cells[8], cells
+        shot(driver, tmp_path, "consumers")
+        # The API was asked for the shown fields only (it does not page consumers).
+        urls = api_requests(driver, "/api/consumers")
+        assert urls and all("columns=" in u for u in urls), urls
+        r = requests.get(urls[-1], auth=AUTH, timeout=5).json()
+        assert {k for c in r for k in c} <= {"queue", "channel_details", "consumer_tag", "ack_required", "exclusive",
+                                             "prefetch_count", "active", "activity_status", "arguments"}, r
+        # Filter by queue or tag, kept in the URL; sort by a column on the server.
+        f = driver.find_element(By.ID, "consumers-filter")
+        f.send_keys("work-b\n")
+        text_in(driver, "#consumers-info", '1 of 3 shown in 1 page(s) (filter "work-b")')
+        assert "name=work-b" in driver.current_url
+        go(driver, "#/consumers")
+        text_in(driver, "#consumers-info", "3 of 3")
+        click(driver, By.CSS_SELECTOR, '#consumers th[data-sort="prefetch_count"]')
+        click(driver, By.CSS_SELECTOR, '#consumers th[data-sort="prefetch_count"]')
+        wait(driver).until(lambda d: "sort_reverse=true" in d.current_url)
+        wait(driver).until(lambda d: js_text(d, "#consumers tbody tr:first-child .tag") == "ctag-manual")
+        # The vhost selector narrows the list to /api/consumers/{vhost}.
+        Select(driver.find_element(By.ID, "vhost-select")).select_by_value("other")
+        text_in(driver, "#consumers-info", "1 of 1 shown")
+        text_in(driver, "#consumers", "ctag-other")
+        assert any("/api/consumers/other" in u for u in api_requests(driver, "/api/consumers/"))
+        Select(driver.find_element(By.ID, "vhost-select")).select_by_value("")
+        text_in(driver, "#consumers-info", "3 of 3")
+        # The queue links to its page, the channel to its connection.
+        click(driver, By.XPATH, row("ctag-manual") + "//td[1]/a")
+        text_in(driver, "#queue-name", "work-a")
+        text_in(driver, "#consumers", "ctag-manual")
+        driver.back()
+        click(driver, By.XPATH, row("ctag-manual") + "//td[3]/a")
+        wait(driver).until(lambda d: "#/connections/" in d.current_url)
+        text_in(driver, "#conn-state", "running")
+    finally:
+        conn.close()
+        other.close()
+
+
+def test_memory_alarm_blocks_a_publisher_and_the_ui_shows_it(node, driver, tmp_path):
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", node.port, client_properties={"connection_name": "ui-publisher"}))
+    ch = conn.channel()
+    ch.queue_declare("alarmed")
+    ch.basic_publish("", "alarmed", b"before")  # a connection that has published is blocked
+    logged_in(driver, node, hash_="#/connections")
+    text_in(driver, '#connections [data-state]', "running")
+    watermark = api(node, "/warren/vm-memory-high-watermark")
+    try:
+        # The simplest real trigger: a memory high watermark below the node's RSS (as
+        # `warrenctl set_vm_memory_high_watermark absolute 1`).
+        assert requests.put(watermark, json={"absolute": 1}, auth=AUTH, timeout=5).status_code == 204
+        ch.basic_publish("", "alarmed", b"during")  # stays in the socket: the broker does not read it
+        text_in(driver, '#connections [data-state]', "blocked", timeout=20)
+        assert "bad" in driver.find_element(By.CSS_SELECTOR, "#connections [data-state]").get_attribute("class")
+        shot(driver, tmp_path, "connections-blocked")
+        go(driver, "#/overview")
+        text_in(driver, "#alarm-banner", "memory alarm on")
+        text_in(driver, "#nodes", "memory")
+        shot(driver, tmp_path, "overview-alarm")
+        # The connection's own page shows it blocked; its channel stays running (as RabbitMQ).
+        go(driver, "#/connections")
+        click(driver, By.CSS_SELECTOR, "#connections a")
+        text_in(driver, "#conn-state", "blocked")
+        text_in(driver, "#view table [data-state]", "running")
+        go(driver, "#/channels")
+        text_in(driver, "#channels [data-state]", "running")
+        assert queue(node, "%2F", "alarmed")["messages"] == 1, "the blocked publish was not read"
+    finally:
+        # Clearing the alarm unblocks the connection, and the held publish arrives.
+        assert requests.put(watermark, json={"absolute": 1 << 50}, auth=AUTH, timeout=5).status_code == 204
+    go(driver, "#/overview")
+    wait(driver, 20).until(lambda d: d.find_element(By.ID, "alarm-banner").get_attribute("hidden") is not None)
+    text_in(driver, "#nodes", "none")
+    go(driver, "#/connections")
+    text_in(driver, '#connections [data-state]', "running", timeout=20)
+    wait(driver, 10).until(lambda d: queue(node, "%2F", "alarmed")["messages"] == 2)
+    conn.close()
+
+
+def test_session_expires_after_the_default_timeout_of_inactivity(node, driver):
+    logged_in(driver, node, hash_="#/queues")
+    assert driver.execute_script("return sessionStorage.getItem('warren.timeout')") == "480"
+    # Forced expiry: the last activity 8 hours and a second ago; the page's check logs out.
+    driver.execute_script("sessionStorage.setItem('warren.active', String(Date.now() - 480 * 60000 - 1000))")
+    text_in(driver, "#login-error", "Your session expired after 8h 00m without activity", timeout=10)
+    assert not driver.find_element(By.ID, "top").is_displayed()
+    assert driver.execute_script("return sessionStorage.getItem('warren.auth')") is None
+    # After a reload too: an expired session never reaches a page.
+    logged_in(driver, node, hash_="#/queues")
+    visible(driver, "#queues")
+    driver.execute_script("sessionStorage.setItem('warren.active', String(Date.now() - 481 * 60000))")
+    driver.refresh()
+    text_in(driver, "#login-error", "session expired")
+    assert driver.execute_script("return sessionStorage.getItem('warren.auth')") is None
+
+
+def test_login_session_timeout_from_the_config_file(request, driver, tmp_path):
+    conf = tmp_path / "warren.conf"
+    conf.write_text("management.login_session_timeout = 1\n")
+    with own_broker(request, "warren-pytest-ui-timeout-", extra_args=["--config", str(conf)]) as p:
+        wait_for_api(p)
+        assert requests.get(api(p, "/whoami"), auth=AUTH, timeout=5).json()["login_session_timeout"] == 1
+        logged_in(driver, p, hash_="#/overview")
+        assert driver.execute_script("return sessionStorage.getItem('warren.timeout')") == "1"
+        # 50 s idle, then a click: the minute starts again, so the session outlives the next checks.
+        driver.execute_script("sessionStorage.setItem('warren.active', String(Date.now() - 50000))")
+        driver.find_element(By.CSS_SELECTOR, "#nav a[data-page=queues]").click()
+        visible(driver, "#queues")
+        time.sleep(11)  # two of the page's 5 s checks, and past the first minute
+        assert driver.find_element(By.ID, "top").is_displayed()
+        # The page's own refreshes are not activity: a minute idle logs out.
+        driver.execute_script("sessionStorage.setItem('warren.active', String(Date.now() - 61000))")
+        text_in(driver, "#login-error", "Your session expired after 1m 00s without activity", timeout=10)
+
+
+def test_per_vhost_definitions_export_then_import_into_another_vhost(node, driver, tmp_path):
+    put(node, "/vhosts/src", {})
+    put(node, "/vhosts/dst", {})
+    put(node, "/queues/src/orders", {"durable": True, "arguments": {"x-max-length": 7}})
+    put(node, "/exchanges/src/orders-x", {"type": "fanout", "durable": True})
+    assert requests.post(api(node, "/bindings/src/e/orders-x/q/orders"), json={"routing_key": "k"}, auth=AUTH,
+                         timeout=5).status_code == 201
+    put(node, "/policies/src/orders-ttl", {"pattern": "^orders$", "definition": {"message-ttl": 60000},
+                                           "apply-to": "queues"})
+    put(node, "/queues/%2F/not-in-src", {"durable": True})
+    logged_in(driver, node, hash_="#/admin/definitions")
+    Select(visible(driver, "#export-vhost")).select_by_value("src")
+    driver.find_element(By.ID, "export-definitions").click()
+    wait(driver, 15).until(lambda d: any(p.name.startswith("warren-definitions-src-") and p.suffix == ".json"
+                                         for p in d.downloads.iterdir()))
+    path = next(p for p in driver.downloads.iterdir() if p.name.startswith("warren-definitions-src-"))
+    exported = json.loads(path.read_text())
+    assert exported["rabbitmq_definition_format"] == "single_virtual_host"
+    assert [q["name"] for q in exported["queues"]] == ["orders"]
+    assert "vhost" not in exported["queues"][0]
+    assert [x["name"] for x in exported["exchanges"]] == ["orders-x"]
+    assert [pol["name"] for pol in exported["policies"]] == ["orders-ttl"]
+    # Import that file into dst: everything lands there, nothing else changes.
+    Select(driver.find_element(By.ID, "import-vhost")).select_by_value("dst")
+    driver.find_element(By.ID, "import-file").send_keys(str(path))
+    driver.find_element(By.ID, "import-definitions").click()
+    text_in(driver, "#import-result", f"Imported {path.name} into dst.")
+    q = queue(node, "dst", "orders")
+    assert q["arguments"] == {"x-max-length": 7} and q["durable"] is True, q
+    x = requests.get(api(node, "/exchanges/dst/orders-x"), auth=AUTH, timeout=5).json()
+    assert x["type"] == "fanout", x
+    bs = requests.get(api(node, "/bindings/dst/e/orders-x/q/orders"), auth=AUTH, timeout=5).json()
+    assert [b["routing_key"] for b in bs] == ["k"], bs
+    pol = requests.get(api(node, "/policies/dst/orders-ttl"), auth=AUTH, timeout=5).json()
+    assert pol["definition"] == {"message-ttl": 60000}, pol
+    assert requests.get(api(node, "/queues/dst/not-in-src"), auth=AUTH, timeout=5).status_code == 404
+    go(driver, "#/queues?name=orders")
+    text_in(driver, "#queues-info", "2 of")
+    shot(driver, tmp_path, "admin-definitions")
+
+
+def test_column_pickers_of_exchanges_connections_and_channels_shrink_replies(node, driver):
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", node.port))
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=3)
+    try:
+        logged_in(driver, node, hash_="#/connections")
+        visible(driver, "#connections [data-state]")
+        h = headers(driver, "#connections thead th")
+        assert h[:2] == ["Name", "State"] and "Client" in h and "From client" in h, h
+        click(driver, By.ID, "connections-col-client")
+        wait(driver, 5).until(lambda d: "Client" not in headers(d, "#connections thead th"))
+        assert json.loads(driver.execute_script("return localStorage.getItem('warren.columns.connections.guest')")) == \
+            ["overview", "network"]
+        # The list asks the API for the shown fields only: no client properties now.
+        wait(driver, 10).until(lambda d: any("columns=" in u and "client_properties" not in u
+                                             for u in api_requests(d, "/api/connections?")))
+        url = [u for u in api_requests(driver, "/api/connections?") if "columns=" in u][-1]
+        items = requests.get(url, auth=AUTH, timeout=5).json()["items"]
+        assert items and all("client_properties" not in c and "state" in c for c in items), items
+        driver.refresh()
+        visible(driver, "#connections [data-state]")
+        assert "Client" not in headers(driver, "#connections thead th")
+        assert not driver.find_element(By.ID, "connections-col-client").is_selected()
+        # Channels: state always shown, details and rates groups.
+        go(driver, "#/channels")
+        text_in(driver, "#channels [data-state]", "running")
+        assert "Prefetch" in headers(driver, "#channels thead th")
+        click(driver, By.ID, "channels-col-details")
+        wait(driver, 5).until(lambda d: "Prefetch" not in headers(d, "#channels thead th"))
+        assert "Publish" in headers(driver, "#channels thead th")
+        url = [u for u in api_requests(driver, "/api/channels?") if "columns=" in u][-1]
+        assert "prefetch_count" not in url and "state" in url, url
+        # Exchanges: rates off.
+        go(driver, "#/exchanges")
+        visible(driver, '#exchanges tr[data-name="amq.direct"]')
+        assert "In" in headers(driver, "#exchanges thead th")
+        click(driver, By.ID, "exchanges-col-rates")
+        wait(driver, 5).until(lambda d: "In" not in headers(d, "#exchanges thead th"))
+        assert "Type" in headers(driver, "#exchanges thead th")
+        url = [u for u in api_requests(driver, "/api/exchanges?") if "columns=" in u][-1]
+        assert "message_stats" not in url and "type" in url, url
+        assert json.loads(driver.execute_script("return localStorage.getItem('warren.columns.exchanges.guest')")) == \
+            ["overview"]
+        # The queue list asks for its columns too.
+        go(driver, "#/queues")
+        visible(driver, "#queues")
+        wait(driver, 10).until(lambda d: any("columns=" in u for u in api_requests(d, "/api/queues?")))
+    finally:
+        conn.close()

@@ -61,9 +61,14 @@ pub struct VHost {
 /// Where queues keep their messages and where durable topology is recorded. The vhost
 /// calls it for every change; implementations decide what is durable (RabbitMQ: durable
 /// exchanges, durable non-exclusive queues, bindings whose both ends are durable).
-/// A `*_declared`/`binding_added` call returns only once the change is on disk: the
-/// client's declare-ok follows it.
+/// A `*_declared`/`binding_added` call may only buffer its record (it runs under the
+/// vhost's locks); the vhost calls [`Persistence::settle`] after releasing them, and the
+/// client's declare-ok follows that.
 pub trait Persistence: Send + Sync {
+    /// Return once every change recorded so far is on disk (an error when it cannot be).
+    fn settle(&self) -> Result<(), AmqpError> {
+        Ok(())
+    }
     /// The store for a new queue. A durable queue whose files cannot be opened is an
     /// error (the declare fails), never a store that quietly keeps it in RAM.
     fn queue_store(&self, vhost: &str, queue: &str, options: &QueueOptions)
@@ -232,6 +237,16 @@ impl VHost {
         if passive {
             return self.exchange(name);
         }
+        let e = self.declare_exchange_locked(name, opts)?;
+        // Also for an existing exchange: it may have been declared a moment ago by
+        // another connection, not on disk yet. (A transient one promises nothing.)
+        if e.options.durable {
+            self.persistence.settle()?;
+        }
+        Ok(e)
+    }
+
+    fn declare_exchange_locked(&self, name: &str, opts: ExchangeOptions) -> Result<Arc<Exchange>, AmqpError> {
         if name.starts_with("amq.") {
             // An existing amq.* exchange may be redeclared equivalently; a different
             // declaration is 406 as for any exchange. Only creating one is refused.
@@ -259,6 +274,11 @@ impl VHost {
     }
 
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
+        self.delete_exchange_locked(name, if_unused)?;
+        self.persistence.settle()
+    }
+
+    fn delete_exchange_locked(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
         if name.is_empty() || name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
                 "operation not permitted on exchange '{name}' in vhost '{}'",
@@ -339,6 +359,21 @@ impl VHost {
         if name.starts_with("amq.") && !server_named {
             return Err(AmqpError::access_refused(format!("queue name '{name}' contains reserved prefix 'amq.*'")));
         }
+        let r = self.create_queue(name, opts, conn)?;
+        // Also for an existing queue: it may have been declared a moment ago by another
+        // connection, not on disk yet. (A transient one promises nothing.)
+        if r.0.options.durable {
+            self.persistence.settle()?;
+        }
+        Ok(r)
+    }
+
+    fn create_queue(
+        &self,
+        name: &str,
+        opts: QueueOptions,
+        conn: ConnectionId,
+    ) -> Result<(Arc<Queue>, bool), AmqpError> {
         let mut qs = self.queues.write();
         let name = if name.is_empty() { generate_name("amq.gen-", |n| qs.contains_key(n)) } else { name.to_owned() };
         if let Some(q) = qs.get(&name) {
@@ -433,7 +468,11 @@ impl VHost {
                 self.name
             )));
         }
-        Ok(self.remove_queue(&q))
+        let deleted = self.remove_queue(&q);
+        if q.options.durable {
+            self.persistence.settle()?;
+        }
+        Ok(deleted)
     }
 
     /// Remove a queue unconditionally (exclusive owner gone, auto-delete, queue.delete).
@@ -520,13 +559,25 @@ impl VHost {
         if exchange.is_empty() {
             return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
-        let q = self.queue(queue, conn)?;
-        let e = self.exchange(exchange)?;
-        validate_binding(&e, &arguments)?;
-        self.add_binding(
-            &e,
-            Binding { destination: Destination::Queue(q), routing_key: routing_key.to_owned(), arguments },
-        )
+        // Both ends are looked up and the binding added under the maps' read locks: a
+        // concurrent queue.delete or exchange.delete (write locks) comes wholly before
+        // (404 here) or after (it removes this binding too), never between, so no binding
+        // to a deleted queue is left behind or logged after its queue's deletion.
+        let durable = {
+            let ex = self.exchanges.read();
+            let qs = self.queues.read();
+            let q = qs.get(queue).cloned().ok_or_else(|| self.no_queue(queue))?;
+            check_exclusive(&q, conn)?;
+            let e = ex.get(exchange).cloned().ok_or_else(|| self.no_exchange(exchange))?;
+            validate_binding(&e, &arguments)?;
+            let durable = e.options.durable && q.options.durable;
+            self.add_binding(
+                &e,
+                Binding { destination: Destination::Queue(q), routing_key: routing_key.to_owned(), arguments },
+            )?;
+            durable
+        };
+        if durable { self.persistence.settle() } else { Ok(()) }
     }
 
     fn add_binding(&self, source: &Exchange, b: Binding) -> Result<(), AmqpError> {
@@ -575,7 +626,7 @@ impl VHost {
             &e,
             &Binding { destination: Destination::Queue(q), routing_key: routing_key.to_owned(), arguments },
         );
-        Ok(())
+        self.persistence.settle()
     }
 
     pub fn bind_exchange(
@@ -588,13 +639,20 @@ impl VHost {
         if destination.is_empty() || source.is_empty() {
             return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
-        let d = self.exchange(destination)?;
-        let s = self.exchange(source)?;
-        validate_binding(&s, &arguments)?;
-        self.add_binding(
-            &s,
-            Binding { destination: Destination::Exchange(d), routing_key: routing_key.to_owned(), arguments },
-        )
+        // Under the exchange map's read lock, as in bind_queue.
+        let durable = {
+            let ex = self.exchanges.read();
+            let d = ex.get(destination).cloned().ok_or_else(|| self.no_exchange(destination))?;
+            let s = ex.get(source).cloned().ok_or_else(|| self.no_exchange(source))?;
+            validate_binding(&s, &arguments)?;
+            let durable = s.options.durable && d.options.durable;
+            self.add_binding(
+                &s,
+                Binding { destination: Destination::Exchange(d), routing_key: routing_key.to_owned(), arguments },
+            )?;
+            durable
+        };
+        if durable { self.persistence.settle() } else { Ok(()) }
     }
 
     pub fn unbind_exchange(
@@ -613,7 +671,7 @@ impl VHost {
             &s,
             &Binding { destination: Destination::Exchange(d), routing_key: routing_key.to_owned(), arguments },
         );
-        Ok(())
+        self.persistence.settle()
     }
 
     /// Republish messages that died in `q` to its dead-letter exchange `dlx_name`, with

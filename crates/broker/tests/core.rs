@@ -468,3 +468,48 @@ fn node_limits_on_queues_exchanges_and_bindings_count_exactly() {
     vh.declare_exchange("x3", false, ex_opts(ExchangeKind::Topic, false)).expect("room for x3 now");
     vh.bind_queue("q4", "x3", "c", FieldTable::new(), 1).expect("room for a binding");
 }
+
+/// queue.bind racing queue.delete of the same queue (issue 9's check-then-act race): the
+/// bind either comes first (and the delete removes its binding) or fails with 404, so no
+/// exchange is left holding a binding to a queue that no longer exists.
+#[test]
+fn a_bind_racing_a_queue_delete_leaves_no_binding_to_a_deleted_queue() {
+    let vh = VHost::new("/");
+    let direct = ExchangeOptions {
+        kind: ExchangeKind::Direct,
+        delayed: false,
+        durable: false,
+        auto_delete: false,
+        internal: false,
+        arguments: FieldTable::new(),
+    };
+    let x = vh.declare_exchange("x", false, direct).unwrap();
+    let opts = QueueOptions { durable: false, exclusive: false, auto_delete: false, arguments: FieldTable::new() };
+    for round in 0..400 {
+        vh.declare_queue("q", false, opts.clone(), 1).unwrap();
+        let go = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                go.wait();
+                // Until the delete wins (bounded, in case it never does).
+                for i in 0..100_000 {
+                    match vh.bind_queue("q", "x", &format!("k{round}.{i}"), FieldTable::new(), 1) {
+                        Ok(()) => {}
+                        Err(e) => {
+                            assert_eq!(e.code, wire::reply::NOT_FOUND);
+                            break;
+                        }
+                    }
+                }
+            });
+            s.spawn(|| {
+                go.wait();
+                for _ in 0..round % 7 {
+                    std::thread::yield_now();
+                }
+                vh.delete_queue("q", false, false, 1).unwrap();
+            });
+        });
+        assert_eq!(x.binding_count(), 0, "round {round}: a binding outlived its queue: {:?}", x.bindings());
+    }
+}

@@ -243,6 +243,9 @@ pub struct ChannelInfo {
     pub messages_unacknowledged: usize,
     pub messages_unconfirmed: usize,
     pub counts: ChannelCounts,
+    /// RabbitMQ's channel state: "running", or "flow" while its connection waits for a
+    /// queue in flow to drain.
+    pub state: String,
 }
 
 impl ChannelInfo {
@@ -279,6 +282,11 @@ pub trait Node: Send + Sync + 'static {
     /// Largest request body the API reads, in bytes (`management.http.max_body_size`).
     fn http_max_body_bytes(&self) -> usize {
         20 * 1024 * 1024
+    }
+    /// Minutes of inactivity after which the web UI logs out (RabbitMQ's
+    /// `management.login_session_timeout`), given to it by `/api/whoami`.
+    fn login_session_timeout_min(&self) -> u64 {
+        480
     }
     /// A user who may log in with this password (None: refused).
     fn authenticate(&self, user: &str, password: &str) -> Option<User>;

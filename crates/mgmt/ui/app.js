@@ -11,15 +11,31 @@ const session = {
   get auth() { return sessionStorage.getItem("warren.auth"); },
   get user() { return sessionStorage.getItem("warren.user") || ""; },
   get tags() { return L.tagList(sessionStorage.getItem("warren.tags") || ""); },
-  save(auth, user, tags) {
+  /** Minutes of inactivity before logging out (management.login_session_timeout, from /api/whoami). */
+  get timeoutMin() { return L.sessionTimeoutMin(sessionStorage.getItem("warren.timeout")); },
+  save(auth, user, tags, timeoutMin) {
     sessionStorage.setItem("warren.auth", auth);
     sessionStorage.setItem("warren.user", user);
     sessionStorage.setItem("warren.tags", L.tagList(tags).join(","));
+    sessionStorage.setItem("warren.timeout", String(L.sessionTimeoutMin(timeoutMin)));
+    if (!sessionStorage.getItem("warren.active")) this.touch();
   },
+  /** The user did something (a click, a key, a page change): the timeout starts again. */
+  touch() { sessionStorage.setItem("warren.active", String(Date.now())); },
+  get expired() { return !!this.auth && L.sessionExpired(sessionStorage.getItem("warren.active"), Date.now(), this.timeoutMin); },
   clear() {
-    for (const k of ["warren.auth", "warren.user", "warren.tags"]) sessionStorage.removeItem(k);
+    for (const k of ["warren.auth", "warren.user", "warren.tags", "warren.timeout", "warren.active"]) sessionStorage.removeItem(k);
   },
 };
+
+/** Log out once the session has been inactive for the timeout (checked every few seconds and on page changes). */
+function checkExpiry() {
+  if (!session.expired) return false;
+  const min = session.timeoutMin;
+  session.clear();
+  showLogin(L.expiredMessage(min));
+  return true;
+}
 
 let vhost = sessionStorage.getItem("warren.vhost") || "";
 
@@ -206,6 +222,7 @@ const PAGES = {
   exchanges: pageExchanges,
   connections: pageConnections,
   channels: pageChannels,
+  consumers: pageConsumers,
   admin: pageAdmin,
 };
 
@@ -254,7 +271,8 @@ async function pageOverview(ctx) {
   const charts = h("div", { class: "grid" });
   const nodes = h("div");
   const listeners = h("div");
-  ctx.view.append(h("h1", {}, "Overview"), h("div", { class: "card" }, counts), charts,
+  const alarms = h("div", { class: "card error alarm", id: "alarm-banner", hidden: true });
+  ctx.view.append(h("h1", {}, "Overview"), alarms, h("div", { class: "card" }, counts), charts,
     h("h2", {}, "Node"), nodes, h("h2", {}, "Listeners"), listeners);
   const q = "?msg_rates_age=60&msg_rates_incr=5&lengths_age=60&lengths_incr=5";
   ctx.every(async () => {
@@ -273,6 +291,10 @@ async function pageOverview(ctx) {
       stat("total", L.fmtNum(qt.messages || 0), "count-messages"),
       stat("version", `${o.product_name || "Warren"} ${o.product_version || ""}`),
     );
+    // A resource alarm is said above everything: publishers are blocked while it lasts.
+    const on = ns.flatMap((n) => L.nodeAlarms(n).map((a) => `${a} alarm on ${n.name}`));
+    alarms.hidden = on.length === 0;
+    alarms.replaceChildren(h("b", {}, on.join("; ")), " — connections that publish are blocked until it clears (see Connections).");
     const ms = o.message_stats || {};
     const rateSeries = (key, label) => ({ label, points: seriesOf(`ov.${key}`, ms[`${key}_details`], true, rate(o, key)), now: rate(o, key) });
     charts.replaceChildren(
@@ -288,8 +310,8 @@ async function pageOverview(ctx) {
       { title: "Disk free", cell: (n) => `${L.fmtBytes(n.disk_free)} (limit ${L.fmtBytes(n.disk_free_limit)})` },
       { title: "File descriptors", cell: (n) => `${L.fmtNum(n.fd_used)} of ${L.fmtNum(n.fd_total)}` },
       { title: "Uptime", cell: (n) => L.fmtDuration((n.uptime || 0) / 1000) },
-      { title: "Alarms", cell: (n) => (n.mem_alarm || n.disk_free_alarm)
-        ? h("span", { class: "badge bad" }, [n.mem_alarm && "memory", n.disk_free_alarm && "disk"].filter(Boolean).join(", "))
+      { title: "Alarms", cell: (n) => L.nodeAlarms(n).length
+        ? h("span", { class: "badge bad" }, L.nodeAlarms(n).join(", "))
         : h("span", { class: "badge ok" }, "none") },
     ], ns, { id: "nodes" }));
     listeners.replaceChildren(table([
@@ -303,7 +325,7 @@ async function pageOverview(ctx) {
 // ---------- paged lists ----------
 
 /** A paged, sortable, filterable list whose state lives in the URL hash's query. */
-function pagedList(ctx, { page, path, columns, id, defaultSort = "", toolbar = null, onItems = null }) {
+function pagedList(ctx, { page, path, columns, id, defaultSort = "", toolbar = null, onItems = null, fields = null }) {
   const q = ctx.route.query;
   const st = {
     page: Number(q.page) || 1,
@@ -339,7 +361,9 @@ function pagedList(ctx, { page, path, columns, id, defaultSort = "", toolbar = n
   const load = async () => {
     let r;
     try {
-      r = await GET(path() + L.listQuery(st));
+      // Only the fields the shown columns read (the API's `columns`), when they say so.
+      const cols = fields ? fields() : "";
+      r = await GET(path() + L.listQuery({ ...st, columns: cols }));
     } catch (e) {
       if (!ctx.alive()) return;
       // Objects went away while this page was open: back to the first page.
@@ -367,6 +391,31 @@ function pagedList(ctx, { page, path, columns, id, defaultSort = "", toolbar = n
   return { box, load, draw };
 }
 
+/**
+ * The column groups of a list, picked with checkboxes and kept per user in localStorage
+ * (`warren.columns.<list>.<user>`). `redraw` runs after a change; `groups()` is the choice.
+ */
+function columnPicker(list, redraw) {
+  const key = L.columnPrefsKey(session.user, list);
+  let groups = L.parseColumnChoice(localStorage.getItem(key), list);
+  const el = h("span", { class: "row column-picker", id: list === "queues" ? "column-picker" : `${list}-column-picker` }, "Columns:",
+    L.COLUMN_GROUPS[list][0].map(([k, t]) => {
+      const box = h("input", { type: "checkbox", id: list === "queues" ? `col-${k}` : `${list}-col-${k}`, checked: groups.includes(k) });
+      box.addEventListener("change", () => {
+        groups = L.toggleGroup(groups, k, box.checked, list);
+        localStorage.setItem(key, JSON.stringify(groups));
+        redraw();
+      });
+      return h("label", { class: "inline" }, box, t);
+    }));
+  return { el, groups: () => groups };
+}
+
+/** A connection's or channel's state as a badge (running, flow, blocked...). */
+function stateBadge(state) {
+  return h("span", { class: `badge state ${L.stateClass(state)}`.trim(), "data-state": state || "" }, state || "unknown");
+}
+
 function vhostPath(kind) {
   return () => (vhost ? L.apiPath(kind, vhost) : `/api/${kind}`);
 }
@@ -385,30 +434,31 @@ function features(o) {
   return f.join(" ");
 }
 
+// `fields`: what each cell reads, sent as the API's `columns` so a page of queues carries
+// only those fields.
 const QUEUE_COLUMNS = [
-  { title: "Virtual host", sort: "vhost", cell: (q) => q.vhost },
-  { title: "Name", sort: "name", cell: queueLink },
-  { group: "overview", title: "Type", sort: "type", cell: (q) => q.type },
-  { group: "overview", title: "Features", cell: features },
-  { group: "overview", title: "Policy", sort: "policy", cell: (q) => [q.policy, q.operator_policy && `op: ${q.operator_policy}`].filter(Boolean).join(" ") },
-  { group: "overview", title: "State", sort: "state", cell: (q) => q.state },
-  { group: "overview", title: "Consumers", sort: "consumers", num: true, cell: (q) => L.fmtNum(q.consumers) },
-  { group: "messages", title: "Ready", sort: "messages_ready", num: true, cell: (q) => h("span", { class: "ready" }, L.fmtNum(q.messages_ready)) },
-  { group: "messages", title: "Unacked", sort: "messages_unacknowledged", num: true, cell: (q) => L.fmtNum(q.messages_unacknowledged) },
-  { group: "messages", title: "Total", sort: "messages", num: true, cell: (q) => h("span", { class: "total" }, L.fmtNum(q.messages)) },
-  { group: "message_bytes", title: "Ready bytes", sort: "message_bytes_ready", num: true, cell: (q) => h("span", { class: "bytes-ready" }, L.fmtBytes(q.message_bytes_ready ?? 0)) },
-  { group: "message_bytes", title: "Unacked bytes", sort: "message_bytes_unacknowledged", num: true, cell: (q) => L.fmtBytes(q.message_bytes_unacknowledged ?? 0) },
-  { group: "message_bytes", title: "Total bytes", sort: "message_bytes", num: true, cell: (q) => L.fmtBytes(q.message_bytes ?? 0) },
-  { group: "rates", title: "Incoming", sort: "message_stats.publish_details.rate", num: true, cell: (q) => L.fmtRate(rate(q, "publish")) },
-  { group: "rates", title: "Deliver/get", sort: "message_stats.deliver_get_details.rate", num: true, cell: (q) => L.fmtRate(rate(q, "deliver_get")) },
-  { group: "rates", title: "Ack", sort: "message_stats.ack_details.rate", num: true, cell: (q) => L.fmtRate(rate(q, "ack")) },
+  { title: "Virtual host", sort: "vhost", fields: ["vhost"], cell: (q) => q.vhost },
+  { title: "Name", sort: "name", fields: ["name"], cell: queueLink },
+  { group: "overview", title: "Type", sort: "type", fields: ["type"], cell: (q) => q.type },
+  { group: "overview", title: "Features", fields: ["durable", "auto_delete", "exclusive", "arguments"], cell: features },
+  { group: "overview", title: "Policy", sort: "policy", fields: ["policy", "operator_policy"], cell: (q) => [q.policy, q.operator_policy && `op: ${q.operator_policy}`].filter(Boolean).join(" ") },
+  { group: "overview", title: "State", sort: "state", fields: ["state"], cell: (q) => q.state },
+  { group: "overview", title: "Consumers", sort: "consumers", num: true, fields: ["consumers"], cell: (q) => L.fmtNum(q.consumers) },
+  { group: "messages", title: "Ready", sort: "messages_ready", num: true, fields: ["messages_ready"], cell: (q) => h("span", { class: "ready" }, L.fmtNum(q.messages_ready)) },
+  { group: "messages", title: "Unacked", sort: "messages_unacknowledged", num: true, fields: ["messages_unacknowledged"], cell: (q) => L.fmtNum(q.messages_unacknowledged) },
+  { group: "messages", title: "Total", sort: "messages", num: true, fields: ["messages"], cell: (q) => h("span", { class: "total" }, L.fmtNum(q.messages)) },
+  { group: "message_bytes", title: "Ready bytes", sort: "message_bytes_ready", num: true, fields: ["message_bytes_ready"], cell: (q) => h("span", { class: "bytes-ready" }, L.fmtBytes(q.message_bytes_ready ?? 0)) },
+  { group: "message_bytes", title: "Unacked bytes", sort: "message_bytes_unacknowledged", num: true, fields: ["message_bytes_unacknowledged"], cell: (q) => L.fmtBytes(q.message_bytes_unacknowledged ?? 0) },
+  { group: "message_bytes", title: "Total bytes", sort: "message_bytes", num: true, fields: ["message_bytes"], cell: (q) => L.fmtBytes(q.message_bytes ?? 0) },
+  { group: "rates", title: "Incoming", sort: "message_stats.publish_details.rate", num: true, fields: ["message_stats.publish_details"], cell: (q) => L.fmtRate(rate(q, "publish")) },
+  { group: "rates", title: "Deliver/get", sort: "message_stats.deliver_get_details.rate", num: true, fields: ["message_stats.deliver_get_details"], cell: (q) => L.fmtRate(rate(q, "deliver_get")) },
+  { group: "rates", title: "Ack", sort: "message_stats.ack_details.rate", num: true, fields: ["message_stats.ack_details"], cell: (q) => L.fmtRate(rate(q, "ack")) },
 ];
 
 async function pageQueues(ctx) {
   if (ctx.route.args.length >= 2) return pageQueue(ctx, ctx.route.args[0], ctx.route.args[1]);
   // The column groups shown: each user's own choice, kept in localStorage.
-  const prefsKey = L.columnPrefsKey(session.user);
-  let groups = L.parseColumnChoice(localStorage.getItem(prefsKey));
+  const picker = columnPicker("queues", () => list.load());
   // The bulk selection: keys of (vhost, name), kept across refreshes and pages.
   let selection = [];
   let shown = [];
@@ -420,16 +470,7 @@ async function pageQueues(ctx) {
     count.textContent = `${selection.length} selected`;
     for (const b of [bulkPurge, bulkDelete, bulkClear]) b.disabled = selection.length === 0;
   };
-  const picker = h("span", { class: "row", id: "column-picker" }, "Columns:", L.QUEUE_COLUMN_GROUPS.map(([k, t]) => {
-    const box = h("input", { type: "checkbox", id: `col-${k}`, checked: groups.includes(k) });
-    box.addEventListener("change", () => {
-      groups = L.toggleGroup(groups, k, box.checked);
-      localStorage.setItem(prefsKey, JSON.stringify(groups));
-      list.draw();
-    });
-    return h("label", { class: "inline" }, box, t);
-  }));
-  const toolbar = h("div", { class: "row toolbar" }, count, bulkPurge, bulkDelete, bulkClear, h("span", { class: "spacer" }), picker);
+  const toolbar = h("div", { class: "row toolbar" }, count, bulkPurge, bulkDelete, bulkClear, h("span", { class: "spacer" }), picker.el);
   const keyOf = (q) => L.selectionKey(q.vhost, q.name);
   const selectAll = () => {
     const all = h("input", { type: "checkbox", id: "select-all", title: "Select every queue shown" });
@@ -445,9 +486,10 @@ async function pageQueues(ctx) {
       b.addEventListener("change", () => { selection = L.setSelected(selection, [keyOf(q)], b.checked); list.draw(); updateBar(); });
       return b;
     } },
-    ...L.visibleColumns(QUEUE_COLUMNS, groups),
+    ...L.visibleColumns(QUEUE_COLUMNS, picker.groups()),
   ];
-  const list = pagedList(ctx, { page: "queues", path: vhostPath("queues"), id: "queues", columns, toolbar, onItems: (items) => { shown = items; } });
+  const list = pagedList(ctx, { page: "queues", path: vhostPath("queues"), id: "queues", columns, toolbar, onItems: (items) => { shown = items; },
+    fields: () => L.columnsParam(L.visibleColumns(QUEUE_COLUMNS, picker.groups())) });
   const bulk = async (verb, method, suffix) => {
     const n = selection.length;
     if (!n || !confirm(L.bulkConfirmText(verb, n))) return;
@@ -698,18 +740,24 @@ function publishForm(v, exchange, routingKey, id) {
 
 // ---------- exchanges ----------
 
+const EXCHANGE_COLUMNS = [
+  { title: "Virtual host", sort: "vhost", fields: ["vhost"], cell: (x) => x.vhost },
+  { title: "Name", sort: "name", fields: ["name"], cell: (x) => h("a", { href: L.buildHash("exchanges", [x.vhost, x.name || "amq.default"]) }, x.name || "(AMQP default)") },
+  { group: "overview", title: "Type", sort: "type", fields: ["type"], cell: (x) => x.type },
+  { group: "overview", title: "Features", fields: ["durable", "auto_delete", "internal", "arguments"], cell: (x) => features(x) + (x.internal ? " internal" : "") },
+  { group: "overview", title: "Policy", sort: "policy", fields: ["policy"], cell: (x) => x.policy || "" },
+  { group: "rates", title: "In", sort: "message_stats.publish_in_details.rate", num: true, fields: ["message_stats.publish_in_details"], cell: (x) => L.fmtRate(rate(x, "publish_in")) },
+  { group: "rates", title: "Out", sort: "message_stats.publish_out_details.rate", num: true, fields: ["message_stats.publish_out_details"], cell: (x) => L.fmtRate(rate(x, "publish_out")) },
+];
+
 async function pageExchanges(ctx) {
   if (ctx.route.args.length >= 2) return pageExchange(ctx, ctx.route.args[0], ctx.route.args[1]);
+  const picker = columnPicker("exchanges", () => list.load());
+  const cols = () => L.visibleColumns(EXCHANGE_COLUMNS, picker.groups());
   const list = pagedList(ctx, {
-    page: "exchanges", path: vhostPath("exchanges"), id: "exchanges", columns: [
-      { title: "Virtual host", cell: (x) => x.vhost },
-      { title: "Name", sort: "name", cell: (x) => h("a", { href: L.buildHash("exchanges", [x.vhost, x.name || "amq.default"]) }, x.name || "(AMQP default)") },
-      { title: "Type", sort: "type", cell: (x) => x.type },
-      { title: "Features", cell: (x) => features(x) + (x.internal ? " internal" : "") },
-      { title: "Policy", cell: (x) => x.policy || "" },
-      { title: "In", num: true, cell: (x) => L.fmtRate(rate(x, "publish_in")) },
-      { title: "Out", num: true, cell: (x) => L.fmtRate(rate(x, "publish_out")) },
-    ],
+    page: "exchanges", path: vhostPath("exchanges"), id: "exchanges", columns: cols,
+    toolbar: h("div", { class: "row toolbar" }, h("span", { class: "spacer" }), picker.el),
+    fields: () => L.columnsParam(cols()),
   });
   const types = (await GET("/api/overview").catch(() => ({}))).exchange_types || [{ name: "direct" }, { name: "fanout" }, { name: "topic" }, { name: "headers" }];
   const form = h("form", { id: "add-exchange", class: "card" }, h("h2", {}, "Add an exchange"),
@@ -777,20 +825,30 @@ async function pageExchange(ctx, v, name) {
 
 // ---------- connections and channels ----------
 
+// The state (running, flow, blocked) is always shown, as a badge, next to the name.
+const CONNECTION_COLUMNS = [
+  { title: "Name", sort: "name", fields: ["name"], cell: (c) => h("a", { href: L.buildHash("connections", [c.name]) }, c.name) },
+  { title: "State", sort: "state", fields: ["state"], cell: (c) => stateBadge(c.state) },
+  { group: "overview", title: "User", sort: "user", fields: ["user"], cell: (c) => c.user },
+  { group: "overview", title: "Virtual host", sort: "vhost", fields: ["vhost"], cell: (c) => c.vhost },
+  { group: "overview", title: "Channels", sort: "channels", num: true, fields: ["channels"], cell: (c) => L.fmtNum(c.channels) },
+  { group: "client", title: "Client", sort: "client_properties.product", fields: ["client_properties.product", "client_properties.version"],
+    cell: (c) => { const p = c.client_properties || {}; return [p.product, p.version].filter(Boolean).join(" "); } },
+  { group: "client", title: "Peer", sort: "peer_host", fields: ["peer_host", "peer_port"], cell: (c) => `${c.peer_host ?? ""}:${c.peer_port ?? ""}` },
+  { group: "client", title: "TLS", sort: "ssl", fields: ["ssl"], cell: (c) => (c.ssl ? "yes" : "") },
+  { group: "client", title: "Heartbeat", sort: "timeout", num: true, fields: ["timeout"], cell: (c) => `${c.timeout ?? ""}s` },
+  { group: "network", title: "From client", sort: "recv_oct_details.rate", num: true, fields: ["recv_oct_details"], cell: (c) => L.fmtBytes((c.recv_oct_details || {}).rate || 0) + "/s" },
+  { group: "network", title: "To client", sort: "send_oct_details.rate", num: true, fields: ["send_oct_details"], cell: (c) => L.fmtBytes((c.send_oct_details || {}).rate || 0) + "/s" },
+];
+
 async function pageConnections(ctx) {
   if (ctx.route.args.length >= 1) return pageConnection(ctx, ctx.route.args[0]);
+  const picker = columnPicker("connections", () => list.load());
+  const cols = () => L.visibleColumns(CONNECTION_COLUMNS, picker.groups());
   const list = pagedList(ctx, {
-    page: "connections", path: () => (vhost ? L.apiPath("vhosts", vhost, "connections") : "/api/connections"), id: "connections", columns: [
-      { title: "Name", sort: "name", cell: (c) => h("a", { href: L.buildHash("connections", [c.name]) }, c.name) },
-      { title: "User", sort: "user", cell: (c) => c.user },
-      { title: "Virtual host", sort: "vhost", cell: (c) => c.vhost },
-      { title: "Client", sort: "client_properties.product", cell: (c) => { const p = c.client_properties || {}; return [p.product, p.version].filter(Boolean).join(" "); } },
-      { title: "TLS", sort: "ssl", cell: (c) => (c.ssl ? "yes" : "") },
-      { title: "State", sort: "state", cell: (c) => c.state },
-      { title: "Channels", sort: "channels", num: true, cell: (c) => L.fmtNum(c.channels) },
-      { title: "From client", sort: "recv_oct_details.rate", num: true, cell: (c) => L.fmtBytes((c.recv_oct_details || {}).rate || 0) + "/s" },
-      { title: "To client", sort: "send_oct_details.rate", num: true, cell: (c) => L.fmtBytes((c.send_oct_details || {}).rate || 0) + "/s" },
-    ],
+    page: "connections", path: () => (vhost ? L.apiPath("vhosts", vhost, "connections") : "/api/connections"), id: "connections", columns: cols,
+    toolbar: h("div", { class: "row toolbar" }, h("span", { class: "spacer" }), picker.el),
+    fields: () => L.columnsParam(cols()),
   });
   ctx.view.append(h("h1", {}, "Connections"), list.box);
   ctx.every(list.load);
@@ -810,7 +868,8 @@ async function pageConnection(ctx, name) {
   });
   ctx.view.append(h("h1", {}, "Connection ", name),
     h("div", { class: "card" }, h("div", { class: "stats" },
-      stat("user", c.user), stat("vhost", c.vhost), stat("state", c.state), stat("protocol", c.protocol || ""),
+      h("div", { class: "stat" }, h("b", { id: "conn-state" }, stateBadge(c.state)), h("span", {}, "state")),
+      stat("user", c.user), stat("vhost", c.vhost), stat("protocol", c.protocol || ""),
       stat("channels", L.fmtNum(c.channels)), stat("channel max", L.fmtNum(c.channel_max)), stat("frame max", L.fmtNum(c.frame_max)),
       stat("heartbeat", `${c.timeout ?? ""}s`), stat("received", L.fmtBytes(c.recv_oct)), stat("sent", L.fmtBytes(c.send_oct)),
       stat("peer", `${c.peer_host}:${c.peer_port}`), stat("TLS", c.ssl ? "yes" : "no"))),
@@ -818,44 +877,92 @@ async function pageConnection(ctx, name) {
     h("div", { class: "card" }, h("h2", {}, "Channels"), chans),
     h("div", { class: "card" }, close));
   ctx.every(async () => {
-    const cs = await GET(`${base}/channels`);
-    if (ctx.alive()) chans.replaceChildren(channelTable(cs));
+    const [now, cs] = await Promise.all([GET(base), GET(`${base}/channels`)]);
+    if (!ctx.alive()) return;
+    $("#conn-state").replaceChildren(stateBadge(now.state));
+    chans.replaceChildren(channelTable(cs));
   });
 }
 
+// The state is always shown, as a badge; a channel's name links to its connection.
+const CHANNEL_COLUMNS = [
+  { title: "Channel", sort: "name", fields: ["name", "connection_details.name"],
+    cell: (c) => h("a", { href: L.buildHash("connections", [(c.connection_details || {}).name || ""]) }, c.name) },
+  { title: "State", sort: "state", fields: ["state"], cell: (c) => stateBadge(c.state) },
+  { group: "overview", title: "User", sort: "user", fields: ["user"], cell: (c) => c.user },
+  { group: "overview", title: "Virtual host", sort: "vhost", fields: ["vhost"], cell: (c) => c.vhost },
+  { group: "overview", title: "Mode", sort: "confirm", fields: ["confirm", "transactional"], cell: (c) => [c.confirm && "confirm", c.transactional && "tx"].filter(Boolean).join(" ") },
+  { group: "overview", title: "Consumers", sort: "consumer_count", num: true, fields: ["consumer_count"], cell: (c) => L.fmtNum(c.consumer_count) },
+  { group: "details", title: "Prefetch", sort: "prefetch_count", num: true, fields: ["prefetch_count"], cell: (c) => L.fmtNum(c.prefetch_count) },
+  { group: "details", title: "Unacked", sort: "messages_unacknowledged", num: true, fields: ["messages_unacknowledged"], cell: (c) => L.fmtNum(c.messages_unacknowledged) },
+  { group: "details", title: "Unconfirmed", sort: "messages_unconfirmed", num: true, fields: ["messages_unconfirmed"], cell: (c) => L.fmtNum(c.messages_unconfirmed) },
+  { group: "rates", title: "Publish", sort: "message_stats.publish_details.rate", num: true, fields: ["message_stats.publish_details"], cell: (c) => L.fmtRate(rate(c, "publish")) },
+  { group: "rates", title: "Deliver/get", sort: "message_stats.deliver_get_details.rate", num: true, fields: ["message_stats.deliver_get_details"], cell: (c) => L.fmtRate(rate(c, "deliver_get")) },
+  { group: "rates", title: "Ack", sort: "message_stats.ack_details.rate", num: true, fields: ["message_stats.ack_details"], cell: (c) => L.fmtRate(rate(c, "ack")) },
+];
+
 function channelTable(cs, opts) {
-  return table([
-    { title: "Channel", sort: "name", cell: (c) => c.name },
-    { title: "User", cell: (c) => c.user },
-    { title: "Virtual host", cell: (c) => c.vhost },
-    { title: "Mode", cell: (c) => [c.confirm && "confirm", c.transactional && "tx"].filter(Boolean).join(" ") },
-    { title: "Consumers", num: true, cell: (c) => L.fmtNum(c.consumer_count) },
-    { title: "Prefetch", num: true, cell: (c) => L.fmtNum(c.prefetch_count) },
-    { title: "Unacked", num: true, cell: (c) => L.fmtNum(c.messages_unacknowledged) },
-    { title: "Publish", num: true, cell: (c) => L.fmtRate(rate(c, "publish")) },
-    { title: "Deliver/get", num: true, cell: (c) => L.fmtRate(rate(c, "deliver_get")) },
-    { title: "Ack", num: true, cell: (c) => L.fmtRate(rate(c, "ack")) },
-  ], cs, opts);
+  return table(CHANNEL_COLUMNS, cs, opts);
 }
 
 async function pageChannels(ctx) {
+  const picker = columnPicker("channels", () => list.load());
+  const cols = () => L.visibleColumns(CHANNEL_COLUMNS, picker.groups());
   const list = pagedList(ctx, {
-    page: "channels", path: () => (vhost ? L.apiPath("vhosts", vhost, "channels") : "/api/channels"), id: "channels",
-    columns: [
-      { title: "Channel", sort: "name", cell: (c) => h("a", { href: L.buildHash("connections", [(c.connection_details || {}).name || ""]) }, c.name) },
-      { title: "User", sort: "user", cell: (c) => c.user },
-      { title: "Virtual host", sort: "vhost", cell: (c) => c.vhost },
-      { title: "Mode", sort: "confirm", cell: (c) => [c.confirm && "confirm", c.transactional && "tx"].filter(Boolean).join(" ") },
-      { title: "Consumers", sort: "consumer_count", num: true, cell: (c) => L.fmtNum(c.consumer_count) },
-      { title: "Prefetch", sort: "prefetch_count", num: true, cell: (c) => L.fmtNum(c.prefetch_count) },
-      { title: "Unacked", sort: "messages_unacknowledged", num: true, cell: (c) => L.fmtNum(c.messages_unacknowledged) },
-      { title: "Publish", sort: "message_stats.publish_details.rate", num: true, cell: (c) => L.fmtRate(rate(c, "publish")) },
-      { title: "Deliver/get", sort: "message_stats.deliver_get_details.rate", num: true, cell: (c) => L.fmtRate(rate(c, "deliver_get")) },
-      { title: "Ack", sort: "message_stats.ack_details.rate", num: true, cell: (c) => L.fmtRate(rate(c, "ack")) },
-    ],
+    page: "channels", path: () => (vhost ? L.apiPath("vhosts", vhost, "channels") : "/api/channels"), id: "channels", columns: cols,
+    toolbar: h("div", { class: "row toolbar" }, h("span", { class: "spacer" }), picker.el),
+    fields: () => L.columnsParam(cols()),
   });
   ctx.view.append(h("h1", {}, "Channels"), list.box);
   ctx.every(list.load);
+}
+
+// ---------- consumers ----------
+
+/** Consumer columns; `sort` keys are sorted by the API (RabbitMQ sorts consumer lists, but does not page them). */
+const CONSUMER_COLUMNS = [
+  { title: "Queue", sort: "queue.name", fields: ["queue"], cell: (c) => h("a", { href: L.buildHash("queues", [c.queue.vhost, c.queue.name]) }, c.queue.name) },
+  { title: "Virtual host", sort: "queue.vhost", fields: ["queue"], cell: (c) => c.queue.vhost },
+  { title: "Channel", sort: "channel_details.name", fields: ["channel_details"],
+    cell: (c) => h("a", { href: L.buildHash("connections", [(c.channel_details || {}).connection_name || ""]) }, (c.channel_details || {}).name || "") },
+  { title: "Consumer tag", sort: "consumer_tag", fields: ["consumer_tag"], cell: (c) => h("span", { class: "tag" }, c.consumer_tag) },
+  { title: "Ack", sort: "ack_required", fields: ["ack_required"], cell: (c) => L.ackMode(c) },
+  { title: "Exclusive", sort: "exclusive", fields: ["exclusive"], cell: (c) => (c.exclusive ? "yes" : "no") },
+  { title: "Prefetch", sort: "prefetch_count", num: true, fields: ["prefetch_count"], cell: (c) => L.fmtNum(c.prefetch_count) },
+  { title: "Active", sort: "active", fields: ["active", "activity_status"],
+    cell: (c) => h("span", { class: `badge ${c.active === false ? "warn" : "ok"}` }, c.activity_status || (c.active === false ? "waiting" : "up")) },
+  { title: "Arguments", wrap: true, fields: ["arguments"], cell: (c) => (c.arguments && Object.keys(c.arguments).length ? JSON.stringify(c.arguments) : "") },
+];
+
+async function pageConsumers(ctx) {
+  const q = ctx.route.query;
+  const st = { page: Number(q.page) || 1, pageSize: Number(q.page_size) || 100, filter: q.name || "", sort: q.sort || "", sortReverse: q.sort_reverse === "true" };
+  const nav = () => go("consumers", [], { page: st.page > 1 ? st.page : "", page_size: st.pageSize !== 100 ? st.pageSize : "", name: st.filter,
+    sort: st.sort, sort_reverse: st.sortReverse ? "true" : "" });
+  const filter = h("input", { type: "search", placeholder: "Filter by queue or tag", value: st.filter, id: "consumers-filter" });
+  const size = h("select", {}, [20, 50, 100, 200, 500].map((n) => h("option", { value: n, selected: n === st.pageSize }, n)));
+  size.addEventListener("change", () => { st.pageSize = Number(size.value); st.page = 1; nav(); });
+  const form = h("form", { class: "row", onsubmit: (e) => { e.preventDefault(); st.filter = filter.value; st.page = 1; nav(); } },
+    filter, h("label", { class: "inline" }, "page size", size), h("button", { type: "submit" }, "Filter"));
+  const info = h("div", { class: "muted", id: "consumers-info" });
+  const body = h("div");
+  const pager = h("div", { class: "pager" });
+  const onSort = (col) => { Object.assign(st, L.nextSort(st.sort, st.sortReverse, col)); st.page = 1; nav(); };
+  ctx.view.append(h("h1", {}, "Consumers"), h("div", { class: "card" }, form,
+    h("p", { class: "muted" }, "The API does not page consumer lists (as RabbitMQ): the whole list is fetched, with only the fields shown, and paged here."),
+    info, body, pager));
+  ctx.every(async () => {
+    const path = vhost ? L.apiPath("consumers", vhost) : "/api/consumers";
+    const all = await GET(path + L.queryString({ sort: st.sort, sort_reverse: st.sort && st.sortReverse ? "true" : "", columns: L.columnsParam(CONSUMER_COLUMNS) }));
+    if (!ctx.alive()) return;
+    const shown = L.filterConsumers(all, st.filter);
+    const p = L.clientPage(shown, st.page, st.pageSize);
+    info.textContent = `${L.fmtNum(shown.length)} of ${L.fmtNum(all.length)} shown in ${p.pageCount} page(s)` + (st.filter ? ` (filter "${st.filter}")` : "");
+    body.replaceChildren(table(CONSUMER_COLUMNS, p.items, { sort: st, onSort, id: "consumers" }));
+    pager.replaceChildren(...(p.pageCount > 1 ? L.pageLinks(p.page, p.pageCount).map((n) => n === "…"
+      ? h("span", {}, "…")
+      : h("button", { type: "button", "aria-current": n === p.page ? "page" : null, onclick: () => { st.page = n; nav(); } }, n)) : []));
+  });
 }
 
 // ---------- admin ----------
@@ -1095,11 +1202,19 @@ async function adminLimits(box) {
 }
 
 async function adminDefinitions(box) {
+  // The scope of an export or an import: the whole broker, or one virtual host
+  // (/api/definitions/{vhost}: its queues, exchanges, bindings and policies, without vhost fields).
+  const scopeSelect = (name, id, allLabel) => h("select", { name, id },
+    h("option", { value: "" }, allLabel), vhostNames.map((v) => h("option", { value: v, selected: v === vhost }, v)));
+  const exportScope = scopeSelect("export-vhost", "export-vhost", "All (the whole broker)");
+  const importScope = scopeSelect("import-vhost", "import-vhost", "As in the file (the whole broker)");
+  importScope.value = "";
   const exportBtn = h("button", { type: "button", id: "export-definitions", class: "primary", onclick: async () => {
-    const d = await act("Definitions exported", () => GET("/api/definitions"));
+    const v = exportScope.value;
+    const d = await act(v ? `Definitions of ${v} exported` : "Definitions exported", () => GET(L.definitionsPath(v)));
     if (!d) return;
     const url = URL.createObjectURL(new Blob([JSON.stringify(d, null, 2)], { type: "application/json" }));
-    const a = h("a", { href: url, download: `warren-definitions-${new Date().toISOString().slice(0, 10)}.json` });
+    const a = h("a", { href: url, download: L.definitionsFileName(v, new Date()) });
     document.body.append(a);
     a.click();
     a.remove();
@@ -1110,20 +1225,27 @@ async function adminDefinitions(box) {
   const importBtn = h("button", { type: "button", id: "import-definitions", onclick: async () => {
     const f = file.files[0];
     if (!f) return toast("Choose a file first", true);
+    const v = importScope.value;
     const text = await f.text();
     try { JSON.parse(text); } catch (e) { result.className = "error"; result.textContent = `Not JSON: ${e.message}`; return; }
     try {
-      await api("POST", "/api/definitions", text);
+      await api("POST", L.definitionsPath(v), text);
       result.className = "ok";
-      result.textContent = `Imported ${f.name}.`;
+      result.textContent = v ? `Imported ${f.name} into ${v}.` : `Imported ${f.name}.`;
       loadVhosts();
     } catch (e) {
       result.className = "error";
       result.textContent = `Import refused (nothing was changed): ${e.message}`;
     }
   } }, "Upload and import");
-  box.append(h("h2", {}, "Export"), h("p", { class: "muted" }, "Users, vhosts, permissions, policies, durable queues, exchanges and bindings, as RabbitMQ's format."), exportBtn,
-    h("h2", {}, "Import"), h("p", { class: "muted" }, "All or nothing: a bad file changes nothing."), h("div", { class: "row" }, file, importBtn), result);
+  box.append(h("h2", {}, "Export"),
+    h("p", { class: "muted" }, "Users, vhosts, permissions, policies, durable queues, exchanges and bindings, as RabbitMQ's format; ",
+      "for one virtual host, its policies, queues, exchanges and bindings only (RabbitMQ's single-vhost format)."),
+    h("div", { class: "row" }, field("Virtual host", exportScope), exportBtn),
+    h("h2", {}, "Import"),
+    h("p", { class: "muted" }, "All or nothing: a bad file changes nothing. Into one virtual host, the file's policies, queues, exchanges ",
+      "and bindings go there whatever vhost they name (a single-vhost export copies a vhost into another); its users, vhosts and permissions are ignored."),
+    h("div", { class: "row" }, field("Into virtual host", importScope), file, importBtn), result);
 }
 
 // ---------- chrome: login, vhost selector, theme ----------
@@ -1185,7 +1307,8 @@ async function login(user, pass) {
   if (!L.canLogIn(who.tags)) {
     return showLogin(`User ${who.name} has no management tag (management, policymaker, monitoring or administrator): the UI is refused.`);
   }
-  session.save(auth, who.name, who.tags);
+  sessionStorage.removeItem("warren.active");
+  session.save(auth, who.name, who.tags, who.login_session_timeout);
   startApp();
 }
 
@@ -1216,6 +1339,7 @@ function init() {
     render();
   });
   $("#logout").addEventListener("click", () => { session.clear(); showLogin(); });
+  $("#login-user").addEventListener("input", () => { $("#login-error").hidden = true; });
   $("#vhost-select").addEventListener("change", (e) => {
     vhost = e.target.value;
     if (vhost) sessionStorage.setItem("warren.vhost", vhost);
@@ -1226,10 +1350,27 @@ function init() {
     if (r.args.length === 0 && next !== location.hash) location.hash = next;
     else render();
   });
-  window.addEventListener("hashchange", () => { if (session.auth) render(); });
-  if (session.auth) {
+  window.addEventListener("hashchange", () => {
+    if (!session.auth || checkExpiry()) return;
+    session.touch();
+    render();
+  });
+  // The session timeout counts from the user's last click, key or page change (the
+  // pages' own refreshes do not count), as RabbitMQ's login_session_timeout.
+  let lastTouch = 0;
+  const activity = () => {
+    if (!session.auth || checkExpiry()) return;
+    const now = Date.now();
+    if (now - lastTouch > 1000) { lastTouch = now; session.touch(); }
+  };
+  for (const ev of ["pointerdown", "keydown"]) window.addEventListener(ev, activity, { capture: true, passive: true });
+  document.addEventListener("visibilitychange", () => { if (!document.hidden && session.auth) checkExpiry(); });
+  setInterval(() => { if (session.auth) checkExpiry(); }, 5000);
+  if (session.auth && checkExpiry()) {
+    // Expired while the tab was away: the login page says so.
+  } else if (session.auth) {
     // Check the stored credentials still work (the user may have been deleted).
-    api("GET", "/api/whoami").then((who) => { session.save(session.auth, who.name, who.tags); startApp(); }, () => showLogin());
+    api("GET", "/api/whoami").then((who) => { session.save(session.auth, who.name, who.tags, who.login_session_timeout); startApp(); }, () => showLogin());
   } else {
     showLogin();
   }

@@ -63,8 +63,11 @@ export function queryString(params) {
   return parts.length ? "?" + parts.join("&") : "";
 }
 
-/** The query of a paged list: page, page_size, name, use_regex, sort, sort_reverse. */
-export function listQuery({ page = 1, pageSize = 100, name = "", useRegex = false, sort = "", sortReverse = false } = {}) {
+/**
+ * The query of a paged list: page, page_size, name, use_regex, sort, sort_reverse, and
+ * `columns` (the API's projection: only the fields the page shows come back).
+ */
+export function listQuery({ page = 1, pageSize = 100, name = "", useRegex = false, sort = "", sortReverse = false, columns = "" } = {}) {
   return queryString({
     page: Math.max(1, page | 0),
     page_size: Math.min(500, Math.max(1, pageSize | 0)),
@@ -72,7 +75,22 @@ export function listQuery({ page = 1, pageSize = 100, name = "", useRegex = fals
     use_regex: name && useRegex ? "true" : "",
     sort: sort || "",
     sort_reverse: sort && sortReverse ? "true" : "",
+    columns: columns || "",
   });
+}
+
+/**
+ * The API's `columns` parameter for the columns shown: every column lists the dotted
+ * `fields` its cell reads; duplicates go, order is kept. "" when a column reads
+ * everything (no `fields`), so the API sends whole objects.
+ */
+export function columnsParam(columns) {
+  const out = [];
+  for (const c of columns) {
+    if (!Array.isArray(c.fields)) return "";
+    for (const f of c.fields) if (!out.includes(f)) out.push(f);
+  }
+  return out.join(",");
 }
 
 /** Clicking a column header: same column flips the direction, another starts ascending. */
@@ -278,7 +296,7 @@ export function esc(s) {
   return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
 
-// ---------- queue list: column groups, selection, refresh ----------
+// ---------- lists: column groups, selection, refresh ----------
 
 /** The queue list's optional column groups (as RabbitMQ's column picker), keys in display order. */
 export const QUEUE_COLUMN_GROUPS = [
@@ -289,31 +307,43 @@ export const QUEUE_COLUMN_GROUPS = [
 ];
 export const DEFAULT_QUEUE_GROUPS = ["overview", "messages", "rates"];
 
-/** localStorage key of a user's column choice: one per username. */
-export function columnPrefsKey(user) {
-  return `warren.columns.queues.${user || ""}`;
+/** Every list's column groups and default choice: [groups, defaults]. */
+export const COLUMN_GROUPS = {
+  queues: [QUEUE_COLUMN_GROUPS, DEFAULT_QUEUE_GROUPS],
+  exchanges: [[["overview", "Overview"], ["rates", "Rates"]], ["overview", "rates"]],
+  connections: [[["overview", "Overview"], ["client", "Client"], ["network", "Network"]], ["overview", "client", "network"]],
+  channels: [[["overview", "Overview"], ["details", "Details"], ["rates", "Rates"]], ["overview", "details", "rates"]],
+};
+
+function groupsOf(list) {
+  return COLUMN_GROUPS[list] || COLUMN_GROUPS.queues;
+}
+
+/** localStorage key of a user's column choice for a list: one per list and username. */
+export function columnPrefsKey(user, list = "queues") {
+  return `warren.columns.${list}.${user || ""}`;
 }
 
 /** A stored choice (JSON text or null) as a list of known groups; the default when unset or bad. */
-export function parseColumnChoice(text) {
-  if (text === null || text === undefined || text === "") return DEFAULT_QUEUE_GROUPS.slice();
+export function parseColumnChoice(text, list = "queues") {
+  const [known, defaults] = groupsOf(list);
+  if (text === null || text === undefined || text === "") return defaults.slice();
   let v;
   try {
     v = JSON.parse(text);
   } catch {
-    return DEFAULT_QUEUE_GROUPS.slice();
+    return defaults.slice();
   }
-  if (!Array.isArray(v)) return DEFAULT_QUEUE_GROUPS.slice();
-  const known = QUEUE_COLUMN_GROUPS.map(([k]) => k);
-  return known.filter((k) => v.includes(k));
+  if (!Array.isArray(v)) return defaults.slice();
+  return known.map(([k]) => k).filter((k) => v.includes(k));
 }
 
 /** Turn a group on or off, keeping the groups' display order. */
-export function toggleGroup(groups, group, on) {
+export function toggleGroup(groups, group, on, list = "queues") {
   const set = new Set(groups);
   if (on) set.add(group);
   else set.delete(group);
-  return QUEUE_COLUMN_GROUPS.map(([k]) => k).filter((k) => set.has(k));
+  return groupsOf(list)[0].map(([k]) => k).filter((k) => set.has(k));
 }
 
 /** Columns (objects with an optional `group`) shown for the chosen groups; ungrouped ones always. */
@@ -400,4 +430,98 @@ export function explainPolicy(q, policyDef = {}, opDef = {}) {
     return { key: k, value: eff[k], from };
   });
   return { policy: (q && q.policy) || null, operatorPolicy: (q && q.operator_policy) || null, rows };
+}
+
+// ---------- object states ----------
+
+/**
+ * The badge class of a connection's or channel's `state`: running is fine, flow a
+ * warning (publishers slowed down), blocked/blocking (a resource alarm) bad.
+ */
+export function stateClass(state) {
+  switch (state) {
+    case "running": return "ok";
+    case "flow": case "idle": return "warn";
+    case "blocked": case "blocking": case "closing": return "bad";
+    default: return "";
+  }
+}
+
+/** The alarms a node reports, as words: ["memory", "disk"] or []. */
+export function nodeAlarms(n) {
+  return [n && n.mem_alarm && "memory", n && n.disk_free_alarm && "disk"].filter(Boolean);
+}
+
+// ---------- consumers: a list the API does not page ----------
+
+/** RabbitMQ's consumer lists are not paged: the UI pages them itself, at most this many fetched rows shown per page. */
+export const CONSUMER_PAGE_MAX = 500;
+
+/** Consumers whose queue name or tag contains `text` (case-insensitive); all for "". */
+export function filterConsumers(items, text) {
+  const t = String(text || "").toLowerCase();
+  if (!t) return items.slice();
+  return items.filter((c) => String((c.queue && c.queue.name) || "").toLowerCase().includes(t) ||
+    String(c.consumer_tag || "").toLowerCase().includes(t));
+}
+
+/**
+ * One page of a list held by the page: {items, page, pageCount, total}. A page past the
+ * end is the last one; an empty list has one empty page.
+ */
+export function clientPage(items, page, pageSize) {
+  const size = Math.min(CONSUMER_PAGE_MAX, Math.max(1, pageSize | 0 || 100));
+  const total = items.length;
+  const pageCount = Math.max(1, Math.ceil(total / size));
+  const p = Math.min(pageCount, Math.max(1, page | 0 || 1));
+  return { items: items.slice((p - 1) * size, p * size), page: p, pageCount, total };
+}
+
+/** A consumer's acknowledgement mode as RabbitMQ's UI words it. */
+export function ackMode(c) {
+  return c && c.ack_required ? "manual" : "automatic";
+}
+
+// ---------- session timeout ----------
+
+/** RabbitMQ's default `management.login_session_timeout`, in minutes (8 hours). */
+export const DEFAULT_SESSION_TIMEOUT_MIN = 480;
+
+/** The timeout /api/whoami gives (minutes), or the default when missing or not a positive number. */
+export function sessionTimeoutMin(v) {
+  const n = Number(v);
+  return v !== null && v !== undefined && v !== "" && Number.isFinite(n) && n > 0 ? n : DEFAULT_SESSION_TIMEOUT_MIN;
+}
+
+/**
+ * Has a session whose last user activity was at `lastActive` (ms since the epoch, as
+ * stored: text or number) run out at `now`? A missing or unreadable stamp is not
+ * expired (the caller stamps it).
+ */
+export function sessionExpired(lastActive, now, timeoutMin) {
+  if (lastActive === null || lastActive === undefined || lastActive === "") return false;
+  const t = Number(lastActive);
+  if (!Number.isFinite(t)) return false;
+  return now - t >= sessionTimeoutMin(timeoutMin) * 60000;
+}
+
+/** The login page's message after a timeout. */
+export function expiredMessage(timeoutMin) {
+  const m = sessionTimeoutMin(timeoutMin);
+  return `Your session expired after ${fmtDuration(m * 60)} without activity: log in again.`;
+}
+
+// ---------- definitions ----------
+
+/** The download name of a definitions export: of the cluster, or of one vhost. */
+export function definitionsFileName(vhost, date) {
+  const day = date.toISOString().slice(0, 10);
+  if (!vhost) return `warren-definitions-${day}.json`;
+  const safe = vhost === "/" ? "default" : vhost.replace(/[^A-Za-z0-9._-]+/g, "_");
+  return `warren-definitions-${safe}-${day}.json`;
+}
+
+/** The API path of a definitions export or import: the cluster's, or one vhost's. */
+export function definitionsPath(vhost) {
+  return vhost ? apiPath("definitions", vhost) : "/api/definitions";
 }

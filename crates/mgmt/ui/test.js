@@ -3,10 +3,10 @@ import * as L from "./lib.js";
 
 const tests = [];
 const test = (name, fn) => tests.push([name, fn]);
-function eq(actual, expected) {
+function eq(actual, expected, what = "") {
   const a = JSON.stringify(actual);
   const e = JSON.stringify(expected);
-  if (a !== e) throw new Error(`expected ${e}, got ${a}`);
+  if (a !== e) throw new Error(`${what ? what + ": " : ""}expected ${e}, got ${a}`);
 }
 
 test("fmtNum groups thousands", () => {
@@ -181,6 +181,82 @@ test("explainPolicy names each key's source", () => {
     policy: "p", operatorPolicy: "op", rows: [
       { key: "max-length", value: 2, from: "both" }, { key: "message-ttl", value: 1000, from: "policy" }, { key: "x", value: 1, from: "" }] });
   eq(L.explainPolicy({}, {}, {}), { policy: null, operatorPolicy: null, rows: [] });
+});
+
+test("listQuery carries the columns projection", () => {
+  eq(L.listQuery({ columns: "name,vhost" }), "?page=1&page_size=100&columns=name%2Cvhost");
+  eq(L.listQuery({ columns: "" }), "?page=1&page_size=100");
+});
+test("columnsParam: the fields the shown columns read", () => {
+  eq(L.columnsParam([{ fields: ["name"] }, { fields: ["vhost", "name"] }, { fields: ["message_stats.publish_details"] }]),
+    "name,vhost,message_stats.publish_details");
+  eq(L.columnsParam([{ fields: ["name"] }, { title: "reads everything" }]), "", "a column without fields wants whole objects");
+  eq(L.columnsParam([]), "");
+});
+test("column groups of exchanges, connections and channels", () => {
+  eq(L.columnPrefsKey("bob", "connections"), "warren.columns.connections.bob");
+  eq(L.columnPrefsKey("bob"), "warren.columns.queues.bob");
+  eq(L.parseColumnChoice(null, "exchanges"), ["overview", "rates"]);
+  eq(L.parseColumnChoice(null, "connections"), ["overview", "client", "network"]);
+  eq(L.parseColumnChoice(null, "channels"), ["overview", "details", "rates"]);
+  eq(L.parseColumnChoice('["network", "messages", "overview"]', "connections"), ["overview", "network"], "queue groups are not connection groups");
+  eq(L.toggleGroup(["rates"], "overview", true, "exchanges"), ["overview", "rates"]);
+  eq(L.toggleGroup(["overview", "client"], "client", false, "connections"), ["overview"]);
+  eq(L.toggleGroup([], "details", true, "channels"), ["details"]);
+});
+test("state badges and alarms", () => {
+  eq(["running", "flow", "blocked", "blocking", "closing", "idle", "other", undefined].map(L.stateClass),
+    ["ok", "warn", "bad", "bad", "bad", "warn", "", ""]);
+  eq(L.nodeAlarms({ mem_alarm: true, disk_free_alarm: false }), ["memory"]);
+  eq(L.nodeAlarms({ mem_alarm: true, disk_free_alarm: true }), ["memory", "disk"]);
+  eq(L.nodeAlarms({}), []);
+  eq(L.nodeAlarms(null), []);
+});
+test("consumers: filter, client-side pages, ack mode", () => {
+  const cs = [
+    { consumer_tag: "ctag-A", queue: { name: "jobs", vhost: "/" }, ack_required: true },
+    { consumer_tag: "worker-2", queue: { name: "emails", vhost: "/" }, ack_required: false },
+    { consumer_tag: "x", queue: { name: "Jobs-low", vhost: "v" } },
+  ];
+  eq(L.filterConsumers(cs, "JOBS").map((c) => c.consumer_tag), ["ctag-A", "x"]);
+  eq(L.filterConsumers(cs, "worker").map((c) => c.consumer_tag), ["worker-2"]);
+  eq(L.filterConsumers(cs, "").length, 3);
+  eq(L.ackMode(cs[0]), "manual");
+  eq(L.ackMode(cs[1]), "automatic");
+  const items = Array.from({ length: 250 }, (_, i) => i);
+  const p = L.clientPage(items, 3, 100);
+  eq([p.page, p.pageCount, p.total, p.items.length, p.items[0]], [3, 3, 250, 50, 200]);
+  eq(L.clientPage(items, 99, 100).page, 3, "past the end: the last page");
+  eq(L.clientPage(items, 0, 100).page, 1);
+  eq(L.clientPage(items, 1, 100000).items.length, 250, "page size capped at 500");
+  eq(L.clientPage([], 1, 100), { items: [], page: 1, pageCount: 1, total: 0 });
+});
+test("session timeout: minutes from whoami, expiry after inactivity", () => {
+  eq(L.sessionTimeoutMin(undefined), 480);
+  eq(L.sessionTimeoutMin(null), 480);
+  eq(L.sessionTimeoutMin("30"), 30);
+  eq(L.sessionTimeoutMin(1), 1);
+  eq(L.sessionTimeoutMin(0), 480);
+  eq(L.sessionTimeoutMin("soon"), 480);
+  const now = 1_000_000_000;
+  eq(L.sessionExpired(now - 59_999, now, 1), false);
+  eq(L.sessionExpired(now - 60_000, now, 1), true);
+  eq(L.sessionExpired(String(now - 60_000), now, "1"), true, "stored as text");
+  eq(L.sessionExpired(now - 479 * 60_000, now, undefined), false, "default 480 minutes");
+  eq(L.sessionExpired(now - 480 * 60_000, now, undefined), true);
+  eq(L.sessionExpired(null, now, 1), false, "no stamp yet: not expired");
+  eq(L.sessionExpired("garbage", now, 1), false);
+  eq(L.expiredMessage(480), "Your session expired after 8h 00m without activity: log in again.");
+  eq(L.expiredMessage(1), "Your session expired after 1m 00s without activity: log in again.");
+});
+test("definitions: per-vhost paths and file names", () => {
+  const d = new Date("2026-12-02T05:00:00Z");
+  eq(L.definitionsPath(""), "/api/definitions");
+  eq(L.definitionsPath("/"), "/api/definitions/%2F");
+  eq(L.definitionsPath("app one"), "/api/definitions/app%20one");
+  eq(L.definitionsFileName("", d), "warren-definitions-2026-12-02.json");
+  eq(L.definitionsFileName("/", d), "warren-definitions-default-2026-12-02.json");
+  eq(L.definitionsFileName("a/b c", d), "warren-definitions-a_b_c-2026-12-02.json");
 });
 
 const results = document.getElementById("results");

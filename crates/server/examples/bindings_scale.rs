@@ -29,18 +29,31 @@ fn main() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = args.get(3).map_or_else(|| tmp.path().join("data"), std::path::PathBuf::from);
 
-    let (t, _) = create(&VHost::new("/"), bindings, queues);
+    let (t, _) = create(&VHost::new("/"), bindings, queues, 1);
     report(&format!("create {bindings} bindings, in RAM"), t, bindings);
 
     let (p, rec) = DiskPersistence::open(&dir, StoreConfig::default(), 1024, |_| {}).expect("open data dir");
     let vh = VHost::with_persistence("/", p.clone());
     p.recover_into(rec, |_| Some(vh.clone()));
-    let (t, fsync) = create(&vh, bindings, queues);
-    report(&format!("create {bindings} durable bindings (fsync per binding)"), t, bindings);
+    let (t, fsync) = create(&vh, bindings, queues, 1);
+    report(&format!("create {bindings} durable bindings, one client (an fsync per binding)"), t, bindings);
     println!("  of which one definitions-log fsync, measured alone: {:.3} ms", fsync.as_secs_f64() * 1e3);
     drop(vh);
     p.syncer().shutdown();
     drop(p);
+
+    // The same from 10 clients at once, into a second data directory.
+    let dir10 = dir.with_extension("10-clients");
+    let (p, rec) = DiskPersistence::open(&dir10, StoreConfig::default(), 1024, |_| {}).expect("open data dir");
+    let vh = VHost::with_persistence("/", p.clone());
+    p.recover_into(rec, |_| Some(vh.clone()));
+    let (t, _) = create(&vh, bindings, queues, CLIENTS);
+    report(&format!("create {bindings} durable bindings, {CLIENTS} clients (group commit)"), t, bindings);
+    assert_eq!(vh.exchange("scale.topic").expect("exchange").binding_count(), bindings);
+    drop(vh);
+    p.syncer().shutdown();
+    drop(p);
+    let _ = std::fs::remove_dir_all(&dir10);
 
     let started = Instant::now();
     let (p, rec) = DiskPersistence::open(&dir, StoreConfig::default(), 1024, |_| {}).expect("reopen data dir");
@@ -63,6 +76,8 @@ fn main() {
 }
 
 const FAN_QUEUES: usize = 50_000;
+/// Concurrent clients of the group-commit run.
+const CLIENTS: usize = 10;
 
 /// Many queues bound with the same pattern (one event queue per worker, all `#`): bind
 /// them, route one message to all of them, delete them.
@@ -125,7 +140,7 @@ fn teardown_lookup(queues: usize) {
 
 /// Declare a durable topic exchange and `queues` durable queues, then bind; returns the
 /// binding time and the time of one extra durable declare (≈ one log fsync).
-fn create(vh: &Arc<VHost>, bindings: usize, queues: usize) -> (Duration, Duration) {
+fn create(vh: &Arc<VHost>, bindings: usize, queues: usize, threads: usize) -> (Duration, Duration) {
     let ex = ExchangeOptions {
         kind: ExchangeKind::Topic,
         delayed: false,
@@ -140,9 +155,18 @@ fn create(vh: &Arc<VHost>, bindings: usize, queues: usize) -> (Duration, Duratio
         vh.declare_queue(&format!("q{i}"), false, q.clone(), 1).expect("declare queue");
     }
     let started = Instant::now();
-    for i in 0..bindings {
-        vh.bind_queue(&format!("q{}", i % queues), "scale.topic", &pattern(i), FieldTable::new(), 1).expect("bind");
-    }
+    // `threads` clients binding at once, as separate connections would: their durable
+    // bindings share the definitions log's commit rounds.
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                for i in (t..bindings).step_by(threads) {
+                    vh.bind_queue(&format!("q{}", i % queues), "scale.topic", &pattern(i), FieldTable::new(), 1)
+                        .expect("bind");
+                }
+            });
+        }
+    });
     let t = started.elapsed();
     let one = Instant::now();
     vh.declare_exchange("scale.fsync-probe", false, ex).expect("declare probe");

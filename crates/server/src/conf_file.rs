@@ -244,6 +244,12 @@ impl Draft {
             ["management", "tcp", "port"] => c.management_port = parse_port(v)?,
             ["management", "tcp", "ip"] => c.management_ip = Some(parse_ip(v)?),
             ["management", "http", "max_body_size"] => c.management_http_max_body_bytes = parse_bytes(v)?,
+            ["management", "login_session_timeout"] => {
+                c.management_login_session_timeout_min = match parse_int(v)? {
+                    0 => return Err("login_session_timeout must be at least 1 (minutes)".to_owned()),
+                    n => n,
+                }
+            }
             ["prometheus", "tcp", "port"] => c.prometheus_port = parse_port(v)?,
             ["prometheus", "tcp", "ip"] => c.prometheus_ip = Some(parse_ip(v)?),
             ["default_user"] => c.default_user = v.to_owned(),
@@ -762,10 +768,14 @@ mod tests {
             "heartbeat = 0\nframe_max = 8192\nchannel_max = 100\nconnection_max = 500\n\
              max_message_size = 1048576\nhandshake_timeout = 3000\n\
              management.tcp.port = 15000\nmanagement.tcp.ip = 127.0.0.1\nprometheus.tcp.port = 15001\n\
-             prometheus.tcp.ip = ::1\nmanagement.http.max_body_size = 1MB\n",
+             prometheus.tcp.ip = ::1\nmanagement.http.max_body_size = 1MB\n\
+             management.login_session_timeout = 30\n",
         );
         let c = s.config;
         assert_eq!(c.management_http_max_body_bytes, 1_000_000);
+        assert_eq!(c.management_login_session_timeout_min, 30);
+        assert_eq!(Config::default().management_login_session_timeout_min, 480);
+        assert!(parse_err("management.login_session_timeout = 0\n").to_string().contains("at least 1"));
         assert_eq!((c.heartbeat_secs, c.frame_max, c.channel_max), (0, 8192, 100));
         assert_eq!(c.connection_max, Some(500));
         assert_eq!(c.max_message_size_bytes, 1 << 20);

@@ -137,6 +137,9 @@ pub struct Config {
     /// Largest HTTP API request body, in bytes (RabbitMQ's `management.http.max_body_size`,
     /// 20 MiB: a definitions file of about 200k queues).
     pub management_http_max_body_bytes: u64,
+    /// Minutes of inactivity after which the web UI logs its user out (RabbitMQ's
+    /// `management.login_session_timeout`, 480: 8 hours).
+    pub management_login_session_timeout_min: u64,
     /// Prometheus metrics port and address (RabbitMQ: 15692 on every interface).
     pub prometheus_port: u16,
     pub prometheus_ip: Option<IpAddr>,
@@ -181,6 +184,7 @@ impl Default for Config {
             management_port: 15672,
             management_ip: None,
             management_http_max_body_bytes: 20 * 1024 * 1024,
+            management_login_session_timeout_min: 480,
             prometheus_port: 15692,
             prometheus_ip: None,
         }

@@ -50,6 +50,10 @@ impl mgmt::Node for ServerState {
         usize::try_from(self.config.management_http_max_body_bytes).unwrap_or(usize::MAX)
     }
 
+    fn login_session_timeout_min(&self) -> u64 {
+        self.config.management_login_session_timeout_min
+    }
+
     fn info(&self) -> NodeInfo {
         let cfg = &self.config;
         let alarms = *self.alarms.borrow();
@@ -178,6 +182,7 @@ impl mgmt::Node for ServerState {
                     messages_unacknowledged: unacked,
                     messages_unconfirmed: ch.counters.unconfirmed.load(Ordering::Relaxed) as usize,
                     counts: ch.counters.snapshot(),
+                    state: if conn.in_flow.load(Ordering::Relaxed) { "flow" } else { "running" }.to_owned(),
                 }
             })
             .collect()

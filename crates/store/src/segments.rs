@@ -27,7 +27,7 @@ use tracing::{error, warn};
 use crate::Error;
 use crate::file_cache::FileCache;
 use crate::record::{self, Decoded};
-use crate::syncer::{SyncTarget, Syncer};
+use crate::syncer::{Flush, SyncTarget, Syncer};
 
 /// Segment size before rolling to a new file.
 pub const SEGMENT_MAX_BYTES: u64 = 8 * 1024 * 1024;
@@ -451,7 +451,7 @@ impl QueueFiles {
 
     /// Write buffered bytes (records, acks, the delivered mark, sealed metas) and add the
     /// files that need an fsync to `to_sync`. Called by the syncer.
-    pub(crate) fn flush(&self, to_sync: &mut Vec<SyncTarget>) -> Result<(), Error> {
+    pub(crate) fn flush_files(&self, to_sync: &mut Vec<SyncTarget>) -> Result<(), Error> {
         let mut inner = self.inner.lock();
         inner.dirty = false;
         if inner.destroyed {
@@ -516,6 +516,16 @@ impl QueueFiles {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => warn!("removing {}: {e}", self.dir.display()),
             _ => {}
         }
+    }
+}
+
+impl Flush for QueueFiles {
+    fn flush(&self, to_sync: &mut Vec<SyncTarget>) -> Result<(), Error> {
+        self.flush_files(to_sync)
+    }
+
+    fn describe(&self) -> String {
+        format!("queue files in {}", self.dir.display())
     }
 }
 

@@ -21,7 +21,19 @@ use crate::file_cache::{FileCache, OPEN_FILES_MAX_DEFAULT};
 use parking_lot::{Condvar, Mutex};
 use tracing::{debug, error, info, warn};
 
-use crate::segments::QueueFiles;
+use crate::Error;
+
+/// Something holding bytes for the next commit round: a queue's files, the definitions
+/// log. The syncer writes them (`flush`) and fsyncs what `flush` names.
+pub(crate) trait Flush: Send + Sync {
+    /// Write the buffered bytes and add what needs an fsync to `to_sync`. On error the
+    /// bytes stay buffered and the syncer calls again next round.
+    fn flush(&self, to_sync: &mut Vec<SyncTarget>) -> Result<(), Error>;
+    /// For log lines.
+    fn describe(&self) -> String;
+    /// The round that called `flush` fsynced everything it named.
+    fn synced(&self) {}
+}
 
 type DurableCallback = Box<dyn Fn(CommitState) + Send + Sync>;
 
@@ -46,7 +58,9 @@ pub struct Syncer {
 struct State {
     open_epoch: u64,
     max_requested: u64,
-    dirty: Vec<Weak<QueueFiles>>,
+    dirty: Vec<Weak<dyn Flush>>,
+    /// Flushed in every round, dirty or not (the definitions log).
+    always: Vec<Weak<dyn Flush>>,
     stop: bool,
 }
 
@@ -60,7 +74,13 @@ impl Syncer {
     /// [`Syncer::start`], keeping at most `open_files_max` queue files open.
     pub fn start_with(on_commit: impl Fn(CommitState) + Send + Sync + 'static, open_files_max: usize) -> Arc<Syncer> {
         let s = Arc::new(Syncer {
-            state: Mutex::new(State { open_epoch: 1, max_requested: 0, dirty: Vec::new(), stop: false }),
+            state: Mutex::new(State {
+                open_epoch: 1,
+                max_requested: 0,
+                dirty: Vec::new(),
+                always: Vec::new(),
+                stop: false,
+            }),
             cv: Condvar::new(),
             done: Condvar::new(),
             durable_epoch: AtomicU64::new(0),
@@ -108,32 +128,55 @@ impl Syncer {
 
     /// Called with `files`' lock held, when they go from clean to dirty. Returns the
     /// epoch of the round that will flush them.
-    pub(crate) fn register(&self, files: &Arc<QueueFiles>) -> u64 {
+    pub(crate) fn register<F: Flush + 'static>(&self, files: &Arc<F>) -> u64 {
+        let files: Arc<dyn Flush> = files.clone();
         let mut st = self.state.lock();
-        st.dirty.push(Arc::downgrade(files));
+        st.dirty.push(Arc::downgrade(&files));
         let e = st.open_epoch;
         drop(st);
         self.cv.notify_one();
         e
     }
 
+    /// Flush `f` in every round from now on, before the round's epoch is published.
+    pub(crate) fn always_flush<F: Flush + 'static>(&self, f: &Arc<F>) {
+        let f: Arc<dyn Flush> = f.clone();
+        self.state.lock().always.push(Arc::downgrade(&f));
+    }
+
     /// Block until every append registered so far is durable.
     pub fn sync_all(&self) {
-        let target = {
+        let target = self.state.lock().open_epoch;
+        self.wait_durable(target);
+    }
+
+    /// Block until round `epoch` is durable (true), or will never be: an fsync failed,
+    /// its writes were refused, or the syncer stopped (false).
+    pub fn wait_durable(&self, epoch: u64) -> bool {
+        {
             let mut st = self.state.lock();
-            let e = st.open_epoch;
-            st.max_requested = st.max_requested.max(e);
-            e
-        };
+            st.max_requested = st.max_requested.max(epoch);
+        }
         self.cv.notify_one();
         let mut st = self.state.lock();
-        while self.durable_epoch() < target
-            && self.failed_through.load(Ordering::Acquire) < target
-            && !st.stop
-            && !self.is_poisoned()
-        {
-            self.done.wait_for(&mut st, std::time::Duration::from_millis(10));
+        loop {
+            if self.durable_epoch() >= epoch {
+                return true;
+            }
+            if self.failed_through.load(Ordering::Acquire) >= epoch || st.stop || self.is_poisoned() {
+                return false;
+            }
+            // (Rounds notify under the state lock, so no wake-up is missed; the timeout
+            // only bounds a stop.)
+            self.done.wait_for(&mut st, std::time::Duration::from_millis(100));
         }
+    }
+
+    /// Wake `wait_durable` callers. Taking the state lock first orders this after any
+    /// waiter's check: a waiter that saw the old epoch is already waiting.
+    fn wake_waiters(&self) {
+        drop(self.state.lock());
+        self.done.notify_all();
     }
 
     /// Flush everything and stop the thread.
@@ -173,22 +216,26 @@ impl Syncer {
                 }
                 let e = st.open_epoch;
                 st.open_epoch += 1;
-                (e, std::mem::take(&mut st.dirty))
+                let mut batch = std::mem::take(&mut st.dirty);
+                st.always.retain(|f| f.strong_count() > 0);
+                batch.extend(st.always.iter().cloned());
+                (e, batch)
             };
             let started = Instant::now();
             to_sync.clear();
             to_sync.append(&mut retry);
             let mut write_failed = false;
-            for files in batch.iter().filter_map(Weak::upgrade) {
+            let batch: Vec<Arc<dyn Flush>> = batch.iter().filter_map(Weak::upgrade).collect();
+            for files in &batch {
                 if let Err(e) = files.flush(&mut to_sync) {
                     // Nothing is lost: the bytes stay buffered and the files are flushed
                     // again next round (a full disk, out of descriptors). Only an fsync
                     // failure is final.
                     if stalled_since.is_none() {
-                        error!("writing queue files in {}: {e}; retrying", files.dir().display());
+                        error!("writing {}: {e}; retrying", files.describe());
                     }
                     write_failed = true;
-                    self.state.lock().dirty.push(Arc::downgrade(&files));
+                    self.state.lock().dirty.push(Arc::downgrade(files));
                 }
             }
             let synced = to_sync.len();
@@ -221,7 +268,7 @@ impl Syncer {
                     told_failure = true;
                     (self.on_durable)(self.commit_state(self.durable_epoch(), true));
                 }
-                self.done.notify_all();
+                self.wake_waiters();
                 continue;
             }
             if write_failed || !retry.is_empty() {
@@ -239,7 +286,7 @@ impl Syncer {
                     }
                     self.failed_through.store(epoch, Ordering::Release);
                     (self.on_durable)(self.commit_state(self.durable_epoch(), false));
-                    self.done.notify_all();
+                    self.wake_waiters();
                 }
                 continue;
             }
@@ -247,10 +294,13 @@ impl Syncer {
             if let Some(since) = stalled_since.take() {
                 info!("queue files written again after {:?}; confirming publishes again", since.elapsed());
             }
+            for files in &batch {
+                files.synced();
+            }
             self.durable_epoch.store(epoch, Ordering::Release);
             debug!(epoch, files = synced, micros = started.elapsed().as_micros() as u64, "commit round");
             (self.on_durable)(self.commit_state(epoch, false));
-            self.done.notify_all();
+            self.wake_waiters();
         }
     }
 }

@@ -93,7 +93,7 @@ fn channel_json(node_name: &str, db: &stats::RateDb, ch: &ChannelInfo) -> Value 
         "connection_details": {"name": ch.connection, "peer_host": ch.peer_host, "peer_port": ch.peer_port},
         "vhost": ch.vhost,
         "user": ch.user,
-        "state": "running",
+        "state": ch.state,
         "consumer_count": ch.consumer_count,
         "confirm": ch.confirm,
         "transactional": ch.transactional,
@@ -312,19 +312,34 @@ fn list_consumers(node: &AppState, caller: &Caller, vhost: Option<&str>) -> Vec<
     cs.iter().map(|c| consumer_json(&name, c)).collect()
 }
 
-async fn consumers(State(node): State<AppState>, Extension(caller): Extension<Caller>) -> Json<Value> {
-    Json(Value::Array(list_consumers(&node, &caller, None)))
+/// RabbitMQ answers consumer lists with `reply_list`: `sort`, `sort_reverse` and `columns`
+/// apply, `page`, `page_size`, `name` and `use_regex` are ignored (the list is not paged).
+fn unpaged(items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult<Json<Value>> {
+    let mut q = q.clone();
+    for k in ["page", "page_size", "name", "use_regex"] {
+        q.remove(k);
+    }
+    paged(items, &q)
+}
+
+async fn consumers(
+    State(node): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    unpaged(list_consumers(&node, &caller, None), &q)
 }
 
 async fn vhost_consumers(
     State(node): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(vhost): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     if node.vhost(&vhost).is_none() {
         return Err(ApiError::not_found());
     }
-    Ok(Json(Value::Array(list_consumers(&node, &caller, Some(&vhost)))))
+    unpaged(list_consumers(&node, &caller, Some(&vhost)), &q)
 }
 
 #[cfg(test)]
@@ -355,5 +370,23 @@ mod tests {
         assert_eq!(r.as_array().unwrap().len(), 2);
         let s = paged(items(3), &q(&[("sort", "name"), ("sort_reverse", "true"), ("columns", "name")])).unwrap().0;
         assert_eq!(s, json!([{"name": "Conn-2"}, {"name": "Conn-1"}, {"name": "Conn-0"}]));
+    }
+
+    #[test]
+    fn consumer_lists_sort_and_project_but_never_page() {
+        let u = unpaged(
+            items(3),
+            &q(&[("page", "2"), ("page_size", "1"), ("name", "zzz"), ("sort_reverse", "true"), ("sort", "name")]),
+        )
+        .unwrap()
+        .0;
+        assert_eq!(u, json!([{"name": "Conn-2"}, {"name": "Conn-1"}, {"name": "Conn-0"}]));
+        let c = unpaged(
+            vec![json!({"consumer_tag": "a", "queue": {"name": "q", "vhost": "/"}})],
+            &q(&[("columns", "queue.name")]),
+        )
+        .unwrap()
+        .0;
+        assert_eq!(c, json!([{"queue": {"name": "q"}}]));
     }
 }

@@ -134,25 +134,30 @@ where
         Some("") => Some(None),
         Some(k) => (shape.cheap_sort)(k).map(Some),
     };
+    // As RabbitMQ: the `sort` key first, the list's default order among equals (so an
+    // unknown key, equal everywhere, gives the default order), and `sort_reverse`
+    // reverses the whole result.
+    let default = shape.default_order;
     let mut page: Vec<Value> = match cheap {
         Some(order) => {
             if let Some(cmp) = order {
+                items.sort_by(|a, b| cmp(a, b).then_with(|| default(a, b)));
                 if q.sort_reverse {
-                    items.sort_by(|a, b| cmp(b, a));
-                } else {
-                    items.sort_by(cmp);
+                    items.reverse();
                 }
             }
             items.iter().skip(offset).take(take).map(&shape.to_json).collect()
         }
         None => {
             let path: Vec<&str> = q.sort.as_deref().unwrap_or_default().split('.').collect();
-            let mut all: Vec<Value> = items.iter().map(&shape.to_json).collect();
-            all.sort_by(|a, b| {
-                let o = compare_values(lookup(a, &path), lookup(b, &path));
-                if q.sort_reverse { o.reverse() } else { o }
+            let mut all: Vec<(Value, &T)> = items.iter().map(|t| ((shape.to_json)(t), t)).collect();
+            all.sort_by(|(a, ta), (b, tb)| {
+                compare_values(lookup(a, &path), lookup(b, &path)).then_with(|| default(ta, tb))
             });
-            all.into_iter().skip(offset).take(take).collect()
+            if q.sort_reverse {
+                all.reverse();
+            }
+            all.into_iter().skip(offset).take(take).map(|(v, _)| v).collect()
         }
     };
     if let Some(cols) = &q.columns {
@@ -282,6 +287,21 @@ mod tests {
         assert_eq!(v[0], json!({"name": "Q07", "stats": {"n": 24}}));
         let v = run(&query(&[("name", "^Q0[12]$"), ("use_regex", "true")]));
         assert_eq!(v.as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_unknown_sort_key_keeps_the_default_order_as_rabbitmq() {
+        let names = |v: &Value| {
+            v.as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        };
+        let all: Vec<String> = (0..25).map(|i| format!("Q{i:02}")).collect();
+        assert_eq!(names(&run(&query(&[("sort", "no.such.key")]))), all);
+        let mut rev = all.clone();
+        rev.reverse();
+        assert_eq!(names(&run(&query(&[("sort", "no_such_key"), ("sort_reverse", "true")]))), rev);
+        // Equal keys fall back to the default order (reversed with the rest).
+        let v = run(&query(&[("sort", "other"), ("page", "1"), ("page_size", "3")]));
+        assert_eq!(names(&v["items"]), ["Q00", "Q01", "Q02"]);
     }
 
     #[test]

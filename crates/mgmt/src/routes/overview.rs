@@ -116,8 +116,15 @@ async fn docs() -> Json<Value> {
     }))
 }
 
-async fn whoami(Extension(caller): Extension<Caller>) -> Json<Value> {
-    Json(json!({"name": caller.name(), "tags": caller.user.tags, "is_internal_user": true}))
+/// The caller, and (as RabbitMQ when `management.login_session_timeout` is set) the
+/// minutes of inactivity after which the web UI logs out.
+async fn whoami(State(node): State<AppState>, Extension(caller): Extension<Caller>) -> Json<Value> {
+    Json(json!({
+        "name": caller.name(),
+        "tags": caller.user.tags,
+        "is_internal_user": true,
+        "login_session_timeout": node.login_session_timeout_min(),
+    }))
 }
 
 async fn cluster_name(State(node): State<AppState>) -> Json<Value> {

@@ -351,8 +351,17 @@ async fn mgmt_access_tag_rules() {
     // Limits: administrator writes; monitoring reads.
     let lim = json!({"value": 10});
     assert!(refused(call(&server, "PUT", "/vhost-limits/%2F/max-queues", "pm", Some(lim.clone())).await));
-    assert_eq!(call(&server, "PUT", "/vhost-limits/%2F/max-queues", "admin", Some(lim.clone())).await.0, 201);
-    assert_eq!(call(&server, "PUT", "/user-limits/mgr/max-channels", "admin", Some(lim)).await.0, 201);
+    // RabbitMQ answers 204 to every limit PUT (new, changed, or -1 for none) and to a
+    // DELETE of a limit that is not set.
+    assert_eq!(call(&server, "PUT", "/vhost-limits/%2F/max-queues", "admin", Some(lim.clone())).await.0, 204);
+    assert_eq!(call(&server, "PUT", "/vhost-limits/%2F/max-queues", "admin", Some(lim.clone())).await.0, 204);
+    let none = json!({"value": -1});
+    assert_eq!(call(&server, "PUT", "/vhost-limits/%2F/max-connections", "admin", Some(none.clone())).await.0, 204);
+    assert_eq!(call(&server, "DELETE", "/vhost-limits/%2F/max-connections", "admin", None).await.0, 204);
+    assert_eq!(call(&server, "DELETE", "/user-limits/mgr/max-connections", "admin", None).await.0, 204);
+    assert_eq!(call(&server, "PUT", "/user-limits/mgr/max-channels", "admin", Some(none)).await.0, 204);
+    assert_eq!(call(&server, "PUT", "/user-limits/mgr/max-channels", "admin", Some(lim)).await.0, 204);
+    assert_eq!(call(&server, "DELETE", "/vhost-limits/no-such-vhost/max-queues", "admin", None).await.0, 404);
     assert_eq!(call(&server, "GET", "/user-limits", "mon", None).await.1.as_array().unwrap().len(), 1);
     assert!(refused(call(&server, "GET", "/user-limits", "mgr", None).await));
     assert_eq!(call(&server, "GET", "/user-limits/mgr", "mgr", None).await.0, 200, "its own");

@@ -471,3 +471,49 @@ async fn single_active_consumer_standbys_are_listed_as_waiting() {
         .collect();
     assert_eq!(status, vec![("first", true, "up"), ("second", false, "waiting")], "{raw}");
 }
+
+/// The `state` of connections and channels as RabbitMQ names them: a resource alarm
+/// blocks a connection that has published (its channel stays `running`, as in RabbitMQ),
+/// and a connection paused by a queue in flow shows `flow` on itself and its channels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_and_channel_states_follow_alarms_and_flow() {
+    let server = TestServer::start().await.with_management().await;
+    let conn = connect(&server, "stateful").await;
+    let ch = conn.create_channel().await.unwrap();
+    declare(&ch, "states").await;
+    ch.basic_publish("".into(), "states".into(), BasicPublishOptions::default(), b"x", BasicProperties::default())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let states = || async {
+        let get =
+            |path: &'static str| http.get(format!("{}/{path}", server.api())).basic_auth("guest", Some("guest")).send();
+        let c: serde_json::Value = get("connections").await.unwrap().json().await.unwrap();
+        let h: serde_json::Value = get("channels").await.unwrap().json().await.unwrap();
+        (c[0]["state"].as_str().unwrap().to_owned(), h[0]["state"].as_str().unwrap().to_owned())
+    };
+    let until = |want: (&'static str, &'static str)| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = states().await;
+            if (got.0.as_str(), got.1.as_str()) == want {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "wanted {want:?}, still {got:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    until(("running", "running")).await;
+    // A memory alarm (the threshold below the node's RSS): the publishing connection blocks.
+    server.state.set_memory_high_watermark(1);
+    until(("blocked", "running")).await;
+    server.state.set_memory_high_watermark(1 << 50);
+    until(("running", "running")).await;
+    // The flag the connection sets while a queue in flow pauses it (at most 50 ms at a
+    // time in real use; held here so the lists can be read).
+    let handle = server.state.registry.all().into_iter().next().expect("the connection");
+    handle.in_flow.store(true, std::sync::atomic::Ordering::Relaxed);
+    until(("flow", "flow")).await;
+    handle.in_flow.store(false, std::sync::atomic::Ordering::Relaxed);
+    until(("running", "running")).await;
+}

@@ -223,7 +223,7 @@ fn write_fixture(out: &Path) {
         }
         syncer.sync_all();
     }
-    let mut log = DefinitionsLog::open(&out.join("definitions.log"), |r| r).expect("definitions log");
+    let log = DefinitionsLog::open(&out.join("definitions.log"), |r| r).expect("definitions log");
     for r in fixture_definitions() {
         log.append(&r).expect("append");
     }

@@ -112,7 +112,7 @@ fn definitions_log_cut_at_every_byte() {
     let path = tmp.path().join("definitions.log");
     let records = definition_records();
     {
-        let mut log = DefinitionsLog::open(&path, |r| {
+        let log = DefinitionsLog::open(&path, |r| {
             assert!(r.is_empty(), "a new log is empty");
             r
         })
@@ -133,7 +133,7 @@ fn definitions_log_cut_at_every_byte() {
             assert_eq!(definitions::parse(&path, &bytes[..len]), records[..whole], "{ctx}: parse");
             if near_boundary(&bounds, len) || len % 29 == 0 {
                 fs::write(&path, &bytes[..len]).expect("write the cut log");
-                let mut log = DefinitionsLog::open(&path, |r| {
+                let log = DefinitionsLog::open(&path, |r| {
                     assert_eq!(r, records[..whole], "{ctx}: records handed to compaction");
                     r
                 })
@@ -160,7 +160,7 @@ fn definitions_log_damage_costs_only_the_damaged_record() {
     let path = tmp.path().join("definitions.log");
     let records = definition_records();
     {
-        let mut log = DefinitionsLog::open(&path, |r| r).expect("open a new log");
+        let log = DefinitionsLog::open(&path, |r| r).expect("open a new log");
         for r in &records {
             log.append(r).expect("append");
         }

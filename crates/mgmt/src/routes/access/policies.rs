@@ -236,6 +236,10 @@ async fn delete_one(
 }
 
 // ---- limits ----
+//
+// As RabbitMQ (`rabbit_mgmt_wm_limit`, `rabbit_mgmt_wm_user_limit`: cowboy resources that
+// always exist): PUT answers 204 whether the limit was set before or not, and DELETE of a
+// limit that is not set is a 204 too (RabbitMQ's clear_limit deletes a missing key).
 
 /// A limit's value from `{"value": N}`: a count, or -1 (any negative number, as
 /// RabbitMQ) for no limit.
@@ -317,11 +321,9 @@ async fn put_vhost_limit(
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     let mut limits = node.directory().vhost(&vhost).ok_or_else(ApiError::not_found)?.limits.clone();
-    let slot = vhost_limit_slot(&mut limits, &name)?;
-    let existed = slot.is_some();
-    *slot = limit_value(&body)?;
+    *vhost_limit_slot(&mut limits, &name)? = limit_value(&body)?;
     change(&node, Change::SetVhostLimits { vhost, limits })?;
-    Ok(put_status(existed))
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn delete_vhost_limit(
@@ -331,9 +333,8 @@ async fn delete_vhost_limit(
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     let mut limits = node.directory().vhost(&vhost).ok_or_else(ApiError::not_found)?.limits.clone();
-    let slot = vhost_limit_slot(&mut limits, &name)?;
-    if slot.take().is_none() {
-        return Err(ApiError::not_found());
+    if vhost_limit_slot(&mut limits, &name)?.take().is_none() {
+        return Ok(StatusCode::NO_CONTENT);
     }
     change(&node, Change::SetVhostLimits { vhost, limits })?;
     Ok(StatusCode::NO_CONTENT)
@@ -369,11 +370,9 @@ async fn put_user_limit(
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     let mut limits = node.directory().user(&user).ok_or_else(ApiError::not_found)?.limits.clone();
-    let slot = user_limit_slot(&mut limits, &name)?;
-    let existed = slot.is_some();
-    *slot = limit_value(&body)?;
+    *user_limit_slot(&mut limits, &name)? = limit_value(&body)?;
     change(&node, Change::SetUserLimits { user, limits })?;
-    Ok(put_status(existed))
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn delete_user_limit(
@@ -383,9 +382,8 @@ async fn delete_user_limit(
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     let mut limits = node.directory().user(&user).ok_or_else(ApiError::not_found)?.limits.clone();
-    let slot = user_limit_slot(&mut limits, &name)?;
-    if slot.take().is_none() {
-        return Err(ApiError::not_found());
+    if user_limit_slot(&mut limits, &name)?.take().is_none() {
+        return Ok(StatusCode::NO_CONTENT);
     }
     change(&node, Change::SetUserLimits { user, limits })?;
     Ok(StatusCode::NO_CONTENT)
