@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use wire::{FieldTable, FieldValue, Frame, Method};
 
+use crate::ConfirmTracker;
 use crate::client::{CHANNEL, Connection, Hot, Incoming, PublishTemplate, now_ns};
 use crate::histogram::Histogram;
 use crate::stats::cpu_seconds;
@@ -453,13 +454,17 @@ async fn run(c: Common, w: Workload, uri: AmqpUri) -> Result<Value> {
                 published += messages;
             }
             conn.tx.flush().await?;
-            let mut confirmed = 0u64;
+            let (mut confirmed, mut tracker) = (0u64, ConfirmTracker::default());
             while confirmed < published {
                 match conn.rx.next().await? {
                     Incoming::Hot(Hot::Ack { delivery_tag, multiple }) => {
-                        confirmed = if multiple { delivery_tag } else { confirmed + 1 }
+                        confirmed += tracker.confirm(delivery_tag, multiple)
                     }
                     Incoming::Hot(Hot::Nack { .. }) => bail!("nack while filling"),
+                    Incoming::Frame(Frame::Method {
+                        method: Method::ConnectionClose { reply_code, reply_text, .. },
+                        ..
+                    }) => bail!("broker closed the connection: {reply_code} {reply_text}"),
                     _ => {}
                 }
             }
@@ -577,6 +582,7 @@ async fn publish_confirmed(
     conn.rpc(&Method::ConfirmSelect { nowait: false }).await?;
     let end = Instant::now() + Duration::from_secs_f64(duration);
     let (mut published, mut confirmed) = (0u64, 0u64);
+    let mut tracker = ConfirmTracker::default();
     let mut i = 0u64;
     while Instant::now() < end || confirmed < published {
         if Instant::now() < end {
@@ -591,7 +597,7 @@ async fn publish_confirmed(
         loop {
             match conn.rx.next().await? {
                 Incoming::Hot(Hot::Ack { delivery_tag, multiple }) => {
-                    confirmed = if multiple { delivery_tag } else { confirmed + 1 };
+                    confirmed += tracker.confirm(delivery_tag, multiple);
                 }
                 Incoming::Hot(Hot::Nack { .. }) => bail!("broker nacked a publish"),
                 Incoming::Frame(Frame::Method { method: Method::ConnectionClose { reply_text, .. }, .. }) => {
@@ -947,6 +953,7 @@ async fn consumers(uri: &AmqpUri, c: &Common, n: usize, layout: &str, messages: 
     let publisher = tokio::task::spawn_local(async move {
         setup.rpc(&Method::ConfirmSelect { nowait: false }).await?;
         let (mut published, mut confirmed) = (0u64, 0u64);
+        let mut tracker = ConfirmTracker::default();
         while confirmed < messages {
             let room = 1000u64.saturating_sub(published - confirmed).min(messages - published);
             for _ in 0..room {
@@ -954,8 +961,12 @@ async fn consumers(uri: &AmqpUri, c: &Common, n: usize, layout: &str, messages: 
                 published += 1;
             }
             setup.tx.flush().await?;
-            if let Incoming::Hot(Hot::Ack { delivery_tag, multiple }) = setup.rx.next().await? {
-                confirmed = if multiple { delivery_tag } else { confirmed + 1 };
+            match setup.rx.next().await? {
+                Incoming::Hot(Hot::Ack { delivery_tag, multiple }) => {
+                    confirmed += tracker.confirm(delivery_tag, multiple)
+                }
+                Incoming::Hot(Hot::Nack { .. }) => bail!("broker nacked a publish"),
+                _ => {}
             }
         }
         setup.close().await?;
