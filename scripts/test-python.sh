@@ -25,8 +25,8 @@ if [[ -n "${AMQP_TEST_PORT:-}" ]]; then
     echo "==> using the broker already listening on port $AMQP_TEST_PORT (no warren build)"
 else
     if [[ "${WARREN_NO_BUILD:-0}" != "1" ]]; then
-        echo "==> cargo build -p server --bin warren -p tasks --bin warren-tasks"
-        cargo build -p server --bin warren -p tasks --bin warren-tasks
+        echo "==> cargo build -p server --bin warren -p tasks --bin warren-tasks --example work_queue"
+        cargo build -p server --bin warren -p tasks --bin warren-tasks --example work_queue
     fi
     if [[ ! -x "$WARREN_BIN" ]]; then
         echo "error: broker binary not found at $WARREN_BIN" >&2

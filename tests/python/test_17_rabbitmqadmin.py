@@ -56,6 +56,14 @@ def http(node: BrokerProcess, path: str):
 def test_everyday_commands(node, admin, tmp_path):
     out = admin("show", "overview")
     assert "Warren" in out
+    # The memory breakdown (GET /api/nodes/{node}/memory) parses and shows Warren's figures.
+    node_name = http(node, "/overview")[1]["node"]
+    out = admin("show", "memory_breakdown_in_bytes", "--node", node_name)
+    assert "Binary" in out or "binary" in out, out
+    status, mem = http(node, f"/nodes/{node_name}/memory")
+    assert status == 200 and mem["memory"]["strategy"] == "rss"
+    # The real binary counts its allocations: allocated is its own figure, below RSS.
+    assert 0 < mem["memory"]["total"]["allocated"] <= mem["memory"]["total"]["rss"], mem
     # Vhost, user, permissions; the user then works over AMQP.
     admin("declare", "vhost", "--name", "shop")
     admin("declare", "user", "--name", "clerk", "--password", "s3cret", "--tags", "management")

@@ -588,3 +588,158 @@ def test_events_are_what_celery_monitors_read(node, queue, celery_client, worker
     assert state.tasks[bad.id].state == "FAILURE" and "ValueError" in state.tasks[bad.id].exception
     assert state.tasks[flaky.id].state == "SUCCESS"
     assert [e["type"] for e in events if e.get("uuid") == flaky.id].count("task-retried") == 1
+
+
+def put_policy(node: BrokerProcess, name: str, pattern: str, definition: dict) -> None:
+    import base64
+    import json
+    import urllib.request
+    policy = {"pattern": pattern, "apply-to": "queues", "definition": definition}
+    req = urllib.request.Request(f"http://127.0.0.1:{node.mgmt_port}/api/policies/%2f/{name}",
+                                 data=json.dumps(policy).encode(), method="PUT",
+                                 headers={"content-type": "application/json",
+                                          "authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+    assert urllib.request.urlopen(req, timeout=10).status in (201, 204)
+
+
+@pytest.mark.timeout(60)
+def test_a_long_task_extends_its_lease_past_the_consumer_timeout(node, queue, celery_client, workers):
+    # A 2 s consumer timeout on the task queue (a policy: Celery declares the queue without
+    # arguments); the task runs 5 s. The worker extends its lease every 0.5 s
+    # (amq.warren.lease), so the broker never cancels it: it runs once, acked once.
+    put_policy(node, "short-timeout", f"^{queue}$", {"consumer-timeout": 2000})
+    w = rust_worker(node, queue, 2, "--lease-interval", "0.5")
+    workers.append(w)
+    start = time.monotonic()
+    assert celery_client.send_task("demo.sleep", (5,)).get(timeout=RESULT_TIMEOUT) == 5.0
+    assert time.monotonic() - start >= 5.0
+    time.sleep(2.5)  # longer than the timeout: a cancel or a redelivery would show by now
+    log = w.log(400)
+    assert log.count("task received") == 1 and log.count("task succeeded") == 1, log
+    assert "consumer cancelled" not in log and "redelivered=true" not in log, log
+    assert "consumer timeout" not in node.log_path.read_text()
+    # The worker still consumes.
+    assert celery_client.send_task("demo.add", (1, 2)).get(timeout=RESULT_TIMEOUT) == 3
+
+
+@pytest.mark.timeout(60)
+def test_without_leases_the_consumer_timeout_cancels_and_the_worker_consumes_again(node, queue, celery_client,
+                                                                                     workers):
+    # The same 2 s timeout with lease extension off: Warren cancels the consumer at 2 s and
+    # requeues the task; the worker consumes again and the task runs a second time while its
+    # first run finishes (and answers). This is why long tasks need leases (or idempotence).
+    put_policy(node, "short-timeout", f"^{queue}$", {"consumer-timeout": 2000})
+    w = rust_worker(node, queue, 2, "--lease-interval", "0")
+    workers.append(w)
+    r = celery_client.send_task("demo.sleep", (3,))
+    w.wait_for("consumer cancelled by the broker; consuming again", timeout=15)
+    w.wait_for("redelivered=true", timeout=10)
+    assert r.get(timeout=RESULT_TIMEOUT) == 3.0
+    assert "consumer timeout" in node.log_path.read_text()
+    assert w.proc.poll() is None
+    # The first run's late ack (a batched `multiple` ack naming the requeued tag) is ignored:
+    # the channel stays open, the worker never reconnects.
+    time.sleep(1.5)
+    assert "no broker connection" not in w.log(400) and "worker ready" in w.log(400), w.log(400)
+    assert w.log(400).count("worker ready") == 1, w.log(400)
+
+
+@pytest.mark.timeout(90)
+def test_graceful_shutdown_loses_nothing_and_runs_nothing_twice(node, queue, celery_client, workers):
+    # 6 tasks, -c 2: SIGTERM while the first two run. They finish and are acked (the batched
+    # acks are sent before the connection closes); the four still queued were never
+    # delivered. A second worker runs those four: every task ran exactly once.
+    first = rust_worker(node, queue, 2)
+    workers.append(first)
+    results = [celery_client.send_task("demo.sleep", (1,)) for _ in range(6)]
+    first.wait_for("task received", count=2)
+    assert first.stop(signal.SIGTERM) == 0
+    ran_first = first.log(400).count("task succeeded")
+    assert ran_first == 2, first.log()
+    second = rust_worker(node, queue, 2)
+    workers.append(second)
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in results] == [1.0] * 6
+    time.sleep(1.0)
+    logs = first.log(400) + "\n" + second.log(400)
+    for r in results:
+        assert sum(f'id="{r.id}"' in line and "task succeeded" in line for line in logs.splitlines()) == 1, logs
+    assert "redelivered=true" not in second.log(400), second.log()
+
+
+def tutorial_worker(node: BrokerProcess) -> Process:
+    """docs/tasks.md's tutorial worker (crates/tasks/examples/work_queue.rs)."""
+    binary = warren_tasks_binary().parent / "examples" / "work_queue"
+    if not binary.exists():
+        pytest.fail(f"{binary} not found; build it with `cargo build -p tasks --example work_queue`", pytrace=False)
+    return Process([str(binary), broker_url(node)], "Waiting for messages", env=dict(os.environ, NO_COLOR="1"))
+
+
+def tutorial_call(node: BrokerProcess, message: str, *extra: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(warren_tasks_binary()), "call", "tutorial.work", "--args", f'["{message}"]', "--queue",
+                           "task_queue", "--broker", broker_url(node), *extra], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def received(w: Process) -> list[str]:
+    return [line.split("Received ", 1)[1].strip('"') for line in w.log(400).splitlines() if "Received" in line]
+
+
+def wait_done(a: Process, b: Process, n: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(w.log(400).count(" [x] Done") for w in (a, b)) < n:
+        assert time.monotonic() < deadline, f"{n} tasks not done:\n{a.log()}\n---\n{b.log()}"
+        time.sleep(0.1)
+
+
+@pytest.mark.timeout(150)
+def test_the_work_queue_tutorial_as_written(node, workers):
+    # docs/tasks.md "Tutorial: a work queue", steps 1-4, with the outputs the doc shows.
+    a, b = tutorial_worker(node), tutorial_worker(node)
+    workers.extend([a, b])
+    a.wait_ready()
+    b.wait_ready()
+    time.sleep(0.5)
+    # 1. Round-robin between two workers, prefetch 1.
+    for m in ["First message.", "Second message..", "Third message...", "Fourth message....", "Fifth message....."]:
+        tutorial_call(node, m)
+    wait_done(a, b, 5)
+    first, second = (a, b) if "First message." in received(a) else (b, a)
+    assert received(first) == ["First message.", "Third message...", "Fifth message....."], first.log()
+    assert received(second) == ["Second message..", "Fourth message...."], second.log()
+    # 2. Fair dispatch: the long task keeps one worker; the other does the four short ones.
+    tutorial_call(node, "A long task..........")
+    time.sleep(0.3)
+    for i in range(1, 5):
+        tutorial_call(node, f"Short task {i}.")
+    time.sleep(6)
+    long_w = a if "A long task.........." in received(a) else b
+    short_w = b if long_w is a else a
+    assert [m for m in received(long_w) if "task" in m] == ["A long task.........."], long_w.log()
+    assert [m for m in received(short_w) if "task" in m] == [f"Short task {i}." for i in range(1, 5)], short_w.log()
+    wait_done(a, b, 10)
+    # 3. kill -9 mid-task: the other worker runs it, the caller gets its result (6 dots).
+    n_a, n_b = len(received(a)), len(received(b))
+    caller = subprocess.Popen([str(warren_tasks_binary()), "call", "tutorial.work", "--args", '["Slow task......"]',
+                               "--queue", "task_queue", "--broker", broker_url(node), "--wait", "30"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while len(received(a)) == n_a and len(received(b)) == n_b:
+        assert time.monotonic() < deadline, "nobody received the slow task"
+        time.sleep(0.05)
+    victim, survivor = (a, b) if len(received(a)) > n_a else (b, a)
+    victim.stop(signal.SIGKILL)
+    out, err = caller.communicate(timeout=40)
+    assert (caller.returncode, out.strip()) == (0, "6"), err
+    assert received(survivor)[-1] == "Slow task......", survivor.log()
+    survivor.stop(signal.SIGINT)
+    # 4. Durability: a task sent while no worker runs survives a broker restart.
+    tutorial_call(node, "Survives a restart.")
+    node.stop()
+    node.start()
+    c = tutorial_worker(node)
+    workers.append(c)
+    c.wait_ready()
+    c.wait_for(" [x] Done", timeout=20)
+    assert received(c) == ["Survives a restart."], c.log()

@@ -910,8 +910,10 @@ def test_memory_alarm_blocks_a_publisher_and_the_ui_shows_it(node, driver, tmp_p
         # The simplest real trigger: a memory high watermark below the node's RSS (as
         # `warrenctl set_vm_memory_high_watermark absolute 1`).
         assert requests.put(watermark, json={"absolute": 1}, auth=AUTH, timeout=5).status_code == 204
-        ch.basic_publish("", "alarmed", b"during")  # stays in the socket: the broker does not read it
         text_in(driver, '#connections [data-state]', "blocked", timeout=20)
+        # Published once the connection is blocked (not before: a frame already in the
+        # socket when the alarm arrives may be read first), it stays in the socket.
+        ch.basic_publish("", "alarmed", b"during")
         assert "bad" in driver.find_element(By.CSS_SELECTOR, "#connections [data-state]").get_attribute("class")
         shot(driver, tmp_path, "connections-blocked")
         go(driver, "#/overview")

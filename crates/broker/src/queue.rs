@@ -125,6 +125,8 @@ pub struct QueueStats {
     pub messages_unacked: u64,
     pub consumers: u32,
     pub ready_bytes: u64,
+    /// What the ready messages kept in RAM cost (paged-out ones are not counted).
+    pub ready_ram_bytes: u64,
     /// Body bytes of the messages delivered and not yet acked.
     pub unacked_bytes: u64,
     /// Milliseconds, in total, that ready messages waited while every consumer was out of
@@ -230,6 +232,7 @@ impl Queue {
             messages_unacked: st.unacked,
             consumers: st.consumers.len() as u32,
             ready_bytes: st.store.bytes(),
+            ready_ram_bytes: st.store.ram_bytes(),
             unacked_bytes: st.unacked_bytes,
             stalled_ms: st.stalled_ms + open,
         }

@@ -92,6 +92,11 @@ pub trait MessageStore: Send {
     }
     /// Body bytes of ready messages.
     fn bytes(&self) -> u64;
+    /// Bytes the ready messages held in RAM cost (the memory breakdown's `binary`); a
+    /// store that pages to disk counts only what it keeps in RAM.
+    fn ram_bytes(&self) -> u64 {
+        self.bytes()
+    }
     /// Drop every ready message; returns how many were dropped.
     fn purge(&mut self) -> usize;
     /// A message was handed to a consumer (the store may remember this, so that after a
@@ -262,6 +267,10 @@ impl MessageStore for PriorityStore {
 
     fn bytes(&self) -> u64 {
         self.levels.iter().map(|l| l.bytes()).sum()
+    }
+
+    fn ram_bytes(&self) -> u64 {
+        self.levels.iter().map(|l| l.ram_bytes()).sum()
     }
 
     fn purge(&mut self) -> usize {

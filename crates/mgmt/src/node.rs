@@ -40,6 +40,22 @@ pub struct ListenerInfo {
     pub port: u16,
 }
 
+/// The memory breakdown Warren can account for; every other RabbitMQ category is 0 and
+/// what is not accounted is `other_proc` (see docs/management.md).
+#[derive(Debug, Clone, Default)]
+pub struct MemoryBreakdown {
+    /// `allocated` or `rss`: what the memory alarm compares with the watermark.
+    pub strategy: &'static str,
+    pub rss_bytes: u64,
+    /// Bytes the allocator handed out and not taken back (RSS when it does not count).
+    pub allocated_bytes: u64,
+    /// Message bodies (and their properties) held in RAM by queues: ready messages not
+    /// paged out, and delivered ones not yet acknowledged.
+    pub message_bytes: u64,
+    /// Bytes waiting in connections' outboxes to be written to clients.
+    pub connection_writer_bytes: u64,
+}
+
 /// The node's own figures.
 #[derive(Debug, Clone, Default)]
 pub struct NodeInfo {
@@ -279,6 +295,11 @@ pub struct ConsumerInfo {
 
 pub trait Node: Send + Sync + 'static {
     fn info(&self) -> NodeInfo;
+    /// Where the node's memory goes (`GET /api/nodes/{node}/memory`); None answers
+    /// RabbitMQ's `"not_available"`.
+    fn memory_breakdown(&self) -> Option<MemoryBreakdown> {
+        None
+    }
     /// Largest request body the API reads, in bytes (`management.http.max_body_size`).
     fn http_max_body_bytes(&self) -> usize {
         20 * 1024 * 1024

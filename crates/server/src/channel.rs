@@ -52,6 +52,11 @@ fn same_str(a: &str, b: &str) -> bool {
 /// The pseudo-queue of RabbitMQ's direct reply-to.
 pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
+/// Warren's lease extension: a publish to this (built-in, never declared) exchange with
+/// routing key = a delivery tag of the same channel restarts that delivery's consumer
+/// timeout clock. Nothing is routed or stored; with confirms it is acked.
+pub const LEASE_EXCHANGE: &str = "amq.warren.lease";
+
 /// A basic.publish whose content is still arriving.
 struct PendingPublish {
     exchange: String,
@@ -244,6 +249,17 @@ impl Channel {
             }
             _ => {}
         }
+        // A nowait declare/bind/delete answers nothing, so it need not wait for the disk.
+        let _nowait = match &method {
+            Method::ExchangeDeclare { nowait: true, .. }
+            | Method::ExchangeDelete { nowait: true, .. }
+            | Method::ExchangeBind { nowait: true, .. }
+            | Method::ExchangeUnbind { nowait: true, .. }
+            | Method::QueueDeclare { nowait: true, .. }
+            | Method::QueueBind { nowait: true, .. }
+            | Method::QueueDelete { nowait: true, .. } => Some(crate::persist::NoWait::enter()),
+            _ => None,
+        };
         match method {
             Method::AccessRequest { .. } => self.send(&Method::AccessRequestOk { ticket: 1 }),
             Method::ChannelFlow { active } => {
@@ -666,6 +682,11 @@ impl Channel {
                 st.unacked.take_all()
             } else if st.unacked.contains(tag) {
                 st.unacked.take_upto(tag)
+            } else if self.timed_out_tags.remove(&tag) {
+                // Its delivery was requeued by the consumer timeout: a late `multiple` ack
+                // naming it acks the deliveries below it that are still unacked, as a
+                // single late ack of it is ignored.
+                st.unacked.take_upto(tag)
             } else {
                 return Err(unknown());
             }
@@ -841,6 +862,9 @@ impl Channel {
             (None, Some(first)) => first,
             (None, None) => Bytes::new(),
         };
+        if same_str(&p.exchange, LEASE_EXCHANGE) {
+            return self.extend_lease(&p.routing_key);
+        }
         let summary = wire::properties::summarize(&properties).map_err(|e| AmqpError::new(e.code, e.text))?;
         let expiration_ms = match &summary.expiration {
             None => None,
@@ -909,6 +933,33 @@ impl Channel {
         let routed = self.deliver(ctx, &route, msg, p.mandatory);
         if let Some(c) = &mut self.confirm {
             c.waiting.push_back((c.next_seq, routed));
+            c.next_seq += 1;
+            self.shared.counters.unconfirmed.store(c.waiting.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// A publish to [`LEASE_EXCHANGE`]: the routing key is a delivery tag of this channel,
+    /// whose consumer-timeout clock restarts now. A tag that is not (or no longer)
+    /// unacknowledged changes nothing (its ack may have crossed the lease on the wire); a
+    /// key that is not a decimal tag is a channel error (406). Outside any transaction,
+    /// and confirmed at once in confirm mode.
+    fn extend_lease(&mut self, routing_key: &str) -> Result<(), AmqpError> {
+        let tag: u64 = routing_key.parse().map_err(|_| {
+            AmqpError::precondition_failed(format!(
+                "{LEASE_EXCHANGE}: the routing key must be a delivery tag (decimal), not '{routing_key}'"
+            ))
+        })?;
+        {
+            let mut st = self.shared.state.lock();
+            if let Some(u) = st.unacked.get_mut(tag)
+                && u.delivered_at.is_some()
+            {
+                u.delivered_at = Some(Instant::now());
+            }
+        }
+        if let Some(c) = &mut self.confirm {
+            c.waiting.push_back((c.next_seq, Routed::default()));
             c.next_seq += 1;
             self.shared.counters.unconfirmed.store(c.waiting.len() as u64, Ordering::Relaxed);
         }

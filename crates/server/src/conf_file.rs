@@ -272,6 +272,9 @@ impl Draft {
                 c.memory_high_watermark_bytes = Some(of_total(total, parse_fraction(v)?));
             }
             ["vm_memory_high_watermark", "absolute"] => c.memory_high_watermark_bytes = Some(parse_bytes(v)?),
+            ["vm_memory_calculation_strategy"] => {
+                c.memory_strategy = crate::alarms::MemoryStrategy::parse(v).ok_or("expected allocated or rss")?
+            }
             ["disk_free_limit", "absolute"] => c.disk_free_limit_bytes = parse_bytes(v)?,
             ["disk_free_limit", "relative"] => {
                 // RabbitMQ's relative disk limit is a multiple of the machine's RAM.
@@ -784,6 +787,11 @@ mod tests {
         assert_eq!((c.prometheus_port, c.prometheus_ip), (15001, Some("::1".parse().unwrap())));
         let c = parse_ok("connection_max = infinity\nchannel_max = 0\n").config;
         assert_eq!((c.connection_max, c.channel_max), (None, u16::MAX));
+        use crate::alarms::MemoryStrategy;
+        assert_eq!(Config::default().memory_strategy, MemoryStrategy::Rss);
+        let c = parse_ok("vm_memory_calculation_strategy = allocated\n").config;
+        assert_eq!(c.memory_strategy, MemoryStrategy::Allocated);
+        assert!(parse_err("vm_memory_calculation_strategy = erlang\n").to_string().contains("allocated or rss"));
     }
 
     #[test]

@@ -98,6 +98,9 @@ pub struct Config {
     /// Memory alarm threshold (bytes of RSS); None = 0.6 of the machine's RAM, as
     /// RabbitMQ's vm_memory_high_watermark.
     pub memory_high_watermark_bytes: Option<u64>,
+    /// What the memory alarm compares with the watermark (RabbitMQ's
+    /// `vm_memory_calculation_strategy`): RSS (default, as RabbitMQ) or bytes allocated.
+    pub memory_strategy: crate::alarms::MemoryStrategy,
     /// Disk alarm: raised when free space under the data dir drops below this
     /// (RabbitMQ's disk_free_limit: 50 MB).
     pub disk_free_limit_bytes: u64,
@@ -162,6 +165,7 @@ impl Default for Config {
             queue_ram_budget_bytes: 8 * 1024 * 1024,
             consumer_timeout: None,
             memory_high_watermark_bytes: None,
+            memory_strategy: crate::alarms::MemoryStrategy::Rss,
             disk_free_limit_bytes: 50_000_000,
             fd_reserve_count: 256,
             store_open_files_max: 1024,

@@ -506,6 +506,8 @@ impl Conn {
         }
         let s = |v: &str| FieldValue::LongStr(bytes::Bytes::copy_from_slice(v.as_bytes()));
         let mut props = FieldTable::new();
+        // Warren's own: publishes to amq.warren.lease extend a delivery's consumer timeout.
+        caps.insert("warren.lease_extension", FieldValue::Bool(true));
         props.insert("capabilities", FieldValue::Table(caps));
         props.insert("cluster_name", s("warren@localhost"));
         props.insert("copyright", s("Copyright (c) the Warren authors"));

@@ -58,6 +58,11 @@ impl UnackedMap {
         self.q.binary_search_by_key(&tag, |u| u.tag).is_ok()
     }
 
+    pub fn get_mut(&mut self, tag: u64) -> Option<&mut Unacked> {
+        let i = self.q.binary_search_by_key(&tag, |u| u.tag).ok()?;
+        self.q.get_mut(i)
+    }
+
     pub fn remove(&mut self, tag: u64) -> Option<Unacked> {
         let i = self.q.binary_search_by_key(&tag, |u| u.tag).ok()?;
         self.q.remove(i)

@@ -54,6 +54,27 @@ impl mgmt::Node for ServerState {
         self.config.management_login_session_timeout_min
     }
 
+    fn memory_breakdown(&self) -> Option<mgmt::node::MemoryBreakdown> {
+        let rss_bytes = crate::alarms::rss_bytes()?;
+        let message_bytes = self
+            .vhosts()
+            .iter()
+            .flat_map(|vh| vh.queues())
+            .map(|q| {
+                let s = q.stats();
+                s.ready_ram_bytes + s.unacked_bytes
+            })
+            .sum();
+        let connection_writer_bytes = self.registry.all().iter().map(|c| c.details.outbox.unsent_bytes() as u64).sum();
+        Some(mgmt::node::MemoryBreakdown {
+            strategy: self.config.memory_strategy.as_str(),
+            rss_bytes,
+            allocated_bytes: crate::alarms::allocated_bytes().unwrap_or(rss_bytes),
+            message_bytes,
+            connection_writer_bytes,
+        })
+    }
+
     fn info(&self) -> NodeInfo {
         let cfg = &self.config;
         let alarms = *self.alarms.borrow();
@@ -66,7 +87,7 @@ impl mgmt::Node for ServerState {
             os_pid: std::process::id(),
             processors: std::thread::available_parallelism().map_or(1, |n| n.get()),
             listeners: self.listeners.lock().clone(),
-            mem_used_bytes: crate::alarms::rss_bytes().unwrap_or(0),
+            mem_used_bytes: cfg.memory_strategy.used_bytes().unwrap_or(0),
             mem_limit_bytes: self.memory_watermark().unwrap_or(0),
             mem_alarm: alarms.memory,
             disk_free_bytes: crate::alarms::disk_free_bytes(&cfg.data_dir).unwrap_or(0),

@@ -699,6 +699,30 @@ thread_local! {
     /// This thread applies changes whose records a batch already holds
     /// ([`DiskPersistence::log_batch`]): appends are skipped.
     static IN_BATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// This thread handles a `nowait` declare, bind or delete: nobody waits for its
+    /// answer, so it does not wait for the disk either (see [`NoWait`]).
+    static NO_WAIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While alive, topology changes made on this thread do not wait for the definitions
+/// log's fsync: a `nowait` method has no reply to hold back, and a client pipelining them
+/// should not pay an fsync each. They are still written in order and soon (a commit round
+/// is requested), any later waiting change or confirm on any connection waits for them
+/// too, and a message's confirm implies its queue's definition is on disk (the log is
+/// flushed in every commit round).
+pub(crate) struct NoWait(());
+
+impl NoWait {
+    pub(crate) fn enter() -> NoWait {
+        NO_WAIT.set(true);
+        NoWait(())
+    }
+}
+
+impl Drop for NoWait {
+    fn drop(&mut self) {
+        NO_WAIT.set(false);
+    }
 }
 
 /// Run `f` (on this thread) with its definitions appends skipped, because a batch written
@@ -794,6 +818,10 @@ fn definitions_error(why: impl std::fmt::Display) -> AmqpError {
 
 impl Persistence for DiskPersistence {
     fn settle(&self) -> Result<(), AmqpError> {
+        if NO_WAIT.get() {
+            self.syncer.request_round();
+            return Ok(());
+        }
         let seq = self.log.appended();
         // Waiting blocks this thread for about one fsync; inside the server's runtime, let
         // the other connections run meanwhile (they may share the next fsync).

@@ -352,7 +352,7 @@ impl ServerState {
         });
     }
 
-    /// The memory alarm threshold in force (bytes of RSS).
+    /// The memory alarm threshold in force (bytes, measured by `config.memory_strategy`).
     pub fn memory_watermark(&self) -> Option<u64> {
         let set = *self.memory_watermark_set.lock();
         set.or(self.config.memory_high_watermark_bytes)
@@ -372,11 +372,11 @@ impl ServerState {
         // Hysteresis: on above the watermark, off only below 90 % of it, so a node
         // hovering at the line does not flap publishers between blocked and unblocked.
         let was_on = self.memory_over.load(Ordering::Relaxed);
-        // Once a second, what was freed goes back to the system: RSS is what the alarm
-        // and the operator see, and the allocator would otherwise keep it while the broker
-        // is quiet (so an alarm could never clear).
+        // Once a second, what was freed goes back to the system: RSS is what the operator
+        // (and the alarm, with the `rss` strategy) sees, and the allocator would otherwise
+        // keep it while the broker is quiet (so an RSS alarm could never clear).
         crate::alarms::release_memory();
-        let memory = match (crate::alarms::rss_bytes(), watermark) {
+        let memory = match (cfg.memory_strategy.used_bytes(), watermark) {
             (Some(r), Some(w)) if was_on => r > w / 10 * 9,
             (Some(r), Some(w)) => r > w,
             _ => false,

@@ -345,6 +345,10 @@ impl MessageStore for DiskQueueStore {
         self.ready_bytes
     }
 
+    fn ram_bytes(&self) -> u64 {
+        self.mem_cost
+    }
+
     /// Half the budget: publishers get paused (flow) before anything is paged out, so a
     /// queue whose consumers keep up on average never writes transient messages.
     fn near_ram_budget(&self) -> bool {

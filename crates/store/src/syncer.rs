@@ -144,6 +144,16 @@ impl Syncer {
         self.state.lock().always.push(Arc::downgrade(&f));
     }
 
+    /// Run a commit round soon even if no queue file is dirty (it flushes the
+    /// [`Syncer::always_flush`] members, e.g. definitions nobody waits for).
+    pub fn request_round(&self) {
+        {
+            let mut st = self.state.lock();
+            st.max_requested = st.max_requested.max(st.open_epoch);
+        }
+        self.cv.notify_one();
+    }
+
     /// Block until every append registered so far is durable.
     pub fn sync_all(&self) {
         let target = self.state.lock().open_epoch;

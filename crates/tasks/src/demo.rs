@@ -34,6 +34,8 @@ pub fn register(r: &mut Registry) {
             }
         }
     });
+    // A chord body: the sum of a list of numbers (integers stay integers).
+    r.register_named("demo.sum", &["values"], |(values,): (Vec<serde_json::Number>,)| async move { sum(&values) });
     r.register_named("demo.fail", &["message"], |(message,): (String,)| async move {
         Err::<Value, _>(TaskError::builtin("ValueError", message))
     });
@@ -65,4 +67,20 @@ pub fn register(r: &mut Registry) {
             ..TaskOptions::default()
         },
     );
+}
+
+/// `demo.sum`: an integer when every value is one (overflow is an error, as `demo.add`),
+/// else a float.
+pub fn sum(values: &[serde_json::Number]) -> Result<Value, TaskError> {
+    if values.iter().all(|n| n.is_i64()) {
+        let mut total: i64 = 0;
+        for n in values {
+            total = total
+                .checked_add(n.as_i64().unwrap_or(0))
+                .ok_or_else(|| TaskError::builtin("OverflowError", "integer overflow"))?;
+        }
+        return Ok(total.into());
+    }
+    let total: f64 = values.iter().filter_map(serde_json::Number::as_f64).sum();
+    Ok(serde_json::Number::from_f64(total).map_or(Value::Null, Value::Number))
 }

@@ -9,16 +9,22 @@
 //! - [`worker`]: consumes queues with lapin, runs each delivery on its own tokio task, at
 //!   most `concurrency` at once, acks after the task finished (late ack), publishes results.
 //! - [`client`]: sends tasks and waits for their results on an exclusive reply queue.
+//! - [`canvas`]: signatures, chains, link callbacks/errbacks, groups and the broker-native
+//!   chord (what the worker sends after a task, what the client sends for a canvas).
 //! - [`events`]: Celery's monitoring events (`worker -E`) on the `celeryev` exchange.
+//! - [`lease`]: Warren's lease extension, so long tasks outlive the consumer timeout.
 //! - [`demo`]: the `demo.*` tasks the binary registers with `--demo`.
 //! - `amqp`: lapin's header tables and properties to and from the protocol's JSON view.
 //!
 //! See docs/tasks.md for what exists and what does not yet.
 
+mod acks;
 pub(crate) mod amqp;
+pub mod canvas;
 pub mod client;
 pub mod demo;
 pub mod events;
+pub mod lease;
 pub mod protocol;
 pub mod registry;
 pub mod worker;
@@ -131,6 +137,33 @@ pub(crate) async fn declare_delayed(ch: &lapin::Channel, queue: &str) -> Result<
     )
     .await?;
     Ok(())
+}
+
+/// Whether the broker knows the `x-delayed-message` exchange type (and [`DELAYED_EXCHANGE`]
+/// is not taken by another type), asked on a connection of its own: RabbitMQ without the
+/// plugin refuses the unknown type with a *connection* error (503 COMMAND_INVALID), which
+/// would close the caller's connection; a name taken by another type is a channel error
+/// (406). Both mean: no delayed exchange.
+pub(crate) async fn has_delayed_exchange(broker: &str) -> Result<bool, lapin::Error> {
+    use lapin::options::ExchangeDeclareOptions;
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let conn = lapin::Connection::connect(broker, lapin::ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert("x-delayed-type".into(), AMQPValue::LongString(LongString::from("direct")));
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    let kind = lapin::ExchangeKind::Custom("x-delayed-message".to_owned());
+    let declared = ch.exchange_declare(DELAYED_EXCHANGE.into(), kind, durable, args).await;
+    if conn.status().connected() {
+        let _ = conn.close(200, "probed".into()).await;
+    }
+    match declared {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            tracing::debug!("delayed exchange refused: {e}");
+            Ok(false)
+        }
+    }
 }
 
 /// The `x-delay` header (ms) for a task due at `eta`; `None` when it is due (or nearly).

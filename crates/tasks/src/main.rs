@@ -6,9 +6,15 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
+use warren_tasks::canvas::Signature;
 use warren_tasks::client::{Client, SendOptions};
 use warren_tasks::worker::{self, WorkerConfig};
 use warren_tasks::{Registry, demo};
+
+/// mimalloc: every delivery allocates its decoded headers, arguments and result (malloc
+/// and free were a quarter of the worker's CPU time on no-op tasks with glibc's allocator).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DEFAULT_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -40,6 +46,16 @@ enum Command {
         /// Send Celery's monitoring events (celeryev: task-*, worker-heartbeat), for Flower.
         #[arg(short = 'E', long = "events")]
         events: bool,
+        /// Seconds between lease extensions of a running task (Warren's amq.warren.lease),
+        /// so the broker's consumer timeout does not fire; keep it below half of that
+        /// timeout. 0: never extend.
+        #[arg(long, default_value_t = 60.0)]
+        lease_interval: f64,
+        /// Runtime threads for the tasks: 0 (default) runs them all on one thread, the
+        /// fastest for short I/O-bound tasks; N > 0, a multi-thread runtime of N threads, for
+        /// tasks that compute.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Send one task; with --wait, print its result as JSON.
     Call {
@@ -61,6 +77,44 @@ enum Command {
         #[arg(long)]
         countdown: Option<f64>,
     },
+    /// Send a chain: each SIG gets the previous result as its first argument; with --wait,
+    /// print the last one's result.
+    Chain {
+        /// Signatures as JSON: {"task": "demo.add", "args": [1, 2], "kwargs": {}, "options": {"queue": "q"}}
+        #[arg(required = true)]
+        sigs: Vec<String>,
+        #[command(flatten)]
+        common: CanvasArgs,
+    },
+    /// Send a group; with --wait, print the list of results in order.
+    Group {
+        #[arg(required = true)]
+        sigs: Vec<String>,
+        #[command(flatten)]
+        common: CanvasArgs,
+    },
+    /// Send a chord: the header SIGs run as a group, then --body gets their results (a list,
+    /// in order) as its first argument; with --wait, print the body's result.
+    Chord {
+        #[arg(required = true)]
+        sigs: Vec<String>,
+        #[arg(long)]
+        body: String,
+        #[command(flatten)]
+        common: CanvasArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct CanvasArgs {
+    #[arg(long, default_value = DEFAULT_BROKER)]
+    broker: String,
+    /// The queue of the signatures without a "queue" option.
+    #[arg(long, default_value = "celery")]
+    queue: String,
+    /// Wait this many seconds for the result (without it, print the task ids and exit).
+    #[arg(long)]
+    wait: Option<f64>,
 }
 
 fn main() -> ExitCode {
@@ -73,10 +127,21 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    // One thread by default (besides lapin's I/O thread): for short tasks, waking other
+    // runtime threads cost more than the tasks (a no-op task took half the CPU time on one
+    // thread that it took on the default multi-thread runtime, docs/benchmarks.md).
+    let threads = match &cli.command {
+        Command::Worker { threads, .. } => *threads,
+        _ => 0,
+    };
+    let rt = match threads {
+        0 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    }
+    .expect("tokio runtime");
     rt.block_on(async move {
         match cli.command {
-            Command::Worker { broker, queues, concurrency, grace, demo: with_demo, events } => {
+            Command::Worker { broker, queues, concurrency, grace, demo: with_demo, events, lease_interval, .. } => {
                 let mut registry = Registry::new();
                 if with_demo {
                     demo::register(&mut registry);
@@ -87,6 +152,7 @@ fn main() -> ExitCode {
                     concurrency,
                     grace: Duration::try_from_secs_f64(grace).unwrap_or(Duration::ZERO),
                     events,
+                    lease_interval: Duration::try_from_secs_f64(lease_interval).ok().filter(|d| !d.is_zero()),
                 };
                 match worker::run(config, Arc::new(registry), shutdown_signal()).await {
                     Ok(()) => ExitCode::SUCCESS,
@@ -100,6 +166,9 @@ fn main() -> ExitCode {
                 let options = SendOptions { queue, countdown, reply: wait.is_some() };
                 call(&name, &broker, &args, &kwargs, options, wait).await
             }
+            Command::Chain { sigs, common } => canvas(Canvas::Chain, &sigs, None, common).await,
+            Command::Group { sigs, common } => canvas(Canvas::Group, &sigs, None, common).await,
+            Command::Chord { sigs, body, common } => canvas(Canvas::Chord, &sigs, Some(&body), common).await,
         }
     })
 }
@@ -134,6 +203,71 @@ async fn call(name: &str, broker: &str, args: &str, kwargs: &str, options: SendO
         Err(e) => return fail(format!("error: task {id}: {e}")),
     };
     let _ = client.close().await;
+    report(&result)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Canvas {
+    Chain,
+    Group,
+    Chord,
+}
+
+async fn canvas(kind: Canvas, sigs: &[String], body: Option<&str>, common: CanvasArgs) -> ExitCode {
+    let parse = |s: &str| -> Result<Signature, String> {
+        let v: Value = serde_json::from_str(s).map_err(|e| format!("a signature must be JSON: {e}: {s}"))?;
+        Signature::from_json(&v)
+    };
+    let sigs = match sigs.iter().map(|s| parse(s)).collect::<Result<Vec<_>, _>>() {
+        Ok(s) => s,
+        Err(e) => return usage(e),
+    };
+    let body = match body.map(parse).transpose() {
+        Ok(b) => b,
+        Err(e) => return usage(e),
+    };
+    let timeout = match common.wait.map(Duration::try_from_secs_f64).transpose() {
+        Ok(t) => t,
+        Err(e) => return usage(format!("--wait: {e}")),
+    };
+    let mut client = match Client::connect(&common.broker).await {
+        Ok(c) => c,
+        Err(e) => return fail(format!("error: {e}")),
+    };
+    let builder = match (kind, body) {
+        (Canvas::Chain, _) => client.chain(sigs),
+        (Canvas::Group, _) => client.group(sigs),
+        (Canvas::Chord, Some(body)) => client.chord(sigs, body),
+        (Canvas::Chord, None) => return usage("a chord needs --body".to_owned()),
+    };
+    let sent = match builder.queue(&common.queue).send().await {
+        Ok(s) => s,
+        Err(e) => return fail(format!("error: {e}")),
+    };
+    let Some(timeout) = timeout else {
+        for id in &sent.ids {
+            println!("{id}");
+        }
+        return ExitCode::SUCCESS;
+    };
+    let results = match sent.get(timeout).await {
+        Ok(r) => r,
+        Err(e) => return fail(format!("error: {e}")),
+    };
+    let _ = client.close().await;
+    if kind != Canvas::Group {
+        return report(&results[0]);
+    }
+    if let Some(failed) = results.iter().find(|r| r.status != "SUCCESS") {
+        return report(failed);
+    }
+    println!("{}", Value::Array(results.into_iter().map(|r| r.result).collect()));
+    ExitCode::SUCCESS
+}
+
+/// Prints a final result: the value as JSON on stdout (exit 0), or the error on stderr (1).
+fn report(result: &warren_tasks::protocol::ResultMessage) -> ExitCode {
+    let id = &result.task_id;
     match (result.status.as_str(), result.exception()) {
         ("SUCCESS", _) => {
             println!("{}", result.result);

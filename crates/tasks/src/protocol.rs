@@ -71,7 +71,7 @@ impl std::fmt::Display for ProtocolError {
 impl std::error::Error for ProtocolError {}
 
 /// The body's third element. Each field is `null` or a list of signatures (JSON objects);
-/// kept as JSON because canvas is not implemented yet, but re-encoded unchanged.
+/// kept as JSON here (re-encoded unchanged); `crate::canvas` reads them as signatures.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Embed {
     #[serde(default)]

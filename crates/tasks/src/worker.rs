@@ -18,6 +18,10 @@
 //! - time limits (`timelimit` header, else the task's options): the soft one is seen by the
 //!   task through its `TaskContext`; at the hard one the task is aborted and fails with
 //!   `TimeLimitExceeded`;
+//! - after a task (success, or failure with no retry left) its canvas is sent, confirmed,
+//!   before its result: link callbacks and the chain's next step, or errbacks and the
+//!   chain's remaining steps failed; a chord part (see `crate::canvas`). Not confirmed: the
+//!   delivery is requeued;
 //! - messages that are not tasks we can run (unknown name, not protocol v2, not JSON) are
 //!   rejected without requeue and logged; an unknown name also gets Celery's NotRegistered
 //!   failure as its result, as a Python worker stores it;
@@ -44,6 +48,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::canvas::Canvas;
 use crate::events::{Events, exception_repr};
 use crate::protocol::{ExceptionInfo, RawMessage, ResultMessage, TaskMessage, isoformat_utc, parse_isoformat};
 use crate::registry::TaskContext;
@@ -60,6 +65,9 @@ pub struct WorkerConfig {
     pub grace: Duration,
     /// Send Celery's monitoring events (`celery worker -E`).
     pub events: bool,
+    /// Extend a running task's lease this often (Warren's `amq.warren.lease`), so that the
+    /// broker's consumer timeout never fires while it runs; `None`: never.
+    pub lease_interval: Option<Duration>,
 }
 
 impl WorkerConfig {
@@ -70,6 +78,7 @@ impl WorkerConfig {
             concurrency: 4,
             grace: Duration::from_secs(30),
             events: false,
+            lease_interval: Some(crate::lease::DEFAULT_LEASE_INTERVAL),
         }
     }
 }
@@ -116,12 +125,13 @@ async fn session(
         _ = shutdown.as_mut() => return Ok(()),
     };
     *backoff = BACKOFF_MIN;
+    let conn = Arc::new(conn); // shared with the canvas, which reopens its channel
     let ch = conn.create_channel().await?;
     ch.basic_qos(config.concurrency, BasicQosOptions::default()).await?;
     for q in &config.queues {
         crate::declare_task_queue(&ch, q).await?;
     }
-    let delay_ch = delayed_channel(&conn, &config.queues).await?;
+    let delay_ch = delayed_channel(&conn, &config.broker, &config.queues).await?;
     // Retries and dead letters are republished in confirm mode before the original is acked.
     let confirm_ch = conn.create_channel().await?;
     confirm_ch.confirm_select(ConfirmSelectOptions::default()).await?;
@@ -130,7 +140,13 @@ async fn session(
         confirm_ch.queue_declare(dead_letter_queue(q).as_str().into(), durable, FieldTable::default()).await?;
         confirm_ch.queue_declare(expired_queue(q).as_str().into(), durable, FieldTable::default()).await?;
     }
+    // Canvas (chain, callbacks, errbacks, chord): its own confirm-mode channel.
+    let canvas = Arc::new(Canvas::new(Arc::clone(&conn)).await?);
     let events = if config.events { Some(Arc::new(Events::new(&conn).await?)) } else { None };
+    let lease = match config.lease_interval {
+        Some(every) if crate::lease::supported(&conn).await => Some(every),
+        _ => None,
+    };
     let _heartbeat = events.as_ref().map(|ev| {
         let ev = Arc::clone(ev);
         AbortOnDrop(tokio::spawn(async move {
@@ -150,25 +166,39 @@ async fn session(
         .queues
         .iter()
         .flat_map(|q| [(q.clone(), Source::Tasks(q.clone())), (expired_queue(q), Source::Expired(q.clone()))]);
-    for (q, source) in consumed {
-        let mut consumer = ch
-            .basic_consume(q.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await?;
+    for (i, (q, source)) in consumed.enumerate() {
+        // Our own tags, so that a consumer the broker cancelled comes back under its tag.
+        let tag = format!("warren-tasks.{}.{i}", std::process::id());
+        let mut consumer = consume(&ch, &q, &tag).await?;
         tags.push(consumer.tag());
-        let tx = tx.clone();
+        let (tx, ch) = (tx.clone(), ch.clone());
         forwarders.spawn(async move {
-            while let Some(d) = consumer.next().await {
-                if tx.send(d.map(|d| (source.clone(), d)).map_err(Error::from)).await.is_err() {
-                    return;
+            loop {
+                while let Some(d) = consumer.next().await {
+                    if tx.send(d.map(|d| (source.clone(), d)).map_err(Error::from)).await.is_err() {
+                        return;
+                    }
+                }
+                // The stream ended: outside shutdown (which stops the forwarders first) the
+                // broker cancelled the consumer, e.g. Warren's consumer timeout, which also
+                // requeued its unacked deliveries (their tasks, still running here, may run
+                // again elsewhere; their late acks are ignored). Consume again.
+                warn!(queue = q, "consumer cancelled by the broker; consuming again");
+                match consume(&ch, &q, &tag).await {
+                    Ok(c) => consumer = c,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
                 }
             }
-            // A cancelled consumer's stream ends; outside shutdown that is the broker's doing.
-            let _ = tx.send(Err(Error::Closed("consumer cancelled by the broker"))).await;
         });
     }
     drop(tx);
     info!(queues = ?config.queues, concurrency = config.concurrency, tasks = ?registry.names(), "worker ready");
 
+    let (acks, acks_task) = crate::acks::Acks::start(ch.clone());
+    let acks_task = AbortOnDrop(acks_task);
     let slots = Arc::new(Semaphore::new(usize::from(config.concurrency)));
     let mut running = JoinSet::new();
     let lost = loop {
@@ -176,12 +206,17 @@ async fn session(
             _ = shutdown.as_mut() => break None,
             d = rx.recv() => match d {
                 Some(Ok((source, delivery))) => {
+                    let tag = delivery.delivery_tag;
+                    acks.delivered(tag);
                     let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
                     let chans = Channels {
                         ch: ch.clone(),
                         delay_ch: delay_ch.clone(),
                         confirm_ch: confirm_ch.clone(),
                         events: events.clone(),
+                        canvas: Arc::clone(&canvas),
+                        lease,
+                        acks: Arc::clone(&acks),
                     };
                     let registry = Arc::clone(registry);
                     running.spawn(async move {
@@ -189,6 +224,7 @@ async fn session(
                             Source::Tasks(queue) => handle(&chans, &registry, &queue, delivery).await,
                             Source::Expired(queue) => dead_lettered(&chans, &queue, delivery).await,
                         }
+                        chans.acks.handled(tag);
                         drop(slot);
                     });
                 }
@@ -215,6 +251,9 @@ async fn session(
         warn!(left = running.len(), "grace period over; unfinished tasks go back to the queue");
         running.abort_all();
     }
+    // The acks of the tasks that finished (not of those aborted above: those go back).
+    let mut acks_task = acks_task;
+    acks.close(&mut acks_task.0).await;
     if let Some(ev) = &events {
         ev.worker("worker-offline").await;
     }
@@ -224,11 +263,19 @@ async fn session(
     Ok(())
 }
 
+async fn consume(ch: &Channel, queue: &str, tag: &str) -> Result<lapin::Consumer, Error> {
+    Ok(ch.basic_consume(queue.into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default()).await?)
+}
+
 /// A confirm-mode channel for parking early tasks in the delayed exchange (republished tasks
 /// must be confirmed before their original is acked), or `None` when the broker has no
 /// `x-delayed-message` exchange type (RabbitMQ without the plugin): early tasks are then
 /// held in the worker until due, as a Python worker holds them.
-async fn delayed_channel(conn: &Connection, queues: &[String]) -> Result<Option<Channel>, Error> {
+async fn delayed_channel(conn: &Connection, broker: &str, queues: &[String]) -> Result<Option<Channel>, Error> {
+    if !crate::has_delayed_exchange(broker).await? {
+        warn!("no delayed exchange (x-delayed-message); tasks with a future eta are held in the worker until due");
+        return Ok(None);
+    }
     // Its own channel: a refused declaration closes the channel it was made on.
     let ch = conn.create_channel().await?;
     for q in queues {
@@ -259,6 +306,11 @@ struct Channels {
     delay_ch: Option<Channel>,
     confirm_ch: Channel,
     events: Option<Arc<Events>>,
+    canvas: Arc<Canvas>,
+    /// How often running tasks extend their lease, when the broker supports it.
+    lease: Option<Duration>,
+    /// Late acks of finished tasks, batched.
+    acks: Arc<crate::acks::Acks>,
 }
 
 impl Channels {
@@ -273,7 +325,6 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
     let (ch, delay_ch) = (&chans.ch, &chans.delay_ch);
     let Delivery { delivery_tag, properties, data, acker, redelivered, .. } = delivery;
     let raw = amqp::from_lapin(&properties, data);
-    let raw_kept = raw.clone();
     let task = match TaskMessage::decode(&raw) {
         Ok(t) => t,
         Err(e) => {
@@ -290,10 +341,14 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
             exc_module: Some("celery.exceptions".to_owned()),
         };
         publish_result(ch, &task, ResultMessage::failure(&task, &exc, None, now())).await;
+        // As a Python worker's mark_as_failure: errbacks, the rest of a chain, a chord part.
+        if let Err(e) = chans.canvas.after_task(queue, &task, Err(&exc)).await {
+            warn!(id = task.id, "canvas messages of an unknown task not sent: {e}");
+        }
         reject(&acker).await;
         return;
     };
-    if revoke_if_expired(chans, &task, &acker).await {
+    if revoke_if_expired(chans, queue, &task, &acker).await {
         return;
     }
     if let Some(delay_ms) = task.eta.as_deref().and_then(parse_isoformat).and_then(crate::delay_until) {
@@ -304,7 +359,7 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
         }
         info!(task = task.task, id = task.id, eta = task.eta, delay_ms, "task held until its eta");
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        if revoke_if_expired(chans, &task, &acker).await {
+        if revoke_if_expired(chans, queue, &task, &acker).await {
             return;
         }
     }
@@ -333,10 +388,13 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
     // guard aborts it with us (grace period over, connection lost, hard time limit), so it
     // never outlives its delivery and runs alongside its own redelivery.
     let mut run = AbortOnDrop(tokio::spawn(ctx.scope(fut)));
-    let joined = match hard {
-        Some(limit) => tokio::time::timeout(limit, &mut run.0).await.map_err(|_| limit),
-        None => Ok((&mut run.0).await),
-    };
+    let joined = crate::lease::extending(ch, delivery_tag, chans.lease, async {
+        match hard {
+            Some(limit) => tokio::time::timeout(limit, &mut run.0).await.map_err(|_| limit),
+            None => Ok((&mut run.0).await),
+        }
+    })
+    .await;
     let outcome = match joined {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(e)) => Err(TaskError::new("WorkerPanic", format!("task panicked: {e}"))),
@@ -356,7 +414,12 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
             info!(task = task.task, id = task.id, "task succeeded in {secs:.3} s");
             let done = serde_json::json!({"uuid": task.id, "result": value.to_string(), "runtime": secs});
             chans.event("task-succeeded", done).await;
-            ResultMessage::success(&task, value, now())
+            let Some(children) = after_task(chans, queue, &task, Ok(&value), &acker).await else {
+                return;
+            };
+            let mut result = ResultMessage::success(&task, value, now());
+            result.children = children;
+            result
         }
         Err(e) => {
             warn!(task = task.task, id = task.id, "task failed in {secs:.3} s: {e}");
@@ -379,21 +442,46 @@ async fn handle(chans: &Channels, registry: &Registry, queue: &str, delivery: De
                     }
                 } else {
                     warn!(task = task.task, id = task.id, retries = task.retries, "retries exhausted: dead-lettered");
-                    dead_letter(chans, queue, &task, raw_kept, &e).await;
+                    dead_letter(chans, queue, &task, raw, &e).await;
                 }
             }
             let exception = exception_repr(&e.exc_type, &e.message);
             chans
                 .event("task-failed", serde_json::json!({"uuid": task.id, "exception": exception, "traceback": ""}))
                 .await;
-            ResultMessage::failure(&task, &e.to_exception_info(), None, now())
+            let exc = e.to_exception_info();
+            if after_task(chans, queue, &task, Err(&exc), &acker).await.is_none() {
+                return;
+            }
+            ResultMessage::failure(&task, &exc, None, now())
         }
     };
     if !task.ignore_result {
         publish_result(ch, &task, result).await;
     }
-    if let Err(e) = acker.ack(BasicAckOptions::default()).await {
-        warn!(id = task.id, "ack failed (the broker will redeliver): {e}");
+    chans.acks.finished(delivery_tag);
+}
+
+/// The canvas hook (crate::canvas): callbacks, chain, errbacks, chord part. `None` when what
+/// had to be sent was not confirmed: the delivery is then requeued (the task runs again, as
+/// Celery redelivers a task whose callbacks could not be sent).
+async fn after_task(
+    chans: &Channels,
+    queue: &str,
+    task: &TaskMessage,
+    outcome: Result<&Value, &ExceptionInfo>,
+    acker: &lapin::Acker,
+) -> Option<Vec<Value>> {
+    match chans.canvas.after_task(queue, task, outcome).await {
+        Ok(children) => Some(children),
+        Err(e) => {
+            warn!(id = task.id, "canvas messages not sent ({e}); requeueing the task");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Err(e) = acker.nack(BasicNackOptions { requeue: true, multiple: false }).await {
+                warn!(id = task.id, "nack failed: {e}");
+            }
+            None
+        }
     }
 }
 
@@ -465,6 +553,7 @@ async fn dead_lettered(chans: &Channels, task_queue: &str, delivery: Delivery) {
             if !task.ignore_result {
                 publish_result(&chans.ch, &task, revoked_result(&task)).await;
             }
+            revoked_chord_part(chans, task_queue, &task).await;
         }
         _ => {
             warn!(reason, "a dead-lettered message that did not expire: moved to the dead-letter queue");
@@ -486,7 +575,7 @@ async fn dead_lettered(chans: &Channels, task_queue: &str, delivery: Delivery) {
 
 /// Celery's `Request.revoked()` for an expired task: not run, acked, answered REVOKED.
 /// `true` when the task had expired.
-async fn revoke_if_expired(chans: &Channels, task: &TaskMessage, acker: &lapin::Acker) -> bool {
+async fn revoke_if_expired(chans: &Channels, queue: &str, task: &TaskMessage, acker: &lapin::Acker) -> bool {
     if task.expires.as_deref().and_then(parse_isoformat).is_none_or(|t| t > std::time::SystemTime::now()) {
         return false;
     }
@@ -494,6 +583,7 @@ async fn revoke_if_expired(chans: &Channels, task: &TaskMessage, acker: &lapin::
     if !task.ignore_result {
         publish_result(&chans.ch, task, revoked_result(task)).await;
     }
+    revoked_chord_part(chans, queue, task).await;
     let revoked = serde_json::json!({"uuid": task.id, "terminated": false, "signum": null, "expired": true});
     chans.event("task-revoked", revoked).await;
     if let Err(e) = acker.ack(BasicAckOptions::default()).await {
@@ -502,14 +592,29 @@ async fn revoke_if_expired(chans: &Channels, task: &TaskMessage, acker: &lapin::
     true
 }
 
-/// Celery's `mark_as_revoked(reason='expired')`: REVOKED with `TaskRevokedError('expired')`.
-fn revoked_result(task: &TaskMessage) -> ResultMessage {
-    let exc = ExceptionInfo {
+fn revoked_exception() -> ExceptionInfo {
+    ExceptionInfo {
         exc_type: "TaskRevokedError".to_owned(),
         exc_message: Value::Array(vec![Value::String("expired".to_owned())]),
         exc_module: Some("celery.exceptions".to_owned()),
-    };
-    let mut result = ResultMessage::failure(task, &exc, None, now());
+    }
+}
+
+/// A revoked chord header task still counts in its chord, as a failure (Celery's
+/// `mark_as_revoked` calls `on_chord_part_return`), so that the chord ends.
+async fn revoked_chord_part(chans: &Channels, queue: &str, task: &TaskMessage) {
+    if task.embed.chord.is_null() {
+        return;
+    }
+    let exc = revoked_exception();
+    if let Err(e) = chans.canvas.chord_part(queue, task, Err(&exc)).await {
+        warn!(id = task.id, "chord part of a revoked task not sent: {e}");
+    }
+}
+
+/// Celery's `mark_as_revoked(reason='expired')`: REVOKED with `TaskRevokedError('expired')`.
+fn revoked_result(task: &TaskMessage) -> ResultMessage {
+    let mut result = ResultMessage::failure(task, &revoked_exception(), None, now());
     result.status = "REVOKED".to_owned();
     result
 }

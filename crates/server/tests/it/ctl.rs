@@ -251,3 +251,32 @@ async fn topology_listings_limits_and_node_verbs() {
     }
     assert!(!conn.status().connected());
 }
+
+/// `vm_memory_calculation_strategy = allocated`: the real binary counts its allocations;
+/// `status` reports them (well below RSS for an idle node) and the alarm follows them.
+#[test]
+fn allocated_memory_strategy_drives_the_alarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("warren.conf");
+    std::fs::write(&conf, "vm_memory_calculation_strategy = allocated\n").unwrap();
+    let data = dir.path().join("data");
+    let _w = WarrenProcess::start(&data, None, &["--config", conf.to_str().unwrap()]);
+    let ctl = Ctl::new(&data);
+    ctl.ok(&["-q", "await_startup", "-t", "20"]);
+    let status =
+        |ctl: &Ctl| -> serde_json::Value { serde_json::from_str(&ctl.ok(&["status", "--formatter", "json"])).unwrap() };
+    let used = status(&ctl)["memory"]["used"].as_u64().unwrap();
+    let rss: u64 = std::fs::read_to_string(format!("/proc/{}/status", status(&ctl)["pid"].as_str().unwrap()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .map(|kb: u64| kb * 1024)
+        .unwrap();
+    assert!(used > 0 && used < rss, "allocated {used} should be below RSS {rss}");
+    // A watermark under what is allocated raises the alarm; one well above clears it.
+    ctl.ok(&["set_vm_memory_high_watermark", "absolute", &(used / 2).to_string()]);
+    assert_eq!(status(&ctl)["alarms"]["memory"], true);
+    ctl.ok(&["set_vm_memory_high_watermark", "absolute", &(used * 100).to_string()]);
+    assert_eq!(status(&ctl)["alarms"]["memory"], false);
+}

@@ -759,6 +759,81 @@ async fn consumer_timeout_cancels_the_consumer_and_requeues() {
     let m = get_next(&slow_ch, "slow").await;
     assert_eq!(body(&m.delivery), "job");
     assert!(m.delivery.redelivered);
+    // A late ack of the requeued delivery is ignored, single or `multiple` (a client that
+    // batches its acks names the highest tag it finished): the channel stays open.
+    w!(slow_ch.basic_ack(1, BasicAckOptions { multiple: true })).expect("late multiple ack");
+    w!(m.delivery.acker.ack(BasicAckOptions::default())).expect("ack of the redelivery");
+    assert!(crate::interop::get(&slow_ch, "slow").await.is_none());
+    assert!(slow_ch.status().connected());
+}
+
+/// Warren's lease extension: a publish to `amq.warren.lease` with routing key = the
+/// delivery tag, on the consuming channel, restarts that delivery's consumer-timeout clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_extension_keeps_a_slow_consumer_past_its_timeout() {
+    let server = TestServer::start().await;
+    let (conn, ch) = open(&server).await;
+    declare_args(&ch, "leased", &[("x-consumer-timeout", int(600))]).await;
+    let slow_ch = channel(&conn).await;
+    confirm_select(&slow_ch).await;
+    let mut slow = consume_opts(&slow_ch, "leased", BasicConsumeOptions::default(), FieldTable::default()).await;
+    publish(&ch, "", "leased", b"long job").await;
+    let d = w!(slow.next()).expect("a delivery").expect("no error");
+    assert_eq!(body(&d), "long job");
+    let lease = |tag: u64| {
+        let slow_ch = slow_ch.clone();
+        async move {
+            w!(w!(slow_ch.basic_publish(
+                "amq.warren.lease".into(),
+                tag.to_string().as_str().into(),
+                BasicPublishOptions::default(),
+                b"",
+                BasicProperties::default()
+            ))
+            .expect("published"))
+            .expect("confirmed")
+        }
+    };
+    // Held for 2.4 s, four times the timeout, extended every 200 ms: never cancelled.
+    let held = Instant::now();
+    while held.elapsed() < Duration::from_millis(2400) {
+        assert!(lease(d.delivery_tag).await.is_ack());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // An unknown tag is acked and changes nothing.
+    assert!(lease(d.delivery_tag + 1000).await.is_ack());
+    assert!(tokio::time::timeout(Duration::from_millis(300), slow.next()).await.is_err(), "consumer cancelled");
+    // The ack is accepted: the message is gone for good (not requeued).
+    w!(d.acker.ack(BasicAckOptions::default())).expect("ack");
+    assert!(crate::interop::get(&ch, "leased").await.is_none(), "the acked message came back");
+
+    // A second delivery, not extended: the timeout fires as before.
+    publish(&ch, "", "leased", b"abandoned").await;
+    let d2 = w!(slow.next()).expect("a delivery").expect("no error");
+    assert_eq!(body(&d2), "abandoned");
+    match w!(slow.next()) {
+        None => {}
+        Some(r) => panic!("expected the consumer to be cancelled, got {r:?}"),
+    }
+    let m = get_next(&ch, "leased").await;
+    assert_eq!(body(&m.delivery), "abandoned");
+    assert!(m.delivery.redelivered);
+
+    // A routing key that is not a delivery tag is a channel error (406).
+    let bad = slow_ch
+        .basic_publish(
+            "amq.warren.lease".into(),
+            "x".into(),
+            BasicPublishOptions::default(),
+            b"",
+            BasicProperties::default(),
+        )
+        .await;
+    let r = match bad {
+        Ok(c) => c.await,
+        Err(e) => Err(e),
+    };
+    assert_channel_error(&conn, &slow_ch, r, 406).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -517,3 +517,50 @@ async fn connection_and_channel_states_follow_alarms_and_flow() {
     handle.in_flow.store(false, std::sync::atomic::Ordering::Relaxed);
     until(("running", "running")).await;
 }
+
+/// `GET /api/nodes/{node}/memory` in rabbitmq_http_client's (rabbitmqadmin's) shape: the
+/// message bodies a queue holds show as `binary` and leave it when the queue is purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_breakdown_accounts_message_bodies() {
+    let server = TestServer::start().await.with_management().await;
+    let api = Client::new(server.api(), "guest", "guest");
+    let node = server.state.node_name();
+    let before = api.get_node_memory_footprint(&node).await.expect("memory").breakdown.expect("available");
+    assert_eq!(before.calculation_strategy, "rss");
+    assert!(before.total.rss > 0 && before.total.allocated > 0);
+
+    let conn = connect(&server, "memory").await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare("mem".into(), QueueDeclareOptions::default(), FieldTable::default()).await.expect("declare");
+    let body = vec![7u8; 1 << 20];
+    for _ in 0..4 {
+        ch.basic_publish("".into(), "mem".into(), BasicPublishOptions::default(), &body, BasicProperties::default())
+            .await
+            .expect("publish");
+    }
+    // The publishes are asynchronous: wait for them to be queued.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.state.vhost("/").expect("vhost").queue("mem", 0).expect("queue").stats().messages_ready < 4 {
+        assert!(std::time::Instant::now() < deadline, "4 messages never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let full = api.get_node_memory_footprint(&node).await.expect("memory").breakdown.expect("available");
+    assert!(full.binary_heap >= 4 << 20, "binary {} < 4 MiB", full.binary_heap);
+    assert!(full.binary_heap <= before.binary_heap + (5 << 20), "binary {} counts too much", full.binary_heap);
+    // The same object with ?memory=true on the node.
+    let j: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/nodes/{node}?memory=true", server.api()))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .expect("node")
+        .json()
+        .await
+        .expect("json");
+    assert!(j["memory"]["binary"].as_u64() >= Some(4 << 20), "{j}");
+
+    ch.queue_purge("mem".into(), Default::default()).await.expect("purge");
+    let after = api.get_node_memory_footprint(&node).await.expect("memory").breakdown.expect("available");
+    assert!(after.binary_heap < 1 << 20, "binary {} after the purge", after.binary_heap);
+    conn.close(0, "done".into()).await.expect("close");
+}

@@ -68,6 +68,11 @@ async fn demo_tasks() {
     assert_eq!(call(&r, "demo.sleep", json!([0]), json!({})).await, Ok(json!(0.0)));
     let err = call(&r, "demo.sleep", json!([-1]), json!({})).await.expect_err("negative");
     assert_eq!(err.exc_type, "ValueError");
+    assert_eq!(call(&r, "demo.sum", json!([[1, 2, 3]]), json!({})).await, Ok(json!(6)));
+    assert_eq!(call(&r, "demo.sum", json!([]), json!({"values": [1, 2.5]})).await, Ok(json!(3.5)));
+    assert_eq!(call(&r, "demo.sum", json!([[]]), json!({})).await, Ok(json!(0)));
+    let err = call(&r, "demo.sum", json!([[1, "x"]]), json!({})).await.expect_err("not numbers");
+    assert_eq!(err.exc_type, "TypeError");
     let err = call(&r, "demo.fail", json!(["it broke"]), json!({})).await.expect_err("fails");
     assert_eq!(err, TaskError::builtin("ValueError", "it broke"));
     assert_eq!(
@@ -90,7 +95,7 @@ async fn demo_tasks() {
         (policy.max_retries, policy.countdown(0, 0.9), policy.countdown(5, 0.1)),
         (3, Duration::from_secs(1), Duration::from_secs(1))
     );
-    assert_eq!(r.names(), ["demo.add", "demo.echo", "demo.fail", "demo.flaky", "demo.sleep"]);
+    assert_eq!(r.names(), ["demo.add", "demo.echo", "demo.fail", "demo.flaky", "demo.sleep", "demo.sum"]);
 }
 
 #[tokio::test]

@@ -14,10 +14,11 @@ import datetime
 import decimal
 import json
 import os
+import re
 import types
 import uuid
 
-from celery import Celery
+from celery import Celery, chain, chord, group
 from kombu.utils.json import dumps
 
 OUT = os.path.dirname(os.path.abspath(__file__))
@@ -90,6 +91,66 @@ def task_messages():
         )
 
 
+def read_message(app, queue="celery"):
+    """The next message of `queue` as a golden document (headers, properties, body)."""
+    with app.connection_for_read() as conn:
+        message = conn.default_channel.basic_get(queue, no_ack=True)
+        if message is None:
+            return None
+        message = conn.default_channel.message_to_python(message)
+    headers = dict(message.headers)
+    headers["origin"] = "1234@golden-host"
+    props = {k: v for k, v in message.properties.items() if k in AMQP_PROPERTIES}
+    body = message.body.decode("utf-8") if isinstance(message.body, bytes) else message.body
+    return {"headers": headers, "properties": dict(props, content_type=message.content_type,
+                                                   content_encoding=message.content_encoding), "body": body}
+
+
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def pin(docs, oid, base):
+    """Celery makes up the ids of a canvas (chain steps, group ids) and names the reply queue
+    after the thread: replace them, in order of appearance, by fixed ones."""
+    text = json.dumps(docs).replace(oid, "golden-reply-queue")
+    ids = {}
+    for found in UUID_RE.findall(text):
+        ids.setdefault(found, f"00000000-0000-4000-8000-{base + len(ids):012d}")
+    for old, new in ids.items():
+        text = text.replace(old, new)
+    return json.loads(text)
+
+
+def canvas_messages():
+    """What Celery sends for a canvas (canvas.py): the first message of a chain (the rest
+    reversed in `chain`, ids and reply_to in each step's options), link/link_error (embed
+    `callbacks`/`errbacks`), a group's tasks (`group`, `group_index` headers), a chord's
+    header tasks (the body in embed `chord`; needs a backend that allows chords: the rpc
+    backend refuses them, so a cache backend here)."""
+    app = Celery("golden", broker="memory://", backend="rpc://")
+    app.conf.update(task_default_queue="celery")
+    oid = app.thread_oid
+    add = lambda *a, **o: app.signature("demo.add", a, **o)  # noqa: E731
+    chain(add(1, 2), add(3), add(4, queue="other"))()
+    write("canvas_chain", pin(read_message(app), oid, 100))
+    app.send_task("demo.fail", ("x",), task_id="00000000-0000-4000-8000-000000000200",
+                  link=app.signature("demo.echo", queue="py"),
+                  link_error=[app.signature("demo.echo"), app.signature("demo.add", (1,), immutable=True)])
+    write("canvas_link", pin(read_message(app), oid, 200))
+    group(add(i, i) for i in range(2))()
+    write("canvas_group", pin([read_message(app), read_message(app)], oid, 300))
+    # A chain ending in a group: the group travels as one signature (subtask_type "group",
+    # its tasks in kwargs, ids frozen).
+    chain(add(1, 2), group(add(10), add(20)))()
+    write("canvas_chain_group", pin(read_message(app), oid, 500))
+
+    chord_app = Celery("golden", broker="memory://", backend="cache+memory://")
+    chord_app.conf.update(task_default_queue="celery")
+    chord([chord_app.signature("demo.add", (i, i)) for i in range(2)], chord_app.signature("demo.sum"))()
+    docs = [read_message(chord_app), read_message(chord_app)]
+    write("canvas_chord", pin(docs, chord_app.thread_oid, 400))
+
+
 def result_messages():
     app = Celery("golden", broker="memory://", backend="rpc://")
     app.now = lambda: NOW
@@ -107,6 +168,20 @@ def result_messages():
                      "body": dumps(meta)})
 
     result("result_success", "SUCCESS", 5)
+    # A chain step's result: what it sent, as `children` (AsyncResult.as_tuple(),
+    # GroupResult.as_tuple()).
+    # Several link callbacks are sent as a group: one GroupResult child.
+    request.children = [
+        app.AsyncResult("55555555-5555-4555-8555-555555555555"),
+        app.GroupResult("66666666-6666-4666-8666-666666666666", [
+            app.AsyncResult("77777777-7777-4777-8777-777777777777"),
+            app.AsyncResult("88888888-8888-4888-8888-888888888888"),
+        ]),
+    ]
+    backend.current_task_children = lambda request=None: [r.as_tuple() for r in request.children]
+    result("result_children", "SUCCESS", 3)
+    request.children = []
+    backend.current_task_children = lambda request=None: []
     result(
         "result_success_tagged",
         "SUCCESS",
@@ -126,4 +201,5 @@ def result_messages():
 
 if __name__ == "__main__":
     task_messages()
+    canvas_messages()
     result_messages()

@@ -376,3 +376,63 @@ async fn kill_9_while_consumers_ack() {
     assert!(!l.acked.is_empty(), "the consumers acked nothing before the kill\n{}", broker.log_tail());
     check("a-", &seen, &l, &broker.log_tail());
 }
+
+/// declare-ok and bind-ok mean on disk (the definitions log's group commit), also when ten
+/// channels declare at once; `nowait` declares do not wait, but a confirmed message in the
+/// last of them implies the queue's definition is on disk too. SIGKILL right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_topology_survives_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, log) = (dir.path().join("data"), dir.path().join("broker.log"));
+    let mut broker = Broker::start(&data, &log);
+    let conn = connect_uri(&broker.uri()).await;
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    let ch = channel(&conn).await;
+    declare_exchange(&ch, "topo.x", ExchangeKind::Direct, durable_exchange()).await;
+    let mut tasks = Vec::new();
+    for c in 0..10 {
+        let ch = channel(&conn).await;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..30 {
+                let q = format!("topo.{c}.{i}");
+                declare_queue(&ch, &q, durable, FieldTable::default()).await;
+                w!(ch.queue_bind(
+                    q.as_str().into(),
+                    "topo.x".into(),
+                    q.as_str().into(),
+                    Default::default(),
+                    FieldTable::default()
+                ))
+                .expect("queue.bind");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("declaring channel");
+    }
+    broker.kill9();
+
+    let mut broker = Broker::start(&data, &log);
+    let conn = connect_uri(&broker.uri()).await;
+    let confirms = confirm_channel(&conn).await;
+    for c in 0..10 {
+        for i in 0..30 {
+            let q = format!("topo.{c}.{i}");
+            // The binding came back too: a message routed by it arrives.
+            publish_confirmed(&confirms, "topo.x", &q, "routed", persistent("r")).await;
+            assert_eq!(queue_count(&conn, &q).await, Ok(1), "{q} or its binding was lost\n{}", broker.log_tail());
+        }
+    }
+    let ch = channel(&conn).await;
+    let nowait = QueueDeclareOptions { durable: true, nowait: true, ..QueueDeclareOptions::default() };
+    for i in 0..100 {
+        declare_queue(&ch, &format!("topo.nowait.{i}"), nowait, FieldTable::default()).await;
+    }
+    publish_confirmed(&confirms, "", "topo.nowait.99", "last", persistent("last")).await;
+    broker.kill9();
+
+    let broker = Broker::start(&data, &log);
+    let conn = connect_uri(&broker.uri()).await;
+    assert_eq!(queue_count(&conn, "topo.nowait.99").await, Ok(1), "{}", broker.log_tail());
+    assert_eq!(queue_count(&conn, "topo.nowait.0").await, Ok(0), "{}", broker.log_tail());
+}

@@ -1,0 +1,130 @@
+//! Warren clustering, first layer: one Raft group for the broker's metadata.
+//!
+//! # Layout
+//! - [`frame`]: crc32c-framed records, shared by the files and the wire.
+//! - [`log_store`]: the Raft log and vote, fsynced before openraft is told they are durable.
+//! - [`state_machine`]: applies opaque metadata commands in log order; persistent snapshots.
+//! - [`transport`]: TCP between nodes — one connection per peer, framed and checksummed.
+//! - [`node`]: [`ClusterNode`], what the broker and `warrenctl` will call.
+//!
+//! The consensus algorithm is openraft's (0.9 line); this crate supplies storage, network
+//! and the node API around it. Nothing here is wired into the broker yet.
+
+pub mod frame;
+pub mod log_store;
+pub mod node;
+pub mod state_machine;
+pub mod transport;
+
+use std::io::Cursor;
+
+pub use node::{ClusterNode, NodeConfig};
+
+openraft::declare_raft_types!(
+    /// The metadata group's types: commands are opaque bytes, the response is the log index.
+    pub TypeConfig:
+        D = Vec<u8>,
+        R = u64,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type NodeId = u64;
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+
+/// Errors of the cluster layer.
+#[derive(Debug)]
+pub enum Error {
+    Io(std::io::Error),
+    /// A file's bytes are damaged in a place a crash cannot explain.
+    Corrupt {
+        path: std::path::PathBuf,
+        offset: u64,
+        reason: &'static str,
+    },
+    /// A node name is not `NAME@HOST:PORT`.
+    BadNodeName(String),
+    /// This node is not the leader and the request was not forwarded (or could not be).
+    NotLeader {
+        leader: Option<String>,
+    },
+    /// No answer within the request's deadline (no quorum, or an election). A write that
+    /// timed out may still be committed later: like `Indeterminate`, its outcome is unknown.
+    Timeout,
+    /// An error reported by openraft or by the peer a request was forwarded to.
+    Raft(String),
+    /// A command larger than `node::MAX_COMMAND_BYTES`.
+    CommandTooLarge {
+        bytes: usize,
+        max: usize,
+    },
+    /// A write was forwarded to the leader and the link failed before its answer: it may or
+    /// may not be committed. The caller decides whether retrying is safe (declares are).
+    Indeterminate(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "i/o error: {e}"),
+            Error::Corrupt { path, offset, reason } => {
+                write!(f, "{} is corrupt at byte {offset}: {reason}", path.display())
+            }
+            Error::BadNodeName(n) => write!(f, "node name {n:?} is not NAME@HOST:PORT"),
+            Error::NotLeader { leader: Some(l) } => write!(f, "not the leader; the leader is {l}"),
+            Error::NotLeader { leader: None } => write!(f, "not the leader; no leader is known"),
+            Error::Timeout => write!(f, "no leader answered in time (no quorum?)"),
+            Error::Raft(e) => write!(f, "raft: {e}"),
+            Error::CommandTooLarge { bytes, max } => write!(f, "command of {bytes} bytes exceeds {max}"),
+            Error::Indeterminate(e) => write!(f, "outcome unknown, the leader did not answer: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+/// A node's Raft id: a stable 64-bit hash (FNV-1a) of its full name `NAME@HOST:PORT`.
+///
+/// openraft wants a `Copy` id; the name is what operators see and what `classic_config`
+/// lists, so the id is derived from it rather than configured separately. A node that
+/// changes its name or port is, like in RabbitMQ, a different node.
+pub fn node_id(name: &str) -> NodeId {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    name.bytes().fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME))
+}
+
+/// Split `NAME@HOST:PORT` into its name and `HOST:PORT` socket address.
+pub fn parse_node_name(name: &str) -> Result<(&str, &str), Error> {
+    let bad = || Error::BadNodeName(name.to_owned());
+    let (short, addr) = name.split_once('@').ok_or_else(bad)?;
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    if short.is_empty() || host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok((short, addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names() {
+        assert_eq!(parse_node_name("rabbit@host1:25672").unwrap(), ("rabbit", "host1:25672"));
+        assert!(parse_node_name("rabbit@host1").is_err());
+        assert!(parse_node_name("host1:25672").is_err());
+        assert!(parse_node_name("@h:1").is_err());
+        assert_ne!(node_id("a@h:1"), node_id("a@h:2"));
+        assert_eq!(node_id("a@h:1"), node_id("a@h:1"));
+    }
+}

@@ -1,0 +1,424 @@
+//! [`ClusterNode`]: one member of the metadata Raft group, as the broker and `warrenctl` see it.
+//!
+//! Writes (`propose`, `add_member`, `remove_member`) may be called on any node: a follower
+//! **forwards** them to the leader it knows and returns the leader's answer, retrying while an
+//! election is under way, until [`REQUEST_DEADLINE`]. [`Error::NotLeader`] is returned only
+//! when no leader became known before the deadline. A forwarded write whose link fails after
+//! sending is not retried (it might apply twice): it returns [`Error::Indeterminate`]. Reads go through [`ClusterNode::read`],
+//! which gets a read index from the leader (which confirms its leadership with a quorum first)
+//! and waits until the local state machine has applied it — linearizable on any node.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    CheckIsLeaderError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+
+use crate::log_store::LogStore;
+use crate::state_machine::{Applied, StateMachine};
+use crate::transport::{CallError, ClientFailure, ClientRequest, Inbound, Request, Response, Transport};
+use crate::{Error, NodeId, Raft, TypeConfig, node_id, parse_node_name};
+
+/// How long a client operation may wait for a leader (elections included).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Largest command `propose` accepts. Definitions records are far smaller; the bound keeps
+/// an append batch ([`MAX_ENTRIES_PER_APPEND`] entries, JSON-encoded at up to 4 bytes per
+/// byte) well inside one transport frame (`frame::PAYLOAD_MAX_BYTES`, 64 MiB).
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+/// Entries per AppendEntries request: 64 × 64 KiB × 4 = 16 MiB of JSON at most.
+pub const MAX_ENTRIES_PER_APPEND: u64 = 64;
+/// Pause between attempts while no leader is known.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// How to start a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// `NAME@HOST:PORT`: the node's identity and the address peers dial.
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// Where to accept peers (may differ from the name's address, e.g. `0.0.0.0:PORT`).
+    pub listen: SocketAddr,
+    /// RabbitMQ's `cluster_formation.classic_config.nodes`: the initial members, this node
+    /// included. Empty for a node that will be added later with `add_member`.
+    pub cluster_nodes: Vec<String>,
+    /// Take a snapshot (and purge the log before it) every this many applied entries.
+    pub snapshot_every_entries: u64,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl NodeConfig {
+    pub fn new(name: impl Into<String>, data_dir: impl Into<PathBuf>, listen: SocketAddr) -> NodeConfig {
+        NodeConfig {
+            name: name.into(),
+            data_dir: data_dir.into(),
+            listen,
+            cluster_nodes: Vec::new(),
+            snapshot_every_entries: 10_000,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+        }
+    }
+}
+
+/// A running member of the metadata group. Cloning shares it.
+#[derive(Clone)]
+pub struct ClusterNode {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    raft: Raft,
+    state: StateMachine,
+    transport: Arc<Transport>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl ClusterNode {
+    /// Bind `config.listen` and start.
+    pub async fn start(config: NodeConfig) -> Result<ClusterNode, Error> {
+        let listener = TcpListener::bind(config.listen).await?;
+        ClusterNode::start_with_listener(config, listener).await
+    }
+
+    /// Start with an already bound listener (tests bind port 0 first to learn the port).
+    pub async fn start_with_listener(config: NodeConfig, listener: TcpListener) -> Result<ClusterNode, Error> {
+        parse_node_name(&config.name)?;
+        for n in &config.cluster_nodes {
+            parse_node_name(n)?;
+        }
+        let (log, recovery) = LogStore::open(&config.data_dir)?;
+        let state = StateMachine::open(&config.data_dir)?;
+        tracing::info!(node = %config.name, entries = recovery.entries, cut_bytes = recovery.cut_bytes, "raft log recovered");
+        let raft_config = Config {
+            cluster_name: "warren".into(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            // JSON snapshot chunks in a debug build take longer than the 200 ms default.
+            install_snapshot_timeout: 5_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: 0,
+            max_payload_entries: MAX_ENTRIES_PER_APPEND,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| Error::Raft(e.to_string()))?;
+        let transport = Transport::new(config.name.clone());
+        let network = Network { transport: transport.clone() };
+        let id = node_id(&config.name);
+        let raft = Raft::new(id, Arc::new(raft_config), network, log, state.clone())
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        let handler = Arc::new(Handler { raft: raft.clone() });
+        let server = transport.serve(listener, handler);
+        let node = ClusterNode { inner: Arc::new(Inner { name: config.name.clone(), raft, state, transport, server }) };
+        node.bootstrap(&config).await?;
+        Ok(node)
+    }
+
+    /// Form the cluster from `classic_config`: the node whose name sorts first initializes the
+    /// group with all listed nodes as voters; the others wait to be contacted by the leader.
+    /// One deterministic initializer means two nodes never found two different clusters.
+    /// A node that already has state (a restart) does nothing here.
+    async fn bootstrap(&self, config: &NodeConfig) -> Result<(), Error> {
+        let raft = &self.inner.raft;
+        if raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))? {
+            return Ok(());
+        }
+        // A node not in the list (or with an empty list) is a joiner: it waits for
+        // `add_member`. It must never initialize, or it would found a second cluster.
+        if !config.cluster_nodes.contains(&config.name) {
+            return Ok(());
+        }
+        if config.cluster_nodes.iter().min() != Some(&config.name) {
+            return Ok(());
+        }
+        let members: BTreeMap<NodeId, BasicNode> =
+            config.cluster_nodes.iter().map(|n| (node_id(n), BasicNode::new(n))).collect();
+        raft.initialize(members).await.map_err(|e| Error::Raft(e.to_string()))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The openraft handle, for metrics and tests.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// Replicate `cmd` to a majority and apply it; returns its log index. Forwarded to the
+    /// leader when called on a follower.
+    pub async fn propose(&self, cmd: Vec<u8>) -> Result<u64, Error> {
+        if cmd.len() > MAX_COMMAND_BYTES {
+            return Err(Error::CommandTooLarge { bytes: cmd.len(), max: MAX_COMMAND_BYTES });
+        }
+        self.client(ClientRequest::Propose(cmd)).await
+    }
+
+    /// Add `name` (`NAME@HOST:PORT`) as a voter: first as a learner that receives the log (or a
+    /// snapshot), then promoted. What `warrenctl join_cluster` will call.
+    pub async fn add_member(&self, name: &str) -> Result<u64, Error> {
+        parse_node_name(name)?;
+        self.client(ClientRequest::AddMember(name.to_owned())).await
+    }
+
+    /// Remove `name` from the voters and the group. What `warrenctl forget_cluster_node` will call.
+    pub async fn remove_member(&self, name: &str) -> Result<u64, Error> {
+        parse_node_name(name)?;
+        self.client(ClientRequest::RemoveMember(name.to_owned())).await
+    }
+
+    /// A linearizable read of the applied commands: every command acknowledged before this
+    /// call started is in the result.
+    pub async fn read(&self) -> Result<Applied, Error> {
+        let index = self.client(ClientRequest::ReadIndex).await?;
+        self.inner
+            .raft
+            .wait(Some(REQUEST_DEADLINE))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|_| Error::Timeout)?;
+        Ok(self.inner.state.applied())
+    }
+
+    /// The locally applied state, without a leader round trip (may be stale).
+    pub fn local_state(&self) -> Applied {
+        self.inner.state.applied()
+    }
+
+    /// Names of the members (voters and learners) in the latest membership this node knows.
+    pub fn members(&self) -> Vec<String> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.nodes().map(|(_, n)| n.addr.clone()).collect()
+    }
+
+    /// Names of the voters in the latest membership this node knows.
+    pub fn voters(&self) -> Vec<String> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone())).collect()
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<String> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.inner.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Test hook: drop all traffic between this node and `peer` (both directions as seen
+    /// from here; call it on both sides to cut a link completely).
+    pub fn isolate(&self, peer: &str, on: bool) {
+        self.inner.transport.isolate(peer, on);
+    }
+
+    /// Stop cleanly: the Raft core and the listener.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.raft.shutdown().await;
+        self.inner.server.abort();
+    }
+
+    async fn client(&self, req: ClientRequest) -> Result<u64, Error> {
+        let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
+        let mut last_leader = None;
+        while tokio::time::Instant::now() < deadline {
+            // A leader cut off from its quorum never finishes a write; the deadline bounds it.
+            let attempt = tokio::time::timeout_at(deadline, local(&self.inner.raft, req.clone())).await;
+            let Ok(attempt) = attempt else { return Err(Error::Timeout) };
+            let leader = match attempt {
+                Err(ClientFailure::NotLeader(leader)) => leader,
+                Err(ClientFailure::Retry(_)) => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
+                Ok(i) => return Ok(i),
+                Err(ClientFailure::Other(e)) => return Err(Error::Raft(e)),
+            };
+            last_leader = leader.clone();
+            if let Some(leader) = leader.filter(|l| *l != self.inner.name) {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match self.inner.transport.call(&leader, Request::Client(req.clone()), left).await {
+                    Ok(Response::Client(Ok(i))) => return Ok(i),
+                    Ok(Response::Client(Err(ClientFailure::Other(e)))) => return Err(Error::Raft(e)),
+                    // Sent but unanswered: a write may or may not have been committed, and
+                    // retrying could apply it twice. Reads are safe to retry.
+                    Err(CallError::Lost(e)) if !matches!(req, ClientRequest::ReadIndex) => {
+                        return Err(Error::Indeterminate(e));
+                    }
+                    // The leader moved, is unreachable, or could not reach a quorum this round:
+                    // ask again after a pause.
+                    Ok(_) | Err(CallError::Unreachable(_)) | Err(CallError::Lost(_)) => {}
+                }
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        match last_leader {
+            None => Err(Error::NotLeader { leader: None }),
+            Some(_) => Err(Error::Timeout),
+        }
+    }
+}
+
+/// Run a client operation on this node's Raft, which must be the leader.
+async fn local(raft: &Raft, req: ClientRequest) -> Result<u64, ClientFailure> {
+    fn fail<E>(e: RaftError<NodeId, E>) -> ClientFailure
+    where
+        E: std::error::Error + openraft::TryAsRef<openraft::error::ForwardToLeader<NodeId, BasicNode>>,
+    {
+        match e.forward_to_leader::<BasicNode>() {
+            Some(f) => ClientFailure::NotLeader(f.leader_node.as_ref().map(|n| n.addr.clone())),
+            None => ClientFailure::Other(e.to_string()),
+        }
+    }
+    match req {
+        ClientRequest::Propose(cmd) => raft.client_write(cmd).await.map(|r| r.log_id.index).map_err(fail),
+        ClientRequest::AddMember(name) => {
+            let id = node_id(&name);
+            // Learner first so the new node has the log before it counts toward a quorum.
+            raft.add_learner(id, BasicNode::new(&name), true).await.map_err(fail)?;
+            raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map(|r| r.log_id.index)
+                .map_err(fail)
+        }
+        ClientRequest::RemoveMember(name) => {
+            let id = node_id(&name);
+            raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map(|r| r.log_id.index)
+                .map_err(fail)
+        }
+        ClientRequest::ReadIndex => match raft.ensure_linearizable().await {
+            Ok(read) => Ok(read.map_or(0, |l| l.index)),
+            // Heartbeats did not reach a quorum this round (peers restarting, a partition):
+            // the caller retries until its deadline rather than failing a read at once.
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                Err(ClientFailure::Retry(q.to_string()))
+            }
+            Err(e) => Err(fail(e)),
+        },
+    }
+}
+
+/// Serves peers' requests on this node.
+struct Handler {
+    raft: Raft,
+}
+
+impl Inbound for Handler {
+    async fn handle(&self, _from: String, request: Request) -> Response {
+        match request {
+            Request::Append(r) => Response::Append(self.raft.append_entries(r).await),
+            Request::Vote(r) => Response::Vote(self.raft.vote(r).await),
+            Request::Snapshot(r) => Response::Snapshot(self.raft.install_snapshot(r).await),
+            // Forwarded requests are served here only; never forwarded again, so no loops.
+            Request::Client(r) => Response::Client(local(&self.raft, r).await),
+            Request::Hello { .. } => Response::Client(Err(ClientFailure::Other("unexpected hello".into()))),
+        }
+    }
+}
+
+/// openraft's view of the transport.
+struct Network {
+    transport: Arc<Transport>,
+}
+
+struct PeerClient {
+    transport: Arc<Transport>,
+    target: NodeId,
+    name: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        PeerClient { transport: self.transport.clone(), target, name: node.addr.clone() }
+    }
+}
+
+impl PeerClient {
+    async fn call<E: std::error::Error>(
+        &self,
+        req: Request,
+        option: &RPCOption,
+    ) -> Result<Response, RPCError<NodeId, BasicNode, E>> {
+        self.transport.call(&self.name, req, option.hard_ttl()).await.map_err(|e| match e {
+            CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
+            CallError::Lost(_) => RPCError::Network(NetworkError::new(&e)),
+        })
+    }
+
+    fn remote<E: std::error::Error>(&self, e: E) -> RPCError<NodeId, BasicNode, E> {
+        RPCError::RemoteError(RemoteError::new(self.target, e))
+    }
+}
+
+fn mismatch<E: std::error::Error>() -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other("response of the wrong kind")))
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self.call(Request::Append(rpc), &option).await? {
+            Response::Append(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        match self.call(Request::Snapshot(rpc), &option).await? {
+            Response::Snapshot(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self.call(Request::Vote(rpc), &option).await? {
+            Response::Vote(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(mismatch()),
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! Three (and four) nodes in one process on 127.0.0.1, each on its own tokio runtime so that
+//! dropping the runtime kills every task of a node at once — the in-process stand-in for
+//! kill -9: no clean shutdown, no flush, listener and connections closed by the drop.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cluster::{ClusterNode, NodeConfig};
+use tokio::runtime::Runtime;
+
+struct TestNode {
+    name: String,
+    dir: PathBuf,
+    rt: Option<Runtime>,
+    node: Option<ClusterNode>,
+}
+
+impl TestNode {
+    fn start(
+        name: &str,
+        dir: &Path,
+        listener: std::net::TcpListener,
+        cluster: &[String],
+        snapshot_every: u64,
+    ) -> TestNode {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let mut config = NodeConfig::new(name, dir, listener.local_addr().unwrap());
+        config.cluster_nodes = cluster.to_vec();
+        config.snapshot_every_entries = snapshot_every;
+        let node = rt.block_on(async {
+            listener.set_nonblocking(true).unwrap();
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            ClusterNode::start_with_listener(config, l).await.unwrap()
+        });
+        TestNode { name: name.to_owned(), dir: dir.to_owned(), rt: Some(rt), node: Some(node) }
+    }
+
+    /// Start again from the same data directory and port.
+    fn restart(name: &str, dir: &Path, cluster: &[String], snapshot_every: u64) -> TestNode {
+        let (_, addr) = cluster::parse_node_name(name).unwrap();
+        let listener = std::net::TcpListener::bind(addr).unwrap();
+        TestNode::start(name, dir, listener, cluster, snapshot_every)
+    }
+
+    fn node(&self) -> &ClusterNode {
+        self.node.as_ref().expect("node is running")
+    }
+
+    fn on<T>(&self, f: impl Future<Output = T>) -> T {
+        self.rt.as_ref().expect("node is running").block_on(f)
+    }
+
+    /// kill -9: every task of the node (Raft core, listener, connections) is dropped where it is.
+    fn kill(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            // Drops every task where it stands (no Raft shutdown, no flush) and waits until
+            // the worker threads have dropped them, so the listener's port is free again.
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+        self.node = None;
+    }
+
+    fn commands(&self) -> Vec<(u64, Vec<u8>)> {
+        self.node().local_state().commands
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Bind `n` listeners on free ports and name the nodes after them.
+fn listeners(n: usize) -> Vec<(String, std::net::TcpListener)> {
+    (0..n)
+        .map(|i| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            (format!("warren{i}@127.0.0.1:{}", l.local_addr().unwrap().port()), l)
+        })
+        .collect()
+}
+
+fn cluster(root: &Path, snapshot_every: u64) -> Vec<TestNode> {
+    let ls = listeners(3);
+    let names: Vec<String> = ls.iter().map(|(n, _)| n.clone()).collect();
+    ls.into_iter()
+        .map(|(name, l)| {
+            let dir = root.join(&name);
+            TestNode::start(&name, &dir, l, &names, snapshot_every)
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+/// Wait until the running nodes agree on one leader among them; return its position.
+fn wait_leader(nodes: &[TestNode], timeout: Duration) -> usize {
+    let mut found = 0;
+    wait_until("one agreed leader", timeout, || {
+        let running: Vec<&TestNode> = nodes.iter().filter(|n| n.node.is_some()).collect();
+        let leaders: Vec<Option<String>> = running.iter().map(|n| n.node().leader()).collect();
+        let Some(Some(l)) = leaders.first().cloned() else { return false };
+        if !leaders.iter().all(|x| x.as_deref() == Some(l.as_str())) {
+            return false;
+        }
+        match nodes.iter().position(|n| n.name == l && n.node.as_ref().is_some_and(|x| x.is_leader())) {
+            Some(i) => {
+                found = i;
+                true
+            }
+            None => false,
+        }
+    });
+    found
+}
+
+fn cmd(tag: &str, i: usize) -> Vec<u8> {
+    format!("{tag}-{i}").into_bytes()
+}
+
+/// Wait until every running node has applied exactly `expect` commands, then check that
+/// they hold the same commands at the same indexes.
+fn assert_converged(nodes: &[&TestNode], expect: usize, timeout: Duration) -> Vec<(u64, Vec<u8>)> {
+    wait_until("all nodes applied every command", timeout, || nodes.iter().all(|n| n.commands().len() >= expect));
+    let first = nodes[0].commands();
+    assert_eq!(first.len(), expect, "{} applied more than was proposed", nodes[0].name);
+    for n in &nodes[1..] {
+        assert_eq!(n.commands(), first, "{} diverges from {}", n.name, nodes[0].name);
+    }
+    first
+}
+
+#[test]
+fn leader_is_elected_and_1000_proposals_apply_in_one_order_everywhere() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = cluster(root.path(), 10_000);
+    let took = Instant::now();
+    let leader = wait_leader(&nodes, Duration::from_secs(10));
+    eprintln!("leader {} elected in {:?}", nodes[leader].name, took.elapsed());
+    for n in &nodes {
+        assert_eq!(n.node().voters().len(), 3);
+    }
+
+    // 1,000 proposals, a third from each node (two of them forward to the leader), each
+    // node running 10 concurrent proposers.
+    const PER_NODE: usize = 334;
+    let acked: Vec<Vec<(u64, Vec<u8>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(ni, n)| {
+                s.spawn(move || {
+                    n.on(async {
+                        let mut set = tokio::task::JoinSet::new();
+                        for w in 0..10 {
+                            let node = n.node().clone();
+                            set.spawn(async move {
+                                let mut out = Vec::new();
+                                for i in (w..PER_NODE).step_by(10) {
+                                    let c = cmd(&format!("n{ni}"), i);
+                                    let index = node.propose(c.clone()).await.expect("propose");
+                                    out.push((index, c));
+                                }
+                                out
+                            });
+                        }
+                        set.join_all().await.into_iter().flatten().collect()
+                    })
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut acked: Vec<(u64, Vec<u8>)> = acked.into_iter().flatten().collect();
+    acked.sort();
+    assert_eq!(acked.len(), 3 * PER_NODE);
+
+    // A linearizable read on a follower sees every acknowledged command at its index.
+    let follower = (leader + 1) % 3;
+    let read = nodes[follower].on(nodes[follower].node().read()).unwrap();
+    assert_eq!(read.commands, acked, "the follower's linearizable read");
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    assert_eq!(assert_converged(&all, 3 * PER_NODE, Duration::from_secs(10)), acked);
+}
+
+#[test]
+fn killed_leader_is_replaced_nothing_acknowledged_is_lost_and_it_catches_up() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 10_000);
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let old = wait_leader(&nodes, Duration::from_secs(10));
+    let mut acked = Vec::new();
+    for i in 0..200 {
+        let via = &nodes[i % 3];
+        acked.push((via.on(via.node().propose(cmd("before", i))).unwrap(), cmd("before", i)));
+    }
+
+    nodes[old].kill();
+    let killed = Instant::now();
+    let new = wait_leader(&nodes, Duration::from_secs(10));
+    let failover = killed.elapsed();
+    eprintln!("new leader {} after {failover:?}", nodes[new].name);
+    assert_ne!(new, old);
+    assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+
+    for i in 0..100 {
+        let via = &nodes[[0, 1, 2].into_iter().filter(|&x| x != old).nth(i % 2).unwrap()];
+        acked.push((via.on(via.node().propose(cmd("after", i))).unwrap(), cmd("after", i)));
+    }
+    acked.sort();
+    let survivor = &nodes[new];
+    assert_eq!(survivor.on(survivor.node().read()).unwrap().commands, acked, "acknowledged commands after failover");
+
+    // The old leader restarts from its data directory and catches up.
+    let dir = nodes[old].dir.clone();
+    let last_before_kill = acked.iter().filter(|(_, c)| c.starts_with(b"before")).map(|(i, _)| *i).max();
+    nodes[old] = TestNode::restart(&names[old], &dir, &names, 10_000);
+    // Its own fsynced log came back from disk (it appended every entry it acknowledged).
+    let recovered = nodes[old].node().raft().metrics().borrow().last_log_index;
+    assert!(recovered >= last_before_kill, "restarted with log up to {recovered:?}, acked {last_before_kill:?}");
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    assert_eq!(assert_converged(&all, acked.len(), Duration::from_secs(15)), acked);
+    // And it takes part again: one more command reaches all three.
+    let n = &nodes[old];
+    n.on(n.node().propose(b"last".to_vec())).unwrap();
+    assert_converged(&all, acked.len() + 1, Duration::from_secs(10));
+}
+
+#[test]
+fn isolated_minority_cannot_commit_and_heals_without_divergence() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = cluster(root.path(), 10_000);
+    let old = wait_leader(&nodes, Duration::from_secs(10));
+    for i in 0..20 {
+        nodes[0].on(nodes[0].node().propose(cmd("base", i))).unwrap();
+    }
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    assert_converged(&all, 20, Duration::from_secs(10));
+
+    // Cut the leader off: it drops traffic to/from both peers, and they drop its.
+    let cut = |on: bool| {
+        for (i, n) in nodes.iter().enumerate() {
+            if i != old {
+                n.node().isolate(&nodes[old].name, on);
+                nodes[old].node().isolate(&n.name, on);
+            }
+        }
+    };
+    cut(true);
+    let minority = &nodes[old];
+    let applied_before = minority.node().local_state().last_applied;
+    let attempt = minority.on(async {
+        tokio::time::timeout(Duration::from_secs(3), minority.node().propose(b"minority".to_vec())).await
+    });
+    assert!(!matches!(attempt, Ok(Ok(_))), "the isolated node committed: {attempt:?}");
+    // Nor does it answer a linearizable read: it cannot confirm its leadership.
+    let read = minority.on(async { tokio::time::timeout(Duration::from_secs(2), minority.node().read()).await });
+    assert!(!matches!(read, Ok(Ok(_))), "the isolated node served a linearizable read");
+    assert_eq!(minority.node().local_state().last_applied, applied_before, "the isolated node applied something");
+
+    // The majority elects a leader among itself and goes on.
+    let majority: Vec<&TestNode> = nodes.iter().enumerate().filter(|(i, _)| *i != old).map(|(_, n)| n).collect();
+    wait_until("a majority leader", Duration::from_secs(10), || {
+        majority.iter().any(|n| n.node().is_leader())
+            && majority.iter().all(|n| n.node().leader().is_some_and(|l| l != minority.name))
+    });
+    for i in 0..50 {
+        let via = majority[i % 2];
+        via.on(via.node().propose(cmd("majority", i))).unwrap();
+    }
+    assert_converged(&majority, 70, Duration::from_secs(10));
+    assert_eq!(minority.commands().len(), 20);
+
+    cut(false);
+    let converged = assert_converged(&all, 70, Duration::from_secs(15));
+    assert!(!converged.iter().any(|(_, c)| c == b"minority"), "an unacknowledged minority write survived");
+    wait_leader(&nodes, Duration::from_secs(10));
+}
+
+#[test]
+fn fourth_node_joins_through_a_snapshot_and_can_be_removed() {
+    let root = tempfile::tempdir().unwrap();
+    // Snapshot every 50 entries, so the log the fourth node needs is gone by the time it joins.
+    let mut nodes = cluster(root.path(), 50);
+    let leader = wait_leader(&nodes, Duration::from_secs(10));
+    for i in 0..300 {
+        let via = &nodes[i % 3];
+        via.on(via.node().propose(cmd("early", i))).unwrap();
+    }
+    let l = &nodes[leader];
+    wait_until("the leader purged its log", Duration::from_secs(10), || {
+        l.node().raft().metrics().borrow().purged.is_some_and(|p| p.index > 100)
+    });
+
+    let (name, listener) = listeners(1).pop().unwrap();
+    let dir = root.path().join(&name);
+    nodes.push(TestNode::start(&name, &dir, listener, &[], 50));
+    // Asked on a follower: forwarded to the leader.
+    let follower = &nodes[(leader + 1) % 3];
+    follower.on(follower.node().add_member(&name)).unwrap();
+    let fourth = &nodes[3];
+    // The entries before the leader's purge point exist nowhere as log: having them means
+    // the fourth node installed a snapshot.
+    wait_until("the new node installed a snapshot", Duration::from_secs(10), || {
+        fourth.node().raft().metrics().borrow().snapshot.is_some_and(|s| s.index > 100)
+    });
+    for i in 0..20 {
+        fourth.on(fourth.node().propose(cmd("late", i))).unwrap();
+    }
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    assert_converged(&all, 320, Duration::from_secs(10));
+    for n in &nodes {
+        let mut voters = n.node().voters();
+        voters.sort();
+        assert_eq!(voters.len(), 4, "{} sees voters {voters:?}", n.name);
+    }
+
+    let first = &nodes[0];
+    first.on(first.node().remove_member(&name)).unwrap();
+    wait_until("three voters everywhere", Duration::from_secs(10), || {
+        nodes[..3].iter().all(|n| n.node().voters().len() == 3 && n.node().members().len() == 3)
+    });
+    nodes[3].kill();
+    let first = &nodes[0];
+    first.on(first.node().propose(b"after-removal".to_vec())).unwrap();
+}
+
+#[test]
+fn whole_cluster_killed_and_restarted_recovers_snapshot_and_log_from_disk() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 50);
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    wait_leader(&nodes, Duration::from_secs(10));
+    let mut acked = Vec::new();
+    for i in 0..130 {
+        let via = &nodes[i % 3];
+        acked.push((via.on(via.node().propose(cmd("c", i))).unwrap(), cmd("c", i)));
+    }
+    acked.sort();
+    // Every node has taken at least one snapshot, so recovery is snapshot + log suffix.
+    wait_until("a snapshot on every node", Duration::from_secs(10), || {
+        nodes.iter().all(|n| n.node().raft().metrics().borrow().snapshot.is_some())
+    });
+    for n in nodes.iter_mut() {
+        n.kill();
+    }
+    let dirs: Vec<PathBuf> = nodes.iter().map(|n| n.dir.clone()).collect();
+    drop(nodes);
+    let nodes: Vec<TestNode> = (0..3).map(|i| TestNode::restart(&names[i], &dirs[i], &names, 50)).collect();
+    for n in &nodes {
+        // Before any leader exists, the state machine already holds its snapshot's commands.
+        assert!(n.commands().len() >= 50, "{} came back with {} commands", n.name, n.commands().len());
+    }
+    wait_leader(&nodes, Duration::from_secs(10));
+    let n = &nodes[1];
+    // A restarted leader may keep its term without a new no-op entry; the persisted commit
+    // index is what makes this read include every acknowledged command.
+    let r = n.on(n.node().read()).unwrap();
+    assert_eq!(r.commands, acked);
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    assert_eq!(assert_converged(&all, 130, Duration::from_secs(10)), acked);
+}
+
+#[test]
+fn leader_killed_under_load_loses_no_acknowledged_proposal() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 200);
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let old = wait_leader(&nodes, Duration::from_secs(10));
+    let followers: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+
+    // Five proposers on each follower (forwarding to the leader) run through the kill.
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed_flag = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for &f in &followers {
+        for w in 0..5 {
+            let node = nodes[f].node().clone();
+            let stop = stop.clone();
+            let killed_flag = killed_flag.clone();
+            let acks = acks.clone();
+            let rt = nodes[f].rt.as_ref().unwrap();
+            workers.push((
+                f,
+                rt.spawn(async move {
+                    let (mut acked, mut failed, mut after_kill) = (Vec::new(), 0usize, 0usize);
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let c = cmd(&format!("load-{f}-{w}"), i);
+                        match node.propose(c.clone()).await {
+                            Ok(index) => {
+                                after_kill += usize::from(killed_flag.load(Ordering::Relaxed));
+                                acks.fetch_add(1, Ordering::Relaxed);
+                                acked.push((index, c));
+                            }
+                            // Indeterminate (lost with the leader) or timed out: not acknowledged.
+                            Err(_) => failed += 1,
+                        }
+                        i += 1;
+                    }
+                    (acked, failed, after_kill)
+                }),
+            ));
+        }
+    }
+    wait_until("100 acknowledged proposals before the kill", Duration::from_secs(10), || {
+        acks.load(Ordering::Relaxed) >= 100
+    });
+    killed_flag.store(true, Ordering::Relaxed);
+    nodes[old].kill();
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    let (mut failed, mut after_kill) = (0, 0);
+    for (f, handle) in workers {
+        let (a, e, k) = nodes[f].on(handle).unwrap();
+        acked.extend(a);
+        failed += e;
+        after_kill += k;
+    }
+    acked.sort();
+    eprintln!(
+        "{} acknowledged ({after_kill} after the kill), {failed} not; leader killed {:?} before the stop",
+        acked.len(),
+        killed.elapsed()
+    );
+    assert!(acked.len() - after_kill >= 100);
+    assert!(after_kill > 50, "the survivors did not go on after the kill");
+
+    // Every acknowledged proposal is in the state at its index, and nothing is applied twice.
+    let survivor = &nodes[followers[0]];
+    let state = survivor.on(survivor.node().read()).unwrap().commands;
+    let by_index: std::collections::HashMap<u64, &Vec<u8>> = state.iter().map(|(i, c)| (*i, c)).collect();
+    for (index, c) in &acked {
+        assert_eq!(by_index.get(index), Some(&c), "acknowledged proposal at {index} lost");
+    }
+    let mut seen = std::collections::HashSet::new();
+    assert!(state.iter().all(|(_, c)| seen.insert(c.clone())), "a proposal was applied twice");
+
+    // The old leader comes back and ends with the same state.
+    let dir = nodes[old].dir.clone();
+    nodes[old] = TestNode::restart(&names[old], &dir, &names, 200);
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    assert_eq!(assert_converged(&all, state.len(), Duration::from_secs(15)), state);
+}
