@@ -24,6 +24,9 @@ use crate::uri::AmqpUri;
 /// confirms and the per-syscall cost is spread thin.
 const READ_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// Read buffer of a [`Connection::open_lean`] connection (it grows when a frame needs more).
+const LEAN_READ_CHUNK_BYTES: usize = 4096;
+
 /// frame_max we use when the broker offers 0 ("no limit"): RabbitMQ's default.
 const FALLBACK_FRAME_MAX: u32 = 131_072;
 
@@ -46,6 +49,7 @@ pub const CHANNEL: u16 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hot {
     Deliver {
+        channel: u16,
         delivery_tag: u64,
     },
     Ack {
@@ -98,7 +102,7 @@ pub fn peek_hot(buf: &[u8]) -> Peek {
             Some([0, 60, 0, 60]) => {
                 let tag_len = usize::from(*p.get(4).unwrap_or(&255));
                 match u64_at(p, 5 + tag_len) {
-                    Some(delivery_tag) => Hot::Deliver { delivery_tag },
+                    Some(delivery_tag) => Hot::Deliver { channel: u16::from_be_bytes([h[1], h[2]]), delivery_tag },
                     None => return Peek::Cold,
                 }
             }
@@ -134,13 +138,15 @@ pub struct Inbound {
     io: OwnedReadHalf,
     buf: BytesMut,
     frame_max: u32,
+    /// Bytes reserved per read: [`READ_CHUNK_BYTES`], or small for [`Connection::open_lean`].
+    chunk: usize,
 }
 
 impl Inbound {
     /// Read more bytes from the socket (cancel-safe: usable in `select!`).
     pub async fn fill(&mut self) -> Result<()> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK_BYTES / 4 {
-            self.buf.reserve(READ_CHUNK_BYTES);
+        if self.buf.capacity() - self.buf.len() < self.chunk / 4 {
+            self.buf.reserve(self.chunk);
         }
         if self.io.read_buf(&mut self.buf).await.context("reading from the broker")? == 0 {
             bail!("connection closed by the broker");
@@ -159,6 +165,14 @@ impl Inbound {
             Peek::Cold => Ok(decode_frame(&mut self.buf, self.frame_max)
                 .map_err(|e| anyhow!("undecodable frame from the broker: {e:?}"))?
                 .map(Incoming::Frame)),
+        }
+    }
+
+    /// Whether no complete frame is buffered (the next [`Inbound::next`] reads the socket).
+    pub fn next_buffered_is_empty(&self) -> bool {
+        match self.buf.get(3..7) {
+            None => true,
+            Some(s) => u32::from_be_bytes([s[0], s[1], s[2], s[3]]) as usize + 8 > self.buf.len(),
         }
     }
 
@@ -244,12 +258,48 @@ impl Connection {
     /// open the vhost and channel [`CHANNEL`].
     pub async fn open(uri: &AmqpUri, heartbeat: u16, name: &str) -> Result<Connection> {
         let stream = TcpStream::connect(uri.addr).await.with_context(|| format!("connecting to {}", uri.addr))?;
+        Self::handshake(stream, uri, heartbeat, name, READ_CHUNK_BYTES, 64 * 1024).await
+    }
+
+    /// Like [`Connection::open`] with small buffers (for holding tens of thousands of
+    /// connections that each move a few frames), from the loopback address `local` when
+    /// given (each source address has its own ephemeral port range).
+    pub async fn open_lean(
+        uri: &AmqpUri,
+        heartbeat: u16,
+        name: &str,
+        local: Option<std::net::IpAddr>,
+    ) -> Result<Connection> {
+        let stream = match local {
+            None => TcpStream::connect(uri.addr).await,
+            Some(ip) => {
+                let socket = if uri.addr.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.bind(std::net::SocketAddr::new(ip, 0)).with_context(|| format!("binding to {ip}"))?;
+                socket.connect(uri.addr).await
+            }
+        }
+        .with_context(|| format!("connecting to {}", uri.addr))?;
+        Self::handshake(stream, uri, heartbeat, name, LEAN_READ_CHUNK_BYTES, 512).await
+    }
+
+    async fn handshake(
+        stream: TcpStream,
+        uri: &AmqpUri,
+        heartbeat: u16,
+        name: &str,
+        chunk: usize,
+        write_capacity: usize,
+    ) -> Result<Connection> {
         // Batches are written whole; Nagle would only delay the small ones (acks, setup).
         stream.set_nodelay(true)?;
         let (r, w) = stream.into_split();
         let mut conn = Connection {
-            rx: Inbound { io: r, buf: BytesMut::with_capacity(READ_CHUNK_BYTES), frame_max: PRE_TUNE_FRAME_MAX },
-            tx: Outbound { io: w, buf: Vec::with_capacity(64 * 1024) },
+            rx: Inbound { io: r, buf: BytesMut::with_capacity(chunk), frame_max: PRE_TUNE_FRAME_MAX, chunk },
+            tx: Outbound { io: w, buf: Vec::with_capacity(write_capacity) },
             frame_max: FALLBACK_FRAME_MAX,
             heartbeat,
             server: String::new(),
@@ -343,9 +393,14 @@ impl Connection {
 
     /// Send a synchronous request on [`CHANNEL`] and return the reply.
     pub async fn rpc(&mut self, method: &Method) -> Result<Method> {
-        self.tx.method(CHANNEL, method);
+        self.rpc_on(CHANNEL, method).await
+    }
+
+    /// Send a synchronous request on `channel` and return the reply.
+    pub async fn rpc_on(&mut self, channel: u16, method: &Method) -> Result<Method> {
+        self.tx.method(channel, method);
         self.tx.flush().await?;
-        self.recv_method(CHANNEL).await.with_context(|| method.name())
+        self.recv_method(channel).await.with_context(|| method.name())
     }
 
     /// connection.close, then wait (bounded) for close-ok, discarding whatever arrives
@@ -478,7 +533,7 @@ mod tests {
         assert_eq!(
             seen,
             [
-                Hot::Deliver { delivery_tag: 42 },
+                Hot::Deliver { channel: 1, delivery_tag: 42 },
                 Hot::Header { body_size: 20 },
                 Hot::Body { len: 20, timestamp: Some(7) },
                 Hot::Ack { delivery_tag: 5, multiple: true },

@@ -121,7 +121,7 @@ async fn consume(index: usize, ctx: &Arc<Ctx>) -> Result<()> {
         let mut got = 0u64;
         while let Some(incoming) = rx.next_buffered()? {
             match incoming {
-                Incoming::Hot(Hot::Deliver { delivery_tag }) => {
+                Incoming::Hot(Hot::Deliver { delivery_tag, .. }) => {
                     d.tag = delivery_tag;
                     d.expect = Expect::Header;
                 }

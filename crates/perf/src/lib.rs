@@ -5,6 +5,7 @@
 //! - [`options`]: the command line (PerfTest's short flags) and the queue topology.
 //! - [`histogram`]: log-bucketed latency histogram.
 //! - [`run`]: orchestration, live output and the summary.
+//! - [`scale`]: the `warren-scale` workloads (many queues, bindings, connections, churn).
 //!
 //! Only loopback brokers are accepted (see [`uri`]).
 
@@ -14,6 +15,7 @@ pub mod histogram;
 pub mod options;
 mod producer;
 pub mod run;
+pub mod scale;
 pub mod stats;
 pub mod uri;
 

@@ -70,14 +70,38 @@ impl std::fmt::Display for ChangeError {
 
 impl std::error::Error for ChangeError {}
 
+/// Entries kept before the grants cache starts over (one per user and vhost in use).
+const GRANTS_CACHE_MAX: usize = 10_000;
+
+/// [`ServerState::grants`]'s cache: valid for one directory version.
+#[derive(Default)]
+pub(crate) struct GrantsCache {
+    version: u64,
+    entries: std::collections::HashMap<(String, String), Option<Grants>>,
+}
+
 impl ServerState {
     pub fn access_version(&self) -> u64 {
         self.access_version.load(Ordering::Acquire)
     }
 
-    /// `user`'s compiled permissions in `vhost` (None: none granted).
+    /// `user`'s compiled permissions in `vhost` (None: none granted). Compiled once per
+    /// directory version and shared (each clone gets its own topic cache).
     pub fn grants(&self, user: &str, vhost: &str) -> Option<Grants> {
-        self.access.read().grants(user, vhost)
+        let dir = self.access.read();
+        let version = dir.version();
+        let mut cache = self.grants_cache.lock();
+        if cache.version != version || cache.entries.len() >= GRANTS_CACHE_MAX {
+            cache.entries.clear();
+            cache.version = version;
+        }
+        let key = (user.to_owned(), vhost.to_owned());
+        if let Some(g) = cache.entries.get(&key) {
+            return g.clone();
+        }
+        let g = dir.grants(user, vhost);
+        cache.entries.insert(key, g.clone());
+        g
     }
 
     /// Read the directory (users, vhosts, ...).
@@ -487,4 +511,53 @@ fn validate_topology(plan: &ImportPlan) -> Result<(), ChangeError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use access::authz::{Perm, Resource};
+
+    use super::*;
+    use crate::config::Config;
+
+    fn may_configure(g: &Option<Grants>, queue: &str) -> bool {
+        g.as_ref().is_some_and(|g| g.check(Perm::Configure, Resource::Queue, queue).is_ok())
+    }
+
+    #[test]
+    fn cached_grants_follow_every_permission_change() {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let state = ServerState::new(Config::default(), rx);
+        // Cached: asking again gives the same answer, for the same and other users.
+        assert!(may_configure(&state.grants("guest", "/"), "q"));
+        assert!(may_configure(&state.grants("guest", "/"), "q"));
+        assert!(state.grants("nobody", "/").is_none());
+        assert!(state.grants("nobody", "/").is_none());
+        let narrow = |configure: &str| Permission {
+            user: "guest".into(),
+            vhost: "/".into(),
+            configure: configure.into(),
+            write: ".*".into(),
+            read: ".*".into(),
+        };
+        state.change_access(Change::PutPermission(narrow("^app\\."))).unwrap();
+        let g = state.grants("guest", "/");
+        assert!(!may_configure(&g, "q") && may_configure(&g, "app.q"));
+        assert!(!may_configure(&state.grants("guest", "/"), "q"), "the cached copy is the new one");
+        state.change_access(Change::DeletePermission { user: "guest".into(), vhost: "/".into() }).unwrap();
+        assert!(state.grants("guest", "/").is_none());
+        state.change_access(Change::PutPermission(narrow(".*"))).unwrap();
+        assert!(may_configure(&state.grants("guest", "/"), "q"));
+    }
+
+    #[test]
+    fn the_grants_cache_starts_over_when_full() {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let state = ServerState::new(Config::default(), rx);
+        for i in 0..GRANTS_CACHE_MAX + 10 {
+            assert!(state.grants(&format!("user{i}"), "/").is_none());
+        }
+        assert!(state.grants_cache.lock().entries.len() <= GRANTS_CACHE_MAX);
+        assert!(may_configure(&state.grants("guest", "/"), "q"));
+    }
 }

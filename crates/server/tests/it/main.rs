@@ -16,4 +16,5 @@ mod mgmt_access;
 mod mgmt_stats;
 mod mgmt_topology;
 mod reliability;
+mod scale;
 mod tls;
