@@ -100,18 +100,9 @@ WARREN="$ROOT/target/release/warren"
 SCALE="$ROOT/target/release/warren-scale"
 [ -x "$WARREN" ] && [ -x "$SCALE" ] || die "missing $WARREN or $SCALE"
 
-RMQ_SERVER=/usr/lib/rabbitmq/bin/rabbitmq-server
-RMQ_CTL=/usr/lib/rabbitmq/bin/rabbitmqctl
-if has_broker rabbitmq && [ ! -x "$RMQ_SERVER" ]; then
-    log "installing Debian's rabbitmq-server"
-    POLICY=/usr/sbin/policy-rc.d
-    made_policy=0
-    if [ ! -e "$POLICY" ]; then printf '#!/bin/sh\nexit 101\n' > "$POLICY"; chmod +x "$POLICY"; made_policy=1; fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server
-    [ "$made_policy" = 1 ] && rm -f "$POLICY"
-    [ -x "$RMQ_SERVER" ] || die "rabbitmq-server did not install"
-fi
+# shellcheck source=bench/brokers.sh
+source "$ROOT/scripts/bench/brokers.sh"
+has_broker rabbitmq && install_rabbitmq
 
 # Descriptors: each connection costs one in the tool and one in the broker (both inherit
 # this limit; Warren also raises its soft limit to the hard one itself).
@@ -162,8 +153,6 @@ RABBITMQ_VERSION=$(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || 
 EOF
 
 WARREN_EXTRA=(--fd-reserve 256)
-# shellcheck source=bench/brokers.sh
-source "$ROOT/scripts/bench/brokers.sh"
 
 EPMD_WAS_UP=1
 if has_broker rabbitmq && command -v epmd >/dev/null && ! epmd -names >/dev/null 2>&1; then EPMD_WAS_UP=0; fi

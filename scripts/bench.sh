@@ -111,19 +111,9 @@ WARREN="$ROOT/target/release/warren"
 PERF="$ROOT/target/release/warren-perf"
 [ -x "$WARREN" ] && [ -x "$PERF" ] || die "missing $WARREN or $PERF"
 
-RMQ_SERVER=/usr/lib/rabbitmq/bin/rabbitmq-server
-RMQ_CTL=/usr/lib/rabbitmq/bin/rabbitmqctl
-if has_broker rabbitmq && [ ! -x "$RMQ_SERVER" ]; then
-    log "installing Debian's rabbitmq-server"
-    # Keep the package's postinst from starting a system-wide broker on 5672.
-    POLICY=/usr/sbin/policy-rc.d
-    made_policy=0
-    if [ ! -e "$POLICY" ]; then printf '#!/bin/sh\nexit 101\n' > "$POLICY"; chmod +x "$POLICY"; made_policy=1; fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server
-    [ "$made_policy" = 1 ] && rm -f "$POLICY"
-    [ -x "$RMQ_SERVER" ] || die "rabbitmq-server did not install"
-fi
+# shellcheck source=bench/brokers.sh
+source "$ROOT/scripts/bench/brokers.sh"
+has_broker rabbitmq && install_rabbitmq
 setup_venv
 PY="$(python3 -c 'import sys; print(sys.executable)')"   # not a pyenv shim: starts faster
 
@@ -171,8 +161,6 @@ EOF
 
 # ------------------------------------------------------------------ broker control
 WARREN_EXTRA=()
-# shellcheck source=bench/brokers.sh
-source "$ROOT/scripts/bench/brokers.sh"
 
 # RabbitMQ starts Erlang's port mapper daemon (epmd) if none runs; stop it at the end
 # only if it was not running before.

@@ -1,8 +1,24 @@
 # Broker control shared by scripts/bench.sh and scripts/bench-scale.sh (sourced, not run).
 # The caller sets: WARREN (binary), WPORT/RPORT/RDIST (ports), WORK (scratch dir with
 # rabbitmq.conf and enabled_plugins), RHOME, RES (results dir, for the brokers' logs),
-# RMQ_SERVER, RMQ_CTL, PY + TOOL (amqp_tool.py, for wait_ready), and log/die functions.
+# PY + TOOL (amqp_tool.py, for wait_ready), and log/die functions.
 # WARREN_EXTRA (array, optional): more flags for warren.
+
+RMQ_SERVER=/usr/lib/rabbitmq/bin/rabbitmq-server
+RMQ_CTL=/usr/lib/rabbitmq/bin/rabbitmqctl
+
+# Install Debian's rabbitmq-server unless it is there.
+install_rabbitmq() {
+    [ -x "$RMQ_SERVER" ] && return 0
+    log "installing Debian's rabbitmq-server"
+    # Keep the package's postinst from starting a system-wide broker on 5672.
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; made_policy=1; fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server
+    [ "$made_policy" = 1 ] && rm -f "$policy"
+    [ -x "$RMQ_SERVER" ] || die "rabbitmq-server did not install"
+}
 
 BROKER_PID=""   # the process whose RSS/CPU is measured (warren, or RabbitMQ's beam.smp)
 LAUNCH_PID=""   # our direct child (warren itself, or the rabbitmq-server shell script)

@@ -188,14 +188,7 @@ impl DefinitionsLog {
                 self.synced_cv.wait(&mut inner);
                 continue;
             }
-            let buf = std::mem::take(&mut inner.buf);
-            if let Err(e) = inner.write(&buf) {
-                inner.buf = buf;
-                return Err(e);
-            }
-            inner.buf = buf;
-            inner.buf.clear();
-            inner.written = inner.appended;
+            inner.write_buffered()?;
             let upto = inner.written;
             inner.syncing = true;
             let file = inner.file.clone();
@@ -235,6 +228,21 @@ fn failed(why: &str) -> Error {
 }
 
 impl Inner {
+    /// Write every grouped record buffered so far (they stay buffered if that fails).
+    fn write_buffered(&mut self) -> Result<(), Error> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        let r = self.write(&buf);
+        if r.is_ok() {
+            buf.clear();
+            self.written = self.appended;
+        }
+        self.buf = buf;
+        r
+    }
+
     /// Write `buf` at the end of the file; a partial write is cut off again, so a failure
     /// never leaves half a record for later records to follow.
     fn write(&mut self, buf: &[u8]) -> Result<(), Error> {
@@ -270,16 +278,7 @@ impl Flush for DefinitionsLog {
             // Declares after the failure were refused; messages keep their own files.
             return Ok(());
         }
-        if !inner.buf.is_empty() {
-            let buf = std::mem::take(&mut inner.buf);
-            if let Err(e) = inner.write(&buf) {
-                inner.buf = buf;
-                return Err(e);
-            }
-            inner.buf = buf;
-            inner.buf.clear();
-            inner.written = inner.appended;
-        }
+        inner.write_buffered()?;
         if inner.written > inner.synced {
             inner.round_upto = inner.written;
             to_sync.push(SyncTarget::File(inner.file.clone()));
