@@ -823,6 +823,10 @@ impl Persistence for DiskPersistence {
             return Ok(());
         }
         let seq = self.log.appended();
+        if self.log.is_synced_through(seq) {
+            // Nothing pending (a redeclare, say): no thread hand-off.
+            return Ok(());
+        }
         // Waiting blocks this thread for about one fsync; inside the server's runtime, let
         // the other connections run meanwhile (they may share the next fsync).
         let wait = || self.log.sync_through(seq);

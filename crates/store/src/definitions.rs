@@ -173,6 +173,11 @@ impl DefinitionsLog {
         self.inner.lock().appended
     }
 
+    /// Whether every record up to `seq` is fsynced already (nothing to wait for).
+    pub fn is_synced_through(&self, seq: u64) -> bool {
+        self.inner.lock().synced >= seq
+    }
+
     /// Return once every record up to `seq` is fsynced: by this caller, which then also
     /// writes and fsyncs every record buffered meanwhile, or by the caller already doing so.
     pub fn sync_through(&self, seq: u64) -> Result<(), Error> {
