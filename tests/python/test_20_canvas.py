@@ -3,7 +3,7 @@ witness: chains, groups, link callbacks and errbacks from a Python Celery client
 worker, mixed Python/Rust chains, the Rust client's chain and group against a Python
 `celery worker`, and the broker-native chord (no `celery.chord_unlock` polling task).
 
-Fixtures and helpers are test_18_tasks.py's (one broker per test).
+Fixtures and helpers are tasks_support.py's (one broker per test).
 """
 
 from __future__ import annotations
@@ -12,23 +12,22 @@ import base64
 import json
 import os
 import subprocess
-import sys
-import textwrap
 import time
 import urllib.request
 import uuid
 
 import pytest
-from celery import Celery, chain, group
+from celery import chain, group
 
 from conftest import warren_tasks_binary
-from test_18_tasks import (  # noqa: F401  (fixtures are used by name)
+from tasks_support import (  # noqa: F401  (fixtures are used by name)
     RESULT_TIMEOUT,
     Process,
     _tasks_binary,
     broker_url,
     celery_client,
     node,
+    python_worker,
     queue,
     rust_worker,
     workers,
@@ -61,16 +60,7 @@ def py_queue(queue) -> str:
 
 @pytest.fixture
 def py_worker(node, py_queue, tmp_path, workers) -> Process:
-    (tmp_path / "pycanvas.py").write_text(textwrap.dedent(PY_TASKS))
-    env = dict(os.environ, TASKS_BROKER=f"amqp://guest:guest@127.0.0.1:{node.port}//", TASKS_QUEUE=py_queue,
-               PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "celery", "-A", "pycanvas", "worker", "-P", "threads", "-c", "2",
-           "--without-gossip", "--without-mingle", "--without-heartbeat", "-Q", py_queue, "--loglevel=INFO"]
-    py = Process(cmd, "ready.", cwd=tmp_path, env=env)
-    workers.append(py)
-    py.wait_ready()
-    return py
+    return python_worker(node, py_queue, tmp_path, "pycanvas", PY_TASKS, workers)
 
 
 def cli(node, command: str, *args: str, wait: float | None = 20) -> subprocess.CompletedProcess:
