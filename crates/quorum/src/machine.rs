@@ -50,6 +50,10 @@ pub struct QuorumQueue {
     live: BTreeSet<MsgId>,
     /// Hands out consumers' registration and service order (round-robin).
     service_clock: u64,
+    /// Under single active consumer, the one that receives messages. Sticky: it keeps the
+    /// role until it is cancelled, goes down or is suspected down, so a consumer coming
+    /// back (node up) never takes over from one that holds messages.
+    active: Option<ConsumerId>,
     /// The last release cursor emitted.
     released: u64,
 }
@@ -119,6 +123,7 @@ impl QuorumQueue {
             live: BTreeSet::new(),
             service_clock: 0,
             released: 0,
+            active: None,
         }
     }
 
@@ -424,6 +429,9 @@ impl QuorumQueue {
     /// highest priority first, round-robin (least recently served) within a priority;
     /// under single active consumer only the earliest registered live consumer.
     fn dispatch(&mut self, fx: &mut Vec<Effect>) {
+        if self.config.single_active_consumer {
+            self.elect_active();
+        }
         self.expire_head(fx);
         while self.head().is_some() {
             let Some(id) = self.next_consumer() else { return };
@@ -437,13 +445,22 @@ impl QuorumQueue {
         }
     }
 
+    /// Keeps the active consumer while it is up; otherwise the earliest registered one that
+    /// is up takes over (RabbitMQ 3.10 ignores consumer priorities here).
+    fn elect_active(&mut self) {
+        let up = |c: &Consumer| c.status == Status::Up;
+        if self.active.and_then(|id| self.consumers.get(&id)).is_some_and(up) {
+            return;
+        }
+        self.active = self.consumers.iter().filter(|(_, c)| up(c)).min_by_key(|(_, c)| c.registered).map(|(id, _)| *id);
+    }
+
     /// O(consumers) per delivery: fine for the tens of consumers a queue usually has; a
     /// queue with thousands would want an ordered service set instead.
     fn next_consumer(&self) -> Option<ConsumerId> {
         if self.config.single_active_consumer {
-            let (id, c) =
-                self.consumers.iter().filter(|(_, c)| c.status == Status::Up).min_by_key(|(_, c)| c.registered)?;
-            return c.has_credit().then_some(*id);
+            let id = self.active?;
+            return self.consumers.get(&id).is_some_and(Consumer::has_credit).then_some(id);
         }
         self.consumers
             .iter()
@@ -468,6 +485,12 @@ impl QuorumQueue {
 
     pub fn last_index(&self) -> u64 {
         self.last_index
+    }
+
+    /// Under single active consumer, the consumer receiving messages (management's
+    /// `single_active_consumer_tag`).
+    pub fn active_consumer(&self) -> Option<ConsumerId> {
+        if self.config.single_active_consumer { self.active } else { None }
     }
 
     pub fn config(&self) -> &Config {

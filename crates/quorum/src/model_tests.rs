@@ -68,21 +68,24 @@ fn config() -> impl Strategy<Value = Config> {
         any::<bool>(),
         any::<bool>(),
         1..4u64,
+        prop::bool::weighted(0.3),
     )
-        .prop_map(|(delivery_limit, max_length, max_length_bytes, reject, dlx, at_least_once, interval)| Config {
-            delivery_limit,
-            max_length,
-            max_length_bytes,
-            overflow: if reject { Overflow::RejectPublish } else { Overflow::DropHead },
-            dead_letter: dlx.then(|| DeadLetterTarget { exchange: "dlx".into(), routing_key: None }),
-            dead_letter_strategy: if at_least_once {
-                DeadLetterStrategy::AtLeastOnce
-            } else {
-                DeadLetterStrategy::AtMostOnce
-            },
-            message_ttl_ms: None,
-            single_active_consumer: false,
-            release_cursor_interval_entries: interval,
+        .prop_map(|(delivery_limit, max_length, max_length_bytes, reject, dlx, at_least_once, interval, sac)| {
+            Config {
+                delivery_limit,
+                max_length,
+                max_length_bytes,
+                overflow: if reject { Overflow::RejectPublish } else { Overflow::DropHead },
+                dead_letter: dlx.then(|| DeadLetterTarget { exchange: "dlx".into(), routing_key: None }),
+                dead_letter_strategy: if at_least_once {
+                    DeadLetterStrategy::AtLeastOnce
+                } else {
+                    DeadLetterStrategy::AtMostOnce
+                },
+                message_ttl_ms: None,
+                single_active_consumer: sac,
+                release_cursor_interval_entries: interval,
+            }
         })
 }
 
@@ -140,6 +143,7 @@ enum Status {
 struct MConsumer {
     prefetch: u32,
     status: Option<Status>,
+    registered: u64,
     next_delivery_id: u64,
     held: BTreeMap<u64, MsgId>,
 }
@@ -166,6 +170,10 @@ struct Model {
     last_seq: Option<u64>,
     next_seq: u64,
     expected: Vec<Event>,
+    /// Registration order of consumers.
+    clock: u64,
+    /// Single active consumer: the one served.
+    active: Option<ConsumerId>,
 }
 
 impl Model {
@@ -183,6 +191,8 @@ impl Model {
             last_seq: None,
             next_seq: 1,
             expected: Vec::new(),
+            clock: 0,
+            active: None,
         }
     }
 
@@ -255,6 +265,25 @@ impl Model {
     /// Turns `op` into a command and applies it to the model, recording the events it
     /// expects from the machine.
     fn command(&mut self, op: &Op, index: u64) -> Command {
+        let cmd = self.command_inner(op, index);
+        let up = |m: &MConsumer| m.status == Some(Status::Up);
+        if self.config.single_active_consumer && !self.active.and_then(|c| self.consumers.get(&c)).is_some_and(up) {
+            self.active =
+                self.consumers.iter().filter(|(_, m)| up(m)).min_by_key(|(_, m)| m.registered).map(|(c, _)| *c);
+        }
+        cmd
+    }
+
+    /// A consumer entry, registered now if it is new.
+    fn entry(&mut self, c: ConsumerId) -> &mut MConsumer {
+        let clock = &mut self.clock;
+        self.consumers.entry(c).or_insert_with(|| {
+            *clock += 1;
+            MConsumer { registered: *clock, ..MConsumer::default() }
+        })
+    }
+
+    fn command_inner(&mut self, op: &Op, index: u64) -> Command {
         self.expected.clear();
         match *op {
             Op::Enqueue { confirm, resend, body_bytes } => {
@@ -291,7 +320,7 @@ impl Model {
                 Command::Enqueue { publish, msg, ttl_ms: None }
             }
             Op::Checkout { c, prefetch } => {
-                let m = self.consumers.entry(consumer_id(c)).or_default();
+                let m = self.entry(consumer_id(c));
                 m.prefetch = prefetch;
                 m.status = Some(Status::Up);
                 Command::Checkout { consumer: consumer_id(c), prefetch, priority: 0 }
@@ -332,7 +361,7 @@ impl Model {
                 match self.pop_head() {
                     None => self.expected.push(Event::Dequeued { consumer: id, got: None, ready: 0 }),
                     Some(msg) => {
-                        let m = self.consumers.entry(id).or_default();
+                        let m = self.entry(id);
                         m.status.get_or_insert(Status::Cancelled);
                         let d = m.next_delivery_id;
                         m.next_delivery_id += 1;
@@ -404,6 +433,9 @@ impl Model {
     }
 
     fn eligible(&self, c: &ConsumerId) -> bool {
+        if self.config.single_active_consumer && self.active != Some(*c) {
+            return false;
+        }
         self.consumers.get(c).is_some_and(|m| {
             m.status == Some(Status::Up) && (m.prefetch == 0 || (m.held.len() as u64) < u64::from(m.prefetch))
         })
@@ -463,6 +495,7 @@ fn run_checked(config: &Config, ops: &[Op]) -> Vec<(Meta, Command)> {
             assert_eq!(held, m.held.values().copied().collect::<Vec<_>>(), "{c:?} holds");
         }
         assert_eq!(q.stats().dead_letters_pending, model.dlx_pending.len() as u64);
+        assert_eq!(q.active_consumer(), model.active.filter(|_| config.single_active_consumer));
         assert!(model.live().first().is_none_or(|first| q.release_cursor() < *first));
     }
     // Every message enqueued is in exactly one place or has exactly one fate.

@@ -424,6 +424,25 @@ fn single_active_consumer_serves_only_the_earliest_until_it_leaves() {
 }
 
 #[test]
+fn the_single_active_consumer_keeps_its_role_when_an_earlier_one_comes_back() {
+    let mut r = Replica::new(Config { single_active_consumer: true, ..Config::default() });
+    r.checkout(on_node(2, 1), 0);
+    r.checkout(on_node(3, 2), 0);
+    assert_eq!(r.q.active_consumer(), Some(on_node(2, 1)));
+    let a = r.enqueue("a");
+    let fx = r.run(Command::NodeDown { node: NodeId(2) });
+    assert_eq!(deliveries(&fx), vec![(on_node(3, 2), a, 0, 1)]);
+    // Node 2 is back: its consumer waits, or two consumers would hold messages at once.
+    r.run(Command::NodeUp { node: NodeId(2) });
+    assert_eq!(r.q.active_consumer(), Some(on_node(3, 2)));
+    let b = r.enqueue("b");
+    assert_eq!(r.q.checked_out(on_node(3, 2)).iter().map(|d| d.msg_id).collect::<Vec<_>>(), vec![a, b]);
+    r.run(Command::ConsumerDown { consumer: on_node(3, 2) });
+    assert_eq!(r.q.active_consumer(), Some(on_node(2, 1)));
+    assert_eq!(r.q.held_by(on_node(2, 1)), 2);
+}
+
+#[test]
 fn the_release_cursor_follows_the_oldest_live_message() {
     let mut r = Replica::new(Config { release_cursor_interval_entries: 1, ..Config::default() });
     let a = r.enqueue("a");
