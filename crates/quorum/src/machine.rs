@@ -427,17 +427,22 @@ impl QuorumQueue {
 
     /// Deliver to consumers with credit until the queue or the credit runs out: the
     /// highest priority first, round-robin (least recently served) within a priority;
-    /// under single active consumer only the earliest registered live consumer.
+    /// under single active consumer only the active one.
     fn dispatch(&mut self, fx: &mut Vec<Effect>) {
         if self.config.single_active_consumer {
             self.elect_active();
         }
-        self.expire_head(fx);
-        while self.head().is_some() {
+        // Expiring before every pick leaves no expired message at the head when this
+        // returns, whether it stopped for lack of messages or of credit.
+        loop {
+            self.expire_head(fx);
+            if self.head().is_none() {
+                return;
+            }
             let Some(id) = self.next_consumer() else { return };
-            let Some(m) = self.next_message(fx) else { return };
+            let Some(m) = self.pop_head() else { return };
             self.service_clock += 1;
-            let Some(c) = self.consumers.get_mut(&id) else { return };
+            let c = self.consumers.get_mut(&id).expect("next_consumer picks a registered consumer");
             c.served = self.service_clock;
             let delivery = delivery(c, &m);
             c.checked_out.insert(delivery.delivery_id, m);

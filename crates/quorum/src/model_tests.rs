@@ -2,8 +2,10 @@
 //! quorum-queue semantics (two deques and a map per consumer). After every entry the
 //! machine's effects must be the ones the model predicts — the same dead letters, confirms
 //! and rejections, deliveries of the message the model says is next, with its delivery
-//! count, only to consumers with credit, and no consumer with credit left idle while
-//! messages wait — and its contents must equal the model's. At the end every enqueued
+//! count, only to consumers with credit (or the single active one), expiries only of
+//! expired messages at the head and none left there, no consumer with credit left idle
+//! while messages wait — and its contents must equal the model's. Time moves with `Tick`s,
+//! and a new leader may stamp entries with a clock that is behind. At the end every enqueued
 //! message is accounted for exactly once. Separately: a snapshot taken at any point and
 //! the rest of the log replayed over it gives the straight run's effects and state, and two
 //! replicas fed the same log agree.
@@ -23,26 +25,67 @@ const BOGUS_DELIVERY: u64 = 9_999;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Enqueue { confirm: bool, resend: bool, body_bytes: u8 },
-    Checkout { c: u64, prefetch: u32 },
-    Cancel { c: u64 },
-    Settle { c: u64, n: usize },
-    Return { c: u64, n: usize },
-    Discard { c: u64, n: usize },
-    Dequeue { c: u64, settle: bool },
-    ConsumerDown { c: u64 },
-    NodeDown { node: u64 },
-    NodeUp { node: u64 },
+    Enqueue {
+        confirm: bool,
+        resend: bool,
+        body_bytes: u8,
+        ttl_ms: Option<u64>,
+    },
+    /// Time passes.
+    Tick {
+        advance_ms: u64,
+    },
+    /// A new leader, whose clock is `lag_ms` behind: it stamps that much less on entries.
+    Leader {
+        lag_ms: u64,
+    },
+    Checkout {
+        c: u64,
+        prefetch: u32,
+    },
+    Cancel {
+        c: u64,
+    },
+    Settle {
+        c: u64,
+        n: usize,
+    },
+    Return {
+        c: u64,
+        n: usize,
+    },
+    Discard {
+        c: u64,
+        n: usize,
+    },
+    Dequeue {
+        c: u64,
+        settle: bool,
+    },
+    ConsumerDown {
+        c: u64,
+    },
+    NodeDown {
+        node: u64,
+    },
+    NodeUp {
+        node: u64,
+    },
     Purge,
     DeadLetterSettleAll,
-    SetLimits { delivery_limit: Option<u32>, max_length: Option<u64> },
+    SetLimits {
+        delivery_limit: Option<u32>,
+        max_length: Option<u64>,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let c = 0..CONSUMERS;
     prop_oneof![
-        6 => (any::<bool>(), prop::bool::weighted(0.1), 0..4u8)
-            .prop_map(|(confirm, resend, body_bytes)| Op::Enqueue { confirm, resend, body_bytes }),
+        6 => (any::<bool>(), prop::bool::weighted(0.1), 0..4u8, prop::option::weighted(0.2, 0..20u64))
+            .prop_map(|(confirm, resend, body_bytes, ttl_ms)| Op::Enqueue { confirm, resend, body_bytes, ttl_ms }),
+        2 => (0..10u64).prop_map(|advance_ms| Op::Tick { advance_ms }),
+        1 => prop_oneof![Just(0u64), 0..20u64].prop_map(|lag_ms| Op::Leader { lag_ms }),
         2 => (c.clone(), 0..4u32).prop_map(|(c, prefetch)| Op::Checkout { c, prefetch }),
         1 => c.clone().prop_map(|c| Op::Cancel { c }),
         3 => (c.clone(), 0..3usize).prop_map(|(c, n)| Op::Settle { c, n }),
@@ -60,33 +103,26 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn config() -> impl Strategy<Value = Config> {
-    (
-        prop::option::of(0..4u32),
-        prop::option::of(0..6u64),
-        prop::option::of(2..8u64),
-        any::<bool>(),
-        any::<bool>(),
-        any::<bool>(),
-        1..4u64,
-        prop::bool::weighted(0.3),
+    let limits = (prop::option::of(0..4u32), prop::option::of(0..6u64), prop::option::of(2..8u64));
+    let dead_letters = (any::<bool>(), any::<bool>(), any::<bool>());
+    let rest = (1..4u64, prop::bool::weighted(0.3), prop::option::weighted(0.2, 0..30u64));
+    (limits, dead_letters, rest).prop_map(
+        |((delivery_limit, max_length, max_length_bytes), (reject, dlx, at_least_once), (interval, sac, ttl))| Config {
+            delivery_limit,
+            max_length,
+            max_length_bytes,
+            overflow: if reject { Overflow::RejectPublish } else { Overflow::DropHead },
+            dead_letter: dlx.then(|| DeadLetterTarget { exchange: "dlx".into(), routing_key: None }),
+            dead_letter_strategy: if at_least_once {
+                DeadLetterStrategy::AtLeastOnce
+            } else {
+                DeadLetterStrategy::AtMostOnce
+            },
+            message_ttl_ms: ttl,
+            single_active_consumer: sac,
+            release_cursor_interval_entries: interval,
+        },
     )
-        .prop_map(|(delivery_limit, max_length, max_length_bytes, reject, dlx, at_least_once, interval, sac)| {
-            Config {
-                delivery_limit,
-                max_length,
-                max_length_bytes,
-                overflow: if reject { Overflow::RejectPublish } else { Overflow::DropHead },
-                dead_letter: dlx.then(|| DeadLetterTarget { exchange: "dlx".into(), routing_key: None }),
-                dead_letter_strategy: if at_least_once {
-                    DeadLetterStrategy::AtLeastOnce
-                } else {
-                    DeadLetterStrategy::AtMostOnce
-                },
-                message_ttl_ms: None,
-                single_active_consumer: sac,
-                release_cursor_interval_entries: interval,
-            }
-        })
 }
 
 /// A consumer: node `c % NODES`; basic.get holders have ids of their own.
@@ -162,6 +198,9 @@ struct Model {
     returns: VecDeque<MsgId>,
     ready: VecDeque<MsgId>,
     body: BTreeMap<MsgId, u64>,
+    expires_at_ms: BTreeMap<MsgId, u64>,
+    /// The queue's time: the latest stamped on an entry.
+    now_ms: u64,
     count: BTreeMap<MsgId, u32>,
     consumers: BTreeMap<ConsumerId, MConsumer>,
     dlx_pending: BTreeSet<MsgId>,
@@ -183,6 +222,8 @@ impl Model {
             returns: VecDeque::new(),
             ready: VecDeque::new(),
             body: BTreeMap::new(),
+            expires_at_ms: BTreeMap::new(),
+            now_ms: 0,
             count: BTreeMap::new(),
             consumers: BTreeMap::new(),
             dlx_pending: BTreeSet::new(),
@@ -205,6 +246,21 @@ impl Model {
             self.returns.iter().chain(&self.ready).chain(&self.dlx_pending).map(|id| self.body[id]).sum();
         self.config.max_length.is_some_and(|m| self.ready_len() + self.dlx_pending.len() as u64 + msgs > m)
             || self.config.max_length_bytes.is_some_and(|m| held_bytes + bytes > m)
+    }
+
+    fn head(&self) -> Option<MsgId> {
+        self.returns.front().or_else(|| self.ready.front()).copied()
+    }
+
+    fn expired(&self, id: MsgId) -> bool {
+        self.expires_at_ms.get(&id).is_some_and(|&t| t < self.now_ms)
+    }
+
+    fn expire_head(&mut self) {
+        while let Some(id) = self.head().filter(|&id| self.expired(id)) {
+            self.pop_head();
+            self.die(id, Reason::Expired);
+        }
     }
 
     fn pop_head(&mut self) -> Option<MsgId> {
@@ -264,8 +320,10 @@ impl Model {
 
     /// Turns `op` into a command and applies it to the model, recording the events it
     /// expects from the machine.
-    fn command(&mut self, op: &Op, index: u64) -> Command {
-        let cmd = self.command_inner(op, index);
+    fn command(&mut self, op: &Op, meta: Meta) -> Command {
+        self.expected.clear();
+        self.now_ms = self.now_ms.max(meta.now_ms);
+        let cmd = self.command_inner(op, meta.index);
         let up = |m: &MConsumer| m.status == Some(Status::Up);
         if self.config.single_active_consumer && !self.active.and_then(|c| self.consumers.get(&c)).is_some_and(up) {
             self.active =
@@ -284,9 +342,9 @@ impl Model {
     }
 
     fn command_inner(&mut self, op: &Op, index: u64) -> Command {
-        self.expected.clear();
         match *op {
-            Op::Enqueue { confirm, resend, body_bytes } => {
+            Op::Tick { .. } | Op::Leader { .. } => Command::Tick,
+            Op::Enqueue { confirm, resend, body_bytes, ttl_ms } => {
                 let seq = match (confirm, resend, self.last_seq) {
                     (false, ..) => None,
                     (true, true, Some(last)) => Some(last),
@@ -311,13 +369,17 @@ impl Model {
                     self.enqueued.insert(index);
                     self.body.insert(index, body);
                     self.count.insert(index, 0);
+                    let ttl = [self.config.message_ttl_ms, ttl_ms].into_iter().flatten().min();
+                    if let Some(ttl) = ttl {
+                        self.expires_at_ms.insert(index, self.now_ms + ttl);
+                    }
                     self.ready.push_back(index);
                     if self.config.overflow == Overflow::DropHead {
                         self.drop_over_limit();
                     }
                 }
                 let msg = Message { payload: Bytes::from(vec![b'x'; body_bytes.into()]), body_bytes: body };
-                Command::Enqueue { publish, msg, ttl_ms: None }
+                Command::Enqueue { publish, msg, ttl_ms }
             }
             Op::Checkout { c, prefetch } => {
                 let m = self.entry(consumer_id(c));
@@ -358,6 +420,7 @@ impl Model {
             }
             Op::Dequeue { c, settle } => {
                 let id = getter_id(c);
+                self.expire_head();
                 match self.pop_head() {
                     None => self.expected.push(Event::Dequeued { consumer: id, got: None, ready: 0 }),
                     Some(msg) => {
@@ -441,9 +504,11 @@ impl Model {
         })
     }
 
-    /// A delivery the machine made: to a consumer with credit, of the message next in line.
+    /// A delivery the machine made: to a consumer with credit, of the message next in line,
+    /// which has not expired.
     fn delivered(&mut self, consumer: ConsumerId, d: &Delivery) {
         assert!(self.eligible(&consumer), "delivery to {consumer:?} without credit: {self:?}");
+        assert!(!self.expired(d.msg_id), "delivered an expired message");
         assert_eq!(Some(d.msg_id), self.pop_head(), "not the message next in line");
         assert_eq!(d.delivery_count, self.count[&d.msg_id]);
         assert_eq!(d.redelivered, d.delivery_count > 0);
@@ -464,14 +529,23 @@ fn run_checked(config: &Config, ops: &[Op]) -> Vec<(Meta, Command)> {
     let mut q = QuorumQueue::new(config.clone());
     let mut model = Model::new(config.clone());
     let mut log = Vec::new();
+    let (mut clock_ms, mut lag_ms) = (0u64, 0u64);
     for (i, op) in ops.iter().enumerate() {
-        let meta = Meta { index: i as u64 + 1, now_ms: i as u64 };
-        let cmd = model.command(op, meta.index);
+        match *op {
+            Op::Tick { advance_ms } => clock_ms += advance_ms,
+            Op::Leader { lag_ms: lag } => lag_ms = lag,
+            _ => {}
+        }
+        let meta = Meta { index: i as u64 + 1, now_ms: clock_ms.saturating_sub(lag_ms) };
+        let cmd = model.command(op, meta);
         let fx = q.apply(meta, cmd.clone());
         log.push((meta, cmd));
-        let events: Vec<Event> = fx.iter().filter_map(event).collect();
-        assert_eq!(events, model.expected, "after {op:?}");
-        for e in &fx {
+        // First the command's own effects, as the model predicts them...
+        let n = model.expected.len().min(fx.len());
+        let events: Vec<Event> = fx[..n].iter().filter_map(event).collect();
+        assert_eq!(events, model.expected, "after {op:?}: {fx:?}");
+        // ...then dispatch: deliveries, and the expiries it meets on the way.
+        for e in &fx[n..] {
             match e {
                 Effect::Deliver { consumer, delivery } => model.delivered(*consumer, delivery),
                 Effect::ReleaseCursor { index } => {
@@ -480,9 +554,17 @@ fn run_checked(config: &Config, ops: &[Op]) -> Vec<(Meta, Command)> {
                         "cursor {index} passed a live message"
                     )
                 }
-                _ => {}
+                e => {
+                    let head = model.head().unwrap_or_else(|| panic!("{e:?} in dispatch with nothing ready"));
+                    assert!(model.expired(head), "dispatch emitted {e:?} but the head has not expired");
+                    model.pop_head();
+                    model.expected.clear();
+                    model.die(head, Reason::Expired);
+                    assert_eq!(event(e).as_ref(), model.expected.first(), "after {op:?}");
+                }
             }
         }
+        assert!(model.head().is_none_or(|h| !model.expired(h)), "an expired message left at the head");
         q.check_invariants();
         if model.ready_len() > 0 {
             assert!(!model.consumers.keys().any(|c| model.eligible(c)), "a consumer with credit was left idle");
