@@ -180,6 +180,21 @@ impl QuorumQueue {
                     }
                 }
             }
+            Command::ForgetNode { node } => {
+                let gone: Vec<ConsumerId> = self.consumers.range(node_range(node)).map(|(id, _)| *id).collect();
+                for id in gone {
+                    if let Some(c) = self.consumers.remove(&id) {
+                        for m in c.checked_out.into_values() {
+                            self.return_msg(m, &mut fx);
+                        }
+                    }
+                }
+                let on_node = PublisherId { node, id: 0 }..=PublisherId { node, id: u64::MAX };
+                let gone: Vec<PublisherId> = self.publishers.range(on_node).map(|(id, _)| *id).collect();
+                for id in gone {
+                    self.publishers.remove(&id);
+                }
+            }
             Command::PublisherDown { publisher } => {
                 self.publishers.remove(&publisher);
             }

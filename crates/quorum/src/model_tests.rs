@@ -71,6 +71,10 @@ enum Op {
     NodeUp {
         node: u64,
     },
+    ForgetNode {
+        node: u64,
+    },
+    PublisherDown,
     Purge,
     DeadLetterSettleAll,
     SetLimits {
@@ -95,6 +99,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => c.clone().prop_map(|c| Op::ConsumerDown { c }),
         1 => (0..NODES).prop_map(|node| Op::NodeDown { node }),
         1 => (0..NODES).prop_map(|node| Op::NodeUp { node }),
+        1 => (0..NODES).prop_map(|node| Op::ForgetNode { node }),
+        1 => Just(Op::PublisherDown),
         1 => Just(Op::Purge),
         1 => Just(Op::DeadLetterSettleAll),
         1 => (prop::option::of(0..4u32), prop::option::of(0..6u64))
@@ -471,6 +477,22 @@ impl Model {
                     }
                 }
                 Command::NodeUp { node: NodeId(node) }
+            }
+            Op::ForgetNode { node } => {
+                let on_node: Vec<ConsumerId> =
+                    self.consumers.keys().filter(|k| k.node == NodeId(node)).copied().collect();
+                for id in on_node {
+                    let m = self.consumers.remove(&id).unwrap();
+                    m.held.into_values().for_each(|msg| self.give_back(msg));
+                }
+                if PUBLISHER.node == NodeId(node) {
+                    self.last_seq = None;
+                }
+                Command::ForgetNode { node: NodeId(node) }
+            }
+            Op::PublisherDown => {
+                self.last_seq = None;
+                Command::PublisherDown { publisher: PUBLISHER }
             }
             Op::Purge => {
                 let gone: Vec<MsgId> = self.returns.drain(..).chain(self.ready.drain(..)).collect();

@@ -249,6 +249,24 @@ fn node_down_suspends_its_consumers_and_node_up_resumes_them() {
 }
 
 #[test]
+fn a_forgotten_node_loses_its_consumers_and_publishers() {
+    let mut r = Replica::new(Config::default());
+    let a = r.enqueue("a");
+    r.checkout(on_node(2, 1), 0);
+    r.checkout(on_node(3, 1), 0);
+    let from_node_2 = PublishId { publisher: PublisherId { node: NodeId(2), id: 1 }, seq: 1 };
+    r.run(Command::Enqueue { publish: Some(from_node_2), msg: msg("b"), ttl_ms: None });
+    let b = r.index;
+    // Node 2's consumer held both (it was served longer ago when b came).
+    let fx = r.run(Command::ForgetNode { node: NodeId(2) });
+    assert_eq!(deliveries(&fx), vec![(on_node(3, 1), a, 0, 1), (on_node(3, 1), b, 1, 1)]);
+    assert_eq!(r.q.stats().consumers, 1);
+    // Its sequence numbers are forgotten: the same seq is a new message now.
+    r.run(Command::Enqueue { publish: Some(from_node_2), msg: msg("c"), ttl_ms: None });
+    assert_eq!(r.q.stats().checked_out, 3);
+}
+
+#[test]
 fn a_cancelled_consumer_gets_nothing_more_and_leaves_once_it_holds_nothing() {
     let mut r = Replica::new(Config::default());
     r.enqueue("a");

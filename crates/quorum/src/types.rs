@@ -112,6 +112,11 @@ pub enum Command {
     NodeUp {
         node: NodeId,
     },
+    /// The node left the cluster for good (forget_cluster_node): its consumers are removed
+    /// (what they held is returned, delivery count + 1) and its publishers forgotten.
+    ForgetNode {
+        node: NodeId,
+    },
     /// A publisher's channel closed: forget its sequence numbers.
     PublisherDown {
         publisher: PublisherId,
