@@ -6,7 +6,8 @@
 //!
 //! - [`Command`]s in: enqueue, checkout (consume), cancel, settle (ack), return
 //!   (nack/reject with requeue), discard (without requeue), dequeue (basic.get), consumer
-//!   down, node down/up, publisher down, purge, set config (arguments + policies),
+//!   down, node down/up, forget node, publisher down, purge, set config (arguments +
+//!   policies),
 //!   dead-letter settled, tick.
 //! - [`Effect`]s out: deliver, dequeued, confirm, reject (overflow `reject-publish`),
 //!   dead-letter, dropped, purged, release cursor.
