@@ -7,8 +7,7 @@
 //! - [`Command`]s in: enqueue, checkout (consume), cancel, settle (ack), return
 //!   (nack/reject with requeue), discard (without requeue), dequeue (basic.get), consumer
 //!   down, node down/up, forget node, publisher down, purge, set config (arguments +
-//!   policies),
-//!   dead-letter settled, tick.
+//!   policies), dead-letter settled, tick.
 //! - [`Effect`]s out: deliver, dequeued, confirm, reject (overflow `reject-publish`),
 //!   dead-letter, dropped, purged, release cursor.
 //! - [`QuorumQueue`] is serde-serializable: a snapshot holds only what is live.
