@@ -2,7 +2,8 @@
 //! [`QuorumQueue::apply`], the deterministic step from one log entry to the next state and
 //! the effects the leader carries out.
 //!
-//! Invariants (checked by `check_invariants` in the tests after every step):
+//! Invariants (checked after every step in the tests: by `check_invariants`, and the
+//! prefetch one by the model tests, which see each delivery):
 //! - every live message (ready, returned, checked out, or an at-least-once dead letter not
 //!   yet confirmed) is in exactly one of those places, and its id is in `live`;
 //! - `ready_bytes` is the body bytes of `returns` + `ready`, `dlx_bytes` of `dlx_pending`;
