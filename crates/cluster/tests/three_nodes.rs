@@ -4,16 +4,43 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster::{ClusterNode, NodeConfig};
+use cluster::{Applier, ClusterNode, NodeConfig};
 use tokio::runtime::Runtime;
+
+/// The test applier: records every command with its index, in order, in memory (so a
+/// restarted node starts from its snapshot and the log, as before the applier existed).
+#[derive(Default)]
+struct Recorder {
+    commands: Mutex<Vec<(u64, Vec<u8>)>>,
+}
+
+impl Applier for Recorder {
+    fn apply(&self, index: u64, cmd: &[u8]) -> Vec<u8> {
+        self.commands.lock().unwrap().push((index, cmd.to_vec()));
+        index.to_string().into_bytes()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&*self.commands.lock().unwrap()).unwrap()
+    }
+
+    fn restore(&self, _index: u64, data: &[u8]) -> Result<(), String> {
+        let commands =
+            if data.is_empty() { Vec::new() } else { serde_json::from_slice(data).map_err(|e| e.to_string())? };
+        *self.commands.lock().unwrap() = commands;
+        Ok(())
+    }
+}
 
 struct TestNode {
     name: String,
     dir: PathBuf,
     rt: Option<Runtime>,
     node: Option<ClusterNode>,
+    recorder: Arc<Recorder>,
 }
 
 impl TestNode {
@@ -28,12 +55,13 @@ impl TestNode {
         let mut config = NodeConfig::new(name, dir, listener.local_addr().unwrap());
         config.cluster_nodes = cluster.to_vec();
         config.snapshot_every_entries = snapshot_every;
+        let recorder = Arc::new(Recorder::default());
         let node = rt.block_on(async {
             listener.set_nonblocking(true).unwrap();
             let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            ClusterNode::start_with_listener(config, l).await.unwrap()
+            ClusterNode::start_with_listener(config, l, recorder.clone()).await.unwrap()
         });
-        TestNode { name: name.to_owned(), dir: dir.to_owned(), rt: Some(rt), node: Some(node) }
+        TestNode { name: name.to_owned(), dir: dir.to_owned(), rt: Some(rt), node: Some(node), recorder }
     }
 
     /// Start again from the same data directory and port.
@@ -62,7 +90,13 @@ impl TestNode {
     }
 
     fn commands(&self) -> Vec<(u64, Vec<u8>)> {
-        self.node().local_state().commands
+        self.recorder.commands.lock().unwrap().clone()
+    }
+
+    /// A linearizable read: the commands after a read barrier.
+    fn read_commands(&self) -> Vec<(u64, Vec<u8>)> {
+        self.on(self.node().read()).unwrap();
+        self.commands()
     }
 }
 
@@ -186,8 +220,7 @@ fn leader_is_elected_and_1000_proposals_apply_in_one_order_everywhere() {
 
     // A linearizable read on a follower sees every acknowledged command at its index.
     let follower = (leader + 1) % 3;
-    let read = nodes[follower].on(nodes[follower].node().read()).unwrap();
-    assert_eq!(read.commands, acked, "the follower's linearizable read");
+    assert_eq!(nodes[follower].read_commands(), acked, "the follower's linearizable read");
     let all: Vec<&TestNode> = nodes.iter().collect();
     assert_eq!(assert_converged(&all, 3 * PER_NODE, Duration::from_secs(10)), acked);
 }
@@ -218,7 +251,7 @@ fn killed_leader_is_replaced_nothing_acknowledged_is_lost_and_it_catches_up() {
     }
     acked.sort();
     let survivor = &nodes[new];
-    assert_eq!(survivor.on(survivor.node().read()).unwrap().commands, acked, "acknowledged commands after failover");
+    assert_eq!(survivor.read_commands(), acked, "acknowledged commands after failover");
 
     // The old leader restarts from its data directory and catches up.
     let dir = nodes[old].dir.clone();
@@ -364,8 +397,7 @@ fn whole_cluster_killed_and_restarted_recovers_snapshot_and_log_from_disk() {
     let n = &nodes[1];
     // A restarted leader may keep its term without a new no-op entry; the persisted commit
     // index is what makes this read include every acknowledged command.
-    let r = n.on(n.node().read()).unwrap();
-    assert_eq!(r.commands, acked);
+    assert_eq!(n.read_commands(), acked);
     let all: Vec<&TestNode> = nodes.iter().collect();
     assert_eq!(assert_converged(&all, 130, Duration::from_secs(10)), acked);
 }
@@ -443,7 +475,7 @@ fn leader_killed_under_load_loses_no_acknowledged_proposal() {
 
     // Every acknowledged proposal is in the state at its index, and nothing is applied twice.
     let survivor = &nodes[followers[0]];
-    let state = survivor.on(survivor.node().read()).unwrap().commands;
+    let state = survivor.read_commands();
     let by_index: std::collections::HashMap<u64, &Vec<u8>> = state.iter().map(|(i, c)| (*i, c)).collect();
     for (index, c) in &acked {
         assert_eq!(by_index.get(index), Some(&c), "acknowledged proposal at {index} lost");

@@ -374,6 +374,18 @@ impl Draft {
             "cluster_listen" => {
                 c.cluster_listen = Some(v.parse().map_err(|_| format!("expected IP:PORT, got '{v}'"))?);
             }
+            "cluster_write_timeout_ms" => {
+                c.cluster_write_timeout_ms = parse_int(v)?;
+                if c.cluster_write_timeout_ms == 0 {
+                    return Err("must be at least 1".into());
+                }
+            }
+            "cluster_snapshot_every" => {
+                c.cluster_snapshot_every_entries = parse_int(v)?;
+                if c.cluster_snapshot_every_entries == 0 {
+                    return Err("must be at least 1".into());
+                }
+            }
             "threads" => {
                 let n: usize = parse_int(v)?;
                 if n == 0 {

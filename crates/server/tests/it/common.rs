@@ -112,16 +112,11 @@ impl WarrenProcess {
             }
             None => std::process::Command::new(bin),
         };
-        cmd.args([
-            "--amqp-port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--management-port",
-            "0",
-            "--prometheus-port",
-            "0",
-        ]);
+        cmd.args(["--amqp-port", &port.to_string(), "--bind", "127.0.0.1", "--prometheus-port", "0"]);
+        // Off unless the caller gives it a port.
+        if !extra.contains(&"--management-port") {
+            cmd.args(["--management-port", "0"]);
+        }
         cmd.args(["--heartbeat", "0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
