@@ -15,6 +15,9 @@ use tokio::runtime::Runtime;
 #[derive(Default)]
 struct Recorder {
     commands: Mutex<Vec<(u64, Vec<u8>)>>,
+    /// Stands for an applier with its own durable storage (the broker's definitions log):
+    /// kept across a restart, it reports its last command's index as durable.
+    durable: bool,
 }
 
 impl Applier for Recorder {
@@ -32,6 +35,10 @@ impl Applier for Recorder {
             if data.is_empty() { Vec::new() } else { serde_json::from_slice(data).map_err(|e| e.to_string())? };
         *self.commands.lock().unwrap() = commands;
         Ok(())
+    }
+
+    fn durable_index(&self) -> u64 {
+        if self.durable { self.commands.lock().unwrap().last().map_or(0, |c| c.0) } else { 0 }
     }
 }
 
@@ -51,11 +58,21 @@ impl TestNode {
         cluster: &[String],
         snapshot_every: u64,
     ) -> TestNode {
+        TestNode::start_with(name, dir, listener, cluster, snapshot_every, Arc::new(Recorder::default()))
+    }
+
+    fn start_with(
+        name: &str,
+        dir: &Path,
+        listener: std::net::TcpListener,
+        cluster: &[String],
+        snapshot_every: u64,
+        recorder: Arc<Recorder>,
+    ) -> TestNode {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let mut config = NodeConfig::new(name, dir, listener.local_addr().unwrap());
         config.cluster_nodes = cluster.to_vec();
         config.snapshot_every_entries = snapshot_every;
-        let recorder = Arc::new(Recorder::default());
         let node = rt.block_on(async {
             listener.set_nonblocking(true).unwrap();
             let l = tokio::net::TcpListener::from_std(listener).unwrap();
@@ -488,4 +505,53 @@ fn leader_killed_under_load_loses_no_acknowledged_proposal() {
     nodes[old] = TestNode::restart(&names[old], &dir, &names, 200);
     let all: Vec<&TestNode> = nodes.iter().collect();
     assert_eq!(assert_converged(&all, state.len(), Duration::from_secs(15)), state);
+}
+
+/// An applier with durable state of its own (as the broker's directory is) restarts where
+/// it was: entries it applied are not applied again, even those after the last snapshot,
+/// and the node still knows the membership (the initial one is at log index 0).
+#[test]
+fn a_durable_applier_is_not_replayed_on_restart_and_membership_is_kept() {
+    // With a snapshot before the durable point, and with none (the initial membership
+    // entry, at index 0, is then only in the log).
+    for snapshot_every in [20, 1_000] {
+        durable_applier_restart(snapshot_every);
+    }
+}
+
+fn durable_applier_restart(snapshot_every: u64) {
+    let root = tempfile::tempdir().unwrap();
+    let ls = listeners(3);
+    let names: Vec<String> = ls.iter().map(|(n, _)| n.clone()).collect();
+    let recorders: Vec<Arc<Recorder>> =
+        (0..3).map(|_| Arc::new(Recorder { durable: true, ..Recorder::default() })).collect();
+    let mut nodes: Vec<TestNode> = ls
+        .into_iter()
+        .zip(&recorders)
+        .map(|((name, l), r)| {
+            TestNode::start_with(&name, &root.path().join(&name), l, &names, snapshot_every, r.clone())
+        })
+        .collect();
+    let leader = wait_leader(&nodes, Duration::from_secs(10));
+    for i in 0..30 {
+        let via = &nodes[i % 3];
+        via.on(via.node().propose(cmd("d", i))).unwrap();
+    }
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    assert_converged(&all, 30, Duration::from_secs(10));
+    // The leader (which formed the group) restarts on its durable state, past its snapshot.
+    let dir = nodes[leader].dir.clone();
+    nodes[leader].kill();
+    let (_, addr) = cluster::parse_node_name(&names[leader]).unwrap();
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    nodes[leader] =
+        TestNode::start_with(&names[leader], &dir, listener, &names, snapshot_every, recorders[leader].clone());
+    assert_eq!(nodes[leader].node().members().len(), 3, "the restarted node lost the membership");
+    wait_leader(&nodes, Duration::from_secs(10));
+    for i in 0..5 {
+        let via = &nodes[leader];
+        via.on(via.node().propose(cmd("e", i))).unwrap();
+    }
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    assert_converged(&all, 35, Duration::from_secs(10));
 }

@@ -351,6 +351,92 @@ pub fn seed(state: &Arc<ServerState>) {
 }
 
 #[cfg(test)]
+mod applier_tests {
+    use access::model::{HashingAlgorithm, Permission, User, UserLimits, Vhost};
+    use cluster::Applier as _;
+
+    use super::*;
+
+    fn state() -> Arc<ServerState> {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        ServerState::new(Config::default(), rx)
+    }
+
+    fn user(name: &str) -> Change {
+        Change::PutUser(User {
+            name: name.into(),
+            password_hash: access::password::hash_password(HashingAlgorithm::Sha256, "pw"),
+            hashing_algorithm: HashingAlgorithm::Sha256,
+            tags: vec!["x".repeat(200)],
+            limits: UserLimits::default(),
+        })
+    }
+
+    fn perm(user: &str, vhost: &str) -> Change {
+        Change::PutPermission(Permission {
+            user: user.into(),
+            vhost: vhost.into(),
+            configure: ".*".into(),
+            write: ".*".into(),
+            read: ".*".into(),
+        })
+    }
+
+    fn outcome(bytes: &[u8]) -> Outcome {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    #[test]
+    fn commands_split_at_the_size_limit_and_decode_back_in_order() {
+        let changes: Vec<Change> = (0..600).map(|i| user(&format!("user{i}"))).collect();
+        let cmds = commands(changes.clone());
+        assert!(cmds.len() > 1, "{} commands", cmds.len());
+        let mut back = Vec::new();
+        for c in &cmds {
+            assert!(c.len() <= cluster::node::MAX_COMMAND_BYTES, "{} bytes", c.len());
+            let Command::Access(part) = serde_json::from_slice(c).unwrap();
+            back.extend(part);
+        }
+        assert_eq!(back, changes);
+        assert!(commands(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn committed_entries_apply_all_or_nothing_and_refusals_are_results() {
+        let s = state();
+        let a = Applier { state: Arc::downgrade(&s) };
+        let ok = encode(&Command::Access(vec![Change::PutVhost(Vhost::named("v")), perm("guest", "v")]));
+        assert_eq!(outcome(&a.apply(5, &ok)), Outcome::Applied);
+        assert!(s.with_access(|d| d.permission("guest", "v").is_some()));
+        assert!(s.vhost("v").is_some(), "carried out: the broker has the vhost");
+        assert_eq!(a.durable_index(), 5);
+        // The second change fails: the first is not applied either, the index stays.
+        let bad = encode(&Command::Access(vec![Change::PutVhost(Vhost::named("w")), perm("ghost", "w")]));
+        assert_eq!(outcome(&a.apply(6, &bad)), Outcome::Invalid("user 'ghost' does not exist".into()));
+        assert!(s.with_access(|d| d.vhost("w").is_none()));
+        assert_eq!(a.durable_index(), 5);
+        assert!(matches!(outcome(&a.apply(7, b"{\"Exchange\":1}")), Outcome::Invalid(m) if m.contains("undecodable")));
+    }
+
+    #[test]
+    fn a_snapshot_restores_as_the_same_directory_and_empty_restores_as_empty() {
+        let (from, to) = (state(), state());
+        let a = Applier { state: Arc::downgrade(&from) };
+        let b = Applier { state: Arc::downgrade(&to) };
+        a.apply(1, &encode(&Command::Access(vec![user("alice"), Change::PutVhost(Vhost::named("v"))])));
+        // `to` has its own guest (another salt) and a vhost `from` lacks.
+        b.apply(1, &encode(&Command::Access(vec![Change::PutVhost(Vhost::named("only-here"))])));
+        b.restore(9, &a.snapshot()).unwrap();
+        assert_eq!(to.with_access(Directory::all_changes), from.with_access(Directory::all_changes));
+        assert!(to.vhost("only-here").is_none(), "carried out: the broker's vhost is gone");
+        assert_eq!(b.durable_index(), 9);
+        b.restore(10, &[]).unwrap();
+        assert!(to.with_access(Directory::all_changes).is_empty());
+        assert!(b.restore(11, b"not json").is_err());
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
