@@ -163,14 +163,14 @@ impl ServerState {
             records.push(crate::persist::cluster_applied_record(index));
             p.log_batch(records).map_err(|e| ChangeError::Store(e.to_string()))?;
         }
-        crate::persist::logged_by_batch(|| {
-            for c in changes {
-                // Validated above against this same directory (the writer lock is held).
-                if let Err(e) = self.change_access_locked(c) {
-                    error!("raft entry {index}: an access change validated before failed: {e}");
-                }
+        // Not inside `logged_by_batch`: carrying out a vhost's deletion logs its queues'
+        // deletions as any deletion does.
+        for c in changes {
+            // Validated above against this same directory (the writer lock is held).
+            if let Err(e) = self.apply_logged(c) {
+                error!("raft entry {index}: an access change validated before failed: {e}");
             }
-        });
+        }
         self.cluster_applied.store(index, Ordering::Release);
         Ok(())
     }
@@ -181,6 +181,11 @@ impl ServerState {
         if let Some(p) = &self.persistence {
             p.log_access(&c).map_err(|e| ChangeError::Store(e.to_string()))?;
         }
+        self.apply_logged(c)
+    }
+
+    /// Apply and carry out a validated change whose record is already in the log.
+    fn apply_logged(&self, c: Change) -> Result<(), ChangeError> {
         let version = {
             let mut dir = self.access.write();
             dir.apply(c.clone()).map_err(|e| ChangeError::Invalid(e.to_string()))?;
