@@ -527,6 +527,23 @@ async fn access_changes_on_any_node_apply_on_all_three() {
         })
         .await;
     }
+
+    // A definitions import on one node: its users, vhosts and permissions reach all three.
+    let defs = serde_json::json!({
+        "users": [{"name": "dave", "password_hash": hash, "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}],
+        "vhosts": [{"name": "imported"}],
+        "permissions": [{"user": "dave", "vhost": "imported", "configure": ".*", "write": ".*", "read": ".*"}]
+    });
+    let file = dir.path().join("defs.json");
+    std::fs::write(&file, defs.to_string()).unwrap();
+    let (code, out, err) = nodes[2].ctl(&["import_definitions", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    for n in &nodes {
+        eventually("the imported user everywhere", Duration::from_secs(5), || async {
+            n.amqp("dave", "s3cret", "imported").await.map(drop).map_err(|e| format!("{}: {e}", n.full))
+        })
+        .await;
+    }
     eprintln!("whole test took {:?}", started.elapsed());
 }
 
