@@ -125,10 +125,14 @@ impl WarrenProcess {
             .stdout(std::process::Stdio::null())
             .stderr(stderr);
         let child = cmd.spawn().expect("spawning warren");
-        let w = WarrenProcess { child, port, log };
+        let mut w = WarrenProcess { child, port, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "warren did not start:\n{}", w.log());
+            // E.g. a port it was given was taken meanwhile: say so now, not after 20 s.
+            if let Ok(Some(status)) = w.child.try_wait() {
+                panic!("warren exited ({status}) before accepting connections:\n{}", w.log());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         w
