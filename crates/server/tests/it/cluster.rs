@@ -26,7 +26,8 @@ struct Node {
     full: String,
     data: PathBuf,
     conf: PathBuf,
-    /// The management API's TCP port.
+    /// The management API's TCP port, picked afresh at each start (as the AMQP port is):
+    /// one picked once could be taken by another test before a restart.
     mgmt: u16,
     proc: Option<WarrenProcess>,
 }
@@ -34,6 +35,7 @@ struct Node {
 impl Node {
     fn start(&mut self) {
         let conf = self.conf.to_str().unwrap().to_owned();
+        self.mgmt = free_port();
         let mgmt = self.mgmt.to_string();
         let args = ["--config", &conf, "--node-name", &self.short, "--management-port", &mgmt];
         self.proc = Some(WarrenProcess::start(&self.data, None, &args));
@@ -135,7 +137,7 @@ fn three_nodes_with(dir: &Path, extra: &str) -> Vec<Node> {
                 full: full[i].clone(),
                 data: dir.join(format!("n{}", i + 1)),
                 conf: conf_path,
-                mgmt: free_port(),
+                mgmt: 0,
                 proc: None,
             }
         })
@@ -305,7 +307,7 @@ fn a_fourth_node_joins_with_join_cluster_and_leaves_with_forget_cluster_node() {
         full: format!("n4@127.0.0.1:{port}"),
         data: dir.path().join("n4"),
         conf,
-        mgmt: free_port(),
+        mgmt: 0,
         proc: None,
     };
     n4.start();
