@@ -310,9 +310,22 @@ fn a_fourth_node_joins_with_join_cluster_and_leaves_with_forget_cluster_node() {
         mgmt: 0,
         proc: None,
     };
+    // It was a single node with a user of its own before: joining resets it (RabbitMQ's
+    // join_cluster needs a reset node), its users become the cluster's.
+    n4.proc = Some(WarrenProcess::start(&n4.data, None, &[]));
+    let (code, out, err) = n4.ctl(&["add_user", "local-only", "pw"]);
+    assert_eq!(code, 0, "{out}{err}");
+    n4.kill();
     n4.start();
     let alone = n4.status().expect("n4 answers");
     assert_eq!(names(&alone["disk_nodes"]), Vec::<String>::new(), "a joiner is in no cluster yet: {alone}");
+    let user_names = |n: &Node| -> Vec<String> {
+        let mut u: Vec<String> =
+            n.api("/api/users").as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap().to_owned()).collect();
+        u.sort();
+        u
+    };
+    assert_eq!(user_names(&n4), Vec::<String>::new(), "reset when it started as a joiner");
 
     let (code, out, err) = nodes[1].ctl(&["join_cluster", &n4.full]);
     assert_eq!(code, 0, "{out}{err}");
@@ -328,6 +341,11 @@ fn a_fourth_node_joins_with_join_cluster_and_leaves_with_forget_cluster_node() {
             }
         }
         Ok(())
+    });
+
+    wait_for("the joiner has the cluster's users", Duration::from_secs(10), || {
+        let got = user_names(&n4);
+        if got == ["guest"] { Ok(()) } else { Err(format!("{got:?}")) }
     });
 
     let (code, out, err) = nodes[2].ctl(&["forget_cluster_node", &n4.full]);
