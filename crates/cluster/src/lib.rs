@@ -3,13 +3,14 @@
 //! # Layout
 //! - [`frame`]: crc32c-framed records, shared by the files and the wire.
 //! - [`log_store`]: the Raft log and vote, fsynced before openraft is told they are durable.
-//! - [`state_machine`]: applies opaque metadata commands in log order; persistent snapshots.
+//! - [`state_machine`]: hands committed commands, in log order, to an [`Applier`] (the
+//!   broker's directory); persistent snapshots of the applier's content.
 //! - [`transport`]: TCP between nodes — one connection per peer, framed and checksummed.
 //! - [`node`]: [`ClusterNode`], what the broker and `warrenctl` will call.
 //!
 //! The consensus algorithm is openraft's (0.9 line); this crate supplies storage, network
 //! and the node API around it. The broker starts a node when clustering is configured
-//! (`server::clustering`); nothing it holds is replicated through the group yet.
+//! (`server::clustering`), with its access directory as the applier.
 
 pub mod frame;
 pub mod log_store;
@@ -20,12 +21,14 @@ pub mod transport;
 use std::io::Cursor;
 
 pub use node::{ClusterNode, NodeConfig};
+pub use state_machine::Applier;
 
 openraft::declare_raft_types!(
-    /// The metadata group's types: commands are opaque bytes, the response is the log index.
+    /// The metadata group's types: commands are opaque bytes, the response is what the
+    /// [`Applier`] returned for the command (empty for Raft's own entries).
     pub TypeConfig:
         D = Vec<u8>,
-        R = u64,
+        R = Vec<u8>,
         NodeId = u64,
         Node = openraft::BasicNode,
         SnapshotData = Cursor<Vec<u8>>,

@@ -173,6 +173,30 @@ impl LogStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// No vote was ever saved and nothing was purged: with an empty log, a node that never
+    /// took part in a group.
+    pub fn is_unvoted(&self) -> bool {
+        let mem = self.mem.lock().expect("log mem lock");
+        mem.vote.is_none() && mem.last_purged.is_none()
+    }
+
+    /// The log id of the entry at `index`, if the log holds it.
+    pub fn log_id_at(&self, index: u64) -> Option<LogId> {
+        self.mem.lock().expect("log mem lock").entries.get(&index).map(|e| e.log_id)
+    }
+
+    /// The last membership entry with its index in `range`, as the state machine stores it.
+    pub fn last_membership_in(
+        &self,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Option<openraft::StoredMembership<NodeId, openraft::BasicNode>> {
+        let mem = self.mem.lock().expect("log mem lock");
+        mem.entries.range(range).rev().find_map(|(_, e)| match &e.payload {
+            openraft::EntryPayload::Membership(m) => Some(openraft::StoredMembership::new(Some(e.log_id), m.clone())),
+            _ => None,
+        })
+    }
 }
 
 fn replay(mem: &mut Mem, record: LogRecord) {

@@ -2,7 +2,7 @@
 //!
 //! Writes (`propose`, `add_member`, `remove_member`) may be called on any node: a follower
 //! **forwards** them to the leader it knows and returns the leader's answer, retrying while an
-//! election is under way, until [`REQUEST_DEADLINE`]. [`Error::NotLeader`] is returned only
+//! election is under way, until the request deadline ([`REQUEST_DEADLINE`] unless configured). [`Error::NotLeader`] is returned only
 //! when no leader became known before the deadline. A forwarded write whose link fails after
 //! sending is not retried (it might apply twice): it returns [`Error::Indeterminate`]. Reads go through [`ClusterNode::read`],
 //! which gets a read index from the leader (which confirms its leadership with a quorum first)
@@ -26,11 +26,12 @@ use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 
 use crate::log_store::LogStore;
-use crate::state_machine::{Applied, StateMachine};
+use crate::state_machine::{Applied, Applier, StateMachine};
 use crate::transport::{CallError, ClientFailure, ClientRequest, Inbound, Request, Response, Transport};
 use crate::{Error, NodeId, Raft, TypeConfig, node_id, parse_node_name};
 
-/// How long a client operation may wait for a leader (elections included).
+/// How long a client operation may wait for a leader (elections included), by default
+/// ([`NodeConfig::request_deadline`]).
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// Largest command `propose` accepts. Definitions records are far smaller; the bound keeps
 /// an append batch ([`MAX_ENTRIES_PER_APPEND`] entries, JSON-encoded at up to 4 bytes per
@@ -59,6 +60,8 @@ pub struct NodeConfig {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// How long a write or read may wait for a leader and a quorum before it fails.
+    pub request_deadline: Duration,
 }
 
 impl NodeConfig {
@@ -72,6 +75,7 @@ impl NodeConfig {
             heartbeat_ms: 100,
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
+            request_deadline: REQUEST_DEADLINE,
         }
     }
 }
@@ -84,6 +88,9 @@ pub struct ClusterNode {
 
 struct Inner {
     name: String,
+    request_deadline: Duration,
+    /// Whether this start initialised the group (the first start of the node that forms it).
+    initialized: std::sync::atomic::AtomicBool,
     raft: Raft,
     state: StateMachine,
     transport: Arc<Transport>,
@@ -97,20 +104,27 @@ impl Drop for Inner {
 }
 
 impl ClusterNode {
-    /// Bind `config.listen` and start.
-    pub async fn start(config: NodeConfig) -> Result<ClusterNode, Error> {
+    /// Bind `config.listen` and start, committed commands going to `applier`.
+    pub async fn start(config: NodeConfig, applier: Arc<dyn Applier>) -> Result<ClusterNode, Error> {
         let listener = TcpListener::bind(config.listen).await?;
-        ClusterNode::start_with_listener(config, listener).await
+        ClusterNode::start_with_listener(config, listener, applier).await
     }
 
     /// Start with an already bound listener (tests bind port 0 first to learn the port).
-    pub async fn start_with_listener(config: NodeConfig, listener: TcpListener) -> Result<ClusterNode, Error> {
+    pub async fn start_with_listener(
+        config: NodeConfig,
+        listener: TcpListener,
+        applier: Arc<dyn Applier>,
+    ) -> Result<ClusterNode, Error> {
         parse_node_name(&config.name)?;
         for n in &config.cluster_nodes {
             parse_node_name(n)?;
         }
         let (log, recovery) = LogStore::open(&config.data_dir)?;
-        let state = StateMachine::open(&config.data_dir)?;
+        // A node that is not the one forming the group starts from the group's state, not
+        // from what its applier held before it joined.
+        let reset = !forms_group(&config);
+        let state = StateMachine::open(&config.data_dir, applier, &log, reset)?;
         tracing::info!(node = %config.name, entries = recovery.entries, cut_bytes = recovery.cut_bytes, "raft log recovered");
         let raft_config = Config {
             cluster_name: "warren".into(),
@@ -134,7 +148,17 @@ impl ClusterNode {
             .map_err(|e| Error::Raft(e.to_string()))?;
         let handler = Arc::new(Handler { raft: raft.clone() });
         let server = transport.serve(listener, handler);
-        let node = ClusterNode { inner: Arc::new(Inner { name: config.name.clone(), raft, state, transport, server }) };
+        let node = ClusterNode {
+            inner: Arc::new(Inner {
+                name: config.name.clone(),
+                request_deadline: config.request_deadline,
+                initialized: false.into(),
+                raft,
+                state,
+                transport,
+                server,
+            }),
+        };
         node.bootstrap(&config).await?;
         Ok(node)
     }
@@ -148,17 +172,20 @@ impl ClusterNode {
         if raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))? {
             return Ok(());
         }
-        // A node not in the list (or with an empty list) is a joiner: it waits for
-        // `add_member`. It must never initialize, or it would found a second cluster.
-        if !config.cluster_nodes.contains(&config.name) {
-            return Ok(());
-        }
-        if config.cluster_nodes.iter().min() != Some(&config.name) {
+        if !forms_group(config) {
             return Ok(());
         }
         let members: BTreeMap<NodeId, BasicNode> =
             config.cluster_nodes.iter().map(|n| (node_id(n), BasicNode::new(n))).collect();
-        raft.initialize(members).await.map_err(|e| Error::Raft(e.to_string()))
+        raft.initialize(members).await.map_err(|e| Error::Raft(e.to_string()))?;
+        self.inner.initialized.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether this start initialised the group: the first start of the node that forms
+    /// the cluster (the broker then proposes its seed: default user and vhost).
+    pub fn initialized_group(&self) -> bool {
+        self.inner.initialized.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn name(&self) -> &str {
@@ -176,29 +203,46 @@ impl ClusterNode {
         if cmd.len() > MAX_COMMAND_BYTES {
             return Err(Error::CommandTooLarge { bytes: cmd.len(), max: MAX_COMMAND_BYTES });
         }
-        self.client(ClientRequest::Propose(cmd)).await
+        self.client(ClientRequest::Propose(cmd)).await.map(|(index, _)| index)
+    }
+
+    /// [`Self::propose`], then wait until this node has applied it too (read-your-writes
+    /// here); returns the index and what applying it returned (on the leader; every node
+    /// returns the same).
+    pub async fn propose_and_wait(&self, cmd: Vec<u8>) -> Result<(u64, Vec<u8>), Error> {
+        if cmd.len() > MAX_COMMAND_BYTES {
+            return Err(Error::CommandTooLarge { bytes: cmd.len(), max: MAX_COMMAND_BYTES });
+        }
+        let (index, result) = self.client(ClientRequest::Propose(cmd)).await?;
+        self.inner
+            .raft
+            .wait(Some(self.inner.request_deadline))
+            .applied_index_at_least(Some(index), "propose_and_wait")
+            .await
+            .map_err(|_| Error::Timeout)?;
+        Ok((index, result))
     }
 
     /// Add `name` (`NAME@HOST:PORT`) as a voter: first as a learner that receives the log (or a
     /// snapshot), then promoted. What `warrenctl join_cluster` will call.
     pub async fn add_member(&self, name: &str) -> Result<u64, Error> {
         parse_node_name(name)?;
-        self.client(ClientRequest::AddMember(name.to_owned())).await
+        self.client(ClientRequest::AddMember(name.to_owned())).await.map(|(index, _)| index)
     }
 
     /// Remove `name` from the voters and the group. What `warrenctl forget_cluster_node` will call.
     pub async fn remove_member(&self, name: &str) -> Result<u64, Error> {
         parse_node_name(name)?;
-        self.client(ClientRequest::RemoveMember(name.to_owned())).await
+        self.client(ClientRequest::RemoveMember(name.to_owned())).await.map(|(index, _)| index)
     }
 
-    /// A linearizable read of the applied commands: every command acknowledged before this
-    /// call started is in the result.
+    /// A linearizable read barrier: once it returns, every command acknowledged before this
+    /// call started has been applied here (read the applier then); returns the position.
     pub async fn read(&self) -> Result<Applied, Error> {
-        let index = self.client(ClientRequest::ReadIndex).await?;
+        let (index, _) = self.client(ClientRequest::ReadIndex).await?;
         self.inner
             .raft
-            .wait(Some(REQUEST_DEADLINE))
+            .wait(Some(self.inner.request_deadline))
             .applied_index_at_least(Some(index), "linearizable read")
             .await
             .map_err(|_| Error::Timeout)?;
@@ -275,8 +319,8 @@ impl ClusterNode {
         self.inner.server.abort();
     }
 
-    async fn client(&self, req: ClientRequest) -> Result<u64, Error> {
-        let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
+    async fn client(&self, req: ClientRequest) -> Result<(u64, Vec<u8>), Error> {
+        let deadline = tokio::time::Instant::now() + self.inner.request_deadline;
         let mut last_leader = None;
         while tokio::time::Instant::now() < deadline {
             // A leader cut off from its quorum never finishes a write; the deadline bounds it.
@@ -316,8 +360,15 @@ impl ClusterNode {
     }
 }
 
+/// Whether `config` makes this node the one that initialises the group: it is listed, and
+/// its name sorts first. A node not in the list (or with an empty list) is a joiner that
+/// waits for `add_member`; it must never initialise, or it would found a second cluster.
+fn forms_group(config: &NodeConfig) -> bool {
+    config.cluster_nodes.contains(&config.name) && config.cluster_nodes.iter().min() == Some(&config.name)
+}
+
 /// Run a client operation on this node's Raft, which must be the leader.
-async fn local(raft: &Raft, req: ClientRequest) -> Result<u64, ClientFailure> {
+async fn local(raft: &Raft, req: ClientRequest) -> Result<(u64, Vec<u8>), ClientFailure> {
     fn fail<E>(e: RaftError<NodeId, E>) -> ClientFailure
     where
         E: std::error::Error + openraft::TryAsRef<openraft::error::ForwardToLeader<NodeId, BasicNode>>,
@@ -328,25 +379,25 @@ async fn local(raft: &Raft, req: ClientRequest) -> Result<u64, ClientFailure> {
         }
     }
     match req {
-        ClientRequest::Propose(cmd) => raft.client_write(cmd).await.map(|r| r.log_id.index).map_err(fail),
+        ClientRequest::Propose(cmd) => raft.client_write(cmd).await.map(|r| (r.log_id.index, r.data)).map_err(fail),
         ClientRequest::AddMember(name) => {
             let id = node_id(&name);
             // Learner first so the new node has the log before it counts toward a quorum.
             raft.add_learner(id, BasicNode::new(&name), true).await.map_err(fail)?;
             raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                 .await
-                .map(|r| r.log_id.index)
+                .map(|r| (r.log_id.index, Vec::new()))
                 .map_err(fail)
         }
         ClientRequest::RemoveMember(name) => {
             let id = node_id(&name);
             raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                 .await
-                .map(|r| r.log_id.index)
+                .map(|r| (r.log_id.index, Vec::new()))
                 .map_err(fail)
         }
         ClientRequest::ReadIndex => match raft.ensure_linearizable().await {
-            Ok(read) => Ok(read.map_or(0, |l| l.index)),
+            Ok(read) => Ok((read.map_or(0, |l| l.index), Vec::new())),
             // Heartbeats did not reach a quorum this round (peers restarting, a partition):
             // the caller retries until its deadline rather than failing a read at once.
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
@@ -370,7 +421,7 @@ impl Inbound for Handler {
             Request::Snapshot(r) => Response::Snapshot(self.raft.install_snapshot(r).await),
             // Forwarded requests are served here only; never forwarded again, so no loops.
             Request::Client(r) => Response::Client(local(&self.raft, r).await),
-            Request::Ping => Response::Client(Ok(0)),
+            Request::Ping => Response::Client(Ok((0, Vec::new()))),
             Request::Hello { .. } => Response::Client(Err(ClientFailure::Other("unexpected hello".into()))),
         }
     }

@@ -1,10 +1,13 @@
-//! The metadata state machine: applies opaque commands in log order.
+//! The metadata state machine: hands committed commands, in log order, to an [`Applier`].
 //!
-//! The broker will later put its definition records (`server::persist::Def`) in these commands;
-//! this layer only keeps them, in order, with their log index. Applying is in memory; what
-//! makes it durable is the persistent snapshot (`snapshot` in the data directory, replaced
-//! atomically after an fsync) plus the fsynced log: on restart the state is the snapshot and
-//! openraft re-applies the committed entries after it.
+//! The applier (the broker's access directory; a recorder in the tests) *is* the state: this
+//! layer keeps only the last applied log id and the membership, and a snapshot is the
+//! applier's own serialisation of its content (not a list of commands), saved in the data
+//! directory (`snapshot`, replaced atomically after an fsync). On restart the state is
+//! whichever is newer: the applier's own durable state ([`Applier::durable_index`]; the
+//! broker's definitions log records the index of every entry it applied) or the snapshot,
+//! which is then handed to [`Applier::restore`]; openraft re-applies the committed entries
+//! after that point.
 
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
@@ -15,16 +18,38 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageError, St
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{self, Decoded};
+use crate::log_store::LogStore;
 use crate::{Entry, Error, LogId, NodeId, TypeConfig};
 
 const SNAPSHOT_FILE: &str = "snapshot";
 
-/// The applied state: every command with its log index, in order.
+/// What the replicated state is: committed commands are applied to it in log order, on
+/// every node. Calls are serialised (never two at once) and must be deterministic: the same
+/// commands on the same state give the same state and the same results on every node.
+pub trait Applier: Send + Sync + 'static {
+    /// Apply the committed command at log `index`; the bytes returned go back to the
+    /// proposer (e.g. "refused: user does not exist" — a refusal is a result, not an error:
+    /// every node refuses the same way).
+    fn apply(&self, index: u64, cmd: &[u8]) -> Vec<u8>;
+    /// The whole state, serialised (what a far-behind or new node receives).
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replace the whole state with `data` (from [`Applier::snapshot`], taken at log
+    /// `index`). Empty `data` is the empty state: a node that is not the one forming the
+    /// cluster is reset to it when it first starts (RabbitMQ resets a joining node).
+    fn restore(&self, index: u64, data: &[u8]) -> Result<(), String>;
+    /// The index of the last entry whose effect the applier's own durable storage holds
+    /// (0: it keeps nothing, or has applied nothing): on restart the entries up to it are
+    /// not applied again. An in-memory applier answers 0.
+    fn durable_index(&self) -> u64 {
+        0
+    }
+}
+
+/// The applied position: last applied log id and the membership as of it.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Applied {
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership<NodeId, openraft::BasicNode>,
-    pub commands: Vec<(u64, Vec<u8>)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -37,17 +62,24 @@ struct SnapshotFile {
 #[derive(Clone)]
 pub struct StateMachine {
     dir: Arc<PathBuf>,
+    applier: Arc<dyn Applier>,
+    /// Held while an entry is applied and while a snapshot is taken, so a snapshot's data
+    /// and its log id always match.
     applied: Arc<Mutex<Applied>>,
     current: Arc<Mutex<Option<SnapshotFile>>>,
 }
 
 impl StateMachine {
-    /// Open the state machine in `dir`: the last snapshot, or empty.
-    pub fn open(dir: &Path) -> Result<StateMachine, Error> {
+    /// Open the state machine in `dir` over `applier`: the applier's own durable state when
+    /// it is at least as new as the last snapshot, else the snapshot restored into it.
+    ///
+    /// `fresh` (no Raft state on disk) with `reset` resets the applier to the empty state:
+    /// its content did not come from this cluster's log.
+    pub fn open(dir: &Path, applier: Arc<dyn Applier>, log: &LogStore, reset: bool) -> Result<StateMachine, Error> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(SNAPSHOT_FILE);
-        let (applied, current) = match std::fs::read(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Applied::default(), None),
+        let current: Option<SnapshotFile> = match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e.into()),
             Ok(buf) => {
                 let corrupt = |reason| Error::Corrupt { path: path.clone(), offset: 0, reason };
@@ -58,18 +90,55 @@ impl StateMachine {
                     Decoded::Corrupt { reason, .. } => return Err(corrupt(reason)),
                     _ => return Err(corrupt("snapshot file has the wrong length")),
                 };
-                let applied = serde_json::from_slice(&file.data).map_err(|_| corrupt("undecodable snapshot data"))?;
-                (applied, Some(file))
+                Some(file)
             }
+        };
+        let snap_index = current.as_ref().and_then(|f| f.meta.last_log_id).map_or(0, |l| l.index);
+        let durable = applier.durable_index();
+        let fresh = current.is_none() && log.is_empty() && log.is_unvoted();
+        let applied = if fresh {
+            if reset {
+                // Whatever the applier holds did not come from this group's log.
+                applier.restore(0, &[]).map_err(Error::Raft)?;
+            } else if durable > 0 {
+                // The node forming the group keeps its content, counted from index 0 again.
+                let own = applier.snapshot();
+                applier.restore(0, &own).map_err(Error::Raft)?;
+            }
+            Applied::default()
+        } else if durable > snap_index {
+            // The applier is ahead of the snapshot: restoring would move it back (and a
+            // vhost created since would be deleted with its queues, then created empty).
+            let last_applied = log.log_id_at(durable).ok_or_else(|| {
+                Error::Raft(format!(
+                    "the broker applied raft entry {durable}, which the raft log in {} does not hold",
+                    dir.display()
+                ))
+            })?;
+            // The first entry (the initial membership) is at index 0.
+            let first = if current.is_some() { snap_index + 1 } else { 0 };
+            let membership = log
+                .last_membership_in(first..=durable)
+                .or_else(|| current.as_ref().map(|f| f.meta.last_membership.clone()))
+                .unwrap_or_default();
+            Applied { last_applied: Some(last_applied), membership }
+        } else if let Some(file) = &current {
+            if durable < snap_index {
+                applier.restore(snap_index, &file.data).map_err(Error::Raft)?;
+            }
+            Applied { last_applied: file.meta.last_log_id, membership: file.meta.last_membership.clone() }
+        } else {
+            Applied::default()
         };
         Ok(StateMachine {
             dir: Arc::new(dir.to_owned()),
+            applier,
             applied: Arc::new(Mutex::new(applied)),
             current: Arc::new(Mutex::new(current)),
         })
     }
 
-    /// A copy of the applied state (local: linearizable only after a read barrier).
+    /// The applied position (local: linearizable only after a read barrier).
     pub fn applied(&self) -> Applied {
         self.applied.lock().expect("state lock").clone()
     }
@@ -107,7 +176,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let (data, meta) = {
             let applied = self.applied.lock().expect("state lock");
-            let data = serde_json::to_vec(&*applied).map_err(|e| StorageIOError::read_state_machine(&e))?;
+            let data = self.applier.snapshot();
             let id = applied.last_applied.map_or("none".to_owned(), |l| format!("{}-{}", l.leader_id.term, l.index));
             let meta = SnapshotMeta {
                 last_log_id: applied.last_applied,
@@ -133,7 +202,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((a.last_applied, a.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<u64>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<u8>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -141,13 +210,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut a = self.applied.lock().expect("state lock");
         let mut out = Vec::new();
         for e in entries {
-            a.last_applied = Some(e.log_id);
+            let mut result = Vec::new();
             match e.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(cmd) => a.commands.push((e.log_id.index, cmd)),
+                EntryPayload::Normal(cmd) => result = self.applier.apply(e.log_id.index, &cmd),
                 EntryPayload::Membership(m) => a.membership = StoredMembership::new(Some(e.log_id), m),
             }
-            out.push(e.log_id.index);
+            a.last_applied = Some(e.log_id);
+            out.push(result);
         }
         Ok(out)
     }
@@ -166,13 +236,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let applied: Applied =
-            serde_json::from_slice(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         // Durable first: a crash right after must not come back with the older state.
-        self.save(SnapshotFile { meta: meta.clone(), data })
+        self.save(SnapshotFile { meta: meta.clone(), data: data.clone() })
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        *self.applied.lock().expect("state lock") = applied;
+        let mut a = self.applied.lock().expect("state lock");
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        self.applier
+            .restore(index, &data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e)))?;
+        a.last_applied = meta.last_log_id;
+        a.membership = meta.last_membership.clone();
         Ok(())
     }
 

@@ -54,7 +54,7 @@ pub enum Request {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// A client operation forwarded by a follower to the node it believes is the leader.
     Client(ClientRequest),
-    /// Liveness probe (`ClusterNode::running_members`): answered with `Client(Ok(0))`.
+    /// Liveness probe (`ClusterNode::running_members`): answered with `Client(Ok((0, [])))`.
     Ping,
 }
 
@@ -81,8 +81,9 @@ pub enum Response {
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
-    /// The log index (or read index) on success.
-    Client(Result<u64, ClientFailure>),
+    /// The log index (or read index) on success, and for a proposal what applying it
+    /// returned.
+    Client(Result<(u64, Vec<u8>), ClientFailure>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -355,7 +356,7 @@ mod tests {
     impl Inbound for Echo {
         async fn handle(&self, _from: String, request: Request) -> Response {
             match request {
-                Request::Client(ClientRequest::Propose(c)) => Response::Client(Ok(c.len() as u64)),
+                Request::Client(ClientRequest::Propose(c)) => Response::Client(Ok((c.len() as u64, Vec::new()))),
                 _ => Response::Client(Err(ClientFailure::Other("unexpected".into()))),
             }
         }
@@ -367,7 +368,7 @@ mod tests {
 
     async fn eventually_ok(t: &Arc<Transport>, peer: &str) {
         for _ in 0..200 {
-            if let Ok(Response::Client(Ok(5))) = t.call(peer, propose(5), Duration::from_secs(1)).await {
+            if let Ok(Response::Client(Ok((5, _)))) = t.call(peer, propose(5), Duration::from_secs(1)).await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -417,7 +418,7 @@ mod tests {
         write_frame(&mut s, &Envelope { id: 1, body: propose(3) }).await.unwrap();
         let mut buf = Vec::new();
         let reply: Envelope<Response> = read_frame(&mut s, &mut buf).await.unwrap();
-        assert!(matches!(reply, Envelope { id: 1, body: Response::Client(Ok(3)) }));
+        assert!(matches!(reply, Envelope { id: 1, body: Response::Client(Ok((3, _))) }));
         // A damaged one closes the connection: the next read sees end of stream.
         let mut bad = Vec::new();
         frame::encode(&mut bad, &serde_json::to_vec(&Envelope { id: 2, body: propose(3) }).unwrap());

@@ -4,16 +4,50 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster::{ClusterNode, NodeConfig};
+use cluster::{Applier, ClusterNode, NodeConfig};
 use tokio::runtime::Runtime;
+
+/// The test applier: records every command with its index, in order, in memory (so a
+/// restarted node starts from its snapshot and the log, as before the applier existed).
+#[derive(Default)]
+struct Recorder {
+    commands: Mutex<Vec<(u64, Vec<u8>)>>,
+    /// Stands for an applier with its own durable storage (the broker's definitions log):
+    /// kept across a restart, it reports its last command's index as durable.
+    durable: bool,
+}
+
+impl Applier for Recorder {
+    fn apply(&self, index: u64, cmd: &[u8]) -> Vec<u8> {
+        self.commands.lock().unwrap().push((index, cmd.to_vec()));
+        index.to_string().into_bytes()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&*self.commands.lock().unwrap()).unwrap()
+    }
+
+    fn restore(&self, _index: u64, data: &[u8]) -> Result<(), String> {
+        let commands =
+            if data.is_empty() { Vec::new() } else { serde_json::from_slice(data).map_err(|e| e.to_string())? };
+        *self.commands.lock().unwrap() = commands;
+        Ok(())
+    }
+
+    fn durable_index(&self) -> u64 {
+        if self.durable { self.commands.lock().unwrap().last().map_or(0, |c| c.0) } else { 0 }
+    }
+}
 
 struct TestNode {
     name: String,
     dir: PathBuf,
     rt: Option<Runtime>,
     node: Option<ClusterNode>,
+    recorder: Arc<Recorder>,
 }
 
 impl TestNode {
@@ -24,6 +58,17 @@ impl TestNode {
         cluster: &[String],
         snapshot_every: u64,
     ) -> TestNode {
+        TestNode::start_with(name, dir, listener, cluster, snapshot_every, Arc::new(Recorder::default()))
+    }
+
+    fn start_with(
+        name: &str,
+        dir: &Path,
+        listener: std::net::TcpListener,
+        cluster: &[String],
+        snapshot_every: u64,
+        recorder: Arc<Recorder>,
+    ) -> TestNode {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let mut config = NodeConfig::new(name, dir, listener.local_addr().unwrap());
         config.cluster_nodes = cluster.to_vec();
@@ -31,9 +76,9 @@ impl TestNode {
         let node = rt.block_on(async {
             listener.set_nonblocking(true).unwrap();
             let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            ClusterNode::start_with_listener(config, l).await.unwrap()
+            ClusterNode::start_with_listener(config, l, recorder.clone()).await.unwrap()
         });
-        TestNode { name: name.to_owned(), dir: dir.to_owned(), rt: Some(rt), node: Some(node) }
+        TestNode { name: name.to_owned(), dir: dir.to_owned(), rt: Some(rt), node: Some(node), recorder }
     }
 
     /// Start again from the same data directory and port.
@@ -62,7 +107,13 @@ impl TestNode {
     }
 
     fn commands(&self) -> Vec<(u64, Vec<u8>)> {
-        self.node().local_state().commands
+        self.recorder.commands.lock().unwrap().clone()
+    }
+
+    /// A linearizable read: the commands after a read barrier.
+    fn read_commands(&self) -> Vec<(u64, Vec<u8>)> {
+        self.on(self.node().read()).unwrap();
+        self.commands()
     }
 }
 
@@ -186,8 +237,7 @@ fn leader_is_elected_and_1000_proposals_apply_in_one_order_everywhere() {
 
     // A linearizable read on a follower sees every acknowledged command at its index.
     let follower = (leader + 1) % 3;
-    let read = nodes[follower].on(nodes[follower].node().read()).unwrap();
-    assert_eq!(read.commands, acked, "the follower's linearizable read");
+    assert_eq!(nodes[follower].read_commands(), acked, "the follower's linearizable read");
     let all: Vec<&TestNode> = nodes.iter().collect();
     assert_eq!(assert_converged(&all, 3 * PER_NODE, Duration::from_secs(10)), acked);
 }
@@ -218,7 +268,7 @@ fn killed_leader_is_replaced_nothing_acknowledged_is_lost_and_it_catches_up() {
     }
     acked.sort();
     let survivor = &nodes[new];
-    assert_eq!(survivor.on(survivor.node().read()).unwrap().commands, acked, "acknowledged commands after failover");
+    assert_eq!(survivor.read_commands(), acked, "acknowledged commands after failover");
 
     // The old leader restarts from its data directory and catches up.
     let dir = nodes[old].dir.clone();
@@ -364,8 +414,7 @@ fn whole_cluster_killed_and_restarted_recovers_snapshot_and_log_from_disk() {
     let n = &nodes[1];
     // A restarted leader may keep its term without a new no-op entry; the persisted commit
     // index is what makes this read include every acknowledged command.
-    let r = n.on(n.node().read()).unwrap();
-    assert_eq!(r.commands, acked);
+    assert_eq!(n.read_commands(), acked);
     let all: Vec<&TestNode> = nodes.iter().collect();
     assert_eq!(assert_converged(&all, 130, Duration::from_secs(10)), acked);
 }
@@ -443,7 +492,7 @@ fn leader_killed_under_load_loses_no_acknowledged_proposal() {
 
     // Every acknowledged proposal is in the state at its index, and nothing is applied twice.
     let survivor = &nodes[followers[0]];
-    let state = survivor.on(survivor.node().read()).unwrap().commands;
+    let state = survivor.read_commands();
     let by_index: std::collections::HashMap<u64, &Vec<u8>> = state.iter().map(|(i, c)| (*i, c)).collect();
     for (index, c) in &acked {
         assert_eq!(by_index.get(index), Some(&c), "acknowledged proposal at {index} lost");
@@ -456,4 +505,53 @@ fn leader_killed_under_load_loses_no_acknowledged_proposal() {
     nodes[old] = TestNode::restart(&names[old], &dir, &names, 200);
     let all: Vec<&TestNode> = nodes.iter().collect();
     assert_eq!(assert_converged(&all, state.len(), Duration::from_secs(15)), state);
+}
+
+/// An applier with durable state of its own (as the broker's directory is) restarts where
+/// it was: entries it applied are not applied again, even those after the last snapshot,
+/// and the node still knows the membership (the initial one is at log index 0).
+#[test]
+fn a_durable_applier_is_not_replayed_on_restart_and_membership_is_kept() {
+    // With a snapshot before the durable point, and with none (the initial membership
+    // entry, at index 0, is then only in the log).
+    for snapshot_every in [20, 1_000] {
+        durable_applier_restart(snapshot_every);
+    }
+}
+
+fn durable_applier_restart(snapshot_every: u64) {
+    let root = tempfile::tempdir().unwrap();
+    let ls = listeners(3);
+    let names: Vec<String> = ls.iter().map(|(n, _)| n.clone()).collect();
+    let recorders: Vec<Arc<Recorder>> =
+        (0..3).map(|_| Arc::new(Recorder { durable: true, ..Recorder::default() })).collect();
+    let mut nodes: Vec<TestNode> = ls
+        .into_iter()
+        .zip(&recorders)
+        .map(|((name, l), r)| {
+            TestNode::start_with(&name, &root.path().join(&name), l, &names, snapshot_every, r.clone())
+        })
+        .collect();
+    let leader = wait_leader(&nodes, Duration::from_secs(10));
+    for i in 0..30 {
+        let via = &nodes[i % 3];
+        via.on(via.node().propose(cmd("d", i))).unwrap();
+    }
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    assert_converged(&all, 30, Duration::from_secs(10));
+    // The leader (which formed the group) restarts on its durable state, past its snapshot.
+    let dir = nodes[leader].dir.clone();
+    nodes[leader].kill();
+    let (_, addr) = cluster::parse_node_name(&names[leader]).unwrap();
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    nodes[leader] =
+        TestNode::start_with(&names[leader], &dir, listener, &names, snapshot_every, recorders[leader].clone());
+    assert_eq!(nodes[leader].node().members().len(), 3, "the restarted node lost the membership");
+    wait_leader(&nodes, Duration::from_secs(10));
+    for i in 0..5 {
+        let via = &nodes[leader];
+        via.on(via.node().propose(cmd("e", i))).unwrap();
+    }
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    assert_converged(&all, 35, Duration::from_secs(10));
 }

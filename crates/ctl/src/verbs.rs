@@ -57,6 +57,8 @@ impl Ctx<'_> {
             404 => Err(fail(EX_SOFTWARE, missing)),
             400 => Err(fail(EX_DATAERR, r.reason())),
             401 => Err(fail(EX_SOFTWARE, format!("refused by the node: {}", r.reason()))),
+            // A cluster without a quorum: the change was not made (RabbitMQ's "unavailable").
+            503 => Err(fail(EX_UNAVAILABLE, r.reason())),
             s => Err(fail(EX_SOFTWARE, format!("the node answered {s}: {}", r.reason()))),
         }
     }

@@ -43,6 +43,9 @@ impl From<NodeError> for ApiError {
             NodeError::Invalid(r) => ApiError::bad_request(r),
             NodeError::NotFound(_) => ApiError::not_found(),
             NodeError::Failed(r) => ApiError::internal(r),
+            NodeError::Unavailable(r) => {
+                ApiError { status: StatusCode::SERVICE_UNAVAILABLE, error: "service_unavailable".into(), reason: r }
+            }
         }
     }
 }

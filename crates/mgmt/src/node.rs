@@ -21,12 +21,16 @@ pub enum NodeError {
     NotFound(String),
     /// The node could not record it (disk): 500.
     Failed(String),
+    /// A cluster without a leader or a quorum did not take the change within its bound: 503.
+    Unavailable(String),
 }
 
 impl std::fmt::Display for NodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            NodeError::Invalid(s) | NodeError::NotFound(s) | NodeError::Failed(s) => f.write_str(s),
+            NodeError::Invalid(s) | NodeError::NotFound(s) | NodeError::Failed(s) | NodeError::Unavailable(s) => {
+                f.write_str(s)
+            }
         }
     }
 }

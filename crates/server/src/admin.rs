@@ -6,6 +6,10 @@
 //! the broker (a vhost created or deleted with its queues, connections of a deleted
 //! vhost or user closed, policies and limits re-applied). One writer at a time, so the
 //! log's order is the order changes were applied in.
+//!
+//! In a cluster, `change_access` proposes the change to the Raft log instead, and every
+//! node does the above when the entry is committed ([`ServerState::apply_committed`],
+//! called by `clustering::Applier`), logging the entry's index with it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -57,6 +61,9 @@ pub enum ChangeError {
     Invalid(String),
     /// It could not be written to disk: nothing changed.
     Store(String),
+    /// In a cluster: no leader or no quorum took it within the write timeout. Not applied
+    /// on this node (it may still be, if the majority comes back and commits it).
+    Unavailable(String),
 }
 
 impl std::fmt::Display for ChangeError {
@@ -64,6 +71,7 @@ impl std::fmt::Display for ChangeError {
         match self {
             ChangeError::Invalid(s) => f.write_str(s),
             ChangeError::Store(s) => write!(f, "cannot record the change: {s}"),
+            ChangeError::Unavailable(s) => f.write_str(s),
         }
     }
 }
@@ -109,10 +117,62 @@ impl ServerState {
         f(&self.access.read())
     }
 
-    /// Validate, log, apply and carry out one change.
+    /// Validate, log, apply and carry out one change. In a cluster: through the Raft log,
+    /// answered once this node applied it (blocks this thread meanwhile, see
+    /// `clustering::Running::change`).
     pub fn change_access(&self, c: Change) -> Result<(), ChangeError> {
+        if let Some(cluster) = self.cluster.get() {
+            return cluster.change(vec![c]);
+        }
         let _writer = self.access_writer.lock();
         self.change_access_locked(c)
+    }
+
+    /// The cluster's committed entry `index`: `changes` validated in order, all or none
+    /// applied (the same on every node), logged with the index (one fsync), carried out.
+    pub(crate) fn apply_committed(&self, index: u64, changes: Vec<Change>) -> Result<(), ChangeError> {
+        let _writer = self.access_writer.lock();
+        {
+            let dir = self.access.read();
+            let invalid = |e: access::error::AccessError| ChangeError::Invalid(e.to_string());
+            match changes.as_slice() {
+                [one] => dir.validate(one).map_err(invalid)?,
+                many => {
+                    let mut scratch = dir.clone();
+                    many.iter().try_for_each(|c| scratch.apply(c.clone())).map_err(invalid)?;
+                }
+            }
+        }
+        self.log_and_apply_committed(index, changes)
+    }
+
+    /// Replace the directory with `target` (a cluster snapshot taken at `index`): the
+    /// differences are logged as one batch with the index, applied and carried out.
+    pub(crate) fn restore_committed(&self, index: u64, target: &Directory) -> Result<(), ChangeError> {
+        let _writer = self.access_writer.lock();
+        let changes = self.access.read().changes_to(target);
+        if !changes.is_empty() {
+            info!("installing the cluster's directory at raft index {index}: {} changes", changes.len());
+        }
+        self.log_and_apply_committed(index, changes)
+    }
+
+    fn log_and_apply_committed(&self, index: u64, changes: Vec<Change>) -> Result<(), ChangeError> {
+        if let Some(p) = &self.persistence {
+            let mut records: Vec<Vec<u8>> = changes.iter().map(crate::persist::access_record).collect();
+            records.push(crate::persist::cluster_applied_record(index));
+            p.log_batch(records).map_err(|e| ChangeError::Store(e.to_string()))?;
+        }
+        // Not inside `logged_by_batch`: carrying out a vhost's deletion logs its queues'
+        // deletions as any deletion does.
+        for c in changes {
+            // Validated above against this same directory (the writer lock is held).
+            if let Err(e) = self.apply_logged(c) {
+                error!("raft entry {index}: an access change validated before failed: {e}");
+            }
+        }
+        self.cluster_applied.store(index, Ordering::Release);
+        Ok(())
     }
 
     /// [`Self::change_access`] for a caller that holds `access_writer`.
@@ -121,6 +181,11 @@ impl ServerState {
         if let Some(p) = &self.persistence {
             p.log_access(&c).map_err(|e| ChangeError::Store(e.to_string()))?;
         }
+        self.apply_logged(c)
+    }
+
+    /// Apply and carry out a validated change whose record is already in the log.
+    fn apply_logged(&self, c: Change) -> Result<(), ChangeError> {
         let version = {
             let mut dir = self.access.write();
             dir.apply(c.clone()).map_err(|e| ChangeError::Invalid(e.to_string()))?;
@@ -220,21 +285,30 @@ impl ServerState {
     /// `RABBITMQ_DEFAULT_*`).
     pub(crate) fn seed_defaults(&self) -> Result<(), ChangeError> {
         let cfg = &self.config;
+        info!("creating the default user '{}' and vhost '{}'", cfg.default_user, cfg.default_vhost);
+        self.default_access().into_iter().try_for_each(|c| self.change_access(c))
+    }
+
+    /// The changes [`Self::seed_defaults`] makes (in a cluster, the node forming it
+    /// proposes them as one entry).
+    pub(crate) fn default_access(&self) -> Vec<Change> {
+        let cfg = &self.config;
         let vhost = cfg.default_vhost.clone();
+        let mut out = Vec::new();
         if self.vhost(&vhost).is_none() {
-            self.change_access(Change::PutVhost(Vhost::named(&vhost)))?;
+            out.push(Change::PutVhost(Vhost::named(&vhost)));
         }
         let user = cfg.default_user.clone();
-        info!("creating the default user '{user}' and vhost '{vhost}'");
-        self.change_access(Change::PutUser(User {
+        out.push(Change::PutUser(User {
             name: user.clone(),
             password_hash: access::password::hash_password(HashingAlgorithm::Sha256, &cfg.default_pass),
             hashing_algorithm: HashingAlgorithm::Sha256,
             tags: cfg.default_user_tags.clone(),
             limits: UserLimits::default(),
-        }))?;
+        }));
         let crate::config::Permissions { configure, write, read } = cfg.default_permissions.clone();
-        self.change_access(Change::PutPermission(Permission { user, vhost, configure, write, read }))
+        out.push(Change::PutPermission(Permission { user, vhost, configure, write, read }));
+        out
     }
 
     /// Import a RabbitMQ definitions file (load_definitions at start).
@@ -251,8 +325,27 @@ impl ServerState {
     /// then every change and durable declaration is written as one record of the
     /// definitions log (one fsync: after a crash all of it is replayed or none), and only
     /// then applied. Access changes from elsewhere wait until the import is done.
+    ///
+    /// In a cluster the access part is validated here, then goes through the Raft log (in
+    /// entries of at most 64 KiB, each all or nothing); the exchanges, queues and bindings
+    /// are this node's own (not replicated yet) and are declared here afterwards.
     pub fn import_definitions(&self, json: &[u8]) -> Result<(), ChangeError> {
         let defs = Definitions::parse(json).map_err(|e| ChangeError::Invalid(e.to_string()))?;
+        if let Some(cluster) = self.cluster.get() {
+            let plan = self.with_access(|d| defs.plan(d)).map_err(|e| ChangeError::Invalid(e.to_string()))?;
+            validate_topology(&plan)?;
+            let topology = self.import_topology(&plan)?;
+            cluster.change(plan.changes.clone())?;
+            if let Some(p) = &self.persistence {
+                let records: Vec<Vec<u8>> = topology.iter().filter_map(ImportOp::record).collect();
+                p.log_batch(records).map_err(|e| ChangeError::Store(e.to_string()))?;
+            }
+            for w in &plan.warnings {
+                warn!("definitions import: {w}");
+            }
+            crate::persist::logged_by_batch(|| topology.into_iter().for_each(|op| op.apply(self)));
+            return Ok(());
+        }
         let _writer = self.access_writer.lock();
         let plan = self.with_access(|d| defs.plan(d)).map_err(|e| ChangeError::Invalid(e.to_string()))?;
         validate_topology(&plan)?;

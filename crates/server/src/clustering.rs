@@ -1,12 +1,23 @@
 //! Cluster formation from the config: which `NAME@HOST:PORT` this node is, where its
 //! inter-node listener binds, and the [`cluster::ClusterNode`] the broker runs.
 //!
-//! Only formation and status exist so far: nothing the broker holds (queues, exchanges,
-//! users) goes through the Raft group yet (docs/cluster.md).
+//! Replicated: the access directory (users, vhosts, permissions, topic permissions,
+//! policies, operator policies, limits). A change is proposed as a [`Command`] (the
+//! changes as the definitions log's JSON); every node applies committed commands in log
+//! order through [`Applier`] (`ServerState::apply_committed`), and a snapshot is the
+//! directory's content. Exchanges, queues and bindings are still per node (docs/cluster.md).
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
+use access::directory::{Change, Directory};
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+use crate::admin::ChangeError;
 use crate::config::Config;
+use crate::state::ServerState;
 
 /// How this node takes part in a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,9 +37,110 @@ pub struct ClusterPlan {
 pub struct Running {
     pub node: cluster::ClusterNode,
     pub cluster_name: String,
+    /// How long a change waits for a leader and a quorum (the node's request deadline).
+    pub write_timeout: Duration,
+}
+
+/// One entry of the Raft log, as the broker writes it: JSON, the changes in the same form
+/// as the definitions log's access records. An enum so that later increments (exchanges,
+/// queues) add variants; a node that cannot decode a command refuses it (as every node of
+/// the same version does).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Command {
+    /// Applied all or nothing, in order.
+    Access(Vec<Change>),
+}
+
+/// What applying a [`Command`] gave, returned to the proposer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Outcome {
+    Applied,
+    Invalid(String),
+    Store(String),
+}
+
+/// A snapshot: the directory's content as the changes that rebuild it from empty.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct SnapshotData {
+    access: Vec<Change>,
+}
+
+/// Room left in a command for the enum's JSON around the changes.
+const COMMAND_OVERHEAD_BYTES: usize = 64;
+
+/// Encode `changes` as commands of at most `cluster::node::MAX_COMMAND_BYTES` each (a
+/// single change larger than that still makes one command, which `propose` refuses).
+pub(crate) fn commands(changes: Vec<Change>) -> Vec<Vec<u8>> {
+    let max = cluster::node::MAX_COMMAND_BYTES - COMMAND_OVERHEAD_BYTES;
+    let mut out = Vec::new();
+    let (mut chunk, mut bytes) = (Vec::new(), 0);
+    for c in changes {
+        let len = serde_json::to_vec(&c).map_or(0, |j| j.len()) + 1;
+        if !chunk.is_empty() && bytes + len > max {
+            out.push(encode(&Command::Access(std::mem::take(&mut chunk))));
+            bytes = 0;
+        }
+        bytes += len;
+        chunk.push(c);
+    }
+    if !chunk.is_empty() {
+        out.push(encode(&Command::Access(chunk)));
+    }
+    out
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("commands serialize")
 }
 
 impl Running {
+    /// Make `changes` through the Raft log and return once this node has applied them,
+    /// with the result of applying them. Blocks the calling thread: the management API's
+    /// handlers call the directory synchronously, so the wait is taken off the runtime's
+    /// worker with `block_in_place` (its other tasks move to another thread; changes are
+    /// rare and bounded by the write timeout), as the definitions log's fsync waits are.
+    pub fn change(&self, changes: Vec<Change>) -> Result<(), ChangeError> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| ChangeError::Unavailable("cluster changes need the broker's runtime".into()))?;
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return Err(ChangeError::Unavailable("cluster changes need a multi-thread runtime".into()));
+        }
+        tokio::task::block_in_place(|| handle.block_on(self.propose(changes)))
+    }
+
+    /// [`Self::change`] for async callers.
+    pub async fn propose(&self, changes: Vec<Change>) -> Result<(), ChangeError> {
+        for cmd in commands(changes) {
+            let (_, result) = self.node.propose_and_wait(cmd).await.map_err(|e| self.failure(e))?;
+            match serde_json::from_slice(&result) {
+                Ok(Outcome::Applied) => {}
+                Ok(Outcome::Invalid(e)) => return Err(ChangeError::Invalid(e)),
+                Ok(Outcome::Store(e)) => return Err(ChangeError::Store(e)),
+                Err(e) => return Err(ChangeError::Store(format!("undecodable result from the cluster: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    fn failure(&self, e: cluster::Error) -> ChangeError {
+        let ms = self.write_timeout.as_millis();
+        match e {
+            cluster::Error::CommandTooLarge { .. } => ChangeError::Invalid(e.to_string()),
+            cluster::Error::Timeout => ChangeError::Unavailable(format!(
+                "the cluster did not commit the change within {ms} ms (no quorum: are a majority of the nodes \
+                 running?); it is not applied on this node (it may still be, if a majority comes back)"
+            )),
+            cluster::Error::NotLeader { .. } => ChangeError::Unavailable(format!(
+                "the cluster has no leader after {ms} ms (no quorum: are a majority of the nodes running?); the \
+                 change is not applied"
+            )),
+            cluster::Error::Indeterminate(_) => ChangeError::Unavailable(format!(
+                "the cluster's leader did not answer, the change may or may not be applied: {e}"
+            )),
+            e => ChangeError::Unavailable(format!("cluster: {e}")),
+        }
+    }
+
     /// Members, running members and leader as this node sees them.
     pub async fn status(&self) -> mgmt::node::ClusterStatus {
         let mut members = self.node.members();
@@ -107,15 +219,221 @@ pub fn plan(config: &Config, node_name: &str) -> Result<Option<ClusterPlan>, Str
     Ok(Some(ClusterPlan { name, listen, nodes: config.cluster_nodes.clone(), cluster_name }))
 }
 
-/// Start the node's Raft member as `plan` says, its data under `<data_dir>/cluster`.
-pub async fn start(plan: &ClusterPlan, data_dir: &std::path::Path) -> Result<cluster::ClusterNode, String> {
+/// The broker's directory as the Raft group's state.
+pub struct Applier {
+    state: Weak<ServerState>,
+}
+
+impl Applier {
+    fn state(&self) -> Option<Arc<ServerState>> {
+        self.state.upgrade()
+    }
+}
+
+impl cluster::Applier for Applier {
+    fn apply(&self, index: u64, cmd: &[u8]) -> Vec<u8> {
+        let outcome = match (self.state(), serde_json::from_slice::<Command>(cmd)) {
+            (None, _) => Outcome::Store("the node is stopping".into()),
+            (_, Err(e)) => Outcome::Invalid(format!("undecodable cluster command (a newer version?): {e}")),
+            (Some(state), Ok(Command::Access(changes))) => match state.apply_committed(index, changes) {
+                Ok(()) => Outcome::Applied,
+                Err(ChangeError::Invalid(e)) => Outcome::Invalid(e),
+                Err(e @ (ChangeError::Store(_) | ChangeError::Unavailable(_))) => {
+                    // Not applied here and not recorded as applied: a restart applies it
+                    // again from the Raft log.
+                    error!("raft entry {index} could not be applied on this node: {e}");
+                    Outcome::Store(e.to_string())
+                }
+            },
+        };
+        encode(&outcome)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let access = self.state().map(|s| s.with_access(Directory::all_changes)).unwrap_or_default();
+        encode(&SnapshotData { access })
+    }
+
+    fn restore(&self, index: u64, data: &[u8]) -> Result<(), String> {
+        let state = self.state().ok_or("the node is stopping")?;
+        let snapshot: SnapshotData = if data.is_empty() {
+            SnapshotData::default()
+        } else {
+            serde_json::from_slice(data).map_err(|e| format!("undecodable cluster snapshot: {e}"))?
+        };
+        let mut target = Directory::new();
+        for c in snapshot.access {
+            target.apply(c).map_err(|e| format!("cluster snapshot at {index}: {e}"))?;
+        }
+        state.restore_committed(index, &target).map_err(|e| e.to_string())
+    }
+
+    fn durable_index(&self) -> u64 {
+        self.state().map_or(0, |s| s.cluster_applied.load(std::sync::atomic::Ordering::Acquire))
+    }
+}
+
+/// Start the node's Raft member as `plan` says, its data under `<data_dir>/cluster`, with
+/// `state`'s directory as what it replicates.
+pub async fn start(
+    plan: &ClusterPlan,
+    data_dir: &std::path::Path,
+    state: &Arc<ServerState>,
+) -> Result<Running, String> {
     let dir = data_dir.join("cluster");
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let mut c = cluster::NodeConfig::new(plan.name.clone(), dir, plan.listen);
     c.cluster_nodes = plan.nodes.clone();
-    cluster::ClusterNode::start(c)
+    c.snapshot_every_entries = state.config.cluster_snapshot_every_entries;
+    c.request_deadline = Duration::from_millis(state.config.cluster_write_timeout_ms);
+    let write_timeout = c.request_deadline;
+    let applier = Arc::new(Applier { state: Arc::downgrade(state) });
+    let node = cluster::ClusterNode::start(c, applier)
         .await
-        .map_err(|e| format!("starting cluster node {} on {}: {e}", plan.name, plan.listen))
+        .map_err(|e| format!("starting cluster node {} on {}: {e}", plan.name, plan.listen))?;
+    Ok(Running { node, cluster_name: plan.cluster_name.clone(), write_timeout })
+}
+
+/// Pause between attempts to propose the seed while the group has no leader yet.
+const SEED_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// On the node that just formed the group (its first start): propose the cluster's first
+/// directory once, in the background (it commits when a majority of the nodes is up) —
+/// this node's own directory if it has one (a single node becoming a cluster keeps its
+/// users), else `load_definitions`, else the defaults (guest, `/`). No other node seeds, so
+/// the defaults (salted password hashes included) are the same everywhere.
+pub fn seed(state: &Arc<ServerState>) {
+    let Some(running) = state.cluster.get() else { return };
+    if !running.node.initialized_group() {
+        return;
+    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        let Some(running) = state.cluster.get() else { return };
+        loop {
+            if *state.shutdown.borrow() {
+                return;
+            }
+            let own = state.with_access(Directory::all_changes);
+            let (what, r) = match (&state.config.load_definitions, own.is_empty()) {
+                (_, false) => ("this node's directory", running.propose(own).await),
+                (Some(file), true) => {
+                    let bytes = match std::fs::read(file) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            error!("cluster seed: reading {}: {e}", file.display());
+                            return;
+                        }
+                    };
+                    // The import blocks (it waits for the log); keep it off the workers.
+                    let st = state.clone();
+                    let r = tokio::task::spawn_blocking(move || st.import_definitions(&bytes)).await;
+                    ("load_definitions", r.unwrap_or_else(|e| Err(ChangeError::Store(e.to_string()))))
+                }
+                (None, true) => ("the defaults", running.propose(state.default_access()).await),
+            };
+            match r {
+                Ok(()) => {
+                    info!("cluster formed: proposed {what} as its first directory");
+                    return;
+                }
+                Err(ChangeError::Unavailable(e)) => {
+                    warn!("cluster seed ({what}) not committed yet, retrying: {e}");
+                    tokio::time::sleep(SEED_RETRY_PAUSE).await;
+                }
+                Err(e) => {
+                    error!("cluster seed ({what}) refused: {e}");
+                    return;
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod applier_tests {
+    use access::model::{HashingAlgorithm, Permission, User, UserLimits, Vhost};
+    use cluster::Applier as _;
+
+    use super::*;
+
+    fn state() -> Arc<ServerState> {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        ServerState::new(Config::default(), rx)
+    }
+
+    fn user(name: &str) -> Change {
+        Change::PutUser(User {
+            name: name.into(),
+            password_hash: access::password::hash_password(HashingAlgorithm::Sha256, "pw"),
+            hashing_algorithm: HashingAlgorithm::Sha256,
+            tags: vec!["x".repeat(200)],
+            limits: UserLimits::default(),
+        })
+    }
+
+    fn perm(user: &str, vhost: &str) -> Change {
+        Change::PutPermission(Permission {
+            user: user.into(),
+            vhost: vhost.into(),
+            configure: ".*".into(),
+            write: ".*".into(),
+            read: ".*".into(),
+        })
+    }
+
+    fn outcome(bytes: &[u8]) -> Outcome {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    #[test]
+    fn commands_split_at_the_size_limit_and_decode_back_in_order() {
+        let changes: Vec<Change> = (0..600).map(|i| user(&format!("user{i}"))).collect();
+        let cmds = commands(changes.clone());
+        assert!(cmds.len() > 1, "{} commands", cmds.len());
+        let mut back = Vec::new();
+        for c in &cmds {
+            assert!(c.len() <= cluster::node::MAX_COMMAND_BYTES, "{} bytes", c.len());
+            let Command::Access(part) = serde_json::from_slice(c).unwrap();
+            back.extend(part);
+        }
+        assert_eq!(back, changes);
+        assert!(commands(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn committed_entries_apply_all_or_nothing_and_refusals_are_results() {
+        let s = state();
+        let a = Applier { state: Arc::downgrade(&s) };
+        let ok = encode(&Command::Access(vec![Change::PutVhost(Vhost::named("v")), perm("guest", "v")]));
+        assert_eq!(outcome(&a.apply(5, &ok)), Outcome::Applied);
+        assert!(s.with_access(|d| d.permission("guest", "v").is_some()));
+        assert!(s.vhost("v").is_some(), "carried out: the broker has the vhost");
+        assert_eq!(a.durable_index(), 5);
+        // The second change fails: the first is not applied either, the index stays.
+        let bad = encode(&Command::Access(vec![Change::PutVhost(Vhost::named("w")), perm("ghost", "w")]));
+        assert_eq!(outcome(&a.apply(6, &bad)), Outcome::Invalid("user 'ghost' does not exist".into()));
+        assert!(s.with_access(|d| d.vhost("w").is_none()));
+        assert_eq!(a.durable_index(), 5);
+        assert!(matches!(outcome(&a.apply(7, b"{\"Exchange\":1}")), Outcome::Invalid(m) if m.contains("undecodable")));
+    }
+
+    #[test]
+    fn a_snapshot_restores_as_the_same_directory_and_empty_restores_as_empty() {
+        let (from, to) = (state(), state());
+        let a = Applier { state: Arc::downgrade(&from) };
+        let b = Applier { state: Arc::downgrade(&to) };
+        a.apply(1, &encode(&Command::Access(vec![user("alice"), Change::PutVhost(Vhost::named("v"))])));
+        // `to` has its own guest (another salt) and a vhost `from` lacks.
+        b.apply(1, &encode(&Command::Access(vec![Change::PutVhost(Vhost::named("only-here"))])));
+        b.restore(9, &a.snapshot()).unwrap();
+        assert_eq!(to.with_access(Directory::all_changes), from.with_access(Directory::all_changes));
+        assert!(to.vhost("only-here").is_none(), "carried out: the broker's vhost is gone");
+        assert_eq!(b.durable_index(), 9);
+        b.restore(10, &[]).unwrap();
+        assert!(to.with_access(Directory::all_changes).is_empty());
+        assert!(b.restore(11, b"not json").is_err());
+    }
 }
 
 #[cfg(test)]

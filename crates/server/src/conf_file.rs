@@ -374,6 +374,18 @@ impl Draft {
             "cluster_listen" => {
                 c.cluster_listen = Some(v.parse().map_err(|_| format!("expected IP:PORT, got '{v}'"))?);
             }
+            "cluster_write_timeout_ms" => {
+                c.cluster_write_timeout_ms = parse_int(v)?;
+                if c.cluster_write_timeout_ms == 0 {
+                    return Err("must be at least 1".into());
+                }
+            }
+            "cluster_snapshot_every" => {
+                c.cluster_snapshot_every_entries = parse_int(v)?;
+                if c.cluster_snapshot_every_entries == 0 {
+                    return Err("must be at least 1".into());
+                }
+            }
             "threads" => {
                 let n: usize = parse_int(v)?;
                 if n == 0 {
@@ -600,13 +612,16 @@ mod tests {
              cluster_formation.classic_config.nodes.2 = warren@node2:25672\n\
              cluster_name = prod\n\
              warren.node_name = warren@node1\n\
-             warren.cluster_listen = 0.0.0.0:25672\n",
+             warren.cluster_listen = 0.0.0.0:25672\n\
+             warren.cluster_write_timeout_ms = 2500\n\
+             warren.cluster_snapshot_every = 64\n",
         );
         let c = &s.config;
         assert_eq!(c.cluster_nodes, vec!["warren@10.0.0.3:25673", "warren@node1:25672", "warren@node2:25672"]);
         assert_eq!(c.cluster_name.as_deref(), Some("prod"));
         assert_eq!(c.node_name.as_deref(), Some("warren@node1"));
         assert_eq!(c.cluster_listen, Some("0.0.0.0:25672".parse().unwrap()));
+        assert_eq!((c.cluster_write_timeout_ms, c.cluster_snapshot_every_entries), (2500, 64));
         let s = parse_ok("cluster_formation.peer_discovery_backend = rabbit_peer_discovery_classic_config\n");
         assert!(s.config.cluster_nodes.is_empty());
         assert!(Config::default().cluster_nodes.is_empty() && Config::default().node_name.is_none());

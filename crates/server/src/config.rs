@@ -159,6 +159,12 @@ pub struct Config {
     /// RabbitMQ's `cluster_name`; None: the name of the first node of `cluster_nodes` (in
     /// sort order, the one that forms the cluster), or the node's own name when alone.
     pub cluster_name: Option<String>,
+    /// In a cluster: how long a change of users, vhosts, permissions, policies or limits
+    /// waits for a leader and a quorum before it fails (`warren.cluster_write_timeout_ms`).
+    pub cluster_write_timeout_ms: u64,
+    /// In a cluster: take a Raft snapshot (and drop the log before it) every this many
+    /// applied entries (`warren.cluster_snapshot_every`).
+    pub cluster_snapshot_every_entries: u64,
 }
 
 impl Default for Config {
@@ -208,6 +214,8 @@ impl Default for Config {
             cluster_nodes: Vec::new(),
             cluster_listen: None,
             cluster_name: None,
+            cluster_write_timeout_ms: 10_000,
+            cluster_snapshot_every_entries: 10_000,
         }
     }
 }

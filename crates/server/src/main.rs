@@ -207,6 +207,13 @@ struct Args {
     /// node's own NAME@HOST:PORT entry).
     #[arg(long, value_name = "IP:PORT")]
     cluster_listen: Option<std::net::SocketAddr>,
+    /// In a cluster: how long an access change (users, vhosts, permissions, policies,
+    /// limits) waits for a leader and a quorum before it fails [default: 10000].
+    #[arg(long, value_name = "MS")]
+    cluster_write_timeout_ms: Option<u64>,
+    /// In a cluster: Raft snapshot every this many applied entries [default: 10000].
+    #[arg(long, value_name = "ENTRIES")]
+    cluster_snapshot_every: Option<u64>,
 }
 
 impl Args {
@@ -264,6 +271,8 @@ impl Args {
         if self.cluster_listen.is_some() {
             c.cluster_listen = self.cluster_listen;
         }
+        set(&self.cluster_write_timeout_ms.map(|t| t.max(1)), &mut c.cluster_write_timeout_ms);
+        set(&self.cluster_snapshot_every.map(|n| n.max(1)), &mut c.cluster_snapshot_every_entries);
         Ok(())
     }
 }
@@ -417,14 +426,15 @@ fn run() -> anyhow::Result<()> {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let state = ServerState::open(config.clone(), rx)
             .with_context(|| format!("opening data dir {}", data_dir.display()))?;
-        // The node's Raft member (formation and status only: nothing is replicated yet).
+        // The node's Raft member: the access directory is replicated through it. Started
+        // before the listeners, so a restarted node has caught up with its own log first.
         let cluster_node = match &cluster_plan {
             Some(plan) => {
-                let node = server::clustering::start(plan, &data_dir).await.map_err(anyhow::Error::msg)?;
+                let running = server::clustering::start(plan, &data_dir, &state).await.map_err(anyhow::Error::msg)?;
                 info!(node = %plan.name, listen = %plan.listen, members = ?plan.nodes, "cluster node started");
-                let running =
-                    server::clustering::Running { node: node.clone(), cluster_name: plan.cluster_name.clone() };
+                let node = running.node.clone();
                 let _ = state.cluster.set(running);
+                server::clustering::seed(&state);
                 Some(node)
             }
             None => None,

@@ -24,6 +24,7 @@ impl From<ChangeError> for NodeError {
         match e {
             ChangeError::Invalid(s) => NodeError::Invalid(s),
             ChangeError::Store(s) => NodeError::Failed(s),
+            ChangeError::Unavailable(s) => NodeError::Unavailable(s),
         }
     }
 }

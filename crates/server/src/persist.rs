@@ -86,6 +86,9 @@ enum Def {
     /// Several records written as one (one checksum, one fsync): after a crash either all
     /// of them are replayed or none. A definitions import is one batch. Never nested.
     Batch(Vec<Vec<u8>>),
+    /// In a cluster: the access records before it (in its batch) carry out the Raft log
+    /// entry at this index, so a restart does not apply that entry again.
+    ClusterApplied(u64),
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -161,6 +164,10 @@ impl Def {
                 o.push(7);
                 o.extend_from_slice(json);
             }
+            Def::ClusterApplied(index) => {
+                o.push(9);
+                o.extend_from_slice(&index.to_le_bytes());
+            }
             Def::Batch(records) => {
                 o.push(8);
                 o.extend_from_slice(&(records.len() as u32).to_le_bytes());
@@ -206,6 +213,7 @@ impl Def {
                 }
             }
             7 => Def::Access(r.0.to_vec()),
+            9 => Def::ClusterApplied(u64::from_le_bytes(r.take(8)?.try_into().ok()?)),
             8 => {
                 let n = r.u32()?;
                 // Each record takes at least its 4-byte length: a count beyond that is damage.
@@ -308,7 +316,7 @@ fn compact(records: &[Def]) -> Vec<Def> {
                 }
             }
             // Access changes are replayed into a directory, not compacted here.
-            Def::Access(_) | Def::Batch(_) => {}
+            Def::Access(_) | Def::Batch(_) | Def::ClusterApplied(_) => {}
         }
     }
     slots.into_iter().flatten().collect()
@@ -389,6 +397,7 @@ impl DiskPersistence {
         }
         let mut live = Vec::new();
         let mut access = AccessRecovery::default();
+        let mut cluster_applied = 0;
         // Queue directories whose queue's last record is a deletion: provably deleted.
         let mut deleted_dirs: HashMap<String, bool> = HashMap::new();
         let mut deleted_dirs_ex: HashMap<String, bool> = HashMap::new();
@@ -396,6 +405,7 @@ impl DiskPersistence {
             let mut defs: Vec<Def> = Vec::with_capacity(records.len());
             let mut take = |d: Def| match d {
                 Def::Access(json) => access.replay(&json),
+                Def::ClusterApplied(index) => cluster_applied = index,
                 d => defs.push(d),
             };
             for r in &records {
@@ -438,6 +448,9 @@ impl DiskPersistence {
             // Users, vhosts, permissions, ... first: the topology after them needs its vhosts.
             let mut out: Vec<Vec<u8>> =
                 access.directory.all_changes().iter().map(|c| Def::Access(access_json(c)).encode()).collect();
+            if cluster_applied > 0 {
+                out.push(Def::ClusterApplied(cluster_applied).encode());
+            }
             out.extend(live.iter().map(Def::encode));
             out
         })?;
@@ -486,7 +499,7 @@ impl DiskPersistence {
             definitions_damaged: damaged,
             deleted_exchange_dirs: deleted_dirs_ex.into_iter().filter_map(|(k, gone)| gone.then_some(k)).collect(),
         });
-        Ok((p, Recovery { defs: live, access: access.directory, access_seen: access.seen }))
+        Ok((p, Recovery { defs: live, access: access.directory, access_seen: access.seen, cluster_applied }))
     }
 
     /// Open a queue's store. If its files cannot be opened the queue cannot exist: a
@@ -645,6 +658,8 @@ pub struct Recovery {
     /// Whether the log held any access record (false: a fresh data dir, or one from before
     /// access control, to be seeded with the default user and vhost).
     pub access_seen: bool,
+    /// In a cluster: the Raft log index the recovered directory stands at (0: none).
+    pub cluster_applied: u64,
 }
 
 impl Recovery {
@@ -739,6 +754,11 @@ pub(crate) fn logged_by_batch<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// The batch record that closes the access records of Raft log entry `index`.
+pub(crate) fn cluster_applied_record(index: u64) -> Vec<u8> {
+    Def::ClusterApplied(index).encode()
+}
+
 /// The batch record of an access change.
 pub(crate) fn access_record(c: &access::directory::Change) -> Vec<u8> {
     Def::Access(access_json(c)).encode()
@@ -806,7 +826,7 @@ impl Def {
             | Def::ExchangeDeleted { vhost, .. }
             | Def::Binding { vhost, .. }
             | Def::Unbinding { vhost, .. } => Some((vhost, None)),
-            Def::Access(_) | Def::Batch(_) => None,
+            Def::Access(_) | Def::Batch(_) | Def::ClusterApplied(_) => None,
         }
     }
 }
@@ -1003,6 +1023,25 @@ mod tests {
         assert_eq!(queue_names(&r), ["a", "b"], "the cut batch is dropped whole");
     }
 
+    /// The Raft index of the last applied cluster entry comes back, also after the log was
+    /// compacted at an open.
+    #[test]
+    fn the_cluster_applied_index_survives_reopen_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let vhost = access::directory::Change::PutVhost(access::model::Vhost::named("v"));
+        let (p, r) = open_log(dir.path());
+        assert_eq!(r.cluster_applied, 0);
+        p.log_batch(vec![access_record(&vhost), cluster_applied_record(7)]).unwrap();
+        p.log_batch(vec![cluster_applied_record(9)]).unwrap();
+        drop(p);
+        for _ in 0..2 {
+            let (_, r) = open_log(dir.path());
+            assert_eq!(r.cluster_applied, 9);
+            assert!(r.access.vhost("v").is_some());
+        }
+        assert_eq!(Def::decode(&cluster_applied_record(u64::MAX)), Some(Def::ClusterApplied(u64::MAX)));
+    }
+
     #[test]
     fn batches_round_trip_and_refuse_nesting_and_bad_counts() {
         let a = Def::QueueDeleted { vhost: "/".into(), name: "x".into() }.encode();
@@ -1086,7 +1125,7 @@ mod tests {
                     };
                     live.retain(|x| *x != b);
                 }
-                Def::Access(_) | Def::Batch(_) => {}
+                Def::Access(_) | Def::Batch(_) | Def::ClusterApplied(_) => {}
             }
         }
         live

@@ -51,6 +51,9 @@ pub struct ServerState {
     pub(crate) listeners: Mutex<Vec<mgmt::node::ListenerInfo>>,
     /// The node's Raft member when clustering is configured (set once by the binary).
     pub cluster: std::sync::OnceLock<crate::clustering::Running>,
+    /// In a cluster: the Raft log index `access` stands at (recovered from the definitions
+    /// log, then each applied entry's).
+    pub(crate) cluster_applied: AtomicU64,
     /// Alarm thresholds set at runtime (`warrenctl set_vm_memory_high_watermark`,
     /// `set_disk_free_limit`); they win over the config until the node restarts.
     pub(crate) memory_watermark_set: Mutex<Option<u64>>,
@@ -81,6 +84,11 @@ pub struct ServerState {
     pub(crate) queue_declared: AtomicU64,
     /// Message rates for the management API, filled by its sampler.
     pub(crate) rates: mgmt::stats::RateDb,
+}
+
+/// Whether `config` makes the node a cluster member (see `clustering::plan`).
+fn state_is_clustered(config: &Config) -> bool {
+    !config.cluster_nodes.is_empty() || config.cluster_listen.is_some()
 }
 
 /// One open connection in [`ServerState::connection_count`].
@@ -140,8 +148,12 @@ impl ServerState {
                 tx.send_replace(c);
             })?;
         let directory = std::mem::take(&mut recovery.access);
+        // In a cluster the directory is the Raft group's: the node forming it proposes the
+        // defaults (or load_definitions) once, the others receive them (clustering::seed).
+        let clustered = state_is_clustered(&config);
         let state = Self::build(config, shutdown, commit, Some(p.clone()), p.clone(), directory);
-        if !recovery.access_seen && state.config.load_definitions.is_none() {
+        state.cluster_applied.store(recovery.cluster_applied, Ordering::Release);
+        if !recovery.access_seen && state.config.load_definitions.is_none() && !clustered {
             // A fresh node (or one from before access control): RabbitMQ's default user
             // and vhost. With load_definitions the file says who exists.
             state.seed_defaults()?;
@@ -155,7 +167,7 @@ impl ServerState {
         }
         p.recover_into(recovery, |name| state.vhost(name));
         state.recover_delayed(&p);
-        if let Some(file) = state.config.load_definitions.clone() {
+        if let Some(file) = state.config.load_definitions.clone().filter(|_| !clustered) {
             state.import_definitions_file(&file)?;
         }
         Ok(state)
@@ -189,6 +201,7 @@ impl ServerState {
             started: std::time::Instant::now(),
             listeners: Mutex::new(Vec::new()),
             cluster: std::sync::OnceLock::new(),
+            cluster_applied: AtomicU64::new(0),
             memory_watermark_set: Mutex::new(None),
             disk_free_limit_set: Mutex::new(None),
             next_connection_id: AtomicU64::new(1),

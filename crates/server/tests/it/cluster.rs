@@ -2,15 +2,23 @@
 //! temp dirs), each with a config file naming all three in
 //! `cluster_formation.classic_config.nodes`, form one Raft group; `warrenctl
 //! cluster_status` and the management API show members, running members and the leader
-//! through a leader kill -9 and its restart.
+//! through a leader kill -9 and its restart; users, vhosts, permissions and policies
+//! changed on any node reach every node through the Raft log (witnessed by lapin and
+//! `rabbitmq_http_client`), a killed node catches up, and a minority refuses changes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use lapin::{Connection, ConnectionProperties};
+use rabbitmq_http_client::api::Client;
+use rabbitmq_http_client::commons::PolicyTarget;
+use rabbitmq_http_client::requests::{Permissions, PolicyParams, UserParams, VirtualHostParams};
 use serde_json::Value;
 
 use crate::common::WarrenProcess;
+
+type Http = Client<String, &'static str, &'static str>;
 
 struct Node {
     /// `NAME@127.0.0.1` as given to `--node-name`; the cluster name adds `:PORT`.
@@ -18,13 +26,32 @@ struct Node {
     full: String,
     data: PathBuf,
     conf: PathBuf,
+    /// The management API's TCP port, picked afresh at each start (as the AMQP port is):
+    /// one picked once could be taken by another test before a restart.
+    mgmt: u16,
     proc: Option<WarrenProcess>,
 }
 
 impl Node {
     fn start(&mut self) {
         let conf = self.conf.to_str().unwrap().to_owned();
-        self.proc = Some(WarrenProcess::start(&self.data, None, &["--config", &conf, "--node-name", &self.short]));
+        self.mgmt = free_port();
+        let mgmt = self.mgmt.to_string();
+        let args = ["--config", &conf, "--node-name", &self.short, "--management-port", &mgmt];
+        self.proc = Some(WarrenProcess::start(&self.data, None, &args));
+    }
+
+    /// `rabbitmq_http_client` on this node's API, as guest.
+    fn http(&self) -> Http {
+        Client::new(format!("http://127.0.0.1:{}/api", self.mgmt), "guest", "guest")
+    }
+
+    /// A lapin connection to this node as `user` into `vhost`.
+    async fn amqp(&self, user: &str, pass: &str, vhost: &str) -> Result<Connection, lapin::Error> {
+        let port = self.proc.as_ref().expect("running").port;
+        let vhost = vhost.replace('/', "%2f");
+        let uri = format!("amqp://{user}:{pass}@127.0.0.1:{port}/{vhost}?heartbeat=0");
+        Connection::connect(&uri, ConnectionProperties::default()).await
     }
 
     fn kill(&mut self) {
@@ -90,9 +117,14 @@ fn free_port() -> u16 {
 }
 
 fn three_nodes(dir: &Path) -> Vec<Node> {
+    three_nodes_with(dir, "")
+}
+
+/// Three nodes whose config files also hold `extra`.
+fn three_nodes_with(dir: &Path, extra: &str) -> Vec<Node> {
     let ports = [free_port(), free_port(), free_port()];
     let full: Vec<String> = ports.iter().enumerate().map(|(i, p)| format!("n{}@127.0.0.1:{p}", i + 1)).collect();
-    let mut conf = String::from("cluster_formation.peer_discovery_backend = classic_config\n");
+    let mut conf = format!("cluster_formation.peer_discovery_backend = classic_config\n{extra}");
     for (i, n) in full.iter().enumerate() {
         conf.push_str(&format!("cluster_formation.classic_config.nodes.{} = {n}\n", i + 1));
     }
@@ -105,6 +137,7 @@ fn three_nodes(dir: &Path) -> Vec<Node> {
                 full: full[i].clone(),
                 data: dir.join(format!("n{}", i + 1)),
                 conf: conf_path,
+                mgmt: 0,
                 proc: None,
             }
         })
@@ -274,11 +307,25 @@ fn a_fourth_node_joins_with_join_cluster_and_leaves_with_forget_cluster_node() {
         full: format!("n4@127.0.0.1:{port}"),
         data: dir.path().join("n4"),
         conf,
+        mgmt: 0,
         proc: None,
     };
+    // It was a single node with a user of its own before: joining resets it (RabbitMQ's
+    // join_cluster needs a reset node), its users become the cluster's.
+    n4.proc = Some(WarrenProcess::start(&n4.data, None, &[]));
+    let (code, out, err) = n4.ctl(&["add_user", "local-only", "pw"]);
+    assert_eq!(code, 0, "{out}{err}");
+    n4.kill();
     n4.start();
     let alone = n4.status().expect("n4 answers");
     assert_eq!(names(&alone["disk_nodes"]), Vec::<String>::new(), "a joiner is in no cluster yet: {alone}");
+    let user_names = |n: &Node| -> Vec<String> {
+        let mut u: Vec<String> =
+            n.api("/api/users").as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap().to_owned()).collect();
+        u.sort();
+        u
+    };
+    assert_eq!(user_names(&n4), Vec::<String>::new(), "reset when it started as a joiner");
 
     let (code, out, err) = nodes[1].ctl(&["join_cluster", &n4.full]);
     assert_eq!(code, 0, "{out}{err}");
@@ -294,6 +341,11 @@ fn a_fourth_node_joins_with_join_cluster_and_leaves_with_forget_cluster_node() {
             }
         }
         Ok(())
+    });
+
+    wait_for("the joiner has the cluster's users", Duration::from_secs(10), || {
+        let got = user_names(&n4);
+        if got == ["guest"] { Ok(()) } else { Err(format!("{got:?}")) }
     });
 
     let (code, out, err) = nodes[2].ctl(&["forget_cluster_node", &n4.full]);
@@ -316,6 +368,7 @@ fn a_node_without_clustering_is_a_cluster_of_one() {
         full: String::new(),
         data: dir.path().join("data"),
         conf: PathBuf::new(),
+        mgmt: 0,
         proc: Some(WarrenProcess::start(&dir.path().join("data"), None, &[])),
     };
     let me = n.api("/api/overview")["node"].as_str().unwrap().to_owned();
@@ -330,4 +383,265 @@ fn a_node_without_clustering_is_a_cluster_of_one() {
     assert_eq!(code, 65, "{err}");
     assert!(err.contains("not clustered"), "{err}");
     n.kill();
+}
+
+/// Poll `f` until it holds (every 100 ms), at most `limit` (async).
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        match f().await {
+            Ok(()) => return,
+            Err(e) if Instant::now() >= deadline => panic!("{what}: not within {limit:?}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Start three nodes with `extra` config; wait for a leader and for the seed (guest, `/`)
+/// on every node. Returns the nodes and the index of a follower.
+async fn started_cluster(dir: &Path, extra: &str) -> (Vec<Node>, usize) {
+    let mut nodes = three_nodes_with(dir, extra);
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    let mut all: Vec<String> = nodes.iter().map(|n| n.full.clone()).collect();
+    all.sort();
+    let mut leader = String::new();
+    wait_for("three running nodes and one leader", Duration::from_secs(20), || {
+        leader = agreed_status(&nodes, &[0, 1, 2], &all)?;
+        Ok(())
+    });
+    for n in &nodes {
+        eventually("the seeded guest user on every node", Duration::from_secs(20), || async {
+            n.http().current_user().await.map(drop).map_err(|e| format!("{}: {e}", n.full))
+        })
+        .await;
+    }
+    let follower = nodes.iter().position(|n| n.full != leader).unwrap();
+    (nodes, follower)
+}
+
+/// `list_users` of a node, as (name, password hash, tags), sorted.
+async fn users(n: &Node) -> Vec<(String, String, Vec<String>)> {
+    let mut u: Vec<_> = n
+        .http()
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| (u.name, u.password_hash.map(|h| h.to_string()).unwrap_or_default(), u.tags.0))
+        .collect();
+    u.sort();
+    u
+}
+
+fn reply_code(e: &lapin::Error) -> Option<u16> {
+    crate::durability::reply_code(e)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_changes_on_any_node_apply_on_all_three() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, f) = started_cluster(dir.path(), "").await;
+    // The seed is the same everywhere (one node proposed it: even the salted hash).
+    let seeded = users(&nodes[0]).await;
+    assert_eq!(seeded.iter().map(|u| u.0.as_str()).collect::<Vec<_>>(), ["guest"]);
+    for n in &nodes[1..] {
+        assert_eq!(users(n).await, seeded, "{}", n.full);
+    }
+
+    // A user and its permissions made on a follower's API: read-your-writes there, and
+    // lapin logs in with it on every node.
+    let api = nodes[f].http();
+    let hash = rabbitmq_http_client::password_hashing::base64_encoded_salted_password_hash_sha256(
+        &rabbitmq_http_client::password_hashing::salt(),
+        "s3cret",
+    );
+    api.create_user(&UserParams::new("alice", &hash, "management")).await.unwrap();
+    api.declare_permissions(&Permissions { user: "alice", vhost: "/", configure: ".*", write: ".*", read: ".*" })
+        .await
+        .unwrap();
+    nodes[f].amqp("alice", "s3cret", "/").await.expect("alice on the node that took the change");
+    for n in &nodes {
+        eventually("alice logs in everywhere", Duration::from_secs(5), || async {
+            n.amqp("alice", "s3cret", "/").await.map(drop).map_err(|e| format!("{}: {e}", n.full))
+        })
+        .await;
+        let e = n.amqp("alice", "wrong", "/").await.expect_err("a wrong password");
+        assert_eq!(reply_code(&e), Some(403), "{}: {e}", n.full);
+        assert!(e.to_string().contains("ACCESS_REFUSED"), "{e}");
+    }
+    let expect = users(&nodes[f]).await;
+    assert_eq!(expect.len(), 2);
+    for n in &nodes {
+        assert_eq!(users(n).await, expect, "list_users on {}", n.full);
+    }
+
+    // A vhost made on node 2 exists on nodes 1 and 3; deleting it on node 3 closes a
+    // connection to it on node 1 with 320.
+    nodes[1].http().create_vhost(&VirtualHostParams::named("shared")).await.unwrap();
+    eventually("the vhost on node 1", Duration::from_secs(5), || async {
+        nodes[0].amqp("guest", "guest", "shared").await.map(drop).map_err(|e| e.to_string())
+    })
+    .await;
+    let conn = nodes[0].amqp("guest", "guest", "shared").await.unwrap();
+    eventually("the vhost on node 3", Duration::from_secs(5), || async {
+        nodes[2].amqp("guest", "guest", "shared").await.map(drop).map_err(|e| e.to_string())
+    })
+    .await;
+    let mut errors = crate::interop::Errors::watch(&conn);
+    nodes[2].http().delete_vhost("shared", false).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), errors.next()).await.expect("node 1 closed the connection");
+    crate::interop::assert_code(&e, 320);
+    for n in &nodes {
+        eventually("the vhost gone everywhere", Duration::from_secs(5), || async {
+            match n.amqp("guest", "guest", "shared").await {
+                Err(e) if reply_code(&e) == Some(530) => Ok(()),
+                other => Err(format!("{}: {:?}", n.full, other.map(drop))),
+            }
+        })
+        .await;
+    }
+
+    // A policy set on node 1 shows on every node and takes effect on a queue that node 3
+    // holds (declared there before the policy existed).
+    let ch = nodes[2].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
+    ch.queue_declare("pol.q".into(), Default::default(), Default::default()).await.unwrap();
+    let mut def = serde_json::Map::new();
+    def.insert("max-length".into(), serde_json::json!(7));
+    let policy = PolicyParams {
+        vhost: "/",
+        name: "cap",
+        pattern: "^pol\\.",
+        apply_to: PolicyTarget::Queues,
+        priority: 1,
+        definition: def,
+    };
+    nodes[0].http().declare_policy(&policy).await.unwrap();
+    for n in &nodes {
+        eventually("the policy everywhere", Duration::from_secs(5), || async {
+            let p = n.http().list_policies().await.map_err(|e| e.to_string())?;
+            if p.iter().any(|p| p.name == "cap") { Ok(()) } else { Err(format!("{}: {p:?}", n.full)) }
+        })
+        .await;
+    }
+    eventually("the policy applied to node 3's queue", Duration::from_secs(5), || async {
+        let q = nodes[2].http().get_queue_info("/", "pol.q").await.map_err(|e| e.to_string())?;
+        let got = q.effective_policy_definition.and_then(|d| d.0).and_then(|d| d.get("max-length").cloned());
+        if got == Some(serde_json::json!(7)) { Ok(()) } else { Err(format!("{got:?}")) }
+    })
+    .await;
+
+    // warrenctl against a follower: the change goes through the leader, exit 0.
+    let (code, out, err) = nodes[f].ctl(&["add_user", "bob", "pw"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for n in &nodes {
+        eventually("bob everywhere", Duration::from_secs(5), || async {
+            let u = n.http().list_users().await.map_err(|e| e.to_string())?;
+            if u.iter().any(|u| u.name == "bob") { Ok(()) } else { Err(n.full.clone()) }
+        })
+        .await;
+    }
+
+    // A definitions import on one node: its users, vhosts and permissions reach all three.
+    let defs = serde_json::json!({
+        "users": [{"name": "dave", "password_hash": hash, "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ""}],
+        "vhosts": [{"name": "imported"}],
+        "permissions": [{"user": "dave", "vhost": "imported", "configure": ".*", "write": ".*", "read": ".*"}]
+    });
+    let file = dir.path().join("defs.json");
+    std::fs::write(&file, defs.to_string()).unwrap();
+    let (code, out, err) = nodes[2].ctl(&["import_definitions", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    for n in &nodes {
+        eventually("the imported user everywhere", Duration::from_secs(5), || async {
+            n.amqp("dave", "s3cret", "imported").await.map(drop).map_err(|e| format!("{}: {e}", n.full))
+        })
+        .await;
+    }
+    eprintln!("whole test took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_catches_up_by_snapshot_and_a_minority_refuses_changes() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    // Snapshots every 4 entries: the ten changes made while a node is down purge the log
+    // it would need, so it catches up from a snapshot. Short write timeout for the minority.
+    let extra = "warren.cluster_snapshot_every = 4\nwarren.cluster_write_timeout_ms = 1500\n";
+    let (mut nodes, f) = started_cluster(dir.path(), extra).await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != f).collect();
+
+    nodes[f].kill();
+    for i in 0..10 {
+        let name = format!("u{i}");
+        let via = &nodes[others[i % 2]];
+        let hash = rabbitmq_http_client::password_hashing::base64_encoded_salted_password_hash_sha256(
+            &rabbitmq_http_client::password_hashing::salt(),
+            "pw",
+        );
+        via.http().create_user(&UserParams::new(&name, &hash, "")).await.unwrap();
+        via.http()
+            .declare_permissions(&Permissions { user: &name, vhost: "/", configure: "", write: "", read: ".*" })
+            .await
+            .unwrap();
+    }
+    nodes[others[0]].http().delete_user("u0", false).await.unwrap();
+    let expect = users(&nodes[others[0]]).await;
+    assert_eq!(expect.len(), 10, "guest, u1..u9");
+
+    // Restarted on its data dir: it sees what was made while it was down.
+    nodes[f].start();
+    eventually("the restarted node caught up", Duration::from_secs(15), || async {
+        let got = users(&nodes[f]).await;
+        if got == expect { Ok(()) } else { Err(format!("{got:?}")) }
+    })
+    .await;
+    nodes[f].amqp("u9", "pw", "/").await.expect("u9, created while the node was down");
+    let e = nodes[f].amqp("u0", "pw", "/").await.expect_err("u0 was deleted while the node was down");
+    assert_eq!(reply_code(&e), Some(403), "{e}");
+    assert!(std::fs::metadata(nodes[f].data.join("cluster/snapshot")).is_ok(), "the restarted node holds a snapshot");
+    // Killed again right after catching up: its own definitions log and Raft log bring it
+    // back to the same directory.
+    nodes[f].kill();
+    nodes[f].start();
+    eventually("the node restarted again converges", Duration::from_secs(15), || async {
+        let got = users(&nodes[f]).await;
+        if got == expect { Ok(()) } else { Err(format!("{got:?}")) }
+    })
+    .await;
+
+    // Two nodes down: the last one refuses a change within the write timeout (503 with the
+    // reason; warrenctl exits 69), and does not apply it.
+    let last = others[0];
+    nodes[f].kill();
+    nodes[others[1]].kill();
+    let hash = rabbitmq_http_client::password_hashing::base64_encoded_salted_password_hash_sha256(
+        &rabbitmq_http_client::password_hashing::salt(),
+        "pw",
+    );
+    // The client's own overhead on this call is 0.7–2 s in a debug build (warrenctl and
+    // a plain reqwest PUT see the node answer in the 1.5 s timeout): bounded loosely here,
+    // tightly with warrenctl below.
+    let api = nodes[last].http();
+    let t = Instant::now();
+    let e = api.create_user(&UserParams::new("lonely", &hash, "")).await.unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(e.status_code().map(|s| s.as_u16()), Some(503), "{e}");
+    assert!(format!("{e:?}").contains("no quorum"), "{e:?}");
+    assert!(took < Duration::from_secs(6), "refused after {took:?}");
+    let t = Instant::now();
+    let (code, out, err) = nodes[last].ctl(&["add_user", "lonely2", "pw"]);
+    let ctl_took = t.elapsed();
+    assert_eq!(code, 69, "{out}{err}");
+    assert!(err.contains("no quorum"), "{err}");
+    assert!(ctl_took < Duration::from_secs(4), "warrenctl refused after {ctl_took:?}");
+    let names: Vec<String> = users(&nodes[last]).await.into_iter().map(|u| u.0).collect();
+    assert!(!names.iter().any(|n| n.starts_with("lonely")), "{names:?}");
+    eprintln!("refused in {took:?} (warrenctl: {ctl_took:?}); whole test took {:?}", started.elapsed());
 }

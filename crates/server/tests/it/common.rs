@@ -112,16 +112,11 @@ impl WarrenProcess {
             }
             None => std::process::Command::new(bin),
         };
-        cmd.args([
-            "--amqp-port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--management-port",
-            "0",
-            "--prometheus-port",
-            "0",
-        ]);
+        cmd.args(["--amqp-port", &port.to_string(), "--bind", "127.0.0.1", "--prometheus-port", "0"]);
+        // Off unless the caller gives it a port.
+        if !extra.contains(&"--management-port") {
+            cmd.args(["--management-port", "0"]);
+        }
         cmd.args(["--heartbeat", "0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
@@ -130,10 +125,14 @@ impl WarrenProcess {
             .stdout(std::process::Stdio::null())
             .stderr(stderr);
         let child = cmd.spawn().expect("spawning warren");
-        let w = WarrenProcess { child, port, log };
+        let mut w = WarrenProcess { child, port, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "warren did not start:\n{}", w.log());
+            // E.g. a port it was given was taken meanwhile: say so now, not after 20 s.
+            if let Ok(Some(status)) = w.child.try_wait() {
+                panic!("warren exited ({status}) before accepting connections:\n{}", w.log());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         w
