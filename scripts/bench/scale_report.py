@@ -172,7 +172,7 @@ def render(results):
                f"Warren `{m.get('WARREN_REV', '?')}`" + (" (uncommitted changes)" if m.get("WARREN_DIRTY", "0") not in ("", "0") else "")
                + f", RabbitMQ {m.get('RABBITMQ_VERSION', '?')} (Debian), one broker at a time on the 2-core VM"
                " (shared with other work, so ±20 %), the load generator `warren-scale` on the same host"
-               f" (one thread). Descriptor limit {m.get('NOFILE', '?')}. Churn runs lasted {m.get('CHURN_S', '?')} s.")
+               f" (one thread; two for the connection churn). Descriptor limit {m.get('NOFILE', '?')}. Churn runs lasted {m.get('CHURN_S', '?')} s.")
     out.append("")
     wq = sizes_of(results, "warren", "_small" if small else "")
     rq = sizes_of(results, "rabbitmq")
