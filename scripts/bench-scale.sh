@@ -286,7 +286,7 @@ run_broker() {
     fi
     if want churn; then
         start_fresh "$b" churn
-        scale "$b" conn_churn conn-churn --rate 5000 --duration "$CHURN_S"
+        scale "$b" conn_churn conn-churn --rate 5000 --threads 2 --duration "$CHURN_S"
         finish
         start_fresh "$b" churn
         scale "$b" queue_churn --conns 10 queue-churn --duration "$CHURN_S"

@@ -43,11 +43,17 @@ ROWS = [
      "rss_per_connection_bytes", "B", "mem", 0.2),
     ("… broker CPU (cores) while they publish", "connections_publish", "broker_core_fraction", "cores", "mem", None),
     ("… p99 confirm latency", "connections_publish", "latency.p99_us", "µs", "mem", None),
+    ("… p99 confirm latency from the scheduled send time", "connections_publish",
+     "latency_from_schedule.p99_us", "µs", "mem", None),
+    ("… p99 of the load generator's own lag (10 ms timer overshoot)", "connections_publish",
+     "generator_loop_lag.p99_us", "µs", "mem", None),
     ("… connections opened per second", "connections_publish", "open_rate", "/s", "info", None),
     ("Connections each consuming (fed 1 msg/s each): RSS per connection", "connections_consume",
      "rss_per_connection_bytes", "B", "mem", 0.2),
     ("… broker CPU (cores)", "connections_consume", "broker_core_fraction", "cores", "mem", None),
     ("… p99 publish→deliver latency", "connections_consume", "latency.p99_us", "µs", "mem", None),
+    ("… p99 of the load generator's own lag (10 ms timer overshoot)", "connections_consume",
+     "generator_loop_lag.p99_us", "µs", "mem", None),
     ("Consumers on one queue: dispatch rate", "consumers_one_queue", "rate", "msg/s", "info", None),
     ("… per-consumer spread (stddev / mean)", "consumers_one_queue", "per_consumer.cv", "", "mem", None),
     ("… starting the consumers", "consumers_one_queue", "consume_setup_s", "s", "time", None),
@@ -55,6 +61,7 @@ ROWS = [
     ("… per-consumer spread (stddev / mean)", "consumers_queue_each", "per_consumer.cv", "", "mem", None),
     ("… starting the consumers", "consumers_queue_each", "consume_setup_s", "s", "time", None),
     ("Connection churn: open, publish, close (target 5,000/s)", "conn_churn", "rate", "conn/s", "rate", 5),
+    ("… broker CPU per open-publish-close", "conn_churn", "broker_cpu_us_per_cycle", "µs", "mem", None),
     ("… RSS growth over the second half of the run", "conn_churn", "growth_second_half_kb", "KiB", "flat", None),
     ("Queue churn (declare, publish, get, delete; 10 connections)", "queue_churn", "rate", "cycles/s", "rate", 5),
     ("… RSS growth over the second half of the run", "queue_churn", "growth_second_half_kb", "KiB", "flat", None),
@@ -165,7 +172,7 @@ def render(results):
                f"Warren `{m.get('WARREN_REV', '?')}`" + (" (uncommitted changes)" if m.get("WARREN_DIRTY", "0") not in ("", "0") else "")
                + f", RabbitMQ {m.get('RABBITMQ_VERSION', '?')} (Debian), one broker at a time on the 2-core VM"
                " (shared with other work, so ±20 %), the load generator `warren-scale` on the same host"
-               f" (one thread). Descriptor limit {m.get('NOFILE', '?')}. Churn runs lasted {m.get('CHURN_S', '?')} s.")
+               f" (one thread; two for the connection churn). Descriptor limit {m.get('NOFILE', '?')}. Churn runs lasted {m.get('CHURN_S', '?')} s.")
     out.append("")
     wq = sizes_of(results, "warren", "_small" if small else "")
     rq = sizes_of(results, "rabbitmq")

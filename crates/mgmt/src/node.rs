@@ -56,8 +56,11 @@ pub struct MemoryBreakdown {
     /// Message bodies (and their properties) held in RAM by queues: ready messages not
     /// paged out, and delivered ones not yet acknowledged.
     pub message_bytes: u64,
-    /// Bytes waiting in connections' outboxes to be written to clients.
+    /// Bytes connections' outboxes hold: buffer capacity, or the bytes waiting to be
+    /// written to clients if more.
     pub connection_writer_bytes: u64,
+    /// Capacity of connections' read buffers.
+    pub connection_reader_bytes: u64,
 }
 
 /// The node's own figures.

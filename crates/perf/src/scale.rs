@@ -168,6 +168,10 @@ pub enum Workload {
         duration: f64,
         #[arg(long, default_value_t = 500)]
         concurrency: usize,
+        /// Generator threads, each with its own event loop, sharing RATE and CONCURRENCY
+        /// (one thread tops out at a few thousand connections a second).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Celery-style reply queues: declare (exclusive), publish one message to it, get it,
     /// delete it, in a loop on each connection for the duration; RSS sampled.
@@ -372,6 +376,40 @@ impl Sampler {
     }
 }
 
+/// How late this (single-threaded) load generator runs: a task asks to wake every
+/// [`LOOP_LAG_PERIOD`] and records by how much each wake-up overshoots. When the
+/// generator's thread is saturated (or starved of CPU by the broker and other processes),
+/// every latency it measures includes that delay; a p99 lag near a latency's p99 means the
+/// latency is the generator's, not the broker's.
+#[derive(Clone, Default)]
+struct LoopLag(Rc<RefCell<Histogram>>);
+
+const LOOP_LAG_PERIOD: Duration = Duration::from_millis(10);
+
+impl LoopLag {
+    fn start() -> Self {
+        let lag = LoopLag::default();
+        let h = lag.0.clone();
+        tokio::task::spawn_local(async move {
+            let mut due = Instant::now() + LOOP_LAG_PERIOD;
+            loop {
+                tokio::time::sleep_until(due.into()).await;
+                if Rc::strong_count(&h) == 1 {
+                    return;
+                }
+                let now = Instant::now();
+                h.borrow_mut().record(now.saturating_duration_since(due).as_nanos() as u64);
+                due = now + LOOP_LAG_PERIOD;
+            }
+        });
+        lag
+    }
+
+    fn json(&self) -> Value {
+        latency_json(&self.0.borrow())
+    }
+}
+
 // ------------------------------------------------------------------ workloads
 
 pub fn main_with(opts: ScaleOptions) -> Result<Value> {
@@ -552,7 +590,9 @@ async fn run(c: Common, w: Workload, uri: AmqpUri) -> Result<Value> {
         Workload::Consumers { n, layout, messages, prefetch } => {
             consumers(&uri, &c, n, &layout, messages, prefetch).await
         }
-        Workload::ConnChurn { rate, duration, concurrency } => conn_churn(&uri, pid, rate, duration, concurrency).await,
+        Workload::ConnChurn { rate, duration, concurrency, threads } => {
+            conn_churn(&uri, pid, rate, duration, concurrency, threads).await
+        }
         Workload::QueueChurn { duration } => queue_churn(&uri, pid, conns, duration).await,
     }
 }
@@ -727,6 +767,10 @@ async fn connections(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after_open = rss_kb(pid);
     let hist = Rc::new(RefCell::new(Histogram::new()));
+    // Publishing: from the time each publish was due (its schedule), and how late it was
+    // sent (the generator's lag), so the figures say whose delay a latency is.
+    let hist_sched = Rc::new(RefCell::new(Histogram::new()));
+    let send_lag = Rc::new(RefCell::new(Histogram::new()));
     let errors = Rc::new(RefCell::new(Vec::<String>::new()));
     let count = Rc::new(RefCell::new(0u64));
     let start = Instant::now() + Duration::from_secs(1);
@@ -736,6 +780,7 @@ async fn connections(
     let frame_max = cs.first().map_or(131_072, |c| c.frame_max);
     for (i, mut conn) in cs.into_iter().enumerate() {
         let (hist, errors, count) = (hist.clone(), errors.clone(), count.clone());
+        let (hist_sched, send_lag) = (hist_sched.clone(), send_lag.clone());
         let queue = q(i);
         set.spawn_local(async move {
             let r: Result<()> = async {
@@ -784,6 +829,8 @@ async fn connections(
                             }
                         }
                         hist.borrow_mut().record(sent.elapsed().as_nanos() as u64);
+                        hist_sched.borrow_mut().record(next.elapsed().as_nanos() as u64);
+                        send_lag.borrow_mut().record(sent.saturating_duration_since(next).as_nanos() as u64);
                         *count.borrow_mut() += 1;
                         next += period;
                     }
@@ -826,6 +873,7 @@ async fn connections(
     let cpu0 = cpu_seconds(pid);
     let t0 = Instant::now();
     let sampler = Sampler::start(pid, t0);
+    let loop_lag = LoopLag::start();
     let mut back = Vec::with_capacity(n);
     while let Some(r) = set.join_next().await {
         back.push(r.map_err(|e| anyhow!("{e}"))?);
@@ -843,6 +891,8 @@ async fn connections(
     Ok(json!({"workload": if consume { "connections-consume" } else { "connections-publish" }, "connections": n,
         "rate_per_conn": per_conn_rate, "open_s": open_s, "open_rate": rate(n as u64, open_s), "seconds": secs,
         "messages": *count.borrow(), "fed": fed, "latency": latency_json(&h),
+        "latency_from_schedule": (!consume).then(|| latency_json(&hist_sched.borrow())),
+        "send_lag": (!consume).then(|| latency_json(&send_lag.borrow())), "generator_loop_lag": loop_lag.json(),
         "broker_cpu_s": cpu, "broker_core_fraction": cpu.map(|x| (x / secs * 1000.0).round() / 1000.0),
         "rss_before_kb": before, "rss_after_open_kb": after_open, "rss_during_kb": rss_run,
         "rss_per_connection_bytes": per(before.zip(after_open), n as u64), "rss_samples": sampler.json(),
@@ -999,24 +1049,39 @@ async fn consumers(uri: &AmqpUri, c: &Common, n: usize, layout: &str, messages: 
         "cv": if mean > 0.0 { var.sqrt() / mean } else { 0.0 }, "starved": starved}}))
 }
 
-async fn conn_churn(uri: &AmqpUri, pid: Option<u32>, target: f64, duration: f64, concurrency: usize) -> Result<Value> {
-    let queue = "scale-churn".to_owned();
-    let mut setup = Connection::open(uri, 0, "scale-churn-setup").await?;
-    setup.rpc(&queue_declare(queue.clone(), false, false, false, max_length(1000))).await?;
-    let before = rss_kb(pid);
-    let cpu0 = cpu_seconds(pid);
+/// What one generator thread's churn loop did.
+#[derive(Default)]
+struct ChurnCount {
+    done: u64,
+    failed: u64,
+    first_error: Option<String>,
+}
+
+impl ChurnCount {
+    fn add(&mut self, r: Result<()>) {
+        match r {
+            Ok(()) => self.done += 1,
+            Err(e) => {
+                self.failed += 1;
+                self.first_error.get_or_insert(format!("{e:#}"));
+            }
+        }
+    }
+}
+
+/// Open, publish, close at `target` connections/s until `end`, `concurrency` at a time.
+async fn churn_loop(uri: &AmqpUri, queue: &str, target: f64, end: Instant, concurrency: usize) -> ChurnCount {
     let t0 = Instant::now();
-    let sampler = Sampler::start(pid, t0);
-    let end = t0 + Duration::from_secs_f64(duration);
-    let (mut started, mut done, mut failed) = (0u64, 0u64, 0u64);
-    let mut first_error = None;
+    let mut started = 0u64;
+    let mut count = ChurnCount::default();
     let mut set = JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(5));
+    let join = |r: Result<Result<()>, tokio::task::JoinError>| r.map_err(|e| anyhow!("{e}")).and_then(|r| r);
     while Instant::now() < end {
         tick.tick().await;
         let due = (t0.elapsed().as_secs_f64() * target) as u64;
-        while started < due && set.len() < concurrency {
-            let (uri, queue) = (uri.clone(), queue.clone());
+        while started < due && set.len() < concurrency.max(1) {
+            let (uri, queue) = (uri.clone(), queue.to_owned());
             set.spawn_local(async move {
                 let mut conn = Connection::open_lean(&uri, 0, "scale-churn", None).await?;
                 PublishTemplate::new("", &queue, false, 16, conn.frame_max, false).append(&mut conn.tx.buf, 0);
@@ -1025,24 +1090,58 @@ async fn conn_churn(uri: &AmqpUri, pid: Option<u32>, target: f64, duration: f64,
             started += 1;
         }
         while let Some(r) = set.try_join_next() {
-            match r.map_err(|e| anyhow!("{e}")).and_then(|r| r) {
-                Ok(()) => done += 1,
-                Err(e) => {
-                    failed += 1;
-                    first_error.get_or_insert(format!("{e:#}"));
-                }
-            }
+            count.add(join(r));
         }
     }
     while let Some(r) = set.join_next().await {
-        match r.map_err(|e| anyhow!("{e}")).and_then(|r| r) {
-            Ok(()) => done += 1,
-            Err(e) => {
-                failed += 1;
-                first_error.get_or_insert(format!("{e:#}"));
-            }
+        count.add(join(r));
+    }
+    count
+}
+
+async fn conn_churn(
+    uri: &AmqpUri,
+    pid: Option<u32>,
+    target: f64,
+    duration: f64,
+    concurrency: usize,
+    threads: usize,
+) -> Result<Value> {
+    let queue = "scale-churn".to_owned();
+    let threads = threads.max(1);
+    let mut setup = Connection::open(uri, 0, "scale-churn-setup").await?;
+    setup.rpc(&queue_declare(queue.clone(), false, false, false, max_length(1000))).await?;
+    let before = rss_kb(pid);
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    let sampler = Sampler::start(pid, t0);
+    let loop_lag = LoopLag::start();
+    let end = t0 + Duration::from_secs_f64(duration);
+    let (rate_each, conc_each) = (target / threads as f64, concurrency.div_ceil(threads));
+    // Threads 2..: their own single-threaded runtime each; this thread is the first.
+    let others: Vec<_> = (1..threads)
+        .map(|_| {
+            let (uri, queue) = (uri.clone(), queue.clone());
+            std::thread::spawn(move || -> Result<ChurnCount> {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let local = tokio::task::LocalSet::new();
+                Ok(local.block_on(&rt, churn_loop(&uri, &queue, rate_each, end, conc_each)))
+            })
+        })
+        .collect();
+    let mut count = churn_loop(uri, &queue, rate_each, end, conc_each).await;
+    for t in others {
+        let c = tokio::task::spawn_blocking(move || t.join())
+            .await
+            .map_err(|e| anyhow!("{e}"))?
+            .map_err(|_| anyhow!("a churn thread panicked"))??;
+        count.done += c.done;
+        count.failed += c.failed;
+        if count.first_error.is_none() {
+            count.first_error = c.first_error;
         }
     }
+    let ChurnCount { done, failed, first_error } = count;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid).zip(cpu0).map(|(a, b)| a - b);
     let at_end = rss_kb(pid);
@@ -1056,7 +1155,9 @@ async fn conn_churn(uri: &AmqpUri, pid: Option<u32>, target: f64, duration: f64,
     setup.close().await?;
     Ok(json!({"workload": "conn-churn", "target_rate": target, "seconds": secs, "completed": done, "failed": failed,
         "rate": rate(done, secs), "queue_depth_after": depth, "broker_cpu_s": cpu, "rss_before_kb": before,
-        "rss_end_kb": at_end, "rss_settled_kb": settled, "rss_samples": sampler.json(), "first_error": first_error}))
+        "rss_end_kb": at_end, "rss_settled_kb": settled, "rss_samples": sampler.json(), "first_error": first_error,
+        "threads": threads, "broker_cpu_us_per_cycle": cpu.map(|c| (c * 1e6 / done.max(1) as f64).round()),
+        "generator_loop_lag": loop_lag.json()}))
 }
 
 async fn queue_churn(uri: &AmqpUri, pid: Option<u32>, conns: usize, duration: f64) -> Result<Value> {
@@ -1180,6 +1281,25 @@ mod tests {
         let Workload::Restart { command, messages, .. } = o.workload else { panic!() };
         assert_eq!(command, ["warren", "--data-dir", "d"]);
         assert_eq!(messages, -1);
+    }
+
+    #[test]
+    fn loop_lag_shows_a_busy_generator_thread() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let local = tokio::task::LocalSet::new();
+        let lag = local.block_on(&rt, async {
+            let lag = LoopLag::start();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The thread is busy (as when thousands of connections' frames are due at
+            // once): the probe's next wake-up comes late by about that much.
+            std::thread::sleep(Duration::from_millis(120));
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            lag.json()
+        });
+        let max_us = lag["max_us"].as_f64().unwrap();
+        assert!(lag["count"].as_u64().unwrap() >= 3, "{lag}");
+        assert!(max_us >= 100_000.0, "the 120 ms stall is seen: {lag}");
+        assert!(lag["p50_us"].as_f64().unwrap() < max_us, "{lag}");
     }
 
     #[test]

@@ -277,6 +277,8 @@ impl Conn {
         let mut reads_without_large_frame = 0u32;
         let mut flow_quiet_until = Instant::now();
         let mut buf = BytesMut::with_capacity(read_chunk);
+        // What the memory breakdown was last told the read buffer holds.
+        let mut read_capacity = 0;
         let handshake_deadline = Instant::now() + self.state.config.handshake_timeout;
         // Protocol header.
         while buf.len() < 8 {
@@ -408,6 +410,10 @@ impl Conn {
             if buf.capacity() - buf.len() < want_room.max(read_chunk / 4) {
                 buf.reserve(want_room.max(read_chunk));
             }
+            if buf.capacity() != read_capacity {
+                read_capacity = buf.capacity();
+                self.outbox.read_capacity.store(read_capacity, std::sync::atomic::Ordering::Relaxed);
+            }
             if let Some(q) = self.ctx.as_ref().and_then(|c| c.flow.take())
                 && Instant::now() >= flow_quiet_until
             {
@@ -448,6 +454,13 @@ impl Conn {
                         return "client closed the socket while not being read".into();
                     }
                     self.check_consumer_timeouts();
+                    if buf.is_empty() && buf.capacity() > READ_INITIAL_BYTES && now.duration_since(last_read) >= tick_period {
+                        // Idle for a tick: give back what traffic grew the read buffer to
+                        // (up to READ_CHUNK_LARGE_BYTES); it grows again with the next burst.
+                        buf = BytesMut::new();
+                        read_chunk = READ_INITIAL_BYTES;
+                        read_chunk_max = READ_CHUNK_BYTES;
+                    }
                     if self.heartbeat_secs > 0 {
                         let hb = Duration::from_secs(self.heartbeat_secs.into());
                         if now.duration_since(last_read) > hb * 2 {
@@ -971,7 +984,10 @@ impl Conn {
                 v.is_some(),
                 v.and_then(|v| v.limits.max_connections),
                 d.user(&self.user).and_then(|u| u.limits.max_connections),
-                d.grants(&self.user, vhost).is_some(),
+                // Whether an entry exists, not the compiled grants: compiling three regexes
+                // here was a third of the broker's CPU in connection churn (the grants a
+                // channel checks come from the cache, `ServerState::grants`).
+                d.permission(&self.user, vhost).is_some(),
             )
         });
         let broker_vhost = self.state.vhost(vhost);

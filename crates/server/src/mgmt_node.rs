@@ -90,13 +90,19 @@ impl mgmt::Node for ServerState {
                 s.ready_ram_bytes + s.unacked_bytes
             })
             .sum();
-        let connection_writer_bytes = self.registry.all().iter().map(|c| c.details.outbox.unsent_bytes() as u64).sum();
+        let conns = self.registry.all();
+        let connection_writer_bytes = conns.iter().map(|c| c.details.outbox.held_bytes() as u64).sum();
+        let connection_reader_bytes = conns
+            .iter()
+            .map(|c| c.details.outbox.read_capacity.load(std::sync::atomic::Ordering::Relaxed) as u64)
+            .sum();
         Some(mgmt::node::MemoryBreakdown {
             strategy: self.config.memory_strategy.as_str(),
             rss_bytes,
             allocated_bytes: crate::alarms::allocated_bytes().unwrap_or(rss_bytes),
             message_bytes,
             connection_writer_bytes,
+            connection_reader_bytes,
         })
     }
 

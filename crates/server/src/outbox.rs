@@ -20,6 +20,12 @@ use tokio::sync::Notify;
 const SHARE_BODY_MIN_BYTES: usize = 8 * 1024;
 /// I/O vectors per write call (well under Linux's IOV_MAX of 1024).
 const WRITE_MAX_SLICES: usize = 64;
+/// Buffer capacity a writer keeps for reuse while it has nothing to write: a burst (a
+/// consumer catching up, a big batch of replies) grows the buffers to megabytes, and ten
+/// thousand idle connections must not each keep that.
+const IDLE_KEEP_BYTES: usize = 16 * 1024;
+/// Largest buffer kept for reuse between batches while busy.
+const BUSY_KEEP_BYTES: usize = 4 * 1024 * 1024;
 
 /// Frames waiting to be written: encoded bytes, with shared body payloads spliced in.
 #[derive(Default)]
@@ -32,6 +38,18 @@ pub struct OutBuf {
 impl OutBuf {
     fn is_empty(&self) -> bool {
         self.bytes.is_empty() && self.shared.is_empty()
+    }
+
+    /// Heap bytes held (capacity, used or not).
+    fn capacity_bytes(&self) -> usize {
+        self.bytes.capacity() + self.shared.capacity() * std::mem::size_of::<(usize, Bytes)>()
+    }
+
+    /// Give the buffers back if an idle connection should not keep them.
+    fn shrink_idle(&mut self) {
+        if self.is_empty() && self.capacity_bytes() > IDLE_KEEP_BYTES {
+            *self = OutBuf::default();
+        }
     }
 
     /// The stream in order, as slices.
@@ -87,6 +105,11 @@ pub struct Outbox {
     pending: AtomicUsize,
     /// Bytes of the batch the writer took out of `buf` and is sending.
     in_flight: AtomicUsize,
+    /// Capacity of the writer's own buffer (the one not in `buf`), for the memory breakdown.
+    writer_capacity: AtomicUsize,
+    /// Capacity of the connection's read buffer (set by the connection's task), for the
+    /// memory breakdown.
+    pub read_capacity: AtomicUsize,
     notify: Notify,
     /// Woken whenever the writer finished a batch (or stopped): a connection that paused
     /// reading because its client does not read waits for it.
@@ -116,6 +139,8 @@ impl Outbox {
             buf: Mutex::new(OutBuf::default()),
             pending: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
+            writer_capacity: AtomicUsize::new(0),
+            read_capacity: AtomicUsize::new(0),
             notify: Notify::new(),
             drained: Notify::new(),
             writer_gone: AtomicBool::new(false),
@@ -187,6 +212,13 @@ impl Outbox {
         self.pending.load(Ordering::Relaxed) + self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Heap bytes this connection's outbox holds: its buffers' capacity, or the bytes
+    /// waiting if more (bodies sent by reference are not in the buffers).
+    pub fn held_bytes(&self) -> usize {
+        let capacity = self.buf.lock().capacity_bytes() + self.writer_capacity.load(Ordering::Relaxed);
+        capacity.max(self.unsent_bytes())
+    }
+
     /// Wait until the writer finishes its current batch (returns at once if it finished
     /// one since the last call).
     pub async fn drained(&self) {
@@ -251,6 +283,11 @@ impl Outbox {
                     let _ = sock.shutdown().await;
                     return Ok(());
                 }
+                // Nothing to write: keep only small buffers while idle (a notify that
+                // arrives meanwhile is kept as a permit, so no wake-up is lost).
+                out.shrink_idle();
+                self.buf.lock().shrink_idle();
+                self.writer_capacity.store(out.capacity_bytes(), Ordering::Relaxed);
                 self.notify.notified().await;
                 continue;
             }
@@ -265,12 +302,13 @@ impl Outbox {
             broker::counters::bump_single_writer(&self.send_oct, batch as u64);
             self.in_flight.store(0, Ordering::Relaxed);
             self.drained.notify_one();
-            // Keep a moderately sized buffer for reuse; drop huge ones.
-            if out.bytes.capacity() > 4 * 1024 * 1024 {
+            // Keep a moderately sized buffer for reuse while busy; drop huge ones.
+            if out.bytes.capacity() > BUSY_KEEP_BYTES {
                 out = OutBuf::default();
             } else {
                 out.bytes.clear();
             }
+            self.writer_capacity.store(out.capacity_bytes(), Ordering::Relaxed);
             let starved = std::mem::take(&mut *self.starved.lock());
             for q in starved {
                 q.dispatch();

@@ -264,14 +264,15 @@ async fn node_memory(
 }
 
 /// RabbitMQ's categories, with what Warren accounts: message bodies in RAM are `binary`
-/// (RabbitMQ's refc binaries hold them too), unsent replies and deliveries are
-/// `connection_writers`, the rest of what is allocated is `other_proc`, and what RSS holds
+/// (RabbitMQ's refc binaries hold them too), connections' read buffers are
+/// `connection_readers`, their write buffers (or unsent bytes, if more) `connection_writers`, the rest of what is allocated is `other_proc`, and what RSS holds
 /// beyond that (pages the allocator keeps for reuse) is `allocated_unused`.
 fn memory_json(b: Option<crate::node::MemoryBreakdown>) -> Value {
     let Some(b) = b else { return json!("not_available") };
-    let other = b.allocated_bytes.saturating_sub(b.message_bytes + b.connection_writer_bytes);
+    let other =
+        b.allocated_bytes.saturating_sub(b.message_bytes + b.connection_writer_bytes + b.connection_reader_bytes);
     json!({
-        "connection_readers": 0,
+        "connection_readers": b.connection_reader_bytes,
         "connection_writers": b.connection_writer_bytes,
         "connection_channels": 0,
         "connection_other": 0,

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use wire::Method;
+use wire::{Frame, Method};
 
 use crate::common::WarrenProcess;
 use crate::hostile::raw::*;
@@ -128,5 +128,74 @@ async fn queued_small_messages_do_not_pin_read_buffers() {
     for i in 1..ROUNDS {
         assert_eq!(c.get(1, "small-backlog").await.expect("a message"), format!("small {i:04}").as_bytes());
     }
+    c.close().await;
+}
+
+/// The memory breakdown's `connection_readers` and `connection_writers` (bytes, from the
+/// management API of an in-process server).
+async fn connection_buffers(server: &crate::common::TestServer) -> (u64, u64) {
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let r = http.get(format!("{}/{path}", server.api())).basic_auth("guest", Some("guest")).send();
+        async move { r.await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    let node = get("overview".into()).await["node"].as_str().unwrap().to_owned();
+    let m = get(format!("nodes/{node}/memory")).await;
+    let n = |k: &str| m["memory"][k].as_u64().unwrap_or_else(|| panic!("{k} in {m}"));
+    (n("connection_readers"), n("connection_writers"))
+}
+
+/// A connection's buffers shrink back once it is idle: a consumer that was sent megabytes
+/// at once (its writer buffer grew to the outbox's high-water mark) and a publisher of a
+/// 1 MiB body (its read buffer grew to read large frames whole) each keep a few KiB, as
+/// ten thousand mostly idle connections must.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_buffers_shrink_back_when_idle() {
+    const MESSAGES: usize = 20_000;
+    let server = crate::common::TestServer::start().await.with_management().await;
+    // Heartbeats every second: the connection's timer ticks every 250 ms, so idleness is
+    // seen quickly (the client must then send something within 2 s).
+    let mut c = Raw::open_with(server.addr, 1, None).await;
+    c.open_channel(1).await;
+    c.declare_queue(1, "burst", false).await;
+    c.publish(1, "nowhere", &vec![7u8; 1024 * 1024]).await;
+    let body = vec![1u8; 1024];
+    for _ in 0..MESSAGES {
+        c.publish(1, "burst", &body).await;
+    }
+    assert_eq!(c.declare_queue(1, "burst", false).await as usize, MESSAGES);
+    c.send_method(
+        1,
+        &Method::BasicConsume {
+            ticket: 0,
+            queue: "burst".into(),
+            consumer_tag: "c".into(),
+            no_local: false,
+            no_ack: true,
+            exclusive: false,
+            nowait: false,
+            arguments: Default::default(),
+        },
+    )
+    .await;
+    // Not reading yet: 20 MB is more than the sockets hold, so the outbox fills.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, writers_full) = connection_buffers(&server).await;
+    assert!(writers_full >= 512 * 1024, "a consumer behind by megabytes: connection_writers {writers_full}");
+    let mut bodies = 0;
+    while bodies < MESSAGES {
+        if let Frame::Body { .. } = c.frame().await {
+            bodies += 1;
+            if bodies % 2000 == 0 {
+                c.send(&raw_frame(wire::FRAME_HEARTBEAT, 0, &[])).await;
+            }
+        }
+    }
+    c.send(&raw_frame(wire::FRAME_HEARTBEAT, 0, &[])).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (readers, writers) = connection_buffers(&server).await;
+    eprintln!("connection_writers {writers_full} B while behind; idle: readers {readers} B, writers {writers} B");
+    assert!(writers <= 32 * 1024, "an idle connection's write buffers: {writers} B");
+    assert!(readers <= 16 * 1024, "an idle connection's read buffer: {readers} B");
     c.close().await;
 }
