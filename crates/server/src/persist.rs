@@ -36,7 +36,7 @@ pub struct DiskPersistence {
     definitions_damaged: bool,
     /// From recovery: directory names of exchanges whose last record is a deletion.
     deleted_exchange_dirs: HashSet<String>,
-    /// Syncs the definitions log for connections that wait asynchronously (see
+    /// Commits the definitions log for connections that wait asynchronously (see
     /// [`DeferCommit`]).
     committer: Arc<Committer>,
 }
@@ -49,101 +49,55 @@ struct DefsSynced {
     failed: bool,
 }
 
-/// A thread that fsyncs the definitions log on request, so a connection task can wait for
-/// its declare's record without blocking a runtime thread: every request that arrives
-/// while one fsync runs is served by the next one (group commit), and the waiters hear of
-/// it through a watch channel. Started at the first request.
+/// The definitions log's commits for connection tasks that wait asynchronously: the
+/// first waiter that finds no fsync under way writes and fsyncs everything appended so far
+/// on its own thread, at once (about one fsync; no hand-off to another thread, which is
+/// what made every durable bind a pair of context switches), and the others await its
+/// result on a watch channel, then check again (one of them leads the next round if their
+/// records came after it). So concurrent declares share fsyncs, one runtime thread at a
+/// time is busy with one, and nothing waits for a thread to be woken before its fsync.
 struct Committer {
     log: Arc<DefinitionsLog>,
-    wanted: Mutex<CommitterState>,
-    cv: parking_lot::Condvar,
+    /// A waiter is fsyncing for the others.
+    leading: AtomicBool,
     synced: tokio::sync::watch::Sender<DefsSynced>,
-}
-
-#[derive(Default)]
-struct CommitterState {
-    /// The highest sequence number asked for.
-    wanted: u64,
-    started: bool,
-    stop: bool,
 }
 
 impl Committer {
     fn new(log: Arc<DefinitionsLog>) -> Arc<Committer> {
         Arc::new(Committer {
             log,
-            wanted: Mutex::new(CommitterState::default()),
-            cv: parking_lot::Condvar::new(),
+            leading: AtomicBool::new(false),
             synced: tokio::sync::watch::Sender::new(DefsSynced::default()),
         })
     }
 
-    /// Have records up to `seq` fsynced soon.
-    fn request(self: &Arc<Self>, seq: u64) {
-        let mut st = self.wanted.lock();
-        if seq <= st.wanted || st.stop {
-            return;
-        }
-        st.wanted = seq;
-        if !st.started {
-            st.started = true;
-            let me = self.clone();
-            if let Err(e) = std::thread::Builder::new().name("warren-defs-commit".into()).spawn(move || me.run()) {
-                // Nobody would ever answer: fail the waiters rather than hang them.
-                error!("starting the definitions committer thread: {e}");
-                st.stop = true;
-                self.synced.send_modify(|s| s.failed = true);
-            }
-            return;
-        }
-        drop(st);
-        self.cv.notify_one();
-    }
-
-    fn run(self: Arc<Self>) {
-        let mut done = 0;
-        let mut st = self.wanted.lock();
-        loop {
-            while st.wanted <= done && !st.stop {
-                self.cv.wait(&mut st);
-            }
-            if st.stop {
-                return;
-            }
-            let seq = st.wanted;
-            drop(st);
-            let r = self.log.sync_through(seq);
-            done = seq;
-            self.synced.send_modify(|s| {
-                s.upto = s.upto.max(seq);
-                s.failed |= r.is_err();
-            });
-            st = self.wanted.lock();
-        }
-    }
-
-    /// Wait (asynchronously) until records up to `seq` are fsynced.
-    async fn committed(self: &Arc<Self>, seq: u64) -> Result<(), AmqpError> {
-        if self.log.is_synced_through(seq) {
-            return Ok(());
-        }
+    /// Wait until records up to `seq` are fsynced.
+    async fn committed(&self, seq: u64) -> Result<(), AmqpError> {
+        // Subscribed before looking: a round that ends after this is seen by `changed`.
         let mut rx = self.synced.subscribe();
-        self.request(seq);
-        match rx.wait_for(|s| s.upto >= seq || s.failed).await {
-            Ok(s) if s.upto >= seq && !s.failed => Ok(()),
-            _ => Err(definitions_error("an fsync of the definitions log failed")),
+        loop {
+            if self.log.is_synced_through(seq) {
+                return Ok(());
+            }
+            if rx.borrow_and_update().failed {
+                return Err(definitions_error("an earlier fsync of the definitions log failed"));
+            }
+            if !self.leading.swap(true, Ordering::AcqRel) {
+                let upto = self.log.appended();
+                let r = self.log.sync_through(upto);
+                self.leading.store(false, Ordering::Release);
+                self.synced.send_modify(|s| match &r {
+                    Ok(()) => s.upto = s.upto.max(upto),
+                    Err(_) => s.failed = true,
+                });
+                r.map_err(definitions_error)?;
+                continue;
+            }
+            if rx.changed().await.is_err() {
+                return Err(definitions_error("the definitions log was closed"));
+            }
         }
-    }
-
-    fn stop(&self) {
-        self.wanted.lock().stop = true;
-        self.cv.notify_all();
-    }
-}
-
-impl Drop for DiskPersistence {
-    fn drop(&mut self) {
-        self.committer.stop();
     }
 }
 
@@ -826,8 +780,7 @@ thread_local! {
 }
 
 /// While alive, a topology change made on this thread does not block for the definitions
-/// log's fsync: [`Persistence::settle`] only notes the sequence number to wait for (and
-/// asks the committer thread for an fsync). The caller — a connection task — holds back
+/// log's fsync: [`Persistence::settle`] only notes the sequence number to wait for. The caller — a connection task — holds back
 /// the method's replies and awaits [`DiskPersistence::committed`] before sending them and
 /// before reading its next request, so declare-ok still follows the fsync and replies keep
 /// their order, but no runtime thread blocks and concurrent connections share fsyncs.
@@ -990,7 +943,6 @@ impl Persistence for DiskPersistence {
         }
         if let Some(before) = DEFERRED.get() {
             DEFERRED.set(Some(before.max(seq)));
-            self.committer.request(seq);
             return Ok(());
         }
         // Waiting blocks this thread for about one fsync; inside the server's runtime, let
@@ -1139,8 +1091,7 @@ mod tests {
     }
 
     /// Under [`DeferCommit`] (a connection task) a durable declare does not block: it
-    /// returns the sequence number to await, concurrent declares share the committer's
-    /// fsyncs, the record is on disk once `committed` returns, and a failed fsync is
+    /// returns the sequence number to await, concurrent waiters share fsyncs, the record is on disk once `committed` returns, and a failed fsync is
     /// an error (541) for every waiter, then and later.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_deferred_declare_is_on_disk_once_committed_returns() {
