@@ -154,8 +154,11 @@ struct Bindings {
     dests: Vec<DestBindings>,
     /// Destination → its position in `dests`.
     dest_pos: HashMap<DestId, usize>,
-    /// Binding identity → its position in its destination's `keys`.
-    index: HashMap<BindingKey, usize>,
+    /// Binding identity (destination, routing key, arguments) → its position in its
+    /// destination's `keys`. An entry holds the identity's hash and the position, not a
+    /// copy of the key: a lookup compares with the binding itself in `dests`.
+    index: hashbrown::HashTable<Slot>,
+    hasher: std::hash::RandomState,
     /// direct: routing key → destinations.
     direct: HashMap<String, Multiset<Destination>>,
     /// topic: pattern trie.
@@ -169,41 +172,64 @@ struct DestBindings {
     keys: Vec<(String, FieldTable)>,
 }
 
-/// A destination's identity: the address of its queue or exchange (a binding holds the
-/// `Arc`, so the address is not reused while the binding exists).
+/// A destination's identity: the address of its queue or exchange, with the low bit set
+/// for a queue (both are at least 8-aligned). A binding holds the `Arc`, so the address is
+/// not reused while the binding exists.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct DestId(usize, bool);
+struct DestId(usize);
 
 impl Destination {
     fn id(&self) -> DestId {
         match self {
-            Destination::Queue(q) => DestId(Arc::as_ptr(q) as usize, true),
-            Destination::Exchange(e) => DestId(Arc::as_ptr(e) as usize, false),
+            Destination::Queue(q) => DestId(Arc::as_ptr(q) as usize | 1),
+            Destination::Exchange(e) => DestId(Arc::as_ptr(e) as usize),
         }
     }
 }
 
-/// A binding's identity (destination, routing key, arguments) in hashable form: the
-/// arguments as their wire encoding, empty for an empty table.
-#[derive(PartialEq, Eq, Hash)]
-struct BindingKey {
+/// An entry of the bindings index: where a binding is, and its identity's hash.
+#[derive(Clone, Copy)]
+struct Slot {
+    hash: u64,
     dest: DestId,
-    routing_key: String,
-    args: Box<[u8]>,
+    /// Position in the destination's `keys`.
+    at: u32,
 }
 
-impl BindingKey {
-    fn new(dest: DestId, routing_key: &str, args: &FieldTable) -> BindingKey {
-        let mut encoded = Vec::new();
-        if !args.is_empty() {
-            wire::types::encode_table(args, &mut encoded);
-        }
-        BindingKey { dest, routing_key: routing_key.to_owned(), args: encoded.into_boxed_slice() }
+/// A binding's identity as looked up: the arguments in wire form (empty for an empty
+/// table), so equal tables compare equal however their values are typed in memory.
+struct Identity<'a> {
+    dest: DestId,
+    routing_key: &'a str,
+    args: Vec<u8>,
+}
+
+fn encoded(args: &FieldTable) -> Vec<u8> {
+    let mut out = Vec::new();
+    if !args.is_empty() {
+        wire::types::encode_table(args, &mut out);
+    }
+    out
+}
+
+impl<'a> Identity<'a> {
+    fn new(dest: DestId, routing_key: &'a str, args: &FieldTable) -> Identity<'a> {
+        Identity { dest, routing_key, args: encoded(args) }
     }
 
-    fn of(b: &Binding) -> BindingKey {
-        BindingKey::new(b.destination.id(), &b.routing_key, &b.arguments)
+    fn of(b: &'a Binding) -> Identity<'a> {
+        Identity::new(b.destination.id(), &b.routing_key, &b.arguments)
     }
+}
+
+/// Whether `s` is the entry of the binding `id` (compared with the binding in `dests`).
+fn slot_is(dests: &[DestBindings], dest_pos: &HashMap<DestId, usize>, s: &Slot, id: &Identity<'_>) -> bool {
+    if s.dest != id.dest {
+        return false;
+    }
+    let Some(&d) = dest_pos.get(&s.dest) else { return false };
+    let Some((k, a)) = dests[d].keys.get(s.at as usize) else { return false };
+    k == id.routing_key && (a.is_empty() && id.args.is_empty() || encoded(a) == id.args)
 }
 
 impl Bindings {
@@ -211,16 +237,49 @@ impl Bindings {
         self.index.len()
     }
 
-    /// Remove the binding at `at` of destination entry `d`; returns it.
+    fn hash(&self, id: &Identity<'_>) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((id.dest, id.routing_key, &id.args[..]))
+    }
+
+    /// The position of binding `id` in its destination's `keys`.
+    fn find(&self, id: &Identity<'_>) -> Option<usize> {
+        let h = self.hash(id);
+        self.index.find(h, |s| slot_is(&self.dests, &self.dest_pos, s, id)).map(|s| s.at as usize)
+    }
+
+    /// Take binding `id`'s entry out of the index; its position.
+    fn unindex_identity(&mut self, id: &Identity<'_>) -> Option<usize> {
+        let h = self.hash(id);
+        let Bindings { index, dests, dest_pos, .. } = self;
+        let entry = index.find_entry(h, |s| slot_is(dests, dest_pos, s, id)).ok()?;
+        Some(entry.remove().0.at as usize)
+    }
+
+    /// Take the entry of the binding at (`dest`, `at`) out of the index.
+    fn unindex_at(&mut self, dest: DestId, at: usize, routing_key: &str, args: &FieldTable) {
+        let h = self.hash(&Identity::new(dest, routing_key, args));
+        if let Ok(e) = self.index.find_entry(h, |s| s.dest == dest && s.at as usize == at) {
+            e.remove();
+        }
+    }
+
+    /// Remove the binding at `at` of destination entry `d` (its index entry is gone
+    /// already); returns it.
     fn take(&mut self, d: usize, at: usize) -> Binding {
         let entry = &mut self.dests[d];
         let (routing_key, arguments) = entry.keys.swap_remove(at);
         let destination = entry.dest.clone();
+        let last = entry.keys.len();
         if let Some((k, a)) = entry.keys.get(at) {
             // The last binding moved into the hole.
-            let moved = BindingKey::new(destination.id(), k, a);
-            if let Some(p) = self.index.get_mut(&moved) {
-                *p = at;
+            let dest = destination.id();
+            let h = {
+                use std::hash::BuildHasher;
+                self.hasher.hash_one((dest, k.as_str(), &encoded(a)[..]))
+            };
+            if let Some(s) = self.index.find_mut(h, |s| s.dest == dest && s.at as usize == last) {
+                s.at = at as u32;
             }
         }
         if entry.keys.is_empty() {
@@ -282,35 +341,38 @@ impl Exchange {
     pub fn bind(&self, b: Binding) -> bool {
         let mut bs = self.bindings.write();
         let bs = &mut *bs;
-        let key = BindingKey::of(&b);
-        if bs.index.contains_key(&key) {
+        let id = Identity::of(&b);
+        if bs.find(&id).is_some() {
             return false;
         }
+        let (dest, hash) = (id.dest, bs.hash(&id));
+        drop(id);
         match self.options.kind {
             ExchangeKind::Direct => bs.direct.entry(b.routing_key.clone()).or_default().add(b.destination.clone()),
             ExchangeKind::Topic => bs.topic.insert(&b.routing_key, b.destination.clone()),
             ExchangeKind::Fanout | ExchangeKind::Headers => {}
         }
-        let d = match bs.dest_pos.get(&key.dest) {
+        let d = match bs.dest_pos.get(&dest) {
             Some(&d) => d,
             None => {
                 bs.dests.push(DestBindings { dest: b.destination, keys: Vec::new() });
-                bs.dest_pos.insert(key.dest, bs.dests.len() - 1);
+                bs.dest_pos.insert(dest, bs.dests.len() - 1);
                 bs.dests.len() - 1
             }
         };
         let keys = &mut bs.dests[d].keys;
         keys.push((b.routing_key, b.arguments));
-        bs.index.insert(key, keys.len() - 1);
+        let at = u32::try_from(keys.len() - 1).expect("fewer than 4 billion bindings to one destination");
+        bs.index.insert_unique(hash, Slot { hash, dest, at }, |s| s.hash);
         true
     }
 
     /// Remove a binding; false if there was none.
     pub fn unbind(&self, b: &Binding) -> bool {
         let mut bs = self.bindings.write();
-        let key = BindingKey::of(b);
-        let Some(at) = bs.index.remove(&key) else { return false };
-        let Some(&d) = bs.dest_pos.get(&key.dest) else { return false };
+        let id = Identity::of(b);
+        let Some(at) = bs.unindex_identity(&id) else { return false };
+        let Some(&d) = bs.dest_pos.get(&id.dest) else { return false };
         let removed = bs.take(d, at);
         self.unindex(&mut bs, &removed);
         true
@@ -346,8 +408,8 @@ impl Exchange {
             .into_iter()
             .map(|(routing_key, arguments)| Binding { destination: entry.dest.clone(), routing_key, arguments })
             .collect();
-        for b in &gone {
-            bs.index.remove(&BindingKey::new(id, &b.routing_key, &b.arguments));
+        for (at, b) in gone.iter().enumerate() {
+            bs.unindex_at(id, at, &b.routing_key, &b.arguments);
             self.unindex(&mut bs, b);
         }
         gone
@@ -359,7 +421,7 @@ impl Exchange {
     }
 
     pub fn has_binding(&self, b: &Binding) -> bool {
-        self.bindings.read().index.contains_key(&BindingKey::of(b))
+        self.bindings.read().find(&Identity::of(b)).is_some()
     }
 
     pub fn binding_count(&self) -> usize {

@@ -122,12 +122,18 @@ pub struct TopicIndex<T> {
     len: usize,
 }
 
+/// A node's position in the arena. `u32`: four billion nodes is beyond any bindings
+/// limit, and a million-binding trie has two million nodes, so every byte counts.
+type NodeId = u32;
+/// "No such child" for `star` and `hash` (an `Option<u32>` would take twice the room).
+const NO_NODE: NodeId = NodeId::MAX;
+
 #[derive(Clone)]
 struct Node<T> {
     /// Children by literal word.
-    words: HashMap<Box<str>, usize>,
-    star: Option<usize>,
-    hash: Option<usize>,
+    words: Children,
+    star: NodeId,
+    hash: NodeId,
     /// Reached through a `#` edge: it may swallow any number of further words.
     is_hash: bool,
     /// Values bound at exactly this pattern, each distinct, with its binding count.
@@ -136,11 +142,93 @@ struct Node<T> {
 
 impl<T> Node<T> {
     fn new(is_hash: bool) -> Self {
-        Node { words: HashMap::new(), star: None, hash: None, is_hash, values: Multiset::default() }
+        Node { words: Children::default(), star: NO_NODE, hash: NO_NODE, is_hash, values: Multiset::default() }
     }
 
     fn is_unused(&self) -> bool {
-        self.values.is_empty() && self.words.is_empty() && self.star.is_none() && self.hash.is_none()
+        self.values.is_empty() && self.words.is_empty() && self.star == NO_NODE && self.hash == NO_NODE
+    }
+}
+
+fn some_node(n: NodeId) -> Option<usize> {
+    (n != NO_NODE).then_some(n as usize)
+}
+
+/// A node's children by literal word: a vector sorted by word, exactly as long as needed,
+/// while there are few (most nodes of a large trie have one child: one small allocation
+/// instead of a hash table's buckets), a hash map once there are many.
+#[derive(Clone)]
+enum Children {
+    Few(Vec<(Box<str>, NodeId)>),
+    /// Boxed: the map itself is six words, the vector three.
+    #[allow(clippy::box_collection)]
+    Many(Box<HashMap<Box<str>, NodeId>>),
+}
+
+/// Children kept in a sorted vector up to this many; beyond, in a hash map (back to the
+/// vector when removals leave half of it).
+const CHILDREN_FEW_MAX: usize = 8;
+
+impl Default for Children {
+    fn default() -> Self {
+        Children::Few(Vec::new())
+    }
+}
+
+impl Children {
+    fn is_empty(&self) -> bool {
+        match self {
+            Children::Few(v) => v.is_empty(),
+            Children::Many(m) => m.is_empty(),
+        }
+    }
+
+    fn get(&self, word: &str) -> Option<usize> {
+        match self {
+            Children::Few(v) => v.binary_search_by(|(w, _)| (**w).cmp(word)).ok().map(|i| v[i].1 as usize),
+            Children::Many(m) => m.get(word).map(|&c| c as usize),
+        }
+    }
+
+    fn insert(&mut self, word: &str, c: NodeId) {
+        match self {
+            Children::Few(v) => match v.binary_search_by(|(w, _)| (**w).cmp(word)) {
+                Ok(i) => v[i].1 = c,
+                Err(_) if v.len() >= CHILDREN_FEW_MAX => {
+                    let mut m: HashMap<Box<str>, NodeId> = v.drain(..).collect();
+                    m.insert(word.into(), c);
+                    *self = Children::Many(Box::new(m));
+                }
+                Err(i) => {
+                    // Grow by one, not to Vec's minimum of four.
+                    v.reserve_exact(1);
+                    v.insert(i, (word.into(), c));
+                }
+            },
+            Children::Many(m) => {
+                m.insert(word.into(), c);
+            }
+        }
+    }
+
+    fn remove(&mut self, word: &str) {
+        match self {
+            Children::Few(v) => {
+                if let Ok(i) = v.binary_search_by(|(w, _)| (**w).cmp(word)) {
+                    v.remove(i);
+                    v.shrink_to_fit();
+                }
+            }
+            Children::Many(m) => {
+                m.remove(word);
+                if m.len() <= CHILDREN_FEW_MAX / 2 {
+                    let mut v: Vec<(Box<str>, NodeId)> = m.drain().collect();
+                    v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                    v.shrink_to_fit();
+                    *self = Children::Few(v);
+                }
+            }
+        }
     }
 }
 
@@ -239,10 +327,10 @@ impl<T: Clone + Eq + Hash> TopicIndex<T> {
                 if node.is_hash {
                     self.enter(n, &mut next);
                 }
-                if let Some(&c) = node.words.get(word) {
+                if let Some(c) = node.words.get(word) {
                     self.enter(c, &mut next);
                 }
-                if let Some(c) = node.star {
+                if let Some(c) = some_node(node.star) {
                     self.enter(c, &mut next);
                 }
             }
@@ -284,31 +372,28 @@ impl<T: Clone + Eq + Hash> TopicIndex<T> {
     fn child(&self, n: usize, word: &str) -> Option<usize> {
         let node = &self.nodes[n];
         match word {
-            "*" => node.star,
-            "#" => node.hash,
-            w => node.words.get(w).copied(),
+            "*" => some_node(node.star),
+            "#" => some_node(node.hash),
+            w => node.words.get(w),
         }
     }
 
     fn link(&mut self, n: usize, word: &str, c: usize) {
+        let c = NodeId::try_from(c).expect("fewer than 4 billion trie nodes");
         let node = &mut self.nodes[n];
         match word {
-            "*" => node.star = Some(c),
-            "#" => node.hash = Some(c),
-            w => {
-                node.words.insert(w.into(), c);
-            }
+            "*" => node.star = c,
+            "#" => node.hash = c,
+            w => node.words.insert(w, c),
         }
     }
 
     fn unlink(&mut self, n: usize, word: &str) {
         let node = &mut self.nodes[n];
         match word {
-            "*" => node.star = None,
-            "#" => node.hash = None,
-            w => {
-                node.words.remove(w);
-            }
+            "*" => node.star = NO_NODE,
+            "#" => node.hash = NO_NODE,
+            w => node.words.remove(w),
         }
     }
 
@@ -329,7 +414,7 @@ impl<T: Clone + Eq + Hash> TopicIndex<T> {
     /// match zero words.
     fn enter(&self, mut n: usize, set: &mut NodeSet) {
         while set.insert(n) {
-            match self.nodes[n].hash {
+            match some_node(self.nodes[n].hash) {
                 Some(h) => n = h,
                 None => break,
             }
@@ -341,74 +426,125 @@ impl<T: Clone + Eq + Hash> TopicIndex<T> {
 const SCAN_MAX: usize = 16;
 
 /// Distinct values with a count each (bindings sharing a destination and a pattern or key,
-/// with other arguments), searched by scanning while small and through a hash index once
-/// larger: thousands of queues bound with one pattern made every bind and unbind a scan.
+/// with other arguments). One value is kept inline (the usual case: a unique pattern bound
+/// to one queue costs no allocation); more are searched by scanning while few and through
+/// a hash index once many: thousands of queues bound with one pattern made every bind and
+/// unbind a scan.
 #[derive(Clone)]
 pub(crate) struct Multiset<T> {
+    items: Items<T>,
+}
+
+#[derive(Clone)]
+enum Items<T> {
+    Empty,
+    One((T, usize)),
+    /// Boxed: one word in the many nodes that never need it.
+    Many(Box<ManyItems<T>>),
+}
+
+#[derive(Clone)]
+struct ManyItems<T> {
     items: Vec<(T, usize)>,
-    /// Value → position in `items`, once `items` outgrew a scan (boxed: one word in the
-    /// many trie nodes that never need it, where a bare map is six).
-    #[allow(clippy::box_collection)]
-    index: Option<Box<HashMap<T, usize>>>,
+    /// Value → position in `items`, once `items` outgrew a scan.
+    index: Option<HashMap<T, usize>>,
 }
 
 impl<T> Default for Multiset<T> {
     fn default() -> Self {
-        Multiset { items: Vec::new(), index: None }
+        Multiset { items: Items::Empty }
     }
 }
 
 impl<T> Multiset<T> {
     pub(crate) fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        matches!(self.items, Items::Empty)
+    }
+
+    fn slice(&self) -> &[(T, usize)] {
+        match &self.items {
+            Items::Empty => &[],
+            Items::One(one) => std::slice::from_ref(one),
+            Items::Many(m) => &m.items,
+        }
     }
 }
 
-impl<T: Clone + Eq + Hash> Multiset<T> {
+impl<T: Clone + Eq + Hash> ManyItems<T> {
     fn position(&self, v: &T) -> Option<usize> {
         match &self.index {
             None => self.items.iter().position(|(x, _)| x == v),
             Some(index) => index.get(v).copied(),
         }
     }
+}
 
+impl<T: Clone + Eq + Hash> Multiset<T> {
     /// Adds one occurrence of `v`.
     pub(crate) fn add(&mut self, v: T) {
-        if let Some(i) = self.position(&v) {
-            self.items[i].1 += 1;
-            return;
-        }
-        if let Some(index) = &mut self.index {
-            index.insert(v.clone(), self.items.len());
-        }
-        self.items.push((v, 1));
-        if self.index.is_none() && self.items.len() > SCAN_MAX {
-            self.index = Some(Box::new(self.items.iter().enumerate().map(|(i, (x, _))| (x.clone(), i)).collect()));
+        match &mut self.items {
+            Items::Empty => self.items = Items::One((v, 1)),
+            Items::One((x, n)) if *x == v => *n += 1,
+            Items::One(_) => {
+                let Items::One(one) = std::mem::replace(&mut self.items, Items::Empty) else { unreachable!() };
+                self.items = Items::Many(Box::new(ManyItems { items: vec![one, (v, 1)], index: None }));
+            }
+            Items::Many(m) => {
+                if let Some(i) = m.position(&v) {
+                    m.items[i].1 += 1;
+                    return;
+                }
+                if let Some(index) = &mut m.index {
+                    index.insert(v.clone(), m.items.len());
+                }
+                m.items.push((v, 1));
+                if m.index.is_none() && m.items.len() > SCAN_MAX {
+                    m.index = Some(m.items.iter().enumerate().map(|(i, (x, _))| (x.clone(), i)).collect());
+                }
+            }
         }
     }
 
     /// Removes one occurrence of `v`; false if there was none. Order is not kept.
     pub(crate) fn remove_one(&mut self, v: &T) -> bool {
-        let Some(i) = self.position(v) else { return false };
-        self.items[i].1 -= 1;
-        if self.items[i].1 == 0 {
-            self.items.swap_remove(i);
-            if let Some(index) = &mut self.index {
-                index.remove(v);
-                if let Some((moved, _)) = self.items.get(i) {
-                    index.insert(moved.clone(), i);
+        match &mut self.items {
+            Items::Empty => false,
+            Items::One((x, n)) => {
+                if x != v {
+                    return false;
                 }
+                *n -= 1;
+                if *n == 0 {
+                    self.items = Items::Empty;
+                }
+                true
             }
-            if self.items.is_empty() {
-                self.index = None;
+            Items::Many(m) => {
+                let Some(i) = m.position(v) else { return false };
+                m.items[i].1 -= 1;
+                if m.items[i].1 == 0 {
+                    m.items.swap_remove(i);
+                    if let Some(index) = &mut m.index {
+                        index.remove(v);
+                        if let Some((moved, _)) = m.items.get(i) {
+                            index.insert(moved.clone(), i);
+                        }
+                    }
+                    if m.items.len() <= 1 {
+                        self.items = match m.items.pop() {
+                            Some(one) => Items::One(one),
+                            None => Items::Empty,
+                        };
+                    }
+                }
+                true
             }
         }
-        true
     }
 
     /// Each distinct value once.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
-        self.items.iter().map(|(v, _)| v)
+        self.slice().iter().map(|(v, _)| v)
     }
 }
 

@@ -110,6 +110,9 @@ struct QueueState {
     /// Milliseconds of stalls that have ended.
     stalled_ms: u64,
     deleted: bool,
+    /// The queue is in its vhost's set of queues the housekeeping tick visits (see
+    /// [`Queue::arm`]).
+    timed: bool,
     /// Last time the queue was used (consumer added, get, redeclare), for x-expires.
     last_used_ms: u64,
     /// `declared_args` combined with `applied`: read under this lock, which every path
@@ -133,6 +136,17 @@ pub struct QueueStats {
     /// credit (prefetch, flow, a full socket): the complement of RabbitMQ's consumer
     /// utilisation, as a counter whose rate the statistics sampler turns into a fraction.
     pub stalled_ms: u64,
+}
+
+/// The outcome of a housekeeping visit ([`Queue::tick_timed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ticked {
+    /// Nothing to do (empty, no x-expires, or deleted): out of the timed set.
+    Idle,
+    /// Still timed: visit again next tick.
+    Keep,
+    /// x-expires elapsed: the vhost deletes the queue.
+    Expired,
 }
 
 /// What became of a published message.
@@ -217,6 +231,7 @@ impl Queue {
                 stalled_since_ms: None,
                 stalled_ms: 0,
                 deleted: false,
+                timed: false,
                 last_used_ms: now,
                 eff,
                 applied,
@@ -312,6 +327,7 @@ impl Queue {
                 match st.store.push(m) {
                     Ok(durability) => {
                         bump(&self.counters.publish, 1);
+                        self.arm(&mut st);
                         self.after_push(st, now, &mut letters);
                         PublishOutcome::Enqueued(durability)
                     }
@@ -569,6 +585,7 @@ impl Queue {
                 m.redelivered = true;
                 st.store.requeue(m);
             }
+            self.arm(&mut st);
             self.dispatch_locked(&mut st, now, &mut letters);
         }
         self.dead_letter(letters);
@@ -714,28 +731,69 @@ impl Queue {
 
     /// Expire messages at the head and report whether the queue itself expired
     /// (x-expires: unused — no consumers, no get, no redeclare — for that long).
-    /// Called periodically by the server.
+    /// Called periodically by the server, through [`VHost::tick`] for the queues that
+    /// need it.
     pub fn tick(self: &Arc<Self>) -> bool {
+        self.tick_timed() == Ticked::Expired
+    }
+
+    /// Whether the housekeeping tick has work here: messages (TTLs at the head, the
+    /// store's own upkeep) or an x-expires timer. An empty queue without x-expires has
+    /// nothing to expire and nothing to detach.
+    fn needs_tick(st: &QueueState) -> bool {
+        !st.deleted && (st.eff.expires_ms.is_some() || !st.store.is_empty())
+    }
+
+    /// Put the queue into its vhost's timed set if it now needs the tick and is not there
+    /// yet. Called under the state lock wherever that can become true (messages arrive,
+    /// x-expires is set); the tick takes it out again once it does not (under the same
+    /// lock), so an idle queue costs the housekeeping nothing. Lock order: queue state →
+    /// the vhost's timed set.
+    fn arm(self: &Arc<Self>, st: &mut QueueState) {
+        if st.timed || !Self::needs_tick(st) {
+            return;
+        }
+        if let Some(vh) = self.vhost_ref.upgrade() {
+            st.timed = true;
+            vh.add_timed(self.clone());
+        }
+    }
+
+    /// [`Queue::arm`] for a queue just declared or recovered.
+    pub(crate) fn arm_timer(self: &Arc<Self>) {
+        let mut st = self.state.lock();
+        self.arm(&mut st);
+    }
+
+    /// One housekeeping visit: expire messages at the head, tick the store, and say
+    /// whether the queue stays in the timed set.
+    pub(crate) fn tick_timed(self: &Arc<Self>) -> Ticked {
         let mut letters = Letters::new();
-        let expired = {
+        let ticked = {
             let mut st = self.state.lock();
-            if st.deleted {
-                return false;
-            }
-            // The common case at scale: an empty queue without x-expires has nothing to
-            // expire and nothing to detach. Returning before the clock read and the
-            // store's peek keeps an idle node with 100,000 queues from spending a third of
-            // a core here (ten ticks a second).
-            if st.eff.expires_ms.is_none() && st.store.is_empty() {
-                return false;
+            if !Self::needs_tick(&st) {
+                st.timed = false;
+                return Ticked::Idle;
             }
             let now = self.clock.now_ms();
             self.expire_head(&mut st, now, &mut letters);
             st.store.tick();
-            st.eff.expires_ms.is_some_and(|ttl| st.consumers.is_empty() && now.saturating_sub(st.last_used_ms) >= ttl)
+            if st
+                .eff
+                .expires_ms
+                .is_some_and(|ttl| st.consumers.is_empty() && now.saturating_sub(st.last_used_ms) >= ttl)
+            {
+                Ticked::Expired
+            } else if Self::needs_tick(&st) {
+                Ticked::Keep
+            } else {
+                // Its last messages expired just now.
+                st.timed = false;
+                Ticked::Idle
+            }
         };
         self.dead_letter(letters);
-        expired
+        ticked
     }
 
     /// Mark deleted and drop messages; returns the ready count and the consumers, which
@@ -820,6 +878,7 @@ impl Queue {
             }
             self.has_dlx.store(eff.dead_letter_exchange.is_some(), Ordering::Relaxed);
             st.eff = eff;
+            self.arm(&mut st);
             if st.eff.overflow.unwrap_or_default() == Overflow::DropHead {
                 Self::drop_over_limit(&mut st, &mut letters);
             }

@@ -17,7 +17,7 @@ use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeOpti
 use crate::limits::NodeLimits;
 use crate::message::QueuedMessage;
 use crate::policy::{self, Policy, PolicySet};
-use crate::queue::{Consumer, Queue, QueueOptions};
+use crate::queue::{Consumer, Queue, QueueOptions, Ticked};
 use crate::store::{MemoryStore, MessageStore, PriorityStore};
 
 /// Exchanges every vhost has (RabbitMQ's predeclared set).
@@ -56,6 +56,9 @@ pub struct VHost {
     policy_writer: parking_lot::Mutex<()>,
     /// The vhost limit `max-queues` (`u64::MAX`: none).
     max_queues: AtomicU64,
+    /// The queues [`VHost::tick`] visits: those with messages or x-expires (see
+    /// `Queue::arm`), each at most once. A leaf lock (taken under a queue's state lock).
+    timed: parking_lot::Mutex<Vec<Arc<Queue>>>,
 }
 
 /// Where queues keep their messages and where durable topology is recorded. The vhost
@@ -167,6 +170,7 @@ impl VHost {
             policies: RwLock::new(Arc::new(PolicySet::default())),
             policy_writer: parking_lot::Mutex::new(()),
             max_queues: AtomicU64::new(u64::MAX),
+            timed: parking_lot::Mutex::new(Vec::new()),
         };
         {
             let mut ex = vh.exchanges.write();
@@ -440,6 +444,7 @@ impl VHost {
             self.owned.lock().entry(c).or_default().push(q.clone());
         }
         self.changed();
+        q.arm_timer();
         Ok((q, true))
     }
 
@@ -767,14 +772,36 @@ impl VHost {
     }
 
     /// Periodic work: expire messages at queue heads, delete queues unused past x-expires.
+    /// Visits only the timed queues (those with messages or x-expires), so an idle node
+    /// with 100,000 empty queues does nothing here.
     pub fn tick(&self) -> Vec<Deleted> {
+        let due = std::mem::take(&mut *self.timed.lock());
+        let mut keep = Vec::with_capacity(due.len());
         let mut deleted = Vec::new();
-        for q in self.queues() {
-            if q.tick() {
-                deleted.push(self.remove_queue(&q));
+        for q in due {
+            match q.tick_timed() {
+                Ticked::Idle => {}
+                Ticked::Keep => keep.push(q),
+                Ticked::Expired => deleted.push(self.remove_queue(&q)),
             }
         }
+        let mut timed = self.timed.lock();
+        if timed.is_empty() {
+            *timed = keep;
+        } else {
+            timed.append(&mut keep);
+        }
         deleted
+    }
+
+    /// How many queues the next [`VHost::tick`] visits.
+    pub fn timed_queues(&self) -> usize {
+        self.timed.lock().len()
+    }
+
+    /// A queue now needs the tick (called once per entry, see `Queue::arm`).
+    pub(crate) fn add_timed(&self, q: Arc<Queue>) {
+        self.timed.lock().push(q);
     }
 
     /// The queues a message published to `exchange` reaches, each once, following

@@ -378,3 +378,66 @@ fn stalled_time_counts_only_while_ready_messages_wait_for_credit() {
     clock.advance(500);
     assert_eq!(q.stats().stalled_ms, 320);
 }
+
+/// The housekeeping tick visits only timed queues: those holding messages or with
+/// x-expires. A queue joins the set when a message arrives (publish, requeue, a dead
+/// letter) or x-expires is declared, and leaves it at the first tick that finds it empty
+/// without x-expires; 10,000 idle queues are never visited.
+#[test]
+fn only_queues_with_messages_or_x_expires_are_timed() {
+    let (vh, clock) = setup();
+    assert_eq!(vh.timed_queues(), 0, "an empty queue without x-expires is not timed");
+    for i in 0..10_000 {
+        vh.declare_queue(&format!("idle{i}"), false, opts(&[]), 1).unwrap();
+    }
+    assert_eq!(vh.timed_queues(), 0, "10,000 idle queues: nothing to visit");
+    assert!(vh.tick().is_empty());
+    assert_eq!(vh.timed_queues(), 0);
+
+    let (exp, _) = vh.declare_queue("exp", false, opts(&[("x-expires", FieldValue::I32(1000))]), 1).unwrap();
+    assert_eq!(vh.timed_queues(), 1, "x-expires needs the timer while the queue is empty");
+    let (p, _) = vh.declare_queue("p", false, opts(&[]), 1).unwrap();
+    p.publish(msg("a"));
+    p.publish(msg("b"));
+    assert_eq!(vh.timed_queues(), 2, "a queue joins the set once, however many messages arrive");
+    assert!(vh.tick().is_empty());
+    assert_eq!(vh.timed_queues(), 2, "both still need it");
+
+    // Consumed empty: out at the next tick. Requeued: back in.
+    let sink = Sink::new(10);
+    let id = consume(&p, &sink, 0);
+    assert_eq!(sink.bodies(), ["a", "b"]);
+    assert!(vh.tick().is_empty());
+    assert_eq!(vh.timed_queues(), 1, "empty again (the messages are unacked): only exp");
+    p.remove_consumer(id);
+    p.requeue(std::mem::take(&mut *sink.got.lock()));
+    assert_eq!(vh.timed_queues(), 2, "requeued messages need the tick again");
+    assert_eq!(drain(&p).len(), 2);
+    assert!(vh.tick().is_empty());
+    assert_eq!(vh.timed_queues(), 1);
+
+    // A message that expires at the head is dead-lettered by the tick, which puts the
+    // dead-letter queue into the set; x-expires still deletes its queue on time.
+    let (ttl, _) = vh
+        .declare_queue(
+            "ttl",
+            false,
+            opts(&[("x-message-ttl", FieldValue::I32(100)), ("x-dead-letter-exchange", s("dlx"))]),
+            1,
+        )
+        .unwrap();
+    assert_eq!(vh.timed_queues(), 1, "message TTL alone, no messages: not timed");
+    ttl.publish(msg("old"));
+    assert_eq!(vh.timed_queues(), 2);
+    clock.advance(200);
+    assert!(vh.tick().is_empty());
+    assert_eq!(ttl.stats().messages_ready, 0, "expired at the tick");
+    assert_eq!(vh.timed_queues(), 2, "exp, and dlq with the dead letter (ttl left the set)");
+    assert_eq!(drain(&vh.queue("dlq", 1).unwrap()).len(), 1);
+    clock.advance(1000);
+    let deleted = vh.tick();
+    assert_eq!(deleted.len(), 1, "exp expired");
+    assert!(vh.queue("exp", 1).is_err());
+    drop(exp);
+    assert_eq!(vh.timed_queues(), 0);
+}

@@ -133,6 +133,10 @@ pub struct Channel {
     /// rather than closing the channel for an unknown tag.
     timed_out_tags: std::collections::HashSet<u64>,
     route_cache: Option<RouteCache>,
+    /// Encoded replies held back until the definitions log is fsynced through
+    /// `held_for` (a durable declare's; see [`crate::persist::DeferCommit`]).
+    held: std::cell::RefCell<Vec<u8>>,
+    held_for: Option<u64>,
 }
 
 /// The last route a channel computed, valid while the vhost's topology generation is
@@ -199,6 +203,8 @@ impl Channel {
             reply_to: None,
             timed_out_tags: std::collections::HashSet::new(),
             route_cache: None,
+            held: std::cell::RefCell::new(Vec::new()),
+            held_for: None,
         }
     }
 
@@ -212,7 +218,33 @@ impl Channel {
 
     fn send(&self, method: &Method) {
         let id = self.shared.id;
+        if crate::persist::commit_deferred() {
+            // After a durable change in this method: the reply waits for its fsync.
+            frame::encode_method(&mut self.held.borrow_mut(), id, method);
+            return;
+        }
         self.shared.outbox.write_with(|out| frame::encode_method(out, id, method));
+    }
+
+    /// The definitions-log sequence number this channel's held replies wait for: the
+    /// connection awaits it, then calls [`Channel::release_held`], before its next request.
+    pub fn held_for(&self) -> Option<u64> {
+        self.held_for
+    }
+
+    /// The fsync the held replies waited for is done: send them.
+    pub fn release_held(&mut self) {
+        self.held_for = None;
+        let held = std::mem::take(&mut *self.held.borrow_mut());
+        if !held.is_empty() {
+            self.shared.outbox.write_with(|out| out.extend_from_slice(&held));
+        }
+    }
+
+    /// The fsync failed: the held replies are never sent (the connection is closed).
+    pub fn drop_held(&mut self) {
+        self.held_for = None;
+        self.held.borrow_mut().clear();
     }
 
     /// queue.bind / queue.unbind: write on the queue, read on the exchange, and the topic
@@ -235,7 +267,21 @@ impl Channel {
 
     /// Handle a method on this (open) channel. Errors carry the reply code; the caller
     /// closes the channel or the connection according to it.
+    /// Durable topology changes do not block the thread for their fsync: the replies sent
+    /// after one are held, and [`Channel::held_for`] says what the connection must await.
     pub fn handle(&mut self, ctx: &ConnCtx, method: Method) -> Result<(), AmqpError> {
+        let defer = crate::persist::DeferCommit::enter();
+        let r = self.handle_method(ctx, method);
+        match (defer.finish(), &r) {
+            (Some(seq), Ok(())) => self.held_for = Some(seq),
+            // The channel or connection closes with the error: no -ok goes out.
+            (Some(_), Err(_)) => self.drop_held(),
+            (None, _) => {}
+        }
+        r
+    }
+
+    fn handle_method(&mut self, ctx: &ConnCtx, method: Method) -> Result<(), AmqpError> {
         let vh = &ctx.vhost;
         match &method {
             Method::ExchangeDeclare { arguments, .. }

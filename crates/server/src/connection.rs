@@ -161,6 +161,9 @@ struct Conn {
     channels: HashMap<u16, Channel, ChannelIdHash>,
     /// Channels that published in the current read batch (confirms to flush).
     confirm_dirty: Vec<u16>,
+    /// A channel's replies wait for the definitions log: (channel, sequence number, the
+    /// method's class and method ids); no request is handled until it is done.
+    commit_wait: Option<(u16, u64, (u16, u16))>,
     /// The socket should close once the outbox is flushed.
     finished: bool,
     /// The client has published: resource alarms block this connection.
@@ -239,6 +242,7 @@ where
         registered: None,
         channels: HashMap::default(),
         confirm_dirty: Vec::new(),
+        commit_wait: None,
         finished: false,
         published: false,
         blocked: false,
@@ -315,6 +319,16 @@ impl Conn {
                     // The client does not read its replies: leave its requests unread
                     // (in `buf` and in the socket) until the writer drains.
                     break;
+                }
+                if let Some((channel, seq, ids)) = self.commit_wait.take() {
+                    // A durable declare/bind/delete: its reply goes out once its record is
+                    // fsynced, and the next request is handled after that (replies in
+                    // order). Awaited, so this thread serves other connections meanwhile.
+                    self.await_definitions(channel, seq, ids).await;
+                    if self.finished {
+                        return "closed".into();
+                    }
+                    continue;
                 }
                 match wire::decode_frame(&mut buf, self.frame_max) {
                     Ok(Some(f)) => {
@@ -788,6 +802,9 @@ impl Conn {
                 let Some(ctx) = self.ctx.as_ref() else { return Ok(()) };
                 match ch.handle(ctx, method) {
                     Ok(()) => {
+                        if let Some(seq) = ch.held_for() {
+                            self.commit_wait = Some((channel, seq, ids));
+                        }
                         if ch.waits_for_disk() && !self.confirm_dirty.contains(&channel) {
                             self.confirm_dirty.push(channel);
                         }
@@ -799,6 +816,23 @@ impl Conn {
                         Ok(())
                     }
                 }
+            }
+        }
+    }
+
+    /// Wait for the definitions log to be fsynced through `seq`, then send the replies
+    /// `channel` held back for it; if the fsync failed, close the connection (541).
+    async fn await_definitions(&mut self, channel: u16, seq: u64, ids: (u16, u16)) {
+        let r = match &self.state.persistence {
+            Some(p) => p.committed(seq).await,
+            None => Ok(()),
+        };
+        let Some(ch) = self.channels.get_mut(&channel) else { return };
+        match r {
+            Ok(()) => ch.release_held(),
+            Err(e) => {
+                ch.drop_held();
+                self.begin_close(HardError::at(e, ids));
             }
         }
     }

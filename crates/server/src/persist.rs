@@ -36,6 +36,69 @@ pub struct DiskPersistence {
     definitions_damaged: bool,
     /// From recovery: directory names of exchanges whose last record is a deletion.
     deleted_exchange_dirs: HashSet<String>,
+    /// Commits the definitions log for connections that wait asynchronously (see
+    /// [`DeferCommit`]).
+    committer: Arc<Committer>,
+}
+
+/// Where the definitions log's asynchronous commits stand: records up to `upto` are
+/// fsynced; `failed`: an fsync failed and nothing more will be (the log refuses appends).
+#[derive(Debug, Clone, Copy, Default)]
+struct DefsSynced {
+    upto: u64,
+    failed: bool,
+}
+
+/// The definitions log's commits for connection tasks that wait asynchronously: the
+/// first waiter that finds no fsync under way writes and fsyncs everything appended so far
+/// on its own thread, at once (about one fsync; no hand-off to another thread, which is
+/// what made every durable bind a pair of context switches), and the others await its
+/// result on a watch channel, then check again (one of them leads the next round if their
+/// records came after it). So concurrent declares share fsyncs, one runtime thread at a
+/// time is busy with one, and nothing waits for a thread to be woken before its fsync.
+struct Committer {
+    log: Arc<DefinitionsLog>,
+    /// A waiter is fsyncing for the others.
+    leading: AtomicBool,
+    synced: tokio::sync::watch::Sender<DefsSynced>,
+}
+
+impl Committer {
+    fn new(log: Arc<DefinitionsLog>) -> Arc<Committer> {
+        Arc::new(Committer {
+            log,
+            leading: AtomicBool::new(false),
+            synced: tokio::sync::watch::Sender::new(DefsSynced::default()),
+        })
+    }
+
+    /// Wait until records up to `seq` are fsynced.
+    async fn committed(&self, seq: u64) -> Result<(), AmqpError> {
+        // Subscribed before looking: a round that ends after this is seen by `changed`.
+        let mut rx = self.synced.subscribe();
+        loop {
+            if self.log.is_synced_through(seq) {
+                return Ok(());
+            }
+            if rx.borrow_and_update().failed {
+                return Err(definitions_error("an earlier fsync of the definitions log failed"));
+            }
+            if !self.leading.swap(true, Ordering::AcqRel) {
+                let upto = self.log.appended();
+                let r = self.log.sync_through(upto);
+                self.leading.store(false, Ordering::Release);
+                self.synced.send_modify(|s| match &r {
+                    Ok(()) => s.upto = s.upto.max(upto),
+                    Err(_) => s.failed = true,
+                });
+                r.map_err(definitions_error)?;
+                continue;
+            }
+            if rx.changed().await.is_err() {
+                return Err(definitions_error("the definitions log was closed"));
+            }
+        }
+    }
 }
 
 /// One definitions record.
@@ -488,7 +551,9 @@ impl DiskPersistence {
         let syncer = Syncer::start_with(on_commit, open_files_max);
         let log = Arc::new(log);
         log.commit_with(&syncer);
+        let committer = Committer::new(log.clone());
         let p = Arc::new(DiskPersistence {
+            committer,
             data_dir: data_dir.to_owned(),
             syncer,
             store_cfg,
@@ -570,6 +635,12 @@ impl DiskPersistence {
                 error!("moving {} to quarantine: {e}; left where it is", entry.path().display());
             }
         }
+    }
+
+    /// Fault injection for tests and drills: the next fsync of the definitions log made
+    /// for a waiting declare fails as a disk error would.
+    pub fn inject_definitions_fsync_failure(&self) {
+        self.log.inject_fsync_failure();
     }
 
     pub fn syncer(&self) -> &Arc<Syncer> {
@@ -717,6 +788,41 @@ thread_local! {
     /// This thread handles a `nowait` declare, bind or delete: nobody waits for its
     /// answer, so it does not wait for the disk either (see [`NoWait`]).
     static NO_WAIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// This thread handles a channel method whose replies its connection holds back until
+    /// the definitions log is fsynced (see [`DeferCommit`]): `Some(seq)` of the newest
+    /// record to wait for (0: none yet), `None` outside.
+    static DEFERRED: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// While alive, a topology change made on this thread does not block for the definitions
+/// log's fsync: [`Persistence::settle`] only notes the sequence number to wait for. The caller — a connection task — holds back
+/// the method's replies and awaits [`DiskPersistence::committed`] before sending them and
+/// before reading its next request, so declare-ok still follows the fsync and replies keep
+/// their order, but no runtime thread blocks and concurrent connections share fsyncs.
+pub(crate) struct DeferCommit(());
+
+impl DeferCommit {
+    pub(crate) fn enter() -> DeferCommit {
+        DEFERRED.set(Some(0));
+        DeferCommit(())
+    }
+
+    /// The sequence number to wait for before the replies go out (None: nothing to wait).
+    pub(crate) fn finish(self) -> Option<u64> {
+        DEFERRED.get().filter(|&s| s > 0)
+    }
+}
+
+impl Drop for DeferCommit {
+    fn drop(&mut self) {
+        DEFERRED.set(None);
+    }
+}
+
+/// Whether this thread's current method waits for a definitions commit (its replies are
+/// to be held back from here on).
+pub(crate) fn commit_deferred() -> bool {
+    DEFERRED.get().is_some_and(|s| s > 0)
 }
 
 /// While alive, topology changes made on this thread do not wait for the definitions
@@ -836,6 +942,14 @@ fn definitions_error(why: impl std::fmt::Display) -> AmqpError {
     AmqpError::new(wire::reply::INTERNAL_ERROR, format!("cannot persist definition: {why}"))
 }
 
+impl DiskPersistence {
+    /// Wait, without blocking the thread, until definitions up to `seq` are fsynced (a
+    /// [`DeferCommit`]'s sequence number); an error (541) when they never will be.
+    pub(crate) async fn committed(&self, seq: u64) -> Result<(), AmqpError> {
+        self.committer.committed(seq).await
+    }
+}
+
 impl Persistence for DiskPersistence {
     fn settle(&self) -> Result<(), AmqpError> {
         if NO_WAIT.get() {
@@ -845,6 +959,10 @@ impl Persistence for DiskPersistence {
         let seq = self.log.appended();
         if self.log.is_synced_through(seq) {
             // Nothing pending (a redeclare, say): no thread hand-off.
+            return Ok(());
+        }
+        if let Some(before) = DEFERRED.get() {
+            DEFERRED.set(Some(before.max(seq)));
             return Ok(());
         }
         // Waiting blocks this thread for about one fsync; inside the server's runtime, let
@@ -990,6 +1108,48 @@ mod tests {
         let (_, r) = open_log(dir.path());
         assert_eq!(queue_names(&r)[0], "q1");
         assert!(!queue_names(&r).contains(&"q3".to_owned()));
+    }
+
+    /// Under [`DeferCommit`] (a connection task) a durable declare does not block: it
+    /// returns the sequence number to await, concurrent waiters share fsyncs, the record is on disk once `committed` returns, and a failed fsync is
+    /// an error (541) for every waiter, then and later.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deferred_declare_is_on_disk_once_committed_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts =
+            || QueueOptions { durable: true, exclusive: false, auto_delete: false, arguments: FieldTable::new() };
+        let (p, _) = open_log(dir.path());
+        let vh = VHost::with_persistence("/", p.clone());
+        let declare = |name: &str| {
+            let defer = DeferCommit::enter();
+            vh.declare_queue(name, false, opts(), 0).unwrap();
+            let held = commit_deferred();
+            let seq = defer.finish();
+            assert_eq!(held, seq.is_some(), "replies from here on are held");
+            seq
+        };
+        let (s1, s2) = (declare("q1").unwrap(), declare("q2").unwrap());
+        assert!(s2 > s1);
+        assert!(!commit_deferred(), "outside a DeferCommit nothing is held");
+        let (a, b) = tokio::join!(p.committed(s2), p.committed(s1));
+        a.unwrap();
+        b.unwrap();
+        let on_disk = std::fs::read(dir.path().join("definitions.log")).unwrap();
+        assert_eq!(store::definitions::parse(Path::new("x"), &on_disk).len(), 2);
+        // A redeclare records nothing: nothing to wait for.
+        assert_eq!(declare("q1"), None);
+        // Transient: nothing either.
+        let defer = DeferCommit::enter();
+        vh.declare_queue("t", false, QueueOptions { durable: false, ..opts() }, 0).unwrap();
+        assert_eq!(defer.finish(), None);
+        // A failing fsync: the waiter hears 541, and so does the next one.
+        p.log.inject_fsync_failure();
+        let s3 = declare("q3").unwrap();
+        assert_eq!(p.committed(s3).await.unwrap_err().code, wire::reply::INTERNAL_ERROR);
+        let defer = DeferCommit::enter();
+        assert_eq!(vh.declare_queue("q4", false, opts(), 0).unwrap_err().code, wire::reply::INTERNAL_ERROR);
+        drop(defer);
+        assert_eq!(p.committed(s3).await.unwrap_err().code, wire::reply::INTERNAL_ERROR);
     }
 
     /// A batch is replayed whole, or not at all when a crash cut it short.

@@ -907,3 +907,65 @@ fn many_values_at_one_pattern() {
     assert!(index.is_empty());
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
 }
+
+// ---- the trie's compact layout -----------------------------------------------------------
+
+/// A node of a million-binding trie stays within a cache line, a unique pattern bound to
+/// one destination keeps its value inline, and a few children live in a vector.
+#[test]
+fn trie_node_is_compact() {
+    assert!(std::mem::size_of::<Node<crate::exchange::Destination>>() <= 64);
+    assert!(std::mem::size_of::<Multiset<crate::exchange::Destination>>() <= 24);
+    let mut index: TopicIndex<u32> = TopicIndex::new();
+    index.insert("a.b", 1);
+    let leaf = index.child(index.child(ROOT, "a").unwrap(), "b").unwrap();
+    assert!(matches!(index.nodes[leaf].values.items, Items::One(_)));
+    assert!(matches!(index.nodes[ROOT].words, Children::Few(_)));
+}
+
+/// Words drawn from a larger alphabet, so nodes cross `CHILDREN_FEW_MAX` both ways.
+fn wide_key(max_words: usize) -> impl Strategy<Value = String> {
+    let words =
+        prop_oneof![8 => (0u8..24).prop_map(|w| format!("w{w}")), 1 => Just("*".to_owned()), 1 => Just("#".to_owned())];
+    prop::collection::vec(words, 0..=max_words).prop_map(|w| w.join("."))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    // Many children per node (vector → map → vector as they come and go): the trie still
+    // agrees with a linear scan, and it prunes back to the bare root once empty.
+    #[test]
+    fn wide_index_agrees_with_linear_scan(
+        ops in prop::collection::vec((any::<bool>(), wide_key(3), 0u8..4), 0..200),
+        keys in prop::collection::vec(wide_key(3), 1..16),
+    ) {
+        let mut index = TopicIndex::new();
+        let mut live: Vec<(String, u8)> = Vec::new();
+        for (add, p, v) in ops {
+            if add {
+                index.insert(&p, v);
+                live.push((p, v));
+            } else {
+                let pos = live.iter().position(|(lp, lv)| *lp == p && *lv == v);
+                prop_assert_eq!(index.remove(&p, &v), pos.is_some());
+                if let Some(i) = pos {
+                    live.swap_remove(i);
+                }
+            }
+        }
+        let probes = keys.iter().cloned().chain(live.iter().map(|(p, _)| p.replace('*', "w1").replace('#', "w2.w3")));
+        for key in probes {
+            let mut expected: Vec<u8> = live.iter().filter(|(p, _)| topic_matches(p, &key)).map(|(_, v)| *v).collect();
+            expected.sort();
+            expected.dedup();
+            prop_assert_eq!(route(&index, &key), expected, "key {:?}", key);
+        }
+        for (p, v) in live.drain(..) {
+            prop_assert!(index.remove(&p, &v));
+        }
+        prop_assert!(index.is_empty());
+        prop_assert!(index.nodes[ROOT].is_unused());
+        prop_assert_eq!(index.nodes.len() - index.free.len(), 1, "only the root is left");
+    }
+}

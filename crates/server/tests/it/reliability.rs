@@ -67,6 +67,72 @@ async fn fsync_failure_turns_confirms_into_nacks() {
     server.stop().await;
 }
 
+/// Durable declares and binds wait for the definitions log without blocking a thread:
+/// many connections at once, each with several channels in flight, all get their -ok
+/// (lapin checks each reply against its request). Once the log's fsync fails, a durable
+/// declare is refused with 541 (connection closed), while transient declares still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_declares_await_the_definitions_log_and_fail_with_541() {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_persistent(tmp.path()).await;
+    let setup = channel(&connect_uri(&server.uri()).await).await;
+    let topic = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    w!(setup.exchange_declare("defs.topic".into(), lapin::ExchangeKind::Topic, topic, FieldTable::default()))
+        .expect("exchange.declare");
+    let mut tasks = Vec::new();
+    for c in 0..4 {
+        let uri = server.uri();
+        tasks.push(tokio::spawn(async move {
+            let conn = connect_uri(&uri).await;
+            let mut chans = Vec::new();
+            for k in 0..3 {
+                let ch = channel(&conn).await;
+                chans.push(tokio::spawn(async move {
+                    for i in 0..20 {
+                        let q = format!("defs.{c}.{k}.{i}");
+                        declare_queue(&ch, &q, durable(), FieldTable::default()).await;
+                        let key = format!("k.{c}.{k}.{i}");
+                        w!(ch.queue_bind(
+                            q.as_str().into(),
+                            "defs.topic".into(),
+                            key.as_str().into(),
+                            QueueBindOptions::default(),
+                            FieldTable::default()
+                        ))
+                        .expect("queue.bind");
+                    }
+                }));
+            }
+            for t in chans {
+                t.await.expect("channel task");
+            }
+            conn
+        }));
+    }
+    let mut conns = Vec::new();
+    for t in tasks {
+        conns.push(t.await.expect("connection task"));
+    }
+    let vh = server.state.vhost("/").expect("default vhost");
+    assert_eq!(
+        (0..4)
+            .flat_map(|c| (0..3).flat_map(move |k| (0..20).map(move |i| format!("defs.{c}.{k}.{i}"))))
+            .filter(|q| vh.queue(q, 0).is_ok())
+            .count(),
+        240
+    );
+
+    server.state.persistence.as_ref().expect("a persistent server").inject_definitions_fsync_failure();
+    let conn = connect_uri(&server.uri()).await;
+    let ch = channel(&conn).await;
+    let e = w!(ch.queue_declare("defs.after".into(), durable(), FieldTable::default())).expect_err("must be refused");
+    assert_eq!(reply_code(&e), Some(541), "{e}");
+    let ch = channel(&conns[0]).await;
+    declare_queue(&ch, "defs.transient", QueueDeclareOptions::default(), FieldTable::default()).await;
+    server.stop().await;
+}
+
 /// Every file under `dir` (relative path → contents).
 fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
