@@ -137,6 +137,9 @@ pub struct Channel {
     /// `held_for` (a durable declare's; see [`crate::persist::DeferCommit`]).
     held: std::cell::RefCell<Vec<u8>>,
     held_for: Option<u64>,
+    /// Queues deleted by a held queue.delete: their consumers' basic.cancel follows the
+    /// held delete-ok (see the QueueDelete arm).
+    held_deleted: Vec<Deleted>,
 }
 
 /// The last route a channel computed, valid while the vhost's topology generation is
@@ -205,6 +208,7 @@ impl Channel {
             route_cache: None,
             held: std::cell::RefCell::new(Vec::new()),
             held_for: None,
+            held_deleted: Vec::new(),
         }
     }
 
@@ -239,12 +243,20 @@ impl Channel {
         if !held.is_empty() {
             self.shared.outbox.write_with(|out| out.extend_from_slice(&held));
         }
+        for d in std::mem::take(&mut self.held_deleted) {
+            notify_deleted(d);
+        }
     }
 
     /// The fsync failed: the held replies are never sent (the connection is closed).
     pub fn drop_held(&mut self) {
         self.held_for = None;
         self.held.borrow_mut().clear();
+        // The queues are gone from the broker all the same: their consumers elsewhere
+        // still learn it.
+        for d in std::mem::take(&mut self.held_deleted) {
+            notify_deleted(d);
+        }
     }
 
     /// queue.bind / queue.unbind: write on the queue, read on the exchange, and the topic
@@ -442,7 +454,12 @@ impl Channel {
                 if !nowait {
                     self.send(&Method::QueueDeleteOk { message_count: deleted.message_count });
                 }
-                notify_deleted(deleted);
+                if crate::persist::commit_deferred() {
+                    // delete-ok is held for the definitions log's fsync: so are the cancels.
+                    self.held_deleted.push(deleted);
+                } else {
+                    notify_deleted(deleted);
+                }
             }
             Method::BasicQos { prefetch_size, prefetch_count, global } => {
                 if prefetch_size != 0 {

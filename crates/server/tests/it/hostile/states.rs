@@ -4,6 +4,7 @@
 use wire::{Method, reply};
 
 use super::raw::*;
+use crate::common::TestServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_header_without_publish_is_unexpected_frame() {
@@ -340,26 +341,41 @@ async fn no_server_cancel_after_the_clients_cancel_ok() {
 /// A client deleting a queue it consumes from gets queue.delete-ok before the server's
 /// basic.cancel for its consumer, as RabbitMQ orders them (py-amqp, waiting for delete-ok,
 /// raised a cancel that came first as ConsumerCancelled: kombu's
-/// `test_ack_from_another_thread`).
+/// `test_ack_from_another_thread`). Also for a durable queue, whose delete-ok waits for
+/// the definitions log's fsync (the cancel must wait with it).
 #[tokio::test]
 async fn queue_delete_ok_comes_before_the_cancel_of_its_own_consumer() {
-    let server = server().await;
-    let mut a = Raw::open_channel1(server.addr).await;
-    let q = unique("delete-own");
-    a.declare_queue(1, &q, false).await;
-    a.send_method(1, &basic_consume(&q, "own")).await;
-    a.expect(1, (60, 21)).await;
-    a.send_method(
-        1,
-        &Method::QueueDelete { ticket: 0, queue: q.clone(), if_unused: false, if_empty: false, nowait: false },
-    )
-    .await;
-    assert!(matches!(a.method().await, (1, Method::QueueDeleteOk { .. })), "delete-ok first");
-    match a.method().await {
-        (1, Method::BasicCancel { consumer_tag, .. }) => assert_eq!(consumer_tag, "own"),
-        other => panic!("expected the server's basic.cancel, got {other:?}"),
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_persistent(dir.path()).await;
+    for durable in [false, true] {
+        let mut a = Raw::open_channel1(server.addr).await;
+        let q = unique("delete-own");
+        let declare = Method::QueueDeclare {
+            ticket: 0,
+            queue: q.clone(),
+            passive: false,
+            durable,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: wire::FieldTable::new(),
+        };
+        a.send_method(1, &declare).await;
+        a.expect(1, (50, 11)).await;
+        a.send_method(1, &basic_consume(&q, "own")).await;
+        a.expect(1, (60, 21)).await;
+        a.send_method(
+            1,
+            &Method::QueueDelete { ticket: 0, queue: q.clone(), if_unused: false, if_empty: false, nowait: false },
+        )
+        .await;
+        assert!(matches!(a.method().await, (1, Method::QueueDeleteOk { .. })), "durable {durable}: delete-ok first");
+        match a.method().await {
+            (1, Method::BasicCancel { consumer_tag, .. }) => assert_eq!(consumer_tag, "own"),
+            other => panic!("durable {durable}: expected the server's basic.cancel, got {other:?}"),
+        }
+        drop(a);
     }
-    drop(a);
     assert_healthy(&server).await;
 }
 
