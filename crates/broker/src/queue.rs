@@ -27,8 +27,18 @@ pub trait ConsumerSink: Send + Sync {
     /// Deliver `m` if this consumer has credit (prefetch, channel flow, socket buffer),
     /// or hand it back. A no-ack consumer's delivery counts as acknowledged at once.
     fn try_deliver(&self, queue: &Arc<Queue>, m: QueuedMessage) -> Result<(), QueuedMessage>;
+    /// Deliver `m` whatever the consumer's credit: a [`Replica`] already counted it against
+    /// the consumer's prefetch. Handed back only when the consumer is gone.
+    fn force_deliver(&self, queue: &Arc<Queue>, m: QueuedMessage) -> Result<(), QueuedMessage> {
+        self.try_deliver(queue, m)
+    }
     /// Whether the consumer was registered with no_ack (its deliveries leave the queue).
     fn no_ack(&self) -> bool;
+    /// Its prefetch (basic.qos global=false when it started), 0 = unlimited: what a
+    /// [`Replica`] counts its deliveries against.
+    fn prefetch(&self) -> u32 {
+        0
+    }
     /// The queue was deleted under the consumer: tell the client (basic.cancel).
     fn cancelled_by_broker(&self);
     /// The consumer has credit but its connection's write buffer is full: it takes
@@ -40,6 +50,33 @@ pub trait ConsumerSink: Send + Sync {
 
 /// Global, process-unique consumer ids (used to cancel a consumer on its queue).
 static NEXT_CONSUMER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// How a replica settles deliveries ([`Replica::settle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    Ack,
+    Requeue,
+    Reject,
+}
+
+/// A queue whose messages live elsewhere: a replicated quorum queue, whose commands the
+/// server's Raft group applies on every node. The broker's [`Queue`] keeps its name,
+/// arguments, bindings and declare checks; every method that acts on messages or consumers
+/// hands over to the replica. `seq` of a [`QueuedMessage`] it delivers is the replica's
+/// own key for that delivery, which is how acks find it again.
+pub trait Replica: Send + Sync {
+    /// Propose the message; the outcome says what a confirm waits for.
+    fn publish(&self, queue: &Arc<Queue>, msg: Arc<Message>) -> PublishOutcome;
+    /// Register a consumer (deliveries come later, from the replica, through its sink).
+    fn add_consumer(&self, queue: &Arc<Queue>, consumer: Consumer) -> Result<(), AmqpError>;
+    fn remove_consumers(&self, ids: &[u64]);
+    fn settle(&self, msgs: Vec<QueuedMessage>, how: Settle);
+    /// basic.get (waits for the replica's answer).
+    fn get(&self, queue: &Arc<Queue>, no_ack: bool) -> Result<Option<(QueuedMessage, u32)>, AmqpError>;
+    fn purge(&self) -> Result<usize, AmqpError>;
+    /// Ready, unacked, consumers and ready bytes as this node's replica has them.
+    fn stats(&self) -> QueueStats;
+}
 
 pub fn next_consumer_id() -> u64 {
     NEXT_CONSUMER_ID.fetch_add(1, Ordering::Relaxed)
@@ -89,6 +126,8 @@ pub struct Queue {
     flow_waiters: Mutex<Vec<Waker>>,
     /// Message counters (management statistics), changed under `state`'s lock.
     pub counters: QueueCounters,
+    /// Set for a replicated quorum queue: messages and consumers are the replica's.
+    replica: std::sync::OnceLock<Arc<dyn Replica>>,
     state: Mutex<QueueState>,
 }
 
@@ -154,6 +193,9 @@ pub(crate) enum Ticked {
 pub enum PublishOutcome {
     /// Enqueued; confirm once it is durable.
     Enqueued(crate::store::Durability),
+    /// Handed to a replica ([`Replica`]) as its command number `ticket`: confirm once the
+    /// replica has applied it (or nack if it says it failed).
+    Replicated(u64),
     /// The queue's store could not take it (e.g. a write failed): it was not enqueued, and
     /// a confirming publisher gets a nack.
     Failed,
@@ -165,7 +207,7 @@ pub enum PublishOutcome {
 
 /// Dead letters collected under the lock, routed after it is released (routing takes other
 /// queues' locks).
-type Letters = Vec<(QueuedMessage, Reason)>;
+pub type Letters = Vec<(QueuedMessage, Reason)>;
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -221,6 +263,7 @@ impl Queue {
             deliveries: AtomicU64::new(0),
             flow_waiters: Mutex::new(Vec::new()),
             counters: QueueCounters::default(),
+            replica: std::sync::OnceLock::new(),
             state: Mutex::new(QueueState {
                 store,
                 consumers: Vec::new(),
@@ -239,7 +282,19 @@ impl Queue {
         })
     }
 
+    /// Hand this queue's messages and consumers to `replica` (once; later calls are ignored).
+    pub fn set_replica(&self, replica: Arc<dyn Replica>) {
+        let _ = self.replica.set(replica);
+    }
+
+    pub fn replica(&self) -> Option<&Arc<dyn Replica>> {
+        self.replica.get()
+    }
+
     pub fn stats(&self) -> QueueStats {
+        if let Some(r) = self.replica.get() {
+            return r.stats();
+        }
         let st = self.state.lock();
         let open = st.stalled_since_ms.map_or(0, |t| self.clock.now_ms().saturating_sub(t));
         QueueStats {
@@ -294,6 +349,12 @@ impl Queue {
 
     /// Enqueue a routed message and deliver what consumers can take.
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> PublishOutcome {
+        if let Some(r) = self.replica.get() {
+            if self.state.lock().deleted {
+                return PublishOutcome::Deleted;
+            }
+            return r.publish(self, msg);
+        }
         if msg.expiration_ms.is_some() {
             self.may_expire.store(true, Ordering::Relaxed);
         }
@@ -375,6 +436,9 @@ impl Queue {
 
     /// Try to deliver ready messages to consumers (after credit was freed).
     pub fn dispatch(self: &Arc<Self>) {
+        if self.replica.get().is_some() {
+            return;
+        }
         let mut letters = Letters::new();
         {
             let mut st = self.state.lock();
@@ -506,6 +570,10 @@ impl Queue {
     /// basic.get: take the next message. `no_ack` acknowledges it at once.
     /// Returns the message and how many remain ready.
     pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueuedMessage, u32)> {
+        if let Some(r) = self.replica.get() {
+            // The replica logs why a get failed; the client sees get-empty.
+            return r.get(self, no_ack).ok().flatten();
+        }
         let mut letters = Letters::new();
         let got = {
             let mut st = self.state.lock();
@@ -541,6 +609,9 @@ impl Queue {
 
     /// Messages acknowledged by their consumer.
     pub fn ack(&self, msgs: &[QueuedMessage]) {
+        if let Some(r) = self.replica.get() {
+            return r.settle(msgs.to_vec(), Settle::Ack);
+        }
         self.settle(msgs, true);
     }
 
@@ -559,6 +630,9 @@ impl Queue {
 
     /// Messages rejected (or nacked) without requeue: dead-lettered if configured.
     pub fn reject(self: &Arc<Self>, msgs: Vec<QueuedMessage>) {
+        if let Some(r) = self.replica.get() {
+            return r.settle(msgs, Settle::Reject);
+        }
         self.settle(&msgs, false);
         self.dead_letter(msgs.into_iter().map(|m| (m, Reason::Rejected)).collect());
     }
@@ -567,6 +641,9 @@ impl Queue {
     /// then deliver what consumers can take. Messages past x-delivery-limit are
     /// dead-lettered instead.
     pub fn requeue(self: &Arc<Self>, msgs: Vec<QueuedMessage>) {
+        if let Some(r) = self.replica.get() {
+            return r.settle(msgs, Settle::Requeue);
+        }
         let mut letters = Letters::new();
         {
             let mut st = self.state.lock();
@@ -614,6 +691,11 @@ impl Queue {
                 )));
             }
             st.last_used_ms = now;
+            if let Some(r) = self.replica.get() {
+                drop(st);
+                registered();
+                return r.add_consumer(self, consumer);
+            }
             // After every consumer of the same or a higher priority (the list is sorted).
             let at = st.consumers.partition_point(|c| c.priority >= consumer.priority);
             st.consumers.insert(at, consumer);
@@ -630,6 +712,11 @@ impl Queue {
     /// Remove a consumer. Returns true if the queue is auto-delete and this was its last
     /// consumer: the caller then deletes the queue from its vhost.
     pub fn remove_consumer(self: &Arc<Self>, consumer_id: u64) -> bool {
+        if let Some(r) = self.replica.get() {
+            // Quorum queues are never auto-delete.
+            r.remove_consumers(&[consumer_id]);
+            return false;
+        }
         let mut st = self.state.lock();
         let before = st.consumers.len();
         let Some(at) = st.consumers.iter().position(|c| c.id == consumer_id) else { return false };
@@ -658,6 +745,10 @@ impl Queue {
     /// consumers quadratic. Returns true when it left an auto-delete queue without
     /// consumers, as [`Queue::remove_consumer`] does.
     pub fn remove_consumers(self: &Arc<Self>, ids: &[u64]) -> bool {
+        if let Some(r) = self.replica.get() {
+            r.remove_consumers(ids);
+            return false;
+        }
         if let [id] = ids {
             return self.remove_consumer(*id);
         }
@@ -721,6 +812,9 @@ impl Queue {
     }
 
     pub fn purge(&self) -> usize {
+        if let Some(r) = self.replica.get() {
+            return r.purge().unwrap_or(0);
+        }
         let mut st = self.state.lock();
         // Nothing is left waiting: a stall ends here.
         if let Some(t) = st.stalled_since_ms.take() {
@@ -808,7 +902,7 @@ impl Queue {
 
     /// Route `letters` to the dead-letter exchange effective now (RabbitMQ reads it when a
     /// message dies, so a policy's DLX applies from the next death on).
-    fn dead_letter(self: &Arc<Self>, letters: Letters) {
+    pub fn dead_letter(self: &Arc<Self>, letters: Letters) {
         if letters.is_empty() || !self.has_dlx.load(Ordering::Relaxed) {
             return;
         }

@@ -504,6 +504,12 @@ impl QuorumQueue {
         self.live.first().map_or(self.last_index, |id| id - 1)
     }
 
+    /// Every consumer the queue knows (active, cancelled with messages still checked out,
+    /// or suspended with its node).
+    pub fn consumers(&self) -> Vec<ConsumerId> {
+        self.consumers.keys().copied().collect()
+    }
+
     pub fn last_index(&self) -> u64 {
         self.last_index
     }

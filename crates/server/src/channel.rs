@@ -164,6 +164,9 @@ struct Routed {
     rejected: bool,
     /// A queue's store could not take it (a write failed): nack; fails a tx.commit.
     failed: bool,
+    /// Quorum queues took it as these tickets (lowest, highest): confirm once the
+    /// cluster settled the highest, nack if one of the range was refused.
+    replicated: Option<(u64, u64)>,
 }
 
 #[derive(Default)]
@@ -401,6 +404,29 @@ impl Channel {
                         ctx.allow(Perm::Read, Resource::Queue, &queue)?;
                     }
                 }
+                let quorum = !passive
+                    && ctx.server.quorum.get().is_some()
+                    && arguments.get("x-queue-type").and_then(|v| v.as_str()) == Some("quorum");
+                if quorum && !vh.has_queue(&queue) {
+                    // Replicated: declared through the cluster's log, so every node has it.
+                    let invalid = |what: &str| {
+                        AmqpError::precondition_failed(format!(
+                            "invalid property '{what}' for queue '{queue}' in vhost '{}'",
+                            vh.name
+                        ))
+                    };
+                    if !durable {
+                        return Err(invalid("non-durable"));
+                    }
+                    if exclusive {
+                        return Err(invalid("exclusive-owner"));
+                    }
+                    if auto_delete {
+                        return Err(invalid("auto-delete"));
+                    }
+                    broker::args::QueueArgs::parse(&arguments, &queue, &vh.name)?;
+                    ctx.server.declare_quorum(&vh.name, &queue, &arguments)?;
+                }
                 let opts = QueueOptions { durable, exclusive, auto_delete, arguments };
                 if !passive {
                     ctx.server.queue_declared.fetch_add(1, Ordering::Relaxed);
@@ -447,6 +473,29 @@ impl Channel {
             Method::QueueDelete { queue, if_unused, if_empty, nowait, .. } => {
                 let name = self.queue_name(&queue)?;
                 ctx.allow(Perm::Configure, Resource::Queue, &name)?;
+                if let Ok(q) = vh.queue(&name, ctx.conn_id)
+                    && q.replica().is_some()
+                {
+                    // A replicated quorum queue: deleted through the cluster's log.
+                    let stats = q.stats();
+                    if if_unused && stats.consumers > 0 {
+                        return Err(AmqpError::precondition_failed(format!(
+                            "queue '{name}' in vhost '{}' in use",
+                            vh.name
+                        )));
+                    }
+                    if if_empty && stats.messages_ready > 0 {
+                        return Err(AmqpError::precondition_failed(format!(
+                            "queue '{name}' in vhost '{}' is not empty",
+                            vh.name
+                        )));
+                    }
+                    ctx.server.delete_quorum(&vh.name, &name)?;
+                    if !nowait {
+                        self.send(&Method::QueueDeleteOk { message_count: stats.messages_ready as u32 });
+                    }
+                    return Ok(());
+                }
                 let deleted = vh.delete_queue(&name, if_unused, if_empty, ctx.conn_id)?;
                 // delete-ok first, then the server's basic.cancel to the queue's consumers
                 // (this channel's too), as RabbitMQ orders them: a client waiting for
@@ -1164,6 +1213,10 @@ impl Channel {
                     routed = true;
                     out.failed = true;
                 }
+                PublishOutcome::Replicated(t) => {
+                    routed = true;
+                    out.replicated = Some(out.replicated.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))));
+                }
                 PublishOutcome::Deleted => {}
             }
         }
@@ -1188,7 +1241,11 @@ impl Channel {
     /// publish confirmed since the last call, nacks for publishes the disk failed, and a
     /// pending tx.commit-ok. Returns an error to close the channel with when a commit the
     /// client waits on failed.
-    pub fn flush_confirms(&mut self, commit: CommitState) -> Result<(), AmqpError> {
+    pub(crate) fn flush_confirms(
+        &mut self,
+        commit: CommitState,
+        quorum: Option<&crate::quorum_queues::QuorumQueues>,
+    ) -> Result<(), AmqpError> {
         if let Some(d) = self.commit_waiting {
             match d.settled(commit) {
                 Settled::Durable => {
@@ -1208,11 +1265,18 @@ impl Channel {
         // the acks before it.
         let mut upto = c.acked_upto;
         while let Some(&(seq, r)) = c.waiting.front() {
-            let nack = match r.durability.settled(commit) {
+            let mut nack = match r.durability.settled(commit) {
                 Settled::Pending => break,
                 Settled::Durable => r.rejected || r.failed,
                 Settled::Failed => true,
             };
+            if let Some((lo, hi)) = r.replicated {
+                match quorum {
+                    Some(q) if q.settled_through() < hi => break,
+                    Some(q) => nack |= q.take_rejected(lo, hi),
+                    None => nack = true,
+                }
+            }
             c.waiting.pop_front();
             if nack {
                 if upto > c.acked_upto {

@@ -45,10 +45,44 @@ pub struct Running {
 /// as the definitions log's access records. An enum so that later increments (exchanges,
 /// queues) add variants; a node that cannot decode a command refuses it (as every node of
 /// the same version does).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Command {
     /// Applied all or nothing, in order.
     Access(Vec<Change>),
+    /// Quorum-queue commands, applied in order by every replica.
+    Quorum(Vec<crate::quorum_queues::Item>),
+    /// A quorum queue is declared (every node creates it and its replica).
+    QuorumDeclare(crate::quorum_queues::Declaration),
+    /// A quorum queue is deleted everywhere.
+    QuorumDelete { vhost: String, name: String },
+}
+
+/// [`Command::Quorum`] without taking the items: the same encoding.
+#[derive(Serialize)]
+enum CommandRef<'a> {
+    Quorum(&'a [crate::quorum_queues::Item]),
+}
+
+/// A quorum entry, CBOR: message bodies are byte strings there (JSON would make each byte
+/// a number). Access entries stay JSON; [`decode`] tells them apart by the first byte.
+pub(crate) fn encode_quorum(items: &[crate::quorum_queues::Item]) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(&CommandRef::Quorum(items), &mut out).expect("commands serialize");
+    out
+}
+
+pub(crate) fn encode_cbor(c: &Command) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(c, &mut out).expect("commands serialize");
+    out
+}
+
+/// A command from the log: JSON (an object or a bare variant name) or CBOR.
+pub(crate) fn decode(bytes: &[u8]) -> Result<Command, String> {
+    match bytes.first() {
+        Some(b'{' | b'"') => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        _ => ciborium::from_reader(bytes).map_err(|e| e.to_string()),
+    }
 }
 
 /// What applying a [`Command`] gave, returned to the proposer.
@@ -63,6 +97,8 @@ pub(crate) enum Outcome {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct SnapshotData {
     access: Vec<Change>,
+    #[serde(default)]
+    quorum: Vec<crate::quorum_queues::SnapshotQueue>,
 }
 
 /// Room left in a command for the enum's JSON around the changes.
@@ -232,9 +268,29 @@ impl Applier {
 
 impl cluster::Applier for Applier {
     fn apply(&self, index: u64, cmd: &[u8]) -> Vec<u8> {
-        let outcome = match (self.state(), serde_json::from_slice::<Command>(cmd)) {
+        let outcome = match (self.state(), decode(cmd)) {
             (None, _) => Outcome::Store("the node is stopping".into()),
             (_, Err(e)) => Outcome::Invalid(format!("undecodable cluster command (a newer version?): {e}")),
+            (Some(state), Ok(Command::Quorum(items))) => {
+                if let Some(q) = state.quorum.get() {
+                    q.apply(index, items);
+                }
+                Outcome::Applied
+            }
+            (Some(state), Ok(Command::QuorumDeclare(d))) => match state.apply_quorum_declare(d) {
+                Ok(()) => Outcome::Applied,
+                Err(e) => Outcome::Invalid(e),
+            },
+            (Some(state), Ok(Command::QuorumDelete { vhost, name })) => {
+                state.apply_quorum_delete(&vhost, &name);
+                Outcome::Applied
+            }
+            // Already in this node's definitions log (it was applied before a restart).
+            (Some(state), Ok(Command::Access(_)))
+                if index <= state.cluster_applied.load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                Outcome::Applied
+            }
             (Some(state), Ok(Command::Access(changes))) => match state.apply_committed(index, changes) {
                 Ok(()) => Outcome::Applied,
                 Err(ChangeError::Invalid(e)) => Outcome::Invalid(e),
@@ -250,8 +306,10 @@ impl cluster::Applier for Applier {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        let access = self.state().map(|s| s.with_access(Directory::all_changes)).unwrap_or_default();
-        encode(&SnapshotData { access })
+        let Some(state) = self.state() else { return encode(&SnapshotData::default()) };
+        let access = state.with_access(Directory::all_changes);
+        let quorum = state.quorum.get().map(|q| q.snapshot()).unwrap_or_default();
+        encode(&SnapshotData { access, quorum })
     }
 
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), String> {
@@ -261,16 +319,23 @@ impl cluster::Applier for Applier {
         } else {
             serde_json::from_slice(data).map_err(|e| format!("undecodable cluster snapshot: {e}"))?
         };
-        let mut target = Directory::new();
-        for c in snapshot.access {
-            target.apply(c).map_err(|e| format!("cluster snapshot at {index}: {e}"))?;
+        // The directory is durable in the definitions log: a snapshot older than what it
+        // holds (a restart, which replays the log from its last snapshot for the quorum
+        // queues' sake) must not move it back.
+        if index >= state.cluster_applied.load(std::sync::atomic::Ordering::Acquire) {
+            let mut target = Directory::new();
+            for c in snapshot.access {
+                target.apply(c).map_err(|e| format!("cluster snapshot at {index}: {e}"))?;
+            }
+            state.restore_committed(index, &target).map_err(|e| e.to_string())?;
         }
-        state.restore_committed(index, &target).map_err(|e| e.to_string())
+        state.restore_quorum(snapshot.quorum);
+        Ok(())
     }
 
-    fn durable_index(&self) -> u64 {
-        self.state().map_or(0, |s| s.cluster_applied.load(std::sync::atomic::Ordering::Acquire))
-    }
+    // `durable_index` stays 0: the quorum queues' replicas live in memory, so a restart
+    // replays the log from the last snapshot; access entries the definitions log already
+    // holds are skipped in `apply` and `restore` instead.
 }
 
 /// Start the node's Raft member as `plan` says, its data under `<data_dir>/cluster`, with
@@ -292,6 +357,12 @@ pub async fn start(
         .await
         .map_err(|e| format!("starting cluster node {} on {}: {e}", plan.name, plan.listen))?;
     Ok(Running { node, cluster_name: plan.cluster_name.clone(), write_timeout })
+}
+
+/// The quorum-queue replicas of a clustered node: before [`start`], whose log replay
+/// applies their commands.
+pub fn start_quorum_queues(plan: &ClusterPlan, state: &Arc<ServerState>) {
+    let _ = state.quorum.set(crate::quorum_queues::QuorumQueues::start(&plan.name, state));
 }
 
 /// Pause between attempts to propose the seed while the group has no leader yet.
@@ -394,7 +465,7 @@ mod applier_tests {
         let mut back = Vec::new();
         for c in &cmds {
             assert!(c.len() <= cluster::node::MAX_COMMAND_BYTES, "{} bytes", c.len());
-            let Command::Access(part) = serde_json::from_slice(c).unwrap();
+            let Ok(Command::Access(part)) = decode(c) else { panic!("an access command") };
             back.extend(part);
         }
         assert_eq!(back, changes);
@@ -409,12 +480,12 @@ mod applier_tests {
         assert_eq!(outcome(&a.apply(5, &ok)), Outcome::Applied);
         assert!(s.with_access(|d| d.permission("guest", "v").is_some()));
         assert!(s.vhost("v").is_some(), "carried out: the broker has the vhost");
-        assert_eq!(a.durable_index(), 5);
+        assert_eq!(s.cluster_applied.load(std::sync::atomic::Ordering::Acquire), 5);
         // The second change fails: the first is not applied either, the index stays.
         let bad = encode(&Command::Access(vec![Change::PutVhost(Vhost::named("w")), perm("ghost", "w")]));
         assert_eq!(outcome(&a.apply(6, &bad)), Outcome::Invalid("user 'ghost' does not exist".into()));
         assert!(s.with_access(|d| d.vhost("w").is_none()));
-        assert_eq!(a.durable_index(), 5);
+        assert_eq!(s.cluster_applied.load(std::sync::atomic::Ordering::Acquire), 5);
         assert!(matches!(outcome(&a.apply(7, b"{\"Exchange\":1}")), Outcome::Invalid(m) if m.contains("undecodable")));
     }
 
@@ -429,7 +500,7 @@ mod applier_tests {
         b.restore(9, &a.snapshot()).unwrap();
         assert_eq!(to.with_access(Directory::all_changes), from.with_access(Directory::all_changes));
         assert!(to.vhost("only-here").is_none(), "carried out: the broker's vhost is gone");
-        assert_eq!(b.durable_index(), 9);
+        assert_eq!(to.cluster_applied.load(std::sync::atomic::Ordering::Acquire), 9);
         b.restore(10, &[]).unwrap();
         assert!(to.with_access(Directory::all_changes).is_empty());
         assert!(b.restore(11, b"not json").is_err());

@@ -305,6 +305,8 @@ impl Conn {
         let mut shutdown = self.state.shutdown.clone();
         let mut durable = self.state.commit.clone();
         let mut store_gone = false;
+        // Quorum-queue confirms wait for the cluster (clustered nodes only).
+        let mut replicated = self.state.quorum.get().map(|q| q.settled());
         let mut shutdown_seen = false;
         let mut alarms = self.state.alarms.clone();
         let mut last_read = Instant::now();
@@ -486,6 +488,11 @@ impl Conn {
                         }
                     }
                 },
+                r = async { replicated.as_mut().expect("guarded").changed().await }, if replicated.is_some() && !self.confirm_dirty.is_empty() => {
+                    if r.is_err() {
+                        replicated = None;
+                    }
+                }
                 r = durable.changed(), if !self.confirm_dirty.is_empty() && !store_gone => {
                     // An error means the store stopped (shutdown): nothing more will
                     // become durable, so stop waiting for it.
@@ -680,11 +687,12 @@ impl Conn {
             return;
         }
         let commit = *self.state.commit.borrow();
+        let quorum = self.state.quorum.get();
         let channels = &mut self.channels;
         let mut failed = None;
         self.confirm_dirty.retain(|id| match channels.get_mut(id) {
             Some(ch) => {
-                if let Err(e) = ch.flush_confirms(commit) {
+                if let Err(e) = ch.flush_confirms(commit, quorum.map(|q| &**q)) {
                     failed = Some(e);
                 }
                 ch.waits_for_disk()

@@ -263,15 +263,17 @@ impl ConsumerHandle {
     }
 }
 
-impl ConsumerSink for ConsumerHandle {
-    fn try_deliver(&self, queue: &Arc<Queue>, m: QueuedMessage) -> Result<(), QueuedMessage> {
+impl ConsumerHandle {
+    /// Deliver `m`; `credit`: check prefetch and the socket buffer first (a replicated
+    /// queue's deliveries were already counted against the consumer's prefetch).
+    fn deliver(&self, queue: &Arc<Queue>, m: QueuedMessage, credit: bool) -> Result<(), QueuedMessage> {
         let ch = &self.channel;
         let outbox = &ch.outbox;
         let mut st = ch.state.lock();
         if st.closed || self.cancelled.load(Ordering::Relaxed) {
             return Err(m);
         }
-        if !self.no_ack {
+        if credit && !self.no_ack {
             let mine = self.unacked.load(Ordering::Relaxed);
             if self.prefetch != 0 && mine >= self.prefetch {
                 return Err(m);
@@ -280,7 +282,7 @@ impl ConsumerSink for ConsumerHandle {
                 return Err(m);
             }
         }
-        if outbox.is_full() {
+        if credit && outbox.is_full() {
             outbox.add_starved(queue);
             return Err(m);
         }
@@ -308,9 +310,23 @@ impl ConsumerSink for ConsumerHandle {
         }
         Ok(())
     }
+}
+
+impl ConsumerSink for ConsumerHandle {
+    fn try_deliver(&self, queue: &Arc<Queue>, m: QueuedMessage) -> Result<(), QueuedMessage> {
+        self.deliver(queue, m, true)
+    }
+
+    fn force_deliver(&self, queue: &Arc<Queue>, m: QueuedMessage) -> Result<(), QueuedMessage> {
+        self.deliver(queue, m, false)
+    }
 
     fn no_ack(&self) -> bool {
         self.no_ack
+    }
+
+    fn prefetch(&self) -> u32 {
+        self.prefetch
     }
 
     fn write_blocked(&self) -> bool {

@@ -26,6 +26,7 @@ pub mod listener;
 pub mod mgmt_node;
 pub mod outbox;
 pub mod persist;
+pub(crate) mod quorum_queues;
 pub mod registry;
 pub mod state;
 pub mod tls;

@@ -430,6 +430,7 @@ fn run() -> anyhow::Result<()> {
         // before the listeners, so a restarted node has caught up with its own log first.
         let cluster_node = match &cluster_plan {
             Some(plan) => {
+                server::clustering::start_quorum_queues(plan, &state);
                 let running = server::clustering::start(plan, &data_dir, &state).await.map_err(anyhow::Error::msg)?;
                 info!(node = %plan.name, listen = %plan.listen, members = ?plan.nodes, "cluster node started");
                 let node = running.node.clone();

@@ -488,6 +488,8 @@ impl ServerState {
                 PublishOutcome::Failed => {
                     return Err(NodeError::Failed("the message store cannot write to disk".to_owned()));
                 }
+                // A quorum queue: the management publish does not wait for the cluster.
+                PublishOutcome::Replicated(_) => routed = true,
                 PublishOutcome::Deleted => {}
             }
         }

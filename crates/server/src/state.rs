@@ -51,6 +51,9 @@ pub struct ServerState {
     pub(crate) listeners: Mutex<Vec<mgmt::node::ListenerInfo>>,
     /// The node's Raft member when clustering is configured (set once by the binary).
     pub cluster: std::sync::OnceLock<crate::clustering::Running>,
+    /// The replicas of this node's quorum queues (clustered nodes only; set before the
+    /// Raft member starts, which applies their commands).
+    pub(crate) quorum: std::sync::OnceLock<Arc<crate::quorum_queues::QuorumQueues>>,
     /// In a cluster: the Raft log index `access` stands at (recovered from the definitions
     /// log, then each applied entry's).
     pub(crate) cluster_applied: AtomicU64,
@@ -201,6 +204,7 @@ impl ServerState {
             started: std::time::Instant::now(),
             listeners: Mutex::new(Vec::new()),
             cluster: std::sync::OnceLock::new(),
+            quorum: std::sync::OnceLock::new(),
             cluster_applied: AtomicU64::new(0),
             memory_watermark_set: Mutex::new(None),
             disk_free_limit_set: Mutex::new(None),

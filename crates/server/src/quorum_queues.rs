@@ -1,0 +1,857 @@
+//! Replicated quorum queues: `x-queue-type: quorum` on a clustered node.
+//!
+//! Every quorum queue's commands go through the cluster's Raft log (the same group as the
+//! access metadata, for now: one leader for every queue) and **every node applies them**
+//! to its own [`quorum::QuorumQueue`] replica, in log order. Effects are carried out by the
+//! node they concern: a delivery by the node its consumer's channel is on (so consumers on
+//! any node need no forwarding), a confirm by the node the publisher is on, a dead letter by
+//! the leader. The broker's [`Queue`] of the same name exists on every node (declared when
+//! the declare entry is applied) and hands its messages and consumers to a
+//! [`QuorumReplica`] (`broker::queue::Replica`).
+//!
+//! The write path: a publish (or ack, consume, ...) becomes an [`Item`] numbered by this
+//! node's ticket counter and goes to the node's one proposer task, which packs waiting
+//! items into one entry (at most `cluster::node::MAX_COMMAND_BYTES`) and proposes it; when
+//! the entry is committed (on disk on a majority) and applied here, every ticket in it is
+//! *settled*: confirms up to it go out (`Channel::flush_confirms`), nacks for the ones the
+//! queue rejected (reject-publish) or the cluster could not commit in time.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use broker::queue::{Consumer, ConsumerSink, PublishOutcome, QueueStats, Replica, Settle};
+use broker::{AmqpError, Message, Queue, QueuedMessage};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
+use quorum::{Command as QCommand, ConsumerId, Effect, Meta, NodeId, PublishId, PublisherId, QuorumQueue};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, warn};
+
+use crate::state::ServerState;
+
+/// A queue's key: (vhost, name).
+pub(crate) type QKey = (String, String);
+
+/// One quorum-queue command as the log carries it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Item {
+    pub vhost: String,
+    pub queue: String,
+    /// The proposing node and its ticket for this item (answers to gets and purges go back
+    /// to the proposer by them).
+    pub origin: u64,
+    pub ticket: u64,
+    /// The proposer's clock: the machine reads no clock (TTLs are measured on it).
+    pub now_ms: u64,
+    pub cmd: QCommand,
+}
+
+/// A quorum queue's declaration, as the log carries it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Declaration {
+    pub vhost: String,
+    pub name: String,
+    /// The x-arguments, AMQP-encoded (a field table).
+    pub arguments: Vec<u8>,
+}
+
+/// A replica in a snapshot.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SnapshotQueue {
+    pub declaration: Declaration,
+    pub machine: QuorumQueue,
+}
+
+/// Bytes of items waiting for the proposer past which publishes are refused (nacked):
+/// the bound on what a node buffers while the cluster has no quorum.
+pub(crate) const PENDING_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Room kept in an entry for the enum's encoding around the items.
+const ENTRY_OVERHEAD_BYTES: usize = 1024;
+/// What an item costs in an entry besides the message.
+const ITEM_OVERHEAD_BYTES: usize = 256;
+/// How often the leader checks for nodes gone (their consumers' messages go back).
+const JANITOR_PERIOD: Duration = Duration::from_secs(1);
+
+struct Machine {
+    declaration: Declaration,
+    qq: QuorumQueue,
+    queue: Weak<Queue>,
+}
+
+struct LocalConsumer {
+    sink: Arc<dyn ConsumerSink>,
+    queue: Weak<Queue>,
+    key: QKey,
+}
+
+/// A delivery made on this node and not yet settled.
+struct Held {
+    key: QKey,
+    consumer: ConsumerId,
+    delivery_id: u64,
+}
+
+struct Proposer {
+    next_ticket: u64,
+    tx: mpsc::UnboundedSender<(Item, usize)>,
+}
+
+pub(crate) struct QuorumQueues {
+    node: NodeId,
+    /// Random per start: consumer and publisher ids of an earlier start never collide with
+    /// this one's (the replicas may still hold them after a crash).
+    boot: u32,
+    publisher: PublisherId,
+    state: Weak<ServerState>,
+    machines: Mutex<HashMap<QKey, Machine>>,
+    consumers: Mutex<HashMap<u64, LocalConsumer>>,
+    held: Mutex<HashMap<u64, Held>>,
+    next_key: AtomicU64,
+    waiters: Mutex<HashMap<u64, oneshot::Sender<Vec<Effect>>>>,
+    /// Tickets whose publish was refused (reject-publish) or never committed.
+    rejected: Mutex<BTreeSet<u64>>,
+    proposer: Mutex<Proposer>,
+    pending_bytes: AtomicUsize,
+    /// Every ticket up to this one is applied here, or failed.
+    settled: watch::Sender<u64>,
+    /// Nodes the leader declared down (their consumers suspended).
+    down: Mutex<BTreeSet<u64>>,
+    /// This node's consumers of earlier starts already reported down.
+    downed: Mutex<std::collections::HashSet<ConsumerId>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A message as a replica keeps it: exchange, routing key, raw properties, body.
+fn encode_message(m: &Message) -> quorum::Message {
+    let mut b = BytesMut::with_capacity(m.exchange.len() + m.routing_key.len() + m.properties.len() + m.body.len() + 8);
+    b.put_u8(m.exchange.len() as u8);
+    b.put_slice(m.exchange.as_bytes());
+    b.put_u8(m.routing_key.len().min(255) as u8);
+    b.put_slice(&m.routing_key.as_bytes()[..m.routing_key.len().min(255)]);
+    b.put_u32(m.properties.len() as u32);
+    b.put_slice(&m.properties);
+    b.put_slice(&m.body);
+    quorum::Message { payload: b.freeze(), body_bytes: m.body_size() }
+}
+
+fn decode_message(payload: &Bytes) -> Option<Message> {
+    let mut p = payload.clone();
+    let take_str = |p: &mut Bytes| -> Option<String> {
+        let n = *p.first()? as usize;
+        p.advance(1);
+        if p.len() < n {
+            return None;
+        }
+        String::from_utf8(p.split_to(n).to_vec()).ok()
+    };
+    let exchange = take_str(&mut p)?;
+    let routing_key = take_str(&mut p)?;
+    if p.len() < 4 {
+        return None;
+    }
+    let n = p.get_u32() as usize;
+    if p.len() < n {
+        return None;
+    }
+    let properties = p.split_to(n);
+    let summary = wire::properties::summarize(&properties).ok()?;
+    Some(Message {
+        exchange,
+        routing_key,
+        properties,
+        body: p,
+        persistent: summary.delivery_mode == Some(2),
+        priority: summary.priority.unwrap_or(0),
+        expiration_ms: summary.expiration.as_deref().and_then(|e| e.parse().ok()),
+    })
+}
+
+/// The machine's settings from the queue's effective arguments.
+fn config_of(q: &Queue) -> quorum::Config {
+    let a = q.effective_args();
+    quorum::Config {
+        delivery_limit: a.delivery_limit.map(|l| l.min(u64::from(u32::MAX)) as u32),
+        max_length: a.max_length,
+        max_length_bytes: a.max_length_bytes,
+        overflow: match a.overflow {
+            Some(broker::args::Overflow::RejectPublish | broker::args::Overflow::RejectPublishDlx) => {
+                quorum::Overflow::RejectPublish
+            }
+            _ => quorum::Overflow::DropHead,
+        },
+        dead_letter: a
+            .dead_letter_exchange
+            .clone()
+            .map(|exchange| quorum::DeadLetterTarget { exchange, routing_key: a.dead_letter_routing_key.clone() }),
+        dead_letter_strategy: match q.options.arguments.get("x-dead-letter-strategy").and_then(|v| v.as_str()) {
+            Some("at-least-once") => quorum::DeadLetterStrategy::AtLeastOnce,
+            _ => quorum::DeadLetterStrategy::AtMostOnce,
+        },
+        message_ttl_ms: a.message_ttl_ms,
+        single_active_consumer: q.declared_args.single_active_consumer,
+        ..quorum::Config::default()
+    }
+}
+
+fn reason(r: quorum::Reason) -> broker::dead_letter::Reason {
+    match r {
+        quorum::Reason::Rejected => broker::dead_letter::Reason::Rejected,
+        quorum::Reason::Expired => broker::dead_letter::Reason::Expired,
+        quorum::Reason::MaxLen => broker::dead_letter::Reason::MaxLen,
+        quorum::Reason::DeliveryLimit => broker::dead_letter::Reason::DeliveryLimit,
+    }
+}
+
+pub(crate) fn encode_arguments(args: &wire::FieldTable) -> Vec<u8> {
+    let mut out = Vec::new();
+    wire::types::encode_table(args, &mut out);
+    out
+}
+
+fn decode_arguments(bytes: &[u8]) -> wire::FieldTable {
+    wire::types::decode_table(bytes).map(|(t, _)| t).unwrap_or_default()
+}
+
+impl QuorumQueues {
+    /// The registry of a clustered node named `node_name`; its proposer task runs on the
+    /// current runtime until `state` is dropped.
+    pub(crate) fn start(node_name: &str, state: &Arc<ServerState>) -> Arc<QuorumQueues> {
+        let node = NodeId(cluster::node_id(node_name));
+        let boot = fastrand::u32(1..);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let me = Arc::new(QuorumQueues {
+            node,
+            boot,
+            publisher: PublisherId { node, id: u64::from(boot) << 32 },
+            state: Arc::downgrade(state),
+            machines: Mutex::new(HashMap::new()),
+            consumers: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+            next_key: AtomicU64::new(1),
+            waiters: Mutex::new(HashMap::new()),
+            rejected: Mutex::new(BTreeSet::new()),
+            proposer: Mutex::new(Proposer { next_ticket: 1, tx }),
+            pending_bytes: AtomicUsize::new(0),
+            settled: watch::channel(0).0,
+            down: Mutex::new(BTreeSet::new()),
+            downed: Mutex::new(std::collections::HashSet::new()),
+        });
+        tokio::spawn(run_proposer(Arc::downgrade(&me), rx));
+        tokio::spawn(run_janitor(Arc::downgrade(&me)));
+        me
+    }
+
+    /// Confirms wait on this: every ticket up to its value is settled.
+    pub(crate) fn settled(&self) -> watch::Receiver<u64> {
+        self.settled.subscribe()
+    }
+
+    pub(crate) fn settled_through(&self) -> u64 {
+        *self.settled.borrow()
+    }
+
+    /// Whether any ticket in `lo..=hi` was refused (and forget them).
+    pub(crate) fn take_rejected(&self, lo: u64, hi: u64) -> bool {
+        let mut r = self.rejected.lock();
+        let hits: Vec<u64> = r.range(lo..=hi).copied().collect();
+        for t in &hits {
+            r.remove(t);
+        }
+        !hits.is_empty()
+    }
+
+    fn consumer_id(&self, local: u64) -> ConsumerId {
+        ConsumerId { node: self.node, id: (u64::from(self.boot) << 32) | (local & 0xffff_ffff) }
+    }
+
+    /// The consumer id basic.get checks messages out to on this node (one per start).
+    fn getter(&self) -> ConsumerId {
+        ConsumerId { node: self.node, id: u64::from(self.boot) << 32 }
+    }
+
+    fn is_mine(&self, c: ConsumerId) -> bool {
+        c.node == self.node && (c.id >> 32) as u32 == self.boot
+    }
+
+    /// Queue `cmd` for the proposer; returns its ticket, or None when too much is waiting.
+    fn submit(&self, key: &QKey, cmd: QCommand, size: usize) -> Option<u64> {
+        let size = size + ITEM_OVERHEAD_BYTES;
+        if self.pending_bytes.load(Ordering::Relaxed) + size > PENDING_MAX_BYTES {
+            warn!(queue = %key.1, "quorum queue: {PENDING_MAX_BYTES} bytes already wait for the cluster; refusing");
+            return None;
+        }
+        self.pending_bytes.fetch_add(size, Ordering::Relaxed);
+        // Ticket and send under one lock: the log must see tickets in order (the replica
+        // drops a publish whose number is not above the last one it took).
+        let mut p = self.proposer.lock();
+        let ticket = p.next_ticket;
+        p.next_ticket += 1;
+        let item =
+            Item { vhost: key.0.clone(), queue: key.1.clone(), origin: self.node.0, ticket, now_ms: now_ms(), cmd };
+        p.tx.send((item, size)).ok()?;
+        Some(ticket)
+    }
+
+    /// A publish: the ticket is also the sequence number the replica drops resent
+    /// duplicates by (this node's publisher id, tickets only grow).
+    fn submit_publish(&self, key: &QKey, msg: quorum::Message, ttl_ms: Option<u64>) -> Option<u64> {
+        let size = msg.payload.len() + ITEM_OVERHEAD_BYTES;
+        if self.pending_bytes.load(Ordering::Relaxed) + size > PENDING_MAX_BYTES {
+            warn!(queue = %key.1, "quorum queue: {PENDING_MAX_BYTES} bytes already wait for the cluster; nacking");
+            return None;
+        }
+        self.pending_bytes.fetch_add(size, Ordering::Relaxed);
+        let mut p = self.proposer.lock();
+        let ticket = p.next_ticket;
+        p.next_ticket += 1;
+        let publish = Some(PublishId { publisher: self.publisher, seq: ticket });
+        let cmd = QCommand::Enqueue { publish, msg, ttl_ms };
+        let item =
+            Item { vhost: key.0.clone(), queue: key.1.clone(), origin: self.node.0, ticket, now_ms: now_ms(), cmd };
+        p.tx.send((item, size)).ok()?;
+        Some(ticket)
+    }
+
+    fn submit_quiet(&self, key: &QKey, cmd: QCommand) {
+        if self.submit(key, cmd, 0).is_none() {
+            warn!(queue = %key.1, "quorum queue: a command was dropped (the proposer is gone or full)");
+        }
+    }
+
+    /// Submit and wait until this node applied the item; returns its effects.
+    fn submit_and_wait(&self, key: &QKey, cmd: QCommand) -> Result<Vec<Effect>, AmqpError> {
+        let (tx, rx) = oneshot::channel();
+        let mut p = self.proposer.lock();
+        let ticket = p.next_ticket;
+        p.next_ticket += 1;
+        self.waiters.lock().insert(ticket, tx);
+        let item =
+            Item { vhost: key.0.clone(), queue: key.1.clone(), origin: self.node.0, ticket, now_ms: now_ms(), cmd };
+        self.pending_bytes.fetch_add(ITEM_OVERHEAD_BYTES, Ordering::Relaxed);
+        if p.tx.send((item, ITEM_OVERHEAD_BYTES)).is_err() {
+            return Err(AmqpError::new(wire::reply::INTERNAL_ERROR, "the node is stopping"));
+        }
+        drop(p);
+        let timeout = self.write_timeout();
+        let wait = async move { tokio::time::timeout(timeout, rx).await };
+        let r = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| h.block_on(wait))
+            }
+            _ => return Err(AmqpError::new(wire::reply::INTERNAL_ERROR, "quorum queues need the broker's runtime")),
+        };
+        match r {
+            Ok(Ok(fx)) => Ok(fx),
+            _ => {
+                self.waiters.lock().remove(&ticket);
+                Err(AmqpError::new(
+                    wire::reply::INTERNAL_ERROR,
+                    format!("the cluster did not answer within {} ms (no quorum?)", timeout.as_millis()),
+                ))
+            }
+        }
+    }
+
+    fn write_timeout(&self) -> Duration {
+        self.state
+            .upgrade()
+            .map_or(Duration::from_secs(10), |s| Duration::from_millis(s.config.cluster_write_timeout_ms))
+    }
+
+    /// The replica the broker's queue `q` hands over to (creating the machine if new).
+    pub(crate) fn attach(self: &Arc<Self>, q: &Arc<Queue>, declaration: Declaration) {
+        let key = (q.vhost.clone(), q.name.clone());
+        {
+            let mut m = self.machines.lock();
+            let machine = m.entry(key.clone()).or_insert_with(|| Machine {
+                declaration,
+                qq: QuorumQueue::new(config_of(q)),
+                queue: Weak::new(),
+            });
+            machine.queue = Arc::downgrade(q);
+        }
+        q.set_replica(Arc::new(QuorumReplica { qq: Arc::downgrade(self), key }));
+    }
+
+    /// Whether a replica of this queue exists here.
+    pub(crate) fn has(&self, vhost: &str, name: &str) -> bool {
+        self.machines.lock().contains_key(&(vhost.to_owned(), name.to_owned()))
+    }
+
+    /// The queue was deleted (its delete entry applied): forget the replica and cancel
+    /// this node's consumers of it.
+    pub(crate) fn forget(&self, vhost: &str, name: &str) {
+        let key = (vhost.to_owned(), name.to_owned());
+        self.machines.lock().remove(&key);
+        let gone: Vec<LocalConsumer> = {
+            let mut c = self.consumers.lock();
+            let ids: Vec<u64> = c.iter().filter(|(_, l)| l.key == key).map(|(id, _)| *id).collect();
+            ids.into_iter().filter_map(|id| c.remove(&id)).collect()
+        };
+        for l in gone {
+            l.sink.cancelled_by_broker();
+        }
+        self.held.lock().retain(|_, h| h.key != key);
+    }
+
+    /// The replicas as a snapshot holds them.
+    pub(crate) fn snapshot(&self) -> Vec<SnapshotQueue> {
+        self.machines
+            .lock()
+            .values()
+            .map(|m| SnapshotQueue { declaration: m.declaration.clone(), machine: m.qq.clone() })
+            .collect()
+    }
+
+    /// Replace every replica with a snapshot's; returns the declarations (the caller makes
+    /// sure their broker queues exist and attaches them).
+    pub(crate) fn restore(&self, queues: Vec<SnapshotQueue>) -> Vec<Declaration> {
+        let mut m = self.machines.lock();
+        let old = std::mem::take(&mut *m);
+        let mut decls = Vec::new();
+        for s in queues {
+            let key = (s.declaration.vhost.clone(), s.declaration.name.clone());
+            let queue = old.get(&key).map(|o| o.queue.clone()).unwrap_or_default();
+            decls.push(s.declaration.clone());
+            m.insert(key, Machine { declaration: s.declaration, qq: s.machine, queue });
+        }
+        decls
+    }
+
+    /// Apply the items of the committed entry at `index`, in order, and carry out what
+    /// concerns this node.
+    pub(crate) fn apply(&self, index: u64, items: Vec<Item>) {
+        let leader = self.state.upgrade().and_then(|s| s.cluster.get().map(|c| c.node.is_leader())).unwrap_or(false);
+        let mut out = Vec::new();
+        {
+            let mut machines = self.machines.lock();
+            for (pos, item) in items.into_iter().enumerate() {
+                let key = (item.vhost, item.queue);
+                let Some(m) = machines.get_mut(&key) else { continue };
+                // One message id per item: entries carry many items, ids must stay unique.
+                let meta = Meta { index: (index << 16) | pos as u64, now_ms: item.now_ms };
+                let fx = m.qq.apply(meta, item.cmd);
+                out.push((key, m.queue.clone(), item.origin, item.ticket, fx));
+            }
+        }
+        for (key, queue, origin, ticket, fx) in out {
+            if origin == self.node.0
+                && let Some(w) = self.waiters.lock().remove(&ticket)
+            {
+                let _ = w.send(fx.clone());
+            }
+            self.carry_out(&key, &queue, fx, leader);
+        }
+    }
+
+    fn carry_out(&self, key: &QKey, queue: &Weak<Queue>, fx: Vec<Effect>, leader: bool) {
+        for e in fx {
+            match e {
+                Effect::Deliver { consumer, delivery } if consumer.node == self.node => {
+                    self.deliver(key, queue, consumer, delivery);
+                }
+                Effect::Rejected { publish: Some(p) } if p.publisher == self.publisher => {
+                    self.rejected.lock().insert(p.seq);
+                }
+                Effect::DeadLetter { reason: r, msg_id, delivery_count, msg, at_least_once } if leader => {
+                    if let (Some(q), Some(m)) = (queue.upgrade(), decode_message(&msg.payload)) {
+                        let qm = QueuedMessage {
+                            msg: Arc::new(m),
+                            seq: msg_id,
+                            redelivered: delivery_count > 0,
+                            expires_at_ms: 0,
+                            delivery_count,
+                            disk: None,
+                        };
+                        q.dead_letter(vec![(qm, reason(r))]);
+                    }
+                    if at_least_once {
+                        self.submit_quiet(key, QCommand::DeadLetterSettled { msg_ids: vec![msg_id] });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn deliver(&self, key: &QKey, queue: &Weak<Queue>, consumer: ConsumerId, d: quorum::Delivery) {
+        let local = if self.is_mine(consumer) {
+            self.consumers.lock().get(&(consumer.id & 0xffff_ffff)).map(|l| (l.sink.clone(), l.queue.clone()))
+        } else {
+            None
+        };
+        let Some((sink, q)) = local else {
+            // A consumer of an earlier start of this node (it crashed), or one cancelled
+            // meanwhile: its messages go back.
+            self.consumer_down(key, consumer);
+            return;
+        };
+        let Some(q) = q.upgrade().or_else(|| queue.upgrade()) else { return };
+        let Some(msg) = decode_message(&d.msg.payload) else {
+            error!(queue = %key.1, "quorum queue: undecodable message {}, discarded", d.msg_id);
+            self.submit_quiet(key, QCommand::Discard { consumer, delivery_ids: vec![d.delivery_id] });
+            return;
+        };
+        let no_ack = sink.no_ack();
+        let k = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let qm = QueuedMessage {
+            msg: Arc::new(msg),
+            seq: k,
+            redelivered: d.redelivered,
+            expires_at_ms: 0,
+            delivery_count: d.delivery_count,
+            disk: None,
+        };
+        if !no_ack {
+            self.held.lock().insert(k, Held { key: key.clone(), consumer, delivery_id: d.delivery_id });
+        }
+        match sink.force_deliver(&q, qm) {
+            Ok(()) if no_ack => {
+                self.submit_quiet(key, QCommand::Settle { consumer, delivery_ids: vec![d.delivery_id] });
+            }
+            Ok(()) => {}
+            Err(_) => {
+                // The channel closed meanwhile: back to the queue.
+                self.held.lock().remove(&k);
+                self.submit_quiet(key, QCommand::Return { consumer, delivery_ids: vec![d.delivery_id] });
+            }
+        }
+    }
+
+    fn consumer_down(&self, key: &QKey, consumer: ConsumerId) {
+        if consumer != self.getter() && self.downed.lock().insert(consumer) {
+            self.submit_quiet(key, QCommand::ConsumerDown { consumer });
+        }
+    }
+
+    /// This node's consumers of earlier starts (it crashed, or was killed): their messages
+    /// go back to their queues.
+    fn sweep_stale_consumers(&self) {
+        let stale: Vec<(QKey, ConsumerId)> = self
+            .machines
+            .lock()
+            .iter()
+            .flat_map(|(k, m)| m.qq.consumers().into_iter().map(move |c| (k.clone(), c)))
+            .filter(|(_, c)| c.node == self.node && (c.id >> 32) as u32 != self.boot)
+            .collect();
+        for (k, c) in stale {
+            self.consumer_down(&k, c);
+        }
+    }
+
+    /// On the leader: consumers on nodes that stopped answering give their messages back
+    /// (and are suspended until the node is back), as RabbitMQ's quorum queues do.
+    async fn check_nodes(&self) {
+        let Some(state) = self.state.upgrade() else { return };
+        let Some(running) = state.cluster.get() else { return };
+        if !running.node.is_leader() {
+            self.down.lock().clear();
+            return;
+        }
+        let up: BTreeSet<u64> = running.node.running_members().await.iter().map(|n| cluster::node_id(n)).collect();
+        let members: BTreeSet<u64> = running.node.members().iter().map(|n| cluster::node_id(n)).collect();
+        let keys: Vec<QKey> = self.machines.lock().keys().cloned().collect();
+        let mut down = self.down.lock();
+        for n in &members {
+            let is_up = up.contains(n);
+            let was_down = down.contains(n);
+            if is_up != was_down {
+                continue;
+            }
+            if is_up {
+                down.remove(n);
+            } else {
+                down.insert(*n);
+            }
+            warn!(node = n, up = is_up, "quorum queues: a member is {}", if is_up { "back" } else { "unreachable" });
+            for k in &keys {
+                let cmd =
+                    if is_up { QCommand::NodeUp { node: NodeId(*n) } } else { QCommand::NodeDown { node: NodeId(*n) } };
+                self.submit_quiet(k, cmd);
+            }
+        }
+    }
+}
+
+async fn run_janitor(me: Weak<QuorumQueues>) {
+    let mut tick = tokio::time::interval(JANITOR_PERIOD);
+    loop {
+        tick.tick().await;
+        let Some(me) = me.upgrade() else { return };
+        if me.state.upgrade().is_some_and(|s| s.cluster.get().is_some()) {
+            me.sweep_stale_consumers();
+            me.check_nodes().await;
+        }
+    }
+}
+
+async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(Item, usize)>) {
+    let max = cluster::node::MAX_COMMAND_BYTES - ENTRY_OVERHEAD_BYTES;
+    let mut carry: Option<(Item, usize)> = None;
+    loop {
+        let first = match carry.take() {
+            Some(f) => f,
+            None => match rx.recv().await {
+                Some(f) => f,
+                None => return,
+            },
+        };
+        let mut bytes = first.1;
+        let mut items = vec![first.0];
+        while let Ok((item, size)) = rx.try_recv() {
+            if bytes + size > max {
+                carry = Some((item, size));
+                break;
+            }
+            bytes += size;
+            items.push(item);
+        }
+        let Some(me) = me.upgrade() else { return };
+        let last = items.last().map_or(0, |i| i.ticket);
+        let cmd = crate::clustering::encode_quorum(&items);
+        // The Raft member is set once the node has started (replayed its log).
+        let node = loop {
+            match me.state.upgrade() {
+                None => return,
+                Some(s) => match s.cluster.get() {
+                    Some(c) => break c.node.clone(),
+                    None => tokio::time::sleep(Duration::from_millis(50)).await,
+                },
+            }
+        };
+        let result = node.propose_and_wait(cmd).await.map(|_| ()).map_err(|e| e.to_string());
+        if let Err(e) = result {
+            warn!(items = items.len(), "quorum queues: an entry was not committed ({e}); its publishes are nacked");
+            let mut r = me.rejected.lock();
+            for i in &items {
+                if matches!(i.cmd, QCommand::Enqueue { .. }) {
+                    r.insert(i.ticket);
+                }
+            }
+        }
+        me.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        debug!(items = items.len(), bytes, "quorum queues: entry settled");
+        me.settled.send_replace(last);
+    }
+}
+
+/// The broker's side of one quorum queue on this node.
+struct QuorumReplica {
+    qq: Weak<QuorumQueues>,
+    key: QKey,
+}
+
+impl QuorumReplica {
+    fn qq(&self) -> Result<Arc<QuorumQueues>, AmqpError> {
+        self.qq.upgrade().ok_or_else(|| AmqpError::new(wire::reply::INTERNAL_ERROR, "the node is stopping"))
+    }
+}
+
+impl Replica for QuorumReplica {
+    fn publish(&self, _queue: &Arc<Queue>, msg: Arc<Message>) -> PublishOutcome {
+        let Ok(qq) = self.qq() else { return PublishOutcome::Failed };
+        let m = encode_message(&msg);
+        let size = m.payload.len();
+        if size + ITEM_OVERHEAD_BYTES + ENTRY_OVERHEAD_BYTES > cluster::node::MAX_COMMAND_BYTES {
+            warn!(queue = %self.key.1, size, "quorum queue: message over the replicated entry limit; nacked");
+            return PublishOutcome::Failed;
+        }
+        match qq.submit_publish(&self.key, m, msg.expiration_ms) {
+            Some(ticket) => PublishOutcome::Replicated(ticket),
+            None => PublishOutcome::Failed,
+        }
+    }
+
+    fn add_consumer(&self, queue: &Arc<Queue>, consumer: Consumer) -> Result<(), AmqpError> {
+        let qq = self.qq()?;
+        let id = qq.consumer_id(consumer.id);
+        let prefetch = if consumer.sink.no_ack() { 0 } else { consumer.sink.prefetch() };
+        qq.consumers.lock().insert(
+            consumer.id & 0xffff_ffff,
+            LocalConsumer { sink: consumer.sink.clone(), queue: Arc::downgrade(queue), key: self.key.clone() },
+        );
+        qq.submit_quiet(&self.key, QCommand::Checkout { consumer: id, prefetch, priority: consumer.priority });
+        Ok(())
+    }
+
+    fn remove_consumers(&self, ids: &[u64]) {
+        let Ok(qq) = self.qq() else { return };
+        for id in ids {
+            if qq.consumers.lock().remove(&(id & 0xffff_ffff)).is_some() {
+                qq.submit_quiet(&self.key, QCommand::Cancel { consumer: qq.consumer_id(*id) });
+            }
+        }
+    }
+
+    fn settle(&self, msgs: Vec<QueuedMessage>, how: Settle) {
+        let Ok(qq) = self.qq() else { return };
+        let mut by_consumer: HashMap<ConsumerId, Vec<u64>> = HashMap::new();
+        {
+            let mut held = qq.held.lock();
+            for m in msgs {
+                if let Some(h) = held.remove(&m.seq) {
+                    by_consumer.entry(h.consumer).or_default().push(h.delivery_id);
+                }
+            }
+        }
+        for (consumer, delivery_ids) in by_consumer {
+            let cmd = match how {
+                Settle::Ack => QCommand::Settle { consumer, delivery_ids },
+                Settle::Requeue => QCommand::Return { consumer, delivery_ids },
+                Settle::Reject => QCommand::Discard { consumer, delivery_ids },
+            };
+            qq.submit_quiet(&self.key, cmd);
+        }
+    }
+
+    fn get(&self, queue: &Arc<Queue>, no_ack: bool) -> Result<Option<(QueuedMessage, u32)>, AmqpError> {
+        let qq = self.qq()?;
+        let consumer = qq.getter();
+        let fx = qq.submit_and_wait(&self.key, QCommand::Dequeue { consumer, settle: no_ack }).inspect_err(|e| {
+            warn!(queue = %queue.name, "quorum queue basic.get: {}", e.text);
+        })?;
+        for e in fx {
+            if let Effect::Dequeued { delivery: Some(d), ready, .. } = e {
+                let Some(msg) = decode_message(&d.msg.payload) else { return Ok(None) };
+                let k = qq.next_key.fetch_add(1, Ordering::Relaxed);
+                if !no_ack {
+                    qq.held.lock().insert(k, Held { key: self.key.clone(), consumer, delivery_id: d.delivery_id });
+                }
+                let qm = QueuedMessage {
+                    msg: Arc::new(msg),
+                    seq: k,
+                    redelivered: d.redelivered,
+                    expires_at_ms: 0,
+                    delivery_count: d.delivery_count,
+                    disk: None,
+                };
+                return Ok(Some((qm, ready.min(u64::from(u32::MAX)) as u32)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn purge(&self) -> Result<usize, AmqpError> {
+        let qq = self.qq()?;
+        let fx = qq.submit_and_wait(&self.key, QCommand::Purge)?;
+        Ok(fx
+            .iter()
+            .find_map(|e| match e {
+                Effect::Purged { count } => Some(*count as usize),
+                _ => None,
+            })
+            .unwrap_or(0))
+    }
+
+    fn stats(&self) -> QueueStats {
+        let s = self
+            .qq
+            .upgrade()
+            .and_then(|qq| qq.machines.lock().get(&self.key).map(|m| m.qq.stats()))
+            .unwrap_or_default();
+        QueueStats {
+            messages_ready: s.ready,
+            messages_unacked: s.checked_out,
+            consumers: s.consumers as u32,
+            ready_bytes: s.ready_bytes,
+            ready_ram_bytes: s.ready_bytes,
+            unacked_bytes: 0,
+            stalled_ms: 0,
+        }
+    }
+}
+
+impl ServerState {
+    /// Declare the quorum queue `name` through the cluster (every node creates it); returns
+    /// once this node has it. Blocks the calling thread (declares are rare; the channel's
+    /// handlers are synchronous), as access changes do.
+    pub(crate) fn declare_quorum(&self, vhost: &str, name: &str, args: &wire::FieldTable) -> Result<(), AmqpError> {
+        let Some(running) = self.cluster.get() else {
+            return Err(AmqpError::new(wire::reply::INTERNAL_ERROR, "not clustered"));
+        };
+        let d = Declaration { vhost: vhost.to_owned(), name: name.to_owned(), arguments: encode_arguments(args) };
+        self.propose_topology(running, crate::clustering::Command::QuorumDeclare(d))
+    }
+
+    /// Delete the quorum queue `name` on every node.
+    pub(crate) fn delete_quorum(&self, vhost: &str, name: &str) -> Result<(), AmqpError> {
+        let Some(running) = self.cluster.get() else {
+            return Err(AmqpError::new(wire::reply::INTERNAL_ERROR, "not clustered"));
+        };
+        let cmd = crate::clustering::Command::QuorumDelete { vhost: vhost.to_owned(), name: name.to_owned() };
+        self.propose_topology(running, cmd)
+    }
+
+    fn propose_topology(
+        &self,
+        running: &crate::clustering::Running,
+        cmd: crate::clustering::Command,
+    ) -> Result<(), AmqpError> {
+        let bytes = crate::clustering::encode_cbor(&cmd);
+        let unavailable = |e: String| AmqpError::new(wire::reply::INTERNAL_ERROR, format!("cluster: {e}"));
+        let handle = tokio::runtime::Handle::try_current().map_err(|e| unavailable(e.to_string()))?;
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return Err(unavailable("quorum queues need the broker's multi-thread runtime".into()));
+        }
+        let result = tokio::task::block_in_place(|| handle.block_on(running.node.propose_and_wait(bytes)))
+            .map_err(|e| unavailable(e.to_string()))?;
+        match serde_json::from_slice(&result.1) {
+            Ok(crate::clustering::Outcome::Applied) => Ok(()),
+            Ok(crate::clustering::Outcome::Invalid(e) | crate::clustering::Outcome::Store(e)) => {
+                Err(AmqpError::precondition_failed(e))
+            }
+            Err(e) => Err(unavailable(format!("undecodable result: {e}"))),
+        }
+    }
+
+    /// The declare entry is committed: create the queue (durable, in this node's
+    /// definitions log too) and its replica.
+    pub(crate) fn apply_quorum_declare(&self, d: Declaration) -> Result<(), String> {
+        let Some(qq) = self.quorum.get() else { return Ok(()) };
+        let vh = self.vhost(&d.vhost).ok_or_else(|| format!("no vhost '{}'", d.vhost))?;
+        let opts = broker::queue::QueueOptions {
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: decode_arguments(&d.arguments),
+        };
+        let (q, _) = vh.declare_queue(&d.name, false, opts, 0).map_err(|e| e.text)?;
+        qq.attach(&q, d);
+        Ok(())
+    }
+
+    pub(crate) fn apply_quorum_delete(&self, vhost: &str, name: &str) {
+        if let Some(qq) = self.quorum.get() {
+            qq.forget(vhost, name);
+        }
+        if let Some(vh) = self.vhost(vhost)
+            && let Ok(d) = vh.delete_queue(name, false, false, 0)
+        {
+            crate::channel::notify_deleted(d);
+        }
+    }
+
+    /// A snapshot's replicas: replace this node's, and make sure their queues exist.
+    pub(crate) fn restore_quorum(&self, queues: Vec<SnapshotQueue>) {
+        let Some(qq) = self.quorum.get() else { return };
+        let before: Vec<QKey> = qq.machines.lock().keys().cloned().collect();
+        let decls = qq.restore(queues);
+        for (vhost, name) in before {
+            if !qq.has(&vhost, &name) {
+                self.apply_quorum_delete(&vhost, &name);
+            }
+        }
+        for d in decls {
+            let what = format!("{}/{}", d.vhost, d.name);
+            if let Err(e) = self.apply_quorum_declare(d) {
+                error!("restoring quorum queue {what} from a cluster snapshot: {e}");
+            }
+        }
+    }
+}
