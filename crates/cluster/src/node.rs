@@ -33,12 +33,13 @@ use crate::{Error, NodeId, Raft, TypeConfig, node_id, parse_node_name};
 /// How long a client operation may wait for a leader (elections included), by default
 /// ([`NodeConfig::request_deadline`]).
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
-/// Largest command `propose` accepts. Definitions records are far smaller; the bound keeps
-/// an append batch ([`MAX_ENTRIES_PER_APPEND`] entries, JSON-encoded at up to 4 bytes per
-/// byte) well inside one transport frame (`frame::PAYLOAD_MAX_BYTES`, 64 MiB).
-pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
-/// Entries per AppendEntries request: 64 × 64 KiB × 4 = 16 MiB of JSON at most.
-pub const MAX_ENTRIES_PER_APPEND: u64 = 64;
+/// Largest command `propose` accepts (a quorum-queue entry carries message bodies: this is
+/// also the largest message a quorum queue takes). The bound keeps an append batch
+/// ([`MAX_ENTRIES_PER_APPEND`] entries, JSON-encoded at up to 4 bytes per byte) inside one
+/// transport frame (`frame::PAYLOAD_MAX_BYTES`, 64 MiB).
+pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
+/// Entries per AppendEntries request: 48 × 256 KiB × 4 = 48 MiB of JSON at most.
+pub const MAX_ENTRIES_PER_APPEND: u64 = 48;
 /// How long [`ClusterNode::running_members`] waits for a peer's answer.
 pub const PING_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Pause between attempts while no leader is known.
