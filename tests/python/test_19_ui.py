@@ -1129,3 +1129,10 @@ def test_overview_of_a_three_node_cluster_shows_members_leader_and_lag(three_nod
     text_in(driver, f'#cluster-members tr[data-name="{gone}"]', "behind", timeout=20)
     assert "—" in js_text(driver, f'#nodes tr[data-name="{gone}"]'), "no figures for another member"
     shot(driver, tmp_path, "overview-cluster")
+    # The other follower's UI: the same members and leader, but lag only the leader knows.
+    live = next(n for n in nodes if n not in (leader, gone))
+    logged_in(driver, nodes[live])
+    text_in(driver, "#cluster-leader", leader)
+    text_in(driver, f'#nodes tr[data-name="{gone}"]', "not running", timeout=20)
+    text_in(driver, f'#cluster-members tr[data-name="{gone}"]', "unknown here")
+    text_in(driver, "#cluster-panel", "known on the leader only")
