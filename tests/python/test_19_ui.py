@@ -20,7 +20,7 @@ import pika
 import pytest
 import requests
 
-from conftest import own_broker, REPO_ROOT, BrokerProcess
+from conftest import own_broker, REPO_ROOT, BrokerProcess, find_free_port, warren_binary
 
 os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never download a driver or browser
 
@@ -1066,3 +1066,73 @@ def test_column_pickers_of_exchanges_connections_and_channels_shrink_replies(nod
         wait(driver, 10).until(lambda d: any("columns=" in u for u in api_requests(d, "/api/queues?")))
     finally:
         conn.close()
+
+
+@pytest.fixture
+def three_node_cluster():
+    """Three warren processes forming one cluster (free ports, temp dirs), removed afterwards."""
+    if os.environ.get("AMQP_TEST_PORT"):
+        pytest.skip("needs to spawn its own brokers")
+    d = Path(tempfile.mkdtemp(prefix="warren-pytest-ui-cluster-"))
+    names = [f"n{i}@127.0.0.1:{find_free_port()}" for i in (1, 2, 3)]
+    conf = d / "cluster.conf"
+    conf.write_text("cluster_formation.peer_discovery_backend = classic_config\n"
+                    + "".join(f"cluster_formation.classic_config.nodes.{i} = {n}\n" for i, n in enumerate(names, 1)))
+    procs = [BrokerProcess(warren_binary(), d / f"n{i}", d / f"n{i}.log",
+                           extra_args=["--config", str(conf), "--node-name", n])
+             for i, n in enumerate(names, 1)]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:  # the seeded guest user reaches every node through the Raft log
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    if requests.get(api(p, "/whoami"), auth=AUTH, timeout=2).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                assert time.monotonic() < deadline, f"no seeded guest on {p.data_dir}:\n{p.log_tail(50)}"
+                time.sleep(0.1)
+        yield dict(zip(names, procs))
+    finally:
+        for p in procs:
+            p.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_overview_of_a_three_node_cluster_shows_members_leader_and_lag(three_node_cluster, driver, tmp_path):
+    nodes = three_node_cluster
+    first = next(iter(nodes.values()))
+    leader = requests.get(api(first, "/warren/cluster"), auth=AUTH, timeout=5).json()["leader"]
+    assert leader in nodes
+    on = nodes[leader]  # the leader's UI: it knows the members' lag
+    logged_in(driver, on)
+    wait(driver, 15).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#nodes tbody tr[data-name]")) == 3)
+    rows = {r.get_attribute("data-name"): r.text for r in driver.find_elements(By.CSS_SELECTOR, "#nodes tbody tr")}
+    assert set(rows) == set(nodes), rows
+    assert all("running" in t and "not running" not in t for t in rows.values()), rows
+    assert "leader" in rows[leader] and not any("leader" in t for n, t in rows.items() if n != leader), rows
+    text_in(driver, "#cluster-leader", leader)
+    term = requests.get(api(on, "/warren/cluster"), auth=AUTH, timeout=5).json()["term"]
+    text_in(driver, "#cluster-term", str(term))
+    wait(driver, 15).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#cluster-members tbody tr[data-name]")) == 3)
+    text_in(driver, f'#cluster-members tr[data-name="{leader}"]', "leader")
+    text_in(driver, "#cluster-members", "in sync")
+
+    # kill -9 a follower and change something: the Overview shows it not running, behind.
+    gone = next(n for n in nodes if n != leader)
+    nodes[gone].stop(graceful=False)
+    for i in range(3):
+        assert requests.put(api(on, f"/vhosts/ui-cluster-{i}"), auth=AUTH, timeout=15).status_code in (201, 204)
+    text_in(driver, f'#nodes tr[data-name="{gone}"]', "not running", timeout=20)
+    text_in(driver, f'#cluster-members tr[data-name="{gone}"]', "behind", timeout=20)
+    assert "—" in js_text(driver, f'#nodes tr[data-name="{gone}"]'), "no figures for another member"
+    shot(driver, tmp_path, "overview-cluster")
+    # The other follower's UI: the same members and leader, but lag only the leader knows.
+    live = next(n for n in nodes if n not in (leader, gone))
+    logged_in(driver, nodes[live])
+    text_in(driver, "#cluster-leader", leader)
+    text_in(driver, f'#nodes tr[data-name="{gone}"]', "not running", timeout=20)
+    text_in(driver, f'#cluster-members tr[data-name="{gone}"]', "unknown here")
+    text_in(driver, "#cluster-panel", "known on the leader only")

@@ -20,7 +20,7 @@ pub mod transport;
 
 use std::io::Cursor;
 
-pub use node::{ClusterNode, NodeConfig};
+pub use node::{ClusterNode, MemberStatus, NodeConfig, RaftStatus, Replication};
 pub use state_machine::Applier;
 
 openraft::declare_raft_types!(

@@ -165,6 +165,11 @@ impl LogStore {
         .await
     }
 
+    /// The last index known committed here (what openraft last gave `save_committed`).
+    pub fn committed_index(&self) -> Option<u64> {
+        self.mem.lock().expect("log mem lock").committed.map(|c| c.index)
+    }
+
     /// Entries currently held (for tests and diagnostics).
     pub fn len(&self) -> usize {
         self.mem.lock().expect("log mem lock").entries.len()

@@ -81,6 +81,48 @@ impl NodeConfig {
     }
 }
 
+/// This node's view of the metadata group, from openraft's metrics and the log store
+/// ([`ClusterNode::status`]). Indexes are Raft log indexes; 0 means none yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// The current term (bumped by every election this node has seen).
+    pub term: u64,
+    /// The leader this node knows of, `NAME@HOST:PORT`.
+    pub leader: Option<String>,
+    pub is_leader: bool,
+    /// The last entry appended to this node's log (RabbitMQ's "last written index").
+    pub last_log_index: u64,
+    /// The last entry this node knows committed.
+    pub committed_index: u64,
+    /// The last entry applied to this node's state machine.
+    pub applied_index: u64,
+    /// The last entry covered by this node's snapshot.
+    pub snapshot_index: u64,
+    /// Every member of the latest membership this node knows, sorted by name.
+    pub members: Vec<MemberStatus>,
+}
+
+/// One member of the group as this node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// `NAME@HOST:PORT`.
+    pub name: String,
+    /// A voter counts toward the quorum; a learner (a node being added) only receives the log.
+    pub voter: bool,
+    /// Replication, known on the leader only (None on a follower): the highest log index
+    /// the member has acknowledged (None: nothing acknowledged yet, or not yet probed).
+    pub replication: Option<Replication>,
+}
+
+/// What the leader knows of a member's copy of the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replication {
+    /// The highest index the member has acknowledged (None: none yet this term).
+    pub matched_index: Option<u64>,
+    /// Entries the member lacks: the leader's last log index minus `matched_index`.
+    pub lag_entries: u64,
+}
+
 /// A running member of the metadata group. Cloning shares it.
 #[derive(Clone)]
 pub struct ClusterNode {
@@ -93,6 +135,9 @@ struct Inner {
     /// Whether this start initialised the group (the first start of the node that forms it).
     initialized: std::sync::atomic::AtomicBool,
     raft: Raft,
+    /// A clone sharing the Raft's log store: the committed index, which openraft 0.9's
+    /// metrics do not carry.
+    log: LogStore,
     state: StateMachine,
     transport: Arc<Transport>,
     server: tokio::task::JoinHandle<()>,
@@ -144,6 +189,7 @@ impl ClusterNode {
         let transport = Transport::new(config.name.clone());
         let network = Network { transport: transport.clone() };
         let id = node_id(&config.name);
+        let log_view = log.clone();
         let raft = Raft::new(id, Arc::new(raft_config), network, log, state.clone())
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
@@ -155,6 +201,7 @@ impl ClusterNode {
                 request_deadline: config.request_deadline,
                 initialized: false.into(),
                 raft,
+                log: log_view,
                 state,
                 transport,
                 server,
@@ -276,6 +323,44 @@ impl ClusterNode {
         let m = m.borrow();
         let id = m.current_leader?;
         m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())
+    }
+
+    /// Term, leader, this node's log positions and each member's replication (on the
+    /// leader), read from openraft's metrics without any network round trip.
+    pub fn status(&self) -> RaftStatus {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let last_log_index = m.last_log_index.unwrap_or(0);
+        let mut members: Vec<MemberStatus> = membership
+            .nodes()
+            .map(|(id, node)| MemberStatus {
+                name: node.addr.clone(),
+                voter: voters.contains(id),
+                // `replication` is the leader's progress map: every member, the leader
+                // included (its own entry is what it has flushed).
+                replication: m.replication.as_ref().map(|r| {
+                    let matched_index = r.get(id).copied().flatten().map(|l| l.index);
+                    Replication {
+                        matched_index,
+                        lag_entries: last_log_index.saturating_sub(matched_index.unwrap_or(0)),
+                    }
+                }),
+            })
+            .collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        let leader = m.current_leader.and_then(|id| membership.get_node(&id).map(|n| n.addr.clone()));
+        RaftStatus {
+            term: m.current_term,
+            leader,
+            is_leader: m.state == ServerState::Leader,
+            last_log_index,
+            committed_index: self.inner.log.committed_index().unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            members,
+        }
     }
 
     /// The members that answer a ping over the inter-node link within [`PING_TIMEOUT`],

@@ -555,3 +555,59 @@ fn durable_applier_restart(snapshot_every: u64) {
     let all: Vec<&TestNode> = nodes.iter().collect();
     assert_converged(&all, 35, Duration::from_secs(10));
 }
+
+#[test]
+fn status_shows_term_positions_and_a_killed_followers_lag_on_the_leader() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 10_000);
+    let leader = wait_leader(&nodes, Duration::from_secs(10));
+    for i in 0..10 {
+        nodes[leader].on(nodes[leader].node().propose(cmd("a", i))).unwrap();
+    }
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    assert_converged(&all, 10, Duration::from_secs(10));
+    // Every follower acknowledges the last entry (the leader's commit index is broadcast
+    // with the next heartbeat, so wait for the followers' committed index too).
+    wait_until("all caught up", Duration::from_secs(10), || {
+        let s = nodes[leader].node().status();
+        s.members.iter().all(|m| m.replication.is_some_and(|r| r.lag_entries == 0))
+            && nodes.iter().all(|n| n.node().status().committed_index == s.last_log_index)
+    });
+    let s = nodes[leader].node().status();
+    assert!(s.is_leader && s.term > 0);
+    assert_eq!(s.leader.as_deref(), Some(nodes[leader].name.as_str()));
+    assert_eq!(s.members.len(), 3);
+    assert!(s.members.iter().all(|m| m.voter && m.replication.unwrap().matched_index == Some(s.last_log_index)));
+    assert!(s.applied_index >= 10 && s.applied_index <= s.committed_index && s.committed_index <= s.last_log_index);
+    for n in &nodes {
+        let f = n.node().status();
+        assert_eq!((f.term, f.leader.clone()), (s.term, s.leader.clone()), "{} agrees on term and leader", n.name);
+        if n.name != nodes[leader].name {
+            assert!(!f.is_leader);
+            assert!(f.members.iter().all(|m| m.replication.is_none()), "a follower does not know replication");
+        }
+    }
+
+    // A killed follower falls behind by exactly the entries committed without it.
+    let follower = (leader + 1) % 3;
+    let gone = nodes[follower].name.clone();
+    nodes[follower].kill();
+    for i in 0..5 {
+        nodes[leader].on(nodes[leader].node().propose(cmd("b", i))).unwrap();
+    }
+    // openraft publishes its metrics just after answering the proposer: wait for them.
+    let lag_of = |s: &cluster::RaftStatus, name: &str| {
+        s.members.iter().find(|m| m.name == name).and_then(|m| m.replication).map_or(0, |r| r.lag_entries)
+    };
+    wait_until("the killed follower's lag", Duration::from_secs(5), || {
+        lag_of(&nodes[leader].node().status(), &gone) >= 5
+    });
+    let s = nodes[leader].node().status();
+    let r = s.members.iter().find(|m| m.name == gone).unwrap().replication.unwrap();
+    assert_eq!(r.matched_index.map(|i| i + r.lag_entries), Some(s.last_log_index));
+    let other = s.members.iter().find(|m| m.name != gone && m.name != nodes[leader].name).unwrap();
+    wait_until("the live follower caught up", Duration::from_secs(5), || {
+        let s = nodes[leader].node().status();
+        s.members.iter().find(|m| m.name == other.name).unwrap().replication.unwrap().lag_entries == 0
+    });
+}

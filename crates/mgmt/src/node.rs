@@ -312,6 +312,44 @@ pub struct ClusterStatus {
     pub running: Vec<String>,
     /// The Raft leader this node knows of.
     pub leader: Option<String>,
+    /// The metadata group's Raft figures on this node.
+    pub raft: RaftFigures,
+    /// Each member (sorted by name): voter or learner and, on the leader, replication.
+    pub member_details: Vec<ClusterMember>,
+}
+
+/// This node's Raft term and log positions (indexes; 0: none yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RaftFigures {
+    pub term: u64,
+    pub is_leader: bool,
+    /// The last entry appended to this node's log.
+    pub last_written_index: u64,
+    pub commit_index: u64,
+    pub last_applied_index: u64,
+    pub snapshot_index: u64,
+}
+
+/// One member of the metadata group as this node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterMember {
+    /// `NAME@HOST:PORT`.
+    pub name: String,
+    /// Counts toward the quorum (false: a learner being added).
+    pub voter: bool,
+    /// Answers a ping over the inter-node link from this node.
+    pub running: bool,
+    /// Replication as the leader tracks it: None on a follower (only the leader knows).
+    pub replication: Option<MemberReplication>,
+}
+
+/// A member's copy of the log as the leader knows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemberReplication {
+    /// The highest index the member has acknowledged (None: nothing yet this term).
+    pub matched_index: Option<u64>,
+    /// Entries it lacks: the leader's last index minus `matched_index`.
+    pub lag_entries: u64,
 }
 
 pub trait Node: Send + Sync + 'static {

@@ -18,7 +18,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::node::{MESSAGE_SIZE_BUCKETS, Node};
+use crate::node::{ClusterStatus, MESSAGE_SIZE_BUCKETS, Node};
 use access::definitions::RABBITMQ_COMPAT_VERSION as RABBITMQ_VERSION;
 
 /// The content type of the text exposition format.
@@ -77,8 +77,62 @@ fn b(v: bool) -> u8 {
     u8::from(v)
 }
 
-/// The identity and node-wide series both endpoints carry.
-fn node_metrics(node: &dyn Node, x: &mut Exposition, endpoint: &str) {
+/// The label RabbitMQ-named raft series carry for Warren's metadata group (RabbitMQ
+/// labels a quorum queue's with `vhost` and `queue`; the group is neither).
+const RAFT_CLUSTER: &[(&str, &str)] = &[("raft_cluster", "warren_meta")];
+
+/// The metadata group on a clustered node: RabbitMQ's `rabbitmq_raft_*` names for this
+/// node's term and log positions, and Warren's own `warren_cluster_*` for membership and,
+/// on the leader, each follower's lag.
+fn cluster_metrics(s: &ClusterStatus, x: &mut Exposition) {
+    let r = &s.raft;
+    x.one("rabbitmq_raft_term_total", "counter", "Current Raft term number", RAFT_CLUSTER, r.term);
+    x.one("rabbitmq_raft_log_snapshot_index", "gauge", "Raft log snapshot index", RAFT_CLUSTER, r.snapshot_index);
+    x.one(
+        "rabbitmq_raft_log_last_applied_index",
+        "gauge",
+        "Raft log last applied index",
+        RAFT_CLUSTER,
+        r.last_applied_index,
+    );
+    x.one("rabbitmq_raft_log_commit_index", "gauge", "Raft log commit index", RAFT_CLUSTER, r.commit_index);
+    x.one(
+        "rabbitmq_raft_log_last_written_index",
+        "gauge",
+        "Raft log last written index",
+        RAFT_CLUSTER,
+        r.last_written_index,
+    );
+    x.one(
+        "warren_cluster_members",
+        "gauge",
+        "Members of the metadata group (voters and learners)",
+        &[],
+        s.members.len(),
+    );
+    x.one(
+        "warren_cluster_running_members",
+        "gauge",
+        "Members answering over the inter-node link from this node, itself included",
+        &[],
+        s.running.len(),
+    );
+    x.one("warren_cluster_is_leader", "gauge", "1 if this node leads the metadata group", &[], b(r.is_leader));
+    // Only the leader tracks replication; a follower has no samples (not zeros it cannot know).
+    let name = "warren_cluster_follower_lag_entries";
+    x.family(name, "gauge", "Log entries a member lacks, as the leader knows it (leader only)");
+    for m in s.member_details.iter().filter(|m| m.name != s.node) {
+        if let Some(rep) = m.replication {
+            x.sample(name, &[("peer", &m.name)], rep.lag_entries);
+        }
+    }
+}
+
+/// The identity and node-wide series both endpoints carry (and `cluster`'s, when clustered).
+fn node_metrics(node: &dyn Node, cluster: Option<&ClusterStatus>, x: &mut Exposition, endpoint: &str) {
+    if let Some(c) = cluster {
+        cluster_metrics(c, x);
+    }
     let info = node.info();
     x.one(
         "rabbitmq_identity_info",
@@ -276,17 +330,17 @@ fn node_metrics(node: &dyn Node, x: &mut Exposition, endpoint: &str) {
     x.sample(&format!("{name}_count"), PROTOCOL, m.publish);
 }
 
-/// `/metrics`: aggregated.
-pub fn aggregated(node: &dyn Node) -> String {
+/// `/metrics`: aggregated. `cluster`: the node's cluster status, when clustered.
+pub fn aggregated(node: &dyn Node, cluster: Option<&ClusterStatus>) -> String {
     let mut x = Exposition::default();
-    node_metrics(node, &mut x, "aggregated");
+    node_metrics(node, cluster, &mut x, "aggregated");
     x.finish()
 }
 
 /// `/metrics/per-object`: the node's series plus one per queue, channel and connection.
-pub fn per_object(node: &dyn Node) -> String {
+pub fn per_object(node: &dyn Node, cluster: Option<&ClusterStatus>) -> String {
     let mut x = Exposition::default();
-    node_metrics(node, &mut x, "per-object");
+    node_metrics(node, cluster, &mut x, "per-object");
     let mut rows: Vec<(String, String, broker::queue::QueueStats, broker::counters::QueueCounts)> = Vec::new();
     for vh in node.vhosts() {
         for q in vh.queues() {
@@ -389,9 +443,11 @@ fn text(body: String) -> impl IntoResponse {
 
 /// The metrics routes (no authentication, as rabbitmq_prometheus by default).
 pub fn router(node: Arc<dyn Node>) -> Router {
-    // Scrapes walk every queue: off the async workers.
-    async fn run(node: Arc<dyn Node>, f: fn(&dyn Node) -> String) -> String {
-        tokio::task::spawn_blocking(move || f(&*node)).await.unwrap_or_default()
+    // Scrapes walk every queue: off the async workers. The cluster status is read first
+    // (it pings the other members, an async wait of at most a second).
+    async fn run(node: Arc<dyn Node>, f: fn(&dyn Node, Option<&ClusterStatus>) -> String) -> String {
+        let cluster = node.cluster_status().await;
+        tokio::task::spawn_blocking(move || f(&*node, cluster.as_ref())).await.unwrap_or_default()
     }
     Router::new()
         .route("/metrics", get(|State(n): State<Arc<dyn Node>>| async move { text(run(n, aggregated).await) }))
@@ -420,5 +476,58 @@ mod tests {
         let mut x = Exposition::default();
         x.one("m", "gauge", "help", &[("a", "x\"y\\z\nw")], 3);
         assert_eq!(x.finish(), "# HELP m help\n# TYPE m gauge\nm{a=\"x\\\"y\\\\z\\nw\"} 3\n");
+    }
+
+    fn status(is_leader: bool) -> ClusterStatus {
+        use crate::node::{ClusterMember, MemberReplication, RaftFigures};
+        let rep = |lag| is_leader.then_some(MemberReplication { matched_index: Some(9 - lag), lag_entries: lag });
+        ClusterStatus {
+            node: "a@h:1".into(),
+            members: vec!["a@h:1".into(), "b@h:2".into(), "c@h:3".into()],
+            running: vec!["a@h:1".into(), "b@h:2".into()],
+            raft: RaftFigures {
+                term: 4,
+                is_leader,
+                last_written_index: 9,
+                commit_index: 9,
+                last_applied_index: 8,
+                snapshot_index: 0,
+            },
+            member_details: [("a@h:1", 0), ("b@h:2", 0), ("c@h:3", 3)]
+                .into_iter()
+                .map(|(n, lag)| ClusterMember {
+                    name: n.into(),
+                    voter: true,
+                    running: n != "c@h:3",
+                    replication: rep(lag),
+                })
+                .collect(),
+            ..ClusterStatus::default()
+        }
+    }
+
+    #[test]
+    fn cluster_series_follower_lag_only_on_the_leader() {
+        let mut x = Exposition::default();
+        cluster_metrics(&status(true), &mut x);
+        let t = x.finish();
+        for line in [
+            "rabbitmq_raft_term_total{raft_cluster=\"warren_meta\"} 4\n",
+            "rabbitmq_raft_log_commit_index{raft_cluster=\"warren_meta\"} 9\n",
+            "rabbitmq_raft_log_last_applied_index{raft_cluster=\"warren_meta\"} 8\n",
+            "warren_cluster_members 3\n",
+            "warren_cluster_running_members 2\n",
+            "warren_cluster_is_leader 1\n",
+            "warren_cluster_follower_lag_entries{peer=\"b@h:2\"} 0\n",
+            "warren_cluster_follower_lag_entries{peer=\"c@h:3\"} 3\n",
+        ] {
+            assert!(t.contains(line), "{line:?} missing from\n{t}");
+        }
+        assert!(!t.contains("peer=\"a@h:1\""), "the leader is not its own follower");
+        let mut x = Exposition::default();
+        cluster_metrics(&status(false), &mut x);
+        let t = x.finish();
+        assert!(t.contains("warren_cluster_is_leader 0\n"));
+        assert!(!t.contains("warren_cluster_follower_lag_entries{"), "a follower knows no lag:\n{t}");
     }
 }

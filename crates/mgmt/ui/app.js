@@ -271,13 +271,22 @@ async function pageOverview(ctx) {
   const charts = h("div", { class: "grid" });
   const nodes = h("div");
   const listeners = h("div");
+  const cluster = h("div", { id: "cluster-panel", hidden: true });
   const alarms = h("div", { class: "card error alarm", id: "alarm-banner", hidden: true });
   ctx.view.append(h("h1", {}, "Overview"), alarms, h("div", { class: "card" }, counts), charts,
-    h("h2", {}, "Node"), nodes, h("h2", {}, "Listeners"), listeners);
+    h("h2", {}, "Nodes"), nodes, cluster, h("h2", {}, "Listeners"), listeners);
   const q = "?msg_rates_age=60&msg_rates_incr=5&lengths_age=60&lengths_incr=5";
+  // A node that is not clustered answers 404 (and a user without the monitoring tag 403):
+  // asked once per visit then, not at every refresh.
+  let clustered = true;
+  const clusterStatus = () => (clustered ? GET("/api/warren/cluster").catch((e) => {
+    if (e.status === 404 || e.status === 403) clustered = false;
+    return null;
+  }) : null);
   ctx.every(async () => {
-    const [o, ns] = await Promise.all([GET("/api/overview" + q), GET("/api/nodes").catch(() => [])]);
+    const [o, ns0, cs] = await Promise.all([GET("/api/overview" + q), GET("/api/nodes").catch(() => []), clusterStatus()]);
     if (!ctx.alive()) return;
+    const ns = L.nodeRows(ns0, cs);
     const ot = o.object_totals || {};
     const qt = o.queue_totals || {};
     counts.replaceChildren(
@@ -304,22 +313,51 @@ async function pageOverview(ctx) {
         { label: "unacked", points: seriesOf("ov.unacked", qt.messages_unacknowledged_details, false, qt.messages_unacknowledged || 0), now: qt.messages_unacknowledged || 0 },
       ], L.fmtNum, "chart-queued"),
     );
+    // Other members' figures live on those nodes (the API does not fetch them): "—" here.
+    const fig = (f) => (n) => (L.hasFigures(n) ? f(n) : h("span", { class: "muted" }, "—"));
     nodes.replaceChildren(table([
-      { title: "Name", cell: (n) => n.name },
-      { title: "Memory", cell: (n) => `${L.fmtBytes(n.mem_used)} of ${L.fmtBytes(n.mem_limit)}` },
-      { title: "Disk free", cell: (n) => `${L.fmtBytes(n.disk_free)} (limit ${L.fmtBytes(n.disk_free_limit)})` },
-      { title: "File descriptors", cell: (n) => `${L.fmtNum(n.fd_used)} of ${L.fmtNum(n.fd_total)}` },
-      { title: "Uptime", cell: (n) => L.fmtDuration((n.uptime || 0) / 1000) },
-      { title: "Alarms", cell: (n) => L.nodeAlarms(n).length
+      { title: "Name", cell: (n) => [n.name, n.leader ? " " : "", n.leader ? h("span", { class: "badge ok leader" }, "leader") : ""] },
+      { title: "State", cell: (n) => (n.running === false ? h("span", { class: "badge bad" }, "not running") : h("span", { class: "badge ok" }, "running")) },
+      { title: "Memory", cell: fig((n) => `${L.fmtBytes(n.mem_used)} of ${L.fmtBytes(n.mem_limit)}`) },
+      { title: "Disk free", cell: fig((n) => `${L.fmtBytes(n.disk_free)} (limit ${L.fmtBytes(n.disk_free_limit)})`) },
+      { title: "File descriptors", cell: fig((n) => `${L.fmtNum(n.fd_used)} of ${L.fmtNum(n.fd_total)}`) },
+      { title: "Uptime", cell: fig((n) => L.fmtDuration((n.uptime || 0) / 1000)) },
+      { title: "Alarms", cell: fig((n) => (L.nodeAlarms(n).length
         ? h("span", { class: "badge bad" }, L.nodeAlarms(n).join(", "))
-        : h("span", { class: "badge ok" }, "none") },
+        : h("span", { class: "badge ok" }, "none"))) },
     ], ns, { id: "nodes" }));
+    cluster.hidden = !cs;
+    if (cs) cluster.replaceChildren(clusterPanel(cs));
     listeners.replaceChildren(table([
       { title: "Protocol", cell: (l) => l.protocol },
       { title: "Address", cell: (l) => l.ip_address },
       { title: "Port", cell: (l) => l.port, num: true },
     ], o.listeners || [], { id: "listeners" }));
   });
+}
+
+/** The Cluster panel: name, leader, term, and each member as this node sees it. */
+function clusterPanel(cs) {
+  const note = cs.replication_known
+    ? "Lag: log entries a member lacks, as this node (the leader) tracks it."
+    : `Lag is known on the leader only${cs.leader ? ` (${cs.leader})` : ""}: open its UI to see it.`;
+  return h("div", {},
+    h("h2", {}, "Cluster"),
+    h("div", { class: "card" },
+      h("p", {}, "Name ", h("b", { id: "cluster-name" }, cs.cluster_name),
+        " · leader ", h("b", { id: "cluster-leader" }, cs.leader || "none"),
+        " · term ", h("b", { id: "cluster-term" }, L.fmtNum(cs.term)),
+        " · applied ", h("b", {}, L.fmtNum(cs.log && cs.log.last_applied_index)),
+        " of committed ", h("b", {}, L.fmtNum(cs.log && cs.log.commit_index))),
+      table([
+        { title: "Member", cell: (m) => [m.name, m.name === cs.node ? h("span", { class: "muted" }, " (this node)") : ""] },
+        { title: "Role", cell: (m) => (m.leader ? "leader" : m.type === "learner" ? "learner" : "follower") },
+        { title: "Type", cell: (m) => m.type },
+        { title: "State", cell: (m) => (m.running ? h("span", { class: "badge ok" }, "running") : h("span", { class: "badge bad" }, "not running")) },
+        { title: "Matched index", num: true, cell: (m) => (m.matched_index == null ? "" : L.fmtNum(m.matched_index)) },
+        { title: "Lag", cell: (m) => (m.lag > 0 ? h("span", { class: "badge warn" }, L.lagText(m)) : L.lagText(m)) },
+      ], cs.members || [], { id: "cluster-members" }),
+      h("p", { class: "muted" }, note)));
 }
 
 // ---------- paged lists ----------

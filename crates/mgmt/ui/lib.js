@@ -452,6 +452,34 @@ export function nodeAlarms(n) {
   return [n && n.mem_alarm && "memory", n && n.disk_free_alarm && "disk"].filter(Boolean);
 }
 
+// ---------- cluster ----------
+
+/**
+ * The Overview's node rows: `/api/nodes` merged with `/api/warren/cluster` (null when the
+ * node is not clustered). Every member is listed, running or not (one `/api/nodes` lacks
+ * still shows, by name), sorted by name; `leader` marks the Raft leader.
+ */
+export function nodeRows(nodes, cluster) {
+  const rows = (nodes || []).map((n) => ({ ...n }));
+  if (!cluster) return rows;
+  for (const m of cluster.members || []) {
+    if (!rows.some((r) => r.name === m.name)) rows.push({ name: m.name, running: m.running });
+  }
+  for (const r of rows) r.leader = r.name === cluster.leader;
+  return rows.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+}
+
+/** Whether a `/api/nodes` row carries the node's own figures (other members' do not). */
+export function hasFigures(n) {
+  return n != null && n.mem_used !== undefined;
+}
+
+/** A member's replication lag as the Cluster panel says it (only the leader knows it). */
+export function lagText(m) {
+  if (m == null || m.lag == null) return "unknown here";
+  return m.lag === 0 ? "in sync" : `${fmtNum(m.lag)} behind`;
+}
+
 // ---------- consumers: a list the API does not page ----------
 
 /** RabbitMQ's consumer lists are not paged: the UI pages them itself, at most this many fetched rows shown per page. */

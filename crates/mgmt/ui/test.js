@@ -212,6 +212,17 @@ test("state badges and alarms", () => {
   eq(L.nodeAlarms({}), []);
   eq(L.nodeAlarms(null), []);
 });
+test("cluster: node rows, figures, lag", () => {
+  const nodes = [{ name: "b@h:2", mem_used: 5, running: true }, { name: "a@h:1", running: true }];
+  const cluster = { leader: "a@h:1", members: [{ name: "a@h:1", running: true }, { name: "b@h:2", running: true }, { name: "c@h:3", running: false }] };
+  const rows = L.nodeRows(nodes, cluster);
+  eq(rows.map((r) => [r.name, r.running, r.leader]), [["a@h:1", true, true], ["b@h:2", true, false], ["c@h:3", false, false]]);
+  eq(L.nodeRows(nodes, null).map((r) => r.name), ["b@h:2", "a@h:1"]);
+  eq(L.nodeRows(null, null), []);
+  eq([L.hasFigures(nodes[0]), L.hasFigures(nodes[1]), L.hasFigures(null)], [true, false, false]);
+  eq([L.lagText({ lag: 0 }), L.lagText({ lag: 1234 }), L.lagText({ lag: null }), L.lagText(undefined)],
+    ["in sync", "1,234 behind", "unknown here", "unknown here"]);
+});
 test("consumers: filter, client-side pages, ack mode", () => {
   const cs = [
     { consumer_tag: "ctag-A", queue: { name: "jobs", vhost: "/" }, ack_required: true },

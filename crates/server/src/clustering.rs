@@ -177,16 +177,41 @@ impl Running {
         }
     }
 
-    /// Members, running members and leader as this node sees them.
+    /// Members, running members, leader, term, log positions and (on the leader) each
+    /// member's replication, as this node sees them.
     pub async fn status(&self) -> mgmt::node::ClusterStatus {
-        let mut members = self.node.members();
-        members.sort();
+        use mgmt::node::{ClusterMember, MemberReplication, RaftFigures};
+        let running = self.node.running_members().await;
+        // Read after the pings so the figures are no older than `running`.
+        let raft = self.node.status();
+        let members: Vec<String> = raft.members.iter().map(|m| m.name.clone()).collect();
+        let member_details = raft
+            .members
+            .iter()
+            .map(|m| ClusterMember {
+                name: m.name.clone(),
+                voter: m.voter,
+                running: running.contains(&m.name),
+                replication: m
+                    .replication
+                    .map(|r| MemberReplication { matched_index: r.matched_index, lag_entries: r.lag_entries }),
+            })
+            .collect();
         mgmt::node::ClusterStatus {
             node: self.node.name().to_owned(),
             cluster_name: self.cluster_name.clone(),
             members,
-            running: self.node.running_members().await,
-            leader: self.node.leader(),
+            running,
+            leader: raft.leader,
+            raft: RaftFigures {
+                term: raft.term,
+                is_leader: raft.is_leader,
+                last_written_index: raft.last_log_index,
+                commit_index: raft.committed_index,
+                last_applied_index: raft.applied_index,
+                snapshot_index: raft.snapshot_index,
+            },
+            member_details,
         }
     }
 }

@@ -171,8 +171,15 @@ fn node_json(info: &NodeInfo) -> Value {
     })
 }
 
+/// Another member as `/api/nodes` shows it: only what this node knows truthfully (its
+/// name, that it is a disc node, and whether it answers over the inter-node link). Its
+/// figures (memory, disk, uptime...) live on that node and are not fetched.
+fn member_json(name: &str, running: bool) -> Value {
+    json!({"name": name, "type": "disc", "running": running, "being_drained": false})
+}
+
 /// `/api/nodes`: this node; in a cluster, also every other member with `running` as seen
-/// from here (their figures are not fetched: only name, type and running).
+/// from here (their figures are not fetched: see [`member_json`]).
 async fn nodes(State(node): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
     caller.require_monitor()?;
     let info = node.info();
@@ -181,13 +188,28 @@ async fn nodes(State(node): State<AppState>, Extension(caller): Extension<Caller
     };
     let mut list = vec![node_json(&info)];
     for m in status.members.iter().filter(|m| **m != info.name) {
-        list.push(json!({"name": m, "type": "disc", "running": status.running.contains(m)}));
+        list.push(member_json(m, status.running.contains(m)));
     }
     list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     Ok(Json(Value::Array(list)))
 }
 
 fn cluster_json(s: &crate::node::ClusterStatus) -> Value {
+    let r = &s.raft;
+    let members: Vec<Value> = s
+        .member_details
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "type": if m.voter { "voter" } else { "learner" },
+                "running": m.running,
+                "leader": s.leader.as_ref() == Some(&m.name),
+                "matched_index": m.replication.and_then(|x| x.matched_index),
+                "lag": m.replication.map(|x| x.lag_entries),
+            })
+        })
+        .collect();
     json!({
         "node": s.node,
         "cluster_name": s.cluster_name,
@@ -195,6 +217,17 @@ fn cluster_json(s: &crate::node::ClusterStatus) -> Value {
         "ram_nodes": [],
         "running_nodes": s.running,
         "leader": s.leader,
+        "term": r.term,
+        "is_leader": r.is_leader,
+        "log": {
+            "last_written_index": r.last_written_index,
+            "commit_index": r.commit_index,
+            "last_applied_index": r.last_applied_index,
+            "snapshot_index": r.snapshot_index,
+        },
+        // Replication (matched_index, lag) is known on the leader only.
+        "replication_known": r.is_leader,
+        "members": members,
     })
 }
 
@@ -241,7 +274,12 @@ async fn node(
     caller.require_monitor()?;
     let info = node.info();
     if name != info.name {
-        return Err(ApiError::not_found());
+        // Another member: what `/api/nodes` says of it (404 for a name that is none).
+        let status = node.cluster_status().await;
+        return match status.filter(|s| s.members.contains(&name)) {
+            Some(s) => Ok(Json(member_json(&name, s.running.contains(&name)))),
+            None => Err(ApiError::not_found()),
+        };
     }
     let mut j = node_json(&info);
     if q.get("memory").is_some_and(|v| v == "true") {

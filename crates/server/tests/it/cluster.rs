@@ -29,6 +29,8 @@ struct Node {
     /// The management API's TCP port, picked afresh at each start (as the AMQP port is):
     /// one picked once could be taken by another test before a restart.
     mgmt: u16,
+    /// The Prometheus port, picked afresh at each start too.
+    prom: u16,
     proc: Option<WarrenProcess>,
 }
 
@@ -36,8 +38,10 @@ impl Node {
     fn start(&mut self) {
         let conf = self.conf.to_str().unwrap().to_owned();
         self.mgmt = free_port();
-        let mgmt = self.mgmt.to_string();
-        let args = ["--config", &conf, "--node-name", &self.short, "--management-port", &mgmt];
+        self.prom = free_port();
+        let (mgmt, prom) = (self.mgmt.to_string(), self.prom.to_string());
+        let args =
+            ["--config", &conf, "--node-name", &self.short, "--management-port", &mgmt, "--prometheus-port", &prom];
         self.proc = Some(WarrenProcess::start(&self.data, None, &args));
     }
 
@@ -138,6 +142,7 @@ fn three_nodes_with(dir: &Path, extra: &str) -> Vec<Node> {
                 data: dir.join(format!("n{}", i + 1)),
                 conf: conf_path,
                 mgmt: 0,
+                prom: 0,
                 proc: None,
             }
         })
@@ -308,6 +313,7 @@ fn a_fourth_node_joins_with_join_cluster_and_leaves_with_forget_cluster_node() {
         data: dir.path().join("n4"),
         conf,
         mgmt: 0,
+        prom: 0,
         proc: None,
     };
     // It was a single node with a user of its own before: joining resets it (RabbitMQ's
@@ -369,6 +375,7 @@ fn a_node_without_clustering_is_a_cluster_of_one() {
         data: dir.path().join("data"),
         conf: PathBuf::new(),
         mgmt: 0,
+        prom: 0,
         proc: Some(WarrenProcess::start(&dir.path().join("data"), None, &[])),
     };
     let me = n.api("/api/overview")["node"].as_str().unwrap().to_owned();
@@ -826,4 +833,138 @@ async fn a_quorum_queue_is_replicated_and_loses_no_confirmed_message_when_the_le
     let (got, _) = consume_all(&ch4, "qq", &want, Duration::from_secs(20)).await;
     assert_eq!(got, later, "the restarted node's consumer gets what was published while it was down");
     eprintln!("quorum queue test: {} confirmed through the leader kill, {:?}", confirmed.len(), started.elapsed());
+}
+
+/// `GET /api/warren/cluster` on `n` with reqwest, as guest.
+async fn cluster_view(n: &Node) -> Result<Value, String> {
+    let url = format!("http://127.0.0.1:{}/api/warren/cluster", n.mgmt);
+    let r =
+        reqwest::Client::new().get(url).basic_auth("guest", Some("guest")).send().await.map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!("{}: {}", n.full, r.status()));
+    }
+    r.json().await.map_err(|e| e.to_string())
+}
+
+/// `n`'s Prometheus `/metrics` text.
+async fn metrics(n: &Node) -> String {
+    let url = format!("http://127.0.0.1:{}/metrics", n.prom);
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// On the leader: three voters, all running, none lagging, matched at its last index.
+fn all_caught_up(v: &Value) -> Result<(), String> {
+    let last = v["log"]["last_written_index"].as_u64().ok_or("no log index")?;
+    let members = v["members"].as_array().ok_or("no members")?;
+    let ok = v["is_leader"] == true
+        && members.len() == 3
+        && members.iter().all(|m| {
+            m["type"] == "voter" && m["running"] == true && m["lag"] == 0 && m["matched_index"].as_u64() == Some(last)
+        })
+        && v["log"]["commit_index"].as_u64() == Some(last);
+    if ok { Ok(()) } else { Err(v.to_string()) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_and_metrics_show_term_leader_members_and_a_killed_members_lag() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, f) = started_cluster(dir.path(), "").await;
+    // A write (on a follower, forwarded): every member acknowledges it.
+    nodes[f].http().create_vhost(&VirtualHostParams::named("views")).await.unwrap();
+    let leader_name = cluster_view(&nodes[f]).await.unwrap()["leader"].as_str().unwrap().to_owned();
+    let l = nodes.iter().position(|n| n.full == leader_name).unwrap();
+    eventually("every member caught up, on the leader", Duration::from_secs(10), || async {
+        all_caught_up(&cluster_view(&nodes[l]).await?)
+    })
+    .await;
+    let lv = cluster_view(&nodes[l]).await.unwrap();
+    let term = lv["term"].as_u64().unwrap();
+    assert!(term > 0, "{lv}");
+    let marked: Vec<&Value> = lv["members"].as_array().unwrap().iter().filter(|m| m["leader"] == true).collect();
+    assert_eq!(marked.len(), 1, "{lv}");
+    assert_eq!(marked[0]["name"], leader_name.as_str());
+    assert_eq!(lv["replication_known"], true);
+    for (i, n) in nodes.iter().enumerate().filter(|(i, _)| *i != l) {
+        let v = cluster_view(n).await.unwrap();
+        assert_eq!(
+            (v["term"].as_u64(), v["leader"].as_str()),
+            (Some(term), Some(leader_name.as_str())),
+            "node {i}: {v}"
+        );
+        assert_eq!((&v["is_leader"], &v["replication_known"]), (&Value::Bool(false), &Value::Bool(false)), "{v}");
+        assert!(v["members"].as_array().unwrap().iter().all(|m| m["lag"].is_null() && m["running"] == true), "{v}");
+        let log = &v["log"];
+        assert!(log["last_applied_index"].as_u64() <= log["commit_index"].as_u64(), "{v}");
+    }
+
+    // /api/nodes and /api/nodes/{other} parse in rabbitmq_http_client's shape.
+    let listed = nodes[f].http().list_nodes().await.unwrap();
+    let mut names: Vec<String> = listed.iter().map(|n| n.name.clone()).collect();
+    names.sort();
+    let mut all: Vec<String> = nodes.iter().map(|n| n.full.clone()).collect();
+    all.sort();
+    assert_eq!(names, all);
+    let other = nodes[f].http().get_node_info(&leader_name).await.unwrap();
+    assert_eq!(other.name, leader_name);
+    assert!(!other.being_drained);
+
+    // Prometheus: the same term on every node, exactly one leader, three running members,
+    // follower lag on the leader only (zero now).
+    let raft = |name: &str| format!("rabbitmq_raft_{name}{{raft_cluster=\"warren_meta\"}}");
+    let mut leaders = 0.0;
+    for (i, n) in nodes.iter().enumerate() {
+        let t = metrics(n).await;
+        assert_eq!(sample(&t, &raft("term_total")), Some(term as f64), "node {i}:\n{t}");
+        let (applied, commit, written) = (
+            sample(&t, &raft("log_last_applied_index")).unwrap(),
+            sample(&t, &raft("log_commit_index")).unwrap(),
+            sample(&t, &raft("log_last_written_index")).unwrap(),
+        );
+        assert!(applied > 0.0 && applied <= commit && commit <= written, "node {i}:\n{t}");
+        assert!(sample(&t, &raft("log_snapshot_index")).is_some(), "node {i}:\n{t}");
+        assert_eq!(sample(&t, "warren_cluster_members"), Some(3.0), "node {i}:\n{t}");
+        assert_eq!(sample(&t, "warren_cluster_running_members"), Some(3.0), "node {i}:\n{t}");
+        leaders += sample(&t, "warren_cluster_is_leader").unwrap();
+        let lags = t.lines().filter(|l| l.starts_with("warren_cluster_follower_lag_entries{")).count();
+        assert_eq!(lags, if i == l { 2 } else { 0 }, "node {i}:\n{t}");
+    }
+    assert_eq!(leaders, 1.0, "exactly one node says it leads");
+
+    // kill -9 a follower and write without it: the leader shows it not running, lagging.
+    let gone = (0..3).find(|&i| i != l).unwrap();
+    let gone_name = nodes[gone].full.clone();
+    nodes[gone].kill();
+    for i in 0..3 {
+        nodes[l].http().create_vhost(&VirtualHostParams::named(&format!("views{i}"))).await.unwrap();
+    }
+    eventually("the killed member not running and lagging", Duration::from_secs(10), || async {
+        let v = cluster_view(&nodes[l]).await?;
+        let m = v["members"].as_array().unwrap().iter().find(|m| m["name"] == gone_name.as_str()).cloned().unwrap();
+        if m["running"] == false && m["lag"].as_u64() >= Some(3) { Ok(()) } else { Err(v.to_string()) }
+    })
+    .await;
+    let t = metrics(&nodes[l]).await;
+    assert_eq!(sample(&t, "warren_cluster_running_members"), Some(2.0), "{t}");
+    assert_eq!(sample(&t, "warren_cluster_members"), Some(3.0), "{t}");
+    let lag = sample(&t, &format!("warren_cluster_follower_lag_entries{{peer=\"{gone_name}\"}}")).unwrap();
+    assert!(lag >= 3.0, "{t}");
+    let live = (0..3).find(|&i| i != l && i != gone).unwrap();
+    assert_eq!(
+        sample(&t, &format!("warren_cluster_follower_lag_entries{{peer=\"{}\"}}", nodes[live].full)),
+        Some(0.0),
+        "{t}"
+    );
+    // /api/nodes on the leader: the killed member listed, not running.
+    let listed = nodes[l].http().list_nodes().await.unwrap();
+    let down: Vec<&str> = listed.iter().filter(|n| n.name == gone_name).map(|n| n.name.as_str()).collect();
+    assert_eq!(down, [gone_name.as_str()]);
+    let j = nodes[l].api(&format!("/api/nodes/{gone_name}"));
+    assert_eq!((j["running"].as_bool(), j["type"].as_str()), (Some(false), Some("disc")), "{j}");
+    eprintln!("whole test took {:?}", started.elapsed());
 }

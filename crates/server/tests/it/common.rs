@@ -112,10 +112,13 @@ impl WarrenProcess {
             }
             None => std::process::Command::new(bin),
         };
-        cmd.args(["--amqp-port", &port.to_string(), "--bind", "127.0.0.1", "--prometheus-port", "0"]);
-        // Off unless the caller gives it a port.
+        cmd.args(["--amqp-port", &port.to_string(), "--bind", "127.0.0.1"]);
+        // Off unless the caller gives them a port.
         if !extra.contains(&"--management-port") {
             cmd.args(["--management-port", "0"]);
+        }
+        if !extra.contains(&"--prometheus-port") {
+            cmd.args(["--prometheus-port", "0"]);
         }
         cmd.args(["--heartbeat", "0", "--data-dir"])
             .arg(data_dir)
