@@ -357,7 +357,9 @@ impl Draft {
         Ok(())
     }
 
-    /// `warren.<name>`: one per `warren` command-line flag, same name with underscores.
+    /// `warren.<name>`: one per `warren` command-line flag, same name with underscores
+    /// (but `cluster_cookie`, a secret, has no flag: a process's arguments are visible to
+    /// every local user).
     fn set_warren(&mut self, name: &str, v: &str) -> Result<(), String> {
         let c = &mut self.config;
         match name {
@@ -380,6 +382,8 @@ impl Draft {
                     return Err("must be at least 1".into());
                 }
             }
+            "cluster_cookie" => c.cluster_cookie = Some(v.to_owned()),
+            "cluster_cookie_file" => c.cluster_cookie_file = Some(parse_path(v)),
             "cluster_snapshot_every" => {
                 c.cluster_snapshot_every_entries = parse_int(v)?;
                 if c.cluster_snapshot_every_entries == 0 {
@@ -614,9 +618,14 @@ mod tests {
              warren.node_name = warren@node1\n\
              warren.cluster_listen = 0.0.0.0:25672\n\
              warren.cluster_write_timeout_ms = 2500\n\
-             warren.cluster_snapshot_every = 64\n",
+             warren.cluster_snapshot_every = 64\n\
+             warren.cluster_cookie = ABCDEFGHIJ\n\
+             warren.cluster_cookie_file = /etc/warren/cookie\n",
         );
         let c = &s.config;
+        assert_eq!(c.cluster_cookie.as_deref(), Some("ABCDEFGHIJ"));
+        assert_eq!(c.cluster_cookie_file.as_deref(), Some(std::path::Path::new("/etc/warren/cookie")));
+        assert!(Config::default().cluster_cookie.is_none() && Config::default().cluster_cookie_file.is_none());
         assert_eq!(c.cluster_nodes, vec!["warren@10.0.0.3:25673", "warren@node1:25672", "warren@node2:25672"]);
         assert_eq!(c.cluster_name.as_deref(), Some("prod"));
         assert_eq!(c.node_name.as_deref(), Some("warren@node1"));
@@ -644,6 +653,8 @@ mod tests {
         assert!(e.message.contains("NAME@HOST:PORT"), "{e}");
         let e = parse_err("\nwarren.cluster_listen = node1:25672\n");
         assert_eq!((e.line, e.key.as_deref()), (2, Some("warren.cluster_listen")));
+        let e = parse_err("warren.cluster_cookie =\n");
+        assert!(e.to_string().contains("warren.cluster_cookie: missing value"), "{e}");
         let e = parse_err("warren.node_name = node1\n");
         assert!(e.message.contains("NAME@HOST"), "{e}");
         let e = parse_err("cluster_formation.node_cleanup.interval = 30\n");

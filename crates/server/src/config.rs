@@ -165,6 +165,12 @@ pub struct Config {
     /// In a cluster: take a Raft snapshot (and drop the log before it) every this many
     /// applied entries (`warren.cluster_snapshot_every`).
     pub cluster_snapshot_every_entries: u64,
+    /// In a cluster: the cookie every node shares (`warren.cluster_cookie`); None: from
+    /// `$RABBITMQ_ERLANG_COOKIE` or the cookie file (`cluster_cookie`).
+    pub cluster_cookie: Option<String>,
+    /// In a cluster: the file holding the cookie (`warren.cluster_cookie_file`); None:
+    /// `$HOME/.erlang.cookie`, created when missing.
+    pub cluster_cookie_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -216,6 +222,8 @@ impl Default for Config {
             cluster_name: None,
             cluster_write_timeout_ms: 10_000,
             cluster_snapshot_every_entries: 10_000,
+            cluster_cookie: None,
+            cluster_cookie_file: None,
         }
     }
 }
