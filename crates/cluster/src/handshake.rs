@@ -34,6 +34,10 @@ use crate::transport::{ReadError, read_frame_detailed, write_frame};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Random bytes each side contributes per connection.
 pub const NONCE_BYTES: usize = 32;
+/// Largest handshake frame (the hello carries two node names; the rest is smaller). A peer
+/// not yet authenticated cannot make the node buffer more, and a TLS ClientHello sent to a
+/// node without TLS (whose first bytes read as a length of megabytes) fails at once.
+const HANDSHAKE_FRAME_MAX_BYTES: u32 = 4 * 1024;
 /// Versions the MAC input, so a later handshake cannot be confused with this one.
 const DOMAIN: &[u8] = b"warren-cluster-handshake-v1";
 
@@ -129,6 +133,9 @@ pub enum HandshakeError {
     Refused(String),
     /// The dialer asked for another node than this one.
     WrongNode { dialed: String },
+    /// The TLS handshake failed (no certificate, one the cluster's CA did not sign, one for
+    /// another host, or a peer that does not speak TLS).
+    Tls(String),
 }
 
 impl std::fmt::Display for HandshakeError {
@@ -142,6 +149,7 @@ impl std::fmt::Display for HandshakeError {
             }
             HandshakeError::Refused(reason) => write!(f, "the peer refused the handshake: {reason}"),
             HandshakeError::WrongNode { dialed } => write!(f, "the peer dialed {dialed}, which is not this node"),
+            HandshakeError::Tls(e) => write!(f, "TLS: {e}"),
         }
     }
 }
@@ -215,11 +223,14 @@ async fn send<S: AsyncWrite + Unpin>(stream: &mut S, m: &Message) -> Result<(), 
 }
 
 async fn recv<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Result<Message, HandshakeError> {
-    match read_frame_detailed::<Message>(stream, buf).await {
+    match read_frame_detailed::<Message>(stream, buf, HANDSHAKE_FRAME_MAX_BYTES).await {
         Ok(m) => Ok(m),
         Err(ReadError::Closed) => Err(HandshakeError::Closed),
         Err(ReadError::Corrupt(_)) => Err(HandshakeError::Unexpected("a damaged frame")),
         Err(ReadError::Undecodable) => Err(HandshakeError::Unexpected("not a handshake frame")),
+        Err(ReadError::TooLarge) => {
+            Err(HandshakeError::Unexpected("a frame too large for the handshake (TLS from a peer that uses it?)"))
+        }
     }
 }
 

@@ -26,6 +26,7 @@ use std::io::Cursor;
 pub use handshake::Cookie;
 pub use node::{ClusterNode, NodeConfig};
 pub use state_machine::Applier;
+pub use transport::LinkTls;
 
 openraft::declare_raft_types!(
     /// The metadata group's types: commands are opaque bytes, the response is what the

@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use crate::handshake::Cookie;
 use crate::log_store::LogStore;
 use crate::state_machine::{Applied, Applier, StateMachine};
-use crate::transport::{CallError, ClientFailure, ClientRequest, Inbound, Request, Response, Transport};
+use crate::transport::{CallError, ClientFailure, ClientRequest, Inbound, LinkTls, Request, Response, Transport};
 use crate::{Error, NodeId, Raft, TypeConfig, node_id, parse_node_name};
 
 /// How long a client operation may wait for a leader (elections included), by default
@@ -65,6 +65,8 @@ pub struct NodeConfig {
     pub request_deadline: Duration,
     /// The cluster's shared secret: every inter-node connection proves both sides hold it.
     pub cookie: Cookie,
+    /// TLS on every inter-node connection (None: plain TCP).
+    pub tls: Option<LinkTls>,
 }
 
 impl NodeConfig {
@@ -79,6 +81,7 @@ impl NodeConfig {
             data_dir: data_dir.into(),
             listen,
             cookie,
+            tls: None,
             cluster_nodes: Vec::new(),
             snapshot_every_entries: 10_000,
             heartbeat_ms: 100,
@@ -149,7 +152,7 @@ impl ClusterNode {
         }
         .validate()
         .map_err(|e| Error::Raft(e.to_string()))?;
-        let transport = Transport::new(config.name.clone(), config.cookie.clone());
+        let transport = Transport::with_tls(config.name.clone(), config.cookie.clone(), config.tls.clone());
         let network = Network { transport: transport.clone() };
         let id = node_id(&config.name);
         let raft = Raft::new(id, Arc::new(raft_config), network, log, state.clone())

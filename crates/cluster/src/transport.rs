@@ -14,6 +14,11 @@
 //! both sides log a warning, at most one per peer per [`HANDSHAKE_WARN_INTERVAL`]. The
 //! handshake also names the dialer, which is how the test hook [`Transport::isolate`] drops
 //! traffic from a peer.
+//!
+//! With [`LinkTls`] every connection is TLS first (both sides present a certificate the
+//! cluster's CA signed, and the dialer checks the acceptor's against the host of its
+//! `NAME@HOST:PORT`), and the cookie handshake then runs inside it. The TLS handshake counts
+//! toward [`HANDSHAKE_TIMEOUT`] and fails the same way (refused, logged, backoff).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -28,10 +33,11 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_rustls::rustls;
 
 use crate::frame::{self, Decoded};
 use crate::handshake::{self, Cookie, HANDSHAKE_TIMEOUT, HandshakeError};
@@ -139,10 +145,33 @@ struct Outgoing {
     reply: Reply,
 }
 
+/// TLS on the inter-node link: each node's certificate serves both directions, verified
+/// against the cluster's CA on both sides. Built by the broker from its config files; the
+/// transport only runs it.
+#[derive(Clone)]
+pub struct LinkTls {
+    /// Must require a client certificate (mutual verification).
+    pub acceptor: Arc<rustls::ServerConfig>,
+    /// Must present this node's certificate.
+    pub connector: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for LinkTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkTls(..)")
+    }
+}
+
+/// One inter-node connection, plain TCP or TLS over it.
+trait Link: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Link for T {}
+type BoxLink = Box<dyn Link>;
+
 /// This node's side of the mesh.
 pub struct Transport {
     me: String,
     cookie: Cookie,
+    tls: Option<LinkTls>,
     peers: Mutex<HashMap<String, mpsc::Sender<Outgoing>>>,
     /// Test hook: peers whose traffic is dropped in both directions.
     isolated: Mutex<HashSet<String>>,
@@ -153,9 +182,15 @@ pub struct Transport {
 
 impl Transport {
     pub fn new(me: String, cookie: Cookie) -> Arc<Transport> {
+        Transport::with_tls(me, cookie, None)
+    }
+
+    /// [`Self::new`], with TLS on every connection when `tls` is given.
+    pub fn with_tls(me: String, cookie: Cookie, tls: Option<LinkTls>) -> Arc<Transport> {
         Arc::new(Transport {
             me,
             cookie,
+            tls,
             peers: Mutex::default(),
             isolated: Mutex::default(),
             refused: Mutex::default(),
@@ -195,7 +230,8 @@ impl Transport {
                 .entry(peer.to_owned())
                 .or_insert_with(|| {
                     let (tx, rx) = mpsc::channel(PEER_QUEUE_REQUESTS);
-                    tokio::spawn(peer_task(self.me.clone(), self.cookie.clone(), peer.to_owned(), rx));
+                    let who = Identity { me: self.me.clone(), cookie: self.cookie.clone(), tls: self.tls.clone() };
+                    tokio::spawn(peer_task(who, peer.to_owned(), rx));
                     tx
                 })
                 .clone()
@@ -273,19 +309,31 @@ impl WarnLimit {
 
 async fn serve_connection<H: Inbound>(
     transport: Arc<Transport>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     addr: std::net::SocketAddr,
     inbound: Arc<H>,
 ) {
     let mut buf = Vec::new();
     let mut claimed = None;
-    let shake = handshake::accept(&mut stream, &mut buf, &transport.cookie, &transport.me, &mut claimed);
-    let from = match tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await {
-        Ok(Ok(from)) => from,
+    let shake = async {
+        let mut link: BoxLink = match &transport.tls {
+            Some(tls) => Box::new(
+                tokio_rustls::TlsAcceptor::from(tls.acceptor.clone())
+                    .accept(stream)
+                    .await
+                    .map_err(|e| HandshakeError::Tls(e.to_string()))?,
+            ),
+            None => Box::new(stream),
+        };
+        let from = handshake::accept(&mut link, &mut buf, &transport.cookie, &transport.me, &mut claimed).await?;
+        Ok((link, from))
+    };
+    let (link, from) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await {
+        Ok(Ok(shaken)) => shaken,
         Ok(Err(e)) => return transport.warn_refused(addr, claimed.as_deref(), &e),
         Err(_) => return transport.warn_refused(addr, claimed.as_deref(), &HandshakeError::Timeout),
     };
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(link);
     let (tx, mut rx) = mpsc::channel::<Envelope<Response>>(INBOUND_IN_FLIGHT_REQUESTS);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(INBOUND_IN_FLIGHT_REQUESTS));
     let writer = tokio::spawn(async move {
@@ -313,14 +361,14 @@ async fn serve_connection<H: Inbound>(
 }
 
 /// One peer's connection owner: connects on demand, keeps the pending map, backs off.
-async fn peer_task(me: String, cookie: Cookie, peer: String, mut rx: mpsc::Receiver<Outgoing>) {
+async fn peer_task(who: Identity, peer: String, mut rx: mpsc::Receiver<Outgoing>) {
     let next_id = AtomicU64::new(1);
     let mut backoff = BACKOFF_MIN;
     let mut retry_at = Instant::now();
     // Why the last connect failed, for the calls refused during the backoff after it.
     let mut last_error = CallError::Unreachable(String::new());
     let mut warn_limit = WarnLimit::default();
-    let mut conn: Option<(tokio::net::tcp::OwnedWriteHalf, Pending, tokio::task::JoinHandle<()>)> = None;
+    let mut conn: Option<Connection> = None;
     while let Some(out) = rx.recv().await {
         if conn.as_ref().is_some_and(|(_, _, reader)| reader.is_finished()) {
             conn = None;
@@ -333,7 +381,7 @@ async fn peer_task(me: String, cookie: Cookie, peer: String, mut rx: mpsc::Recei
                 }));
                 continue;
             }
-            match connect(&me, &cookie, &peer).await {
+            match connect(&who, &peer).await {
                 Ok(c) => {
                     backoff = BACKOFF_MIN;
                     conn = Some(c);
@@ -406,22 +454,48 @@ impl From<std::io::Error> for ConnectError {
     }
 }
 
-async fn connect(
-    me: &str,
-    cookie: &Cookie,
-    peer: &str,
-) -> Result<(tokio::net::tcp::OwnedWriteHalf, Pending, tokio::task::JoinHandle<()>), ConnectError> {
+/// What a node dials its peers as.
+struct Identity {
+    me: String,
+    cookie: Cookie,
+    tls: Option<LinkTls>,
+}
+
+/// An open connection to a peer: its write half, the calls waiting for a response, and the
+/// task reading the responses.
+type Connection = (WriteHalf<BoxLink>, Pending, tokio::task::JoinHandle<()>);
+
+async fn connect(who: &Identity, peer: &str) -> Result<Connection, ConnectError> {
     let (_, addr) = crate::parse_node_name(peer).map_err(std::io::Error::other)?;
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
     let mut buf = Vec::new();
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::initiate(&mut stream, &mut buf, cookie, me, peer))
+    let shake = async {
+        let mut link: BoxLink = match &who.tls {
+            Some(tls) => {
+                // The acceptor's certificate must be for the host peers dial it at.
+                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                    .map_err(|e| HandshakeError::Tls(format!("{host} is not a TLS server name: {e}")))?;
+                Box::new(
+                    tokio_rustls::TlsConnector::from(tls.connector.clone())
+                        .connect(name, stream)
+                        .await
+                        .map_err(|e| HandshakeError::Tls(e.to_string()))?,
+                )
+            }
+            None => Box::new(stream),
+        };
+        handshake::initiate(&mut link, &mut buf, &who.cookie, &who.me, peer).await?;
+        Ok(link)
+    };
+    let link = tokio::time::timeout(HANDSHAKE_TIMEOUT, shake)
         .await
         .unwrap_or(Err(HandshakeError::Timeout))
         .map_err(ConnectError::Handshake)?;
-    let (mut rd, wr) = stream.into_split();
+    let (mut rd, wr) = tokio::io::split(link);
     let pending: Pending = Arc::default();
     let reader_pending = pending.clone();
     let reader = tokio::spawn(async move {
@@ -445,13 +519,13 @@ pub(crate) async fn write_frame<T: Serialize>(wr: &mut (impl AsyncWrite + Unpin)
 /// Read the next frame; `None` at end of stream, on an I/O error or on a bad frame (a
 /// checksum failure on a TCP stream means a broken peer: the connection is dropped).
 async fn read_frame<T: DeserializeOwned>(rd: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>) -> Option<T> {
-    match read_frame_detailed(rd, buf).await {
+    match read_frame_detailed(rd, buf, frame::PAYLOAD_MAX_BYTES).await {
         Ok(v) => Some(v),
         Err(ReadError::Corrupt(reason)) => {
             tracing::warn!(reason, "dropping an inter-node connection after a bad frame");
             None
         }
-        Err(ReadError::Closed | ReadError::Undecodable) => None,
+        Err(ReadError::Closed | ReadError::Undecodable | ReadError::TooLarge) => None,
     }
 }
 
@@ -463,14 +537,22 @@ pub(crate) enum ReadError {
     Corrupt(&'static str),
     /// A valid frame whose JSON is not a `T`.
     Undecodable,
+    /// A frame announcing more than the caller's limit.
+    TooLarge,
 }
 
-/// Read the next frame (bytes after it stay in `buf`).
+/// Read the next frame of at most `payload_max` bytes (bytes after it stay in `buf`).
 pub(crate) async fn read_frame_detailed<T: DeserializeOwned>(
     rd: &mut (impl AsyncRead + Unpin),
     buf: &mut Vec<u8>,
+    payload_max: u32,
 ) -> Result<T, ReadError> {
     loop {
+        if let Some(len) = buf.first_chunk::<4>().map(|l| u32::from_le_bytes(*l))
+            && len > payload_max
+        {
+            return Err(ReadError::TooLarge);
+        }
         match frame::decode(buf) {
             Decoded::Record(payload, n) => {
                 let value = serde_json::from_slice(payload).map_err(|_| ReadError::Undecodable);
@@ -532,9 +614,17 @@ mod tests {
 
     /// A transport named after a fresh listener's address, serving with a counting [`Echo`].
     async fn serving(short: &str, secret: &str) -> (Arc<Transport>, String, Arc<Echo>, tokio::task::JoinHandle<()>) {
+        serving_with(short, secret, None).await
+    }
+
+    async fn serving_with(
+        short: &str,
+        secret: &str,
+        tls: Option<LinkTls>,
+    ) -> (Arc<Transport>, String, Arc<Echo>, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let name = format!("{short}@{}", listener.local_addr().unwrap());
-        let t = Transport::new(name.clone(), cookie(secret));
+        let t = Transport::with_tls(name.clone(), cookie(secret), tls);
         let echo = Arc::new(Echo::default());
         let server = t.serve(listener, echo.clone());
         (t, name, echo, server)
@@ -629,6 +719,10 @@ mod tests {
         write_frame(&mut s, &Envelope { id: 1, body: vote }).await.unwrap();
         write_frame(&mut s, &Envelope { id: 2, body: propose(3) }).await.unwrap();
         closed_within(&mut s, Duration::from_secs(2)).await;
+        // One announcing a large frame is dropped at once, not buffered until the timeout.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&(1u32 << 20).to_le_bytes()).await.unwrap();
+        assert!(closed_within(&mut s, HANDSHAKE_TIMEOUT).await < HANDSHAKE_TIMEOUT / 2);
         assert_eq!(echo.served.load(Ordering::Relaxed), 0);
     }
 
@@ -683,6 +777,98 @@ mod tests {
         bad[last] ^= 0x20;
         s.write_all(&bad).await.unwrap();
         closed_within(&mut s, Duration::from_secs(5)).await;
+    }
+
+    mod tls {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::server::WebPkiClientVerifier;
+        use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+        use super::*;
+
+        type Ca = CertifiedIssuer<'static, KeyPair>;
+
+        fn ca(name: &str) -> Ca {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, format!("cluster test CA {name}"));
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+        }
+
+        /// A node's TLS: a certificate for 127.0.0.1 (server and client use) that `signer`
+        /// signed, trusting certificates `trusted` signed.
+        fn link(signer: &Ca, trusted: &Ca) -> LinkTls {
+            let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+            let key = KeyPair::generate().unwrap();
+            let chain = vec![params.signed_by(&key, signer).unwrap().der().clone()];
+            let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let mut roots = RootCertStore::empty();
+            roots.add(trusted.der().clone()).unwrap();
+            let roots = Arc::new(roots);
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build().unwrap();
+            let acceptor = ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain.clone(), key.clone_key())
+                .unwrap();
+            let connector = ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(chain, key)
+                .unwrap();
+            LinkTls { acceptor: Arc::new(acceptor), connector: Arc::new(connector) }
+        }
+
+        #[tokio::test]
+        async fn nodes_with_certificates_of_the_cluster_ca_talk_over_tls_both_ways() {
+            let main = ca("main");
+            let (a, a_name, _, _sa) = serving_with("a", "SAME", Some(link(&main, &main))).await;
+            let (b, b_name, b_echo, _sb) = serving_with("b", "SAME", Some(link(&main, &main))).await;
+            eventually_ok(&a, &b_name).await;
+            eventually_ok(&b, &a_name).await;
+            assert_eq!(b_echo.served.load(Ordering::Relaxed), 1);
+            // TLS does not replace the cookie: the right certificate with another cookie is refused.
+            let c = Transport::with_tls("c@127.0.0.1:1".into(), cookie("OTHER"), Some(link(&main, &main)));
+            let r = c.call(&b_name, propose(5), Duration::from_secs(5)).await;
+            assert!(matches!(r, Err(CallError::Refused(ref e)) if e.contains("cookie mismatch")), "{:?}", r.err());
+        }
+
+        #[tokio::test]
+        async fn a_plain_peer_or_a_certificate_of_another_ca_is_refused_in_both_directions() {
+            let (main, other) = (ca("main"), ca("other"));
+            let (b, b_name, b_echo, _sb) = serving_with("b", "SAME", Some(link(&main, &main))).await;
+            let refused = async |from: &Arc<Transport>, to: &str| {
+                let r = from.call(to, propose(5), Duration::from_secs(5)).await;
+                assert!(matches!(r, Err(CallError::Refused(_))), "{:?}", r.err());
+                r.err().unwrap().to_string()
+            };
+            // A node without TLS, either way.
+            let (plain, plain_name, plain_echo, _sp) = serving("p", "SAME").await;
+            refused(&plain, &b_name).await;
+            let e = refused(&b, &plain_name).await;
+            assert!(e.contains("TLS"), "{e}");
+            // A node whose certificate another CA signed: b does not trust it as a client…
+            let stranger = Transport::with_tls("s@127.0.0.1:1".into(), cookie("SAME"), Some(link(&other, &main)));
+            refused(&stranger, &b_name).await;
+            // …and a node trusting only that CA does not trust b's.
+            let (_doubter, doubter_name, doubter_echo, _sd) =
+                serving_with("d", "SAME", Some(link(&other, &other))).await;
+            let e = refused(&b, &doubter_name).await;
+            assert!(e.contains("TLS"), "{e}");
+            let served =
+                [&b_echo, &plain_echo, &doubter_echo].iter().map(|e| e.served.load(Ordering::Relaxed)).sum::<usize>();
+            assert_eq!(served, 0);
+        }
     }
 
     #[test]
