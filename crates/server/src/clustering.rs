@@ -344,12 +344,14 @@ impl cluster::Applier for Applier {
 pub async fn start(
     plan: &ClusterPlan,
     cookie: cluster::Cookie,
+    tls: Option<cluster::LinkTls>,
     data_dir: &std::path::Path,
     state: &Arc<ServerState>,
 ) -> Result<Running, String> {
     let dir = data_dir.join("cluster");
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let mut c = cluster::NodeConfig::new(plan.name.clone(), dir, plan.listen, cookie);
+    c.tls = tls;
     c.cluster_nodes = plan.nodes.clone();
     c.snapshot_every_entries = state.config.cluster_snapshot_every_entries;
     c.request_deadline = Duration::from_millis(state.config.cluster_write_timeout_ms);

@@ -49,6 +49,16 @@ pub struct TlsConfig {
     pub handshake_timeout: Duration,
 }
 
+/// TLS on the inter-node link (`warren.cluster_tls.*`), mutual: every node presents
+/// `certfile` (for the host of its `NAME@HOST:PORT`, usable as server and client) and
+/// accepts only peers whose certificate `cacertfile` signed. Files are PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTlsFiles {
+    pub certfile: PathBuf,
+    pub keyfile: PathBuf,
+    pub cacertfile: PathBuf,
+}
+
 impl TlsConfig {
     /// RabbitMQ's `ssl_handshake_timeout` default.
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(5000);
@@ -171,6 +181,8 @@ pub struct Config {
     /// In a cluster: the file holding the cookie (`warren.cluster_cookie_file`); None:
     /// `$HOME/.erlang.cookie`, created when missing.
     pub cluster_cookie_file: Option<PathBuf>,
+    /// In a cluster: TLS on the inter-node link; None: plain TCP.
+    pub cluster_tls: Option<ClusterTlsFiles>,
 }
 
 impl Default for Config {
@@ -224,6 +236,7 @@ impl Default for Config {
             cluster_snapshot_every_entries: 10_000,
             cluster_cookie: None,
             cluster_cookie_file: None,
+            cluster_tls: None,
         }
     }
 }

@@ -415,6 +415,11 @@ fn run() -> anyhow::Result<()> {
     );
     let node_name = server::clustering::node_name(&config);
     let cluster_plan = server::clustering::plan(&config, &node_name).map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
+    // Only a clustered node uses the inter-node TLS settings.
+    let cluster_tls = match (&cluster_plan, &config.cluster_tls) {
+        (Some(_), Some(files)) => Some(server::tls::cluster_link_tls(files)?),
+        _ => None,
+    };
     server::alarms::set_release_memory(release_free_memory);
     server::alarms::set_allocated_bytes(counting::allocated_bytes);
     init_logging(&log)?;
@@ -441,9 +446,17 @@ fn run() -> anyhow::Result<()> {
                 let (cookie, source) =
                     server::cluster_cookie::from_environment(&config).map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
                 server::clustering::start_quorum_queues(plan, &state);
-                let running =
-                    server::clustering::start(plan, cookie, &data_dir, &state).await.map_err(anyhow::Error::msg)?;
-                info!(node = %plan.name, listen = %plan.listen, members = ?plan.nodes, cookie = %source, "cluster node started");
+                let running = server::clustering::start(plan, cookie, cluster_tls, &data_dir, &state)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                info!(
+                    node = %plan.name,
+                    listen = %plan.listen,
+                    members = ?plan.nodes,
+                    cookie = %source,
+                    tls = config.cluster_tls.is_some(),
+                    "cluster node started"
+                );
                 let node = running.node.clone();
                 let _ = state.cluster.set(running);
                 server::clustering::seed(&state);

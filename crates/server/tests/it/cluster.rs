@@ -450,6 +450,88 @@ fn with_a_configured_cookie_three_form_a_cluster_and_a_node_with_another_cannot_
     assert_eq!(code, 0, "{out}{err}");
 }
 
+/// A CA (`<name>-ca.pem`) and a certificate it signed for 127.0.0.1, usable to accept and
+/// to dial (`<name>-node.pem`, `<name>-node.key`), in `dir`; the `warren.cluster_tls.*`
+/// lines naming them.
+fn cluster_pki(dir: &Path, name: &str) -> String {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, format!("Warren cluster CA {name}"));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let (ca_file, cert_file, key_file) = (
+        dir.join(format!("{name}-ca.pem")),
+        dir.join(format!("{name}-node.pem")),
+        dir.join(format!("{name}-node.key")),
+    );
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    format!(
+        "warren.cluster_tls.certfile = {}\nwarren.cluster_tls.keyfile = {}\nwarren.cluster_tls.cacertfile = {}\n",
+        cert_file.display(),
+        key_file.display(),
+        ca_file.display()
+    )
+}
+
+#[test]
+fn three_nodes_cluster_over_mutual_tls_and_a_certificate_of_another_ca_cannot_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = cluster_pki(dir.path(), "main");
+    let mut nodes = three_nodes_with(dir.path(), &format!("warren.cluster_cookie = SHAREDCOOKIE\n{tls}"));
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    let mut all: Vec<String> = nodes.iter().map(|n| n.full.clone()).collect();
+    all.sort();
+    wait_for("three running nodes over TLS", Duration::from_secs(20), || {
+        agreed_status(&nodes, &[0, 1, 2], &all).map(|_| ())
+    });
+    let (code, out, err) = nodes[1].ctl(&["add_vhost", "over-tls"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for("the vhost on every node", Duration::from_secs(10), || {
+        let missing: Vec<&str> = nodes
+            .iter()
+            .filter(|n| !n.api("/api/vhosts").as_array().unwrap().iter().any(|v| v["name"] == "over-tls"))
+            .map(|n| n.full.as_str())
+            .collect();
+        if missing.is_empty() { Ok(()) } else { Err(format!("not on {missing:?}")) }
+    });
+
+    // The right cookie, but a certificate the cluster's CA did not sign (and trusting only
+    // its own CA): the link never comes up.
+    let foreign = cluster_pki(dir.path(), "foreign");
+    let port = free_port();
+    let conf = dir.path().join("n4.conf");
+    let n4_conf = format!("warren.cluster_listen = 127.0.0.1:{port}\nwarren.cluster_cookie = SHAREDCOOKIE\n{foreign}");
+    std::fs::write(&conf, n4_conf).unwrap();
+    let mut n4 = Node {
+        short: "n4@127.0.0.1".into(),
+        full: format!("n4@127.0.0.1:{port}"),
+        data: dir.path().join("n4"),
+        conf,
+        mgmt: 0,
+        home: dir.path().to_owned(),
+        proc: None,
+    };
+    n4.start();
+    let (code, out, err) = nodes[0].ctl(&["join_cluster", &n4.full]);
+    assert_eq!(code, 70, "{out}{err}");
+    assert!(err.contains(&n4.full) && err.contains("TLS"), "{err}");
+    wait_for("still three", Duration::from_secs(10), || agreed_status(&nodes, &[0, 1, 2], &all).map(|_| ()));
+    let log = n4.proc.as_ref().unwrap().log();
+    assert!(log.contains("refused an inter-node connection from 127.0.0.1:") && log.contains("TLS"), "{log}");
+}
+
 /// `warren` on a one-node cluster config with `$HOME` = `home` and `extra` config lines;
 /// its exit code and stderr, when it exits within 20 s (it is killed otherwise).
 fn start_refused(dir: &Path, home: &Path, extra: &str) -> (Option<i32>, String) {
