@@ -6,6 +6,8 @@
 //! - [`state_machine`]: hands committed commands, in log order, to an [`Applier`] (the
 //!   broker's directory); persistent snapshots of the applier's content.
 //! - [`transport`]: TCP between nodes — one connection per peer, framed and checksummed.
+//! - [`handshake`]: the cookie every node of a cluster shares, and the challenge-response
+//!   each inter-node connection runs before the transport reads a request on it.
 //! - [`node`]: [`ClusterNode`], what the broker and `warrenctl` will call.
 //!
 //! The consensus algorithm is openraft's (0.9 line); this crate supplies storage, network
@@ -13,6 +15,7 @@
 //! (`server::clustering`), with its access directory as the applier.
 
 pub mod frame;
+pub mod handshake;
 pub mod log_store;
 pub mod node;
 pub mod state_machine;
@@ -20,8 +23,10 @@ pub mod transport;
 
 use std::io::Cursor;
 
+pub use handshake::Cookie;
 pub use node::{ClusterNode, MemberStatus, NodeConfig, RaftStatus, Replication};
 pub use state_machine::Applier;
+pub use transport::LinkTls;
 
 openraft::declare_raft_types!(
     /// The metadata group's types: commands are opaque bytes, the response is what the

@@ -25,9 +25,10 @@ use openraft::raft::{
 use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 
+use crate::handshake::Cookie;
 use crate::log_store::LogStore;
 use crate::state_machine::{Applied, Applier, StateMachine};
-use crate::transport::{CallError, ClientFailure, ClientRequest, Inbound, Request, Response, Transport};
+use crate::transport::{CallError, ClientFailure, ClientRequest, Inbound, LinkTls, Request, Response, Transport};
 use crate::{Error, NodeId, Raft, TypeConfig, node_id, parse_node_name};
 
 /// How long a client operation may wait for a leader (elections included), by default
@@ -63,14 +64,25 @@ pub struct NodeConfig {
     pub election_timeout_max_ms: u64,
     /// How long a write or read may wait for a leader and a quorum before it fails.
     pub request_deadline: Duration,
+    /// The cluster's shared secret: every inter-node connection proves both sides hold it.
+    pub cookie: Cookie,
+    /// TLS on every inter-node connection (None: plain TCP).
+    pub tls: Option<LinkTls>,
 }
 
 impl NodeConfig {
-    pub fn new(name: impl Into<String>, data_dir: impl Into<PathBuf>, listen: SocketAddr) -> NodeConfig {
+    pub fn new(
+        name: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+        listen: SocketAddr,
+        cookie: Cookie,
+    ) -> NodeConfig {
         NodeConfig {
             name: name.into(),
             data_dir: data_dir.into(),
             listen,
+            cookie,
+            tls: None,
             cluster_nodes: Vec::new(),
             snapshot_every_entries: 10_000,
             heartbeat_ms: 100,
@@ -186,14 +198,14 @@ impl ClusterNode {
         }
         .validate()
         .map_err(|e| Error::Raft(e.to_string()))?;
-        let transport = Transport::new(config.name.clone());
+        let transport = Transport::with_tls(config.name.clone(), config.cookie.clone(), config.tls.clone());
         let network = Network { transport: transport.clone() };
         let id = node_id(&config.name);
         let log_view = log.clone();
         let raft = Raft::new(id, Arc::new(raft_config), network, log, state.clone())
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
-        let handler = Arc::new(Handler { raft: raft.clone() });
+        let handler = Arc::new(Handler { raft: raft.clone(), transport: transport.clone() });
         let server = transport.serve(listener, handler);
         let node = ClusterNode {
             inner: Arc::new(Inner {
@@ -410,7 +422,8 @@ impl ClusterNode {
         let mut last_leader = None;
         while tokio::time::Instant::now() < deadline {
             // A leader cut off from its quorum never finishes a write; the deadline bounds it.
-            let attempt = tokio::time::timeout_at(deadline, local(&self.inner.raft, req.clone())).await;
+            let attempt =
+                tokio::time::timeout_at(deadline, local(&self.inner.raft, &self.inner.transport, req.clone())).await;
             let Ok(attempt) = attempt else { return Err(Error::Timeout) };
             let leader = match attempt {
                 Err(ClientFailure::NotLeader(leader)) => leader,
@@ -434,7 +447,7 @@ impl ClusterNode {
                     }
                     // The leader moved, is unreachable, or could not reach a quorum this round:
                     // ask again after a pause.
-                    Ok(_) | Err(CallError::Unreachable(_)) | Err(CallError::Lost(_)) => {}
+                    Ok(_) | Err(CallError::Unreachable(_) | CallError::Refused(_) | CallError::Lost(_)) => {}
                 }
             }
             tokio::time::sleep(RETRY_PAUSE).await;
@@ -453,8 +466,32 @@ fn forms_group(config: &NodeConfig) -> bool {
     config.cluster_nodes.contains(&config.name) && config.cluster_nodes.iter().min() == Some(&config.name)
 }
 
+/// How long the leader tries to reach a node it is asked to add before refusing.
+const JOIN_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Whether the leader reaches `name` over the inter-node link (connect and handshake): a
+/// node that cannot be reached — or holds another cookie — is refused before it becomes a
+/// member, rather than added as a learner that never catches up (and counted in quorums
+/// once promoted). Retries while the link is in reconnect backoff.
+async fn probe_joiner(transport: &Arc<Transport>, name: &str) -> Result<(), ClientFailure> {
+    let deadline = tokio::time::Instant::now() + JOIN_PROBE_TIMEOUT;
+    loop {
+        let e = match transport.call(name, Request::Ping, PING_TIMEOUT).await {
+            Ok(Response::Client(Ok(_))) => return Ok(()),
+            // Asking again would meet the same cookie.
+            Err(CallError::Refused(e)) => return Err(ClientFailure::Other(format!("{name} cannot join: {e}"))),
+            Ok(_) => "a response of the wrong kind".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+            return Err(ClientFailure::Other(format!("{name} cannot be reached over the inter-node link: {e}")));
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
 /// Run a client operation on this node's Raft, which must be the leader.
-async fn local(raft: &Raft, req: ClientRequest) -> Result<(u64, Vec<u8>), ClientFailure> {
+async fn local(raft: &Raft, transport: &Arc<Transport>, req: ClientRequest) -> Result<(u64, Vec<u8>), ClientFailure> {
     fn fail<E>(e: RaftError<NodeId, E>) -> ClientFailure
     where
         E: std::error::Error + openraft::TryAsRef<openraft::error::ForwardToLeader<NodeId, BasicNode>>,
@@ -468,6 +505,11 @@ async fn local(raft: &Raft, req: ClientRequest) -> Result<(u64, Vec<u8>), Client
         ClientRequest::Propose(cmd) => raft.client_write(cmd).await.map(|r| (r.log_id.index, r.data)).map_err(fail),
         ClientRequest::AddMember(name) => {
             let id = node_id(&name);
+            // Only a leader adds members (a follower's add_learner below says who leads).
+            let leading = raft.metrics().borrow().state == ServerState::Leader;
+            if leading {
+                probe_joiner(transport, &name).await?;
+            }
             // Learner first so the new node has the log before it counts toward a quorum.
             raft.add_learner(id, BasicNode::new(&name), true).await.map_err(fail)?;
             raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
@@ -497,6 +539,7 @@ async fn local(raft: &Raft, req: ClientRequest) -> Result<(u64, Vec<u8>), Client
 /// Serves peers' requests on this node.
 struct Handler {
     raft: Raft,
+    transport: Arc<Transport>,
 }
 
 impl Inbound for Handler {
@@ -506,9 +549,8 @@ impl Inbound for Handler {
             Request::Vote(r) => Response::Vote(self.raft.vote(r).await),
             Request::Snapshot(r) => Response::Snapshot(self.raft.install_snapshot(r).await),
             // Forwarded requests are served here only; never forwarded again, so no loops.
-            Request::Client(r) => Response::Client(local(&self.raft, r).await),
+            Request::Client(r) => Response::Client(local(&self.raft, &self.transport, r).await),
             Request::Ping => Response::Client(Ok((0, Vec::new()))),
-            Request::Hello { .. } => Response::Client(Err(ClientFailure::Other("unexpected hello".into()))),
         }
     }
 }
@@ -539,7 +581,7 @@ impl PeerClient {
         option: &RPCOption,
     ) -> Result<Response, RPCError<NodeId, BasicNode, E>> {
         self.transport.call(&self.name, req, option.hard_ttl()).await.map_err(|e| match e {
-            CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
+            CallError::Unreachable(_) | CallError::Refused(_) => RPCError::Unreachable(Unreachable::new(&e)),
             CallError::Lost(_) => RPCError::Network(NetworkError::new(&e)),
         })
     }

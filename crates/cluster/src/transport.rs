@@ -6,8 +6,19 @@
 //! backoff; while a peer is in backoff, requests to it fail at once as unreachable, so
 //! openraft's own retry pacing applies instead of a queue growing. Queues are bounded
 //! ([`PEER_QUEUE_REQUESTS`], [`INBOUND_IN_FLIGHT_REQUESTS`]); a full queue is reported as
-//! unreachable rather than waited on. The first frame on a connection names the sender
-//! (`Hello`), which is how the test hook [`Transport::isolate`] drops traffic from a peer.
+//! unreachable rather than waited on.
+//!
+//! Every connection starts with the [`handshake`](crate::handshake): both sides prove they
+//! hold the cluster's cookie before any request is read. A failed handshake drops the
+//! connection; the dialer counts it as a failed connect (unreachable, backoff applies), and
+//! both sides log a warning, at most one per peer per [`HANDSHAKE_WARN_INTERVAL`]. The
+//! handshake also names the dialer, which is how the test hook [`Transport::isolate`] drops
+//! traffic from a peer.
+//!
+//! With [`LinkTls`] every connection is TLS first (both sides present a certificate the
+//! cluster's CA signed, and the dialer checks the acceptor's against the host of its
+//! `NAME@HOST:PORT`), and the cookie handshake then runs inside it. The TLS handshake counts
+//! toward [`HANDSHAKE_TIMEOUT`] and fails the same way (refused, logged, backoff).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -22,12 +33,14 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_rustls::rustls;
 
 use crate::frame::{self, Decoded};
+use crate::handshake::{self, Cookie, HANDSHAKE_TIMEOUT, HandshakeError};
 use crate::{NodeId, TypeConfig};
 
 /// Requests queued for one peer before further ones are refused.
@@ -42,13 +55,16 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Read buffer growth step.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// At most one warning per peer per this interval about failed handshakes: a node with a
+/// wrong cookie retries every backoff (at most [`BACKOFF_MAX`]) and would fill the log.
+pub const HANDSHAKE_WARN_INTERVAL: Duration = Duration::from_secs(30);
+/// Peer addresses the accepting side remembers for that rate limit; when full, the ones not
+/// warned about within the interval are forgotten.
+const WARN_PEERS_MAX: usize = 1024;
 
 /// A request from one node to another.
 #[derive(Serialize, Deserialize)]
 pub enum Request {
-    Hello {
-        from: String,
-    },
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
@@ -97,6 +113,10 @@ struct Envelope<T> {
 pub enum CallError {
     /// Not sent: the peer is in backoff, isolated, or its queue is full.
     Unreachable(String),
+    /// Not sent: the connection failed its handshake (another cookie, another node at that
+    /// address, or no answer within `HANDSHAKE_TIMEOUT`). Openraft sees it as unreachable;
+    /// the reconnect backoff applies.
+    Refused(String),
     /// Sent, but the connection failed or the deadline passed before a response.
     Lost(String),
 }
@@ -105,6 +125,7 @@ impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::Unreachable(s) => write!(f, "unreachable: {s}"),
+            CallError::Refused(s) => write!(f, "refused: {s}"),
             CallError::Lost(s) => write!(f, "lost: {s}"),
         }
     }
@@ -124,17 +145,56 @@ struct Outgoing {
     reply: Reply,
 }
 
+/// TLS on the inter-node link: each node's certificate serves both directions, verified
+/// against the cluster's CA on both sides. Built by the broker from its config files; the
+/// transport only runs it.
+#[derive(Clone)]
+pub struct LinkTls {
+    /// Must require a client certificate (mutual verification).
+    pub acceptor: Arc<rustls::ServerConfig>,
+    /// Must present this node's certificate.
+    pub connector: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for LinkTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkTls(..)")
+    }
+}
+
+/// One inter-node connection, plain TCP or TLS over it.
+trait Link: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Link for T {}
+type BoxLink = Box<dyn Link>;
+
 /// This node's side of the mesh.
 pub struct Transport {
     me: String,
+    cookie: Cookie,
+    tls: Option<LinkTls>,
     peers: Mutex<HashMap<String, mpsc::Sender<Outgoing>>>,
     /// Test hook: peers whose traffic is dropped in both directions.
     isolated: Mutex<HashSet<String>>,
+    /// Rate limit of the accepting side's handshake warnings, per peer IP (a dialer's port
+    /// changes with every attempt).
+    refused: Mutex<HashMap<std::net::IpAddr, WarnLimit>>,
 }
 
 impl Transport {
-    pub fn new(me: String) -> Arc<Transport> {
-        Arc::new(Transport { me, peers: Mutex::default(), isolated: Mutex::default() })
+    pub fn new(me: String, cookie: Cookie) -> Arc<Transport> {
+        Transport::with_tls(me, cookie, None)
+    }
+
+    /// [`Self::new`], with TLS on every connection when `tls` is given.
+    pub fn with_tls(me: String, cookie: Cookie, tls: Option<LinkTls>) -> Arc<Transport> {
+        Arc::new(Transport {
+            me,
+            cookie,
+            tls,
+            peers: Mutex::default(),
+            isolated: Mutex::default(),
+            refused: Mutex::default(),
+        })
     }
 
     fn is_isolated(&self, peer: &str) -> bool {
@@ -170,7 +230,8 @@ impl Transport {
                 .entry(peer.to_owned())
                 .or_insert_with(|| {
                     let (tx, rx) = mpsc::channel(PEER_QUEUE_REQUESTS);
-                    tokio::spawn(peer_task(self.me.clone(), peer.to_owned(), rx));
+                    let who = Identity { me: self.me.clone(), cookie: self.cookie.clone(), tls: self.tls.clone() };
+                    tokio::spawn(peer_task(who, peer.to_owned(), rx));
                     tx
                 })
                 .clone()
@@ -191,24 +252,88 @@ impl Transport {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, addr)) = listener.accept().await else {
                     tokio::time::sleep(BACKOFF_MIN).await;
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_connection(me.clone(), stream, inbound.clone()));
+                tokio::spawn(serve_connection(me.clone(), stream, addr, inbound.clone()));
             }
         })
     }
+
+    /// Log a refused inbound handshake from `addr`, unless one from its IP was logged within
+    /// [`HANDSHAKE_WARN_INTERVAL`].
+    fn warn_refused(&self, addr: std::net::SocketAddr, claimed: Option<&str>, e: &HandshakeError) {
+        let now = Instant::now();
+        let suppressed = {
+            let mut refused = self.refused.lock().expect("refused lock");
+            if refused.len() >= WARN_PEERS_MAX && !refused.contains_key(&addr.ip()) {
+                refused.retain(|_, w| w.last.is_some_and(|t| now.duration_since(t) < HANDSHAKE_WARN_INTERVAL));
+            }
+            if refused.len() >= WARN_PEERS_MAX { Some(0) } else { refused.entry(addr.ip()).or_default().check(now) }
+        };
+        let Some(suppressed) = suppressed else { return };
+        let who = claimed.map(|c| format!(" (claiming to be {c})")).unwrap_or_default();
+        tracing::warn!("refused an inter-node connection from {addr}{who}: {e}{}", more(suppressed));
+    }
 }
 
-async fn serve_connection<H: Inbound>(transport: Arc<Transport>, stream: TcpStream, inbound: Arc<H>) {
-    let (mut rd, mut wr) = stream.into_split();
+/// " (N more …)" for a rate-limited warning.
+fn more(suppressed: u64) -> String {
+    if suppressed == 0 { String::new() } else { format!(" ({suppressed} more from this peer since the last warning)") }
+}
+
+/// Rate limit of one kind of warning about one peer.
+#[derive(Default)]
+struct WarnLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl WarnLimit {
+    /// Whether to log now, and if so how many were left out since the last one.
+    fn check(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.duration_since(t) < HANDSHAKE_WARN_INTERVAL => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+async fn serve_connection<H: Inbound>(
+    transport: Arc<Transport>,
+    stream: TcpStream,
+    addr: std::net::SocketAddr,
+    inbound: Arc<H>,
+) {
     let mut buf = Vec::new();
-    let Some(Envelope { body: Request::Hello { from }, .. }) = read_frame::<Envelope<Request>>(&mut rd, &mut buf).await
-    else {
-        return;
+    let mut claimed = None;
+    let shake = async {
+        let mut link: BoxLink = match &transport.tls {
+            Some(tls) => Box::new(
+                tokio_rustls::TlsAcceptor::from(tls.acceptor.clone())
+                    .accept(stream)
+                    .await
+                    .map_err(|e| HandshakeError::Tls(e.to_string()))?,
+            ),
+            None => Box::new(stream),
+        };
+        let from = handshake::accept(&mut link, &mut buf, &transport.cookie, &transport.me, &mut claimed).await?;
+        Ok((link, from))
     };
+    let (link, from) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await {
+        Ok(Ok(shaken)) => shaken,
+        Ok(Err(e)) => return transport.warn_refused(addr, claimed.as_deref(), &e),
+        Err(_) => return transport.warn_refused(addr, claimed.as_deref(), &HandshakeError::Timeout),
+    };
+    let (mut rd, mut wr) = tokio::io::split(link);
     let (tx, mut rx) = mpsc::channel::<Envelope<Response>>(INBOUND_IN_FLIGHT_REQUESTS);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(INBOUND_IN_FLIGHT_REQUESTS));
     let writer = tokio::spawn(async move {
@@ -236,21 +361,27 @@ async fn serve_connection<H: Inbound>(transport: Arc<Transport>, stream: TcpStre
 }
 
 /// One peer's connection owner: connects on demand, keeps the pending map, backs off.
-async fn peer_task(me: String, peer: String, mut rx: mpsc::Receiver<Outgoing>) {
+async fn peer_task(who: Identity, peer: String, mut rx: mpsc::Receiver<Outgoing>) {
     let next_id = AtomicU64::new(1);
     let mut backoff = BACKOFF_MIN;
     let mut retry_at = Instant::now();
-    let mut conn: Option<(tokio::net::tcp::OwnedWriteHalf, Pending, tokio::task::JoinHandle<()>)> = None;
+    // Why the last connect failed, for the calls refused during the backoff after it.
+    let mut last_error = CallError::Unreachable(String::new());
+    let mut warn_limit = WarnLimit::default();
+    let mut conn: Option<Connection> = None;
     while let Some(out) = rx.recv().await {
         if conn.as_ref().is_some_and(|(_, _, reader)| reader.is_finished()) {
             conn = None;
         }
         if conn.is_none() {
             if Instant::now() < retry_at {
-                let _ = out.reply.send(Err(CallError::Unreachable(format!("{peer} is in reconnect backoff"))));
+                let _ = out.reply.send(Err(match &last_error {
+                    CallError::Refused(e) => CallError::Refused(e.clone()),
+                    e => CallError::Unreachable(format!("{peer} is in reconnect backoff after: {e}")),
+                }));
                 continue;
             }
-            match connect(&me, &peer).await {
+            match connect(&who, &peer).await {
                 Ok(c) => {
                     backoff = BACKOFF_MIN;
                     conn = Some(c);
@@ -258,7 +389,19 @@ async fn peer_task(me: String, peer: String, mut rx: mpsc::Receiver<Outgoing>) {
                 Err(e) => {
                     retry_at = Instant::now() + backoff;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
-                    let _ = out.reply.send(Err(CallError::Unreachable(format!("connect to {peer}: {e}"))));
+                    last_error = match e {
+                        ConnectError::Io(e) => CallError::Unreachable(format!("connect to {peer}: {e}")),
+                        ConnectError::Handshake(h) => {
+                            if let Some(suppressed) = warn_limit.check(Instant::now()) {
+                                tracing::warn!("inter-node handshake with {peer} failed: {h}{}", more(suppressed));
+                            }
+                            CallError::Refused(format!("inter-node handshake with {peer} failed: {h}"))
+                        }
+                    };
+                    let _ = out.reply.send(Err(match &last_error {
+                        CallError::Refused(e) => CallError::Refused(e.clone()),
+                        e => CallError::Unreachable(e.to_string()),
+                    }));
                     continue;
                 }
             }
@@ -289,21 +432,73 @@ async fn peer_task(me: String, peer: String, mut rx: mpsc::Receiver<Outgoing>) {
 
 type Pending = Arc<Mutex<HashMap<u64, Reply>>>;
 
-async fn connect(
-    me: &str,
-    peer: &str,
-) -> std::io::Result<(tokio::net::tcp::OwnedWriteHalf, Pending, tokio::task::JoinHandle<()>)> {
+/// Why a connection to a peer could not be set up.
+#[derive(Debug)]
+enum ConnectError {
+    Io(std::io::Error),
+    Handshake(HandshakeError),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Io(e) => write!(f, "{e}"),
+            ConnectError::Handshake(e) => write!(f, "inter-node handshake failed: {e}"),
+        }
+    }
+}
+
+impl From<std::io::Error> for ConnectError {
+    fn from(e: std::io::Error) -> Self {
+        ConnectError::Io(e)
+    }
+}
+
+/// What a node dials its peers as.
+struct Identity {
+    me: String,
+    cookie: Cookie,
+    tls: Option<LinkTls>,
+}
+
+/// An open connection to a peer: its write half, the calls waiting for a response, and the
+/// task reading the responses.
+type Connection = (WriteHalf<BoxLink>, Pending, tokio::task::JoinHandle<()>);
+
+async fn connect(who: &Identity, peer: &str) -> Result<Connection, ConnectError> {
     let (_, addr) = crate::parse_node_name(peer).map_err(std::io::Error::other)?;
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
-    let (mut rd, mut wr) = stream.into_split();
-    write_frame(&mut wr, &Envelope { id: 0, body: Request::Hello { from: me.to_owned() } }).await?;
+    let mut buf = Vec::new();
+    let shake = async {
+        let mut link: BoxLink = match &who.tls {
+            Some(tls) => {
+                // The acceptor's certificate must be for the host peers dial it at.
+                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                    .map_err(|e| HandshakeError::Tls(format!("{host} is not a TLS server name: {e}")))?;
+                Box::new(
+                    tokio_rustls::TlsConnector::from(tls.connector.clone())
+                        .connect(name, stream)
+                        .await
+                        .map_err(|e| HandshakeError::Tls(e.to_string()))?,
+                )
+            }
+            None => Box::new(stream),
+        };
+        handshake::initiate(&mut link, &mut buf, &who.cookie, &who.me, peer).await?;
+        Ok(link)
+    };
+    let link = tokio::time::timeout(HANDSHAKE_TIMEOUT, shake)
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout))
+        .map_err(ConnectError::Handshake)?;
+    let (mut rd, wr) = tokio::io::split(link);
     let pending: Pending = Arc::default();
     let reader_pending = pending.clone();
     let reader = tokio::spawn(async move {
-        let mut buf = Vec::new();
         while let Some(env) = read_frame::<Envelope<Response>>(&mut rd, &mut buf).await {
             if let Some(reply) = reader_pending.lock().expect("pending lock").remove(&env.id) {
                 let _ = reply.send(Ok(env.body));
@@ -314,7 +509,7 @@ async fn connect(
     Ok((wr, pending, reader))
 }
 
-async fn write_frame<T: Serialize>(wr: &mut (impl AsyncWriteExt + Unpin), value: &T) -> std::io::Result<()> {
+pub(crate) async fn write_frame<T: Serialize>(wr: &mut (impl AsyncWrite + Unpin), value: &T) -> std::io::Result<()> {
     let payload = serde_json::to_vec(value).map_err(std::io::Error::other)?;
     let mut buf = Vec::with_capacity(payload.len() + frame::HEADER_BYTES);
     frame::encode(&mut buf, &payload);
@@ -323,23 +518,53 @@ async fn write_frame<T: Serialize>(wr: &mut (impl AsyncWriteExt + Unpin), value:
 
 /// Read the next frame; `None` at end of stream, on an I/O error or on a bad frame (a
 /// checksum failure on a TCP stream means a broken peer: the connection is dropped).
-async fn read_frame<T: DeserializeOwned>(rd: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>) -> Option<T> {
+async fn read_frame<T: DeserializeOwned>(rd: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>) -> Option<T> {
+    match read_frame_detailed(rd, buf, frame::PAYLOAD_MAX_BYTES).await {
+        Ok(v) => Some(v),
+        Err(ReadError::Corrupt(reason)) => {
+            tracing::warn!(reason, "dropping an inter-node connection after a bad frame");
+            None
+        }
+        Err(ReadError::Closed | ReadError::Undecodable | ReadError::TooLarge) => None,
+    }
+}
+
+/// Why [`read_frame_detailed`] returned no value.
+pub(crate) enum ReadError {
+    /// End of stream or an I/O error.
+    Closed,
+    /// A bad checksum or an impossible length.
+    Corrupt(&'static str),
+    /// A valid frame whose JSON is not a `T`.
+    Undecodable,
+    /// A frame announcing more than the caller's limit.
+    TooLarge,
+}
+
+/// Read the next frame of at most `payload_max` bytes (bytes after it stay in `buf`).
+pub(crate) async fn read_frame_detailed<T: DeserializeOwned>(
+    rd: &mut (impl AsyncRead + Unpin),
+    buf: &mut Vec<u8>,
+    payload_max: u32,
+) -> Result<T, ReadError> {
     loop {
+        if let Some(len) = buf.first_chunk::<4>().map(|l| u32::from_le_bytes(*l))
+            && len > payload_max
+        {
+            return Err(ReadError::TooLarge);
+        }
         match frame::decode(buf) {
             Decoded::Record(payload, n) => {
-                let value = serde_json::from_slice(payload).ok();
+                let value = serde_json::from_slice(payload).map_err(|_| ReadError::Undecodable);
                 buf.drain(..n);
                 return value;
             }
-            Decoded::Corrupt { reason, .. } => {
-                tracing::warn!(reason, "dropping an inter-node connection after a bad frame");
-                return None;
-            }
+            Decoded::Corrupt { reason, .. } => return Err(ReadError::Corrupt(reason)),
             Decoded::Incomplete => {
                 let old = buf.len();
                 buf.resize(old + READ_CHUNK_BYTES, 0);
                 match rd.read(&mut buf[old..]).await {
-                    Ok(0) | Err(_) => return None,
+                    Ok(0) | Err(_) => return Err(ReadError::Closed),
                     Ok(n) => buf.truncate(old + n),
                 }
             }
@@ -349,17 +574,28 @@ async fn read_frame<T: DeserializeOwned>(rd: &mut (impl AsyncReadExt + Unpin), b
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+
     use super::*;
 
-    struct Echo;
+    /// Answers proposals with their length, and counts the requests it served.
+    #[derive(Default)]
+    struct Echo {
+        served: AtomicUsize,
+    }
 
     impl Inbound for Echo {
         async fn handle(&self, _from: String, request: Request) -> Response {
+            self.served.fetch_add(1, Ordering::Relaxed);
             match request {
                 Request::Client(ClientRequest::Propose(c)) => Response::Client(Ok((c.len() as u64, Vec::new()))),
                 _ => Response::Client(Err(ClientFailure::Other("unexpected".into()))),
             }
         }
+    }
+
+    fn cookie(s: &str) -> Cookie {
+        Cookie::new(s).unwrap()
     }
 
     fn propose(n: usize) -> Request {
@@ -376,11 +612,41 @@ mod tests {
         panic!("{peer} never answered");
     }
 
+    /// A transport named after a fresh listener's address, serving with a counting [`Echo`].
+    async fn serving(short: &str, secret: &str) -> (Arc<Transport>, String, Arc<Echo>, tokio::task::JoinHandle<()>) {
+        serving_with(short, secret, None).await
+    }
+
+    async fn serving_with(
+        short: &str,
+        secret: &str,
+        tls: Option<LinkTls>,
+    ) -> (Arc<Transport>, String, Arc<Echo>, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let name = format!("{short}@{}", listener.local_addr().unwrap());
+        let t = Transport::with_tls(name.clone(), cookie(secret), tls);
+        let echo = Arc::new(Echo::default());
+        let server = t.serve(listener, echo.clone());
+        (t, name, echo, server)
+    }
+
+    /// The stream ends (the peer closed it) within `limit`; how long that took.
+    async fn closed_within(s: &mut TcpStream, limit: Duration) -> Duration {
+        let start = std::time::Instant::now();
+        let mut rest = [0u8; 64];
+        loop {
+            let n = tokio::time::timeout(limit, s.read(&mut rest)).await.expect("still open").unwrap_or(0);
+            if n == 0 {
+                return start.elapsed();
+            }
+        }
+    }
+
     #[tokio::test]
     async fn unreachable_backoff_reconnect_and_isolation() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let peer = format!("b@127.0.0.1:{port}");
-        let a = Transport::new("a@127.0.0.1:1".into());
+        let a = Transport::new("a@127.0.0.1:1".into(), cookie("C"));
         // Nobody listens: unreachable, and while in backoff the next call fails without dialing.
         assert!(matches!(a.call(&peer, propose(5), Duration::from_secs(1)).await, Err(CallError::Unreachable(_))));
         let start = std::time::Instant::now();
@@ -389,8 +655,8 @@ mod tests {
         assert!(start.elapsed() < BACKOFF_MIN);
 
         // The peer comes up: the same connection owner reconnects after its backoff.
-        let b = Transport::new(peer.clone());
-        let _server = b.serve(TcpListener::bind(("127.0.0.1", port)).await.unwrap(), Arc::new(Echo));
+        let b = Transport::new(peer.clone(), cookie("C"));
+        let _server = b.serve(TcpListener::bind(("127.0.0.1", port)).await.unwrap(), Arc::new(Echo::default()));
         eventually_ok(&a, &peer).await;
 
         // Isolated on the sending side: refused at once.
@@ -407,16 +673,101 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_frame_with_a_bad_checksum_closes_the_connection() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let b = Transport::new(format!("b@{addr}"));
-        let _server = b.serve(listener, Arc::new(Echo));
+    async fn equal_cookies_shake_hands_in_both_directions() {
+        let (a, a_name, a_echo, _sa) = serving("a", "SAME").await;
+        let (b, b_name, b_echo, _sb) = serving("b", "SAME").await;
+        eventually_ok(&a, &b_name).await;
+        eventually_ok(&b, &a_name).await;
+        assert_eq!(a_echo.served.load(Ordering::Relaxed), 1);
+        assert_eq!(b_echo.served.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_cookie_is_refused_in_both_directions_and_nothing_is_served() {
+        let (a, a_name, a_echo, _sa) = serving("a", "ONE").await;
+        let (b, b_name, b_echo, _sb) = serving("b", "TWO").await;
+        for (from, to) in [(&a, &b_name), (&b, &a_name)] {
+            let r = from.call(to, propose(5), Duration::from_secs(5)).await;
+            assert!(matches!(r, Err(CallError::Refused(ref e)) if e.contains("cookie mismatch")), "{:?}", r.err());
+            // The failure counts as a failed connect: the backoff applies (no new dial, no
+            // second warning) and the call says why.
+            let start = std::time::Instant::now();
+            let r = from.call(to, propose(5), Duration::from_secs(5)).await;
+            assert!(matches!(r, Err(CallError::Refused(ref e)) if e.contains("cookie mismatch")), "{:?}", r.err());
+            assert!(start.elapsed() < BACKOFF_MIN);
+        }
+        assert_eq!(a_echo.served.load(Ordering::Relaxed) + b_echo.served.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn dialing_a_node_under_another_name_is_refused() {
+        let (_b, b_name, b_echo, _sb) = serving("b", "SAME").await;
+        let a = Transport::new("a@127.0.0.1:1".into(), cookie("SAME"));
+        let wrong = b_name.replacen("b@", "x@", 1);
+        let r = a.call(&wrong, propose(5), Duration::from_secs(5)).await;
+        assert!(matches!(r, Err(CallError::Refused(ref e)) if e.contains("not the one dialed")), "{:?}", r.err());
+        assert_eq!(b_echo.served.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_raft_frame_without_a_handshake_is_dropped_unserved() {
+        let (_b, b_name, echo, _sb) = serving("b", "SECRET").await;
+        let (_, addr) = crate::parse_node_name(&b_name).unwrap();
         let mut s = TcpStream::connect(addr).await.unwrap();
-        write_frame(&mut s, &Envelope { id: 0, body: Request::Hello { from: "raw@h:1".into() } }).await.unwrap();
+        // A well-formed request, as a peer that skips the handshake would send it.
+        let vote = Request::Vote(VoteRequest::new(openraft::Vote::new(9, 1), None));
+        write_frame(&mut s, &Envelope { id: 1, body: vote }).await.unwrap();
+        write_frame(&mut s, &Envelope { id: 2, body: propose(3) }).await.unwrap();
+        closed_within(&mut s, Duration::from_secs(2)).await;
+        // One announcing a large frame is dropped at once, not buffered until the timeout.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&(1u32 << 20).to_le_bytes()).await.unwrap();
+        assert!(closed_within(&mut s, HANDSHAKE_TIMEOUT).await < HANDSHAKE_TIMEOUT / 2);
+        assert_eq!(echo.served.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_silent_dialer_is_dropped_after_the_handshake_timeout() {
+        let (_b, b_name, echo, _sb) = serving("b", "SECRET").await;
+        let (_, addr) = crate::parse_node_name(&b_name).unwrap();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let took = closed_within(&mut s, HANDSHAKE_TIMEOUT + Duration::from_secs(2)).await;
+        assert!(took + Duration::from_millis(100) >= HANDSHAKE_TIMEOUT, "closed after {took:?}");
+        // A dialer that stalls after its hello is dropped the same way.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let hello = handshake::Message::Hello { from: "a@h:1".into(), to: b_name.clone(), nonce: [0; 32] };
+        write_frame(&mut s, &hello).await.unwrap();
+        closed_within(&mut s, HANDSHAKE_TIMEOUT + Duration::from_secs(2)).await;
+        assert_eq!(echo.served.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_silent_acceptor_makes_the_peer_unreachable_after_the_handshake_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = format!("b@{}", listener.local_addr().unwrap());
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let a = Transport::new("a@127.0.0.1:1".into(), cookie("C"));
+        let start = std::time::Instant::now();
+        let r = a.call(&peer, propose(5), HANDSHAKE_TIMEOUT * 3).await;
+        assert!(matches!(r, Err(CallError::Refused(ref e)) if e.contains("handshake not finished")), "{:?}", r.err());
+        assert!(start.elapsed() < HANDSHAKE_TIMEOUT * 2, "{:?}", start.elapsed());
+        holder.abort();
+    }
+
+    #[tokio::test]
+    async fn a_frame_with_a_bad_checksum_closes_the_connection() {
+        let (_b, b_name, _echo, _sb) = serving("b", "SECRET").await;
+        let (_, addr) = crate::parse_node_name(&b_name).unwrap();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        handshake::initiate(&mut s, &mut buf, &cookie("SECRET"), "raw@h:1", &b_name).await.unwrap();
         // A good request is answered.
         write_frame(&mut s, &Envelope { id: 1, body: propose(3) }).await.unwrap();
-        let mut buf = Vec::new();
         let reply: Envelope<Response> = read_frame(&mut s, &mut buf).await.unwrap();
         assert!(matches!(reply, Envelope { id: 1, body: Response::Client(Ok((3, _))) }));
         // A damaged one closes the connection: the next read sees end of stream.
@@ -425,8 +776,109 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 0x20;
         s.write_all(&bad).await.unwrap();
-        let mut rest = [0u8; 16];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut rest)).await.unwrap().unwrap_or(0);
-        assert_eq!(n, 0, "the connection stayed open after a bad frame");
+        closed_within(&mut s, Duration::from_secs(5)).await;
+    }
+
+    mod tls {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::server::WebPkiClientVerifier;
+        use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+        use super::*;
+
+        type Ca = CertifiedIssuer<'static, KeyPair>;
+
+        fn ca(name: &str) -> Ca {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, format!("cluster test CA {name}"));
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+        }
+
+        /// A node's TLS: a certificate for 127.0.0.1 (server and client use) that `signer`
+        /// signed, trusting certificates `trusted` signed.
+        fn link(signer: &Ca, trusted: &Ca) -> LinkTls {
+            let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+            let key = KeyPair::generate().unwrap();
+            let chain = vec![params.signed_by(&key, signer).unwrap().der().clone()];
+            let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let mut roots = RootCertStore::empty();
+            roots.add(trusted.der().clone()).unwrap();
+            let roots = Arc::new(roots);
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build().unwrap();
+            let acceptor = ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain.clone(), key.clone_key())
+                .unwrap();
+            let connector = ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(chain, key)
+                .unwrap();
+            LinkTls { acceptor: Arc::new(acceptor), connector: Arc::new(connector) }
+        }
+
+        #[tokio::test]
+        async fn nodes_with_certificates_of_the_cluster_ca_talk_over_tls_both_ways() {
+            let main = ca("main");
+            let (a, a_name, _, _sa) = serving_with("a", "SAME", Some(link(&main, &main))).await;
+            let (b, b_name, b_echo, _sb) = serving_with("b", "SAME", Some(link(&main, &main))).await;
+            eventually_ok(&a, &b_name).await;
+            eventually_ok(&b, &a_name).await;
+            assert_eq!(b_echo.served.load(Ordering::Relaxed), 1);
+            // TLS does not replace the cookie: the right certificate with another cookie is refused.
+            let c = Transport::with_tls("c@127.0.0.1:1".into(), cookie("OTHER"), Some(link(&main, &main)));
+            let r = c.call(&b_name, propose(5), Duration::from_secs(5)).await;
+            assert!(matches!(r, Err(CallError::Refused(ref e)) if e.contains("cookie mismatch")), "{:?}", r.err());
+        }
+
+        #[tokio::test]
+        async fn a_plain_peer_or_a_certificate_of_another_ca_is_refused_in_both_directions() {
+            let (main, other) = (ca("main"), ca("other"));
+            let (b, b_name, b_echo, _sb) = serving_with("b", "SAME", Some(link(&main, &main))).await;
+            let refused = async |from: &Arc<Transport>, to: &str| {
+                let r = from.call(to, propose(5), Duration::from_secs(5)).await;
+                assert!(matches!(r, Err(CallError::Refused(_))), "{:?}", r.err());
+                r.err().unwrap().to_string()
+            };
+            // A node without TLS, either way.
+            let (plain, plain_name, plain_echo, _sp) = serving("p", "SAME").await;
+            refused(&plain, &b_name).await;
+            let e = refused(&b, &plain_name).await;
+            assert!(e.contains("TLS"), "{e}");
+            // A node whose certificate another CA signed: b does not trust it as a client…
+            let stranger = Transport::with_tls("s@127.0.0.1:1".into(), cookie("SAME"), Some(link(&other, &main)));
+            refused(&stranger, &b_name).await;
+            // …and a node trusting only that CA does not trust b's.
+            let (_doubter, doubter_name, doubter_echo, _sd) =
+                serving_with("d", "SAME", Some(link(&other, &other))).await;
+            let e = refused(&b, &doubter_name).await;
+            assert!(e.contains("TLS"), "{e}");
+            let served =
+                [&b_echo, &plain_echo, &doubter_echo].iter().map(|e| e.served.load(Ordering::Relaxed)).sum::<usize>();
+            assert_eq!(served, 0);
+        }
+    }
+
+    #[test]
+    fn handshake_warnings_are_rate_limited_and_count_what_they_left_out() {
+        let mut w = WarnLimit::default();
+        let t0 = Instant::now();
+        assert_eq!(w.check(t0), Some(0));
+        assert_eq!(w.check(t0 + BACKOFF_MAX), None);
+        assert_eq!(w.check(t0 + BACKOFF_MAX * 2), None);
+        assert_eq!(w.check(t0 + HANDSHAKE_WARN_INTERVAL), Some(2));
+        assert_eq!(w.check(t0 + HANDSHAKE_WARN_INTERVAL * 2), Some(0));
     }
 }

@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster::{Applier, ClusterNode, NodeConfig};
+use cluster::{Applier, ClusterNode, Cookie, NodeConfig};
 use tokio::runtime::Runtime;
+
+/// The cookie the nodes of these tests share.
+const COOKIE: &str = "TESTCOOKIE";
 
 /// The test applier: records every command with its index, in order, in memory (so a
 /// restarted node starts from its snapshot and the log, as before the applier existed).
@@ -58,7 +61,7 @@ impl TestNode {
         cluster: &[String],
         snapshot_every: u64,
     ) -> TestNode {
-        TestNode::start_with(name, dir, listener, cluster, snapshot_every, Arc::new(Recorder::default()))
+        TestNode::start_with(name, dir, listener, cluster, snapshot_every, Arc::new(Recorder::default()), COOKIE)
     }
 
     fn start_with(
@@ -68,9 +71,10 @@ impl TestNode {
         cluster: &[String],
         snapshot_every: u64,
         recorder: Arc<Recorder>,
+        cookie: &str,
     ) -> TestNode {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let mut config = NodeConfig::new(name, dir, listener.local_addr().unwrap());
+        let mut config = NodeConfig::new(name, dir, listener.local_addr().unwrap(), Cookie::new(cookie).unwrap());
         config.cluster_nodes = cluster.to_vec();
         config.snapshot_every_entries = snapshot_every;
         let node = rt.block_on(async {
@@ -385,6 +389,33 @@ fn fourth_node_joins_through_a_snapshot_and_can_be_removed() {
 }
 
 #[test]
+fn a_node_with_another_cookie_is_not_added_and_the_group_is_undisturbed() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 1000);
+    let leader = wait_leader(&nodes, Duration::from_secs(10));
+    let (name, listener) = listeners(1).pop().unwrap();
+    let dir = root.path().join(&name);
+    let recorder = Arc::new(Recorder::default());
+    nodes.push(TestNode::start_with(&name, &dir, listener, &[], 1000, recorder, "ANOTHER"));
+    // Asked on a follower: forwarded to the leader, which cannot reach the node.
+    let follower = &nodes[(leader + 1) % 3];
+    let e = follower.on(follower.node().add_member(&name)).unwrap_err().to_string();
+    assert!(e.contains("cannot join") && e.contains("cookie mismatch"), "{e}");
+    for n in &nodes[..3] {
+        let mut members = n.node().members();
+        members.sort();
+        assert_eq!(members.len(), 3, "{} sees members {members:?}", n.name);
+    }
+    // The three still commit, and the odd one got nothing.
+    for i in 0..10 {
+        nodes[i % 3].on(nodes[i % 3].node().propose(cmd("after", i))).unwrap();
+    }
+    let three: Vec<&TestNode> = nodes[..3].iter().collect();
+    assert_converged(&three, 10, Duration::from_secs(10));
+    assert!(nodes[3].commands().is_empty());
+}
+
+#[test]
 fn whole_cluster_killed_and_restarted_recovers_snapshot_and_log_from_disk() {
     let root = tempfile::tempdir().unwrap();
     let mut nodes = cluster(root.path(), 50);
@@ -529,7 +560,7 @@ fn durable_applier_restart(snapshot_every: u64) {
         .into_iter()
         .zip(&recorders)
         .map(|((name, l), r)| {
-            TestNode::start_with(&name, &root.path().join(&name), l, &names, snapshot_every, r.clone())
+            TestNode::start_with(&name, &root.path().join(&name), l, &names, snapshot_every, r.clone(), COOKIE)
         })
         .collect();
     let leader = wait_leader(&nodes, Duration::from_secs(10));
@@ -545,7 +576,7 @@ fn durable_applier_restart(snapshot_every: u64) {
     let (_, addr) = cluster::parse_node_name(&names[leader]).unwrap();
     let listener = std::net::TcpListener::bind(addr).unwrap();
     nodes[leader] =
-        TestNode::start_with(&names[leader], &dir, listener, &names, snapshot_every, recorders[leader].clone());
+        TestNode::start_with(&names[leader], &dir, listener, &names, snapshot_every, recorders[leader].clone(), COOKIE);
     assert_eq!(nodes[leader].node().members().len(), 3, "the restarted node lost the membership");
     wait_leader(&nodes, Duration::from_secs(10));
     for i in 0..5 {

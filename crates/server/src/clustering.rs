@@ -6,6 +6,7 @@
 //! changes as the definitions log's JSON); every node applies committed commands in log
 //! order through [`Applier`] (`ServerState::apply_committed`), and a snapshot is the
 //! directory's content. Exchanges, queues and bindings are still per node (docs/cluster.md).
+//! The cookie the inter-node connections prove comes from [`crate::cluster_cookie`].
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Weak};
@@ -367,12 +368,15 @@ impl cluster::Applier for Applier {
 /// `state`'s directory as what it replicates.
 pub async fn start(
     plan: &ClusterPlan,
+    cookie: cluster::Cookie,
+    tls: Option<cluster::LinkTls>,
     data_dir: &std::path::Path,
     state: &Arc<ServerState>,
 ) -> Result<Running, String> {
     let dir = data_dir.join("cluster");
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let mut c = cluster::NodeConfig::new(plan.name.clone(), dir, plan.listen);
+    let mut c = cluster::NodeConfig::new(plan.name.clone(), dir, plan.listen, cookie);
+    c.tls = tls;
     c.cluster_nodes = plan.nodes.clone();
     c.snapshot_every_entries = state.config.cluster_snapshot_every_entries;
     c.request_deadline = Duration::from_millis(state.config.cluster_write_timeout_ms);

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{ClientAuth, Config, ListenAddr, TlsConfig, TlsVersion};
+use crate::config::{ClientAuth, ClusterTlsFiles, Config, ListenAddr, TlsConfig, TlsVersion};
 
 /// Largest `max_message_size` RabbitMQ accepts (512 MiB).
 const MAX_MESSAGE_SIZE_LIMIT_BYTES: u64 = 512 * 1024 * 1024;
@@ -183,6 +183,17 @@ struct Draft {
     loopback_users: Option<Vec<(String, bool)>>,
     /// `cluster_formation.classic_config.nodes.N`, keyed by N, in file order.
     cluster_nodes: Option<Vec<(String, String)>>,
+    cluster_tls: ClusterTlsDraft,
+}
+
+/// `warren.cluster_tls.*`: all three files or none.
+#[derive(Default)]
+struct ClusterTlsDraft {
+    /// Line of the first key; 0 = none.
+    first_line: usize,
+    certfile: Option<PathBuf>,
+    keyfile: Option<PathBuf>,
+    cacertfile: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -220,6 +231,7 @@ impl Draft {
             user_tags: None,
             loopback_users: None,
             cluster_nodes: None,
+            cluster_tls: ClusterTlsDraft::default(),
         }
     }
 
@@ -314,6 +326,19 @@ impl Draft {
             ["log", "file"] => self.log.file = if v == "false" { None } else { Some(parse_path(v)) },
             ["log", "file", "level"] => self.log.file_level = Some(parse_level(v)?),
             ["warren", name] => self.set_warren(name, v)?,
+            ["warren", "cluster_tls", file] => {
+                let t = &mut self.cluster_tls;
+                let slot = match *file {
+                    "certfile" => &mut t.certfile,
+                    "keyfile" => &mut t.keyfile,
+                    "cacertfile" => &mut t.cacertfile,
+                    _ => return Err("unknown key".into()),
+                };
+                *slot = Some(parse_path(v));
+                if t.first_line == 0 {
+                    t.first_line = line;
+                }
+            }
             ["cluster_name"] => c.cluster_name = Some(v.to_owned()),
             ["cluster_formation", "peer_discovery_backend"] => match v {
                 "classic_config" | "rabbit_peer_discovery_classic_config" => {}
@@ -357,7 +382,9 @@ impl Draft {
         Ok(())
     }
 
-    /// `warren.<name>`: one per `warren` command-line flag, same name with underscores.
+    /// `warren.<name>`: one per `warren` command-line flag, same name with underscores
+    /// (but `cluster_cookie`, a secret, has no flag: a process's arguments are visible to
+    /// every local user).
     fn set_warren(&mut self, name: &str, v: &str) -> Result<(), String> {
         let c = &mut self.config;
         match name {
@@ -380,6 +407,8 @@ impl Draft {
                     return Err("must be at least 1".into());
                 }
             }
+            "cluster_cookie" => c.cluster_cookie = Some(v.to_owned()),
+            "cluster_cookie_file" => c.cluster_cookie_file = Some(parse_path(v)),
             "cluster_snapshot_every" => {
                 c.cluster_snapshot_every_entries = parse_int(v)?;
                 if c.cluster_snapshot_every_entries == 0 {
@@ -418,6 +447,18 @@ impl Draft {
         }
         if let Some(users) = self.loopback_users {
             c.loopback_users = users.into_iter().filter(|(_, on)| *on).map(|(u, _)| u).collect();
+        }
+        let t = self.cluster_tls;
+        if t.first_line > 0 {
+            let missing = |what: &str| {
+                let m = format!("warren.cluster_tls needs {what} too (certfile, keyfile and cacertfile)");
+                (t.first_line, "warren.cluster_tls".to_owned(), m)
+            };
+            c.cluster_tls = Some(ClusterTlsFiles {
+                certfile: t.certfile.ok_or_else(|| missing("certfile"))?,
+                keyfile: t.keyfile.ok_or_else(|| missing("keyfile"))?,
+                cacertfile: t.cacertfile.ok_or_else(|| missing("cacertfile"))?,
+            });
         }
         let s = self.ssl;
         if s.first_line > 0 {
@@ -614,9 +655,23 @@ mod tests {
              warren.node_name = warren@node1\n\
              warren.cluster_listen = 0.0.0.0:25672\n\
              warren.cluster_write_timeout_ms = 2500\n\
-             warren.cluster_snapshot_every = 64\n",
+             warren.cluster_snapshot_every = 64\n\
+             warren.cluster_cookie = ABCDEFGHIJ\n\
+             warren.cluster_cookie_file = /etc/warren/cookie\n\
+             warren.cluster_tls.certfile = /etc/warren/node.pem\n\
+             warren.cluster_tls.keyfile = /etc/warren/node.key\n\
+             warren.cluster_tls.cacertfile = /etc/warren/ca.pem\n",
         );
         let c = &s.config;
+        assert_eq!(c.cluster_cookie.as_deref(), Some("ABCDEFGHIJ"));
+        assert_eq!(c.cluster_cookie_file.as_deref(), Some(std::path::Path::new("/etc/warren/cookie")));
+        assert!(Config::default().cluster_cookie.is_none() && Config::default().cluster_cookie_file.is_none());
+        let files = c.cluster_tls.as_ref().expect("cluster_tls");
+        assert_eq!(
+            (files.certfile.to_str(), files.keyfile.to_str(), files.cacertfile.to_str()),
+            (Some("/etc/warren/node.pem"), Some("/etc/warren/node.key"), Some("/etc/warren/ca.pem"))
+        );
+        assert!(Config::default().cluster_tls.is_none());
         assert_eq!(c.cluster_nodes, vec!["warren@10.0.0.3:25673", "warren@node1:25672", "warren@node2:25672"]);
         assert_eq!(c.cluster_name.as_deref(), Some("prod"));
         assert_eq!(c.node_name.as_deref(), Some("warren@node1"));
@@ -644,6 +699,13 @@ mod tests {
         assert!(e.message.contains("NAME@HOST:PORT"), "{e}");
         let e = parse_err("\nwarren.cluster_listen = node1:25672\n");
         assert_eq!((e.line, e.key.as_deref()), (2, Some("warren.cluster_listen")));
+        let e = parse_err("heartbeat = 5\nwarren.cluster_tls.certfile = a.pem\nwarren.cluster_tls.keyfile = a.key\n");
+        assert_eq!((e.line, e.key.as_deref()), (2, Some("warren.cluster_tls")));
+        assert!(e.message.contains("needs cacertfile"), "{e}");
+        let e = parse_err("warren.cluster_tls.verify = verify_peer\n");
+        assert_eq!(e.message, "unknown key");
+        let e = parse_err("warren.cluster_cookie =\n");
+        assert!(e.to_string().contains("warren.cluster_cookie: missing value"), "{e}");
         let e = parse_err("warren.node_name = node1\n");
         assert!(e.message.contains("NAME@HOST"), "{e}");
         let e = parse_err("cluster_formation.node_cleanup.interval = 30\n");

@@ -49,6 +49,16 @@ pub struct TlsConfig {
     pub handshake_timeout: Duration,
 }
 
+/// TLS on the inter-node link (`warren.cluster_tls.*`), mutual: every node presents
+/// `certfile` (for the host of its `NAME@HOST:PORT`, usable as server and client) and
+/// accepts only peers whose certificate `cacertfile` signed. Files are PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTlsFiles {
+    pub certfile: PathBuf,
+    pub keyfile: PathBuf,
+    pub cacertfile: PathBuf,
+}
+
 impl TlsConfig {
     /// RabbitMQ's `ssl_handshake_timeout` default.
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(5000);
@@ -165,6 +175,14 @@ pub struct Config {
     /// In a cluster: take a Raft snapshot (and drop the log before it) every this many
     /// applied entries (`warren.cluster_snapshot_every`).
     pub cluster_snapshot_every_entries: u64,
+    /// In a cluster: the cookie every node shares (`warren.cluster_cookie`); None: from
+    /// `$RABBITMQ_ERLANG_COOKIE` or the cookie file (`cluster_cookie`).
+    pub cluster_cookie: Option<String>,
+    /// In a cluster: the file holding the cookie (`warren.cluster_cookie_file`); None:
+    /// `$HOME/.erlang.cookie`, created when missing.
+    pub cluster_cookie_file: Option<PathBuf>,
+    /// In a cluster: TLS on the inter-node link; None: plain TCP.
+    pub cluster_tls: Option<ClusterTlsFiles>,
 }
 
 impl Default for Config {
@@ -216,6 +234,9 @@ impl Default for Config {
             cluster_name: None,
             cluster_write_timeout_ms: 10_000,
             cluster_snapshot_every_entries: 10_000,
+            cluster_cookie: None,
+            cluster_cookie_file: None,
+            cluster_tls: None,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod alarms;
 pub mod auth;
 pub mod channel;
+pub mod cluster_cookie;
 pub mod clustering;
 pub mod conf_file;
 pub mod config;

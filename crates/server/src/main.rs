@@ -214,6 +214,11 @@ struct Args {
     /// In a cluster: Raft snapshot every this many applied entries [default: 10000].
     #[arg(long, value_name = "ENTRIES")]
     cluster_snapshot_every: Option<u64>,
+    /// In a cluster: the owner-only file holding the cookie the nodes share, read when
+    /// neither warren.cluster_cookie nor $RABBITMQ_ERLANG_COOKIE gives one (default:
+    /// $HOME/.erlang.cookie, created when missing).
+    #[arg(long, value_name = "FILE")]
+    cluster_cookie_file: Option<PathBuf>,
 }
 
 impl Args {
@@ -273,6 +278,9 @@ impl Args {
         }
         set(&self.cluster_write_timeout_ms.map(|t| t.max(1)), &mut c.cluster_write_timeout_ms);
         set(&self.cluster_snapshot_every.map(|n| n.max(1)), &mut c.cluster_snapshot_every_entries);
+        if self.cluster_cookie_file.is_some() {
+            c.cluster_cookie_file.clone_from(&self.cluster_cookie_file);
+        }
         Ok(())
     }
 }
@@ -407,6 +415,11 @@ fn run() -> anyhow::Result<()> {
     );
     let node_name = server::clustering::node_name(&config);
     let cluster_plan = server::clustering::plan(&config, &node_name).map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
+    // Only a clustered node uses the inter-node TLS settings.
+    let cluster_tls = match (&cluster_plan, &config.cluster_tls) {
+        (Some(_), Some(files)) => Some(server::tls::cluster_link_tls(files)?),
+        _ => None,
+    };
     server::alarms::set_release_memory(release_free_memory);
     server::alarms::set_allocated_bytes(counting::allocated_bytes);
     init_logging(&log)?;
@@ -430,9 +443,20 @@ fn run() -> anyhow::Result<()> {
         // before the listeners, so a restarted node has caught up with its own log first.
         let cluster_node = match &cluster_plan {
             Some(plan) => {
+                let (cookie, source) =
+                    server::cluster_cookie::from_environment(&config).map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
                 server::clustering::start_quorum_queues(plan, &state);
-                let running = server::clustering::start(plan, &data_dir, &state).await.map_err(anyhow::Error::msg)?;
-                info!(node = %plan.name, listen = %plan.listen, members = ?plan.nodes, "cluster node started");
+                let running = server::clustering::start(plan, cookie, cluster_tls, &data_dir, &state)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                info!(
+                    node = %plan.name,
+                    listen = %plan.listen,
+                    members = ?plan.nodes,
+                    cookie = %source,
+                    tls = config.cluster_tls.is_some(),
+                    "cluster node started"
+                );
                 let node = running.node.clone();
                 let _ = state.cluster.set(running);
                 server::clustering::seed(&state);

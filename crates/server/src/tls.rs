@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tracing::warn;
 
-use crate::config::{ClientAuth, TlsConfig, TlsVersion};
+use crate::config::{ClientAuth, ClusterTlsFiles, TlsConfig, TlsVersion};
 use crate::connection::{ClientReader, Endpoint, serve_stream, socket_closed};
 use crate::state::ServerState;
 
@@ -95,6 +95,51 @@ impl TlsAcceptor {
             handshake_timeout: cfg.handshake_timeout,
         })
     }
+}
+
+/// The inter-node link's TLS (`warren.cluster_tls.*`): the node's certificate both when it
+/// accepts and when it dials, peers' certificates verified against `cacertfile` both ways.
+/// TLS 1.3 and 1.2 (rustls's safe defaults).
+pub fn cluster_link_tls(files: &ClusterTlsFiles) -> Result<cluster::LinkTls, TlsSetupError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(&files.cacertfile, "warren.cluster_tls.cacertfile")? {
+        roots.add(cert).map_err(|e| {
+            TlsSetupError(format!(
+                "warren.cluster_tls.cacertfile {}: unusable CA certificate: {e}",
+                files.cacertfile.display()
+            ))
+        })?;
+    }
+    let roots = Arc::new(roots);
+    let chain = read_certs(&files.certfile, "warren.cluster_tls.certfile")?;
+    let key = PrivateKeyDer::from_pem_file(&files.keyfile).map_err(|e| {
+        TlsSetupError(format!("warren.cluster_tls.keyfile {}: no usable private key: {e}", files.keyfile.display()))
+    })?;
+    let pair = |e: rustls::Error| {
+        TlsSetupError(format!(
+            "warren.cluster_tls.certfile {} with warren.cluster_tls.keyfile {}: {e}",
+            files.certfile.display(),
+            files.keyfile.display()
+        ))
+    };
+    let versions = |e: rustls::Error| TlsSetupError(format!("warren.cluster_tls: {e}"));
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| TlsSetupError(format!("warren.cluster_tls: peer certificate verification: {e}")))?;
+    let acceptor = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(versions)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(pair)?;
+    let connector = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(versions)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(pair)?;
+    Ok(cluster::LinkTls { acceptor: Arc::new(acceptor), connector: Arc::new(connector) })
 }
 
 /// Every certificate in a PEM file (at least one).

@@ -31,6 +31,9 @@ struct Node {
     mgmt: u16,
     /// The Prometheus port, picked afresh at each start too.
     prom: u16,
+    /// `$HOME` of the process: where a node without `warren.cluster_cookie` finds (or
+    /// creates) its cookie file, `.erlang.cookie` — the test's directory, never the real one.
+    home: PathBuf,
     proc: Option<WarrenProcess>,
 }
 
@@ -42,7 +45,13 @@ impl Node {
         let (mgmt, prom) = (self.mgmt.to_string(), self.prom.to_string());
         let args =
             ["--config", &conf, "--node-name", &self.short, "--management-port", &mgmt, "--prometheus-port", &prom];
-        self.proc = Some(WarrenProcess::start(&self.data, None, &args));
+        self.proc = Some(self.spawn(&args));
+    }
+
+    /// The process with this node's `$HOME` (and no cookie from the test's environment).
+    fn spawn(&self, args: &[&str]) -> WarrenProcess {
+        let env = [("HOME", Some(self.home.as_os_str())), ("RABBITMQ_ERLANG_COOKIE", None)];
+        WarrenProcess::start_env(&self.data, None, args, &env)
     }
 
     /// `rabbitmq_http_client` on this node's API, as guest.
@@ -143,6 +152,7 @@ fn three_nodes_with(dir: &Path, extra: &str) -> Vec<Node> {
                 conf: conf_path,
                 mgmt: 0,
                 prom: 0,
+                home: dir.to_owned(),
                 proc: None,
             }
         })
@@ -193,6 +203,10 @@ fn three_processes_form_a_cluster_and_survive_a_leader_kill() {
         leader = agreed_status(&nodes, &[0, 1, 2], &all)?;
         Ok(())
     });
+    // No cookie configured: the three share the default file in their $HOME, created by
+    // whichever started first, owner-only.
+    let cookie = std::fs::metadata(dir.path().join(".erlang.cookie")).expect("the default cookie file");
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&cookie.permissions()) & 0o777, 0o400);
     // The cluster is named after the node that formed it (the first in sort order).
     let s = nodes[1].status().unwrap();
     assert_eq!(s["cluster_name"], all[0].as_str());
@@ -314,11 +328,12 @@ fn a_fourth_node_joins_with_join_cluster_and_leaves_with_forget_cluster_node() {
         conf,
         mgmt: 0,
         prom: 0,
+        home: dir.path().to_owned(),
         proc: None,
     };
     // It was a single node with a user of its own before: joining resets it (RabbitMQ's
     // join_cluster needs a reset node), its users become the cluster's.
-    n4.proc = Some(WarrenProcess::start(&n4.data, None, &[]));
+    n4.proc = Some(n4.spawn(&[]));
     let (code, out, err) = n4.ctl(&["add_user", "local-only", "pw"]);
     assert_eq!(code, 0, "{out}{err}");
     n4.kill();
@@ -376,8 +391,10 @@ fn a_node_without_clustering_is_a_cluster_of_one() {
         conf: PathBuf::new(),
         mgmt: 0,
         prom: 0,
-        proc: Some(WarrenProcess::start(&dir.path().join("data"), None, &[])),
+        home: dir.path().to_owned(),
+        proc: None,
     };
+    n.proc = Some(n.spawn(&[]));
     let me = n.api("/api/overview")["node"].as_str().unwrap().to_owned();
     assert!(me.starts_with("warren@") && !me.contains(':'), "{me}");
     n.full = me.clone();
@@ -389,7 +406,195 @@ fn a_node_without_clustering_is_a_cluster_of_one() {
     let (code, _, err) = n.ctl(&["join_cluster", "n2@127.0.0.1:1"]);
     assert_eq!(code, 65, "{err}");
     assert!(err.contains("not clustered"), "{err}");
+    assert!(!dir.path().join(".erlang.cookie").exists(), "a plain node needs no cookie");
     n.kill();
+}
+
+#[test]
+fn with_a_configured_cookie_three_form_a_cluster_and_a_node_with_another_cannot_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = three_nodes_with(dir.path(), "warren.cluster_cookie = SHAREDCOOKIEOFTHREE\n");
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    let mut all: Vec<String> = nodes.iter().map(|n| n.full.clone()).collect();
+    all.sort();
+    wait_for("three running nodes", Duration::from_secs(20), || agreed_status(&nodes, &[0, 1, 2], &all).map(|_| ()));
+    assert!(!dir.path().join(".erlang.cookie").exists(), "the key wins: no cookie file read or created");
+
+    let port = free_port();
+    let conf = dir.path().join("n4.conf");
+    std::fs::write(
+        &conf,
+        format!("warren.cluster_listen = 127.0.0.1:{port}\nwarren.cluster_cookie = NOTTHESAMECOOKIE\n"),
+    )
+    .unwrap();
+    let mut n4 = Node {
+        short: "n4@127.0.0.1".into(),
+        full: format!("n4@127.0.0.1:{port}"),
+        data: dir.path().join("n4"),
+        conf,
+        mgmt: 0,
+        prom: 0,
+        home: dir.path().to_owned(),
+        proc: None,
+    };
+    n4.start();
+    let (code, out, err) = nodes[1].ctl(&["join_cluster", &n4.full]);
+    assert_eq!(code, 70, "{out}{err}");
+    assert!(err.contains(&n4.full) && err.contains("cookie mismatch"), "{err}");
+    // The three keep their membership and their leader; the odd node is in no cluster.
+    wait_for("still three", Duration::from_secs(10), || agreed_status(&nodes, &[0, 1, 2], &all).map(|_| ()));
+    let alone = n4.status().expect("n4 answers");
+    assert_eq!(names(&alone["disk_nodes"]), Vec::<String>::new(), "{alone}");
+    // Its log names the refused connection: the leader's address and the mismatch.
+    let log = n4.proc.as_ref().unwrap().log();
+    assert!(
+        log.contains("refused an inter-node connection from 127.0.0.1:") && log.contains("cookie mismatch"),
+        "{log}"
+    );
+    // The cluster still takes changes.
+    let (code, out, err) = nodes[2].ctl(&["add_vhost", "after-refusal"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// A CA (`<name>-ca.pem`) and a certificate it signed for 127.0.0.1, usable to accept and
+/// to dial (`<name>-node.pem`, `<name>-node.key`), in `dir`; the `warren.cluster_tls.*`
+/// lines naming them.
+fn cluster_pki(dir: &Path, name: &str) -> String {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, format!("Warren cluster CA {name}"));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let (ca_file, cert_file, key_file) = (
+        dir.join(format!("{name}-ca.pem")),
+        dir.join(format!("{name}-node.pem")),
+        dir.join(format!("{name}-node.key")),
+    );
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    format!(
+        "warren.cluster_tls.certfile = {}\nwarren.cluster_tls.keyfile = {}\nwarren.cluster_tls.cacertfile = {}\n",
+        cert_file.display(),
+        key_file.display(),
+        ca_file.display()
+    )
+}
+
+#[test]
+fn three_nodes_cluster_over_mutual_tls_and_a_certificate_of_another_ca_cannot_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = cluster_pki(dir.path(), "main");
+    let mut nodes = three_nodes_with(dir.path(), &format!("warren.cluster_cookie = SHAREDCOOKIE\n{tls}"));
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    let mut all: Vec<String> = nodes.iter().map(|n| n.full.clone()).collect();
+    all.sort();
+    wait_for("three running nodes over TLS", Duration::from_secs(20), || {
+        agreed_status(&nodes, &[0, 1, 2], &all).map(|_| ())
+    });
+    let (code, out, err) = nodes[1].ctl(&["add_vhost", "over-tls"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for("the vhost on every node", Duration::from_secs(10), || {
+        let missing: Vec<&str> = nodes
+            .iter()
+            .filter(|n| !n.api("/api/vhosts").as_array().unwrap().iter().any(|v| v["name"] == "over-tls"))
+            .map(|n| n.full.as_str())
+            .collect();
+        if missing.is_empty() { Ok(()) } else { Err(format!("not on {missing:?}")) }
+    });
+
+    // The right cookie, but a certificate the cluster's CA did not sign (and trusting only
+    // its own CA): the link never comes up.
+    let foreign = cluster_pki(dir.path(), "foreign");
+    let port = free_port();
+    let conf = dir.path().join("n4.conf");
+    let n4_conf = format!("warren.cluster_listen = 127.0.0.1:{port}\nwarren.cluster_cookie = SHAREDCOOKIE\n{foreign}");
+    std::fs::write(&conf, n4_conf).unwrap();
+    let mut n4 = Node {
+        short: "n4@127.0.0.1".into(),
+        full: format!("n4@127.0.0.1:{port}"),
+        data: dir.path().join("n4"),
+        conf,
+        mgmt: 0,
+        prom: 0,
+        home: dir.path().to_owned(),
+        proc: None,
+    };
+    n4.start();
+    let (code, out, err) = nodes[0].ctl(&["join_cluster", &n4.full]);
+    assert_eq!(code, 70, "{out}{err}");
+    assert!(err.contains(&n4.full) && err.contains("TLS"), "{err}");
+    wait_for("still three", Duration::from_secs(10), || agreed_status(&nodes, &[0, 1, 2], &all).map(|_| ()));
+    let log = n4.proc.as_ref().unwrap().log();
+    assert!(log.contains("refused an inter-node connection from 127.0.0.1:") && log.contains("TLS"), "{log}");
+}
+
+/// `warren` on a one-node cluster config with `$HOME` = `home` and `extra` config lines;
+/// its exit code and stderr, when it exits within 20 s (it is killed otherwise).
+fn start_refused(dir: &Path, home: &Path, extra: &str) -> (Option<i32>, String) {
+    let conf = dir.join("one.conf");
+    let port = free_port();
+    std::fs::write(&conf, format!("cluster_formation.classic_config.nodes.1 = n1@127.0.0.1:{port}\n{extra}")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["--config", conf.to_str().unwrap(), "--node-name", "n1@127.0.0.1", "--amqp-port", "0"])
+        .args(["--management-port", "0", "--prometheus-port", "0", "--data-dir"])
+        .arg(dir.join("data"))
+        .env("HOME", home)
+        .env_remove("RABBITMQ_ERLANG_COOKIE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let o = child.wait_with_output().unwrap();
+    (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn a_cookie_file_others_can_read_refuses_start_and_names_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    // The default file, $HOME/.erlang.cookie.
+    let default = home.join(".erlang.cookie");
+    std::fs::write(&default, "SOMECOOKIE\n").unwrap();
+    std::fs::set_permissions(&default, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, err) = start_refused(dir.path(), &home, "");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cluster cookie file {} must be accessible by its owner only", default.display())),
+        "{err}"
+    );
+    // A configured one.
+    let file = dir.path().join("cookie");
+    std::fs::write(&file, "SOMECOOKIE\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, err) = start_refused(dir.path(), &home, &format!("warren.cluster_cookie_file = {}\n", file.display()));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&file.display().to_string()) && err.contains("(its mode is 0644)"), "{err}");
+    // An empty one.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&file, "\n").unwrap();
+    let (code, err) = start_refused(dir.path(), &home, &format!("warren.cluster_cookie_file = {}\n", file.display()));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("cluster cookie file {} is empty", file.display())), "{err}");
 }
 
 /// Poll `f` until it holds (every 100 ms), at most `limit` (async).

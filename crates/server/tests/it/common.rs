@@ -99,6 +99,16 @@ impl WarrenProcess {
     /// Start warren on `data_dir` with `extra` flags, under `prlimit --nofile=N:N` when
     /// `nofile` is given, and wait until it accepts connections.
     pub fn start(data_dir: &std::path::Path, nofile: Option<u64>, extra: &[&str]) -> WarrenProcess {
+        WarrenProcess::start_env(data_dir, nofile, extra, &[])
+    }
+
+    /// [`Self::start`] with environment variables set (`Some`) or removed (`None`).
+    pub fn start_env(
+        data_dir: &std::path::Path,
+        nofile: Option<u64>,
+        extra: &[&str],
+        env: &[(&str, Option<&std::ffi::OsStr>)],
+    ) -> WarrenProcess {
         use std::time::{Duration, Instant};
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let log = data_dir.with_extension(format!("{port}.log"));
@@ -127,6 +137,12 @@ impl WarrenProcess {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(stderr);
+        for (k, v) in env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
         let child = cmd.spawn().expect("spawning warren");
         let mut w = WarrenProcess { child, port, log };
         let deadline = Instant::now() + Duration::from_secs(20);
