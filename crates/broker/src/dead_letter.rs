@@ -62,6 +62,17 @@ pub fn is_cycle(props: &BasicProperties, queue: &str) -> bool {
     ds[..=at].iter().all(|d| d.get("reason").and_then(FieldValue::as_str) != Some("rejected"))
 }
 
+/// Set the header `name` of `msg` to `value`, its other properties as they were: a quorum
+/// queue's redelivery carries its delivery count so (`x-delivery-count`). Properties that do
+/// not decode are left alone (the message goes out as it came in).
+pub fn set_header(msg: &mut Message, name: &str, value: FieldValue) {
+    let Ok(mut props) = BasicProperties::decode(&msg.properties) else { return };
+    props.headers.get_or_insert_with(FieldTable::new).insert(name, value);
+    let mut raw = Vec::new();
+    props.encode(&mut raw);
+    msg.properties = Bytes::from(raw);
+}
+
 /// Build the dead-lettered copy of `msg` that died in `queue` for `reason` at `now_ms`,
 /// to be published to `dlx` with `routing_key` (x-dead-letter-routing-key, or the
 /// original key when unset).

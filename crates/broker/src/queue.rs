@@ -76,6 +76,19 @@ pub trait Replica: Send + Sync {
     fn purge(&self) -> Result<usize, AmqpError>;
     /// Ready, unacked, consumers and ready bytes as this node's replica has them.
     fn stats(&self) -> QueueStats;
+    /// Where the queue's replicas run, as this node knows it.
+    fn placement(&self) -> Placement;
+}
+
+/// Where a replicated queue runs (management's `leader`, `members` and `online`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// The node whose replica leads, when one is known.
+    pub leader: Option<String>,
+    /// Every node with a replica.
+    pub members: Vec<String>,
+    /// The members that answer.
+    pub online: Vec<String>,
 }
 
 pub fn next_consumer_id() -> u64 {
@@ -289,6 +302,11 @@ impl Queue {
 
     pub fn replica(&self) -> Option<&Arc<dyn Replica>> {
         self.replica.get()
+    }
+
+    /// Where a replicated queue's replicas run (None for a queue of this node only).
+    pub fn placement(&self) -> Option<Placement> {
+        self.replica.get().map(|r| r.placement())
     }
 
     pub fn stats(&self) -> QueueStats {

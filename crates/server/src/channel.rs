@@ -264,6 +264,14 @@ impl Channel {
 
     /// queue.bind / queue.unbind: write on the queue, read on the exchange, and the topic
     /// permission (read) on the binding key for a topic exchange.
+    /// Whether a (un)binding of `queue` to `exchange` goes through the cluster's log: the
+    /// queue is a replicated quorum queue (the default exchange is refused as for any queue).
+    fn replicated(&self, ctx: &ConnCtx, queue: &str, exchange: &str) -> bool {
+        !exchange.is_empty()
+            && ctx.server.quorum.get().is_some()
+            && ctx.vhost.queue(queue, ctx.conn_id).is_ok_and(|q| q.replica().is_some())
+    }
+
     fn check_bind(&self, ctx: &ConnCtx, queue: &str, exchange: &str, key: &str) -> Result<(), AmqpError> {
         ctx.allow(Perm::Write, Resource::Queue, queue)?;
         ctx.allow(Perm::Read, Resource::Exchange, exchange)?;
@@ -450,7 +458,11 @@ impl Channel {
                 let queue = self.queue_name(&queue)?;
                 self.check_bind(ctx, &queue, &exchange, &routing_key)?;
                 // RabbitMQ: an empty routing key with an empty queue name means the queue's name.
-                vh.bind_queue(&queue, &exchange, &routing_key, arguments, ctx.conn_id)?;
+                if self.replicated(ctx, &queue, &exchange) {
+                    ctx.server.bind_quorum(vh, &queue, &exchange, &routing_key, &arguments, true)?;
+                } else {
+                    vh.bind_queue(&queue, &exchange, &routing_key, arguments, ctx.conn_id)?;
+                }
                 if !nowait {
                     self.send(&Method::QueueBindOk);
                 }
@@ -458,7 +470,11 @@ impl Channel {
             Method::QueueUnbind { queue, exchange, routing_key, arguments, .. } => {
                 let queue = self.queue_name(&queue)?;
                 self.check_bind(ctx, &queue, &exchange, &routing_key)?;
-                vh.unbind_queue(&queue, &exchange, &routing_key, arguments, ctx.conn_id)?;
+                if self.replicated(ctx, &queue, &exchange) {
+                    ctx.server.bind_quorum(vh, &queue, &exchange, &routing_key, &arguments, false)?;
+                } else {
+                    vh.unbind_queue(&queue, &exchange, &routing_key, arguments, ctx.conn_id)?;
+                }
                 self.send(&Method::QueueUnbindOk);
             }
             Method::QueuePurge { queue, nowait, .. } => {

@@ -56,6 +56,10 @@ pub(crate) enum Command {
     QuorumDeclare(crate::quorum_queues::Declaration),
     /// A quorum queue is deleted everywhere.
     QuorumDelete { vhost: String, name: String },
+    /// A binding to a quorum queue is added on every node (with its exchange, if missing).
+    QuorumBind(crate::quorum_queues::BindingDeclaration),
+    /// A binding to a quorum queue is removed on every node.
+    QuorumUnbind(crate::quorum_queues::BindingDeclaration),
 }
 
 /// [`Command::Quorum`] without taking the items: the same encoding.
@@ -311,6 +315,14 @@ impl cluster::Applier for Applier {
                 state.apply_quorum_delete(&vhost, &name);
                 Outcome::Applied
             }
+            (Some(state), Ok(Command::QuorumBind(d))) => match state.apply_quorum_bind(d) {
+                Ok(()) => Outcome::Applied,
+                Err(e) => Outcome::Invalid(e),
+            },
+            (Some(state), Ok(Command::QuorumUnbind(d))) => match state.apply_quorum_unbind(d) {
+                Ok(()) => Outcome::Applied,
+                Err(e) => Outcome::Invalid(e),
+            },
             // Already in this node's definitions log (it was applied before a restart).
             (Some(state), Ok(Command::Access(_)))
                 if index <= state.cluster_applied.load(std::sync::atomic::Ordering::Acquire) =>

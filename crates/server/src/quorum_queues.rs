@@ -58,11 +58,41 @@ pub(crate) struct Declaration {
     pub arguments: Vec<u8>,
 }
 
+/// An exchange's declaration, as a binding of a quorum queue carries it: a node that lacks
+/// the exchange declares it the same (exchanges are per node).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ExchangeDeclaration {
+    pub name: String,
+    /// The declared type (`x-delayed-message` included).
+    pub kind: String,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    /// AMQP-encoded field table.
+    pub arguments: Vec<u8>,
+}
+
+/// A binding whose destination is a quorum queue, as the log carries it: every node adds
+/// (or removes) it, so a publish on any node reaches the queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct BindingDeclaration {
+    pub vhost: String,
+    pub queue: String,
+    pub exchange: ExchangeDeclaration,
+    pub routing_key: String,
+    /// AMQP-encoded field table.
+    pub arguments: Vec<u8>,
+}
+
 /// A replica in a snapshot.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct SnapshotQueue {
     pub declaration: Declaration,
     pub machine: QuorumQueue,
+    /// The queue's bindings on the node that took the snapshot (a node catching up by
+    /// snapshot adds them as their log entries would have).
+    #[serde(default)]
+    pub bindings: Vec<BindingDeclaration>,
 }
 
 /// Bytes of items waiting for the proposer past which publishes are refused (nacked):
@@ -74,6 +104,11 @@ const ENTRY_OVERHEAD_BYTES: usize = 1024;
 const ITEM_OVERHEAD_BYTES: usize = 256;
 /// How often the leader checks for nodes gone (their consumers' messages go back).
 const JANITOR_PERIOD: Duration = Duration::from_secs(1);
+/// How often the leader looks for a message whose TTL passed at the head of a queue: how
+/// late, at most, it is dead-lettered when no other command comes.
+const EXPIRY_CHECK_PERIOD: Duration = Duration::from_millis(100);
+/// A `Tick` not applied within this long is proposed again (lost with a leader change).
+const TICK_RETRY: Duration = Duration::from_secs(1);
 
 struct Machine {
     declaration: Declaration,
@@ -121,6 +156,11 @@ pub(crate) struct QuorumQueues {
     down: Mutex<BTreeSet<u64>>,
     /// This node's consumers of earlier starts already reported down.
     downed: Mutex<std::collections::HashSet<ConsumerId>>,
+    /// On the leader: the queues a `Tick` was proposed for, with the head's expiry it was
+    /// for and when (one tick per expiry, unless it was lost).
+    ticks: Mutex<HashMap<QKey, (u64, std::time::Instant)>>,
+    /// The members that answered the janitor's last pings (management's `online`).
+    online: Mutex<Vec<String>>,
 }
 
 fn now_ms() -> u64 {
@@ -172,6 +212,17 @@ fn decode_message(payload: &Bytes) -> Option<Message> {
     })
 }
 
+/// The message of a delivery as the consumer gets it: with RabbitMQ's `x-delivery-count`
+/// header (a long, as 3.10 sets it) once the message has been returned at least once.
+fn delivered_message(d: &quorum::Delivery) -> Option<Message> {
+    let mut msg = decode_message(&d.msg.payload)?;
+    if d.delivery_count > 0 {
+        let count = wire::FieldValue::I64(i64::from(d.delivery_count));
+        broker::dead_letter::set_header(&mut msg, "x-delivery-count", count);
+    }
+    Some(msg)
+}
+
 /// The machine's settings from the queue's effective arguments.
 fn config_of(q: &Queue) -> quorum::Config {
     let a = q.effective_args();
@@ -208,6 +259,17 @@ fn reason(r: quorum::Reason) -> broker::dead_letter::Reason {
     }
 }
 
+fn exchange_declaration(e: &broker::Exchange) -> ExchangeDeclaration {
+    ExchangeDeclaration {
+        name: e.name.clone(),
+        kind: e.options.type_name().to_owned(),
+        durable: e.options.durable,
+        auto_delete: e.options.auto_delete,
+        internal: e.options.internal,
+        arguments: encode_arguments(&e.options.arguments),
+    }
+}
+
 pub(crate) fn encode_arguments(args: &wire::FieldTable) -> Vec<u8> {
     let mut out = Vec::new();
     wire::types::encode_table(args, &mut out);
@@ -241,9 +303,12 @@ impl QuorumQueues {
             settled: watch::channel(0).0,
             down: Mutex::new(BTreeSet::new()),
             downed: Mutex::new(std::collections::HashSet::new()),
+            ticks: Mutex::new(HashMap::new()),
+            online: Mutex::new(Vec::new()),
         });
         tokio::spawn(run_proposer(Arc::downgrade(&me), rx));
         tokio::spawn(run_janitor(Arc::downgrade(&me)));
+        tokio::spawn(run_expiry(Arc::downgrade(&me)));
         me
     }
 
@@ -402,26 +467,35 @@ impl QuorumQueues {
 
     /// The replicas as a snapshot holds them.
     pub(crate) fn snapshot(&self) -> Vec<SnapshotQueue> {
-        self.machines
+        let mut queues: Vec<SnapshotQueue> = self
+            .machines
             .lock()
             .values()
-            .map(|m| SnapshotQueue { declaration: m.declaration.clone(), machine: m.qq.clone() })
-            .collect()
+            .map(|m| SnapshotQueue { declaration: m.declaration.clone(), machine: m.qq.clone(), bindings: Vec::new() })
+            .collect();
+        if let Some(state) = self.state.upgrade() {
+            for q in &mut queues {
+                q.bindings = state.quorum_bindings(&q.declaration.vhost, &q.declaration.name);
+            }
+        }
+        queues
     }
 
     /// Replace every replica with a snapshot's; returns the declarations (the caller makes
     /// sure their broker queues exist and attaches them).
-    pub(crate) fn restore(&self, queues: Vec<SnapshotQueue>) -> Vec<Declaration> {
+    pub(crate) fn restore(&self, queues: Vec<SnapshotQueue>) -> (Vec<Declaration>, Vec<BindingDeclaration>) {
         let mut m = self.machines.lock();
         let old = std::mem::take(&mut *m);
         let mut decls = Vec::new();
+        let mut bindings = Vec::new();
         for s in queues {
             let key = (s.declaration.vhost.clone(), s.declaration.name.clone());
             let queue = old.get(&key).map(|o| o.queue.clone()).unwrap_or_default();
             decls.push(s.declaration.clone());
+            bindings.extend(s.bindings);
             m.insert(key, Machine { declaration: s.declaration, qq: s.machine, queue });
         }
-        decls
+        (decls, bindings)
     }
 
     /// Apply the items of the committed entry at `index`, in order, and carry out what
@@ -493,7 +567,7 @@ impl QuorumQueues {
             return;
         };
         let Some(q) = q.upgrade().or_else(|| queue.upgrade()) else { return };
-        let Some(msg) = decode_message(&d.msg.payload) else {
+        let Some(msg) = delivered_message(&d) else {
             error!(queue = %key.1, "quorum queue: undecodable message {}, discarded", d.msg_id);
             self.submit_quiet(key, QCommand::Discard { consumer, delivery_ids: vec![d.delivery_id] });
             return;
@@ -545,16 +619,59 @@ impl QuorumQueues {
         }
     }
 
+    fn propose_ticks(&self) {
+        let Some(state) = self.state.upgrade() else { return };
+        let Some(running) = state.cluster.get() else { return };
+        let mut ticks = self.ticks.lock();
+        if !running.node.is_leader() {
+            ticks.clear();
+            return;
+        }
+        let now = now_ms();
+        // The machine expires a message once the entry's time is past its expiry.
+        let due: HashMap<QKey, u64> = self
+            .machines
+            .lock()
+            .iter()
+            .filter_map(|(k, m)| m.qq.next_expiry_ms().filter(|&t| t < now).map(|t| (k.clone(), t)))
+            .collect();
+        ticks.retain(|k, _| due.contains_key(k));
+        for (k, t) in due {
+            if ticks.get(&k).is_some_and(|&(at, when)| at == t && when.elapsed() < TICK_RETRY) {
+                continue;
+            }
+            ticks.insert(k.clone(), (t, std::time::Instant::now()));
+            self.submit_quiet(&k, QCommand::Tick);
+        }
+    }
+
+    async fn refresh_online(&self) {
+        let Some(state) = self.state.upgrade() else { return };
+        let Some(running) = state.cluster.get() else { return };
+        let mut online = running.node.running_members().await;
+        online.sort();
+        *self.online.lock() = online;
+    }
+
+    /// Leader, members and the members online, for management.
+    fn placement(&self) -> broker::queue::Placement {
+        let Some(state) = self.state.upgrade() else { return broker::queue::Placement::default() };
+        let Some(running) = state.cluster.get() else { return broker::queue::Placement::default() };
+        let mut members = running.node.members();
+        members.sort();
+        broker::queue::Placement { leader: running.node.leader(), members, online: self.online.lock().clone() }
+    }
+
     /// On the leader: consumers on nodes that stopped answering give their messages back
     /// (and are suspended until the node is back), as RabbitMQ's quorum queues do.
-    async fn check_nodes(&self) {
+    fn check_nodes(&self) {
         let Some(state) = self.state.upgrade() else { return };
         let Some(running) = state.cluster.get() else { return };
         if !running.node.is_leader() {
             self.down.lock().clear();
             return;
         }
-        let up: BTreeSet<u64> = running.node.running_members().await.iter().map(|n| cluster::node_id(n)).collect();
+        let up: BTreeSet<u64> = self.online.lock().iter().map(|n| cluster::node_id(n)).collect();
         let members: BTreeSet<u64> = running.node.members().iter().map(|n| cluster::node_id(n)).collect();
         let keys: Vec<QKey> = self.machines.lock().keys().cloned().collect();
         let mut down = self.down.lock();
@@ -579,6 +696,18 @@ impl QuorumQueues {
     }
 }
 
+/// On the leader: a `Tick` for each queue whose head message has expired, so that it is
+/// dead-lettered (reason `expired`) without waiting for other traffic, as RabbitMQ's
+/// quorum queues do with their timers. The tick carries the leader's clock.
+async fn run_expiry(me: Weak<QuorumQueues>) {
+    let mut tick = tokio::time::interval(EXPIRY_CHECK_PERIOD);
+    loop {
+        tick.tick().await;
+        let Some(me) = me.upgrade() else { return };
+        me.propose_ticks();
+    }
+}
+
 async fn run_janitor(me: Weak<QuorumQueues>) {
     let mut tick = tokio::time::interval(JANITOR_PERIOD);
     loop {
@@ -586,7 +715,8 @@ async fn run_janitor(me: Weak<QuorumQueues>) {
         let Some(me) = me.upgrade() else { return };
         if me.state.upgrade().is_some_and(|s| s.cluster.get().is_some()) {
             me.sweep_stale_consumers();
-            me.check_nodes().await;
+            me.refresh_online().await;
+            me.check_nodes();
         }
     }
 }
@@ -654,6 +784,10 @@ impl QuorumReplica {
 }
 
 impl Replica for QuorumReplica {
+    fn placement(&self) -> broker::queue::Placement {
+        self.qq.upgrade().map(|qq| qq.placement()).unwrap_or_default()
+    }
+
     fn publish(&self, _queue: &Arc<Queue>, msg: Arc<Message>) -> PublishOutcome {
         let Ok(qq) = self.qq() else { return PublishOutcome::Failed };
         let m = encode_message(&msg);
@@ -718,7 +852,7 @@ impl Replica for QuorumReplica {
         })?;
         for e in fx {
             if let Effect::Dequeued { delivery: Some(d), ready, .. } = e {
-                let Some(msg) = decode_message(&d.msg.payload) else { return Ok(None) };
+                let Some(msg) = delivered_message(&d) else { return Ok(None) };
                 let k = qq.next_key.fetch_add(1, Ordering::Relaxed);
                 if !no_ack {
                     qq.held.lock().insert(k, Held { key: self.key.clone(), consumer, delivery_id: d.delivery_id });
@@ -810,6 +944,65 @@ impl ServerState {
         }
     }
 
+    /// Bind (or unbind) the quorum queue `queue` to `exchange` on every node, through the
+    /// cluster's log. The exchange must exist here (404 otherwise, as on one node); its
+    /// declaration travels with the binding.
+    pub(crate) fn bind_quorum(
+        &self,
+        vh: &broker::VHost,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: &wire::FieldTable,
+        bind: bool,
+    ) -> Result<(), AmqpError> {
+        let Some(running) = self.cluster.get() else {
+            return Err(AmqpError::new(wire::reply::INTERNAL_ERROR, "not clustered"));
+        };
+        let e = vh.exchange(exchange)?;
+        let d = BindingDeclaration {
+            vhost: vh.name.clone(),
+            queue: queue.to_owned(),
+            exchange: exchange_declaration(&e),
+            routing_key: routing_key.to_owned(),
+            arguments: encode_arguments(arguments),
+        };
+        let cmd =
+            if bind { crate::clustering::Command::QuorumBind(d) } else { crate::clustering::Command::QuorumUnbind(d) };
+        self.propose_topology(running, cmd)
+    }
+
+    /// A quorum queue's binding entry is committed: declare the exchange if this node lacks
+    /// it, then add the binding (durable ones go to this node's definitions log as usual).
+    pub(crate) fn apply_quorum_bind(&self, d: BindingDeclaration) -> Result<(), String> {
+        let vh = self.vhost(&d.vhost).ok_or_else(|| format!("no vhost '{}'", d.vhost))?;
+        if vh.exchange(&d.exchange.name).is_err() {
+            let arguments = decode_arguments(&d.exchange.arguments);
+            let (kind, delayed) = broker::exchange::parse_type(&d.exchange.kind, &arguments).map_err(|e| e.text)?;
+            let opts = broker::exchange::ExchangeOptions {
+                kind,
+                delayed,
+                durable: d.exchange.durable,
+                auto_delete: d.exchange.auto_delete,
+                internal: d.exchange.internal,
+                arguments,
+            };
+            vh.declare_exchange(&d.exchange.name, false, opts).map_err(|e| e.text)?;
+        }
+        vh.bind_queue(&d.queue, &d.exchange.name, &d.routing_key, decode_arguments(&d.arguments), 0).map_err(|e| e.text)
+    }
+
+    /// A quorum queue's unbinding entry is committed: remove the binding here (a node
+    /// without the exchange or the queue has nothing to remove).
+    pub(crate) fn apply_quorum_unbind(&self, d: BindingDeclaration) -> Result<(), String> {
+        let Some(vh) = self.vhost(&d.vhost) else { return Ok(()) };
+        if vh.exchange(&d.exchange.name).is_err() || !vh.has_queue(&d.queue) {
+            return Ok(());
+        }
+        vh.unbind_queue(&d.queue, &d.exchange.name, &d.routing_key, decode_arguments(&d.arguments), 0)
+            .map_err(|e| e.text)
+    }
+
     /// The declare entry is committed: create the queue (durable, in this node's
     /// definitions log too) and its replica.
     pub(crate) fn apply_quorum_declare(&self, d: Declaration) -> Result<(), String> {
@@ -841,7 +1034,7 @@ impl ServerState {
     pub(crate) fn restore_quorum(&self, queues: Vec<SnapshotQueue>) {
         let Some(qq) = self.quorum.get() else { return };
         let before: Vec<QKey> = qq.machines.lock().keys().cloned().collect();
-        let decls = qq.restore(queues);
+        let (decls, bindings) = qq.restore(queues);
         for (vhost, name) in before {
             if !qq.has(&vhost, &name) {
                 self.apply_quorum_delete(&vhost, &name);
@@ -853,5 +1046,32 @@ impl ServerState {
                 error!("restoring quorum queue {what} from a cluster snapshot: {e}");
             }
         }
+        for b in bindings {
+            let what = format!("{}/{} to {}", b.vhost, b.queue, b.exchange.name);
+            if let Err(e) = self.apply_quorum_bind(b) {
+                error!("restoring the binding of quorum queue {what} from a cluster snapshot: {e}");
+            }
+        }
+    }
+
+    /// The bindings of the quorum queue `queue` on this node, as the log carries them.
+    fn quorum_bindings(&self, vhost: &str, queue: &str) -> Vec<BindingDeclaration> {
+        let Some(vh) = self.vhost(vhost) else { return Vec::new() };
+        let mut out = Vec::new();
+        // The default exchange's bindings are implicit: every node has them.
+        for e in vh.exchanges().into_iter().filter(|e| !e.name.is_empty()) {
+            for b in e.bindings() {
+                if matches!(&b.destination, broker::exchange::Destination::Queue(q) if q.name == queue) {
+                    out.push(BindingDeclaration {
+                        vhost: vhost.to_owned(),
+                        queue: queue.to_owned(),
+                        exchange: exchange_declaration(&e),
+                        routing_key: b.routing_key.clone(),
+                        arguments: encode_arguments(&b.arguments),
+                    });
+                }
+            }
+        }
+        out
     }
 }

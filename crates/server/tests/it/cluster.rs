@@ -20,15 +20,15 @@ use crate::common::WarrenProcess;
 
 type Http = Client<String, &'static str, &'static str>;
 
-struct Node {
+pub(crate) struct Node {
     /// `NAME@127.0.0.1` as given to `--node-name`; the cluster name adds `:PORT`.
     short: String,
-    full: String,
+    pub(crate) full: String,
     data: PathBuf,
     conf: PathBuf,
     /// The management API's TCP port, picked afresh at each start (as the AMQP port is):
     /// one picked once could be taken by another test before a restart.
-    mgmt: u16,
+    pub(crate) mgmt: u16,
     /// The Prometheus port, picked afresh at each start too.
     prom: u16,
     /// `$HOME` of the process: where a node without `warren.cluster_cookie` finds (or
@@ -38,7 +38,7 @@ struct Node {
 }
 
 impl Node {
-    fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         let conf = self.conf.to_str().unwrap().to_owned();
         self.mgmt = free_port();
         self.prom = free_port();
@@ -55,19 +55,19 @@ impl Node {
     }
 
     /// `rabbitmq_http_client` on this node's API, as guest.
-    fn http(&self) -> Http {
+    pub(crate) fn http(&self) -> Http {
         Client::new(format!("http://127.0.0.1:{}/api", self.mgmt), "guest", "guest")
     }
 
     /// A lapin connection to this node as `user` into `vhost`.
-    async fn amqp(&self, user: &str, pass: &str, vhost: &str) -> Result<Connection, lapin::Error> {
+    pub(crate) async fn amqp(&self, user: &str, pass: &str, vhost: &str) -> Result<Connection, lapin::Error> {
         let port = self.proc.as_ref().expect("running").port;
         let vhost = vhost.replace('/', "%2f");
         let uri = format!("amqp://{user}:{pass}@127.0.0.1:{port}/{vhost}?heartbeat=0");
         Connection::connect(&uri, ConnectionProperties::default()).await
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         // WarrenProcess's drop is kill -9.
         self.proc = None;
     }
@@ -86,7 +86,7 @@ impl Node {
     }
 
     /// `warrenctl cluster_status --formatter json`, None while the node does not answer.
-    fn status(&self) -> Option<Value> {
+    pub(crate) fn status(&self) -> Option<Value> {
         let (code, out, _) = self.ctl(&["-q", "--formatter", "json", "cluster_status"]);
         if code != 0 {
             return None;
@@ -114,7 +114,7 @@ fn names(v: &Value) -> Vec<String> {
 }
 
 /// Poll `f` until it holds (every 100 ms), at most `limit`.
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> Result<(), String>) {
+pub(crate) fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> Result<(), String>) {
     let deadline = Instant::now() + limit;
     loop {
         match f() {
@@ -598,7 +598,7 @@ fn a_cookie_file_others_can_read_refuses_start_and_names_the_file() {
 }
 
 /// Poll `f` until it holds (every 100 ms), at most `limit` (async).
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut f: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, limit: Duration, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
@@ -615,7 +615,7 @@ where
 
 /// Start three nodes with `extra` config; wait for a leader and for the seed (guest, `/`)
 /// on every node. Returns the nodes and the index of a follower.
-async fn started_cluster(dir: &Path, extra: &str) -> (Vec<Node>, usize) {
+pub(crate) async fn started_cluster(dir: &Path, extra: &str) -> (Vec<Node>, usize) {
     let mut nodes = three_nodes_with(dir, extra);
     for n in nodes.iter_mut() {
         n.start();
@@ -651,7 +651,7 @@ async fn users(n: &Node) -> Vec<(String, String, Vec<String>)> {
     u
 }
 
-fn reply_code(e: &lapin::Error) -> Option<u16> {
+pub(crate) fn reply_code(e: &lapin::Error) -> Option<u16> {
     crate::durability::reply_code(e)
 }
 
@@ -860,7 +860,7 @@ async fn a_killed_node_catches_up_by_snapshot_and_a_minority_refuses_changes() {
 
 /// Publish `n` messages `{prefix}{i}` with confirms on `ch`; returns the bodies confirmed
 /// (acked). Stops at the first channel error (the node went away).
-async fn publish_confirmed(ch: &lapin::Channel, queue: &str, prefix: &str, n: usize) -> Vec<String> {
+pub(crate) async fn publish_confirmed(ch: &lapin::Channel, queue: &str, prefix: &str, n: usize) -> Vec<String> {
     use lapin::options::BasicPublishOptions;
     let mut confirmed = Vec::new();
     let props = lapin::BasicProperties::default().with_delivery_mode(2);
@@ -885,7 +885,7 @@ async fn publish_confirmed(ch: &lapin::Channel, queue: &str, prefix: &str, n: us
 
 /// Consume from `queue` on `ch` until `want` distinct bodies arrived or `limit` passed;
 /// acks everything. Returns (bodies in arrival order, the bodies that came redelivered).
-async fn consume_all(
+pub(crate) async fn consume_all(
     ch: &lapin::Channel,
     queue: &str,
     want: &std::collections::BTreeSet<String>,
@@ -914,7 +914,7 @@ async fn consume_all(
     (got, redelivered)
 }
 
-fn quorum_args() -> lapin::types::FieldTable {
+pub(crate) fn quorum_args() -> lapin::types::FieldTable {
     let mut args = lapin::types::FieldTable::default();
     args.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
     args

@@ -15,6 +15,7 @@ mod mgmt;
 mod mgmt_access;
 mod mgmt_stats;
 mod mgmt_topology;
+mod qq_features;
 mod reliability;
 mod scale;
 mod tls;

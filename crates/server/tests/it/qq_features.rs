@@ -1,0 +1,383 @@
+//! Quorum-queue features across three real `warren` processes (the harness of
+//! `it::cluster`), lapin and `rabbitmq_http_client` as the witnesses: the
+//! `x-delivery-count` header and the delivery limit, TTL expiry without traffic,
+//! bindings that reach the queue from every node, and the management fields.
+
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+
+use crate::cluster::{Node, consume_all, publish_confirmed, quorum_args, started_cluster};
+
+const DURABLE: QueueDeclareOptions =
+    QueueDeclareOptions { passive: false, durable: true, exclusive: false, auto_delete: false, nowait: false };
+
+/// The index of the node the others agree leads.
+fn leader(nodes: &[Node]) -> usize {
+    let name = nodes.iter().find_map(|n| n.status().and_then(|s| s["leader"].as_str().map(str::to_owned)));
+    nodes.iter().position(|n| Some(&n.full) == name.as_ref()).expect("a leader among the nodes")
+}
+
+/// Quorum-queue arguments plus `extra`.
+fn qq_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut a = quorum_args();
+    for (k, v) in extra {
+        a.insert((*k).into(), v.clone());
+    }
+    a
+}
+
+fn long_str(s: &str) -> AMQPValue {
+    AMQPValue::LongString(s.into())
+}
+
+/// The `x-delivery-count` header of a delivery, if any.
+fn delivery_count(props: &lapin::BasicProperties) -> Option<&AMQPValue> {
+    props.headers().as_ref().and_then(|h| h.inner().get("x-delivery-count"))
+}
+
+/// The first x-death entry's `reason` and `count`.
+fn first_death(props: &lapin::BasicProperties) -> (String, Option<AMQPValue>) {
+    let h = props.headers().as_ref().expect("a dead letter has headers");
+    let Some(AMQPValue::FieldArray(a)) = h.inner().get("x-death") else { panic!("no x-death in {h:?}") };
+    let Some(AMQPValue::FieldTable(d)) = a.as_slice().first() else { panic!("empty x-death") };
+    let reason = match d.inner().get("reason") {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => panic!("x-death reason {other:?}"),
+    };
+    (reason, d.inner().get("count").cloned())
+}
+
+/// basic.get on `queue` until a message comes (at most `limit`).
+async fn get_one(ch: &lapin::Channel, queue: &str, limit: Duration) -> lapin::message::BasicGetMessage {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(m) = ch.basic_get(queue.into(), BasicGetOptions::default()).await.unwrap() {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "no message in {queue} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requeued_message_carries_x_delivery_count_and_past_the_limit_is_dead_lettered() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, f) = started_cluster(dir.path(), "").await;
+    let l = leader(&nodes);
+    let other = (0..3).find(|&i| i != f && i != l).unwrap();
+
+    let c1 = nodes[f].amqp("guest", "guest", "/").await.unwrap();
+    let ch1 = c1.create_channel().await.unwrap();
+    ch1.queue_declare("counted".into(), DURABLE, quorum_args()).await.unwrap();
+    ch1.queue_declare("dlq".into(), DURABLE, quorum_args()).await.unwrap();
+    // Dead letters go through the default exchange, which every node has, to a quorum
+    // queue, which every node has too.
+    let poison_args = qq_args(&[
+        ("x-delivery-limit", AMQPValue::LongLongInt(1)),
+        ("x-dead-letter-exchange", long_str("")),
+        ("x-dead-letter-routing-key", long_str("dlq")),
+    ]);
+    ch1.queue_declare("poison".into(), DURABLE, poison_args).await.unwrap();
+    ch1.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    assert_eq!(publish_confirmed(&ch1, "counted", "m", 1).await, ["m0"]);
+    assert_eq!(publish_confirmed(&ch1, "poison", "p", 1).await, ["p0"]);
+
+    // A consumer on another node nacks with requeue twice: the third delivery says 2.
+    let c2 = nodes[other].amqp("guest", "guest", "/").await.unwrap();
+    let ch2 = c2.create_channel().await.unwrap();
+    ch2.basic_qos(1, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = ch2
+        .basic_consume("counted".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for round in 0..3 {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("delivery {round} did not come"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.data, b"m0");
+        seen.push((d.redelivered, delivery_count(&d.properties).cloned()));
+        if round < 2 {
+            d.nack(BasicNackOptions { multiple: false, requeue: true }).await.unwrap();
+        } else {
+            d.ack(BasicAckOptions::default()).await.unwrap();
+        }
+    }
+    assert_eq!(
+        seen,
+        [(false, None), (true, Some(AMQPValue::LongLongInt(1))), (true, Some(AMQPValue::LongLongInt(2)))],
+        "(redelivered, x-delivery-count) of each delivery"
+    );
+
+    // basic.get on the leader, limit 1: returned once (count 1 ≤ 1), delivered again with
+    // the header; returned twice (2 > 1) it is dead-lettered, as RabbitMQ 3.10 does.
+    let c3 = nodes[l].amqp("guest", "guest", "/").await.unwrap();
+    let ch3 = c3.create_channel().await.unwrap();
+    let m = get_one(&ch3, "poison", Duration::from_secs(10)).await;
+    assert!(delivery_count(&m.delivery.properties).is_none());
+    ch3.basic_nack(m.delivery.delivery_tag, BasicNackOptions { multiple: false, requeue: true }).await.unwrap();
+    let m = get_one(&ch3, "poison", Duration::from_secs(10)).await;
+    assert_eq!(m.delivery.data, b"p0");
+    assert_eq!(delivery_count(&m.delivery.properties), Some(&AMQPValue::LongLongInt(1)));
+    ch3.basic_nack(m.delivery.delivery_tag, BasicNackOptions { multiple: false, requeue: true }).await.unwrap();
+    let d = get_one(&ch2, "dlq", Duration::from_secs(10)).await;
+    assert_eq!(d.delivery.data, b"p0");
+    let (reason, count) = first_death(&d.delivery.properties);
+    assert_eq!((reason.as_str(), count), ("delivery_limit", Some(AMQPValue::LongLongInt(1))));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let empty = ch3.basic_get("poison".into(), BasicGetOptions::default()).await.unwrap();
+    assert!(empty.is_none(), "the message left the queue");
+    eprintln!("x-delivery-count test: {:?}", started.elapsed());
+}
+
+/// The message count a passive declare of `queue` answers on `n`.
+async fn message_count(n: &Node, queue: &str) -> Result<u32, String> {
+    let c = n.amqp("guest", "guest", "/").await.map_err(|e| e.to_string())?;
+    let ch = c.create_channel().await.map_err(|e| e.to_string())?;
+    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+    let q = ch.queue_declare(queue.into(), passive, FieldTable::default()).await.map_err(|e| e.to_string())?;
+    let _ = c.close(200, "bye".into()).await;
+    Ok(q.message_count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_messages_are_dead_lettered_without_other_traffic() {
+    use lapin::options::BasicPublishOptions;
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, f) = started_cluster(dir.path(), "").await;
+
+    let c1 = nodes[f].amqp("guest", "guest", "/").await.unwrap();
+    let ch1 = c1.create_channel().await.unwrap();
+    ch1.queue_declare("expired".into(), DURABLE, quorum_args()).await.unwrap();
+    let dlx = [("x-dead-letter-exchange", long_str("")), ("x-dead-letter-routing-key", long_str("expired"))];
+    let mut with_ttl = dlx.to_vec();
+    with_ttl.push(("x-message-ttl", AMQPValue::LongLongInt(300)));
+    ch1.queue_declare("ttl".into(), DURABLE, qq_args(&with_ttl)).await.unwrap();
+    ch1.queue_declare("per-message".into(), DURABLE, qq_args(&dlx)).await.unwrap();
+    ch1.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    assert_eq!(publish_confirmed(&ch1, "ttl", "t", 3).await.len(), 3);
+    let props = lapin::BasicProperties::default().with_expiration("200".into());
+    let c =
+        ch1.basic_publish("".into(), "per-message".into(), BasicPublishOptions::default(), b"e0", props).await.unwrap();
+    assert!(c.await.unwrap().is_ack());
+
+    // Nothing else is published or consumed: the leader's ticks expire them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut counts = Vec::new();
+        for n in &nodes {
+            for q in ["ttl", "per-message", "expired"] {
+                counts.push(message_count(n, q).await.unwrap());
+            }
+        }
+        if counts == [0, 0, 4, 0, 0, 4, 0, 0, 4] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "(ttl, per-message, expired) on each node: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c2 = nodes[(f + 1) % 3].amqp("guest", "guest", "/").await.unwrap();
+    let ch2 = c2.create_channel().await.unwrap();
+    let mut bodies = Vec::new();
+    for _ in 0..4 {
+        let m = get_one(&ch2, "expired", Duration::from_secs(5)).await;
+        let (reason, _) = first_death(&m.delivery.properties);
+        assert_eq!(reason, "expired");
+        bodies.push(String::from_utf8(m.delivery.data.clone()).unwrap());
+    }
+    bodies.sort();
+    assert_eq!(bodies, ["e0", "t0", "t1", "t2"]);
+    eprintln!("quorum TTL test: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_shows_a_quorum_queues_type_leader_members_and_online_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, f) = started_cluster(dir.path(), "").await;
+    let l = leader(&nodes);
+    let c1 = nodes[f].amqp("guest", "guest", "/").await.unwrap();
+    let ch1 = c1.create_channel().await.unwrap();
+    ch1.queue_declare("shown".into(), DURABLE, quorum_args()).await.unwrap();
+    let _ = c1.close(200, "bye".into()).await;
+    let mut all: Vec<String> = nodes.iter().map(|n| n.full.clone()).collect();
+    all.sort();
+
+    // Every node answers with the same leader and members; all three are online.
+    for n in &nodes {
+        let q = n.http().get_queue_info("/", "shown").await.unwrap();
+        assert_eq!(q.queue_type, "quorum");
+        assert_eq!(q.leader.as_deref(), Some(nodes[l].full.as_str()), "{}", n.full);
+        assert_eq!(q.node, nodes[l].full, "RabbitMQ's `node` of a quorum queue is its leader");
+        let mut members = q.members.expect("members").to_vec();
+        members.sort();
+        assert_eq!(members, all);
+    }
+    crate::cluster::eventually("three members online", Duration::from_secs(5), || async {
+        let q = nodes[f].http().get_queue_info("/", "shown").await.map_err(|e| e.to_string())?;
+        let online = q.online.map(|o| o.to_vec()).unwrap_or_default();
+        if online.len() == 3 { Ok(()) } else { Err(format!("online {online:?}")) }
+    })
+    .await;
+
+    // A killed member stays a member and leaves `online`.
+    let gone = (0..3).find(|&i| i != f && i != l).unwrap();
+    let gone_name = nodes[gone].full.clone();
+    nodes[gone].kill();
+    crate::cluster::eventually("the killed member offline", Duration::from_secs(10), || async {
+        let q = nodes[f].http().get_queue_info("/", "shown").await.map_err(|e| e.to_string())?;
+        let online = q.online.map(|o| o.to_vec()).unwrap_or_default();
+        let members = q.members.map(|o| o.to_vec()).unwrap_or_default();
+        if online.len() == 2 && !online.contains(&gone_name) && members.len() == 3 {
+            Ok(())
+        } else {
+            Err(format!("online {online:?}, members {members:?}"))
+        }
+    })
+    .await;
+}
+
+/// Wait until `n` has (or no longer has) the binding orders → bound.
+async fn bound_on(n: &Node, bound: bool) {
+    crate::cluster::eventually("the binding applied", Duration::from_secs(5), || async {
+        let bs = n.http().list_bindings_in("/").await.map_err(|e| e.to_string())?;
+        let has = bs.iter().any(|b| b.source == "orders" && b.destination == "bound");
+        if has == bound { Ok(()) } else { Err(format!("{}: bound {has}", n.full)) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_of_a_quorum_queue_routes_from_every_node_and_unbinding_too() {
+    use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions};
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, f) = started_cluster(dir.path(), "").await;
+    let (a, b, c) = (f, (f + 1) % 3, (f + 2) % 3);
+
+    // Exchange, queue and binding made on one node only.
+    let c1 = nodes[a].amqp("guest", "guest", "/").await.unwrap();
+    let ch1 = c1.create_channel().await.unwrap();
+    let durable_ex = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    ch1.exchange_declare("orders".into(), lapin::ExchangeKind::Direct, durable_ex, FieldTable::default())
+        .await
+        .unwrap();
+    ch1.queue_declare("bound".into(), DURABLE, quorum_args()).await.unwrap();
+    ch1.queue_bind("bound".into(), "orders".into(), "new".into(), QueueBindOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+
+    // Published to the exchange on another node, with confirms: routed and confirmed.
+    // (The bind-ok came once the first node applied the entry; the others apply it a
+    // moment later.)
+    bound_on(&nodes[b], true).await;
+    let c2 = nodes[b].amqp("guest", "guest", "/").await.unwrap();
+    let ch2 = c2.create_channel().await.unwrap();
+    ch2.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let publish = |ch: lapin::Channel, key: &'static str, body: &'static str| async move {
+        let mandatory = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+        let props = lapin::BasicProperties::default();
+        let c = ch.basic_publish("orders".into(), key.into(), mandatory, body.as_bytes(), props).await.unwrap();
+        c.await.unwrap()
+    };
+    for i in 0..5 {
+        let body: &'static str = ["o0", "o1", "o2", "o3", "o4"][i];
+        let confirm = publish(ch2.clone(), "new", body).await;
+        assert!(confirm.is_ack() && confirm.take_message().is_none(), "{body}: routed and confirmed");
+    }
+    // The exchange now exists on the third node too (declared with the binding), durable.
+    let ex = nodes[c].http().get_exchange_info("/", "orders").await.unwrap();
+    assert_eq!((ex.exchange_type.as_str(), ex.durable), ("direct", true));
+
+    // Consumed on the third node.
+    let c3 = nodes[c].amqp("guest", "guest", "/").await.unwrap();
+    let ch3 = c3.create_channel().await.unwrap();
+    let want: std::collections::BTreeSet<String> = (0..5).map(|i| format!("o{i}")).collect();
+    let (got, _) = consume_all(&ch3, "bound", &want, Duration::from_secs(10)).await;
+    assert_eq!(got, ["o0", "o1", "o2", "o3", "o4"]);
+
+    // Unbound on the third node: a publish on the second is unroutable (returned).
+    ch3.queue_unbind("bound".into(), "orders".into(), "new".into(), FieldTable::default()).await.unwrap();
+    bound_on(&nodes[b], false).await;
+    let confirm = publish(ch2.clone(), "new", "lost").await;
+    assert!(confirm.take_message().is_some(), "unroutable after the unbind on another node");
+
+    // Bound again, then the queue is deleted on one node: no node keeps its binding.
+    ch1.queue_bind("bound".into(), "orders".into(), "new".into(), QueueBindOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    bound_on(&nodes[b], true).await;
+    let confirm = publish(ch2.clone(), "new", "o5").await;
+    assert!(confirm.take_message().is_none(), "routed again");
+    ch3.queue_delete("bound".into(), lapin::options::QueueDeleteOptions::default()).await.unwrap();
+    for n in &nodes {
+        crate::cluster::eventually("the binding gone with the queue", Duration::from_secs(5), || async {
+            let bs = n.http().list_bindings_in("/").await.map_err(|e| e.to_string())?;
+            let left: Vec<_> = bs.iter().filter(|b| b.source == "orders").collect();
+            if left.is_empty() { Ok(()) } else { Err(format!("{}: {left:?}", n.full)) }
+        })
+        .await;
+    }
+    eprintln!("quorum binding test: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_catches_up_by_snapshot_gets_the_quorum_queues_bindings() {
+    use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions};
+    let dir = tempfile::tempdir().unwrap();
+    // Snapshots every 4 entries: what is made while the node is down is purged from the log
+    // it would need, so it catches up from a snapshot.
+    let (mut nodes, f) = started_cluster(dir.path(), "warren.cluster_snapshot_every = 4\n").await;
+    let via = (f + 1) % 3;
+    nodes[f].kill();
+    let c1 = nodes[via].amqp("guest", "guest", "/").await.unwrap();
+    let ch1 = c1.create_channel().await.unwrap();
+    let fanout = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    ch1.exchange_declare("events".into(), lapin::ExchangeKind::Fanout, fanout, FieldTable::default()).await.unwrap();
+    ch1.queue_declare("audit".into(), DURABLE, quorum_args()).await.unwrap();
+    ch1.queue_bind("audit".into(), "events".into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    ch1.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    assert_eq!(publish_confirmed(&ch1, "audit", "x", 12).await.len(), 12);
+
+    nodes[f].start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let c2 = loop {
+        match nodes[f].amqp("guest", "guest", "/").await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() >= deadline => panic!("the restarted node takes no connection: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    bound_to(&nodes[f], "events", "audit").await;
+    let ch2 = c2.create_channel().await.unwrap();
+    ch2.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let mandatory = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+    let c = ch2
+        .basic_publish("events".into(), "".into(), mandatory, b"via-snapshot", lapin::BasicProperties::default())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(c.is_ack() && c.take_message().is_none(), "routed on the node restored from a snapshot");
+}
+
+/// Wait until `n` has the binding `exchange` → `queue`.
+async fn bound_to(n: &Node, exchange: &str, queue: &str) {
+    crate::cluster::eventually("the binding restored", Duration::from_secs(15), || async {
+        let bs = n.http().list_bindings_in("/").await.map_err(|e| e.to_string())?;
+        let has = bs.iter().any(|b| b.source == exchange && b.destination == queue);
+        if has { Ok(()) } else { Err(format!("{}: no binding {exchange} -> {queue}", n.full)) }
+    })
+    .await;
+}
