@@ -119,6 +119,8 @@ pub(crate) struct QuorumQueues {
     settled: watch::Sender<u64>,
     /// Nodes the leader declared down (their consumers suspended).
     down: Mutex<BTreeSet<u64>>,
+    /// This node led at the last check.
+    leading: std::sync::atomic::AtomicBool,
     /// This node's consumers of earlier starts already reported down.
     downed: Mutex<std::collections::HashSet<ConsumerId>>,
 }
@@ -240,6 +242,7 @@ impl QuorumQueues {
             pending_bytes: AtomicUsize::new(0),
             settled: watch::channel(0).0,
             down: Mutex::new(BTreeSet::new()),
+            leading: std::sync::atomic::AtomicBool::new(false),
             downed: Mutex::new(std::collections::HashSet::new()),
         });
         tokio::spawn(run_proposer(Arc::downgrade(&me), rx));
@@ -552,11 +555,22 @@ impl QuorumQueues {
         let Some(running) = state.cluster.get() else { return };
         if !running.node.is_leader() {
             self.down.lock().clear();
+            self.leading.store(false, Ordering::Relaxed);
             return;
         }
+        // A new leader does not know whom its predecessor declared down: every member that
+        // answers is declared up once (harmless for consumers that were never down).
+        let first_round = !self.leading.swap(true, Ordering::Relaxed);
         let up: BTreeSet<u64> = running.node.running_members().await.iter().map(|n| cluster::node_id(n)).collect();
         let members: BTreeSet<u64> = running.node.members().iter().map(|n| cluster::node_id(n)).collect();
         let keys: Vec<QKey> = self.machines.lock().keys().cloned().collect();
+        if first_round {
+            for n in &up {
+                for k in &keys {
+                    self.submit_quiet(k, QCommand::NodeUp { node: NodeId(*n) });
+                }
+            }
+        }
         let mut down = self.down.lock();
         for n in &members {
             let is_up = up.contains(n);
@@ -591,29 +605,47 @@ async fn run_janitor(me: Weak<QuorumQueues>) {
     }
 }
 
+/// Whether a command that was not committed is sent again: everything but publishes
+/// (nacked instead: the publisher decides) and gets and purges (their caller timed out).
+/// The others are harmless if they were applied after all: settling, returning or
+/// discarding a delivery the replica no longer has out, cancelling a consumer twice, ...
+fn retried(cmd: &QCommand) -> bool {
+    !matches!(cmd, QCommand::Enqueue { .. } | QCommand::Dequeue { .. } | QCommand::Purge)
+}
+
+/// Pause before sending again what the cluster did not commit (it has no leader or quorum).
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
 async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(Item, usize)>) {
     let max = cluster::node::MAX_COMMAND_BYTES - ENTRY_OVERHEAD_BYTES;
     let mut carry: Option<(Item, usize)> = None;
+    let mut retry: Vec<(Item, usize)> = Vec::new();
     loop {
-        let first = match carry.take() {
-            Some(f) => f,
-            None => match rx.recv().await {
+        let mut batch = std::mem::take(&mut retry);
+        if batch.is_empty() {
+            let first = match carry.take() {
                 Some(f) => f,
-                None => return,
-            },
-        };
-        let mut bytes = first.1;
-        let mut items = vec![first.0];
-        while let Ok((item, size)) = rx.try_recv() {
-            if bytes + size > max {
-                carry = Some((item, size));
-                break;
+                None => match rx.recv().await {
+                    Some(f) => f,
+                    None => return,
+                },
+            };
+            batch.push(first);
+        }
+        let mut bytes: usize = batch.iter().map(|(_, s)| s).sum();
+        if carry.is_none() {
+            while let Ok((item, size)) = rx.try_recv() {
+                if bytes + size > max {
+                    carry = Some((item, size));
+                    break;
+                }
+                bytes += size;
+                batch.push((item, size));
             }
-            bytes += size;
-            items.push(item);
         }
         let Some(me) = me.upgrade() else { return };
-        let last = items.last().map_or(0, |i| i.ticket);
+        let highest = batch.iter().map(|(i, _)| i.ticket).max().unwrap_or(0);
+        let items: Vec<Item> = batch.iter().map(|(i, _)| i.clone()).collect();
         let cmd = crate::clustering::encode_quorum(&items);
         // The Raft member is set once the node has started (replayed its log).
         let node = loop {
@@ -626,18 +658,29 @@ async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(I
             }
         };
         let result = node.propose_and_wait(cmd).await.map(|_| ()).map_err(|e| e.to_string());
+        let mut kept = 0;
         if let Err(e) = result {
             warn!(items = items.len(), "quorum queues: an entry was not committed ({e}); its publishes are nacked");
             let mut r = me.rejected.lock();
-            for i in &items {
+            for (i, size) in batch {
                 if matches!(i.cmd, QCommand::Enqueue { .. }) {
                     r.insert(i.ticket);
+                } else if retried(&i.cmd) {
+                    kept += size;
+                    retry.push((i, size));
                 }
             }
         }
-        me.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        me.pending_bytes.fetch_sub(bytes - kept, Ordering::Relaxed);
         debug!(items = items.len(), bytes, "quorum queues: entry settled");
-        me.settled.send_replace(last);
+        me.settled.send_if_modified(|s| {
+            let moved = highest > *s;
+            *s = (*s).max(highest);
+            moved
+        });
+        if !retry.is_empty() {
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
     }
 }
 
