@@ -513,7 +513,9 @@ pub(crate) async fn write_frame<T: Serialize>(wr: &mut (impl AsyncWrite + Unpin)
     let payload = serde_json::to_vec(value).map_err(std::io::Error::other)?;
     let mut buf = Vec::with_capacity(payload.len() + frame::HEADER_BYTES);
     frame::encode(&mut buf, &payload);
-    wr.write_all(&buf).await
+    wr.write_all(&buf).await?;
+    // TLS may keep the end of a record buffered when the socket would block; a no-op on TCP.
+    wr.flush().await
 }
 
 /// Read the next frame; `None` at end of stream, on an I/O error or on a bad frame (a
