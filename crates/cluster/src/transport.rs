@@ -317,12 +317,14 @@ async fn serve_connection<H: Inbound>(
     let mut claimed = None;
     let shake = async {
         let mut link: BoxLink = match &transport.tls {
-            Some(tls) => Box::new(
-                tokio_rustls::TlsAcceptor::from(tls.acceptor.clone())
-                    .accept(stream)
-                    .await
-                    .map_err(|e| HandshakeError::Tls(e.to_string()))?,
-            ),
+            Some(tls) => {
+                Box::new(tokio_rustls::TlsAcceptor::from(tls.acceptor.clone()).accept(stream).await.map_err(|e| {
+                    match e.kind() {
+                        std::io::ErrorKind::UnexpectedEof => HandshakeError::Closed,
+                        _ => HandshakeError::Tls(e.to_string()),
+                    }
+                })?)
+            }
             None => Box::new(stream),
         };
         let from = handshake::accept(&mut link, &mut buf, &transport.cookie, &transport.me, &mut claimed).await?;
@@ -330,6 +332,11 @@ async fn serve_connection<H: Inbound>(
     };
     let (link, from) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await {
         Ok(Ok(shaken)) => shaken,
+        // A port probe (connect, then close without a byte: a TCP health check, a scanner)
+        // is not a peer failing to authenticate.
+        Ok(Err(HandshakeError::Closed)) if claimed.is_none() && buf.is_empty() => {
+            return tracing::debug!("an inter-node connection from {addr} closed before its handshake");
+        }
         Ok(Err(e)) => return transport.warn_refused(addr, claimed.as_deref(), &e),
         Err(_) => return transport.warn_refused(addr, claimed.as_deref(), &HandshakeError::Timeout),
     };
@@ -565,9 +572,10 @@ pub(crate) async fn read_frame_detailed<T: DeserializeOwned>(
             Decoded::Incomplete => {
                 let old = buf.len();
                 buf.resize(old + READ_CHUNK_BYTES, 0);
-                match rd.read(&mut buf[old..]).await {
-                    Ok(0) | Err(_) => return Err(ReadError::Closed),
-                    Ok(n) => buf.truncate(old + n),
+                let read = rd.read(&mut buf[old..]).await;
+                buf.truncate(old + read.as_ref().map_or(0, |n| *n));
+                if !matches!(read, Ok(1..)) {
+                    return Err(ReadError::Closed);
                 }
             }
         }
@@ -726,6 +734,27 @@ mod tests {
         s.write_all(&(1u32 << 20).to_le_bytes()).await.unwrap();
         assert!(closed_within(&mut s, HANDSHAKE_TIMEOUT).await < HANDSHAKE_TIMEOUT / 2);
         assert_eq!(echo.served.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_port_probe_is_not_warned_about_but_a_dialer_failing_the_handshake_is() {
+        let (b, b_name, _echo, _sb) = serving("b", "SECRET").await;
+        let (_, addr) = crate::parse_node_name(&b_name).unwrap();
+        let warned = || !b.refused.lock().unwrap().is_empty();
+        // Connect and close without a byte, as a TCP health check does.
+        drop(TcpStream::connect(addr).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!warned(), "a probe was taken for a refused peer");
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        write_frame(&mut s, &Envelope { id: 1, body: propose(3) }).await.unwrap();
+        closed_within(&mut s, Duration::from_secs(2)).await;
+        for _ in 0..50 {
+            if warned() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("a frame that is not a handshake was not warned about");
     }
 
     #[tokio::test]
