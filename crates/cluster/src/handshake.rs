@@ -136,6 +136,8 @@ pub enum HandshakeError {
     /// The TLS handshake failed (no certificate, one the cluster's CA did not sign, one for
     /// another host, or a peer that does not speak TLS).
     Tls(String),
+    /// Too many connections were in their handshake (`transport::HANDSHAKES_IN_FLIGHT_MAX`).
+    Busy,
 }
 
 impl std::fmt::Display for HandshakeError {
@@ -150,6 +152,7 @@ impl std::fmt::Display for HandshakeError {
             HandshakeError::Refused(reason) => write!(f, "the peer refused the handshake: {reason}"),
             HandshakeError::WrongNode { dialed } => write!(f, "the peer dialed {dialed}, which is not this node"),
             HandshakeError::Tls(e) => write!(f, "TLS: {e}"),
+            HandshakeError::Busy => write!(f, "too many connections in their handshake at once"),
         }
     }
 }

@@ -61,6 +61,11 @@ pub const HANDSHAKE_WARN_INTERVAL: Duration = Duration::from_secs(30);
 /// Peer addresses the accepting side remembers for that rate limit; when full, the ones not
 /// warned about within the interval are forgotten.
 const WARN_PEERS_MAX: usize = 1024;
+/// Inbound connections still in their handshake at once; more are closed on accept. A
+/// cluster has a handful of peers, each with one connection: this only bounds what
+/// unauthenticated dialers can hold (a task, a socket and a 4 KiB buffer each, for at most
+/// `HANDSHAKE_TIMEOUT`).
+pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 64;
 
 /// A request from one node to another.
 #[derive(Serialize, Deserialize)]
@@ -178,6 +183,8 @@ pub struct Transport {
     /// Rate limit of the accepting side's handshake warnings, per peer IP (a dialer's port
     /// changes with every attempt).
     refused: Mutex<HashMap<std::net::IpAddr, WarnLimit>>,
+    /// Permits for inbound handshakes ([`HANDSHAKES_IN_FLIGHT_MAX`]).
+    handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 impl Transport {
@@ -194,6 +201,7 @@ impl Transport {
             peers: Mutex::default(),
             isolated: Mutex::default(),
             refused: Mutex::default(),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT_MAX)),
         })
     }
 
@@ -256,8 +264,12 @@ impl Transport {
                     tokio::time::sleep(BACKOFF_MIN).await;
                     continue;
                 };
+                let Ok(permit) = me.handshakes.clone().try_acquire_owned() else {
+                    me.warn_refused(addr, None, &HandshakeError::Busy);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_connection(me.clone(), stream, addr, inbound.clone()));
+                tokio::spawn(serve_connection(me.clone(), stream, addr, inbound.clone(), permit));
             }
         })
     }
@@ -312,6 +324,7 @@ async fn serve_connection<H: Inbound>(
     stream: TcpStream,
     addr: std::net::SocketAddr,
     inbound: Arc<H>,
+    handshake_permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let mut buf = Vec::new();
     let mut claimed = None;
@@ -340,6 +353,7 @@ async fn serve_connection<H: Inbound>(
         Ok(Err(e)) => return transport.warn_refused(addr, claimed.as_deref(), &e),
         Err(_) => return transport.warn_refused(addr, claimed.as_deref(), &HandshakeError::Timeout),
     };
+    drop(handshake_permit);
     let (mut rd, mut wr) = tokio::io::split(link);
     let (tx, mut rx) = mpsc::channel::<Envelope<Response>>(INBOUND_IN_FLIGHT_REQUESTS);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(INBOUND_IN_FLIGHT_REQUESTS));
@@ -755,6 +769,25 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("a frame that is not a handshake was not warned about");
+    }
+
+    #[tokio::test]
+    async fn handshakes_in_flight_are_bounded_and_peers_get_in_once_they_end() {
+        let (b, b_name, _echo, _sb) = serving("b", "SAME").await;
+        let (_, addr) = crate::parse_node_name(&b_name).unwrap();
+        let mut silent = Vec::new();
+        for _ in 0..HANDSHAKES_IN_FLIGHT_MAX {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // One more is closed at once rather than held.
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        assert!(closed_within(&mut extra, HANDSHAKE_TIMEOUT).await < HANDSHAKE_TIMEOUT / 2);
+        assert!(!b.refused.lock().unwrap().is_empty(), "the refusal was not warned about");
+        // Once they are gone, a peer shakes hands as usual.
+        drop(silent);
+        let a = Transport::new("a@127.0.0.1:1".into(), cookie("SAME"));
+        eventually_ok(&a, &b_name).await;
     }
 
     #[tokio::test]
