@@ -33,7 +33,7 @@ use crate::transport::{ReadError, read_frame_detailed, write_frame};
 /// silent holds a task and a socket for at most this long.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Random bytes each side contributes per connection.
-pub const NONCE_BYTES: usize = 32;
+pub(crate) const NONCE_BYTES: usize = 32;
 /// Largest handshake frame (the hello carries two node names; the rest is smaller). A peer
 /// not yet authenticated cannot make the node buffer more, and a TLS ClientHello sent to a
 /// node without TLS (whose first bytes read as a length of megabytes) fails at once.
@@ -41,7 +41,7 @@ const HANDSHAKE_FRAME_MAX_BYTES: u32 = 4 * 1024;
 /// Versions the MAC input, so a later handshake cannot be confused with this one.
 const DOMAIN: &[u8] = b"warren-cluster-handshake-v1";
 
-pub type Nonce = [u8; NONCE_BYTES];
+pub(crate) type Nonce = [u8; NONCE_BYTES];
 type MacBytes = [u8; 32];
 
 /// The shared secret of a cluster's nodes. Never empty; its `Debug` does not show it.
