@@ -72,6 +72,9 @@ pub(crate) const PENDING_MAX_BYTES: usize = 64 * 1024 * 1024;
 const ENTRY_OVERHEAD_BYTES: usize = 1024;
 /// What an item costs in an entry besides the message.
 const ITEM_OVERHEAD_BYTES: usize = 256;
+/// The credit of a quorum-queue consumer with no prefetch limit (or no-ack): what it may
+/// hold delivered and not yet settled, so its outbox stays bounded.
+pub(crate) const UNLIMITED_PREFETCH_CREDIT: u32 = 2000;
 /// How often the leader checks for nodes gone (their consumers' messages go back).
 const JANITOR_PERIOD: Duration = Duration::from_secs(1);
 
@@ -714,7 +717,13 @@ impl Replica for QuorumReplica {
     fn add_consumer(&self, queue: &Arc<Queue>, consumer: Consumer) -> Result<(), AmqpError> {
         let qq = self.qq()?;
         let id = qq.consumer_id(consumer.id);
-        let prefetch = if consumer.sink.no_ack() { 0 } else { consumer.sink.prefetch() };
+        // A consumer without a prefetch (or no-ack) still gets a bounded credit: deliveries
+        // bypass the connection's write-buffer back-pressure, so an unlimited one could
+        // put a whole backlog in its outbox.
+        let prefetch = match consumer.sink.prefetch() {
+            p if p == 0 || consumer.sink.no_ack() => UNLIMITED_PREFETCH_CREDIT,
+            p => p,
+        };
         qq.consumers.lock().insert(
             consumer.id & 0xffff_ffff,
             LocalConsumer { sink: consumer.sink.clone(), queue: Arc::downgrade(queue), key: self.key.clone() },
@@ -853,11 +862,44 @@ impl ServerState {
         }
     }
 
+    /// Before a declare of a queue this node does not have: wait until this node has
+    /// applied everything the cluster committed, so a quorum queue declared on another node
+    /// (its declare-ok already sent) is seen here rather than shadowed by a local classic
+    /// queue of the same name. Best effort: without a quorum, classic queues are still
+    /// declared locally (bounded by the write timeout).
+    pub(crate) fn cluster_read_barrier(&self) {
+        let Some(running) = self.cluster.get() else { return };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return;
+        }
+        if let Err(e) = tokio::task::block_in_place(|| handle.block_on(running.node.read())) {
+            debug!("cluster read barrier before a declare: {e}");
+        }
+    }
+
     /// The declare entry is committed: create the queue (durable, in this node's
     /// definitions log too) and its replica.
     pub(crate) fn apply_quorum_declare(&self, d: Declaration) -> Result<(), String> {
         let Some(qq) = self.quorum.get() else { return Ok(()) };
         let vh = self.vhost(&d.vhost).ok_or_else(|| format!("no vhost '{}'", d.vhost))?;
+        // A local classic queue of that name (declared here while the quorum declare was
+        // on its way): an empty, unused one gives way; one holding messages is kept (its
+        // messages are not dropped) and the conflict is logged.
+        if let Ok(local) = vh.queue(&d.name, 0)
+            && local.replica().is_none()
+        {
+            let st = local.stats();
+            if st.messages_ready + st.messages_unacked == 0 && st.consumers == 0 {
+                warn!(queue = %d.name, vhost = %d.vhost, "a classic queue of this node gives way to the cluster's quorum queue of the same name");
+                if let Ok(gone) = vh.delete_queue(&d.name, false, false, 0) {
+                    crate::channel::notify_deleted(gone);
+                }
+            } else {
+                error!(queue = %d.name, vhost = %d.vhost, "this node holds a classic queue with messages or consumers where the cluster declared a quorum queue: kept as it is (delete it to use the quorum queue here)");
+                return Err(format!("queue '{}' in vhost '{}' is a classic queue on this node", d.name, d.vhost));
+            }
+        }
         let opts = broker::queue::QueueOptions {
             durable: true,
             exclusive: false,
