@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pika
 import pytest
@@ -22,7 +21,7 @@ from celery import Celery
 
 from amqp_util import WorkerProcess
 from cluster_support import Cluster, cluster  # noqa: F401 - fixture
-from tasks_support import Process, python_worker, workers  # noqa: F401 - fixture
+from tasks_support import python_worker, workers  # noqa: F401 - fixture
 
 QUORUM = {"x-queue-type": "quorum"}
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
@@ -146,7 +145,9 @@ def test_pika_multi_host_publisher_survives_its_node_kill_and_no_confirmed_messa
 def test_work_queue_prefetch_one_with_two_workers_on_two_nodes(cluster):
     """The seeds' work queue (tutorial 2: durable queue, persistent messages, manual acks,
     prefetch_count=1 fair dispatch) on a quorum queue: the publisher on one node, a slow and a
-    fast worker (helpers/worker.py processes) on the two others."""
+    fast worker (helpers/worker.py processes) on the two others. The workers declare the queue
+    with `x-queue-type: quorum` (`--quorum`): a plain durable declare on a node that has not
+    applied the quorum declare yet would make a classic queue there (docs/cluster.md, Clients)."""
     c = cluster
     queue = f"pytest.qq.work.{uuid.uuid4().hex[:8]}"
     conn = connect_any(c, [0], "work-publisher")
