@@ -285,8 +285,16 @@ impl QuorumQueues {
         c.node == self.node && (c.id >> 32) as u32 == self.boot
     }
 
-    /// Queue `cmd` for the proposer; returns its ticket, or None when too much is waiting.
-    fn submit(&self, key: &QKey, cmd: QCommand, size: usize) -> Option<u64> {
+    /// Queue the command `make` builds from its ticket for the proposer (with `waiter`,
+    /// which gets the item's effects once this node applied it); returns the ticket, or
+    /// None when too much is waiting or the node is stopping. `size`: the message bytes.
+    fn submit_with(
+        &self,
+        key: &QKey,
+        size: usize,
+        make: impl FnOnce(u64) -> QCommand,
+        waiter: Option<oneshot::Sender<Vec<Effect>>>,
+    ) -> Option<u64> {
         let size = size + ITEM_OVERHEAD_BYTES;
         if self.pending_bytes.load(Ordering::Relaxed) + size > PENDING_MAX_BYTES {
             warn!(queue = %key.1, "quorum queue: {PENDING_MAX_BYTES} bytes already wait for the cluster; refusing");
@@ -298,6 +306,10 @@ impl QuorumQueues {
         let mut p = self.proposer.lock();
         let ticket = p.next_ticket;
         p.next_ticket += 1;
+        if let Some(w) = waiter {
+            self.waiters.lock().insert(ticket, w);
+        }
+        let cmd = make(ticket);
         let item =
             Item { vhost: key.0.clone(), queue: key.1.clone(), origin: self.node.0, ticket, now_ms: now_ms(), cmd };
         p.tx.send((item, size)).ok()?;
@@ -307,25 +319,13 @@ impl QuorumQueues {
     /// A publish: the ticket is also the sequence number the replica drops resent
     /// duplicates by (this node's publisher id, tickets only grow).
     fn submit_publish(&self, key: &QKey, msg: quorum::Message, ttl_ms: Option<u64>) -> Option<u64> {
-        let size = msg.payload.len() + ITEM_OVERHEAD_BYTES;
-        if self.pending_bytes.load(Ordering::Relaxed) + size > PENDING_MAX_BYTES {
-            warn!(queue = %key.1, "quorum queue: {PENDING_MAX_BYTES} bytes already wait for the cluster; nacking");
-            return None;
-        }
-        self.pending_bytes.fetch_add(size, Ordering::Relaxed);
-        let mut p = self.proposer.lock();
-        let ticket = p.next_ticket;
-        p.next_ticket += 1;
-        let publish = Some(PublishId { publisher: self.publisher, seq: ticket });
-        let cmd = QCommand::Enqueue { publish, msg, ttl_ms };
-        let item =
-            Item { vhost: key.0.clone(), queue: key.1.clone(), origin: self.node.0, ticket, now_ms: now_ms(), cmd };
-        p.tx.send((item, size)).ok()?;
-        Some(ticket)
+        let (publisher, size) = (self.publisher, msg.payload.len());
+        let make = |seq| QCommand::Enqueue { publish: Some(PublishId { publisher, seq }), msg, ttl_ms };
+        self.submit_with(key, size, make, None)
     }
 
     fn submit_quiet(&self, key: &QKey, cmd: QCommand) {
-        if self.submit(key, cmd, 0).is_none() {
+        if self.submit_with(key, 0, |_| cmd, None).is_none() {
             warn!(queue = %key.1, "quorum queue: a command was dropped (the proposer is gone or full)");
         }
     }
@@ -333,17 +333,12 @@ impl QuorumQueues {
     /// Submit and wait until this node applied the item; returns its effects.
     fn submit_and_wait(&self, key: &QKey, cmd: QCommand) -> Result<Vec<Effect>, AmqpError> {
         let (tx, rx) = oneshot::channel();
-        let mut p = self.proposer.lock();
-        let ticket = p.next_ticket;
-        p.next_ticket += 1;
-        self.waiters.lock().insert(ticket, tx);
-        let item =
-            Item { vhost: key.0.clone(), queue: key.1.clone(), origin: self.node.0, ticket, now_ms: now_ms(), cmd };
-        self.pending_bytes.fetch_add(ITEM_OVERHEAD_BYTES, Ordering::Relaxed);
-        if p.tx.send((item, ITEM_OVERHEAD_BYTES)).is_err() {
-            return Err(AmqpError::new(wire::reply::INTERNAL_ERROR, "the node is stopping"));
-        }
-        drop(p);
+        let Some(ticket) = self.submit_with(key, 0, |_| cmd, Some(tx)) else {
+            return Err(AmqpError::new(
+                wire::reply::INTERNAL_ERROR,
+                "the node is stopping or too much waits for the cluster",
+            ));
+        };
         let timeout = self.write_timeout();
         let wait = async move { tokio::time::timeout(timeout, rx).await };
         let r = match tokio::runtime::Handle::try_current() {
