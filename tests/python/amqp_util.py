@@ -61,12 +61,13 @@ class WorkerProcess:
     """
 
     def __init__(self, host: str, port: int, queue: str, name: str,
-                 prefetch: int = 0, sleep: float = 0.0, dot_seconds: float = 0.0):
+                 prefetch: int = 0, sleep: float = 0.0, dot_seconds: float = 0.0, quorum: bool = False):
         self.name = name
         cmd = [
             sys.executable, "-u", str(HELPERS_DIR / "worker.py"),
             "--host", host, "--port", str(port), "--queue", queue, "--name", name,
             "--prefetch", str(prefetch), "--sleep", str(sleep), "--dot-seconds", str(dot_seconds),
+            *(["--quorum"] if quorum else []),
         ]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, bufsize=1)

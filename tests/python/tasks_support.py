@@ -127,13 +127,17 @@ def celery_client(node, queue):
     app.close()
 
 
-def python_worker(node: BrokerProcess, queue: str, tmp_path: Path, module: str, source: str,
-                  workers: list[Process]) -> Process:
+def python_worker(node: BrokerProcess | None, queue: str, tmp_path: Path, module: str, source: str,
+                  workers: list[Process], broker: str | None = None, env_extra: dict | None = None) -> Process:
     """A `celery worker -P threads -c 2` for the tasks in `source` (a module named `module`,
-    reading `TASKS_BROKER` and `TASKS_QUEUE` from its environment), consuming `queue`."""
+    reading `TASKS_BROKER` and `TASKS_QUEUE` from its environment), consuming `queue`.
+    `broker` replaces `node`'s URL (e.g. kombu's `;`-separated failover list); `env_extra`
+    adds to the worker's environment."""
     (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
-    env = dict(os.environ, TASKS_BROKER=f"amqp://guest:guest@127.0.0.1:{node.port}//", TASKS_QUEUE=queue,
-               PYTHONUNBUFFERED="1")
+    if broker is None:
+        assert node is not None
+        broker = f"amqp://guest:guest@127.0.0.1:{node.port}//"
+    env = dict(os.environ, TASKS_BROKER=broker, TASKS_QUEUE=queue, PYTHONUNBUFFERED="1", **(env_extra or {}))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "celery", "-A", module, "worker", "-P", "threads", "-c", "2",
            "--without-gossip", "--without-mingle", "--without-heartbeat", "-Q", queue, "--loglevel=INFO"]

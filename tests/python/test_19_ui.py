@@ -20,7 +20,8 @@ import pika
 import pytest
 import requests
 
-from conftest import own_broker, REPO_ROOT, BrokerProcess, find_free_port, warren_binary
+from cluster_support import cluster  # noqa: F401 - fixture
+from conftest import own_broker, REPO_ROOT, BrokerProcess
 
 os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never download a driver or browser
 
@@ -1069,36 +1070,10 @@ def test_column_pickers_of_exchanges_connections_and_channels_shrink_replies(nod
 
 
 @pytest.fixture
-def three_node_cluster():
-    """Three warren processes forming one cluster (free ports, temp dirs), removed afterwards."""
-    if os.environ.get("AMQP_TEST_PORT"):
-        pytest.skip("needs to spawn its own brokers")
-    d = Path(tempfile.mkdtemp(prefix="warren-pytest-ui-cluster-"))
-    names = [f"n{i}@127.0.0.1:{find_free_port()}" for i in (1, 2, 3)]
-    conf = d / "cluster.conf"
-    conf.write_text("cluster_formation.peer_discovery_backend = classic_config\n"
-                    + "".join(f"cluster_formation.classic_config.nodes.{i} = {n}\n" for i, n in enumerate(names, 1)))
-    procs = [BrokerProcess(warren_binary(), d / f"n{i}", d / f"n{i}.log",
-                           extra_args=["--config", str(conf), "--node-name", n])
-             for i, n in enumerate(names, 1)]
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:  # the seeded guest user reaches every node through the Raft log
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if requests.get(api(p, "/whoami"), auth=AUTH, timeout=2).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                assert time.monotonic() < deadline, f"no seeded guest on {p.data_dir}:\n{p.log_tail(50)}"
-                time.sleep(0.1)
-        yield dict(zip(names, procs))
-    finally:
-        for p in procs:
-            p.stop()
-        shutil.rmtree(d, ignore_errors=True)
+def three_node_cluster(cluster):
+    """Three warren processes forming one cluster (cluster_support.py: free ports, temp dirs, a
+    cookie of their own; the seeded guest on every node), by node name."""
+    return dict(zip(cluster.names, cluster.nodes))
 
 
 def test_overview_of_a_three_node_cluster_shows_members_leader_and_lag(three_node_cluster, driver, tmp_path):

@@ -33,7 +33,7 @@ use crate::transport::{ReadError, read_frame_detailed, write_frame};
 /// silent holds a task and a socket for at most this long.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Random bytes each side contributes per connection.
-pub const NONCE_BYTES: usize = 32;
+pub(crate) const NONCE_BYTES: usize = 32;
 /// Largest handshake frame (the hello carries two node names; the rest is smaller). A peer
 /// not yet authenticated cannot make the node buffer more, and a TLS ClientHello sent to a
 /// node without TLS (whose first bytes read as a length of megabytes) fails at once.
@@ -41,7 +41,7 @@ const HANDSHAKE_FRAME_MAX_BYTES: u32 = 4 * 1024;
 /// Versions the MAC input, so a later handshake cannot be confused with this one.
 const DOMAIN: &[u8] = b"warren-cluster-handshake-v1";
 
-pub type Nonce = [u8; NONCE_BYTES];
+pub(crate) type Nonce = [u8; NONCE_BYTES];
 type MacBytes = [u8; 32];
 
 /// The shared secret of a cluster's nodes. Never empty; its `Debug` does not show it.
@@ -136,6 +136,8 @@ pub enum HandshakeError {
     /// The TLS handshake failed (no certificate, one the cluster's CA did not sign, one for
     /// another host, or a peer that does not speak TLS).
     Tls(String),
+    /// Too many connections were in their handshake (`transport::HANDSHAKES_IN_FLIGHT_MAX`).
+    Busy,
 }
 
 impl std::fmt::Display for HandshakeError {
@@ -150,6 +152,7 @@ impl std::fmt::Display for HandshakeError {
             HandshakeError::Refused(reason) => write!(f, "the peer refused the handshake: {reason}"),
             HandshakeError::WrongNode { dialed } => write!(f, "the peer dialed {dialed}, which is not this node"),
             HandshakeError::Tls(e) => write!(f, "TLS: {e}"),
+            HandshakeError::Busy => write!(f, "too many connections in their handshake at once"),
         }
     }
 }

@@ -61,6 +61,11 @@ pub const HANDSHAKE_WARN_INTERVAL: Duration = Duration::from_secs(30);
 /// Peer addresses the accepting side remembers for that rate limit; when full, the ones not
 /// warned about within the interval are forgotten.
 const WARN_PEERS_MAX: usize = 1024;
+/// Inbound connections still in their handshake at once; more are closed on accept. A
+/// cluster has a handful of peers, each with one connection: this only bounds what
+/// unauthenticated dialers can hold (a task, a socket and a 4 KiB buffer each, for at most
+/// `HANDSHAKE_TIMEOUT`).
+pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 64;
 
 /// A request from one node to another.
 #[derive(Serialize, Deserialize)]
@@ -178,6 +183,8 @@ pub struct Transport {
     /// Rate limit of the accepting side's handshake warnings, per peer IP (a dialer's port
     /// changes with every attempt).
     refused: Mutex<HashMap<std::net::IpAddr, WarnLimit>>,
+    /// Permits for inbound handshakes ([`HANDSHAKES_IN_FLIGHT_MAX`]).
+    handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 impl Transport {
@@ -194,6 +201,7 @@ impl Transport {
             peers: Mutex::default(),
             isolated: Mutex::default(),
             refused: Mutex::default(),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT_MAX)),
         })
     }
 
@@ -256,8 +264,12 @@ impl Transport {
                     tokio::time::sleep(BACKOFF_MIN).await;
                     continue;
                 };
+                let Ok(permit) = me.handshakes.clone().try_acquire_owned() else {
+                    me.warn_refused(addr, None, &HandshakeError::Busy);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_connection(me.clone(), stream, addr, inbound.clone()));
+                tokio::spawn(serve_connection(me.clone(), stream, addr, inbound.clone(), permit));
             }
         })
     }
@@ -312,17 +324,20 @@ async fn serve_connection<H: Inbound>(
     stream: TcpStream,
     addr: std::net::SocketAddr,
     inbound: Arc<H>,
+    handshake_permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let mut buf = Vec::new();
     let mut claimed = None;
     let shake = async {
         let mut link: BoxLink = match &transport.tls {
-            Some(tls) => Box::new(
-                tokio_rustls::TlsAcceptor::from(tls.acceptor.clone())
-                    .accept(stream)
-                    .await
-                    .map_err(|e| HandshakeError::Tls(e.to_string()))?,
-            ),
+            Some(tls) => {
+                Box::new(tokio_rustls::TlsAcceptor::from(tls.acceptor.clone()).accept(stream).await.map_err(|e| {
+                    match e.kind() {
+                        std::io::ErrorKind::UnexpectedEof => HandshakeError::Closed,
+                        _ => HandshakeError::Tls(e.to_string()),
+                    }
+                })?)
+            }
             None => Box::new(stream),
         };
         let from = handshake::accept(&mut link, &mut buf, &transport.cookie, &transport.me, &mut claimed).await?;
@@ -330,9 +345,15 @@ async fn serve_connection<H: Inbound>(
     };
     let (link, from) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await {
         Ok(Ok(shaken)) => shaken,
+        // A port probe (connect, then close without a byte: a TCP health check, a scanner)
+        // is not a peer failing to authenticate.
+        Ok(Err(HandshakeError::Closed)) if claimed.is_none() && buf.is_empty() => {
+            return tracing::debug!("an inter-node connection from {addr} closed before its handshake");
+        }
         Ok(Err(e)) => return transport.warn_refused(addr, claimed.as_deref(), &e),
         Err(_) => return transport.warn_refused(addr, claimed.as_deref(), &HandshakeError::Timeout),
     };
+    drop(handshake_permit);
     let (mut rd, mut wr) = tokio::io::split(link);
     let (tx, mut rx) = mpsc::channel::<Envelope<Response>>(INBOUND_IN_FLIGHT_REQUESTS);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(INBOUND_IN_FLIGHT_REQUESTS));
@@ -513,7 +534,9 @@ pub(crate) async fn write_frame<T: Serialize>(wr: &mut (impl AsyncWrite + Unpin)
     let payload = serde_json::to_vec(value).map_err(std::io::Error::other)?;
     let mut buf = Vec::with_capacity(payload.len() + frame::HEADER_BYTES);
     frame::encode(&mut buf, &payload);
-    wr.write_all(&buf).await
+    wr.write_all(&buf).await?;
+    // TLS may keep the end of a record buffered when the socket would block; a no-op on TCP.
+    wr.flush().await
 }
 
 /// Read the next frame; `None` at end of stream, on an I/O error or on a bad frame (a
@@ -563,9 +586,10 @@ pub(crate) async fn read_frame_detailed<T: DeserializeOwned>(
             Decoded::Incomplete => {
                 let old = buf.len();
                 buf.resize(old + READ_CHUNK_BYTES, 0);
-                match rd.read(&mut buf[old..]).await {
-                    Ok(0) | Err(_) => return Err(ReadError::Closed),
-                    Ok(n) => buf.truncate(old + n),
+                let read = rd.read(&mut buf[old..]).await;
+                buf.truncate(old + read.as_ref().map_or(0, |n| *n));
+                if !matches!(read, Ok(1..)) {
+                    return Err(ReadError::Closed);
                 }
             }
         }
@@ -724,6 +748,46 @@ mod tests {
         s.write_all(&(1u32 << 20).to_le_bytes()).await.unwrap();
         assert!(closed_within(&mut s, HANDSHAKE_TIMEOUT).await < HANDSHAKE_TIMEOUT / 2);
         assert_eq!(echo.served.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_port_probe_is_not_warned_about_but_a_dialer_failing_the_handshake_is() {
+        let (b, b_name, _echo, _sb) = serving("b", "SECRET").await;
+        let (_, addr) = crate::parse_node_name(&b_name).unwrap();
+        let warned = || !b.refused.lock().unwrap().is_empty();
+        // Connect and close without a byte, as a TCP health check does.
+        drop(TcpStream::connect(addr).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!warned(), "a probe was taken for a refused peer");
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        write_frame(&mut s, &Envelope { id: 1, body: propose(3) }).await.unwrap();
+        closed_within(&mut s, Duration::from_secs(2)).await;
+        for _ in 0..50 {
+            if warned() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("a frame that is not a handshake was not warned about");
+    }
+
+    #[tokio::test]
+    async fn handshakes_in_flight_are_bounded_and_peers_get_in_once_they_end() {
+        let (b, b_name, _echo, _sb) = serving("b", "SAME").await;
+        let (_, addr) = crate::parse_node_name(&b_name).unwrap();
+        let mut silent = Vec::new();
+        for _ in 0..HANDSHAKES_IN_FLIGHT_MAX {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // One more is closed at once rather than held.
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        assert!(closed_within(&mut extra, HANDSHAKE_TIMEOUT).await < HANDSHAKE_TIMEOUT / 2);
+        assert!(!b.refused.lock().unwrap().is_empty(), "the refusal was not warned about");
+        // Once they are gone, a peer shakes hands as usual.
+        drop(silent);
+        let a = Transport::new("a@127.0.0.1:1".into(), cookie("SAME"));
+        eventually_ok(&a, &b_name).await;
     }
 
     #[tokio::test]

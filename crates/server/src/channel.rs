@@ -415,6 +415,10 @@ impl Channel {
                 let quorum = !passive
                     && ctx.server.quorum.get().is_some()
                     && arguments.get("x-queue-type").and_then(|v| v.as_str()) == Some("quorum");
+                if !server_named && !vh.has_queue(&queue) {
+                    // Clustered: see a quorum queue another node just declared first.
+                    ctx.server.cluster_read_barrier();
+                }
                 if quorum && !vh.has_queue(&queue) {
                     // Replicated: declared through the cluster's log, so every node has it.
                     let invalid = |what: &str| {

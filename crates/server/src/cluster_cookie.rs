@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use crate::config::Config;
 
 /// The environment variable RabbitMQ reads a cookie from.
-pub const COOKIE_ENV: &str = "RABBITMQ_ERLANG_COOKIE";
+pub(crate) const COOKIE_ENV: &str = "RABBITMQ_ERLANG_COOKIE";
 /// The default cookie file's name in `$HOME` (RabbitMQ's for a non-package install).
-pub const COOKIE_FILE_NAME: &str = ".erlang.cookie";
+pub(crate) const COOKIE_FILE_NAME: &str = ".erlang.cookie";
 /// Letters in a created cookie (Erlang's length).
 const CREATED_COOKIE_LETTERS: usize = 20;
 /// A cookie file's first line is the cookie; more than this is not a cookie file.
@@ -55,7 +55,7 @@ pub fn from_environment(config: &Config) -> Result<(cluster::Cookie, CookieSourc
 }
 
 /// The cookie for `config`, given the environment variable's value and the home directory.
-pub fn resolve(
+pub(crate) fn resolve(
     config: &Config,
     env: Option<&str>,
     home: Option<&Path>,

@@ -500,7 +500,7 @@ mod applier_tests {
 
     #[test]
     fn commands_split_at_the_size_limit_and_decode_back_in_order() {
-        let changes: Vec<Change> = (0..600).map(|i| user(&format!("user{i}"))).collect();
+        let changes: Vec<Change> = (0..2400).map(|i| user(&format!("user{i}"))).collect();
         let cmds = commands(changes.clone());
         assert!(cmds.len() > 1, "{} commands", cmds.len());
         let mut back = Vec::new();

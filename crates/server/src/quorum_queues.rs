@@ -102,6 +102,9 @@ pub(crate) const PENDING_MAX_BYTES: usize = 64 * 1024 * 1024;
 const ENTRY_OVERHEAD_BYTES: usize = 1024;
 /// What an item costs in an entry besides the message.
 const ITEM_OVERHEAD_BYTES: usize = 256;
+/// The credit of a quorum-queue consumer with no prefetch limit (or no-ack): what it may
+/// hold delivered and not yet settled, so its outbox stays bounded.
+pub(crate) const UNLIMITED_PREFETCH_CREDIT: u32 = 2000;
 /// How often the leader checks for nodes gone (their consumers' messages go back).
 const JANITOR_PERIOD: Duration = Duration::from_secs(1);
 /// How often the leader looks for a message whose TTL passed at the head of a queue: how
@@ -154,6 +157,8 @@ pub(crate) struct QuorumQueues {
     settled: watch::Sender<u64>,
     /// Nodes the leader declared down (their consumers suspended).
     down: Mutex<BTreeSet<u64>>,
+    /// This node led at the last check.
+    leading: std::sync::atomic::AtomicBool,
     /// This node's consumers of earlier starts already reported down.
     downed: Mutex<std::collections::HashSet<ConsumerId>>,
     /// On the leader: the queues a `Tick` was proposed for, with the head's expiry it was
@@ -302,6 +307,7 @@ impl QuorumQueues {
             pending_bytes: AtomicUsize::new(0),
             settled: watch::channel(0).0,
             down: Mutex::new(BTreeSet::new()),
+            leading: std::sync::atomic::AtomicBool::new(false),
             downed: Mutex::new(std::collections::HashSet::new()),
             ticks: Mutex::new(HashMap::new()),
             online: Mutex::new(Vec::new()),
@@ -344,8 +350,16 @@ impl QuorumQueues {
         c.node == self.node && (c.id >> 32) as u32 == self.boot
     }
 
-    /// Queue `cmd` for the proposer; returns its ticket, or None when too much is waiting.
-    fn submit(&self, key: &QKey, cmd: QCommand, size: usize) -> Option<u64> {
+    /// Queue the command `make` builds from its ticket for the proposer (with `waiter`,
+    /// which gets the item's effects once this node applied it); returns the ticket, or
+    /// None when too much is waiting or the node is stopping. `size`: the message bytes.
+    fn submit_with(
+        &self,
+        key: &QKey,
+        size: usize,
+        make: impl FnOnce(u64) -> QCommand,
+        waiter: Option<oneshot::Sender<Vec<Effect>>>,
+    ) -> Option<u64> {
         let size = size + ITEM_OVERHEAD_BYTES;
         if self.pending_bytes.load(Ordering::Relaxed) + size > PENDING_MAX_BYTES {
             warn!(queue = %key.1, "quorum queue: {PENDING_MAX_BYTES} bytes already wait for the cluster; refusing");
@@ -357,6 +371,10 @@ impl QuorumQueues {
         let mut p = self.proposer.lock();
         let ticket = p.next_ticket;
         p.next_ticket += 1;
+        if let Some(w) = waiter {
+            self.waiters.lock().insert(ticket, w);
+        }
+        let cmd = make(ticket);
         let item =
             Item { vhost: key.0.clone(), queue: key.1.clone(), origin: self.node.0, ticket, now_ms: now_ms(), cmd };
         p.tx.send((item, size)).ok()?;
@@ -366,25 +384,13 @@ impl QuorumQueues {
     /// A publish: the ticket is also the sequence number the replica drops resent
     /// duplicates by (this node's publisher id, tickets only grow).
     fn submit_publish(&self, key: &QKey, msg: quorum::Message, ttl_ms: Option<u64>) -> Option<u64> {
-        let size = msg.payload.len() + ITEM_OVERHEAD_BYTES;
-        if self.pending_bytes.load(Ordering::Relaxed) + size > PENDING_MAX_BYTES {
-            warn!(queue = %key.1, "quorum queue: {PENDING_MAX_BYTES} bytes already wait for the cluster; nacking");
-            return None;
-        }
-        self.pending_bytes.fetch_add(size, Ordering::Relaxed);
-        let mut p = self.proposer.lock();
-        let ticket = p.next_ticket;
-        p.next_ticket += 1;
-        let publish = Some(PublishId { publisher: self.publisher, seq: ticket });
-        let cmd = QCommand::Enqueue { publish, msg, ttl_ms };
-        let item =
-            Item { vhost: key.0.clone(), queue: key.1.clone(), origin: self.node.0, ticket, now_ms: now_ms(), cmd };
-        p.tx.send((item, size)).ok()?;
-        Some(ticket)
+        let (publisher, size) = (self.publisher, msg.payload.len());
+        let make = |seq| QCommand::Enqueue { publish: Some(PublishId { publisher, seq }), msg, ttl_ms };
+        self.submit_with(key, size, make, None)
     }
 
     fn submit_quiet(&self, key: &QKey, cmd: QCommand) {
-        if self.submit(key, cmd, 0).is_none() {
+        if self.submit_with(key, 0, |_| cmd, None).is_none() {
             warn!(queue = %key.1, "quorum queue: a command was dropped (the proposer is gone or full)");
         }
     }
@@ -392,17 +398,12 @@ impl QuorumQueues {
     /// Submit and wait until this node applied the item; returns its effects.
     fn submit_and_wait(&self, key: &QKey, cmd: QCommand) -> Result<Vec<Effect>, AmqpError> {
         let (tx, rx) = oneshot::channel();
-        let mut p = self.proposer.lock();
-        let ticket = p.next_ticket;
-        p.next_ticket += 1;
-        self.waiters.lock().insert(ticket, tx);
-        let item =
-            Item { vhost: key.0.clone(), queue: key.1.clone(), origin: self.node.0, ticket, now_ms: now_ms(), cmd };
-        self.pending_bytes.fetch_add(ITEM_OVERHEAD_BYTES, Ordering::Relaxed);
-        if p.tx.send((item, ITEM_OVERHEAD_BYTES)).is_err() {
-            return Err(AmqpError::new(wire::reply::INTERNAL_ERROR, "the node is stopping"));
-        }
-        drop(p);
+        let Some(ticket) = self.submit_with(key, 0, |_| cmd, Some(tx)) else {
+            return Err(AmqpError::new(
+                wire::reply::INTERNAL_ERROR,
+                "the node is stopping or too much waits for the cluster",
+            ));
+        };
         let timeout = self.write_timeout();
         let wait = async move { tokio::time::timeout(timeout, rx).await };
         let r = match tokio::runtime::Handle::try_current() {
@@ -669,11 +670,22 @@ impl QuorumQueues {
         let Some(running) = state.cluster.get() else { return };
         if !running.node.is_leader() {
             self.down.lock().clear();
+            self.leading.store(false, Ordering::Relaxed);
             return;
         }
+        // A new leader does not know whom its predecessor declared down: every member that
+        // answers is declared up once (harmless for consumers that were never down).
+        let first_round = !self.leading.swap(true, Ordering::Relaxed);
         let up: BTreeSet<u64> = self.online.lock().iter().map(|n| cluster::node_id(n)).collect();
         let members: BTreeSet<u64> = running.node.members().iter().map(|n| cluster::node_id(n)).collect();
         let keys: Vec<QKey> = self.machines.lock().keys().cloned().collect();
+        if first_round {
+            for n in &up {
+                for k in &keys {
+                    self.submit_quiet(k, QCommand::NodeUp { node: NodeId(*n) });
+                }
+            }
+        }
         let mut down = self.down.lock();
         for n in &members {
             let is_up = up.contains(n);
@@ -721,29 +733,47 @@ async fn run_janitor(me: Weak<QuorumQueues>) {
     }
 }
 
+/// Whether a command that was not committed is sent again: everything but publishes
+/// (nacked instead: the publisher decides) and gets and purges (their caller timed out).
+/// The others are harmless if they were applied after all: settling, returning or
+/// discarding a delivery the replica no longer has out, cancelling a consumer twice, ...
+fn retried(cmd: &QCommand) -> bool {
+    !matches!(cmd, QCommand::Enqueue { .. } | QCommand::Dequeue { .. } | QCommand::Purge)
+}
+
+/// Pause before sending again what the cluster did not commit (it has no leader or quorum).
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
 async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(Item, usize)>) {
     let max = cluster::node::MAX_COMMAND_BYTES - ENTRY_OVERHEAD_BYTES;
     let mut carry: Option<(Item, usize)> = None;
+    let mut retry: Vec<(Item, usize)> = Vec::new();
     loop {
-        let first = match carry.take() {
-            Some(f) => f,
-            None => match rx.recv().await {
+        let mut batch = std::mem::take(&mut retry);
+        if batch.is_empty() {
+            let first = match carry.take() {
                 Some(f) => f,
-                None => return,
-            },
-        };
-        let mut bytes = first.1;
-        let mut items = vec![first.0];
-        while let Ok((item, size)) = rx.try_recv() {
-            if bytes + size > max {
-                carry = Some((item, size));
-                break;
+                None => match rx.recv().await {
+                    Some(f) => f,
+                    None => return,
+                },
+            };
+            batch.push(first);
+        }
+        let mut bytes: usize = batch.iter().map(|(_, s)| s).sum();
+        if carry.is_none() {
+            while let Ok((item, size)) = rx.try_recv() {
+                if bytes + size > max {
+                    carry = Some((item, size));
+                    break;
+                }
+                bytes += size;
+                batch.push((item, size));
             }
-            bytes += size;
-            items.push(item);
         }
         let Some(me) = me.upgrade() else { return };
-        let last = items.last().map_or(0, |i| i.ticket);
+        let highest = batch.iter().map(|(i, _)| i.ticket).max().unwrap_or(0);
+        let items: Vec<Item> = batch.iter().map(|(i, _)| i.clone()).collect();
         let cmd = crate::clustering::encode_quorum(&items);
         // The Raft member is set once the node has started (replayed its log).
         let node = loop {
@@ -756,18 +786,29 @@ async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(I
             }
         };
         let result = node.propose_and_wait(cmd).await.map(|_| ()).map_err(|e| e.to_string());
+        let mut kept = 0;
         if let Err(e) = result {
             warn!(items = items.len(), "quorum queues: an entry was not committed ({e}); its publishes are nacked");
             let mut r = me.rejected.lock();
-            for i in &items {
+            for (i, size) in batch {
                 if matches!(i.cmd, QCommand::Enqueue { .. }) {
                     r.insert(i.ticket);
+                } else if retried(&i.cmd) {
+                    kept += size;
+                    retry.push((i, size));
                 }
             }
         }
-        me.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        me.pending_bytes.fetch_sub(bytes - kept, Ordering::Relaxed);
         debug!(items = items.len(), bytes, "quorum queues: entry settled");
-        me.settled.send_replace(last);
+        me.settled.send_if_modified(|s| {
+            let moved = highest > *s;
+            *s = (*s).max(highest);
+            moved
+        });
+        if !retry.is_empty() {
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
     }
 }
 
@@ -805,7 +846,13 @@ impl Replica for QuorumReplica {
     fn add_consumer(&self, queue: &Arc<Queue>, consumer: Consumer) -> Result<(), AmqpError> {
         let qq = self.qq()?;
         let id = qq.consumer_id(consumer.id);
-        let prefetch = if consumer.sink.no_ack() { 0 } else { consumer.sink.prefetch() };
+        // A consumer without a prefetch (or no-ack) still gets a bounded credit: deliveries
+        // bypass the connection's write-buffer back-pressure, so an unlimited one could
+        // put a whole backlog in its outbox.
+        let prefetch = match consumer.sink.prefetch() {
+            p if p == 0 || consumer.sink.no_ack() => UNLIMITED_PREFETCH_CREDIT,
+            p => p,
+        };
         qq.consumers.lock().insert(
             consumer.id & 0xffff_ffff,
             LocalConsumer { sink: consumer.sink.clone(), queue: Arc::downgrade(queue), key: self.key.clone() },
@@ -1003,11 +1050,44 @@ impl ServerState {
             .map_err(|e| e.text)
     }
 
+    /// Before a declare of a queue this node does not have: wait until this node has
+    /// applied everything the cluster committed, so a quorum queue declared on another node
+    /// (its declare-ok already sent) is seen here rather than shadowed by a local classic
+    /// queue of the same name. Best effort: without a quorum, classic queues are still
+    /// declared locally (bounded by the write timeout).
+    pub(crate) fn cluster_read_barrier(&self) {
+        let Some(running) = self.cluster.get() else { return };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return;
+        }
+        if let Err(e) = tokio::task::block_in_place(|| handle.block_on(running.node.read())) {
+            debug!("cluster read barrier before a declare: {e}");
+        }
+    }
+
     /// The declare entry is committed: create the queue (durable, in this node's
     /// definitions log too) and its replica.
     pub(crate) fn apply_quorum_declare(&self, d: Declaration) -> Result<(), String> {
         let Some(qq) = self.quorum.get() else { return Ok(()) };
         let vh = self.vhost(&d.vhost).ok_or_else(|| format!("no vhost '{}'", d.vhost))?;
+        // A local classic queue of that name (declared here while the quorum declare was
+        // on its way): an empty, unused one gives way; one holding messages is kept (its
+        // messages are not dropped) and the conflict is logged.
+        if let Ok(local) = vh.queue(&d.name, 0)
+            && local.replica().is_none()
+        {
+            let st = local.stats();
+            if st.messages_ready + st.messages_unacked == 0 && st.consumers == 0 {
+                warn!(queue = %d.name, vhost = %d.vhost, "a classic queue of this node gives way to the cluster's quorum queue of the same name");
+                if let Ok(gone) = vh.delete_queue(&d.name, false, false, 0) {
+                    crate::channel::notify_deleted(gone);
+                }
+            } else {
+                error!(queue = %d.name, vhost = %d.vhost, "this node holds a classic queue with messages or consumers where the cluster declared a quorum queue: kept as it is (delete it to use the quorum queue here)");
+                return Err(format!("queue '{}' in vhost '{}' is a classic queue on this node", d.name, d.vhost));
+            }
+        }
         let opts = broker::queue::QueueOptions {
             durable: true,
             exclusive: false,

@@ -26,13 +26,15 @@ def main() -> int:
     ap.add_argument("--prefetch", type=int, default=0, help="basic_qos prefetch_count (0 = unlimited)")
     ap.add_argument("--sleep", type=float, default=0.0, help="seconds of 'work' per task")
     ap.add_argument("--dot-seconds", type=float, default=0.0, help="extra seconds per '.' in the body")
+    ap.add_argument("--quorum", action="store_true", help="declare the queue with x-queue-type: quorum")
     args = ap.parse_args()
 
     connection = pika.BlockingConnection(
         pika.ConnectionParameters(host=args.host, port=args.port, connection_attempts=1)
     )
     channel = connection.channel()
-    channel.queue_declare(queue=args.queue, durable=True)
+    channel.queue_declare(queue=args.queue, durable=True,
+                          arguments={"x-queue-type": "quorum"} if args.quorum else None)
     if args.prefetch:
         channel.basic_qos(prefetch_count=args.prefetch)
 
