@@ -18,27 +18,27 @@ use serde_json::Value;
 
 use crate::common::WarrenProcess;
 
-type Http = Client<String, &'static str, &'static str>;
+pub(crate) type Http = Client<String, &'static str, &'static str>;
 
-struct Node {
+pub(crate) struct Node {
     /// `NAME@127.0.0.1` as given to `--node-name`; the cluster name adds `:PORT`.
-    short: String,
-    full: String,
-    data: PathBuf,
-    conf: PathBuf,
+    pub(crate) short: String,
+    pub(crate) full: String,
+    pub(crate) data: PathBuf,
+    pub(crate) conf: PathBuf,
     /// The management API's TCP port, picked afresh at each start (as the AMQP port is):
     /// one picked once could be taken by another test before a restart.
-    mgmt: u16,
+    pub(crate) mgmt: u16,
     /// The Prometheus port, picked afresh at each start too.
-    prom: u16,
+    pub(crate) prom: u16,
     /// `$HOME` of the process: where a node without `warren.cluster_cookie` finds (or
     /// creates) its cookie file, `.erlang.cookie` — the test's directory, never the real one.
-    home: PathBuf,
-    proc: Option<WarrenProcess>,
+    pub(crate) home: PathBuf,
+    pub(crate) proc: Option<WarrenProcess>,
 }
 
 impl Node {
-    fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         let conf = self.conf.to_str().unwrap().to_owned();
         self.mgmt = free_port();
         self.prom = free_port();
@@ -49,30 +49,30 @@ impl Node {
     }
 
     /// The process with this node's `$HOME` (and no cookie from the test's environment).
-    fn spawn(&self, args: &[&str]) -> WarrenProcess {
+    pub(crate) fn spawn(&self, args: &[&str]) -> WarrenProcess {
         let env = [("HOME", Some(self.home.as_os_str())), ("RABBITMQ_ERLANG_COOKIE", None)];
         WarrenProcess::start_env(&self.data, None, args, &env)
     }
 
     /// `rabbitmq_http_client` on this node's API, as guest.
-    fn http(&self) -> Http {
+    pub(crate) fn http(&self) -> Http {
         Client::new(format!("http://127.0.0.1:{}/api", self.mgmt), "guest", "guest")
     }
 
     /// A lapin connection to this node as `user` into `vhost`.
-    async fn amqp(&self, user: &str, pass: &str, vhost: &str) -> Result<Connection, lapin::Error> {
+    pub(crate) async fn amqp(&self, user: &str, pass: &str, vhost: &str) -> Result<Connection, lapin::Error> {
         let port = self.proc.as_ref().expect("running").port;
         let vhost = vhost.replace('/', "%2f");
         let uri = format!("amqp://{user}:{pass}@127.0.0.1:{port}/{vhost}?heartbeat=0");
         Connection::connect(&uri, ConnectionProperties::default()).await
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         // WarrenProcess's drop is kill -9.
         self.proc = None;
     }
 
-    fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+    pub(crate) fn ctl(&self, args: &[&str]) -> (i32, String, String) {
         let o = Command::new(env!("CARGO_BIN_EXE_warrenctl"))
             .args(args)
             .env("WARREN_DATA_DIR", &self.data)
@@ -86,7 +86,7 @@ impl Node {
     }
 
     /// `warrenctl cluster_status --formatter json`, None while the node does not answer.
-    fn status(&self) -> Option<Value> {
+    pub(crate) fn status(&self) -> Option<Value> {
         let (code, out, _) = self.ctl(&["-q", "--formatter", "json", "cluster_status"]);
         if code != 0 {
             return None;
@@ -95,7 +95,7 @@ impl Node {
     }
 
     /// `GET path` on the node's management API through its control socket.
-    fn api(&self, path: &str) -> Value {
+    pub(crate) fn api(&self, path: &str) -> Value {
         use std::io::{Read, Write};
         let mut s = std::os::unix::net::UnixStream::connect(self.data.join("warren.sock")).expect("control socket");
         write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
@@ -107,14 +107,14 @@ impl Node {
     }
 }
 
-fn names(v: &Value) -> Vec<String> {
+pub(crate) fn names(v: &Value) -> Vec<String> {
     let mut n: Vec<String> = v.as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_owned)).collect();
     n.sort();
     n
 }
 
 /// Poll `f` until it holds (every 100 ms), at most `limit`.
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> Result<(), String>) {
+pub(crate) fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> Result<(), String>) {
     let deadline = Instant::now() + limit;
     loop {
         match f() {
@@ -125,7 +125,7 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> Result<(), Strin
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -134,7 +134,7 @@ fn three_nodes(dir: &Path) -> Vec<Node> {
 }
 
 /// Three nodes whose config files also hold `extra`.
-fn three_nodes_with(dir: &Path, extra: &str) -> Vec<Node> {
+pub(crate) fn three_nodes_with(dir: &Path, extra: &str) -> Vec<Node> {
     let ports = [free_port(), free_port(), free_port()];
     let full: Vec<String> = ports.iter().enumerate().map(|(i, p)| format!("n{}@127.0.0.1:{p}", i + 1)).collect();
     let mut conf = format!("cluster_formation.peer_discovery_backend = classic_config\n{extra}");
@@ -161,7 +161,7 @@ fn three_nodes_with(dir: &Path, extra: &str) -> Vec<Node> {
 
 /// Every node in `up` reports `expect_running` as running, all three as members, and one
 /// leader they agree on (which is running); returns it.
-fn agreed_status(nodes: &[Node], up: &[usize], expect_running: &[String]) -> Result<String, String> {
+pub(crate) fn agreed_status(nodes: &[Node], up: &[usize], expect_running: &[String]) -> Result<String, String> {
     let all: Vec<String> = {
         let mut a: Vec<String> = nodes.iter().map(|n| n.full.clone()).collect();
         a.sort();
@@ -598,7 +598,7 @@ fn a_cookie_file_others_can_read_refuses_start_and_names_the_file() {
 }
 
 /// Poll `f` until it holds (every 100 ms), at most `limit` (async).
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut f: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, limit: Duration, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
@@ -615,7 +615,7 @@ where
 
 /// Start three nodes with `extra` config; wait for a leader and for the seed (guest, `/`)
 /// on every node. Returns the nodes and the index of a follower.
-async fn started_cluster(dir: &Path, extra: &str) -> (Vec<Node>, usize) {
+pub(crate) async fn started_cluster(dir: &Path, extra: &str) -> (Vec<Node>, usize) {
     let mut nodes = three_nodes_with(dir, extra);
     for n in nodes.iter_mut() {
         n.start();
@@ -651,7 +651,7 @@ async fn users(n: &Node) -> Vec<(String, String, Vec<String>)> {
     u
 }
 
-fn reply_code(e: &lapin::Error) -> Option<u16> {
+pub(crate) fn reply_code(e: &lapin::Error) -> Option<u16> {
     crate::durability::reply_code(e)
 }
 
@@ -860,7 +860,7 @@ async fn a_killed_node_catches_up_by_snapshot_and_a_minority_refuses_changes() {
 
 /// Publish `n` messages `{prefix}{i}` with confirms on `ch`; returns the bodies confirmed
 /// (acked). Stops at the first channel error (the node went away).
-async fn publish_confirmed(ch: &lapin::Channel, queue: &str, prefix: &str, n: usize) -> Vec<String> {
+pub(crate) async fn publish_confirmed(ch: &lapin::Channel, queue: &str, prefix: &str, n: usize) -> Vec<String> {
     use lapin::options::BasicPublishOptions;
     let mut confirmed = Vec::new();
     let props = lapin::BasicProperties::default().with_delivery_mode(2);
@@ -885,7 +885,7 @@ async fn publish_confirmed(ch: &lapin::Channel, queue: &str, prefix: &str, n: us
 
 /// Consume from `queue` on `ch` until `want` distinct bodies arrived or `limit` passed;
 /// acks everything. Returns (bodies in arrival order, the bodies that came redelivered).
-async fn consume_all(
+pub(crate) async fn consume_all(
     ch: &lapin::Channel,
     queue: &str,
     want: &std::collections::BTreeSet<String>,
@@ -914,7 +914,7 @@ async fn consume_all(
     (got, redelivered)
 }
 
-fn quorum_args() -> lapin::types::FieldTable {
+pub(crate) fn quorum_args() -> lapin::types::FieldTable {
     let mut args = lapin::types::FieldTable::default();
     args.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
     args
