@@ -245,9 +245,10 @@ def publisher(k, nodes, sh):
                 try:
                     ch.basic_publish("", QUEUE, body.encode(), pika.BasicProperties(delivery_mode=2))
                 except pika.exceptions.NackError:
+                    # E.g. this node is cut off (no quorum): try another one.
                     with sh.lock:
                         sh.nacked += 1
-                    continue
+                    break
                 with sh.lock:
                     sh.confirmed.add(body)
             conn.close()
