@@ -678,6 +678,15 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_source_ip_is_the_address_the_peer_sees() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let (dialed, accepted) = tokio::join!(dial(&addr, Some("127.0.0.3".parse().unwrap())), l.accept());
+        dialed.unwrap();
+        assert_eq!(accepted.unwrap().1.ip(), "127.0.0.3".parse::<std::net::IpAddr>().unwrap());
+    }
+
+    #[tokio::test]
     async fn unreachable_backoff_reconnect_and_isolation() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let peer = format!("b@127.0.0.1:{port}");
