@@ -464,6 +464,16 @@ async fn a_rolling_restart_under_load_loses_no_confirmed_message() {
     assert!(confirmed.len() >= 100, "publishing went on through the restarts: {} confirmed", confirmed.len());
     let rest: BTreeSet<String> = confirmed.difference(&got.iter().cloned().collect()).cloned().collect();
     got.extend(drain(&nodes[1], "qr", &rest, Duration::from_secs(20)).await);
+    let missing = confirmed.difference(&got.iter().cloned().collect()).count();
+    if missing > 0 {
+        // For the failure message: are they stuck (counted as ready/held) or gone?
+        let mut counts = Vec::new();
+        for n in &nodes {
+            counts.push(message_count(n, "qr").await);
+        }
+        let logs: Vec<String> = nodes.iter().map(|n| n.proc.as_ref().unwrap().log()).collect();
+        eprintln!("{missing} missing; ready counts per node {counts:?}; node logs:\n{}", logs.join("\n----\n"));
+    }
     assert_delivered(&confirmed, &got, "after the rolling restart");
     eprintln!("rolling restart: {} confirmed, {} delivered, {:?}", confirmed.len(), got.len(), started.elapsed());
 }
