@@ -49,6 +49,10 @@ section "soak smoke (kill -9, disk alarm, non-reading client: scripts/soak.sh --
 WARREN_BIN="${WARREN_BIN:-$ROOT/target/debug/warren}" scripts/soak.sh --smoke
 section_done
 
+section "quorum-queue chaos smoke (3 nodes, kill -9, restarts, partitions: scripts/chaos.sh --smoke)"
+WARREN_BIN="${WARREN_BIN:-$ROOT/target/debug/warren}" scripts/chaos.sh --smoke
+section_done
+
 section "client libraries' own suites: kombu, py-amqp (docs/client-suites.md)"
 scripts/client-suites.sh --registry-only
 section_done

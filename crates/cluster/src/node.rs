@@ -68,6 +68,8 @@ pub struct NodeConfig {
     pub cookie: Cookie,
     /// TLS on every inter-node connection (None: plain TCP).
     pub tls: Option<LinkTls>,
+    /// Bind outbound inter-node connections to this address (None: the kernel's choice).
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 impl NodeConfig {
@@ -83,6 +85,7 @@ impl NodeConfig {
             listen,
             cookie,
             tls: None,
+            source_ip: None,
             cluster_nodes: Vec::new(),
             snapshot_every_entries: 10_000,
             heartbeat_ms: 100,
@@ -198,7 +201,8 @@ impl ClusterNode {
         }
         .validate()
         .map_err(|e| Error::Raft(e.to_string()))?;
-        let transport = Transport::with_tls(config.name.clone(), config.cookie.clone(), config.tls.clone());
+        let transport =
+            Transport::with_source(config.name.clone(), config.cookie.clone(), config.tls.clone(), config.source_ip);
         let network = Network { transport: transport.clone() };
         let id = node_id(&config.name);
         let log_view = log.clone();

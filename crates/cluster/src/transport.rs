@@ -177,6 +177,9 @@ pub struct Transport {
     me: String,
     cookie: Cookie,
     tls: Option<LinkTls>,
+    /// The local address outbound connections bind before dialing (None: the kernel's
+    /// choice). Lets a fault proxy in front of a peer tell this node's connections apart.
+    source_ip: Option<std::net::IpAddr>,
     peers: Mutex<HashMap<String, mpsc::Sender<Outgoing>>>,
     /// Test hook: peers whose traffic is dropped in both directions.
     isolated: Mutex<HashSet<String>>,
@@ -194,10 +197,21 @@ impl Transport {
 
     /// [`Self::new`], with TLS on every connection when `tls` is given.
     pub fn with_tls(me: String, cookie: Cookie, tls: Option<LinkTls>) -> Arc<Transport> {
+        Transport::with_source(me, cookie, tls, None)
+    }
+
+    /// [`Self::with_tls`], binding every outbound connection to `source_ip` when given.
+    pub fn with_source(
+        me: String,
+        cookie: Cookie,
+        tls: Option<LinkTls>,
+        source_ip: Option<std::net::IpAddr>,
+    ) -> Arc<Transport> {
         Arc::new(Transport {
             me,
             cookie,
             tls,
+            source_ip,
             peers: Mutex::default(),
             isolated: Mutex::default(),
             refused: Mutex::default(),
@@ -238,7 +252,12 @@ impl Transport {
                 .entry(peer.to_owned())
                 .or_insert_with(|| {
                     let (tx, rx) = mpsc::channel(PEER_QUEUE_REQUESTS);
-                    let who = Identity { me: self.me.clone(), cookie: self.cookie.clone(), tls: self.tls.clone() };
+                    let who = Identity {
+                        me: self.me.clone(),
+                        cookie: self.cookie.clone(),
+                        tls: self.tls.clone(),
+                        source_ip: self.source_ip,
+                    };
                     tokio::spawn(peer_task(who, peer.to_owned(), rx));
                     tx
                 })
@@ -480,15 +499,31 @@ struct Identity {
     me: String,
     cookie: Cookie,
     tls: Option<LinkTls>,
+    source_ip: Option<std::net::IpAddr>,
 }
 
 /// An open connection to a peer: its write half, the calls waiting for a response, and the
 /// task reading the responses.
 type Connection = (WriteHalf<BoxLink>, Pending, tokio::task::JoinHandle<()>);
 
+/// TCP connect to `addr` (`HOST:PORT`), from `source` when given.
+async fn dial(addr: &str, source: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(source) = source else { return TcpStream::connect(addr).await };
+    let mut last = None;
+    for to in tokio::net::lookup_host(addr).await? {
+        let socket = if to.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        match socket.connect(to).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr} resolves to no address"))))
+}
+
 async fn connect(who: &Identity, peer: &str) -> Result<Connection, ConnectError> {
     let (_, addr) = crate::parse_node_name(peer).map_err(std::io::Error::other)?;
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, dial(addr, who.source_ip))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
@@ -664,6 +699,15 @@ mod tests {
                 return start.elapsed();
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_source_ip_is_the_address_the_peer_sees() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let (dialed, accepted) = tokio::join!(dial(&addr, Some("127.0.0.3".parse().unwrap())), l.accept());
+        dialed.unwrap();
+        assert_eq!(accepted.unwrap().1.ip(), "127.0.0.3".parse::<std::net::IpAddr>().unwrap());
     }
 
     #[tokio::test]

@@ -389,6 +389,7 @@ pub async fn start(
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let mut c = cluster::NodeConfig::new(plan.name.clone(), dir, plan.listen, cookie);
     c.tls = tls;
+    c.source_ip = state.config.cluster_source_ip;
     c.cluster_nodes = plan.nodes.clone();
     c.snapshot_every_entries = state.config.cluster_snapshot_every_entries;
     c.request_deadline = Duration::from_millis(state.config.cluster_write_timeout_ms);

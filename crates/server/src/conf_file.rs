@@ -401,6 +401,9 @@ impl Draft {
             "cluster_listen" => {
                 c.cluster_listen = Some(v.parse().map_err(|_| format!("expected IP:PORT, got '{v}'"))?);
             }
+            "cluster_source_ip" => {
+                c.cluster_source_ip = Some(v.parse().map_err(|_| format!("expected an IP address, got '{v}'"))?);
+            }
             "cluster_write_timeout_ms" => {
                 c.cluster_write_timeout_ms = parse_int(v)?;
                 if c.cluster_write_timeout_ms == 0 {
@@ -654,6 +657,7 @@ mod tests {
              cluster_name = prod\n\
              warren.node_name = warren@node1\n\
              warren.cluster_listen = 0.0.0.0:25672\n\
+             warren.cluster_source_ip = 127.0.0.2\n\
              warren.cluster_write_timeout_ms = 2500\n\
              warren.cluster_snapshot_every = 64\n\
              warren.cluster_cookie = ABCDEFGHIJ\n\
@@ -676,6 +680,7 @@ mod tests {
         assert_eq!(c.cluster_name.as_deref(), Some("prod"));
         assert_eq!(c.node_name.as_deref(), Some("warren@node1"));
         assert_eq!(c.cluster_listen, Some("0.0.0.0:25672".parse().unwrap()));
+        assert_eq!(c.cluster_source_ip, Some("127.0.0.2".parse().unwrap()));
         assert_eq!((c.cluster_write_timeout_ms, c.cluster_snapshot_every_entries), (2500, 64));
         let s = parse_ok("cluster_formation.peer_discovery_backend = rabbit_peer_discovery_classic_config\n");
         assert!(s.config.cluster_nodes.is_empty());

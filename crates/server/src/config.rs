@@ -166,6 +166,9 @@ pub struct Config {
     /// Where the inter-node (Raft) listener binds (`warren.cluster_listen`); None: the
     /// address of the node's own `NAME@HOST:PORT`.
     pub cluster_listen: Option<std::net::SocketAddr>,
+    /// The local IP outbound inter-node connections bind (`warren.cluster_source_ip`); None:
+    /// the kernel's choice. For a fault proxy that must tell nodes on one host apart.
+    pub cluster_source_ip: Option<std::net::IpAddr>,
     /// RabbitMQ's `cluster_name`; None: the name of the first node of `cluster_nodes` (in
     /// sort order, the one that forms the cluster), or the node's own name when alone.
     pub cluster_name: Option<String>,
@@ -231,6 +234,7 @@ impl Default for Config {
             node_name: None,
             cluster_nodes: Vec::new(),
             cluster_listen: None,
+            cluster_source_ip: None,
             cluster_name: None,
             cluster_write_timeout_ms: 10_000,
             cluster_snapshot_every_entries: 10_000,

@@ -18,23 +18,23 @@ use serde_json::Value;
 
 use crate::common::WarrenProcess;
 
-type Http = Client<String, &'static str, &'static str>;
+pub(crate) type Http = Client<String, &'static str, &'static str>;
 
 pub(crate) struct Node {
     /// `NAME@127.0.0.1` as given to `--node-name`; the cluster name adds `:PORT`.
-    short: String,
+    pub(crate) short: String,
     pub(crate) full: String,
-    data: PathBuf,
-    conf: PathBuf,
+    pub(crate) data: PathBuf,
+    pub(crate) conf: PathBuf,
     /// The management API's TCP port, picked afresh at each start (as the AMQP port is):
     /// one picked once could be taken by another test before a restart.
     pub(crate) mgmt: u16,
     /// The Prometheus port, picked afresh at each start too.
-    prom: u16,
+    pub(crate) prom: u16,
     /// `$HOME` of the process: where a node without `warren.cluster_cookie` finds (or
     /// creates) its cookie file, `.erlang.cookie` — the test's directory, never the real one.
-    home: PathBuf,
-    proc: Option<WarrenProcess>,
+    pub(crate) home: PathBuf,
+    pub(crate) proc: Option<WarrenProcess>,
 }
 
 impl Node {
@@ -49,7 +49,7 @@ impl Node {
     }
 
     /// The process with this node's `$HOME` (and no cookie from the test's environment).
-    fn spawn(&self, args: &[&str]) -> WarrenProcess {
+    pub(crate) fn spawn(&self, args: &[&str]) -> WarrenProcess {
         let env = [("HOME", Some(self.home.as_os_str())), ("RABBITMQ_ERLANG_COOKIE", None)];
         WarrenProcess::start_env(&self.data, None, args, &env)
     }
@@ -72,7 +72,7 @@ impl Node {
         self.proc = None;
     }
 
-    fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+    pub(crate) fn ctl(&self, args: &[&str]) -> (i32, String, String) {
         let o = Command::new(env!("CARGO_BIN_EXE_warrenctl"))
             .args(args)
             .env("WARREN_DATA_DIR", &self.data)
@@ -95,7 +95,7 @@ impl Node {
     }
 
     /// `GET path` on the node's management API through its control socket.
-    fn api(&self, path: &str) -> Value {
+    pub(crate) fn api(&self, path: &str) -> Value {
         use std::io::{Read, Write};
         let mut s = std::os::unix::net::UnixStream::connect(self.data.join("warren.sock")).expect("control socket");
         write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
@@ -107,7 +107,7 @@ impl Node {
     }
 }
 
-fn names(v: &Value) -> Vec<String> {
+pub(crate) fn names(v: &Value) -> Vec<String> {
     let mut n: Vec<String> = v.as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_owned)).collect();
     n.sort();
     n
@@ -125,7 +125,7 @@ pub(crate) fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> Resul
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -134,7 +134,7 @@ fn three_nodes(dir: &Path) -> Vec<Node> {
 }
 
 /// Three nodes whose config files also hold `extra`.
-fn three_nodes_with(dir: &Path, extra: &str) -> Vec<Node> {
+pub(crate) fn three_nodes_with(dir: &Path, extra: &str) -> Vec<Node> {
     let ports = [free_port(), free_port(), free_port()];
     let full: Vec<String> = ports.iter().enumerate().map(|(i, p)| format!("n{}@127.0.0.1:{p}", i + 1)).collect();
     let mut conf = format!("cluster_formation.peer_discovery_backend = classic_config\n{extra}");
@@ -161,7 +161,7 @@ fn three_nodes_with(dir: &Path, extra: &str) -> Vec<Node> {
 
 /// Every node in `up` reports `expect_running` as running, all three as members, and one
 /// leader they agree on (which is running); returns it.
-fn agreed_status(nodes: &[Node], up: &[usize], expect_running: &[String]) -> Result<String, String> {
+pub(crate) fn agreed_status(nodes: &[Node], up: &[usize], expect_running: &[String]) -> Result<String, String> {
     let all: Vec<String> = {
         let mut a: Vec<String> = nodes.iter().map(|n| n.full.clone()).collect();
         a.sort();

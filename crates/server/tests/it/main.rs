@@ -2,6 +2,7 @@
 //! and raw sockets for hostile input. One test binary (see ARCHITECTURE.md, "Testing").
 
 mod access;
+mod chaos;
 mod cluster;
 mod common;
 mod ctl;
