@@ -14,8 +14,8 @@
 # lost); exits 1 when a confirmed message was lost. Results of full runs: docs/cluster.md
 # ("Faults across processes").
 #
-# Environment: WARREN_BIN (default target/release/warren if present, else
-# target/debug/warren, built if missing); WARREN_LOG (the nodes' log filter, default warn).
+# Environment: WARREN_BIN (default target/debug/warren, built first; pass a release
+# binary for long runs); WARREN_LOG (the nodes' log filter, default warn).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,17 +34,9 @@ done
 source "$ROOT/scripts/venv.sh"
 
 if [[ -z "${WARREN_BIN:-}" ]]; then
-    if [[ -x "$ROOT/target/release/warren" ]]; then
-        WARREN_BIN="$ROOT/target/release/warren"
-    else
-        WARREN_BIN="$ROOT/target/debug/warren"
-    fi
-fi
-if [[ ! -x "$WARREN_BIN" ]]; then
-    case "$WARREN_BIN" in
-        "$ROOT/target/release/warren") cargo build --release -p server --bin warren ;;
-        "$ROOT/target/debug/warren") cargo build -p server --bin warren ;;
-    esac
+    # Built (a no-op when it is up to date): a stale binary would not know today's keys.
+    cargo build -q -p server --bin warren
+    WARREN_BIN="$ROOT/target/debug/warren"
 fi
 [[ -x "$WARREN_BIN" ]] || { echo "error: broker binary not found at $WARREN_BIN" >&2; exit 2; }
 
