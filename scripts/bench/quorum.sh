@@ -87,8 +87,40 @@ trap cleanup EXIT
 
 wait_amqp() { "$PY" "$TOOL" wait --port "$1" --timeout 120 >/dev/null || die "nothing answers AMQP on $1 (logs in $RES)"; }
 
-# ------------------------------------------------------------------ Warren, 3 nodes
 declare -A PORT PIDOF
+# ------------------------------------------------------------------ RabbitMQ, 3 nodes
+RMQ_PIDS=""
+if has rabbitmq; then
+    [ -x "$RMQ_SERVER" ] || die "no $RMQ_SERVER: apt-get install rabbitmq-server (see scripts/bench/brokers.sh)"
+    mkdir -p "$RHOME"
+    printf 'log.file.level = warning\nlog.console = false\n' > "$WORK/rabbitmq.conf"
+    echo '[].' > "$WORK/enabled_plugins"   # no management plugin
+    for i in 1 2 3; do
+        n="qqbench$i@localhost"
+        PORT[rq$i]=$(free_port)
+        env HOME="$RHOME" RABBITMQ_NODENAME="$n" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+            RABBITMQ_NODE_PORT="${PORT[rq$i]}" RABBITMQ_DIST_PORT="$(free_port)" \
+            RABBITMQ_MNESIA_BASE="$WORK/rq$i/mnesia" RABBITMQ_LOG_BASE="$WORK/rq$i/log" \
+            RABBITMQ_CONFIG_FILE="$WORK/rabbitmq.conf" RABBITMQ_ENABLED_PLUGINS_FILE="$WORK/enabled_plugins" \
+            RABBITMQ_PID_FILE="$WORK/rq$i/rabbit.pid" "$RMQ_SERVER" >>"$RES/rabbitmq-$i.log" 2>&1 &
+        PIDS+=($!); RMQ_NODES+=("$n")
+        # The first node creates the Erlang cookie in $HOME; the others must read the same.
+        [ "$i" = 1 ] && wait_amqp "${PORT[rq1]}"
+    done
+    for i in 2 3; do
+        wait_amqp "${PORT[rq$i]}"
+        rmqctl -n "qqbench$i@localhost" stop_app >/dev/null
+        rmqctl -n "qqbench$i@localhost" join_cluster qqbench1@localhost >/dev/null
+        rmqctl -n "qqbench$i@localhost" start_app >/dev/null
+        wait_amqp "${PORT[rq$i]}"
+    done
+    for i in 1 2 3; do PIDOF[rq$i]=$(cat "$WORK/rq$i/rabbit.pid"); RMQ_PIDS+="${PIDOF[rq$i]} "; done
+    rmqctl -n qqbench1@localhost cluster_status > "$RES/rabbitmq-cluster-status.txt"
+    grep -q qqbench3 "$RES/rabbitmq-cluster-status.txt" || die "RabbitMQ nodes did not cluster"
+    log "RabbitMQ cluster up (queues declared on qqbench1, clients on it)"
+fi
+
+# ------------------------------------------------------------------ Warren, 3 nodes
 if has warren; then
     WHOME="$WORK/warren-home"; mkdir -p "$WHOME"
     conf="cluster_formation.peer_discovery_backend = classic_config\n"
@@ -126,38 +158,6 @@ if has classic; then
     PIDS+=($!); PIDOF[wc]=$!
     wait_amqp "${PORT[wc]}"
     log "Warren single node up"
-fi
-
-# ------------------------------------------------------------------ RabbitMQ, 3 nodes
-RMQ_PIDS=""
-if has rabbitmq; then
-    [ -x "$RMQ_SERVER" ] || die "no $RMQ_SERVER: apt-get install rabbitmq-server (see scripts/bench/brokers.sh)"
-    mkdir -p "$RHOME"
-    printf 'log.file.level = warning\nlog.console = false\n' > "$WORK/rabbitmq.conf"
-    echo '[].' > "$WORK/enabled_plugins"   # no management plugin
-    for i in 1 2 3; do
-        n="qqbench$i@localhost"
-        PORT[rq$i]=$(free_port)
-        env HOME="$RHOME" RABBITMQ_NODENAME="$n" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
-            RABBITMQ_NODE_PORT="${PORT[rq$i]}" RABBITMQ_DIST_PORT="$(free_port)" \
-            RABBITMQ_MNESIA_BASE="$WORK/rq$i/mnesia" RABBITMQ_LOG_BASE="$WORK/rq$i/log" \
-            RABBITMQ_CONFIG_FILE="$WORK/rabbitmq.conf" RABBITMQ_ENABLED_PLUGINS_FILE="$WORK/enabled_plugins" \
-            RABBITMQ_PID_FILE="$WORK/rq$i/rabbit.pid" "$RMQ_SERVER" >>"$RES/rabbitmq-$i.log" 2>&1 &
-        PIDS+=($!); RMQ_NODES+=("$n")
-        # The first node creates the Erlang cookie in $HOME; the others must read the same.
-        [ "$i" = 1 ] && wait_amqp "${PORT[rq1]}"
-    done
-    for i in 2 3; do
-        wait_amqp "${PORT[rq$i]}"
-        rmqctl -n "qqbench$i@localhost" stop_app >/dev/null
-        rmqctl -n "qqbench$i@localhost" join_cluster qqbench1@localhost >/dev/null
-        rmqctl -n "qqbench$i@localhost" start_app >/dev/null
-        wait_amqp "${PORT[rq$i]}"
-    done
-    for i in 1 2 3; do PIDOF[rq$i]=$(cat "$WORK/rq$i/rabbit.pid"); RMQ_PIDS+="${PIDOF[rq$i]} "; done
-    rmqctl -n qqbench1@localhost cluster_status > "$RES/rabbitmq-cluster-status.txt"
-    grep -q qqbench3 "$RES/rabbitmq-cluster-status.txt" || die "RabbitMQ nodes did not cluster"
-    log "RabbitMQ cluster up (queues declared on qqbench1, clients on it)"
 fi
 
 # cpu_of PIDS...: user + system seconds of those processes together
