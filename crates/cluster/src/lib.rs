@@ -1,6 +1,7 @@
 //! Warren clustering, first layer: one Raft group for the broker's metadata.
 //!
 //! # Layout
+//! - [`codec`]: CBOR inside the frames; commands as byte strings.
 //! - [`frame`]: crc32c-framed records, shared by the files and the wire.
 //! - [`log_store`]: the Raft log and vote, fsynced before openraft is told they are durable.
 //! - [`state_machine`]: hands committed commands, in log order, to an [`Applier`] (the
@@ -14,6 +15,7 @@
 //! and the node API around it. The broker starts a node when clustering is configured
 //! (`server::clustering`), with its access directory as the applier.
 
+pub mod codec;
 pub mod frame;
 pub mod handshake;
 pub mod log_store;
@@ -23,6 +25,7 @@ pub mod transport;
 
 use std::io::Cursor;
 
+pub use codec::Command;
 pub use handshake::Cookie;
 pub use node::{ClusterNode, MemberStatus, NodeConfig, RaftStatus, Replication};
 pub use state_machine::Applier;
@@ -32,7 +35,7 @@ openraft::declare_raft_types!(
     /// The metadata group's types: commands are opaque bytes, the response is what the
     /// [`Applier`] returned for the command (empty for Raft's own entries).
     pub TypeConfig:
-        D = Vec<u8>,
+        D = Command,
         R = Vec<u8>,
         NodeId = u64,
         Node = openraft::BasicNode,

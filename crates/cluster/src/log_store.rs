@@ -85,7 +85,7 @@ impl LogStore {
         loop {
             match frame::decode(&buf[at..]) {
                 Decoded::Record(payload, n) => {
-                    let record: LogRecord = serde_json::from_slice(payload).map_err(|_| Error::Corrupt {
+                    let record: LogRecord = crate::codec::decode(payload).map_err(|_| Error::Corrupt {
                         path: path.clone(),
                         offset: at as u64,
                         reason: "undecodable log record",
@@ -123,7 +123,7 @@ impl LogStore {
     /// Append one record to `log` and fsync it, off the async threads.
     async fn write_record(&self, record: &LogRecord) -> std::io::Result<()> {
         let mut buf = Vec::new();
-        frame::encode(&mut buf, &serde_json::to_vec(record).map_err(std::io::Error::other)?);
+        frame::encode(&mut buf, &crate::codec::encode(record)?);
         let file = self.file.clone();
         blocking(move || {
             let mut f = file.lock().expect("log file lock");
@@ -139,14 +139,14 @@ impl LogStore {
         {
             let mem = self.mem.lock().expect("log mem lock");
             if let Some(p) = mem.last_purged {
-                frame::encode(&mut buf, &serde_json::to_vec(&LogRecord::Purge(p)).map_err(std::io::Error::other)?);
+                frame::encode(&mut buf, &crate::codec::encode(&LogRecord::Purge(p))?);
             }
             if let Some(c) = mem.committed {
-                frame::encode(&mut buf, &serde_json::to_vec(&LogRecord::Committed(c)).map_err(std::io::Error::other)?);
+                frame::encode(&mut buf, &crate::codec::encode(&LogRecord::Committed(c))?);
             }
             let kept: Vec<Entry> = mem.entries.values().cloned().collect();
             if !kept.is_empty() {
-                frame::encode(&mut buf, &serde_json::to_vec(&LogRecord::Entries(kept)).map_err(std::io::Error::other)?);
+                frame::encode(&mut buf, &crate::codec::encode(&LogRecord::Entries(kept))?);
             }
         }
         let dir = self.dir.clone();
@@ -237,7 +237,7 @@ fn read_vote(dir: &Path) -> Result<Option<Vote<NodeId>>, Error> {
     };
     // The vote file is replaced by rename after an fsync, so it is whole or absent; damage is real.
     match frame::decode(&buf) {
-        Decoded::Record(p, n) if n == buf.len() => serde_json::from_slice(p).map(Some).map_err(|_| Error::Corrupt {
+        Decoded::Record(p, n) if n == buf.len() => crate::codec::decode(p).map(Some).map_err(|_| Error::Corrupt {
             path,
             offset: 0,
             reason: "undecodable vote",
@@ -280,7 +280,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut buf = Vec::new();
-        frame::encode(&mut buf, &serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(&e))?);
+        frame::encode(&mut buf, &crate::codec::encode(vote).map_err(|e| StorageIOError::write_vote(&e))?);
         let dir = self.dir.clone();
         blocking(move || {
             let tmp = dir.join("vote.tmp");
@@ -355,7 +355,7 @@ mod tests {
     fn entry(term: u64, index: u64, data: &[u8]) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-            payload: EntryPayload::Normal(data.to_vec()),
+            payload: EntryPayload::Normal(crate::Command(data.to_vec())),
         }
     }
 

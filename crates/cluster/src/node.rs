@@ -36,11 +36,22 @@ use crate::{Error, NodeId, Raft, TypeConfig, node_id, parse_node_name};
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// Largest command `propose` accepts (a quorum-queue entry carries message bodies: this is
 /// also the largest message a quorum queue takes). The bound keeps an append batch
-/// ([`MAX_ENTRIES_PER_APPEND`] entries, JSON-encoded at up to 4 bytes per byte) inside one
-/// transport frame (`frame::PAYLOAD_MAX_BYTES`, 64 MiB).
+/// ([`MAX_ENTRIES_PER_APPEND`] entries, a CBOR byte string each) inside one transport frame
+/// (`frame::PAYLOAD_MAX_BYTES`, 64 MiB), even when a follower forwards it wrapped again.
 pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
-/// Entries per AppendEntries request: 48 × 256 KiB × 4 = 48 MiB of JSON at most.
+/// Entries per AppendEntries request: 48 × 256 KiB = 12 MiB of commands at most.
 pub const MAX_ENTRIES_PER_APPEND: u64 = 48;
+/// The rest of a proposal queued at the leader ([`ClusterNode::propose_queued`]): its log
+/// index and what applying it returned, once applied on this node.
+pub type Queued = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u64, Vec<u8>), Error>> + Send>>;
+
+/// What [`ClusterNode::propose_queued`] did with a command.
+pub enum Proposal {
+    Queued(Queued),
+    /// Not proposed: this node is not the leader; the command, to forward.
+    NotLeader(Vec<u8>),
+    Failed(Error),
+}
 /// How long [`ClusterNode::running_members`] waits for a peer's answer.
 pub const PING_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Pause between attempts while no leader is known.
@@ -287,6 +298,51 @@ impl ClusterNode {
         Ok((index, result))
     }
 
+    /// On the leader: queue `cmd` in the log and return at once with a future of what
+    /// [`Self::propose_and_wait`] returns. Commands queued by successive calls (each call
+    /// awaited before the next) enter the log in call order, so a caller may keep several
+    /// in flight and still see them applied in order. When this node is not the leader the
+    /// command comes back ([`Proposal::NotLeader`]): forwarding would not keep that order, so
+    /// the caller proposes it with [`Self::propose_and_wait`] and waits. If leadership is
+    /// lost meanwhile the future fails (the command may still be committed by the next
+    /// leader, as after a timeout).
+    pub async fn propose_queued(&self, cmd: Vec<u8>) -> Proposal {
+        if cmd.len() > MAX_COMMAND_BYTES {
+            return Proposal::Failed(Error::CommandTooLarge { bytes: cmd.len(), max: MAX_COMMAND_BYTES });
+        }
+        let raft = &self.inner.raft;
+        {
+            let m = raft.metrics();
+            let m = m.borrow();
+            if m.state != ServerState::Leader || m.current_leader != Some(m.id) {
+                return Proposal::NotLeader(cmd);
+            }
+        }
+        let rx = match raft.client_write_ff(crate::Command(cmd)).await {
+            Ok(rx) => rx,
+            Err(e) => return Proposal::Failed(Error::Raft(e.to_string())),
+        };
+        let (raft, deadline) = (raft.clone(), self.inner.request_deadline);
+        Proposal::Queued(Box::pin(async move {
+            let answer = tokio::time::timeout(deadline, rx).await.map_err(|_| Error::Timeout)?;
+            let written = match answer {
+                Ok(Ok(w)) => w,
+                Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                    return Err(Error::NotLeader { leader: f.leader_node.map(|n| n.addr) });
+                }
+                Ok(Err(e)) => return Err(Error::Raft(e.to_string())),
+                // The responder was dropped: the core stopped.
+                Err(e) => return Err(Error::Raft(e.to_string())),
+            };
+            let index = written.log_id.index;
+            raft.wait(Some(deadline))
+                .applied_index_at_least(Some(index), "propose_queued")
+                .await
+                .map_err(|_| Error::Timeout)?;
+            Ok((index, written.data))
+        }))
+    }
+
     /// Add `name` (`NAME@HOST:PORT`) as a voter: first as a learner that receives the log (or a
     /// snapshot), then promoted. What `warrenctl join_cluster` will call.
     pub async fn add_member(&self, name: &str) -> Result<u64, Error> {
@@ -506,7 +562,9 @@ async fn local(raft: &Raft, transport: &Arc<Transport>, req: ClientRequest) -> R
         }
     }
     match req {
-        ClientRequest::Propose(cmd) => raft.client_write(cmd).await.map(|r| (r.log_id.index, r.data)).map_err(fail),
+        ClientRequest::Propose(cmd) => {
+            raft.client_write(crate::Command(cmd)).await.map(|r| (r.log_id.index, r.data)).map_err(fail)
+        }
         ClientRequest::AddMember(name) => {
             let id = node_id(&name);
             // Only a leader adds members (a follower's add_learner below says who leads).

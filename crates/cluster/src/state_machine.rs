@@ -213,7 +213,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut result = Vec::new();
             match e.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(cmd) => result = self.applier.apply(e.log_id.index, &cmd),
+                EntryPayload::Normal(cmd) => result = self.applier.apply(e.log_id.index, &cmd.0),
                 EntryPayload::Membership(m) => a.membership = StoredMembership::new(Some(e.log_id), m),
             }
             a.last_applied = Some(e.log_id);

@@ -27,6 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, RaftError};
+
+use crate::codec;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
@@ -82,7 +84,7 @@ pub enum Request {
 /// Operations a follower forwards to the leader.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClientRequest {
-    Propose(Vec<u8>),
+    Propose(#[serde(with = "crate::codec::bytes")] Vec<u8>),
     AddMember(String),
     RemoveMember(String),
     /// The leader's read index (after confirming leadership with a quorum).
@@ -566,7 +568,7 @@ async fn connect(who: &Identity, peer: &str) -> Result<Connection, ConnectError>
 }
 
 pub(crate) async fn write_frame<T: Serialize>(wr: &mut (impl AsyncWrite + Unpin), value: &T) -> std::io::Result<()> {
-    let payload = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    let payload = codec::encode(value)?;
     let mut buf = Vec::with_capacity(payload.len() + frame::HEADER_BYTES);
     frame::encode(&mut buf, &payload);
     wr.write_all(&buf).await?;
@@ -593,7 +595,7 @@ pub(crate) enum ReadError {
     Closed,
     /// A bad checksum or an impossible length.
     Corrupt(&'static str),
-    /// A valid frame whose JSON is not a `T`.
+    /// A valid frame whose content is not a `T`.
     Undecodable,
     /// A frame announcing more than the caller's limit.
     TooLarge,
@@ -613,7 +615,7 @@ pub(crate) async fn read_frame_detailed<T: DeserializeOwned>(
         }
         match frame::decode(buf) {
             Decoded::Record(payload, n) => {
-                let value = serde_json::from_slice(payload).map_err(|_| ReadError::Undecodable);
+                let value = codec::decode(payload).map_err(|_| ReadError::Undecodable);
                 buf.drain(..n);
                 return value;
             }
@@ -880,7 +882,7 @@ mod tests {
         assert!(matches!(reply, Envelope { id: 1, body: Response::Client(Ok((3, _))) }));
         // A damaged one closes the connection: the next read sees end of stream.
         let mut bad = Vec::new();
-        frame::encode(&mut bad, &serde_json::to_vec(&Envelope { id: 2, body: propose(3) }).unwrap());
+        frame::encode(&mut bad, &codec::encode(&Envelope { id: 2, body: propose(3) }).unwrap());
         let last = bad.len() - 1;
         bad[last] ^= 0x20;
         s.write_all(&bad).await.unwrap();

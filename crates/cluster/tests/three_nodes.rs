@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cluster::node::Proposal;
 use cluster::{Applier, ClusterNode, Cookie, NodeConfig};
 use tokio::runtime::Runtime;
 
@@ -641,4 +642,36 @@ fn status_shows_term_positions_and_a_killed_followers_lag_on_the_leader() {
         let s = nodes[leader].node().status();
         s.members.iter().find(|m| m.name == other.name).unwrap().replication.unwrap().lag_entries == 0
     });
+}
+
+#[test]
+fn proposals_queued_on_the_leader_apply_in_queue_order_and_a_follower_gets_them_back() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = cluster(root.path(), 10_000);
+    let leader = wait_leader(&nodes, Duration::from_secs(10));
+    let follower = (leader + 1) % 3;
+    // A follower does not queue: the command comes back to be forwarded.
+    let back = nodes[follower].on(nodes[follower].node().propose_queued(cmd("f", 0)));
+    assert!(matches!(back, Proposal::NotLeader(c) if c == cmd("f", 0)));
+    // 300 commands queued before any is awaited: the log holds them in queue order.
+    let n = &nodes[leader];
+    let indexes: Vec<u64> = n.on(async {
+        let mut futs = Vec::new();
+        for i in 0..300 {
+            match n.node().propose_queued(cmd("q", i)).await {
+                Proposal::Queued(f) => futs.push(f),
+                Proposal::NotLeader(_) => panic!("the leader did not queue"),
+                Proposal::Failed(e) => panic!("{e}"),
+            }
+        }
+        let mut out = Vec::new();
+        for f in futs {
+            out.push(f.await.expect("committed").0);
+        }
+        out
+    });
+    assert!(indexes.windows(2).all(|w| w[0] < w[1]), "indexes follow the queue order: {indexes:?}");
+    let expect: Vec<(u64, Vec<u8>)> = indexes.iter().enumerate().map(|(i, &x)| (x, cmd("q", i))).collect();
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    assert_eq!(assert_converged(&all, 300, Duration::from_secs(10)), expect);
 }

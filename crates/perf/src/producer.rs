@@ -36,6 +36,9 @@ struct Window {
     reader_gone: AtomicBool,
     /// We sent connection.close: what the reader sees next is not an error.
     closing: AtomicBool,
+    /// With confirms: per written batch, (its last delivery tag, messages, write time in ns),
+    /// oldest first; the reader turns them into publish→confirm latencies.
+    batches: std::sync::Mutex<VecDeque<(u64, u64, u64)>>,
 }
 
 /// Which delivery tags have been confirmed: acks may be single or multiple, and in
@@ -55,6 +58,11 @@ impl Default for ConfirmTracker {
 }
 
 impl ConfirmTracker {
+    /// Every tag below this one is confirmed.
+    pub fn confirmed_below(&self) -> u64 {
+        self.base
+    }
+
     /// Apply a basic.ack/nack; returns how many tags it newly confirms.
     pub fn confirm(&mut self, tag: u64, multiple: bool) -> u64 {
         if tag < self.base {
@@ -197,6 +205,11 @@ async fn publish_loop(
             template.append(&mut tx.buf, timestamp);
         }
         sent += n;
+        if opts.confirm > 0
+            && let Ok(mut b) = window.batches.lock()
+        {
+            b.push_back((sent, n, client::now_ns()));
+        }
         // Counted before the write so a consumer can never see a message not yet counted.
         stats.published.fetch_add(n, Ordering::AcqRel);
         tx.flush().await?;
@@ -207,6 +220,23 @@ async fn publish_loop(
         tokio::task::yield_now().await;
     }
     Ok(sent)
+}
+
+/// Batches whose every message is now confirmed give one latency sample per message.
+fn record_confirm_latency(window: &Window, tracker: &ConfirmTracker, stats: &crate::stats::Stats) {
+    let below = tracker.confirmed_below();
+    let now = client::now_ns();
+    let Ok(mut batches) = window.batches.lock() else { return };
+    let Ok(mut h) = stats.confirm_latency.lock() else { return };
+    while let Some(&(last_tag, n, at)) = batches.front() {
+        if last_tag >= below {
+            break;
+        }
+        batches.pop_front();
+        for _ in 0..n {
+            h.record(now.saturating_sub(at));
+        }
+    }
 }
 
 async fn confirm_reader(index: usize, mut rx: Inbound, window: Arc<Window>, ctx: Arc<Ctx>) {
@@ -247,6 +277,7 @@ async fn confirm_reader(index: usize, mut rx: Inbound, window: Arc<Window>, ctx:
                 }
             }
             if acked + nacked > 0 {
+                record_confirm_latency(&window, &tracker, stats);
                 window.settled.fetch_add(acked + nacked, Ordering::AcqRel);
                 stats.confirmed.fetch_add(acked, Ordering::AcqRel);
                 stats.nacked.fetch_add(nacked, Ordering::AcqRel);

@@ -48,6 +48,8 @@ pub struct Summary {
     pub elapsed_s: f64,
     pub totals: Snapshot,
     pub latency: Histogram,
+    /// Publish→confirm latencies (with --confirm).
+    pub confirm_latency: Histogram,
     pub blocked: u64,
     pub errors: Vec<String>,
     pub cpu_s: Option<f64>,
@@ -124,6 +126,7 @@ pub async fn run(opts: Options, uri: AmqpUri) -> Result<Summary> {
     // Anything consumed before the start (a backlog from an earlier run) is not ours.
     let baseline = stats.snapshot();
     let _ = stats.take_latency();
+    let _ = stats.take_confirm_latency();
     let cpu_start = cpu_seconds(None);
     let broker_cpu_start = opts.broker_pid.and_then(|p| cpu_seconds(Some(p)));
     let start = Instant::now();
@@ -179,6 +182,7 @@ pub async fn run(opts: Options, uri: AmqpUri) -> Result<Summary> {
     let totals = stats.snapshot() - baseline;
     let elapsed_s = start.elapsed().as_secs_f64();
     latency.merge(&stats.take_latency());
+    let confirm_latency = stats.take_confirm_latency();
     let cpu_s = cpu_seconds(None).zip(cpu_start).map(|(b, a)| b - a);
     let broker_cpu_s = opts.broker_pid.and_then(|p| cpu_seconds(Some(p))).zip(broker_cpu_start).map(|(b, a)| b - a);
     stats.stop.send_replace(true);
@@ -192,6 +196,7 @@ pub async fn run(opts: Options, uri: AmqpUri) -> Result<Summary> {
         elapsed_s,
         totals,
         latency,
+        confirm_latency,
         blocked: stats.blocked.load(Ordering::Relaxed),
         errors: stats.errors(),
         cpu_s,
@@ -372,6 +377,15 @@ fn print_summary(opts: &Options, s: &Summary) {
             rate(t.confirmed, s.elapsed_s),
             t.nacked
         );
+        let h = &s.confirm_latency;
+        let p = |q: f64| h.percentile(q).map(fmt_ns).unwrap_or_else(|| "-".into());
+        println!(
+            "confirm latency: p50 {}  p99 {}  max {}  ({} samples)",
+            p(50.0),
+            p(99.0),
+            h.max().map(fmt_ns).unwrap_or_else(|| "-".into()),
+            h.count()
+        );
     }
     let consumed = rate(t.consumed, s.elapsed_s);
     println!("consumed:  {:>11} msgs  {:>10.0} msg/s  {}", t.consumed, consumed, fmt_bytes_per_s(consumed * size));
@@ -418,6 +432,15 @@ pub fn summary_json(opts: &Options, s: &Summary) -> serde_json::Value {
             "max": us(h.max()),
         })
     });
+    let confirm_latency = (opts.confirm > 0).then(|| {
+        let h = &s.confirm_latency;
+        serde_json::json!({
+            "samples": h.count(),
+            "p50": us(h.percentile(50.0)),
+            "p99": us(h.percentile(99.0)),
+            "max": us(h.max()),
+        })
+    });
     let topo = opts.topology();
     serde_json::json!({
         "tool": "warren-perf",
@@ -453,6 +476,7 @@ pub fn summary_json(opts: &Options, s: &Summary) -> serde_json::Value {
         "consume_rate": rate(t.consumed, secs),
         "consume_bytes_per_s": rate(t.consumed, secs) * size,
         "latency_us": latency,
+        "confirm_latency_us": confirm_latency,
         "cpu": {
             "perf_s": s.cpu_s,
             "perf_core_fraction": s.cpu_s.map(|c| c / secs),

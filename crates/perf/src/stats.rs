@@ -20,6 +20,9 @@ pub struct Stats {
     pub blocked: AtomicU64,
     /// Publish→deliver latencies (ns) since the reporter last took them.
     pub latency: Mutex<Histogram>,
+    /// Publish→confirm latencies (ns) with --confirm: from the write of a message's batch to
+    /// the ack that confirms its last message.
+    pub confirm_latency: Mutex<Histogram>,
     /// Workers connected and set up (channel open, consume-ok / confirm-ok received).
     pub ready: AtomicUsize,
     /// Producers that sent their -C messages (and got them confirmed).
@@ -65,6 +68,7 @@ impl Default for Stats {
             consumed: AtomicU64::new(0),
             blocked: AtomicU64::new(0),
             latency: Mutex::new(Histogram::new()),
+            confirm_latency: Mutex::new(Histogram::new()),
             ready: AtomicUsize::new(0),
             producers_done: AtomicUsize::new(0),
             consumers_done: AtomicUsize::new(0),
@@ -112,6 +116,10 @@ impl Stats {
 
     pub fn take_latency(&self) -> Histogram {
         self.latency.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default()
+    }
+
+    pub fn take_confirm_latency(&self) -> Histogram {
+        self.confirm_latency.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default()
     }
 
     pub fn record_latencies(&self, values: &mut Vec<u64>) {

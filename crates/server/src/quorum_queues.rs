@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, warn};
 
 use crate::state::ServerState;
+use cluster::node::Proposal;
 
 /// A queue's key: (vhost, name).
 pub(crate) type QKey = (String, String);
@@ -744,18 +745,57 @@ fn retried(cmd: &QCommand) -> bool {
 /// Pause before sending again what the cluster did not commit (it has no leader or quorum).
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
+/// Entries the proposer keeps in flight on the leader: while one is being written and
+/// replicated, the items arriving meanwhile already make the next (the confirm window of a
+/// publisher is freed one entry at a time, so one entry in flight leaves the disk idle
+/// while the entry is replicated and the network idle while it is fsynced).
+const PIPELINE_ENTRIES: usize = 4;
+
+/// One proposed entry: its items, their bytes and the highest ticket among them.
+struct Proposed {
+    batch: Vec<(Item, usize)>,
+    bytes: usize,
+    highest: u64,
+}
+
 async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(Item, usize)>) {
     let max = cluster::node::MAX_COMMAND_BYTES - ENTRY_OVERHEAD_BYTES;
     let mut carry: Option<(Item, usize)> = None;
     let mut retry: Vec<(Item, usize)> = Vec::new();
+    // Entries queued at the leader, oldest first; settled in that order.
+    let mut in_flight: std::collections::VecDeque<(Proposed, cluster::node::Queued)> = Default::default();
     loop {
+        while in_flight.len() >= PIPELINE_ENTRIES {
+            let (p, fut) = in_flight.pop_front().expect("in flight");
+            let result = fut.await.map(|_| ());
+            if !settle_entry(&me, p, result, &mut retry).await {
+                return;
+            }
+        }
         let mut batch = std::mem::take(&mut retry);
         if batch.is_empty() {
             let first = match carry.take() {
                 Some(f) => f,
-                None => match rx.recv().await {
-                    Some(f) => f,
-                    None => return,
+                None => match in_flight.front_mut() {
+                    // Settle the oldest entry as soon as it is applied, else take the next item.
+                    Some((_, fut)) => tokio::select! {
+                        biased;
+                        result = fut => {
+                            let (p, _) = in_flight.pop_front().expect("in flight");
+                            if !settle_entry(&me, p, result.map(|_| ()), &mut retry).await {
+                                return;
+                            }
+                            continue;
+                        }
+                        item = rx.recv() => match item {
+                            Some(f) => f,
+                            None => return,
+                        },
+                    },
+                    None => match rx.recv().await {
+                        Some(f) => f,
+                        None => return,
+                    },
                 },
             };
             batch.push(first);
@@ -771,45 +811,84 @@ async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(I
                 batch.push((item, size));
             }
         }
-        let Some(me) = me.upgrade() else { return };
+        let Some(node) = cluster_node(&me).await else { return };
         let highest = batch.iter().map(|(i, _)| i.ticket).max().unwrap_or(0);
         let items: Vec<Item> = batch.iter().map(|(i, _)| i.clone()).collect();
         let cmd = crate::clustering::encode_quorum(&items);
-        // The Raft member is set once the node has started (replayed its log).
-        let node = loop {
-            match me.state.upgrade() {
-                None => return,
-                Some(s) => match s.cluster.get() {
-                    Some(c) => break c.node.clone(),
-                    None => tokio::time::sleep(Duration::from_millis(50)).await,
-                },
+        let proposed = Proposed { batch, bytes, highest };
+        // On the leader the entry is queued in order and we go on batching; elsewhere
+        // (forwarded to the leader) one entry at a time keeps the order.
+        match node.propose_queued(cmd).await {
+            Proposal::Queued(fut) => in_flight.push_back((proposed, fut)),
+            Proposal::Failed(e) => {
+                if !settle_entry(&me, proposed, Err(e), &mut retry).await {
+                    return;
+                }
             }
-        };
-        let result = node.propose_and_wait(cmd).await.map(|_| ()).map_err(|e| e.to_string());
-        let mut kept = 0;
-        if let Err(e) = result {
-            warn!(items = items.len(), "quorum queues: an entry was not committed ({e}); its publishes are nacked");
-            let mut r = me.rejected.lock();
-            for (i, size) in batch {
-                if matches!(i.cmd, QCommand::Enqueue { .. }) {
-                    r.insert(i.ticket);
-                } else if retried(&i.cmd) {
-                    kept += size;
-                    retry.push((i, size));
+            Proposal::NotLeader(cmd) => {
+                // What is in flight (leadership just moved) fails or commits first.
+                while let Some((p, fut)) = in_flight.pop_front() {
+                    let result = fut.await.map(|_| ());
+                    if !settle_entry(&me, p, result, &mut retry).await {
+                        return;
+                    }
+                }
+                let result = node.propose_and_wait(cmd).await.map(|_| ());
+                if !settle_entry(&me, proposed, result, &mut retry).await {
+                    return;
                 }
             }
         }
-        me.pending_bytes.fetch_sub(bytes - kept, Ordering::Relaxed);
-        debug!(items = items.len(), bytes, "quorum queues: entry settled");
-        me.settled.send_if_modified(|s| {
-            let moved = highest > *s;
-            *s = (*s).max(highest);
-            moved
-        });
-        if !retry.is_empty() {
-            tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// The node's Raft member, once the node has started (replayed its log); None when the
+/// broker is gone.
+async fn cluster_node(me: &Weak<QuorumQueues>) -> Option<cluster::ClusterNode> {
+    loop {
+        let state = me.upgrade()?.state.upgrade()?;
+        match state.cluster.get() {
+            Some(c) => return Some(c.node.clone()),
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+}
+
+/// An entry's outcome: tickets settled, a failed entry's publishes nacked and its other
+/// commands kept in `retry` (sent again after a pause). False when the broker is gone.
+async fn settle_entry(
+    me: &Weak<QuorumQueues>,
+    p: Proposed,
+    result: Result<(), cluster::Error>,
+    retry: &mut Vec<(Item, usize)>,
+) -> bool {
+    let Some(me) = me.upgrade() else { return false };
+    let items = p.batch.len();
+    let mut kept = 0;
+    if let Err(e) = result {
+        warn!(items, "quorum queues: an entry was not committed ({e}); its publishes are nacked");
+        let mut r = me.rejected.lock();
+        for (i, size) in p.batch {
+            if matches!(i.cmd, QCommand::Enqueue { .. }) {
+                r.insert(i.ticket);
+            } else if retried(&i.cmd) {
+                kept += size;
+                retry.push((i, size));
+            }
+        }
+    }
+    me.pending_bytes.fetch_sub(p.bytes - kept, Ordering::Relaxed);
+    debug!(items, bytes = p.bytes, "quorum queues: entry settled");
+    me.settled.send_if_modified(|s| {
+        let moved = p.highest > *s;
+        *s = (*s).max(p.highest);
+        moved
+    });
+    drop(me);
+    if kept > 0 {
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    true
 }
 
 /// The broker's side of one quorum queue on this node.

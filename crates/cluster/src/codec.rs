@@ -1,0 +1,96 @@
+//! The encoding inside every frame (wire and files): CBOR, in which a command's bytes are
+//! one byte string. JSON, the first encoding, wrote them as a list of numbers — about 3.5
+//! characters per byte to write, parse and checksum, and the main cost of replicating
+//! quorum-queue messages. Files written by that version (the log, the vote) are still read:
+//! a JSON frame starts with `{`, `"` or `[`, which no CBOR value this crate writes does
+//! (those bytes would be a text or byte string with an 8-byte length, or a negative integer).
+//! The wire needs no such fallback: both ends of a link run the same version.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Append `value`'s encoding to `out`.
+pub fn encode_into<T: Serialize>(out: &mut Vec<u8>, value: &T) -> std::io::Result<()> {
+    ciborium::into_writer(value, out).map_err(std::io::Error::other)
+}
+
+pub fn encode<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    encode_into(&mut out, value)?;
+    Ok(out)
+}
+
+/// Decode one value (CBOR, or the JSON of earlier versions' files).
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+    match payload.first() {
+        Some(b'{' | b'"' | b'[') => serde_json::from_slice(payload).map_err(|e| e.to_string()),
+        _ => ciborium::from_reader(payload).map_err(|e| e.to_string()),
+    }
+}
+
+/// A command: opaque bytes, encoded as one byte string. Still reads the list of numbers
+/// JSON files of earlier versions hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Command(pub Vec<u8>);
+
+impl Serialize for Command {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        bytes::serialize(&self.0, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        bytes::deserialize(d).map(Command)
+    }
+}
+
+/// `#[serde(with = "bytes")]` for a `Vec<u8>` field: a byte string, not a sequence.
+pub mod bytes {
+    use serde::de::{SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_is_one_byte_string_and_old_json_still_reads() {
+        let cmd = Command((0..=255u8).cycle().take(1000).collect());
+        let cbor = encode(&cmd).unwrap();
+        // 3 bytes of header (major type 2, 16-bit length), then the bytes themselves.
+        assert_eq!(cbor.len(), 1003);
+        assert_eq!(decode::<Command>(&cbor).unwrap(), cmd);
+        let json = serde_json::to_vec(&vec![1u8, 2, 250]).unwrap();
+        assert_eq!(decode::<Command>(&json).unwrap(), Command(vec![1, 2, 250]));
+    }
+}
