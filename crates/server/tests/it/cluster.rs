@@ -40,12 +40,24 @@ pub(crate) struct Node {
 impl Node {
     pub(crate) fn start(&mut self) {
         let conf = self.conf.to_str().unwrap().to_owned();
-        self.mgmt = free_port();
-        self.prom = free_port();
-        let (mgmt, prom) = (self.mgmt.to_string(), self.prom.to_string());
-        let args =
-            ["--config", &conf, "--node-name", &self.short, "--management-port", &mgmt, "--prometheus-port", &prom];
-        self.proc = Some(self.spawn(&args));
+        // Ports picked free can be taken by a parallel test before warren binds them:
+        // try again with others.
+        for attempt in 1.. {
+            self.mgmt = free_port();
+            self.prom = free_port();
+            let (mgmt, prom) = (self.mgmt.to_string(), self.prom.to_string());
+            let args =
+                ["--config", &conf, "--node-name", &self.short, "--management-port", &mgmt, "--prometheus-port", &prom];
+            let env = [("HOME", Some(self.home.as_os_str())), ("RABBITMQ_ERLANG_COOKIE", None)];
+            match WarrenProcess::try_start_env(&self.data, None, &args, &env) {
+                Ok(p) => {
+                    self.proc = Some(p);
+                    return;
+                }
+                Err(e) if attempt < 5 && e.contains("Address already in use") => continue,
+                Err(e) => panic!("{}: {e}", self.full),
+            }
+        }
     }
 
     /// The process with this node's `$HOME` (and no cookie from the test's environment).

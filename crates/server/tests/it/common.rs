@@ -109,6 +109,18 @@ impl WarrenProcess {
         extra: &[&str],
         env: &[(&str, Option<&std::ffi::OsStr>)],
     ) -> WarrenProcess {
+        WarrenProcess::try_start_env(data_dir, nofile, extra, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::start_env`], with an error (and the log) when warren exits before accepting
+    /// connections — e.g. a port picked for it was taken meanwhile by another test, which a
+    /// caller can retry with other ports.
+    pub fn try_start_env(
+        data_dir: &std::path::Path,
+        nofile: Option<u64>,
+        extra: &[&str],
+        env: &[(&str, Option<&std::ffi::OsStr>)],
+    ) -> Result<WarrenProcess, String> {
         use std::time::{Duration, Instant};
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let log = data_dir.with_extension(format!("{port}.log"));
@@ -150,11 +162,11 @@ impl WarrenProcess {
             assert!(Instant::now() < deadline, "warren did not start:\n{}", w.log());
             // E.g. a port it was given was taken meanwhile: say so now, not after 20 s.
             if let Ok(Some(status)) = w.child.try_wait() {
-                panic!("warren exited ({status}) before accepting connections:\n{}", w.log());
+                return Err(format!("warren exited ({status}) before accepting connections:\n{}", w.log()));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        w
+        Ok(w)
     }
 
     pub fn addr(&self) -> SocketAddr {
