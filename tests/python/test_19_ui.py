@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pika
 import pytest
+from selenium.common.exceptions import TimeoutException
 import requests
 
 from cluster_support import cluster  # noqa: F401 - fixture
@@ -528,7 +529,13 @@ def test_close_connection_with_reason_and_screenshots(node, driver, tmp_path):
     assert e.value.reply_code == 320 and "maintenance window" in e.value.reply_text
     # The dark theme, toggled (and kept in localStorage).
     go(driver, "#/overview")
-    visible(driver, "#count-queues")
+    try:
+        visible(driver, "#count-queues")
+    except TimeoutException:
+        # Once, in CI under load, the Overview did not render in 15 s after the close
+        # (not reproduced in full runs here): one reload, then a longer wait.
+        driver.refresh()
+        visible(driver, "#count-queues", 30)
     driver.find_element(By.ID, "theme-toggle").click()
     theme = driver.execute_script("return document.documentElement.dataset.theme")
     assert theme in ("dark", "light")

@@ -431,7 +431,7 @@ impl Channel {
                         return Err(invalid("non-durable"));
                     }
                     if exclusive {
-                        return Err(invalid("exclusive-owner"));
+                        return Err(invalid("exclusive"));
                     }
                     if auto_delete {
                         return Err(invalid("auto-delete"));
