@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pika
 import pytest
-from selenium.common.exceptions import TimeoutException
 import requests
 
 from cluster_support import cluster  # noqa: F401 - fixture
