@@ -150,8 +150,13 @@ pub(crate) struct QuorumQueues {
     held: Mutex<HashMap<u64, Held>>,
     next_key: AtomicU64,
     waiters: Mutex<HashMap<u64, oneshot::Sender<Vec<Effect>>>>,
-    /// Tickets whose publish was refused (reject-publish) or never committed.
+    /// Tickets of confirm-mode publishes that were refused (reject-publish) or never
+    /// committed, until the publisher's channel takes them (`take_rejected`) or closes
+    /// (`abandon`). Publishes without confirms are never recorded: nobody would take them.
     rejected: Mutex<BTreeSet<u64>>,
+    /// Ticket ranges of closed channels' unsettled confirm publishes: their refusals are
+    /// dropped once the ranges are settled (`prune_abandoned`).
+    abandoned: Mutex<Vec<(u64, u64)>>,
     proposer: Mutex<Proposer>,
     pending_bytes: AtomicUsize,
     /// Every ticket up to this one is applied here, or failed.
@@ -304,6 +309,7 @@ impl QuorumQueues {
             next_key: AtomicU64::new(1),
             waiters: Mutex::new(HashMap::new()),
             rejected: Mutex::new(BTreeSet::new()),
+            abandoned: Mutex::new(Vec::new()),
             proposer: Mutex::new(Proposer { next_ticket: 1, tx }),
             pending_bytes: AtomicUsize::new(0),
             settled: watch::channel(0).0,
@@ -336,6 +342,28 @@ impl QuorumQueues {
             r.remove(t);
         }
         !hits.is_empty()
+    }
+
+    /// A channel in confirm mode closed with these publishes (ticket ranges) not yet
+    /// confirmed: forget their refusals (now or, for those not settled yet, once they are).
+    pub(crate) fn abandon(&self, ranges: impl Iterator<Item = (u64, u64)>) {
+        self.abandoned.lock().extend(ranges);
+        self.prune_abandoned();
+    }
+
+    /// Drop the refusals of abandoned ranges that are settled (no refusal comes for them
+    /// any more); keep the others for a later call.
+    fn prune_abandoned(&self) {
+        let settled = self.settled_through();
+        let done: Vec<(u64, u64)> = {
+            let mut a = self.abandoned.lock();
+            let (done, keep) = a.drain(..).partition(|&(_, hi)| hi <= settled);
+            *a = keep;
+            done
+        };
+        for (lo, hi) in done {
+            self.take_rejected(lo, hi);
+        }
     }
 
     fn consumer_id(&self, local: u64) -> ConsumerId {
@@ -382,12 +410,18 @@ impl QuorumQueues {
         Some(ticket)
     }
 
-    /// A publish: the ticket is also the sequence number the replica drops resent
-    /// duplicates by (this node's publisher id, tickets only grow).
-    fn submit_publish(&self, key: &QKey, msg: quorum::Message, ttl_ms: Option<u64>) -> Option<u64> {
-        let (publisher, size) = (self.publisher, msg.payload.len());
-        let make = |seq| QCommand::Enqueue { publish: Some(PublishId { publisher, seq }), msg, ttl_ms };
+    /// A publish: with `confirm`, the ticket is also the sequence number the replica drops
+    /// resent duplicates by (this node's publisher id, tickets only grow) and its refusal
+    /// is reported; without, the replica reports nothing for it.
+    fn submit_publish(&self, key: &QKey, msg: quorum::Message, ttl_ms: Option<u64>, confirm: bool) -> Option<u64> {
+        let size = msg.payload.len();
+        let make = |seq| QCommand::Enqueue { publish: self.publish_id(seq, confirm), msg, ttl_ms };
         self.submit_with(key, size, make, None)
+    }
+
+    /// The publish id of ticket `seq`: none without confirms.
+    fn publish_id(&self, seq: u64, confirm: bool) -> Option<PublishId> {
+        confirm.then_some(PublishId { publisher: self.publisher, seq })
     }
 
     fn submit_quiet(&self, key: &QKey, cmd: QCommand) {
@@ -728,6 +762,7 @@ async fn run_janitor(me: Weak<QuorumQueues>) {
         let Some(me) = me.upgrade() else { return };
         if me.state.upgrade().is_some_and(|s| s.cluster.get().is_some()) {
             me.sweep_stale_consumers();
+            me.prune_abandoned();
             me.refresh_online().await;
             me.check_nodes();
         }
@@ -869,8 +904,11 @@ async fn settle_entry(
         warn!(items, "quorum queues: an entry was not committed ({e}); its publishes are nacked");
         let mut r = me.rejected.lock();
         for (i, size) in p.batch {
-            if matches!(i.cmd, QCommand::Enqueue { .. }) {
-                r.insert(i.ticket);
+            if let QCommand::Enqueue { publish, .. } = &i.cmd {
+                // Only a confirm-mode publish's refusal is asked for (a publish id).
+                if publish.is_some() {
+                    r.insert(i.ticket);
+                }
             } else if retried(&i.cmd) {
                 kept += size;
                 retry.push((i, size));
@@ -908,7 +946,7 @@ impl Replica for QuorumReplica {
         self.qq.upgrade().map(|qq| qq.placement()).unwrap_or_default()
     }
 
-    fn publish(&self, _queue: &Arc<Queue>, msg: Arc<Message>) -> PublishOutcome {
+    fn publish(&self, _queue: &Arc<Queue>, msg: Arc<Message>, confirm: bool) -> PublishOutcome {
         let Ok(qq) = self.qq() else { return PublishOutcome::Failed };
         let m = encode_message(&msg);
         let size = m.payload.len();
@@ -916,7 +954,7 @@ impl Replica for QuorumReplica {
             warn!(queue = %self.key.1, size, "quorum queue: message over the replicated entry limit; nacked");
             return PublishOutcome::Failed;
         }
-        match qq.submit_publish(&self.key, m, msg.expiration_ms) {
+        match qq.submit_publish(&self.key, m, msg.expiration_ms, confirm) {
             Some(ticket) => PublishOutcome::Replicated(ticket),
             None => PublishOutcome::Failed,
         }
@@ -1232,5 +1270,108 @@ impl ServerState {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Publishes refused in a row: far more than a set of refusals should ever hold.
+    const REFUSED_PUBLISHES: u64 = 10_000;
+
+    struct Fixture {
+        qq: Arc<QuorumQueues>,
+        key: QKey,
+        msg: quorum::Message,
+        _state: Arc<ServerState>,
+        _queue: Arc<Queue>,
+    }
+
+    /// A node's registry (no cluster: its proposer never proposes, the test applies items
+    /// itself) with a reject-publish quorum queue that holds at most one message.
+    fn fixture() -> Fixture {
+        let (_, shutdown) = watch::channel(false);
+        let state = ServerState::new(crate::config::Config::default(), shutdown);
+        let qq = QuorumQueues::start("n1@127.0.0.1:1", &state);
+        let mut arguments = wire::FieldTable::new();
+        arguments.insert("x-max-length", wire::FieldValue::I64(1));
+        arguments.insert("x-overflow", wire::FieldValue::LongStr("reject-publish".into()));
+        let options = broker::queue::QueueOptions {
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: arguments.clone(),
+        };
+        let queue = Queue::new("/", "q".to_owned(), options, None);
+        let declaration =
+            Declaration { vhost: "/".to_owned(), name: "q".to_owned(), arguments: encode_arguments(&arguments) };
+        qq.attach(&queue, declaration);
+        let msg = encode_message(&Message {
+            exchange: String::new(),
+            routing_key: "q".to_owned(),
+            properties: Bytes::new(),
+            body: Bytes::from_static(b"m"),
+            persistent: true,
+            priority: 0,
+            expiration_ms: None,
+        });
+        Fixture { qq, key: ("/".to_owned(), "q".to_owned()), msg, _state: state, _queue: queue }
+    }
+
+    impl Fixture {
+        /// A publish as `QuorumReplica::publish` makes it.
+        fn publish(&self, ticket: u64, confirm: bool) -> Item {
+            let cmd =
+                QCommand::Enqueue { publish: self.qq.publish_id(ticket, confirm), msg: self.msg.clone(), ttl_ms: None };
+            Item {
+                vhost: self.key.0.clone(),
+                queue: self.key.1.clone(),
+                origin: self.qq.node.0,
+                ticket,
+                now_ms: 0,
+                cmd,
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn refused_publishes_without_confirms_leave_no_refusal_behind() {
+        let f = fixture();
+        for t in 1..=REFUSED_PUBLISHES {
+            f.qq.apply(t, vec![f.publish(t, false)]);
+        }
+        assert_eq!(f.qq.machines.lock()[&f.key].qq.stats().ready, 1, "the queue holds one message, refuses the rest");
+        assert!(f.qq.rejected.lock().is_empty(), "refusals nobody asks for are kept");
+
+        // A failed (uncommitted) entry of publishes without confirms: nothing kept either.
+        let batch: Vec<(Item, usize)> = (1..=100).map(|t| (f.publish(REFUSED_PUBLISHES + t, false), 10)).collect();
+        f.qq.pending_bytes.fetch_add(1000, Ordering::Relaxed);
+        let p = Proposed { batch, bytes: 1000, highest: REFUSED_PUBLISHES + 100 };
+        assert!(settle_entry(&Arc::downgrade(&f.qq), p, Err(cluster::Error::Timeout), &mut Vec::new()).await);
+        assert!(f.qq.rejected.lock().is_empty(), "an uncommitted publish without confirms is kept as refused");
+        assert_eq!(f.qq.pending_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_confirm_publishers_refusals_are_kept_until_taken_or_abandoned() {
+        let f = fixture();
+        f.qq.apply(1, vec![f.publish(1, true)]);
+        for t in 2..=11 {
+            f.qq.apply(t, vec![f.publish(t, true)]);
+        }
+        assert_eq!(f.qq.rejected.lock().len(), 10);
+        f.qq.settled.send_replace(11);
+        assert!(!f.qq.take_rejected(1, 1), "the first publish was taken");
+        assert!(f.qq.take_rejected(2, 3));
+        assert_eq!(f.qq.rejected.lock().len(), 8);
+        // The channel closed before asking for 4..=11; 12..=13 are not settled yet.
+        f.qq.abandon([(4, 4), (5, 11), (12, 13)].into_iter());
+        assert!(f.qq.rejected.lock().is_empty());
+        f.qq.apply(12, vec![f.publish(12, true), f.publish(13, true)]);
+        assert_eq!(f.qq.rejected.lock().len(), 2);
+        f.qq.settled.send_replace(13);
+        f.qq.prune_abandoned();
+        assert!(f.qq.rejected.lock().is_empty() && f.qq.abandoned.lock().is_empty());
     }
 }
