@@ -609,18 +609,8 @@ impl QuorumQueues {
             return;
         };
         let no_ack = sink.no_ack();
-        let k = self.next_key.fetch_add(1, Ordering::Relaxed);
-        let qm = QueuedMessage {
-            msg: Arc::new(msg),
-            seq: k,
-            redelivered: d.redelivered,
-            expires_at_ms: 0,
-            delivery_count: d.delivery_count,
-            disk: None,
-        };
-        if !no_ack {
-            self.held.lock().insert(k, Held { key: key.clone(), consumer, delivery_id: d.delivery_id });
-        }
+        let qm = self.hand_out(key, consumer, &d, msg, no_ack);
+        let k = qm.seq;
         match sink.force_deliver(&q, qm) {
             Ok(()) if no_ack => {
                 self.submit_quiet(key, QCommand::Settle { consumer, delivery_ids: vec![d.delivery_id] });
@@ -631,6 +621,31 @@ impl QuorumQueues {
                 self.held.lock().remove(&k);
                 self.submit_quiet(key, QCommand::Return { consumer, delivery_ids: vec![d.delivery_id] });
             }
+        }
+    }
+
+    /// The message of delivery `d` to `consumer` (a basic.deliver or a basic.get-ok) as
+    /// the broker's channel keeps it; unless `no_ack`, held here until the channel settles
+    /// it (its `seq` is the key the settle finds it by).
+    fn hand_out(
+        &self,
+        key: &QKey,
+        consumer: ConsumerId,
+        d: &quorum::Delivery,
+        msg: Message,
+        no_ack: bool,
+    ) -> QueuedMessage {
+        let k = self.next_key.fetch_add(1, Ordering::Relaxed);
+        if !no_ack {
+            self.held.lock().insert(k, Held { key: key.clone(), consumer, delivery_id: d.delivery_id });
+        }
+        QueuedMessage {
+            msg: Arc::new(msg),
+            seq: k,
+            redelivered: d.redelivered,
+            expires_at_ms: 0,
+            delivery_count: d.delivery_count,
+            disk: None,
         }
     }
 
@@ -1017,18 +1032,7 @@ impl Replica for QuorumReplica {
         for e in fx {
             if let Effect::Dequeued { delivery: Some(d), ready, .. } = e {
                 let Some(msg) = delivered_message(&d) else { return Ok(None) };
-                let k = qq.next_key.fetch_add(1, Ordering::Relaxed);
-                if !no_ack {
-                    qq.held.lock().insert(k, Held { key: self.key.clone(), consumer, delivery_id: d.delivery_id });
-                }
-                let qm = QueuedMessage {
-                    msg: Arc::new(msg),
-                    seq: k,
-                    redelivered: d.redelivered,
-                    expires_at_ms: 0,
-                    delivery_count: d.delivery_count,
-                    disk: None,
-                };
+                let qm = qq.hand_out(&self.key, consumer, &d, msg, no_ack);
                 return Ok(Some((qm, ready.min(u64::from(u32::MAX)) as u32)));
             }
         }
