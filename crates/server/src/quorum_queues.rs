@@ -96,8 +96,9 @@ pub(crate) struct SnapshotQueue {
     pub bindings: Vec<BindingDeclaration>,
 }
 
-/// Bytes of items waiting for the proposer past which publishes are refused (nacked):
-/// the bound on what a node buffers while the cluster has no quorum.
+/// Bytes of items waiting for the proposer (or proposed and not yet settled) past which
+/// publishes are refused (nacked): the bound on what a node buffers while the cluster has
+/// no quorum. The default of `warren.cluster_pending_max_bytes`.
 pub(crate) const PENDING_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Room kept in an entry for the enum's encoding around the items.
 const ENTRY_OVERHEAD_BYTES: usize = 1024;
@@ -159,6 +160,8 @@ pub(crate) struct QuorumQueues {
     abandoned: Mutex<Vec<(u64, u64)>>,
     proposer: Mutex<Proposer>,
     pending_bytes: AtomicUsize,
+    /// `pending_bytes` past which publishes are refused (`warren.cluster_pending_max_bytes`).
+    pending_max_bytes: usize,
     /// Every ticket up to this one is applied here, or failed.
     settled: watch::Sender<u64>,
     /// Nodes the leader declared down (their consumers suspended).
@@ -312,6 +315,7 @@ impl QuorumQueues {
             abandoned: Mutex::new(Vec::new()),
             proposer: Mutex::new(Proposer { next_ticket: 1, tx }),
             pending_bytes: AtomicUsize::new(0),
+            pending_max_bytes: state.config.cluster_pending_max_bytes,
             settled: watch::channel(0).0,
             down: Mutex::new(BTreeSet::new()),
             leading: std::sync::atomic::AtomicBool::new(false),
@@ -390,8 +394,9 @@ impl QuorumQueues {
         waiter: Option<oneshot::Sender<Vec<Effect>>>,
     ) -> Option<u64> {
         let size = size + ITEM_OVERHEAD_BYTES;
-        if self.pending_bytes.load(Ordering::Relaxed) + size > PENDING_MAX_BYTES {
-            warn!(queue = %key.1, "quorum queue: {PENDING_MAX_BYTES} bytes already wait for the cluster; refusing");
+        if self.pending_bytes.load(Ordering::Relaxed) + size > self.pending_max_bytes {
+            let max = self.pending_max_bytes;
+            warn!(queue = %key.1, "quorum queue: {max} bytes already wait for the cluster; refusing");
             return None;
         }
         self.pending_bytes.fetch_add(size, Ordering::Relaxed);
