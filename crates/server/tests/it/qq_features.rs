@@ -1,5 +1,5 @@
 //! Quorum-queue features across three real `warren` processes (the harness of
-//! `it::cluster`), lapin and `rabbitmq_http_client` as the witnesses: the
+//! `it::cluster_fixture`), lapin and `rabbitmq_http_client` as the witnesses: the
 //! `x-delivery-count` header and the delivery limit, TTL expiry without traffic,
 //! bindings that reach the queue from every node, and the management fields.
 
@@ -12,16 +12,10 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 
-use crate::cluster::{Node, consume_all, publish_confirmed, quorum_args, started_cluster};
+use crate::cluster_fixture::{Node, consume_all, eventually, leader, publish_confirmed, quorum_args, started_cluster};
 
 const DURABLE: QueueDeclareOptions =
     QueueDeclareOptions { passive: false, durable: true, exclusive: false, auto_delete: false, nowait: false };
-
-/// The index of the node the others agree leads.
-fn leader(nodes: &[Node]) -> usize {
-    let name = nodes.iter().find_map(|n| n.status().and_then(|s| s["leader"].as_str().map(str::to_owned)));
-    nodes.iter().position(|n| Some(&n.full) == name.as_ref()).expect("a leader among the nodes")
-}
 
 /// Quorum-queue arguments plus `extra`.
 fn qq_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
@@ -222,7 +216,7 @@ async fn the_api_shows_a_quorum_queues_type_leader_members_and_online_members() 
         members.sort();
         assert_eq!(members, all);
     }
-    crate::cluster::eventually("three members online", Duration::from_secs(5), || async {
+    eventually("three members online", Duration::from_secs(5), || async {
         let q = nodes[f].http().get_queue_info("/", "shown").await.map_err(|e| e.to_string())?;
         let online = q.online.map(|o| o.to_vec()).unwrap_or_default();
         if online.len() == 3 { Ok(()) } else { Err(format!("online {online:?}")) }
@@ -233,7 +227,7 @@ async fn the_api_shows_a_quorum_queues_type_leader_members_and_online_members() 
     let gone = (0..3).find(|&i| i != f && i != l).unwrap();
     let gone_name = nodes[gone].full.clone();
     nodes[gone].kill();
-    crate::cluster::eventually("the killed member offline", Duration::from_secs(10), || async {
+    eventually("the killed member offline", Duration::from_secs(10), || async {
         let q = nodes[f].http().get_queue_info("/", "shown").await.map_err(|e| e.to_string())?;
         let online = q.online.map(|o| o.to_vec()).unwrap_or_default();
         let members = q.members.map(|o| o.to_vec()).unwrap_or_default();
@@ -248,7 +242,7 @@ async fn the_api_shows_a_quorum_queues_type_leader_members_and_online_members() 
 
 /// Wait until `n` has (or no longer has) the binding orders → bound.
 async fn bound_on(n: &Node, bound: bool) {
-    crate::cluster::eventually("the binding applied", Duration::from_secs(5), || async {
+    eventually("the binding applied", Duration::from_secs(5), || async {
         let bs = n.http().list_bindings_in("/").await.map_err(|e| e.to_string())?;
         let has = bs.iter().any(|b| b.source == "orders" && b.destination == "bound");
         if has == bound { Ok(()) } else { Err(format!("{}: bound {has}", n.full)) }
@@ -320,7 +314,7 @@ async fn a_binding_of_a_quorum_queue_routes_from_every_node_and_unbinding_too() 
     assert!(confirm.take_message().is_none(), "routed again");
     ch3.queue_delete("bound".into(), lapin::options::QueueDeleteOptions::default()).await.unwrap();
     for n in &nodes {
-        crate::cluster::eventually("the binding gone with the queue", Duration::from_secs(5), || async {
+        eventually("the binding gone with the queue", Duration::from_secs(5), || async {
             let bs = n.http().list_bindings_in("/").await.map_err(|e| e.to_string())?;
             let left: Vec<_> = bs.iter().filter(|b| b.source == "orders").collect();
             if left.is_empty() { Ok(()) } else { Err(format!("{}: {left:?}", n.full)) }
@@ -377,7 +371,7 @@ async fn a_node_that_catches_up_by_snapshot_gets_the_quorum_queues_bindings() {
 
 /// Wait until `n` has the binding `exchange` → `queue`.
 async fn bound_to(n: &Node, exchange: &str, queue: &str) {
-    crate::cluster::eventually("the binding restored", Duration::from_secs(15), || async {
+    eventually("the binding restored", Duration::from_secs(15), || async {
         let bs = n.http().list_bindings_in("/").await.map_err(|e| e.to_string())?;
         let has = bs.iter().any(|b| b.source == exchange && b.destination == queue);
         if has { Ok(()) } else { Err(format!("{}: no binding {exchange} -> {queue}", n.full)) }
@@ -552,7 +546,7 @@ async fn without_a_quorum_publishes_past_the_pending_bound_are_nacked_and_the_cl
     let c2 = nodes[stopped[0]].amqp("guest", "guest", "/").await.unwrap();
     let ch2 = c2.create_channel().await.unwrap();
     ch2.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    let after = crate::cluster::publish_confirmed(&ch2, "held", "after", 10).await;
+    let after = publish_confirmed(&ch2, "held", "after", 10).await;
     assert_eq!(after.len(), 10, "publishes after the recovery are confirmed");
     acked.extend(after);
     let c3 = nodes[stopped[1]].amqp("guest", "guest", "/").await.unwrap();
