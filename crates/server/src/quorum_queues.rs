@@ -385,18 +385,19 @@ impl QuorumQueues {
 
     /// Queue the command `make` builds from its ticket for the proposer (with `waiter`,
     /// which gets the item's effects once this node applied it); returns the ticket, or
-    /// None when too much is waiting or the node is stopping. `size`: the message bytes.
+    /// None when more than `max_bytes` would wait or the node is stopping. `size`: the
+    /// message bytes.
     fn submit_with(
         &self,
         key: &QKey,
         size: usize,
+        max_bytes: usize,
         make: impl FnOnce(u64) -> QCommand,
         waiter: Option<oneshot::Sender<Vec<Effect>>>,
     ) -> Option<u64> {
         let size = size + ITEM_OVERHEAD_BYTES;
-        if self.pending_bytes.load(Ordering::Relaxed) + size > self.pending_max_bytes {
-            let max = self.pending_max_bytes;
-            warn!(queue = %key.1, "quorum queue: {max} bytes already wait for the cluster; refusing");
+        if self.pending_bytes.load(Ordering::Relaxed) + size > max_bytes {
+            warn!(queue = %key.1, "quorum queue: {max_bytes} bytes already wait for the cluster; refusing");
             return None;
         }
         self.pending_bytes.fetch_add(size, Ordering::Relaxed);
@@ -421,7 +422,15 @@ impl QuorumQueues {
     fn submit_publish(&self, key: &QKey, msg: quorum::Message, ttl_ms: Option<u64>, confirm: bool) -> Option<u64> {
         let size = msg.payload.len();
         let make = |seq| QCommand::Enqueue { publish: self.publish_id(seq, confirm), msg, ttl_ms };
-        self.submit_with(key, size, make, None)
+        self.submit_with(key, size, self.pending_max_bytes, make, None)
+    }
+
+    /// What may wait for the cluster before commands other than publishes (acks, consumes,
+    /// cancels, gets, ...) are refused: as much again as publishes may fill. Publishes
+    /// filling their bound while there is no quorum must not make the node drop a
+    /// consumer's acks: the messages would stay checked out to it for good.
+    fn commands_max_bytes(&self) -> usize {
+        self.pending_max_bytes.saturating_mul(2)
     }
 
     /// The publish id of ticket `seq`: none without confirms.
@@ -429,16 +438,19 @@ impl QuorumQueues {
         confirm.then_some(PublishId { publisher: self.publisher, seq })
     }
 
-    fn submit_quiet(&self, key: &QKey, cmd: QCommand) {
-        if self.submit_with(key, 0, |_| cmd, None).is_none() {
+    /// Submit a command nobody waits for (logged when dropped); returns its ticket.
+    fn submit_quiet(&self, key: &QKey, cmd: QCommand) -> Option<u64> {
+        let ticket = self.submit_with(key, 0, self.commands_max_bytes(), |_| cmd, None);
+        if ticket.is_none() {
             warn!(queue = %key.1, "quorum queue: a command was dropped (the proposer is gone or full)");
         }
+        ticket
     }
 
     /// Submit and wait until this node applied the item; returns its effects.
     fn submit_and_wait(&self, key: &QKey, cmd: QCommand) -> Result<Vec<Effect>, AmqpError> {
         let (tx, rx) = oneshot::channel();
-        let Some(ticket) = self.submit_with(key, 0, |_| cmd, Some(tx)) else {
+        let Some(ticket) = self.submit_with(key, 0, self.commands_max_bytes(), |_| cmd, Some(tx)) else {
             return Err(AmqpError::new(
                 wire::reply::INTERNAL_ERROR,
                 "the node is stopping or too much waits for the cluster",
@@ -1297,11 +1309,16 @@ mod tests {
         _queue: Arc<Queue>,
     }
 
-    /// A node's registry (no cluster: its proposer never proposes, the test applies items
-    /// itself) with a reject-publish quorum queue that holds at most one message.
+    /// `warren.cluster_pending_max_bytes` of the fixture's node.
+    const PENDING_MAX_BYTES: usize = 64 * 1024;
+
+    /// A node's registry (no cluster: its proposer never proposes, so what is submitted
+    /// keeps waiting; the test applies items itself) with a reject-publish quorum queue
+    /// that holds at most one message.
     fn fixture() -> Fixture {
         let (_, shutdown) = watch::channel(false);
-        let state = ServerState::new(crate::config::Config::default(), shutdown);
+        let config = crate::config::Config { cluster_pending_max_bytes: PENDING_MAX_BYTES, ..Default::default() };
+        let state = ServerState::new(config, shutdown);
         let qq = QuorumQueues::start("n1@127.0.0.1:1", &state);
         let mut arguments = wire::FieldTable::new();
         arguments.insert("x-max-length", wire::FieldValue::I64(1));
@@ -1382,5 +1399,21 @@ mod tests {
         f.qq.settled.send_replace(13);
         f.qq.prune_abandoned();
         assert!(f.qq.rejected.lock().is_empty() && f.qq.abandoned.lock().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn publishes_filling_the_pending_bound_leave_room_for_acks() {
+        let f = fixture();
+        let mut accepted = 0;
+        while f.qq.submit_publish(&f.key, f.msg.clone(), None, true).is_some() {
+            accepted += 1;
+        }
+        let pending = f.qq.pending_bytes.load(Ordering::Relaxed);
+        assert!(pending <= PENDING_MAX_BYTES && pending + ITEM_OVERHEAD_BYTES * 2 > PENDING_MAX_BYTES);
+        assert_eq!(accepted, PENDING_MAX_BYTES / (f.msg.payload.len() + ITEM_OVERHEAD_BYTES));
+        // A consumer's acks (and other commands) still go through.
+        let consumer = f.qq.consumer_id(1);
+        assert!(f.qq.submit_quiet(&f.key, QCommand::Settle { consumer, delivery_ids: vec![1] }).is_some());
+        assert!(f.qq.submit_publish(&f.key, f.msg.clone(), None, true).is_none(), "publishes are still refused");
     }
 }
