@@ -1214,8 +1214,10 @@ impl Channel {
         };
         let mut routed = false;
         let mut out = Routed::default();
+        let confirm = self.confirm.is_some();
         for q in targets {
-            match q.publish(msg.clone()) {
+            let outcome = if confirm { q.publish_confirmed(msg.clone()) } else { q.publish(msg.clone()) };
+            match outcome {
                 PublishOutcome::Enqueued(d) => {
                     routed = true;
                     out.durability = out.durability.max(d);
@@ -1332,6 +1334,10 @@ impl Channel {
     /// deliveries, cancel consumers, and requeue everything unacknowledged.
     pub fn shutdown(&mut self, ctx: &ConnCtx) {
         self.pending = None;
+        if let (Some(c), Some(q)) = (&self.confirm, ctx.server.quorum.get()) {
+            // Nobody will ask for these publishes' refusals any more.
+            q.abandon(c.waiting.iter().filter_map(|(_, r)| r.replicated));
+        }
         if let Some((token, q)) = self.reply_to.take() {
             ctx.server.reply_to.lock().remove(&token);
             q.mark_deleted();

@@ -181,6 +181,9 @@ pub struct Config {
     /// In a cluster: also take one whenever the Raft log holds more than this many bytes
     /// of commands, which it keeps in memory until then (`warren.cluster_snapshot_log_bytes`).
     pub cluster_snapshot_log_bytes: u64,
+    /// In a cluster: bytes of quorum-queue commands waiting for the cluster (not yet
+    /// committed) past which publishes are nacked (`warren.cluster_pending_max_bytes`).
+    pub cluster_pending_max_bytes: usize,
     /// In a cluster: the cookie every node shares (`warren.cluster_cookie`); None: from
     /// `$RABBITMQ_ERLANG_COOKIE` or the cookie file (`cluster_cookie`).
     pub cluster_cookie: Option<String>,
@@ -242,6 +245,7 @@ impl Default for Config {
             cluster_write_timeout_ms: 10_000,
             cluster_snapshot_every_entries: 10_000,
             cluster_snapshot_log_bytes: cluster::node::DEFAULT_SNAPSHOT_LOG_BYTES,
+            cluster_pending_max_bytes: crate::quorum_queues::PENDING_MAX_BYTES,
             cluster_cookie: None,
             cluster_cookie_file: None,
             cluster_tls: None,
