@@ -706,6 +706,15 @@ impl Channel {
         } else {
             tag
         };
+        // RabbitMQ's quorum queues count a consumer's deliveries against its own prefetch
+        // only; a channel-wide (global) one is refused with 540 rather than ignored (Celery
+        // before 5.5 meets this and is told to set global_qos False).
+        if q.replica().is_some() && self.shared.state.lock().global_prefetch != 0 {
+            return Err(AmqpError::not_implemented(format!(
+                "queue '{}' in vhost '{}' does not support global qos",
+                q.name, q.vhost
+            )));
+        }
         let handle = ConsumerHandle::new(
             next_consumer_id(),
             tag.clone(),

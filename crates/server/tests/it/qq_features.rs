@@ -386,7 +386,8 @@ fn refusal(e: &lapin::Error) -> (u16, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clustered_quorum_declare_exclusive_auto_delete_or_non_durable_is_refused_with_rabbitmqs_text() {
+async fn a_clustered_quorum_declare_exclusive_auto_delete_or_non_durable_and_global_qos_are_refused_with_rabbitmqs_text()
+ {
     let dir = tempfile::tempdir().unwrap();
     let (nodes, f) = started_cluster(dir.path(), "").await;
     let c = nodes[f].amqp("guest", "guest", "/").await.unwrap();
@@ -412,6 +413,27 @@ async fn a_clustered_quorum_declare_exclusive_auto_delete_or_non_durable_is_refu
     }
     let ch = c.create_channel().await.unwrap();
     ch.queue_declare("accepted".into(), DURABLE, quorum_args()).await.unwrap();
+    // A per-consumer prefetch is what quorum queues count against; a channel-wide (global)
+    // one is refused as RabbitMQ refuses it: 540, closing the connection.
+    ch.basic_qos(10, BasicQosOptions { global: false }).await.unwrap();
+    ch.basic_consume("accepted".into(), "per-consumer".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let c2 = nodes[f].amqp("guest", "guest", "/").await.unwrap();
+    let ch2 = c2.create_channel().await.unwrap();
+    ch2.basic_qos(10, BasicQosOptions { global: true }).await.unwrap();
+    let e = ch2
+        .basic_consume("accepted".into(), "global".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect_err("global qos on a quorum queue");
+    let want = "NOT_IMPLEMENTED - queue 'accepted' in vhost '/' does not support global qos".to_owned();
+    assert_eq!(refusal(&e), (540, want));
+    let c2 = &c2;
+    eventually("the connection is closed", Duration::from_secs(5), || async move {
+        if c2.status().connected() { Err("still connected".into()) } else { Ok(()) }
+    })
+    .await;
+    assert!(c.status().connected(), "the other connection is untouched");
 }
 
 /// Publish `body` persistent to `queue` on the confirm channel `ch`; whether it was acked.
