@@ -123,7 +123,7 @@ pub struct Channel {
     confirm: Option<Confirms>,
     tx: Option<Vec<TxOp>>,
     /// tx.commit-ok is due once this is durable.
-    commit_waiting: Option<Durability>,
+    commit_waiting: Option<Routed>,
     /// The last queue declared on this channel, which an empty queue name refers to.
     last_queue: Option<String>,
     /// Direct reply-to: this channel's token and pseudo-queue, once it consumes from
@@ -167,6 +167,37 @@ struct Routed {
     /// Quorum queues took it as these tickets (lowest, highest): confirm once the
     /// cluster settled the highest, nack if one of the range was refused.
     replicated: Option<(u64, u64)>,
+}
+
+impl Routed {
+    /// Another publish of the same transaction: settled when both are.
+    fn merge(&mut self, o: Routed) {
+        self.durability = self.durability.max(o.durability);
+        self.rejected |= o.rejected;
+        self.failed |= o.failed;
+        self.replicated = match (self.replicated, o.replicated) {
+            (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+            (x, None) | (None, x) => x,
+        };
+    }
+
+    /// The publish's fate once known: Some(false) to ack, Some(true) to nack (refused, or
+    /// not stored); None while its disk write or its cluster commit is pending.
+    fn verdict(&self, commit: CommitState, quorum: Option<&crate::quorum_queues::QuorumQueues>) -> Option<bool> {
+        let mut nack = match self.durability.settled(commit) {
+            Settled::Pending => return None,
+            Settled::Durable => self.rejected || self.failed,
+            Settled::Failed => true,
+        };
+        if let Some((lo, hi)) = self.replicated {
+            match quorum {
+                Some(q) if q.settled_through() < hi => return None,
+                Some(q) => nack |= q.take_rejected(lo, hi),
+                None => nack = true,
+            }
+        }
+        Some(nack)
+    }
 }
 
 #[derive(Default)]
@@ -619,27 +650,23 @@ impl Channel {
                 );
                 // Every operation is applied, in order (publishes were routed when they
                 // arrived), so no ack is lost half-way through.
-                let mut durability = Durability::Now;
-                let mut failed = false;
+                let mut all = Routed::default();
                 for op in ops {
                     match op {
-                        TxOp::Publish { route, msg, mandatory } => {
-                            let r = self.deliver(ctx, &route, msg, mandatory);
-                            durability = durability.max(r.durability);
-                            failed |= r.failed;
-                        }
+                        TxOp::Publish { route, msg, mandatory } => all.merge(self.deliver(ctx, &route, msg, mandatory)),
                         TxOp::Settle { entries, requeue } => settle(entries, requeue),
                     }
                 }
                 self.redispatch();
-                // commit-ok only once the committed messages are on disk.
-                if failed {
+                // commit-ok only once the committed messages are on disk — in a cluster, once
+                // a majority has those for quorum queues (as RabbitMQ's tx waits for its
+                // queues' confirms); a queue's refusal fails the commit as RabbitMQ's does.
+                if all.failed {
                     return Err(commit_failed());
                 }
-                match durability.settled(*ctx.durable.borrow()) {
-                    Settled::Durable => self.send(&Method::TxCommitOk),
-                    Settled::Pending => self.commit_waiting = Some(durability),
-                    Settled::Failed => return Err(commit_failed()),
+                self.commit_waiting = Some(all);
+                if all.replicated.is_none() {
+                    self.settle_commit(*ctx.durable.borrow(), None)?;
                 }
             }
             Method::TxRollback => {
@@ -1223,7 +1250,8 @@ impl Channel {
         };
         let mut routed = false;
         let mut out = Routed::default();
-        let confirm = self.confirm.is_some();
+        // A transaction's commit waits for its publishes as a confirm does.
+        let confirm = self.confirm.is_some() || self.tx.is_some();
         for q in targets {
             let outcome = if confirm { q.publish_confirmed(msg.clone()) } else { q.publish(msg.clone()) };
             match outcome {
@@ -1272,42 +1300,43 @@ impl Channel {
     /// publish confirmed since the last call, nacks for publishes the disk failed, and a
     /// pending tx.commit-ok. Returns an error to close the channel with when a commit the
     /// client waits on failed.
+    /// A tx.commit waiting for its publishes: commit-ok once every one is settled, a
+    /// channel error if one was refused or failed.
+    fn settle_commit(
+        &mut self,
+        commit: CommitState,
+        quorum: Option<&crate::quorum_queues::QuorumQueues>,
+    ) -> Result<(), AmqpError> {
+        let Some(r) = self.commit_waiting else { return Ok(()) };
+        match r.verdict(commit, quorum) {
+            None => Ok(()),
+            Some(false) => {
+                self.commit_waiting = None;
+                self.send(&Method::TxCommitOk);
+                Ok(())
+            }
+            Some(true) => {
+                self.commit_waiting = None;
+                let stored = !r.failed && !matches!(r.durability.settled(commit), Settled::Failed);
+                // RabbitMQ's text for a commit a queue refused part of.
+                Err(if stored { AmqpError::precondition_failed("partial tx completion") } else { commit_failed() })
+            }
+        }
+    }
+
     pub(crate) fn flush_confirms(
         &mut self,
         commit: CommitState,
         quorum: Option<&crate::quorum_queues::QuorumQueues>,
     ) -> Result<(), AmqpError> {
-        if let Some(d) = self.commit_waiting {
-            match d.settled(commit) {
-                Settled::Durable => {
-                    self.commit_waiting = None;
-                    self.send(&Method::TxCommitOk);
-                }
-                Settled::Pending => {}
-                Settled::Failed => {
-                    self.commit_waiting = None;
-                    return Err(commit_failed());
-                }
-            }
-        }
+        self.settle_commit(commit, quorum)?;
         let Some(c) = &mut self.confirm else { return Ok(()) };
         let mut frames = Vec::new();
         // Runs of acks collapse into one `multiple` ack; a nack goes out on its own, after
         // the acks before it.
         let mut upto = c.acked_upto;
         while let Some(&(seq, r)) = c.waiting.front() {
-            let mut nack = match r.durability.settled(commit) {
-                Settled::Pending => break,
-                Settled::Durable => r.rejected || r.failed,
-                Settled::Failed => true,
-            };
-            if let Some((lo, hi)) = r.replicated {
-                match quorum {
-                    Some(q) if q.settled_through() < hi => break,
-                    Some(q) => nack |= q.take_rejected(lo, hi),
-                    None => nack = true,
-                }
-            }
+            let Some(nack) = r.verdict(commit, quorum) else { break };
             c.waiting.pop_front();
             if nack {
                 if upto > c.acked_upto {
@@ -1343,9 +1372,10 @@ impl Channel {
     /// deliveries, cancel consumers, and requeue everything unacknowledged.
     pub fn shutdown(&mut self, ctx: &ConnCtx) {
         self.pending = None;
-        if let (Some(c), Some(q)) = (&self.confirm, ctx.server.quorum.get()) {
+        if let Some(q) = ctx.server.quorum.get() {
             // Nobody will ask for these publishes' refusals any more.
-            q.abandon(c.waiting.iter().filter_map(|(_, r)| r.replicated));
+            let confirms = self.confirm.iter().flat_map(|c| c.waiting.iter().map(|(_, r)| r));
+            q.abandon(confirms.chain(self.commit_waiting.iter()).filter_map(|r| r.replicated));
         }
         if let Some((token, q)) = self.reply_to.take() {
             ctx.server.reply_to.lock().remove(&token);
