@@ -5,7 +5,9 @@
 //! policies, operator policies, limits). A change is proposed as a [`Command`] (the
 //! changes as the definitions log's JSON); every node applies committed commands in log
 //! order through [`Applier`] (`ServerState::apply_committed`), and a snapshot is the
-//! directory's content. Exchanges, queues and bindings are still per node (docs/cluster.md).
+//! directory's content. Quorum queues ([`crate::quorum_queues`]), exchanges and the bindings
+//! to exchanges and quorum queues ([`crate::cluster_topology`]) are commands too; classic
+//! queues and their bindings are per node (docs/cluster.md).
 //! The cookie the inter-node connections prove comes from [`crate::cluster_cookie`].
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -60,6 +62,14 @@ pub(crate) enum Command {
     QuorumBind(crate::quorum_queues::BindingDeclaration),
     /// A binding to a quorum queue is removed on every node.
     QuorumUnbind(crate::quorum_queues::BindingDeclaration),
+    /// An exchange is declared on every node (`crate::cluster_topology`).
+    ExchangeDeclare(crate::cluster_topology::VhostExchange),
+    /// An exchange and its bindings are deleted on every node.
+    ExchangeDelete { vhost: String, name: String, if_unused: bool },
+    /// An exchange-to-exchange binding is added on every node.
+    ExchangeBind(crate::cluster_topology::ExchangeBinding),
+    /// An exchange-to-exchange binding is removed on every node.
+    ExchangeUnbind(crate::cluster_topology::ExchangeBinding),
 }
 
 /// [`Command::Quorum`] without taking the items: the same encoding.
@@ -104,6 +114,10 @@ pub(crate) struct SnapshotData {
     access: Vec<Change>,
     #[serde(default)]
     quorum: Vec<crate::quorum_queues::SnapshotQueue>,
+    /// None in a snapshot of an earlier version, whose exchanges were per node: restoring
+    /// it leaves this node's exchanges as they are.
+    #[serde(default)]
+    topology: Option<crate::cluster_topology::TopologySnapshot>,
 }
 
 /// Room left in a command for the enum's JSON around the changes.
@@ -323,6 +337,18 @@ impl cluster::Applier for Applier {
                 Ok(()) => Outcome::Applied,
                 Err(e) => Outcome::Invalid(e),
             },
+            (Some(state), Ok(Command::ExchangeDeclare(d))) => {
+                return crate::cluster_topology::encode_answer(&state.apply_exchange_declare(&d));
+            }
+            (Some(state), Ok(Command::ExchangeDelete { vhost, name, if_unused })) => {
+                return crate::cluster_topology::encode_answer(&state.apply_exchange_delete(&vhost, &name, if_unused));
+            }
+            (Some(state), Ok(Command::ExchangeBind(b))) => {
+                return crate::cluster_topology::encode_answer(&state.apply_exchange_binding(&b, true));
+            }
+            (Some(state), Ok(Command::ExchangeUnbind(b))) => {
+                return crate::cluster_topology::encode_answer(&state.apply_exchange_binding(&b, false));
+            }
             // Already in this node's definitions log (it was applied before a restart).
             (Some(state), Ok(Command::Access(_)))
                 if index <= state.cluster_applied.load(std::sync::atomic::Ordering::Acquire) =>
@@ -347,7 +373,8 @@ impl cluster::Applier for Applier {
         let Some(state) = self.state() else { return encode(&SnapshotData::default()) };
         let access = state.with_access(Directory::all_changes);
         let quorum = state.quorum.get().map(|q| q.snapshot()).unwrap_or_default();
-        encode(&SnapshotData { access, quorum })
+        let topology = Some(state.topology_snapshot());
+        encode(&SnapshotData { access, quorum, topology })
     }
 
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), String> {
@@ -367,7 +394,15 @@ impl cluster::Applier for Applier {
             }
             state.restore_committed(index, &target).map_err(|e| e.to_string())?;
         }
+        // Exchanges before the quorum queues (their bindings need them), exchange-to-exchange
+        // bindings last (a restored queue's binding may have brought its exchange back).
+        if let Some(t) = &snapshot.topology {
+            state.restore_exchanges(t);
+        }
         state.restore_quorum(snapshot.quorum);
+        if let Some(t) = &snapshot.topology {
+            state.restore_exchange_bindings(t);
+        }
         Ok(())
     }
 
@@ -546,6 +581,102 @@ mod applier_tests {
         b.restore(10, &[]).unwrap();
         assert!(to.with_access(Directory::all_changes).is_empty());
         assert!(b.restore(11, b"not json").is_err());
+    }
+}
+
+#[cfg(test)]
+mod topology_tests {
+    use access::model::Vhost;
+    use cluster::Applier as _;
+
+    use super::*;
+    use crate::cluster_topology::{ExchangeBinding, VhostExchange};
+    use crate::quorum_queues::ExchangeDeclaration;
+
+    fn exchange(name: &str, kind: &str, durable: bool) -> Command {
+        let exchange = ExchangeDeclaration {
+            name: name.into(),
+            kind: kind.into(),
+            durable,
+            auto_delete: false,
+            internal: false,
+            arguments: Vec::new(),
+        };
+        Command::ExchangeDeclare(VhostExchange { vhost: "v".into(), exchange })
+    }
+
+    fn binding(source: &str, destination: &str) -> ExchangeBinding {
+        ExchangeBinding {
+            vhost: "v".into(),
+            source: source.into(),
+            destination: destination.into(),
+            routing_key: "k".into(),
+            arguments: Vec::new(),
+        }
+    }
+
+    fn answer(bytes: &[u8]) -> Result<(), (u16, String)> {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    /// A node with vhost `v` and the applier over it.
+    fn node() -> (Arc<ServerState>, Applier) {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let s = ServerState::new(Config::default(), rx);
+        let a = Applier { state: Arc::downgrade(&s) };
+        a.apply(1, &encode(&Command::Access(vec![Change::PutVhost(Vhost::named("v"))])));
+        (s, a)
+    }
+
+    fn names(s: &ServerState) -> Vec<String> {
+        let mut n: Vec<String> = s.vhost("v").unwrap().exchanges().into_iter().map(|e| e.name.clone()).collect();
+        n.retain(|n| !n.is_empty() && !n.starts_with("amq."));
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn exchange_commands_apply_and_refusals_carry_the_amqp_code() {
+        let (s, a) = node();
+        assert_eq!(answer(&a.apply(2, &encode_cbor(&exchange("x", "topic", true)))), Ok(()));
+        assert_eq!(answer(&a.apply(3, &encode_cbor(&exchange("y", "direct", false)))), Ok(()));
+        // Equivalent again: fine; another type: 406, the exchange unchanged.
+        assert_eq!(answer(&a.apply(4, &encode_cbor(&exchange("x", "topic", true)))), Ok(()));
+        let refused = answer(&a.apply(5, &encode_cbor(&exchange("x", "fanout", true))));
+        assert!(matches!(&refused, Err((406, t)) if t.contains("inequivalent arg 'type'")), "{refused:?}");
+        assert_eq!(answer(&a.apply(6, &encode_cbor(&Command::ExchangeBind(binding("x", "y"))))), Ok(()));
+        let missing = answer(&a.apply(7, &encode_cbor(&Command::ExchangeBind(binding("x", "nope")))));
+        assert!(matches!(missing, Err((404, _))), "{missing:?}");
+        // if-unused counts the e2e binding (replicated, the same on every node).
+        let busy = Command::ExchangeDelete { vhost: "v".into(), name: "y".into(), if_unused: true };
+        assert!(matches!(answer(&a.apply(8, &encode_cbor(&busy))), Err((406, _))));
+        let gone = Command::ExchangeDelete { vhost: "v".into(), name: "x".into(), if_unused: false };
+        assert_eq!(answer(&a.apply(9, &encode_cbor(&gone))), Ok(()));
+        assert_eq!(names(&s), ["y"]);
+        assert!(s.topology_snapshot().bindings.is_empty(), "the binding went with its source");
+    }
+
+    #[test]
+    fn a_snapshot_carries_exchanges_and_e2e_bindings_and_one_without_them_keeps_the_nodes() {
+        let (from, a) = node();
+        let (to, b) = node();
+        for (i, c) in [exchange("x", "topic", true), exchange("y", "direct", false)].iter().enumerate() {
+            a.apply(2 + i as u64, &encode_cbor(c));
+        }
+        a.apply(4, &encode_cbor(&Command::ExchangeBind(binding("x", "y"))));
+        // `to` has an exchange the cluster deleted, and `y` declared otherwise.
+        b.apply(2, &encode_cbor(&exchange("stale", "fanout", true)));
+        b.apply(3, &encode_cbor(&exchange("y", "fanout", true)));
+        b.restore(9, &a.snapshot()).unwrap();
+        assert_eq!(names(&to), ["x", "y"]);
+        assert_eq!(to.topology_snapshot().bindings, from.topology_snapshot().bindings);
+        let y = to.vhost("v").unwrap().exchange("y").unwrap();
+        assert_eq!((y.options.type_name(), y.options.durable), ("direct", false));
+        // An earlier version's snapshot (no topology): the node's exchanges stay.
+        let mut old: serde_json::Value = serde_json::from_slice(&a.snapshot()).unwrap();
+        old.as_object_mut().unwrap().remove("topology");
+        b.restore(10, &serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(names(&to), ["x", "y"]);
     }
 }
 

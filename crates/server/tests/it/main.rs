@@ -4,6 +4,7 @@
 mod access;
 mod chaos;
 mod cluster;
+mod cluster_topology;
 mod common;
 mod ctl;
 mod durability;
