@@ -15,6 +15,7 @@ use broker::{AmqpError, Exchange, ExchangeKind, Message, Queue, VHost};
 use bytes::{Bytes, BytesMut};
 use wire::{Method, frame};
 
+use crate::cluster_topology::BindingSpec;
 use crate::delivery::{ChannelShared, ConsumerHandle, ConsumerMeta, Unacked};
 use broker::counters::bump_single_writer as bump;
 
@@ -379,16 +380,13 @@ impl Channel {
             Method::ExchangeBind { destination, source, routing_key, nowait, arguments, .. } => {
                 ctx.allow(Perm::Write, Resource::Exchange, &destination)?;
                 ctx.allow(Perm::Read, Resource::Exchange, &source)?;
-                ctx.server.change_binding(
-                    vh,
-                    &source,
-                    &destination,
-                    false,
-                    &routing_key,
-                    arguments,
-                    ctx.conn_id,
-                    true,
-                )?;
+                let b = BindingSpec {
+                    source: &source,
+                    destination: &destination,
+                    to_queue: false,
+                    routing_key: &routing_key,
+                };
+                ctx.server.change_binding(vh, b, arguments, ctx.conn_id, true)?;
                 if !nowait {
                     self.send(&Method::ExchangeBindOk);
                 }
@@ -396,16 +394,13 @@ impl Channel {
             Method::ExchangeUnbind { destination, source, routing_key, nowait, arguments, .. } => {
                 ctx.allow(Perm::Write, Resource::Exchange, &destination)?;
                 ctx.allow(Perm::Read, Resource::Exchange, &source)?;
-                ctx.server.change_binding(
-                    vh,
-                    &source,
-                    &destination,
-                    false,
-                    &routing_key,
-                    arguments,
-                    ctx.conn_id,
-                    false,
-                )?;
+                let b = BindingSpec {
+                    source: &source,
+                    destination: &destination,
+                    to_queue: false,
+                    routing_key: &routing_key,
+                };
+                ctx.server.change_binding(vh, b, arguments, ctx.conn_id, false)?;
                 if !nowait {
                     self.send(&Method::ExchangeUnbindOk);
                 }
@@ -475,7 +470,9 @@ impl Channel {
                 self.check_bind(ctx, &queue, &exchange, &routing_key)?;
                 // RabbitMQ: an empty routing key with an empty queue name means the queue's name.
                 // Clustered, a quorum queue's binding goes through the cluster's log.
-                ctx.server.change_binding(vh, &exchange, &queue, true, &routing_key, arguments, ctx.conn_id, true)?;
+                let b =
+                    BindingSpec { source: &exchange, destination: &queue, to_queue: true, routing_key: &routing_key };
+                ctx.server.change_binding(vh, b, arguments, ctx.conn_id, true)?;
                 if !nowait {
                     self.send(&Method::QueueBindOk);
                 }
@@ -483,7 +480,9 @@ impl Channel {
             Method::QueueUnbind { queue, exchange, routing_key, arguments, .. } => {
                 let queue = self.queue_name(&queue)?;
                 self.check_bind(ctx, &queue, &exchange, &routing_key)?;
-                ctx.server.change_binding(vh, &exchange, &queue, true, &routing_key, arguments, ctx.conn_id, false)?;
+                let b =
+                    BindingSpec { source: &exchange, destination: &queue, to_queue: true, routing_key: &routing_key };
+                ctx.server.change_binding(vh, b, arguments, ctx.conn_id, false)?;
                 self.send(&Method::QueueUnbindOk);
             }
             Method::QueuePurge { queue, nowait, .. } => {

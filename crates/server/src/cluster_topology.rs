@@ -48,6 +48,15 @@ pub(crate) struct TopologySnapshot {
     pub bindings: Vec<ExchangeBinding>,
 }
 
+/// A binding as queue.bind, exchange.bind and the management API name it.
+pub(crate) struct BindingSpec<'a> {
+    pub source: &'a str,
+    pub destination: &'a str,
+    /// The destination is a queue (else an exchange).
+    pub to_queue: bool,
+    pub routing_key: &'a str,
+}
+
 /// What applying a topology command gave: the AMQP reply code and text of a refusal, so
 /// the proposer answers as a single node would (404, 406, ...).
 type Answer = Result<(), (u16, String)>;
@@ -158,18 +167,15 @@ impl ServerState {
     /// queue.bind/unbind, exchange.bind/unbind and the management API's bindings: through
     /// the log when clustered and the destination is an exchange or a quorum queue; else
     /// on this node only (classic queues live on one node).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn change_binding(
         &self,
         vh: &VHost,
-        source: &str,
-        destination: &str,
-        to_queue: bool,
-        routing_key: &str,
+        b: BindingSpec<'_>,
         arguments: wire::FieldTable,
         conn: broker::ConnectionId,
         add: bool,
     ) -> Result<(), AmqpError> {
+        let BindingSpec { source, destination, to_queue, routing_key } = b;
         let local = |arguments| match (to_queue, add) {
             (true, true) => vh.bind_queue(destination, source, routing_key, arguments, conn),
             (true, false) => vh.unbind_queue(destination, source, routing_key, arguments, conn),

@@ -383,9 +383,13 @@ impl mgmt::Node for ServerState {
         arguments: wire::FieldTable,
         add: bool,
     ) -> Result<(), broker::AmqpError> {
-        let to_queue = destination.is_queue();
-        let conn = mgmt::node::API_CONNECTION;
-        ServerState::change_binding(self, vh, source, destination.name(), to_queue, routing_key, arguments, conn, add)
+        let b = crate::cluster_topology::BindingSpec {
+            source,
+            destination: destination.name(),
+            to_queue: destination.is_queue(),
+            routing_key,
+        };
+        ServerState::change_binding(self, vh, b, arguments, mgmt::node::API_CONNECTION, add)
     }
 
     // ---- group "access" ----
