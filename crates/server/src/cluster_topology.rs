@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use tracing::error;
 
 use crate::clustering::{Command, Running};
-use crate::quorum_queues::{ExchangeDeclaration, decode_arguments, encode_arguments, exchange_declaration};
+use crate::quorum_queues::{
+    BindingDeclaration, ExchangeDeclaration, decode_arguments, encode_arguments, exchange_declaration,
+};
 use crate::state::ServerState;
 
 /// An exchange of a vhost, as the log and snapshots carry it.
@@ -292,11 +294,12 @@ impl ServerState {
         out
     }
 
-    /// Make this node's exchanges those of a snapshot (before its quorum queues are
-    /// restored, whose bindings need them): the snapshot is the cluster's state, so an
-    /// exchange it lacks is deleted here (deleted while this node was behind), one declared
-    /// otherwise is declared again as the snapshot has it.
-    pub(crate) fn restore_exchanges(&self, snapshot: &TopologySnapshot) {
+    /// Add a snapshot's exchanges this node lacks (before its quorum queues are restored,
+    /// whose bindings need them). `exact` (a snapshot from the leader, this node being
+    /// behind): the snapshot is the cluster's state, so an exchange it lacks is deleted here
+    /// (deleted while this node was behind), one declared otherwise is declared again as
+    /// the snapshot has it.
+    pub(crate) fn restore_exchanges(&self, snapshot: &TopologySnapshot, exact: bool) {
         let mut wanted: std::collections::HashMap<(String, String), &ExchangeDeclaration> =
             snapshot.exchanges.iter().map(|x| ((x.vhost.clone(), x.exchange.name.clone()), &x.exchange)).collect();
         for vh in self.vhosts() {
@@ -305,7 +308,8 @@ impl ServerState {
                     continue;
                 }
                 let key = (vh.name.clone(), e.name.clone());
-                if wanted.get(&key).is_some_and(|d| d.options().is_ok_and(|o| e.check_equivalent(&o).is_ok())) {
+                if !exact || wanted.get(&key).is_some_and(|d| d.options().is_ok_and(|o| e.check_equivalent(&o).is_ok()))
+                {
                     wanted.remove(&key);
                 } else if let Err(err) = vh.delete_exchange(&e.name, false) {
                     error!(
@@ -324,16 +328,49 @@ impl ServerState {
         }
     }
 
-    /// Make this node's exchange-to-exchange bindings those of a snapshot (after
-    /// [`Self::restore_exchanges`]): missing ones added, ones it lacks removed.
-    pub(crate) fn restore_exchange_bindings(&self, snapshot: &TopologySnapshot) {
+    /// Add a snapshot's exchange-to-exchange bindings this node lacks (after
+    /// [`Self::restore_exchanges`]); `exact`: also remove those the snapshot lacks.
+    pub(crate) fn restore_exchange_bindings(&self, snapshot: &TopologySnapshot, exact: bool) {
         let have = self.topology_snapshot().bindings;
-        for b in have.iter().filter(|b| !snapshot.bindings.contains(b)) {
+        for b in have.iter().filter(|b| exact && !snapshot.bindings.contains(b)) {
             let _ = self.apply_exchange_binding(b, false);
         }
         for b in snapshot.bindings.iter().filter(|b| !have.contains(b)) {
             if let Err((_, e)) = self.apply_exchange_binding(b, true) {
                 error!("restoring the binding of '{}' to '{}' from a cluster snapshot: {e}", b.source, b.destination);
+            }
+        }
+    }
+
+    /// After a snapshot's quorum queues are restored (which adds their bindings): remove
+    /// the bindings to quorum queues the snapshot lacks (unbound while this node was
+    /// behind), so this node does not route to a queue the others no longer route to.
+    pub(crate) fn remove_quorum_bindings_not_in(&self, wanted: &[BindingDeclaration]) {
+        let wanted: std::collections::HashSet<(&str, &str, &str, &str, &[u8])> = wanted
+            .iter()
+            .map(|b| {
+                (b.vhost.as_str(), b.queue.as_str(), b.exchange.name.as_str(), b.routing_key.as_str(), &b.arguments[..])
+            })
+            .collect();
+        for vh in self.vhosts() {
+            for e in vh.exchanges().into_iter().filter(|e| !e.name.is_empty()) {
+                for b in e.bindings() {
+                    let Destination::Queue(q) = &b.destination else { continue };
+                    if q.replica().is_none() {
+                        continue;
+                    }
+                    let args = encode_arguments(&b.arguments);
+                    if !wanted.contains(&(
+                        vh.name.as_str(),
+                        q.name.as_str(),
+                        e.name.as_str(),
+                        b.routing_key.as_str(),
+                        &args[..],
+                    )) && let Err(err) = vh.unbind_queue(&q.name, &e.name, &b.routing_key, b.arguments.clone(), 0)
+                    {
+                        error!("restoring a cluster snapshot: unbinding '{}' from '{}': {}", q.name, e.name, err.text);
+                    }
+                }
             }
         }
     }

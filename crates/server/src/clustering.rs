@@ -302,9 +302,20 @@ pub fn plan(config: &Config, node_name: &str) -> Result<Option<ClusterPlan>, Str
 /// The broker's directory as the Raft group's state.
 pub struct Applier {
     state: Weak<ServerState>,
+    /// Set once `ClusterNode::start` has returned: a snapshot restored from then on was
+    /// sent by the leader because this node was behind, and is the cluster's topology
+    /// (exchanges it lacks were deleted meanwhile). One restored during the start is this
+    /// node's own, older than what the node holds (its definitions log has the exchanges
+    /// declared since, with their classic bindings, and the log replayed after it deletes
+    /// what was deleted), so it removes nothing.
+    caught_up_by_leader: std::sync::atomic::AtomicBool,
 }
 
 impl Applier {
+    fn new(state: &Arc<ServerState>) -> Applier {
+        Applier { state: Arc::downgrade(state), caught_up_by_leader: std::sync::atomic::AtomicBool::new(false) }
+    }
+
     fn state(&self) -> Option<Arc<ServerState>> {
         self.state.upgrade()
     }
@@ -396,12 +407,17 @@ impl cluster::Applier for Applier {
         }
         // Exchanges before the quorum queues (their bindings need them), exchange-to-exchange
         // bindings last (a restored queue's binding may have brought its exchange back).
+        let exact = self.caught_up_by_leader.load(std::sync::atomic::Ordering::Acquire);
         if let Some(t) = &snapshot.topology {
-            state.restore_exchanges(t);
+            state.restore_exchanges(t, exact);
         }
+        let quorum_bindings: Vec<_> = snapshot.quorum.iter().flat_map(|q| q.bindings.iter().cloned()).collect();
         state.restore_quorum(snapshot.quorum);
         if let Some(t) = &snapshot.topology {
-            state.restore_exchange_bindings(t);
+            state.restore_exchange_bindings(t, exact);
+            if exact {
+                state.remove_quorum_bindings_not_in(&quorum_bindings);
+            }
         }
         Ok(())
     }
@@ -429,10 +445,11 @@ pub async fn start(
     c.snapshot_every_entries = state.config.cluster_snapshot_every_entries;
     c.request_deadline = Duration::from_millis(state.config.cluster_write_timeout_ms);
     let write_timeout = c.request_deadline;
-    let applier = Arc::new(Applier { state: Arc::downgrade(state) });
-    let node = cluster::ClusterNode::start(c, applier)
+    let applier = Arc::new(Applier::new(state));
+    let node = cluster::ClusterNode::start(c, applier.clone())
         .await
         .map_err(|e| format!("starting cluster node {} on {}: {e}", plan.name, plan.listen))?;
+    applier.caught_up_by_leader.store(true, std::sync::atomic::Ordering::Release);
     Ok(Running { node, cluster_name: plan.cluster_name.clone(), write_timeout })
 }
 
@@ -552,7 +569,7 @@ mod applier_tests {
     #[test]
     fn committed_entries_apply_all_or_nothing_and_refusals_are_results() {
         let s = state();
-        let a = Applier { state: Arc::downgrade(&s) };
+        let a = Applier::new(&s);
         let ok = encode(&Command::Access(vec![Change::PutVhost(Vhost::named("v")), perm("guest", "v")]));
         assert_eq!(outcome(&a.apply(5, &ok)), Outcome::Applied);
         assert!(s.with_access(|d| d.permission("guest", "v").is_some()));
@@ -569,8 +586,8 @@ mod applier_tests {
     #[test]
     fn a_snapshot_restores_as_the_same_directory_and_empty_restores_as_empty() {
         let (from, to) = (state(), state());
-        let a = Applier { state: Arc::downgrade(&from) };
-        let b = Applier { state: Arc::downgrade(&to) };
+        let a = Applier::new(&from);
+        let b = Applier::new(&to);
         a.apply(1, &encode(&Command::Access(vec![user("alice"), Change::PutVhost(Vhost::named("v"))])));
         // `to` has its own guest (another salt) and a vhost `from` lacks.
         b.apply(1, &encode(&Command::Access(vec![Change::PutVhost(Vhost::named("only-here"))])));
@@ -623,7 +640,7 @@ mod topology_tests {
     fn node() -> (Arc<ServerState>, Applier) {
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let s = ServerState::new(Config::default(), rx);
-        let a = Applier { state: Arc::downgrade(&s) };
+        let a = Applier::new(&s);
         a.apply(1, &encode(&Command::Access(vec![Change::PutVhost(Vhost::named("v"))])));
         (s, a)
     }
@@ -667,6 +684,12 @@ mod topology_tests {
         // `to` has an exchange the cluster deleted, and `y` declared otherwise.
         b.apply(2, &encode_cbor(&exchange("stale", "fanout", true)));
         b.apply(3, &encode_cbor(&exchange("y", "fanout", true)));
+        // At start (this node's own snapshot) nothing is removed or declared otherwise.
+        b.restore(8, &a.snapshot()).unwrap();
+        assert_eq!(names(&to), ["stale", "x", "y"]);
+        assert_eq!(to.vhost("v").unwrap().exchange("y").unwrap().options.type_name(), "fanout");
+        // From the leader, once started: exactly the snapshot's.
+        b.caught_up_by_leader.store(true, std::sync::atomic::Ordering::Release);
         b.restore(9, &a.snapshot()).unwrap();
         assert_eq!(names(&to), ["x", "y"]);
         assert_eq!(to.topology_snapshot().bindings, from.topology_snapshot().bindings);

@@ -185,16 +185,23 @@ async fn a_node_down_during_topology_changes_catches_up_by_snapshot() {
     let via = (f + 1) % 3;
     let ch = channel(&nodes[via]).await;
     let no_args = FieldTable::default();
-    // Before the kill: an exchange and an e2e binding that go while the node is down.
+    // Before the kill: an exchange, an e2e binding and a quorum queue's binding that go
+    // while the node is down.
     ch.exchange_declare("old".into(), ExchangeKind::Fanout, DURABLE_EXCHANGE, no_args.clone()).await.unwrap();
     ch.exchange_declare("kept".into(), ExchangeKind::Direct, DURABLE_EXCHANGE, no_args.clone()).await.unwrap();
     ch.exchange_bind("kept".into(), "old".into(), "".into(), ExchangeBindOptions::default(), no_args.clone())
         .await
         .unwrap();
+    ch.queue_declare("unbound".into(), DURABLE_QUEUE, quorum_args()).await.unwrap();
+    ch.queue_bind("unbound".into(), "kept".into(), "a.b".into(), QueueBindOptions::default(), no_args.clone())
+        .await
+        .unwrap();
     binding_on(&nodes[f], "old", "kept", true).await;
+    binding_on(&nodes[f], "kept", "unbound", true).await;
     nodes[f].kill();
 
     ch.exchange_delete("old".into(), ExchangeDeleteOptions::default()).await.unwrap();
+    ch.queue_unbind("unbound".into(), "kept".into(), "a.b".into(), no_args.clone()).await.unwrap();
     let transient = ExchangeDeclareOptions { durable: false, ..DURABLE_EXCHANGE };
     ch.exchange_declare("fresh".into(), ExchangeKind::Topic, transient, no_args.clone()).await.unwrap();
     ch.exchange_bind("kept".into(), "fresh".into(), "a.*".into(), ExchangeBindOptions::default(), no_args.clone())
@@ -216,11 +223,17 @@ async fn a_node_down_during_topology_changes_catches_up_by_snapshot() {
     assert_eq!(exchanges(&nodes[f]).await, exchanges(&nodes[via]).await);
     assert_eq!(passive(&nodes[f], "old").await, Err(Some(404)), "deleted while the node was down");
     binding_on(&nodes[f], "old", "kept", false).await;
+    binding_on(&nodes[f], "kept", "unbound", false).await;
     ch_f.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     assert!(routed(&ch_f, "fresh", "a.b", "after").await, "routed on the node restored from a snapshot");
     let want: BTreeSet<String> = (0..12).map(|i| format!("m{i}")).chain(["after".to_owned()]).collect();
     let (got, _) = consume_all(&ch_f, "sink", &want, Duration::from_secs(10)).await;
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
+    // Unbound while the node was down: nothing reached it, through any node.
+    for n in [&nodes[f], &nodes[via]] {
+        let q = n.http().get_queue_info("/", "unbound").await.unwrap();
+        assert_eq!(q.message_count, 0, "{}", n.full);
+    }
     // Once more, killed and restarted: its own snapshot and log give the same exchanges.
     nodes[f].kill();
     nodes[f].start();
@@ -255,4 +268,55 @@ async fn without_a_majority_an_exchange_declare_fails_instead_of_hanging() {
     assert!(format!("{e:?}").contains("503"), "{e:?}");
     assert!(t.elapsed() < Duration::from_secs(6), "refused after {:?}", t.elapsed());
     assert!(exchanges(&nodes[last]).await.is_empty(), "nothing declared");
+}
+
+/// `n`'s (last applied, snapshot) Raft indexes.
+fn log_positions(n: &Node) -> (u64, u64) {
+    let v = n.api("/api/warren/cluster");
+    let log = &v["log"];
+    (log["last_applied_index"].as_u64().unwrap(), log["snapshot_index"].as_u64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_classic_bindings_of_exchanges_declared_after_its_last_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, f) = started_cluster(dir.path(), "warren.cluster_snapshot_every = 4\n").await;
+    let ch = channel(&nodes[f]).await;
+    let no_args = FieldTable::default();
+    // Entries until this node has just taken a snapshot, so the next declare is after it.
+    let mut pads = 0;
+    loop {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut snapped = false;
+        while Instant::now() < deadline && !snapped {
+            let (applied, snapshot) = log_positions(&nodes[f]);
+            snapped = applied == snapshot;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if snapped {
+            break;
+        }
+        assert!(pads < 12, "no snapshot of its own after {pads} entries");
+        let pad = format!("pad{pads}");
+        ch.exchange_declare(pad.as_str().into(), ExchangeKind::Direct, DURABLE_EXCHANGE, no_args.clone())
+            .await
+            .unwrap();
+        pads += 1;
+    }
+    ch.exchange_declare("late".into(), ExchangeKind::Direct, DURABLE_EXCHANGE, no_args.clone()).await.unwrap();
+    let (applied, snapshot) = log_positions(&nodes[f]);
+    assert!(snapshot < applied, "the declare is after the node's last snapshot ({snapshot} < {applied})");
+    // A classic queue and its binding: this node's only (not in the cluster's log).
+    ch.queue_declare("cq".into(), DURABLE_QUEUE, FieldTable::default()).await.unwrap();
+    ch.queue_bind("cq".into(), "late".into(), "k".into(), QueueBindOptions::default(), no_args.clone()).await.unwrap();
+
+    nodes[f].kill();
+    nodes[f].start();
+    let ch = channel(&nodes[f]).await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    binding_on(&nodes[f], "late", "cq", true).await;
+    assert!(routed(&ch, "late", "k", "kept").await, "the classic binding survived the restart");
+    for n in &nodes {
+        assert_eq!(passive(n, "late").await, Ok(()), "{}", n.full);
+    }
 }
