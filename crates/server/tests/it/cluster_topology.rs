@@ -173,6 +173,25 @@ async fn exchanges_and_bindings_made_on_one_node_route_and_go_away_on_every_node
         let x = exchanges(n).await;
         assert_eq!(x.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(), ["dx", "mq"], "{}", n.full);
     }
+    // Declared at once on two nodes with different types: one wins, the other gets 406,
+    // and every node has the winner's type.
+    let (ch1, ch2) = (channel(&nodes[a]).await, channel(&nodes[c]).await);
+    let (r1, r2) = tokio::join!(
+        ch1.exchange_declare("race".into(), ExchangeKind::Topic, DURABLE_EXCHANGE, FieldTable::default()),
+        ch2.exchange_declare("race".into(), ExchangeKind::Fanout, DURABLE_EXCHANGE, FieldTable::default()),
+    );
+    let winner = match (&r1, &r2) {
+        (Ok(()), Err(e)) if reply_code(e) == Some(406) => "topic",
+        (Err(e), Ok(())) if reply_code(e) == Some(406) => "fanout",
+        other => panic!("one declare wins, the other is refused with 406: {other:?}"),
+    };
+    for n in &nodes {
+        eventually("the winner's type on every node", Duration::from_secs(10), || async {
+            let x = n.http().get_exchange_info("/", "race").await.map_err(|e| e.to_string())?;
+            if x.exchange_type == winner { Ok(()) } else { Err(format!("{}: {}", n.full, x.exchange_type)) }
+        })
+        .await;
+    }
     eprintln!("replicated topology test: {:?}", started.elapsed());
 }
 
