@@ -339,3 +339,54 @@ async fn a_restart_keeps_the_classic_bindings_of_exchanges_declared_after_its_la
         assert_eq!(passive(n, "late").await, Ok(()), "{}", n.full);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definitions_import_declares_exchanges_and_their_bindings_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, f) = started_cluster(dir.path(), "").await;
+    let (a, b) = (f, (f + 1) % 3);
+    // A quorum queue the import binds; a classic queue on node b the import binds too.
+    let ch_a = channel(&nodes[a]).await;
+    ch_a.queue_declare("imported.q".into(), DURABLE_QUEUE, quorum_args()).await.unwrap();
+    let defs = serde_json::json!({
+        "exchanges": [
+            {"name": "imp.topic", "vhost": "/", "type": "topic", "durable": true, "auto_delete": false,
+             "internal": false, "arguments": {}},
+            {"name": "imp.direct", "vhost": "/", "type": "direct", "durable": false, "auto_delete": false,
+             "internal": false, "arguments": {}}
+        ],
+        "queues": [
+            {"name": "imp.classic", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}}
+        ],
+        "bindings": [
+            {"source": "imp.topic", "vhost": "/", "destination": "imp.direct", "destination_type": "exchange",
+             "routing_key": "i.*", "arguments": {}},
+            {"source": "imp.direct", "vhost": "/", "destination": "imported.q", "destination_type": "queue",
+             "routing_key": "i.x", "arguments": {}},
+            {"source": "imp.direct", "vhost": "/", "destination": "imp.classic", "destination_type": "queue",
+             "routing_key": "i.x", "arguments": {}}
+        ]
+    });
+    eventually("the quorum queue on node b", Duration::from_secs(10), || async {
+        nodes[b].http().get_queue_info("/", "imported.q").await.map(drop).map_err(|e| e.to_string())
+    })
+    .await;
+    nodes[b].http().import_definitions(defs).await.unwrap();
+    for n in &nodes {
+        binding_on(n, "imp.topic", "imp.direct", true).await;
+        binding_on(n, "imp.direct", "imported.q", true).await;
+        let x = exchanges(n).await;
+        let want =
+            [("imp.direct".to_owned(), "direct".to_owned(), false), ("imp.topic".to_owned(), "topic".to_owned(), true)];
+        assert_eq!(x, want, "{}", n.full);
+    }
+    // The classic queue and its binding are node b's only.
+    binding_on(&nodes[b], "imp.direct", "imp.classic", true).await;
+    binding_on(&nodes[a], "imp.direct", "imp.classic", false).await;
+    // A publish on node a routes through the imported topology to the quorum queue.
+    ch_a.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    assert!(routed(&ch_a, "imp.topic", "i.x", "imported").await);
+    let want: BTreeSet<String> = ["imported".to_owned()].into();
+    let (got, _) = consume_all(&ch_a, "imported.q", &want, Duration::from_secs(10)).await;
+    assert_eq!(got, ["imported"]);
+}
