@@ -298,8 +298,8 @@ impl ServerState {
     /// whose bindings need them). `exact` (a snapshot from the leader, this node being
     /// behind): the snapshot is the cluster's state, so an exchange it lacks is deleted here
     /// (deleted while this node was behind), one declared otherwise is declared again as
-    /// the snapshot has it.
-    pub(crate) fn restore_exchanges(&self, snapshot: &TopologySnapshot, exact: bool) {
+    /// the snapshot has it. Returns the exchanges it declared, as (vhost, name).
+    pub(crate) fn restore_exchanges(&self, snapshot: &TopologySnapshot, exact: bool) -> Vec<(String, String)> {
         let mut wanted: std::collections::HashMap<(String, String), &ExchangeDeclaration> =
             snapshot.exchanges.iter().map(|x| ((x.vhost.clone(), x.exchange.name.clone()), &x.exchange)).collect();
         for vh in self.vhosts() {
@@ -319,13 +319,32 @@ impl ServerState {
                 }
             }
         }
+        let mut added = Vec::new();
         for x in &snapshot.exchanges {
-            if wanted.contains_key(&(x.vhost.clone(), x.exchange.name.clone()))
-                && let Err((_, e)) = self.apply_exchange_declare(x)
-            {
-                error!("restoring exchange '{}' in '{}' from a cluster snapshot: {e}", x.exchange.name, x.vhost);
+            let key = (x.vhost.clone(), x.exchange.name.clone());
+            if !wanted.contains_key(&key) {
+                continue;
+            }
+            match self.apply_exchange_declare(x) {
+                Ok(()) => added.push(key),
+                Err((_, e)) => {
+                    error!("restoring exchange '{}' in '{}' from a cluster snapshot: {e}", x.exchange.name, x.vhost)
+                }
             }
         }
+        added
+    }
+
+    /// Record durably that the entry at `index` is applied here (with every one before it):
+    /// a restart then knows that replayed entries up to it were applied already.
+    pub(crate) fn record_cluster_applied(&self, index: u64) {
+        if let Some(p) = &self.persistence
+            && let Err(e) = p.log_batch(vec![crate::persist::cluster_applied_record(index)])
+        {
+            error!("raft entry {index}: recording it as applied: {e}");
+            return;
+        }
+        self.cluster_applied.fetch_max(index, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Add a snapshot's exchange-to-exchange bindings this node lacks (after

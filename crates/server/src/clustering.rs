@@ -309,11 +309,47 @@ pub struct Applier {
     /// declared since, with their classic bindings, and the log replayed after it deletes
     /// what was deleted), so it removes nothing.
     caught_up_by_leader: std::sync::atomic::AtomicBool,
+    /// Exchanges (vhost, name) this process declared while replaying entries it had
+    /// applied before a restart (or added from its own snapshot): a replayed delete removes
+    /// these, and keeps one the definitions log brought back (declared again since).
+    replayed: parking_lot::Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl Applier {
     fn new(state: &Arc<ServerState>) -> Applier {
-        Applier { state: Arc::downgrade(state), caught_up_by_leader: std::sync::atomic::AtomicBool::new(false) }
+        Applier {
+            state: Arc::downgrade(state),
+            caught_up_by_leader: std::sync::atomic::AtomicBool::new(false),
+            replayed: parking_lot::Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// An exchange delete at `index`. One this node applied before a restart (at or below
+    /// the durable applied index) is replayed only for exchanges the replay itself made:
+    /// an exchange it finds from its definitions log was declared again after the delete,
+    /// and deleting it would lose this node's classic queues' bindings to it. A delete
+    /// applied now records its index (the definitions log's `ClusterApplied`).
+    fn apply_exchange_delete(
+        &self,
+        state: &ServerState,
+        index: u64,
+        vhost: String,
+        name: String,
+        if_unused: bool,
+    ) -> Vec<u8> {
+        let replay = index <= state.cluster_applied.load(std::sync::atomic::Ordering::Acquire);
+        let key = (vhost, name);
+        let made_by_replay = self.replayed.lock().remove(&key);
+        let exists = state.vhost(&key.0).is_some_and(|vh| vh.exchange(&key.1).is_ok());
+        let answer = if replay && exists && !made_by_replay {
+            Ok(())
+        } else {
+            state.apply_exchange_delete(&key.0, &key.1, if_unused)
+        };
+        if !replay {
+            state.record_cluster_applied(index);
+        }
+        crate::cluster_topology::encode_answer(&answer)
     }
 
     fn state(&self) -> Option<Arc<ServerState>> {
@@ -349,10 +385,16 @@ impl cluster::Applier for Applier {
                 Err(e) => Outcome::Invalid(e),
             },
             (Some(state), Ok(Command::ExchangeDeclare(d))) => {
-                return crate::cluster_topology::encode_answer(&state.apply_exchange_declare(&d));
+                let replay = index <= state.cluster_applied.load(std::sync::atomic::Ordering::Acquire);
+                let new = state.vhost(&d.vhost).is_some_and(|vh| vh.exchange(&d.exchange.name).is_err());
+                let answer = state.apply_exchange_declare(&d);
+                if replay && new && answer.is_ok() {
+                    self.replayed.lock().insert((d.vhost, d.exchange.name));
+                }
+                return crate::cluster_topology::encode_answer(&answer);
             }
             (Some(state), Ok(Command::ExchangeDelete { vhost, name, if_unused })) => {
-                return crate::cluster_topology::encode_answer(&state.apply_exchange_delete(&vhost, &name, if_unused));
+                return self.apply_exchange_delete(&state, index, vhost, name, if_unused);
             }
             (Some(state), Ok(Command::ExchangeBind(b))) => {
                 return crate::cluster_topology::encode_answer(&state.apply_exchange_binding(&b, true));
@@ -409,7 +451,10 @@ impl cluster::Applier for Applier {
         // bindings last (a restored queue's binding may have brought its exchange back).
         let exact = self.caught_up_by_leader.load(std::sync::atomic::Ordering::Acquire);
         if let Some(t) = &snapshot.topology {
-            state.restore_exchanges(t, exact);
+            let added = state.restore_exchanges(t, exact);
+            if !exact {
+                self.replayed.lock().extend(added);
+            }
         }
         let quorum_bindings: Vec<_> = snapshot.quorum.iter().flat_map(|q| q.bindings.iter().cloned()).collect();
         state.restore_quorum(snapshot.quorum);
@@ -671,6 +716,28 @@ mod topology_tests {
         assert_eq!(answer(&a.apply(9, &encode_cbor(&gone))), Ok(()));
         assert_eq!(names(&s), ["y"]);
         assert!(s.topology_snapshot().bindings.is_empty(), "the binding went with its source");
+    }
+
+    #[test]
+    fn a_replayed_delete_keeps_an_exchange_declared_again_since_and_removes_one_the_replay_made() {
+        let (s, a) = node();
+        a.apply(2, &encode_cbor(&exchange("x", "topic", true)));
+        let delete = |name: &str| Command::ExchangeDelete { vhost: "v".into(), name: name.into(), if_unused: false };
+        // Applied now: deleted, and the index recorded.
+        assert_eq!(answer(&a.apply(3, &encode_cbor(&delete("x")))), Ok(()));
+        assert!(names(&s).is_empty());
+        assert_eq!(s.cluster_applied.load(std::sync::atomic::Ordering::Acquire), 3);
+        // As after a restart: `x` is back from the definitions log (declared again after
+        // the delete); replaying the delete at 3 keeps it.
+        a.apply(4, &encode_cbor(&exchange("x", "topic", true)));
+        s.record_cluster_applied(4);
+        assert_eq!(answer(&a.apply(3, &encode_cbor(&delete("x")))), Ok(()));
+        assert_eq!(names(&s), ["x"]);
+        // One the replay itself declares (a transient one, say) goes with its delete.
+        let fresh = Applier::new(&s);
+        assert_eq!(answer(&fresh.apply(2, &encode_cbor(&exchange("t", "fanout", false)))), Ok(()));
+        assert_eq!(answer(&fresh.apply(3, &encode_cbor(&delete("t")))), Ok(()));
+        assert_eq!(names(&s), ["x"]);
     }
 
     #[test]
