@@ -65,8 +65,10 @@ pub enum Settle {
 /// hands over to the replica. `seq` of a [`QueuedMessage`] it delivers is the replica's
 /// own key for that delivery, which is how acks find it again.
 pub trait Replica: Send + Sync {
-    /// Propose the message; the outcome says what a confirm waits for.
-    fn publish(&self, queue: &Arc<Queue>, msg: Arc<Message>) -> PublishOutcome;
+    /// Propose the message; the outcome says what a confirm waits for. `confirm`: the
+    /// publisher waits for a confirm, so a refusal is kept until it asks (one without
+    /// confirms loses a refused message silently, as in RabbitMQ, and nothing is kept).
+    fn publish(&self, queue: &Arc<Queue>, msg: Arc<Message>, confirm: bool) -> PublishOutcome;
     /// Register a consumer (deliveries come later, from the replica, through its sink).
     fn add_consumer(&self, queue: &Arc<Queue>, consumer: Consumer) -> Result<(), AmqpError>;
     fn remove_consumers(&self, ids: &[u64]);
@@ -365,13 +367,24 @@ impl Queue {
             || st.eff.max_length_bytes.is_some_and(|max| st.store.bytes() + extra_bytes > max)
     }
 
-    /// Enqueue a routed message and deliver what consumers can take.
+    /// Enqueue a routed message and deliver what consumers can take (no publisher
+    /// confirm waits for it).
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> PublishOutcome {
+        self.publish_for(msg, false)
+    }
+
+    /// [`Queue::publish`] for a publisher in confirm mode: a replicated queue keeps a
+    /// refusal of it until the publisher's channel asks.
+    pub fn publish_confirmed(self: &Arc<Self>, msg: Arc<Message>) -> PublishOutcome {
+        self.publish_for(msg, true)
+    }
+
+    fn publish_for(self: &Arc<Self>, msg: Arc<Message>, confirm: bool) -> PublishOutcome {
         if let Some(r) = self.replica.get() {
             if self.state.lock().deleted {
                 return PublishOutcome::Deleted;
             }
-            return r.publish(self, msg);
+            return r.publish(self, msg, confirm);
         }
         if msg.expiration_ms.is_some() {
             self.may_expire.store(true, Ordering::Relaxed);

@@ -3,8 +3,10 @@
 //! - `vote`: one framed record (the current term and whom it voted for), replaced atomically
 //!   (write `vote.tmp`, fsync, rename, fsync the directory).
 //! - `log`: append-only framed records — a batch of entries, a truncation (conflicting suffix
-//!   removed) or a purge (prefix covered by a snapshot). Each `append`/`truncate` is fsynced
-//!   before openraft hears of it; that is what lets a node vote and acknowledge honestly.
+//!   removed), a purge (prefix covered by a snapshot) or a committed marker. Each
+//!   `append`/`truncate` is fsynced before openraft hears of it; that is what lets a node
+//!   vote and acknowledge honestly. The committed marker rides on the next fsync
+//!   (`save_committed` says why that is safe).
 //!   A purge rewrites the file without the purged prefix (write `log.tmp`, fsync, rename,
 //!   fsync the directory), so disk stays bounded by the snapshot policy.
 //!
@@ -38,10 +40,10 @@ enum LogRecord {
     Truncate(u64),
     /// Entries up to and including this id are covered by a snapshot and removed.
     Purge(LogId),
-    /// Entries up to this id are known committed. Persisted (and fsynced) so that a leader
-    /// restarting in the same term — which openraft 0.9 allows without a new election or a
-    /// new no-op entry — applies them before it serves a read index; without it a restarted
-    /// leader could answer a linearizable read with state older than an acknowledged write.
+    /// Entries up to this id are known committed, so a restarted node applies them at once.
+    /// Written without an fsync of its own (see `save_committed`); a leader restarting in
+    /// the same term with an older one commits a blank entry before it serves a read index
+    /// (`ReadFence` in node.rs).
     Committed(LogId),
 }
 
@@ -56,6 +58,8 @@ pub struct Recovery {
 #[derive(Default)]
 struct Mem {
     entries: BTreeMap<u64, Entry>,
+    /// Command bytes of `entries`: what the log holds in memory (see [`LogStore::held_bytes`]).
+    held_bytes: u64,
     last_purged: Option<LogId>,
     committed: Option<LogId>,
     vote: Option<Vote<NodeId>>,
@@ -165,9 +169,34 @@ impl LogStore {
         .await
     }
 
+    /// Rewrite the `log` in `dir` (of a stopped node) without its committed markers: what a
+    /// power loss can leave, as they are not fsynced on their own. For tests of the read fence.
+    #[doc(hidden)]
+    pub fn drop_committed_markers(dir: &Path) -> Result<usize, Error> {
+        let path = dir.join(LOG_FILE);
+        let buf = std::fs::read(&path)?;
+        let (mut out, mut at, mut dropped) = (Vec::new(), 0, 0);
+        while let Decoded::Record(payload, n) = frame::decode(&buf[at..]) {
+            match crate::codec::decode::<LogRecord>(payload) {
+                Ok(LogRecord::Committed(_)) => dropped += 1,
+                _ => out.extend_from_slice(&buf[at..at + n]),
+            }
+            at += n;
+        }
+        std::fs::write(&path, out)?;
+        Ok(dropped)
+    }
+
     /// The last index known committed here (what openraft last gave `save_committed`).
     pub fn committed_index(&self) -> Option<u64> {
         self.mem.lock().expect("log mem lock").committed.map(|c| c.index)
+    }
+
+    /// Command bytes of the entries held, in memory and in `log`: they are dropped only when
+    /// a snapshot covers them, so the node takes one when this passes its bound
+    /// (`NodeConfig::snapshot_log_bytes`).
+    pub fn held_bytes(&self) -> u64 {
+        self.mem.lock().expect("log mem lock").held_bytes
     }
 
     /// Entries currently held (for tests and diagnostics).
@@ -204,18 +233,46 @@ impl LogStore {
     }
 }
 
+/// The command bytes an entry holds (membership and blank entries count as none).
+fn entry_bytes(e: &Entry) -> u64 {
+    match &e.payload {
+        openraft::EntryPayload::Normal(c) => c.0.len() as u64,
+        _ => 0,
+    }
+}
+
+impl Mem {
+    fn insert(&mut self, e: Entry) {
+        self.held_bytes += entry_bytes(&e);
+        if let Some(old) = self.entries.insert(e.log_id.index, e) {
+            self.held_bytes -= entry_bytes(&old);
+        }
+    }
+
+    /// Drop the entries at `since` and after.
+    fn remove_from(&mut self, since: u64) {
+        let removed = self.entries.split_off(&since);
+        self.held_bytes -= removed.values().map(entry_bytes).sum::<u64>();
+    }
+
+    /// Keep only the entries at `from` and after.
+    fn keep_from(&mut self, from: u64) {
+        let kept = self.entries.split_off(&from);
+        self.held_bytes -= self.entries.values().map(entry_bytes).sum::<u64>();
+        self.entries = kept;
+    }
+}
+
 fn replay(mem: &mut Mem, record: LogRecord) {
     match record {
         LogRecord::Entries(entries) => {
             for e in entries {
-                mem.entries.insert(e.log_id.index, e);
+                mem.insert(e);
             }
         }
-        LogRecord::Truncate(since) => {
-            mem.entries.split_off(&since);
-        }
+        LogRecord::Truncate(since) => mem.remove_from(since),
         LogRecord::Purge(upto) => {
-            mem.entries = mem.entries.split_off(&(upto.index + 1));
+            mem.keep_from(upto.index + 1);
             if mem.last_purged.is_none_or(|p| p.index < upto.index) {
                 mem.last_purged = Some(upto);
             }
@@ -300,9 +357,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.mem.lock().expect("log mem lock").vote)
     }
 
+    /// Written, not fsynced: openraft 0.9 calls this inside its core loop before every
+    /// apply, so an fsync here would sit on every entry's commit path, on every node. The
+    /// record becomes durable with the next append's fsync (same file, written before it).
+    /// A crash before that leaves an older committed index, which is safe for Raft (committed
+    /// entries are re-committed by the leader); the one thing it could break — a leader that
+    /// restarts in the same term serving a read index older than a write it acknowledged —
+    /// is closed by the read fence in node.rs.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<NodeId>> {
         let Some(c) = committed else { return Ok(()) };
-        self.write_record(&LogRecord::Committed(c)).await.map_err(write_err)?;
+        let mut buf = Vec::new();
+        frame::encode(&mut buf, &crate::codec::encode(&LogRecord::Committed(c)).map_err(write_err)?);
+        // A small append to a file only the core writes (openraft serialises storage calls):
+        // no blocking-pool hop.
+        self.file.lock().expect("log file lock").write_all(&buf).map_err(write_err)?;
         replay(&mut self.mem.lock().expect("log mem lock"), LogRecord::Committed(c));
         Ok(())
     }
@@ -320,7 +388,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut mem = self.mem.lock().expect("log mem lock");
             for e in &entries {
-                mem.entries.insert(e.log_id.index, e.clone());
+                mem.insert(e.clone());
             }
         }
         let result = self.write_record(&LogRecord::Entries(entries)).await;
@@ -334,7 +402,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
-        self.mem.lock().expect("log mem lock").entries.split_off(&log_id.index);
+        self.mem.lock().expect("log mem lock").remove_from(log_id.index);
         self.write_record(&LogRecord::Truncate(log_id.index)).await.map_err(write_err)
     }
 
@@ -365,7 +433,7 @@ mod tests {
         {
             let mut mem = store.mem.lock().unwrap();
             for e in &entries {
-                mem.entries.insert(e.log_id.index, e.clone());
+                mem.insert(e.clone());
             }
         }
         store.write_record(&LogRecord::Entries(entries)).await.unwrap();
@@ -392,6 +460,9 @@ mod tests {
         let (mut s, r) = LogStore::open(dir.path()).unwrap();
         assert_eq!(r, Recovery { entries: 4, cut_bytes: 0 });
         assert_eq!(indexes(&s), vec![3, 4, 5, 6]);
+        // Entry 3 ("x") and the rewritten 4, 5, 6 ("y", "z", "w"): what truncation and
+        // purging removed is no longer counted.
+        assert_eq!(s.held_bytes(), 4);
         let state = s.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id.unwrap().index, 2);
         assert_eq!(state.last_log_id.unwrap(), LogId::new(CommittedLeaderId::new(2, 1), 6));

@@ -70,6 +70,10 @@ pub struct NodeConfig {
     pub cluster_nodes: Vec<String>,
     /// Take a snapshot (and purge the log before it) every this many applied entries.
     pub snapshot_every_entries: u64,
+    /// ... and whenever the log holds more than this many bytes of commands: the log is kept
+    /// in memory until a snapshot covers it, so this bounds the node's memory for it
+    /// (quorum-queue entries carry message bodies, up to `MAX_COMMAND_BYTES` each).
+    pub snapshot_log_bytes: u64,
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
@@ -99,6 +103,7 @@ impl NodeConfig {
             source_ip: None,
             cluster_nodes: Vec::new(),
             snapshot_every_entries: 10_000,
+            snapshot_log_bytes: DEFAULT_SNAPSHOT_LOG_BYTES,
             heartbeat_ms: 100,
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
@@ -124,6 +129,8 @@ pub struct RaftStatus {
     pub applied_index: u64,
     /// The last entry covered by this node's snapshot.
     pub snapshot_index: u64,
+    /// Bytes of commands the log holds (in memory until a snapshot covers them).
+    pub log_bytes: u64,
     /// Every member of the latest membership this node knows, sorted by name.
     pub members: Vec<MemberStatus>,
 }
@@ -166,12 +173,50 @@ struct Inner {
     log: LogStore,
     state: StateMachine,
     transport: Arc<Transport>,
+    fence: Arc<ReadFence>,
     server: tokio::task::JoinHandle<()>,
+    snapshots: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.server.abort();
+        self.snapshots.abort();
+    }
+}
+
+/// Default for [`NodeConfig::snapshot_log_bytes`].
+pub const DEFAULT_SNAPSHOT_LOG_BYTES: u64 = 64 << 20;
+
+/// How often the node compares its log's size with `snapshot_log_bytes`.
+const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Ask for a snapshot whenever the log holds more than `bound` bytes and the last snapshot
+/// is behind what is applied — but not again while one asked for may still be building
+/// (openraft ignores a request that comes while it builds one), unless that one is done.
+async fn snapshot_by_size(raft: Raft, log: LogStore, bound: u64) {
+    /// How long a requested snapshot may take before it is asked for again.
+    const BUILD_WAIT: Duration = Duration::from_secs(1);
+    let mut asked: Option<(tokio::time::Instant, Option<u64>)> = None;
+    loop {
+        tokio::time::sleep(SNAPSHOT_CHECK_INTERVAL).await;
+        if log.held_bytes() <= bound {
+            continue;
+        }
+        let (applied, snapshot) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
+        };
+        let behind = applied > snapshot;
+        let waiting = asked.is_some_and(|(at, snap)| snap == snapshot && at.elapsed() < BUILD_WAIT);
+        if behind && !waiting {
+            tracing::debug!(held_bytes = log.held_bytes(), bound, "raft log over its bound: snapshot");
+            if raft.trigger().snapshot().await.is_err() {
+                return; // the Raft has shut down
+            }
+            asked = Some((tokio::time::Instant::now(), snapshot));
+        }
     }
 }
 
@@ -220,8 +265,10 @@ impl ClusterNode {
         let raft = Raft::new(id, Arc::new(raft_config), network, log, state.clone())
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
-        let handler = Arc::new(Handler { raft: raft.clone(), transport: transport.clone() });
+        let fence = Arc::new(ReadFence::default());
+        let handler = Arc::new(Handler { raft: raft.clone(), transport: transport.clone(), fence: fence.clone() });
         let server = transport.serve(listener, handler);
+        let snapshots = tokio::spawn(snapshot_by_size(raft.clone(), log_view.clone(), config.snapshot_log_bytes));
         let node = ClusterNode {
             inner: Arc::new(Inner {
                 name: config.name.clone(),
@@ -231,7 +278,9 @@ impl ClusterNode {
                 log: log_view,
                 state,
                 transport,
+                fence,
                 server,
+                snapshots,
             }),
         };
         node.bootstrap(&config).await?;
@@ -431,6 +480,7 @@ impl ClusterNode {
             committed_index: self.inner.log.committed_index().unwrap_or(0),
             applied_index: m.last_applied.map_or(0, |l| l.index),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            log_bytes: self.inner.log.held_bytes(),
             members,
         }
     }
@@ -482,8 +532,11 @@ impl ClusterNode {
         let mut last_leader = None;
         while tokio::time::Instant::now() < deadline {
             // A leader cut off from its quorum never finishes a write; the deadline bounds it.
-            let attempt =
-                tokio::time::timeout_at(deadline, local(&self.inner.raft, &self.inner.transport, req.clone())).await;
+            let attempt = tokio::time::timeout_at(
+                deadline,
+                local(&self.inner.raft, &self.inner.transport, &self.inner.fence, req.clone()),
+            )
+            .await;
             let Ok(attempt) = attempt else { return Err(Error::Timeout) };
             let leader = match attempt {
                 Err(ClientFailure::NotLeader(leader)) => leader,
@@ -551,16 +604,32 @@ async fn probe_joiner(transport: &Arc<Transport>, name: &str) -> Result<(), Clie
 }
 
 /// Run a client operation on this node's Raft, which must be the leader.
-async fn local(raft: &Raft, transport: &Arc<Transport>, req: ClientRequest) -> Result<(u64, Vec<u8>), ClientFailure> {
-    fn fail<E>(e: RaftError<NodeId, E>) -> ClientFailure
-    where
-        E: std::error::Error + openraft::TryAsRef<openraft::error::ForwardToLeader<NodeId, BasicNode>>,
-    {
-        match e.forward_to_leader::<BasicNode>() {
-            Some(f) => ClientFailure::NotLeader(f.leader_node.as_ref().map(|n| n.addr.clone())),
-            None => ClientFailure::Other(e.to_string()),
-        }
+/// A Raft error as the client sees it: where the leader is, or what went wrong.
+fn fail<E>(e: RaftError<NodeId, E>) -> ClientFailure
+where
+    E: std::error::Error + openraft::TryAsRef<openraft::error::ForwardToLeader<NodeId, BasicNode>>,
+{
+    match e.forward_to_leader::<BasicNode>() {
+        Some(f) => ClientFailure::NotLeader(f.leader_node.as_ref().map(|n| n.addr.clone())),
+        None => ClientFailure::Other(e.to_string()),
     }
+}
+
+/// Whether this process, as leader, has committed an entry of its own before serving a read
+/// index. The log store does not fsync the committed marker (see `LogStore::save_committed`),
+/// so a leader that restarts in the same term — which openraft 0.9 allows without an
+/// election, hence without the no-op entry an election appends — may start with a committed
+/// index older than what it acknowledged before the crash. Committing one blank entry first
+/// commits everything before it, so the read index covers every acknowledged write.
+#[derive(Default)]
+struct ReadFence(std::sync::atomic::AtomicBool);
+
+async fn local(
+    raft: &Raft,
+    transport: &Arc<Transport>,
+    fence: &ReadFence,
+    req: ClientRequest,
+) -> Result<(u64, Vec<u8>), ClientFailure> {
     match req {
         ClientRequest::Propose(cmd) => {
             raft.client_write(crate::Command(cmd)).await.map(|r| (r.log_id.index, r.data)).map_err(fail)
@@ -586,15 +655,24 @@ async fn local(raft: &Raft, transport: &Arc<Transport>, req: ClientRequest) -> R
                 .map(|r| (r.log_id.index, Vec::new()))
                 .map_err(fail)
         }
-        ClientRequest::ReadIndex => match raft.ensure_linearizable().await {
-            Ok(read) => Ok((read.map_or(0, |l| l.index), Vec::new())),
-            // Heartbeats did not reach a quorum this round (peers restarting, a partition):
-            // the caller retries until its deadline rather than failing a read at once.
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
-                Err(ClientFailure::Retry(q.to_string()))
+        ClientRequest::ReadIndex => {
+            if !fence.0.load(std::sync::atomic::Ordering::Acquire) {
+                // An empty command: the state machine applies it as nothing.
+                raft.client_write(crate::Command(Vec::new())).await.map_err(fail)?;
+                fence.0.store(true, std::sync::atomic::Ordering::Release);
             }
-            Err(e) => Err(fail(e)),
-        },
+            read_index(raft).await
+        }
+    }
+}
+
+async fn read_index(raft: &Raft) -> Result<(u64, Vec<u8>), ClientFailure> {
+    match raft.ensure_linearizable().await {
+        Ok(read) => Ok((read.map_or(0, |l| l.index), Vec::new())),
+        // Heartbeats did not reach a quorum this round (peers restarting, a partition):
+        // the caller retries until its deadline rather than failing a read at once.
+        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => Err(ClientFailure::Retry(q.to_string())),
+        Err(e) => Err(fail(e)),
     }
 }
 
@@ -602,6 +680,7 @@ async fn local(raft: &Raft, transport: &Arc<Transport>, req: ClientRequest) -> R
 struct Handler {
     raft: Raft,
     transport: Arc<Transport>,
+    fence: Arc<ReadFence>,
 }
 
 impl Inbound for Handler {
@@ -611,7 +690,7 @@ impl Inbound for Handler {
             Request::Vote(r) => Response::Vote(self.raft.vote(r).await),
             Request::Snapshot(r) => Response::Snapshot(self.raft.install_snapshot(r).await),
             // Forwarded requests are served here only; never forwarded again, so no loops.
-            Request::Client(r) => Response::Client(local(&self.raft, &self.transport, r).await),
+            Request::Client(r) => Response::Client(local(&self.raft, &self.transport, &self.fence, r).await),
             Request::Ping => Response::Client(Ok((0, Vec::new()))),
         }
     }

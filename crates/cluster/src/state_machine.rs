@@ -213,6 +213,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut result = Vec::new();
             match e.payload {
                 EntryPayload::Blank => {}
+                // An empty command is the read fence's blank entry (node.rs): nothing to apply.
+                EntryPayload::Normal(cmd) if cmd.0.is_empty() => {}
                 EntryPayload::Normal(cmd) => result = self.applier.apply(e.log_id.index, &cmd.0),
                 EntryPayload::Membership(m) => a.membership = StoredMembership::new(Some(e.log_id), m),
             }

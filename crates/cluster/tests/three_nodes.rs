@@ -74,10 +74,33 @@ impl TestNode {
         recorder: Arc<Recorder>,
         cookie: &str,
     ) -> TestNode {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let mut config = NodeConfig::new(name, dir, listener.local_addr().unwrap(), Cookie::new(cookie).unwrap());
         config.cluster_nodes = cluster.to_vec();
         config.snapshot_every_entries = snapshot_every;
+        TestNode::start_configured(name, dir, listener, config, recorder)
+    }
+
+    fn start_with_config(
+        name: &str,
+        dir: &Path,
+        listener: std::net::TcpListener,
+        cluster: &[String],
+        set: impl FnOnce(&mut NodeConfig),
+    ) -> TestNode {
+        let mut config = NodeConfig::new(name, dir, listener.local_addr().unwrap(), Cookie::new(COOKIE).unwrap());
+        config.cluster_nodes = cluster.to_vec();
+        set(&mut config);
+        TestNode::start_configured(name, dir, listener, config, Arc::new(Recorder::default()))
+    }
+
+    fn start_configured(
+        name: &str,
+        dir: &Path,
+        listener: std::net::TcpListener,
+        config: NodeConfig,
+        recorder: Arc<Recorder>,
+    ) -> TestNode {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let node = rt.block_on(async {
             listener.set_nonblocking(true).unwrap();
             let l = tokio::net::TcpListener::from_std(listener).unwrap();
@@ -444,11 +467,83 @@ fn whole_cluster_killed_and_restarted_recovers_snapshot_and_log_from_disk() {
     }
     wait_leader(&nodes, Duration::from_secs(10));
     let n = &nodes[1];
-    // A restarted leader may keep its term without a new no-op entry; the persisted commit
-    // index is what makes this read include every acknowledged command.
+    // A restarted leader may keep its term without a new no-op entry; the read fence (a
+    // blank entry committed before the first read index) makes this read include every
+    // acknowledged command.
     assert_eq!(n.read_commands(), acked);
     let all: Vec<&TestNode> = nodes.iter().collect();
     assert_eq!(assert_converged(&all, 130, Duration::from_secs(10)), acked);
+}
+
+#[test]
+fn a_log_over_its_byte_bound_is_snapshotted_and_purged() {
+    const BOUND_BYTES: u64 = 64 * 1024;
+    const COMMAND_BYTES: usize = 4096;
+    let root = tempfile::tempdir().unwrap();
+    let ls = listeners(3);
+    let names: Vec<String> = ls.iter().map(|(n, _)| n.clone()).collect();
+    let nodes: Vec<TestNode> = ls
+        .into_iter()
+        .map(|(name, l)| {
+            let dir = root.path().join(&name);
+            // Snapshots by count would never come (1e6 entries): only the byte bound acts.
+            TestNode::start_with_config(&name, &dir, l, &names, |c| {
+                c.snapshot_every_entries = 1_000_000;
+                c.snapshot_log_bytes = BOUND_BYTES;
+            })
+        })
+        .collect();
+    let leader = wait_leader(&nodes, Duration::from_secs(10));
+    for i in 0..200 {
+        let mut c = cmd("big", i);
+        c.resize(COMMAND_BYTES, b'.');
+        let via = &nodes[leader];
+        via.on(via.node().propose(c)).unwrap();
+    }
+    // 800 KiB went through; every node snapshots and purges, holding less than the bound
+    // plus what arrives between two checks.
+    for n in &nodes {
+        wait_until("a snapshot and a purged log", Duration::from_secs(10), || {
+            let s = n.node().status();
+            s.snapshot_index > 0 && s.log_bytes < 2 * BOUND_BYTES
+        });
+    }
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    assert_eq!(assert_converged(&all, 200, Duration::from_secs(10)).len(), 200);
+}
+
+#[test]
+fn a_read_after_restart_sees_every_acknowledged_command_though_commit_markers_were_lost() {
+    // Commit markers ride on the next fsync; a power loss can take the last ones. A leader
+    // restarting in its old term then starts with an older commit index, and must still
+    // not answer a read with less than what it acknowledged.
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 10_000);
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let leader = wait_leader(&nodes, Duration::from_secs(10));
+    let mut acked = Vec::new();
+    for i in 0..40 {
+        let via = &nodes[leader];
+        acked.push((via.on(via.node().propose(cmd("p", i))).unwrap(), cmd("p", i)));
+    }
+    for n in nodes.iter_mut() {
+        n.kill();
+    }
+    let dirs: Vec<PathBuf> = nodes.iter().map(|n| n.dir.clone()).collect();
+    drop(nodes);
+    for d in &dirs {
+        assert!(cluster::log_store::LogStore::drop_committed_markers(d).unwrap() > 0);
+    }
+    // The old leader comes back as leader of its term (no election, so no no-op entry) with
+    // one follower, and is read from at once. (openraft 0.9.25 already recomputes the commit
+    // index from the followers before it answers a read index — this passes without the read
+    // fence too — so this checks that commit markers need no fsync of their own; the
+    // fence keeps that true should openraft answer from its stored commit index.)
+    let follower = (leader + 1) % 3;
+    let old_leader = TestNode::restart(&names[leader], &dirs[leader], &names, 10_000);
+    let _follower = TestNode::restart(&names[follower], &dirs[follower], &names, 10_000);
+    assert!(old_leader.node().is_leader(), "the old leader came back as follower");
+    assert_eq!(old_leader.read_commands(), acked, "the restarted leader read less than it acknowledged");
 }
 
 #[test]

@@ -329,6 +329,8 @@ pub struct RaftFigures {
     pub commit_index: u64,
     pub last_applied_index: u64,
     pub snapshot_index: u64,
+    /// Bytes of commands the log holds until a snapshot covers them.
+    pub log_bytes: u64,
 }
 
 /// One member of the metadata group as this node sees it.

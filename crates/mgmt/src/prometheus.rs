@@ -118,6 +118,13 @@ fn cluster_metrics(s: &ClusterStatus, x: &mut Exposition) {
         s.running.len(),
     );
     x.one("warren_cluster_is_leader", "gauge", "1 if this node leads the metadata group", &[], b(r.is_leader));
+    x.one(
+        "warren_cluster_log_bytes",
+        "gauge",
+        "Bytes of commands the Raft log holds until a snapshot covers them",
+        &[],
+        r.log_bytes,
+    );
     // Only the leader tracks replication; a follower has no samples (not zeros it cannot know).
     let name = "warren_cluster_follower_lag_entries";
     x.family(name, "gauge", "Log entries a member lacks, as the leader knows it (leader only)");
@@ -492,6 +499,7 @@ mod tests {
                 commit_index: 9,
                 last_applied_index: 8,
                 snapshot_index: 0,
+                log_bytes: 4096,
             },
             member_details: [("a@h:1", 0), ("b@h:2", 0), ("c@h:3", 3)]
                 .into_iter()
@@ -518,6 +526,7 @@ mod tests {
             "warren_cluster_members 3\n",
             "warren_cluster_running_members 2\n",
             "warren_cluster_is_leader 1\n",
+            "warren_cluster_log_bytes 4096\n",
             "warren_cluster_follower_lag_entries{peer=\"b@h:2\"} 0\n",
             "warren_cluster_follower_lag_entries{peer=\"c@h:3\"} 3\n",
         ] {

@@ -710,6 +710,15 @@ impl Channel {
         } else {
             tag
         };
+        // RabbitMQ's quorum queues count a consumer's deliveries against its own prefetch
+        // only; a channel-wide (global) one is refused with 540 rather than ignored (Celery
+        // before 5.5 meets this and is told to set global_qos False).
+        if q.replica().is_some() && self.shared.state.lock().global_prefetch != 0 {
+            return Err(AmqpError::not_implemented(format!(
+                "queue '{}' in vhost '{}' does not support global qos",
+                q.name, q.vhost
+            )));
+        }
         let handle = ConsumerHandle::new(
             next_consumer_id(),
             tag.clone(),
@@ -1218,8 +1227,10 @@ impl Channel {
         };
         let mut routed = false;
         let mut out = Routed::default();
+        let confirm = self.confirm.is_some();
         for q in targets {
-            match q.publish(msg.clone()) {
+            let outcome = if confirm { q.publish_confirmed(msg.clone()) } else { q.publish(msg.clone()) };
+            match outcome {
                 PublishOutcome::Enqueued(d) => {
                     routed = true;
                     out.durability = out.durability.max(d);
@@ -1336,6 +1347,10 @@ impl Channel {
     /// deliveries, cancel consumers, and requeue everything unacknowledged.
     pub fn shutdown(&mut self, ctx: &ConnCtx) {
         self.pending = None;
+        if let (Some(c), Some(q)) = (&self.confirm, ctx.server.quorum.get()) {
+            // Nobody will ask for these publishes' refusals any more.
+            q.abandon(c.waiting.iter().filter_map(|(_, r)| r.replicated));
+        }
         if let Some((token, q)) = self.reply_to.take() {
             ctx.server.reply_to.lock().remove(&token);
             q.mark_deleted();

@@ -229,6 +229,7 @@ impl Running {
                 commit_index: raft.committed_index,
                 last_applied_index: raft.applied_index,
                 snapshot_index: raft.snapshot_index,
+                log_bytes: raft.log_bytes,
             },
             member_details,
         }
@@ -488,6 +489,7 @@ pub async fn start(
     c.source_ip = state.config.cluster_source_ip;
     c.cluster_nodes = plan.nodes.clone();
     c.snapshot_every_entries = state.config.cluster_snapshot_every_entries;
+    c.snapshot_log_bytes = state.config.cluster_snapshot_log_bytes;
     c.request_deadline = Duration::from_millis(state.config.cluster_write_timeout_ms);
     let write_timeout = c.request_deadline;
     let applier = Arc::new(Applier::new(state));

@@ -412,6 +412,18 @@ impl Draft {
             }
             "cluster_cookie" => c.cluster_cookie = Some(v.to_owned()),
             "cluster_cookie_file" => c.cluster_cookie_file = Some(parse_path(v)),
+            "cluster_snapshot_log_bytes" => {
+                c.cluster_snapshot_log_bytes = parse_bytes(v)?;
+                if c.cluster_snapshot_log_bytes == 0 {
+                    return Err("must be at least 1".into());
+                }
+            }
+            "cluster_pending_max_bytes" => {
+                c.cluster_pending_max_bytes = to_usize(parse_bytes(v)?)?;
+                if c.cluster_pending_max_bytes == 0 {
+                    return Err("must be at least 1".into());
+                }
+            }
             "cluster_snapshot_every" => {
                 c.cluster_snapshot_every_entries = parse_int(v)?;
                 if c.cluster_snapshot_every_entries == 0 {
@@ -660,6 +672,8 @@ mod tests {
              warren.cluster_source_ip = 127.0.0.2\n\
              warren.cluster_write_timeout_ms = 2500\n\
              warren.cluster_snapshot_every = 64\n\
+             warren.cluster_snapshot_log_bytes = 1MiB\n\
+             warren.cluster_pending_max_bytes = 1MiB\n\
              warren.cluster_cookie = ABCDEFGHIJ\n\
              warren.cluster_cookie_file = /etc/warren/cookie\n\
              warren.cluster_tls.certfile = /etc/warren/node.pem\n\
@@ -682,6 +696,9 @@ mod tests {
         assert_eq!(c.cluster_listen, Some("0.0.0.0:25672".parse().unwrap()));
         assert_eq!(c.cluster_source_ip, Some("127.0.0.2".parse().unwrap()));
         assert_eq!((c.cluster_write_timeout_ms, c.cluster_snapshot_every_entries), (2500, 64));
+        assert_eq!(c.cluster_snapshot_log_bytes, 1 << 20);
+        assert_eq!(c.cluster_pending_max_bytes, 1024 * 1024);
+        assert_eq!(Config::default().cluster_pending_max_bytes, 64 * 1024 * 1024);
         let s = parse_ok("cluster_formation.peer_discovery_backend = rabbit_peer_discovery_classic_config\n");
         assert!(s.config.cluster_nodes.is_empty());
         assert!(Config::default().cluster_nodes.is_empty() && Config::default().node_name.is_none());

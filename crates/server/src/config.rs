@@ -178,6 +178,12 @@ pub struct Config {
     /// In a cluster: take a Raft snapshot (and drop the log before it) every this many
     /// applied entries (`warren.cluster_snapshot_every`).
     pub cluster_snapshot_every_entries: u64,
+    /// In a cluster: also take one whenever the Raft log holds more than this many bytes
+    /// of commands, which it keeps in memory until then (`warren.cluster_snapshot_log_bytes`).
+    pub cluster_snapshot_log_bytes: u64,
+    /// In a cluster: bytes of quorum-queue commands waiting for the cluster (not yet
+    /// committed) past which publishes are nacked (`warren.cluster_pending_max_bytes`).
+    pub cluster_pending_max_bytes: usize,
     /// In a cluster: the cookie every node shares (`warren.cluster_cookie`); None: from
     /// `$RABBITMQ_ERLANG_COOKIE` or the cookie file (`cluster_cookie`).
     pub cluster_cookie: Option<String>,
@@ -238,6 +244,8 @@ impl Default for Config {
             cluster_name: None,
             cluster_write_timeout_ms: 10_000,
             cluster_snapshot_every_entries: 10_000,
+            cluster_snapshot_log_bytes: cluster::node::DEFAULT_SNAPSHOT_LOG_BYTES,
+            cluster_pending_max_bytes: crate::quorum_queues::PENDING_MAX_BYTES,
             cluster_cookie: None,
             cluster_cookie_file: None,
             cluster_tls: None,

@@ -214,6 +214,10 @@ struct Args {
     /// In a cluster: Raft snapshot every this many applied entries [default: 10000].
     #[arg(long, value_name = "ENTRIES")]
     cluster_snapshot_every: Option<u64>,
+    /// In a cluster: also a Raft snapshot whenever the log (kept in memory until one)
+    /// holds more than this many bytes [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    cluster_snapshot_log_bytes: Option<u64>,
     /// In a cluster: the owner-only file holding the cookie the nodes share, read when
     /// neither warren.cluster_cookie nor $RABBITMQ_ERLANG_COOKIE gives one (default:
     /// $HOME/.erlang.cookie, created when missing).
@@ -278,6 +282,7 @@ impl Args {
         }
         set(&self.cluster_write_timeout_ms.map(|t| t.max(1)), &mut c.cluster_write_timeout_ms);
         set(&self.cluster_snapshot_every.map(|n| n.max(1)), &mut c.cluster_snapshot_every_entries);
+        set(&self.cluster_snapshot_log_bytes.map(|n| n.max(1)), &mut c.cluster_snapshot_log_bytes);
         if self.cluster_cookie_file.is_some() {
             c.cluster_cookie_file.clone_from(&self.cluster_cookie_file);
         }

@@ -96,8 +96,9 @@ pub(crate) struct SnapshotQueue {
     pub bindings: Vec<BindingDeclaration>,
 }
 
-/// Bytes of items waiting for the proposer past which publishes are refused (nacked):
-/// the bound on what a node buffers while the cluster has no quorum.
+/// Bytes of items waiting for the proposer (or proposed and not yet settled) past which
+/// publishes are refused (nacked): the bound on what a node buffers while the cluster has
+/// no quorum. The default of `warren.cluster_pending_max_bytes`.
 pub(crate) const PENDING_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Room kept in an entry for the enum's encoding around the items.
 const ENTRY_OVERHEAD_BYTES: usize = 1024;
@@ -150,10 +151,17 @@ pub(crate) struct QuorumQueues {
     held: Mutex<HashMap<u64, Held>>,
     next_key: AtomicU64,
     waiters: Mutex<HashMap<u64, oneshot::Sender<Vec<Effect>>>>,
-    /// Tickets whose publish was refused (reject-publish) or never committed.
+    /// Tickets of confirm-mode publishes that were refused (reject-publish) or never
+    /// committed, until the publisher's channel takes them (`take_rejected`) or closes
+    /// (`abandon`). Publishes without confirms are never recorded: nobody would take them.
     rejected: Mutex<BTreeSet<u64>>,
+    /// Ticket ranges of closed channels' unsettled confirm publishes: their refusals are
+    /// dropped once the ranges are settled (`prune_abandoned`).
+    abandoned: Mutex<Vec<(u64, u64)>>,
     proposer: Mutex<Proposer>,
     pending_bytes: AtomicUsize,
+    /// `pending_bytes` past which publishes are refused (`warren.cluster_pending_max_bytes`).
+    pending_max_bytes: usize,
     /// Every ticket up to this one is applied here, or failed.
     settled: watch::Sender<u64>,
     /// Nodes the leader declared down (their consumers suspended).
@@ -304,8 +312,10 @@ impl QuorumQueues {
             next_key: AtomicU64::new(1),
             waiters: Mutex::new(HashMap::new()),
             rejected: Mutex::new(BTreeSet::new()),
+            abandoned: Mutex::new(Vec::new()),
             proposer: Mutex::new(Proposer { next_ticket: 1, tx }),
             pending_bytes: AtomicUsize::new(0),
+            pending_max_bytes: state.config.cluster_pending_max_bytes,
             settled: watch::channel(0).0,
             down: Mutex::new(BTreeSet::new()),
             leading: std::sync::atomic::AtomicBool::new(false),
@@ -338,6 +348,28 @@ impl QuorumQueues {
         !hits.is_empty()
     }
 
+    /// A channel in confirm mode closed with these publishes (ticket ranges) not yet
+    /// confirmed: forget their refusals (now or, for those not settled yet, once they are).
+    pub(crate) fn abandon(&self, ranges: impl Iterator<Item = (u64, u64)>) {
+        self.abandoned.lock().extend(ranges);
+        self.prune_abandoned();
+    }
+
+    /// Drop the refusals of abandoned ranges that are settled (no refusal comes for them
+    /// any more); keep the others for a later call.
+    fn prune_abandoned(&self) {
+        let settled = self.settled_through();
+        let done: Vec<(u64, u64)> = {
+            let mut a = self.abandoned.lock();
+            let (done, keep) = a.drain(..).partition(|&(_, hi)| hi <= settled);
+            *a = keep;
+            done
+        };
+        for (lo, hi) in done {
+            self.take_rejected(lo, hi);
+        }
+    }
+
     fn consumer_id(&self, local: u64) -> ConsumerId {
         ConsumerId { node: self.node, id: (u64::from(self.boot) << 32) | (local & 0xffff_ffff) }
     }
@@ -353,17 +385,19 @@ impl QuorumQueues {
 
     /// Queue the command `make` builds from its ticket for the proposer (with `waiter`,
     /// which gets the item's effects once this node applied it); returns the ticket, or
-    /// None when too much is waiting or the node is stopping. `size`: the message bytes.
+    /// None when more than `max_bytes` would wait or the node is stopping. `size`: the
+    /// message bytes.
     fn submit_with(
         &self,
         key: &QKey,
         size: usize,
+        max_bytes: usize,
         make: impl FnOnce(u64) -> QCommand,
         waiter: Option<oneshot::Sender<Vec<Effect>>>,
     ) -> Option<u64> {
         let size = size + ITEM_OVERHEAD_BYTES;
-        if self.pending_bytes.load(Ordering::Relaxed) + size > PENDING_MAX_BYTES {
-            warn!(queue = %key.1, "quorum queue: {PENDING_MAX_BYTES} bytes already wait for the cluster; refusing");
+        if self.pending_bytes.load(Ordering::Relaxed) + size > max_bytes {
+            warn!(queue = %key.1, "quorum queue: {max_bytes} bytes already wait for the cluster; refusing");
             return None;
         }
         self.pending_bytes.fetch_add(size, Ordering::Relaxed);
@@ -382,24 +416,41 @@ impl QuorumQueues {
         Some(ticket)
     }
 
-    /// A publish: the ticket is also the sequence number the replica drops resent
-    /// duplicates by (this node's publisher id, tickets only grow).
-    fn submit_publish(&self, key: &QKey, msg: quorum::Message, ttl_ms: Option<u64>) -> Option<u64> {
-        let (publisher, size) = (self.publisher, msg.payload.len());
-        let make = |seq| QCommand::Enqueue { publish: Some(PublishId { publisher, seq }), msg, ttl_ms };
-        self.submit_with(key, size, make, None)
+    /// A publish: with `confirm`, the ticket is also the sequence number the replica drops
+    /// resent duplicates by (this node's publisher id, tickets only grow) and its refusal
+    /// is reported; without, the replica reports nothing for it.
+    fn submit_publish(&self, key: &QKey, msg: quorum::Message, ttl_ms: Option<u64>, confirm: bool) -> Option<u64> {
+        let size = msg.payload.len();
+        let make = |seq| QCommand::Enqueue { publish: self.publish_id(seq, confirm), msg, ttl_ms };
+        self.submit_with(key, size, self.pending_max_bytes, make, None)
     }
 
-    fn submit_quiet(&self, key: &QKey, cmd: QCommand) {
-        if self.submit_with(key, 0, |_| cmd, None).is_none() {
+    /// What may wait for the cluster before commands other than publishes (acks, consumes,
+    /// cancels, gets, ...) are refused: as much again as publishes may fill. Publishes
+    /// filling their bound while there is no quorum must not make the node drop a
+    /// consumer's acks: the messages would stay checked out to it for good.
+    fn commands_max_bytes(&self) -> usize {
+        self.pending_max_bytes.saturating_mul(2)
+    }
+
+    /// The publish id of ticket `seq`: none without confirms.
+    fn publish_id(&self, seq: u64, confirm: bool) -> Option<PublishId> {
+        confirm.then_some(PublishId { publisher: self.publisher, seq })
+    }
+
+    /// Submit a command nobody waits for (logged when dropped); returns its ticket.
+    fn submit_quiet(&self, key: &QKey, cmd: QCommand) -> Option<u64> {
+        let ticket = self.submit_with(key, 0, self.commands_max_bytes(), |_| cmd, None);
+        if ticket.is_none() {
             warn!(queue = %key.1, "quorum queue: a command was dropped (the proposer is gone or full)");
         }
+        ticket
     }
 
     /// Submit and wait until this node applied the item; returns its effects.
     fn submit_and_wait(&self, key: &QKey, cmd: QCommand) -> Result<Vec<Effect>, AmqpError> {
         let (tx, rx) = oneshot::channel();
-        let Some(ticket) = self.submit_with(key, 0, |_| cmd, Some(tx)) else {
+        let Some(ticket) = self.submit_with(key, 0, self.commands_max_bytes(), |_| cmd, Some(tx)) else {
             return Err(AmqpError::new(
                 wire::reply::INTERNAL_ERROR,
                 "the node is stopping or too much waits for the cluster",
@@ -575,18 +626,8 @@ impl QuorumQueues {
             return;
         };
         let no_ack = sink.no_ack();
-        let k = self.next_key.fetch_add(1, Ordering::Relaxed);
-        let qm = QueuedMessage {
-            msg: Arc::new(msg),
-            seq: k,
-            redelivered: d.redelivered,
-            expires_at_ms: 0,
-            delivery_count: d.delivery_count,
-            disk: None,
-        };
-        if !no_ack {
-            self.held.lock().insert(k, Held { key: key.clone(), consumer, delivery_id: d.delivery_id });
-        }
+        let qm = self.hand_out(key, consumer, &d, msg, no_ack);
+        let k = qm.seq;
         match sink.force_deliver(&q, qm) {
             Ok(()) if no_ack => {
                 self.submit_quiet(key, QCommand::Settle { consumer, delivery_ids: vec![d.delivery_id] });
@@ -597,6 +638,31 @@ impl QuorumQueues {
                 self.held.lock().remove(&k);
                 self.submit_quiet(key, QCommand::Return { consumer, delivery_ids: vec![d.delivery_id] });
             }
+        }
+    }
+
+    /// The message of delivery `d` to `consumer` (a basic.deliver or a basic.get-ok) as
+    /// the broker's channel keeps it; unless `no_ack`, held here until the channel settles
+    /// it (its `seq` is the key the settle finds it by).
+    fn hand_out(
+        &self,
+        key: &QKey,
+        consumer: ConsumerId,
+        d: &quorum::Delivery,
+        msg: Message,
+        no_ack: bool,
+    ) -> QueuedMessage {
+        let k = self.next_key.fetch_add(1, Ordering::Relaxed);
+        if !no_ack {
+            self.held.lock().insert(k, Held { key: key.clone(), consumer, delivery_id: d.delivery_id });
+        }
+        QueuedMessage {
+            msg: Arc::new(msg),
+            seq: k,
+            redelivered: d.redelivered,
+            expires_at_ms: 0,
+            delivery_count: d.delivery_count,
+            disk: None,
         }
     }
 
@@ -728,6 +794,7 @@ async fn run_janitor(me: Weak<QuorumQueues>) {
         let Some(me) = me.upgrade() else { return };
         if me.state.upgrade().is_some_and(|s| s.cluster.get().is_some()) {
             me.sweep_stale_consumers();
+            me.prune_abandoned();
             me.refresh_online().await;
             me.check_nodes();
         }
@@ -869,8 +936,11 @@ async fn settle_entry(
         warn!(items, "quorum queues: an entry was not committed ({e}); its publishes are nacked");
         let mut r = me.rejected.lock();
         for (i, size) in p.batch {
-            if matches!(i.cmd, QCommand::Enqueue { .. }) {
-                r.insert(i.ticket);
+            if let QCommand::Enqueue { publish, .. } = &i.cmd {
+                // Only a confirm-mode publish's refusal is asked for (a publish id).
+                if publish.is_some() {
+                    r.insert(i.ticket);
+                }
             } else if retried(&i.cmd) {
                 kept += size;
                 retry.push((i, size));
@@ -908,7 +978,7 @@ impl Replica for QuorumReplica {
         self.qq.upgrade().map(|qq| qq.placement()).unwrap_or_default()
     }
 
-    fn publish(&self, _queue: &Arc<Queue>, msg: Arc<Message>) -> PublishOutcome {
+    fn publish(&self, _queue: &Arc<Queue>, msg: Arc<Message>, confirm: bool) -> PublishOutcome {
         let Ok(qq) = self.qq() else { return PublishOutcome::Failed };
         let m = encode_message(&msg);
         let size = m.payload.len();
@@ -916,7 +986,7 @@ impl Replica for QuorumReplica {
             warn!(queue = %self.key.1, size, "quorum queue: message over the replicated entry limit; nacked");
             return PublishOutcome::Failed;
         }
-        match qq.submit_publish(&self.key, m, msg.expiration_ms) {
+        match qq.submit_publish(&self.key, m, msg.expiration_ms, confirm) {
             Some(ticket) => PublishOutcome::Replicated(ticket),
             None => PublishOutcome::Failed,
         }
@@ -979,18 +1049,7 @@ impl Replica for QuorumReplica {
         for e in fx {
             if let Effect::Dequeued { delivery: Some(d), ready, .. } = e {
                 let Some(msg) = delivered_message(&d) else { return Ok(None) };
-                let k = qq.next_key.fetch_add(1, Ordering::Relaxed);
-                if !no_ack {
-                    qq.held.lock().insert(k, Held { key: self.key.clone(), consumer, delivery_id: d.delivery_id });
-                }
-                let qm = QueuedMessage {
-                    msg: Arc::new(msg),
-                    seq: k,
-                    redelivered: d.redelivered,
-                    expires_at_ms: 0,
-                    delivery_count: d.delivery_count,
-                    disk: None,
-                };
+                let qm = qq.hand_out(&self.key, consumer, &d, msg, no_ack);
                 return Ok(Some((qm, ready.min(u64::from(u32::MAX)) as u32)));
             }
         }
@@ -1223,5 +1282,129 @@ impl ServerState {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Publishes refused in a row: far more than a set of refusals should ever hold.
+    const REFUSED_PUBLISHES: u64 = 10_000;
+
+    struct Fixture {
+        qq: Arc<QuorumQueues>,
+        key: QKey,
+        msg: quorum::Message,
+        _state: Arc<ServerState>,
+        _queue: Arc<Queue>,
+    }
+
+    /// `warren.cluster_pending_max_bytes` of the fixture's node.
+    const PENDING_MAX_BYTES: usize = 64 * 1024;
+
+    /// A node's registry (no cluster: its proposer never proposes, so what is submitted
+    /// keeps waiting; the test applies items itself) with a reject-publish quorum queue
+    /// that holds at most one message.
+    fn fixture() -> Fixture {
+        let (_, shutdown) = watch::channel(false);
+        let config = crate::config::Config { cluster_pending_max_bytes: PENDING_MAX_BYTES, ..Default::default() };
+        let state = ServerState::new(config, shutdown);
+        let qq = QuorumQueues::start("n1@127.0.0.1:1", &state);
+        let mut arguments = wire::FieldTable::new();
+        arguments.insert("x-max-length", wire::FieldValue::I64(1));
+        arguments.insert("x-overflow", wire::FieldValue::LongStr("reject-publish".into()));
+        let options = broker::queue::QueueOptions {
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: arguments.clone(),
+        };
+        let queue = Queue::new("/", "q".to_owned(), options, None);
+        let declaration =
+            Declaration { vhost: "/".to_owned(), name: "q".to_owned(), arguments: encode_arguments(&arguments) };
+        qq.attach(&queue, declaration);
+        let msg = encode_message(&Message {
+            exchange: String::new(),
+            routing_key: "q".to_owned(),
+            properties: Bytes::new(),
+            body: Bytes::from_static(b"m"),
+            persistent: true,
+            priority: 0,
+            expiration_ms: None,
+        });
+        Fixture { qq, key: ("/".to_owned(), "q".to_owned()), msg, _state: state, _queue: queue }
+    }
+
+    impl Fixture {
+        /// A publish as `QuorumReplica::publish` makes it.
+        fn publish(&self, ticket: u64, confirm: bool) -> Item {
+            let cmd =
+                QCommand::Enqueue { publish: self.qq.publish_id(ticket, confirm), msg: self.msg.clone(), ttl_ms: None };
+            Item {
+                vhost: self.key.0.clone(),
+                queue: self.key.1.clone(),
+                origin: self.qq.node.0,
+                ticket,
+                now_ms: 0,
+                cmd,
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn refused_publishes_without_confirms_leave_no_refusal_behind() {
+        let f = fixture();
+        for t in 1..=REFUSED_PUBLISHES {
+            f.qq.apply(t, vec![f.publish(t, false)]);
+        }
+        assert_eq!(f.qq.machines.lock()[&f.key].qq.stats().ready, 1, "the queue holds one message, refuses the rest");
+        assert!(f.qq.rejected.lock().is_empty(), "refusals nobody asks for are kept");
+
+        // A failed (uncommitted) entry of publishes without confirms: nothing kept either.
+        let batch: Vec<(Item, usize)> = (1..=100).map(|t| (f.publish(REFUSED_PUBLISHES + t, false), 10)).collect();
+        f.qq.pending_bytes.fetch_add(1000, Ordering::Relaxed);
+        let p = Proposed { batch, bytes: 1000, highest: REFUSED_PUBLISHES + 100 };
+        assert!(settle_entry(&Arc::downgrade(&f.qq), p, Err(cluster::Error::Timeout), &mut Vec::new()).await);
+        assert!(f.qq.rejected.lock().is_empty(), "an uncommitted publish without confirms is kept as refused");
+        assert_eq!(f.qq.pending_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_confirm_publishers_refusals_are_kept_until_taken_or_abandoned() {
+        let f = fixture();
+        f.qq.apply(1, vec![f.publish(1, true)]);
+        for t in 2..=11 {
+            f.qq.apply(t, vec![f.publish(t, true)]);
+        }
+        assert_eq!(f.qq.rejected.lock().len(), 10);
+        f.qq.settled.send_replace(11);
+        assert!(!f.qq.take_rejected(1, 1), "the first publish was taken");
+        assert!(f.qq.take_rejected(2, 3));
+        assert_eq!(f.qq.rejected.lock().len(), 8);
+        // The channel closed before asking for 4..=11; 12..=13 are not settled yet.
+        f.qq.abandon([(4, 4), (5, 11), (12, 13)].into_iter());
+        assert!(f.qq.rejected.lock().is_empty());
+        f.qq.apply(12, vec![f.publish(12, true), f.publish(13, true)]);
+        assert_eq!(f.qq.rejected.lock().len(), 2);
+        f.qq.settled.send_replace(13);
+        f.qq.prune_abandoned();
+        assert!(f.qq.rejected.lock().is_empty() && f.qq.abandoned.lock().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn publishes_filling_the_pending_bound_leave_room_for_acks() {
+        let f = fixture();
+        let mut accepted = 0;
+        while f.qq.submit_publish(&f.key, f.msg.clone(), None, true).is_some() {
+            accepted += 1;
+        }
+        let pending = f.qq.pending_bytes.load(Ordering::Relaxed);
+        assert!(pending <= PENDING_MAX_BYTES && pending + ITEM_OVERHEAD_BYTES * 2 > PENDING_MAX_BYTES);
+        assert_eq!(accepted, PENDING_MAX_BYTES / (f.msg.payload.len() + ITEM_OVERHEAD_BYTES));
+        // A consumer's acks (and other commands) still go through.
+        let consumer = f.qq.consumer_id(1);
+        assert!(f.qq.submit_quiet(&f.key, QCommand::Settle { consumer, delivery_ids: vec![1] }).is_some());
+        assert!(f.qq.submit_publish(&f.key, f.msg.clone(), None, true).is_none(), "publishes are still refused");
     }
 }

@@ -386,6 +386,9 @@ impl ServerState {
 
     /// Measure memory and disk against the limits and set the alarms.
     pub fn check_resources(&self) {
+        /// Free memory the allocator may keep for reuse before the housekeeping hands it
+        /// back (a quarter of the watermark if that is less).
+        const RELEASE_SLACK_MAX_BYTES: u64 = 64 << 20;
         self.fds.recount();
         let cfg = &self.config;
         let watermark = self.memory_watermark();
@@ -394,8 +397,16 @@ impl ServerState {
         let was_on = self.memory_over.load(Ordering::Relaxed);
         // Once a second, what was freed goes back to the system: RSS is what the operator
         // (and the alarm, with the `rss` strategy) sees, and the allocator would otherwise
-        // keep it while the broker is quiet (so an RSS alarm could never clear).
-        crate::alarms::release_memory();
+        // keep it while the broker is quiet (so an RSS alarm could never clear). Only when
+        // the allocator keeps more than a little, though: a busy broker reuses its free
+        // pages at once, and handing them back every second made it fault them straight in
+        // again — the kernel zeroing each, 2 MiB at a time with transparent huge pages,
+        // was a third of a quorum-queue node's CPU.
+        let slack = watermark.map_or(RELEASE_SLACK_MAX_BYTES, |w| (w / 4).min(RELEASE_SLACK_MAX_BYTES));
+        match (crate::alarms::rss_bytes(), crate::alarms::allocated_bytes()) {
+            (Some(rss), Some(allocated)) if rss.saturating_sub(allocated) <= slack => {}
+            _ => crate::alarms::release_memory(),
+        }
         let memory = match (cfg.memory_strategy.used_bytes(), watermark) {
             (Some(r), Some(w)) if was_on => r > w / 10 * 9,
             (Some(r), Some(w)) => r > w,

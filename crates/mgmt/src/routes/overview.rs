@@ -224,6 +224,7 @@ fn cluster_json(s: &crate::node::ClusterStatus) -> Value {
             "commit_index": r.commit_index,
             "last_applied_index": r.last_applied_index,
             "snapshot_index": r.snapshot_index,
+            "bytes": r.log_bytes,
         },
         // Replication (matched_index, lag) is known on the leader only.
         "replication_known": r.is_leader,

@@ -1,6 +1,6 @@
 //! Quorum queues under faults between real processes (issue 15): a partition cut by TCP
 //! fault proxies between the nodes, a rolling restart under load, and a fourth node that
-//! joins and receives the queue. lapin is the client; the harness is `cluster`'s.
+//! joins and receives the queue. lapin is the client; the harness is `cluster_fixture`.
 //!
 //! The partition: node i's inter-node listener is `warren.cluster_listen = 127.0.0.1:Qi`,
 //! while the address the others dial (its `classic_config` entry) is `127.0.0.1:Pi`, where a
@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::cluster::{
-    Node, agreed_status, consume_all, eventually, free_port, publish_confirmed, quorum_args, wait_for,
+use crate::cluster_fixture::{
+    Node, agreed_status, consume_all, eventually, free_port, joiner, publish_confirmed, quorum_args, start_seeded,
+    three_nodes_with, wait_for,
 };
 
 /// What a proxy drops: everything, or connections from these source addresses.
@@ -115,42 +116,10 @@ async fn proxied_nodes(dir: &Path, extra: &str) -> (Vec<Node>, Vec<FaultProxy>) 
             let own =
                 format!("warren.cluster_listen = 127.0.0.1:{}\nwarren.cluster_source_ip = {}\n", listen[i], source(i));
             std::fs::write(&conf, format!("{nodes_conf}{own}{extra}")).unwrap();
-            Node {
-                short: format!("n{}@127.0.0.1", i + 1),
-                full: full[i].clone(),
-                data: dir.join(format!("n{}", i + 1)),
-                conf,
-                mgmt: 0,
-                prom: 0,
-                home: dir.to_owned(),
-                proc: None,
-            }
+            Node::new(dir, i, &full[i], conf)
         })
         .collect();
     (nodes, proxies)
-}
-
-/// Start `nodes`, wait for one leader all agree on and the guest user everywhere; returns
-/// the leader's index.
-async fn start_all(nodes: &mut [Node]) -> usize {
-    for n in nodes.iter_mut() {
-        n.start();
-    }
-    let mut all: Vec<String> = nodes.iter().map(|n| n.full.clone()).collect();
-    all.sort();
-    let mut leader = String::new();
-    let up: Vec<usize> = (0..nodes.len()).collect();
-    wait_for("all running and one leader", Duration::from_secs(20), || {
-        leader = agreed_status(nodes, &up, &all)?;
-        Ok(())
-    });
-    for n in nodes.iter() {
-        eventually("the seeded guest user on every node", Duration::from_secs(20), || async {
-            n.http().current_user().await.map(drop).map_err(|e| format!("{}: {e}", n.full))
-        })
-        .await;
-    }
-    nodes.iter().position(|n| n.full == leader).unwrap()
 }
 
 /// Cut node `x` off from the others (or heal everything).
@@ -248,7 +217,7 @@ async fn a_partitioned_leader_stops_confirming_and_heals_without_divergence() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let (mut nodes, proxies) = proxied_nodes(dir.path(), "warren.cluster_write_timeout_ms = 1500\n").await;
-    let x = start_all(&mut nodes).await;
+    let x = start_seeded(&mut nodes).await;
     let m = (0..3).find(|&i| i != x).unwrap();
     let cx = connect(&nodes[x], Duration::from_secs(5)).await;
     declare_quorum(&cx, "qp").await;
@@ -431,8 +400,8 @@ async fn a_rolling_restart_under_load_loses_no_confirmed_message() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = crate::cluster::three_nodes_with(dir.path(), "warren.cluster_write_timeout_ms = 3000\n");
-    start_all(&mut nodes).await;
+    let mut nodes = three_nodes_with(dir.path(), "warren.cluster_write_timeout_ms = 3000\n");
+    start_seeded(&mut nodes).await;
     let c = connect(&nodes[0], Duration::from_secs(5)).await;
     declare_quorum(&c, "qr").await;
     let _ = c.close(200, "bye".into()).await;
@@ -481,27 +450,15 @@ async fn a_rolling_restart_under_load_loses_no_confirmed_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_node_that_joins_receives_the_quorum_queue() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = crate::cluster::three_nodes_with(dir.path(), "");
-    start_all(&mut nodes).await;
+    let mut nodes = three_nodes_with(dir.path(), "");
+    start_seeded(&mut nodes).await;
     let c = connect(&nodes[0], Duration::from_secs(5)).await;
     declare_quorum(&c, "qj").await;
     let ch = confirm_channel(&c).await;
     let sent = publish_confirmed(&ch, "qj", "j", 100).await;
     assert_eq!(sent.len(), 100);
 
-    let port = free_port();
-    let conf = dir.path().join("n4.conf");
-    std::fs::write(&conf, format!("warren.cluster_listen = 127.0.0.1:{port}\n")).unwrap();
-    let mut n4 = Node {
-        short: "n4@127.0.0.1".into(),
-        full: format!("n4@127.0.0.1:{port}"),
-        data: dir.path().join("n4"),
-        conf,
-        mgmt: 0,
-        prom: 0,
-        home: dir.path().to_owned(),
-        proc: None,
-    };
+    let mut n4 = joiner(dir.path(), "");
     n4.start();
     let (code, out, err) = nodes[1].ctl(&["join_cluster", &n4.full]);
     assert_eq!(code, 0, "{out}{err}");

@@ -1,5 +1,5 @@
 //! Replicated exchanges and bindings across three real `warren` processes (the harness of
-//! `it::cluster`), lapin and `rabbitmq_http_client` as the witnesses: exchanges and
+//! `it::cluster_fixture`), lapin and `rabbitmq_http_client` as the witnesses: exchanges and
 //! exchange-to-exchange bindings made on one node route on the others, a management-API
 //! binding too, a delete reaches every node, a node that was down catches up from a
 //! snapshot, and a node without a majority answers with an error instead of hanging.
@@ -15,7 +15,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, ExchangeKind};
 use rabbitmq_http_client::requests::ExchangeParams;
 
-use crate::cluster::{Node, consume_all, eventually, quorum_args, reply_code, started_cluster};
+use crate::cluster_fixture::{Node, consume_all, eventually, quorum_args, reply_code, started_cluster};
 
 const DURABLE_QUEUE: QueueDeclareOptions =
     QueueDeclareOptions { passive: false, durable: true, exclusive: false, auto_delete: false, nowait: false };

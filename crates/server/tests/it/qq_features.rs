@@ -1,5 +1,5 @@
 //! Quorum-queue features across three real `warren` processes (the harness of
-//! `it::cluster`), lapin and `rabbitmq_http_client` as the witnesses: the
+//! `it::cluster_fixture`), lapin and `rabbitmq_http_client` as the witnesses: the
 //! `x-delivery-count` header and the delivery limit, TTL expiry without traffic,
 //! bindings that reach the queue from every node, and the management fields.
 
@@ -12,16 +12,10 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 
-use crate::cluster::{Node, consume_all, publish_confirmed, quorum_args, started_cluster};
+use crate::cluster_fixture::{Node, consume_all, eventually, leader, publish_confirmed, quorum_args, started_cluster};
 
 const DURABLE: QueueDeclareOptions =
     QueueDeclareOptions { passive: false, durable: true, exclusive: false, auto_delete: false, nowait: false };
-
-/// The index of the node the others agree leads.
-fn leader(nodes: &[Node]) -> usize {
-    let name = nodes.iter().find_map(|n| n.status().and_then(|s| s["leader"].as_str().map(str::to_owned)));
-    nodes.iter().position(|n| Some(&n.full) == name.as_ref()).expect("a leader among the nodes")
-}
 
 /// Quorum-queue arguments plus `extra`.
 fn qq_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
@@ -222,7 +216,7 @@ async fn the_api_shows_a_quorum_queues_type_leader_members_and_online_members() 
         members.sort();
         assert_eq!(members, all);
     }
-    crate::cluster::eventually("three members online", Duration::from_secs(5), || async {
+    eventually("three members online", Duration::from_secs(5), || async {
         let q = nodes[f].http().get_queue_info("/", "shown").await.map_err(|e| e.to_string())?;
         let online = q.online.map(|o| o.to_vec()).unwrap_or_default();
         if online.len() == 3 { Ok(()) } else { Err(format!("online {online:?}")) }
@@ -233,7 +227,7 @@ async fn the_api_shows_a_quorum_queues_type_leader_members_and_online_members() 
     let gone = (0..3).find(|&i| i != f && i != l).unwrap();
     let gone_name = nodes[gone].full.clone();
     nodes[gone].kill();
-    crate::cluster::eventually("the killed member offline", Duration::from_secs(10), || async {
+    eventually("the killed member offline", Duration::from_secs(10), || async {
         let q = nodes[f].http().get_queue_info("/", "shown").await.map_err(|e| e.to_string())?;
         let online = q.online.map(|o| o.to_vec()).unwrap_or_default();
         let members = q.members.map(|o| o.to_vec()).unwrap_or_default();
@@ -248,7 +242,7 @@ async fn the_api_shows_a_quorum_queues_type_leader_members_and_online_members() 
 
 /// Wait until `n` has (or no longer has) the binding orders → bound.
 async fn bound_on(n: &Node, bound: bool) {
-    crate::cluster::eventually("the binding applied", Duration::from_secs(5), || async {
+    eventually("the binding applied", Duration::from_secs(5), || async {
         let bs = n.http().list_bindings_in("/").await.map_err(|e| e.to_string())?;
         let has = bs.iter().any(|b| b.source == "orders" && b.destination == "bound");
         if has == bound { Ok(()) } else { Err(format!("{}: bound {has}", n.full)) }
@@ -320,7 +314,7 @@ async fn a_binding_of_a_quorum_queue_routes_from_every_node_and_unbinding_too() 
     assert!(confirm.take_message().is_none(), "routed again");
     ch3.queue_delete("bound".into(), lapin::options::QueueDeleteOptions::default()).await.unwrap();
     for n in &nodes {
-        crate::cluster::eventually("the binding gone with the queue", Duration::from_secs(5), || async {
+        eventually("the binding gone with the queue", Duration::from_secs(5), || async {
             let bs = n.http().list_bindings_in("/").await.map_err(|e| e.to_string())?;
             let left: Vec<_> = bs.iter().filter(|b| b.source == "orders").collect();
             if left.is_empty() { Ok(()) } else { Err(format!("{}: {left:?}", n.full)) }
@@ -377,10 +371,214 @@ async fn a_node_that_catches_up_by_snapshot_gets_the_quorum_queues_bindings() {
 
 /// Wait until `n` has the binding `exchange` → `queue`.
 async fn bound_to(n: &Node, exchange: &str, queue: &str) {
-    crate::cluster::eventually("the binding restored", Duration::from_secs(15), || async {
+    eventually("the binding restored", Duration::from_secs(15), || async {
         let bs = n.http().list_bindings_in("/").await.map_err(|e| e.to_string())?;
         let has = bs.iter().any(|b| b.source == exchange && b.destination == queue);
         if has { Ok(()) } else { Err(format!("{}: no binding {exchange} -> {queue}", n.full)) }
     })
     .await;
+}
+
+/// A declare's reply code and text, for a refused one.
+fn refusal(e: &lapin::Error) -> (u16, String) {
+    let (code, text) = crate::interop::reply(e).unwrap_or_else(|| panic!("not a protocol error: {e}"));
+    (code, text.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clustered_quorum_declare_exclusive_auto_delete_or_non_durable_and_global_qos_are_refused_with_rabbitmqs_text()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, f) = started_cluster(dir.path(), "").await;
+    let c = nodes[f].amqp("guest", "guest", "/").await.unwrap();
+    let cases = [
+        ("non-durable", QueueDeclareOptions { durable: false, ..DURABLE }),
+        ("exclusive", QueueDeclareOptions { exclusive: true, ..DURABLE }),
+        ("auto-delete", QueueDeclareOptions { auto_delete: true, ..DURABLE }),
+    ];
+    for (what, options) in cases {
+        let ch = c.create_channel().await.unwrap();
+        let e = ch.queue_declare("refused".into(), options, quorum_args()).await.expect_err(what);
+        let want = format!("PRECONDITION_FAILED - invalid property '{what}' for queue 'refused' in vhost '/'");
+        assert_eq!(refusal(&e), (406, want));
+        assert!(!ch.status().connected(), "the channel is closed after a refused {what} declare");
+    }
+    // Nothing was declared anywhere; the connection is still usable.
+    for n in &nodes {
+        let c = n.amqp("guest", "guest", "/").await.unwrap();
+        let ch = c.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions { passive: true, ..DURABLE };
+        let e = ch.queue_declare("refused".into(), passive, FieldTable::default()).await.expect_err("no such queue");
+        assert_eq!(refusal(&e).0, 404, "{}: {e}", n.full);
+    }
+    let ch = c.create_channel().await.unwrap();
+    ch.queue_declare("accepted".into(), DURABLE, quorum_args()).await.unwrap();
+    // A per-consumer prefetch is what quorum queues count against; a channel-wide (global)
+    // one is refused as RabbitMQ refuses it: 540, closing the connection.
+    ch.basic_qos(10, BasicQosOptions { global: false }).await.unwrap();
+    ch.basic_consume("accepted".into(), "per-consumer".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let c2 = nodes[f].amqp("guest", "guest", "/").await.unwrap();
+    let ch2 = c2.create_channel().await.unwrap();
+    ch2.basic_qos(10, BasicQosOptions { global: true }).await.unwrap();
+    let e = ch2
+        .basic_consume("accepted".into(), "global".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect_err("global qos on a quorum queue");
+    let want = "NOT_IMPLEMENTED - queue 'accepted' in vhost '/' does not support global qos".to_owned();
+    assert_eq!(refusal(&e), (540, want));
+    let c2 = &c2;
+    eventually("the connection is closed", Duration::from_secs(5), || async move {
+        if c2.status().connected() { Err("still connected".into()) } else { Ok(()) }
+    })
+    .await;
+    assert!(c.status().connected(), "the other connection is untouched");
+}
+
+/// Publish `body` persistent to `queue` on the confirm channel `ch`; whether it was acked.
+async fn publish_acked(ch: &lapin::Channel, queue: &str, body: &[u8]) -> bool {
+    let props = lapin::BasicProperties::default().with_delivery_mode(2);
+    let confirm = ch
+        .basic_publish("".into(), queue.into(), lapin::options::BasicPublishOptions::default(), body, props)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), confirm).await.expect("a confirm within 10 s").unwrap().is_ack()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_raft_entry_limit_is_nacked_and_the_channel_goes_on() {
+    /// `MAX_COMMAND_BYTES` (256 KiB): one Raft entry at most.
+    const ENTRY_MAX_BYTES: usize = 256 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, f) = started_cluster(dir.path(), "").await;
+    let c = nodes[f].amqp("guest", "guest", "/").await.unwrap();
+    let ch = c.create_channel().await.unwrap();
+    ch.queue_declare("big".into(), DURABLE, quorum_args()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    // Over the limit (frame_max and max-message-size let it through): nacked, not lost
+    // silently; below it, and after it, confirmed.
+    let over = vec![b'o'; ENTRY_MAX_BYTES + 1];
+    let under = vec![b'u'; ENTRY_MAX_BYTES - 8 * 1024];
+    assert!(!publish_acked(&ch, "big", &over).await, "a message over one Raft entry is nacked");
+    assert!(publish_acked(&ch, "big", &under).await, "a message that fits one entry is confirmed");
+    assert!(publish_acked(&ch, "big", b"small").await, "the channel goes on confirming");
+    assert!(ch.status().connected());
+
+    let other = nodes[(f + 1) % 3].amqp("guest", "guest", "/").await.unwrap();
+    let ch2 = other.create_channel().await.unwrap();
+    let mut bodies = Vec::new();
+    while let Some(m) = ch2.basic_get("big".into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+        bodies.push(m.delivery.data.len());
+    }
+    assert_eq!(bodies, [under.len(), 5], "the nacked message is not in the queue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_publishes_past_the_pending_bound_are_nacked_and_the_cluster_recovers() {
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+    /// `warren.cluster_pending_max_bytes` for this test: 1 MiB, not the default 64 MiB.
+    const PENDING_MAX_BYTES: usize = 1024 * 1024;
+    const BODY_BYTES: usize = 16 * 1024;
+    /// The first publisher's: enough to fill the bound about twice over.
+    const PUBLISHES: usize = 2 * PENDING_MAX_BYTES / BODY_BYTES;
+    /// The second publisher's, once the bound is full.
+    const LATE_PUBLISHES: usize = 20;
+    let body = |prefix: &str, i: usize| {
+        let mut b = format!("{prefix}{i} ");
+        b.extend(std::iter::repeat_n('.', BODY_BYTES - b.len()));
+        b
+    };
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    // A write timeout longer than the test: publishes held while nothing commits are not
+    // nacked by it, only by the bound.
+    let extra =
+        format!("warren.cluster_pending_max_bytes = {PENDING_MAX_BYTES}\nwarren.cluster_write_timeout_ms = 60000\n");
+    let (mut nodes, _) = started_cluster(dir.path(), &extra).await;
+    let l = leader(&nodes);
+    let stopped: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    let c = nodes[l].amqp("guest", "guest", "/").await.unwrap();
+    let ch = c.create_channel().await.unwrap();
+    ch.queue_declare("held".into(), DURABLE, quorum_args()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let late = nodes[l].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
+    late.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let rss_before = nodes[l].proc.as_ref().unwrap().rss_mib();
+
+    // The two followers stop: nothing commits any more.
+    for &i in &stopped {
+        nodes[i].proc.as_ref().unwrap().signal("STOP");
+    }
+    // Each confirm is awaited by a task of its own, which records (body, acked).
+    let answers: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+    let mut waits = Vec::new();
+    let props = lapin::BasicProperties::default().with_delivery_mode(2);
+    for i in 0..PUBLISHES {
+        let b = body("m", i);
+        let options = lapin::options::BasicPublishOptions::default();
+        let confirm = ch.basic_publish("".into(), "held".into(), options, b.as_bytes(), props.clone()).await.unwrap();
+        let answers = answers.clone();
+        waits.push(tokio::spawn(async move {
+            let acked = confirm.await.is_ok_and(|c| c.is_ack());
+            answers.lock().unwrap().push((b, acked));
+        }));
+    }
+    // A channel's confirms go out in publish order, so the first publisher's nacks wait
+    // behind its held publishes; a second publisher, past the bound, is nacked at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..LATE_PUBLISHES {
+        let options = lapin::options::BasicPublishOptions::default();
+        let b = body("late", i);
+        let confirm = late.basic_publish("".into(), "held".into(), options, b.as_bytes(), props.clone()).await.unwrap();
+        let confirm = tokio::time::timeout(Duration::from_secs(5), confirm)
+            .await
+            .expect("a nack within 5 s without a quorum")
+            .unwrap();
+        assert!(confirm.is_nack(), "publish {i} past the bound: {confirm:?}");
+    }
+    let while_stopped = answers.lock().unwrap().clone();
+    assert!(while_stopped.iter().all(|(_, acked)| !acked), "a publish was acked without a quorum");
+    let node = nodes[l].proc.as_mut().unwrap();
+    assert!(node.alive(), "the node without a quorum is alive");
+    let rss = node.rss_mib();
+    eprintln!("pending bound: RSS {rss_before} -> {rss} MiB with nothing committed");
+    assert!(rss < rss_before + 64, "RSS grew from {rss_before} to {rss} MiB");
+
+    for &i in &stopped {
+        nodes[i].proc.as_ref().unwrap().signal("CONT");
+    }
+    // Every publish is answered once the others are back: none is lost silently. Those
+    // held are confirmed (or nacked, if leadership moved meanwhile), those past the bound
+    // were nacked.
+    for w in waits {
+        tokio::time::timeout(Duration::from_secs(30), w).await.expect("every publish is answered").unwrap();
+    }
+    let answers = answers.lock().unwrap().clone();
+    let mut acked: BTreeSet<String> = answers.iter().filter(|a| a.1).map(|a| a.0.clone()).collect();
+    assert_eq!(answers.len(), PUBLISHES);
+    let held_max = PENDING_MAX_BYTES / BODY_BYTES;
+    assert!(acked.len() <= held_max, "{} of {PUBLISHES} acked, at most the bound's worth", acked.len());
+    // Refused at once: never proposed, so never delivered.
+    let refused: BTreeSet<String> =
+        (held_max..PUBLISHES).map(|i| body("m", i)).chain((0..LATE_PUBLISHES).map(|i| body("late", i))).collect();
+    // The cluster works again: a publisher on another node is confirmed, and a consumer
+    // gets every confirmed message and none of those refused.
+    let c2 = nodes[stopped[0]].amqp("guest", "guest", "/").await.unwrap();
+    let ch2 = c2.create_channel().await.unwrap();
+    ch2.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let after = publish_confirmed(&ch2, "held", "after", 10).await;
+    assert_eq!(after.len(), 10, "publishes after the recovery are confirmed");
+    acked.extend(after);
+    let c3 = nodes[stopped[1]].amqp("guest", "guest", "/").await.unwrap();
+    let ch3 = c3.create_channel().await.unwrap();
+    let (got, _) = consume_all(&ch3, "held", &acked, Duration::from_secs(30)).await;
+    let got: BTreeSet<String> = got.into_iter().collect();
+    let short = |b: &String| b.split(' ').next().unwrap_or_default().to_owned();
+    let missing: Vec<String> = acked.difference(&got).map(short).collect();
+    assert!(missing.is_empty(), "confirmed and not delivered: {missing:?}");
+    let delivered_refused: Vec<String> = got.intersection(&refused).map(short).collect();
+    assert!(delivered_refused.is_empty(), "refused past the bound and delivered: {delivered_refused:?}");
+    eprintln!("pending bound: {} of {PUBLISHES} acked; test took {:?}", acked.len() - 10, started.elapsed());
 }
