@@ -9,7 +9,8 @@ use std::sync::Arc;
 use access::definitions::Definitions;
 use access::directory::{Change, Directory};
 use access::model::User;
-use broker::VHost;
+use broker::exchange::{Destination, ExchangeOptions};
+use broker::{AmqpError, VHost};
 use bytes::Bytes;
 
 /// Why the node refused a change.
@@ -428,6 +429,23 @@ pub trait Node: Send + Sync + 'static {
         properties: Bytes,
         body: Bytes,
     ) -> BoxFuture<'_, Result<bool, NodeError>>;
+    /// Declare `name` (create it, or check that the existing one is equivalent: 406). A
+    /// clustered node declares it through the cluster, so every node has it; without a
+    /// quorum that fails with 541 INTERNAL_ERROR (the API's 503).
+    fn declare_exchange(&self, vh: &VHost, name: &str, opts: ExchangeOptions) -> Result<(), AmqpError>;
+    /// Delete `name` and its bindings (on every node of a cluster).
+    fn delete_exchange(&self, vh: &VHost, name: &str, if_unused: bool) -> Result<(), AmqpError>;
+    /// Add (or remove) a binding of `source` to `destination`. In a cluster a binding to an
+    /// exchange or a quorum queue is made on every node; one to a classic queue on this one.
+    fn change_binding(
+        &self,
+        vh: &VHost,
+        source: &str,
+        destination: &Destination,
+        routing_key: &str,
+        arguments: wire::FieldTable,
+        add: bool,
+    ) -> Result<(), AmqpError>;
 
     // ---- Group "stats": connections, channels, consumers, statistics ----
     /// The rate store the sampler fills (see [`crate::stats`]).

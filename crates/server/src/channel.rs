@@ -15,6 +15,7 @@ use broker::{AmqpError, Exchange, ExchangeKind, Message, Queue, VHost};
 use bytes::{Bytes, BytesMut};
 use wire::{Method, frame};
 
+use crate::cluster_topology::BindingSpec;
 use crate::delivery::{ChannelShared, ConsumerHandle, ConsumerMeta, Unacked};
 use broker::counters::bump_single_writer as bump;
 
@@ -295,14 +296,6 @@ impl Channel {
 
     /// queue.bind / queue.unbind: write on the queue, read on the exchange, and the topic
     /// permission (read) on the binding key for a topic exchange.
-    /// Whether a (un)binding of `queue` to `exchange` goes through the cluster's log: the
-    /// queue is a replicated quorum queue (the default exchange is refused as for any queue).
-    fn replicated(&self, ctx: &ConnCtx, queue: &str, exchange: &str) -> bool {
-        !exchange.is_empty()
-            && ctx.server.quorum.get().is_some()
-            && ctx.vhost.queue(queue, ctx.conn_id).is_ok_and(|q| q.replica().is_some())
-    }
-
     fn check_bind(&self, ctx: &ConnCtx, queue: &str, exchange: &str, key: &str) -> Result<(), AmqpError> {
         ctx.allow(Perm::Write, Resource::Queue, queue)?;
         ctx.allow(Perm::Read, Resource::Exchange, exchange)?;
@@ -397,7 +390,9 @@ impl Channel {
                         ctx.allow(Perm::Read, Resource::Exchange, &exchange)?;
                     }
                 }
-                vh.declare_exchange(
+                // Clustered: through the cluster's log (crate::cluster_topology).
+                ctx.server.exchange_declare(
+                    vh,
                     &exchange,
                     passive,
                     ExchangeOptions { kind, delayed, durable, auto_delete, internal, arguments },
@@ -408,7 +403,7 @@ impl Channel {
             }
             Method::ExchangeDelete { exchange, if_unused, nowait, .. } => {
                 ctx.allow(Perm::Configure, Resource::Exchange, &exchange)?;
-                vh.delete_exchange(&exchange, if_unused)?;
+                ctx.server.exchange_delete(vh, &exchange, if_unused)?;
                 if !nowait {
                     self.send(&Method::ExchangeDeleteOk);
                 }
@@ -416,7 +411,13 @@ impl Channel {
             Method::ExchangeBind { destination, source, routing_key, nowait, arguments, .. } => {
                 ctx.allow(Perm::Write, Resource::Exchange, &destination)?;
                 ctx.allow(Perm::Read, Resource::Exchange, &source)?;
-                vh.bind_exchange(&destination, &source, &routing_key, arguments)?;
+                let b = BindingSpec {
+                    source: &source,
+                    destination: &destination,
+                    to_queue: false,
+                    routing_key: &routing_key,
+                };
+                ctx.server.change_binding(vh, b, arguments, ctx.conn_id, true)?;
                 if !nowait {
                     self.send(&Method::ExchangeBindOk);
                 }
@@ -424,7 +425,13 @@ impl Channel {
             Method::ExchangeUnbind { destination, source, routing_key, nowait, arguments, .. } => {
                 ctx.allow(Perm::Write, Resource::Exchange, &destination)?;
                 ctx.allow(Perm::Read, Resource::Exchange, &source)?;
-                vh.unbind_exchange(&destination, &source, &routing_key, arguments)?;
+                let b = BindingSpec {
+                    source: &source,
+                    destination: &destination,
+                    to_queue: false,
+                    routing_key: &routing_key,
+                };
+                ctx.server.change_binding(vh, b, arguments, ctx.conn_id, false)?;
                 if !nowait {
                     self.send(&Method::ExchangeUnbindOk);
                 }
@@ -493,11 +500,10 @@ impl Channel {
                 let queue = self.queue_name(&queue)?;
                 self.check_bind(ctx, &queue, &exchange, &routing_key)?;
                 // RabbitMQ: an empty routing key with an empty queue name means the queue's name.
-                if self.replicated(ctx, &queue, &exchange) {
-                    ctx.server.bind_quorum(vh, &queue, &exchange, &routing_key, &arguments, true)?;
-                } else {
-                    vh.bind_queue(&queue, &exchange, &routing_key, arguments, ctx.conn_id)?;
-                }
+                // Clustered, a quorum queue's binding goes through the cluster's log.
+                let b =
+                    BindingSpec { source: &exchange, destination: &queue, to_queue: true, routing_key: &routing_key };
+                ctx.server.change_binding(vh, b, arguments, ctx.conn_id, true)?;
                 if !nowait {
                     self.send(&Method::QueueBindOk);
                 }
@@ -505,11 +511,9 @@ impl Channel {
             Method::QueueUnbind { queue, exchange, routing_key, arguments, .. } => {
                 let queue = self.queue_name(&queue)?;
                 self.check_bind(ctx, &queue, &exchange, &routing_key)?;
-                if self.replicated(ctx, &queue, &exchange) {
-                    ctx.server.bind_quorum(vh, &queue, &exchange, &routing_key, &arguments, false)?;
-                } else {
-                    vh.unbind_queue(&queue, &exchange, &routing_key, arguments, ctx.conn_id)?;
-                }
+                let b =
+                    BindingSpec { source: &exchange, destination: &queue, to_queue: true, routing_key: &routing_key };
+                ctx.server.change_binding(vh, b, arguments, ctx.conn_id, false)?;
                 self.send(&Method::QueueUnbindOk);
             }
             Method::QueuePurge { queue, nowait, .. } => {

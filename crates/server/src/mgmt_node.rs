@@ -361,6 +361,37 @@ impl mgmt::Node for ServerState {
         })
     }
 
+    fn declare_exchange(
+        &self,
+        vh: &VHost,
+        name: &str,
+        opts: broker::exchange::ExchangeOptions,
+    ) -> Result<(), broker::AmqpError> {
+        self.exchange_declare(vh, name, false, opts)
+    }
+
+    fn delete_exchange(&self, vh: &VHost, name: &str, if_unused: bool) -> Result<(), broker::AmqpError> {
+        self.exchange_delete(vh, name, if_unused)
+    }
+
+    fn change_binding(
+        &self,
+        vh: &VHost,
+        source: &str,
+        destination: &broker::exchange::Destination,
+        routing_key: &str,
+        arguments: wire::FieldTable,
+        add: bool,
+    ) -> Result<(), broker::AmqpError> {
+        let b = crate::cluster_topology::BindingSpec {
+            source,
+            destination: destination.name(),
+            to_queue: destination.is_queue(),
+            routing_key,
+        };
+        ServerState::change_binding(self, vh, b, arguments, mgmt::node::API_CONNECTION, add)
+    }
+
     // ---- group "access" ----
 
     fn connection_max(&self) -> Option<u64> {

@@ -273,7 +273,7 @@ fn reason(r: quorum::Reason) -> broker::dead_letter::Reason {
     }
 }
 
-fn exchange_declaration(e: &broker::Exchange) -> ExchangeDeclaration {
+pub(crate) fn exchange_declaration(e: &broker::Exchange) -> ExchangeDeclaration {
     ExchangeDeclaration {
         name: e.name.clone(),
         kind: e.options.type_name().to_owned(),
@@ -290,7 +290,7 @@ pub(crate) fn encode_arguments(args: &wire::FieldTable) -> Vec<u8> {
     out
 }
 
-fn decode_arguments(bytes: &[u8]) -> wire::FieldTable {
+pub(crate) fn decode_arguments(bytes: &[u8]) -> wire::FieldTable {
     wire::types::decode_table(bytes).map(|(t, _)| t).unwrap_or_default()
 }
 
@@ -1162,17 +1162,8 @@ impl ServerState {
     pub(crate) fn apply_quorum_bind(&self, d: BindingDeclaration) -> Result<(), String> {
         let vh = self.vhost(&d.vhost).ok_or_else(|| format!("no vhost '{}'", d.vhost))?;
         if vh.exchange(&d.exchange.name).is_err() {
-            let arguments = decode_arguments(&d.exchange.arguments);
-            let (kind, delayed) = broker::exchange::parse_type(&d.exchange.kind, &arguments).map_err(|e| e.text)?;
-            let opts = broker::exchange::ExchangeOptions {
-                kind,
-                delayed,
-                durable: d.exchange.durable,
-                auto_delete: d.exchange.auto_delete,
-                internal: d.exchange.internal,
-                arguments,
-            };
-            vh.declare_exchange(&d.exchange.name, false, opts).map_err(|e| e.text)?;
+            vh.declare_exchange(&d.exchange.name, false, d.exchange.options().map_err(|e| e.text)?)
+                .map_err(|e| e.text)?;
         }
         vh.bind_queue(&d.queue, &d.exchange.name, &d.routing_key, decode_arguments(&d.arguments), 0).map_err(|e| e.text)
     }
