@@ -429,6 +429,13 @@ pub trait Node: Send + Sync + 'static {
         properties: Bytes,
         body: Bytes,
     ) -> BoxFuture<'_, Result<bool, NodeError>>;
+    /// Declare the queue `name` (create it, or check that the existing one is equivalent:
+    /// 406); whether it was created. A clustered node declares a quorum queue through the
+    /// cluster, so every node has it.
+    fn declare_queue(&self, vh: &VHost, name: &str, opts: broker::queue::QueueOptions) -> Result<bool, AmqpError>;
+    /// Delete `queue` (on every node of a cluster for a quorum queue); the consumers it had
+    /// here, to be told (basic.cancel).
+    fn delete_queue(&self, vh: &VHost, queue: &Arc<broker::Queue>) -> Result<Vec<broker::queue::Consumer>, AmqpError>;
     /// Declare `name` (create it, or check that the existing one is equivalent: 406). A
     /// clustered node declares it through the cluster, so every node has it; without a
     /// quorum that fails with 541 INTERNAL_ERROR (the API's 503).

@@ -450,34 +450,16 @@ impl Channel {
                         ctx.allow(Perm::Read, Resource::Queue, &queue)?;
                     }
                 }
-                let quorum = !passive
-                    && ctx.server.quorum.get().is_some()
-                    && arguments.get("x-queue-type").and_then(|v| v.as_str()) == Some("quorum");
-                if !server_named && !vh.has_queue(&queue) {
-                    // Clustered: see a quorum queue another node just declared first.
-                    ctx.server.cluster_read_barrier();
-                }
-                if quorum && !vh.has_queue(&queue) {
-                    // Replicated: declared through the cluster's log, so every node has it.
-                    let invalid = |what: &str| {
-                        AmqpError::precondition_failed(format!(
-                            "invalid property '{what}' for queue '{queue}' in vhost '{}'",
-                            vh.name
-                        ))
-                    };
-                    if !durable {
-                        return Err(invalid("non-durable"));
-                    }
-                    if exclusive {
-                        return Err(invalid("exclusive"));
-                    }
-                    if auto_delete {
-                        return Err(invalid("auto-delete"));
-                    }
-                    broker::args::QueueArgs::parse(&arguments, &queue, &vh.name)?;
-                    ctx.server.declare_quorum(&vh.name, &queue, &arguments)?;
-                }
                 let opts = QueueOptions { durable, exclusive, auto_delete, arguments };
+                if passive {
+                    if !vh.has_queue(&queue) {
+                        // Clustered: see a quorum queue another node just declared first.
+                        ctx.server.cluster_read_barrier();
+                    }
+                } else if !server_named {
+                    // Clustered: a quorum queue is declared through the cluster's log.
+                    ctx.server.declare_replicated_queue(vh, &queue, &opts)?;
+                }
                 if !passive {
                     ctx.server.queue_declared.fetch_add(1, Ordering::Relaxed);
                 }

@@ -361,6 +361,30 @@ impl mgmt::Node for ServerState {
         })
     }
 
+    fn declare_queue(
+        &self,
+        vh: &VHost,
+        name: &str,
+        opts: broker::queue::QueueOptions,
+    ) -> Result<bool, broker::AmqpError> {
+        self.declare_replicated_queue(vh, name, &opts)?;
+        vh.declare_queue(name, false, opts, mgmt::node::API_CONNECTION).map(|(_, created)| created)
+    }
+
+    fn delete_queue(
+        &self,
+        vh: &VHost,
+        queue: &Arc<broker::Queue>,
+    ) -> Result<Vec<broker::queue::Consumer>, broker::AmqpError> {
+        if queue.replica().is_some() {
+            // A replicated quorum queue: deleted through the cluster's log, on every node;
+            // applying the entry here cancels its consumers here.
+            self.delete_quorum(&vh.name, &queue.name)?;
+            return Ok(Vec::new());
+        }
+        Ok(vh.remove_queue(queue).consumers)
+    }
+
     fn declare_exchange(
         &self,
         vh: &VHost,

@@ -1087,6 +1087,45 @@ impl Replica for QuorumReplica {
 }
 
 impl ServerState {
+    /// Before a (non-passive) declare of `name` by AMQP or the management API: on a
+    /// clustered node, see what the cluster committed first (the read barrier), and when
+    /// the declare asks for a quorum queue this node lacks, declare it through the cluster
+    /// — refusing what a quorum queue cannot be with RabbitMQ's 406. Afterwards the caller
+    /// declares as usual (it finds the queue, or makes a classic one).
+    pub(crate) fn declare_replicated_queue(
+        &self,
+        vh: &broker::VHost,
+        name: &str,
+        opts: &broker::queue::QueueOptions,
+    ) -> Result<(), AmqpError> {
+        if vh.has_queue(name) {
+            return Ok(());
+        }
+        self.cluster_read_barrier();
+        let quorum = self.quorum.get().is_some()
+            && opts.arguments.get("x-queue-type").and_then(|v| v.as_str()) == Some("quorum");
+        if !quorum || vh.has_queue(name) {
+            return Ok(());
+        }
+        let invalid = |what: &str| {
+            AmqpError::precondition_failed(format!(
+                "invalid property '{what}' for queue '{name}' in vhost '{}'",
+                vh.name
+            ))
+        };
+        if !opts.durable {
+            return Err(invalid("non-durable"));
+        }
+        if opts.exclusive {
+            return Err(invalid("exclusive"));
+        }
+        if opts.auto_delete {
+            return Err(invalid("auto-delete"));
+        }
+        broker::args::QueueArgs::parse(&opts.arguments, name, &vh.name)?;
+        self.declare_quorum(&vh.name, name, &opts.arguments)
+    }
+
     /// Declare the quorum queue `name` through the cluster (every node creates it); returns
     /// once this node has it. Blocks the calling thread (declares are rare; the channel's
     /// handlers are synchronous), as access changes do.

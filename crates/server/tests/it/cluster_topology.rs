@@ -395,3 +395,45 @@ async fn a_definitions_import_declares_exchanges_and_their_bindings_on_every_nod
     let (got, _) = consume_all(&ch_a, "imported.q", &want, Duration::from_secs(10)).await;
     assert_eq!(got, ["imported"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_declared_and_deleted_through_the_api_is_on_every_node() {
+    use rabbitmq_http_client::requests::QueueParams;
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, f) = started_cluster(dir.path(), "").await;
+    let (a, b) = (f, (f + 1) % 3);
+    nodes[a].http().declare_queue("/", &QueueParams::new_quorum_queue("api.qq", None)).await.unwrap();
+    // Declared through the log: every node has it as a quorum queue at once (no barrier
+    // needed for the API's answer to hold elsewhere: the entry is committed).
+    for n in &nodes {
+        eventually("the API's quorum queue on every node", Duration::from_secs(10), || async {
+            let q = n.http().get_queue_info("/", "api.qq").await.map_err(|e| e.to_string())?;
+            if q.queue_type == "quorum" { Ok(()) } else { Err(format!("{}: type {}", n.full, q.queue_type)) }
+        })
+        .await;
+    }
+    // A message published on another node is there; a non-durable one is refused (400).
+    let ch = channel(&nodes[b]).await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let props = lapin::BasicProperties::default().with_delivery_mode(2);
+    let c = ch.basic_publish("".into(), "api.qq".into(), BasicPublishOptions::default(), b"m", props).await.unwrap();
+    assert!(c.await.unwrap().is_ack());
+    let mut bad = QueueParams::new_quorum_queue("api.bad", None);
+    bad.durable = false;
+    let refused = nodes[a].http().declare_queue("/", &bad).await;
+    assert!(refused.is_err(), "a non-durable quorum queue through the API: {refused:?}");
+    for n in &nodes {
+        assert!(n.http().get_queue_info("/", "api.bad").await.is_err(), "{} has the refused queue", n.full);
+    }
+    // Deleted through the API on a third node: gone everywhere.
+    nodes[(f + 2) % 3].http().delete_queue("/", "api.qq", false).await.unwrap();
+    for n in &nodes {
+        eventually("the API's delete on every node", Duration::from_secs(10), || async {
+            match n.http().get_queue_info("/", "api.qq").await {
+                Err(_) => Ok(()),
+                Ok(_) => Err(format!("{} still has api.qq", n.full)),
+            }
+        })
+        .await;
+    }
+}
