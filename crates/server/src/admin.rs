@@ -327,10 +327,10 @@ impl ServerState {
     /// then applied. Access changes from elsewhere wait until the import is done.
     ///
     /// In a cluster the access part is validated here, then goes through the Raft log (in
-    /// entries of at most 64 KiB, each all or nothing); then the exchanges and the
-    /// bindings to exchanges and to existing quorum queues go through the log one by one
-    /// (`crate::cluster_topology`: every node has them); queues and bindings to classic
-    /// queues are this node's own.
+    /// entries of at most 64 KiB, each all or nothing); then the exchanges, the quorum
+    /// queues, and the bindings to exchanges and to quorum queues go through the log one by
+    /// one (`crate::cluster_topology`: every node has them); classic queues and bindings to
+    /// them are this node's own.
     pub fn import_definitions(&self, json: &[u8]) -> Result<(), ChangeError> {
         let defs = Definitions::parse(json).map_err(|e| ChangeError::Invalid(e.to_string()))?;
         if let Some(cluster) = self.cluster.get() {
@@ -338,14 +338,15 @@ impl ServerState {
             validate_topology(&plan)?;
             let topology = self.import_topology(&plan)?;
             cluster.change(plan.changes.clone())?;
-            // Exchanges first (the queues' bindings need them), e2e bindings last.
-            let (replicated, local): (Vec<ImportOp>, Vec<ImportOp>) =
-                topology.into_iter().partition(|op| op.replicated(self));
-            let (exchanges, bindings): (Vec<ImportOp>, Vec<ImportOp>) =
-                replicated.into_iter().partition(|op| matches!(op, ImportOp::Exchange { .. }));
-            for op in exchanges {
+            // Exchanges and quorum queues first (bindings need them), replicated bindings
+            // last; whether a binding is replicated is known once its quorum queue exists.
+            let (first, rest): (Vec<ImportOp>, Vec<ImportOp>) =
+                topology.into_iter().partition(|op| matches!(op, ImportOp::Exchange { .. }) || op.is_quorum_queue());
+            for op in first {
                 op.apply_through_cluster(self)?;
             }
+            let (bindings, local): (Vec<ImportOp>, Vec<ImportOp>) =
+                rest.into_iter().partition(|op| op.replicated(self));
             if let Some(p) = &self.persistence {
                 let records: Vec<Vec<u8>> = local.iter().filter_map(ImportOp::record).collect();
                 p.log_batch(records).map_err(|e| ChangeError::Store(e.to_string()))?;
@@ -567,10 +568,16 @@ impl ImportOp {
 
     /// In a cluster: an exchange, or a binding to an exchange or to an existing quorum
     /// queue (made on every node).
+    /// A queue declared with `x-queue-type: quorum`.
+    fn is_quorum_queue(&self) -> bool {
+        matches!(self, ImportOp::Queue { opts, .. }
+            if opts.arguments.get("x-queue-type").and_then(|v| v.as_str()) == Some("quorum"))
+    }
+
     fn replicated(&self, state: &ServerState) -> bool {
         match self {
             ImportOp::Exchange { .. } => true,
-            ImportOp::Queue { .. } => false,
+            ImportOp::Queue { .. } => self.is_quorum_queue(),
             ImportOp::Binding { to_queue: false, .. } => true,
             ImportOp::Binding { def, to_queue: true, .. } => state
                 .vhost(&def.vhost)
@@ -587,7 +594,10 @@ impl ImportOp {
                 let r = state.vhost(&vhost).map(|vh| state.exchange_declare(&vh, &name, false, opts));
                 ("exchange", name, vhost, r)
             }
-            ImportOp::Queue { vhost, name, .. } => ("queue", name, vhost, Some(Ok(()))),
+            ImportOp::Queue { vhost, name, opts } => {
+                let r = state.vhost(&vhost).map(|vh| state.declare_replicated_queue(&vh, &name, &opts));
+                ("queue", name, vhost, r)
+            }
             ImportOp::Binding { def: b, to_queue, .. } => {
                 let r = state.vhost(&b.vhost).map(|vh| {
                     let spec = crate::cluster_topology::BindingSpec {

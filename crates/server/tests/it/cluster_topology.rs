@@ -361,7 +361,9 @@ async fn a_definitions_import_declares_exchanges_and_their_bindings_on_every_nod
              "internal": false, "arguments": {}}
         ],
         "queues": [
-            {"name": "imp.classic", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}}
+            {"name": "imp.classic", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}},
+            {"name": "imp.qq", "vhost": "/", "durable": true, "auto_delete": false,
+             "arguments": {"x-queue-type": "quorum"}}
         ],
         "bindings": [
             {"source": "imp.topic", "vhost": "/", "destination": "imp.direct", "destination_type": "exchange",
@@ -369,6 +371,8 @@ async fn a_definitions_import_declares_exchanges_and_their_bindings_on_every_nod
             {"source": "imp.direct", "vhost": "/", "destination": "imported.q", "destination_type": "queue",
              "routing_key": "i.x", "arguments": {}},
             {"source": "imp.direct", "vhost": "/", "destination": "imp.classic", "destination_type": "queue",
+             "routing_key": "i.x", "arguments": {}},
+            {"source": "imp.direct", "vhost": "/", "destination": "imp.qq", "destination_type": "queue",
              "routing_key": "i.x", "arguments": {}}
         ]
     });
@@ -380,6 +384,10 @@ async fn a_definitions_import_declares_exchanges_and_their_bindings_on_every_nod
     for n in &nodes {
         binding_on(n, "imp.topic", "imp.direct", true).await;
         binding_on(n, "imp.direct", "imported.q", true).await;
+        // A quorum queue in the import is one on every node, with its binding.
+        binding_on(n, "imp.direct", "imp.qq", true).await;
+        let q = n.http().get_queue_info("/", "imp.qq").await.unwrap();
+        assert_eq!(q.queue_type, "quorum", "{}", n.full);
         let x = exchanges(n).await;
         let want =
             [("imp.direct".to_owned(), "direct".to_owned(), false), ("imp.topic".to_owned(), "topic".to_owned(), true)];
@@ -394,6 +402,9 @@ async fn a_definitions_import_declares_exchanges_and_their_bindings_on_every_nod
     let want: BTreeSet<String> = ["imported".to_owned()].into();
     let (got, _) = consume_all(&ch_a, "imported.q", &want, Duration::from_secs(10)).await;
     assert_eq!(got, ["imported"]);
+    let ch_c = channel(&nodes[(f + 2) % 3]).await;
+    let (got, _) = consume_all(&ch_c, "imp.qq", &want, Duration::from_secs(10)).await;
+    assert_eq!(got, ["imported"], "the imported quorum queue got it, read on a third node");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
