@@ -155,8 +155,42 @@ struct RouteCache {
     queues: Vec<Arc<Queue>>,
 }
 
+/// The proposer tickets quorum queues took one publish as. Exactly its own: tickets of
+/// other channels' publishes on this node can fall between those of a publish routed to
+/// several quorum queues, so a (lowest, highest) range would take their refusals too.
+#[derive(Debug, Clone, Default)]
+enum Tickets {
+    #[default]
+    None,
+    /// One quorum queue, the common case: nothing allocated.
+    One(u64),
+    /// Several quorum queues (fanout, topic, several bindings).
+    Many(Vec<u64>),
+}
+
+impl Tickets {
+    fn push(&mut self, t: u64) {
+        *self = match std::mem::take(self) {
+            Tickets::None => Tickets::One(t),
+            Tickets::One(first) => Tickets::Many(vec![first, t]),
+            Tickets::Many(mut all) => {
+                all.push(t);
+                Tickets::Many(all)
+            }
+        };
+    }
+
+    fn as_slice(&self) -> &[u64] {
+        match self {
+            Tickets::None => &[],
+            Tickets::One(t) => std::slice::from_ref(t),
+            Tickets::Many(all) => all,
+        }
+    }
+}
+
 /// The fate of one publish, for its confirm.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Routed {
     /// When it is durable in every queue it reached.
     durability: Durability,
@@ -164,9 +198,9 @@ struct Routed {
     rejected: bool,
     /// A queue's store could not take it (a write failed): nack; fails a tx.commit.
     failed: bool,
-    /// Quorum queues took it as these tickets (lowest, highest): confirm once the
-    /// cluster settled the highest, nack if one of the range was refused.
-    replicated: Option<(u64, u64)>,
+    /// Quorum queues took it as these tickets: confirm once the cluster settled the
+    /// highest, nack if one of them was refused.
+    replicated: Tickets,
 }
 
 #[derive(Default)]
@@ -1237,7 +1271,7 @@ impl Channel {
                 }
                 PublishOutcome::Replicated(t) => {
                     routed = true;
-                    out.replicated = Some(out.replicated.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))));
+                    out.replicated.push(t);
                 }
                 PublishOutcome::Deleted => {}
             }
@@ -1286,16 +1320,18 @@ impl Channel {
         // Runs of acks collapse into one `multiple` ack; a nack goes out on its own, after
         // the acks before it.
         let mut upto = c.acked_upto;
-        while let Some(&(seq, r)) = c.waiting.front() {
+        while let Some((seq, r)) = c.waiting.front() {
+            let seq = *seq;
             let mut nack = match r.durability.settled(commit) {
                 Settled::Pending => break,
                 Settled::Durable => r.rejected || r.failed,
                 Settled::Failed => true,
             };
-            if let Some((lo, hi)) = r.replicated {
+            let tickets = r.replicated.as_slice();
+            if let Some(&highest) = tickets.iter().max() {
                 match quorum {
-                    Some(q) if q.settled_through() < hi => break,
-                    Some(q) => nack |= q.take_rejected(lo, hi),
+                    Some(q) if q.settled_through() < highest => break,
+                    Some(q) => nack |= q.take_rejected(tickets),
                     None => nack = true,
                 }
             }
@@ -1336,7 +1372,7 @@ impl Channel {
         self.pending = None;
         if let (Some(c), Some(q)) = (&self.confirm, ctx.server.quorum.get()) {
             // Nobody will ask for these publishes' refusals any more.
-            q.abandon(c.waiting.iter().filter_map(|(_, r)| r.replicated));
+            q.abandon(c.waiting.iter().flat_map(|(_, r)| r.replicated.as_slice().iter().copied()));
         }
         if let Some((token, q)) = self.reply_to.take() {
             ctx.server.reply_to.lock().remove(&token);
