@@ -356,7 +356,7 @@ async fn a_node_that_catches_up_by_snapshot_gets_the_quorum_queues_bindings() {
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
-    bound_to(&nodes[f], "events", "audit").await;
+    bound_to(&nodes, f, "events", "audit").await;
     let ch2 = c2.create_channel().await.unwrap();
     ch2.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     let mandatory = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
@@ -369,14 +369,24 @@ async fn a_node_that_catches_up_by_snapshot_gets_the_quorum_queues_bindings() {
     assert!(c.is_ack() && c.take_message().is_none(), "routed on the node restored from a snapshot");
 }
 
-/// Wait until `n` has the binding `exchange` → `queue`.
-async fn bound_to(n: &Node, exchange: &str, queue: &str) {
-    eventually("the binding restored", Duration::from_secs(15), || async {
-        let bs = n.http().list_bindings_in("/").await.map_err(|e| e.to_string())?;
-        let has = bs.iter().any(|b| b.source == exchange && b.destination == queue);
-        if has { Ok(()) } else { Err(format!("{}: no binding {exchange} -> {queue}", n.full)) }
-    })
-    .await;
+/// Wait until `nodes[i]` has the binding `exchange` → `queue`; every node's log is printed
+/// if it does not come.
+async fn bound_to(nodes: &[Node], i: usize, exchange: &str, queue: &str) {
+    let n = &nodes[i];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let bs = n.http().list_bindings_in("/").await.map_err(|e| e.to_string());
+        if bs.as_ref().is_ok_and(|bs| bs.iter().any(|b| b.source == exchange && b.destination == queue)) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            for n in nodes {
+                eprintln!("==== {} ====\n{}", n.full, n.proc.as_ref().map(|p| p.log()).unwrap_or_default());
+            }
+            panic!("{}: no binding {exchange} -> {queue} within 15 s: {bs:?}", n.full);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A declare's reply code and text, for a refused one.
