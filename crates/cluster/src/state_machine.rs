@@ -55,6 +55,8 @@ pub struct Applied {
 #[derive(Serialize, Deserialize)]
 struct SnapshotFile {
     meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    /// One byte string (files of earlier versions hold a list of numbers, still read).
+    #[serde(with = "crate::codec::bytes")]
     data: Vec<u8>,
 }
 

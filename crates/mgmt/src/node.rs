@@ -9,7 +9,8 @@ use std::sync::Arc;
 use access::definitions::Definitions;
 use access::directory::{Change, Directory};
 use access::model::User;
-use broker::VHost;
+use broker::exchange::{Destination, ExchangeOptions};
+use broker::{AmqpError, VHost};
 use bytes::Bytes;
 
 /// Why the node refused a change.
@@ -428,6 +429,30 @@ pub trait Node: Send + Sync + 'static {
         properties: Bytes,
         body: Bytes,
     ) -> BoxFuture<'_, Result<bool, NodeError>>;
+    /// Declare the queue `name` (create it, or check that the existing one is equivalent:
+    /// 406); whether it was created. A clustered node declares a quorum queue through the
+    /// cluster, so every node has it.
+    fn declare_queue(&self, vh: &VHost, name: &str, opts: broker::queue::QueueOptions) -> Result<bool, AmqpError>;
+    /// Delete `queue` (on every node of a cluster for a quorum queue); the consumers it had
+    /// here, to be told (basic.cancel).
+    fn delete_queue(&self, vh: &VHost, queue: &Arc<broker::Queue>) -> Result<Vec<broker::queue::Consumer>, AmqpError>;
+    /// Declare `name` (create it, or check that the existing one is equivalent: 406). A
+    /// clustered node declares it through the cluster, so every node has it; without a
+    /// quorum that fails with 541 INTERNAL_ERROR (the API's 503).
+    fn declare_exchange(&self, vh: &VHost, name: &str, opts: ExchangeOptions) -> Result<(), AmqpError>;
+    /// Delete `name` and its bindings (on every node of a cluster).
+    fn delete_exchange(&self, vh: &VHost, name: &str, if_unused: bool) -> Result<(), AmqpError>;
+    /// Add (or remove) a binding of `source` to `destination`. In a cluster a binding to an
+    /// exchange or a quorum queue is made on every node; one to a classic queue on this one.
+    fn change_binding(
+        &self,
+        vh: &VHost,
+        source: &str,
+        destination: &Destination,
+        routing_key: &str,
+        arguments: wire::FieldTable,
+        add: bool,
+    ) -> Result<(), AmqpError>;
 
     // ---- Group "stats": connections, channels, consumers, statistics ----
     /// The rate store the sampler fills (see [`crate::stats`]).

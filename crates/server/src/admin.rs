@@ -327,8 +327,10 @@ impl ServerState {
     /// then applied. Access changes from elsewhere wait until the import is done.
     ///
     /// In a cluster the access part is validated here, then goes through the Raft log (in
-    /// entries of at most 64 KiB, each all or nothing); the exchanges, queues and bindings
-    /// are this node's own (not replicated yet) and are declared here afterwards.
+    /// entries of at most 64 KiB, each all or nothing); then the exchanges, the quorum
+    /// queues, and the bindings to exchanges and to quorum queues go through the log one by
+    /// one (`crate::cluster_topology`: every node has them); classic queues and bindings to
+    /// them are this node's own.
     pub fn import_definitions(&self, json: &[u8]) -> Result<(), ChangeError> {
         let defs = Definitions::parse(json).map_err(|e| ChangeError::Invalid(e.to_string()))?;
         if let Some(cluster) = self.cluster.get() {
@@ -336,14 +338,26 @@ impl ServerState {
             validate_topology(&plan)?;
             let topology = self.import_topology(&plan)?;
             cluster.change(plan.changes.clone())?;
+            // Exchanges and quorum queues first (bindings need them), replicated bindings
+            // last; whether a binding is replicated is known once its quorum queue exists.
+            let (first, rest): (Vec<ImportOp>, Vec<ImportOp>) =
+                topology.into_iter().partition(|op| matches!(op, ImportOp::Exchange { .. }) || op.is_quorum_queue());
+            for op in first {
+                op.apply_through_cluster(self)?;
+            }
+            let (bindings, local): (Vec<ImportOp>, Vec<ImportOp>) =
+                rest.into_iter().partition(|op| op.replicated(self));
             if let Some(p) = &self.persistence {
-                let records: Vec<Vec<u8>> = topology.iter().filter_map(ImportOp::record).collect();
+                let records: Vec<Vec<u8>> = local.iter().filter_map(ImportOp::record).collect();
                 p.log_batch(records).map_err(|e| ChangeError::Store(e.to_string()))?;
             }
             for w in &plan.warnings {
                 warn!("definitions import: {w}");
             }
-            crate::persist::logged_by_batch(|| topology.into_iter().for_each(|op| op.apply(self)));
+            crate::persist::logged_by_batch(|| local.into_iter().for_each(|op| op.apply(self)));
+            for op in bindings {
+                op.apply_through_cluster(self)?;
+            }
             return Ok(());
         }
         let _writer = self.access_writer.lock();
@@ -549,6 +563,64 @@ impl ImportOp {
                 &b.arguments,
                 *both_durable,
             ),
+        }
+    }
+
+    /// In a cluster: an exchange, or a binding to an exchange or to an existing quorum
+    /// queue (made on every node).
+    /// A queue declared with `x-queue-type: quorum`.
+    fn is_quorum_queue(&self) -> bool {
+        matches!(self, ImportOp::Queue { opts, .. }
+            if opts.arguments.get("x-queue-type").and_then(|v| v.as_str()) == Some("quorum"))
+    }
+
+    fn replicated(&self, state: &ServerState) -> bool {
+        match self {
+            ImportOp::Exchange { .. } => true,
+            ImportOp::Queue { .. } => self.is_quorum_queue(),
+            ImportOp::Binding { to_queue: false, .. } => true,
+            ImportOp::Binding { def, to_queue: true, .. } => state
+                .vhost(&def.vhost)
+                .and_then(|vh| vh.queue(&def.destination, 0).ok())
+                .is_some_and(|q| q.replica().is_some()),
+        }
+    }
+
+    /// Make a [`Self::replicated`] one through the cluster's log. Checked before, so a
+    /// refusal is the cluster's (a concurrent change, no quorum): the import stops there.
+    fn apply_through_cluster(self, state: &ServerState) -> Result<(), ChangeError> {
+        let (kind, name, vhost, r) = match self {
+            ImportOp::Exchange { vhost, name, opts } => {
+                let r = state.vhost(&vhost).map(|vh| state.exchange_declare(&vh, &name, false, opts));
+                ("exchange", name, vhost, r)
+            }
+            ImportOp::Queue { vhost, name, opts } => {
+                let r = state.vhost(&vhost).map(|vh| state.declare_replicated_queue(&vh, &name, &opts));
+                ("queue", name, vhost, r)
+            }
+            ImportOp::Binding { def: b, to_queue, .. } => {
+                let r = state.vhost(&b.vhost).map(|vh| {
+                    let spec = crate::cluster_topology::BindingSpec {
+                        source: &b.source,
+                        destination: &b.destination,
+                        to_queue,
+                        routing_key: &b.routing_key,
+                    };
+                    state.change_binding(&vh, spec, b.arguments.clone(), 0, true)
+                });
+                ("binding to", b.destination, b.vhost, r)
+            }
+        };
+        match r {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) if e.code == wire::reply::INTERNAL_ERROR => Err(ChangeError::Unavailable(format!(
+                "definitions import: {kind} '{name}' in vhost '{vhost}': {}",
+                e.text
+            ))),
+            Some(Err(e)) => {
+                Err(ChangeError::Invalid(format!("definitions import: {kind} '{name}' in vhost '{vhost}': {}", e.text)))
+            }
+            None => Err(ChangeError::Invalid(format!("definitions import: {kind} '{name}': vhost '{vhost}' is gone"))),
         }
     }
 

@@ -15,6 +15,7 @@ use broker::{AmqpError, Exchange, ExchangeKind, Message, Queue, VHost};
 use bytes::{Bytes, BytesMut};
 use wire::{Method, frame};
 
+use crate::cluster_topology::BindingSpec;
 use crate::delivery::{ChannelShared, ConsumerHandle, ConsumerMeta, Unacked};
 use broker::counters::bump_single_writer as bump;
 
@@ -123,7 +124,7 @@ pub struct Channel {
     confirm: Option<Confirms>,
     tx: Option<Vec<TxOp>>,
     /// tx.commit-ok is due once this is durable.
-    commit_waiting: Option<Durability>,
+    commit_waiting: Option<Routed>,
     /// The last queue declared on this channel, which an empty queue name refers to.
     last_queue: Option<String>,
     /// Direct reply-to: this channel's token and pseudo-queue, once it consumes from
@@ -201,6 +202,37 @@ struct Routed {
     /// Quorum queues took it as these tickets: confirm once the cluster settled the
     /// highest, nack if one of them was refused.
     replicated: Tickets,
+}
+
+impl Routed {
+    /// Another publish of the same transaction: settled when both are.
+    fn merge(&mut self, o: Routed) {
+        self.durability = self.durability.max(o.durability);
+        self.rejected |= o.rejected;
+        self.failed |= o.failed;
+        for &t in o.replicated.as_slice() {
+            self.replicated.push(t);
+        }
+    }
+
+    /// The publish's fate once known: Some(false) to ack, Some(true) to nack (refused, or
+    /// not stored); None while its disk write or its cluster commit is pending.
+    fn verdict(&self, commit: CommitState, quorum: Option<&crate::quorum_queues::QuorumQueues>) -> Option<bool> {
+        let mut nack = match self.durability.settled(commit) {
+            Settled::Pending => return None,
+            Settled::Durable => self.rejected || self.failed,
+            Settled::Failed => true,
+        };
+        let tickets = self.replicated.as_slice();
+        if let Some(&highest) = tickets.iter().max() {
+            match quorum {
+                Some(q) if q.settled_through() < highest => return None,
+                Some(q) => nack |= q.take_rejected(tickets),
+                None => nack = true,
+            }
+        }
+        Some(nack)
+    }
 }
 
 #[derive(Default)]
@@ -298,14 +330,6 @@ impl Channel {
 
     /// queue.bind / queue.unbind: write on the queue, read on the exchange, and the topic
     /// permission (read) on the binding key for a topic exchange.
-    /// Whether a (un)binding of `queue` to `exchange` goes through the cluster's log: the
-    /// queue is a replicated quorum queue (the default exchange is refused as for any queue).
-    fn replicated(&self, ctx: &ConnCtx, queue: &str, exchange: &str) -> bool {
-        !exchange.is_empty()
-            && ctx.server.quorum.get().is_some()
-            && ctx.vhost.queue(queue, ctx.conn_id).is_ok_and(|q| q.replica().is_some())
-    }
-
     fn check_bind(&self, ctx: &ConnCtx, queue: &str, exchange: &str, key: &str) -> Result<(), AmqpError> {
         ctx.allow(Perm::Write, Resource::Queue, queue)?;
         ctx.allow(Perm::Read, Resource::Exchange, exchange)?;
@@ -400,7 +424,9 @@ impl Channel {
                         ctx.allow(Perm::Read, Resource::Exchange, &exchange)?;
                     }
                 }
-                vh.declare_exchange(
+                // Clustered: through the cluster's log (crate::cluster_topology).
+                ctx.server.exchange_declare(
+                    vh,
                     &exchange,
                     passive,
                     ExchangeOptions { kind, delayed, durable, auto_delete, internal, arguments },
@@ -411,7 +437,7 @@ impl Channel {
             }
             Method::ExchangeDelete { exchange, if_unused, nowait, .. } => {
                 ctx.allow(Perm::Configure, Resource::Exchange, &exchange)?;
-                vh.delete_exchange(&exchange, if_unused)?;
+                ctx.server.exchange_delete(vh, &exchange, if_unused)?;
                 if !nowait {
                     self.send(&Method::ExchangeDeleteOk);
                 }
@@ -419,7 +445,13 @@ impl Channel {
             Method::ExchangeBind { destination, source, routing_key, nowait, arguments, .. } => {
                 ctx.allow(Perm::Write, Resource::Exchange, &destination)?;
                 ctx.allow(Perm::Read, Resource::Exchange, &source)?;
-                vh.bind_exchange(&destination, &source, &routing_key, arguments)?;
+                let b = BindingSpec {
+                    source: &source,
+                    destination: &destination,
+                    to_queue: false,
+                    routing_key: &routing_key,
+                };
+                ctx.server.change_binding(vh, b, arguments, ctx.conn_id, true)?;
                 if !nowait {
                     self.send(&Method::ExchangeBindOk);
                 }
@@ -427,7 +459,13 @@ impl Channel {
             Method::ExchangeUnbind { destination, source, routing_key, nowait, arguments, .. } => {
                 ctx.allow(Perm::Write, Resource::Exchange, &destination)?;
                 ctx.allow(Perm::Read, Resource::Exchange, &source)?;
-                vh.unbind_exchange(&destination, &source, &routing_key, arguments)?;
+                let b = BindingSpec {
+                    source: &source,
+                    destination: &destination,
+                    to_queue: false,
+                    routing_key: &routing_key,
+                };
+                ctx.server.change_binding(vh, b, arguments, ctx.conn_id, false)?;
                 if !nowait {
                     self.send(&Method::ExchangeUnbindOk);
                 }
@@ -446,34 +484,16 @@ impl Channel {
                         ctx.allow(Perm::Read, Resource::Queue, &queue)?;
                     }
                 }
-                let quorum = !passive
-                    && ctx.server.quorum.get().is_some()
-                    && arguments.get("x-queue-type").and_then(|v| v.as_str()) == Some("quorum");
-                if !server_named && !vh.has_queue(&queue) {
-                    // Clustered: see a quorum queue another node just declared first.
-                    ctx.server.cluster_read_barrier();
-                }
-                if quorum && !vh.has_queue(&queue) {
-                    // Replicated: declared through the cluster's log, so every node has it.
-                    let invalid = |what: &str| {
-                        AmqpError::precondition_failed(format!(
-                            "invalid property '{what}' for queue '{queue}' in vhost '{}'",
-                            vh.name
-                        ))
-                    };
-                    if !durable {
-                        return Err(invalid("non-durable"));
-                    }
-                    if exclusive {
-                        return Err(invalid("exclusive"));
-                    }
-                    if auto_delete {
-                        return Err(invalid("auto-delete"));
-                    }
-                    broker::args::QueueArgs::parse(&arguments, &queue, &vh.name)?;
-                    ctx.server.declare_quorum(&vh.name, &queue, &arguments)?;
-                }
                 let opts = QueueOptions { durable, exclusive, auto_delete, arguments };
+                if passive {
+                    if !vh.has_queue(&queue) {
+                        // Clustered: see a quorum queue another node just declared first.
+                        ctx.server.cluster_read_barrier();
+                    }
+                } else if !server_named {
+                    // Clustered: a quorum queue is declared through the cluster's log.
+                    ctx.server.declare_replicated_queue(vh, &queue, &opts)?;
+                }
                 if !passive {
                     ctx.server.queue_declared.fetch_add(1, Ordering::Relaxed);
                 }
@@ -496,11 +516,10 @@ impl Channel {
                 let queue = self.queue_name(&queue)?;
                 self.check_bind(ctx, &queue, &exchange, &routing_key)?;
                 // RabbitMQ: an empty routing key with an empty queue name means the queue's name.
-                if self.replicated(ctx, &queue, &exchange) {
-                    ctx.server.bind_quorum(vh, &queue, &exchange, &routing_key, &arguments, true)?;
-                } else {
-                    vh.bind_queue(&queue, &exchange, &routing_key, arguments, ctx.conn_id)?;
-                }
+                // Clustered, a quorum queue's binding goes through the cluster's log.
+                let b =
+                    BindingSpec { source: &exchange, destination: &queue, to_queue: true, routing_key: &routing_key };
+                ctx.server.change_binding(vh, b, arguments, ctx.conn_id, true)?;
                 if !nowait {
                     self.send(&Method::QueueBindOk);
                 }
@@ -508,11 +527,9 @@ impl Channel {
             Method::QueueUnbind { queue, exchange, routing_key, arguments, .. } => {
                 let queue = self.queue_name(&queue)?;
                 self.check_bind(ctx, &queue, &exchange, &routing_key)?;
-                if self.replicated(ctx, &queue, &exchange) {
-                    ctx.server.bind_quorum(vh, &queue, &exchange, &routing_key, &arguments, false)?;
-                } else {
-                    vh.unbind_queue(&queue, &exchange, &routing_key, arguments, ctx.conn_id)?;
-                }
+                let b =
+                    BindingSpec { source: &exchange, destination: &queue, to_queue: true, routing_key: &routing_key };
+                ctx.server.change_binding(vh, b, arguments, ctx.conn_id, false)?;
                 self.send(&Method::QueueUnbindOk);
             }
             Method::QueuePurge { queue, nowait, .. } => {
@@ -653,27 +670,24 @@ impl Channel {
                 );
                 // Every operation is applied, in order (publishes were routed when they
                 // arrived), so no ack is lost half-way through.
-                let mut durability = Durability::Now;
-                let mut failed = false;
+                let mut all = Routed::default();
                 for op in ops {
                     match op {
-                        TxOp::Publish { route, msg, mandatory } => {
-                            let r = self.deliver(ctx, &route, msg, mandatory);
-                            durability = durability.max(r.durability);
-                            failed |= r.failed;
-                        }
+                        TxOp::Publish { route, msg, mandatory } => all.merge(self.deliver(ctx, &route, msg, mandatory)),
                         TxOp::Settle { entries, requeue } => settle(entries, requeue),
                     }
                 }
                 self.redispatch();
-                // commit-ok only once the committed messages are on disk.
-                if failed {
+                // commit-ok only once the committed messages are on disk — in a cluster, once
+                // a majority has those for quorum queues (as RabbitMQ's tx waits for its
+                // queues' confirms); a queue's refusal fails the commit as RabbitMQ's does.
+                if all.failed {
                     return Err(commit_failed());
                 }
-                match durability.settled(*ctx.durable.borrow()) {
-                    Settled::Durable => self.send(&Method::TxCommitOk),
-                    Settled::Pending => self.commit_waiting = Some(durability),
-                    Settled::Failed => return Err(commit_failed()),
+                let replicated = !all.replicated.as_slice().is_empty();
+                self.commit_waiting = Some(all);
+                if !replicated {
+                    self.settle_commit(*ctx.durable.borrow(), None)?;
                 }
             }
             Method::TxRollback => {
@@ -740,6 +754,15 @@ impl Channel {
         } else {
             tag
         };
+        // RabbitMQ's quorum queues count a consumer's deliveries against its own prefetch
+        // only; a channel-wide (global) one is refused with 540 rather than ignored (Celery
+        // before 5.5 meets this and is told to set global_qos False).
+        if q.replica().is_some() && self.shared.state.lock().global_prefetch != 0 {
+            return Err(AmqpError::not_implemented(format!(
+                "queue '{}' in vhost '{}' does not support global qos",
+                q.name, q.vhost
+            )));
+        }
         let handle = ConsumerHandle::new(
             next_consumer_id(),
             tag.clone(),
@@ -1248,7 +1271,8 @@ impl Channel {
         };
         let mut routed = false;
         let mut out = Routed::default();
-        let confirm = self.confirm.is_some();
+        // A transaction's commit waits for its publishes as a confirm does.
+        let confirm = self.confirm.is_some() || self.tx.is_some();
         for q in targets {
             let outcome = if confirm { q.publish_confirmed(msg.clone()) } else { q.publish(msg.clone()) };
             match outcome {
@@ -1297,24 +1321,31 @@ impl Channel {
     /// publish confirmed since the last call, nacks for publishes the disk failed, and a
     /// pending tx.commit-ok. Returns an error to close the channel with when a commit the
     /// client waits on failed.
+    /// A tx.commit waiting for its publishes: commit-ok once every one is settled, a
+    /// channel error if one was refused or failed.
+    fn settle_commit(
+        &mut self,
+        commit: CommitState,
+        quorum: Option<&crate::quorum_queues::QuorumQueues>,
+    ) -> Result<(), AmqpError> {
+        let Some(r) = &self.commit_waiting else { return Ok(()) };
+        let Some(nack) = r.verdict(commit, quorum) else { return Ok(()) };
+        let stored = !r.failed && !matches!(r.durability.settled(commit), Settled::Failed);
+        self.commit_waiting = None;
+        if !nack {
+            self.send(&Method::TxCommitOk);
+            return Ok(());
+        }
+        // RabbitMQ's text for a commit a queue refused part of.
+        Err(if stored { AmqpError::precondition_failed("partial tx completion") } else { commit_failed() })
+    }
+
     pub(crate) fn flush_confirms(
         &mut self,
         commit: CommitState,
         quorum: Option<&crate::quorum_queues::QuorumQueues>,
     ) -> Result<(), AmqpError> {
-        if let Some(d) = self.commit_waiting {
-            match d.settled(commit) {
-                Settled::Durable => {
-                    self.commit_waiting = None;
-                    self.send(&Method::TxCommitOk);
-                }
-                Settled::Pending => {}
-                Settled::Failed => {
-                    self.commit_waiting = None;
-                    return Err(commit_failed());
-                }
-            }
-        }
+        self.settle_commit(commit, quorum)?;
         let Some(c) = &mut self.confirm else { return Ok(()) };
         let mut frames = Vec::new();
         // Runs of acks collapse into one `multiple` ack; a nack goes out on its own, after
@@ -1322,19 +1353,7 @@ impl Channel {
         let mut upto = c.acked_upto;
         while let Some((seq, r)) = c.waiting.front() {
             let seq = *seq;
-            let mut nack = match r.durability.settled(commit) {
-                Settled::Pending => break,
-                Settled::Durable => r.rejected || r.failed,
-                Settled::Failed => true,
-            };
-            let tickets = r.replicated.as_slice();
-            if let Some(&highest) = tickets.iter().max() {
-                match quorum {
-                    Some(q) if q.settled_through() < highest => break,
-                    Some(q) => nack |= q.take_rejected(tickets),
-                    None => nack = true,
-                }
-            }
+            let Some(nack) = r.verdict(commit, quorum) else { break };
             c.waiting.pop_front();
             if nack {
                 if upto > c.acked_upto {
@@ -1370,9 +1389,11 @@ impl Channel {
     /// deliveries, cancel consumers, and requeue everything unacknowledged.
     pub fn shutdown(&mut self, ctx: &ConnCtx) {
         self.pending = None;
-        if let (Some(c), Some(q)) = (&self.confirm, ctx.server.quorum.get()) {
+        if let Some(q) = ctx.server.quorum.get() {
             // Nobody will ask for these publishes' refusals any more.
-            q.abandon(c.waiting.iter().flat_map(|(_, r)| r.replicated.as_slice().iter().copied()));
+            let confirms = self.confirm.iter().flat_map(|c| c.waiting.iter().map(|(_, r)| r));
+            let routed = confirms.chain(self.commit_waiting.iter());
+            q.abandon(routed.flat_map(|r| r.replicated.as_slice().iter().copied()));
         }
         if let Some((token, q)) = self.reply_to.take() {
             ctx.server.reply_to.lock().remove(&token);

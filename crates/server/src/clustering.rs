@@ -5,7 +5,9 @@
 //! policies, operator policies, limits). A change is proposed as a [`Command`] (the
 //! changes as the definitions log's JSON); every node applies committed commands in log
 //! order through [`Applier`] (`ServerState::apply_committed`), and a snapshot is the
-//! directory's content. Exchanges, queues and bindings are still per node (docs/cluster.md).
+//! directory's content. Quorum queues ([`crate::quorum_queues`]), exchanges and the bindings
+//! to exchanges and quorum queues ([`crate::cluster_topology`]) are commands too; classic
+//! queues and their bindings are per node (docs/cluster.md).
 //! The cookie the inter-node connections prove comes from [`crate::cluster_cookie`].
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -60,6 +62,14 @@ pub(crate) enum Command {
     QuorumBind(crate::quorum_queues::BindingDeclaration),
     /// A binding to a quorum queue is removed on every node.
     QuorumUnbind(crate::quorum_queues::BindingDeclaration),
+    /// An exchange is declared on every node (`crate::cluster_topology`).
+    ExchangeDeclare(crate::cluster_topology::VhostExchange),
+    /// An exchange and its bindings are deleted on every node.
+    ExchangeDelete { vhost: String, name: String, if_unused: bool },
+    /// An exchange-to-exchange binding is added on every node.
+    ExchangeBind(crate::cluster_topology::ExchangeBinding),
+    /// An exchange-to-exchange binding is removed on every node.
+    ExchangeUnbind(crate::cluster_topology::ExchangeBinding),
 }
 
 /// [`Command::Quorum`] without taking the items: the same encoding.
@@ -104,6 +114,10 @@ pub(crate) struct SnapshotData {
     access: Vec<Change>,
     #[serde(default)]
     quorum: Vec<crate::quorum_queues::SnapshotQueue>,
+    /// None in a snapshot of an earlier version, whose exchanges were per node: restoring
+    /// it leaves this node's exchanges as they are.
+    #[serde(default)]
+    topology: Option<crate::cluster_topology::TopologySnapshot>,
 }
 
 /// Room left in a command for the enum's JSON around the changes.
@@ -127,6 +141,12 @@ pub(crate) fn commands(changes: Vec<Change>) -> Vec<Vec<u8>> {
     if !chunk.is_empty() {
         out.push(encode(&Command::Access(chunk)));
     }
+    out
+}
+
+fn encode_snapshot(s: &SnapshotData) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(s, &mut out).expect("snapshots serialize");
     out
 }
 
@@ -289,9 +309,56 @@ pub fn plan(config: &Config, node_name: &str) -> Result<Option<ClusterPlan>, Str
 /// The broker's directory as the Raft group's state.
 pub struct Applier {
     state: Weak<ServerState>,
+    /// Set once `ClusterNode::start` has returned: a snapshot restored from then on was
+    /// sent by the leader because this node was behind, and is the cluster's topology
+    /// (exchanges it lacks were deleted meanwhile). One restored during the start is this
+    /// node's own, older than what the node holds (its definitions log has the exchanges
+    /// declared since, with their classic bindings, and the log replayed after it deletes
+    /// what was deleted), so it removes nothing.
+    caught_up_by_leader: std::sync::atomic::AtomicBool,
+    /// Exchanges (vhost, name) this process declared while replaying entries it had
+    /// applied before a restart (or added from its own snapshot): a replayed delete removes
+    /// these, and keeps one the definitions log brought back (declared again since).
+    replayed: parking_lot::Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl Applier {
+    fn new(state: &Arc<ServerState>) -> Applier {
+        Applier {
+            state: Arc::downgrade(state),
+            caught_up_by_leader: std::sync::atomic::AtomicBool::new(false),
+            replayed: parking_lot::Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// An exchange delete at `index`. One this node applied before a restart (at or below
+    /// the durable applied index) is replayed only for exchanges the replay itself made:
+    /// an exchange it finds from its definitions log was declared again after the delete,
+    /// and deleting it would lose this node's classic queues' bindings to it. A delete
+    /// applied now records its index (the definitions log's `ClusterApplied`).
+    fn apply_exchange_delete(
+        &self,
+        state: &ServerState,
+        index: u64,
+        vhost: String,
+        name: String,
+        if_unused: bool,
+    ) -> Vec<u8> {
+        let replay = index <= state.cluster_applied.load(std::sync::atomic::Ordering::Acquire);
+        let key = (vhost, name);
+        let made_by_replay = self.replayed.lock().remove(&key);
+        let exists = state.vhost(&key.0).is_some_and(|vh| vh.exchange(&key.1).is_ok());
+        let answer = if replay && exists && !made_by_replay {
+            Ok(())
+        } else {
+            state.apply_exchange_delete(&key.0, &key.1, if_unused)
+        };
+        if !replay {
+            state.record_cluster_applied(index);
+        }
+        crate::cluster_topology::encode_answer(&answer)
+    }
+
     fn state(&self) -> Option<Arc<ServerState>> {
         self.state.upgrade()
     }
@@ -324,6 +391,24 @@ impl cluster::Applier for Applier {
                 Ok(()) => Outcome::Applied,
                 Err(e) => Outcome::Invalid(e),
             },
+            (Some(state), Ok(Command::ExchangeDeclare(d))) => {
+                let replay = index <= state.cluster_applied.load(std::sync::atomic::Ordering::Acquire);
+                let new = state.vhost(&d.vhost).is_some_and(|vh| vh.exchange(&d.exchange.name).is_err());
+                let answer = state.apply_exchange_declare(&d);
+                if replay && new && answer.is_ok() {
+                    self.replayed.lock().insert((d.vhost, d.exchange.name));
+                }
+                return crate::cluster_topology::encode_answer(&answer);
+            }
+            (Some(state), Ok(Command::ExchangeDelete { vhost, name, if_unused })) => {
+                return self.apply_exchange_delete(&state, index, vhost, name, if_unused);
+            }
+            (Some(state), Ok(Command::ExchangeBind(b))) => {
+                return crate::cluster_topology::encode_answer(&state.apply_exchange_binding(&b, true));
+            }
+            (Some(state), Ok(Command::ExchangeUnbind(b))) => {
+                return crate::cluster_topology::encode_answer(&state.apply_exchange_binding(&b, false));
+            }
             // Already in this node's definitions log (it was applied before a restart).
             (Some(state), Ok(Command::Access(_)))
                 if index <= state.cluster_applied.load(std::sync::atomic::Ordering::Acquire) =>
@@ -345,18 +430,22 @@ impl cluster::Applier for Applier {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        let Some(state) = self.state() else { return encode(&SnapshotData::default()) };
+        // CBOR: quorum queues' messages are byte strings there (JSON, the first encoding,
+        // made each byte a number, ~3.5 bytes each to write and parse).
+        let Some(state) = self.state() else { return encode_snapshot(&SnapshotData::default()) };
         let access = state.with_access(Directory::all_changes);
         let quorum = state.quorum.get().map(|q| q.snapshot()).unwrap_or_default();
-        encode(&SnapshotData { access, quorum })
+        let topology = Some(state.topology_snapshot());
+        encode_snapshot(&SnapshotData { access, quorum, topology })
     }
 
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), String> {
         let state = self.state().ok_or("the node is stopping")?;
-        let snapshot: SnapshotData = if data.is_empty() {
-            SnapshotData::default()
-        } else {
-            serde_json::from_slice(data).map_err(|e| format!("undecodable cluster snapshot: {e}"))?
+        let snapshot: SnapshotData = match data.first() {
+            None => SnapshotData::default(),
+            // Taken by an earlier version (JSON; a CBOR map never starts with `{`).
+            Some(b'{') => serde_json::from_slice(data).map_err(|e| format!("undecodable cluster snapshot: {e}"))?,
+            Some(_) => ciborium::from_reader(data).map_err(|e| format!("undecodable cluster snapshot: {e}"))?,
         };
         // The directory is durable in the definitions log: a snapshot older than what it
         // holds (a restart, which replays the log from its last snapshot for the quorum
@@ -368,7 +457,23 @@ impl cluster::Applier for Applier {
             }
             state.restore_committed(index, &target).map_err(|e| e.to_string())?;
         }
+        // Exchanges before the quorum queues (their bindings need them), exchange-to-exchange
+        // bindings last (a restored queue's binding may have brought its exchange back).
+        let exact = self.caught_up_by_leader.load(std::sync::atomic::Ordering::Acquire);
+        if let Some(t) = &snapshot.topology {
+            let added = state.restore_exchanges(t, exact);
+            if !exact {
+                self.replayed.lock().extend(added);
+            }
+        }
+        let quorum_bindings: Vec<_> = snapshot.quorum.iter().flat_map(|q| q.bindings.iter().cloned()).collect();
         state.restore_quorum(snapshot.quorum);
+        if let Some(t) = &snapshot.topology {
+            state.restore_exchange_bindings(t, exact);
+            if exact {
+                state.remove_quorum_bindings_not_in(&quorum_bindings);
+            }
+        }
         Ok(())
     }
 
@@ -396,10 +501,11 @@ pub async fn start(
     c.snapshot_log_bytes = state.config.cluster_snapshot_log_bytes;
     c.request_deadline = Duration::from_millis(state.config.cluster_write_timeout_ms);
     let write_timeout = c.request_deadline;
-    let applier = Arc::new(Applier { state: Arc::downgrade(state) });
-    let node = cluster::ClusterNode::start(c, applier)
+    let applier = Arc::new(Applier::new(state));
+    let node = cluster::ClusterNode::start(c, applier.clone())
         .await
         .map_err(|e| format!("starting cluster node {} on {}: {e}", plan.name, plan.listen))?;
+    applier.caught_up_by_leader.store(true, std::sync::atomic::Ordering::Release);
     Ok(Running { node, cluster_name: plan.cluster_name.clone(), write_timeout })
 }
 
@@ -519,7 +625,7 @@ mod applier_tests {
     #[test]
     fn committed_entries_apply_all_or_nothing_and_refusals_are_results() {
         let s = state();
-        let a = Applier { state: Arc::downgrade(&s) };
+        let a = Applier::new(&s);
         let ok = encode(&Command::Access(vec![Change::PutVhost(Vhost::named("v")), perm("guest", "v")]));
         assert_eq!(outcome(&a.apply(5, &ok)), Outcome::Applied);
         assert!(s.with_access(|d| d.permission("guest", "v").is_some()));
@@ -536,8 +642,8 @@ mod applier_tests {
     #[test]
     fn a_snapshot_restores_as_the_same_directory_and_empty_restores_as_empty() {
         let (from, to) = (state(), state());
-        let a = Applier { state: Arc::downgrade(&from) };
-        let b = Applier { state: Arc::downgrade(&to) };
+        let a = Applier::new(&from);
+        let b = Applier::new(&to);
         a.apply(1, &encode(&Command::Access(vec![user("alice"), Change::PutVhost(Vhost::named("v"))])));
         // `to` has its own guest (another salt) and a vhost `from` lacks.
         b.apply(1, &encode(&Command::Access(vec![Change::PutVhost(Vhost::named("only-here"))])));
@@ -548,6 +654,130 @@ mod applier_tests {
         b.restore(10, &[]).unwrap();
         assert!(to.with_access(Directory::all_changes).is_empty());
         assert!(b.restore(11, b"not json").is_err());
+    }
+}
+
+#[cfg(test)]
+mod topology_tests {
+    use access::model::Vhost;
+    use cluster::Applier as _;
+
+    use super::*;
+    use crate::cluster_topology::{ExchangeBinding, VhostExchange};
+    use crate::quorum_queues::ExchangeDeclaration;
+
+    fn exchange(name: &str, kind: &str, durable: bool) -> Command {
+        let exchange = ExchangeDeclaration {
+            name: name.into(),
+            kind: kind.into(),
+            durable,
+            auto_delete: false,
+            internal: false,
+            arguments: Vec::new(),
+        };
+        Command::ExchangeDeclare(VhostExchange { vhost: "v".into(), exchange })
+    }
+
+    fn binding(source: &str, destination: &str) -> ExchangeBinding {
+        ExchangeBinding {
+            vhost: "v".into(),
+            source: source.into(),
+            destination: destination.into(),
+            routing_key: "k".into(),
+            arguments: Vec::new(),
+        }
+    }
+
+    fn answer(bytes: &[u8]) -> Result<(), (u16, String)> {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    /// A node with vhost `v` and the applier over it.
+    fn node() -> (Arc<ServerState>, Applier) {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let s = ServerState::new(Config::default(), rx);
+        let a = Applier::new(&s);
+        a.apply(1, &encode(&Command::Access(vec![Change::PutVhost(Vhost::named("v"))])));
+        (s, a)
+    }
+
+    fn names(s: &ServerState) -> Vec<String> {
+        let mut n: Vec<String> = s.vhost("v").unwrap().exchanges().into_iter().map(|e| e.name.clone()).collect();
+        n.retain(|n| !n.is_empty() && !n.starts_with("amq."));
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn exchange_commands_apply_and_refusals_carry_the_amqp_code() {
+        let (s, a) = node();
+        assert_eq!(answer(&a.apply(2, &encode_cbor(&exchange("x", "topic", true)))), Ok(()));
+        assert_eq!(answer(&a.apply(3, &encode_cbor(&exchange("y", "direct", false)))), Ok(()));
+        // Equivalent again: fine; another type: 406, the exchange unchanged.
+        assert_eq!(answer(&a.apply(4, &encode_cbor(&exchange("x", "topic", true)))), Ok(()));
+        let refused = answer(&a.apply(5, &encode_cbor(&exchange("x", "fanout", true))));
+        assert!(matches!(&refused, Err((406, t)) if t.contains("inequivalent arg 'type'")), "{refused:?}");
+        assert_eq!(answer(&a.apply(6, &encode_cbor(&Command::ExchangeBind(binding("x", "y"))))), Ok(()));
+        let missing = answer(&a.apply(7, &encode_cbor(&Command::ExchangeBind(binding("x", "nope")))));
+        assert!(matches!(missing, Err((404, _))), "{missing:?}");
+        // if-unused counts the e2e binding (replicated, the same on every node).
+        let busy = Command::ExchangeDelete { vhost: "v".into(), name: "y".into(), if_unused: true };
+        assert!(matches!(answer(&a.apply(8, &encode_cbor(&busy))), Err((406, _))));
+        let gone = Command::ExchangeDelete { vhost: "v".into(), name: "x".into(), if_unused: false };
+        assert_eq!(answer(&a.apply(9, &encode_cbor(&gone))), Ok(()));
+        assert_eq!(names(&s), ["y"]);
+        assert!(s.topology_snapshot().bindings.is_empty(), "the binding went with its source");
+    }
+
+    #[test]
+    fn a_replayed_delete_keeps_an_exchange_declared_again_since_and_removes_one_the_replay_made() {
+        let (s, a) = node();
+        a.apply(2, &encode_cbor(&exchange("x", "topic", true)));
+        let delete = |name: &str| Command::ExchangeDelete { vhost: "v".into(), name: name.into(), if_unused: false };
+        // Applied now: deleted, and the index recorded.
+        assert_eq!(answer(&a.apply(3, &encode_cbor(&delete("x")))), Ok(()));
+        assert!(names(&s).is_empty());
+        assert_eq!(s.cluster_applied.load(std::sync::atomic::Ordering::Acquire), 3);
+        // As after a restart: `x` is back from the definitions log (declared again after
+        // the delete); replaying the delete at 3 keeps it.
+        a.apply(4, &encode_cbor(&exchange("x", "topic", true)));
+        s.record_cluster_applied(4);
+        assert_eq!(answer(&a.apply(3, &encode_cbor(&delete("x")))), Ok(()));
+        assert_eq!(names(&s), ["x"]);
+        // One the replay itself declares (a transient one, say) goes with its delete.
+        let fresh = Applier::new(&s);
+        assert_eq!(answer(&fresh.apply(2, &encode_cbor(&exchange("t", "fanout", false)))), Ok(()));
+        assert_eq!(answer(&fresh.apply(3, &encode_cbor(&delete("t")))), Ok(()));
+        assert_eq!(names(&s), ["x"]);
+    }
+
+    #[test]
+    fn a_snapshot_carries_exchanges_and_e2e_bindings_and_one_without_them_keeps_the_nodes() {
+        let (from, a) = node();
+        let (to, b) = node();
+        for (i, c) in [exchange("x", "topic", true), exchange("y", "direct", false)].iter().enumerate() {
+            a.apply(2 + i as u64, &encode_cbor(c));
+        }
+        a.apply(4, &encode_cbor(&Command::ExchangeBind(binding("x", "y"))));
+        // `to` has an exchange the cluster deleted, and `y` declared otherwise.
+        b.apply(2, &encode_cbor(&exchange("stale", "fanout", true)));
+        b.apply(3, &encode_cbor(&exchange("y", "fanout", true)));
+        // At start (this node's own snapshot) nothing is removed or declared otherwise.
+        b.restore(8, &a.snapshot()).unwrap();
+        assert_eq!(names(&to), ["stale", "x", "y"]);
+        assert_eq!(to.vhost("v").unwrap().exchange("y").unwrap().options.type_name(), "fanout");
+        // From the leader, once started: exactly the snapshot's.
+        b.caught_up_by_leader.store(true, std::sync::atomic::Ordering::Release);
+        b.restore(9, &a.snapshot()).unwrap();
+        assert_eq!(names(&to), ["x", "y"]);
+        assert_eq!(to.topology_snapshot().bindings, from.topology_snapshot().bindings);
+        let y = to.vhost("v").unwrap().exchange("y").unwrap();
+        assert_eq!((y.options.type_name(), y.options.durable), ("direct", false));
+        // An earlier version's snapshot (JSON, no topology): read, and the node's exchanges stay.
+        let mut old: SnapshotData = ciborium::from_reader(&a.snapshot()[..]).unwrap();
+        old.topology = None;
+        b.restore(10, &serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(names(&to), ["x", "y"]);
     }
 }
 

@@ -17,6 +17,7 @@ pub mod alarms;
 pub mod auth;
 pub mod channel;
 pub mod cluster_cookie;
+pub(crate) mod cluster_topology;
 pub mod clustering;
 pub mod conf_file;
 pub mod config;

@@ -361,6 +361,61 @@ impl mgmt::Node for ServerState {
         })
     }
 
+    fn declare_queue(
+        &self,
+        vh: &VHost,
+        name: &str,
+        opts: broker::queue::QueueOptions,
+    ) -> Result<bool, broker::AmqpError> {
+        self.declare_replicated_queue(vh, name, &opts)?;
+        vh.declare_queue(name, false, opts, mgmt::node::API_CONNECTION).map(|(_, created)| created)
+    }
+
+    fn delete_queue(
+        &self,
+        vh: &VHost,
+        queue: &Arc<broker::Queue>,
+    ) -> Result<Vec<broker::queue::Consumer>, broker::AmqpError> {
+        if queue.replica().is_some() {
+            // A replicated quorum queue: deleted through the cluster's log, on every node;
+            // applying the entry here cancels its consumers here.
+            self.delete_quorum(&vh.name, &queue.name)?;
+            return Ok(Vec::new());
+        }
+        Ok(vh.remove_queue(queue).consumers)
+    }
+
+    fn declare_exchange(
+        &self,
+        vh: &VHost,
+        name: &str,
+        opts: broker::exchange::ExchangeOptions,
+    ) -> Result<(), broker::AmqpError> {
+        self.exchange_declare(vh, name, false, opts)
+    }
+
+    fn delete_exchange(&self, vh: &VHost, name: &str, if_unused: bool) -> Result<(), broker::AmqpError> {
+        self.exchange_delete(vh, name, if_unused)
+    }
+
+    fn change_binding(
+        &self,
+        vh: &VHost,
+        source: &str,
+        destination: &broker::exchange::Destination,
+        routing_key: &str,
+        arguments: wire::FieldTable,
+        add: bool,
+    ) -> Result<(), broker::AmqpError> {
+        let b = crate::cluster_topology::BindingSpec {
+            source,
+            destination: destination.name(),
+            to_queue: destination.is_queue(),
+            routing_key,
+        };
+        ServerState::change_binding(self, vh, b, arguments, mgmt::node::API_CONNECTION, add)
+    }
+
     // ---- group "access" ----
 
     fn connection_max(&self) -> Option<u64> {

@@ -273,7 +273,7 @@ fn reason(r: quorum::Reason) -> broker::dead_letter::Reason {
     }
 }
 
-fn exchange_declaration(e: &broker::Exchange) -> ExchangeDeclaration {
+pub(crate) fn exchange_declaration(e: &broker::Exchange) -> ExchangeDeclaration {
     ExchangeDeclaration {
         name: e.name.clone(),
         kind: e.options.type_name().to_owned(),
@@ -290,7 +290,7 @@ pub(crate) fn encode_arguments(args: &wire::FieldTable) -> Vec<u8> {
     out
 }
 
-fn decode_arguments(bytes: &[u8]) -> wire::FieldTable {
+pub(crate) fn decode_arguments(bytes: &[u8]) -> wire::FieldTable {
     wire::types::decode_table(bytes).map(|(t, _)| t).unwrap_or_default()
 }
 
@@ -1086,6 +1086,45 @@ impl Replica for QuorumReplica {
 }
 
 impl ServerState {
+    /// Before a (non-passive) declare of `name` by AMQP or the management API: on a
+    /// clustered node, see what the cluster committed first (the read barrier), and when
+    /// the declare asks for a quorum queue this node lacks, declare it through the cluster
+    /// — refusing what a quorum queue cannot be with RabbitMQ's 406. Afterwards the caller
+    /// declares as usual (it finds the queue, or makes a classic one).
+    pub(crate) fn declare_replicated_queue(
+        &self,
+        vh: &broker::VHost,
+        name: &str,
+        opts: &broker::queue::QueueOptions,
+    ) -> Result<(), AmqpError> {
+        if vh.has_queue(name) {
+            return Ok(());
+        }
+        self.cluster_read_barrier();
+        let quorum = self.quorum.get().is_some()
+            && opts.arguments.get("x-queue-type").and_then(|v| v.as_str()) == Some("quorum");
+        if !quorum || vh.has_queue(name) {
+            return Ok(());
+        }
+        let invalid = |what: &str| {
+            AmqpError::precondition_failed(format!(
+                "invalid property '{what}' for queue '{name}' in vhost '{}'",
+                vh.name
+            ))
+        };
+        if !opts.durable {
+            return Err(invalid("non-durable"));
+        }
+        if opts.exclusive {
+            return Err(invalid("exclusive"));
+        }
+        if opts.auto_delete {
+            return Err(invalid("auto-delete"));
+        }
+        broker::args::QueueArgs::parse(&opts.arguments, name, &vh.name)?;
+        self.declare_quorum(&vh.name, name, &opts.arguments)
+    }
+
     /// Declare the quorum queue `name` through the cluster (every node creates it); returns
     /// once this node has it. Blocks the calling thread (declares are rare; the channel's
     /// handlers are synchronous), as access changes do.
@@ -1161,17 +1200,8 @@ impl ServerState {
     pub(crate) fn apply_quorum_bind(&self, d: BindingDeclaration) -> Result<(), String> {
         let vh = self.vhost(&d.vhost).ok_or_else(|| format!("no vhost '{}'", d.vhost))?;
         if vh.exchange(&d.exchange.name).is_err() {
-            let arguments = decode_arguments(&d.exchange.arguments);
-            let (kind, delayed) = broker::exchange::parse_type(&d.exchange.kind, &arguments).map_err(|e| e.text)?;
-            let opts = broker::exchange::ExchangeOptions {
-                kind,
-                delayed,
-                durable: d.exchange.durable,
-                auto_delete: d.exchange.auto_delete,
-                internal: d.exchange.internal,
-                arguments,
-            };
-            vh.declare_exchange(&d.exchange.name, false, opts).map_err(|e| e.text)?;
+            vh.declare_exchange(&d.exchange.name, false, d.exchange.options().map_err(|e| e.text)?)
+                .map_err(|e| e.text)?;
         }
         vh.bind_queue(&d.queue, &d.exchange.name, &d.routing_key, decode_arguments(&d.arguments), 0).map_err(|e| e.text)
     }

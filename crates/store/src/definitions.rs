@@ -343,7 +343,7 @@ pub fn read_records(path: &Path, b: &[u8]) -> Parsed {
                     at = next;
                 }
                 None => {
-                    if let Decoded::Corrupt(why) = bad {
+                    if let Decoded::Corrupt { reason: why, .. } = bad {
                         // The last record is there whole but wrong: damage, not a torn write.
                         error!("{}: {why} in the last record at offset {at}; skipped", path.display());
                         out.damaged_bytes += b.len() - at;

@@ -436,7 +436,7 @@ impl QueueFiles {
                         continue;
                     }
                     Decoded::Incomplete => break,
-                    Decoded::Corrupt(why) => {
+                    Decoded::Corrupt { reason: why, .. } => {
                         let e = corrupt(&self.dir, id, offset + at as u64, why);
                         error!("{e}; skipping the rest of the segment");
                         at = (seg_len - offset) as usize;
@@ -764,9 +764,9 @@ fn scan_segment(file: &File, path: &Path, file_len: u64, is_last: bool) -> Resul
                 }
                 at += n;
             }
-            Decoded::Incomplete | Decoded::Corrupt(_) => {
+            Decoded::Incomplete | Decoded::Corrupt { .. } => {
                 let why = match record::decode(&buf[at..]) {
-                    Decoded::Corrupt(w) => w,
+                    Decoded::Corrupt { reason: w, .. } => w,
                     _ => "incomplete record",
                 };
                 if is_last {

@@ -396,7 +396,8 @@ fn refusal(e: &lapin::Error) -> (u16, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clustered_quorum_declare_exclusive_auto_delete_or_non_durable_is_refused_with_rabbitmqs_text() {
+async fn a_clustered_quorum_declare_exclusive_auto_delete_or_non_durable_and_global_qos_are_refused_with_rabbitmqs_text()
+ {
     let dir = tempfile::tempdir().unwrap();
     let (nodes, f) = started_cluster(dir.path(), "").await;
     let c = nodes[f].amqp("guest", "guest", "/").await.unwrap();
@@ -422,6 +423,27 @@ async fn a_clustered_quorum_declare_exclusive_auto_delete_or_non_durable_is_refu
     }
     let ch = c.create_channel().await.unwrap();
     ch.queue_declare("accepted".into(), DURABLE, quorum_args()).await.unwrap();
+    // A per-consumer prefetch is what quorum queues count against; a channel-wide (global)
+    // one is refused as RabbitMQ refuses it: 540, closing the connection.
+    ch.basic_qos(10, BasicQosOptions { global: false }).await.unwrap();
+    ch.basic_consume("accepted".into(), "per-consumer".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let c2 = nodes[f].amqp("guest", "guest", "/").await.unwrap();
+    let ch2 = c2.create_channel().await.unwrap();
+    ch2.basic_qos(10, BasicQosOptions { global: true }).await.unwrap();
+    let e = ch2
+        .basic_consume("accepted".into(), "global".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect_err("global qos on a quorum queue");
+    let want = "NOT_IMPLEMENTED - queue 'accepted' in vhost '/' does not support global qos".to_owned();
+    assert_eq!(refusal(&e), (540, want));
+    let c2 = &c2;
+    eventually("the connection is closed", Duration::from_secs(5), || async move {
+        if c2.status().connected() { Err("still connected".into()) } else { Ok(()) }
+    })
+    .await;
+    assert!(c.status().connected(), "the other connection is untouched");
 }
 
 /// Publish `body` persistent to `queue` on the confirm channel `ch`; whether it was acked.
@@ -667,4 +689,63 @@ async fn a_publish_routed_to_several_quorum_queues_is_acked_only_if_every_one_to
         c_acked.len(),
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tx_commit_on_a_quorum_queue_waits_for_a_majority_and_fails_on_a_refusal() {
+    use lapin::options::BasicPublishOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, f) = started_cluster(dir.path(), "").await;
+    let l = leader(&nodes);
+    let c = nodes[f].amqp("guest", "guest", "/").await.unwrap();
+    let ch = c.create_channel().await.unwrap();
+    ch.queue_declare("tx.q".into(), DURABLE, quorum_args()).await.unwrap();
+    let props = lapin::BasicProperties::default().with_delivery_mode(2);
+    let publish = |ch: &lapin::Channel, queue: &'static str, body: String| {
+        let (ch, props) = (ch.clone(), props.clone());
+        async move {
+            ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body.as_bytes(), props)
+                .await
+                .unwrap();
+        }
+    };
+    ch.tx_select().await.unwrap();
+    for i in 0..10 {
+        publish(&ch, "tx.q", format!("t{i}")).await;
+    }
+    // Without a majority (both other nodes stopped) the commit is not answered…
+    let others: Vec<usize> = (0..3).filter(|&i| i != f).collect();
+    for &i in &others {
+        nodes[i].proc.as_ref().unwrap().signal("STOP");
+    }
+    let commit = tokio::spawn({
+        let ch = ch.clone();
+        async move { ch.tx_commit().await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!commit.is_finished(), "tx.commit-ok without a majority");
+    // …and is once they are back; the messages are then on every node.
+    for &i in &others {
+        nodes[i].proc.as_ref().unwrap().signal("CONT");
+    }
+    tokio::time::timeout(Duration::from_secs(20), commit)
+        .await
+        .expect("commit-ok once a majority is back")
+        .unwrap()
+        .unwrap();
+    let want: std::collections::BTreeSet<String> = (0..10).map(|i| format!("t{i}")).collect();
+    let reader = nodes[(f + 1) % 3].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
+    let (got, _) = consume_all(&reader, "tx.q", &want, Duration::from_secs(15)).await;
+    assert_eq!(got.into_iter().collect::<std::collections::BTreeSet<_>>(), want);
+
+    // A commit part of which a reject-publish queue refused fails as RabbitMQ's does.
+    let ch = nodes[l].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
+    let args = qq_args(&[("x-max-length", AMQPValue::LongLongInt(2)), ("x-overflow", long_str("reject-publish"))]);
+    ch.queue_declare("tx.full".into(), DURABLE, args).await.unwrap();
+    ch.tx_select().await.unwrap();
+    for i in 0..3 {
+        publish(&ch, "tx.full", format!("f{i}")).await;
+    }
+    let e = ch.tx_commit().await.expect_err("a commit with a refused publish");
+    assert_eq!(refusal(&e), (406, "PRECONDITION_FAILED - partial tx completion".to_owned()));
 }

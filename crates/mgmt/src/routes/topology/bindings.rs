@@ -22,7 +22,6 @@ use super::queues::find;
 use super::{AppState, Scope, amqp, body, exchange_name, visible_vhosts};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::node::API_CONNECTION;
 use crate::routes::listing::{Compare, ListQuery, Shape, respond};
 
 pub(super) fn routes() -> Router<AppState> {
@@ -193,14 +192,7 @@ fn create(
     let args = access::json_args::json_to_table(&b.arguments).map_err(ApiError::bad_request)?;
     require_bind(&e)?;
     let key = properties_key(&b.routing_key, &args);
-    match &e.dest {
-        Destination::Queue(q) => {
-            e.scope.vh.bind_queue(&q.name, &e.source.name, &b.routing_key, args, API_CONNECTION).map_err(amqp)?
-        }
-        Destination::Exchange(x) => {
-            e.scope.vh.bind_exchange(&x.name, &e.source.name, &b.routing_key, args).map_err(amqp)?
-        }
-    }
+    node.change_binding(&e.scope.vh, &e.source.name, &e.dest, &b.routing_key, args, true).map_err(amqp)?;
     let location = format!(
         "/api/bindings/{}/e/{}/{}/{}/{}",
         encode_segment(&vhost),
@@ -222,16 +214,7 @@ fn remove(
     let e = ends(&node, &caller, &vhost, &source, &dest, to_queue)?;
     let b = find_one(&e, &props)?;
     require_bind(&e)?;
-    match &e.dest {
-        Destination::Queue(q) => e
-            .scope
-            .vh
-            .unbind_queue(&q.name, &e.source.name, &b.routing_key, b.arguments, API_CONNECTION)
-            .map_err(amqp)?,
-        Destination::Exchange(x) => {
-            e.scope.vh.unbind_exchange(&x.name, &e.source.name, &b.routing_key, b.arguments).map_err(amqp)?
-        }
-    }
+    node.change_binding(&e.scope.vh, &e.source.name, &e.dest, &b.routing_key, b.arguments, false).map_err(amqp)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -127,7 +127,7 @@ async fn declare(
         internal: b.internal,
         arguments,
     };
-    s.vh.declare_exchange(name, false, opts).map_err(amqp)?;
+    node.declare_exchange(&s.vh, name, opts).map_err(amqp)?;
     Ok(if existed { StatusCode::NO_CONTENT } else { StatusCode::CREATED })
 }
 
@@ -141,7 +141,7 @@ async fn delete(
     let name = exchange_name(&name);
     s.vh.exchange(name).map_err(amqp)?;
     s.require(Perm::Configure, Resource::Exchange, name)?;
-    s.vh.delete_exchange(name, query_flag(&q, "if-unused")).map_err(amqp)?;
+    node.delete_exchange(&s.vh, name, query_flag(&q, "if-unused")).map_err(amqp)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

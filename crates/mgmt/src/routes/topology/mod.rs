@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::node::Node;
+use crate::node::{Node, NodeError};
 
 pub fn routes() -> Router<AppState> {
     Router::new().merge(exchanges::routes()).merge(queues::routes()).merge(bindings::routes()).merge(messages::routes())
@@ -92,6 +92,8 @@ fn amqp(e: AmqpError) -> ApiError {
     match e.code {
         wire::reply::NOT_FOUND => ApiError::not_found(),
         wire::reply::ACCESS_REFUSED => ApiError::forbidden(e.text),
+        // The node could not do it now: a cluster without a quorum, a disk refusing writes.
+        wire::reply::INTERNAL_ERROR => NodeError::Unavailable(e.text).into(),
         _ => ApiError::bad_request(e.text),
     }
 }

@@ -153,7 +153,7 @@ async fn declare(
         s.require(Perm::Read, Resource::Queue, &name)?;
     }
     let opts = QueueOptions { durable: b.durable, exclusive: false, auto_delete: b.auto_delete, arguments };
-    let (_, created) = s.vh.declare_queue(&name, false, opts, API_CONNECTION).map_err(amqp)?;
+    let created = node.declare_queue(&s.vh, &name, opts).map_err(amqp)?;
     Ok(if created { StatusCode::CREATED } else { StatusCode::NO_CONTENT })
 }
 
@@ -176,8 +176,7 @@ async fn remove(
     }
     // By the queue itself rather than by name and connection: the API may delete a
     // client's exclusive queue, as RabbitMQ's may.
-    let deleted = s.vh.remove_queue(&queue);
-    for c in deleted.consumers {
+    for c in node.delete_queue(&s.vh, &queue).map_err(amqp)? {
         c.sink.cancelled_by_broker();
     }
     Ok(StatusCode::NO_CONTENT)
