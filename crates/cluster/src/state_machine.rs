@@ -69,6 +69,9 @@ pub struct StateMachine {
     /// and its log id always match.
     applied: Arc<Mutex<Applied>>,
     current: Arc<Mutex<Option<SnapshotFile>>>,
+    /// Held while a snapshot is saved: openraft builds one in a task of its own while the
+    /// state machine may install one from the leader, and both go through one temp file.
+    saving: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl StateMachine {
@@ -137,6 +140,7 @@ impl StateMachine {
             applier,
             applied: Arc::new(Mutex::new(applied)),
             current: Arc::new(Mutex::new(current)),
+            saving: Arc::default(),
         })
     }
 
@@ -151,7 +155,15 @@ impl StateMachine {
     }
 
     /// Persist `file` as the current snapshot: temp file, fsync, rename, fsync the directory.
+    /// One save at a time; a snapshot older than the current one (built from what was
+    /// applied before a newer one was installed) is not saved: neither the file nor
+    /// `current` ever moves back (openraft ignores such a build too).
     async fn save(&self, file: SnapshotFile) -> std::io::Result<()> {
+        let _saving = self.saving.lock().await;
+        let newer = self.current.lock().expect("snapshot lock").as_ref().and_then(|c| c.meta.last_log_id);
+        if newer > file.meta.last_log_id {
+            return Ok(());
+        }
         let mut buf = Vec::new();
         frame::encode(&mut buf, &serde_json::to_vec(&file).map_err(std::io::Error::other)?);
         let dir = self.dir.clone();
@@ -256,5 +268,74 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         Ok(self.current.lock().expect("snapshot lock").as_ref().map(snapshot_of))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    /// Rounds of a build racing an install: each round's two saves overlap on most runs.
+    const RACES: u64 = 100;
+
+    /// An applier whose whole state is the bytes it was last restored to.
+    #[derive(Default)]
+    struct Bytes(Mutex<Vec<u8>>);
+
+    impl Applier for Bytes {
+        fn apply(&self, _index: u64, cmd: &[u8]) -> Vec<u8> {
+            self.0.lock().unwrap().extend_from_slice(cmd);
+            Vec::new()
+        }
+        fn snapshot(&self) -> Vec<u8> {
+            self.0.lock().unwrap().clone()
+        }
+        fn restore(&self, _index: u64, data: &[u8]) -> Result<(), String> {
+            *self.0.lock().unwrap() = data.to_vec();
+            Ok(())
+        }
+    }
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn current_index(sm: &StateMachine) -> Option<u64> {
+        sm.current.lock().unwrap().as_ref().and_then(|f| f.meta.last_log_id).map(|l| l.index)
+    }
+
+    /// openraft builds a snapshot in a task of its own (`get_snapshot_builder`) while the
+    /// state machine goes on, so a follower that builds one of its own log while the leader
+    /// sends it a newer one saves both at once: neither save may fail (a storage error stops
+    /// the node's Raft core for good), and the newer stays the current one, on disk too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_built_while_a_newer_one_is_installed_neither_fails_nor_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = LogStore::open(dir.path()).unwrap();
+        let sm = StateMachine::open(dir.path(), Arc::new(Bytes::default()), &log, false).unwrap();
+        for round in 1..=RACES {
+            let (built, installed) = (2 * round - 1, 2 * round);
+            sm.applied.lock().unwrap().last_applied = Some(log_id(built));
+            let mut builder = sm.clone();
+            let mut installer = sm.clone();
+            let build = tokio::spawn(async move { builder.build_snapshot().await.map(drop) });
+            let install = tokio::spawn(async move {
+                let meta = SnapshotMeta {
+                    last_log_id: Some(log_id(installed)),
+                    last_membership: StoredMembership::default(),
+                    snapshot_id: format!("1-{installed}"),
+                };
+                installer.install_snapshot(&meta, Box::new(Cursor::new(installed.to_be_bytes().to_vec()))).await
+            });
+            build.await.unwrap().unwrap_or_else(|e| panic!("round {round}: building: {e}"));
+            install.await.unwrap().unwrap_or_else(|e| panic!("round {round}: installing: {e}"));
+            assert_eq!(current_index(&sm), Some(installed), "round {round}: the current snapshot");
+        }
+        drop(sm);
+        let applier = Arc::new(Bytes::default());
+        let sm = StateMachine::open(dir.path(), applier.clone(), &log, false).unwrap();
+        assert_eq!(sm.applied_index(), 2 * RACES, "the snapshot on disk is the newest");
+        assert_eq!(applier.snapshot(), (2 * RACES).to_be_bytes());
     }
 }

@@ -156,8 +156,42 @@ struct RouteCache {
     queues: Vec<Arc<Queue>>,
 }
 
+/// The proposer tickets quorum queues took one publish as. Exactly its own: tickets of
+/// other channels' publishes on this node can fall between those of a publish routed to
+/// several quorum queues, so a (lowest, highest) range would take their refusals too.
+#[derive(Debug, Clone, Default)]
+enum Tickets {
+    #[default]
+    None,
+    /// One quorum queue, the common case: nothing allocated.
+    One(u64),
+    /// Several quorum queues (fanout, topic, several bindings).
+    Many(Vec<u64>),
+}
+
+impl Tickets {
+    fn push(&mut self, t: u64) {
+        *self = match std::mem::take(self) {
+            Tickets::None => Tickets::One(t),
+            Tickets::One(first) => Tickets::Many(vec![first, t]),
+            Tickets::Many(mut all) => {
+                all.push(t);
+                Tickets::Many(all)
+            }
+        };
+    }
+
+    fn as_slice(&self) -> &[u64] {
+        match self {
+            Tickets::None => &[],
+            Tickets::One(t) => std::slice::from_ref(t),
+            Tickets::Many(all) => all,
+        }
+    }
+}
+
 /// The fate of one publish, for its confirm.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Routed {
     /// When it is durable in every queue it reached.
     durability: Durability,
@@ -165,9 +199,9 @@ struct Routed {
     rejected: bool,
     /// A queue's store could not take it (a write failed): nack; fails a tx.commit.
     failed: bool,
-    /// Quorum queues took it as these tickets (lowest, highest): confirm once the
-    /// cluster settled the highest, nack if one of the range was refused.
-    replicated: Option<(u64, u64)>,
+    /// Quorum queues took it as these tickets: confirm once the cluster settled the
+    /// highest, nack if one of them was refused.
+    replicated: Tickets,
 }
 
 impl Routed {
@@ -176,10 +210,9 @@ impl Routed {
         self.durability = self.durability.max(o.durability);
         self.rejected |= o.rejected;
         self.failed |= o.failed;
-        self.replicated = match (self.replicated, o.replicated) {
-            (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
-            (x, None) | (None, x) => x,
-        };
+        for &t in o.replicated.as_slice() {
+            self.replicated.push(t);
+        }
     }
 
     /// The publish's fate once known: Some(false) to ack, Some(true) to nack (refused, or
@@ -190,10 +223,11 @@ impl Routed {
             Settled::Durable => self.rejected || self.failed,
             Settled::Failed => true,
         };
-        if let Some((lo, hi)) = self.replicated {
+        let tickets = self.replicated.as_slice();
+        if let Some(&highest) = tickets.iter().max() {
             match quorum {
-                Some(q) if q.settled_through() < hi => return None,
-                Some(q) => nack |= q.take_rejected(lo, hi),
+                Some(q) if q.settled_through() < highest => return None,
+                Some(q) => nack |= q.take_rejected(tickets),
                 None => nack = true,
             }
         }
@@ -650,8 +684,9 @@ impl Channel {
                 if all.failed {
                     return Err(commit_failed());
                 }
+                let replicated = !all.replicated.as_slice().is_empty();
                 self.commit_waiting = Some(all);
-                if all.replicated.is_none() {
+                if !replicated {
                     self.settle_commit(*ctx.durable.borrow(), None)?;
                 }
             }
@@ -1260,7 +1295,7 @@ impl Channel {
                 }
                 PublishOutcome::Replicated(t) => {
                     routed = true;
-                    out.replicated = Some(out.replicated.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))));
+                    out.replicated.push(t);
                 }
                 PublishOutcome::Deleted => {}
             }
@@ -1293,21 +1328,16 @@ impl Channel {
         commit: CommitState,
         quorum: Option<&crate::quorum_queues::QuorumQueues>,
     ) -> Result<(), AmqpError> {
-        let Some(r) = self.commit_waiting else { return Ok(()) };
-        match r.verdict(commit, quorum) {
-            None => Ok(()),
-            Some(false) => {
-                self.commit_waiting = None;
-                self.send(&Method::TxCommitOk);
-                Ok(())
-            }
-            Some(true) => {
-                self.commit_waiting = None;
-                let stored = !r.failed && !matches!(r.durability.settled(commit), Settled::Failed);
-                // RabbitMQ's text for a commit a queue refused part of.
-                Err(if stored { AmqpError::precondition_failed("partial tx completion") } else { commit_failed() })
-            }
+        let Some(r) = &self.commit_waiting else { return Ok(()) };
+        let Some(nack) = r.verdict(commit, quorum) else { return Ok(()) };
+        let stored = !r.failed && !matches!(r.durability.settled(commit), Settled::Failed);
+        self.commit_waiting = None;
+        if !nack {
+            self.send(&Method::TxCommitOk);
+            return Ok(());
         }
+        // RabbitMQ's text for a commit a queue refused part of.
+        Err(if stored { AmqpError::precondition_failed("partial tx completion") } else { commit_failed() })
     }
 
     pub(crate) fn flush_confirms(
@@ -1321,7 +1351,8 @@ impl Channel {
         // Runs of acks collapse into one `multiple` ack; a nack goes out on its own, after
         // the acks before it.
         let mut upto = c.acked_upto;
-        while let Some(&(seq, r)) = c.waiting.front() {
+        while let Some((seq, r)) = c.waiting.front() {
+            let seq = *seq;
             let Some(nack) = r.verdict(commit, quorum) else { break };
             c.waiting.pop_front();
             if nack {
@@ -1361,7 +1392,8 @@ impl Channel {
         if let Some(q) = ctx.server.quorum.get() {
             // Nobody will ask for these publishes' refusals any more.
             let confirms = self.confirm.iter().flat_map(|c| c.waiting.iter().map(|(_, r)| r));
-            q.abandon(confirms.chain(self.commit_waiting.iter()).filter_map(|r| r.replicated));
+            let routed = confirms.chain(self.commit_waiting.iter());
+            q.abandon(routed.flat_map(|r| r.replicated.as_slice().iter().copied()));
         }
         if let Some((token, q)) = self.reply_to.take() {
             ctx.server.reply_to.lock().remove(&token);

@@ -155,9 +155,9 @@ pub(crate) struct QuorumQueues {
     /// committed, until the publisher's channel takes them (`take_rejected`) or closes
     /// (`abandon`). Publishes without confirms are never recorded: nobody would take them.
     rejected: Mutex<BTreeSet<u64>>,
-    /// Ticket ranges of closed channels' unsettled confirm publishes: their refusals are
-    /// dropped once the ranges are settled (`prune_abandoned`).
-    abandoned: Mutex<Vec<(u64, u64)>>,
+    /// Tickets of closed channels' unsettled confirm publishes: their refusals are
+    /// dropped once they are settled (`prune_abandoned`).
+    abandoned: Mutex<Vec<u64>>,
     proposer: Mutex<Proposer>,
     pending_bytes: AtomicUsize,
     /// `pending_bytes` past which publishes are refused (`warren.cluster_pending_max_bytes`).
@@ -338,36 +338,35 @@ impl QuorumQueues {
         *self.settled.borrow()
     }
 
-    /// Whether any ticket in `lo..=hi` was refused (and forget them).
-    pub(crate) fn take_rejected(&self, lo: u64, hi: u64) -> bool {
+    /// Whether any of `tickets` (one publish's, exactly: never a range, which could hold
+    /// another channel's) was refused; forget them.
+    pub(crate) fn take_rejected(&self, tickets: &[u64]) -> bool {
         let mut r = self.rejected.lock();
-        let hits: Vec<u64> = r.range(lo..=hi).copied().collect();
-        for t in &hits {
-            r.remove(t);
+        let mut any = false;
+        for t in tickets {
+            any |= r.remove(t);
         }
-        !hits.is_empty()
+        any
     }
 
-    /// A channel in confirm mode closed with these publishes (ticket ranges) not yet
+    /// A channel in confirm mode closed with the publishes of these tickets not yet
     /// confirmed: forget their refusals (now or, for those not settled yet, once they are).
-    pub(crate) fn abandon(&self, ranges: impl Iterator<Item = (u64, u64)>) {
-        self.abandoned.lock().extend(ranges);
+    pub(crate) fn abandon(&self, tickets: impl Iterator<Item = u64>) {
+        self.abandoned.lock().extend(tickets);
         self.prune_abandoned();
     }
 
-    /// Drop the refusals of abandoned ranges that are settled (no refusal comes for them
+    /// Drop the refusals of abandoned tickets that are settled (no refusal comes for them
     /// any more); keep the others for a later call.
     fn prune_abandoned(&self) {
         let settled = self.settled_through();
-        let done: Vec<(u64, u64)> = {
+        let done: Vec<u64> = {
             let mut a = self.abandoned.lock();
-            let (done, keep) = a.drain(..).partition(|&(_, hi)| hi <= settled);
+            let (done, keep) = a.drain(..).partition(|&t| t <= settled);
             *a = keep;
             done
         };
-        for (lo, hi) in done {
-            self.take_rejected(lo, hi);
-        }
+        self.take_rejected(&done);
     }
 
     fn consumer_id(&self, local: u64) -> ConsumerId {
@@ -1376,18 +1375,28 @@ mod tests {
     }
 
     impl Fixture {
-        /// A publish as `QuorumReplica::publish` makes it.
+        /// A publish to the reject-publish queue as `QuorumReplica::publish` makes it.
         fn publish(&self, ticket: u64, confirm: bool) -> Item {
+            self.publish_to(&self.key, ticket, confirm)
+        }
+
+        fn publish_to(&self, key: &QKey, ticket: u64, confirm: bool) -> Item {
             let cmd =
                 QCommand::Enqueue { publish: self.qq.publish_id(ticket, confirm), msg: self.msg.clone(), ttl_ms: None };
-            Item {
-                vhost: self.key.0.clone(),
-                queue: self.key.1.clone(),
-                origin: self.qq.node.0,
-                ticket,
-                now_ms: 0,
-                cmd,
-            }
+            Item { vhost: key.0.clone(), queue: key.1.clone(), origin: self.qq.node.0, ticket, now_ms: 0, cmd }
+        }
+
+        /// A second quorum queue, `name`, with no bound: its key and the queue (kept by
+        /// the caller, as the vhost would).
+        fn second_queue(&self, name: &str) -> (QKey, Arc<Queue>) {
+            let arguments = wire::FieldTable::new();
+            let declaration =
+                Declaration { vhost: "/".to_owned(), name: name.to_owned(), arguments: encode_arguments(&arguments) };
+            let options =
+                broker::queue::QueueOptions { durable: true, exclusive: false, auto_delete: false, arguments };
+            let queue = Queue::new("/", name.to_owned(), options, None);
+            self.qq.attach(&queue, declaration);
+            (("/".to_owned(), name.to_owned()), queue)
         }
     }
 
@@ -1418,17 +1427,40 @@ mod tests {
         }
         assert_eq!(f.qq.rejected.lock().len(), 10);
         f.qq.settled.send_replace(11);
-        assert!(!f.qq.take_rejected(1, 1), "the first publish was taken");
-        assert!(f.qq.take_rejected(2, 3));
+        assert!(!f.qq.take_rejected(&[1]), "the first publish was taken");
+        assert!(f.qq.take_rejected(&[2, 3]));
         assert_eq!(f.qq.rejected.lock().len(), 8);
         // The channel closed before asking for 4..=11; 12..=13 are not settled yet.
-        f.qq.abandon([(4, 4), (5, 11), (12, 13)].into_iter());
+        f.qq.abandon(4..=13);
         assert!(f.qq.rejected.lock().is_empty());
         f.qq.apply(12, vec![f.publish(12, true), f.publish(13, true)]);
         assert_eq!(f.qq.rejected.lock().len(), 2);
         f.qq.settled.send_replace(13);
         f.qq.prune_abandoned();
         assert!(f.qq.rejected.lock().is_empty() && f.qq.abandoned.lock().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_publish_to_several_queues_takes_only_its_own_refusals() {
+        let f = fixture();
+        let (wide, _wide_queue) = f.second_queue("wide");
+        f.qq.apply(1, vec![f.publish(1, true)]);
+        // Publisher A routes to both queues (tickets 2 and 4), publisher C to the full one
+        // only (ticket 3, between A's): both are refused by the full queue.
+        let items = vec![f.publish(2, true), f.publish(3, true), f.publish_to(&wide, 4, true)];
+        f.qq.apply(2, items);
+        f.qq.settled.send_replace(4);
+        assert!(!f.qq.take_rejected(&[1]));
+        assert!(f.qq.take_rejected(&[2, 4]), "A: refused by the full queue");
+        assert!(f.qq.take_rejected(&[3]), "C keeps its own refusal (a range 2..=4 took it)");
+
+        // The same interleaving, A's channel closed before its confirm: C's refusal stays.
+        let items = vec![f.publish(5, true), f.publish(6, true), f.publish_to(&wide, 7, true)];
+        f.qq.apply(3, items);
+        f.qq.settled.send_replace(7);
+        f.qq.abandon([5, 7].into_iter());
+        assert!(f.qq.take_rejected(&[6]), "C keeps its own refusal after A abandoned");
+        assert!(f.qq.rejected.lock().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread")]

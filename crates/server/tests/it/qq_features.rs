@@ -356,7 +356,7 @@ async fn a_node_that_catches_up_by_snapshot_gets_the_quorum_queues_bindings() {
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
-    bound_to(&nodes[f], "events", "audit").await;
+    bound_to(&nodes, f, "events", "audit").await;
     let ch2 = c2.create_channel().await.unwrap();
     ch2.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     let mandatory = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
@@ -369,14 +369,24 @@ async fn a_node_that_catches_up_by_snapshot_gets_the_quorum_queues_bindings() {
     assert!(c.is_ack() && c.take_message().is_none(), "routed on the node restored from a snapshot");
 }
 
-/// Wait until `n` has the binding `exchange` → `queue`.
-async fn bound_to(n: &Node, exchange: &str, queue: &str) {
-    eventually("the binding restored", Duration::from_secs(15), || async {
-        let bs = n.http().list_bindings_in("/").await.map_err(|e| e.to_string())?;
-        let has = bs.iter().any(|b| b.source == exchange && b.destination == queue);
-        if has { Ok(()) } else { Err(format!("{}: no binding {exchange} -> {queue}", n.full)) }
-    })
-    .await;
+/// Wait until `nodes[i]` has the binding `exchange` → `queue`; every node's log is printed
+/// if it does not come.
+async fn bound_to(nodes: &[Node], i: usize, exchange: &str, queue: &str) {
+    let n = &nodes[i];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let bs = n.http().list_bindings_in("/").await.map_err(|e| e.to_string());
+        if bs.as_ref().is_ok_and(|bs| bs.iter().any(|b| b.source == exchange && b.destination == queue)) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            for n in nodes {
+                eprintln!("==== {} ====\n{}", n.full, n.proc.as_ref().map(|p| p.log()).unwrap_or_default());
+            }
+            panic!("{}: no binding {exchange} -> {queue} within 15 s: {bs:?}", n.full);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A declare's reply code and text, for a refused one.
@@ -581,6 +591,104 @@ async fn without_a_quorum_publishes_past_the_pending_bound_are_nacked_and_the_cl
     let delivered_refused: Vec<String> = got.intersection(&refused).map(short).collect();
     assert!(delivered_refused.is_empty(), "refused past the bound and delivered: {delivered_refused:?}");
     eprintln!("pending bound: {} of {PUBLISHES} acked; test took {:?}", acked.len() - 10, started.elapsed());
+}
+
+/// Publish `n` persistent messages `{prefix}{i}` to `exchange` with `key` on the confirm
+/// channel `ch`, all before awaiting a confirm (so publishers on other connections
+/// interleave); returns (acked, nacked) bodies.
+async fn publish_answered(
+    ch: &lapin::Channel,
+    exchange: &str,
+    key: &str,
+    prefix: &str,
+    n: usize,
+) -> (Vec<String>, Vec<String>) {
+    let props = lapin::BasicProperties::default().with_delivery_mode(2);
+    let mut waits = Vec::with_capacity(n);
+    for i in 0..n {
+        let body = format!("{prefix}{i}");
+        let options = lapin::options::BasicPublishOptions::default();
+        let c = ch.basic_publish(exchange.into(), key.into(), options, body.as_bytes(), props.clone()).await.unwrap();
+        waits.push((body, c));
+    }
+    let (mut acked, mut nacked) = (Vec::new(), Vec::new());
+    for (body, c) in waits {
+        let c = tokio::time::timeout(Duration::from_secs(30), c).await.expect("a confirm within 30 s").unwrap();
+        if c.is_ack() { acked.push(body) } else { nacked.push(body) }
+    }
+    (acked, nacked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_routed_to_several_quorum_queues_is_acked_only_if_every_one_took_it() {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
+    use std::collections::BTreeSet;
+    /// The bounded queue's `x-max-length`: it is full after a handful of publishes, so
+    /// nearly every publish to it is refused.
+    const MAX_LENGTH: usize = 5;
+    /// Per publisher: enough for the tickets of concurrent publishers on one node to
+    /// interleave many times.
+    const PUBLISHES: usize = 3000;
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, f) = started_cluster(dir.path(), "").await;
+    let setup = nodes[f].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
+    let bounded_args = qq_args(&[
+        ("x-max-length", AMQPValue::LongLongInt(MAX_LENGTH as i64)),
+        ("x-overflow", long_str("reject-publish")),
+    ]);
+    setup.queue_declare("bounded".into(), DURABLE, bounded_args).await.unwrap();
+    setup.queue_declare("unbounded".into(), DURABLE, quorum_args()).await.unwrap();
+    let durable_ex = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    setup
+        .exchange_declare("both".into(), lapin::ExchangeKind::Fanout, durable_ex, FieldTable::default())
+        .await
+        .unwrap();
+    for q in ["bounded", "unbounded"] {
+        setup
+            .queue_bind(q.into(), "both".into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+            .await
+            .unwrap();
+    }
+
+    // Three publishers on one node (one ticket counter), each on its own connection (so
+    // they run concurrently): two through the fanout, one to the bounded queue only.
+    let mut chans = Vec::new();
+    for _ in 0..3 {
+        let ch = nodes[f].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        chans.push(ch);
+    }
+    let ((a_acked, a_nacked), (b_acked, b_nacked), (c_acked, c_nacked)) = tokio::join!(
+        publish_answered(&chans[0], "both", "", "a", PUBLISHES),
+        publish_answered(&chans[1], "both", "", "b", PUBLISHES),
+        publish_answered(&chans[2], "", "bounded", "c", PUBLISHES),
+    );
+    let acked: BTreeSet<String> = a_acked.iter().chain(&b_acked).chain(&c_acked).cloned().collect();
+    let nacked: BTreeSet<String> = a_nacked.iter().chain(&b_nacked).chain(&c_nacked).cloned().collect();
+    assert_eq!(acked.len() + nacked.len(), 3 * PUBLISHES, "every publish answered once");
+
+    let mut in_bounded = BTreeSet::new();
+    while let Some(m) = setup.basic_get("bounded".into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+        in_bounded.insert(String::from_utf8(m.delivery.data.clone()).unwrap());
+    }
+    assert!(in_bounded.len() <= MAX_LENGTH, "the bounded queue holds {} messages", in_bounded.len());
+    // Every publish reached the bounded queue: acked only if it took it (for a fanout
+    // publish the unbounded queue took it too), nacked if it refused it.
+    let acked_missing: Vec<&String> = acked.difference(&in_bounded).collect();
+    assert!(acked_missing.is_empty(), "acked but refused by the bounded queue: {acked_missing:?}");
+    let nacked_stored: Vec<&String> = nacked.intersection(&in_bounded).collect();
+    assert!(nacked_stored.is_empty(), "nacked but stored in the bounded queue: {nacked_stored:?}");
+    let passive = QueueDeclareOptions { passive: true, ..DURABLE };
+    let unbounded = setup.queue_declare("unbounded".into(), passive, FieldTable::default()).await.unwrap();
+    assert_eq!(unbounded.message_count() as usize, 2 * PUBLISHES, "the unbounded queue took every fanout publish");
+    eprintln!(
+        "several quorum queues: acked a {} b {} c {}; test took {:?}",
+        a_acked.len(),
+        b_acked.len(),
+        c_acked.len(),
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
