@@ -147,8 +147,20 @@ pub(crate) fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> Resul
     }
 }
 
+/// A port that was free a moment ago, below the kernel's ephemeral range (32768–60999
+/// here): a port from that range (what binding port 0 gives) can be taken by any test's
+/// outbound connection before the node binds it, and a cluster node's port is written
+/// into its name, so its start cannot simply retry with another.
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    /// Ports tried: under the ephemeral range, above the well-known and common ones.
+    const LOW: u16 = 20_000;
+    const HIGH: u16 = 32_000;
+    loop {
+        let port = fastrand::u16(LOW..HIGH);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub(crate) fn three_nodes(dir: &Path) -> Vec<Node> {
