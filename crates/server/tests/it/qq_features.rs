@@ -559,7 +559,15 @@ async fn without_a_quorum_publishes_past_the_pending_bound_are_nacked_and_the_cl
         assert!(confirm.is_nack(), "publish {i} past the bound: {confirm:?}");
     }
     let while_stopped = answers.lock().unwrap().clone();
-    assert!(while_stopped.iter().all(|(_, acked)| !acked), "a publish was acked without a quorum");
+    let acked: Vec<&String> = while_stopped.iter().filter(|(_, acked)| *acked).map(|(b, _)| b).collect();
+    if !acked.is_empty() {
+        // Seen once under heavy parallel load and not explained: keep the evidence.
+        for n in &nodes {
+            eprintln!("--- {} ---\n{}", n.full, n.proc.as_ref().map(|p| p.log()).unwrap_or_default());
+        }
+        let first: Vec<String> = acked.iter().take(3).map(|b| b[..b.find(' ').unwrap_or(b.len())].to_owned()).collect();
+        panic!("{} publishes acked without a quorum (first: {first:?}); leader was {}", acked.len(), nodes[l].full);
+    }
     let node = nodes[l].proc.as_mut().unwrap();
     assert!(node.alive(), "the node without a quorum is alive");
     let rss = node.rss_mib();
