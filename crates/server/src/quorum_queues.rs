@@ -162,6 +162,9 @@ pub(crate) struct QuorumQueues {
     pending_bytes: AtomicUsize,
     /// `pending_bytes` past which publishes are refused (`warren.cluster_pending_max_bytes`).
     pending_max_bytes: usize,
+    /// Refusals past the pending bound are logged once per `REFUSAL_LOG_INTERVAL_MS` with
+    /// their count (a publisher without a quorum would otherwise write a line per message).
+    refusals: Mutex<RefusalLog>,
     /// Every ticket up to this one is applied here, or failed.
     settled: watch::Sender<u64>,
     /// Nodes the leader declared down (their consumers suspended).
@@ -316,6 +319,7 @@ impl QuorumQueues {
             proposer: Mutex::new(Proposer { next_ticket: 1, tx }),
             pending_bytes: AtomicUsize::new(0),
             pending_max_bytes: state.config.cluster_pending_max_bytes,
+            refusals: Mutex::new(RefusalLog::default()),
             settled: watch::channel(0).0,
             down: Mutex::new(BTreeSet::new()),
             leading: std::sync::atomic::AtomicBool::new(false),
@@ -396,7 +400,9 @@ impl QuorumQueues {
     ) -> Option<u64> {
         let size = size + ITEM_OVERHEAD_BYTES;
         if self.pending_bytes.load(Ordering::Relaxed) + size > max_bytes {
-            warn!(queue = %key.1, "quorum queue: {max_bytes} bytes already wait for the cluster; refusing");
+            if let Some(n) = self.refusals.lock().refused(now_ms()) {
+                warn!(queue = %key.1, refused = n, "quorum queue: {max_bytes} bytes already wait for the cluster; refusing");
+            }
             return None;
         }
         self.pending_bytes.fetch_add(size, Ordering::Relaxed);
@@ -920,6 +926,31 @@ async fn cluster_node(me: &Weak<QuorumQueues>) -> Option<cluster::ClusterNode> {
     }
 }
 
+/// How often refusals past the pending bound are logged.
+const REFUSAL_LOG_INTERVAL_MS: u64 = 1_000;
+
+/// Counts refusals between two log lines.
+#[derive(Default)]
+struct RefusalLog {
+    /// When the last line was written (None: never).
+    logged_at_ms: Option<u64>,
+    /// Refusals since then, this one included.
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    /// One more refusal at `now_ms`: the count to log now, if a line is due.
+    fn refused(&mut self, now_ms: u64) -> Option<u64> {
+        self.unlogged += 1;
+        let due = self.logged_at_ms.is_none_or(|t| now_ms.saturating_sub(t) >= REFUSAL_LOG_INTERVAL_MS);
+        if !due {
+            return None;
+        }
+        self.logged_at_ms = Some(now_ms);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
 /// An entry's outcome: tickets settled, a failed entry's publishes nacked and its other
 /// commands kept in `retry` (sent again after a pause). False when the broker is gone.
 async fn settle_entry(
@@ -1320,6 +1351,22 @@ impl ServerState {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod refusal_log_tests {
+    use super::RefusalLog;
+
+    #[test]
+    fn refusals_are_logged_at_most_once_a_second_with_their_count() {
+        let mut l = RefusalLog::default();
+        assert_eq!(l.refused(5_000), Some(1), "the first is logged at once");
+        let quiet: Vec<Option<u64>> = (1..=998).map(|i| l.refused(5_000 + i)).collect();
+        assert!(quiet.iter().all(Option::is_none), "nothing more within the second");
+        assert_eq!(l.refused(6_000), Some(999), "a second later: one line with the count");
+        assert_eq!(l.refused(6_001), None);
+        assert_eq!(l.refused(9_000), Some(2));
     }
 }
 
