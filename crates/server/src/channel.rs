@@ -1317,10 +1317,6 @@ impl Channel {
         out
     }
 
-    /// Send what the group commit allows: one basic.ack (multiple) covering every
-    /// publish confirmed since the last call, nacks for publishes the disk failed, and a
-    /// pending tx.commit-ok. Returns an error to close the channel with when a commit the
-    /// client waits on failed.
     /// A tx.commit waiting for its publishes: commit-ok once every one is settled, a
     /// channel error if one was refused or failed.
     fn settle_commit(
@@ -1340,6 +1336,10 @@ impl Channel {
         Err(if stored { AmqpError::precondition_failed("partial tx completion") } else { commit_failed() })
     }
 
+    /// Send what the group commit allows: one basic.ack (multiple) covering every
+    /// publish confirmed since the last call, nacks for publishes the disk failed, and a
+    /// pending tx.commit-ok. Returns an error to close the channel with when a commit the
+    /// client waits on failed.
     pub(crate) fn flush_confirms(
         &mut self,
         commit: CommitState,
