@@ -131,8 +131,7 @@ impl LogStore {
         let file = self.file.clone();
         blocking(move || {
             let mut f = file.lock().expect("log file lock");
-            f.write_all(&buf)?;
-            f.sync_data()
+            append_whole(&mut f, &buf, true)
         })
         .await
     }
@@ -308,6 +307,19 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Se
     tokio::task::spawn_blocking(f).await.map_err(std::io::Error::other)?
 }
 
+/// Append `buf` (whole records) to the log file, then fsync it if `sync`. On failure the
+/// file is cut back to its length before: a full disk can leave part of a record, and
+/// anything written after a torn record (the Raft core stops on the error, but a commit
+/// record may be on its way) would make reading the log at the next start report damage.
+fn append_whole(f: &mut File, buf: &[u8], sync: bool) -> std::io::Result<()> {
+    let before = f.metadata()?.len();
+    let written = f.write_all(buf).and_then(|()| if sync { f.sync_data() } else { Ok(()) });
+    if written.is_err() {
+        let _ = f.set_len(before);
+    }
+    written
+}
+
 fn write_err(e: std::io::Error) -> StorageError<NodeId> {
     StorageIOError::write_logs(&e).into()
 }
@@ -370,7 +382,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         frame::encode(&mut buf, &crate::codec::encode(&LogRecord::Committed(c)).map_err(write_err)?);
         // A small append to a file only the core writes (openraft serialises storage calls):
         // no blocking-pool hop.
-        self.file.lock().expect("log file lock").write_all(&buf).map_err(write_err)?;
+        append_whole(&mut self.file.lock().expect("log file lock"), &buf, false).map_err(write_err)?;
         replay(&mut self.mem.lock().expect("log mem lock"), LogRecord::Committed(c));
         Ok(())
     }

@@ -133,6 +133,10 @@ pub struct RaftStatus {
     pub log_bytes: u64,
     /// Every member of the latest membership this node knows, sorted by name.
     pub members: Vec<MemberStatus>,
+    /// Why the Raft core stopped, if it did (e.g. its log could not be written: a full
+    /// disk). A stopped node takes no part in the group until it is restarted: it neither
+    /// votes nor acknowledges, and proposals through it fail.
+    pub stopped: Option<String>,
 }
 
 /// One member of the group as this node sees it.
@@ -220,6 +224,28 @@ async fn snapshot_by_size(raft: Raft, log: LogStore, bound: u64) {
     }
 }
 
+/// Log once, in the broker's words, when the Raft core stops on a fatal error: openraft's
+/// own line does not say what it means for the node.
+async fn report_fatal(raft: Raft) {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            // A clean shutdown is not news.
+            if !matches!(fatal, openraft::error::Fatal::Stopped) {
+                tracing::error!(
+                    error = %fatal,
+                    "the cluster's Raft core stopped: this node no longer votes, acknowledges or takes quorum-queue \
+                     publishes (they are nacked) until it is restarted; fix the cause (e.g. free disk space) first"
+                );
+            }
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 impl ClusterNode {
     /// Bind `config.listen` and start, committed commands going to `applier`.
     pub async fn start(config: NodeConfig, applier: Arc<dyn Applier>) -> Result<ClusterNode, Error> {
@@ -269,6 +295,7 @@ impl ClusterNode {
         let handler = Arc::new(Handler { raft: raft.clone(), transport: transport.clone(), fence: fence.clone() });
         let server = transport.serve(listener, handler);
         let snapshots = tokio::spawn(snapshot_by_size(raft.clone(), log_view.clone(), config.snapshot_log_bytes));
+        tokio::spawn(report_fatal(raft.clone()));
         let node = ClusterNode {
             inner: Arc::new(Inner {
                 name: config.name.clone(),
@@ -471,17 +498,23 @@ impl ClusterNode {
             })
             .collect();
         members.sort_by(|a, b| a.name.cmp(&b.name));
-        let leader = m.current_leader.and_then(|id| membership.get_node(&id).map(|n| n.addr.clone()));
+        let stopped = m.running_state.as_ref().err().map(|e| e.to_string());
+        // The last metrics of a stopped core still name its role then: it has none now.
+        let leader = m
+            .current_leader
+            .filter(|_| stopped.is_none())
+            .and_then(|id| membership.get_node(&id).map(|n| n.addr.clone()));
         RaftStatus {
             term: m.current_term,
             leader,
-            is_leader: m.state == ServerState::Leader,
+            is_leader: m.state == ServerState::Leader && stopped.is_none(),
             last_log_index,
             committed_index: self.inner.log.committed_index().unwrap_or(0),
             applied_index: m.last_applied.map_or(0, |l| l.index),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             log_bytes: self.inner.log.held_bytes(),
             members,
+            stopped,
         }
     }
 
@@ -493,7 +526,9 @@ impl ClusterNode {
         let mut running = Vec::new();
         for m in self.members() {
             if m == self.inner.name {
-                running.push(m);
+                if self.core_running() {
+                    running.push(m);
+                }
                 continue;
             }
             let transport = self.inner.transport.clone();
@@ -512,7 +547,14 @@ impl ClusterNode {
     }
 
     pub fn is_leader(&self) -> bool {
-        self.inner.raft.metrics().borrow().state == ServerState::Leader
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.running_state.is_ok()
+    }
+
+    /// The Raft core is running (not stopped on a fatal error or shut down).
+    pub fn core_running(&self) -> bool {
+        self.inner.raft.metrics().borrow().running_state.is_ok()
     }
 
     /// Test hook: drop all traffic between this node and `peer` (both directions as seen
@@ -691,7 +733,11 @@ impl Inbound for Handler {
             Request::Snapshot(r) => Response::Snapshot(self.raft.install_snapshot(r).await),
             // Forwarded requests are served here only; never forwarded again, so no loops.
             Request::Client(r) => Response::Client(local(&self.raft, &self.transport, &self.fence, r).await),
-            Request::Ping => Response::Client(Ok((0, Vec::new()))),
+            // A node whose Raft core stopped is not a running member: say so.
+            Request::Ping => match &self.raft.metrics().borrow().running_state {
+                Ok(()) => Response::Client(Ok((0, Vec::new()))),
+                Err(fatal) => Response::Client(Err(ClientFailure::Other(format!("raft core stopped: {fatal}")))),
+            },
         }
     }
 }

@@ -317,6 +317,9 @@ pub struct ClusterStatus {
     pub raft: RaftFigures,
     /// Each member (sorted by name): voter or learner and, on the leader, replication.
     pub member_details: Vec<ClusterMember>,
+    /// Why this node's Raft core stopped, if it did (a full disk, ...): it takes no part
+    /// in the cluster until restarted.
+    pub raft_stopped: Option<String>,
 }
 
 /// This node's Raft term and log positions (indexes; 0: none yet).

@@ -119,6 +119,13 @@ fn cluster_metrics(s: &ClusterStatus, x: &mut Exposition) {
     );
     x.one("warren_cluster_is_leader", "gauge", "1 if this node leads the metadata group", &[], b(r.is_leader));
     x.one(
+        "warren_cluster_raft_running",
+        "gauge",
+        "0 once this node's Raft core stopped on a fatal error (e.g. a full disk) until it restarts",
+        &[],
+        b(s.raft_stopped.is_none()),
+    );
+    x.one(
         "warren_cluster_log_bytes",
         "gauge",
         "Bytes of commands the Raft log holds until a snapshot covers them",
@@ -527,6 +534,7 @@ mod tests {
             "warren_cluster_running_members 2\n",
             "warren_cluster_is_leader 1\n",
             "warren_cluster_log_bytes 4096\n",
+            "warren_cluster_raft_running 1\n",
             "warren_cluster_follower_lag_entries{peer=\"b@h:2\"} 0\n",
             "warren_cluster_follower_lag_entries{peer=\"c@h:3\"} 3\n",
         ] {
@@ -538,5 +546,8 @@ mod tests {
         let t = x.finish();
         assert!(t.contains("warren_cluster_is_leader 0\n"));
         assert!(!t.contains("warren_cluster_follower_lag_entries{"), "a follower knows no lag:\n{t}");
+        let mut x = Exposition::default();
+        cluster_metrics(&ClusterStatus { raft_stopped: Some("disk full".into()), ..status(false) }, &mut x);
+        assert!(x.finish().contains("warren_cluster_raft_running 0\n"), "a stopped core shows");
     }
 }

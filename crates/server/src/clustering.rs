@@ -238,6 +238,7 @@ impl Running {
                 log_bytes: raft.log_bytes,
             },
             member_details,
+            raft_stopped: raft.stopped,
         }
     }
 }

@@ -219,6 +219,9 @@ fn cluster_json(s: &crate::node::ClusterStatus) -> Value {
         "leader": s.leader,
         "term": r.term,
         "is_leader": r.is_leader,
+        // "stopped" (with the reason): the Raft core quit on a fatal error, e.g. a full disk.
+        "raft_state": if s.raft_stopped.is_some() { "stopped" } else { "running" },
+        "raft_error": s.raft_stopped,
         "log": {
             "last_written_index": r.last_written_index,
             "commit_index": r.commit_index,

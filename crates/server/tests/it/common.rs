@@ -203,6 +203,36 @@ impl WarrenProcess {
         assert!(status.is_ok_and(|s| s.success()), "kill -{name} {}", self.child.id());
     }
 
+    /// SIGSTOP, then wait until every thread of the process has stopped. kill(2) only
+    /// queues the signal: on a loaded machine the process can run on for a while (long
+    /// enough for a cluster node to acknowledge a peer's append), so a test that needs it
+    /// silent from now on must wait for the stop itself.
+    pub fn stop(&self) {
+        use std::time::{Duration, Instant};
+        /// How long the kernel may take to stop every thread on a loaded machine.
+        const STOP_LIMIT: Duration = Duration::from_secs(10);
+        self.signal("STOP");
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let deadline = Instant::now() + STOP_LIMIT;
+        loop {
+            let running = std::fs::read_dir(&tasks)
+                .map(|dir| {
+                    dir.flatten().any(|t| {
+                        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                        // `pid (comm) state ...`: comm may hold spaces and parentheses.
+                        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+                        !matches!(state, Some('T' | 't') | None)
+                    })
+                })
+                .unwrap_or(false);
+            if !running {
+                return;
+            }
+            assert!(Instant::now() < deadline, "pid {} not stopped within {STOP_LIMIT:?}", self.child.id());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// The process has not exited.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -480,12 +480,12 @@ async fn queue_limit_refuses_the_declare_past_it_with_406() {
 
 /// A tmpfs of `mib` MiB mounted on a new temporary directory (tests run as root),
 /// unmounted on drop.
-struct SmallDisk {
+pub(crate) struct SmallDisk {
     dir: tempfile::TempDir,
 }
 
 impl SmallDisk {
-    fn mount(mib: u32) -> SmallDisk {
+    pub(crate) fn mount(mib: u32) -> SmallDisk {
         let dir = tempfile::tempdir().expect("tempdir");
         let st = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
@@ -496,7 +496,7 @@ impl SmallDisk {
         SmallDisk { dir }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 }
