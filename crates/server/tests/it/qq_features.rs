@@ -768,3 +768,52 @@ async fn a_tx_commit_on_a_quorum_queue_waits_for_a_majority_and_fails_on_a_refus
     let e = ch.tx_commit().await.expect_err("a commit with a refused publish");
     assert_eq!(refusal(&e), (406, "PRECONDITION_FAILED - partial tx completion".to_owned()));
 }
+
+/// `GET /api/health/checks/node-is-quorum-critical` for a rolling restart, through
+/// `rabbitmq_http_client`: with all three nodes up no node is critical; with one down,
+/// each of the other two is (503, naming the quorum queue and the metadata log); once the
+/// node is back, none is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_is_quorum_critical_when_stopping_it_would_lose_the_majority() {
+    use rabbitmq_http_client::error::Error as HttpError;
+    use rabbitmq_http_client::responses::HealthCheckFailureDetails;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, _) = started_cluster(dir.path(), "").await;
+    let c = nodes[0].amqp("guest", "guest", "/").await.unwrap();
+    c.create_channel().await.unwrap().queue_declare("qc".into(), DURABLE, quorum_args()).await.unwrap();
+    for n in &nodes {
+        n.http().health_check_if_node_is_quorum_critical().await.unwrap_or_else(|e| panic!("{}: {e:?}", n.full));
+    }
+    drop(c);
+    nodes[2].kill();
+    for n in &nodes[..2] {
+        eventually("the check fails with the queue named", Duration::from_secs(30), || async {
+            match n.http().health_check_if_node_is_quorum_critical().await {
+                Err(HttpError::HealthCheckFailed {
+                    status_code,
+                    details: HealthCheckFailureDetails::NodeIsQuorumCritical(d),
+                    ..
+                }) => {
+                    let names: Vec<(&str, &str)> =
+                        d.queues.iter().map(|q| (q.name.as_str(), q.queue_type.as_str())).collect();
+                    if status_code.as_u16() == 503
+                        && names.contains(&("qc", "quorum"))
+                        && names.contains(&("warren_meta", "process"))
+                        && d.reason.contains("would lose their quorum")
+                    {
+                        Ok(())
+                    } else {
+                        Err(format!("{status_code}: {} {names:?}", d.reason))
+                    }
+                }
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    }
+    nodes[2].start();
+    eventually("no node is critical once all three run", Duration::from_secs(30), || async {
+        nodes[0].http().health_check_if_node_is_quorum_critical().await.map_err(|e| format!("{e:?}"))
+    })
+    .await;
+}

@@ -1,7 +1,7 @@
 //! `/api/health/checks/*` and `/api/aliveness-test/{vhost}`: 200 `{"status":"ok"}` when
 //! the check passes, 503 `{"status":"failed","reason":...}` (plus the check's details)
-//! when it does not, with RabbitMQ's texts. Warren is a single node, so the cluster-wide
-//! and local checks agree and the quorum checks always pass.
+//! when it does not, with RabbitMQ's texts. The alarm checks are this node's (cluster-wide
+//! and local agree); `node-is-quorum-critical` asks the cluster's membership.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,10 +12,10 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
 
-use super::users::require_vhost_visible;
+use super::users::{can_see_vhost, require_vhost_visible};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::node::{CertificateFile, ListenerCertificates, NodeInfo};
+use crate::node::{CertificateFile, ClusterStatus, ListenerCertificates, NodeInfo};
 use crate::routes::AppState;
 
 const DAY_SECONDS: i64 = 86_400;
@@ -28,10 +28,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/health/checks/virtual-hosts", get(virtual_hosts))
         .route("/api/health/checks/port-listener/{port}", get(port_listener))
         .route("/api/health/checks/protocol-listener/{protocol}", get(protocol_listener))
-        .route(
-            "/api/health/checks/node-is-quorum-critical",
-            get(|| async { Json(json!({"status": "ok", "reason": "single node cluster"})) }),
-        )
+        .route("/api/health/checks/node-is-quorum-critical", get(node_is_quorum_critical))
         .route("/api/health/checks/node-is-mirror-sync-critical", get(|| async { ok() }))
         .route("/api/health/checks/certificate-expiration/{within}/{unit}", get(certificate_expiration))
 }
@@ -71,6 +68,58 @@ async fn aliveness(
         return Err(ApiError::internal(format!("vhost '{vhost}' is not running")));
     }
     Ok(ok())
+}
+
+/// Whether shutting `s.node` down would leave the metadata group without a majority of its
+/// voters running (as this node sees them: members answering its pings, itself when its
+/// Raft core runs). Every quorum queue replicates through that one group, so they would
+/// all stop taking publishes with it.
+fn quorum_critical(s: &ClusterStatus) -> bool {
+    let voters: Vec<_> = s.member_details.iter().filter(|m| m.voter).collect();
+    let majority = voters.len() / 2 + 1;
+    let left = voters.iter().filter(|m| m.running && m.name != s.node).count();
+    left < majority
+}
+
+/// RabbitMQ's `rabbitmq-diagnostics check_if_node_is_quorum_critical`, for rolling restarts:
+/// 503 with the quorum queues (of the vhosts the caller sees) and the metadata store that
+/// would lose their quorum if this node stopped now.
+async fn node_is_quorum_critical(State(node): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
+    let status = node.cluster_status().await;
+    let Some(s) = status.filter(|s| s.member_details.iter().filter(|m| m.voter).count() > 1) else {
+        return Json(json!({"status": "ok", "reason": "single node cluster"})).into_response();
+    };
+    if !quorum_critical(&s) {
+        return ok().into_response();
+    }
+    // The metadata log is cluster-wide, not a vhost's: listed for every caller (RabbitMQ
+    // lists its metadata store the same way, as a `process`).
+    let mut queues = vec![json!({
+        "name": "warren_meta",
+        "readable_name": "the cluster's metadata log (users, vhosts, policies, exchanges, bindings, quorum queues)",
+        "virtual_host": "(not applicable)",
+        "type": "process",
+    })];
+    let dir = node.directory();
+    for vh in node.vhosts() {
+        if !can_see_vhost(&caller, &dir, &vh.name) {
+            continue;
+        }
+        for q in vh.queues() {
+            if q.declared_args.queue_type == broker::args::QueueType::Quorum {
+                queues.push(json!({
+                    "name": q.name,
+                    "readable_name": format!("queue '{}' in vhost '{}'", q.name, vh.name),
+                    "virtual_host": vh.name,
+                    "type": "quorum",
+                }));
+            }
+        }
+    }
+    failed(
+        "There are quorum queues that would lose their quorum if the target node is shut down",
+        json!({"queues": queues}),
+    )
 }
 
 async fn alarms(State(node): State<AppState>, reason: &'static str) -> Response {
@@ -230,6 +279,40 @@ async fn certificate_expiration(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `me` among members (name, voter, running).
+    fn cluster(me: &str, members: &[(&str, bool, bool)]) -> ClusterStatus {
+        use crate::node::ClusterMember;
+        ClusterStatus {
+            node: me.into(),
+            member_details: members
+                .iter()
+                .map(|&(n, voter, running)| ClusterMember { name: n.into(), voter, running, replication: None })
+                .collect(),
+            ..ClusterStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_node_is_quorum_critical_when_the_others_running_are_not_a_majority() {
+        let all_up = [("a", true, true), ("b", true, true), ("c", true, true)];
+        assert!(!quorum_critical(&cluster("a", &all_up)), "two of three remain");
+        let c_down = [("a", true, true), ("b", true, true), ("c", true, false)];
+        assert!(quorum_critical(&cluster("a", &c_down)), "one of three would remain");
+        // A learner being added does not count toward the quorum.
+        let learner = [("a", true, true), ("b", true, true), ("c", true, false), ("d", false, true)];
+        assert!(quorum_critical(&cluster("a", &learner)));
+        // Five voters, two down: stopping a third leaves two of five.
+        let five = [("a", true, true), ("b", true, true), ("c", true, true), ("d", true, false), ("e", true, false)];
+        assert!(quorum_critical(&cluster("a", &five)));
+        let five_one_down =
+            [("a", true, true), ("b", true, true), ("c", true, true), ("d", true, true), ("e", true, false)];
+        assert!(!quorum_critical(&cluster("a", &five_one_down)));
+        // A node whose Raft core stopped (not running itself) is not critical: it already
+        // counts for nothing.
+        let stopped = [("a", true, false), ("b", true, true), ("c", true, true)];
+        assert!(!quorum_critical(&cluster("a", &stopped)));
+    }
 
     #[test]
     fn dates_format_as_rabbitmq_does() {
