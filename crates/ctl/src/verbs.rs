@@ -196,6 +196,41 @@ pub fn run(inv: &Invocation, out: &mut dyn std::io::Write) -> R {
                 c.p.raw(&text);
             }
         }
+        // rabbitmq-diagnostics' check and rabbitmq-upgrade's wait, for rolling restarts: is it
+        // safe to stop this node now (would the others still be a majority)?
+        "check_if_node_is_quorum_critical" | "await_online_quorum_plus_one" => {
+            let wait = inv.verb == "await_online_quorum_plus_one";
+            let o = c.get("/api/overview", "no overview")?;
+            let me = o["node"].as_str().unwrap_or("").to_owned();
+            if wait {
+                c.p.banner(&format!("Will wait for a quorum + 1 of nodes to be online for all quorum queues on {me}"));
+            } else {
+                c.p.banner(&format!("Checking if node {me} is critical for quorum of any quorum queues ..."));
+            }
+            let deadline = Instant::now() + inv.timeout;
+            loop {
+                let r = c.call("GET", "/api/health/checks/node-is-quorum-critical", None)?;
+                match r.status {
+                    200 => break,
+                    503 if wait && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                    503 => {
+                        let body = r.json();
+                        let names: Vec<&str> = body["queues"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|q| q["readable_name"].as_str())
+                            .collect();
+                        let why = body["reason"].as_str().unwrap_or("quorum critical");
+                        return Err(fail(EX_UNAVAILABLE, format!("{why}: {}", names.join(", "))));
+                    }
+                    st => return Err(fail(EX_SOFTWARE, format!("the node answered {st}: {}", r.reason()))),
+                }
+            }
+            if !wait {
+                c.p.line(&format!("Node {me} reported no quorum queues with minimum quorum"));
+            }
+        }
         "join_cluster" | "forget_cluster_node" => {
             let join = inv.verb == "join_cluster";
             let shape = if join { "join_cluster <NAME@HOST:PORT>" } else { "forget_cluster_node <NAME@HOST:PORT>" };
