@@ -25,9 +25,9 @@ struct Recorder {
 }
 
 impl Applier for Recorder {
-    fn apply(&self, index: u64, cmd: &[u8]) -> Vec<u8> {
+    fn apply(&self, index: u64, cmd: &[u8]) -> Result<Vec<u8>, String> {
         self.commands.lock().unwrap().push((index, cmd.to_vec()));
-        index.to_string().into_bytes()
+        Ok(index.to_string().into_bytes())
     }
 
     fn snapshot(&self) -> Vec<u8> {
