@@ -23,6 +23,7 @@ pub mod conf_file;
 pub mod config;
 pub mod connection;
 pub mod delivery;
+pub mod feature_flags;
 pub mod fds;
 pub mod listener;
 pub mod mgmt_node;

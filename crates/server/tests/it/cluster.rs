@@ -198,6 +198,7 @@ fn a_node_without_clustering_is_a_cluster_of_one() {
         prom: 0,
         home: dir.path().to_owned(),
         proc: None,
+        env: Vec::new(),
     };
     n.proc = Some(n.spawn(&[]));
     let me = n.api("/api/overview")["node"].as_str().unwrap().to_owned();

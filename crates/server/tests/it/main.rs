@@ -5,6 +5,7 @@ mod access;
 mod chaos;
 mod cluster;
 mod cluster_fixture;
+mod cluster_flags;
 mod cluster_topology;
 mod common;
 mod ctl;
