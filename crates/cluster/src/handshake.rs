@@ -216,9 +216,15 @@ pub(crate) enum Message {
         #[serde(default)]
         offer: Option<Offer>,
     },
-    Proof { mac: MacBytes },
-    Welcome { mac: MacBytes },
-    Refused { reason: String },
+    Proof {
+        mac: MacBytes,
+    },
+    Welcome {
+        mac: MacBytes,
+    },
+    Refused {
+        reason: String,
+    },
 }
 
 /// Why a handshake failed.

@@ -631,8 +631,7 @@ async fn probe_joiner(transport: &Arc<Transport>, name: &str, required: &[String
         let e = match transport.call(name, Request::Ping, PING_TIMEOUT).await {
             Ok(Response::Client(Ok(_))) => {
                 let offered = transport.peer_offer(name).map(|o| o.features).unwrap_or_default();
-                let missing: Vec<&str> =
-                    required.iter().filter(|f| !offered.contains(f)).map(String::as_str).collect();
+                let missing: Vec<&str> = required.iter().filter(|f| !offered.contains(f)).map(String::as_str).collect();
                 if missing.is_empty() {
                     return Ok(());
                 }

@@ -239,7 +239,12 @@ pub fn run(inv: &Invocation, out: &mut dyn std::io::Write) -> R {
             } else {
                 c.p.banner(&format!("Enabling feature flag `{name}` ..."));
             }
-            c.ok("PUT", &format!("/api/feature-flags/{}/enable", seg(&name)), None, "the node has no feature flags API")?;
+            c.ok(
+                "PUT",
+                &format!("/api/feature-flags/{}/enable", seg(&name)),
+                None,
+                "the node has no feature flags API",
+            )?;
         }
         "environment" => {
             let e = c.get("/api/warren/environment", "no environment")?;

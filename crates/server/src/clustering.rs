@@ -336,7 +336,8 @@ impl ServerState {
     /// cluster's set; a single node has every flag it supports enabled.
     pub fn feature_flag_states(&self) -> Vec<FeatureFlagState> {
         let support = crate::feature_flags::support();
-        let enabled = if self.cluster.get().is_some() { self.enabled_feature_flags() } else { Some(support.flags.clone()) };
+        let enabled =
+            if self.cluster.get().is_some() { self.enabled_feature_flags() } else { Some(support.flags.clone()) };
         crate::feature_flags::FLAGS
             .iter()
             .filter(|f| support.flags.contains(f.name))
@@ -661,9 +662,7 @@ impl Applier {
                 return crate::cluster_topology::encode_answer(&state.apply_exchange_binding(&b, false));
             }
             // Already in this node's definitions log (it was applied before a restart).
-            Command::Access(_)
-                if index <= state.cluster_applied.load(std::sync::atomic::Ordering::Acquire) =>
-            {
+            Command::Access(_) if index <= state.cluster_applied.load(std::sync::atomic::Ordering::Acquire) => {
                 Outcome::Applied
             }
             Command::Access(changes) => match state.apply_committed(index, changes) {
@@ -754,7 +753,9 @@ impl cluster::Applier for Applier {
         if let Some(flag) = self.unsupported(snapshot.feature_flags.iter().flatten()) {
             return Err(self.halt(
                 Some(&state),
-                format!("the cluster snapshot at {index} has feature flag {flag} enabled, which this node does not support"),
+                format!(
+                    "the cluster snapshot at {index} has feature flag {flag} enabled, which this node does not support"
+                ),
             ));
         }
         if let Some(flags) = &snapshot.feature_flags {
@@ -990,13 +991,19 @@ mod applier_tests {
         use crate::feature_flags::{QUORUM_QUEUE, REPLICATED_TOPOLOGY};
         let s = state();
         let old = Applier::supporting(&s, flags(&[QUORUM_QUEUE]));
-        assert_eq!(outcome(&old.apply_ok(1, &encode(&Command::Access(vec![Change::PutVhost(Vhost::named("v"))])))), Outcome::Applied);
+        assert_eq!(
+            outcome(&old.apply_ok(1, &encode(&Command::Access(vec![Change::PutVhost(Vhost::named("v"))])))),
+            Outcome::Applied
+        );
         let enable = encode_cbor(&Command::EnableFeatureFlags(vec![QUORUM_QUEUE.into()]));
         assert_eq!(outcome(&old.apply_ok(2, &enable)), Outcome::Applied);
         assert_eq!(s.enabled_feature_flags(), Some(flags(&[QUORUM_QUEUE])));
         let declare = Command::ExchangeDelete { vhost: "v".into(), name: "x".into(), if_unused: false };
         let e = cluster::Applier::apply(&old, 3, &encode_cbor(&declare)).unwrap_err();
-        assert!(e.starts_with("raft entry 3 needs feature flag replicated_topology, which this node does not support"), "{e}");
+        assert!(
+            e.starts_with("raft entry 3 needs feature flag replicated_topology, which this node does not support"),
+            "{e}"
+        );
         assert_eq!(s.fatal_error().borrow().as_deref(), Some(e.as_str()));
         let enable = encode_cbor(&Command::EnableFeatureFlags(vec![REPLICATED_TOPOLOGY.into()]));
         let e = cluster::Applier::apply(&old, 4, &enable).unwrap_err();
@@ -1007,7 +1014,10 @@ mod applier_tests {
         let new = Applier::new(&t);
         new.apply_ok(1, &encode(&Command::Access(vec![Change::PutVhost(Vhost::named("v"))])));
         assert_eq!(outcome(&new.apply_ok(4, &enable)), Outcome::Applied);
-        assert!(matches!(serde_json::from_slice::<Result<(), (u16, String)>>(&new.apply_ok(5, &encode_cbor(&declare))), Ok(Ok(()))));
+        assert!(matches!(
+            serde_json::from_slice::<Result<(), (u16, String)>>(&new.apply_ok(5, &encode_cbor(&declare))),
+            Ok(Ok(()))
+        ));
         assert!(t.fatal_error().borrow().is_none());
     }
 
@@ -1031,7 +1041,10 @@ mod applier_tests {
         assert!(e.contains("has feature flag quorum_queue enabled, which this node does not support"), "{e}");
         assert!(old.fatal_error().borrow().is_some());
         // Enabled: CBOR with the topology.
-        a.apply_ok(2, &encode_cbor(&Command::EnableFeatureFlags(vec![CBOR_SNAPSHOTS.into(), REPLICATED_TOPOLOGY.into()])));
+        a.apply_ok(
+            2,
+            &encode_cbor(&Command::EnableFeatureFlags(vec![CBOR_SNAPSHOTS.into(), REPLICATED_TOPOLOGY.into()])),
+        );
         let snap = cluster::Applier::snapshot(&a);
         assert_ne!(snap.first(), Some(&b'{'), "CBOR");
         let parsed: SnapshotData = ciborium::from_reader(&snap[..]).unwrap();

@@ -14,8 +14,8 @@ use rabbitmq_http_client::responses::FeatureFlagState;
 use serde_json::Value;
 
 use crate::cluster_fixture::{
-    Node, agreed_status, joiner, member_names, quorum_args, reply_code, start_and_elect, start_seeded,
-    three_nodes, wait_for,
+    Node, agreed_status, joiner, member_names, quorum_args, reply_code, start_and_elect, start_seeded, three_nodes,
+    wait_for,
 };
 
 /// What an older Warren version supports: quorum queues and their bindings, no replicated
