@@ -548,6 +548,15 @@ impl ClusterNode {
             .ok_or_else(|| Error::Raft(format!("{member} answered without a handshake offer")))
     }
 
+    /// What `member` announced in its latest handshake with this node, without asking it
+    /// now (None: no handshake with it yet). It may have restarted since, with another binary.
+    pub fn last_offer(&self, member: &str) -> Option<Offer> {
+        if member == self.inner.name {
+            return Some(self.inner.offer.clone());
+        }
+        self.inner.transport.peer_offer(member)
+    }
+
     pub fn is_leader(&self) -> bool {
         self.inner.raft.metrics().borrow().state == ServerState::Leader
     }

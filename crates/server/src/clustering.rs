@@ -419,8 +419,9 @@ impl ServerState {
 /// cluster, or one upgraded from a version before flags, whose log already uses what every
 /// flag names), the leader asks every member which flags it supports — over the inter-node
 /// link, whose handshake says — and once all have answered proposes enabling the flags all
-/// of them support. A member that does not answer holds it up (a gated proposal waits, then
-/// is refused), since it could be a version lacking a flag.
+/// of them support. A member never heard from holds it up (a gated proposal waits, then is
+/// refused), since it could be a version lacking a flag; one that answered an earlier
+/// handshake and is down now counts with what it said then.
 pub fn settle_feature_flags(state: &Arc<ServerState>) {
     if state.cluster.get().is_none() {
         return;
@@ -454,11 +455,17 @@ pub fn settle_feature_flags(state: &Arc<ServerState>) {
     });
 }
 
-/// The flags every member announces (this node included), or why they are not known yet.
+/// The flags every member announces (this node included), or why they are not known yet. A
+/// member that does not answer now counts with what its latest handshake with this node
+/// said (a cluster whose member went down just after forming still settles); one never
+/// heard from holds it up.
 async fn common_feature_flags(node: &cluster::ClusterNode) -> Result<Vec<String>, String> {
     let mut common: Option<BTreeSet<String>> = None;
     for member in node.members() {
-        let offer = node.member_offer(&member).await.map_err(|e| format!("waiting for {member}: {e}"))?;
+        let offer = match node.member_offer(&member).await {
+            Ok(o) => o,
+            Err(e) => node.last_offer(&member).ok_or_else(|| format!("waiting for {member}: {e}"))?,
+        };
         let theirs: BTreeSet<String> = offer.features.into_iter().collect();
         common = Some(match common {
             None => theirs,
