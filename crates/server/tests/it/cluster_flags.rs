@@ -14,8 +14,7 @@ use rabbitmq_http_client::responses::FeatureFlagState;
 use serde_json::Value;
 
 use crate::cluster_fixture::{
-    Node, agreed_status, joiner, member_names, quorum_args, reply_code, start_and_elect, start_seeded, three_nodes,
-    wait_for,
+    Node, agreed_status, joiner, member_names, quorum_args, reply_code, start_seeded, three_nodes, wait_for,
 };
 
 /// What an older Warren version supports: quorum queues and their bindings, no replicated
@@ -136,13 +135,14 @@ async fn a_cluster_with_an_old_node_keeps_its_new_flags_disabled_until_the_node_
         ("quorum_queue_bindings", "enabled"),
         ("replicated_topology", "disabled"),
     ]);
-    wait_for("the common flags enabled", Duration::from_secs(10), || {
-        let got = flag_states(&nodes[0]);
-        if got == mixed { Ok(()) } else { Err(format!("{got:?}")) }
-    });
-    assert_eq!(flag_states(&nodes[1]), mixed);
     // The old node lists what it knows: its two flags, enabled.
-    assert_eq!(flag_states(&nodes[2]), states(&[("quorum_queue", "enabled"), ("quorum_queue_bindings", "enabled")]));
+    let known_to_old = states(&[("quorum_queue", "enabled"), ("quorum_queue_bindings", "enabled")]);
+    for (n, want) in [(&nodes[0], &mixed), (&nodes[1], &mixed), (&nodes[2], &known_to_old)] {
+        wait_for("the common flags enabled", Duration::from_secs(10), || {
+            let got = flag_states(n);
+            if got == *want { Ok(()) } else { Err(format!("{}: {got:?}", n.full)) }
+        });
+    }
 
     // What the enabled flags gate works; what the disabled one gates is refused with a clear
     // error, by AMQP (541, the connection closes) and the API (503).
@@ -205,5 +205,41 @@ async fn a_cluster_with_an_old_node_keeps_its_new_flags_disabled_until_the_node_
     // The two others go on.
     let (code, out, err) = nodes[0].ctl(&["add_vhost", "after-downgrade"]);
     assert_eq!(code, 0, "{out}{err}");
-    let _ = start_and_elect;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_of_the_old_node_in_place_lets_every_flag_be_enabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = three_nodes(dir.path());
+    let n3 = nodes.pop().unwrap();
+    nodes.push(old(n3));
+    start_seeded(&mut nodes).await;
+    let all = member_names(&nodes);
+    wait_for("replicated_topology disabled", Duration::from_secs(10), || {
+        let got = flag_states(&nodes[0]);
+        let off = got.contains(&("replicated_topology".to_owned(), "disabled".to_owned()));
+        if off { Ok(()) } else { Err(format!("{got:?}")) }
+    });
+    // The old node is stopped and started again on its data directory as the current version.
+    let code = nodes[2].proc.as_mut().unwrap().terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    nodes[2].proc = None;
+    nodes[2].env.clear();
+    nodes[2].start();
+    wait_for("three running again", Duration::from_secs(20), || agreed_status(&nodes, &[0, 1, 2], &all).map(|_| ()));
+    let (code, out, err) = nodes[0].ctl(&["enable_feature_flag", "all"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for n in &nodes {
+        wait_for("every flag enabled", Duration::from_secs(10), || {
+            let got = flag_states(n);
+            if got == all_enabled() { Ok(()) } else { Err(format!("{}: {got:?}", n.full)) }
+        });
+    }
+    // What replicated_topology gates works from the upgraded node.
+    let ch = channel(&nodes[2]).await;
+    ch.exchange_declare("upgraded".into(), ExchangeKind::Fanout, DURABLE_EXCHANGE, FieldTable::default())
+        .await
+        .unwrap();
+    let on1 = channel(&nodes[0]).await;
+    on1.exchange_declare("upgraded".into(), ExchangeKind::Fanout, PASSIVE, FieldTable::default()).await.unwrap();
 }
