@@ -194,6 +194,7 @@ pub struct Transport {
     offer: Offer,
     /// Each peer's offer as its latest handshake (either direction) gave it: a restarted
     /// peer (another binary, perhaps) shakes hands again before any request is served.
+    /// Only peers that proved the cookie are entered, one entry per node name (a handful).
     learned: Learned,
 }
 
