@@ -8,7 +8,8 @@
 //!   broker's directory); persistent snapshots of the applier's content.
 //! - [`transport`]: TCP between nodes — one connection per peer, framed and checksummed.
 //! - [`handshake`]: the cookie every node of a cluster shares, and the challenge-response
-//!   each inter-node connection runs before the transport reads a request on it.
+//!   each inter-node connection runs before the transport reads a request on it (with both
+//!   sides' wire-protocol versions and supported feature flags: [`Offer`]).
 //! - [`node`]: [`ClusterNode`], what the broker and `warrenctl` will call.
 //!
 //! The consensus algorithm is openraft's (0.9 line); this crate supplies storage, network
@@ -26,7 +27,7 @@ pub mod transport;
 use std::io::Cursor;
 
 pub use codec::Command;
-pub use handshake::Cookie;
+pub use handshake::{Cookie, Offer, WIRE_VERSION, WIRE_VERSION_MIN};
 pub use node::{ClusterNode, MemberStatus, NodeConfig, RaftStatus, Replication};
 pub use state_machine::Applier;
 pub use transport::LinkTls;

@@ -25,7 +25,7 @@ use openraft::raft::{
 use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 
-use crate::handshake::Cookie;
+use crate::handshake::{Cookie, Offer};
 use crate::log_store::LogStore;
 use crate::state_machine::{Applied, Applier, StateMachine};
 use crate::transport::{CallError, ClientFailure, ClientRequest, Inbound, LinkTls, Request, Response, Transport};
@@ -85,6 +85,10 @@ pub struct NodeConfig {
     pub tls: Option<LinkTls>,
     /// Bind outbound inter-node connections to this address (None: the kernel's choice).
     pub source_ip: Option<std::net::IpAddr>,
+    /// What the node announces in every inter-node handshake: the wire-protocol versions it
+    /// speaks (a peer with none in common is refused) and the feature flags it supports
+    /// (a node lacking one the cluster has enabled cannot be added: [`Applier::required_features`]).
+    pub offer: Offer,
 }
 
 impl NodeConfig {
@@ -101,6 +105,7 @@ impl NodeConfig {
             cookie,
             tls: None,
             source_ip: None,
+            offer: Offer::default(),
             cluster_nodes: Vec::new(),
             snapshot_every_entries: 10_000,
             snapshot_log_bytes: DEFAULT_SNAPSHOT_LOG_BYTES,
@@ -178,6 +183,8 @@ struct Inner {
     state: StateMachine,
     transport: Arc<Transport>,
     fence: Arc<ReadFence>,
+    /// What this node announces (its own answer to [`ClusterNode::member_offer`]).
+    offer: Offer,
     server: tokio::task::JoinHandle<()>,
     snapshots: tokio::task::JoinHandle<()>,
 }
@@ -283,8 +290,13 @@ impl ClusterNode {
         }
         .validate()
         .map_err(|e| Error::Raft(e.to_string()))?;
-        let transport =
-            Transport::with_source(config.name.clone(), config.cookie.clone(), config.tls.clone(), config.source_ip);
+        let transport = Transport::with_offer(
+            config.name.clone(),
+            config.cookie.clone(),
+            config.tls.clone(),
+            config.source_ip,
+            config.offer.clone(),
+        );
         let network = Network { transport: transport.clone() };
         let id = node_id(&config.name);
         let log_view = log.clone();
@@ -292,7 +304,12 @@ impl ClusterNode {
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
         let fence = Arc::new(ReadFence::default());
-        let handler = Arc::new(Handler { raft: raft.clone(), transport: transport.clone(), fence: fence.clone() });
+        let handler = Arc::new(Handler {
+            raft: raft.clone(),
+            transport: transport.clone(),
+            fence: fence.clone(),
+            state: state.clone(),
+        });
         let server = transport.serve(listener, handler);
         let snapshots = tokio::spawn(snapshot_by_size(raft.clone(), log_view.clone(), config.snapshot_log_bytes));
         tokio::spawn(report_fatal(raft.clone()));
@@ -306,6 +323,7 @@ impl ClusterNode {
                 state,
                 transport,
                 fence,
+                offer: config.offer.clone(),
                 server,
                 snapshots,
             }),
@@ -546,6 +564,34 @@ impl ClusterNode {
         running
     }
 
+    /// What `member` announced in its latest inter-node handshake — wire versions and
+    /// supported feature flags — after making sure it answers now (a ping within
+    /// [`PING_TIMEOUT`], over a connection whose handshake gave the offer). This node's own
+    /// for its own name. An error when it does not answer.
+    pub async fn member_offer(&self, member: &str) -> Result<Offer, Error> {
+        if member == self.inner.name {
+            return Ok(self.inner.offer.clone());
+        }
+        match self.inner.transport.call(member, Request::Ping, PING_TIMEOUT).await {
+            Ok(Response::Client(Ok(_))) => {}
+            Ok(_) => return Err(Error::Raft(format!("{member} answered a ping with a response of the wrong kind"))),
+            Err(e) => return Err(Error::Raft(format!("{member} does not answer over the inter-node link: {e}"))),
+        }
+        self.inner
+            .transport
+            .peer_offer(member)
+            .ok_or_else(|| Error::Raft(format!("{member} answered without a handshake offer")))
+    }
+
+    /// What `member` announced in its latest handshake with this node, without asking it
+    /// now (None: no handshake with it yet). It may have restarted since, with another binary.
+    pub fn last_offer(&self, member: &str) -> Option<Offer> {
+        if member == self.inner.name {
+            return Some(self.inner.offer.clone());
+        }
+        self.inner.transport.peer_offer(member)
+    }
+
     pub fn is_leader(&self) -> bool {
         let m = self.inner.raft.metrics();
         let m = m.borrow();
@@ -576,7 +622,7 @@ impl ClusterNode {
             // A leader cut off from its quorum never finishes a write; the deadline bounds it.
             let attempt = tokio::time::timeout_at(
                 deadline,
-                local(&self.inner.raft, &self.inner.transport, &self.inner.fence, req.clone()),
+                local(&self.inner.raft, &self.inner.transport, &self.inner.fence, &self.inner.state, req.clone()),
             )
             .await;
             let Ok(attempt) = attempt else { return Err(Error::Timeout) };
@@ -625,14 +671,28 @@ fn forms_group(config: &NodeConfig) -> bool {
 const JOIN_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Whether the leader reaches `name` over the inter-node link (connect and handshake): a
-/// node that cannot be reached — or holds another cookie — is refused before it becomes a
-/// member, rather than added as a learner that never catches up (and counted in quorums
-/// once promoted). Retries while the link is in reconnect backoff.
-async fn probe_joiner(transport: &Arc<Transport>, name: &str) -> Result<(), ClientFailure> {
+/// node that cannot be reached — or holds another cookie, or speaks no wire-protocol
+/// version this one does — is refused before it becomes a member, rather than added as a
+/// learner that never catches up (and counted in quorums once promoted). So is one whose
+/// handshake did not announce every feature flag in `required` (the cluster's enabled
+/// ones): it could not apply the log. Retries while the link is in reconnect backoff.
+async fn probe_joiner(transport: &Arc<Transport>, name: &str, required: &[String]) -> Result<(), ClientFailure> {
     let deadline = tokio::time::Instant::now() + JOIN_PROBE_TIMEOUT;
     loop {
         let e = match transport.call(name, Request::Ping, PING_TIMEOUT).await {
-            Ok(Response::Client(Ok(_))) => return Ok(()),
+            Ok(Response::Client(Ok(_))) => {
+                let offered = transport.peer_offer(name).map(|o| o.features).unwrap_or_default();
+                let missing: Vec<&str> = required.iter().filter(|f| !offered.contains(f)).map(String::as_str).collect();
+                if missing.is_empty() {
+                    return Ok(());
+                }
+                return Err(ClientFailure::Other(format!(
+                    "{name} cannot join: it does not support the feature flag{} {} enabled in this cluster \
+                     (upgrade it to a version that does)",
+                    if missing.len() == 1 { "" } else { "s" },
+                    missing.join(", ")
+                )));
+            }
             // Asking again would meet the same cookie.
             Err(CallError::Refused(e)) => return Err(ClientFailure::Other(format!("{name} cannot join: {e}"))),
             Ok(_) => "a response of the wrong kind".to_owned(),
@@ -670,6 +730,7 @@ async fn local(
     raft: &Raft,
     transport: &Arc<Transport>,
     fence: &ReadFence,
+    state: &StateMachine,
     req: ClientRequest,
 ) -> Result<(u64, Vec<u8>), ClientFailure> {
     match req {
@@ -681,7 +742,7 @@ async fn local(
             // Only a leader adds members (a follower's add_learner below says who leads).
             let leading = raft.metrics().borrow().state == ServerState::Leader;
             if leading {
-                probe_joiner(transport, &name).await?;
+                probe_joiner(transport, &name, &state.required_features()).await?;
             }
             // Learner first so the new node has the log before it counts toward a quorum.
             raft.add_learner(id, BasicNode::new(&name), true).await.map_err(fail)?;
@@ -723,6 +784,7 @@ struct Handler {
     raft: Raft,
     transport: Arc<Transport>,
     fence: Arc<ReadFence>,
+    state: StateMachine,
 }
 
 impl Inbound for Handler {
@@ -732,7 +794,9 @@ impl Inbound for Handler {
             Request::Vote(r) => Response::Vote(self.raft.vote(r).await),
             Request::Snapshot(r) => Response::Snapshot(self.raft.install_snapshot(r).await),
             // Forwarded requests are served here only; never forwarded again, so no loops.
-            Request::Client(r) => Response::Client(local(&self.raft, &self.transport, &self.fence, r).await),
+            Request::Client(r) => {
+                Response::Client(local(&self.raft, &self.transport, &self.fence, &self.state, r).await)
+            }
             // A node whose Raft core stopped is not a running member: say so.
             Request::Ping => match &self.raft.metrics().borrow().running_state {
                 Ok(()) => Response::Client(Ok((0, Vec::new()))),

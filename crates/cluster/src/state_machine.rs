@@ -29,8 +29,12 @@ const SNAPSHOT_FILE: &str = "snapshot";
 pub trait Applier: Send + Sync + 'static {
     /// Apply the committed command at log `index`; the bytes returned go back to the
     /// proposer (e.g. "refused: user does not exist" — a refusal is a result, not an error:
-    /// every node refuses the same way).
-    fn apply(&self, index: u64, cmd: &[u8]) -> Vec<u8>;
+    /// every node refuses the same way). An error is for a command this node cannot apply
+    /// at all (one it cannot decode, written by a newer version, or needing a feature it
+    /// lacks): skipping it would make this node diverge from the others, so the state
+    /// machine stops there — nothing after it is applied, and openraft stops this node's
+    /// Raft core (fail closed; the broker exits).
+    fn apply(&self, index: u64, cmd: &[u8]) -> Result<Vec<u8>, String>;
     /// The whole state, serialised (what a far-behind or new node receives).
     fn snapshot(&self) -> Vec<u8>;
     /// Replace the whole state with `data` (from [`Applier::snapshot`], taken at log
@@ -42,6 +46,11 @@ pub trait Applier: Send + Sync + 'static {
     /// not applied again. An in-memory applier answers 0.
     fn durable_index(&self) -> u64 {
         0
+    }
+    /// The feature flags the replicated state has enabled: a node that does not announce
+    /// all of them in its handshake is not added as a member (it could not apply the log).
+    fn required_features(&self) -> Vec<String> {
+        Vec::new()
     }
 }
 
@@ -149,6 +158,11 @@ impl StateMachine {
         self.applied.lock().expect("state lock").clone()
     }
 
+    /// [`Applier::required_features`] of the applier.
+    pub fn required_features(&self) -> Vec<String> {
+        self.applier.required_features()
+    }
+
     /// Index of the last applied entry, 0 if none.
     pub fn applied_index(&self) -> u64 {
         self.applied.lock().expect("state lock").last_applied.map_or(0, |l| l.index)
@@ -229,7 +243,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => {}
                 // An empty command is the read fence's blank entry (node.rs): nothing to apply.
                 EntryPayload::Normal(cmd) if cmd.0.is_empty() => {}
-                EntryPayload::Normal(cmd) => result = self.applier.apply(e.log_id.index, &cmd.0),
+                EntryPayload::Normal(cmd) => {
+                    result = self.applier.apply(e.log_id.index, &cmd.0).map_err(|reason| {
+                        tracing::error!(index = e.log_id.index, "raft entry not applied, stopping: {reason}");
+                        StorageIOError::apply(e.log_id, &std::io::Error::other(reason))
+                    })?;
+                }
                 EntryPayload::Membership(m) => a.membership = StoredMembership::new(Some(e.log_id), m),
             }
             a.last_applied = Some(e.log_id);
@@ -284,9 +303,9 @@ mod tests {
     struct Bytes(Mutex<Vec<u8>>);
 
     impl Applier for Bytes {
-        fn apply(&self, _index: u64, cmd: &[u8]) -> Vec<u8> {
+        fn apply(&self, _index: u64, cmd: &[u8]) -> Result<Vec<u8>, String> {
             self.0.lock().unwrap().extend_from_slice(cmd);
-            Vec::new()
+            Ok(Vec::new())
         }
         fn snapshot(&self) -> Vec<u8> {
             self.0.lock().unwrap().clone()

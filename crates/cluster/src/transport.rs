@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use tokio_rustls::rustls;
 
 use crate::frame::{self, Decoded};
-use crate::handshake::{self, Cookie, HANDSHAKE_TIMEOUT, HandshakeError};
+use crate::handshake::{self, Cookie, HANDSHAKE_TIMEOUT, HandshakeError, Offer};
 use crate::{NodeId, TypeConfig};
 
 /// Requests queued for one peer before further ones are refused.
@@ -190,7 +190,15 @@ pub struct Transport {
     refused: Mutex<HashMap<std::net::IpAddr, WarnLimit>>,
     /// Permits for inbound handshakes ([`HANDSHAKES_IN_FLIGHT_MAX`]).
     handshakes: Arc<tokio::sync::Semaphore>,
+    /// What this node announces in every handshake (wire versions, feature flags).
+    offer: Offer,
+    /// Each peer's offer as its latest handshake (either direction) gave it: a restarted
+    /// peer (another binary, perhaps) shakes hands again before any request is served.
+    /// Only peers that proved the cookie are entered, one entry per node name (a handful).
+    learned: Learned,
 }
+
+type Learned = Arc<Mutex<HashMap<String, Offer>>>;
 
 impl Transport {
     pub fn new(me: String, cookie: Cookie) -> Arc<Transport> {
@@ -209,7 +217,20 @@ impl Transport {
         tls: Option<LinkTls>,
         source_ip: Option<std::net::IpAddr>,
     ) -> Arc<Transport> {
+        Transport::with_offer(me, cookie, tls, source_ip, Offer::default())
+    }
+
+    /// [`Self::with_source`], announcing `offer` in every handshake.
+    pub fn with_offer(
+        me: String,
+        cookie: Cookie,
+        tls: Option<LinkTls>,
+        source_ip: Option<std::net::IpAddr>,
+        offer: Offer,
+    ) -> Arc<Transport> {
         Arc::new(Transport {
+            offer,
+            learned: Arc::default(),
             me,
             cookie,
             tls,
@@ -219,6 +240,11 @@ impl Transport {
             refused: Mutex::default(),
             handshakes: Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT_MAX)),
         })
+    }
+
+    /// `peer`'s offer as its latest handshake with this node gave it (None: no handshake yet).
+    pub fn peer_offer(&self, peer: &str) -> Option<Offer> {
+        self.learned.lock().expect("learned lock").get(peer).cloned()
     }
 
     fn is_isolated(&self, peer: &str) -> bool {
@@ -259,6 +285,8 @@ impl Transport {
                         cookie: self.cookie.clone(),
                         tls: self.tls.clone(),
                         source_ip: self.source_ip,
+                        offer: self.offer.clone(),
+                        learned: self.learned.clone(),
                     };
                     tokio::spawn(peer_task(who, peer.to_owned(), rx));
                     tx
@@ -361,7 +389,10 @@ async fn serve_connection<H: Inbound>(
             }
             None => Box::new(stream),
         };
-        let from = handshake::accept(&mut link, &mut buf, &transport.cookie, &transport.me, &mut claimed).await?;
+        let (from, offer) =
+            handshake::accept(&mut link, &mut buf, &transport.cookie, &transport.me, &transport.offer, &mut claimed)
+                .await?;
+        transport.learned.lock().expect("learned lock").insert(from.clone(), offer);
         Ok((link, from))
     };
     let (link, from) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await {
@@ -502,6 +533,8 @@ struct Identity {
     cookie: Cookie,
     tls: Option<LinkTls>,
     source_ip: Option<std::net::IpAddr>,
+    offer: Offer,
+    learned: Learned,
 }
 
 /// An open connection to a peer: its write half, the calls waiting for a response, and the
@@ -546,7 +579,8 @@ async fn connect(who: &Identity, peer: &str) -> Result<Connection, ConnectError>
             }
             None => Box::new(stream),
         };
-        handshake::initiate(&mut link, &mut buf, &who.cookie, &who.me, peer).await?;
+        let theirs = handshake::initiate(&mut link, &mut buf, &who.cookie, &who.me, peer, &who.offer).await?;
+        who.learned.lock().expect("learned lock").insert(peer.to_owned(), theirs);
         Ok(link)
     };
     let link = tokio::time::timeout(HANDSHAKE_TIMEOUT, shake)
@@ -752,6 +786,43 @@ mod tests {
         assert_eq!(b_echo.served.load(Ordering::Relaxed), 1);
     }
 
+    /// A transport announcing `offer`, serving with a counting [`Echo`].
+    async fn serving_offer(short: &str, offer: Offer) -> (Arc<Transport>, String, Arc<Echo>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let name = format!("{short}@{}", listener.local_addr().unwrap());
+        let t = Transport::with_offer(name.clone(), cookie("SAME"), None, None, offer);
+        let echo = Arc::new(Echo::default());
+        // The server task lives as long as the runtime (the test's).
+        drop(t.serve(listener, echo.clone()));
+        (t, name, echo)
+    }
+
+    #[tokio::test]
+    async fn each_side_learns_the_others_features_and_other_wire_versions_are_refused_unserved() {
+        let with = |min, max, f: &[&str]| Offer {
+            wire_min: min,
+            wire_max: max,
+            features: f.iter().map(|s| s.to_string()).collect(),
+        };
+        let (a, a_name, _) = serving_offer("a", with(1, 1, &["x", "y"])).await;
+        let (b, b_name, _) = serving_offer("b", with(1, 2, &["x"])).await;
+        assert_eq!(a.peer_offer(&b_name), None);
+        eventually_ok(&a, &b_name).await;
+        assert_eq!(a.peer_offer(&b_name), Some(with(1, 2, &["x"])), "the dialer learns the acceptor's");
+        assert_eq!(b.peer_offer(&a_name), Some(with(1, 1, &["x", "y"])), "the acceptor learns the dialer's");
+        let (c, c_name, c_echo) = serving_offer("c", with(2, 2, &["x"])).await;
+        for (from, to, e) in [
+            (&a, &c_name, format!("{c_name} speaks 2, {a_name} speaks 1")),
+            (&c, &a_name, format!("{a_name} speaks 1, {c_name} speaks 2")),
+        ] {
+            let r = from.call(to, propose(5), Duration::from_secs(5)).await;
+            let Err(CallError::Refused(m)) = r else { panic!("{:?}", r.err()) };
+            assert!(m.contains(&format!("incompatible wire protocol versions: {e}")), "{m}");
+        }
+        assert_eq!(c_echo.served.load(Ordering::Relaxed), 0);
+        assert_eq!(a.peer_offer(&c_name), None, "nothing learned from a refused handshake");
+    }
+
     #[tokio::test]
     async fn a_wrong_cookie_is_refused_in_both_directions_and_nothing_is_served() {
         let (a, a_name, a_echo, _sa) = serving("a", "ONE").await;
@@ -845,7 +916,12 @@ mod tests {
         assert!(took + Duration::from_millis(100) >= HANDSHAKE_TIMEOUT, "closed after {took:?}");
         // A dialer that stalls after its hello is dropped the same way.
         let mut s = TcpStream::connect(addr).await.unwrap();
-        let hello = handshake::Message::Hello { from: "a@h:1".into(), to: b_name.clone(), nonce: [0; 32] };
+        let hello = handshake::Message::Hello {
+            from: "a@h:1".into(),
+            to: b_name.clone(),
+            nonce: [0; 32],
+            offer: Some(Offer::default()),
+        };
         write_frame(&mut s, &hello).await.unwrap();
         closed_within(&mut s, HANDSHAKE_TIMEOUT + Duration::from_secs(2)).await;
         assert_eq!(echo.served.load(Ordering::Relaxed), 0);
@@ -875,7 +951,7 @@ mod tests {
         let (_, addr) = crate::parse_node_name(&b_name).unwrap();
         let mut s = TcpStream::connect(addr).await.unwrap();
         let mut buf = Vec::new();
-        handshake::initiate(&mut s, &mut buf, &cookie("SECRET"), "raw@h:1", &b_name).await.unwrap();
+        handshake::initiate(&mut s, &mut buf, &cookie("SECRET"), "raw@h:1", &b_name, &Offer::default()).await.unwrap();
         // A good request is answered.
         write_frame(&mut s, &Envelope { id: 1, body: propose(3) }).await.unwrap();
         let reply: Envelope<Response> = read_frame(&mut s, &mut buf).await.unwrap();

@@ -22,12 +22,20 @@ struct Recorder {
     /// Stands for an applier with its own durable storage (the broker's definitions log):
     /// kept across a restart, it reports its last command's index as durable.
     durable: bool,
+    /// Commands starting with this cannot be applied here (as an older version meets a
+    /// newer one's entry): `apply` fails.
+    refuse: Option<&'static [u8]>,
+    /// What the replicated state requires of a member (the broker's enabled feature flags).
+    required: Vec<String>,
 }
 
 impl Applier for Recorder {
-    fn apply(&self, index: u64, cmd: &[u8]) -> Vec<u8> {
+    fn apply(&self, index: u64, cmd: &[u8]) -> Result<Vec<u8>, String> {
+        if self.refuse.is_some_and(|p| cmd.starts_with(p)) {
+            return Err(format!("entry {index} is of a kind this node does not know"));
+        }
         self.commands.lock().unwrap().push((index, cmd.to_vec()));
-        index.to_string().into_bytes()
+        Ok(index.to_string().into_bytes())
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -43,6 +51,10 @@ impl Applier for Recorder {
 
     fn durable_index(&self) -> u64 {
         if self.durable { self.commands.lock().unwrap().last().map_or(0, |c| c.0) } else { 0 }
+    }
+
+    fn required_features(&self) -> Vec<String> {
+        self.required.clone()
     }
 }
 
@@ -437,6 +449,57 @@ fn a_node_with_another_cookie_is_not_added_and_the_group_is_undisturbed() {
     let three: Vec<&TestNode> = nodes[..3].iter().collect();
     assert_converged(&three, 10, Duration::from_secs(10));
     assert!(nodes[3].commands().is_empty());
+}
+
+#[test]
+fn a_node_that_cannot_apply_an_entry_stops_there_and_one_lacking_a_required_feature_is_not_added() {
+    let root = tempfile::tempdir().unwrap();
+    let ls = listeners(3);
+    let names: Vec<String> = ls.iter().map(|(n, _)| n.clone()).collect();
+    // Node 2 is "older": it cannot apply `new-` entries and does not announce feature `f`.
+    let mut nodes: Vec<TestNode> = ls
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, l))| {
+            let dir = root.path().join(&name);
+            let mut config = NodeConfig::new(&name, &dir, l.local_addr().unwrap(), Cookie::new(COOKIE).unwrap());
+            config.cluster_nodes = names.clone();
+            if i < 2 {
+                config.offer.features = vec!["f".into()];
+            }
+            let recorder = Arc::new(Recorder {
+                refuse: (i == 2).then_some(b"new-".as_slice()),
+                required: vec!["f".into()],
+                ..Recorder::default()
+            });
+            TestNode::start_configured(&name, &dir, l, config, recorder)
+        })
+        .collect();
+    wait_leader(&nodes, Duration::from_secs(10));
+    nodes[0].on(nodes[0].node().propose(cmd("old", 1))).unwrap();
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    assert_converged(&all, 1, Duration::from_secs(10));
+    // Committed by the two that can; the third stops at it (its Raft core ends) and applies
+    // nothing after it, rather than skipping it.
+    let _ = nodes[0].on(nodes[0].node().propose(cmd("new", 1)));
+    nodes[1].on(nodes[1].node().propose(cmd("old", 2))).unwrap();
+    let two: Vec<&TestNode> = nodes[..2].iter().collect();
+    let applied = assert_converged(&two, 3, Duration::from_secs(10));
+    assert_eq!(
+        applied.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>(),
+        [cmd("old", 1), cmd("new", 1), cmd("old", 2)]
+    );
+    wait_until("the third node's Raft core stopped", Duration::from_secs(10), || {
+        nodes[2].node().raft().metrics().borrow().running_state.is_err()
+    });
+    assert_eq!(nodes[2].commands(), applied[..1], "nothing applied past the entry it cannot apply");
+    // A fourth node without `f` is refused before it becomes a member, naming it.
+    let (name, listener) = listeners(1).pop().unwrap();
+    let dir = root.path().join(&name);
+    nodes.push(TestNode::start_with(&name, &dir, listener, &[], 1000, Arc::new(Recorder::default()), COOKIE));
+    let e = nodes[0].on(nodes[0].node().add_member(&name)).unwrap_err().to_string();
+    assert!(e.contains("cannot join: it does not support the feature flag f enabled in this cluster"), "{e}");
+    assert_eq!(nodes[0].node().members().len(), 3);
 }
 
 #[test]

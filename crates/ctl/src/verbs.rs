@@ -250,6 +250,37 @@ pub fn run(inv: &Invocation, out: &mut dyn std::io::Write) -> R {
                 &format!("{node} is not a member of the cluster"),
             )?;
         }
+        "list_feature_flags" => {
+            // rabbitmqctl's columns; by default the four that say what a flag is and where it stands.
+            let cols = c.columns(
+                &["name", "state", "stability", "desc"],
+                &[
+                    ("name", "name"),
+                    ("state", "state"),
+                    ("stability", "stability"),
+                    ("provided_by", "provided_by"),
+                    ("desc", "desc"),
+                    ("doc_url", "doc_url"),
+                ],
+            )?;
+            c.p.banner("Listing feature flags ...");
+            let flags = c.get("/api/feature-flags", "the node has no feature flags API")?;
+            c.p.table(&cols, flags.as_array().map_or(&[], |v| v));
+        }
+        "enable_feature_flag" => {
+            let name = args(inv, 1, "enable_feature_flag <name>|all")?[0].clone();
+            if name == "all" {
+                c.p.banner("Enabling all feature flags ...");
+            } else {
+                c.p.banner(&format!("Enabling feature flag `{name}` ..."));
+            }
+            c.ok(
+                "PUT",
+                &format!("/api/feature-flags/{}/enable", seg(&name)),
+                None,
+                "the node has no feature flags API",
+            )?;
+        }
         "environment" => {
             let e = c.get("/api/warren/environment", "no environment")?;
             c.p.banner("Application environment of the node ...");

@@ -358,8 +358,27 @@ pub struct MemberReplication {
     pub lag_entries: u64,
 }
 
+/// A feature flag this node supports (`GET /api/feature-flags`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureFlagInfo {
+    pub name: String,
+    pub desc: String,
+    /// `stable`, `experimental` or `required`.
+    pub stability: String,
+    /// Enabled in the cluster (a single node has every flag it supports enabled).
+    pub enabled: bool,
+}
+
 pub trait Node: Send + Sync + 'static {
     fn info(&self) -> NodeInfo;
+    /// The feature flags this node supports and their state.
+    fn feature_flags(&self) -> Vec<FeatureFlagInfo> {
+        Vec::new()
+    }
+    /// Enable feature flag `name` (`all`: every one this node supports) in the cluster.
+    fn enable_feature_flag(&self, name: String) -> BoxFuture<'_, Result<(), NodeError>> {
+        Box::pin(async move { Err(NodeError::Invalid(format!("feature flag '{name}' is not supported by this node"))) })
+    }
     /// The cluster this node is a member of; None for a node without clustering.
     fn cluster_status(&self) -> BoxFuture<'_, Option<ClusterStatus>> {
         Box::pin(async { None })

@@ -226,6 +226,11 @@ impl ServerState {
         if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
             return Err(unavailable("replicated topology needs the broker's multi-thread runtime".into()));
         }
+        // An older member could not read it: refused until the flag is enabled (541, as
+        // RabbitMQ refuses a queue type whose feature flag is disabled).
+        if let Some(refusal) = tokio::task::block_in_place(|| handle.block_on(self.feature_flag_refusal(cmd))) {
+            return Err(AmqpError::new(wire::reply::INTERNAL_ERROR, refusal));
+        }
         let (_, result) = tokio::task::block_in_place(|| handle.block_on(running.node.propose_and_wait(bytes)))
             .map_err(|e| unavailable(e.to_string()))?;
         match serde_json::from_slice::<Answer>(&result) {

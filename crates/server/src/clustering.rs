@@ -10,6 +10,7 @@
 //! queues and their bindings are per node (docs/cluster.md).
 //! The cookie the inter-node connections prove comes from [`crate::cluster_cookie`].
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -70,6 +71,28 @@ pub(crate) enum Command {
     ExchangeBind(crate::cluster_topology::ExchangeBinding),
     /// An exchange-to-exchange binding is removed on every node.
     ExchangeUnbind(crate::cluster_topology::ExchangeBinding),
+    /// These feature flags are enabled in the cluster (added to the enabled set; a flag is
+    /// never disabled). Every node of a version with flags reads it; a node that does not
+    /// support one of them stops there ([`crate::feature_flags`]).
+    EnableFeatureFlags(Vec<String>),
+}
+
+impl Command {
+    /// The feature flag that must be enabled before this command is proposed (None: the
+    /// base every clustered version reads). Quorum-queue items and deletes need a quorum
+    /// queue, which only a declare under `quorum_queue` makes.
+    pub(crate) fn feature_flag(&self) -> Option<&'static str> {
+        use crate::feature_flags as ff;
+        match self {
+            Command::Access(_) | Command::EnableFeatureFlags(_) => None,
+            Command::Quorum(_) | Command::QuorumDeclare(_) | Command::QuorumDelete { .. } => Some(ff::QUORUM_QUEUE),
+            Command::QuorumBind(_) | Command::QuorumUnbind(_) => Some(ff::QUORUM_QUEUE_BINDINGS),
+            Command::ExchangeDeclare(_)
+            | Command::ExchangeDelete { .. }
+            | Command::ExchangeBind(_)
+            | Command::ExchangeUnbind(_) => Some(ff::REPLICATED_TOPOLOGY),
+        }
+    }
 }
 
 /// [`Command::Quorum`] without taking the items: the same encoding.
@@ -109,7 +132,12 @@ pub(crate) enum Outcome {
 }
 
 /// A snapshot: the directory's content as the changes that rebuild it from empty.
+///
+/// Unknown fields are refused: a field a newer version added is state this node would
+/// silently drop (a newer version adds one only under a feature flag, which a node lacking
+/// it never sees enabled, so meeting one is a bug or a downgrade: fail closed).
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct SnapshotData {
     access: Vec<Change>,
     #[serde(default)]
@@ -118,6 +146,10 @@ pub(crate) struct SnapshotData {
     /// it leaves this node's exchanges as they are.
     #[serde(default)]
     topology: Option<crate::cluster_topology::TopologySnapshot>,
+    /// The cluster's enabled feature flags (None: a snapshot of a version before flags, or
+    /// of a cluster that had not settled them yet).
+    #[serde(default)]
+    feature_flags: Option<Vec<String>>,
 }
 
 /// Room left in a command for the enum's JSON around the changes.
@@ -183,6 +215,17 @@ impl Running {
         Ok(())
     }
 
+    /// Propose one command (not an access change) and wait until this node applied it.
+    pub(crate) async fn propose_command(&self, cmd: &Command) -> Result<(), ChangeError> {
+        let (_, result) = self.node.propose_and_wait(encode_cbor(cmd)).await.map_err(|e| self.failure(e))?;
+        match serde_json::from_slice(&result) {
+            Ok(Outcome::Applied) => Ok(()),
+            Ok(Outcome::Invalid(e)) => Err(ChangeError::Invalid(e)),
+            Ok(Outcome::Store(e)) => Err(ChangeError::Store(e)),
+            Err(e) => Err(ChangeError::Store(format!("undecodable result from the cluster: {e}"))),
+        }
+    }
+
     fn failure(&self, e: cluster::Error) -> ChangeError {
         let ms = self.write_timeout.as_millis();
         match e {
@@ -241,6 +284,196 @@ impl Running {
             raft_stopped: raft.stopped,
         }
     }
+}
+
+/// How often the leader looks whether the cluster's feature flags are settled, and how long a
+/// gated proposal waits between looks while they are not.
+const FLAGS_SETTLE_PERIOD: Duration = Duration::from_millis(200);
+/// At most one warning this often while the leader waits for members to settle the flags.
+const FLAGS_SETTLE_WARN_PERIOD: Duration = Duration::from_secs(10);
+
+/// One feature flag as `GET /api/feature-flags` and `warrenctl list_feature_flags` show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureFlagState {
+    pub flag: crate::feature_flags::FeatureFlag,
+    pub enabled: bool,
+}
+
+impl ServerState {
+    /// The cluster's enabled feature flags (None: not settled yet, or not clustered).
+    pub(crate) fn enabled_feature_flags(&self) -> Option<BTreeSet<String>> {
+        self.cluster_feature_flags.read().clone()
+    }
+
+    /// Add `flags` to the enabled set (an applied entry or snapshot).
+    pub(crate) fn enable_feature_flags(&self, flags: Vec<String>) {
+        let mut set = self.cluster_feature_flags.write();
+        let set = set.get_or_insert_with(BTreeSet::new);
+        for f in flags {
+            if set.insert(f.clone()) {
+                info!(flag = %f, "feature flag enabled in the cluster");
+            }
+        }
+    }
+
+    /// The node cannot go on: the binary shuts down and exits non-zero with `reason`.
+    pub(crate) fn fail(&self, reason: String) {
+        self.fatal.send_if_modified(|r| {
+            if r.is_none() {
+                *r = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Becomes `Some(reason)` when the node cannot go on ([`Self::fail`]).
+    pub fn fatal_error(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.fatal.subscribe()
+    }
+
+    /// The flags this node supports, each with whether it is enabled: in a cluster, in the
+    /// cluster's set; a single node has every flag it supports enabled.
+    pub fn feature_flag_states(&self) -> Vec<FeatureFlagState> {
+        let support = crate::feature_flags::support();
+        let enabled =
+            if self.cluster.get().is_some() { self.enabled_feature_flags() } else { Some(support.flags.clone()) };
+        crate::feature_flags::FLAGS
+            .iter()
+            .filter(|f| support.flags.contains(f.name))
+            .map(|f| FeatureFlagState { flag: *f, enabled: enabled.as_ref().is_some_and(|e| e.contains(f.name)) })
+            .collect()
+    }
+
+    /// Why `cmd` may not be proposed now: its feature flag is not enabled in the cluster
+    /// (None: it may). While the cluster has not settled its flags (just formed: the leader
+    /// waits for every member's answer) this waits for them, at most the write timeout; a
+    /// flag this node has not seen enabled is looked for again after a read barrier.
+    pub(crate) async fn feature_flag_refusal(&self, cmd: &Command) -> Option<String> {
+        let flag = cmd.feature_flag()?;
+        let running = self.cluster.get()?;
+        let deadline = tokio::time::Instant::now() + running.write_timeout;
+        let mut barrier_done = false;
+        loop {
+            match self.enabled_feature_flags() {
+                Some(set) if set.contains(flag) => return None,
+                Some(_) if barrier_done => {
+                    return Some(format!(
+                        "feature flag '{flag}' is not enabled in this cluster (a member does not support it, or it \
+                         was not enabled after an upgrade): see `warrenctl list_feature_flags`, and `warrenctl \
+                         enable_feature_flag {flag}` once every node runs a version that has it"
+                    ));
+                }
+                Some(_) => {
+                    barrier_done = true;
+                    let _ = tokio::time::timeout_at(deadline, running.node.read()).await;
+                    continue;
+                }
+                None => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Some(format!(
+                    "the cluster's feature flags are not settled yet (its leader waits for every member to say \
+                     which it supports: is one down?); '{flag}' is needed for this"
+                ));
+            }
+            tokio::time::sleep(FLAGS_SETTLE_PERIOD).await;
+        }
+    }
+
+    /// Enable `name` (or every flag this node supports: `all`) in the cluster, once every
+    /// member says it supports it. A single node has them all enabled already.
+    pub async fn enable_feature_flag(&self, name: &str) -> Result<(), ChangeError> {
+        let support = crate::feature_flags::support();
+        let wanted: Vec<String> = if name == "all" {
+            support.flags.iter().cloned().collect()
+        } else if support.flags.contains(name) {
+            vec![name.to_owned()]
+        } else {
+            return Err(ChangeError::Invalid(format!("feature flag '{name}' is not supported by this node")));
+        };
+        let Some(running) = self.cluster.get() else { return Ok(()) };
+        let enabled = self.enabled_feature_flags().unwrap_or_default();
+        let wanted: Vec<String> = wanted.into_iter().filter(|f| !enabled.contains(f)).collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        for member in running.node.members() {
+            let offer = running.node.member_offer(&member).await.map_err(|e| {
+                ChangeError::Unavailable(format!(
+                    "cannot enable feature flags: {e} (every member must be running to enable one)"
+                ))
+            })?;
+            if let Some(f) = wanted.iter().find(|f| !offer.features.contains(f)) {
+                return Err(ChangeError::Invalid(format!(
+                    "cannot enable feature flag '{f}': cluster member {member} does not support it (upgrade it, or \
+                     remove it with forget_cluster_node)"
+                )));
+            }
+        }
+        running.propose_command(&Command::EnableFeatureFlags(wanted)).await
+    }
+}
+
+/// In the background on every clustered node: while the cluster has no enabled set (a new
+/// cluster, or one upgraded from a version before flags, whose log already uses what every
+/// flag names), the leader asks every member which flags it supports — over the inter-node
+/// link, whose handshake says — and once all have answered proposes enabling the flags all
+/// of them support. A member never heard from holds it up (a gated proposal waits, then is
+/// refused), since it could be a version lacking a flag; one that answered an earlier
+/// handshake and is down now counts with what it said then.
+pub fn settle_feature_flags(state: &Arc<ServerState>) {
+    if state.cluster.get().is_none() {
+        return;
+    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        let Some(running) = state.cluster.get() else { return };
+        let mut warned: Option<tokio::time::Instant> = None;
+        loop {
+            if *state.shutdown.borrow() || state.enabled_feature_flags().is_some() {
+                return;
+            }
+            if running.node.is_leader() {
+                match common_feature_flags(&running.node).await {
+                    Ok(flags) => {
+                        if let Err(e) = running.propose_command(&Command::EnableFeatureFlags(flags.clone())).await {
+                            warn!("proposing the cluster's feature flags {flags:?}: {e}");
+                        } else {
+                            info!(?flags, "the cluster's feature flags are settled");
+                        }
+                    }
+                    Err(e) if warned.is_none_or(|t| t.elapsed() >= FLAGS_SETTLE_WARN_PERIOD) => {
+                        warn!("the cluster's feature flags are not settled yet: {e}");
+                        warned = Some(tokio::time::Instant::now());
+                    }
+                    Err(_) => {}
+                }
+            }
+            tokio::time::sleep(FLAGS_SETTLE_PERIOD).await;
+        }
+    });
+}
+
+/// The flags every member announces (this node included), or why they are not known yet. A
+/// member that does not answer now counts with what its latest handshake with this node
+/// said (a cluster whose member went down just after forming still settles); one never
+/// heard from holds it up.
+async fn common_feature_flags(node: &cluster::ClusterNode) -> Result<Vec<String>, String> {
+    let mut common: Option<BTreeSet<String>> = None;
+    for member in node.members() {
+        let offer = match node.member_offer(&member).await {
+            Ok(o) => o,
+            Err(e) => node.last_offer(&member).ok_or_else(|| format!("waiting for {member}: {e}"))?,
+        };
+        let theirs: BTreeSet<String> = offer.features.into_iter().collect();
+        common = Some(match common {
+            None => theirs,
+            Some(c) => c.intersection(&theirs).cloned().collect(),
+        });
+    }
+    Ok(common.unwrap_or_default().into_iter().collect())
 }
 
 /// The node's name as configured, or RabbitMQ-style `warren@<hostname>`.
@@ -321,15 +554,38 @@ pub struct Applier {
     /// applied before a restart (or added from its own snapshot): a replayed delete removes
     /// these, and keeps one the definitions log brought back (declared again since).
     replayed: parking_lot::Mutex<std::collections::HashSet<(String, String)>>,
+    /// The feature flags this node supports: an entry or snapshot needing another stops it.
+    supported: BTreeSet<String>,
 }
 
 impl Applier {
     fn new(state: &Arc<ServerState>) -> Applier {
+        Applier::supporting(state, crate::feature_flags::support().flags.clone())
+    }
+
+    fn supporting(state: &Arc<ServerState>, supported: BTreeSet<String>) -> Applier {
         Applier {
             state: Arc::downgrade(state),
             caught_up_by_leader: std::sync::atomic::AtomicBool::new(false),
             replayed: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            supported,
         }
+    }
+
+    /// This node cannot go on applying the log: say why (an error naming the entry and the
+    /// flag), and make the broker exit non-zero. The state machine stops at the entry.
+    fn halt(&self, state: Option<&ServerState>, reason: String) -> String {
+        let reason = format!("{reason}; this node stops rather than skip it and diverge from the cluster");
+        error!("{reason}");
+        if let Some(state) = state {
+            state.fail(reason.clone());
+        }
+        reason
+    }
+
+    /// Why this node cannot apply `flags` (the first one it does not support), if so.
+    fn unsupported<'a>(&self, flags: impl IntoIterator<Item = &'a String>) -> Option<&'a String> {
+        flags.into_iter().find(|f| !self.supported.contains(*f))
     }
 
     /// An exchange delete at `index`. One this node applied before a restart (at or below
@@ -365,34 +621,37 @@ impl Applier {
     }
 }
 
-impl cluster::Applier for Applier {
-    fn apply(&self, index: u64, cmd: &[u8]) -> Vec<u8> {
-        let outcome = match (self.state(), decode(cmd)) {
-            (None, _) => Outcome::Store("the node is stopping".into()),
-            (_, Err(e)) => Outcome::Invalid(format!("undecodable cluster command (a newer version?): {e}")),
-            (Some(state), Ok(Command::Quorum(items))) => {
+impl Applier {
+    /// A decoded command this node supports, applied.
+    fn apply_command(&self, state: Arc<ServerState>, index: u64, command: Command) -> Vec<u8> {
+        let outcome = match command {
+            Command::EnableFeatureFlags(flags) => {
+                state.enable_feature_flags(flags);
+                Outcome::Applied
+            }
+            Command::Quorum(items) => {
                 if let Some(q) = state.quorum.get() {
                     q.apply(index, items);
                 }
                 Outcome::Applied
             }
-            (Some(state), Ok(Command::QuorumDeclare(d))) => match state.apply_quorum_declare(d) {
+            Command::QuorumDeclare(d) => match state.apply_quorum_declare(d) {
                 Ok(()) => Outcome::Applied,
                 Err(e) => Outcome::Invalid(e),
             },
-            (Some(state), Ok(Command::QuorumDelete { vhost, name })) => {
+            Command::QuorumDelete { vhost, name } => {
                 state.apply_quorum_delete(&vhost, &name);
                 Outcome::Applied
             }
-            (Some(state), Ok(Command::QuorumBind(d))) => match state.apply_quorum_bind(d) {
+            Command::QuorumBind(d) => match state.apply_quorum_bind(d) {
                 Ok(()) => Outcome::Applied,
                 Err(e) => Outcome::Invalid(e),
             },
-            (Some(state), Ok(Command::QuorumUnbind(d))) => match state.apply_quorum_unbind(d) {
+            Command::QuorumUnbind(d) => match state.apply_quorum_unbind(d) {
                 Ok(()) => Outcome::Applied,
                 Err(e) => Outcome::Invalid(e),
             },
-            (Some(state), Ok(Command::ExchangeDeclare(d))) => {
+            Command::ExchangeDeclare(d) => {
                 let replay = index <= state.cluster_applied.load(std::sync::atomic::Ordering::Acquire);
                 let new = state.vhost(&d.vhost).is_some_and(|vh| vh.exchange(&d.exchange.name).is_err());
                 let answer = state.apply_exchange_declare(&d);
@@ -401,22 +660,20 @@ impl cluster::Applier for Applier {
                 }
                 return crate::cluster_topology::encode_answer(&answer);
             }
-            (Some(state), Ok(Command::ExchangeDelete { vhost, name, if_unused })) => {
+            Command::ExchangeDelete { vhost, name, if_unused } => {
                 return self.apply_exchange_delete(&state, index, vhost, name, if_unused);
             }
-            (Some(state), Ok(Command::ExchangeBind(b))) => {
+            Command::ExchangeBind(b) => {
                 return crate::cluster_topology::encode_answer(&state.apply_exchange_binding(&b, true));
             }
-            (Some(state), Ok(Command::ExchangeUnbind(b))) => {
+            Command::ExchangeUnbind(b) => {
                 return crate::cluster_topology::encode_answer(&state.apply_exchange_binding(&b, false));
             }
             // Already in this node's definitions log (it was applied before a restart).
-            (Some(state), Ok(Command::Access(_)))
-                if index <= state.cluster_applied.load(std::sync::atomic::Ordering::Acquire) =>
-            {
+            Command::Access(_) if index <= state.cluster_applied.load(std::sync::atomic::Ordering::Acquire) => {
                 Outcome::Applied
             }
-            (Some(state), Ok(Command::Access(changes))) => match state.apply_committed(index, changes) {
+            Command::Access(changes) => match state.apply_committed(index, changes) {
                 Ok(()) => Outcome::Applied,
                 Err(ChangeError::Invalid(e)) => Outcome::Invalid(e),
                 Err(e @ (ChangeError::Store(_) | ChangeError::Unavailable(_))) => {
@@ -429,25 +686,89 @@ impl cluster::Applier for Applier {
         };
         encode(&outcome)
     }
+}
+
+#[cfg(test)]
+impl Applier {
+    /// `apply`, for a command the node can apply.
+    fn apply_ok(&self, index: u64, cmd: &[u8]) -> Vec<u8> {
+        cluster::Applier::apply(self, index, cmd).expect("applied")
+    }
+}
+
+impl cluster::Applier for Applier {
+    fn apply(&self, index: u64, cmd: &[u8]) -> Result<Vec<u8>, String> {
+        let Some(state) = self.state() else { return Ok(encode(&Outcome::Store("the node is stopping".into()))) };
+        // Never skipped: every other node applies it, so this one would diverge.
+        let command = decode(cmd).map_err(|e| {
+            self.halt(
+                Some(&state),
+                format!("raft entry {index} cannot be decoded (written by a newer Warren version?): {e}"),
+            )
+        })?;
+        if let Some(flag) = command.feature_flag().filter(|f| !self.supported.contains(*f)) {
+            return Err(self.halt(
+                Some(&state),
+                format!("raft entry {index} needs feature flag {flag}, which this node does not support"),
+            ));
+        }
+        if let Command::EnableFeatureFlags(flags) = &command
+            && let Some(flag) = self.unsupported(flags)
+        {
+            return Err(self.halt(
+                Some(&state),
+                format!("raft entry {index} enables feature flag {flag}, which this node does not support"),
+            ));
+        }
+        Ok(self.apply_command(state, index, command))
+    }
 
     fn snapshot(&self) -> Vec<u8> {
-        // CBOR: quorum queues' messages are byte strings there (JSON, the first encoding,
-        // made each byte a number, ~3.5 bytes each to write and parse).
         let Some(state) = self.state() else { return encode_snapshot(&SnapshotData::default()) };
         let access = state.with_access(Directory::all_changes);
         let quorum = state.quorum.get().map(|q| q.snapshot()).unwrap_or_default();
-        let topology = Some(state.topology_snapshot());
-        encode_snapshot(&SnapshotData { access, quorum, topology })
+        let flags = state.enabled_feature_flags();
+        let enabled = |f: &str| flags.as_ref().is_none_or(|set| set.contains(f));
+        // Without `replicated_topology` exchanges are not in the log, and a version before
+        // it does not know the field.
+        let topology = enabled(crate::feature_flags::REPLICATED_TOPOLOGY).then(|| state.topology_snapshot());
+        let cbor = enabled(crate::feature_flags::CBOR_SNAPSHOTS);
+        let feature_flags = flags.map(|set| set.into_iter().collect());
+        let data = SnapshotData { access, quorum, topology, feature_flags };
+        if cbor {
+            // CBOR: quorum queues' messages are byte strings there (JSON, the first
+            // encoding, made each byte a number, ~3.5 bytes each to write and parse).
+            encode_snapshot(&data)
+        } else {
+            encode(&data)
+        }
     }
 
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), String> {
         let state = self.state().ok_or("the node is stopping")?;
         let snapshot: SnapshotData = match data.first() {
-            None => SnapshotData::default(),
+            None => Ok(SnapshotData::default()),
             // Taken by an earlier version (JSON; a CBOR map never starts with `{`).
-            Some(b'{') => serde_json::from_slice(data).map_err(|e| format!("undecodable cluster snapshot: {e}"))?,
-            Some(_) => ciborium::from_reader(data).map_err(|e| format!("undecodable cluster snapshot: {e}"))?,
-        };
+            Some(b'{') => serde_json::from_slice(data).map_err(|e| e.to_string()),
+            Some(_) => ciborium::from_reader(data).map_err(|e| e.to_string()),
+        }
+        .map_err(|e| {
+            self.halt(
+                Some(&state),
+                format!("the cluster snapshot at {index} cannot be decoded (taken by a newer Warren version?): {e}"),
+            )
+        })?;
+        if let Some(flag) = self.unsupported(snapshot.feature_flags.iter().flatten()) {
+            return Err(self.halt(
+                Some(&state),
+                format!(
+                    "the cluster snapshot at {index} has feature flag {flag} enabled, which this node does not support"
+                ),
+            ));
+        }
+        if let Some(flags) = &snapshot.feature_flags {
+            state.enable_feature_flags(flags.clone());
+        }
         // The directory is durable in the definitions log: a snapshot older than what it
         // holds (a restart, which replays the log from its last snapshot for the quorum
         // queues' sake) must not move it back.
@@ -481,6 +802,10 @@ impl cluster::Applier for Applier {
     // `durable_index` stays 0: the quorum queues' replicas live in memory, so a restart
     // replays the log from the last snapshot; access entries the definitions log already
     // holds are skipped in `apply` and `restore` instead.
+
+    fn required_features(&self) -> Vec<String> {
+        self.state().and_then(|s| s.enabled_feature_flags()).map(|f| f.into_iter().collect()).unwrap_or_default()
+    }
 }
 
 /// Start the node's Raft member as `plan` says, its data under `<data_dir>/cluster`, with
@@ -501,6 +826,12 @@ pub async fn start(
     c.snapshot_every_entries = state.config.cluster_snapshot_every_entries;
     c.snapshot_log_bytes = state.config.cluster_snapshot_log_bytes;
     c.request_deadline = Duration::from_millis(state.config.cluster_write_timeout_ms);
+    let support = crate::feature_flags::support();
+    c.offer = cluster::Offer {
+        wire_min: support.wire_min,
+        wire_max: support.wire_max,
+        features: support.flags.iter().cloned().collect(),
+    };
     let write_timeout = c.request_deadline;
     let applier = Arc::new(Applier::new(state));
     let node = cluster::ClusterNode::start(c, applier.clone())
@@ -628,16 +959,19 @@ mod applier_tests {
         let s = state();
         let a = Applier::new(&s);
         let ok = encode(&Command::Access(vec![Change::PutVhost(Vhost::named("v")), perm("guest", "v")]));
-        assert_eq!(outcome(&a.apply(5, &ok)), Outcome::Applied);
+        assert_eq!(outcome(&a.apply_ok(5, &ok)), Outcome::Applied);
         assert!(s.with_access(|d| d.permission("guest", "v").is_some()));
         assert!(s.vhost("v").is_some(), "carried out: the broker has the vhost");
         assert_eq!(s.cluster_applied.load(std::sync::atomic::Ordering::Acquire), 5);
         // The second change fails: the first is not applied either, the index stays.
         let bad = encode(&Command::Access(vec![Change::PutVhost(Vhost::named("w")), perm("ghost", "w")]));
-        assert_eq!(outcome(&a.apply(6, &bad)), Outcome::Invalid("user 'ghost' does not exist".into()));
+        assert_eq!(outcome(&a.apply_ok(6, &bad)), Outcome::Invalid("user 'ghost' does not exist".into()));
         assert!(s.with_access(|d| d.vhost("w").is_none()));
         assert_eq!(s.cluster_applied.load(std::sync::atomic::Ordering::Acquire), 5);
-        assert!(matches!(outcome(&a.apply(7, b"{\"Exchange\":1}")), Outcome::Invalid(m) if m.contains("undecodable")));
+        // Undecodable (a newer version's entry): not skipped, the node stops.
+        let e = cluster::Applier::apply(&a, 7, b"{\"Exchange\":1}").unwrap_err();
+        assert!(e.contains("raft entry 7 cannot be decoded"), "{e}");
+        assert_eq!(s.fatal_error().borrow().as_deref(), Some(e.as_str()), "the broker is told to exit");
     }
 
     #[test]
@@ -645,9 +979,9 @@ mod applier_tests {
         let (from, to) = (state(), state());
         let a = Applier::new(&from);
         let b = Applier::new(&to);
-        a.apply(1, &encode(&Command::Access(vec![user("alice"), Change::PutVhost(Vhost::named("v"))])));
+        a.apply_ok(1, &encode(&Command::Access(vec![user("alice"), Change::PutVhost(Vhost::named("v"))])));
         // `to` has its own guest (another salt) and a vhost `from` lacks.
-        b.apply(1, &encode(&Command::Access(vec![Change::PutVhost(Vhost::named("only-here"))])));
+        b.apply_ok(1, &encode(&Command::Access(vec![Change::PutVhost(Vhost::named("only-here"))])));
         b.restore(9, &a.snapshot()).unwrap();
         assert_eq!(to.with_access(Directory::all_changes), from.with_access(Directory::all_changes));
         assert!(to.vhost("only-here").is_none(), "carried out: the broker's vhost is gone");
@@ -655,6 +989,78 @@ mod applier_tests {
         b.restore(10, &[]).unwrap();
         assert!(to.with_access(Directory::all_changes).is_empty());
         assert!(b.restore(11, b"not json").is_err());
+    }
+    fn flags(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn an_entry_needing_a_flag_this_node_lacks_stops_it_instead_of_being_skipped() {
+        use crate::feature_flags::{QUORUM_QUEUE, REPLICATED_TOPOLOGY};
+        let s = state();
+        let old = Applier::supporting(&s, flags(&[QUORUM_QUEUE]));
+        assert_eq!(
+            outcome(&old.apply_ok(1, &encode(&Command::Access(vec![Change::PutVhost(Vhost::named("v"))])))),
+            Outcome::Applied
+        );
+        let enable = encode_cbor(&Command::EnableFeatureFlags(vec![QUORUM_QUEUE.into()]));
+        assert_eq!(outcome(&old.apply_ok(2, &enable)), Outcome::Applied);
+        assert_eq!(s.enabled_feature_flags(), Some(flags(&[QUORUM_QUEUE])));
+        let declare = Command::ExchangeDelete { vhost: "v".into(), name: "x".into(), if_unused: false };
+        let e = cluster::Applier::apply(&old, 3, &encode_cbor(&declare)).unwrap_err();
+        assert!(
+            e.starts_with("raft entry 3 needs feature flag replicated_topology, which this node does not support"),
+            "{e}"
+        );
+        assert_eq!(s.fatal_error().borrow().as_deref(), Some(e.as_str()));
+        let enable = encode_cbor(&Command::EnableFeatureFlags(vec![REPLICATED_TOPOLOGY.into()]));
+        let e = cluster::Applier::apply(&old, 4, &enable).unwrap_err();
+        assert!(e.contains("enables feature flag replicated_topology"), "{e}");
+        assert_eq!(s.enabled_feature_flags(), Some(flags(&[QUORUM_QUEUE])), "not applied");
+        // A node supporting it applies both.
+        let t = state();
+        let new = Applier::new(&t);
+        new.apply_ok(1, &encode(&Command::Access(vec![Change::PutVhost(Vhost::named("v"))])));
+        assert_eq!(outcome(&new.apply_ok(4, &enable)), Outcome::Applied);
+        assert!(matches!(
+            serde_json::from_slice::<Result<(), (u16, String)>>(&new.apply_ok(5, &encode_cbor(&declare))),
+            Ok(Ok(()))
+        ));
+        assert!(t.fatal_error().borrow().is_none());
+    }
+
+    #[test]
+    fn snapshots_carry_the_enabled_flags_and_one_a_node_cannot_read_stops_it() {
+        use crate::feature_flags::{CBOR_SNAPSHOTS, QUORUM_QUEUE, REPLICATED_TOPOLOGY};
+        let (from, to, old) = (state(), state(), state());
+        let a = Applier::new(&from);
+        a.apply_ok(1, &encode_cbor(&Command::EnableFeatureFlags(vec![QUORUM_QUEUE.into()])));
+        // Without cbor_snapshots and replicated_topology: JSON, no topology (what a version
+        // before them reads).
+        let snap = cluster::Applier::snapshot(&a);
+        assert_eq!(snap.first(), Some(&b'{'), "JSON");
+        let parsed: SnapshotData = serde_json::from_slice(&snap).unwrap();
+        assert!(parsed.topology.is_none());
+        assert_eq!(parsed.feature_flags, Some(vec![QUORUM_QUEUE.to_owned()]));
+        Applier::new(&to).restore(5, &snap).unwrap();
+        assert_eq!(to.enabled_feature_flags(), Some(flags(&[QUORUM_QUEUE])));
+        let none = Applier::supporting(&old, BTreeSet::new());
+        let e = none.restore(5, &snap).unwrap_err();
+        assert!(e.contains("has feature flag quorum_queue enabled, which this node does not support"), "{e}");
+        assert!(old.fatal_error().borrow().is_some());
+        // Enabled: CBOR with the topology.
+        a.apply_ok(
+            2,
+            &encode_cbor(&Command::EnableFeatureFlags(vec![CBOR_SNAPSHOTS.into(), REPLICATED_TOPOLOGY.into()])),
+        );
+        let snap = cluster::Applier::snapshot(&a);
+        assert_ne!(snap.first(), Some(&b'{'), "CBOR");
+        let parsed: SnapshotData = ciborium::from_reader(&snap[..]).unwrap();
+        assert!(parsed.topology.is_some());
+        // A field of a newer version is refused, not dropped.
+        let future = state();
+        let e = Applier::new(&future).restore(6, br#"{"access":[],"shovels":[]}"#).unwrap_err();
+        assert!(e.contains("cannot be decoded") && e.contains("shovels"), "{e}");
     }
 }
 
@@ -698,7 +1104,7 @@ mod topology_tests {
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let s = ServerState::new(Config::default(), rx);
         let a = Applier::new(&s);
-        a.apply(1, &encode(&Command::Access(vec![Change::PutVhost(Vhost::named("v"))])));
+        a.apply_ok(1, &encode(&Command::Access(vec![Change::PutVhost(Vhost::named("v"))])));
         (s, a)
     }
 
@@ -712,20 +1118,20 @@ mod topology_tests {
     #[test]
     fn exchange_commands_apply_and_refusals_carry_the_amqp_code() {
         let (s, a) = node();
-        assert_eq!(answer(&a.apply(2, &encode_cbor(&exchange("x", "topic", true)))), Ok(()));
-        assert_eq!(answer(&a.apply(3, &encode_cbor(&exchange("y", "direct", false)))), Ok(()));
+        assert_eq!(answer(&a.apply_ok(2, &encode_cbor(&exchange("x", "topic", true)))), Ok(()));
+        assert_eq!(answer(&a.apply_ok(3, &encode_cbor(&exchange("y", "direct", false)))), Ok(()));
         // Equivalent again: fine; another type: 406, the exchange unchanged.
-        assert_eq!(answer(&a.apply(4, &encode_cbor(&exchange("x", "topic", true)))), Ok(()));
-        let refused = answer(&a.apply(5, &encode_cbor(&exchange("x", "fanout", true))));
+        assert_eq!(answer(&a.apply_ok(4, &encode_cbor(&exchange("x", "topic", true)))), Ok(()));
+        let refused = answer(&a.apply_ok(5, &encode_cbor(&exchange("x", "fanout", true))));
         assert!(matches!(&refused, Err((406, t)) if t.contains("inequivalent arg 'type'")), "{refused:?}");
-        assert_eq!(answer(&a.apply(6, &encode_cbor(&Command::ExchangeBind(binding("x", "y"))))), Ok(()));
-        let missing = answer(&a.apply(7, &encode_cbor(&Command::ExchangeBind(binding("x", "nope")))));
+        assert_eq!(answer(&a.apply_ok(6, &encode_cbor(&Command::ExchangeBind(binding("x", "y"))))), Ok(()));
+        let missing = answer(&a.apply_ok(7, &encode_cbor(&Command::ExchangeBind(binding("x", "nope")))));
         assert!(matches!(missing, Err((404, _))), "{missing:?}");
         // if-unused counts the e2e binding (replicated, the same on every node).
         let busy = Command::ExchangeDelete { vhost: "v".into(), name: "y".into(), if_unused: true };
-        assert!(matches!(answer(&a.apply(8, &encode_cbor(&busy))), Err((406, _))));
+        assert!(matches!(answer(&a.apply_ok(8, &encode_cbor(&busy))), Err((406, _))));
         let gone = Command::ExchangeDelete { vhost: "v".into(), name: "x".into(), if_unused: false };
-        assert_eq!(answer(&a.apply(9, &encode_cbor(&gone))), Ok(()));
+        assert_eq!(answer(&a.apply_ok(9, &encode_cbor(&gone))), Ok(()));
         assert_eq!(names(&s), ["y"]);
         assert!(s.topology_snapshot().bindings.is_empty(), "the binding went with its source");
     }
@@ -733,22 +1139,22 @@ mod topology_tests {
     #[test]
     fn a_replayed_delete_keeps_an_exchange_declared_again_since_and_removes_one_the_replay_made() {
         let (s, a) = node();
-        a.apply(2, &encode_cbor(&exchange("x", "topic", true)));
+        a.apply_ok(2, &encode_cbor(&exchange("x", "topic", true)));
         let delete = |name: &str| Command::ExchangeDelete { vhost: "v".into(), name: name.into(), if_unused: false };
         // Applied now: deleted, and the index recorded.
-        assert_eq!(answer(&a.apply(3, &encode_cbor(&delete("x")))), Ok(()));
+        assert_eq!(answer(&a.apply_ok(3, &encode_cbor(&delete("x")))), Ok(()));
         assert!(names(&s).is_empty());
         assert_eq!(s.cluster_applied.load(std::sync::atomic::Ordering::Acquire), 3);
         // As after a restart: `x` is back from the definitions log (declared again after
         // the delete); replaying the delete at 3 keeps it.
-        a.apply(4, &encode_cbor(&exchange("x", "topic", true)));
+        a.apply_ok(4, &encode_cbor(&exchange("x", "topic", true)));
         s.record_cluster_applied(4);
-        assert_eq!(answer(&a.apply(3, &encode_cbor(&delete("x")))), Ok(()));
+        assert_eq!(answer(&a.apply_ok(3, &encode_cbor(&delete("x")))), Ok(()));
         assert_eq!(names(&s), ["x"]);
         // One the replay itself declares (a transient one, say) goes with its delete.
         let fresh = Applier::new(&s);
-        assert_eq!(answer(&fresh.apply(2, &encode_cbor(&exchange("t", "fanout", false)))), Ok(()));
-        assert_eq!(answer(&fresh.apply(3, &encode_cbor(&delete("t")))), Ok(()));
+        assert_eq!(answer(&fresh.apply_ok(2, &encode_cbor(&exchange("t", "fanout", false)))), Ok(()));
+        assert_eq!(answer(&fresh.apply_ok(3, &encode_cbor(&delete("t")))), Ok(()));
         assert_eq!(names(&s), ["x"]);
     }
 
@@ -757,12 +1163,12 @@ mod topology_tests {
         let (from, a) = node();
         let (to, b) = node();
         for (i, c) in [exchange("x", "topic", true), exchange("y", "direct", false)].iter().enumerate() {
-            a.apply(2 + i as u64, &encode_cbor(c));
+            a.apply_ok(2 + i as u64, &encode_cbor(c));
         }
-        a.apply(4, &encode_cbor(&Command::ExchangeBind(binding("x", "y"))));
+        a.apply_ok(4, &encode_cbor(&Command::ExchangeBind(binding("x", "y"))));
         // `to` has an exchange the cluster deleted, and `y` declared otherwise.
-        b.apply(2, &encode_cbor(&exchange("stale", "fanout", true)));
-        b.apply(3, &encode_cbor(&exchange("y", "fanout", true)));
+        b.apply_ok(2, &encode_cbor(&exchange("stale", "fanout", true)));
+        b.apply_ok(3, &encode_cbor(&exchange("y", "fanout", true)));
         // At start (this node's own snapshot) nothing is removed or declared otherwise.
         b.restore(8, &a.snapshot()).unwrap();
         assert_eq!(names(&to), ["stale", "x", "y"]);

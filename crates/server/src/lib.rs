@@ -24,6 +24,7 @@ pub mod config;
 pub mod connection;
 pub mod delivery;
 pub mod fds;
+pub mod feature_flags;
 pub mod listener;
 pub mod mgmt_node;
 pub mod outbox;

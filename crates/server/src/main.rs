@@ -420,6 +420,8 @@ fn run() -> anyhow::Result<()> {
     );
     let node_name = server::clustering::node_name(&config);
     let cluster_plan = server::clustering::plan(&config, &node_name).map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
+    // The test hooks for mixed versions are read once, here.
+    server::feature_flags::init_from_environment().map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
     // Only a clustered node uses the inter-node TLS settings.
     let cluster_tls = match (&cluster_plan, &config.cluster_tls) {
         (Some(_), Some(files)) => Some(server::tls::cluster_link_tls(files)?),
@@ -465,6 +467,7 @@ fn run() -> anyhow::Result<()> {
                 let node = running.node.clone();
                 let _ = state.cluster.set(running);
                 server::clustering::seed(&state);
+                server::clustering::settle_feature_flags(&state);
                 Some(node)
             }
             None => None,
@@ -548,9 +551,17 @@ fn run() -> anyhow::Result<()> {
             }))
         };
         info!(data_dir = %data_dir.display(), "Warren {} starting", env!("CARGO_PKG_VERSION"));
+        // A Raft entry this node cannot apply stops it (fail closed): shut down and exit 1.
+        let mut fatal = state.fatal_error();
         let serving = tokio::spawn(server::serve_listeners(listeners, state));
-        wait_for_signal().await;
-        info!("signal received, shutting down");
+        let failed = tokio::select! {
+            _ = wait_for_signal() => None,
+            r = fatal.wait_for(Option::is_some) => r.ok().and_then(|r| r.clone()),
+        };
+        match &failed {
+            None => info!("signal received, shutting down"),
+            Some(e) => tracing::error!("stopping: {e}"),
+        }
         let _ = tx.send(true);
         let _ = serving.await;
         for m in [management, prometheus].into_iter().flatten() {
@@ -562,7 +573,10 @@ fn run() -> anyhow::Result<()> {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), node.shutdown()).await;
         }
         info!("stopped");
-        anyhow::Ok(())
+        match failed {
+            Some(e) => Err(anyhow::anyhow!("{e}")),
+            None => anyhow::Ok(()),
+        }
     })
 }
 

@@ -71,6 +71,22 @@ impl mgmt::Node for ServerState {
         })
     }
 
+    fn feature_flags(&self) -> Vec<mgmt::node::FeatureFlagInfo> {
+        self.feature_flag_states()
+            .into_iter()
+            .map(|f| mgmt::node::FeatureFlagInfo {
+                name: f.flag.name.to_owned(),
+                desc: f.flag.desc.to_owned(),
+                stability: f.flag.stability.to_owned(),
+                enabled: f.enabled,
+            })
+            .collect()
+    }
+
+    fn enable_feature_flag(&self, name: String) -> BoxFuture<'_, Result<(), NodeError>> {
+        Box::pin(async move { ServerState::enable_feature_flag(self, &name).await.map_err(NodeError::from) })
+    }
+
     fn http_max_body_bytes(&self) -> usize {
         usize::try_from(self.config.management_http_max_body_bytes).unwrap_or(usize::MAX)
     }

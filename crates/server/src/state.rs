@@ -57,6 +57,12 @@ pub struct ServerState {
     /// In a cluster: the Raft log index `access` stands at (recovered from the definitions
     /// log, then each applied entry's).
     pub(crate) cluster_applied: AtomicU64,
+    /// In a cluster: the feature flags the replicated state has enabled (None: not settled
+    /// yet, or not clustered). Only grows ([`crate::feature_flags`]).
+    pub(crate) cluster_feature_flags: RwLock<Option<std::collections::BTreeSet<String>>>,
+    /// Set once when the node cannot go on (a Raft entry it cannot apply): the binary
+    /// shuts down and exits non-zero with this message.
+    pub(crate) fatal: watch::Sender<Option<String>>,
     /// Alarm thresholds set at runtime (`warrenctl set_vm_memory_high_watermark`,
     /// `set_disk_free_limit`); they win over the config until the node restarts.
     pub(crate) memory_watermark_set: Mutex<Option<u64>>,
@@ -206,6 +212,8 @@ impl ServerState {
             cluster: std::sync::OnceLock::new(),
             quorum: std::sync::OnceLock::new(),
             cluster_applied: AtomicU64::new(0),
+            cluster_feature_flags: RwLock::new(None),
+            fatal: watch::channel(None).0,
             memory_watermark_set: Mutex::new(None),
             disk_free_limit_set: Mutex::new(None),
             next_connection_id: AtomicU64::new(1),

@@ -26,6 +26,40 @@ pub fn routes() -> Router<AppState> {
         .route("/api/nodes/{node}/memory", get(node_memory))
         .route("/api/warren/cluster", get(cluster_status))
         .route("/api/warren/cluster/nodes/{node}", put(cluster_join).delete(cluster_forget))
+        .route("/api/feature-flags", get(feature_flags))
+        .route("/api/feature-flags/{name}/enable", put(enable_feature_flag))
+}
+
+/// `GET /api/feature-flags`: the flags this node supports, RabbitMQ's fields.
+async fn feature_flags(State(node): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    let flags: Vec<Value> = node
+        .feature_flags()
+        .into_iter()
+        .map(|f| {
+            json!({
+                "name": f.name,
+                "desc": f.desc,
+                "doc_url": "",
+                "stability": f.stability,
+                "provided_by": "warren",
+                "state": if f.enabled { "enabled" } else { "disabled" },
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(flags)))
+}
+
+/// `PUT /api/feature-flags/{name}/enable` (`all`, as `rabbitmqctl enable_feature_flag all`,
+/// enables every flag this node supports): once every member says it supports it.
+async fn enable_feature_flag(
+    State(node): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<axum::http::StatusCode> {
+    caller.require_admin()?;
+    node.enable_feature_flag(name).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 /// The RabbitMQ version Warren answers as (tools gate features on it).

@@ -198,6 +198,7 @@ fn a_node_without_clustering_is_a_cluster_of_one() {
         prom: 0,
         home: dir.path().to_owned(),
         proc: None,
+        env: Vec::new(),
     };
     n.proc = Some(n.spawn(&[]));
     let me = n.api("/api/overview")["node"].as_str().unwrap().to_owned();
@@ -211,6 +212,15 @@ fn a_node_without_clustering_is_a_cluster_of_one() {
     let (code, _, err) = n.ctl(&["join_cluster", "n2@127.0.0.1:1"]);
     assert_eq!(code, 65, "{err}");
     assert!(err.contains("not clustered"), "{err}");
+    // Every feature flag is enabled on a single node; enabling them is a no-op.
+    let (code, out, err) = n.ctl(&["-q", "--formatter", "json", "list_feature_flags", "name", "state"]);
+    assert_eq!(code, 0, "{err}");
+    let flags: Value = serde_json::from_str(&out).unwrap();
+    let flags = flags.as_array().unwrap();
+    assert_eq!(flags.len(), 4, "{out}");
+    assert!(flags.iter().all(|f| f["state"] == "enabled"), "{out}");
+    let (code, _, err) = n.ctl(&["enable_feature_flag", "all"]);
+    assert_eq!(code, 0, "{err}");
     assert!(!dir.path().join(".erlang.cookie").exists(), "a plain node needs no cookie");
     n.kill();
 }

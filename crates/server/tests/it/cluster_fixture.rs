@@ -30,6 +30,8 @@ pub(crate) struct Node {
     /// creates) its cookie file, `.erlang.cookie` — the test's directory, never the real one.
     pub(crate) home: PathBuf,
     pub(crate) proc: Option<WarrenProcess>,
+    /// More environment for the process (e.g. the mixed-version test hooks).
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -45,21 +47,17 @@ impl Node {
             prom: 0,
             home: dir.to_owned(),
             proc: None,
+            env: Vec::new(),
         }
     }
 
     pub(crate) fn start(&mut self) {
-        let conf = self.conf.to_str().unwrap().to_owned();
         // Ports picked free can be taken by a parallel test before warren binds them:
         // try again with others.
         for attempt in 1.. {
-            self.mgmt = free_port();
-            self.prom = free_port();
-            let (mgmt, prom) = (self.mgmt.to_string(), self.prom.to_string());
-            let args =
-                ["--config", &conf, "--node-name", &self.short, "--management-port", &mgmt, "--prometheus-port", &prom];
-            let env = [("HOME", Some(self.home.as_os_str())), ("RABBITMQ_ERLANG_COOKIE", None)];
-            match WarrenProcess::try_start_env(&self.data, None, &args, &env) {
+            let args = self.start_args();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            match self.try_spawn(&args) {
                 Ok(p) => {
                     self.proc = Some(p);
                     return;
@@ -72,8 +70,26 @@ impl Node {
 
     /// The process with this node's `$HOME` (and no cookie from the test's environment).
     pub(crate) fn spawn(&self, args: &[&str]) -> WarrenProcess {
-        let env = [("HOME", Some(self.home.as_os_str())), ("RABBITMQ_ERLANG_COOKIE", None)];
-        WarrenProcess::start_env(&self.data, None, args, &env)
+        self.try_spawn(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::spawn`], or why the process exited before it accepted connections.
+    pub(crate) fn try_spawn(&self, args: &[&str]) -> Result<WarrenProcess, String> {
+        let mut env = vec![("HOME", Some(self.home.as_os_str())), ("RABBITMQ_ERLANG_COOKIE", None)];
+        env.extend(self.env.iter().map(|(k, v)| (k.as_str(), Some(std::ffi::OsStr::new(v.as_str())))));
+        WarrenProcess::try_start_env(&self.data, None, args, &env)
+    }
+
+    /// The arguments [`Self::start`] runs `warren` with (ports picked afresh).
+    pub(crate) fn start_args(&mut self) -> Vec<String> {
+        self.mgmt = free_port();
+        self.prom = free_port();
+        let conf = self.conf.to_str().unwrap().to_owned();
+        ["--config", &conf, "--node-name", &self.short, "--management-port", &self.mgmt.to_string()]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(["--prometheus-port".to_owned(), self.prom.to_string()])
+            .collect()
     }
 
     /// `rabbitmq_http_client` on this node's API, as guest.

@@ -196,6 +196,18 @@ impl WarrenProcess {
         None
     }
 
+    /// Its exit code once it exits by itself within `limit` (None: still running).
+    pub fn exited_within(&mut self, limit: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Send the signal `name` (`STOP`, `CONT`, ...) with kill(1).
     pub fn signal(&self, name: &str) {
         let status =

@@ -6,6 +6,7 @@ mod chaos;
 mod cluster;
 mod cluster_disk;
 mod cluster_fixture;
+mod cluster_flags;
 mod cluster_topology;
 mod common;
 mod ctl;
