@@ -98,15 +98,21 @@ fn declaration(name: &str, opts: &ExchangeOptions) -> ExchangeDeclaration {
     }
 }
 
-/// A binding whose destination is replicated: an exchange, or a quorum queue's replica.
-fn replicated(d: &Destination) -> bool {
-    match d {
-        Destination::Exchange(_) => true,
-        Destination::Queue(q) => q.replica().is_some(),
-    }
-}
-
 impl ServerState {
+    /// A binding whose destination is replicated: an exchange, a quorum queue's replica,
+    /// or a classic queue in the cluster's directory (its home's or a forwarding one).
+    fn replicated(&self, d: &Destination) -> bool {
+        match d {
+            Destination::Exchange(_) => true,
+            Destination::Queue(q) => q.replica().is_some() || self.in_classic_directory(&q.vhost, &q.name),
+        }
+    }
+
+    /// Whether the classic queue (vhost, name) is in the cluster's directory.
+    pub(crate) fn in_classic_directory(&self, vhost: &str, name: &str) -> bool {
+        self.classic.get().is_some_and(|c| c.contains(vhost, name))
+    }
+
     /// The cluster this node replicates its topology through (None: a single node).
     fn topology_cluster(&self) -> Option<&Running> {
         self.cluster.get()
@@ -193,9 +199,10 @@ impl ServerState {
             self.cluster_read_barrier();
         }
         if to_queue {
-            // A quorum queue's binding: its own log entry (it carries the exchange too).
+            // A quorum queue's binding, or a classic queue's in the directory: its own log
+            // entry (it carries the exchange too).
             return match vh.queue(destination, conn) {
-                Ok(q) if q.replica().is_some() => {
+                Ok(q) if q.replica().is_some() || self.in_classic_directory(&vh.name, destination) => {
                     self.bind_quorum(vh, destination, source, routing_key, &arguments, add)
                 }
                 _ => local(arguments),
@@ -248,7 +255,7 @@ impl ServerState {
     pub(crate) fn apply_exchange_delete(&self, vhost: &str, name: &str, if_unused: bool) -> Answer {
         let Some(vh) = self.vhost(vhost) else { return Ok(()) };
         let Ok(e) = vh.exchange(name) else { return Ok(()) };
-        if if_unused && in_use(&vh, &e, replicated) {
+        if if_unused && in_use(&vh, &e, |d| self.replicated(d)) {
             return Err(refusal(in_use_error(&vh, name)));
         }
         vh.delete_exchange(name, false).map_err(refusal)

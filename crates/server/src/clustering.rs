@@ -70,6 +70,12 @@ pub(crate) enum Command {
     ExchangeBind(crate::cluster_topology::ExchangeBinding),
     /// An exchange-to-exchange binding is removed on every node.
     ExchangeUnbind(crate::cluster_topology::ExchangeBinding),
+    /// A classic queue enters the directory: every node but its home makes a queue that
+    /// forwards to it (`crate::classic_queues`). Its bindings are `QuorumBind` entries.
+    ClassicDeclare(crate::classic_queues::ClassicDeclaration),
+    /// A classic queue leaves the directory: the other nodes drop theirs; the home deletes
+    /// it unless `gone_at_home` (it did already).
+    ClassicDelete { vhost: String, name: String, gone_at_home: bool },
 }
 
 /// [`Command::Quorum`] without taking the items: the same encoding.
@@ -118,6 +124,9 @@ pub(crate) struct SnapshotData {
     /// it leaves this node's exchanges as they are.
     #[serde(default)]
     topology: Option<crate::cluster_topology::TopologySnapshot>,
+    /// The directory of classic queues (empty in a snapshot of an earlier version).
+    #[serde(default)]
+    classic: Vec<crate::classic_queues::SnapshotClassic>,
 }
 
 /// Room left in a command for the enum's JSON around the changes.
@@ -403,6 +412,24 @@ impl cluster::Applier for Applier {
             (Some(state), Ok(Command::ExchangeDelete { vhost, name, if_unused })) => {
                 return self.apply_exchange_delete(&state, index, vhost, name, if_unused);
             }
+            (Some(state), Ok(Command::ClassicDeclare(d))) => {
+                if let Some(c) = state.classic.get() {
+                    c.apply_declare(&state, d);
+                }
+                Outcome::Applied
+            }
+            (Some(state), Ok(Command::ClassicDelete { vhost, name, gone_at_home })) => {
+                // Replayed after a restart (applied before it): the home's queue of that
+                // name now is one declared since, never deleted by an old entry.
+                let replay = index <= state.cluster_applied.load(std::sync::atomic::Ordering::Acquire);
+                if let Some(c) = state.classic.get() {
+                    c.apply_delete(&state, &vhost, &name, gone_at_home || replay);
+                }
+                if !replay && !gone_at_home {
+                    state.record_cluster_applied(index);
+                }
+                Outcome::Applied
+            }
             (Some(state), Ok(Command::ExchangeBind(b))) => {
                 return crate::cluster_topology::encode_answer(&state.apply_exchange_binding(&b, true));
             }
@@ -436,7 +463,8 @@ impl cluster::Applier for Applier {
         let access = state.with_access(Directory::all_changes);
         let quorum = state.quorum.get().map(|q| q.snapshot()).unwrap_or_default();
         let topology = Some(state.topology_snapshot());
-        encode_snapshot(&SnapshotData { access, quorum, topology })
+        let classic = state.classic.get().map(|c| c.snapshot(&state)).unwrap_or_default();
+        encode_snapshot(&SnapshotData { access, quorum, topology, classic })
     }
 
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), String> {
@@ -466,8 +494,11 @@ impl cluster::Applier for Applier {
                 self.replayed.lock().extend(added);
             }
         }
-        let quorum_bindings: Vec<_> = snapshot.quorum.iter().flat_map(|q| q.bindings.iter().cloned()).collect();
+        let mut quorum_bindings: Vec<_> = snapshot.quorum.iter().flat_map(|q| q.bindings.iter().cloned()).collect();
         state.restore_quorum(snapshot.quorum);
+        if let Some(c) = state.classic.get() {
+            quorum_bindings.extend(c.restore(&state, snapshot.classic, exact));
+        }
         if let Some(t) = &snapshot.topology {
             state.restore_exchange_bindings(t, exact);
             if exact {
@@ -506,6 +537,9 @@ pub async fn start(
         .await
         .map_err(|e| format!("starting cluster node {} on {}: {e}", plan.name, plan.listen))?;
     applier.caught_up_by_leader.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(c) = state.classic.get() {
+        node.set_broker_handler(c.handler());
+    }
     Ok(Running { node, cluster_name: plan.cluster_name.clone(), write_timeout })
 }
 
@@ -513,6 +547,7 @@ pub async fn start(
 /// applies their commands.
 pub fn start_quorum_queues(plan: &ClusterPlan, state: &Arc<ServerState>) {
     let _ = state.quorum.set(crate::quorum_queues::QuorumQueues::start(&plan.name, state));
+    let _ = state.classic.set(crate::classic_queues::ClassicQueues::start(&plan.name, state));
 }
 
 /// Pause between attempts to propose the seed while the group has no leader yet.
