@@ -779,7 +779,7 @@ impl Replica for RemoteReplica {
         cq.forward(&home, &self.key, &msg, confirm)
     }
 
-    fn add_consumer(&self, _queue: &Arc<Queue>, _consumer: Consumer) -> Result<(), AmqpError> {
+    fn accepts_consumers(&self) -> Result<(), AmqpError> {
         Err(AmqpError::new(
             wire::reply::NOT_IMPLEMENTED,
             format!(
@@ -787,6 +787,10 @@ impl Replica for RemoteReplica {
                 self.key.1, self.key.0, self.home
             ),
         ))
+    }
+
+    fn add_consumer(&self, _queue: &Arc<Queue>, _consumer: Consumer) -> Result<(), AmqpError> {
+        self.accepts_consumers()
     }
 
     fn remove_consumers(&self, _ids: &[u64]) {}
