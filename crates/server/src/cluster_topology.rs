@@ -1,12 +1,13 @@
 //! Replicated exchanges and bindings on a clustered node (issue 15).
 //!
 //! On a clustered node, exchange.declare (of an exchange the node lacks), exchange.delete,
-//! exchange-to-exchange bindings and bindings to quorum queues — by AMQP or the management
+//! exchange-to-exchange bindings and bindings to quorum queues and to classic queues in the
+//! cluster's directory (`crate::classic_queues`) — by AMQP or the management
 //! API — go through the cluster's Raft log as [`Command`]s and **every node applies them**
 //! in log order, so every node has the same exchanges and replicated bindings. The caller
 //! gets its answer once this node has applied the entry, with the leader's result (an
 //! equivalence error of a concurrent declare on another node is a 406 here too).
-//! Bindings to classic queues stay per node: a classic queue lives on one node.
+//! Bindings to exclusive queues stay on their node.
 //!
 //! A node without clustering takes none of these paths: [`ServerState::exchange_declare`]
 //! and friends call the vhost directly, as before.

@@ -6,8 +6,9 @@
 //! changes as the definitions log's JSON); every node applies committed commands in log
 //! order through [`Applier`] (`ServerState::apply_committed`), and a snapshot is the
 //! directory's content. Quorum queues ([`crate::quorum_queues`]), exchanges and the bindings
-//! to exchanges and quorum queues ([`crate::cluster_topology`]) are commands too; classic
-//! queues and their bindings are per node (docs/cluster.md).
+//! to exchanges and quorum and classic queues ([`crate::cluster_topology`]) are commands
+//! too, and so is the directory of classic queues ([`crate::classic_queues`]), which live
+//! on their home node and are reached from the others over the inter-node link.
 //! The cookie the inter-node connections prove comes from [`crate::cluster_cookie`].
 
 use std::net::{SocketAddr, ToSocketAddrs};
