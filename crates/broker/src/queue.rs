@@ -69,10 +69,6 @@ pub trait Replica: Send + Sync {
     /// publisher waits for a confirm, so a refusal is kept until it asks (one without
     /// confirms loses a refused message silently, as in RabbitMQ, and nothing is kept).
     fn publish(&self, queue: &Arc<Queue>, msg: Arc<Message>, confirm: bool) -> PublishOutcome;
-    /// Whether a consumer may be added at all, asked before basic.consume-ok is sent.
-    fn accepts_consumers(&self) -> Result<(), AmqpError> {
-        Ok(())
-    }
     /// Register a consumer (deliveries come later, from the replica, through its sink).
     fn add_consumer(&self, queue: &Arc<Queue>, consumer: Consumer) -> Result<(), AmqpError>;
     fn remove_consumers(&self, ids: &[u64]);
@@ -758,7 +754,6 @@ impl Queue {
             }
             st.last_used_ms = now;
             if let Some(r) = self.replica.get() {
-                r.accepts_consumers()?;
                 drop(st);
                 registered();
                 return r.add_consumer(self, consumer);

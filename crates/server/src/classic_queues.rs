@@ -117,6 +117,28 @@ enum Rpc {
         vhost: String,
         name: String,
     },
+    /// basic.consume on another node: the home registers a consumer whose deliveries it
+    /// pushes to that node (`Deliver`), `prefetch` of them at most unsettled.
+    Consume {
+        vhost: String,
+        name: String,
+        consumer: u64,
+        prefetch: u32,
+        no_ack: bool,
+        priority: i32,
+        exclusive: bool,
+        boot: u64,
+    },
+    /// basic.cancel (or the channel closed) of consumers of the asking node.
+    Cancel {
+        consumers: Vec<u64>,
+    },
+    /// From the home to a consumer's node: deliveries, in order, and consumers the home
+    /// dropped (queue deleted, link lost): the node cancels them (basic.cancel).
+    Deliver {
+        deliveries: Vec<(u64, Got)>,
+        cancelled: Vec<u64>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -147,6 +169,13 @@ enum RpcAnswer {
     Purged(u64),
     /// No such (local) queue on the node asked.
     NotFound,
+    /// Refused with this AMQP reply code and text (e.g. 403 exclusive consumer).
+    Refused(u16, String),
+    /// The ids (the home's) of deliveries the consumer's node could not hand over (its
+    /// consumer went meanwhile): the home requeues them.
+    Delivered {
+        returned: Vec<u64>,
+    },
     Error(String),
 }
 
@@ -175,11 +204,96 @@ struct Lent {
     boot: u64,
     queue: Weak<Queue>,
     msg: QueuedMessage,
+    /// The consumer it was delivered to (its credit comes back when it is settled).
+    consumer: Option<Arc<RemoteSink>>,
+}
+
+/// On the home: a consumer of another node, as the queue's consumer sink. A delivery is
+/// pushed to that node's outbound task; at most `prefetch` stay unsettled.
+struct RemoteSink {
+    cq: Weak<ClassicQueues>,
+    node: String,
+    boot: u64,
+    /// The consumer's id on its node.
+    consumer: u64,
+    /// Its id in the home's queue.
+    home_id: u64,
+    queue: Weak<Queue>,
+    prefetch: u32,
+    no_ack: bool,
+    /// Delivered and not settled.
+    out: std::sync::atomic::AtomicU32,
+    gone: std::sync::atomic::AtomicBool,
+}
+
+impl broker::queue::ConsumerSink for RemoteSink {
+    fn try_deliver(&self, queue: &Arc<Queue>, m: QueuedMessage) -> Result<(), QueuedMessage> {
+        if self.gone.load(Ordering::Relaxed) || (!self.no_ack && self.out.load(Ordering::Relaxed) >= self.prefetch) {
+            return Err(m);
+        }
+        let Some(cq) = self.cq.upgrade() else { return Err(m) };
+        let Some(me) = cq.consumers_here.lock().get(&(self.node.clone(), self.consumer)).cloned() else {
+            return Err(m);
+        };
+        let payload = crate::quorum_queues::encode_message(&m.msg).payload.to_vec();
+        let (redelivered, delivery_count) = (m.redelivered, m.delivery_count);
+        let id = if self.no_ack {
+            0
+        } else {
+            self.out.fetch_add(1, Ordering::Relaxed);
+            let id = cq.next_lent.fetch_add(1, Ordering::Relaxed);
+            let lent = Lent {
+                node: self.node.clone(),
+                boot: self.boot,
+                queue: Arc::downgrade(queue),
+                msg: m,
+                consumer: Some(me),
+            };
+            cq.lent.lock().insert(id, lent);
+            id
+        };
+        let got = Got { id, payload, redelivered, delivery_count, remaining: 0 };
+        cq.push_out(&self.node, Outbound::Deliver(self.consumer, got));
+        Ok(())
+    }
+
+    fn no_ack(&self) -> bool {
+        self.no_ack
+    }
+
+    fn prefetch(&self) -> u32 {
+        self.prefetch
+    }
+
+    fn cancelled_by_broker(&self) {
+        // The home's queue was deleted: the consumer's node cancels it.
+        self.gone.store(true, Ordering::Relaxed);
+        if let Some(cq) = self.cq.upgrade() {
+            cq.consumers_here.lock().remove(&(self.node.clone(), self.consumer));
+            cq.push_out(&self.node, Outbound::Cancelled(self.consumer));
+        }
+    }
+}
+
+/// What the home sends a consumer's node, in order.
+enum Outbound {
+    Deliver(u64, Got),
+    Cancelled(u64),
+}
+
+/// On a consumer's node: a consumer of a queue of another node.
+struct Following {
+    sink: Arc<dyn broker::queue::ConsumerSink>,
+    queue: Weak<Queue>,
+    key: QKey,
+    home: String,
 }
 
 pub(crate) struct ClassicQueues {
     /// This node's name (`NAME@HOST:PORT`).
-    me: String,
+    me_name: String,
+    /// Itself, for the tasks and sinks it makes.
+    me: Weak<ClassicQueues>,
     /// Random per start: the home requeues what an earlier start of this node took.
     boot: u64,
     state: Weak<ServerState>,
@@ -200,6 +314,12 @@ pub(crate) struct ClassicQueues {
     next_borrowed: AtomicU64,
     /// Conflicts already logged (the directory names another home for a local queue).
     conflicts: Mutex<HashSet<QKey>>,
+    /// On a home: other nodes' consumers of its queues, by (node, consumer id there).
+    consumers_here: Mutex<HashMap<(String, u64), Arc<RemoteSink>>>,
+    /// On a home: one outbound task per consumer's node, fed in delivery order.
+    outbound: Mutex<HashMap<String, mpsc::UnboundedSender<Outbound>>>,
+    /// Here: this node's consumers of other nodes' queues, by consumer id.
+    following: Mutex<HashMap<u64, Following>>,
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -242,8 +362,9 @@ fn block_on<F: std::future::Future>(fut: F) -> Result<F::Output, AmqpError> {
 
 impl ClassicQueues {
     pub(crate) fn start(node_name: &str, state: &Arc<ServerState>) -> Arc<ClassicQueues> {
-        let me = Arc::new(ClassicQueues {
-            me: node_name.to_owned(),
+        let me = Arc::new_cyclic(|me| ClassicQueues {
+            me_name: node_name.to_owned(),
+            me: me.clone(),
             boot: fastrand::u64(1..),
             state: Arc::downgrade(state),
             directory: Mutex::new(HashMap::new()),
@@ -256,6 +377,9 @@ impl ClassicQueues {
             borrowed: Mutex::new(HashMap::new()),
             next_borrowed: AtomicU64::new(1),
             conflicts: Mutex::new(HashSet::new()),
+            consumers_here: Mutex::new(HashMap::new()),
+            outbound: Mutex::new(HashMap::new()),
+            following: Mutex::new(HashMap::new()),
         });
         tokio::spawn(run_janitor(Arc::downgrade(&me)));
         me
@@ -303,7 +427,7 @@ impl ClassicQueues {
     pub(crate) fn apply_declare(self: &Arc<Self>, state: &ServerState, d: ClassicDeclaration) {
         let key = d.key();
         let d = self.directory.lock().entry(key.clone()).or_insert(d).clone();
-        if d.home == self.me {
+        if d.home == self.me_name {
             return;
         }
         let Some(vh) = state.vhost(&d.vhost) else { return };
@@ -342,10 +466,11 @@ impl ClassicQueues {
             && let Ok(q) = vh.queue(name, 0)
         {
             if q.is_remote() {
+                self.cancel_following(|f| f.key == key);
                 crate::channel::notify_deleted(vh.remove_queue(&q));
             } else if !gone_at_home
                 && q.replica().is_none()
-                && entry.is_some_and(|d| d.home == self.me)
+                && entry.is_some_and(|d| d.home == self.me_name)
                 && let Ok(gone) = vh.delete_queue(name, false, false, 0)
             {
                 crate::channel::notify_deleted(gone);
@@ -419,7 +544,7 @@ impl ClassicQueues {
         let mut cmds = Vec::new();
         {
             let dir = self.directory.lock();
-            for key in dir.iter().filter(|(_, d)| d.home == self.me).map(|(k, _)| k) {
+            for key in dir.iter().filter(|(_, d)| d.home == self.me_name).map(|(k, _)| k) {
                 let held = state.vhost(&key.0).and_then(|vh| vh.queue(&key.1, 0).ok());
                 if held.is_none_or(|q| q.is_remote() || q.replica().is_some()) {
                     cmds.push(Command::ClassicDelete { vhost: key.0.clone(), name: key.1.clone(), gone_at_home: true });
@@ -435,12 +560,12 @@ impl ClassicQueues {
                         None => cmds.push(Command::ClassicDeclare(ClassicDeclaration {
                             vhost: vh.name.clone(),
                             name: q.name.clone(),
-                            home: self.me.clone(),
+                            home: self.me_name.clone(),
                             durable: q.options.durable,
                             auto_delete: q.options.auto_delete,
                             arguments: encode_arguments(&q.options.arguments),
                         })),
-                        Some(d) if d.home != self.me => self.conflict(&key, &d.home),
+                        Some(d) if d.home != self.me_name => self.conflict(&key, &d.home),
                         Some(_) => {}
                     }
                 }
@@ -462,7 +587,7 @@ impl ClassicQueues {
         let cmd = Command::ClassicDeclare(ClassicDeclaration {
             vhost: q.vhost.clone(),
             name: q.name.clone(),
-            home: self.me.clone(),
+            home: self.me_name.clone(),
             durable: q.options.durable,
             auto_delete: q.options.auto_delete,
             arguments: encode_arguments(&q.options.arguments),
@@ -610,7 +735,8 @@ impl ClassicQueues {
                     0
                 } else {
                     let id = self.next_lent.fetch_add(1, Ordering::Relaxed);
-                    self.lent.lock().insert(id, Lent { node: from, boot, queue: Arc::downgrade(&q), msg: m });
+                    let lent = Lent { node: from, boot, queue: Arc::downgrade(&q), msg: m, consumer: None };
+                    self.lent.lock().insert(id, lent);
                     id
                 };
                 RpcAnswer::Got(Some(Got { id, payload, redelivered, delivery_count, remaining }))
@@ -627,7 +753,141 @@ impl ClassicQueues {
                 Some(q) => RpcAnswer::Purged(q.purge() as u64),
                 None => RpcAnswer::NotFound,
             },
+            Rpc::Consume { vhost, name, consumer, prefetch, no_ack, priority, exclusive, boot } => {
+                let Some(q) = local(&vhost, &name) else { return RpcAnswer::NotFound };
+                // What an earlier start of that node held goes back.
+                self.drop_consumers(|c| c.node == from && c.boot != boot);
+                self.return_lent(|l| l.node == from && l.boot != boot);
+                let prefetch = match prefetch {
+                    p if p == 0 || no_ack => crate::quorum_queues::UNLIMITED_PREFETCH_CREDIT,
+                    p => p,
+                };
+                let home_id = broker::queue::next_consumer_id();
+                let sink = Arc::new(RemoteSink {
+                    cq: self.me.clone(),
+                    node: from.clone(),
+                    boot,
+                    consumer,
+                    home_id,
+                    queue: Arc::downgrade(&q),
+                    prefetch,
+                    no_ack,
+                    out: std::sync::atomic::AtomicU32::new(0),
+                    gone: std::sync::atomic::AtomicBool::new(false),
+                });
+                self.consumers_here.lock().insert((from.clone(), consumer), sink.clone());
+                let c = Consumer { id: home_id, tag: format!("{from}/{consumer}"), exclusive, priority, sink };
+                match q.add_consumer(c, || {}) {
+                    Ok(()) => RpcAnswer::Done,
+                    Err(e) => {
+                        self.consumers_here.lock().remove(&(from, consumer));
+                        RpcAnswer::Refused(e.code, e.text)
+                    }
+                }
+            }
+            Rpc::Cancel { consumers } => {
+                let ids: HashSet<u64> = consumers.into_iter().collect();
+                self.drop_consumers(|c| c.node == from && ids.contains(&c.consumer));
+                RpcAnswer::Done
+            }
+            Rpc::Deliver { deliveries, cancelled } => self.take_deliveries(deliveries, cancelled),
         }
+    }
+
+    /// On the home: end the remote consumers `which` selects (their queues forget them;
+    /// what they hold unsettled stays out until settled, or their node is found gone).
+    fn drop_consumers(&self, which: impl Fn(&RemoteSink) -> bool) {
+        let gone: Vec<Arc<RemoteSink>> = {
+            let mut c = self.consumers_here.lock();
+            let keys: Vec<(String, u64)> = c.iter().filter(|(_, s)| which(s)).map(|(k, _)| k.clone()).collect();
+            keys.into_iter().filter_map(|k| c.remove(&k)).collect()
+        };
+        for s in gone {
+            s.gone.store(true, Ordering::Relaxed);
+            let Some(q) = s.queue.upgrade() else { continue };
+            if q.remove_consumer(s.home_id)
+                && let Some(state) = self.state.upgrade()
+                && let Some(vh) = state.vhost(&q.vhost)
+            {
+                // An auto-delete queue's last consumer: the janitor drops the entry.
+                crate::channel::notify_deleted(vh.remove_queue(&q));
+            }
+        }
+    }
+
+    /// On a consumer's node: the home's deliveries to this node's consumers.
+    fn take_deliveries(&self, deliveries: Vec<(u64, Got)>, cancelled: Vec<u64>) -> RpcAnswer {
+        let mut returned = Vec::new();
+        for (consumer, got) in deliveries {
+            let f = self.following.lock().get(&consumer).map(|f| (f.sink.clone(), f.queue.clone(), f.home.clone()));
+            let target = f.and_then(|(sink, q, home)| q.upgrade().map(|q| (sink, q, home)));
+            let msg = crate::quorum_queues::decode_message(&bytes::Bytes::from(got.payload));
+            let (Some((sink, q, home)), Some(msg)) = (target, msg) else {
+                if got.id != 0 {
+                    returned.push(got.id);
+                }
+                continue;
+            };
+            let seq = self.next_borrowed.fetch_add(1, Ordering::Relaxed);
+            if got.id != 0 {
+                self.borrowed.lock().insert(seq, (home, got.id));
+            }
+            let qm = QueuedMessage {
+                msg: Arc::new(msg),
+                seq,
+                redelivered: got.redelivered,
+                expires_at_ms: 0,
+                delivery_count: got.delivery_count,
+                disk: None,
+            };
+            if sink.force_deliver(&q, qm).is_err() && got.id != 0 {
+                self.borrowed.lock().remove(&seq);
+                returned.push(got.id);
+            }
+        }
+        for c in cancelled {
+            let f = self.following.lock().remove(&c);
+            if let Some(f) = f {
+                f.sink.cancelled_by_broker();
+            }
+        }
+        RpcAnswer::Delivered { returned }
+    }
+
+    /// On a consumer's node: cancel (basic.cancel to the client) the consumers `which`
+    /// selects, their home being gone or their queue deleted.
+    fn cancel_following(&self, which: impl Fn(&Following) -> bool) {
+        let gone: Vec<Following> = {
+            let mut f = self.following.lock();
+            let ids: Vec<u64> = f.iter().filter(|(_, x)| which(x)).map(|(id, _)| *id).collect();
+            ids.into_iter().filter_map(|id| f.remove(&id)).collect()
+        };
+        for f in gone {
+            f.sink.cancelled_by_broker();
+        }
+    }
+
+    /// On a home: queue `o` for the consumer's node `node` (its task sends in order).
+    fn push_out(&self, node: &str, o: Outbound) {
+        let mut out = self.outbound.lock();
+        let tx = out.entry(node.to_owned()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(run_outbound(self.me.clone(), node.to_owned(), rx));
+            tx
+        });
+        let _ = tx.send(o);
+    }
+
+    /// Requeue the messages lent under these ids.
+    fn return_ids(&self, ids: &HashSet<u64>) {
+        if ids.is_empty() {
+            return;
+        }
+        let taken: Vec<Lent> = {
+            let mut lent = self.lent.lock();
+            ids.iter().filter_map(|id| lent.remove(id)).collect()
+        };
+        settle_lent(taken, 1);
     }
 
     /// Requeue (redelivered) the messages other nodes' gets hold that `lost` selects.
@@ -649,11 +909,18 @@ impl ClassicQueues {
 
 fn settle_lent(taken: Vec<Lent>, how: u8) {
     for l in taken {
+        if let Some(c) = &l.consumer {
+            c.out.fetch_sub(1, Ordering::Relaxed);
+        }
         let Some(q) = l.queue.upgrade() else { continue };
         match how {
             0 => q.ack(std::slice::from_ref(&l.msg)),
             1 => q.requeue(vec![l.msg]),
             _ => q.reject(vec![l.msg]),
+        }
+        if l.consumer.is_some() {
+            // Credit came back: the queue may deliver to that consumer again.
+            q.dispatch();
         }
     }
 }
@@ -701,6 +968,64 @@ async fn run_forwarder(state: Weak<ServerState>, home: String, mut rx: mpsc::Unb
     }
 }
 
+/// How long a consumer's node's outbound task waits before sending again the cancels of a
+/// batch its node did not answer.
+const OUTBOUND_RETRY: Duration = Duration::from_secs(1);
+
+/// On a home: what goes to one consumer's node, in order, one batch in flight. A batch
+/// the node does not answer (the link failed) ends the consumers it was for: their
+/// messages go back to the queue (redelivered) and the node is told (once the link is
+/// back) to cancel them.
+async fn run_outbound(cq: Weak<ClassicQueues>, node: String, mut rx: mpsc::UnboundedReceiver<Outbound>) {
+    let mut cancels: Vec<u64> = Vec::new();
+    loop {
+        let first = if cancels.is_empty() {
+            match rx.recv().await {
+                Some(o) => Some(o),
+                None => return,
+            }
+        } else {
+            match tokio::time::timeout(OUTBOUND_RETRY, rx.recv()).await {
+                Ok(Some(o)) => Some(o),
+                Ok(None) => return,
+                Err(_) => None,
+            }
+        };
+        let mut deliveries = Vec::new();
+        let mut bytes = 0;
+        let mut next = first;
+        while let Some(o) = next {
+            match o {
+                Outbound::Deliver(c, got) => {
+                    bytes += got.payload.len() + FORWARD_OVERHEAD_BYTES;
+                    deliveries.push((c, got));
+                }
+                Outbound::Cancelled(c) => cancels.push(c),
+            }
+            next = if bytes < BATCH_MAX_BYTES { rx.try_recv().ok() } else { None };
+        }
+        let Some(me) = cq.upgrade() else { return };
+        let ids: Vec<u64> = deliveries.iter().map(|(_, g)| g.id).filter(|&id| id != 0).collect();
+        let consumers: HashSet<u64> = deliveries.iter().map(|(c, _)| *c).collect();
+        let rpc = Rpc::Deliver { deliveries, cancelled: cancels.clone() };
+        match me.call(&node, &rpc).await {
+            Ok(RpcAnswer::Delivered { returned }) => {
+                cancels.clear();
+                let returned: HashSet<u64> = returned.into_iter().collect();
+                me.return_ids(&returned);
+            }
+            other => {
+                warn!(node = %node, "classic queues: deliveries to another node's consumers failed ({other:?}); those consumers are ended and their messages requeued");
+                me.drop_consumers(|c| c.node == node && consumers.contains(&c.consumer));
+                me.return_ids(&ids.into_iter().collect());
+                cancels.extend(consumers);
+                cancels.sort_unstable();
+                cancels.dedup();
+            }
+        }
+    }
+}
+
 /// Every second: reconcile the directory, and on a home requeue what nodes that stopped
 /// answering took with basic.get.
 async fn run_janitor(me: Weak<ClassicQueues>) {
@@ -712,7 +1037,12 @@ async fn run_janitor(me: Weak<ClassicQueues>) {
         cq.reconcile().await;
         let online = cq.state.upgrade().and_then(|s| s.quorum.get().map(|q| q.online_members()));
         if let Some(online) = online.filter(|o| !o.is_empty()) {
+            // A node gone: its consumers here end and what it took goes back; here, the
+            // consumers of queues whose home is gone are cancelled, as RabbitMQ cancels
+            // them when a queue's node goes down.
+            cq.drop_consumers(|c| !online.contains(&c.node));
             cq.return_lent(|l| !online.contains(&l.node));
+            cq.cancel_following(|f| !online.contains(&f.home));
         }
     }
 }
@@ -779,21 +1109,58 @@ impl Replica for RemoteReplica {
         cq.forward(&home, &self.key, &msg, confirm)
     }
 
-    fn accepts_consumers(&self) -> Result<(), AmqpError> {
-        Err(AmqpError::new(
-            wire::reply::NOT_IMPLEMENTED,
-            format!(
-                "queue '{}' in vhost '{}' lives on node '{}': consume from it there (consumers on other nodes are not supported yet)",
-                self.key.1, self.key.0, self.home
-            ),
-        ))
+    fn add_consumer(&self, queue: &Arc<Queue>, consumer: Consumer) -> Result<(), AmqpError> {
+        let cq = self.cq()?;
+        let sink = consumer.sink.clone();
+        let f = Following {
+            sink: sink.clone(),
+            queue: Arc::downgrade(queue),
+            key: self.key.clone(),
+            home: self.home.clone(),
+        };
+        // Before asking: the home's first deliveries may come before its answer.
+        cq.following.lock().insert(consumer.id, f);
+        let rpc = Rpc::Consume {
+            vhost: self.key.0.clone(),
+            name: self.key.1.clone(),
+            consumer: consumer.id,
+            prefetch: sink.prefetch(),
+            no_ack: sink.no_ack(),
+            priority: consumer.priority,
+            exclusive: consumer.exclusive,
+            boot: cq.boot,
+        };
+        let refused = match self.ask(rpc) {
+            Ok(RpcAnswer::Done) => None,
+            Ok(RpcAnswer::Refused(_, text)) => Some(text),
+            Ok(a) => Some(format!("unexpected answer {a:?}")),
+            Err(e) => Some(e.text),
+        };
+        if let Some(why) = refused {
+            // consume-ok is sent already: the client hears basic.cancel instead.
+            warn!(queue = %self.key.1, home = %self.home, "a consumer of a queue of another node was refused there: {why}");
+            cq.following.lock().remove(&consumer.id);
+            sink.cancelled_by_broker();
+        }
+        Ok(())
     }
 
-    fn add_consumer(&self, _queue: &Arc<Queue>, _consumer: Consumer) -> Result<(), AmqpError> {
-        self.accepts_consumers()
+    fn remove_consumers(&self, ids: &[u64]) {
+        let Ok(cq) = self.cq() else { return };
+        let gone: Vec<u64> = {
+            let mut f = cq.following.lock();
+            ids.iter().copied().filter(|id| f.remove(id).is_some()).collect()
+        };
+        if gone.is_empty() {
+            return;
+        }
+        let home = self.home.clone();
+        tokio::spawn(async move {
+            if let Err(e) = cq.call(&home, &Rpc::Cancel { consumers: gone }).await {
+                debug!(home = %home, "classic queues: a cancel was lost (the home ends the consumers when it finds this node gone): {e}");
+            }
+        });
     }
-
-    fn remove_consumers(&self, _ids: &[u64]) {}
 
     fn settle(&self, msgs: Vec<QueuedMessage>, how: Settle) {
         let Ok(cq) = self.cq() else { return };

@@ -5,9 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+use futures_lite::StreamExt;
 use lapin::BasicProperties;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
@@ -135,19 +136,47 @@ async fn a_classic_queue_is_reachable_from_every_node_and_its_messages_stay_on_i
     let again = cha.basic_get("cq".into(), BasicGetOptions { no_ack: true }).await.unwrap().expect("a message");
     assert_eq!((again.delivery.data.as_slice(), again.delivery.redelivered), (&b"d1"[..], true));
 
-    // A consumer on another node than the home is not supported yet: refused, not ignored.
+    // A consumer on C (prefetch 5): the home pushes it 5 messages, 2 more after 2 acks; its
+    // connection closed, the 5 it holds go back to A.
     let cc = nodes[c].amqp("guest", "guest", "/").await.unwrap();
     let chc = cc.create_channel().await.unwrap();
-    let e = chc
-        .basic_consume("cq".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-        .await
-        .unwrap_err();
-    assert_eq!(reply_code(&e), Some(540), "{e}");
+    chc.basic_qos(5, BasicQosOptions::default()).await.unwrap();
+    let mut consumer =
+        chc.basic_consume("cq".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await.unwrap();
+    let mut got = Vec::new();
+    for i in 0..7 {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("delivery {i} did not come (got {got:?})"))
+            .unwrap()
+            .unwrap();
+        got.push(String::from_utf8(d.data.clone()).unwrap());
+        if i < 2 {
+            d.ack(BasicAckOptions::default()).await.unwrap();
+        }
+        if i == 4 {
+            // Prefetch reached: nothing more comes until the acks free credit.
+            assert!(got.len() == 5);
+        }
+    }
+    assert_eq!(got, ["d2", "d3", "d4", "d5", "d6", "d7", "d8"]);
+    let extra = tokio::time::timeout(Duration::from_millis(300), consumer.next()).await;
+    assert!(extra.is_err(), "no more than the prefetch unacked: {extra:?}");
+    cc.close(200, "bye".into()).await.unwrap();
+    eventually("the consumer's unacked messages are back on A", Duration::from_secs(10), || async move {
+        match passive(na, "cq").await {
+            Ok(16) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let again = cha.basic_get("cq".into(), BasicGetOptions { no_ack: true }).await.unwrap().expect("a message");
+    assert_eq!((again.delivery.data.as_slice(), again.delivery.redelivered), (&b"d4"[..], true));
 
     // Deleted on C: gone everywhere, messages included.
     let cc = nodes[c].amqp("guest", "guest", "/").await.unwrap();
     let chc = cc.create_channel().await.unwrap();
-    assert_eq!(chc.queue_delete("cq".into(), QueueDeleteOptions::default()).await.unwrap(), 18);
+    assert_eq!(chc.queue_delete("cq".into(), QueueDeleteOptions::default()).await.unwrap(), 15);
     for n in &nodes {
         eventually("the deleted queue is gone", Duration::from_secs(10), || async move {
             match passive(n, "cq").await {
@@ -165,7 +194,21 @@ async fn a_classic_queue_is_reachable_from_every_node_and_its_messages_stay_on_i
         passive(nb, "cq2").await.map(drop).map_err(|e| format!("{e:?}"))
     })
     .await;
+    // A consumer on B gets a message published on C, then is cancelled (basic.cancel) when
+    // the home dies.
+    let cons_b = cb.create_channel().await.unwrap();
+    let mut consumer_b = cons_b
+        .basic_consume("cq2".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    chc.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    assert_eq!(publish(&chc, "", "cq2", "to-b", 1).await, (1, 0));
+    let d = tokio::time::timeout(Duration::from_secs(10), consumer_b.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(d.data, b"to-b0");
+    d.ack(BasicAckOptions::default()).await.unwrap();
     nodes[a].kill();
+    let end = tokio::time::timeout(Duration::from_secs(10), consumer_b.next()).await;
+    assert!(matches!(end, Ok(None)), "the consumer on B is cancelled when the home dies: {end:?}");
     let chb = cb.create_channel().await.unwrap();
     let e = chb.queue_declare("cq2".into(), DURABLE, FieldTable::default()).await.unwrap_err();
     assert_eq!(reply_code(&e), Some(404), "{e}");
