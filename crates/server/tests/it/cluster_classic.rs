@@ -220,3 +220,47 @@ async fn a_classic_queue_is_reachable_from_every_node_and_its_messages_stay_on_i
     assert_eq!(publish(&chb, "", "cq2", "lost", 3).await, (0, 3), "nacked while the home is down");
     eprintln!("classic queues across nodes: {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_home_requeues_what_a_killed_consumer_node_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, _) = started_cluster(dir.path(), "").await;
+    let (a, c) = (0, 2);
+    let ca = nodes[a].amqp("guest", "guest", "/").await.unwrap();
+    let cha = ca.create_channel().await.unwrap();
+    cha.queue_declare("work".into(), DURABLE, FieldTable::default()).await.unwrap();
+    cha.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    assert_eq!(publish(&cha, "", "work", "w", 10).await, (10, 0));
+    let nc = &nodes[c];
+    eventually("the queue is seen on C", Duration::from_secs(10), || async move {
+        passive(nc, "work").await.map(drop).map_err(|e| format!("{e:?}"))
+    })
+    .await;
+
+    // A consumer on C holds 4 unacked; C is killed: A gets them back, redelivered.
+    let cc = nodes[c].amqp("guest", "guest", "/").await.unwrap();
+    let chc = cc.create_channel().await.unwrap();
+    chc.basic_qos(4, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = chc
+        .basic_consume("work".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    for i in 0..4 {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(d.data, format!("w{i}").as_bytes());
+    }
+    assert_eq!(passive(&nodes[a], "work").await.unwrap(), 6, "4 are out to C");
+    let killed = Instant::now();
+    nodes[c].kill();
+    let na = &nodes[a];
+    eventually("A requeues what the killed node held", Duration::from_secs(10), || async move {
+        match passive(na, "work").await {
+            Ok(10) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    eprintln!("requeued {:?} after the kill", killed.elapsed());
+    let m = cha.basic_get("work".into(), BasicGetOptions { no_ack: true }).await.unwrap().expect("a message");
+    assert_eq!((m.delivery.data.as_slice(), m.delivery.redelivered), (&b"w0"[..], true));
+}
