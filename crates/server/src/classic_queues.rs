@@ -9,8 +9,11 @@
 //! over the inter-node link (`cluster::ClusterNode::call_broker`): publishes (batched per
 //! home, bounded by `warren.cluster_forward_max_bytes`, confirmed only once the home
 //! answers that the message is enqueued — and fsynced when it is persistent in a durable
-//! queue), basic.get and its acks, purges and the counts of queue.declare-ok. Consumers on
-//! another node than the home are not supported yet (refused, see docs/cluster.md).
+//! queue), basic.get, basic.consume and their acks, purges and the counts of
+//! queue.declare-ok. A consumer on another node is a consumer of the home's queue whose
+//! sink ([`RemoteSink`]) pushes deliveries to that node (`Rpc::Deliver`), with the
+//! consumer's prefetch as credit; a lost link or node requeues what it held on the home
+//! and cancels the consumer on its node.
 //!
 //! Bindings to a classic queue in the directory go through the log as those of quorum
 //! queues do (`QuorumBind`), so every node's exchanges route to it. Exclusive queues stay
