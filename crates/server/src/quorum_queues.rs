@@ -1519,6 +1519,25 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn forwarded_publishes_settle_out_of_the_proposers_order_and_keep_their_refusals() {
+        let f = fixture();
+        let (first, second) = (f.qq.forward_ticket(), f.qq.forward_ticket());
+        assert!(first & FORWARD_TICKET != 0 && second > first);
+        assert!(!f.qq.all_settled(&[first]) && !f.qq.all_settled(&[second]));
+        // The second home answers first, refusing it: only that one is settled.
+        f.qq.forward_settled(&[(second, true)]);
+        assert!(f.qq.all_settled(&[second]) && !f.qq.all_settled(&[first, second]));
+        f.qq.forward_settled(&[(first, false)]);
+        assert!(f.qq.all_settled(&[first, second]));
+        assert!(!f.qq.take_rejected(&[first]), "the accepted one is not refused");
+        assert!(f.qq.take_rejected(&[second]), "the refused one is, once");
+        assert!(!f.qq.take_rejected(&[second]));
+        // A proposer ticket not applied yet beside a settled forwarded one: not settled.
+        let t = f.qq.submit_publish(&f.key, f.msg.clone(), None, true).expect("a ticket");
+        assert!(!f.qq.all_settled(&[first, t]));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn refused_publishes_without_confirms_leave_no_refusal_behind() {
         let f = fixture();
         for t in 1..=REFUSED_PUBLISHES {
