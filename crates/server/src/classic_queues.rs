@@ -103,6 +103,8 @@ enum Rpc {
         vhost: String,
         name: String,
     },
+    /// The counts of several queues (a node refreshing what management lists).
+    StatsMany(Vec<(String, String)>),
     /// basic.get. Unless `no_ack`, the home keeps the message out for the asking node
     /// (`boot` tells its starts apart) until it settles it, or is lost.
     Get {
@@ -167,6 +169,8 @@ enum RpcAnswer {
         unacked: u64,
         consumers: u32,
     },
+    /// Per queue asked: (ready, unacked, consumers), None for a queue the home lacks.
+    StatsMany(Vec<Option<(u64, u64, u32)>>),
     Got(Option<Got>),
     Done,
     Purged(u64),
@@ -323,6 +327,9 @@ pub(crate) struct ClassicQueues {
     outbound: Mutex<HashMap<String, mpsc::UnboundedSender<Outbound>>>,
     /// Here: this node's consumers of other nodes' queues, by consumer id.
     following: Mutex<HashMap<u64, Following>>,
+    /// Here: the counts of other nodes' queues as their homes last gave them (management
+    /// lists them), refreshed every `STATS_REFRESH_PERIOD` and at each declare-ok.
+    remote_stats: Mutex<HashMap<QKey, QueueStats>>,
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -342,6 +349,10 @@ fn empty_stats() -> QueueStats {
         unacked_bytes: 0,
         stalled_ms: 0,
     }
+}
+
+fn stats_of(ready: u64, unacked: u64, consumers: u32) -> QueueStats {
+    QueueStats { messages_ready: ready, messages_unacked: unacked, consumers, ..empty_stats() }
 }
 
 /// RabbitMQ's text when a queue's home node cannot be reached (404 NOT_FOUND).
@@ -383,6 +394,7 @@ impl ClassicQueues {
             consumers_here: Mutex::new(HashMap::new()),
             outbound: Mutex::new(HashMap::new()),
             following: Mutex::new(HashMap::new()),
+            remote_stats: Mutex::new(HashMap::new()),
         });
         tokio::spawn(run_janitor(Arc::downgrade(&me)));
         me
@@ -438,12 +450,8 @@ impl ClassicQueues {
             Ok(q) if q.is_remote() => {}
             Ok(_) => self.conflict(&key, &d.home),
             Err(_) => {
-                let replica = Arc::new(RemoteReplica {
-                    cq: Arc::downgrade(self),
-                    key: key.clone(),
-                    home: d.home.clone(),
-                    stats: Mutex::new(empty_stats()),
-                });
+                let replica =
+                    Arc::new(RemoteReplica { cq: Arc::downgrade(self), key: key.clone(), home: d.home.clone() });
                 if let Err(e) = vh.declare_remote_queue(&d.name, d.options(), replica) {
                     error!(queue = %d.name, vhost = %d.vhost, home = %d.home, "the queue of another node cannot be made here: {}", e.text);
                 }
@@ -728,6 +736,16 @@ impl ClassicQueues {
                 }
                 None => RpcAnswer::NotFound,
             },
+            Rpc::StatsMany(keys) => RpcAnswer::StatsMany(
+                keys.iter()
+                    .map(|(vhost, name)| {
+                        local(vhost, name).map(|q| {
+                            let s = q.stats();
+                            (s.messages_ready, s.messages_unacked, s.consumers)
+                        })
+                    })
+                    .collect(),
+            ),
             Rpc::Get { vhost, name, no_ack, boot } => {
                 let Some(q) = local(&vhost, &name) else { return RpcAnswer::NotFound };
                 self.return_lent(|l| l.node == from && l.boot != boot);
@@ -881,6 +899,29 @@ impl ClassicQueues {
         let _ = tx.send(o);
     }
 
+    /// Ask each home for the counts of its queues this node holds (one request per home).
+    async fn refresh_stats(&self) {
+        let mut by_home: HashMap<String, Vec<QKey>> = HashMap::new();
+        for (key, d) in self.directory.lock().iter() {
+            if d.home != self.me_name {
+                by_home.entry(d.home.clone()).or_default().push(key.clone());
+            }
+        }
+        let mut fresh = HashMap::new();
+        for (home, keys) in by_home {
+            if let Ok(RpcAnswer::StatsMany(counts)) = self.call(&home, &Rpc::StatsMany(keys.clone())).await {
+                for (key, c) in keys.into_iter().zip(counts) {
+                    if let Some((ready, unacked, consumers)) = c {
+                        fresh.insert(key, stats_of(ready, unacked, consumers));
+                    }
+                }
+            }
+        }
+        // Queues gone from the directory are forgotten; a home that did not answer keeps
+        // its last counts out (zero) rather than stale ones.
+        *self.remote_stats.lock() = fresh;
+    }
+
     /// Requeue the messages lent under these ids.
     fn return_ids(&self, ids: &HashSet<u64>) {
         if ids.is_empty() {
@@ -971,6 +1012,9 @@ async fn run_forwarder(state: Weak<ServerState>, home: String, mut rx: mpsc::Unb
     }
 }
 
+/// How often a node asks the homes of the other nodes' queues it holds for their counts.
+const STATS_REFRESH_PERIOD: Duration = Duration::from_secs(5);
+
 /// How long a consumer's node's outbound task waits before sending again the cancels of a
 /// batch its node did not answer.
 const OUTBOUND_RETRY: Duration = Duration::from_secs(1);
@@ -1034,10 +1078,15 @@ async fn run_outbound(cq: Weak<ClassicQueues>, node: String, mut rx: mpsc::Unbou
 async fn run_janitor(me: Weak<ClassicQueues>) {
     let mut tick = tokio::time::interval(JANITOR_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_stats = std::time::Instant::now();
     loop {
         tick.tick().await;
         let Some(cq) = me.upgrade() else { return };
         cq.reconcile().await;
+        if last_stats.elapsed() >= STATS_REFRESH_PERIOD {
+            last_stats = std::time::Instant::now();
+            cq.refresh_stats().await;
+        }
         let online = cq.state.upgrade().and_then(|s| s.quorum.get().map(|q| q.online_members()));
         if let Some(online) = online.filter(|o| !o.is_empty()) {
             // A node gone: its consumers here end and what it took goes back; here, the
@@ -1077,8 +1126,6 @@ struct RemoteReplica {
     cq: Weak<ClassicQueues>,
     key: QKey,
     home: String,
-    /// The counts the home last gave (management lists them).
-    stats: Mutex<QueueStats>,
 }
 
 impl RemoteReplica {
@@ -1224,17 +1271,17 @@ impl Replica for RemoteReplica {
     }
 
     fn stats(&self) -> QueueStats {
-        *self.stats.lock()
+        self.cq.upgrade().and_then(|cq| cq.remote_stats.lock().get(&self.key).copied()).unwrap_or_else(empty_stats)
     }
 
     fn declare_stats(&self) -> Result<QueueStats, AmqpError> {
         match self.ask(Rpc::Stats { vhost: self.key.0.clone(), name: self.key.1.clone() })? {
             RpcAnswer::Stats { ready, unacked, consumers } => {
-                let mut s = self.stats.lock();
-                s.messages_ready = ready;
-                s.messages_unacked = unacked;
-                s.consumers = consumers;
-                Ok(*s)
+                let s = stats_of(ready, unacked, consumers);
+                if let Ok(cq) = self.cq() {
+                    cq.remote_stats.lock().insert(self.key.clone(), s);
+                }
+                Ok(s)
             }
             _ => Err(AmqpError::new(wire::reply::INTERNAL_ERROR, "unexpected answer to queue.declare")),
         }

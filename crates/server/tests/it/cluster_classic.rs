@@ -107,6 +107,13 @@ async fn a_classic_queue_is_reachable_from_every_node_and_its_messages_stay_on_i
     assert_eq!(publish(&chb, "cx", "k", "x", 10).await, (10, 0), "direct exchange bound on C");
     assert_eq!(passive(&nodes[a], "cq").await.unwrap(), 20, "the messages are on the home");
     assert_eq!(passive(&nodes[c], "cq").await.unwrap(), 20, "C's declare-ok asks the home");
+    // B's /api/queues shows the home's count once B has refreshed it (every 5 s).
+    let nb = &nodes[b];
+    eventually("B's API shows the home's count", Duration::from_secs(12), || async move {
+        let q = nb.http().get_queue_info("/", "cq").await.map_err(|e| e.to_string())?;
+        if q.message_count == 20 { Ok(()) } else { Err(format!("{} messages", q.message_count)) }
+    })
+    .await;
 
     // basic.get on C: an ack removes the message on A; one taken and left unacked goes
     // back (redelivered) when C's connection closes.
