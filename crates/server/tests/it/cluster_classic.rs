@@ -271,3 +271,69 @@ async fn the_home_requeues_what_a_killed_consumer_node_held() {
     let m = cha.basic_get("work".into(), BasicGetOptions { no_ack: true }).await.unwrap().expect("a message");
     assert_eq!((m.delivery.data.as_slice(), m.delivery.redelivered), (&b"w0"[..], true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_nodes_reach_the_classic_queue_again_through_the_log_and_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, _) = started_cluster(dir.path(), "warren.cluster_snapshot_every = 4\n").await;
+    let (a, b, c) = (0, 1, 2);
+    let ca = nodes[a].amqp("guest", "guest", "/").await.unwrap();
+    let cha = ca.create_channel().await.unwrap();
+    cha.queue_declare("kept".into(), DURABLE, FieldTable::default()).await.unwrap();
+    let durable_x = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    cha.exchange_declare("kx".into(), lapin::ExchangeKind::Direct, durable_x, FieldTable::default()).await.unwrap();
+    cha.queue_bind("kept".into(), "kx".into(), "k".into(), QueueBindOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let nb = &nodes[b];
+    eventually("B has the queue's binding", Duration::from_secs(10), || async move {
+        let bs = nb.http().list_queue_bindings("/", "kept").await.map_err(|e| e.to_string())?;
+        if bs.iter().any(|x| x.source == "kx") { Ok(()) } else { Err(format!("{bs:?}")) }
+    })
+    .await;
+
+    // B killed while other queues come and go (entries enough for snapshots), restarted:
+    // it has the queue and its binding again and routes to A.
+    nodes[b].kill();
+    for i in 0..6 {
+        let name = format!("churn{i}");
+        cha.queue_declare(name.as_str().into(), DURABLE, FieldTable::default()).await.unwrap();
+        cha.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+    }
+    nodes[b].start();
+    let nb = &nodes[b];
+    eventually("the restarted B routes to A's queue", Duration::from_secs(20), || async move {
+        let conn = nb.amqp("guest", "guest", "/").await.map_err(|e| e.to_string())?;
+        let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| e.to_string())?;
+        let props = BasicProperties::default().with_delivery_mode(2);
+        let opts = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+        let confirm = ch
+            .basic_publish("kx".into(), "k".into(), opts, b"via-b", props)
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = conn.close(200, "bye".into()).await;
+        // Acked and not returned: routed to the queue.
+        if confirm.is_ack() && confirm.take_message().is_none() { Ok(()) } else { Err("not routed".into()) }
+    })
+    .await;
+    let m = cha.basic_get("kept".into(), BasicGetOptions { no_ack: true }).await.unwrap().expect("the message on A");
+    assert_eq!(m.delivery.data, b"via-b");
+    for i in 0..6 {
+        let gone = passive(&nodes[b], &format!("churn{i}")).await;
+        assert!(matches!(gone, Err((Some(404), _))), "churn{i} on B: {gone:?}");
+    }
+
+    // A (the home) killed and restarted: its durable queue and the directory entry are
+    // kept, so C still reaches it.
+    nodes[a].kill();
+    nodes[a].start();
+    let nc = &nodes[c];
+    eventually("C reaches the restarted home's queue", Duration::from_secs(20), || async move {
+        passive(nc, "kept").await.map(drop).map_err(|e| format!("{e:?}"))
+    })
+    .await;
+    assert_eq!(passive(&nodes[a], "kept").await.unwrap(), 0);
+}
