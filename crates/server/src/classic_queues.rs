@@ -134,6 +134,11 @@ enum Rpc {
         exclusive: bool,
         boot: u64,
     },
+    /// Which of these consumers of the asking node the home has (a home restarted
+    /// between two pings forgot them: their node cancels them).
+    Known {
+        consumers: Vec<u64>,
+    },
     /// basic.cancel (or the channel closed) of consumers of the asking node.
     Cancel {
         consumers: Vec<u64>,
@@ -179,10 +184,14 @@ enum RpcAnswer {
     /// Refused with this AMQP reply code and text (e.g. 403 exclusive consumer).
     Refused(u16, String),
     /// The ids (the home's) of deliveries the consumer's node could not hand over (its
-    /// consumer went meanwhile): the home requeues them.
+    /// consumer went meanwhile): the home requeues them; `unknown`: consumers that node
+    /// does not have (cancelled, or of its earlier start): the home ends them.
     Delivered {
         returned: Vec<u64>,
+        unknown: Vec<u64>,
     },
+    /// Of the consumers asked about (`Rpc::Known`), those the home does not have.
+    Unknown(Vec<u64>),
     Error(String),
 }
 
@@ -294,6 +303,8 @@ struct Following {
     queue: Weak<Queue>,
     key: QKey,
     home: String,
+    /// When it was registered (a consumer the home may not know yet is not checked).
+    since: std::time::Instant,
 }
 
 pub(crate) struct ClassicQueues {
@@ -806,6 +817,10 @@ impl ClassicQueues {
                     }
                 }
             }
+            Rpc::Known { consumers } => {
+                let here = self.consumers_here.lock();
+                RpcAnswer::Unknown(consumers.into_iter().filter(|c| !here.contains_key(&(from.clone(), *c))).collect())
+            }
             Rpc::Cancel { consumers } => {
                 let ids: HashSet<u64> = consumers.into_iter().collect();
                 self.drop_consumers(|c| c.node == from && ids.contains(&c.consumer));
@@ -839,8 +854,12 @@ impl ClassicQueues {
     /// On a consumer's node: the home's deliveries to this node's consumers.
     fn take_deliveries(&self, deliveries: Vec<(u64, Got)>, cancelled: Vec<u64>) -> RpcAnswer {
         let mut returned = Vec::new();
+        let mut unknown = Vec::new();
         for (consumer, got) in deliveries {
             let f = self.following.lock().get(&consumer).map(|f| (f.sink.clone(), f.queue.clone(), f.home.clone()));
+            if f.is_none() {
+                unknown.push(consumer);
+            }
             let target = f.and_then(|(sink, q, home)| q.upgrade().map(|q| (sink, q, home)));
             let msg = crate::quorum_queues::decode_message(&bytes::Bytes::from(got.payload));
             let (Some((sink, q, home)), Some(msg)) = (target, msg) else {
@@ -872,7 +891,9 @@ impl ClassicQueues {
                 f.sink.cancelled_by_broker();
             }
         }
-        RpcAnswer::Delivered { returned }
+        unknown.sort_unstable();
+        unknown.dedup();
+        RpcAnswer::Delivered { returned, unknown }
     }
 
     /// On a consumer's node: cancel (basic.cancel to the client) the consumers `which`
@@ -882,6 +903,37 @@ impl ClassicQueues {
             let mut f = self.following.lock();
             let ids: Vec<u64> = f.iter().filter(|(_, x)| which(x)).map(|(id, _)| *id).collect();
             ids.into_iter().filter_map(|id| f.remove(&id)).collect()
+        };
+        for f in gone {
+            f.sink.cancelled_by_broker();
+        }
+    }
+
+    /// Ask each home whether it still has this node's consumers (registered for a while:
+    /// a new one's Consume may still be on its way); cancel those it does not have (the
+    /// home restarted between two pings).
+    async fn check_following(&self) {
+        let mut by_home: HashMap<String, Vec<u64>> = HashMap::new();
+        for (id, f) in self.following.lock().iter() {
+            if f.since.elapsed() >= FOLLOWING_CHECK_AGE {
+                by_home.entry(f.home.clone()).or_default().push(*id);
+            }
+        }
+        for (home, consumers) in by_home {
+            if let Ok(RpcAnswer::Unknown(gone)) = self.call(&home, &Rpc::Known { consumers }).await
+                && !gone.is_empty()
+            {
+                warn!(home = %home, consumers = gone.len(), "classic queues: the home no longer has these consumers (it restarted?): cancelled");
+                let gone: HashSet<u64> = gone.into_iter().collect();
+                self.cancel_following_ids(&gone);
+            }
+        }
+    }
+
+    fn cancel_following_ids(&self, ids: &HashSet<u64>) {
+        let gone: Vec<Following> = {
+            let mut f = self.following.lock();
+            ids.iter().filter_map(|id| f.remove(id)).collect()
         };
         for f in gone {
             f.sink.cancelled_by_broker();
@@ -1012,6 +1064,10 @@ async fn run_forwarder(state: Weak<ServerState>, home: String, mut rx: mpsc::Unb
     }
 }
 
+/// A consumer of another node's queue registered at least this long ago is checked with
+/// its home every janitor round.
+const FOLLOWING_CHECK_AGE: Duration = Duration::from_secs(2);
+
 /// How often a node asks the homes of the other nodes' queues it holds for their counts.
 const STATS_REFRESH_PERIOD: Duration = Duration::from_secs(5);
 
@@ -1056,8 +1112,11 @@ async fn run_outbound(cq: Weak<ClassicQueues>, node: String, mut rx: mpsc::Unbou
         let consumers: HashSet<u64> = deliveries.iter().map(|(c, _)| *c).collect();
         let rpc = Rpc::Deliver { deliveries, cancelled: cancels.clone() };
         match me.call(&node, &rpc).await {
-            Ok(RpcAnswer::Delivered { returned }) => {
+            Ok(RpcAnswer::Delivered { returned, unknown }) => {
                 cancels.clear();
+                // Ended first, so their requeued messages go to other consumers.
+                let unknown: HashSet<u64> = unknown.into_iter().collect();
+                me.drop_consumers(|c| c.node == node && unknown.contains(&c.consumer));
                 let returned: HashSet<u64> = returned.into_iter().collect();
                 me.return_ids(&returned);
             }
@@ -1096,6 +1155,7 @@ async fn run_janitor(me: Weak<ClassicQueues>) {
             cq.return_lent(|l| !online.contains(&l.node));
             cq.cancel_following(|f| !online.contains(&f.home));
         }
+        cq.check_following().await;
     }
 }
 
@@ -1167,6 +1227,7 @@ impl Replica for RemoteReplica {
             queue: Arc::downgrade(queue),
             key: self.key.clone(),
             home: self.home.clone(),
+            since: std::time::Instant::now(),
         };
         // Before asking: the home's first deliveries may come before its answer.
         cq.following.lock().insert(consumer.id, f);

@@ -327,9 +327,18 @@ async fn restarted_nodes_reach_the_classic_queue_again_through_the_log_and_snaps
     }
 
     // A (the home) killed and restarted: its durable queue and the directory entry are
-    // kept, so C still reaches it.
+    // kept, so C still reaches it; C's consumer of it is cancelled (the restarted home does
+    // not have it), however quickly A came back.
+    let cc = nodes[c].amqp("guest", "guest", "/").await.unwrap();
+    let chc = cc.create_channel().await.unwrap();
+    let mut consumer = chc
+        .basic_consume("kept".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
     nodes[a].kill();
     nodes[a].start();
+    let end = tokio::time::timeout(Duration::from_secs(15), consumer.next()).await;
+    assert!(matches!(end, Ok(None)), "C's consumer is cancelled: {end:?}");
     let nc = &nodes[c];
     eventually("C reaches the restarted home's queue", Duration::from_secs(20), || async move {
         passive(nc, "kept").await.map(drop).map_err(|e| format!("{e:?}"))
