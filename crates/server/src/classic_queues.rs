@@ -113,11 +113,9 @@ enum Rpc {
         no_ack: bool,
         boot: u64,
     },
-    /// Settle messages a Get took: 0 ack, 1 requeue, 2 reject.
-    Settle {
-        ids: Vec<u64>,
-        how: u8,
-    },
+    /// Settle messages a get or a consumer of the asking node took, in order: (id, how)
+    /// with how 0 ack, 1 requeue, 2 reject.
+    Settle(Vec<(u64, u8)>),
     Purge {
         vhost: String,
         name: String,
@@ -338,6 +336,8 @@ pub(crate) struct ClassicQueues {
     outbound: Mutex<HashMap<String, mpsc::UnboundedSender<Outbound>>>,
     /// Here: this node's consumers of other nodes' queues, by consumer id.
     following: Mutex<HashMap<u64, Following>>,
+    /// Here: one settling task per home, fed in settle order.
+    settlers: Mutex<HashMap<String, mpsc::UnboundedSender<(u64, u8)>>>,
     /// Here: the counts of other nodes' queues as their homes last gave them (management
     /// lists them), refreshed every `STATS_REFRESH_PERIOD` and at each declare-ok.
     remote_stats: Mutex<HashMap<QKey, QueueStats>>,
@@ -406,6 +406,7 @@ impl ClassicQueues {
             outbound: Mutex::new(HashMap::new()),
             following: Mutex::new(HashMap::new()),
             remote_stats: Mutex::new(HashMap::new()),
+            settlers: Mutex::new(HashMap::new()),
         });
         tokio::spawn(run_janitor(Arc::downgrade(&me)));
         me
@@ -773,12 +774,11 @@ impl ClassicQueues {
                 };
                 RpcAnswer::Got(Some(Got { id, payload, redelivered, delivery_count, remaining }))
             }
-            Rpc::Settle { ids, how } => {
-                let taken: Vec<Lent> = {
-                    let mut lent = self.lent.lock();
-                    ids.iter().filter_map(|id| lent.remove(id)).collect()
-                };
-                settle_lent(taken, how);
+            Rpc::Settle(settles) => {
+                for (id, how) in settles {
+                    let taken = self.lent.lock().remove(&id);
+                    settle_lent(taken.into_iter().collect(), how);
+                }
                 RpcAnswer::Done
             }
             Rpc::Purge { vhost, name } => match local(&vhost, &name) {
@@ -940,6 +940,19 @@ impl ClassicQueues {
         }
     }
 
+    /// Queue settles of messages taken from `home` for its settler task.
+    fn push_settles(&self, home: &str, settles: impl Iterator<Item = (u64, u8)>) {
+        let mut s = self.settlers.lock();
+        let tx = s.entry(home.to_owned()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(run_settler(self.me.clone(), home.to_owned(), rx));
+            tx
+        });
+        for x in settles {
+            let _ = tx.send(x);
+        }
+    }
+
     /// On a home: queue `o` for the consumer's node `node` (its task sends in order).
     fn push_out(&self, node: &str, o: Outbound) {
         let mut out = self.outbound.lock();
@@ -1070,6 +1083,38 @@ const FOLLOWING_CHECK_AGE: Duration = Duration::from_secs(2);
 
 /// How often a node asks the homes of the other nodes' queues it holds for their counts.
 const STATS_REFRESH_PERIOD: Duration = Duration::from_secs(5);
+
+/// Settles one request carries at most.
+const SETTLE_BATCH_MAX: usize = 4096;
+/// Pause before sending again settles the home did not take (the link is busy or down).
+const SETTLE_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Acks, nacks and rejects of messages taken from one home, in order, one batch in flight
+/// (what waits is bounded by the messages taken: their credit or gets). A batch the home
+/// does not take is sent again until the write timeout has passed, then dropped (logged):
+/// by then the home finds this node gone and requeues what it holds.
+async fn run_settler(cq: Weak<ClassicQueues>, home: String, mut rx: mpsc::UnboundedReceiver<(u64, u8)>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < SETTLE_BATCH_MAX {
+            let Ok(x) = rx.try_recv() else { break };
+            batch.push(x);
+        }
+        let Some(me) = cq.upgrade() else { return };
+        let deadline = std::time::Instant::now() + me.write_timeout();
+        let rpc = Rpc::Settle(batch);
+        loop {
+            match me.call(&home, &rpc).await {
+                Ok(RpcAnswer::Done) => break,
+                other if std::time::Instant::now() >= deadline => {
+                    warn!(home = %home, "classic queues: settles of messages taken from another node were lost ({other:?})");
+                    break;
+                }
+                _ => tokio::time::sleep(SETTLE_RETRY_PAUSE).await,
+            }
+        }
+    }
+}
 
 /// How long a consumer's node's outbound task waits before sending again the cancels of a
 /// batch its node did not answer.
@@ -1287,14 +1332,8 @@ impl Replica for RemoteReplica {
             Settle::Requeue => 1,
             Settle::Reject => 2,
         };
-        let home = self.home.clone();
-        // Not awaited (an ack has no answer in AMQP); if it is lost with the link, the
-        // home requeues the messages when it finds this node gone.
-        tokio::spawn(async move {
-            if let Err(e) = cq.call(&home, &Rpc::Settle { ids, how }).await {
-                warn!(home = %home, "classic queues: a settle for messages taken from another node was lost: {e}");
-            }
-        });
+        // Not awaited (an ack has no answer in AMQP): the home's settler task sends it.
+        cq.push_settles(&self.home, ids.into_iter().map(|id| (id, how)));
     }
 
     fn get(&self, _queue: &Arc<Queue>, no_ack: bool) -> Result<Option<(QueuedMessage, u32)>, AmqpError> {
