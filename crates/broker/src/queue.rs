@@ -80,6 +80,11 @@ pub trait Replica: Send + Sync {
     fn stats(&self) -> QueueStats;
     /// Where the queue's replicas run, as this node knows it.
     fn placement(&self) -> Placement;
+    /// The counts queue.declare-ok reports: a replica that must ask another node for them
+    /// does so here (and fails, e.g. with 404, when that node cannot be reached).
+    fn declare_stats(&self) -> Result<QueueStats, AmqpError> {
+        Ok(self.stats())
+    }
 }
 
 /// Where a replicated queue runs (management's `leader`, `members` and `online`).
@@ -91,6 +96,9 @@ pub struct Placement {
     pub members: Vec<String>,
     /// The members that answer.
     pub online: Vec<String>,
+    /// A classic queue living on another node (`leader` is its home): only management's
+    /// `node` applies, not the quorum fields.
+    pub home_only: bool,
 }
 
 pub fn next_consumer_id() -> u64 {
@@ -141,8 +149,12 @@ pub struct Queue {
     flow_waiters: Mutex<Vec<Waker>>,
     /// Message counters (management statistics), changed under `state`'s lock.
     pub counters: QueueCounters,
-    /// Set for a replicated quorum queue: messages and consumers are the replica's.
+    /// Set for a replicated quorum queue, or a classic queue of another node: messages and
+    /// consumers are the replica's.
     replica: std::sync::OnceLock<Arc<dyn Replica>>,
+    /// A classic queue whose home is another node of the cluster: nothing of it (the queue,
+    /// its bindings) is recorded by this node's persistence.
+    remote: AtomicBool,
     state: Mutex<QueueState>,
 }
 
@@ -279,6 +291,7 @@ impl Queue {
             flow_waiters: Mutex::new(Vec::new()),
             counters: QueueCounters::default(),
             replica: std::sync::OnceLock::new(),
+            remote: AtomicBool::new(false),
             state: Mutex::new(QueueState {
                 store,
                 consumers: Vec::new(),
@@ -304,6 +317,24 @@ impl Queue {
 
     pub fn replica(&self) -> Option<&Arc<dyn Replica>> {
         self.replica.get()
+    }
+
+    pub(crate) fn mark_remote(&self) {
+        self.remote.store(true, Ordering::Relaxed);
+    }
+
+    /// A classic queue whose home is another node ([`crate::VHost::declare_remote_queue`]).
+    pub fn is_remote(&self) -> bool {
+        self.remote.load(Ordering::Relaxed)
+    }
+
+    /// The counts for queue.declare-ok: [`Queue::stats`], or the replica's answer (which
+    /// may have to ask another node, and fail).
+    pub fn declare_stats(&self) -> Result<QueueStats, AmqpError> {
+        match self.replica.get() {
+            Some(r) => r.declare_stats(),
+            None => Ok(self.stats()),
+        }
     }
 
     /// Where a replicated queue's replicas run (None for a queue of this node only).

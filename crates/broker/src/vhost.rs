@@ -448,6 +448,42 @@ impl VHost {
         Ok((q, true))
     }
 
+    /// A classic queue whose home is another node of the cluster: `replica` forwards to
+    /// it. Nothing is recorded by this node's persistence (the cluster's log brings it back
+    /// after a restart), and its bindings are not either. An existing queue of that name is
+    /// returned as it is (`false`).
+    pub fn declare_remote_queue(
+        &self,
+        name: &str,
+        opts: QueueOptions,
+        replica: Arc<dyn crate::queue::Replica>,
+    ) -> Result<(Arc<Queue>, bool), AmqpError> {
+        let mut qs = self.queues.write();
+        if let Some(q) = qs.get(name) {
+            return Ok((q.clone(), false));
+        }
+        let args = QueueArgs::parse(&opts.arguments, name, &self.name)?;
+        self.node.take_queue(name)?;
+        let applied = self.policies.read().for_queue(name, args.queue_type);
+        let q = Queue::build(
+            &self.name,
+            name.to_owned(),
+            opts,
+            args,
+            applied,
+            None,
+            Box::new(crate::store::MemoryStore::new()),
+            self.clock.clone(),
+            self.me.clone(),
+        );
+        q.mark_remote();
+        q.set_replica(replica);
+        qs.insert(name.to_owned(), q.clone());
+        self.node.queue_created();
+        self.changed();
+        Ok((q, true))
+    }
+
     /// queue.delete. A missing queue is not an error (RabbitMQ answers delete-ok with 0).
     pub fn delete_queue(
         &self,
@@ -513,7 +549,9 @@ impl VHost {
         for e in emptied {
             self.auto_delete_exchange(&e);
         }
-        self.persistence.queue_deleted(q);
+        if !q.is_remote() {
+            self.persistence.queue_deleted(q);
+        }
         let (message_count, consumers) = q.mark_deleted();
         Deleted { message_count, consumers }
     }
@@ -542,7 +580,7 @@ impl VHost {
             self.node.release_bindings(gone.len());
             self.changed();
         }
-        for b in &gone {
+        for b in gone.iter().filter(|b| !to_remote(b)) {
             self.persistence.binding_removed(source, b);
         }
         gone.len()
@@ -590,7 +628,7 @@ impl VHost {
             return Ok(());
         }
         self.node.take_binding()?;
-        if let Err(e) = self.persistence.binding_added(source, &b) {
+        if let Err(e) = if to_remote(&b) { Ok(()) } else { self.persistence.binding_added(source, &b) } {
             self.node.release_bindings(1);
             return Err(e);
         }
@@ -606,7 +644,9 @@ impl VHost {
         if source.unbind(b) {
             self.node.release_bindings(1);
             self.changed();
-            self.persistence.binding_removed(source, b);
+            if !to_remote(b) {
+                self.persistence.binding_removed(source, b);
+            }
         }
         if source.options.auto_delete && source.binding_count() == 0 {
             self.auto_delete_exchange(source);
@@ -764,7 +804,9 @@ impl VHost {
             .iter()
             .map(|q| {
                 self.node.release_queue();
-                self.persistence.queue_deleted(q);
+                if !q.is_remote() {
+                    self.persistence.queue_deleted(q);
+                }
                 let (message_count, consumers) = q.mark_deleted();
                 Deleted { message_count, consumers }
             })
@@ -875,6 +917,11 @@ fn push_unique(out: &mut Vec<Arc<Queue>>, seen: &mut HashSet<*const Queue>, q: A
     if seen.insert(Arc::as_ptr(&q)) {
         out.push(q);
     }
+}
+
+/// A binding to a classic queue of another node: not this node's to record.
+fn to_remote(b: &Binding) -> bool {
+    matches!(&b.destination, Destination::Queue(q) if q.is_remote())
 }
 
 fn check_exclusive(q: &Queue, conn: ConnectionId) -> Result<(), AmqpError> {

@@ -28,7 +28,10 @@ use tokio::net::TcpListener;
 use crate::handshake::{Cookie, Offer};
 use crate::log_store::LogStore;
 use crate::state_machine::{Applied, Applier, StateMachine};
-use crate::transport::{CallError, ClientFailure, ClientRequest, Inbound, LinkTls, Request, Response, Transport};
+use crate::transport::{
+    BrokerAnswer, BrokerHandler, CallError, ClientFailure, ClientRequest, Inbound, LinkTls, Request, Response,
+    Transport,
+};
 use crate::{Error, NodeId, Raft, TypeConfig, node_id, parse_node_name};
 
 /// How long a client operation may wait for a leader (elections included), by default
@@ -185,6 +188,8 @@ struct Inner {
     fence: Arc<ReadFence>,
     /// What this node announces (its own answer to [`ClusterNode::member_offer`]).
     offer: Offer,
+    /// Serves the broker's own requests from peers (set once the broker is ready).
+    broker: Arc<std::sync::OnceLock<Arc<dyn BrokerHandler>>>,
     server: tokio::task::JoinHandle<()>,
     snapshots: tokio::task::JoinHandle<()>,
 }
@@ -304,11 +309,13 @@ impl ClusterNode {
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
         let fence = Arc::new(ReadFence::default());
+        let broker: Arc<std::sync::OnceLock<Arc<dyn BrokerHandler>>> = Arc::default();
         let handler = Arc::new(Handler {
             raft: raft.clone(),
             transport: transport.clone(),
             fence: fence.clone(),
             state: state.clone(),
+            broker: broker.clone(),
         });
         let server = transport.serve(listener, handler);
         let snapshots = tokio::spawn(snapshot_by_size(raft.clone(), log_view.clone(), config.snapshot_log_bytes));
@@ -324,6 +331,7 @@ impl ClusterNode {
                 transport,
                 fence,
                 offer: config.offer.clone(),
+                broker,
                 server,
                 snapshots,
             }),
@@ -359,6 +367,22 @@ impl ClusterNode {
 
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Serve peers' [`Request::Broker`] requests with `handler` (once; later calls are
+    /// ignored). Until then they are answered [`BrokerAnswer::NoHandler`].
+    pub fn set_broker_handler(&self, handler: Arc<dyn BrokerHandler>) {
+        let _ = self.inner.broker.set(handler);
+    }
+
+    /// Send the broker's `request` to `peer` and wait at most `timeout` for its answer.
+    pub async fn call_broker(&self, peer: &str, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, String> {
+        match self.inner.transport.call(peer, Request::Broker(request), timeout).await {
+            Ok(Response::Broker(BrokerAnswer::Ok(bytes))) => Ok(bytes),
+            Ok(Response::Broker(BrokerAnswer::NoHandler)) => Err(format!("{peer} is still starting")),
+            Ok(_) => Err(format!("{peer} answered with a response of the wrong kind")),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// The openraft handle, for metrics and tests.
@@ -785,10 +809,11 @@ struct Handler {
     transport: Arc<Transport>,
     fence: Arc<ReadFence>,
     state: StateMachine,
+    broker: Arc<std::sync::OnceLock<Arc<dyn BrokerHandler>>>,
 }
 
 impl Inbound for Handler {
-    async fn handle(&self, _from: String, request: Request) -> Response {
+    async fn handle(&self, from: String, request: Request) -> Response {
         match request {
             Request::Append(r) => Response::Append(self.raft.append_entries(r).await),
             Request::Vote(r) => Response::Vote(self.raft.vote(r).await),
@@ -801,6 +826,10 @@ impl Inbound for Handler {
             Request::Ping => match &self.raft.metrics().borrow().running_state {
                 Ok(()) => Response::Client(Ok((0, Vec::new()))),
                 Err(fatal) => Response::Client(Err(ClientFailure::Other(format!("raft core stopped: {fatal}")))),
+            },
+            Request::Broker(r) => match self.broker.get() {
+                Some(h) => Response::Broker(BrokerAnswer::Ok(h.handle(from, r).await)),
+                None => Response::Broker(BrokerAnswer::NoHandler),
             },
         }
     }

@@ -79,6 +79,21 @@ pub enum Request {
     Client(ClientRequest),
     /// Liveness probe (`ClusterNode::running_members`): answered with `Client(Ok((0, [])))`.
     Ping,
+    /// An opaque request of the broker's own (forwarded publishes, gets, ... to the node a
+    /// classic queue lives on), served by the [`BrokerHandler`] the broker installed
+    /// (`ClusterNode::set_broker_handler`); this crate knows nothing of its content. Its size
+    /// is bounded by the frame limit; the broker bounds what it keeps in flight.
+    Broker(#[serde(with = "crate::codec::bytes")] Vec<u8>),
+}
+
+/// Serves [`Request::Broker`]: the broker's side of the inter-node link.
+pub trait BrokerHandler: Send + Sync + 'static {
+    /// Answer `request` from the peer `from` (its bytes are the broker's own encoding).
+    fn handle(
+        &self,
+        from: String,
+        request: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Vec<u8>> + Send + 'static>>;
 }
 
 /// Operations a follower forwards to the leader.
@@ -107,6 +122,16 @@ pub enum Response {
     /// The log index (or read index) on success, and for a proposal what applying it
     /// returned.
     Client(Result<(u64, Vec<u8>), ClientFailure>),
+    /// The broker's answer to [`Request::Broker`]; an error when the node has no handler
+    /// (yet: it is still starting).
+    Broker(BrokerAnswer),
+}
+
+/// What [`Request::Broker`] got back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum BrokerAnswer {
+    Ok(#[serde(with = "crate::codec::bytes")] Vec<u8>),
+    NoHandler,
 }
 
 #[derive(Serialize, Deserialize)]

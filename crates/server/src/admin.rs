@@ -329,8 +329,9 @@ impl ServerState {
     /// In a cluster the access part is validated here, then goes through the Raft log (in
     /// entries of at most 64 KiB, each all or nothing); then the exchanges, the quorum
     /// queues, and the bindings to exchanges and to quorum queues go through the log one by
-    /// one (`crate::cluster_topology`: every node has them); classic queues and bindings to
-    /// them are this node's own.
+    /// one (`crate::cluster_topology`: every node has them); classic queues are declared
+    /// here, their home, and entered in the cluster's directory (`crate::classic_queues`),
+    /// and bindings to them go through the log too.
     pub fn import_definitions(&self, json: &[u8]) -> Result<(), ChangeError> {
         let defs = Definitions::parse(json).map_err(|e| ChangeError::Invalid(e.to_string()))?;
         if let Some(cluster) = self.cluster.get() {
@@ -338,10 +339,12 @@ impl ServerState {
             validate_topology(&plan)?;
             let topology = self.import_topology(&plan)?;
             cluster.change(plan.changes.clone())?;
-            // Exchanges and quorum queues first (bindings need them), replicated bindings
-            // last; whether a binding is replicated is known once its quorum queue exists.
-            let (first, rest): (Vec<ImportOp>, Vec<ImportOp>) =
-                topology.into_iter().partition(|op| matches!(op, ImportOp::Exchange { .. }) || op.is_quorum_queue());
+            // Exchanges and queues (quorum ones, and classic ones, which enter the cluster's
+            // directory) first: bindings need them; replicated bindings last, whether a
+            // binding is replicated being known once its queue exists.
+            let (first, rest): (Vec<ImportOp>, Vec<ImportOp>) = topology.into_iter().partition(|op| {
+                matches!(op, ImportOp::Exchange { .. }) || (matches!(op, ImportOp::Queue { .. }) && op.replicated(self))
+            });
             for op in first {
                 op.apply_through_cluster(self)?;
             }
@@ -577,12 +580,15 @@ impl ImportOp {
     fn replicated(&self, state: &ServerState) -> bool {
         match self {
             ImportOp::Exchange { .. } => true,
-            ImportOp::Queue { .. } => self.is_quorum_queue(),
+            // A classic queue is declared here and entered in the cluster's directory.
+            ImportOp::Queue { opts, .. } => {
+                self.is_quorum_queue() || (state.classic.get().is_some() && !opts.exclusive)
+            }
             ImportOp::Binding { to_queue: false, .. } => true,
             ImportOp::Binding { def, to_queue: true, .. } => state
                 .vhost(&def.vhost)
                 .and_then(|vh| vh.queue(&def.destination, 0).ok())
-                .is_some_and(|q| q.replica().is_some()),
+                .is_some_and(|q| q.replica().is_some() || state.in_classic_directory(&def.vhost, &def.destination)),
         }
     }
 

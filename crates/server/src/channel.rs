@@ -224,9 +224,9 @@ impl Routed {
             Settled::Failed => true,
         };
         let tickets = self.replicated.as_slice();
-        if let Some(&highest) = tickets.iter().max() {
+        if !tickets.is_empty() {
             match quorum {
-                Some(q) if q.settled_through() < highest => return None,
+                Some(q) if !q.all_settled(tickets) => return None,
                 Some(q) => nack |= q.take_rejected(tickets),
                 None => nack = true,
             }
@@ -502,7 +502,8 @@ impl Channel {
                 } else {
                     vh.declare_queue(&queue, passive, opts, ctx.conn_id)?
                 };
-                let stats = q.stats();
+                // A queue of another node: its home gives the counts (404 when it is down).
+                let stats = q.declare_stats()?;
                 self.last_queue = Some(q.name.clone());
                 if !nowait {
                     self.send(&Method::QueueDeclareOk {
@@ -547,8 +548,9 @@ impl Channel {
                 if let Ok(q) = vh.queue(&name, ctx.conn_id)
                     && q.replica().is_some()
                 {
-                    // A replicated quorum queue: deleted through the cluster's log.
-                    let stats = q.stats();
+                    // A replicated quorum queue, or a classic queue of another node: deleted
+                    // through the cluster's log (the home's counts, or 404 if it is down).
+                    let stats = q.declare_stats()?;
                     if if_unused && stats.consumers > 0 {
                         return Err(AmqpError::precondition_failed(format!(
                             "queue '{name}' in vhost '{}' in use",
@@ -561,13 +563,19 @@ impl Channel {
                             vh.name
                         )));
                     }
-                    ctx.server.delete_quorum(&vh.name, &name)?;
+                    if q.is_remote() {
+                        ctx.server.delete_classic(&vh.name, &name, false)?;
+                    } else {
+                        ctx.server.delete_quorum(&vh.name, &name)?;
+                    }
                     if !nowait {
                         self.send(&Method::QueueDeleteOk { message_count: stats.messages_ready as u32 });
                     }
                     return Ok(());
                 }
                 let deleted = vh.delete_queue(&name, if_unused, if_empty, ctx.conn_id)?;
+                // This node is its home: the others forget it too.
+                ctx.server.delete_classic(&vh.name, &name, true)?;
                 // delete-ok first, then the server's basic.cancel to the queue's consumers
                 // (this channel's too), as RabbitMQ orders them: a client waiting for
                 // delete-ok (py-amqp) would take a cancel arriving first as an error.

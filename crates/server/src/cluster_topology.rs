@@ -1,12 +1,13 @@
 //! Replicated exchanges and bindings on a clustered node (issue 15).
 //!
 //! On a clustered node, exchange.declare (of an exchange the node lacks), exchange.delete,
-//! exchange-to-exchange bindings and bindings to quorum queues — by AMQP or the management
+//! exchange-to-exchange bindings and bindings to quorum queues and to classic queues in the
+//! cluster's directory (`crate::classic_queues`) — by AMQP or the management
 //! API — go through the cluster's Raft log as [`Command`]s and **every node applies them**
 //! in log order, so every node has the same exchanges and replicated bindings. The caller
 //! gets its answer once this node has applied the entry, with the leader's result (an
 //! equivalence error of a concurrent declare on another node is a 406 here too).
-//! Bindings to classic queues stay per node: a classic queue lives on one node.
+//! Bindings to exclusive queues stay on their node.
 //!
 //! A node without clustering takes none of these paths: [`ServerState::exchange_declare`]
 //! and friends call the vhost directly, as before.
@@ -98,15 +99,21 @@ fn declaration(name: &str, opts: &ExchangeOptions) -> ExchangeDeclaration {
     }
 }
 
-/// A binding whose destination is replicated: an exchange, or a quorum queue's replica.
-fn replicated(d: &Destination) -> bool {
-    match d {
-        Destination::Exchange(_) => true,
-        Destination::Queue(q) => q.replica().is_some(),
-    }
-}
-
 impl ServerState {
+    /// A binding whose destination is replicated: an exchange, a quorum queue's replica,
+    /// or a classic queue in the cluster's directory (its home's or a forwarding one).
+    fn replicated(&self, d: &Destination) -> bool {
+        match d {
+            Destination::Exchange(_) => true,
+            Destination::Queue(q) => q.replica().is_some() || self.in_classic_directory(&q.vhost, &q.name),
+        }
+    }
+
+    /// Whether the classic queue (vhost, name) is in the cluster's directory.
+    pub(crate) fn in_classic_directory(&self, vhost: &str, name: &str) -> bool {
+        self.classic.get().is_some_and(|c| c.contains(vhost, name))
+    }
+
     /// The cluster this node replicates its topology through (None: a single node).
     fn topology_cluster(&self) -> Option<&Running> {
         self.cluster.get()
@@ -193,9 +200,10 @@ impl ServerState {
             self.cluster_read_barrier();
         }
         if to_queue {
-            // A quorum queue's binding: its own log entry (it carries the exchange too).
+            // A quorum queue's binding, or a classic queue's in the directory: its own log
+            // entry (it carries the exchange too).
             return match vh.queue(destination, conn) {
-                Ok(q) if q.replica().is_some() => {
+                Ok(q) if q.replica().is_some() || self.in_classic_directory(&vh.name, destination) => {
                     self.bind_quorum(vh, destination, source, routing_key, &arguments, add)
                 }
                 _ => local(arguments),
@@ -253,7 +261,7 @@ impl ServerState {
     pub(crate) fn apply_exchange_delete(&self, vhost: &str, name: &str, if_unused: bool) -> Answer {
         let Some(vh) = self.vhost(vhost) else { return Ok(()) };
         let Ok(e) = vh.exchange(name) else { return Ok(()) };
-        if if_unused && in_use(&vh, &e, replicated) {
+        if if_unused && in_use(&vh, &e, |d| self.replicated(d)) {
             return Err(refusal(in_use_error(&vh, name)));
         }
         vh.delete_exchange(name, false).map_err(refusal)

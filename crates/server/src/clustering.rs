@@ -6,8 +6,9 @@
 //! changes as the definitions log's JSON); every node applies committed commands in log
 //! order through [`Applier`] (`ServerState::apply_committed`), and a snapshot is the
 //! directory's content. Quorum queues ([`crate::quorum_queues`]), exchanges and the bindings
-//! to exchanges and quorum queues ([`crate::cluster_topology`]) are commands too; classic
-//! queues and their bindings are per node (docs/cluster.md).
+//! to exchanges and quorum and classic queues ([`crate::cluster_topology`]) are commands
+//! too, and so is the directory of classic queues ([`crate::classic_queues`]), which live
+//! on their home node and are reached from the others over the inter-node link.
 //! The cookie the inter-node connections prove comes from [`crate::cluster_cookie`].
 
 use std::collections::BTreeSet;
@@ -75,6 +76,12 @@ pub(crate) enum Command {
     /// never disabled). Every node of a version with flags reads it; a node that does not
     /// support one of them stops there ([`crate::feature_flags`]).
     EnableFeatureFlags(Vec<String>),
+    /// A classic queue enters the directory: every node but its home makes a queue that
+    /// forwards to it (`crate::classic_queues`). Its bindings are `QuorumBind` entries.
+    ClassicDeclare(crate::classic_queues::ClassicDeclaration),
+    /// A classic queue leaves the directory: the other nodes drop theirs; the home deletes
+    /// it unless `gone_at_home` (it did already).
+    ClassicDelete { vhost: String, name: String, gone_at_home: bool },
 }
 
 impl Command {
@@ -91,6 +98,7 @@ impl Command {
             | Command::ExchangeDelete { .. }
             | Command::ExchangeBind(_)
             | Command::ExchangeUnbind(_) => Some(ff::REPLICATED_TOPOLOGY),
+            Command::ClassicDeclare(_) | Command::ClassicDelete { .. } => Some(ff::CLASSIC_QUEUE_DIRECTORY),
         }
     }
 }
@@ -150,6 +158,9 @@ pub(crate) struct SnapshotData {
     /// of a cluster that had not settled them yet).
     #[serde(default)]
     feature_flags: Option<Vec<String>>,
+    /// The directory of classic queues (empty in a snapshot of an earlier version).
+    #[serde(default)]
+    classic: Vec<crate::classic_queues::SnapshotClassic>,
 }
 
 /// Room left in a command for the enum's JSON around the changes.
@@ -663,6 +674,24 @@ impl Applier {
             Command::ExchangeDelete { vhost, name, if_unused } => {
                 return self.apply_exchange_delete(&state, index, vhost, name, if_unused);
             }
+            Command::ClassicDeclare(d) => {
+                if let Some(c) = state.classic.get() {
+                    c.apply_declare(&state, d);
+                }
+                Outcome::Applied
+            }
+            Command::ClassicDelete { vhost, name, gone_at_home } => {
+                // Replayed after a restart (applied before it): the home's queue of that
+                // name now is one declared since, never deleted by an old entry.
+                let replay = index <= state.cluster_applied.load(std::sync::atomic::Ordering::Acquire);
+                if let Some(c) = state.classic.get() {
+                    c.apply_delete(&state, &vhost, &name, gone_at_home || replay);
+                }
+                if !replay && !gone_at_home {
+                    state.record_cluster_applied(index);
+                }
+                Outcome::Applied
+            }
             Command::ExchangeBind(b) => {
                 return crate::cluster_topology::encode_answer(&state.apply_exchange_binding(&b, true));
             }
@@ -734,7 +763,9 @@ impl cluster::Applier for Applier {
         let topology = enabled(crate::feature_flags::REPLICATED_TOPOLOGY).then(|| state.topology_snapshot());
         let cbor = enabled(crate::feature_flags::CBOR_SNAPSHOTS);
         let feature_flags = flags.map(|set| set.into_iter().collect());
-        let data = SnapshotData { access, quorum, topology, feature_flags };
+        // Without `classic_queue_directory` the directory is empty anyway.
+        let classic = state.classic.get().map(|c| c.snapshot(&state)).unwrap_or_default();
+        let data = SnapshotData { access, quorum, topology, feature_flags, classic };
         if cbor {
             // CBOR: quorum queues' messages are byte strings there (JSON, the first
             // encoding, made each byte a number, ~3.5 bytes each to write and parse).
@@ -788,8 +819,11 @@ impl cluster::Applier for Applier {
                 self.replayed.lock().extend(added);
             }
         }
-        let quorum_bindings: Vec<_> = snapshot.quorum.iter().flat_map(|q| q.bindings.iter().cloned()).collect();
+        let mut quorum_bindings: Vec<_> = snapshot.quorum.iter().flat_map(|q| q.bindings.iter().cloned()).collect();
         state.restore_quorum(snapshot.quorum);
+        if let Some(c) = state.classic.get() {
+            quorum_bindings.extend(c.restore(&state, snapshot.classic, exact));
+        }
         if let Some(t) = &snapshot.topology {
             state.restore_exchange_bindings(t, exact);
             if exact {
@@ -838,6 +872,9 @@ pub async fn start(
         .await
         .map_err(|e| format!("starting cluster node {} on {}: {e}", plan.name, plan.listen))?;
     applier.caught_up_by_leader.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(c) = state.classic.get() {
+        node.set_broker_handler(c.handler());
+    }
     Ok(Running { node, cluster_name: plan.cluster_name.clone(), write_timeout })
 }
 
@@ -845,6 +882,7 @@ pub async fn start(
 /// applies their commands.
 pub fn start_quorum_queues(plan: &ClusterPlan, state: &Arc<ServerState>) {
     let _ = state.quorum.set(crate::quorum_queues::QuorumQueues::start(&plan.name, state));
+    let _ = state.classic.set(crate::classic_queues::ClassicQueues::start(&plan.name, state));
 }
 
 /// Pause between attempts to propose the seed while the group has no leader yet.

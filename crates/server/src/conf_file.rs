@@ -418,6 +418,12 @@ impl Draft {
                     return Err("must be at least 1".into());
                 }
             }
+            "cluster_forward_max_bytes" => {
+                c.cluster_forward_max_bytes = to_usize(parse_bytes(v)?)?;
+                if c.cluster_forward_max_bytes == 0 {
+                    return Err("must be at least 1".into());
+                }
+            }
             "cluster_pending_max_bytes" => {
                 c.cluster_pending_max_bytes = to_usize(parse_bytes(v)?)?;
                 if c.cluster_pending_max_bytes == 0 {
@@ -674,6 +680,7 @@ mod tests {
              warren.cluster_snapshot_every = 64\n\
              warren.cluster_snapshot_log_bytes = 1MiB\n\
              warren.cluster_pending_max_bytes = 1MiB\n\
+             warren.cluster_forward_max_bytes = 2MiB\n\
              warren.cluster_cookie = ABCDEFGHIJ\n\
              warren.cluster_cookie_file = /etc/warren/cookie\n\
              warren.cluster_tls.certfile = /etc/warren/node.pem\n\
@@ -698,6 +705,8 @@ mod tests {
         assert_eq!((c.cluster_write_timeout_ms, c.cluster_snapshot_every_entries), (2500, 64));
         assert_eq!(c.cluster_snapshot_log_bytes, 1 << 20);
         assert_eq!(c.cluster_pending_max_bytes, 1024 * 1024);
+        assert_eq!(c.cluster_forward_max_bytes, 2 * 1024 * 1024);
+        assert_eq!(Config::default().cluster_forward_max_bytes, 64 * 1024 * 1024);
         assert_eq!(Config::default().cluster_pending_max_bytes, 64 * 1024 * 1024);
         let s = parse_ok("cluster_formation.peer_discovery_backend = rabbit_peer_discovery_classic_config\n");
         assert!(s.config.cluster_nodes.is_empty());

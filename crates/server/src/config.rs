@@ -184,6 +184,10 @@ pub struct Config {
     /// In a cluster: bytes of quorum-queue commands waiting for the cluster (not yet
     /// committed) past which publishes are nacked (`warren.cluster_pending_max_bytes`).
     pub cluster_pending_max_bytes: usize,
+    /// In a cluster: bytes of messages forwarded to classic queues of other nodes and not
+    /// yet answered past which further such publishes are nacked
+    /// (`warren.cluster_forward_max_bytes`).
+    pub cluster_forward_max_bytes: usize,
     /// In a cluster: the cookie every node shares (`warren.cluster_cookie`); None: from
     /// `$RABBITMQ_ERLANG_COOKIE` or the cookie file (`cluster_cookie`).
     pub cluster_cookie: Option<String>,
@@ -246,6 +250,7 @@ impl Default for Config {
             cluster_snapshot_every_entries: 10_000,
             cluster_snapshot_log_bytes: cluster::node::DEFAULT_SNAPSHOT_LOG_BYTES,
             cluster_pending_max_bytes: crate::quorum_queues::PENDING_MAX_BYTES,
+            cluster_forward_max_bytes: crate::classic_queues::FORWARD_MAX_BYTES,
             cluster_cookie: None,
             cluster_cookie_file: None,
             cluster_tls: None,

@@ -44,6 +44,9 @@ pub const QUORUM_QUEUE_BINDINGS: &str = "quorum_queue_bindings";
 pub const REPLICATED_TOPOLOGY: &str = "replicated_topology";
 /// Snapshots written as CBOR (disabled: JSON, which every clustered version reads).
 pub const CBOR_SNAPSHOTS: &str = "cbor_snapshots";
+/// The cluster-wide directory of classic queues: `ClassicDeclare`, `ClassicDelete` and a
+/// snapshot's `classic` (queues reachable from every node, forwarded to their home).
+pub const CLASSIC_QUEUE_DIRECTORY: &str = "classic_queue_directory";
 
 /// What this version supports, in the order the features came.
 pub const FLAGS: &[FeatureFlag] = &[
@@ -65,6 +68,11 @@ pub const FLAGS: &[FeatureFlag] = &[
     FeatureFlag {
         name: CBOR_SNAPSHOTS,
         desc: "Cluster snapshots in CBOR (message bodies as byte strings) instead of JSON",
+        stability: "stable",
+    },
+    FeatureFlag {
+        name: CLASSIC_QUEUE_DIRECTORY,
+        desc: "Classic queues listed through the cluster's Raft log and reachable from every node",
         stability: "stable",
     },
 ];

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod alarms;
 pub mod auth;
 pub mod channel;
+pub(crate) mod classic_queues;
 pub mod cluster_cookie;
 pub(crate) mod cluster_topology;
 pub mod clustering;

@@ -178,14 +178,22 @@ pub(crate) struct QuorumQueues {
     ticks: Mutex<HashMap<QKey, (u64, std::time::Instant)>>,
     /// The members that answered the janitor's last pings (management's `online`).
     online: Mutex<Vec<String>>,
+    /// Tickets of publishes forwarded to classic queues of other nodes
+    /// (`crate::classic_queues`), not yet answered. Their own number space (the top bit
+    /// set), apart from the proposer's: they settle out of its order.
+    forwarding: Mutex<BTreeSet<u64>>,
+    next_forward: AtomicU64,
 }
+
+/// The top bit marks a forwarded publish's ticket.
+const FORWARD_TICKET: u64 = 1 << 63;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A message as a replica keeps it: exchange, routing key, raw properties, body.
-fn encode_message(m: &Message) -> quorum::Message {
+pub(crate) fn encode_message(m: &Message) -> quorum::Message {
     let mut b = BytesMut::with_capacity(m.exchange.len() + m.routing_key.len() + m.properties.len() + m.body.len() + 8);
     b.put_u8(m.exchange.len() as u8);
     b.put_slice(m.exchange.as_bytes());
@@ -197,7 +205,7 @@ fn encode_message(m: &Message) -> quorum::Message {
     quorum::Message { payload: b.freeze(), body_bytes: m.body_size() }
 }
 
-fn decode_message(payload: &Bytes) -> Option<Message> {
+pub(crate) fn decode_message(payload: &Bytes) -> Option<Message> {
     let mut p = payload.clone();
     let take_str = |p: &mut Bytes| -> Option<String> {
         let n = *p.first()? as usize;
@@ -326,6 +334,8 @@ impl QuorumQueues {
             downed: Mutex::new(std::collections::HashSet::new()),
             ticks: Mutex::new(HashMap::new()),
             online: Mutex::new(Vec::new()),
+            forwarding: Mutex::new(BTreeSet::new()),
+            next_forward: AtomicU64::new(FORWARD_TICKET | 1),
         });
         tokio::spawn(run_proposer(Arc::downgrade(&me), rx));
         tokio::spawn(run_janitor(Arc::downgrade(&me)));
@@ -338,8 +348,48 @@ impl QuorumQueues {
         self.settled.subscribe()
     }
 
-    pub(crate) fn settled_through(&self) -> u64 {
+    fn settled_through(&self) -> u64 {
         *self.settled.borrow()
+    }
+
+    /// Whether every one of `tickets` (the proposer's, or forwarded publishes') is settled.
+    pub(crate) fn all_settled(&self, tickets: &[u64]) -> bool {
+        let through = self.settled_through();
+        let forwarding = self.forwarding.lock();
+        tickets.iter().all(|&t| if t & FORWARD_TICKET != 0 { !forwarding.contains(&t) } else { t <= through })
+    }
+
+    /// A ticket for a publish forwarded to another node's classic queue, unsettled until
+    /// [`Self::forward_settled`].
+    pub(crate) fn forward_ticket(&self) -> u64 {
+        let t = self.next_forward.fetch_add(1, Ordering::Relaxed);
+        self.forwarding.lock().insert(t);
+        t
+    }
+
+    /// Forwarded publishes answered: (ticket, refused). A refusal is kept for the
+    /// publisher's channel as a quorum queue's is; waiting channels are woken.
+    pub(crate) fn forward_settled(&self, tickets: &[(u64, bool)]) {
+        {
+            let mut r = self.rejected.lock();
+            for &(t, refused) in tickets {
+                if refused {
+                    r.insert(t);
+                }
+            }
+        }
+        {
+            let mut f = self.forwarding.lock();
+            for (t, _) in tickets {
+                f.remove(t);
+            }
+        }
+        self.settled.send_modify(|_| {});
+    }
+
+    /// The members that answered the last pings (every second).
+    pub(crate) fn online_members(&self) -> Vec<String> {
+        self.online.lock().clone()
     }
 
     /// Whether any of `tickets` (one publish's, exactly: never a range, which could hold
@@ -363,10 +413,9 @@ impl QuorumQueues {
     /// Drop the refusals of abandoned tickets that are settled (no refusal comes for them
     /// any more); keep the others for a later call.
     fn prune_abandoned(&self) {
-        let settled = self.settled_through();
         let done: Vec<u64> = {
             let mut a = self.abandoned.lock();
-            let (done, keep) = a.drain(..).partition(|&t| t <= settled);
+            let (done, keep) = a.drain(..).partition(|&t| self.all_settled(&[t]));
             *a = keep;
             done
         };
@@ -533,7 +582,7 @@ impl QuorumQueues {
             .collect();
         if let Some(state) = self.state.upgrade() {
             for q in &mut queues {
-                q.bindings = state.quorum_bindings(&q.declaration.vhost, &q.declaration.name);
+                q.bindings = state.queue_bindings(&q.declaration.vhost, &q.declaration.name);
             }
         }
         queues
@@ -732,7 +781,12 @@ impl QuorumQueues {
         let Some(running) = state.cluster.get() else { return broker::queue::Placement::default() };
         let mut members = running.node.members();
         members.sort();
-        broker::queue::Placement { leader: running.node.leader(), members, online: self.online.lock().clone() }
+        broker::queue::Placement {
+            leader: running.node.leader(),
+            members,
+            online: self.online.lock().clone(),
+            home_only: false,
+        }
     }
 
     /// On the leader: consumers on nodes that stopped answering give their messages back
@@ -1120,8 +1174,10 @@ impl ServerState {
     /// Before a (non-passive) declare of `name` by AMQP or the management API: on a
     /// clustered node, see what the cluster committed first (the read barrier), and when
     /// the declare asks for a quorum queue this node lacks, declare it through the cluster
-    /// — refusing what a quorum queue cannot be with RabbitMQ's 406. Afterwards the caller
-    /// declares as usual (it finds the queue, or makes a classic one).
+    /// — refusing what a quorum queue cannot be with RabbitMQ's 406; a new non-exclusive
+    /// classic queue is declared here and entered in the cluster's directory
+    /// (`crate::classic_queues`). Afterwards the caller declares as usual (it finds the
+    /// queue, or makes an exclusive one).
     pub(crate) fn declare_replicated_queue(
         &self,
         vh: &broker::VHost,
@@ -1134,7 +1190,22 @@ impl ServerState {
         self.cluster_read_barrier();
         let quorum = self.quorum.get().is_some()
             && opts.arguments.get("x-queue-type").and_then(|v| v.as_str()) == Some("quorum");
-        if !quorum || vh.has_queue(name) {
+        if vh.has_queue(name) {
+            return Ok(());
+        }
+        if !quorum {
+            // A classic queue: this node is its home. Declared here first (the caller's
+            // declare then finds it), then entered in the cluster's directory, so the
+            // other nodes route to it. Exclusive queues stay this connection's node's.
+            if let Some(c) = self.classic.get()
+                && !opts.exclusive
+                && !self.in_classic_directory(&vh.name, name)
+            {
+                let (q, created) = vh.declare_queue(name, false, opts.clone(), 0)?;
+                if created {
+                    c.register(&q);
+                }
+            }
             return Ok(());
         }
         let invalid = |what: &str| {
@@ -1338,7 +1409,7 @@ impl ServerState {
     }
 
     /// The bindings of the quorum queue `queue` on this node, as the log carries them.
-    fn quorum_bindings(&self, vhost: &str, queue: &str) -> Vec<BindingDeclaration> {
+    pub(crate) fn queue_bindings(&self, vhost: &str, queue: &str) -> Vec<BindingDeclaration> {
         let Some(vh) = self.vhost(vhost) else { return Vec::new() };
         let mut out = Vec::new();
         // The default exchange's bindings are implicit: every node has them.
@@ -1450,6 +1521,25 @@ mod tests {
             self.qq.attach(&queue, declaration);
             (("/".to_owned(), name.to_owned()), queue)
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn forwarded_publishes_settle_out_of_the_proposers_order_and_keep_their_refusals() {
+        let f = fixture();
+        let (first, second) = (f.qq.forward_ticket(), f.qq.forward_ticket());
+        assert!(first & FORWARD_TICKET != 0 && second > first);
+        assert!(!f.qq.all_settled(&[first]) && !f.qq.all_settled(&[second]));
+        // The second home answers first, refusing it: only that one is settled.
+        f.qq.forward_settled(&[(second, true)]);
+        assert!(f.qq.all_settled(&[second]) && !f.qq.all_settled(&[first, second]));
+        f.qq.forward_settled(&[(first, false)]);
+        assert!(f.qq.all_settled(&[first, second]));
+        assert!(!f.qq.take_rejected(&[first]), "the accepted one is not refused");
+        assert!(f.qq.take_rejected(&[second]), "the refused one is, once");
+        assert!(!f.qq.take_rejected(&[second]));
+        // A proposer ticket not applied yet beside a settled forwarded one: not settled.
+        let t = f.qq.submit_publish(&f.key, f.msg.clone(), None, true).expect("a ticket");
+        assert!(!f.qq.all_settled(&[first, t]));
     }
 
     #[tokio::test(flavor = "multi_thread")]

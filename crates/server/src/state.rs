@@ -54,6 +54,9 @@ pub struct ServerState {
     /// The replicas of this node's quorum queues (clustered nodes only; set before the
     /// Raft member starts, which applies their commands).
     pub(crate) quorum: std::sync::OnceLock<Arc<crate::quorum_queues::QuorumQueues>>,
+    /// The cluster's directory of classic queues and the forwarding to their homes
+    /// (clustered nodes only; set with `quorum`).
+    pub(crate) classic: std::sync::OnceLock<Arc<crate::classic_queues::ClassicQueues>>,
     /// In a cluster: the Raft log index `access` stands at (recovered from the definitions
     /// log, then each applied entry's).
     pub(crate) cluster_applied: AtomicU64,
@@ -211,6 +214,7 @@ impl ServerState {
             listeners: Mutex::new(Vec::new()),
             cluster: std::sync::OnceLock::new(),
             quorum: std::sync::OnceLock::new(),
+            classic: std::sync::OnceLock::new(),
             cluster_applied: AtomicU64::new(0),
             cluster_feature_flags: RwLock::new(None),
             fatal: watch::channel(None).0,

@@ -330,7 +330,7 @@ async fn a_restart_keeps_the_classic_bindings_of_exchanges_declared_after_its_la
     ch.exchange_declare("late".into(), ExchangeKind::Direct, DURABLE_EXCHANGE, no_args.clone()).await.unwrap();
     let (applied, snapshot) = log_positions(&nodes[f]);
     assert!(applied - snapshot >= 5, "the deletes are after the node's last snapshot ({snapshot}, {applied})");
-    // A classic queue and its binding: this node's only (not in the cluster's log).
+    // A classic queue homed here and its binding (also in this node's definitions log).
     ch.queue_declare("cq".into(), DURABLE_QUEUE, FieldTable::default()).await.unwrap();
     ch.queue_bind("cq".into(), "late".into(), "k".into(), QueueBindOptions::default(), no_args.clone()).await.unwrap();
 
@@ -393,9 +393,12 @@ async fn a_definitions_import_declares_exchanges_and_their_bindings_on_every_nod
             [("imp.direct".to_owned(), "direct".to_owned(), false), ("imp.topic".to_owned(), "topic".to_owned(), true)];
         assert_eq!(x, want, "{}", n.full);
     }
-    // The classic queue and its binding are node b's only.
-    binding_on(&nodes[b], "imp.direct", "imp.classic", true).await;
-    binding_on(&nodes[a], "imp.direct", "imp.classic", false).await;
+    // The classic queue lives on node b (its home), and every node has it and its binding.
+    for n in &nodes {
+        binding_on(n, "imp.direct", "imp.classic", true).await;
+        let q = n.http().get_queue_info("/", "imp.classic").await.unwrap();
+        assert_eq!(q.node, nodes[b].full, "{}: the imported classic queue's home", n.full);
+    }
     // A publish on node a routes through the imported topology to the quorum queue.
     ch_a.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     assert!(routed(&ch_a, "imp.topic", "i.x", "imported").await);

@@ -4,6 +4,7 @@
 mod access;
 mod chaos;
 mod cluster;
+mod cluster_classic;
 mod cluster_disk;
 mod cluster_fixture;
 mod cluster_flags;

@@ -121,13 +121,16 @@ pub(super) fn queue_json_ranged(
         "message_stats": crate::stats::queue_message_stats(db, q, msg_range),
     });
     if let (Some(p), Value::Object(m)) = (q.placement(), &mut j) {
-        // RabbitMQ's fields for a quorum queue; its `node` is the leader's too.
+        // RabbitMQ's fields for a quorum queue; its `node` is the leader's too. A classic
+        // queue of another node has only its `node`: its home.
         if let Some(leader) = &p.leader {
             m.insert("node".into(), json!(leader));
         }
-        m.insert("leader".into(), json!(p.leader));
-        m.insert("members".into(), json!(p.members));
-        m.insert("online".into(), json!(p.online));
+        if !p.home_only {
+            m.insert("leader".into(), json!(p.leader));
+            m.insert("members".into(), json!(p.members));
+            m.insert("online".into(), json!(p.online));
+        }
     }
     if let Value::Object(m) = &mut j {
         let lengths = [messages, s.messages_ready, s.messages_unacked];
