@@ -20,7 +20,8 @@ use crate::cluster_fixture::{
 /// What an older Warren version supports: quorum queues and their bindings, no replicated
 /// exchanges and no CBOR snapshots.
 const OLD_FLAGS: &str = "quorum_queue,quorum_queue_bindings";
-const ALL_FLAGS: [&str; 4] = ["cbor_snapshots", "quorum_queue", "quorum_queue_bindings", "replicated_topology"];
+const ALL_FLAGS: [&str; 5] =
+    ["cbor_snapshots", "classic_queue_directory", "quorum_queue", "quorum_queue_bindings", "replicated_topology"];
 
 const DURABLE_EXCHANGE: ExchangeDeclareOptions =
     ExchangeDeclareOptions { passive: false, durable: true, auto_delete: false, internal: false, nowait: false };
@@ -131,6 +132,7 @@ async fn a_cluster_with_an_old_node_keeps_its_new_flags_disabled_until_the_node_
     start_seeded(&mut nodes).await;
     let mixed = states(&[
         ("cbor_snapshots", "disabled"),
+        ("classic_queue_directory", "disabled"),
         ("quorum_queue", "enabled"),
         ("quorum_queue_bindings", "enabled"),
         ("replicated_topology", "disabled"),
