@@ -855,35 +855,42 @@ impl ClassicQueues {
         }
     }
 
+    /// The message `got` from `home` as this node's channel keeps it; with `held`, the home
+    /// keeps it out until the channel settles it (found again by the returned `seq`).
+    fn lend(&self, home: String, got: &Got, msg: Message, held: bool) -> QueuedMessage {
+        let seq = self.next_borrowed.fetch_add(1, Ordering::Relaxed);
+        if held {
+            self.borrowed.lock().insert(seq, (home, got.id));
+        }
+        QueuedMessage {
+            msg: Arc::new(msg),
+            seq,
+            redelivered: got.redelivered,
+            expires_at_ms: 0,
+            delivery_count: got.delivery_count,
+            disk: None,
+        }
+    }
+
     /// On a consumer's node: the home's deliveries to this node's consumers.
     fn take_deliveries(&self, deliveries: Vec<(u64, Got)>, cancelled: Vec<u64>) -> RpcAnswer {
         let mut returned = Vec::new();
         let mut unknown = Vec::new();
-        for (consumer, got) in deliveries {
+        for (consumer, mut got) in deliveries {
             let f = self.following.lock().get(&consumer).map(|f| (f.sink.clone(), f.queue.clone(), f.home.clone()));
             if f.is_none() {
                 unknown.push(consumer);
             }
             let target = f.and_then(|(sink, q, home)| q.upgrade().map(|q| (sink, q, home)));
-            let msg = crate::quorum_queues::decode_message(&bytes::Bytes::from(got.payload));
+            let msg = crate::quorum_queues::decode_message(&bytes::Bytes::from(std::mem::take(&mut got.payload)));
             let (Some((sink, q, home)), Some(msg)) = (target, msg) else {
                 if got.id != 0 {
                     returned.push(got.id);
                 }
                 continue;
             };
-            let seq = self.next_borrowed.fetch_add(1, Ordering::Relaxed);
-            if got.id != 0 {
-                self.borrowed.lock().insert(seq, (home, got.id));
-            }
-            let qm = QueuedMessage {
-                msg: Arc::new(msg),
-                seq,
-                redelivered: got.redelivered,
-                expires_at_ms: 0,
-                delivery_count: got.delivery_count,
-                disk: None,
-            };
+            let qm = self.lend(home, &got, msg, got.id != 0);
+            let seq = qm.seq;
             if sink.force_deliver(&q, qm).is_err() && got.id != 0 {
                 self.borrowed.lock().remove(&seq);
                 returned.push(got.id);
@@ -1343,28 +1350,17 @@ impl Replica for RemoteReplica {
     fn get(&self, _queue: &Arc<Queue>, no_ack: bool) -> Result<Option<(QueuedMessage, u32)>, AmqpError> {
         let cq = self.cq()?;
         let rpc = Rpc::Get { vhost: self.key.0.clone(), name: self.key.1.clone(), no_ack, boot: cq.boot };
-        let Some(got) = (match self.ask(rpc)? {
+        let Some(mut got) = (match self.ask(rpc)? {
             RpcAnswer::Got(g) => g,
             _ => return Err(AmqpError::new(wire::reply::INTERNAL_ERROR, "unexpected answer to basic.get")),
         }) else {
             return Ok(None);
         };
-        let Some(msg) = crate::quorum_queues::decode_message(&bytes::Bytes::from(got.payload)) else {
+        let Some(msg) = crate::quorum_queues::decode_message(&bytes::Bytes::from(std::mem::take(&mut got.payload)))
+        else {
             return Err(AmqpError::new(wire::reply::INTERNAL_ERROR, "undecodable message from the home node"));
         };
-        let seq = cq.next_borrowed.fetch_add(1, Ordering::Relaxed);
-        if !no_ack {
-            cq.borrowed.lock().insert(seq, (self.home.clone(), got.id));
-        }
-        let qm = QueuedMessage {
-            msg: Arc::new(msg),
-            seq,
-            redelivered: got.redelivered,
-            expires_at_ms: 0,
-            delivery_count: got.delivery_count,
-            disk: None,
-        };
-        Ok(Some((qm, got.remaining)))
+        Ok(Some((cq.lend(self.home.clone(), &got, msg, !no_ack), got.remaining)))
     }
 
     fn purge(&self) -> Result<usize, AmqpError> {

@@ -355,8 +355,16 @@ impl QuorumQueues {
     /// Whether every one of `tickets` (the proposer's, or forwarded publishes') is settled.
     pub(crate) fn all_settled(&self, tickets: &[u64]) -> bool {
         let through = self.settled_through();
-        let forwarding = self.forwarding.lock();
-        tickets.iter().all(|&t| if t & FORWARD_TICKET != 0 { !forwarding.contains(&t) } else { t <= through })
+        // Taken only for a forwarded publish's ticket: quorum-queue confirms, the common
+        // case, do not touch this lock.
+        let mut forwarding = None;
+        tickets.iter().all(|&t| {
+            if t & FORWARD_TICKET == 0 {
+                t <= through
+            } else {
+                !forwarding.get_or_insert_with(|| self.forwarding.lock()).contains(&t)
+            }
+        })
     }
 
     /// A ticket for a publish forwarded to another node's classic queue, unsettled until

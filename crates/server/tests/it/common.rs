@@ -186,14 +186,7 @@ impl WarrenProcess {
     /// None if it did not exit in time.
     pub fn terminate(&mut self, limit: std::time::Duration) -> Option<i32> {
         let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = std::time::Instant::now() + limit;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        None
+        self.exited_within(limit)
     }
 
     /// Its exit code once it exits by itself within `limit` (None: still running).
