@@ -72,7 +72,15 @@ pub struct LogStore {
     mem: Arc<Mutex<Mem>>,
     /// The open `log` file. Only the Raft core writes (openraft serialises its storage calls),
     /// so this lock is uncontended; it is separate from `mem` so readers never wait on fsync.
-    file: Arc<Mutex<File>>,
+    file: Arc<Mutex<LogFile>>,
+}
+
+/// The open `log` file and the buffer records are encoded into before they are written.
+struct LogFile {
+    file: File,
+    /// Reused for every append: a fresh buffer per append (up to a few hundred KiB) costs
+    /// more in page faults than the encoding itself (see `codec::encode_framed`).
+    scratch: Vec<u8>,
 }
 
 impl LogStore {
@@ -119,19 +127,23 @@ impl LogStore {
         let store = LogStore {
             dir: Arc::new(dir.to_owned()),
             mem: Arc::new(Mutex::new(mem)),
-            file: Arc::new(Mutex::new(file)),
+            file: Arc::new(Mutex::new(LogFile { file, scratch: Vec::new() })),
         };
         Ok((store, recovery))
     }
 
-    /// Append one record to `log` and fsync it, off the async threads.
-    async fn write_record(&self, record: &LogRecord) -> std::io::Result<()> {
-        let mut buf = Vec::new();
-        frame::encode(&mut buf, &crate::codec::encode(record)?);
+    /// Append one record to `log` and fsync it, off the async threads; the record is handed
+    /// back (appended entries then go to memory without a copy).
+    async fn write_record(&self, record: LogRecord) -> std::io::Result<LogRecord> {
         let file = self.file.clone();
         blocking(move || {
             let mut f = file.lock().expect("log file lock");
-            append_whole(&mut f, &buf, true)
+            let LogFile { file, scratch } = &mut *f;
+            scratch.clear();
+            crate::codec::encode_framed(scratch, &record)?;
+            let written = append_whole(file, scratch, true);
+            crate::transport::shrink_scratch(scratch);
+            written.map(|()| record)
         })
         .await
     }
@@ -162,7 +174,7 @@ impl LogStore {
             t.sync_all()?;
             std::fs::rename(&tmp, dir.join(LOG_FILE))?;
             File::open(dir.as_path())?.sync_all()?;
-            *f = OpenOptions::new().append(true).read(true).open(dir.join(LOG_FILE))?;
+            f.file = OpenOptions::new().append(true).read(true).open(dir.join(LOG_FILE))?;
             Ok(())
         })
         .await
@@ -382,7 +394,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         frame::encode(&mut buf, &crate::codec::encode(&LogRecord::Committed(c)).map_err(write_err)?);
         // A small append to a file only the core writes (openraft serialises storage calls):
         // no blocking-pool hop.
-        append_whole(&mut self.file.lock().expect("log file lock"), &buf, false).map_err(write_err)?;
+        append_whole(&mut self.file.lock().expect("log file lock").file, &buf, false).map_err(write_err)?;
         replay(&mut self.mem.lock().expect("log mem lock"), LogRecord::Committed(c));
         Ok(())
     }
@@ -397,13 +409,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        {
-            let mut mem = self.mem.lock().expect("log mem lock");
-            for e in &entries {
-                mem.insert(e.clone());
+        // Written first, then kept in memory: openraft reads them (to replicate or apply)
+        // only after the flush callback below, and a failed write then leaves no entry in
+        // memory that the file lacks.
+        let result = self.write_record(LogRecord::Entries(entries)).await.map(|written| {
+            if let LogRecord::Entries(entries) = written {
+                let mut mem = self.mem.lock().expect("log mem lock");
+                for e in entries {
+                    mem.insert(e);
+                }
             }
-        }
-        let result = self.write_record(&LogRecord::Entries(entries)).await;
+        });
         let failed = result.as_ref().err().map(|e| std::io::Error::new(e.kind(), e.to_string()));
         // Only now, after the fsync, may openraft count these entries as durable here.
         callback.log_io_completed(result);
@@ -415,7 +431,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
         self.mem.lock().expect("log mem lock").remove_from(log_id.index);
-        self.write_record(&LogRecord::Truncate(log_id.index)).await.map_err(write_err)
+        self.write_record(LogRecord::Truncate(log_id.index)).await.map(drop).map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
@@ -448,7 +464,7 @@ mod tests {
                 mem.insert(e.clone());
             }
         }
-        store.write_record(&LogRecord::Entries(entries)).await.unwrap();
+        store.write_record(LogRecord::Entries(entries)).await.unwrap();
     }
 
     fn indexes(store: &LogStore) -> Vec<u64> {

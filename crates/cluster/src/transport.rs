@@ -435,8 +435,9 @@ async fn serve_connection<H: Inbound>(
     let (tx, mut rx) = mpsc::channel::<Envelope<Response>>(INBOUND_IN_FLIGHT_REQUESTS);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(INBOUND_IN_FLIGHT_REQUESTS));
     let writer = tokio::spawn(async move {
+        let mut scratch = Vec::new();
         while let Some(env) = rx.recv().await {
-            if write_frame(&mut wr, &env).await.is_err() {
+            if write_frame_with(&mut wr, &mut scratch, &env).await.is_err() {
                 return;
             }
         }
@@ -467,6 +468,7 @@ async fn peer_task(who: Identity, peer: String, mut rx: mpsc::Receiver<Outgoing>
     let mut last_error = CallError::Unreachable(String::new());
     let mut warn_limit = WarnLimit::default();
     let mut conn: Option<Connection> = None;
+    let mut scratch = Vec::new();
     while let Some(out) = rx.recv().await {
         if conn.as_ref().is_some_and(|(_, _, reader)| reader.is_finished()) {
             conn = None;
@@ -515,7 +517,7 @@ async fn peer_task(who: Identity, peer: String, mut rx: mpsc::Receiver<Outgoing>
             }
             pending.insert(id, out.reply);
         }
-        if write_frame(wr, &Envelope { id, body: out.request }).await.is_err() {
+        if write_frame_with(wr, &mut scratch, &Envelope { id, body: out.request }).await.is_err() {
             // Dropping the pending map's senders tells every waiter the connection is gone.
             if let Some((_, pending, reader)) = conn.take() {
                 reader.abort();
@@ -627,12 +629,35 @@ async fn connect(who: &Identity, peer: &str) -> Result<Connection, ConnectError>
 }
 
 pub(crate) async fn write_frame<T: Serialize>(wr: &mut (impl AsyncWrite + Unpin), value: &T) -> std::io::Result<()> {
-    let payload = codec::encode(value)?;
-    let mut buf = Vec::with_capacity(payload.len() + frame::HEADER_BYTES);
-    frame::encode(&mut buf, &payload);
-    wr.write_all(&buf).await?;
+    write_frame_with(wr, &mut Vec::new(), value).await
+}
+
+/// [`write_frame`] encoding into `buf`, a buffer the caller keeps for its next frames (a
+/// link's writer): Raft appends are up to a few hundred KiB, and a fresh buffer per frame
+/// costs more in page faults than the encoding itself.
+async fn write_frame_with<T: Serialize>(
+    wr: &mut (impl AsyncWrite + Unpin),
+    buf: &mut Vec<u8>,
+    value: &T,
+) -> std::io::Result<()> {
+    buf.clear();
+    codec::encode_framed(buf, value)?;
+    let written = wr.write_all(buf).await;
+    shrink_scratch(buf);
+    written?;
     // TLS may keep the end of a record buffered when the socket would block; a no-op on TCP.
     wr.flush().await
+}
+
+/// A reused encoding buffer keeps at most this much capacity between uses (one large
+/// snapshot chunk or batch does not pin its size for the life of the link).
+pub(crate) const SCRATCH_KEEP_BYTES: usize = 4 * 1024 * 1024;
+
+pub(crate) fn shrink_scratch(buf: &mut Vec<u8>) {
+    if buf.capacity() > SCRATCH_KEEP_BYTES {
+        buf.clear();
+        buf.shrink_to(SCRATCH_KEEP_BYTES);
+    }
 }
 
 /// Read the next frame; `None` at end of stream, on an I/O error or on a bad frame (a
