@@ -451,7 +451,7 @@ mod tests {
     fn entry(term: u64, index: u64, data: &[u8]) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-            payload: EntryPayload::Normal(crate::Command(data.to_vec())),
+            payload: EntryPayload::Normal(crate::Command(data.to_vec().into())),
         }
     }
 

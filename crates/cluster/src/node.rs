@@ -436,7 +436,7 @@ impl ClusterNode {
                 return Proposal::NotLeader(cmd);
             }
         }
-        let rx = match raft.client_write_ff(crate::Command(cmd)).await {
+        let rx = match raft.client_write_ff(crate::Command(cmd.into())).await {
             Ok(rx) => rx,
             Err(e) => return Proposal::Failed(Error::Raft(e.to_string())),
         };
@@ -759,7 +759,7 @@ async fn local(
 ) -> Result<(u64, Vec<u8>), ClientFailure> {
     match req {
         ClientRequest::Propose(cmd) => {
-            raft.client_write(crate::Command(cmd)).await.map(|r| (r.log_id.index, r.data)).map_err(fail)
+            raft.client_write(crate::Command(cmd.into())).await.map(|r| (r.log_id.index, r.data)).map_err(fail)
         }
         ClientRequest::AddMember(name) => {
             let id = node_id(&name);
@@ -785,7 +785,7 @@ async fn local(
         ClientRequest::ReadIndex => {
             if !fence.0.load(std::sync::atomic::Ordering::Acquire) {
                 // An empty command: the state machine applies it as nothing.
-                raft.client_write(crate::Command(Vec::new())).await.map_err(fail)?;
+                raft.client_write(crate::Command::default()).await.map_err(fail)?;
                 fence.0.store(true, std::sync::atomic::Ordering::Release);
             }
             read_index(raft).await
