@@ -57,6 +57,14 @@ const JANITOR_PROPOSALS_MAX: usize = 64;
 /// A refusal past the forward bound is logged at most this often.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What a reconcile reads: the directory's change count and each vhost's topology
+/// generation (queues come, go, and are auto-deleted or expire through the vhost).
+#[derive(PartialEq, Eq)]
+struct Fingerprint {
+    directory: u64,
+    vhosts: Vec<(String, u64)>,
+}
+
 /// A classic queue in the cluster's directory, as the log and snapshots carry it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct ClassicDeclaration {
@@ -314,6 +322,11 @@ pub(crate) struct ClassicQueues {
     boot: u64,
     state: Weak<ServerState>,
     directory: Mutex<HashMap<QKey, ClassicDeclaration>>,
+    /// Bumped by every change of `directory`: with the vhosts' generations, what tells the
+    /// janitor whether there is anything new to reconcile.
+    directory_changes: AtomicU64,
+    /// The inputs of the last reconcile that found nothing to do (see [`Fingerprint`]).
+    reconciled: Mutex<Option<Fingerprint>>,
     /// One forwarding task per home node, fed in publish order.
     forwarders: Mutex<HashMap<String, mpsc::UnboundedSender<Pending>>>,
     /// Bytes queued for forwarding or forwarded and not answered.
@@ -393,6 +406,8 @@ impl ClassicQueues {
             boot: fastrand::u64(1..),
             state: Arc::downgrade(state),
             directory: Mutex::new(HashMap::new()),
+            directory_changes: AtomicU64::new(0),
+            reconciled: Mutex::new(None),
             forwarders: Mutex::new(HashMap::new()),
             forward_bytes: AtomicUsize::new(0),
             forward_max_bytes: state.config.cluster_forward_max_bytes,
@@ -454,6 +469,7 @@ impl ClassicQueues {
     pub(crate) fn apply_declare(self: &Arc<Self>, state: &ServerState, d: ClassicDeclaration) {
         let key = d.key();
         let d = self.directory.lock().entry(key.clone()).or_insert(d).clone();
+        self.directory_changes.fetch_add(1, Ordering::AcqRel);
         if d.home == self.me_name {
             return;
         }
@@ -500,6 +516,7 @@ impl ClassicQueues {
             }
         }
         self.directory.lock().remove(&key);
+        self.directory_changes.fetch_add(1, Ordering::AcqRel);
         self.conflicts.lock().remove(&key);
     }
 
@@ -534,7 +551,8 @@ impl ClassicQueues {
         }
         let mut bindings = Vec::new();
         for e in entries {
-            // The snapshot's home wins over an entry this node had.
+            // The snapshot's home wins over an entry this node had (apply_declare counts
+            // the change).
             self.directory.lock().remove(&e.declaration.key());
             self.apply_declare(state, e.declaration);
             bindings.extend(e.bindings);
@@ -568,6 +586,16 @@ impl ClassicQueues {
         if running.node.leader().is_none() {
             return;
         }
+        // Nothing changed since a reconcile that found nothing to do: skip the scan of every
+        // queue (once a second on every node). The directory changes are read first, so a
+        // change made during the scan makes the next round's fingerprint differ.
+        let fingerprint = Fingerprint {
+            directory: self.directory_changes.load(Ordering::Acquire),
+            vhosts: state.vhosts().iter().map(|vh| (vh.name.clone(), vh.generation())).collect(),
+        };
+        if self.reconciled.lock().as_ref() == Some(&fingerprint) {
+            return;
+        }
         let mut cmds = Vec::new();
         {
             let dir = self.directory.lock();
@@ -599,6 +627,11 @@ impl ClassicQueues {
             }
         }
         drop(state);
+        // Proposals that fail (or are left for the next round) leave the fingerprint unset,
+        // so the next round scans again. A conflict is logged once (`conflict`) either way.
+        if cmds.is_empty() {
+            *self.reconciled.lock() = Some(fingerprint);
+        }
         for cmd in cmds.iter().take(JANITOR_PROPOSALS_MAX) {
             if let Err(e) = self.propose(cmd).await {
                 debug!("classic queues: a directory change is left for the next round: {e}");

@@ -346,3 +346,60 @@ async fn restarted_nodes_reach_the_classic_queue_again_through_the_log_and_snaps
     .await;
     assert_eq!(passive(&nodes[a], "kept").await.unwrap(), 0);
 }
+
+/// The janitor drops the directory entries of queues that went away on their home by
+/// themselves (auto-delete, x-expires): every node then answers 404 for them. It scans
+/// only when a vhost's topology or the directory changed (`classic_queues::Fingerprint`),
+/// so this also checks that those changes wake it after idle rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_their_home_auto_deleted_or_expired_leave_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, _) = started_cluster(dir.path(), "").await;
+    let (a, b, c) = (0, 1, 2);
+    let ca = nodes[a].amqp("guest", "guest", "/").await.unwrap();
+    let cha = ca.create_channel().await.unwrap();
+    let auto_delete = QueueDeclareOptions { durable: false, auto_delete: true, ..DURABLE };
+    cha.queue_declare("ad".into(), auto_delete, FieldTable::default()).await.unwrap();
+    let consumer = cha
+        .basic_consume("ad".into(), "ad-consumer".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let mut expiring = FieldTable::default();
+    expiring.insert("x-expires".into(), AMQPValue::LongInt(3000));
+    cha.queue_declare("exp".into(), DURABLE, expiring).await.unwrap();
+    for &i in &[b, c] {
+        let n = &nodes[i];
+        eventually("both queues are in the directory", Duration::from_secs(10), || async move {
+            for q in ["ad", "exp"] {
+                n.http().get_queue_info("/", q).await.map_err(|e| format!("{}: {q}: {e}", n.full))?;
+            }
+            Ok(())
+        })
+        .await;
+    }
+    // Idle janitor rounds on every node (nothing to reconcile), then the home's own changes.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    cha.basic_cancel(consumer.tag(), lapin::options::BasicCancelOptions::default()).await.unwrap();
+    let gone_at_home = passive(&nodes[a], "ad").await;
+    assert!(matches!(gone_at_home, Err((Some(404), _))), "auto-deleted on its home: {gone_at_home:?}");
+    for &i in &[b, c] {
+        let n = &nodes[i];
+        eventually(
+            "the auto-deleted and the expired queue leave the directory",
+            Duration::from_secs(15),
+            || async move {
+                for q in ["ad", "exp"] {
+                    if n.http().get_queue_info("/", q).await.is_ok() {
+                        return Err(format!("{}: {q} still listed", n.full));
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await;
+        for q in ["ad", "exp"] {
+            let r = passive(n, q).await;
+            assert!(matches!(r, Err((Some(404), _))), "{}: {q}: {r:?}", n.full);
+        }
+    }
+}
