@@ -328,3 +328,52 @@ def test_celery_worker_fails_over_with_kombu_and_no_sent_task_is_lost(cluster, w
         assert again, worker.log(200)
     finally:
         app.close()
+
+
+CLASSIC_TASKS = """
+    import os
+
+    from celery import Celery
+
+    app = Celery("cq_tasks", broker=os.environ["TASKS_BROKER"], backend="rpc://")
+    app.conf.update(
+        task_default_queue=os.environ["TASKS_QUEUE"],
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"confirm_publish": True},
+    )
+
+
+    @app.task
+    def mul(x, y):
+        return x * y
+"""
+
+
+@pytest.mark.timeout(60)
+def test_celery_with_classic_queues_and_rpc_results_across_nodes(cluster, workers, tmp_path):
+    """Celery's defaults (classic queues, the rpc:// result backend) with the worker and the
+    client on different nodes: the task queue lives on the node that declared it first, the
+    client's reply queue on the client's node, and each side reaches the other's queue
+    through the cluster (docs/cluster.md, classic queues across the cluster)."""
+    c = cluster
+    w_node, client_node = 0, 1
+    queue = f"pytest.cq.celery.{uuid.uuid4().hex[:8]}"
+    worker = python_worker(c.nodes[w_node], queue, tmp_path, "cq_tasks", CLASSIC_TASKS, workers)
+    app = Celery("cq_client", broker=c.url(client_node).replace("/%2f", "//"), backend="rpc://")
+    app.conf.update(task_default_queue=queue, broker_transport_options={"confirm_publish": True})
+    try:
+        results = [app.send_task("cq_tasks.mul", args=(i, 7)) for i in range(20)]
+        assert [r.get(timeout=20) for r in results] == [i * 7 for i in range(20)]
+        # The task queue is a classic queue on the worker's node, listed by both nodes.
+        for i in (w_node, client_node):
+            q = c.api(i, f"/queues/%2f/{queue}").json()
+            assert (q["type"], q["node"]) == ("classic", c.names[w_node]), q
+        # The client's reply queue is on the client's node, and the worker's node has it too
+        # (that is how its results reached the client).
+        replies = [q for q in c.api(w_node, "/queues").json() if q["name"] != queue and not q["name"].startswith("pytest.")
+                   and q.get("node") == c.names[client_node]]
+        assert replies, c.api(w_node, "/queues").json()
+        assert len([line for line in worker.lines if "succeeded" in line]) == 20, worker.log(60)
+    finally:
+        app.close()
