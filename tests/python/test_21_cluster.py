@@ -1,12 +1,12 @@
-"""pika and Celery against a three-node cluster with quorum queues (issue 15): clients given
+"""pika and Celery against a three-node cluster (issue 15): with quorum queues, clients given
 every node (pika's multi-host connect, kombu's `;`-separated failover URLs) move to another
 node when theirs is killed -9 and keep working; no confirmed message and no task confirmed
-as sent is lost.
+as sent is lost. With Celery's defaults (classic queues, rpc:// results), a worker and a
+client on different nodes reach each other's queues.
 
-Quorum queues exist on every node, and the default exchange routes to them everywhere.
-Bindings of quorum queues to other exchanges are still per node (docs/cluster.md): these
-tests publish through the default exchange, and kombu/Celery declare their bindings again
-on every connection, so a reconnected worker has them on its new node.
+Quorum queues exist on every node, and the default exchange routes to them everywhere;
+classic queues live on the node that declared them and are reachable from the others
+(docs/cluster.md).
 """
 
 from __future__ import annotations
