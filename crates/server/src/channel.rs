@@ -563,11 +563,7 @@ impl Channel {
                             vh.name
                         )));
                     }
-                    if q.is_remote() {
-                        ctx.server.delete_classic(&vh.name, &name, false)?;
-                    } else {
-                        ctx.server.delete_quorum(&vh.name, &name)?;
-                    }
+                    ctx.server.delete_through_log(&vh.name, &q)?;
                     if !nowait {
                         self.send(&Method::QueueDeleteOk { message_count: stats.messages_ready as u32 });
                     }

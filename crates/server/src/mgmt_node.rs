@@ -392,15 +392,8 @@ impl mgmt::Node for ServerState {
         vh: &VHost,
         queue: &Arc<broker::Queue>,
     ) -> Result<Vec<broker::queue::Consumer>, broker::AmqpError> {
-        if queue.is_remote() {
-            // A classic queue of another node: its home deletes it when the entry applies.
-            self.delete_classic(&vh.name, &queue.name, false)?;
-            return Ok(Vec::new());
-        }
-        if queue.replica().is_some() {
-            // A replicated quorum queue: deleted through the cluster's log, on every node;
-            // applying the entry here cancels its consumers here.
-            self.delete_quorum(&vh.name, &queue.name)?;
+        if self.delete_through_log(&vh.name, queue)? {
+            // Applying the entry here cancels its consumers here.
             return Ok(Vec::new());
         }
         let consumers = vh.remove_queue(queue).consumers;

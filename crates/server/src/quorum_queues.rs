@@ -1246,6 +1246,22 @@ impl ServerState {
         self.propose_topology(running, crate::clustering::Command::QuorumDeclare(d))
     }
 
+    /// Delete `q` through the cluster's log if it is not this node's alone: a classic queue
+    /// of another node (its home deletes it when the entry applies) or a replicated quorum
+    /// queue (applying the entry removes it and cancels its consumers on every node).
+    /// False: a queue of this node, for the caller to delete here. The one path for AMQP's
+    /// queue.delete and the management API's.
+    pub(crate) fn delete_through_log(&self, vhost: &str, q: &broker::Queue) -> Result<bool, AmqpError> {
+        if q.is_remote() {
+            self.delete_classic(vhost, &q.name, false)?;
+        } else if q.replica().is_some() {
+            self.delete_quorum(vhost, &q.name)?;
+        } else {
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// Delete the quorum queue `name` on every node.
     pub(crate) fn delete_quorum(&self, vhost: &str, name: &str) -> Result<(), AmqpError> {
         let Some(running) = self.cluster.get() else {
