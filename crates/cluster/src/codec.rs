@@ -14,23 +14,31 @@ pub fn encode_into<T: Serialize>(out: &mut Vec<u8>, value: &T) -> std::io::Resul
     ciborium::into_writer(value, out).map_err(std::io::Error::other)
 }
 
-/// Append `value` to `out` as one framed record (`len | crc32c | payload`, the `record`
-/// crate's framing), encoding it in place: no intermediate buffer to grow and copy. Callers
-/// on hot paths pass a buffer they reuse, so its pages are not freshly faulted (and zeroed
-/// by the kernel) for every Raft append or message — that was a fifth of a quorum-queue
+/// Append `value` to `out` as one framed record (`record::encode_with`'s framing), encoding
+/// it in place: no intermediate buffer to grow and copy. Callers on hot paths pass a buffer
+/// they reuse (see [`shrink_scratch`]), so its pages are not freshly faulted (and zeroed by
+/// the kernel) for every Raft append or message — that was a fifth of a quorum-queue
 /// cluster's CPU. On error `out` is left as it was.
 pub fn encode_framed<T: Serialize>(out: &mut Vec<u8>, value: &T) -> std::io::Result<()> {
     let start = out.len();
-    out.extend_from_slice(&[0u8; record::HEADER_BYTES]);
-    if let Err(e) = encode_into(out, value) {
+    let mut encoded = Ok(());
+    record::encode_with(out, |payload| encoded = encode_into(payload, value));
+    if encoded.is_err() {
         out.truncate(start);
-        return Err(e);
     }
-    let payload = &out[start + record::HEADER_BYTES..];
-    let (len, crc) = (payload.len() as u32, crc32c::crc32c(payload));
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    Ok(())
+    encoded
+}
+
+/// A reused encoding buffer keeps at most this much capacity between uses (one large
+/// snapshot chunk or batch does not pin its size for the life of a link or log).
+pub(crate) const SCRATCH_KEEP_BYTES: usize = 4 * 1024 * 1024;
+
+/// Trim a reused encoding buffer back to [`SCRATCH_KEEP_BYTES`] after a large use.
+pub(crate) fn shrink_scratch(buf: &mut Vec<u8>) {
+    if buf.capacity() > SCRATCH_KEEP_BYTES {
+        buf.clear();
+        buf.shrink_to(SCRATCH_KEEP_BYTES);
+    }
 }
 
 pub fn encode<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {

@@ -142,10 +142,23 @@ impl LogStore {
             scratch.clear();
             crate::codec::encode_framed(scratch, &record)?;
             let written = append_whole(file, scratch, true);
-            crate::transport::shrink_scratch(scratch);
+            crate::codec::shrink_scratch(scratch);
             written.map(|()| record)
         })
         .await
+    }
+
+    /// Append entries: written (and fsynced) first, then kept in memory. openraft reads them
+    /// (to replicate or apply) only after `append`'s flush callback, and a failed write
+    /// leaves no entry in memory that the file lacks.
+    async fn write_entries(&self, entries: Vec<Entry>) -> std::io::Result<()> {
+        if let LogRecord::Entries(entries) = self.write_record(LogRecord::Entries(entries)).await? {
+            let mut mem = self.mem.lock().expect("log mem lock");
+            for e in entries {
+                mem.insert(e);
+            }
+        }
+        Ok(())
     }
 
     /// Rewrite `log` as one purge marker plus the entries still kept, then switch to it.
@@ -154,14 +167,14 @@ impl LogStore {
         {
             let mem = self.mem.lock().expect("log mem lock");
             if let Some(p) = mem.last_purged {
-                frame::encode(&mut buf, &crate::codec::encode(&LogRecord::Purge(p))?);
+                crate::codec::encode_framed(&mut buf, &LogRecord::Purge(p))?;
             }
             if let Some(c) = mem.committed {
-                frame::encode(&mut buf, &crate::codec::encode(&LogRecord::Committed(c))?);
+                crate::codec::encode_framed(&mut buf, &LogRecord::Committed(c))?;
             }
             let kept: Vec<Entry> = mem.entries.values().cloned().collect();
             if !kept.is_empty() {
-                frame::encode(&mut buf, &crate::codec::encode(&LogRecord::Entries(kept))?);
+                crate::codec::encode_framed(&mut buf, &LogRecord::Entries(kept))?;
             }
         }
         let dir = self.dir.clone();
@@ -361,7 +374,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut buf = Vec::new();
-        frame::encode(&mut buf, &crate::codec::encode(vote).map_err(|e| StorageIOError::write_vote(&e))?);
+        crate::codec::encode_framed(&mut buf, vote).map_err(|e| StorageIOError::write_vote(&e))?;
         let dir = self.dir.clone();
         blocking(move || {
             let tmp = dir.join("vote.tmp");
@@ -391,7 +404,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<NodeId>> {
         let Some(c) = committed else { return Ok(()) };
         let mut buf = Vec::new();
-        frame::encode(&mut buf, &crate::codec::encode(&LogRecord::Committed(c)).map_err(write_err)?);
+        crate::codec::encode_framed(&mut buf, &LogRecord::Committed(c)).map_err(write_err)?;
         // A small append to a file only the core writes (openraft serialises storage calls):
         // no blocking-pool hop.
         append_whole(&mut self.file.lock().expect("log file lock").file, &buf, false).map_err(write_err)?;
@@ -408,18 +421,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        // Written first, then kept in memory: openraft reads them (to replicate or apply)
-        // only after the flush callback below, and a failed write then leaves no entry in
-        // memory that the file lacks.
-        let result = self.write_record(LogRecord::Entries(entries)).await.map(|written| {
-            if let LogRecord::Entries(entries) = written {
-                let mut mem = self.mem.lock().expect("log mem lock");
-                for e in entries {
-                    mem.insert(e);
-                }
-            }
-        });
+        let result = self.write_entries(entries.into_iter().collect()).await;
         let failed = result.as_ref().err().map(|e| std::io::Error::new(e.kind(), e.to_string()));
         // Only now, after the fsync, may openraft count these entries as durable here.
         callback.log_io_completed(result);
@@ -456,15 +458,9 @@ mod tests {
     }
 
     async fn append(store: &mut LogStore, entries: Vec<Entry>) {
-        // LogFlushed cannot be built outside openraft, so tests write the record directly —
-        // the same path `append` takes after updating memory.
-        {
-            let mut mem = store.mem.lock().unwrap();
-            for e in &entries {
-                mem.insert(e.clone());
-            }
-        }
-        store.write_record(LogRecord::Entries(entries)).await.unwrap();
+        // LogFlushed cannot be built outside openraft, so tests call what `append` does
+        // before it reports the flush.
+        store.write_entries(entries).await.unwrap();
     }
 
     fn indexes(store: &LogStore) -> Vec<u64> {

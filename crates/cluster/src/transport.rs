@@ -643,21 +643,10 @@ async fn write_frame_with<T: Serialize>(
     buf.clear();
     codec::encode_framed(buf, value)?;
     let written = wr.write_all(buf).await;
-    shrink_scratch(buf);
+    codec::shrink_scratch(buf);
     written?;
     // TLS may keep the end of a record buffered when the socket would block; a no-op on TCP.
     wr.flush().await
-}
-
-/// A reused encoding buffer keeps at most this much capacity between uses (one large
-/// snapshot chunk or batch does not pin its size for the life of the link).
-pub(crate) const SCRATCH_KEEP_BYTES: usize = 4 * 1024 * 1024;
-
-pub(crate) fn shrink_scratch(buf: &mut Vec<u8>) {
-    if buf.capacity() > SCRATCH_KEEP_BYTES {
-        buf.clear();
-        buf.shrink_to(SCRATCH_KEEP_BYTES);
-    }
 }
 
 /// Read the next frame; `None` at end of stream, on an I/O error or on a bad frame (a
