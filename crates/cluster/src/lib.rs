@@ -10,7 +10,10 @@
 //! - [`handshake`]: the cookie every node of a cluster shares, and the challenge-response
 //!   each inter-node connection runs before the transport reads a request on it (with both
 //!   sides' wire-protocol versions and supported feature flags: [`Offer`]).
-//! - [`node`]: [`ClusterNode`], what the broker and `warrenctl` will call.
+//! - [`group`]: [`Group`], one Raft group on this node (the metadata group, or a quorum
+//!   queue's own) and the client operations on it: forwarding to its leader, reads.
+//! - [`node`]: [`ClusterNode`], what the broker and `warrenctl` call: the transport, the
+//!   metadata group, and the other groups this node runs.
 //!
 //! The consensus algorithm is openraft's (0.9 line); this crate supplies storage, network
 //! and the node API around it. The broker starts a node when clustering is configured
@@ -18,6 +21,7 @@
 
 pub mod codec;
 pub mod frame;
+pub mod group;
 pub mod handshake;
 pub mod log_store;
 pub mod node;
@@ -27,6 +31,7 @@ pub mod transport;
 use std::io::Cursor;
 
 pub use codec::Command;
+pub use group::{Group, GroupId};
 pub use handshake::{Cookie, Offer, WIRE_VERSION, WIRE_VERSION_MIN};
 pub use node::{ClusterNode, MemberStatus, NodeConfig, RaftStatus, Replication};
 pub use state_machine::Applier;

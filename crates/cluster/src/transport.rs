@@ -84,6 +84,33 @@ pub enum Request {
     /// (`ClusterNode::set_broker_handler`); this crate knows nothing of its content. Its size
     /// is bounded by the frame limit; the broker bounds what it keeps in flight.
     Broker(#[serde(with = "crate::codec::bytes")] Vec<u8>),
+    /// A request to one of the node's other Raft groups (a quorum queue's own group); the
+    /// metadata group's requests are the variants above, unwrapped, as before groups
+    /// existed. Answered [`Response::NoGroup`] when the node does not run that group (not
+    /// yet opened, or deleted).
+    Group(crate::GroupId, GroupRequest),
+}
+
+/// The Raft traffic of one group: what [`Request::Group`] carries.
+#[derive(Serialize, Deserialize)]
+pub enum GroupRequest {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    Client(ClientRequest),
+}
+
+impl GroupRequest {
+    /// The request for `group` on the wire: the metadata group's (`None`) unwrapped.
+    pub fn into_request(self, group: Option<crate::GroupId>) -> Request {
+        match (group, self) {
+            (Some(g), r) => Request::Group(g, r),
+            (None, GroupRequest::Append(r)) => Request::Append(r),
+            (None, GroupRequest::Vote(r)) => Request::Vote(r),
+            (None, GroupRequest::Snapshot(r)) => Request::Snapshot(r),
+            (None, GroupRequest::Client(r)) => Request::Client(r),
+        }
+    }
 }
 
 /// Serves [`Request::Broker`]: the broker's side of the inter-node link.
@@ -125,6 +152,8 @@ pub enum Response {
     /// The broker's answer to [`Request::Broker`]; an error when the node has no handler
     /// (yet: it is still starting).
     Broker(BrokerAnswer),
+    /// The node runs no group of the id in [`Request::Group`].
+    NoGroup,
 }
 
 /// What [`Request::Broker`] got back.

@@ -167,13 +167,33 @@ pub(crate) fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> Resul
 /// here): a port from that range (what binding port 0 gives) can be taken by any test's
 /// outbound connection before the node binds it, and a cluster node's port is written
 /// into its name, so its start cannot simply retry with another.
+///
+/// The port is also reserved for the rest of this test process: nextest runs every test
+/// in a process of its own, and without a reservation another test could pick the same
+/// number while a node is down between a kill and its restart, or between the pick and
+/// the bind. The reservation is an exclusive lock on a file named after the port, held
+/// until the process exits (the kernel drops it even on a crash).
 pub(crate) fn free_port() -> u16 {
+    use std::sync::Mutex;
     /// Ports tried: under the ephemeral range, above the well-known and common ones.
     const LOW: u16 = 20_000;
     const HIGH: u16 = 32_000;
+    /// The locks held: dropping one would release its port.
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("warren-it-ports");
+    std::fs::create_dir_all(&dir).expect("the port reservation directory");
     loop {
         let port = fastrand::u16(LOW..HIGH);
+        let Ok(lock) =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(port.to_string()))
+        else {
+            continue;
+        };
+        if lock.try_lock().is_err() {
+            continue;
+        }
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            HELD.lock().unwrap_or_else(|e| e.into_inner()).push(lock);
             return port;
         }
     }

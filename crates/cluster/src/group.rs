@@ -1,0 +1,654 @@
+//! [`Group`]: one Raft group on this node — its log, state machine and openraft core — and
+//! the client operations on it.
+//!
+//! A node runs the **metadata group** (every member of the cluster belongs to it; its files
+//! are the data directory's own) and any number of **other groups** (a quorum queue's: only
+//! the nodes chosen as its members run it; files under `groups/<id>/`). All share the node's
+//! one transport: a group's traffic travels as [`Request::Group`] with its id, the metadata
+//! group's as the plain requests.
+//!
+//! Writes (`propose`, `add_member`, `remove_member`) may be called on any member: a follower
+//! **forwards** them to the leader it knows and returns the leader's answer, retrying while
+//! an election is under way, until the request deadline. [`Error::NotLeader`] is returned
+//! only when no leader became known before the deadline. A forwarded write whose link fails
+//! after sending is not retried (it might apply twice): it returns [`Error::Indeterminate`].
+//! Reads go through [`Group::read`], which gets a read index from the leader (which confirms
+//! its leadership with a quorum first) and waits until the local state machine has applied
+//! it — linearizable on any member.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    CheckIsLeaderError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::{BasicNode, ChangeMembers, Config, ServerState};
+
+use crate::log_store::LogStore;
+use crate::node::{MAX_COMMAND_BYTES, MemberStatus, PING_TIMEOUT, Proposal, RaftStatus, Replication};
+use crate::state_machine::{Applied, Applier, StateMachine};
+use crate::transport::{CallError, ClientFailure, ClientRequest, GroupRequest, Request, Response, Transport};
+use crate::{Error, NodeId, Raft, TypeConfig, node_id, parse_node_name};
+
+/// A group's id: chosen by whoever creates the group (the broker uses the metadata log
+/// index of the queue's declaration, unique for the cluster's life). The metadata group
+/// has none.
+pub type GroupId = u64;
+
+/// Pause between attempts while no leader is known.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// How often the node compares a group's log size with its snapshot bound.
+const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// One Raft group this node is a member of. Cloning shares it.
+#[derive(Clone)]
+pub struct Group {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// None for the metadata group.
+    id: Option<GroupId>,
+    /// This node's name.
+    me: String,
+    request_deadline: Duration,
+    raft: Raft,
+    /// A clone sharing the Raft's log store: the committed index, which openraft 0.9's
+    /// metrics do not carry.
+    log: LogStore,
+    state: StateMachine,
+    transport: Arc<Transport>,
+    fence: ReadFence,
+    snapshots: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.snapshots.abort();
+    }
+}
+
+/// What [`Group::open`] needs besides the group's directory and applier.
+pub(crate) struct GroupSettings {
+    pub me: String,
+    pub raft: Arc<Config>,
+    pub transport: Arc<Transport>,
+    pub request_deadline: Duration,
+    pub snapshot_log_bytes: u64,
+}
+
+impl Group {
+    /// Open (or create) group `id` with its files in `dir`, committed commands going to
+    /// `applier`. `reset`: a fresh group (nothing on disk) starts from the empty state, not
+    /// from what the applier holds.
+    pub(crate) async fn open(
+        id: Option<GroupId>,
+        dir: &Path,
+        applier: Arc<dyn Applier>,
+        reset: bool,
+        settings: &GroupSettings,
+    ) -> Result<Group, Error> {
+        let (log, recovery) = LogStore::open(dir)?;
+        let state = StateMachine::open(dir, applier, &log, reset)?;
+        tracing::info!(node = %settings.me, group = ?id, entries = recovery.entries, cut_bytes = recovery.cut_bytes, "raft log recovered");
+        let network = Network { transport: settings.transport.clone(), group: id };
+        let log_view = log.clone();
+        let raft = Raft::new(node_id(&settings.me), settings.raft.clone(), network, log, state.clone())
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        let snapshots = tokio::spawn(snapshot_by_size(raft.clone(), log_view.clone(), settings.snapshot_log_bytes));
+        tokio::spawn(report_fatal(raft.clone(), id));
+        Ok(Group {
+            inner: Arc::new(Inner {
+                id,
+                me: settings.me.clone(),
+                request_deadline: settings.request_deadline,
+                raft,
+                log: log_view,
+                state,
+                transport: settings.transport.clone(),
+                fence: ReadFence::default(),
+                snapshots,
+            }),
+        })
+    }
+
+    /// Initialise a group that has no state yet with `members` (names) as its voters; false
+    /// when it already had state (a restart, or a peer's leader reached it first), which is
+    /// not an error. Every initial member may call this with the same list: openraft's vote
+    /// makes one leader of them (different lists on different members would not be safe).
+    pub async fn initialize(&self, members: &[String]) -> Result<bool, Error> {
+        let raft = &self.inner.raft;
+        if raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))? {
+            return Ok(false);
+        }
+        for n in members {
+            parse_node_name(n)?;
+        }
+        let members: BTreeMap<NodeId, BasicNode> = members.iter().map(|n| (node_id(n), BasicNode::new(n))).collect();
+        match raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            // Entries from a peer's leader arrived between the check and the call.
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(false),
+            Err(e) => Err(Error::Raft(e.to_string())),
+        }
+    }
+
+    /// The group's id (None: the metadata group).
+    pub fn id(&self) -> Option<GroupId> {
+        self.inner.id
+    }
+
+    /// The openraft handle, for metrics and tests.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// Replicate `cmd` to a majority and apply it; returns its log index. Forwarded to the
+    /// leader when called on a follower.
+    pub async fn propose(&self, cmd: Vec<u8>) -> Result<u64, Error> {
+        if cmd.len() > MAX_COMMAND_BYTES {
+            return Err(Error::CommandTooLarge { bytes: cmd.len(), max: MAX_COMMAND_BYTES });
+        }
+        self.client(ClientRequest::Propose(cmd)).await.map(|(index, _)| index)
+    }
+
+    /// [`Self::propose`], then wait until this node has applied it too (read-your-writes
+    /// here); returns the index and what applying it returned (on the leader; every node
+    /// returns the same).
+    pub async fn propose_and_wait(&self, cmd: Vec<u8>) -> Result<(u64, Vec<u8>), Error> {
+        if cmd.len() > MAX_COMMAND_BYTES {
+            return Err(Error::CommandTooLarge { bytes: cmd.len(), max: MAX_COMMAND_BYTES });
+        }
+        let (index, result) = self.client(ClientRequest::Propose(cmd)).await?;
+        self.inner
+            .raft
+            .wait(Some(self.inner.request_deadline))
+            .applied_index_at_least(Some(index), "propose_and_wait")
+            .await
+            .map_err(|_| Error::Timeout)?;
+        Ok((index, result))
+    }
+
+    /// On the leader: queue `cmd` in the log and return at once with a future of what
+    /// [`Self::propose_and_wait`] returns. Commands queued by successive calls (each call
+    /// awaited before the next) enter the log in call order, so a caller may keep several
+    /// in flight and still see them applied in order. When this node is not the leader the
+    /// command comes back ([`Proposal::NotLeader`]): forwarding would not keep that order, so
+    /// the caller proposes it with [`Self::propose_and_wait`] and waits. If leadership is
+    /// lost meanwhile the future fails (the command may still be committed by the next
+    /// leader, as after a timeout).
+    pub async fn propose_queued(&self, cmd: Vec<u8>) -> Proposal {
+        if cmd.len() > MAX_COMMAND_BYTES {
+            return Proposal::Failed(Error::CommandTooLarge { bytes: cmd.len(), max: MAX_COMMAND_BYTES });
+        }
+        let raft = &self.inner.raft;
+        {
+            let m = raft.metrics();
+            let m = m.borrow();
+            if m.state != ServerState::Leader || m.current_leader != Some(m.id) {
+                return Proposal::NotLeader(cmd);
+            }
+        }
+        let rx = match raft.client_write_ff(crate::Command(cmd.into())).await {
+            Ok(rx) => rx,
+            Err(e) => return Proposal::Failed(Error::Raft(e.to_string())),
+        };
+        let (raft, deadline) = (raft.clone(), self.inner.request_deadline);
+        Proposal::Queued(Box::pin(async move {
+            let answer = tokio::time::timeout(deadline, rx).await.map_err(|_| Error::Timeout)?;
+            let written = match answer {
+                Ok(Ok(w)) => w,
+                Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                    return Err(Error::NotLeader { leader: f.leader_node.map(|n| n.addr) });
+                }
+                Ok(Err(e)) => return Err(Error::Raft(e.to_string())),
+                // The responder was dropped: the core stopped.
+                Err(e) => return Err(Error::Raft(e.to_string())),
+            };
+            let index = written.log_id.index;
+            raft.wait(Some(deadline))
+                .applied_index_at_least(Some(index), "propose_queued")
+                .await
+                .map_err(|_| Error::Timeout)?;
+            Ok((index, written.data))
+        }))
+    }
+
+    /// Add `name` (`NAME@HOST:PORT`) as a voter: first as a learner that receives the log (or a
+    /// snapshot), then promoted. What `warrenctl join_cluster` calls on the metadata group.
+    pub async fn add_member(&self, name: &str) -> Result<u64, Error> {
+        parse_node_name(name)?;
+        self.client(ClientRequest::AddMember(name.to_owned())).await.map(|(index, _)| index)
+    }
+
+    /// Remove `name` from the voters and the group. What `warrenctl forget_cluster_node`
+    /// calls on the metadata group.
+    pub async fn remove_member(&self, name: &str) -> Result<u64, Error> {
+        parse_node_name(name)?;
+        self.client(ClientRequest::RemoveMember(name.to_owned())).await.map(|(index, _)| index)
+    }
+
+    /// A linearizable read barrier: once it returns, every command acknowledged before this
+    /// call started has been applied here (read the applier then); returns the position.
+    pub async fn read(&self) -> Result<Applied, Error> {
+        let (index, _) = self.client(ClientRequest::ReadIndex).await?;
+        self.inner
+            .raft
+            .wait(Some(self.inner.request_deadline))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|_| Error::Timeout)?;
+        Ok(self.inner.state.applied())
+    }
+
+    /// The locally applied state, without a leader round trip (may be stale).
+    pub fn local_state(&self) -> Applied {
+        self.inner.state.applied()
+    }
+
+    /// Names of the members (voters and learners) in the latest membership this node knows.
+    pub fn members(&self) -> Vec<String> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.nodes().map(|(_, n)| n.addr.clone()).collect()
+    }
+
+    /// Names of the voters in the latest membership this node knows.
+    pub fn voters(&self) -> Vec<String> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone())).collect()
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<String> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())
+    }
+
+    /// Term, leader, this node's log positions and each member's replication (on the
+    /// leader), read from openraft's metrics without any network round trip.
+    pub fn status(&self) -> RaftStatus {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let last_log_index = m.last_log_index.unwrap_or(0);
+        let mut members: Vec<MemberStatus> = membership
+            .nodes()
+            .map(|(id, node)| MemberStatus {
+                name: node.addr.clone(),
+                voter: voters.contains(id),
+                // `replication` is the leader's progress map: every member, the leader
+                // included (its own entry is what it has flushed).
+                replication: m.replication.as_ref().map(|r| {
+                    let matched_index = r.get(id).copied().flatten().map(|l| l.index);
+                    Replication {
+                        matched_index,
+                        lag_entries: last_log_index.saturating_sub(matched_index.unwrap_or(0)),
+                    }
+                }),
+            })
+            .collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        let stopped = m.running_state.as_ref().err().map(|e| e.to_string());
+        // The last metrics of a stopped core still name its role then: it has none now.
+        let leader = m
+            .current_leader
+            .filter(|_| stopped.is_none())
+            .and_then(|id| membership.get_node(&id).map(|n| n.addr.clone()));
+        RaftStatus {
+            term: m.current_term,
+            leader,
+            is_leader: m.state == ServerState::Leader && stopped.is_none(),
+            last_log_index,
+            committed_index: self.inner.log.committed_index().unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            log_bytes: self.inner.log.held_bytes(),
+            members,
+            stopped,
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.running_state.is_ok()
+    }
+
+    /// The Raft core is running (not stopped on a fatal error or shut down).
+    pub fn core_running(&self) -> bool {
+        self.inner.raft.metrics().borrow().running_state.is_ok()
+    }
+
+    /// Stop the group's Raft core (its files stay).
+    pub async fn shutdown(&self) {
+        let _ = self.inner.raft.shutdown().await;
+        self.inner.snapshots.abort();
+    }
+
+    /// The feature flags the group's state requires of a member.
+    pub(crate) fn required_features(&self) -> Vec<String> {
+        self.inner.state.required_features()
+    }
+
+    /// Serve a peer's request to this group on this node.
+    pub(crate) async fn serve(&self, request: GroupRequest) -> Response {
+        let raft = &self.inner.raft;
+        match request {
+            GroupRequest::Append(r) => Response::Append(raft.append_entries(r).await),
+            GroupRequest::Vote(r) => Response::Vote(raft.vote(r).await),
+            GroupRequest::Snapshot(r) => Response::Snapshot(raft.install_snapshot(r).await),
+            // Forwarded requests are served here only; never forwarded again, so no loops.
+            GroupRequest::Client(r) => Response::Client(self.local(r).await),
+        }
+    }
+
+    async fn client(&self, req: ClientRequest) -> Result<(u64, Vec<u8>), Error> {
+        let deadline = tokio::time::Instant::now() + self.inner.request_deadline;
+        let mut last_leader = None;
+        while tokio::time::Instant::now() < deadline {
+            // A leader cut off from its quorum never finishes a write; the deadline bounds it.
+            let attempt = tokio::time::timeout_at(deadline, self.local(req.clone())).await;
+            let Ok(attempt) = attempt else { return Err(Error::Timeout) };
+            let leader = match attempt {
+                Err(ClientFailure::NotLeader(leader)) => leader,
+                Err(ClientFailure::Retry(_)) => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
+                Ok(i) => return Ok(i),
+                Err(ClientFailure::Other(e)) => return Err(Error::Raft(e)),
+            };
+            last_leader = leader.clone();
+            if let Some(leader) = leader.filter(|l| *l != self.inner.me) {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let request = GroupRequest::Client(req.clone()).into_request(self.inner.id);
+                match self.inner.transport.call(&leader, request, left).await {
+                    Ok(Response::Client(Ok(i))) => return Ok(i),
+                    Ok(Response::Client(Err(ClientFailure::Other(e)))) => return Err(Error::Raft(e)),
+                    // Sent but unanswered: a write may or may not have been committed, and
+                    // retrying could apply it twice. Reads are safe to retry.
+                    Err(CallError::Lost(e)) if !matches!(req, ClientRequest::ReadIndex) => {
+                        return Err(Error::Indeterminate(e));
+                    }
+                    // The leader moved, is unreachable, no longer runs the group, or could
+                    // not reach a quorum this round: ask again after a pause.
+                    Ok(_) | Err(CallError::Unreachable(_) | CallError::Refused(_) | CallError::Lost(_)) => {}
+                }
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        match last_leader {
+            None => Err(Error::NotLeader { leader: None }),
+            Some(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Run a client operation on this node's Raft, which must be the leader.
+    async fn local(&self, req: ClientRequest) -> Result<(u64, Vec<u8>), ClientFailure> {
+        let (raft, fence) = (&self.inner.raft, &self.inner.fence);
+        match req {
+            ClientRequest::Propose(cmd) => {
+                raft.client_write(crate::Command(cmd.into())).await.map(|r| (r.log_id.index, r.data)).map_err(fail)
+            }
+            ClientRequest::AddMember(name) => {
+                let id = node_id(&name);
+                // Only a leader adds members (a follower's add_learner below says who leads).
+                let leading = raft.metrics().borrow().state == ServerState::Leader;
+                if leading {
+                    probe_joiner(&self.inner.transport, &name, &self.required_features()).await?;
+                }
+                // Learner first so the new node has the log before it counts toward a quorum.
+                raft.add_learner(id, BasicNode::new(&name), true).await.map_err(fail)?;
+                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map(|r| (r.log_id.index, Vec::new()))
+                    .map_err(fail)
+            }
+            ClientRequest::RemoveMember(name) => {
+                let id = node_id(&name);
+                raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                    .await
+                    .map(|r| (r.log_id.index, Vec::new()))
+                    .map_err(fail)
+            }
+            ClientRequest::ReadIndex => {
+                if !fence.0.load(std::sync::atomic::Ordering::Acquire) {
+                    // An empty command: the state machine applies it as nothing.
+                    raft.client_write(crate::Command::default()).await.map_err(fail)?;
+                    fence.0.store(true, std::sync::atomic::Ordering::Release);
+                }
+                read_index(raft).await
+            }
+        }
+    }
+}
+
+/// Ask for a snapshot whenever the log holds more than `bound` bytes and the last snapshot
+/// is behind what is applied — but not again while one asked for may still be building
+/// (openraft ignores a request that comes while it builds one), unless that one is done.
+async fn snapshot_by_size(raft: Raft, log: LogStore, bound: u64) {
+    /// How long a requested snapshot may take before it is asked for again.
+    const BUILD_WAIT: Duration = Duration::from_secs(1);
+    let mut asked: Option<(tokio::time::Instant, Option<u64>)> = None;
+    loop {
+        tokio::time::sleep(SNAPSHOT_CHECK_INTERVAL).await;
+        if log.held_bytes() <= bound {
+            continue;
+        }
+        let (applied, snapshot) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
+        };
+        let behind = applied > snapshot;
+        let waiting = asked.is_some_and(|(at, snap)| snap == snapshot && at.elapsed() < BUILD_WAIT);
+        if behind && !waiting {
+            tracing::debug!(held_bytes = log.held_bytes(), bound, "raft log over its bound: snapshot");
+            if raft.trigger().snapshot().await.is_err() {
+                return; // the Raft has shut down
+            }
+            asked = Some((tokio::time::Instant::now(), snapshot));
+        }
+    }
+}
+
+/// Log once, in the broker's words, when a Raft core stops on a fatal error: openraft's
+/// own line does not say what it means for the node.
+async fn report_fatal(raft: Raft, group: Option<GroupId>) {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            // A clean shutdown is not news.
+            if !matches!(fatal, openraft::error::Fatal::Stopped) {
+                match group {
+                    None => tracing::error!(
+                        error = %fatal,
+                        "the cluster's Raft core stopped: this node no longer votes, acknowledges or takes \
+                         quorum-queue publishes (they are nacked) until it is restarted; fix the cause (e.g. free \
+                         disk space) first"
+                    ),
+                    Some(g) => tracing::error!(
+                        error = %fatal, group = g,
+                        "a Raft group's core stopped: this node no longer votes or acknowledges in it until it \
+                         is restarted; fix the cause (e.g. free disk space) first"
+                    ),
+                }
+            }
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How long the leader tries to reach a node it is asked to add before refusing.
+const JOIN_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Whether the leader reaches `name` over the inter-node link (connect and handshake): a
+/// node that cannot be reached — or holds another cookie, or speaks no wire-protocol
+/// version this one does — is refused before it becomes a member, rather than added as a
+/// learner that never catches up (and counted in quorums once promoted). So is one whose
+/// handshake did not announce every feature flag in `required` (the cluster's enabled
+/// ones): it could not apply the log. Retries while the link is in reconnect backoff.
+async fn probe_joiner(transport: &Arc<Transport>, name: &str, required: &[String]) -> Result<(), ClientFailure> {
+    let deadline = tokio::time::Instant::now() + JOIN_PROBE_TIMEOUT;
+    loop {
+        let e = match transport.call(name, Request::Ping, PING_TIMEOUT).await {
+            Ok(Response::Client(Ok(_))) => {
+                let offered = transport.peer_offer(name).map(|o| o.features).unwrap_or_default();
+                let missing: Vec<&str> = required.iter().filter(|f| !offered.contains(f)).map(String::as_str).collect();
+                if missing.is_empty() {
+                    return Ok(());
+                }
+                return Err(ClientFailure::Other(format!(
+                    "{name} cannot join: it does not support the feature flag{} {} enabled in this cluster \
+                     (upgrade it to a version that does)",
+                    if missing.len() == 1 { "" } else { "s" },
+                    missing.join(", ")
+                )));
+            }
+            // Asking again would meet the same cookie.
+            Err(CallError::Refused(e)) => return Err(ClientFailure::Other(format!("{name} cannot join: {e}"))),
+            Ok(_) => "a response of the wrong kind".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+            return Err(ClientFailure::Other(format!("{name} cannot be reached over the inter-node link: {e}")));
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// A Raft error as the client sees it: where the leader is, or what went wrong.
+fn fail<E>(e: RaftError<NodeId, E>) -> ClientFailure
+where
+    E: std::error::Error + openraft::TryAsRef<openraft::error::ForwardToLeader<NodeId, BasicNode>>,
+{
+    match e.forward_to_leader::<BasicNode>() {
+        Some(f) => ClientFailure::NotLeader(f.leader_node.as_ref().map(|n| n.addr.clone())),
+        None => ClientFailure::Other(e.to_string()),
+    }
+}
+
+/// Whether this process, as leader, has committed an entry of its own before serving a read
+/// index. The log store does not fsync the committed marker (see `LogStore::save_committed`),
+/// so a leader that restarts in the same term — which openraft 0.9 allows without an
+/// election, hence without the no-op entry an election appends — may start with a committed
+/// index older than what it acknowledged before the crash. Committing one blank entry first
+/// commits everything before it, so the read index covers every acknowledged write.
+#[derive(Default)]
+struct ReadFence(std::sync::atomic::AtomicBool);
+
+async fn read_index(raft: &Raft) -> Result<(u64, Vec<u8>), ClientFailure> {
+    match raft.ensure_linearizable().await {
+        Ok(read) => Ok((read.map_or(0, |l| l.index), Vec::new())),
+        // Heartbeats did not reach a quorum this round (peers restarting, a partition):
+        // the caller retries until its deadline rather than failing a read at once.
+        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => Err(ClientFailure::Retry(q.to_string())),
+        Err(e) => Err(fail(e)),
+    }
+}
+
+/// openraft's view of the transport, for one group.
+struct Network {
+    transport: Arc<Transport>,
+    group: Option<GroupId>,
+}
+
+struct PeerClient {
+    transport: Arc<Transport>,
+    group: Option<GroupId>,
+    target: NodeId,
+    name: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        PeerClient { transport: self.transport.clone(), group: self.group, target, name: node.addr.clone() }
+    }
+}
+
+impl PeerClient {
+    async fn call<E: std::error::Error>(
+        &self,
+        req: GroupRequest,
+        option: &RPCOption,
+    ) -> Result<Response, RPCError<NodeId, BasicNode, E>> {
+        let request = req.into_request(self.group);
+        match self.transport.call(&self.name, request, option.hard_ttl()).await {
+            // The peer does not run the group (yet, or any more): as good as unreachable, so
+            // openraft paces its retries.
+            Ok(Response::NoGroup) => {
+                let e = std::io::Error::other(format!("{} does not run group {:?}", self.name, self.group));
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Ok(r) => Ok(r),
+            Err(e @ (CallError::Unreachable(_) | CallError::Refused(_))) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e @ CallError::Lost(_)) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+
+    fn remote<E: std::error::Error>(&self, e: E) -> RPCError<NodeId, BasicNode, E> {
+        RPCError::RemoteError(RemoteError::new(self.target, e))
+    }
+}
+
+fn mismatch<E: std::error::Error>() -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other("response of the wrong kind")))
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self.call(GroupRequest::Append(rpc), &option).await? {
+            Response::Append(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        match self.call(GroupRequest::Snapshot(rpc), &option).await? {
+            Response::Snapshot(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self.call(GroupRequest::Vote(rpc), &option).await? {
+            Response::Vote(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(mismatch()),
+        }
+    }
+}

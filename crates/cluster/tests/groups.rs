@@ -1,0 +1,208 @@
+//! Raft groups besides the metadata group (a quorum queue's own), on in-process nodes (see
+//! `common`): each group runs on the members chosen for it only, replicates apart from the
+//! others over the node's one transport, survives its leader's node killed, reopens from
+//! disk, grows and shrinks, and is deleted with its files.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster::{Group, GroupId};
+use common::*;
+
+/// Open group `id` on `node` with a fresh recorder; `initial`: its initial members.
+fn open(node: &TestNode, id: GroupId, initial: Option<&[String]>) -> (Group, Arc<Recorder>) {
+    let rec = Arc::new(Recorder::default());
+    let g = node.on(node.node().open_group(id, rec.clone(), initial)).expect("open the group");
+    (g, rec)
+}
+
+/// Wait until the running `members` (indexes into `nodes`) agree on one leader of group
+/// `id` that leads it; return its index.
+fn wait_group_leader(nodes: &[TestNode], members: &[usize], id: GroupId) -> usize {
+    let mut found = 0;
+    wait_until(&format!("one agreed leader of group {id}"), Duration::from_secs(15), || {
+        let running: Vec<usize> = members.iter().copied().filter(|&i| nodes[i].node.is_some()).collect();
+        let leaders: Vec<Option<String>> =
+            running.iter().map(|&i| nodes[i].node().group(id).and_then(|g| g.leader())).collect();
+        let Some(Some(l)) = leaders.first().cloned() else { return false };
+        if !leaders.iter().all(|x| x.as_deref() == Some(l.as_str())) {
+            return false;
+        }
+        match running.iter().copied().find(|&i| nodes[i].name == l) {
+            Some(i) if nodes[i].node().group(id).is_some_and(|g| g.is_leader()) => {
+                found = i;
+                true
+            }
+            _ => false,
+        }
+    });
+    found
+}
+
+/// Propose `n` commands `{tag}-{i}` to `group` through `node` (forwarded to the leader
+/// when `node` is a follower).
+fn propose(node: &TestNode, group: &Group, tag: &str, n: usize) {
+    for i in 0..n {
+        node.on(group.propose(cmd(tag, i))).unwrap_or_else(|e| panic!("{tag}-{i} through {}: {e}", node.name));
+    }
+}
+
+/// Wait until every recorder holds `expect` commands, then check they are the same.
+fn converged(recs: &[(&str, &Arc<Recorder>)], expect: usize) -> Vec<(u64, Vec<u8>)> {
+    wait_until(&format!("{expect} commands applied by every member"), Duration::from_secs(15), || {
+        recs.iter().all(|(_, r)| r.commands.lock().unwrap().len() >= expect)
+    });
+    let first = recs[0].1.commands.lock().unwrap().clone();
+    assert_eq!(first.len(), expect, "{} applied more than was proposed", recs[0].0);
+    for (name, r) in &recs[1..] {
+        assert_eq!(*r.commands.lock().unwrap(), first, "{name} diverges from {}", recs[0].0);
+    }
+    first
+}
+
+fn bodies(commands: &[(u64, Vec<u8>)]) -> Vec<String> {
+    commands.iter().map(|(_, c)| String::from_utf8(c.clone()).unwrap()).collect()
+}
+
+/// Four nodes in the metadata group.
+fn four(root: &std::path::Path) -> (Vec<TestNode>, Vec<String>) {
+    let ls = listeners(4);
+    let names: Vec<String> = ls.iter().map(|(n, _)| n.clone()).collect();
+    let nodes = ls.into_iter().map(|(name, l)| TestNode::start(&name, &root.join(&name), l, &names, 10_000)).collect();
+    (nodes, names)
+}
+
+#[test]
+fn two_groups_on_overlapping_members_replicate_apart_and_only_on_their_members() {
+    let root = tempfile::tempdir().unwrap();
+    let (nodes, names) = four(root.path());
+    wait_leader(&nodes, Duration::from_secs(10));
+    let (a, b): (GroupId, GroupId) = (7, 9);
+    let a_members = [0, 1, 2];
+    let b_members = [1, 2, 3];
+    let a_names: Vec<String> = a_members.iter().map(|&i| names[i].clone()).collect();
+    let b_names: Vec<String> = b_members.iter().map(|&i| names[i].clone()).collect();
+    // Opened one member after another: the first ones campaign while the others do not run
+    // the group yet (their answer is "no such group", taken as unreachable).
+    let a_open: Vec<(Group, Arc<Recorder>)> = a_members.iter().map(|&i| open(&nodes[i], a, Some(&a_names))).collect();
+    let b_open: Vec<(Group, Arc<Recorder>)> = b_members.iter().map(|&i| open(&nodes[i], b, Some(&b_names))).collect();
+    let a_leader = wait_group_leader(&nodes, &a_members, a);
+    let b_leader = wait_group_leader(&nodes, &b_members, b);
+    eprintln!("group {a} led by {}, group {b} by {}", nodes[a_leader].name, nodes[b_leader].name);
+
+    // Through a follower of each where there is one: forwarded to the group's leader.
+    let via_a = a_members.iter().position(|&i| i != a_leader).unwrap();
+    let via_b = b_members.iter().position(|&i| i != b_leader).unwrap();
+    propose(&nodes[a_members[via_a]], &a_open[via_a].0, "a", 60);
+    propose(&nodes[b_members[via_b]], &b_open[via_b].0, "b", 40);
+
+    let a_recs: Vec<(&str, &Arc<Recorder>)> =
+        a_members.iter().zip(&a_open).map(|(&i, (_, r))| (nodes[i].name.as_str(), r)).collect();
+    let b_recs: Vec<(&str, &Arc<Recorder>)> =
+        b_members.iter().zip(&b_open).map(|(&i, (_, r))| (nodes[i].name.as_str(), r)).collect();
+    let got_a = converged(&a_recs, 60);
+    let got_b = converged(&b_recs, 40);
+    assert_eq!(bodies(&got_a), (0..60).map(|i| format!("a-{i}")).collect::<Vec<_>>());
+    assert_eq!(bodies(&got_b), (0..40).map(|i| format!("b-{i}")).collect::<Vec<_>>());
+
+    // Only the members run a group, keep its files and know its membership.
+    assert!(nodes[3].node().group(a).is_none() && nodes[0].node().group(b).is_none());
+    assert_eq!(nodes[0].node().group_ids(), vec![a]);
+    assert_eq!(nodes[1].node().group_ids(), vec![a, b]);
+    assert_eq!(nodes[3].node().stored_group_ids().unwrap(), vec![b]);
+    assert_eq!(nodes[2].node().stored_group_ids().unwrap(), vec![a, b]);
+    let mut voters = a_open[0].0.voters();
+    voters.sort();
+    let mut want = a_names.clone();
+    want.sort();
+    assert_eq!(voters, want);
+    // The metadata group saw none of it.
+    for n in &nodes {
+        assert!(n.commands().is_empty(), "{} applied group commands as metadata", n.name);
+    }
+    // A group's status is its own: its log holds its entries (membership, blank, commands).
+    let s = a_open[0].0.status();
+    assert!(s.last_log_index >= 60 && s.members.len() == 3, "{s:?}");
+}
+
+#[test]
+fn a_group_outlives_its_leaders_node_and_the_restarted_member_reopens_it_from_disk() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path(), 10_000);
+    wait_leader(&nodes, Duration::from_secs(10));
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let id: GroupId = 0x5eed;
+    let mut open_groups: Vec<Option<(Group, Arc<Recorder>)>> =
+        nodes.iter().map(|n| Some(open(n, id, Some(&names)))).collect();
+    let leader = wait_group_leader(&nodes, &[0, 1, 2], id);
+    let g = open_groups[leader].as_ref().unwrap().0.clone();
+    propose(&nodes[leader], &g, "before", 30);
+
+    // kill -9 the group leader's node; the others elect a new group leader and go on.
+    nodes[leader].kill();
+    open_groups[leader] = None;
+    let rest: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = wait_group_leader(&nodes, &rest, id);
+    assert_ne!(new_leader, leader);
+    let other = rest.iter().copied().find(|&i| i != new_leader).unwrap();
+    propose(&nodes[other], &open_groups[other].as_ref().unwrap().0, "after", 30);
+
+    // The restarted node finds the group in its data directory and reopens it (no initial
+    // list: it has state); it catches up with what was committed while it was down.
+    nodes[leader] = TestNode::restart(&names[leader], &root.path().join(&names[leader]), &names, 10_000);
+    assert_eq!(nodes[leader].node().stored_group_ids().unwrap(), vec![id]);
+    open_groups[leader] = Some(open(&nodes[leader], id, None));
+    let recs: Vec<(&str, &Arc<Recorder>)> =
+        (0..3).map(|i| (nodes[i].name.as_str(), &open_groups[i].as_ref().unwrap().1)).collect();
+    let got = converged(&recs, 60);
+    let want: Vec<String> =
+        (0..30).map(|i| format!("before-{i}")).chain((0..30).map(|i| format!("after-{i}"))).collect();
+    assert_eq!(bodies(&got), want, "every acknowledged command, once, in order");
+}
+
+#[test]
+fn a_group_grows_to_a_new_member_shrinks_and_is_deleted_with_its_files() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = cluster(root.path(), 10_000);
+    wait_leader(&nodes, Duration::from_secs(10));
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let id: GroupId = 3;
+    // x-quorum-initial-group-size = 2: nodes 0 and 1.
+    let initial = [names[0].clone(), names[1].clone()];
+    let g0 = open(&nodes[0], id, Some(&initial));
+    let g1 = open(&nodes[1], id, Some(&initial));
+    wait_group_leader(&nodes, &[0, 1], id);
+    propose(&nodes[0], &g0.0, "two", 10);
+
+    // Grow: node 2 opens the group with no initial list (it waits), the leader adds it.
+    let g2 = open(&nodes[2], id, None);
+    nodes[0].on(g0.0.add_member(&names[2])).expect("add node 2 to the group");
+    propose(&nodes[2], &g2.0, "three", 10);
+    converged(&[(&names[0], &g0.1), (&names[1], &g1.1), (&names[2], &g2.1)], 20);
+    let mut voters = g2.0.voters();
+    voters.sort();
+    assert_eq!(voters, names);
+
+    // Shrink: node 0 leaves the group and deletes its copy; the other two go on.
+    nodes[1].on(g1.0.remove_member(&names[0])).expect("remove node 0 from the group");
+    wait_until("node 0 out of the group's voters", Duration::from_secs(10), || {
+        !g1.0.voters().contains(&names[0]) && !g2.0.voters().contains(&names[0])
+    });
+    nodes[0].on(nodes[0].node().delete_group(id)).unwrap();
+    assert!(nodes[0].node().group(id).is_none());
+    assert_eq!(nodes[0].node().stored_group_ids().unwrap(), Vec::<GroupId>::new());
+    wait_group_leader(&nodes, &[1, 2], id);
+    propose(&nodes[2], &g2.0, "two-again", 10);
+    converged(&[(&names[1], &g1.1), (&names[2], &g2.1)], 30);
+
+    // Deleted everywhere: no files, and the metadata group is untouched.
+    for n in &nodes[1..] {
+        n.on(n.node().delete_group(id)).unwrap();
+        assert!(n.node().group_ids().is_empty() && n.node().stored_group_ids().unwrap().is_empty());
+    }
+    let leader = wait_leader(&nodes, Duration::from_secs(10));
+    nodes[leader].on(nodes[leader].node().propose(b"meta".to_vec())).unwrap();
+    assert_converged(&nodes.iter().collect::<Vec<_>>(), 1, Duration::from_secs(10));
+}
