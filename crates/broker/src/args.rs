@@ -34,6 +34,9 @@ pub struct QueueArgs {
     pub consumer_timeout_ms: Option<u64>,
     /// x-queue-type: "classic" (default) or "quorum" (a durable queue until clustering).
     pub queue_type: QueueType,
+    /// x-quorum-initial-group-size: the voters of a quorum queue's Raft group (capped at the
+    /// cluster's size; RabbitMQ's default is 3).
+    pub quorum_initial_group_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -135,6 +138,7 @@ impl QueueArgs {
             delivery_limit: c.non_neg(args, "x-delivery-limit")?,
             consumer_timeout_ms: c.positive(args, "x-consumer-timeout")?,
             queue_type,
+            quorum_initial_group_size: c.positive(args, "x-quorum-initial-group-size")?,
         })
     }
 }

@@ -237,6 +237,20 @@ impl Group {
         self.client(ClientRequest::RemoveMember(name.to_owned())).await.map(|(index, _)| index)
     }
 
+    /// On this node, which must lead the group: add `name` as a learner — it receives the
+    /// log and applies it, but does not vote and is not counted in a quorum — without
+    /// waiting for it to catch up. Not forwarded ([`Error::NotLeader`] elsewhere).
+    pub async fn add_learner(&self, name: &str) -> Result<(), Error> {
+        parse_node_name(name)?;
+        match self.inner.raft.add_learner(node_id(name), BasicNode::new(name), false).await {
+            Ok(_) => Ok(()),
+            Err(e) => match fail(e) {
+                ClientFailure::NotLeader(leader) => Err(Error::NotLeader { leader }),
+                ClientFailure::Retry(e) | ClientFailure::Other(e) => Err(Error::Raft(e)),
+            },
+        }
+    }
+
     /// A linearizable read barrier: once it returns, every command acknowledged before this
     /// call started has been applied here (read the applier then); returns the position.
     pub async fn read(&self) -> Result<Applied, Error> {
@@ -270,10 +284,14 @@ impl Group {
         membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone())).collect()
     }
 
-    /// The leader this node knows of.
+    /// The leader this node knows of (none while its core is stopped: its last metrics
+    /// would name the leader of then).
     pub fn leader(&self) -> Option<String> {
         let m = self.inner.raft.metrics();
         let m = m.borrow();
+        if m.running_state.is_err() {
+            return None;
+        }
         let id = m.current_leader?;
         m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())
     }

@@ -125,6 +125,20 @@ fn two_groups_on_overlapping_members_replicate_apart_and_only_on_their_members()
     // A group's status is its own: its log holds its entries (membership, blank, commands).
     let s = a_open[0].0.status();
     assert!(s.last_log_index >= 60 && s.members.len() == 3, "{s:?}");
+
+    // Node 3 becomes a learner of group a: it gets every entry, votes in nothing.
+    let (learner, learner_rec) = open(&nodes[3], a, None);
+    let a_lead = &a_open[a_members.iter().position(|&i| i == a_leader).unwrap()].0;
+    let follower = a_members[via_a];
+    let refused = nodes[follower].on(a_open[via_a].0.add_learner(&names[3]));
+    assert!(matches!(refused, Err(cluster::Error::NotLeader { .. })), "a follower adds no learner: {refused:?}");
+    nodes[a_leader].on(a_lead.add_learner(&names[3])).expect("the leader adds a learner");
+    propose(&nodes[3], &learner, "a-late", 5);
+    let mut recs = a_recs.clone();
+    recs.push((nodes[3].name.as_str(), &learner_rec));
+    converged(&recs, 65);
+    assert_eq!(learner.members().len(), 4);
+    assert_eq!(learner.voters().len(), 3, "a learner is no voter");
 }
 
 #[test]

@@ -92,6 +92,8 @@ impl Command {
         use crate::feature_flags as ff;
         match self {
             Command::Access(_) | Command::EnableFeatureFlags(_) => None,
+            // A declare naming its group's voters makes a queue with a group of its own.
+            Command::QuorumDeclare(d) if !d.voters.is_empty() => Some(ff::QUORUM_QUEUE_GROUPS),
             Command::Quorum(_) | Command::QuorumDeclare(_) | Command::QuorumDelete { .. } => Some(ff::QUORUM_QUEUE),
             Command::QuorumBind(_) | Command::QuorumUnbind(_) => Some(ff::QUORUM_QUEUE_BINDINGS),
             Command::ExchangeDeclare(_)
@@ -646,10 +648,17 @@ impl Applier {
                 }
                 Outcome::Applied
             }
-            Command::QuorumDeclare(d) => match state.apply_quorum_declare(d) {
-                Ok(()) => Outcome::Applied,
-                Err(e) => Outcome::Invalid(e),
-            },
+            Command::QuorumDeclare(mut d) => {
+                // A queue with a group of its own: the group's id is this entry's index,
+                // the same on every node and never reused.
+                if !d.voters.is_empty() {
+                    d.group = Some(index);
+                }
+                match state.apply_quorum_declare(d) {
+                    Ok(()) => Outcome::Applied,
+                    Err(e) => Outcome::Invalid(e),
+                }
+            }
             Command::QuorumDelete { vhost, name } => {
                 state.apply_quorum_delete(&vhost, &name);
                 Outcome::Applied

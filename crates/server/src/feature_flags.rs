@@ -47,6 +47,10 @@ pub const CBOR_SNAPSHOTS: &str = "cbor_snapshots";
 /// The cluster-wide directory of classic queues: `ClassicDeclare`, `ClassicDelete` and a
 /// snapshot's `classic` (queues reachable from every node, forwarded to their home).
 pub const CLASSIC_QUEUE_DIRECTORY: &str = "classic_queue_directory";
+/// Quorum queues in Raft groups of their own (`QuorumDeclare` naming the group's voters,
+/// the group's traffic as `Request::Group` between nodes); without it a quorum queue's
+/// commands go through the metadata group, as before.
+pub const QUORUM_QUEUE_GROUPS: &str = "quorum_queue_groups";
 
 /// What this version supports, in the order the features came.
 pub const FLAGS: &[FeatureFlag] = &[
@@ -73,6 +77,11 @@ pub const FLAGS: &[FeatureFlag] = &[
     FeatureFlag {
         name: CLASSIC_QUEUE_DIRECTORY,
         desc: "Classic queues listed through the cluster's Raft log and reachable from every node",
+        stability: "stable",
+    },
+    FeatureFlag {
+        name: QUORUM_QUEUE_GROUPS,
+        desc: "Each quorum queue in a Raft group of its own (x-quorum-initial-group-size voters, its own leader)",
         stability: "stable",
     },
 ];

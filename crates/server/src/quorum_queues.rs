@@ -28,13 +28,35 @@ use parking_lot::Mutex;
 use quorum::{Command as QCommand, ConsumerId, Effect, Meta, NodeId, PublishId, PublisherId, QuorumQueue};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::state::ServerState;
 use cluster::node::Proposal;
 
 /// A queue's key: (vhost, name).
 pub(crate) type QKey = (String, String);
+
+/// The voters of a quorum queue's group when `x-quorum-initial-group-size` is not given
+/// (RabbitMQ's default).
+const DEFAULT_GROUP_SIZE: u64 = 3;
+
+/// A new queue's voters: `size` of the cluster's `members` (fewer if it has fewer), the
+/// declaring node `me` first (RabbitMQ places the leader there), then members that answer
+/// (`running`) before those that do not, each kind in random order so that queues spread.
+fn choose_voters(me: &str, running: &[String], members: &[String], size: u64) -> Vec<String> {
+    let mut up: Vec<&String> = running.iter().filter(|m| *m != me && members.contains(m)).collect();
+    let mut down: Vec<&String> = members.iter().filter(|m| *m != me && !running.contains(m)).collect();
+    fastrand::shuffle(&mut up);
+    fastrand::shuffle(&mut down);
+    let size = usize::try_from(size).unwrap_or(usize::MAX).max(1);
+    let mut voters: Vec<String> = std::iter::once(me)
+        .chain(up.into_iter().chain(down).map(String::as_str))
+        .take(size)
+        .map(str::to_owned)
+        .collect();
+    voters.sort();
+    voters
+}
 
 /// One quorum-queue command as the log carries it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,6 +79,14 @@ pub(crate) struct Declaration {
     pub name: String,
     /// The x-arguments, AMQP-encoded (a field table).
     pub arguments: Vec<u8>,
+    /// The voters of the queue's own Raft group (`x-quorum-initial-group-size` of the
+    /// cluster's members, chosen by the declaring node). Empty: a queue whose commands go
+    /// through the metadata group (declared before `quorum_queue_groups` was enabled).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub voters: Vec<String>,
+    /// The group's id: the metadata log index of the declare entry, set when it is applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u64>,
 }
 
 /// An exchange's declaration, as a binding of a quorum queue carries it: a node that lacks
@@ -89,7 +119,9 @@ pub(crate) struct BindingDeclaration {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct SnapshotQueue {
     pub declaration: Declaration,
-    pub machine: QuorumQueue,
+    /// The replica's state; None for a queue with a group of its own (the group's
+    /// snapshots hold it).
+    pub machine: Option<QuorumQueue>,
     /// The queue's bindings on the node that took the snapshot (a node catching up by
     /// snapshot adds them as their log entries would have).
     #[serde(default)]
@@ -119,6 +151,19 @@ struct Machine {
     declaration: Declaration,
     qq: QuorumQueue,
     queue: Weak<Queue>,
+    /// The queue's own Raft group on this node, once opened (None until then, and for a
+    /// queue of the metadata group).
+    group: Option<cluster::Group>,
+    /// Whether the group is being opened (or failed to open: logged, not retried).
+    opening: bool,
+    /// The proposer of a queue with a group of its own: its items go to that group.
+    tx: Option<mpsc::UnboundedSender<(Item, usize)>>,
+}
+
+impl Machine {
+    fn new(declaration: Declaration, qq: QuorumQueue) -> Machine {
+        Machine { declaration, qq, queue: Weak::new(), group: None, opening: false, tx: None }
+    }
 }
 
 struct LocalConsumer {
@@ -165,12 +210,20 @@ pub(crate) struct QuorumQueues {
     /// Refusals past the pending bound are logged once per `REFUSAL_LOG_INTERVAL_MS` with
     /// their count (a publisher without a quorum would otherwise write a line per message).
     refusals: Mutex<RefusalLog>,
-    /// Every ticket up to this one is applied here, or failed.
+    /// Tickets not yet applied here (or failed). Queues in groups of their own settle out
+    /// of ticket order, so this is a set, not a watermark.
+    unsettled: Mutex<BTreeSet<u64>>,
+    /// The lowest ticket in `unsettled` (`u64::MAX` when empty): every ticket below it is
+    /// settled, which answers most confirms without the lock.
+    low_water: AtomicU64,
+    /// Bumped whenever tickets settle: confirms waiting on the cluster look again.
     settled: watch::Sender<u64>,
-    /// Nodes the leader declared down (their consumers suspended).
+    /// Members this node found unreachable at its last check (their consumers are
+    /// suspended by the leader of each queue).
     down: Mutex<BTreeSet<u64>>,
-    /// This node led at the last check.
-    leading: std::sync::atomic::AtomicBool,
+    /// The queues this node led at the last check: a queue newly led gets every member's
+    /// state once (a new leader does not know what its predecessor declared).
+    led: Mutex<std::collections::HashSet<QKey>>,
     /// This node's consumers of earlier starts already reported down.
     downed: Mutex<std::collections::HashSet<ConsumerId>>,
     /// On the leader: the queues a `Tick` was proposed for, with the head's expiry it was
@@ -328,16 +381,18 @@ impl QuorumQueues {
             pending_bytes: AtomicUsize::new(0),
             pending_max_bytes: state.config.cluster_pending_max_bytes,
             refusals: Mutex::new(RefusalLog::default()),
+            unsettled: Mutex::new(BTreeSet::new()),
+            low_water: AtomicU64::new(u64::MAX),
             settled: watch::channel(0).0,
             down: Mutex::new(BTreeSet::new()),
-            leading: std::sync::atomic::AtomicBool::new(false),
+            led: Mutex::new(std::collections::HashSet::new()),
             downed: Mutex::new(std::collections::HashSet::new()),
             ticks: Mutex::new(HashMap::new()),
             online: Mutex::new(Vec::new()),
             forwarding: Mutex::new(BTreeSet::new()),
             next_forward: AtomicU64::new(FORWARD_TICKET | 1),
         });
-        tokio::spawn(run_proposer(Arc::downgrade(&me), rx));
+        tokio::spawn(run_proposer(Arc::downgrade(&me), rx, None));
         tokio::spawn(run_janitor(Arc::downgrade(&me)));
         tokio::spawn(run_expiry(Arc::downgrade(&me)));
         me
@@ -348,23 +403,36 @@ impl QuorumQueues {
         self.settled.subscribe()
     }
 
-    fn settled_through(&self) -> u64 {
-        *self.settled.borrow()
-    }
-
     /// Whether every one of `tickets` (the proposer's, or forwarded publishes') is settled.
     pub(crate) fn all_settled(&self, tickets: &[u64]) -> bool {
-        let through = self.settled_through();
-        // Taken only for a forwarded publish's ticket: quorum-queue confirms, the common
-        // case, do not touch this lock.
+        let low = self.low_water.load(Ordering::Acquire);
+        // Taken only for a ticket at or above the low water mark, or a forwarded publish's:
+        // most quorum-queue confirms do not touch these locks.
+        let mut unsettled = None;
         let mut forwarding = None;
         tickets.iter().all(|&t| {
-            if t & FORWARD_TICKET == 0 {
-                t <= through
-            } else {
+            if t & FORWARD_TICKET != 0 {
                 !forwarding.get_or_insert_with(|| self.forwarding.lock()).contains(&t)
+            } else {
+                t < low || !unsettled.get_or_insert_with(|| self.unsettled.lock()).contains(&t)
             }
         })
+    }
+
+    /// `tickets` are settled (applied here, or failed): wake the confirms waiting.
+    fn settle_tickets(&self, tickets: impl Iterator<Item = u64>) {
+        {
+            let mut u = self.unsettled.lock();
+            let mut any = false;
+            for t in tickets {
+                any |= u.remove(&t);
+            }
+            if !any {
+                return;
+            }
+            self.low_water.store(u.first().copied().unwrap_or(u64::MAX), Ordering::Release);
+        }
+        self.settled.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// A ticket for a publish forwarded to another node's classic queue, unsettled until
@@ -463,18 +531,36 @@ impl QuorumQueues {
             return None;
         }
         self.pending_bytes.fetch_add(size, Ordering::Relaxed);
+        // A queue with a group of its own has its own proposer; the others share the
+        // metadata group's.
+        let own = self.machines.lock().get(key).and_then(|m| m.tx.clone());
         // Ticket and send under one lock: the log must see tickets in order (the replica
         // drops a publish whose number is not above the last one it took).
         let mut p = self.proposer.lock();
         let ticket = p.next_ticket;
         p.next_ticket += 1;
+        {
+            let mut u = self.unsettled.lock();
+            u.insert(ticket);
+            self.low_water.fetch_min(ticket, Ordering::AcqRel);
+        }
         if let Some(w) = waiter {
             self.waiters.lock().insert(ticket, w);
         }
         let cmd = make(ticket);
         let item =
             Item { vhost: key.0.clone(), queue: key.1.clone(), origin: self.node.0, ticket, now_ms: now_ms(), cmd };
-        p.tx.send((item, size)).ok()?;
+        let sent = match own {
+            Some(tx) => tx.send((item, size)),
+            None => p.tx.send((item, size)),
+        };
+        if sent.is_err() {
+            drop(p);
+            self.pending_bytes.fetch_sub(size, Ordering::Relaxed);
+            self.waiters.lock().remove(&ticket);
+            self.settle_tickets(std::iter::once(ticket));
+            return None;
+        }
         Some(ticket)
     }
 
@@ -544,19 +630,43 @@ impl QuorumQueues {
             .map_or(Duration::from_secs(10), |s| Duration::from_millis(s.config.cluster_write_timeout_ms))
     }
 
-    /// The replica the broker's queue `q` hands over to (creating the machine if new).
+    /// The replica the broker's queue `q` hands over to (creating the machine if new). A
+    /// queue with a group of its own gets its proposer, and its group is opened on this
+    /// node (in the background: the metadata group's apply must not wait for files).
     pub(crate) fn attach(self: &Arc<Self>, q: &Arc<Queue>, declaration: Declaration) {
         let key = (q.vhost.clone(), q.name.clone());
-        {
+        let open = {
             let mut m = self.machines.lock();
-            let machine = m.entry(key.clone()).or_insert_with(|| Machine {
-                declaration,
-                qq: QuorumQueue::new(config_of(q)),
-                queue: Weak::new(),
-            });
+            let machine =
+                m.entry(key.clone()).or_insert_with(|| Machine::new(declaration, QuorumQueue::new(config_of(q))));
             machine.queue = Arc::downgrade(q);
+            match machine.declaration.group {
+                Some(id) if machine.group.is_none() && !machine.opening => {
+                    machine.opening = true;
+                    if machine.tx.is_none() {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        machine.tx = Some(tx);
+                        tokio::spawn(run_proposer(Arc::downgrade(self), rx, Some(key.clone())));
+                    }
+                    Some((id, machine.declaration.voters.clone()))
+                }
+                _ => None,
+            }
+        };
+        if let Some((id, voters)) = open {
+            tokio::spawn(open_group(Arc::downgrade(self), key.clone(), id, voters));
         }
         q.set_replica(Arc::new(QuorumReplica { qq: Arc::downgrade(self), key }));
+    }
+
+    /// The group of queue `key` on this node, once open (None: not yet, or the queue goes
+    /// through the metadata group).
+    fn group_of(&self, key: &QKey) -> Option<cluster::Group> {
+        self.machines.lock().get(key).and_then(|m| m.group.clone())
+    }
+
+    fn meta_leader(&self) -> bool {
+        self.state.upgrade().and_then(|s| s.cluster.get().map(|c| c.node.is_leader())).unwrap_or(false)
     }
 
     /// Whether a replica of this queue exists here.
@@ -565,10 +675,13 @@ impl QuorumQueues {
     }
 
     /// The queue was deleted (its delete entry applied): forget the replica and cancel
-    /// this node's consumers of it.
+    /// this node's consumers of it; a group of its own is stopped and its files deleted.
     pub(crate) fn forget(&self, vhost: &str, name: &str) {
         let key = (vhost.to_owned(), name.to_owned());
-        self.machines.lock().remove(&key);
+        let gone = self.machines.lock().remove(&key);
+        if let Some(id) = gone.and_then(|m| m.declaration.group) {
+            self.delete_group_files(key.1.clone(), id);
+        }
         let gone: Vec<LocalConsumer> = {
             let mut c = self.consumers.lock();
             let ids: Vec<u64> = c.iter().filter(|(_, l)| l.key == key).map(|(id, _)| *id).collect();
@@ -580,13 +693,29 @@ impl QuorumQueues {
         self.held.lock().retain(|_, h| h.key != key);
     }
 
+    /// Stop the group of the deleted queue `name` and delete its files (in the background).
+    fn delete_group_files(&self, name: String, id: u64) {
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let Some(node) = state.upgrade().and_then(|s| s.cluster.get().map(|c| c.node.clone())) else { return };
+            if let Err(e) = node.delete_group(id).await {
+                error!(queue = %name, group = id, "deleting a quorum queue's Raft group files: {e}");
+            }
+        });
+    }
+
     /// The replicas as a snapshot holds them.
     pub(crate) fn snapshot(&self) -> Vec<SnapshotQueue> {
         let mut queues: Vec<SnapshotQueue> = self
             .machines
             .lock()
             .values()
-            .map(|m| SnapshotQueue { declaration: m.declaration.clone(), machine: m.qq.clone(), bindings: Vec::new() })
+            .map(|m| SnapshotQueue {
+                declaration: m.declaration.clone(),
+                // A queue with a group of its own: in the group's snapshots.
+                machine: m.declaration.group.is_none().then(|| m.qq.clone()),
+                bindings: Vec::new(),
+            })
             .collect();
         if let Some(state) = self.state.upgrade() {
             for q in &mut queues {
@@ -600,29 +729,67 @@ impl QuorumQueues {
     /// sure their broker queues exist and attaches them).
     pub(crate) fn restore(&self, queues: Vec<SnapshotQueue>) -> (Vec<Declaration>, Vec<BindingDeclaration>) {
         let mut m = self.machines.lock();
-        let old = std::mem::take(&mut *m);
+        let mut old = std::mem::take(&mut *m);
         let mut decls = Vec::new();
         let mut bindings = Vec::new();
         for s in queues {
             let key = (s.declaration.vhost.clone(), s.declaration.name.clone());
-            let queue = old.get(&key).map(|o| o.queue.clone()).unwrap_or_default();
             decls.push(s.declaration.clone());
             bindings.extend(s.bindings);
-            m.insert(key, Machine { declaration: s.declaration, qq: s.machine, queue });
+            let kept = old.remove(&key);
+            match s.machine {
+                Some(qq) => {
+                    let mut machine = Machine::new(s.declaration, qq);
+                    machine.queue = kept.map(|o| o.queue).unwrap_or_default();
+                    m.insert(key, machine);
+                }
+                // A queue with a group of its own: the replica is the group's, kept as it is
+                // (or made when the declaration is applied: `attach`).
+                None => {
+                    if let Some(k) = kept.filter(|k| k.declaration.group == s.declaration.group) {
+                        m.insert(key, k);
+                    }
+                }
+            }
+        }
+        drop(m);
+        // Queues the snapshot does not have were deleted (the caller deletes their broker
+        // queues): so are their groups.
+        for ((_, name), k) in old {
+            if let Some(id) = k.declaration.group {
+                self.delete_group_files(name, id);
+            }
         }
         (decls, bindings)
     }
 
-    /// Apply the items of the committed entry at `index`, in order, and carry out what
-    /// concerns this node.
+    /// Apply the items of the metadata group's committed entry at `index`, in order, and
+    /// carry out what concerns this node. Items of queues with a group of their own are
+    /// not theirs to change: skipped.
     pub(crate) fn apply(&self, index: u64, items: Vec<Item>) {
-        let leader = self.state.upgrade().and_then(|s| s.cluster.get().map(|c| c.node.is_leader())).unwrap_or(false);
+        self.apply_items(index, items, self.meta_leader(), None);
+    }
+
+    /// Apply the items of the committed entry at `index` of queue `key`'s own group
+    /// (`leader`: this node leads it).
+    fn apply_group(&self, key: &QKey, index: u64, items: Vec<Item>, leader: bool) {
+        self.apply_items(index, items, leader, Some(key));
+    }
+
+    fn apply_items(&self, index: u64, items: Vec<Item>, leader: bool, group: Option<&QKey>) {
         let mut out = Vec::new();
         {
             let mut machines = self.machines.lock();
             for (pos, item) in items.into_iter().enumerate() {
                 let key = (item.vhost, item.queue);
                 let Some(m) = machines.get_mut(&key) else { continue };
+                let ours = match group {
+                    None => m.declaration.group.is_none(),
+                    Some(k) => *k == key && m.declaration.group.is_some(),
+                };
+                if !ours {
+                    continue;
+                }
                 // One message id per item: entries carry many items, ids must stay unique.
                 let meta = Meta { index: (index << 16) | pos as u64, now_ms: item.now_ms };
                 let fx = m.qq.apply(meta, item.cmd);
@@ -749,20 +916,34 @@ impl QuorumQueues {
         }
     }
 
+    /// The queues this node leads (their own group's leader here, or the metadata group's
+    /// for the others).
+    fn led_queues(&self) -> Vec<QKey> {
+        let meta = self.meta_leader();
+        self.machines
+            .lock()
+            .iter()
+            .filter(|(_, m)| match m.declaration.group {
+                Some(_) => m.group.as_ref().is_some_and(|g| g.is_leader()),
+                None => meta,
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     fn propose_ticks(&self) {
-        let Some(state) = self.state.upgrade() else { return };
-        let Some(running) = state.cluster.get() else { return };
-        let mut ticks = self.ticks.lock();
-        if !running.node.is_leader() {
-            ticks.clear();
+        if self.state.upgrade().is_none_or(|s| s.cluster.get().is_none()) {
             return;
         }
+        let led: std::collections::HashSet<QKey> = self.led_queues().into_iter().collect();
+        let mut ticks = self.ticks.lock();
         let now = now_ms();
         // The machine expires a message once the entry's time is past its expiry.
         let due: HashMap<QKey, u64> = self
             .machines
             .lock()
             .iter()
+            .filter(|(k, _)| led.contains(*k))
             .filter_map(|(k, m)| m.qq.next_expiry_ms().filter(|&t| t < now).map(|t| (k.clone(), t)))
             .collect();
         ticks.retain(|k, _| due.contains_key(k));
@@ -783,60 +964,110 @@ impl QuorumQueues {
         *self.online.lock() = online;
     }
 
-    /// Leader, members and the members online, for management.
-    fn placement(&self) -> broker::queue::Placement {
-        let Some(state) = self.state.upgrade() else { return broker::queue::Placement::default() };
-        let Some(running) = state.cluster.get() else { return broker::queue::Placement::default() };
-        let mut members = running.node.members();
-        members.sort();
-        broker::queue::Placement {
-            leader: running.node.leader(),
-            members,
-            online: self.online.lock().clone(),
-            home_only: false,
-        }
-    }
-
-    /// On the leader: consumers on nodes that stopped answering give their messages back
-    /// (and are suspended until the node is back), as RabbitMQ's quorum queues do.
-    fn check_nodes(&self) {
+    /// On the leader of each queue with a group of its own: every cluster member that is
+    /// not in the group joins it as a learner. Learners get the queue's log and apply it —
+    /// so consumers on any node are served by their own node, as with the metadata group's
+    /// queues — but neither vote nor count toward a confirm's majority: that is the
+    /// voters' (`x-quorum-initial-group-size`).
+    async fn add_learners(&self) {
         let Some(state) = self.state.upgrade() else { return };
         let Some(running) = state.cluster.get() else { return };
-        if !running.node.is_leader() {
-            self.down.lock().clear();
-            self.leading.store(false, Ordering::Relaxed);
-            return;
-        }
-        // A new leader does not know whom its predecessor declared down: every member that
-        // answers is declared up once (harmless for consumers that were never down).
-        let first_round = !self.leading.swap(true, Ordering::Relaxed);
-        let up: BTreeSet<u64> = self.online.lock().iter().map(|n| cluster::node_id(n)).collect();
-        let members: BTreeSet<u64> = running.node.members().iter().map(|n| cluster::node_id(n)).collect();
-        let keys: Vec<QKey> = self.machines.lock().keys().cloned().collect();
-        if first_round {
-            for n in &up {
-                for k in &keys {
-                    self.submit_quiet(k, QCommand::NodeUp { node: NodeId(*n) });
+        let members = running.node.members();
+        let led: Vec<(String, cluster::Group)> = self
+            .machines
+            .lock()
+            .iter()
+            .filter_map(|(k, m)| m.group.clone().filter(|g| g.is_leader()).map(|g| (k.1.clone(), g)))
+            .collect();
+        for (name, g) in led {
+            let has = g.members();
+            for m in members.iter().filter(|m| !has.contains(m)) {
+                match g.add_learner(m).await {
+                    Ok(()) => {
+                        info!(queue = %name, node = %m, "quorum queue: a member of the cluster joins its group as a learner")
+                    }
+                    Err(e) => debug!(queue = %name, node = %m, "quorum queue: adding a learner: {e}"),
                 }
             }
         }
-        let mut down = self.down.lock();
-        for n in &members {
-            let is_up = up.contains(n);
-            let was_down = down.contains(n);
-            if is_up != was_down {
-                continue;
+    }
+
+    /// Queue `key`'s leader, members (its group's voters) and the members online, for
+    /// management.
+    fn placement(&self, key: &QKey) -> broker::queue::Placement {
+        let Some(state) = self.state.upgrade() else { return broker::queue::Placement::default() };
+        let Some(running) = state.cluster.get() else { return broker::queue::Placement::default() };
+        let own = self.machines.lock().get(key).and_then(|m| m.declaration.group.map(|_| m.group.clone()));
+        let (leader, mut members) = match own {
+            // Its own group: its voters (the learners only follow).
+            Some(Some(g)) => (g.leader(), g.voters()),
+            // Its group is not open here yet: the voters it was declared with.
+            Some(None) => {
+                let voters = self.machines.lock().get(key).map(|m| m.declaration.voters.clone()).unwrap_or_default();
+                (None, voters)
             }
-            if is_up {
-                down.remove(n);
-            } else {
-                down.insert(*n);
+            None => (running.node.leader(), running.node.members()),
+        };
+        members.sort();
+        let online = self.online.lock().iter().filter(|n| members.contains(n)).cloned().collect();
+        broker::queue::Placement { leader, members, online, home_only: false }
+    }
+
+    /// On each queue's leader: consumers on nodes that stopped answering give their
+    /// messages back (and are suspended until the node is back), as RabbitMQ's quorum
+    /// queues do.
+    fn check_nodes(&self) {
+        let Some(state) = self.state.upgrade() else { return };
+        let Some(running) = state.cluster.get() else { return };
+        let up: BTreeSet<u64> = self.online.lock().iter().map(|n| cluster::node_id(n)).collect();
+        let members: BTreeSet<u64> = running.node.members().iter().map(|n| cluster::node_id(n)).collect();
+        // Which members changed state since the last check, as this node sees them.
+        let changed: Vec<(u64, bool)> = {
+            let mut down = self.down.lock();
+            let mut changed = Vec::new();
+            for n in &members {
+                let is_up = up.contains(n);
+                if is_up != down.contains(n) {
+                    continue;
+                }
+                if is_up {
+                    down.remove(n);
+                } else {
+                    down.insert(*n);
+                }
+                changed.push((*n, is_up));
             }
-            warn!(node = n, up = is_up, "quorum queues: a member is {}", if is_up { "back" } else { "unreachable" });
-            for k in &keys {
-                let cmd =
-                    if is_up { QCommand::NodeUp { node: NodeId(*n) } } else { QCommand::NodeDown { node: NodeId(*n) } };
-                self.submit_quiet(k, cmd);
+            changed
+        };
+        let led = self.led_queues();
+        let newly: Vec<QKey> = {
+            let mut was = self.led.lock();
+            let newly = led.iter().filter(|k| !was.contains(*k)).cloned().collect();
+            *was = led.iter().cloned().collect();
+            newly
+        };
+        let any_led = !led.is_empty();
+        let command = |n: u64, is_up: bool| {
+            if is_up { QCommand::NodeUp { node: NodeId(n) } } else { QCommand::NodeDown { node: NodeId(n) } }
+        };
+        for (n, is_up) in &changed {
+            if any_led {
+                warn!(
+                    node = n,
+                    up = is_up,
+                    "quorum queues: a member is {}",
+                    if *is_up { "back" } else { "unreachable" }
+                );
+            }
+            for k in led.iter().filter(|k| !newly.contains(k)) {
+                self.submit_quiet(k, command(*n, *is_up));
+            }
+        }
+        // A new leader does not know whom its predecessor declared down: every member's
+        // state, once (harmless for consumers that were never down).
+        for k in &newly {
+            for n in &members {
+                self.submit_quiet(k, command(*n, up.contains(n)));
             }
         }
     }
@@ -864,6 +1095,7 @@ async fn run_janitor(me: Weak<QuorumQueues>) {
             me.prune_abandoned();
             me.refresh_online().await;
             me.check_nodes();
+            me.add_learners().await;
         }
     }
 }
@@ -885,14 +1117,16 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// while the entry is replicated and the network idle while it is fsynced).
 const PIPELINE_ENTRIES: usize = 4;
 
-/// One proposed entry: its items, their bytes and the highest ticket among them.
+/// One proposed entry: its items and their bytes.
 struct Proposed {
     batch: Vec<(Item, usize)>,
     bytes: usize,
-    highest: u64,
 }
 
-async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(Item, usize)>) {
+/// The proposer of the metadata group's queues (`own` None) or of queue `own`'s group:
+/// packs the items waiting into entries and keeps up to [`PIPELINE_ENTRIES`] of them in
+/// flight on the leader.
+async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(Item, usize)>, own: Option<QKey>) {
     let max = cluster::node::MAX_COMMAND_BYTES - ENTRY_OVERHEAD_BYTES;
     let mut carry: Option<(Item, usize)> = None;
     let mut retry: Vec<(Item, usize)> = Vec::new();
@@ -945,11 +1179,32 @@ async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(I
                 batch.push((item, size));
             }
         }
-        let Some(node) = cluster_node(&me).await else { return };
-        let highest = batch.iter().map(|(i, _)| i.ticket).max().unwrap_or(0);
+        let node = match proposal_group(&me, own.as_ref()).await {
+            Target::Ready(g) => g,
+            Target::Gone => {
+                // The queue was deleted (or the broker is stopping): what is in flight
+                // settles, what waits fails.
+                while let Some((p, fut)) = in_flight.pop_front() {
+                    if !settle_entry(&me, p, fut.await.map(|_| ()), &mut retry).await {
+                        return;
+                    }
+                }
+                fail_items(&me, batch.into_iter().chain(retry.drain(..)).chain(carry.take()));
+                rx.close();
+                while let Some(item) = rx.recv().await {
+                    fail_items(&me, std::iter::once(item));
+                }
+                return;
+            }
+            Target::NotOpen => {
+                // The group did not open here within the write timeout: nack what waits.
+                fail_items(&me, batch.into_iter());
+                continue;
+            }
+        };
         let items: Vec<Item> = batch.iter().map(|(i, _)| i.clone()).collect();
         let cmd = crate::clustering::encode_quorum(&items);
-        let proposed = Proposed { batch, bytes, highest };
+        let proposed = Proposed { batch, bytes };
         // On the leader the entry is queued in order and we go on batching; elsewhere
         // (forwarded to the leader) one entry at a time keeps the order.
         match node.propose_queued(cmd).await {
@@ -973,6 +1228,149 @@ async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(I
                 }
             }
         }
+    }
+}
+
+/// Where a proposer's entries go.
+enum Target {
+    Ready(cluster::Group),
+    /// The queue (or the broker) is gone.
+    Gone,
+    /// The queue's group is not open on this node after the write timeout.
+    NotOpen,
+}
+
+/// The group the proposer of `own` (None: the metadata group's queues) proposes to, once
+/// this node runs it.
+async fn proposal_group(me: &Weak<QuorumQueues>, own: Option<&QKey>) -> Target {
+    let Some(key) = own else {
+        return match cluster_node(me).await {
+            Some(node) => Target::Ready(node.meta().clone()),
+            None => Target::Gone,
+        };
+    };
+    let deadline = {
+        let Some(qq) = me.upgrade() else { return Target::Gone };
+        tokio::time::Instant::now() + qq.write_timeout()
+    };
+    loop {
+        {
+            let Some(qq) = me.upgrade() else { return Target::Gone };
+            match qq.machines.lock().get(key) {
+                None => return Target::Gone,
+                Some(m) => {
+                    if let Some(g) = &m.group {
+                        return Target::Ready(g.clone());
+                    }
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Target::NotOpen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Items that will never be proposed: publishes nacked (confirm mode), the rest dropped
+/// (their callers time out), all settled.
+fn fail_items(me: &Weak<QuorumQueues>, items: impl Iterator<Item = (Item, usize)>) {
+    let Some(me) = me.upgrade() else { return };
+    let mut bytes = 0;
+    let mut tickets = Vec::new();
+    {
+        let mut r = me.rejected.lock();
+        for (i, size) in items {
+            bytes += size;
+            tickets.push(i.ticket);
+            if let QCommand::Enqueue { publish: Some(_), .. } = &i.cmd {
+                r.insert(i.ticket);
+            }
+        }
+    }
+    if tickets.is_empty() {
+        return;
+    }
+    warn!(items = tickets.len(), "quorum queues: items for a queue whose group is not available were not proposed");
+    me.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    me.settle_tickets(tickets.into_iter());
+}
+
+/// Open queue `key`'s group `id` on this node — initialised with `voters` if this node is
+/// one of them and the group has no state yet — and hand it to the queue's replica.
+async fn open_group(me: Weak<QuorumQueues>, key: QKey, id: u64, voters: Vec<String>) {
+    let Some(node) = cluster_node(&me).await else { return };
+    let initial = voters.contains(&node.name().to_owned()).then_some(voters.as_slice());
+    let applier = Arc::new(GroupApplier { qq: me.clone(), key: key.clone() });
+    let result = node.open_group(id, applier, initial).await;
+    let Some(qq) = me.upgrade() else { return };
+    match result {
+        Ok(group) => {
+            let mut machines = qq.machines.lock();
+            match machines.get_mut(&key).filter(|m| m.declaration.group == Some(id)) {
+                Some(m) => {
+                    m.group = Some(group);
+                    m.opening = false;
+                }
+                None => {
+                    // Deleted while it was being opened.
+                    drop(machines);
+                    qq.delete_group_files(key.1.clone(), id);
+                }
+            }
+        }
+        Err(e) => {
+            // Fail closed: the queue's commands through this node wait, then fail.
+            error!(queue = %key.1, vhost = %key.0, group = id, "opening the quorum queue's Raft group on this node: {e}");
+        }
+    }
+}
+
+/// A quorum queue's own group's state machine: the queue's replica.
+struct GroupApplier {
+    qq: Weak<QuorumQueues>,
+    key: QKey,
+}
+
+impl cluster::Applier for GroupApplier {
+    fn apply(&self, index: u64, cmd: &[u8]) -> Result<Vec<u8>, String> {
+        let Some(qq) = self.qq.upgrade() else { return Ok(Vec::new()) };
+        match crate::clustering::decode(cmd) {
+            Ok(crate::clustering::Command::Quorum(items)) => {
+                let leader = qq.group_of(&self.key).is_some_and(|g| g.is_leader());
+                qq.apply_group(&self.key, index, items, leader);
+                Ok(Vec::new())
+            }
+            // Never skipped: the other members apply it (fail closed, as the metadata group).
+            Ok(_) => {
+                Err(format!("entry {index} of quorum queue '{}'s group is not a quorum-queue command", self.key.1))
+            }
+            Err(e) => Err(format!("entry {index} of quorum queue '{}'s group cannot be decoded: {e}", self.key.1)),
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let qq = self.qq.upgrade();
+        let machines = qq.as_ref().map(|q| q.machines.lock());
+        let machine = machines.as_ref().and_then(|m| m.get(&self.key)).map(|m| &m.qq);
+        let mut out = Vec::new();
+        ciborium::into_writer(&machine, &mut out).expect("replicas serialize");
+        out
+    }
+
+    fn restore(&self, _index: u64, data: &[u8]) -> Result<(), String> {
+        let Some(qq) = self.qq.upgrade() else { return Ok(()) };
+        let restored: Option<QuorumQueue> = if data.is_empty() {
+            None
+        } else {
+            ciborium::from_reader(data)
+                .map_err(|e| format!("quorum queue '{}': undecodable snapshot: {e}", self.key.1))?
+        };
+        let mut machines = qq.machines.lock();
+        let Some(m) = machines.get_mut(&self.key) else { return Ok(()) };
+        // Empty: the group's state from scratch (a fresh group, or a node reset to it).
+        m.qq = restored.unwrap_or_else(|| QuorumQueue::new(m.qq.config().clone()));
+        Ok(())
     }
 }
 
@@ -1023,6 +1421,7 @@ async fn settle_entry(
 ) -> bool {
     let Some(me) = me.upgrade() else { return false };
     let items = p.batch.len();
+    let tickets: Vec<u64> = p.batch.iter().map(|(i, _)| i.ticket).collect();
     let mut kept = 0;
     if let Err(e) = result {
         warn!(items, "quorum queues: an entry was not committed ({e}); its publishes are nacked");
@@ -1041,11 +1440,8 @@ async fn settle_entry(
     }
     me.pending_bytes.fetch_sub(p.bytes - kept, Ordering::Relaxed);
     debug!(items, bytes = p.bytes, "quorum queues: entry settled");
-    me.settled.send_if_modified(|s| {
-        let moved = p.highest > *s;
-        *s = (*s).max(p.highest);
-        moved
-    });
+    // Retried commands settle too: nobody waits on their tickets (only publishes' are).
+    me.settle_tickets(tickets.into_iter());
     drop(me);
     if kept > 0 {
         tokio::time::sleep(RETRY_PAUSE).await;
@@ -1067,7 +1463,7 @@ impl QuorumReplica {
 
 impl Replica for QuorumReplica {
     fn placement(&self) -> broker::queue::Placement {
-        self.qq.upgrade().map(|qq| qq.placement()).unwrap_or_default()
+        self.qq.upgrade().map(|qq| qq.placement(&self.key)).unwrap_or_default()
     }
 
     fn publish(&self, _queue: &Arc<Queue>, msg: Arc<Message>, confirm: bool) -> PublishOutcome {
@@ -1242,7 +1638,32 @@ impl ServerState {
         let Some(running) = self.cluster.get() else {
             return Err(AmqpError::new(wire::reply::INTERNAL_ERROR, "not clustered"));
         };
-        let d = Declaration { vhost: vhost.to_owned(), name: name.to_owned(), arguments: encode_arguments(args) };
+        let mut d = Declaration {
+            vhost: vhost.to_owned(),
+            name: name.to_owned(),
+            arguments: encode_arguments(args),
+            voters: Vec::new(),
+            group: None,
+        };
+        // With `quorum_queue_groups` enabled the queue gets a group of its own; before, its
+        // commands go through the metadata group.
+        let with_group = crate::clustering::Command::QuorumDeclare(Declaration {
+            voters: vec![running.node.name().to_owned()],
+            ..d.clone()
+        });
+        if tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(self.feature_flag_refusal(&with_group))
+        })
+        .is_none()
+        {
+            let size = broker::args::QueueArgs::parse(args, name, vhost)?
+                .quorum_initial_group_size
+                .unwrap_or(DEFAULT_GROUP_SIZE);
+            let running_members = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(running.node.running_members())
+            });
+            d.voters = choose_voters(running.node.name(), &running_members, &running.node.members(), size);
+        }
         self.propose_topology(running, crate::clustering::Command::QuorumDeclare(d))
     }
 
@@ -1506,8 +1927,13 @@ mod tests {
             arguments: arguments.clone(),
         };
         let queue = Queue::new("/", "q".to_owned(), options, None);
-        let declaration =
-            Declaration { vhost: "/".to_owned(), name: "q".to_owned(), arguments: encode_arguments(&arguments) };
+        let declaration = Declaration {
+            vhost: "/".to_owned(),
+            name: "q".to_owned(),
+            arguments: encode_arguments(&arguments),
+            voters: Vec::new(),
+            group: None,
+        };
         qq.attach(&queue, declaration);
         let msg = encode_message(&Message {
             exchange: String::new(),
@@ -1537,8 +1963,13 @@ mod tests {
         /// the caller, as the vhost would).
         fn second_queue(&self, name: &str) -> (QKey, Arc<Queue>) {
             let arguments = wire::FieldTable::new();
-            let declaration =
-                Declaration { vhost: "/".to_owned(), name: name.to_owned(), arguments: encode_arguments(&arguments) };
+            let declaration = Declaration {
+                vhost: "/".to_owned(),
+                name: name.to_owned(),
+                arguments: encode_arguments(&arguments),
+                voters: Vec::new(),
+                group: None,
+            };
             let options =
                 broker::queue::QueueOptions { durable: true, exclusive: false, auto_delete: false, arguments };
             let queue = Queue::new("/", name.to_owned(), options, None);
@@ -1578,7 +2009,7 @@ mod tests {
         // A failed (uncommitted) entry of publishes without confirms: nothing kept either.
         let batch: Vec<(Item, usize)> = (1..=100).map(|t| (f.publish(REFUSED_PUBLISHES + t, false), 10)).collect();
         f.qq.pending_bytes.fetch_add(1000, Ordering::Relaxed);
-        let p = Proposed { batch, bytes: 1000, highest: REFUSED_PUBLISHES + 100 };
+        let p = Proposed { batch, bytes: 1000 };
         assert!(settle_entry(&Arc::downgrade(&f.qq), p, Err(cluster::Error::Timeout), &mut Vec::new()).await);
         assert!(f.qq.rejected.lock().is_empty(), "an uncommitted publish without confirms is kept as refused");
         assert_eq!(f.qq.pending_bytes.load(Ordering::Relaxed), 0);
@@ -1587,12 +2018,18 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_confirm_publishers_refusals_are_kept_until_taken_or_abandoned() {
         let f = fixture();
+        // Submitted, as the proposer would have: unsettled until their entries apply.
+        {
+            let mut u = f.qq.unsettled.lock();
+            u.extend(1..=13);
+            f.qq.low_water.store(1, Ordering::Release);
+        }
         f.qq.apply(1, vec![f.publish(1, true)]);
         for t in 2..=11 {
             f.qq.apply(t, vec![f.publish(t, true)]);
         }
         assert_eq!(f.qq.rejected.lock().len(), 10);
-        f.qq.settled.send_replace(11);
+        f.qq.settle_tickets(1..=11);
         assert!(!f.qq.take_rejected(&[1]), "the first publish was taken");
         assert!(f.qq.take_rejected(&[2, 3]));
         assert_eq!(f.qq.rejected.lock().len(), 8);
@@ -1601,7 +2038,7 @@ mod tests {
         assert!(f.qq.rejected.lock().is_empty());
         f.qq.apply(12, vec![f.publish(12, true), f.publish(13, true)]);
         assert_eq!(f.qq.rejected.lock().len(), 2);
-        f.qq.settled.send_replace(13);
+        f.qq.settle_tickets(12..=13);
         f.qq.prune_abandoned();
         assert!(f.qq.rejected.lock().is_empty() && f.qq.abandoned.lock().is_empty());
     }
@@ -1615,7 +2052,7 @@ mod tests {
         // only (ticket 3, between A's): both are refused by the full queue.
         let items = vec![f.publish(2, true), f.publish(3, true), f.publish_to(&wide, 4, true)];
         f.qq.apply(2, items);
-        f.qq.settled.send_replace(4);
+        f.qq.settle_tickets(1..=4);
         assert!(!f.qq.take_rejected(&[1]));
         assert!(f.qq.take_rejected(&[2, 4]), "A: refused by the full queue");
         assert!(f.qq.take_rejected(&[3]), "C keeps its own refusal (a range 2..=4 took it)");
@@ -1623,7 +2060,7 @@ mod tests {
         // The same interleaving, A's channel closed before its confirm: C's refusal stays.
         let items = vec![f.publish(5, true), f.publish(6, true), f.publish_to(&wide, 7, true)];
         f.qq.apply(3, items);
-        f.qq.settled.send_replace(7);
+        f.qq.settle_tickets(5..=7);
         f.qq.abandon([5, 7].into_iter());
         assert!(f.qq.take_rejected(&[6]), "C keeps its own refusal after A abandoned");
         assert!(f.qq.rejected.lock().is_empty());

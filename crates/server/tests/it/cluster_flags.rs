@@ -20,8 +20,14 @@ use crate::cluster_fixture::{
 /// What an older Warren version supports: quorum queues and their bindings, no replicated
 /// exchanges and no CBOR snapshots.
 const OLD_FLAGS: &str = "quorum_queue,quorum_queue_bindings";
-const ALL_FLAGS: [&str; 5] =
-    ["cbor_snapshots", "classic_queue_directory", "quorum_queue", "quorum_queue_bindings", "replicated_topology"];
+const ALL_FLAGS: [&str; 6] = [
+    "cbor_snapshots",
+    "classic_queue_directory",
+    "quorum_queue",
+    "quorum_queue_bindings",
+    "quorum_queue_groups",
+    "replicated_topology",
+];
 
 const DURABLE_EXCHANGE: ExchangeDeclareOptions =
     ExchangeDeclareOptions { passive: false, durable: true, auto_delete: false, internal: false, nowait: false };
@@ -135,6 +141,7 @@ async fn a_cluster_with_an_old_node_keeps_its_new_flags_disabled_until_the_node_
         ("classic_queue_directory", "disabled"),
         ("quorum_queue", "enabled"),
         ("quorum_queue_bindings", "enabled"),
+        ("quorum_queue_groups", "disabled"),
         ("replicated_topology", "disabled"),
     ]);
     // The old node lists what it knows: its two flags, enabled.

@@ -22,6 +22,7 @@ mod mgmt_access;
 mod mgmt_stats;
 mod mgmt_topology;
 mod qq_features;
+mod qq_groups;
 mod reliability;
 mod scale;
 mod tls;

@@ -1,0 +1,153 @@
+//! Quorum queues in Raft groups of their own, across three real `warren` processes (the
+//! harness of `it::cluster_fixture`), lapin and the management API as the witnesses: each
+//! queue's voters follow `x-quorum-initial-group-size` (the declaring node first, capped
+//! at the cluster's size), each has its own leader and quorum, the other nodes follow as
+//! learners (their consumers are served), and a deleted queue's group leaves no files.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::Value;
+
+use crate::cluster_fixture::{
+    Node, consume_all, names, publish_confirmed, quorum_args, reply_code, started_cluster, wait_for,
+};
+
+const DURABLE: QueueDeclareOptions =
+    QueueDeclareOptions { passive: false, durable: true, exclusive: false, auto_delete: false, nowait: false };
+
+fn sized(size: AMQPValue) -> FieldTable {
+    let mut a = quorum_args();
+    a.insert("x-quorum-initial-group-size".into(), size);
+    a
+}
+
+async fn declare(n: &Node, queue: &str, args: FieldTable) -> Result<(), lapin::Error> {
+    let ch = n.amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
+    ch.queue_declare(queue.into(), DURABLE, args).await.map(drop)
+}
+
+async fn confirm_channel(n: &Node) -> lapin::Channel {
+    let ch = n.amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch
+}
+
+/// `/api/queues/%2f/{queue}` on `n`, once it names a leader: (leader, members).
+fn placement(n: &Node, queue: &str) -> (String, Vec<String>) {
+    let mut got = (String::new(), Vec::new());
+    wait_for(&format!("a leader of {queue} on {}", n.full), Duration::from_secs(20), || {
+        let q: Value = n.api(&format!("/api/queues/%2f/{queue}"));
+        match q["leader"].as_str() {
+            Some(l) => {
+                got = (l.to_owned(), names(&q["members"]));
+                Ok(())
+            }
+            None => Err(q.to_string()),
+        }
+    });
+    got
+}
+
+/// The group directories in a node's data directory.
+fn group_dirs(n: &Node) -> Vec<String> {
+    match std::fs::read_dir(n.data.join("cluster").join("groups")) {
+        Err(_) => Vec::new(),
+        Ok(d) => d.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_quorum_queue_has_its_own_voters_leader_and_quorum_and_learners_serve_their_consumers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, _) = started_cluster(dir.path(), "warren.cluster_write_timeout_ms = 3000\n").await;
+    let full: Vec<String> = nodes.iter().map(|n| n.full.clone()).collect();
+
+    // Bad sizes are refused as RabbitMQ refuses them (406, the channel closes).
+    for bad in [AMQPValue::LongLongInt(0), AMQPValue::LongString("three".into())] {
+        let e = declare(&nodes[0], "bad", sized(bad.clone())).await.unwrap_err();
+        assert_eq!(reply_code(&e), Some(406), "{bad:?}: {e}");
+        assert!(e.to_string().contains("x-quorum-initial-group-size"), "{e}");
+    }
+
+    // "one": one voter, node 1 (it declares it); "two": node 0 and one other; "big": asks
+    // for 7, gets the cluster's 3.
+    declare(&nodes[1], "one", sized(AMQPValue::LongLongInt(1))).await.unwrap();
+    declare(&nodes[0], "two", sized(AMQPValue::ShortInt(2))).await.unwrap();
+    declare(&nodes[2], "big", sized(AMQPValue::LongLongInt(7))).await.unwrap();
+    for n in &nodes {
+        let (leader, members) = placement(n, "one");
+        assert_eq!((leader.as_str(), members.as_slice()), (full[1].as_str(), &full[1..2]), "on {}", n.full);
+        let (leader, members) = placement(n, "two");
+        assert_eq!(members.len(), 2, "on {}: {members:?}", n.full);
+        assert!(members.contains(&full[0]) && members.contains(&leader), "on {}: {leader} of {members:?}", n.full);
+        let (leader, members) = placement(n, "big");
+        assert_eq!(members, {
+            let mut f = full.clone();
+            f.sort();
+            f
+        });
+        assert!(members.contains(&leader));
+    }
+    // Every node runs every queue's group (voter or learner): three groups, three dirs.
+    for n in &nodes {
+        wait_for(&format!("three group directories on {}", n.full), Duration::from_secs(10), || {
+            let d = group_dirs(n);
+            if d.len() == 3 { Ok(()) } else { Err(format!("{d:?}")) }
+        });
+    }
+
+    // Node 0 is a learner of "one": it takes publishes (forwarded to the leader, confirmed
+    // once node 1 has them on disk) and node 2, a learner too, delivers them.
+    let on0 = confirm_channel(&nodes[0]).await;
+    let first = publish_confirmed(&on0, "one", "first-", 50).await;
+    assert_eq!(first.len(), 50, "publishes through a learner are confirmed");
+    let want: BTreeSet<String> = first.iter().cloned().collect();
+    let c2 = nodes[2].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
+    let (got, _) = consume_all(&c2, "one", &want, Duration::from_secs(20)).await;
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want, "a learner's consumer gets every message");
+    drop(c2);
+
+    // Node 1, "one"'s only voter, is killed: "big" (a majority of 3 is left) confirms
+    // through node 0; "one" confirms nothing (its quorum is gone), though node 0 runs it.
+    nodes[1].kill();
+    let on0 = confirm_channel(&nodes[0]).await;
+    let big = publish_confirmed(&on0, "big", "big-", 20).await;
+    assert_eq!(big.len(), 20, "a queue whose majority is up goes on");
+    let on0 = confirm_channel(&nodes[0]).await;
+    let lost_quorum = publish_confirmed(&on0, "one", "none-", 5).await;
+    assert!(lost_quorum.is_empty(), "confirmed without the queue's only voter: {lost_quorum:?}");
+
+    // Back: "one" confirms again, and has every message it confirmed (and only those).
+    nodes[1].start();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let again = loop {
+        let ch = confirm_channel(&nodes[0]).await;
+        let got = publish_confirmed(&ch, "one", "again-", 5).await;
+        if got.len() == 5 {
+            break got;
+        }
+        assert!(std::time::Instant::now() < deadline, "one confirms again: {} of 5 confirmed", got.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let want: BTreeSet<String> = again.iter().cloned().collect();
+    let c0 = nodes[0].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
+    let (got, _) = consume_all(&c0, "one", &want, Duration::from_secs(20)).await;
+    let got: BTreeSet<String> = got.into_iter().collect();
+    assert!(want.is_subset(&got), "missing: {:?}", want.difference(&got).collect::<Vec<_>>());
+    assert!(got.iter().all(|b| b.starts_with("again-") || b.starts_with("none-")), "{got:?}");
+
+    // Deleted: the groups' files go on every node.
+    let ch = nodes[2].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
+    for q in ["one", "two", "big"] {
+        ch.queue_delete(q.into(), QueueDeleteOptions::default()).await.unwrap();
+    }
+    for n in &nodes {
+        wait_for(&format!("no group directory left on {}", n.full), Duration::from_secs(10), || {
+            let d = group_dirs(n);
+            if d.is_empty() { Ok(()) } else { Err(format!("{d:?}")) }
+        });
+    }
+}
