@@ -824,4 +824,26 @@ async fn node_is_quorum_critical_when_stopping_it_would_lose_the_majority() {
     nodes[0].http().health_check_if_node_is_quorum_critical().await.unwrap();
     let (code, out, err) = nodes[1].ctl(&["check_if_node_is_quorum_critical"]);
     assert_eq!(code, 0, "{out}{err}");
+
+    // Each queue counts its own voters: a queue of one voter (node 1) makes node 1 critical
+    // with every node up, and no other node.
+    let mut solo = quorum_args();
+    solo.insert("x-quorum-initial-group-size".into(), AMQPValue::LongLongInt(1));
+    let c = nodes[1].amqp("guest", "guest", "/").await.unwrap();
+    c.create_channel().await.unwrap().queue_declare("solo".into(), DURABLE, solo).await.unwrap();
+    eventually("node 1 is critical for its one-voter queue only", Duration::from_secs(30), || async {
+        match nodes[1].http().health_check_if_node_is_quorum_critical().await {
+            Err(HttpError::HealthCheckFailed {
+                details: HealthCheckFailureDetails::NodeIsQuorumCritical(d), ..
+            }) => {
+                let names: Vec<&str> = d.queues.iter().map(|q| q.name.as_str()).collect();
+                if names == ["solo"] { Ok(()) } else { Err(format!("{names:?}")) }
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    for n in [&nodes[0], &nodes[2]] {
+        n.http().health_check_if_node_is_quorum_critical().await.unwrap_or_else(|e| panic!("{}: {e:?}", n.full));
+    }
 }

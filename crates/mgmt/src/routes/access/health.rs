@@ -72,41 +72,55 @@ async fn aliveness(
 
 /// Whether shutting `s.node` down would leave the metadata group without a majority of its
 /// voters running (as this node sees them: members answering its pings, itself when its
-/// Raft core runs). Every quorum queue replicates through that one group, so they would
-/// all stop taking publishes with it.
-fn quorum_critical(s: &ClusterStatus) -> bool {
+/// Raft core runs): no declares, deletes or access changes, and no publishes to quorum
+/// queues without a group of their own (declared before `quorum_queue_groups`).
+fn meta_critical(s: &ClusterStatus) -> bool {
     let voters: Vec<_> = s.member_details.iter().filter(|m| m.voter).collect();
     let majority = voters.len() / 2 + 1;
     let left = voters.iter().filter(|m| m.running && m.name != s.node).count();
     left < majority
 }
 
+/// Whether shutting `s.node` down would leave a quorum queue whose voters are `voters`
+/// without a majority of them running (the members answering pings now: `s.running`).
+fn queue_critical(s: &ClusterStatus, voters: &[String]) -> bool {
+    if !voters.contains(&s.node) {
+        return false;
+    }
+    let left = voters.iter().filter(|m| **m != s.node && s.running.contains(m)).count();
+    left < voters.len() / 2 + 1
+}
+
 /// RabbitMQ's `rabbitmq-diagnostics check_if_node_is_quorum_critical`, for rolling restarts:
 /// 503 with the quorum queues (of the vhosts the caller sees) and the metadata store that
-/// would lose their quorum if this node stopped now.
+/// would lose their quorum if this node stopped now. Each quorum queue counts its own
+/// voters (`x-quorum-initial-group-size`): a queue this node is no voter of is not critical.
 async fn node_is_quorum_critical(State(node): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
     let status = node.cluster_status().await;
     let Some(s) = status.filter(|s| s.member_details.iter().filter(|m| m.voter).count() > 1) else {
         return Json(json!({"status": "ok", "reason": "single node cluster"})).into_response();
     };
-    if !quorum_critical(&s) {
-        return ok().into_response();
+    let mut queues = Vec::new();
+    if meta_critical(&s) {
+        // The metadata log is cluster-wide, not a vhost's: listed for every caller
+        // (RabbitMQ lists its metadata store the same way, as a `process`).
+        queues.push(json!({
+            "name": "warren_meta",
+            "readable_name": "the cluster's metadata log (users, vhosts, policies, exchanges, bindings, quorum queues)",
+            "virtual_host": "(not applicable)",
+            "type": "process",
+        }));
     }
-    // The metadata log is cluster-wide, not a vhost's: listed for every caller (RabbitMQ
-    // lists its metadata store the same way, as a `process`).
-    let mut queues = vec![json!({
-        "name": "warren_meta",
-        "readable_name": "the cluster's metadata log (users, vhosts, policies, exchanges, bindings, quorum queues)",
-        "virtual_host": "(not applicable)",
-        "type": "process",
-    })];
     let dir = node.directory();
     for vh in node.vhosts() {
         if !can_see_vhost(&caller, &dir, &vh.name) {
             continue;
         }
         for q in vh.queues() {
-            if q.declared_args.queue_type == broker::args::QueueType::Quorum {
+            if q.declared_args.queue_type != broker::args::QueueType::Quorum {
+                continue;
+            }
+            if q.placement().is_some_and(|p| queue_critical(&s, &p.members)) {
                 queues.push(json!({
                     "name": q.name,
                     "readable_name": format!("queue '{}' in vhost '{}'", q.name, vh.name),
@@ -115,6 +129,9 @@ async fn node_is_quorum_critical(State(node): State<AppState>, Extension(caller)
                 }));
             }
         }
+    }
+    if queues.is_empty() {
+        return ok().into_response();
     }
     failed(
         "There are quorum queues that would lose their quorum if the target node is shut down",
