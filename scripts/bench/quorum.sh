@@ -196,6 +196,21 @@ one_run() {
     # shellcheck disable=SC2086
     c1=$(cpu_of $pids)
     awk -v a="$c0" -v b="$c1" 'BEGIN{printf "%.3f\n", b - a}' > "$RES/$id.cpu"
+    if [ "$kind" = warren ]; then
+        # Where the queue's own Raft group was led (the clients are on $WLEAD).
+        python3 - "$WORK/wq1/warren.sock" "${q}0" <<'EOF' > "$RES/$id.leader" 2>/dev/null || true
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+s.sendall(("GET /api/queues/%%2f/%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % sys.argv[2]).encode())
+data = b""
+while True:
+    b = s.recv(65536)
+    if not b: break
+    data += b
+print(json.loads(data.split(b"\r\n\r\n", 1)[1]).get("leader"))
+EOF
+        log "$id: queue leader $(cat "$RES/$id.leader"), clients on $leader"
+    fi
     delete_queue "$port" "${q}0"
     python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); c=d.get("confirm_latency_us") or {}; print("%s: %.0f confirmed/s, confirm p50 %s us p99 %s us" % (sys.argv[2], d["confirm_rate"], c.get("p50"), c.get("p99")))' \
         "$RES/$id.json" "$id" >&2 2>/dev/null || true

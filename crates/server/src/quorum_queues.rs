@@ -41,21 +41,16 @@ pub(crate) type QKey = (String, String);
 const DEFAULT_GROUP_SIZE: u64 = 3;
 
 /// A new queue's voters: `size` of the cluster's `members` (fewer if it has fewer), the
-/// declaring node `me` first (RabbitMQ places the leader there), then members that answer
-/// (`running`) before those that do not, each kind in random order so that queues spread.
+/// declaring node `me` first (it initialises the group and so usually leads it, as
+/// RabbitMQ places the leader on the declaring node), then members that answer (`running`)
+/// before those that do not, each kind in random order so that queues spread.
 fn choose_voters(me: &str, running: &[String], members: &[String], size: u64) -> Vec<String> {
     let mut up: Vec<&String> = running.iter().filter(|m| *m != me && members.contains(m)).collect();
     let mut down: Vec<&String> = members.iter().filter(|m| *m != me && !running.contains(m)).collect();
     fastrand::shuffle(&mut up);
     fastrand::shuffle(&mut down);
     let size = usize::try_from(size).unwrap_or(usize::MAX).max(1);
-    let mut voters: Vec<String> = std::iter::once(me)
-        .chain(up.into_iter().chain(down).map(String::as_str))
-        .take(size)
-        .map(str::to_owned)
-        .collect();
-    voters.sort();
-    voters
+    std::iter::once(me).chain(up.into_iter().chain(down).map(String::as_str)).take(size).map(str::to_owned).collect()
 }
 
 /// One quorum-queue command as the log carries it.
@@ -1296,13 +1291,33 @@ fn fail_items(me: &Weak<QuorumQueues>, items: impl Iterator<Item = (Item, usize)
     me.settle_tickets(tickets.into_iter());
 }
 
+/// How long a voter other than the first waits before initialising a group that nobody
+/// has contacted it for: the first voter (the declaring node) initialises at once and
+/// campaigns, so it usually leads; the others step in only if it did not (it died).
+const LATER_VOTER_INIT_DELAY: Duration = Duration::from_secs(2);
+
 /// Open queue `key`'s group `id` on this node — initialised with `voters` if this node is
 /// one of them and the group has no state yet — and hand it to the queue's replica.
 async fn open_group(me: Weak<QuorumQueues>, key: QKey, id: u64, voters: Vec<String>) {
     let Some(node) = cluster_node(&me).await else { return };
-    let initial = voters.contains(&node.name().to_owned()).then_some(voters.as_slice());
+    let name = node.name().to_owned();
+    let first = voters.first() == Some(&name);
     let applier = Arc::new(GroupApplier { qq: me.clone(), key: key.clone() });
-    let result = node.open_group(id, applier, initial).await;
+    let result = node.open_group(id, applier, first.then_some(voters.as_slice())).await;
+    if let Ok(group) = &result
+        && !first
+        && voters.contains(&name)
+    {
+        // Every initial voter may initialise with the same list (openraft's vote makes one
+        // leader); this one waits for the first to have done it, and is a no-op then.
+        let (group, voters) = (group.clone(), voters.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(LATER_VOTER_INIT_DELAY).await;
+            if let Err(e) = group.initialize(&voters).await {
+                warn!(group = id, "initialising a quorum queue's group: {e}");
+            }
+        });
+    }
     let Some(qq) = me.upgrade() else { return };
     match result {
         Ok(group) => {

@@ -597,10 +597,18 @@ async fn a_quorum_queue_is_replicated_and_loses_no_confirmed_message_when_the_le
     let leader = leader(&nodes);
     let other = (0..3).find(|&i| i != f && i != leader).unwrap();
 
-    // Declared on a follower; every node has it (a passive declare answers on each).
+    // Declared on the metadata leader, which so leads the queue's own group too (the
+    // declaring node does); every node has it (a passive declare answers on each).
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    let c0 = nodes[leader].amqp("guest", "guest", "/").await.unwrap();
+    c0.create_channel().await.unwrap().queue_declare("qq".into(), durable, quorum_args()).await.unwrap();
+    wait_for("the declaring node leads the queue", Duration::from_secs(10), || {
+        let q = nodes[f].api("/api/queues/%2f/qq");
+        if q["leader"] == nodes[leader].full.as_str() { Ok(()) } else { Err(q.to_string()) }
+    });
+    drop(c0);
     let c1 = nodes[f].amqp("guest", "guest", "/").await.unwrap();
     let ch1 = c1.create_channel().await.unwrap();
-    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
     ch1.queue_declare("qq".into(), durable, quorum_args()).await.unwrap();
     let bad = ch1
         .queue_declare("qq-transient".into(), QueueDeclareOptions::default(), quorum_args())

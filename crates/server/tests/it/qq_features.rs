@@ -206,11 +206,12 @@ async fn the_api_shows_a_quorum_queues_type_leader_members_and_online_members() 
     let mut all: Vec<String> = nodes.iter().map(|n| n.full.clone()).collect();
     all.sort();
 
-    // Every node answers with the same leader and members; all three are online. (The
+    // Every node answers with the same leader — the declaring node, as in RabbitMQ (it
+    // initialises the queue's group first) — and members; all three are online. (The
     // other nodes apply the declare a moment after declare-ok, and learn of the leader
     // by its heartbeats: each gets a few seconds.)
     for n in &nodes {
-        let want = nodes[l].full.as_str();
+        let want = nodes[f].full.as_str();
         eventually("the queue and its leader on every node", Duration::from_secs(10), || async {
             let q = n.http().get_queue_info("/", "shown").await.map_err(|e| e.to_string())?;
             if q.queue_type == "quorum" && q.leader.as_deref() == Some(want) {
@@ -221,7 +222,7 @@ async fn the_api_shows_a_quorum_queues_type_leader_members_and_online_members() 
         })
         .await;
         let q = n.http().get_queue_info("/", "shown").await.unwrap();
-        assert_eq!(q.node, nodes[l].full, "RabbitMQ's `node` of a quorum queue is its leader");
+        assert_eq!(q.node, nodes[f].full, "RabbitMQ's `node` of a quorum queue is its leader");
         let mut members = q.members.expect("members").to_vec();
         members.sort();
         assert_eq!(members, all);
