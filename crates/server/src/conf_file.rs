@@ -430,6 +430,12 @@ impl Draft {
                     return Err("must be at least 1".into());
                 }
             }
+            "quorum_queue_max" => {
+                c.quorum_queue_max_count = parse_int(v)?;
+                if c.quorum_queue_max_count == 0 {
+                    return Err("must be at least 1".into());
+                }
+            }
             "cluster_snapshot_every" => {
                 c.cluster_snapshot_every_entries = parse_int(v)?;
                 if c.cluster_snapshot_every_entries == 0 {
@@ -680,6 +686,7 @@ mod tests {
              warren.cluster_snapshot_every = 64\n\
              warren.cluster_snapshot_log_bytes = 1MiB\n\
              warren.cluster_pending_max_bytes = 1MiB\n\
+             warren.quorum_queue_max = 7\n\
              warren.cluster_forward_max_bytes = 2MiB\n\
              warren.cluster_cookie = ABCDEFGHIJ\n\
              warren.cluster_cookie_file = /etc/warren/cookie\n\
@@ -705,6 +712,7 @@ mod tests {
         assert_eq!((c.cluster_write_timeout_ms, c.cluster_snapshot_every_entries), (2500, 64));
         assert_eq!(c.cluster_snapshot_log_bytes, 1 << 20);
         assert_eq!(c.cluster_pending_max_bytes, 1024 * 1024);
+        assert_eq!(c.quorum_queue_max_count, 7);
         assert_eq!(c.cluster_forward_max_bytes, 2 * 1024 * 1024);
         assert_eq!(Config::default().cluster_forward_max_bytes, 64 * 1024 * 1024);
         assert_eq!(Config::default().cluster_pending_max_bytes, 64 * 1024 * 1024);

@@ -184,6 +184,10 @@ pub struct Config {
     /// In a cluster: bytes of quorum-queue commands waiting for the cluster (not yet
     /// committed) past which publishes are nacked (`warren.cluster_pending_max_bytes`).
     pub cluster_pending_max_bytes: usize,
+    /// Quorum queues a clustered node holds at most (`warren.quorum_queue_max`): each has a
+    /// Raft group of its own — a task, timers, open log files and a log in memory until
+    /// its snapshot — on every node. Past it a quorum declare is refused with 406.
+    pub quorum_queue_max_count: usize,
     /// In a cluster: bytes of messages forwarded to classic queues of other nodes and not
     /// yet answered past which further such publishes are nacked
     /// (`warren.cluster_forward_max_bytes`).
@@ -250,6 +254,7 @@ impl Default for Config {
             cluster_snapshot_every_entries: 10_000,
             cluster_snapshot_log_bytes: cluster::node::DEFAULT_SNAPSHOT_LOG_BYTES,
             cluster_pending_max_bytes: crate::quorum_queues::PENDING_MAX_BYTES,
+            quorum_queue_max_count: crate::quorum_queues::QUORUM_QUEUE_MAX,
             cluster_forward_max_bytes: crate::classic_queues::FORWARD_MAX_BYTES,
             cluster_cookie: None,
             cluster_cookie_file: None,

@@ -127,6 +127,9 @@ pub(crate) struct SnapshotQueue {
 /// publishes are refused (nacked): the bound on what a node buffers while the cluster has
 /// no quorum. The default of `warren.cluster_pending_max_bytes`.
 pub(crate) const PENDING_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// The default of `warren.quorum_queue_max`: quorum queues (each a Raft group on every
+/// node) a node holds at most.
+pub(crate) const QUORUM_QUEUE_MAX: usize = 1000;
 /// Room kept in an entry for the enum's encoding around the items.
 const ENTRY_OVERHEAD_BYTES: usize = 1024;
 /// What an item costs in an entry besides the message.
@@ -1653,6 +1656,13 @@ impl ServerState {
         let Some(running) = self.cluster.get() else {
             return Err(AmqpError::new(wire::reply::INTERNAL_ERROR, "not clustered"));
         };
+        let max = self.config.quorum_queue_max_count;
+        if self.quorum.get().is_some_and(|q| q.machines.lock().len() >= max) {
+            return Err(AmqpError::precondition_failed(format!(
+                "cannot declare quorum queue '{name}' in vhost '{vhost}': this node's quorum queue limit \
+                 (warren.quorum_queue_max = {max}) is reached"
+            )));
+        }
         let mut d = Declaration {
             vhost: vhost.to_owned(),
             name: name.to_owned(),

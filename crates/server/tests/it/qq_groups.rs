@@ -2,7 +2,8 @@
 //! harness of `it::cluster_fixture`), lapin and the management API as the witnesses: each
 //! queue's voters follow `x-quorum-initial-group-size` (the declaring node first, capped
 //! at the cluster's size), each has its own leader and quorum, the other nodes follow as
-//! learners (their consumers are served), and a deleted queue's group leaves no files.
+//! learners (their consumers are served), a node holds at most `warren.quorum_queue_max`
+//! of them, and a deleted queue's group leaves no files.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -62,7 +63,8 @@ fn group_dirs(n: &Node) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_quorum_queue_has_its_own_voters_leader_and_quorum_and_learners_serve_their_consumers() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut nodes, _) = started_cluster(dir.path(), "warren.cluster_write_timeout_ms = 3000\n").await;
+    let conf = "warren.cluster_write_timeout_ms = 3000\nwarren.quorum_queue_max = 3\n";
+    let (mut nodes, _) = started_cluster(dir.path(), conf).await;
     let full: Vec<String> = nodes.iter().map(|n| n.full.clone()).collect();
 
     // Bad sizes are refused as RabbitMQ refuses them (406, the channel closes).
@@ -91,6 +93,10 @@ async fn each_quorum_queue_has_its_own_voters_leader_and_quorum_and_learners_ser
         });
         assert!(members.contains(&leader));
     }
+    // A fourth is past `warren.quorum_queue_max`: refused (406), nothing declared.
+    let e = declare(&nodes[0], "four", quorum_args()).await.unwrap_err();
+    assert_eq!(reply_code(&e), Some(406), "{e}");
+    assert!(e.to_string().contains("quorum queue limit (warren.quorum_queue_max = 3)"), "{e}");
     // Every node runs every queue's group (voter or learner): three groups, three dirs.
     for n in &nodes {
         wait_for(&format!("three group directories on {}", n.full), Duration::from_secs(10), || {

@@ -313,22 +313,42 @@ mod tests {
     #[test]
     fn a_node_is_quorum_critical_when_the_others_running_are_not_a_majority() {
         let all_up = [("a", true, true), ("b", true, true), ("c", true, true)];
-        assert!(!quorum_critical(&cluster("a", &all_up)), "two of three remain");
+        assert!(!meta_critical(&cluster("a", &all_up)), "two of three remain");
         let c_down = [("a", true, true), ("b", true, true), ("c", true, false)];
-        assert!(quorum_critical(&cluster("a", &c_down)), "one of three would remain");
+        assert!(meta_critical(&cluster("a", &c_down)), "one of three would remain");
         // A learner being added does not count toward the quorum.
         let learner = [("a", true, true), ("b", true, true), ("c", true, false), ("d", false, true)];
-        assert!(quorum_critical(&cluster("a", &learner)));
+        assert!(meta_critical(&cluster("a", &learner)));
         // Five voters, two down: stopping a third leaves two of five.
         let five = [("a", true, true), ("b", true, true), ("c", true, true), ("d", true, false), ("e", true, false)];
-        assert!(quorum_critical(&cluster("a", &five)));
+        assert!(meta_critical(&cluster("a", &five)));
         let five_one_down =
             [("a", true, true), ("b", true, true), ("c", true, true), ("d", true, true), ("e", true, false)];
-        assert!(!quorum_critical(&cluster("a", &five_one_down)));
+        assert!(!meta_critical(&cluster("a", &five_one_down)));
         // A node whose Raft core stopped (not running itself) is not critical: it already
         // counts for nothing.
         let stopped = [("a", true, false), ("b", true, true), ("c", true, true)];
-        assert!(!quorum_critical(&cluster("a", &stopped)));
+        assert!(!meta_critical(&cluster("a", &stopped)));
+    }
+
+    #[test]
+    fn a_node_is_critical_for_a_queue_only_among_its_own_voters() {
+        let mut s = cluster("a", &[]);
+        s.running = vec!["a".into(), "b".into(), "c".into(), "d".into()];
+        let voters = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        // One voter: its node always is; another node never is.
+        assert!(queue_critical(&s, &voters(&["a"])));
+        assert!(!queue_critical(&s, &voters(&["b"])));
+        // Two voters: stopping one leaves one of two, no majority.
+        assert!(queue_critical(&s, &voters(&["a", "b"])));
+        // Three voters all running: two remain.
+        assert!(!queue_critical(&s, &voters(&["a", "b", "c"])));
+        // Three voters, one not running: stopping a voter leaves one of three.
+        s.running = vec!["a".into(), "b".into(), "d".into()];
+        assert!(queue_critical(&s, &voters(&["a", "b", "c"])));
+        // ... but a node that is no voter of it (a learner) is not critical for it.
+        s.node = "d".into();
+        assert!(!queue_critical(&s, &voters(&["a", "b", "c"])));
     }
 
     #[test]
