@@ -77,6 +77,7 @@ impl Drop for Inner {
 }
 
 /// What [`Group::open`] needs besides the group's directory and applier.
+#[derive(Clone)]
 pub(crate) struct GroupSettings {
     pub me: String,
     pub raft: Arc<Config>,

@@ -66,6 +66,11 @@ pub struct NodeConfig {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// The heartbeat of the other groups (quorum queues'), whose election timeout is 4 to 8
+    /// times it. Longer than the metadata group's: every group's leader sends one to each
+    /// member, so an idle node's cost grows with the number of groups (committed entries
+    /// reach the followers at once anyway; heartbeats only show the leader is alive).
+    pub group_heartbeat_ms: u64,
     /// How long a write or read may wait for a leader and a quorum before it fails.
     pub request_deadline: Duration,
     /// The cluster's shared secret: every inter-node connection proves both sides hold it.
@@ -101,6 +106,7 @@ impl NodeConfig {
             heartbeat_ms: 100,
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
+            group_heartbeat_ms: DEFAULT_GROUP_HEARTBEAT_MS,
             request_deadline: REQUEST_DEADLINE,
         }
     }
@@ -190,6 +196,9 @@ impl Drop for Inner {
 /// The groups besides the metadata group that this node runs.
 type Groups = std::sync::RwLock<HashMap<GroupId, Group>>;
 
+/// Default for [`NodeConfig::group_heartbeat_ms`].
+pub const DEFAULT_GROUP_HEARTBEAT_MS: u64 = 500;
+
 /// Default for [`NodeConfig::snapshot_log_bytes`].
 pub const DEFAULT_SNAPSHOT_LOG_BYTES: u64 = 64 << 20;
 
@@ -236,17 +245,26 @@ impl ClusterNode {
             config.source_ip,
             config.offer.clone(),
         );
-        let settings = GroupSettings {
+        let group_raft = Config {
+            heartbeat_interval: config.group_heartbeat_ms,
+            election_timeout_min: config.group_heartbeat_ms.saturating_mul(4),
+            election_timeout_max: config.group_heartbeat_ms.saturating_mul(8),
+            ..raft_config.clone()
+        }
+        .validate()
+        .map_err(|e| Error::Raft(e.to_string()))?;
+        let meta_settings = GroupSettings {
             me: config.name.clone(),
             raft: Arc::new(raft_config),
             transport: transport.clone(),
             request_deadline: config.request_deadline,
             snapshot_log_bytes: config.snapshot_log_bytes,
         };
+        let settings = GroupSettings { raft: Arc::new(group_raft), ..meta_settings.clone() };
         // A node that is not the one forming the group starts from the group's state, not
         // from what its applier held before it joined.
         let reset = !forms_group(&config);
-        let meta = Group::open(None, &config.data_dir, applier, reset, &settings).await?;
+        let meta = Group::open(None, &config.data_dir, applier, reset, &meta_settings).await?;
         let broker: Arc<std::sync::OnceLock<Arc<dyn BrokerHandler>>> = Arc::default();
         let groups: Arc<Groups> = Arc::default();
         let handler = Arc::new(Handler { meta: meta.clone(), groups: groups.clone(), broker: broker.clone() });

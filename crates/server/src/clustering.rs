@@ -869,6 +869,7 @@ pub async fn start(
     c.snapshot_every_entries = state.config.cluster_snapshot_every_entries;
     c.snapshot_log_bytes = state.config.cluster_snapshot_log_bytes;
     c.request_deadline = Duration::from_millis(state.config.cluster_write_timeout_ms);
+    c.group_heartbeat_ms = state.config.quorum_queue_heartbeat_ms;
     let support = crate::feature_flags::support();
     c.offer = cluster::Offer {
         wire_min: support.wire_min,

@@ -216,7 +216,9 @@ fn assert_delivered(confirmed: &BTreeSet<String>, got: &[String], what: &str) {
 async fn a_partitioned_leader_stops_confirming_and_heals_without_divergence() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let (mut nodes, proxies) = proxied_nodes(dir.path(), "warren.cluster_write_timeout_ms = 1500\n").await;
+    // Quick queue failover: the majority must elect its queue leader within the rounds below.
+    let conf = "warren.cluster_write_timeout_ms = 1500\nwarren.quorum_queue_heartbeat_ms = 100\n";
+    let (mut nodes, proxies) = proxied_nodes(dir.path(), conf).await;
     let x = start_seeded(&mut nodes).await;
     let m = (0..3).find(|&i| i != x).unwrap();
     let cx = connect(&nodes[x], Duration::from_secs(5)).await;
