@@ -78,6 +78,9 @@ def test_prometheus_text_parses_with_prometheus_client(node):
     conn = amqp(node)
     ch = conn.channel()
     ch.queue_declare("prom.q")
+    # Confirmed, so the message is in the queue before the scrape (a bare publish may
+    # still be on its way when /metrics answers).
+    ch.confirm_delivery()
     ch.basic_publish("", "prom.q", b"x")
     text = requests.get(f"http://127.0.0.1:{node.prom_port}/metrics", timeout=5).text
     families = {f.name: f for f in text_string_to_metric_families(text)}
