@@ -238,6 +238,20 @@ impl Group {
         self.client(ClientRequest::RemoveMember(name.to_owned())).await.map(|(index, _)| index)
     }
 
+    /// Take `name`'s vote away; it stays in the group as a learner and keeps receiving the
+    /// log. What a quorum queue's `delete_member` and `shrink` call.
+    pub async fn demote_member(&self, name: &str) -> Result<u64, Error> {
+        parse_node_name(name)?;
+        self.client(ClientRequest::DemoteMember(name.to_owned())).await.map(|(index, _)| index)
+    }
+
+    /// Remove `name` from the group entirely, voter or learner: what a node that has left
+    /// the cluster is removed from quorum queues' groups with.
+    pub async fn remove_node(&self, name: &str) -> Result<u64, Error> {
+        parse_node_name(name)?;
+        self.client(ClientRequest::RemoveNode(name.to_owned())).await.map(|(index, _)| index)
+    }
+
     /// On this node, which must lead the group: add `name` as a learner — it receives the
     /// log and applies it, but does not vote and is not counted in a quorum — without
     /// waiting for it to catch up. Not forwarded ([`Error::NotLeader`] elsewhere).
@@ -444,6 +458,23 @@ impl Group {
                     .await
                     .map(|r| (r.log_id.index, Vec::new()))
                     .map_err(fail)
+            }
+            ClientRequest::DemoteMember(name) => raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id(&name)])), true)
+                .await
+                .map(|r| (r.log_id.index, Vec::new()))
+                .map_err(fail),
+            ClientRequest::RemoveNode(name) => {
+                let id = node_id(&name);
+                let votes = raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == id);
+                // A voter is removed with its learner's place (`retain` false); a learner
+                // alone is removed as a node.
+                let change = if votes {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                };
+                raft.change_membership(change, false).await.map(|r| (r.log_id.index, Vec::new())).map_err(fail)
             }
             ClientRequest::ReadIndex => {
                 if !fence.0.load(std::sync::atomic::Ordering::Acquire) {

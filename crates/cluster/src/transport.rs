@@ -131,6 +131,11 @@ pub enum ClientRequest {
     RemoveMember(String),
     /// The leader's read index (after confirming leadership with a quorum).
     ReadIndex,
+    /// Take a voter's vote away; it stays a learner (a quorum queue's `delete_member`).
+    /// New variants go last: a node before them cannot decode them and answers with an error.
+    DemoteMember(String),
+    /// Remove a node from the group whether it votes or only learns (a forgotten node).
+    RemoveNode(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -220,3 +220,48 @@ fn a_group_grows_to_a_new_member_shrinks_and_is_deleted_with_its_files() {
     nodes[leader].on(nodes[leader].node().propose(b"meta".to_vec())).unwrap();
     assert_converged(&nodes.iter().collect::<Vec<_>>(), 1, Duration::from_secs(10));
 }
+
+#[test]
+fn a_demoted_voter_keeps_learning_and_a_removed_node_voter_or_learner_leaves_the_group() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = cluster(root.path(), 10_000);
+    wait_leader(&nodes, Duration::from_secs(10));
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let id: GroupId = 11;
+    let open_groups: Vec<(Group, Arc<Recorder>)> = nodes.iter().map(|n| open(n, id, Some(&names))).collect();
+    wait_group_leader(&nodes, &[0, 1, 2], id);
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+
+    // Demoted through node 2 itself (forwarded to the leader wherever it is): it no longer
+    // votes, but it is still a member and applies what the other two commit.
+    nodes[2].on(open_groups[2].0.demote_member(&names[2])).expect("demote node 2");
+    wait_until("node 2 a learner everywhere", Duration::from_secs(10), || {
+        open_groups.iter().all(|(g, _)| g.voters().len() == 2 && g.members().len() == 3)
+    });
+    assert_eq!(sorted(open_groups[0].0.voters()), names[..2].to_vec());
+    propose(&nodes[0], &open_groups[0].0, "demoted", 10);
+    let recs: Vec<(&str, &Arc<Recorder>)> =
+        nodes.iter().zip(&open_groups).map(|(n, (_, r))| (n.name.as_str(), r)).collect();
+    converged(&recs, 10);
+
+    // A learner removed: out of the membership; it gets nothing more.
+    nodes[0].on(open_groups[0].0.remove_node(&names[2])).expect("remove learner node 2");
+    wait_until("node 2 gone from the membership", Duration::from_secs(10), || {
+        open_groups[..2].iter().all(|(g, _)| g.members().len() == 2)
+    });
+    propose(&nodes[1], &open_groups[1].0, "pair", 5);
+    converged(&recs[..2], 15);
+    assert_eq!(open_groups[2].1.commands.lock().unwrap().len(), 10, "a removed learner receives nothing");
+
+    // A voter removed: the group goes on with the one voter left.
+    nodes[1].on(open_groups[1].0.remove_node(&names[1])).expect("remove voter node 1");
+    wait_until("node 0 the only member", Duration::from_secs(10), || {
+        open_groups[0].0.members() == vec![names[0].clone()] && open_groups[0].0.voters() == vec![names[0].clone()]
+    });
+    wait_group_leader(&nodes, &[0], id);
+    propose(&nodes[0], &open_groups[0].0, "alone", 5);
+    converged(&recs[..1], 20);
+}

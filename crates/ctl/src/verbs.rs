@@ -250,6 +250,46 @@ pub fn run(inv: &Invocation, out: &mut dyn std::io::Write) -> R {
                 &format!("{node} is not a member of the cluster"),
             )?;
         }
+        // rabbitmq-queues' membership verbs: who votes in a quorum queue's Raft group.
+        "add_member" | "delete_member" => {
+            let add = inv.verb == "add_member";
+            let shape = format!("{} [--vhost <vhost>] <queue> <node>", inv.verb);
+            let a = args(inv, 2, &shape)?;
+            let (q, node) = (&a[0], &a[1]);
+            let (banner, method, action) = if add {
+                (format!("Adding a replica for queue {q} on node {node}..."), "POST", "add")
+            } else {
+                (format!("Removing a replica of queue {q} in vhost {vhost} from node {node}..."), "DELETE", "delete")
+            };
+            c.p.banner(&banner);
+            c.ok(
+                method,
+                &format!("/api/queues/quorum/{}/{}/replicas/{action}", c.vh(), seg(q)),
+                Some(&serde_json::json!({ "node": node })),
+                &format!("Quorum queue '{q}' in vhost '{vhost}' does not exist"),
+            )?;
+        }
+        "grow" => {
+            let a = args(inv, 2, "grow <node> <all | even> [--vhost-pattern <pattern>] [--queue-pattern <pattern>]")?;
+            let (node, strategy) = (&a[0], &a[1]);
+            if strategy != "all" && strategy != "even" {
+                return Err(usage("grow <node> <all | even> [--vhost-pattern <pattern>] [--queue-pattern <pattern>]"));
+            }
+            let body = serde_json::json!({
+                "strategy": strategy,
+                "vhost_pattern": inv.opt("--vhost-pattern").unwrap_or(".*"),
+                "queue_pattern": inv.opt("--queue-pattern").unwrap_or(".*"),
+            });
+            c.p.banner(&format!("Growing {strategy} quorum queues on {node}..."));
+            let path = format!("/api/queues/quorum/replicas/on/{}/grow", seg(node));
+            c.ok("POST", &path, Some(&body), &format!("{node} is not a member of the cluster"))?;
+        }
+        "shrink" => {
+            let node = &args(inv, 1, "shrink <node>")?[0];
+            c.p.banner(&format!("Shrinking quorum queues on {node}..."));
+            let path = format!("/api/queues/quorum/replicas/on/{}/shrink", seg(node));
+            c.ok("DELETE", &path, None, &format!("{node} is not a member of the cluster"))?;
+        }
         "list_feature_flags" => {
             // rabbitmqctl's columns; by default the four that say what a flag is and where it stands.
             let cols = c.columns(

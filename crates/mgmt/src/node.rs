@@ -358,6 +358,17 @@ pub struct MemberReplication {
     pub lag_entries: u64,
 }
 
+/// What a quorum queue membership change (`grow`, `shrink`) did to one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumMemberChange {
+    pub vhost: String,
+    pub name: String,
+    /// The queue's voters after the change (before it, when it failed).
+    pub voters: usize,
+    /// Why the queue was left as it was.
+    pub error: Option<String>,
+}
+
 /// A feature flag this node supports (`GET /api/feature-flags`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeatureFlagInfo {
@@ -386,6 +397,28 @@ pub trait Node: Send + Sync + 'static {
     /// Add (`join`) or remove a member of the cluster, named `NAME@HOST:PORT`.
     fn cluster_change(&self, node: String, join: bool) -> BoxFuture<'_, Result<(), NodeError>> {
         let _ = (node, join);
+        Box::pin(async { Err(NodeError::Invalid("this node is not clustered".into())) })
+    }
+    /// Add (`add`) or take away `node`'s vote in quorum queue `vhost`/`name`
+    /// (`POST /api/queues/quorum/{vhost}/{name}/replicas/add`, `DELETE .../replicas/delete`).
+    fn quorum_member(
+        &self,
+        vhost: String,
+        name: String,
+        node: String,
+        add: bool,
+    ) -> BoxFuture<'_, Result<(), NodeError>> {
+        let _ = (vhost, name, node, add);
+        Box::pin(async { Err(NodeError::Invalid("this node is not clustered".into())) })
+    }
+    /// `grow` (`Some((even_only, vhost pattern, queue pattern))`) or `shrink` (None): make
+    /// `node` a voter of every matching quorum queue, or no longer a voter of any.
+    fn quorum_regroup(
+        &self,
+        node: String,
+        grow: Option<(bool, regex::Regex, regex::Regex)>,
+    ) -> BoxFuture<'_, Result<Vec<QuorumMemberChange>, NodeError>> {
+        let _ = (node, grow);
         Box::pin(async { Err(NodeError::Invalid("this node is not clustered".into())) })
     }
     /// Where the node's memory goes (`GET /api/nodes/{node}/memory`); None answers

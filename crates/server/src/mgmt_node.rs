@@ -17,6 +17,7 @@ use mgmt::node::{
 use std::sync::atomic::Ordering;
 
 use crate::admin::ChangeError;
+use crate::quorum_queues::{GrowStrategy, MemberError};
 use crate::state::ServerState;
 
 impl From<ChangeError> for NodeError {
@@ -26,6 +27,14 @@ impl From<ChangeError> for NodeError {
             ChangeError::Store(s) => NodeError::Failed(s),
             ChangeError::Unavailable(s) => NodeError::Unavailable(s),
         }
+    }
+}
+
+fn member_error(e: MemberError) -> NodeError {
+    match e {
+        MemberError::NotFound(s) => NodeError::NotFound(s),
+        MemberError::Invalid(s) => NodeError::Invalid(s),
+        MemberError::Unavailable(s) => NodeError::Unavailable(s),
     }
 }
 
@@ -68,6 +77,50 @@ impl mgmt::Node for ServerState {
             }
             let r = if join { c.node.add_member(&node).await } else { c.node.remove_member(&node).await };
             r.map(|_| ()).map_err(|e| NodeError::Failed(e.to_string()))
+        })
+    }
+
+    fn quorum_member(
+        &self,
+        vhost: String,
+        name: String,
+        node: String,
+        add: bool,
+    ) -> BoxFuture<'_, Result<(), NodeError>> {
+        Box::pin(async move {
+            let qq = self.quorum.get().ok_or_else(|| NodeError::Invalid("this node is not clustered".into()))?;
+            let r = if add {
+                qq.add_member(&vhost, &name, &node).await
+            } else {
+                qq.delete_member(&vhost, &name, &node).await
+            };
+            r.map(|_| ()).map_err(member_error)
+        })
+    }
+
+    fn quorum_regroup(
+        &self,
+        node: String,
+        grow: Option<(bool, regex::Regex, regex::Regex)>,
+    ) -> BoxFuture<'_, Result<Vec<mgmt::node::QuorumMemberChange>, NodeError>> {
+        Box::pin(async move {
+            let qq = self.quorum.get().ok_or_else(|| NodeError::Invalid("this node is not clustered".into()))?;
+            let changes = match grow {
+                Some((even, vhosts, queues)) => {
+                    let strategy = if even { GrowStrategy::Even } else { GrowStrategy::All };
+                    qq.grow(&node, strategy, &vhosts, &queues).await.map_err(member_error)?
+                }
+                None => qq.shrink(&node).await,
+            };
+            Ok(changes
+                .into_iter()
+                .map(|c| mgmt::node::QuorumMemberChange {
+                    vhost: c.vhost,
+                    name: c.name,
+                    voters: c.voters,
+                    error: c.error,
+                })
+                .collect())
         })
     }
 

@@ -1,7 +1,8 @@
 //! Replicated quorum queues: `x-queue-type: quorum` on a clustered node.
 //!
-//! Every quorum queue's commands go through the cluster's Raft log (the same group as the
-//! access metadata, for now: one leader for every queue) and **every node applies them**
+//! Every quorum queue's commands go through a Raft log — its own group's (feature flag
+//! `quorum_queue_groups`: its voters and leader are its own, see [`members`]), or the
+//! metadata group's for a queue declared before that — and **every node applies them**
 //! to its own [`quorum::QuorumQueue`] replica, in log order. Effects are carried out by the
 //! node they concern: a delivery by the node its consumer's channel is on (so consumers on
 //! any node need no forwarding), a confirm by the node the publisher is on, a dead letter by
@@ -28,10 +29,13 @@ use parking_lot::Mutex;
 use quorum::{Command as QCommand, ConsumerId, Effect, Meta, NodeId, PublishId, PublisherId, QuorumQueue};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 
 use crate::state::ServerState;
 use cluster::node::Proposal;
+
+mod members;
+pub(crate) use members::{GrowStrategy, MemberError};
 
 /// A queue's key: (vhost, name).
 pub(crate) type QKey = (String, String);
@@ -962,34 +966,6 @@ impl QuorumQueues {
         *self.online.lock() = online;
     }
 
-    /// On the leader of each queue with a group of its own: every cluster member that is
-    /// not in the group joins it as a learner. Learners get the queue's log and apply it —
-    /// so consumers on any node are served by their own node, as with the metadata group's
-    /// queues — but neither vote nor count toward a confirm's majority: that is the
-    /// voters' (`x-quorum-initial-group-size`).
-    async fn add_learners(&self) {
-        let Some(state) = self.state.upgrade() else { return };
-        let Some(running) = state.cluster.get() else { return };
-        let members = running.node.members();
-        let led: Vec<(String, cluster::Group)> = self
-            .machines
-            .lock()
-            .iter()
-            .filter_map(|(k, m)| m.group.clone().filter(|g| g.is_leader()).map(|g| (k.1.clone(), g)))
-            .collect();
-        for (name, g) in led {
-            let has = g.members();
-            for m in members.iter().filter(|m| !has.contains(m)) {
-                match g.add_learner(m).await {
-                    Ok(()) => {
-                        info!(queue = %name, node = %m, "quorum queue: a member of the cluster joins its group as a learner")
-                    }
-                    Err(e) => debug!(queue = %name, node = %m, "quorum queue: adding a learner: {e}"),
-                }
-            }
-        }
-    }
-
     /// Queue `key`'s leader, members (its group's voters) and the members online, for
     /// management.
     fn placement(&self, key: &QKey) -> broker::queue::Placement {
@@ -1093,7 +1069,7 @@ async fn run_janitor(me: Weak<QuorumQueues>) {
             me.prune_abandoned();
             me.refresh_online().await;
             me.check_nodes();
-            me.add_learners().await;
+            me.tend_groups().await;
         }
     }
 }

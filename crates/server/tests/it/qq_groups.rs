@@ -157,3 +157,98 @@ async fn each_quorum_queue_has_its_own_voters_leader_and_quorum_and_learners_ser
         });
     }
 }
+
+/// RabbitMQ's membership endpoints on `n`'s API with reqwest, as guest: (status, body).
+async fn replicas(n: &Node, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, String) {
+    let url = format!("http://127.0.0.1:{}/api/queues/quorum/{path}", n.mgmt);
+    let mut req = reqwest::Client::new().request(method, url).basic_auth("guest", Some("guest"));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Wait until every node in `on` shows `queue` with exactly `members` as its voters.
+fn wait_members(nodes: &[Node], on: &[usize], queue: &str, members: &[&String]) {
+    let mut want: Vec<String> = members.iter().map(|m| (*m).clone()).collect();
+    want.sort();
+    for &i in on {
+        wait_for(&format!("{queue}'s members {want:?} on {}", nodes[i].full), Duration::from_secs(30), || {
+            let q: Value = nodes[i].api(&format!("/api/queues/%2f/{queue}"));
+            let leader = q["leader"].as_str().unwrap_or("");
+            if names(&q["members"]) == want && want.iter().any(|m| m == leader) { Ok(()) } else { Err(q.to_string()) }
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queues_voters_change_with_add_member_delete_member_grow_and_shrink_and_a_forgotten_node_leaves() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, _) = started_cluster(dir.path(), "warren.cluster_write_timeout_ms = 3000\n").await;
+    let full: Vec<String> = nodes.iter().map(|n| n.full.clone()).collect();
+    let (n0, n1, n2) = (&full[0].clone(), &full[1].clone(), &full[2].clone());
+    declare(&nodes[0], "solo", sized(AMQPValue::LongLongInt(1))).await.unwrap();
+    declare(&nodes[0], "trio", quorum_args()).await.unwrap();
+    wait_members(&nodes, &[0, 1, 2], "solo", &[n0]);
+    let first = publish_confirmed(&confirm_channel(&nodes[1]).await, "solo", "first-", 20).await;
+    assert_eq!(first.len(), 20);
+
+    // add_member: RabbitMQ's path and 204; the caller's mistakes are 400 or 404.
+    let add = |node: &str| Some(serde_json::json!({ "node": node }));
+    assert_eq!(replicas(&nodes[2], Method::POST, "%2F/solo/replicas/add", add(n1)).await.0, 204);
+    wait_members(&nodes, &[0, 1, 2], "solo", &[n0, n1]);
+    let (st, body) = replicas(&nodes[0], Method::POST, "%2F/solo/replicas/add", add(n1)).await;
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("already a member"), "{body}");
+    let (st, body) = replicas(&nodes[0], Method::POST, "%2F/solo/replicas/add", add("zz@127.0.0.1:1")).await;
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("not a member of the cluster"), "{body}");
+    assert_eq!(replicas(&nodes[0], Method::POST, "%2F/nosuch/replicas/add", add(n1)).await.0, 404);
+    assert_eq!(replicas(&nodes[0], Method::POST, "%2F/solo/replicas/add", None).await.0, 400);
+
+    // delete_member of the leader: 202; node 1 is left the only voter and leads.
+    assert_eq!(replicas(&nodes[1], Method::DELETE, "%2F/solo/replicas/delete", add(n0)).await.0, 202);
+    wait_members(&nodes, &[0, 1, 2], "solo", &[n1]);
+    let (st, body) = replicas(&nodes[0], Method::DELETE, "%2F/solo/replicas/delete", add(n1)).await;
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("last member"), "{body}");
+
+    // Node 0 no longer counts: killed, "solo" still confirms (node 1 alone has them on disk).
+    nodes[0].kill();
+    let second = publish_confirmed(&confirm_channel(&nodes[2]).await, "solo", "second-", 10).await;
+    assert_eq!(second.len(), 10, "node 0's vote was taken away");
+    nodes[0].start();
+
+    // warrenctl grow / shrink (rabbitmq-queues' shapes).
+    let (code, out, err) = nodes[0].ctl(&["grow", n2, "all", "--queue-pattern", "^solo$"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_members(&nodes, &[0, 1, 2], "solo", &[n1, n2]);
+    wait_members(&nodes, &[0], "trio", &[n0, n1, n2]);
+    let (code, out, err) = nodes[1].ctl(&["shrink", n2]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_members(&nodes, &[0, 1, 2], "solo", &[n1]);
+    wait_members(&nodes, &[0, 1, 2], "trio", &[n0, n1]);
+    // "even": only queues with an even number of voters grow ("trio" has 2, "solo" 1).
+    let (code, out, err) = nodes[2].ctl(&["grow", n2, "even"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_members(&nodes, &[0, 1, 2], "trio", &[n0, n1, n2]);
+    wait_members(&nodes, &[0, 1, 2], "solo", &[n1]);
+    let (code, _, err) = nodes[2].ctl(&["grow", n2, "some"]);
+    assert_eq!(code, 64, "{err}");
+
+    // A voter that leaves the cluster leaves its queues' groups: "trio" goes on with two.
+    nodes[2].kill();
+    let (code, out, err) = nodes[0].ctl(&["forget_cluster_node", n2]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_members(&nodes, &[0, 1], "trio", &[n0, n1]);
+    let trio = publish_confirmed(&confirm_channel(&nodes[1]).await, "trio", "trio-", 10).await;
+    assert_eq!(trio.len(), 10);
+
+    // Every confirmed message of "solo" is there, through all the changes.
+    let want: BTreeSet<String> = first.iter().chain(&second).cloned().collect();
+    let c0 = nodes[0].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
+    let (got, _) = consume_all(&c0, "solo", &want, Duration::from_secs(20)).await;
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
+}

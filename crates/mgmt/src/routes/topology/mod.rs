@@ -11,6 +11,7 @@ mod exchanges;
 mod json;
 mod messages;
 mod queues;
+mod replicas;
 
 use std::sync::Arc;
 
@@ -25,7 +26,12 @@ use crate::error::{ApiError, ApiResult};
 use crate::node::{Node, NodeError};
 
 pub fn routes() -> Router<AppState> {
-    Router::new().merge(exchanges::routes()).merge(queues::routes()).merge(bindings::routes()).merge(messages::routes())
+    Router::new()
+        .merge(exchanges::routes())
+        .merge(queues::routes())
+        .merge(bindings::routes())
+        .merge(messages::routes())
+        .merge(replicas::routes())
 }
 
 /// The name RabbitMQ gives the default exchange in paths and permission checks.

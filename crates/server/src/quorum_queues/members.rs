@@ -1,0 +1,254 @@
+//! Who votes in a quorum queue's Raft group: `add_member`, `delete_member`, `grow` and
+//! `shrink` (rabbitmq-queues' verbs and the management API's `replicas` endpoints), and
+//! the janitor's upkeep of each group's membership — every cluster member at least a
+//! learner, a node that left the cluster out of every group.
+//!
+//! A voter taken away stays a learner (every member of the cluster follows every queue,
+//! so that consumers are served by their own node); only a node that left the cluster is
+//! removed entirely. Changes go to the queue's own group (forwarded to its leader); the
+//! declaration's `voters` stay as declared — they only say who initialises the group.
+
+use regex::Regex;
+use tracing::{info, warn};
+
+use super::{QKey, QuorumQueues};
+
+/// Why a membership change was not made.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum MemberError {
+    /// No such quorum queue: 404.
+    NotFound(String),
+    /// The change makes no sense (not a cluster member, already a voter, the last voter,
+    /// a queue without a group of its own): 400.
+    Invalid(String),
+    /// The group did not take the change (no leader or quorum within the write timeout): 503.
+    Unavailable(String),
+}
+
+/// What `grow` or `shrink` did to one queue: its voters after, or why it was left alone.
+#[derive(Debug, Clone)]
+pub(crate) struct MemberChange {
+    pub vhost: String,
+    pub name: String,
+    pub voters: usize,
+    pub error: Option<String>,
+}
+
+/// Which queues `grow` adds a node to: all, or only those with an even number of voters
+/// (to make it odd again), as `rabbitmq-queues grow <node> all|even`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GrowStrategy {
+    All,
+    Even,
+}
+
+/// How often a membership change looks again for a group still being opened.
+const GROUP_OPEN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn describe(key: &QKey) -> String {
+    format!("quorum queue '{}' in vhost '{}'", key.1, key.0)
+}
+
+impl QuorumQueues {
+    /// The open group of quorum queue `key`, for a membership change: waits for a group
+    /// still being opened (a node just started), at most the write timeout.
+    async fn member_group(&self, key: &QKey) -> Result<cluster::Group, MemberError> {
+        let deadline = tokio::time::Instant::now() + self.write_timeout();
+        loop {
+            {
+                let machines = self.machines.lock();
+                let Some(m) = machines.get(key) else {
+                    return Err(MemberError::NotFound(format!("no {}", describe(key))));
+                };
+                if m.declaration.group.is_none() {
+                    return Err(MemberError::Invalid(format!(
+                        "{} was declared before the quorum_queue_groups feature flag: it is replicated by \
+                         the metadata group, whose members are the cluster's (join_cluster / forget_cluster_node)",
+                        describe(key)
+                    )));
+                }
+                if let Some(g) = &m.group {
+                    return Ok(g.clone());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(MemberError::Unavailable(format!(
+                    "the Raft group of {} is not open on this node",
+                    describe(key)
+                )));
+            }
+            tokio::time::sleep(GROUP_OPEN_POLL).await;
+        }
+    }
+
+    /// The cluster's members as this node knows them.
+    fn cluster_members(&self) -> Vec<String> {
+        self.state.upgrade().and_then(|s| s.cluster.get().map(|c| c.node.members())).unwrap_or_default()
+    }
+
+    /// Make `node` a voter of queue `vhost`/`name` (it must be a running cluster member).
+    pub(crate) async fn add_member(&self, vhost: &str, name: &str, node: &str) -> Result<usize, MemberError> {
+        let key: QKey = (vhost.to_owned(), name.to_owned());
+        let group = self.member_group(&key).await?;
+        if !self.cluster_members().iter().any(|m| m == node) {
+            return Err(MemberError::Invalid(format!("{node} is not a member of the cluster")));
+        }
+        if group.voters().iter().any(|v| v == node) {
+            return Err(MemberError::Invalid(format!("{node} is already a member of {}", describe(&key))));
+        }
+        group.add_member(node).await.map_err(|e| unavailable(&key, node, e))?;
+        info!(queue = %name, vhost = %vhost, node = %node, "quorum queue: a member added");
+        Ok(group.voters().len())
+    }
+
+    /// Take `node`'s vote in queue `vhost`/`name` away (it keeps a learner's copy while it
+    /// is in the cluster). The last voter is never removed.
+    pub(crate) async fn delete_member(&self, vhost: &str, name: &str, node: &str) -> Result<usize, MemberError> {
+        let key: QKey = (vhost.to_owned(), name.to_owned());
+        let group = self.member_group(&key).await?;
+        let voters = group.voters();
+        if !voters.iter().any(|v| v == node) {
+            return Err(MemberError::Invalid(format!("{node} is not a member of {}", describe(&key))));
+        }
+        if voters.len() == 1 {
+            return Err(MemberError::Invalid(format!(
+                "{node} is the last member of {}: delete the queue instead",
+                describe(&key)
+            )));
+        }
+        group.demote_member(node).await.map_err(|e| unavailable(&key, node, e))?;
+        info!(queue = %name, vhost = %vhost, node = %node, "quorum queue: a member removed (it stays a learner)");
+        Ok(voters.len() - 1)
+    }
+
+    /// Queues with a group of their own matching the patterns, sorted.
+    fn grouped_queues(&self, vhost: &Regex, queue: &Regex) -> Vec<QKey> {
+        let mut keys: Vec<QKey> = self
+            .machines
+            .lock()
+            .iter()
+            .filter(|(k, m)| m.declaration.group.is_some() && vhost.is_match(&k.0) && queue.is_match(&k.1))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Make `node` a voter of every queue matching the patterns that it does not vote in
+    /// yet (`Even`: only those with an even number of voters). One queue's failure does
+    /// not stop the others: each is reported.
+    pub(crate) async fn grow(
+        &self,
+        node: &str,
+        strategy: GrowStrategy,
+        vhost: &Regex,
+        queue: &Regex,
+    ) -> Result<Vec<MemberChange>, MemberError> {
+        if !self.cluster_members().iter().any(|m| m == node) {
+            return Err(MemberError::Invalid(format!("{node} is not a member of the cluster")));
+        }
+        let mut out = Vec::new();
+        for key in self.grouped_queues(vhost, queue) {
+            let voters = match self.member_group(&key).await {
+                Ok(g) => g.voters(),
+                Err(e) => {
+                    out.push(change(&key, 0, Some(reason(e))));
+                    continue;
+                }
+            };
+            if voters.iter().any(|v| v == node) || (strategy == GrowStrategy::Even && voters.len() % 2 == 1) {
+                continue;
+            }
+            out.push(match self.add_member(&key.0, &key.1, node).await {
+                Ok(n) => change(&key, n, None),
+                Err(e) => change(&key, voters.len(), Some(reason(e))),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Take `node`'s vote away in every queue it votes in, except where it is the last voter
+    /// (reported as an error, as RabbitMQ does).
+    pub(crate) async fn shrink(&self, node: &str) -> Vec<MemberChange> {
+        let all = Regex::new("").expect("the empty pattern");
+        let mut out = Vec::new();
+        for key in self.grouped_queues(&all, &all) {
+            let Ok(group) = self.member_group(&key).await else { continue };
+            let voters = group.voters();
+            if !voters.iter().any(|v| v == node) {
+                continue;
+            }
+            out.push(match self.delete_member(&key.0, &key.1, node).await {
+                Ok(n) => change(&key, n, None),
+                Err(e) => change(&key, voters.len(), Some(reason(e))),
+            });
+        }
+        out
+    }
+
+    /// On the leader of each queue with a group of its own: every cluster member that is
+    /// not in the group joins it as a learner. Learners get the queue's log and apply it —
+    /// so consumers on any node are served by their own node, as with the metadata group's
+    /// queues — but neither vote nor count toward a confirm's majority: that is the
+    /// voters' (`x-quorum-initial-group-size`, `add_member`, `grow`). A node no longer in
+    /// the cluster (`forget_cluster_node`) is removed from the group, voter or learner.
+    pub(super) async fn tend_groups(&self) {
+        let Some(state) = self.state.upgrade() else { return };
+        let Some(running) = state.cluster.get() else { return };
+        let members = running.node.members();
+        let led: Vec<(String, cluster::Group)> = self
+            .machines
+            .lock()
+            .iter()
+            .filter_map(|(k, m)| m.group.clone().filter(|g| g.is_leader()).map(|g| (k.1.clone(), g)))
+            .collect();
+        let mut strangers = Vec::new();
+        for (name, g) in &led {
+            let has = g.members();
+            for m in members.iter().filter(|m| !has.contains(m)) {
+                match g.add_learner(m).await {
+                    Ok(()) => {
+                        info!(queue = %name, node = %m, "quorum queue: a member of the cluster joins its group as a learner")
+                    }
+                    Err(e) => tracing::debug!(queue = %name, node = %m, "quorum queue: adding a learner: {e}"),
+                }
+            }
+            strangers.extend(has.into_iter().filter(|m| !members.contains(m)).map(|m| (name.clone(), g.clone(), m)));
+        }
+        if strangers.is_empty() {
+            return;
+        }
+        // This node's view of the cluster may lag (a join it has not applied yet): read
+        // the metadata group through its leader before removing anyone.
+        if running.node.read().await.is_err() {
+            return;
+        }
+        let members = running.node.members();
+        for (name, g, m) in strangers.into_iter().filter(|(_, _, m)| !members.contains(m)) {
+            // A group is never left without a voter (one that cannot change membership
+            // without a majority of its old voters waits here until they are back).
+            if g.voters() == [m.clone()] {
+                continue;
+            }
+            match g.remove_node(&m).await {
+                Ok(_) => info!(queue = %name, node = %m, "quorum queue: a node that left the cluster leaves its group"),
+                Err(e) => warn!(queue = %name, node = %m, "quorum queue: removing a node that left the cluster: {e}"),
+            }
+        }
+    }
+}
+
+fn change(key: &QKey, voters: usize, error: Option<String>) -> MemberChange {
+    MemberChange { vhost: key.0.clone(), name: key.1.clone(), voters, error }
+}
+
+fn reason(e: MemberError) -> String {
+    match e {
+        MemberError::NotFound(s) | MemberError::Invalid(s) | MemberError::Unavailable(s) => s,
+    }
+}
+
+fn unavailable(key: &QKey, node: &str, e: cluster::Error) -> MemberError {
+    warn!(queue = %key.1, vhost = %key.0, node = %node, "quorum queue: a membership change failed: {e}");
+    MemberError::Unavailable(format!("changing the members of {}: {e}", describe(key)))
+}
