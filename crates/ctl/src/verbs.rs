@@ -269,6 +269,70 @@ pub fn run(inv: &Invocation, out: &mut dyn std::io::Write) -> R {
                 &format!("Quorum queue '{q}' in vhost '{vhost}' does not exist"),
             )?;
         }
+        // rabbitmq-queues' quorum_status, from the node asked: every member's state and role,
+        // this node's own log positions, and (asked on the group's leader) each member's
+        // matched index and lag; the other members' own positions are theirs to tell.
+        "quorum_status" => {
+            let q = &args(inv, 1, "quorum_status [--vhost <vhost>] <queue>")?[0];
+            let s = c.get("/api/warren/cluster", "this node is not clustered: it has no quorum queues")?;
+            c.p.banner(&format!("Status of quorum queue {q} on node {} ...", s["node"].as_str().unwrap_or("")));
+            let Some(g) = s["quorum_queues"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|g| g["vhost"].as_str() == Some(vhost.as_str()) && g["name"].as_str() == Some(q.as_str()))
+            else {
+                return Err(fail(
+                    EX_SOFTWARE,
+                    format!("Quorum queue '{q}' in vhost '{vhost}' does not exist or has no Raft group of its own"),
+                ));
+            };
+            let me = s["node"].as_str().unwrap_or("");
+            let rows: Vec<Value> = g["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    let mine = m["name"].as_str() == Some(me);
+                    let state = if m["leader"].as_bool() == Some(true) {
+                        "leader"
+                    } else if m["running"].as_bool() == Some(true) {
+                        "follower"
+                    } else {
+                        "noproc"
+                    };
+                    let own = |k: &str| if mine { g["log"][k].clone() } else { Value::Null };
+                    json!({
+                        "node_name": m["name"],
+                        "raft_state": state,
+                        "membership": if m["type"].as_str() == Some("voter") { "voter" } else { "non_voter" },
+                        "last_written": own("last_written_index"),
+                        "last_applied": own("last_applied_index"),
+                        "commit_index": own("commit_index"),
+                        "snapshot_index": own("snapshot_index"),
+                        "term": if mine { g["term"].clone() } else { Value::Null },
+                        "matched_index": m["matched_index"],
+                        "lag": m["lag"],
+                    })
+                })
+                .collect();
+            let cols: Vec<(String, String)> = [
+                ("Node Name", "node_name"),
+                ("Raft State", "raft_state"),
+                ("Membership", "membership"),
+                ("Last Written", "last_written"),
+                ("Last Applied", "last_applied"),
+                ("Commit Index", "commit_index"),
+                ("Snapshot Index", "snapshot_index"),
+                ("Term", "term"),
+                ("Matched Index", "matched_index"),
+                ("Lag", "lag"),
+            ]
+            .into_iter()
+            .map(|(n, p)| (n.to_owned(), p.to_owned()))
+            .collect();
+            c.p.table(&cols, &rows);
+        }
         "grow" => {
             let a = args(inv, 2, "grow <node> <all | even> [--vhost-pattern <pattern>] [--queue-pattern <pattern>]")?;
             let (node, strategy) = (&a[0], &a[1]);

@@ -320,6 +320,25 @@ pub struct ClusterStatus {
     /// Why this node's Raft core stopped, if it did (a full disk, ...): it takes no part
     /// in the cluster until restarted.
     pub raft_stopped: Option<String>,
+    /// The quorum queues' own Raft groups open on this node, sorted by vhost and name.
+    pub queue_groups: Vec<QueueGroupStatus>,
+}
+
+/// A quorum queue's own Raft group as this node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueGroupStatus {
+    pub vhost: String,
+    pub name: String,
+    /// The group's id (the log index of the queue's declaration in the metadata log).
+    pub group: u64,
+    pub leader: Option<String>,
+    /// This node's term and log positions in the group.
+    pub raft: RaftFigures,
+    /// Voters and learners (`running`: answered the last ping from this node); replication
+    /// on the leader only.
+    pub members: Vec<ClusterMember>,
+    /// Why the group's Raft core stopped on this node, if it did.
+    pub stopped: Option<String>,
 }
 
 /// This node's Raft term and log positions (indexes; 0: none yet).

@@ -83,26 +83,71 @@ const RAFT_CLUSTER: &[(&str, &str)] = &[("raft_cluster", "warren_meta")];
 
 /// The metadata group on a clustered node: RabbitMQ's `rabbitmq_raft_*` names for this
 /// node's term and log positions, and Warren's own `warren_cluster_*` for membership and,
-/// on the leader, each follower's lag.
-fn cluster_metrics(s: &ClusterStatus, x: &mut Exposition) {
-    let r = &s.raft;
-    x.one("rabbitmq_raft_term_total", "counter", "Current Raft term number", RAFT_CLUSTER, r.term);
-    x.one("rabbitmq_raft_log_snapshot_index", "gauge", "Raft log snapshot index", RAFT_CLUSTER, r.snapshot_index);
+/// on the leader, each follower's lag. `per_object`: each quorum queue's own group too, in
+/// the same `rabbitmq_raft_*` families labelled `vhost` and `queue` as RabbitMQ labels
+/// them (the aggregated endpoint has only counts and sums of the groups, which do not
+/// grow with the number of queues).
+fn cluster_metrics(s: &ClusterStatus, x: &mut Exposition, per_object: bool) {
+    type Pick = fn(&crate::node::RaftFigures) -> u64;
+    let raft_families: [(&str, &str, &str, Pick); 5] = [
+        ("rabbitmq_raft_term_total", "counter", "Current Raft term number", |r| r.term),
+        ("rabbitmq_raft_log_snapshot_index", "gauge", "Raft log snapshot index", |r| r.snapshot_index),
+        ("rabbitmq_raft_log_last_applied_index", "gauge", "Raft log last applied index", |r| r.last_applied_index),
+        ("rabbitmq_raft_log_commit_index", "gauge", "Raft log commit index", |r| r.commit_index),
+        ("rabbitmq_raft_log_last_written_index", "gauge", "Raft log last written index", |r| r.last_written_index),
+    ];
+    for (name, kind, help, pick) in raft_families {
+        x.family(name, kind, help).sample(name, RAFT_CLUSTER, pick(&s.raft));
+        if per_object {
+            for g in &s.queue_groups {
+                x.sample(name, &[("vhost", &g.vhost), ("queue", &g.name)], pick(&g.raft));
+            }
+        }
+    }
+    let groups = &s.queue_groups;
     x.one(
-        "rabbitmq_raft_log_last_applied_index",
+        "warren_quorum_queue_groups",
         "gauge",
-        "Raft log last applied index",
-        RAFT_CLUSTER,
-        r.last_applied_index,
+        "Quorum queues' own Raft groups open on this node (voter or learner)",
+        &[],
+        groups.len(),
     );
-    x.one("rabbitmq_raft_log_commit_index", "gauge", "Raft log commit index", RAFT_CLUSTER, r.commit_index);
     x.one(
-        "rabbitmq_raft_log_last_written_index",
+        "warren_quorum_queue_groups_led",
         "gauge",
-        "Raft log last written index",
-        RAFT_CLUSTER,
-        r.last_written_index,
+        "Quorum queues' groups this node leads",
+        &[],
+        groups.iter().filter(|g| g.raft.is_leader).count(),
     );
+    x.one(
+        "warren_quorum_queue_groups_stopped",
+        "gauge",
+        "Quorum queues' groups whose Raft core stopped on this node on a fatal error (e.g. a full disk)",
+        &[],
+        groups.iter().filter(|g| g.stopped.is_some()).count(),
+    );
+    x.one(
+        "warren_quorum_queue_log_bytes",
+        "gauge",
+        "Bytes of commands all quorum queues' group logs hold on this node until snapshots cover them",
+        &[],
+        groups.iter().map(|g| g.raft.log_bytes).sum::<u64>(),
+    );
+    if per_object {
+        let name = "warren_quorum_queue_follower_lag_entries";
+        x.family(
+            name,
+            "gauge",
+            "Log entries a queue's group member lacks, as the group's leader knows it (leader only)",
+        );
+        for g in groups {
+            for m in g.members.iter().filter(|m| m.name != s.node) {
+                if let Some(rep) = m.replication {
+                    x.sample(name, &[("vhost", &g.vhost), ("queue", &g.name), ("peer", &m.name)], rep.lag_entries);
+                }
+            }
+        }
+    }
     x.one(
         "warren_cluster_members",
         "gauge",
@@ -117,7 +162,7 @@ fn cluster_metrics(s: &ClusterStatus, x: &mut Exposition) {
         &[],
         s.running.len(),
     );
-    x.one("warren_cluster_is_leader", "gauge", "1 if this node leads the metadata group", &[], b(r.is_leader));
+    x.one("warren_cluster_is_leader", "gauge", "1 if this node leads the metadata group", &[], b(s.raft.is_leader));
     x.one(
         "warren_cluster_raft_running",
         "gauge",
@@ -130,7 +175,7 @@ fn cluster_metrics(s: &ClusterStatus, x: &mut Exposition) {
         "gauge",
         "Bytes of commands the Raft log holds until a snapshot covers them",
         &[],
-        r.log_bytes,
+        s.raft.log_bytes,
     );
     // Only the leader tracks replication; a follower has no samples (not zeros it cannot know).
     let name = "warren_cluster_follower_lag_entries";
@@ -145,7 +190,7 @@ fn cluster_metrics(s: &ClusterStatus, x: &mut Exposition) {
 /// The identity and node-wide series both endpoints carry (and `cluster`'s, when clustered).
 fn node_metrics(node: &dyn Node, cluster: Option<&ClusterStatus>, x: &mut Exposition, endpoint: &str) {
     if let Some(c) = cluster {
-        cluster_metrics(c, x);
+        cluster_metrics(c, x, endpoint == "per-object");
     }
     let info = node.info();
     x.one(
@@ -522,9 +567,58 @@ mod tests {
     }
 
     #[test]
+    fn queue_groups_are_labelled_per_queue_only_per_object_and_counted_in_both() {
+        use crate::node::{ClusterMember, MemberReplication, QueueGroupStatus, RaftFigures};
+        let group = |name: &str, led: bool, stopped: Option<&str>| QueueGroupStatus {
+            vhost: "/".into(),
+            name: name.into(),
+            group: 7,
+            leader: Some(if led { "a@h:1" } else { "b@h:2" }.into()),
+            raft: RaftFigures { term: 2, is_leader: led, commit_index: 40, log_bytes: 1000, ..RaftFigures::default() },
+            members: ["a@h:1", "b@h:2"]
+                .into_iter()
+                .map(|n| ClusterMember {
+                    name: n.into(),
+                    voter: true,
+                    running: true,
+                    replication: led.then_some(MemberReplication { matched_index: Some(35), lag_entries: 5 }),
+                })
+                .collect(),
+            stopped: stopped.map(str::to_owned),
+        };
+        let s = ClusterStatus {
+            queue_groups: vec![group("q1", true, None), group("q\"2", false, Some("disk full"))],
+            ..status(true)
+        };
+        let mut x = Exposition::default();
+        cluster_metrics(&s, &mut x, true);
+        let t = x.finish();
+        for line in [
+            "rabbitmq_raft_log_commit_index{raft_cluster=\"warren_meta\"} 9\n",
+            "rabbitmq_raft_log_commit_index{vhost=\"/\",queue=\"q1\"} 40\n",
+            "rabbitmq_raft_term_total{vhost=\"/\",queue=\"q\\\"2\"} 2\n",
+            "warren_quorum_queue_groups 2\n",
+            "warren_quorum_queue_groups_led 1\n",
+            "warren_quorum_queue_groups_stopped 1\n",
+            "warren_quorum_queue_log_bytes 2000\n",
+            "warren_quorum_queue_follower_lag_entries{vhost=\"/\",queue=\"q1\",peer=\"b@h:2\"} 5\n",
+        ] {
+            assert!(t.contains(line), "{line:?} missing from\n{t}");
+        }
+        // One HELP/TYPE per family: the queues' samples follow the metadata group's.
+        assert_eq!(t.matches("# TYPE rabbitmq_raft_log_commit_index ").count(), 1);
+        assert!(!t.contains("queue=\"q\\\"2\",peer"), "a follower knows no lag");
+        let mut x = Exposition::default();
+        cluster_metrics(&s, &mut x, false);
+        let t = x.finish();
+        assert!(!t.contains("queue=\""), "the aggregated endpoint has no per-queue series:\n{t}");
+        assert!(t.contains("warren_quorum_queue_groups 2\n") && t.contains("warren_quorum_queue_log_bytes 2000\n"));
+    }
+
+    #[test]
     fn cluster_series_follower_lag_only_on_the_leader() {
         let mut x = Exposition::default();
-        cluster_metrics(&status(true), &mut x);
+        cluster_metrics(&status(true), &mut x, false);
         let t = x.finish();
         for line in [
             "rabbitmq_raft_term_total{raft_cluster=\"warren_meta\"} 4\n",
@@ -542,12 +636,12 @@ mod tests {
         }
         assert!(!t.contains("peer=\"a@h:1\""), "the leader is not its own follower");
         let mut x = Exposition::default();
-        cluster_metrics(&status(false), &mut x);
+        cluster_metrics(&status(false), &mut x, false);
         let t = x.finish();
         assert!(t.contains("warren_cluster_is_leader 0\n"));
         assert!(!t.contains("warren_cluster_follower_lag_entries{"), "a follower knows no lag:\n{t}");
         let mut x = Exposition::default();
-        cluster_metrics(&ClusterStatus { raft_stopped: Some("disk full".into()), ..status(false) }, &mut x);
+        cluster_metrics(&ClusterStatus { raft_stopped: Some("disk full".into()), ..status(false) }, &mut x, false);
         assert!(x.finish().contains("warren_cluster_raft_running 0\n"), "a stopped core shows");
     }
 }

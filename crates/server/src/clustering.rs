@@ -261,42 +261,55 @@ impl Running {
     /// Members, running members, leader, term, log positions and (on the leader) each
     /// member's replication, as this node sees them.
     pub async fn status(&self) -> mgmt::node::ClusterStatus {
-        use mgmt::node::{ClusterMember, MemberReplication, RaftFigures};
         let running = self.node.running_members().await;
         // Read after the pings so the figures are no older than `running`.
         let raft = self.node.status();
         let members: Vec<String> = raft.members.iter().map(|m| m.name.clone()).collect();
-        let member_details = raft
-            .members
-            .iter()
-            .map(|m| ClusterMember {
-                name: m.name.clone(),
-                voter: m.voter,
-                running: running.contains(&m.name),
-                replication: m
-                    .replication
-                    .map(|r| MemberReplication { matched_index: r.matched_index, lag_entries: r.lag_entries }),
-            })
-            .collect();
+        let (figures, member_details) = raft_figures(&raft, &running);
         mgmt::node::ClusterStatus {
             node: self.node.name().to_owned(),
             cluster_name: self.cluster_name.clone(),
             members,
             running,
             leader: raft.leader,
-            raft: RaftFigures {
-                term: raft.term,
-                is_leader: raft.is_leader,
-                last_written_index: raft.last_log_index,
-                commit_index: raft.committed_index,
-                last_applied_index: raft.applied_index,
-                snapshot_index: raft.snapshot_index,
-                log_bytes: raft.log_bytes,
-            },
+            raft: figures,
             member_details,
             raft_stopped: raft.stopped,
+            // The quorum queues' groups: filled in by `ServerState` (mgmt_node), which has them.
+            queue_groups: Vec::new(),
         }
     }
+}
+
+/// A group's figures and members as management shows them (`running`: the members that
+/// answered this node's ping).
+pub(crate) fn raft_figures(
+    raft: &cluster::node::RaftStatus,
+    running: &[String],
+) -> (mgmt::node::RaftFigures, Vec<mgmt::node::ClusterMember>) {
+    use mgmt::node::{ClusterMember, MemberReplication, RaftFigures};
+    let members = raft
+        .members
+        .iter()
+        .map(|m| ClusterMember {
+            name: m.name.clone(),
+            voter: m.voter,
+            running: running.contains(&m.name),
+            replication: m
+                .replication
+                .map(|r| MemberReplication { matched_index: r.matched_index, lag_entries: r.lag_entries }),
+        })
+        .collect();
+    let figures = RaftFigures {
+        term: raft.term,
+        is_leader: raft.is_leader,
+        last_written_index: raft.last_log_index,
+        commit_index: raft.committed_index,
+        last_applied_index: raft.applied_index,
+        snapshot_index: raft.snapshot_index,
+        log_bytes: raft.log_bytes,
+    };
+    (figures, members)
 }
 
 /// How often the leader looks whether the cluster's feature flags are settled, and how long a

@@ -58,7 +58,28 @@ impl mgmt::Node for ServerState {
     fn cluster_status(&self) -> BoxFuture<'_, Option<mgmt::node::ClusterStatus>> {
         Box::pin(async move {
             match self.cluster.get() {
-                Some(c) => Some(c.status().await),
+                Some(c) => {
+                    let mut s = c.status().await;
+                    if let Some(qq) = self.quorum.get() {
+                        s.queue_groups = qq
+                            .group_statuses()
+                            .into_iter()
+                            .map(|((vhost, name), group, r)| {
+                                let (raft, members) = crate::clustering::raft_figures(&r, &s.running);
+                                mgmt::node::QueueGroupStatus {
+                                    vhost,
+                                    name,
+                                    group,
+                                    leader: r.leader,
+                                    raft,
+                                    members,
+                                    stopped: r.stopped,
+                                }
+                            })
+                            .collect();
+                    }
+                    Some(s)
+                }
                 None => None,
             }
         })

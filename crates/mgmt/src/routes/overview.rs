@@ -228,19 +228,51 @@ async fn nodes(State(node): State<AppState>, Extension(caller): Extension<Caller
     Ok(Json(Value::Array(list)))
 }
 
-fn cluster_json(s: &crate::node::ClusterStatus) -> Value {
-    let r = &s.raft;
-    let members: Vec<Value> = s
-        .member_details
+/// A group's members: voter or learner, running, leader, and (on the leader) replication.
+fn members_json(leader: Option<&String>, members: &[crate::node::ClusterMember]) -> Vec<Value> {
+    members
         .iter()
         .map(|m| {
             json!({
                 "name": m.name,
                 "type": if m.voter { "voter" } else { "learner" },
                 "running": m.running,
-                "leader": s.leader.as_ref() == Some(&m.name),
+                "leader": leader == Some(&m.name),
                 "matched_index": m.replication.and_then(|x| x.matched_index),
                 "lag": m.replication.map(|x| x.lag_entries),
+            })
+        })
+        .collect()
+}
+
+fn log_json(r: &crate::node::RaftFigures) -> Value {
+    json!({
+        "last_written_index": r.last_written_index,
+        "commit_index": r.commit_index,
+        "last_applied_index": r.last_applied_index,
+        "snapshot_index": r.snapshot_index,
+        "bytes": r.log_bytes,
+    })
+}
+
+fn cluster_json(s: &crate::node::ClusterStatus) -> Value {
+    let r = &s.raft;
+    let queues: Vec<Value> = s
+        .queue_groups
+        .iter()
+        .map(|g| {
+            json!({
+                "vhost": g.vhost,
+                "name": g.name,
+                "group": g.group,
+                "leader": g.leader,
+                "term": g.raft.term,
+                "is_leader": g.raft.is_leader,
+                "raft_state": if g.stopped.is_some() { "stopped" } else { "running" },
+                "raft_error": g.stopped,
+                "log": log_json(&g.raft),
+                "replication_known": g.raft.is_leader,
+                "members": members_json(g.leader.as_ref(), &g.members),
             })
         })
         .collect();
@@ -256,16 +288,12 @@ fn cluster_json(s: &crate::node::ClusterStatus) -> Value {
         // "stopped" (with the reason): the Raft core quit on a fatal error, e.g. a full disk.
         "raft_state": if s.raft_stopped.is_some() { "stopped" } else { "running" },
         "raft_error": s.raft_stopped,
-        "log": {
-            "last_written_index": r.last_written_index,
-            "commit_index": r.commit_index,
-            "last_applied_index": r.last_applied_index,
-            "snapshot_index": r.snapshot_index,
-            "bytes": r.log_bytes,
-        },
+        "log": log_json(r),
         // Replication (matched_index, lag) is known on the leader only.
         "replication_known": r.is_leader,
-        "members": members,
+        "members": members_json(s.leader.as_ref(), &s.member_details),
+        // Each quorum queue's own Raft group on this node, the same figures.
+        "quorum_queues": queues,
     })
 }
 

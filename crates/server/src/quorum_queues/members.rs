@@ -121,6 +121,20 @@ impl QuorumQueues {
         Ok(voters.len() - 1)
     }
 
+    /// Every queue's group open on this node, sorted by vhost and name: its id and Raft
+    /// figures (management's cluster view and Prometheus).
+    pub(crate) fn group_statuses(&self) -> Vec<(QKey, u64, cluster::RaftStatus)> {
+        let mut open: Vec<(QKey, u64, cluster::Group)> = self
+            .machines
+            .lock()
+            .iter()
+            .filter_map(|(k, m)| Some((k.clone(), m.declaration.group?, m.group.clone()?)))
+            .collect();
+        open.sort_by(|a, b| a.0.cmp(&b.0));
+        // Each group's status outside the machines' lock (it reads the group's metrics).
+        open.into_iter().map(|(k, id, g)| (k, id, g.status())).collect()
+    }
+
     /// Queues with a group of their own matching the patterns, sorted.
     fn grouped_queues(&self, vhost: &Regex, queue: &Regex) -> Vec<QKey> {
         let mut keys: Vec<QKey> = self

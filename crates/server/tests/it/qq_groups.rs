@@ -199,6 +199,45 @@ async fn a_queues_voters_change_with_add_member_delete_member_grow_and_shrink_an
     let add = |node: &str| Some(serde_json::json!({ "node": node }));
     assert_eq!(replicas(&nodes[2], Method::POST, "%2F/solo/replicas/add", add(n1)).await.0, 204);
     wait_members(&nodes, &[0, 1, 2], "solo", &[n0, n1]);
+    // The group as its leader (node 0) sees it: /api/warren/cluster, warrenctl
+    // quorum_status and Prometheus' per-object series.
+    wait_for("solo's group on /api/warren/cluster", Duration::from_secs(15), || {
+        let s: Value = nodes[0].api("/api/warren/cluster");
+        let g = s["quorum_queues"].as_array().and_then(|a| a.iter().find(|g| g["name"] == "solo")).cloned();
+        let Some(g) = g else { return Err(s.to_string()) };
+        let kinds: Vec<(String, String)> = g["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["name"].as_str().unwrap().to_owned(), m["type"].as_str().unwrap().to_owned()))
+            .collect();
+        let want = vec![(n0.clone(), "voter".into()), (n1.clone(), "voter".into()), (n2.clone(), "learner".into())];
+        let caught_up = g["members"].as_array().unwrap().iter().all(|m| m["lag"] == 0);
+        let ok = g["is_leader"] == true && g["leader"] == n0.as_str() && kinds == want && caught_up;
+        let ok = ok && g["raft_state"] == "running" && g["log"]["commit_index"].as_u64() > Some(0);
+        if ok { Ok(()) } else { Err(g.to_string()) }
+    });
+    let (code, out, err) = nodes[0].ctl(&["-q", "--formatter", "json", "quorum_status", "solo"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let row = |n: &str| rows.as_array().unwrap().iter().find(|r| r["Node Name"] == n).cloned().unwrap();
+    assert_eq!((row(n0)["Raft State"].as_str(), row(n0)["Membership"].as_str()), (Some("leader"), Some("voter")));
+    assert_eq!(row(n2)["Membership"], "non_voter", "{rows}");
+    assert!(row(n0)["Commit Index"].as_u64() > Some(0), "{rows}");
+    let (code, _, err) = nodes[0].ctl(&["quorum_status", "nosuch"]);
+    assert_eq!(code, 70, "{err}");
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics/per-object", nodes[0].prom))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let commit =
+        text.lines().find_map(|l| l.strip_prefix("rabbitmq_raft_log_commit_index{vhost=\"/\",queue=\"solo\"} "));
+    assert!(commit.and_then(|v| v.parse::<u64>().ok()) > Some(0), "{text}");
+    assert!(text.contains("warren_quorum_queue_groups 2\n"), "{text}");
+    assert!(text.contains("warren_quorum_queue_groups_led 2\n"), "node 0 declared both: {text}");
+
     let (st, body) = replicas(&nodes[0], Method::POST, "%2F/solo/replicas/add", add(n1)).await;
     assert_eq!(st, 400, "{body}");
     assert!(body.contains("already a member"), "{body}");
