@@ -159,7 +159,7 @@ struct Machine {
     /// Whether the group is being opened (or failed to open: logged, not retried).
     opening: bool,
     /// The proposer of a queue with a group of its own: its items go to that group.
-    tx: Option<mpsc::UnboundedSender<(Item, usize)>>,
+    tx: Option<ProposerTx>,
 }
 
 impl Machine {
@@ -181,9 +181,22 @@ struct Held {
     delivery_id: u64,
 }
 
+/// Where a proposer's items come in.
+type ProposerTx = mpsc::UnboundedSender<(Item, usize)>;
+
 struct Proposer {
     next_ticket: u64,
-    tx: mpsc::UnboundedSender<(Item, usize)>,
+    tx: ProposerTx,
+}
+
+/// The proposer an item goes to: a queue with a group of its own has its own, the
+/// metadata group's queues share one (`Known(None)`). The queue's replica knows its own
+/// (`Known`), saving a lookup under the machines' lock on every publish and ack; other
+/// callers look it up (`Find`).
+#[derive(Clone, Copy)]
+enum Route<'a> {
+    Find,
+    Known(Option<&'a ProposerTx>),
 }
 
 pub(crate) struct QuorumQueues {
@@ -520,6 +533,7 @@ impl QuorumQueues {
     fn submit_with(
         &self,
         key: &QKey,
+        route: Route<'_>,
         size: usize,
         max_bytes: usize,
         make: impl FnOnce(u64) -> QCommand,
@@ -533,9 +547,14 @@ impl QuorumQueues {
             return None;
         }
         self.pending_bytes.fetch_add(size, Ordering::Relaxed);
-        // A queue with a group of its own has its own proposer; the others share the
-        // metadata group's.
-        let own = self.machines.lock().get(key).and_then(|m| m.tx.clone());
+        let found;
+        let own = match route {
+            Route::Known(tx) => tx,
+            Route::Find => {
+                found = self.machines.lock().get(key).and_then(|m| m.tx.clone());
+                found.as_ref()
+            }
+        };
         // Ticket and send under one lock: the log must see tickets in order (the replica
         // drops a publish whose number is not above the last one it took).
         let mut p = self.proposer.lock();
@@ -569,10 +588,17 @@ impl QuorumQueues {
     /// A publish: with `confirm`, the ticket is also the sequence number the replica drops
     /// resent duplicates by (this node's publisher id, tickets only grow) and its refusal
     /// is reported; without, the replica reports nothing for it.
-    fn submit_publish(&self, key: &QKey, msg: quorum::Message, ttl_ms: Option<u64>, confirm: bool) -> Option<u64> {
+    fn submit_publish(
+        &self,
+        key: &QKey,
+        route: Route<'_>,
+        msg: quorum::Message,
+        ttl_ms: Option<u64>,
+        confirm: bool,
+    ) -> Option<u64> {
         let size = msg.payload.len();
         let make = |seq| QCommand::Enqueue { publish: self.publish_id(seq, confirm), msg, ttl_ms };
-        self.submit_with(key, size, self.pending_max_bytes, make, None)
+        self.submit_with(key, route, size, self.pending_max_bytes, make, None)
     }
 
     /// What may wait for the cluster before commands other than publishes (acks, consumes,
@@ -590,7 +616,11 @@ impl QuorumQueues {
 
     /// Submit a command nobody waits for (logged when dropped); returns its ticket.
     fn submit_quiet(&self, key: &QKey, cmd: QCommand) -> Option<u64> {
-        let ticket = self.submit_with(key, 0, self.commands_max_bytes(), |_| cmd, None);
+        self.submit_quiet_via(key, Route::Find, cmd)
+    }
+
+    fn submit_quiet_via(&self, key: &QKey, route: Route<'_>, cmd: QCommand) -> Option<u64> {
+        let ticket = self.submit_with(key, route, 0, self.commands_max_bytes(), |_| cmd, None);
         if ticket.is_none() {
             warn!(queue = %key.1, "quorum queue: a command was dropped (the proposer is gone or full)");
         }
@@ -600,7 +630,7 @@ impl QuorumQueues {
     /// Submit and wait until this node applied the item; returns its effects.
     fn submit_and_wait(&self, key: &QKey, cmd: QCommand) -> Result<Vec<Effect>, AmqpError> {
         let (tx, rx) = oneshot::channel();
-        let Some(ticket) = self.submit_with(key, 0, self.commands_max_bytes(), |_| cmd, Some(tx)) else {
+        let Some(ticket) = self.submit_with(key, Route::Find, 0, self.commands_max_bytes(), |_| cmd, Some(tx)) else {
             return Err(AmqpError::new(
                 wire::reply::INTERNAL_ERROR,
                 "the node is stopping or too much waits for the cluster",
@@ -637,12 +667,12 @@ impl QuorumQueues {
     /// node (in the background: the metadata group's apply must not wait for files).
     pub(crate) fn attach(self: &Arc<Self>, q: &Arc<Queue>, declaration: Declaration) {
         let key = (q.vhost.clone(), q.name.clone());
-        let open = {
+        let (open, tx) = {
             let mut m = self.machines.lock();
             let machine =
                 m.entry(key.clone()).or_insert_with(|| Machine::new(declaration, QuorumQueue::new(config_of(q))));
             machine.queue = Arc::downgrade(q);
-            match machine.declaration.group {
+            let open = match machine.declaration.group {
                 Some(id) if machine.group.is_none() && !machine.opening => {
                     machine.opening = true;
                     if machine.tx.is_none() {
@@ -653,18 +683,13 @@ impl QuorumQueues {
                     Some((id, machine.declaration.voters.clone()))
                 }
                 _ => None,
-            }
+            };
+            (open, machine.tx.clone())
         };
         if let Some((id, voters)) = open {
             tokio::spawn(open_group(Arc::downgrade(self), key.clone(), id, voters));
         }
-        q.set_replica(Arc::new(QuorumReplica { qq: Arc::downgrade(self), key }));
-    }
-
-    /// The group of queue `key` on this node, once open (None: not yet, or the queue goes
-    /// through the metadata group).
-    fn group_of(&self, key: &QKey) -> Option<cluster::Group> {
-        self.machines.lock().get(key).and_then(|m| m.group.clone())
+        q.set_replica(Arc::new(QuorumReplica { qq: Arc::downgrade(self), key, tx }));
     }
 
     fn meta_leader(&self) -> bool {
@@ -769,19 +794,23 @@ impl QuorumQueues {
     /// carry out what concerns this node. Items of queues with a group of their own are
     /// not theirs to change: skipped.
     pub(crate) fn apply(&self, index: u64, items: Vec<Item>) {
-        self.apply_items(index, items, self.meta_leader(), None);
+        self.apply_items(index, items, Some(self.meta_leader()), None);
     }
 
-    /// Apply the items of the committed entry at `index` of queue `key`'s own group
-    /// (`leader`: this node leads it).
-    fn apply_group(&self, key: &QKey, index: u64, items: Vec<Item>, leader: bool) {
-        self.apply_items(index, items, leader, Some(key));
+    /// Apply the items of the committed entry at `index` of queue `key`'s own group.
+    fn apply_group(&self, key: &QKey, index: u64, items: Vec<Item>) {
+        self.apply_items(index, items, None, Some(key));
     }
 
-    fn apply_items(&self, index: u64, items: Vec<Item>, leader: bool, group: Option<&QKey>) {
+    /// `leader`: whether this node leads the group the entry is from; None: queue
+    /// `group`'s own group, asked under the same lock as the items are applied.
+    fn apply_items(&self, index: u64, items: Vec<Item>, leader: Option<bool>, group: Option<&QKey>) {
         let mut out = Vec::new();
-        {
+        let leader = {
             let mut machines = self.machines.lock();
+            let leader = leader.unwrap_or_else(|| {
+                group.and_then(|k| machines.get(k)).and_then(|m| m.group.as_ref()).is_some_and(|g| g.is_leader())
+            });
             for (pos, item) in items.into_iter().enumerate() {
                 let key = (item.vhost, item.queue);
                 let Some(m) = machines.get_mut(&key) else { continue };
@@ -797,7 +826,8 @@ impl QuorumQueues {
                 let fx = m.qq.apply(meta, item.cmd);
                 out.push((key, m.queue.clone(), item.origin, item.ticket, fx));
             }
-        }
+            leader
+        };
         for (key, queue, origin, ticket, fx) in out {
             if origin == self.node.0
                 && let Some(w) = self.waiters.lock().remove(&ticket)
@@ -971,15 +1001,18 @@ impl QuorumQueues {
     fn placement(&self, key: &QKey) -> broker::queue::Placement {
         let Some(state) = self.state.upgrade() else { return broker::queue::Placement::default() };
         let Some(running) = state.cluster.get() else { return broker::queue::Placement::default() };
-        let own = self.machines.lock().get(key).and_then(|m| m.declaration.group.map(|_| m.group.clone()));
+        // A queue with a group of its own: the group once open here, else the voters it
+        // was declared with (Err); None: a queue of the metadata group.
+        let own = self
+            .machines
+            .lock()
+            .get(key)
+            .and_then(|m| m.declaration.group.map(|_| m.group.clone().ok_or_else(|| m.declaration.voters.clone())));
         let (leader, mut members) = match own {
             // Its own group: its voters (the learners only follow).
-            Some(Some(g)) => (g.leader(), g.voters()),
+            Some(Ok(g)) => (g.leader(), g.voters()),
             // Its group is not open here yet: the voters it was declared with.
-            Some(None) => {
-                let voters = self.machines.lock().get(key).map(|m| m.declaration.voters.clone()).unwrap_or_default();
-                (None, voters)
-            }
+            Some(Err(voters)) => (None, voters),
             None => (running.node.leader(), running.node.members()),
         };
         members.sort();
@@ -1250,24 +1283,43 @@ async fn proposal_group(me: &Weak<QuorumQueues>, own: Option<&QKey>) -> Target {
 /// (their callers time out), all settled.
 fn fail_items(me: &Weak<QuorumQueues>, items: impl Iterator<Item = (Item, usize)>) {
     let Some(me) = me.upgrade() else { return };
-    let mut bytes = 0;
-    let mut tickets = Vec::new();
-    {
-        let mut r = me.rejected.lock();
-        for (i, size) in items {
-            bytes += size;
-            tickets.push(i.ticket);
-            if let QCommand::Enqueue { publish: Some(_), .. } = &i.cmd {
-                r.insert(i.ticket);
-            }
-        }
-    }
+    let (tickets, bytes, _) = refuse(&me, items, None);
     if tickets.is_empty() {
         return;
     }
     warn!(items = tickets.len(), "quorum queues: items for a queue whose group is not available were not proposed");
     me.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
     me.settle_tickets(tickets.into_iter());
+}
+
+/// Items that were not (or will not be) committed: a confirm-mode publish's refusal is
+/// recorded (the publisher gets a nack; only those are asked for), other commands that
+/// are worth sending again go to `retry` when given, the rest are dropped. Returns their
+/// tickets, their bytes, and the bytes of those kept for a retry. The caller settles.
+fn refuse(
+    me: &QuorumQueues,
+    items: impl Iterator<Item = (Item, usize)>,
+    mut retry: Option<&mut Vec<(Item, usize)>>,
+) -> (Vec<u64>, usize, usize) {
+    let (mut tickets, mut bytes, mut kept) = (Vec::new(), 0, 0);
+    let mut r = me.rejected.lock();
+    for (i, size) in items {
+        bytes += size;
+        tickets.push(i.ticket);
+        match (&i.cmd, retry.as_deref_mut()) {
+            (QCommand::Enqueue { publish: Some(_), .. }, _) => {
+                r.insert(i.ticket);
+            }
+            // A publish without confirms: nobody asks; never sent again (the publisher decides).
+            (QCommand::Enqueue { .. }, _) => {}
+            (cmd, Some(retry)) if retried(cmd) => {
+                kept += size;
+                retry.push((i, size));
+            }
+            _ => {}
+        }
+    }
+    (tickets, bytes, kept)
 }
 
 /// How long a voter other than the first waits before initialising a group that nobody
@@ -1331,8 +1383,7 @@ impl cluster::Applier for GroupApplier {
         let Some(qq) = self.qq.upgrade() else { return Ok(Vec::new()) };
         match crate::clustering::decode(cmd) {
             Ok(crate::clustering::Command::Quorum(items)) => {
-                let leader = qq.group_of(&self.key).is_some_and(|g| g.is_leader());
-                qq.apply_group(&self.key, index, items, leader);
+                qq.apply_group(&self.key, index, items);
                 Ok(Vec::new())
             }
             // Never skipped: the other members apply it (fail closed, as the metadata group).
@@ -1415,23 +1466,14 @@ async fn settle_entry(
 ) -> bool {
     let Some(me) = me.upgrade() else { return false };
     let items = p.batch.len();
-    let tickets: Vec<u64> = p.batch.iter().map(|(i, _)| i.ticket).collect();
-    let mut kept = 0;
-    if let Err(e) = result {
-        warn!(items, "quorum queues: an entry was not committed ({e}); its publishes are nacked");
-        let mut r = me.rejected.lock();
-        for (i, size) in p.batch {
-            if let QCommand::Enqueue { publish, .. } = &i.cmd {
-                // Only a confirm-mode publish's refusal is asked for (a publish id).
-                if publish.is_some() {
-                    r.insert(i.ticket);
-                }
-            } else if retried(&i.cmd) {
-                kept += size;
-                retry.push((i, size));
-            }
+    let (tickets, kept) = match result {
+        Ok(()) => (p.batch.iter().map(|(i, _)| i.ticket).collect(), 0),
+        Err(e) => {
+            warn!(items, "quorum queues: an entry was not committed ({e}); its publishes are nacked");
+            let (tickets, _, kept) = refuse(&me, p.batch.into_iter(), Some(retry));
+            (tickets, kept)
         }
-    }
+    };
     me.pending_bytes.fetch_sub(p.bytes - kept, Ordering::Relaxed);
     debug!(items, bytes = p.bytes, "quorum queues: entry settled");
     // Retried commands settle too: nobody waits on their tickets (only publishes' are).
@@ -1447,6 +1489,8 @@ async fn settle_entry(
 struct QuorumReplica {
     qq: Weak<QuorumQueues>,
     key: QKey,
+    /// The queue's own proposer (None: the queue goes through the metadata group).
+    tx: Option<ProposerTx>,
 }
 
 impl QuorumReplica {
@@ -1468,7 +1512,7 @@ impl Replica for QuorumReplica {
             warn!(queue = %self.key.1, size, "quorum queue: message over the replicated entry limit; nacked");
             return PublishOutcome::Failed;
         }
-        match qq.submit_publish(&self.key, m, msg.expiration_ms, confirm) {
+        match qq.submit_publish(&self.key, Route::Known(self.tx.as_ref()), m, msg.expiration_ms, confirm) {
             Some(ticket) => PublishOutcome::Replicated(ticket),
             None => PublishOutcome::Failed,
         }
@@ -1488,7 +1532,11 @@ impl Replica for QuorumReplica {
             consumer.id & 0xffff_ffff,
             LocalConsumer { sink: consumer.sink.clone(), queue: Arc::downgrade(queue), key: self.key.clone() },
         );
-        qq.submit_quiet(&self.key, QCommand::Checkout { consumer: id, prefetch, priority: consumer.priority });
+        qq.submit_quiet_via(
+            &self.key,
+            Route::Known(self.tx.as_ref()),
+            QCommand::Checkout { consumer: id, prefetch, priority: consumer.priority },
+        );
         Ok(())
     }
 
@@ -1496,7 +1544,11 @@ impl Replica for QuorumReplica {
         let Ok(qq) = self.qq() else { return };
         for id in ids {
             if qq.consumers.lock().remove(&(id & 0xffff_ffff)).is_some() {
-                qq.submit_quiet(&self.key, QCommand::Cancel { consumer: qq.consumer_id(*id) });
+                qq.submit_quiet_via(
+                    &self.key,
+                    Route::Known(self.tx.as_ref()),
+                    QCommand::Cancel { consumer: qq.consumer_id(*id) },
+                );
             }
         }
     }
@@ -1518,7 +1570,7 @@ impl Replica for QuorumReplica {
                 Settle::Requeue => QCommand::Return { consumer, delivery_ids },
                 Settle::Reject => QCommand::Discard { consumer, delivery_ids },
             };
-            qq.submit_quiet(&self.key, cmd);
+            qq.submit_quiet_via(&self.key, Route::Known(self.tx.as_ref()), cmd);
         }
     }
 
@@ -1994,7 +2046,7 @@ mod tests {
         assert!(f.qq.take_rejected(&[second]), "the refused one is, once");
         assert!(!f.qq.take_rejected(&[second]));
         // A proposer ticket not applied yet beside a settled forwarded one: not settled.
-        let t = f.qq.submit_publish(&f.key, f.msg.clone(), None, true).expect("a ticket");
+        let t = f.qq.submit_publish(&f.key, Route::Find, f.msg.clone(), None, true).expect("a ticket");
         assert!(!f.qq.all_settled(&[first, t]));
     }
 
@@ -2071,7 +2123,7 @@ mod tests {
     async fn publishes_filling_the_pending_bound_leave_room_for_acks() {
         let f = fixture();
         let mut accepted = 0;
-        while f.qq.submit_publish(&f.key, f.msg.clone(), None, true).is_some() {
+        while f.qq.submit_publish(&f.key, Route::Find, f.msg.clone(), None, true).is_some() {
             accepted += 1;
         }
         let pending = f.qq.pending_bytes.load(Ordering::Relaxed);
@@ -2080,6 +2132,9 @@ mod tests {
         // A consumer's acks (and other commands) still go through.
         let consumer = f.qq.consumer_id(1);
         assert!(f.qq.submit_quiet(&f.key, QCommand::Settle { consumer, delivery_ids: vec![1] }).is_some());
-        assert!(f.qq.submit_publish(&f.key, f.msg.clone(), None, true).is_none(), "publishes are still refused");
+        assert!(
+            f.qq.submit_publish(&f.key, Route::Find, f.msg.clone(), None, true).is_none(),
+            "publishes are still refused"
+        );
     }
 }
