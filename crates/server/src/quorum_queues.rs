@@ -2031,6 +2031,25 @@ mod tests {
         }
     }
 
+    /// A queue's group entry that is not a quorum-queue command, or cannot be decoded at
+    /// all, is an error (openraft stops that group's core on this node: fail closed, as the
+    /// metadata group does), never skipped; a good entry applies.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_group_entry_that_cannot_be_applied_is_refused_not_skipped() {
+        let f = fixture();
+        let applier = GroupApplier { qq: Arc::downgrade(&f.qq), key: f.key.clone() };
+        let garbage = cluster::Applier::apply(&applier, 7, b"\xff\x00 not an entry").unwrap_err();
+        assert!(garbage.contains("entry 7 of quorum queue 'q'") && garbage.contains("cannot be decoded"), "{garbage}");
+        let access = crate::clustering::encode_cbor(&crate::clustering::Command::Access(Vec::new()));
+        let wrong = cluster::Applier::apply(&applier, 8, &access).unwrap_err();
+        assert!(wrong.contains("not a quorum-queue command"), "{wrong}");
+        // The queue's own entries are its group's (`declaration.group`); this fixture's queue
+        // is the metadata group's, so a good entry through the group changes nothing.
+        let good = crate::clustering::encode_quorum(&[f.publish(1, false)]);
+        assert_eq!(cluster::Applier::apply(&applier, 9, &good), Ok(Vec::new()));
+        assert_eq!(f.qq.machines.lock().get(&f.key).map(|m| m.qq.stats().ready), Some(0));
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn forwarded_publishes_settle_out_of_the_proposers_order_and_keep_their_refusals() {
         let f = fixture();
