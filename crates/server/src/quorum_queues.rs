@@ -143,6 +143,12 @@ const ITEM_OVERHEAD_BYTES: usize = 256;
 pub(crate) const UNLIMITED_PREFETCH_CREDIT: u32 = 2000;
 /// How often the leader checks for nodes gone (their consumers' messages go back).
 const JANITOR_PERIOD: Duration = Duration::from_secs(1);
+/// Every this many janitor ticks (`JANITOR_PERIOD`), the data directory's group files are
+/// matched against the queues (`sweep_orphan_groups`): it reads the directory.
+const ORPHAN_SWEEP_TICKS: u64 = 30;
+/// The first sweep, this many ticks after the start (the metadata log replayed by then,
+/// or the sweep's read barrier waits for it).
+const ORPHAN_SWEEP_FIRST_TICK: u64 = 5;
 /// How often the leader looks for a message whose TTL passed at the head of a queue: how
 /// late, at most, it is dead-lettered when no other command comes.
 const EXPIRY_CHECK_PERIOD: Duration = Duration::from_millis(100);
@@ -1094,8 +1100,10 @@ async fn run_expiry(me: Weak<QuorumQueues>) {
 
 async fn run_janitor(me: Weak<QuorumQueues>) {
     let mut tick = tokio::time::interval(JANITOR_PERIOD);
+    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
+        ticks += 1;
         let Some(me) = me.upgrade() else { return };
         if me.state.upgrade().is_some_and(|s| s.cluster.get().is_some()) {
             me.sweep_stale_consumers();
@@ -1103,6 +1111,9 @@ async fn run_janitor(me: Weak<QuorumQueues>) {
             me.refresh_online().await;
             me.check_nodes();
             me.tend_groups().await;
+            if ticks % ORPHAN_SWEEP_TICKS == ORPHAN_SWEEP_FIRST_TICK {
+                me.sweep_orphan_groups().await;
+            }
         }
     }
 }

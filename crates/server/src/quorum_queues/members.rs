@@ -1,7 +1,8 @@
 //! Who votes in a quorum queue's Raft group: `add_member`, `delete_member`, `grow` and
 //! `shrink` (rabbitmq-queues' verbs and the management API's `replicas` endpoints), and
 //! the janitor's upkeep of each group's membership — every cluster member at least a
-//! learner, a node that left the cluster out of every group.
+//! learner, a node that left the cluster out of every group — and of the data directory:
+//! group files whose queue the metadata no longer has are deleted.
 //!
 //! A voter taken away stays a learner (every member of the cluster follows every queue,
 //! so that consumers are served by their own node); only a node that left the cluster is
@@ -247,6 +248,43 @@ impl QuorumQueues {
             match g.remove_node(&m).await {
                 Ok(_) => info!(queue = %name, node = %m, "quorum queue: a node that left the cluster leaves its group"),
                 Err(e) => warn!(queue = %name, node = %m, "quorum queue: removing a node that left the cluster: {e}"),
+            }
+        }
+    }
+}
+
+impl QuorumQueues {
+    /// Delete the files of groups whose queue the cluster deleted while this node could
+    /// not (it was down, or stopped between applying the delete and removing the files,
+    /// or caught up by a snapshot that no longer has the queue). Only after reading the
+    /// metadata through its leader, and only groups older than what that read applied (a
+    /// group id is its declaration's index in the metadata log, so a queue declared since
+    /// is never taken for deleted).
+    pub(super) async fn sweep_orphan_groups(&self) {
+        let Some(state) = self.state.upgrade() else { return };
+        let Some(running) = state.cluster.get() else { return };
+        let node = &running.node;
+        let known = || -> std::collections::HashSet<u64> {
+            self.machines.lock().values().filter_map(|m| m.declaration.group).collect()
+        };
+        let stored = match node.stored_group_ids() {
+            Ok(ids) => ids,
+            Err(e) => return warn!("quorum queues: listing the group directories: {e}"),
+        };
+        let before = known();
+        let candidates: Vec<u64> =
+            stored.into_iter().filter(|id| !before.contains(id) && node.group(*id).is_none()).collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let Ok(applied) = node.read().await else { return };
+        let applied = applied.last_applied.map_or(0, |l| l.index);
+        let after = known();
+        for id in candidates.into_iter().filter(|id| *id <= applied && !after.contains(id) && node.group(*id).is_none())
+        {
+            match node.delete_group(id).await {
+                Ok(()) => info!(group = id, "quorum queues: deleted the files of a group whose queue was deleted"),
+                Err(e) => warn!(group = id, "quorum queues: deleting the files of a deleted queue's group: {e}"),
             }
         }
     }

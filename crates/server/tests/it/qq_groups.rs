@@ -291,3 +291,36 @@ async fn a_queues_voters_change_with_add_member_delete_member_grow_and_shrink_an
     let (got, _) = consume_all(&c0, "solo", &want, Duration::from_secs(20)).await;
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_files_of_a_queue_the_cluster_no_longer_has_are_swept_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, _) = started_cluster(dir.path(), "").await;
+    declare(&nodes[0], "kept", quorum_args()).await.unwrap();
+    wait_for("kept's group on node 2", Duration::from_secs(15), || {
+        let d = group_dirs(&nodes[2]);
+        if d.len() == 1 { Ok(()) } else { Err(format!("{d:?}")) }
+    });
+    let kept = group_dirs(&nodes[2]);
+    // While node 2 is down: the files of a group the metadata log has no queue for (id 1
+    // is the log's first entry, never a declaration), and of one past anything the log
+    // holds (a declaration this node has not seen yet must not lose its files).
+    nodes[2].kill();
+    let groups = nodes[2].data.join("cluster").join("groups");
+    let orphan = groups.join(format!("{:016x}", 1));
+    let future = groups.join(format!("{:016x}", u64::MAX >> 8));
+    for d in [&orphan, &future] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("log"), b"entries of a deleted queue").unwrap();
+    }
+    nodes[2].start();
+    wait_for("the orphan's files swept on node 2", Duration::from_secs(30), || {
+        if orphan.exists() { Err(format!("{:?}", group_dirs(&nodes[2]))) } else { Ok(()) }
+    });
+    assert!(future.join("log").exists(), "a group past the applied log is left alone");
+    for k in &kept {
+        assert!(groups.join(k).exists(), "kept's group {k} is still there");
+    }
+    let got = publish_confirmed(&confirm_channel(&nodes[2]).await, "kept", "k-", 5).await;
+    assert_eq!(got.len(), 5, "kept still works through node 2");
+}
