@@ -266,6 +266,25 @@ impl Group {
         }
     }
 
+    /// Bytes of commands this node's log of the group holds in memory until a snapshot
+    /// covers them.
+    pub fn log_bytes(&self) -> u64 {
+        self.inner.log.held_bytes()
+    }
+
+    /// Ask for a snapshot now (and the log purged up to it) if anything was applied since
+    /// the last one: what a node-wide bound on all groups' logs calls on the largest. Does
+    /// not wait for it; asking again while one is built is ignored. False when the group
+    /// has shut down.
+    pub async fn compact(&self) -> bool {
+        let behind = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            m.last_applied.map(|l| l.index) > m.snapshot.map(|l| l.index)
+        };
+        !behind || self.inner.raft.trigger().snapshot().await.is_ok()
+    }
+
     /// A linearizable read barrier: once it returns, every command acknowledged before this
     /// call started has been applied here (read the applier then); returns the position.
     pub async fn read(&self) -> Result<Applied, Error> {

@@ -436,6 +436,12 @@ impl Draft {
                     return Err("must be between 10 and 60000".into());
                 }
             }
+            "quorum_queue_logs_max_bytes" => {
+                c.quorum_queue_logs_max_bytes = parse_bytes(v)?;
+                if c.quorum_queue_logs_max_bytes == 0 {
+                    return Err("must be at least 1".into());
+                }
+            }
             "quorum_queue_max" => {
                 c.quorum_queue_max_count = parse_int(v)?;
                 if c.quorum_queue_max_count == 0 {
@@ -693,6 +699,7 @@ mod tests {
              warren.cluster_snapshot_log_bytes = 1MiB\n\
              warren.cluster_pending_max_bytes = 1MiB\n\
              warren.quorum_queue_max = 7\n\
+             warren.quorum_queue_logs_max_bytes = 2MiB\n\
              warren.quorum_queue_heartbeat_ms = 250\n\
              warren.cluster_forward_max_bytes = 2MiB\n\
              warren.cluster_cookie = ABCDEFGHIJ\n\
@@ -720,6 +727,7 @@ mod tests {
         assert_eq!(c.cluster_snapshot_log_bytes, 1 << 20);
         assert_eq!(c.cluster_pending_max_bytes, 1024 * 1024);
         assert_eq!(c.quorum_queue_max_count, 7);
+        assert_eq!(c.quorum_queue_logs_max_bytes, 2 << 20);
         assert_eq!(c.quorum_queue_heartbeat_ms, 250);
         assert_eq!(c.cluster_forward_max_bytes, 2 * 1024 * 1024);
         assert_eq!(Config::default().cluster_forward_max_bytes, 64 * 1024 * 1024);

@@ -188,6 +188,9 @@ pub struct Config {
     /// Raft group of its own — a task, timers, open log files and a log in memory until
     /// its snapshot — on every node. Past it a quorum declare is refused with 406.
     pub quorum_queue_max_count: usize,
+    /// Bytes all quorum queues' group logs may hold in memory on this node together
+    /// (`warren.quorum_queue_logs_max_bytes`); past it the largest are snapshotted.
+    pub quorum_queue_logs_max_bytes: u64,
     /// The heartbeat of each quorum queue's Raft group, ms (`warren.quorum_queue_heartbeat_ms`);
     /// a queue elects a new leader 4 to 8 times this after its leader stops answering.
     pub quorum_queue_heartbeat_ms: u64,
@@ -258,6 +261,7 @@ impl Default for Config {
             cluster_snapshot_log_bytes: cluster::node::DEFAULT_SNAPSHOT_LOG_BYTES,
             cluster_pending_max_bytes: crate::quorum_queues::PENDING_MAX_BYTES,
             quorum_queue_max_count: crate::quorum_queues::QUORUM_QUEUE_MAX,
+            quorum_queue_logs_max_bytes: crate::quorum_queues::QUORUM_QUEUE_LOGS_MAX_BYTES,
             quorum_queue_heartbeat_ms: cluster::node::DEFAULT_GROUP_HEARTBEAT_MS,
             cluster_forward_max_bytes: crate::classic_queues::FORWARD_MAX_BYTES,
             cluster_cookie: None,

@@ -131,6 +131,10 @@ pub(crate) struct SnapshotQueue {
 /// publishes are refused (nacked): the bound on what a node buffers while the cluster has
 /// no quorum. The default of `warren.cluster_pending_max_bytes`.
 pub(crate) const PENDING_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// The default of `warren.quorum_queue_logs_max_bytes`: what all quorum queues' group
+/// logs may hold in memory on a node together before the largest are snapshotted (each
+/// is also bounded on its own by `warren.cluster_snapshot_log_bytes`).
+pub(crate) const QUORUM_QUEUE_LOGS_MAX_BYTES: u64 = 512 << 20;
 /// The default of `warren.quorum_queue_max`: quorum queues (each a Raft group on every
 /// node) a node holds at most.
 pub(crate) const QUORUM_QUEUE_MAX: usize = 1000;
@@ -242,6 +246,9 @@ pub(crate) struct QuorumQueues {
     /// Members this node found unreachable at its last check (their consumers are
     /// suspended by the leader of each queue).
     down: Mutex<BTreeSet<u64>>,
+    /// Whether all groups' logs were over `warren.quorum_queue_logs_max_bytes` at the last
+    /// check (logged when that changes, not every second).
+    logs_over: std::sync::atomic::AtomicBool,
     /// The queues this node led at the last check: a queue newly led gets every member's
     /// state once (a new leader does not know what its predecessor declared).
     led: Mutex<std::collections::HashSet<QKey>>,
@@ -407,6 +414,7 @@ impl QuorumQueues {
             settled: watch::channel(0).0,
             down: Mutex::new(BTreeSet::new()),
             led: Mutex::new(std::collections::HashSet::new()),
+            logs_over: std::sync::atomic::AtomicBool::new(false),
             downed: Mutex::new(std::collections::HashSet::new()),
             ticks: Mutex::new(HashMap::new()),
             online: Mutex::new(Vec::new()),
@@ -1111,6 +1119,7 @@ async fn run_janitor(me: Weak<QuorumQueues>) {
             me.refresh_online().await;
             me.check_nodes();
             me.tend_groups().await;
+            me.bound_group_logs().await;
             if ticks % ORPHAN_SWEEP_TICKS == ORPHAN_SWEEP_FIRST_TICK {
                 me.sweep_orphan_groups().await;
             }

@@ -254,6 +254,49 @@ impl QuorumQueues {
 }
 
 impl QuorumQueues {
+    /// The node-wide bound on all quorum queues' group logs (`warren.quorum_queue_logs_max_bytes`):
+    /// each log stays in memory until a snapshot covers it, and each is bounded on its own
+    /// (`warren.cluster_snapshot_log_bytes`), but a thousand queues under that bound could
+    /// still hold a thousand times it. Past the bound, the largest logs are snapshotted
+    /// (and purged) until what is left is at most half of it, so that this does not run
+    /// again at the next tick.
+    pub(super) async fn bound_group_logs(&self) {
+        let Some(state) = self.state.upgrade() else { return };
+        let bound = state.config.quorum_queue_logs_max_bytes;
+        let mut logs: Vec<(u64, String, cluster::Group)> = self
+            .machines
+            .lock()
+            .iter()
+            .filter_map(|(k, m)| m.group.as_ref().map(|g| (g.log_bytes(), k.1.clone(), g.clone())))
+            .collect();
+        let total: u64 = logs.iter().map(|(b, _, _)| b).sum();
+        let over = total > bound;
+        if self.logs_over.swap(over, std::sync::atomic::Ordering::Relaxed) != over {
+            if over {
+                warn!(
+                    total,
+                    bound,
+                    "quorum queues: their logs hold more than warren.quorum_queue_logs_max_bytes; snapshotting the largest"
+                );
+            } else {
+                info!(total, bound, "quorum queues: their logs are back under warren.quorum_queue_logs_max_bytes");
+            }
+        }
+        if !over {
+            return;
+        }
+        logs.sort_by(|a, b| b.0.cmp(&a.0));
+        let mut left = total;
+        for (bytes, name, g) in logs {
+            if left <= bound / 2 {
+                break;
+            }
+            tracing::debug!(queue = %name, bytes, "quorum queue: snapshot for the node-wide log bound");
+            g.compact().await;
+            left -= bytes;
+        }
+    }
+
     /// Delete the files of groups whose queue the cluster deleted while this node could
     /// not (it was down, or stopped between applying the delete and removing the files,
     /// or caught up by a snapshot that no longer has the queue). Only after reading the

@@ -13,7 +13,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
 
 use crate::cluster_fixture::{
-    Node, consume_all, names, publish_confirmed, quorum_args, reply_code, started_cluster, wait_for,
+    Node, consume_all, eventually, names, publish_confirmed, quorum_args, reply_code, started_cluster, wait_for,
 };
 
 const DURABLE: QueueDeclareOptions =
@@ -323,4 +323,65 @@ async fn group_files_of_a_queue_the_cluster_no_longer_has_are_swept_and_nothing_
     }
     let got = publish_confirmed(&confirm_channel(&nodes[2]).await, "kept", "k-", 5).await;
     assert_eq!(got.len(), 5, "kept still works through node 2");
+}
+
+/// `warren_quorum_queue_log_bytes` on `n`'s aggregated `/metrics`.
+async fn logs_bytes(n: &Node) -> u64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", n.prom)).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("warren_quorum_queue_log_bytes "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no warren_quorum_queue_log_bytes in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_queues_logs_together_stay_under_the_node_wide_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each group's own bound (64 MiB) and snapshot interval (10,000 entries) are far away:
+    // only the node-wide 1 MiB bound makes these logs shrink (with the default 512 MiB
+    // they stay at about 1.9 MiB: checked by hand).
+    let (nodes, _) = started_cluster(dir.path(), "warren.quorum_queue_logs_max_bytes = 1MiB\n").await;
+    for q in ["logs-a", "logs-b", "logs-c"] {
+        declare(&nodes[0], q, quorum_args()).await.unwrap();
+    }
+    let body = vec![b'x'; 16 * 1024];
+    let ch = confirm_channel(&nodes[1]).await;
+    let props = lapin::BasicProperties::default().with_delivery_mode(2);
+    let mut confirms = Vec::new();
+    // 3 × 40 × 16 KiB ≈ 1.9 MiB of message bodies in three logs.
+    for i in 0..40 {
+        for q in ["logs-a", "logs-b", "logs-c"] {
+            let c = ch
+                .basic_publish(
+                    "".into(),
+                    q.into(),
+                    lapin::options::BasicPublishOptions::default(),
+                    &body,
+                    props.clone(),
+                )
+                .await
+                .unwrap();
+            confirms.push((i, c));
+        }
+    }
+    for (i, c) in confirms {
+        assert!(c.await.unwrap().is_ack(), "publish {i} confirmed");
+    }
+    for n in &nodes {
+        eventually(&format!("{}'s logs under the bound", n.full), Duration::from_secs(20), || async {
+            let b = logs_bytes(n).await;
+            if b <= 1 << 20 { Ok(()) } else { Err(format!("{b} bytes")) }
+        })
+        .await;
+        let s: Value = n.api("/api/warren/cluster");
+        let snapshotted = s["quorum_queues"].as_array().unwrap().iter().filter(|g| g["log"]["snapshot_index"] != 0);
+        assert!(snapshotted.count() >= 1, "a snapshot made room: {s}");
+    }
+    // Nothing was lost to the snapshots: every message is there.
+    for q in ["logs-a", "logs-b", "logs-c"] {
+        wait_for(&format!("{q} holds 40"), Duration::from_secs(10), || {
+            let v: Value = nodes[2].api(&format!("/api/queues/%2f/{q}"));
+            if v["messages"] == 40 { Ok(()) } else { Err(v["messages"].to_string()) }
+        });
+    }
 }
