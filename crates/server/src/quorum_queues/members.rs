@@ -285,7 +285,7 @@ impl QuorumQueues {
         if !over {
             return;
         }
-        logs.sort_by(|a, b| b.0.cmp(&a.0));
+        logs.sort_by_key(|l| std::cmp::Reverse(l.0));
         let mut left = total;
         for (bytes, name, g) in logs {
             if left <= bound / 2 {
