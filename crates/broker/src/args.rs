@@ -37,6 +37,28 @@ pub struct QueueArgs {
     /// x-quorum-initial-group-size: the voters of a quorum queue's Raft group (capped at the
     /// cluster's size; RabbitMQ's default is 3).
     pub quorum_initial_group_size: Option<u64>,
+    /// x-queue-leader-locator (quorum queues in a cluster).
+    pub leader_locator: Option<LeaderLocator>,
+}
+
+/// Where a quorum queue's leader goes (x-queue-leader-locator, policy key
+/// queue-leader-locator): RabbitMQ's `client-local` (the declaring node, its default) or
+/// `balanced` (the running node leading the fewest; RabbitMQ 3.10's `random` and
+/// `least-leaders` are taken as `balanced`, as RabbitMQ 3.12 does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaderLocator {
+    ClientLocal,
+    Balanced,
+}
+
+impl LeaderLocator {
+    pub fn parse(s: &str) -> Option<LeaderLocator> {
+        match s {
+            "client-local" => Some(LeaderLocator::ClientLocal),
+            "balanced" | "random" | "least-leaders" => Some(LeaderLocator::Balanced),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -125,6 +147,13 @@ impl QueueArgs {
                 return Err(c.err("x-queue-type", format!("{{unacceptable_value,<<\"{other}\">>}}")));
             }
         };
+        let leader_locator = match c.string(args, "x-queue-leader-locator")? {
+            None => None,
+            Some(s) => match LeaderLocator::parse(&s) {
+                Some(l) => Some(l),
+                None => return Err(c.err("x-queue-leader-locator", format!("{{unacceptable_value,<<\"{s}\">>}}"))),
+            },
+        };
         Ok(QueueArgs {
             message_ttl_ms: c.non_neg(args, "x-message-ttl")?,
             expires_ms: c.positive(args, "x-expires")?,
@@ -139,6 +168,7 @@ impl QueueArgs {
             consumer_timeout_ms: c.positive(args, "x-consumer-timeout")?,
             queue_type,
             quorum_initial_group_size: c.positive(args, "x-quorum-initial-group-size")?,
+            leader_locator,
         })
     }
 }
@@ -172,6 +202,23 @@ mod tests {
             f.insert(*k, v.clone());
         }
         f
+    }
+
+    #[test]
+    fn leader_locator_takes_rabbitmqs_values() {
+        let parse = |v: &'static [u8]| {
+            QueueArgs::parse(&t(&[("x-queue-leader-locator", FieldValue::LongStr(Bytes::from_static(v)))]), "q", "/")
+        };
+        assert_eq!(parse(b"client-local").unwrap().leader_locator, Some(LeaderLocator::ClientLocal));
+        for balanced in [&b"balanced"[..], b"random", b"least-leaders"] {
+            assert_eq!(parse(balanced).unwrap().leader_locator, Some(LeaderLocator::Balanced));
+        }
+        let e = parse(b"nearest").unwrap_err();
+        assert_eq!(e.code, 406);
+        assert!(e.text.contains("'x-queue-leader-locator'") && e.text.contains("nearest"), "{}", e.text);
+        let e = QueueArgs::parse(&t(&[("x-queue-leader-locator", FieldValue::I32(1))]), "q", "/").unwrap_err();
+        assert!(e.text.contains("unacceptable_type"), "{}", e.text);
+        assert_eq!(QueueArgs::parse(&FieldTable::new(), "q", "/").unwrap().leader_locator, None);
     }
 
     #[test]

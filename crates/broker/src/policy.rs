@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use wire::{FieldTable, FieldValue};
 
-use crate::args::{Overflow, QueueArgs, QueueType};
+use crate::args::{LeaderLocator, Overflow, QueueArgs, QueueType};
 
 /// What kinds of object a policy may apply to (`apply-to`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -83,7 +83,7 @@ impl ApplyTo {
 /// Policy keys RabbitMQ knows that Warren accepts without acting on them: settings of
 /// features it does not have (mirroring, lazy mode, streams, federation, in-memory limits).
 /// Old definition files still carry them (`ha-mode` in Celery-era guides).
-const IGNORED_KEYS: [&str; 20] = [
+const IGNORED_KEYS: [&str; 19] = [
     "queue-mode",
     "queue-version",
     "ha-mode",
@@ -99,7 +99,6 @@ const IGNORED_KEYS: [&str; 20] = [
     "max-age",
     "stream-max-segment-size-bytes",
     "stream-filter-size-bytes",
-    "queue-leader-locator",
     "initial-cluster-size",
     "target-group-size",
     "federation-upstream",
@@ -123,6 +122,8 @@ pub struct PolicyDefinition {
     pub consumer_timeout: Option<u64>,
     /// Exchanges only.
     pub alternate_exchange: Option<String>,
+    /// Quorum queues in a cluster: where a new one's leader goes (read at declare).
+    pub queue_leader_locator: Option<LeaderLocator>,
     /// Keys accepted without effect (see `IGNORED_KEYS`), in the order given.
     pub ignored: Vec<String>,
 }
@@ -168,6 +169,13 @@ impl PolicyDefinition {
                 "dead-letter-exchange" => d.dead_letter_exchange = Some(string(key, v)?),
                 "dead-letter-routing-key" => d.dead_letter_routing_key = Some(string(key, v)?),
                 "alternate-exchange" => d.alternate_exchange = Some(string(key, v)?),
+                "queue-leader-locator" => {
+                    let s = string(key, v)?;
+                    d.queue_leader_locator = Some(
+                        LeaderLocator::parse(&s)
+                            .ok_or_else(|| format!("\"{s}\" is not a valid queue-leader-locator value"))?,
+                    );
+                }
                 k if IGNORED_KEYS.contains(&k) => d.ignored.push(k.to_owned()),
                 k => unknown.push(format!("<<\"{k}\">>")),
             }
@@ -315,6 +323,8 @@ pub fn effective(
     if declared.queue_type == QueueType::Quorum {
         e.delivery_limit.get_or_insert(QUORUM_DELIVERY_LIMIT);
     }
+    // The argument wins over a policy, as for the dead-letter settings.
+    e.leader_locator = declared.leader_locator.or(p.queue_leader_locator);
     e
 }
 
@@ -356,6 +366,23 @@ mod tests {
         assert!(PolicyDefinition::from_table(&bad_overflow).is_err());
         let dlrk_alone = table(&[("dead-letter-routing-key", FieldValue::LongStr(Bytes::from_static(b"k")))]);
         assert!(PolicyDefinition::from_table(&dlrk_alone).is_err());
+    }
+
+    #[test]
+    fn queue_leader_locator_is_read_and_the_argument_wins_over_it() {
+        let d = PolicyDefinition::from_table(&table(&[(
+            "queue-leader-locator",
+            FieldValue::LongStr(Bytes::from_static(b"balanced")),
+        )]))
+        .unwrap();
+        assert_eq!(d.queue_leader_locator, Some(LeaderLocator::Balanced));
+        assert!(d.ignored.is_empty());
+        let bad = table(&[("queue-leader-locator", FieldValue::LongStr(Bytes::from_static(b"nearest")))]);
+        assert!(PolicyDefinition::from_table(&bad).is_err());
+        let declared = QueueArgs { queue_type: QueueType::Quorum, ..QueueArgs::default() };
+        assert_eq!(effective(&declared, Some(&d), None).leader_locator, Some(LeaderLocator::Balanced));
+        let local = QueueArgs { leader_locator: Some(LeaderLocator::ClientLocal), ..declared };
+        assert_eq!(effective(&local, Some(&d), None).leader_locator, Some(LeaderLocator::ClientLocal));
     }
 
     #[test]

@@ -749,6 +749,17 @@ impl VHost {
         }
     }
 
+    /// The settings a queue named `name` of type `t` would take now: its declared
+    /// arguments combined with the vhost's policies (what a declare would apply).
+    pub fn effective_queue_args(&self, name: &str, declared: &crate::args::QueueArgs) -> crate::args::QueueArgs {
+        let applied = self.policies.read().for_queue(name, declared.queue_type);
+        crate::policy::effective(
+            declared,
+            applied.policy.as_deref().map(|p| &p.definition),
+            applied.operator.as_deref().map(|p| &p.definition),
+        )
+    }
+
     /// Replace the vhost's policies and operator policies and apply them to every existing
     /// queue and exchange now (effects on queues: [`Queue::apply_policies`]); queues and
     /// exchanges declared later get them at declare.

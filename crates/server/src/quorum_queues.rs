@@ -45,9 +45,10 @@ pub(crate) type QKey = (String, String);
 const DEFAULT_GROUP_SIZE: u64 = 3;
 
 /// A new queue's voters: `size` of the cluster's `members` (fewer if it has fewer), the
-/// declaring node `me` first (it initialises the group and so usually leads it, as
-/// RabbitMQ places the leader on the declaring node), then members that answer (`running`)
-/// before those that do not, each kind in random order so that queues spread.
+/// leader-to-be `me` first (it initialises the group and so usually leads it: the
+/// declaring node, as RabbitMQ places the leader by default, or the one the leader
+/// locator chose), then members that answer (`running`) before those that do not, each
+/// kind in random order so that queues spread.
 fn choose_voters(me: &str, running: &[String], members: &[String], size: u64) -> Vec<String> {
     let mut up: Vec<&String> = running.iter().filter(|m| *m != me && members.contains(m)).collect();
     let mut down: Vec<&String> = members.iter().filter(|m| *m != me && !running.contains(m)).collect();
@@ -1729,13 +1730,19 @@ impl ServerState {
         })
         .is_none()
         {
-            let size = broker::args::QueueArgs::parse(args, name, vhost)?
-                .quorum_initial_group_size
-                .unwrap_or(DEFAULT_GROUP_SIZE);
+            let declared = broker::args::QueueArgs::parse(args, name, vhost)?;
+            let size = declared.quorum_initial_group_size.unwrap_or(DEFAULT_GROUP_SIZE);
+            let locator = self.vhost(vhost).and_then(|vh| vh.effective_queue_args(name, &declared).leader_locator);
             let running_members = tokio::task::block_in_place(|| {
                 tokio::runtime::Handle::current().block_on(running.node.running_members())
             });
-            d.voters = choose_voters(running.node.name(), &running_members, &running.node.members(), size);
+            let me = running.node.name();
+            // The first voter initialises the group and campaigns at once: it leads.
+            let first = match (locator, self.quorum.get()) {
+                (Some(broker::args::LeaderLocator::Balanced), Some(qq)) => qq.least_leading(me, &running_members),
+                _ => me.to_owned(),
+            };
+            d.voters = choose_voters(&first, &running_members, &running.node.members(), size);
         }
         self.propose_topology(running, crate::clustering::Command::QuorumDeclare(d))
     }

@@ -136,6 +136,32 @@ impl QuorumQueues {
         open.into_iter().map(|(k, id, g)| (k, id, g.status())).collect()
     }
 
+    /// `balanced` leader placement: of the `running` members, the one leading the fewest
+    /// quorum queues as this node knows them (a group's leader, or for a group not open
+    /// here its first voter); `me` on a tie, else one of the tied at random.
+    pub(crate) fn least_leading(&self, me: &str, running: &[String]) -> String {
+        let mut count: std::collections::HashMap<&str, usize> = running.iter().map(|m| (m.as_str(), 0)).collect();
+        let leaders: Vec<Option<String>> = self
+            .machines
+            .lock()
+            .values()
+            .filter(|m| m.declaration.group.is_some())
+            .map(|m| m.group.as_ref().and_then(|g| g.leader()).or_else(|| m.declaration.voters.first().cloned()))
+            .collect();
+        for l in leaders.iter().flatten() {
+            if let Some(c) = count.get_mut(l.as_str()) {
+                *c += 1;
+            }
+        }
+        let Some(min) = count.values().copied().min() else { return me.to_owned() };
+        if count.get(me) == Some(&min) {
+            return me.to_owned();
+        }
+        let mut tied: Vec<&str> = count.iter().filter(|(_, c)| **c == min).map(|(m, _)| *m).collect();
+        tied.sort_unstable();
+        tied[fastrand::usize(..tied.len())].to_owned()
+    }
+
     /// Queues with a group of their own matching the patterns, sorted.
     fn grouped_queues(&self, vhost: &Regex, queue: &Regex) -> Vec<QKey> {
         let mut keys: Vec<QKey> = self

@@ -385,3 +385,51 @@ async fn all_queues_logs_together_stay_under_the_node_wide_bound() {
         });
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balanced_leader_locator_spreads_leaders_and_client_local_keeps_the_declaring_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, _) = started_cluster(dir.path(), "").await;
+    let full: Vec<String> = nodes.iter().map(|n| n.full.clone()).collect();
+    let located = |how: &str| {
+        let mut a = quorum_args();
+        a.insert("x-queue-leader-locator".into(), AMQPValue::LongString(how.into()));
+        a
+    };
+    let bad = declare(&nodes[0], "bad", located("nearest")).await.unwrap_err();
+    assert_eq!(reply_code(&bad), Some(406), "{bad}");
+    assert!(bad.to_string().contains("x-queue-leader-locator"), "{bad}");
+
+    // Six balanced queues declared through node 0: two led by each node.
+    for i in 0..6 {
+        declare(&nodes[0], &format!("bal-{i}"), located(if i % 2 == 0 { "balanced" } else { "least-leaders" }))
+            .await
+            .unwrap();
+    }
+    let mut led = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..6 {
+        *led.entry(placement(&nodes[1], &format!("bal-{i}")).0).or_default() += 1;
+    }
+    assert_eq!(led.values().copied().collect::<Vec<_>>(), vec![2, 2, 2], "{led:?}");
+    // client-local (and no locator at all) through node 2: node 2 leads.
+    declare(&nodes[2], "local", located("client-local")).await.unwrap();
+    declare(&nodes[2], "plain", quorum_args()).await.unwrap();
+    assert_eq!(placement(&nodes[0], "local").0, full[2]);
+    assert_eq!(placement(&nodes[0], "plain").0, full[2]);
+
+    // A policy's queue-leader-locator applies to a queue declared without the argument:
+    // node 2 now leads four queues and the others two each, so these two go to nodes 0 and 1.
+    let url = format!("http://127.0.0.1:{}/api/policies/%2F/spread", nodes[2].mgmt);
+    let body = serde_json::json!({"pattern": "^pol-", "apply-to": "queues", "definition": {"queue-leader-locator": "balanced"}});
+    let r = reqwest::Client::new().put(url).basic_auth("guest", Some("guest")).json(&body).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    for i in 0..2 {
+        declare(&nodes[2], &format!("pol-{i}"), quorum_args()).await.unwrap();
+    }
+    let pol: BTreeSet<String> = (0..2).map(|i| placement(&nodes[1], &format!("pol-{i}")).0).collect();
+    assert_eq!(
+        pol,
+        full[..2].iter().cloned().collect::<BTreeSet<_>>(),
+        "the policy placed them on the nodes leading fewest"
+    );
+}

@@ -51,6 +51,15 @@ fn policy_definition_json(d: &PolicyDefinition) -> Value {
     put("delivery-limit", d.delivery_limit.map(Value::from));
     put("consumer-timeout", d.consumer_timeout.map(Value::from));
     put("alternate-exchange", d.alternate_exchange.clone().map(Value::from));
+    put(
+        "queue-leader-locator",
+        d.queue_leader_locator.map(|l| {
+            Value::from(match l {
+                broker::args::LeaderLocator::ClientLocal => "client-local",
+                broker::args::LeaderLocator::Balanced => "balanced",
+            })
+        }),
+    );
     Value::Object(m)
 }
 
