@@ -1117,3 +1117,32 @@ def test_overview_of_a_three_node_cluster_shows_members_leader_and_lag(three_nod
     text_in(driver, f'#nodes tr[data-name="{gone}"]', "not running", timeout=20)
     text_in(driver, f'#cluster-members tr[data-name="{gone}"]', "unknown here")
     text_in(driver, "#cluster-panel", "known on the leader only")
+
+
+def test_quorum_queue_page_shows_its_raft_group_voters_learner_and_leader(three_node_cluster, driver, tmp_path):
+    nodes = three_node_cluster
+    names = list(nodes)
+    declaring = nodes[names[0]]
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", declaring.port))
+    ch = conn.channel()
+    # Two voters: the declaring node (it leads, client-local) and one other; the third
+    # member follows as a learner.
+    ch.queue_declare("ui-qq", durable=True, arguments={"x-queue-type": "quorum", "x-quorum-initial-group-size": 2})
+    ch.confirm_delivery()
+    for i in range(5):
+        ch.basic_publish("", "ui-qq", f"m{i}".encode(), pika.BasicProperties(delivery_mode=2))
+    conn.close()
+    logged_in(driver, declaring, hash_="#/queues/%2F/ui-qq")
+    text_in(driver, "#queue-raft-leader", names[0], timeout=20)
+    wait(driver, 20).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#queue-raft-members tbody tr[data-name]")) == 3)
+    rows = {r.get_attribute("data-name"): r.text for r in driver.find_elements(By.CSS_SELECTOR, "#queue-raft-members tbody tr")}
+    assert set(rows) == set(names), rows
+    assert "leader" in rows[names[0]] and "voter" in rows[names[0]], rows
+    assert sum("learner" in t for t in rows.values()) == 1, rows
+    assert sum("voter" in t for t in rows.values()) == 2, rows
+    text_in(driver, "#queue-raft-members", "in sync", timeout=20)
+    shot(driver, tmp_path, "queue-quorum-replication")
+    # A follower's UI shows the same group, with lag left to the leader.
+    logged_in(driver, nodes[names[1]], hash_="#/queues/%2F/ui-qq")
+    text_in(driver, "#queue-raft-leader", names[0], timeout=20)
+    text_in(driver, "#queue-replication", "known on the queue's leader only")

@@ -349,15 +349,37 @@ function clusterPanel(cs) {
         " · term ", h("b", { id: "cluster-term" }, L.fmtNum(cs.term)),
         " · applied ", h("b", {}, L.fmtNum(cs.log && cs.log.last_applied_index)),
         " of committed ", h("b", {}, L.fmtNum(cs.log && cs.log.commit_index))),
-      table([
-        { title: "Member", cell: (m) => [m.name, m.name === cs.node ? h("span", { class: "muted" }, " (this node)") : ""] },
-        { title: "Role", cell: (m) => (m.leader ? "leader" : m.type === "learner" ? "learner" : "follower") },
-        { title: "Type", cell: (m) => m.type },
-        { title: "State", cell: (m) => (m.running ? h("span", { class: "badge ok" }, "running") : h("span", { class: "badge bad" }, "not running")) },
-        { title: "Matched index", num: true, cell: (m) => (m.matched_index == null ? "" : L.fmtNum(m.matched_index)) },
-        { title: "Lag", cell: (m) => (m.lag > 0 ? h("span", { class: "badge warn" }, L.lagText(m)) : L.lagText(m)) },
-      ], cs.members || [], { id: "cluster-members" }),
+      raftMembers(cs.members, cs.node, "cluster-members"),
       h("p", { class: "muted" }, note)));
+}
+
+/** A Raft group's members as this node (`me`) sees them: role, type, state, replication. */
+function raftMembers(members, me, id) {
+  return table([
+    { title: "Member", cell: (m) => [m.name, m.name === me ? h("span", { class: "muted" }, " (this node)") : ""] },
+    { title: "Role", cell: (m) => (m.leader ? "leader" : m.type === "learner" ? "learner" : "follower") },
+    { title: "Type", cell: (m) => m.type },
+    { title: "State", cell: (m) => (m.running ? h("span", { class: "badge ok" }, "running") : h("span", { class: "badge bad" }, "not running")) },
+    { title: "Matched index", num: true, cell: (m) => (m.matched_index == null ? "" : L.fmtNum(m.matched_index)) },
+    { title: "Lag", cell: (m) => (m.lag > 0 ? h("span", { class: "badge warn" }, L.lagText(m)) : L.lagText(m)) },
+  ], members || [], { id });
+}
+
+/** A quorum queue's own Raft group (`/api/warren/cluster`'s `quorum_queues` entry). */
+function queueGroupCard(g, me) {
+  const note = g.replication_known
+    ? "Voters count toward a confirm's majority; learners follow so that consumers on their node are served there."
+    : `Lag is known on the queue's leader only${g.leader ? ` (${g.leader})` : ""}: open its UI to see it.`;
+  return [
+    h("h2", {}, "Replication"),
+    h("p", {}, "Leader ", h("b", { id: "queue-raft-leader" }, g.leader || "none"),
+      " · term ", h("b", {}, L.fmtNum(g.term)),
+      " · applied ", h("b", {}, L.fmtNum(g.log && g.log.last_applied_index)),
+      " of committed ", h("b", {}, L.fmtNum(g.log && g.log.commit_index)),
+      g.raft_state === "stopped" ? h("span", { class: "badge bad" }, ` stopped: ${g.raft_error}`) : ""),
+    raftMembers(g.members, me, "queue-raft-members"),
+    h("p", { class: "muted" }, note),
+  ];
 }
 
 // ---------- paged lists ----------
@@ -598,6 +620,8 @@ async function pageQueue(ctx, v, name) {
   const bindings = h("div");
   const messages = h("div", { id: "messages" });
   const policyBox = h("div", { id: "effective-policy" });
+  // A quorum queue's Raft group in a cluster (hidden otherwise, and on a 403/404).
+  const replication = h("div", { class: "card", id: "queue-replication", hidden: true });
   // Definitions of the policy and operator policy in force, fetched when their names change.
   const policyDefs = { key: null, policy: {}, op: {} };
 
@@ -668,7 +692,7 @@ async function pageQueue(ctx, v, name) {
 
   ctx.view.append(
     h("h1", {}, "Queue ", h("span", { id: "queue-name" }, name), h("span", { class: "muted" }, ` in ${v}`)),
-    h("div", { class: "card" }, figures, details), charts,
+    h("div", { class: "card" }, figures, details), charts, replication,
     h("div", { class: "card" }, h("h2", {}, "Effective policy"), policyBox),
     h("div", { class: "card" }, h("h2", {}, "Messages"), peekForm, getForm, messages),
     h("div", { class: "card" }, h("h2", {}, "Publish a message (default exchange, routing key = queue name)"), pubForm),
@@ -745,6 +769,13 @@ async function pageQueue(ctx, v, name) {
       { title: "Prefetch", num: true, cell: (c) => c.prefetch_count },
       { title: "Active", cell: (c) => String(c.active ?? true) },
     ], q.consumer_details || [], { id: "consumers" }));
+    if (q.type === "quorum") {
+      const cs = await GET("/api/warren/cluster").catch(() => null);
+      const g = cs && (cs.quorum_queues || []).find((x) => x.vhost === v && x.name === name);
+      if (!ctx.alive()) return;
+      replication.hidden = !g;
+      if (g) replication.replaceChildren(...queueGroupCard(g, cs.node));
+    }
     await explain(q);
   }
   await load();
