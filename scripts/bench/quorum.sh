@@ -22,7 +22,9 @@
 # All three stay up for the whole run (idle between their runs) so that forming the
 # clusters is paid once; every run uses a fresh queue, deleted afterwards. Ports are free
 # ones picked at start; only 127.0.0.1 is used; RabbitMQ nodes are qqbenchN@localhost.
-# Environment: WARREN_BIN, the warren binary to run (default target/release/warren).
+# Environment: WARREN_BIN, the warren binary to run (default target/release/warren);
+# WARREN_EXTRA_CONF, config lines added to every Warren node's file (e.g.
+# 'warren.threads = 1', for an A/B run of a setting).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -128,6 +130,8 @@ if has warren; then
         RAFT[$i]=$(free_port)
         conf+="cluster_formation.classic_config.nodes.$i = qq$i@127.0.0.1:${RAFT[$i]}\n"
     done
+    # WARREN_EXTRA_CONF: more lines for every Warren node's config (A/B runs of a setting).
+    conf+="${WARREN_EXTRA_CONF:-}\n"
     printf "$conf" > "$WORK/warren-cluster.conf"
     for i in 1 2 3; do
         PORT[wq$i]=$(free_port)
