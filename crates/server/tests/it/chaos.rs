@@ -481,4 +481,20 @@ async fn a_fourth_node_that_joins_receives_the_quorum_queue() {
     let got = drain(&n4, "qj", &all, Duration::from_secs(20)).await;
     let expect: Vec<String> = sent.into_iter().chain(later).collect();
     assert_eq!(got, expect, "the joiner's consumer gets every message once, in order");
+
+    // `grow` makes the joiner a voter of the queue (it was a learner): four voters, so
+    // with one of the first three killed the queue still has its majority, through n4.
+    let (code, out, err) = n4.ctl(&["grow", &n4.full, "all"]);
+    assert_eq!(code, 0, "{out}{err}");
+    eventually("n4 among qj's voters", Duration::from_secs(20), || async {
+        let q = nodes[0].api("/api/queues/%2f/qj");
+        let members = q["members"].as_array().map_or(0, |m| m.len());
+        let has = q["members"].as_array().is_some_and(|m| m.iter().any(|x| x == n4.full.as_str()));
+        if has && members == 4 { Ok(()) } else { Err(q.to_string()) }
+    })
+    .await;
+    nodes[1].kill();
+    let c4 = connect(&n4, Duration::from_secs(5)).await;
+    let after = publish_confirmed(&confirm_channel(&c4).await, "qj", "v", 10).await;
+    assert_eq!(after.len(), 10, "three of four voters confirm");
 }
