@@ -47,10 +47,7 @@ async fn add(
     Path((vhost, name)): Path<(String, String)>,
     raw: Bytes,
 ) -> ApiResult<StatusCode> {
-    caller.require_admin()?;
-    let member = node_of(&raw)?;
-    node.quorum_member(vhost, name, member, true).await?;
-    Ok(StatusCode::NO_CONTENT)
+    change_member(&node, &caller, vhost, name, &raw, true).await.map(|()| StatusCode::NO_CONTENT)
 }
 
 async fn remove(
@@ -59,10 +56,20 @@ async fn remove(
     Path((vhost, name)): Path<(String, String)>,
     raw: Bytes,
 ) -> ApiResult<StatusCode> {
+    change_member(&node, &caller, vhost, name, &raw, false).await.map(|()| StatusCode::ACCEPTED)
+}
+
+async fn change_member(
+    node: &AppState,
+    caller: &Caller,
+    vhost: String,
+    name: String,
+    raw: &[u8],
+    add: bool,
+) -> ApiResult<()> {
     caller.require_admin()?;
-    let member = node_of(&raw)?;
-    node.quorum_member(vhost, name, member, false).await?;
-    Ok(StatusCode::ACCEPTED)
+    let member = node_of(raw)?;
+    Ok(node.quorum_member(vhost, name, member, add).await?)
 }
 
 #[derive(Deserialize)]
