@@ -433,3 +433,42 @@ async fn balanced_leader_locator_spreads_leaders_and_client_local_keeps_the_decl
         "the policy placed them on the nodes leading fewest"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_whose_files_cannot_be_read_is_left_alone_and_its_node_confirms_nothing_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, _) = started_cluster(dir.path(), "warren.cluster_write_timeout_ms = 2000\n").await;
+    declare(&nodes[0], "hurt", quorum_args()).await.unwrap();
+    let first = publish_confirmed(&confirm_channel(&nodes[0]).await, "hurt", "a-", 10).await;
+    assert_eq!(first.len(), 10);
+    wait_for("hurt's group on node 2", Duration::from_secs(15), || {
+        if group_dirs(&nodes[2]).len() == 1 { Ok(()) } else { Err(format!("{:?}", group_dirs(&nodes[2]))) }
+    });
+    // Node 2's copy of the group's vote is damaged while it is down.
+    nodes[2].kill();
+    let group = nodes[2].data.join("cluster").join("groups").join(&group_dirs(&nodes[2])[0]);
+    std::fs::write(group.join("vote"), b"\x00\x01 not a vote").unwrap();
+    nodes[2].start();
+    wait_for("node 2 logs that it cannot open the group", Duration::from_secs(20), || {
+        let log = nodes[2].proc.as_ref().unwrap().log();
+        if log.contains("opening the quorum queue's Raft group on this node") { Ok(()) } else { Err("not yet".into()) }
+    });
+    // Nothing of it is deleted: not by the open, not by the orphan sweep (the queue exists).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(std::fs::read(group.join("vote")).unwrap(), b"\x00\x01 not a vote", "the damaged file is kept");
+    let s: Value = nodes[2].api("/api/warren/cluster");
+    assert!(s["quorum_queues"].as_array().unwrap().is_empty(), "the group is not open on node 2: {s}");
+    // Through node 2 a publish to it is nacked (after the write timeout), never confirmed;
+    // the other two voters still confirm.
+    let ch2 = confirm_channel(&nodes[2]).await;
+    let props = lapin::BasicProperties::default().with_delivery_mode(2);
+    let confirm = ch2
+        .basic_publish("".into(), "hurt".into(), lapin::options::BasicPublishOptions::default(), b"b", props)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_nack(), "a publish through a node that cannot run the group: {confirm:?}");
+    let more = publish_confirmed(&confirm_channel(&nodes[1]).await, "hurt", "c-", 10).await;
+    assert_eq!(more.len(), 10, "the majority goes on");
+}
