@@ -250,6 +250,8 @@ pub(crate) struct QuorumQueues {
     /// Whether all groups' logs were over `warren.quorum_queue_logs_max_bytes` at the last
     /// check (logged when that changes, not every second).
     logs_over: std::sync::atomic::AtomicBool,
+    /// Whether the groups' upkeep (`tend_groups`, `sweep_orphan_groups`) is running.
+    tending: std::sync::atomic::AtomicBool,
     /// The queues this node led at the last check: a queue newly led gets every member's
     /// state once (a new leader does not know what its predecessor declared).
     led: Mutex<std::collections::HashSet<QKey>>,
@@ -416,6 +418,7 @@ impl QuorumQueues {
             down: Mutex::new(BTreeSet::new()),
             led: Mutex::new(std::collections::HashSet::new()),
             logs_over: std::sync::atomic::AtomicBool::new(false),
+            tending: std::sync::atomic::AtomicBool::new(false),
             downed: Mutex::new(std::collections::HashSet::new()),
             ticks: Mutex::new(HashMap::new()),
             online: Mutex::new(Vec::new()),
@@ -1119,10 +1122,21 @@ async fn run_janitor(me: Weak<QuorumQueues>) {
             me.prune_abandoned();
             me.refresh_online().await;
             me.check_nodes();
-            me.tend_groups().await;
             me.bound_group_logs().await;
-            if ticks % ORPHAN_SWEEP_TICKS == ORPHAN_SWEEP_FIRST_TICK {
-                me.sweep_orphan_groups().await;
+            // The groups' upkeep waits on commits and read barriers (up to the request
+            // deadline when a quorum is missing): in a task of its own, one at a time, so
+            // that it never holds up the checks above. A sweep due meanwhile waits for the
+            // next one.
+            let sweep = ticks % ORPHAN_SWEEP_TICKS == ORPHAN_SWEEP_FIRST_TICK;
+            if !me.tending.swap(true, Ordering::AcqRel) {
+                let me = me.clone();
+                tokio::spawn(async move {
+                    me.tend_groups().await;
+                    if sweep {
+                        me.sweep_orphan_groups().await;
+                    }
+                    me.tending.store(false, Ordering::Release);
+                });
             }
         }
     }

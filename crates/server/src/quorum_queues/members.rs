@@ -214,7 +214,13 @@ impl QuorumQueues {
         let all = Regex::new("").expect("the empty pattern");
         let mut out = Vec::new();
         for key in self.grouped_queues(&all, &all) {
-            let Ok(group) = self.member_group(&key).await else { continue };
+            let group = match self.member_group(&key).await {
+                Ok(g) => g,
+                Err(e) => {
+                    out.push(change(&key, 0, Some(reason(e))));
+                    continue;
+                }
+            };
             let voters = group.voters();
             if !voters.iter().any(|v| v == node) {
                 continue;
