@@ -67,6 +67,10 @@ struct Inner {
     state: StateMachine,
     transport: Arc<Transport>,
     fence: ReadFence,
+    /// Held (written) by a leader handing its leadership over, so that its log stops
+    /// growing and the new leader can have all of it; every proposal holds it (read) while
+    /// its entry enters the log.
+    writes: tokio::sync::RwLock<()>,
     snapshots: tokio::task::JoinHandle<()>,
 }
 
@@ -117,6 +121,7 @@ impl Group {
                 state,
                 transport: settings.transport.clone(),
                 fence: ReadFence::default(),
+                writes: tokio::sync::RwLock::new(()),
                 snapshots,
             }),
         })
@@ -199,9 +204,12 @@ impl Group {
                 return Proposal::NotLeader(cmd);
             }
         }
-        let rx = match raft.client_write_ff(crate::Command(cmd.into())).await {
-            Ok(rx) => rx,
-            Err(e) => return Proposal::Failed(Error::Raft(e.to_string())),
+        let rx = {
+            let _entering = self.inner.writes.read().await;
+            match raft.client_write_ff(crate::Command(cmd.into())).await {
+                Ok(rx) => rx,
+                Err(e) => return Proposal::Failed(Error::Raft(e.to_string())),
+            }
         };
         let (raft, deadline) = (raft.clone(), self.inner.request_deadline);
         Proposal::Queued(Box::pin(async move {
@@ -250,6 +258,101 @@ impl Group {
     pub async fn remove_node(&self, name: &str) -> Result<u64, Error> {
         parse_node_name(name)?;
         self.client(ClientRequest::RemoveNode(name.to_owned())).await.map(|(index, _)| index)
+    }
+
+    /// Move the group's leadership to its voter `target` (what `rebalance` calls; forwarded
+    /// to the leader, see [`Self::hand_over`]). Returns who leads afterwards: `target`, or
+    /// — when another member won the election the hand-over started — that member.
+    pub async fn transfer_leadership(&self, target: &str) -> Result<String, Error> {
+        parse_node_name(target)?;
+        let (_, leader) = self.client(ClientRequest::TransferLeadership(target.to_owned())).await?;
+        String::from_utf8(leader).map_err(|e| Error::Raft(e.to_string()))
+    }
+
+    /// On the leader: hand the leadership to voter `target`. openraft 0.9 has no transfer
+    /// of its own, so the leader makes `target` win an ordinary election:
+    ///
+    /// 1. a voter grants a vote only once its leader lease (`election_timeout_max` since it
+    ///    last heard from a leader) has run out. This node's own lease runs from its
+    ///    election: a leader elected less than a lease ago waits for it to run out;
+    /// 2. it holds new writes back ([`Inner::writes`]), so its log stops growing;
+    /// 3. it waits until `target` has every entry and this node has applied them all (the
+    ///    proposers' answers are out, none is left to fail as "not leader");
+    /// 4. with three voters or fewer, this node's vote and `target`'s own make a majority.
+    ///    In a larger group the followers' votes are needed too: the leader stops its
+    ///    heartbeats for one lease (writes stay held back), after which they grant (they
+    ///    campaign themselves only after a further election timeout, by which time
+    ///    `target` has won);
+    /// 5. it asks `target` to campaign ([`ClientRequest::Campaign`]) and waits until
+    ///    another node leads.
+    ///
+    /// Writes waiting meanwhile find this node no longer leading and go to the new leader.
+    /// Answers the term and name of the node leading afterwards.
+    async fn hand_over(&self, target: &str) -> Result<(u64, Vec<u8>), ClientFailure> {
+        let raft = &self.inner.raft;
+        let target_id = node_id(target);
+        let voters = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            if m.state != ServerState::Leader || m.current_leader != Some(m.id) {
+                let leader = m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id));
+                return Err(ClientFailure::NotLeader(leader.map(|n| n.addr.clone())));
+            }
+            if target_id == m.id {
+                return Ok((m.current_term, target.as_bytes().to_vec()));
+            }
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            if !voters.contains(&target_id) {
+                return Err(ClientFailure::Other(format!("{target} is not a voter of the group")));
+            }
+            voters.len()
+        };
+        let deadline = tokio::time::Instant::now() + self.inner.request_deadline;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        let lease = Duration::from_millis(raft.config().election_timeout_max);
+        // A leader elected less than a lease ago would refuse the vote: wait (writes go on).
+        if let Ok(Some(since)) = raft.with_raft_state(|s| s.vote_last_modified()).await {
+            tokio::time::sleep_until(since + lease + LEASE_MARGIN).await;
+        }
+        let _held = tokio::time::timeout_at(deadline, self.inner.writes.write())
+            .await
+            .map_err(|_| ClientFailure::Retry("writes in progress did not finish".to_owned()))?;
+        let target_name = target.to_owned();
+        raft.wait(Some(left()))
+            .metrics(
+                |m| {
+                    let last = m.last_log_index;
+                    let matched = m.replication.as_ref().and_then(|r| r.get(&target_id).copied().flatten());
+                    matched.map(|l| l.index) == last && m.last_applied.map(|l| l.index) == last
+                },
+                "the new leader has every entry",
+            )
+            .await
+            .map_err(|_| ClientFailure::Retry(format!("{target_name} did not catch up with the log")))?;
+        // Heartbeats stop only now: a follower campaigns by itself one lease and one
+        // election timeout (at least 4 heartbeats) after it last heard from this node, and
+        // the target must campaign first, just after the lease.
+        let quiet = HeartbeatsOff::new(raft, voters > 3);
+        if quiet.is_some() {
+            tokio::time::sleep(lease + LEASE_MARGIN).await;
+        }
+        let campaign = GroupRequest::Client(ClientRequest::Campaign).into_request(self.inner.id);
+        match self.inner.transport.call(target, campaign, left()).await {
+            Ok(Response::Client(Ok(_))) => {}
+            Ok(Response::Client(Err(e))) => return Err(e),
+            Ok(_) => return Err(ClientFailure::Other(format!("{target} does not run the group"))),
+            Err(e) => return Err(ClientFailure::Retry(format!("{target}: {e:?}"))),
+        }
+        drop(quiet);
+        let me = raft.metrics().borrow().id;
+        let m = raft
+            .wait(Some(left()))
+            .metrics(|m| m.current_leader.is_some_and(|l| l != me), "another node leads")
+            .await
+            .map_err(|_| ClientFailure::Retry(format!("{target} did not win its election")))?;
+        let leader =
+            m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()));
+        Ok((m.current_term, leader.unwrap_or_default().into_bytes()))
     }
 
     /// On this node, which must lead the group: add `name` as a learner — it receives the
@@ -455,7 +558,35 @@ impl Group {
         let (raft, fence) = (&self.inner.raft, &self.inner.fence);
         match req {
             ClientRequest::Propose(cmd) => {
-                raft.client_write(crate::Command(cmd.into())).await.map(|r| (r.log_id.index, r.data)).map_err(fail)
+                let rx = {
+                    let _entering = self.inner.writes.read().await;
+                    raft.client_write_ff(crate::Command(cmd.into()))
+                        .await
+                        .map_err(|e| ClientFailure::Other(e.to_string()))?
+                };
+                match rx.await {
+                    Ok(Ok(r)) => Ok((r.log_id.index, r.data)),
+                    Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                        Err(ClientFailure::NotLeader(f.leader_node.map(|n| n.addr)))
+                    }
+                    Ok(Err(e)) => Err(ClientFailure::Other(e.to_string())),
+                    // The responder was dropped: the core stopped.
+                    Err(e) => Err(ClientFailure::Other(e.to_string())),
+                }
+            }
+            ClientRequest::TransferLeadership(target) => self.hand_over(&target).await,
+            ClientRequest::Campaign => {
+                let voter = {
+                    let m = raft.metrics();
+                    let m = m.borrow();
+                    m.membership_config.membership().voter_ids().any(|v| v == m.id)
+                };
+                if !voter {
+                    return Err(ClientFailure::Other(format!("{} is not a voter of the group", self.inner.me)));
+                }
+                // Ignored by a leader (it leads already) and by a stopped core (an error).
+                raft.trigger().elect().await.map_err(|e| ClientFailure::Other(e.to_string()))?;
+                Ok((0, Vec::new()))
             }
             ClientRequest::AddMember(name) => {
                 let id = node_id(&name);
@@ -612,6 +743,28 @@ where
     match e.forward_to_leader::<BasicNode>() {
         Some(f) => ClientFailure::NotLeader(f.leader_node.as_ref().map(|n| n.addr.clone())),
         None => ClientFailure::Other(e.to_string()),
+    }
+}
+
+/// Past a leader lease, before a hand-over counts on it having run out: timers are not exact.
+const LEASE_MARGIN: Duration = Duration::from_millis(50);
+
+/// A leader's heartbeats stopped while a hand-over waits for its followers' leases to run
+/// out (see [`Group::hand_over`]); on again when dropped, whatever happens.
+struct HeartbeatsOff<'a>(&'a Raft);
+
+impl<'a> HeartbeatsOff<'a> {
+    fn new(raft: &'a Raft, off: bool) -> Option<HeartbeatsOff<'a>> {
+        off.then(|| {
+            raft.runtime_config().heartbeat(false);
+            HeartbeatsOff(raft)
+        })
+    }
+}
+
+impl Drop for HeartbeatsOff<'_> {
+    fn drop(&mut self) {
+        self.0.runtime_config().heartbeat(true);
     }
 }
 

@@ -136,6 +136,11 @@ pub enum ClientRequest {
     DemoteMember(String),
     /// Remove a node from the group whether it votes or only learns (a forgotten node).
     RemoveNode(String),
+    /// Hand the leadership to this voter (`rebalance`): served by the leader.
+    TransferLeadership(String),
+    /// Start an election now: sent by a leader handing over to the node it asks; served
+    /// there, never forwarded.
+    Campaign,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

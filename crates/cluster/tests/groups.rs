@@ -265,3 +265,56 @@ fn a_demoted_voter_keeps_learning_and_a_removed_node_voter_or_learner_leaves_the
     propose(&nodes[0], &open_groups[0].0, "alone", 5);
     converged(&recs[..1], 20);
 }
+
+/// Leadership handed over on request (what `rebalance` does): in a group of three (the
+/// old leader's vote and the new one's make a majority) and in one of five (the old leader
+/// stops its heartbeats until the followers' leases run out), asked through any member;
+/// every command proposed before, between and after is applied once, in one order, by all.
+#[test]
+fn leadership_is_handed_to_the_voter_asked_for_in_groups_of_three_and_five() {
+    let root = tempfile::tempdir().unwrap();
+    let ls = listeners(5);
+    let names: Vec<String> = ls.iter().map(|(n, _)| n.clone()).collect();
+    // Short group timers: the five-member hand-over waits one leader lease (8 heartbeats).
+    let nodes: Vec<TestNode> = ls
+        .into_iter()
+        .map(|(name, l)| {
+            TestNode::start_with_config(&name, &root.path().join(&name), l, &names, |c| c.group_heartbeat_ms = 100)
+        })
+        .collect();
+    wait_leader(&nodes, Duration::from_secs(10));
+    for (id, size) in [(21 as GroupId, 3usize), (22, 5)] {
+        let members = &names[..size];
+        let groups: Vec<(Group, Arc<Recorder>)> = nodes[..size].iter().map(|n| open(n, id, Some(members))).collect();
+        let mut leader = wait_group_leader(&nodes, &(0..size).collect::<Vec<_>>(), id);
+        propose(&nodes[0], &groups[0].0, "before", 5);
+        let mut proposed = 5;
+        for step in 0..2 {
+            let target = (leader + 1 + step) % size;
+            // Asked through a member that is neither the leader nor the target when there is one.
+            let via = (0..size).find(|&i| i != leader && i != target).unwrap_or(target);
+            let now = nodes[via].on(groups[via].0.transfer_leadership(&names[target])).unwrap_or_else(|e| {
+                panic!("group {id}: hand over from {} to {} through {}: {e}", names[leader], names[target], names[via])
+            });
+            assert_eq!(now, names[target], "group {id}: leader after the hand-over");
+            leader = wait_group_leader(&nodes, &(0..size).collect::<Vec<_>>(), id);
+            assert_eq!(leader, target, "group {id}: the members agree on the new leader");
+            propose(&nodes[via], &groups[via].0, &format!("after{step}"), 5);
+            proposed += 5;
+        }
+        // Asking the leader for itself changes nothing; a node outside the group is refused.
+        assert_eq!(nodes[leader].on(groups[leader].0.transfer_leadership(&names[leader])).unwrap(), names[leader]);
+        if size < names.len() {
+            let err = nodes[0].on(groups[0].0.transfer_leadership(&names[size])).unwrap_err();
+            assert!(err.to_string().contains("not a voter"), "{err}");
+        }
+        let recs: Vec<(&str, &Arc<Recorder>)> =
+            names[..size].iter().map(String::as_str).zip(groups.iter().map(|(_, r)| r)).collect();
+        let applied = converged(&recs, proposed);
+        let mut want: Vec<String> = (0..5).map(|i| format!("before-{i}")).collect();
+        for step in 0..2 {
+            want.extend((0..5).map(|i| format!("after{step}-{i}")));
+        }
+        assert_eq!(bodies(&applied), want, "group {id}: every command once, in order");
+    }
+}

@@ -97,7 +97,7 @@ pub fn usage() -> String {
      [--socket PATH | --data-dir DIR | --url http://HOST:PORT --username U --password P] <command> [args]\n\n\
      Commands: status ping await_startup environment cluster_status join_cluster forget_cluster_node\n  \
      check_if_node_is_quorum_critical await_online_quorum_plus_one\n  \
-     add_member delete_member grow shrink quorum_status (rabbitmq-queues': a quorum queue's voters)\n  \
+     add_member delete_member grow shrink rebalance quorum_status (rabbitmq-queues': quorum queues' voters and leaders)\n  \
      list_feature_flags enable_feature_flag\n  \
      add_user delete_user change_password authenticate_user set_user_tags list_users hash_password\n  \
      add_vhost delete_vhost list_vhosts\n  \

@@ -354,6 +354,29 @@ pub fn run(inv: &Invocation, out: &mut dyn std::io::Write) -> R {
             let path = format!("/api/queues/quorum/replicas/on/{}/shrink", seg(node));
             c.ok("DELETE", &path, None, &format!("{node} is not a member of the cluster"))?;
         }
+        "rebalance" => {
+            const USAGE: &str = "rebalance <all | quorum> [--vhost-pattern <pattern>] [--queue-pattern <pattern>]";
+            let kind = args(inv, 1, USAGE)?[0].clone();
+            if kind != "all" && kind != "quorum" {
+                return Err(usage(USAGE));
+            }
+            let body = serde_json::json!({
+                "type": kind,
+                "vhost_pattern": inv.opt("--vhost-pattern").unwrap_or(".*"),
+                "queue_pattern": inv.opt("--queue-pattern").unwrap_or(".*"),
+            });
+            c.p.banner(&format!(
+                "Re-balancing leaders of {} queues...",
+                if kind == "all" { "replicated" } else { "quorum" }
+            ));
+            let leaders =
+                c.ok("POST", "/api/warren/rebalance", Some(&body), "the node cannot rebalance queues")?.json();
+            let cols: Vec<(String, String)> = [("Node name", "node"), ("Number of quorum queues", "quorum_leaders")]
+                .into_iter()
+                .map(|(n, p)| (n.to_owned(), p.to_owned()))
+                .collect();
+            c.p.table(&cols, leaders.as_array().map_or(&[], |v| v));
+        }
         "list_feature_flags" => {
             // rabbitmqctl's columns; by default the four that say what a flag is and where it stands.
             let cols = c.columns(

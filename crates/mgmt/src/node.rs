@@ -440,6 +440,17 @@ pub trait Node: Send + Sync + 'static {
         let _ = (node, grow);
         Box::pin(async { Err(NodeError::Invalid("this node is not clustered".into())) })
     }
+    /// Rebalance the leaders of the quorum queues whose vhost and name match the patterns
+    /// over the running nodes (`rabbitmq-queues rebalance quorum`); the leaders per running
+    /// node afterwards. A node without clustering has nothing to move.
+    fn quorum_rebalance(
+        &self,
+        vhosts: regex::Regex,
+        queues: regex::Regex,
+    ) -> BoxFuture<'_, Result<Vec<(String, usize)>, NodeError>> {
+        let _ = (vhosts, queues);
+        Box::pin(async { Ok(Vec::new()) })
+    }
     /// Where the node's memory goes (`GET /api/nodes/{node}/memory`); None answers
     /// RabbitMQ's `"not_available"`.
     fn memory_breakdown(&self) -> Option<MemoryBreakdown> {

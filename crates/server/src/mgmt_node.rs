@@ -119,6 +119,18 @@ impl mgmt::Node for ServerState {
         })
     }
 
+    fn quorum_rebalance(
+        &self,
+        vhosts: regex::Regex,
+        queues: regex::Regex,
+    ) -> BoxFuture<'_, Result<Vec<(String, usize)>, NodeError>> {
+        Box::pin(async move {
+            // A single node leads all its queues: nothing to move.
+            let Some(qq) = self.quorum.get() else { return Ok(Vec::new()) };
+            qq.rebalance(&vhosts, &queues).await.map_err(member_error)
+        })
+    }
+
     fn quorum_regroup(
         &self,
         node: String,

@@ -35,6 +35,7 @@ use crate::state::ServerState;
 use cluster::node::Proposal;
 
 mod members;
+mod rebalance;
 pub(crate) use members::{GrowStrategy, MemberError};
 
 /// A queue's key: (vhost, name).
@@ -252,6 +253,8 @@ pub(crate) struct QuorumQueues {
     logs_over: std::sync::atomic::AtomicBool,
     /// Whether the groups' upkeep (`tend_groups`, `sweep_orphan_groups`) is running.
     tending: std::sync::atomic::AtomicBool,
+    /// A leader rebalance runs on this node (`rebalance`).
+    rebalancing: std::sync::atomic::AtomicBool,
     /// The queues this node led at the last check: a queue newly led gets every member's
     /// state once (a new leader does not know what its predecessor declared).
     led: Mutex<std::collections::HashSet<QKey>>,
@@ -419,6 +422,7 @@ impl QuorumQueues {
             led: Mutex::new(std::collections::HashSet::new()),
             logs_over: std::sync::atomic::AtomicBool::new(false),
             tending: std::sync::atomic::AtomicBool::new(false),
+            rebalancing: std::sync::atomic::AtomicBool::new(false),
             downed: Mutex::new(std::collections::HashSet::new()),
             ticks: Mutex::new(HashMap::new()),
             online: Mutex::new(Vec::new()),

@@ -53,7 +53,7 @@ fn describe(key: &QKey) -> String {
 impl QuorumQueues {
     /// The open group of quorum queue `key`, for a membership change: waits for a group
     /// still being opened (a node just started), at most the write timeout.
-    async fn member_group(&self, key: &QKey) -> Result<cluster::Group, MemberError> {
+    pub(super) async fn member_group(&self, key: &QKey) -> Result<cluster::Group, MemberError> {
         let deadline = tokio::time::Instant::now() + self.write_timeout();
         loop {
             {
@@ -163,7 +163,7 @@ impl QuorumQueues {
     }
 
     /// Queues with a group of their own matching the patterns, sorted.
-    fn grouped_queues(&self, vhost: &Regex, queue: &Regex) -> Vec<QKey> {
+    pub(super) fn grouped_queues(&self, vhost: &Regex, queue: &Regex) -> Vec<QKey> {
         let mut keys: Vec<QKey> = self
             .machines
             .lock()

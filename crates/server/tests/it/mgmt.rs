@@ -15,6 +15,28 @@ async fn overview_deserializes_in_rabbitmq_http_client() {
     let o = client(&server).overview().await.expect("overview");
     assert_eq!(o.node, server.state.node_name());
     assert_eq!(o.object_totals.exchanges, 7, "the predeclared exchanges of /");
+    // A single node leads every queue it has: a rebalance moves nothing and succeeds, as
+    // RabbitMQ's does on one node; Warren's report lists no clustered leaders; a type
+    // with nothing replicated is the caller's mistake.
+    client(&server).rebalance_queue_leaders().await.expect("POST /api/rebalance/queues");
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/warren/rebalance", server.api()))
+        .basic_auth("guest", Some("guest"))
+        .json(&serde_json::json!({"type": "quorum"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap(), serde_json::json!([]));
+    let r = http
+        .post(format!("{}/rebalance/queues", server.api()))
+        .basic_auth("guest", Some("guest"))
+        .json(&serde_json::json!({"type": "stream"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -472,3 +472,101 @@ async fn a_group_whose_files_cannot_be_read_is_left_alone_and_its_node_confirms_
     let more = publish_confirmed(&confirm_channel(&nodes[1]).await, "hurt", "c-", 10).await;
     assert_eq!(more.len(), 10, "the majority goes on");
 }
+
+/// Leaders per node among the `rb-*` queues, as node `n`'s `/api/queues` says.
+fn leaders_per_node(n: &Node, nodes: &[Node], prefix: &str) -> Vec<usize> {
+    let qs: Value = n.api("/api/queues");
+    nodes
+        .iter()
+        .map(|x| {
+            qs.as_array()
+                .unwrap()
+                .iter()
+                .filter(|q| q["name"].as_str().is_some_and(|s| s.starts_with(prefix)) && q["leader"] == x.full.as_str())
+                .count()
+        })
+        .collect()
+}
+
+/// `rabbitmq-queues rebalance quorum` and `POST /api/rebalance/queues`: six queues all led
+/// by the node that declared them end up led two by each node; a publisher confirming
+/// through the rebalance loses nothing (every confirmed message is delivered once the
+/// leaders moved, from another node), and the queues take publishes on their new leaders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_spreads_quorum_queue_leaders_without_losing_a_confirmed_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, _) = started_cluster(dir.path(), "").await;
+    for i in 0..6 {
+        declare(&nodes[0], &format!("rb-{i}"), quorum_args()).await.unwrap();
+    }
+    let mut before = Vec::new();
+    for i in 0..6 {
+        let q = format!("rb-{i}");
+        assert_eq!(placement(&nodes[1], &q).0, nodes[0].full, "client-local: node 0 leads {q}");
+        before.extend(publish_confirmed(&confirm_channel(&nodes[1]).await, &q, &format!("{q}-before-"), 20).await);
+    }
+    assert_eq!(before.len(), 120);
+    // A publisher keeps confirming to rb-0 through node 2 while the leaders move.
+    let publisher = {
+        let ch = confirm_channel(&nodes[2]).await;
+        tokio::spawn(async move {
+            let mut confirmed = Vec::new();
+            for round in 0..40 {
+                confirmed.extend(publish_confirmed(&ch, "rb-0", &format!("during-{round}-"), 10).await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            confirmed
+        })
+    };
+
+    // warrenctl on three of them: one each (ceil(3/3) = 1), a table per node.
+    let (code, out, err) =
+        nodes[1].ctl(&["-q", "--formatter", "json", "rebalance", "quorum", "--queue-pattern", "^rb-[0-2]$"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let rows: Value =
+        serde_json::from_str(out.lines().filter(|l| !l.starts_with("Re-balancing")).collect::<String>().as_str())
+            .unwrap_or_else(|e| panic!("{e}: {out}"));
+    let per: Vec<(String, u64)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["Node name"].as_str().unwrap().to_owned(), r["Number of quorum queues"].as_u64().unwrap()))
+        .collect();
+    let mut want: Vec<(String, u64)> = nodes.iter().map(|n| (n.full.clone(), 1)).collect();
+    want.sort();
+    assert_eq!(per, want, "{out}");
+    let first: Vec<usize> = (0..3)
+        .map(|i| nodes.iter().position(|n| n.full == placement(&nodes[2], &format!("rb-{i}")).0).unwrap())
+        .collect();
+    assert_eq!(first.iter().copied().collect::<BTreeSet<_>>().len(), 3, "rb-0..2 led by three nodes: {first:?}");
+
+    // rabbitmq_http_client's rebalance_queue_leaders (RabbitMQ's POST, `{}`): all six.
+    nodes[2].http().rebalance_queue_leaders().await.expect("POST /api/rebalance/queues");
+    assert_eq!(leaders_per_node(&nodes[0], &nodes, "rb-"), vec![2, 2, 2]);
+    let (code, _, err) = nodes[0].ctl(&["rebalance", "classic"]);
+    assert_ne!(code, 0, "{err}");
+
+    let during = publisher.await.unwrap();
+    assert!(during.len() >= 200, "the publisher kept being confirmed through the moves: {}", during.len());
+    for i in 0..6 {
+        let q = format!("rb-{i}");
+        let after = publish_confirmed(&confirm_channel(&nodes[0]).await, &q, &format!("{q}-after-"), 10).await;
+        assert_eq!(after.len(), 10, "{q} takes publishes on its new leader");
+        before.extend(after);
+    }
+    let want: BTreeSet<String> = before.iter().chain(&during).cloned().collect();
+    let mut got = BTreeSet::new();
+    for i in 0..6 {
+        let q = format!("rb-{i}");
+        let mine: BTreeSet<String> = want
+            .iter()
+            .filter(|b| b.starts_with(&format!("{q}-")) || (i == 0 && b.starts_with("during-")))
+            .cloned()
+            .collect();
+        let ch = nodes[1].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
+        let (bodies, _) = consume_all(&ch, &q, &mine, Duration::from_secs(30)).await;
+        got.extend(bodies);
+    }
+    let lost: Vec<&String> = want.difference(&got).take(5).collect();
+    assert!(lost.is_empty(), "{} confirmed messages lost, e.g. {lost:?}", want.difference(&got).count());
+}

@@ -7,16 +7,23 @@
 //!   "vhost_pattern", "queue_pattern"}` → 204
 //! - `DELETE /api/queues/quorum/replicas/on/{node}/shrink` → 202
 //!
+//! - `POST /api/rebalance/queues` → 204: the quorum queues' leaders spread over the running
+//!   nodes (`rabbitmq-queues rebalance`); an optional body `{"type": "quorum"|"all",
+//!   "vhost_pattern", "queue_pattern"}` narrows it (RabbitMQ's endpoint rebalances all)
+//! - `POST /api/warren/rebalance` with the same body → 200 and the leaders per running node
+//!   afterwards, `[{"node", "quorum_leaders"}]` (what `warrenctl rebalance` prints)
+//!
 //! Administrators only, as in RabbitMQ. Unlike RabbitMQ, which starts the change and
-//! answers at once, Warren answers once the queues' groups have committed it; `grow` and
-//! `shrink` answer 503 naming the queues that were left as they were (the others changed).
+//! answers at once, Warren answers once the queues' groups have committed it (a rebalance
+//! once every leader it moves has moved); `grow` and `shrink` answer 503 naming the queues
+//! that were left as they were (the others changed).
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, post};
-use axum::{Extension, Router};
-use serde::Deserialize;
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
 
 use super::{AppState, body};
 use crate::auth::Caller;
@@ -29,6 +36,8 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/queues/quorum/{vhost}/{name}/replicas/delete", delete(remove))
         .route("/api/queues/quorum/replicas/on/{node}/grow", post(grow))
         .route("/api/queues/quorum/replicas/on/{node}/shrink", delete(shrink))
+        .route("/api/rebalance/queues", post(rebalance))
+        .route("/api/warren/rebalance", post(rebalance_report))
 }
 
 #[derive(Deserialize)]
@@ -111,6 +120,54 @@ async fn shrink(
     caller.require_admin()?;
     let changes = node.quorum_regroup(member, None).await?;
     outcome(&changes, StatusCode::ACCEPTED)
+}
+
+#[derive(Deserialize)]
+struct RebalanceBody {
+    r#type: Option<String>,
+    vhost_pattern: Option<String>,
+    queue_pattern: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Leaders {
+    node: String,
+    quorum_leaders: usize,
+}
+
+async fn rebalance(
+    State(node): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    raw: Bytes,
+) -> ApiResult<StatusCode> {
+    run_rebalance(&node, &caller, &raw).await.map(|_| StatusCode::NO_CONTENT)
+}
+
+async fn rebalance_report(
+    State(node): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    raw: Bytes,
+) -> ApiResult<Json<Vec<Leaders>>> {
+    let counts = run_rebalance(&node, &caller, &raw).await?;
+    Ok(Json(counts.into_iter().map(|(node, quorum_leaders)| Leaders { node, quorum_leaders }).collect()))
+}
+
+async fn run_rebalance(node: &AppState, caller: &Caller, raw: &[u8]) -> ApiResult<Vec<(String, usize)>> {
+    caller.require_admin()?;
+    // RabbitMQ's clients post `{}` or nothing.
+    let b: RebalanceBody = body(raw)?;
+    match b.r#type.as_deref() {
+        None | Some("all" | "quorum") => {}
+        Some(t @ ("classic" | "stream")) => {
+            return Err(ApiError::bad_request(format!(
+                "{t} queues have no replicas to rebalance in Warren: use quorum or all"
+            )));
+        }
+        Some(t) => return Err(ApiError::bad_request(format!("unknown queue type '{t}': use quorum or all"))),
+    }
+    let vhosts = pattern(b.vhost_pattern, "vhost_pattern")?;
+    let queues = pattern(b.queue_pattern, "queue_pattern")?;
+    Ok(node.quorum_rebalance(vhosts, queues).await?)
 }
 
 /// `ok` when every queue changed; else 503 naming the ones that did not, and why.
