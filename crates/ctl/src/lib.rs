@@ -67,6 +67,7 @@ const FLAGS: &[&str] = &[
     "--offline",
     "--local",
     "--skip-if-unchanged",
+    "--errors-only",
 ];
 
 /// Options that take a value (the rest are flags).

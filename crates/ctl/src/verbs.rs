@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::http::{Reply, seg};
-use crate::output::Printer;
+use crate::output::{Printer, cell};
 use crate::{EX_DATAERR, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE, Invocation};
 
 pub struct Fail {
@@ -97,6 +97,27 @@ impl Ctx<'_> {
 
 fn args<'a>(inv: &'a Invocation, n: usize, shape: &str) -> Result<&'a [String], Fail> {
     if inv.args.len() < n { Err(usage(shape)) } else { Ok(&inv.args) }
+}
+
+/// `rabbitmq-queues grow`/`shrink`'s table (`--errors-only`: the failed rows); exit 69
+/// naming the queues left as they were, if any.
+fn member_table(c: &mut Ctx<'_>, inv: &Invocation, rows: &Value) -> R {
+    let all = rows.as_array().map_or(&[][..], |v| v.as_slice());
+    let failed = |r: &&Value| r["result"].as_str().is_some_and(|s| s != "ok");
+    let shown: Vec<Value> = all.iter().filter(|r| !inv.flag(&["--errors-only"]) || failed(r)).cloned().collect();
+    let cols: Vec<(String, String)> =
+        ["vhost", "name", "size", "result"].into_iter().map(|n| (n.to_owned(), n.to_owned())).collect();
+    c.p.table(&cols, &shown);
+    let left: Vec<String> = all
+        .iter()
+        .filter(failed)
+        .map(|r| format!("'{}' in vhost '{}'", cell(Some(&r["name"])), cell(Some(&r["vhost"]))))
+        .collect();
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(fail(EX_UNAVAILABLE, format!("{} queue(s) left as they were: {}", left.len(), left.join(", "))))
+    }
 }
 
 fn parse_json(s: &str) -> Result<Value, Fail> {
@@ -334,10 +355,16 @@ pub fn run(inv: &Invocation, out: &mut dyn std::io::Write) -> R {
             c.p.table(&cols, &rows);
         }
         "grow" => {
-            let a = args(inv, 2, "grow <node> <all | even> [--vhost-pattern <pattern>] [--queue-pattern <pattern>]")?;
+            let a = args(
+                inv,
+                2,
+                "grow <node> <all | even> [--vhost-pattern <pattern>] [--queue-pattern <pattern>] [--errors-only]",
+            )?;
             let (node, strategy) = (&a[0], &a[1]);
             if strategy != "all" && strategy != "even" {
-                return Err(usage("grow <node> <all | even> [--vhost-pattern <pattern>] [--queue-pattern <pattern>]"));
+                return Err(usage(
+                    "grow <node> <all | even> [--vhost-pattern <pattern>] [--queue-pattern <pattern>] [--errors-only]",
+                ));
             }
             let body = serde_json::json!({
                 "strategy": strategy,
@@ -345,14 +372,16 @@ pub fn run(inv: &Invocation, out: &mut dyn std::io::Write) -> R {
                 "queue_pattern": inv.opt("--queue-pattern").unwrap_or(".*"),
             });
             c.p.banner(&format!("Growing {strategy} quorum queues on {node}..."));
-            let path = format!("/api/queues/quorum/replicas/on/{}/grow", seg(node));
-            c.ok("POST", &path, Some(&body), &format!("{node} is not a member of the cluster"))?;
+            let path = format!("/api/warren/replicas/on/{}/grow", seg(node));
+            let rows = c.ok("POST", &path, Some(&body), &format!("{node} is not a member of the cluster"))?.json();
+            member_table(&mut c, inv, &rows)?;
         }
         "shrink" => {
-            let node = &args(inv, 1, "shrink <node>")?[0];
+            let node = &args(inv, 1, "shrink <node> [--errors-only]")?[0];
             c.p.banner(&format!("Shrinking quorum queues on {node}..."));
-            let path = format!("/api/queues/quorum/replicas/on/{}/shrink", seg(node));
-            c.ok("DELETE", &path, None, &format!("{node} is not a member of the cluster"))?;
+            let path = format!("/api/warren/replicas/on/{}/shrink", seg(node));
+            let rows = c.ok("DELETE", &path, None, &format!("{node} is not a member of the cluster"))?.json();
+            member_table(&mut c, inv, &rows)?;
         }
         "rebalance" => {
             const USAGE: &str = "rebalance <all | quorum> [--vhost-pattern <pattern>] [--queue-pattern <pattern>]";

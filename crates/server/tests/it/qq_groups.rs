@@ -260,13 +260,23 @@ async fn a_queues_voters_change_with_add_member_delete_member_grow_and_shrink_an
     assert_eq!(second.len(), 10, "node 0's vote was taken away");
     nodes[0].start();
 
-    // warrenctl grow / shrink (rabbitmq-queues' shapes).
-    let (code, out, err) = nodes[0].ctl(&["grow", n2, "all", "--queue-pattern", "^solo$"]);
+    // warrenctl grow / shrink (rabbitmq-queues' shapes and tables: a row per queue).
+    let (code, out, err) = nodes[0].ctl(&["-q", "--formatter", "json", "grow", n2, "all", "--queue-pattern", "^solo$"]);
     assert_eq!(code, 0, "{out}{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(rows, serde_json::json!([{"vhost": "/", "name": "solo", "size": 2, "result": "ok"}]));
     wait_members(&nodes, &[0, 1, 2], "solo", &[n1, n2]);
     wait_members(&nodes, &[0], "trio", &[n0, n1, n2]);
-    let (code, out, err) = nodes[1].ctl(&["shrink", n2]);
+    let (code, out, err) = nodes[1].ctl(&["-q", "--formatter", "json", "shrink", n2]);
     assert_eq!(code, 0, "{out}{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(
+        rows,
+        serde_json::json!([
+            {"vhost": "/", "name": "solo", "size": 1, "result": "ok"},
+            {"vhost": "/", "name": "trio", "size": 2, "result": "ok"},
+        ])
+    );
     wait_members(&nodes, &[0, 1, 2], "solo", &[n1]);
     wait_members(&nodes, &[0, 1, 2], "trio", &[n0, n1]);
     // "even": only queues with an even number of voters grow ("trio" has 2, "solo" 1).
@@ -290,6 +300,22 @@ async fn a_queues_voters_change_with_add_member_delete_member_grow_and_shrink_an
     let c0 = nodes[0].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
     let (got, _) = consume_all(&c0, "solo", &want, Duration::from_secs(20)).await;
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
+
+    // A shrink that cannot take a queue's last voter: the other queue changes, the table
+    // (`--errors-only`: that row alone) says why, and warrenctl exits 69 naming it.
+    let (code, out, err) = nodes[0].ctl(&["-q", "--formatter", "json", "shrink", n1, "--errors-only"]);
+    assert_eq!(code, 69, "{out}{err}");
+    assert!(err.contains("'solo' in vhost '/'"), "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0]["name"].as_str(), rows[0]["size"].as_u64()), (Some("solo"), Some(1)));
+    assert!(
+        rows[0]["result"].as_str().unwrap().starts_with("error: ")
+            && rows[0]["result"].as_str().unwrap().contains("last member"),
+        "{rows:?}"
+    );
+    wait_members(&nodes, &[0, 1], "trio", &[n0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

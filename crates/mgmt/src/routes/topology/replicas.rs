@@ -7,6 +7,10 @@
 //!   "vhost_pattern", "queue_pattern"}` → 204
 //! - `DELETE /api/queues/quorum/replicas/on/{node}/shrink` → 202
 //!
+//! - `POST /api/warren/replicas/on/{node}/grow`, `DELETE /api/warren/replicas/on/{node}/shrink`:
+//!   the same as the two above, answered 200 with a row per queue considered,
+//!   `[{"vhost", "name", "size", "result"}]` (`size`: its voters after; `result`: `ok` or
+//!   `error: ...`), the table `rabbitmq-queues grow`/`shrink` print (and `warrenctl`)
 //! - `POST /api/rebalance/queues` → 204: the quorum queues' leaders spread over the running
 //!   nodes (`rabbitmq-queues rebalance`); an optional body `{"type": "quorum"|"all",
 //!   "vhost_pattern", "queue_pattern"}` narrows it (RabbitMQ's endpoint rebalances all)
@@ -36,6 +40,8 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/queues/quorum/{vhost}/{name}/replicas/delete", delete(remove))
         .route("/api/queues/quorum/replicas/on/{node}/grow", post(grow))
         .route("/api/queues/quorum/replicas/on/{node}/shrink", delete(shrink))
+        .route("/api/warren/replicas/on/{node}/grow", post(grow_report))
+        .route("/api/warren/replicas/on/{node}/shrink", delete(shrink_report))
         .route("/api/rebalance/queues", post(rebalance))
         .route("/api/warren/rebalance", post(rebalance_report))
 }
@@ -99,16 +105,7 @@ async fn grow(
     Path(member): Path<String>,
     raw: Bytes,
 ) -> ApiResult<StatusCode> {
-    caller.require_admin()?;
-    let b: GrowBody = body(&raw)?;
-    let even = match b.strategy.as_deref() {
-        None | Some("all") => false,
-        Some("even") => true,
-        Some(s) => return Err(ApiError::bad_request(format!("unknown strategy '{s}': use all or even"))),
-    };
-    let vhosts = pattern(b.vhost_pattern, "vhost_pattern")?;
-    let queues = pattern(b.queue_pattern, "queue_pattern")?;
-    let changes = node.quorum_regroup(member, Some((even, vhosts, queues))).await?;
+    let changes = run_grow(&node, &caller, member, &raw).await?;
     outcome(&changes, StatusCode::NO_CONTENT)
 }
 
@@ -120,6 +117,58 @@ async fn shrink(
     caller.require_admin()?;
     let changes = node.quorum_regroup(member, None).await?;
     outcome(&changes, StatusCode::ACCEPTED)
+}
+
+async fn grow_report(
+    State(node): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(member): Path<String>,
+    raw: Bytes,
+) -> ApiResult<Json<Vec<ChangeRow>>> {
+    Ok(Json(rows(run_grow(&node, &caller, member, &raw).await?)))
+}
+
+async fn shrink_report(
+    State(node): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(member): Path<String>,
+) -> ApiResult<Json<Vec<ChangeRow>>> {
+    caller.require_admin()?;
+    Ok(Json(rows(node.quorum_regroup(member, None).await?)))
+}
+
+async fn run_grow(node: &AppState, caller: &Caller, member: String, raw: &[u8]) -> ApiResult<Vec<QuorumMemberChange>> {
+    caller.require_admin()?;
+    let b: GrowBody = body(raw)?;
+    let even = match b.strategy.as_deref() {
+        None | Some("all") => false,
+        Some("even") => true,
+        Some(s) => return Err(ApiError::bad_request(format!("unknown strategy '{s}': use all or even"))),
+    };
+    let vhosts = pattern(b.vhost_pattern, "vhost_pattern")?;
+    let queues = pattern(b.queue_pattern, "queue_pattern")?;
+    Ok(node.quorum_regroup(member, Some((even, vhosts, queues))).await?)
+}
+
+/// A row of `rabbitmq-queues grow`/`shrink`'s table.
+#[derive(Serialize)]
+struct ChangeRow {
+    vhost: String,
+    name: String,
+    size: usize,
+    result: String,
+}
+
+fn rows(changes: Vec<QuorumMemberChange>) -> Vec<ChangeRow> {
+    changes
+        .into_iter()
+        .map(|c| ChangeRow {
+            vhost: c.vhost,
+            name: c.name,
+            size: c.voters,
+            result: c.error.map_or_else(|| "ok".to_owned(), |e| format!("error: {e}")),
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
