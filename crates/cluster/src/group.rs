@@ -277,7 +277,9 @@ impl Group {
     ///    election: a leader elected less than a lease ago waits for it to run out;
     /// 2. it holds new writes back ([`Inner::writes`]), so its log stops growing;
     /// 3. it waits until `target` has every entry and this node has applied them all (the
-    ///    proposers' answers are out, none is left to fail as "not leader");
+    ///    proposers' answers are out, none is left to fail as "not leader") — once
+    ///    `target` is within [`HAND_OVER_LAG_MAX`] entries, and then at most
+    ///    [`HELD_CATCH_UP_MAX`], so that a target that is down or slow does not stall writes;
     /// 4. with three voters or fewer, this node's vote and `target`'s own make a majority.
     ///    In a larger group the followers' votes are needed too: the leader stops its
     ///    heartbeats for one lease (writes stay held back), after which they grant (they
@@ -314,21 +316,32 @@ impl Group {
         if let Ok(Some(since)) = raft.with_raft_state(|s| s.vote_last_modified()).await {
             tokio::time::sleep_until(since + lease + LEASE_MARGIN).await;
         }
+        // First without holding anything back: the target must answer and be close behind
+        // (a node that is down or far behind would otherwise stall the queue's writes).
+        let caught_up = |held: bool| {
+            move |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
+                let last = m.last_log_index.unwrap_or(0);
+                let matched = m.replication.as_ref().and_then(|r| r.get(&target_id).copied().flatten());
+                let matched = matched.map_or(0, |l| l.index);
+                let applied = m.last_applied.map_or(0, |l| l.index);
+                if held { matched == last && applied == last } else { matched + HAND_OVER_LAG_MAX >= last }
+            }
+        };
+        if !matches!(self.inner.transport.call(target, Request::Ping, PING_TIMEOUT).await, Ok(Response::Client(Ok(_))))
+        {
+            return Err(ClientFailure::Other(format!("{target} does not answer (down, or its Raft stopped)")));
+        }
+        raft.wait(Some(left()))
+            .metrics(caught_up(false), "the new leader close behind")
+            .await
+            .map_err(|_| ClientFailure::Other(format!("{target} is not keeping up with the log")))?;
         let _held = tokio::time::timeout_at(deadline, self.inner.writes.write())
             .await
-            .map_err(|_| ClientFailure::Retry("writes in progress did not finish".to_owned()))?;
-        let target_name = target.to_owned();
-        raft.wait(Some(left()))
-            .metrics(
-                |m| {
-                    let last = m.last_log_index;
-                    let matched = m.replication.as_ref().and_then(|r| r.get(&target_id).copied().flatten());
-                    matched.map(|l| l.index) == last && m.last_applied.map(|l| l.index) == last
-                },
-                "the new leader has every entry",
-            )
+            .map_err(|_| ClientFailure::Other("writes in progress did not finish".to_owned()))?;
+        raft.wait(Some(HELD_CATCH_UP_MAX.min(left())))
+            .metrics(caught_up(true), "the new leader has every entry")
             .await
-            .map_err(|_| ClientFailure::Retry(format!("{target_name} did not catch up with the log")))?;
+            .map_err(|_| ClientFailure::Other(format!("{target} did not catch up with the log")))?;
         // Heartbeats stop only now: a follower campaigns by itself one lease and one
         // election timeout (at least 4 heartbeats) after it last heard from this node, and
         // the target must campaign first, just after the lease.
@@ -341,7 +354,7 @@ impl Group {
             Ok(Response::Client(Ok(_))) => {}
             Ok(Response::Client(Err(e))) => return Err(e),
             Ok(_) => return Err(ClientFailure::Other(format!("{target} does not run the group"))),
-            Err(e) => return Err(ClientFailure::Retry(format!("{target}: {e:?}"))),
+            Err(e) => return Err(ClientFailure::Other(format!("{target} cannot be asked to campaign: {e:?}"))),
         }
         drop(quiet);
         let me = raft.metrics().borrow().id;
@@ -349,7 +362,7 @@ impl Group {
             .wait(Some(left()))
             .metrics(|m| m.current_leader.is_some_and(|l| l != me), "another node leads")
             .await
-            .map_err(|_| ClientFailure::Retry(format!("{target} did not win its election")))?;
+            .map_err(|_| ClientFailure::Other(format!("{target} did not win its election")))?;
         let leader =
             m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()));
         Ok((m.current_term, leader.unwrap_or_default().into_bytes()))
@@ -745,6 +758,14 @@ where
         None => ClientFailure::Other(e.to_string()),
     }
 }
+
+/// How far behind the leader's log a hand-over's target may be when the leader starts
+/// holding writes back, in entries.
+const HAND_OVER_LAG_MAX: u64 = 64;
+
+/// Longest a hand-over holds writes back waiting for its target to have every entry; past
+/// it the hand-over is given up (and retried by whoever asked).
+const HELD_CATCH_UP_MAX: Duration = Duration::from_secs(1);
 
 /// Past a leader lease, before a hand-over counts on it having run out: timers are not exact.
 const LEASE_MARGIN: Duration = Duration::from_millis(50);

@@ -318,3 +318,46 @@ fn leadership_is_handed_to_the_voter_asked_for_in_groups_of_three_and_five() {
         assert_eq!(bodies(&applied), want, "group {id}: every command once, in order");
     }
 }
+
+/// A hand-over to a member that is down is given up, and the group's writes are not held
+/// back meanwhile: the leader waits for the target to come close behind before it holds
+/// anything, and then at most a second.
+#[test]
+fn a_hand_over_to_a_member_that_is_down_fails_and_writes_go_on() {
+    let root = tempfile::tempdir().unwrap();
+    let ls = listeners(3);
+    let names: Vec<String> = ls.iter().map(|(n, _)| n.clone()).collect();
+    let mut nodes: Vec<TestNode> = ls
+        .into_iter()
+        .map(|(name, l)| {
+            TestNode::start_with_config(&name, &root.path().join(&name), l, &names, |c| {
+                c.group_heartbeat_ms = 100;
+                c.request_deadline = Duration::from_secs(3);
+            })
+        })
+        .collect();
+    wait_leader(&nodes, Duration::from_secs(10));
+    let id: GroupId = 31;
+    let groups: Vec<(Group, Arc<Recorder>)> = nodes.iter().map(|n| open(n, id, Some(&names))).collect();
+    let leader = wait_group_leader(&nodes, &[0, 1, 2], id);
+    let down = (leader + 1) % 3;
+    let up = 3 - leader - down;
+    propose(&nodes[leader], &groups[leader].0, "before", 5);
+    nodes[down].kill();
+    // Writes while the leader tries: they keep being committed by the two left.
+    let writer = {
+        let g = groups[up].0.clone();
+        nodes[up].rt.as_ref().unwrap().spawn(async move {
+            for i in 0..20 {
+                g.propose(cmd("during", i)).await.expect("a write while a hand-over is tried");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let err = nodes[leader].on(groups[leader].0.transfer_leadership(&names[down])).unwrap_err();
+    assert!(err.to_string().contains("does not answer"), "{err}");
+    nodes[up].on(writer).unwrap();
+    assert_eq!(wait_group_leader(&nodes, &[leader, up], id), leader, "the leader stayed");
+    let recs = [(names[leader].as_str(), &groups[leader].1), (names[up].as_str(), &groups[up].1)];
+    assert_eq!(converged(&recs, 25).len(), 25);
+}
