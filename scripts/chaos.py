@@ -9,12 +9,14 @@ Driven by scripts/chaos.sh (which picks the binary and the virtualenv). What it 
   binds its outbound inter-node connections to 127.0.0.(i+2) (warren.cluster_source_ip),
   so a proxy can drop one node's connections. Partition X = X's proxy drops everything
   and the others' proxies drop X's source address (established links are aborted);
-- one durable quorum queue `chaos`; 2 publishers (pika, publisher confirms, one message
-  in flight each) and 2 consumers (manual ack, prefetch 50) on random live nodes,
-  reconnecting to another random node after any error;
+- three durable quorum queues `chaos-0..2`, declared on node 1 (which leads them at
+  first); 2 publishers (pika, publisher confirms, one message in flight each, each message
+  to a random queue) and 2 consumers (manual ack, prefetch 50, all three queues) on random
+  live nodes, reconnecting to another random node after any error;
 - every 3-8 s one fault on a random node, never more than one node (a minority) faulty at
-  a time: kill -9 and restart after 1-4 s, SIGTERM and restart, or a partition of 3-8 s
-  then heal; after each, wait until the node serves AMQP again;
+  a time: kill -9 and restart after 1-4 s, SIGTERM and restart, a partition of 3-8 s then
+  heal, or `warrenctl rebalance quorum` run on it (leaders handed over to even them out,
+  while the clients go on); after each, wait until the node serves AMQP again;
 - at the end: heal, restart anything down, stop publishing, drain (consumers keep going)
   until every confirmed body has been delivered or 90 s pass; then check.
 
@@ -39,7 +41,7 @@ import time
 
 import pika
 
-QUEUE = "chaos"
+QUEUES = ["chaos-0", "chaos-1", "chaos-2"]
 NODES = 3
 # A publish waits at most this long for its confirm (a cut-off node nacks after the write
 # timeout, 2 s here).
@@ -243,7 +245,7 @@ def publisher(k, nodes, sh):
                 with sh.lock:
                     sh.published.add(body)
                 try:
-                    ch.basic_publish("", QUEUE, body.encode(), pika.BasicProperties(delivery_mode=2))
+                    ch.basic_publish("", rng.choice(QUEUES), body.encode(), pika.BasicProperties(delivery_mode=2))
                 except pika.exceptions.NackError:
                     # E.g. this node is cut off (no quorum): try another one.
                     with sh.lock:
@@ -268,15 +270,17 @@ def consumer(k, nodes, sh):
             conn = pika.BlockingConnection(params(nodes[i].port))
             ch = conn.channel()
             ch.basic_qos(prefetch_count=50)
-            for method, _props, body in ch.consume(QUEUE, inactivity_timeout=0.5):
-                if sh.stop_consuming.is_set():
-                    break
-                if method is None:
-                    continue
+
+            def got(ch, method, _props, body):
                 b = body.decode()
                 with sh.lock:
                     sh.delivered[b] = sh.delivered.get(b, 0) + 1
                 ch.basic_ack(method.delivery_tag)
+
+            for q in QUEUES:
+                ch.basic_consume(q, got)
+            while not sh.stop_consuming.is_set():
+                conn.process_data_events(time_limit=0.5)
             conn.close()
         except Exception as e:
             sh.error(f"consumer on n{i + 1}", e)
@@ -288,7 +292,8 @@ def declare(nodes):
     while True:
         try:
             conn = pika.BlockingConnection(params(nodes[0].port))
-            conn.channel().queue_declare(QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+            for q in QUEUES:
+                conn.channel().queue_declare(q, durable=True, arguments={"x-queue-type": "quorum"})
             conn.close()
             return
         except Exception:
@@ -303,11 +308,13 @@ def main():
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--smoke", action="store_true", help="45 s of faults (about 60 s in all)")
     ap.add_argument("--warren-bin", required=True)
+    ap.add_argument("--warrenctl-bin", default=None, help="default: warrenctl beside --warren-bin")
     ap.add_argument("--work", required=True)
     a = ap.parse_args()
     seed = a.seed if a.seed is not None else random.randrange(1 << 31)
     load_s = 45 if a.smoke else a.minutes * 60
     rng = random.Random(seed)
+    ctl = a.warrenctl_bin or os.path.join(os.path.dirname(a.warren_bin), "warrenctl")
     log(f"chaos: seed {seed}, {load_s:.0f} s of faults, binary {a.warren_bin}, work dir {a.work}")
 
     listen = [free_port() for _ in range(NODES)]
@@ -342,11 +349,21 @@ def main():
         while time.time() - started < load_s:
             time.sleep(rng.uniform(3, 8))
             x = rng.randrange(NODES)
-            kind = rng.choice(["kill9", "kill9", "sigterm", "partition", "partition"])
+            kind = rng.choice(["kill9", "kill9", "sigterm", "partition", "partition", "rebalance"])
             t0 = time.time()
             with sh.lock:
                 confirmed_before = len(sh.confirmed)
-            if kind == "partition":
+            if kind == "rebalance":
+                r = subprocess.run([ctl, "-q", "--formatter", "json", "rebalance", "quorum"],
+                                   env={**os.environ, "WARREN_DATA_DIR": nodes[x].data},
+                                   capture_output=True, text=True, timeout=120)
+                try:
+                    leaders = {row["Node name"].split("@")[0]: row["Number of quorum queues"]
+                               for row in json.loads(r.stdout)}
+                except ValueError:
+                    leaders = r.stdout.strip()
+                detail = f"exit {r.returncode}, leaders {leaders}" + (f", {r.stderr.strip()}" if r.returncode else "")
+            elif kind == "partition":
                 hold = rng.uniform(3, 8)
                 proxies.partition(x)
                 time.sleep(hold)
@@ -398,7 +415,8 @@ def main():
             "seed": seed,
             "faults_s": round(load_s),
             "drain_s": round(time.time() - drain_start, 1),
-            "events": {k: sum(1 for e in events if e["kind"] == k) for k in ("kill9", "sigterm", "partition")},
+            "events": {k: sum(1 for e in events if e["kind"] == k)
+                       for k in ("kill9", "sigterm", "partition", "rebalance")},
             "published": len(sh.published),
             "confirmed": len(sh.confirmed),
             "nacked": sh.nacked,

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Seeded chaos run for quorum queues (issue 15): three warren processes on 127.0.0.1 with
 # a TCP fault proxy in front of each inter-node listener; publishers with confirms and
-# consumers (pika) on random nodes; kill -9, SIGTERM restarts and partitions of one
-# random node at a time (never more than a minority), then heal, drain and check that
+# consumers (pika) on random nodes; kill -9, SIGTERM restarts, partitions and leader
+# rebalances of one random node at a time (never more than a minority), then heal, drain and check that
 # every confirmed message was delivered at least once. Details: scripts/chaos.py.
 #
 #   scripts/chaos.sh                       5 minutes of faults (plus drain and checks)
@@ -14,8 +14,8 @@
 # lost); exits 1 when a confirmed message was lost. Results of full runs: docs/cluster.md
 # ("Faults across processes").
 #
-# Environment: WARREN_BIN (default target/debug/warren, built first; pass a release
-# binary for long runs); WARREN_LOG (the nodes' log filter, default warn).
+# Environment: WARREN_BIN (default target/debug/warren, built first with warrenctl; pass a
+# release binary for long runs, with warrenctl beside it); WARREN_LOG (the nodes' log filter, default warn).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,7 +35,7 @@ source "$ROOT/scripts/venv.sh"
 
 if [[ -z "${WARREN_BIN:-}" ]]; then
     # Built (a no-op when it is up to date): a stale binary would not know today's keys.
-    cargo build -q -p server --bin warren
+    cargo build -q -p server --bin warren --bin warrenctl
     WARREN_BIN="$ROOT/target/debug/warren"
 fi
 [[ -x "$WARREN_BIN" ]] || { echo "error: broker binary not found at $WARREN_BIN" >&2; exit 2; }
