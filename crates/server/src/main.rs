@@ -573,6 +573,7 @@ fn run() -> anyhow::Result<()> {
         info!(data_dir = %data_dir.display(), "Warren {} starting", env!("CARGO_PKG_VERSION"));
         // A Raft entry this node cannot apply stops it (fail closed): shut down and exit 1.
         let mut fatal = state.fatal_error();
+        let stopping = state.clone();
         let serving = tokio::spawn(server::serve_listeners(listeners, state));
         let failed = tokio::select! {
             _ = wait_for_signal() => None,
@@ -584,6 +585,12 @@ fn run() -> anyhow::Result<()> {
         }
         let _ = tx.send(true);
         let _ = serving.await;
+        // Its clients gone, a clustered node hands what it leads over before it stops
+        // (not after a fatal error: its Raft may be what stopped).
+        if cluster_node.is_some() && failed.is_none() {
+            server::clustering::hand_over_leadership(&stopping).await;
+        }
+        drop(stopping);
         for m in [management, prometheus].into_iter().flatten() {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), m).await;
         }

@@ -94,12 +94,14 @@ impl QuorumQueues {
         if !self.cluster_members().iter().any(|m| m == node) {
             return Err(MemberError::Invalid(format!("{node} is not a member of the cluster")));
         }
-        if group.voters().iter().any(|v| v == node) {
+        let voters = group.voters();
+        if voters.iter().any(|v| v == node) {
             return Err(MemberError::Invalid(format!("{node} is already a member of {}", describe(&key))));
         }
         group.add_member(node).await.map_err(|e| unavailable(&key, node, e))?;
         info!(queue = %name, vhost = %vhost, node = %node, "quorum queue: a member added");
-        Ok(group.voters().len())
+        // Committed by the group's leader; this node's own view may not have applied it yet.
+        Ok(voters.len() + 1)
     }
 
     /// Take `node`'s vote in queue `vhost`/`name` away (it keeps a learner's copy while it

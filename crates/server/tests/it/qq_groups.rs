@@ -226,6 +226,8 @@ async fn a_queues_voters_change_with_add_member_delete_member_grow_and_shrink_an
     assert!(row(n0)["Commit Index"].as_u64() > Some(0), "{rows}");
     let (code, _, err) = nodes[0].ctl(&["quorum_status", "nosuch"]);
     assert_eq!(code, 70, "{err}");
+    // "trio"'s group may still be electing its first leader (node 0, which declared it).
+    assert_eq!(placement(&nodes[0], "trio").0, *n0);
     let text = reqwest::get(format!("http://127.0.0.1:{}/metrics/per-object", nodes[0].prom))
         .await
         .unwrap()
@@ -595,4 +597,50 @@ async fn rebalance_spreads_quorum_queue_leaders_without_losing_a_confirmed_messa
     }
     let lost: Vec<&String> = want.difference(&got).take(5).collect();
     assert!(lost.is_empty(), "{} confirmed messages lost, e.g. {lost:?}", want.difference(&got).count());
+}
+
+/// A node stopped cleanly (SIGTERM) hands the quorum queues it leads to the other voters
+/// before it exits: the others lead them as soon as it is gone — not after an election
+/// timeout (6 s or more at the default heartbeat: a lease and 4-8 heartbeats) — and a
+/// publisher on another node is confirmed at once; nothing confirmed is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopping_cleanly_hands_its_quorum_queues_over_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = crate::cluster_fixture::three_nodes(dir.path());
+    // Node 0's info lines say what it handed over.
+    nodes[0].env.push(("WARREN_LOG".into(), "info".into()));
+    crate::cluster_fixture::start_seeded(&mut nodes).await;
+    for q in ["so-0", "so-1"] {
+        declare(&nodes[0], q, quorum_args()).await.unwrap();
+        assert_eq!(placement(&nodes[1], q).0, nodes[0].full, "client-local: node 0 leads {q}");
+    }
+    let mut confirmed = Vec::new();
+    for q in ["so-0", "so-1"] {
+        confirmed.extend(publish_confirmed(&confirm_channel(&nodes[1]).await, q, &format!("{q}-before-"), 20).await);
+    }
+    let code = nodes[0].proc.as_mut().unwrap().terminate(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "a clean exit");
+    let log = nodes[0].proc.as_ref().unwrap().log();
+    assert_eq!(log.matches("leader handed over before stopping").count(), 2, "{log}");
+    let gone = std::time::Instant::now();
+    // Well within an election timeout: the others lead both queues and confirm.
+    let ch = confirm_channel(&nodes[2]).await;
+    for q in ["so-0", "so-1"] {
+        let q_now: Value = nodes[1].api(&format!("/api/queues/%2f/{q}"));
+        let leader = q_now["leader"].as_str().unwrap_or_default().to_owned();
+        assert!(leader == nodes[1].full || leader == nodes[2].full, "{q}: leader {leader} once node 0 stopped");
+        let after = publish_confirmed(&ch, q, &format!("{q}-after-"), 20).await;
+        assert_eq!(after.len(), 20, "{q}: confirmed without node 0");
+        confirmed.extend(after);
+    }
+    assert!(gone.elapsed() < Duration::from_secs(4), "confirms took {:?} after node 0 stopped", gone.elapsed());
+    nodes[0].start();
+    let want: BTreeSet<String> = confirmed.into_iter().collect();
+    let mut got = BTreeSet::new();
+    for q in ["so-0", "so-1"] {
+        let mine: BTreeSet<String> = want.iter().filter(|b| b.starts_with(&format!("{q}-"))).cloned().collect();
+        let ch = nodes[0].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
+        got.extend(consume_all(&ch, q, &mine, Duration::from_secs(30)).await.0);
+    }
+    assert_eq!(got, want, "every confirmed message, from the restarted node");
 }
