@@ -11,12 +11,15 @@ classic queues live on the node that declared them and are reachable from the ot
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
 import uuid
 
 import pika
 import pytest
+import requests
 from celery import Celery
 
 from amqp_util import WorkerProcess
@@ -377,3 +380,68 @@ def test_celery_with_classic_queues_and_rpc_results_across_nodes(cluster, worker
         assert len([line for line in worker.lines if "succeeded" in line]) == 20, worker.log(60)
     finally:
         app.close()
+
+
+def test_rabbitmqadmin_rebalance_queues_spreads_quorum_leaders_and_pika_loses_nothing(cluster, tmp_path):
+    """rabbitmqadmin v2's `rebalance queues` (POST /api/rebalance/queues) on three quorum
+    queues declared through node 0 (which leads them, as a rule): afterwards each node leads
+    one; every message pika had confirmed before is consumed, from another node, after."""
+    binary = os.environ.get("RABBITMQADMIN")
+    if not binary:
+        pytest.skip("RABBITMQADMIN is not set (run through scripts/test-python.sh)")
+    c = cluster
+    tag = uuid.uuid4().hex[:8]
+    queues = [f"pytest.qq.rebalance.{tag}.{i}" for i in range(3)]
+    conn = connect_any(c, [0], "rebalance-publisher")
+    ch = conn.channel()
+    ch.confirm_delivery()
+    sent = {}
+    for q in queues:
+        ch.queue_declare(q, durable=True, arguments=QUORUM)
+        sent[q] = [f"{q}-{i}" for i in range(10)]
+        for body in sent[q]:
+            ch.basic_publish("", q, body, properties=PERSISTENT)
+    conn.close()
+
+    def leaders() -> list[str]:
+        out = []
+        for q in queues:
+            r = c.api(1, f"/queues/%2F/{q}")
+            assert r.status_code == 200, r.text
+            out.append(r.json().get("leader"))
+        return out
+
+    deadline = time.monotonic() + 20
+    while None in leaders():
+        assert time.monotonic() < deadline, f"leaders {leaders()}"
+        time.sleep(0.1)
+    r = subprocess.run([binary, "--host", "127.0.0.1", "--port", str(c.nodes[1].mgmt_port), "--username", "guest",
+                        "--password", "guest", "--non-interactive", "rebalance", "queues"],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert sorted(leaders()) == sorted(c.names), f"one leader per node: {leaders()}"
+    # Warren's report agrees: one quorum queue leader per node.
+    rows = requests_post_json(c, 2, "/warren/rebalance", {"queue_pattern": f"^pytest\\.qq\\.rebalance\\.{tag}\\."})
+    assert sorted(r["quorum_leaders"] for r in rows) == [1, 1, 1], rows
+
+    conn = connect_any(c, [2], "rebalance-consumer")
+    ch = conn.channel()
+    for q in queues:
+        got = []
+        for method, _props, body in ch.consume(q, inactivity_timeout=5):
+            if method is None:
+                break
+            got.append(body.decode())
+            ch.basic_ack(method.delivery_tag)
+            if len(got) == len(sent[q]):
+                break
+        ch.cancel()
+        assert got == sent[q], f"{q}: every confirmed message, in order"
+    conn.close()
+
+
+def requests_post_json(c: Cluster, i: int, path: str, body: dict):
+    r = requests.post(f"http://127.0.0.1:{c.nodes[i].mgmt_port}/api{path}", json=body, auth=("guest", "guest"),
+                      timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
