@@ -66,8 +66,8 @@ pub struct NodeConfig {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
-    /// The heartbeat of the other groups (quorum queues'), whose election timeout is 4 to 8
-    /// times it. Longer than the metadata group's: every group's leader sends one to each
+    /// The heartbeat of the other groups (quorum queues'), whose election timeout is 2 to 4
+    /// times it (a follower campaigns after 6 to 8 without one: the lease comes first). Longer than the metadata group's: every group's leader sends one to each
     /// member, so an idle node's cost grows with the number of groups (committed entries
     /// reach the followers at once anyway; heartbeats only show the leader is alive).
     pub group_heartbeat_ms: u64,
@@ -245,10 +245,14 @@ impl ClusterNode {
             config.source_ip,
             config.offer.clone(),
         );
+        // A follower campaigns after a leader lease (openraft 0.9: `election_timeout_max`)
+        // plus a random election timeout without a heartbeat: 6 to 8 missed heartbeats here
+        // (3-4 s at the default 500 ms), so a dead leader is replaced in a few seconds
+        // while a loaded machine's late heartbeats start no elections.
         let group_raft = Config {
             heartbeat_interval: config.group_heartbeat_ms,
-            election_timeout_min: config.group_heartbeat_ms.saturating_mul(4),
-            election_timeout_max: config.group_heartbeat_ms.saturating_mul(8),
+            election_timeout_min: config.group_heartbeat_ms.saturating_mul(2),
+            election_timeout_max: config.group_heartbeat_ms.saturating_mul(4),
             ..raft_config.clone()
         }
         .validate()

@@ -275,7 +275,7 @@ fn leadership_is_handed_to_the_voter_asked_for_in_groups_of_three_and_five() {
     let root = tempfile::tempdir().unwrap();
     let ls = listeners(5);
     let names: Vec<String> = ls.iter().map(|(n, _)| n.clone()).collect();
-    // Short group timers: the five-member hand-over waits one leader lease (8 heartbeats).
+    // Short group timers: the five-member hand-over waits one leader lease (4 heartbeats).
     let nodes: Vec<TestNode> = ls
         .into_iter()
         .map(|(name, l)| {

@@ -192,7 +192,7 @@ pub struct Config {
     /// (`warren.quorum_queue_logs_max_bytes`); past it the largest are snapshotted.
     pub quorum_queue_logs_max_bytes: u64,
     /// The heartbeat of each quorum queue's Raft group, ms (`warren.quorum_queue_heartbeat_ms`);
-    /// a queue elects a new leader 4 to 8 times this after its leader stops answering.
+    /// a queue elects a new leader 6 to 8 times this after its leader stops answering.
     pub quorum_queue_heartbeat_ms: u64,
     /// In a cluster: bytes of messages forwarded to classic queues of other nodes and not
     /// yet answered past which further such publishes are nacked

@@ -603,8 +603,9 @@ async fn rebalance_spreads_quorum_queue_leaders_without_losing_a_confirmed_messa
 
 /// A node stopped cleanly (SIGTERM) hands the quorum queues it leads to the other voters
 /// before it exits: the others lead them as soon as it is gone — not after an election
-/// timeout (6 s or more at the default heartbeat: a lease and 4-8 heartbeats) — and a
-/// publisher on another node is confirmed at once; nothing confirmed is lost.
+/// timeout (3 s or more at the default heartbeat: a lease and 2-4 heartbeats), so the
+/// first look at the API after the exit already names another leader — and a publisher on
+/// another node is confirmed; nothing confirmed is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopping_cleanly_hands_its_quorum_queues_over_first() {
     let dir = tempfile::tempdir().unwrap();
@@ -630,8 +631,7 @@ async fn a_node_stopping_cleanly_hands_its_quorum_queues_over_first() {
     assert_eq!(code, Some(0), "a clean exit");
     let log = nodes[x].proc.as_ref().unwrap().log();
     assert_eq!(log.matches("leader handed over before stopping").count(), led, "{log}");
-    let gone = std::time::Instant::now();
-    // Well within an election timeout: the others lead both queues and confirm.
+    // At once (well within an election timeout): the others lead both queues and confirm.
     let ch = confirm_channel(&nodes[b]).await;
     for q in ["so-0", "so-1"] {
         let q_now: Value = nodes[a].api(&format!("/api/queues/%2f/{q}"));
@@ -645,7 +645,6 @@ async fn a_node_stopping_cleanly_hands_its_quorum_queues_over_first() {
         assert_eq!(after.len(), 20, "{q}: confirmed without {}", nodes[x].full);
         confirmed.extend(after);
     }
-    assert!(gone.elapsed() < Duration::from_secs(5), "confirms took {:?} after the node stopped", gone.elapsed());
     nodes[x].start();
     let want: BTreeSet<String> = confirmed.into_iter().collect();
     let mut got = BTreeSet::new();
