@@ -137,7 +137,8 @@ impl QuorumQueues {
             return Err(MemberError::Unavailable("a queue rebalance is already in progress on this node".into()));
         }
         let _running = Running(&self.rebalancing);
-        let running = self.online_members();
+        // Asked now (a ping each): the list refreshed every second is empty just after a start.
+        let running = self.running_members_now().await;
         let mut groups = HashMap::new();
         let mut queues = Vec::new();
         for key in self.grouped_queues(vhost, queue) {
@@ -182,7 +183,7 @@ impl QuorumQueues {
     /// for it to run out: those waits overlap), until `deadline`. Returns how many were
     /// handed over.
     pub(crate) async fn hand_over_all(&self, me: &str, deadline: tokio::time::Instant) -> usize {
-        let online: Vec<String> = self.online_members().into_iter().filter(|m| m != me).collect();
+        let online: Vec<String> = self.running_members_now().await.into_iter().filter(|m| m != me).collect();
         let groups: Vec<(QKey, cluster::Group)> =
             self.machines.lock().iter().filter_map(|(k, m)| m.group.clone().map(|g| (k.clone(), g))).collect();
         let mut leads: HashMap<String, usize> = HashMap::new();
@@ -227,6 +228,17 @@ impl QuorumQueues {
             }
         }
         moved
+    }
+}
+
+impl QuorumQueues {
+    /// The cluster members that answer a ping now.
+    async fn running_members_now(&self) -> Vec<String> {
+        let Some(state) = self.state.upgrade() else { return Vec::new() };
+        let Some(running) = state.cluster.get() else { return Vec::new() };
+        let mut members = running.node.running_members().await;
+        members.sort();
+        members
     }
 }
 
