@@ -764,7 +764,8 @@ where
 const HAND_OVER_LAG_MAX: u64 = 64;
 
 /// Longest a hand-over holds writes back waiting for its target to have every entry; past
-/// it the hand-over is given up (and retried by whoever asked).
+/// it the hand-over is given up (an error to whoever asked; a rebalance goes on with the
+/// next queue).
 const HELD_CATCH_UP_MAX: Duration = Duration::from_secs(1);
 
 /// Past a leader lease, before a hand-over counts on it having run out: timers are not exact.

@@ -919,8 +919,10 @@ pub async fn hand_over_leadership(state: &Arc<ServerState>) {
     let Some(running) = state.cluster.get() else { return };
     let deadline = tokio::time::Instant::now() + STOP_HAND_OVER_MAX;
     let me = running.node.name().to_owned();
+    // Who can take over: asked once, for the queues and the metadata group alike.
+    let online = running.node.running_members().await;
     if let Some(qq) = state.quorum.get() {
-        let moved = qq.hand_over_all(&me, deadline).await;
+        let moved = qq.hand_over_all(&me, &online, deadline).await;
         if moved > 0 {
             info!(queues = moved, "quorum queues led here handed over before stopping");
         }
@@ -929,7 +931,6 @@ pub async fn hand_over_leadership(state: &Arc<ServerState>) {
     if !meta.is_leader() {
         return;
     }
-    let online = running.node.running_members().await;
     let Some(to) = meta.voters().into_iter().find(|v| *v != me && online.contains(v)) else { return };
     match tokio::time::timeout_at(deadline, meta.transfer_leadership(&to)).await {
         Ok(Ok(now)) => info!(to = %now, "the cluster's metadata leadership handed over before stopping"),

@@ -182,8 +182,9 @@ impl QuorumQueues {
     /// [`STOP_HAND_OVERS_AT_ONCE`] at a time (a leader elected less than a lease ago waits
     /// for it to run out: those waits overlap), until `deadline`. Returns how many were
     /// handed over.
-    pub(crate) async fn hand_over_all(&self, me: &str, deadline: tokio::time::Instant) -> usize {
-        let online: Vec<String> = self.running_members_now().await.into_iter().filter(|m| m != me).collect();
+    /// `running`: the members that answer now (the caller asked them once for every group).
+    pub(crate) async fn hand_over_all(&self, me: &str, running: &[String], deadline: tokio::time::Instant) -> usize {
+        let online: Vec<&String> = running.iter().filter(|m| *m != me).collect();
         let groups: Vec<(QKey, cluster::Group)> =
             self.machines.lock().iter().filter_map(|(k, m)| m.group.clone().map(|g| (k.clone(), g))).collect();
         let mut leads: HashMap<String, usize> = HashMap::new();
@@ -198,7 +199,7 @@ impl QuorumQueues {
             let Some(to) = g
                 .voters()
                 .into_iter()
-                .filter(|v| online.contains(v))
+                .filter(|v| online.contains(&v))
                 .min_by_key(|v| (leads.get(v).copied().unwrap_or(0), v.clone()))
             else {
                 continue;
