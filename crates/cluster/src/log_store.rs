@@ -538,4 +538,51 @@ mod tests {
         std::fs::write(dir.path().join(VOTE_FILE), b"garbage!garbage!").unwrap();
         assert!(matches!(LogStore::open(dir.path()), Err(Error::Corrupt { .. })));
     }
+    /// The files a group directory held under the openraft 0.9 build (fixtures written by
+    /// it: an initial membership, a blank and a command; a commit marker; a suffix truncated
+    /// by a new leader; a committed vote; the new leader's entries and membership) open
+    /// unchanged in every later build: upgrading openraft must not make a node unable to
+    /// read its own log (it would refuse to start, or worse, vote without its history).
+    #[tokio::test]
+    async fn opens_the_log_and_vote_the_openraft_0_9_build_wrote() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openraft-0.9/group");
+        let dir = tempfile::tempdir().unwrap();
+        for f in [LOG_FILE, VOTE_FILE] {
+            std::fs::copy(fixture.join(f), dir.path().join(f)).unwrap();
+        }
+        let (mut s, r) = LogStore::open(dir.path()).unwrap();
+        assert_eq!(r, Recovery { entries: 6, cut_bytes: 0 });
+        let state = s.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, None);
+        assert_eq!(state.last_log_id, Some(LogId::new(CommittedLeaderId::new(2, 22), 5)));
+        assert_eq!(s.read_vote().await.unwrap(), Some(Vote::new_committed(2, 22)));
+        assert_eq!(s.read_committed().await.unwrap(), Some(LogId::new(CommittedLeaderId::new(2, 22), 5)));
+        let got = s.try_get_log_entries(0..).await.unwrap();
+        let shape: Vec<(u64, u64, u64, String)> = got
+            .iter()
+            .map(|e| {
+                let what = match &e.payload {
+                    EntryPayload::Blank => "blank".to_owned(),
+                    EntryPayload::Normal(c) => format!("{:?}", c.0.as_ref()),
+                    EntryPayload::Membership(m) => format!("voters {:?}", m.voter_ids().collect::<Vec<_>>()),
+                };
+                (e.log_id.leader_id.term, e.log_id.leader_id.node_id, e.log_id.index, what)
+            })
+            .collect();
+        let want = [
+            (1, 11, 0, "voters [11, 22, 33]".to_owned()),
+            (1, 11, 1, "blank".to_owned()),
+            (1, 11, 2, format!("{:?}", &b"first"[..])),
+            (2, 22, 3, "blank".to_owned()),
+            (2, 22, 4, format!("{:?}", &[0u8, 1, 2, 255][..])),
+            (2, 22, 5, "voters [11, 22]".to_owned()),
+        ];
+        assert_eq!(shape, want);
+        let EntryPayload::Membership(m) = &got[0].payload else { panic!() };
+        let addrs: Vec<_> = m.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        assert_eq!(
+            addrs,
+            [(11, "a@127.0.0.1:1"), (22, "b@127.0.0.1:2"), (33, "c@127.0.0.1:3")].map(|(i, a)| (i, a.to_owned()))
+        );
+    }
 }

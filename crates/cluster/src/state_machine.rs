@@ -357,4 +357,24 @@ mod tests {
         assert_eq!(sm.applied_index(), 2 * RACES, "the snapshot on disk is the newest");
         assert_eq!(applier.snapshot(), (2 * RACES).to_be_bytes());
     }
+    /// The snapshot file the openraft 0.9 build wrote (a fixture written by it) opens in
+    /// every later build: its log id and membership come back, and its data is restored
+    /// into the applier.
+    #[tokio::test]
+    async fn opens_the_snapshot_the_openraft_0_9_build_wrote() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openraft-0.9/snapshot");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(fixture.join(SNAPSHOT_FILE), dir.path().join(SNAPSHOT_FILE)).unwrap();
+        let (log, _) = LogStore::open(dir.path()).unwrap();
+        let applier = Arc::new(Bytes::default());
+        let mut sm = StateMachine::open(dir.path(), applier.clone(), &log, false).unwrap();
+        assert_eq!(applier.snapshot(), b"the applier's state");
+        let applied = sm.applied();
+        assert_eq!(applied.last_applied, Some(LogId::new(CommittedLeaderId::new(2, 22), 5)));
+        assert_eq!(applied.membership.log_id(), &Some(LogId::new(CommittedLeaderId::new(2, 22), 4)));
+        assert_eq!(applied.membership.voter_ids().collect::<Vec<_>>(), [11, 22]);
+        let snap = sm.get_current_snapshot().await.unwrap().expect("the snapshot is current");
+        assert_eq!(snap.meta.snapshot_id, "2-22-5");
+        assert_eq!(snap.snapshot.into_inner(), b"the applier's state");
+    }
 }
