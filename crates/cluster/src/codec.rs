@@ -61,6 +61,13 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Command(pub ::bytes::Bytes);
 
+/// How openraft's logs show a command: its size, not its bytes.
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "command of {} bytes", self.0.len())
+    }
+}
+
 impl Serialize for Command {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         bytes::serialize(&self.0, s)

@@ -21,21 +21,21 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{
-    CheckIsLeaderError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
-};
+use openraft::error::{LinearizableReadError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, Config, ServerState};
+use openraft_legacy::network_v1::{
+    Adapter, ChunkedSnapshotReceiver, InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse,
+    RaftNetwork,
+};
 
 use crate::log_store::LogStore;
 use crate::node::{MAX_COMMAND_BYTES, MemberStatus, PING_TIMEOUT, Proposal, RaftStatus, Replication};
 use crate::state_machine::{Applied, Applier, StateMachine};
 use crate::transport::{CallError, ClientFailure, ClientRequest, GroupRequest, Request, Response, Transport};
-use crate::{Error, NodeId, Raft, TypeConfig, node_id, parse_node_name};
+use crate::{Error, NodeId, Raft, SnapshotData, TypeConfig, node_id, parse_node_name};
 
 /// A group's id: chosen by whoever creates the group (the broker uses the metadata log
 /// index of the queue's declaration, unique for the cluster's life). The metadata group
@@ -199,14 +199,14 @@ impl Group {
         let raft = &self.inner.raft;
         {
             let m = raft.metrics();
-            let m = m.borrow();
+            let m = m.borrow_watched();
             if m.state != ServerState::Leader || m.current_leader != Some(m.id) {
                 return Proposal::NotLeader(cmd);
             }
         }
         let rx = {
             let _entering = self.inner.writes.read().await;
-            match raft.client_write_ff(crate::Command(cmd.into())).await {
+            match write_ff(raft, cmd).await {
                 Ok(rx) => rx,
                 Err(e) => return Proposal::Failed(Error::Raft(e.to_string())),
             }
@@ -295,7 +295,7 @@ impl Group {
         let target_id = node_id(target);
         let voters = {
             let m = raft.metrics();
-            let m = m.borrow();
+            let m = m.borrow_watched();
             if m.state != ServerState::Leader || m.current_leader != Some(m.id) {
                 let leader = m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id));
                 return Err(ClientFailure::NotLeader(leader.map(|n| n.addr.clone())));
@@ -314,12 +314,13 @@ impl Group {
         let lease = Duration::from_millis(raft.config().election_timeout_max);
         // A leader elected less than a lease ago would refuse the vote: wait (writes go on).
         if let Ok(Some(since)) = raft.with_raft_state(|s| s.vote_last_modified()).await {
-            tokio::time::sleep_until(since + lease + LEASE_MARGIN).await;
+            use openraft::Instant as _;
+            tokio::time::sleep((lease + LEASE_MARGIN).saturating_sub(since.elapsed())).await;
         }
         // First without holding anything back: the target must answer and be close behind
         // (a node that is down or far behind would otherwise stall the queue's writes).
         let caught_up = |held: bool| {
-            move |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
+            move |m: &openraft::RaftMetrics<TypeConfig>| {
                 let last = m.last_log_index.unwrap_or(0);
                 let matched = m.replication.as_ref().and_then(|r| r.get(&target_id).copied().flatten());
                 let matched = matched.map_or(0, |l| l.index);
@@ -357,7 +358,7 @@ impl Group {
             Err(e) => return Err(ClientFailure::Other(format!("{target} cannot be asked to campaign: {e:?}"))),
         }
         drop(quiet);
-        let me = raft.metrics().borrow().id;
+        let me = raft.metrics().borrow_watched().id;
         let m = raft
             .wait(Some(left()))
             .metrics(|m| m.current_leader.is_some_and(|l| l != me), "another node leads")
@@ -395,7 +396,7 @@ impl Group {
     pub async fn compact(&self) -> bool {
         let behind = {
             let m = self.inner.raft.metrics();
-            let m = m.borrow();
+            let m = m.borrow_watched();
             m.last_applied.map(|l| l.index) > m.snapshot.map(|l| l.index)
         };
         !behind || self.inner.raft.trigger().snapshot().await.is_ok()
@@ -422,14 +423,14 @@ impl Group {
     /// Names of the members (voters and learners) in the latest membership this node knows.
     pub fn members(&self) -> Vec<String> {
         let m = self.inner.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         m.membership_config.nodes().map(|(_, n)| n.addr.clone()).collect()
     }
 
     /// Names of the voters in the latest membership this node knows.
     pub fn voters(&self) -> Vec<String> {
         let m = self.inner.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         let membership = m.membership_config.membership();
         membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone())).collect()
     }
@@ -438,7 +439,7 @@ impl Group {
     /// would name the leader of then).
     pub fn leader(&self) -> Option<String> {
         let m = self.inner.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         if m.running_state.is_err() {
             return None;
         }
@@ -450,7 +451,7 @@ impl Group {
     /// leader), read from openraft's metrics without any network round trip.
     pub fn status(&self) -> RaftStatus {
         let m = self.inner.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let last_log_index = m.last_log_index.unwrap_or(0);
@@ -493,13 +494,13 @@ impl Group {
 
     pub fn is_leader(&self) -> bool {
         let m = self.inner.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         m.state == ServerState::Leader && m.running_state.is_ok()
     }
 
     /// The Raft core is running (not stopped on a fatal error or shut down).
     pub fn core_running(&self) -> bool {
-        self.inner.raft.metrics().borrow().running_state.is_ok()
+        self.inner.raft.metrics().borrow_watched().running_state.is_ok()
     }
 
     /// Stop the group's Raft core (its files stay).
@@ -573,9 +574,7 @@ impl Group {
             ClientRequest::Propose(cmd) => {
                 let rx = {
                     let _entering = self.inner.writes.read().await;
-                    raft.client_write_ff(crate::Command(cmd.into()))
-                        .await
-                        .map_err(|e| ClientFailure::Other(e.to_string()))?
+                    write_ff(raft, cmd).await.map_err(|e| ClientFailure::Other(e.to_string()))?
                 };
                 match rx.await {
                     Ok(Ok(r)) => Ok((r.log_id.index, r.data)),
@@ -591,20 +590,20 @@ impl Group {
             ClientRequest::Campaign => {
                 let voter = {
                     let m = raft.metrics();
-                    let m = m.borrow();
+                    let m = m.borrow_watched();
                     m.membership_config.membership().voter_ids().any(|v| v == m.id)
                 };
                 if !voter {
                     return Err(ClientFailure::Other(format!("{} is not a voter of the group", self.inner.me)));
                 }
                 // Ignored by a leader (it leads already) and by a stopped core (an error).
-                raft.trigger().elect().await.map_err(|e| ClientFailure::Other(e.to_string()))?;
+                raft.trigger().elect(false).await.map_err(|e| ClientFailure::Other(e.to_string()))?;
                 Ok((0, Vec::new()))
             }
             ClientRequest::AddMember(name) => {
                 let id = node_id(&name);
                 // Only a leader adds members (a follower's add_learner below says who leads).
-                let leading = raft.metrics().borrow().state == ServerState::Leader;
+                let leading = raft.metrics().borrow_watched().state == ServerState::Leader;
                 if leading {
                     probe_joiner(&self.inner.transport, &name, &self.required_features()).await?;
                 }
@@ -629,7 +628,7 @@ impl Group {
                 .map_err(fail),
             ClientRequest::RemoveNode(name) => {
                 let id = node_id(&name);
-                let votes = raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == id);
+                let votes = raft.metrics().borrow_watched().membership_config.membership().voter_ids().any(|v| v == id);
                 // A voter is removed with its learner's place (`retain` false); a learner
                 // alone is removed as a node.
                 let change = if votes {
@@ -665,7 +664,7 @@ async fn snapshot_by_size(raft: Raft, log: LogStore, bound: u64) {
         }
         let (applied, snapshot) = {
             let m = raft.metrics();
-            let m = m.borrow();
+            let m = m.borrow_watched();
             (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
         };
         let behind = applied > snapshot;
@@ -748,12 +747,26 @@ async fn probe_joiner(transport: &Arc<Transport>, name: &str, required: &[String
     }
 }
 
+/// Queue `cmd` in the log (on the leader) and return at once with the receiver of its
+/// outcome: the entry's log id and what applying it returned, or why it was not committed.
+async fn write_ff(
+    raft: &Raft,
+    cmd: Vec<u8>,
+) -> Result<
+    openraft::alias::OneshotReceiverOf<TypeConfig, openraft::raft::ClientWriteResult<TypeConfig>>,
+    openraft::error::Fatal<TypeConfig>,
+> {
+    let (responder, rx) = openraft::impls::ProgressResponder::complete_only();
+    raft.client_write_ff(crate::Command(cmd.into()), Some(responder)).await?;
+    Ok(rx)
+}
+
 /// A Raft error as the client sees it: where the leader is, or what went wrong.
-fn fail<E>(e: RaftError<NodeId, E>) -> ClientFailure
+fn fail<E>(e: RaftError<TypeConfig, E>) -> ClientFailure
 where
-    E: std::error::Error + openraft::TryAsRef<openraft::error::ForwardToLeader<NodeId, BasicNode>>,
+    E: std::error::Error + openraft::TryAsRef<openraft::error::ForwardToLeader<TypeConfig>>,
 {
-    match e.forward_to_leader::<BasicNode>() {
+    match e.forward_to_leader() {
         Some(f) => ClientFailure::NotLeader(f.leader_node.as_ref().map(|n| n.addr.clone())),
         None => ClientFailure::Other(e.to_string()),
     }
@@ -800,11 +813,11 @@ impl Drop for HeartbeatsOff<'_> {
 struct ReadFence(std::sync::atomic::AtomicBool);
 
 async fn read_index(raft: &Raft) -> Result<(u64, Vec<u8>), ClientFailure> {
-    match raft.ensure_linearizable().await {
-        Ok(read) => Ok((read.map_or(0, |l| l.index), Vec::new())),
+    match raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex).await {
+        Ok(read) => Ok((read.index(), Vec::new())),
         // Heartbeats did not reach a quorum this round (peers restarting, a partition):
         // the caller retries until its deadline rather than failing a read at once.
-        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => Err(ClientFailure::Retry(q.to_string())),
+        Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q))) => Err(ClientFailure::Retry(q.to_string())),
         Err(e) => Err(fail(e)),
     }
 }
@@ -823,10 +836,12 @@ struct PeerClient {
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = PeerClient;
+    /// openraft-legacy's adapter: snapshots still go in chunks (`InstallSnapshotRequest`),
+    /// as under openraft 0.9, so nodes of both builds exchange them.
+    type Network = Adapter<TypeConfig, PeerClient, SnapshotData>;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        PeerClient { transport: self.transport.clone(), group: self.group, target, name: node.addr.clone() }
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        Adapter::new(PeerClient { transport: self.transport.clone(), group: self.group, target, name: node.addr.clone() })
     }
 }
 
@@ -835,7 +850,7 @@ impl PeerClient {
         &self,
         req: GroupRequest,
         option: &RPCOption,
-    ) -> Result<Response, RPCError<NodeId, BasicNode, E>> {
+    ) -> Result<Response, RPCError<TypeConfig, E>> {
         let request = req.into_request(self.group);
         match self.transport.call(&self.name, request, option.hard_ttl()).await {
             // The peer does not run the group (yet, or any more): as good as unreachable, so
@@ -852,12 +867,12 @@ impl PeerClient {
         }
     }
 
-    fn remote<E: std::error::Error>(&self, e: E) -> RPCError<NodeId, BasicNode, E> {
+    fn remote<E: std::error::Error>(&self, e: E) -> RPCError<TypeConfig, E> {
         RPCError::RemoteError(RemoteError::new(self.target, e))
     }
 }
 
-fn mismatch<E: std::error::Error>() -> RPCError<NodeId, BasicNode, E> {
+fn mismatch<E: std::error::Error>() -> RPCError<TypeConfig, E> {
     RPCError::Network(NetworkError::new(&std::io::Error::other("response of the wrong kind")))
 }
 
@@ -866,7 +881,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig, RaftError<TypeConfig>>> {
         match self.call(GroupRequest::Append(rpc), &option).await? {
             Response::Append(r) => r.map_err(|e| self.remote(e)),
             _ => Err(mismatch()),
@@ -877,7 +892,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    ) -> Result<InstallSnapshotResponse<TypeConfig>, RPCError<TypeConfig, RaftError<TypeConfig, InstallSnapshotError>>>
     {
         match self.call(GroupRequest::Snapshot(rpc), &option).await? {
             Response::Snapshot(r) => r.map_err(|e| self.remote(e)),
@@ -887,9 +902,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig, RaftError<TypeConfig>>> {
         match self.call(GroupRequest::Vote(rpc), &option).await? {
             Response::Vote(r) => r.map_err(|e| self.remote(e)),
             _ => Err(mismatch()),

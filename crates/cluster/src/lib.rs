@@ -15,7 +15,7 @@
 //! - [`node`]: [`ClusterNode`], what the broker and `warrenctl` call: the transport, the
 //!   metadata group, and the other groups this node runs.
 //!
-//! The consensus algorithm is openraft's (0.9 line); this crate supplies storage, network
+//! The consensus algorithm is openraft's (0.10 line); this crate supplies storage, network
 //! and the node API around it. The broker starts a node when clustering is configured
 //! (`server::clustering`), with its access directory as the applier.
 
@@ -45,13 +45,18 @@ openraft::declare_raft_types!(
         R = Vec<u8>,
         NodeId = u64,
         Node = openraft::BasicNode,
-        SnapshotData = Cursor<Vec<u8>>,
 );
 
 pub type NodeId = u64;
-pub type Raft = openraft::Raft<TypeConfig>;
-pub type Entry = openraft::Entry<TypeConfig>;
-pub type LogId = openraft::LogId<NodeId>;
+pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type CommittedLeaderId = openraft::alias::CommittedLeaderIdOf<TypeConfig>;
+pub type Membership = openraft::Membership<NodeId, openraft::BasicNode>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+/// A snapshot's bytes, as the state machine and the transport hand them over.
+pub type SnapshotData = Cursor<Vec<u8>>;
 
 /// Errors of the cluster layer.
 #[derive(Debug)]

@@ -4,9 +4,17 @@
 //!   (write `vote.tmp`, fsync, rename, fsync the directory).
 //! - `log`: append-only framed records — a batch of entries, a truncation (conflicting suffix
 //!   removed), a purge (prefix covered by a snapshot) or a committed marker. Each
-//!   `append`/`truncate` is fsynced before openraft hears of it; that is what lets a node
-//!   vote and acknowledge honestly. The committed marker rides on the next fsync
+//!   `append`/`truncate` is fsynced before openraft hears it is done; that is what lets a
+//!   node vote and acknowledge honestly. The committed marker rides on the next fsync
 //!   (`save_committed` says why that is safe).
+//!
+//! Writes go through one queue per log, done in order by one blocking task at a time
+//! ([`WriteQueue`]): `append` only queues (openraft 0.10 goes on — a leader sends the
+//! entries to its followers while its own disk writes them) and the entries are readable
+//! at once; whatever queued while a write ran is written next with one fsync for all.
+//! openraft is told an append is durable only after its fsync, and every write is
+//! reported done in the order it was asked for: a vote saved after an append is not
+//! durable before that append is.
 //!   A purge rewrites the file without the purged prefix (write `log.tmp`, fsync, rename,
 //!   fsync the directory), so disk stays bounded by the snapshot policy.
 //!
@@ -15,7 +23,7 @@
 //! off: it was never fsynced, so never acknowledged. Damage followed by more records is not
 //! something a crash produces, and is refused as [`Error::Corrupt`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -23,12 +31,12 @@ use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{RaftLogReader, StorageError, StorageIOError, Vote};
+use openraft::RaftLogReader;
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{self, Decoded};
-use crate::{Entry, Error, LogId, NodeId, TypeConfig};
+use crate::{Entry, Error, LogId, TypeConfig, Vote};
 
 const LOG_FILE: &str = "log";
 const VOTE_FILE: &str = "vote";
@@ -62,7 +70,7 @@ struct Mem {
     held_bytes: u64,
     last_purged: Option<LogId>,
     committed: Option<LogId>,
-    vote: Option<Vote<NodeId>>,
+    vote: Option<Vote>,
 }
 
 /// The log store; clones share the same files and memory (a clone is the log reader).
@@ -73,6 +81,57 @@ pub struct LogStore {
     /// The open `log` file. Only the Raft core writes (openraft serialises its storage calls),
     /// so this lock is uncontended; it is separate from `mem` so readers never wait on fsync.
     file: Arc<Mutex<LogFile>>,
+    /// Writes not yet done, in the order they were asked for.
+    queue: Arc<Mutex<WriteQueue>>,
+}
+
+/// The log's writes still to do, and whether a blocking task is doing them.
+#[derive(Default)]
+struct WriteQueue {
+    jobs: VecDeque<Job>,
+    /// A blocking task is draining `jobs`; a new job is left for it.
+    running: bool,
+    /// A write failed: the file may lack what memory holds, so every later write fails too
+    /// (openraft stops the group's core on the first error; this keeps stragglers honest).
+    failed: Option<String>,
+}
+
+/// One write, with whom to tell when it is done.
+struct Job {
+    what: WriteOp,
+    done: Done,
+}
+
+enum WriteOp {
+    /// Append a record to `log`; fsync before `done` if `sync` (the committed marker does
+    /// not ask for one of its own).
+    Record { record: LogRecord, sync: bool },
+    /// Rewrite `log` from memory (after a purge).
+    Rewrite,
+    /// Replace the `vote` file with this encoded vote.
+    Vote(Vec<u8>),
+    /// Nothing: done once everything queued before it is.
+    Barrier,
+}
+
+enum Done {
+    Nobody,
+    /// openraft's callback for an append.
+    Flushed(IOFlushed<TypeConfig>),
+    /// A caller awaiting the write (truncate, purge, vote, tests).
+    Waiter(tokio::sync::oneshot::Sender<Result<(), String>>),
+}
+
+impl Done {
+    fn complete(self, result: &Result<(), String>) {
+        match self {
+            Done::Nobody => {}
+            Done::Flushed(cb) => cb.io_completed(result.clone().map_err(std::io::Error::other)),
+            Done::Waiter(tx) => {
+                let _ = tx.send(result.clone());
+            }
+        }
+    }
 }
 
 /// The open `log` file and the buffer records are encoded into before they are written.
@@ -128,41 +187,85 @@ impl LogStore {
             dir: Arc::new(dir.to_owned()),
             mem: Arc::new(Mutex::new(mem)),
             file: Arc::new(Mutex::new(LogFile { file, scratch: Vec::new() })),
+            queue: Arc::default(),
         };
         Ok((store, recovery))
     }
 
-    /// Append one record to `log` and fsync it, off the async threads; the record is handed
-    /// back (appended entries then go to memory without a copy).
-    async fn write_record(&self, record: LogRecord) -> std::io::Result<LogRecord> {
-        let file = self.file.clone();
-        blocking(move || {
-            let mut f = file.lock().expect("log file lock");
-            let LogFile { file, scratch } = &mut *f;
-            scratch.clear();
-            crate::codec::encode_framed(scratch, &record)?;
-            let written = append_whole(file, scratch, true);
-            crate::codec::shrink_scratch(scratch);
-            written.map(|()| record)
-        })
-        .await
+    /// Queue `job`; start a blocking task to do the queue unless one is at it.
+    fn submit(&self, what: WriteOp, done: Done) {
+        let mut q = self.queue.lock().expect("log queue lock");
+        if let Some(e) = &q.failed {
+            let e = e.clone();
+            drop(q);
+            done.complete(&Err(e));
+            return;
+        }
+        q.jobs.push_back(Job { what, done });
+        if !q.running {
+            q.running = true;
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || me.drain());
+        }
     }
 
-    /// Append entries: written (and fsynced) first, then kept in memory. openraft reads them
-    /// (to replicate or apply) only after `append`'s flush callback, and a failed write
-    /// leaves no entry in memory that the file lacks.
-    async fn write_entries(&self, entries: Vec<Entry>) -> std::io::Result<()> {
-        if let LogRecord::Entries(entries) = self.write_record(LogRecord::Entries(entries)).await? {
-            let mut mem = self.mem.lock().expect("log mem lock");
-            for e in entries {
-                mem.insert(e);
+    /// Queue `what` and wait until it is done (and fsynced).
+    async fn write(&self, what: WriteOp) -> std::io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(what, Done::Waiter(tx));
+        match rx.await {
+            Ok(r) => r.map_err(std::io::Error::other),
+            Err(_) => Err(std::io::Error::other("the raft log writer stopped")),
+        }
+    }
+
+    /// The blocking task: do queued writes until none is left. Records queued together
+    /// are written with one `write` and one fsync; a rewrite or a vote first finishes what
+    /// was queued before it.
+    fn drain(&self) {
+        loop {
+            let jobs: Vec<Job> = {
+                let mut q = self.queue.lock().expect("log queue lock");
+                if q.jobs.is_empty() {
+                    q.running = false;
+                    return;
+                }
+                q.jobs.drain(..).collect()
+            };
+            let mut f = self.file.lock().expect("log file lock");
+            let mut batch = Batch::default();
+            let mut failed: Option<String> = None;
+            for job in jobs {
+                if let Some(e) = &failed {
+                    job.done.complete(&Err(e.clone()));
+                    continue;
+                }
+                let result = match job.what {
+                    WriteOp::Record { record, sync } => {
+                        batch.add(&mut f, record, sync, job.done);
+                        continue;
+                    }
+                    WriteOp::Rewrite => batch.finish(&mut f).and_then(|()| self.rewrite(&mut f)),
+                    WriteOp::Vote(buf) => batch.finish(&mut f).and_then(|()| write_vote(&self.dir, &buf)),
+                    WriteOp::Barrier => batch.finish(&mut f),
+                };
+                let result = result.map_err(|e| e.to_string());
+                job.done.complete(&result);
+                failed = result.err();
+            }
+            if failed.is_none() {
+                failed = batch.finish(&mut f).err().map(|e| e.to_string());
+            }
+            crate::codec::shrink_scratch(&mut f.scratch);
+            if let Some(e) = failed {
+                tracing::error!(dir = %self.dir.display(), error = %e, "writing the raft log failed");
+                self.queue.lock().expect("log queue lock").failed.get_or_insert(e);
             }
         }
-        Ok(())
     }
 
     /// Rewrite `log` as one purge marker plus the entries still kept, then switch to it.
-    async fn rewrite(&self) -> std::io::Result<()> {
+    fn rewrite(&self, f: &mut LogFile) -> std::io::Result<()> {
         let mut buf = Vec::new();
         {
             let mem = self.mem.lock().expect("log mem lock");
@@ -177,20 +280,31 @@ impl LogStore {
                 crate::codec::encode_framed(&mut buf, &LogRecord::Entries(kept))?;
             }
         }
-        let dir = self.dir.clone();
-        let file = self.file.clone();
-        blocking(move || {
-            let mut f = file.lock().expect("log file lock");
-            let tmp = dir.join("log.tmp");
-            let mut t = File::create(&tmp)?;
-            t.write_all(&buf)?;
-            t.sync_all()?;
-            std::fs::rename(&tmp, dir.join(LOG_FILE))?;
-            File::open(dir.as_path())?.sync_all()?;
-            f.file = OpenOptions::new().append(true).read(true).open(dir.join(LOG_FILE))?;
-            Ok(())
-        })
-        .await
+        let tmp = self.dir.join("log.tmp");
+        let mut t = File::create(&tmp)?;
+        t.write_all(&buf)?;
+        t.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(LOG_FILE))?;
+        File::open(self.dir.as_path())?.sync_all()?;
+        f.file = OpenOptions::new().append(true).read(true).open(self.dir.join(LOG_FILE))?;
+        Ok(())
+    }
+
+    /// Wait until every write asked for so far is done (the committed marker included).
+    pub async fn written(&self) -> std::io::Result<()> {
+        self.write(WriteOp::Barrier).await
+    }
+
+    /// Put `entries` in memory (readable at once: a leader replicates them while they are
+    /// written) and queue their write; `done` hears when they are on disk.
+    fn append_entries(&self, entries: Vec<Entry>, done: Done) {
+        {
+            let mut mem = self.mem.lock().expect("log mem lock");
+            for e in &entries {
+                mem.insert(e.clone());
+            }
+        }
+        self.submit(WriteOp::Record { record: LogRecord::Entries(entries), sync: true }, done);
     }
 
     /// Rewrite the `log` in `dir` (of a stopped node) without its committed markers: what a
@@ -248,10 +362,10 @@ impl LogStore {
     pub fn last_membership_in(
         &self,
         range: std::ops::RangeInclusive<u64>,
-    ) -> Option<openraft::StoredMembership<NodeId, openraft::BasicNode>> {
+    ) -> Option<crate::StoredMembership> {
         let mem = self.mem.lock().expect("log mem lock");
         mem.entries.range(range).rev().find_map(|(_, e)| match &e.payload {
-            openraft::EntryPayload::Membership(m) => Some(openraft::StoredMembership::new(Some(e.log_id), m.clone())),
+            openraft::EntryPayload::Membership(m) => Some(crate::StoredMembership::new(Some(e.log_id), m.clone())),
             _ => None,
         })
     }
@@ -309,7 +423,7 @@ fn replay(mem: &mut Mem, record: LogRecord) {
     }
 }
 
-fn read_vote(dir: &Path) -> Result<Option<Vote<NodeId>>, Error> {
+fn read_vote(dir: &Path) -> Result<Option<Vote>, Error> {
     let path = dir.join(VOTE_FILE);
     let buf = match std::fs::read(&path) {
         Ok(b) => b,
@@ -328,8 +442,51 @@ fn read_vote(dir: &Path) -> Result<Option<Vote<NodeId>>, Error> {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(std::io::Error::other)?
+/// Records queued together: encoded one after another into the file's scratch buffer,
+/// then written with one `write` and at most one fsync.
+#[derive(Default)]
+struct Batch {
+    sync: bool,
+    waiting: Vec<Done>,
+    error: Option<String>,
+}
+
+impl Batch {
+    fn add(&mut self, f: &mut LogFile, record: LogRecord, sync: bool, done: Done) {
+        if self.error.is_none()
+            && let Err(e) = crate::codec::encode_framed(&mut f.scratch, &record)
+        {
+            self.error = Some(e.to_string());
+        }
+        self.sync |= sync;
+        self.waiting.push(done);
+    }
+
+    /// Write what was added (fsynced if any record asked), then tell each waiter.
+    fn finish(&mut self, f: &mut LogFile) -> std::io::Result<()> {
+        let result = match self.error.take() {
+            Some(e) => Err(std::io::Error::other(e)),
+            None if f.scratch.is_empty() => Ok(()),
+            None => append_whole(&mut f.file, &f.scratch, self.sync),
+        };
+        f.scratch.clear();
+        self.sync = false;
+        let told = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+        for done in self.waiting.drain(..) {
+            done.complete(&told);
+        }
+        result
+    }
+}
+
+/// Replace the `vote` file: write `vote.tmp`, fsync, rename, fsync the directory.
+fn write_vote(dir: &Path, buf: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join("vote.tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(buf)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(VOTE_FILE))?;
+    File::open(dir)?.sync_all()
 }
 
 /// Append `buf` (whole records) to the log file, then fsync it if `sync`. On failure the
@@ -345,24 +502,24 @@ fn append_whole(f: &mut File, buf: &[u8], sync: bool) -> std::io::Result<()> {
     written
 }
 
-fn write_err(e: std::io::Error) -> StorageError<NodeId> {
-    StorageIOError::write_logs(&e).into()
-}
-
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError<NodeId>> {
+    ) -> std::io::Result<Vec<Entry>> {
         let mem = self.mem.lock().expect("log mem lock");
         Ok(mem.entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+
+    async fn read_vote(&mut self) -> std::io::Result<Option<Vote>> {
+        Ok(self.mem.lock().expect("log mem lock").vote)
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+    async fn get_log_state(&mut self) -> std::io::Result<LogState<TypeConfig>> {
         let mem = self.mem.lock().expect("log mem lock");
         let last = mem.entries.values().next_back().map(|e| e.log_id).or(mem.last_purged);
         Ok(LogState { last_purged_log_id: mem.last_purged, last_log_id: last })
@@ -372,83 +529,64 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+    /// Durable when this returns (openraft counts it so), and after every write asked
+    /// for before it.
+    async fn save_vote(&mut self, vote: &Vote) -> std::io::Result<()> {
         let mut buf = Vec::new();
-        crate::codec::encode_framed(&mut buf, vote).map_err(|e| StorageIOError::write_vote(&e))?;
-        let dir = self.dir.clone();
-        blocking(move || {
-            let tmp = dir.join("vote.tmp");
-            let mut f = File::create(&tmp)?;
-            f.write_all(&buf)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, dir.join(VOTE_FILE))?;
-            File::open(dir.as_path())?.sync_all()
-        })
-        .await
-        .map_err(|e| StorageIOError::write_vote(&e))?;
+        crate::codec::encode_framed(&mut buf, vote)?;
+        self.write(WriteOp::Vote(buf)).await?;
         self.mem.lock().expect("log mem lock").vote = Some(*vote);
         Ok(())
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        Ok(self.mem.lock().expect("log mem lock").vote)
-    }
-
-    /// Written, not fsynced: openraft 0.9 calls this inside its core loop before every
-    /// apply, so an fsync here would sit on every entry's commit path, on every node. The
-    /// record becomes durable with the next append's fsync (same file, written before it).
-    /// A crash before that leaves an older committed index, which is safe for Raft (committed
-    /// entries are re-committed by the leader); the one thing it could break — a leader that
-    /// restarts in the same term serving a read index older than a write it acknowledged —
-    /// is closed by the read fence in node.rs.
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<NodeId>> {
+    /// Queued without an fsync of its own: openraft calls this before every apply, so an
+    /// fsync here would sit on every entry's commit path, on every node. The record
+    /// becomes durable with the next append's fsync (same file, written before it). A
+    /// crash before that leaves an older committed index, which is safe for Raft
+    /// (committed entries are re-committed by the leader); the one thing it could break —
+    /// a leader that restarts in the same term serving a read index older than a write it
+    /// acknowledged — is closed by the read fence in node.rs.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> std::io::Result<()> {
         let Some(c) = committed else { return Ok(()) };
-        let mut buf = Vec::new();
-        crate::codec::encode_framed(&mut buf, &LogRecord::Committed(c)).map_err(write_err)?;
-        // A small append to a file only the core writes (openraft serialises storage calls):
-        // no blocking-pool hop.
-        append_whole(&mut self.file.lock().expect("log file lock").file, &buf, false).map_err(write_err)?;
         replay(&mut self.mem.lock().expect("log mem lock"), LogRecord::Committed(c));
+        self.submit(WriteOp::Record { record: LogRecord::Committed(c), sync: false }, Done::Nobody);
         Ok(())
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError<NodeId>> {
+    async fn read_committed(&mut self) -> std::io::Result<Option<LogId>> {
         Ok(self.mem.lock().expect("log mem lock").committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    /// Queues the write and returns: `callback` hears after the fsync. The entries are
+    /// readable at once (openraft 0.10 replicates what was submitted, not only what is
+    /// flushed; it counts this node's copy only once `callback` says so).
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> std::io::Result<()>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let result = self.write_entries(entries.into_iter().collect()).await;
-        let failed = result.as_ref().err().map(|e| std::io::Error::new(e.kind(), e.to_string()));
-        // Only now, after the fsync, may openraft count these entries as durable here.
-        callback.log_io_completed(result);
-        match failed {
-            Some(e) => Err(write_err(e)),
-            None => Ok(()),
-        }
+        self.append_entries(entries.into_iter().collect(), Done::Flushed(callback));
+        Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
-        self.mem.lock().expect("log mem lock").remove_from(log_id.index);
-        self.write_record(LogRecord::Truncate(log_id.index)).await.map(drop).map_err(write_err)
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> std::io::Result<()> {
+        let since = last_log_id.map_or(0, |l| l.index + 1);
+        self.mem.lock().expect("log mem lock").remove_from(since);
+        self.write(WriteOp::Record { record: LogRecord::Truncate(since), sync: true }).await
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
-        {
-            let mut mem = self.mem.lock().expect("log mem lock");
-            replay(&mut mem, LogRecord::Purge(log_id));
-        }
-        self.rewrite().await.map_err(write_err)
+    async fn purge(&mut self, log_id: LogId) -> std::io::Result<()> {
+        replay(&mut self.mem.lock().expect("log mem lock"), LogRecord::Purge(log_id));
+        self.write(WriteOp::Rewrite).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::{CommittedLeaderId, EntryPayload};
+    use crate::CommittedLeaderId;
+    use openraft::EntryPayload;
+    use openraft::vote::RaftLeaderId;
 
     fn entry(term: u64, index: u64, data: &[u8]) -> Entry {
         Entry {
@@ -458,9 +596,9 @@ mod tests {
     }
 
     async fn append(store: &mut LogStore, entries: Vec<Entry>) {
-        // LogFlushed cannot be built outside openraft, so tests call what `append` does
-        // before it reports the flush.
-        store.write_entries(entries).await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store.append_entries(entries, Done::Waiter(tx));
+        rx.await.unwrap().unwrap();
     }
 
     fn indexes(store: &LogStore) -> Vec<u64> {
@@ -474,12 +612,13 @@ mod tests {
             let (mut s, r) = LogStore::open(dir.path()).unwrap();
             assert_eq!(r, Recovery::default());
             append(&mut s, (1..=5).map(|i| entry(1, i, b"x")).collect()).await;
-            s.truncate(LogId::new(CommittedLeaderId::new(1, 1), 4)).await.unwrap();
+            s.truncate_after(Some(LogId::new(CommittedLeaderId::new(1, 1), 3))).await.unwrap();
             append(&mut s, vec![entry(2, 4, b"y"), entry(2, 5, b"z")]).await;
             s.purge(LogId::new(CommittedLeaderId::new(1, 1), 2)).await.unwrap();
             append(&mut s, vec![entry(2, 6, b"w")]).await;
             s.save_vote(&Vote::new(2, 7)).await.unwrap();
             s.save_committed(Some(LogId::new(CommittedLeaderId::new(2, 1), 5))).await.unwrap();
+            s.written().await.unwrap();
         }
         let (mut s, r) = LogStore::open(dir.path()).unwrap();
         assert_eq!(r, Recovery { entries: 4, cut_bytes: 0 });

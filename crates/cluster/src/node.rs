@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::{Config, SnapshotPolicy};
 use tokio::net::TcpListener;
 
@@ -591,7 +592,7 @@ impl Inbound for Handler {
                 }
             }
             // A node whose Raft core stopped is not a running member: say so.
-            Request::Ping => match &self.meta.raft().metrics().borrow().running_state {
+            Request::Ping => match &self.meta.raft().metrics().borrow_watched().running_state {
                 Ok(()) => Response::Client(Ok((0, Vec::new()))),
                 Err(fatal) => {
                     Response::Client(Err(crate::transport::ClientFailure::Other(format!("raft core stopped: {fatal}"))))

@@ -13,13 +13,15 @@ use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership};
+use futures_util::{Stream, StreamExt};
+use openraft::alias::{SnapshotMetaOf, SnapshotOf};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{self, Decoded};
 use crate::log_store::LogStore;
-use crate::{Entry, Error, LogId, NodeId, TypeConfig};
+use crate::{Error, LogId, SnapshotData, StoredMembership, TypeConfig};
 
 const SNAPSHOT_FILE: &str = "snapshot";
 
@@ -58,12 +60,14 @@ pub trait Applier: Send + Sync + 'static {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Applied {
     pub last_applied: Option<LogId>,
-    pub membership: StoredMembership<NodeId, openraft::BasicNode>,
+    pub membership: StoredMembership,
 }
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotFile {
-    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    /// Serialised with an empty `snapshot_id` since openraft 0.10 (0.9 wrote one; it is
+    /// read and ignored).
+    meta: SnapshotMetaOf<TypeConfig>,
     /// One byte string (files of earlier versions hold a list of numbers, still read).
     #[serde(with = "crate::codec::bytes")]
     data: Vec<u8>,
@@ -196,104 +200,103 @@ impl StateMachine {
     }
 }
 
-fn snapshot_of(file: &SnapshotFile) -> Snapshot<TypeConfig> {
-    Snapshot { meta: file.meta.clone(), snapshot: Box::new(Cursor::new(file.data.clone())) }
+fn snapshot_of(file: &SnapshotFile) -> SnapshotOf<TypeConfig, SnapshotData> {
+    SnapshotOf::<TypeConfig, SnapshotData> { meta: file.meta.clone(), snapshot: Cursor::new(file.data.clone()) }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> std::io::Result<SnapshotOf<TypeConfig, SnapshotData>> {
         let (data, meta) = {
             let applied = self.applied.lock().expect("state lock");
             let data = self.applier.snapshot();
-            let id = applied.last_applied.map_or("none".to_owned(), |l| format!("{}-{}", l.leader_id.term, l.index));
-            let meta = SnapshotMeta {
-                last_log_id: applied.last_applied,
-                last_membership: applied.membership.clone(),
-                snapshot_id: id,
-            };
+            let meta =
+                SnapshotMetaOf::<TypeConfig> { last_log_id: applied.last_applied, last_membership: applied.membership.clone() };
             (data, meta)
         };
         let file = SnapshotFile { meta, data };
         let snapshot = snapshot_of(&file);
-        self.save(file).await.map_err(|e| StorageIOError::write_snapshot(Some(snapshot.meta.signature()), &e))?;
+        self.save(file).await?;
         Ok(snapshot)
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = StateMachine;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId>, StoredMembership<NodeId, openraft::BasicNode>), StorageError<NodeId>> {
+    async fn applied_state(&mut self) -> std::io::Result<(Option<LogId>, StoredMembership)> {
         let a = self.applied.lock().expect("state lock");
         Ok((a.last_applied, a.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<u8>>, StorageError<NodeId>>
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> std::io::Result<()>
     where
-        I: IntoIterator<Item = Entry> + Send,
-        I::IntoIter: Send,
+        Strm: Stream<Item = std::io::Result<EntryResponder<TypeConfig>>> + Unpin + Send,
     {
-        let mut a = self.applied.lock().expect("state lock");
-        let mut out = Vec::new();
-        for e in entries {
+        while let Some(next) = entries.next().await {
+            let (e, responder) = next?;
             let mut result = Vec::new();
-            match e.payload {
-                EntryPayload::Blank => {}
-                // An empty command is the read fence's blank entry (node.rs): nothing to apply.
-                EntryPayload::Normal(cmd) if cmd.0.is_empty() => {}
-                EntryPayload::Normal(cmd) => {
-                    result = self.applier.apply(e.log_id.index, &cmd.0).map_err(|reason| {
-                        tracing::error!(index = e.log_id.index, "raft entry not applied, stopping: {reason}");
-                        StorageIOError::apply(e.log_id, &std::io::Error::other(reason))
-                    })?;
+            {
+                let mut a = self.applied.lock().expect("state lock");
+                match e.payload {
+                    EntryPayload::Blank => {}
+                    // An empty command is the read fence's blank entry (node.rs): nothing to apply.
+                    EntryPayload::Normal(cmd) if cmd.0.is_empty() => {}
+                    EntryPayload::Normal(cmd) => {
+                        result = self.applier.apply(e.log_id.index, &cmd.0).map_err(|reason| {
+                            tracing::error!(index = e.log_id.index, "raft entry not applied, stopping: {reason}");
+                            std::io::Error::other(format!("raft entry {} not applied: {reason}", e.log_id.index))
+                        })?;
+                    }
+                    EntryPayload::Membership(m) => a.membership = StoredMembership::new(Some(e.log_id), m),
                 }
-                EntryPayload::Membership(m) => a.membership = StoredMembership::new(Some(e.log_id), m),
+                a.last_applied = Some(e.log_id);
             }
-            a.last_applied = Some(e.log_id);
-            out.push(result);
+            if let Some(r) = responder {
+                r.send(result);
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError<NodeId>> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TypeConfig>, snapshot: SnapshotData) -> std::io::Result<()> {
         let data = snapshot.into_inner();
         // Durable first: a crash right after must not come back with the older state.
-        self.save(SnapshotFile { meta: meta.clone(), data: data.clone() })
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.save(SnapshotFile { meta: meta.clone(), data: data.clone() }).await?;
         let mut a = self.applied.lock().expect("state lock");
         let index = meta.last_log_id.map_or(0, |l| l.index);
-        self.applier
-            .restore(index, &data)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e)))?;
+        self.applier.restore(index, &data).map_err(std::io::Error::other)?;
         a.last_applied = meta.last_log_id;
         a.membership = meta.last_membership.clone();
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+    async fn get_current_snapshot(&mut self) -> std::io::Result<Option<SnapshotOf<TypeConfig, SnapshotData>>> {
         Ok(self.current.lock().expect("snapshot lock").as_ref().map(snapshot_of))
+    }
+}
+
+/// Snapshots still arrive in chunks (openraft-legacy's receiver assembles them), as under
+/// openraft 0.9, so a node of that build can send one to this one.
+impl openraft_legacy::network_v1::SnapshotReceiverFactory<TypeConfig> for StateMachine {
+    type SnapshotReceiver = SnapshotData;
+
+    async fn begin_receiving_snapshot(&mut self) -> std::io::Result<SnapshotData> {
+        Ok(Cursor::new(Vec::new()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::CommittedLeaderId;
+    use crate::CommittedLeaderId;
+    use openraft::vote::RaftLeaderId;
 
     /// Rounds of a build racing an install: each round's two saves overlap on most runs.
     const RACES: u64 = 100;
@@ -340,12 +343,11 @@ mod tests {
             let mut installer = sm.clone();
             let build = tokio::spawn(async move { builder.build_snapshot().await.map(drop) });
             let install = tokio::spawn(async move {
-                let meta = SnapshotMeta {
+                let meta = SnapshotMetaOf::<TypeConfig> {
                     last_log_id: Some(log_id(installed)),
                     last_membership: StoredMembership::default(),
-                    snapshot_id: format!("1-{installed}"),
                 };
-                installer.install_snapshot(&meta, Box::new(Cursor::new(installed.to_be_bytes().to_vec()))).await
+                installer.install_snapshot(&meta, Cursor::new(installed.to_be_bytes().to_vec())).await
             });
             build.await.unwrap().unwrap_or_else(|e| panic!("round {round}: building: {e}"));
             install.await.unwrap().unwrap_or_else(|e| panic!("round {round}: installing: {e}"));
@@ -374,7 +376,6 @@ mod tests {
         assert_eq!(applied.membership.log_id(), &Some(LogId::new(CommittedLeaderId::new(2, 22), 4)));
         assert_eq!(applied.membership.voter_ids().collect::<Vec<_>>(), [11, 22]);
         let snap = sm.get_current_snapshot().await.unwrap().expect("the snapshot is current");
-        assert_eq!(snap.meta.snapshot_id, "2-22-5");
         assert_eq!(snap.snapshot.into_inner(), b"the applier's state");
     }
 }

@@ -26,12 +26,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::error::RaftError;
+use openraft_legacy::network_v1::{InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse};
 
 use crate::codec;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -43,7 +43,7 @@ use tokio_rustls::rustls;
 
 use crate::frame::{self, Decoded};
 use crate::handshake::{self, Cookie, HANDSHAKE_TIMEOUT, HandshakeError, Offer};
-use crate::{NodeId, TypeConfig};
+use crate::TypeConfig;
 
 /// Requests queued for one peer before further ones are refused.
 pub const PEER_QUEUE_REQUESTS: usize = 256;
@@ -73,7 +73,7 @@ pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 64;
 #[derive(Serialize, Deserialize)]
 pub enum Request {
     Append(AppendEntriesRequest<TypeConfig>),
-    Vote(VoteRequest<NodeId>),
+    Vote(VoteRequest<TypeConfig>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// A client operation forwarded by a follower to the node it believes is the leader.
     Client(ClientRequest),
@@ -95,7 +95,7 @@ pub enum Request {
 #[derive(Serialize, Deserialize)]
 pub enum GroupRequest {
     Append(AppendEntriesRequest<TypeConfig>),
-    Vote(VoteRequest<NodeId>),
+    Vote(VoteRequest<TypeConfig>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     Client(ClientRequest),
 }
@@ -153,9 +153,9 @@ pub enum ClientFailure {
 
 #[derive(Serialize, Deserialize)]
 pub enum Response {
-    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
-    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
-    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    Append(Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>>),
+    Vote(Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>>),
+    Snapshot(Result<InstallSnapshotResponse<TypeConfig>, RaftError<TypeConfig, InstallSnapshotError>>),
     /// The log index (or read index) on success, and for a proposal what applying it
     /// returned.
     Client(Result<(u64, Vec<u8>), ClientFailure>),
@@ -934,7 +934,7 @@ mod tests {
         let (_, addr) = crate::parse_node_name(&b_name).unwrap();
         let mut s = TcpStream::connect(addr).await.unwrap();
         // A well-formed request, as a peer that skips the handshake would send it.
-        let vote = Request::Vote(VoteRequest::new(openraft::Vote::new(9, 1), None));
+        let vote = Request::Vote(VoteRequest::new(crate::Vote::new(9, 1), None));
         write_frame(&mut s, &Envelope { id: 1, body: vote }).await.unwrap();
         write_frame(&mut s, &Envelope { id: 2, body: propose(3) }).await.unwrap();
         closed_within(&mut s, Duration::from_secs(2)).await;
@@ -1147,11 +1147,14 @@ mod tests {
     }
     /// Raft messages as the openraft 0.9 build put them on the wire (fixtures written by
     /// it) decode to the same values and encode to the same bytes: nodes of that build and
-    /// of later ones can replicate to each other during a rolling upgrade.
+    /// of later ones can replicate to each other during a rolling upgrade (openraft 0.9
+    /// ignores fields it does not know; 0.10's added ones have defaults).
     #[test]
     fn raft_messages_keep_the_openraft_0_9_builds_encoding() {
         use openraft::raft::AppendEntriesResponse;
-        use openraft::{CommittedLeaderId, EntryPayload, LogId};
+        use crate::{CommittedLeaderId, LogId};
+        use openraft::EntryPayload;
+        use openraft::vote::RaftLeaderId;
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openraft-0.9/wire");
         let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
         let lid = |t, n, i| LogId::new(CommittedLeaderId::new(t, n), i);
@@ -1160,7 +1163,7 @@ mod tests {
         let env: Envelope<Request> = crate::codec::decode(&bytes).unwrap();
         let Request::Group(7, GroupRequest::Append(a)) = &env.body else { panic!("not a group append") };
         assert_eq!(env.id, 5);
-        assert_eq!(a.vote, openraft::Vote::new_committed(2, 22));
+        assert_eq!(a.vote, crate::Vote::new_committed(2, 22));
         assert_eq!((a.prev_log_id, a.leader_commit), (Some(lid(2, 22, 3)), Some(lid(2, 22, 3))));
         assert_eq!(
             a.entries.iter().map(|e| e.log_id).collect::<Vec<_>>(),
@@ -1176,13 +1179,19 @@ mod tests {
         let bytes = read("vote");
         let env: Envelope<Request> = crate::codec::decode(&bytes).unwrap();
         let Request::Vote(v) = &env.body else { panic!("not a vote") };
-        assert_eq!((v.vote, v.last_log_id), (openraft::Vote::new(3, 11), Some(lid(2, 22, 6))));
-        assert_eq!(crate::codec::encode(&env).unwrap(), bytes);
+        assert_eq!((v.vote, v.last_log_id), (crate::Vote::new(3, 11), Some(lid(2, 22, 6))));
+        // openraft 0.10 added one field, `leadership_transfer` (false unless a leader hands
+        // over): 0.9 ignores fields it does not know, so without it the bytes are 0.9's.
+        let mut ours: ciborium::Value = crate::codec::decode(&crate::codec::encode(&env).unwrap()).unwrap();
+        let fields = ours.as_map_mut().unwrap()[1].1.as_map_mut().unwrap()[0].1.as_map_mut().unwrap();
+        let added = fields.iter().position(|(k, _)| k.as_text() == Some("leadership_transfer")).unwrap();
+        assert_eq!(fields.remove(added).1, ciborium::Value::Bool(false));
+        assert_eq!(crate::codec::encode(&ours).unwrap(), bytes);
 
         for (name, want) in [
             ("append_ok", AppendEntriesResponse::Success),
             ("append_conflict", AppendEntriesResponse::Conflict),
-            ("append_higher", AppendEntriesResponse::HigherVote(openraft::Vote::new(4, 33))),
+            ("append_higher", AppendEntriesResponse::HigherVote(crate::Vote::new(4, 33))),
         ] {
             let bytes = read(name);
             let env: Envelope<Response> = crate::codec::decode(&bytes).unwrap();
@@ -1193,7 +1202,7 @@ mod tests {
         let bytes = read("vote_granted");
         let env: Envelope<Response> = crate::codec::decode(&bytes).unwrap();
         let Response::Vote(Ok(v)) = &env.body else { panic!("not a vote answer") };
-        assert_eq!((v.vote, v.vote_granted, v.last_log_id), (openraft::Vote::new(3, 11), true, Some(lid(2, 22, 6))));
+        assert_eq!((v.vote, v.vote_granted, v.last_log_id), (crate::Vote::new(3, 11), true, Some(lid(2, 22, 6))));
         assert_eq!(crate::codec::encode(&env).unwrap(), bytes);
     }
 }

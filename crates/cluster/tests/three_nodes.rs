@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use openraft::async_runtime::WatchReceiver;
 use cluster::node::Proposal;
 use cluster::{Cookie, NodeConfig};
 use common::*;
@@ -95,7 +96,7 @@ fn killed_leader_is_replaced_nothing_acknowledged_is_lost_and_it_catches_up() {
     let last_before_kill = acked.iter().filter(|(_, c)| c.starts_with(b"before")).map(|(i, _)| *i).max();
     nodes[old] = TestNode::restart(&names[old], &dir, &names, 10_000);
     // Its own fsynced log came back from disk (it appended every entry it acknowledged).
-    let recovered = nodes[old].node().raft().metrics().borrow().last_log_index;
+    let recovered = nodes[old].node().raft().metrics().borrow_watched().last_log_index;
     assert!(recovered >= last_before_kill, "restarted with log up to {recovered:?}, acked {last_before_kill:?}");
     let all: Vec<&TestNode> = nodes.iter().collect();
     assert_eq!(assert_converged(&all, acked.len(), Duration::from_secs(15)), acked);
@@ -168,7 +169,7 @@ fn fourth_node_joins_through_a_snapshot_and_can_be_removed() {
     }
     let l = &nodes[leader];
     wait_until("the leader purged its log", Duration::from_secs(10), || {
-        l.node().raft().metrics().borrow().purged.is_some_and(|p| p.index > 100)
+        l.node().raft().metrics().borrow_watched().purged.is_some_and(|p| p.index > 100)
     });
 
     let (name, listener) = listeners(1).pop().unwrap();
@@ -181,7 +182,7 @@ fn fourth_node_joins_through_a_snapshot_and_can_be_removed() {
     // The entries before the leader's purge point exist nowhere as log: having them means
     // the fourth node installed a snapshot.
     wait_until("the new node installed a snapshot", Duration::from_secs(10), || {
-        fourth.node().raft().metrics().borrow().snapshot.is_some_and(|s| s.index > 100)
+        fourth.node().raft().metrics().borrow_watched().snapshot.is_some_and(|s| s.index > 100)
     });
     for i in 0..20 {
         fourth.on(fourth.node().propose(cmd("late", i))).unwrap();
@@ -270,7 +271,7 @@ fn a_node_that_cannot_apply_an_entry_stops_there_and_one_lacking_a_required_feat
         [cmd("old", 1), cmd("new", 1), cmd("old", 2)]
     );
     wait_until("the third node's Raft core stopped", Duration::from_secs(10), || {
-        nodes[2].node().raft().metrics().borrow().running_state.is_err()
+        nodes[2].node().raft().metrics().borrow_watched().running_state.is_err()
     });
     assert_eq!(nodes[2].commands(), applied[..1], "nothing applied past the entry it cannot apply");
     // A fourth node without `f` is refused before it becomes a member, naming it.
@@ -296,7 +297,7 @@ fn whole_cluster_killed_and_restarted_recovers_snapshot_and_log_from_disk() {
     acked.sort();
     // Every node has taken at least one snapshot, so recovery is snapshot + log suffix.
     wait_until("a snapshot on every node", Duration::from_secs(10), || {
-        nodes.iter().all(|n| n.node().raft().metrics().borrow().snapshot.is_some())
+        nodes.iter().all(|n| n.node().raft().metrics().borrow_watched().snapshot.is_some())
     });
     for n in nodes.iter_mut() {
         n.kill();
