@@ -23,7 +23,10 @@ use std::time::Duration;
 
 use openraft::error::{LinearizableReadError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, TransferLeaderResponse, VoteRequest,
+    VoteResponse,
+};
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, Config, ServerState};
 use openraft_legacy::network_v1::{
@@ -269,31 +272,22 @@ impl Group {
         String::from_utf8(leader).map_err(|e| Error::Raft(e.to_string()))
     }
 
-    /// On the leader: hand the leadership to voter `target`. openraft 0.9 has no transfer
-    /// of its own, so the leader makes `target` win an ordinary election:
+    /// On the leader: hand the leadership to voter `target` with openraft's leader transfer:
     ///
-    /// 1. a voter grants a vote only once its leader lease (`election_timeout_max` since it
-    ///    last heard from a leader) has run out. This node's own lease runs from its
-    ///    election: a leader elected less than a lease ago waits for it to run out;
-    /// 2. it holds new writes back ([`Inner::writes`]), so its log stops growing;
-    /// 3. it waits until `target` has every entry and this node has applied them all (the
-    ///    proposers' answers are out, none is left to fail as "not leader") — once
-    ///    `target` is within [`HAND_OVER_LAG_MAX`] entries, and then at most
+    /// 1. it waits until `target` answers and is within [`HAND_OVER_LAG_MAX`] entries;
+    /// 2. it holds new writes back ([`Inner::writes`]), so its log stops growing, and waits
+    ///    until `target` has every entry and this node has applied them all (the proposers'
+    ///    answers are out, none is left to fail as "not leader") — at most
     ///    [`HELD_CATCH_UP_MAX`], so that a target that is down or slow does not stall writes;
-    /// 4. with three voters or fewer, this node's vote and `target`'s own make a majority.
-    ///    In a larger group the followers' votes are needed too: the leader stops its
-    ///    heartbeats for one lease (writes stay held back), after which they grant (they
-    ///    campaign themselves only after a further election timeout, by which time
-    ///    `target` has won);
-    /// 5. it asks `target` to campaign ([`ClientRequest::Campaign`]) and waits until
-    ///    another node leads.
+    /// 3. it asks openraft to transfer: every member drops its leader lease for `target`,
+    ///    which campaigns at once; then it waits until another node leads.
     ///
     /// Writes waiting meanwhile find this node no longer leading and go to the new leader.
     /// Answers the term and name of the node leading afterwards.
     async fn hand_over(&self, target: &str) -> Result<(u64, Vec<u8>), ClientFailure> {
         let raft = &self.inner.raft;
         let target_id = node_id(target);
-        let voters = {
+        {
             let m = raft.metrics();
             let m = m.borrow_watched();
             if m.state != ServerState::Leader || m.current_leader != Some(m.id) {
@@ -307,16 +301,9 @@ impl Group {
             if !voters.contains(&target_id) {
                 return Err(ClientFailure::Other(format!("{target} is not a voter of the group")));
             }
-            voters.len()
-        };
+        }
         let deadline = tokio::time::Instant::now() + self.inner.request_deadline;
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
-        let lease = Duration::from_millis(raft.config().election_timeout_max);
-        // A leader elected less than a lease ago would refuse the vote: wait (writes go on).
-        if let Ok(Some(since)) = raft.with_raft_state(|s| s.vote_last_modified()).await {
-            use openraft::Instant as _;
-            tokio::time::sleep((lease + LEASE_MARGIN).saturating_sub(since.elapsed())).await;
-        }
         // First without holding anything back: the target must answer and be close behind
         // (a node that is down or far behind would otherwise stall the queue's writes).
         let caught_up = |held: bool| {
@@ -343,21 +330,9 @@ impl Group {
             .metrics(caught_up(true), "the new leader has every entry")
             .await
             .map_err(|_| ClientFailure::Other(format!("{target} did not catch up with the log")))?;
-        // Heartbeats stop only now: a follower campaigns by itself one lease and one
-        // election timeout (at least 4 heartbeats) after it last heard from this node, and
-        // the target must campaign first, just after the lease.
-        let quiet = HeartbeatsOff::new(raft, voters > 3);
-        if quiet.is_some() {
-            tokio::time::sleep(lease + LEASE_MARGIN).await;
-        }
-        let campaign = GroupRequest::Client(ClientRequest::Campaign).into_request(self.inner.id);
-        match self.inner.transport.call(target, campaign, left()).await {
-            Ok(Response::Client(Ok(_))) => {}
-            Ok(Response::Client(Err(e))) => return Err(e),
-            Ok(_) => return Err(ClientFailure::Other(format!("{target} does not run the group"))),
-            Err(e) => return Err(ClientFailure::Other(format!("{target} cannot be asked to campaign: {e:?}"))),
-        }
-        drop(quiet);
+        // openraft's own transfer: every member drops its leader lease for `target`, which
+        // campaigns once it has flushed this node's last entry.
+        raft.trigger().transfer_leader(target_id).await.map_err(|e| ClientFailure::Other(e.to_string()))?;
         let me = raft.metrics().borrow_watched().id;
         let m = raft
             .wait(Some(left()))
@@ -521,6 +496,9 @@ impl Group {
             GroupRequest::Append(r) => Response::Append(raft.append_entries(r).await),
             GroupRequest::Vote(r) => Response::Vote(raft.vote(r).await),
             GroupRequest::Snapshot(r) => Response::Snapshot(raft.install_snapshot(r).await),
+            GroupRequest::TransferLeader(r) => {
+                Response::TransferLeader(raft.handle_transfer_leader(r).await.map_err(|e| e.to_string()))
+            }
             // Forwarded requests are served here only; never forwarded again, so no loops.
             GroupRequest::Client(r) => Response::Client(self.local(r).await),
         }
@@ -781,28 +759,6 @@ const HAND_OVER_LAG_MAX: u64 = 64;
 /// next queue).
 const HELD_CATCH_UP_MAX: Duration = Duration::from_secs(1);
 
-/// Past a leader lease, before a hand-over counts on it having run out: timers are not exact.
-const LEASE_MARGIN: Duration = Duration::from_millis(50);
-
-/// A leader's heartbeats stopped while a hand-over waits for its followers' leases to run
-/// out (see [`Group::hand_over`]); on again when dropped, whatever happens.
-struct HeartbeatsOff<'a>(&'a Raft);
-
-impl<'a> HeartbeatsOff<'a> {
-    fn new(raft: &'a Raft, off: bool) -> Option<HeartbeatsOff<'a>> {
-        off.then(|| {
-            raft.runtime_config().heartbeat(false);
-            HeartbeatsOff(raft)
-        })
-    }
-}
-
-impl Drop for HeartbeatsOff<'_> {
-    fn drop(&mut self) {
-        self.0.runtime_config().heartbeat(true);
-    }
-}
-
 /// Whether this process, as leader, has committed an entry of its own before serving a read
 /// index. The log store does not fsync the committed marker (see `LogStore::save_committed`),
 /// so a leader that restarts in the same term — which openraft 0.9 allows without an
@@ -907,6 +863,20 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig, RaftError<TypeConfig>>> {
         match self.call(GroupRequest::Vote(rpc), &option).await? {
             Response::Vote(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(GroupRequest::TransferLeader(rpc), &option).await? {
+            Response::TransferLeader(Ok(r)) => Ok(r),
+            Response::TransferLeader(Err(fatal)) => {
+                Err(RPCError::Network(NetworkError::new(&std::io::Error::other(fatal))))
+            }
             _ => Err(mismatch()),
         }
     }

@@ -584,6 +584,7 @@ impl Inbound for Handler {
             Request::Vote(r) => self.meta.serve(GroupRequest::Vote(r)).await,
             Request::Snapshot(r) => self.meta.serve(GroupRequest::Snapshot(r)).await,
             Request::Client(r) => self.meta.serve(GroupRequest::Client(r)).await,
+            Request::TransferLeader(r) => self.meta.serve(GroupRequest::TransferLeader(r)).await,
             Request::Group(id, r) => {
                 let group = self.groups.read().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
                 match group {

@@ -31,7 +31,8 @@ use openraft_legacy::network_v1::{InstallSnapshotError, InstallSnapshotRequest, 
 
 use crate::codec;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, TransferLeaderResponse, VoteRequest,
+    VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -89,6 +90,9 @@ pub enum Request {
     /// existed. Answered [`Response::NoGroup`] when the node does not run that group (not
     /// yet opened, or deleted).
     Group(crate::GroupId, GroupRequest),
+    /// The metadata group's leader handing its leadership over (openraft 0.10); not
+    /// understood by nodes of the openraft 0.9 build.
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
 }
 
 /// The Raft traffic of one group: what [`Request::Group`] carries.
@@ -98,6 +102,7 @@ pub enum GroupRequest {
     Vote(VoteRequest<TypeConfig>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     Client(ClientRequest),
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
 }
 
 impl GroupRequest {
@@ -109,6 +114,7 @@ impl GroupRequest {
             (None, GroupRequest::Vote(r)) => Request::Vote(r),
             (None, GroupRequest::Snapshot(r)) => Request::Snapshot(r),
             (None, GroupRequest::Client(r)) => Request::Client(r),
+            (None, GroupRequest::TransferLeader(r)) => Request::TransferLeader(r),
         }
     }
 }
@@ -164,6 +170,8 @@ pub enum Response {
     Broker(BrokerAnswer),
     /// The node runs no group of the id in [`Request::Group`].
     NoGroup,
+    /// The answer to a transfer-leader request; an error when the group's core stopped.
+    TransferLeader(Result<TransferLeaderResponse<TypeConfig>, String>),
 }
 
 /// What [`Request::Broker`] got back.
