@@ -203,7 +203,7 @@ impl Group {
         {
             let m = raft.metrics();
             let m = m.borrow_watched();
-            if m.state != ServerState::Leader || m.current_leader != Some(m.id) {
+            if !writable(&m, Duration::from_millis(raft.config().election_timeout_max)) {
                 return Proposal::NotLeader(cmd);
             }
         }
@@ -723,6 +723,16 @@ async fn probe_joiner(transport: &Arc<Transport>, name: &str, required: &[String
         }
         tokio::time::sleep(RETRY_PAUSE).await;
     }
+}
+
+/// Whether openraft takes writes on this node now: it leads, and a quorum acknowledged it
+/// within a leader lease (openraft 0.10 refuses writes otherwise — a leader cut off from
+/// its quorum, or one just elected whose first entry no follower has answered yet).
+fn writable(m: &openraft::RaftMetrics<TypeConfig>, lease: Duration) -> bool {
+    use openraft::Instant as _;
+    m.state == ServerState::Leader
+        && m.current_leader == Some(m.id)
+        && m.last_quorum_acked.as_ref().is_some_and(|t| t.elapsed() < lease)
 }
 
 /// Queue `cmd` in the log (on the leader) and return at once with the receiver of its
