@@ -21,13 +21,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{LinearizableReadError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, TransferLeaderResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers, Config, ServerState};
 use openraft_legacy::network_v1::{
     Adapter, ChunkedSnapshotReceiver, InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -64,8 +64,8 @@ struct Inner {
     me: String,
     request_deadline: Duration,
     raft: Raft,
-    /// A clone sharing the Raft's log store: the committed index, which openraft 0.9's
-    /// metrics do not carry.
+    /// A clone sharing the Raft's log store: the committed index as this node stored it,
+    /// and the log's size.
     log: LogStore,
     state: StateMachine,
     transport: Arc<Transport>,
@@ -771,7 +771,7 @@ const HELD_CATCH_UP_MAX: Duration = Duration::from_secs(1);
 
 /// Whether this process, as leader, has committed an entry of its own before serving a read
 /// index. The log store does not fsync the committed marker (see `LogStore::save_committed`),
-/// so a leader that restarts in the same term — which openraft 0.9 allows without an
+/// so a leader that restarts in the same term — which openraft allows without an
 /// election, hence without the no-op entry an election appends — may start with a committed
 /// index older than what it acknowledged before the crash. Committing one blank entry first
 /// commits everything before it, so the read index covers every acknowledged write.
@@ -807,7 +807,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Adapter<TypeConfig, PeerClient, SnapshotData>;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        Adapter::new(PeerClient { transport: self.transport.clone(), group: self.group, target, name: node.addr.clone() })
+        Adapter::new(PeerClient {
+            transport: self.transport.clone(),
+            group: self.group,
+            target,
+            name: node.addr.clone(),
+        })
     }
 }
 

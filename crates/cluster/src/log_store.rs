@@ -359,10 +359,7 @@ impl LogStore {
     }
 
     /// The last membership entry with its index in `range`, as the state machine stores it.
-    pub fn last_membership_in(
-        &self,
-        range: std::ops::RangeInclusive<u64>,
-    ) -> Option<crate::StoredMembership> {
+    pub fn last_membership_in(&self, range: std::ops::RangeInclusive<u64>) -> Option<crate::StoredMembership> {
         let mem = self.mem.lock().expect("log mem lock");
         mem.entries.range(range).rev().find_map(|(_, e)| match &e.payload {
             openraft::EntryPayload::Membership(m) => Some(crate::StoredMembership::new(Some(e.log_id), m.clone())),

@@ -246,7 +246,7 @@ impl ClusterNode {
             config.source_ip,
             config.offer.clone(),
         );
-        // A follower campaigns after a leader lease (openraft 0.9: `election_timeout_max`)
+        // A follower campaigns after a leader lease (openraft: `election_timeout_max`)
         // plus a random election timeout without a heartbeat: 6 to 8 missed heartbeats here
         // (3-4 s at the default 500 ms), so a dead leader is replaced in a few seconds
         // while a loaded machine's late heartbeats start no elections.

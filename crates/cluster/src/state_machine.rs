@@ -211,8 +211,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let (data, meta) = {
             let applied = self.applied.lock().expect("state lock");
             let data = self.applier.snapshot();
-            let meta =
-                SnapshotMetaOf::<TypeConfig> { last_log_id: applied.last_applied, last_membership: applied.membership.clone() };
+            let meta = SnapshotMetaOf::<TypeConfig> {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership.clone(),
+            };
             (data, meta)
         };
         let file = SnapshotFile { meta, data };
@@ -265,7 +267,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TypeConfig>, snapshot: SnapshotData) -> std::io::Result<()> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: SnapshotData,
+    ) -> std::io::Result<()> {
         let data = snapshot.into_inner();
         // Durable first: a crash right after must not come back with the older state.
         self.save(SnapshotFile { meta: meta.clone(), data: data.clone() }).await?;

@@ -42,9 +42,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_rustls::rustls;
 
+use crate::TypeConfig;
 use crate::frame::{self, Decoded};
 use crate::handshake::{self, Cookie, HANDSHAKE_TIMEOUT, HandshakeError, Offer};
-use crate::TypeConfig;
 
 /// Requests queued for one peer before further ones are refused.
 pub const PEER_QUEUE_REQUESTS: usize = 256;
@@ -1159,9 +1159,9 @@ mod tests {
     /// ignores fields it does not know; 0.10's added ones have defaults).
     #[test]
     fn raft_messages_keep_the_openraft_0_9_builds_encoding() {
-        use openraft::raft::AppendEntriesResponse;
         use crate::{CommittedLeaderId, LogId};
         use openraft::EntryPayload;
+        use openraft::raft::AppendEntriesResponse;
         use openraft::vote::RaftLeaderId;
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openraft-0.9/wire");
         let read = |name: &str| std::fs::read(dir.join(name)).unwrap();

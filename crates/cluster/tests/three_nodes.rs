@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::async_runtime::WatchReceiver;
 use cluster::node::Proposal;
 use cluster::{Cookie, NodeConfig};
 use common::*;
+use openraft::async_runtime::WatchReceiver;
 
 #[test]
 fn leader_is_elected_and_1000_proposals_apply_in_one_order_everywhere() {
