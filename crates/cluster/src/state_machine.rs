@@ -45,7 +45,11 @@ pub trait Applier: Send + Sync + 'static {
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), String>;
     /// The index of the last entry whose effect the applier's own durable storage holds
     /// (0: it keeps nothing, or has applied nothing): on restart the entries up to it are
-    /// not applied again. An in-memory applier answers 0.
+    /// not applied again. An in-memory applier answers 0. Caution: under openraft 0.10 a
+    /// leader may apply an entry before its own copy is on disk (the followers' copies
+    /// make the majority), and a node that then crashes restarts with a log shorter than
+    /// this index, which `StateMachine::open` refuses. The broker's applier answers 0 and
+    /// skips, when applying, what its definitions log already holds.
     fn durable_index(&self) -> u64 {
         0
     }
