@@ -224,17 +224,18 @@ impl LogStore {
     /// was queued before it.
     fn drain(&self) {
         loop {
-            let jobs: Vec<Job> = {
+            // Jobs queued before an earlier round failed are failed too: writing them would
+            // leave a hole where the failed record was cut back.
+            let (jobs, mut failed): (Vec<Job>, Option<String>) = {
                 let mut q = self.queue.lock().expect("log queue lock");
                 if q.jobs.is_empty() {
                     q.running = false;
                     return;
                 }
-                q.jobs.drain(..).collect()
+                (q.jobs.drain(..).collect(), q.failed.clone())
             };
             let mut f = self.file.lock().expect("log file lock");
             let mut batch = Batch::default();
-            let mut failed: Option<String> = None;
             for job in jobs {
                 if let Some(e) = &failed {
                     job.done.complete(&Err(e.clone()));
@@ -596,6 +597,31 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel();
         store.append_entries(entries, Done::Waiter(tx));
         rx.await.unwrap().unwrap();
+    }
+
+    /// Writes queued before a failure was recorded (a drain round that found the queue
+    /// failed) are failed too, not written after the record that was cut back: that would
+    /// leave a hole in the log.
+    #[tokio::test]
+    async fn writes_queued_before_a_failure_are_failed_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = LogStore::open(dir.path()).unwrap();
+        append(&mut s, vec![entry(1, 1, b"a")]).await;
+        let before = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut q = s.queue.lock().unwrap();
+            q.failed = Some("disk full".to_owned());
+            let record = LogRecord::Entries(vec![entry(1, 3, b"c")]);
+            q.jobs.push_back(Job { what: WriteOp::Record { record, sync: true }, done: Done::Waiter(tx) });
+            q.running = true;
+        }
+        s.drain();
+        assert_eq!(rx.await.unwrap(), Err("disk full".to_owned()));
+        assert_eq!(std::fs::read(dir.path().join(LOG_FILE)).unwrap(), before);
+        assert!(!s.queue.lock().unwrap().running);
+        // And one asked for afterwards fails at once.
+        assert!(s.written().await.is_err());
     }
 
     fn indexes(store: &LogStore) -> Vec<u64> {
