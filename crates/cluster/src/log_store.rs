@@ -7,6 +7,13 @@
 //!   `append`/`truncate` is fsynced before openraft hears it is done; that is what lets a
 //!   node vote and acknowledge honestly. The committed marker rides on the next fsync
 //!   (`save_committed` says why that is safe).
+//!   A purge rewrites the file without the purged prefix (write `log.tmp`, fsync, rename,
+//!   fsync the directory), so disk stays bounded by the snapshot policy.
+//!
+//! Recovery replays `log`. A torn tail (a record cut short, or a checksummed record that ends
+//! exactly at the end of the file and does not verify — an interrupted last write) is cut
+//! off: it was never fsynced, so never acknowledged. Damage followed by more records is not
+//! something a crash produces, and is refused as [`Error::Corrupt`].
 //!
 //! Writes go through one queue per log, done in order by one blocking task at a time
 //! ([`WriteQueue`]): `append` only queues (openraft 0.10 goes on — a leader sends the
@@ -15,13 +22,6 @@
 //! openraft is told an append is durable only after its fsync, and every write is
 //! reported done in the order it was asked for: a vote saved after an append is not
 //! durable before that append is.
-//!   A purge rewrites the file without the purged prefix (write `log.tmp`, fsync, rename,
-//!   fsync the directory), so disk stays bounded by the snapshot policy.
-//!
-//! Recovery replays `log`. A torn tail (a record cut short, or a checksummed record that ends
-//! exactly at the end of the file and does not verify — an interrupted last write) is cut
-//! off: it was never fsynced, so never acknowledged. Damage followed by more records is not
-//! something a crash produces, and is refused as [`Error::Corrupt`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
@@ -78,8 +78,8 @@ struct Mem {
 pub struct LogStore {
     dir: Arc<PathBuf>,
     mem: Arc<Mutex<Mem>>,
-    /// The open `log` file. Only the Raft core writes (openraft serialises its storage calls),
-    /// so this lock is uncontended; it is separate from `mem` so readers never wait on fsync.
+    /// The open `log` file. Only the queue's drain task writes (one at a time), so this lock
+    /// is uncontended; it is separate from `mem` so readers never wait on fsync.
     file: Arc<Mutex<LogFile>>,
     /// Writes not yet done, in the order they were asked for.
     queue: Arc<Mutex<WriteQueue>>,
@@ -247,7 +247,7 @@ impl LogStore {
                         continue;
                     }
                     WriteOp::Rewrite => batch.finish(&mut f).and_then(|()| self.rewrite(&mut f)),
-                    WriteOp::Vote(buf) => batch.finish(&mut f).and_then(|()| write_vote(&self.dir, &buf)),
+                    WriteOp::Vote(buf) => batch.finish(&mut f).and_then(|()| replace_file(&self.dir, VOTE_FILE, &buf)),
                     WriteOp::Barrier => batch.finish(&mut f),
                 };
                 let result = result.map_err(|e| e.to_string());
@@ -281,12 +281,7 @@ impl LogStore {
                 crate::codec::encode_framed(&mut buf, &LogRecord::Entries(kept))?;
             }
         }
-        let tmp = self.dir.join("log.tmp");
-        let mut t = File::create(&tmp)?;
-        t.write_all(&buf)?;
-        t.sync_all()?;
-        std::fs::rename(&tmp, self.dir.join(LOG_FILE))?;
-        File::open(self.dir.as_path())?.sync_all()?;
+        replace_file(&self.dir, LOG_FILE, &buf)?;
         f.file = OpenOptions::new().append(true).read(true).open(self.dir.join(LOG_FILE))?;
         Ok(())
     }
@@ -477,13 +472,14 @@ impl Batch {
     }
 }
 
-/// Replace the `vote` file: write `vote.tmp`, fsync, rename, fsync the directory.
-fn write_vote(dir: &Path, buf: &[u8]) -> std::io::Result<()> {
-    let tmp = dir.join("vote.tmp");
+/// Replace `dir/name` with `buf` atomically: write `name.tmp`, fsync, rename, fsync the
+/// directory. A crash leaves the old file or the new one, whole.
+pub(crate) fn replace_file(dir: &Path, name: &str, buf: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
     let mut f = File::create(&tmp)?;
     f.write_all(buf)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(VOTE_FILE))?;
+    std::fs::rename(&tmp, dir.join(name))?;
     File::open(dir)?.sync_all()
 }
 

@@ -9,7 +9,7 @@
 //! which is then handed to [`Applier::restore`]; openraft re-applies the committed entries
 //! after that point.
 
-use std::io::{Cursor, Write};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -189,16 +189,9 @@ impl StateMachine {
         let mut buf = Vec::new();
         frame::encode(&mut buf, &serde_json::to_vec(&file).map_err(std::io::Error::other)?);
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || {
-            let tmp = dir.join("snapshot.tmp");
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&buf)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
-            std::fs::File::open(dir.as_path())?.sync_all()
-        })
-        .await
-        .map_err(std::io::Error::other)??;
+        tokio::task::spawn_blocking(move || crate::log_store::replace_file(&dir, SNAPSHOT_FILE, &buf))
+            .await
+            .map_err(std::io::Error::other)??;
         *self.current.lock().expect("snapshot lock") = Some(file);
         Ok(())
     }

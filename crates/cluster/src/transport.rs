@@ -144,8 +144,9 @@ pub enum ClientRequest {
     RemoveNode(String),
     /// Hand the leadership to this voter (`rebalance`): served by the leader.
     TransferLeadership(String),
-    /// Start an election now: sent by a leader handing over to the node it asks; served
-    /// there, never forwarded.
+    /// Start an election now: what leaders of the openraft 0.9 build sent to the node they
+    /// handed over to (this build uses openraft's leader transfer); still served, so a
+    /// hand-over from such a leader works during a rolling upgrade. Never forwarded.
     Campaign,
 }
 
