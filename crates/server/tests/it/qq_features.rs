@@ -823,6 +823,11 @@ async fn node_is_quorum_critical_when_stopping_it_would_lose_the_majority() {
     let (code, _, err) = nodes[0].ctl(&["-t", "30", "await_online_quorum_plus_one"]);
     assert_eq!(code, 0, "{err}");
     nodes[0].http().health_check_if_node_is_quorum_critical().await.unwrap();
+    // Each node sees the third come back on its own (its link to it may still be in
+    // reconnect backoff): wait on node 2 too, as a rolling restart waits on the node it
+    // stops next, before checking there.
+    let (code, _, err) = nodes[1].ctl(&["-t", "30", "await_online_quorum_plus_one"]);
+    assert_eq!(code, 0, "{err}");
     let (code, out, err) = nodes[1].ctl(&["check_if_node_is_quorum_critical"]);
     assert_eq!(code, 0, "{out}{err}");
 
