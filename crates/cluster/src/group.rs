@@ -21,12 +21,22 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::VecDeque;
+
+use futures_util::StreamExt;
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{LinearizableReadError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
-use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::error::Infallible;
+use openraft::error::decompose::DecomposeResult;
+use openraft::error::{
+    LinearizableReadError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Unreachable,
+};
+use openraft::network::v2::RaftNetworkV2;
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, TransferLeaderResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, ChangeMembers, Config, ServerState};
 use openraft_legacy::network_v1::{
@@ -38,7 +48,7 @@ use crate::log_store::LogStore;
 use crate::node::{MAX_COMMAND_BYTES, MemberStatus, PING_TIMEOUT, Proposal, RaftStatus, Replication};
 use crate::state_machine::{Applied, Applier, StateMachine};
 use crate::transport::{CallError, ClientFailure, ClientRequest, GroupRequest, Request, Response, Transport};
-use crate::{Error, NodeId, Raft, SnapshotData, TypeConfig, node_id, parse_node_name};
+use crate::{Error, LogId, NodeId, Raft, SnapshotData, TypeConfig, Vote, node_id, parse_node_name};
 
 /// A group's id: chosen by whoever creates the group (the broker uses the metadata log
 /// index of the queue's declaration, unique for the cluster's life). The metadata group
@@ -794,6 +804,7 @@ struct Network {
     group: Option<GroupId>,
 }
 
+#[derive(Clone)]
 struct PeerClient {
     transport: Arc<Transport>,
     group: Option<GroupId>,
@@ -802,18 +813,168 @@ struct PeerClient {
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
-    /// openraft-legacy's adapter: snapshots still go in chunks (`InstallSnapshotRequest`),
-    /// as under openraft 0.9, so nodes of both builds exchange them.
-    type Network = Adapter<TypeConfig, PeerClient, SnapshotData>;
+    type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        Adapter::new(PeerClient {
-            transport: self.transport.clone(),
-            group: self.group,
-            target,
-            name: node.addr.clone(),
-        })
+        let peer = PeerClient { transport: self.transport.clone(), group: self.group, target, name: node.addr.clone() };
+        PeerNetwork { appends: peer.clone(), adapter: Adapter::new(peer) }
     }
+}
+
+/// One peer, as openraft's replication sees it: openraft-legacy's adapter (snapshots still
+/// go in chunks, `InstallSnapshotRequest`, as under openraft 0.9, so nodes of both builds
+/// exchange them), except that appends are pipelined to a peer that serves them in order.
+struct PeerNetwork {
+    adapter: Adapter<TypeConfig, PeerClient, SnapshotData>,
+    appends: PeerClient,
+}
+
+/// Appends sent to one peer and not yet answered, at most (per stream: the replication's
+/// and the heartbeats'). Well under the transport's `PEER_QUEUE_REQUESTS`.
+const PIPELINE_APPENDS_MAX: usize = 32;
+
+impl RaftNetworkV2<TypeConfig> for PeerNetwork {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        RaftNetworkV2::append_entries(&mut self.adapter, rpc, option).await
+    }
+
+    /// A peer of wire protocol 2 or later gets each append as soon as openraft has it,
+    /// without waiting for the answers before: the next batch is on its way while the peer
+    /// writes and fsyncs the last, instead of one round trip and fsync after the other.
+    /// Answers come back in order (one connection, served in order on the other side).
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        if !self.appends.transport.pipelines_to(&self.appends.name) {
+            return RaftNetworkV2::stream_append(&mut self.adapter, input, option);
+        }
+        let peer = self.appends.clone();
+        Box::pin(async move { Ok(pipelined(peer, input, option)) })
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        RaftNetworkV2::vote(&mut self.adapter, rpc, option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotData>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        RaftNetworkV2::full_snapshot(&mut self.adapter, vote, snapshot, cancel, option).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        RaftNetworkV2::transfer_leader(&mut self.adapter, rpc, option).await
+    }
+
+    fn backoff(&self) -> Option<Backoff> {
+        RaftNetworkV2::backoff(&self.adapter)
+    }
+}
+
+type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, CallError>> + Send>>;
+
+/// The pipelined stream: sends each append as `input` yields it (up to
+/// [`PIPELINE_APPENDS_MAX`] unanswered) and yields the answers in order. Ends after the
+/// first failed answer (openraft starts a new stream from what the peer acknowledged).
+fn pipelined<S>(
+    peer: PeerClient,
+    input: S,
+    option: RPCOption,
+) -> BoxStream<'static, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>
+where
+    S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+{
+    struct State<S> {
+        peer: PeerClient,
+        input: Option<S>,
+        /// Each unanswered append's log id range (prev, last) and its answer to come.
+        sent: VecDeque<(Option<LogId>, Option<LogId>, Answer)>,
+        option: RPCOption,
+        ended: bool,
+    }
+    enum Event {
+        Answer(Result<Response, CallError>),
+        Input(Option<AppendEntriesRequest<TypeConfig>>),
+    }
+    let state = State { peer, input: Some(input), sent: VecDeque::new(), option, ended: false };
+    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if st.ended {
+                return None;
+            }
+            let more = st.input.is_some() && st.sent.len() < PIPELINE_APPENDS_MAX;
+            if st.sent.is_empty() && !more {
+                return None;
+            }
+            let State { input, sent, .. } = &mut st;
+            let event = tokio::select! {
+                biased;
+                answer = async { sent.front_mut().expect("checked").2.as_mut().await }, if !sent.is_empty() => Event::Answer(answer),
+                next = async { input.as_mut().expect("checked").next().await }, if more => Event::Input(next),
+            };
+            match event {
+                Event::Input(None) => st.input = None,
+                Event::Input(Some(req)) => {
+                    let last = req.entries.last().map(|e| e.log_id).or(req.prev_log_id);
+                    let prev = req.prev_log_id;
+                    let request = GroupRequest::Append(req).into_request(st.peer.group);
+                    match st.peer.transport.send(&st.peer.name, request, st.option.hard_ttl()) {
+                        Ok(answer) => st.sent.push_back((prev, last, Box::pin(answer))),
+                        Err(e) => {
+                            st.ended = true;
+                            return Some((Err(call_error::<Infallible>(e)), st));
+                        }
+                    }
+                }
+                Event::Answer(answer) => {
+                    let (prev, last, _) = st.sent.pop_front().expect("answered the first");
+                    let item = match st.peer.failure(answer) {
+                        Ok(Response::Append(Ok(r))) => {
+                            // A partial success acknowledges less than was sent: what was
+                            // sent after it does not follow on, so the stream ends there.
+                            let partial = matches!(&r, AppendEntriesResponse::PartialSuccess(m) if *m != last);
+                            let r = r.into_stream_result(prev, last);
+                            st.ended = partial || r.is_err();
+                            Ok(r)
+                        }
+                        Ok(Response::Append(Err(e))) => {
+                            Err::<(), _>(st.peer.remote(e)).decompose_infallible().map(|()| unreachable!())
+                        }
+                        Ok(_) => Err(mismatch()),
+                        Err(e) => Err(e),
+                    };
+                    st.ended |= item.is_err();
+                    return Some((item, st));
+                }
+            }
+        }
+    }))
 }
 
 impl PeerClient {
@@ -823,7 +984,15 @@ impl PeerClient {
         option: &RPCOption,
     ) -> Result<Response, RPCError<TypeConfig, E>> {
         let request = req.into_request(self.group);
-        match self.transport.call(&self.name, request, option.hard_ttl()).await {
+        self.failure(self.transport.call(&self.name, request, option.hard_ttl()).await)
+    }
+
+    /// The transport's failures (and a peer not running the group) as openraft's errors.
+    fn failure<E: std::error::Error>(
+        &self,
+        answer: Result<Response, CallError>,
+    ) -> Result<Response, RPCError<TypeConfig, E>> {
+        match answer {
             // The peer does not run the group (yet, or any more): as good as unreachable, so
             // openraft paces its retries.
             Ok(Response::NoGroup) => {
@@ -831,15 +1000,19 @@ impl PeerClient {
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
             Ok(r) => Ok(r),
-            Err(e @ (CallError::Unreachable(_) | CallError::Refused(_))) => {
-                Err(RPCError::Unreachable(Unreachable::new(&e)))
-            }
-            Err(e @ CallError::Lost(_)) => Err(RPCError::Network(NetworkError::new(&e))),
+            Err(e) => Err(call_error(e)),
         }
     }
 
     fn remote<E: std::error::Error>(&self, e: E) -> RPCError<TypeConfig, E> {
         RPCError::RemoteError(RemoteError::new(self.target, e))
+    }
+}
+
+fn call_error<E: std::error::Error>(e: CallError) -> RPCError<TypeConfig, E> {
+    match e {
+        CallError::Unreachable(_) | CallError::Refused(_) => RPCError::Unreachable(Unreachable::new(&e)),
+        CallError::Lost(_) => RPCError::Network(NetworkError::new(&e)),
     }
 }
 

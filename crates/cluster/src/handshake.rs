@@ -51,8 +51,13 @@ const DOMAIN: &[u8] = b"warren-cluster-handshake-v2";
 /// responses, Raft entries). Bumped when a change would make a peer of the previous number
 /// misread them; a build that can still speak the previous one keeps it as its minimum.
 /// 1 is the first negotiated protocol (CBOR frames; the versions before negotiation wrote
-/// JSON, then CBOR, and announced nothing).
-pub const WIRE_VERSION: u32 = 1;
+/// JSON, then CBOR, and announced nothing). 2 has the same frames, but a node serves one
+/// group's appends arriving on one connection in their order, so a leader may send the next
+/// before the last is answered ([`PIPELINED_APPENDS_WIRE_VERSION`]); with a node of 1 the
+/// leader waits for each answer.
+pub const WIRE_VERSION: u32 = 2;
+/// The first wire protocol whose nodes serve a group's appends in order.
+pub const PIPELINED_APPENDS_WIRE_VERSION: u32 = 2;
 /// The oldest wire protocol this build still speaks.
 pub const WIRE_VERSION_MIN: u32 = 1;
 /// Feature-flag names a node may advertise (a handshake frame stays under

@@ -605,4 +605,16 @@ impl Inbound for Handler {
             },
         }
     }
+
+    fn append_stream(
+        &self,
+        group: Option<GroupId>,
+        input: crate::transport::AppendInput,
+    ) -> Option<crate::transport::AppendAnswers> {
+        let raft = match group {
+            None => self.meta.raft().clone(),
+            Some(id) => self.groups.read().unwrap_or_else(|e| e.into_inner()).get(&id)?.raft().clone(),
+        };
+        Some(Box::pin(raft.stream_append(input)))
+    }
 }

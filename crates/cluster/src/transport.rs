@@ -26,7 +26,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::RaftError;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use openraft::error::{Fatal, RaftError};
+use openraft::raft::StreamAppendResult;
 use openraft_legacy::network_v1::{InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse};
 
 use crate::codec;
@@ -44,7 +47,7 @@ use tokio_rustls::rustls;
 
 use crate::TypeConfig;
 use crate::frame::{self, Decoded};
-use crate::handshake::{self, Cookie, HANDSHAKE_TIMEOUT, HandshakeError, Offer};
+use crate::handshake::{self, Cookie, HANDSHAKE_TIMEOUT, HandshakeError, Offer, PIPELINED_APPENDS_WIRE_VERSION};
 
 /// Requests queued for one peer before further ones are refused.
 pub const PEER_QUEUE_REQUESTS: usize = 256;
@@ -216,7 +219,20 @@ impl std::error::Error for CallError {}
 /// What serves requests arriving from peers.
 pub trait Inbound: Send + Sync + 'static {
     fn handle(&self, from: String, request: Request) -> impl Future<Output = Response> + Send;
+
+    /// Serve the appends of `group` that arrive on one connection, in their order: the
+    /// group's `Raft::stream_append` over `input`, its answers in the same order. None when
+    /// the node runs no such group; such an append is then served by [`Self::handle`], as
+    /// are all of them when this is not implemented.
+    fn append_stream(&self, _group: Option<crate::GroupId>, _input: AppendInput) -> Option<AppendAnswers> {
+        None
+    }
 }
+
+/// The appends of one group from one connection, in arrival order.
+pub type AppendInput = BoxStream<'static, AppendEntriesRequest<TypeConfig>>;
+/// What `Raft::stream_append` answers to [`AppendInput`], one item per append, in order.
+pub type AppendAnswers = BoxStream<'static, Result<StreamAppendResult<TypeConfig>, Fatal<TypeConfig>>>;
 
 type Reply = oneshot::Sender<Result<Response, CallError>>;
 
@@ -344,6 +360,18 @@ impl Transport {
         request: Request,
         timeout: Duration,
     ) -> Result<Response, CallError> {
+        self.send(peer, request, timeout)?.await
+    }
+
+    /// Queue `request` for `peer` now and return what waits at most `timeout` (from now)
+    /// for its response. Requests queued one after the other reach the peer in that order
+    /// (one connection, written by one task): what a leader pipelining appends relies on.
+    pub(crate) fn send(
+        self: &Arc<Self>,
+        peer: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<impl Future<Output = Result<Response, CallError>> + Send + 'static, CallError> {
         if self.is_isolated(peer) {
             return Err(CallError::Unreachable(format!("{peer} is isolated (test hook)")));
         }
@@ -369,11 +397,23 @@ impl Transport {
         let (reply, rx) = oneshot::channel();
         tx.try_send(Outgoing { request, reply })
             .map_err(|_| CallError::Unreachable(format!("queue to {peer} is full or closed")))?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(CallError::Lost(format!("connection to {peer} closed"))),
-            Err(_) => Err(CallError::Lost(format!("no response from {peer} in {timeout:?}"))),
-        }
+        let answer = tokio::time::timeout(timeout, rx);
+        let peer = peer.to_owned();
+        Ok(async move {
+            match answer.await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err(CallError::Lost(format!("connection to {peer} closed"))),
+                Err(_) => Err(CallError::Lost(format!("no response from {peer} in {timeout:?}"))),
+            }
+        })
+    }
+
+    /// Whether `peer` serves a group's appends from one connection in order (wire
+    /// protocol 2 and later), so that a leader may send the next before the last is answered.
+    pub(crate) fn pipelines_to(&self, peer: &str) -> bool {
+        self.peer_offer(peer)
+            .and_then(|o| o.common_version(&self.offer))
+            .is_some_and(|v| v >= PIPELINED_APPENDS_WIRE_VERSION)
     }
 
     /// Accept peers' connections on `listener` and serve their requests with `inbound`,
@@ -490,11 +530,24 @@ async fn serve_connection<H: Inbound>(
             }
         }
     });
+    // Each group's appends on this connection go through one lane, in arrival order.
+    let mut lanes: HashMap<Option<crate::GroupId>, mpsc::UnboundedSender<Laned>> = HashMap::new();
     while let Some(env) = read_frame::<Envelope<Request>>(&mut rd, &mut buf).await {
         if transport.is_isolated(&from) {
             break;
         }
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let env = match env.body {
+            Request::Append(r) => {
+                lane(&mut lanes, &inbound, &from, &tx, None, Laned { id: env.id, request: r, permit })
+            }
+            Request::Group(g, GroupRequest::Append(r)) => {
+                lane(&mut lanes, &inbound, &from, &tx, Some(g), Laned { id: env.id, request: r, permit })
+            }
+            body => Some((Envelope { id: env.id, body }, permit)),
+        };
+        // Not an append, or one of a group the node does not run: served on its own.
+        let Some((env, permit)) = env else { continue };
         let (tx, inbound, from) = (tx.clone(), inbound.clone(), from.clone());
         tokio::spawn(async move {
             let body = inbound.handle(from, env.body).await;
@@ -505,6 +558,117 @@ async fn serve_connection<H: Inbound>(
         });
     }
     writer.abort();
+}
+
+/// An append waiting in its group's lane, with its request id and in-flight permit.
+struct Laned {
+    id: u64,
+    request: AppendEntriesRequest<TypeConfig>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Hand `item` to its group's lane, opening the lane first if there is none (or it ended).
+/// Returns the request back (to be served on its own) when the node runs no such group.
+fn lane<H: Inbound>(
+    lanes: &mut HashMap<Option<crate::GroupId>, mpsc::UnboundedSender<Laned>>,
+    inbound: &Arc<H>,
+    from: &str,
+    out: &mpsc::Sender<Envelope<Response>>,
+    group: Option<crate::GroupId>,
+    item: Laned,
+) -> Option<(Envelope<Request>, tokio::sync::OwnedSemaphorePermit)> {
+    let item = match lanes.get(&group) {
+        Some(tx) => match tx.send(item) {
+            Ok(()) => return None,
+            Err(mpsc::error::SendError(item)) => item,
+        },
+        None => item,
+    };
+    let (input_tx, input) = mpsc::unbounded_channel();
+    let Some(answers) = inbound.append_stream(group, receiver_stream(input)) else {
+        lanes.remove(&group);
+        let request = match group {
+            Some(g) => Request::Group(g, GroupRequest::Append(item.request)),
+            None => Request::Append(item.request),
+        };
+        return Some((Envelope { id: item.id, body: request }, item.permit));
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(item).ok();
+    lanes.insert(group, tx);
+    tokio::spawn(run_lane(inbound.clone(), from.to_owned(), group, rx, input_tx, answers, out.clone()));
+    None
+}
+
+fn receiver_stream<T: Send + 'static>(rx: mpsc::UnboundedReceiver<T>) -> BoxStream<'static, T> {
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|t| (t, rx)) }))
+}
+
+/// Serve one group's appends from one connection in order: each goes into the group's
+/// `stream_append`, and its answer goes back with its request id. A failed append (a
+/// conflict, a higher vote, a stopped core) ends openraft's stream: the appends sent into
+/// it after that one get the same answer — they were sent by the leader before it saw the
+/// failure, and it ignores their answers — and the next append opens a new stream.
+async fn run_lane<H: Inbound>(
+    inbound: Arc<H>,
+    from: String,
+    group: Option<crate::GroupId>,
+    mut rx: mpsc::UnboundedReceiver<Laned>,
+    mut input: mpsc::UnboundedSender<AppendEntriesRequest<TypeConfig>>,
+    mut answers: AppendAnswers,
+    out: mpsc::Sender<Envelope<Response>>,
+) {
+    let mut waiting: std::collections::VecDeque<(u64, tokio::sync::OwnedSemaphorePermit)> = Default::default();
+    loop {
+        tokio::select! {
+            item = rx.recv() => {
+                let Some(item) = item else { return };
+                waiting.push_back((item.id, item.permit));
+                // The stream's task ends only with `answers` (dropped below).
+                let _ = input.send(item.request);
+            }
+            answer = answers.next(), if !waiting.is_empty() => {
+                let (failed, body) = match answer {
+                    Some(Ok(r)) => (r.is_err(), Ok(AppendEntriesResponse::from(r))),
+                    Some(Err(fatal)) => (true, Err(RaftError::Fatal(fatal))),
+                    None => (true, Err(RaftError::Fatal(Fatal::Stopped))),
+                };
+                let (id, permit) = waiting.pop_front().expect("an answer is awaited only for a waiting append");
+                let mut answered = vec![(id, permit)];
+                if failed {
+                    answered.extend(waiting.drain(..));
+                }
+                for (id, permit) in answered {
+                    if out.send(Envelope { id, body: Response::Append(body.clone()) }).await.is_err() {
+                        return;
+                    }
+                    drop(permit);
+                }
+                if failed {
+                    let (input_tx, fresh) = mpsc::unbounded_channel();
+                    match inbound.append_stream(group, receiver_stream(fresh)) {
+                        Some(a) => (input, answers) = (input_tx, a),
+                        None => {
+                            // The group is gone: what is still queued is answered as any
+                            // request of a group the node does not run.
+                            rx.close();
+                            while let Some(item) = rx.recv().await {
+                                let request = match group {
+                                    Some(g) => Request::Group(g, GroupRequest::Append(item.request)),
+                                    None => Request::Append(item.request),
+                                };
+                                let body = inbound.handle(from.clone(), request).await;
+                                if out.send(Envelope { id: item.id, body }).await.is_err() {
+                                    return;
+                                }
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One peer's connection owner: connects on demand, keeps the pending map, backs off.
@@ -810,6 +974,112 @@ mod tests {
         let echo = Arc::new(Echo::default());
         let server = t.serve(listener, echo.clone());
         (t, name, echo, server)
+    }
+
+    /// Serves appends through [`Inbound::append_stream`] as openraft's `stream_append`
+    /// does: in order, one answer each, the stream ending after a failed one. Group 1
+    /// refuses the append after index 5 once (a conflict); group 2 is not run here.
+    #[derive(Default)]
+    struct Appends {
+        /// (group, prev index) of every append served, in serving order.
+        served: Mutex<Vec<(Option<crate::GroupId>, u64)>>,
+        /// Streams opened, per group.
+        opened: Mutex<HashMap<Option<crate::GroupId>, usize>>,
+        conflicted: std::sync::atomic::AtomicBool,
+        handled: AtomicUsize,
+    }
+
+    impl Inbound for Arc<Appends> {
+        async fn handle(&self, _from: String, request: Request) -> Response {
+            self.handled.fetch_add(1, Ordering::Relaxed);
+            match request {
+                Request::Group(2, GroupRequest::Append(_)) => Response::NoGroup,
+                _ => Response::Client(Err(ClientFailure::Other("unexpected".into()))),
+            }
+        }
+
+        fn append_stream(&self, group: Option<crate::GroupId>, input: AppendInput) -> Option<AppendAnswers> {
+            if group == Some(2) {
+                return None;
+            }
+            *self.opened.lock().unwrap().entry(group).or_default() += 1;
+            let me = self.clone();
+            Some(Box::pin(
+                input
+                    .map(move |r| {
+                        let prev = r.prev_log_id.expect("prev");
+                        me.served.lock().unwrap().push((group, prev.index));
+                        if group == Some(1) && prev.index == 5 && !me.conflicted.swap(true, Ordering::Relaxed) {
+                            return Ok(Err(openraft::raft::StreamAppendError::Conflict(prev)));
+                        }
+                        Ok(Ok(r.entries.last().map(|e| e.log_id)))
+                    })
+                    .scan(false, |ended, item: Result<StreamAppendResult<TypeConfig>, Fatal<TypeConfig>>| {
+                        let stop = *ended;
+                        *ended = !matches!(item, Ok(Ok(_)));
+                        std::future::ready((!stop).then_some(item))
+                    }),
+            ))
+        }
+    }
+
+    fn append(prev: u64) -> AppendEntriesRequest<TypeConfig> {
+        use openraft::vote::RaftLeaderId;
+        let lid = |i| crate::LogId::new(crate::CommittedLeaderId::new(1, 1), i);
+        AppendEntriesRequest {
+            vote: crate::Vote::new_committed(1, 1),
+            prev_log_id: Some(lid(prev)),
+            leader_commit: None,
+            entries: vec![openraft::Entry { log_id: lid(prev + 1), payload: openraft::EntryPayload::Blank }],
+        }
+    }
+
+    /// Wire protocol 2: a leader sends a group's appends without waiting for answers, and
+    /// the peer serves them in their order (one lane per group and connection), answers each
+    /// under its own id; a failure answers the appends queued behind it the same way and the
+    /// next one opens a new stream; a group the node does not run is answered `NoGroup`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_groups_appends_are_served_in_order_and_a_failure_answers_those_behind_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let name = format!("b@{}", listener.local_addr().unwrap());
+        let b = Transport::new(name.clone(), cookie("C"));
+        let appends = Arc::new(Appends::default());
+        let _server = b.serve(listener, Arc::new(appends.clone()));
+        let a = Transport::new("a@127.0.0.1:1".into(), cookie("C"));
+        let _ = a.call(&name, Request::Ping, Duration::from_secs(5)).await;
+        assert!(a.pipelines_to(&name), "both speak wire protocol {WIRE}", WIRE = PIPELINED_APPENDS_WIRE_VERSION);
+
+        let mut sent = Vec::new();
+        for prev in 1..=40u64 {
+            for group in [None, Some(1)] {
+                let r = GroupRequest::Append(append(prev)).into_request(group);
+                sent.push((group, prev, a.send(&name, r, Duration::from_secs(5)).unwrap()));
+            }
+        }
+        let mut after_conflict = Vec::new();
+        for (group, prev, answer) in sent {
+            let Ok(Response::Append(Ok(r))) = answer.await else { panic!("no append answer for {prev}") };
+            match (group, prev) {
+                (Some(1), 5) => assert_eq!(r, AppendEntriesResponse::Conflict),
+                (Some(1), p) if p > 5 => after_conflict.push(r),
+                _ => assert_eq!(r, AppendEntriesResponse::Success, "{group:?} {prev}"),
+            }
+        }
+        // Those queued behind the conflict got its answer; once the lane had reopened its
+        // stream, the rest succeeded.
+        let conflicts = after_conflict.iter().take_while(|r| r.is_conflict()).count();
+        assert!(after_conflict[conflicts..].iter().all(|r| r.is_success()), "{after_conflict:?}");
+        let served = appends.served.lock().unwrap().clone();
+        for group in [None, Some(1)] {
+            let order: Vec<u64> = served.iter().filter(|(g, _)| *g == group).map(|(_, p)| *p).collect();
+            assert!(order.windows(2).all(|w| w[0] < w[1]), "{group:?} served out of order: {order:?}");
+        }
+        assert_eq!(appends.opened.lock().unwrap().get(&None), Some(&1));
+        assert_eq!(appends.opened.lock().unwrap().get(&Some(1)), Some(&2));
+
+        let r = GroupRequest::Append(append(41)).into_request(Some(2));
+        assert!(matches!(a.call(&name, r, Duration::from_secs(5)).await, Ok(Response::NoGroup)));
+        assert_eq!(appends.handled.load(Ordering::Relaxed), 2, "the ping and the append of group 2");
     }
 
     /// The stream ends (the peer closed it) within `limit`; how long that took.

@@ -111,9 +111,21 @@ enum CommandRef<'a> {
     Quorum(&'a [crate::quorum_queues::Item]),
 }
 
-/// A quorum entry, CBOR: message bodies are byte strings there (JSON would make each byte
-/// a number). Access entries stay JSON; [`decode`] tells them apart by the first byte.
-pub(crate) fn encode_quorum(items: &[crate::quorum_queues::Item]) -> Vec<u8> {
+/// The first byte of a quorum entry in postcard ([`encode_quorum`]): never the first byte
+/// of a JSON entry (`{`, `"`) nor of a CBOR one (every variant carries data, so CBOR writes
+/// a map of one entry: 0xA1).
+const POSTCARD_QUORUM_TAG: u8 = 0x01;
+
+/// A quorum entry. With `compact` (the `compact_quorum_entries` feature flag enabled):
+/// [`POSTCARD_QUORUM_TAG`], then the items in postcard — fields in order, without names,
+/// integers as varints. Otherwise CBOR, which names every field of every item: decoding
+/// those names was most of applying a publish, on every replica. Message bodies are byte
+/// strings in both (JSON would make each byte a number). Access entries stay JSON;
+/// [`decode`] tells them apart by the first byte.
+pub(crate) fn encode_quorum(items: &[crate::quorum_queues::Item], compact: bool) -> Vec<u8> {
+    if compact {
+        return postcard::to_extend(items, vec![POSTCARD_QUORUM_TAG]).expect("commands serialize");
+    }
     let mut out = Vec::new();
     ciborium::into_writer(&CommandRef::Quorum(items), &mut out).expect("commands serialize");
     out
@@ -125,10 +137,12 @@ pub(crate) fn encode_cbor(c: &Command) -> Vec<u8> {
     out
 }
 
-/// A command from the log: JSON (an object or a bare variant name) or CBOR.
+/// A command from the log: JSON (an object or a bare variant name), postcard quorum items
+/// ([`encode_quorum`]) or CBOR.
 pub(crate) fn decode(bytes: &[u8]) -> Result<Command, String> {
     match bytes.first() {
         Some(b'{' | b'"') => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        Some(&POSTCARD_QUORUM_TAG) => postcard::from_bytes(&bytes[1..]).map(Command::Quorum).map_err(|e| e.to_string()),
         _ => ciborium::from_reader(bytes).map_err(|e| e.to_string()),
     }
 }
@@ -326,6 +340,12 @@ pub struct FeatureFlagState {
 }
 
 impl ServerState {
+    /// Whether the cluster has enabled feature flag `flag` (false while the set is not
+    /// settled, or when not clustered).
+    pub(crate) fn feature_flag_enabled(&self, flag: &str) -> bool {
+        self.cluster_feature_flags.read().as_ref().is_some_and(|set| set.contains(flag))
+    }
+
     /// The cluster's enabled feature flags (None: not settled yet, or not clustered).
     pub(crate) fn enabled_feature_flags(&self) -> Option<BTreeSet<String>> {
         self.cluster_feature_flags.read().clone()

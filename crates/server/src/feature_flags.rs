@@ -52,6 +52,9 @@ pub const CLASSIC_QUEUE_DIRECTORY: &str = "classic_queue_directory";
 /// commands go through the metadata group, as before.
 pub const QUORUM_QUEUE_GROUPS: &str = "quorum_queue_groups";
 
+/// Quorum-queue entries in postcard (`clustering::encode_quorum`) instead of CBOR.
+pub const COMPACT_QUORUM_ENTRIES: &str = "compact_quorum_entries";
+
 /// What this version supports, in the order the features came.
 pub const FLAGS: &[FeatureFlag] = &[
     FeatureFlag {
@@ -82,6 +85,11 @@ pub const FLAGS: &[FeatureFlag] = &[
     FeatureFlag {
         name: QUORUM_QUEUE_GROUPS,
         desc: "Each quorum queue in a Raft group of its own (x-quorum-initial-group-size voters, its own leader)",
+        stability: "stable",
+    },
+    FeatureFlag {
+        name: COMPACT_QUORUM_ENTRIES,
+        desc: "Quorum-queue log entries in postcard (fields without names) instead of CBOR",
         stability: "stable",
     },
 ];

@@ -1249,7 +1249,11 @@ async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(I
             }
         };
         let items: Vec<Item> = batch.iter().map(|(i, _)| i.clone()).collect();
-        let cmd = crate::clustering::encode_quorum(&items);
+        let compact = me
+            .upgrade()
+            .and_then(|q| q.state.upgrade())
+            .is_some_and(|s| s.feature_flag_enabled(crate::feature_flags::COMPACT_QUORUM_ENTRIES));
+        let cmd = crate::clustering::encode_quorum(&items, compact);
         let proposed = Proposed { batch, bytes };
         // On the leader the entry is queued in order and we go on batching; elsewhere
         // (forwarded to the leader) one entry at a time keeps the order.
@@ -2090,9 +2094,50 @@ mod tests {
         assert!(wrong.contains("not a quorum-queue command"), "{wrong}");
         // The queue's own entries are its group's (`declaration.group`); this fixture's queue
         // is the metadata group's, so a good entry through the group changes nothing.
-        let good = crate::clustering::encode_quorum(&[f.publish(1, false)]);
+        let good = crate::clustering::encode_quorum(&[f.publish(1, false)], false);
         assert_eq!(cluster::Applier::apply(&applier, 9, &good), Ok(Vec::new()));
         assert_eq!(f.qq.machines.lock().get(&f.key).map(|m| m.qq.stats().ready), Some(0));
+    }
+
+    /// `compact_quorum_entries`: the same items in postcard as in CBOR; both decode (a log
+    /// written before the flag was enabled keeps its CBOR entries), told apart by the first
+    /// byte, and a cut postcard entry is an error, not fewer items.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn quorum_entries_decode_the_same_from_postcard_and_cbor() {
+        let f = fixture();
+        let consumer = ConsumerId { node: NodeId(3), id: 9 };
+        let mut items = vec![f.publish(1, true), f.publish(2, false)];
+        for cmd in [
+            QCommand::Settle { consumer, delivery_ids: vec![1, 2, u64::MAX] },
+            QCommand::Checkout { consumer, prefetch: 10, priority: -5 },
+            QCommand::SetConfig(quorum::Config {
+                delivery_limit: Some(3),
+                dead_letter: Some(quorum::DeadLetterTarget { exchange: "dlx".into(), routing_key: None }),
+                ..Default::default()
+            }),
+            QCommand::Tick,
+        ] {
+            items.push(Item {
+                vhost: "v".into(),
+                queue: "q\u{e9}".into(),
+                origin: 1,
+                ticket: 7,
+                now_ms: 1_700_000_000_000,
+                cmd,
+            });
+        }
+        let compact = crate::clustering::encode_quorum(&items, true);
+        let cbor = crate::clustering::encode_quorum(&items, false);
+        assert_eq!(compact[0], 0x01);
+        assert_eq!(cbor[0], 0xA1);
+        assert!(compact.len() * 2 < cbor.len(), "{} bytes against {}", compact.len(), cbor.len());
+        for bytes in [&compact, &cbor] {
+            let Ok(crate::clustering::Command::Quorum(decoded)) = crate::clustering::decode(bytes) else {
+                panic!("not quorum items")
+            };
+            assert_eq!(format!("{decoded:?}"), format!("{items:?}"));
+        }
+        assert!(crate::clustering::decode(&compact[..compact.len() - 3]).is_err());
     }
 
     #[tokio::test(flavor = "multi_thread")]

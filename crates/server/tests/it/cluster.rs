@@ -217,7 +217,7 @@ fn a_node_without_clustering_is_a_cluster_of_one() {
     assert_eq!(code, 0, "{err}");
     let flags: Value = serde_json::from_str(&out).unwrap();
     let flags = flags.as_array().unwrap();
-    assert_eq!(flags.len(), 6, "{out}");
+    assert_eq!(flags.len(), 7, "{out}");
     assert!(flags.iter().all(|f| f["state"] == "enabled"), "{out}");
     let (code, _, err) = n.ctl(&["enable_feature_flag", "all"]);
     assert_eq!(code, 0, "{err}");

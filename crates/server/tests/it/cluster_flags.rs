@@ -20,9 +20,10 @@ use crate::cluster_fixture::{
 /// What an older Warren version supports: quorum queues and their bindings, no replicated
 /// exchanges and no CBOR snapshots.
 const OLD_FLAGS: &str = "quorum_queue,quorum_queue_bindings";
-const ALL_FLAGS: [&str; 6] = [
+const ALL_FLAGS: [&str; 7] = [
     "cbor_snapshots",
     "classic_queue_directory",
+    "compact_quorum_entries",
     "quorum_queue",
     "quorum_queue_bindings",
     "quorum_queue_groups",
@@ -113,17 +114,17 @@ async fn three_nodes_enable_every_flag_and_a_node_lacking_one_or_speaking_anothe
     std::fs::create_dir_all(dir.path().join("n5")).unwrap();
     let mut n5 = joiner(&dir.path().join("n5"), "");
     n5.home = dir.path().to_owned();
-    n5.env.push(("WARREN_TEST_WIRE_VERSION".into(), "2".into()));
+    n5.env.push(("WARREN_TEST_WIRE_VERSION".into(), "3".into()));
     n5.start();
     let (code, out, err) = nodes[0].ctl(&["join_cluster", &n5.full]);
     assert_eq!(code, 70, "{out}{err}");
     assert!(err.contains("incompatible wire protocol versions"), "{err}");
-    assert!(err.contains(&format!("{} speaks 2", n5.full)), "{err}");
+    assert!(err.contains(&format!("{} speaks 3", n5.full)), "{err}");
     let log = n5.proc.as_ref().unwrap().log();
     assert!(
         log.contains("refused an inter-node connection from 127.0.0.1:")
-            && log.contains(&format!("incompatible wire protocol versions: {} speaks 2, ", n5.full))
-            && log.contains(" speaks 1"),
+            && log.contains(&format!("incompatible wire protocol versions: {} speaks 3, ", n5.full))
+            && log.contains(" speaks 1..=2"),
         "{log}"
     );
     wait_for("still three", Duration::from_secs(10), || agreed_status(&nodes, &[0, 1, 2], &all).map(|_| ()));
@@ -139,6 +140,7 @@ async fn a_cluster_with_an_old_node_keeps_its_new_flags_disabled_until_the_node_
     let mixed = states(&[
         ("cbor_snapshots", "disabled"),
         ("classic_queue_directory", "disabled"),
+        ("compact_quorum_entries", "disabled"),
         ("quorum_queue", "enabled"),
         ("quorum_queue_bindings", "enabled"),
         ("quorum_queue_groups", "disabled"),
