@@ -5,8 +5,9 @@
 //! - `log`: append-only framed records — a batch of entries, a truncation (conflicting suffix
 //!   removed), a purge (prefix covered by a snapshot) or a committed marker. Each
 //!   `append`/`truncate` is fsynced before openraft hears it is done; that is what lets a
-//!   node vote and acknowledge honestly. The committed marker rides on the next fsync
-//!   (`save_committed` says why that is safe).
+//!   node vote and acknowledge honestly. The committed marker is only written after the
+//!   next records the queue writes, and rides on their fsync (`save_committed` says why
+//!   that is safe).
 //!   A purge rewrites the file without the purged prefix (write `log.tmp`, fsync, rename,
 //!   fsync the directory), so disk stays bounded by the snapshot policy.
 //!
@@ -140,6 +141,9 @@ struct LogFile {
     /// Reused for every append: a fresh buffer per append (up to a few hundred KiB) costs
     /// more in page faults than the encoding itself (see `codec::encode_framed`).
     scratch: Vec<u8>,
+    /// The committed marker last written (or recovered): `save_committed` only sets memory,
+    /// and the drain writes a newer marker along with the next records.
+    committed_written: Option<LogId>,
 }
 
 impl LogStore {
@@ -183,10 +187,11 @@ impl LogStore {
             File::open(parent)?.sync_all()?;
         }
         recovery.entries = mem.entries.len();
+        let committed_written = mem.committed;
         let store = LogStore {
             dir: Arc::new(dir.to_owned()),
             mem: Arc::new(Mutex::new(mem)),
-            file: Arc::new(Mutex::new(LogFile { file, scratch: Vec::new() })),
+            file: Arc::new(Mutex::new(LogFile { file, scratch: Vec::new(), committed_written })),
             queue: Arc::default(),
         };
         Ok((store, recovery))
@@ -226,13 +231,21 @@ impl LogStore {
         loop {
             // Jobs queued before an earlier round failed are failed too: writing them would
             // leave a hole where the failed record was cut back.
-            let (jobs, mut failed): (Vec<Job>, Option<String>) = {
+            let (jobs, mut failed, marker): (Vec<Job>, Option<String>, Option<LogId>) = {
                 let mut q = self.queue.lock().expect("log queue lock");
                 if q.jobs.is_empty() {
                     q.running = false;
                     return;
                 }
-                (q.jobs.drain(..).collect(), q.failed.clone())
+                // The committed marker this round writes after its records, read as its jobs
+                // are taken (the queue's lock, then memory's: no path takes them the other
+                // way round). Every entry it covers was queued before openraft saved it (an
+                // entry is queued when appended), so this round or an earlier one writes the
+                // entry first; a marker read later could cover entries of the next round,
+                // and a crash between the two would leave it beyond the log's end. A barrier
+                // queued after a `save_committed` finds that marker here.
+                let marker = self.mem.lock().expect("log mem lock").committed;
+                (q.jobs.drain(..).collect(), q.failed.clone(), marker)
             };
             let mut f = self.file.lock().expect("log file lock");
             let mut batch = Batch::default();
@@ -248,13 +261,17 @@ impl LogStore {
                     }
                     WriteOp::Rewrite => batch.finish(&mut f).and_then(|()| self.rewrite(&mut f)),
                     WriteOp::Vote(buf) => batch.finish(&mut f).and_then(|()| replace_file(&self.dir, VOTE_FILE, &buf)),
-                    WriteOp::Barrier => batch.finish(&mut f),
+                    WriteOp::Barrier => {
+                        with_marker(&mut batch, &mut f, marker);
+                        batch.finish(&mut f)
+                    }
                 };
                 let result = result.map_err(|e| e.to_string());
                 job.done.complete(&result);
                 failed = result.err();
             }
             if failed.is_none() {
+                with_marker(&mut batch, &mut f, marker);
                 failed = batch.finish(&mut f).err().map(|e| e.to_string());
             }
             crate::codec::shrink_scratch(&mut f.scratch);
@@ -276,6 +293,7 @@ impl LogStore {
             if let Some(c) = mem.committed {
                 crate::codec::encode_framed(&mut buf, &LogRecord::Committed(c))?;
             }
+            f.committed_written = mem.committed;
             let kept: Vec<Entry> = mem.entries.values().cloned().collect();
             if !kept.is_empty() {
                 crate::codec::encode_framed(&mut buf, &LogRecord::Entries(kept))?;
@@ -435,6 +453,14 @@ fn read_vote(dir: &Path) -> Result<Option<Vote>, Error> {
     }
 }
 
+/// Add the committed marker `marker` to `batch` unless it (or a newer one) is written.
+fn with_marker(batch: &mut Batch, f: &mut LogFile, marker: Option<LogId>) {
+    if let Some(c) = marker.filter(|c| f.committed_written.is_none_or(|w| w.index < c.index)) {
+        batch.add(f, LogRecord::Committed(c), false, Done::Nobody);
+        f.committed_written = Some(c);
+    }
+}
+
 /// Records queued together: encoded one after another into the file's scratch buffer,
 /// then written with one `write` and at most one fsync.
 #[derive(Default)]
@@ -533,17 +559,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
-    /// Queued without an fsync of its own: openraft calls this before every apply, so an
-    /// fsync here would sit on every entry's commit path, on every node. The record
-    /// becomes durable with the next append's fsync (same file, written before it). A
-    /// crash before that leaves an older committed index, which is safe for Raft
-    /// (committed entries are re-committed by the leader); the one thing it could break —
-    /// a leader that restarts in the same term serving a read index older than a write it
-    /// acknowledged — is closed by the read fence in node.rs.
+    /// Kept in memory only: the marker is written with the next records the queue writes
+    /// (or by [`Self::written`]), and becomes durable with their fsync. openraft calls
+    /// this before every apply, so a write (let alone an fsync) of its own would sit on
+    /// every entry's commit path, on every node. A crash before that leaves an older
+    /// committed index, which is safe for Raft (committed entries are re-committed by the
+    /// leader); the one thing it could break — a leader that restarts in the same term
+    /// serving a read index older than a write it acknowledged — is closed by the read
+    /// fence in node.rs.
     async fn save_committed(&mut self, committed: Option<LogId>) -> std::io::Result<()> {
         let Some(c) = committed else { return Ok(()) };
         replay(&mut self.mem.lock().expect("log mem lock"), LogRecord::Committed(c));
-        self.submit(WriteOp::Record { record: LogRecord::Committed(c), sync: false }, Done::Nobody);
         Ok(())
     }
 
@@ -652,6 +678,35 @@ mod tests {
         assert_eq!(s.read_committed().await.unwrap(), Some(LogId::new(CommittedLeaderId::new(2, 1), 5)));
         let got = s.try_get_log_entries(4..6).await.unwrap();
         assert_eq!(got.iter().map(|e| e.log_id.leader_id.term).collect::<Vec<_>>(), vec![2, 2]);
+    }
+
+    /// `save_committed` writes nothing itself: the marker follows the next records written
+    /// (never ahead of them), or a `written()` barrier; a reopened log has it.
+    #[tokio::test]
+    async fn the_committed_marker_is_written_after_the_next_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let lid = |i| LogId::new(CommittedLeaderId::new(1, 1), i);
+        let log_len = || std::fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
+        {
+            let (mut s, _) = LogStore::open(dir.path()).unwrap();
+            append(&mut s, (1..=3).map(|i| entry(1, i, b"x")).collect()).await;
+            let before = log_len();
+            s.save_committed(Some(lid(3))).await.unwrap();
+            s.save_committed(Some(lid(2))).await.unwrap();
+            assert_eq!(log_len(), before, "a marker alone is not written");
+            append(&mut s, vec![entry(1, 4, b"y")]).await;
+            let buf = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
+            let (mut at, mut last) = (0, None);
+            while let Decoded::Record(payload, n) = frame::decode(&buf[at..]) {
+                last = Some(crate::codec::decode::<LogRecord>(payload).unwrap());
+                at += n;
+            }
+            assert!(matches!(last, Some(LogRecord::Committed(c)) if c.index == 3), "after the entries");
+            s.save_committed(Some(lid(4))).await.unwrap();
+            s.written().await.unwrap();
+        }
+        let (mut s, _) = LogStore::open(dir.path()).unwrap();
+        assert_eq!(s.read_committed().await.unwrap(), Some(lid(4)));
     }
 
     #[tokio::test]
