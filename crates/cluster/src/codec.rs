@@ -47,11 +47,42 @@ pub fn encode<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// [`decode`]'s scratch space keeps at most this much per thread between uses: more than
+/// one entry's command (`MAX_COMMAND_BYTES`, 256 KiB) with its framing.
+const DECODE_SCRATCH_KEEP_BYTES: usize = 512 * 1024;
+
+thread_local! {
+    /// ciborium's scratch space for [`decode`], kept per thread and grown to the largest
+    /// payload decoded (trimmed back to [`DECODE_SCRATCH_KEEP_BYTES`] after a larger one).
+    static DECODE_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Decode one value (CBOR, or the JSON of earlier versions' files).
+///
+/// The scratch space ciborium reads strings through is at least the payload's size, so a
+/// byte string (a command, [`bytes`]) comes in one piece and is copied once into a buffer
+/// of its size. With ciborium's own 4 KiB scratch, the buffer grew 4 KiB at a time:
+/// each command was reallocated and copied several times — on every node, for every entry
+/// it received or recovered.
 pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
     match payload.first() {
         Some(b'{' | b'"' | b'[') => serde_json::from_slice(payload).map_err(|e| e.to_string()),
-        _ => ciborium::from_reader(payload).map_err(|e| e.to_string()),
+        _ => DECODE_SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => {
+                if scratch.len() < payload.len() {
+                    scratch.resize(payload.len(), 0);
+                }
+                let value = ciborium::de::from_reader_with_buffer(payload, &mut scratch[..]).map_err(|e| e.to_string());
+                if scratch.len() > DECODE_SCRATCH_KEEP_BYTES {
+                    scratch.truncate(DECODE_SCRATCH_KEEP_BYTES);
+                    scratch.shrink_to_fit();
+                }
+                value
+            }
+            // A decode within a decode (no type here does that): a scratch of its own.
+            Err(_) => ciborium::de::from_reader_with_buffer(payload, &mut vec![0; payload.len()][..])
+                .map_err(|e| e.to_string()),
+        }),
     }
 }
 
@@ -90,27 +121,29 @@ pub mod bytes {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(b) = seq.next_element::<u8>()? {
-                    out.push(b);
-                }
-                Ok(out)
-            }
-        }
         d.deserialize_byte_buf(V)
+    }
+
+    struct V;
+
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("bytes")
+        }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(b) = seq.next_element::<u8>()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
     }
 }
 
@@ -125,6 +158,12 @@ mod tests {
         // 3 bytes of header (major type 2, 16-bit length), then the bytes themselves.
         assert_eq!(cbor.len(), 1003);
         assert_eq!(decode::<Command>(&cbor).unwrap(), cmd);
+        // Longer than ciborium's own 4 KiB scratch, and than what the thread keeps of its
+        // scratch; then a short one with the scratch trimmed.
+        for n in [600 * 1024, 70_000, 5] {
+            let big = (Command(vec![7u8; n].into()), Command(vec![9u8; n / 2].into()));
+            assert_eq!(decode::<(Command, Command)>(&encode(&big).unwrap()).unwrap(), big);
+        }
         let json = serde_json::to_vec(&vec![1u8, 2, 250]).unwrap();
         assert_eq!(decode::<Command>(&json).unwrap(), Command(vec![1, 2, 250].into()));
     }

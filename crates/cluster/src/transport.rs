@@ -906,11 +906,9 @@ pub(crate) async fn read_frame_detailed<T: DeserializeOwned>(
             }
             Decoded::Corrupt { reason, .. } => return Err(ReadError::Corrupt(reason)),
             Decoded::Incomplete => {
-                let old = buf.len();
-                buf.resize(old + READ_CHUNK_BYTES, 0);
-                let read = rd.read(&mut buf[old..]).await;
-                buf.truncate(old + read.as_ref().map_or(0, |n| *n));
-                if !matches!(read, Ok(1..)) {
+                // Into spare capacity: not zeroed first, as a resize would (64 KiB per read).
+                buf.reserve(READ_CHUNK_BYTES);
+                if !matches!(rd.read_buf(buf).await, Ok(1..)) {
                     return Err(ReadError::Closed);
                 }
             }
