@@ -859,7 +859,14 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     where
         S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
-        if !self.appends.transport.pipelines_to(&self.appends.name) {
+        let transport = &self.appends.transport;
+        if transport.peer_offer(&self.appends.name).is_none() {
+            // No handshake with the peer yet, so its wire protocol is unknown: one append,
+            // answered, ends the stream, and openraft's next stream asks again (a stream
+            // otherwise lasts as long as the leadership).
+            return RaftNetworkV2::stream_append(&mut self.adapter, input.take(1), option);
+        }
+        if !transport.pipelines_to(&self.appends.name) {
             return RaftNetworkV2::stream_append(&mut self.adapter, input, option);
         }
         let peer = self.appends.clone();

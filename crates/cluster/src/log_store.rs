@@ -5,9 +5,9 @@
 //! - `log`: append-only framed records — a batch of entries, a truncation (conflicting suffix
 //!   removed), a purge (prefix covered by a snapshot) or a committed marker. Each
 //!   `append`/`truncate` is fsynced before openraft hears it is done; that is what lets a
-//!   node vote and acknowledge honestly. The committed marker is only written after the
-//!   next records the queue writes, and rides on their fsync (`save_committed` says why
-//!   that is safe).
+//!   node vote and acknowledge honestly. The committed marker is written after the
+//!   records the queue is writing (alone when it is idle), and rides on the next fsync
+//!   (`save_committed` says why that is safe).
 //!   A purge rewrites the file without the purged prefix (write `log.tmp`, fsync, rename,
 //!   fsync the directory), so disk stays bounded by the snapshot policy.
 //!
@@ -95,6 +95,9 @@ struct WriteQueue {
     /// A write failed: the file may lack what memory holds, so every later write fails too
     /// (openraft stops the group's core on the first error; this keeps stragglers honest).
     failed: Option<String>,
+    /// The newest committed marker a drain round has taken to write (or the one recovered).
+    /// A newer one in memory makes the drain go on (or start) to write it.
+    marker_taken: Option<LogId>,
 }
 
 /// One write, with whom to tell when it is done.
@@ -192,7 +195,7 @@ impl LogStore {
             dir: Arc::new(dir.to_owned()),
             mem: Arc::new(Mutex::new(mem)),
             file: Arc::new(Mutex::new(LogFile { file, scratch: Vec::new(), committed_written })),
-            queue: Arc::default(),
+            queue: Arc::new(Mutex::new(WriteQueue { marker_taken: committed_written, ..WriteQueue::default() })),
         };
         Ok((store, recovery))
     }
@@ -233,10 +236,6 @@ impl LogStore {
             // leave a hole where the failed record was cut back.
             let (jobs, mut failed, marker): (Vec<Job>, Option<String>, Option<LogId>) = {
                 let mut q = self.queue.lock().expect("log queue lock");
-                if q.jobs.is_empty() {
-                    q.running = false;
-                    return;
-                }
                 // The committed marker this round writes after its records, read as its jobs
                 // are taken (the queue's lock, then memory's: no path takes them the other
                 // way round). Every entry it covers was queued before openraft saved it (an
@@ -245,6 +244,14 @@ impl LogStore {
                 // and a crash between the two would leave it beyond the log's end. A barrier
                 // queued after a `save_committed` finds that marker here.
                 let marker = self.mem.lock().expect("log mem lock").committed;
+                let newer = marker.filter(|c| q.marker_taken.is_none_or(|t| t.index < c.index));
+                if q.jobs.is_empty() && newer.is_none() {
+                    q.running = false;
+                    return;
+                }
+                if newer.is_some() {
+                    q.marker_taken = newer;
+                }
                 (q.jobs.drain(..).collect(), q.failed.clone(), marker)
             };
             let mut f = self.file.lock().expect("log file lock");
@@ -559,17 +566,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
-    /// Kept in memory only: the marker is written with the next records the queue writes
-    /// (or by [`Self::written`]), and becomes durable with their fsync. openraft calls
-    /// this before every apply, so a write (let alone an fsync) of its own would sit on
-    /// every entry's commit path, on every node. A crash before that leaves an older
-    /// committed index, which is safe for Raft (committed entries are re-committed by the
-    /// leader); the one thing it could break — a leader that restarts in the same term
-    /// serving a read index older than a write it acknowledged — is closed by the read
-    /// fence in node.rs.
+    /// Set in memory; the write queue's drain writes the marker after the records of its
+    /// current round (a busy log: no write of its own), or starts to write it alone (an
+    /// idle one: a restarted process replays up to it, so a group whose last entries were
+    /// committed while its log then stayed idle still applies them at start — the broker
+    /// relies on that to know its quorum queues before it recovers classic ones). Never
+    /// fsynced on its own: openraft calls this before every apply, so an fsync would sit
+    /// on every entry's commit path, on every node; it becomes durable with the next
+    /// append's. A power loss before that leaves an older committed index, which is safe
+    /// for Raft (committed entries are re-committed by the leader); the one thing it could
+    /// break — a leader that restarts in the same term serving a read index older than a
+    /// write it acknowledged — is closed by the read fence in node.rs.
     async fn save_committed(&mut self, committed: Option<LogId>) -> std::io::Result<()> {
         let Some(c) = committed else { return Ok(()) };
         replay(&mut self.mem.lock().expect("log mem lock"), LogRecord::Committed(c));
+        // Checked under the queue's lock after memory changed: a drain about to stop
+        // checks memory under the same lock, so one of the two sees this marker.
+        let mut q = self.queue.lock().expect("log queue lock");
+        if !q.running && q.failed.is_none() {
+            q.running = true;
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || me.drain());
+        }
         Ok(())
     }
 
@@ -680,8 +698,9 @@ mod tests {
         assert_eq!(got.iter().map(|e| e.log_id.leader_id.term).collect::<Vec<_>>(), vec![2, 2]);
     }
 
-    /// `save_committed` writes nothing itself: the marker follows the next records written
-    /// (never ahead of them), or a `written()` barrier; a reopened log has it.
+    /// `save_committed` does not queue a write of its own: the drain writes the marker
+    /// after the records it is writing, or alone when the log is idle; a reopened log has
+    /// it.
     #[tokio::test]
     async fn the_committed_marker_is_written_after_the_next_records() {
         let dir = tempfile::tempdir().unwrap();
@@ -689,21 +708,35 @@ mod tests {
         let log_len = || std::fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
         {
             let (mut s, _) = LogStore::open(dir.path()).unwrap();
+            let last_record = || {
+                let buf = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
+                let (mut at, mut last) = (0, None);
+                while let Decoded::Record(payload, n) = frame::decode(&buf[at..]) {
+                    last = Some(crate::codec::decode::<LogRecord>(payload).unwrap());
+                    at += n;
+                }
+                last
+            };
             append(&mut s, (1..=3).map(|i| entry(1, i, b"x")).collect()).await;
-            let before = log_len();
             s.save_committed(Some(lid(3))).await.unwrap();
             s.save_committed(Some(lid(2))).await.unwrap();
-            assert_eq!(log_len(), before, "a marker alone is not written");
-            append(&mut s, vec![entry(1, 4, b"y")]).await;
-            let buf = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
-            let (mut at, mut last) = (0, None);
-            while let Decoded::Record(payload, n) = frame::decode(&buf[at..]) {
-                last = Some(crate::codec::decode::<LogRecord>(payload).unwrap());
-                at += n;
+            // Idle: written alone, soon (no barrier asks for it).
+            for _ in 0..500 {
+                if matches!(last_record(), Some(LogRecord::Committed(c)) if c.index == 3) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             }
-            assert!(matches!(last, Some(LogRecord::Committed(c)) if c.index == 3), "after the entries");
+            assert!(matches!(last_record(), Some(LogRecord::Committed(c)) if c.index == 3));
+            let before = log_len();
+            s.save_committed(Some(lid(3))).await.unwrap();
+            s.written().await.unwrap();
+            assert_eq!(log_len(), before, "a marker already written is not written again");
+            // With records being written: after them.
+            s.append_entries(vec![entry(1, 4, b"y")], Done::Nobody);
             s.save_committed(Some(lid(4))).await.unwrap();
             s.written().await.unwrap();
+            assert!(matches!(last_record(), Some(LogRecord::Committed(c)) if c.index == 4), "after the entry");
         }
         let (mut s, _) = LogStore::open(dir.path()).unwrap();
         assert_eq!(s.read_committed().await.unwrap(), Some(lid(4)));
