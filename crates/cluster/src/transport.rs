@@ -587,10 +587,7 @@ fn lane<H: Inbound>(
     let (input_tx, input) = mpsc::unbounded_channel();
     let Some(answers) = inbound.append_stream(group, receiver_stream(input)) else {
         lanes.remove(&group);
-        let request = match group {
-            Some(g) => Request::Group(g, GroupRequest::Append(item.request)),
-            None => Request::Append(item.request),
-        };
+        let request = GroupRequest::Append(item.request).into_request(group);
         return Some((Envelope { id: item.id, body: request }, item.permit));
     };
     let (tx, rx) = mpsc::unbounded_channel();
@@ -653,10 +650,7 @@ async fn run_lane<H: Inbound>(
                             // request of a group the node does not run.
                             rx.close();
                             while let Some(item) = rx.recv().await {
-                                let request = match group {
-                                    Some(g) => Request::Group(g, GroupRequest::Append(item.request)),
-                                    None => Request::Append(item.request),
-                                };
+                                let request = GroupRequest::Append(item.request).into_request(group);
                                 let body = inbound.handle(from.clone(), request).await;
                                 if out.send(Envelope { id: item.id, body }).await.is_err() {
                                     return;
