@@ -337,7 +337,20 @@ fn delivered_message(d: &quorum::Delivery) -> Option<Message> {
 
 /// The machine's settings from the queue's effective arguments.
 fn config_of(q: &Queue) -> quorum::Config {
-    let a = q.effective_args();
+    config_from(&q.effective_args(), &q.options.arguments, q.declared_args.single_active_consumer)
+}
+
+/// The machine's settings from a declaration alone (no broker queue here: its policies
+/// are not known; later `SetConfig` entries bring them, as they do to every replica).
+fn config_of_declaration(d: &Declaration) -> quorum::Config {
+    let arguments = decode_arguments(&d.arguments);
+    match broker::args::QueueArgs::parse(&arguments, &d.name, &d.vhost) {
+        Ok(a) => config_from(&a, &arguments, a.single_active_consumer),
+        Err(_) => quorum::Config::default(),
+    }
+}
+
+fn config_from(a: &broker::args::QueueArgs, arguments: &wire::FieldTable, single_active: bool) -> quorum::Config {
     quorum::Config {
         delivery_limit: a.delivery_limit.map(|l| l.min(u64::from(u32::MAX)) as u32),
         max_length: a.max_length,
@@ -352,12 +365,12 @@ fn config_of(q: &Queue) -> quorum::Config {
             .dead_letter_exchange
             .clone()
             .map(|exchange| quorum::DeadLetterTarget { exchange, routing_key: a.dead_letter_routing_key.clone() }),
-        dead_letter_strategy: match q.options.arguments.get("x-dead-letter-strategy").and_then(|v| v.as_str()) {
+        dead_letter_strategy: match arguments.get("x-dead-letter-strategy").and_then(|v| v.as_str()) {
             Some("at-least-once") => quorum::DeadLetterStrategy::AtLeastOnce,
             _ => quorum::DeadLetterStrategy::AtMostOnce,
         },
         message_ttl_ms: a.message_ttl_ms,
-        single_active_consumer: q.declared_args.single_active_consumer,
+        single_active_consumer: single_active,
         ..quorum::Config::default()
     }
 }
@@ -689,11 +702,31 @@ impl QuorumQueues {
     /// node (in the background: the metadata group's apply must not wait for files).
     pub(crate) fn attach(self: &Arc<Self>, q: &Arc<Queue>, declaration: Declaration) {
         let key = (q.vhost.clone(), q.name.clone());
+        let tx = self.install(key.clone(), declaration, Some(q));
+        q.set_replica(Arc::new(QuorumReplica { qq: Arc::downgrade(self), key, tx }));
+    }
+
+    /// A quorum queue this node cannot serve (a local classic queue of the same name holds
+    /// messages): its replica is kept all the same, and its group opened, so this node
+    /// stays the voter the cluster counts on, its log is not taken for an orphan's and
+    /// swept, and its snapshots keep the queue.
+    pub(crate) fn attach_detached(self: &Arc<Self>, declaration: Declaration) {
+        let key = (declaration.vhost.clone(), declaration.name.clone());
+        self.install(key, declaration, None);
+    }
+
+    /// The machine of `key` (made if new, for `q` if there is one) and its group opened if
+    /// it has one; returns its proposer.
+    fn install(self: &Arc<Self>, key: QKey, declaration: Declaration, q: Option<&Arc<Queue>>) -> Option<ProposerTx> {
         let (open, tx) = {
             let mut m = self.machines.lock();
-            let machine =
-                m.entry(key.clone()).or_insert_with(|| Machine::new(declaration, QuorumQueue::new(config_of(q))));
-            machine.queue = Arc::downgrade(q);
+            let machine = m.entry(key.clone()).or_insert_with(|| {
+                let config = q.map_or_else(|| config_of_declaration(&declaration), |q| config_of(q));
+                Machine::new(declaration, QuorumQueue::new(config))
+            });
+            if let Some(q) = q {
+                machine.queue = Arc::downgrade(q);
+            }
             let open = match machine.declaration.group {
                 Some(id) if machine.group.is_none() && !machine.opening => {
                     machine.opening = true;
@@ -709,9 +742,9 @@ impl QuorumQueues {
             (open, machine.tx.clone())
         };
         if let Some((id, voters)) = open {
-            tokio::spawn(open_group(Arc::downgrade(self), key.clone(), id, voters));
+            tokio::spawn(open_group(Arc::downgrade(self), key, id, voters));
         }
-        q.set_replica(Arc::new(QuorumReplica { qq: Arc::downgrade(self), key, tx }));
+        tx
     }
 
     fn meta_leader(&self) -> bool {
@@ -870,7 +903,14 @@ impl QuorumQueues {
                     self.rejected.lock().insert(p.seq);
                 }
                 Effect::DeadLetter { reason: r, msg_id, delivery_count, msg, at_least_once } if leader => {
-                    if let (Some(q), Some(m)) = (queue.upgrade(), decode_message(&msg.payload)) {
+                    let Some(q) = queue.upgrade() else {
+                        // A replica without its broker queue here (`attach_detached`): it
+                        // cannot route; at least once, the message stays pending for a
+                        // leader that can.
+                        warn!(queue = %key.1, vhost = %key.0, "quorum queue: cannot dead-letter on this node (no broker queue here)");
+                        continue;
+                    };
+                    if let Some(m) = decode_message(&msg.payload) {
                         let qm = QueuedMessage {
                             msg: Arc::new(m),
                             seq: msg_id,
@@ -1906,6 +1946,8 @@ impl ServerState {
                 }
             } else {
                 error!(queue = %d.name, vhost = %d.vhost, "this node holds a classic queue with messages or consumers where the cluster declared a quorum queue: kept as it is (delete it to use the quorum queue here)");
+                // The quorum queue's replica and group still live here, unserved.
+                qq.attach_detached(d.clone());
                 return Err(format!("queue '{}' in vhost '{}' is a classic queue on this node", d.name, d.vhost));
             }
         }
@@ -1924,7 +1966,10 @@ impl ServerState {
         if let Some(qq) = self.quorum.get() {
             qq.forget(vhost, name);
         }
+        // Only the broker queue that is the quorum queue's: a classic queue of this node
+        // that shadowed it (`attach_detached`) is not the cluster's to delete.
         if let Some(vh) = self.vhost(vhost)
+            && vh.queue(name, 0).is_ok_and(|q| q.replica().is_some())
             && let Ok(d) = vh.delete_queue(name, false, false, 0)
         {
             crate::channel::notify_deleted(d);
@@ -2097,6 +2142,57 @@ mod tests {
         let good = crate::clustering::encode_quorum(&[f.publish(1, false)], false);
         assert_eq!(cluster::Applier::apply(&applier, 9, &good), Ok(Vec::new()));
         assert_eq!(f.qq.machines.lock().get(&f.key).map(|m| m.qq.stats().ready), Some(0));
+    }
+
+    /// A quorum declare applied where this node holds a classic queue of the same name
+    /// with a message: the classic queue and its message stay, and the quorum queue's
+    /// replica is kept all the same, unserved: in this node's snapshots, and with its group
+    /// id known, so the orphan sweep does not take the group's log for a deleted queue's.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_quorum_declare_shadowed_by_a_classic_queue_keeps_its_replica() {
+        let f = fixture();
+        let _ = f._state.quorum.set(f.qq.clone());
+        let vh = f._state.vhost("/").expect("default vhost");
+        let options = broker::queue::QueueOptions {
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: wire::FieldTable::new(),
+        };
+        let (classic, _) = vh.declare_queue("shadowed", false, options, 0).expect("classic declare");
+        classic.publish(Arc::new(Message {
+            exchange: String::new(),
+            routing_key: "shadowed".to_owned(),
+            properties: Bytes::new(),
+            body: Bytes::from_static(b"kept"),
+            persistent: true,
+            priority: 0,
+            expiration_ms: None,
+        }));
+        let mut arguments = wire::FieldTable::new();
+        arguments.insert("x-queue-type", wire::FieldValue::LongStr("quorum".into()));
+        arguments.insert("x-delivery-limit", wire::FieldValue::I64(4));
+        let declaration = Declaration {
+            vhost: "/".to_owned(),
+            name: "shadowed".to_owned(),
+            arguments: encode_arguments(&arguments),
+            voters: Vec::new(),
+            group: None,
+        };
+        let refused = f._state.apply_quorum_declare(declaration).unwrap_err();
+        assert!(refused.contains("is a classic queue on this node"), "{refused}");
+        let local = vh.queue("shadowed", 0).expect("the classic queue stays");
+        assert!(local.replica().is_none(), "the classic queue is not made a replica");
+        assert_eq!(local.stats().messages_ready, 1, "its message stays");
+        assert!(f.qq.has("/", "shadowed"), "the quorum queue's replica is kept");
+        let snapshot = f.qq.snapshot();
+        let kept = snapshot.iter().find(|q| q.declaration.name == "shadowed").expect("in the snapshot");
+        assert_eq!(kept.machine.as_ref().map(|m| m.config().delivery_limit), Some(Some(4)));
+        // The cluster deletes its quorum queue: the replica goes; the classic queue is this
+        // node's own, and stays with its message.
+        f._state.apply_quorum_delete("/", "shadowed");
+        assert!(!f.qq.has("/", "shadowed"));
+        assert_eq!(vh.queue("shadowed", 0).map(|q| q.stats().messages_ready).ok(), Some(1));
     }
 
     /// `compact_quorum_entries`: the same items in postcard as in CBOR; both decode (a log
