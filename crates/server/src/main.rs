@@ -473,6 +473,7 @@ fn run() -> anyhow::Result<()> {
                 let (cookie, source) =
                     server::cluster_cookie::from_environment(&config).map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
                 server::clustering::start_quorum_queues(plan, &state);
+                state.drop_unreplicated_quorum_queues();
                 let running = server::clustering::start(plan, cookie, cluster_tls, &data_dir, &state)
                     .await
                     .map_err(anyhow::Error::msg)?;

@@ -1704,6 +1704,38 @@ impl Replica for QuorumReplica {
 }
 
 impl ServerState {
+    /// At start, before the metadata log is replayed (nothing applies yet, so nothing
+    /// races this): the broker queues recovered from this node's definitions log as quorum
+    /// queues' have no replica. The replay declares them again, with their replicas, for
+    /// every declare up to the log's committed marker; one past it (a power loss can leave
+    /// the marker behind) would otherwise stay a queue without a replica until the leader
+    /// says the declare is committed, taking publishes as a classic queue and confirming
+    /// them unreplicated. So the empty ones are dropped here: until its declare is applied
+    /// a publish finds no queue, and a declare of it waits for the cluster. One holding
+    /// messages (from before this node was clustered) is kept, and logged.
+    pub fn drop_unreplicated_quorum_queues(&self) {
+        if self.quorum.get().is_none() {
+            return;
+        }
+        for vh in self.vhosts() {
+            for q in vh.queues() {
+                let quorum = q.options.arguments.get("x-queue-type").and_then(|v| v.as_str()) == Some("quorum");
+                if !quorum || q.replica().is_some() || q.is_remote() {
+                    continue;
+                }
+                let st = q.stats();
+                if st.messages_ready + st.messages_unacked > 0 {
+                    warn!(queue = %q.name, vhost = %vh.name, messages = st.messages_ready + st.messages_unacked, "a quorum-typed queue of this node's definitions holds messages but no replica of the cluster's: kept as a local queue");
+                    continue;
+                }
+                debug!(queue = %q.name, vhost = %vh.name, "quorum queue: its broker queue is made again by the replay");
+                if let Ok(d) = vh.delete_queue(&q.name, false, false, 0) {
+                    crate::channel::notify_deleted(d);
+                }
+            }
+        }
+    }
+
     /// Before a (non-passive) declare of `name` by AMQP or the management API: on a
     /// clustered node, see what the cluster committed first (the read barrier), and when
     /// the declare asks for a quorum queue this node lacks, declare it through the cluster

@@ -353,6 +353,71 @@ async fn group_files_of_a_queue_the_cluster_no_longer_has_are_swept_and_nothing_
     assert_eq!(got.len(), 5, "kept still works through node 2");
 }
 
+/// A node that restarts knowing less of the metadata log than it had applied (its commit
+/// markers lost, as a power loss can leave them) does not have the quorum queue yet: a
+/// declare of it waits for the cluster (and fails without a quorum), rather than finding
+/// the broker queue its definitions log recovered, without a replica. With no quorum, a
+/// classic queue of the same name is declared there and takes messages: when the node
+/// catches up and the quorum declare is applied there, the classic queue keeps its
+/// messages, and the quorum queue keeps this node's replica — its group's files are not
+/// swept as an orphan's, not at once nor after a restart — and keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_shadowed_by_a_classic_queue_on_one_node_keeps_that_nodes_group_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, _) = started_cluster(dir.path(), "warren.cluster_write_timeout_ms = 2000\n").await;
+    declare(&nodes[0], "q", quorum_args()).await.unwrap();
+    wait_for("q's group on node 2", Duration::from_secs(15), || {
+        let d = group_dirs(&nodes[2]);
+        if d.len() == 1 { Ok(()) } else { Err(format!("{d:?}")) }
+    });
+    let group = nodes[2].data.join("cluster").join("groups").join(&group_dirs(&nodes[2])[0]);
+    let confirmed = publish_confirmed(&confirm_channel(&nodes[0]).await, "q", "qq-", 3).await;
+    assert_eq!(confirmed.len(), 3);
+    for n in nodes.iter_mut() {
+        n.kill();
+    }
+    let dropped = cluster::log_store::LogStore::drop_committed_markers(&nodes[2].data.join("cluster")).unwrap();
+    assert!(dropped > 0, "node 2's metadata log had committed markers");
+
+    // Node 2 alone: it applied nothing of the log yet. A quorum declare needs the cluster;
+    // a classic one is declared here (its read barrier times out without a quorum).
+    nodes[2].start();
+    let e = declare(&nodes[2], "q", quorum_args()).await.unwrap_err();
+    assert!(reply_code(&e).is_some(), "{e}");
+    let ch = nodes[2].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
+    let passive = QueueDeclareOptions { passive: true, ..DURABLE };
+    let e = ch.queue_declare("q".into(), passive, FieldTable::default()).await.unwrap_err();
+    assert_eq!(reply_code(&e), Some(404), "{e}");
+    declare(&nodes[2], "q", FieldTable::default()).await.unwrap();
+    let local = publish_confirmed(&confirm_channel(&nodes[2]).await, "q", "classic-", 2).await;
+    assert_eq!(local.len(), 2, "the classic queue confirms on its own");
+    nodes[0].start();
+    nodes[1].start();
+    wait_for("node 2 applies the quorum declare", Duration::from_secs(30), || {
+        let log = nodes[2].proc.as_ref().unwrap().log();
+        if log.contains("holds a classic queue with messages or consumers") { Ok(()) } else { Err(String::new()) }
+    });
+    // Restarted, node 2 replays the declare at once and its first orphan sweep follows
+    // within seconds, with a quorum to read through this time.
+    nodes[2].kill();
+    nodes[2].start();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let log = nodes[2].proc.as_ref().unwrap().log();
+    assert!(!log.contains("deleted the files of a group"), "{log}");
+    assert!(group.join("log").exists(), "node 2's files of q's group are kept");
+    let q: Value = nodes[2].api("/api/queues/%2f/q");
+    assert_eq!(q["messages"].as_u64(), Some(2), "{q}");
+
+    // The quorum queue goes on through the other nodes, with what it confirmed before.
+    let more = publish_confirmed(&confirm_channel(&nodes[0]).await, "q", "more-", 2).await;
+    assert_eq!(more.len(), 2);
+    let want: BTreeSet<String> = confirmed.into_iter().chain(more).collect();
+    let ch = nodes[1].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
+    let (got, _) = consume_all(&ch, "q", &want, Duration::from_secs(20)).await;
+    let got: BTreeSet<String> = got.into_iter().collect();
+    assert!(want.is_subset(&got), "missing {:?}", want.difference(&got).collect::<Vec<_>>());
+}
+
 /// `warren_quorum_queue_log_bytes` on `n`'s aggregated `/metrics`.
 async fn logs_bytes(n: &Node) -> u64 {
     let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", n.prom)).await.unwrap().text().await.unwrap();
