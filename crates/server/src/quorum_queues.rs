@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use quorum::{Command as QCommand, ConsumerId, Effect, Meta, NodeId, PublishId, PublisherId, QuorumQueue};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::state::ServerState;
 use cluster::node::Proposal;
@@ -1139,6 +1139,20 @@ impl QuorumQueues {
                 self.submit_quiet(k, command(*n, up.contains(n)));
             }
         }
+        self.resend_dead_letters(&newly);
+    }
+
+    /// On a queue's new leader: the at-least-once dead letters its predecessor routed but
+    /// did not see settled are routed again (the targets may get a duplicate, as with
+    /// RabbitMQ's quorum queues); without this they would stay pending for good.
+    fn resend_dead_letters(&self, newly: &[QKey]) {
+        for k in newly {
+            let pending = self.machines.lock().get(k).map(|m| (m.queue.clone(), m.qq.pending_dead_letters()));
+            if let Some((queue, fx)) = pending.filter(|(_, fx)| !fx.is_empty()) {
+                info!(queue = %k.1, vhost = %k.0, letters = fx.len(), "quorum queue: new leader routes the unsettled dead letters again");
+                self.carry_out(k, &queue, fx, true);
+            }
+        }
     }
 }
 
@@ -2174,6 +2188,68 @@ mod tests {
         let good = crate::clustering::encode_quorum(&[f.publish(1, false)], false);
         assert_eq!(cluster::Applier::apply(&applier, 9, &good), Ok(Vec::new()));
         assert_eq!(f.qq.machines.lock().get(&f.key).map(|m| m.qq.stats().ready), Some(0));
+    }
+
+    /// A queue's new leader routes the at-least-once dead letters its predecessor left
+    /// unsettled: applied as a follower, an expired message's dead letter stays pending
+    /// and goes nowhere; once this node leads, it reaches the dead-letter exchange's queue.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_new_leader_routes_the_unsettled_dead_letters_again() {
+        let f = fixture();
+        let vh = f._state.vhost("/").expect("default vhost");
+        let none = wire::FieldTable::new();
+        let (kind, delayed) = broker::exchange::parse_type("fanout", &none).unwrap();
+        let opts = broker::exchange::ExchangeOptions {
+            kind,
+            delayed,
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments: none.clone(),
+        };
+        vh.declare_exchange("dlx", false, opts).unwrap();
+        let durable =
+            |arguments| broker::queue::QueueOptions { durable: true, exclusive: false, auto_delete: false, arguments };
+        let (dead, _) = vh.declare_queue("dead", false, durable(none.clone()), 0).unwrap();
+        vh.bind_queue("dead", "dlx", "", none.clone(), 0).unwrap();
+        let mut arguments = wire::FieldTable::new();
+        arguments.insert("x-dead-letter-exchange", wire::FieldValue::LongStr("dlx".into()));
+        arguments.insert("x-dead-letter-strategy", wire::FieldValue::LongStr("at-least-once".into()));
+        arguments.insert("x-overflow", wire::FieldValue::LongStr("reject-publish".into()));
+        arguments.insert("x-message-ttl", wire::FieldValue::I64(1));
+        let (src, _) = vh.declare_queue("src", false, durable(arguments.clone()), 0).unwrap();
+        let declaration = Declaration {
+            vhost: "/".to_owned(),
+            name: "src".to_owned(),
+            arguments: encode_arguments(&arguments),
+            voters: Vec::new(),
+            group: None,
+        };
+        f.qq.attach(&src, declaration);
+        let key = ("/".to_owned(), "src".to_owned());
+        let mut properties = Vec::new();
+        wire::BasicProperties::default().encode(&mut properties);
+        let msg = encode_message(&Message {
+            exchange: String::new(),
+            routing_key: "src".to_owned(),
+            properties: properties.into(),
+            body: Bytes::from_static(b"late"),
+            persistent: true,
+            priority: 0,
+            expiration_ms: None,
+        });
+        let publish = Item {
+            cmd: QCommand::Enqueue { publish: f.qq.publish_id(1, false), msg, ttl_ms: None },
+            ..f.publish_to(&key, 1, false)
+        };
+        f.qq.apply_items(1, vec![publish], Some(false), None);
+        let tick = Item { now_ms: 60_000, cmd: QCommand::Tick, ..f.publish_to(&key, 2, false) };
+        f.qq.apply_items(2, vec![tick], Some(false), None);
+        let pending = || f.qq.machines.lock().get(&key).map(|m| m.qq.pending_dead_letters().len());
+        assert_eq!(pending(), Some(1), "expired, dead-lettered at least once, not settled");
+        assert_eq!(dead.stats().messages_ready, 0, "a follower routes nothing");
+        f.qq.resend_dead_letters(std::slice::from_ref(&key));
+        assert_eq!(dead.stats().messages_ready, 1, "the new leader routed it");
     }
 
     /// A quorum declare applied where this node holds a classic queue of the same name
