@@ -965,16 +965,28 @@ impl Queue {
     /// Route `letters` to the dead-letter exchange effective now (RabbitMQ reads it when a
     /// message dies, so a policy's DLX applies from the next death on).
     pub fn dead_letter(self: &Arc<Self>, letters: Letters) {
+        self.route_dead_letters(letters, false);
+    }
+
+    /// [`Queue::dead_letter`] for at-least-once dead-lettering: published as a confirming
+    /// publisher would, and the target queues' outcomes returned (empty: routed nowhere),
+    /// so the caller settles the letters only once every target has them.
+    pub fn dead_letter_confirmed(self: &Arc<Self>, letters: Letters) -> Vec<PublishOutcome> {
+        self.route_dead_letters(letters, true)
+    }
+
+    fn route_dead_letters(self: &Arc<Self>, letters: Letters, confirm: bool) -> Vec<PublishOutcome> {
         if letters.is_empty() || !self.has_dlx.load(Ordering::Relaxed) {
-            return;
+            return Vec::new();
         }
         let (dlx, dlrk) = {
             let st = self.state.lock();
-            let Some(dlx) = st.eff.dead_letter_exchange.clone() else { return };
+            let Some(dlx) = st.eff.dead_letter_exchange.clone() else { return Vec::new() };
             (dlx, st.eff.dead_letter_routing_key.clone())
         };
-        if let Some(vh) = self.vhost_ref.upgrade() {
-            vh.dead_letter(self, &dlx, dlrk.as_deref(), letters);
+        match self.vhost_ref.upgrade() {
+            Some(vh) => vh.dead_letter(self, &dlx, dlrk.as_deref(), letters, confirm),
+            None => Vec::new(),
         }
     }
 

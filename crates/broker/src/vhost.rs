@@ -721,15 +721,18 @@ impl VHost {
 
     /// Republish messages that died in `q` to its dead-letter exchange `dlx_name`, with
     /// `dlrk` (its effective dead-letter routing key). A missing DLX drops them, as in
-    /// RabbitMQ; so does a cycle.
+    /// RabbitMQ; so does a cycle. `confirm`: published as a confirming publisher's, and
+    /// the target queues' outcomes returned (at-least-once dead-lettering waits for them).
     pub(crate) fn dead_letter(
         &self,
         q: &Arc<Queue>,
         dlx_name: &str,
         dlrk: Option<&str>,
         letters: Vec<(QueuedMessage, Reason)>,
-    ) {
-        let Ok(dlx) = self.exchange(dlx_name) else { return };
+        confirm: bool,
+    ) -> Vec<crate::queue::PublishOutcome> {
+        let mut outcomes = Vec::new();
+        let Ok(dlx) = self.exchange(dlx_name) else { return outcomes };
         let now = self.clock.now_ms();
         let mut targets = Vec::new();
         for (m, reason) in letters {
@@ -744,9 +747,14 @@ impl VHost {
                 if dead_letter::is_cycle(&props, &t.name) && reason != Reason::Rejected {
                     continue;
                 }
-                t.publish(msg.clone());
+                if confirm {
+                    outcomes.push(t.publish_confirmed(msg.clone()));
+                } else {
+                    t.publish(msg.clone());
+                }
             }
         }
+        outcomes
     }
 
     /// The settings a queue named `name` of type `t` would take now: its declared

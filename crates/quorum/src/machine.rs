@@ -540,6 +540,11 @@ impl QuorumQueue {
         }
     }
 
+    /// Whether message `id` is an at-least-once dead letter not yet settled.
+    pub fn is_dead_letter_pending(&self, id: MsgId) -> bool {
+        self.dlx_pending.contains_key(&id)
+    }
+
     /// At-least-once dead letters not yet confirmed, as [`Effect::DeadLetter`]s: a new
     /// leader sends them again (duplicates at the targets are possible, as in RabbitMQ).
     pub fn pending_dead_letters(&self) -> Vec<Effect> {

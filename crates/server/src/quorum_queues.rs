@@ -258,6 +258,9 @@ pub(crate) struct QuorumQueues {
     /// The queues this node led at the last check: a queue newly led gets every member's
     /// state once (a new leader does not know what its predecessor declared).
     led: Mutex<std::collections::HashSet<QKey>>,
+    /// At-least-once dead letters this node is routing (`route_at_least_once`): one task
+    /// each, so a new leader's resend does not route one twice.
+    dead_lettering: Mutex<std::collections::HashSet<(QKey, u64)>>,
     /// This node's consumers of earlier starts already reported down.
     downed: Mutex<std::collections::HashSet<ConsumerId>>,
     /// On the leader: the queues a `Tick` was proposed for, with the head's expiry it was
@@ -433,6 +436,7 @@ impl QuorumQueues {
             settled: watch::channel(0).0,
             down: Mutex::new(BTreeSet::new()),
             led: Mutex::new(std::collections::HashSet::new()),
+            dead_lettering: Mutex::new(std::collections::HashSet::new()),
             logs_over: std::sync::atomic::AtomicBool::new(false),
             tending: std::sync::atomic::AtomicBool::new(false),
             rebalancing: std::sync::atomic::AtomicBool::new(false),
@@ -467,6 +471,56 @@ impl QuorumQueues {
                 t < low || !unsettled.get_or_insert_with(|| self.unsettled.lock()).contains(&t)
             }
         })
+    }
+
+    /// Whether every target of an at-least-once dead letter has it (`outcomes`, as its
+    /// routing returned them): each one's disk write done and each replicated one's entry
+    /// applied, none refused. Waits at most the write timeout; false: route it again later.
+    async fn routed_safely(&self, outcomes: &[PublishOutcome]) -> bool {
+        let (mut durability, mut tickets, mut refused) = (broker::store::Durability::Now, Vec::new(), false);
+        for o in outcomes {
+            match o {
+                PublishOutcome::Enqueued(d) => durability = durability.max(*d),
+                PublishOutcome::Replicated(t) => tickets.push(*t),
+                PublishOutcome::Rejected | PublishOutcome::Failed => refused = true,
+                PublishOutcome::Deleted => {}
+            }
+        }
+        let routed = outcomes.iter().any(|o| matches!(o, PublishOutcome::Enqueued(_) | PublishOutcome::Replicated(_)));
+        let Some(state) = self.state.upgrade().filter(|_| routed && !refused) else {
+            self.abandon(tickets.into_iter());
+            return false;
+        };
+        let mut commit = state.commit.clone();
+        let mut settled = self.settled.subscribe();
+        let deadline = tokio::time::Instant::now() + self.write_timeout();
+        loop {
+            match durability.settled(*commit.borrow_and_update()) {
+                broker::store::Settled::Failed => break,
+                broker::store::Settled::Durable if self.all_settled(&tickets) => return !self.take_rejected(&tickets),
+                _ => {}
+            }
+            tokio::select! {
+                r = commit.changed() => if r.is_err() { break },
+                r = settled.changed() => if r.is_err() { break },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        self.abandon(tickets.into_iter());
+        false
+    }
+
+    /// Whether this node leads queue `key` and its message `msg_id` is an at-least-once
+    /// dead letter still pending (a node that is not clustered, in unit tests, leads).
+    fn dead_letter_is_ours(&self, key: &QKey, msg_id: u64) -> bool {
+        let meta = self.state.upgrade().is_some_and(|s| s.cluster.get().is_none_or(|c| c.node.is_leader()));
+        let machines = self.machines.lock();
+        let Some(m) = machines.get(key) else { return false };
+        let leads = match m.declaration.group {
+            Some(_) => m.group.as_ref().is_some_and(|g| g.is_leader()),
+            None => meta,
+        };
+        leads && m.qq.is_dead_letter_pending(msg_id)
     }
 
     /// `tickets` are settled (applied here, or failed): wake the confirms waiting.
@@ -903,26 +957,23 @@ impl QuorumQueues {
                     self.rejected.lock().insert(p.seq);
                 }
                 Effect::DeadLetter { reason: r, msg_id, delivery_count, msg, at_least_once } if leader => {
+                    let letter = Letter { msg_id, reason: reason(r), delivery_count, msg };
+                    if at_least_once {
+                        // Settled once every target has it; retried until then.
+                        if let Some(me) = self.state.upgrade().and_then(|s| s.quorum.get().map(Arc::downgrade))
+                            && self.dead_lettering.lock().insert((key.clone(), msg_id))
+                        {
+                            tokio::spawn(route_at_least_once(me, key.clone(), queue.clone(), letter));
+                        }
+                        continue;
+                    }
                     let Some(q) = queue.upgrade() else {
-                        // A replica without its broker queue here (`attach_detached`): it
-                        // cannot route; at least once, the message stays pending for a
-                        // leader that can.
+                        // A replica without its broker queue here (`attach_detached`).
                         warn!(queue = %key.1, vhost = %key.0, "quorum queue: cannot dead-letter on this node (no broker queue here)");
                         continue;
                     };
-                    if let Some(m) = decode_message(&msg.payload) {
-                        let qm = QueuedMessage {
-                            msg: Arc::new(m),
-                            seq: msg_id,
-                            redelivered: delivery_count > 0,
-                            expires_at_ms: 0,
-                            delivery_count,
-                            disk: None,
-                        };
-                        q.dead_letter(vec![(qm, reason(r))]);
-                    }
-                    if at_least_once {
-                        self.submit_quiet(key, QCommand::DeadLetterSettled { msg_ids: vec![msg_id] });
+                    if let Some(m) = letter.queued() {
+                        q.dead_letter(vec![m]);
                     }
                 }
                 _ => {}
@@ -1153,6 +1204,80 @@ impl QuorumQueues {
                 self.carry_out(k, &queue, fx, true);
             }
         }
+    }
+}
+
+/// The first wait before an at-least-once dead letter that reached no target, or was
+/// refused by one, is routed again; each retry waits twice as long, up to the max. RabbitMQ
+/// keeps such a message too until its dead-letter exchange routes it somewhere.
+const DEAD_LETTER_RETRY_FIRST: Duration = Duration::from_millis(500);
+const DEAD_LETTER_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A message that died, as the queue's leader routes it to the dead-letter exchange.
+struct Letter {
+    msg_id: u64,
+    reason: broker::dead_letter::Reason,
+    delivery_count: u32,
+    msg: quorum::Message,
+}
+
+impl Letter {
+    /// As the broker's dead-lettering takes it (None: its stored bytes do not decode).
+    fn queued(&self) -> Option<(QueuedMessage, broker::dead_letter::Reason)> {
+        let m = decode_message(&self.msg.payload)?;
+        let qm = QueuedMessage {
+            msg: Arc::new(m),
+            seq: self.msg_id,
+            redelivered: self.delivery_count > 0,
+            expires_at_ms: 0,
+            delivery_count: self.delivery_count,
+            disk: None,
+        };
+        Some((qm, self.reason))
+    }
+}
+
+/// At-least-once dead-lettering of one message, on its queue's leader, as RabbitMQ's
+/// quorum queues do it: route it to the dead-letter exchange as a confirming publisher;
+/// once every target has it (on disk, or applied by its cluster), settle it through the
+/// log; if it reached no target, or one refused it, route it again later. Stops when this
+/// node no longer leads the queue or the letter is no longer pending (a new leader routes
+/// what is left: `resend_dead_letters`).
+async fn route_at_least_once(me: Weak<QuorumQueues>, key: QKey, queue: Weak<Queue>, letter: Letter) {
+    route_until_settled(&me, &key, &queue, &letter).await;
+    if let Some(qq) = me.upgrade() {
+        qq.dead_lettering.lock().remove(&(key, letter.msg_id));
+    }
+}
+
+async fn route_until_settled(me: &Weak<QuorumQueues>, key: &QKey, queue: &Weak<Queue>, letter: &Letter) {
+    let mut retry = DEAD_LETTER_RETRY_FIRST;
+    loop {
+        {
+            let Some(qq) = me.upgrade() else { return };
+            if !qq.dead_letter_is_ours(key, letter.msg_id) {
+                return;
+            }
+            let Some(q) = queue.upgrade() else {
+                // A replica without its broker queue here (`attach_detached`): it stays
+                // pending for a leader that can route it.
+                warn!(queue = %key.1, vhost = %key.0, "quorum queue: cannot dead-letter on this node (no broker queue here)");
+                return;
+            };
+            let Some(m) = letter.queued() else {
+                error!(queue = %key.1, vhost = %key.0, "quorum queue: undecodable dead letter {}, discarded", letter.msg_id);
+                qq.submit_quiet(key, QCommand::DeadLetterSettled { msg_ids: vec![letter.msg_id] });
+                return;
+            };
+            let outcomes = q.dead_letter_confirmed(vec![m]);
+            if qq.routed_safely(&outcomes).await {
+                qq.submit_quiet(key, QCommand::DeadLetterSettled { msg_ids: vec![letter.msg_id] });
+                return;
+            }
+            debug!(queue = %key.1, vhost = %key.0, targets = outcomes.len(), "quorum queue: an at-least-once dead letter is not settled yet: routed again in {retry:?}");
+        }
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(DEAD_LETTER_RETRY_MAX);
     }
 }
 
@@ -2190,12 +2315,14 @@ mod tests {
         assert_eq!(f.qq.machines.lock().get(&f.key).map(|m| m.qq.stats().ready), Some(0));
     }
 
-    /// A queue's new leader routes the at-least-once dead letters its predecessor left
-    /// unsettled: applied as a follower, an expired message's dead letter stays pending
-    /// and goes nowhere; once this node leads, it reaches the dead-letter exchange's queue.
+    /// At-least-once dead-lettering on a queue's new leader, as RabbitMQ's quorum queues do
+    /// it: applied as a follower, an expired message's dead letter stays pending and goes
+    /// nowhere; once this node leads, it is routed again — kept while the dead-letter
+    /// exchange routes it nowhere, delivered once a binding appears, and settled only then.
     #[tokio::test(flavor = "multi_thread")]
-    async fn a_new_leader_routes_the_unsettled_dead_letters_again() {
+    async fn a_new_leader_routes_the_unsettled_dead_letters_again_and_keeps_them_until_routed() {
         let f = fixture();
+        let _ = f._state.quorum.set(f.qq.clone());
         let vh = f._state.vhost("/").expect("default vhost");
         let none = wire::FieldTable::new();
         let (kind, delayed) = broker::exchange::parse_type("fanout", &none).unwrap();
@@ -2211,7 +2338,6 @@ mod tests {
         let durable =
             |arguments| broker::queue::QueueOptions { durable: true, exclusive: false, auto_delete: false, arguments };
         let (dead, _) = vh.declare_queue("dead", false, durable(none.clone()), 0).unwrap();
-        vh.bind_queue("dead", "dlx", "", none.clone(), 0).unwrap();
         let mut arguments = wire::FieldTable::new();
         arguments.insert("x-dead-letter-exchange", wire::FieldValue::LongStr("dlx".into()));
         arguments.insert("x-dead-letter-strategy", wire::FieldValue::LongStr("at-least-once".into()));
@@ -2249,7 +2375,34 @@ mod tests {
         assert_eq!(pending(), Some(1), "expired, dead-lettered at least once, not settled");
         assert_eq!(dead.stats().messages_ready, 0, "a follower routes nothing");
         f.qq.resend_dead_letters(std::slice::from_ref(&key));
-        assert_eq!(dead.stats().messages_ready, 1, "the new leader routed it");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(pending(), Some(1), "routed nowhere (no binding): kept");
+        vh.bind_queue("dead", "dlx", "", none.clone(), 0).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while dead.stats().messages_ready == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(dead.stats().messages_ready, 1, "routed again once the exchange routes it");
+        // Settled through the log: this fixture has no cluster, so the settle is applied
+        // here as the log would.
+        let settle = Item {
+            cmd: QCommand::DeadLetterSettled {
+                msg_ids: f.qq.machines.lock()[&key]
+                    .qq
+                    .pending_dead_letters()
+                    .iter()
+                    .filter_map(|e| match e {
+                        Effect::DeadLetter { msg_id, .. } => Some(*msg_id),
+                        _ => None,
+                    })
+                    .collect(),
+            },
+            ..f.publish_to(&key, 3, false)
+        };
+        f.qq.apply_items(3, vec![settle], Some(true), None);
+        assert_eq!(pending(), Some(0));
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(dead.stats().messages_ready, 1, "not routed again once settled");
     }
 
     /// A quorum declare applied where this node holds a classic queue of the same name

@@ -133,6 +133,83 @@ async fn a_requeued_message_carries_x_delivery_count_and_past_the_limit_is_dead_
     eprintln!("x-delivery-count test: {:?}", started.elapsed());
 }
 
+/// `x-dead-letter-strategy: at-least-once`, as RabbitMQ's quorum queues do it: rejected
+/// messages whose dead-letter exchange routes nowhere are kept by the source queue instead
+/// of being dropped; once a binding appears they reach the target, with their x-death, and
+/// are settled in the source: a new leader of the source (its old one killed) routes
+/// nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_dead_letters_wait_for_a_route_and_leave_the_source_once_the_target_has_them() {
+    use lapin::options::{BasicRejectOptions, ExchangeDeclareOptions, QueueBindOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, f) = started_cluster(dir.path(), "").await;
+    let l = leader(&nodes);
+    let other = (0..3).find(|&i| i != f && i != l).unwrap();
+    let c1 = nodes[f].amqp("guest", "guest", "/").await.unwrap();
+    let ch1 = c1.create_channel().await.unwrap();
+    let durable_ex = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    ch1.exchange_declare("alo-dlx".into(), lapin::ExchangeKind::Fanout, durable_ex, FieldTable::default())
+        .await
+        .unwrap();
+    ch1.queue_declare("alo-target".into(), DURABLE, quorum_args()).await.unwrap();
+    let src_args = qq_args(&[
+        ("x-dead-letter-exchange", long_str("alo-dlx")),
+        ("x-dead-letter-strategy", long_str("at-least-once")),
+        ("x-overflow", long_str("reject-publish")),
+    ]);
+    ch1.queue_declare("alo-src".into(), DURABLE, src_args).await.unwrap();
+    ch1.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let sent = publish_confirmed(&ch1, "alo-src", "d", 3).await;
+    assert_eq!(sent, ["d0", "d1", "d2"]);
+
+    // Rejected on another node: dead letters, but the exchange has no binding yet.
+    let c2 = nodes[other].amqp("guest", "guest", "/").await.unwrap();
+    let ch2 = c2.create_channel().await.unwrap();
+    for _ in 0..3 {
+        let m = get_one(&ch2, "alo-src", Duration::from_secs(10)).await;
+        ch2.basic_reject(m.delivery.delivery_tag, BasicRejectOptions { requeue: false }).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(message_count(&nodes[l], "alo-target").await, Ok(0));
+
+    ch1.queue_bind(
+        "alo-target".into(),
+        "alo-dlx".into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let m = get_one(&ch2, "alo-target", Duration::from_secs(40)).await;
+        let (reason, _) = first_death(&m.delivery.properties);
+        assert_eq!(reason, "rejected");
+        got.push(String::from_utf8(m.delivery.data.clone()).unwrap());
+        m.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    got.sort();
+    assert_eq!(got, sent);
+
+    // Settled: the source's leader killed, its successor has no dead letter left to route.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let src_leader = |n: &Node| n.api("/api/queues/%2f/alo-src")["leader"].as_str().map(str::to_owned);
+    let was = src_leader(&nodes[l]).expect("alo-src has a leader");
+    let k = nodes.iter().position(|n| n.full == was).expect("the leader is one of the nodes");
+    nodes[k].kill();
+    let survivor = (0..3).find(|&i| i != k).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while src_leader(&nodes[survivor]).is_none_or(|now| now == was) {
+        assert!(Instant::now() < deadline, "no new leader of alo-src");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ch = nodes[survivor].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
+    let again = ch.basic_get("alo-target".into(), BasicGetOptions::default()).await.unwrap();
+    assert!(again.is_none(), "a settled dead letter was routed again: {:?}", again.map(|m| m.delivery.data));
+}
+
 /// The message count a passive declare of `queue` answers on `n`.
 async fn message_count(n: &Node, queue: &str) -> Result<u32, String> {
     let c = n.amqp("guest", "guest", "/").await.map_err(|e| e.to_string())?;
