@@ -805,6 +805,32 @@ impl QuorumQueues {
         self.state.upgrade().and_then(|s| s.cluster.get().map(|c| c.node.is_leader())).unwrap_or(false)
     }
 
+    /// A replica kept without its broker queue (`attach_detached`): once the classic
+    /// queue that shadowed it is gone, the quorum queue is declared here again, served by
+    /// that replica.
+    fn reattach_detached(&self) {
+        let Some(state) = self.state.upgrade() else { return };
+        let detached: Vec<Declaration> = self
+            .machines
+            .lock()
+            .values()
+            .filter(|m| m.queue.strong_count() == 0)
+            .map(|m| m.declaration.clone())
+            .collect();
+        for d in detached {
+            if state.vhost(&d.vhost).is_none_or(|vh| vh.has_queue(&d.name)) {
+                continue;
+            }
+            let (vhost, name) = (d.vhost.clone(), d.name.clone());
+            match state.apply_quorum_declare(d) {
+                Ok(()) => {
+                    info!(queue = %name, vhost = %vhost, "quorum queue: served on this node again (the classic queue that shadowed it is gone)")
+                }
+                Err(e) => debug!(queue = %name, vhost = %vhost, "quorum queue: not served here yet: {e}"),
+            }
+        }
+    }
+
     /// Whether a replica of this queue exists here.
     pub(crate) fn has(&self, vhost: &str, name: &str) -> bool {
         self.machines.lock().contains_key(&(vhost.to_owned(), name.to_owned()))
@@ -1303,6 +1329,7 @@ async fn run_janitor(me: Weak<QuorumQueues>) {
         if me.state.upgrade().is_some_and(|s| s.cluster.get().is_some()) {
             me.sweep_stale_consumers();
             me.prune_abandoned();
+            me.reattach_detached();
             me.refresh_online().await;
             me.check_nodes();
             me.bound_group_logs().await;

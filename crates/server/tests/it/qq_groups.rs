@@ -360,7 +360,8 @@ async fn group_files_of_a_queue_the_cluster_no_longer_has_are_swept_and_nothing_
 /// classic queue of the same name is declared there and takes messages: when the node
 /// catches up and the quorum declare is applied there, the classic queue keeps its
 /// messages, and the quorum queue keeps this node's replica — its group's files are not
-/// swept as an orphan's, not at once nor after a restart — and keeps working.
+/// swept as an orphan's, not at once nor after a restart — and keeps working; once the
+/// classic queue is deleted, that node serves the quorum queue again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_queue_shadowed_by_a_classic_queue_on_one_node_keeps_that_nodes_group_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -408,11 +409,23 @@ async fn a_quorum_queue_shadowed_by_a_classic_queue_on_one_node_keeps_that_nodes
     let q: Value = nodes[2].api("/api/queues/%2f/q");
     assert_eq!(q["messages"].as_u64(), Some(2), "{q}");
 
-    // The quorum queue goes on through the other nodes, with what it confirmed before.
+    // The quorum queue goes on through the other nodes.
     let more = publish_confirmed(&confirm_channel(&nodes[0]).await, "q", "more-", 2).await;
     assert_eq!(more.len(), 2);
+
+    // Node 2's classic queue drained and deleted: node 2 serves the quorum queue again,
+    // with everything it confirmed, without a restart.
+    let ch = nodes[2].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
+    let (local_got, _) = consume_all(&ch, "q", &local.iter().cloned().collect(), Duration::from_secs(10)).await;
+    assert_eq!(local_got, local);
+    ch.queue_delete("q".into(), QueueDeleteOptions { if_empty: true, ..QueueDeleteOptions::default() }).await.unwrap();
+    wait_for("node 2 serves the quorum queue", Duration::from_secs(15), || {
+        let all: Value = nodes[2].api("/api/queues/%2f");
+        let q = all.as_array().and_then(|a| a.iter().find(|q| q["name"] == "q").cloned()).unwrap_or_default();
+        if q["type"] == "quorum" && q["leader"].is_string() { Ok(()) } else { Err(q.to_string()) }
+    });
     let want: BTreeSet<String> = confirmed.into_iter().chain(more).collect();
-    let ch = nodes[1].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
+    let ch = nodes[2].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
     let (got, _) = consume_all(&ch, "q", &want, Duration::from_secs(20)).await;
     let got: BTreeSet<String> = got.into_iter().collect();
     assert!(want.is_subset(&got), "missing {:?}", want.difference(&got).collect::<Vec<_>>());
