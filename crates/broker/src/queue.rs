@@ -202,6 +202,10 @@ pub struct QueueStats {
     /// credit (prefetch, flow, a full socket): the complement of RabbitMQ's consumer
     /// utilisation, as a counter whose rate the statistics sampler turns into a fraction.
     pub stalled_ms: u64,
+    /// A quorum queue's at-least-once dead letters, kept until every target has them
+    /// (RabbitMQ's `messages_dlx`), and their body bytes (`message_bytes_dlx`).
+    pub dead_letters: u64,
+    pub dead_letter_bytes: u64,
 }
 
 /// The outcome of a housekeeping visit ([`Queue::tick_timed`]).
@@ -356,6 +360,8 @@ impl Queue {
             ready_ram_bytes: st.store.ram_bytes(),
             unacked_bytes: st.unacked_bytes,
             stalled_ms: st.stalled_ms + open,
+            dead_letters: 0,
+            dead_letter_bytes: 0,
         }
     }
 

@@ -106,6 +106,8 @@ pub struct Stats {
     pub checked_out: u64,
     pub consumers: u64,
     pub dead_letters_pending: u64,
+    /// Body bytes of the pending dead letters.
+    pub dead_letter_bytes: u64,
 }
 
 impl QuorumQueue {
@@ -537,6 +539,7 @@ impl QuorumQueue {
             checked_out: self.consumers.values().map(|c| c.checked_out.len() as u64).sum(),
             consumers: self.consumers.values().filter(|c| c.status != Status::Cancelled).count() as u64,
             dead_letters_pending: self.dlx_pending.len() as u64,
+            dead_letter_bytes: self.dlx_bytes,
         }
     }
 

@@ -372,6 +372,8 @@ fn empty_stats() -> QueueStats {
         ready_ram_bytes: 0,
         unacked_bytes: 0,
         stalled_ms: 0,
+        dead_letters: 0,
+        dead_letter_bytes: 0,
     }
 }
 

@@ -1865,6 +1865,8 @@ impl Replica for QuorumReplica {
             ready_ram_bytes: s.ready_bytes,
             unacked_bytes: 0,
             stalled_ms: 0,
+            dead_letters: s.dead_letters_pending,
+            dead_letter_bytes: s.dead_letter_bytes,
         }
     }
 }

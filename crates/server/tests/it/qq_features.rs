@@ -171,6 +171,14 @@ async fn at_least_once_dead_letters_wait_for_a_route_and_leave_the_source_once_t
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(message_count(&nodes[l], "alo-target").await, Ok(0));
+    // Counted as RabbitMQ counts them: `messages_dlx` / `message_bytes_dlx`, on every node.
+    let dlx = |n: &Node| {
+        let q = n.api("/api/queues/%2f/alo-src");
+        (q["messages_dlx"].as_u64(), q["message_bytes_dlx"].as_u64(), q["messages"].as_u64())
+    };
+    for n in &nodes {
+        assert_eq!(dlx(n), (Some(3), Some(6), Some(0)), "{}", n.full);
+    }
 
     ch1.queue_bind(
         "alo-target".into(),
@@ -191,6 +199,11 @@ async fn at_least_once_dead_letters_wait_for_a_route_and_leave_the_source_once_t
     }
     got.sort();
     assert_eq!(got, sent);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dlx(&nodes[l]) != (Some(0), Some(0), Some(0)) {
+        assert!(Instant::now() < deadline, "the source still counts dead letters: {:?}", dlx(&nodes[l]));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Settled: the source's leader killed, its successor has no dead letter left to route.
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -139,6 +139,8 @@ pub(super) fn queue_json_ranged(
             m.insert("leader".into(), json!(p.leader));
             m.insert("members".into(), json!(p.members));
             m.insert("online".into(), json!(p.online));
+            m.insert("messages_dlx".into(), json!(s.dead_letters));
+            m.insert("message_bytes_dlx".into(), json!(s.dead_letter_bytes));
         }
     }
     if let Value::Object(m) = &mut j {
