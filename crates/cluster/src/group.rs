@@ -505,6 +505,7 @@ impl Group {
         match request {
             GroupRequest::Append(r) => Response::Append(raft.append_entries(r).await),
             GroupRequest::Vote(r) => Response::Vote(raft.vote(r).await),
+            GroupRequest::PreVote(r) => Response::Vote(raft.pre_vote(r).await),
             GroupRequest::Snapshot(r) => Response::Snapshot(raft.install_snapshot(r).await),
             GroupRequest::TransferLeader(r) => {
                 Response::TransferLeader(raft.handle_transfer_leader(r).await.map_err(|e| e.to_string()))
@@ -881,6 +882,24 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         RaftNetworkV2::vote(&mut self.adapter, rpc, option).await
     }
 
+    /// Asked before a candidate raises its term. A peer of a wire protocol before pre-votes
+    /// is counted as granting it (openraft's answer for a network without them), so a
+    /// cluster in a rolling upgrade still elects; one whose protocol is not known yet (no
+    /// handshake) is asked, and if it turns out old, drops the link: no grant this round, and
+    /// the handshake of the reconnect tells the next round.
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        use openraft::errors::decompose::DecomposeResult;
+        let peer = &mut self.appends;
+        if peer.transport.pre_votes_to(&peer.name) == Some(false) {
+            return Ok(VoteResponse::new(rpc.vote, None, true));
+        }
+        peer.pre_vote(rpc, option).await.decompose_infallible()
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: Vote,
@@ -1008,6 +1027,18 @@ impl PeerClient {
             }
             Ok(r) => Ok(r),
             Err(e) => Err(call_error(e)),
+        }
+    }
+
+    /// A pre-vote (wire protocol 3), answered as a vote.
+    async fn pre_vote(
+        &self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig, RaftError<TypeConfig>>> {
+        match self.call(GroupRequest::PreVote(rpc), &option).await? {
+            Response::Vote(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(mismatch()),
         }
     }
 

@@ -54,10 +54,15 @@ const DOMAIN: &[u8] = b"warren-cluster-handshake-v2";
 /// JSON, then CBOR, and announced nothing). 2 has the same frames, but a node serves one
 /// group's appends arriving on one connection in their order, so a leader may send the next
 /// before the last is answered ([`PIPELINED_APPENDS_WIRE_VERSION`]); with a node of 1 the
-/// leader waits for each answer.
-pub const WIRE_VERSION: u32 = 2;
+/// leader waits for each answer. 3 adds the pre-vote request ([`PRE_VOTE_WIRE_VERSION`]);
+/// a node of 2 or 1 is counted as granting it, as openraft does for a peer without one.
+pub const WIRE_VERSION: u32 = 3;
 /// The first wire protocol whose nodes serve a group's appends in order.
 pub const PIPELINED_APPENDS_WIRE_VERSION: u32 = 2;
+/// The first wire protocol whose nodes answer a pre-vote (`Request::PreVote`,
+/// `GroupRequest::PreVote`); a node of an older one would fail to decode it and drop the
+/// link.
+pub const PRE_VOTE_WIRE_VERSION: u32 = 3;
 /// The oldest wire protocol this build still speaks.
 pub const WIRE_VERSION_MIN: u32 = 1;
 /// Feature-flag names a node may advertise (a handshake frame stays under

@@ -235,6 +235,10 @@ impl ClusterNode {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
             max_in_snapshot_log_to_keep: 0,
             max_payload_entries: MAX_ENTRIES_PER_APPEND,
+            // A node that cannot win (cut off, restarted, behind) asks before it raises its
+            // term: back in touch, it joins the leader's term instead of deposing the leader
+            // (and, in a quorum queue's group, moving its consumers) with a higher one.
+            enable_pre_vote: Some(true),
             ..Config::default()
         }
         .validate()
@@ -585,6 +589,7 @@ impl Inbound for Handler {
             Request::Snapshot(r) => self.meta.serve(GroupRequest::Snapshot(r)).await,
             Request::Client(r) => self.meta.serve(GroupRequest::Client(r)).await,
             Request::TransferLeader(r) => self.meta.serve(GroupRequest::TransferLeader(r)).await,
+            Request::PreVote(r) => self.meta.serve(GroupRequest::PreVote(r)).await,
             Request::Group(id, r) => {
                 let group = self.groups.read().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
                 match group {

@@ -47,7 +47,9 @@ use tokio_rustls::rustls;
 
 use crate::TypeConfig;
 use crate::frame::{self, Decoded};
-use crate::handshake::{self, Cookie, HANDSHAKE_TIMEOUT, HandshakeError, Offer, PIPELINED_APPENDS_WIRE_VERSION};
+use crate::handshake::{
+    self, Cookie, HANDSHAKE_TIMEOUT, HandshakeError, Offer, PIPELINED_APPENDS_WIRE_VERSION, PRE_VOTE_WIRE_VERSION,
+};
 
 /// Requests queued for one peer before further ones are refused.
 pub const PEER_QUEUE_REQUESTS: usize = 256;
@@ -96,6 +98,10 @@ pub enum Request {
     /// The metadata group's leader handing its leadership over (openraft 0.10); not
     /// understood by nodes of the openraft 0.9 build.
     TransferLeader(TransferLeaderRequest<TypeConfig>),
+    /// The metadata group's pre-vote (wire protocol 3, [`PRE_VOTE_WIRE_VERSION`]): whether
+    /// the peer would vote for the candidate, without it raising its term. Answered
+    /// [`Response::Vote`]. Sent only to peers known to speak protocol 3.
+    PreVote(VoteRequest<TypeConfig>),
 }
 
 /// The Raft traffic of one group: what [`Request::Group`] carries.
@@ -106,6 +112,8 @@ pub enum GroupRequest {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     Client(ClientRequest),
     TransferLeader(TransferLeaderRequest<TypeConfig>),
+    /// Wire protocol 3: see [`Request::PreVote`].
+    PreVote(VoteRequest<TypeConfig>),
 }
 
 impl GroupRequest {
@@ -118,6 +126,7 @@ impl GroupRequest {
             (None, GroupRequest::Snapshot(r)) => Request::Snapshot(r),
             (None, GroupRequest::Client(r)) => Request::Client(r),
             (None, GroupRequest::TransferLeader(r)) => Request::TransferLeader(r),
+            (None, GroupRequest::PreVote(r)) => Request::PreVote(r),
         }
     }
 }
@@ -414,6 +423,13 @@ impl Transport {
         self.peer_offer(peer)
             .and_then(|o| o.common_version(&self.offer))
             .is_some_and(|v| v >= PIPELINED_APPENDS_WIRE_VERSION)
+    }
+
+    /// Whether `peer` answers pre-votes (wire protocol 3 and later): `None` before the first
+    /// handshake with it, when its protocol is not known yet.
+    pub(crate) fn pre_votes_to(&self, peer: &str) -> Option<bool> {
+        let offer = self.peer_offer(peer)?;
+        Some(offer.common_version(&self.offer).is_some_and(|v| v >= PRE_VOTE_WIRE_VERSION))
     }
 
     /// Accept peers' connections on `listener` and serve their requests with `inbound`,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use cluster::{Group, GroupId};
 use common::*;
+use openraft::async_runtime::WatchReceiver;
 
 /// Open group `id` on `node` with a fresh recorder; `initial`: its initial members.
 fn open(node: &TestNode, id: GroupId, initial: Option<&[String]>) -> (Group, Arc<Recorder>) {
@@ -64,6 +65,18 @@ fn converged(recs: &[(&str, &Arc<Recorder>)], expect: usize) -> Vec<(u64, Vec<u8
 
 fn bodies(commands: &[(u64, Vec<u8>)]) -> Vec<String> {
     commands.iter().map(|(_, c)| String::from_utf8(c.clone()).unwrap()).collect()
+}
+
+/// `n` nodes in the metadata group, with group heartbeats every 100 ms (group elections
+/// time out after 200-400 ms, a leader lease is 400 ms).
+fn fast_groups(root: &std::path::Path, n: usize) -> Vec<TestNode> {
+    let ls = listeners(n);
+    let names: Vec<String> = ls.iter().map(|(n, _)| n.clone()).collect();
+    ls.into_iter()
+        .map(|(name, l)| {
+            TestNode::start_with_config(&name, &root.join(&name), l, &names, |c| c.group_heartbeat_ms = 100)
+        })
+        .collect()
 }
 
 /// Four nodes in the metadata group.
@@ -273,15 +286,9 @@ fn a_demoted_voter_keeps_learning_and_a_removed_node_voter_or_learner_leaves_the
 #[test]
 fn leadership_is_handed_to_the_voter_asked_for_in_groups_of_three_and_five() {
     let root = tempfile::tempdir().unwrap();
-    let ls = listeners(5);
-    let names: Vec<String> = ls.iter().map(|(n, _)| n.clone()).collect();
     // Short group timers: the five-member hand-over waits one leader lease (4 heartbeats).
-    let nodes: Vec<TestNode> = ls
-        .into_iter()
-        .map(|(name, l)| {
-            TestNode::start_with_config(&name, &root.path().join(&name), l, &names, |c| c.group_heartbeat_ms = 100)
-        })
-        .collect();
+    let nodes = fast_groups(root.path(), 5);
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     wait_leader(&nodes, Duration::from_secs(10));
     for (id, size) in [(21 as GroupId, 3usize), (22, 5)] {
         let members = &names[..size];
@@ -360,4 +367,40 @@ fn a_hand_over_to_a_member_that_is_down_fails_and_writes_go_on() {
     assert_eq!(wait_group_leader(&nodes, &[leader, up], id), leader, "the leader stayed");
     let recs = [(names[leader].as_str(), &groups[leader].1), (names[up].as_str(), &groups[up].1)];
     assert_eq!(converged(&recs, 25).len(), 25);
+}
+
+#[test]
+fn a_member_cut_off_from_a_group_rejoins_without_deposing_its_leader() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = fast_groups(root.path(), 3);
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    wait_leader(&nodes, Duration::from_secs(10));
+    let id: GroupId = 7;
+    let opened: Vec<(Group, Arc<Recorder>)> = nodes.iter().map(|n| open(n, id, Some(&names))).collect();
+    let leader = wait_group_leader(&nodes, &[0, 1, 2], id);
+    propose(&nodes[leader], &opened[leader].0, "before", 5);
+    let recs: Vec<(&str, &Arc<Recorder>)> = nodes.iter().zip(&opened).map(|(n, (_, r))| (n.name.as_str(), r)).collect();
+    converged(&recs, 5);
+    let term = |i: usize| opened[i].0.raft().metrics().borrow_watched().current_term;
+    let term_before = term(leader);
+
+    // A follower cut off for twenty election timeouts keeps its term (it only pre-votes),
+    // so back in touch it follows the same leader instead of forcing an election.
+    let cut = (leader + 1) % 3;
+    cut_off(&nodes, cut, true);
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(term(cut), term_before, "the cut-off member raised its term");
+    cut_off(&nodes, cut, false);
+    propose(&nodes[leader], &opened[leader].0, "after", 5);
+    converged(&recs, 10);
+    std::thread::sleep(Duration::from_secs(2));
+    for (i, n) in nodes.iter().enumerate() {
+        assert_eq!(
+            opened[i].0.leader().as_deref(),
+            Some(nodes[leader].name.as_str()),
+            "{} follows another leader",
+            n.name
+        );
+        assert_eq!(term(i), term_before, "{} is in another term", n.name);
+    }
 }

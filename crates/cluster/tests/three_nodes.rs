@@ -118,15 +118,7 @@ fn isolated_minority_cannot_commit_and_heals_without_divergence() {
     assert_converged(&all, 20, Duration::from_secs(10));
 
     // Cut the leader off: it drops traffic to/from both peers, and they drop its.
-    let cut = |on: bool| {
-        for (i, n) in nodes.iter().enumerate() {
-            if i != old {
-                n.node().isolate(&nodes[old].name, on);
-                nodes[old].node().isolate(&n.name, on);
-            }
-        }
-    };
-    cut(true);
+    cut_off(&nodes, old, true);
     let minority = &nodes[old];
     let applied_before = minority.node().local_state().last_applied;
     let attempt = minority.on(async {
@@ -151,7 +143,7 @@ fn isolated_minority_cannot_commit_and_heals_without_divergence() {
     assert_converged(&majority, 70, Duration::from_secs(10));
     assert_eq!(minority.commands().len(), 20);
 
-    cut(false);
+    cut_off(&nodes, old, false);
     let converged = assert_converged(&all, 70, Duration::from_secs(15));
     assert!(!converged.iter().any(|(_, c)| c == b"minority"), "an unacknowledged minority write survived");
     wait_leader(&nodes, Duration::from_secs(10));
@@ -613,4 +605,45 @@ fn proposals_queued_on_the_leader_apply_in_queue_order_and_a_follower_gets_them_
     let expect: Vec<(u64, Vec<u8>)> = indexes.iter().enumerate().map(|(i, &x)| (x, cmd("q", i))).collect();
     let all: Vec<&TestNode> = nodes.iter().collect();
     assert_eq!(assert_converged(&all, 300, Duration::from_secs(10)), expect);
+}
+
+#[test]
+fn a_follower_cut_off_for_many_election_timeouts_rejoins_without_deposing_the_leader() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = cluster(root.path(), 10_000);
+    let leader = wait_leader(&nodes, Duration::from_secs(10));
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    for i in 0..5 {
+        nodes[leader].on(nodes[leader].node().propose(cmd("before", i))).unwrap();
+    }
+    assert_converged(&all, 5, Duration::from_secs(10));
+    let term = |n: &TestNode| n.node().raft().metrics().borrow_watched().current_term;
+    let term_before = term(&nodes[leader]);
+
+    // Cut one follower off for ten times the longest election timeout (800 ms): it times out
+    // again and again. Without pre-vote each timeout raises its term, and once back its
+    // answers carry that higher term and depose the leader; with pre-vote it asks first
+    // whether it could win, gets no answer, and keeps its term.
+    let cut = (leader + 1) % 3;
+    cut_off(&nodes, cut, true);
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(term(&nodes[cut]), term_before, "the cut-off follower raised its term");
+    cut_off(&nodes, cut, false);
+
+    // It catches up, and the leader, its term and its lease stay.
+    for i in 0..5 {
+        nodes[leader].on(nodes[leader].node().propose(cmd("after", i))).unwrap();
+    }
+    assert_converged(&all, 10, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(3));
+    for n in &nodes {
+        assert_eq!(
+            n.node().leader().as_deref(),
+            Some(nodes[leader].name.as_str()),
+            "{} follows another leader",
+            n.name
+        );
+        assert_eq!(term(n), term_before, "{} is in another term", n.name);
+    }
+    assert!(nodes[leader].node().is_leader());
 }

@@ -186,6 +186,17 @@ pub fn cluster(root: &Path, snapshot_every: u64) -> Vec<TestNode> {
         .collect()
 }
 
+/// Cut node `x` off from the others (`on`), or heal it: it drops traffic to and from each
+/// of them, and they drop its.
+pub fn cut_off(nodes: &[TestNode], x: usize, on: bool) {
+    for (i, n) in nodes.iter().enumerate() {
+        if i != x {
+            n.node().isolate(&nodes[x].name, on);
+            nodes[x].node().isolate(&n.name, on);
+        }
+    }
+}
+
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !cond() {

@@ -114,17 +114,17 @@ async fn three_nodes_enable_every_flag_and_a_node_lacking_one_or_speaking_anothe
     std::fs::create_dir_all(dir.path().join("n5")).unwrap();
     let mut n5 = joiner(&dir.path().join("n5"), "");
     n5.home = dir.path().to_owned();
-    n5.env.push(("WARREN_TEST_WIRE_VERSION".into(), "3".into()));
+    n5.env.push(("WARREN_TEST_WIRE_VERSION".into(), "4".into()));
     n5.start();
     let (code, out, err) = nodes[0].ctl(&["join_cluster", &n5.full]);
     assert_eq!(code, 70, "{out}{err}");
     assert!(err.contains("incompatible wire protocol versions"), "{err}");
-    assert!(err.contains(&format!("{} speaks 3", n5.full)), "{err}");
+    assert!(err.contains(&format!("{} speaks 4", n5.full)), "{err}");
     let log = n5.proc.as_ref().unwrap().log();
     assert!(
         log.contains("refused an inter-node connection from 127.0.0.1:")
-            && log.contains(&format!("incompatible wire protocol versions: {} speaks 3, ", n5.full))
-            && log.contains(" speaks 1..=2"),
+            && log.contains(&format!("incompatible wire protocol versions: {} speaks 4, ", n5.full))
+            && log.contains(" speaks 1..=3"),
         "{log}"
     );
     wait_for("still three", Duration::from_secs(10), || agreed_status(&nodes, &[0, 1, 2], &all).map(|_| ()));
