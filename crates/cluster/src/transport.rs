@@ -1042,6 +1042,27 @@ mod tests {
         }
     }
 
+    /// Pre-votes go only to peers known to speak wire protocol 3: not known before the first
+    /// handshake (asked then), a peer of 1..=2 is not sent one (counted as granting it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pre_votes_are_sent_only_to_peers_of_protocol_3() {
+        let mut peers = Vec::new();
+        for (who, wire_max) in [("new", crate::WIRE_VERSION), ("old", PRE_VOTE_WIRE_VERSION - 1)] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let name = format!("{who}@{}", listener.local_addr().unwrap());
+            let offer = Offer { wire_max, ..Offer::default() };
+            let t = Transport::with_offer(name.clone(), cookie("C"), None, None, offer);
+            peers.push((name, t.serve(listener, Arc::new(Arc::new(Appends::default())))));
+        }
+        let a = Transport::new("a@127.0.0.1:1".into(), cookie("C"));
+        for (name, _) in &peers {
+            assert_eq!(a.pre_votes_to(name), None, "{name} before a handshake");
+            let _ = a.call(name, Request::Ping, Duration::from_secs(5)).await;
+        }
+        assert_eq!(a.pre_votes_to(&peers[0].0), Some(true));
+        assert_eq!(a.pre_votes_to(&peers[1].0), Some(false));
+    }
+
     /// Wire protocol 2: a leader sends a group's appends without waiting for answers, and
     /// the peer serves them in their order (one lane per group and connection), answers each
     /// under its own id; a failure answers the appends queued behind it the same way and the
