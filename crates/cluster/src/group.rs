@@ -282,6 +282,29 @@ impl Group {
         String::from_utf8(leader).map_err(|e| Error::Raft(e.to_string()))
     }
 
+    /// On a leader that just took its own vote away: hand the leadership to the remaining
+    /// voter with the most of the log. openraft lets a learner lead on (it steps down by
+    /// itself only a leader removed from the group altogether), so without this the group
+    /// would keep a leader that is no longer one of its voters. The demotion stands either
+    /// way; a failed hand-over is logged, and the voters elect one once this node stops.
+    async fn step_down_demoted(&self) {
+        let target = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow_watched();
+            let matched = |id: &NodeId| m.replication.as_ref().and_then(|r| r.get(id).copied().flatten());
+            let membership = m.membership_config.membership();
+            let best = membership.voter_ids().filter(|v| *v != m.id).max_by_key(matched);
+            best.and_then(|id| membership.get_node(&id).map(|n| n.addr.clone()))
+        };
+        let Some(target) = target else { return };
+        match self.hand_over(&target).await {
+            Ok(_) => tracing::info!(group = ?self.inner.id, to = %target, "no longer a voter: leadership handed over"),
+            Err(e) => {
+                tracing::warn!(group = ?self.inner.id, to = %target, "no longer a voter, leadership not handed over: {e:?}")
+            }
+        }
+    }
+
     /// On the leader: hand the leadership to voter `target` with openraft's leader transfer:
     ///
     /// 1. it waits until `target` answers and is within [`HAND_OVER_LAG_MAX`] entries;
@@ -610,11 +633,17 @@ impl Group {
                     .map(|r| (r.log_id.index, Vec::new()))
                     .map_err(fail)
             }
-            ClientRequest::DemoteMember(name) => raft
-                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id(&name)])), true)
-                .await
-                .map(|r| (r.log_id.index, Vec::new()))
-                .map_err(fail),
+            ClientRequest::DemoteMember(name) => {
+                let index = raft
+                    .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id(&name)])), true)
+                    .await
+                    .map(|r| r.log_id.index)
+                    .map_err(fail)?;
+                if name == self.inner.me {
+                    self.step_down_demoted().await;
+                }
+                Ok((index, Vec::new()))
+            }
             ClientRequest::RemoveNode(name) => {
                 let id = node_id(&name);
                 let votes = raft.metrics().borrow_watched().membership_config.membership().voter_ids().any(|v| v == id);

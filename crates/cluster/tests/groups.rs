@@ -404,3 +404,33 @@ fn a_member_cut_off_from_a_group_rejoins_without_deposing_its_leader() {
         assert_eq!(term(i), term_before, "{} is in another term", n.name);
     }
 }
+
+/// A leader whose vote is taken away (`delete_member` of it: it stays a learner) does not
+/// lead on as a learner — openraft lets a learner lead, and steps down only a leader
+/// removed from the group altogether — but hands the leadership to a remaining voter;
+/// what was committed before and what is proposed after is applied by all.
+#[test]
+fn a_demoted_leader_hands_its_leadership_to_a_remaining_voter() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = fast_groups(root.path(), 3);
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    wait_leader(&nodes, Duration::from_secs(10));
+    let id: GroupId = 9;
+    let opened: Vec<(Group, Arc<Recorder>)> = nodes.iter().map(|n| open(n, id, Some(&names))).collect();
+    let leader = wait_group_leader(&nodes, &[0, 1, 2], id);
+    propose(&nodes[leader], &opened[leader].0, "before", 5);
+    let via = (leader + 1) % 3;
+    nodes[via].on(opened[via].0.demote_member(&names[leader])).expect("demote the leader");
+    let rest: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let now = wait_group_leader(&nodes, &rest, id);
+    assert_ne!(now, leader);
+    assert!(!opened[leader].0.is_leader(), "the demoted node still leads");
+    let mut voters = opened[now].0.voters();
+    voters.sort();
+    let mut want: Vec<String> = rest.iter().map(|&i| names[i].clone()).collect();
+    want.sort();
+    assert_eq!(voters, want);
+    propose(&nodes[leader], &opened[leader].0, "after", 5);
+    let recs: Vec<(&str, &Arc<Recorder>)> = nodes.iter().zip(&opened).map(|(n, (_, r))| (n.name.as_str(), r)).collect();
+    converged(&recs, 10);
+}
