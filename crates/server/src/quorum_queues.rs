@@ -1341,6 +1341,7 @@ async fn run_janitor(me: Weak<QuorumQueues>) {
             if !me.tending.swap(true, Ordering::AcqRel) {
                 let me = me.clone();
                 tokio::spawn(async move {
+                    me.hand_over_detached().await;
                     me.tend_groups().await;
                     if sweep {
                         me.sweep_orphan_groups().await;

@@ -184,9 +184,40 @@ impl QuorumQueues {
     /// handed over.
     /// `running`: the members that answer now (the caller asked them once for every group).
     pub(crate) async fn hand_over_all(&self, me: &str, running: &[String], deadline: tokio::time::Instant) -> usize {
+        self.hand_over(me, running, deadline, HandOver::Stopping).await
+    }
+
+    /// The queues this node leads without a broker queue of theirs here (a local classic
+    /// queue of the same name shadows them, `attach_detached`): a leader's work that needs
+    /// the broker queue (routing dead letters) cannot be done here, so each goes to another
+    /// online voter, as before a stop. Run by the janitor's upkeep; a queue with no other
+    /// voter online stays (its dead letters wait for a leader that can route them).
+    pub(crate) async fn hand_over_detached(&self) -> usize {
+        let detached_leads = self
+            .machines
+            .lock()
+            .values()
+            .any(|m| m.queue.strong_count() == 0 && m.group.as_ref().is_some_and(|g| g.is_leader()));
+        let Some(state) = self.state.upgrade() else { return 0 };
+        let Some(running) = state.cluster.get() else { return 0 };
+        if !detached_leads {
+            return 0;
+        }
+        let me = running.node.name().to_owned();
+        let online = self.online.lock().clone();
+        let deadline = tokio::time::Instant::now() + DETACHED_HAND_OVER_MAX;
+        self.hand_over(&me, &online, deadline, HandOver::Detached).await
+    }
+
+    async fn hand_over(&self, me: &str, running: &[String], deadline: tokio::time::Instant, why: HandOver) -> usize {
         let online: Vec<&String> = running.iter().filter(|m| *m != me).collect();
-        let groups: Vec<(QKey, cluster::Group)> =
-            self.machines.lock().iter().filter_map(|(k, m)| m.group.clone().map(|g| (k.clone(), g))).collect();
+        let groups: Vec<(QKey, cluster::Group)> = self
+            .machines
+            .lock()
+            .iter()
+            .filter(|(_, m)| why == HandOver::Stopping || m.queue.strong_count() == 0)
+            .filter_map(|(k, m)| m.group.clone().map(|g| (k.clone(), g)))
+            .collect();
         let mut leads: HashMap<String, usize> = HashMap::new();
         for (_, g) in &groups {
             if let Some(l) = g.leader() {
@@ -215,16 +246,23 @@ impl QuorumQueues {
         let mut moved = 0;
         while let Some(done) = tasks.join_next().await {
             let Ok((key, to, r)) = done else { continue };
+            let (vhost, queue, when) = (&key.0, &key.1, why.when());
             match r {
+                // Handing over from a detached replica is worth an operator's look (a classic
+                // queue shadows a quorum queue here); before a stop it is routine.
+                Ok(Ok(now)) if why == HandOver::Detached => {
+                    warn!(queue = %queue, vhost = %vhost, to = %now, "quorum queue: leader handed over {when}");
+                    moved += 1;
+                }
                 Ok(Ok(now)) => {
-                    info!(queue = %key.1, vhost = %key.0, to = %now, "quorum queue: leader handed over before stopping");
+                    info!(queue = %queue, vhost = %vhost, to = %now, "quorum queue: leader handed over {when}");
                     moved += 1;
                 }
                 Ok(Err(e)) => {
-                    warn!(queue = %key.1, vhost = %key.0, to = %to, "quorum queue: leader not handed over before stopping: {e}")
+                    warn!(queue = %queue, vhost = %vhost, to = %to, "quorum queue: leader not handed over {when}: {e}")
                 }
                 Err(_) => {
-                    warn!(queue = %key.1, vhost = %key.0, "quorum queue: stopping before its leader was handed over")
+                    warn!(queue = %queue, vhost = %vhost, to = %to, "quorum queue: leader not handed over {when} in time")
                 }
             }
         }
@@ -245,6 +283,28 @@ impl QuorumQueues {
 
 /// Hand-overs a stopping node runs at once.
 const STOP_HAND_OVERS_AT_ONCE: usize = 32;
+
+/// Longest the janitor's upkeep spends handing detached leaderships over in one round (a
+/// transfer waits at most a leader lease, 2 s by default); what is left is tried next round.
+const DETACHED_HAND_OVER_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why leaderships are handed over: which queues, and what the log says.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HandOver {
+    /// Every queue led here: the node stops.
+    Stopping,
+    /// The queues led here without their broker queue (`hand_over_detached`).
+    Detached,
+}
+
+impl HandOver {
+    fn when(self) -> &'static str {
+        match self {
+            HandOver::Stopping => "before stopping",
+            HandOver::Detached => "(no broker queue of it on this node: a local classic queue shadows it)",
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

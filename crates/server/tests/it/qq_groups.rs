@@ -413,6 +413,32 @@ async fn a_quorum_queue_shadowed_by_a_classic_queue_on_one_node_keeps_that_nodes
     let more = publish_confirmed(&confirm_channel(&nodes[0]).await, "q", "more-", 2).await;
     assert_eq!(more.len(), 2);
 
+    // Node 2 made q's only voter leads it though it cannot do a leader's work that needs the
+    // broker queue (dead-lettering); once another voter is back it hands the leadership
+    // over by itself.
+    use reqwest::Method;
+    let full: Vec<String> = nodes.iter().map(|n| n.full.clone()).collect();
+    let node = |n: &String| Some(serde_json::json!({ "node": n }));
+    for gone in [0, 1] {
+        let (st, body) = replicas(&nodes[0], Method::DELETE, "%2F/q/replicas/delete", node(&full[gone])).await;
+        assert_eq!(st, 202, "{body}");
+        let left: Vec<&String> = full[gone + 1..].iter().collect();
+        wait_members(&nodes, &[0, 1], "q", &left);
+    }
+    assert_eq!(placement(&nodes[0], "q").0, full[2], "the only voter leads");
+    assert_eq!(replicas(&nodes[0], Method::POST, "%2F/q/replicas/add", node(&full[0])).await.0, 204);
+    let mut two = vec![full[0].clone(), full[2].clone()];
+    two.sort();
+    wait_for("node 2 hands q over to node 0", Duration::from_secs(30), || {
+        let q: Value = nodes[0].api("/api/queues/%2f/q");
+        let ok = q["leader"] == full[0].as_str() && names(&q["members"]) == two;
+        if ok { Ok(()) } else { Err(q.to_string()) }
+    });
+    let log = nodes[2].proc.as_ref().unwrap().log();
+    assert!(log.contains("leader handed over (no broker queue of it on this node"), "{log}");
+    assert_eq!(replicas(&nodes[0], Method::POST, "%2F/q/replicas/add", node(&full[1])).await.0, 204);
+    wait_members(&nodes, &[0, 1], "q", &[&full[0], &full[1], &full[2]]);
+
     // Node 2's classic queue drained and deleted: node 2 serves the quorum queue again,
     // with everything it confirmed, without a restart.
     let ch = nodes[2].amqp("guest", "guest", "/").await.unwrap().create_channel().await.unwrap();
