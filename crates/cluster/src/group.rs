@@ -227,14 +227,10 @@ impl Group {
         let (raft, deadline) = (raft.clone(), self.inner.request_deadline);
         Proposal::Queued(Box::pin(async move {
             let answer = tokio::time::timeout(deadline, rx).await.map_err(|_| Error::Timeout)?;
-            let written = match answer {
-                Ok(Ok(w)) => w,
-                Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
-                    return Err(Error::NotLeader { leader: f.leader_node.map(|n| n.addr) });
-                }
-                Ok(Err(e)) => return Err(Error::Raft(e.to_string())),
-                // The responder was dropped: the core stopped.
-                Err(e) => return Err(Error::Raft(e.to_string())),
+            let written = match written(answer) {
+                Ok(w) => w,
+                Err(ClientFailure::NotLeader(leader)) => return Err(Error::NotLeader { leader }),
+                Err(ClientFailure::Retry(e) | ClientFailure::Other(e)) => return Err(Error::Raft(e)),
             };
             let index = written.log_id.index;
             raft.wait(Some(deadline))
@@ -348,8 +344,7 @@ impl Group {
                 if held { matched == last && applied == last } else { matched + HAND_OVER_LAG_MAX >= last }
             }
         };
-        if !matches!(self.inner.transport.call(target, Request::Ping, PING_TIMEOUT).await, Ok(Response::Client(Ok(_))))
-        {
+        if !self.inner.transport.answers_ping(target, PING_TIMEOUT).await {
             return Err(ClientFailure::Other(format!("{target} does not answer (down, or its Raft stopped)")));
         }
         raft.wait(Some(left()))
@@ -588,15 +583,7 @@ impl Group {
                     let _entering = self.inner.writes.read().await;
                     write_ff(raft, cmd).await.map_err(|e| ClientFailure::Other(e.to_string()))?
                 };
-                match rx.await {
-                    Ok(Ok(r)) => Ok((r.log_id.index, r.data)),
-                    Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
-                        Err(ClientFailure::NotLeader(f.leader_node.map(|n| n.addr)))
-                    }
-                    Ok(Err(e)) => Err(ClientFailure::Other(e.to_string())),
-                    // The responder was dropped: the core stopped.
-                    Err(e) => Err(ClientFailure::Other(e.to_string())),
-                }
+                written(rx.await).map(|r| (r.log_id.index, r.data))
             }
             ClientRequest::TransferLeadership(target) => self.hand_over(&target).await,
             ClientRequest::Campaign => {
@@ -817,6 +804,24 @@ const HELD_CATCH_UP_MAX: Duration = Duration::from_secs(1);
 /// commits everything before it, so the read index covers every acknowledged write.
 #[derive(Default)]
 struct ReadFence(std::sync::atomic::AtomicBool);
+
+/// What a write submitted with `write_ff` came to: its result, or why there is none (another
+/// node leads, or the core failed or stopped and dropped the responder).
+fn written<E: std::fmt::Display>(
+    answer: Result<
+        Result<openraft::raft::ClientWriteResponse<TypeConfig>, openraft::error::ClientWriteError<TypeConfig>>,
+        E,
+    >,
+) -> Result<openraft::raft::ClientWriteResponse<TypeConfig>, ClientFailure> {
+    match answer {
+        Ok(Ok(w)) => Ok(w),
+        Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+            Err(ClientFailure::NotLeader(f.leader_node.map(|n| n.addr)))
+        }
+        Ok(Err(e)) => Err(ClientFailure::Other(e.to_string())),
+        Err(e) => Err(ClientFailure::Other(e.to_string())),
+    }
+}
 
 async fn read_index(raft: &Raft) -> Result<(u64, Vec<u8>), ClientFailure> {
     match raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex).await {

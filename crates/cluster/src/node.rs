@@ -499,7 +499,7 @@ impl ClusterNode {
             }
             let transport = self.inner.transport.clone();
             probes.spawn(async move {
-                let up = matches!(transport.call(&m, Request::Ping, PING_TIMEOUT).await, Ok(Response::Client(Ok(_))));
+                let up = transport.answers_ping(&m, PING_TIMEOUT).await;
                 (m, up)
             });
         }

@@ -425,6 +425,11 @@ impl Transport {
             .is_some_and(|v| v >= PIPELINED_APPENDS_WIRE_VERSION)
     }
 
+    /// Whether `peer` answers a ping within `timeout`: it is up and its Raft core runs.
+    pub(crate) async fn answers_ping(self: &Arc<Self>, peer: &str, timeout: Duration) -> bool {
+        matches!(self.call(peer, Request::Ping, timeout).await, Ok(Response::Client(Ok(_))))
+    }
+
     /// Whether `peer` answers pre-votes (wire protocol 3 and later): `None` before the first
     /// handshake with it, when its protocol is not known yet.
     pub(crate) fn pre_votes_to(&self, peer: &str) -> Option<bool> {
