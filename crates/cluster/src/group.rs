@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use std::collections::VecDeque;
@@ -85,6 +86,18 @@ struct Inner {
     /// its entry enters the log.
     writes: tokio::sync::RwLock<()>,
     snapshots: tokio::task::JoinHandle<()>,
+    /// How long the last entry proposed on this node as the leader took from entering the
+    /// log to being committed and applied here, in µs (0: none yet). RabbitMQ's
+    /// `rabbitmq_raft_entry_commit_latency_seconds`.
+    commit_latency_us: AtomicU64,
+}
+
+impl Inner {
+    fn note_commit(&self, since: std::time::Instant) {
+        // At least 1 µs: 0 means "none measured".
+        let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+        self.commit_latency_us.store(us, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Inner {
@@ -136,6 +149,7 @@ impl Group {
                 fence: ReadFence::default(),
                 writes: tokio::sync::RwLock::new(()),
                 snapshots,
+                commit_latency_us: AtomicU64::new(0),
             }),
         })
     }
@@ -217,6 +231,7 @@ impl Group {
                 return Proposal::NotLeader(cmd);
             }
         }
+        let start = std::time::Instant::now();
         let rx = {
             let _entering = self.inner.writes.read().await;
             match write_ff(raft, cmd).await {
@@ -224,7 +239,7 @@ impl Group {
                 Err(e) => return Proposal::Failed(Error::Raft(e.to_string())),
             }
         };
-        let (raft, deadline) = (raft.clone(), self.inner.request_deadline);
+        let (raft, deadline, inner) = (raft.clone(), self.inner.request_deadline, self.inner.clone());
         Proposal::Queued(Box::pin(async move {
             let answer = tokio::time::timeout(deadline, rx).await.map_err(|_| Error::Timeout)?;
             let written = match written(answer) {
@@ -232,6 +247,7 @@ impl Group {
                 Err(ClientFailure::NotLeader(leader)) => return Err(Error::NotLeader { leader }),
                 Err(ClientFailure::Retry(e) | ClientFailure::Other(e)) => return Err(Error::Raft(e)),
             };
+            inner.note_commit(start);
             let index = written.log_id.index;
             raft.wait(Some(deadline))
                 .applied_index_at_least(Some(index), "propose_queued")
@@ -481,15 +497,17 @@ impl Group {
             .current_leader
             .filter(|_| stopped.is_none())
             .and_then(|id| membership.get_node(&id).map(|n| n.addr.clone()));
+        let is_leader = m.state == ServerState::Leader && stopped.is_none();
         RaftStatus {
             term: m.current_term,
             leader,
-            is_leader: m.state == ServerState::Leader && stopped.is_none(),
+            is_leader,
             last_log_index,
             committed_index: self.inner.log.committed_index().unwrap_or(0),
             applied_index: m.last_applied.map_or(0, |l| l.index),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             log_bytes: self.inner.log.held_bytes(),
+            commit_latency_us: if is_leader { self.inner.commit_latency_us.load(Ordering::Relaxed) } else { 0 },
             members,
             stopped,
         }
@@ -579,11 +597,14 @@ impl Group {
         let (raft, fence) = (&self.inner.raft, &self.inner.fence);
         match req {
             ClientRequest::Propose(cmd) => {
+                let start = std::time::Instant::now();
                 let rx = {
                     let _entering = self.inner.writes.read().await;
                     write_ff(raft, cmd).await.map_err(|e| ClientFailure::Other(e.to_string()))?
                 };
-                written(rx.await).map(|r| (r.log_id.index, r.data))
+                let r = written(rx.await)?;
+                self.inner.note_commit(start);
+                Ok((r.log_id.index, r.data))
             }
             ClientRequest::TransferLeadership(target) => self.hand_over(&target).await,
             ClientRequest::Campaign => {

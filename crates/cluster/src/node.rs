@@ -132,6 +132,9 @@ pub struct RaftStatus {
     pub snapshot_index: u64,
     /// Bytes of commands the log holds (in memory until a snapshot covers them).
     pub log_bytes: u64,
+    /// On the leader: how long the last entry proposed through it took from entering the
+    /// log to being committed and applied, in µs (0 on a follower, or before the first).
+    pub commit_latency_us: u64,
     /// Every member of the latest membership this node knows, sorted by name.
     pub members: Vec<MemberStatus>,
     /// Why the Raft core stopped, if it did (e.g. its log could not be written: a full

@@ -353,6 +353,9 @@ pub struct RaftFigures {
     pub snapshot_index: u64,
     /// Bytes of commands the log holds until a snapshot covers them.
     pub log_bytes: u64,
+    /// On the leader, the last entry's time from entering the log to committed and
+    /// applied, in µs (0 on a follower, or before the first entry).
+    pub commit_latency_us: u64,
 }
 
 /// One member of the metadata group as this node sees it.

@@ -104,6 +104,15 @@ fn cluster_metrics(s: &ClusterStatus, x: &mut Exposition, per_object: bool) {
             }
         }
     }
+    // As RabbitMQ: a gauge of the last entry's latency, on the leader (0 on a follower).
+    let name = "rabbitmq_raft_entry_commit_latency_seconds";
+    let seconds = |r: &crate::node::RaftFigures| r.commit_latency_us as f64 / 1e6;
+    x.family(name, "gauge", "Time taken for a log entry to be committed").sample(name, RAFT_CLUSTER, seconds(&s.raft));
+    if per_object {
+        for g in &s.queue_groups {
+            x.sample(name, &[("vhost", &g.vhost), ("queue", &g.name)], seconds(&g.raft));
+        }
+    }
     let groups = &s.queue_groups;
     x.one(
         "warren_quorum_queue_groups",
@@ -552,6 +561,7 @@ mod tests {
                 last_applied_index: 8,
                 snapshot_index: 0,
                 log_bytes: 4096,
+                commit_latency_us: if is_leader { 2500 } else { 0 },
             },
             member_details: [("a@h:1", 0), ("b@h:2", 0), ("c@h:3", 3)]
                 .into_iter()
@@ -574,7 +584,14 @@ mod tests {
             name: name.into(),
             group: 7,
             leader: Some(if led { "a@h:1" } else { "b@h:2" }.into()),
-            raft: RaftFigures { term: 2, is_leader: led, commit_index: 40, log_bytes: 1000, ..RaftFigures::default() },
+            raft: RaftFigures {
+                term: 2,
+                is_leader: led,
+                commit_index: 40,
+                log_bytes: 1000,
+                commit_latency_us: if led { 1_234 } else { 0 },
+                ..RaftFigures::default()
+            },
             members: ["a@h:1", "b@h:2"]
                 .into_iter()
                 .map(|n| ClusterMember {
@@ -597,6 +614,9 @@ mod tests {
             "rabbitmq_raft_log_commit_index{raft_cluster=\"warren_meta\"} 9\n",
             "rabbitmq_raft_log_commit_index{vhost=\"/\",queue=\"q1\"} 40\n",
             "rabbitmq_raft_term_total{vhost=\"/\",queue=\"q\\\"2\"} 2\n",
+            "rabbitmq_raft_entry_commit_latency_seconds{raft_cluster=\"warren_meta\"} 0.0025\n",
+            "rabbitmq_raft_entry_commit_latency_seconds{vhost=\"/\",queue=\"q1\"} 0.001234\n",
+            "rabbitmq_raft_entry_commit_latency_seconds{vhost=\"/\",queue=\"q\\\"2\"} 0\n",
             "warren_quorum_queue_groups 2\n",
             "warren_quorum_queue_groups_led 1\n",
             "warren_quorum_queue_groups_stopped 1\n",
@@ -607,6 +627,7 @@ mod tests {
         }
         // One HELP/TYPE per family: the queues' samples follow the metadata group's.
         assert_eq!(t.matches("# TYPE rabbitmq_raft_log_commit_index ").count(), 1);
+        assert_eq!(t.matches("# TYPE rabbitmq_raft_entry_commit_latency_seconds gauge\n").count(), 1);
         assert!(!t.contains("queue=\"q\\\"2\",peer"), "a follower knows no lag");
         let mut x = Exposition::default();
         cluster_metrics(&s, &mut x, false);

@@ -322,6 +322,7 @@ pub(crate) fn raft_figures(
         last_applied_index: raft.applied_index,
         snapshot_index: raft.snapshot_index,
         log_bytes: raft.log_bytes,
+        commit_latency_us: raft.commit_latency_us,
     };
     (figures, members)
 }

@@ -806,6 +806,9 @@ async fn the_api_and_metrics_show_term_leader_members_and_a_killed_members_lag()
         );
         assert!(applied > 0.0 && applied <= commit && commit <= written, "node {i}:\n{t}");
         assert!(sample(&t, &raft("log_snapshot_index")).is_some(), "node {i}:\n{t}");
+        // The forwarded vhost write was timed where it was committed: on the leader.
+        let latency = sample(&t, &raft("entry_commit_latency_seconds")).unwrap();
+        assert!(if i == l { latency > 0.0 && latency < 30.0 } else { latency == 0.0 }, "node {i}:\n{t}");
         assert_eq!(sample(&t, "warren_cluster_members"), Some(3.0), "node {i}:\n{t}");
         assert_eq!(sample(&t, "warren_cluster_running_members"), Some(3.0), "node {i}:\n{t}");
         leaders += sample(&t, "warren_cluster_is_leader").unwrap();

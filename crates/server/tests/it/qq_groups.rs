@@ -237,6 +237,12 @@ async fn a_queues_voters_change_with_add_member_delete_member_grow_and_shrink_an
     let commit =
         text.lines().find_map(|l| l.strip_prefix("rabbitmq_raft_log_commit_index{vhost=\"/\",queue=\"solo\"} "));
     assert!(commit.and_then(|v| v.parse::<u64>().ok()) > Some(0), "{text}");
+    // Its leader timed the 20 publishes forwarded to it: RabbitMQ's commit latency gauge.
+    let latency = text
+        .lines()
+        .find_map(|l| l.strip_prefix("rabbitmq_raft_entry_commit_latency_seconds{vhost=\"/\",queue=\"solo\"} "));
+    let latency: f64 = latency.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{text}"));
+    assert!(latency > 0.0 && latency < 30.0, "{text}");
     assert!(text.contains("warren_quorum_queue_groups 2\n"), "{text}");
     assert!(text.contains("warren_quorum_queue_groups_led 2\n"), "node 0 declared both: {text}");
 
