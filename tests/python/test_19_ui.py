@@ -1141,8 +1141,11 @@ def test_quorum_queue_page_shows_its_raft_group_voters_learner_and_leader(three_
     assert sum("learner" in t for t in rows.values()) == 1, rows
     assert sum("voter" in t for t in rows.values()) == 2, rows
     text_in(driver, "#queue-raft-members", "in sync", timeout=20)
+    # The leader timed its last entry (the confirmed publishes went through it).
+    text_in(driver, "#queue-replication", "last commit", timeout=20)
     shot(driver, tmp_path, "queue-quorum-replication")
     # A follower's UI shows the same group, with lag left to the leader.
     logged_in(driver, nodes[names[1]], hash_="#/queues/%2F/ui-qq")
     text_in(driver, "#queue-raft-leader", names[0], timeout=20)
     text_in(driver, "#queue-replication", "known on the queue's leader only")
+    assert "last commit" not in js_text(driver, "#queue-replication"), "timed on the leader only"

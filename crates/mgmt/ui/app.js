@@ -348,9 +348,17 @@ function clusterPanel(cs) {
         " · leader ", h("b", { id: "cluster-leader" }, cs.leader || "none"),
         " · term ", h("b", { id: "cluster-term" }, L.fmtNum(cs.term)),
         " · applied ", h("b", {}, L.fmtNum(cs.log && cs.log.last_applied_index)),
-        " of committed ", h("b", {}, L.fmtNum(cs.log && cs.log.commit_index))),
+        " of committed ", h("b", {}, L.fmtNum(cs.log && cs.log.commit_index)),
+        commitLatency(cs.log)),
       raftMembers(cs.members, cs.node, "cluster-members"),
       h("p", { class: "muted" }, note)));
+}
+
+/** On a group's leader, how long its last entry took to commit (nothing elsewhere). */
+function commitLatency(log) {
+  const us = log && log.commit_latency_us;
+  if (!us) return "";
+  return h("span", {}, " · last commit ", h("b", {}, us < 1000 ? `${us} µs` : `${(us / 1000).toFixed(1)} ms`));
 }
 
 /** A Raft group's members as this node (`me`) sees them: role, type, state, replication. */
@@ -376,6 +384,7 @@ function queueGroupCard(g, me) {
       " · term ", h("b", {}, L.fmtNum(g.term)),
       " · applied ", h("b", {}, L.fmtNum(g.log && g.log.last_applied_index)),
       " of committed ", h("b", {}, L.fmtNum(g.log && g.log.commit_index)),
+      commitLatency(g.log),
       g.raft_state === "stopped" ? h("span", { class: "badge bad" }, ` stopped: ${g.raft_error}`) : ""),
     raftMembers(g.members, me, "queue-raft-members"),
     h("p", { class: "muted" }, note),

@@ -252,6 +252,7 @@ fn log_json(r: &crate::node::RaftFigures) -> Value {
         "last_applied_index": r.last_applied_index,
         "snapshot_index": r.snapshot_index,
         "bytes": r.log_bytes,
+        "commit_latency_us": r.commit_latency_us,
     })
 }
 

@@ -215,6 +215,8 @@ async fn a_queues_voters_change_with_add_member_delete_member_grow_and_shrink_an
         let caught_up = g["members"].as_array().unwrap().iter().all(|m| m["lag"] == 0);
         let ok = g["is_leader"] == true && g["leader"] == n0.as_str() && kinds == want && caught_up;
         let ok = ok && g["raft_state"] == "running" && g["log"]["commit_index"].as_u64() > Some(0);
+        // The leader timed the publishes forwarded to it.
+        let ok = ok && g["log"]["commit_latency_us"].as_u64() > Some(0);
         if ok { Ok(()) } else { Err(g.to_string()) }
     });
     let (code, out, err) = nodes[0].ctl(&["-q", "--formatter", "json", "quorum_status", "solo"]);
