@@ -89,15 +89,14 @@ struct Inner {
     /// How long the last entry proposed on this node as the leader took from entering the
     /// log to being committed and applied here, in µs (0: none yet). RabbitMQ's
     /// `rabbitmq_raft_entry_commit_latency_seconds`.
-    commit_latency_us: AtomicU64,
+    /// (Shared with proposals in flight, which must not keep the group itself alive.)
+    commit_latency_us: Arc<AtomicU64>,
 }
 
-impl Inner {
-    fn note_commit(&self, since: std::time::Instant) {
-        // At least 1 µs: 0 means "none measured".
-        let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
-        self.commit_latency_us.store(us, Ordering::Relaxed);
-    }
+/// Record in `latest` (µs, at least 1: 0 means none measured) the time since `since`.
+fn note_commit(latest: &AtomicU64, since: std::time::Instant) {
+    let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+    latest.store(us, Ordering::Relaxed);
 }
 
 impl Drop for Inner {
@@ -149,7 +148,7 @@ impl Group {
                 fence: ReadFence::default(),
                 writes: tokio::sync::RwLock::new(()),
                 snapshots,
-                commit_latency_us: AtomicU64::new(0),
+                commit_latency_us: Arc::new(AtomicU64::new(0)),
             }),
         })
     }
@@ -239,7 +238,8 @@ impl Group {
                 Err(e) => return Proposal::Failed(Error::Raft(e.to_string())),
             }
         };
-        let (raft, deadline, inner) = (raft.clone(), self.inner.request_deadline, self.inner.clone());
+        let (raft, deadline, latency) =
+            (raft.clone(), self.inner.request_deadline, self.inner.commit_latency_us.clone());
         Proposal::Queued(Box::pin(async move {
             let answer = tokio::time::timeout(deadline, rx).await.map_err(|_| Error::Timeout)?;
             let written = match written(answer) {
@@ -247,7 +247,7 @@ impl Group {
                 Err(ClientFailure::NotLeader(leader)) => return Err(Error::NotLeader { leader }),
                 Err(ClientFailure::Retry(e) | ClientFailure::Other(e)) => return Err(Error::Raft(e)),
             };
-            inner.note_commit(start);
+            note_commit(&latency, start);
             let index = written.log_id.index;
             raft.wait(Some(deadline))
                 .applied_index_at_least(Some(index), "propose_queued")
@@ -603,7 +603,7 @@ impl Group {
                     write_ff(raft, cmd).await.map_err(|e| ClientFailure::Other(e.to_string()))?
                 };
                 let r = written(rx.await)?;
-                self.inner.note_commit(start);
+                note_commit(&self.inner.commit_latency_us, start);
                 Ok((r.log_id.index, r.data))
             }
             ClientRequest::TransferLeadership(target) => self.hand_over(&target).await,
