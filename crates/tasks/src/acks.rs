@@ -93,7 +93,7 @@ impl Acks {
                 me.wake.notified().await;
                 // Let the tasks finishing right now join this flush.
                 tokio::task::yield_now().await;
-                let flush = me.lock().flush();
+                let (flush, closing) = me.round();
                 let frames =
                     flush.multiple.map(|t| (t, true)).into_iter().chain(flush.singles.iter().map(|&t| (t, false)));
                 for (tag, multiple) in frames {
@@ -102,7 +102,7 @@ impl Acks {
                         warn!(delivery_tag = tag, multiple, "ack failed (the broker will redeliver): {e}");
                     }
                 }
-                if me.closing.load(Ordering::Acquire) {
+                if closing {
                     return;
                 }
             }
@@ -118,6 +118,16 @@ impl Acks {
         if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
             warn!("acks not all sent within 5 s; the broker will redeliver those tasks");
         }
+    }
+
+    /// One round of the ack task: what to send, and whether it is the last. `closing` is
+    /// read before the flush: `close` is called once every task has finished, so a flush
+    /// after seeing it takes them all. Read after, it could end the task without the tags
+    /// that finished while this round was being flushed (their tasks would run again
+    /// elsewhere: what `test_graceful_shutdown_loses_nothing_and_runs_nothing_twice` saw).
+    fn round(&self) -> (Flush, bool) {
+        let closing = self.closing.load(Ordering::Acquire);
+        (self.lock().flush(), closing)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -193,6 +203,22 @@ mod tests {
         let mut st = state(&[(1, Mark::Done), (3, Mark::Done)]);
         assert_eq!(st.flush(), Flush { multiple: Some(1), singles: vec![3] });
         assert_eq!(st.floor, 1);
+    }
+
+    #[tokio::test]
+    async fn the_last_round_acks_every_task_finished_before_close() {
+        let acks = Acks { state: Mutex::new(State::default()), wake: Notify::new(), closing: AtomicBool::new(false) };
+        acks.delivered(1);
+        acks.delivered(2);
+        acks.finished(1);
+        // A round starts; task 2 finishes and `close` is called while its acks go out.
+        let (first, last) = acks.round();
+        assert_eq!((first, last), (Flush { multiple: Some(1), singles: vec![] }, false));
+        acks.finished(2);
+        acks.closing.store(true, Ordering::Release);
+        // Not the last round: the next one (woken by `close`) sends 2's ack, then stops.
+        let (second, last) = acks.round();
+        assert_eq!((second, last), (Flush { multiple: Some(2), singles: vec![] }, true));
     }
 
     #[test]
