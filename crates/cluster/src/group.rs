@@ -230,13 +230,9 @@ impl Group {
                 return Proposal::NotLeader(cmd);
             }
         }
-        let start = std::time::Instant::now();
-        let rx = {
-            let _entering = self.inner.writes.read().await;
-            match write_ff(raft, cmd).await {
-                Ok(rx) => rx,
-                Err(e) => return Proposal::Failed(Error::Raft(e.to_string())),
-            }
+        let (start, rx) = match self.enter(cmd).await {
+            Ok(entered) => entered,
+            Err(e) => return Proposal::Failed(Error::Raft(e.to_string())),
         };
         let (raft, deadline, latency) =
             (raft.clone(), self.inner.request_deadline, self.inner.commit_latency_us.clone());
@@ -592,16 +588,23 @@ impl Group {
         }
     }
 
+    /// Put `cmd` in the log (unless a hand-over holds `writes`, which it waits for) and
+    /// return when it entered, for the commit latency, with the receiver of its result.
+    async fn enter(
+        &self,
+        cmd: Vec<u8>,
+    ) -> Result<(std::time::Instant, WriteAnswer), openraft::error::Fatal<TypeConfig>> {
+        let _entering = self.inner.writes.read().await;
+        let start = std::time::Instant::now();
+        Ok((start, write_ff(&self.inner.raft, cmd).await?))
+    }
+
     /// Run a client operation on this node's Raft, which must be the leader.
     async fn local(&self, req: ClientRequest) -> Result<(u64, Vec<u8>), ClientFailure> {
         let (raft, fence) = (&self.inner.raft, &self.inner.fence);
         match req {
             ClientRequest::Propose(cmd) => {
-                let start = std::time::Instant::now();
-                let rx = {
-                    let _entering = self.inner.writes.read().await;
-                    write_ff(raft, cmd).await.map_err(|e| ClientFailure::Other(e.to_string()))?
-                };
+                let (start, rx) = self.enter(cmd).await.map_err(|e| ClientFailure::Other(e.to_string()))?;
                 let r = written(rx.await)?;
                 note_commit(&self.inner.commit_latency_us, start);
                 Ok((r.log_id.index, r.data))
@@ -785,13 +788,10 @@ fn writable(m: &openraft::RaftMetrics<TypeConfig>, lease: Duration) -> bool {
 
 /// Queue `cmd` in the log (on the leader) and return at once with the receiver of its
 /// outcome: the entry's log id and what applying it returned, or why it was not committed.
-async fn write_ff(
-    raft: &Raft,
-    cmd: Vec<u8>,
-) -> Result<
-    openraft::alias::OneshotReceiverOf<TypeConfig, openraft::raft::ClientWriteResult<TypeConfig>>,
-    openraft::error::Fatal<TypeConfig>,
-> {
+/// Where a proposal's result arrives (see [`written`]).
+type WriteAnswer = openraft::alias::OneshotReceiverOf<TypeConfig, openraft::raft::ClientWriteResult<TypeConfig>>;
+
+async fn write_ff(raft: &Raft, cmd: Vec<u8>) -> Result<WriteAnswer, openraft::error::Fatal<TypeConfig>> {
     let (responder, rx) = openraft::impls::ProgressResponder::complete_only();
     raft.client_write_ff(crate::Command(cmd.into()), Some(responder)).await?;
     Ok(rx)

@@ -79,14 +79,14 @@ pub(crate) struct Acks {
 }
 
 impl Acks {
+    fn new() -> Acks {
+        Acks { state: Mutex::new(State::default()), wake: Notify::new(), closing: AtomicBool::new(false) }
+    }
+
     /// Starts the task that sends `ch`'s acks. It runs until [`Acks::close`] (or until the
     /// caller aborts it, when the connection is lost).
     pub(crate) fn start(ch: Channel) -> (Arc<Acks>, tokio::task::JoinHandle<()>) {
-        let acks = Arc::new(Acks {
-            state: Mutex::new(State::default()),
-            wake: Notify::new(),
-            closing: AtomicBool::new(false),
-        });
+        let acks = Arc::new(Acks::new());
         let me = Arc::clone(&acks);
         let task = tokio::spawn(async move {
             loop {
@@ -205,9 +205,9 @@ mod tests {
         assert_eq!(st.floor, 1);
     }
 
-    #[tokio::test]
-    async fn the_last_round_acks_every_task_finished_before_close() {
-        let acks = Acks { state: Mutex::new(State::default()), wake: Notify::new(), closing: AtomicBool::new(false) };
+    #[test]
+    fn the_last_round_acks_every_task_finished_before_close() {
+        let acks = Acks::new();
         acks.delivered(1);
         acks.delivered(2);
         acks.finished(1);
