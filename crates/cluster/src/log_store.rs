@@ -250,6 +250,9 @@ impl LogStore {
         let file = match go_on {
             Some(GoOn { salt, seq, end }) => {
                 let file = OpenOptions::new().read(true).write(true).open(&path)?;
+                // What was read may be in the page cache only (a killed process, not a
+                // power loss): on disk before the next round says it is (`durable`).
+                file.sync_data()?;
                 LogFile { file, scratch: Vec::new(), committed_written: mem.committed, salt, seq, durable: seq, end }
             }
             // No log yet, one in format 1, or a tail cut: a new generation.
@@ -305,7 +308,7 @@ impl LogStore {
     fn drain(&self) {
         loop {
             // Jobs queued before an earlier round failed are failed too: writing them would
-            // leave a hole where the failed record was cut back.
+            // leave a hole where the failed round is.
             let (jobs, mut failed, marker): (Vec<Job>, Option<String>, Option<LogId>) = {
                 let mut q = self.queue.lock().expect("log queue lock");
                 let mut waited = false;
@@ -371,8 +374,14 @@ impl LogStore {
 
     /// Rewrite `log` as a new generation of what memory holds (after a purge).
     fn rewrite(&self, f: &mut LogFile) -> std::io::Result<()> {
-        let mem = self.mem.lock().expect("log mem lock");
-        *f = new_generation(&self.dir, &mem)?;
+        // Memory's lock only while the bytes are made: readers (a leader replicating,
+        // openraft appending) do not wait on the disk.
+        let (salt, buf, committed) = {
+            let mem = self.mem.lock().expect("log mem lock");
+            let (salt, buf) = generation_bytes(&mem)?;
+            (salt, buf, mem.committed)
+        };
+        *f = install_generation(&self.dir, salt, &buf, committed)?;
         Ok(())
     }
 
@@ -746,6 +755,13 @@ fn read_records(buf: &[u8], mut at: usize, each: &mut impl FnMut(LogRecord)) -> 
 /// the directory fsynced. A crash before the swap leaves `log` as it was; after it, the new
 /// generation whole. The old `log` becomes the spare.
 fn new_generation(dir: &Path, mem: &Mem) -> std::io::Result<LogFile> {
+    let (salt, buf) = generation_bytes(mem)?;
+    install_generation(dir, salt, &buf, mem.committed)
+}
+
+/// A new generation's salt and first bytes (header page and round 0) holding what `mem`
+/// holds: a purge marker, the committed marker, the entries kept.
+fn generation_bytes(mem: &Mem) -> std::io::Result<(u64, Vec<u8>)> {
     let salt = getrandom::u64().map_err(|e| std::io::Error::other(format!("the OS random source failed: {e}")))?;
     let mut buf = file_header(salt);
     let mut round = vec![0u8; ROUND_HEADER_BYTES];
@@ -761,9 +777,14 @@ fn new_generation(dir: &Path, mem: &Mem) -> std::io::Result<LogFile> {
     }
     seal_round(&mut round, salt, 0, 0)?;
     buf.extend_from_slice(&round);
+    Ok((salt, buf))
+}
+
+/// Write `buf` ([`generation_bytes`]) into the spare and swap it in (see [`new_generation`]).
+fn install_generation(dir: &Path, salt: u64, buf: &[u8], committed: Option<LogId>) -> std::io::Result<LogFile> {
     let (log, spare) = (dir.join(LOG_FILE), dir.join(SPARE_FILE));
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&spare)?;
-    file.write_all_at(&buf, 0)?;
+    file.write_all_at(buf, 0)?;
     file.sync_data()?;
     let swapped = log.exists()
         && match rustix::fs::renameat_with(
@@ -791,7 +812,7 @@ fn new_generation(dir: &Path, mem: &Mem) -> std::io::Result<LogFile> {
     Ok(LogFile {
         file,
         scratch: Vec::new(),
-        committed_written: mem.committed,
+        committed_written: committed,
         salt,
         seq: 1,
         durable: 1,
