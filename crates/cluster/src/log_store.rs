@@ -408,17 +408,12 @@ impl LogStore {
     pub fn drop_committed_markers(dir: &Path) -> Result<usize, Error> {
         let path = dir.join(LOG_FILE);
         let buf = std::fs::read(&path)?;
-        let (mut round, mut dropped) = (vec![0u8; ROUND_HEADER_BYTES], 0);
-        let mut encoded = Ok(());
+        let (mut mem, mut dropped) = (Mem::default(), 0);
         read_log(&buf, &path, |r| match r {
             LogRecord::Committed(_) => dropped += 1,
-            r => encoded = encoded.clone().and(crate::codec::encode_framed(&mut round, &r).map_err(|e| e.to_string())),
+            r => replay(&mut mem, r),
         })?;
-        encoded.map_err(std::io::Error::other)?;
-        let salt = getrandom::u64().map_err(|e| std::io::Error::other(e.to_string()))?;
-        seal_round(&mut round, salt, 0, 0)?;
-        let mut out = file_header(salt);
-        out.extend_from_slice(&round);
+        let (_, out) = generation_bytes(&mem)?;
         std::fs::write(&path, out)?;
         Ok(dropped)
     }
@@ -600,7 +595,7 @@ pub(crate) fn replace_file(dir: &Path, name: &str, buf: &[u8]) -> std::io::Resul
 /// end, then fsync it if `sync`. On failure nothing moves on: the queue fails every later
 /// write, and recovery cuts what part of the round reached the disk.
 fn write_round(f: &mut LogFile, sync: bool) -> std::io::Result<()> {
-    seal_round(&mut f.scratch, f.salt, f.seq, f.durable)?;
+    seal_round(&mut f.scratch, f.salt, f.seq, f.durable);
     f.file.write_all_at(&f.scratch, f.end)?;
     if sync {
         f.file.sync_data()?;
@@ -615,7 +610,7 @@ fn write_round(f: &mut LogFile, sync: bool) -> std::io::Result<()> {
 
 /// Fill in the header of the round in `buf` (its body after [`ROUND_HEADER_BYTES`]) and
 /// pad it with zeros to whole pages.
-fn seal_round(buf: &mut Vec<u8>, salt: u64, seq: u64, durable: u64) -> std::io::Result<()> {
+fn seal_round(buf: &mut Vec<u8>, salt: u64, seq: u64, durable: u64) {
     let body = (buf.len() - ROUND_HEADER_BYTES) as u64;
     let body_crc = crc32c::crc32c(&buf[ROUND_HEADER_BYTES..]);
     buf[0..8].copy_from_slice(&salt.to_le_bytes());
@@ -626,7 +621,6 @@ fn seal_round(buf: &mut Vec<u8>, salt: u64, seq: u64, durable: u64) -> std::io::
     let header_crc = crc32c::crc32c(&buf[..36]);
     buf[36..40].copy_from_slice(&header_crc.to_le_bytes());
     buf.resize(buf.len().next_multiple_of(PAGE_BYTES), 0);
-    Ok(())
 }
 
 /// A round's header, read back.
@@ -775,7 +769,7 @@ fn generation_bytes(mem: &Mem) -> std::io::Result<(u64, Vec<u8>)> {
     if !kept.is_empty() {
         crate::codec::encode_framed(&mut round, &LogRecord::Entries(kept))?;
     }
-    seal_round(&mut round, salt, 0, 0)?;
+    seal_round(&mut round, salt, 0, 0);
     buf.extend_from_slice(&round);
     Ok((salt, buf))
 }
