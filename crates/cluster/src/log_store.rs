@@ -949,6 +949,38 @@ mod tests {
         assert!(s.written().await.is_err());
     }
 
+    /// A write the disk refuses (here: every write goes to `/dev/full`, ENOSPC) fails its
+    /// waiter and every write asked for after it — records, markers, the vote, a purge's
+    /// rewrite — without touching the file again, and the log reopens with what was
+    /// written before it.
+    #[tokio::test]
+    async fn a_refused_write_fails_every_later_one_and_the_log_reopens_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = LogStore::open(dir.path()).unwrap();
+        append(&mut s, vec![entry(1, 1, b"a"), entry(1, 2, b"b")]).await;
+        s.save_committed(Some(lid(2))).await.unwrap();
+        s.written().await.unwrap();
+        let before = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
+        s.file.lock().unwrap().file = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        s.append_entries(vec![entry(1, 3, b"c")], Done::Waiter(tx));
+        let refused = rx.await.unwrap().unwrap_err();
+        assert!(refused.contains("No space left"), "{refused}");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        s.append_entries(vec![entry(1, 4, b"d")], Done::Waiter(tx));
+        assert_eq!(rx.await.unwrap(), Err(refused.clone()));
+        assert!(s.save_vote(&Vote::new(2, 1)).await.is_err());
+        assert!(s.purge(lid(1)).await.is_err());
+        assert!(s.written().await.is_err());
+        drop(s);
+        assert_eq!(std::fs::read(dir.path().join(LOG_FILE)).unwrap(), before);
+        assert!(!dir.path().join(VOTE_FILE).exists());
+        let (mut s, r) = LogStore::open(dir.path()).unwrap();
+        assert_eq!(r, Recovery { entries: 2, cut_bytes: 0 });
+        assert_eq!(indexes(&s), vec![1, 2]);
+        assert_eq!(s.read_committed().await.unwrap(), Some(lid(2)));
+    }
+
     fn indexes(store: &LogStore) -> Vec<u64> {
         store.mem.lock().unwrap().entries.keys().copied().collect()
     }
