@@ -950,9 +950,9 @@ mod tests {
     }
 
     /// A write the disk refuses (here: every write goes to `/dev/full`, ENOSPC) fails its
-    /// waiter and every write asked for after it — records, markers, the vote, a purge's
-    /// rewrite — without touching the file again, and the log reopens with what was
-    /// written before it.
+    /// waiter and every write asked for after it — records, the vote, a purge's rewrite, a
+    /// barrier — and a newer committed marker is kept in memory only: the file is not
+    /// touched again, and the log reopens with what was written before it.
     #[tokio::test]
     async fn a_refused_write_fails_every_later_one_and_the_log_reopens_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
@@ -971,6 +971,7 @@ mod tests {
         assert_eq!(rx.await.unwrap(), Err(refused.clone()));
         assert!(s.save_vote(&Vote::new(2, 1)).await.is_err());
         assert!(s.purge(lid(1)).await.is_err());
+        s.save_committed(Some(lid(3))).await.unwrap();
         assert!(s.written().await.is_err());
         drop(s);
         assert_eq!(std::fs::read(dir.path().join(LOG_FILE)).unwrap(), before);
