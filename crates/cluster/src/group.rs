@@ -45,8 +45,10 @@ use openraft_legacy::network_v1::{
     RaftNetwork,
 };
 
+use tokio::sync::oneshot;
+
 use crate::log_store::LogStore;
-use crate::node::{MAX_COMMAND_BYTES, MemberStatus, PING_TIMEOUT, Proposal, RaftStatus, Replication};
+use crate::node::{MAX_COMMAND_BYTES, MemberStatus, PING_TIMEOUT, Proposal, RaftStatus, Replication, Settles};
 use crate::state_machine::{Applied, Applier, StateMachine};
 use crate::transport::{CallError, ClientFailure, ClientRequest, GroupRequest, Request, Response, Transport};
 use crate::{Error, LogId, NodeId, Raft, SnapshotData, TypeConfig, Vote, node_id, parse_node_name};
@@ -211,14 +213,15 @@ impl Group {
     }
 
     /// On the leader: queue `cmd` in the log and return at once with a future of what
-    /// [`Self::propose_and_wait`] returns. Commands queued by successive calls (each call
-    /// awaited before the next) enter the log in call order, so a caller may keep several
-    /// in flight and still see them applied in order. When this node is not the leader the
-    /// command comes back ([`Proposal::NotLeader`]): forwarding would not keep that order, so
-    /// the caller proposes it with [`Self::propose_and_wait`] and waits. If leadership is
-    /// lost meanwhile the future fails (the command may still be committed by the next
-    /// leader, as after a timeout).
-    pub async fn propose_queued(&self, cmd: Vec<u8>) -> Proposal {
+    /// [`Self::propose_and_wait`] returns — or, with [`Settles::AtCommit`], of its index (and
+    /// no result) as soon as a majority has it on disk, before any node applied it. Commands
+    /// queued by successive calls (each call awaited before the next) enter the log in call
+    /// order, so a caller may keep several in flight and still see them applied in order.
+    /// When this node is not the leader the command comes back ([`Proposal::NotLeader`]):
+    /// forwarding would not keep that order, so the caller proposes it with
+    /// [`Self::propose_and_wait`] and waits. If leadership is lost meanwhile the future fails
+    /// (the command may still be committed by the next leader, as after a timeout).
+    pub async fn propose_queued(&self, cmd: Vec<u8>, settles: Settles) -> Proposal {
         if cmd.len() > MAX_COMMAND_BYTES {
             return Proposal::Failed(Error::CommandTooLarge { bytes: cmd.len(), max: MAX_COMMAND_BYTES });
         }
@@ -230,16 +233,26 @@ impl Group {
                 return Proposal::NotLeader(cmd);
             }
         }
-        let (start, rx) = match self.enter(cmd).await {
+        let (start, (commit_rx, rx)) = match self.enter(cmd, settles == Settles::AtCommit).await {
             Ok(entered) => entered,
             Err(e) => return Proposal::Failed(Error::Raft(e.to_string())),
         };
         let (deadline, latency) = (self.inner.request_deadline, self.inner.commit_latency_us.clone());
         Proposal::Queued(Box::pin(async move {
+            let until = tokio::time::Instant::now() + deadline;
+            if let Some(commit_rx) = commit_rx {
+                // openraft tells the responder its entry is committed as it hands the entry
+                // to the state machine; a dropped sender means the entry failed, and the
+                // result below says why.
+                if let Ok(committed) = tokio::time::timeout_at(until, commit_rx).await.map_err(|_| Error::Timeout)? {
+                    note_commit(&latency, start);
+                    return Ok((committed.index, Vec::new()));
+                }
+            }
             // The answer comes from the state machine's `apply`, once it has applied the
             // entry here: no wait on openraft's metrics (the state machine tells the core,
             // which then updates them — two more hops on every entry's way to its confirm).
-            let answer = tokio::time::timeout(deadline, rx).await.map_err(|_| Error::Timeout)?;
+            let answer = tokio::time::timeout_at(until, rx).await.map_err(|_| Error::Timeout)?;
             let written = match written(answer) {
                 Ok(w) => w,
                 Err(ClientFailure::NotLeader(leader)) => return Err(Error::NotLeader { leader }),
@@ -590,10 +603,12 @@ impl Group {
     async fn enter(
         &self,
         cmd: Vec<u8>,
-    ) -> Result<(std::time::Instant, WriteAnswer), openraft::error::Fatal<TypeConfig>> {
+        at_commit: bool,
+    ) -> Result<(std::time::Instant, (Option<oneshot::Receiver<LogId>>, WriteAnswer)), openraft::error::Fatal<TypeConfig>>
+    {
         let _entering = self.inner.writes.read().await;
         let start = std::time::Instant::now();
-        Ok((start, write_ff(&self.inner.raft, cmd).await?))
+        Ok((start, write_ff(&self.inner.raft, cmd, at_commit).await?))
     }
 
     /// Run a client operation on this node's Raft, which must be the leader.
@@ -601,7 +616,7 @@ impl Group {
         let (raft, fence) = (&self.inner.raft, &self.inner.fence);
         match req {
             ClientRequest::Propose(cmd) => {
-                let (start, rx) = self.enter(cmd).await.map_err(|e| ClientFailure::Other(e.to_string()))?;
+                let (start, (_, rx)) = self.enter(cmd, false).await.map_err(|e| ClientFailure::Other(e.to_string()))?;
                 let r = written(rx.await)?;
                 note_commit(&self.inner.commit_latency_us, start);
                 Ok((r.log_id.index, r.data))
@@ -784,14 +799,46 @@ fn writable(m: &openraft::RaftMetrics<TypeConfig>, lease: Duration) -> bool {
 }
 
 /// Queue `cmd` in the log (on the leader) and return at once with the receiver of its
-/// outcome: the entry's log id and what applying it returned, or why it was not committed.
+/// outcome: the entry's log id and what applying it returned, or why it was not committed;
+/// with `at_commit`, also the receiver of its log id once it is committed.
 /// Where a proposal's result arrives (see [`written`]).
-type WriteAnswer = openraft::alias::OneshotReceiverOf<TypeConfig, openraft::raft::ClientWriteResult<TypeConfig>>;
+type WriteAnswer = oneshot::Receiver<openraft::raft::ClientWriteResult<TypeConfig>>;
 
-async fn write_ff(raft: &Raft, cmd: Vec<u8>) -> Result<WriteAnswer, openraft::error::Fatal<TypeConfig>> {
-    let (responder, rx) = openraft::impls::ProgressResponder::complete_only();
-    raft.client_write_ff(crate::Command(cmd.into()), Some(responder)).await?;
-    Ok(rx)
+async fn write_ff(
+    raft: &Raft,
+    cmd: Vec<u8>,
+    at_commit: bool,
+) -> Result<(Option<oneshot::Receiver<LogId>>, WriteAnswer), openraft::error::Fatal<TypeConfig>> {
+    let (complete, rx) = oneshot::channel();
+    let (committed, commit_rx) = if at_commit {
+        let (tx, rx) = oneshot::channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    raft.client_write_ff(crate::Command(cmd.into()), Some(WriteResponder { committed, complete })).await?;
+    Ok((commit_rx, rx))
+}
+
+/// How openraft answers a write proposed with `client_write_ff`: with its log id when it is
+/// committed (if asked) and its result once applied. Unlike openraft's `ProgressResponder`
+/// it says nothing when the caller stopped listening: a proposal settled at commit drops
+/// the receiver of the applied result, on every entry.
+pub struct WriteResponder<T> {
+    committed: Option<oneshot::Sender<LogId>>,
+    complete: oneshot::Sender<T>,
+}
+
+impl<T: openraft::OptionalSend + 'static> openraft::raft::responder::Responder<TypeConfig, T> for WriteResponder<T> {
+    fn on_commit(&mut self, log_id: LogId) {
+        if let Some(tx) = self.committed.take() {
+            let _ = tx.send(log_id);
+        }
+    }
+
+    fn on_complete(self, result: T) {
+        let _ = self.complete.send(result);
+    }
 }
 
 /// A Raft error as the client sees it: where the leader is, or what went wrong.

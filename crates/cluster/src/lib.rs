@@ -33,19 +33,38 @@ use std::io::Cursor;
 pub use codec::Command;
 pub use group::{Group, GroupId};
 pub use handshake::{Cookie, Offer, WIRE_VERSION, WIRE_VERSION_MIN};
-pub use node::{ClusterNode, MemberStatus, NodeConfig, RaftStatus, Replication};
+pub use node::{ClusterNode, MemberStatus, NodeConfig, RaftStatus, Replication, Settles};
 pub use state_machine::Applier;
 pub use transport::LinkTls;
 
-openraft::declare_raft_types!(
-    /// The metadata group's types: commands are opaque bytes, the response is what the
-    /// [`Applier`] returned for the command (empty for Raft's own entries).
-    pub TypeConfig:
-        D = Command,
-        R = Vec<u8>,
-        NodeId = u64,
-        Node = openraft::BasicNode,
-);
+/// The metadata group's types (and every quorum queue group's): commands are opaque bytes,
+/// the response is what the [`Applier`] returned for the command (empty for Raft's own
+/// entries). What `openraft::declare_raft_types!` would write with these, except the
+/// responder, which that macro cannot set: [`group::WriteResponder`].
+#[derive(Debug, Clone, Copy, Default, Eq, PartialEq, Ord, PartialOrd)]
+pub struct TypeConfig {}
+
+impl openraft::RaftTypeConfig for TypeConfig {
+    type D = Command;
+    type R = Vec<u8>;
+    type NodeId = u64;
+    type Node = openraft::BasicNode;
+    type Term = u64;
+    type LeaderId = openraft::impls::leader_id_adv::LeaderId<Self::Term, Self::NodeId>;
+    type Vote = openraft::impls::Vote<Self::LeaderId>;
+    type Payload = openraft::EntryPayload<Self::D, Self::NodeId, Self::Node>;
+    type Entry = openraft::Entry<<Self::LeaderId as openraft::vote::RaftLeaderId>::Committed, Self::Payload>;
+    type Responder<T>
+        = group::WriteResponder<T>
+    where
+        T: openraft::OptionalSend + 'static;
+    type Batch<T>
+        = openraft::impls::InlineBatch<T>
+    where
+        T: openraft::OptionalSend + 'static;
+    type AsyncRuntime = openraft::impls::TokioRuntime;
+    type ErrorSource = openraft::impls::BoxedErrorSource;
+}
 
 pub type NodeId = u64;
 pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;

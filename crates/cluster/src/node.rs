@@ -34,7 +34,8 @@ pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
 /// Entries per AppendEntries request: 48 × 256 KiB = 12 MiB of commands at most.
 pub const MAX_ENTRIES_PER_APPEND: u64 = 48;
 /// The rest of a proposal queued at the leader ([`ClusterNode::propose_queued`]): its log
-/// index and what applying it returned, once applied on this node.
+/// index and what applying it returned, once applied on this node (or its index alone once
+/// committed, with [`Settles::AtCommit`]).
 pub type Queued = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u64, Vec<u8>), Error>> + Send>>;
 
 /// What [`ClusterNode::propose_queued`] did with a command.
@@ -44,6 +45,17 @@ pub enum Proposal {
     NotLeader(Vec<u8>),
     Failed(Error),
 }
+
+/// When a queued proposal's future ([`Queued`]) completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settles {
+    /// Once this node applied the entry: the future carries what applying it returned.
+    Applied,
+    /// Once a majority has the entry on disk (committed), before it is applied anywhere:
+    /// for a caller that already knows what applying it will do.
+    AtCommit,
+}
+
 /// How long [`ClusterNode::running_members`] waits for a peer's answer.
 pub const PING_TIMEOUT: Duration = Duration::from_millis(1000);
 
@@ -443,8 +455,8 @@ impl ClusterNode {
     }
 
     /// [`Group::propose_queued`] on the metadata group.
-    pub async fn propose_queued(&self, cmd: Vec<u8>) -> Proposal {
-        self.inner.meta.propose_queued(cmd).await
+    pub async fn propose_queued(&self, cmd: Vec<u8>, settles: Settles) -> Proposal {
+        self.inner.meta.propose_queued(cmd, settles).await
     }
 
     /// [`Group::add_member`] on the metadata group: `warrenctl join_cluster`.

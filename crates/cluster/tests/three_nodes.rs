@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster::node::Proposal;
-use cluster::{Cookie, NodeConfig};
+use cluster::{Cookie, NodeConfig, Settles};
 use common::*;
 use openraft::async_runtime::WatchReceiver;
 
@@ -582,14 +582,14 @@ fn proposals_queued_on_the_leader_apply_in_queue_order_and_a_follower_gets_them_
     let leader = wait_leader(&nodes, Duration::from_secs(10));
     let follower = (leader + 1) % 3;
     // A follower does not queue: the command comes back to be forwarded.
-    let back = nodes[follower].on(nodes[follower].node().propose_queued(cmd("f", 0)));
+    let back = nodes[follower].on(nodes[follower].node().propose_queued(cmd("f", 0), Settles::Applied));
     assert!(matches!(back, Proposal::NotLeader(c) if c == cmd("f", 0)));
     // 300 commands queued before any is awaited: the log holds them in queue order.
     let n = &nodes[leader];
     let indexes: Vec<u64> = n.on(async {
         let mut futs = Vec::new();
         for i in 0..300 {
-            match n.node().propose_queued(cmd("q", i)).await {
+            match n.node().propose_queued(cmd("q", i), Settles::Applied).await {
                 Proposal::Queued(f) => futs.push(f),
                 Proposal::NotLeader(_) => panic!("the leader did not queue"),
                 Proposal::Failed(e) => panic!("{e}"),
@@ -605,6 +605,46 @@ fn proposals_queued_on_the_leader_apply_in_queue_order_and_a_follower_gets_them_
     let expect: Vec<(u64, Vec<u8>)> = indexes.iter().enumerate().map(|(i, &x)| (x, cmd("q", i))).collect();
     let all: Vec<&TestNode> = nodes.iter().collect();
     assert_eq!(assert_converged(&all, 300, Duration::from_secs(10)), expect);
+}
+
+/// A proposal queued to settle at commit comes back once a majority has the entry on disk,
+/// while the leader's state machine has not applied it yet; one that settles when applied
+/// waits for that.
+#[test]
+fn a_proposal_settled_at_commit_comes_back_before_the_leader_applies_it() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = cluster(root.path(), 10_000);
+    let leader = wait_leader(&nodes, Duration::from_secs(10));
+    let n = &nodes[leader];
+    let hold = &n.recorder.hold;
+    hold.store(true, std::sync::atomic::Ordering::Release);
+    let queue = |c: Vec<u8>, settles| match n.on(n.node().propose_queued(c, settles)) {
+        Proposal::Queued(f) => f,
+        Proposal::NotLeader(_) => panic!("the leader did not queue"),
+        Proposal::Failed(e) => panic!("{e}"),
+    };
+    let applied_here = |c: &[u8]| n.recorder.commands.lock().unwrap().iter().any(|(_, x)| x == c);
+
+    let at_commit = queue(cmd("held", 0), Settles::AtCommit);
+    let (index, result) =
+        n.on(async { tokio::time::timeout(Duration::from_secs(5), at_commit).await }).unwrap().unwrap();
+    assert!(result.is_empty(), "nothing is applied yet, so there is no result");
+    assert!(!applied_here(&cmd("held", 0)), "the leader applied it before the proposal came back");
+    // A majority has it: the followers (not held) apply it.
+    let followers: Vec<&TestNode> = nodes.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, n)| n).collect();
+    wait_until("the followers applied the entry", Duration::from_secs(5), || {
+        followers
+            .iter()
+            .all(|f| f.recorder.commands.lock().unwrap().iter().any(|(i, c)| *i == index && *c == cmd("held", 0)))
+    });
+
+    let mut applied = queue(cmd("held", 1), Settles::Applied);
+    let early = n.on(async { tokio::time::timeout(Duration::from_millis(300), &mut applied).await });
+    assert!(early.is_err(), "a proposal settled when applied came back before the leader applied it");
+    hold.store(false, std::sync::atomic::Ordering::Release);
+    let (later, result) = n.on(async { tokio::time::timeout(Duration::from_secs(5), applied).await }).unwrap().unwrap();
+    assert!(later > index && !result.is_empty(), "the applied result comes back");
+    assert!(applied_here(&cmd("held", 0)) && applied_here(&cmd("held", 1)));
 }
 
 #[test]

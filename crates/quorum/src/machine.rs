@@ -526,6 +526,15 @@ impl QuorumQueue {
         &self.config
     }
 
+    /// Whether applying a publish may answer [`Effect::Rejected`] (`x-overflow:
+    /// reject-publish`). When it may not, every publish applied is taken (or dropped as a
+    /// resend already taken), so its outcome is known before it is applied: the broker
+    /// confirms it as soon as its entry is committed. Only [`Command::SetConfig`] changes
+    /// this, applied in log order.
+    pub fn may_refuse_publishes(&self) -> bool {
+        self.config.overflow == Overflow::RejectPublish
+    }
+
     /// When the message at the head expires, if it does: the leader proposes a
     /// [`Command::Tick`] after that time so it is dead-lettered without waiting for traffic.
     pub fn next_expiry_ms(&self) -> Option<u64> {

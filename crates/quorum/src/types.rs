@@ -123,7 +123,9 @@ pub enum Command {
     },
     /// queue.purge: drop every message not checked out.
     Purge,
-    /// The effective settings changed (declare, policy change).
+    /// The effective settings changed (declare, policy change). A proposer that confirms
+    /// publishes at commit (see `QuorumQueue::may_refuse_publishes`) must not do so for
+    /// publishes proposed while a `SetConfig` ahead of them is not applied yet.
     SetConfig(Config),
     /// At-least-once dead-lettering: the dead-letter targets confirmed these messages.
     DeadLetterSettled {

@@ -13,7 +13,8 @@
 //! The write path: a publish (or ack, consume, ...) becomes an [`Item`] numbered by this
 //! node's ticket counter and goes to the node's one proposer task, which packs waiting
 //! items into one entry (at most `cluster::node::MAX_COMMAND_BYTES`) and proposes it; when
-//! the entry is committed (on disk on a majority) and applied here, every ticket in it is
+//! the entry is committed (on disk on a majority) — and applied here, unless what applying
+//! it does to its publishes is known already (`settles_for`) — every ticket in it is
 //! *settled*: confirms up to it go out (`Channel::flush_confirms`), nacks for the ones the
 //! queue rejected (reject-publish) or the cluster could not commit in time.
 
@@ -237,7 +238,7 @@ pub(crate) struct QuorumQueues {
     /// Refusals past the pending bound are logged once per `REFUSAL_LOG_INTERVAL_MS` with
     /// their count (a publisher without a quorum would otherwise write a line per message).
     refusals: Mutex<RefusalLog>,
-    /// Tickets not yet applied here (or failed). Queues in groups of their own settle out
+    /// Tickets not yet settled (see `settle_tickets`). Queues in groups of their own settle out
     /// of ticket order, so this is a set, not a watermark.
     unsettled: Mutex<BTreeSet<u64>>,
     /// The lowest ticket in `unsettled` (`u64::MAX` when empty): every ticket below it is
@@ -523,7 +524,8 @@ impl QuorumQueues {
         leads && m.qq.is_dead_letter_pending(msg_id)
     }
 
-    /// `tickets` are settled (applied here, or failed): wake the confirms waiting.
+    /// `tickets` are settled (committed with a known outcome, applied here, or failed): wake
+    /// the confirms waiting.
     fn settle_tickets(&self, tickets: impl Iterator<Item = u64>) {
         {
             let mut u = self.unsettled.lock();
@@ -1374,6 +1376,28 @@ const PIPELINE_ENTRIES: usize = 4;
 struct Proposed {
     batch: Vec<(Item, usize)>,
     bytes: usize,
+    /// It changes the queue's settings ([`QCommand::SetConfig`]): what applying the entries
+    /// after it does is not known until it is applied.
+    reconfigures: bool,
+}
+
+/// When an entry about to be proposed by the proposer of `own` may settle: at commit when
+/// what applying it does to its publishes is known already — queue `own`'s own group
+/// (the metadata group's entries also carry queue declarations and deletions), a queue
+/// that never refuses a publish, no settings change in this entry or one in flight ahead
+/// of it. Otherwise once applied here (a refusal is recorded as the entry is applied).
+fn settles_for(
+    me: &Weak<QuorumQueues>,
+    own: Option<&QKey>,
+    batch: &[(Item, usize)],
+    reconfiguring: bool,
+) -> cluster::Settles {
+    let known = own.is_some_and(|key| {
+        !reconfiguring
+            && !batch.iter().any(|(i, _)| matches!(i.cmd, QCommand::SetConfig(_)))
+            && me.upgrade().is_some_and(|qq| qq.machines.lock().get(key).is_some_and(|m| !m.qq.may_refuse_publishes()))
+    });
+    if known { cluster::Settles::AtCommit } else { cluster::Settles::Applied }
 }
 
 /// The proposer of the metadata group's queues (`own` None) or of queue `own`'s group:
@@ -1398,7 +1422,8 @@ async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(I
             let first = match carry.take() {
                 Some(f) => f,
                 None => match in_flight.front_mut() {
-                    // Settle the oldest entry as soon as it is applied, else take the next item.
+                    // Settle the oldest entry as soon as it is committed or applied
+                    // (`settles_for`), else take the next item.
                     Some((_, fut)) => tokio::select! {
                         biased;
                         result = fut => {
@@ -1461,10 +1486,13 @@ async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(I
             .and_then(|q| q.state.upgrade())
             .is_some_and(|s| s.feature_flag_enabled(crate::feature_flags::COMPACT_QUORUM_ENTRIES));
         let cmd = crate::clustering::encode_quorum(&items, compact);
-        let proposed = Proposed { batch, bytes };
+        let reconfiguring = in_flight.iter().any(|(p, _)| p.reconfigures);
+        let settles = settles_for(&me, own.as_ref(), &batch, reconfiguring);
+        let reconfigures = items.iter().any(|i| matches!(i.cmd, QCommand::SetConfig(_)));
+        let proposed = Proposed { batch, bytes, reconfigures };
         // On the leader the entry is queued in order and we go on batching; elsewhere
         // (forwarded to the leader) one entry at a time keeps the order.
-        match node.propose_queued(cmd).await {
+        match node.propose_queued(cmd, settles).await {
             Proposal::Queued(fut) => in_flight.push_back((proposed, fut)),
             Proposal::Failed(e) => {
                 if !settle_entry(&me, proposed, Err(e), &mut retry).await {
@@ -2326,6 +2354,34 @@ mod tests {
         }
     }
 
+    /// An entry settles at commit only where its publishes' outcome is known before it is
+    /// applied: a queue's own group, a queue that never refuses publishes, and no settings
+    /// change in the entry or in flight ahead of it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn only_entries_whose_publishes_cannot_be_refused_settle_at_commit() {
+        use cluster::Settles::{Applied, AtCommit};
+        let f = fixture();
+        let me = Arc::downgrade(&f.qq);
+        let (open_key, _open) = f.second_queue("open");
+        let batch = |items: Vec<Item>| -> Vec<(Item, usize)> { items.into_iter().map(|i| (i, 1)).collect() };
+        let publishes = batch(vec![f.publish_to(&open_key, 1, true), f.publish_to(&open_key, 2, false)]);
+        assert_eq!(settles_for(&me, Some(&open_key), &publishes, false), AtCommit);
+        // The reject-publish queue's publishes wait for the apply, which may refuse them.
+        assert_eq!(settles_for(&me, Some(&f.key), &batch(vec![f.publish(3, true)]), false), Applied);
+        // The metadata group's entries (queues without a group of their own).
+        assert_eq!(settles_for(&me, None, &publishes, false), Applied);
+        // A settings change in flight ahead, or in the entry itself.
+        assert_eq!(settles_for(&me, Some(&open_key), &publishes, true), Applied);
+        let set = Item { cmd: QCommand::SetConfig(quorum::Config::default()), ..f.publish_to(&open_key, 4, false) };
+        assert_eq!(
+            settles_for(&me, Some(&open_key), &batch(vec![f.publish_to(&open_key, 5, true), set]), false),
+            Applied
+        );
+        // A queue this node does not know.
+        let gone = ("/".to_owned(), "gone".to_owned());
+        assert_eq!(settles_for(&me, Some(&gone), &batch(vec![f.publish_to(&gone, 6, true)]), false), Applied);
+    }
+
     /// A queue's group entry that is not a quorum-queue command, or cannot be decoded at
     /// all, is an error (openraft stops that group's core on this node: fail closed, as the
     /// metadata group does), never skipped; a good entry applies.
@@ -2558,7 +2614,7 @@ mod tests {
         // A failed (uncommitted) entry of publishes without confirms: nothing kept either.
         let batch: Vec<(Item, usize)> = (1..=100).map(|t| (f.publish(REFUSED_PUBLISHES + t, false), 10)).collect();
         f.qq.pending_bytes.fetch_add(1000, Ordering::Relaxed);
-        let p = Proposed { batch, bytes: 1000 };
+        let p = Proposed { batch, bytes: 1000, reconfigures: false };
         assert!(settle_entry(&Arc::downgrade(&f.qq), p, Err(cluster::Error::Timeout), &mut Vec::new()).await);
         assert!(f.qq.rejected.lock().is_empty(), "an uncommitted publish without confirms is kept as refused");
         assert_eq!(f.qq.pending_bytes.load(Ordering::Relaxed), 0);

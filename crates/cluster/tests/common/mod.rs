@@ -29,12 +29,17 @@ pub struct Recorder {
     pub refuse: Option<&'static [u8]>,
     /// What the replicated state requires of a member (the broker's enabled feature flags).
     pub required: Vec<String>,
+    /// While set, applying a command that starts with `held` waits (a slow state machine).
+    pub hold: std::sync::atomic::AtomicBool,
 }
 
 impl Applier for Recorder {
     fn apply(&self, index: u64, cmd: &[u8]) -> Result<Vec<u8>, String> {
         if self.refuse.is_some_and(|p| cmd.starts_with(p)) {
             return Err(format!("entry {index} is of a kind this node does not know"));
+        }
+        while cmd.starts_with(b"held") && self.hold.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(5));
         }
         self.commands.lock().unwrap().push((index, cmd.to_vec()));
         Ok(index.to_string().into_bytes())
