@@ -214,7 +214,8 @@ impl Group {
 
     /// On the leader: queue `cmd` in the log and return at once with a future of what
     /// [`Self::propose_and_wait`] returns — or, with [`Settles::AtCommit`], of its index (and
-    /// no result) as soon as a majority has it on disk, before any node applied it. Commands
+    /// no result) as soon as a majority has it on disk, before any node applied it (once
+    /// this leader has applied an entry of its own term; before that, once applied). Commands
     /// queued by successive calls (each call awaited before the next) enter the log in call
     /// order, so a caller may keep several in flight and still see them applied in order.
     /// When this node is not the leader the command comes back ([`Proposal::NotLeader`]):
@@ -226,14 +227,19 @@ impl Group {
             return Proposal::Failed(Error::CommandTooLarge { bytes: cmd.len(), max: MAX_COMMAND_BYTES });
         }
         let raft = &self.inner.raft;
-        {
+        let at_commit = {
             let m = raft.metrics();
             let m = m.borrow_watched();
             if !writable(&m, Duration::from_millis(raft.config().election_timeout_max)) {
                 return Proposal::NotLeader(cmd);
             }
-        }
-        let (start, (commit_rx, rx)) = match self.enter(cmd, settles == Settles::AtCommit).await {
+            // Settling at commit relies on knowing every entry ahead of this one. Entries
+            // an earlier leader left are known once this leader applied one of its own
+            // term (all before it are applied then); until then the answer waits for the
+            // apply.
+            settles == Settles::AtCommit && m.last_applied.as_ref().is_some_and(|l| l.leader_id.term == m.current_term)
+        };
+        let (start, (commit_rx, rx)) = match self.enter(cmd, at_commit).await {
             Ok(entered) => entered,
             Err(e) => return Proposal::Failed(Error::Raft(e.to_string())),
         };

@@ -267,6 +267,9 @@ pub(crate) struct QuorumQueues {
     /// On the leader: the queues a `Tick` was proposed for, with the head's expiry it was
     /// for and when (one tick per expiry, unless it was lost).
     ticks: Mutex<HashMap<QKey, (u64, std::time::Instant)>>,
+    /// On the leader: the queues a `SetConfig` was proposed for, with the settings and when
+    /// (proposed again only once the write timeout passed without it being applied).
+    reconfiguring: Mutex<HashMap<QKey, (quorum::Config, std::time::Instant)>>,
     /// The members that answered the janitor's last pings (management's `online`).
     online: Mutex<Vec<String>>,
     /// Tickets of publishes forwarded to classic queues of other nodes
@@ -443,6 +446,7 @@ impl QuorumQueues {
             rebalancing: std::sync::atomic::AtomicBool::new(false),
             downed: Mutex::new(std::collections::HashSet::new()),
             ticks: Mutex::new(HashMap::new()),
+            reconfiguring: Mutex::new(HashMap::new()),
             online: Mutex::new(Vec::new()),
             forwarding: Mutex::new(BTreeSet::new()),
             next_forward: AtomicU64::new(FORWARD_TICKET | 1),
@@ -1129,6 +1133,42 @@ impl QuorumQueues {
         }
     }
 
+    /// On the leader: a `SetConfig` for each queue whose settings here — its arguments and
+    /// the policies and operator policies in force (replicated through the metadata log) —
+    /// differ from what its replicas apply: a policy set, changed or cleared after the queue
+    /// was declared reaches every replica in log order, as RabbitMQ's quorum queues take
+    /// policy changes. Only the leader proposes one, through its own proposer, never
+    /// forwarded (see `settles_for`).
+    fn propose_configs(&self) {
+        let led: std::collections::HashSet<QKey> = self.led_queues().into_iter().collect();
+        // Settings are computed outside the machines' lock (a queue's own lock is taken).
+        let candidates: Vec<(QKey, Weak<Queue>, quorum::Config)> = self
+            .machines
+            .lock()
+            .iter()
+            .filter(|(k, _)| led.contains(*k))
+            .map(|(k, m)| (k.clone(), m.queue.clone(), m.qq.config().clone()))
+            .collect();
+        let wanted: Vec<(QKey, quorum::Config)> = candidates
+            .into_iter()
+            .filter_map(|(k, q, applied)| {
+                let config = config_of(&*q.upgrade()?);
+                (config != applied).then_some((k, config))
+            })
+            .collect();
+        let mut pending = self.reconfiguring.lock();
+        pending.retain(|k, _| wanted.iter().any(|(w, _)| w == k));
+        let timeout = self.write_timeout();
+        for (key, config) in wanted {
+            if pending.get(&key).is_some_and(|(c, at)| *c == config && at.elapsed() < timeout) {
+                continue;
+            }
+            info!(queue = %key.1, vhost = %key.0, "quorum queue: its settings changed (policies); the new ones go through its log");
+            pending.insert(key.clone(), (config.clone(), std::time::Instant::now()));
+            self.submit_quiet(&key, QCommand::SetConfig(config));
+        }
+    }
+
     async fn refresh_online(&self) {
         let Some(state) = self.state.upgrade() else { return };
         let Some(running) = state.cluster.get() else { return };
@@ -1334,6 +1374,7 @@ async fn run_janitor(me: Weak<QuorumQueues>) {
             me.reattach_detached();
             me.refresh_online().await;
             me.check_nodes();
+            me.propose_configs();
             me.bound_group_logs().await;
             // The groups' upkeep waits on commits and read barriers (up to the request
             // deadline when a quorum is missing): in a task of its own, one at a time, so
@@ -1356,11 +1397,12 @@ async fn run_janitor(me: Weak<QuorumQueues>) {
 }
 
 /// Whether a command that was not committed is sent again: everything but publishes
-/// (nacked instead: the publisher decides) and gets and purges (their caller timed out).
+/// (nacked instead: the publisher decides), gets and purges (their caller timed out) and
+/// settings changes (the janitor of whichever node leads proposes them again).
 /// The others are harmless if they were applied after all: settling, returning or
 /// discarding a delivery the replica no longer has out, cancelling a consumer twice, ...
 fn retried(cmd: &QCommand) -> bool {
-    !matches!(cmd, QCommand::Enqueue { .. } | QCommand::Dequeue { .. } | QCommand::Purge)
+    !matches!(cmd, QCommand::Enqueue { .. } | QCommand::Dequeue { .. } | QCommand::Purge | QCommand::SetConfig(_))
 }
 
 /// Pause before sending again what the cluster did not commit (it has no leader or quorum).
@@ -1386,6 +1428,10 @@ struct Proposed {
 /// (the metadata group's entries also carry queue declarations and deletions), a queue
 /// that never refuses a publish, no settings change in this entry or one in flight ahead
 /// of it. Otherwise once applied here (a refusal is recorded as the entry is applied).
+/// Settings changes come only from the leader's own proposer (`propose_configs`; never
+/// forwarded), and the group settles at commit only once the leader applied an entry of
+/// its own term (`cluster::Group::propose_queued`), so no change from elsewhere can be
+/// ahead of an entry unseen.
 fn settles_for(
     me: &Weak<QuorumQueues>,
     own: Option<&QKey>,
@@ -1507,6 +1553,27 @@ async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(I
                         return;
                     }
                 }
+                // A settings change is not forwarded: a leader settles its publishes at
+                // commit only knowing every settings change ahead of them, i.e. its own
+                // (`settles_for`). The new leader's janitor proposes it.
+                let (proposed, cmd) = match own.is_some() && proposed.reconfigures {
+                    false => (proposed, cmd),
+                    true => {
+                        let (dropped, batch): (Vec<_>, Vec<_>) =
+                            proposed.batch.into_iter().partition(|(i, _)| matches!(i.cmd, QCommand::SetConfig(_)));
+                        let gone: usize = dropped.iter().map(|(_, s)| s).sum();
+                        if let Some(qq) = me.upgrade() {
+                            qq.pending_bytes.fetch_sub(gone, Ordering::Relaxed);
+                            qq.settle_tickets(dropped.iter().map(|(i, _)| i.ticket));
+                        }
+                        let items: Vec<Item> = batch.iter().map(|(i, _)| i.clone()).collect();
+                        let proposed = Proposed { batch, bytes: proposed.bytes - gone, reconfigures: false };
+                        if items.is_empty() {
+                            continue;
+                        }
+                        (proposed, crate::clustering::encode_quorum(&items, compact))
+                    }
+                };
                 let result = node.propose_and_wait(cmd).await.map(|_| ());
                 if !settle_entry(&me, proposed, result, &mut retry).await {
                     return;

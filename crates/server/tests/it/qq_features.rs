@@ -943,3 +943,102 @@ async fn node_is_quorum_critical_when_stopping_it_would_lose_the_majority() {
         n.http().health_check_if_node_is_quorum_critical().await.unwrap_or_else(|e| panic!("{}: {e:?}", n.full));
     }
 }
+
+/// A policy set, changed and cleared after a quorum queue was declared reaches every
+/// replica through the queue's log, as RabbitMQ's quorum queues take policy changes:
+/// `max-length` + `overflow: reject-publish` nacks publishes past the bound (the messages
+/// there stay), `max-length` alone (drop-head) drops the oldest on every node, and without
+/// the policy the queue takes publishes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_changed_after_the_declare_reaches_every_replica() {
+    use rabbitmq_http_client::commons::PolicyTarget;
+    use rabbitmq_http_client::requests::PolicyParams;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, f) = started_cluster(dir.path(), "").await;
+    let l = leader(&nodes);
+    let other = (0..3).find(|&i| i != f && i != l).unwrap();
+    let c = nodes[f].amqp("guest", "guest", "/").await.unwrap();
+    let ch = c.create_channel().await.unwrap();
+    ch.queue_declare("capped".into(), DURABLE, quorum_args()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    assert_eq!(publish_confirmed(&ch, "capped", "m", 5).await.len(), 5);
+
+    let holds = |n: usize| {
+        let nodes = &nodes;
+        async move {
+            for node in nodes {
+                eventually(&format!("capped holds {n} on {}", node.full), Duration::from_secs(10), || async {
+                    let q = node.http().get_queue_info("/", "capped").await.map_err(|e| e.to_string())?;
+                    if q.message_count == n as u64 { Ok(()) } else { Err(format!("{}", q.message_count)) }
+                })
+                .await;
+            }
+        }
+    };
+    let set_policy = |definition: serde_json::Value| {
+        let http = nodes[other].http();
+        async move {
+            let policy = PolicyParams {
+                vhost: "/",
+                name: "cap",
+                pattern: "^capped$",
+                apply_to: PolicyTarget::Queues,
+                priority: 1,
+                definition: definition.as_object().unwrap().clone(),
+            };
+            http.declare_policy(&policy).await.unwrap();
+        }
+    };
+    holds(5).await;
+
+    // Bounded at 2, refusing: the next publish is nacked (once the leader proposed the
+    // settings, within a janitor round), and the five stay.
+    set_policy(serde_json::json!({"max-length": 2, "overflow": "reject-publish"})).await;
+    let taken = std::sync::atomic::AtomicUsize::new(0);
+    eventually("a publish past the policy's bound is nacked", Duration::from_secs(10), || async {
+        if publish_confirmed(&ch, "capped", "r", 1).await.is_empty() {
+            return Ok(());
+        }
+        // Taken before the settings were applied.
+        taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Err("confirmed".to_owned())
+    })
+    .await;
+    let held = 5 + taken.into_inner();
+    holds(held).await;
+    assert!(publish_confirmed(&ch, "capped", "r", 3).await.is_empty(), "nacked while over the bound");
+    holds(held).await;
+
+    // Drop-head at 2: the three oldest go on every replica; publishes are confirmed again
+    // and push the oldest out.
+    set_policy(serde_json::json!({"max-length": 2})).await;
+    holds(2).await;
+    assert_eq!(publish_confirmed(&ch, "capped", "d", 1).await, ["d0"]);
+    holds(2).await;
+
+    // Without the policy the queue is unbounded again: publishes add up (until the new
+    // settings are applied each one still pushes the oldest out).
+    nodes[l].http().delete_policy("/", "cap", false).await.unwrap();
+    eventually("the queue unbounded again", Duration::from_secs(10), || async {
+        assert_eq!(publish_confirmed(&ch, "capped", "u", 1).await.len(), 1);
+        let q = nodes[l].http().get_queue_info("/", "capped").await.map_err(|e| e.to_string())?;
+        if q.message_count >= 3 { Ok(()) } else { Err(format!("{}", q.message_count)) }
+    })
+    .await;
+    // A confirm comes once the entry is committed, a moment before the leader applied it:
+    // wait until every node shows the same count, then add three.
+    let agreed = std::sync::Mutex::new(0u64);
+    eventually("every node shows the same count", Duration::from_secs(10), || async {
+        let mut counts = Vec::new();
+        for n in &nodes {
+            counts.push(n.http().get_queue_info("/", "capped").await.map_err(|e| e.to_string())?.message_count);
+        }
+        *agreed.lock().unwrap() = counts[0];
+        if counts.windows(2).all(|w| w[0] == w[1]) { Ok(()) } else { Err(format!("{counts:?}")) }
+    })
+    .await;
+    let agreed = agreed.into_inner().unwrap();
+    assert_eq!(publish_confirmed(&ch, "capped", "v", 3).await.len(), 3);
+    holds(agreed as usize + 3).await;
+}
