@@ -159,6 +159,9 @@ const ORPHAN_SWEEP_FIRST_TICK: u64 = 5;
 /// How often the leader looks for a message whose TTL passed at the head of a queue: how
 /// late, at most, it is dead-lettered when no other command comes.
 const EXPIRY_CHECK_PERIOD: Duration = Duration::from_millis(100);
+/// How long queue.declare-ok's counts wait for this node to apply the entries whose
+/// publishes it confirmed at commit (normally well under a millisecond).
+const APPLY_CATCH_UP: Duration = Duration::from_secs(1);
 /// A `Tick` not applied within this long is proposed again (lost with a leader change).
 const TICK_RETRY: Duration = Duration::from_secs(1);
 
@@ -173,11 +176,25 @@ struct Machine {
     opening: bool,
     /// The proposer of a queue with a group of its own: its items go to that group.
     tx: Option<ProposerTx>,
+    /// The log index of the last entry of the queue's own group applied here.
+    applied_index: u64,
+    /// The highest log index of an entry of the queue's own group whose tickets settled
+    /// here, maybe at commit, before this node applied it (see `settles_for`).
+    settled_index: u64,
 }
 
 impl Machine {
     fn new(declaration: Declaration, qq: QuorumQueue) -> Machine {
-        Machine { declaration, qq, queue: Weak::new(), group: None, opening: false, tx: None }
+        Machine {
+            declaration,
+            qq,
+            queue: Weak::new(),
+            group: None,
+            opening: false,
+            tx: None,
+            applied_index: 0,
+            settled_index: 0,
+        }
     }
 }
 
@@ -941,6 +958,36 @@ impl QuorumQueues {
     /// Apply the items of the committed entry at `index` of queue `key`'s own group.
     fn apply_group(&self, key: &QKey, index: u64, items: Vec<Item>) {
         self.apply_items(index, items, None, Some(key));
+        if let Some(m) = self.machines.lock().get_mut(key) {
+            m.applied_index = m.applied_index.max(index);
+        }
+    }
+
+    /// Queue `key`'s proposer settled its entry at `index` (committed; maybe not applied
+    /// here yet).
+    fn note_settled(&self, key: &QKey, index: u64) {
+        if let Some(m) = self.machines.lock().get_mut(key) {
+            m.settled_index = m.settled_index.max(index);
+        }
+    }
+
+    /// Wait (at most `APPLY_CATCH_UP`) until this node applied every entry of queue `key`'s
+    /// group whose tickets it settled: its counts then include every message it confirmed.
+    fn wait_applied_settled(&self, key: &QKey) {
+        let caught_up = || self.machines.lock().get(key).is_none_or(|m| m.applied_index >= m.settled_index);
+        if caught_up() {
+            return;
+        }
+        let Ok(h) = tokio::runtime::Handle::try_current() else { return };
+        if h.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return;
+        }
+        let deadline = std::time::Instant::now() + APPLY_CATCH_UP;
+        tokio::task::block_in_place(|| {
+            while !caught_up() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        });
     }
 
     /// `leader`: whether this node leads the group the entry is from; None: queue
@@ -1458,7 +1505,7 @@ async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(I
     loop {
         while in_flight.len() >= PIPELINE_ENTRIES {
             let (p, fut) = in_flight.pop_front().expect("in flight");
-            let result = fut.await.map(|_| ());
+            let result = noted(&me, own.as_ref(), fut.await);
             if !settle_entry(&me, p, result, &mut retry).await {
                 return;
             }
@@ -1474,7 +1521,7 @@ async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(I
                         biased;
                         result = fut => {
                             let (p, _) = in_flight.pop_front().expect("in flight");
-                            if !settle_entry(&me, p, result.map(|_| ()), &mut retry).await {
+                            if !settle_entry(&me, p, noted(&me, own.as_ref(), result), &mut retry).await {
                                 return;
                             }
                             continue;
@@ -1509,7 +1556,7 @@ async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(I
                 // The queue was deleted (or the broker is stopping): what is in flight
                 // settles, what waits fails.
                 while let Some((p, fut)) = in_flight.pop_front() {
-                    if !settle_entry(&me, p, fut.await.map(|_| ()), &mut retry).await {
+                    if !settle_entry(&me, p, noted(&me, own.as_ref(), fut.await), &mut retry).await {
                         return;
                     }
                 }
@@ -1548,7 +1595,7 @@ async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(I
             Proposal::NotLeader(cmd) => {
                 // What is in flight (leadership just moved) fails or commits first.
                 while let Some((p, fut)) = in_flight.pop_front() {
-                    let result = fut.await.map(|_| ());
+                    let result = noted(&me, own.as_ref(), fut.await);
                     if !settle_entry(&me, p, result, &mut retry).await {
                         return;
                     }
@@ -1581,6 +1628,19 @@ async fn run_proposer(me: Weak<QuorumQueues>, mut rx: mpsc::UnboundedReceiver<(I
             }
         }
     }
+}
+
+/// A queued entry's outcome, its index noted for queue `own` (`wait_applied_settled`).
+fn noted(
+    me: &Weak<QuorumQueues>,
+    own: Option<&QKey>,
+    result: Result<(u64, Vec<u8>), cluster::Error>,
+) -> Result<(), cluster::Error> {
+    let (index, _) = result?;
+    if let (Some(key), Some(qq)) = (own, me.upgrade()) {
+        qq.note_settled(key, index);
+    }
+    Ok(())
 }
 
 /// Where a proposer's entries go.
@@ -1748,7 +1808,7 @@ impl cluster::Applier for GroupApplier {
         out
     }
 
-    fn restore(&self, _index: u64, data: &[u8]) -> Result<(), String> {
+    fn restore(&self, index: u64, data: &[u8]) -> Result<(), String> {
         let Some(qq) = self.qq.upgrade() else { return Ok(()) };
         let restored: Option<QuorumQueue> = if data.is_empty() {
             None
@@ -1760,6 +1820,7 @@ impl cluster::Applier for GroupApplier {
         let Some(m) = machines.get_mut(&self.key) else { return Ok(()) };
         // Empty: the group's state from scratch (a fresh group, or a node reset to it).
         m.qq = restored.unwrap_or_else(|| QuorumQueue::new(m.qq.config().clone()));
+        m.applied_index = m.applied_index.max(index);
         Ok(())
     }
 }
@@ -1945,6 +2006,16 @@ impl Replica for QuorumReplica {
                 _ => None,
             })
             .unwrap_or(0))
+    }
+
+    /// queue.declare-ok's counts. A confirm may go out once its entry is committed, a
+    /// moment before this node (the leader) applied it: the counts wait for that apply, so
+    /// a publisher that has its confirms counts its messages, as from RabbitMQ's leader.
+    fn declare_stats(&self) -> Result<QueueStats, AmqpError> {
+        if let Some(qq) = self.qq.upgrade() {
+            qq.wait_applied_settled(&self.key);
+        }
+        Ok(self.stats())
     }
 
     fn stats(&self) -> QueueStats {

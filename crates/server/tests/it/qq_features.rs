@@ -1042,3 +1042,31 @@ async fn a_policy_changed_after_the_declare_reaches_every_replica() {
     assert_eq!(publish_confirmed(&ch, "capped", "v", 3).await.len(), 3);
     holds(agreed as usize + 3).await;
 }
+
+/// A publisher confirm may go out once its entry is committed, before the leader applied
+/// it; queue.declare-ok's count right after the confirms still counts every message, as
+/// RabbitMQ's leader answers (pika's tutorials read `message_count` this way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declare_ok_counts_every_confirmed_message_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, _) = started_cluster(dir.path(), "").await;
+    let l = leader(&nodes);
+    let c = nodes[l].amqp("guest", "guest", "/").await.unwrap();
+    let ch = c.create_channel().await.unwrap();
+    ch.queue_declare("counted-at-once".into(), DURABLE, quorum_args()).await.unwrap();
+    // The declaring node leads the queue's group.
+    eventually("the queue led by the declaring node", Duration::from_secs(10), || async {
+        let q = nodes[l].http().get_queue_info("/", "counted-at-once").await.map_err(|e| e.to_string())?;
+        if q.leader.as_deref() == Some(nodes[l].full.as_str()) { Ok(()) } else { Err(format!("{:?}", q.leader)) }
+    })
+    .await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let passive = QueueDeclareOptions { passive: true, ..DURABLE };
+    let mut total = 0;
+    for round in 0..30 {
+        total += publish_confirmed(&ch, "counted-at-once", &format!("r{round}-"), 40).await.len() as u32;
+        let q = ch.queue_declare("counted-at-once".into(), passive, FieldTable::default()).await.unwrap();
+        assert_eq!(q.message_count(), total, "round {round}");
+    }
+    assert_eq!(total, 30 * 40);
+}
