@@ -366,10 +366,13 @@ fn config_of(q: &Queue) -> quorum::Config {
 
 /// The machine's settings from a declaration alone (no broker queue here: its policies
 /// are not known; later `SetConfig` entries bring them, as they do to every replica).
+/// Without policies they are what a broker queue of the declaration has (the defaults
+/// policies cannot add, such as a quorum queue's delivery limit, included): a replica
+/// installed either way decides the same.
 fn config_of_declaration(d: &Declaration) -> quorum::Config {
     let arguments = decode_arguments(&d.arguments);
     match broker::args::QueueArgs::parse(&arguments, &d.name, &d.vhost) {
-        Ok(a) => config_from(&a, &arguments, a.single_active_consumer),
+        Ok(a) => config_from(&broker::policy::effective(&a, None, None), &arguments, a.single_active_consumer),
         Err(_) => quorum::Config::default(),
     }
 }
@@ -2489,6 +2492,39 @@ mod tests {
             let queue = Queue::new("/", name.to_owned(), options, None);
             self.qq.attach(&queue, declaration);
             (("/".to_owned(), name.to_owned()), queue)
+        }
+    }
+
+    /// A replica installed from the declaration alone (no broker queue on its node) has the
+    /// settings a broker queue of that declaration gives its replica, defaults included:
+    /// otherwise that node, once it leads, would dead-letter by another delivery limit.
+    #[test]
+    fn a_declaration_alone_gives_the_settings_of_its_broker_queue() {
+        for extra in [
+            None,
+            Some(("x-max-length", wire::FieldValue::I64(3))),
+            Some(("x-delivery-limit", wire::FieldValue::I64(2))),
+        ] {
+            let mut arguments = wire::FieldTable::new();
+            arguments.insert("x-queue-type", wire::FieldValue::LongStr("quorum".into()));
+            if let Some((k, v)) = extra {
+                arguments.insert(k, v);
+            }
+            let options = broker::queue::QueueOptions {
+                durable: true,
+                exclusive: false,
+                auto_delete: false,
+                arguments: arguments.clone(),
+            };
+            let queue = Queue::new("/", "q".to_owned(), options, None);
+            let declaration = Declaration {
+                vhost: "/".to_owned(),
+                name: "q".to_owned(),
+                arguments: encode_arguments(&arguments),
+                voters: Vec::new(),
+                group: None,
+            };
+            assert_eq!(config_of_declaration(&declaration), config_of(&queue), "{arguments:?}");
         }
     }
 
