@@ -39,6 +39,34 @@ pub struct QueueArgs {
     pub quorum_initial_group_size: Option<u64>,
     /// x-queue-leader-locator (quorum queues in a cluster).
     pub leader_locator: Option<LeaderLocator>,
+    /// x-dead-letter-strategy (quorum queues): `None` when not given (or not a value
+    /// RabbitMQ knows), which is at-most-once unless a policy says otherwise.
+    pub dead_letter_strategy: Option<DeadLetterStrategy>,
+}
+
+/// How a quorum queue dead-letters (x-dead-letter-strategy, policy key
+/// dead-letter-strategy): RabbitMQ's `at-most-once` (the default) or `at-least-once`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterStrategy {
+    AtMostOnce,
+    AtLeastOnce,
+}
+
+impl DeadLetterStrategy {
+    pub fn parse(s: &str) -> Option<DeadLetterStrategy> {
+        match s {
+            "at-most-once" => Some(DeadLetterStrategy::AtMostOnce),
+            "at-least-once" => Some(DeadLetterStrategy::AtLeastOnce),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DeadLetterStrategy::AtMostOnce => "at-most-once",
+            DeadLetterStrategy::AtLeastOnce => "at-least-once",
+        }
+    }
 }
 
 /// Where a quorum queue's leader goes (x-queue-leader-locator, policy key
@@ -169,6 +197,10 @@ impl QueueArgs {
             queue_type,
             quorum_initial_group_size: c.positive(args, "x-quorum-initial-group-size")?,
             leader_locator,
+            dead_letter_strategy: args
+                .get("x-dead-letter-strategy")
+                .and_then(|v| v.as_str())
+                .and_then(DeadLetterStrategy::parse),
         })
     }
 }

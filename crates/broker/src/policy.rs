@@ -83,7 +83,7 @@ impl ApplyTo {
 /// Policy keys RabbitMQ knows that Warren accepts without acting on them: settings of
 /// features it does not have (mirroring, lazy mode, streams, federation, in-memory limits).
 /// Old definition files still carry them (`ha-mode` in Celery-era guides).
-const IGNORED_KEYS: [&str; 19] = [
+const IGNORED_KEYS: [&str; 18] = [
     "queue-mode",
     "queue-version",
     "ha-mode",
@@ -94,7 +94,6 @@ const IGNORED_KEYS: [&str; 19] = [
     "ha-promote-on-failure",
     "max-in-memory-length",
     "max-in-memory-bytes",
-    "dead-letter-strategy",
     "consumer-disconnected-timeout",
     "max-age",
     "stream-max-segment-size-bytes",
@@ -124,6 +123,8 @@ pub struct PolicyDefinition {
     pub alternate_exchange: Option<String>,
     /// Quorum queues in a cluster: where a new one's leader goes (read at declare).
     pub queue_leader_locator: Option<LeaderLocator>,
+    /// Quorum queues: how they dead-letter.
+    pub dead_letter_strategy: Option<crate::args::DeadLetterStrategy>,
     /// Keys accepted without effect (see `IGNORED_KEYS`), in the order given.
     pub ignored: Vec<String>,
 }
@@ -169,6 +170,13 @@ impl PolicyDefinition {
                 "dead-letter-exchange" => d.dead_letter_exchange = Some(string(key, v)?),
                 "dead-letter-routing-key" => d.dead_letter_routing_key = Some(string(key, v)?),
                 "alternate-exchange" => d.alternate_exchange = Some(string(key, v)?),
+                "dead-letter-strategy" => {
+                    let s = string(key, v)?;
+                    d.dead_letter_strategy = Some(
+                        crate::args::DeadLetterStrategy::parse(&s)
+                            .ok_or_else(|| format!("\"{s}\" is not a valid dead-letter strategy"))?,
+                    );
+                }
                 "queue-leader-locator" => {
                     let s = string(key, v)?;
                     d.queue_leader_locator = Some(
@@ -325,6 +333,7 @@ pub fn effective(
     }
     // The argument wins over a policy, as for the dead-letter settings.
     e.leader_locator = declared.leader_locator.or(p.queue_leader_locator);
+    e.dead_letter_strategy = declared.dead_letter_strategy.or(p.dead_letter_strategy);
     e
 }
 
@@ -383,6 +392,25 @@ mod tests {
         assert_eq!(effective(&declared, Some(&d), None).leader_locator, Some(LeaderLocator::Balanced));
         let local = QueueArgs { leader_locator: Some(LeaderLocator::ClientLocal), ..declared };
         assert_eq!(effective(&local, Some(&d), None).leader_locator, Some(LeaderLocator::ClientLocal));
+    }
+
+    #[test]
+    fn dead_letter_strategy_is_read_and_the_argument_wins_over_it() {
+        use crate::args::DeadLetterStrategy;
+        let at_least = table(&[("dead-letter-strategy", FieldValue::LongStr(Bytes::from_static(b"at-least-once")))]);
+        let d = PolicyDefinition::from_table(&at_least).unwrap();
+        assert_eq!(d.dead_letter_strategy, Some(DeadLetterStrategy::AtLeastOnce));
+        assert!(d.ignored.is_empty(), "no longer accepted without effect");
+        let bad = table(&[("dead-letter-strategy", FieldValue::LongStr(Bytes::from_static(b"twice")))]);
+        assert!(PolicyDefinition::from_table(&bad).is_err());
+        let declared = QueueArgs { queue_type: QueueType::Quorum, ..QueueArgs::default() };
+        assert_eq!(effective(&declared, Some(&d), None).dead_letter_strategy, Some(DeadLetterStrategy::AtLeastOnce));
+        let mut args = FieldTable::new();
+        args.insert("x-queue-type", FieldValue::LongStr(Bytes::from_static(b"quorum")));
+        args.insert("x-dead-letter-strategy", FieldValue::LongStr(Bytes::from_static(b"at-most-once")));
+        let most = QueueArgs::parse(&args, "q", "/").unwrap();
+        assert_eq!(most.dead_letter_strategy, Some(DeadLetterStrategy::AtMostOnce));
+        assert_eq!(effective(&most, Some(&d), None).dead_letter_strategy, Some(DeadLetterStrategy::AtMostOnce));
     }
 
     #[test]

@@ -361,7 +361,7 @@ fn delivered_message(d: &quorum::Delivery) -> Option<Message> {
 
 /// The machine's settings from the queue's effective arguments.
 fn config_of(q: &Queue) -> quorum::Config {
-    config_from(&q.effective_args(), &q.options.arguments, q.declared_args.single_active_consumer)
+    config_from(&q.effective_args(), q.declared_args.single_active_consumer)
 }
 
 /// The machine's settings from a declaration alone (no broker queue here: its policies
@@ -372,12 +372,12 @@ fn config_of(q: &Queue) -> quorum::Config {
 fn config_of_declaration(d: &Declaration) -> quorum::Config {
     let arguments = decode_arguments(&d.arguments);
     match broker::args::QueueArgs::parse(&arguments, &d.name, &d.vhost) {
-        Ok(a) => config_from(&broker::policy::effective(&a, None, None), &arguments, a.single_active_consumer),
+        Ok(a) => config_from(&broker::policy::effective(&a, None, None), a.single_active_consumer),
         Err(_) => quorum::Config::default(),
     }
 }
 
-fn config_from(a: &broker::args::QueueArgs, arguments: &wire::FieldTable, single_active: bool) -> quorum::Config {
+fn config_from(a: &broker::args::QueueArgs, single_active: bool) -> quorum::Config {
     quorum::Config {
         delivery_limit: a.delivery_limit.map(|l| l.min(u64::from(u32::MAX)) as u32),
         max_length: a.max_length,
@@ -392,8 +392,8 @@ fn config_from(a: &broker::args::QueueArgs, arguments: &wire::FieldTable, single
             .dead_letter_exchange
             .clone()
             .map(|exchange| quorum::DeadLetterTarget { exchange, routing_key: a.dead_letter_routing_key.clone() }),
-        dead_letter_strategy: match arguments.get("x-dead-letter-strategy").and_then(|v| v.as_str()) {
-            Some("at-least-once") => quorum::DeadLetterStrategy::AtLeastOnce,
+        dead_letter_strategy: match a.dead_letter_strategy {
+            Some(broker::args::DeadLetterStrategy::AtLeastOnce) => quorum::DeadLetterStrategy::AtLeastOnce,
             _ => quorum::DeadLetterStrategy::AtMostOnce,
         },
         message_ttl_ms: a.message_ttl_ms,
@@ -2526,6 +2526,15 @@ mod tests {
             };
             assert_eq!(config_of_declaration(&declaration), config_of(&queue), "{arguments:?}");
         }
+        // The dead-letter strategy comes through the effective settings (a policy may set it).
+        let d = broker::policy::PolicyDefinition {
+            dead_letter_strategy: Some(broker::args::DeadLetterStrategy::AtLeastOnce),
+            ..Default::default()
+        };
+        let declared = broker::args::QueueArgs::default();
+        let config = config_from(&broker::policy::effective(&declared, Some(&d), None), false);
+        assert_eq!(config.dead_letter_strategy, quorum::DeadLetterStrategy::AtLeastOnce);
+        assert_eq!(config_from(&declared, false).dead_letter_strategy, quorum::DeadLetterStrategy::AtMostOnce);
     }
 
     /// An entry settles at commit only where its publishes' outcome is known before it is

@@ -51,6 +51,7 @@ fn policy_definition_json(d: &PolicyDefinition) -> Value {
     put("delivery-limit", d.delivery_limit.map(Value::from));
     put("consumer-timeout", d.consumer_timeout.map(Value::from));
     put("alternate-exchange", d.alternate_exchange.clone().map(Value::from));
+    put("dead-letter-strategy", d.dead_letter_strategy.map(|s| Value::from(s.name())));
     put(
         "queue-leader-locator",
         d.queue_leader_locator.map(|l| {
