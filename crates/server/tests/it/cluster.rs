@@ -603,7 +603,7 @@ async fn a_quorum_queue_is_replicated_and_loses_no_confirmed_message_when_the_le
     let c0 = nodes[leader].amqp("guest", "guest", "/").await.unwrap();
     c0.create_channel().await.unwrap().queue_declare("qq".into(), durable, quorum_args()).await.unwrap();
     wait_for("the declaring node leads the queue", Duration::from_secs(10), || {
-        let q = nodes[f].api("/api/queues/%2f/qq");
+        let q = nodes[f].try_api("/api/queues/%2f/qq")?;
         if q["leader"] == nodes[leader].full.as_str() { Ok(()) } else { Err(q.to_string()) }
     });
     drop(c0);

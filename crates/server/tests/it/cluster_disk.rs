@@ -94,7 +94,7 @@ async fn a_leader_whose_disk_fills_confirms_nothing_unwritten_and_rejoins_once_s
     c.create_channel().await.unwrap().queue_declare("full".into(), DURABLE, quorum_args()).await.unwrap();
     let mut leader = String::new();
     crate::cluster_fixture::wait_for("the queue's group has a leader", Duration::from_secs(20), || {
-        let q = nodes[first].api("/api/queues/%2f/full");
+        let q = nodes[first].try_api("/api/queues/%2f/full")?;
         leader = q["leader"].as_str().unwrap_or_default().to_owned();
         let members = q["members"].as_array().map_or(0, Vec::len);
         if members == 3 && !leader.is_empty() { Ok(()) } else { Err(format!("{q}")) }

@@ -134,14 +134,22 @@ impl Node {
 
     /// `GET path` on the node's management API through its control socket.
     pub(crate) fn api(&self, path: &str) -> Value {
+        self.try_api(path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::api`], with an answer other than 200 (e.g. 404: a queue this node has not
+    /// applied the declaration of yet) as an error, for the waits that retry.
+    pub(crate) fn try_api(&self, path: &str) -> Result<Value, String> {
         use std::io::{Read, Write};
         let mut s = std::os::unix::net::UnixStream::connect(self.data.join("warren.sock")).expect("control socket");
         write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).unwrap();
         let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
-        assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+        if !head.starts_with("HTTP/1.1 200") {
+            return Err(format!("GET {path}: {head}"));
+        }
+        Ok(serde_json::from_str(body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}")))
     }
 }
 

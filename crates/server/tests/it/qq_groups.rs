@@ -40,7 +40,7 @@ async fn confirm_channel(n: &Node) -> lapin::Channel {
 fn placement(n: &Node, queue: &str) -> (String, Vec<String>) {
     let mut got = (String::new(), Vec::new());
     wait_for(&format!("a leader of {queue} on {}", n.full), Duration::from_secs(20), || {
-        let q: Value = n.api(&format!("/api/queues/%2f/{queue}"));
+        let q: Value = n.try_api(&format!("/api/queues/%2f/{queue}"))?;
         match q["leader"].as_str() {
             Some(l) => {
                 got = (l.to_owned(), names(&q["members"]));
@@ -175,7 +175,7 @@ fn wait_members(nodes: &[Node], on: &[usize], queue: &str, members: &[&String]) 
     want.sort();
     for &i in on {
         wait_for(&format!("{queue}'s members {want:?} on {}", nodes[i].full), Duration::from_secs(30), || {
-            let q: Value = nodes[i].api(&format!("/api/queues/%2f/{queue}"));
+            let q: Value = nodes[i].try_api(&format!("/api/queues/%2f/{queue}"))?;
             let leader = q["leader"].as_str().unwrap_or("");
             if names(&q["members"]) == want && want.iter().any(|m| m == leader) { Ok(()) } else { Err(q.to_string()) }
         });
@@ -438,7 +438,7 @@ async fn a_quorum_queue_shadowed_by_a_classic_queue_on_one_node_keeps_that_nodes
     let mut two = vec![full[0].clone(), full[2].clone()];
     two.sort();
     wait_for("node 2 hands q over to node 0", Duration::from_secs(30), || {
-        let q: Value = nodes[0].api("/api/queues/%2f/q");
+        let q: Value = nodes[0].try_api("/api/queues/%2f/q")?;
         let ok = q["leader"] == full[0].as_str() && names(&q["members"]) == two;
         if ok { Ok(()) } else { Err(q.to_string()) }
     });
@@ -520,7 +520,7 @@ async fn all_queues_logs_together_stay_under_the_node_wide_bound() {
     // Nothing was lost to the snapshots: every message is there.
     for q in ["logs-a", "logs-b", "logs-c"] {
         wait_for(&format!("{q} holds 40"), Duration::from_secs(10), || {
-            let v: Value = nodes[2].api(&format!("/api/queues/%2f/{q}"));
+            let v: Value = nodes[2].try_api(&format!("/api/queues/%2f/{q}"))?;
             if v["messages"] == 40 { Ok(()) } else { Err(v["messages"].to_string()) }
         });
     }
