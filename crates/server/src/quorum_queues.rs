@@ -2426,6 +2426,20 @@ mod tests {
     /// `warren.cluster_pending_max_bytes` of the fixture's node.
     const PENDING_MAX_BYTES: usize = 64 * 1024;
 
+    /// A durable broker queue `name` in vhost `/` with `arguments`, and its declaration
+    /// (no voters, no group of its own).
+    fn queue_declared(name: &str, arguments: wire::FieldTable) -> (Arc<Queue>, Declaration) {
+        let declaration = Declaration {
+            vhost: "/".to_owned(),
+            name: name.to_owned(),
+            arguments: encode_arguments(&arguments),
+            voters: Vec::new(),
+            group: None,
+        };
+        let options = broker::queue::QueueOptions { durable: true, exclusive: false, auto_delete: false, arguments };
+        (Queue::new("/", name.to_owned(), options, None), declaration)
+    }
+
     /// A node's registry (no cluster: its proposer never proposes, so what is submitted
     /// keeps waiting; the test applies items itself) with a reject-publish quorum queue
     /// that holds at most one message.
@@ -2437,20 +2451,7 @@ mod tests {
         let mut arguments = wire::FieldTable::new();
         arguments.insert("x-max-length", wire::FieldValue::I64(1));
         arguments.insert("x-overflow", wire::FieldValue::LongStr("reject-publish".into()));
-        let options = broker::queue::QueueOptions {
-            durable: true,
-            exclusive: false,
-            auto_delete: false,
-            arguments: arguments.clone(),
-        };
-        let queue = Queue::new("/", "q".to_owned(), options, None);
-        let declaration = Declaration {
-            vhost: "/".to_owned(),
-            name: "q".to_owned(),
-            arguments: encode_arguments(&arguments),
-            voters: Vec::new(),
-            group: None,
-        };
+        let (queue, declaration) = queue_declared("q", arguments);
         qq.attach(&queue, declaration);
         let msg = encode_message(&Message {
             exchange: String::new(),
@@ -2479,17 +2480,7 @@ mod tests {
         /// A second quorum queue, `name`, with no bound: its key and the queue (kept by
         /// the caller, as the vhost would).
         fn second_queue(&self, name: &str) -> (QKey, Arc<Queue>) {
-            let arguments = wire::FieldTable::new();
-            let declaration = Declaration {
-                vhost: "/".to_owned(),
-                name: name.to_owned(),
-                arguments: encode_arguments(&arguments),
-                voters: Vec::new(),
-                group: None,
-            };
-            let options =
-                broker::queue::QueueOptions { durable: true, exclusive: false, auto_delete: false, arguments };
-            let queue = Queue::new("/", name.to_owned(), options, None);
+            let (queue, declaration) = queue_declared(name, wire::FieldTable::new());
             self.qq.attach(&queue, declaration);
             (("/".to_owned(), name.to_owned()), queue)
         }
@@ -2510,20 +2501,7 @@ mod tests {
             if let Some((k, v)) = extra {
                 arguments.insert(k, v);
             }
-            let options = broker::queue::QueueOptions {
-                durable: true,
-                exclusive: false,
-                auto_delete: false,
-                arguments: arguments.clone(),
-            };
-            let queue = Queue::new("/", "q".to_owned(), options, None);
-            let declaration = Declaration {
-                vhost: "/".to_owned(),
-                name: "q".to_owned(),
-                arguments: encode_arguments(&arguments),
-                voters: Vec::new(),
-                group: None,
-            };
+            let (queue, declaration) = queue_declared("q", arguments.clone());
             assert_eq!(config_of_declaration(&declaration), config_of(&queue), "{arguments:?}");
         }
         // The dead-letter strategy comes through the effective settings (a policy may set it).
